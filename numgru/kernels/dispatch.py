@@ -1,0 +1,103 @@
+"""Array-level drivers: allocate outputs, pick the serial or parallel kernel, run it.
+
+Everything here takes and returns NumPy arrays; nothing here validates user input (the layers do).
+
+Choosing a variant
+------------------
+The recurrent matmul is a BLAS call (threaded by BLAS itself); the parallel variant also spreads the
+fused gate loop over batch rows with ``prange``, which opens a parallel region every time step. That
+costs tens of microseconds on shared vCPUs, so it is only used when
+
+* Numba has more than one thread (``numba.get_num_threads()``, read at call time),
+* the batch has at least ``PARALLEL_MIN_ROWS`` rows,
+* and no other Python thread is running a parallel kernel right now.
+
+The last rule makes concurrent use safe under Numba's default ``workqueue`` threading layer, which
+aborts the process when two threads enter parallel kernels at once: a module lock is taken without
+blocking, and a caller that does not get it runs the serial (GIL-free) variant instead. Concurrent
+callers therefore never wait on each other and never crash.
+"""
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+
+import numba
+import numpy as np
+
+from .backward import gru_backward_parallel, gru_backward_serial
+from .forward import gru_forward_parallel, gru_forward_serial
+
+PARALLEL_MIN_ROWS = 64
+
+_PARALLEL_LOCK = threading.Lock()
+_EMPTY3 = {np.dtype(np.float32): np.zeros((0, 0, 0), np.float32),
+           np.dtype(np.float64): np.zeros((0, 0, 0), np.float64)}
+
+
+@contextmanager
+def parallel_slot(wanted: bool):
+    """Yield True when the caller may run a parallel kernel now (and hold the slot meanwhile)."""
+    if wanted and numba.get_num_threads() > 1 and _PARALLEL_LOCK.acquire(blocking=False):
+        try:
+            yield True
+        finally:
+            _PARALLEL_LOCK.release()
+    else:
+        yield False
+
+
+def input_projection(x2d, W_ih, b_ih):
+    """gx = x2d @ W_ih.T + b_ih, one GEMM over all rows.  x2d (N, I), W_ih (3H, I) → (N, 3H)."""
+    gx = x2d @ W_ih.T
+    if b_ih is not None:
+        gx += b_ih
+    return gx
+
+
+def gru_direction_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gate_kind, alpha, beta,
+                          clip, y, col0, store=False):
+    """Run one direction of one layer. Shapes as in :func:`numgru.kernels.forward._gru_forward`.
+
+    ``clip`` is None or a positive float. Returns ``(h_n, tape)``; tape is None unless ``store``.
+    """
+    T, B, H3 = gx.shape
+    H = H3 // 3
+    dtype = gx.dtype
+    tape = np.empty((T, B, 4 * H), dtype) if store else _EMPTY3[dtype]
+    if B == 0 or T == 0:
+        return h0.copy(), (tape if store else None)
+    h_n = np.empty((B, H), dtype)
+    use_clip = clip is not None
+    clip_v = dtype.type(clip if use_clip else np.inf)
+    with parallel_slot(B >= PARALLEL_MIN_ROWS) as par:
+        fn = gru_forward_parallel if par else gru_forward_serial
+        fn(gx, W_hh, b_hh, h0, lengths, bool(reverse), bool(reset_after), int(gate_kind),
+           dtype.type(alpha), dtype.type(beta), use_clip, clip_v, y, int(col0), h_n, bool(store), tape)
+    return h_n, (tape if store else None)
+
+
+def gru_direction_backward(dy, col0, dh_n, tape, y, h0, W_hh, lengths, reverse, reset_after, gate_kind,
+                           alpha, beta, clip):
+    """Backward of one direction of one layer.
+
+    Returns ``(dgx, dgh, hprev, rhprev, dh0)`` with shapes (T, B, 3H), (T, B, 3H), (T, B, H),
+    (T, B, H) (None when reset_after), (B, H). See :func:`numgru.kernels.backward._gru_backward`.
+    """
+    T, B, H4 = tape.shape
+    H = H4 // 4
+    dtype = tape.dtype
+    dgx = np.zeros((T, B, 3 * H), dtype)
+    dgh = np.zeros((T, B, 3 * H), dtype)
+    hprev = np.zeros((T, B, H), dtype)
+    rhprev = np.zeros((T, B, H) if not reset_after else (0, 0, 0), dtype)
+    if B == 0 or T == 0:
+        return dgx, dgh, hprev, (None if reset_after else rhprev), dh_n.copy()
+    dh0 = np.empty((B, H), dtype)
+    use_clip = clip is not None
+    clip_v = dtype.type(clip if use_clip else np.inf)
+    with parallel_slot(B >= PARALLEL_MIN_ROWS) as par:
+        fn = gru_backward_parallel if par else gru_backward_serial
+        fn(dy, int(col0), dh_n, tape, y, h0, W_hh, lengths, bool(reverse), bool(reset_after),
+           int(gate_kind), dtype.type(alpha), dtype.type(beta), use_clip, clip_v, dgx, dgh, hprev, rhprev, dh0)
+    return dgx, dgh, hprev, (None if reset_after else rhprev), dh0

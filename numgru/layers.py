@@ -1,0 +1,622 @@
+"""Layers: GRU, GRUCell and Linear. They own parameters, shapes and validation, and call the kernels.
+
+Parameters use PyTorch's names and layout (DESIGN §2) and are stored as C-contiguous arrays in that
+layout, which is also what the kernels read (the recurrent matmul hands ``W_hh.T`` to BLAS as a
+transposed operand), so ``named_parameters()`` gives the live arrays and an optimizer updating them in
+place updates the model; ``state_dict()`` gives copies.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ._validation import (as_lengths, as_real_array, check_bool, check_dtype, check_float,
+                          check_int)
+from .kernels.activations import GATE_HARD_SIGMOID, GATE_SIGMOID
+from .kernels.dispatch import gru_direction_backward, gru_direction_forward, input_projection
+
+__all__ = ["GRU", "GRUCell", "Linear", "GATE_PRESETS"]
+
+#: gate_activation name -> (kind, alpha, beta); alpha/beta None means "take the arguments or defaults"
+GATE_PRESETS = {
+    "sigmoid": (GATE_SIGMOID, None, None),
+    "hard_sigmoid": (GATE_HARD_SIGMOID, None, None),          # ONNX HardSigmoid defaults 0.2, 0.5
+    "hard_sigmoid_keras2": (GATE_HARD_SIGMOID, 0.2, 0.5),     # Keras 2: clip(0.2 x + 0.5, 0, 1)
+    "hard_sigmoid_keras3": (GATE_HARD_SIGMOID, 1.0 / 6.0, 0.5),  # Keras 3: relu6(x + 3) / 6
+}
+
+
+def _resolve_gate(gate_activation, alpha, beta):
+    if not isinstance(gate_activation, str):
+        raise TypeError(f"gate_activation: expected a str, got {type(gate_activation).__name__}")
+    if gate_activation not in GATE_PRESETS:
+        raise ValueError(f"gate_activation: expected one of {sorted(GATE_PRESETS)}, "
+                         f"got {gate_activation!r}")
+    kind, a0, b0 = GATE_PRESETS[gate_activation]
+    if kind == GATE_SIGMOID:
+        if alpha is not None or beta is not None:
+            raise ValueError("alpha, beta: only used with a hard_sigmoid gate_activation, "
+                             f"got gate_activation={gate_activation!r}")
+        return kind, 1.0, 0.0
+    if a0 is not None and (alpha is not None or beta is not None):
+        raise ValueError(f"alpha, beta: the preset {gate_activation!r} fixes them; use "
+                         "gate_activation='hard_sigmoid' to give your own")
+    alpha = check_float("alpha", a0 if a0 is not None else (0.2 if alpha is None else alpha))
+    beta = check_float("beta", b0 if b0 is not None else (0.5 if beta is None else beta))
+    return kind, alpha, beta
+
+
+class _Params:
+    """Mixin: named parameters with PyTorch names, state_dict round trips."""
+
+    def _param_items(self):
+        raise NotImplementedError
+
+    def named_parameters(self):
+        """Yield ``(name, array)`` pairs of live parameter arrays (updating them in place updates the model)."""
+        yield from self._param_items()
+
+    def parameters(self):
+        return [p for _, p in self._param_items()]
+
+    def num_parameters(self):
+        """Total number of scalar parameters."""
+        return int(sum(p.size for _, p in self._param_items()))
+
+    def state_dict(self):
+        """A dict of C-contiguous copies of every parameter, PyTorch's names and shapes."""
+        return {name: np.array(p, order="C", copy=True) for name, p in self._param_items()}
+
+    def load_state_dict(self, state_dict, strict=True):
+        """Copy parameters from a mapping of name -> array (NumPy arrays, torch tensors, lists, ...).
+
+        With ``strict`` every key must match and every parameter must be given. Shapes must match
+        exactly. Nothing is written unless everything checks. Returns ``(missing, unexpected)`` keys.
+        """
+        if not hasattr(state_dict, "keys") or not hasattr(state_dict, "__getitem__"):
+            raise TypeError(f"state_dict: expected a mapping of name -> array, got "
+                            f"{type(state_dict).__name__}")
+        own = dict(self._param_items())
+        keys = [str(k) for k in state_dict.keys()]
+        unexpected = sorted(k for k in keys if k not in own)
+        missing = sorted(k for k in own if k not in keys)
+        if strict and (unexpected or missing):
+            raise ValueError(f"state_dict: keys do not match; missing {missing}, unexpected {unexpected}")
+        staged = {}
+        for name in keys:
+            if name not in own:
+                continue
+            arr = as_real_array(f"state_dict[{name!r}]", state_dict[name])
+            if arr.shape != own[name].shape:
+                raise ValueError(f"state_dict[{name!r}]: expected shape {own[name].shape}, got {arr.shape}")
+            staged[name] = arr
+        for name, arr in staged.items():
+            own[name][...] = arr
+        self._after_load()
+        return missing, unexpected
+
+    def _after_load(self):
+        pass
+
+
+class GRU(_Params):
+    r"""Multi-layer gated recurrent unit over whole sequences.
+
+    For each layer and direction, with gate order r, z, n (PyTorch's)::
+
+        r_t = σ(W_ir x_t + b_ir + W_hr h + b_hr)
+        z_t = σ(W_iz x_t + b_iz + W_hz h + b_hz)
+        n_t = tanh(W_in x_t + b_in + r_t ⊙ (W_hn h + b_hn))     # reset_after=True (PyTorch, cuDNN)
+        n_t = tanh(W_in x_t + b_in + W_hn (r_t ⊙ h) + b_hn)     # reset_after=False (Cho et al. 2014)
+        h_t = (1 − z_t) ⊙ n_t + z_t ⊙ h
+
+    Parameters
+    ----------
+    input_size, hidden_size : int
+        I and H.
+    num_layers : int
+        L, stacked layers; layer k > 0 takes the D·H outputs of layer k − 1.
+    bias : bool
+        Learnable b_ih and b_hh.
+    batch_first : bool
+        Inputs and outputs are (B, T, ·) instead of (T, B, ·).
+    dropout : float
+        Dropout on the outputs of every layer but the last, in :meth:`forward_train` only.
+    bidirectional : bool
+        D = 2: a reverse direction whose outputs are concatenated after the forward ones.
+    reset_after : bool
+        Where the reset gate acts (see the equations).
+    gate_activation : str
+        "sigmoid" (default), "hard_sigmoid" (clip(alpha·x + beta, 0, 1), alpha/beta default 0.2/0.5),
+        "hard_sigmoid_keras2" (0.2, 0.5) or "hard_sigmoid_keras3" (1/6, 0.5).
+    alpha, beta : float, optional
+        hard_sigmoid's slope and offset with ``gate_activation="hard_sigmoid"``.
+    clip : float, optional
+        ONNX's cell clip: gate pre-activations are clipped to [−clip, clip].
+    dtype : float32 or float64
+    seed : int, optional
+        Seed of the U(−1/√H, 1/√H) initialisation (PyTorch's).
+
+    Shapes
+    ------
+    x: (T, B, I), (B, T, I) with batch_first, or unbatched (T, I). ``lengths``: (B,) ints in [0, T].
+    y: (T, B, D·H) (batch_first: (B, T, D·H); unbatched (T, D·H)); h_n: (L·D, B, H) (unbatched (L·D, H)).
+
+    Examples
+    --------
+    >>> import numpy as np, numgru as ng
+    >>> gru = ng.GRU(8, 16, num_layers=2, seed=0)
+    >>> y, h_n = gru(np.ones((5, 3, 8), np.float32))
+    >>> y.shape, h_n.shape
+    ((5, 3, 16), (2, 3, 16))
+    """
+
+    def __init__(self, input_size, hidden_size, num_layers=1, *, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, reset_after=True, gate_activation="sigmoid",
+                 alpha=None, beta=None, clip=None, dtype=np.float32, seed=None):
+        self.input_size = check_int("input_size", input_size, minimum=1)
+        self.hidden_size = check_int("hidden_size", hidden_size, minimum=1)
+        self.num_layers = check_int("num_layers", num_layers, minimum=1)
+        self.bias = check_bool("bias", bias)
+        self.batch_first = check_bool("batch_first", batch_first)
+        self.dropout = check_float("dropout", dropout, low=0.0, high=1.0, high_open=True)
+        self.bidirectional = check_bool("bidirectional", bidirectional)
+        self.reset_after = check_bool("reset_after", reset_after)
+        self.gate_activation = gate_activation
+        self._gate_kind, self.alpha, self.beta = _resolve_gate(gate_activation, alpha, beta)
+        self.clip = check_float("clip", clip, low=0.0, low_open=True, allow_none=True)
+        self.dtype = check_dtype("dtype", dtype)
+        self.seed = check_int("seed", seed, allow_none=True)
+        self.training_seed = None
+        D = self.num_directions
+        H = self.hidden_size
+        rng = np.random.default_rng(self.seed)
+        k = 1.0 / math.sqrt(H)
+        self._W_ih, self._W_hh, self._b_ih, self._b_hh = [], [], [], []
+        for layer in range(self.num_layers):
+            I_k = self.input_size if layer == 0 else D * H
+            for _ in range(D):
+                self._W_ih.append(rng.uniform(-k, k, (3 * H, I_k)).astype(self.dtype))
+                self._W_hh.append(rng.uniform(-k, k, (3 * H, H)).astype(self.dtype))
+                if self.bias:
+                    self._b_ih.append(rng.uniform(-k, k, 3 * H).astype(self.dtype))
+                    self._b_hh.append(rng.uniform(-k, k, 3 * H).astype(self.dtype))
+        self._zero_bias = np.zeros(3 * H, self.dtype)
+        self._dropout_rng = np.random.default_rng(None if self.seed is None else self.seed + 1)
+
+    # ------------------------------------------------------------------ configuration
+    @property
+    def num_directions(self):
+        return 2 if self.bidirectional else 1
+
+    def get_config(self):
+        """The constructor arguments as a JSON-friendly dict."""
+        cfg = dict(input_size=self.input_size, hidden_size=self.hidden_size,
+                   num_layers=self.num_layers, bias=self.bias, batch_first=self.batch_first,
+                   dropout=self.dropout, bidirectional=self.bidirectional, reset_after=self.reset_after,
+                   gate_activation=self.gate_activation, clip=self.clip, dtype=self.dtype.name,
+                   seed=self.seed)
+        if self.gate_activation == "hard_sigmoid":
+            cfg.update(alpha=self.alpha, beta=self.beta)
+        return cfg
+
+    def __repr__(self):
+        extra = "".join(f", {k}={v!r}" for k, v in self.get_config().items()
+                        if k not in ("input_size", "hidden_size"))
+        return f"GRU({self.input_size}, {self.hidden_size}{extra})"
+
+    def _suffix(self, layer, direction):
+        return f"_l{layer}" + ("_reverse" if direction == 1 else "")
+
+    def _param_items(self):
+        D = self.num_directions
+        for layer in range(self.num_layers):
+            for d in range(D):
+                i = layer * D + d
+                sfx = self._suffix(layer, d)
+                yield f"weight_ih{sfx}", self._W_ih[i]
+                yield f"weight_hh{sfx}", self._W_hh[i]
+                if self.bias:
+                    yield f"bias_ih{sfx}", self._b_ih[i]
+                    yield f"bias_hh{sfx}", self._b_hh[i]
+
+    def _weights(self, i):
+        b_ih = self._b_ih[i] if self.bias else None
+        b_hh = self._b_hh[i] if self.bias else self._zero_bias
+        return self._W_ih[i], self._W_hh[i], b_ih, b_hh
+
+    # ------------------------------------------------------------------ validation
+    def _prepare(self, x, h0, lengths):
+        x = as_real_array("x", x)
+        if x.ndim not in (2, 3):
+            raise ValueError(f"x: expected a 2-D (T, I) or 3-D "
+                             f"{'(B, T, I)' if self.batch_first else '(T, B, I)'} array, got {x.ndim}-D "
+                             f"with shape {x.shape}")
+        if x.shape[-1] != self.input_size:
+            raise ValueError(f"x: expected input_size {self.input_size} in the last dimension, "
+                             f"got {x.shape[-1]} (shape {x.shape})")
+        unbatched = x.ndim == 2
+        if unbatched:
+            x = x[:, None, :]
+        elif self.batch_first:
+            x = x.transpose(1, 0, 2)
+        x = np.ascontiguousarray(x, dtype=self.dtype)
+        T, B, _ = x.shape
+        LD, H = self.num_layers * self.num_directions, self.hidden_size
+        if lengths is None:
+            lengths = np.full(B, T, np.int64)
+        elif unbatched:
+            arr = np.asarray(lengths.detach().cpu().numpy() if hasattr(lengths, "detach") else lengths)
+            lengths = as_lengths(arr.reshape(1) if arr.ndim == 0 else arr, 1, T)
+        else:
+            lengths = as_lengths(lengths, B, T)
+        if h0 is None:
+            h0 = np.zeros((LD, B, H), self.dtype)
+        else:
+            h0 = as_real_array("h0", h0)
+            want = (LD, H) if unbatched else (LD, B, H)
+            if h0.shape != want:
+                raise ValueError(f"h0: expected shape {want} (num_layers*num_directions, "
+                                 f"{'' if unbatched else 'batch, '}hidden_size), got {h0.shape}")
+            if unbatched:
+                h0 = h0[:, None, :]
+            h0 = np.ascontiguousarray(h0, dtype=self.dtype)
+        return x, h0, lengths, unbatched
+
+    def _finish(self, y, h_n, unbatched):
+        if unbatched:
+            return y[:, 0, :], h_n[:, 0, :]
+        if self.batch_first:
+            y = np.ascontiguousarray(y.transpose(1, 0, 2))
+        return y, h_n
+
+    # ------------------------------------------------------------------ forward
+    def __call__(self, x, h0=None, lengths=None):
+        return self.forward(x, h0, lengths)
+
+    def forward(self, x, h0=None, lengths=None):
+        """Inference over whole sequences. Returns ``(y, h_n)``; see the class docstring for shapes."""
+        x, h0, lengths, unbatched = self._prepare(x, h0, lengths)
+        y, h_n, _ = self._run(x, h0, lengths, store=False)
+        return self._finish(y, h_n, unbatched)
+
+    def _run(self, x, h0, lengths, store, dropout_rng=None):
+        T, B, _ = x.shape
+        D, H = self.num_directions, self.hidden_size
+        h_n = np.empty((self.num_layers * D, B, H), self.dtype)
+        layers = []
+        inp = x
+        for layer in range(self.num_layers):
+            mask = None
+            if layer > 0 and dropout_rng is not None and self.dropout > 0.0:
+                keep = 1.0 - self.dropout
+                mask = (dropout_rng.random(inp.shape) < keep).astype(self.dtype) / self.dtype.type(keep)
+                inp = inp * mask
+            y = np.empty((T, B, D * H), self.dtype)
+            x2d = inp.reshape(T * B, inp.shape[2])
+            gate_tapes = []
+            for d in range(D):
+                i = layer * D + d
+                W_ih, W_hh, b_ih, b_hh = self._weights(i)
+                gx = input_projection(x2d, W_ih, b_ih).reshape(T, B, 3 * H)
+                hn_d, tape = gru_direction_forward(gx, W_hh, b_hh, h0[i], lengths, d == 1,
+                                                   self.reset_after, self._gate_kind, self.alpha,
+                                                   self.beta, self.clip, y, d * H, store=store)
+                h_n[i] = hn_d
+                gate_tapes.append(tape)
+            if store:
+                layers.append(_LayerTape(inp, y, gate_tapes, mask))
+            inp = y
+        return inp, h_n, layers
+
+    # ------------------------------------------------------------------ training
+    def forward_train(self, x, h0=None, lengths=None):
+        """Forward pass that keeps what :meth:`backward` needs and applies inter-layer dropout.
+
+        Returns ``(y, h_n, tape)``; y and h_n as in :meth:`forward`.
+        """
+        x, h0, lengths, unbatched = self._prepare(x, h0, lengths)
+        y, h_n, layers = self._run(x, h0, lengths, store=True, dropout_rng=self._dropout_rng)
+        tape = GRUTape(model=self, layers=layers, h0=h0, lengths=lengths, unbatched=unbatched,
+                       T=x.shape[0], B=x.shape[1])
+        y_out, hn_out = self._finish(y, h_n, unbatched)
+        return y_out, hn_out, tape
+
+    def backward(self, tape, dy=None, dh_n=None):
+        """Backpropagation through time.
+
+        Parameters
+        ----------
+        tape : the third value returned by :meth:`forward_train` (of this model).
+        dy : dLoss/dy, shaped like y; None means zeros.
+        dh_n : dLoss/dh_n, shaped like h_n; None means zeros.
+
+        Returns
+        -------
+        dx : shaped like x; dh0 : shaped like h_n; grads : dict with :meth:`state_dict`'s keys.
+        """
+        if not isinstance(tape, GRUTape) or tape.model is not self:
+            raise TypeError("tape: expected the tape returned by this model's forward_train")
+        if dy is None and dh_n is None:
+            raise ValueError("dy, dh_n: give at least one upstream gradient")
+        T, B, D, H, L = tape.T, tape.B, self.num_directions, self.hidden_size, self.num_layers
+        if dy is None:
+            dy = np.zeros((T, B, D * H), self.dtype)
+        else:
+            dy = as_real_array("dy", dy)
+            want = (T, D * H) if tape.unbatched else ((B, T, D * H) if self.batch_first else (T, B, D * H))
+            if dy.shape != want:
+                raise ValueError(f"dy: expected shape {want} (the shape of y), got {dy.shape}")
+            if tape.unbatched:
+                dy = dy[:, None, :]
+            elif self.batch_first:
+                dy = dy.transpose(1, 0, 2)
+            dy = np.ascontiguousarray(dy, dtype=self.dtype)
+        if dh_n is None:
+            dh_n = np.zeros((L * D, B, H), self.dtype)
+        else:
+            dh_n = as_real_array("dh_n", dh_n)
+            want = (L * D, H) if tape.unbatched else (L * D, B, H)
+            if dh_n.shape != want:
+                raise ValueError(f"dh_n: expected shape {want} (the shape of h_n), got {dh_n.shape}")
+            if tape.unbatched:
+                dh_n = dh_n[:, None, :]
+            dh_n = np.ascontiguousarray(dh_n, dtype=self.dtype)
+        grads = {}
+        dh0 = np.empty((L * D, B, H), self.dtype)
+        dy_layer = dy
+        for layer in reversed(range(L)):
+            lt = tape.layers[layer]
+            x2d = lt.x.reshape(T * B, lt.x.shape[2])
+            dx2d = np.zeros((T * B, lt.x.shape[2]), self.dtype)
+            for d in range(D):
+                i = layer * D + d
+                W_ih, W_hh, b_ih, b_hh = self._weights(i)
+                dgx, dgh, hprev, rhprev, dh0_i = gru_direction_backward(
+                    dy_layer, d * H, dh_n[i], lt.gates[d], lt.y, tape.h0[i], W_hh, tape.lengths,
+                    d == 1, self.reset_after, self._gate_kind, self.alpha, self.beta, self.clip)
+                dh0[i] = dh0_i
+                dgx2 = dgx.reshape(T * B, 3 * H)
+                dgh2 = dgh.reshape(T * B, 3 * H)
+                hp2 = hprev.reshape(T * B, H)
+                sfx = self._suffix(layer, d)
+                grads[f"weight_ih{sfx}"] = dgx2.T @ x2d
+                dW_hh = np.empty((3 * H, H), self.dtype)
+                dW_hh[: 2 * H] = dgh2[:, : 2 * H].T @ hp2
+                n_in = hp2 if self.reset_after else rhprev.reshape(T * B, H)
+                dW_hh[2 * H:] = dgh2[:, 2 * H:].T @ n_in
+                grads[f"weight_hh{sfx}"] = dW_hh
+                if self.bias:
+                    grads[f"bias_ih{sfx}"] = dgx2.sum(axis=0)
+                    grads[f"bias_hh{sfx}"] = dgh2.sum(axis=0)
+                dx2d += dgx2 @ W_ih
+            dx = dx2d.reshape(T, B, lt.x.shape[2])
+            if lt.mask is not None:
+                dx *= lt.mask
+            dy_layer = dx
+        ordered = {name: grads[name] for name, _ in self._param_items()}
+        dx = dy_layer
+        if tape.unbatched:
+            return dx[:, 0, :], dh0[:, 0, :], ordered
+        if self.batch_first:
+            dx = np.ascontiguousarray(dx.transpose(1, 0, 2))
+        return dx, dh0, ordered
+
+    # ------------------------------------------------------------------ streaming
+    def stream(self, batch_size=1):
+        """A stateful step-by-step runner; see :class:`numgru.serving.GRUStream`."""
+        from .serving import GRUStream
+        return GRUStream(self, batch_size)
+
+    # ------------------------------------------------------------------ interop
+    @classmethod
+    def from_torch(cls, module, dtype=None):
+        """Build a GRU from a ``torch.nn.GRU`` (weights copied; torch is not needed afterwards)."""
+        from .interop.torch import gru_from_torch
+        return gru_from_torch(cls, module, dtype)
+
+    def to_torch(self):
+        """An equivalent ``torch.nn.GRU`` (reset_after=True, sigmoid gates, no clip only)."""
+        from .interop.torch import gru_to_torch
+        return gru_to_torch(self)
+
+    @classmethod
+    def from_keras(cls, layer, dtype=None):
+        """Build a GRU from a Keras GRU, Bidirectional(GRU) or a Sequential of GRU layers."""
+        from .interop.keras import gru_from_keras
+        return gru_from_keras(cls, layer, dtype)
+
+
+@dataclass
+class _LayerTape:
+    x: np.ndarray            # (T, B, I_k) input of the layer, after dropout
+    y: np.ndarray            # (T, B, D·H) output of the layer
+    gates: list              # per direction (T, B, 4H): r, z, n, W_hn h + b_hn
+    mask: np.ndarray | None  # dropout mask applied to x, or None
+
+
+@dataclass
+class GRUTape:
+    """What :meth:`GRU.forward_train` keeps for :meth:`GRU.backward`. Treat as opaque."""
+    model: object
+    layers: list
+    h0: np.ndarray
+    lengths: np.ndarray
+    unbatched: bool
+    T: int
+    B: int
+    extra: dict = field(default_factory=dict)
+
+
+class GRUCell(_Params):
+    r"""One GRU step (PyTorch's ``nn.GRUCell``): ``h1 = cell(x, h)``.
+
+    Same equations and parameters as :class:`GRU` with one layer (names ``weight_ih``, ``weight_hh``,
+    ``bias_ih``, ``bias_hh``). x: (B, I) or unbatched (I,); h: (B, H) or (H,), zeros when None.
+
+    Examples
+    --------
+    >>> import numpy as np, numgru as ng
+    >>> cell = ng.GRUCell(4, 8, seed=0)
+    >>> cell(np.ones((2, 4), np.float32)).shape
+    (2, 8)
+    """
+
+    def __init__(self, input_size, hidden_size, *, bias=True, reset_after=True,
+                 gate_activation="sigmoid", alpha=None, beta=None, clip=None, dtype=np.float32,
+                 seed=None):
+        self._gru = GRU(input_size, hidden_size, 1, bias=bias, reset_after=reset_after,
+                        gate_activation=gate_activation, alpha=alpha, beta=beta, clip=clip,
+                        dtype=dtype, seed=seed)
+        self._len1 = np.ones(1, np.int64)
+
+    input_size = property(lambda self: self._gru.input_size)
+    hidden_size = property(lambda self: self._gru.hidden_size)
+    bias = property(lambda self: self._gru.bias)
+    reset_after = property(lambda self: self._gru.reset_after)
+    dtype = property(lambda self: self._gru.dtype)
+
+    def get_config(self):
+        cfg = self._gru.get_config()
+        for k in ("num_layers", "batch_first", "dropout", "bidirectional"):
+            cfg.pop(k)
+        return cfg
+
+    def __repr__(self):
+        return f"GRUCell({self.input_size}, {self.hidden_size}, reset_after={self.reset_after})"
+
+    def _param_items(self):
+        for name, p in self._gru._param_items():
+            yield name[: -len("_l0")], p
+
+    def _prepare(self, x, h):
+        x = as_real_array("x", x)
+        if x.ndim not in (1, 2):
+            raise ValueError(f"x: expected a 1-D (I,) or 2-D (B, I) array, got {x.ndim}-D")
+        if x.shape[-1] != self.input_size:
+            raise ValueError(f"x: expected input_size {self.input_size} in the last dimension, "
+                             f"got {x.shape[-1]}")
+        unbatched = x.ndim == 1
+        x2 = x[None, :] if unbatched else x
+        B = x2.shape[0]
+        if h is not None:
+            h = as_real_array("h", h)
+            want = (self.hidden_size,) if unbatched else (B, self.hidden_size)
+            if h.shape != want:
+                raise ValueError(f"h: expected shape {want}, got {h.shape}")
+            h = h.reshape(1, 1, B, self.hidden_size)[0]
+        else:
+            h = np.zeros((1, B, self.hidden_size), self.dtype)
+        return np.ascontiguousarray(x2[None], dtype=self.dtype), np.ascontiguousarray(h, self.dtype), unbatched
+
+    def __call__(self, x, h=None):
+        return self.forward(x, h)
+
+    def forward(self, x, h=None):
+        """One step. Returns h1 with h's shape."""
+        x3, h0, unbatched = self._prepare(x, h)
+        B = x3.shape[1]
+        _, h_n, _ = self._gru._run(x3, h0, np.ones(B, np.int64), store=False)
+        return h_n[0, 0] if unbatched else h_n[0]
+
+    def forward_train(self, x, h=None):
+        """One step that records a tape. Returns ``(h1, tape)``."""
+        x3, h0, unbatched = self._prepare(x, h)
+        B = x3.shape[1]
+        _, h_n, layers = self._gru._run(x3, h0, np.ones(B, np.int64), store=True)
+        tape = GRUTape(model=self, layers=layers, h0=h0, lengths=np.ones(B, np.int64),
+                       unbatched=unbatched, T=1, B=B)
+        return (h_n[0, 0] if unbatched else h_n[0]), tape
+
+    def backward(self, tape, dh1):
+        """Gradients of one step. Returns ``(dx, dh, grads)``."""
+        if not isinstance(tape, GRUTape) or tape.model is not self:
+            raise TypeError("tape: expected the tape returned by this cell's forward_train")
+        dh1 = as_real_array("dh1", dh1)
+        want = (self.hidden_size,) if tape.unbatched else (tape.B, self.hidden_size)
+        if dh1.shape != want:
+            raise ValueError(f"dh1: expected shape {want}, got {dh1.shape}")
+        inner = GRUTape(model=self._gru, layers=tape.layers, h0=tape.h0, lengths=tape.lengths,
+                        unbatched=False, T=1, B=tape.B)
+        dh_n = np.ascontiguousarray(dh1.reshape(1, tape.B, self.hidden_size), dtype=self.dtype)
+        dx, dh0, grads = self._gru.backward(inner, None, dh_n)
+        grads = {k[: -len("_l0")]: v for k, v in grads.items()}
+        if tape.unbatched:
+            return dx[0, 0], dh0[0, 0], grads
+        return dx[0], dh0[0], grads
+
+    @classmethod
+    def from_torch(cls, cell, dtype=None):
+        """Build a GRUCell from a ``torch.nn.GRUCell``."""
+        from .interop.torch import cell_from_torch
+        return cell_from_torch(cls, cell, dtype)
+
+
+class Linear(_Params):
+    """Affine map ``y = x @ weight.T + bias`` over the last axis (PyTorch's ``nn.Linear``).
+
+    x: (..., in_features) → y: (..., out_features). Same training protocol as :class:`GRU`:
+    ``y, tape = lin.forward_train(x)``; ``dx, grads = lin.backward(tape, dy)``.
+    """
+
+    def __init__(self, in_features, out_features, *, bias=True, dtype=np.float32, seed=None):
+        self.in_features = check_int("in_features", in_features, minimum=1)
+        self.out_features = check_int("out_features", out_features, minimum=1)
+        self.bias = check_bool("bias", bias)
+        self.dtype = check_dtype("dtype", dtype)
+        self.seed = check_int("seed", seed, allow_none=True)
+        rng = np.random.default_rng(self.seed)
+        k = 1.0 / math.sqrt(self.in_features)
+        self.weight = rng.uniform(-k, k, (self.out_features, self.in_features)).astype(self.dtype)
+        self.b = rng.uniform(-k, k, self.out_features).astype(self.dtype) if self.bias else None
+
+    def get_config(self):
+        return dict(in_features=self.in_features, out_features=self.out_features, bias=self.bias,
+                    dtype=self.dtype.name, seed=self.seed)
+
+    def __repr__(self):
+        return f"Linear({self.in_features}, {self.out_features}, bias={self.bias})"
+
+    def _param_items(self):
+        yield "weight", self.weight
+        if self.bias:
+            yield "bias", self.b
+
+    def _prepare(self, x):
+        x = as_real_array("x", x)
+        if x.ndim < 1 or x.shape[-1] != self.in_features:
+            raise ValueError(f"x: expected in_features {self.in_features} in the last dimension, "
+                             f"got shape {x.shape}")
+        return np.ascontiguousarray(x, dtype=self.dtype)
+
+    def __call__(self, x):
+        return self.forward(x)
+
+    def forward(self, x):
+        x = self._prepare(x)
+        y = x @ self.weight.T
+        if self.bias:
+            y += self.b
+        return y
+
+    def forward_train(self, x):
+        x = self._prepare(x)
+        return self.forward(x), {"model": self, "x": x}
+
+    def backward(self, tape, dy):
+        if not isinstance(tape, dict) or tape.get("model") is not self:
+            raise TypeError("tape: expected the tape returned by this layer's forward_train")
+        x = tape["x"]
+        dy = as_real_array("dy", dy)
+        want = x.shape[:-1] + (self.out_features,)
+        if dy.shape != want:
+            raise ValueError(f"dy: expected shape {want}, got {dy.shape}")
+        dy = np.ascontiguousarray(dy, dtype=self.dtype)
+        dy2 = dy.reshape(-1, self.out_features)
+        x2 = x.reshape(-1, self.in_features)
+        grads = {"weight": dy2.T @ x2}
+        if self.bias:
+            grads["bias"] = dy2.sum(axis=0)
+        return (dy2 @ self.weight).reshape(x.shape), grads
