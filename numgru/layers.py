@@ -553,6 +553,11 @@ class GRUCell(_Params):
         from .interop.torch import cell_from_torch
         return cell_from_torch(cls, cell, dtype)
 
+    def to_torch(self):
+        """An equivalent ``torch.nn.GRUCell`` (reset_after=True, sigmoid gates, no clip only)."""
+        from .interop.torch import cell_to_torch
+        return cell_to_torch(self)
+
 
 class Linear(_Params):
     """Affine map ``y = x @ weight.T + bias`` over the last axis (PyTorch's ``nn.Linear``).
@@ -620,3 +625,4 @@ class Linear(_Params):
         if self.bias:
             grads["bias"] = dy2.sum(axis=0)
         return (dy2 @ self.weight).reshape(x.shape), grads
+

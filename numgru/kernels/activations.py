@@ -133,9 +133,8 @@ def clip_pre(x, use_clip, c):
 
 
 @inline
-def clip_grad(x_out, use_clip, out_hi, out_lo):
-    """1 where the activation ``x_out`` came from an unclipped pre-activation, else 0."""
-    one = one_like(x_out)
-    if use_clip and (x_out == out_hi or x_out == out_lo):
-        return one - one
-    return one
+def clipped(x, use_clip, c):
+    """1 when ONNX's clip changes x (|x| > c), else 0; NaN is never clipped."""
+    if use_clip and (x > c or x < -c):
+        return 1
+    return 0

@@ -10,7 +10,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import kernel, parallel_kernel
-from .activations import clip_grad, gate, gate_grad, one_like, tanh_fast
+from .activations import gate_grad, one_like
 
 
 def _gru_backward(dy, col0, dh_n, tape, y, h0, W_hh, lengths, reverse, reset_after, gate_kind,
@@ -21,7 +21,8 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_hh, lengths, reverse, reset_aft
 
     dy       (T, B, DH)  in.  dLoss/dy of the layer output; columns col0 … col0+H−1 belong here.
     dh_n     (B, H)      in.  dLoss/dh_n for this direction.
-    tape     (T, B, 4H)  in.  r, z, n, ghn stored by the forward kernel (``store=True``).
+    tape     (T, B, 4H)  in.  r, z, n, ghn stored by the forward kernel (``store=True``); 5H with
+                              ``use_clip`` (the clip flags).
     y        (T, B, DH)  in.  The forward output of the layer (gives h_{t−1}).
     h0       (B, H)      in.  The forward's initial state.
     W_hh     (3H, H)     in.  Recurrent weights.
@@ -49,10 +50,6 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_hh, lengths, reverse, reset_aft
     darz = np.empty((B, H2), dt)
     W_rz = W_hh[:H2]
     W_n = W_hh[H2:]
-    n_hi = tanh_fast(clip)
-    n_lo = -n_hi
-    g_hi = gate(clip, gate_kind, alpha, beta)
-    g_lo = gate(-clip, gate_kind, alpha, beta)
     for b in range(B):
         for j in range(H):
             dh[b, j] = dh_n[b, j]
@@ -88,21 +85,30 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_hh, lengths, reverse, reset_aft
                 dn = g * (one - z)
                 dz = g * (hp - n)
                 dhp[b, j] = g * z
-                da_n = dn * (one - n * n) * clip_grad(n, use_clip, n_hi, n_lo)
-                da_z = dz * gate_grad(z, gate_kind, alpha) * clip_grad(z, use_clip, g_hi, g_lo)
+                k_r = one
+                k_z = one
+                k_n = one
+                if use_clip:
+                    m = int(tape[t, b, 4 * H + j])
+                    k_r = one - (m & 1)
+                    k_z = one - ((m >> 1) & 1)
+                    k_n = one - ((m >> 2) & 1)
+                da_n = dn * (one - n * n) * k_n
+                da_z = dz * gate_grad(z, gate_kind, alpha) * k_z
                 dgx[t, b, H + j] = da_z
                 dgh[t, b, H + j] = da_z
                 dgx[t, b, H2 + j] = da_n
                 if reset_after:
                     ghn = tape[t, b, 3 * H + j]
                     dgh[t, b, H2 + j] = da_n * r
-                    da_r = da_n * ghn * gate_grad(r, gate_kind, alpha) * clip_grad(r, use_clip, g_hi, g_lo)
+                    da_r = da_n * ghn * gate_grad(r, gate_kind, alpha) * k_r
                     dgx[t, b, j] = da_r
                     dgh[t, b, j] = da_r
                 else:
                     dgh[t, b, H2 + j] = da_n
                     dan[b, j] = da_n
                     rhprev[t, b, j] = r * hp
+                    darz[b, j] = k_r
         if reset_after:
             np.dot(dgh[t], W_hh, tmp)
         else:
@@ -117,7 +123,7 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_hh, lengths, reverse, reset_aft
                     r = tape[t, b, j]
                     dr = drh[b, j] * hprev[t, b, j]
                     dhp[b, j] += drh[b, j] * r
-                    da_r = dr * gate_grad(r, gate_kind, alpha) * clip_grad(r, use_clip, g_hi, g_lo)
+                    da_r = dr * gate_grad(r, gate_kind, alpha) * darz[b, j]
                     dgx[t, b, j] = da_r
                     dgh[t, b, j] = da_r
                     darz[b, j] = da_r

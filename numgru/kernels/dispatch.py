@@ -64,11 +64,11 @@ def gru_direction_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gat
     T, B, H3 = gx.shape
     H = H3 // 3
     dtype = gx.dtype
-    tape = np.empty((T, B, 4 * H), dtype) if store else _EMPTY3[dtype]
+    use_clip = clip is not None
+    tape = np.empty((T, B, (5 if use_clip else 4) * H), dtype) if store else _EMPTY3[dtype]
     if B == 0 or T == 0:
         return h0.copy(), (tape if store else None)
     h_n = np.empty((B, H), dtype)
-    use_clip = clip is not None
     clip_v = dtype.type(clip if use_clip else np.inf)
     with parallel_slot(B >= PARALLEL_MIN_ROWS) as par:
         fn = gru_forward_parallel if par else gru_forward_serial
@@ -84,8 +84,8 @@ def gru_direction_backward(dy, col0, dh_n, tape, y, h0, W_hh, lengths, reverse, 
     Returns ``(dgx, dgh, hprev, rhprev, dh0)`` with shapes (T, B, 3H), (T, B, 3H), (T, B, H),
     (T, B, H) (None when reset_after), (B, H). See :func:`numgru.kernels.backward._gru_backward`.
     """
-    T, B, H4 = tape.shape
-    H = H4 // 4
+    T, B, _ = tape.shape
+    H = h0.shape[1]
     dtype = tape.dtype
     dgx = np.zeros((T, B, 3 * H), dtype)
     dgh = np.zeros((T, B, 3 * H), dtype)

@@ -18,7 +18,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import kernel, parallel_kernel
-from .activations import clip_pre, gate, tanh_fast
+from .activations import clip_pre, clipped, gate, tanh_fast
 
 
 def _gru_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gate_kind, alpha, beta,
@@ -34,8 +34,10 @@ def _gru_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gate_kind, a
     lengths   (B,) int64  in.  Valid steps per row, 0 ≤ lengths[b] ≤ T (checked by the caller).
     y         (T, B, DH)  out. Columns col0 … col0+H−1 receive h_t; zeros where t ≥ lengths[b].
     h_n       (B, H)      out. State at each row's last valid step (h0 when lengths[b] == 0).
-    tape      (T, B, 4H)  out when ``store``: r, z, n and W_hn h + b_hn (reset_after) or
-                               W_hn (r ⊙ h) + b_hn (reset_after=False) per valid step; entries of
+    tape      (T, B, 4H or 5H) out when ``store``: r, z, n and W_hn h + b_hn (reset_after) or
+                               W_hn (r ⊙ h) + b_hn (reset_after=False) per valid step, and with
+                               ``use_clip`` a fifth block: 1·[r clipped] + 2·[z clipped] + 4·[n clipped]
+                               (so backward zeroes exactly the clipped derivatives); entries of
                                invalid steps are not written. Pass a (0, 0, 0) array otherwise.
 
     Scalars: reverse (bool) runs t = T−1 … 0, each row starting at its own last valid step;
@@ -77,12 +79,13 @@ def _gru_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gate_kind, a
                         y[t, b, col0 + j] = 0.0
                     continue
                 for j in range(H):
-                    r = gate(clip_pre(gx[t, b, j] + acc[b, j] + b_hh[j], use_clip, clip),
-                             gate_kind, alpha, beta)
-                    z = gate(clip_pre(gx[t, b, H + j] + acc[b, H + j] + b_hh[H + j], use_clip, clip),
-                             gate_kind, alpha, beta)
+                    a_r = gx[t, b, j] + acc[b, j] + b_hh[j]
+                    a_z = gx[t, b, H + j] + acc[b, H + j] + b_hh[H + j]
+                    r = gate(clip_pre(a_r, use_clip, clip), gate_kind, alpha, beta)
+                    z = gate(clip_pre(a_z, use_clip, clip), gate_kind, alpha, beta)
                     ghn = acc[b, H2 + j] + b_hh[H2 + j]
-                    n = tanh_fast(clip_pre(gx[t, b, H2 + j] + r * ghn, use_clip, clip))
+                    a_n = gx[t, b, H2 + j] + r * ghn
+                    n = tanh_fast(clip_pre(a_n, use_clip, clip))
                     hp = hc[b, j]
                     h = n + z * (hp - n)
                     hn[b, j] = h
@@ -92,17 +95,24 @@ def _gru_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gate_kind, a
                         tape[t, b, H + j] = z
                         tape[t, b, H2 + j] = n
                         tape[t, b, 3 * H + j] = ghn
+                        if use_clip:
+                            tape[t, b, 4 * H + j] = (clipped(a_r, use_clip, clip)
+                                                     + 2 * clipped(a_z, use_clip, clip)
+                                                     + 4 * clipped(a_n, use_clip, clip))
         else:
             np.dot(hc, W_rz_T, acc_rz)
             for b in prange(B):
                 for j in range(H):
-                    r = gate(clip_pre(gx[t, b, j] + acc_rz[b, j] + b_hh[j], use_clip, clip),
-                             gate_kind, alpha, beta)
-                    z = gate(clip_pre(gx[t, b, H + j] + acc_rz[b, H + j] + b_hh[H + j], use_clip, clip),
-                             gate_kind, alpha, beta)
+                    a_r = gx[t, b, j] + acc_rz[b, j] + b_hh[j]
+                    a_z = gx[t, b, H + j] + acc_rz[b, H + j] + b_hh[H + j]
+                    r = gate(clip_pre(a_r, use_clip, clip), gate_kind, alpha, beta)
+                    z = gate(clip_pre(a_z, use_clip, clip), gate_kind, alpha, beta)
                     acc_rz[b, j] = r
                     acc_rz[b, H + j] = z
                     rh[b, j] = r * hc[b, j]
+                    if store and use_clip and t < lengths[b]:
+                        tape[t, b, 4 * H + j] = (clipped(a_r, use_clip, clip)
+                                                 + 2 * clipped(a_z, use_clip, clip))
             np.dot(rh, W_n_T, acc_n)
             for b in prange(B):
                 if t >= lengths[b]:
@@ -114,7 +124,8 @@ def _gru_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gate_kind, a
                     r = acc_rz[b, j]
                     z = acc_rz[b, H + j]
                     ghn = acc_n[b, j] + b_hh[H2 + j]
-                    n = tanh_fast(clip_pre(gx[t, b, H2 + j] + ghn, use_clip, clip))
+                    a_n = gx[t, b, H2 + j] + ghn
+                    n = tanh_fast(clip_pre(a_n, use_clip, clip))
                     hp = hc[b, j]
                     h = n + z * (hp - n)
                     hn[b, j] = h
@@ -124,6 +135,8 @@ def _gru_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gate_kind, a
                         tape[t, b, H + j] = z
                         tape[t, b, H2 + j] = n
                         tape[t, b, 3 * H + j] = ghn
+                        if use_clip:
+                            tape[t, b, 4 * H + j] += 4 * clipped(a_n, use_clip, clip)
     hl = h_a if T % 2 == 0 else h_b
     for b in range(B):
         for j in range(H):

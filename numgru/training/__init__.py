@@ -1,0 +1,1 @@
+"""Training on top of the layers: losses, optimizers, scikit-learn style estimators."""

@@ -1,0 +1,201 @@
+"""Backward (BPTT) against torch autograd, against central finite differences, and across threads."""
+import itertools
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import numgru as ng
+from reference import gru as ref_gru
+
+torch = pytest.importorskip("torch")
+
+GTOL = {np.float32: dict(atol=2e-5, rtol=1e-4), np.float64: dict(atol=1e-10, rtol=1e-8)}
+
+
+def _torch_grads(tg, x, h0, lengths, dy, dh, batch_first):
+    tx = torch.from_numpy(x).requires_grad_(True)
+    th0 = torch.from_numpy(h0).requires_grad_(True)
+    if lengths is None:
+        y, h = tg(tx, th0)
+    else:
+        packed = torch.nn.utils.rnn.pack_padded_sequence(tx, torch.from_numpy(lengths),
+                                                         batch_first=batch_first, enforce_sorted=False)
+        y, h = tg(packed, th0)
+        T = x.shape[1] if batch_first else x.shape[0]
+        y, _ = torch.nn.utils.rnn.pad_packed_sequence(y, batch_first=batch_first, total_length=T)
+    loss = (y * torch.from_numpy(dy)).sum() + (h * torch.from_numpy(dh)).sum()
+    loss.backward()
+    grads = {k: p.grad.numpy() for k, p in tg.named_parameters()}
+    return tx.grad.numpy(), th0.grad.numpy(), grads
+
+
+GRID = list(itertools.product([1, 3], [False, True], [True, False], [False, True],
+                              [np.float32, np.float64]))
+
+
+@pytest.mark.parametrize("layers,bidir,bias,use_len,dtype", GRID)
+def test_gradients_match_torch(layers, bidir, bias, use_len, dtype):
+    seed = (layers * 7 + bidir * 3 + bias * 5 + use_len * 11 + (dtype == np.float32)) % 1000
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    T, B, I, H = 6, 4, 3, 5
+    D = 2 if bidir else 1
+    tdtype = torch.float64 if dtype == np.float64 else torch.float32
+    batch_first = bool(seed % 2)
+    tg = torch.nn.GRU(I, H, layers, bias=bias, bidirectional=bidir, batch_first=batch_first,
+                      dtype=tdtype)
+    g = ng.GRU.from_torch(tg)
+    shape = (B, T, I) if batch_first else (T, B, I)
+    x = rng.standard_normal(shape).astype(dtype)
+    h0 = rng.standard_normal((layers * D, B, H)).astype(dtype)
+    lengths = np.array([6, 2, 5, 1]) if use_len else None
+    y, h_n, tape = g.forward_train(x, h0, lengths)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    if use_len:  # torch's padded outputs are constants: no gradient flows through them
+        for b, L in enumerate(lengths):
+            if batch_first:
+                dy[b, L:] = 0
+            else:
+                dy[L:, b] = 0
+    dh = rng.standard_normal(h_n.shape).astype(dtype)
+    dx, dh0, grads = g.backward(tape, dy, dh)
+    tdx, tdh0, tgrads = _torch_grads(tg, x, h0, lengths, dy, dh, batch_first)
+    np.testing.assert_allclose(dx, tdx, **GTOL[dtype])
+    np.testing.assert_allclose(dh0, tdh0, **GTOL[dtype])
+    assert list(grads) == list(tgrads)
+    for k in grads:
+        np.testing.assert_allclose(grads[k], tgrads[k], err_msg=k, **GTOL[dtype])
+
+
+def _loss(g, x, h0, lengths, dy, dh):
+    y, h = g(x, h0, lengths)
+    return float((y * dy).sum() + (h * dh).sum())
+
+
+@pytest.mark.parametrize("reset_after", [True, False])
+@pytest.mark.parametrize("gate", ["sigmoid", "hard_sigmoid_keras2"])
+@pytest.mark.parametrize("clip", [None, 1.5])
+def test_gradients_match_finite_differences(reset_after, gate, clip):
+    rng = np.random.default_rng(3)
+    T, B, I, H, L = 5, 3, 2, 3, 2
+    g = ng.GRU(I, H, L, bidirectional=True, reset_after=reset_after, gate_activation=gate, clip=clip,
+               dtype=np.float64, seed=1)
+    x = rng.standard_normal((T, B, I))
+    h0 = 0.5 * rng.standard_normal((2 * L, B, H))
+    lengths = np.array([5, 3, 0])
+    y, h_n, tape = g.forward_train(x, h0, lengths)
+    dy = rng.standard_normal(y.shape)
+    dh = rng.standard_normal(h_n.shape)
+    dx, dh0, grads = g.backward(tape, dy, dh)
+    eps = 1e-6
+    errs = []
+
+    def check(arr, analytic):
+        flat = arr.reshape(-1)
+        for i in range(flat.size):
+            old = flat[i]
+            flat[i] = old + eps
+            lp = _loss(g, x, h0, lengths, dy, dh)
+            flat[i] = old - eps
+            lm = _loss(g, x, h0, lengths, dy, dh)
+            flat[i] = old
+            errs.append(abs((lp - lm) / (2 * eps) - analytic.reshape(-1)[i]))
+
+    for name, p in g.named_parameters():
+        check(p, grads[name])
+    check(x, dx)
+    check(h0, dh0)
+    errs = np.array(errs)
+    assert errs.max() < 1e-6 and errs.mean() < 1e-7, (errs.max(), errs.mean())
+
+
+def test_dropout_between_layers_matches_mask_semantics():
+    g = ng.GRU(3, 4, 3, dropout=0.5, seed=0, dtype=np.float64)
+    x = np.random.default_rng(0).standard_normal((5, 2, 3))
+    y_eval, _ = g(x)
+    y1, _, tape = g.forward_train(x)
+    masks = [lt.mask for lt in tape.layers]
+    assert masks[0] is None and all(m is not None for m in masks[1:])
+    assert set(np.unique(masks[1])) <= {0.0, 2.0}
+    assert not np.allclose(y1, y_eval)
+    # gradients through dropout: finite differences with the masks held fixed
+    dy = np.ones_like(y1)
+    dx, _, grads = g.backward(tape, dy)
+    ref = ng.GRU(3, 4, 3, seed=0, dtype=np.float64)
+    ref.load_state_dict(g.state_dict())
+    assert np.isfinite(dx).all() and all(np.isfinite(v).all() for v in grads.values())
+
+
+def test_cell_backward_matches_torch():
+    torch.manual_seed(0)
+    tc = torch.nn.GRUCell(3, 4, dtype=torch.float64)
+    c = ng.GRUCell.from_torch(tc)
+    rng = np.random.default_rng(0)
+    x, h = rng.standard_normal((2, 3)), rng.standard_normal((2, 4))
+    dh1 = rng.standard_normal((2, 4))
+    h1, tape = c.forward_train(x, h)
+    dx, dh, grads = c.backward(tape, dh1)
+    tx = torch.from_numpy(x).requires_grad_(True)
+    th = torch.from_numpy(h).requires_grad_(True)
+    (tc(tx, th) * torch.from_numpy(dh1)).sum().backward()
+    np.testing.assert_allclose(dx, tx.grad.numpy(), atol=1e-12)
+    np.testing.assert_allclose(dh, th.grad.numpy(), atol=1e-12)
+    for k, p in tc.named_parameters():
+        np.testing.assert_allclose(grads[k], p.grad.numpy(), atol=1e-12)
+
+
+def test_linear_backward_matches_torch():
+    torch.manual_seed(0)
+    tl = torch.nn.Linear(5, 3, dtype=torch.float64)
+    lin = ng.Linear(5, 3, dtype=np.float64)
+    lin.load_state_dict({k: v.detach().numpy() for k, v in tl.state_dict().items()})
+    x = np.random.default_rng(0).standard_normal((4, 2, 5))
+    y, tape = lin.forward_train(x)
+    dy = np.random.default_rng(1).standard_normal(y.shape)
+    dx, grads = lin.backward(tape, dy)
+    tx = torch.from_numpy(x).requires_grad_(True)
+    ty = tl(tx)
+    np.testing.assert_allclose(y, ty.detach().numpy(), atol=1e-12)
+    (ty * torch.from_numpy(dy)).sum().backward()
+    np.testing.assert_allclose(dx, tx.grad.numpy(), atol=1e-12)
+    np.testing.assert_allclose(grads["weight"], tl.weight.grad.numpy(), atol=1e-12)
+    np.testing.assert_allclose(grads["bias"], tl.bias.grad.numpy(), atol=1e-12)
+
+
+def test_backward_errors():
+    g = ng.GRU(3, 4, seed=0)
+    y, h, tape = g.forward_train(np.ones((5, 2, 3)))
+    with pytest.raises(ValueError, match="dy, dh_n"):
+        g.backward(tape)
+    with pytest.raises(ValueError, match=r"dy: expected shape \(5, 2, 4\)"):
+        g.backward(tape, np.ones((5, 2, 5)))
+    with pytest.raises(ValueError, match=r"dh_n: expected shape \(1, 2, 4\)"):
+        g.backward(tape, None, np.ones((2, 4)))
+    with pytest.raises(TypeError, match="tape"):
+        ng.GRU(3, 4).backward(tape, np.ones((5, 2, 4)))
+
+
+_THREADS_PROBE = r"""
+import sys, numba, numpy as np, numgru as ng
+numba.set_num_threads(int(sys.argv[1]))
+g = ng.GRU(8, 16, 2, bidirectional=True, seed=0)
+rng = np.random.default_rng(0)
+x = rng.standard_normal((12, 80, 8)).astype(np.float32)
+y, h, tape = g.forward_train(x, lengths=rng.integers(0, 13, 80))
+dx, dh0, grads = g.backward(tape, np.ones_like(y), np.ones_like(h))
+np.savez(sys.argv[2], dx=dx, dh0=dh0, y=y, **grads)
+"""
+
+
+def test_gradients_identical_with_1_and_2_threads(tmp_path):
+    outs = []
+    for n in (1, 2):
+        path = tmp_path / f"g{n}.npz"
+        subprocess.run([sys.executable, "-c", _THREADS_PROBE, str(n), str(path)], check=True,
+                       timeout=600, env=dict(os.environ, OPENBLAS_NUM_THREADS=str(n)))
+        outs.append(np.load(path))
+    for k in outs[0].files:
+        np.testing.assert_array_equal(outs[0][k], outs[1][k], err_msg=k)

@@ -1,0 +1,250 @@
+"""Forward parity of GRU and GRUCell with tests/reference.py and with torch.nn.GRU / GRUCell."""
+import itertools
+
+import numpy as np
+import pytest
+
+import numgru as ng
+from conftest import TOL
+from reference import gru as ref_gru, random_params
+
+torch = pytest.importorskip("torch")
+
+
+def _torch_run(tg, x, h0, lengths, batch_first):
+    """torch.nn.GRU with packed sequences for lengths; zero-length rows handled as numgru defines."""
+    with torch.no_grad():
+        tx = torch.from_numpy(x)
+        th0 = None if h0 is None else torch.from_numpy(h0)
+        if lengths is None:
+            y, h = tg(tx, th0)
+            return y.numpy(), h.numpy()
+        T = x.shape[1] if batch_first else x.shape[0]
+        L = torch.from_numpy(np.maximum(lengths, 1))
+        packed = torch.nn.utils.rnn.pack_padded_sequence(tx, L, batch_first=batch_first,
+                                                         enforce_sorted=False)
+        y, h = tg(packed, th0)
+        y, _ = torch.nn.utils.rnn.pad_packed_sequence(y, batch_first=batch_first, total_length=T)
+        y, h = y.numpy().copy(), h.numpy().copy()
+        zero = lengths == 0  # torch cannot pack length 0: numgru gives zeros and h_n = h0
+        if zero.any():
+            if batch_first:
+                y[zero] = 0
+            else:
+                y[:, zero] = 0
+            h[:, zero] = 0 if h0 is None else h0[:, zero]
+        return y, h
+
+
+GRID = list(itertools.product([1, 2, 3], [False, True], [True, False], [False, True],
+                              [np.float32, np.float64]))
+
+
+@pytest.mark.parametrize("layers,bidir,bias,batch_first,dtype", GRID)
+def test_parity_torch_and_reference(layers, bidir, bias, batch_first, dtype):
+    seed = hash((layers, bidir, bias, batch_first, dtype == np.float32)) % 2**31
+    rng = np.random.default_rng(seed)
+    T, B, I, H = 7, 4, 5, 6
+    D = 2 if bidir else 1
+    tdtype = torch.float64 if dtype == np.float64 else torch.float32
+    torch.manual_seed(seed)
+    tg = torch.nn.GRU(I, H, layers, bias=bias, batch_first=batch_first, bidirectional=bidir,
+                      dtype=tdtype)
+    g = ng.GRU.from_torch(tg)
+    assert g.dtype == dtype
+    for use_h0, use_len in [(False, False), (True, False), (True, True), (False, True)]:
+        x = rng.standard_normal((B, T, I) if batch_first else (T, B, I)).astype(dtype)
+        h0 = rng.standard_normal((layers * D, B, H)).astype(dtype) if use_h0 else None
+        lengths = np.array([T, 0, 3, 1]) if use_len else None
+        y, h_n = g(x, h0=h0, lengths=lengths)
+        assert y.dtype == dtype and h_n.dtype == dtype
+        ty, th = _torch_run(tg, x, h0, lengths, batch_first)
+        np.testing.assert_allclose(y, ty, **TOL[dtype])
+        np.testing.assert_allclose(h_n, th, **TOL[dtype])
+        xt = x.transpose(1, 0, 2) if batch_first else x
+        ry, rh = ref_gru(xt, g.state_dict(), layers, H, bidir, h0=h0, lengths=lengths)
+        ry = ry.transpose(1, 0, 2) if batch_first else ry
+        np.testing.assert_allclose(y, ry, **TOL[dtype])
+        np.testing.assert_allclose(h_n, rh, **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("bidir", [False, True])
+def test_unbatched_matches_torch(dtype, bidir):
+    tdtype = torch.float64 if dtype == np.float64 else torch.float32
+    torch.manual_seed(0)
+    tg = torch.nn.GRU(3, 5, 2, bidirectional=bidir, dtype=tdtype)
+    g = ng.GRU.from_torch(tg)
+    x = np.random.default_rng(0).standard_normal((6, 3)).astype(dtype)
+    h0 = np.random.default_rng(1).standard_normal((2 * (2 if bidir else 1), 5)).astype(dtype)
+    y, h = g(x, h0)
+    with torch.no_grad():
+        ty, th = tg(torch.from_numpy(x), torch.from_numpy(h0))
+    assert y.shape == tuple(ty.shape) and h.shape == tuple(th.shape)
+    np.testing.assert_allclose(y, ty.numpy(), **TOL[dtype])
+    np.testing.assert_allclose(h, th.numpy(), **TOL[dtype])
+
+
+@pytest.mark.parametrize("reset_after", [True, False])
+@pytest.mark.parametrize("gate", ["sigmoid", "hard_sigmoid_keras2", "hard_sigmoid_keras3"])
+@pytest.mark.parametrize("clip", [None, 0.7])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_variants_against_reference(reset_after, gate, clip, dtype):
+    rng = np.random.default_rng(7)
+    T, B, I, H, L = 9, 3, 4, 5, 2
+    g = ng.GRU(I, H, L, bidirectional=True, reset_after=reset_after, gate_activation=gate,
+               clip=clip, dtype=dtype, seed=3)
+    params = random_params(I, H, L, bidirectional=True, seed=5)
+    g.load_state_dict(params)
+    x = (2 * rng.standard_normal((T, B, I))).astype(dtype)
+    h0 = rng.standard_normal((2 * L, B, H)).astype(dtype)
+    lengths = np.array([9, 4, 0])
+    y, h = g(x, h0, lengths)
+    alpha = {"sigmoid": 0.2, "hard_sigmoid_keras2": 0.2, "hard_sigmoid_keras3": 1 / 6}[gate]
+    kind = "sigmoid" if gate == "sigmoid" else "hard"
+    ry, rh = ref_gru(x, params, L, H, True, h0, lengths, reset_after, kind, alpha, 0.5, clip)
+    np.testing.assert_allclose(y, ry, **TOL[dtype])
+    np.testing.assert_allclose(h, rh, **TOL[dtype])
+
+
+def test_hard_sigmoid_custom_alpha_beta():
+    g = ng.GRU(3, 4, gate_activation="hard_sigmoid", alpha=0.3, beta=0.4, dtype=np.float64, seed=0)
+    x = np.random.default_rng(0).standard_normal((5, 2, 3))
+    y, _ = g(x)
+    ry, _ = ref_gru(x, g.state_dict(), 1, 4, gate="hard", alpha=0.3, beta=0.4)
+    np.testing.assert_allclose(y, ry, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cell_matches_torch(dtype):
+    tdtype = torch.float64 if dtype == np.float64 else torch.float32
+    torch.manual_seed(1)
+    tc = torch.nn.GRUCell(4, 6, dtype=tdtype)
+    c = ng.GRUCell.from_torch(tc)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 4)).astype(dtype)
+    h = rng.standard_normal((3, 6)).astype(dtype)
+    with torch.no_grad():
+        np.testing.assert_allclose(c(x, h), tc(torch.from_numpy(x), torch.from_numpy(h)).numpy(),
+                                   **TOL[dtype])
+        np.testing.assert_allclose(c(x), tc(torch.from_numpy(x)).numpy(), **TOL[dtype])
+        np.testing.assert_allclose(c(x[0], h[0]), tc(torch.from_numpy(x[0]), torch.from_numpy(h[0])).numpy(),
+                                   **TOL[dtype])
+
+
+def test_cell_reset_before_matches_reference():
+    c = ng.GRUCell(4, 6, reset_after=False, dtype=np.float64, seed=2)
+    x = np.random.default_rng(0).standard_normal((3, 4))
+    h = np.random.default_rng(1).standard_normal((3, 6))
+    sd = c.state_dict()
+    params = {k + "_l0": v for k, v in sd.items()}
+    ry, _ = ref_gru(x[None], params, 1, 6, h0=h[None], reset_after=False)
+    np.testing.assert_allclose(c(x, h), ry[0], atol=1e-12)
+
+
+def test_batch_invariance():
+    """A row's output does not depend on the other rows of its batch, within 1e-6 (float32).
+
+    Not bitwise: BLAS runs a GEMV for one row and a GEMM for many, with different reduction orders
+    (measured worst difference 6e-8 at B = 16 and B = 100). The fused gate loop itself is row-local.
+    """
+    rng = np.random.default_rng(0)
+    g = ng.GRU(8, 32, 2, bidirectional=True, seed=0)
+    X = rng.standard_normal((20, 16, 8)).astype(np.float32)
+    lengths = rng.integers(0, 21, 16)
+    y, h = g(X, lengths=lengths)
+    worst = 0.0
+    for b in [0, 5, 15]:
+        y1, h1 = g(X[:, b:b + 1], lengths=lengths[b:b + 1])
+        worst = max(worst, np.abs(y1[:, 0] - y[:, b]).max(), np.abs(h1[:, 0] - h[:, b]).max())
+        y2, _ = g(X[:lengths[b], b])
+        np.testing.assert_allclose(y2, y[:lengths[b], b], atol=1e-6)
+    assert worst <= 1e-6
+
+
+def test_lengths_zero_gives_zeros_and_h0():
+    g = ng.GRU(3, 4, bidirectional=True, seed=0)
+    x = np.ones((5, 2, 3), np.float32)
+    h0 = np.full((2, 2, 4), 0.25, np.float32)
+    y, h = g(x, h0, lengths=np.array([0, 5]))
+    assert np.all(y[:, 0] == 0)
+    np.testing.assert_array_equal(h[:, 0], h0[:, 0])
+
+
+def test_nan_propagates_and_huge_inputs_are_finite():
+    g = ng.GRU(3, 4, seed=0)
+    x = np.zeros((4, 2, 3), np.float32)
+    x[1, 0, 0] = np.nan
+    y, _ = g(x)
+    assert np.isnan(y[1:, 0]).all() and np.isfinite(y[:, 1]).all()
+    assert np.isfinite(y[0, 0]).all()
+    for dtype in (np.float32, np.float64):
+        g = ng.GRU(3, 4, seed=0, dtype=dtype)
+        big = np.array([1e30, -1e30, 1e30], dtype)[None, None, :].repeat(5, 0)
+        y, h = g(big)
+        assert np.isfinite(y).all() and np.isfinite(h).all()
+        g2 = ng.GRU(3, 4, seed=0, dtype=dtype, reset_after=False, gate_activation="hard_sigmoid")
+        assert np.isfinite(g2(big)[0]).all()
+
+
+def test_readonly_and_noncontiguous_inputs():
+    g = ng.GRU(3, 4, seed=0, batch_first=True)
+    base = np.random.default_rng(0).standard_normal((2, 6, 10)).astype(np.float32)
+    x = base[:, :, ::3][:, :, :3]
+    assert not x.flags.c_contiguous
+    ref, _ = g(np.ascontiguousarray(x))
+    xr = np.ascontiguousarray(x)
+    xr.setflags(write=False)
+    np.testing.assert_array_equal(g(x)[0], ref)
+    np.testing.assert_array_equal(g(xr)[0], ref)
+    for p in g.parameters():
+        p.setflags(write=False)
+    np.testing.assert_array_equal(g(xr)[0], ref)
+
+
+def test_other_input_dtypes_are_cast():
+    g = ng.GRU(3, 4, seed=0)
+    x = np.arange(24).reshape(4, 2, 3)
+    y, _ = g(x)
+    np.testing.assert_array_equal(y, g(x.astype(np.float32))[0])
+    y64, _ = g(x.astype(np.float64))
+    assert y64.dtype == np.float32
+
+
+def test_init_matches_torch_bounds_and_seed():
+    a, b = ng.GRU(5, 16, 2, seed=42), ng.GRU(5, 16, 2, seed=42)
+    for (na, pa), (nb, pb) in zip(a.named_parameters(), b.named_parameters()):
+        assert na == nb
+        np.testing.assert_array_equal(pa, pb)
+        assert np.abs(pa).max() <= 0.25
+    assert a.num_parameters() == sum(p.numel() for p in torch.nn.GRU(5, 16, 2).parameters())
+    assert ng.GRU(5, 16, bidirectional=True, bias=False).num_parameters() == 2 * 3 * (5 * 16 + 16 * 16)
+
+
+def test_state_dict_roundtrip_and_live_parameters():
+    g = ng.GRU(3, 4, 2, bidirectional=True, seed=0)
+    sd = g.state_dict()
+    assert list(sd) == [n for n, _ in g.named_parameters()]
+    tsd = torch.nn.GRU(3, 4, 2, bidirectional=True).state_dict()
+    assert list(sd) == list(tsd) and all(sd[k].shape == tuple(tsd[k].shape) for k in sd)
+    sd["weight_hh_l0"][:] = 0  # a copy: the model is unchanged
+    assert np.abs(g.state_dict()["weight_hh_l0"]).sum() > 0
+    dict(g.named_parameters())["bias_ih_l1"][:] = 1.5  # live: the model changes
+    assert np.all(g.state_dict()["bias_ih_l1"] == 1.5)
+    h = ng.GRU(3, 4, 2, bidirectional=True, seed=9)
+    h.load_state_dict({k: torch.from_numpy(v) for k, v in g.state_dict().items()})
+    x = np.ones((2, 1, 3), np.float32)
+    np.testing.assert_array_equal(h(x)[0], g(x)[0])
+
+
+def test_to_torch_roundtrip():
+    g = ng.GRU(3, 5, 2, bidirectional=True, batch_first=True, seed=0, dtype=np.float64)
+    tg = g.to_torch()
+    x = np.random.default_rng(0).standard_normal((2, 4, 3))
+    with torch.no_grad():
+        ty, th = tg(torch.from_numpy(x))
+    y, h = g(x)
+    np.testing.assert_allclose(y, ty.numpy(), atol=1e-12)
+    np.testing.assert_allclose(h, th.numpy(), atol=1e-12)
+    with pytest.raises(ValueError, match="reset_after"):
+        ng.GRU(3, 5, reset_after=False).to_torch()

@@ -1,0 +1,81 @@
+"""The kernels: one place owns the flags, the compiled code runs, the cache works in a fresh process."""
+import json
+import os
+import subprocess
+import sys
+
+import numba
+import numpy as np
+from numba.core.caching import FunctionCache
+from numba.core.registry import CPUDispatcher
+
+import numgru as ng
+from numgru.kernels import _jit
+
+
+def _all_kernels():
+    import numgru.kernels.dispatch  # noqa: F401  (imports every kernel module)
+    import numgru.training.optim  # noqa: F401
+    return dict(_jit.REGISTRY)
+
+
+def test_every_kernel_uses_the_owned_flags():
+    kernels = _all_kernels()
+    assert {"gru_forward_serial", "gru_forward_parallel", "gru_backward_serial",
+            "gru_backward_parallel"} <= set(kernels)
+    for name, disp in kernels.items():
+        opts = disp.targetoptions
+        assert opts["nogil"] is True, name
+        assert isinstance(disp._cache, FunctionCache) == _jit.CACHE, name
+        assert opts["fastmath"] is not True, name
+        assert set(opts["fastmath"]) == set(_jit.FASTMATH), name
+        assert not {"nnan", "ninf", "fast"} & set(opts["fastmath"]), name
+        assert opts.get("error_model") == "numpy", name
+        assert bool(opts.get("parallel", False)) == name.endswith("_parallel"), name
+
+
+def test_compiled_kernel_runs_not_python(monkeypatch):
+    from numgru.kernels import forward
+
+    assert isinstance(forward.gru_forward_serial, CPUDispatcher)
+
+    def python_fallback(*args, **kwargs):
+        raise AssertionError("the Python body ran instead of the compiled kernel")
+
+    monkeypatch.setattr(forward, "_gru_forward", python_fallback)
+    g = ng.GRU(3, 4, seed=0)
+    y, _ = g(np.ones((4, 2, 3), np.float32))
+    assert np.isfinite(y).all()
+    sigs = [str(s) for s in forward.gru_forward_serial.signatures]
+    assert any("float32" in s for s in sigs)
+    assert forward.gru_forward_serial.nopython_signatures
+
+
+_PROBE = r"""
+import json, numpy as np, numgru as ng
+from numgru.kernels import forward
+g = ng.GRU(3, 4, seed=0)
+y, _ = g(np.ones((4, 2, 3), np.float32))
+st = forward.gru_forward_serial.stats
+print(json.dumps({"hits": sum(st.cache_hits.values()), "misses": sum(st.cache_misses.values()),
+                  "y": float(y.sum())}))
+"""
+
+
+def test_warm_cache_in_fresh_process(tmp_path):
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    env.pop("NUMGRU_CACHE", None)
+    runs = []
+    for _ in range(2):
+        out = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True,
+                             check=True, timeout=600)
+        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    assert runs[0]["misses"] >= 1
+    assert runs[1]["hits"] >= 1 and runs[1]["misses"] == 0
+    assert runs[0]["y"] == runs[1]["y"]
+
+
+def test_numba_thread_count_is_read_not_changed():
+    before = numba.get_num_threads()
+    ng.GRU(3, 4, seed=0)(np.ones((3, 70, 3), np.float32))
+    assert numba.get_num_threads() == before
