@@ -126,6 +126,10 @@ class GRU(_Params):
         Dropout on the outputs of every layer but the last, in :meth:`forward_train` only.
     bidirectional : bool
         D = 2: a reverse direction whose outputs are concatenated after the forward ones.
+    go_backwards : bool
+        Unidirectional only: every layer runs t = T−1 … 0 (each row from its own last valid step),
+        as ONNX's ``direction="reverse"``; y stays aligned with x (y[t] is the state after x[t]).
+        Keras' ``go_backwards`` returns the sequence in processing order: flip y along time for that.
     reset_after : bool
         Where the reset gate acts (see the equations).
     gate_activation : str
@@ -155,7 +159,7 @@ class GRU(_Params):
 
     def __init__(self, input_size, hidden_size, num_layers=1, *, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, reset_after=True, gate_activation="sigmoid",
-                 alpha=None, beta=None, clip=None, dtype=np.float32, seed=None):
+                 alpha=None, beta=None, clip=None, dtype=np.float32, seed=None, go_backwards=False):
         self.input_size = check_int("input_size", input_size, minimum=1)
         self.hidden_size = check_int("hidden_size", hidden_size, minimum=1)
         self.num_layers = check_int("num_layers", num_layers, minimum=1)
@@ -164,6 +168,9 @@ class GRU(_Params):
         self.dropout = check_float("dropout", dropout, low=0.0, high=1.0, high_open=True)
         self.bidirectional = check_bool("bidirectional", bidirectional)
         self.reset_after = check_bool("reset_after", reset_after)
+        self.go_backwards = check_bool("go_backwards", go_backwards)
+        if self.go_backwards and self.bidirectional:
+            raise ValueError("go_backwards: only for a unidirectional GRU (got bidirectional=True)")
         self.gate_activation = gate_activation
         self._gate_kind, self.alpha, self.beta = _resolve_gate(gate_activation, alpha, beta)
         self.clip = check_float("clip", clip, low=0.0, low_open=True, allow_none=True)
@@ -198,6 +205,8 @@ class GRU(_Params):
                    dropout=self.dropout, bidirectional=self.bidirectional, reset_after=self.reset_after,
                    gate_activation=self.gate_activation, clip=self.clip, dtype=self.dtype.name,
                    seed=self.seed)
+        if self.go_backwards:
+            cfg["go_backwards"] = True
         if self.gate_activation == "hard_sigmoid":
             cfg.update(alpha=self.alpha, beta=self.beta)
         return cfg
@@ -301,7 +310,8 @@ class GRU(_Params):
                 i = layer * D + d
                 W_ih, W_hh, b_ih, b_hh = self._weights(i)
                 gx = input_projection(x2d, W_ih, b_ih).reshape(T, B, 3 * H)
-                hn_d, tape = gru_direction_forward(gx, W_hh, b_hh, h0[i], lengths, d == 1,
+                hn_d, tape = gru_direction_forward(gx, W_hh, b_hh, h0[i], lengths,
+                                                   d == 1 or self.go_backwards,
                                                    self.reset_after, self._gate_kind, self.alpha,
                                                    self.beta, self.clip, y, d * H, store=store)
                 h_n[i] = hn_d
@@ -376,7 +386,7 @@ class GRU(_Params):
                 W_ih, W_hh, b_ih, b_hh = self._weights(i)
                 dgx, dgh, hprev, rhprev, dh0_i = gru_direction_backward(
                     dy_layer, d * H, dh_n[i], lt.gates[d], lt.y, tape.h0[i], W_hh, tape.lengths,
-                    d == 1, self.reset_after, self._gate_kind, self.alpha, self.beta, self.clip)
+                    d == 1 or self.go_backwards, self.reset_after, self._gate_kind, self.alpha, self.beta, self.clip)
                 dh0[i] = dh0_i
                 dgx2 = dgx.reshape(T * B, 3 * H)
                 dgh2 = dgh.reshape(T * B, 3 * H)

@@ -53,6 +53,9 @@ def _check_torch_compatible(model):
     if model.gate_activation != "sigmoid":
         raise ValueError(f"to_torch: torch.nn.GRU uses sigmoid gates; this model has "
                          f"gate_activation={model.gate_activation!r}")
+    if getattr(model, "go_backwards", False):
+        raise ValueError("to_torch: torch.nn.GRU has no reverse-only direction; this model has "
+                         "go_backwards=True")
     if model.clip is not None:
         raise ValueError("to_torch: torch.nn.GRU has no clip; this model has clip="
                          f"{model.clip}")

@@ -1,0 +1,389 @@
+"""Serving: a threaded dynamic-batching engine and stateful streams. Sits on top of the layers.
+
+Thread safety
+-------------
+Every kernel releases the GIL. Under Numba's default ``workqueue`` threading layer, two threads that
+enter ``parallel=True`` kernels at once abort the process; numgru never lets that happen: parallel
+kernels are entered through a non-blocking process-wide slot (:func:`numgru.kernels.dispatch.parallel_slot`)
+and a caller that finds it taken runs the serial variant. So any number of threads may call models,
+engines and streams at once, on any threading layer.
+"""
+from __future__ import annotations
+
+import collections
+import queue
+import threading
+import time
+from concurrent.futures import Future
+
+import numpy as np
+
+from ._validation import as_real_array, check_float, check_int
+from .layers import GRU
+
+__all__ = ["BatchingEngine", "GRUStream", "EngineOverloaded"]
+
+
+class EngineOverloaded(RuntimeError):
+    """Raised by :meth:`BatchingEngine.submit` when the queue stays full past the submit timeout."""
+
+
+class _Request:
+    __slots__ = ("x", "h0", "future", "t_submit", "T")
+
+    def __init__(self, x, h0, future):
+        self.x, self.h0, self.future = x, h0, future
+        self.t_submit = time.perf_counter()
+        self.T = x.shape[0]
+
+
+class BatchingEngine:
+    """Coalesce concurrent single-sequence requests into batched kernel calls.
+
+    Parameters
+    ----------
+    model : numgru.GRU
+    max_batch_size : int
+        Most sequences in one kernel call.
+    max_delay_ms : float
+        How long the worker waits, after the first request of a batch arrives, for more to join.
+    max_queue : int
+        Bound of the request queue (backpressure).
+    block : bool
+        When the queue is full, ``submit`` blocks (True, up to ``submit_timeout`` seconds; None waits
+        forever) or raises :class:`EngineOverloaded` at once (False).
+    submit_timeout : float or None
+    max_padding : float
+        A batch is split into groups of similar lengths so that padded steps are at most this fraction
+        of a group's steps (the kernel's ``lengths`` support masks the rest).
+
+    Each request is a sequence ``x`` of shape (T_i, I) (any T_i ≥ 0) and an optional ``h0`` of shape
+    (L·D, H); its future resolves to ``(y, h_n)`` of shapes (T_i, D·H) and (L·D, H), equal within float
+    rounding (1e-6) to ``model(x, h0)`` run alone.
+
+    Bad requests (wrong rank, feature size or dtype; NaN is not bad) fail only their own future.
+    An exception inside a batch is retried request by request, so only the guilty request fails, and
+    the worker keeps running.
+    """
+
+    def __init__(self, model, max_batch_size=64, max_delay_ms=2.0, max_queue=1024, *, block=True,
+                 submit_timeout=None, max_padding=0.25):
+        if not isinstance(model, GRU):
+            raise TypeError(f"model: expected a numgru.GRU, got {type(model).__name__}")
+        self.model = model
+        self.max_batch_size = check_int("max_batch_size", max_batch_size, minimum=1)
+        self.max_delay = check_float("max_delay_ms", max_delay_ms, low=0.0) / 1000.0
+        self.max_queue = check_int("max_queue", max_queue, minimum=1)
+        self.block = bool(block)
+        self.submit_timeout = check_float("submit_timeout", submit_timeout, low=0.0, allow_none=True)
+        self.max_padding = check_float("max_padding", max_padding, low=0.0, high=1.0)
+        self._queue = queue.Queue(maxsize=self.max_queue)
+        self._closed = threading.Event()
+        self._cancel = threading.Event()
+        self._lock = threading.Lock()
+        self._stats = collections.Counter()
+        self._latencies = collections.deque(maxlen=10000)
+        self._worker = threading.Thread(target=self._loop, name="numgru-batching", daemon=True)
+        self._worker.start()
+
+    # ----------------------------------------------------------------------------------- client side
+    def _validate(self, x, h0):
+        m = self.model
+        x = as_real_array("x", x)
+        if x.ndim != 2:
+            raise ValueError(f"x: expected one sequence of shape (T, {m.input_size}), got {x.ndim}-D "
+                             f"shape {x.shape}")
+        if x.shape[1] != m.input_size:
+            raise ValueError(f"x: expected input_size {m.input_size} in the last dimension, got "
+                             f"{x.shape[1]}")
+        x = np.ascontiguousarray(x, dtype=m.dtype)
+        if h0 is not None:
+            h0 = as_real_array("h0", h0)
+            want = (m.num_layers * m.num_directions, m.hidden_size)
+            if h0.shape != want:
+                raise ValueError(f"h0: expected shape {want}, got {h0.shape}")
+            h0 = np.ascontiguousarray(h0, dtype=m.dtype)
+        return x, h0
+
+    def submit(self, x, h0=None):
+        """Queue one sequence; returns a ``concurrent.futures.Future`` of ``(y, h_n)``."""
+        if self._closed.is_set():
+            raise RuntimeError("BatchingEngine is closed")
+        fut = Future()
+        try:
+            x, h0 = self._validate(x, h0)
+        except (TypeError, ValueError) as exc:
+            with self._lock:
+                self._stats["rejected"] += 1
+            fut.set_exception(exc)
+            return fut
+        req = _Request(x, h0, fut)
+        try:
+            if self.block:
+                self._queue.put(req, timeout=self.submit_timeout)
+            else:
+                self._queue.put_nowait(req)
+        except queue.Full:
+            with self._lock:
+                self._stats["overloaded"] += 1
+            raise EngineOverloaded(f"BatchingEngine queue full ({self.max_queue} requests)") from None
+        if self._closed.is_set() and self._cancel.is_set():  # closed while we were queueing
+            fut.cancel()
+        with self._lock:
+            self._stats["requests"] += 1
+        return fut
+
+    def map(self, seqs, h0s=None, timeout=None):
+        """Submit every sequence now; return an iterator over their ``(y, h_n)`` in order."""
+        seqs = list(seqs)
+        h0s = [None] * len(seqs) if h0s is None else list(h0s)
+        if len(h0s) != len(seqs):
+            raise ValueError(f"h0s: expected {len(seqs)} initial states, got {len(h0s)}")
+        futures = [self.submit(x, h) for x, h in zip(seqs, h0s)]
+
+        def results():
+            for f in futures:
+                yield f.result(timeout)
+        return results()
+
+    def stream(self):
+        """A stream (stateful, unidirectional models) whose steps go through this engine's batches."""
+        return EngineStream(self)
+
+    def close(self, drain=False, timeout=None):
+        """Stop accepting requests. Pending requests are cancelled (``drain=False``) or run
+        (``drain=True``); the batch in flight always finishes. Returns once the worker has stopped
+        (or after ``timeout`` seconds)."""
+        if not drain:
+            self._cancel.set()
+        self._closed.set()
+        self._worker.join(timeout)
+        if not drain:
+            self._cancel_pending()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close(drain=exc[0] is None)
+
+    @property
+    def closed(self):
+        return self._closed.is_set()
+
+    def stats(self):
+        """Counters and latency percentiles (milliseconds, submit → result) of recent requests."""
+        with self._lock:
+            s = dict(self._stats)
+            lat = np.array(self._latencies) * 1e3
+        batches = s.get("batches", 0)
+        steps = s.get("padded_steps", 0)
+        return {
+            "requests": s.get("requests", 0),
+            "completed": s.get("completed", 0),
+            "failed": s.get("failed", 0),
+            "rejected": s.get("rejected", 0),
+            "cancelled": s.get("cancelled", 0),
+            "overloaded": s.get("overloaded", 0),
+            "batches": batches,
+            "mean_batch_size": (s.get("batched_requests", 0) / batches) if batches else 0.0,
+            "padding_fraction": (1.0 - s.get("valid_steps", 0) / steps) if steps else 0.0,
+            "queue_depth": self._queue.qsize(),
+            "latency_p50_ms": float(np.percentile(lat, 50)) if lat.size else None,
+            "latency_p99_ms": float(np.percentile(lat, 99)) if lat.size else None,
+        }
+
+    # ----------------------------------------------------------------------------------- worker side
+    def _cancel_pending(self):
+        while True:
+            try:
+                req = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if req.future.cancel():
+                with self._lock:
+                    self._stats["cancelled"] += 1
+
+    def _loop(self):
+        while True:
+            if self._cancel.is_set():
+                self._cancel_pending()
+                return
+            try:
+                first = self._queue.get(timeout=0.05)
+            except queue.Empty:
+                if self._closed.is_set():
+                    return
+                continue
+            batch = [first]
+            deadline = time.perf_counter() + self.max_delay
+            while len(batch) < self.max_batch_size:
+                left = deadline - time.perf_counter()
+                try:
+                    batch.append(self._queue.get(timeout=left) if left > 0 else self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            live = [r for r in batch if r.future.set_running_or_notify_cancel()]
+            with self._lock:
+                self._stats["cancelled"] += len(batch) - len(live)
+            for group in self._groups(live):
+                self._run_group(group)
+
+    def _groups(self, reqs):
+        """Split requests, longest first, into groups whose padding stays under max_padding."""
+        reqs = sorted(reqs, key=lambda r: -r.T)
+        groups, cur, valid = [], [], 0
+        for r in reqs:
+            if cur:
+                t_max = cur[0].T
+                if 1.0 - (valid + r.T) / (t_max * (len(cur) + 1)) > self.max_padding:
+                    groups.append(cur)
+                    cur, valid = [], 0
+            cur.append(r)
+            valid += r.T
+        if cur:
+            groups.append(cur)
+        return groups
+
+    def _run_group(self, group):
+        try:
+            results = self._forward(group)
+        except Exception:  # noqa: BLE001 - isolate the guilty request, keep the worker alive
+            if len(group) == 1:
+                self._fail(group[0])
+                return
+            for r in group:
+                self._run_group([r])
+            return
+        now = time.perf_counter()
+        for r, res in zip(group, results):
+            r.future.set_result(res)
+        with self._lock:
+            self._stats["batches"] += 1
+            self._stats["batched_requests"] += len(group)
+            self._stats["completed"] += len(group)
+            self._stats["valid_steps"] += sum(r.T for r in group)
+            self._stats["padded_steps"] += group[0].T * len(group)
+            self._latencies.extend(now - r.t_submit for r in group)
+
+    def _fail(self, req):
+        import sys
+        exc = sys.exc_info()[1]
+        req.future.set_exception(exc)
+        with self._lock:
+            self._stats["failed"] += 1
+
+    def _forward(self, group):
+        m = self.model
+        B = len(group)
+        T = group[0].T
+        LD, H = m.num_layers * m.num_directions, m.hidden_size
+        x = np.zeros((T, B, m.input_size), m.dtype)
+        h0 = np.zeros((LD, B, H), m.dtype)
+        lengths = np.empty(B, np.int64)
+        for b, r in enumerate(group):
+            x[:r.T, b] = r.x
+            lengths[b] = r.T
+            if r.h0 is not None:
+                h0[:, b] = r.h0
+        y, h_n, _ = m._run(x, h0, lengths, store=False)
+        return [(y[:r.T, b].copy(), h_n[:, b].copy()) for b, r in enumerate(group)]
+
+
+class GRUStream:
+    """Stateful step-by-step inference for a unidirectional :class:`numgru.GRU`.
+
+    ``stream = gru.stream(batch_size=B)``; ``y = stream.step(x)`` with x of shape (B, I) for one step
+    (or (I,) when B = 1) returns (B, H); a chunk (T, B, I) — (B, T, I) for a batch_first model —
+    returns (T, B, H) (resp. (B, T, H)). ``state`` (L, B, H) is readable and settable;
+    ``reset(rows=None)`` zeroes all rows or the given ones.
+    """
+
+    def __init__(self, model, batch_size=1):
+        if not isinstance(model, GRU):
+            raise TypeError(f"model: expected a numgru.GRU, got {type(model).__name__}")
+        if model.bidirectional or model.go_backwards:
+            raise ValueError("model: streaming needs a unidirectional forward GRU (a reverse direction "
+                             "needs the whole sequence)")
+        self.model = model
+        self.batch_size = check_int("batch_size", batch_size, minimum=1)
+        self._state = np.zeros((model.num_layers, self.batch_size, model.hidden_size), model.dtype)
+        self._ones = np.ones(self.batch_size, np.int64)
+
+    @property
+    def state(self):
+        return self._state.copy()
+
+    @state.setter
+    def state(self, value):
+        value = as_real_array("state", value)
+        if value.shape != self._state.shape:
+            raise ValueError(f"state: expected shape {self._state.shape}, got {value.shape}")
+        self._state = np.ascontiguousarray(value, dtype=self.model.dtype).copy()
+
+    def reset(self, rows=None):
+        """Zero the state of every row, or of ``rows`` (ints or a boolean mask of length B)."""
+        if rows is None:
+            self._state[...] = 0
+            return
+        rows = np.asarray(rows)
+        if rows.dtype == bool:
+            if rows.shape != (self.batch_size,):
+                raise ValueError(f"rows: expected a boolean mask of shape ({self.batch_size},), got "
+                                 f"{rows.shape}")
+        elif rows.dtype.kind in "iu":
+            if rows.size and (rows.min() < -self.batch_size or rows.max() >= self.batch_size):
+                raise ValueError(f"rows: expected indices in [0, {self.batch_size}), got {rows.tolist()}")
+        else:
+            raise TypeError(f"rows: expected ints or a boolean mask, got dtype {rows.dtype}")
+        self._state[:, rows] = 0
+
+    def step(self, x):
+        m = self.model
+        x = as_real_array("x", x)
+        B, I = self.batch_size, m.input_size
+        if x.ndim == 1 and B == 1:
+            x3, out = x.reshape(1, 1, -1), "vec"
+        elif x.ndim == 2:
+            x3, out = x[None], "step"
+        elif x.ndim == 3:
+            x3, out = (x.transpose(1, 0, 2) if m.batch_first else x), "chunk"
+        else:
+            raise ValueError(f"x: expected (B, I) for one step or a 3-D chunk, got {x.ndim}-D")
+        if x3.shape[1:] != (B, I):
+            raise ValueError(f"x: expected batch {B} and input_size {I}, got shape {x.shape}")
+        x3 = np.ascontiguousarray(x3, dtype=m.dtype)
+        lengths = self._ones if x3.shape[0] == 1 else np.full(B, x3.shape[0], np.int64)
+        y, h_n, _ = m._run(x3, self._state, lengths, store=False)
+        self._state = h_n
+        if out == "vec":
+            return y[0, 0]
+        if out == "step":
+            return y[0]
+        return np.ascontiguousarray(y.transpose(1, 0, 2)) if m.batch_first else y
+
+
+class EngineStream:
+    """A single-row stream whose steps are submitted to a :class:`BatchingEngine`, so many streams
+    stepping from many threads share kernel calls. ``step(x)`` takes (I,) or a chunk (T, I)."""
+
+    def __init__(self, engine):
+        m = engine.model
+        if m.bidirectional or m.go_backwards:
+            raise ValueError("engine: streaming needs a unidirectional forward GRU")
+        self.engine = engine
+        self._state = np.zeros((m.num_layers, m.hidden_size), m.dtype)
+
+    @property
+    def state(self):
+        return self._state.copy()
+
+    def reset(self):
+        self._state[...] = 0
+
+    def step(self, x, timeout=None):
+        x = as_real_array("x", x)
+        single = x.ndim == 1
+        y, h_n = self.engine.submit(x[None] if single else x, self._state).result(timeout)
+        self._state = h_n
+        return y[0] if single else y

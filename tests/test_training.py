@@ -1,0 +1,122 @@
+"""Losses, optimizers and estimators against PyTorch and scikit-learn conventions."""
+import numpy as np
+import pytest
+
+import numgru as ng
+
+torch = pytest.importorskip("torch")
+
+
+def _torch_params(arrays):
+    return [torch.nn.Parameter(torch.from_numpy(a.copy())) for a in arrays]
+
+
+@pytest.mark.parametrize("name,ng_kwargs,t_cls,t_kwargs", [
+    ("sgd", dict(lr=0.1), torch.optim.SGD, dict(lr=0.1)),
+    ("sgd_mom", dict(lr=0.1, momentum=0.9, dampening=0.1, weight_decay=0.01), torch.optim.SGD,
+     dict(lr=0.1, momentum=0.9, dampening=0.1, weight_decay=0.01)),
+    ("sgd_nesterov", dict(lr=0.05, momentum=0.8, nesterov=True), torch.optim.SGD,
+     dict(lr=0.05, momentum=0.8, nesterov=True)),
+    ("adam", dict(lr=1e-2), torch.optim.Adam, dict(lr=1e-2)),
+    ("adam_wd_ams", dict(lr=1e-2, weight_decay=0.1, amsgrad=True, betas=(0.8, 0.99)), torch.optim.Adam,
+     dict(lr=1e-2, weight_decay=0.1, amsgrad=True, betas=(0.8, 0.99))),
+    ("adamw", dict(lr=1e-2, weight_decay=0.05), torch.optim.AdamW, dict(lr=1e-2, weight_decay=0.05)),
+    ("rmsprop", dict(lr=1e-2), torch.optim.RMSprop, dict(lr=1e-2)),
+    ("rmsprop_full", dict(lr=1e-2, momentum=0.5, centered=True, weight_decay=0.01, alpha=0.9),
+     torch.optim.RMSprop, dict(lr=1e-2, momentum=0.5, centered=True, weight_decay=0.01, alpha=0.9)),
+])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_optimizer_steps_equal_torch(name, ng_kwargs, t_cls, t_kwargs, dtype):
+    rng = np.random.default_rng(0)
+    arrays = [rng.standard_normal((4, 3)).astype(dtype), rng.standard_normal(5).astype(dtype)]
+    ours = [a.copy() for a in arrays]
+    cls = {"sgd": ng.optim.SGD, "adam": ng.optim.Adam, "adamw": ng.optim.AdamW,
+           "rmsprop": ng.optim.RMSprop}[name.split("_")[0]]
+    opt = cls([("a", ours[0]), ("b", ours[1])], **ng_kwargs)
+    tparams = _torch_params(arrays)
+    topt = t_cls(tparams, **t_kwargs)
+    for _ in range(5):
+        grads = [rng.standard_normal(a.shape).astype(dtype) for a in arrays]
+        opt.step({"a": grads[0], "b": grads[1]})
+        for p, g in zip(tparams, grads):
+            p.grad = torch.from_numpy(g)
+        topt.step()
+    tol = 1e-6 if dtype == np.float32 else 1e-12
+    for a, p in zip(ours, tparams):
+        np.testing.assert_allclose(a, p.detach().numpy(), atol=tol, rtol=tol)
+
+
+def test_optimizer_updates_model_in_place_and_validates():
+    g = ng.GRU(3, 4, seed=0)
+    opt = ng.optim.SGD(g.named_parameters(), lr=1.0)
+    before = g.state_dict()
+    opt.step({"bias_ih_l0": np.ones(12, np.float32)})
+    np.testing.assert_allclose(g.state_dict()["bias_ih_l0"], before["bias_ih_l0"] - 1)
+    np.testing.assert_array_equal(g.state_dict()["weight_ih_l0"], before["weight_ih_l0"])
+    with pytest.raises(ValueError, match="grads: unknown parameter 'nope'"):
+        opt.step({"nope": np.ones(3)})
+    with pytest.raises(ValueError, match=r"grads\['bias_ih_l0'\]: expected shape \(12,\)"):
+        opt.step({"bias_ih_l0": np.ones(3)})
+    with pytest.raises(ValueError, match="lr"):
+        ng.optim.Adam(g.named_parameters(), lr=-1)
+    with pytest.raises(ValueError, match="params"):
+        ng.optim.Adam([], lr=1e-3)
+
+
+def test_clip_grad_norm_matches_torch():
+    rng = np.random.default_rng(0)
+    grads = {"a": rng.standard_normal((3, 4)), "b": rng.standard_normal(7)}
+    tparams = _torch_params(list(grads.values()))
+    for p, g in zip(tparams, grads.values()):
+        p.grad = torch.from_numpy(g.copy())
+    total = ng.optim.clip_grad_norm(grads, 0.5)
+    ttotal = torch.nn.utils.clip_grad_norm_(tparams, 0.5)
+    assert abs(total - float(ttotal)) < 1e-12
+    for p, g in zip(tparams, grads.values()):
+        np.testing.assert_allclose(g, p.grad.numpy(), atol=1e-12)
+    small = {"a": np.full(3, 1e-3)}
+    ng.optim.clip_grad_norm(small, 10.0)
+    np.testing.assert_array_equal(small["a"], np.full(3, 1e-3))
+
+
+def test_losses_match_torch():
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((6, 4)) * 10
+    target = rng.integers(0, 4, 6)
+    w = rng.uniform(0.5, 2, 4)
+    for weight in (None, w):
+        loss, grad = ng.losses.cross_entropy(logits, target, weight=weight)
+        tl = torch.from_numpy(logits).requires_grad_(True)
+        tloss = torch.nn.functional.cross_entropy(tl, torch.from_numpy(target),
+                                                  weight=None if weight is None else torch.from_numpy(weight))
+        tloss.backward()
+        assert abs(loss - tloss.item()) < 1e-12
+        np.testing.assert_allclose(grad, tl.grad.numpy(), atol=1e-12)
+    pred, tgt = rng.standard_normal((5, 2)), rng.standard_normal((5, 2))
+    loss, grad = ng.losses.mse(pred, tgt)
+    tp = torch.from_numpy(pred).requires_grad_(True)
+    tl = torch.nn.functional.mse_loss(tp, torch.from_numpy(tgt))
+    tl.backward()
+    assert abs(loss - tl.item()) < 1e-12
+    np.testing.assert_allclose(grad, tp.grad.numpy(), atol=1e-12)
+    big, _ = ng.losses.cross_entropy(np.array([[1e4, -1e4]]), np.array([1]))
+    assert np.isfinite(big)
+    with pytest.raises(ValueError, match=r"target: expected class indices in \[0, 4\)"):
+        ng.losses.cross_entropy(logits, np.full(6, 4))
+    with pytest.raises(TypeError, match="target"):
+        ng.losses.cross_entropy(logits, np.zeros(6))
+
+
+def test_truncated_bptt_carries_state():
+    """Chunks of a long sequence with h_n carried forward equal one full forward."""
+    g = ng.GRU(3, 5, 2, seed=0, dtype=np.float64)
+    x = np.random.default_rng(0).standard_normal((40, 2, 3))
+    y_full, h_full = g(x)
+    h = None
+    ys = []
+    for s in range(0, 40, 10):
+        y, h, tape = g.forward_train(x[s:s + 10], h)
+        g.backward(tape, np.ones_like(y))  # a training step would go here
+        ys.append(y)
+    np.testing.assert_allclose(np.concatenate(ys), y_full, atol=1e-12)
+    np.testing.assert_allclose(h, h_full, atol=1e-12)
