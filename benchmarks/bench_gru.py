@@ -1,0 +1,168 @@
+"""numgru against PyTorch CPU: forward throughput, training step, step latency, compile, memory."""
+import numpy as np
+
+import numgru as ng
+
+from .common import data, grid, pin, require_torch, timer
+
+BACKENDS = ["numgru", "torch"]
+
+
+class Forward:
+    """One-layer forward, I = H, float32; time per call (throughput = B / time)."""
+    params = grid(([16, 64, 256, 1024], [1, 16, 64], [64, 256, 1024], BACKENDS, [1, "all"]),
+                  ([64, 256], [1, 64], [64, 256], BACKENDS, [1, "all"]),
+                  ([64], [16], [256], BACKENDS, [1]))
+    param_names = ["seq_len", "batch", "hidden_size", "backend", "threads"]
+    timer = timer
+
+    def setup(self, T, B, H, backend, threads):
+        self.undo = pin(threads)
+        self.gru = ng.GRU(H, H, seed=0)
+        self.x = data(T, B, H)
+        if backend == "torch":
+            torch = require_torch()
+            self.m = self.gru.to_torch()
+            self.tx = torch.from_numpy(self.x)
+            self.inference = torch.inference_mode
+        self.time_forward(T, B, H, backend, threads)  # JIT warm-up
+
+    def teardown(self, *args):
+        getattr(self, "undo", lambda: None)()
+
+    def time_forward(self, T, B, H, backend, threads):
+        if backend == "numgru":
+            self.gru(self.x)
+        else:
+            with self.inference():
+                self.m(self.tx)
+
+
+class TrainStep:
+    """forward_train + backward (loss = y.sum()), float32, one layer."""
+    params = grid(([32, 128], [16, 64], [64, 256], BACKENDS),
+                  ([32, 128], [64], [64, 256], BACKENDS),
+                  ([32], [16], [64], BACKENDS))
+    param_names = ["seq_len", "batch", "hidden_size", "backend"]
+    timer = timer
+
+    def setup(self, T, B, H, backend):
+        self.undo = pin(1)
+        self.gru = ng.GRU(H, H, seed=0)
+        self.x = data(T, B, H)
+        if backend == "torch":
+            torch = require_torch()
+            self.m = self.gru.to_torch()
+            self.tx = torch.from_numpy(self.x)
+        self.time_train_step(T, B, H, backend)
+
+    def teardown(self, *args):
+        getattr(self, "undo", lambda: None)()
+
+    def time_train_step(self, T, B, H, backend):
+        if backend == "numgru":
+            y, h, tape = self.gru.forward_train(self.x)
+            self.gru.backward(tape, np.ones_like(y))
+        else:
+            self.m.zero_grad()
+            self.m(self.tx)[0].sum().backward()
+
+
+class StepLatency:
+    """One recurrent step at B = 1 from Python: numgru stream / GRUCell against torch.nn.GRUCell."""
+    params = grid(([128, 256], ["numgru_stream", "numgru_cell", "torch"]),
+                  ([128, 256], ["numgru_stream", "numgru_cell", "torch"]),
+                  ([256], ["numgru_stream", "numgru_cell", "torch"]))
+    param_names = ["hidden_size", "backend"]
+    timer = timer
+
+    def setup(self, H, backend):
+        self.undo = pin(1)
+        self.x = data(1, H)
+        self.h = data(1, H, seed=1)
+        if backend == "numgru_stream":
+            self.s = ng.GRU(H, H, seed=0).stream(1)
+        elif backend == "numgru_cell":
+            self.c = ng.GRUCell(H, H, seed=0)
+        else:
+            torch = require_torch()
+            self.c = torch.nn.GRUCell(H, H)
+            self.tx, self.th = torch.from_numpy(self.x), torch.from_numpy(self.h)
+            self.inference = torch.inference_mode
+        self.time_step(H, backend)
+
+    def teardown(self, *args):
+        getattr(self, "undo", lambda: None)()
+
+    def time_step(self, H, backend):
+        if backend == "numgru_stream":
+            self.s.step(self.x)
+        elif backend == "numgru_cell":
+            self.c(self.x, self.h)
+        else:
+            with self.inference():
+                self.c(self.tx, self.th)
+
+
+class Speedup:
+    """numgru and torch timed in the same process; the value is torch time / numgru time."""
+    params = grid(([(128, 1, 256), (128, 16, 256), (128, 64, 256), (128, 1, 1024), (128, 64, 1024)],),
+                  ([(128, 1, 256), (128, 16, 256), (128, 64, 256), (128, 1, 1024)],),
+                  ([(32, 16, 64)],))
+    param_names = ["T_B_H"]
+
+    def setup(self, point):
+        require_torch()
+
+    def track_speedup_vs_torch(self, point):
+        import torch
+
+        from numgru.bench import time_it
+        T, B, H = point
+        undo = pin(1)
+        try:
+            gru = ng.GRU(H, H, seed=0)
+            m = gru.to_torch()
+            x = data(T, B, H)
+            tx = torch.from_numpy(x)
+
+            def run_torch():
+                with torch.inference_mode():
+                    m(tx)
+            return time_it(run_torch, budget=0.3) / time_it(lambda: gru(x), budget=0.3)
+        finally:
+            undo()
+
+    track_speedup_vs_torch.unit = "ratio"
+
+
+class FirstCall:
+    """Cold compile and cached first call, each in a fresh interpreter (asv timeraw)."""
+    params = (["cold", "cached"],)
+    param_names = ["cache"]
+    number = 1
+    repeat = 1
+
+    def timeraw_first_forward(self, cache):
+        setup = "import numpy as np, numgru as ng; x = np.ones((8, 2, 4), np.float32)"
+        if cache == "cold":
+            setup = ("import os, tempfile; os.environ['NUMBA_CACHE_DIR'] = tempfile.mkdtemp(); " + setup)
+        else:
+            setup += "; ng.GRU(4, 4, seed=0)(x)  # warms the on-disk cache for the timed process"
+        return setup, "ng.GRU(4, 4, seed=0)(x)"
+
+
+class Memory:
+    """Peak resident memory of a forward (includes the interpreter and numgru's import)."""
+    params = grid(([(256, 64, 256), (1024, 16, 1024)],), ([(256, 64, 256), (1024, 16, 1024)],),
+                  ([(64, 16, 64)],))
+    param_names = ["T_B_H"]
+
+    def setup(self, point):
+        T, B, H = point
+        self.gru = ng.GRU(H, H, seed=0)
+        self.x = data(T, B, H)
+        self.gru(self.x[:2])
+
+    def peakmem_forward(self, point):
+        self.gru(self.x)

@@ -1,0 +1,270 @@
+"""``numgru bench``: numgru against every installed peer, side by side in one process.
+
+Peers: torch.nn.GRU (inference_mode), ONNX Runtime (a GRU node built from the same weights, intra-op
+threads pinned) and OpenVINO (the same ONNX graph, f32 precision hint, threads pinned). Each peer's
+output is checked against numgru's before it is timed. Thread counts are pinned for everyone: Numba,
+the BLAS numgru calls (threadpoolctl), torch, ONNX Runtime and OpenVINO.
+
+Prints a table (ms per forward, sequences/s, GFLOP/s = 2·T·B·3H·(I+H)/t, speedup against each peer),
+writes JSON and, with matplotlib, a PNG of the speedup against torch over seq_len and hidden_size.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import tempfile
+import time
+
+import numpy as np
+
+QUICK = dict(seq_len=[32, 128], batch=[1, 16], hidden=[64, 256])
+FULL = dict(seq_len=[32, 128, 512], batch=[1, 16, 64], hidden=[64, 256, 1024])
+TOL = 1e-4
+
+
+def _ints(s):
+    return [int(v) for v in s.split(",")] if s else None
+
+
+@contextlib.contextmanager
+def pinned_threads(n):
+    """Pin Numba, BLAS (threadpoolctl) and torch to ``n`` threads; restore on exit."""
+    import numba
+    old_numba = numba.get_num_threads()
+    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    limiter = None
+    try:
+        import scipy.linalg.cython_blas  # noqa: F401 - load the BLAS numba calls so it is limited too
+        from threadpoolctl import threadpool_limits
+        limiter = threadpool_limits(n)
+    except ImportError:
+        pass
+    old_torch = None
+    try:
+        import torch
+        old_torch = torch.get_num_threads()
+        torch.set_num_threads(n)
+    except ImportError:
+        pass
+    try:
+        yield
+    finally:
+        numba.set_num_threads(old_numba)
+        if limiter is not None:
+            limiter.restore_original_limits()
+        if old_torch is not None:
+            import torch
+            torch.set_num_threads(old_torch)
+
+
+def blas_info():
+    try:
+        import scipy.linalg.cython_blas  # noqa: F401
+        from threadpoolctl import threadpool_info
+        return [f"{d['internal_api']} {d.get('version')} kernel={d.get('architecture')} "
+                f"threads={d.get('num_threads')}" for d in threadpool_info() if d.get("user_api") == "blas"]
+    except ImportError:
+        return ["threadpoolctl not installed: BLAS kernel unknown"]
+
+
+def time_it(fn, budget=0.4, min_repeat=3, max_repeat=50, repeat=None):
+    """Median wall time (s) of ``fn()`` after one warm-up call."""
+    fn()
+    t0 = time.perf_counter()
+    fn()
+    one = time.perf_counter() - t0
+    n = repeat or int(min(max_repeat, max(min_repeat, budget / max(one, 1e-9))))
+    ts = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return float(np.median(ts))
+
+
+def _peer_torch(gru, x, threads):
+    import torch
+    m = gru.to_torch().eval()
+    tx = torch.from_numpy(x)
+
+    def run():
+        with torch.inference_mode():
+            return m(tx)[0].numpy()
+    return run
+
+
+def _onnx_file(gru, tmpdir):
+    from .interop.onnx import export
+    path = os.path.join(tmpdir, f"gru_{id(gru)}.onnx")
+    if not os.path.exists(path):
+        export(gru, path)
+    return path
+
+
+def _peer_ort(gru, x, threads, tmpdir):
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    sess = ort.InferenceSession(_onnx_file(gru, tmpdir), so, providers=["CPUExecutionProvider"])
+    return lambda: sess.run(["y"], {"x": x})[0]
+
+
+def _peer_openvino(gru, x, threads, tmpdir):
+    import openvino as ov
+    core = ov.Core()
+    model = core.read_model(_onnx_file(gru, tmpdir))
+    compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32",
+                                                 "INFERENCE_NUM_THREADS": threads,
+                                                 "PERFORMANCE_HINT": "LATENCY"})
+    req = compiled.create_infer_request()
+    out = compiled.output("y")
+    return lambda: req.infer({"x": x})[out]
+
+
+PEERS = {"torch": _peer_torch, "onnxruntime": _peer_ort, "openvino": _peer_openvino}
+
+
+def available_peers(names):
+    import importlib
+    out = []
+    for name in names:
+        mod = {"torch": "torch", "onnxruntime": "onnxruntime", "openvino": "openvino"}.get(name)
+        if mod is None:
+            raise ValueError(f"--peers: unknown peer {name!r} (expected torch, onnxruntime, openvino)")
+        try:
+            importlib.import_module(mod)
+            out.append(name)
+        except ImportError:
+            pass
+    return out
+
+
+def run_point(T, B, H, threads, peers, tmpdir, repeat=None, budget=0.4):
+    """Time numgru and each peer at one (T, B, H) point; I = H, one layer, float32."""
+    import numgru as ng
+    rng = np.random.default_rng(0)
+    gru = ng.GRU(H, H, seed=0)
+    x = rng.standard_normal((T, B, H)).astype(np.float32)
+    ref = gru(x)[0]
+    flops = 2.0 * T * B * 3 * H * (H + H)
+    row = {"T": T, "B": B, "H": H, "I": H, "threads": threads}
+    t = time_it(lambda: gru(x), budget=budget, repeat=repeat)
+    row["numgru_ms"] = t * 1e3
+    row["numgru_seq_per_s"] = B / t
+    row["numgru_gflops"] = flops / t / 1e9
+    for name in peers:
+        try:
+            fn = PEERS[name](gru, x, threads, *((tmpdir,) if name != "torch" else ()))
+            out = np.asarray(fn())
+            err = float(np.abs(out.reshape(ref.shape) - ref).max())
+        except Exception as exc:  # a peer that cannot run this point is reported, not fatal
+            row[f"{name}_error"] = f"{exc.__class__.__name__}: {str(exc)[:120]}"
+            continue
+        row[f"{name}_max_abs_diff"] = err
+        if not err <= TOL:
+            row[f"{name}_error"] = f"output differs from numgru by {err:.2e} (> {TOL})"
+            continue
+        tp = time_it(fn, budget=budget, repeat=repeat)
+        row[f"{name}_ms"] = tp * 1e3
+        row[f"speedup_vs_{name}"] = tp / t
+    return row
+
+
+def format_table(rows, peers):
+    head = ["thr", "T", "B", "H", "numgru ms", "seq/s", "GFLOP/s"]
+    for p in peers:
+        head += [f"{p} ms", f"x{p}"]
+    lines = [head]
+    for r in rows:
+        line = [str(r["threads"]), str(r["T"]), str(r["B"]), str(r["H"]), f"{r['numgru_ms']:.3f}",
+                f"{r['numgru_seq_per_s']:.0f}", f"{r['numgru_gflops']:.1f}"]
+        for p in peers:
+            if f"{p}_ms" in r:
+                line += [f"{r[p + '_ms']:.3f}", f"{r['speedup_vs_' + p]:.2f}"]
+            else:
+                line += ["n/a", "-"]
+        lines.append(line)
+    widths = [max(len(row[i]) for row in lines) for i in range(len(head))]
+    return "\n".join("  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in lines)
+
+
+def plot(rows, path, peer="torch"):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    rows = [r for r in rows if f"speedup_vs_{peer}" in r]
+    if not rows:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, xkey, fixed in ((axes[0], "T", "H"), (axes[1], "H", "T")):
+        fixed_val = sorted({r[fixed] for r in rows})[len({r[fixed] for r in rows}) // 2]
+        for (B, thr) in sorted({(r["B"], r["threads"]) for r in rows}):
+            pts = sorted((r[xkey], r[f"speedup_vs_{peer}"]) for r in rows
+                         if r["B"] == B and r["threads"] == thr and r[fixed] == fixed_val)
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=f"B={B}, {thr} thread(s)")
+        ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("seq_len T" if xkey == "T" else "hidden_size H (= input_size)")
+        ax.set_ylabel(f"speedup vs {peer} (×)")
+        ax.set_title(f"{fixed} = {fixed_val}")
+        ax.legend(fontsize=8)
+    fig.suptitle(f"numgru forward speedup over {peer} (float32, one layer, medians)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main(args):
+    import numba
+
+    import numgru as ng
+    from .cli import _cpu_name
+    grid = dict(QUICK if args.quick else FULL)
+    for key, val in (("seq_len", args.seq_len), ("batch", args.batch), ("hidden", args.hidden)):
+        if _ints(val):
+            grid[key] = _ints(val)
+    threads = _ints(args.threads) or [1]
+    peers = available_peers([p for p in args.peers.split(",") if p])
+    budget = 0.15 if args.quick else 0.5
+    print(f"numgru {ng.__version__} | numba {numba.__version__} | CPU {_cpu_name()} ({os.cpu_count()} cores)")
+    for line in blas_info():
+        print(f"BLAS   {line}")
+    env = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if k in os.environ}
+    print(f"env    {env or 'OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE unset'}")
+    print(f"peers  {', '.join(peers) or 'none installed (pip install numgru[bench])'}")
+    t0 = time.perf_counter()
+    ng.GRU(4, 4, seed=0)(np.zeros((2, 1, 4), np.float32))
+    print(f"first call (compile or cache load): {time.perf_counter() - t0:.2f} s")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmpdir:
+        for n in threads:
+            with pinned_threads(n):
+                for T in grid["seq_len"]:
+                    for B in grid["batch"]:
+                        for H in grid["hidden"]:
+                            row = run_point(T, B, H, n, peers, tmpdir, args.repeat, budget)
+                            rows.append(row)
+                            for p in peers:
+                                if f"{p}_error" in row:
+                                    print(f"  note: {p} at T={T} B={B} H={H}: {row[p + '_error']}")
+    print()
+    print(format_table(rows, peers))
+    result = {"numgru": ng.__version__, "cpu": _cpu_name(), "cpu_count": os.cpu_count(),
+              "python": platform.python_version(), "blas": blas_info(), "env": env, "peers": peers,
+              "rows": rows}
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+        print(f"\nwrote {args.json}")
+    if args.plot:
+        p = plot(rows, args.plot)
+        print(f"wrote {p}" if p else "no plot (needs matplotlib and the torch peer)")
+    return 0
