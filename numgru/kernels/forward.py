@@ -17,8 +17,47 @@ Serial and parallel variants are compiled from the same body (``prange`` is ``ra
 import numpy as np
 from numba import prange
 
-from ._jit import kernel, parallel_kernel
-from .activations import clip_pre, clipped, gate, tanh_fast
+from ._jit import inline, kernel, parallel_kernel
+from .activations import clip_pre, clipped, gate, sigmoid_fast, tanh_fast
+
+
+@inline
+def _row_after(gxb, ab, b_hh, hcb, hnb, wb, store, kind, alpha, beta, use_clip, clip, H):
+    """Gates of one row, reset_after=True. Reads gxb (3H), ab (3H, W_hh h), b_hh, hcb; writes hnb (H)
+    and, with ``store``, wb (r, z, n, ghn: 4H). Each loop touches few arrays so LLVM vectorises it."""
+    H2 = 2 * H
+    if not store and kind == 0 and not use_clip:
+        for j in range(H):
+            r = sigmoid_fast(gxb[j] + ab[j] + b_hh[j])
+            z = sigmoid_fast(gxb[H + j] + ab[H + j] + b_hh[H + j])
+            n = tanh_fast(gxb[H2 + j] + r * (ab[H2 + j] + b_hh[H2 + j]))
+            hnb[j] = n + z * (hcb[j] - n)
+        return
+    for j in range(H):
+        r = gate(clip_pre(gxb[j] + ab[j] + b_hh[j], use_clip, clip), kind, alpha, beta)
+        z = gate(clip_pre(gxb[H + j] + ab[H + j] + b_hh[H + j], use_clip, clip), kind, alpha, beta)
+        ghn = ab[H2 + j] + b_hh[H2 + j]
+        wb[j] = r
+        wb[H + j] = z
+        wb[H2 + j] = tanh_fast(clip_pre(gxb[H2 + j] + r * ghn, use_clip, clip))
+        wb[3 * H + j] = ghn
+    for j in range(H):
+        n = wb[H2 + j]
+        hnb[j] = n + wb[H + j] * (hcb[j] - n)
+
+
+@inline
+def _clip_flags(gxb, ab, b_hh, wb, fb, clip, H, reset_after):
+    """ONNX clip flags of one row (training with clip only): 1·r + 2·z + 4·n clipped."""
+    H2 = 2 * H
+    for j in range(H):
+        a_r = gxb[j] + ab[j] + b_hh[j]
+        a_z = gxb[H + j] + ab[H + j] + b_hh[H + j]
+        if reset_after:
+            a_n = gxb[H2 + j] + wb[j] * wb[3 * H + j]
+        else:
+            a_n = gxb[H2 + j] + wb[3 * H + j]
+        fb[j] = clipped(a_r, True, clip) + 2 * clipped(a_z, True, clip) + 4 * clipped(a_n, True, clip)
 
 
 def _gru_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gate_kind, alpha, beta,
@@ -56,6 +95,8 @@ def _gru_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gate_kind, a
     acc_rz = np.empty((B, H2), dt)
     acc_n = np.empty((B, H), dt)
     rh = np.empty((B, H), dt)
+    work = np.empty((B, 4 * H), dt)
+    flags = np.empty((B, H), dt)
     W_T = W_hh.T
     W_rz_T = W_hh[:H2].T
     W_n_T = W_hh[H2:].T
@@ -73,70 +114,74 @@ def _gru_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gate_kind, a
         if reset_after:
             np.dot(hc, W_T, acc)
             for b in prange(B):
+                hnb = hn[b]
+                yb = y[t, b]
                 if t >= lengths[b]:
+                    hcb = hc[b]
                     for j in range(H):
-                        hn[b, j] = hc[b, j]
-                        y[t, b, col0 + j] = 0.0
+                        hnb[j] = hcb[j]
+                        yb[col0 + j] = 0.0
                     continue
+                wb = work[b]
+                _row_after(gx[t, b], acc[b], b_hh, hc[b], hnb, wb, store, gate_kind, alpha, beta,
+                           use_clip, clip, H)
                 for j in range(H):
-                    a_r = gx[t, b, j] + acc[b, j] + b_hh[j]
-                    a_z = gx[t, b, H + j] + acc[b, H + j] + b_hh[H + j]
-                    r = gate(clip_pre(a_r, use_clip, clip), gate_kind, alpha, beta)
-                    z = gate(clip_pre(a_z, use_clip, clip), gate_kind, alpha, beta)
-                    ghn = acc[b, H2 + j] + b_hh[H2 + j]
-                    a_n = gx[t, b, H2 + j] + r * ghn
-                    n = tanh_fast(clip_pre(a_n, use_clip, clip))
-                    hp = hc[b, j]
-                    h = n + z * (hp - n)
-                    hn[b, j] = h
-                    y[t, b, col0 + j] = h
-                    if store:
-                        tape[t, b, j] = r
-                        tape[t, b, H + j] = z
-                        tape[t, b, H2 + j] = n
-                        tape[t, b, 3 * H + j] = ghn
-                        if use_clip:
-                            tape[t, b, 4 * H + j] = (clipped(a_r, use_clip, clip)
-                                                     + 2 * clipped(a_z, use_clip, clip)
-                                                     + 4 * clipped(a_n, use_clip, clip))
+                    yb[col0 + j] = hnb[j]
+                if store:
+                    tb = tape[t, b]
+                    for j in range(4 * H):
+                        tb[j] = wb[j]
+                    if use_clip:
+                        fb = flags[b]
+                        _clip_flags(gx[t, b], acc[b], b_hh, wb, fb, clip, H, True)
+                        for j in range(H):
+                            tb[4 * H + j] = fb[j]
         else:
             np.dot(hc, W_rz_T, acc_rz)
             for b in prange(B):
+                gxb = gx[t, b]
+                ab = acc_rz[b]
+                wb = work[b]
                 for j in range(H):
-                    a_r = gx[t, b, j] + acc_rz[b, j] + b_hh[j]
-                    a_z = gx[t, b, H + j] + acc_rz[b, H + j] + b_hh[H + j]
-                    r = gate(clip_pre(a_r, use_clip, clip), gate_kind, alpha, beta)
-                    z = gate(clip_pre(a_z, use_clip, clip), gate_kind, alpha, beta)
-                    acc_rz[b, j] = r
-                    acc_rz[b, H + j] = z
-                    rh[b, j] = r * hc[b, j]
-                    if store and use_clip and t < lengths[b]:
-                        tape[t, b, 4 * H + j] = (clipped(a_r, use_clip, clip)
-                                                 + 2 * clipped(a_z, use_clip, clip))
+                    wb[j] = gate(clip_pre(gxb[j] + ab[j] + b_hh[j], use_clip, clip),
+                                 gate_kind, alpha, beta)
+                    wb[H + j] = gate(clip_pre(gxb[H + j] + ab[H + j] + b_hh[H + j], use_clip, clip),
+                                     gate_kind, alpha, beta)
+                rhb = rh[b]
+                hcb = hc[b]
+                for j in range(H):
+                    rhb[j] = wb[j] * hcb[j]
             np.dot(rh, W_n_T, acc_n)
             for b in prange(B):
+                hnb = hn[b]
+                yb = y[t, b]
+                hcb = hc[b]
                 if t >= lengths[b]:
                     for j in range(H):
-                        hn[b, j] = hc[b, j]
-                        y[t, b, col0 + j] = 0.0
+                        hnb[j] = hcb[j]
+                        yb[col0 + j] = 0.0
                     continue
+                gxb = gx[t, b]
+                ab = acc_n[b]
+                wb = work[b]
                 for j in range(H):
-                    r = acc_rz[b, j]
-                    z = acc_rz[b, H + j]
-                    ghn = acc_n[b, j] + b_hh[H2 + j]
-                    a_n = gx[t, b, H2 + j] + ghn
-                    n = tanh_fast(clip_pre(a_n, use_clip, clip))
-                    hp = hc[b, j]
-                    h = n + z * (hp - n)
-                    hn[b, j] = h
-                    y[t, b, col0 + j] = h
-                    if store:
-                        tape[t, b, j] = r
-                        tape[t, b, H + j] = z
-                        tape[t, b, H2 + j] = n
-                        tape[t, b, 3 * H + j] = ghn
-                        if use_clip:
-                            tape[t, b, 4 * H + j] += 4 * clipped(a_n, use_clip, clip)
+                    ghn = ab[j] + b_hh[H2 + j]
+                    wb[3 * H + j] = ghn
+                    wb[H2 + j] = tanh_fast(clip_pre(gxb[H2 + j] + ghn, use_clip, clip))
+                for j in range(H):
+                    n = wb[H2 + j]
+                    hnb[j] = n + wb[H + j] * (hcb[j] - n)
+                for j in range(H):
+                    yb[col0 + j] = hnb[j]
+                if store:
+                    tb = tape[t, b]
+                    for j in range(4 * H):
+                        tb[j] = wb[j]
+                    if use_clip:
+                        fb = flags[b]
+                        _clip_flags(gxb, acc_rz[b], b_hh, wb, fb, clip, H, False)
+                        for j in range(H):
+                            tb[4 * H + j] = fb[j]
     hl = h_a if T % 2 == 0 else h_b
     for b in range(B):
         for j in range(H):
