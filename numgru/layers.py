@@ -16,6 +16,7 @@ from ._validation import (as_lengths, as_real_array, check_bool, check_dtype, ch
                           check_int)
 from .kernels.activations import GATE_HARD_SIGMOID, GATE_SIGMOID
 from .kernels.dispatch import gru_direction_backward, gru_direction_forward, input_projection
+from .kernels.step import gru_step
 
 __all__ = ["GRU", "GRUCell", "Linear", "GATE_PRESETS"]
 
@@ -526,6 +527,20 @@ class GRUCell(_Params):
 
     def forward(self, x, h=None):
         """One step. Returns h1 with h's shape."""
+        g, H = self._gru, self.hidden_size
+        if (type(x) is np.ndarray and x.dtype == g.dtype and x.ndim == 2 and x.shape[0] > 0
+                and x.shape[1] == self.input_size and (h is None or (
+                    type(h) is np.ndarray and h.dtype == g.dtype and h.shape == (x.shape[0], H)))):
+            # fast path: one fused kernel call, workspace allocated per call (thread-safe)
+            B = x.shape[0]
+            h = np.zeros((B, H), g.dtype) if h is None else np.ascontiguousarray(h)
+            out = np.empty((B, H), g.dtype)
+            W_ih, W_hh, b_ih, b_hh = g._weights(0)
+            gru_step(np.ascontiguousarray(x), h, W_ih, W_hh, g._zero_bias if b_ih is None else b_ih, b_hh,
+                     g.reset_after, g._gate_kind, g.dtype.type(g.alpha), g.dtype.type(g.beta),
+                     g.clip is not None, g.dtype.type(np.inf if g.clip is None else g.clip), out,
+                     np.empty((B, 3 * H), g.dtype), np.empty((B, 3 * H), g.dtype))
+            return out
         x3, h0, unbatched = self._prepare(x, h)
         B = x3.shape[1]
         _, h_n, _ = self._gru._run(x3, h0, np.ones(B, np.int64), store=False)

@@ -309,6 +309,7 @@ class GRUStream:
         self.batch_size = check_int("batch_size", batch_size, minimum=1)
         self._state = np.zeros((model.num_layers, self.batch_size, model.hidden_size), model.dtype)
         self._ones = np.ones(self.batch_size, np.int64)
+        self._stepper = Stepper(model, self.batch_size)
 
     @property
     def state(self):
@@ -339,9 +340,15 @@ class GRUStream:
         self._state[:, rows] = 0
 
     def step(self, x):
+        """One step ((B, I), or (I,) when B = 1) or a chunk of steps (3-D); returns the outputs."""
         m = self.model
-        x = as_real_array("x", x)
         B, I = self.batch_size, m.input_size
+        if type(x) is np.ndarray and x.dtype == m.dtype and x.ndim <= 2 and x.shape[-1] == I and (
+                x.ndim == 2 and x.shape[0] == B or x.ndim == 1 and B == 1):
+            # fast path: one step, one kernel call per layer, nothing allocated but the result
+            h = self._stepper(np.ascontiguousarray(x).reshape(B, I), self._state)
+            return h[0] if x.ndim == 1 else h
+        x = as_real_array("x", x)
         if x.ndim == 1 and B == 1:
             x3, out = x.reshape(1, 1, -1), "vec"
         elif x.ndim == 2:
@@ -361,6 +368,37 @@ class GRUStream:
         if out == "step":
             return y[0]
         return np.ascontiguousarray(y.transpose(1, 0, 2)) if m.batch_first else y
+
+
+class Stepper:
+    """Preallocated buffers and one :func:`numgru.kernels.step.gru_step` call per layer."""
+
+    def __init__(self, model, batch_size):
+        from .kernels.step import gru_step
+        self._kernel = gru_step
+        m = model
+        H, B = m.hidden_size, batch_size
+        dt = m.dtype
+        self.layers = []
+        for k in range(m.num_layers):
+            W_ih, W_hh, b_ih, b_hh = m._weights(k)
+            self.layers.append((W_ih, W_hh, b_ih if b_ih is not None else m._zero_bias, b_hh))
+        self.args = (m.reset_after, m._gate_kind, dt.type(m.alpha), dt.type(m.beta),
+                     m.clip is not None, dt.type(m.clip if m.clip is not None else np.inf))
+        self.gi = np.empty((B, 3 * H), dt)
+        self.gh = np.empty((B, 3 * H), dt)
+        self.out = np.empty((m.num_layers, B, H), dt)
+
+    def __call__(self, x, state):
+        """x (B, I) contiguous of the model's dtype; state (L, B, H) updated in place; returns a copy
+        of the top layer's new state."""
+        inp = x
+        for k, (W_ih, W_hh, b_ih, b_hh) in enumerate(self.layers):
+            out = self.out[k]
+            self._kernel(inp, state[k], W_ih, W_hh, b_ih, b_hh, *self.args, out, self.gi, self.gh)
+            inp = out
+        state[...] = self.out
+        return self.out[-1].copy()
 
 
 class EngineStream:

@@ -1,0 +1,62 @@
+"""One GRU step for a batch, input projection included: the kernel behind GRUCell and streams.
+
+Everything is preallocated by the caller, so a step from Python costs one kernel call per layer.
+"""
+import numpy as np
+
+from ._jit import kernel
+from .activations import clip_pre, gate, tanh_fast
+
+
+@kernel
+def gru_step(x, h, W_ih, W_hh, b_ih, b_hh, reset_after, gate_kind, alpha, beta, use_clip, clip,
+             h_out, gi, gh):
+    """h_out = GRU(x, h) for one step.
+
+    x (B, I), h (B, H) in; W_ih (3H, I), W_hh (3H, H), b_ih (3H,), b_hh (3H,) in (zeros without bias);
+    h_out (B, H) out (must not alias h); gi (B, 3H), gh (B, 3H) workspace, the caller must not read them.
+    Scalars as in :func:`numgru.kernels.forward._gru_forward`.
+    """
+    B = x.shape[0]
+    H = h.shape[1]
+    H2 = 2 * H
+    np.dot(x, W_ih.T, gi)
+    if reset_after:
+        np.dot(h, W_hh.T, gh)
+        for b in range(B):
+            gib = gi[b]
+            ghb = gh[b]
+            hb = h[b]
+            ob = h_out[b]
+            for j in range(H):
+                r = gate(clip_pre(gib[j] + b_ih[j] + ghb[j] + b_hh[j], use_clip, clip), gate_kind, alpha, beta)
+                z = gate(clip_pre(gib[H + j] + b_ih[H + j] + ghb[H + j] + b_hh[H + j], use_clip, clip),
+                         gate_kind, alpha, beta)
+                n = tanh_fast(clip_pre(gib[H2 + j] + b_ih[H2 + j] + r * (ghb[H2 + j] + b_hh[H2 + j]),
+                                       use_clip, clip))
+                ob[j] = n + z * (hb[j] - n)
+        return
+    for b in range(B):
+        hb = h[b]
+        ghb = gh[b]
+        # reset_after=False needs r before W_hn (r ⊙ h): row-wise dot products (reassoc vectorises them)
+        for j in range(H2):
+            s = b_hh[j]
+            for k in range(H):
+                s += W_hh[j, k] * hb[k]
+            ghb[j] = s
+        gib = gi[b]
+        for j in range(H):
+            r = gate(clip_pre(gib[j] + b_ih[j] + ghb[j], use_clip, clip), gate_kind, alpha, beta)
+            z = gate(clip_pre(gib[H + j] + b_ih[H + j] + ghb[H + j], use_clip, clip), gate_kind, alpha, beta)
+            ghb[j] = r * hb[j]
+            ghb[H + j] = z
+        for j in range(H):
+            s = b_hh[H2 + j]
+            for k in range(H):
+                s += W_hh[H2 + j, k] * ghb[k]
+            ghb[H2 + j] = s
+        ob = h_out[b]
+        for j in range(H):
+            n = tanh_fast(clip_pre(gib[H2 + j] + b_ih[H2 + j] + ghb[H2 + j], use_clip, clip))
+            ob[j] = n + ghb[H + j] * (hb[j] - n)
