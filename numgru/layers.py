@@ -16,6 +16,7 @@ from ._validation import (as_lengths, as_real_array, check_bool, check_dtype, ch
                           check_int)
 from .kernels.activations import GATE_HARD_SIGMOID, GATE_SIGMOID
 from .kernels.dispatch import gru_direction_backward, gru_direction_forward, input_projection
+from .kernels.backward import matmul_into
 from .kernels.step import gru_step
 
 __all__ = ["GRU", "GRUCell", "Linear", "GATE_PRESETS"]
@@ -393,16 +394,24 @@ class GRU(_Params):
                 dgh2 = dgh.reshape(T * B, 3 * H)
                 hp2 = hprev.reshape(T * B, H)
                 sfx = self._suffix(layer, d)
-                grads[f"weight_ih{sfx}"] = dgx2.T @ x2d
+                dW_ih = np.empty(W_ih.shape, self.dtype)
                 dW_hh = np.empty((3 * H, H), self.dtype)
-                dW_hh[: 2 * H] = dgh2[:, : 2 * H].T @ hp2
-                n_in = hp2 if self.reset_after else rhprev.reshape(T * B, H)
-                dW_hh[2 * H:] = dgh2[:, 2 * H:].T @ n_in
+                if T * B:
+                    matmul_into(dgx2.T, x2d, dW_ih, False)
+                    if self.reset_after:
+                        matmul_into(dgh2.T, hp2, dW_hh, False)
+                    else:
+                        dW_hh[: 2 * H] = _matmul(dgh2[:, : 2 * H].T, hp2)
+                        dW_hh[2 * H:] = _matmul(dgh2[:, 2 * H:].T, rhprev.reshape(T * B, H))
+                    matmul_into(dgx2, W_ih, dx2d, True)
+                else:
+                    dW_ih[...] = 0
+                    dW_hh[...] = 0
+                grads[f"weight_ih{sfx}"] = dW_ih
                 grads[f"weight_hh{sfx}"] = dW_hh
                 if self.bias:
                     grads[f"bias_ih{sfx}"] = dgx2.sum(axis=0)
                     grads[f"bias_hh{sfx}"] = dgh2.sum(axis=0)
-                dx2d += dgx2 @ W_ih
             dx = dx2d.reshape(T, B, lt.x.shape[2])
             if lt.mask is not None:
                 dx *= lt.mask
@@ -438,6 +447,17 @@ class GRU(_Params):
         """Build a GRU from a Keras GRU, Bidirectional(GRU) or a Sequential of GRU layers."""
         from .interop.keras import gru_from_keras
         return gru_from_keras(cls, layer, dtype)
+
+
+def _matmul(a, b):
+    """a @ b through :func:`matmul_into` (operands made C- or F-contiguous)."""
+    if not (a.flags.c_contiguous or a.flags.f_contiguous):
+        a = np.ascontiguousarray(a)
+    if not (b.flags.c_contiguous or b.flags.f_contiguous):
+        b = np.ascontiguousarray(b)
+    out = np.empty((a.shape[0], b.shape[1]), np.result_type(a, b))
+    matmul_into(a, b, out, False)
+    return out
 
 
 @dataclass

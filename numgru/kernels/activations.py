@@ -97,6 +97,11 @@ def _ol_sigmoid_fast(x):
 
 
 @inline
+def kind_is_sigmoid(kind):
+    return kind == 0
+
+
+@inline
 def gate(x, kind, alpha, beta):
     """Gate activation of one pre-activation ``x`` (alpha, beta of x's dtype)."""
     if kind == 0:

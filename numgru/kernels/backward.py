@@ -10,7 +10,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import kernel, parallel_kernel
-from .activations import gate_grad, one_like
+from .activations import gate_grad, kind_is_sigmoid, one_like
 
 
 def _gru_backward(dy, col0, dh_n, tape, y, h0, W_hh, lengths, reverse, reset_after, gate_kind,
@@ -27,27 +27,28 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_hh, lengths, reverse, reset_aft
     h0       (B, H)      in.  The forward's initial state.
     W_hh     (3H, H)     in.  Recurrent weights.
     lengths  (B,) int64  in.  As in the forward.
-    dgx      (T, B, 3H)  out. dLoss/d(x W_ih.T + b_ih) per step; zeros at invalid steps.
+    dgx      (T, B, 3H)  out. dLoss/d(x W_ih.T + b_ih) per step; must arrive zeroed (invalid steps stay 0).
     dgh      (T, B, 3H)  out. dLoss/d(W_hh h + b_hh) per step (reset_after=False: its n block is
-                              dLoss/d(W_hn (r ⊙ h) + b_hn)); zeros at invalid steps.
-    hprev    (T, B, H)   out. h_{t−1} per valid step (zeros elsewhere): the input of dW_hh.
+                              dLoss/d(W_hn (r ⊙ h) + b_hn)); must arrive zeroed.
+    hprev    (T, B, H)   out. h_{t−1} per valid step: the input of dW_hh; must arrive zeroed.
     rhprev   (T, B, H)   out. r ⊙ h_{t−1} (reset_after=False; pass (0, 0, 0) otherwise): input of dW_hn.
     dh0      (B, H)      out. dLoss/dh0.
 
-    Scalars as in the forward kernel; ``reverse`` says which direction the forward ran.
+    Scalars as in the forward kernel; ``reverse`` says which direction the forward ran. Per step and
+    row the gate gradients run in short loops that each touch few arrays, so LLVM vectorises them.
     """
     T = tape.shape[0]
     B = h0.shape[0]
     H = h0.shape[1]
     H2 = 2 * H
-    H3 = 3 * H
     dt = tape.dtype
     dh = np.empty((B, H), dt)
     dhp = np.empty((B, H), dt)
     tmp = np.empty((B, H), dt)
-    dan = np.empty((B, H), dt)
+    dan = np.zeros((B, H), dt)
     drh = np.empty((B, H), dt)
-    darz = np.empty((B, H2), dt)
+    darz = np.zeros((B, H2), dt)
+    g_all = np.empty((B, H), dt)
     W_rz = W_hh[:H2]
     W_n = W_hh[H2:]
     for b in range(B):
@@ -57,84 +58,145 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_hh, lengths, reverse, reset_aft
         t = s if reverse else T - 1 - s
         for b in prange(B):
             L = lengths[b]
+            dhb = dh[b]
+            dhpb = dhp[b]
             if t >= L:
-                for j in range(H3):
-                    dgx[t, b, j] = 0.0
-                    dgh[t, b, j] = 0.0
                 for j in range(H):
-                    hprev[t, b, j] = 0.0
-                    dhp[b, j] = dh[b, j]
-                    dan[b, j] = 0.0
-                    if not reset_after:
-                        rhprev[t, b, j] = 0.0
+                    dhpb[j] = dhb[j]
+                if not reset_after:
+                    danb = dan[b]
+                    for j in range(H):
+                        danb[j] = 0.0
                 continue
+            hpb = hprev[t, b]
             if reverse:
+                has_prev = t + 1 < L
                 tp = t + 1
-                has_prev = tp < L
             else:
+                has_prev = t >= 1
                 tp = t - 1
-                has_prev = tp >= 0
+            if has_prev:
+                src = y[tp, b]
+                for j in range(H):
+                    hpb[j] = src[col0 + j]
+            else:
+                src = h0[b]
+                for j in range(H):
+                    hpb[j] = src[j]
+            tb = tape[t, b]
+            dyb = dy[t, b]
+            gb = g_all[b]
             for j in range(H):
-                hp = y[tp, b, col0 + j] if has_prev else h0[b, j]
-                hprev[t, b, j] = hp
-                r = tape[t, b, j]
-                z = tape[t, b, H + j]
-                n = tape[t, b, H2 + j]
-                g = dh[b, j] + dy[t, b, col0 + j]
-                one = one_like(g)
-                dn = g * (one - z)
-                dz = g * (hp - n)
-                dhp[b, j] = g * z
-                k_r = one
-                k_z = one
-                k_n = one
-                if use_clip:
-                    m = int(tape[t, b, 4 * H + j])
-                    k_r = one - (m & 1)
-                    k_z = one - ((m >> 1) & 1)
-                    k_n = one - ((m >> 2) & 1)
-                da_n = dn * (one - n * n) * k_n
-                da_z = dz * gate_grad(z, gate_kind, alpha) * k_z
-                dgx[t, b, H + j] = da_z
-                dgh[t, b, H + j] = da_z
-                dgx[t, b, H2 + j] = da_n
-                if reset_after:
-                    ghn = tape[t, b, 3 * H + j]
-                    dgh[t, b, H2 + j] = da_n * r
-                    da_r = da_n * ghn * gate_grad(r, gate_kind, alpha) * k_r
-                    dgx[t, b, j] = da_r
-                    dgh[t, b, j] = da_r
-                else:
-                    dgh[t, b, H2 + j] = da_n
-                    dan[b, j] = da_n
-                    rhprev[t, b, j] = r * hp
-                    darz[b, j] = k_r
+                gb[j] = dhb[j] + dyb[col0 + j]
+            dgxb = dgx[t, b]
+            one = one_like(gb[0])
+            if kind_is_sigmoid(gate_kind) and not use_clip:
+                for j in range(H):
+                    r = tb[j]
+                    z = tb[H + j]
+                    n = tb[H2 + j]
+                    g = gb[j]
+                    da_n = g * (one - z) * (one - n * n)
+                    dgxb[H + j] = g * (hpb[j] - n) * z * (one - z)
+                    dgxb[H2 + j] = da_n
+                    if reset_after:
+                        dgxb[j] = da_n * tb[3 * H + j] * r * (one - r)
+            else:
+                for j in range(H):
+                    r = tb[j]
+                    z = tb[H + j]
+                    n = tb[H2 + j]
+                    g = gb[j]
+                    k_r = one
+                    k_z = one
+                    k_n = one
+                    if use_clip:
+                        m = int(tb[4 * H + j])
+                        k_r = one - (m & 1)
+                        k_z = one - ((m >> 1) & 1)
+                        k_n = one - ((m >> 2) & 1)
+                    da_n = g * (one - z) * (one - n * n) * k_n
+                    dgxb[H + j] = g * (hpb[j] - n) * gate_grad(z, gate_kind, alpha) * k_z
+                    dgxb[H2 + j] = da_n
+                    if reset_after:
+                        dgxb[j] = da_n * tb[3 * H + j] * gate_grad(r, gate_kind, alpha) * k_r
+                    else:
+                        # keep k_r for the second half of the step (after d(r ⊙ h))
+                        darz[b, j] = k_r
+            for j in range(H):
+                dhpb[j] = gb[j] * tb[H + j]
+            dghb = dgh[t, b]
+            if reset_after:
+                for j in range(H2):
+                    dghb[j] = dgxb[j]
+                for j in range(H):
+                    dghb[H2 + j] = dgxb[H2 + j] * tb[j]
+            else:
+                for j in range(H):
+                    dghb[H + j] = dgxb[H + j]
+                    dghb[H2 + j] = dgxb[H2 + j]
+                danb = dan[b]
+                for j in range(H):
+                    danb[j] = dgxb[H2 + j]
+                rhb = rhprev[t, b]
+                for j in range(H):
+                    rhb[j] = tb[j] * hpb[j]
         if reset_after:
             np.dot(dgh[t], W_hh, tmp)
         else:
             # d(r ⊙ h_prev) = dn_pre @ W_hn, then the r gate, then the r, z blocks' matmul
             np.dot(dan, W_n, drh)
             for b in prange(B):
+                darzb = darz[b]
                 if t >= lengths[b]:
                     for j in range(H2):
-                        darz[b, j] = 0.0
+                        darzb[j] = 0.0
                     continue
+                tb = tape[t, b]
+                hpb = hprev[t, b]
+                drhb = drh[b]
+                dgxb = dgx[t, b]
+                dghb = dgh[t, b]
+                dhpb = dhp[b]
+                one = one_like(tb[0])
+                simple = kind_is_sigmoid(gate_kind) and not use_clip
                 for j in range(H):
-                    r = tape[t, b, j]
-                    dr = drh[b, j] * hprev[t, b, j]
-                    dhp[b, j] += drh[b, j] * r
-                    da_r = dr * gate_grad(r, gate_kind, alpha) * darz[b, j]
-                    dgx[t, b, j] = da_r
-                    dgh[t, b, j] = da_r
-                    darz[b, j] = da_r
-                    darz[b, H + j] = dgh[t, b, H + j]
+                    r = tb[j]
+                    k_r = one if simple else darzb[j]
+                    dhpb[j] += drhb[j] * r
+                    da_r = drhb[j] * hpb[j] * gate_grad(r, gate_kind, alpha) * k_r
+                    dgxb[j] = da_r
+                    dghb[j] = da_r
+                    darzb[j] = da_r
+                for j in range(H):
+                    darzb[H + j] = dgxb[H + j]
             np.dot(darz, W_rz, tmp)
         for b in range(B):
+            dhb = dh[b]
+            dhpb = dhp[b]
+            tmpb = tmp[b]
             for j in range(H):
-                dh[b, j] = dhp[b, j] + tmp[b, j]
+                dhb[j] = dhpb[j] + tmpb[j]
     for b in range(B):
         for j in range(H):
             dh0[b, j] = dh[b, j]
+
+
+@kernel
+def matmul_into(a, b, out, accumulate):
+    """out = a @ b (or out += a @ b with ``accumulate``) in the BLAS Numba links (see
+    :func:`numgru.kernels.forward.input_projection_kernel` for why one BLAS).
+
+    a (M, K) and b (K, N) C- or F-contiguous (transposed views are fine); out (M, N) C-contiguous.
+    """
+    if accumulate:
+        tmp = np.empty_like(out)
+        np.dot(a, b, tmp)
+        for i in range(out.shape[0]):
+            for j in range(out.shape[1]):
+                out[i, j] += tmp[i, j]
+    else:
+        np.dot(a, b, out)
 
 
 gru_backward_serial = kernel(_gru_backward, name="gru_backward_serial")

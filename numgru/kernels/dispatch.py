@@ -26,7 +26,7 @@ import numba
 import numpy as np
 
 from .backward import gru_backward_parallel, gru_backward_serial
-from .forward import gru_forward_parallel, gru_forward_serial
+from .forward import gru_forward_parallel, gru_forward_serial, input_projection_kernel
 
 PARALLEL_MIN_ROWS = 64
 
@@ -49,9 +49,12 @@ def parallel_slot(wanted: bool):
 
 def input_projection(x2d, W_ih, b_ih):
     """gx = x2d @ W_ih.T + b_ih, one GEMM over all rows.  x2d (N, I), W_ih (3H, I) → (N, 3H)."""
-    gx = x2d @ W_ih.T
-    if b_ih is not None:
-        gx += b_ih
+    N = x2d.shape[0]
+    gx = np.empty((N, W_ih.shape[0]), W_ih.dtype)
+    if N == 0:
+        return gx
+    x2d = np.ascontiguousarray(x2d)
+    input_projection_kernel(x2d, W_ih, W_ih[0] if b_ih is None else b_ih, b_ih is not None, gx)
     return gx
 
 

@@ -24,23 +24,33 @@ from .activations import clip_pre, clipped, gate, sigmoid_fast, tanh_fast
 @inline
 def _row_after(gxb, ab, b_hh, hcb, hnb, wb, store, kind, alpha, beta, use_clip, clip, H):
     """Gates of one row, reset_after=True. Reads gxb (3H), ab (3H, W_hh h), b_hh, hcb; writes hnb (H)
-    and, with ``store``, wb (r, z, n, ghn: 4H). Each loop touches few arrays so LLVM vectorises it."""
+    and, with ``store``, wb (the row's tape: r, z, n, ghn). Each loop touches few arrays so LLVM
+    vectorises it; the common case (sigmoid, no clip) has its own branch-free loops."""
     H2 = 2 * H
-    if not store and kind == 0 and not use_clip:
+    fast = kind == 0 and not use_clip
+    if not store and fast:
         for j in range(H):
             r = sigmoid_fast(gxb[j] + ab[j] + b_hh[j])
             z = sigmoid_fast(gxb[H + j] + ab[H + j] + b_hh[H + j])
             n = tanh_fast(gxb[H2 + j] + r * (ab[H2 + j] + b_hh[H2 + j]))
             hnb[j] = n + z * (hcb[j] - n)
         return
-    for j in range(H):
-        r = gate(clip_pre(gxb[j] + ab[j] + b_hh[j], use_clip, clip), kind, alpha, beta)
-        z = gate(clip_pre(gxb[H + j] + ab[H + j] + b_hh[H + j], use_clip, clip), kind, alpha, beta)
-        ghn = ab[H2 + j] + b_hh[H2 + j]
-        wb[j] = r
-        wb[H + j] = z
-        wb[H2 + j] = tanh_fast(clip_pre(gxb[H2 + j] + r * ghn, use_clip, clip))
-        wb[3 * H + j] = ghn
+    if fast:
+        for j in range(H):
+            r = sigmoid_fast(gxb[j] + ab[j] + b_hh[j])
+            ghn = ab[H2 + j] + b_hh[H2 + j]
+            wb[j] = r
+            wb[H + j] = sigmoid_fast(gxb[H + j] + ab[H + j] + b_hh[H + j])
+            wb[H2 + j] = tanh_fast(gxb[H2 + j] + r * ghn)
+            wb[3 * H + j] = ghn
+    else:
+        for j in range(H):
+            r = gate(clip_pre(gxb[j] + ab[j] + b_hh[j], use_clip, clip), kind, alpha, beta)
+            ghn = ab[H2 + j] + b_hh[H2 + j]
+            wb[j] = r
+            wb[H + j] = gate(clip_pre(gxb[H + j] + ab[H + j] + b_hh[H + j], use_clip, clip), kind, alpha, beta)
+            wb[H2 + j] = tanh_fast(clip_pre(gxb[H2 + j] + r * ghn, use_clip, clip))
+            wb[3 * H + j] = ghn
     for j in range(H):
         n = wb[H2 + j]
         hnb[j] = n + wb[H + j] * (hcb[j] - n)
@@ -122,20 +132,16 @@ def _gru_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gate_kind, a
                         hnb[j] = hcb[j]
                         yb[col0 + j] = 0.0
                     continue
-                wb = work[b]
+                wb = tape[t, b] if store else work[b]  # with store, the gates go straight to the tape
                 _row_after(gx[t, b], acc[b], b_hh, hc[b], hnb, wb, store, gate_kind, alpha, beta,
                            use_clip, clip, H)
                 for j in range(H):
                     yb[col0 + j] = hnb[j]
-                if store:
-                    tb = tape[t, b]
-                    for j in range(4 * H):
-                        tb[j] = wb[j]
-                    if use_clip:
-                        fb = flags[b]
-                        _clip_flags(gx[t, b], acc[b], b_hh, wb, fb, clip, H, True)
-                        for j in range(H):
-                            tb[4 * H + j] = fb[j]
+                if store and use_clip:
+                    fb = flags[b]
+                    _clip_flags(gx[t, b], acc[b], b_hh, wb, fb, clip, H, True)
+                    for j in range(H):
+                        wb[4 * H + j] = fb[j]
         else:
             np.dot(hc, W_rz_T, acc_rz)
             for b in prange(B):
@@ -186,6 +192,22 @@ def _gru_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gate_kind, a
     for b in range(B):
         for j in range(H):
             h_n[b, j] = hl[b, j]
+
+
+@kernel
+def input_projection_kernel(x2d, W_ih, b_ih, use_bias, out):
+    """out = x2d @ W_ih.T (+ b_ih): one GEMM over all T·B rows.
+
+    x2d (N, I), W_ih (3H, I), b_ih (3H,) in; out (N, 3H) out. Runs in the same BLAS as the per-step
+    recurrent calls (the one Numba links), so only one BLAS thread pool is ever busy: two OpenBLAS
+    copies (NumPy's and SciPy's) spinning side by side made 2-thread runs slower than 1-thread ones.
+    """
+    np.dot(x2d, W_ih.T, out)
+    if use_bias:
+        for i in range(out.shape[0]):
+            row = out[i]
+            for j in range(row.shape[0]):
+                row[j] += b_ih[j]
 
 
 gru_forward_serial = kernel(_gru_forward, name="gru_forward_serial")
