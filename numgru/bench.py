@@ -96,10 +96,14 @@ def _peer_torch(gru, x, threads):
 
 
 def _onnx_file(gru, tmpdir):
+    """Export once per model object (the object keeps its path: ids are reused after collection)."""
     from .interop.onnx import export
-    path = os.path.join(tmpdir, f"gru_{id(gru)}.onnx")
-    if not os.path.exists(path):
+    path = getattr(gru, "_bench_onnx_path", None)
+    if path is None:
+        fd, path = tempfile.mkstemp(suffix=".onnx", dir=tmpdir)
+        os.close(fd)
         export(gru, path)
+        gru._bench_onnx_path = path
     return path
 
 

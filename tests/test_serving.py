@@ -163,3 +163,30 @@ def test_direct_calls_from_many_threads_do_not_crash(model):
     for t in threads:
         t.join()
     assert not errors
+
+
+_WORKQUEUE_PROBE = r"""
+import threading, numba, numpy as np, numgru as ng
+g = ng.GRU(6, 16, seed=0)
+x = np.ones((10, 80, 6), np.float32)
+ref = g(x)[0]
+assert numba.threading_layer() == "workqueue", numba.threading_layer()
+def work():
+    for _ in range(5):
+        assert np.allclose(g(x)[0], ref, atol=1e-6)
+ts = [threading.Thread(target=work) for _ in range(6)]
+[t.start() for t in ts]; [t.join() for t in ts]
+print("ok")
+"""
+
+
+def test_concurrent_calls_under_workqueue_layer_do_not_abort():
+    """Numba's workqueue layer aborts on concurrent parallel regions: numgru must never make one."""
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, NUMBA_THREADING_LAYER="workqueue", NUMBA_NUM_THREADS="2")
+    out = subprocess.run([sys.executable, "-c", _WORKQUEUE_PROBE], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().endswith("ok")
