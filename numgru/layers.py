@@ -290,7 +290,9 @@ class GRU(_Params):
     def forward(self, x, h0=None, lengths=None):
         """Inference over whole sequences. Returns ``(y, h_n)``; see the class docstring for shapes."""
         x, h0, lengths, unbatched = self._prepare(x, h0, lengths)
+        x, h0, lengths, perm = _sort_by_length(x, h0, lengths)
         y, h_n, _ = self._run(x, h0, lengths, store=False)
+        y, h_n = _unsort(y, h_n, perm)
         return self._finish(y, h_n, unbatched)
 
     def _run(self, x, h0, lengths, store, dropout_rng=None):
@@ -330,9 +332,11 @@ class GRU(_Params):
         Returns ``(y, h_n, tape)``; y and h_n as in :meth:`forward`.
         """
         x, h0, lengths, unbatched = self._prepare(x, h0, lengths)
+        x, h0, lengths, perm = _sort_by_length(x, h0, lengths)
         y, h_n, layers = self._run(x, h0, lengths, store=True, dropout_rng=self._dropout_rng)
         tape = GRUTape(model=self, layers=layers, h0=h0, lengths=lengths, unbatched=unbatched,
-                       T=x.shape[0], B=x.shape[1])
+                       T=x.shape[0], B=x.shape[1], perm=perm)
+        y, h_n = _unsort(y, h_n, perm)
         y_out, hn_out = self._finish(y, h_n, unbatched)
         return y_out, hn_out, tape
 
@@ -376,6 +380,9 @@ class GRU(_Params):
             if tape.unbatched:
                 dh_n = dh_n[:, None, :]
             dh_n = np.ascontiguousarray(dh_n, dtype=self.dtype)
+        if tape.perm is not None:  # the forward ran with rows sorted by length
+            dy = np.ascontiguousarray(dy[:, tape.perm])
+            dh_n = np.ascontiguousarray(dh_n[:, tape.perm])
         grads = {}
         dh0 = np.empty((L * D, B, H), self.dtype)
         dy_layer = dy
@@ -418,6 +425,7 @@ class GRU(_Params):
             dy_layer = dx
         ordered = {name: grads[name] for name, _ in self._param_items()}
         dx = dy_layer
+        dx, dh0 = _unsort(dx, dh0, tape.perm)
         if tape.unbatched:
             return dx[:, 0, :], dh0[:, 0, :], ordered
         if self.batch_first:
@@ -449,6 +457,27 @@ class GRU(_Params):
         return gru_from_keras(cls, layer, dtype)
 
 
+def _sort_by_length(x, h0, lengths):
+    """Rows sorted by decreasing length (stable), so the kernels skip finished rows' GEMM work.
+
+    Returns x, h0, lengths in that order and the permutation (None when already sorted)."""
+    B = lengths.shape[0]
+    if B < 2 or np.all(lengths[:-1] >= lengths[1:]):
+        return x, h0, lengths, None
+    perm = np.argsort(-lengths, kind="stable")
+    return (np.ascontiguousarray(x[:, perm]), np.ascontiguousarray(h0[:, perm]),
+            np.ascontiguousarray(lengths[perm]), perm)
+
+
+def _unsort(a, b, perm):
+    """Undo :func:`_sort_by_length` on two (·, B, ·) arrays."""
+    if perm is None:
+        return a, b
+    inv = np.empty_like(perm)
+    inv[perm] = np.arange(perm.size)
+    return np.ascontiguousarray(a[:, inv]), np.ascontiguousarray(b[:, inv])
+
+
 def _matmul(a, b):
     """a @ b through :func:`matmul_into` (operands made C- or F-contiguous)."""
     if not (a.flags.c_contiguous or a.flags.f_contiguous):
@@ -478,6 +507,7 @@ class GRUTape:
     unbatched: bool
     T: int
     B: int
+    perm: np.ndarray | None = None
     extra: dict = field(default_factory=dict)
 
 

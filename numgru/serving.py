@@ -55,7 +55,9 @@ class BatchingEngine:
     submit_timeout : float or None
     max_padding : float
         A batch is split into groups of similar lengths so that padded steps are at most this fraction
-        of a group's steps (the kernel's ``lengths`` support masks the rest).
+        of a group's steps. Rows are passed longest first with their ``lengths``, so the kernels run
+        each step's recurrent GEMM on the still-active rows only: padding costs input-projection work
+        and memory, not recurrent work.
 
     Each request is a sequence ``x`` of shape (T_i, I) (any T_i ≥ 0) and an optional ``h0`` of shape
     (L·D, H); its future resolves to ``(y, h_n)`` of shapes (T_i, D·H) and (L·D, H), equal within float
@@ -67,7 +69,7 @@ class BatchingEngine:
     """
 
     def __init__(self, model, max_batch_size=64, max_delay_ms=2.0, max_queue=1024, *, block=True,
-                 submit_timeout=None, max_padding=0.25):
+                 submit_timeout=None, max_padding=0.5):
         if not isinstance(model, GRU):
             raise TypeError(f"model: expected a numgru.GRU, got {type(model).__name__}")
         self.model = model

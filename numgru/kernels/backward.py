@@ -11,10 +11,11 @@ from numba import prange
 
 from ._jit import kernel, parallel_kernel
 from .activations import gate_grad, kind_is_sigmoid, one_like
+from .forward import active_rows
 
 
-def _gru_backward(dy, col0, dh_n, tape, y, h0, W_hh, lengths, reverse, reset_after, gate_kind,
-                  alpha, beta, use_clip, clip, dgx, dgh, hprev, rhprev, dh0):
+def _gru_backward(dy, col0, dh_n, tape, y, h0, W_hh, lengths, sorted_desc, reverse, reset_after,
+                  gate_kind, alpha, beta, use_clip, clip, dgx, dgh, hprev, rhprev, dh0):
     """Backward pass of one GRU layer, one direction, in the reverse of the forward's step order.
 
     Arrays (C-contiguous, one float dtype):
@@ -26,7 +27,8 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_hh, lengths, reverse, reset_aft
     y        (T, B, DH)  in.  The forward output of the layer (gives h_{t−1}).
     h0       (B, H)      in.  The forward's initial state.
     W_hh     (3H, H)     in.  Recurrent weights.
-    lengths  (B,) int64  in.  As in the forward.
+    lengths  (B,) int64  in.  As in the forward; ``sorted_desc`` likewise limits each step's GEMMs to
+                              the active prefix of rows.
     dgx      (T, B, 3H)  out. dLoss/d(x W_ih.T + b_ih) per step; must arrive zeroed (invalid steps stay 0).
     dgh      (T, B, 3H)  out. dLoss/d(W_hh h + b_hh) per step (reset_after=False: its n block is
                               dLoss/d(W_hn (r ⊙ h) + b_hn)); must arrive zeroed.
@@ -141,11 +143,14 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_hh, lengths, reverse, reset_aft
                 rhb = rhprev[t, b]
                 for j in range(H):
                     rhb[j] = tb[j] * hpb[j]
+        n_act = active_rows(lengths, t, sorted_desc)
         if reset_after:
-            np.dot(dgh[t], W_hh, tmp)
+            if n_act > 0:
+                np.dot(dgh[t][:n_act], W_hh, tmp[:n_act])
         else:
             # d(r ⊙ h_prev) = dn_pre @ W_hn, then the r gate, then the r, z blocks' matmul
-            np.dot(dan, W_n, drh)
+            if n_act > 0:
+                np.dot(dan[:n_act], W_n, drh[:n_act])
             for b in prange(B):
                 darzb = darz[b]
                 if t >= lengths[b]:
@@ -170,13 +175,18 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_hh, lengths, reverse, reset_aft
                     darzb[j] = da_r
                 for j in range(H):
                     darzb[H + j] = dgxb[H + j]
-            np.dot(darz, W_rz, tmp)
+            if n_act > 0:
+                np.dot(darz[:n_act], W_rz, tmp[:n_act])
         for b in range(B):
             dhb = dh[b]
             dhpb = dhp[b]
-            tmpb = tmp[b]
-            for j in range(H):
-                dhb[j] = dhpb[j] + tmpb[j]
+            if b < n_act:
+                tmpb = tmp[b]
+                for j in range(H):
+                    dhb[j] = dhpb[j] + tmpb[j]
+            else:
+                for j in range(H):
+                    dhb[j] = dhpb[j]
     for b in range(B):
         for j in range(H):
             dh0[b, j] = dh[b, j]

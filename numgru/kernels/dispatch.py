@@ -47,6 +47,11 @@ def parallel_slot(wanted: bool):
         yield False
 
 
+def is_sorted_desc(lengths):
+    """True when lengths are non-increasing: the kernels then skip finished rows' GEMM work."""
+    return bool(lengths.shape[0] < 2 or np.all(lengths[:-1] >= lengths[1:]))
+
+
 def input_projection(x2d, W_ih, b_ih):
     """gx = x2d @ W_ih.T + b_ih, one GEMM over all rows.  x2d (N, I), W_ih (3H, I) → (N, 3H)."""
     N = x2d.shape[0]
@@ -75,7 +80,7 @@ def gru_direction_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gat
     clip_v = dtype.type(clip if use_clip else np.inf)
     with parallel_slot(B >= PARALLEL_MIN_ROWS) as par:
         fn = gru_forward_parallel if par else gru_forward_serial
-        fn(gx, W_hh, b_hh, h0, lengths, bool(reverse), bool(reset_after), int(gate_kind),
+        fn(gx, W_hh, b_hh, h0, lengths, is_sorted_desc(lengths), bool(reverse), bool(reset_after), int(gate_kind),
            dtype.type(alpha), dtype.type(beta), use_clip, clip_v, y, int(col0), h_n, bool(store), tape)
     return h_n, (tape if store else None)
 
@@ -101,6 +106,6 @@ def gru_direction_backward(dy, col0, dh_n, tape, y, h0, W_hh, lengths, reverse, 
     clip_v = dtype.type(clip if use_clip else np.inf)
     with parallel_slot(B >= PARALLEL_MIN_ROWS) as par:
         fn = gru_backward_parallel if par else gru_backward_serial
-        fn(dy, int(col0), dh_n, tape, y, h0, W_hh, lengths, bool(reverse), bool(reset_after),
+        fn(dy, int(col0), dh_n, tape, y, h0, W_hh, lengths, is_sorted_desc(lengths), bool(reverse), bool(reset_after),
            int(gate_kind), dtype.type(alpha), dtype.type(beta), use_clip, clip_v, dgx, dgh, hprev, rhprev, dh0)
     return dgx, dgh, hprev, (None if reset_after else rhprev), dh0

@@ -70,8 +70,20 @@ def _clip_flags(gxb, ab, b_hh, wb, fb, clip, H, reset_after):
         fb[j] = clipped(a_r, True, clip) + 2 * clipped(a_z, True, clip) + 4 * clipped(a_n, True, clip)
 
 
-def _gru_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gate_kind, alpha, beta,
-                 use_clip, clip, y, col0, h_n, store, tape):
+@inline
+def active_rows(lengths, t, sorted_desc):
+    """Rows active at step t: a prefix when lengths are sorted non-increasing, else all rows."""
+    B = lengths.shape[0]
+    if not sorted_desc:
+        return B
+    n = 0
+    while n < B and lengths[n] > t:
+        n += 1
+    return n
+
+
+def _gru_forward(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, reset_after, gate_kind, alpha,
+                 beta, use_clip, clip, y, col0, h_n, store, tape):
     """Run one GRU layer, one direction, over a whole sequence.
 
     Arrays (C-contiguous, one float dtype; T steps, B ≥ 1 rows, H hidden units, D·H output columns):
@@ -81,6 +93,9 @@ def _gru_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gate_kind, a
     b_hh      (3H,)       in.  Recurrent bias (zeros when the layer has no bias).
     h0        (B, H)      in.  Initial state.
     lengths   (B,) int64  in.  Valid steps per row, 0 ≤ lengths[b] ≤ T (checked by the caller).
+                               With ``sorted_desc`` (lengths non-increasing, as the layers arrange)
+                               the recurrent GEMM of each step runs on the active prefix of rows only,
+                               so padding costs nothing (PyTorch's packed-sequence trick, in place).
     y         (T, B, DH)  out. Columns col0 … col0+H−1 receive h_t; zeros where t ≥ lengths[b].
     h_n       (B, H)      out. State at each row's last valid step (h0 when lengths[b] == 0).
     tape      (T, B, 4H or 5H) out when ``store``: r, z, n and W_hn h + b_hn (reset_after) or
@@ -121,8 +136,10 @@ def _gru_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gate_kind, a
         else:
             hc = h_b
             hn = h_a
+        n_act = active_rows(lengths, t, sorted_desc)
         if reset_after:
-            np.dot(hc, W_T, acc)
+            if n_act > 0:
+                np.dot(hc[:n_act], W_T, acc[:n_act])
             for b in prange(B):
                 hnb = hn[b]
                 yb = y[t, b]
@@ -143,8 +160,9 @@ def _gru_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gate_kind, a
                     for j in range(H):
                         wb[4 * H + j] = fb[j]
         else:
-            np.dot(hc, W_rz_T, acc_rz)
-            for b in prange(B):
+            if n_act > 0:
+                np.dot(hc[:n_act], W_rz_T, acc_rz[:n_act])
+            for b in prange(n_act):
                 gxb = gx[t, b]
                 ab = acc_rz[b]
                 wb = work[b]
@@ -157,7 +175,8 @@ def _gru_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gate_kind, a
                 hcb = hc[b]
                 for j in range(H):
                     rhb[j] = wb[j] * hcb[j]
-            np.dot(rh, W_n_T, acc_n)
+            if n_act > 0:
+                np.dot(rh[:n_act], W_n_T, acc_n[:n_act])
             for b in prange(B):
                 hnb = hn[b]
                 yb = y[t, b]
