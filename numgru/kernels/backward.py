@@ -11,7 +11,7 @@ from numba import prange
 
 from ._jit import kernel, parallel_kernel
 from .activations import gate_grad, kind_is_sigmoid, one_like
-from .forward import active_rows
+from .forward import active_rows, rows_matmul_T
 
 
 def _gru_backward(dy, col0, dh_n, tape, y, h0, W_hh, lengths, sorted_desc, reverse, reset_after,
@@ -51,8 +51,10 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_hh, lengths, sorted_desc, rever
     drh = np.empty((B, H), dt)
     darz = np.zeros((B, H2), dt)
     g_all = np.empty((B, H), dt)
-    W_rz = W_hh[:H2]
-    W_n = W_hh[H2:]
+    buf = np.empty(3 * H * B, dt)
+    W_T = W_hh.T          # d @ W_hh == d @ (W_hh.T).T: rows_matmul_T's form
+    W_rz_T = W_hh[:H2].T
+    W_n_T = W_hh[H2:].T
     for b in range(B):
         for j in range(H):
             dh[b, j] = dh_n[b, j]
@@ -146,11 +148,11 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_hh, lengths, sorted_desc, rever
         n_act = active_rows(lengths, t, sorted_desc)
         if reset_after:
             if n_act > 0:
-                np.dot(dgh[t][:n_act], W_hh, tmp[:n_act])
+                rows_matmul_T(W_T, dgh[t], tmp, buf, n_act)
         else:
             # d(r ⊙ h_prev) = dn_pre @ W_hn, then the r gate, then the r, z blocks' matmul
             if n_act > 0:
-                np.dot(dan[:n_act], W_n, drh[:n_act])
+                rows_matmul_T(W_n_T, dan, drh, buf, n_act)
             for b in prange(B):
                 darzb = darz[b]
                 if t >= lengths[b]:
@@ -176,7 +178,7 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_hh, lengths, sorted_desc, rever
                 for j in range(H):
                     darzb[H + j] = dgxb[H + j]
             if n_act > 0:
-                np.dot(darz[:n_act], W_rz, tmp[:n_act])
+                rows_matmul_T(W_rz_T, darz, tmp, buf, n_act)
         for b in range(B):
             dhb = dh[b]
             dhpb = dhp[b]

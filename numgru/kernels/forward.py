@@ -82,6 +82,28 @@ def active_rows(lengths, t, sorted_desc):
     return n
 
 
+@inline
+def rows_matmul_T(Wm, h, out, buf, n):
+    """out[:n] = h[:n] @ Wm.T for Wm (M, K), h (·, K), out (·, M); buf holds at least M·n values.
+
+    For n ≥ 2 the product is computed as Wm @ h[:n].T into buf, then transposed into out: OpenBLAS runs
+    that orientation far faster when n is small (measured at n = 16: 69 vs 29 GFLOP/s for H = 1024,
+    73 vs 53 for H = 256; equal at n = 64, H = 256), and the blocked transpose costs little.
+    """
+    M = Wm.shape[0]
+    if n == 1:
+        np.dot(h[:1], Wm.T, out[:1])
+        return
+    outT = buf[:M * n].reshape((M, n))
+    np.dot(Wm, h[:n].T, outT)
+    for j0 in range(0, M, 64):
+        j1 = min(M, j0 + 64)
+        for b in range(n):
+            ob = out[b]
+            for j in range(j0, j1):
+                ob[j] = outT[j, b]
+
+
 def _gru_forward(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, reset_after, gate_kind, alpha,
                  beta, use_clip, clip, y, col0, h_n, store, tape):
     """Run one GRU layer, one direction, over a whole sequence.
@@ -122,9 +144,9 @@ def _gru_forward(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, reset_after,
     rh = np.empty((B, H), dt)
     work = np.empty((B, 4 * H), dt)
     flags = np.empty((B, H), dt)
-    W_T = W_hh.T
-    W_rz_T = W_hh[:H2].T
-    W_n_T = W_hh[H2:].T
+    buf = np.empty(3 * H * B, dt)
+    W_rz = W_hh[:H2]
+    W_n = W_hh[H2:]
     for b in range(B):
         for j in range(H):
             h_a[b, j] = h0[b, j]
@@ -139,7 +161,7 @@ def _gru_forward(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, reset_after,
         n_act = active_rows(lengths, t, sorted_desc)
         if reset_after:
             if n_act > 0:
-                np.dot(hc[:n_act], W_T, acc[:n_act])
+                rows_matmul_T(W_hh, hc, acc, buf, n_act)
             for b in prange(B):
                 hnb = hn[b]
                 yb = y[t, b]
@@ -161,7 +183,7 @@ def _gru_forward(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, reset_after,
                         wb[4 * H + j] = fb[j]
         else:
             if n_act > 0:
-                np.dot(hc[:n_act], W_rz_T, acc_rz[:n_act])
+                rows_matmul_T(W_rz, hc, acc_rz, buf, n_act)
             for b in prange(n_act):
                 gxb = gx[t, b]
                 ab = acc_rz[b]
@@ -176,7 +198,7 @@ def _gru_forward(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, reset_after,
                 for j in range(H):
                     rhb[j] = wb[j] * hcb[j]
             if n_act > 0:
-                np.dot(rh[:n_act], W_n_T, acc_n[:n_act])
+                rows_matmul_T(W_n, rh, acc_n, buf, n_act)
             for b in prange(B):
                 hnb = hn[b]
                 yb = y[t, b]
