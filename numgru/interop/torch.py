@@ -21,7 +21,14 @@ def _np_dtype(module, dtype):
 
 
 def _numpy_state(module):
-    return {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}
+    import torch
+    out = {}
+    for k, v in module.state_dict().items():
+        v = v.detach().cpu()
+        if v.dtype not in (torch.float32, torch.float64):  # float16 / bfloat16 have no NumPy twin
+            v = v.float()
+        out[k] = v.numpy()
+    return out
 
 
 def gru_from_torch(cls, module, dtype=None):

@@ -1,0 +1,32 @@
+"""Markdown table of a ``numgru bench`` JSON file: ``python benchmarks/table.py numgru-bench.json``."""
+import json
+import sys
+
+POINTS = [(128, 1, 64), (128, 1, 256), (128, 1, 1024), (128, 16, 256), (128, 64, 256), (128, 64, 1024)]
+
+
+def main(path, points=POINTS):
+    data = json.load(open(path))
+    peers = data["peers"]
+    rows = {(r["threads"], r["T"], r["B"], r["H"]): r for r in data["rows"]}
+    threads = sorted({r["threads"] for r in data["rows"]})
+    head = "| threads | T | B | H | numgru ms | GFLOP/s | " + " | ".join(
+        f"{p} ms | × {p}" for p in peers) + " |"
+    print(head)
+    print("|" + "---|" * (6 + 2 * len(peers)))
+    for th in threads:
+        for (T, B, H) in points:
+            r = rows.get((th, T, B, H))
+            if r is None:
+                continue
+            cells = [str(th), str(T), str(B), str(H), f"{r['numgru_ms']:.3g}", f"{r['numgru_gflops']:.0f}"]
+            for p in peers:
+                cells += ([f"{r[p + '_ms']:.3g}", f"{r['speedup_vs_' + p]:.2f}"] if p + "_ms" in r
+                          else ["n/a", "-"])
+            print("| " + " | ".join(cells) + " |")
+    print(f"\nCPU: {data['cpu']} ({data['cpu_count']} vCPUs); BLAS: {'; '.join(data['blas'])}; "
+          f"env: {data['env'] or 'OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE unset'}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
