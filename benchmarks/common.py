@@ -20,29 +20,11 @@ def grid(full, capped, smoke):
 
 
 def pin(threads):
-    """Pin numba, BLAS and torch thread counts; returns an undo function."""
-    import numba
-    n = ALL_THREADS if threads == "all" else int(threads)
-    old = numba.get_num_threads()
-    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
-    limiter = None
-    try:
-        import scipy.linalg.cython_blas  # noqa: F401
-        from threadpoolctl import threadpool_limits
-        limiter = threadpool_limits(n)
-    except ImportError:
-        pass
-    try:
-        import torch
-        torch.set_num_threads(n)
-    except ImportError:
-        pass
-
-    def undo():
-        numba.set_num_threads(old)
-        if limiter is not None:
-            limiter.restore_original_limits()
-    return undo
+    """Pin numba, BLAS and torch thread counts (numgru.bench.pinned_threads); returns an undo function."""
+    from numgru.bench import pinned_threads
+    cm = pinned_threads(ALL_THREADS if threads == "all" else int(threads))
+    cm.__enter__()
+    return lambda: cm.__exit__(None, None, None)
 
 
 def require_torch():
