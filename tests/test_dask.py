@@ -58,3 +58,19 @@ def test_errors(client):
         ng.dask.predict(g, np.zeros((3, 2, 4)), client=client)
     with pytest.raises(TypeError, match="model"):
         ng.dask.predict(object(), da.zeros((3, 2, 4), chunks=1), client=client)
+
+
+def test_embedded_default_cluster_when_no_client_is_given():
+    import subprocess
+    import sys
+    code = ("import numpy as np, numgru as ng, dask.array as da\n"
+            "g = ng.GRU(4, 8, seed=0)\n"
+            "x = np.random.default_rng(0).random((10, 5, 4)).astype(np.float32)\n"
+            "y = ng.dask.predict(g, da.from_array(x, chunks=(3, 5, 4))).compute()\n"
+            "from distributed import get_client\n"
+            "assert len(get_client().scheduler_info()['workers']) == 2\n"
+            "assert np.abs(y - g(x.transpose(1, 0, 2))[0].transpose(1, 0, 2)).max() < 1e-6\n"
+            "print('ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().endswith("ok")
