@@ -1,0 +1,47 @@
+"""Training-step benchmark (a script): ``python benchmarks/run_training.py --threads 1,2``.
+
+One step = forward_train + backward + Adam step (loss y.sum()) for numgru, and forward + autograd +
+torch.optim.Adam for torch.nn.GRU, timed side by side in one process with threads pinned for both.
+"""
+import argparse
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+import numgru as ng  # noqa: E402
+from numgru.bench import pinned_threads, time_it  # noqa: E402
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--threads", default="1,2")
+    args = p.parse_args()
+    import torch
+    print(" thr    T    B    H  numgru ms  torch ms  speedup")
+    for n in [int(t) for t in args.threads.split(",")]:
+        with pinned_threads(n):
+            for T, B, H in [(128, 64, 256), (32, 16, 64)]:
+                g = ng.GRU(H, H, seed=0)
+                m = g.to_torch()
+                x = np.random.default_rng(0).standard_normal((T, B, H)).astype(np.float32)
+                tx = torch.from_numpy(x)
+                opt = ng.optim.Adam(g.named_parameters(), lr=1e-3)
+                topt = torch.optim.Adam(m.parameters(), lr=1e-3)
+
+                def ours():
+                    y, _, tape = g.forward_train(x)
+                    _, _, grads = g.backward(tape, np.ones_like(y))
+                    opt.step(grads)
+
+                def theirs():
+                    topt.zero_grad()
+                    m(tx)[0].sum().backward()
+                    topt.step()
+                a, b = time_it(ours, budget=1.0), time_it(theirs, budget=1.0)
+                print(f"{n:4d} {T:4d} {B:4d} {H:4d} {a * 1e3:10.2f} {b * 1e3:9.2f} {b / a:8.2f}")
+
+
+if __name__ == "__main__":
+    main()
