@@ -298,7 +298,10 @@ class OnnxGRUGraph:
             for i, name in enumerate(node.input):
                 if name and name not in env:
                     raise ValueError(f"node {node.name!r}: input {name!r} is not computed")
-            outs = self._eval(node, ins)
+            try:
+                outs = self._eval(node, ins)
+            except (ValueError, TypeError, IndexError, KeyError) as exc:
+                raise ValueError(f"node {node.name or node.op_type!r} ({node.op_type}): {exc}") from exc
             for name, val in zip(node.output, outs):
                 if name:
                     env[name] = val
