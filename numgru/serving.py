@@ -46,7 +46,11 @@ class BatchingEngine:
     max_batch_size : int
         Most sequences in one kernel call.
     max_delay_ms : float
-        How long the worker waits, after the first request of a batch arrives, for more to join.
+        The longest the worker waits, after the first request of a batch arrives, for more to join.
+    idle_gap_ms : float or None
+        The worker stops waiting early when no new request arrived for this long (default
+        max_delay_ms / 4): a burst keeps the batch growing up to max_delay_ms, while a lone client is
+        not made to wait the whole delay for requests that cannot come.
     max_queue : int
         Bound of the request queue (backpressure).
     block : bool
@@ -69,12 +73,14 @@ class BatchingEngine:
     """
 
     def __init__(self, model, max_batch_size=64, max_delay_ms=2.0, max_queue=1024, *, block=True,
-                 submit_timeout=None, max_padding=0.5):
+                 submit_timeout=None, max_padding=0.5, idle_gap_ms=None):
         if not isinstance(model, GRU):
             raise TypeError(f"model: expected a numgru.GRU, got {type(model).__name__}")
         self.model = model
         self.max_batch_size = check_int("max_batch_size", max_batch_size, minimum=1)
         self.max_delay = check_float("max_delay_ms", max_delay_ms, low=0.0) / 1000.0
+        gap = check_float("idle_gap_ms", idle_gap_ms, low=0.0, allow_none=True)
+        self.idle_gap = self.max_delay / 4 if gap is None else gap / 1000.0
         self.max_queue = check_int("max_queue", max_queue, minimum=1)
         self.block = bool(block)
         self.submit_timeout = check_float("submit_timeout", submit_timeout, low=0.0, allow_none=True)
@@ -220,7 +226,7 @@ class BatchingEngine:
             batch = [first]
             deadline = time.perf_counter() + self.max_delay
             while len(batch) < self.max_batch_size:
-                left = deadline - time.perf_counter()
+                left = min(deadline - time.perf_counter(), self.idle_gap)
                 try:
                     batch.append(self._queue.get(timeout=left) if left > 0 else self._queue.get_nowait())
                 except queue.Empty:
