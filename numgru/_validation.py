@@ -81,4 +81,4 @@ def as_lengths(value, B, T):
     if B and (arr.min() < 0 or arr.max() > T):
         raise ValueError(f"lengths: expected values in [0, {T}] (T = {T}), got min {arr.min()}, "
                          f"max {arr.max()}")
-    return np.ascontiguousarray(arr, dtype=np.int64)
+    return np.array(arr, dtype=np.int64, order="C", copy=True)  # owned and writeable: one kernel signature

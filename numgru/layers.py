@@ -273,7 +273,7 @@ class GRU(_Params):
                                  f"{'' if unbatched else 'batch, '}hidden_size), got {h0.shape}")
             if unbatched:
                 h0 = h0[:, None, :]
-            h0 = np.ascontiguousarray(h0, dtype=self.dtype)
+            h0 = np.array(h0, dtype=self.dtype, order="C", copy=True)  # owned: one kernel signature
         return x, h0, lengths, unbatched
 
     def _finish(self, y, h_n, unbatched):
