@@ -1,15 +1,15 @@
 """GRU forward kernel: the time loop of one layer and one direction.
 
 The input projection ``gx = x @ W_ih.T + b_ih`` is hoisted out of the time loop by the caller (one GEMM
-over all T·B rows, :func:`numgru.kernels.dispatch.input_projection`). Per time step the kernel makes one
-BLAS call for the recurrent matmul ``h @ W_hh.T`` (two for reset_after=False, which needs r before the
-n block), then runs all gate arithmetic fused in one loop over the step's pre-activations. Workspace is
-allocated once, before the time loop.
+over all T·B rows, :func:`input_projection_kernel`). Per time step the kernel makes one BLAS call for the
+recurrent matmul (two for reset_after=False, which needs r before the n block) on the rows still active
+at that step, then runs the gate arithmetic in short fused loops over the step's pre-activations.
+Workspace is allocated once, before the time loop.
 
-Measured on this project's 2-vCPU machine (float32, one thread, ``benchmarks/``): a BLAS call per step
-beat register-blocked Numba loops at every batch size (131 vs 30 GFLOP/s at B=64, H=256; 49 vs 28 at
-B=1), so the matmul stays in BLAS; ``parallel=True`` only spreads the gate loop over rows, which pays
-when the batch is large (see :mod:`numgru.kernels.dispatch`).
+Measured on this project's 2-vCPU machine (float32, one thread): a BLAS call per step beat plain and
+register-blocked Numba loops at every batch size (about 87 vs 30 GFLOP/s at B=64, H=256; 48 vs 28 at
+B=1), so the matmul stays in BLAS, in the orientation BLAS runs fastest (:func:`rows_matmul_T`);
+``parallel=True`` only spreads the gate loops over rows (see :mod:`numgru.kernels.dispatch`).
 
 Serial and parallel variants are compiled from the same body (``prange`` is ``range`` when
 ``parallel=False``).
