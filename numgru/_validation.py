@@ -54,10 +54,16 @@ def check_dtype(name, dtype):
     return dt
 
 
+def untorch(value):
+    """A torch tensor's data as NumPy (without importing torch); anything else unchanged."""
+    if hasattr(value, "detach") and hasattr(value, "cpu") and hasattr(value, "numpy"):
+        return value.detach().cpu().numpy()
+    return value
+
+
 def as_real_array(name, value, dtype=None):
     """np.asarray(value) with a real numeric dtype (ints and floats; no bool, complex, object, str)."""
-    if hasattr(value, "detach") and hasattr(value, "cpu") and hasattr(value, "numpy"):
-        value = value.detach().cpu().numpy()  # a torch tensor, without importing torch
+    value = untorch(value)
     try:
         arr = np.asarray(value)
     except (TypeError, ValueError) as exc:
@@ -71,9 +77,7 @@ def as_real_array(name, value, dtype=None):
 
 def as_lengths(value, B, T):
     """Validate lengths: int array of shape (B,), each in [0, T]. Returns a C-contiguous int64 copy."""
-    if hasattr(value, "detach") and hasattr(value, "numpy"):
-        value = value.detach().cpu().numpy()
-    arr = np.asarray(value)
+    arr = np.asarray(untorch(value))
     if arr.dtype.kind not in "iu":
         raise TypeError(f"lengths: expected an integer array, got dtype {arr.dtype}")
     if arr.ndim != 1 or arr.shape[0] != B:

@@ -8,14 +8,15 @@ place updates the model; ``state_dict()`` gives copies.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from ._validation import (as_lengths, as_real_array, check_bool, check_dtype, check_float,
-                          check_int)
+                          check_int, untorch)
 from .kernels.activations import GATE_HARD_SIGMOID, GATE_SIGMOID
-from .kernels.dispatch import gru_direction_backward, gru_direction_forward, input_projection
+from .kernels.dispatch import (gru_direction_backward, gru_direction_forward, input_projection,
+                               is_sorted_desc)
 from .kernels.backward import matmul_into
 from .kernels.step import gru_step
 
@@ -233,6 +234,12 @@ class GRU(_Params):
                     yield f"bias_ih{sfx}", self._b_ih[i]
                     yield f"bias_hh{sfx}", self._b_hh[i]
 
+    def _kernel_scalars(self):
+        """(reset_after, gate_kind, alpha, beta, use_clip, clip) typed as the kernels take them."""
+        t = self.dtype.type
+        return (self.reset_after, self._gate_kind, t(self.alpha), t(self.beta), self.clip is not None,
+                t(np.inf if self.clip is None else self.clip))
+
     def _weights(self, i):
         b_ih = self._b_ih[i] if self.bias else None
         b_hh = self._b_hh[i] if self.bias else self._zero_bias
@@ -259,7 +266,7 @@ class GRU(_Params):
         if lengths is None:
             lengths = np.full(B, T, np.int64)
         elif unbatched:
-            arr = np.asarray(lengths.detach().cpu().numpy() if hasattr(lengths, "detach") else lengths)
+            arr = np.asarray(untorch(lengths))
             lengths = as_lengths(arr.reshape(1) if arr.ndim == 0 else arr, 1, T)
         else:
             lengths = as_lengths(lengths, B, T)
@@ -461,8 +468,7 @@ def _sort_by_length(x, h0, lengths):
     """Rows sorted by decreasing length (stable), so the kernels skip finished rows' GEMM work.
 
     Returns x, h0, lengths in that order and the permutation (None when already sorted)."""
-    B = lengths.shape[0]
-    if B < 2 or np.all(lengths[:-1] >= lengths[1:]):
+    if is_sorted_desc(lengths):
         return x, h0, lengths, None
     perm = np.argsort(-lengths, kind="stable")
     return (np.ascontiguousarray(x[:, perm]), np.ascontiguousarray(h0[:, perm]),
@@ -508,7 +514,6 @@ class GRUTape:
     T: int
     B: int
     perm: np.ndarray | None = None
-    extra: dict = field(default_factory=dict)
 
 
 class GRUCell(_Params):
@@ -587,9 +592,7 @@ class GRUCell(_Params):
             out = np.empty((B, H), g.dtype)
             W_ih, W_hh, b_ih, b_hh = g._weights(0)
             gru_step(np.ascontiguousarray(x), h, W_ih, W_hh, g._zero_bias if b_ih is None else b_ih, b_hh,
-                     g.reset_after, g._gate_kind, g.dtype.type(g.alpha), g.dtype.type(g.beta),
-                     g.clip is not None, g.dtype.type(np.inf if g.clip is None else g.clip), out,
-                     np.empty((B, 3 * H), g.dtype), np.empty((B, 3 * H), g.dtype))
+                     *g._kernel_scalars(), out, np.empty((B, 3 * H), g.dtype), np.empty((B, 3 * H), g.dtype))
             return out
         x3, h0, unbatched = self._prepare(x, h)
         B = x3.shape[1]

@@ -256,9 +256,9 @@ class BatchingEngine:
     def _run_group(self, group):
         try:
             results = self._forward(group)
-        except Exception:  # noqa: BLE001 - isolate the guilty request, keep the worker alive
+        except Exception as exc:  # noqa: BLE001 - isolate the guilty request, keep the worker alive
             if len(group) == 1:
-                self._fail(group[0])
+                self._fail(group[0], exc)
                 return
             for r in group:
                 self._run_group([r])
@@ -274,9 +274,7 @@ class BatchingEngine:
             self._stats["padded_steps"] += group[0].T * len(group)
             self._latencies.extend(now - r.t_submit for r in group)
 
-    def _fail(self, req):
-        import sys
-        exc = sys.exc_info()[1]
+    def _fail(self, req, exc):
         req.future.set_exception(exc)
         with self._lock:
             self._stats["failed"] += 1
@@ -391,8 +389,7 @@ class Stepper:
         for k in range(m.num_layers):
             W_ih, W_hh, b_ih, b_hh = m._weights(k)
             self.layers.append((W_ih, W_hh, b_ih if b_ih is not None else m._zero_bias, b_hh))
-        self.args = (m.reset_after, m._gate_kind, dt.type(m.alpha), dt.type(m.beta),
-                     m.clip is not None, dt.type(m.clip if m.clip is not None else np.inf))
+        self.args = m._kernel_scalars()
         self.gi = np.empty((B, 3 * H), dt)
         self.gh = np.empty((B, 3 * H), dt)
         self.out = np.empty((m.num_layers, B, H), dt)

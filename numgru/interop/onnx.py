@@ -370,20 +370,8 @@ class OnnxGRUGraph:
         """The equivalent :class:`numgru.GRU`, when the GRU nodes form one stack of identical layers."""
         gru_protos = [n for n in self.nodes if n.op_type == "GRU"]
         order = [self.gru_nodes[id(n)] for n in gru_protos]
-        producers = {out: n for n in self.nodes for out in n.output if out}
-
-        def ancestors(name, seen=None):
-            seen = set() if seen is None else seen
-            node = producers.get(name)
-            if node is not None and id(node) not in seen:
-                seen.add(id(node))
-                for i in node.input:
-                    if i:
-                        ancestors(i, seen)
-            return seen
-
         for prev, node in zip(gru_protos, gru_protos[1:]):
-            if id(prev) not in ancestors(node.input[0]):
+            if prev.output[0] not in self._upstream(node.input[0]):
                 raise ValueError(f"node {node.name!r}: its input does not come from {prev.name!r}; "
                                  "the graph is not one stacked GRU")
         if not all(gn.constant_weights for gn in order):
@@ -415,23 +403,24 @@ class OnnxGRUGraph:
         raise ValueError("graph: the GRU stack does not reproduce the graph's first output "
                          "(run it with OnnxGRUGraph instead)")
 
+    def _upstream(self, name):
+        """Every value name that ``name`` is computed from, ``name`` included."""
+        producers = {out: n for n in self.nodes for out in n.output if out}
+        seen, stack = set(), [name]
+        while stack:
+            cur = stack.pop()
+            if cur in seen:
+                continue
+            seen.add(cur)
+            node = producers.get(cur)
+            if node is not None:
+                stack.extend(i for i in node.input if i)
+        return seen
+
     def _reproduces(self, gru, first_node):
         """Run the graph and ``gru`` on the same random input; True when the first outputs agree."""
         from onnx import helper
-        producers = {out: n for n in self.nodes for out in n.output if out}
-
-        def feeds_into(name, target):
-            stack, seen = [target], set()
-            while stack:
-                cur = stack.pop()
-                if cur == name:
-                    return True
-                node = producers.get(cur)
-                if node is not None and id(node) not in seen:
-                    seen.add(id(node))
-                    stack.extend(i for i in node.input if i)
-            return False
-
+        x_sources = self._upstream(first_node.input[0])
         T, B = 3, 2
         rng = np.random.default_rng(0)
         x = rng.standard_normal((B, T, gru.input_size) if gru.batch_first else (T, B, gru.input_size))
@@ -440,7 +429,7 @@ class OnnxGRUGraph:
         for inp in (i for i in self._proto_inputs if i.name in self.input_names):
             tt = inp.type.tensor_type
             np_dtype = helper.tensor_dtype_to_np_dtype(tt.elem_type)
-            if feeds_into(inp.name, first_node.input[0]):
+            if inp.name in x_sources:
                 feeds[inp.name] = x.astype(np_dtype)
             elif np.issubdtype(np_dtype, np.integer):
                 feeds[inp.name] = np.full(B, T, np_dtype)

@@ -230,12 +230,15 @@ def _gru_forward(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, reset_after,
     dt = gx.dtype
     h_a = np.empty((B, H), dt)
     h_b = np.empty((B, H), dt)
-    acc = np.empty((B, 3 * H), dt)
-    acc_rz = np.empty((B, H2), dt)
-    acc_n = np.empty((B, H), dt)
-    rh = np.empty((B, H), dt)
+    # workspace only for the variant that runs (the others get empty arrays)
+    Ba = B if reset_after else 0
+    Bb = 0 if reset_after else B
+    acc = np.empty((Ba, 3 * H), dt)
+    acc_rz = np.empty((Bb, H2), dt)
+    acc_n = np.empty((Bb, H), dt)
+    rh = np.empty((Bb, H), dt)
     work = np.empty((B, 4 * H), dt)
-    flags = np.empty((B, H), dt)
+    flags = np.empty((B if store and use_clip else 0, H), dt)
     buf = np.empty(3 * H * B, dt)
     W_rz = W_hh[:H2]
     W_n = W_hh[H2:]

@@ -130,13 +130,9 @@ class _GRUEstimator(BaseEstimator):
     def _decision(self, X):
         self._check_fitted()
         arr, lengths = as_sequences(X, self.gru_.dtype, self.n_features_in_)
-        outs = []
         step = 256
-        for i in range(0, arr.shape[0], step):
-            Tb = max(int(lengths[i:i + step].max()), 1)
-            feats, _ = self._features(arr[i:i + step, :Tb], lengths[i:i + step], False)
-            outs.append(self.head_(feats))
-        return np.concatenate(outs, axis=0)
+        return np.concatenate([self._decision_arr(arr[i:i + step], lengths[i:i + step])
+                               for i in range(0, arr.shape[0], step)], axis=0)
 
     def _loss(self, out, target):
         raise NotImplementedError
