@@ -45,6 +45,15 @@ def test_export_runs_in_onnxruntime(tmp_path, cfg, with_inputs):
         np.testing.assert_allclose(gy, ny, atol=1e-6)
 
 
+def test_export_declares_the_oldest_ir_version_of_its_opset(tmp_path):
+    # a runtime refuses files whose IR version is newer than it knows (onnxruntime 1.30 refused the
+    # default of onnx 1.23); opset 14 needs IR version 7 (onnx 1.9)
+    path = ng.onnx.export(ng.GRU(2, 3, seed=0), tmp_path / "m.onnx")
+    m = onnx.load(path)
+    assert [(o.domain, o.version) for o in m.opset_import] == [("", 14)]
+    assert m.ir_version == 7
+
+
 def _onnx_cases():
     from onnx.backend.test.case import node
     with warnings.catch_warnings():

@@ -97,8 +97,11 @@ def export(model, path, *, opset=14, with_lengths=False, with_initial_h=False):
                                              else ["seq", "batch", D * H]),
                helper.make_tensor_value_info("h_n", elem, [L * D, "batch", H])]
     graph = helper.make_graph(nodes, "numgru_gru", inputs, outputs, inits)
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
-                              producer_name="numgru")
+    opsets = [helper.make_opsetid("", opset)]
+    proto = helper.make_model(graph, opset_imports=opsets, producer_name="numgru")
+    # the oldest IR version that carries this opset, not the installed onnx's newest: runtimes
+    # refuse files whose IR version is newer than theirs (onnxruntime 1.30 refused onnx 1.23's)
+    proto.ir_version = helper.find_min_ir_version_for(opsets)
     onnx.checker.check_model(proto)
     onnx.save(proto, os.fspath(path))
     return os.fspath(path)
