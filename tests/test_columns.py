@@ -1,0 +1,138 @@
+"""The multi-threaded inference route split over hidden units (dispatch.use_columns).
+
+Checked against tests/reference.py and against the single-thread route, with more than one Numba
+thread so the route really runs (a spy counts its calls).
+"""
+import itertools
+
+import numba
+import numpy as np
+import pytest
+
+import numgru as ng
+from conftest import TOL
+from numgru.kernels import dispatch, forward
+from reference import gru as ref_gru, random_params
+
+pytestmark = pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2,
+                                reason="needs two Numba threads")
+
+
+@pytest.fixture
+def two_threads():
+    before = numba.get_num_threads()
+    numba.set_num_threads(2)
+    yield
+    numba.set_num_threads(before)
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    calls = {"cols": 0, "proj": 0}
+    cols, proj = dispatch.gru_forward_cols, dispatch.input_projection_parallel
+
+    def cols_spy(*a):
+        calls["cols"] += 1
+        return cols(*a)
+
+    def proj_spy(*a):
+        calls["proj"] += 1
+        return proj(*a)
+
+    monkeypatch.setattr(dispatch, "gru_forward_cols", cols_spy)
+    monkeypatch.setattr(dispatch, "input_projection_parallel", proj_spy)
+    return calls
+
+
+def _model(I, H, L, bi, dtype, gate="sigmoid", clip=None, seed=0):
+    p = random_params(I, H, L, bi, seed=seed)
+    g = ng.GRU(I, H, L, bidirectional=bi, dtype=dtype, gate_activation=gate, clip=clip)
+    g.load_state_dict(p)
+    return g, p
+
+
+# H = 130 splits into uneven unit blocks (80 + 50); H = 256 into equal ones
+CASES = list(itertools.product([(3, 130), (16, 256)], [False, True], [np.float32, np.float64],
+                               [False, True]))
+
+
+@pytest.mark.parametrize("shape, bi, dtype, with_lengths", CASES)
+def test_columns_match_reference(two_threads, spy, rng, shape, bi, dtype, with_lengths):
+    B, H = shape
+    T, I, L = 7, 5, 2
+    g, p = _model(I, H, L, bi, dtype)
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    h0 = rng.standard_normal((L * (2 if bi else 1), B, H)).astype(dtype)
+    lengths = None
+    if with_lengths:
+        lengths = rng.integers(0, T + 1, B)
+        lengths[0], lengths[-1] = 0, T  # unsorted, with an empty and a full row
+    y, h_n = g(x, h0, lengths)
+    y_ref, h_ref = ref_gru(x, p, L, H, bi, h0=h0, lengths=lengths)
+    np.testing.assert_allclose(y, y_ref, **TOL[dtype])
+    np.testing.assert_allclose(h_n, h_ref, **TOL[dtype])
+    assert spy["cols"] == L * (2 if bi else 1)
+    assert spy["proj"] == L * (2 if bi else 1)
+
+
+@pytest.mark.parametrize("gate, clip", [("hard_sigmoid", None), ("sigmoid", 0.5),
+                                        ("hard_sigmoid_keras3", 2.0)])
+def test_columns_gate_options(two_threads, spy, rng, gate, clip):
+    T, B, I, H = 6, 4, 3, 128
+    g, p = _model(I, H, 1, False, np.float64, gate, clip)
+    x = 3 * rng.standard_normal((T, B, I))
+    y, h_n = g(x)
+    y_ref, h_ref = ref_gru(x, p, 1, H, gate=gate.replace("_keras3", ""), alpha=g.alpha, beta=g.beta,
+                           clip=clip)
+    np.testing.assert_allclose(y, y_ref, **TOL[np.float64])
+    assert spy["cols"] == 1
+
+
+def test_columns_equal_single_thread_route(spy, rng):
+    g, _ = _model(8, 256, 1, True, np.float32)
+    x = rng.standard_normal((20, 8, 8)).astype(np.float32)
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        y1, h1 = g(x)
+        assert spy["cols"] == 0
+        numba.set_num_threads(2)
+        y2, h2 = g(x)
+        assert spy["cols"] == 2
+    finally:
+        numba.set_num_threads(before)
+    np.testing.assert_allclose(y2, y1, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(h2, h1, atol=1e-6, rtol=0)
+
+
+def test_training_and_reset_before_keep_the_blas_route(two_threads, spy, rng):
+    x = rng.standard_normal((5, 8, 4)).astype(np.float32)
+    g, _ = _model(4, 256, 1, False, np.float32)
+    g.forward_train(x)
+    ng.GRU(4, 256, reset_after=False, seed=0)(x)
+    assert spy["cols"] == 0 and spy["proj"] == 0
+
+
+@pytest.mark.parametrize("N, I, M, bias", [(1, 3, 390, True), (130, 64, 768, False),
+                                            (300, 257, 129, True)])
+def test_parallel_input_projection(two_threads, rng, N, I, M, bias):
+    x = rng.standard_normal((N, I))
+    W = rng.standard_normal((M, I))
+    b = rng.standard_normal(M) if bias else None
+    got = dispatch.input_projection(x, W, b, columns=True)
+    want = x @ W.T + (0 if b is None else b)
+    np.testing.assert_allclose(got, want, atol=1e-10, rtol=0)
+
+
+def test_small_rows_matmul_all_row_counts(rng):
+    @numba.njit
+    def run(W, h, out, n):
+        forward.small_rows_matmul(W, h, out, n)
+
+    W = rng.standard_normal((11, 37))
+    h = rng.standard_normal((9, 37))
+    for n in range(1, 10):
+        out = np.zeros((9, 11))
+        run(W, h, out, n)
+        np.testing.assert_allclose(out[:n], h[:n] @ W.T, atol=1e-12, rtol=0)
+        assert not out[n:].any()
