@@ -1,6 +1,7 @@
 """Forward parity of GRU and GRUCell with tests/reference.py and with torch.nn.GRU / GRUCell."""
 import itertools
 
+import numba
 import numpy as np
 import pytest
 
@@ -250,11 +251,21 @@ def test_to_torch_roundtrip():
         ng.GRU(3, 5, reset_after=False).to_torch()
 
 
-@pytest.mark.parametrize("B,H,reset_after", [(3, 520, True), (3, 520, False), (6, 40, True),
-                                             (6, 41, False), (17, 24, True), (20, 8, False)])
+@pytest.mark.parametrize("B,H,reset_after", [(3, 520, True), (3, 520, False), (9, 530, True),
+                                             (6, 40, True), (6, 41, False), (17, 24, True),
+                                             (20, 8, False), (1, 30, True)])
 def test_every_recurrent_matmul_route(B, H, reset_after):
-    """Small batches take the register-blocked kernel (with remainder rows and odd H), B <= 4 with
-    H > 512 a GEMV per row, larger batches BLAS: all agree with the reference."""
+    """One thread: B = 1 takes a GEMV, B = 2–16 the register-blocked kernel (remainder rows, odd H;
+    in tiles for H > 512), larger batches a BLAS GEMM: all agree with the reference."""
+    before = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        _check_route(B, H, reset_after)
+    finally:
+        numba.set_num_threads(before)
+
+
+def _check_route(B, H, reset_after):
     rng = np.random.default_rng(B * 1000 + H)
     g = ng.GRU(5, H, reset_after=reset_after, dtype=np.float64, seed=1)
     x = rng.standard_normal((4, B, 5))

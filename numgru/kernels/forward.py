@@ -1,15 +1,17 @@
 """GRU forward kernel: the time loop of one layer and one direction.
 
 The input projection ``gx = x @ W_ih.T + b_ih`` is hoisted out of the time loop by the caller (one GEMM
-over all T·B rows, :func:`input_projection_kernel`). Per time step the kernel makes one BLAS call for the
-recurrent matmul (two for reset_after=False, which needs r before the n block) on the rows still active
-at that step, then runs the gate arithmetic in short fused loops over the step's pre-activations.
-Workspace is allocated once, before the time loop.
+over all T·B rows, :func:`input_projection_kernel`). Per time step the kernel makes one recurrent
+matmul (two for reset_after=False, which needs r before the n block) on the rows still active at that
+step, then runs the gate arithmetic in short fused loops over the step's pre-activations. Workspace is
+allocated once, before the time loop.
 
-Measured on this project's 2-vCPU machine (float32, one thread): a BLAS call per step beat plain and
-register-blocked Numba loops at every batch size (about 87 vs 30 GFLOP/s at B=64, H=256; 48 vs 28 at
-B=1), so the matmul stays in BLAS, in the orientation BLAS runs fastest (:func:`rows_matmul_T`);
-``parallel=True`` only spreads the gate loops over rows (see :mod:`numgru.kernels.dispatch`).
+The recurrent matmul goes by :func:`recurrent_matmul`, by shape (measured on this project's 2-vCPU
+machine, float32, one thread): a BLAS GEMV at B = 1; a register-blocked Numba matmul for B = 2–16
+(:func:`small_rows_matmul`; BLAS re-packs W on every call and loses there), in tiles once W leaves L2;
+a BLAS GEMM in the orientation BLAS runs fastest beyond (:func:`rows_matmul_T`). ``parallel=True``
+spreads the gate loops over rows. With several threads, inference at small and middle batch instead
+runs :func:`_gru_forward_cols`, split over hidden units (see :mod:`numgru.kernels.dispatch`).
 
 Serial and parallel variants are compiled from the same body (``prange`` is ``range`` when
 ``parallel=False``).
@@ -110,8 +112,9 @@ def small_rows_matmul(Wm, h, out, n):
 
     Four rows of h and two rows of Wm per inner loop: eight dot products share every load, and with
     ``reassoc`` LLVM keeps them in vector registers. Measured at n = 4, H = 256: 54–61 GFLOP/s against
-    32 for BLAS (which re-packs W every call); at n = 16: 78–92 against 67–75. No gain once W leaves L2
-    (H = 1024), so the caller only uses it for K ≤ 512.
+    32 for BLAS (which re-packs W every call); at n = 16: 78–92 against 67–75. Once W leaves L2
+    (H = 1024) callers pass it tiles of :data:`TILE` rows, so each tile is read from L3 once per step
+    (B = 4–16, H = 1024, one thread: 1.1–1.5× over a GEMV per row or a skinny BLAS GEMM).
     """
     M = Wm.shape[0]
     K = Wm.shape[1]
@@ -204,14 +207,19 @@ def small_rows_matmul(Wm, h, out, n):
             out[b, j] = s00
 
 
+TILE = 32  # rows of W per register-blocked pass over all rows (128 KB at H = 1024)
+
+
 @inline
 def recurrent_matmul(Wm, h, out, buf, n):
     """out[:n] = h[:n] @ Wm.T, by the fastest measured route for the shape (Wm C-contiguous)."""
     if 2 <= n <= 16 and Wm.shape[1] <= 512:
         small_rows_matmul(Wm, h, out, n)
-    elif 2 <= n <= 4:  # W beyond L2: a GEMV per row streams it faster than a skinny GEMM
-        for b in range(n):
-            np.dot(Wm, h[b], out[b])
+    elif 2 <= n <= 16:  # W beyond L2: tiles of W pass once, all rows against each
+        M = Wm.shape[0]
+        for q0 in range(0, M, TILE):
+            q1 = min(M, q0 + TILE)
+            small_rows_matmul(Wm[q0:q1], h, out[:, q0:q1], n)
     else:
         rows_matmul_T(Wm, h, out, buf, n)
 
@@ -373,9 +381,6 @@ def _chunk_after(gxb, ar, az, an, b_hh, hcb, hnb, yb, col0, j0, m, H, kind, alph
         v = n + z * (hcb[j] - n)
         hnb[j] = v
         yb[col0 + j] = v
-
-
-TILE = 32  # rows of W_hh per register-blocked pass in _gru_forward_cols (128 KB at H = 1024)
 
 
 def _gru_forward_cols(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, gate_kind, alpha, beta,
