@@ -121,7 +121,7 @@ def gru_direction_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gat
             fn = gru_forward_parallel if par else gru_forward_serial
             fn(gx, W_hh, b_hh, h0, lengths, is_sorted_desc(lengths), bool(reverse), bool(reset_after),
                int(gate_kind), dtype.type(alpha), dtype.type(beta), use_clip, clip_v, y, int(col0), h_n,
-               bool(store), tape)
+               bool(store), tape, 16 if numba.get_num_threads() == 1 else 4)
     return h_n, (tape if store else None)
 
 

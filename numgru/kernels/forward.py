@@ -211,11 +211,14 @@ TILE = 32  # rows of W per register-blocked pass over all rows (128 KB at H = 10
 
 
 @inline
-def recurrent_matmul(Wm, h, out, buf, n):
-    """out[:n] = h[:n] @ Wm.T, by the fastest measured route for the shape (Wm C-contiguous)."""
+def recurrent_matmul(Wm, h, out, buf, n, tiled_max):
+    """out[:n] = h[:n] @ Wm.T, by the fastest measured route for the shape (Wm C-contiguous).
+
+    ``tiled_max``: most rows for the tiled Numba matmul once W leaves L2 (more go to BLAS, which
+    threads itself; the caller passes 4 when BLAS has several threads to use, else 16)."""
     if 2 <= n <= 16 and Wm.shape[1] <= 512:
         small_rows_matmul(Wm, h, out, n)
-    elif 2 <= n <= 16:  # W beyond L2: tiles of W pass once, all rows against each
+    elif 2 <= n <= tiled_max:  # W beyond L2: tiles of W pass once, all rows against each
         M = Wm.shape[0]
         for q0 in range(0, M, TILE):
             q1 = min(M, q0 + TILE)
@@ -225,7 +228,7 @@ def recurrent_matmul(Wm, h, out, buf, n):
 
 
 def _gru_forward(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, reset_after, gate_kind, alpha,
-                 beta, use_clip, clip, y, col0, h_n, store, tape):
+                 beta, use_clip, clip, y, col0, h_n, store, tape, tiled_max):
     """Run one GRU layer, one direction, over a whole sequence.
 
     Arrays (C-contiguous, one float dtype; T steps, B ≥ 1 rows, H hidden units, D·H output columns):
@@ -248,7 +251,8 @@ def _gru_forward(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, reset_after,
 
     Scalars: reverse (bool) runs t = T−1 … 0, each row starting at its own last valid step;
     reset_after (bool) selects r ⊙ (W_hn h + b_hn) (True) or W_hn (r ⊙ h) + b_hn (False);
-    gate_kind/alpha/beta select the gate activation; use_clip/clip apply ONNX's clip.
+    gate_kind/alpha/beta select the gate activation; use_clip/clip apply ONNX's clip; tiled_max as
+    in :func:`recurrent_matmul`.
     Aliasing: no output may alias an input.
     """
     T = gx.shape[0]
@@ -284,7 +288,7 @@ def _gru_forward(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, reset_after,
         n_act = active_rows(lengths, t, sorted_desc)
         if reset_after:
             if n_act > 0:
-                recurrent_matmul(W_hh, hc, acc, buf, n_act)
+                recurrent_matmul(W_hh, hc, acc, buf, n_act, tiled_max)
             for b in prange(B):
                 hnb = hn[b]
                 yb = y[t, b]
@@ -306,7 +310,7 @@ def _gru_forward(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, reset_after,
                         wb[4 * H + j] = fb[j]
         else:
             if n_act > 0:
-                recurrent_matmul(W_rz, hc, acc_rz, buf, n_act)
+                recurrent_matmul(W_rz, hc, acc_rz, buf, n_act, tiled_max)
             for b in prange(n_act):
                 gxb = gx[t, b]
                 ab = acc_rz[b]
@@ -321,7 +325,7 @@ def _gru_forward(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, reset_after,
                 for j in range(H):
                     rhb[j] = wb[j] * hcb[j]
             if n_act > 0:
-                recurrent_matmul(W_n, rh, acc_n, buf, n_act)
+                recurrent_matmul(W_n, rh, acc_n, buf, n_act, tiled_max)
             for b in prange(B):
                 hnb = hn[b]
                 yb = y[t, b]
