@@ -113,13 +113,15 @@ def test_training_and_reset_before_keep_the_blas_route(two_threads, spy, rng):
     assert spy["cols"] == 0 and spy["proj"] == 0
 
 
-@pytest.mark.parametrize("N, I, M, bias", [(1, 3, 390, True), (130, 64, 768, False),
-                                            (300, 257, 129, True)])
-def test_parallel_input_projection(two_threads, rng, N, I, M, bias):
+@pytest.mark.parametrize("N, I, M, bias", [(1, 3, 390, True), (30, 5, 96, True), (64, 7, 33, False),
+                                            (130, 64, 768, False), (300, 257, 129, True)])
+@pytest.mark.parametrize("columns", [True, False])
+def test_input_projection_routes(two_threads, rng, N, I, M, bias, columns):
+    """Numba's threads (columns) or BLAS: a GEMV for one row, W @ x.T up to 64 rows, x @ W.T beyond."""
     x = rng.standard_normal((N, I))
     W = rng.standard_normal((M, I))
     b = rng.standard_normal(M) if bias else None
-    got = dispatch.input_projection(x, W, b, columns=True)
+    got = dispatch.input_projection(x, W, b, columns=columns)
     want = x @ W.T + (0 if b is None else b)
     np.testing.assert_allclose(got, want, atol=1e-10, rtol=0)
 
