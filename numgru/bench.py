@@ -69,8 +69,17 @@ def blas_info():
         return ["threadpoolctl not installed: BLAS kernel unknown"]
 
 
+SETTLE_S = 0.3
+
+
 def time_it(fn, budget=0.4, min_repeat=3, max_repeat=50, repeat=None):
-    """Median wall time (s) of ``fn()`` after one warm-up call."""
+    """Median wall time (s) of ``fn()`` after a pause and one warm-up call.
+
+    The pause lets the worker threads of whatever ran before (OpenBLAS, OpenVINO and ONNX Runtime pools
+    spin for a while after each call) go idle, so that no backend is timed against another's spinning
+    threads: on 2 vCPUs that made the next backend's per-step parallel regions up to 2× slower.
+    """
+    time.sleep(SETTLE_S)
     fn()
     t0 = time.perf_counter()
     fn()
