@@ -52,7 +52,7 @@ def _model(I, H, L, bi, dtype, gate="sigmoid", clip=None, seed=0):
 
 
 # H = 130 splits into uneven unit blocks (80 + 50); H = 256 into equal ones
-CASES = list(itertools.product([(3, 130), (16, 256)], [False, True], [np.float32, np.float64],
+CASES = list(itertools.product([(8, 130), (16, 256)], [False, True], [np.float32, np.float64],
                                [False, True]))
 
 
@@ -78,7 +78,7 @@ def test_columns_match_reference(two_threads, spy, rng, shape, bi, dtype, with_l
 @pytest.mark.parametrize("gate, clip", [("hard_sigmoid", None), ("sigmoid", 0.5),
                                         ("hard_sigmoid_keras3", 2.0)])
 def test_columns_gate_options(two_threads, spy, rng, gate, clip):
-    T, B, I, H = 6, 4, 3, 128
+    T, B, I, H = 6, 8, 3, 128
     g, p = _model(I, H, 1, False, np.float64, gate, clip)
     x = 3 * rng.standard_normal((T, B, I))
     y, h_n = g(x)

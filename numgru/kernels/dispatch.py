@@ -37,7 +37,7 @@ from .forward import (gru_forward_cols, gru_forward_parallel, gru_forward_serial
                       input_projection_kernel, input_projection_parallel)
 
 PARALLEL_MIN_ROWS = 64
-COLS_STATE = (256, 4096)
+COLS_STATE = (1024, 4096)
 
 _PARALLEL_LOCK = threading.Lock()
 _EMPTY3 = {np.dtype(np.float32): np.zeros((0, 0, 0), np.float32),
@@ -67,15 +67,15 @@ def use_columns(B, H, reset_after, store):
     That is :func:`numgru.kernels.forward._gru_forward_cols` for the recurrence and
     :func:`~numgru.kernels.forward.input_projection_parallel` for the projection. Taken for inference
     (``store`` False: training keeps BLAS for its large weight-gradient GEMMs) with reset_after=True,
-    more than one Numba thread, lo ≤ B·H ≤ hi for ``COLS_STATE`` = (lo, hi), H ≥ 128, and H ≤ 512 when
-    B = 1. Measured with 2–16 threads (2-vCPU AMD and 16-core Intel machines): inside
-    that window it beat BLAS-threaded steps by 1.1–3× (B = 4–16, H = 256; B = 4, H = 1024); below
-    it the parallel region per step costs more than it saves, above it BLAS's GEMM beats the
-    register-blocked one and a threaded GEMV streams W_hh as well (B = 1, H = 1024).
+    more than one Numba thread, H ≥ 128 and lo ≤ B·H ≤ hi for ``COLS_STATE`` = (lo, hi). Measured with
+    2–16 threads (2-vCPU AMD and 16-core Intel machines): inside that window it beat BLAS-threaded
+    steps by 1.1–3× (B = 4–16, H = 256; B = 4, H = 1024). Below it a step holds too little work for a
+    parallel region (at B = 1, H = 256 on 2 shared vCPUs, any other busy thread made it 2× slower),
+    above it BLAS's GEMM beats the register-blocked one.
     """
     lo, hi = COLS_STATE
     return (bool(reset_after) and not store and numba.get_num_threads() > 1 and H >= 128
-            and lo <= B * H <= hi and not (B == 1 and H > 512))
+            and lo <= B * H <= hi)
 
 
 def input_projection(x2d, W_ih, b_ih, columns=False):

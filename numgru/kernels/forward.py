@@ -85,6 +85,23 @@ def active_rows(lengths, t, sorted_desc):
 
 
 @inline
+def step_states(s, T, reverse, h_a, h_b):
+    """Step s of the time loop: the time index t and which state buffer is read (hc) and written (hn)."""
+    t = T - 1 - s if reverse else s
+    if s % 2 == 0:
+        return t, h_a, h_b
+    return t, h_b, h_a
+
+
+@inline
+def copy_rows(src, dst):
+    """dst[b, j] = src[b, j] for the (B, H) states."""
+    for b in range(dst.shape[0]):
+        for j in range(dst.shape[1]):
+            dst[b, j] = src[b, j]
+
+
+@inline
 def rows_matmul_T(Wm, h, out, buf, n):
     """out[:n] = h[:n] @ Wm.T for Wm (M, K), h (·, K), out (·, M); buf holds at least M·n values.
 
@@ -274,17 +291,9 @@ def _gru_forward(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, reset_after,
     buf = np.empty(3 * H * B, dt)
     W_rz = W_hh[:H2]
     W_n = W_hh[H2:]
-    for b in range(B):
-        for j in range(H):
-            h_a[b, j] = h0[b, j]
+    copy_rows(h0, h_a)
     for s in range(T):
-        t = T - 1 - s if reverse else s
-        if s % 2 == 0:
-            hc = h_a
-            hn = h_b
-        else:
-            hc = h_b
-            hn = h_a
+        t, hc, hn = step_states(s, T, reverse, h_a, h_b)
         n_act = active_rows(lengths, t, sorted_desc)
         if reset_after:
             if n_act > 0:
@@ -356,10 +365,7 @@ def _gru_forward(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, reset_after,
                         _clip_flags(gxb, acc_rz[b], b_hh, wb, fb, clip, H, False)
                         for j in range(H):
                             tb[4 * H + j] = fb[j]
-    hl = h_a if T % 2 == 0 else h_b
-    for b in range(B):
-        for j in range(H):
-            h_n[b, j] = hl[b, j]
+    copy_rows(h_a if T % 2 == 0 else h_b, h_n)
 
 
 @inline
@@ -408,17 +414,9 @@ def _gru_forward_cols(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, gate_ki
     h_a = np.empty((B, H), dt)
     h_b = np.empty((B, H), dt)
     acc = np.empty((nc, 3, B, cs), dt)
-    for b in range(B):
-        for j in range(H):
-            h_a[b, j] = h0[b, j]
+    copy_rows(h0, h_a)
     for s in range(T):
-        t = T - 1 - s if reverse else s
-        if s % 2 == 0:
-            hc = h_a
-            hn = h_b
-        else:
-            hc = h_b
-            hn = h_a
+        t, hc, hn = step_states(s, T, reverse, h_a, h_b)
         n_act = active_rows(lengths, t, sorted_desc)
         for c in prange(nc):
             j0 = c * cs
@@ -441,10 +439,7 @@ def _gru_forward_cols(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, gate_ki
                     continue
                 _chunk_after(gx[t, b], a[0, b], a[1, b], a[2, b], b_hh, hcb, hnb, yb, col0, j0, m, H,
                              gate_kind, alpha, beta, use_clip, clip)
-    hl = h_a if T % 2 == 0 else h_b
-    for b in range(B):
-        for j in range(H):
-            h_n[b, j] = hl[b, j]
+    copy_rows(h_a if T % 2 == 0 else h_b, h_n)
 
 
 @kernel
