@@ -38,13 +38,20 @@ def _row_after(gxb, ab, b_hh, hcb, hnb, wb, store, kind, alpha, beta, use_clip, 
             hnb[j] = n + z * (hcb[j] - n)
         return
     if fast:
+        # one output block per loop: with four written blocks in one loop LLVM gave up vectorising
+        # (training's forward ran 73 ms against inference's 44 at T=128, B=64, H=256)
+        wr = wb[:H]
+        wz = wb[H:H2]
+        wn = wb[H2:3 * H]
+        wg = wb[3 * H:4 * H]
         for j in range(H):
-            r = sigmoid_fast(gxb[j] + ab[j] + b_hh[j])
-            ghn = ab[H2 + j] + b_hh[H2 + j]
-            wb[j] = r
-            wb[H + j] = sigmoid_fast(gxb[H + j] + ab[H + j] + b_hh[H + j])
-            wb[H2 + j] = tanh_fast(gxb[H2 + j] + r * ghn)
-            wb[3 * H + j] = ghn
+            wr[j] = sigmoid_fast(gxb[j] + ab[j] + b_hh[j])
+        for j in range(H):
+            wz[j] = sigmoid_fast(gxb[H + j] + ab[H + j] + b_hh[H + j])
+        for j in range(H):
+            wg[j] = ab[H2 + j] + b_hh[H2 + j]
+        for j in range(H):
+            wn[j] = tanh_fast(gxb[H2 + j] + wr[j] * wg[j])
     else:
         for j in range(H):
             r = gate(clip_pre(gxb[j] + ab[j] + b_hh[j], use_clip, clip), kind, alpha, beta)
