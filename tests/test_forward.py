@@ -117,14 +117,15 @@ def test_hard_sigmoid_custom_alpha_beta():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_cell_matches_torch(dtype):
+@pytest.mark.parametrize("B, I, H", [(3, 4, 6), (20, 5, 300)])  # Numba's small matmul, BLAS
+def test_cell_matches_torch(dtype, B, I, H):
     tdtype = torch.float64 if dtype == np.float64 else torch.float32
     torch.manual_seed(1)
-    tc = torch.nn.GRUCell(4, 6, dtype=tdtype)
+    tc = torch.nn.GRUCell(I, H, dtype=tdtype)
     c = ng.GRUCell.from_torch(tc)
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((3, 4)).astype(dtype)
-    h = rng.standard_normal((3, 6)).astype(dtype)
+    x = rng.standard_normal((B, I)).astype(dtype)
+    h = rng.standard_normal((B, H)).astype(dtype)
     with torch.no_grad():
         np.testing.assert_allclose(c(x, h), tc(torch.from_numpy(x), torch.from_numpy(h)).numpy(),
                                    **TOL[dtype])
@@ -253,10 +254,11 @@ def test_to_torch_roundtrip():
 
 @pytest.mark.parametrize("B,H,reset_after", [(3, 520, True), (3, 520, False), (9, 530, True),
                                              (6, 40, True), (6, 41, False), (17, 24, True),
-                                             (20, 8, False), (1, 30, True)])
+                                             (20, 8, False), (1, 30, True), (1, 300, True)])
 def test_every_recurrent_matmul_route(B, H, reset_after):
-    """One thread: B = 1 takes a GEMV, B = 2–16 the register-blocked kernel (remainder rows, odd H;
-    in tiles for H > 512), larger batches a BLAS GEMM: all agree with the reference."""
+    """One thread: B = 1 takes the register-blocked kernel up to H = 256 and a GEMV beyond, B = 2–16
+    the register-blocked kernel (remainder rows, odd H; in tiles for H > 512), larger batches a BLAS
+    GEMM: all agree with the reference."""
     before = numba.get_num_threads()
     numba.set_num_threads(1)
     try:

@@ -7,8 +7,9 @@ step, then runs the gate arithmetic in short fused loops over the step's pre-act
 allocated once, before the time loop.
 
 The recurrent matmul goes by :func:`recurrent_matmul`, by shape (measured on this project's 2-vCPU
-machine, float32, one thread): a BLAS GEMV at B = 1; a register-blocked Numba matmul for B = 2–16
-(:func:`small_rows_matmul`; BLAS re-packs W on every call and loses there), in tiles once W leaves L2;
+machine, float32, one thread): a register-blocked Numba matmul for B = 2–16, and for B = 1 while W_hh
+fits L2 (:func:`small_rows_matmul`; BLAS re-packs W on every call and loses there), in tiles once W
+leaves L2; a BLAS GEMV at B = 1 for H > 256;
 a BLAS GEMM in the orientation BLAS runs fastest beyond (:func:`rows_matmul_T`). ``parallel=True``
 spreads the gate loops over rows. With several threads, inference at small and middle batch instead
 runs :func:`_gru_forward_cols`, split over hidden units (see :mod:`numgru.kernels.dispatch`).
@@ -240,7 +241,9 @@ def recurrent_matmul(Wm, h, out, buf, n, tiled_max):
 
     ``tiled_max``: most rows for the tiled Numba matmul once W leaves L2 (more go to BLAS, which
     threads itself; the caller passes 4 when BLAS has several threads to use, else 16)."""
-    if 2 <= n <= 16 and Wm.shape[1] <= 512:
+    K = Wm.shape[1]
+    if 2 <= n <= 16 and K <= 512 or n == 1 and K <= 256:
+        # n = 1 with W_hh in L2 (H ≤ 256): 1.2–1.25× over BLAS's GEMV at H = 64 and 256
         small_rows_matmul(Wm, h, out, n)
     elif 2 <= n <= tiled_max:  # W beyond L2: tiles of W pass once, all rows against each
         M = Wm.shape[0]

