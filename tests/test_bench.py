@@ -1,0 +1,45 @@
+"""numgru bench: every installed peer is checked against numgru before it is timed, rows are complete."""
+import json
+
+import numpy as np
+import pytest
+
+from numgru import bench
+
+
+@pytest.fixture(autouse=True)
+def no_pause(monkeypatch):
+    monkeypatch.setattr(bench, "SETTLE_S", 0.0)
+
+
+def test_point_times_numgru_and_checked_peers(tmp_path):
+    peers = bench.available_peers(["torch", "onnxruntime"])
+    row = bench.run_point(5, 2, 8, 1, peers, str(tmp_path), repeat=2, budget=0.01)
+    assert row["numgru_ms"] > 0 and row["numgru_gflops"] > 0
+    assert row["numgru_seq_per_s"] == pytest.approx(2 / (row["numgru_ms"] / 1e3))
+    for p in peers:
+        assert row[f"{p}_max_abs_diff"] <= bench.TOL
+        assert row[f"speedup_vs_{p}"] == pytest.approx(row[f"{p}_ms"] / row["numgru_ms"])
+    table = bench.format_table([row], peers)
+    assert table.splitlines()[0].split()[:4] == ["thr", "T", "B", "H"]
+
+
+def test_unknown_peer_is_named():
+    with pytest.raises(ValueError, match="--peers"):
+        bench.available_peers(["tensorflow"])
+
+
+def test_a_peer_that_disagrees_is_reported_not_timed(tmp_path, monkeypatch):
+    monkeypatch.setitem(bench.PEERS, "torch", lambda gru, x, threads: (lambda: np.zeros((5, 2, 8))))
+    row = bench.run_point(5, 2, 8, 1, ["torch"], str(tmp_path), repeat=1, budget=0.01)
+    assert "differs" in row["torch_error"] and "torch_ms" not in row
+
+
+def test_main_writes_json(tmp_path, capsys):
+    from numgru.cli import main
+    out = tmp_path / "b.json"
+    assert main(["bench", "--seq-len", "3", "--batch", "1", "--hidden", "4", "--peers", "",
+                 "--repeat", "1", "--json", str(out), "--plot", ""]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["T"], r["B"], r["H"]) for r in rows] == [(3, 1, 4)]
+    assert "BLAS" in capsys.readouterr().out
