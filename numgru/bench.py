@@ -2,8 +2,9 @@
 
 Peers: torch.nn.GRU (inference_mode), ONNX Runtime (a GRU node built from the same weights, intra-op
 threads pinned) and OpenVINO (the same ONNX graph, f32 precision hint, threads pinned). Each peer's
-output is checked against numgru's before it is timed; then the backends take turns, three rounds. Thread counts are pinned for everyone: Numba,
-the BLAS numgru calls (threadpoolctl), torch, ONNX Runtime and OpenVINO.
+output is checked against numgru's before it is timed; then the backends take turns, three rounds.
+Thread counts are pinned for everyone: Numba, the BLAS numgru calls (threadpoolctl), torch, ONNX
+Runtime and OpenVINO.
 
 Prints a table (ms per forward, sequences/s, GFLOP/s = 2·T·B·3H·(I+H)/t, speedup against each peer),
 writes JSON and, with matplotlib, a PNG of the speedup against torch over seq_len and hidden_size.

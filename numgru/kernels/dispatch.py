@@ -99,8 +99,8 @@ def gru_direction_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gat
                           clip, y, col0, store=False, columns=False):
     """Run one direction of one layer. Shapes as in :func:`numgru.kernels.forward._gru_forward`.
 
-    ``clip`` is None or a positive float; ``columns`` as from :func:`use_columns`. Returns
-    ``(h_n, tape)``; tape is None unless ``store``.
+    ``clip`` is None or a positive float; ``columns`` as from :func:`use_columns` (which is False
+    whenever ``store`` or not ``reset_after``). Returns ``(h_n, tape)``; tape is None unless ``store``.
     """
     T, B, H3 = gx.shape
     H = H3 // 3
@@ -111,17 +111,17 @@ def gru_direction_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gat
         return h0.copy(), (tape if store else None)
     h_n = np.empty((B, H), dtype)
     clip_v = dtype.type(clip if use_clip else np.inf)
-    cols = bool(columns) and bool(reset_after) and not store
-    with parallel_slot(cols or B >= PARALLEL_MIN_ROWS) as par:
-        if par and cols:
+    threads = numba.get_num_threads()
+    with parallel_slot(columns or B >= PARALLEL_MIN_ROWS) as par:
+        if par and columns:
             gru_forward_cols(gx, W_hh, b_hh, h0, lengths, is_sorted_desc(lengths), bool(reverse),
                              int(gate_kind), dtype.type(alpha), dtype.type(beta), use_clip, clip_v, y,
-                             int(col0), h_n, numba.get_num_threads())
+                             int(col0), h_n, threads)
         else:
             fn = gru_forward_parallel if par else gru_forward_serial
             fn(gx, W_hh, b_hh, h0, lengths, is_sorted_desc(lengths), bool(reverse), bool(reset_after),
                int(gate_kind), dtype.type(alpha), dtype.type(beta), use_clip, clip_v, y, int(col0), h_n,
-               bool(store), tape, 16 if numba.get_num_threads() == 1 else 4)
+               bool(store), tape, 16 if threads == 1 else 4)
     return h_n, (tape if store else None)
 
 

@@ -236,6 +236,16 @@ TILE = 32  # rows of W per register-blocked pass over all rows (128 KB at H = 10
 
 
 @inline
+def tiled_matmul(Wm, h, out, n):
+    """out[:n] = h[:n] @ Wm.T by :func:`small_rows_matmul` on tiles of :data:`TILE` rows of Wm, so each
+    tile stays in L1/L2 while all n rows pass (Wm beyond L2)."""
+    M = Wm.shape[0]
+    for q0 in range(0, M, TILE):
+        q1 = min(M, q0 + TILE)
+        small_rows_matmul(Wm[q0:q1], h, out[:, q0:q1], n)
+
+
+@inline
 def recurrent_matmul(Wm, h, out, buf, n, tiled_max):
     """out[:n] = h[:n] @ Wm.T, by the fastest measured route for the shape (Wm C-contiguous).
 
@@ -246,10 +256,7 @@ def recurrent_matmul(Wm, h, out, buf, n, tiled_max):
         # n = 1 with W_hh in L2 (H ≤ 256): 1.2–1.25× over BLAS's GEMV at H = 64 and 256
         small_rows_matmul(Wm, h, out, n)
     elif 2 <= n <= tiled_max:  # W beyond L2: tiles of W pass once, all rows against each
-        M = Wm.shape[0]
-        for q0 in range(0, M, TILE):
-            q1 = min(M, q0 + TILE)
-            small_rows_matmul(Wm[q0:q1], h, out[:, q0:q1], n)
+        tiled_matmul(Wm, h, out, n)
     else:
         rows_matmul_T(Wm, h, out, buf, n)
 
@@ -433,11 +440,8 @@ def _gru_forward_cols(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, gate_ki
             m = min(cs, H - j0)
             a = acc[c]
             if n_act > 0:
-                for g in range(3):  # tiles of TILE rows of W stay in L1/L2 while all rows pass
-                    for q0 in range(0, m, TILE):
-                        q1 = min(m, q0 + TILE)
-                        r0 = g * H + j0
-                        small_rows_matmul(W_hh[r0 + q0:r0 + q1], hc, a[g, :, q0:q1], n_act)
+                for g in range(3):  # this block's rows of W_hr, W_hz, W_hn
+                    tiled_matmul(W_hh[g * H + j0:g * H + j0 + m], hc, a[g, :, :m], n_act)
             for b in range(B):
                 hnb = hn[b]
                 hcb = hc[b]
