@@ -15,8 +15,8 @@ import numpy as np
 from ._validation import (as_lengths, as_real_array, check_bool, check_dtype, check_float,
                           check_int, untorch)
 from .kernels.activations import GATE_HARD_SIGMOID, GATE_SIGMOID
-from .kernels.dispatch import (gru_direction_backward, gru_direction_forward, input_projection,
-                               is_sorted_desc, use_columns)
+from .kernels.dispatch import (forward_route, gru_direction_backward, gru_direction_forward,
+                               input_projection, is_sorted_desc)
 from .kernels.backward import matmul_into
 from .kernels.step import gru_step
 
@@ -317,16 +317,16 @@ class GRU(_Params):
             y = np.empty((T, B, D * H), self.dtype)
             x2d = inp.reshape(T * B, inp.shape[2])
             gate_tapes = []
-            columns = use_columns(B, H, self.reset_after, store)
+            route = forward_route(B, H, self.reset_after, store)
             for d in range(D):
                 i = layer * D + d
                 W_ih, W_hh, b_ih, b_hh = self._weights(i)
-                gx = input_projection(x2d, W_ih, b_ih, columns).reshape(T, B, 3 * H)
+                gx = input_projection(x2d, W_ih, b_ih, route is not None).reshape(T, B, 3 * H)
                 hn_d, tape = gru_direction_forward(gx, W_hh, b_hh, h0[i], lengths,
                                                    d == 1 or self.go_backwards,
                                                    self.reset_after, self._gate_kind, self.alpha,
                                                    self.beta, self.clip, y, d * H, store=store,
-                                                   columns=columns)
+                                                   route=route)
                 h_n[i] = hn_d
                 gate_tapes.append(tape)
             if store:
@@ -395,6 +395,7 @@ class GRU(_Params):
         grads = {}
         dh0 = np.empty((L * D, B, H), self.dtype)
         dy_layer = dy
+        route = forward_route(B, H, self.reset_after, True)
         for layer in reversed(range(L)):
             lt = tape.layers[layer]
             x2d = lt.x.reshape(T * B, lt.x.shape[2])
@@ -404,7 +405,8 @@ class GRU(_Params):
                 W_ih, W_hh, b_ih, b_hh = self._weights(i)
                 dgx, dgh, hprev, rhprev, dh0_i = gru_direction_backward(
                     dy_layer, d * H, dh_n[i], lt.gates[d], lt.y, tape.h0[i], W_hh, tape.lengths,
-                    d == 1 or self.go_backwards, self.reset_after, self._gate_kind, self.alpha, self.beta, self.clip)
+                    d == 1 or self.go_backwards, self.reset_after, self._gate_kind, self.alpha, self.beta, self.clip,
+                    route)
                 dh0[i] = dh0_i
                 dgx2 = dgx.reshape(T * B, 3 * H)
                 dgh2 = dgh.reshape(T * B, 3 * H)

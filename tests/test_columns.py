@@ -1,4 +1,4 @@
-"""The multi-threaded inference route split over hidden units (dispatch.use_columns).
+"""The multi-threaded inference route split over hidden units (dispatch.forward_route "columns").
 
 Checked against tests/reference.py and against the single-thread route, with more than one Numba
 thread so the route really runs (a spy counts its calls).
@@ -51,8 +51,9 @@ def _model(I, H, L, bi, dtype, gate="sigmoid", clip=None, seed=0):
     return g, p
 
 
-# H = 130 splits into uneven unit blocks (80 + 50); H = 256 into equal ones
-CASES = list(itertools.product([(8, 130), (16, 256)], [False, True], [np.float32, np.float64],
+# batches too small for the rows route (fewer than 4 rows per thread); H = 400 splits into uneven unit
+# blocks (208 + 192), H = 256 into equal ones
+CASES = list(itertools.product([(3, 400), (4, 256)], [False, True], [np.float32, np.float64],
                                [False, True]))
 
 
@@ -78,7 +79,7 @@ def test_columns_match_reference(two_threads, spy, rng, shape, bi, dtype, with_l
 @pytest.mark.parametrize("gate, clip", [("hard_sigmoid", None), ("sigmoid", 0.5),
                                         ("hard_sigmoid_keras3", 2.0)])
 def test_columns_gate_options(two_threads, spy, rng, gate, clip):
-    T, B, I, H = 6, 8, 3, 128
+    T, B, I, H = 6, 6, 3, 200
     g, p = _model(I, H, 1, False, np.float64, gate, clip)
     x = 3 * rng.standard_normal((T, B, I))
     y, h_n = g(x)
@@ -90,7 +91,7 @@ def test_columns_gate_options(two_threads, spy, rng, gate, clip):
 
 def test_columns_equal_single_thread_route(spy, rng):
     g, _ = _model(8, 256, 1, True, np.float32)
-    x = rng.standard_normal((20, 8, 8)).astype(np.float32)
+    x = rng.standard_normal((20, 4, 8)).astype(np.float32)
     before = numba.get_num_threads()
     try:
         numba.set_num_threads(1)
@@ -106,7 +107,7 @@ def test_columns_equal_single_thread_route(spy, rng):
 
 
 def test_training_and_reset_before_keep_the_blas_route(two_threads, spy, rng):
-    x = rng.standard_normal((5, 8, 4)).astype(np.float32)
+    x = rng.standard_normal((5, 4, 4)).astype(np.float32)
     g, _ = _model(4, 256, 1, False, np.float32)
     g.forward_train(x)
     ng.GRU(4, 256, reset_after=False, seed=0)(x)
@@ -117,11 +118,11 @@ def test_training_and_reset_before_keep_the_blas_route(two_threads, spy, rng):
                                             (130, 64, 768, False), (300, 257, 129, True)])
 @pytest.mark.parametrize("columns", [True, False])
 def test_input_projection_routes(two_threads, rng, N, I, M, bias, columns):
-    """Numba's threads (columns) or BLAS: a GEMV for one row, W @ x.T up to 64 rows, x @ W.T beyond."""
+    """Numba's threads (the threaded routes) or BLAS: a GEMV for one row, W @ x.T up to 64 rows, x @ W.T beyond."""
     x = rng.standard_normal((N, I))
     W = rng.standard_normal((M, I))
     b = rng.standard_normal(M) if bias else None
-    got = dispatch.input_projection(x, W, b, columns=columns)
+    got = dispatch.input_projection(x, W, b, numba_threads=columns)
     want = x @ W.T + (0 if b is None else b)
     np.testing.assert_allclose(got, want, atol=1e-10, rtol=0)
 

@@ -4,25 +4,27 @@ Everything here takes and returns NumPy arrays; nothing here validates user inpu
 
 Choosing a variant
 ------------------
-The recurrent matmul is a BLAS call (threaded by BLAS itself); the parallel variant also spreads the
-fused gate loop over batch rows with ``prange``, which opens a parallel region every time step. That
-costs tens of microseconds on shared vCPUs, so it is only used when
+With one Numba thread every layer runs the serial kernel; its recurrent matmul is Numba's
+register-blocked one or a BLAS call by shape (BLAS may still thread that call). With more than one
+Numba thread, :func:`forward_route` picks by batch and hidden size:
 
-* Numba has more than one thread (``numba.get_num_threads()``, read at call time),
-* the batch has at least ``PARALLEL_MIN_ROWS`` rows,
-* and no other Python thread is running a parallel kernel right now.
+* "rows": the batch is split into one chunk of rows per thread and every chunk runs the whole sequence
+  (forward and backward): one parallel region per call, none per step;
+* "columns" (inference, small batches): every step is one parallel region over blocks of hidden units,
+  each thread multiplying its own slice of W_hh (which stays in its core's cache);
+* otherwise the serial gate loops with BLAS threading each step's GEMM, and for B ≥
+  ``PARALLEL_MIN_ROWS`` (forward only) the gate loop spread over rows with ``prange``.
 
-The last rule makes concurrent use safe under Numba's default ``workqueue`` threading layer, which
-aborts the process when two threads enter parallel kernels at once: a module lock is taken without
-blocking, and a caller that does not get it runs the serial (GIL-free) variant instead. Concurrent
-callers therefore never wait on each other and never crash.
+The two named routes run on Numba's threads only, the input projection included: OpenBLAS's workers
+spin for a while after each call, and a parallel region that must wait for a core they hold runs
+several times slower. The backward once spread its gate loops over rows between BLAS-threaded GEMMs
+and ran 5–10× slower on 2 vCPUs for that reason (T = 128, B = 64, H = 256: 1125 ms against 108 with
+the gate loops serial), so it never mixes the two now.
 
-With more than one Numba thread, inference at small and middle batch sizes takes a third route
-(:func:`use_columns`): every step is one parallel region over blocks of hidden units, each thread
-multiplying its own slice of W_hh (which stays in its core's cache) in Numba, and the input projection
-runs on Numba's threads too. No BLAS thread pool is then woken during the call: OpenBLAS's workers spin
-for a while after each call, and a per-step parallel region that must wait for a core they hold runs
-several times slower. This route, too, runs only while holding the parallel slot.
+Any parallel kernel runs only while holding a module lock, taken without blocking. This makes
+concurrent use safe under Numba's default ``workqueue`` threading layer, which aborts the process when
+two threads enter parallel kernels at once: a caller that does not get the lock runs the serial
+(GIL-free) variant instead. Concurrent callers therefore never wait on each other and never crash.
 """
 from __future__ import annotations
 
@@ -32,11 +34,14 @@ from contextlib import contextmanager
 import numba
 import numpy as np
 
-from .backward import gru_backward_parallel, gru_backward_serial
-from .forward import (gru_forward_cols, gru_forward_parallel, gru_forward_serial,
+from .backward import gru_backward_rows, gru_backward_serial
+from .forward import (gru_forward_cols, gru_forward_parallel, gru_forward_rows, gru_forward_serial,
                       input_projection_kernel, input_projection_parallel)
 
 PARALLEL_MIN_ROWS = 64
+ROWS_MIN = 4
+ROWS_MAX_WEIGHTS = 1 << 18
+ROWS_MAX_STATE = 4096
 COLS_STATE = (1024, 4096)
 
 _PARALLEL_LOCK = threading.Lock()
@@ -61,27 +66,50 @@ def is_sorted_desc(lengths):
     return bool(lengths.shape[0] < 2 or np.all(lengths[:-1] >= lengths[1:]))
 
 
-def use_columns(B, H, reset_after, store):
-    """True when a forward should run on Numba's threads alone, split over hidden units.
+def forward_route(B, H, reset_after, store):
+    """Which multi-threaded forward runs a layer of batch B and hidden size H: "rows", "columns" or None.
 
-    That is :func:`numgru.kernels.forward._gru_forward_cols` for the recurrence and
-    :func:`~numgru.kernels.forward.input_projection_parallel` for the projection. Taken for inference
-    (``store`` False: training keeps BLAS for its large weight-gradient GEMMs) with reset_after=True,
-    more than one Numba thread, H ≥ 128 and lo ≤ B·H ≤ hi for ``COLS_STATE`` = (lo, hi). Measured with
-    2–16 threads (2-vCPU AMD and 16-core Intel machines): inside that window it beat BLAS-threaded
-    steps by 1.1–3× (B = 4–16, H = 256; B = 4, H = 1024). Below it a step holds too little work for a
-    parallel region (at B = 1, H = 256 on 2 shared vCPUs, any other busy thread made it 2× slower),
-    above it BLAS's GEMM beats the register-blocked one.
+    With one Numba thread the answer is None (the serial kernel, or BLAS-threaded steps for
+    B ≥ ``PARALLEL_MIN_ROWS`` when only BLAS has threads). Otherwise, for ``threads`` Numba threads:
+
+    "rows"
+        :func:`~numgru.kernels.forward._gru_forward_rows`: the batch split into one chunk of rows per
+        thread, each running the whole sequence alone (and :func:`gru_direction_backward` likewise).
+        Taken when each thread gets ``ROWS_MIN`` rows or more but at most ``ROWS_MAX_STATE`` values
+        of state (rows × H), and W_hh holds at most ``ROWS_MAX_WEIGHTS`` values (it then stays in each
+        core's L2). Any variant, inference or training.
+    "columns"
+        :func:`~numgru.kernels.forward._gru_forward_cols`: each step split over blocks of hidden
+        units. Inference with reset_after=True, H ≥ 128 and lo ≤ B·H ≤ hi for ``COLS_STATE`` = (lo, hi).
+    None
+        BLAS-threaded steps (B ≥ ``PARALLEL_MIN_ROWS``) or the serial kernel.
+
+    Both named routes also run the input projection on Numba's threads
+    (:func:`~numgru.kernels.forward.input_projection_parallel`). Measured on 2 vCPUs (AMD, float32,
+    T = 128, forward): rows ran 1.3–1.6× faster than the serial kernel or BLAS-threaded steps at
+    B = 8–16, H = 64–256 and at B = 64, H = 64, level at B = 64, H = 256 (the backward lost there:
+    52 against 41 ms, hence ``ROWS_MAX_STATE``); at H = 1024 (12 MB of W_hh, streamed from L3 by every
+    thread) it lost at B = 16 (0.81×). Columns beat BLAS-threaded steps by 1.1–3× (B = 4–16, H = 256; B = 4, H = 1024) with
+    2–16 threads (2-vCPU AMD and 16-core Intel machines); below its window a step holds too little
+    work for a parallel region, above it BLAS's GEMM beats the register-blocked one.
     """
+    threads = numba.get_num_threads()
+    if threads < 2:
+        return None
+    per_thread = -(-B // threads)
+    if per_thread >= ROWS_MIN and per_thread * H <= ROWS_MAX_STATE and 3 * H * H <= ROWS_MAX_WEIGHTS:
+        return "rows"
     lo, hi = COLS_STATE
-    return (bool(reset_after) and not store and numba.get_num_threads() > 1 and H >= 128
-            and lo <= B * H <= hi)
+    if reset_after and not store and H >= 128 and lo <= B * H <= hi:
+        return "columns"
+    return None
 
 
-def input_projection(x2d, W_ih, b_ih, columns=False):
+def input_projection(x2d, W_ih, b_ih, numba_threads=False):
     """gx = x2d @ W_ih.T + b_ih, one GEMM over all rows.  x2d (N, I), W_ih (3H, I) → (N, 3H).
 
-    With ``columns`` (see :func:`use_columns`) the product runs on Numba's threads, otherwise in BLAS.
+    With ``numba_threads`` (a route from :func:`forward_route`) the product runs on Numba's threads,
+    otherwise in BLAS.
     """
     N = x2d.shape[0]
     gx = np.empty((N, W_ih.shape[0]), W_ih.dtype)
@@ -89,18 +117,18 @@ def input_projection(x2d, W_ih, b_ih, columns=False):
         return gx
     x2d = np.ascontiguousarray(x2d)
     bias = W_ih[0] if b_ih is None else b_ih
-    with parallel_slot(columns) as par:
+    with parallel_slot(numba_threads) as par:
         fn = input_projection_parallel if par else input_projection_kernel
         fn(x2d, W_ih, bias, b_ih is not None, gx)
     return gx
 
 
 def gru_direction_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gate_kind, alpha, beta,
-                          clip, y, col0, store=False, columns=False):
+                          clip, y, col0, store=False, route=None):
     """Run one direction of one layer. Shapes as in :func:`numgru.kernels.forward._gru_forward`.
 
-    ``clip`` is None or a positive float; ``columns`` as from :func:`use_columns` (which is False
-    whenever ``store`` or not ``reset_after``). Returns ``(h_n, tape)``; tape is None unless ``store``.
+    ``clip`` is None or a positive float; ``route`` as from :func:`forward_route` (trusted: "columns"
+    only for inference with reset_after). Returns ``(h_n, tape)``; tape is None unless ``store``.
     """
     T, B, H3 = gx.shape
     H = H3 // 3
@@ -112,22 +140,23 @@ def gru_direction_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gat
     h_n = np.empty((B, H), dtype)
     clip_v = dtype.type(clip if use_clip else np.inf)
     threads = numba.get_num_threads()
-    with parallel_slot(columns or B >= PARALLEL_MIN_ROWS) as par:
-        if par and columns:
-            gru_forward_cols(gx, W_hh, b_hh, h0, lengths, is_sorted_desc(lengths), bool(reverse),
-                             int(gate_kind), dtype.type(alpha), dtype.type(beta), use_clip, clip_v, y,
-                             int(col0), h_n, threads)
+    common = (gx, W_hh, b_hh, h0, lengths, is_sorted_desc(lengths), bool(reverse))
+    gates = (int(gate_kind), dtype.type(alpha), dtype.type(beta), use_clip, clip_v, y, int(col0), h_n)
+    with parallel_slot(route is not None or B >= PARALLEL_MIN_ROWS) as par:
+        if par and route == "columns":
+            gru_forward_cols(*common, *gates, threads)
+        elif par and route == "rows":
+            gru_forward_rows(*common, bool(reset_after), *gates, bool(store), tape, threads)
         else:
             fn = gru_forward_parallel if par else gru_forward_serial
-            fn(gx, W_hh, b_hh, h0, lengths, is_sorted_desc(lengths), bool(reverse), bool(reset_after),
-               int(gate_kind), dtype.type(alpha), dtype.type(beta), use_clip, clip_v, y, int(col0), h_n,
-               bool(store), tape, 16 if threads == 1 else 4)
+            fn(*common, bool(reset_after), *gates, bool(store), tape, 16 if threads == 1 else 4, 0, B)
     return h_n, (tape if store else None)
 
 
 def gru_direction_backward(dy, col0, dh_n, tape, y, h0, W_hh, lengths, reverse, reset_after, gate_kind,
-                           alpha, beta, clip):
-    """Backward of one direction of one layer.
+                           alpha, beta, clip, route=None):
+    """Backward of one direction of one layer; ``route`` as from :func:`forward_route` ("rows" splits
+    the batch over Numba's threads; anything else runs the serial kernel, BLAS threading its GEMMs).
 
     Returns ``(dgx, dgh, hprev, rhprev, dh0)`` with shapes (T, B, 3H), (T, B, 3H), (T, B, H),
     (T, B, H) (None when reset_after), (B, H). See :func:`numgru.kernels.backward._gru_backward`.
@@ -144,8 +173,14 @@ def gru_direction_backward(dy, col0, dh_n, tape, y, h0, W_hh, lengths, reverse, 
     dh0 = np.empty((B, H), dtype)
     use_clip = clip is not None
     clip_v = dtype.type(clip if use_clip else np.inf)
-    with parallel_slot(B >= PARALLEL_MIN_ROWS) as par:
-        fn = gru_backward_parallel if par else gru_backward_serial
-        fn(dy, int(col0), dh_n, tape, y, h0, W_hh, lengths, is_sorted_desc(lengths), bool(reverse), bool(reset_after),
-           int(gate_kind), dtype.type(alpha), dtype.type(beta), use_clip, clip_v, dgx, dgh, hprev, rhprev, dh0)
+    W_T = np.ascontiguousarray(W_hh.T)
+    args = (dy, int(col0), dh_n, tape, y, h0, W_T, lengths, is_sorted_desc(lengths), bool(reverse),
+            bool(reset_after), int(gate_kind), dtype.type(alpha), dtype.type(beta), use_clip, clip_v, dgx,
+            dgh, hprev, rhprev, dh0)
+    threads = numba.get_num_threads()
+    with parallel_slot(route == "rows") as par:
+        if par:
+            gru_backward_rows(*args, threads)
+        else:
+            gru_backward_serial(*args, 16 if threads == 1 else 4, 0, B)
     return dgx, dgh, hprev, (None if reset_after else rhprev), dh0

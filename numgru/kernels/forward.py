@@ -11,8 +11,10 @@ machine, float32, one thread): a register-blocked Numba matmul for B = 2–16, a
 fits L2 (:func:`small_rows_matmul`; BLAS re-packs W on every call and loses there), in tiles once W
 leaves L2; a BLAS GEMV at B = 1 for H > 256;
 a BLAS GEMM in the orientation BLAS runs fastest beyond (:func:`rows_matmul_T`). ``parallel=True``
-spreads the gate loops over rows. With several threads, inference at small and middle batch instead
-runs :func:`_gru_forward_cols`, split over hidden units (see :mod:`numgru.kernels.dispatch`).
+spreads the gate loops over rows. With several threads, small and middle batches instead run
+:func:`_gru_forward_rows` (the batch split into row chunks, each a whole sequence on one thread) or,
+for inference at the smallest batches, :func:`_gru_forward_cols`, split over hidden units (see
+:mod:`numgru.kernels.dispatch`).
 
 Serial and parallel variants are compiled from the same body (``prange`` is ``range`` when
 ``parallel=False``).
@@ -250,20 +252,21 @@ def recurrent_matmul(Wm, h, out, buf, n, tiled_max):
     """out[:n] = h[:n] @ Wm.T, by the fastest measured route for the shape (Wm C-contiguous).
 
     ``tiled_max``: most rows for the tiled Numba matmul once W leaves L2 (more go to BLAS, which
-    threads itself; the caller passes 4 when BLAS has several threads to use, else 16)."""
+    threads itself; the caller passes 4 when BLAS has several threads to use, else 16); −1: never
+    BLAS (for callers already running on several of Numba's threads)."""
     K = Wm.shape[1]
     if 2 <= n <= 16 and K <= 512 or n == 1 and K <= 256:
         # n = 1 with W_hh in L2 (H ≤ 256): 1.2–1.25× over BLAS's GEMV at H = 64 and 256
         small_rows_matmul(Wm, h, out, n)
-    elif 2 <= n <= tiled_max:  # W beyond L2: tiles of W pass once, all rows against each
+    elif tiled_max < 0 or 2 <= n <= tiled_max:  # W beyond L2: tiles of W pass once, all rows against each
         tiled_matmul(Wm, h, out, n)
     else:
         rows_matmul_T(Wm, h, out, buf, n)
 
 
 def _gru_forward(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, reset_after, gate_kind, alpha,
-                 beta, use_clip, clip, y, col0, h_n, store, tape, tiled_max):
-    """Run one GRU layer, one direction, over a whole sequence.
+                 beta, use_clip, clip, y, col0, h_n, store, tape, tiled_max, b0, b1):
+    """Run one GRU layer, one direction, over a whole sequence, for batch rows b0 … b1−1.
 
     Arrays (C-contiguous, one float dtype; T steps, B ≥ 1 rows, H hidden units, D·H output columns):
 
@@ -283,14 +286,15 @@ def _gru_forward(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, reset_after,
                                (so backward zeroes exactly the clipped derivatives); entries of
                                invalid steps are not written. Pass a (0, 0, 0) array otherwise.
 
-    Scalars: reverse (bool) runs t = T−1 … 0, each row starting at its own last valid step;
-    reset_after (bool) selects r ⊙ (W_hn h + b_hn) (True) or W_hn (r ⊙ h) + b_hn (False);
-    gate_kind/alpha/beta select the gate activation; use_clip/clip apply ONNX's clip; tiled_max as
-    in :func:`recurrent_matmul`.
+    Only rows b0 ≤ b < b1 (0 ≤ b0 < b1 ≤ B) are read and written, so disjoint row ranges may run at
+    the same time (:func:`_gru_forward_rows`). Scalars: reverse (bool) runs t = T−1 … 0, each row
+    starting at its own last valid step; reset_after (bool) selects r ⊙ (W_hn h + b_hn) (True) or
+    W_hn (r ⊙ h) + b_hn (False); gate_kind/alpha/beta select the gate activation; use_clip/clip apply
+    ONNX's clip; tiled_max as in :func:`recurrent_matmul`.
     Aliasing: no output may alias an input.
     """
     T = gx.shape[0]
-    B = gx.shape[1]
+    B = b1 - b0
     H = h0.shape[1]
     H2 = 2 * H
     dt = gx.dtype
@@ -308,62 +312,65 @@ def _gru_forward(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, reset_after,
     buf = np.empty(3 * H * B, dt)
     W_rz = W_hh[:H2]
     W_n = W_hh[H2:]
-    copy_rows(h0, h_a)
+    copy_rows(h0[b0:b1], h_a)
+    lens = lengths[b0:b1]
     for s in range(T):
         t, hc, hn = step_states(s, T, reverse, h_a, h_b)
-        n_act = active_rows(lengths, t, sorted_desc)
+        n_act = active_rows(lens, t, sorted_desc)
         if reset_after:
             if n_act > 0:
                 recurrent_matmul(W_hh, hc, acc, buf, n_act, tiled_max)
-            for b in prange(B):
-                hnb = hn[b]
+            for i in prange(B):  # i: row of the workspace, b: row of the arrays passed in
+                b = b0 + i
+                hnb = hn[i]
                 yb = y[t, b]
-                if t >= lengths[b]:
-                    hcb = hc[b]
+                if t >= lens[i]:
+                    hcb = hc[i]
                     for j in range(H):
                         hnb[j] = hcb[j]
                         yb[col0 + j] = 0.0
                     continue
-                wb = tape[t, b] if store else work[b]  # with store, the gates go straight to the tape
-                _row_after(gx[t, b], acc[b], b_hh, hc[b], hnb, wb, store, gate_kind, alpha, beta,
+                wb = tape[t, b] if store else work[i]  # with store, the gates go straight to the tape
+                _row_after(gx[t, b], acc[i], b_hh, hc[i], hnb, wb, store, gate_kind, alpha, beta,
                            use_clip, clip, H)
                 for j in range(H):
                     yb[col0 + j] = hnb[j]
                 if store and use_clip:
-                    fb = flags[b]
-                    _clip_flags(gx[t, b], acc[b], b_hh, wb, fb, clip, H, True)
+                    fb = flags[i]
+                    _clip_flags(gx[t, b], acc[i], b_hh, wb, fb, clip, H, True)
                     for j in range(H):
                         wb[4 * H + j] = fb[j]
         else:
             if n_act > 0:
                 recurrent_matmul(W_rz, hc, acc_rz, buf, n_act, tiled_max)
-            for b in prange(n_act):
-                gxb = gx[t, b]
-                ab = acc_rz[b]
-                wb = work[b]
+            for i in prange(n_act):
+                gxb = gx[t, b0 + i]
+                ab = acc_rz[i]
+                wb = work[i]
                 for j in range(H):
                     wb[j] = gate(clip_pre(gxb[j] + ab[j] + b_hh[j], use_clip, clip),
                                  gate_kind, alpha, beta)
                     wb[H + j] = gate(clip_pre(gxb[H + j] + ab[H + j] + b_hh[H + j], use_clip, clip),
                                      gate_kind, alpha, beta)
-                rhb = rh[b]
-                hcb = hc[b]
+                rhb = rh[i]
+                hcb = hc[i]
                 for j in range(H):
                     rhb[j] = wb[j] * hcb[j]
             if n_act > 0:
                 recurrent_matmul(W_n, rh, acc_n, buf, n_act, tiled_max)
-            for b in prange(B):
-                hnb = hn[b]
+            for i in prange(B):
+                b = b0 + i
+                hnb = hn[i]
                 yb = y[t, b]
-                hcb = hc[b]
-                if t >= lengths[b]:
+                hcb = hc[i]
+                if t >= lens[i]:
                     for j in range(H):
                         hnb[j] = hcb[j]
                         yb[col0 + j] = 0.0
                     continue
                 gxb = gx[t, b]
-                ab = acc_n[b]
-                wb = work[b]
+                ab = acc_n[i]
+                wb = work[i]
                 for j in range(H):
                     ghn = ab[j] + b_hh[H2 + j]
                     wb[3 * H + j] = ghn
@@ -378,11 +385,39 @@ def _gru_forward(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, reset_after,
                     for j in range(4 * H):
                         tb[j] = wb[j]
                     if use_clip:
-                        fb = flags[b]
-                        _clip_flags(gxb, acc_rz[b], b_hh, wb, fb, clip, H, False)
+                        fb = flags[i]
+                        _clip_flags(gxb, acc_rz[i], b_hh, wb, fb, clip, H, False)
                         for j in range(H):
                             tb[4 * H + j] = fb[j]
-    copy_rows(h_a if T % 2 == 0 else h_b, h_n)
+    copy_rows(h_a if T % 2 == 0 else h_b, h_n[b0:b1])
+
+
+@inline
+def row_chunks(B, n_threads):
+    """(chunk size, chunk count) splitting B rows for :func:`_gru_forward_rows`: at most one chunk
+    per thread, sizes a multiple of 4 (the register block of :func:`small_rows_matmul`) where B allows."""
+    cs = (B + n_threads - 1) // n_threads
+    cs = ((cs + 3) // 4) * 4
+    return cs, (B + cs - 1) // cs
+
+
+def _gru_forward_rows(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, reset_after, gate_kind, alpha,
+                      beta, use_clip, clip, y, col0, h_n, store, tape, n_threads):
+    """:func:`_gru_forward` with the batch split into row chunks, one whole sequence per thread.
+
+    Same arrays and results as :func:`_gru_forward` over all rows. Rows of a GRU never interact, so
+    each chunk (:func:`row_chunks`) runs the serial kernel on its own rows from the first step to the
+    last: one parallel region per call, no synchronisation per step, and each thread keeps W_hh in its
+    own core's cache. The chunks' matmuls are Numba's only (``tiled_max`` −1): BLAS is never entered
+    from several threads at once.
+    """
+    B = gx.shape[1]
+    cs, nc = row_chunks(B, n_threads)
+    for c in prange(nc):
+        b0 = c * cs
+        b1 = min(B, b0 + cs)
+        gru_forward_serial(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, reset_after, gate_kind,
+                           alpha, beta, use_clip, clip, y, col0, h_n, store, tape, -1, b0, b1)
 
 
 @inline
@@ -520,4 +555,5 @@ def input_projection_parallel(x2d, W_ih, b_ih, use_bias, out):
 
 gru_forward_serial = kernel(_gru_forward, name="gru_forward_serial")
 gru_forward_parallel = parallel_kernel(_gru_forward, name="gru_forward_parallel")
+gru_forward_rows = parallel_kernel(_gru_forward_rows, name="gru_forward_rows_parallel")
 gru_forward_cols = parallel_kernel(_gru_forward_cols, name="gru_forward_cols_parallel")

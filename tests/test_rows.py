@@ -1,0 +1,181 @@
+"""The multi-threaded route that splits the batch into row chunks (dispatch.forward_route "rows").
+
+Forward against tests/reference.py, training (forward_train + backward) against the single-thread
+route, with two Numba threads so the route really runs (a spy counts its kernel calls).
+"""
+import itertools
+
+import numba
+import numpy as np
+import pytest
+
+import numgru as ng
+from conftest import TOL
+from numgru.kernels import dispatch
+from reference import gru as ref_gru, random_params
+
+pytestmark = pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2,
+                                reason="needs two Numba threads")
+
+
+@pytest.fixture
+def two_threads():
+    before = numba.get_num_threads()
+    numba.set_num_threads(2)
+    yield
+    numba.set_num_threads(before)
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    calls = {"fwd": 0, "bwd": 0, "proj": 0}
+    originals = {name: getattr(dispatch, name) for name in
+                 ("gru_forward_rows", "gru_backward_rows", "input_projection_parallel")}
+
+    def counting(name, key):
+        def run(*a):
+            calls[key] += 1
+            return originals[name](*a)
+        return run
+
+    monkeypatch.setattr(dispatch, "gru_forward_rows", counting("gru_forward_rows", "fwd"))
+    monkeypatch.setattr(dispatch, "gru_backward_rows", counting("gru_backward_rows", "bwd"))
+    monkeypatch.setattr(dispatch, "input_projection_parallel",
+                        counting("input_projection_parallel", "proj"))
+    return calls
+
+
+def _model(I, H, L, bi, dtype, reset_after=True, gate="sigmoid", clip=None, seed=0):
+    p = random_params(I, H, L, bi, seed=seed)
+    g = ng.GRU(I, H, L, bidirectional=bi, dtype=dtype, reset_after=reset_after,
+               gate_activation=gate, clip=clip)
+    g.load_state_dict(p)
+    return g, p
+
+
+def _lengths(rng, B, T):
+    lengths = rng.integers(0, T + 1, B)
+    lengths[0], lengths[-1] = 0, T  # unsorted, with an empty and a full row
+    return lengths
+
+
+# B = 10 on two threads: chunks of 8 and 2 rows (uneven, and a leftover below the 4-row block)
+CASES = list(itertools.product([(10, 16), (8, 33)], [False, True], [np.float32, np.float64],
+                               [True, False], [False, True]))
+
+
+@pytest.mark.parametrize("shape, bi, dtype, reset_after, with_lengths", CASES)
+def test_rows_match_reference(two_threads, spy, rng, shape, bi, dtype, reset_after, with_lengths):
+    B, H = shape
+    T, I, L = 7, 5, 2
+    g, p = _model(I, H, L, bi, dtype, reset_after)
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    h0 = rng.standard_normal((L * (2 if bi else 1), B, H)).astype(dtype)
+    lengths = _lengths(rng, B, T) if with_lengths else None
+    y, h_n = g(x, h0, lengths)
+    y_ref, h_ref = ref_gru(x, p, L, H, bi, h0=h0, lengths=lengths, reset_after=reset_after)
+    np.testing.assert_allclose(y, y_ref, **TOL[dtype])
+    np.testing.assert_allclose(h_n, h_ref, **TOL[dtype])
+    assert spy["fwd"] == L * (2 if bi else 1)
+    assert spy["proj"] == L * (2 if bi else 1)
+
+
+@pytest.mark.parametrize("gate, clip, reset_after", [("hard_sigmoid", None, True),
+                                                     ("sigmoid", 0.5, False),
+                                                     ("hard_sigmoid_keras3", 2.0, True)])
+def test_rows_gate_options(two_threads, spy, rng, gate, clip, reset_after):
+    T, B, I, H = 6, 9, 3, 24
+    g, p = _model(I, H, 1, False, np.float64, reset_after, gate, clip)
+    x = 3 * rng.standard_normal((T, B, I))
+    y, h_n = g(x)
+    y_ref, _ = ref_gru(x, p, 1, H, reset_after=reset_after, gate=gate.replace("_keras3", ""),
+                       alpha=g.alpha, beta=g.beta, clip=clip)
+    np.testing.assert_allclose(y, y_ref, **TOL[np.float64])
+    assert spy["fwd"] == 1
+
+
+def _train_step(g, x, lengths, dy, dh):
+    y, h_n, tape = g.forward_train(x, lengths=lengths)
+    dx, dh0, grads = g.backward(tape, dy, dh)
+    return [y, h_n, dx, dh0, *grads.values()]
+
+
+@pytest.mark.parametrize("reset_after, bi, clip, gate", [(True, False, None, "sigmoid"),
+                                                         (False, True, None, "sigmoid"),
+                                                         (True, True, 0.7, "hard_sigmoid"),
+                                                         (False, False, 0.7, "sigmoid")])
+def test_rows_training_equals_single_thread_route(spy, rng, reset_after, bi, clip, gate):
+    T, B, I, H, L = 9, 11, 4, 20, 2
+    g, _ = _model(I, H, L, bi, np.float64, reset_after, gate, clip)
+    D = 2 if bi else 1
+    x = rng.standard_normal((T, B, I))
+    lengths = _lengths(rng, B, T)
+    dy = rng.standard_normal((T, B, D * H))
+    dh = rng.standard_normal((L * D, B, H))
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = _train_step(g, x, lengths, dy, dh)
+        assert spy["fwd"] == spy["bwd"] == 0
+        numba.set_num_threads(2)
+        two = _train_step(g, x, lengths, dy, dh)
+        assert spy["fwd"] == spy["bwd"] == L * D
+    finally:
+        numba.set_num_threads(before)
+    for a, b in zip(two, one):
+        np.testing.assert_allclose(a, b, atol=1e-11, rtol=0)
+
+
+def test_rows_gradient_matches_finite_differences(two_threads, spy, rng):
+    """dLoss/dW_hh through the rows route, against central differences (float64)."""
+    T, B, I, H = 5, 8, 3, 6
+    g, _ = _model(I, H, 1, False, np.float64)
+    x = rng.standard_normal((T, B, I))
+    w = rng.standard_normal((T, B, H))
+
+    def loss():
+        return float((g(x)[0] * w).sum())
+
+    y, _, tape = g.forward_train(x)
+    _, _, grads = g.backward(tape, w)
+    assert spy["bwd"] == 1
+    W = g.state_dict()["weight_hh_l0"]
+    num = np.empty_like(W)
+    eps = 1e-6
+    for idx in np.ndindex(*W.shape):
+        keep = W[idx]
+        for sign, store in ((1, 0), (-1, 1)):
+            W[idx] = keep + sign * eps
+            g.load_state_dict({**g.state_dict(), "weight_hh_l0": W})
+            if store == 0:
+                up = loss()
+            else:
+                down = loss()
+        W[idx] = keep
+        g.load_state_dict({**g.state_dict(), "weight_hh_l0": W})
+        num[idx] = (up - down) / (2 * eps)
+    np.testing.assert_allclose(grads["weight_hh_l0"], num, atol=1e-7, rtol=0)
+
+
+@pytest.mark.parametrize("B, H, reset_after, store, want", [
+    (8, 64, True, False, "rows"),        # 4 rows per thread
+    (10, 16, False, True, "rows"),       # any variant, training too
+    (6, 64, True, False, None),          # 3 rows per thread: too few
+    (64, 64, True, False, "rows"),
+    (64, 256, True, False, None),        # 32 rows × 256 per thread: BLAS's threaded GEMM
+    (16, 512, True, False, None),        # W_hh beyond a core's L2
+    (4, 256, True, False, "columns"),
+    (4, 256, False, False, None),        # columns: reset_after only
+    (4, 256, True, True, None),          # columns: inference only
+])
+def test_forward_route_rules(two_threads, B, H, reset_after, store, want):
+    assert dispatch.forward_route(B, H, reset_after, store) == want
+
+
+def test_one_thread_takes_no_threaded_route():
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        assert dispatch.forward_route(16, 64, True, False) is None
+    finally:
+        numba.set_num_threads(before)
