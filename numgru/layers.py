@@ -395,7 +395,6 @@ class GRU(_Params):
         grads = {}
         dh0 = np.empty((L * D, B, H), self.dtype)
         dy_layer = dy
-        route = forward_route(B, H, self.reset_after, True)
         for layer in reversed(range(L)):
             lt = tape.layers[layer]
             x2d = lt.x.reshape(T * B, lt.x.shape[2])
@@ -405,8 +404,7 @@ class GRU(_Params):
                 W_ih, W_hh, b_ih, b_hh = self._weights(i)
                 dgx, dgh, hprev, rhprev, dh0_i = gru_direction_backward(
                     dy_layer, d * H, dh_n[i], lt.gates[d], lt.y, tape.h0[i], W_hh, tape.lengths,
-                    d == 1 or self.go_backwards, self.reset_after, self._gate_kind, self.alpha, self.beta, self.clip,
-                    route)
+                    d == 1 or self.go_backwards, self.reset_after, self._gate_kind, self.alpha, self.beta, self.clip)
                 dh0[i] = dh0_i
                 dgx2 = dgx.reshape(T * B, 3 * H)
                 dgh2 = dgh.reshape(T * B, 3 * H)

@@ -5,21 +5,24 @@ then GEMMs over the whole sequence (done by the caller), so their summation orde
 thread count. Per step: the gate gradients of all rows in one fused loop, then one matmul
 ``dgh_t @ W_hh`` for the gradient flowing into h_{t−1} (reset_after=False needs an extra one for
 d(r ⊙ h) = dn_pre @ W_hn first), by the forward's :func:`~numgru.kernels.forward.recurrent_matmul`
-routes on a transposed copy of W_hh. With several threads the batch is split into row chunks that
-each run the whole sequence (:func:`_gru_backward_rows`), as in the forward.
+routes on a transposed copy of W_hh (Numba's register-blocked matmul for up to 16 rows: at 16 rows,
+H = 256, 100 against BLAS's 68–77 GFLOP/s).
+
+There is one variant, serial: with several threads BLAS threads the per-step matmuls. A variant that
+spread the gate loops over rows with ``prange`` between BLAS-threaded matmuls ran 5–10× slower on
+2 vCPUs (T = 128, B = 64, H = 256: 1125 ms against 108), its parallel regions waiting for cores that
+OpenBLAS's idle workers were spinning on.
 """
 import numpy as np
-from numba import prange
 
-from ._jit import kernel, parallel_kernel
+from ._jit import kernel
 from .activations import gate_grad, kind_is_sigmoid, one_like
-from .forward import active_rows, copy_rows, recurrent_matmul, row_chunks
+from .forward import active_rows, recurrent_matmul
 
 
 def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, reverse, reset_after,
-                  gate_kind, alpha, beta, use_clip, clip, dgx, dgh, hprev, rhprev, dh0, tiled_max, b0, b1):
-    """Backward pass of one GRU layer, one direction, in the reverse of the forward's step order,
-    for batch rows b0 … b1−1.
+                  gate_kind, alpha, beta, use_clip, clip, dgx, dgh, hprev, rhprev, dh0, tiled_max):
+    """Backward pass of one GRU layer, one direction, in the reverse of the forward's step order.
 
     Arrays (C-contiguous, one float dtype):
 
@@ -39,13 +42,12 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, revers
     rhprev   (T, B, H)   out. r ⊙ h_{t−1} (reset_after=False; pass (0, 0, 0) otherwise): input of dW_hn.
     dh0      (B, H)      out. dLoss/dh0.
 
-    Only rows b0 ≤ b < b1 are read and written, so disjoint row ranges may run at the same time
-    (:func:`_gru_backward_rows`). Scalars as in the forward kernel; ``reverse`` says which direction
-    the forward ran; ``tiled_max`` as in :func:`numgru.kernels.forward.recurrent_matmul`. Per step
-    and row the gate gradients run in short loops that each touch few arrays, so LLVM vectorises them.
+    Scalars as in the forward kernel; ``reverse`` says which direction the forward ran; ``tiled_max``
+    as in :func:`~numgru.kernels.forward.recurrent_matmul`. Per step and
+    row the gate gradients run in short loops that each touch few arrays, so LLVM vectorises them.
     """
     T = tape.shape[0]
-    B = b1 - b0
+    B = h0.shape[0]
     H = h0.shape[1]
     H2 = 2 * H
     dt = tape.dtype
@@ -66,20 +68,20 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, revers
             W_rz_T[k, j] = W_T[k, j]
         for j in range(H):
             W_n_T[k, j] = W_T[k, H2 + j]
-    lens = lengths[b0:b1]
-    copy_rows(dh_n[b0:b1], dh)
+    for b in range(B):
+        for j in range(H):
+            dh[b, j] = dh_n[b, j]
     for s in range(T):
         t = s if reverse else T - 1 - s
-        for i in prange(B):  # i: row of the workspace, b: row of the arrays passed in
-            b = b0 + i
-            L = lens[i]
-            dhb = dh[i]
-            dhpb = dhp[i]
+        for b in range(B):
+            L = lengths[b]
+            dhb = dh[b]
+            dhpb = dhp[b]
             if t >= L:
                 for j in range(H):
                     dhpb[j] = dhb[j]
                 if not reset_after:
-                    danb = dan[i]
+                    danb = dan[b]
                     for j in range(H):
                         danb[j] = 0.0
                 continue
@@ -100,7 +102,7 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, revers
                     hpb[j] = src[j]
             tb = tape[t, b]
             dyb = dy[t, b]
-            gb = g_all[i]
+            gb = g_all[b]
             for j in range(H):
                 gb[j] = dhb[j] + dyb[col0 + j]
             dgxb = dgx[t, b]
@@ -137,7 +139,7 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, revers
                         dgxb[j] = da_n * tb[3 * H + j] * gate_grad(r, gate_kind, alpha) * k_r
                     else:
                         # keep k_r for the second half of the step (after d(r ⊙ h))
-                        darz[i, j] = k_r
+                        darz[b, j] = k_r
             for j in range(H):
                 dhpb[j] = gb[j] * tb[H + j]
             dghb = dgh[t, b]
@@ -150,33 +152,32 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, revers
                 for j in range(H):
                     dghb[H + j] = dgxb[H + j]
                     dghb[H2 + j] = dgxb[H2 + j]
-                danb = dan[i]
+                danb = dan[b]
                 for j in range(H):
                     danb[j] = dgxb[H2 + j]
                 rhb = rhprev[t, b]
                 for j in range(H):
                     rhb[j] = tb[j] * hpb[j]
-        n_act = active_rows(lens, t, sorted_desc)
+        n_act = active_rows(lengths, t, sorted_desc)
         if reset_after:
             if n_act > 0:
-                recurrent_matmul(W_T, dgh[t, b0:b1], tmp, buf, n_act, tiled_max)
+                recurrent_matmul(W_T, dgh[t], tmp, buf, n_act, tiled_max)
         else:
             # d(r ⊙ h_prev) = dn_pre @ W_hn, then the r gate, then the r, z blocks' matmul
             if n_act > 0:
                 recurrent_matmul(W_n_T, dan, drh, buf, n_act, tiled_max)
-            for i in prange(B):
-                b = b0 + i
-                darzb = darz[i]
-                if t >= lens[i]:
+            for b in range(B):
+                darzb = darz[b]
+                if t >= lengths[b]:
                     for j in range(H2):
                         darzb[j] = 0.0
                     continue
                 tb = tape[t, b]
                 hpb = hprev[t, b]
-                drhb = drh[i]
+                drhb = drh[b]
                 dgxb = dgx[t, b]
                 dghb = dgh[t, b]
-                dhpb = dhp[i]
+                dhpb = dhp[b]
                 one = one_like(tb[0])
                 simple = kind_is_sigmoid(gate_kind) and not use_clip
                 for j in range(H):
@@ -191,30 +192,19 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, revers
                     darzb[H + j] = dgxb[H + j]
             if n_act > 0:
                 recurrent_matmul(W_rz_T, darz, tmp, buf, n_act, tiled_max)
-        for i in range(B):
-            dhb = dh[i]
-            dhpb = dhp[i]
-            if i < n_act:
-                tmpb = tmp[i]
+        for b in range(B):
+            dhb = dh[b]
+            dhpb = dhp[b]
+            if b < n_act:
+                tmpb = tmp[b]
                 for j in range(H):
                     dhb[j] = dhpb[j] + tmpb[j]
             else:
                 for j in range(H):
                     dhb[j] = dhpb[j]
-    copy_rows(dh, dh0[b0:b1])
-
-
-def _gru_backward_rows(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, reverse, reset_after,
-                       gate_kind, alpha, beta, use_clip, clip, dgx, dgh, hprev, rhprev, dh0, n_threads):
-    """:func:`_gru_backward` with the batch split into row chunks, one whole sequence per thread
-    (the forward's :func:`numgru.kernels.forward._gru_forward_rows` in reverse; Numba's matmuls only)."""
-    B = h0.shape[0]
-    cs, nc = row_chunks(B, n_threads)
-    for c in prange(nc):
-        b0 = c * cs
-        b1 = min(B, b0 + cs)
-        gru_backward_serial(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, reverse, reset_after,
-                            gate_kind, alpha, beta, use_clip, clip, dgx, dgh, hprev, rhprev, dh0, -1, b0, b1)
+    for b in range(B):
+        for j in range(H):
+            dh0[b, j] = dh[b, j]
 
 
 @kernel
@@ -235,4 +225,3 @@ def matmul_into(a, b, out, accumulate):
 
 
 gru_backward_serial = kernel(_gru_backward, name="gru_backward_serial")
-gru_backward_rows = parallel_kernel(_gru_backward_rows, name="gru_backward_rows_parallel")

@@ -8,8 +8,8 @@ With one Numba thread every layer runs the serial kernel; its recurrent matmul i
 register-blocked one or a BLAS call by shape (BLAS may still thread that call). With more than one
 Numba thread, :func:`forward_route` picks by batch and hidden size:
 
-* "rows": the batch is split into one chunk of rows per thread and every chunk runs the whole sequence
-  (forward and backward): one parallel region per call, none per step;
+* "rows" (inference): the batch is split into one chunk of rows per thread and every chunk runs the
+  whole sequence: one parallel region per call, none per step;
 * "columns" (inference, small batches): every step is one parallel region over blocks of hidden units,
   each thread multiplying its own slice of W_hh (which stays in its core's cache);
 * otherwise the serial gate loops with BLAS threading each step's GEMM, and for B ≥
@@ -19,7 +19,7 @@ The two named routes run on Numba's threads only, the input projection included:
 spin for a while after each call, and a parallel region that must wait for a core they hold runs
 several times slower. The backward once spread its gate loops over rows between BLAS-threaded GEMMs
 and ran 5–10× slower on 2 vCPUs for that reason (T = 128, B = 64, H = 256: 1125 ms against 108 with
-the gate loops serial), so it never mixes the two now.
+the gate loops serial); it is serial now, and training never takes the named routes.
 
 Any parallel kernel runs only while holding a module lock, taken without blocking. This makes
 concurrent use safe under Numba's default ``workqueue`` threading layer, which aborts the process when
@@ -34,7 +34,7 @@ from contextlib import contextmanager
 import numba
 import numpy as np
 
-from .backward import gru_backward_rows, gru_backward_serial
+from .backward import gru_backward_serial
 from .forward import (gru_forward_cols, gru_forward_parallel, gru_forward_rows, gru_forward_serial,
                       input_projection_kernel, input_projection_parallel)
 
@@ -69,38 +69,44 @@ def is_sorted_desc(lengths):
 def forward_route(B, H, reset_after, store):
     """Which multi-threaded forward runs a layer of batch B and hidden size H: "rows", "columns" or None.
 
-    With one Numba thread the answer is None (the serial kernel, or BLAS-threaded steps for
-    B ≥ ``PARALLEL_MIN_ROWS`` when only BLAS has threads). Otherwise, for ``threads`` Numba threads:
+    With one Numba thread, and for training (``store``), the answer is None. Otherwise, for
+    ``threads`` Numba threads:
 
     "rows"
         :func:`~numgru.kernels.forward._gru_forward_rows`: the batch split into one chunk of rows per
-        thread, each running the whole sequence alone (and :func:`gru_direction_backward` likewise).
-        Taken when each thread gets ``ROWS_MIN`` rows or more but at most ``ROWS_MAX_STATE`` values
-        of state (rows × H), and W_hh holds at most ``ROWS_MAX_WEIGHTS`` values (it then stays in each
-        core's L2). Any variant, inference or training.
+        thread, each running the whole sequence alone. Taken when each thread gets ``ROWS_MIN`` rows
+        or more but at most ``ROWS_MAX_STATE`` values of state (rows × H), and W_hh holds at most
+        ``ROWS_MAX_WEIGHTS`` values (it then stays in each core's L2). Either reset variant.
     "columns"
         :func:`~numgru.kernels.forward._gru_forward_cols`: each step split over blocks of hidden
-        units. Inference with reset_after=True, H ≥ 128 and lo ≤ B·H ≤ hi for ``COLS_STATE`` = (lo, hi).
+        units. reset_after=True, H ≥ 128 and lo ≤ B·H ≤ hi for ``COLS_STATE`` = (lo, hi).
     None
-        BLAS-threaded steps (B ≥ ``PARALLEL_MIN_ROWS``) or the serial kernel.
+        BLAS-threaded steps (with the gate loops over rows in ``prange`` for B ≥
+        ``PARALLEL_MIN_ROWS``) or the serial kernel.
 
     Both named routes also run the input projection on Numba's threads
-    (:func:`~numgru.kernels.forward.input_projection_parallel`). Measured on 2 vCPUs (AMD, float32,
-    T = 128, forward): rows ran 1.3–1.6× faster than the serial kernel or BLAS-threaded steps at
-    B = 8–16, H = 64–256 and at B = 64, H = 64, level at B = 64, H = 256 (the backward lost there:
-    52 against 41 ms, hence ``ROWS_MAX_STATE``); at H = 1024 (12 MB of W_hh, streamed from L3 by every
-    thread) it lost at B = 16 (0.81×). Columns beat BLAS-threaded steps by 1.1–3× (B = 4–16, H = 256; B = 4, H = 1024) with
-    2–16 threads (2-vCPU AMD and 16-core Intel machines); below its window a step holds too little
-    work for a parallel region, above it BLAS's GEMM beats the register-blocked one.
+    (:func:`~numgru.kernels.forward.input_projection_parallel`), so no BLAS pool is awake during the
+    call. Training keeps BLAS: its weight-gradient GEMMs wake OpenBLAS's workers, and the next
+    parallel region then waited for a core they spun on (T = 32, B = 16, H = 64, 2 threads: forward
+    4.0 ms on the rows route against 0.46 on the serial kernel).
+
+    Measured on 2 vCPUs (AMD, float32, T = 128, interleaved A/B runs): rows ran 1.3–1.6× faster than
+    the serial kernel or BLAS-threaded steps at B = 8–16 with H = 64–256 and at B = 64, H = 64, level
+    with BLAS's threaded GEMM at B = 64, H = 256 (hence ``ROWS_MAX_STATE``); at H = 1024 (12 MB of
+    W_hh, streamed from L3 by every thread) it lost at B = 16 (0.81×). Columns beat BLAS-threaded
+    steps by 1.1–3× (B = 4–16, H = 256; B = 4, H = 1024) with 2–16 threads (2-vCPU AMD and 16-core
+    Intel machines); below its window a step holds too little work for a parallel region, above it
+    BLAS's GEMM beats the register-blocked one. Rows, where both apply, beat columns at B = 8–16,
+    H = 256 on 2 threads (6.8 / 12.6 ms against 9.6 / 16.1).
     """
     threads = numba.get_num_threads()
-    if threads < 2:
+    if threads < 2 or store:
         return None
     per_thread = -(-B // threads)
     if per_thread >= ROWS_MIN and per_thread * H <= ROWS_MAX_STATE and 3 * H * H <= ROWS_MAX_WEIGHTS:
         return "rows"
     lo, hi = COLS_STATE
-    if reset_after and not store and H >= 128 and lo <= B * H <= hi:
+    if reset_after and H >= 128 and lo <= B * H <= hi:
         return "columns"
     return None
 
@@ -154,9 +160,8 @@ def gru_direction_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gat
 
 
 def gru_direction_backward(dy, col0, dh_n, tape, y, h0, W_hh, lengths, reverse, reset_after, gate_kind,
-                           alpha, beta, clip, route=None):
-    """Backward of one direction of one layer; ``route`` as from :func:`forward_route` ("rows" splits
-    the batch over Numba's threads; anything else runs the serial kernel, BLAS threading its GEMMs).
+                           alpha, beta, clip):
+    """Backward of one direction of one layer (the serial kernel; BLAS may thread its matmuls).
 
     Returns ``(dgx, dgh, hprev, rhprev, dh0)`` with shapes (T, B, 3H), (T, B, 3H), (T, B, H),
     (T, B, H) (None when reset_after), (B, H). See :func:`numgru.kernels.backward._gru_backward`.
@@ -173,14 +178,8 @@ def gru_direction_backward(dy, col0, dh_n, tape, y, h0, W_hh, lengths, reverse, 
     dh0 = np.empty((B, H), dtype)
     use_clip = clip is not None
     clip_v = dtype.type(clip if use_clip else np.inf)
-    W_T = np.ascontiguousarray(W_hh.T)
-    args = (dy, int(col0), dh_n, tape, y, h0, W_T, lengths, is_sorted_desc(lengths), bool(reverse),
-            bool(reset_after), int(gate_kind), dtype.type(alpha), dtype.type(beta), use_clip, clip_v, dgx,
-            dgh, hprev, rhprev, dh0)
-    threads = numba.get_num_threads()
-    with parallel_slot(route == "rows") as par:
-        if par:
-            gru_backward_rows(*args, threads)
-        else:
-            gru_backward_serial(*args, 16 if threads == 1 else 4, 0, B)
+    gru_backward_serial(dy, int(col0), dh_n, tape, y, h0, np.ascontiguousarray(W_hh.T), lengths,
+                        is_sorted_desc(lengths), bool(reverse), bool(reset_after), int(gate_kind),
+                        dtype.type(alpha), dtype.type(beta), use_clip, clip_v, dgx, dgh, hprev, rhprev,
+                        dh0, 16 if numba.get_num_threads() == 1 else 4)
     return dgx, dgh, hprev, (None if reset_after else rhprev), dh0
