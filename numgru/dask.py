@@ -137,7 +137,7 @@ def predict(model, x, *, method=None, client=None):
     if x.dtype.kind not in "iuf":
         raise TypeError(f"x: expected real numbers, got dtype {x.dtype}")
     x = x.rechunk({1: -1, 2: -1})
-    N, T = x.shape[0], x.shape[1]
+    T = x.shape[1]
     if is_gru:
         method = method or "y"
         if method not in ("y", "h_n"):

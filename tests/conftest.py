@@ -13,5 +13,15 @@ TOL = {np.float32: dict(atol=1e-5, rtol=0), np.float64: dict(atol=1e-10, rtol=0)
 def rng():
     return np.random.default_rng(1234)
 
+
+@pytest.fixture
+def two_threads():
+    """Two Numba threads for the test (restored after), so the multi-threaded routes run."""
+    import numba
+    before = numba.get_num_threads()
+    numba.set_num_threads(2)
+    yield
+    numba.set_num_threads(before)
+
 # Keras runs on the torch backend in the tests (set before any import of keras)
 os.environ.setdefault("KERAS_BACKEND", "torch")

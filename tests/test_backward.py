@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 import numgru as ng
-from reference import gru as ref_gru
 
 torch = pytest.importorskip("torch")
 

@@ -19,14 +19,6 @@ pytestmark = pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2,
 
 
 @pytest.fixture
-def two_threads():
-    before = numba.get_num_threads()
-    numba.set_num_threads(2)
-    yield
-    numba.set_num_threads(before)
-
-
-@pytest.fixture
 def spy(monkeypatch):
     calls = {"cols": 0, "proj": 0}
     cols, proj = dispatch.gru_forward_cols, dispatch.input_projection_parallel

@@ -19,14 +19,6 @@ pytestmark = pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2,
 
 
 @pytest.fixture
-def two_threads():
-    before = numba.get_num_threads()
-    numba.set_num_threads(2)
-    yield
-    numba.set_num_threads(before)
-
-
-@pytest.fixture
 def spy(monkeypatch):
     calls = {"fwd": 0, "proj": 0}
     originals = {name: getattr(dispatch, name) for name in
