@@ -121,9 +121,10 @@ def test_rows_equal_single_thread_route(spy, rng):
     (10, 16, False, False, "rows"),      # either reset variant
     (10, 16, True, True, None),          # training keeps BLAS
     (6, 64, True, False, None),          # 3 rows per thread: too few
-    (64, 64, True, False, "rows"),
-    (64, 256, True, False, None),        # 32 rows × 256 per thread: BLAS's threaded GEMM
-    (16, 512, True, False, None),        # W_hh beyond a core's L2
+    (256, 128, True, False, "rows"),     # 128 rows × 128 per thread, W_hh in L2
+    (256, 256, True, False, None),       # 128 rows × 256 per thread: BLAS's threaded GEMM
+    (16, 1024, True, False, "rows"),     # W_hh beyond L2, 8 rows per thread
+    (32, 512, True, False, None),        # W_hh beyond L2, 16 rows per thread
     (4, 256, True, False, "columns"),
     (4, 256, False, False, None),        # columns: reset_after only
     (4, 256, True, True, None),          # columns: inference only

@@ -41,7 +41,9 @@ from .forward import (gru_forward_cols, gru_forward_parallel, gru_forward_rows, 
 PARALLEL_MIN_ROWS = 64
 ROWS_MIN = 4
 ROWS_MAX_WEIGHTS = 1 << 18
-ROWS_MAX_STATE = 4096
+ROWS_MAX_STATE = 16384
+ROWS_MAX_STREAM_ROWS = 8
+ROWS_MAX_STREAMED = 1 << 23
 COLS_STATE = (1024, 4096)
 
 _PARALLEL_LOCK = threading.Lock()
@@ -75,8 +77,11 @@ def forward_route(B, H, reset_after, store):
     "rows"
         :func:`~numgru.kernels.forward._gru_forward_rows`: the batch split into one chunk of rows per
         thread, each running the whole sequence alone. Taken when each thread gets ``ROWS_MIN`` rows
-        or more but at most ``ROWS_MAX_STATE`` values of state (rows × H), and W_hh holds at most
-        ``ROWS_MAX_WEIGHTS`` values (it then stays in each core's L2). Either reset variant.
+        or more and either W_hh holds at most ``ROWS_MAX_WEIGHTS`` values (it then stays in each
+        core's L2) and a thread's state (rows × H) at most ``ROWS_MAX_STATE`` values, or W_hh is
+        larger but a thread has at most ``ROWS_MAX_STREAM_ROWS`` rows and all threads together stream
+        at most ``ROWS_MAX_STREAMED`` weights from L3 per step (every thread reads all of W_hh each
+        step; the last bound is a guard for many threads, not a measurement). Either reset variant.
     "columns"
         :func:`~numgru.kernels.forward._gru_forward_cols`: each step split over blocks of hidden
         units. reset_after=True, H ≥ 128 and lo ≤ B·H ≤ hi for ``COLS_STATE`` = (lo, hi).
@@ -90,21 +95,27 @@ def forward_route(B, H, reset_after, store):
     parallel region then waited for a core they spun on (T = 32, B = 16, H = 64, 2 threads: forward
     4.0 ms on the rows route against 0.46 on the serial kernel).
 
-    Measured on 2 vCPUs (AMD, float32, T = 128, interleaved A/B runs): rows ran 1.3–1.6× faster than
-    the serial kernel or BLAS-threaded steps at B = 8–16 with H = 64–256 and at B = 64, H = 64, level
-    with BLAS's threaded GEMM at B = 64, H = 256 (hence ``ROWS_MAX_STATE``); at H = 1024 (12 MB of
-    W_hh, streamed from L3 by every thread) it lost at B = 16 (0.81×). Columns beat BLAS-threaded
-    steps by 1.1–3× (B = 4–16, H = 256; B = 4, H = 1024) with 2–16 threads (2-vCPU AMD and 16-core
-    Intel machines); below its window a step holds too little work for a parallel region, above it
-    BLAS's GEMM beats the register-blocked one. Rows, where both apply, beat columns at B = 8–16,
-    H = 256 on 2 threads (6.8 / 12.6 ms against 9.6 / 16.1).
+    Measured on 2 vCPUs (AMD, float32, T = 128, A/B runs taking turns with a 0.3 s pause before
+    each, so that no BLAS pool still spins from the other route), rows against BLAS-threaded steps or
+    the serial kernel: B = 64–256 with H = 64–128 1.2–1.45×; B = 32 / 64 at H = 256 1.25× / 1.10×
+    (0.95× at T = 512); B = 8–16 at H = 512 1.27–1.38×, B = 16 at H = 1024 1.15×; but 0.89× at
+    B = 32, H = 512 and at B = 64, H = 1024 (16–32 rows per thread, each pass over W_hh from L3).
+    Columns beat BLAS-threaded steps by 1.1–3× (B = 4–16, H = 256; B = 4, H = 1024) with 2–16
+    threads (2-vCPU AMD and 16-core Intel machines); below its window a step holds too little work
+    for a parallel region, above it BLAS's GEMM beats the register-blocked one. Rows, where both
+    apply, beat columns (B = 8, H = 512: 24.5 against 27.7 ms; B = 128, H = 128: 27 against 43).
     """
     threads = numba.get_num_threads()
     if threads < 2 or store:
         return None
     per_thread = -(-B // threads)
-    if per_thread >= ROWS_MIN and per_thread * H <= ROWS_MAX_STATE and 3 * H * H <= ROWS_MAX_WEIGHTS:
-        return "rows"
+    weights = 3 * H * H
+    if per_thread >= ROWS_MIN:
+        if weights <= ROWS_MAX_WEIGHTS and per_thread * H <= ROWS_MAX_STATE:
+            return "rows"
+        if (weights > ROWS_MAX_WEIGHTS and per_thread <= ROWS_MAX_STREAM_ROWS
+                and threads * weights <= ROWS_MAX_STREAMED):
+            return "rows"
     lo, hi = COLS_STATE
     if reset_after and H >= 128 and lo <= B * H <= hi:
         return "columns"
