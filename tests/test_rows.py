@@ -126,6 +126,9 @@ def test_rows_equal_single_thread_route(spy, rng):
     (16, 1024, True, False, "rows"),     # W_hh beyond L2, 8 rows per thread
     (32, 512, True, False, None),        # W_hh beyond L2, 16 rows per thread
     (4, 256, True, False, "columns"),
+    (2, 256, True, False, "columns"),    # B ≥ 2 with H ≥ 256, below B·H = 1024
+    (4, 128, True, False, None),         # B·H = 512 at H = 128: too little work per step
+    (1, 512, True, False, None),
     (4, 256, False, False, None),        # columns: reset_after only
     (4, 256, True, True, None),          # columns: inference only
 ])

@@ -84,7 +84,8 @@ def forward_route(B, H, reset_after, store):
         step; the last bound is a guard for many threads, not a measurement). Either reset variant.
     "columns"
         :func:`~numgru.kernels.forward._gru_forward_cols`: each step split over blocks of hidden
-        units. reset_after=True, H ≥ 128 and lo ≤ B·H ≤ hi for ``COLS_STATE`` = (lo, hi).
+        units. reset_after=True, H ≥ 128 and lo ≤ B·H ≤ hi for ``COLS_STATE`` = (lo, hi), or
+        B ≥ 2 with H ≥ 256 and B·H ≤ hi.
     None
         BLAS-threaded steps (with the gate loops over rows in ``prange`` for B ≥
         ``PARALLEL_MIN_ROWS``) or the serial kernel.
@@ -104,6 +105,8 @@ def forward_route(B, H, reset_after, store):
     threads (2-vCPU AMD and 16-core Intel machines); below its window a step holds too little work
     for a parallel region, above it BLAS's GEMM beats the register-blocked one. Rows, where both
     apply, beat columns (B = 8, H = 512: 24.5 against 27.7 ms; B = 128, H = 128: 27 against 43).
+    Below lo, columns won at B = 2–3 with H = 256–512 (1.13–1.5×) but lost at H = 128 (B = 2 / 4:
+    0.93× / 0.80×) and drew at B = 1 (H = 256–1024: 0.96–1.06×).
     """
     threads = numba.get_num_threads()
     if threads < 2 or store:
@@ -117,7 +120,7 @@ def forward_route(B, H, reset_after, store):
                 and threads * weights <= ROWS_MAX_STREAMED):
             return "rows"
     lo, hi = COLS_STATE
-    if reset_after and H >= 128 and lo <= B * H <= hi:
+    if reset_after and H >= 128 and (lo <= B * H or B >= 2 and H >= 256) and B * H <= hi:
         return "columns"
     return None
 
