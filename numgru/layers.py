@@ -16,7 +16,7 @@ from ._validation import (as_lengths, as_real_array, check_bool, check_dtype, ch
                           check_int, untorch)
 from .kernels.activations import GATE_HARD_SIGMOID, GATE_SIGMOID
 from .kernels.dispatch import (forward_route, gru_direction_backward, gru_direction_forward,
-                               input_projection, is_sorted_desc)
+                               gru_direction_forward_pipelined, input_projection, is_sorted_desc)
 from .kernels.backward import matmul_into
 from .kernels.step import gru_step
 
@@ -317,11 +317,16 @@ class GRU(_Params):
             y = np.empty((T, B, D * H), self.dtype)
             x2d = inp.reshape(T * B, inp.shape[2])
             gate_tapes = []
-            route = forward_route(B, H, self.reset_after, store)
+            route = forward_route(B, H, self.reset_after, store, T)
             for d in range(D):
                 i = layer * D + d
                 W_ih, W_hh, b_ih, b_hh = self._weights(i)
-                gx = input_projection(x2d, W_ih, b_ih, route is not None).reshape(T, B, 3 * H)
+                if route == "pipeline":
+                    h_n[i] = gru_direction_forward_pipelined(
+                        x2d, W_ih, b_ih, W_hh, b_hh, h0[i], lengths, d == 1 or self.go_backwards,
+                        self.reset_after, self._gate_kind, self.alpha, self.beta, self.clip, y, d * H)
+                    continue
+                gx = input_projection(x2d, W_ih, b_ih, route in ("rows", "columns")).reshape(T, B, 3 * H)
                 hn_d, tape = gru_direction_forward(gx, W_hh, b_hh, h0[i], lengths,
                                                    d == 1 or self.go_backwards,
                                                    self.reset_after, self._gate_kind, self.alpha,

@@ -1,4 +1,5 @@
-"""The multi-threaded route that splits the batch into row chunks (dispatch.forward_route "rows").
+"""The multi-threaded routes that split the batch into row chunks (dispatch.forward_route "rows") or
+overlap the input projection with the recurrence ("pipeline").
 
 Inference against tests/reference.py and against the single-thread route, with two Numba threads so
 the route really runs (a spy counts its kernel calls).
@@ -20,9 +21,9 @@ pytestmark = pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2,
 
 @pytest.fixture
 def spy(monkeypatch):
-    calls = {"fwd": 0, "proj": 0}
+    calls = {"fwd": 0, "proj": 0, "pipe": 0}
     originals = {name: getattr(dispatch, name) for name in
-                 ("gru_forward_rows", "input_projection_parallel")}
+                 ("gru_forward_rows", "input_projection_parallel", "gru_forward_pipelined")}
 
     def counting(name, key):
         def run(*a):
@@ -33,6 +34,7 @@ def spy(monkeypatch):
     monkeypatch.setattr(dispatch, "gru_forward_rows", counting("gru_forward_rows", "fwd"))
     monkeypatch.setattr(dispatch, "input_projection_parallel",
                         counting("input_projection_parallel", "proj"))
+    monkeypatch.setattr(dispatch, "gru_forward_pipelined", counting("gru_forward_pipelined", "pipe"))
     return calls
 
 
@@ -55,18 +57,23 @@ CASES = list(itertools.product([(10, 16), (8, 33)], [False, True], [np.float32, 
                                [True, False], [False, True]))
 
 
-@pytest.mark.parametrize("shape, bi, dtype, reset_after, with_lengths", CASES)
-def test_rows_match_reference(two_threads, spy, rng, shape, bi, dtype, reset_after, with_lengths):
-    B, H = shape
-    T, I, L = 7, 5, 2
+def _check_two_layers(rng, T, B, H, bi, dtype, reset_after, lengths):
+    """A 2-layer model with a random h0 against tests/reference.py."""
+    I, L = 5, 2
     g, p = _model(I, H, L, bi, dtype, reset_after)
     x = rng.standard_normal((T, B, I)).astype(dtype)
     h0 = rng.standard_normal((L * (2 if bi else 1), B, H)).astype(dtype)
-    lengths = _lengths(rng, B, T) if with_lengths else None
     y, h_n = g(x, h0, lengths)
     y_ref, h_ref = ref_gru(x, p, L, H, bi, h0=h0, lengths=lengths, reset_after=reset_after)
     np.testing.assert_allclose(y, y_ref, **TOL[dtype])
     np.testing.assert_allclose(h_n, h_ref, **TOL[dtype])
+
+
+@pytest.mark.parametrize("shape, bi, dtype, reset_after, with_lengths", CASES)
+def test_rows_match_reference(two_threads, spy, rng, shape, bi, dtype, reset_after, with_lengths):
+    B, H = shape
+    T, L = 7, 2
+    _check_two_layers(rng, T, B, H, bi, dtype, reset_after, _lengths(rng, B, T) if with_lengths else None)
     assert spy["fwd"] == L * (2 if bi else 1)
     assert spy["proj"] == L * (2 if bi else 1)
 
@@ -128,7 +135,8 @@ def test_rows_equal_single_thread_route(spy, rng):
     (4, 256, True, False, "columns"),
     (2, 256, True, False, "columns"),    # B ≥ 2 with H ≥ 256, below B·H = 1024
     (4, 128, True, False, None),         # B·H = 512 at H = 128: too little work per step
-    (1, 512, True, False, None),
+    (1, 512, True, False, None),         # pipeline: W_hh beyond L2
+    (1, 256, True, False, None),         # pipeline: T unknown
     (4, 256, False, False, None),        # columns: reset_after only
     (4, 256, True, True, None),          # columns: inference only
 ])
@@ -143,3 +151,48 @@ def test_one_thread_takes_no_threaded_route():
         assert dispatch.forward_route(16, 64, True, False) is None
     finally:
         numba.set_num_threads(before)
+
+
+@pytest.mark.parametrize("T, B, H, store, want", [
+    (128, 1, 256, False, "pipeline"),    # chunks of 22 steps (2^22 multiply-adds)
+    (80, 1, 256, False, None),           # fewer than 4 such chunks
+    (128, 1, 256, True, None),           # inference only
+    (128, 1, 64, False, None),           # a chunk would need 342 steps
+    (2048, 1, 64, False, "pipeline"),
+    (1024, 2, 128, False, "pipeline"),
+])
+def test_pipeline_needs_enough_work(two_threads, T, B, H, store, want):
+    assert dispatch.forward_route(B, H, True, store, T=T) == want
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """Chunks of a few steps, so that short test sequences take the pipeline route."""
+    monkeypatch.setattr(dispatch, "PIPELINE_CHUNK_MACS", 1)
+
+
+# T = 21: chunks of 2 steps, the last one short
+PIPE_CASES = list(itertools.product([(1, 16), (2, 64)], [False, True], [np.float32, np.float64],
+                                    [True, False]))
+
+
+@pytest.mark.parametrize("shape, bi, dtype, reset_after", PIPE_CASES)
+def test_pipeline_match_reference(two_threads, small_chunks, spy, rng, shape, bi, dtype, reset_after):
+    B, H = shape
+    T, L = 21, 2
+    lengths = np.array([0, T])[:B] if B == 2 else None  # an empty row and a full one, unsorted
+    _check_two_layers(rng, T, B, H, bi, dtype, reset_after, lengths)
+    assert spy["pipe"] == L * (2 if bi else 1)
+
+
+def test_pipeline_ragged_lengths_and_gates(two_threads, small_chunks, spy, rng):
+    T, B, I, H = 40, 2, 3, 24
+    g, p = _model(I, H, 1, True, np.float64, True, "hard_sigmoid", 1.5)
+    x = 3 * rng.standard_normal((T, B, I))
+    lengths = np.array([17, 33])
+    y, h_n = g(x, lengths=lengths)
+    y_ref, h_ref = ref_gru(x, p, 1, H, True, lengths=lengths, gate="hard_sigmoid", alpha=g.alpha,
+                           beta=g.beta, clip=1.5)
+    np.testing.assert_allclose(y, y_ref, **TOL[np.float64])
+    np.testing.assert_allclose(h_n, h_ref, **TOL[np.float64])
+    assert spy["pipe"] == 2

@@ -35,8 +35,8 @@ import numba
 import numpy as np
 
 from .backward import gru_backward_serial
-from .forward import (gru_forward_cols, gru_forward_parallel, gru_forward_rows, gru_forward_serial,
-                      input_projection_kernel, input_projection_parallel)
+from .forward import (gru_forward_cols, gru_forward_parallel, gru_forward_pipelined, gru_forward_rows,
+                      gru_forward_serial, input_projection_kernel, input_projection_parallel)
 
 PARALLEL_MIN_ROWS = 64
 ROWS_MIN = 4
@@ -45,6 +45,10 @@ ROWS_MAX_STATE = 16384
 ROWS_MAX_STREAM_ROWS = 8
 ROWS_MAX_STREAMED = 1 << 23
 COLS_STATE = (1024, 4096)
+PIPELINE_MAX_STATE = 256
+PIPELINE_CHUNK_MACS = 1 << 22
+PIPELINE_MIN_CHUNKS = 4
+PIPELINE_CHUNKS = 12
 
 _PARALLEL_LOCK = threading.Lock()
 _EMPTY3 = {np.dtype(np.float32): np.zeros((0, 0, 0), np.float32),
@@ -68,8 +72,9 @@ def is_sorted_desc(lengths):
     return bool(lengths.shape[0] < 2 or np.all(lengths[:-1] >= lengths[1:]))
 
 
-def forward_route(B, H, reset_after, store):
-    """Which multi-threaded forward runs a layer of batch B and hidden size H: "rows", "columns" or None.
+def forward_route(B, H, reset_after, store, T=None):
+    """Which multi-threaded forward runs a layer (T steps, batch B, hidden size H): "rows", "columns",
+    "pipeline" or None (T None: long enough for any).
 
     With one Numba thread, and for training (``store``), the answer is None. Otherwise, for
     ``threads`` Numba threads:
@@ -86,6 +91,14 @@ def forward_route(B, H, reset_after, store):
         :func:`~numgru.kernels.forward._gru_forward_cols`: each step split over blocks of hidden
         units. reset_after=True, H ≥ 128 and lo ≤ B·H ≤ hi for ``COLS_STATE`` = (lo, hi), or
         B ≥ 2 with H ≥ 256 and B·H ≤ hi.
+    "pipeline"
+        :func:`gru_direction_forward_pipelined`: the projection of the next chunk of time steps runs
+        on one thread while the recurrence runs over the current chunk on another. Taken for B·H ≤
+        ``PIPELINE_MAX_STATE`` (too little work per step to split it) with W_hh in L2, when T holds
+        ``PIPELINE_MIN_CHUNKS`` chunks of :func:`pipeline_chunk` steps. Measured on 2 threads, T = 128
+        and 512: B = 1, H = 256 1.22–1.28×; at H = 512–1024 it lost (0.7×: the recurrence streams
+        W_hh from L3 and the projection competes for it), and with chunks of a few µs of work (H = 64)
+        the regions' overhead ate the gain.
     None
         BLAS-threaded steps (with the gate loops over rows in ``prange`` for B ≥
         ``PARALLEL_MIN_ROWS``) or the serial kernel.
@@ -122,7 +135,17 @@ def forward_route(B, H, reset_after, store):
     lo, hi = COLS_STATE
     if reset_after and H >= 128 and (lo <= B * H or B >= 2 and H >= 256) and B * H <= hi:
         return "columns"
+    if (B * H <= PIPELINE_MAX_STATE and weights <= ROWS_MAX_WEIGHTS and T is not None
+            and T >= PIPELINE_MIN_CHUNKS * pipeline_chunk(T, B, H)):
+        return "pipeline"
     return None
+
+
+def pipeline_chunk(T, B, H):
+    """Steps per chunk of the pipeline route: about ``PIPELINE_CHUNKS`` chunks, each holding at least
+    ``PIPELINE_CHUNK_MACS`` multiply-adds of the recurrence (a parallel region costs some 10–20 µs on
+    shared vCPUs; at T = 512, B = 1, H = 64, chunks of 43 steps ran 1.3× slower than one thread)."""
+    return max(-(-T // PIPELINE_CHUNKS), -(-PIPELINE_CHUNK_MACS // (3 * B * H * H)))
 
 
 def input_projection(x2d, W_ih, b_ih, numba_threads=False):
@@ -171,6 +194,36 @@ def gru_direction_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gat
             fn = gru_forward_parallel if par else gru_forward_serial
             fn(*common, bool(reset_after), *gates, bool(store), tape, 16 if threads == 1 else 4, 0, B)
     return h_n, (tape if store else None)
+
+
+def gru_direction_forward_pipelined(x2d, W_ih, b_ih, W_hh, b_hh, h0, lengths, reverse, reset_after,
+                                    gate_kind, alpha, beta, clip, y, col0):
+    """Projection and recurrence of one direction of one layer, overlapped on two threads (inference).
+
+    x2d (T·B, I) and W_ih (3H, I), b_ih (3H,) or None in place of :func:`input_projection`'s gx;
+    the rest as in :func:`gru_direction_forward`. Returns h_n (B, H). Runs serially (projection, then
+    the serial kernel) when another thread holds the parallel slot.
+    """
+    T, B = y.shape[0], y.shape[1]
+    H = W_hh.shape[1]
+    dtype = W_hh.dtype
+    h_n = np.empty((B, H), dtype)
+    use_clip = clip is not None
+    clip_v = dtype.type(clip if use_clip else np.inf)
+    bias = W_ih[0] if b_ih is None else b_ih
+    gx = np.empty((T, B, 3 * H), dtype)
+    x2d = np.ascontiguousarray(x2d)
+    scalars = (is_sorted_desc(lengths), bool(reverse), bool(reset_after), int(gate_kind), dtype.type(alpha),
+               dtype.type(beta), use_clip, clip_v, y, int(col0), h_n)
+    with parallel_slot(T > 0 and B > 0) as par:
+        if par:
+            chunk = pipeline_chunk(T, B, H)
+            gru_forward_pipelined(x2d, W_ih, bias, b_ih is not None, gx, W_hh, b_hh, h0, lengths, *scalars,
+                                  chunk)
+            return h_n
+    gx = input_projection(x2d, W_ih, b_ih).reshape(T, B, 3 * H)
+    return gru_direction_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gate_kind, alpha, beta,
+                                 clip, y, col0)[0]
 
 
 def gru_direction_backward(dy, col0, dh_n, tape, y, h0, W_hh, lengths, reverse, reset_after, gate_kind,

@@ -525,6 +525,18 @@ def input_projection_kernel(x2d, W_ih, b_ih, use_bias, out):
                 row[j] += b_ih[j]
 
 
+@inline
+def project_block(x2d, W_ih, b_ih, use_bias, out, r0, r1, c0, c1):
+    """out[r0:r1, c0:c1] = x2d[r0:r1] @ W_ih[c0:c1].T (+ b_ih[c0:c1]) with :func:`small_rows_matmul`."""
+    o = out[r0:r1, c0:c1]
+    small_rows_matmul(W_ih[c0:c1], x2d[r0:r1], o, r1 - r0)
+    if use_bias:
+        for r in range(r1 - r0):
+            orow = o[r]
+            for j in range(c1 - c0):
+                orow[j] += b_ih[c0 + j]
+
+
 @parallel_kernel(name="input_projection_parallel")
 def input_projection_parallel(x2d, W_ih, b_ih, use_bias, out):
     """:func:`input_projection_kernel` on Numba's threads instead of BLAS's.
@@ -532,7 +544,7 @@ def input_projection_parallel(x2d, W_ih, b_ih, use_bias, out):
     Used together with :func:`_gru_forward_cols` so that only one thread pool is ever awake: OpenBLAS's
     workers keep spinning for a while after each call, and a per-step parallel region that has to wait
     for a core runs several times slower. Blocks of 128 rows run in parallel; each multiplies tiles of
-    128 rows of W_ih (L2-sized for I ≤ 1024) with :func:`small_rows_matmul` (85–95 % of OpenBLAS's sgemm
+    128 rows of W_ih (L2-sized for I ≤ 1024) with :func:`small_rows_matmul` (75–95 % of OpenBLAS's sgemm
     rate, measured at N = 128–8192, I = 256 and 1024).
     """
     N = x2d.shape[0]
@@ -541,19 +553,54 @@ def input_projection_parallel(x2d, W_ih, b_ih, use_bias, out):
     nt = (M + 127) // 128
     for task in prange(nb * nt):  # (row block, tile) pairs: enough tasks for every thread at small N
         r0 = (task // nt) * 128
-        r1 = min(N, r0 + 128)
         c0 = (task % nt) * 128
-        c1 = min(M, c0 + 128)
-        o = out[r0:r1, c0:c1]
-        small_rows_matmul(W_ih[c0:c1], x2d[r0:r1], o, r1 - r0)
-        if use_bias:
-            for r in range(r1 - r0):
-                orow = o[r]
-                for j in range(c1 - c0):
-                    orow[j] += b_ih[c0 + j]
+        project_block(x2d, W_ih, b_ih, use_bias, out, r0, min(N, r0 + 128), c0, min(M, c0 + 128))
+
+
+def _gru_forward_pipelined(x2d, W_ih, b_ih, use_bias, gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse,
+                           reset_after, gate_kind, alpha, beta, use_clip, clip, y, col0, h_n, chunk):
+    """Input projection and recurrence of one layer and direction, overlapped on two threads.
+
+    Same results as :func:`input_projection_kernel` into ``gx`` followed by :func:`_gru_forward`
+    (inference). x2d (T·B, I), W_ih (3H, I), b_ih (3H,) in; gx (T, B, 3H) workspace; the rest as in
+    :func:`_gru_forward`. Time is cut into chunks of ``chunk`` steps, taken in the order the recurrence
+    runs; while one thread runs the recurrence over chunk k, another projects chunk k+1 (Numba's
+    matmul, so no BLAS pool wakes). For small batches, where a step is too small to split: the
+    projection's time hides behind the recurrence's.
+    """
+    T = gx.shape[0]
+    B = gx.shape[1]
+    M = gx.shape[2]
+    dt = gx.dtype
+    gx2d = gx.reshape((T * B, M))
+    nch = (T + chunk - 1) // chunk
+    state = np.empty((2, B, h0.shape[1]), dt)
+    copy_rows(h0, state[0])
+    lens = np.empty((nch, B), lengths.dtype)
+    no_tape = np.empty((0, 0, 0), dt)
+    for k in range(nch + 1):  # step k: recurrence over chunk k−1, projection of chunk k
+        for task in prange(2):
+            if task == 0 and k > 0:
+                c = nch - k if reverse else k - 1
+                t0 = c * chunk
+                t1 = min(T, t0 + chunk)
+                lc = lens[c]
+                for b in range(B):
+                    lc[b] = min(max(lengths[b] - t0, 0), t1 - t0)
+                gru_forward_serial(gx[t0:t1], W_hh, b_hh, state[(k - 1) % 2], lc, sorted_desc, reverse,
+                                   reset_after, gate_kind, alpha, beta, use_clip, clip, y[t0:t1], col0,
+                                   state[k % 2], False, no_tape, -1, 0, B)
+            elif task == 1 and k < nch:
+                c = nch - 1 - k if reverse else k
+                r0 = c * chunk * B
+                r1 = min(T, (c + 1) * chunk) * B
+                for c0 in range(0, M, 128):
+                    project_block(x2d, W_ih, b_ih, use_bias, gx2d, r0, r1, c0, min(M, c0 + 128))
+    copy_rows(state[nch % 2], h_n)
 
 
 gru_forward_serial = kernel(_gru_forward, name="gru_forward_serial")
 gru_forward_parallel = parallel_kernel(_gru_forward, name="gru_forward_parallel")
 gru_forward_rows = parallel_kernel(_gru_forward_rows, name="gru_forward_rows_parallel")
+gru_forward_pipelined = parallel_kernel(_gru_forward_pipelined, name="gru_forward_pipelined_parallel")
 gru_forward_cols = parallel_kernel(_gru_forward_cols, name="gru_forward_cols_parallel")
