@@ -6,16 +6,18 @@ Choosing a variant
 ------------------
 With one Numba thread every layer runs the serial kernel; its recurrent matmul is Numba's
 register-blocked one or a BLAS call by shape (BLAS may still thread that call). With more than one
-Numba thread, :func:`forward_route` picks by batch and hidden size:
+Numba thread, :func:`forward_route` picks by sequence length, batch and hidden size:
 
 * "rows" (inference): the batch is split into one chunk of rows per thread and every chunk runs the
   whole sequence: one parallel region per call, none per step;
 * "columns" (inference, small batches): every step is one parallel region over blocks of hidden units,
   each thread multiplying its own slice of W_hh (which stays in its core's cache);
+* "pipeline" (inference, B·H ≤ 256, long sequences): one thread projects the next chunk of time steps
+  while another runs the recurrence over the current one;
 * otherwise the serial gate loops with BLAS threading each step's GEMM, and for B ≥
   ``PARALLEL_MIN_ROWS`` (forward only) the gate loop spread over rows with ``prange``.
 
-The two named routes run on Numba's threads only, the input projection included: OpenBLAS's workers
+The named routes run on Numba's threads only, the input projection included: OpenBLAS's workers
 spin for a while after each call, and a parallel region that must wait for a core they hold runs
 several times slower. The backward once spread its gate loops over rows between BLAS-threaded GEMMs
 and ran 5–10× slower on 2 vCPUs for that reason (T = 128, B = 64, H = 256: 1125 ms against 108 with
