@@ -15,7 +15,7 @@ import numpy as np
 from ._validation import (as_lengths, as_real_array, check_bool, check_dtype, check_float,
                           check_int, untorch)
 from .kernels.activations import GATE_HARD_SIGMOID, GATE_SIGMOID
-from .kernels.dispatch import (forward_route, gru_direction_backward, gru_direction_forward,
+from .kernels.dispatch import (forward_route, gate_scalars, gru_direction_backward, gru_direction_forward,
                                gru_direction_forward_pipelined, input_projection, is_sorted_desc)
 from .kernels.backward import matmul_into
 from .kernels.step import gru_step
@@ -236,9 +236,8 @@ class GRU(_Params):
 
     def _kernel_scalars(self):
         """(reset_after, gate_kind, alpha, beta, use_clip, clip) typed as the kernels take them."""
-        t = self.dtype.type
-        return (self.reset_after, self._gate_kind, t(self.alpha), t(self.beta), self.clip is not None,
-                t(np.inf if self.clip is None else self.clip))
+        return (self.reset_after,
+                *gate_scalars(self.dtype, self._gate_kind, self.alpha, self.beta, self.clip))
 
     def _weights(self, i):
         b_ih = self._b_ih[i] if self.bias else None

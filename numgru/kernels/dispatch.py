@@ -105,11 +105,11 @@ def forward_route(B, H, reset_after, store, T=None):
         BLAS-threaded steps (with the gate loops over rows in ``prange`` for B ≥
         ``PARALLEL_MIN_ROWS``) or the serial kernel.
 
-    Both named routes also run the input projection on Numba's threads
-    (:func:`~numgru.kernels.forward.input_projection_parallel`), so no BLAS pool is awake during the
-    call. Training keeps BLAS: its weight-gradient GEMMs wake OpenBLAS's workers, and the next
-    parallel region then waited for a core they spun on (T = 32, B = 16, H = 64, 2 threads: forward
-    4.0 ms on the rows route against 0.46 on the serial kernel).
+    Rows and columns also run the input projection on Numba's threads
+    (:func:`~numgru.kernels.forward.input_projection_parallel`), and the pipeline projects with Numba's
+    matmul, so no BLAS pool is awake during the call. Training keeps BLAS: its weight-gradient GEMMs
+    wake OpenBLAS's workers, and the next parallel region then waited for a core they spun on
+    (T = 32, B = 16, H = 64, 2 threads: forward 4.0 ms on the rows route against 0.46 serial).
 
     Measured on 2 vCPUs (AMD, float32, T = 128, A/B runs taking turns with a 0.3 s pause before
     each, so that no BLAS pool still spins from the other route), rows against BLAS-threaded steps or
@@ -150,6 +150,13 @@ def pipeline_chunk(T, B, H):
     return max(-(-T // PIPELINE_CHUNKS), -(-PIPELINE_CHUNK_MACS // (3 * B * H * H)))
 
 
+def gate_scalars(dtype, gate_kind, alpha, beta, clip):
+    """(gate_kind, alpha, beta, use_clip, clip) typed as the kernels take them (clip None: no clip)."""
+    use_clip = clip is not None
+    return (int(gate_kind), dtype.type(alpha), dtype.type(beta), use_clip,
+            dtype.type(clip if use_clip else np.inf))
+
+
 def input_projection(x2d, W_ih, b_ih, numba_threads=False):
     """gx = x2d @ W_ih.T + b_ih, one GEMM over all rows.  x2d (N, I), W_ih (3H, I) → (N, 3H).
 
@@ -178,15 +185,13 @@ def gru_direction_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gat
     T, B, H3 = gx.shape
     H = H3 // 3
     dtype = gx.dtype
-    use_clip = clip is not None
-    tape = np.empty((T, B, (5 if use_clip else 4) * H), dtype) if store else _EMPTY3[dtype]
+    tape = np.empty((T, B, (5 if clip is not None else 4) * H), dtype) if store else _EMPTY3[dtype]
     if B == 0 or T == 0:
         return h0.copy(), (tape if store else None)
     h_n = np.empty((B, H), dtype)
-    clip_v = dtype.type(clip if use_clip else np.inf)
     threads = numba.get_num_threads()
     common = (gx, W_hh, b_hh, h0, lengths, is_sorted_desc(lengths), bool(reverse))
-    gates = (int(gate_kind), dtype.type(alpha), dtype.type(beta), use_clip, clip_v, y, int(col0), h_n)
+    gates = (*gate_scalars(dtype, gate_kind, alpha, beta, clip), y, int(col0), h_n)
     with parallel_slot(route is not None or B >= PARALLEL_MIN_ROWS) as par:
         if par and route == "columns":
             gru_forward_cols(*common, *gates, threads)
@@ -209,19 +214,14 @@ def gru_direction_forward_pipelined(x2d, W_ih, b_ih, W_hh, b_hh, h0, lengths, re
     T, B = y.shape[0], y.shape[1]
     H = W_hh.shape[1]
     dtype = W_hh.dtype
-    h_n = np.empty((B, H), dtype)
-    use_clip = clip is not None
-    clip_v = dtype.type(clip if use_clip else np.inf)
-    bias = W_ih[0] if b_ih is None else b_ih
-    gx = np.empty((T, B, 3 * H), dtype)
-    x2d = np.ascontiguousarray(x2d)
-    scalars = (is_sorted_desc(lengths), bool(reverse), bool(reset_after), int(gate_kind), dtype.type(alpha),
-               dtype.type(beta), use_clip, clip_v, y, int(col0), h_n)
     with parallel_slot(T > 0 and B > 0) as par:
         if par:
-            chunk = pipeline_chunk(T, B, H)
-            gru_forward_pipelined(x2d, W_ih, bias, b_ih is not None, gx, W_hh, b_hh, h0, lengths, *scalars,
-                                  chunk)
+            h_n = np.empty((B, H), dtype)
+            gru_forward_pipelined(np.ascontiguousarray(x2d), W_ih, W_ih[0] if b_ih is None else b_ih,
+                                  b_ih is not None, np.empty((T, B, 3 * H), dtype), W_hh, b_hh, h0, lengths,
+                                  is_sorted_desc(lengths), bool(reverse), bool(reset_after),
+                                  *gate_scalars(dtype, gate_kind, alpha, beta, clip), y, int(col0), h_n,
+                                  pipeline_chunk(T, B, H))
             return h_n
     gx = input_projection(x2d, W_ih, b_ih).reshape(T, B, 3 * H)
     return gru_direction_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gate_kind, alpha, beta,
@@ -245,10 +245,8 @@ def gru_direction_backward(dy, col0, dh_n, tape, y, h0, W_hh, lengths, reverse, 
     if B == 0 or T == 0:
         return dgx, dgh, hprev, (None if reset_after else rhprev), dh_n.copy()
     dh0 = np.empty((B, H), dtype)
-    use_clip = clip is not None
-    clip_v = dtype.type(clip if use_clip else np.inf)
     gru_backward_serial(dy, int(col0), dh_n, tape, y, h0, np.ascontiguousarray(W_hh.T), lengths,
-                        is_sorted_desc(lengths), bool(reverse), bool(reset_after), int(gate_kind),
-                        dtype.type(alpha), dtype.type(beta), use_clip, clip_v, dgx, dgh, hprev, rhprev,
+                        is_sorted_desc(lengths), bool(reverse), bool(reset_after),
+                        *gate_scalars(dtype, gate_kind, alpha, beta, clip), dgx, dgh, hprev, rhprev,
                         dh0, 16 if numba.get_num_threads() == 1 else 4)
     return dgx, dgh, hprev, (None if reset_after else rhprev), dh0

@@ -11,10 +11,11 @@ machine, float32, one thread): a register-blocked Numba matmul for B = 2–16, a
 fits L2 (:func:`small_rows_matmul`; BLAS re-packs W on every call and loses there), in tiles once W
 leaves L2; a BLAS GEMV at B = 1 for H > 256;
 a BLAS GEMM in the orientation BLAS runs fastest beyond (:func:`rows_matmul_T`). ``parallel=True``
-spreads the gate loops over rows. With several threads, small and middle batches instead run
-:func:`_gru_forward_rows` (the batch split into row chunks, each a whole sequence on one thread) or,
-for inference at the smallest batches, :func:`_gru_forward_cols`, split over hidden units (see
-:mod:`numgru.kernels.dispatch`).
+spreads the gate loops over rows. With several threads, inference at small and middle batches instead
+runs :func:`_gru_forward_rows` (the batch split into row chunks, each a whole sequence on one thread),
+:func:`_gru_forward_cols` (each step split over hidden units) or, at the smallest batches,
+:func:`_gru_forward_pipelined` (the projection of the next chunk of steps beside the recurrence); see
+:mod:`numgru.kernels.dispatch`.
 
 Serial and parallel variants are compiled from the same body (``prange`` is ``range`` when
 ``parallel=False``).
