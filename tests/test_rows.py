@@ -140,8 +140,34 @@ def test_rows_equal_single_thread_route(spy, rng):
     (4, 256, False, False, None),        # columns: reset_after only
     (4, 256, True, True, None),          # columns: inference only
 ])
-def test_forward_route_rules(two_threads, B, H, reset_after, store, want):
+def test_forward_route_rules(two_threads, monkeypatch, B, H, reset_after, store, want):
+    monkeypatch.setattr(dispatch, "WIDE_BLAS", False)
     assert dispatch.forward_route(B, H, reset_after, store) == want
+
+
+@pytest.mark.parametrize("threads, B, H, want", [
+    (2, 16, 256, "rows"),                # 8 rows × 256 per thread
+    (2, 64, 256, None),                  # 32 rows × 256 per thread: BLAS's threaded GEMM
+    (4, 64, 256, "rows"),                # 16 rows × 256
+    (2, 16, 1024, None),                 # W_hh beyond L2: no rows route
+    (2, 64, 64, "rows"),                 # 32 rows × 64
+    (2, 256, 64, None),                  # 128 rows × 64
+])
+def test_forward_route_rules_where_blas_is_wider(monkeypatch, threads, B, H, want):
+    monkeypatch.setattr(dispatch, "WIDE_BLAS", True)
+    monkeypatch.setattr(dispatch.numba, "get_num_threads", lambda: threads)
+    assert dispatch.forward_route(B, H, True, False) == want
+
+
+@pytest.mark.parametrize("name, features, want", [
+    ("sapphirerapids", "+avx2,+avx512f,+fma", True),
+    ("znver4", "+avx2,+avx512f,+fma", False),
+    ("haswell", "+avx2,-avx512f,+fma", False),
+])
+def test_blas_vectors_wider_reads_the_cpu(monkeypatch, name, features, want):
+    monkeypatch.setattr(dispatch.numba.config, "CPU_NAME", name)
+    monkeypatch.setattr(dispatch.numba.config, "CPU_FEATURES", features)
+    assert dispatch.blas_vectors_wider() is want
 
 
 def test_one_thread_takes_no_threaded_route():

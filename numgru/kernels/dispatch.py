@@ -44,6 +44,7 @@ PARALLEL_MIN_ROWS = 64
 ROWS_MIN = 4
 ROWS_MAX_WEIGHTS = 1 << 18
 ROWS_MAX_STATE = 16384
+ROWS_MAX_STATE_WIDE_BLAS = 4096
 ROWS_MAX_STREAM_ROWS = 8
 ROWS_MAX_STREAMED = 1 << 23
 COLS_STATE = (1024, 4096)
@@ -52,6 +53,22 @@ PIPELINE_CHUNK_MACS = 1 << 22
 PIPELINE_MIN_CHUNKS = 4
 PIPELINE_CHUNKS = 12
 
+
+
+def blas_vectors_wider():
+    """True where OpenBLAS's kernels use 512-bit vectors but Numba's code 256-bit ones: Intel cores with
+    AVX-512, for which LLVM prefers 256-bit vectors. There a thread running Numba's matmul does about
+    half the work of one running BLAS's, so the routes that keep BLAS asleep pay off only at smaller
+    shares of the work (see :func:`forward_route`). AMD's Zen 4/5 get 512-bit code from LLVM."""
+    import llvmlite.binding as ll
+    name = numba.config.CPU_NAME
+    if not name or name == "host":
+        name = ll.get_host_cpu_name()
+    features = numba.config.CPU_FEATURES or ll.get_host_cpu_features().flatten()
+    return "+avx512f" in features.split(",") and not name.startswith("znver")
+
+
+WIDE_BLAS = blas_vectors_wider()
 _PARALLEL_LOCK = threading.Lock()
 _EMPTY3 = {np.dtype(np.float32): np.zeros((0, 0, 0), np.float32),
            np.dtype(np.float64): np.zeros((0, 0, 0), np.float64)}
@@ -89,6 +106,8 @@ def forward_route(B, H, reset_after, store, T=None):
         larger but a thread has at most ``ROWS_MAX_STREAM_ROWS`` rows and all threads together stream
         at most ``ROWS_MAX_STREAMED`` weights from L3 per step (every thread reads all of W_hh each
         step; the last bound is a guard for many threads, not a measurement). Either reset variant.
+        Where BLAS's vectors are wider than Numba's (:data:`WIDE_BLAS`, Intel AVX-512), a thread's
+        state is capped at ``ROWS_MAX_STATE_WIDE_BLAS`` and W_hh must fit L2.
     "columns"
         :func:`~numgru.kernels.forward._gru_forward_cols`: each step split over blocks of hidden
         units. reset_after=True, H ≥ 128 and lo ≤ B·H ≤ hi for ``COLS_STATE`` = (lo, hi), or
@@ -122,6 +141,11 @@ def forward_route(B, H, reset_after, store, T=None):
     apply, beat columns (B = 8, H = 512: 24.5 against 27.7 ms; B = 128, H = 128: 27 against 43).
     Below lo, columns won at B = 2–3 with H = 256–512 (1.13–1.5×) but lost at H = 128 (B = 2 / 4:
     0.93× / 0.80×) and drew at B = 1 (H = 256–1024: 0.96–1.06×).
+
+    On a 16-core Intel Xeon (Emerald Rapids, AVX-512; same method, 5 rounds), rows against
+    BLAS-threaded steps at T = 128: B = 64, H = 256 0.76× / 0.98× / 1.43× / 2.40× on 2 / 4 / 8 / 16
+    threads (32 / 16 / 8 / 4 rows per thread); B = 16, H = 256 1.02× / 1.99× on 2 / 4 threads;
+    B = 16, H = 1024 0.77× / 0.86× on 2 / 4 threads. Hence the tighter bounds under ``WIDE_BLAS``.
     """
     threads = numba.get_num_threads()
     if threads < 2 or store:
@@ -129,9 +153,10 @@ def forward_route(B, H, reset_after, store, T=None):
     per_thread = -(-B // threads)
     weights = 3 * H * H
     if per_thread >= ROWS_MIN:
-        if weights <= ROWS_MAX_WEIGHTS and per_thread * H <= ROWS_MAX_STATE:
+        max_state = ROWS_MAX_STATE_WIDE_BLAS if WIDE_BLAS else ROWS_MAX_STATE
+        if weights <= ROWS_MAX_WEIGHTS and per_thread * H <= max_state:
             return "rows"
-        if (weights > ROWS_MAX_WEIGHTS and per_thread <= ROWS_MAX_STREAM_ROWS
+        if (not WIDE_BLAS and weights > ROWS_MAX_WEIGHTS and per_thread <= ROWS_MAX_STREAM_ROWS
                 and threads * weights <= ROWS_MAX_STREAMED):
             return "rows"
     lo, hi = COLS_STATE
