@@ -10,13 +10,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
 from ._validation import (as_lengths, as_real_array, check_bool, check_dtype, check_float,
                           check_int, untorch)
 from .kernels.activations import GATE_HARD_SIGMOID, GATE_SIGMOID
 from .kernels.dispatch import (forward_route, gate_scalars, gru_direction_backward, gru_direction_forward,
-                               gru_direction_forward_pipelined, input_projection, is_sorted_desc)
+                               gru_direction_forward_pipelined, input_projection, is_sorted_desc,
+                               rows_order)
 from .kernels.backward import matmul_into
 from .kernels.step import gru_step
 
@@ -296,7 +298,9 @@ class GRU(_Params):
     def forward(self, x, h0=None, lengths=None):
         """Inference over whole sequences. Returns ``(y, h_n)``; see the class docstring for shapes."""
         x, h0, lengths, unbatched = self._prepare(x, h0, lengths)
-        x, h0, lengths, perm = _sort_by_length(x, h0, lengths)
+        T, B, _ = x.shape
+        rows = forward_route(B, self.hidden_size, self.reset_after, False, T) == "rows"
+        x, h0, lengths, perm = _sort_by_length(x, h0, lengths, rows_order if rows else None)
         y, h_n, _ = self._run(x, h0, lengths, store=False)
         y, h_n = _unsort(y, h_n, perm)
         return self._finish(y, h_n, unbatched)
@@ -470,13 +474,20 @@ class GRU(_Params):
         return gru_from_keras(cls, layer, dtype)
 
 
-def _sort_by_length(x, h0, lengths):
-    """Rows sorted by decreasing length (stable), so the kernels skip finished rows' GEMM work.
+def _sort_by_length(x, h0, lengths, order=None):
+    """Rows sorted by decreasing length (stable), so the kernels skip finished rows' GEMM work; or,
+    with ``order`` (:func:`~numgru.kernels.dispatch.rows_order`, for the rows route), in the order it
+    gives for the current number of threads.
 
-    Returns x, h0, lengths in that order and the permutation (None when already sorted)."""
-    if is_sorted_desc(lengths):
+    Returns x, h0, lengths in that order and the permutation (None when the rows stay as they are)."""
+    if order is not None:
+        perm = order(lengths, numba.get_num_threads())
+    elif is_sorted_desc(lengths):
+        perm = None
+    else:
+        perm = np.argsort(-lengths, kind="stable")
+    if perm is None:
         return x, h0, lengths, None
-    perm = np.argsort(-lengths, kind="stable")
     return (np.ascontiguousarray(x[:, perm]), np.ascontiguousarray(h0[:, perm]),
             np.ascontiguousarray(lengths[perm]), perm)
 

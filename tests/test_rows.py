@@ -222,3 +222,35 @@ def test_pipeline_ragged_lengths_and_gates(two_threads, small_chunks, spy, rng):
     np.testing.assert_allclose(y, y_ref, **TOL[np.float64])
     np.testing.assert_allclose(h_n, h_ref, **TOL[np.float64])
     assert spy["pipe"] == 2
+
+
+@pytest.mark.parametrize("B, threads", [(10, 2), (64, 2), (17, 4), (33, 3), (5, 16)])
+def test_rows_order_balances_sorted_chunks(B, threads):
+    lengths = np.random.default_rng(B).integers(0, 50, B)
+    order = dispatch.rows_order(lengths, threads)
+    assert sorted(order.tolist()) == list(range(B))
+    cs, nc = dispatch.row_chunks.py_func(B, threads)
+    chunks = [lengths[order][c * cs:(c + 1) * cs] for c in range(nc)]
+    assert all(np.all(c[:-1] >= c[1:]) for c in chunks)          # each chunk still skips finished rows
+    full = [c.sum() for c in chunks if len(c) == cs]
+    ranked = np.sort(lengths)[::-1]
+    assert max(full) - min(full) <= ranked[0] - ranked[-1]        # dealt in turn, not in blocks
+    assert chunks[0].sum() < ranked[:cs].sum() or B <= cs
+
+
+def test_rows_order_keeps_equal_lengths():
+    assert dispatch.rows_order(np.full(12, 7, np.int64), 2) is None
+
+
+def test_rows_route_with_dealt_rows_matches_one_thread(two_threads, spy):
+    rng = np.random.default_rng(5)
+    T, B, H = 9, 24, 16
+    g, _ = _model(H, H, 1, True, np.float32)
+    x = rng.standard_normal((T, B, H)).astype(np.float32)
+    lengths = rng.integers(0, T + 1, B)
+    y, h_n = g(x, lengths=lengths)
+    assert spy["fwd"] == 2
+    numba.set_num_threads(1)
+    y1, h1 = g(x, lengths=lengths)
+    np.testing.assert_allclose(y, y1, atol=1e-6)
+    np.testing.assert_allclose(h_n, h1, atol=1e-6)

@@ -38,7 +38,7 @@ import numpy as np
 
 from .backward import gru_backward_serial
 from .forward import (gru_forward_cols, gru_forward_parallel, gru_forward_pipelined, gru_forward_rows,
-                      gru_forward_serial, input_projection_kernel, input_projection_parallel)
+                      gru_forward_serial, input_projection_kernel, input_projection_parallel, row_chunks)
 
 PARALLEL_MIN_ROWS = 64
 ROWS_MIN = 4
@@ -166,6 +166,29 @@ def forward_route(B, H, reset_after, store, T=None):
             and T >= PIPELINE_MIN_CHUNKS * pipeline_chunk(T, B, H)):
         return "pipeline"
     return None
+
+
+def rows_order(lengths, threads):
+    """Order of the batch rows for the rows route with ``threads`` threads: rows dealt longest first,
+    in turn, to the chunks of :func:`~numgru.kernels.forward.row_chunks`, so every chunk gets rows of
+    every length (about equal work per thread) and is non-increasing within (it still skips its
+    finished rows). Sorting the whole batch instead gives the first chunk all the longest rows.
+
+    lengths (B,) int64 → a permutation (B,) of row indices, or None when all lengths are equal.
+    """
+    B = lengths.shape[0]
+    if B < 2 or lengths.min() == lengths.max():
+        return None
+    cs, nc = row_chunks.py_func(B, threads)
+    ranked = np.argsort(-lengths, kind="stable")
+    last = B - (nc - 1) * cs                       # rows of the last chunk (≤ cs)
+    full = last * nc                               # ranks dealt to every chunk in turn
+    rank = np.arange(B)
+    chunk = np.where(rank < full, rank % nc, (rank - full) % max(nc - 1, 1))
+    slot = np.where(rank < full, rank // nc, last + (rank - full) // max(nc - 1, 1))
+    order = np.empty(B, np.int64)
+    order[chunk * cs + slot] = ranked
+    return order
 
 
 def pipeline_chunk(T, B, H):

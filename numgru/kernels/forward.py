@@ -410,14 +410,21 @@ def _gru_forward_rows(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, reset_a
     each chunk (:func:`row_chunks`) runs the serial kernel on its own rows from the first step to the
     last: one parallel region per call, no synchronisation per step, and each thread keeps W_hh in its
     own core's cache. The chunks' matmuls are Numba's only (``tiled_max`` −1): BLAS is never entered
-    from several threads at once.
+    from several threads at once. A chunk whose lengths are non-increasing skips its finished rows'
+    matmul work even when the whole batch is not sorted (see :func:`~numgru.kernels.dispatch.rows_order`).
     """
     B = gx.shape[1]
     cs, nc = row_chunks(B, n_threads)
     for c in prange(nc):
         b0 = c * cs
         b1 = min(B, b0 + cs)
-        gru_forward_serial(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, reset_after, gate_kind,
+        chunk_sorted = sorted_desc
+        if not chunk_sorted:
+            chunk_sorted = True
+            for b in range(b0 + 1, b1):
+                if lengths[b] > lengths[b - 1]:
+                    chunk_sorted = False
+        gru_forward_serial(gx, W_hh, b_hh, h0, lengths, chunk_sorted, reverse, reset_after, gate_kind,
                            alpha, beta, use_clip, clip, y, col0, h_n, store, tape, -1, b0, b1)
 
 
