@@ -54,17 +54,19 @@ PIPELINE_MIN_CHUNKS = 4
 PIPELINE_CHUNKS = 12
 
 
-
 def blas_vectors_wider():
     """True where OpenBLAS's kernels use 512-bit vectors but Numba's code 256-bit ones: Intel cores with
     AVX-512, for which LLVM prefers 256-bit vectors. There a thread running Numba's matmul does about
     half the work of one running BLAS's, so the routes that keep BLAS asleep pay off only at smaller
     shares of the work (see :func:`forward_route`). AMD's Zen 4/5 get 512-bit code from LLVM."""
     import llvmlite.binding as ll
-    name = numba.config.CPU_NAME
-    if not name or name == "host":
-        name = ll.get_host_cpu_name()
-    features = numba.config.CPU_FEATURES or ll.get_host_cpu_features().flatten()
+    try:
+        name = numba.config.CPU_NAME
+        if not name or name == "host":
+            name = ll.get_host_cpu_name()
+        features = numba.config.CPU_FEATURES or ll.get_host_cpu_features().flatten()
+    except RuntimeError:  # LLVM cannot read this host's features: assume no AVX-512
+        return False
     return "+avx512f" in features.split(",") and not name.startswith("znver")
 
 
