@@ -297,20 +297,23 @@ class GRU(_Params):
 
     def forward(self, x, h0=None, lengths=None):
         """Inference over whole sequences. Returns ``(y, h_n)``; see the class docstring for shapes."""
+        padded = lengths is not None
         x, h0, lengths, unbatched = self._prepare(x, h0, lengths)
         T, B, _ = x.shape
         rows = forward_route(B, self.hidden_size, self.reset_after, False, T) == "rows"
         x, h0, lengths, perm = _sort_by_length(x, h0, lengths, rows_order if rows else None)
-        y, h_n, _ = self._run(x, h0, lengths, store=False)
+        y, h_n, _ = self._run(x, h0, lengths, store=False, padded=padded)
         y, h_n = _unsort(y, h_n, perm)
         return self._finish(y, h_n, unbatched)
 
-    def _run(self, x, h0, lengths, store, dropout_rng=None):
+    def _run(self, x, h0, lengths, store, dropout_rng=None, padded=True):
         T, B, _ = x.shape
         D, H = self.num_directions, self.hidden_size
         h_n = np.empty((self.num_layers * D, B, H), self.dtype)
         layers = []
         inp = x
+        # the (t, b) steps within each row's length; padded ones need no input projection
+        valid = (np.arange(T)[:, None] < lengths[None, :]).reshape(-1) if padded else None
         for layer in range(self.num_layers):
             mask = None
             if layer > 0 and dropout_rng is not None and self.dropout > 0.0:
@@ -329,7 +332,8 @@ class GRU(_Params):
                         x2d, W_ih, b_ih, W_hh, b_hh, h0[i], lengths, d == 1 or self.go_backwards,
                         self.reset_after, self._gate_kind, self.alpha, self.beta, self.clip, y, d * H)
                     continue
-                gx = input_projection(x2d, W_ih, b_ih, route in ("rows", "columns")).reshape(T, B, 3 * H)
+                gx = input_projection(x2d, W_ih, b_ih, route in ("rows", "columns"),
+                                      valid).reshape(T, B, 3 * H)
                 hn_d, tape = gru_direction_forward(gx, W_hh, b_hh, h0[i], lengths,
                                                    d == 1 or self.go_backwards,
                                                    self.reset_after, self._gate_kind, self.alpha,
@@ -348,9 +352,11 @@ class GRU(_Params):
 
         Returns ``(y, h_n, tape)``; y and h_n as in :meth:`forward`.
         """
+        padded = lengths is not None
         x, h0, lengths, unbatched = self._prepare(x, h0, lengths)
         x, h0, lengths, perm = _sort_by_length(x, h0, lengths)
-        y, h_n, layers = self._run(x, h0, lengths, store=True, dropout_rng=self._dropout_rng)
+        y, h_n, layers = self._run(x, h0, lengths, store=True, dropout_rng=self._dropout_rng,
+                                   padded=padded)
         tape = GRUTape(model=self, layers=layers, h0=h0, lengths=lengths, unbatched=unbatched,
                        T=x.shape[0], B=x.shape[1], perm=perm)
         y, h_n = _unsort(y, h_n, perm)

@@ -277,3 +277,41 @@ def _check_route(B, H, reset_after):
     ry, rh = ref_gru(x, g.state_dict(), 1, H, lengths=lengths, reset_after=reset_after)
     np.testing.assert_allclose(y, ry, atol=1e-10)
     np.testing.assert_allclose(h, rh, atol=1e-10)
+
+
+def test_input_projection_skips_padded_rows():
+    from numgru.kernels import dispatch
+    rng = np.random.default_rng(0)
+    x2d = rng.standard_normal((12, 3)).astype(np.float32)
+    W = rng.standard_normal((6, 3)).astype(np.float32)
+    b = rng.standard_normal(6).astype(np.float32)
+    valid = np.zeros(12, bool)
+    valid[[0, 4, 5]] = True
+    gx = dispatch.input_projection(x2d, W, b, valid=valid)
+    np.testing.assert_allclose(gx[valid], x2d[valid] @ W.T + b, rtol=1e-5, atol=1e-6)
+    assert not gx[~valid].any()
+    assert not dispatch.input_projection(x2d, W, b, valid=np.zeros(12, bool)).any()
+    full = dispatch.input_projection(x2d, W, b, valid=np.ones(12, bool))  # all valid: one GEMM
+    np.testing.assert_allclose(full, x2d @ W.T + b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("reset_after", [True, False])
+def test_padded_steps_unprojected_give_the_same_results(monkeypatch, reset_after):
+    from numgru.kernels import dispatch
+    rng = np.random.default_rng(1)
+    T, B, I, H = 7, 5, 4, 6
+    g = ng.GRU(I, H, 2, bidirectional=True, reset_after=reset_after, dtype=np.float64, seed=2)
+    x = rng.standard_normal((T, B, I))
+    lengths = np.array([7, 0, 3, 1, 5])
+    y, h_n, tape = g.forward_train(x, lengths=lengths)
+    dy = rng.standard_normal(y.shape)
+    dx, _, grads = g.backward(tape, dy)
+    monkeypatch.setattr(dispatch, "PACK_BELOW", 0.0)   # project every step, padded ones too
+    y_full, h_full = g(x, lengths=lengths)
+    _, _, tape_full = g.forward_train(x, lengths=lengths)
+    dx_full, _, grads_full = g.backward(tape_full, dy)
+    np.testing.assert_allclose(y, y_full, atol=1e-12)
+    np.testing.assert_allclose(h_n, h_full, atol=1e-12)
+    np.testing.assert_allclose(dx, dx_full, atol=1e-12)
+    for k in grads:
+        np.testing.assert_allclose(grads[k], grads_full[k], atol=1e-12, err_msg=k)

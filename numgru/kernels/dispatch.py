@@ -52,6 +52,7 @@ PIPELINE_MAX_STATE = 256
 PIPELINE_CHUNK_MACS = 1 << 22
 PIPELINE_MIN_CHUNKS = 4
 PIPELINE_CHUNKS = 12
+PACK_BELOW = 0.9
 
 
 def blas_vectors_wider():
@@ -207,13 +208,22 @@ def gate_scalars(dtype, gate_kind, alpha, beta, clip):
             dtype.type(clip if use_clip else np.inf))
 
 
-def input_projection(x2d, W_ih, b_ih, numba_threads=False):
+def input_projection(x2d, W_ih, b_ih, numba_threads=False, valid=None):
     """gx = x2d @ W_ih.T + b_ih, one GEMM over all rows.  x2d (N, I), W_ih (3H, I) → (N, 3H).
 
     With ``numba_threads`` (a route from :func:`forward_route`) the product runs on Numba's threads,
-    otherwise in BLAS.
+    otherwise in BLAS. ``valid``, a (N,) bool mask (the steps t < lengths[b] of a (T·B) layout), lets
+    padded rows go unprojected: when fewer than ``PACK_BELOW`` of the rows are valid, only those are
+    gathered and multiplied, and the other rows of gx are zero (the kernels never read them).
     """
     N = x2d.shape[0]
+    if valid is not None and N > 0:
+        n_valid = int(np.count_nonzero(valid))
+        if n_valid < PACK_BELOW * N:
+            gx = np.zeros((N, W_ih.shape[0]), W_ih.dtype)
+            if n_valid:
+                gx[valid] = input_projection(x2d[valid], W_ih, b_ih, numba_threads)
+            return gx
     gx = np.empty((N, W_ih.shape[0]), W_ih.dtype)
     if N == 0:
         return gx
