@@ -10,15 +10,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 
 from ._validation import (as_lengths, as_real_array, check_bool, check_dtype, check_float,
                           check_int, untorch)
 from .kernels.activations import GATE_HARD_SIGMOID, GATE_SIGMOID
-from .kernels.dispatch import (forward_route, gate_scalars, gru_direction_backward, gru_direction_forward,
-                               gru_direction_forward_pipelined, input_projection, is_sorted_desc,
-                               rows_order)
+from .kernels.dispatch import (batch_order, forward_route, gate_scalars, gru_direction_backward,
+                               gru_direction_forward, gru_direction_forward_pipelined, input_projection,
+                               valid_steps)
 from .kernels.backward import matmul_into
 from .kernels.step import gru_step
 
@@ -300,20 +299,21 @@ class GRU(_Params):
         padded = lengths is not None
         x, h0, lengths, unbatched = self._prepare(x, h0, lengths)
         T, B, _ = x.shape
-        rows = forward_route(B, self.hidden_size, self.reset_after, False, T) == "rows"
-        x, h0, lengths, perm = _sort_by_length(x, h0, lengths, rows_order if rows else None)
-        y, h_n, _ = self._run(x, h0, lengths, store=False, padded=padded)
+        route = forward_route(B, self.hidden_size, self.reset_after, False, T)
+        x, h0, lengths, perm = _sort_by_length(x, h0, lengths, route)
+        y, h_n, _ = self._run(x, h0, lengths, store=False, padded=padded, route=route)
         y, h_n = _unsort(y, h_n, perm)
         return self._finish(y, h_n, unbatched)
 
-    def _run(self, x, h0, lengths, store, dropout_rng=None, padded=True):
+    def _run(self, x, h0, lengths, store, dropout_rng=None, padded=True, route=None):
+        """All layers over (T, B, I) rows already in :func:`_sort_by_length`'s order. ``padded``:
+        lengths may be below T; ``route``: from :func:`forward_route` (None for training)."""
         T, B, _ = x.shape
         D, H = self.num_directions, self.hidden_size
         h_n = np.empty((self.num_layers * D, B, H), self.dtype)
         layers = []
         inp = x
-        # the (t, b) steps within each row's length; padded ones need no input projection
-        valid = (np.arange(T)[:, None] < lengths[None, :]).reshape(-1) if padded else None
+        valid = valid_steps(lengths, T) if padded else None  # padded steps need no projection
         for layer in range(self.num_layers):
             mask = None
             if layer > 0 and dropout_rng is not None and self.dropout > 0.0:
@@ -323,7 +323,6 @@ class GRU(_Params):
             y = np.empty((T, B, D * H), self.dtype)
             x2d = inp.reshape(T * B, inp.shape[2])
             gate_tapes = []
-            route = forward_route(B, H, self.reset_after, store, T)
             for d in range(D):
                 i = layer * D + d
                 W_ih, W_hh, b_ih, b_hh = self._weights(i)
@@ -480,18 +479,12 @@ class GRU(_Params):
         return gru_from_keras(cls, layer, dtype)
 
 
-def _sort_by_length(x, h0, lengths, order=None):
-    """Rows sorted by decreasing length (stable), so the kernels skip finished rows' GEMM work; or,
-    with ``order`` (:func:`~numgru.kernels.dispatch.rows_order`, for the rows route), in the order it
-    gives for the current number of threads.
+def _sort_by_length(x, h0, lengths, route=None):
+    """Rows in the order the kernels want for ``route`` (:func:`~numgru.kernels.dispatch.batch_order`:
+    longest first, so they skip finished rows' GEMM work, or dealt to the rows route's chunks).
 
     Returns x, h0, lengths in that order and the permutation (None when the rows stay as they are)."""
-    if order is not None:
-        perm = order(lengths, numba.get_num_threads())
-    elif is_sorted_desc(lengths):
-        perm = None
-    else:
-        perm = np.argsort(-lengths, kind="stable")
+    perm = batch_order(lengths, route)
     if perm is None:
         return x, h0, lengths, None
     return (np.ascontiguousarray(x[:, perm]), np.ascontiguousarray(h0[:, perm]),

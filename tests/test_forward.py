@@ -291,7 +291,7 @@ def test_input_projection_skips_padded_rows():
     np.testing.assert_allclose(gx[valid], x2d[valid] @ W.T + b, rtol=1e-5, atol=1e-6)
     assert not gx[~valid].any()
     assert not dispatch.input_projection(x2d, W, b, valid=np.zeros(12, bool)).any()
-    full = dispatch.input_projection(x2d, W, b, valid=np.ones(12, bool))  # all valid: one GEMM
+    full = dispatch.input_projection(x2d, W, b, valid=np.ones(12, bool))  # every row valid
     np.testing.assert_allclose(full, x2d @ W.T + b, rtol=1e-5, atol=1e-6)
 
 

@@ -194,6 +194,25 @@ def rows_order(lengths, threads):
     return order
 
 
+def batch_order(lengths, route):
+    """The order the kernels want the batch rows in for ``route`` (from :func:`forward_route`):
+    :func:`rows_order` for "rows", else longest first (stable), so each step's matmul runs on the
+    active prefix only. lengths (B,) int64 → a permutation (B,), or None to keep the rows as they are."""
+    if route == "rows":
+        return rows_order(lengths, numba.get_num_threads())
+    if is_sorted_desc(lengths):
+        return None
+    return np.argsort(-lengths, kind="stable")
+
+
+def valid_steps(lengths, T):
+    """The (t, b) steps with t < lengths[b], as a (T·B,) bool mask in the kernels' (T, B) layout, for
+    :func:`input_projection` to skip the padded ones; None when fewer than 1 − ``PACK_BELOW`` of the
+    steps are padding (gathering them would cost more than it saves)."""
+    valid = (np.arange(T)[:, None] < lengths[None, :]).reshape(-1)
+    return valid if np.count_nonzero(valid) < PACK_BELOW * valid.size else None
+
+
 def pipeline_chunk(T, B, H):
     """Steps per chunk of the pipeline route: about ``PIPELINE_CHUNKS`` chunks, each holding at least
     ``PIPELINE_CHUNK_MACS`` multiply-adds of the recurrence (a parallel region costs some 10–20 µs on
@@ -212,18 +231,14 @@ def input_projection(x2d, W_ih, b_ih, numba_threads=False, valid=None):
     """gx = x2d @ W_ih.T + b_ih, one GEMM over all rows.  x2d (N, I), W_ih (3H, I) → (N, 3H).
 
     With ``numba_threads`` (a route from :func:`forward_route`) the product runs on Numba's threads,
-    otherwise in BLAS. ``valid``, a (N,) bool mask (the steps t < lengths[b] of a (T·B) layout), lets
-    padded rows go unprojected: when fewer than ``PACK_BELOW`` of the rows are valid, only those are
-    gathered and multiplied, and the other rows of gx are zero (the kernels never read them).
+    otherwise in BLAS. With ``valid`` (a (N,) bool mask from :func:`valid_steps`) only the valid rows
+    are gathered and multiplied; the other rows of gx are zero (the kernels never read them).
     """
     N = x2d.shape[0]
-    if valid is not None and N > 0:
-        n_valid = int(np.count_nonzero(valid))
-        if n_valid < PACK_BELOW * N:
-            gx = np.zeros((N, W_ih.shape[0]), W_ih.dtype)
-            if n_valid:
-                gx[valid] = input_projection(x2d[valid], W_ih, b_ih, numba_threads)
-            return gx
+    if valid is not None:
+        gx = np.zeros((N, W_ih.shape[0]), W_ih.dtype)
+        gx[valid] = input_projection(x2d[valid], W_ih, b_ih, numba_threads)
+        return gx
     gx = np.empty((N, W_ih.shape[0]), W_ih.dtype)
     if N == 0:
         return gx
