@@ -254,3 +254,30 @@ def test_rows_route_with_dealt_rows_matches_one_thread(two_threads, spy):
     y1, h1 = g(x, lengths=lengths)
     np.testing.assert_allclose(y, y1, atol=1e-6)
     np.testing.assert_allclose(h_n, h1, atol=1e-6)
+
+
+def test_rows_route_with_busy_slot_runs_chunks_serially(two_threads, spy, monkeypatch):
+    """Another thread holds the parallel slot: the dealt rows run on the serial kernel chunk by chunk,
+    each chunk told it is sorted (so it skips its finished rows), with the same results as 1 thread."""
+    rng = np.random.default_rng(6)
+    T, B, H = 9, 24, 16
+    g, p = _model(H, H, 1, False, np.float64)
+    x = rng.standard_normal((T, B, H))
+    lengths = rng.integers(0, T + 1, B)
+    seen = []
+    serial = dispatch.gru_forward_serial
+
+    def recording(*a):
+        seen.append((a[5], a[-2], a[-1]))  # sorted_desc, b0, b1
+        return serial(*a)
+
+    monkeypatch.setattr(dispatch, "gru_forward_serial", recording)
+    with dispatch._PARALLEL_LOCK:
+        y, h_n = g(x, lengths=lengths)
+    assert spy["fwd"] == 0
+    cs, nc = dispatch.row_chunks.py_func(B, 2)
+    assert [(b0, b1) for _, b0, b1 in seen] == [(c * cs, min(B, (c + 1) * cs)) for c in range(nc)]
+    assert all(s for s, _, _ in seen)
+    y_ref, h_ref = ref_gru(x, p, 1, H, False, lengths=lengths)
+    np.testing.assert_allclose(y, y_ref, **TOL[np.float64])
+    np.testing.assert_allclose(h_n, h_ref, **TOL[np.float64])

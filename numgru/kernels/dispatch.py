@@ -277,16 +277,27 @@ def gru_direction_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gat
         return h0.copy(), (tape if store else None)
     h_n = np.empty((B, H), dtype)
     threads = numba.get_num_threads()
-    common = (gx, W_hh, b_hh, h0, lengths, is_sorted_desc(lengths), bool(reverse))
+    sorted_desc = is_sorted_desc(lengths)
+    tiled_max = 16 if threads == 1 else 4
+    common = (gx, W_hh, b_hh, h0, lengths, sorted_desc, bool(reverse))
     gates = (*gate_scalars(dtype, gate_kind, alpha, beta, clip), y, int(col0), h_n)
     with parallel_slot(route is not None or B >= PARALLEL_MIN_ROWS) as par:
         if par and route == "columns":
             gru_forward_cols(*common, *gates, threads)
         elif par and route == "rows":
             gru_forward_rows(*common, bool(reset_after), *gates, bool(store), tape, threads)
+        elif route == "rows" and not sorted_desc:
+            # another thread holds the slot and the rows were dealt for the rows route (not sorted as
+            # a whole): run the serial kernel chunk by chunk, so each chunk still skips its finished rows
+            cs, nc = row_chunks.py_func(B, threads)
+            for c in range(nc):
+                b0, b1 = c * cs, min(B, (c + 1) * cs)
+                gru_forward_serial(gx, W_hh, b_hh, h0, lengths, is_sorted_desc(lengths[b0:b1]),
+                                   bool(reverse), bool(reset_after), *gates, bool(store), tape, tiled_max,
+                                   b0, b1)
         else:
             fn = gru_forward_parallel if par else gru_forward_serial
-            fn(*common, bool(reset_after), *gates, bool(store), tape, 16 if threads == 1 else 4, 0, B)
+            fn(*common, bool(reset_after), *gates, bool(store), tape, tiled_max, 0, B)
     return h_n, (tape if store else None)
 
 
