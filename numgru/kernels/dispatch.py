@@ -311,7 +311,7 @@ def gru_direction_forward_pipelined(x2d, W_ih, b_ih, W_hh, b_hh, h0, lengths, re
     """
     T, B = y.shape[0], y.shape[1]
     H = W_hh.shape[1]
-    dtype = W_hh.dtype
+    dtype = W_ih.dtype
     with parallel_slot(T > 0 and B > 0) as par:
         if par:
             h_n = np.empty((B, H), dtype)

@@ -21,10 +21,12 @@ Serial and parallel variants are compiled from the same body (``prange`` is ``ra
 ``parallel=False``).
 """
 import numpy as np
-from numba import prange
+from numba import prange, types
+from numba.extending import overload
 
-from ._jit import inline, kernel, parallel_kernel
+from ._jit import FASTMATH, inline, kernel, parallel_kernel
 from .activations import clip_pre, clipped, gate, one_like, sigmoid_fast, tanh_fast
+from .bf16 import wget
 
 
 @inline
@@ -136,7 +138,8 @@ def rows_matmul_T(Wm, h, out, buf, n):
 
 @inline
 def small_rows_matmul(Wm, h, out, n):
-    """out[:n] = h[:n] @ Wm.T for a C-contiguous Wm (M, K), register-blocked for small n.
+    """out[:n] = h[:n] @ Wm.T for a C-contiguous Wm (M, K), register-blocked for small n. Wm may hold
+    bfloat16 weights (``uint16``, read through :func:`~numgru.kernels.bf16.wget`).
 
     Four rows of h and two rows of Wm per inner loop: eight dot products share every load, and with
     ``reassoc`` LLVM keeps them in vector registers. Measured at n = 4, H = 256: 54–61 GFLOP/s against
@@ -166,8 +169,8 @@ def small_rows_matmul(Wm, h, out, n):
             s30 = zero
             s31 = zero
             for k in range(K):
-                a = w0[k]
-                c = w1[k]
+                a = wget(w0, k)
+                c = wget(w1, k)
                 v = x0[k]
                 s00 += v * a
                 s01 += v * c
@@ -195,7 +198,7 @@ def small_rows_matmul(Wm, h, out, n):
             s20 = zero
             s30 = zero
             for k in range(K):
-                a = w0[k]
+                a = wget(w0, k)
                 s00 += x0[k] * a
                 s10 += x1[k] * a
                 s20 += x2[k] * a
@@ -219,10 +222,10 @@ def small_rows_matmul(Wm, h, out, n):
             s03 = zero
             for k in range(K):
                 v = x0[k]
-                s00 += v * w0[k]
-                s01 += v * w1[k]
-                s02 += v * w2[k]
-                s03 += v * w3[k]
+                s00 += v * wget(w0, k)
+                s01 += v * wget(w1, k)
+                s02 += v * wget(w2, k)
+                s03 += v * wget(w3, k)
             out[b, j] = s00
             out[b, j + 1] = s01
             out[b, j + 2] = s02
@@ -231,7 +234,7 @@ def small_rows_matmul(Wm, h, out, n):
             w0 = Wm[j]
             s00 = zero
             for k in range(K):
-                s00 += x0[k] * w0[k]
+                s00 += x0[k] * wget(w0, k)
             out[b, j] = s00
 
 
@@ -262,7 +265,20 @@ def recurrent_matmul(Wm, h, out, buf, n, tiled_max):
     elif tiled_max < 0 or 2 <= n <= tiled_max:  # W beyond L2: tiles of W pass once, all rows against each
         tiled_matmul(Wm, h, out, n)
     else:
-        rows_matmul_T(Wm, h, out, buf, n)
+        blas_matmul_T(Wm, h, out, buf, n)
+
+
+def blas_matmul_T(Wm, h, out, buf, n):
+    """:func:`rows_matmul_T` (BLAS) for float weights; :func:`tiled_matmul` for bfloat16 ones, which
+    BLAS cannot read (resolved at compile time by the overload below)."""
+    rows_matmul_T.py_func(Wm, h, out, buf, n)
+
+
+@overload(blas_matmul_T, jit_options={"fastmath": set(FASTMATH)})
+def _ol_blas_matmul_T(Wm, h, out, buf, n):
+    if isinstance(Wm, types.Array) and Wm.dtype == types.uint16:
+        return lambda Wm, h, out, buf, n: tiled_matmul(Wm, h, out, n)
+    return lambda Wm, h, out, buf, n: rows_matmul_T(Wm, h, out, buf, n)
 
 
 def _gru_forward(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, reset_after, gate_kind, alpha,

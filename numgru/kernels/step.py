@@ -3,10 +3,35 @@
 Everything is preallocated by the caller, so a step from Python costs one kernel call per layer.
 """
 import numpy as np
+from numba import types
+from numba.extending import overload
 
-from ._jit import kernel
+from ._jit import FASTMATH, kernel
 from .activations import clip_pre, gate, tanh_fast
-from .forward import small_rows_matmul
+from .bf16 import wget
+from .forward import small_rows_matmul, tiled_matmul
+
+
+def step_matmul(W, x, out, n, small):
+    """out[:n] = x[:n] @ W.T: the register-blocked matmul when ``small``, else BLAS. bfloat16 weights
+    (``uint16``), which BLAS cannot read, always take the Numba matmul, in tiles."""
+    if small:
+        small_rows_matmul.py_func(W, x, out, n)
+    else:
+        np.dot(x, W.T, out)
+
+
+@overload(step_matmul, jit_options={"fastmath": set(FASTMATH)})
+def _ol_step_matmul(W, x, out, n, small):
+    if isinstance(W, types.Array) and W.dtype == types.uint16:
+        return lambda W, x, out, n, small: tiled_matmul(W, x, out, n)
+
+    def impl(W, x, out, n, small):
+        if small:
+            small_rows_matmul(W, x, out, n)
+        else:
+            np.dot(x, W.T, out)
+    return impl
 
 
 @kernel
@@ -15,6 +40,7 @@ def gru_step(x, h, W_ih, W_hh, b_ih, b_hh, reset_after, gate_kind, alpha, beta, 
     """h_out = GRU(x, h) for one step.
 
     x (B, I), h (B, H) in; W_ih (3H, I), W_hh (3H, H), b_ih (3H,), b_hh (3H,) in (zeros without bias);
+    the weights may be bfloat16 (``uint16``, see :mod:`numgru.kernels.bf16`);
     h_out (B, H) out (must not alias h); gi (B, 3H), gh (B, 3H) workspace, the caller must not read them.
     Scalars as in :func:`numgru.kernels.forward._gru_forward`.
     """
@@ -24,15 +50,9 @@ def gru_step(x, h, W_ih, W_hh, b_ih, b_hh, reset_after, gate_kind, alpha, beta, 
     # register-blocked Numba while both weight matrices fit L2 (measured at B = 1, H = I = 128:
     # 4.3 µs for both products against 5.5 µs in BLAS; at H = 256 they come from L3 and BLAS is level)
     small = B <= 16 and W_ih.size + W_hh.size <= 1 << 17
-    if small:
-        small_rows_matmul(W_ih, x, gi, B)
-    else:
-        np.dot(x, W_ih.T, gi)
+    step_matmul(W_ih, x, gi, B, small)
     if reset_after:
-        if small:
-            small_rows_matmul(W_hh, h, gh, B)
-        else:
-            np.dot(h, W_hh.T, gh)
+        step_matmul(W_hh, h, gh, B, small)
         for b in range(B):
             gib = gi[b]
             ghb = gh[b]
@@ -52,8 +72,9 @@ def gru_step(x, h, W_ih, W_hh, b_ih, b_hh, reset_after, gate_kind, alpha, beta, 
         # reset_after=False needs r before W_hn (r ⊙ h): row-wise dot products (reassoc vectorises them)
         for j in range(H2):
             s = b_hh[j]
+            wj = W_hh[j]
             for k in range(H):
-                s += W_hh[j, k] * hb[k]
+                s += wget(wj, k) * hb[k]
             ghb[j] = s
         gib = gi[b]
         for j in range(H):
@@ -63,8 +84,9 @@ def gru_step(x, h, W_ih, W_hh, b_ih, b_hh, reset_after, gate_kind, alpha, beta, 
             ghb[H + j] = z
         for j in range(H):
             s = b_hh[H2 + j]
+            wj = W_hh[H2 + j]
             for k in range(H):
-                s += W_hh[H2 + j, k] * ghb[k]
+                s += wget(wj, k) * ghb[k]
             ghb[H2 + j] = s
         ob = h_out[b]
         for j in range(H):
