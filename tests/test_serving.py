@@ -96,7 +96,7 @@ def test_map_in_order_and_backpressure(model):
     eng = ng.BatchingEngine(model, max_queue=1, block=False, max_delay_ms=50)
     with pytest.raises(EngineOverloaded):
         for _ in range(50):
-            eng.submit(np.ones((500, 6), np.float32))
+            eng.submit(np.ones((20000, 6), np.float32))
     eng.close()
 
 
