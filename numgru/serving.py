@@ -19,7 +19,7 @@ from concurrent.futures import Future
 import numpy as np
 
 from ._validation import as_real_array, check_float, check_int
-from .layers import GRU
+from .layers import GRU, use_bf16
 
 __all__ = ["BatchingEngine", "GRUStream", "EngineOverloaded"]
 
@@ -388,6 +388,8 @@ class Stepper:
         self.layers = []
         for k in range(m.num_layers):
             W_ih, W_hh, b_ih, b_hh = m._weights(k)
+            if use_bf16(m, B, W_ih.nbytes + W_hh.nbytes):  # a quantized model: read its bfloat16 copies
+                W_ih, W_hh = m._bf16[0][k], m._bf16[1][k]
             self.layers.append((W_ih, W_hh, b_ih if b_ih is not None else m._zero_bias, b_hh))
         self.args = m._kernel_scalars()
         self.gi = np.empty((B, 3 * H), dt)

@@ -1,5 +1,6 @@
 """Numba kernels. They take arrays and scalars only, validate nothing, and never raise on user input.
 
-Modules: ``_jit`` (the compile flags), ``activations``, ``forward``, ``backward``, ``optim``
-and ``dispatch`` (array-level drivers that pick a serial or parallel variant).
+Modules: ``_jit`` (the compile flags), ``activations``, ``bf16`` (bfloat16 weight storage), ``forward``,
+``backward``, ``step`` (one step, for cells and streams), ``optim`` and ``dispatch`` (array-level
+drivers that pick a serial or parallel variant).
 """
