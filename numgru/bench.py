@@ -156,8 +156,10 @@ def available_peers(names):
     return out
 
 
-def run_point(T, B, H, threads, peers, tmpdir, repeat=None, budget=0.4):
-    """Time numgru and each peer at one (T, B, H) point; I = H, one layer, float32."""
+def run_point(T, B, H, threads, peers, tmpdir, repeat=None, budget=0.4, bf16=False):
+    """Time numgru and each peer at one (T, B, H) point; I = H, one layer, float32. With ``bf16``
+    also numgru's quantized copy (:meth:`numgru.GRU.quantize`), reported as ``numgru_bf16_*`` with its
+    largest difference from the float32 model's output."""
     import numgru as ng
     rng = np.random.default_rng(0)
     gru = ng.GRU(H, H, seed=0)
@@ -166,6 +168,10 @@ def run_point(T, B, H, threads, peers, tmpdir, repeat=None, budget=0.4):
     flops = 2.0 * T * B * 3 * H * (H + H)
     row = {"T": T, "B": B, "H": H, "I": H, "threads": threads}
     runs = {"numgru": lambda: gru(x)}
+    if bf16:
+        quantized = gru.quantize("bfloat16")
+        row["numgru_bf16_max_abs_diff"] = float(np.abs(quantized(x)[0] - ref).max())
+        runs["numgru_bf16"] = lambda: quantized(x)
     for name in peers:
         try:
             fn = PEERS[name](gru, x, threads, *((tmpdir,) if name != "torch" else ()))
@@ -190,18 +196,26 @@ def run_point(T, B, H, threads, peers, tmpdir, repeat=None, budget=0.4):
     row["numgru_ms"] = t * 1e3
     row["numgru_seq_per_s"] = B / t
     row["numgru_gflops"] = flops / t / 1e9
+    if bf16:
+        tq = float(np.median(per_round["numgru_bf16"]))
+        row["numgru_bf16_ms"] = tq * 1e3
     for name in runs:
-        if name != "numgru":
+        if name not in ("numgru", "numgru_bf16"):
             tp = float(np.median(per_round[name]))
             row[f"{name}_ms"] = tp * 1e3
             row[f"speedup_vs_{name}"] = tp / t
+            if bf16:
+                row[f"bf16_speedup_vs_{name}"] = tp / tq
     return row
 
 
 def format_table(rows, peers):
+    bf16 = any("numgru_bf16_ms" in r for r in rows)
     head = ["thr", "T", "B", "H", "numgru ms", "seq/s", "GFLOP/s"]
     for p in peers:
         head += [f"{p} ms", f"x{p}"]
+    if bf16:
+        head += ["bf16 ms", "bf16 err"] + [f"bf16 x{p}" for p in peers]
     lines = [head]
     for r in rows:
         line = [str(r["threads"]), str(r["T"]), str(r["B"]), str(r["H"]), f"{r['numgru_ms']:.3f}",
@@ -211,6 +225,9 @@ def format_table(rows, peers):
                 line += [f"{r[p + '_ms']:.3f}", f"{r['speedup_vs_' + p]:.2f}"]
             else:
                 line += ["n/a", "-"]
+        if bf16:
+            line += [f"{r['numgru_bf16_ms']:.3f}", f"{r['numgru_bf16_max_abs_diff']:.1e}"]
+            line += [f"{r['bf16_speedup_vs_' + p]:.2f}" if f"bf16_speedup_vs_{p}" in r else "-" for p in peers]
         lines.append(line)
     widths = [max(len(row[i]) for row in lines) for i in range(len(head))]
     return "\n".join("  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in lines)
@@ -275,7 +292,8 @@ def main(args):
                 for T in grid["seq_len"]:
                     for B in grid["batch"]:
                         for H in grid["hidden"]:
-                            row = run_point(T, B, H, n, peers, tmpdir, args.repeat, budget)
+                            row = run_point(T, B, H, n, peers, tmpdir, args.repeat, budget,
+                                            bf16=getattr(args, "bf16", False))
                             rows.append(row)
                             for p in peers:
                                 if f"{p}_error" in row:

@@ -24,6 +24,16 @@ def test_point_times_numgru_and_checked_peers(tmp_path):
     assert table.splitlines()[0].split()[:4] == ["thr", "T", "B", "H"]
 
 
+def test_point_with_bf16_times_the_quantized_copy(tmp_path):
+    peers = bench.available_peers(["onnxruntime"])
+    row = bench.run_point(5, 2, 8, 1, peers, str(tmp_path), repeat=2, budget=0.01, bf16=True)
+    assert row["numgru_bf16_ms"] > 0
+    assert 0 < row["numgru_bf16_max_abs_diff"] < 2e-2
+    for p in peers:
+        assert row[f"bf16_speedup_vs_{p}"] == pytest.approx(row[f"{p}_ms"] / row["numgru_bf16_ms"])
+    assert "bf16 ms" in bench.format_table([row], peers).splitlines()[0]
+
+
 def test_unknown_peer_is_named():
     with pytest.raises(ValueError, match="--peers"):
         bench.available_peers(["tensorflow"])
