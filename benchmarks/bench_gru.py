@@ -69,10 +69,11 @@ class TrainStep:
 
 
 class StepLatency:
-    """One recurrent step at B = 1 from Python: numgru stream / GRUCell against torch.nn.GRUCell."""
-    params = grid(([128, 256], ["numgru_stream", "numgru_cell", "torch"]),
-                  ([128, 256], ["numgru_stream", "numgru_cell", "torch"]),
-                  ([256], ["numgru_stream", "numgru_cell", "torch"]))
+    """One recurrent step at B = 1 from Python: numgru stream (float32 and a ``quantize("bfloat16")``
+    copy) / GRUCell against torch.nn.GRUCell."""
+    params = grid(([128, 256], ["numgru_stream", "numgru_stream_bf16", "numgru_cell", "torch"]),
+                  ([128, 256], ["numgru_stream", "numgru_stream_bf16", "numgru_cell", "torch"]),
+                  ([256], ["numgru_stream", "numgru_stream_bf16", "numgru_cell", "torch"]))
     param_names = ["hidden_size", "backend"]
     timer = timer
 
@@ -82,6 +83,8 @@ class StepLatency:
         self.h = data(1, H, seed=1)
         if backend == "numgru_stream":
             self.s = ng.GRU(H, H, seed=0).stream(1)
+        elif backend == "numgru_stream_bf16":
+            self.s = ng.GRU(H, H, seed=0).quantize("bfloat16").stream(1)
         elif backend == "numgru_cell":
             self.c = ng.GRUCell(H, H, seed=0)
         else:
@@ -95,7 +98,7 @@ class StepLatency:
         getattr(self, "undo", lambda: None)()
 
     def time_step(self, H, backend):
-        if backend == "numgru_stream":
+        if backend in ("numgru_stream", "numgru_stream_bf16"):
             self.s.step(self.x)
         elif backend == "numgru_cell":
             self.c(self.x, self.h)
