@@ -11,6 +11,7 @@ import copy
 import math
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
 from ._validation import (as_lengths, as_real_array, check_bool, check_dtype, check_float,
@@ -38,14 +39,22 @@ GATE_PRESETS = {
 #: ``BF16_MAX_ROWS`` batch rows (above, by arithmetic) and more than ``BF16_MIN_BYTES`` of float32
 #: weights read per step (below, they sit in L2 and widening them costs more than it saves: a stream
 #: step at H = 128 ran 7.7 µs on float32 against 8.1 on bfloat16). See :meth:`GRU.quantize`.
+#: Where the float32 step would be a BLAS call free to use several threads, bfloat16 (read by one
+#: thread) is taken only up to ``BF16_MAX_BYTES_BLAS_THREADS``: on 2 threads a stream step at H = 256
+#: (1.5 MB of weights) ran 20.2 µs on bfloat16 against 29.2 on float32, at H = 512 (6 MB) 64.6 against
+#: 52.0, and the forward at B = 1, H = 512 (3 MB of W_hh) 0.85–0.88× float32.
 BF16_MAX_ROWS = 16
 BF16_MIN_BYTES = 1 << 19
+BF16_MAX_BYTES_BLAS_THREADS = 1 << 21
 
 
-def use_bf16(model, B, nbytes):
+def use_bf16(model, B, nbytes, blas_threads):
     """Whether ``model``'s kernels should read its bfloat16 copies for B rows when a step reads
-    ``nbytes`` of float32 weights."""
-    return model._bf16 is not None and B <= BF16_MAX_ROWS and nbytes > BF16_MIN_BYTES
+    ``nbytes`` of float32 weights; ``blas_threads``: the float32 step would be a BLAS call that may
+    use several threads."""
+    if model._bf16 is None or B > BF16_MAX_ROWS or nbytes <= BF16_MIN_BYTES:
+        return False
+    return not blas_threads or nbytes <= BF16_MAX_BYTES_BLAS_THREADS
 
 
 def _read_only(a):
@@ -275,11 +284,12 @@ class GRU(_Params):
         b_hh = self._b_hh[i] if self.bias else self._zero_bias
         return self._W_ih[i], self._W_hh[i], b_ih, b_hh
 
-    def _recurrent_weights(self, i, B):
-        """W_hh as the recurrence reads it for B rows: a quantized model's bfloat16 copy where
-        :func:`use_bf16` says so, else the float32 array (which for a quantized model holds the same
-        bfloat16 values, so the results agree either way)."""
-        if use_bf16(self, B, self._W_hh[i].nbytes):
+    def _recurrent_weights(self, i, B, route):
+        """W_hh as the recurrence reads it for B rows on ``route`` (:func:`forward_route`): a quantized
+        model's bfloat16 copy where :func:`use_bf16` says so, else the float32 array (which for a
+        quantized model holds the same bfloat16 values, so the results agree either way)."""
+        if self._bf16 is not None and use_bf16(self, B, self._W_hh[i].nbytes,
+                                               route is None and numba.get_num_threads() > 1):
             return self._bf16[1][i]
         return self._W_hh[i]
 
@@ -405,7 +415,7 @@ class GRU(_Params):
             for d in range(D):
                 i = layer * D + d
                 W_ih, _, b_ih, b_hh = self._weights(i)
-                W_hh = self._recurrent_weights(i, B)
+                W_hh = self._recurrent_weights(i, B, route)
                 if route == "pipeline":
                     h_n[i] = gru_direction_forward_pipelined(
                         x2d, W_ih, b_ih, W_hh, b_hh, h0[i], lengths, d == 1 or self.go_backwards,

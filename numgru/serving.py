@@ -16,6 +16,7 @@ import threading
 import time
 from concurrent.futures import Future
 
+import numba
 import numpy as np
 
 from ._validation import as_real_array, check_float, check_int
@@ -388,7 +389,8 @@ class Stepper:
         self.layers = []
         for k in range(m.num_layers):
             W_ih, W_hh, b_ih, b_hh = m._weights(k)
-            if use_bf16(m, B, W_ih.nbytes + W_hh.nbytes):  # a quantized model: read its bfloat16 copies
+            # a quantized model reads its bfloat16 copies (the choice is made for the thread count now)
+            if use_bf16(m, B, W_ih.nbytes + W_hh.nbytes, numba.get_num_threads() > 1):
                 W_ih, W_hh = m._bf16[0][k], m._bf16[1][k]
             self.layers.append((W_ih, W_hh, b_ih if b_ih is not None else m._zero_bias, b_hh))
         self.args = m._kernel_scalars()
