@@ -658,7 +658,25 @@ class GRUCell(_Params):
         return cfg
 
     def __repr__(self):
-        return f"GRUCell({self.input_size}, {self.hidden_size}, reset_after={self.reset_after})"
+        q = ", quantized='bfloat16'" if self.quantized else ""
+        return f"GRUCell({self.input_size}, {self.hidden_size}, reset_after={self.reset_after}{q})"
+
+    @property
+    def quantized(self):
+        """``"bfloat16"`` for a cell made by :meth:`quantize`, else None."""
+        return self._gru.quantized
+
+    def quantize(self, weights="bfloat16"):
+        """An inference copy with bfloat16 weights; see :meth:`GRU.quantize`."""
+        q = copy.copy(self)
+        q._gru = self._gru.quantize(weights)
+        return q
+
+    def load_state_dict(self, state_dict, strict=True):
+        self._gru._check_trainable()
+        return super().load_state_dict(state_dict, strict)
+
+    load_state_dict.__doc__ = _Params.load_state_dict.__doc__
 
     def _param_items(self):
         for name, p in self._gru._param_items():
@@ -698,6 +716,8 @@ class GRUCell(_Params):
             h = np.zeros((B, H), g.dtype) if h is None else np.ascontiguousarray(h)
             out = np.empty((B, H), g.dtype)
             W_ih, W_hh, b_ih, b_hh = g._weights(0)
+            if g._bf16 is not None and use_bf16(g, B, W_ih.nbytes + W_hh.nbytes, numba.get_num_threads() > 1):
+                W_ih, W_hh = g._bf16[0][0], g._bf16[1][0]
             gru_step(np.ascontiguousarray(x), h, W_ih, W_hh, g._zero_bias if b_ih is None else b_ih, b_hh,
                      *g._kernel_scalars(), out, np.empty((B, 3 * H), g.dtype), np.empty((B, 3 * H), g.dtype))
             return out
@@ -708,6 +728,7 @@ class GRUCell(_Params):
 
     def forward_train(self, x, h=None):
         """One step that records a tape. Returns ``(h1, tape)``."""
+        self._gru._check_trainable()
         x3, h0, unbatched = self._prepare(x, h)
         B = x3.shape[1]
         _, h_n, layers = self._gru._run(x3, h0, np.ones(B, np.int64), store=True)

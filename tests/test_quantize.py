@@ -179,3 +179,21 @@ def test_quantized_model_saves_its_rounded_weights(tmp_path, rng):
     loaded = ng.load(tmp_path / "q")
     x = rng.standard_normal((4, 2, 6)).astype(np.float32)
     np.testing.assert_allclose(loaded(x)[0], r(x)[0], **F32)
+
+
+@pytest.mark.parametrize("reset_after", [True, False])
+def test_quantized_cell_equals_rounded_cell(rng, reset_after):
+    c = ng.GRUCell(6, 20, seed=0, reset_after=reset_after)
+    q = c.quantize()
+    r = ng.GRUCell(6, 20, reset_after=reset_after)
+    r.load_state_dict(q.state_dict())
+    assert q.quantized == "bfloat16" and c.quantized is None and "bfloat16" in repr(q)
+    x = rng.standard_normal((3, 6)).astype(np.float32)
+    h = rng.standard_normal((3, 20)).astype(np.float32)
+    np.testing.assert_allclose(q(x, h), r(x, h), **F32)            # fast path
+    np.testing.assert_allclose(q(x[0], h[0]), r(x[0], h[0]), **F32)  # unbatched
+    assert 0 < np.abs(q(x, h) - c(x, h)).max() < 2e-2
+    with pytest.raises(ValueError, match="inference"):
+        q.forward_train(x, h)
+    with pytest.raises(ValueError, match="inference"):
+        q.load_state_dict(q.state_dict())
