@@ -306,7 +306,11 @@ class GRU(_Params):
 
         The copy is for inference (``forward``, ``stream``, :class:`~numgru.BatchingEngine`): its
         parameters are read-only and ``forward_train``, ``backward`` and ``load_state_dict`` raise.
-        The original model is unchanged. Biases stay float32. Needs a float32 model.
+        The original model is unchanged. Biases stay float32. Needs a float32 model. ``ng.save``
+        stores the rounded float32 weights; the loaded model is a float32 one (quantize it again).
+        The first calls compile the kernels' bfloat16 variants (once; they are cached on disk).
+
+        Example: ``fast = gru.quantize("bfloat16"); y, h_n = fast(x)``.
         """
         if weights != "bfloat16":
             raise ValueError(f"weights: expected 'bfloat16', got {weights!r}")
