@@ -281,3 +281,14 @@ def test_rows_route_with_busy_slot_runs_chunks_serially(two_threads, spy, monkey
     y_ref, h_ref = ref_gru(x, p, 1, H, False, lengths=lengths)
     np.testing.assert_allclose(y, y_ref, **TOL[np.float64])
     np.testing.assert_allclose(h_n, h_ref, **TOL[np.float64])
+
+
+@pytest.mark.parametrize("T, B", [(5, 0), (0, 3), (0, 0)])
+def test_empty_batch_or_sequence_on_two_threads(two_threads, T, B):
+    """Nothing to split: no route is chosen (an empty batch once divided by zero choosing one)."""
+    assert dispatch.forward_route(B, 16, True, False, T) is None
+    g = ng.GRU(3, 16, 2, bidirectional=True, seed=0)
+    for model in (g, g.quantize()):
+        y, h_n = model(np.zeros((T, B, 3), np.float32))
+        assert y.shape == (T, B, 32) and h_n.shape == (4, B, 16)
+        assert np.all(h_n == 0)

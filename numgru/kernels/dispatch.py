@@ -161,7 +161,7 @@ def forward_route(B, H, reset_after, store, T=None):
     B = 16, H = 1024 0.77× / 0.86× on 2 / 4 threads. Hence the tighter bounds under ``WIDE_BLAS``.
     """
     threads = numba.get_num_threads()
-    if threads < 2 or store:
+    if threads < 2 or store or B == 0 or T == 0:  # nothing to split (an empty batch or sequence)
         return None
     per_thread = -(-B // threads)
     weights = 3 * H * H
