@@ -392,7 +392,9 @@ class GRU(_Params):
         padded = lengths is not None
         x, h0, lengths, unbatched = self._prepare(x, h0, lengths)
         T, B, _ = x.shape
-        route = forward_route(B, self.hidden_size, self.reset_after, False, T)
+        H = self.hidden_size
+        bf16 = self._bf16 is not None and use_bf16(self, B, 12 * H * H, False)
+        route = forward_route(B, H, self.reset_after, False, T, 2 if bf16 else self.dtype.itemsize)
         x, h0, lengths, perm = _sort_by_length(x, h0, lengths, route)
         y, h_n, _ = self._run(x, h0, lengths, store=False, padded=padded, route=route)
         y, h_n = _unsort(y, h_n, perm)

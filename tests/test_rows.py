@@ -145,6 +145,21 @@ def test_forward_route_rules(two_threads, monkeypatch, B, H, reset_after, store,
     assert dispatch.forward_route(B, H, reset_after, store) == want
 
 
+@pytest.mark.parametrize("H, itemsize, want", [
+    (384, 4, "columns"),                 # 1.7 MB of W_hh: beyond one L2, 0.85 MB per thread
+    (512, 4, None),                      # 3 MB: 1.5 MB per thread
+    (256, 4, None),                      # 768 KB sits in one L2 (the pipeline's, T permitting)
+    (384, 2, "columns"),                 # bfloat16
+    (512, 2, "columns"),
+    (768, 2, None),
+    (1024, 4, "columns"),                # B·H = 1024: the general rule
+])
+def test_columns_at_one_row_by_bytes(two_threads, monkeypatch, H, itemsize, want):
+    monkeypatch.setattr(dispatch, "WIDE_BLAS", False)
+    assert dispatch.forward_route(1, H, True, False, itemsize=itemsize) == want
+    assert dispatch.forward_route(1, H, False, False, itemsize=itemsize) is None  # reset_after only
+
+
 @pytest.mark.parametrize("threads, B, H, want", [
     (2, 16, 256, "rows"),                # 8 rows × 256 per thread
     (2, 64, 256, None),                  # 32 rows × 256 per thread: BLAS's threaded GEMM
