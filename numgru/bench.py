@@ -227,7 +227,8 @@ def format_table(rows, peers):
                 line += ["n/a", "-"]
         if bf16:
             line += [f"{r['numgru_bf16_ms']:.3f}", f"{r['numgru_bf16_max_abs_diff']:.1e}"]
-            line += [f"{r['bf16_speedup_vs_' + p]:.2f}" if f"bf16_speedup_vs_{p}" in r else "-" for p in peers]
+            line += [f"{r['bf16_speedup_vs_' + p]:.2f}" if f"bf16_speedup_vs_{p}" in r else "-"
+                     for p in peers]
         lines.append(line)
     widths = [max(len(row[i]) for row in lines) for i in range(len(head))]
     return "\n".join("  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in lines)
@@ -293,7 +294,7 @@ def main(args):
                     for B in grid["batch"]:
                         for H in grid["hidden"]:
                             row = run_point(T, B, H, n, peers, tmpdir, args.repeat, budget,
-                                            bf16=getattr(args, "bf16", False))
+                                            bf16=args.bf16)
                             rows.append(row)
                             for p in peers:
                                 if f"{p}_error" in row:

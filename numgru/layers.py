@@ -284,6 +284,16 @@ class GRU(_Params):
         b_hh = self._b_hh[i] if self.bias else self._zero_bias
         return self._W_ih[i], self._W_hh[i], b_ih, b_hh
 
+    def _step_weights(self, k, B):
+        """``(W_ih, W_hh, b_ih, b_hh)`` of layer k as the step kernel (:func:`~numgru.kernels.step.gru_step`)
+        reads them for B rows: a quantized model's bfloat16 copies where :func:`use_bf16` says so (for
+        the thread count now), and zeros for b_ih without bias."""
+        W_ih, W_hh, b_ih, b_hh = self._weights(k)
+        if self._bf16 is not None and use_bf16(self, B, W_ih.nbytes + W_hh.nbytes,
+                                               numba.get_num_threads() > 1):
+            W_ih, W_hh = self._bf16[0][k], self._bf16[1][k]
+        return W_ih, W_hh, self._zero_bias if b_ih is None else b_ih, b_hh
+
     def _recurrent_weights(self, i, B, route):
         """W_hh as the recurrence reads it for B rows on ``route`` (:func:`forward_route`): a quantized
         model's bfloat16 copy where :func:`use_bf16` says so, else the float32 array (which for a
@@ -315,7 +325,8 @@ class GRU(_Params):
         if weights != "bfloat16":
             raise ValueError(f"weights: expected 'bfloat16', got {weights!r}")
         if self.dtype != np.float32:
-            raise ValueError(f"weights: bfloat16 storage needs a float32 model, this one is {self.dtype.name}")
+            raise ValueError(f"weights: bfloat16 storage needs a float32 model, this one is "
+                             f"{self.dtype.name}")
         q = copy.copy(self)
         bf_ih = [_read_only(to_bfloat16(W)) for W in self._W_ih]
         bf_hh = [_read_only(to_bfloat16(W)) for W in self._W_hh]
@@ -721,11 +732,8 @@ class GRUCell(_Params):
             B = x.shape[0]
             h = np.zeros((B, H), g.dtype) if h is None else np.ascontiguousarray(h)
             out = np.empty((B, H), g.dtype)
-            W_ih, W_hh, b_ih, b_hh = g._weights(0)
-            if g._bf16 is not None and use_bf16(g, B, W_ih.nbytes + W_hh.nbytes, numba.get_num_threads() > 1):
-                W_ih, W_hh = g._bf16[0][0], g._bf16[1][0]
-            gru_step(np.ascontiguousarray(x), h, W_ih, W_hh, g._zero_bias if b_ih is None else b_ih, b_hh,
-                     *g._kernel_scalars(), out, np.empty((B, 3 * H), g.dtype), np.empty((B, 3 * H), g.dtype))
+            gru_step(np.ascontiguousarray(x), h, *g._step_weights(0, B), *g._kernel_scalars(), out,
+                     np.empty((B, 3 * H), g.dtype), np.empty((B, 3 * H), g.dtype))
             return out
         x3, h0, unbatched = self._prepare(x, h)
         B = x3.shape[1]

@@ -16,11 +16,10 @@ import threading
 import time
 from concurrent.futures import Future
 
-import numba
 import numpy as np
 
 from ._validation import as_real_array, check_float, check_int
-from .layers import GRU, use_bf16
+from .layers import GRU
 
 __all__ = ["BatchingEngine", "GRUStream", "EngineOverloaded"]
 
@@ -386,13 +385,9 @@ class Stepper:
         m = model
         H, B = m.hidden_size, batch_size
         dt = m.dtype
-        self.layers = []
-        for k in range(m.num_layers):
-            W_ih, W_hh, b_ih, b_hh = m._weights(k)
-            # a quantized model reads its bfloat16 copies (the choice is made for the thread count now)
-            if use_bf16(m, B, W_ih.nbytes + W_hh.nbytes, numba.get_num_threads() > 1):
-                W_ih, W_hh = m._bf16[0][k], m._bf16[1][k]
-            self.layers.append((W_ih, W_hh, b_ih if b_ih is not None else m._zero_bias, b_hh))
+        # per layer (W_ih, W_hh, b_ih, b_hh); a quantized model's bfloat16 copies are chosen for the
+        # thread count at creation
+        self.layers = [m._step_weights(k, B) for k in range(m.num_layers)]
         self.args = m._kernel_scalars()
         self.gi = np.empty((B, 3 * H), dt)
         self.gh = np.empty((B, 3 * H), dt)

@@ -240,6 +240,13 @@ def pipeline_chunk(T, B, H):
     return max(-(-T // PIPELINE_CHUNKS), -(-PIPELINE_CHUNK_MACS // (3 * B * H * H)))
 
 
+def serial_tiled_max(threads):
+    """``tiled_max`` for the serial kernels (:func:`~numgru.kernels.forward.recurrent_matmul`): with one
+    thread up to 16 rows take the tiled Numba matmul; with several BLAS may thread the step, so
+    from 5 rows on it gets the GEMM."""
+    return 16 if threads == 1 else 4
+
+
 @functools.lru_cache(maxsize=64)
 def gate_scalars(dtype, gate_kind, alpha, beta, clip):
     """(gate_kind, alpha, beta, use_clip, clip) typed as the kernels take them (clip None: no clip).
@@ -288,7 +295,7 @@ def gru_direction_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gat
     h_n = np.empty((B, H), dtype)
     threads = numba.get_num_threads()
     sorted_desc = is_sorted_desc(lengths)
-    tiled_max = 16 if threads == 1 else 4
+    tiled_max = serial_tiled_max(threads)
     common = (gx, W_hh, b_hh, h0, lengths, sorted_desc, bool(reverse))
     gates = (*gate_scalars(dtype, gate_kind, alpha, beta, clip), y, int(col0), h_n)
     with parallel_slot(route is not None or B >= PARALLEL_MIN_ROWS) as par:
@@ -356,5 +363,5 @@ def gru_direction_backward(dy, col0, dh_n, tape, y, h0, W_hh, lengths, reverse, 
     gru_backward_serial(dy, int(col0), dh_n, tape, y, h0, np.ascontiguousarray(W_hh.T), lengths,
                         is_sorted_desc(lengths), bool(reverse), bool(reset_after),
                         *gate_scalars(dtype, gate_kind, alpha, beta, clip), dgx, dgh, hprev, rhprev,
-                        dh0, 16 if numba.get_num_threads() == 1 else 4)
+                        dh0, serial_tiled_max(numba.get_num_threads()))
     return dgx, dgh, hprev, (None if reset_after else rhprev), dh0
