@@ -69,22 +69,23 @@ class TrainStep:
 
 
 class StepLatency:
-    """One recurrent step at B = 1 from Python: numgru stream (float32 and a ``quantize("bfloat16")``
-    copy) / GRUCell against torch.nn.GRUCell."""
-    params = grid(([128, 256], ["numgru_stream", "numgru_stream_bf16", "numgru_cell", "torch"]),
-                  ([128, 256], ["numgru_stream", "numgru_stream_bf16", "numgru_cell", "torch"]),
-                  ([256], ["numgru_stream", "numgru_stream_bf16", "numgru_cell", "torch"]))
-    param_names = ["hidden_size", "backend"]
+    """One recurrent step from Python: numgru stream (float32 and a ``quantize("bfloat16")`` copy) /
+    GRUCell against torch.nn.GRUCell, for B rows, threads pinned for both."""
+    STEP = ["numgru_stream", "numgru_stream_bf16", "numgru_cell", "torch"]
+    params = grid(([128, 256], [1, 8], STEP, [1, "all"]),
+                  ([128, 256], [1, 8], STEP, [1, "all"]),
+                  ([256], [1], STEP, [1]))
+    param_names = ["hidden_size", "batch", "backend", "threads"]
     timer = timer
 
-    def setup(self, H, backend):
-        self.undo = pin(1)
-        self.x = data(1, H)
-        self.h = data(1, H, seed=1)
+    def setup(self, H, B, backend, threads):
+        self.undo = pin(threads)
+        self.x = data(B, H)
+        self.h = data(B, H, seed=1)
         if backend == "numgru_stream":
-            self.s = ng.GRU(H, H, seed=0).stream(1)
+            self.s = ng.GRU(H, H, seed=0).stream(B)
         elif backend == "numgru_stream_bf16":
-            self.s = ng.GRU(H, H, seed=0).quantize("bfloat16").stream(1)
+            self.s = ng.GRU(H, H, seed=0).quantize("bfloat16").stream(B)
         elif backend == "numgru_cell":
             self.c = ng.GRUCell(H, H, seed=0)
         else:
@@ -92,12 +93,12 @@ class StepLatency:
             self.c = torch.nn.GRUCell(H, H)
             self.tx, self.th = torch.from_numpy(self.x), torch.from_numpy(self.h)
             self.inference = torch.inference_mode
-        self.time_step(H, backend)
+        self.time_step(H, B, backend, threads)
 
     def teardown(self, *args):
         getattr(self, "undo", lambda: None)()
 
-    def time_step(self, H, backend):
+    def time_step(self, H, B, backend, threads):
         if backend in ("numgru_stream", "numgru_stream_bf16"):
             self.s.step(self.x)
         elif backend == "numgru_cell":

@@ -17,9 +17,10 @@ import numpy as np
 from ._validation import (as_lengths, as_real_array, check_bool, check_dtype, check_float,
                           check_int, untorch)
 from .kernels.activations import GATE_HARD_SIGMOID, GATE_SIGMOID
-from .kernels.dispatch import (batch_order, forward_route, gate_scalars, gru_direction_backward,
-                               gru_direction_forward, gru_direction_forward_pipelined, input_projection,
-                               valid_steps)
+from .kernels.dispatch import (STEP_COLS_MIN_H, batch_order, forward_route, gate_scalars,
+                               gru_direction_backward, gru_direction_forward,
+                               gru_direction_forward_pipelined, input_projection, serial_tiled_max,
+                               step_columns, step_columns_workspace, step_in_columns, valid_steps)
 from .kernels.backward import matmul_into
 from .kernels.bf16 import from_bfloat16, to_bfloat16
 from .kernels.step import gru_step
@@ -284,13 +285,28 @@ class GRU(_Params):
         b_hh = self._b_hh[i] if self.bias else self._zero_bias
         return self._W_ih[i], self._W_hh[i], b_ih, b_hh
 
-    def _step_weights(self, k, B):
-        """``(W_ih, W_hh, b_ih, b_hh)`` of layer k as the step kernel (:func:`~numgru.kernels.step.gru_step`)
-        reads them for B rows: a quantized model's bfloat16 copies where :func:`use_bf16` says so (for
-        the thread count now), and zeros for b_ih without bias."""
+    def _step_plan(self, B):
+        """``(threads, columns)`` for one step of B rows: the Numba thread count, and whether the step
+        runs split over hidden units (:func:`~numgru.kernels.dispatch.step_columns`; a quantized model
+        counts the bytes of the weights it would read there). The thread count (~0.7 µs to read, a
+        sixth of a small step) is read only where the answer depends on it: one row below the columns
+        window of a float32 model reads neither tiled_max nor bfloat16 copies."""
+        H = self.hidden_size
+        if B == 1 and H < STEP_COLS_MIN_H and self._bf16 is None:
+            return 1, False
+        threads = numba.get_num_threads()
+        itemsize = self.dtype.itemsize
+        if self._bf16 is not None and use_bf16(self, B, 24 * H * H, False):
+            itemsize = 2
+        return threads, step_columns(B, H, self.reset_after, threads, itemsize)
+
+    def _step_weights(self, k, B, threads, columns):
+        """``(W_ih, W_hh, b_ih, b_hh)`` of layer k as the step kernels (:mod:`numgru.kernels.step`) read
+        them for B rows (``threads``, ``columns`` from :meth:`_step_plan`): a quantized model's bfloat16
+        copies where :func:`use_bf16` says so, and zeros for b_ih without bias."""
         W_ih, W_hh, b_ih, b_hh = self._weights(k)
         if self._bf16 is not None and use_bf16(self, B, W_ih.nbytes + W_hh.nbytes,
-                                               numba.get_num_threads() > 1):
+                                               threads > 1 and not columns):
             W_ih, W_hh = self._bf16[0][k], self._bf16[1][k]
         return W_ih, W_hh, self._zero_bias if b_ih is None else b_ih, b_hh
 
@@ -730,10 +746,18 @@ class GRUCell(_Params):
                     type(h) is np.ndarray and h.dtype == g.dtype and h.shape == (x.shape[0], H)))):
             # fast path: one fused kernel call, workspace allocated per call (thread-safe)
             B = x.shape[0]
+            x = np.ascontiguousarray(x)
             h = np.zeros((B, H), g.dtype) if h is None else np.ascontiguousarray(h)
             out = np.empty((B, H), g.dtype)
-            gru_step(np.ascontiguousarray(x), h, *g._step_weights(0, B), *g._kernel_scalars(), out,
-                     np.empty((B, 3 * H), g.dtype), np.empty((B, 3 * H), g.dtype))
+            gi = np.empty((B, 3 * H), g.dtype)
+            threads, columns = g._step_plan(B)
+            weights = g._step_weights(0, B, threads, columns)
+            scalars = g._kernel_scalars()
+            if columns and step_in_columns(x, h, *weights, scalars[1:], out, gi,
+                                           step_columns_workspace(B, H, threads, g.dtype)):
+                return out
+            gru_step(x, h, *weights, *scalars, out, gi, np.empty((B, 3 * H), g.dtype),
+                     serial_tiled_max(threads))
             return out
         x3, h0, unbatched = self._prepare(x, h)
         B = x3.shape[1]

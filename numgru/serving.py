@@ -19,6 +19,7 @@ from concurrent.futures import Future
 import numpy as np
 
 from ._validation import as_real_array, check_float, check_int
+from .kernels.dispatch import serial_tiled_max, step_columns_workspace, step_in_columns
 from .layers import GRU
 
 __all__ = ["BatchingEngine", "GRUStream", "EngineOverloaded"]
@@ -377,7 +378,10 @@ class GRUStream:
 
 
 class Stepper:
-    """Preallocated buffers and one :func:`numgru.kernels.step.gru_step` call per layer."""
+    """Preallocated buffers and one step kernel call per layer: :func:`numgru.kernels.step.gru_step`,
+    or :func:`numgru.kernels.step.gru_step_cols` where
+    :func:`~numgru.kernels.dispatch.step_columns` says so (decided, like the bfloat16 weights, for the
+    thread count at creation)."""
 
     def __init__(self, model, batch_size):
         from .kernels.step import gru_step
@@ -385,12 +389,14 @@ class Stepper:
         m = model
         H, B = m.hidden_size, batch_size
         dt = m.dtype
-        # per layer (W_ih, W_hh, b_ih, b_hh); a quantized model's bfloat16 copies are chosen for the
-        # thread count at creation
-        self.layers = [m._step_weights(k, B) for k in range(m.num_layers)]
+        threads, self.columns = m._step_plan(B)
+        self.tiled_max = serial_tiled_max(threads)
+        # per layer (W_ih, W_hh, b_ih, b_hh)
+        self.layers = [m._step_weights(k, B, threads, self.columns) for k in range(m.num_layers)]
         self.args = m._kernel_scalars()
         self.gi = np.empty((B, 3 * H), dt)
         self.gh = np.empty((B, 3 * H), dt)
+        self.acc = step_columns_workspace(B, H, threads, dt) if self.columns else None
         self.out = np.empty((m.num_layers, B, H), dt)
 
     def __call__(self, x, state):
@@ -399,7 +405,10 @@ class Stepper:
         inp = x
         for k, (W_ih, W_hh, b_ih, b_hh) in enumerate(self.layers):
             out = self.out[k]
-            self._kernel(inp, state[k], W_ih, W_hh, b_ih, b_hh, *self.args, out, self.gi, self.gh)
+            if not (self.columns and step_in_columns(inp, state[k], W_ih, W_hh, b_ih, b_hh, self.args[1:],
+                                                     out, self.gi, self.acc)):
+                self._kernel(inp, state[k], W_ih, W_hh, b_ih, b_hh, *self.args, out, self.gi, self.gh,
+                             self.tiled_max)
             inp = out
         state[...] = self.out
         return self.out[-1].copy()

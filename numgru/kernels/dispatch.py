@@ -39,6 +39,7 @@ import numpy as np
 from .backward import gru_backward_serial
 from .forward import (gru_forward_cols, gru_forward_parallel, gru_forward_pipelined, gru_forward_rows,
                       gru_forward_serial, input_projection_kernel, input_projection_parallel, row_chunks)
+from .step import gru_step_cols
 
 PARALLEL_MIN_ROWS = 64
 ROWS_MIN = 4
@@ -54,6 +55,9 @@ PIPELINE_CHUNK_MACS = 1 << 22
 PIPELINE_MIN_CHUNKS = 4
 PIPELINE_CHUNKS = 12
 PACK_BELOW = 0.9
+STEP_COLS_MIN_H = 192
+STEP_COLS_MAX_ROWS = 16
+STEP_COLS_B1_BYTES = 1 << 21
 
 
 def blas_vectors_wider():
@@ -245,6 +249,52 @@ def serial_tiled_max(threads):
     thread up to 16 rows take the tiled Numba matmul; with several BLAS may thread the step, so
     from 5 rows on it gets the GEMM."""
     return 16 if threads == 1 else 4
+
+
+def step_columns(B, H, reset_after, threads, itemsize=4):
+    """Whether one step of B rows (GRUCell, streams) runs split over blocks of hidden units on Numba's
+    threads (:func:`~numgru.kernels.step.gru_step_cols`) instead of the serial step kernel, for weights
+    stored with ``itemsize`` bytes per value (2: bfloat16). With two threads or more, reset_after=True,
+    H ≥ ``STEP_COLS_MIN_H`` and B ≤ ``STEP_COLS_MAX_ROWS``; at B = 1 also only for bfloat16 weights (the
+    serial step cannot thread those) or at most ``STEP_COLS_B1_BYTES`` of weights per thread
+    (6·H²·itemsize bytes in all, taking I = H): beyond, BLAS's threaded GEMV streams them as fast.
+
+    Each thread reads its own slice of W_ih and W_hh, which stays in its core's cache from step to
+    step. Measured on 2 vCPUs (AMD; kernel calls, best of 25 rounds, the serial and split kernels in
+    turns of separate processes, two or three runs), split against serial, float32:
+
+    * B = 1, H = 192 / 256 / 384: 1.05–1.2× / 1.55–1.7× / 1.55–1.85×; but H = 512 0.94–1.17× (0.8×
+      through GRUCell and streams) and H = 1024 0.6–1.25×, hence the bytes bound;
+    * B = 2 / 4 / 8 / 16 at H = 256: 1.35–1.5× / 1.2–1.7× / 1.4–1.55× / 1.3×; B = 2 / 4 at H = 1024:
+      2.4–3.2× / 2.3×; B = 16 at H = 512: 1.55–1.75×;
+    * bfloat16 weights, B = 1, H = 256 / 768 / 1024: 1.5× / 1.5–1.8× / 1.75–2.5×;
+    * below H = 192 the parallel region costs more than it saves (H = 128, B = 1: 6.3 against
+      6.6–8.7 µs).
+    """
+    if not (threads > 1 and reset_after and H >= STEP_COLS_MIN_H and 1 <= B <= STEP_COLS_MAX_ROWS):
+        return False
+    return B > 1 or itemsize == 2 or 6 * H * H * itemsize <= STEP_COLS_B1_BYTES * threads
+
+
+def step_columns_workspace(B, H, threads, dtype):
+    """The ``acc`` workspace of :func:`~numgru.kernels.step.gru_step_cols`: (nc, 3, B, cs), one block of
+    cs units per thread, cs a multiple of 16 (nc·cs ≥ H)."""
+    cs = ((-(-H // threads) + 15) // 16) * 16
+    return np.empty((-(-H // cs), 3, B, cs), dtype)
+
+
+def step_in_columns(x, h, W_ih, W_hh, b_ih, b_hh, scalars, h_out, gi, acc):
+    """Run :func:`~numgru.kernels.step.gru_step_cols` if the parallel slot is free (``scalars``: gate_kind,
+    alpha, beta, use_clip, clip). Returns False, having run nothing, when another thread holds the slot:
+    the caller then runs the serial step. (The slot's lock is taken directly: the caller has already
+    read the thread count, which costs more than the step's gates at small H.)"""
+    if not _PARALLEL_LOCK.acquire(blocking=False):
+        return False
+    try:
+        gru_step_cols(x, h, W_ih, W_hh, b_ih, b_hh, *scalars, h_out, gi, acc)
+    finally:
+        _PARALLEL_LOCK.release()
+    return True
 
 
 @functools.lru_cache(maxsize=64)

@@ -1,58 +1,72 @@
-"""One GRU step for a batch, input projection included: the kernel behind GRUCell and streams.
+"""One GRU step for a batch, input projection included: the kernels behind GRUCell and streams.
 
-Everything is preallocated by the caller, so a step from Python costs one kernel call per layer.
+:func:`gru_step` runs serially, its products by the forward's matmul routes; :func:`gru_step_cols`
+splits a step (reset_after=True) over blocks of hidden units on Numba's threads, chosen by
+:func:`numgru.kernels.dispatch.step_columns`. Everything is preallocated by the caller, so a step from
+Python costs one kernel call per layer.
 """
 import numpy as np
-from numba import types
+from numba import prange, types
 from numba.extending import overload
 
-from ._jit import FASTMATH, kernel
+from ._jit import FASTMATH, kernel, parallel_kernel
 from .activations import clip_pre, gate, tanh_fast
 from .bf16 import wget
-from .forward import small_rows_matmul, tiled_matmul
+from .forward import _chunk_after, recurrent_matmul, small_rows_matmul, tiled_matmul
 
 
-def step_matmul(W, x, out, n, small):
-    """out[:n] = x[:n] @ W.T: the register-blocked matmul when ``small``, else BLAS. bfloat16 weights
-    (``uint16``), which BLAS cannot read, always take the Numba matmul, in tiles."""
-    if small:
+def step_matmul(W, x, out, buf, n, small, tiled_max):
+    """out[:n] = x[:n] @ W.T. One row: the register-blocked matmul when ``small``, else BLAS.
+    Several rows: :func:`~numgru.kernels.forward.recurrent_matmul`, as the forward's steps (``buf``:
+    at least M·n values; ``tiled_max`` as there). bfloat16 weights (``uint16``), which BLAS cannot read,
+    always take the Numba matmul, in tiles."""
+    if n == 1 and small:
         small_rows_matmul.py_func(W, x, out, n)
-    else:
+    elif n == 1:
         np.dot(x, W.T, out)
+    else:
+        recurrent_matmul.py_func(W, x, out, buf, n, tiled_max)
 
 
 @overload(step_matmul, jit_options={"fastmath": set(FASTMATH)})
-def _ol_step_matmul(W, x, out, n, small):
+def _ol_step_matmul(W, x, out, buf, n, small, tiled_max):
     if isinstance(W, types.Array) and W.dtype == types.uint16:
-        return lambda W, x, out, n, small: tiled_matmul(W, x, out, n)
+        return lambda W, x, out, buf, n, small, tiled_max: tiled_matmul(W, x, out, n)
 
-    def impl(W, x, out, n, small):
-        if small:
+    def impl(W, x, out, buf, n, small, tiled_max):
+        if n == 1 and small:
             small_rows_matmul(W, x, out, n)
-        else:
+        elif n == 1:
             np.dot(x, W.T, out)
+        else:
+            # several rows: BLAS's x @ W.T ran 1.6-6x slower than the forward's routes (one thread,
+            # per product: B = 4 / 16, H = 256: 74 / 117 µs against 20 / 72 µs in tiles)
+            recurrent_matmul(W, x, out, buf, n, tiled_max)
     return impl
 
 
 @kernel
 def gru_step(x, h, W_ih, W_hh, b_ih, b_hh, reset_after, gate_kind, alpha, beta, use_clip, clip,
-             h_out, gi, gh):
+             h_out, gi, gh, tiled_max):
     """h_out = GRU(x, h) for one step.
 
     x (B, I), h (B, H) in; W_ih (3H, I), W_hh (3H, H), b_ih (3H,), b_hh (3H,) in (zeros without bias);
     the weights may be bfloat16 (``uint16``, see :mod:`numgru.kernels.bf16`);
     h_out (B, H) out (must not alias h); gi (B, 3H), gh (B, 3H) workspace, the caller must not read them.
-    Scalars as in :func:`numgru.kernels.forward._gru_forward`.
+    Scalars as in :func:`numgru.kernels.forward._gru_forward`; ``tiled_max`` as in
+    :func:`~numgru.kernels.forward.recurrent_matmul` (the caller passes
+    :func:`~numgru.kernels.dispatch.serial_tiled_max` of the thread count), read only when B > 1.
     """
     B = x.shape[0]
     H = h.shape[1]
     H2 = 2 * H
-    # register-blocked Numba while both weight matrices fit L2 (measured at B = 1, H = I = 128:
+    # one row: register-blocked Numba while both weight matrices fit L2 (measured at H = I = 128:
     # 4.3 µs for both products against 5.5 µs in BLAS; at H = 256 they come from L3 and BLAS is level)
-    small = B <= 16 and W_ih.size + W_hh.size <= 1 << 17
-    step_matmul(W_ih, x, gi, B, small)
+    small = W_ih.size + W_hh.size <= 1 << 17
+    buf = np.empty(W_ih.shape[0] * B, x.dtype) if B > 1 else gi[0, :0]  # (rows_matmul_T reads it)
+    step_matmul(W_ih, x, gi, buf, B, small, tiled_max)
     if reset_after:
-        step_matmul(W_hh, h, gh, B, small)
+        step_matmul(W_hh, h, gh, buf, B, small, tiled_max)
         for b in range(B):
             gib = gi[b]
             ghb = gh[b]
@@ -92,3 +106,38 @@ def gru_step(x, h, W_ih, W_hh, b_ih, b_hh, reset_after, gate_kind, alpha, beta, 
         for j in range(H):
             n = tanh_fast(clip_pre(gib[H2 + j] + b_ih[H2 + j] + ghb[H2 + j], use_clip, clip))
             ob[j] = n + ghb[H + j] * (hb[j] - n)
+
+
+@parallel_kernel
+def gru_step_cols(x, h, W_ih, W_hh, b_ih, b_hh, gate_kind, alpha, beta, use_clip, clip, h_out, gi, acc):
+    """:func:`gru_step` with reset_after=True, split over blocks of hidden units on Numba's threads.
+
+    Same arguments as :func:`gru_step` (no reset_after, no tiled_max) but the workspace: gi (B, 3H) and
+    acc (nc, 3, B, cs) for nc blocks of cs units (cs a multiple of 16, nc·cs ≥ H; see
+    :func:`~numgru.kernels.dispatch.step_columns_workspace`). Block c multiplies its own rows of W_ih and W_hh
+    (those of its units in the r, z and n blocks), then runs those units' gates: a unit needs only its
+    own three pre-activations, so the blocks never wait on each other, and each thread keeps re-reading
+    the same slice of the weights, which stays in its core's cache from step to step (the forward's
+    columns route, :func:`~numgru.kernels.forward._gru_forward_cols`, splits its steps the same way).
+    """
+    B = x.shape[0]
+    H = h.shape[1]
+    nc = acc.shape[0]
+    cs = acc.shape[3]
+    for c in prange(nc):
+        j0 = c * cs
+        m = min(cs, H - j0)
+        a = acc[c]
+        for g in range(3):  # this block's rows of W_r, W_z, W_n
+            r0 = g * H + j0
+            tiled_matmul(W_ih[r0:r0 + m], x, gi[:, r0:r0 + m], B)
+            tiled_matmul(W_hh[r0:r0 + m], h, a[g, :, :m], B)
+        for b in range(B):
+            gib = gi[b]
+            for g in range(3):
+                r0 = g * H + j0
+                for jj in range(m):
+                    gib[r0 + jj] += b_ih[r0 + jj]
+            ob = h_out[b]
+            _chunk_after(gib, a[0, b], a[1, b], a[2, b], b_hh, h[b], ob, ob, 0, j0, m, H, gate_kind, alpha,
+                         beta, use_clip, clip)

@@ -1,0 +1,156 @@
+"""The step kernels behind GRUCell and streams (numgru.kernels.step): the matmul routes of the serial
+step, and the step split over hidden units on two threads (dispatch.step_columns), against
+tests/reference.py's cell."""
+import numba
+import numpy as np
+import pytest
+
+import numgru as ng
+from conftest import TOL
+from numgru.kernels import dispatch
+from numgru.kernels.dispatch import gate_scalars
+from numgru.kernels.step import gru_step
+from reference import cell as ref_cell, make_gate, random_params
+
+two_threads_only = pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs two Numba threads")
+
+
+def _ref(x, h, p, reset_after=True, gate="sigmoid", clip=None, suffix="_l0"):
+    f = lambda a: np.asarray(a, np.float64)  # noqa: E731
+    return ref_cell(f(x), f(h), f(p["weight_ih" + suffix]), f(p["weight_hh" + suffix]),
+                    f(p["bias_ih" + suffix]), f(p["bias_hh" + suffix]), reset_after=reset_after,
+                    gate=make_gate(gate), clip=clip)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("reset_after", [True, False])
+@pytest.mark.parametrize("I, H", [(600, 24), (7, 530)])  # W_ih, then W_hh, past 512 columns
+def test_serial_step_every_matmul_route(dtype, reset_after, I, H):
+    """Several rows take the forward's recurrent_matmul routes: the register-blocked matmul (≤ 512
+    columns), tiles (rows ≤ tiled_max, or tiled_max = −1), BLAS beyond; one row keeps its GEMV."""
+    rng = np.random.default_rng(3)
+    p = {k: v.astype(dtype) for k, v in random_params(I, H, 1, seed=3).items()}
+    scalars = (reset_after, *gate_scalars(np.dtype(dtype), 0, 0.2, 0.5, None))
+    for B, tiled_max in [(1, 16), (2, 16), (5, 16), (5, 4), (5, -1), (20, 16)]:
+        x = rng.standard_normal((B, I)).astype(dtype)
+        h = rng.standard_normal((B, H)).astype(dtype)
+        out = np.full((B, H), np.nan, dtype)
+        gru_step(x, h, p["weight_ih_l0"], p["weight_hh_l0"], p["bias_ih_l0"], p["bias_hh_l0"], *scalars,
+                 out, np.empty((B, 3 * H), dtype), np.empty((B, 3 * H), dtype), tiled_max)
+        np.testing.assert_allclose(out, _ref(x, h, p, reset_after), **TOL[dtype],
+                                   err_msg=f"B={B} tiled_max={tiled_max}")
+
+
+@pytest.mark.parametrize("B, H, reset_after, threads, itemsize, want", [
+    (1, 256, True, 2, 4, True), (16, 192, True, 4, 4, True), (1, 191, True, 2, 4, False),
+    (17, 256, True, 2, 4, False), (1, 256, False, 2, 4, False), (1, 256, True, 1, 4, False),
+    (0, 256, True, 2, 4, False),
+    # one row: float32 / float64 weights only up to 2 MB per thread; bfloat16 ones (no threaded BLAS)
+    (1, 416, True, 2, 4, True), (1, 420, True, 2, 4, False), (1, 1024, True, 2, 2, True),
+    (1, 1024, True, 16, 4, True), (2, 1024, True, 2, 4, True), (1, 295, True, 2, 8, True),
+    (1, 296, True, 2, 8, False),
+])
+def test_step_columns_rule(B, H, reset_after, threads, itemsize, want):
+    assert dispatch.step_columns(B, H, reset_after, threads, itemsize) is want
+
+
+@pytest.fixture
+def cols_spy(monkeypatch):
+    calls = []
+    original = dispatch.gru_step_cols
+
+    def run(*a):
+        calls.append(a[0].shape[0])
+        return original(*a)
+
+    monkeypatch.setattr(dispatch, "gru_step_cols", run)
+    return calls
+
+
+def _cell(I, H, dtype, gate="sigmoid", clip=None, seed=0):
+    p = {k[:-len("_l0")]: v for k, v in random_params(I, H, 1, seed=seed).items()}
+    c = ng.GRUCell(I, H, dtype=dtype, gate_activation=gate, clip=clip)
+    c.load_state_dict(p)
+    return c, {k + "_l0": v for k, v in p.items()}
+
+
+@two_threads_only
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("B", [1, 3, 16])
+def test_columns_step_matches_reference(two_threads, cols_spy, dtype, B):
+    """H = 200: blocks of 112 and 88 units (a last block shorter than the others)."""
+    rng = np.random.default_rng(B)
+    c, p = _cell(9, 200, dtype)
+    x = rng.standard_normal((B, 9)).astype(dtype)
+    h = rng.standard_normal((B, 200)).astype(dtype)
+    np.testing.assert_allclose(c(x, h), _ref(x, h, p), **TOL[dtype])
+    np.testing.assert_allclose(c(x), _ref(x, np.zeros_like(h), p), **TOL[dtype])
+    assert cols_spy == [B, B]
+
+
+@two_threads_only
+def test_columns_step_gate_options(two_threads, cols_spy):
+    rng = np.random.default_rng(0)
+    c, p = _cell(5, 192, np.float64, gate="hard_sigmoid", clip=0.7)
+    x, h = rng.standard_normal((2, 5)), rng.standard_normal((2, 192))
+    np.testing.assert_allclose(c(x, h), _ref(x, h, p, gate="hard", clip=0.7), **TOL[np.float64])
+    assert cols_spy == [2]
+
+
+@two_threads_only
+def test_columns_stream_two_layers(two_threads, cols_spy):
+    """A stream of a 2-layer model (layer 0 reads I = 7 inputs, layer 1 H) equals the whole-sequence
+    forward, step by step."""
+    rng = np.random.default_rng(1)
+    g = ng.GRU(7, 208, 2, seed=0)
+    x = rng.standard_normal((6, 3, 7)).astype(np.float32)
+    s = g.stream(3)
+    ys = np.stack([s.step(x[t]) for t in range(6)])
+    y, h_n = g(x)
+    np.testing.assert_allclose(ys, y, atol=1e-5)
+    np.testing.assert_allclose(s.state, h_n, atol=1e-5)
+    assert len(cols_spy) == 12
+
+
+@two_threads_only
+def test_quantized_columns_step(two_threads, cols_spy):
+    """A quantized cell's columns step reads bfloat16 weights and equals the float32 cell holding the
+    same (rounded) values."""
+    rng = np.random.default_rng(2)
+    c, _ = _cell(256, 256, np.float32)
+    q = c.quantize("bfloat16")
+    r = ng.GRUCell(256, 256)
+    r.load_state_dict(q.state_dict())
+    x, h = rng.standard_normal((2, 1, 256)).astype(np.float32)
+    np.testing.assert_allclose(q(x, h), r(x, h), atol=1e-5)
+    assert q._gru._step_weights(0, 1, 2, True)[1].dtype == np.uint16
+    assert len(cols_spy) == 2
+
+
+@two_threads_only
+def test_columns_step_with_busy_slot_runs_serially(two_threads, cols_spy):
+    """Another thread holding the parallel slot: the serial step runs instead, same result."""
+    rng = np.random.default_rng(4)
+    c, p = _cell(4, 200, np.float32)
+    x, h = rng.standard_normal((2, 4)).astype(np.float32), rng.standard_normal((2, 200)).astype(np.float32)
+    assert dispatch._PARALLEL_LOCK.acquire(blocking=False)
+    try:
+        out = c(x, h)
+    finally:
+        dispatch._PARALLEL_LOCK.release()
+    np.testing.assert_allclose(out, _ref(x, h, p), **TOL[np.float32])
+    assert cols_spy == []
+
+
+def test_one_thread_steps_serially(cols_spy):
+    before = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        c, p = _cell(4, 200, np.float32)
+        x, h = np.ones((2, 4), np.float32), np.ones((2, 200), np.float32)
+        np.testing.assert_allclose(c(x, h), _ref(x, h, p), **TOL[np.float32])
+        s = ng.GRU(4, 200).stream(2)
+        s.step(x)
+    finally:
+        numba.set_num_threads(before)
+    assert cols_spy == []
