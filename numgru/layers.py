@@ -418,14 +418,20 @@ class GRU(_Params):
         """Inference over whole sequences. Returns ``(y, h_n)``; see the class docstring for shapes."""
         padded = lengths is not None
         x, h0, lengths, unbatched = self._prepare(x, h0, lengths)
+        y, h_n = self._infer(x, h0, lengths, padded)
+        return self._finish(y, h_n, unbatched)
+
+    def _infer(self, x, h0, lengths, padded):
+        """Inference on checked arrays: x (T, B, I) C-contiguous, h0 (L·D, B, H), lengths (B,) int64
+        (``padded``: some may be below T). Picks the route (:func:`forward_route`), orders the rows for
+        it and back. Returns y (T, B, D·H), h_n (L·D, B, H)."""
         T, B, _ = x.shape
         H = self.hidden_size
         bf16 = self._bf16 is not None and use_bf16(self, B, 12 * H * H, False)
         route = forward_route(B, H, self.reset_after, False, T, 2 if bf16 else self.dtype.itemsize)
         x, h0, lengths, perm = _sort_by_length(x, h0, lengths, route)
         y, h_n, _ = self._run(x, h0, lengths, store=False, padded=padded, route=route)
-        y, h_n = _unsort(y, h_n, perm)
-        return self._finish(y, h_n, unbatched)
+        return _unsort(y, h_n, perm)
 
     def _run(self, x, h0, lengths, store, dropout_rng=None, padded=True, route=None):
         """All layers over (T, B, I) rows already in :func:`_sort_by_length`'s order. ``padded``:

@@ -307,3 +307,15 @@ def test_empty_batch_or_sequence_on_two_threads(two_threads, T, B):
         y, h_n = model(np.zeros((T, B, 3), np.float32))
         assert y.shape == (T, B, 32) and h_n.shape == (4, B, 16)
         assert np.all(h_n == 0)
+
+
+def test_stream_chunks_take_the_routes(two_threads, spy, rng):
+    """A stream's chunk of steps runs as a forward does (here the rows route) and continues the state."""
+    g, _ = _model(5, 16, 1, False, np.float32)
+    s = g.stream(16)
+    x = rng.standard_normal((6, 16, 5)).astype(np.float32)
+    y1, y2 = s.step(x[:3]), s.step(x[3:])
+    assert spy["fwd"] == 2
+    y, h_n = g(x)
+    np.testing.assert_allclose(np.concatenate([y1, y2]), y, **TOL[np.float32])
+    np.testing.assert_allclose(s.state, h_n, **TOL[np.float32])
