@@ -41,6 +41,19 @@ def test_serial_step_every_matmul_route(dtype, reset_after, I, H):
                                    err_msg=f"B={B} tiled_max={tiled_max}")
 
 
+@pytest.mark.parametrize("B", [1, 3])
+def test_serial_step_reset_before_gate_options(B):
+    """reset_after=False with a hard-sigmoid gate and clip: one row's dot products, and for several rows
+    the r, z product, then the n product on r ⊙ h."""
+    rng = np.random.default_rng(5)
+    c = ng.GRUCell(6, 40, reset_after=False, gate_activation="hard_sigmoid", clip=0.8, dtype=np.float64)
+    p = {k: v.astype(np.float64) for k, v in random_params(6, 40, 1, seed=5).items()}
+    c.load_state_dict({k[:-len("_l0")]: v for k, v in p.items()})
+    x, h = rng.standard_normal((B, 6)), rng.standard_normal((B, 40))
+    np.testing.assert_allclose(c(x, h), _ref(x, h, p, reset_after=False, gate="hard", clip=0.8),
+                               **TOL[np.float64])
+
+
 @pytest.mark.parametrize("B, H, reset_after, threads, itemsize, want", [
     (1, 256, True, 2, 4, True), (16, 192, True, 4, 4, True), (1, 191, True, 2, 4, False),
     (17, 256, True, 2, 4, False), (1, 256, False, 2, 4, False), (1, 256, True, 1, 4, False),

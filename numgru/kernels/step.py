@@ -80,10 +80,38 @@ def gru_step(x, h, W_ih, W_hh, b_ih, b_hh, reset_after, gate_kind, alpha, beta, 
                                        use_clip, clip))
                 ob[j] = n + z * (hb[j] - n)
         return
-    for b in range(B):
+    if B > 1:
+        # reset_after=False needs r before W_hn (r ⊙ h): the r, z product for all rows, then the n one
+        # on r ⊙ h (1 thread, B = 4 / 16, H = 256: 76 / 298 µs a step with a row's dot products)
+        a_rz = np.empty((B, H2), x.dtype)
+        rh = np.empty((B, H), x.dtype)
+        a_n = np.empty((B, H), x.dtype)
+        step_matmul(W_hh[:H2], h, a_rz, buf, B, small, tiled_max)
+        for b in range(B):
+            gib = gi[b]
+            ab = a_rz[b]
+            hb = h[b]
+            ghb = gh[b]
+            rhb = rh[b]
+            for j in range(H):
+                r = gate(clip_pre(gib[j] + b_ih[j] + ab[j] + b_hh[j], use_clip, clip), gate_kind, alpha, beta)
+                ghb[H + j] = gate(clip_pre(gib[H + j] + b_ih[H + j] + ab[H + j] + b_hh[H + j], use_clip, clip),
+                                  gate_kind, alpha, beta)
+                rhb[j] = r * hb[j]
+        step_matmul(W_hh[H2:], rh, a_n, buf, B, small, tiled_max)
+        for b in range(B):
+            gib = gi[b]
+            ghb = gh[b]
+            anb = a_n[b]
+            hb = h[b]
+            ob = h_out[b]
+            for j in range(H):
+                n = tanh_fast(clip_pre(gib[H2 + j] + b_ih[H2 + j] + anb[j] + b_hh[H2 + j], use_clip, clip))
+                ob[j] = n + ghb[H + j] * (hb[j] - n)
+        return
+    for b in range(B):  # one row: dot products over W_hh's rows (reassoc vectorises them)
         hb = h[b]
         ghb = gh[b]
-        # reset_after=False needs r before W_hn (r ⊙ h): row-wise dot products (reassoc vectorises them)
         for j in range(H2):
             s = b_hh[j]
             wj = W_hh[j]
