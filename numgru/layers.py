@@ -541,7 +541,7 @@ class GRU(_Params):
         for layer in reversed(range(L)):
             lt = tape.layers[layer]
             x2d = lt.x.reshape(T * B, lt.x.shape[2])
-            dx2d = np.zeros((T * B, lt.x.shape[2]), self.dtype)
+            dx2d = np.empty((T * B, lt.x.shape[2]), self.dtype)  # the first direction's GEMM writes it
             for d in range(D):
                 i = layer * D + d
                 W_ih, W_hh, b_ih, b_hh = self._weights(i)
@@ -562,7 +562,7 @@ class GRU(_Params):
                     else:
                         dW_hh[: 2 * H] = _matmul(dgh2[:, : 2 * H].T, hp2)
                         dW_hh[2 * H:] = _matmul(dgh2[:, 2 * H:].T, rhprev.reshape(T * B, H))
-                    matmul_into(dgx2, W_ih, dx2d, True)
+                    matmul_into(dgx2, W_ih, dx2d, d > 0)
                 else:
                     dW_ih[...] = 0
                     dW_hh[...] = 0
