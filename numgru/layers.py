@@ -11,7 +11,6 @@ import copy
 import math
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 
 from ._validation import (as_lengths, as_real_array, check_bool, check_dtype, check_float,
@@ -20,7 +19,8 @@ from .kernels.activations import GATE_HARD_SIGMOID, GATE_SIGMOID
 from .kernels.dispatch import (STEP_COLS_MIN_H, batch_order, forward_route, gate_scalars,
                                gru_direction_backward, gru_direction_forward,
                                gru_direction_forward_pipelined, input_projection, serial_tiled_max,
-                               step_columns, step_columns_workspace, step_in_columns, valid_steps)
+                               step_columns, step_columns_workspace, step_in_columns, thread_count,
+                               valid_steps)
 from .kernels.backward import matmul_into
 from .kernels.bf16 import from_bfloat16, to_bfloat16
 from .kernels.step import gru_step
@@ -294,7 +294,7 @@ class GRU(_Params):
         H = self.hidden_size
         if B == 1 and H < STEP_COLS_MIN_H and self._bf16 is None:
             return 1, False
-        threads = numba.get_num_threads()
+        threads = thread_count()
         itemsize = self.dtype.itemsize
         if self._bf16 is not None and use_bf16(self, B, 24 * H * H, False):
             itemsize = 2
@@ -315,7 +315,7 @@ class GRU(_Params):
         model's bfloat16 copy where :func:`use_bf16` says so, else the float32 array (which for a
         quantized model holds the same bfloat16 values, so the results agree either way)."""
         if self._bf16 is not None and use_bf16(self, B, self._W_hh[i].nbytes,
-                                               route is None and numba.get_num_threads() > 1):
+                                               route is None and thread_count() > 1):
             return self._bf16[1][i]
         return self._W_hh[i]
 

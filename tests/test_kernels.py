@@ -79,3 +79,29 @@ def test_numba_thread_count_is_read_not_changed():
     before = numba.get_num_threads()
     ng.GRU(3, 4, seed=0)(np.ones((3, 70, 3), np.float32))
     assert numba.get_num_threads() == before
+
+
+def test_thread_count_reads_this_threads_setting():
+    """dispatch.thread_count (the lock-free reader) agrees with numba.get_num_threads, which is per
+    thread: here, after a change, and in another thread with its own setting."""
+    import threading
+
+    from numgru.kernels.dispatch import thread_count
+    before = numba.get_num_threads()
+    assert thread_count() == before
+    numba.set_num_threads(1)
+    try:
+        assert thread_count() == 1
+    finally:
+        numba.set_num_threads(before)
+    seen = []
+
+    def worker():
+        numba.set_num_threads(1)
+        seen.append((thread_count(), numba.get_num_threads()))
+
+    t = threading.Thread(target=worker)
+    t.start()
+    t.join()
+    assert seen == [(1, 1)]
+    assert thread_count() == before
