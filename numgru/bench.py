@@ -209,6 +209,104 @@ def run_point(T, B, H, threads, peers, tmpdir, repeat=None, budget=0.4, bf16=Fal
     return row
 
 
+STEP_PEERS = ("torch", "onnxruntime")
+
+
+def time_step(fn, calls=300, blocks=15, block_s=0.005):
+    """Median time (s) of one call of a µs-scale ``fn``: after a pause and a warm-up block, the median
+    over ``blocks`` blocks of at most ``calls`` calls each (fewer for slow calls: about ``block_s`` a
+    block, at least 3 calls)."""
+    time.sleep(SETTLE_S)
+    fn()
+    t0 = time.perf_counter()
+    fn()
+    calls = int(min(calls, max(3, block_s / max(time.perf_counter() - t0, 1e-9))))
+    for _ in range(calls):
+        fn()
+    per_block = []
+    for _ in range(blocks):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        per_block.append((time.perf_counter() - t0) / calls)
+    return float(np.median(per_block))
+
+
+def run_step_point(B, H, threads, peers, tmpdir, bf16=False, calls=300, blocks=15):
+    """One recurrent step of B rows from Python (I = H, float32): numgru's ``gru.stream(B).step(x)`` and
+    ``GRUCell(x, h)`` against torch.nn.GRUCell (inference_mode) and ONNX Runtime running the model's
+    GRU node on one time step (its state input left at zero), each checked against numgru's step
+    first. With ``bf16`` also the stream of the quantized copy. Times in µs; ``step_speedup_vs_<peer>``
+    is the peer's time over the stream's."""
+    import numgru as ng
+    rng = np.random.default_rng(0)
+    gru = ng.GRU(H, H, seed=0)
+    cell = ng.GRUCell(H, H)
+    cell.load_state_dict({k[:-len("_l0")]: v for k, v in gru.state_dict().items()})
+    x = rng.standard_normal((B, H)).astype(np.float32)
+    h = np.zeros((B, H), np.float32)
+    stream = gru.stream(B)
+    ref = cell(x, h)
+    row = {"B": B, "H": H, "I": H, "threads": threads}
+    runs = {"stream": lambda: stream.step(x), "cell": lambda: cell(x, h)}
+    if bf16:
+        qstream = gru.quantize("bfloat16").stream(B)
+        runs["stream_bf16"] = lambda: qstream.step(x)
+    for name in peers:
+        if name not in STEP_PEERS:
+            continue
+        try:
+            if name == "torch":
+                import torch
+                tc = cell.to_torch()
+                tx, th = torch.from_numpy(x), torch.from_numpy(h)
+
+                def fn(tc=tc, tx=tx, th=th, torch=torch):
+                    with torch.inference_mode():
+                        return tc(tx, th).numpy()
+            else:
+                fn = _peer_ort(gru, x[None], threads, tmpdir)
+            err = float(np.abs(np.asarray(fn()).reshape(ref.shape) - ref).max())
+        except Exception as exc:  # reported, not fatal
+            row[f"{name}_error"] = f"{exc.__class__.__name__}: {str(exc)[:120]}"
+            continue
+        if not err <= TOL:
+            row[f"{name}_error"] = f"step differs from numgru by {err:.2e} (> {TOL})"
+            continue
+        runs[name] = fn
+    per_round = {name: [] for name in runs}
+    for _ in range(ROUNDS):
+        for name, fn in runs.items():
+            per_round[name].append(time_step(fn, calls, blocks))
+    for name in runs:
+        row[f"{name}_us"] = float(np.median(per_round[name])) * 1e6
+    for name in runs:
+        if name in STEP_PEERS:
+            row[f"step_speedup_vs_{name}"] = row[f"{name}_us"] / row["stream_us"]
+    return row
+
+
+def format_step_table(rows, peers):
+    peers = [p for p in peers if p in STEP_PEERS]
+    bf16 = any("stream_bf16_us" in r for r in rows)
+    head = ["thr", "B", "H", "stream us", "GRUCell us"] + (["bf16 stream us"] if bf16 else [])
+    for p in peers:
+        head += [f"{p} us", f"x{p}"]
+    lines = [head]
+    for r in rows:
+        line = [str(r["threads"]), str(r["B"]), str(r["H"]), f"{r['stream_us']:.1f}", f"{r['cell_us']:.1f}"]
+        if bf16:
+            line.append(f"{r['stream_bf16_us']:.1f}")
+        for p in peers:
+            if f"{p}_us" in r:
+                line += [f"{r[p + '_us']:.1f}", f"{r['step_speedup_vs_' + p]:.2f}"]
+            else:
+                line += ["n/a", "-"]
+        lines.append(line)
+    widths = [max(len(row[i]) for row in lines) for i in range(len(head))]
+    return "\n".join("  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in lines)
+
+
 def format_table(rows, peers):
     bf16 = any("numgru_bf16_ms" in r for r in rows)
     head = ["thr", "T", "B", "H", "numgru ms", "seq/s", "GFLOP/s"]
@@ -299,11 +397,25 @@ def main(args):
                             for p in peers:
                                 if f"{p}_error" in row:
                                     print(f"  note: {p} at T={T} B={B} H={H}: {row[p + '_error']}")
+        step_rows = []
+        if args.steps:
+            for n in threads:
+                with pinned_threads(n):
+                    for B in [b for b in grid["batch"] if b <= 16]:
+                        for H in grid["hidden"]:
+                            row = run_step_point(B, H, n, peers, tmpdir, bf16=args.bf16)
+                            step_rows.append(row)
+                            for p in STEP_PEERS:
+                                if f"{p}_error" in row:
+                                    print(f"  note: {p} step at B={B} H={H}: {row[p + '_error']}")
     print()
     print(format_table(rows, peers))
+    if step_rows:
+        print("\none step from Python (µs; B rows, I = H; xpeer = peer time / stream time):")
+        print(format_step_table(step_rows, peers))
     result = {"numgru": ng.__version__, "cpu": _cpu_name(), "cpu_count": os.cpu_count(),
               "python": platform.python_version(), "blas": blas_info(), "env": env, "peers": peers,
-              "rows": rows}
+              "rows": rows, "steps": step_rows}
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)

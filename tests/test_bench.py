@@ -53,3 +53,31 @@ def test_main_writes_json(tmp_path, capsys):
     rows = json.loads(out.read_text())["rows"]
     assert [(r["T"], r["B"], r["H"]) for r in rows] == [(3, 1, 4)]
     assert "BLAS" in capsys.readouterr().out
+
+
+def test_step_point_times_stream_cell_and_checked_peers(tmp_path):
+    peers = bench.available_peers(["torch", "onnxruntime", "openvino"])
+    row = bench.run_step_point(2, 8, 1, peers, str(tmp_path), bf16=True, calls=3, blocks=2)
+    assert row["stream_us"] > 0 and row["cell_us"] > 0 and row["stream_bf16_us"] > 0
+    for p in set(peers) & set(bench.STEP_PEERS):
+        assert "error" not in " ".join(k for k in row if k.startswith(p)), row
+        assert row[f"step_speedup_vs_{p}"] == pytest.approx(row[f"{p}_us"] / row["stream_us"])
+    assert "openvino_us" not in row
+    head = bench.format_step_table([row], peers).splitlines()[0].split()
+    assert head[:5] == ["thr", "B", "H", "stream", "us"]
+
+
+def test_a_step_peer_that_disagrees_is_reported_not_timed(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "_peer_ort", lambda gru, x, threads, tmpdir: (lambda: np.zeros((1, 1, 2, 8))))
+    row = bench.run_step_point(2, 8, 1, ["onnxruntime"], str(tmp_path), calls=2, blocks=1)
+    assert "differs" in row["onnxruntime_error"] and "onnxruntime_us" not in row
+
+
+def test_main_with_steps_writes_them(tmp_path, capsys):
+    from numgru.cli import main
+    out = tmp_path / "b.json"
+    assert main(["bench", "--seq-len", "3", "--batch", "1,32", "--hidden", "4", "--peers", "", "--steps",
+                 "--repeat", "1", "--json", str(out), "--plot", ""]) == 0
+    steps = json.loads(out.read_text())["steps"]
+    assert [(r["B"], r["H"]) for r in steps] == [(1, 4)]  # batches above 16 are not stepped
+    assert "one step from Python" in capsys.readouterr().out
