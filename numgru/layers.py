@@ -16,14 +16,12 @@ import numpy as np
 from ._validation import (as_lengths, as_real_array, check_bool, check_dtype, check_float,
                           check_int, untorch)
 from .kernels.activations import GATE_HARD_SIGMOID, GATE_SIGMOID
-from .kernels.dispatch import (STEP_COLS_MIN_H, batch_order, forward_route, gate_scalars,
-                               gru_direction_backward, gru_direction_forward,
-                               gru_direction_forward_pipelined, input_projection, serial_tiled_max,
-                               step_columns, step_columns_workspace, step_in_columns, thread_count,
-                               valid_steps)
+from .kernels.dispatch import (batch_order, forward_route, gate_scalars, gru_direction_backward,
+                               gru_direction_forward, gru_direction_forward_pipelined, input_projection,
+                               run_step, serial_tiled_max, step_columns, step_columns_workspace,
+                               thread_count, valid_steps)
 from .kernels.backward import matmul_into
 from .kernels.bf16 import from_bfloat16, to_bfloat16
-from .kernels.step import gru_step
 
 __all__ = ["GRU", "GRUCell", "Linear", "GATE_PRESETS"]
 
@@ -288,12 +286,8 @@ class GRU(_Params):
     def _step_plan(self, B):
         """``(threads, columns)`` for one step of B rows: the Numba thread count, and whether the step
         runs split over hidden units (:func:`~numgru.kernels.dispatch.step_columns`; a quantized model
-        counts the bytes of the weights it would read there). The thread count (~0.7 µs to read, a
-        sixth of a small step) is read only where the answer depends on it: one row below the columns
-        window of a float32 model reads neither tiled_max nor bfloat16 copies."""
+        counts the bytes of the weights it would read there)."""
         H = self.hidden_size
-        if B == 1 and H < STEP_COLS_MIN_H and self._bf16 is None:
-            return 1, False
         threads = thread_count()
         itemsize = self.dtype.itemsize
         if self._bf16 is not None and use_bf16(self, B, 24 * H * H, False):
@@ -755,14 +749,10 @@ class GRUCell(_Params):
             x = np.ascontiguousarray(x)
             h = np.zeros((B, H), g.dtype) if h is None else np.ascontiguousarray(h)
             out = np.empty((B, H), g.dtype)
-            gi = np.empty((B, 3 * H), g.dtype)
             threads, columns = g._step_plan(B)
-            weights = g._step_weights(0, B, threads, columns)
-            scalars = g._kernel_scalars()
-            if columns and step_in_columns(x, h, *weights, scalars[1:], out, gi,
-                                           step_columns_workspace(B, H, threads, g.dtype)):
-                return out
-            gru_step(x, h, *weights, *scalars, out, gi, np.empty((B, 3 * H), g.dtype),
+            run_step(x, h, g._step_weights(0, B, threads, columns), g._kernel_scalars(), out,
+                     np.empty((B, 3 * H), g.dtype), np.empty((B, 3 * H), g.dtype),
+                     step_columns_workspace(B, H, threads, g.dtype) if columns else None,
                      serial_tiled_max(threads))
             return out
         x3, h0, unbatched = self._prepare(x, h)

@@ -19,7 +19,7 @@ from concurrent.futures import Future
 import numpy as np
 
 from ._validation import as_real_array, check_float, check_int
-from .kernels.dispatch import serial_tiled_max, step_columns_workspace, step_in_columns
+from .kernels.dispatch import run_step, serial_tiled_max, step_columns_workspace
 from .layers import GRU
 
 __all__ = ["BatchingEngine", "GRUStream", "EngineOverloaded"]
@@ -381,37 +381,31 @@ class GRUStream:
 
 
 class Stepper:
-    """Preallocated buffers and one step kernel call per layer: :func:`numgru.kernels.step.gru_step`,
-    or :func:`numgru.kernels.step.gru_step_cols` where
-    :func:`~numgru.kernels.dispatch.step_columns` says so (decided, like the bfloat16 weights, for the
-    thread count at creation)."""
+    """Preallocated buffers and one step per layer (:func:`numgru.kernels.dispatch.run_step`: serial, or
+    split over hidden units where :func:`~numgru.kernels.dispatch.step_columns` says so, decided like
+    the bfloat16 weights for the thread count at creation)."""
 
     def __init__(self, model, batch_size):
-        from .kernels.step import gru_step
-        self._kernel = gru_step
         m = model
         H, B = m.hidden_size, batch_size
         dt = m.dtype
-        threads, self.columns = m._step_plan(B)
+        threads, columns = m._step_plan(B)
         self.tiled_max = serial_tiled_max(threads)
         # per layer (W_ih, W_hh, b_ih, b_hh)
-        self.layers = [m._step_weights(k, B, threads, self.columns) for k in range(m.num_layers)]
+        self.layers = [m._step_weights(k, B, threads, columns) for k in range(m.num_layers)]
         self.args = m._kernel_scalars()
         self.gi = np.empty((B, 3 * H), dt)
         self.gh = np.empty((B, 3 * H), dt)
-        self.acc = step_columns_workspace(B, H, threads, dt) if self.columns else None
+        self.acc = step_columns_workspace(B, H, threads, dt) if columns else None
         self.out = np.empty((m.num_layers, B, H), dt)
 
     def __call__(self, x, state):
         """x (B, I) contiguous of the model's dtype; state (L, B, H) updated in place; returns a copy
         of the top layer's new state."""
         inp = x
-        for k, (W_ih, W_hh, b_ih, b_hh) in enumerate(self.layers):
+        for k, weights in enumerate(self.layers):
             out = self.out[k]
-            if not (self.columns and step_in_columns(inp, state[k], W_ih, W_hh, b_ih, b_hh, self.args[1:],
-                                                     out, self.gi, self.acc)):
-                self._kernel(inp, state[k], W_ih, W_hh, b_ih, b_hh, *self.args, out, self.gi, self.gh,
-                             self.tiled_max)
+            run_step(inp, state[k], weights, self.args, out, self.gi, self.gh, self.acc, self.tiled_max)
             inp = out
         state[...] = self.out
         return self.out[-1].copy()
