@@ -156,6 +156,33 @@ def available_peers(names):
     return out
 
 
+def _checked(row, name, make, ref, what):
+    """``make()``'s callable if its output is within TOL of ``ref`` (recorded as
+    ``<name>_max_abs_diff``); else None, with ``<name>_error`` saying why (a peer that cannot run a
+    point is reported, not fatal)."""
+    try:
+        fn = make()
+        err = float(np.abs(np.asarray(fn()).reshape(ref.shape) - ref).max())
+    except Exception as exc:
+        row[f"{name}_error"] = f"{exc.__class__.__name__}: {str(exc)[:120]}"
+        return None
+    row[f"{name}_max_abs_diff"] = err
+    if not err <= TOL:
+        row[f"{name}_error"] = f"{what} differs from numgru by {err:.2e} (> {TOL})"
+        return None
+    return fn
+
+
+def _take_turns(runs, timer):
+    """Median time (s) per backend: the backends take turns, ROUNDS times, and each keeps the median of
+    its round times, so a slow spell of the shared machine hits every backend alike."""
+    per_round = {name: [] for name in runs}
+    for _ in range(ROUNDS):
+        for name, fn in runs.items():
+            per_round[name].append(timer(fn))
+    return {name: float(np.median(v)) for name, v in per_round.items()}
+
+
 def run_point(T, B, H, threads, peers, tmpdir, repeat=None, budget=0.4, bf16=False):
     """Time numgru and each peer at one (T, B, H) point; I = H, one layer, float32. With ``bf16``
     also numgru's quantized copy (:meth:`numgru.GRU.quantize`), reported as ``numgru_bf16_*`` with its
@@ -173,35 +200,23 @@ def run_point(T, B, H, threads, peers, tmpdir, repeat=None, budget=0.4, bf16=Fal
         row["numgru_bf16_max_abs_diff"] = float(np.abs(quantized(x)[0] - ref).max())
         runs["numgru_bf16"] = lambda: quantized(x)
     for name in peers:
-        try:
-            fn = PEERS[name](gru, x, threads, *((tmpdir,) if name != "torch" else ()))
-            out = np.asarray(fn())
-            err = float(np.abs(out.reshape(ref.shape) - ref).max())
-        except Exception as exc:  # a peer that cannot run this point is reported, not fatal
-            row[f"{name}_error"] = f"{exc.__class__.__name__}: {str(exc)[:120]}"
-            continue
-        row[f"{name}_max_abs_diff"] = err
-        if not err <= TOL:
-            row[f"{name}_error"] = f"output differs from numgru by {err:.2e} (> {TOL})"
-            continue
-        runs[name] = fn
-    # backends take turns, ROUNDS times, and each keeps the median of its round medians: a slow
-    # spell of the shared machine then hits every backend alike instead of one of them
-    per_round = {name: [] for name in runs}
-    for _ in range(ROUNDS):
-        for name, fn in runs.items():
-            per_round[name].append(time_it(fn, budget=budget / ROUNDS, min_repeat=1,
-                                           max_repeat=50 // ROUNDS, repeat=repeat))
-    t = float(np.median(per_round["numgru"]))
+        fn = _checked(row, name,
+                      lambda: PEERS[name](gru, x, threads, *((tmpdir,) if name != "torch" else ())),
+                      ref, "output")
+        if fn is not None:
+            runs[name] = fn
+    med = _take_turns(runs, lambda fn: time_it(fn, budget=budget / ROUNDS, min_repeat=1,
+                                               max_repeat=50 // ROUNDS, repeat=repeat))
+    t = med["numgru"]
     row["numgru_ms"] = t * 1e3
     row["numgru_seq_per_s"] = B / t
     row["numgru_gflops"] = flops / t / 1e9
     if bf16:
-        tq = float(np.median(per_round["numgru_bf16"]))
+        tq = med["numgru_bf16"]
         row["numgru_bf16_ms"] = tq * 1e3
     for name in runs:
         if name not in ("numgru", "numgru_bf16"):
-            tp = float(np.median(per_round[name]))
+            tp = med[name]
             row[f"{name}_ms"] = tp * 1e3
             row[f"speedup_vs_{name}"] = tp / t
             if bf16:
@@ -253,37 +268,33 @@ def run_step_point(B, H, threads, peers, tmpdir, bf16=False, calls=300, blocks=1
         qstream = gru.quantize("bfloat16").stream(B)
         runs["stream_bf16"] = lambda: qstream.step(x)
     for name in peers:
-        if name not in STEP_PEERS:
-            continue
-        try:
-            if name == "torch":
-                import torch
-                tc = cell.to_torch()
-                tx, th = torch.from_numpy(x), torch.from_numpy(h)
-
-                def fn(tc=tc, tx=tx, th=th, torch=torch):
-                    with torch.inference_mode():
-                        return tc(tx, th).numpy()
-            else:
-                fn = _peer_ort(gru, x[None], threads, tmpdir)
-            err = float(np.abs(np.asarray(fn()).reshape(ref.shape) - ref).max())
-        except Exception as exc:  # reported, not fatal
-            row[f"{name}_error"] = f"{exc.__class__.__name__}: {str(exc)[:120]}"
-            continue
-        if not err <= TOL:
-            row[f"{name}_error"] = f"step differs from numgru by {err:.2e} (> {TOL})"
-            continue
-        runs[name] = fn
-    per_round = {name: [] for name in runs}
-    for _ in range(ROUNDS):
-        for name, fn in runs.items():
-            per_round[name].append(time_step(fn, calls, blocks))
+        if name in STEP_PEERS:
+            fn = _checked(row, name, lambda: _step_peer(name, gru, cell, x, h, threads, tmpdir), ref,
+                          "step")
+            if fn is not None:
+                runs[name] = fn
+    med = _take_turns(runs, lambda fn: time_step(fn, calls, blocks))
     for name in runs:
-        row[f"{name}_us"] = float(np.median(per_round[name])) * 1e6
+        row[f"{name}_us"] = med[name] * 1e6
     for name in runs:
         if name in STEP_PEERS:
             row[f"step_speedup_vs_{name}"] = row[f"{name}_us"] / row["stream_us"]
     return row
+
+
+def _step_peer(name, gru, cell, x, h, threads, tmpdir):
+    """A peer's one step: torch.nn.GRUCell under inference_mode, or ONNX Runtime's GRU node on one
+    time step (state input left at zero)."""
+    if name == "onnxruntime":
+        return _peer_ort(gru, x[None], threads, tmpdir)
+    import torch
+    tc = cell.to_torch()
+    tx, th = torch.from_numpy(x), torch.from_numpy(h)
+
+    def run():
+        with torch.inference_mode():
+            return tc(tx, th).numpy()
+    return run
 
 
 def format_step_table(rows, peers):
