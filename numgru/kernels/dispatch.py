@@ -17,6 +17,9 @@ Numba thread, :func:`forward_route` picks by sequence length, batch and hidden s
 * otherwise the serial gate loops with BLAS threading each step's GEMM, and for B ≥
   ``PARALLEL_MIN_ROWS`` (forward only) the gate loop spread over rows with ``prange``.
 
+A step of GRUCell or a stream (:func:`run_step`) runs the serial step kernel, or with several threads
+the step split over hidden units (:func:`step_columns`).
+
 The named routes run on Numba's threads only, the input projection included: OpenBLAS's workers
 spin for a while after each call, and a parallel region that must wait for a core they hold runs
 several times slower. The backward once spread its gate loops over rows between BLAS-threaded GEMMs
