@@ -9,8 +9,8 @@ import numpy as np
 from numba import prange, types
 from numba.extending import overload
 
-from ._jit import FASTMATH, kernel, parallel_kernel
-from .activations import clip_pre, gate, tanh_fast
+from ._jit import FASTMATH, inline, kernel, parallel_kernel
+from .activations import clip_pre, gate, one_like, tanh_fast
 from .bf16 import wget
 from .forward import _chunk_after, recurrent_matmul, small_rows_matmul, tiled_matmul
 
@@ -80,60 +80,51 @@ def gru_step(x, h, W_ih, W_hh, b_ih, b_hh, reset_after, gate_kind, alpha, beta, 
                                        use_clip, clip))
                 ob[j] = n + z * (hb[j] - n)
         return
-    if B > 1:
-        # reset_after=False needs r before W_hn (r ⊙ h): the r, z product for all rows, then the n one
-        # on r ⊙ h (1 thread, B = 4 / 16, H = 256: 76 / 298 µs a step with a row's dot products)
-        a_rz = np.empty((B, H2), x.dtype)
-        rh = np.empty((B, H), x.dtype)
-        a_n = np.empty((B, H), x.dtype)
-        step_matmul(W_hh[:H2], h, a_rz, buf, B, small, tiled_max)
-        for b in range(B):
-            gib = gi[b]
-            ab = a_rz[b]
-            hb = h[b]
-            ghb = gh[b]
-            rhb = rh[b]
-            for j in range(H):
-                r = gate(clip_pre(gib[j] + b_ih[j] + ab[j] + b_hh[j], use_clip, clip), gate_kind, alpha, beta)
-                ghb[H + j] = gate(clip_pre(gib[H + j] + b_ih[H + j] + ab[H + j] + b_hh[H + j], use_clip, clip),
-                                  gate_kind, alpha, beta)
-                rhb[j] = r * hb[j]
-        step_matmul(W_hh[H2:], rh, a_n, buf, B, small, tiled_max)
-        for b in range(B):
-            gib = gi[b]
-            ghb = gh[b]
-            anb = a_n[b]
-            hb = h[b]
-            ob = h_out[b]
-            for j in range(H):
-                n = tanh_fast(clip_pre(gib[H2 + j] + b_ih[H2 + j] + anb[j] + b_hh[H2 + j], use_clip, clip))
-                ob[j] = n + ghb[H + j] * (hb[j] - n)
-        return
-    for b in range(B):  # one row: dot products over W_hh's rows (reassoc vectorises them)
+    # reset_after=False needs r before W_hn (r ⊙ h): the r, z products, then the n ones on r ⊙ h
+    a_rz = np.empty((B, H2), x.dtype)
+    rh = np.empty((B, H), x.dtype)
+    a_n = np.empty((B, H), x.dtype)
+    _reset_before_products(W_hh[:H2], h, a_rz, buf, B, small, tiled_max)
+    for b in range(B):
+        gib = gi[b]
+        ab = a_rz[b]
         hb = h[b]
         ghb = gh[b]
-        for j in range(H2):
-            s = b_hh[j]
-            wj = W_hh[j]
-            for k in range(H):
-                s += wget(wj, k) * hb[k]
-            ghb[j] = s
+        rhb = rh[b]
+        for j in range(H):
+            r = gate(clip_pre(gib[j] + b_ih[j] + ab[j] + b_hh[j], use_clip, clip), gate_kind, alpha, beta)
+            ghb[H + j] = gate(clip_pre(gib[H + j] + b_ih[H + j] + ab[H + j] + b_hh[H + j], use_clip, clip),
+                              gate_kind, alpha, beta)
+            rhb[j] = r * hb[j]
+    _reset_before_products(W_hh[H2:], rh, a_n, buf, B, small, tiled_max)
+    for b in range(B):
         gib = gi[b]
-        for j in range(H):
-            r = gate(clip_pre(gib[j] + b_ih[j] + ghb[j], use_clip, clip), gate_kind, alpha, beta)
-            z = gate(clip_pre(gib[H + j] + b_ih[H + j] + ghb[H + j], use_clip, clip), gate_kind, alpha, beta)
-            ghb[j] = r * hb[j]
-            ghb[H + j] = z
-        for j in range(H):
-            s = b_hh[H2 + j]
-            wj = W_hh[H2 + j]
-            for k in range(H):
-                s += wget(wj, k) * ghb[k]
-            ghb[H2 + j] = s
+        ghb = gh[b]
+        anb = a_n[b]
+        hb = h[b]
         ob = h_out[b]
         for j in range(H):
-            n = tanh_fast(clip_pre(gib[H2 + j] + b_ih[H2 + j] + ghb[H2 + j], use_clip, clip))
+            n = tanh_fast(clip_pre(gib[H2 + j] + b_ih[H2 + j] + anb[j] + b_hh[H2 + j], use_clip, clip))
             ob[j] = n + ghb[H + j] * (hb[j] - n)
+
+
+@inline
+def _reset_before_products(W, x, out, buf, n, small, tiled_max):
+    """out[:n] = x[:n] @ W.T for the reset_after=False step: several rows by :func:`step_matmul` (one
+    dot product per row and unit had taken 1 thread, B = 4 / 16, H = 256: 76 / 298 µs a step), one row
+    by dot products over W's rows, which reassoc vectorises (the matmul path read slower at H = 1024)."""
+    if n > 1:
+        step_matmul(W, x, out, buf, n, small, tiled_max)
+        return
+    x0 = x[0]
+    o = out[0]
+    zero = one_like(x0[0]) - one_like(x0[0])
+    for j in range(W.shape[0]):
+        s = zero
+        wj = W[j]
+        for k in range(W.shape[1]):
+            s += wget(wj, k) * x0[k]
+        o[j] = s
 
 
 @parallel_kernel
