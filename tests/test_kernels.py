@@ -1,8 +1,11 @@
 """The kernels: one place owns the flags, the compiled code runs, the cache works in a fresh process."""
+import ast
+import inspect
 import json
 import os
 import subprocess
 import sys
+import textwrap
 
 import numba
 import numpy as np
@@ -32,6 +35,48 @@ def test_every_kernel_uses_the_owned_flags():
         assert not {"nnan", "ninf", "fast"} & set(opts["fastmath"]), name
         assert opts.get("error_model") == "numpy", name
         assert bool(opts.get("parallel", False)) == name.endswith("_parallel"), name
+
+
+def _calls_wide_vectors_first(body):
+    """Whether a function or loop body (a list of ast statements), past any docstring, starts with
+    ``wide_vectors()``."""
+    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+        body = body[1:]
+    first = body[0] if body else None
+    return (isinstance(first, ast.Expr) and isinstance(first.value, ast.Call)
+            and getattr(first.value.func, "id", None) == "wide_vectors")
+
+
+def test_every_kernel_and_prange_body_asks_for_wide_vectors():
+    # a kernel without it vectorises at 256 bits on Intel's AVX-512 cores; a prange body is compiled
+    # as a function of its own, so it needs its own call
+    for name, disp in _all_kernels().items():
+        tree = ast.parse(textwrap.dedent(inspect.getsource(disp.py_func)))
+        func = tree.body[0]
+        assert _calls_wide_vectors_first(func.body), name
+        for node in ast.walk(func):
+            if (isinstance(node, ast.For) and isinstance(node.iter, ast.Call)
+                    and getattr(node.iter.func, "id", None) == "prange"):
+                assert _calls_wide_vectors_first(node.body), (name, node.lineno)
+
+
+def test_wide_vectors_marks_the_compiled_function():
+    @numba.njit(cache=False)
+    def f(a):
+        _jit.wide_vectors()
+        s = 0.0
+        for v in a:
+            s += v
+        return s
+
+    assert f(np.arange(4.0)) == 6.0
+    ir = f.inspect_llvm(f.signatures[0])
+    groups = {line.split()[1] for line in ir.splitlines()
+              if line.startswith("attributes #") and _jit.WIDE_ATTRIBUTE in line}
+    # the function's own definition (not the wrappers Numba adds for Python and C callers) carries it
+    own = [line for line in ir.splitlines()
+           if line.startswith("define") and "@_ZN" in line and "cpython" not in line]
+    assert groups and own and all(any(line.endswith(f"{g} {{") for g in groups) for line in own)
 
 
 def test_compiled_kernel_runs_not_python(monkeypatch):

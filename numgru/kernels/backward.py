@@ -15,7 +15,7 @@ OpenBLAS's idle workers were spinning on.
 """
 import numpy as np
 
-from ._jit import kernel
+from ._jit import kernel, wide_vectors
 from .activations import gate_grad, kind_is_sigmoid, one_like
 from .forward import active_rows, recurrent_matmul
 
@@ -46,6 +46,7 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, revers
     as in :func:`~numgru.kernels.forward.recurrent_matmul`. Per step and
     row the gate gradients run in short loops that each touch few arrays, so LLVM vectorises them.
     """
+    wide_vectors()
     T = tape.shape[0]
     B = h0.shape[0]
     H = h0.shape[1]
@@ -214,6 +215,7 @@ def matmul_into(a, b, out, accumulate):
 
     a (M, K) and b (K, N) C- or F-contiguous (transposed views are fine); out (M, N) C-contiguous.
     """
+    wide_vectors()
     if accumulate:
         tmp = np.empty_like(out)
         np.dot(a, b, tmp)

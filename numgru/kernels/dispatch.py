@@ -64,10 +64,13 @@ STEP_COLS_B1_BYTES = 1 << 21
 
 
 def blas_vectors_wider():
-    """True where OpenBLAS's kernels use 512-bit vectors but Numba's code 256-bit ones: Intel cores with
-    AVX-512, for which LLVM prefers 256-bit vectors. There a thread running Numba's matmul does about
-    half the work of one running BLAS's, so the routes that keep BLAS asleep pay off only at smaller
-    shares of the work (see :func:`forward_route`). AMD's Zen 4/5 get 512-bit code from LLVM."""
+    """True on Intel cores with AVX-512, where OpenBLAS's kernels run 512-bit vectors and LLVM, left to
+    its tuning, 256-bit ones. The kernels now ask for 512-bit code (:func:`~numgru.kernels._jit.wide_vectors`),
+    but the routes that keep BLAS asleep still paid off there only at smaller shares of the work (see
+    :func:`forward_route`): on 2 Intel vCPUs with 512-bit kernels, rows against BLAS-threaded steps
+    (T = 128, best of 30 in turns) B = 64, H = 128 / 256: 20.5–21.4 against 15.4–18.6 / 48.5 against
+    43.1 ms; B = 16, H = 1024: 196 against 172 ms; B = 16 / 32 at H = 256 / 128 drew. AMD's Zen 4/5
+    get 512-bit code from LLVM either way."""
     import llvmlite.binding as ll
     try:
         name = numba.config.CPU_NAME

@@ -24,7 +24,7 @@ import numpy as np
 from numba import prange, types
 from numba.extending import overload
 
-from ._jit import FASTMATH, inline, kernel, parallel_kernel
+from ._jit import FASTMATH, inline, kernel, parallel_kernel, wide_vectors
 from .activations import clip_pre, clipped, gate, one_like, sigmoid_fast, tanh_fast
 from .bf16 import wget
 
@@ -310,6 +310,7 @@ def _gru_forward(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, reset_after,
     ONNX's clip; tiled_max as in :func:`recurrent_matmul`.
     Aliasing: no output may alias an input.
     """
+    wide_vectors()
     T = gx.shape[0]
     B = b1 - b0
     H = h0.shape[1]
@@ -338,6 +339,7 @@ def _gru_forward(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, reset_after,
             if n_act > 0:
                 recurrent_matmul(W_hh, hc, acc, buf, n_act, tiled_max)
             for i in prange(B):  # i: row of the workspace, b: row of the arrays passed in
+                wide_vectors()
                 b = b0 + i
                 hnb = hn[i]
                 yb = y[t, b]
@@ -361,6 +363,7 @@ def _gru_forward(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, reset_after,
             if n_act > 0:
                 recurrent_matmul(W_rz, hc, acc_rz, buf, n_act, tiled_max)
             for i in prange(n_act):
+                wide_vectors()
                 gxb = gx[t, b0 + i]
                 ab = acc_rz[i]
                 wb = work[i]
@@ -376,6 +379,7 @@ def _gru_forward(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, reset_after,
             if n_act > 0:
                 recurrent_matmul(W_n, rh, acc_n, buf, n_act, tiled_max)
             for i in prange(B):
+                wide_vectors()
                 b = b0 + i
                 hnb = hn[i]
                 yb = y[t, b]
@@ -429,9 +433,11 @@ def _gru_forward_rows(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, reset_a
     from several threads at once. A chunk whose lengths are non-increasing skips its finished rows'
     matmul work even when the whole batch is not sorted (see :func:`~numgru.kernels.dispatch.rows_order`).
     """
+    wide_vectors()
     B = gx.shape[1]
     cs, nc = row_chunks(B, n_threads)
     for c in prange(nc):
+        wide_vectors()
         b0 = c * cs
         b1 = min(B, b0 + cs)
         chunk_sorted = sorted_desc
@@ -480,6 +486,7 @@ def _gru_forward_cols(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, gate_ki
     on each other inside a step; each thread keeps re-reading the same slice of W_hh, which stays in its
     core's cache (ONNX Runtime and oneDNN split the step the same way). No BLAS call inside the loop.
     """
+    wide_vectors()
     T = gx.shape[0]
     B = gx.shape[1]
     H = h0.shape[1]
@@ -495,6 +502,7 @@ def _gru_forward_cols(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, gate_ki
         t, hc, hn = step_states(s, T, reverse, h_a, h_b)
         n_act = active_rows(lengths, t, sorted_desc)
         for c in prange(nc):
+            wide_vectors()
             j0 = c * cs
             m = min(cs, H - j0)
             a = acc[c]
@@ -523,6 +531,7 @@ def input_projection_kernel(x2d, W_ih, b_ih, use_bias, out):
     recurrent calls (the one Numba links), so only one BLAS thread pool is ever busy: two OpenBLAS
     copies (NumPy's and SciPy's) spinning side by side made 2-thread runs slower than 1-thread ones.
     """
+    wide_vectors()
     N = x2d.shape[0]
     M = W_ih.shape[0]
     if N == 1:
@@ -571,11 +580,13 @@ def input_projection_parallel(x2d, W_ih, b_ih, use_bias, out):
     128 rows of W_ih (L2-sized for I ≤ 1024) with :func:`small_rows_matmul` (75–95 % of OpenBLAS's sgemm
     rate, measured at N = 128–8192, I = 256 and 1024).
     """
+    wide_vectors()
     N = x2d.shape[0]
     M = W_ih.shape[0]
     nb = (N + 127) // 128
     nt = (M + 127) // 128
     for task in prange(nb * nt):  # (row block, tile) pairs: enough tasks for every thread at small N
+        wide_vectors()
         r0 = (task // nt) * 128
         c0 = (task % nt) * 128
         project_block(x2d, W_ih, b_ih, use_bias, out, r0, min(N, r0 + 128), c0, min(M, c0 + 128))
@@ -592,6 +603,7 @@ def _gru_forward_pipelined(x2d, W_ih, b_ih, use_bias, gx, W_hh, b_hh, h0, length
     matmul, so no BLAS pool wakes). For small batches, where a step is too small to split: the
     projection's time hides behind the recurrence's.
     """
+    wide_vectors()
     T = gx.shape[0]
     B = gx.shape[1]
     M = gx.shape[2]
@@ -604,6 +616,7 @@ def _gru_forward_pipelined(x2d, W_ih, b_ih, use_bias, gx, W_hh, b_hh, h0, length
     no_tape = np.empty((0, 0, 0), dt)
     for k in range(nch + 1):  # step k: recurrence over chunk k−1, projection of chunk k
         for task in prange(2):
+            wide_vectors()
             if task == 0 and k > 0:
                 c = nch - k if reverse else k - 1
                 t0 = c * chunk

@@ -6,12 +6,13 @@ arguments; ``step`` is the 1-based step count (bias corrections are computed by 
 """
 import math
 
-from ._jit import kernel
+from ._jit import kernel, wide_vectors
 
 
 @kernel
 def sgd_update(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first):
     """p (N,) in/out; g (N,) in; buf (N,) momentum buffer in/out (ignored when momentum == 0)."""
+    wide_vectors()
     for i in range(p.shape[0]):
         d = g[i] + weight_decay * p[i]
         if momentum != 0.0:
@@ -31,6 +32,7 @@ def adam_update(p, g, m, v, vmax, lr, beta1, beta2, eps, weight_decay, decoupled
 
     bias_c1 = 1 − β1^step, bias_c2 = 1 − β2^step.
     """
+    wide_vectors()
     step_size = lr / bias_c1
     sq_c2 = math.sqrt(bias_c2)
     for i in range(p.shape[0]):
@@ -53,6 +55,7 @@ def adam_update(p, g, m, v, vmax, lr, beta1, beta2, eps, weight_decay, decoupled
 @kernel
 def rmsprop_update(p, g, sq, gavg, buf, lr, alpha, eps, weight_decay, momentum, centered):
     """RMSprop; p, g, sq (square average), gavg (centered mean), buf (momentum) all (N,)."""
+    wide_vectors()
     for i in range(p.shape[0]):
         gi = g[i] + weight_decay * p[i]
         s = alpha * sq[i] + (1.0 - alpha) * gi * gi
@@ -74,6 +77,7 @@ def rmsprop_update(p, g, sq, gavg, buf, lr, alpha, eps, weight_decay, momentum, 
 @kernel
 def sum_of_squares(g):
     """Σ g², accumulated in float64 in index order (deterministic)."""
+    wide_vectors()
     s = 0.0
     for i in range(g.shape[0]):
         s += float(g[i]) * float(g[i])

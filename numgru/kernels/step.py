@@ -9,7 +9,7 @@ import numpy as np
 from numba import prange, types
 from numba.extending import overload
 
-from ._jit import FASTMATH, inline, kernel, parallel_kernel
+from ._jit import FASTMATH, inline, kernel, parallel_kernel, wide_vectors
 from .activations import clip_pre, gate, one_like, tanh_fast
 from .bf16 import wget
 from .forward import _chunk_after, recurrent_matmul, small_rows_matmul, tiled_matmul
@@ -57,6 +57,7 @@ def gru_step(x, h, W_ih, W_hh, b_ih, b_hh, reset_after, gate_kind, alpha, beta, 
     :func:`~numgru.kernels.forward.recurrent_matmul` (the caller passes
     :func:`~numgru.kernels.dispatch.serial_tiled_max` of the thread count), read only when B > 1.
     """
+    wide_vectors()
     B = x.shape[0]
     H = h.shape[1]
     H2 = 2 * H
@@ -139,11 +140,13 @@ def gru_step_cols(x, h, W_ih, W_hh, b_ih, b_hh, gate_kind, alpha, beta, use_clip
     the same slice of the weights, which stays in its core's cache from step to step (the forward's
     columns route, :func:`~numgru.kernels.forward._gru_forward_cols`, splits its steps the same way).
     """
+    wide_vectors()
     B = x.shape[0]
     H = h.shape[1]
     nc = acc.shape[0]
     cs = acc.shape[3]
     for c in prange(nc):
+        wide_vectors()
         j0 = c * cs
         m = min(cs, H - j0)
         a = acc[c]
