@@ -93,7 +93,9 @@ def test_map_in_order_and_backpressure(model):
         seqs = [np.full((t, 6), t / 10, np.float32) for t in range(1, 30)]
         for x, (y, _) in zip(seqs, eng.map(seqs)):
             np.testing.assert_allclose(y, model(x)[0], atol=1e-6)
-    eng = ng.BatchingEngine(model, max_queue=1, block=False, max_delay_ms=50)
+    # one request per batch: while the worker runs the first long sequence the queue holds the second
+    # and the third finds it full (with batches of 64 the worker could drain every submit in time)
+    eng = ng.BatchingEngine(model, max_batch_size=1, max_queue=1, block=False, max_delay_ms=50)
     with pytest.raises(EngineOverloaded):
         for _ in range(50):
             eng.submit(np.ones((20000, 6), np.float32))
