@@ -10,7 +10,11 @@ The recurrent matmul goes by :func:`recurrent_matmul`, by shape (measured on thi
 machine, float32, one thread): a register-blocked Numba matmul for B = 2–16, and for B = 1 while W_hh
 fits L2 (:func:`small_rows_matmul`; BLAS re-packs W on every call and loses there), in tiles once W
 leaves L2; a BLAS GEMV at B = 1 for H > 256;
-a BLAS GEMM in the orientation BLAS runs fastest beyond (:func:`rows_matmul_T`). ``parallel=True``
+a BLAS GEMM in the orientation BLAS runs fastest beyond (:func:`rows_matmul_T`). Where OpenBLAS has
+small-matrix kernels (SkylakeX and successors) and a step's product holds at most 10⁶ multiply-adds,
+reset_after steps of 2+ rows run ``h @ W_hh.T`` there instead, on a transposed copy of W_hh
+(:func:`small_gemm_nn`; T = 128, one thread: B = 2 / 4 / 16 at H = 256 / 64 / 64 1.67× / 1.44× /
+1.56×, B = 8–16 at H = 128 1.15–1.20×, B = 4 at H = 256 level). ``parallel=True``
 spreads the gate loops over rows. With several threads, inference at small and middle batches instead
 runs :func:`_gru_forward_rows` (the batch split into row chunks, each a whole sequence on one thread),
 :func:`_gru_forward_cols` (each step split over hidden units) or, at the smallest batches,
@@ -281,8 +285,22 @@ def _ol_blas_matmul_T(Wm, h, out, buf, n):
     return lambda Wm, h, out, buf, n: rows_matmul_T(Wm, h, out, buf, n)
 
 
+def small_gemm_nn(h, WT, out, n):
+    """out[:n] = h[:n] @ WT for WT (K, M) C-contiguous, in BLAS: the orientation OpenBLAS's small-matrix
+    kernels take without packing (see :func:`_gru_forward`). Not for bfloat16 weights (resolved at
+    compile time by the overload below; callers never choose it for them)."""
+    np.dot(h[:n], WT, out[:n])
+
+
+@overload(small_gemm_nn, jit_options={"fastmath": set(FASTMATH)})
+def _ol_small_gemm_nn(h, WT, out, n):
+    if isinstance(WT, types.Array) and WT.dtype == types.uint16:
+        return lambda h, WT, out, n: None
+    return lambda h, WT, out, n: np.dot(h[:n], WT, out[:n])
+
+
 def _gru_forward(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, reset_after, gate_kind, alpha,
-                 beta, use_clip, clip, y, col0, h_n, store, tape, tiled_max, b0, b1):
+                 beta, use_clip, clip, y, col0, h_n, store, tape, tiled_max, b0, b1, small_gemm):
     """Run one GRU layer, one direction, over a whole sequence, for batch rows b0 … b1−1.
 
     Arrays (C-contiguous, one float dtype; T steps, B ≥ 1 rows, H hidden units, D·H output columns):
@@ -308,6 +326,11 @@ def _gru_forward(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, reset_after,
     starting at its own last valid step; reset_after (bool) selects r ⊙ (W_hn h + b_hn) (True) or
     W_hn (r ⊙ h) + b_hn (False); gate_kind/alpha/beta select the gate activation; use_clip/clip apply
     ONNX's clip; tiled_max as in :func:`recurrent_matmul`.
+
+    ``small_gemm``: with reset_after, 2+ rows and B·3H·H at most this many multiply-adds (0: never),
+    each step's product is ``h @ W_hh.T`` in BLAS on a transposed copy of W_hh made once per call
+    (:func:`small_gemm_nn`), for the BLAS builds whose small-matrix kernels run that orientation
+    without packing (the caller knows which, :func:`~numgru.kernels.dispatch.small_gemm_bound`).
     Aliasing: no output may alias an input.
     """
     wide_vectors()
@@ -330,13 +353,17 @@ def _gru_forward(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, reset_after,
     buf = np.empty(3 * H * B, dt)
     W_rz = W_hh[:H2]
     W_n = W_hh[H2:]
+    nn = reset_after and B >= 2 and 3 * H * H * B <= small_gemm
+    WT = np.ascontiguousarray(W_hh.T) if nn else np.empty((0, 0), W_hh.dtype)
     copy_rows(h0[b0:b1], h_a)
     lens = lengths[b0:b1]
     for s in range(T):
         t, hc, hn = step_states(s, T, reverse, h_a, h_b)
         n_act = active_rows(lens, t, sorted_desc)
         if reset_after:
-            if n_act > 0:
+            if nn and n_act >= 2:
+                small_gemm_nn(hc, WT, acc, n_act)
+            elif n_act > 0:
                 recurrent_matmul(W_hh, hc, acc, buf, n_act, tiled_max)
             for i in prange(B):  # i: row of the workspace, b: row of the arrays passed in
                 wide_vectors()
@@ -447,7 +474,7 @@ def _gru_forward_rows(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, reset_a
                 if lengths[b] > lengths[b - 1]:
                     chunk_sorted = False
         gru_forward_serial(gx, W_hh, b_hh, h0, lengths, chunk_sorted, reverse, reset_after, gate_kind,
-                           alpha, beta, use_clip, clip, y, col0, h_n, store, tape, -1, b0, b1)
+                           alpha, beta, use_clip, clip, y, col0, h_n, store, tape, -1, b0, b1, 0)
 
 
 @inline
@@ -626,7 +653,7 @@ def _gru_forward_pipelined(x2d, W_ih, b_ih, use_bias, gx, W_hh, b_hh, h0, length
                     lc[b] = min(max(lengths[b] - t0, 0), t1 - t0)
                 gru_forward_serial(gx[t0:t1], W_hh, b_hh, state[(k - 1) % 2], lc, sorted_desc, reverse,
                                    reset_after, gate_kind, alpha, beta, use_clip, clip, y[t0:t1], col0,
-                                   state[k % 2], False, no_tape, -1, 0, B)
+                                   state[k % 2], False, no_tape, -1, 0, B, 0)
             elif task == 1 and k < nch:
                 c = nch - 1 - k if reverse else k
                 r0 = c * chunk * B
