@@ -422,7 +422,7 @@ def gru_direction_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gat
         if par and route == "columns":
             gru_forward_cols(*common, *gates, threads)
         elif par and route == "rows":
-            gru_forward_rows(*common, bool(reset_after), *gates, bool(store), tape, threads)
+            gru_forward_rows(*common, bool(reset_after), *gates, bool(store), tape, threads, small)
         elif route == "rows" and not sorted_desc:
             # another thread holds the slot and the rows were dealt for the rows route (not sorted as
             # a whole): run the serial kernel chunk by chunk, so each chunk still skips its finished rows

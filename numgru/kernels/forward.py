@@ -12,9 +12,10 @@ fits L2 (:func:`small_rows_matmul`; BLAS re-packs W on every call and loses ther
 leaves L2; a BLAS GEMV at B = 1 for H > 256;
 a BLAS GEMM in the orientation BLAS runs fastest beyond (:func:`rows_matmul_T`). Where OpenBLAS has
 small-matrix kernels (SkylakeX and successors) and a step's product holds at most 10⁶ multiply-adds,
-reset_after steps of 2+ rows run ``h @ W_hh.T`` there instead, on a transposed copy of W_hh
+steps of 2+ rows run ``h @ W_hh.T`` there instead, on a transposed copy of W_hh
 (:func:`small_gemm_nn`; T = 128, one thread: B = 2 / 4 / 16 at H = 256 / 64 / 64 1.67× / 1.44× /
-1.56×, B = 8–16 at H = 128 1.15–1.20×, B = 4 at H = 256 level). ``parallel=True``
+1.56×, B = 8–16 at H = 128 1.15–1.20×, B = 4 at H = 256 level; reset_after=False 1.24–1.73×; the
+rows route's chunks on 2 threads 1.25–1.39×). ``parallel=True``
 spreads the gate loops over rows. With several threads, inference at small and middle batches instead
 runs :func:`_gru_forward_rows` (the batch split into row chunks, each a whole sequence on one thread),
 :func:`_gru_forward_cols` (each step split over hidden units) or, at the smallest batches,
@@ -327,8 +328,9 @@ def _gru_forward(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, reset_after,
     W_hn (r ⊙ h) + b_hn (False); gate_kind/alpha/beta select the gate activation; use_clip/clip apply
     ONNX's clip; tiled_max as in :func:`recurrent_matmul`.
 
-    ``small_gemm``: with reset_after, 2+ rows and B·3H·H at most this many multiply-adds (0: never),
-    each step's product is ``h @ W_hh.T`` in BLAS on a transposed copy of W_hh made once per call
+    ``small_gemm``: with 2+ rows and B·3H·H at most this many multiply-adds (0: never), each step's
+    products are ``h @ W_hh.T`` in BLAS on a transposed copy of W_hh (of its r, z and n blocks for
+    reset_after=False) made once per call
     (:func:`small_gemm_nn`), for the BLAS builds whose small-matrix kernels run that orientation
     without packing (the caller knows which, :func:`~numgru.kernels.dispatch.small_gemm_bound`).
     Aliasing: no output may alias an input.
@@ -353,8 +355,10 @@ def _gru_forward(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, reset_after,
     buf = np.empty(3 * H * B, dt)
     W_rz = W_hh[:H2]
     W_n = W_hh[H2:]
-    nn = reset_after and B >= 2 and 3 * H * H * B <= small_gemm
-    WT = np.ascontiguousarray(W_hh.T) if nn else np.empty((0, 0), W_hh.dtype)
+    nn = B >= 2 and 3 * H * H * B <= small_gemm
+    WT = np.ascontiguousarray(W_hh.T) if nn and reset_after else np.empty((0, 0), W_hh.dtype)
+    WT_rz = np.ascontiguousarray(W_rz.T) if nn and not reset_after else np.empty((0, 0), W_hh.dtype)
+    WT_n = np.ascontiguousarray(W_n.T) if nn and not reset_after else np.empty((0, 0), W_hh.dtype)
     copy_rows(h0[b0:b1], h_a)
     lens = lengths[b0:b1]
     for s in range(T):
@@ -387,7 +391,9 @@ def _gru_forward(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, reset_after,
                     for j in range(H):
                         wb[4 * H + j] = fb[j]
         else:
-            if n_act > 0:
+            if nn and n_act >= 2:
+                small_gemm_nn(hc, WT_rz, acc_rz, n_act)
+            elif n_act > 0:
                 recurrent_matmul(W_rz, hc, acc_rz, buf, n_act, tiled_max)
             for i in prange(n_act):
                 wide_vectors()
@@ -403,7 +409,9 @@ def _gru_forward(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, reset_after,
                 hcb = hc[i]
                 for j in range(H):
                     rhb[j] = wb[j] * hcb[j]
-            if n_act > 0:
+            if nn and n_act >= 2:
+                small_gemm_nn(rh, WT_n, acc_n, n_act)
+            elif n_act > 0:
                 recurrent_matmul(W_n, rh, acc_n, buf, n_act, tiled_max)
             for i in prange(B):
                 wide_vectors()
@@ -450,14 +458,16 @@ def row_chunks(B, n_threads):
 
 
 def _gru_forward_rows(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, reset_after, gate_kind, alpha,
-                      beta, use_clip, clip, y, col0, h_n, store, tape, n_threads):
+                      beta, use_clip, clip, y, col0, h_n, store, tape, n_threads, small_gemm):
     """:func:`_gru_forward` with the batch split into row chunks, one whole sequence per thread.
 
     Same arrays and results as :func:`_gru_forward` over all rows. Rows of a GRU never interact, so
     each chunk (:func:`row_chunks`) runs the serial kernel on its own rows from the first step to the
     last: one parallel region per call, no synchronisation per step, and each thread keeps W_hh in its
-    own core's cache. The chunks' matmuls are Numba's only (``tiled_max`` −1): BLAS is never entered
-    from several threads at once. A chunk whose lengths are non-increasing skips its finished rows'
+    own core's cache. The chunks' matmuls are Numba's (``tiled_max`` −1), or with ``small_gemm`` (as in
+    :func:`_gru_forward`) BLAS's small-matrix kernels, which run on the calling thread without
+    packing buffers or threads of their own; BLAS's threaded GEMM is never entered from several
+    threads at once. A chunk whose lengths are non-increasing skips its finished rows'
     matmul work even when the whole batch is not sorted (see :func:`~numgru.kernels.dispatch.rows_order`).
     """
     wide_vectors()
@@ -474,7 +484,7 @@ def _gru_forward_rows(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, reset_a
                 if lengths[b] > lengths[b - 1]:
                     chunk_sorted = False
         gru_forward_serial(gx, W_hh, b_hh, h0, lengths, chunk_sorted, reverse, reset_after, gate_kind,
-                           alpha, beta, use_clip, clip, y, col0, h_n, store, tape, -1, b0, b1, 0)
+                           alpha, beta, use_clip, clip, y, col0, h_n, store, tape, -1, b0, b1, small_gemm)
 
 
 @inline
