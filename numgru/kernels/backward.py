@@ -17,11 +17,12 @@ import numpy as np
 
 from ._jit import kernel, wide_vectors
 from .activations import gate_grad, kind_is_sigmoid, one_like
-from .forward import active_rows, recurrent_matmul
+from .forward import active_rows, recurrent_matmul, small_gemm_nn
 
 
 def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, reverse, reset_after,
-                  gate_kind, alpha, beta, use_clip, clip, dgx, dgh, hprev, rhprev, dh0, tiled_max):
+                  gate_kind, alpha, beta, use_clip, clip, dgx, dgh, hprev, rhprev, dh0, tiled_max,
+                  small_gemm):
     """Backward pass of one GRU layer, one direction, in the reverse of the forward's step order.
 
     Arrays (C-contiguous, one float dtype):
@@ -43,7 +44,9 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, revers
     dh0      (B, H)      out. dLoss/dh0.
 
     Scalars as in the forward kernel; ``reverse`` says which direction the forward ran; ``tiled_max``
-    as in :func:`~numgru.kernels.forward.recurrent_matmul`. Per step and
+    as in :func:`~numgru.kernels.forward.recurrent_matmul`; ``small_gemm`` as in
+    :func:`~numgru.kernels.forward._gru_forward` (the products ``d @ W_hh`` then run in BLAS on
+    C-contiguous copies of W_hh's blocks, the orientation of its small-matrix kernels). Per step and
     row the gate gradients run in short loops that each touch few arrays, so LLVM vectorises them.
     """
     wide_vectors()
@@ -69,6 +72,10 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, revers
             W_rz_T[k, j] = W_T[k, j]
         for j in range(H):
             W_n_T[k, j] = W_T[k, H2 + j]
+    nn = B >= 2 and 3 * H * H * B <= small_gemm
+    W = np.ascontiguousarray(W_T.T) if nn and reset_after else np.empty((0, 0), dt)
+    W_rz = np.ascontiguousarray(W_rz_T.T) if nn and not reset_after else np.empty((0, 0), dt)
+    W_n = np.ascontiguousarray(W_n_T.T) if nn and not reset_after else np.empty((0, 0), dt)
     for b in range(B):
         for j in range(H):
             dh[b, j] = dh_n[b, j]
@@ -161,11 +168,15 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, revers
                     rhb[j] = tb[j] * hpb[j]
         n_act = active_rows(lengths, t, sorted_desc)
         if reset_after:
-            if n_act > 0:
+            if nn and n_act >= 2:
+                small_gemm_nn(dgh[t], W, tmp, n_act)
+            elif n_act > 0:
                 recurrent_matmul(W_T, dgh[t], tmp, buf, n_act, tiled_max)
         else:
             # d(r ⊙ h_prev) = dn_pre @ W_hn, then the r gate, then the r, z blocks' matmul
-            if n_act > 0:
+            if nn and n_act >= 2:
+                small_gemm_nn(dan, W_n, drh, n_act)
+            elif n_act > 0:
                 recurrent_matmul(W_n_T, dan, drh, buf, n_act, tiled_max)
             for b in range(B):
                 darzb = darz[b]
@@ -191,7 +202,9 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, revers
                     darzb[j] = da_r
                 for j in range(H):
                     darzb[H + j] = dgxb[H + j]
-            if n_act > 0:
+            if nn and n_act >= 2:
+                small_gemm_nn(darz, W_rz, tmp, n_act)
+            elif n_act > 0:
                 recurrent_matmul(W_rz_T, darz, tmp, buf, n_act, tiled_max)
         for b in range(B):
             dhb = dh[b]

@@ -480,8 +480,9 @@ def gru_direction_backward(dy, col0, dh_n, tape, y, h0, W_hh, lengths, reverse, 
     if B == 0 or T == 0:
         return dgx, dgh, hprev, (None if reset_after else rhprev), dh_n.copy()
     dh0 = np.empty((B, H), dtype)
+    small = small_gemm_bound() if T >= SMALL_GEMM_MIN_T else 0
     gru_backward_serial(dy, int(col0), dh_n, tape, y, h0, np.ascontiguousarray(W_hh.T), lengths,
                         is_sorted_desc(lengths), bool(reverse), bool(reset_after),
                         *gate_scalars(dtype, gate_kind, alpha, beta, clip), dgx, dgh, hprev, rhprev,
-                        dh0, serial_tiled_max(thread_count()))
+                        dh0, serial_tiled_max(thread_count()), small)
     return dgx, dgh, hprev, (None if reset_after else rhprev), dh0
