@@ -63,3 +63,26 @@ def test_small_gemm_bound_reads_scipys_openblas_kernel(monkeypatch, arch, path, 
         assert dispatch.small_gemm_bound() == want
     finally:
         dispatch.small_gemm_bound.cache_clear()
+
+
+def test_bfloat16_weights_ignore_the_bound():
+    """A quantized model's bfloat16 steps never take BLAS, whatever bound the kernel is given."""
+    from numgru.kernels.bf16 import from_bfloat16, to_bfloat16
+    from numgru.kernels.forward import gru_forward_serial
+    rng = np.random.default_rng(4)
+    T, B, H = 9, 3, 8
+    W = to_bfloat16(rng.standard_normal((3 * H, H)).astype(np.float32))
+    gx = rng.standard_normal((T, B, 3 * H)).astype(np.float32)
+    b_hh = np.zeros(3 * H, np.float32)
+    h0 = np.zeros((B, H), np.float32)
+    lengths = np.full(B, T, np.int64)
+    no_tape = np.zeros((0, 0, 0), np.float32)
+    outs = []
+    for Wm, bound in ((W, 10**6), (np.ascontiguousarray(from_bfloat16(W)), 0)):
+        y = np.empty((T, B, H), np.float32)
+        h_n = np.empty((B, H), np.float32)
+        f32 = np.float32
+        gru_forward_serial(gx, Wm, b_hh, h0, lengths, True, False, True, 0, f32(0), f32(0), False,
+                           f32(np.inf), y, 0, h_n, False, no_tape, 16, 0, B, bound)
+        outs.append(y)
+    np.testing.assert_allclose(outs[0], outs[1], rtol=1e-6, atol=1e-6)

@@ -286,10 +286,22 @@ def _ol_blas_matmul_T(Wm, h, out, buf, n):
     return lambda Wm, h, out, buf, n: rows_matmul_T(Wm, h, out, buf, n)
 
 
+def blas_reads(W):
+    """Whether BLAS can multiply by W: True for float arrays, False for bfloat16 (``uint16``) ones
+    (resolved at compile time by the overload below)."""
+    return W.dtype != np.uint16
+
+
+@overload(blas_reads, jit_options={"fastmath": set(FASTMATH)})
+def _ol_blas_reads(W):
+    readable = not (isinstance(W, types.Array) and W.dtype == types.uint16)
+    return lambda W: readable
+
+
 def small_gemm_nn(h, WT, out, n):
     """out[:n] = h[:n] @ WT for WT (K, M) C-contiguous, in BLAS: the orientation OpenBLAS's small-matrix
-    kernels take without packing (see :func:`_gru_forward`). Not for bfloat16 weights (resolved at
-    compile time by the overload below; callers never choose it for them)."""
+    kernels take without packing (see :func:`_gru_forward`). Float weights only: callers check
+    :func:`blas_reads` (for ``uint16`` the overload below compiles to nothing)."""
     np.dot(h[:n], WT, out[:n])
 
 
@@ -329,10 +341,10 @@ def _gru_forward(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, reset_after,
     ONNX's clip; tiled_max as in :func:`recurrent_matmul`.
 
     ``small_gemm``: with 2+ rows and B·3H·H at most this many multiply-adds (0: never), each step's
-    products are ``h @ W_hh.T`` in BLAS on a transposed copy of W_hh (of its r, z and n blocks for
-    reset_after=False) made once per call
-    (:func:`small_gemm_nn`), for the BLAS builds whose small-matrix kernels run that orientation
-    without packing (the caller knows which, :func:`~numgru.kernels.dispatch.small_gemm_bound`).
+    products are ``h @ W_hh.T`` in BLAS (:func:`small_gemm_nn`) on a transposed copy of W_hh (of its
+    r, z and n blocks for reset_after=False) made once per call, for the BLAS builds whose
+    small-matrix kernels run that orientation without packing (the caller knows which:
+    :func:`~numgru.kernels.dispatch.small_gemm_bound`). Ignored for bfloat16 weights.
     Aliasing: no output may alias an input.
     """
     wide_vectors()
@@ -355,7 +367,7 @@ def _gru_forward(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, reset_after,
     buf = np.empty(3 * H * B, dt)
     W_rz = W_hh[:H2]
     W_n = W_hh[H2:]
-    nn = B >= 2 and 3 * H * H * B <= small_gemm
+    nn = blas_reads(W_hh) and B >= 2 and 3 * H * H * B <= small_gemm
     WT = np.ascontiguousarray(W_hh.T) if nn and reset_after else np.empty((0, 0), W_hh.dtype)
     WT_rz = np.ascontiguousarray(W_rz.T) if nn and not reset_after else np.empty((0, 0), W_hh.dtype)
     WT_n = np.ascontiguousarray(W_n.T) if nn and not reset_after else np.empty((0, 0), W_hh.dtype)
