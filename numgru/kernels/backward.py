@@ -20,7 +20,7 @@ from .activations import gate_grad, kind_is_sigmoid, one_like
 from .forward import active_rows, recurrent_matmul, small_gemm_nn
 
 
-def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, reverse, reset_after,
+def _gru_backward(dy, col0, dh_n, tape, y, h0, W_hh, W_T, lengths, sorted_desc, reverse, reset_after,
                   gate_kind, alpha, beta, use_clip, clip, dgx, dgh, hprev, rhprev, dh0, tiled_max,
                   small_gemm):
     """Backward pass of one GRU layer, one direction, in the reverse of the forward's step order.
@@ -33,6 +33,7 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, revers
                               ``use_clip`` (the clip flags).
     y        (T, B, DH)  in.  The forward output of the layer (gives h_{t−1}).
     h0       (B, H)      in.  The forward's initial state.
+    W_hh     (3H, H)     in.  Recurrent weights (C-contiguous): d @ W_hh in BLAS's small-matrix kernels.
     W_T      (H, 3H)     in.  W_hh transposed (a C-contiguous copy), so that d @ W_hh = d @ W_T.T.
     lengths  (B,) int64  in.  As in the forward; ``sorted_desc`` likewise limits each step's GEMMs to
                               the active prefix of rows.
@@ -45,8 +46,8 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, revers
 
     Scalars as in the forward kernel; ``reverse`` says which direction the forward ran; ``tiled_max``
     as in :func:`~numgru.kernels.forward.recurrent_matmul`; ``small_gemm`` as in
-    :func:`~numgru.kernels.forward._gru_forward` (the products ``d @ W_hh`` then run in BLAS on
-    C-contiguous copies of W_hh's blocks, the orientation of its small-matrix kernels). Per step and
+    :func:`~numgru.kernels.forward._gru_forward` (the products ``d @ W_hh`` then run in BLAS on W_hh
+    and its row blocks, already the orientation of its small-matrix kernels). Per step and
     row the gate gradients run in short loops that each touch few arrays, so LLVM vectorises them.
     """
     wide_vectors()
@@ -73,9 +74,8 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, revers
         for j in range(H):
             W_n_T[k, j] = W_T[k, H2 + j]
     nn = B >= 2 and 3 * H * H * B <= small_gemm
-    W = np.ascontiguousarray(W_T.T) if nn and reset_after else np.empty((0, 0), dt)
-    W_rz = np.ascontiguousarray(W_rz_T.T) if nn and not reset_after else np.empty((0, 0), dt)
-    W_n = np.ascontiguousarray(W_n_T.T) if nn and not reset_after else np.empty((0, 0), dt)
+    W_rz = W_hh[:H2]  # row blocks of a C-contiguous array: contiguous, no copies
+    W_n = W_hh[H2:]
     for b in range(B):
         for j in range(H):
             dh[b, j] = dh_n[b, j]
@@ -169,7 +169,7 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, revers
         n_act = active_rows(lengths, t, sorted_desc)
         if reset_after:
             if nn and n_act >= 2:
-                small_gemm_nn(dgh[t], W, tmp, n_act)
+                small_gemm_nn(dgh[t], W_hh, tmp, n_act)
             elif n_act > 0:
                 recurrent_matmul(W_T, dgh[t], tmp, buf, n_act, tiled_max)
         else:

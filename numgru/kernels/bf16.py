@@ -34,6 +34,11 @@ def from_bfloat16(b):
     return (np.asarray(b, dtype=np.uint16).astype(np.uint32) << np.uint32(16)).view(np.float32)
 
 
+def is_bfloat16_array(t):
+    """Whether the Numba type ``t`` is an array of bfloat16 values (``uint16``), for overloads."""
+    return isinstance(t, types.Array) and t.dtype == types.uint16
+
+
 @intrinsic
 def widen(typingctx, u):
     """float32 whose bits are ``u << 16`` (one bfloat16 value, exactly)."""
@@ -53,6 +58,6 @@ def wget(w, k):
 
 @overload(wget, jit_options={"fastmath": set(FASTMATH)})
 def _ol_wget(w, k):
-    if isinstance(w, types.Array) and w.dtype == types.uint16:
+    if is_bfloat16_array(w):
         return lambda w, k: widen(w[k])
     return lambda w, k: w[k]

@@ -416,7 +416,8 @@ def gru_direction_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gat
     sorted_desc = is_sorted_desc(lengths)
     tiled_max = serial_tiled_max(threads)
     # BLAS's small-matrix kernels for the steps' products when the sequence repays the transposed copy
-    small = small_gemm_bound() if T >= SMALL_GEMM_MIN_T and W_hh.dtype != np.uint16 else 0
+    # (the kernel itself passes them by for bfloat16 weights)
+    small = small_gemm_bound() if T >= SMALL_GEMM_MIN_T else 0
     common = (gx, W_hh, b_hh, h0, lengths, sorted_desc, bool(reverse))
     gates = (*gate_scalars(dtype, gate_kind, alpha, beta, clip), y, int(col0), h_n)
     with parallel_slot(route is not None or B >= PARALLEL_MIN_ROWS) as par:
@@ -482,7 +483,8 @@ def gru_direction_backward(dy, col0, dh_n, tape, y, h0, W_hh, lengths, reverse, 
         return dgx, dgh, hprev, (None if reset_after else rhprev), dh_n.copy()
     dh0 = np.empty((B, H), dtype)
     small = small_gemm_bound() if T >= SMALL_GEMM_MIN_T else 0
-    gru_backward_serial(dy, int(col0), dh_n, tape, y, h0, np.ascontiguousarray(W_hh.T), lengths,
+    W_hh = np.ascontiguousarray(W_hh)
+    gru_backward_serial(dy, int(col0), dh_n, tape, y, h0, W_hh, np.ascontiguousarray(W_hh.T), lengths,
                         is_sorted_desc(lengths), bool(reverse), bool(reset_after),
                         *gate_scalars(dtype, gate_kind, alpha, beta, clip), dgx, dgh, hprev, rhprev,
                         dh0, serial_tiled_max(thread_count()), small)

@@ -26,12 +26,12 @@ Serial and parallel variants are compiled from the same body (``prange`` is ``ra
 ``parallel=False``).
 """
 import numpy as np
-from numba import prange, types
+from numba import prange
 from numba.extending import overload
 
 from ._jit import FASTMATH, inline, kernel, parallel_kernel, wide_vectors
 from .activations import clip_pre, clipped, gate, one_like, sigmoid_fast, tanh_fast
-from .bf16 import wget
+from .bf16 import is_bfloat16_array, wget
 
 
 @inline
@@ -281,7 +281,7 @@ def blas_matmul_T(Wm, h, out, buf, n):
 
 @overload(blas_matmul_T, jit_options={"fastmath": set(FASTMATH)})
 def _ol_blas_matmul_T(Wm, h, out, buf, n):
-    if isinstance(Wm, types.Array) and Wm.dtype == types.uint16:
+    if is_bfloat16_array(Wm):
         return lambda Wm, h, out, buf, n: tiled_matmul(Wm, h, out, n)
     return lambda Wm, h, out, buf, n: rows_matmul_T(Wm, h, out, buf, n)
 
@@ -294,7 +294,7 @@ def blas_reads(W):
 
 @overload(blas_reads, jit_options={"fastmath": set(FASTMATH)})
 def _ol_blas_reads(W):
-    readable = not (isinstance(W, types.Array) and W.dtype == types.uint16)
+    readable = not is_bfloat16_array(W)
     return lambda W: readable
 
 
@@ -307,7 +307,7 @@ def small_gemm_nn(h, WT, out, n):
 
 @overload(small_gemm_nn, jit_options={"fastmath": set(FASTMATH)})
 def _ol_small_gemm_nn(h, WT, out, n):
-    if isinstance(WT, types.Array) and WT.dtype == types.uint16:
+    if is_bfloat16_array(WT):
         return lambda h, WT, out, n: None
     return lambda h, WT, out, n: np.dot(h[:n], WT, out[:n])
 

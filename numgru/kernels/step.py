@@ -6,12 +6,12 @@ splits a step (reset_after=True) over blocks of hidden units on Numba's threads,
 Python costs one kernel call per layer.
 """
 import numpy as np
-from numba import prange, types
+from numba import prange
 from numba.extending import overload
 
 from ._jit import FASTMATH, inline, kernel, parallel_kernel, wide_vectors
 from .activations import clip_pre, gate, one_like, tanh_fast
-from .bf16 import wget
+from .bf16 import is_bfloat16_array, wget
 from .forward import _chunk_after, recurrent_matmul, small_rows_matmul, tiled_matmul
 
 
@@ -30,7 +30,7 @@ def step_matmul(W, x, out, buf, n, small, tiled_max):
 
 @overload(step_matmul, jit_options={"fastmath": set(FASTMATH)})
 def _ol_step_matmul(W, x, out, buf, n, small, tiled_max):
-    if isinstance(W, types.Array) and W.dtype == types.uint16:
+    if is_bfloat16_array(W):
         return lambda W, x, out, buf, n, small, tiled_max: tiled_matmul(W, x, out, n)
 
     def impl(W, x, out, buf, n, small, tiled_max):
