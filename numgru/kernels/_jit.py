@@ -66,6 +66,13 @@ def inline(func):
     return numba.njit(inline="always", nogil=True, fastmath=set(FASTMATH), error_model="numpy")(func)
 
 
+def device(func):
+    """A device function compiled once per signature and called, not inlined (same flags as
+    :func:`inline`): for helpers that several kernels or call sites share, whose inlined copies would
+    each be typed and optimised again."""
+    return numba.njit(nogil=True, fastmath=set(FASTMATH), error_model="numpy")(func)
+
+
 @intrinsic
 def wide_vectors(typingctx):
     """Let LLVM vectorise the function it is called in with 512-bit registers where the CPU has them.

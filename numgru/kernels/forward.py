@@ -6,16 +6,18 @@ matmul (two for reset_after=False, which needs r before the n block) on the rows
 step, then runs the gate arithmetic in short fused loops over the step's pre-activations. Workspace is
 allocated once, before the time loop.
 
-The recurrent matmul goes by :func:`recurrent_matmul`, by shape (measured on this project's 2-vCPU
-machine, float32, one thread): a register-blocked Numba matmul for B = 2–16, and for B = 1 while W_hh
-fits L2 (:func:`small_rows_matmul`; BLAS re-packs W on every call and loses there), in tiles once W
-leaves L2; a BLAS GEMV at B = 1 for H > 256;
-a BLAS GEMM in the orientation BLAS runs fastest beyond (:func:`rows_matmul_T`). Where OpenBLAS has
-small-matrix kernels (SkylakeX and successors) and a step's product holds at most 10⁶ multiply-adds,
-steps of 2+ rows run ``h @ W_hh.T`` there instead, on a transposed copy of W_hh
-(:func:`small_gemm_nn`; T = 128, one thread: B = 2 / 4 / 16 at H = 256 / 64 / 64 1.67× / 1.44× /
-1.56×, B = 8–16 at H = 128 1.15–1.20×, B = 4 at H = 256 level; reset_after=False 1.24–1.73×; the
-rows route's chunks on 2 threads 1.25–1.39×). ``parallel=True``
+For sequences of 4+ steps with float weights the kernel packs W_hh once per call into panels of
+W_hh.T (:mod:`~numgru.kernels.panel`) and runs each step's product there, a register-blocked
+outer-product kernel written in LLVM's vector IR, wherever :func:`use_panels` says it wins: one row while
+W_hh fits L2, 2–16 rows at any size, up to 64 rows at H ≤ 256. Paired A/B against the routes below
+(T = 128, one thread, float32, 2-vCPU Intel): B = 16, H = 256 1.30–1.48×; B = 64, H = 256 1.19–1.20×;
+B = 16, H = 1024 1.15–1.29×; B = 8, H = 512 1.34×; B = 1, H = 256 1.31×; B = 2–8 at H = 128–256
+1.13–1.20×; H = 64 level. Otherwise the product goes by :func:`recurrent_matmul`, by shape: a
+register-blocked Numba matmul for B = 2–16, and for B = 1 while W_hh fits L2
+(:func:`small_rows_matmul`), in tiles once W leaves L2; a BLAS GEMV at B = 1 for H > 256; a BLAS GEMM in
+the orientation BLAS runs fastest beyond (:func:`rows_matmul_T`); or, where OpenBLAS has small-matrix
+kernels and a product holds at most 10⁶ multiply-adds, ``h @ W_hh.T`` on a transposed copy of W_hh
+(:func:`small_gemm_nn`). ``parallel=True``
 spreads the gate loops over rows. With several threads, inference at small and middle batches instead
 runs :func:`_gru_forward_rows` (the batch split into row chunks, each a whole sequence on one thread),
 :func:`_gru_forward_cols` (each step split over hidden units) or, at the smallest batches,
@@ -29,9 +31,10 @@ import numpy as np
 from numba import prange
 from numba.extending import overload
 
-from ._jit import FASTMATH, inline, kernel, parallel_kernel, wide_vectors
+from ._jit import FASTMATH, device, inline, kernel, parallel_kernel, wide_vectors
 from .activations import clip_pre, clipped, gate, one_like, sigmoid_fast, tanh_fast
 from .bf16 import is_bfloat16_array, wget
+from .panel import pack_panels, panel_matmul
 
 
 @inline
@@ -312,6 +315,53 @@ def _ol_small_gemm_nn(h, WT, out, n):
     return lambda h, WT, out, n: np.dot(h[:n], WT, out[:n])
 
 
+PANEL_MIN_T = 4  # steps that repay packing W_hh into panels (one pass over it)
+
+
+@inline
+def use_panels(K, n, tiled_max):
+    """Whether n rows times packed weights of inner size K go by :func:`~numgru.kernels.panel.panel_matmul`.
+
+    Measured per product on the 2-vCPU Intel machine (one thread, float32, M = 3K; GFLOP/s, panels
+    against the route they replace): one row while W fits L2 (K ≤ 256) 51–103 against 26–40 (the
+    dot-product kernel); 2–16 rows 84–175 against 43–91 (dot-product or tiled kernel) at K ≤ 256 and
+    84–129 against 53–104 at K = 512–1024; 17–64 rows at K ≤ 256 131–169 against 98–131 (BLAS). BLAS
+    stays ahead for one row beyond L2 (its GEMV streams W faster) and for more rows beyond K = 256 or
+    64 rows (its packing pays off). ``tiled_max`` as in :func:`recurrent_matmul`: where BLAS may
+    thread a product (several threads, ``tiled_max`` 1–15) it keeps the rows it took before.
+    """
+    if n == 1:
+        return K <= 256
+    if n <= 16:
+        return K <= 512 or tiled_max < 0 or n <= tiled_max
+    return n <= 64 and K <= 256 and (tiled_max < 0 or tiled_max >= 16)
+
+
+def weight_panels(W, dt):
+    """:func:`~numgru.kernels.panel.pack_panels` (W) for float weights; an empty (0, 0, 0) array of dtype
+    ``dt`` for bfloat16 ones, which take the other routes (resolved at compile time)."""
+    return pack_panels.py_func(W)
+
+
+@overload(weight_panels, jit_options={"fastmath": set(FASTMATH)})
+def _ol_weight_panels(W, dt):
+    if is_bfloat16_array(W):
+        return lambda W, dt: np.empty((0, 0, 0), dt)
+    return lambda W, dt: pack_panels(W)
+
+
+@device
+def step_product(Wm, Wp, h, out, buf, n, tiled_max):
+    """out[:n] = h[:n] @ Wm.T: by the packed panels Wp (of Wm; (0, 0, 0) when there are none) where
+    :func:`use_panels` says so, else :func:`recurrent_matmul`. Compiled once and called, not inlined:
+    the kernels call it at three places, and inlining the matmul routes three times cost compile time."""
+    wide_vectors()
+    if Wp.shape[0] > 0 and use_panels(Wm.shape[1], n, tiled_max):
+        panel_matmul(h, Wp, out, n)
+    else:
+        recurrent_matmul(Wm, h, out, buf, n, tiled_max)
+
+
 def _gru_forward(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, reset_after, gate_kind, alpha,
                  beta, use_clip, clip, y, col0, h_n, store, tape, tiled_max, b0, b1, small_gemm):
     """Run one GRU layer, one direction, over a whole sequence, for batch rows b0 … b1−1.
@@ -367,7 +417,13 @@ def _gru_forward(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, reset_after,
     buf = np.empty(3 * H * B, dt)
     W_rz = W_hh[:H2]
     W_n = W_hh[H2:]
-    nn = blas_reads(W_hh) and B >= 2 and 3 * H * H * B <= small_gemm
+    # packed panels (:mod:`~numgru.kernels.panel`) when some step's product takes them
+    pw = blas_reads(W_hh) and T >= PANEL_MIN_T and (use_panels(H, B, tiled_max) or use_panels(H, 1, tiled_max)
+                                                     or use_panels(H, min(B, 16), tiled_max))
+    nn = not pw and blas_reads(W_hh) and B >= 2 and 3 * H * H * B <= small_gemm
+    Wp = weight_panels(W_hh, dt) if pw and reset_after else np.empty((0, 0, 0), dt)
+    Wp_rz = weight_panels(W_rz, dt) if pw and not reset_after else np.empty((0, 0, 0), dt)
+    Wp_n = weight_panels(W_n, dt) if pw and not reset_after else np.empty((0, 0, 0), dt)
     WT = np.ascontiguousarray(W_hh.T) if nn and reset_after else np.empty((0, 0), W_hh.dtype)
     WT_rz = np.ascontiguousarray(W_rz.T) if nn and not reset_after else np.empty((0, 0), W_hh.dtype)
     WT_n = np.ascontiguousarray(W_n.T) if nn and not reset_after else np.empty((0, 0), W_hh.dtype)
@@ -380,7 +436,7 @@ def _gru_forward(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, reset_after,
             if nn and n_act >= 2:
                 small_gemm_nn(hc, WT, acc, n_act)
             elif n_act > 0:
-                recurrent_matmul(W_hh, hc, acc, buf, n_act, tiled_max)
+                step_product(W_hh, Wp, hc, acc, buf, n_act, tiled_max)
             for i in prange(B):  # i: row of the workspace, b: row of the arrays passed in
                 wide_vectors()
                 b = b0 + i
@@ -406,7 +462,7 @@ def _gru_forward(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, reset_after,
             if nn and n_act >= 2:
                 small_gemm_nn(hc, WT_rz, acc_rz, n_act)
             elif n_act > 0:
-                recurrent_matmul(W_rz, hc, acc_rz, buf, n_act, tiled_max)
+                step_product(W_rz, Wp_rz, hc, acc_rz, buf, n_act, tiled_max)
             for i in prange(n_act):
                 wide_vectors()
                 gxb = gx[t, b0 + i]
@@ -424,7 +480,7 @@ def _gru_forward(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, reset_after,
             if nn and n_act >= 2:
                 small_gemm_nn(rh, WT_n, acc_n, n_act)
             elif n_act > 0:
-                recurrent_matmul(W_n, rh, acc_n, buf, n_act, tiled_max)
+                step_product(W_n, Wp_n, rh, acc_n, buf, n_act, tiled_max)
             for i in prange(B):
                 wide_vectors()
                 b = b0 + i

@@ -1,0 +1,68 @@
+"""The packed-panel matmul (numgru.kernels.panel) against NumPy: row counts around the register block,
+columns that end inside a panel (masked stores), inner sizes past one k-chunk, both float dtypes. The
+forward's use of it is checked against tests/reference.py by the layer tests (every sequence of 4+
+steps with float weights takes it)."""
+import numba
+import numpy as np
+import pytest
+
+from numgru.kernels.panel import pack_panels, panel_matmul, panel_width
+
+
+@numba.njit(cache=False)
+def _pack(W):
+    return pack_panels(W)
+
+
+@numba.njit(cache=False)
+def _matmul(h, Wp, out, n):
+    panel_matmul(h, Wp, out, n)
+
+
+@numba.njit(cache=False)
+def _width(x):
+    return panel_width(x)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("M, K", [(48, 16), (300, 100), (5, 3), (768, 256), (97, 301), (64, 1)])
+def test_panel_matmul_matches_numpy(dtype, M, K):
+    rng = np.random.default_rng(M * 1000 + K)
+    W = rng.standard_normal((M, K)).astype(dtype)
+    Wp = _pack(W)
+    for n in (1, 2, 3, 5, 6, 7, 8, 9, 13, 17, 64):
+        rows = n + 2
+        h = rng.standard_normal((rows, K)).astype(dtype)
+        # out is the front of a larger buffer: nothing past its last column may be written
+        buf = np.full(rows * M + 64, 7.0, dtype)
+        out = buf[:rows * M].reshape(rows, M)
+        _matmul(h, Wp, out, n)
+        want = h[:n].astype(np.float64) @ W.T.astype(np.float64)
+        tol = 1e-5 if dtype == np.float32 else 1e-12
+        np.testing.assert_allclose(out[:n], want, rtol=tol, atol=tol * np.sqrt(K))
+        assert (out[n:] == 7.0).all() and (buf[rows * M:] == 7.0).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_pack_panels_layout(dtype):
+    W = np.arange(70 * 5, dtype=dtype).reshape(70, 5)
+    Wp = _pack(W)
+    nc = _width(dtype(0))
+    assert Wp.shape == (-(-70 // nc), 5, nc)
+    assert Wp.ctypes.data % 64 == 0 and Wp.flags.c_contiguous
+    for p in range(Wp.shape[0]):
+        for c in range(nc):
+            j = p * nc + c
+            np.testing.assert_array_equal(Wp[p, :, c], W[j] if j < 70 else 0)
+
+
+def test_panel_matmul_rejects_mismatched_shapes():
+    W = np.ones((48, 8), np.float32)
+    Wp = _pack(W)
+    with pytest.raises(ValueError, match="shapes"):
+        _matmul(np.ones((2, 9), np.float32), Wp, np.empty((2, 48), np.float32), 2)  # K differs
+    with pytest.raises(ValueError, match="shapes"):
+        _matmul(np.ones((2, 8), np.float32), Wp, np.empty((1, 48), np.float32), 2)  # n > rows of out
+    with pytest.raises(ValueError, match="shapes"):
+        wide = np.empty((2, Wp.shape[0] * Wp.shape[2] + 1), np.float32)
+        _matmul(np.ones((2, 8), np.float32), Wp, wide, 2)  # more columns than the panels hold
