@@ -4,9 +4,11 @@ The kernel produces the gradients of the gate pre-activations at every step; the
 then GEMMs over the whole sequence (done by the caller), so their summation order does not depend on the
 thread count. Per step: the gate gradients of all rows in one fused loop, then one matmul
 ``dgh_t @ W_hh`` for the gradient flowing into h_{t−1} (reset_after=False needs an extra one for
-d(r ⊙ h) = dn_pre @ W_hn first), by the forward's :func:`~numgru.kernels.forward.recurrent_matmul`
-routes on a transposed copy of W_hh (Numba's register-blocked matmul for up to 16 rows: at 16 rows,
-H = 256, 100 against BLAS's 68–77 GFLOP/s).
+d(r ⊙ h) = dn_pre @ W_hn first), by the forward's routes
+(:func:`~numgru.kernels.forward.step_product`): on panels of W_hh packed once per call
+(:mod:`~numgru.kernels.panel`) where they win, else on a transposed copy of W_hh. Paired A/B of
+forward_train + backward against the routes without panels (T = 128, one thread, float32):
+B = 16, H = 256 1.19×; B = 64, H = 256 1.06×; B = 8, H = 128 1.04×; H = 64 level.
 
 There is one variant, serial: with several threads BLAS threads the per-step matmuls. A variant that
 spread the gate loops over rows with ``prange`` between BLAS-threaded matmuls ran 5–10× slower on
@@ -17,7 +19,8 @@ import numpy as np
 
 from ._jit import kernel, wide_vectors
 from .activations import gate_grad, kind_is_sigmoid, one_like
-from .forward import active_rows, recurrent_matmul, small_gemm_nn
+from .forward import active_rows, step_product, wants_panels
+from .panel import pack_panels
 
 
 def _gru_backward(dy, col0, dh_n, tape, y, h0, W_hh, W_T, lengths, sorted_desc, reverse, reset_after,
@@ -73,7 +76,14 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_hh, W_T, lengths, sorted_desc, 
             W_rz_T[k, j] = W_T[k, j]
         for j in range(H):
             W_n_T[k, j] = W_T[k, H2 + j]
+    # packed panels (:mod:`~numgru.kernels.panel`) of the matrices each step multiplies by, where some
+    # step's product takes them; else BLAS's small-matrix kernels or the forward's matmul routes
+    empty = np.empty((0, 0, 0), dt)
+    Wp_T = pack_panels(W_T) if reset_after and wants_panels(3 * H, B, T, tiled_max) else empty
+    Wp_n = pack_panels(W_n_T) if not reset_after and wants_panels(H, B, T, tiled_max) else empty
+    Wp_rz = pack_panels(W_rz_T) if not reset_after and wants_panels(H2, B, T, tiled_max) else empty
     nn = B >= 2 and 3 * H * H * B <= small_gemm
+    no_nn = np.empty((0, 0), dt)
     W_rz = W_hh[:H2]  # row blocks of a C-contiguous array: contiguous, no copies
     W_n = W_hh[H2:]
     for b in range(B):
@@ -168,16 +178,12 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_hh, W_T, lengths, sorted_desc, 
                     rhb[j] = tb[j] * hpb[j]
         n_act = active_rows(lengths, t, sorted_desc)
         if reset_after:
-            if nn and n_act >= 2:
-                small_gemm_nn(dgh[t], W_hh, tmp, n_act)
-            elif n_act > 0:
-                recurrent_matmul(W_T, dgh[t], tmp, buf, n_act, tiled_max)
+            if n_act > 0:
+                step_product(W_T, Wp_T, W_hh if nn else no_nn, dgh[t], tmp, buf, n_act, tiled_max)
         else:
             # d(r ⊙ h_prev) = dn_pre @ W_hn, then the r gate, then the r, z blocks' matmul
-            if nn and n_act >= 2:
-                small_gemm_nn(dan, W_n, drh, n_act)
-            elif n_act > 0:
-                recurrent_matmul(W_n_T, dan, drh, buf, n_act, tiled_max)
+            if n_act > 0:
+                step_product(W_n_T, Wp_n, W_n if nn else no_nn, dan, drh, buf, n_act, tiled_max)
             for b in range(B):
                 darzb = darz[b]
                 if t >= lengths[b]:
@@ -202,10 +208,8 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_hh, W_T, lengths, sorted_desc, 
                     darzb[j] = da_r
                 for j in range(H):
                     darzb[H + j] = dgxb[H + j]
-            if nn and n_act >= 2:
-                small_gemm_nn(darz, W_rz, tmp, n_act)
-            elif n_act > 0:
-                recurrent_matmul(W_rz_T, darz, tmp, buf, n_act, tiled_max)
+            if n_act > 0:
+                step_product(W_rz_T, Wp_rz, W_rz if nn else no_nn, darz, tmp, buf, n_act, tiled_max)
         for b in range(B):
             dhb = dh[b]
             dhpb = dhp[b]

@@ -327,14 +327,25 @@ def use_panels(K, n, tiled_max):
     dot-product kernel); 2–16 rows 84–175 against 43–91 (dot-product or tiled kernel) at K ≤ 256 and
     84–129 against 53–104 at K = 512–1024; 17–64 rows at K ≤ 256 131–169 against 98–131 (BLAS). BLAS
     stays ahead for one row beyond L2 (its GEMV streams W faster) and for more rows beyond K = 256 or
-    64 rows (its packing pays off). ``tiled_max`` as in :func:`recurrent_matmul`: where BLAS may
-    thread a product (several threads, ``tiled_max`` 1–15) it keeps the rows it took before.
+    64 rows (its packing pays off). ``tiled_max`` as in :func:`recurrent_matmul`: past K = 512, where
+    BLAS may thread a product (several threads, ``tiled_max`` 1–15), it keeps the rows it took before.
+    Otherwise the choice does not depend on the thread count, so training's sums come out the same
+    with any number of threads.
     """
     if n == 1:
         return K <= 256
     if n <= 16:
         return K <= 512 or tiled_max < 0 or n <= tiled_max
-    return n <= 64 and K <= 256 and (tiled_max < 0 or tiled_max >= 16)
+    return n <= 64 and K <= 256
+
+
+@inline
+def wants_panels(K, B, T, tiled_max):
+    """Whether a kernel of T steps over B rows packs weights of inner size K into panels: some step's
+    product would take them (:func:`use_panels`; with sorted lengths a step may have any row count up
+    to B) and there are at least :data:`PANEL_MIN_T` steps to repay the packing."""
+    return T >= PANEL_MIN_T and (use_panels(K, B, tiled_max) or use_panels(K, 1, tiled_max)
+                                 or use_panels(K, min(B, 16), tiled_max))
 
 
 def weight_panels(W, dt):
@@ -350,14 +361,28 @@ def _ol_weight_panels(W, dt):
     return lambda W, dt: pack_panels(W)
 
 
+@inline
+def panels_cover(K, B, tiled_max):
+    """Whether every product of 2 … B rows takes packed panels (:func:`use_panels`)."""
+    for n in range(2, B + 1):
+        if not use_panels(K, n, tiled_max):
+            return False
+    return True
+
+
 @device
-def step_product(Wm, Wp, h, out, buf, n, tiled_max):
-    """out[:n] = h[:n] @ Wm.T: by the packed panels Wp (of Wm; (0, 0, 0) when there are none) where
-    :func:`use_panels` says so, else :func:`recurrent_matmul`. Compiled once and called, not inlined:
-    the kernels call it at three places, and inlining the matmul routes three times cost compile time."""
+def step_product(Wm, Wp, WT, h, out, buf, n, tiled_max):
+    """out[:n] = h[:n] @ Wm.T for one step: by the packed panels Wp (of Wm) where :func:`use_panels`
+    says so; else, for 2+ rows, by BLAS's small-matrix kernels on WT (Wm.T, C-contiguous); else by
+    :func:`recurrent_matmul`. Wp (0, 0, 0) or WT (0, 0) when the caller has none.
+
+    Compiled once per signature and called, not inlined: the kernels call it at three places each, and
+    inlining the matmul routes three times cost compile time."""
     wide_vectors()
     if Wp.shape[0] > 0 and use_panels(Wm.shape[1], n, tiled_max):
         panel_matmul(h, Wp, out, n)
+    elif WT.shape[0] > 0 and n >= 2:
+        small_gemm_nn(h, WT, out, n)
     else:
         recurrent_matmul(Wm, h, out, buf, n, tiled_max)
 
@@ -418,9 +443,8 @@ def _gru_forward(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, reset_after,
     W_rz = W_hh[:H2]
     W_n = W_hh[H2:]
     # packed panels (:mod:`~numgru.kernels.panel`) when some step's product takes them
-    pw = blas_reads(W_hh) and T >= PANEL_MIN_T and (use_panels(H, B, tiled_max) or use_panels(H, 1, tiled_max)
-                                                     or use_panels(H, min(B, 16), tiled_max))
-    nn = not pw and blas_reads(W_hh) and B >= 2 and 3 * H * H * B <= small_gemm
+    pw = blas_reads(W_hh) and wants_panels(H, B, T, tiled_max)
+    nn = blas_reads(W_hh) and B >= 2 and 3 * H * H * B <= small_gemm and not (pw and panels_cover(H, B, tiled_max))
     Wp = weight_panels(W_hh, dt) if pw and reset_after else np.empty((0, 0, 0), dt)
     Wp_rz = weight_panels(W_rz, dt) if pw and not reset_after else np.empty((0, 0, 0), dt)
     Wp_n = weight_panels(W_n, dt) if pw and not reset_after else np.empty((0, 0, 0), dt)
@@ -433,10 +457,8 @@ def _gru_forward(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, reset_after,
         t, hc, hn = step_states(s, T, reverse, h_a, h_b)
         n_act = active_rows(lens, t, sorted_desc)
         if reset_after:
-            if nn and n_act >= 2:
-                small_gemm_nn(hc, WT, acc, n_act)
-            elif n_act > 0:
-                step_product(W_hh, Wp, hc, acc, buf, n_act, tiled_max)
+            if n_act > 0:
+                step_product(W_hh, Wp, WT, hc, acc, buf, n_act, tiled_max)
             for i in prange(B):  # i: row of the workspace, b: row of the arrays passed in
                 wide_vectors()
                 b = b0 + i
@@ -459,10 +481,8 @@ def _gru_forward(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, reset_after,
                     for j in range(H):
                         wb[4 * H + j] = fb[j]
         else:
-            if nn and n_act >= 2:
-                small_gemm_nn(hc, WT_rz, acc_rz, n_act)
-            elif n_act > 0:
-                step_product(W_rz, Wp_rz, hc, acc_rz, buf, n_act, tiled_max)
+            if n_act > 0:
+                step_product(W_rz, Wp_rz, WT_rz, hc, acc_rz, buf, n_act, tiled_max)
             for i in prange(n_act):
                 wide_vectors()
                 gxb = gx[t, b0 + i]
@@ -477,10 +497,8 @@ def _gru_forward(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, reset_after,
                 hcb = hc[i]
                 for j in range(H):
                     rhb[j] = wb[j] * hcb[j]
-            if nn and n_act >= 2:
-                small_gemm_nn(rh, WT_n, acc_n, n_act)
-            elif n_act > 0:
-                step_product(W_n, Wp_n, rh, acc_n, buf, n_act, tiled_max)
+            if n_act > 0:
+                step_product(W_n, Wp_n, WT_n, rh, acc_n, buf, n_act, tiled_max)
             for i in prange(B):
                 wide_vectors()
                 b = b0 + i
