@@ -16,7 +16,7 @@ import numpy as np
 from ._validation import (as_lengths, as_real_array, check_bool, check_dtype, check_float,
                           check_int, untorch)
 from .kernels.activations import GATE_HARD_SIGMOID, GATE_SIGMOID
-from .kernels.dispatch import (batch_order, forward_route, gate_scalars, gru_direction_backward,
+from .kernels.dispatch import (aligned, batch_order, forward_route, gate_scalars, gru_direction_backward,
                                gru_direction_forward, gru_direction_forward_pipelined, input_projection,
                                run_step, serial_tiled_max, step_columns, step_columns_workspace,
                                thread_count, valid_steps)
@@ -218,11 +218,12 @@ class GRU(_Params):
         for layer in range(self.num_layers):
             I_k = self.input_size if layer == 0 else D * H
             for _ in range(D):
-                self._W_ih.append(rng.uniform(-k, k, (3 * H, I_k)).astype(self.dtype))
-                self._W_hh.append(rng.uniform(-k, k, (3 * H, H)).astype(self.dtype))
+                # on 64-byte lines: load_state_dict and the optimizers write into these arrays in place
+                self._W_ih.append(aligned(rng.uniform(-k, k, (3 * H, I_k)).astype(self.dtype)))
+                self._W_hh.append(aligned(rng.uniform(-k, k, (3 * H, H)).astype(self.dtype)))
                 if self.bias:
-                    self._b_ih.append(rng.uniform(-k, k, 3 * H).astype(self.dtype))
-                    self._b_hh.append(rng.uniform(-k, k, 3 * H).astype(self.dtype))
+                    self._b_ih.append(aligned(rng.uniform(-k, k, 3 * H).astype(self.dtype)))
+                    self._b_hh.append(aligned(rng.uniform(-k, k, 3 * H).astype(self.dtype)))
         self._zero_bias = np.zeros(3 * H, self.dtype)
         self._dropout_rng = np.random.default_rng(None if self.seed is None else self.seed + 1)
 
@@ -338,13 +339,13 @@ class GRU(_Params):
             raise ValueError(f"weights: bfloat16 storage needs a float32 model, this one is "
                              f"{self.dtype.name}")
         q = copy.copy(self)
-        bf_ih = [_read_only(to_bfloat16(W)) for W in self._W_ih]
-        bf_hh = [_read_only(to_bfloat16(W)) for W in self._W_hh]
+        bf_ih = [_read_only(aligned(to_bfloat16(W))) for W in self._W_ih]
+        bf_hh = [_read_only(aligned(to_bfloat16(W))) for W in self._W_hh]
         q._bf16 = (bf_ih, bf_hh)
-        q._W_ih = [_read_only(from_bfloat16(b)) for b in bf_ih]
-        q._W_hh = [_read_only(from_bfloat16(b)) for b in bf_hh]
-        q._b_ih = [_read_only(b.copy()) for b in self._b_ih]
-        q._b_hh = [_read_only(b.copy()) for b in self._b_hh]
+        q._W_ih = [_read_only(aligned(from_bfloat16(b))) for b in bf_ih]
+        q._W_hh = [_read_only(aligned(from_bfloat16(b))) for b in bf_hh]
+        q._b_ih = [_read_only(aligned(b)) for b in self._b_ih]
+        q._b_hh = [_read_only(aligned(b)) for b in self._b_hh]
         q._zero_bias = _read_only(self._zero_bias.copy())
         return q
 

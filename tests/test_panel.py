@@ -66,3 +66,18 @@ def test_panel_matmul_rejects_mismatched_shapes():
     with pytest.raises(ValueError, match="shapes"):
         wide = np.empty((2, Wp.shape[0] * Wp.shape[2] + 1), np.float32)
         _matmul(np.ones((2, 8), np.float32), Wp, wide, 2)  # more columns than the panels hold
+
+
+def test_model_weights_start_on_cache_lines():
+    # the kernels' vector loads split over two lines when a weight row starts mid-line
+    import numgru as ng
+    from numgru.kernels.dispatch import aligned
+
+    g = ng.GRU(5, 24, num_layers=2, seed=0)
+    arrays = g._W_ih + g._W_hh + g._b_ih + g._b_hh
+    q = g.quantize()
+    arrays += q._W_ih + q._W_hh + list(q._bf16[0]) + list(q._bf16[1])
+    assert all(a.ctypes.data % 64 == 0 and a.flags.c_contiguous for a in arrays)
+    a = np.arange(12.0).reshape(3, 4)[:, 1:]
+    b = aligned(a)
+    assert b.ctypes.data % 64 == 0 and b.flags.c_contiguous and np.array_equal(a, b)
