@@ -9,7 +9,7 @@ allocated once, before the time loop.
 For sequences of 4+ steps with float weights the kernel packs W_hh once per call into panels of
 W_hh.T (:mod:`~numgru.kernels.panel`) and runs each step's product there, a register-blocked
 outer-product kernel written in LLVM's vector IR, wherever :func:`use_panels` says it wins: one row while
-W_hh fits L2, 2–16 rows at any size, up to 64 rows at H ≤ 256. Paired A/B against the routes below
+W_hh fits L2, 2–16 rows at any size, more rows up to H = 512. Paired A/B against the routes below
 (T = 128, one thread, float32, 2-vCPU Intel): B = 16, H = 256 1.30–1.48×; B = 64, H = 256 1.19–1.20×;
 B = 16, H = 1024 1.15–1.29×; B = 8, H = 512 1.34×; B = 1, H = 256 1.31×; B = 2–8 at H = 128–256
 1.13–1.20×; H = 64 level. Otherwise the product goes by :func:`recurrent_matmul`, by shape: a
@@ -322,21 +322,22 @@ PANEL_MIN_T = 4  # steps that repay packing W_hh into panels (one pass over it)
 def use_panels(K, n, tiled_max):
     """Whether n rows times packed weights of inner size K go by :func:`~numgru.kernels.panel.panel_matmul`.
 
-    Measured per product on the 2-vCPU Intel machine (one thread, float32, M = 3K; GFLOP/s, panels
-    against the route they replace): one row while W fits L2 (K ≤ 256) 51–103 against 26–40 (the
-    dot-product kernel); 2–16 rows 84–175 against 43–91 (dot-product or tiled kernel) at K ≤ 256 and
-    84–129 against 53–104 at K = 512–1024; 17–64 rows at K ≤ 256 131–169 against 98–131 (BLAS). BLAS
-    stays ahead for one row beyond L2 (its GEMV streams W faster) and for more rows beyond K = 256 or
-    64 rows (its packing pays off). ``tiled_max`` as in :func:`recurrent_matmul`: past K = 512, where
-    BLAS may thread a product (several threads, ``tiled_max`` 1–15), it keeps the rows it took before.
-    Otherwise the choice does not depend on the thread count, so training's sums come out the same
-    with any number of threads.
+    Measured per product h @ W.T on the 2-vCPU Intel machine (one thread, float32, M = 3K; GFLOP/s;
+    panels against the dot-product kernel and BLAS's two orientations): one row at K = 64 / 256
+    57 / 50 against 29 / 28 (dot-product) and 26 / 27 (BLAS); 2–16 rows at K ≤ 256 92–170 against
+    33–69 and 49–100, at K = 1024 (16 rows) 119 against 54 and 75; 64–256 rows at K = 256 166–168
+    against 66–86 and 100–143; 32–128 rows at K = 512 106–149 against 83–121. BLAS stays level or
+    ahead for one row beyond L2 (every kernel waits on L3 there) and for 17+ rows at K = 1024 (64 rows:
+    95 against 111). ``tiled_max`` as in :func:`recurrent_matmul`: past K = 512, where BLAS may thread
+    a product (several threads, ``tiled_max`` 1–15), it keeps the rows it took before. Otherwise the
+    choice does not depend on the thread count, so training's sums come out the same with any
+    number of threads.
     """
     if n == 1:
         return K <= 256
     if n <= 16:
         return K <= 512 or tiled_max < 0 or n <= tiled_max
-    return n <= 64 and K <= 256
+    return K <= 512
 
 
 @inline
