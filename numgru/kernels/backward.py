@@ -23,9 +23,8 @@ from .forward import active_rows, step_product, wants_panels
 from .panel import pack_panels
 
 
-def _gru_backward(dy, col0, dh_n, tape, y, h0, W_hh, W_T, lengths, sorted_desc, reverse, reset_after,
-                  gate_kind, alpha, beta, use_clip, clip, dgx, dgh, hprev, rhprev, dh0, tiled_max,
-                  small_gemm):
+def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, reverse, reset_after,
+                  gate_kind, alpha, beta, use_clip, clip, dgx, dgh, hprev, rhprev, dh0, tiled_max):
     """Backward pass of one GRU layer, one direction, in the reverse of the forward's step order.
 
     Arrays (C-contiguous, one float dtype):
@@ -36,7 +35,6 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_hh, W_T, lengths, sorted_desc, 
                               ``use_clip`` (the clip flags).
     y        (T, B, DH)  in.  The forward output of the layer (gives h_{t−1}).
     h0       (B, H)      in.  The forward's initial state.
-    W_hh     (3H, H)     in.  Recurrent weights (C-contiguous): d @ W_hh in BLAS's small-matrix kernels.
     W_T      (H, 3H)     in.  W_hh transposed (a C-contiguous copy), so that d @ W_hh = d @ W_T.T.
     lengths  (B,) int64  in.  As in the forward; ``sorted_desc`` likewise limits each step's GEMMs to
                               the active prefix of rows.
@@ -48,10 +46,8 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_hh, W_T, lengths, sorted_desc, 
     dh0      (B, H)      out. dLoss/dh0.
 
     Scalars as in the forward kernel; ``reverse`` says which direction the forward ran; ``tiled_max``
-    as in :func:`~numgru.kernels.forward.recurrent_matmul`; ``small_gemm`` as in
-    :func:`~numgru.kernels.forward._gru_forward` (the products ``d @ W_hh`` then run in BLAS on W_hh
-    and its row blocks, already the orientation of its small-matrix kernels). Per step and
-    row the gate gradients run in short loops that each touch few arrays, so LLVM vectorises them.
+    as in :func:`~numgru.kernels.forward.recurrent_matmul`. Per step and row the gate gradients run
+    in short loops that each touch few arrays, so LLVM vectorises them.
     """
     wide_vectors()
     T = tape.shape[0]
@@ -82,10 +78,6 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_hh, W_T, lengths, sorted_desc, 
     Wp_T = pack_panels(W_T) if reset_after and wants_panels(3 * H, B, T, tiled_max) else empty
     Wp_n = pack_panels(W_n_T) if not reset_after and wants_panels(H, B, T, tiled_max) else empty
     Wp_rz = pack_panels(W_rz_T) if not reset_after and wants_panels(H2, B, T, tiled_max) else empty
-    nn = B >= 2 and 3 * H * H * B <= small_gemm
-    no_nn = np.empty((0, 0), dt)
-    W_rz = W_hh[:H2]  # row blocks of a C-contiguous array: contiguous, no copies
-    W_n = W_hh[H2:]
     for b in range(B):
         for j in range(H):
             dh[b, j] = dh_n[b, j]
@@ -179,11 +171,11 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_hh, W_T, lengths, sorted_desc, 
         n_act = active_rows(lengths, t, sorted_desc)
         if reset_after:
             if n_act > 0:
-                step_product(W_T, Wp_T, W_hh if nn else no_nn, dgh[t], tmp, buf, n_act, tiled_max)
+                step_product(W_T, Wp_T, dgh[t], tmp, buf, n_act, tiled_max)
         else:
             # d(r ⊙ h_prev) = dn_pre @ W_hn, then the r gate, then the r, z blocks' matmul
             if n_act > 0:
-                step_product(W_n_T, Wp_n, W_n if nn else no_nn, dan, drh, buf, n_act, tiled_max)
+                step_product(W_n_T, Wp_n, dan, drh, buf, n_act, tiled_max)
             for b in range(B):
                 darzb = darz[b]
                 if t >= lengths[b]:
@@ -209,7 +201,7 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_hh, W_T, lengths, sorted_desc, 
                 for j in range(H):
                     darzb[H + j] = dgxb[H + j]
             if n_act > 0:
-                step_product(W_rz_T, Wp_rz, W_rz if nn else no_nn, darz, tmp, buf, n_act, tiled_max)
+                step_product(W_rz_T, Wp_rz, darz, tmp, buf, n_act, tiled_max)
         for b in range(B):
             dhb = dh[b]
             dhpb = dhp[b]

@@ -62,8 +62,6 @@ PACK_BELOW = 0.9
 STEP_COLS_MIN_H = 192
 STEP_COLS_MAX_ROWS = 16
 STEP_COLS_B1_BYTES = 1 << 21
-SMALL_GEMM_MNK = 1_000_000
-SMALL_GEMM_MIN_T = 8
 
 
 def blas_vectors_wider():
@@ -83,35 +81,6 @@ def blas_vectors_wider():
     except RuntimeError:  # LLVM cannot read this host's features: assume no AVX-512
         return False
     return "+avx512f" in features.split(",") and not name.startswith("znver")
-
-
-@functools.lru_cache(maxsize=None)
-def small_gemm_bound():
-    """Most multiply-adds (M·N·K) of a product that the BLAS Numba calls runs in its small-matrix
-    kernels when given as ``h @ WT`` (both C-contiguous): 10⁶ for OpenBLAS's SkylakeX kernels and their
-    successors (Cooperlake, SapphireRapids; OpenBLAS also picks SkylakeX on AMD's Zen 4), which take
-    that orientation without packing, else 0 (other kernels pack every call and lose to
-    :func:`~numgru.kernels.forward.small_rows_matmul`). Read once, from threadpoolctl.
-
-    Measured on 2 Intel vCPUs (one thread, per product, best of 4 × 5): B = 4 / 8 / 16 at H = 64 1.0 /
-    2.2 / 2.5 µs against 2.8 / 4.4 / 8.4 in Numba's register-blocked matmul; B = 4 / 8 / 16 at H = 128
-    4.5 / 6.7 / 17.3 against 5.9 / 15.4 / 26.8; B = 4 at H = 256 13.8 against 23.1; beyond 10⁶ (B = 8,
-    H = 256) OpenBLAS packs and took 127 against 60 µs.
-    """
-    try:
-        import scipy.linalg.cython_blas  # noqa: F401 - the BLAS Numba's np.dot calls
-        from threadpoolctl import threadpool_info
-        libs = threadpool_info()
-    except Exception:  # pragma: no cover - no reading: no small-matrix route (the others are as exact)
-        return 0
-    for lib in libs:
-        # SciPy's OpenBLAS has 32-bit integers; NumPy's ILP64 copy (``libscipy_openblas64_``) is not
-        # the one Numba calls
-        name = os.path.basename(lib.get("filepath") or "")
-        if lib.get("internal_api") == "openblas" and "openblas64" not in name:
-            arch = (lib.get("architecture") or "").lower()
-            return SMALL_GEMM_MNK if arch in ("skylakex", "cooperlake", "sapphirerapids") else 0
-    return 0
 
 
 def _fast_thread_reader():
@@ -430,16 +399,13 @@ def gru_direction_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gat
     threads = thread_count()
     sorted_desc = is_sorted_desc(lengths)
     tiled_max = serial_tiled_max(threads)
-    # BLAS's small-matrix kernels for the steps' products when the sequence repays the transposed copy
-    # (the kernel itself passes them by for bfloat16 weights)
-    small = small_gemm_bound() if T >= SMALL_GEMM_MIN_T else 0
     common = (gx, W_hh, b_hh, h0, lengths, sorted_desc, bool(reverse))
     gates = (*gate_scalars(dtype, gate_kind, alpha, beta, clip), y, int(col0), h_n)
     with parallel_slot(route is not None or B >= PARALLEL_MIN_ROWS) as par:
         if par and route == "columns":
             gru_forward_cols(*common, *gates, threads)
         elif par and route == "rows":
-            gru_forward_rows(*common, bool(reset_after), *gates, bool(store), tape, threads, small)
+            gru_forward_rows(*common, bool(reset_after), *gates, bool(store), tape, threads)
         elif route == "rows" and not sorted_desc:
             # another thread holds the slot and the rows were dealt for the rows route (not sorted as
             # a whole): run the serial kernel chunk by chunk, so each chunk still skips its finished rows
@@ -448,10 +414,10 @@ def gru_direction_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gat
                 b0, b1 = c * cs, min(B, (c + 1) * cs)
                 gru_forward_serial(gx, W_hh, b_hh, h0, lengths, is_sorted_desc(lengths[b0:b1]),
                                    bool(reverse), bool(reset_after), *gates, bool(store), tape, tiled_max,
-                                   b0, b1, small)
+                                   b0, b1)
         else:
             fn = gru_forward_parallel if par else gru_forward_serial
-            fn(*common, bool(reset_after), *gates, bool(store), tape, tiled_max, 0, B, small)
+            fn(*common, bool(reset_after), *gates, bool(store), tape, tiled_max, 0, B)
     return h_n, (tape if store else None)
 
 
@@ -497,10 +463,8 @@ def gru_direction_backward(dy, col0, dh_n, tape, y, h0, W_hh, lengths, reverse, 
     if B == 0 or T == 0:
         return dgx, dgh, hprev, (None if reset_after else rhprev), dh_n.copy()
     dh0 = np.empty((B, H), dtype)
-    small = small_gemm_bound() if T >= SMALL_GEMM_MIN_T else 0
-    W_hh = np.ascontiguousarray(W_hh)
-    gru_backward_serial(dy, int(col0), dh_n, tape, y, h0, W_hh, np.ascontiguousarray(W_hh.T), lengths,
+    gru_backward_serial(dy, int(col0), dh_n, tape, y, h0, np.ascontiguousarray(W_hh.T), lengths,
                         is_sorted_desc(lengths), bool(reverse), bool(reset_after),
                         *gate_scalars(dtype, gate_kind, alpha, beta, clip), dgx, dgh, hprev, rhprev,
-                        dh0, serial_tiled_max(thread_count()), small)
+                        dh0, serial_tiled_max(thread_count()))
     return dgx, dgh, hprev, (None if reset_after else rhprev), dh0

@@ -15,9 +15,9 @@ B = 16, H = 1024 1.15–1.29×; B = 8, H = 512 1.34×; B = 1, H = 256 1.31×; B 
 1.13–1.20×; H = 64 level. Otherwise the product goes by :func:`recurrent_matmul`, by shape: a
 register-blocked Numba matmul for B = 2–16, and for B = 1 while W_hh fits L2
 (:func:`small_rows_matmul`), in tiles once W leaves L2; a BLAS GEMV at B = 1 for H > 256; a BLAS GEMM in
-the orientation BLAS runs fastest beyond (:func:`rows_matmul_T`); or, where OpenBLAS has small-matrix
-kernels and a product holds at most 10⁶ multiply-adds, ``h @ W_hh.T`` on a transposed copy of W_hh
-(:func:`small_gemm_nn`). ``parallel=True``
+the orientation BLAS runs fastest beyond (:func:`rows_matmul_T`). (The panels replaced a route
+through OpenBLAS's small-matrix kernels, ``h @ W_hh.T`` on a transposed copy of W_hh, which they beat
+at every shape it took.) ``parallel=True``
 spreads the gate loops over rows. With several threads, inference at small and middle batches instead
 runs :func:`_gru_forward_rows` (the batch split into row chunks, each a whole sequence on one thread),
 :func:`_gru_forward_cols` (each step split over hidden units) or, at the smallest batches,
@@ -301,20 +301,6 @@ def _ol_blas_reads(W):
     return lambda W: readable
 
 
-def small_gemm_nn(h, WT, out, n):
-    """out[:n] = h[:n] @ WT for WT (K, M) C-contiguous, in BLAS: the orientation OpenBLAS's small-matrix
-    kernels take without packing (see :func:`_gru_forward`). Float weights only: callers check
-    :func:`blas_reads` (for ``uint16`` the overload below compiles to nothing)."""
-    np.dot(h[:n], WT, out[:n])
-
-
-@overload(small_gemm_nn, jit_options={"fastmath": set(FASTMATH)})
-def _ol_small_gemm_nn(h, WT, out, n):
-    if is_bfloat16_array(WT):
-        return lambda h, WT, out, n: None
-    return lambda h, WT, out, n: np.dot(h[:n], WT, out[:n])
-
-
 PANEL_MIN_T = 4  # steps that repay packing W_hh into panels (one pass over it)
 
 
@@ -362,34 +348,22 @@ def _ol_weight_panels(W, dt):
     return lambda W, dt: pack_panels(W)
 
 
-@inline
-def panels_cover(K, B, tiled_max):
-    """Whether every product of 2 … B rows takes packed panels (:func:`use_panels`)."""
-    for n in range(2, B + 1):
-        if not use_panels(K, n, tiled_max):
-            return False
-    return True
-
-
 @device
-def step_product(Wm, Wp, WT, h, out, buf, n, tiled_max):
-    """out[:n] = h[:n] @ Wm.T for one step: by the packed panels Wp (of Wm) where :func:`use_panels`
-    says so; else, for 2+ rows, by BLAS's small-matrix kernels on WT (Wm.T, C-contiguous); else by
-    :func:`recurrent_matmul`. Wp (0, 0, 0) or WT (0, 0) when the caller has none.
+def step_product(Wm, Wp, h, out, buf, n, tiled_max):
+    """out[:n] = h[:n] @ Wm.T for one step: by the packed panels Wp (of Wm; (0, 0, 0) when the caller
+    has none) where :func:`use_panels` says so, else by :func:`recurrent_matmul`.
 
     Compiled once per signature and called, not inlined: the kernels call it at three places each, and
     inlining the matmul routes three times cost compile time."""
     wide_vectors()
     if Wp.shape[0] > 0 and use_panels(Wm.shape[1], n, tiled_max):
         panel_matmul(h, Wp, out, n)
-    elif WT.shape[0] > 0 and n >= 2:
-        small_gemm_nn(h, WT, out, n)
     else:
         recurrent_matmul(Wm, h, out, buf, n, tiled_max)
 
 
 def _gru_forward(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, reset_after, gate_kind, alpha,
-                 beta, use_clip, clip, y, col0, h_n, store, tape, tiled_max, b0, b1, small_gemm):
+                 beta, use_clip, clip, y, col0, h_n, store, tape, tiled_max, b0, b1):
     """Run one GRU layer, one direction, over a whole sequence, for batch rows b0 … b1−1.
 
     Arrays (C-contiguous, one float dtype; T steps, B ≥ 1 rows, H hidden units, D·H output columns):
@@ -416,11 +390,8 @@ def _gru_forward(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, reset_after,
     W_hn (r ⊙ h) + b_hn (False); gate_kind/alpha/beta select the gate activation; use_clip/clip apply
     ONNX's clip; tiled_max as in :func:`recurrent_matmul`.
 
-    ``small_gemm``: with 2+ rows and B·3H·H at most this many multiply-adds (0: never), each step's
-    products are ``h @ W_hh.T`` in BLAS (:func:`small_gemm_nn`) on a transposed copy of W_hh (of its
-    r, z and n blocks for reset_after=False) made once per call, for the BLAS builds whose
-    small-matrix kernels run that orientation without packing (the caller knows which:
-    :func:`~numgru.kernels.dispatch.small_gemm_bound`). Ignored for bfloat16 weights.
+    With float weights and T ≥ :data:`PANEL_MIN_T`, W_hh (its r, z and n blocks for reset_after=False)
+    is packed into panels once per call for the steps' products (:func:`use_panels`).
     Aliasing: no output may alias an input.
     """
     wide_vectors()
@@ -445,13 +416,9 @@ def _gru_forward(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, reset_after,
     W_n = W_hh[H2:]
     # packed panels (:mod:`~numgru.kernels.panel`) when some step's product takes them
     pw = blas_reads(W_hh) and wants_panels(H, B, T, tiled_max)
-    nn = blas_reads(W_hh) and B >= 2 and 3 * H * H * B <= small_gemm and not (pw and panels_cover(H, B, tiled_max))
     Wp = weight_panels(W_hh, dt) if pw and reset_after else np.empty((0, 0, 0), dt)
     Wp_rz = weight_panels(W_rz, dt) if pw and not reset_after else np.empty((0, 0, 0), dt)
     Wp_n = weight_panels(W_n, dt) if pw and not reset_after else np.empty((0, 0, 0), dt)
-    WT = np.ascontiguousarray(W_hh.T) if nn and reset_after else np.empty((0, 0), W_hh.dtype)
-    WT_rz = np.ascontiguousarray(W_rz.T) if nn and not reset_after else np.empty((0, 0), W_hh.dtype)
-    WT_n = np.ascontiguousarray(W_n.T) if nn and not reset_after else np.empty((0, 0), W_hh.dtype)
     copy_rows(h0[b0:b1], h_a)
     lens = lengths[b0:b1]
     for s in range(T):
@@ -459,7 +426,7 @@ def _gru_forward(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, reset_after,
         n_act = active_rows(lens, t, sorted_desc)
         if reset_after:
             if n_act > 0:
-                step_product(W_hh, Wp, WT, hc, acc, buf, n_act, tiled_max)
+                step_product(W_hh, Wp, hc, acc, buf, n_act, tiled_max)
             for i in prange(B):  # i: row of the workspace, b: row of the arrays passed in
                 wide_vectors()
                 b = b0 + i
@@ -483,7 +450,7 @@ def _gru_forward(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, reset_after,
                         wb[4 * H + j] = fb[j]
         else:
             if n_act > 0:
-                step_product(W_rz, Wp_rz, WT_rz, hc, acc_rz, buf, n_act, tiled_max)
+                step_product(W_rz, Wp_rz, hc, acc_rz, buf, n_act, tiled_max)
             for i in prange(n_act):
                 wide_vectors()
                 gxb = gx[t, b0 + i]
@@ -499,7 +466,7 @@ def _gru_forward(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, reset_after,
                 for j in range(H):
                     rhb[j] = wb[j] * hcb[j]
             if n_act > 0:
-                step_product(W_n, Wp_n, WT_n, rh, acc_n, buf, n_act, tiled_max)
+                step_product(W_n, Wp_n, rh, acc_n, buf, n_act, tiled_max)
             for i in prange(B):
                 wide_vectors()
                 b = b0 + i
@@ -545,16 +512,14 @@ def row_chunks(B, n_threads):
 
 
 def _gru_forward_rows(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, reset_after, gate_kind, alpha,
-                      beta, use_clip, clip, y, col0, h_n, store, tape, n_threads, small_gemm):
+                      beta, use_clip, clip, y, col0, h_n, store, tape, n_threads):
     """:func:`_gru_forward` with the batch split into row chunks, one whole sequence per thread.
 
     Same arrays and results as :func:`_gru_forward` over all rows. Rows of a GRU never interact, so
     each chunk (:func:`row_chunks`) runs the serial kernel on its own rows from the first step to the
     last: one parallel region per call, no synchronisation per step, and each thread keeps W_hh in its
-    own core's cache. The chunks' matmuls are Numba's (``tiled_max`` −1), or with ``small_gemm`` (as in
-    :func:`_gru_forward`) BLAS's small-matrix kernels, which run on the calling thread without
-    packing buffers or threads of their own; BLAS's threaded GEMM is never entered from several
-    threads at once. A chunk whose lengths are non-increasing skips its finished rows'
+    own core's cache. The chunks' matmuls are Numba's (``tiled_max`` −1: the packed panels or the
+    register-blocked kernels), so BLAS's threaded GEMM is never entered from several threads at once. A chunk whose lengths are non-increasing skips its finished rows'
     matmul work even when the whole batch is not sorted (see :func:`~numgru.kernels.dispatch.rows_order`).
     """
     wide_vectors()
@@ -571,7 +536,7 @@ def _gru_forward_rows(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, reset_a
                 if lengths[b] > lengths[b - 1]:
                     chunk_sorted = False
         gru_forward_serial(gx, W_hh, b_hh, h0, lengths, chunk_sorted, reverse, reset_after, gate_kind,
-                           alpha, beta, use_clip, clip, y, col0, h_n, store, tape, -1, b0, b1, small_gemm)
+                           alpha, beta, use_clip, clip, y, col0, h_n, store, tape, -1, b0, b1)
 
 
 @inline
@@ -750,7 +715,7 @@ def _gru_forward_pipelined(x2d, W_ih, b_ih, use_bias, gx, W_hh, b_hh, h0, length
                     lc[b] = min(max(lengths[b] - t0, 0), t1 - t0)
                 gru_forward_serial(gx[t0:t1], W_hh, b_hh, state[(k - 1) % 2], lc, sorted_desc, reverse,
                                    reset_after, gate_kind, alpha, beta, use_clip, clip, y[t0:t1], col0,
-                                   state[k % 2], False, no_tape, -1, 0, B, 0)
+                                   state[k % 2], False, no_tape, -1, 0, B)
             elif task == 1 and k < nch:
                 c = nch - 1 - k if reverse else k
                 r0 = c * chunk * B
