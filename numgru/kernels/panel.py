@@ -17,15 +17,20 @@ machine Numba compiles for:
 - 32 vector registers (AVX-512, AArch64): MR = 8 rows × NV = 3 vectors (24 accumulators);
 - 16 (AVX2, SSE): MR = 6 × NV = 2 (12 accumulators);
 
-L lanes per vector: 512-, 256- or 128-bit registers (16, 8 or 4 float32; half as many float64). Fewer
-rows than MR run in a block of their own size, with two accumulator sets over even and odd k when the
-block has too few to hide the FMA latency. Columns past M are never stored (masked stores in the last
-panel).
+L lanes per vector: 512-, 256- or 128-bit registers (16, 8 or 4 float32; half as many float64). Rows
+left over past the last full block of MR run in blocks of 4, 2 and 1 rows, the small ones with two
+accumulator sets over even and odd k to hide the FMA latency. Columns past M are never stored (masked
+stores in the last panel). k runs in chunks whose slice of a panel (~24 KB) stays in L1 while every
+row block passes over it. Panels start on 64-byte lines: vector loads that straddle two lines ran the
+one-row product at half speed.
 
 Measured on the 2-vCPU Intel machine (Emerald Rapids, one thread, float32, per product h @ W.T with
-M = 3H, K = H; see the module's tests for correctness): B = 16, H = 256 and B = 8, H = 128 at
-160–170 GFLOP/s, against 64–85 for the dot-product kernel and 58–109 for OpenBLAS.
+M = 3H, K = H, BLAS pinned to one thread; correctness in tests/test_panel.py): B = 16, H = 256 at
+170 GFLOP/s against 69 for Numba's dot-product kernel and 60–79 for OpenBLAS; B = 64, H = 256 168
+against 66 and 100–113; B = 1, H = 256 50 against 28 and 22–27. The figures per route are in
+:func:`numgru.kernels.forward.use_panels`.
 """
+import llvmlite.binding as ll
 import numpy as np
 from llvmlite import ir
 from numba import types
@@ -37,12 +42,12 @@ from ._jit import device
 
 def _shape_for(context, itemsize):
     """(L, MR, NV) for the target Numba compiles for and an element size in bytes."""
-    features = getattr(context.codegen(), "_tm_features", "") or ""
+    features = getattr(context.codegen(), "_tm_features", "") or ""  # the target's "+avx2,-avx512f,…"
     if "+avx512f" in features:
         bits, regs = 512, 32
     elif "+avx" in features:
         bits, regs = 256, 16
-    elif "+neon" in features or "aarch64" in context.codegen()._llvm_module.triple:
+    elif "+neon" in features or ll.get_process_triple().startswith(("aarch64", "arm64")):
         bits, regs = 128, 32
     else:
         bits, regs = 128, 16
@@ -76,7 +81,7 @@ def pack_panels(W):
     One pass over W."""
     M = W.shape[0]
     K = W.shape[1]
-    nc = panel_width(W[0, 0] if M > 0 and K > 0 else W.dtype.type(0))
+    nc = panel_width(W.dtype.type(0))
     P = (M + nc - 1) // nc
     # 64-byte aligned (a cache line, one 512-bit vector): NumPy aligns to 16 bytes, and vector loads
     # that straddle two lines ran the one-row product at half speed (B = 1, H = 256: 11.7 against 6.7 µs)
@@ -255,6 +260,6 @@ def panel_matmul(h, Wp, out, n):
     h (≥ n, K), Wp (P, K, NC), out (≥ n, M) C-contiguous, one float dtype, M ≤ P·NC. Rows of out past
     n − 1 are not touched. The shapes are checked here: the block reads raw pointers."""
     if n > h.shape[0] or n > out.shape[0] or h.shape[1] != Wp.shape[1] or \
-            out.shape[1] > Wp.shape[0] * Wp.shape[2] or Wp.shape[2] != panel_width(h[0, 0]):
+            out.shape[1] > Wp.shape[0] * Wp.shape[2] or Wp.shape[2] != panel_width(h.dtype.type(0)):
         raise ValueError("panel_matmul: shapes do not match")
     _panel_gemm(h, Wp, out, n)
