@@ -302,6 +302,7 @@ def _ol_blas_reads(W):
 
 
 PANEL_MIN_T = 4  # steps that repay packing W_hh into panels (one pass over it)
+PANEL_MAX_VALUES = 1 << 22  # largest weight matrix packed (16 MB in float32: H = 1024 is 3·2²⁰ values)
 
 
 @inline
@@ -327,12 +328,14 @@ def use_panels(K, n, tiled_max):
 
 
 @inline
-def wants_panels(K, B, T, tiled_max):
-    """Whether a kernel of T steps over B rows packs weights of inner size K into panels: some step's
-    product would take them (:func:`use_panels`; with sorted lengths a step may have any row count up
-    to B) and there are at least :data:`PANEL_MIN_T` steps to repay the packing."""
-    return T >= PANEL_MIN_T and (use_panels(K, B, tiled_max) or use_panels(K, 1, tiled_max)
-                                 or use_panels(K, min(B, 16), tiled_max))
+def wants_panels(M, K, B, T, tiled_max):
+    """Whether a kernel of T steps over B rows packs weights (M, K) into panels: some step's product
+    would take them (:func:`use_panels`; with sorted lengths a step may have any row count up to B),
+    there are at least :data:`PANEL_MIN_T` steps to repay the packing, and the copy holds at most
+    :data:`PANEL_MAX_VALUES` values (the panels are a second copy of the weights for the call; beyond
+    H = 1024 nothing was measured)."""
+    return T >= PANEL_MIN_T and M * K <= PANEL_MAX_VALUES and (
+        use_panels(K, B, tiled_max) or use_panels(K, 1, tiled_max) or use_panels(K, min(B, 16), tiled_max))
 
 
 def weight_panels(W, dt):
@@ -415,7 +418,7 @@ def _gru_forward(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, reset_after,
     W_rz = W_hh[:H2]
     W_n = W_hh[H2:]
     # packed panels (:mod:`~numgru.kernels.panel`) when some step's product takes them
-    pw = blas_reads(W_hh) and wants_panels(H, B, T, tiled_max)
+    pw = blas_reads(W_hh) and wants_panels(3 * H, H, B, T, tiled_max)
     Wp = weight_panels(W_hh, dt) if pw and reset_after else np.empty((0, 0, 0), dt)
     Wp_rz = weight_panels(W_rz, dt) if pw and not reset_after else np.empty((0, 0, 0), dt)
     Wp_n = weight_panels(W_n, dt) if pw and not reset_after else np.empty((0, 0, 0), dt)
@@ -519,8 +522,9 @@ def _gru_forward_rows(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, reset_a
     each chunk (:func:`row_chunks`) runs the serial kernel on its own rows from the first step to the
     last: one parallel region per call, no synchronisation per step, and each thread keeps W_hh in its
     own core's cache. The chunks' matmuls are Numba's (``tiled_max`` −1: the packed panels or the
-    register-blocked kernels), so BLAS's threaded GEMM is never entered from several threads at once. A chunk whose lengths are non-increasing skips its finished rows'
-    matmul work even when the whole batch is not sorted (see :func:`~numgru.kernels.dispatch.rows_order`).
+    register-blocked kernels), so BLAS's threaded GEMM is never entered from several threads at once.
+    A chunk whose lengths are non-increasing skips its finished rows' matmul work even when the whole
+    batch is not sorted (see :func:`~numgru.kernels.dispatch.rows_order`).
     """
     wide_vectors()
     B = gx.shape[1]
