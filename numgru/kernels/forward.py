@@ -9,7 +9,7 @@ allocated once, before the time loop.
 For sequences of 4+ steps with float weights the kernel packs W_hh once per call into panels of
 W_hh.T (:mod:`~numgru.kernels.panel`) and runs each step's product there, a register-blocked
 outer-product kernel written in LLVM's vector IR, wherever :func:`use_panels` says it wins: one row while
-W_hh fits L2, 2–16 rows at any size, more rows up to H = 512. Paired A/B against the routes below
+W_hh fits L2, 2–16 rows at any size, more rows up to H = 512 (the backward's products at any H). Paired A/B against the routes below
 (T = 128, one thread, float32, 2-vCPU Intel): B = 16, H = 256 1.30–1.48×; B = 64, H = 256 1.19–1.20×;
 B = 16, H = 1024 1.15–1.29×; B = 8, H = 512 1.34×; B = 1, H = 256 1.31×; B = 2–8 at H = 128–256
 1.13–1.20×; H = 64 level. Otherwise the product goes by :func:`recurrent_matmul`, by shape: a
@@ -306,16 +306,17 @@ PANEL_MAX_VALUES = 1 << 22  # largest weight matrix packed (16 MB in float32: H 
 
 
 @inline
-def use_panels(K, n, tiled_max):
-    """Whether n rows times packed weights of inner size K go by :func:`~numgru.kernels.panel.panel_matmul`.
+def use_panels(M, K, n, tiled_max):
+    """Whether n rows times packed weights (M, K) go by :func:`~numgru.kernels.panel.panel_matmul`.
 
-    Measured per product h @ W.T on the 2-vCPU Intel machine (one thread, float32, M = 3K; GFLOP/s;
-    panels against the dot-product kernel and BLAS's two orientations): one row at K = 64 / 256
-    57 / 50 against 29 / 28 (dot-product) and 26 / 27 (BLAS); 2–16 rows at K ≤ 256 92–170 against
-    33–69 and 49–100, at K = 1024 (16 rows) 119 against 54 and 75; 64–256 rows at K = 256 166–168
-    against 66–86 and 100–143; 32–128 rows at K = 512 106–149 against 83–121. BLAS stays level or
-    ahead for one row beyond L2 (every kernel waits on L3 there) and for 17+ rows at K = 1024 (64 rows:
-    95 against 111). ``tiled_max`` as in :func:`recurrent_matmul`: past K = 512, where BLAS may thread
+    Measured per product h @ W.T on the 2-vCPU Intel machine (one thread, float32; GFLOP/s; panels
+    against the dot-product kernel and BLAS's two orientations). The forward's shape, M = 3K: one row
+    at K = 64 / 256 57 / 50 against 29 / 28 (dot-product) and 26 / 27 (BLAS); 2–16 rows at K ≤ 256
+    92–170 against 33–69 and 49–100, at K = 1024 (16 rows) 119 against 54 and 75; 64–256 rows at
+    K = 256 166–168 against 66–86 and 100–143; 32–128 rows at K = 512 106–149 against 83–121. The
+    backward's, M = K / 3: 32 / 64 rows at K = 768 149 / 149 against 97 / 72 and 105 / 114; 64 rows
+    at K = 3072 130 against 36 and 123. BLAS stays level or ahead for one row beyond L2 (every kernel
+    waits on L3 there) and for 17+ rows at K = 1024 with M = 3072 (64 rows: 87–95 against 106–111). ``tiled_max`` as in :func:`recurrent_matmul`: past K = 512, where BLAS may thread
     a product (several threads, ``tiled_max`` 1–15), it keeps the rows it took before. Otherwise the
     choice does not depend on the thread count, so training's sums come out the same with any
     number of threads.
@@ -324,7 +325,7 @@ def use_panels(K, n, tiled_max):
         return K <= 256
     if n <= 16:
         return K <= 512 or tiled_max < 0 or n <= tiled_max
-    return K <= 512
+    return K <= 512 or M <= 1024
 
 
 @inline
@@ -335,7 +336,8 @@ def wants_panels(M, K, B, T, tiled_max):
     :data:`PANEL_MAX_VALUES` values (the panels are a second copy of the weights for the call; beyond
     H = 1024 nothing was measured)."""
     return T >= PANEL_MIN_T and M * K <= PANEL_MAX_VALUES and (
-        use_panels(K, B, tiled_max) or use_panels(K, 1, tiled_max) or use_panels(K, min(B, 16), tiled_max))
+        use_panels(M, K, B, tiled_max) or use_panels(M, K, 1, tiled_max)
+        or use_panels(M, K, min(B, 16), tiled_max))
 
 
 def weight_panels(W, dt):
@@ -359,7 +361,7 @@ def step_product(Wm, Wp, h, out, buf, n, tiled_max):
     Compiled once per signature and called, not inlined: the kernels call it at three places each, and
     inlining the matmul routes three times cost compile time."""
     wide_vectors()
-    if Wp.shape[0] > 0 and use_panels(Wm.shape[1], n, tiled_max):
+    if Wp.shape[0] > 0 and use_panels(Wm.shape[0], Wm.shape[1], n, tiled_max):
         panel_matmul(h, Wp, out, n)
     else:
         recurrent_matmul(Wm, h, out, buf, n, tiled_max)
