@@ -1,5 +1,6 @@
-"""The packed-panel matmul (numgru.kernels.panel) against NumPy: row counts around the register block,
-columns that end inside a panel (masked stores), inner sizes past one k-chunk, both float dtypes. The
+"""The packed-panel matmul (numgru.kernels.panel) against NumPy: row counts around the register block
+and a whole-sequence-sized one, columns that end inside a panel (masked stores), inner sizes past one
+k-chunk, both float dtypes. The
 forward's use of it is checked against tests/reference.py by the layer tests (every sequence of 4+
 steps with float weights takes it)."""
 import numba
@@ -30,7 +31,7 @@ def test_panel_matmul_matches_numpy(dtype, M, K):
     rng = np.random.default_rng(M * 1000 + K)
     W = rng.standard_normal((M, K)).astype(dtype)
     Wp = _pack(W)
-    for n in (1, 2, 3, 5, 6, 7, 8, 9, 13, 17, 64):
+    for n in (1, 2, 3, 5, 6, 7, 8, 9, 13, 17, 64, 300):
         rows = n + 2
         h = rng.standard_normal((rows, K)).astype(dtype)
         # out is the front of a larger buffer: nothing past its last column may be written
