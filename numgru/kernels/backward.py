@@ -8,7 +8,7 @@ d(r ⊙ h) = dn_pre @ W_hn first), by the forward's routes
 (:func:`~numgru.kernels.forward.step_product`): on panels of W_hh packed once per call
 (:mod:`~numgru.kernels.panel`) where they win, else on a transposed copy of W_hh. Paired A/B of
 forward_train + backward against the routes without panels (T = 128, one thread, float32):
-B = 16, H = 256 1.19×; B = 64, H = 256 1.06×; B = 8, H = 128 1.04×; H = 64 level.
+B = 16 / 32 / 64, H = 256 1.19× / 1.16× / 1.06×; B = 8, H = 128 1.04×; H = 64 level.
 
 There is one variant, serial: with several threads BLAS threads the per-step matmuls. A variant that
 spread the gate loops over rows with ``prange`` between BLAS-threaded matmuls ran 5–10× slower on
@@ -73,7 +73,7 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, revers
         for j in range(H):
             W_n_T[k, j] = W_T[k, H2 + j]
     # packed panels (:mod:`~numgru.kernels.panel`) of the matrices each step multiplies by, where some
-    # step's product takes them; else BLAS's small-matrix kernels or the forward's matmul routes
+    # step's product takes them; else the forward's other matmul routes
     empty = np.empty((0, 0, 0), dt)
     Wp_T = pack_panels(W_T) if reset_after and wants_panels(H, 3 * H, B, T, tiled_max) else empty
     Wp_n = pack_panels(W_n_T) if not reset_after and wants_panels(H, H, B, T, tiled_max) else empty

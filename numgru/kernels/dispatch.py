@@ -34,7 +34,6 @@ two threads enter parallel kernels at once: a caller that does not get the lock 
 from __future__ import annotations
 
 import functools
-import os
 import threading
 
 import numba
