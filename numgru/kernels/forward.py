@@ -6,18 +6,18 @@ matmul (two for reset_after=False, which needs r before the n block) on the rows
 step, then runs the gate arithmetic in short fused loops over the step's pre-activations. Workspace is
 allocated once, before the time loop.
 
-For sequences of 4+ steps with float weights the kernel packs W_hh once per call into panels of
-W_hh.T (:mod:`~numgru.kernels.panel`) and runs each step's product there, a register-blocked
-outer-product kernel written in LLVM's vector IR, wherever :func:`use_panels` says it wins: one row while
-W_hh fits L2, 2–16 rows at any size, more rows up to H = 512 (the backward's products at any H). Paired A/B against the routes below
-(T = 128, one thread, float32, 2-vCPU Intel): B = 16, H = 256 1.30–1.48×; B = 64, H = 256 1.19–1.20×;
-B = 16, H = 1024 1.15–1.29×; B = 8, H = 512 1.34×; B = 1, H = 256 1.31×; B = 2–8 at H = 128–256
-1.13–1.20×; H = 64 level. Otherwise the product goes by :func:`recurrent_matmul`, by shape: a
-register-blocked Numba matmul for B = 2–16, and for B = 1 while W_hh fits L2
+For sequences of 4+ steps with float weights the kernel packs W_hh once per call into panels of W_hh.T
+(:mod:`~numgru.kernels.panel`) and runs each step's product there, a register-blocked outer-product
+kernel written in LLVM's vector IR, wherever :func:`use_panels` says it wins: one row while W_hh fits
+L2, 2–16 rows at any size, more rows up to H = 512 (the backward's products at any H). Paired A/B
+against the routes below (T = 128, one thread, float32, 2-vCPU Intel): B = 16, H = 256 1.30–1.48×;
+B = 64, H = 256 1.19–1.20×; B = 16, H = 1024 1.15–1.29×; B = 8, H = 512 1.34×; B = 1, H = 256 1.31×; B = 2–8
+at H = 128–256 1.13–1.20×; H = 64 level. Otherwise the product goes by :func:`recurrent_matmul`, by
+shape: a register-blocked Numba matmul for B = 2–16, and for B = 1 while W_hh fits L2
 (:func:`small_rows_matmul`), in tiles once W leaves L2; a BLAS GEMV at B = 1 for H > 256; a BLAS GEMM in
-the orientation BLAS runs fastest beyond (:func:`rows_matmul_T`). (The panels replaced a route
-through OpenBLAS's small-matrix kernels, ``h @ W_hh.T`` on a transposed copy of W_hh, which they beat
-at every shape it took.) ``parallel=True``
+the orientation BLAS runs fastest beyond (:func:`rows_matmul_T`). (The panels replaced a route through
+OpenBLAS's small-matrix kernels, ``h @ W_hh.T`` on a transposed copy of W_hh, which they beat at every
+shape it took.) ``parallel=True``
 spreads the gate loops over rows. With several threads, inference at small and middle batches instead
 runs :func:`_gru_forward_rows` (the batch split into row chunks, each a whole sequence on one thread),
 :func:`_gru_forward_cols` (each step split over hidden units) or, at the smallest batches,
@@ -289,18 +289,6 @@ def _ol_blas_matmul_T(Wm, h, out, buf, n):
     return lambda Wm, h, out, buf, n: rows_matmul_T(Wm, h, out, buf, n)
 
 
-def blas_reads(W):
-    """Whether BLAS can multiply by W: True for float arrays, False for bfloat16 (``uint16``) ones
-    (resolved at compile time by the overload below)."""
-    return W.dtype != np.uint16
-
-
-@overload(blas_reads, jit_options={"fastmath": set(FASTMATH)})
-def _ol_blas_reads(W):
-    readable = not is_bfloat16_array(W)
-    return lambda W: readable
-
-
 PANEL_MIN_T = 4  # steps that repay packing W_hh into panels (one pass over it)
 PANEL_MAX_VALUES = 1 << 22  # largest weight matrix packed (16 MB in float32: H = 1024 is 3·2²⁰ values)
 
@@ -316,10 +304,10 @@ def use_panels(M, K, n, tiled_max):
     K = 256 166–168 against 66–86 and 100–143; 32–128 rows at K = 512 106–149 against 83–121. The
     backward's, M = K / 3: 32 / 64 rows at K = 768 149 / 149 against 97 / 72 and 105 / 114; 64 rows
     at K = 3072 130 against 36 and 123. BLAS stays level or ahead for one row beyond L2 (every kernel
-    waits on L3 there) and for 17+ rows at K = 1024 with M = 3072 (64 rows: 87–95 against 106–111). ``tiled_max`` as in :func:`recurrent_matmul`: past K = 512, where BLAS may thread
-    a product (several threads, ``tiled_max`` 1–15), it keeps the rows it took before. Otherwise the
-    choice does not depend on the thread count, so training's sums come out the same with any
-    number of threads.
+    waits on L3 there) and for 17+ rows at K = 1024 with M = 3072 (64 rows: 87–95 against 106–111).
+    ``tiled_max`` as in :func:`recurrent_matmul`: past K = 512, where BLAS may thread a product
+    (several threads, ``tiled_max`` 1–15), it keeps the rows it took before. Otherwise the choice does
+    not depend on the thread count, so training's sums come out the same with any number of threads.
     """
     if n == 1:
         return K <= 256
@@ -420,7 +408,8 @@ def _gru_forward(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, reset_after,
     W_rz = W_hh[:H2]
     W_n = W_hh[H2:]
     # packed panels (:mod:`~numgru.kernels.panel`) when some step's product takes them
-    pw = blas_reads(W_hh) and wants_panels(3 * H, H, B, T, tiled_max)
+    # (bfloat16 weights get none: weight_panels gives them an empty array, resolved at compile time)
+    pw = wants_panels(3 * H, H, B, T, tiled_max)
     Wp = weight_panels(W_hh, dt) if pw and reset_after else np.empty((0, 0, 0), dt)
     Wp_rz = weight_panels(W_rz, dt) if pw and not reset_after else np.empty((0, 0, 0), dt)
     Wp_n = weight_panels(W_n, dt) if pw and not reset_after else np.empty((0, 0, 0), dt)
