@@ -455,8 +455,8 @@ class GRU(_Params):
                         x2d, W_ih, b_ih, W_hh, b_hh, h0[i], lengths, d == 1 or self.go_backwards,
                         self.reset_after, self._gate_kind, self.alpha, self.beta, self.clip, y, d * H)
                     continue
-                gx = input_projection(x2d, W_ih, b_ih, route in ("rows", "columns"),
-                                      valid).reshape(T, B, 3 * H)
+                gx = input_projection(x2d, W_ih, b_ih, route in ("rows", "columns"), valid,
+                                      training=store).reshape(T, B, 3 * H)
                 hn_d, tape = gru_direction_forward(gx, W_hh, b_hh, h0[i], lengths,
                                                    d == 1 or self.go_backwards,
                                                    self.reset_after, self._gate_kind, self.alpha,

@@ -279,6 +279,43 @@ def _check_route(B, H, reset_after):
     np.testing.assert_allclose(h, rh, atol=1e-10)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("bias", [True, False])
+def test_input_projection_on_panels_one_thread(dtype, bias):
+    """One thread, 128+ rows and at most 256 inputs: the projection runs on packed panels of W_ih
+    (a layer of 37 inputs, then one of 2·H); the whole model agrees with the reference."""
+    from numgru.kernels import dispatch
+    before = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        assert dispatch.projection_panels(40 * 4, 37, 1)
+        rng = np.random.default_rng(7)
+        g = ng.GRU(37, 20, num_layers=2, bidirectional=True, bias=bias, dtype=dtype, seed=3)
+        x = rng.standard_normal((40, 4, 37)).astype(dtype)
+        y, h = g(x)
+        ry, rh = ref_gru(x, g.state_dict(), 2, 20, bidirectional=True)
+        np.testing.assert_allclose(y, ry, **TOL[dtype])
+        np.testing.assert_allclose(h, rh, **TOL[dtype])
+    finally:
+        numba.set_num_threads(before)
+
+
+@pytest.mark.parametrize("N, I", [(300, 37), (257, 512), (100, 20), (600, 1000)])
+def test_input_projection_on_numba_threads(two_threads, N, I):
+    """The projection on Numba's threads, on packed panels (from 256 rows with ≤ 512 inputs) or on
+    tiles of W_ih, agrees with NumPy, with and without a bias."""
+    from numgru.kernels import dispatch
+    rng = np.random.default_rng(N)
+    x2d = rng.standard_normal((N, I))
+    W = rng.standard_normal((30, I))
+    b = rng.standard_normal(30)
+    assert dispatch.projection_panels(N, I, 2) == (N >= 256 and I <= 512)
+    np.testing.assert_allclose(dispatch.input_projection(x2d, W, b, numba_threads=True), x2d @ W.T + b,
+                               atol=1e-10)
+    np.testing.assert_allclose(dispatch.input_projection(x2d, W, None, numba_threads=True), x2d @ W.T,
+                               atol=1e-10)
+
+
 def test_input_projection_skips_padded_rows():
     from numgru.kernels import dispatch
     rng = np.random.default_rng(0)

@@ -7,7 +7,7 @@ import numba
 import numpy as np
 import pytest
 
-from numgru.kernels.panel import pack_panels, panel_matmul, panel_width
+from numgru.kernels.panel import SLAB_ROWS, pack_panels, panel_matmul, panel_rows, panel_width
 
 
 @numba.njit(cache=False)
@@ -18,6 +18,11 @@ def _pack(W):
 @numba.njit(cache=False)
 def _matmul(h, Wp, out, n):
     panel_matmul(h, Wp, out, n)
+
+
+@numba.njit(cache=False)
+def _rows(x, Wp, bias, use_bias, out, r0, r1):
+    panel_rows(x, Wp, bias, use_bias, out, r0, r1)
 
 
 @numba.njit(cache=False)
@@ -42,6 +47,41 @@ def test_panel_matmul_matches_numpy(dtype, M, K):
         tol = 1e-5 if dtype == np.float32 else 1e-12
         np.testing.assert_allclose(out[:n], want, rtol=tol, atol=tol * np.sqrt(K))
         assert (out[n:] == 7.0).all() and (buf[rows * M:] == 7.0).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("M, K", [(768, 256), (97, 33), (48, 1), (5, 300)])
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_panel_rows_matches_numpy(dtype, M, K, use_bias):
+    # the input projection: slabs of rows, bias written first and the product added to it
+    rng = np.random.default_rng(M + K)
+    N = 3 * SLAB_ROWS + 5
+    x = rng.standard_normal((N, K)).astype(dtype)
+    W = rng.standard_normal((M, K)).astype(dtype)
+    bias = rng.standard_normal(M).astype(dtype)
+    Wp = _pack(W)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    for r0, r1 in [(0, N), (7, N - 3), (SLAB_ROWS, 2 * SLAB_ROWS + 1), (4, 4)]:
+        out = np.full((N, M), 7.0, dtype)
+        _rows(x, Wp, bias, use_bias, out, r0, r1)
+        want = x[r0:r1].astype(np.float64) @ W.T.astype(np.float64) + (bias if use_bias else 0)
+        np.testing.assert_allclose(out[r0:r1], want, rtol=tol, atol=tol * np.sqrt(K))
+        assert (out[:r0] == 7.0).all() and (out[r1:] == 7.0).all()
+
+
+def test_panel_rows_rejects_bad_ranges():
+    W = np.ones((48, 8), np.float32)
+    Wp = _pack(W)
+    x = np.ones((10, 8), np.float32)
+    out = np.empty((10, 48), np.float32)
+    bias = np.zeros(48, np.float32)
+    for r0, r1 in [(-1, 5), (5, 4), (0, 11)]:
+        with pytest.raises(ValueError, match="shapes"):
+            _rows(x, Wp, bias, True, out, r0, r1)
+    with pytest.raises(ValueError, match="shapes"):
+        _rows(x, Wp, np.zeros(47, np.float32), True, out, 0, 10)  # bias shorter than out's rows
+    with pytest.raises(ValueError, match="shapes"):
+        _rows(np.ones((10, 9), np.float32), Wp, bias, True, out, 0, 10)  # K differs
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -61,6 +61,10 @@ PACK_BELOW = 0.9
 STEP_COLS_MIN_H = 192
 STEP_COLS_MAX_ROWS = 16
 STEP_COLS_B1_BYTES = 1 << 21
+PROJ_PANELS_MIN_ROWS = 128
+PROJ_PANELS_MAX_INPUTS = 128
+PROJ_PANELS_MIN_ROWS_PARALLEL = 256
+PROJ_PANELS_MAX_INPUTS_PARALLEL = 512
 
 
 def blas_vectors_wider():
@@ -358,17 +362,19 @@ def gate_scalars(dtype, gate_kind, alpha, beta, clip):
             dtype.type(clip if use_clip else np.inf))
 
 
-def input_projection(x2d, W_ih, b_ih, numba_threads=False, valid=None):
+def input_projection(x2d, W_ih, b_ih, numba_threads=False, valid=None, training=False):
     """gx = x2d @ W_ih.T + b_ih, one GEMM over all rows.  x2d (N, I), W_ih (3H, I) → (N, 3H).
 
     With ``numba_threads`` (a route from :func:`forward_route`) the product runs on Numba's threads,
-    otherwise in BLAS. With ``valid`` (a (N,) bool mask from :func:`valid_steps`) only the valid rows
-    are gathered and multiplied; the other rows of gx are zero (the kernels never read them).
+    otherwise in BLAS or, on one thread, on packed panels (:func:`projection_panels`). With ``valid`` (a (N,) bool mask from :func:`valid_steps`) only the valid rows
+    are gathered and multiplied; the other rows of gx are zero (the kernels never read them). With
+    ``training`` the serial kernel always takes BLAS, whose sums do not depend on its thread count, so
+    that gradients come out the same with any number of threads.
     """
     N = x2d.shape[0]
     if valid is not None:
         gx = np.zeros((N, W_ih.shape[0]), W_ih.dtype)
-        gx[valid] = input_projection(x2d[valid], W_ih, b_ih, numba_threads)
+        gx[valid] = input_projection(x2d[valid], W_ih, b_ih, numba_threads, training=training)
         return gx
     gx = np.empty((N, W_ih.shape[0]), W_ih.dtype)
     if N == 0:
@@ -376,9 +382,34 @@ def input_projection(x2d, W_ih, b_ih, numba_threads=False, valid=None):
     x2d = np.ascontiguousarray(x2d)
     bias = W_ih[0] if b_ih is None else b_ih
     with parallel_slot(numba_threads) as par:
-        fn = input_projection_parallel if par else input_projection_kernel
-        fn(x2d, W_ih, bias, b_ih is not None, gx)
+        threads = thread_count()
+        panels = projection_panels(N, x2d.shape[1], threads if par else 1)
+        if par:
+            input_projection_parallel(x2d, W_ih, bias, b_ih is not None, gx, panels, threads)
+        else:
+            input_projection_kernel(x2d, W_ih, bias, b_ih is not None, gx,
+                                    panels and threads == 1 and not training)
     return gx
+
+
+def projection_panels(N, I, threads):
+    """Whether the input projection of N rows with I inputs on ``threads`` Numba threads (1: the serial
+    kernel) runs on packed panels of W_ih (:func:`~numgru.kernels.panel.panel_rows`): the packing is one
+    pass over W_ih, so past a number of rows, and for inputs few enough that the panels beat the
+    alternative. Measured on the 2-vCPU Intel machine (float32, H = I):
+
+    - one thread, against OpenBLAS's GEMM (kernel alone, paired): I = 64 1.20–1.23×, I = 128 1.11×,
+      I = 256 1.00× (N = 2048–8192) but 0.97× at N = 128–512, I = 512 0.88×, I = 1024 0.74×: panels
+      for N ≥ ``PROJ_PANELS_MIN_ROWS`` and I ≤ ``PROJ_PANELS_MAX_INPUTS``. With several BLAS threads
+      the serial kernel keeps BLAS.
+    - two Numba threads, against Numba's tiled matmul (whole forward, T = 128, paired): B = 16, H = 256
+      1.40×; B = 64, H = 64 / 128 1.65× / 1.50×; B = 4 / 8, H = 256 / 512 1.19× / 1.13×; B = 16,
+      H = 512 1.01×; but B = 4 / 1, H = 1024 0.98× / 0.82× (12 MB of W_ih packed for 128–512 rows):
+      panels for N ≥ ``PROJ_PANELS_MIN_ROWS_PARALLEL`` and I ≤ ``PROJ_PANELS_MAX_INPUTS_PARALLEL``.
+    """
+    if threads == 1:
+        return N >= PROJ_PANELS_MIN_ROWS and I <= PROJ_PANELS_MAX_INPUTS
+    return N >= PROJ_PANELS_MIN_ROWS_PARALLEL and I <= PROJ_PANELS_MAX_INPUTS_PARALLEL
 
 
 def gru_direction_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gate_kind, alpha, beta,

@@ -34,7 +34,7 @@ from numba.extending import overload
 from ._jit import FASTMATH, device, inline, kernel, parallel_kernel, wide_vectors
 from .activations import clip_pre, clipped, gate, one_like, sigmoid_fast, tanh_fast
 from .bf16 import is_bfloat16_array, wget
-from .panel import pack_panels, panel_matmul
+from .panel import pack_panels, panel_matmul, panel_rows
 
 
 @inline
@@ -608,16 +608,21 @@ def _gru_forward_cols(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, gate_ki
 
 
 @kernel
-def input_projection_kernel(x2d, W_ih, b_ih, use_bias, out):
+def input_projection_kernel(x2d, W_ih, b_ih, use_bias, out, panels):
     """out = x2d @ W_ih.T (+ b_ih): one GEMM over all T·B rows.
 
-    x2d (N, I), W_ih (3H, I), b_ih (3H,) in; out (N, 3H) out. Runs in the same BLAS as the per-step
+    x2d (N, I), W_ih (3H, I), b_ih (3H,) in; out (N, 3H) out. With ``panels`` (the caller's choice,
+    :func:`~numgru.kernels.dispatch.projection_panels`) on W_ih packed into panels
+    (:func:`~numgru.kernels.panel.panel_rows`, one thread); else in the same BLAS as the per-step
     recurrent calls (the one Numba links), so only one BLAS thread pool is ever busy: two OpenBLAS
     copies (NumPy's and SciPy's) spinning side by side made 2-thread runs slower than 1-thread ones.
     """
     wide_vectors()
     N = x2d.shape[0]
     M = W_ih.shape[0]
+    if panels:
+        panel_rows(x2d, pack_panels(W_ih), b_ih, use_bias, out, 0, N)
+        return
     if N == 1:
         np.dot(W_ih, x2d[0], out[0])
     elif N <= 64:
@@ -655,18 +660,29 @@ def project_block(x2d, W_ih, b_ih, use_bias, out, r0, r1, c0, c1):
 
 
 @parallel_kernel(name="input_projection_parallel")
-def input_projection_parallel(x2d, W_ih, b_ih, use_bias, out):
+def input_projection_parallel(x2d, W_ih, b_ih, use_bias, out, panels, n_threads):
     """:func:`input_projection_kernel` on Numba's threads instead of BLAS's.
 
     Used together with :func:`_gru_forward_cols` so that only one thread pool is ever awake: OpenBLAS's
     workers keep spinning for a while after each call, and a per-step parallel region that has to wait
-    for a core runs several times slower. Blocks of 128 rows run in parallel; each multiplies tiles of
-    128 rows of W_ih (L2-sized for I ≤ 1024) with :func:`small_rows_matmul` (75–95 % of OpenBLAS's sgemm
-    rate, measured at N = 128–8192, I = 256 and 1024).
+    for a core runs several times slower. With ``panels`` (the caller's choice,
+    :func:`~numgru.kernels.dispatch.projection_panels`) W_ih is packed into panels once and blocks of
+    up to 128 rows run in parallel (:func:`~numgru.kernels.panel.panel_rows`), at least four blocks per
+    thread (of ``n_threads``) where the rows allow. Else blocks of 128 rows times tiles of 128 rows of
+    W_ih (L2-sized for I ≤ 1024) run in parallel with :func:`small_rows_matmul` (75–95 % of OpenBLAS's
+    sgemm rate, measured at N = 128–8192, I = 256 and 1024).
     """
     wide_vectors()
     N = x2d.shape[0]
     M = W_ih.shape[0]
+    if panels:
+        Wp = pack_panels(W_ih)
+        rows = min(128, max(8, (N // (4 * n_threads) + 7) // 8 * 8))
+        for blk in prange((N + rows - 1) // rows):
+            wide_vectors()
+            r0 = blk * rows
+            panel_rows(x2d, Wp, b_ih, use_bias, out, r0, min(N, r0 + rows))
+        return
     nb = (N + 127) // 128
     nt = (M + 127) // 128
     for task in prange(nb * nt):  # (row block, tile) pairs: enough tasks for every thread at small N
@@ -684,7 +700,8 @@ def _gru_forward_pipelined(x2d, W_ih, b_ih, use_bias, gx, W_hh, b_hh, h0, length
     (inference). x2d (T·B, I), W_ih (3H, I), b_ih (3H,) in; gx (T, B, 3H) workspace; the rest as in
     :func:`_gru_forward`. Time is cut into chunks of ``chunk`` steps, taken in the order the recurrence
     runs; while one thread runs the recurrence over chunk k, another projects chunk k+1 (Numba's
-    matmul, so no BLAS pool wakes). For small batches, where a step is too small to split: the
+    matmul, so no BLAS pool wakes; packing W_ih into panels for it cost more than it saved: B = 1,
+    H = 256 0.93×). For small batches, where a step is too small to split: the
     projection's time hides behind the recurrence's.
     """
     wide_vectors()
