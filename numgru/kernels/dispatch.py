@@ -366,10 +366,11 @@ def input_projection(x2d, W_ih, b_ih, numba_threads=False, valid=None, training=
     """gx = x2d @ W_ih.T + b_ih, one GEMM over all rows.  x2d (N, I), W_ih (3H, I) → (N, 3H).
 
     With ``numba_threads`` (a route from :func:`forward_route`) the product runs on Numba's threads,
-    otherwise in BLAS or, on one thread, on packed panels (:func:`projection_panels`). With ``valid`` (a (N,) bool mask from :func:`valid_steps`) only the valid rows
-    are gathered and multiplied; the other rows of gx are zero (the kernels never read them). With
-    ``training`` the serial kernel always takes BLAS, whose sums do not depend on its thread count, so
-    that gradients come out the same with any number of threads.
+    otherwise in BLAS or, on one thread, on packed panels (:func:`projection_panels`). With ``valid``
+    (a (N,) bool mask from :func:`valid_steps`) only the valid rows are gathered and multiplied; the
+    other rows of gx are zero (the kernels never read them). With ``training`` the serial kernel always
+    takes BLAS, whose sums do not depend on its thread count, so that gradients come out the same with
+    any number of threads.
     """
     N = x2d.shape[0]
     if valid is not None:

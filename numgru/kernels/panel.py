@@ -1,7 +1,9 @@
 """A register-blocked matmul on packed weights, written in LLVM's vector IR: the recurrent product of a step.
 
 A GRU step multiplies a few rows of h (B × K) by the same weights (K × M, M = 3H) over and over, so the
-weights can be laid out once per call for the product and reused T times. :func:`pack_panels` copies
+weights can be laid out once per call for the product and reused T times; the input projection
+multiplies all T·B rows of x by W_ih once (:func:`panel_rows`, in slabs of rows that stay in L1 while
+every panel passes over them). :func:`pack_panels` copies
 W (M, K) into panels of W.T, each ``NC`` columns wide and stored whole (K × NC contiguous values, the
 last panel padded with zeros); :func:`panel_matmul` multiplies by them with a kernel in the shape of
 BLIS's and OpenBLAS's GEMM micro-kernels: a block of ``MR`` rows × ``NC`` columns of the output stays in
@@ -107,12 +109,13 @@ def pack_panels(W):
     return Wp
 
 
-def _emit_gemm(context, builder, fty, a_ptr, sa_i, sa_k, b_ptr, P, o_ptr, ldo, n, M, K, mc, accumulate):
+def _emit_gemm(context, builder, fty, a_ptr, lda, b_ptr, P, o_ptr, ldo, n, M, K, mc, accumulate):
     """Emit out[i, j] (+)= Σ_k A[i, k] · W[j, k] for i < n, j < M, with every size and stride in elements
     (intp values):
 
-    - A[i, k] at ``a_ptr[i·sa_i + k·sa_k]`` (any strides: row-major h, or a transposed matrix);
-    - W's rows in P packed panels of NC (:func:`pack_panels`): W[p·NC + c, k] at ``b_ptr[(p·K + k)·NC + c]``;
+    - A[i, k] at ``a_ptr[i·lda + k]``;
+    - W's rows in P packed panels of NC (:func:`pack_panels`): W[p·NC + c, k] at
+      ``b_ptr[(p·K + k)·NC + c]``;
     - out[i, j] at ``o_ptr[i·ldo + j]``; ``accumulate`` (i1) adds to what out holds instead of writing.
 
     Rows run in slabs of ``mc``, then k in chunks (a panel's chunk stays in L1), then the panels, then
@@ -179,15 +182,14 @@ def _emit_gemm(context, builder, fty, a_ptr, sa_i, sa_k, b_ptr, P, o_ptr, ldo, n
                         for r in range(mr):
                             builder.store(builder.call(mload, [optrs[r][v], ir.Constant(i32, size),
                                                                mask, zero]), accs[0][r][v])
-        arows = [builder.mul(builder.add(i0, const(r)), sa_i) for r in range(mr)]
+        arows = [builder.mul(builder.add(i0, const(r)), lda) for r in range(mr)]
 
         def kstep(k, s):
             wrow = builder.gep(wbase, [builder.mul(k, const(NC))])
             ws = [builder.load(builder.bitcast(builder.gep(wrow, [const(v * L)]), vptr_t), align=size)
                   for v in range(NV)]
-            ak = builder.mul(k, sa_k)
             for r in range(mr):
-                b = splat(builder.load(builder.gep(a_ptr, [builder.add(arows[r], ak)])), vty)
+                b = splat(builder.load(builder.gep(a_ptr, [builder.add(arows[r], k)])), vty)
                 for v in range(NV):
                     acc = accs[s][r][v]
                     builder.store(builder.call(fma, [b, ws[v], builder.load(acc)]), acc)
@@ -255,31 +257,33 @@ def _c_arrays(*arrays):
 
 
 @intrinsic
-def _block_gemm(typingctx, a, a0, sa_i, sa_k, Wp, out, o0, n, accumulate, mc):
-    """out[r, :M] (+)= A[r] @ W.T for rows r < n of A and of out, where A[r, k] = a.flat[a0 + r·sa_i +
-    k·sa_k], out's row r starts at out.flat[o0 + r·ldo], Wp = pack_panels(W), M = out.shape[1],
-    K = Wp.shape[1] (see :func:`panel_matmul` and :func:`panel_rows`, which check the bounds)."""
+def _block_gemm(typingctx, a, a0, Wp, out, o0, n, accumulate, mc):
+    """out[r, :M] (+)= A[r] @ W.T for rows r < n, where A's row r starts at a.flat[a0 + r·lda] and out's
+    at out.flat[o0 + r·ldo] (lda, ldo: the row strides of a and out), Wp = pack_panels(W),
+    M = out.shape[1], K = Wp.shape[1]; ``accumulate`` adds to out; rows in slabs of ``mc``
+    (see :func:`panel_matmul` and :func:`panel_rows`, which check the bounds)."""
     if not _c_arrays(a, Wp, out) or a.ndim != 2 or Wp.ndim != 3 or out.ndim != 2:
         return None
-    if not all(isinstance(x, types.Integer) for x in (a0, sa_i, sa_k, o0, n, mc)):
+    if not all(isinstance(x, types.Integer) for x in (a0, o0, n, mc)):
         return None
     if not isinstance(accumulate, types.Boolean):
         return None
-    sig = types.void(a, types.intp, types.intp, types.intp, Wp, out, types.intp, types.intp, types.boolean,
-                     types.intp)
+    sig = types.void(a, types.intp, Wp, out, types.intp, types.intp, types.boolean, types.intp)
 
     def codegen(context, builder, sig, args):
         fty = context.get_value_type(sig.args[0].dtype)
         A = context.make_array(sig.args[0])(context, builder, args[0])
-        Wa = context.make_array(sig.args[4])(context, builder, args[4])
-        O = context.make_array(sig.args[5])(context, builder, args[5])
-        a0, sa_i, sa_k, _, _, o0, n, acc, mc = args[1:]
+        Wa = context.make_array(sig.args[2])(context, builder, args[2])
+        O = context.make_array(sig.args[3])(context, builder, args[3])
+        a0, _, _, o0, n, acc, mc = args[1:]
         P, K, _ = cgutils.unpack_tuple(builder, Wa.shape, 3)
         M = cgutils.unpack_tuple(builder, O.shape, 2)[1]
-        ldo = builder.sdiv(cgutils.unpack_tuple(builder, O.strides, 2)[0],
-                           ir.Constant(cgutils.intp_t, context.get_abi_sizeof(fty)))
-        _emit_gemm(context, builder, fty, builder.gep(A.data, [a0]), sa_i, sa_k, Wa.data, P, builder.gep(O.data, [o0]), ldo,
-                   n, M, K, mc, acc)
+        size = ir.Constant(cgutils.intp_t, context.get_abi_sizeof(fty))
+        lda = builder.sdiv(cgutils.unpack_tuple(builder, A.strides, 2)[0], size)
+        ldo = builder.sdiv(cgutils.unpack_tuple(builder, O.strides, 2)[0], size)
+        a_ptr = builder.gep(A.data, [a0])
+        o_ptr = builder.gep(O.data, [o0])
+        _emit_gemm(context, builder, fty, a_ptr, lda, Wa.data, P, o_ptr, ldo, n, M, K, mc, acc)
         return context.get_dummy_value()
     return sig, codegen
 
@@ -293,7 +297,7 @@ def panel_matmul(h, Wp, out, n):
     if n > h.shape[0] or n > out.shape[0] or h.shape[1] != Wp.shape[1] or \
             out.shape[1] > Wp.shape[0] * Wp.shape[2] or Wp.shape[2] != panel_width(h.dtype.type(0)):
         raise ValueError("panel_matmul: shapes do not match")
-    _block_gemm(h, 0, h.shape[1], 1, Wp, out, 0, n, False, max(n, 1))
+    _block_gemm(h, 0, Wp, out, 0, n, False, max(n, 1))
 
 
 #: rows per slab in :func:`panel_rows`: a slab's rows of x stay in L1 while every panel passes over them
@@ -328,6 +332,6 @@ def panel_rows(x, Wp, bias, use_bias, out, r0, r1):
                 for i in range(s0, s1):
                     out[i, :] = 0
             continue
-        _block_gemm(x, s0 * K, K, 1, Wp, out, s0 * ldo, s1 - s0, use_bias, SLAB_ROWS)
+        _block_gemm(x, s0 * K, Wp, out, s0 * ldo, s1 - s0, use_bias, SLAB_ROWS)
 
 
