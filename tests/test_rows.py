@@ -131,7 +131,8 @@ def test_rows_equal_single_thread_route(spy, rng):
     (256, 128, True, False, "rows"),     # 128 rows × 128 per thread, W_hh in L2
     (256, 256, True, False, None),       # 128 rows × 256 per thread: BLAS's threaded GEMM
     (16, 1024, True, False, "rows"),     # W_hh beyond L2, 8 rows per thread
-    (32, 512, True, False, None),        # W_hh beyond L2, 16 rows per thread
+    (32, 512, True, False, "columns"),   # W_hh beyond L2, 16 rows per thread: columns on panels
+    (64, 512, True, False, None),        # B·H = 32768: past the columns' window
     (4, 256, True, False, "columns"),
     (2, 256, True, False, "columns"),    # B ≥ 2 with H ≥ 256, below B·H = 1024
     (4, 128, True, False, None),         # B·H = 512 at H = 128: too little work per step
@@ -162,9 +163,11 @@ def test_columns_at_one_row_by_bytes(two_threads, monkeypatch, H, itemsize, want
 
 @pytest.mark.parametrize("threads, B, H, want", [
     (2, 16, 256, "rows"),                # 8 rows × 256 per thread
-    (2, 64, 256, None),                  # 32 rows × 256 per thread: BLAS's threaded GEMM
+    (2, 64, 256, "columns"),             # 32 rows × 256 per thread: columns on panels (B·H = 16384)
+    (2, 128, 256, None),                 # B·H = 32768: BLAS's threaded GEMM
     (4, 64, 256, "rows"),                # 16 rows × 256
-    (2, 16, 1024, None),                 # W_hh beyond L2: no rows route
+    (2, 16, 1024, "columns"),            # W_hh beyond L2: no rows route, columns on panels
+    (2, 32, 1024, None),                 # B·H = 32768
     (2, 64, 64, "rows"),                 # 32 rows × 64
     (2, 256, 64, None),                  # 128 rows × 64
 ])
@@ -172,6 +175,15 @@ def test_forward_route_rules_where_blas_is_wider(monkeypatch, threads, B, H, wan
     monkeypatch.setattr(dispatch, "WIDE_BLAS", True)
     monkeypatch.setattr(dispatch.numba, "get_num_threads", lambda: threads)
     assert dispatch.forward_route(B, H, True, False) == want
+
+
+@pytest.mark.parametrize("B, H", [(32, 512), (16, 1024)])
+def test_columns_window_is_narrower_for_bfloat16(two_threads, monkeypatch, B, H):
+    # bfloat16 weights keep the tiled matmul in the columns route, and its window (WIDE_BLAS: the rows
+    # route does not take W_hh beyond L2)
+    monkeypatch.setattr(dispatch, "WIDE_BLAS", True)
+    assert dispatch.forward_route(B, H, True, False, itemsize=4) == "columns"
+    assert dispatch.forward_route(B, H, True, False, itemsize=2) is None
 
 
 @pytest.mark.parametrize("name, features, want", [

@@ -34,7 +34,7 @@ from numba.extending import overload
 from ._jit import FASTMATH, device, inline, kernel, parallel_kernel, wide_vectors
 from .activations import clip_pre, clipped, gate, one_like, sigmoid_fast, tanh_fast
 from .bf16 import is_bfloat16_array, wget
-from .panel import pack_panels, panel_matmul, panel_rows
+from .panel import aligned_zeros, pack_panels, panel_matmul, panel_rows, panel_width
 
 
 @inline
@@ -341,6 +341,42 @@ def _ol_weight_panels(W, dt):
     return lambda W, dt: pack_panels(W)
 
 
+def block_panels(W_hh, cs, nc, dt):
+    """Packed panels of each block's rows of W_hh for :func:`_gru_forward_cols`: (nc, P, H, NC), block c
+    holding rows g·H + c·cs + u (gate g, unit u < cs) as its panel row g·cs + u (zeros past H), so
+    that ``panel_matmul`` gives the block's W_hr, W_hz, W_hn products side by side in one (B, 3·cs)
+    array. An empty (0, 0, 0, 0) array of dtype ``dt`` for bfloat16 weights, which keep the tiled
+    matmul (resolved at compile time)."""
+    return _block_panels(W_hh, cs, nc)
+
+
+@overload(block_panels, jit_options={"fastmath": set(FASTMATH)})
+def _ol_block_panels(W_hh, cs, nc, dt):
+    if is_bfloat16_array(W_hh):
+        return lambda W_hh, cs, nc, dt: np.empty((0, 0, 0, 0), dt)
+    return lambda W_hh, cs, nc, dt: _block_panels(W_hh, cs, nc)
+
+
+@device
+def _block_panels(W_hh, cs, nc):
+    H = W_hh.shape[1]
+    width = panel_width(W_hh.dtype.type(0))
+    P = (3 * cs + width - 1) // width
+    Wp = aligned_zeros(nc * P * H * width, W_hh.dtype).reshape((nc, P, H, width))
+    for c in range(nc):
+        j0 = c * cs
+        m = min(cs, H - j0)
+        for g in range(3):
+            for u in range(m):
+                q = g * cs + u  # the panel row (output column) of this W_hh row
+                panel = Wp[c, q // width]
+                col = q % width
+                w = W_hh[g * H + j0 + u]
+                for k in range(H):
+                    panel[k, col] = w[k]
+    return Wp
+
+
 @device
 def step_product(Wm, Wp, h, out, buf, n, tiled_max):
     """out[:n] = h[:n] @ Wm.T for one step: by the packed panels Wp (of Wm; (0, 0, 0) when the caller
@@ -581,6 +617,11 @@ def _gru_forward_cols(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, gate_ki
     h_a = np.empty((B, H), dt)
     h_b = np.empty((B, H), dt)
     acc = np.empty((nc, 3, B, cs), dt)
+    # float weights: each block's rows of W_hh packed into panels once, one product per block and step
+    # (one row: the one-row product of a slice past L2 waits on L3 either way, and the packing is extra)
+    Wp = block_panels(W_hh, cs, nc, dt) if B >= 2 else np.empty((0, 0, 0, 0), dt)
+    packed = Wp.shape[0] > 0
+    accp = np.empty((nc, B, 3 * cs) if packed else (0, 0, 0), dt)
     copy_rows(h0, h_a)
     for s in range(T):
         t, hc, hn = step_states(s, T, reverse, h_a, h_b)
@@ -591,8 +632,11 @@ def _gru_forward_cols(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, gate_ki
             m = min(cs, H - j0)
             a = acc[c]
             if n_act > 0:
-                for g in range(3):  # this block's rows of W_hr, W_hz, W_hn
-                    tiled_matmul(W_hh[g * H + j0:g * H + j0 + m], hc, a[g, :, :m], n_act)
+                if packed:
+                    panel_matmul(hc, Wp[c], accp[c], n_act)
+                else:
+                    for g in range(3):  # this block's rows of W_hr, W_hz, W_hn
+                        tiled_matmul(W_hh[g * H + j0:g * H + j0 + m], hc, a[g, :, :m], n_act)
             for b in range(B):
                 hnb = hn[b]
                 hcb = hc[b]
@@ -602,8 +646,13 @@ def _gru_forward_cols(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, gate_ki
                         hnb[j] = hcb[j]
                         yb[col0 + j] = 0.0
                     continue
-                _chunk_after(gx[t, b], a[0, b], a[1, b], a[2, b], b_hh, hcb, hnb, yb, col0, j0, m, H,
-                             gate_kind, alpha, beta, use_clip, clip)
+                if packed:
+                    ab = accp[c, b]
+                    _chunk_after(gx[t, b], ab[:cs], ab[cs:2 * cs], ab[2 * cs:], b_hh, hcb, hnb, yb, col0, j0,
+                                 m, H, gate_kind, alpha, beta, use_clip, clip)
+                else:
+                    _chunk_after(gx[t, b], a[0, b], a[1, b], a[2, b], b_hh, hcb, hnb, yb, col0, j0, m, H,
+                                 gate_kind, alpha, beta, use_clip, clip)
     copy_rows(h_a if T % 2 == 0 else h_b, h_n)
 
 

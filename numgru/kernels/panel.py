@@ -76,7 +76,7 @@ def panel_width(typingctx, x):
 
 
 @device
-def _aligned_zeros(size, dtype):
+def aligned_zeros(size, dtype):
     """A 1-D array of ``size`` zeros of ``dtype`` that starts on a 64-byte boundary."""
     buf = np.zeros(size + 16, dtype)  # 16 values cover 64 bytes for itemsizes ≥ 4
     item = buf.itemsize
@@ -96,7 +96,7 @@ def pack_panels(W):
     P = (M + nc - 1) // nc
     # 64-byte aligned (a cache line, one 512-bit vector): NumPy aligns to 16 bytes, and vector loads
     # that straddle two lines ran the one-row product at half speed (B = 1, H = 256: 11.7 against 6.7 µs)
-    Wp = _aligned_zeros(P * K * nc, W.dtype).reshape((P, K, nc))
+    Wp = aligned_zeros(P * K * nc, W.dtype).reshape((P, K, nc))
     for p in range(P):
         j0 = p * nc
         j1 = min(M, j0 + nc)
