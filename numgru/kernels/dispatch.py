@@ -66,6 +66,7 @@ PROJ_PANELS_MIN_ROWS = 128
 PROJ_PANELS_MAX_INPUTS = 128
 PROJ_PANELS_MIN_ROWS_PARALLEL = 256
 PROJ_PANELS_MAX_INPUTS_PARALLEL = 512
+PROJ_PANELS_MIN_ROWS_PARALLEL_WIDE = 2048
 
 
 def blas_vectors_wider():
@@ -414,11 +415,14 @@ def projection_panels(N, I, threads):
     - two Numba threads, against Numba's tiled matmul (whole forward, T = 128, paired): B = 16, H = 256
       1.40×; B = 64, H = 64 / 128 1.65× / 1.50×; B = 4 / 8, H = 256 / 512 1.19× / 1.13×; B = 16,
       H = 512 1.01×; but B = 4 / 1, H = 1024 0.98× / 0.82× (12 MB of W_ih packed for 128–512 rows):
-      panels for N ≥ ``PROJ_PANELS_MIN_ROWS_PARALLEL`` and I ≤ ``PROJ_PANELS_MAX_INPUTS_PARALLEL``.
+      panels for N ≥ ``PROJ_PANELS_MIN_ROWS_PARALLEL`` and I ≤ ``PROJ_PANELS_MAX_INPUTS_PARALLEL``,
+      or any I from ``PROJ_PANELS_MIN_ROWS_PARALLEL_WIDE`` rows (the kernel alone at I = H = 1024:
+      N = 512 / 2048 / 8192 1.02× / 1.33× / 1.78×; I = 512, N = 8192 1.50×).
     """
     if threads == 1:
         return N >= PROJ_PANELS_MIN_ROWS and I <= PROJ_PANELS_MAX_INPUTS
-    return N >= PROJ_PANELS_MIN_ROWS_PARALLEL and I <= PROJ_PANELS_MAX_INPUTS_PARALLEL
+    return N >= PROJ_PANELS_MIN_ROWS_PARALLEL and (I <= PROJ_PANELS_MAX_INPUTS_PARALLEL
+                                                   or N >= PROJ_PANELS_MIN_ROWS_PARALLEL_WIDE)
 
 
 def gru_direction_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gate_kind, alpha, beta,
