@@ -163,13 +163,14 @@ def test_columns_at_one_row_by_bytes(two_threads, monkeypatch, H, itemsize, want
 
 @pytest.mark.parametrize("threads, B, H, want", [
     (2, 16, 256, "rows"),                # 8 rows × 256 per thread
-    (2, 64, 256, "columns"),             # 32 rows × 256 per thread: columns on panels (B·H = 16384)
-    (2, 128, 256, None),                 # B·H = 32768: BLAS's threaded GEMM
+    (2, 64, 256, "rows"),                # 32 rows × 256 per thread
+    (2, 512, 256, "rows"),               # 256 rows × 256 per thread: the cap
+    (2, 1024, 256, None),                # 512 rows × 256 per thread: BLAS's threaded GEMM
     (4, 64, 256, "rows"),                # 16 rows × 256
     (2, 16, 1024, "columns"),            # W_hh beyond L2: no rows route, columns on panels
     (2, 32, 1024, None),                 # B·H = 32768
     (2, 64, 64, "rows"),                 # 32 rows × 64
-    (2, 256, 64, None),                  # 128 rows × 64
+    (2, 256, 64, "rows"),                # 128 rows × 64
 ])
 def test_forward_route_rules_where_blas_is_wider(monkeypatch, threads, B, H, want):
     monkeypatch.setattr(dispatch, "WIDE_BLAS", True)

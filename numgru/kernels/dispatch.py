@@ -48,7 +48,7 @@ PARALLEL_MIN_ROWS = 64
 ROWS_MIN = 4
 ROWS_MAX_WEIGHTS = 1 << 18
 ROWS_MAX_STATE = 16384
-ROWS_MAX_STATE_WIDE_BLAS = 4096
+ROWS_MAX_STATE_WIDE_BLAS = 65536
 ROWS_MAX_STREAM_ROWS = 8
 ROWS_MAX_STREAMED = 1 << 23
 COLS_STATE = (1024, 4096)
@@ -229,7 +229,13 @@ def forward_route(B, H, reset_after, store, T=None, itemsize=4):
     On a 16-core Intel Xeon (Emerald Rapids, AVX-512; same method, 5 rounds), rows against
     BLAS-threaded steps at T = 128: B = 64, H = 256 0.76× / 0.98× / 1.43× / 2.40× on 2 / 4 / 8 / 16
     threads (32 / 16 / 8 / 4 rows per thread); B = 16, H = 256 1.02× / 1.99× on 2 / 4 threads;
-    B = 16, H = 1024 0.77× / 0.86× on 2 / 4 threads. Hence the tighter bounds under ``WIDE_BLAS``.
+    B = 16, H = 1024 0.77× / 0.86× on 2 / 4 threads. Hence the tighter bounds under ``WIDE_BLAS``:
+    W_hh in L2, and a thread's state capped. Since each thread's steps run on packed panels
+    (:mod:`~numgru.kernels.panel`) the cap is far higher: on the 2-vCPU Intel machine (2 threads,
+    T = 128, same process, alternating), rows against the route the old cap of 4096 left: B = 64,
+    H = 256 1.09× (columns); B = 128 / 256, H = 256 1.39× / 1.36×; B = 256 / 512, H = 128 1.55× /
+    1.73×; B = 256 / 512 / 1024, H = 64 1.68× / 1.68× / 1.75×; B = 512, H = 256 (65536 values per
+    thread) 1.48× (BLAS-threaded steps); B = 128, H = 128 0.97× (columns).
     """
     threads = thread_count()
     if threads < 2 or store or B == 0 or T == 0:  # nothing to split (an empty batch or sequence)
