@@ -168,7 +168,9 @@ def test_columns_at_one_row_by_bytes(two_threads, monkeypatch, H, itemsize, want
     (2, 1024, 256, None),                # 512 rows × 256 per thread: BLAS's threaded GEMM
     (4, 64, 256, "rows"),                # 16 rows × 256
     (2, 16, 1024, "columns"),            # W_hh beyond L2: no rows route, columns on panels
-    (2, 32, 1024, None),                 # B·H = 32768
+    (2, 32, 1024, None),                 # B·H = 32768, W_hh 12 MB
+    (2, 64, 512, "rows"),                # W_hh 3 MB, past the columns' window
+    (2, 32, 512, "columns"),             # W_hh 3 MB, within the columns' window
     (2, 64, 64, "rows"),                 # 32 rows × 64
     (2, 256, 64, "rows"),                # 128 rows × 64
 ])

@@ -49,6 +49,7 @@ ROWS_MIN = 4
 ROWS_MAX_WEIGHTS = 1 << 18
 ROWS_MAX_STATE = 16384
 ROWS_MAX_STATE_WIDE_BLAS = 65536
+ROWS_MAX_WEIGHTS_WIDE_BLAS = 3 * 512 * 512
 ROWS_MAX_STREAM_ROWS = 8
 ROWS_MAX_STREAMED = 1 << 23
 COLS_STATE = (1024, 4096)
@@ -181,7 +182,8 @@ def forward_route(B, H, reset_after, store, T=None, itemsize=4):
         at most ``ROWS_MAX_STREAMED`` weights from L3 per step (every thread reads all of W_hh each
         step; the last bound is a guard for many threads, not a measurement). Either reset variant.
         Where BLAS's vectors are wider than Numba's (:data:`WIDE_BLAS`, Intel AVX-512), a thread's
-        state is capped at ``ROWS_MAX_STATE_WIDE_BLAS`` and W_hh must fit L2.
+        state is capped at ``ROWS_MAX_STATE_WIDE_BLAS`` and W_hh must fit L2, or hold at most
+        ``ROWS_MAX_WEIGHTS_WIDE_BLAS`` float values when B·H is past the columns' window.
     "columns"
         :func:`~numgru.kernels.forward._gru_forward_cols`: each step split over blocks of hidden
         units. reset_after=True, H ≥ 128 and lo ≤ B·H ≤ hi for ``COLS_STATE`` = (lo, hi), or
@@ -235,7 +237,11 @@ def forward_route(B, H, reset_after, store, T=None, itemsize=4):
     T = 128, same process, alternating), rows against the route the old cap of 4096 left: B = 64,
     H = 256 1.09× (columns); B = 128 / 256, H = 256 1.39× / 1.36×; B = 256 / 512, H = 128 1.55× /
     1.73×; B = 256 / 512 / 1024, H = 64 1.68× / 1.68× / 1.75×; B = 512, H = 256 (65536 values per
-    thread) 1.48× (BLAS-threaded steps); B = 128, H = 128 0.97× (columns).
+    thread) 1.48× (BLAS-threaded steps); B = 128, H = 128 0.97× (columns). W_hh beyond one L2 but
+    at most ``ROWS_MAX_WEIGHTS_WIDE_BLAS`` values (H ≤ 512, float weights) also takes rows past the
+    columns' window: B = 64 / 128, H = 512 1.29× / 1.26×; B = 128, H = 384 1.38× (BLAS-threaded
+    steps); not within it (B = 32, H = 512 0.92× against columns) nor for larger W_hh (B = 64, H = 768
+    / 1024 0.94× / 0.91×; B = 16, H = 1024 0.90× against columns; B = 32, H = 1024 1.12×).
     """
     threads = thread_count()
     if threads < 2 or store or B == 0 or T == 0:  # nothing to split (an empty batch or sequence)
@@ -248,6 +254,9 @@ def forward_route(B, H, reset_after, store, T=None, itemsize=4):
             return "rows"
         if (not WIDE_BLAS and weights > ROWS_MAX_WEIGHTS and per_thread <= ROWS_MAX_STREAM_ROWS
                 and threads * weights <= ROWS_MAX_STREAMED):
+            return "rows"
+        if (WIDE_BLAS and itemsize >= 4 and weights <= ROWS_MAX_WEIGHTS_WIDE_BLAS
+                and per_thread * H <= max_state and B * H > COLS_MAX_STATE_PANELS):
             return "rows"
     lo, hi = COLS_STATE
     if itemsize >= 4:
