@@ -19,7 +19,7 @@ from .kernels.activations import GATE_HARD_SIGMOID, GATE_SIGMOID
 from .kernels.dispatch import (aligned, batch_order, forward_route, gate_scalars, gru_direction_backward,
                                gru_direction_forward, gru_direction_forward_pipelined, input_projection,
                                run_step, serial_tiled_max, step_columns, step_columns_workspace,
-                               thread_count, valid_steps)
+                               thread_count, valid_steps, workspace)
 from .kernels.backward import matmul_into
 from .kernels.bf16 import from_bfloat16, to_bfloat16
 
@@ -455,8 +455,9 @@ class GRU(_Params):
                         x2d, W_ih, b_ih, W_hh, b_hh, h0[i], lengths, d == 1 or self.go_backwards,
                         self.reset_after, self._gate_kind, self.alpha, self.beta, self.clip, y, d * H)
                     continue
-                gx = input_projection(x2d, W_ih, b_ih, route in ("rows", "columns"), valid,
-                                      training=store).reshape(T, B, 3 * H)
+                # gx is used up by this direction's recurrence: scratch reused between calls
+                gx = input_projection(x2d, W_ih, b_ih, route in ("rows", "columns"), valid, training=store,
+                                      out=workspace("gx", (T * B, 3 * H), self.dtype)).reshape(T, B, 3 * H)
                 hn_d, tape = gru_direction_forward(gx, W_hh, b_hh, h0[i], lengths,
                                                    d == 1 or self.go_backwards,
                                                    self.reset_after, self._gate_kind, self.alpha,

@@ -198,3 +198,44 @@ def test_gradients_identical_with_1_and_2_threads(tmp_path):
         outs.append(np.load(path))
     for k in outs[0].files:
         np.testing.assert_array_equal(outs[0][k], outs[1][k], err_msg=k)
+
+
+@pytest.mark.parametrize("reset_after", [True, False])
+def test_backward_scratch_reused_between_calls(reset_after):
+    """The backward's per-step gradients live in scratch reused by the next call on the thread
+    (dispatch.workspace): a call on padded rows after one that filled the scratch gives the same
+    gradients as on fresh scratch (the kernel writes the padded steps' zeros itself)."""
+    from numgru.kernels import dispatch
+    rng = np.random.default_rng(5)
+    g = ng.GRU(6, 10, num_layers=2, bidirectional=True, reset_after=reset_after, dtype=np.float64, seed=2)
+    x = rng.standard_normal((9, 4, 6))
+    lengths = np.array([9, 3, 0, 6])
+    dispatch._WORKSPACE.__dict__.clear()
+    y, hn, tape = g.forward_train(x, lengths=lengths)
+    dy = rng.standard_normal(y.shape)
+    first = g.backward(tape, dy)
+    y2, _, tape2 = g.forward_train(rng.standard_normal((9, 4, 6)))  # full length: fills the scratch
+    g.backward(tape2, np.ones_like(y2))
+    y, hn, tape = g.forward_train(x, lengths=lengths)
+    again = g.backward(tape, dy)
+    np.testing.assert_array_equal(first[0], again[0])
+    np.testing.assert_array_equal(first[1], again[1])
+    for k in first[2]:
+        np.testing.assert_array_equal(first[2][k], again[2][k], err_msg=k)
+
+
+def test_workspace_is_per_thread_and_grows():
+    import threading
+
+    from numgru.kernels.dispatch import workspace
+    a = workspace("test", (3, 4), np.float32)
+    b = workspace("test", (2, 5), np.float32)
+    assert a.shape == (3, 4) and b.shape == (2, 5) and np.shares_memory(a, b)
+    c = workspace("test", (5, 5), np.float32)  # larger: a new buffer
+    assert c.shape == (5, 5) and not np.shares_memory(a, c)
+    assert not np.shares_memory(workspace("test", (3,), np.float64), c)  # per dtype
+    other = []
+    t = threading.Thread(target=lambda: other.append(workspace("test", (3, 4), np.float32)))
+    t.start()
+    t.join()
+    assert not np.shares_memory(other[0], workspace("test", (3, 4), np.float32))

@@ -38,10 +38,10 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, revers
     W_T      (H, 3H)     in.  W_hh transposed (a C-contiguous copy), so that d @ W_hh = d @ W_T.T.
     lengths  (B,) int64  in.  As in the forward; ``sorted_desc`` likewise limits each step's GEMMs to
                               the active prefix of rows.
-    dgx      (T, B, 3H)  out. dLoss/d(x W_ih.T + b_ih) per step; must arrive zeroed (invalid steps stay 0).
+    dgx      (T, B, 3H)  out. dLoss/d(x W_ih.T + b_ih) per step (zeros past a row's length).
     dgh      (T, B, 3H)  out. dLoss/d(W_hh h + b_hh) per step (reset_after=False: its n block is
-                              dLoss/d(W_hn (r ⊙ h) + b_hn)); must arrive zeroed.
-    hprev    (T, B, H)   out. h_{t−1} per valid step: the input of dW_hh; must arrive zeroed.
+                              dLoss/d(W_hn (r ⊙ h) + b_hn)); zeros past a row's length.
+    hprev    (T, B, H)   out. h_{t−1} per valid step (zeros past a row's length): the input of dW_hh.
     rhprev   (T, B, H)   out. r ⊙ h_{t−1} (reset_after=False; pass (0, 0, 0) otherwise): input of dW_hn.
     dh0      (B, H)      out. dLoss/dh0.
 
@@ -87,13 +87,23 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, revers
             L = lengths[b]
             dhb = dh[b]
             dhpb = dhp[b]
-            if t >= L:
+            if t >= L:  # past the row's length: no gradient for this step
                 for j in range(H):
                     dhpb[j] = dhb[j]
+                dgxb = dgx[t, b]
+                dghb = dgh[t, b]
+                for j in range(3 * H):
+                    dgxb[j] = 0.0
+                    dghb[j] = 0.0
+                hpb = hprev[t, b]
+                for j in range(H):
+                    hpb[j] = 0.0
                 if not reset_after:
                     danb = dan[b]
+                    rhb = rhprev[t, b]
                     for j in range(H):
                         danb[j] = 0.0
+                        rhb[j] = 0.0
                 continue
             hpb = hprev[t, b]
             if reverse:
