@@ -541,7 +541,7 @@ class GRU(_Params):
             for d in range(D):
                 i = layer * D + d
                 W_ih, W_hh, b_ih, b_hh = self._weights(i)
-                dgx, dgh, hprev, rhprev, dh0_i = gru_direction_backward(
+                dgx, dgh, hprev, rhprev, dh0_i, db_ih, db_hh = gru_direction_backward(
                     dy_layer, d * H, dh_n[i], lt.gates[d], lt.y, tape.h0[i], W_hh, tape.lengths,
                     d == 1 or self.go_backwards, self.reset_after, self._gate_kind, self.alpha, self.beta, self.clip)
                 dh0[i] = dh0_i
@@ -565,8 +565,8 @@ class GRU(_Params):
                 grads[f"weight_ih{sfx}"] = dW_ih
                 grads[f"weight_hh{sfx}"] = dW_hh
                 if self.bias:
-                    grads[f"bias_ih{sfx}"] = dgx2.sum(axis=0)
-                    grads[f"bias_hh{sfx}"] = dgh2.sum(axis=0)
+                    grads[f"bias_ih{sfx}"] = db_ih
+                    grads[f"bias_hh{sfx}"] = db_hh
             dx = dx2d.reshape(T, B, lt.x.shape[2])
             if lt.mask is not None:
                 dx *= lt.mask

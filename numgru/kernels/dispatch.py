@@ -530,9 +530,10 @@ def gru_direction_backward(dy, col0, dh_n, tape, y, h0, W_hh, lengths, reverse, 
                            alpha, beta, clip):
     """Backward of one direction of one layer (the serial kernel; BLAS may thread its matmuls).
 
-    Returns ``(dgx, dgh, hprev, rhprev, dh0)`` with shapes (T, B, 3H), (T, B, 3H), (T, B, H),
-    (T, B, H) (None when reset_after), (B, H). See :func:`numgru.kernels.backward._gru_backward`. The
-    first four are this thread's :func:`workspace`: valid until its next call.
+    Returns ``(dgx, dgh, hprev, rhprev, dh0, db_ih, db_hh)`` with shapes (T, B, 3H), (T, B, 3H),
+    (T, B, H), (T, B, H) (None when reset_after), (B, H), (3H,), (3H,). See
+    :func:`numgru.kernels.backward._gru_backward`. The first four are this thread's :func:`workspace`:
+    valid until its next call.
     """
     T, B, _ = tape.shape
     H = h0.shape[1]
@@ -542,11 +543,14 @@ def gru_direction_backward(dy, col0, dh_n, tape, y, h0, W_hh, lengths, reverse, 
     dgh = workspace("dgh", (T, B, 3 * H), dtype)
     hprev = workspace("hprev", (T, B, H), dtype)
     rhprev = workspace("rhprev", (T, B, H) if not reset_after else (0, 0, 0), dtype)
+    db_ih = np.zeros(3 * H, np.float64)
+    db_hh = np.zeros(3 * H, np.float64)
     if B == 0 or T == 0:
-        return dgx, dgh, hprev, (None if reset_after else rhprev), dh_n.copy()
+        return dgx, dgh, hprev, (None if reset_after else rhprev), dh_n.copy(), db_ih.astype(dtype), \
+            db_hh.astype(dtype)
     dh0 = np.empty((B, H), dtype)
     gru_backward_serial(dy, int(col0), dh_n, tape, y, h0, np.ascontiguousarray(W_hh.T), lengths,
                         is_sorted_desc(lengths), bool(reverse), bool(reset_after),
                         *gate_scalars(dtype, gate_kind, alpha, beta, clip), dgx, dgh, hprev, rhprev,
-                        dh0, serial_tiled_max(thread_count()))
-    return dgx, dgh, hprev, (None if reset_after else rhprev), dh0
+                        dh0, db_ih, db_hh, serial_tiled_max(thread_count()))
+    return dgx, dgh, hprev, (None if reset_after else rhprev), dh0, db_ih.astype(dtype), db_hh.astype(dtype)
