@@ -1,7 +1,8 @@
 """GRU forward kernel: the time loop of one layer and one direction.
 
 The input projection ``gx = x @ W_ih.T + b_ih`` is hoisted out of the time loop by the caller (one GEMM
-over all T·B rows, :func:`input_projection_kernel`). Per time step the kernel makes one recurrent
+over all T·B rows, :func:`input_projection_kernel`: BLAS, or packed panels of W_ih on one thread for
+I ≤ 128; :func:`input_projection_parallel` on Numba's threads). Per time step the kernel makes one recurrent
 matmul (two for reset_after=False, which needs r before the n block) on the rows still active at that
 step, then runs the gate arithmetic in short fused loops over the step's pre-activations. Workspace is
 allocated once, before the time loop.
@@ -601,8 +602,9 @@ def _gru_forward_cols(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, gate_ki
 
     Same arrays and results as :func:`_gru_forward` (reset_after=True, no tape). Each time step is one parallel
     region over ``n_chunks`` blocks of units (16-unit multiples): a block computes W_hr, W_hz and W_hn
-    times h for its units with :func:`small_rows_matmul` on its own rows of W_hh, then those units'
-    gates and new state. A unit's gates need only its own three pre-activations, so blocks never wait
+    times h for its units on its own rows of W_hh — packed into panels once per call
+    (:func:`block_panels`, float weights, B ≥ 2; else :func:`tiled_matmul`) — then those units' gates
+    and new state. A unit's gates need only its own three pre-activations, so blocks never wait
     on each other inside a step; each thread keeps re-reading the same slice of W_hh, which stays in its
     core's cache (ONNX Runtime and oneDNN split the step the same way). No BLAS call inside the loop.
     """
