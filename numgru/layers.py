@@ -17,7 +17,7 @@ from ._validation import (as_lengths, as_real_array, check_bool, check_dtype, ch
                           check_int, untorch)
 from .kernels.activations import GATE_HARD_SIGMOID, GATE_SIGMOID
 from .kernels.dispatch import (aligned, batch_order, forward_route, gate_scalars, gru_direction_backward,
-                               gru_direction_forward, gru_direction_forward_pipelined, input_projection,
+                               gru_direction_forward, input_projection,
                                run_step, serial_tiled_max, step_columns, step_columns_workspace,
                                thread_count, valid_steps, workspace)
 from .kernels.backward import matmul_into
@@ -450,11 +450,6 @@ class GRU(_Params):
                 i = layer * D + d
                 W_ih, _, b_ih, b_hh = self._weights(i)
                 W_hh = self._recurrent_weights(i, B, route)
-                if route == "pipeline":
-                    h_n[i] = gru_direction_forward_pipelined(
-                        x2d, W_ih, b_ih, W_hh, b_hh, h0[i], lengths, d == 1 or self.go_backwards,
-                        self.reset_after, self._gate_kind, self.alpha, self.beta, self.clip, y, d * H)
-                    continue
                 # gx is used up by this direction's recurrence: scratch reused between calls
                 gx = input_projection(x2d, W_ih, b_ih, route in ("rows", "columns"), valid, training=store,
                                       out=workspace("gx", (T * B, 3 * H), self.dtype)).reshape(T, B, 3 * H)

@@ -1,5 +1,4 @@
-"""The multi-threaded routes that split the batch into row chunks (dispatch.forward_route "rows") or
-overlap the input projection with the recurrence ("pipeline").
+"""The multi-threaded route that splits the batch into row chunks (dispatch.forward_route "rows").
 
 Inference against tests/reference.py and against the single-thread route, with two Numba threads so
 the route really runs (a spy counts its kernel calls).
@@ -21,9 +20,9 @@ pytestmark = pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2,
 
 @pytest.fixture
 def spy(monkeypatch):
-    calls = {"fwd": 0, "proj": 0, "pipe": 0}
+    calls = {"fwd": 0, "proj": 0}
     originals = {name: getattr(dispatch, name) for name in
-                 ("gru_forward_rows", "input_projection_parallel", "gru_forward_pipelined")}
+                 ("gru_forward_rows", "input_projection_parallel")}
 
     def counting(name, key):
         def run(*a):
@@ -34,7 +33,6 @@ def spy(monkeypatch):
     monkeypatch.setattr(dispatch, "gru_forward_rows", counting("gru_forward_rows", "fwd"))
     monkeypatch.setattr(dispatch, "input_projection_parallel",
                         counting("input_projection_parallel", "proj"))
-    monkeypatch.setattr(dispatch, "gru_forward_pipelined", counting("gru_forward_pipelined", "pipe"))
     return calls
 
 
@@ -136,8 +134,8 @@ def test_rows_equal_single_thread_route(spy, rng):
     (4, 256, True, False, "columns"),
     (2, 256, True, False, "columns"),    # B ≥ 2 with H ≥ 256, below B·H = 1024
     (4, 128, True, False, None),         # B·H = 512 at H = 128: too little work per step
-    (1, 512, True, False, None),         # pipeline: W_hh beyond L2
-    (1, 256, True, False, None),         # pipeline: T unknown
+    (1, 512, True, False, None),         # W_hh beyond L2, one thread's share not in its L2
+    (1, 256, True, False, None),         # one row, W_hh in L2: serial
     (4, 256, False, False, None),        # columns: reset_after only
     (4, 256, True, True, None),          # columns: inference only
 ])
@@ -149,7 +147,7 @@ def test_forward_route_rules(two_threads, monkeypatch, B, H, reset_after, store,
 @pytest.mark.parametrize("H, itemsize, want", [
     (384, 4, "columns"),                 # 1.7 MB of W_hh: beyond one L2, 0.85 MB per thread
     (512, 4, None),                      # 3 MB: 1.5 MB per thread
-    (256, 4, None),                      # 768 KB sits in one L2 (the pipeline's, T permitting)
+    (256, 4, None),                      # 768 KB sits in one L2: serial
     (384, 2, "columns"),                 # bfloat16
     (512, 2, "columns"),
     (768, 2, None),
@@ -209,49 +207,11 @@ def test_one_thread_takes_no_threaded_route():
         numba.set_num_threads(before)
 
 
-@pytest.mark.parametrize("T, B, H, store, want", [
-    (128, 1, 256, False, "pipeline"),    # chunks of 22 steps (2^22 multiply-adds)
-    (80, 1, 256, False, None),           # fewer than 4 such chunks
-    (128, 1, 256, True, None),           # inference only
-    (128, 1, 64, False, None),           # a chunk would need 342 steps
-    (2048, 1, 64, False, "pipeline"),
-    (1024, 2, 128, False, "pipeline"),
-])
-def test_pipeline_needs_enough_work(two_threads, T, B, H, store, want):
-    assert dispatch.forward_route(B, H, True, store, T=T) == want
-
-
-@pytest.fixture
-def small_chunks(monkeypatch):
-    """Chunks of a few steps, so that short test sequences take the pipeline route."""
-    monkeypatch.setattr(dispatch, "PIPELINE_CHUNK_MACS", 1)
-
-
-# T = 21: chunks of 2 steps, the last one short
-PIPE_CASES = list(itertools.product([(1, 16), (2, 64)], [False, True], [np.float32, np.float64],
-                                    [True, False]))
-
-
-@pytest.mark.parametrize("shape, bi, dtype, reset_after", PIPE_CASES)
-def test_pipeline_match_reference(two_threads, small_chunks, spy, rng, shape, bi, dtype, reset_after):
-    B, H = shape
-    T, L = 21, 2
-    lengths = np.array([0, T])[:B] if B == 2 else None  # an empty row and a full one, unsorted
-    _check_two_layers(rng, T, B, H, bi, dtype, reset_after, lengths)
-    assert spy["pipe"] == L * (2 if bi else 1)
-
-
-def test_pipeline_ragged_lengths_and_gates(two_threads, small_chunks, spy, rng):
-    T, B, I, H = 40, 2, 3, 24
-    g, p = _model(I, H, 1, True, np.float64, True, "hard_sigmoid", 1.5)
-    x = 3 * rng.standard_normal((T, B, I))
-    lengths = np.array([17, 33])
-    y, h_n = g(x, lengths=lengths)
-    y_ref, h_ref = ref_gru(x, p, 1, H, True, lengths=lengths, gate="hard_sigmoid", alpha=g.alpha,
-                           beta=g.beta, clip=1.5)
-    np.testing.assert_allclose(y, y_ref, **TOL[np.float64])
-    np.testing.assert_allclose(h_n, h_ref, **TOL[np.float64])
-    assert spy["pipe"] == 2
+@pytest.mark.parametrize("T, B, H", [(128, 1, 256), (2048, 1, 64), (1024, 2, 128), (512, 4, 64)])
+def test_smallest_batches_run_serial(two_threads, T, B, H):
+    # B·H ≤ 256: the serial kernel (a route that projected the next chunk of steps on another thread
+    # lost to it once the steps ran on packed panels)
+    assert dispatch.forward_route(B, H, True, False, T=T) is None
 
 
 @pytest.mark.parametrize("B, threads", [(10, 2), (64, 2), (17, 4), (33, 3), (5, 16)])

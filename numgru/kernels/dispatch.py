@@ -12,8 +12,6 @@ Numba thread, :func:`forward_route` picks by sequence length, batch and hidden s
   whole sequence: one parallel region per call, none per step;
 * "columns" (inference, small batches): every step is one parallel region over blocks of hidden units,
   each thread multiplying its own slice of W_hh (which stays in its core's cache);
-* "pipeline" (inference, B·H ≤ 256, long sequences): one thread projects the next chunk of time steps
-  while another runs the recurrence over the current one;
 * otherwise the serial gate loops with BLAS threading each step's GEMM, and for B ≥
   ``PARALLEL_MIN_ROWS`` (forward only) the gate loop spread over rows with ``prange``.
 
@@ -41,7 +39,7 @@ import numba
 import numpy as np
 
 from .backward import gru_backward_serial
-from .forward import (gru_forward_cols, gru_forward_parallel, gru_forward_pipelined, gru_forward_rows,
+from .forward import (gru_forward_cols, gru_forward_parallel, gru_forward_rows,
                       gru_forward_serial, input_projection_kernel, input_projection_parallel, row_chunks)
 from .step import gru_step, gru_step_cols
 
@@ -56,10 +54,6 @@ ROWS_MAX_STREAMED = 1 << 23
 COLS_STATE = (1024, 4096)
 COLS_MAX_STATE_PANELS = 16384
 COLS_B1_BYTES = (3 << 18, 1 << 20)
-PIPELINE_MAX_STATE = 256
-PIPELINE_CHUNK_MACS = 1 << 22
-PIPELINE_MIN_CHUNKS = 4
-PIPELINE_CHUNKS = 12
 PACK_BELOW = 0.9
 STEP_COLS_MIN_H = 192
 STEP_COLS_MAX_ROWS = 16
@@ -168,7 +162,7 @@ def is_sorted_desc(lengths):
 
 def forward_route(B, H, reset_after, store, T=None, itemsize=4):
     """Which multi-threaded forward runs a layer (T steps, batch B, hidden size H, W_hh stored with
-    ``itemsize`` bytes per value: 4 for float32, 2 for bfloat16): "rows", "columns", "pipeline" or None
+    ``itemsize`` bytes per value: 4 for float32, 2 for bfloat16): "rows", "columns" or None
     (T None: long enough for any).
 
     With one Numba thread, and for training (``store``), the answer is None. Otherwise, for
@@ -199,21 +193,17 @@ def forward_route(B, H, reset_after, store, T=None, itemsize=4):
         before: B = 8 / 16, H = 1024 1.43× / 1.13–1.16×; B = 16 / 32, H = 512 1.40× / 1.34×; B = 64,
         H = 256 1.27×; B = 128, H = 128 1.24×; but B = 64, H = 512 1.06× and 0.78–0.83× at B·H =
         32768 and beyond (B = 32 / 64, H = 1024; B = 128, H = 256).
-    "pipeline"
-        :func:`gru_direction_forward_pipelined`: the projection of the next chunk of time steps runs
-        on one thread while the recurrence runs over the current chunk on another. Taken for B·H ≤
-        ``PIPELINE_MAX_STATE`` (too little work per step to split it) with W_hh in L2, when T holds
-        ``PIPELINE_MIN_CHUNKS`` chunks of :func:`pipeline_chunk` steps. Measured on 2 threads, T = 128
-        and 512: B = 1, H = 256 1.22–1.28×; at H = 512–1024 it lost (0.7×: the recurrence streams
-        W_hh from L3 and the projection competes for it), and with chunks of a few µs of work (H = 64)
-        the regions' overhead ate the gain.
     None
         BLAS-threaded steps (with the gate loops over rows in ``prange`` for B ≥
-        ``PARALLEL_MIN_ROWS``) or the serial kernel.
+        ``PARALLEL_MIN_ROWS``) or the serial kernel. (A "pipeline" route, the projection of the next
+        chunk of time steps on one thread beside the recurrence on another, once won at B·H ≤ 256
+        (B = 1, H = 256 1.22–1.28× on 2 AMD vCPUs); with the steps and the projection on packed panels
+        the serial kernel beat it on the 2-vCPU Intel machine: T = 128, B = 1, H = 256 1.39×; T = 512,
+        B = 1 / 2, H = 256 / 128 1.08× / 1.32×, B = 4, H = 64 1.04×, B = 1, H = 128 0.92×. It went.)
 
     Rows and columns also run the input projection on Numba's threads
-    (:func:`~numgru.kernels.forward.input_projection_parallel`), and the pipeline projects with Numba's
-    matmul, so no BLAS pool is awake during the call. Training keeps BLAS: its weight-gradient GEMMs
+    (:func:`~numgru.kernels.forward.input_projection_parallel`), so no BLAS pool is awake during the
+    call. Training keeps BLAS: its weight-gradient GEMMs
     wake OpenBLAS's workers, and the next parallel region then waited for a core they spun on
     (T = 32, B = 16, H = 64, 2 threads: forward 4.0 ms on the rows route against 0.46 serial).
 
@@ -267,9 +257,6 @@ def forward_route(B, H, reset_after, store, T=None, itemsize=4):
     b1_lo, b1_hi = COLS_B1_BYTES
     if reset_after and B == 1 and b1_lo < weights * itemsize <= threads * b1_hi:
         return "columns"
-    if (B * H <= PIPELINE_MAX_STATE and weights <= ROWS_MAX_WEIGHTS and T is not None
-            and T >= PIPELINE_MIN_CHUNKS * pipeline_chunk(T, B, H)):
-        return "pipeline"
     return None
 
 
@@ -313,13 +300,6 @@ def valid_steps(lengths, T):
     steps are padding (gathering them would cost more than it saves)."""
     valid = (np.arange(T)[:, None] < lengths[None, :]).reshape(-1)
     return valid if np.count_nonzero(valid) < PACK_BELOW * valid.size else None
-
-
-def pipeline_chunk(T, B, H):
-    """Steps per chunk of the pipeline route: about ``PIPELINE_CHUNKS`` chunks, each holding at least
-    ``PIPELINE_CHUNK_MACS`` multiply-adds of the recurrence (a parallel region costs some 10–20 µs on
-    shared vCPUs; at T = 512, B = 1, H = 64, chunks of 43 steps ran 1.3× slower than one thread)."""
-    return max(-(-T // PIPELINE_CHUNKS), -(-PIPELINE_CHUNK_MACS // (3 * B * H * H)))
 
 
 def serial_tiled_max(threads):
@@ -478,31 +458,6 @@ def gru_direction_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gat
             fn = gru_forward_parallel if par else gru_forward_serial
             fn(*common, bool(reset_after), *gates, bool(store), tape, tiled_max, 0, B)
     return h_n, (tape if store else None)
-
-
-def gru_direction_forward_pipelined(x2d, W_ih, b_ih, W_hh, b_hh, h0, lengths, reverse, reset_after,
-                                    gate_kind, alpha, beta, clip, y, col0):
-    """Projection and recurrence of one direction of one layer, overlapped on two threads (inference).
-
-    x2d (T·B, I) and W_ih (3H, I), b_ih (3H,) or None in place of :func:`input_projection`'s gx;
-    the rest as in :func:`gru_direction_forward`. Returns h_n (B, H). Runs serially (projection, then
-    the serial kernel) when another thread holds the parallel slot.
-    """
-    T, B = y.shape[0], y.shape[1]
-    H = W_hh.shape[1]
-    dtype = W_ih.dtype
-    with parallel_slot(T > 0 and B > 0) as par:
-        if par:
-            h_n = np.empty((B, H), dtype)
-            gru_forward_pipelined(np.ascontiguousarray(x2d), W_ih, W_ih[0] if b_ih is None else b_ih,
-                                  b_ih is not None, np.empty((T, B, 3 * H), dtype), W_hh, b_hh, h0, lengths,
-                                  is_sorted_desc(lengths), bool(reverse), bool(reset_after),
-                                  *gate_scalars(dtype, gate_kind, alpha, beta, clip), y, int(col0), h_n,
-                                  pipeline_chunk(T, B, H))
-            return h_n
-    gx = input_projection(x2d, W_ih, b_ih).reshape(T, B, 3 * H)
-    return gru_direction_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gate_kind, alpha, beta,
-                                 clip, y, col0)[0]
 
 
 _WORKSPACE = threading.local()

@@ -20,10 +20,8 @@ the orientation BLAS runs fastest beyond (:func:`rows_matmul_T`). (The panels re
 OpenBLAS's small-matrix kernels, ``h @ W_hh.T`` on a transposed copy of W_hh, which they beat at every
 shape it took.) ``parallel=True``
 spreads the gate loops over rows. With several threads, inference at small and middle batches instead
-runs :func:`_gru_forward_rows` (the batch split into row chunks, each a whole sequence on one thread),
-:func:`_gru_forward_cols` (each step split over hidden units) or, at the smallest batches,
-:func:`_gru_forward_pipelined` (the projection of the next chunk of steps beside the recurrence); see
-:mod:`numgru.kernels.dispatch`.
+runs :func:`_gru_forward_rows` (the batch split into row chunks, each a whole sequence on one thread)
+or :func:`_gru_forward_cols` (each step split over hidden units); see :mod:`numgru.kernels.dispatch`.
 
 Serial and parallel variants are compiled from the same body (``prange`` is ``range`` when
 ``parallel=False``).
@@ -743,53 +741,7 @@ def input_projection_parallel(x2d, W_ih, b_ih, use_bias, out, panels, n_threads)
         project_block(x2d, W_ih, b_ih, use_bias, out, r0, min(N, r0 + 128), c0, min(M, c0 + 128))
 
 
-def _gru_forward_pipelined(x2d, W_ih, b_ih, use_bias, gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse,
-                           reset_after, gate_kind, alpha, beta, use_clip, clip, y, col0, h_n, chunk):
-    """Input projection and recurrence of one layer and direction, overlapped on two threads.
-
-    Same results as :func:`input_projection_kernel` into ``gx`` followed by :func:`_gru_forward`
-    (inference). x2d (T·B, I), W_ih (3H, I), b_ih (3H,) in; gx (T, B, 3H) workspace; the rest as in
-    :func:`_gru_forward`. Time is cut into chunks of ``chunk`` steps, taken in the order the recurrence
-    runs; while one thread runs the recurrence over chunk k, another projects chunk k+1 (Numba's
-    matmul, so no BLAS pool wakes; packing W_ih into panels for it cost more than it saved: B = 1,
-    H = 256 0.93×). For small batches, where a step is too small to split: the
-    projection's time hides behind the recurrence's.
-    """
-    wide_vectors()
-    T = gx.shape[0]
-    B = gx.shape[1]
-    M = gx.shape[2]
-    dt = gx.dtype
-    gx2d = gx.reshape((T * B, M))
-    nch = (T + chunk - 1) // chunk
-    state = np.empty((2, B, h0.shape[1]), dt)
-    copy_rows(h0, state[0])
-    lens = np.empty((nch, B), lengths.dtype)
-    no_tape = np.empty((0, 0, 0), dt)
-    for k in range(nch + 1):  # step k: recurrence over chunk k−1, projection of chunk k
-        for task in prange(2):
-            wide_vectors()
-            if task == 0 and k > 0:
-                c = nch - k if reverse else k - 1
-                t0 = c * chunk
-                t1 = min(T, t0 + chunk)
-                lc = lens[c]
-                for b in range(B):
-                    lc[b] = min(max(lengths[b] - t0, 0), t1 - t0)
-                gru_forward_serial(gx[t0:t1], W_hh, b_hh, state[(k - 1) % 2], lc, sorted_desc, reverse,
-                                   reset_after, gate_kind, alpha, beta, use_clip, clip, y[t0:t1], col0,
-                                   state[k % 2], False, no_tape, -1, 0, B)
-            elif task == 1 and k < nch:
-                c = nch - 1 - k if reverse else k
-                r0 = c * chunk * B
-                r1 = min(T, (c + 1) * chunk) * B
-                for c0 in range(0, M, 128):
-                    project_block(x2d, W_ih, b_ih, use_bias, gx2d, r0, r1, c0, min(M, c0 + 128))
-    copy_rows(state[nch % 2], h_n)
-
-
 gru_forward_serial = kernel(_gru_forward, name="gru_forward_serial")
 gru_forward_parallel = parallel_kernel(_gru_forward, name="gru_forward_parallel")
 gru_forward_rows = parallel_kernel(_gru_forward_rows, name="gru_forward_rows_parallel")
-gru_forward_pipelined = parallel_kernel(_gru_forward_pipelined, name="gru_forward_pipelined_parallel")
 gru_forward_cols = parallel_kernel(_gru_forward_cols, name="gru_forward_cols_parallel")
