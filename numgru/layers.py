@@ -450,9 +450,11 @@ class GRU(_Params):
                 i = layer * D + d
                 W_ih, _, b_ih, b_hh = self._weights(i)
                 W_hh = self._recurrent_weights(i, B, route)
-                # gx is used up by this direction's recurrence: scratch reused between calls
+                # gx is used up by this direction's recurrence: scratch reused between calls (padded
+                # batches gather their valid rows into an array of their own)
+                out = workspace("gx", (T * B, 3 * H), self.dtype) if valid is None else None
                 gx = input_projection(x2d, W_ih, b_ih, route in ("rows", "columns"), valid, training=store,
-                                      out=workspace("gx", (T * B, 3 * H), self.dtype)).reshape(T, B, 3 * H)
+                                      out=out).reshape(T, B, 3 * H)
                 hn_d, tape = gru_direction_forward(gx, W_hh, b_hh, h0[i], lengths,
                                                    d == 1 or self.go_backwards,
                                                    self.reset_after, self._gate_kind, self.alpha,

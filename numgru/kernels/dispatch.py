@@ -163,7 +163,7 @@ def is_sorted_desc(lengths):
 def forward_route(B, H, reset_after, store, T=None, itemsize=4):
     """Which multi-threaded forward runs a layer (T steps, batch B, hidden size H, W_hh stored with
     ``itemsize`` bytes per value: 4 for float32, 2 for bfloat16): "rows", "columns" or None
-    (T None: long enough for any).
+    (T None: unknown; T = 0, like B = 0, gives None).
 
     With one Numba thread, and for training (``store``), the answer is None. Otherwise, for
     ``threads`` Numba threads:
@@ -387,14 +387,15 @@ def input_projection(x2d, W_ih, b_ih, numba_threads=False, valid=None, training=
         return gx
     x2d = np.ascontiguousarray(x2d)
     bias = W_ih[0] if b_ih is None else b_ih
+    I = x2d.shape[1]
+    threads = thread_count()
     with parallel_slot(numba_threads) as par:
-        threads = thread_count()
-        panels = projection_panels(N, x2d.shape[1], threads if par else 1)
         if par:
-            input_projection_parallel(x2d, W_ih, bias, b_ih is not None, gx, panels, threads)
-        else:
-            input_projection_kernel(x2d, W_ih, bias, b_ih is not None, gx,
-                                    panels and threads == 1 and not training)
+            input_projection_parallel(x2d, W_ih, bias, b_ih is not None, gx,
+                                      projection_panels(N, I, threads), threads)
+        else:  # panels only where BLAS would run on one thread
+            panels = threads == 1 and not training and projection_panels(N, I, 1)
+            input_projection_kernel(x2d, W_ih, bias, b_ih is not None, gx, panels)
     return gx
 
 
@@ -501,11 +502,11 @@ def gru_direction_backward(dy, col0, dh_n, tape, y, h0, W_hh, lengths, reverse, 
     db_ih = np.zeros(3 * H, np.float64)
     db_hh = np.zeros(3 * H, np.float64)
     if B == 0 or T == 0:
-        return dgx, dgh, hprev, (None if reset_after else rhprev), dh_n.copy(), db_ih.astype(dtype), \
-            db_hh.astype(dtype)
-    dh0 = np.empty((B, H), dtype)
-    gru_backward_serial(dy, int(col0), dh_n, tape, y, h0, np.ascontiguousarray(W_hh.T), lengths,
-                        is_sorted_desc(lengths), bool(reverse), bool(reset_after),
-                        *gate_scalars(dtype, gate_kind, alpha, beta, clip), dgx, dgh, hprev, rhprev,
-                        dh0, db_ih, db_hh, serial_tiled_max(thread_count()))
+        dh0 = dh_n.copy()
+    else:
+        dh0 = np.empty((B, H), dtype)
+        gru_backward_serial(dy, int(col0), dh_n, tape, y, h0, np.ascontiguousarray(W_hh.T), lengths,
+                            is_sorted_desc(lengths), bool(reverse), bool(reset_after),
+                            *gate_scalars(dtype, gate_kind, alpha, beta, clip), dgx, dgh, hprev, rhprev,
+                            dh0, db_ih, db_hh, serial_tiled_max(thread_count()))
     return dgx, dgh, hprev, (None if reset_after else rhprev), dh0, db_ih.astype(dtype), db_hh.astype(dtype)

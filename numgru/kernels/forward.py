@@ -616,12 +616,12 @@ def _gru_forward_cols(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, gate_ki
     nc = (H + cs - 1) // cs
     h_a = np.empty((B, H), dt)
     h_b = np.empty((B, H), dt)
-    acc = np.empty((nc, 3, B, cs), dt)
+    # per block and row: W_hr h, W_hz h, W_hn h for the block's units, side by side (cs values each)
+    acc = np.empty((nc, B, 3 * cs), dt)
     # float weights: each block's rows of W_hh packed into panels once, one product per block and step
     # (one row: the one-row product of a slice past L2 waits on L3 either way, and the packing is extra)
     Wp = block_panels(W_hh, cs, nc, dt) if B >= 2 else np.empty((0, 0, 0, 0), dt)
     packed = Wp.shape[0] > 0
-    accp = np.empty((nc, B, 3 * cs) if packed else (0, 0, 0), dt)
     copy_rows(h0, h_a)
     for s in range(T):
         t, hc, hn = step_states(s, T, reverse, h_a, h_b)
@@ -633,10 +633,10 @@ def _gru_forward_cols(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, gate_ki
             a = acc[c]
             if n_act > 0:
                 if packed:
-                    panel_matmul(hc, Wp[c], accp[c], n_act)
+                    panel_matmul(hc, Wp[c], a, n_act)
                 else:
                     for g in range(3):  # this block's rows of W_hr, W_hz, W_hn
-                        tiled_matmul(W_hh[g * H + j0:g * H + j0 + m], hc, a[g, :, :m], n_act)
+                        tiled_matmul(W_hh[g * H + j0:g * H + j0 + m], hc, a[:, g * cs:g * cs + m], n_act)
             for b in range(B):
                 hnb = hn[b]
                 hcb = hc[b]
@@ -646,13 +646,9 @@ def _gru_forward_cols(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, gate_ki
                         hnb[j] = hcb[j]
                         yb[col0 + j] = 0.0
                     continue
-                if packed:
-                    ab = accp[c, b]
-                    _chunk_after(gx[t, b], ab[:cs], ab[cs:2 * cs], ab[2 * cs:], b_hh, hcb, hnb, yb, col0, j0,
-                                 m, H, gate_kind, alpha, beta, use_clip, clip)
-                else:
-                    _chunk_after(gx[t, b], a[0, b], a[1, b], a[2, b], b_hh, hcb, hnb, yb, col0, j0, m, H,
-                                 gate_kind, alpha, beta, use_clip, clip)
+                ab = a[b]
+                _chunk_after(gx[t, b], ab[:cs], ab[cs:2 * cs], ab[2 * cs:], b_hh, hcb, hnb, yb, col0, j0, m,
+                             H, gate_kind, alpha, beta, use_clip, clip)
     copy_rows(h_a if T % 2 == 0 else h_b, h_n)
 
 
