@@ -43,7 +43,7 @@ GATE_PRESETS = {
 #: (1.5 MB of weights) ran 20.2 µs on bfloat16 against 29.2 on float32, at H = 512 (6 MB) 64.6 against
 #: 52.0, and the forward at B = 1, H = 512 (3 MB of W_hh) 0.85–0.88× float32.
 BF16_MAX_ROWS = 16
-BF16_MIN_BYTES = 1 << 19
+BF16_MIN_BYTES = 1 << 20
 BF16_MAX_BYTES_BLAS_THREADS = 1 << 21
 
 

@@ -1,12 +1,13 @@
 """The packed-panel matmul (numgru.kernels.panel) against NumPy: row counts around the register block
 and a whole-sequence-sized one, columns that end inside a panel (masked stores), inner sizes past one
-k-chunk, both float dtypes. The
-forward's use of it is checked against tests/reference.py by the layer tests (every sequence of 4+
-steps with float weights takes it)."""
+k-chunk, both float dtypes, and bfloat16 panels (``uint16``, widened in registers). The forward's use
+of it is checked against tests/reference.py by the layer tests (every sequence of 4+ steps takes it),
+a quantized model's by tests/test_quantize.py."""
 import numba
 import numpy as np
 import pytest
 
+from numgru.kernels.bf16 import from_bfloat16, to_bfloat16
 from numgru.kernels.panel import SLAB_ROWS, pack_panels, panel_matmul, panel_rows, panel_width
 
 
@@ -95,6 +96,40 @@ def test_pack_panels_layout(dtype):
         for c in range(nc):
             j = p * nc + c
             np.testing.assert_array_equal(Wp[p, :, c], W[j] if j < 70 else 0)
+
+
+@pytest.mark.parametrize("M, K", [(768, 256), (97, 301), (5, 3), (64, 1)])
+def test_bfloat16_panels_equal_float32_panels_of_the_widened_weights(M, K):
+    # the bfloat16 block widens each weight exactly, then runs the float32 block's arithmetic in the
+    # same order: every output equals the float32 panels' bit for bit
+    rng = np.random.default_rng(M + 7 * K)
+    Wb = to_bfloat16(rng.standard_normal((M, K)).astype(np.float32))
+    Wf = from_bfloat16(Wb)
+    Wpb, Wpf = _pack(Wb), _pack(Wf)
+    assert Wpb.dtype == np.uint16 and Wpb.shape == Wpf.shape and Wpb.ctypes.data % 64 == 0
+    np.testing.assert_array_equal(from_bfloat16(Wpb), Wpf)
+    assert _width(np.uint16(0)) == _width(np.float32(0))
+    for n in (1, 2, 5, 8, 13, 40):
+        h = rng.standard_normal((n + 1, K)).astype(np.float32)
+        got = np.full((n + 1, M), 7.0, np.float32)
+        want = np.full((n + 1, M), 7.0, np.float32)
+        _matmul(h, Wpb, got, n)
+        _matmul(h, Wpf, want, n)
+        np.testing.assert_array_equal(got, want)
+        assert (got[n:] == 7.0).all()
+    x = rng.standard_normal((2 * SLAB_ROWS + 3, K)).astype(np.float32)
+    bias = rng.standard_normal(M).astype(np.float32)
+    got = np.zeros((x.shape[0], M), np.float32)
+    want = np.zeros_like(got)
+    _rows(x, Wpb, bias, True, got, 1, x.shape[0])
+    _rows(x, Wpf, bias, True, want, 1, x.shape[0])
+    np.testing.assert_array_equal(got, want)
+
+
+def test_bfloat16_panels_need_float32_rows():
+    Wpb = _pack(np.ones((48, 8), np.uint16))
+    with pytest.raises(numba.TypingError):
+        _matmul(np.ones((2, 8)), Wpb, np.empty((2, 48)), 2)  # float64 rows cannot take bfloat16 panels
 
 
 def test_panel_matmul_rejects_mismatched_shapes():

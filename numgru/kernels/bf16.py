@@ -61,3 +61,14 @@ def _ol_wget(w, k):
     if is_bfloat16_array(w):
         return lambda w, k: widen(w[k])
     return lambda w, k: w[k]
+
+
+def is_bfloat16(w):
+    """Whether the array ``w`` holds bfloat16 values (``uint16``); a compile-time constant in kernels."""
+    return w.dtype == np.uint16
+
+
+@overload(is_bfloat16, jit_options={"fastmath": set(FASTMATH)})
+def _ol_is_bfloat16(w):
+    bf16 = is_bfloat16_array(w)
+    return lambda w: bf16

@@ -32,7 +32,7 @@ from numba.extending import overload
 
 from ._jit import FASTMATH, device, inline, kernel, parallel_kernel, wide_vectors
 from .activations import clip_pre, clipped, gate, one_like, sigmoid_fast, tanh_fast
-from .bf16 import is_bfloat16_array, wget
+from .bf16 import is_bfloat16, is_bfloat16_array, wget
 from .panel import aligned_zeros, pack_panels, panel_matmul, panel_rows, panel_width
 
 
@@ -327,37 +327,12 @@ def wants_panels(M, K, B, T, tiled_max):
         or use_panels(M, K, min(B, 16), tiled_max))
 
 
-def weight_panels(W, dt):
-    """:func:`~numgru.kernels.panel.pack_panels` (W) for float weights; an empty (0, 0, 0) array of dtype
-    ``dt`` for bfloat16 ones, which take the other routes (resolved at compile time)."""
-    return pack_panels.py_func(W)
-
-
-@overload(weight_panels, jit_options={"fastmath": set(FASTMATH)})
-def _ol_weight_panels(W, dt):
-    if is_bfloat16_array(W):
-        return lambda W, dt: np.empty((0, 0, 0), dt)
-    return lambda W, dt: pack_panels(W)
-
-
-def block_panels(W_hh, cs, nc, dt):
+@device
+def block_panels(W_hh, cs, nc):
     """Packed panels of each block's rows of W_hh for :func:`_gru_forward_cols`: (nc, P, H, NC), block c
     holding rows g·H + c·cs + u (gate g, unit u < cs) as its panel row g·cs + u (zeros past H), so
     that ``panel_matmul`` gives the block's W_hr, W_hz, W_hn products side by side in one (B, 3·cs)
-    array. An empty (0, 0, 0, 0) array of dtype ``dt`` for bfloat16 weights, which keep the tiled
-    matmul (resolved at compile time)."""
-    return _block_panels(W_hh, cs, nc)
-
-
-@overload(block_panels, jit_options={"fastmath": set(FASTMATH)})
-def _ol_block_panels(W_hh, cs, nc, dt):
-    if is_bfloat16_array(W_hh):
-        return lambda W_hh, cs, nc, dt: np.empty((0, 0, 0, 0), dt)
-    return lambda W_hh, cs, nc, dt: _block_panels(W_hh, cs, nc)
-
-
-@device
-def _block_panels(W_hh, cs, nc):
+    array. Float or bfloat16 (``uint16``) weights, packed in their own dtype."""
     H = W_hh.shape[1]
     width = panel_width(W_hh.dtype.type(0))
     P = (3 * cs + width - 1) // width
@@ -384,7 +359,8 @@ def step_product(Wm, Wp, h, out, buf, n, tiled_max):
     Compiled once per signature and called, not inlined: the kernels call it at three places each, and
     inlining the matmul routes three times cost compile time."""
     wide_vectors()
-    if Wp.shape[0] > 0 and use_panels(Wm.shape[0], Wm.shape[1], n, tiled_max):
+    # bfloat16 panels beat the tiled matmul, the other route for them, at every measured shape
+    if Wp.shape[0] > 0 and (is_bfloat16(Wp) or use_panels(Wm.shape[0], Wm.shape[1], n, tiled_max)):
         panel_matmul(h, Wp, out, n)
     else:
         recurrent_matmul(Wm, h, out, buf, n, tiled_max)
@@ -418,8 +394,8 @@ def _gru_forward(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, reset_after,
     W_hn (r ⊙ h) + b_hn (False); gate_kind/alpha/beta select the gate activation; use_clip/clip apply
     ONNX's clip; tiled_max as in :func:`recurrent_matmul`.
 
-    With float weights and T ≥ :data:`PANEL_MIN_T`, W_hh (its r, z and n blocks for reset_after=False)
-    is packed into panels once per call for the steps' products (:func:`use_panels`).
+    With T ≥ :data:`PANEL_MIN_T`, W_hh (its r, z and n blocks for reset_after=False) is packed into
+    panels once per call for the steps' products (:func:`use_panels`), bfloat16 weights as bfloat16.
     Aliasing: no output may alias an input.
     """
     wide_vectors()
@@ -442,12 +418,13 @@ def _gru_forward(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, reset_after,
     buf = np.empty(3 * H * B, dt)
     W_rz = W_hh[:H2]
     W_n = W_hh[H2:]
-    # packed panels (:mod:`~numgru.kernels.panel`) when some step's product takes them
-    # (bfloat16 weights get none: weight_panels gives them an empty array, resolved at compile time)
-    pw = wants_panels(3 * H, H, B, T, tiled_max)
-    Wp = weight_panels(W_hh, dt) if pw and reset_after else np.empty((0, 0, 0), dt)
-    Wp_rz = weight_panels(W_rz, dt) if pw and not reset_after else np.empty((0, 0, 0), dt)
-    Wp_n = weight_panels(W_n, dt) if pw and not reset_after else np.empty((0, 0, 0), dt)
+    # packed panels (:mod:`~numgru.kernels.panel`; bfloat16 weights packed as bfloat16) when some
+    # step's product takes them
+    pw = wants_panels(3 * H, H, B, T, tiled_max) or is_bfloat16(W_hh) and T >= PANEL_MIN_T
+    wdt = W_hh.dtype
+    Wp = pack_panels(W_hh) if pw and reset_after else np.empty((0, 0, 0), wdt)
+    Wp_rz = pack_panels(W_rz) if pw and not reset_after else np.empty((0, 0, 0), wdt)
+    Wp_n = pack_panels(W_n) if pw and not reset_after else np.empty((0, 0, 0), wdt)
     copy_rows(h0[b0:b1], h_a)
     lens = lengths[b0:b1]
     for s in range(T):
@@ -601,7 +578,7 @@ def _gru_forward_cols(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, gate_ki
     Same arrays and results as :func:`_gru_forward` (reset_after=True, no tape). Each time step is one parallel
     region over ``n_chunks`` blocks of units (16-unit multiples): a block computes W_hr, W_hz and W_hn
     times h for its units on its own rows of W_hh — packed into panels once per call
-    (:func:`block_panels`, float weights, B ≥ 2; else :func:`tiled_matmul`) — then those units' gates
+    (:func:`block_panels`, B ≥ 2; else :func:`tiled_matmul`) — then those units' gates
     and new state. A unit's gates need only its own three pre-activations, so blocks never wait
     on each other inside a step; each thread keeps re-reading the same slice of W_hh, which stays in its
     core's cache (ONNX Runtime and oneDNN split the step the same way). No BLAS call inside the loop.
@@ -618,9 +595,9 @@ def _gru_forward_cols(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, gate_ki
     h_b = np.empty((B, H), dt)
     # per block and row: W_hr h, W_hz h, W_hn h for the block's units, side by side (cs values each)
     acc = np.empty((nc, B, 3 * cs), dt)
-    # float weights: each block's rows of W_hh packed into panels once, one product per block and step
-    # (one row: the one-row product of a slice past L2 waits on L3 either way, and the packing is extra)
-    Wp = block_panels(W_hh, cs, nc, dt) if B >= 2 else np.empty((0, 0, 0, 0), dt)
+    # each block's rows of W_hh packed into panels once, one product per block and step (one row: the
+    # one-row product of a slice past L2 waits on L3 either way, and the packing is extra)
+    Wp = block_panels(W_hh, cs, nc) if B >= 2 else np.empty((0, 0, 0, 0), W_hh.dtype)
     packed = Wp.shape[0] > 0
     copy_rows(h0, h_a)
     for s in range(T):

@@ -63,14 +63,21 @@ def _float_type(t):
     return t in (types.float32, types.float64)
 
 
+def _wide_size(context, t):
+    """Bytes of the float the block computes in for elements of type ``t``: a bfloat16 weight
+    (``uint16``) is widened to float32."""
+    return 4 if t == types.uint16 else context.get_abi_sizeof(context.get_value_type(t))
+
+
 @intrinsic
 def panel_width(typingctx, x):
-    """NC, the width of one panel, for the dtype of the float scalar ``x`` on this target (a constant)."""
-    if not _float_type(x):
+    """NC, the width of one panel, for the dtype of the scalar ``x`` on this target (a constant): a
+    float, or ``uint16`` for bfloat16 weights (packed as wide as float32's panels)."""
+    if not (_float_type(x) or x == types.uint16):
         return None
 
     def codegen(context, builder, sig, args):
-        lanes, _, nv = _shape_for(context, context.get_abi_sizeof(context.get_value_type(sig.args[0])))
+        lanes, _, nv = _shape_for(context, _wide_size(context, sig.args[0]))
         return ir.Constant(cgutils.intp_t, lanes * nv)
     return types.intp(x), codegen
 
@@ -78,7 +85,7 @@ def panel_width(typingctx, x):
 @device
 def aligned_zeros(size, dtype):
     """A 1-D array of ``size`` zeros of ``dtype`` that starts on a 64-byte boundary."""
-    buf = np.zeros(size + 16, dtype)  # 16 values cover 64 bytes for itemsizes ≥ 4
+    buf = np.zeros(size + 32, dtype)  # 32 values cover 64 bytes for itemsizes ≥ 2
     item = buf.itemsize
     off = ((64 - buf.ctypes.data % 64) % 64) // item
     return buf[off:off + size]
@@ -88,8 +95,8 @@ def aligned_zeros(size, dtype):
 def pack_panels(W):
     """W (M, K) → panels (P, K, NC) of W.T: panels[p, k, c] = W[p·NC + c, k], zeros past row M − 1.
 
-    P = ceil(M / NC), NC = :func:`panel_width` for W's dtype; the panels start on a 64-byte boundary.
-    One pass over W."""
+    W float, or bfloat16 (``uint16``: the panels too, as wide as float32's). P = ceil(M / NC),
+    NC = :func:`panel_width` for W's dtype; the panels start on a 64-byte boundary. One pass over W."""
     M = W.shape[0]
     K = W.shape[1]
     nc = panel_width(W.dtype.type(0))
@@ -109,14 +116,16 @@ def pack_panels(W):
     return Wp
 
 
-def _emit_gemm(context, builder, fty, a_ptr, lda, b_ptr, P, o_ptr, ldo, n, M, K, mc, accumulate):
+def _emit_gemm(context, builder, fty, a_ptr, lda, b_ptr, P, o_ptr, ldo, n, M, K, mc, accumulate, bf16):
     """Emit out[i, j] (+)= Σ_k A[i, k] · W[j, k] for i < n, j < M, with every size and stride in elements
     (intp values):
 
     - A[i, k] at ``a_ptr[i·lda + k]``;
     - W's rows in P packed panels of NC (:func:`pack_panels`): W[p·NC + c, k] at
       ``b_ptr[(p·K + k)·NC + c]``;
-    - out[i, j] at ``o_ptr[i·ldo + j]``; ``accumulate`` (i1) adds to what out holds instead of writing.
+    - out[i, j] at ``o_ptr[i·ldo + j]``; ``accumulate`` (i1) adds to what out holds instead of writing;
+    - ``bf16`` (a Python bool): the panels hold bfloat16 values (``b_ptr`` an i16 pointer; fty float),
+      each vector loaded at half the bytes and widened in registers (zero-extend, shift by 16).
 
     Rows run in slabs of ``mc``, then k in chunks (a panel's chunk stays in L1), then the panels, then
     blocks of MR rows: a slab's share of A stays in L1/L2 while all panels pass over it.
@@ -148,6 +157,18 @@ def _emit_gemm(context, builder, fty, a_ptr, lda, b_ptr, P, o_ptr, ldo, n, M, K,
     lane_ids = ir.Constant(vint, list(range(L)))
     # accumulators: allocas in the entry block, which LLVM promotes to registers
     accs = [[[cgutils.alloca_once(builder, vty) for _ in range(NV)] for _ in range(MR)] for _ in range(2)]
+
+    if bf16:
+        hty = ir.VectorType(ir.IntType(16), L)
+        wty = ir.VectorType(i32, L)
+        sixteen = ir.Constant(wty, [16] * L)
+
+        def wload(ptr):
+            raw = builder.load(builder.bitcast(ptr, hty.as_pointer()), align=2)
+            return builder.bitcast(builder.shl(builder.zext(raw, wty), sixteen), vty)
+    else:
+        def wload(ptr):
+            return builder.load(builder.bitcast(ptr, vptr_t), align=size)
 
     def splat(x, ty):
         v = builder.insert_element(ir.Constant(ty, ir.Undefined), x, ir.Constant(i32, 0))
@@ -186,8 +207,7 @@ def _emit_gemm(context, builder, fty, a_ptr, lda, b_ptr, P, o_ptr, ldo, n, M, K,
 
         def kstep(k, s):
             wrow = builder.gep(wbase, [builder.mul(k, const(NC))])
-            ws = [builder.load(builder.bitcast(builder.gep(wrow, [const(v * L)]), vptr_t), align=size)
-                  for v in range(NV)]
+            ws = [wload(builder.gep(wrow, [const(v * L)])) for v in range(NV)]
             for r in range(mr):
                 b = splat(builder.load(builder.gep(a_ptr, [builder.add(arows[r], k)])), vty)
                 for v in range(NV):
@@ -256,13 +276,22 @@ def _c_arrays(*arrays):
         and len({a.dtype for a in arrays}) == 1
 
 
+def _panel_operands(a, Wp, out):
+    """Whether ``a`` and ``out`` are C-contiguous arrays of one float dtype and ``Wp`` C-contiguous
+    panels of that dtype or, with float32, of bfloat16 (``uint16``)."""
+    if not _c_arrays(a, out) or not (isinstance(Wp, types.Array) and Wp.layout == "C"):
+        return False
+    return Wp.dtype == a.dtype or Wp.dtype == types.uint16 and a.dtype == types.float32
+
+
 @intrinsic
 def _block_gemm(typingctx, a, a0, Wp, out, o0, n, accumulate, mc):
     """out[r, :M] (+)= A[r] @ W.T for rows r < n, where A's row r starts at a.flat[a0 + r·lda] and out's
     at out.flat[o0 + r·ldo] (lda, ldo: the row strides of a and out), Wp = pack_panels(W),
     M = out.shape[1], K = Wp.shape[1]; ``accumulate`` adds to out; rows in slabs of ``mc``
-    (see :func:`panel_matmul` and :func:`panel_rows`, which check the bounds)."""
-    if not _c_arrays(a, Wp, out) or a.ndim != 2 or Wp.ndim != 3 or out.ndim != 2:
+    (see :func:`panel_matmul` and :func:`panel_rows`, which check the bounds). Wp may hold bfloat16
+    values (``uint16``) for float32 a and out."""
+    if not _panel_operands(a, Wp, out) or a.ndim != 2 or Wp.ndim != 3 or out.ndim != 2:
         return None
     if not all(isinstance(x, types.Integer) for x in (a0, o0, n, mc)):
         return None
@@ -283,7 +312,8 @@ def _block_gemm(typingctx, a, a0, Wp, out, o0, n, accumulate, mc):
         ldo = builder.sdiv(cgutils.unpack_tuple(builder, O.strides, 2)[0], size)
         a_ptr = builder.gep(A.data, [a0])
         o_ptr = builder.gep(O.data, [o0])
-        _emit_gemm(context, builder, fty, a_ptr, lda, Wa.data, P, o_ptr, ldo, n, M, K, mc, acc)
+        _emit_gemm(context, builder, fty, a_ptr, lda, Wa.data, P, o_ptr, ldo, n, M, K, mc, acc,
+                   sig.args[2].dtype == types.uint16)
         return context.get_dummy_value()
     return sig, codegen
 
@@ -292,7 +322,8 @@ def _block_gemm(typingctx, a, a0, Wp, out, o0, n, accumulate, mc):
 def panel_matmul(h, Wp, out, n):
     """out[:n] = h[:n] @ W.T with Wp = :func:`pack_panels` (W) for W (M, K).
 
-    h (≥ n, K), Wp (P, K, NC), out (≥ n, M) C-contiguous, one float dtype, M ≤ P·NC. Rows of out past
+    h (≥ n, K), Wp (P, K, NC), out (≥ n, M) C-contiguous, one float dtype (or float32 h and out with
+    bfloat16 panels, ``uint16``), M ≤ P·NC. Rows of out past
     n − 1 are not touched. The shapes are checked here: the block reads raw pointers."""
     if n > h.shape[0] or n > out.shape[0] or h.shape[1] != Wp.shape[1] or \
             out.shape[1] > Wp.shape[0] * Wp.shape[2] or Wp.shape[2] != panel_width(h.dtype.type(0)):
