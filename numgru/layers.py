@@ -17,9 +17,9 @@ from ._validation import (as_lengths, as_real_array, check_bool, check_dtype, ch
                           check_int, untorch)
 from .kernels.activations import GATE_HARD_SIGMOID, GATE_SIGMOID
 from .kernels.dispatch import (aligned, batch_order, forward_route, gate_scalars, gru_direction_backward,
-                               gru_direction_forward, input_projection,
+                               gru_direction_forward, input_projection, no_step_panels,
                                run_step, serial_tiled_max, step_columns, step_columns_workspace,
-                               thread_count, valid_steps, workspace)
+                               step_panels, thread_count, valid_steps, workspace)
 from .kernels.backward import matmul_into
 from .kernels.bf16 import from_bfloat16, to_bfloat16
 
@@ -228,6 +228,7 @@ class GRU(_Params):
         self._dropout_rng = np.random.default_rng(None if self.seed is None else self.seed + 1)
 
     _bf16 = None  # quantized models: (W_ih, W_hh) lists of bfloat16 (uint16) copies
+    _bf16_panels = None  # ... and their step panels per layer and direction, packed on first use
 
     # ------------------------------------------------------------------ configuration
     @property
@@ -296,14 +297,22 @@ class GRU(_Params):
         return threads, step_columns(B, H, self.reset_after, threads, itemsize)
 
     def _step_weights(self, k, B, threads, columns):
-        """``(W_ih, W_hh, b_ih, b_hh)`` of layer k as the step kernels (:mod:`numgru.kernels.step`) read
-        them for B rows (``threads``, ``columns`` from :meth:`_step_plan`): a quantized model's bfloat16
-        copies where :func:`use_bf16` says so, and zeros for b_ih without bias."""
+        """``(W_ih, W_hh, b_ih, b_hh, panels)`` of layer k as the step kernels
+        (:mod:`numgru.kernels.step`) read them for B rows (``threads``, ``columns`` from
+        :meth:`_step_plan`): a quantized model's bfloat16 copies where :func:`use_bf16` says so, zeros
+        for b_ih without bias, and the bfloat16 copies' packed panels for the serial step (packed once
+        per model: its weights never change) or none."""
         W_ih, W_hh, b_ih, b_hh = self._weights(k)
+        panels = no_step_panels(self.dtype)
         if self._bf16 is not None and use_bf16(self, B, W_ih.nbytes + W_hh.nbytes,
                                                threads > 1 and not columns):
             W_ih, W_hh = self._bf16[0][k], self._bf16[1][k]
-        return W_ih, W_hh, self._zero_bias if b_ih is None else b_ih, b_hh
+            if not columns:
+                if self._bf16_panels is None:
+                    self._bf16_panels = [step_panels(*(w[i] for w in self._bf16), self.reset_after)
+                                         for i in range(len(self._bf16[0]))]
+                panels = self._bf16_panels[k]
+        return W_ih, W_hh, self._zero_bias if b_ih is None else b_ih, b_hh, panels
 
     def _recurrent_weights(self, i, B, route):
         """W_hh as the recurrence reads it for B rows on ``route`` (:func:`forward_route`): a quantized

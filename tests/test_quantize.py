@@ -129,6 +129,7 @@ def test_quantized_stream_matches_forward(rng, reset_after):
     x = rng.standard_normal((5, 3, 6)).astype(np.float32)
     s = q.stream(batch_size=3)
     assert s._stepper.layers[0][1].dtype == np.uint16
+    assert s._stepper.layers[0][4][0].dtype == np.uint16  # the step's products on packed panels
     steps = np.stack([s.step(x[t]) for t in range(5)])
     np.testing.assert_allclose(steps, r(x)[0], **F32)
 

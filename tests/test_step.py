@@ -8,6 +8,7 @@ import pytest
 import numgru as ng
 from conftest import TOL
 from numgru.kernels import dispatch
+from numgru.kernels.bf16 import from_bfloat16, to_bfloat16
 from numgru.kernels.dispatch import gate_scalars
 from numgru.kernels.step import gru_step
 from reference import cell as ref_cell, make_gate, random_params
@@ -35,10 +36,36 @@ def test_serial_step_every_matmul_route(dtype, reset_after, I, H):
         x = rng.standard_normal((B, I)).astype(dtype)
         h = rng.standard_normal((B, H)).astype(dtype)
         out = np.full((B, H), np.nan, dtype)
-        gru_step(x, h, p["weight_ih_l0"], p["weight_hh_l0"], p["bias_ih_l0"], p["bias_hh_l0"], *scalars,
-                 out, np.empty((B, 3 * H), dtype), np.empty((B, 3 * H), dtype), tiled_max)
+        gru_step(x, h, p["weight_ih_l0"], p["weight_hh_l0"], p["bias_ih_l0"], p["bias_hh_l0"],
+                 dispatch.no_step_panels(np.dtype(dtype)), *scalars, out, np.empty((B, 3 * H), dtype),
+                 np.empty((B, 3 * H), dtype), tiled_max)
         np.testing.assert_allclose(out, _ref(x, h, p, reset_after), **TOL[dtype],
                                    err_msg=f"B={B} tiled_max={tiled_max}")
+
+
+@pytest.mark.parametrize("weights", ["float32", "float64", "bfloat16"])
+@pytest.mark.parametrize("reset_after", [True, False])
+def test_serial_step_on_panels(weights, reset_after):
+    """With step_panels the products run on packed panels (W_hh whole, or its r, z and n rows for
+    reset_after=False): same result as the reference cell, bfloat16 weights widened exactly."""
+    rng = np.random.default_rng(6)
+    dtype = np.float64 if weights == "float64" else np.float32
+    I, H = 37, 53  # neither a multiple of the panel width, nor 2H
+    p = {k: v.astype(dtype) for k, v in random_params(I, H, 1, seed=6).items()}
+    W_ih, W_hh = p["weight_ih_l0"], p["weight_hh_l0"]
+    if weights == "bfloat16":
+        W_ih, W_hh = to_bfloat16(W_ih), to_bfloat16(W_hh)
+        p["weight_ih_l0"], p["weight_hh_l0"] = from_bfloat16(W_ih), from_bfloat16(W_hh)
+    panels = dispatch.step_panels(W_ih, W_hh, reset_after)
+    assert all(a.dtype == W_hh.dtype for a in panels) and (panels[2].size == 0) == reset_after
+    scalars = (reset_after, *gate_scalars(np.dtype(dtype), 0, 0.2, 0.5, None))
+    for B in (1, 3, 17):
+        x = rng.standard_normal((B, I)).astype(dtype)
+        h = rng.standard_normal((B, H)).astype(dtype)
+        out = np.full((B, H), np.nan, dtype)
+        gru_step(x, h, W_ih, W_hh, p["bias_ih_l0"], p["bias_hh_l0"], panels, *scalars, out,
+                 np.empty((B, 3 * H), dtype), np.empty((B, 3 * H), dtype), 16)
+        np.testing.assert_allclose(out, _ref(x, h, p, reset_after), **TOL[dtype], err_msg=f"B={B}")
 
 
 @pytest.mark.parametrize("B", [1, 3])

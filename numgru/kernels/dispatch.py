@@ -41,7 +41,7 @@ import numpy as np
 from .backward import gru_backward_serial
 from .forward import (gru_forward_cols, gru_forward_parallel, gru_forward_rows,
                       gru_forward_serial, input_projection_kernel, input_projection_parallel, row_chunks)
-from .step import gru_step, gru_step_cols
+from .step import gru_step, gru_step_cols, step_panels  # noqa: F401  (step_panels: for the layers)
 
 PARALLEL_MIN_ROWS = 64
 ROWS_MIN = 4
@@ -342,20 +342,29 @@ def step_columns_workspace(B, H, threads, dtype):
 
 
 def run_step(x, h, weights, scalars, h_out, gi, gh, acc, tiled_max):
-    """One step of every row: h_out = GRU(x, h). ``weights`` (W_ih, W_hh, b_ih, b_hh) and ``scalars``
-    (reset_after, gate_kind, alpha, beta, use_clip, clip) as :func:`~numgru.kernels.step.gru_step`
-    takes them. With ``acc`` (from :func:`step_columns_workspace`, where :func:`step_columns` says so)
-    the step is split over hidden units (:func:`~numgru.kernels.step.gru_step_cols`) if the parallel
+    """One step of every row: h_out = GRU(x, h). ``weights`` (W_ih, W_hh, b_ih, b_hh, panels) and
+    ``scalars`` (reset_after, gate_kind, alpha, beta, use_clip, clip) as
+    :func:`~numgru.kernels.step.gru_step` takes them (``panels``: :func:`~numgru.kernels.step.step_panels`
+    or :func:`no_step_panels`). With ``acc`` (from :func:`step_columns_workspace`, where
+    :func:`step_columns` says so) the step is split over hidden units
+    (:func:`~numgru.kernels.step.gru_step_cols`, which reads the weights unpacked) if the parallel
     slot is free; otherwise, or with ``acc`` None, the serial step runs (gi, gh its workspace;
     ``tiled_max`` as in :func:`~numgru.kernels.forward.recurrent_matmul`). The slot's lock is taken
     directly: the caller has read the thread count already."""
     if acc is not None and _PARALLEL_LOCK.acquire(blocking=False):
         try:
-            gru_step_cols(x, h, *weights, *scalars[1:], h_out, gi, acc)
+            gru_step_cols(x, h, *weights[:4], *scalars[1:], h_out, gi, acc)
         finally:
             _PARALLEL_LOCK.release()
         return
     gru_step(x, h, *weights, *scalars, h_out, gi, gh, tiled_max)
+
+
+@functools.lru_cache(maxsize=8)
+def no_step_panels(dtype):
+    """Three empty (0, 0, 0) arrays of ``dtype``: :func:`~numgru.kernels.step.gru_step` without panels."""
+    empty = np.empty((0, 0, 0), dtype)
+    return empty, empty, empty
 
 
 @functools.lru_cache(maxsize=64)

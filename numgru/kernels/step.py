@@ -13,6 +13,7 @@ from ._jit import FASTMATH, inline, kernel, parallel_kernel, wide_vectors
 from .activations import clip_pre, gate, one_like, tanh_fast
 from .bf16 import is_bfloat16_array, wget
 from .forward import _chunk_after, recurrent_matmul, small_rows_matmul, tiled_matmul
+from .panel import pack_panels, panel_matmul
 
 
 def step_matmul(W, x, out, buf, n, small, tiled_max):
@@ -46,12 +47,25 @@ def _ol_step_matmul(W, x, out, buf, n, small, tiled_max):
 
 
 @kernel
-def gru_step(x, h, W_ih, W_hh, b_ih, b_hh, reset_after, gate_kind, alpha, beta, use_clip, clip,
+def step_panels(W_ih, W_hh, reset_after):
+    """The packed panels (:func:`~numgru.kernels.panel.pack_panels`) :func:`gru_step` reads for weights
+    that never change (a quantized model's bfloat16 copies): ``(Wp_ih, Wp_a, Wp_b)`` with Wp_a the
+    panels of W_hh and Wp_b empty (reset_after), or of W_hh's r, z rows and of its n rows."""
+    H = W_hh.shape[1]
+    if reset_after:
+        return pack_panels(W_ih), pack_panels(W_hh), np.empty((0, 0, 0), W_hh.dtype)
+    return pack_panels(W_ih), pack_panels(W_hh[:2 * H]), pack_panels(W_hh[2 * H:])
+
+
+@kernel
+def gru_step(x, h, W_ih, W_hh, b_ih, b_hh, panels, reset_after, gate_kind, alpha, beta, use_clip, clip,
              h_out, gi, gh, tiled_max):
     """h_out = GRU(x, h) for one step.
 
     x (B, I), h (B, H) in; W_ih (3H, I), W_hh (3H, H), b_ih (3H,), b_hh (3H,) in (zeros without bias);
-    the weights may be bfloat16 (``uint16``, see :mod:`numgru.kernels.bf16`);
+    the weights may be bfloat16 (``uint16``, see :mod:`numgru.kernels.bf16`). ``panels``: three arrays
+    of the weights' dtype, from :func:`step_panels` (the products then run on them), or three empty
+    (0, 0, 0) arrays (the products by :func:`step_matmul`);
     h_out (B, H) out (must not alias h); gi (B, 3H), gh (B, 3H) workspace, the caller must not read them.
     Scalars as in :func:`numgru.kernels.forward._gru_forward`; ``tiled_max`` as in
     :func:`~numgru.kernels.forward.recurrent_matmul` (the caller passes
@@ -65,9 +79,17 @@ def gru_step(x, h, W_ih, W_hh, b_ih, b_hh, reset_after, gate_kind, alpha, beta, 
     # 4.3 µs for both products against 5.5 µs in BLAS; at H = 256 they come from L3 and BLAS is level)
     small = W_ih.size + W_hh.size <= 1 << 17
     buf = np.empty(W_ih.shape[0] * B, x.dtype) if B > 1 else gi[0, :0]  # (rows_matmul_T reads it)
-    step_matmul(W_ih, x, gi, buf, B, small, tiled_max)
+    Wp_ih, Wp_a, Wp_b = panels
+    packed = Wp_ih.shape[0] > 0
+    if packed:
+        panel_matmul(x, Wp_ih, gi, B)
+    else:
+        step_matmul(W_ih, x, gi, buf, B, small, tiled_max)
     if reset_after:
-        step_matmul(W_hh, h, gh, buf, B, small, tiled_max)
+        if packed:
+            panel_matmul(h, Wp_a, gh, B)
+        else:
+            step_matmul(W_hh, h, gh, buf, B, small, tiled_max)
         for b in range(B):
             gib = gi[b]
             ghb = gh[b]
@@ -85,7 +107,10 @@ def gru_step(x, h, W_ih, W_hh, b_ih, b_hh, reset_after, gate_kind, alpha, beta, 
     a_rz = np.empty((B, H2), x.dtype)
     rh = np.empty((B, H), x.dtype)
     a_n = np.empty((B, H), x.dtype)
-    _reset_before_products(W_hh[:H2], h, a_rz, buf, B, small, tiled_max)
+    if packed:
+        panel_matmul(h, Wp_a, a_rz, B)
+    else:
+        _reset_before_products(W_hh[:H2], h, a_rz, buf, B, small, tiled_max)
     for b in range(B):
         gib = gi[b]
         ab = a_rz[b]
@@ -97,7 +122,10 @@ def gru_step(x, h, W_ih, W_hh, b_ih, b_hh, reset_after, gate_kind, alpha, beta, 
             ghb[H + j] = gate(clip_pre(gib[H + j] + b_ih[H + j] + ab[H + j] + b_hh[H + j], use_clip, clip),
                               gate_kind, alpha, beta)
             rhb[j] = r * hb[j]
-    _reset_before_products(W_hh[H2:], rh, a_n, buf, B, small, tiled_max)
+    if packed:
+        panel_matmul(rh, Wp_b, a_n, B)
+    else:
+        _reset_before_products(W_hh[H2:], rh, a_n, buf, B, small, tiled_max)
     for b in range(B):
         gib = gi[b]
         ghb = gh[b]
