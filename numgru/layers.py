@@ -36,14 +36,16 @@ GATE_PRESETS = {
 
 #: A quantized model's kernels read its bfloat16 weights where a step is bound by reading them: at most
 #: ``BF16_MAX_ROWS`` batch rows (above, by arithmetic) and more than ``BF16_MIN_BYTES`` of float32
-#: weights read per step (below, they sit in L2 and widening them costs more than it saves: a stream
-#: step at H = 128 ran 7.7 µs on float32 against 8.1 on bfloat16). See :meth:`GRU.quantize`.
+#: weights read per step (below, widening them costs about what it saves). See :meth:`GRU.quantize`.
+#: On packed panels (one thread, T = 128, against the float32 model, 2-vCPU Intel machine): H = 64,
+#: B = 1 level; H = 256 B = 1 / 2 / 4 / 16 1.20× / 1.07× / 0.95× / 0.96–0.99×; H = 384, B = 1 1.98×;
+#: H = 512, B = 4 / 16 1.51× / 1.12×; H = 1024, B = 16 1.13×.
 #: Where the float32 step would be a BLAS call free to use several threads, bfloat16 (read by one
 #: thread) is taken only up to ``BF16_MAX_BYTES_BLAS_THREADS``: on 2 threads a stream step at H = 256
 #: (1.5 MB of weights) ran 20.2 µs on bfloat16 against 29.2 on float32, at H = 512 (6 MB) 64.6 against
-#: 52.0, and the forward at B = 1, H = 512 (3 MB of W_hh) 0.85–0.88× float32.
+#: 52.0, and the forward at B = 1, H = 512 (3 MB of W_hh) 0.85–0.88× float32 (2-vCPU AMD machine).
 BF16_MAX_ROWS = 16
-BF16_MIN_BYTES = 1 << 20
+BF16_MIN_BYTES = 1 << 19
 BF16_MAX_BYTES_BLAS_THREADS = 1 << 21
 
 

@@ -82,8 +82,8 @@ def test_quantized_equals_rounded_float32_model(rng, B, reset_after, bi):
 
 
 def test_large_hidden_takes_bfloat16_and_stays_close(rng, monkeypatch):
-    monkeypatch.undo()  # the real threshold: H = 384 reads 1.7 MB of float32 W_hh per step
-    g, q, r = _pair(I=8, H=384)
+    monkeypatch.undo()  # the real threshold: H = 256 reads 768 KB of float32 W_hh per step
+    g, q, r = _pair(I=8, H=256)
     assert q._recurrent_weights(0, 1, "columns").dtype == np.uint16
     assert q._recurrent_weights(0, 64, "rows").dtype == np.float32   # a big batch is arithmetic-bound
     x = rng.standard_normal((5, 2, 8)).astype(np.float32)
@@ -97,10 +97,10 @@ def test_bf16_rule(monkeypatch):
     MB = 1 << 20
     assert not layers_mod.use_bf16(g, 1, 8 * MB, False)            # not quantized
     assert layers_mod.use_bf16(q, 1, 8 * MB, False)
-    assert layers_mod.use_bf16(q, 16, 3 * MB // 2, False)
+    assert layers_mod.use_bf16(q, 16, MB, False)
+    assert layers_mod.use_bf16(q, 1, 768 * 1024, False)            # W_hh at H = 256
     assert not layers_mod.use_bf16(q, 17, 8 * MB, False)           # arithmetic-bound
     assert not layers_mod.use_bf16(q, 1, 256 * 1024, False)        # float32 weights sit in L2
-    assert not layers_mod.use_bf16(q, 1, 768 * 1024, False)        # W_hh at H = 256 too
     assert layers_mod.use_bf16(q, 1, 3 * MB // 2, True)            # BLAS threads gained nothing here
     assert not layers_mod.use_bf16(q, 1, 3 * MB, True)             # ... and did here
 

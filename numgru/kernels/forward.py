@@ -33,7 +33,7 @@ from numba.extending import overload
 from ._jit import FASTMATH, device, inline, kernel, parallel_kernel, wide_vectors
 from .activations import clip_pre, clipped, gate, one_like, sigmoid_fast, tanh_fast
 from .bf16 import is_bfloat16, is_bfloat16_array, wget
-from .panel import aligned_zeros, pack_panels, panel_matmul, panel_rows, panel_width
+from .panel import aligned_zeros, pack_panels, packed_depth, panel_matmul, panel_rows, panel_width, put_row
 
 
 @inline
@@ -329,14 +329,16 @@ def wants_panels(M, K, B, T, tiled_max):
 
 @device
 def block_panels(W_hh, cs, nc):
-    """Packed panels of each block's rows of W_hh for :func:`_gru_forward_cols`: (nc, P, H, NC), block c
+    """Packed panels of each block's rows of W_hh for :func:`_gru_forward_cols`: (nc, P, Hp, NC), block c
     holding rows g·H + c·cs + u (gate g, unit u < cs) as its panel row g·cs + u (zeros past H), so
     that ``panel_matmul`` gives the block's W_hr, W_hz, W_hn products side by side in one (B, 3·cs)
-    array. Float or bfloat16 (``uint16``) weights, packed in their own dtype."""
+    array. Float or bfloat16 (``uint16``) weights, packed in their own dtype and layout
+    (:func:`~numgru.kernels.panel.pack_panels`; Hp = :func:`~numgru.kernels.panel.packed_depth`)."""
     H = W_hh.shape[1]
     width = panel_width(W_hh.dtype.type(0))
     P = (3 * cs + width - 1) // width
-    Wp = aligned_zeros(nc * P * H * width, W_hh.dtype).reshape((nc, P, H, width))
+    Hp = packed_depth(H, W_hh)
+    Wp = aligned_zeros(nc * P * Hp * width, W_hh.dtype).reshape((nc, P, Hp, width))
     for c in range(nc):
         j0 = c * cs
         m = min(cs, H - j0)
@@ -345,9 +347,7 @@ def block_panels(W_hh, cs, nc):
                 q = g * cs + u  # the panel row (output column) of this W_hh row
                 panel = Wp[c, q // width]
                 col = q % width
-                w = W_hh[g * H + j0 + u]
-                for k in range(H):
-                    panel[k, col] = w[k]
+                put_row(panel, col, W_hh[g * H + j0 + u])
     return Wp
 
 

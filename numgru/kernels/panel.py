@@ -37,9 +37,9 @@ import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
-from ._jit import device
+from ._jit import FASTMATH, device
 
 
 def _shape_for(context, itemsize):
@@ -82,6 +82,60 @@ def panel_width(typingctx, x):
     return types.intp(x), codegen
 
 
+@intrinsic
+def panel_lanes(typingctx, x):
+    """L, the values per vector register, for the dtype of the scalar ``x`` as :func:`panel_width`."""
+    if not (_float_type(x) or x == types.uint16):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return ir.Constant(cgutils.intp_t, _shape_for(context, _wide_size(context, sig.args[0]))[0])
+    return types.intp(x), codegen
+
+
+def packed_depth(K, Wp):
+    """Rows of k in panels for an inner dimension K: K for float panels, K rounded up to even for
+    bfloat16 ones (``uint16``: stored in pairs of k, see :func:`pack_panels`)."""
+    return K + K % 2 if Wp.dtype == np.uint16 else K
+
+
+@overload(packed_depth, jit_options={"fastmath": set(FASTMATH)})
+def _ol_packed_depth(K, Wp):
+    if Wp.dtype == types.uint16:
+        return lambda K, Wp: K + K % 2
+    return lambda K, Wp: K
+
+
+def put_row(panel, c, w):
+    """Column c of one panel (Kp, NC) = the row w (K values) of W, in :func:`pack_panels`'s layout:
+    panel[k, c] = w[k] for float panels; for bfloat16 ones at its place in each k pair."""
+    for k in range(w.shape[0]):
+        panel[k, c] = w[k]
+
+
+@overload(put_row, jit_options={"fastmath": set(FASTMATH)})
+def _ol_put_row(panel, c, w):
+    if panel.dtype != types.uint16:
+        def impl(panel, c, w):
+            for k in range(w.shape[0]):
+                panel[k, c] = w[k]
+        return impl
+
+    def impl_bf16(panel, c, w):
+        K = w.shape[0]
+        step = 2 * panel.shape[1]  # values per k pair
+        lanes = panel_lanes(panel[0, 0])
+        base = (c // lanes) * 2 * lanes + (c % lanes) * 2
+        flat = panel.reshape(panel.size)
+        for q in range(K // 2):
+            f = q * step + base
+            flat[f] = w[2 * q]
+            flat[f + 1] = w[2 * q + 1]
+        if K % 2:
+            flat[(K // 2) * step + base] = w[K - 1]
+    return impl_bf16
+
+
 @device
 def aligned_zeros(size, dtype):
     """A 1-D array of ``size`` zeros of ``dtype`` that starts on a 64-byte boundary."""
@@ -95,37 +149,40 @@ def aligned_zeros(size, dtype):
 def pack_panels(W):
     """W (M, K) → panels (P, K, NC) of W.T: panels[p, k, c] = W[p·NC + c, k], zeros past row M − 1.
 
-    W float, or bfloat16 (``uint16``: the panels too, as wide as float32's). P = ceil(M / NC),
-    NC = :func:`panel_width` for W's dtype; the panels start on a 64-byte boundary. One pass over W."""
+    P = ceil(M / NC), NC = :func:`panel_width` for W's dtype; the panels start on a 64-byte boundary.
+    One pass over W. W may be bfloat16 (``uint16``); its panels (P, Kp, NC) are bfloat16 too, as wide
+    as float32's, with Kp = K rounded up to even and the values of k = 2q and 2q + 1 interleaved:
+    the 2·NC values from panels[p, 2q] on hold NC / L groups of 2L (L = :func:`panel_lanes`), group g
+    holding column g·L + i at 2i (k = 2q) and 2i + 1 (k = 2q + 1). One vector load then gives two
+    float32 vectors, one per k, by a shift and a mask (:func:`_emit_gemm`)."""
     M = W.shape[0]
     K = W.shape[1]
     nc = panel_width(W.dtype.type(0))
     P = (M + nc - 1) // nc
     # 64-byte aligned (a cache line, one 512-bit vector): NumPy aligns to 16 bytes, and vector loads
     # that straddle two lines ran the one-row product at half speed (B = 1, H = 256: 11.7 against 6.7 µs)
-    Wp = aligned_zeros(P * K * nc, W.dtype).reshape((P, K, nc))
+    Kp = packed_depth(K, W)
+    Wp = aligned_zeros(P * Kp * nc, W.dtype).reshape((P, Kp, nc))
     for p in range(P):
         j0 = p * nc
         j1 = min(M, j0 + nc)
         panel = Wp[p]
         for j in range(j0, j1):
-            wj = W[j]
-            c = j - j0
-            for k in range(K):
-                panel[k, c] = wj[k]
+            put_row(panel, j - j0, W[j])
     return Wp
 
 
-def _emit_gemm(context, builder, fty, a_ptr, lda, b_ptr, P, o_ptr, ldo, n, M, K, mc, accumulate, bf16):
+def _emit_gemm(context, builder, fty, a_ptr, lda, b_ptr, P, o_ptr, ldo, n, M, K, Kp, mc, accumulate, bf16):
     """Emit out[i, j] (+)= Σ_k A[i, k] · W[j, k] for i < n, j < M, with every size and stride in elements
     (intp values):
 
     - A[i, k] at ``a_ptr[i·lda + k]``;
-    - W's rows in P packed panels of NC (:func:`pack_panels`): W[p·NC + c, k] at
-      ``b_ptr[(p·K + k)·NC + c]``;
+    - W's rows in P packed panels of NC (:func:`pack_panels`) of Kp rows: W[p·NC + c, k] at
+      ``b_ptr[(p·Kp + k)·NC + c]`` (Kp = K; bfloat16 panels: Kp even, k pairs interleaved);
     - out[i, j] at ``o_ptr[i·ldo + j]``; ``accumulate`` (i1) adds to what out holds instead of writing;
-    - ``bf16`` (a Python bool): the panels hold bfloat16 values (``b_ptr`` an i16 pointer; fty float),
-      each vector loaded at half the bytes and widened in registers (zero-extend, shift by 16).
+    - ``bf16`` (a Python bool): the panels hold bfloat16 values (``b_ptr`` an i16 pointer; fty float32)
+      in k pairs: each load of 2L values is widened in registers to the vectors of k (the low halves,
+      shifted up) and k + 1 (the high halves, masked): one integer operation per float32 vector.
 
     Rows run in slabs of ``mc``, then k in chunks (a panel's chunk stays in L1), then the panels, then
     blocks of MR rows: a slab's share of A stays in L1/L2 while all panels pass over it.
@@ -159,16 +216,14 @@ def _emit_gemm(context, builder, fty, a_ptr, lda, b_ptr, P, o_ptr, ldo, n, M, K,
     accs = [[[cgutils.alloca_once(builder, vty) for _ in range(NV)] for _ in range(MR)] for _ in range(2)]
 
     if bf16:
-        hty = ir.VectorType(ir.IntType(16), L)
-        wty = ir.VectorType(i32, L)
-        sixteen = ir.Constant(wty, [16] * L)
+        pty = ir.VectorType(i32, L)  # 2L bfloat16 values: (k, k + 1) per 32-bit lane
+        sixteen = ir.Constant(pty, [16] * L)
+        high = ir.Constant(pty, [-65536] * L)  # 0xFFFF0000
 
-        def wload(ptr):
-            raw = builder.load(builder.bitcast(ptr, hty.as_pointer()), align=2)
-            return builder.bitcast(builder.shl(builder.zext(raw, wty), sixteen), vty)
-    else:
-        def wload(ptr):
-            return builder.load(builder.bitcast(ptr, vptr_t), align=size)
+        def pair_load(ptr):
+            """(vector of k, vector of k + 1) from the 2L interleaved values at ptr."""
+            d = builder.load(builder.bitcast(ptr, pty.as_pointer()), align=4)
+            return builder.bitcast(builder.shl(d, sixteen), vty), builder.bitcast(builder.and_(d, high), vty)
 
     def splat(x, ty):
         v = builder.insert_element(ir.Constant(ty, ir.Undefined), x, ir.Constant(i32, 0))
@@ -205,16 +260,33 @@ def _emit_gemm(context, builder, fty, a_ptr, lda, b_ptr, P, o_ptr, ldo, n, M, K,
                                                                mask, zero]), accs[0][r][v])
         arows = [builder.mul(builder.add(i0, const(r)), lda) for r in range(mr)]
 
-        def kstep(k, s):
-            wrow = builder.gep(wbase, [builder.mul(k, const(NC))])
-            ws = [wload(builder.gep(wrow, [const(v * L)])) for v in range(NV)]
+        def fmas(k, s, ws):
             for r in range(mr):
                 b = splat(builder.load(builder.gep(a_ptr, [builder.add(arows[r], k)])), vty)
                 for v in range(NV):
                     acc = accs[s][r][v]
                     builder.store(builder.call(fma, [b, ws[v], builder.load(acc)]), acc)
 
-        if sets == 2:  # two accumulator sets (even and odd k) hide the FMA latency of small blocks
+        def kstep(k, s):
+            wrow = builder.gep(wbase, [builder.mul(k, const(NC))])
+            fmas(k, s, [builder.load(builder.bitcast(builder.gep(wrow, [const(v * L)]), vptr_t), align=size)
+                        for v in range(NV)])
+
+        def kpair(k, last):
+            """k (even) and k + 1 from their interleaved row pair; only k when ``last`` (K odd)."""
+            wrow = builder.gep(wbase, [builder.mul(k, const(NC))])
+            ws = [pair_load(builder.gep(wrow, [const(2 * v * L)])) for v in range(NV)]
+            fmas(k, 0, [w[0] for w in ws])
+            if not last:
+                fmas(builder.add(k, const(1)), sets - 1, [w[1] for w in ws])
+
+        if bf16:  # k0 is even (chunks of KC, an even number); K odd leaves one row
+            k2 = builder.sub(k1, builder.srem(builder.sub(k1, k0), const(2)))
+            with cgutils.for_range_slice(builder, k0, k2, const(2), intp) as (k, _):
+                kpair(k, False)
+            with cgutils.if_unlikely(builder, builder.icmp_signed("<", k2, k1)):
+                kpair(k2, True)
+        elif sets == 2:  # two accumulator sets (even and odd k) hide the FMA latency of small blocks
             k2 = builder.sub(k1, builder.srem(builder.sub(k1, k0), const(2)))
             with cgutils.for_range_slice(builder, k0, k2, const(2), intp) as (k, _):
                 kstep(k, 0)
@@ -243,7 +315,7 @@ def _emit_gemm(context, builder, fty, a_ptr, lda, b_ptr, P, o_ptr, ldo, n, M, K,
     # blocks of a slab pass over it; out is written by the first chunk (unless ``accumulate``) and added
     # to by the others
     KC = max(16, (24576 // (NC * size)) // 2 * 2)
-    panel_len = builder.mul(K, const(NC))
+    panel_len = builder.mul(Kp, const(NC))
     with cgutils.for_range_slice(builder, const(0), n, mc, intp) as (s0, _):
         s1 = builder.select(builder.icmp_signed("<", builder.add(s0, mc), n), builder.add(s0, mc), n)
         rows = builder.sub(s1, s0)
@@ -288,7 +360,7 @@ def _panel_operands(a, Wp, out):
 def _block_gemm(typingctx, a, a0, Wp, out, o0, n, accumulate, mc):
     """out[r, :M] (+)= A[r] @ W.T for rows r < n, where A's row r starts at a.flat[a0 + r·lda] and out's
     at out.flat[o0 + r·ldo] (lda, ldo: the row strides of a and out), Wp = pack_panels(W),
-    M = out.shape[1], K = Wp.shape[1]; ``accumulate`` adds to out; rows in slabs of ``mc``
+    M = out.shape[1], K = a.shape[1]; ``accumulate`` adds to out; rows in slabs of ``mc``
     (see :func:`panel_matmul` and :func:`panel_rows`, which check the bounds). Wp may hold bfloat16
     values (``uint16``) for float32 a and out."""
     if not _panel_operands(a, Wp, out) or a.ndim != 2 or Wp.ndim != 3 or out.ndim != 2:
@@ -305,14 +377,15 @@ def _block_gemm(typingctx, a, a0, Wp, out, o0, n, accumulate, mc):
         Wa = context.make_array(sig.args[2])(context, builder, args[2])
         O = context.make_array(sig.args[3])(context, builder, args[3])
         a0, _, _, o0, n, acc, mc = args[1:]
-        P, K, _ = cgutils.unpack_tuple(builder, Wa.shape, 3)
+        P, Kp, _ = cgutils.unpack_tuple(builder, Wa.shape, 3)
+        K = cgutils.unpack_tuple(builder, A.shape, 2)[1]
         M = cgutils.unpack_tuple(builder, O.shape, 2)[1]
         size = ir.Constant(cgutils.intp_t, context.get_abi_sizeof(fty))
         lda = builder.sdiv(cgutils.unpack_tuple(builder, A.strides, 2)[0], size)
         ldo = builder.sdiv(cgutils.unpack_tuple(builder, O.strides, 2)[0], size)
         a_ptr = builder.gep(A.data, [a0])
         o_ptr = builder.gep(O.data, [o0])
-        _emit_gemm(context, builder, fty, a_ptr, lda, Wa.data, P, o_ptr, ldo, n, M, K, mc, acc,
+        _emit_gemm(context, builder, fty, a_ptr, lda, Wa.data, P, o_ptr, ldo, n, M, K, Kp, mc, acc,
                    sig.args[2].dtype == types.uint16)
         return context.get_dummy_value()
     return sig, codegen
@@ -325,7 +398,7 @@ def panel_matmul(h, Wp, out, n):
     h (≥ n, K), Wp (P, K, NC), out (≥ n, M) C-contiguous, one float dtype (or float32 h and out with
     bfloat16 panels, ``uint16``), M ≤ P·NC. Rows of out past
     n − 1 are not touched. The shapes are checked here: the block reads raw pointers."""
-    if n > h.shape[0] or n > out.shape[0] or h.shape[1] != Wp.shape[1] or \
+    if n > h.shape[0] or n > out.shape[0] or Wp.shape[1] != packed_depth(h.shape[1], Wp) or \
             out.shape[1] > Wp.shape[0] * Wp.shape[2] or Wp.shape[2] != panel_width(h.dtype.type(0)):
         raise ValueError("panel_matmul: shapes do not match")
     _block_gemm(h, 0, Wp, out, 0, n, False, max(n, 1))
@@ -346,7 +419,7 @@ def panel_rows(x, Wp, bias, use_bias, out, r0, r1):
     added while the slab is in cache."""
     K = x.shape[1]
     M = out.shape[1]
-    if r0 < 0 or r1 < r0 or r1 > x.shape[0] or r1 > out.shape[0] or K != Wp.shape[1] or \
+    if r0 < 0 or r1 < r0 or r1 > x.shape[0] or r1 > out.shape[0] or Wp.shape[1] != packed_depth(K, Wp) or \
             M > Wp.shape[0] * Wp.shape[2] or Wp.shape[2] != panel_width(x.dtype.type(0)) or \
             (use_bias and bias.shape[0] < M):
         raise ValueError("panel_rows: shapes do not match")

@@ -51,6 +51,7 @@ def step_panels(W_ih, W_hh, reset_after):
     """The packed panels (:func:`~numgru.kernels.panel.pack_panels`) :func:`gru_step` reads for weights
     that never change (a quantized model's bfloat16 copies): ``(Wp_ih, Wp_a, Wp_b)`` with Wp_a the
     panels of W_hh and Wp_b empty (reset_after), or of W_hh's r, z rows and of its n rows."""
+    wide_vectors()
     H = W_hh.shape[1]
     if reset_after:
         return pack_panels(W_ih), pack_panels(W_hh), np.empty((0, 0, 0), W_hh.dtype)
