@@ -85,10 +85,13 @@ def test_serial_step_reset_before_gate_options(B):
     (1, 256, True, 2, 4, True), (16, 192, True, 4, 4, True), (1, 191, True, 2, 4, False),
     (17, 256, True, 2, 4, False), (1, 256, False, 2, 4, False), (1, 256, True, 1, 4, False),
     (0, 256, True, 2, 4, False),
-    # one row: float32 / float64 weights only up to 2 MB per thread; bfloat16 ones (no threaded BLAS)
-    (1, 416, True, 2, 4, True), (1, 420, True, 2, 4, False), (1, 1024, True, 2, 2, True),
+    # one row: float32 / float64 weights only up to 2 MB per thread
+    (1, 416, True, 2, 4, True), (1, 420, True, 2, 4, False),
     (1, 1024, True, 16, 4, True), (2, 1024, True, 2, 4, True), (1, 295, True, 2, 8, True),
     (1, 296, True, 2, 8, False),
+    # bfloat16 weights: the serial step on panels while they fit 1 MB, any row count
+    (1, 295, True, 2, 2, False), (16, 295, True, 2, 2, False), (1, 296, True, 2, 2, True),
+    (4, 1024, True, 2, 2, True), (17, 1024, True, 2, 2, False),
 ])
 def test_step_columns_rule(B, H, reset_after, threads, itemsize, want):
     assert dispatch.step_columns(B, H, reset_after, threads, itemsize) is want
@@ -157,14 +160,31 @@ def test_quantized_columns_step(two_threads, cols_spy):
     """A quantized cell's columns step reads bfloat16 weights and equals the float32 cell holding the
     same (rounded) values."""
     rng = np.random.default_rng(2)
+    c, _ = _cell(320, 320, np.float32)  # 1.2 MB of bfloat16 weights: split (below 1 MB, serial)
+    q = c.quantize("bfloat16")
+    r = ng.GRUCell(320, 320)
+    r.load_state_dict(q.state_dict())
+    x, h = rng.standard_normal((2, 1, 320)).astype(np.float32)
+    np.testing.assert_allclose(q(x, h), r(x, h), atol=1e-5)
+    assert q._gru._step_weights(0, 1, 2, True)[1].dtype == np.uint16
+    assert len(cols_spy) == 2
+
+
+@two_threads_only
+def test_quantized_step_within_l2_runs_serially_on_panels(two_threads, cols_spy):
+    """Below 1 MB of bfloat16 weights the serial step runs on the model's packed panels, even with two
+    threads, and equals the float32 cell holding the rounded values."""
+    rng = np.random.default_rng(8)
     c, _ = _cell(256, 256, np.float32)
     q = c.quantize("bfloat16")
     r = ng.GRUCell(256, 256)
     r.load_state_dict(q.state_dict())
-    x, h = rng.standard_normal((2, 1, 256)).astype(np.float32)
-    np.testing.assert_allclose(q(x, h), r(x, h), atol=1e-5)
-    assert q._gru._step_weights(0, 1, 2, True)[1].dtype == np.uint16
-    assert len(cols_spy) == 2
+    x, h = rng.standard_normal((2, 3, 256)).astype(np.float32)
+    got = q(x, h)
+    assert cols_spy == []  # (the float32 cell below does split)
+    np.testing.assert_allclose(got, r(x, h), atol=1e-5)
+    weights = q._gru._step_weights(0, 3, 2, False)
+    assert weights[1].dtype == np.uint16 and weights[4][0].dtype == np.uint16
 
 
 @two_threads_only

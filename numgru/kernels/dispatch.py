@@ -58,6 +58,7 @@ PACK_BELOW = 0.9
 STEP_COLS_MIN_H = 192
 STEP_COLS_MAX_ROWS = 16
 STEP_COLS_B1_BYTES = 1 << 21
+STEP_COLS_BF16_SERIAL_BYTES = 1 << 20
 PROJ_PANELS_MIN_ROWS = 128
 PROJ_PANELS_MAX_INPUTS = 128
 PROJ_PANELS_MIN_ROWS_PARALLEL = 256
@@ -313,9 +314,9 @@ def step_columns(B, H, reset_after, threads, itemsize=4):
     """Whether one step of B rows (GRUCell, streams) runs split over blocks of hidden units on Numba's
     threads (:func:`~numgru.kernels.step.gru_step_cols`) instead of the serial step kernel, for weights
     stored with ``itemsize`` bytes per value (2: bfloat16). With two threads or more, reset_after=True,
-    H ≥ ``STEP_COLS_MIN_H`` and B ≤ ``STEP_COLS_MAX_ROWS``; at B = 1 also only for bfloat16 weights (the
-    serial step cannot thread those) or at most ``STEP_COLS_B1_BYTES`` of weights per thread
-    (6·H²·itemsize bytes in all, taking I = H): beyond, BLAS's threaded GEMV streams them as fast.
+    H ≥ ``STEP_COLS_MIN_H`` and B ≤ ``STEP_COLS_MAX_ROWS``; at B = 1 with float weights also only for at
+    most ``STEP_COLS_B1_BYTES`` of weights per thread (6·H²·itemsize bytes in all, taking I = H):
+    beyond, BLAS's threaded GEMV streams them as fast.
 
     Each thread reads its own slice of W_ih and W_hh, which stays in its core's cache from step to
     step. Measured on 2 vCPUs (AMD; kernel calls, best of 25 rounds, the serial and split kernels in
@@ -325,13 +326,20 @@ def step_columns(B, H, reset_after, threads, itemsize=4):
       through GRUCell and streams) and H = 1024 0.6–1.25×, hence the bytes bound;
     * B = 2 / 4 / 8 / 16 at H = 256: 1.35–1.5× / 1.2–1.7× / 1.4–1.55× / 1.3×; B = 2 / 4 at H = 1024:
       2.4–3.2× / 2.3×; B = 16 at H = 512: 1.55–1.75×;
-    * bfloat16 weights, B = 1, H = 256 / 768 / 1024: 1.5× / 1.5–1.8× / 1.75–2.5×;
     * below H = 192 the parallel region costs more than it saves (H = 128, B = 1: 6.3 against
       6.6–8.7 µs).
+
+    bfloat16 weights (a quantized model's) split only beyond ``STEP_COLS_BF16_SERIAL_BYTES``: the
+    serial step runs them on packed panels, which one core reads fastest while they fit its L2
+    (2-vCPU Intel machine, 2 threads, stream steps, serial against split, same process in turns:
+    H = 256, B = 1 / 4 / 16 1.49× / 1.25× / 1.31×; beyond, H = 512 / 768, B = 4 0.38× / 0.54×, and
+    at B = 1 split and serial stay within the noise of the shared cores, 0.5–1.2×).
     """
     if not (threads > 1 and reset_after and H >= STEP_COLS_MIN_H and 1 <= B <= STEP_COLS_MAX_ROWS):
         return False
-    return B > 1 or itemsize == 2 or 6 * H * H * itemsize <= STEP_COLS_B1_BYTES * threads
+    if itemsize == 2:
+        return 6 * H * H * itemsize > STEP_COLS_BF16_SERIAL_BYTES
+    return B > 1 or 6 * H * H * itemsize <= STEP_COLS_B1_BYTES * threads
 
 
 def step_columns_workspace(B, H, threads, dtype):
