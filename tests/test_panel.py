@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from numgru.kernels.bf16 import from_bfloat16, to_bfloat16
-from numgru.kernels.panel import SLAB_ROWS, pack_panels, panel_lanes, panel_matmul, panel_rows, panel_width
+from numgru.kernels.panel import SLAB_ROWS, pack_panels, panel_matmul, panel_rows, panel_width
 
 
 @numba.njit(cache=False)
@@ -29,11 +29,6 @@ def _rows(x, Wp, bias, use_bias, out, r0, r1):
 @numba.njit(cache=False)
 def _width(x):
     return panel_width(x)
-
-
-@numba.njit(cache=False)
-def _lanes(x):
-    return panel_lanes(x)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -111,13 +106,13 @@ def test_bfloat16_panels_equal_float32_panels_of_the_widened_weights(M, K):
     Wb = to_bfloat16(rng.standard_normal((M, K)).astype(np.float32))
     Wf = from_bfloat16(Wb)
     Wpb, Wpf = _pack(Wb), _pack(Wf)
-    nc, lanes = _width(np.float32(0)), _lanes(np.float32(0))
-    assert _width(np.uint16(0)) == nc and _lanes(np.uint16(0)) == lanes
-    # k in pairs: K rounded up to even, each pair's 2·NC values in groups of 2L, k and k + 1 interleaved
+    nc = _width(np.float32(0))
+    assert _width(np.uint16(0)) == nc
+    # k in pairs: K rounded up to even, each column's two values of a pair side by side
     Kp = K + K % 2
     assert Wpb.dtype == np.uint16 and Wpb.shape == (Wpf.shape[0], Kp, nc) and Wpb.ctypes.data % 64 == 0
-    pairs = from_bfloat16(Wpb).reshape(Wpf.shape[0], Kp // 2, nc // lanes, lanes, 2)
-    unpaired = pairs.transpose(0, 1, 4, 2, 3).reshape(Wpf.shape[0], Kp, nc)
+    pairs = from_bfloat16(Wpb).reshape(Wpf.shape[0], Kp // 2, nc, 2)
+    unpaired = pairs.transpose(0, 1, 3, 2).reshape(Wpf.shape[0], Kp, nc)
     np.testing.assert_array_equal(unpaired[:, :K], Wpf)
     assert (unpaired[:, K:] == 0).all()
     for n in (1, 2, 5, 8, 13, 40):
