@@ -51,8 +51,7 @@ ROWS_MAX_STATE_WIDE_BLAS = 65536
 ROWS_MAX_WEIGHTS_WIDE_BLAS = 3 * 512 * 512
 ROWS_MAX_STREAM_ROWS = 8
 ROWS_MAX_STREAMED = 1 << 23
-COLS_STATE = (1024, 4096)
-COLS_MAX_STATE_PANELS = 16384
+COLS_STATE = (1024, 16384)
 COLS_B1_BYTES = (3 << 18, 1 << 20)
 PACK_BELOW = 0.9
 STEP_COLS_MIN_H = 192
@@ -188,12 +187,14 @@ def forward_route(B, H, reset_after, store, T=None, itemsize=4):
         thread's slice does. Measured on 2 threads (T = 128, reset_after): float32 H = 384 (1.7 MB)
         3.64 against 5.07 ms for BLAS-threaded steps; bfloat16 H = 384 / 512 2.90 / 4.50 against
         3.79 / 5.11 ms on one thread's bfloat16 steps; at 3 MB and more per thread (float32 H = 512,
-        bfloat16 H = 768) it drew (within 3 %). With float weights (``itemsize`` ≥ 4) each block's
-        rows of W_hh are packed into panels and hi is ``COLS_MAX_STATE_PANELS``: on the 2-vCPU Intel
-        machine (float32, T = 128, same process, alternating), columns against the routes taken
-        before: B = 8 / 16, H = 1024 1.43× / 1.13–1.16×; B = 16 / 32, H = 512 1.40× / 1.34×; B = 64,
-        H = 256 1.27×; B = 128, H = 128 1.24×; but B = 64, H = 512 1.06× and 0.78–0.83× at B·H =
-        32768 and beyond (B = 32 / 64, H = 1024; B = 128, H = 256).
+        bfloat16 H = 768) it drew (within 3 %). Each block's rows of W_hh are packed into panels
+        (B ≥ 2), which raised hi from 4096 to 16384: on the 2-vCPU Intel machine (float32, T = 128,
+        same process, alternating), columns against the routes taken before: B = 8 / 16, H = 1024
+        1.43× / 1.13–1.16×; B = 16 / 32, H = 512 1.40× / 1.34×; B = 64, H = 256 1.27×; B = 128,
+        H = 128 1.24×; but B = 64, H = 512 1.06× and 0.78–0.83× at B·H = 32768 and beyond (B = 32 /
+        64, H = 1024; B = 128, H = 256). bfloat16 weights on their own panels, against the serial
+        kernel the narrower window (4096, for the tiled matmul they had) left them: B = 8 / 16,
+        H = 1024 1.69× / 1.43×; B = 16, H = 512 1.37×.
     None
         BLAS-threaded steps (with the gate loops over rows in ``prange`` for B ≥
         ``PARALLEL_MIN_ROWS``) or the serial kernel. (A "pipeline" route, the projection of the next
@@ -248,11 +249,9 @@ def forward_route(B, H, reset_after, store, T=None, itemsize=4):
                 and threads * weights <= ROWS_MAX_STREAMED):
             return "rows"
         if (WIDE_BLAS and itemsize >= 4 and weights <= ROWS_MAX_WEIGHTS_WIDE_BLAS
-                and per_thread * H <= max_state and B * H > COLS_MAX_STATE_PANELS):
+                and per_thread * H <= max_state and B * H > COLS_STATE[1]):
             return "rows"
     lo, hi = COLS_STATE
-    if itemsize >= 4:
-        hi = COLS_MAX_STATE_PANELS
     if reset_after and H >= 128 and (lo <= B * H or B >= 2 and H >= 256) and B * H <= hi:
         return "columns"
     b1_lo, b1_hi = COLS_B1_BYTES
