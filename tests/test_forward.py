@@ -300,16 +300,16 @@ def test_input_projection_on_panels_one_thread(dtype, bias):
         numba.set_num_threads(before)
 
 
-@pytest.mark.parametrize("N, I", [(300, 37), (257, 512), (100, 20), (600, 1000), (2048, 600)])
+@pytest.mark.parametrize("N, I", [(300, 37), (257, 512), (100, 20), (600, 1000), (2048, 600), (300, 600)])
 def test_input_projection_on_numba_threads(two_threads, N, I):
-    """The projection on Numba's threads, on packed panels (from 256 rows with ≤ 512 inputs) or on
-    tiles of W_ih, agrees with NumPy, with and without a bias."""
+    """The projection on Numba's threads, on packed panels (from 256 rows with ≤ 512 inputs, from 512
+    with more) or on tiles of W_ih, agrees with NumPy, with and without a bias."""
     from numgru.kernels import dispatch
     rng = np.random.default_rng(N)
     x2d = rng.standard_normal((N, I))
     W = rng.standard_normal((30, I))
     b = rng.standard_normal(30)
-    assert dispatch.projection_panels(N, I, 2) == (N >= 256 and (I <= 512 or N >= 2048))
+    assert dispatch.projection_panels(N, I, 2) == (N >= 256 and (I <= 512 or N >= 512))
     np.testing.assert_allclose(dispatch.input_projection(x2d, W, b, numba_threads=True), x2d @ W.T + b,
                                atol=1e-10)
     np.testing.assert_allclose(dispatch.input_projection(x2d, W, None, numba_threads=True), x2d @ W.T,

@@ -62,7 +62,7 @@ PROJ_PANELS_MIN_ROWS = 128
 PROJ_PANELS_MAX_INPUTS = 128
 PROJ_PANELS_MIN_ROWS_PARALLEL = 256
 PROJ_PANELS_MAX_INPUTS_PARALLEL = 512
-PROJ_PANELS_MIN_ROWS_PARALLEL_WIDE = 2048
+PROJ_PANELS_MIN_ROWS_PARALLEL_WIDE = 512
 
 
 def blas_vectors_wider():
@@ -429,8 +429,11 @@ def projection_panels(N, I, threads):
       1.40×; B = 64, H = 64 / 128 1.65× / 1.50×; B = 4 / 8, H = 256 / 512 1.19× / 1.13×; B = 16,
       H = 512 1.01×; but B = 4 / 1, H = 1024 0.98× / 0.82× (12 MB of W_ih packed for 128–512 rows):
       panels for N ≥ ``PROJ_PANELS_MIN_ROWS_PARALLEL`` and I ≤ ``PROJ_PANELS_MAX_INPUTS_PARALLEL``,
-      or any I from ``PROJ_PANELS_MIN_ROWS_PARALLEL_WIDE`` rows (the kernel alone at I = H = 1024:
-      N = 512 / 2048 / 8192 1.02× / 1.33× / 1.78×; I = 512, N = 8192 1.50×).
+      or any I from ``PROJ_PANELS_MIN_ROWS_PARALLEL_WIDE`` rows. Since the panels are filled in
+      L1-sized blocks (:func:`~numgru.kernels.panel.fill_panel`), the kernel alone at I = H = 1024:
+      N = 256 / 512 / 2048 1.20× / 1.34–1.47× / 1.40×, N = 128 0.93×; I = H = 768: N = 256 / 512 /
+      1024 0.90× / 1.80× / 1.37×; whole forward, paired against 545ae11: B = 4, H = 768 / 1024
+      1.10× / 1.11×, B = 8, H = 1024 1.19× (it had taken 2048 rows to repay packing 12 MB).
     """
     if threads == 1:
         return N >= PROJ_PANELS_MIN_ROWS and I <= PROJ_PANELS_MAX_INPUTS
