@@ -19,9 +19,10 @@ from .kernels.activations import GATE_HARD_SIGMOID, GATE_SIGMOID
 from .kernels.dispatch import (aligned, batch_order, forward_route, gate_scalars, gru_direction_backward,
                                gru_direction_forward, input_projection, no_step_panels,
                                run_step, serial_tiled_max, step_columns, step_columns_workspace,
-                               step_panels, thread_count, valid_steps, workspace)
+                               thread_count, valid_steps, workspace)
 from .kernels.backward import matmul_into
 from .kernels.bf16 import from_bfloat16, to_bfloat16
+from .kernels.step import step_panels
 
 __all__ = ["GRU", "GRUCell", "Linear", "GATE_PRESETS"]
 
@@ -353,6 +354,7 @@ class GRU(_Params):
         bf_ih = [_read_only(aligned(to_bfloat16(W))) for W in self._W_ih]
         bf_hh = [_read_only(aligned(to_bfloat16(W))) for W in self._W_hh]
         q._bf16 = (bf_ih, bf_hh)
+        q._bf16_panels = None  # (packed from these copies on first use)
         q._W_ih = [_read_only(aligned(from_bfloat16(b))) for b in bf_ih]
         q._W_hh = [_read_only(aligned(from_bfloat16(b))) for b in bf_hh]
         q._b_ih = [_read_only(aligned(b)) for b in self._b_ih]

@@ -10,7 +10,7 @@ from conftest import TOL
 from numgru.kernels import dispatch
 from numgru.kernels.bf16 import from_bfloat16, to_bfloat16
 from numgru.kernels.dispatch import gate_scalars
-from numgru.kernels.step import gru_step
+from numgru.kernels.step import gru_step, step_panels
 from reference import cell as ref_cell, make_gate, random_params
 
 two_threads_only = pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs two Numba threads")
@@ -56,7 +56,7 @@ def test_serial_step_on_panels(weights, reset_after):
     if weights == "bfloat16":
         W_ih, W_hh = to_bfloat16(W_ih), to_bfloat16(W_hh)
         p["weight_ih_l0"], p["weight_hh_l0"] = from_bfloat16(W_ih), from_bfloat16(W_hh)
-    panels = dispatch.step_panels(W_ih, W_hh, reset_after)
+    panels = step_panels(W_ih, W_hh, reset_after)
     assert all(a.dtype == W_hh.dtype for a in panels) and (panels[2].size == 0) == reset_after
     scalars = (reset_after, *gate_scalars(np.dtype(dtype), 0, 0.2, 0.5, None))
     for B in (1, 3, 17):

@@ -41,7 +41,7 @@ import numpy as np
 from .backward import gru_backward_serial
 from .forward import (gru_forward_cols, gru_forward_parallel, gru_forward_rows,
                       gru_forward_serial, input_projection_kernel, input_projection_parallel, row_chunks)
-from .step import gru_step, gru_step_cols, step_panels  # noqa: F401  (step_panels: for the layers)
+from .step import gru_step, gru_step_cols
 
 PARALLEL_MIN_ROWS = 64
 ROWS_MIN = 4
