@@ -436,24 +436,25 @@ def _gru_forward(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, reset_after,
             for i in prange(B):  # i: row of the workspace, b: row of the arrays passed in
                 wide_vectors()
                 b = b0 + i
-                hnb = hn[i]
-                yb = y[t, b]
                 if t >= lens[i]:
-                    hcb = hc[i]
                     for j in range(H):
-                        hnb[j] = hcb[j]
-                        yb[col0 + j] = 0.0
+                        hn[i, j] = hc[i, j]
+                        y[t, b, col0 + j] = 0.0
                     continue
-                wb = tape[t, b] if store else work[i]  # with store, the gates go straight to the tape
-                _row_after(gx[t, b], acc[i], b_hh, hc[i], hnb, wb, store, gate_kind, alpha, beta,
-                           use_clip, clip, H)
+                if store:  # the gates go straight to the tape
+                    wb = tape[t, b]
+                    _row_after(gx[t, b], acc[i], b_hh, hc[i], hn[i], wb, True, gate_kind, alpha, beta,
+                               use_clip, clip, H)
+                    if use_clip:
+                        fb = flags[i]
+                        _clip_flags(gx[t, b], acc[i], b_hh, wb, fb, clip, H, True)
+                        for j in range(H):
+                            wb[4 * H + j] = fb[j]
+                else:  # (two call sites: each inlined copy drops the other's branches)
+                    _row_after(gx[t, b], acc[i], b_hh, hc[i], hn[i], work[i], False, gate_kind, alpha,
+                               beta, use_clip, clip, H)
                 for j in range(H):
-                    yb[col0 + j] = hnb[j]
-                if store and use_clip:
-                    fb = flags[i]
-                    _clip_flags(gx[t, b], acc[i], b_hh, wb, fb, clip, H, True)
-                    for j in range(H):
-                        wb[4 * H + j] = fb[j]
+                    y[t, b, col0 + j] = hn[i, j]
         else:
             if n_act > 0:
                 step_product(W_rz, Wp_rz, hc, acc_rz, buf, n_act, tiled_max)
