@@ -81,9 +81,9 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, revers
     # packed panels (:mod:`~numgru.kernels.panel`) of the matrices each step multiplies by, where some
     # step's product takes them; else the forward's other matmul routes
     empty = np.empty((0, 0, 0), dt)
-    Wp_T = pack_panels(W_T) if reset_after and wants_panels(H, 3 * H, B, T, tiled_max) else empty
-    Wp_n = pack_panels(W_n_T) if not reset_after and wants_panels(H, H, B, T, tiled_max) else empty
-    Wp_rz = pack_panels(W_rz_T) if not reset_after and wants_panels(H, H2, B, T, tiled_max) else empty
+    Wp_T = pack_panels(W_T) if reset_after and wants_panels(H, 3 * H, B, T, tiled_max, False) else empty
+    Wp_n = pack_panels(W_n_T) if not reset_after and wants_panels(H, H, B, T, tiled_max, False) else empty
+    Wp_rz = pack_panels(W_rz_T) if not reset_after and wants_panels(H, H2, B, T, tiled_max, False) else empty
     for b in range(B):
         for j in range(H):
             dh[b, j] = dh_n[b, j]

@@ -293,8 +293,10 @@ PANEL_MAX_VALUES = 1 << 22  # largest weight matrix packed (16 MB in float32: H 
 
 
 @inline
-def use_panels(M, K, n, tiled_max):
+def use_panels(M, K, n, tiled_max, bf16):
     """Whether n rows times packed weights (M, K) go by :func:`~numgru.kernels.panel.panel_matmul`.
+    Always for bfloat16 weights (``bf16``): their panels beat the tiled matmul, the other route for
+    them, at every measured shape (:mod:`~numgru.kernels.panel`).
 
     Measured per product h @ W.T on the 2-vCPU Intel machine (one thread, float32; GFLOP/s; panels
     against the dot-product kernel and BLAS's two orientations). The forward's shape, M = 3K: one row
@@ -308,6 +310,8 @@ def use_panels(M, K, n, tiled_max):
     (several threads, ``tiled_max`` 1–15), it keeps the rows it took before. Otherwise the choice does
     not depend on the thread count, so training's sums come out the same with any number of threads.
     """
+    if bf16:
+        return True
     if n == 1:
         return K <= 256
     if n <= 16:
@@ -316,15 +320,15 @@ def use_panels(M, K, n, tiled_max):
 
 
 @inline
-def wants_panels(M, K, B, T, tiled_max):
+def wants_panels(M, K, B, T, tiled_max, bf16):
     """Whether a kernel of T steps over B rows packs weights (M, K) into panels: some step's product
     would take them (:func:`use_panels`; with sorted lengths a step may have any row count up to B),
     there are at least :data:`PANEL_MIN_T` steps to repay the packing, and the copy holds at most
-    :data:`PANEL_MAX_VALUES` values (the panels are a second copy of the weights for the call; beyond
-    H = 1024 nothing was measured)."""
-    return T >= PANEL_MIN_T and M * K <= PANEL_MAX_VALUES and (
-        use_panels(M, K, B, tiled_max) or use_panels(M, K, 1, tiled_max)
-        or use_panels(M, K, min(B, 16), tiled_max))
+    :data:`PANEL_MAX_VALUES` float values (the panels are a second copy of the weights for the call;
+    beyond H = 1024 nothing was measured). bfloat16 weights (``bf16``) are always packed."""
+    return T >= PANEL_MIN_T and (bf16 or M * K <= PANEL_MAX_VALUES and (
+        use_panels(M, K, B, tiled_max, False) or use_panels(M, K, 1, tiled_max, False)
+        or use_panels(M, K, min(B, 16), tiled_max, False)))
 
 
 @device
@@ -359,8 +363,7 @@ def step_product(Wm, Wp, h, out, buf, n, tiled_max):
     Compiled once per signature and called, not inlined: the kernels call it at three places each, and
     inlining the matmul routes three times cost compile time."""
     wide_vectors()
-    # bfloat16 panels beat the tiled matmul, the other route for them, at every measured shape
-    if Wp.shape[0] > 0 and (is_bfloat16(Wp) or use_panels(Wm.shape[0], Wm.shape[1], n, tiled_max)):
+    if Wp.shape[0] > 0 and use_panels(Wm.shape[0], Wm.shape[1], n, tiled_max, is_bfloat16(Wp)):
         panel_matmul(h, Wp, out, n)
     else:
         recurrent_matmul(Wm, h, out, buf, n, tiled_max)
@@ -420,7 +423,7 @@ def _gru_forward(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, reset_after,
     W_n = W_hh[H2:]
     # packed panels (:mod:`~numgru.kernels.panel`; bfloat16 weights packed as bfloat16) when some
     # step's product takes them
-    pw = wants_panels(3 * H, H, B, T, tiled_max) or is_bfloat16(W_hh) and T >= PANEL_MIN_T
+    pw = wants_panels(3 * H, H, B, T, tiled_max, is_bfloat16(W_hh))
     wdt = W_hh.dtype
     Wp = pack_panels(W_hh) if pw and reset_after else np.empty((0, 0, 0), wdt)
     Wp_rz = pack_panels(W_rz) if pw and not reset_after else np.empty((0, 0, 0), wdt)

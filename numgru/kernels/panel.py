@@ -112,19 +112,35 @@ def put_row(panel, c, w):
         pairs[k // 2, c, k % 2] = w[k]
 
 
+def _writer(panel):
+    """(view, put) for a panel of Numba type ``panel``, inlined into the fills: ``view(panel)`` gives
+    what ``put(panel, view, k, c, v)`` writes panel[k, c] = v through — the panel itself (float), or
+    its (Kp / 2, NC, 2) view of k pairs (bfloat16): :func:`pack_panels`'s layout as the kernels write
+    it (:func:`put_row`'s pure-Python body mirrors it)."""
+    if panel.dtype == types.uint16:
+        def view(panel):
+            return panel.reshape((panel.shape[0] // 2, panel.shape[1], 2))
+
+        def put(panel, pairs, k, c, v):
+            pairs[k // 2, c, k % 2] = v
+    else:
+        def view(panel):
+            return panel
+
+        def put(panel, pairs, k, c, v):
+            panel[k, c] = v
+    return inline(view), inline(put)
+
+
 @overload(put_row, jit_options={"fastmath": set(FASTMATH)})
 def _ol_put_row(panel, c, w):
-    if panel.dtype != types.uint16:
-        def impl(panel, c, w):
-            for k in range(w.shape[0]):
-                panel[k, c] = w[k]
-        return impl
+    view, put = _writer(panel)
 
-    def impl_bf16(panel, c, w):
-        pairs = panel.reshape((panel.shape[0] // 2, panel.shape[1], 2))
+    def impl(panel, c, w):
+        pairs = view(panel)
         for k in range(w.shape[0]):
-            pairs[k // 2, c, k % 2] = w[k]
-    return impl_bf16
+            put(panel, pairs, k, c, w[k])
+    return impl
 
 
 def fill_panel(panel, W, j0, m):
@@ -138,20 +154,7 @@ def fill_panel(panel, W, j0, m):
 
 @overload(fill_panel, jit_options={"fastmath": set(FASTMATH)})
 def _ol_fill_panel(panel, W, j0, m):
-    if panel.dtype == types.uint16:
-        def view(panel):
-            return panel.reshape((panel.shape[0] // 2, panel.shape[1], 2))
-
-        def put(panel, pairs, k, c, v):
-            pairs[k // 2, c, k % 2] = v
-    else:
-        def view(panel):
-            return panel
-
-        def put(panel, pairs, k, c, v):
-            panel[k, c] = v
-    view = inline(view)
-    put = inline(put)
+    view, put = _writer(panel)
 
     def impl(panel, W, j0, m):
         K = W.shape[1]

@@ -16,12 +16,15 @@ from .forward import _chunk_after, recurrent_matmul, small_rows_matmul, tiled_ma
 from .panel import pack_panels, panel_matmul
 
 
-def step_matmul(W, x, out, buf, n, small, tiled_max):
-    """out[:n] = x[:n] @ W.T. One row: the register-blocked matmul when ``small``, else BLAS.
-    Several rows: :func:`~numgru.kernels.forward.recurrent_matmul`, as the forward's steps (``buf``:
-    at least M·n values; ``tiled_max`` as there). bfloat16 weights (``uint16``), which BLAS cannot read,
-    always take the Numba matmul, in tiles."""
-    if n == 1 and small:
+def step_matmul(W, Wp, x, out, buf, n, small, tiled_max):
+    """out[:n] = x[:n] @ W.T. With packed panels ``Wp`` of W (from :func:`step_panels`; an empty
+    (0, 0, 0) array otherwise) the panel product. Else one row: the register-blocked matmul when
+    ``small``, else BLAS; several rows: :func:`~numgru.kernels.forward.recurrent_matmul`, as the
+    forward's steps (``buf``: at least M·n values; ``tiled_max`` as there). bfloat16 weights
+    (``uint16``) without panels, which BLAS cannot read, take the Numba matmul, in tiles."""
+    if Wp.shape[0] > 0:
+        panel_matmul.py_func(x, Wp, out, n)
+    elif n == 1 and small:
         small_rows_matmul.py_func(W, x, out, n)
     elif n == 1:
         np.dot(x, W.T, out)
@@ -30,12 +33,19 @@ def step_matmul(W, x, out, buf, n, small, tiled_max):
 
 
 @overload(step_matmul, jit_options={"fastmath": set(FASTMATH)})
-def _ol_step_matmul(W, x, out, buf, n, small, tiled_max):
+def _ol_step_matmul(W, Wp, x, out, buf, n, small, tiled_max):
     if is_bfloat16_array(W):
-        return lambda W, x, out, buf, n, small, tiled_max: tiled_matmul(W, x, out, n)
+        def impl_bf16(W, Wp, x, out, buf, n, small, tiled_max):
+            if Wp.shape[0] > 0:
+                panel_matmul(x, Wp, out, n)
+            else:
+                tiled_matmul(W, x, out, n)
+        return impl_bf16
 
-    def impl(W, x, out, buf, n, small, tiled_max):
-        if n == 1 and small:
+    def impl(W, Wp, x, out, buf, n, small, tiled_max):
+        if Wp.shape[0] > 0:
+            panel_matmul(x, Wp, out, n)
+        elif n == 1 and small:
             small_rows_matmul(W, x, out, n)
         elif n == 1:
             np.dot(x, W.T, out)
@@ -81,16 +91,9 @@ def gru_step(x, h, W_ih, W_hh, b_ih, b_hh, panels, reset_after, gate_kind, alpha
     small = W_ih.size + W_hh.size <= 1 << 17
     buf = np.empty(W_ih.shape[0] * B, x.dtype) if B > 1 else gi[0, :0]  # (rows_matmul_T reads it)
     Wp_ih, Wp_a, Wp_b = panels
-    packed = Wp_ih.shape[0] > 0
-    if packed:
-        panel_matmul(x, Wp_ih, gi, B)
-    else:
-        step_matmul(W_ih, x, gi, buf, B, small, tiled_max)
+    step_matmul(W_ih, Wp_ih, x, gi, buf, B, small, tiled_max)
     if reset_after:
-        if packed:
-            panel_matmul(h, Wp_a, gh, B)
-        else:
-            step_matmul(W_hh, h, gh, buf, B, small, tiled_max)
+        step_matmul(W_hh, Wp_a, h, gh, buf, B, small, tiled_max)
         for b in range(B):
             gib = gi[b]
             ghb = gh[b]
@@ -108,10 +111,7 @@ def gru_step(x, h, W_ih, W_hh, b_ih, b_hh, panels, reset_after, gate_kind, alpha
     a_rz = np.empty((B, H2), x.dtype)
     rh = np.empty((B, H), x.dtype)
     a_n = np.empty((B, H), x.dtype)
-    if packed:
-        panel_matmul(h, Wp_a, a_rz, B)
-    else:
-        _reset_before_products(W_hh[:H2], h, a_rz, buf, B, small, tiled_max)
+    _reset_before_products(W_hh[:H2], Wp_a, h, a_rz, buf, B, small, tiled_max)
     for b in range(B):
         gib = gi[b]
         ab = a_rz[b]
@@ -123,10 +123,7 @@ def gru_step(x, h, W_ih, W_hh, b_ih, b_hh, panels, reset_after, gate_kind, alpha
             ghb[H + j] = gate(clip_pre(gib[H + j] + b_ih[H + j] + ab[H + j] + b_hh[H + j], use_clip, clip),
                               gate_kind, alpha, beta)
             rhb[j] = r * hb[j]
-    if packed:
-        panel_matmul(rh, Wp_b, a_n, B)
-    else:
-        _reset_before_products(W_hh[H2:], rh, a_n, buf, B, small, tiled_max)
+    _reset_before_products(W_hh[H2:], Wp_b, rh, a_n, buf, B, small, tiled_max)
     for b in range(B):
         gib = gi[b]
         ghb = gh[b]
@@ -139,12 +136,13 @@ def gru_step(x, h, W_ih, W_hh, b_ih, b_hh, panels, reset_after, gate_kind, alpha
 
 
 @inline
-def _reset_before_products(W, x, out, buf, n, small, tiled_max):
-    """out[:n] = x[:n] @ W.T for the reset_after=False step: several rows by :func:`step_matmul` (one
-    dot product per row and unit had taken 1 thread, B = 4 / 16, H = 256: 76 / 298 µs a step), one row
-    by dot products over W's rows, which reassoc vectorises (the matmul path read slower at H = 1024)."""
-    if n > 1:
-        step_matmul(W, x, out, buf, n, small, tiled_max)
+def _reset_before_products(W, Wp, x, out, buf, n, small, tiled_max):
+    """out[:n] = x[:n] @ W.T for the reset_after=False step: on packed panels Wp, or several rows by
+    :func:`step_matmul` (one dot product per row and unit had taken 1 thread, B = 4 / 16, H = 256: 76 /
+    298 µs a step), one row by dot products over W's rows, which reassoc vectorises (the matmul path
+    read slower at H = 1024)."""
+    if Wp.shape[0] > 0 or n > 1:
+        step_matmul(W, Wp, x, out, buf, n, small, tiled_max)
         return
     x0 = x[0]
     o = out[0]
