@@ -14,9 +14,10 @@ L2, 2–16 rows at any size, more rows up to H = 512 (the backward's products at
 against the routes below (T = 128, one thread, float32, 2-vCPU Intel): B = 16, H = 256 1.30–1.48×;
 B = 64, H = 256 1.19–1.20×; B = 16, H = 1024 1.15–1.29×; B = 8, H = 512 1.34×; B = 1, H = 256 1.31×; B = 2–8
 at H = 128–256 1.13–1.20×; H = 64 level. Otherwise the product goes by :func:`recurrent_matmul`, by
-shape: a register-blocked Numba matmul for B = 2–16, and for B = 1 while W_hh fits L2
-(:func:`small_rows_matmul`), in tiles once W leaves L2; a BLAS GEMV at B = 1 for H > 256; a BLAS GEMM in
-the orientation BLAS runs fastest beyond (:func:`rows_matmul_T`). (The panels replaced a route through
+shape: for B = 2–32 up to H = 512 (and up to ``tiled_max`` rows beyond) the dot-product block on the
+unpacked weights (:mod:`~numgru.kernels.dotblock`; bfloat16 weights: :func:`small_rows_matmul`, in tiles
+once W leaves L2), for B = 1 while W_hh fits L2 :func:`small_rows_matmul`; a BLAS GEMV at B = 1 for
+H > 256; a BLAS GEMM in the orientation BLAS runs fastest beyond (:func:`rows_matmul_T`). (The panels replaced a route through
 OpenBLAS's small-matrix kernels, ``h @ W_hh.T`` on a transposed copy of W_hh, which they beat at every
 shape it took.) ``parallel=True``
 spreads the gate loops over rows. With several threads, inference at small and middle batches instead
@@ -33,6 +34,7 @@ from numba.extending import overload
 from ._jit import FASTMATH, device, inline, kernel, parallel_kernel, wide_vectors
 from .activations import clip_pre, clipped, gate, one_like, sigmoid_fast, tanh_fast
 from .bf16 import is_bfloat16, is_bfloat16_array, wget
+from .dotblock import dot_rows
 from .panel import aligned_zeros, pack_panels, packed_depth, panel_matmul, panel_rows, panel_width, put_row
 
 
@@ -260,19 +262,54 @@ def tiled_matmul(Wm, h, out, n):
 
 @inline
 def recurrent_matmul(Wm, h, out, buf, n, tiled_max):
-    """out[:n] = h[:n] @ Wm.T, by the fastest measured route for the shape (Wm C-contiguous).
+    """out[:n] = h[:n] @ Wm.T, by the fastest measured route for the shape (Wm C-contiguous): Numba's
+    kernels (:func:`rows_product`) for up to 32 rows while K ≤ 512, BLAS beyond.
 
-    ``tiled_max``: most rows for the tiled Numba matmul once W leaves L2 (more go to BLAS, which
-    threads itself; the caller passes 4 when BLAS has several threads to use, else 16); −1: never
-    BLAS (for callers already running on several of Numba's threads)."""
+    ``tiled_max``: most rows for Numba's kernels past K = 512 (more go to BLAS, which threads itself;
+    the caller passes 4 when BLAS has several threads to use, else 16); −1: never BLAS (for callers
+    already running on several of Numba's threads). The choice depends on the thread count only past
+    K = 512, as :func:`use_panels`'s does."""
     K = Wm.shape[1]
-    if 2 <= n <= 16 and K <= 512 or n == 1 and K <= 256:
+    if n == 1 and K <= 256:
         # n = 1 with W_hh in L2 (H ≤ 256): 1.2–1.25× over BLAS's GEMV at H = 64 and 256
         small_rows_matmul(Wm, h, out, n)
-    elif tiled_max < 0 or 2 <= n <= tiled_max:  # W beyond L2: tiles of W pass once, all rows against each
-        tiled_matmul(Wm, h, out, n)
+    elif 2 <= n <= 32 and K <= 512:
+        rows_product(Wm, h, out, n, False)
+    elif tiled_max < 0 or 2 <= n <= tiled_max:  # W beyond L2: read once, all rows against each part
+        rows_product(Wm, h, out, n, True)
     else:
         blas_matmul_T(Wm, h, out, buf, n)
+
+
+def rows_product(Wm, h, out, n, tiled):
+    """out[:n] = h[:n] @ Wm.T in Numba, for the rows a step multiplies without packed panels. Float
+    weights and n ≥ 2: :func:`~numgru.kernels.dotblock.dot_rows` (h best lined up with Wm's rows,
+    :func:`~numgru.kernels.dotblock.aligned_like`); else :func:`small_rows_matmul`, on tiles of
+    :data:`TILE` rows of Wm when ``tiled`` (Wm beyond L2). Measured per product on the 2-vCPU Intel
+    machine (one thread, float32, M = 3K, against small_rows_matmul whole or tiled as the shape took
+    it): K = 256, n = 2 / 4 / 8 / 16 / 32 2.4–2.9× / 1.5–1.7× / 1.2–1.8× / 1.3–1.8× / 1.3–1.4×;
+    K = 64 1.05–1.5×; K = 1024 (W from L3), n = 2 / 8 / 16 1.4× / 1.2–1.4× / 1.2–1.5×, n = 4
+    0.85–1.04×."""
+    if Wm.dtype != np.uint16 and n > 1:
+        dot_rows.py_func(h, Wm, out, n)
+    elif tiled:
+        tiled_matmul.py_func(Wm, h, out, n)
+    else:
+        small_rows_matmul.py_func(Wm, h, out, n)
+
+
+@overload(rows_product, jit_options={"fastmath": set(FASTMATH)})
+def _ol_rows_product(Wm, h, out, n, tiled):
+    bf16 = is_bfloat16_array(Wm)
+
+    def impl(Wm, h, out, n, tiled):
+        if not bf16 and n > 1:
+            dot_rows(h, Wm, out, n)
+        elif tiled:
+            tiled_matmul(Wm, h, out, n)
+        else:
+            small_rows_matmul(Wm, h, out, n)
+    return impl
 
 
 def blas_matmul_T(Wm, h, out, buf, n):

@@ -1,0 +1,296 @@
+"""A register-blocked matmul on unpacked weights, x @ W.T by dot products: a step's product when the
+weights are read live.
+
+A float model's steps (GRUCell, streams) multiply a few rows by weights that optimizers and
+``load_state_dict`` change in place, so they cannot keep packed panels (:mod:`~numgru.kernels.panel`)
+from one call to the next, and packing per step costs more than the product. This kernel reads W
+(M, K) as it lies, row by row, like a dot-product kernel, but keeps a block of ``MR`` rows of x by
+``NR`` rows of W in vector registers: each accumulator holds L partial sums over k (L lanes per vector),
+one load of x and one of W feed NR and MR fused multiply-adds. A plain dot-product kernel then needs a
+horizontal sum per output; here the block has MR·NR = L accumulators, and one tree of shuffles and adds
+(L − 1 pairwise steps, each halving the lanes per accumulator) turns all of them into one vector whose
+lane r·NR + c is the sum for output (r, c) — about three instructions per output instead of
+log2(L) + 1 shuffles and adds each. LLVM's vectoriser does neither (:func:`small_rows_matmul
+<numgru.kernels.forward.small_rows_matmul>`, its best arrangement of Numba loops, sums each of its
+eight accumulators on its own), so the block is written as LLVM IR, like the panel block.
+
+Blocking: rows of x in groups of :data:`GROUP_ROWS`; for each block of NR rows of W, k in chunks whose
+share of the group's rows (:data:`CHUNK_BYTES`) stays in L1 while the W rows' chunk passes over every
+block of the group, so W is read once per group from wherever it lies (L2 up to H ≈ 256 in float32) and
+x from L1. A chunk after the first adds its sums to the output. Rows of W past M − 1 and rows of x past
+n − 1 are clamped to the last one (computed, not stored), columns past M masked at the store, k past K
+masked at the load. Vector loads that straddle two 64-byte lines ran the block at 55–75 % of its speed,
+and NumPy aligns arrays to 16 bytes only: the block first runs a masked step up to W's first line
+(when all W's rows start alike), and :func:`dot_rows` copies x to line up with W when it does not.
+
+Sizes: blocks of MR = 4 rows by NR = L / 4 (4 + NR loads per L multiply-adds), or MR = 2 by L / 2 for
+one or two rows, which would leave half a block of 4 idle; L accumulators (AVX-512: 16 of 16 float32 or
+8 of 8 float64) fit every target's registers.
+
+Measured per product on the 2-vCPU Intel machine (Emerald Rapids, one thread, float32, M = 3K, against
+:func:`~numgru.kernels.forward.small_rows_matmul`, whole or in tiles as the shape took it; GFLOP/s):
+K = 256, n = 2 / 4 / 8 / 16 / 32 67–96 / 80–118 / 102–123 / 121–137 / 105–121 against 28–34 / 53–71 /
+59–89 / 62–91 / 74–95; K = 64, n = 4–32 36–86 against 34–62; K = 1024 (W from L3), n = 2 / 8 / 16 25–30 /
+68–85 / 72–98 against 18–20 / 50–60 / 50–77, n = 4 45–56 against 44–56. The packed panels reach
+150–170 on the same shapes once packed. Whole steps from Python (``stream.step``, paired against the
+small_rows_matmul routes in one process, alternating): 1 thread, H = 256, B = 2 / 4 / 16 / 32 1.47× /
+1.31× / 1.58× / 1.30× (reset_after=False: B = 4 / 16 1.35× / 1.60×); H = 64, B = 16 1.41×; H = 1024,
+B = 4 / 16 1.10× / 1.39×; a forward of T = 2 steps at B = 16, H = 64 / 256 1.12× / 1.15×. The step split
+over two threads (:func:`~numgru.kernels.step.gru_step_cols`) keeps the tiled matmul: this block in its
+slices of W ran B = 1 / 16, H = 256 at 0.85× / 0.92×.
+"""
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from ._jit import device
+from .panel import _float_type, _shape_for, aligned_zeros
+
+#: rows of x per group: W is read once per group, a k-chunk of the group's rows stays in L1
+GROUP_ROWS = 16
+#: bytes of one group's k-chunk of x (rows × chunk × item size), which stays in L1
+CHUNK_BYTES = 16384
+
+
+def _tree_sum(builder, vs, L):
+    """One vector from L vectors of L lanes: lane q = the sum of vs[q]'s lanes. Each step pairs two
+    vectors whose lanes form segments of width w (one segment per input vector) and halves the
+    segments: the low and high halves of every segment, gathered by two shuffles, are added."""
+    w = L
+    while len(vs) > 1:
+        half = w // 2
+        lo = []
+        hi = []
+        for base in (0, L):  # first operand's lanes, then the second's
+            for s in range(L // w):
+                lo += [base + s * w + t for t in range(half)]
+                hi += [base + s * w + half + t for t in range(half)]
+        i32 = ir.IntType(32)
+        lo_c = ir.Constant(ir.VectorType(i32, L), lo)
+        hi_c = ir.Constant(ir.VectorType(i32, L), hi)
+        vs = [builder.fadd(builder.shuffle_vector(a, b, lo_c), builder.shuffle_vector(a, b, hi_c))
+              for a, b in zip(vs[0::2], vs[1::2])]
+        w = half
+    return vs[0]
+
+
+def _emit_dot(context, builder, fty, x_ptr, ldx, w_ptr, ldw, o_ptr, ldo, n, M, K):
+    """Emit out[i, j] = Σ_k x[i, k] · W[j, k] for i < n, j < M (sizes and row strides in elements, intp
+    values; x[i, k] at x_ptr[i·ldx + k], W[j, k] at w_ptr[j·ldw + k], out[i, j] at o_ptr[i·ldo + j]);
+    n, M, K ≥ 1."""
+    intp = cgutils.intp_t
+    i32 = ir.IntType(32)
+    size = context.get_abi_sizeof(fty)
+    L = _shape_for(context, size)[0]
+    suffix = "f32" if size == 4 else "f64"
+    vty = ir.VectorType(fty, L)
+    mask_t = ir.VectorType(ir.IntType(1), L)
+
+    def const(v):
+        return ir.Constant(intp, v)
+
+    def fn(name, ret, args):
+        return cgutils.get_or_insert_function(builder.module, ir.FunctionType(ret, args), name)
+
+    fma = fn("llvm.fma.v%d%s" % (L, suffix), vty, [vty, vty, vty])
+    mload = fn("llvm.masked.load.v%d%s.p0" % (L, suffix), vty, [vty.as_pointer(), i32, mask_t, vty])
+    zero = ir.Constant(vty, None)
+    accs = [cgutils.alloca_once(builder, vty) for _ in range(L)]  # promoted to registers
+
+    def splat(x, ty, n_lanes):
+        v = builder.insert_element(ir.Constant(ty, ir.Undefined), x, ir.Constant(i32, 0))
+        return builder.shuffle_vector(v, ir.Constant(ty, ir.Undefined),
+                                      ir.Constant(ir.VectorType(i32, n_lanes), None))
+
+    def lane_mask(limit, n_lanes):
+        """Lanes t < limit (an intp value) of an n_lanes vector."""
+        vint = ir.VectorType(intp, n_lanes)
+        return builder.icmp_signed("<", ir.Constant(vint, list(range(n_lanes))), splat(limit, vint, n_lanes))
+
+    def smin(a, b):
+        return builder.select(builder.icmp_signed("<", a, b), a, b)
+
+    def vptr(p):
+        return builder.bitcast(p, vty.as_pointer())
+
+    G = GROUP_ROWS
+    # k per chunk: the group's rows of x for one chunk fill CHUNK_BYTES (fewer rows, longer chunks)
+    rows = smin(n, const(G))
+    KC = builder.mul(builder.sdiv(builder.sdiv(const(CHUNK_BYTES // size), rows), const(L)), const(L))
+    KC = builder.select(builder.icmp_signed("<", KC, const(L)), const(L), KC)
+    last_row = builder.sub(n, const(1))
+    last_col = builder.sub(M, const(1))
+    # the first kh values of k run as one masked step, so that the vector loads of W's rows start on
+    # 64-byte lines where all its rows lie alike (row stride a multiple of 64 bytes): NumPy aligns
+    # arrays to 16 bytes, and loads that straddle two lines ran the block at 55-65 % of its speed
+    line = const(64)
+    mis = builder.srem(builder.ptrtoint(w_ptr, intp), line)
+    kh = builder.sdiv(builder.srem(builder.sub(line, mis), line), const(size))
+    alike = builder.icmp_signed("==", builder.srem(builder.mul(ldw, const(size)), line), const(0))
+    kh = builder.select(builder.and_(alike, builder.icmp_signed("<", kh, K)), kh, const(0))
+    head = builder.icmp_signed(">", kh, const(0))
+    hmask = lane_mask(kh, L)
+
+    def nest(MR):
+        """The loops for blocks of MR rows of x by NR = L / MR rows of W."""
+        NR = L // MR
+        oty = ir.VectorType(fty, NR)
+        omask_t = ir.VectorType(ir.IntType(1), NR)
+        omload = fn("llvm.masked.load.v%d%s.p0" % (NR, suffix), oty, [oty.as_pointer(), i32, omask_t, oty])
+        omstore = fn("llvm.masked.store.v%d%s.p0" % (NR, suffix), ir.VoidType(),
+                     [oty, oty.as_pointer(), i32, omask_t])
+        ozero = ir.Constant(oty, None)
+        with cgutils.for_range_slice(builder, const(0), n, const(G), intp) as (g0, _):
+            g1 = smin(builder.add(g0, const(G)), n)
+            with cgutils.for_range_slice(builder, const(0), M, const(NR), intp) as (j0, _):
+                wrows = [builder.gep(w_ptr, [builder.mul(smin(builder.add(j0, const(c)), last_col), ldw)])
+                         for c in range(NR)]
+                cols_left = builder.sub(M, j0)
+                full_cols = builder.icmp_signed(">=", cols_left, const(NR))
+                omask = lane_mask(cols_left, NR)
+                with cgutils.for_range_slice(builder, kh, K, KC, intp) as (k0, _):
+                    k1 = smin(builder.add(k0, KC), K)
+                    kfull = builder.sub(k1, builder.srem(builder.sub(k1, k0), const(L)))
+                    tail = builder.icmp_signed("<", kfull, k1)
+                    kmask = lane_mask(builder.sub(k1, kfull), L)
+                    first = builder.icmp_signed("==", k0, kh)
+                    first_head = builder.and_(first, head)
+                    with cgutils.for_range_slice(builder, g0, g1, const(MR), intp) as (i0, _):
+                        xrows = [builder.gep(x_ptr, [builder.mul(smin(builder.add(i0, const(r)), last_row), ldx)])
+                                 for r in range(MR)]
+                        for acc in accs:
+                            builder.store(zero, acc)
+
+                        def fmas(xs, ws):
+                            for r in range(MR):
+                                for c in range(NR):
+                                    acc = accs[r * NR + c]
+                                    builder.store(builder.call(fma, [xs[r], ws[c], builder.load(acc)]), acc)
+
+                        def masked(k, mask):
+                            return ([builder.call(mload, [vptr(builder.gep(p, [k])), ir.Constant(i32, size), mask,
+                                                          zero]) for p in xrows],
+                                    [builder.call(mload, [vptr(builder.gep(p, [k])), ir.Constant(i32, size), mask,
+                                                          zero]) for p in wrows])
+
+                        with cgutils.if_unlikely(builder, first_head):  # k < kh, up to W's first line
+                            fmas(*masked(const(0), hmask))
+                        with cgutils.for_range_slice(builder, k0, kfull, const(L), intp) as (k, _):
+                            xs = [builder.load(vptr(builder.gep(p, [k])), align=size) for p in xrows]
+                            ws = [builder.load(vptr(builder.gep(p, [k])), align=size) for p in wrows]
+                            fmas(xs, ws)
+                        with cgutils.if_unlikely(builder, tail):  # k past K: masked loads (zeros)
+                            fmas(*masked(kfull, kmask))
+                        sums = _tree_sum(builder, [builder.load(a) for a in accs], L)
+                        for r in range(MR):
+                            i = builder.add(i0, const(r))
+                            with builder.if_then(builder.icmp_signed("<", i, n), likely=True):
+                                part = builder.shuffle_vector(
+                                    sums, ir.Constant(vty, ir.Undefined),
+                                    ir.Constant(ir.VectorType(i32, NR), [r * NR + c for c in range(NR)]))
+                                optr = builder.bitcast(builder.gep(o_ptr, [builder.add(builder.mul(i, ldo), j0)]),
+                                                       oty.as_pointer())
+                                with builder.if_else(full_cols, likely=True) as (whole, edge):
+                                    with whole:  # the first chunk writes, later ones add
+                                        with builder.if_else(first) as (w_first, w_more):
+                                            with w_first:
+                                                builder.store(part, optr, align=size)
+                                            with w_more:
+                                                builder.store(builder.fadd(part, builder.load(optr, align=size)),
+                                                              optr, align=size)
+                                    with edge:  # the last block of columns, past M − 1
+                                        old = builder.call(omload, [optr, ir.Constant(i32, size), omask, ozero])
+                                        val = builder.select(first, part, builder.fadd(part, old))
+                                        builder.call(omstore, [val, optr, ir.Constant(i32, size), omask])
+
+    # blocks of 4 rows (4 + NR loads per L multiply-adds); 2 for two rows, which would leave half a
+    # block of 4 idle
+    mr_big = min(4, L)
+    with builder.if_else(builder.icmp_signed("<=", n, const(2))) as (few, many):
+        with few:
+            nest(min(2, L))
+        with many:
+            nest(mr_big)
+
+
+def _operand(a):
+    return isinstance(a, types.Array) and a.ndim == 2 and a.layout in "CA" and _float_type(a.dtype)
+
+
+@intrinsic
+def _dot_block(typingctx, x, W, out, n):
+    """out[:n, :M] = x[:n] @ W.T for M = W.shape[0] (see :func:`dot_rows`, which checks the shapes
+    and that rows are contiguous)."""
+    if not (_operand(x) and _operand(W) and _operand(out)) or len({x.dtype, W.dtype, out.dtype}) != 1:
+        return None
+    if not isinstance(n, types.Integer):
+        return None
+    sig = types.void(x, W, out, types.intp)
+
+    def codegen(context, builder, sig, args):
+        fty = context.get_value_type(sig.args[0].dtype)
+        X = context.make_array(sig.args[0])(context, builder, args[0])
+        Wa = context.make_array(sig.args[1])(context, builder, args[1])
+        O = context.make_array(sig.args[2])(context, builder, args[2])
+        size = ir.Constant(cgutils.intp_t, context.get_abi_sizeof(fty))
+
+        def ld(a):
+            return builder.sdiv(cgutils.unpack_tuple(builder, a.strides, 2)[0], size)
+        M = cgutils.unpack_tuple(builder, Wa.shape, 2)[0]
+        K = cgutils.unpack_tuple(builder, X.shape, 2)[1]
+        _emit_dot(context, builder, fty, X.data, ld(X), Wa.data, ld(Wa), O.data, ld(O), args[3], M, K)
+        return context.get_dummy_value()
+    return sig, codegen
+
+
+@device
+def dot_rows(x, W, out, n):
+    """out[:n, :M] = x[:n] @ W.T for W (M, K), x (≥ n, K), out (≥ n, ≥ M), one float dtype, each with
+    contiguous rows (C-contiguous, or a slice of rows or columns of such an array). Nothing else of out
+    is written. The shapes are checked here: the block reads raw pointers."""
+    M = W.shape[0]
+    K = W.shape[1]
+    if n < 0 or n > x.shape[0] or n > out.shape[0] or x.shape[1] != K or out.shape[1] < M:
+        raise ValueError("dot_rows: shapes do not match")
+    if n == 0 or M == 0:
+        return
+    if K > 0 and (x.strides[1] != x.itemsize or W.strides[1] != W.itemsize or x.strides[0] < 0 or
+                  W.strides[0] < 0) or out.strides[1] != out.itemsize or out.strides[0] < 0:
+        raise ValueError("dot_rows: shapes do not match (rows must be contiguous)")
+    if K == 0:
+        for i in range(n):
+            for j in range(M):
+                out[i, j] = 0
+        return
+    if lines_up(x, W):
+        _dot_block(x, W, out, n)
+    else:
+        _dot_block(aligned_like(x, W, n), W, out, n)
+
+
+@device
+def lines_up(x, W):
+    """Whether x's rows start where W's do within a 64-byte line (or W's rows do not all start alike,
+    or x's rows are not as long as W's)."""
+    return W.strides[0] % 64 != 0 or x.shape[1] != W.shape[1] or \
+        x.ctypes.data % 64 == W.ctypes.data % 64 and x.strides[0] % 64 == 0
+
+
+@device
+def aligned_like(x, W, n):
+    """x[:n], or a copy of it whose rows start where W's do within a 64-byte line, so that the block
+    loads whole lines of both once it has run up to W's first line (x's loads straddling lines ran it
+    at 70-75 % of its speed)."""
+    if lines_up(x, W):
+        return x[:n]
+    K = x.shape[1]
+    # W's rows all start alike, so K values make whole lines and the copy's rows line up too
+    off = W.ctypes.data % 64 // x.itemsize
+    xa = aligned_zeros(n * K + 64 // x.itemsize, x.dtype)[off:off + n * K].reshape((n, K))
+    for i in range(n):
+        xi = x[i]
+        ai = xa[i]
+        for k in range(K):
+            ai[k] = xi[k]
+    return xa
