@@ -4,6 +4,9 @@ Checked against tests/reference.py and against the single-thread route, with mor
 thread so the route really runs (a spy counts its calls).
 """
 import itertools
+import os
+import subprocess
+import sys
 
 import numba
 import numpy as np
@@ -46,7 +49,7 @@ def _model(I, H, L, bi, dtype, gate="sigmoid", clip=None, seed=0):
 # batches too small for the rows route (fewer than 4 rows per thread); H = 400 splits into uneven unit
 # blocks (208 + 192), H = 256 into equal ones
 CASES = list(itertools.product([(3, 400), (4, 256)], [False, True], [np.float32, np.float64],
-                               [False, True]))
+                               [False, True])) + [((1, 256), False, np.float32, False)]  # one row, on panels
 
 
 @pytest.mark.parametrize("shape, bi, dtype, with_lengths", CASES)
@@ -131,3 +134,40 @@ def test_small_rows_matmul_all_row_counts(rng):
         run(W, h, out, n)
         np.testing.assert_allclose(out[:n], h[:n] @ W.T, atol=1e-12, rtol=0)
         assert not out[n:].any()
+
+
+_WORKERS_PROBE = r"""
+import sys, numba, numpy as np
+from numgru.kernels.dispatch import gate_scalars
+from numgru.kernels.forward import gru_forward_cols, gru_forward_serial
+numba.set_num_threads(int(sys.argv[1]))
+rng = np.random.default_rng(0)
+for B, H, nc in [(1, 200, 3), (4, 200, 3), (5, 96, 2), (2, 48, 4)]:
+    T = 9
+    gx = rng.standard_normal((T, B, 3 * H)).astype(np.float32)
+    W = (rng.standard_normal((3 * H, H)) / np.sqrt(H)).astype(np.float32)
+    b = rng.standard_normal(3 * H).astype(np.float32)
+    h0 = rng.standard_normal((B, H)).astype(np.float32)
+    lengths = np.sort(rng.integers(0, T + 1, B))[::-1].copy()
+    gs = gate_scalars(np.dtype(np.float32), 0, 0.2, 0.5, None)
+    y1, h1 = np.full((T, B, H), np.nan, np.float32), np.empty((B, H), np.float32)
+    y2, h2 = np.full((T, B, H), np.nan, np.float32), np.empty((B, H), np.float32)
+    gru_forward_cols(gx, W, b, h0, lengths, True, False, *gs, y1, 0, h1, nc)
+    gru_forward_serial(gx, W, b, h0, lengths, True, False, True, *gs, y2, 0, h2, False,
+                       np.empty((0, 0, 0), np.float32), 16, 0, B)
+    np.testing.assert_allclose(y1, y2, atol=2e-6, rtol=0)
+    np.testing.assert_allclose(h1, h2, atol=2e-6, rtol=0)
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_columns_with_more_workers_than_threads(threads):
+    """The column route's workers meet every step; one whose thread has not started (here: more workers
+    than threads, so some run only after others finish) has its blocks taken by the running ones, so
+    the call completes, with the serial kernel's results. In a subprocess with a timeout: a worker
+    waiting on one that never runs would hang."""
+    out = subprocess.run([sys.executable, "-c", _WORKERS_PROBE, str(threads)], capture_output=True, text=True,
+                         timeout=600, env=dict(os.environ, NUMBA_NUM_THREADS="2"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "ok"

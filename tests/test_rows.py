@@ -135,7 +135,8 @@ def test_rows_equal_single_thread_route(spy, rng):
     (2, 256, True, False, "columns"),    # B ≥ 2 with H ≥ 256, below B·H = 1024
     (4, 128, True, False, None),         # B·H = 512 at H = 128: too little work per step
     (1, 512, True, False, None),         # W_hh beyond L2, one thread's share not in its L2
-    (1, 256, True, False, None),         # one row, W_hh in L2: serial
+    (1, 256, True, False, "columns"),    # one row, 768 KB of W_hh: half in each core's L2
+    (1, 192, True, False, None),         # one row, 432 KB of W_hh: serial
     (4, 256, False, False, None),        # columns: reset_after only
     (4, 256, True, True, None),          # columns: inference only
 ])
@@ -147,7 +148,9 @@ def test_forward_route_rules(two_threads, monkeypatch, B, H, reset_after, store,
 @pytest.mark.parametrize("H, itemsize, want", [
     (384, 4, "columns"),                 # 1.7 MB of W_hh: beyond one L2, 0.85 MB per thread
     (512, 4, None),                      # 3 MB: 1.5 MB per thread
-    (256, 4, None),                      # 768 KB sits in one L2: serial
+    (256, 4, "columns"),                 # 768 KB: halves on two cores run faster
+    (192, 4, None),                      # 432 KB: serial
+    (256, 2, None),                      # bfloat16, 384 KB: serial
     (384, 2, "columns"),                 # bfloat16
     (512, 2, "columns"),
     (768, 2, None),
@@ -207,10 +210,10 @@ def test_one_thread_takes_no_threaded_route():
         numba.set_num_threads(before)
 
 
-@pytest.mark.parametrize("T, B, H", [(128, 1, 256), (2048, 1, 64), (1024, 2, 128), (512, 4, 64)])
+@pytest.mark.parametrize("T, B, H", [(128, 1, 192), (2048, 1, 64), (1024, 2, 128), (512, 4, 64)])
 def test_smallest_batches_run_serial(two_threads, T, B, H):
-    # B·H ≤ 256: the serial kernel (a route that projected the next chunk of steps on another thread
-    # lost to it once the steps ran on packed panels)
+    # B·H ≤ 256 and W_hh within 512 KB: the serial kernel (a route that projected the next chunk of
+    # steps on another thread lost to it once the steps ran on packed panels)
     assert dispatch.forward_route(B, H, True, False, T=T) is None
 
 

@@ -17,9 +17,9 @@ at H = 128–256 1.13–1.20×; H = 64 level. Otherwise the product goes by :fun
 shape: for B = 2–32 up to H = 512 (and up to ``tiled_max`` rows beyond) the dot-product block on the
 unpacked weights (:mod:`~numgru.kernels.dotblock`; bfloat16 weights: :func:`small_rows_matmul`, in tiles
 once W leaves L2), for B = 1 while W_hh fits L2 :func:`small_rows_matmul`; a BLAS GEMV at B = 1 for
-H > 256; a BLAS GEMM in the orientation BLAS runs fastest beyond (:func:`rows_matmul_T`). (The panels replaced a route through
-OpenBLAS's small-matrix kernels, ``h @ W_hh.T`` on a transposed copy of W_hh, which they beat at every
-shape it took.) ``parallel=True``
+H > 256; a BLAS GEMM in the orientation BLAS runs fastest beyond (:func:`rows_matmul_T`). (The panels
+replaced a route through OpenBLAS's small-matrix kernels, ``h @ W_hh.T`` on a transposed copy of W_hh,
+which they beat at every shape it took.) ``parallel=True``
 spreads the gate loops over rows. With several threads, inference at small and middle batches instead
 runs :func:`_gru_forward_rows` (the batch split into row chunks, each a whole sequence on one thread)
 or :func:`_gru_forward_cols` (each step split over hidden units); see :mod:`numgru.kernels.dispatch`.
@@ -36,6 +36,7 @@ from .activations import clip_pre, clipped, gate, one_like, sigmoid_fast, tanh_f
 from .bf16 import is_bfloat16, is_bfloat16_array, wget
 from .dotblock import dot_rows
 from .panel import aligned_zeros, pack_panels, packed_depth, panel_matmul, panel_rows, panel_width, put_row
+from .sync import atomic_add, atomic_cas, atomic_load, spin_pause
 
 
 @inline
@@ -325,6 +326,10 @@ def _ol_blas_matmul_T(Wm, h, out, buf, n):
     return lambda Wm, h, out, buf, n: rows_matmul_T(Wm, h, out, buf, n)
 
 
+#: most bytes of a block's rows of W_hh that the column route packs into panels for one row
+#: (2 threads, T = 128, µs a step, panels against tiles: H = 256 / 384 / 512 5.2 / 11.5 / 25 against
+#: 8.0 / 13.7 / 37, blocks of 0.4 / 0.9 / 1.5 MB; H = 1024, 6 MB, 274 against 229)
+COLS_B1_PANEL_BYTES = 1 << 21
 PANEL_MIN_T = 4  # steps that repay packing W_hh into panels (one pass over it)
 PANEL_MAX_VALUES = 1 << 22  # largest weight matrix packed (16 MB in float32: H = 1024 is 3·2²⁰ values)
 
@@ -588,41 +593,54 @@ def _gru_forward_rows(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, reset_a
 
 
 @inline
-def _chunk_after(gxb, ar, az, an, b_hh, hcb, hnb, yb, col0, j0, m, H, kind, alpha, beta, use_clip, clip):
+def _chunk_after(gxb, ar, az, an, b_hh, hcb, hnb, j0, m, H, kind, alpha, beta, use_clip, clip):
     """Gates of units j0 … j0+m−1 of one row, reset_after=True; ar/az/an hold (W_hh h) for those units.
-    Writes hnb and yb (from col0) for those units only."""
+    Writes hnb for those units only. The loops index slices that start at the block: an index j0 + jj
+    into the whole row is checked for wraparound at every use (j0 could be negative, for all LLVM
+    knows), which kept the loop scalar (B = 4, H = 256: 16 µs a step against 1.5)."""
     H2 = 2 * H
+    g_r = gxb[j0:j0 + m]
+    g_z = gxb[H + j0:H + j0 + m]
+    g_n = gxb[H2 + j0:H2 + j0 + m]
+    b_r = b_hh[j0:j0 + m]
+    b_z = b_hh[H + j0:H + j0 + m]
+    b_n = b_hh[H2 + j0:H2 + j0 + m]
+    hc = hcb[j0:j0 + m]
+    hn = hnb[j0:j0 + m]
     if kind == 0 and not use_clip:
-        for jj in range(m):
-            j = j0 + jj
-            r = sigmoid_fast(gxb[j] + ar[jj] + b_hh[j])
-            z = sigmoid_fast(gxb[H + j] + az[jj] + b_hh[H + j])
-            n = tanh_fast(gxb[H2 + j] + r * (an[jj] + b_hh[H2 + j]))
-            v = n + z * (hcb[j] - n)
-            hnb[j] = v
-            yb[col0 + j] = v
+        for j in range(m):
+            r = sigmoid_fast(g_r[j] + ar[j] + b_r[j])
+            z = sigmoid_fast(g_z[j] + az[j] + b_z[j])
+            n = tanh_fast(g_n[j] + r * (an[j] + b_n[j]))
+            hn[j] = n + z * (hc[j] - n)
         return
-    for jj in range(m):
-        j = j0 + jj
-        r = gate(clip_pre(gxb[j] + ar[jj] + b_hh[j], use_clip, clip), kind, alpha, beta)
-        z = gate(clip_pre(gxb[H + j] + az[jj] + b_hh[H + j], use_clip, clip), kind, alpha, beta)
-        n = tanh_fast(clip_pre(gxb[H2 + j] + r * (an[jj] + b_hh[H2 + j]), use_clip, clip))
-        v = n + z * (hcb[j] - n)
-        hnb[j] = v
-        yb[col0 + j] = v
+    for j in range(m):
+        r = gate(clip_pre(g_r[j] + ar[j] + b_r[j], use_clip, clip), kind, alpha, beta)
+        z = gate(clip_pre(g_z[j] + az[j] + b_z[j], use_clip, clip), kind, alpha, beta)
+        n = tanh_fast(clip_pre(g_n[j] + r * (an[j] + b_n[j]), use_clip, clip))
+        hn[j] = n + z * (hc[j] - n)
 
 
 def _gru_forward_cols(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, gate_kind, alpha, beta,
                       use_clip, clip, y, col0, h_n, n_chunks):
     """:func:`_gru_forward` for inference with reset_after=True, parallel over blocks of hidden units.
 
-    Same arrays and results as :func:`_gru_forward` (reset_after=True, no tape). Each time step is one parallel
-    region over ``n_chunks`` blocks of units (16-unit multiples): a block computes W_hr, W_hz and W_hn
-    times h for its units on its own rows of W_hh — packed into panels once per call
-    (:func:`block_panels`, B ≥ 2; else :func:`tiled_matmul`) — then those units' gates
-    and new state. A unit's gates need only its own three pre-activations, so blocks never wait
-    on each other inside a step; each thread keeps re-reading the same slice of W_hh, which stays in its
-    core's cache (ONNX Runtime and oneDNN split the step the same way). No BLAS call inside the loop.
+    Same arrays and results as :func:`_gru_forward` (reset_after=True, no tape). Each time step is split
+    into ``n_chunks`` blocks of units (16-unit multiples): a block computes W_hr, W_hz and W_hn times h
+    for its units on its own rows of W_hh — packed into panels once per call (:func:`block_panels`,
+    B ≥ 2; else :func:`tiled_matmul`) — then those units' gates and new state. A unit's gates need only
+    its own three pre-activations, so blocks never wait on each other inside a step; each thread keeps
+    re-reading the same slice of W_hh, which stays in its core's cache (ONNX Runtime and oneDNN split
+    the step the same way). No BLAS call inside the loop.
+
+    One parallel region for the whole sequence (:func:`_cols_worker`): worker c runs block c of every
+    step, and the workers meet between steps on an atomic counter (:mod:`~numgru.kernels.sync`; about
+    70 ns on 2 vCPUs, where entering a region per step had cost more than a small step's product:
+    T = 128, B = 1, H = 256 ran at 0.81× the serial kernel, 1.05–1.13× now). A worker whose thread
+    has not started yet (fewer threads than workers, or a busy pool) has its blocks taken by the
+    running ones, so no worker ever waits on one that is not running. Kernel alone, 2 threads, µs a
+    step against the serial kernel: B = 1, H = 256 / 512 5.2 / 25 against 7.7 / 105 (W_hh in two
+    L2s instead of L3); B = 4 / 16, H = 256 8.7 / 27.5 against 12.7 / 48.8.
     """
     wide_vectors()
     T = gx.shape[0]
@@ -636,38 +654,81 @@ def _gru_forward_cols(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, gate_ki
     h_b = np.empty((B, H), dt)
     # per block and row: W_hr h, W_hz h, W_hn h for the block's units, side by side (cs values each)
     acc = np.empty((nc, B, 3 * cs), dt)
-    # each block's rows of W_hh packed into panels once, one product per block and step (one row: the
-    # one-row product of a slice past L2 waits on L3 either way, and the packing is extra)
-    Wp = block_panels(W_hh, cs, nc) if B >= 2 else np.empty((0, 0, 0, 0), W_hh.dtype)
-    packed = Wp.shape[0] > 0
+    # each block's rows of W_hh packed into panels once, one product per block and step; one row only
+    # while a block's slice fits L2 (past it the one-row product waits on L3 either way, and the
+    # packing is extra)
+    packed = B >= 2 or 3 * cs * H * W_hh.itemsize <= COLS_B1_PANEL_BYTES
+    Wp = block_panels(W_hh, cs, nc) if packed else np.empty((0, 0, 0, 0), W_hh.dtype)
     copy_rows(h0, h_a)
-    for s in range(T):
-        t, hc, hn = step_states(s, T, reverse, h_a, h_b)
-        n_act = active_rows(lengths, t, sorted_desc)
-        for c in prange(nc):
-            wide_vectors()
-            j0 = c * cs
-            m = min(cs, H - j0)
-            a = acc[c]
-            if n_act > 0:
-                if packed:
-                    panel_matmul(hc, Wp[c], a, n_act)
-                else:
-                    for g in range(3):  # this block's rows of W_hr, W_hz, W_hn
-                        tiled_matmul(W_hh[g * H + j0:g * H + j0 + m], hc, a[:, g * cs:g * cs + m], n_act)
-            for b in range(B):
-                hnb = hn[b]
-                hcb = hc[b]
-                yb = y[t, b]
-                if t >= lengths[b]:
-                    for j in range(j0, j0 + m):
-                        hnb[j] = hcb[j]
-                        yb[col0 + j] = 0.0
-                    continue
-                ab = a[b]
-                _chunk_after(gx[t, b], ab[:cs], ab[cs:2 * cs], ab[2 * cs:], b_hh, hcb, hnb, yb, col0, j0, m,
-                             H, gate_kind, alpha, beta, use_clip, clip)
+    # one 64-byte line each: block c's last claimed step, whether worker c has started, steps' blocks done
+    sync = np.zeros(8 * (2 * nc + 1), np.int64)
+    for c in range(nc):
+        sync[8 * c] = -1
+    for w in prange(nc):
+        wide_vectors()
+        _cols_worker(w, nc, cs, sync, gx, W_hh, Wp, b_hh, h_a, h_b, acc, lengths, sorted_desc, reverse,
+                     gate_kind, alpha, beta, use_clip, clip, y, col0)
     copy_rows(h_a if T % 2 == 0 else h_b, h_n)
+
+
+@device
+def _cols_worker(w, nc, cs, sync, gx, W_hh, Wp, b_hh, h_a, h_b, acc, lengths, sorted_desc, reverse,
+                 gate_kind, alpha, beta, use_clip, clip, y, col0):
+    """Worker w of :func:`_gru_forward_cols`: its own block of every step, and any block whose worker
+    has not started. ``sync`` holds, a line apart, ``claimed[c]`` (the last step block c was taken for:
+    a worker takes block c of step s by moving it from s − 1 to s, so each block runs once per step),
+    ``started[c]`` and the count of blocks done over all steps (step s is complete at (s + 1)·nc)."""
+    wide_vectors()
+    T = gx.shape[0]
+    B = gx.shape[1]
+    H = h_a.shape[1]
+    done = 16 * nc
+    atomic_add(sync, 8 * (nc + w), 1)
+    for s in range(T):
+        if atomic_load(sync, done) < (s + 1) * nc:  # else the others ran this step before w started
+            t, hc, hn = step_states(s, T, reverse, h_a, h_b)
+            n_act = active_rows(lengths, t, sorted_desc)
+            for k in range(nc):
+                c = w + k if w + k < nc else w + k - nc
+                if k > 0 and atomic_load(sync, 8 * (nc + c)) != 0:
+                    continue  # its worker runs: leave the block to it, for its cache
+                if not atomic_cas(sync, 8 * c, s - 1, s):
+                    continue
+                _cols_block(c, cs, t, n_act, gx, W_hh, Wp, b_hh, hc, hn, acc[c], lengths, gate_kind, alpha,
+                            beta, use_clip, clip, y, col0, H, B)
+                atomic_add(sync, done, 1)
+            while atomic_load(sync, done) < (s + 1) * nc:
+                spin_pause()
+
+
+@inline
+def _cols_block(c, cs, t, n_act, gx, W_hh, Wp, b_hh, hc, hn, a, lengths, gate_kind, alpha, beta, use_clip,
+                clip, y, col0, H, B):
+    """Block c of step t in :func:`_gru_forward_cols`: its units' three products, then their gates."""
+    j0 = c * cs
+    m = min(cs, H - j0)
+    if n_act > 0:
+        if Wp.shape[0] > 0:
+            panel_matmul(hc, Wp[c], a, n_act)
+        else:
+            for g in range(3):  # this block's rows of W_hr, W_hz, W_hn
+                tiled_matmul(W_hh[g * H + j0:g * H + j0 + m], hc, a[:, g * cs:g * cs + m], n_act)
+    for b in range(B):
+        hnb = hn[b]
+        hcb = hc[b]
+        ys = y[t, b, col0 + j0:col0 + j0 + m]  # slices, so the loops' indices start at 0 (see _chunk_after)
+        hs = hnb[j0:j0 + m]
+        if t >= lengths[b]:
+            hcs = hcb[j0:j0 + m]
+            for j in range(m):
+                hs[j] = hcs[j]
+                ys[j] = 0.0
+            continue
+        ab = a[b]
+        _chunk_after(gx[t, b], ab[:cs], ab[cs:2 * cs], ab[2 * cs:], b_hh, hcb, hnb, j0, m, H, gate_kind,
+                     alpha, beta, use_clip, clip)
+        for j in range(m):
+            ys[j] = hs[j]
 
 
 @kernel

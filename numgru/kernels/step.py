@@ -185,8 +185,10 @@ def gru_step_cols(x, h, W_ih, W_hh, b_ih, b_hh, gate_kind, alpha, beta, use_clip
             gib = gi[b]
             for g in range(3):
                 r0 = g * H + j0
+                gs = gib[r0:r0 + m]  # slices: an index r0 + jj is checked for wraparound, not vectorised
+                bs = b_ih[r0:r0 + m]
                 for jj in range(m):
-                    gib[r0 + jj] += b_ih[r0 + jj]
+                    gs[jj] += bs[jj]
             ob = h_out[b]
-            _chunk_after(gib, a[0, b], a[1, b], a[2, b], b_hh, h[b], ob, ob, 0, j0, m, H, gate_kind, alpha,
-                         beta, use_clip, clip)
+            _chunk_after(gib, a[0, b], a[1, b], a[2, b], b_hh, h[b], ob, j0, m, H, gate_kind, alpha, beta,
+                         use_clip, clip)
