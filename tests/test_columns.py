@@ -49,7 +49,8 @@ def _model(I, H, L, bi, dtype, gate="sigmoid", clip=None, seed=0):
 # batches too small for the rows route (fewer than 4 rows per thread); H = 400 splits into uneven unit
 # blocks (208 + 192), H = 256 into equal ones
 CASES = list(itertools.product([(3, 400), (4, 256)], [False, True], [np.float32, np.float64],
-                               [False, True])) + [((1, 256), False, np.float32, False)]  # one row, on panels
+                               [False, True])) + [((1, 256), False, np.float32, False),  # one row, on panels
+                                                  ((1, 256), True, np.float64, True)]
 
 
 @pytest.mark.parametrize("shape, bi, dtype, with_lengths", CASES)
