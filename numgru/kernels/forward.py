@@ -627,8 +627,9 @@ def _gru_forward_cols(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, gate_ki
 
     Same arrays and results as :func:`_gru_forward` (reset_after=True, no tape). Each time step is split
     into ``n_chunks`` blocks of units (16-unit multiples): a block computes W_hr, W_hz and W_hn times h
-    for its units on its own rows of W_hh — packed into panels once per call (:func:`block_panels`,
-    B ≥ 2; else :func:`tiled_matmul`) — then those units' gates and new state. A unit's gates need only
+    for its units on its own rows of W_hh — packed into panels once per call (:func:`block_panels`;
+    one row only while a block's rows fit :data:`COLS_B1_PANEL_BYTES`, else :func:`tiled_matmul`) —
+    then those units' gates and new state. A unit's gates need only
     its own three pre-activations, so blocks never wait on each other inside a step; each thread keeps
     re-reading the same slice of W_hh, which stays in its core's cache (ONNX Runtime and oneDNN split
     the step the same way). No BLAS call inside the loop.
