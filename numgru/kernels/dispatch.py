@@ -184,16 +184,17 @@ def forward_route(B, H, reset_after, store, T=None, itemsize=4):
         units. reset_after=True, H ≥ 128 and lo ≤ B·H ≤ hi for ``COLS_STATE`` = (lo, hi), or
         B ≥ 2 with H ≥ 256 and B·H ≤ hi, or B = 1 when W_hh takes more than lo bytes but at most hi
         bytes per thread for ``COLS_B1_BYTES`` = (lo, hi): each thread's slice then stays in its core's
-        L2. Since its workers meet between steps inside one parallel region (a region per step had
-        cost more than a small step's product) and a block's gates vectorise, on the 2-vCPU Intel
-        machine (2 threads, T = 128, same process, alternating) against the region per step: B = 2 /
-        4, H = 256 1.33× / 1.48×; B = 4, H = 512 1.34×; B = 16, H = 512 1.05×; H = 1024 1.02×; and
-        against the serial kernel at B = 1: H = 256 1.05–1.13× (lo went from 768 to 512 KB), H = 192
-        0.89×, H = 128 0.74×. Measured on 2 threads (T = 128, reset_after): float32 H = 384 (1.7 MB)
-        3.64 against 5.07 ms for BLAS-threaded steps; bfloat16 H = 384 / 512 2.90 / 4.50 against
-        3.79 / 5.11 ms on one thread's bfloat16 steps; at 3 MB and more per thread (float32 H = 512,
-        bfloat16 H = 768) it drew (within 3 %). Each block's rows of W_hh are packed into panels
-        (B ≥ 2), which raised hi from 4096 to 16384: on the 2-vCPU Intel machine (float32, T = 128,
+        L2. Measured on 2 threads (T = 128, reset_after): float32 H = 384 (1.7 MB) 3.64 against
+        5.07 ms for BLAS-threaded steps; bfloat16 H = 384 / 512 2.90 / 4.50 against 3.79 / 5.11 ms on
+        one thread's bfloat16 steps; at 3 MB and more per thread (float32 H = 512, bfloat16 H = 768)
+        it drew (within 3 %). Since its workers meet between steps inside one parallel region (a
+        region per step had cost more than a small step's product) and a block's gates vectorise, on
+        the 2-vCPU Intel machine (2 threads, T = 128, same process, alternating) against the region
+        per step: B = 2 / 4, H = 256 1.33× / 1.48×; B = 4, H = 512 1.34×; B = 16, H = 512 1.05×;
+        H = 1024 1.02×; and against the serial kernel at B = 1: H = 256 1.05–1.13× (lo went from 768
+        to 512 KB), H = 192 0.89×, H = 128 0.74×. Each block's rows of W_hh are packed into panels
+        (B ≥ 2, or one row while a block fits ``forward.COLS_B1_PANEL_BYTES``), which raised hi from
+        4096 to 16384: on the 2-vCPU Intel machine (float32, T = 128,
         same process, alternating), columns against the routes taken before: B = 8 / 16, H = 1024
         1.43× / 1.13–1.16×; B = 16 / 32, H = 512 1.40× / 1.34×; B = 64, H = 256 1.27×; B = 128,
         H = 128 1.24×; but B = 64, H = 512 1.06× and 0.78–0.83× at B·H = 32768 and beyond (B = 32 /

@@ -45,7 +45,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ._jit import device
-from .panel import _float_type, _shape_for, aligned_zeros
+from .panel import _float_type, _shape_for, _splat, aligned_zeros
 
 #: rows of x per group: W is read once per group, a k-chunk of the group's rows stays in L1
 GROUP_ROWS = 16
@@ -99,15 +99,10 @@ def _emit_dot(context, builder, fty, x_ptr, ldx, w_ptr, ldw, o_ptr, ldo, n, M, K
     zero = ir.Constant(vty, None)
     accs = [cgutils.alloca_once(builder, vty) for _ in range(L)]  # promoted to registers
 
-    def splat(x, ty, n_lanes):
-        v = builder.insert_element(ir.Constant(ty, ir.Undefined), x, ir.Constant(i32, 0))
-        return builder.shuffle_vector(v, ir.Constant(ty, ir.Undefined),
-                                      ir.Constant(ir.VectorType(i32, n_lanes), None))
-
     def lane_mask(limit, n_lanes):
         """Lanes t < limit (an intp value) of an n_lanes vector."""
         vint = ir.VectorType(intp, n_lanes)
-        return builder.icmp_signed("<", ir.Constant(vint, list(range(n_lanes))), splat(limit, vint, n_lanes))
+        return builder.icmp_signed("<", ir.Constant(vint, list(range(n_lanes))), _splat(builder, limit, vint))
 
     def smin(a, b):
         return builder.select(builder.icmp_signed("<", a, b), a, b)

@@ -284,13 +284,9 @@ def recurrent_matmul(Wm, h, out, buf, n, tiled_max):
 
 def rows_product(Wm, h, out, n, tiled):
     """out[:n] = h[:n] @ Wm.T in Numba, for the rows a step multiplies without packed panels. Float
-    weights and n ≥ 2: :func:`~numgru.kernels.dotblock.dot_rows` (h best lined up with Wm's rows,
-    :func:`~numgru.kernels.dotblock.aligned_like`); else :func:`small_rows_matmul`, on tiles of
-    :data:`TILE` rows of Wm when ``tiled`` (Wm beyond L2). Measured per product on the 2-vCPU Intel
-    machine (one thread, float32, M = 3K, against small_rows_matmul whole or tiled as the shape took
-    it): K = 256, n = 2 / 4 / 8 / 16 / 32 2.4–2.9× / 1.5–1.7× / 1.2–1.8× / 1.3–1.8× / 1.3–1.4×;
-    K = 64 1.05–1.5×; K = 1024 (W from L3), n = 2 / 8 / 16 1.4× / 1.2–1.4× / 1.2–1.5×, n = 4
-    0.85–1.04×."""
+    weights and n ≥ 2: :func:`~numgru.kernels.dotblock.dot_rows` (measured against the alternative in
+    :mod:`~numgru.kernels.dotblock`); else :func:`small_rows_matmul`, on tiles of :data:`TILE` rows of
+    Wm when ``tiled`` (Wm beyond L2)."""
     if Wm.dtype != np.uint16 and n > 1:
         dot_rows.py_func(h, Wm, out, n)
     elif tiled:

@@ -206,6 +206,13 @@ def pack_panels(W):
     return Wp
 
 
+def _splat(builder, x, ty):
+    """A vector of type ``ty`` with x in every lane."""
+    i32 = ir.IntType(32)
+    v = builder.insert_element(ir.Constant(ty, ir.Undefined), x, ir.Constant(i32, 0))
+    return builder.shuffle_vector(v, ir.Constant(ty, ir.Undefined), ir.Constant(ir.VectorType(i32, ty.count), None))
+
+
 def _emit_gemm(context, builder, fty, a_ptr, lda, b_ptr, P, o_ptr, ldo, n, M, K, Kp, mc, accumulate, bf16):
     """Emit out[i, j] (+)= Σ_k A[i, k] · W[j, k] for i < n, j < M, with every size and stride in elements
     (intp values):
@@ -245,7 +252,6 @@ def _emit_gemm(context, builder, fty, a_ptr, lda, b_ptr, P, o_ptr, ldo, n, M, K,
         "llvm.masked.load.v%d%s.p0" % (L, suffix))
     zero = ir.Constant(vty, None)
     vint = ir.VectorType(intp, L)
-    splat0 = ir.Constant(ir.VectorType(i32, L), None)
     lane_ids = ir.Constant(vint, list(range(L)))
     # accumulators: allocas in the entry block, which LLVM promotes to registers
     accs = [[[cgutils.alloca_once(builder, vty) for _ in range(NV)] for _ in range(MR)] for _ in range(2)]
@@ -261,8 +267,7 @@ def _emit_gemm(context, builder, fty, a_ptr, lda, b_ptr, P, o_ptr, ldo, n, M, K,
             return builder.bitcast(builder.shl(d, sixteen), vty), builder.bitcast(builder.and_(d, high), vty)
 
     def splat(x, ty):
-        v = builder.insert_element(ir.Constant(ty, ir.Undefined), x, ir.Constant(i32, 0))
-        return builder.shuffle_vector(v, ir.Constant(ty, ir.Undefined), splat0)
+        return _splat(builder, x, ty)
 
     def vec_mask(j):
         """Lanes of the vector at column j that lie inside out (j ≥ 0)."""
