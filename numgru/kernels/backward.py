@@ -119,18 +119,18 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, revers
                 has_prev = t >= 1
                 tp = t - 1
             if has_prev:
-                src = y[tp, b]
+                src = y[tp, b, col0:col0 + H]  # a slice: indexing at col0 + j kept the loop scalar
                 for j in range(H):
-                    hpb[j] = src[col0 + j]
+                    hpb[j] = src[j]
             else:
                 src = h0[b]
                 for j in range(H):
                     hpb[j] = src[j]
             tb = tape[t, b]
-            dyb = dy[t, b]
+            dyb = dy[t, b, col0:col0 + H]
             gb = g_all[b]
             for j in range(H):
-                gb[j] = dhb[j] + dyb[col0 + j]
+                gb[j] = dhb[j] + dyb[j]
             dgxb = dgx[t, b]
             one = one_like(gb[0])
             if kind_is_sigmoid(gate_kind) and not use_clip:
