@@ -498,7 +498,7 @@ class GRU(_Params):
         y_out, hn_out = self._finish(y, h_n, unbatched)
         return y_out, hn_out, tape
 
-    def backward(self, tape, dy=None, dh_n=None):
+    def backward(self, tape, dy=None, dh_n=None, *, input_grad=True):
         """Backpropagation through time.
 
         Parameters
@@ -506,13 +506,19 @@ class GRU(_Params):
         tape : the third value returned by :meth:`forward_train` (of this model).
         dy : dLoss/dy, shaped like y; None means zeros.
         dh_n : dLoss/dh_n, shaped like h_n; None means zeros.
+        input_grad : whether to compute dx (keyword only). False skips the first layer's dLoss/dx, one
+            GEMM of (T·B, 3H) by (3H, I), a sixth of a one-layer step's arithmetic, and returns None in
+            its place: for an input that is data, as PyTorch skips it for a tensor that does not
+            require grad.
 
         Returns
         -------
-        dx : shaped like x; dh0 : shaped like h_n; grads : dict with :meth:`state_dict`'s keys.
+        dx : shaped like x (None without ``input_grad``); dh0 : shaped like h_n;
+        grads : dict with :meth:`state_dict`'s keys.
         """
         if not isinstance(tape, GRUTape) or tape.model is not self:
             raise TypeError("tape: expected the tape returned by this model's forward_train")
+        input_grad = check_bool("input_grad", input_grad)
         if dy is None and dh_n is None:
             raise ValueError("dy, dh_n: give at least one upstream gradient")
         T, B, D, H, L = tape.T, tape.B, self.num_directions, self.hidden_size, self.num_layers
@@ -547,7 +553,9 @@ class GRU(_Params):
         for layer in reversed(range(L)):
             lt = tape.layers[layer]
             x2d = lt.x.reshape(T * B, lt.x.shape[2])
-            dx2d = np.empty((T * B, lt.x.shape[2]), self.dtype)  # the first direction's GEMM writes it
+            want_dx = layer > 0 or input_grad
+            if want_dx:
+                dx2d = np.empty((T * B, lt.x.shape[2]), self.dtype)  # the first direction's GEMM writes it
             for d in range(D):
                 i = layer * D + d
                 W_ih, W_hh, b_ih, b_hh = self._weights(i)
@@ -568,7 +576,8 @@ class GRU(_Params):
                     else:
                         dW_hh[: 2 * H] = _matmul(dgh2[:, : 2 * H].T, hp2)
                         dW_hh[2 * H:] = _matmul(dgh2[:, 2 * H:].T, rhprev.reshape(T * B, H))
-                    matmul_into(dgx2, W_ih, dx2d, d > 0)
+                    if want_dx:
+                        matmul_into(dgx2, W_ih, dx2d, d > 0)
                 else:
                     dW_ih[...] = 0
                     dW_hh[...] = 0
@@ -577,13 +586,19 @@ class GRU(_Params):
                 if self.bias:
                     grads[f"bias_ih{sfx}"] = db_ih
                     grads[f"bias_hh{sfx}"] = db_hh
-            dx = dx2d.reshape(T, B, lt.x.shape[2])
-            if lt.mask is not None:
-                dx *= lt.mask
-            dy_layer = dx
+            if want_dx:
+                dx = dx2d.reshape(T, B, lt.x.shape[2])
+                if lt.mask is not None:
+                    dx *= lt.mask
+                dy_layer = dx
+            else:  # (layer 0: the loop ends here)
+                dy_layer = None
         ordered = {name: grads[name] for name, _ in self._param_items()}
         dx = dy_layer
-        dx, dh0 = _unsort(dx, dh0, tape.perm)
+        dh0 = _unsort_rows(dh0, tape.perm)
+        if dx is None:
+            return None, (dh0[:, 0, :] if tape.unbatched else dh0), ordered
+        dx = _unsort_rows(dx, tape.perm)
         if tape.unbatched:
             return dx[:, 0, :], dh0[:, 0, :], ordered
         if self.batch_first:
@@ -629,11 +644,16 @@ def _sort_by_length(x, h0, lengths, route=None):
 
 def _unsort(a, b, perm):
     """Undo :func:`_sort_by_length` on two (·, B, ·) arrays."""
+    return _unsort_rows(a, perm), _unsort_rows(b, perm)
+
+
+def _unsort_rows(a, perm):
+    """Undo :func:`_sort_by_length` on one (·, B, ·) array."""
     if perm is None:
-        return a, b
+        return a
     inv = np.empty_like(perm)
     inv[perm] = np.arange(perm.size)
-    return np.ascontiguousarray(a[:, inv]), np.ascontiguousarray(b[:, inv])
+    return np.ascontiguousarray(a[:, inv])
 
 
 def _matmul(a, b):
@@ -782,10 +802,12 @@ class GRUCell(_Params):
                        unbatched=unbatched, T=1, B=B)
         return (h_n[0, 0] if unbatched else h_n[0]), tape
 
-    def backward(self, tape, dh1):
-        """Gradients of one step. Returns ``(dx, dh, grads)``."""
+    def backward(self, tape, dh1, *, input_grad=True):
+        """Gradients of one step. Returns ``(dx, dh, grads)``; dx is None with ``input_grad=False``
+        (as in :meth:`GRU.backward`)."""
         if not isinstance(tape, GRUTape) or tape.model is not self:
             raise TypeError("tape: expected the tape returned by this cell's forward_train")
+        input_grad = check_bool("input_grad", input_grad)
         dh1 = as_real_array("dh1", dh1)
         want = (self.hidden_size,) if tape.unbatched else (tape.B, self.hidden_size)
         if dh1.shape != want:
@@ -793,11 +815,10 @@ class GRUCell(_Params):
         inner = GRUTape(model=self._gru, layers=tape.layers, h0=tape.h0, lengths=tape.lengths,
                         unbatched=False, T=1, B=tape.B)
         dh_n = np.ascontiguousarray(dh1.reshape(1, tape.B, self.hidden_size), dtype=self.dtype)
-        dx, dh0, grads = self._gru.backward(inner, None, dh_n)
+        dx, dh0, grads = self._gru.backward(inner, None, dh_n, input_grad=input_grad)
         grads = {k[: -len("_l0")]: v for k, v in grads.items()}
-        if tape.unbatched:
-            return dx[0, 0], dh0[0, 0], grads
-        return dx[0], dh0[0], grads
+        row = (0, 0) if tape.unbatched else 0
+        return (None if dx is None else dx[row]), dh0[row], grads
 
     @classmethod
     def from_torch(cls, cell, dtype=None):

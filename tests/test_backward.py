@@ -176,6 +176,45 @@ def test_backward_errors():
     with pytest.raises(TypeError, match="tape"):
         ng.GRU(3, 4).backward(tape, np.ones((5, 2, 4)))
 
+    with pytest.raises(TypeError, match="input_grad"):
+        g.backward(tape, np.ones((5, 2, 4)), input_grad="no")
+
+
+@pytest.mark.parametrize("layers,bidir,batch_first,use_len,unbatched", [
+    (1, False, False, False, False), (2, True, False, True, False), (3, False, True, True, False),
+    (2, True, True, False, False), (2, False, False, False, True)])
+def test_backward_without_input_grad(layers, bidir, batch_first, use_len, unbatched):
+    """input_grad=False returns dx None and the same dh0 and weight gradients, bit for bit."""
+    g = ng.GRU(3, 5, layers, bidirectional=bidir, batch_first=batch_first, seed=1, dtype=np.float64)
+    rng = np.random.default_rng(2)
+    shape = (6, 3) if unbatched else ((4, 6, 3) if batch_first else (6, 4, 3))
+    x = rng.standard_normal(shape)
+    lengths = np.array([6, 2, 5, 0]) if use_len else None
+    y, h, tape = g.forward_train(x, lengths=lengths)
+    dy, dh = rng.standard_normal(y.shape), rng.standard_normal(h.shape)
+    dx, dh0, grads = g.backward(tape, dy, dh)
+    none, dh0_b, grads_b = g.backward(tape, dy, dh, input_grad=False)
+    assert none is None and dx.shape == x.shape
+    np.testing.assert_array_equal(dh0_b, dh0)
+    assert list(grads_b) == list(grads)
+    for k in grads:
+        np.testing.assert_array_equal(grads_b[k], grads[k], err_msg=k)
+
+
+def test_cell_backward_without_input_grad():
+    c = ng.GRUCell(3, 4, seed=0, dtype=np.float64)
+    rng = np.random.default_rng(0)
+    for x, h in ((rng.standard_normal((2, 3)), rng.standard_normal((2, 4))),
+                 (rng.standard_normal(3), rng.standard_normal(4))):
+        h1, tape = c.forward_train(x, h)
+        dh1 = np.ones_like(h1)
+        dx, dh, grads = c.backward(tape, dh1)
+        none, dh_b, grads_b = c.backward(tape, dh1, input_grad=False)
+        assert none is None and dx.shape == x.shape and dh_b.shape == h.shape
+        np.testing.assert_array_equal(dh_b, dh)
+        for k in grads:
+            np.testing.assert_array_equal(grads_b[k], grads[k], err_msg=k)
+
 
 _THREADS_PROBE = r"""
 import sys, numba, numpy as np, numgru as ng

@@ -181,7 +181,7 @@ class _GRUEstimator(BaseEstimator):
                 dh_n = np.zeros((L * D, b.size, H), dtype)
                 for d in range(D):
                     dh_n[(L - 1) * D + d] = dfeats[:, d * H:(d + 1) * H]
-                _, _, grads = self.gru_.backward(tape, None, dh_n)
+                _, _, grads = self.gru_.backward(tape, None, dh_n, input_grad=False)
                 grads.update({"head." + k: v for k, v in ghead.items()})
                 if self.clip_grad_norm is not None:
                     _optim.clip_grad_norm(grads, self.clip_grad_norm)
