@@ -82,6 +82,19 @@ def _row_after(gxb, ab, b_hh, hcb, hnb, wb, store, kind, alpha, beta, use_clip, 
 
 
 @inline
+def _row_after_fast(gx, t, b, acc, i, b_hh, hc, hn, H):
+    """:func:`_row_after` for inference with sigmoid gates and no clip, on row b of step t (state row
+    i), indexing the arrays where they lie: a row view costs a reference count taken and dropped,
+    atomically, about 60 ns a row for the five views."""
+    H2 = 2 * H
+    for j in range(H):
+        r = sigmoid_fast(gx[t, b, j] + acc[i, j] + b_hh[j])
+        z = sigmoid_fast(gx[t, b, H + j] + acc[i, H + j] + b_hh[H + j])
+        n = tanh_fast(gx[t, b, H2 + j] + r * (acc[i, H2 + j] + b_hh[H2 + j]))
+        hn[i, j] = n + z * (hc[i, j] - n)
+
+
+@inline
 def _clip_flags(gxb, ab, b_hh, wb, fb, clip, H, reset_after):
     """ONNX clip flags of one row (training with clip only): 1·r + 2·z + 4·n clipped."""
     H2 = 2 * H
@@ -491,6 +504,8 @@ def _gru_forward(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, reset_after,
                         _clip_flags(gx[t, b], acc[i], b_hh, wb, fb, clip, H, True)
                         for j in range(H):
                             wb[4 * H + j] = fb[j]
+                elif gate_kind == 0 and not use_clip:
+                    _row_after_fast(gx, t, b, acc, i, b_hh, hc, hn, H)
                 else:  # (two call sites: each inlined copy drops the other's branches)
                     _row_after(gx[t, b], acc[i], b_hh, hc[i], hn[i], work[i], False, gate_kind, alpha,
                                beta, use_clip, clip, H)
