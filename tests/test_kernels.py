@@ -9,6 +9,7 @@ import textwrap
 
 import numba
 import numpy as np
+import pytest
 from numba.core.caching import FunctionCache
 from numba.core.registry import CPUDispatcher
 
@@ -150,3 +151,13 @@ def test_thread_count_reads_this_threads_setting():
     t.join()
     assert seen == [(1, 1)]
     assert thread_count() == before
+
+
+def test_thread_count_takes_the_lock_free_reader(monkeypatch):
+    """Once Numba's threads are up, thread_count answers without numba.get_num_threads (whose two
+    locks cost a microsecond a call, several times per forward)."""
+    from numgru.kernels import dispatch
+    numba.set_num_threads(numba.get_num_threads())  # launches Numba's threads if nothing has yet
+    want = numba.get_num_threads()
+    monkeypatch.setattr(dispatch.numba, "get_num_threads", lambda: pytest.fail("took the locked path"))
+    assert dispatch.thread_count() == want

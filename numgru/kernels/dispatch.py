@@ -85,15 +85,16 @@ def blas_vectors_wider():
 
 
 def _fast_thread_reader():
-    """Numba's thread-count reader behind ``numba.get_num_threads``, or None where this Numba has no
-    such private function (then :func:`thread_count` always takes the public one)."""
+    """The module holding Numba's thread-count reader behind ``numba.get_num_threads``, or None where
+    this Numba lays it out otherwise (then :func:`thread_count` always takes the public function).
+    The reader itself, ``_get_num_threads``, only exists once Numba has launched its threads, so
+    :func:`thread_count` looks it up then (checking for it here, at import, found none and left the
+    fast path unused)."""
     try:
         from numba.np.ufunc import parallel
     except ImportError:  # pragma: no cover - layout of another Numba
         return None
-    if not (hasattr(parallel, "_is_initialized") and callable(getattr(parallel, "_get_num_threads", None))):
-        return None
-    return parallel
+    return parallel if hasattr(parallel, "_is_initialized") else None
 
 
 _NUMBA_PARALLEL = _fast_thread_reader()
@@ -106,9 +107,11 @@ def thread_count():
     anything but a positive count, the public function answers."""
     p = _NUMBA_PARALLEL
     if p is not None and p._is_initialized:
-        n = p._get_num_threads()
-        if n > 0:
-            return n
+        reader = getattr(p, "_get_num_threads", None)
+        if callable(reader):
+            n = reader()
+            if n > 0:
+                return n
     return numba.get_num_threads()
 
 
