@@ -316,6 +316,27 @@ def test_input_projection_on_numba_threads(two_threads, N, I):
                                atol=1e-10)
 
 
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("N, I", [(2, 5), (3, 37), (16, 64), (17, 64), (32, 130), (33, 16)])
+def test_input_projection_few_rows(dtype, N, I):
+    """Few rows (short sequences, small batches) take the dot-product block instead of BLAS, up to 32
+    rows on one thread and 16 otherwise or in training; every route agrees with NumPy."""
+    from numgru.kernels import dispatch
+    assert dispatch.projection_dot(N, 1, False) == (2 <= N <= 32)
+    for threads in (1, 2, 8):  # training's bound is the same for every thread count
+        assert dispatch.projection_dot(N, threads, True) == (2 <= N <= 16)
+    assert dispatch.projection_dot(N, 2, False) == (2 <= N <= 16)
+    rng = np.random.default_rng(N * 100 + I)
+    x2d = rng.standard_normal((N, I)).astype(dtype)
+    W = rng.standard_normal((3 * 24, I)).astype(dtype)
+    b = rng.standard_normal(3 * 24).astype(dtype)
+    tol = dict(atol=1e-4, rtol=1e-5) if dtype == np.float32 else dict(atol=1e-11)
+    want = x2d.astype(np.float64) @ W.T.astype(np.float64)
+    for training in (False, True):
+        np.testing.assert_allclose(dispatch.input_projection(x2d, W, b, training=training), want + b, **tol)
+        np.testing.assert_allclose(dispatch.input_projection(x2d, W, None, training=training), want, **tol)
+
 def test_input_projection_skips_padded_rows():
     from numgru.kernels import dispatch
     rng = np.random.default_rng(0)

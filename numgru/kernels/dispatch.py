@@ -63,6 +63,8 @@ PROJ_PANELS_MAX_INPUTS = 128
 PROJ_PANELS_MIN_ROWS_PARALLEL = 256
 PROJ_PANELS_MAX_INPUTS_PARALLEL = 512
 PROJ_PANELS_MIN_ROWS_PARALLEL_WIDE = 512
+PROJ_DOT_MAX_ROWS = 16
+PROJ_DOT_MAX_ROWS_ONE_THREAD = 32
 
 
 def blas_vectors_wider():
@@ -420,8 +422,24 @@ def input_projection(x2d, W_ih, b_ih, numba_threads=False, valid=None, training=
                                       projection_panels(N, I, threads), threads)
         else:  # panels only where BLAS would run on one thread
             panels = threads == 1 and not training and projection_panels(N, I, 1)
-            input_projection_kernel(x2d, W_ih, bias, b_ih is not None, gx, panels)
+            input_projection_kernel(x2d, W_ih, bias, b_ih is not None, gx, panels,
+                                    not panels and projection_dot(N, threads, training))
     return gx
+
+
+def projection_dot(N, threads, training):
+    """Whether the input projection of N rows (outside Numba's threads) runs by the dot-product block
+    on W_ih as it lies (:func:`~numgru.kernels.dotblock.dot_rows`) instead of BLAS, which packs W_ih on
+    every call: for 2 to ``PROJ_DOT_MAX_ROWS`` rows, or to ``PROJ_DOT_MAX_ROWS_ONE_THREAD`` when BLAS
+    has one thread. Training takes the bound that holds for every thread count, so its sums, and its
+    gradients, do not depend on it. Measured on the 2-vCPU Intel machine (float32, I = H, 3H outputs,
+    kernel alone, µs, BLAS against the block), one thread: H = 256, N = 2 / 8 / 16 / 32 / 64 45.8 /
+    51.3 / 65.3 / 104 / 178 against 7.1 / 21.1 / 41.2 / 82.0 / 158; H = 64, N = 2–32 1.16–1.81×, N = 96
+    0.69×; H = 1024, N = 8 / 16 / 32 / 48 1.90× / 1.58× / 1.11× / 0.94×; two threads (BLAS threads the
+    larger products): H = 256, N = 2 / 8 / 16 / 32 6.45× / 1.47× / 1.01× / 0.83×; H = 1024, N = 8 / 16 /
+    32 1.26× / 1.03× / 0.66×. One row stays a GEMV (H = 64 / 512 / 1024 level)."""
+    top = PROJ_DOT_MAX_ROWS_ONE_THREAD if threads == 1 and not training else PROJ_DOT_MAX_ROWS
+    return 2 <= N <= top
 
 
 def projection_panels(N, I, threads):

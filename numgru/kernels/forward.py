@@ -1,8 +1,9 @@
 """GRU forward kernel: the time loop of one layer and one direction.
 
 The input projection ``gx = x @ W_ih.T + b_ih`` is hoisted out of the time loop by the caller (one GEMM
-over all T·B rows, :func:`input_projection_kernel`: BLAS, or packed panels of W_ih on one thread for
-I ≤ 128; :func:`input_projection_parallel` on Numba's threads). Per time step the kernel makes one recurrent
+over all T·B rows, :func:`input_projection_kernel`: BLAS, packed panels of W_ih on one thread for
+I ≤ 128, or for up to 16–32 rows the dot-product block; :func:`input_projection_parallel` on Numba's
+threads). Per time step the kernel makes one recurrent
 matmul (two for reset_after=False, which needs r before the n block) on the rows still active at that
 step, then runs the gate arithmetic in short fused loops over the step's pre-activations. Workspace is
 allocated once, before the time loop.
@@ -744,14 +745,16 @@ def _cols_block(c, cs, t, n_act, gx, W_hh, Wp, b_hh, hc, hn, a, lengths, gate_ki
 
 
 @kernel
-def input_projection_kernel(x2d, W_ih, b_ih, use_bias, out, panels):
+def input_projection_kernel(x2d, W_ih, b_ih, use_bias, out, panels, dot):
     """out = x2d @ W_ih.T (+ b_ih): one GEMM over all T·B rows.
 
     x2d (N, I), W_ih (3H, I), b_ih (3H,) in; out (N, 3H) out. With ``panels`` (the caller's choice,
     :func:`~numgru.kernels.dispatch.projection_panels`) on W_ih packed into panels
-    (:func:`~numgru.kernels.panel.panel_rows`, one thread); else in the same BLAS as the per-step
-    recurrent calls (the one Numba links), so only one BLAS thread pool is ever busy: two OpenBLAS
-    copies (NumPy's and SciPy's) spinning side by side made 2-thread runs slower than 1-thread ones.
+    (:func:`~numgru.kernels.panel.panel_rows`, one thread); with ``dot`` (few rows,
+    :func:`~numgru.kernels.dispatch.projection_dot`) by the dot-product block on W_ih as it lies
+    (:func:`~numgru.kernels.dotblock.dot_rows`); else in the same BLAS as the per-step recurrent calls
+    (the one Numba links), so only one BLAS thread pool is ever busy: two OpenBLAS copies (NumPy's and
+    SciPy's) spinning side by side made 2-thread runs slower than 1-thread ones.
     """
     wide_vectors()
     N = x2d.shape[0]
@@ -759,7 +762,9 @@ def input_projection_kernel(x2d, W_ih, b_ih, use_bias, out, panels):
     if panels:
         panel_rows(x2d, pack_panels(W_ih), b_ih, use_bias, out, 0, N)
         return
-    if N == 1:
+    if dot:
+        dot_rows(x2d, W_ih, out, N)
+    elif N == 1:
         np.dot(W_ih, x2d[0], out[0])
     elif N <= 64:
         # few rows (short sequences, small batches): W_ih @ x.T, then a blocked transpose. OpenBLAS
