@@ -69,22 +69,50 @@ def test_gradients_match_torch(layers, bidir, bias, use_len, dtype):
         np.testing.assert_allclose(grads[k], tgrads[k], err_msg=k, **GTOL[dtype])
 
 
+
+@pytest.mark.parametrize("use_len,dtype", [(False, np.float32), (True, np.float64)])
+def test_gradients_on_panels_match_torch(use_len, dtype):
+    """Enough rows × steps (here 4 × 40) that the forward and the backward pack W_hh into panels."""
+    rng = np.random.default_rng(11)
+    torch.manual_seed(11)
+    T, B, I, H = 40, 4, 3, 24
+    tg = torch.nn.GRU(I, H, 2, bidirectional=True,
+                      dtype=torch.float64 if dtype == np.float64 else torch.float32)
+    g = ng.GRU.from_torch(tg)
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    h0 = rng.standard_normal((4, B, H)).astype(dtype)
+    lengths = np.array([40, 33, 7, 1]) if use_len else None  # (torch packs no empty rows)
+    y, h_n, tape = g.forward_train(x, h0, lengths)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    if use_len:
+        for b, L in enumerate(lengths):
+            dy[L:, b] = 0
+    dh = rng.standard_normal(h_n.shape).astype(dtype)
+    dx, dh0, grads = g.backward(tape, dy, dh)
+    tdx, tdh0, tgrads = _torch_grads(tg, x, h0, lengths, dy, dh, False)
+    tol = dict(atol=1e-4, rtol=1e-4) if dtype == np.float32 else GTOL[dtype]
+    np.testing.assert_allclose(dx, tdx, **tol)
+    np.testing.assert_allclose(dh0, tdh0, **tol)
+    for k in grads:
+        np.testing.assert_allclose(grads[k], tgrads[k], err_msg=k, **tol)
+
 def _loss(g, x, h0, lengths, dy, dh):
     y, h = g(x, h0, lengths)
     return float((y * dy).sum() + (h * dh).sum())
 
 
 @pytest.mark.parametrize("reset_after", [True, False])
-@pytest.mark.parametrize("gate", ["sigmoid", "hard_sigmoid_keras2"])
-@pytest.mark.parametrize("clip", [None, 1.5])
-def test_gradients_match_finite_differences(reset_after, gate, clip):
+@pytest.mark.parametrize("gate,clip,T,B", [("sigmoid", None, 5, 3), ("hard_sigmoid_keras2", None, 5, 3),
+                                          ("sigmoid", 1.5, 5, 3), ("hard_sigmoid_keras2", 1.5, 5, 3),
+                                          ("sigmoid", None, 32, 5)])  # the last: on panels
+def test_gradients_match_finite_differences(reset_after, gate, clip, T, B):
     rng = np.random.default_rng(3)
-    T, B, I, H, L = 5, 3, 2, 3, 2
+    I, H, L = 2, 3, 2
     g = ng.GRU(I, H, L, bidirectional=True, reset_after=reset_after, gate_activation=gate, clip=clip,
                dtype=np.float64, seed=1)
     x = rng.standard_normal((T, B, I))
     h0 = 0.5 * rng.standard_normal((2 * L, B, H))
-    lengths = np.array([5, 3, 0])
+    lengths = np.array([T, 3, 0, T - 1, 1][:B])
     y, h_n, tape = g.forward_train(x, h0, lengths)
     dy = rng.standard_normal(y.shape)
     dh = rng.standard_normal(h_n.shape)

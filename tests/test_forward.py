@@ -279,6 +279,26 @@ def _check_route(B, H, reset_after):
     np.testing.assert_allclose(h, rh, atol=1e-10)
 
 
+
+@pytest.mark.parametrize("reset_after", [True, False])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("T,B,H", [(40, 4, 24), (40, 1, 24), (6, 4, 24), (3, 50, 24)])
+def test_forward_on_and_off_panels_matches_reference(reset_after, dtype, T, B, H):
+    """Rows × steps enough to pack W_hh into panels (40 × 4, and one row of 40 steps at H ≤ 128;
+    :func:`~numgru.kernels.forward.wants_panels`) and too few (6 × 4, 3 × 50), with lengths."""
+    from numgru.kernels.forward import wants_panels
+    packs = wants_panels.py_func(3 * H, H, B, T, 16, False)
+    assert packs == (T >= 4 and T * B >= 128 or B == 1 and T >= 32)
+    rng = np.random.default_rng(T * B)
+    g = ng.GRU(7, H, reset_after=reset_after, dtype=dtype, seed=2)
+    x = rng.standard_normal((T, B, 7)).astype(dtype)
+    lengths = rng.integers(0, T + 1, B)
+    lengths[0] = T
+    y, h = g(x, lengths=lengths)
+    ry, rh = ref_gru(x, g.state_dict(), 1, H, lengths=lengths, reset_after=reset_after)
+    np.testing.assert_allclose(y, ry, **TOL[dtype])
+    np.testing.assert_allclose(h, rh, **TOL[dtype])
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("bias", [True, False])
 def test_input_projection_on_panels_one_thread(dtype, bias):

@@ -341,6 +341,9 @@ def _ol_blas_matmul_T(Wm, h, out, buf, n):
 #: 8.0 / 13.7 / 37, blocks of 0.4 / 0.9 / 1.5 MB; H = 1024, 6 MB, 274 against 229)
 COLS_B1_PANEL_BYTES = 1 << 21
 PANEL_MIN_T = 4  # steps that repay packing W_hh into panels (one pass over it)
+PANEL_MIN_ROW_STEPS = 128  # float weights: rows × steps that repay it (see wants_panels)
+PANEL_ONE_ROW_MIN_T = 32  # float weights, one row: steps that repay it, for K ≤ PANEL_ONE_ROW_MAX_K
+PANEL_ONE_ROW_MAX_K = 128
 PANEL_MAX_VALUES = 1 << 22  # largest weight matrix packed (16 MB in float32: H = 1024 is 3·2²⁰ values)
 
 
@@ -375,12 +378,29 @@ def use_panels(M, K, n, tiled_max, bf16):
 def wants_panels(M, K, B, T, tiled_max, bf16):
     """Whether a kernel of T steps over B rows packs weights (M, K) into panels: some step's product
     would take them (:func:`use_panels`; with sorted lengths a step may have any row count up to B),
-    there are at least :data:`PANEL_MIN_T` steps to repay the packing, and the copy holds at most
-    :data:`PANEL_MAX_VALUES` float values (the panels are a second copy of the weights for the call;
-    beyond H = 1024 nothing was measured). bfloat16 weights (``bf16``) are always packed."""
-    return T >= PANEL_MIN_T and (bf16 or M * K <= PANEL_MAX_VALUES and (
+    there are steps enough to repay the packing, and the copy holds at most :data:`PANEL_MAX_VALUES`
+    float values (the panels are a second copy of the weights for the call; beyond H = 1024 nothing
+    was measured). bfloat16 weights (``bf16``) are packed from :data:`PANEL_MIN_T` steps.
+
+    Packing is a transposing pass over the weights (72 µs for W_hh at H = 256), which a step's gain
+    on panels repays only over many rows × steps: float weights are packed for B ≥ 2 from
+    :data:`PANEL_MIN_ROW_STEPS` rows × steps, and for one row only while K ≤
+    :data:`PANEL_ONE_ROW_MAX_K` from :data:`PANEL_ONE_ROW_MIN_T` steps (one row reads W from L2 at the
+    same rate either way). Measured on the 2-vCPU Intel machine (one thread, float32, paired whole
+    forwards), without panels against with them, which had been taken from T = 4: B = 1, H = 256
+    T = 4 / 8 / 16 / 32 / 128 2.21× / 1.73× / 1.43× / 1.26× / 1.04×; B = 1, H = 64 T = 4 / 16 / 32 /
+    128 1.24× / 1.08× / 1.01× / 0.93×; B = 4, H = 256 T = 4 / 8 / 16 / 32 / 128 1.65× / 1.34× /
+    1.08× / 1.03× / 0.95×; B = 16, H = 256 T = 4 / 8 / 16 / 32 1.15× / 1.02× / 0.96× / 0.93×."""
+    if bf16:
+        return T >= PANEL_MIN_T
+    if M * K > PANEL_MAX_VALUES:
+        return False
+    if B == 1:
+        return T >= PANEL_ONE_ROW_MIN_T and K <= PANEL_ONE_ROW_MAX_K and use_panels(M, K, 1, tiled_max,
+                                                                                    False)
+    return T >= PANEL_MIN_T and T * B >= PANEL_MIN_ROW_STEPS and (
         use_panels(M, K, B, tiled_max, False) or use_panels(M, K, 1, tiled_max, False)
-        or use_panels(M, K, min(B, 16), tiled_max, False)))
+        or use_panels(M, K, min(B, 16), tiled_max, False))
 
 
 @device
