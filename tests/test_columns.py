@@ -47,16 +47,19 @@ def _model(I, H, L, bi, dtype, gate="sigmoid", clip=None, seed=0):
 
 
 # batches too small for the rows route (fewer than 4 rows per thread); H = 400 splits into uneven unit
-# blocks (208 + 192), H = 256 into equal ones
-CASES = list(itertools.product([(3, 400), (4, 256)], [False, True], [np.float32, np.float64],
-                               [False, True])) + [((1, 256), False, np.float32, False),  # one row, on panels
-                                                  ((1, 256), True, np.float64, True)]
+# blocks (208 + 192), H = 256 into equal ones. T = 7 stays off the blocks' panels (too few rows × steps
+# to repay packing), T = 40 with B ≥ 2 packs them; one row never does.
+CASES = [(7, *c) for c in itertools.product([(3, 400), (4, 256)], [False, True], [np.float32, np.float64],
+                                            [False, True])]
+CASES += [(40, (4, 256), False, np.float32, True), (40, (3, 400), True, np.float64, False),
+          (40, (4, 256), True, np.float32, False), (40, (1, 256), False, np.float32, False),
+          (7, (1, 256), True, np.float64, True)]
 
 
-@pytest.mark.parametrize("shape, bi, dtype, with_lengths", CASES)
-def test_columns_match_reference(two_threads, spy, rng, shape, bi, dtype, with_lengths):
+@pytest.mark.parametrize("T, shape, bi, dtype, with_lengths", CASES)
+def test_columns_match_reference(two_threads, spy, rng, T, shape, bi, dtype, with_lengths):
     B, H = shape
-    T, I, L = 7, 5, 2
+    I, L = 5, 2
     g, p = _model(I, H, L, bi, dtype)
     x = rng.standard_normal((T, B, I)).astype(dtype)
     h0 = rng.standard_normal((L * (2 if bi else 1), B, H)).astype(dtype)

@@ -198,7 +198,7 @@ def forward_route(B, H, reset_after, store, T=None, itemsize=4):
         per step: B = 2 / 4, H = 256 1.33× / 1.48×; B = 4, H = 512 1.34×; B = 16, H = 512 1.05×;
         H = 1024 1.02×; and against the serial kernel at B = 1: H = 256 1.05–1.13× (lo went from 768
         to 512 KB), H = 192 0.89×, H = 128 0.74×. Each block's rows of W_hh are packed into panels
-        (B ≥ 2, or one row while a block fits ``forward.COLS_B1_PANEL_BYTES``), which raised hi from
+        (from 2 rows and 128 rows × steps; see ``forward._gru_forward_cols``), which raised hi from
         4096 to 16384: on the 2-vCPU Intel machine (float32, T = 128,
         same process, alternating), columns against the routes taken before: B = 8 / 16, H = 1024
         1.43× / 1.13–1.16×; B = 16 / 32, H = 512 1.40× / 1.34×; B = 64, H = 256 1.27×; B = 128,

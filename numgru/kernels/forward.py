@@ -336,9 +336,8 @@ def _ol_blas_matmul_T(Wm, h, out, buf, n):
     return lambda Wm, h, out, buf, n: rows_matmul_T(Wm, h, out, buf, n)
 
 
-#: most bytes of a block's rows of W_hh that the column route packs into panels for one row
-#: (2 threads, T = 128, µs a step, panels against tiles: H = 256 / 384 / 512 5.2 / 11.5 / 25 against
-#: 8.0 / 13.7 / 37, blocks of 0.4 / 0.9 / 1.5 MB; H = 1024, 6 MB, 274 against 229)
+#: most bytes of a block's rows of bfloat16 W_hh that the column route packs into panels for one row
+#: (float weights: never, see :func:`_gru_forward_cols`)
 COLS_B1_PANEL_BYTES = 1 << 21
 PANEL_MIN_T = 4  # steps that repay packing W_hh into panels (one pass over it)
 PANEL_MIN_ROW_STEPS = 128  # float weights: rows × steps that repay it (see wants_panels)
@@ -659,9 +658,13 @@ def _gru_forward_cols(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, gate_ki
 
     Same arrays and results as :func:`_gru_forward` (reset_after=True, no tape). Each time step is split
     into ``n_chunks`` blocks of units (16-unit multiples): a block computes W_hr, W_hz and W_hn times h
-    for its units on its own rows of W_hh — packed into panels once per call (:func:`block_panels`;
-    one row only while a block's rows fit :data:`COLS_B1_PANEL_BYTES`, else :func:`tiled_matmul`) —
-    then those units' gates and new state. A unit's gates need only
+    for its units on its own rows of W_hh — packed into panels once per call (:func:`block_panels`)
+    from 2 rows and :data:`PANEL_MIN_ROW_STEPS` rows × steps (bfloat16 weights: from 2 rows, or one
+    row while a block's rows fit :data:`COLS_B1_PANEL_BYTES`), else by :func:`tiled_matmul` — then
+    those units' gates and new state. Packing is a pass over W_hh that one row never repaid and short
+    calls did not (2 threads, T = 8 / 32 / 128 / 512, float32, without panels against with them:
+    B = 1, H = 256 3.18× / 1.58× / 1.10× / 0.98×; H = 384 1.65× (T = 32) / 1.15× / 1.02×; T = 8,
+    B = 4, H = 256 / 1024 1.88× / 2.38×; B = 8, H = 512 1.33×; from 128 rows × steps level). A unit's gates need only
     its own three pre-activations, so blocks never wait on each other inside a step; each thread keeps
     re-reading the same slice of W_hh, which stays in its core's cache (ONNX Runtime and oneDNN split
     the step the same way). No BLAS call inside the loop.
@@ -687,10 +690,12 @@ def _gru_forward_cols(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, gate_ki
     h_b = np.empty((B, H), dt)
     # per block and row: W_hr h, W_hz h, W_hn h for the block's units, side by side (cs values each)
     acc = np.empty((nc, B, 3 * cs), dt)
-    # each block's rows of W_hh packed into panels once, one product per block and step; one row only
-    # while a block's slice fits L2 (past it the one-row product waits on L3 either way, and the
-    # packing is extra)
-    packed = B >= 2 or 3 * cs * H * W_hh.itemsize <= COLS_B1_PANEL_BYTES
+    # each block's rows of W_hh packed into panels once, one product per block and step, where the
+    # steps repay the packing
+    if is_bfloat16(W_hh):
+        packed = B >= 2 or 3 * cs * H * W_hh.itemsize <= COLS_B1_PANEL_BYTES
+    else:
+        packed = B >= 2 and T * B >= PANEL_MIN_ROW_STEPS
     Wp = block_panels(W_hh, cs, nc) if packed else np.empty((0, 0, 0, 0), W_hh.dtype)
     copy_rows(h0, h_a)
     # one 64-byte line each: block c's last claimed step, whether worker c has started, steps' blocks done
