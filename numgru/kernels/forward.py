@@ -343,6 +343,7 @@ PANEL_MIN_T = 4  # steps that repay packing W_hh into panels (one pass over it)
 PANEL_MIN_ROW_STEPS = 128  # float weights: rows × steps that repay it (see wants_panels)
 PANEL_ONE_ROW_MIN_T = 32  # float weights, one row: steps that repay it, for K ≤ PANEL_ONE_ROW_MAX_K
 PANEL_ONE_ROW_MAX_K = 128
+PANEL_ONE_ROW_LONG_T = 512  # ... and for larger K (up to use_panels's 256)
 PANEL_MAX_VALUES = 1 << 22  # largest weight matrix packed (16 MB in float32: H = 1024 is 3·2²⁰ values)
 
 
@@ -383,20 +384,22 @@ def wants_panels(M, K, B, T, tiled_max, bf16):
 
     Packing is a transposing pass over the weights (72 µs for W_hh at H = 256), which a step's gain
     on panels repays only over many rows × steps: float weights are packed for B ≥ 2 from
-    :data:`PANEL_MIN_ROW_STEPS` rows × steps, and for one row only while K ≤
-    :data:`PANEL_ONE_ROW_MAX_K` from :data:`PANEL_ONE_ROW_MIN_T` steps (one row reads W from L2 at the
-    same rate either way). Measured on the 2-vCPU Intel machine (one thread, float32, paired whole
-    forwards), without panels against with them, which had been taken from T = 4: B = 1, H = 256
-    T = 4 / 8 / 16 / 32 / 128 2.21× / 1.73× / 1.43× / 1.26× / 1.04×; B = 1, H = 64 T = 4 / 16 / 32 /
-    128 1.24× / 1.08× / 1.01× / 0.93×; B = 4, H = 256 T = 4 / 8 / 16 / 32 / 128 1.65× / 1.34× /
-    1.08× / 1.03× / 0.95×; B = 16, H = 256 T = 4 / 8 / 16 / 32 1.15× / 1.02× / 0.96× / 0.93×."""
+    :data:`PANEL_MIN_ROW_STEPS` rows × steps, and for one row from :data:`PANEL_ONE_ROW_MIN_T` steps
+    while K ≤ :data:`PANEL_ONE_ROW_MAX_K`, from :data:`PANEL_ONE_ROW_LONG_T` beyond (one row reads W
+    from L2 at almost the same rate either way). Measured on the 2-vCPU Intel machine (one thread,
+    float32, paired whole forwards), without panels against with them, which had been taken from
+    T = 4: B = 1, H = 256 T = 4 / 8 / 16 / 32 / 128 / 256 / 512 / 1024 2.21× / 1.73× / 1.43× / 1.26×
+    / 1.04× / 0.99× / 0.98× / 0.95× (H = 192: T = 256 / 512 0.99× / 0.95×); B = 1, H = 64 T = 4 /
+    16 / 32 / 128 1.24× / 1.08× / 1.01× / 0.93×; B = 4, H = 256 T = 4 / 8 / 16 / 32 / 128 1.65× /
+    1.34× / 1.08× / 1.03× / 0.95×; B = 16, H = 256 T = 4 / 8 / 16 / 32 1.15× / 1.02× / 0.96× /
+    0.93×."""
     if bf16:
         return T >= PANEL_MIN_T
     if M * K > PANEL_MAX_VALUES:
         return False
     if B == 1:
-        return T >= PANEL_ONE_ROW_MIN_T and K <= PANEL_ONE_ROW_MAX_K and use_panels(M, K, 1, tiled_max,
-                                                                                    False)
+        return use_panels(M, K, 1, tiled_max, False) and (
+            T >= PANEL_ONE_ROW_MIN_T and K <= PANEL_ONE_ROW_MAX_K or T >= PANEL_ONE_ROW_LONG_T)
     return T >= PANEL_MIN_T and T * B >= PANEL_MIN_ROW_STEPS and (
         use_panels(M, K, B, tiled_max, False) or use_panels(M, K, 1, tiled_max, False)
         or use_panels(M, K, min(B, 16), tiled_max, False))
