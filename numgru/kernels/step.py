@@ -12,20 +12,33 @@ from numba.extending import overload
 from ._jit import FASTMATH, inline, kernel, parallel_kernel, wide_vectors
 from .activations import clip_pre, gate, one_like, tanh_fast
 from .bf16 import is_bfloat16_array, wget
+from .dotblock import dot_rows
 from .forward import _chunk_after, recurrent_matmul, small_rows_matmul, tiled_matmul
 from .panel import pack_panels, panel_matmul
+
+
+#: most values of one weight matrix that a one-row step multiplies by the dot-product block rather
+#: than BLAS's GEMV (3·256² values, 768 KB in float32): paired ``stream.step``, one thread, B = 1,
+#: H = I = 160 / 192 / 256 1.22× / 1.22–1.30× / 1.11–1.33× (W_ih and W_hh in L2, read at the block's
+#: rate); H = 320 / 384 / 512 0.98× / 0.98× / 1.00× (from L3 either way); below, at H ≤ 128,
+#: ``small_rows_matmul`` stays (the block 0.91–1.01×)
+STEP_DOT_MAX_VALUES = 3 * 256 * 256
 
 
 def step_matmul(W, Wp, x, out, buf, n, small, tiled_max):
     """out[:n] = x[:n] @ W.T. With packed panels ``Wp`` of W (from :func:`step_panels`; an empty
     (0, 0, 0) array otherwise) the panel product. Else one row: the register-blocked matmul when
-    ``small``, else BLAS; several rows: :func:`~numgru.kernels.forward.recurrent_matmul`, as the
-    forward's steps (``buf``: at least M·n values; ``tiled_max`` as there). bfloat16 weights
-    (``uint16``) without panels, which BLAS cannot read, take the Numba matmul, in tiles."""
+    ``small``, the dot-product block (:func:`~numgru.kernels.dotblock.dot_rows`) up to
+    :data:`STEP_DOT_MAX_VALUES` weights, else BLAS; several rows:
+    :func:`~numgru.kernels.forward.recurrent_matmul`, as the forward's steps (``buf``: at least M·n
+    values; ``tiled_max`` as there). bfloat16 weights (``uint16``) without panels, which BLAS cannot
+    read, take the Numba matmul, in tiles."""
     if Wp.shape[0] > 0:
         panel_matmul.py_func(x, Wp, out, n)
     elif n == 1 and small:
         small_rows_matmul.py_func(W, x, out, n)
+    elif n == 1 and W.shape[0] * W.shape[1] <= STEP_DOT_MAX_VALUES:
+        dot_rows.py_func(x, W, out, 1)
     elif n == 1:
         np.dot(x, W.T, out)
     else:
@@ -47,6 +60,8 @@ def _ol_step_matmul(W, Wp, x, out, buf, n, small, tiled_max):
             panel_matmul(x, Wp, out, n)
         elif n == 1 and small:
             small_rows_matmul(W, x, out, n)
+        elif n == 1 and W.shape[0] * W.shape[1] <= STEP_DOT_MAX_VALUES:
+            dot_rows(x, W, out, 1)
         elif n == 1:
             np.dot(x, W.T, out)
         else:
@@ -86,8 +101,8 @@ def gru_step(x, h, W_ih, W_hh, b_ih, b_hh, panels, reset_after, gate_kind, alpha
     B = x.shape[0]
     H = h.shape[1]
     H2 = 2 * H
-    # one row: register-blocked Numba while both weight matrices fit L2 (measured at H = I = 128:
-    # 4.3 µs for both products against 5.5 µs in BLAS; at H = 256 they come from L3 and BLAS is level)
+    # one row: register-blocked Numba loops for small weights (measured at H = I = 128: 4.3 µs for
+    # both products against 5.5 µs in BLAS), the dot-product block up to STEP_DOT_MAX_VALUES each
     small = W_ih.size + W_hh.size <= 1 << 17
     buf = np.empty(W_ih.shape[0] * B, x.dtype) if B > 1 else gi[0, :0]  # (rows_matmul_T reads it)
     Wp_ih, Wp_a, Wp_b = panels
