@@ -437,7 +437,8 @@ def projection_dot(N, threads, training):
     51.3 / 65.3 / 104 / 178 against 7.1 / 21.1 / 41.2 / 82.0 / 158; H = 64, N = 2–32 1.16–1.81×, N = 96
     0.69×; H = 1024, N = 8 / 16 / 32 / 48 1.90× / 1.58× / 1.11× / 0.94×; two threads (BLAS threads the
     larger products): H = 256, N = 2 / 8 / 16 / 32 6.45× / 1.47× / 1.01× / 0.83×; H = 1024, N = 8 / 16 /
-    32 1.26× / 1.03× / 0.66×. One row stays a GEMV (H = 64 / 512 / 1024 level)."""
+    32 1.26× / 1.03× / 0.66×. One row stays a GEMV: the block ran level at H = 64 / 512 / 1024 and
+    1.35–1.46× at H = 128 / 256 with W_ih alone in L2, not tried in whole forwards."""
     top = PROJ_DOT_MAX_ROWS_ONE_THREAD if threads == 1 and not training else PROJ_DOT_MAX_ROWS
     return 2 <= N <= top
 
