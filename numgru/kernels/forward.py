@@ -41,20 +41,13 @@ from .sync import atomic_add, atomic_cas, atomic_load, spin_pause
 
 
 @inline
-def _row_after(gxb, ab, b_hh, hcb, hnb, wb, store, kind, alpha, beta, use_clip, clip, H):
+def _row_after(gxb, ab, b_hh, hcb, hnb, wb, kind, alpha, beta, use_clip, clip, H):
     """Gates of one row, reset_after=True. Reads gxb (3H), ab (3H, W_hh h), b_hh, hcb; writes hnb (H)
-    and, with ``store``, wb (the row's tape: r, z, n, ghn). Each loop touches few arrays so LLVM
-    vectorises it; the common case (sigmoid, no clip) has its own branch-free loops."""
+    and wb (the row's tape: r, z, n, ghn in training, else workspace). Each loop
+    touches few arrays so LLVM vectorises it; the common case (sigmoid, no clip) has its own
+    branch-free loops. Inference in that case takes :func:`_row_after_fast`."""
     H2 = 2 * H
-    fast = kind == 0 and not use_clip
-    if not store and fast:
-        for j in range(H):
-            r = sigmoid_fast(gxb[j] + ab[j] + b_hh[j])
-            z = sigmoid_fast(gxb[H + j] + ab[H + j] + b_hh[H + j])
-            n = tanh_fast(gxb[H2 + j] + r * (ab[H2 + j] + b_hh[H2 + j]))
-            hnb[j] = n + z * (hcb[j] - n)
-        return
-    if fast:
+    if kind == 0 and not use_clip:
         # one output block per loop: with four written blocks in one loop LLVM gave up vectorising
         # (training's forward ran 73 ms against inference's 44 at T=128, B=64, H=256)
         wr = wb[:H]
@@ -520,7 +513,7 @@ def _gru_forward(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, reset_after,
                     continue
                 if store:  # the gates go straight to the tape
                     wb = tape[t, b]
-                    _row_after(gx[t, b], acc[i], b_hh, hc[i], hn[i], wb, True, gate_kind, alpha, beta,
+                    _row_after(gx[t, b], acc[i], b_hh, hc[i], hn[i], wb, gate_kind, alpha, beta,
                                use_clip, clip, H)
                     if use_clip:
                         fb = flags[i]
@@ -529,8 +522,8 @@ def _gru_forward(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, reset_after,
                             wb[4 * H + j] = fb[j]
                 elif gate_kind == 0 and not use_clip:
                     _row_after_fast(gx, t, b, acc, i, b_hh, hc, hn, H)
-                else:  # (two call sites: each inlined copy drops the other's branches)
-                    _row_after(gx[t, b], acc[i], b_hh, hc[i], hn[i], work[i], False, gate_kind, alpha,
+                else:  # other gates, or clip: the general loops, on workspace
+                    _row_after(gx[t, b], acc[i], b_hh, hc[i], hn[i], work[i], gate_kind, alpha,
                                beta, use_clip, clip, H)
                 for j in range(H):
                     y[t, b, col0 + j] = hn[i, j]
