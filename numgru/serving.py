@@ -20,6 +20,7 @@ import numpy as np
 
 from ._validation import as_real_array, check_float, check_int
 from .kernels.dispatch import run_step, serial_tiled_max, step_columns_workspace
+from .kernels.step import gru_step
 from .layers import GRU
 
 __all__ = ["BatchingEngine", "GRUStream", "EngineOverloaded"]
@@ -316,26 +317,31 @@ class GRUStream:
             raise ValueError("model: streaming needs a unidirectional forward GRU (a reverse direction "
                              "needs the whole sequence)")
         self.model = model
-        self.batch_size = check_int("batch_size", batch_size, minimum=1)
-        self._state = np.zeros((model.num_layers, self.batch_size, model.hidden_size), model.dtype)
-        self._ones = np.ones(self.batch_size, np.int64)
-        self._stepper = Stepper(model, self.batch_size)
+        self.batch_size = B = check_int("batch_size", batch_size, minimum=1)
+        self._ones = np.ones(B, np.int64)
+        self._stepper = Stepper(model, B)
+        # what a step takes without conversion: (B, I), or (I,) when B = 1, of the model's dtype
+        self._dtype = model.dtype
+        self._step_shape = (B, model.input_size)
+        self._vec_shape = (model.input_size,) if B == 1 else None
 
     @property
     def state(self):
-        return self._state.copy()
+        return self._stepper.state.copy()
 
     @state.setter
     def state(self, value):
         value = as_real_array("state", value)
-        if value.shape != self._state.shape:
-            raise ValueError(f"state: expected shape {self._state.shape}, got {value.shape}")
-        self._state = np.ascontiguousarray(value, dtype=self.model.dtype).copy()
+        state = self._stepper.state
+        if value.shape != state.shape:
+            raise ValueError(f"state: expected shape {state.shape}, got {value.shape}")
+        state[...] = value
 
     def reset(self, rows=None):
         """Zero the state of every row, or of ``rows`` (ints or a boolean mask of length B)."""
+        state = self._stepper.state
         if rows is None:
-            self._state[...] = 0
+            state[...] = 0
             return
         rows = np.asarray(rows)
         if rows.dtype == bool:
@@ -347,17 +353,20 @@ class GRUStream:
                 raise ValueError(f"rows: expected indices in [0, {self.batch_size}), got {rows.tolist()}")
         else:
             raise TypeError(f"rows: expected ints or a boolean mask, got dtype {rows.dtype}")
-        self._state[:, rows] = 0
+        state[:, rows] = 0
 
     def step(self, x):
         """One step ((B, I), or (I,) when B = 1) or a chunk of steps (3-D); returns the outputs."""
+        if type(x) is np.ndarray and x.dtype == self._dtype and (
+                x.shape == self._step_shape or x.shape == self._vec_shape):
+            # fast path: one step, one kernel call per layer, nothing allocated but the result
+            if not x.flags.c_contiguous:
+                x = np.ascontiguousarray(x)
+            if x.ndim == 2:
+                return self._stepper(x)
+            return self._stepper(x.reshape(self._step_shape))[0]
         m = self.model
         B, I = self.batch_size, m.input_size
-        if type(x) is np.ndarray and x.dtype == m.dtype and x.ndim <= 2 and x.shape[-1] == I and (
-                x.ndim == 2 and x.shape[0] == B or x.ndim == 1 and B == 1):
-            # fast path: one step, one kernel call per layer, nothing allocated but the result
-            h = self._stepper(np.ascontiguousarray(x).reshape(B, I), self._state)
-            return h[0] if x.ndim == 1 else h
         x = as_real_array("x", x)
         if x.ndim == 1 and B == 1:
             x3, out = x.reshape(1, 1, -1), "vec"
@@ -371,8 +380,9 @@ class GRUStream:
             raise ValueError(f"x: expected batch {B} and input_size {I}, got shape {x.shape}")
         x3 = np.ascontiguousarray(x3, dtype=m.dtype)
         lengths = self._ones if x3.shape[0] == 1 else np.full(B, x3.shape[0], np.int64)
-        y, h_n = m._infer(x3, self._state, lengths, padded=False)
-        self._state = h_n
+        state = self._stepper.state
+        y, h_n = m._infer(x3, state, lengths, padded=False)
+        state[...] = h_n
         if out == "vec":
             return y[0, 0]
         if out == "step":
@@ -381,34 +391,55 @@ class GRUStream:
 
 
 class Stepper:
-    """Preallocated buffers and one step per layer (:func:`numgru.kernels.dispatch.run_step`: serial, or
-    split over hidden units where :func:`~numgru.kernels.dispatch.step_columns` says so, decided like
-    the bfloat16 weights for the thread count at creation)."""
+    """A stream's state and one step per layer (:func:`numgru.kernels.step.gru_step` serially, or
+    :func:`numgru.kernels.dispatch.run_step` where :func:`~numgru.kernels.dispatch.step_columns` splits
+    the step over hidden units, decided like the bfloat16 weights for the thread count at creation).
+
+    Two (L, B, H) state buffers take turns: a step reads one and writes the other. So every kernel
+    argument but the first layer's input is fixed at creation, and a step copies nothing but the
+    output it returns."""
 
     def __init__(self, model, batch_size):
         m = model
-        H, B = m.hidden_size, batch_size
+        H, B, L = m.hidden_size, batch_size, m.num_layers
         dt = m.dtype
         threads, columns = m._step_plan(B)
-        self.tiled_max = serial_tiled_max(threads)
-        # per layer (W_ih, W_hh, b_ih, b_hh)
-        self.layers = [m._step_weights(k, B, threads, columns) for k in range(m.num_layers)]
-        self.args = m._kernel_scalars()
-        self.gi = np.empty((B, 3 * H), dt)
-        self.gh = np.empty((B, 3 * H), dt)
-        self.acc = step_columns_workspace(B, H, threads, dt) if columns else None
-        self.out = np.empty((m.num_layers, B, H), dt)
+        tiled_max = serial_tiled_max(threads)
+        # per layer (W_ih, W_hh, b_ih, b_hh, panels) as the kernels read them
+        self.layers = layers = [m._step_weights(k, B, threads, columns) for k in range(L)]
+        scalars = m._kernel_scalars()
+        gi, gh = np.empty((B, 3 * H), dt), np.empty((B, 3 * H), dt)
+        self._bufs = (np.zeros((L, B, H), dt), np.zeros((L, B, H), dt))
+        self._cur = 0
+        if columns:
+            acc = step_columns_workspace(B, H, threads, dt)
+            self._step = run_step
+            args = lambda k, h, out: (h[k], layers[k], scalars, out[k], gi, gh, acc, tiled_max)
+        else:
+            self._step = gru_step
+            args = lambda k, h, out: (h[k], *layers[k], *scalars, out[k], gi, gh, tiled_max)
+        # per parity: (arguments of layer 0 after its input, [arguments of each later layer], top output)
+        self._plans = []
+        for p in (0, 1):
+            h, out = self._bufs[p], self._bufs[1 - p]
+            self._plans.append((args(0, h, out), [(out[k - 1], *args(k, h, out)) for k in range(1, L)],
+                                out[-1]))
 
-    def __call__(self, x, state):
-        """x (B, I) contiguous of the model's dtype; state (L, B, H) updated in place; returns a copy
-        of the top layer's new state."""
-        inp = x
-        for k, weights in enumerate(self.layers):
-            out = self.out[k]
-            run_step(inp, state[k], weights, self.args, out, self.gi, self.gh, self.acc, self.tiled_max)
-            inp = out
-        state[...] = self.out
-        return self.out[-1].copy()
+    @property
+    def state(self):
+        """(L, B, H): the rows' state, live (writing into it sets the state)."""
+        return self._bufs[self._cur]
+
+    def __call__(self, x):
+        """x (B, I) contiguous of the model's dtype; steps every layer and returns a copy of the top
+        layer's new state."""
+        first, rest, top = self._plans[self._cur]
+        step = self._step
+        step(x, *first)
+        for args in rest:
+            step(*args)
+        self._cur ^= 1
+        return top.copy()
 
 
 class EngineStream:

@@ -130,6 +130,27 @@ def test_stream_random_chunks_equal_full_forward():
     assert one.step(np.ones(3)).shape == (8,)
 
 
+def test_stream_steps_read_the_state_last_set():
+    """Single steps take turns between two state buffers: after an odd or even number of steps, a
+    state set or reset is the one the next step reads, and a returned output is the caller's copy."""
+    g = ng.GRU(3, 5, 2, seed=1, dtype=np.float64)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((4, 2, 3))
+    st = g.stream(batch_size=2)
+    for n in (1, 2, 3):
+        h0 = rng.standard_normal((2, 2, 5))
+        st.state = h0
+        ys = [st.step(x[t]) for t in range(n)]
+        y_ref, h_ref = g(x[:n], h0)
+        np.testing.assert_allclose(np.stack(ys), y_ref, atol=1e-12)
+        np.testing.assert_allclose(st.state, h_ref, atol=1e-12)
+        ys[-1][...] = 99.0
+        np.testing.assert_allclose(st.state, h_ref, atol=1e-12)
+        st.reset(rows=[0])
+        h_ref[:, 0] = 0
+        np.testing.assert_allclose(st.step(x[n]), g(x[n:n + 1], h_ref)[0][0], atol=1e-12)
+
+
 def test_engine_streams_join_and_leave_between_steps(model):
     rng = np.random.default_rng(1)
     xs = [rng.standard_normal((int(rng.integers(5, 30)), 6)).astype(np.float32) for _ in range(6)]
