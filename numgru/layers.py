@@ -22,7 +22,7 @@ from .kernels.dispatch import (aligned, batch_order, forward_route, gate_scalars
                                thread_count, valid_steps, workspace)
 from .kernels.backward import matmul_into
 from .kernels.bf16 import from_bfloat16, to_bfloat16
-from .kernels.step import step_panels
+from .kernels.step import gru_step, step_panels
 
 __all__ = ["GRU", "GRUCell", "Linear", "GATE_PRESETS"]
 
@@ -709,6 +709,7 @@ class GRUCell(_Params):
                         gate_activation=gate_activation, alpha=alpha, beta=beta, clip=clip,
                         dtype=dtype, seed=seed)
         self._len1 = np.ones(1, np.int64)
+        self._plans = {}  # (B, threads) -> the fast path's kernel arguments; see _step_args
 
     input_size = property(lambda self: self._gru.input_size)
     hidden_size = property(lambda self: self._gru.hidden_size)
@@ -735,6 +736,7 @@ class GRUCell(_Params):
         """An inference copy with bfloat16 weights; see :meth:`GRU.quantize`."""
         q = copy.copy(self)
         q._gru = self._gru.quantize(weights)
+        q._plans = {}
         return q
 
     def load_state_dict(self, state_dict, strict=True):
@@ -781,16 +783,33 @@ class GRUCell(_Params):
             x = np.ascontiguousarray(x)
             h = np.zeros((B, H), g.dtype) if h is None else np.ascontiguousarray(h)
             out = np.empty((B, H), g.dtype)
-            threads, columns = g._step_plan(B)
-            run_step(x, h, g._step_weights(0, B, threads, columns), g._kernel_scalars(), out,
-                     np.empty((B, 3 * H), g.dtype), np.empty((B, 3 * H), g.dtype),
-                     step_columns_workspace(B, H, threads, g.dtype) if columns else None,
-                     serial_tiled_max(threads))
+            gi, gh = np.empty((B, 3 * H), g.dtype), np.empty((B, 3 * H), g.dtype)
+            args, columns, tiled_max = self._step_args(B)
+            if columns:
+                run_step(x, h, args[:5], args[5:], out, gi, gh,
+                         step_columns_workspace(B, H, columns, g.dtype), tiled_max)
+            else:
+                gru_step(x, h, *args, out, gi, gh, tiled_max)
             return out
         x3, h0, unbatched = self._prepare(x, h)
         B = x3.shape[1]
         _, h_n, _ = self._gru._run(x3, h0, np.ones(B, np.int64), store=False)
         return h_n[0, 0] if unbatched else h_n[0]
+
+    def _step_args(self, B):
+        """``(args, columns, tiled_max)`` of a step of B rows for the current thread count, kept per
+        (B, threads): args the weights and scalars as :func:`~numgru.kernels.step.gru_step` takes them
+        (the weight arrays are updated in place, so they stay current), columns the thread count where
+        the step is split over hidden units (else 0)."""
+        threads = thread_count()
+        plan = self._plans.get((B, threads))
+        if plan is None:
+            g = self._gru
+            _, columns = g._step_plan(B)
+            plan = ((*g._step_weights(0, B, threads, columns), *g._kernel_scalars()),
+                    threads if columns else 0, serial_tiled_max(threads))
+            self._plans[(B, threads)] = plan
+        return plan
 
     def forward_train(self, x, h=None):
         """One step that records a tape. Returns ``(h1, tape)``."""

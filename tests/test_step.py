@@ -216,3 +216,29 @@ def test_one_thread_steps_serially(cols_spy):
     finally:
         numba.set_num_threads(before)
     assert cols_spy == []
+
+
+def test_cell_keeps_its_step_current():
+    """GRUCell keeps its step's kernel arguments per (rows, threads): weights loaded in place after a
+    call, another thread count and a quantized copy each give what a new cell gives."""
+    rng = np.random.default_rng(5)
+    c, p = _cell(6, 40, np.float64, seed=1)
+    x, h = rng.standard_normal((3, 6)), rng.standard_normal((3, 40))
+    np.testing.assert_allclose(c(x, h), _ref(x, h, p), **TOL[np.float64])
+    _, p2 = _cell(6, 40, np.float64, seed=2)
+    c.load_state_dict({k[:-len("_l0")]: v for k, v in p2.items()})
+    np.testing.assert_allclose(c(x, h), _ref(x, h, p2), **TOL[np.float64])
+    before = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        np.testing.assert_allclose(c(x, h), _ref(x, h, p2), **TOL[np.float64])
+    finally:
+        numba.set_num_threads(before)
+    f, _ = _cell(64, 64, np.float32, seed=3)
+    xf, hf = rng.standard_normal((2, 1, 64)).astype(np.float32)
+    y = f(xf, hf)
+    q = f.quantize("bfloat16")
+    r = ng.GRUCell(64, 64)
+    r.load_state_dict(q.state_dict())
+    np.testing.assert_allclose(q(xf, hf), r(xf, hf), atol=1e-5)
+    assert np.abs(q(xf, hf) - y).max() > 1e-5  # (the copy's weights are rounded)
