@@ -294,15 +294,17 @@ def test_backward_scratch_reused_between_calls(reset_after):
 def test_workspace_is_per_thread_and_grows():
     import threading
 
-    from numgru.kernels.dispatch import workspace
-    a = workspace("test", (3, 4), np.float32)
-    b = workspace("test", (2, 5), np.float32)
-    assert a.shape == (3, 4) and b.shape == (2, 5) and np.shares_memory(a, b)
-    c = workspace("test", (5, 5), np.float32)  # larger: a new buffer
-    assert c.shape == (5, 5) and not np.shares_memory(a, c)
-    assert not np.shares_memory(workspace("test", (3,), np.float64), c)  # per dtype
+    from numgru.kernels.dispatch import WORKSPACE_MIN_VALUES as N, workspace
+    a = workspace("test", (4, N), np.float32)
+    b = workspace("test", (2, N + 1), np.float32)
+    assert a.shape == (4, N) and b.shape == (2, N + 1) and np.shares_memory(a, b)
+    c = workspace("test", (5, N), np.float32)  # larger: a new buffer
+    assert c.shape == (5, N) and not np.shares_memory(a, c)
+    assert not np.shares_memory(workspace("test", (N,), np.float64), c)  # per dtype
     other = []
-    t = threading.Thread(target=lambda: other.append(workspace("test", (3, 4), np.float32)))
+    t = threading.Thread(target=lambda: other.append(workspace("test", (4, N), np.float32)))
     t.start()
     t.join()
-    assert not np.shares_memory(other[0], workspace("test", (3, 4), np.float32))
+    assert not np.shares_memory(other[0], workspace("test", (4, N), np.float32))
+    small = workspace("test", (3, 4), np.float32)  # below N values: a fresh array
+    assert small.shape == (3, 4) and not np.shares_memory(small, workspace("test", (3, 4), np.float32))

@@ -412,18 +412,21 @@ def input_projection(x2d, W_ih, b_ih, numba_threads=False, valid=None, training=
     gx = np.empty((N, W_ih.shape[0]), W_ih.dtype) if out is None else out
     if N == 0:
         return gx
-    x2d = np.ascontiguousarray(x2d)
+    if not x2d.flags.c_contiguous:
+        x2d = np.ascontiguousarray(x2d)
     bias = W_ih[0] if b_ih is None else b_ih
     I = x2d.shape[1]
     threads = thread_count()
-    with parallel_slot(numba_threads) as par:
-        if par:
-            input_projection_parallel(x2d, W_ih, bias, b_ih is not None, gx,
-                                      projection_panels(N, I, threads), threads)
-        else:  # panels only where BLAS would run on one thread
-            panels = threads == 1 and not training and projection_panels(N, I, 1)
-            input_projection_kernel(x2d, W_ih, bias, b_ih is not None, gx, panels,
-                                    not panels and projection_dot(N, threads, training))
+    if numba_threads:
+        with parallel_slot(True) as par:
+            if par:
+                input_projection_parallel(x2d, W_ih, bias, b_ih is not None, gx,
+                                          projection_panels(N, I, threads), threads)
+                return gx
+    # panels only where BLAS would run on one thread
+    panels = threads == 1 and not training and projection_panels(N, I, 1)
+    input_projection_kernel(x2d, W_ih, bias, b_ih is not None, gx, panels,
+                            not panels and projection_dot(N, threads, training))
     return gx
 
 
@@ -470,25 +473,32 @@ def projection_panels(N, I, threads):
 
 
 def gru_direction_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gate_kind, alpha, beta,
-                          clip, y, col0, store=False, route=None):
-    """Run one direction of one layer. Shapes as in :func:`numgru.kernels.forward._gru_forward`.
+                          clip, y, col0, h_n, store=False, route=None):
+    """Run one direction of one layer. Shapes as in :func:`numgru.kernels.forward._gru_forward`;
+    h_n (B, H) C-contiguous receives the final state.
 
     ``clip`` is None or a positive float; ``route`` as from :func:`forward_route` (trusted: "columns"
-    only for inference with reset_after). Returns ``(h_n, tape)``; tape is None unless ``store``.
+    only for inference with reset_after). Returns the tape, None unless ``store``.
     """
     T, B, H3 = gx.shape
     H = H3 // 3
     dtype = gx.dtype
     tape = np.empty((T, B, (5 if clip is not None else 4) * H), dtype) if store else _EMPTY3[dtype]
     if B == 0 or T == 0:
-        return h0.copy(), (tape if store else None)
-    h_n = np.empty((B, H), dtype)
+        h_n[...] = h0
+        return tape if store else None
     threads = thread_count()
     sorted_desc = is_sorted_desc(lengths)
     tiled_max = serial_tiled_max(threads)
-    common = (gx, W_hh, b_hh, h0, lengths, sorted_desc, bool(reverse))
     gates = (*gate_scalars(dtype, gate_kind, alpha, beta, clip), y, int(col0), h_n)
-    with parallel_slot(route is not None or B >= PARALLEL_MIN_ROWS) as par:
+    if route is None and (B < PARALLEL_MIN_ROWS or threads == 1):
+        # the serial kernel, without the parallel slot (a small call's Python time shows: T = 1,
+        # B = 1, H = 8 forward 12.1 µs)
+        gru_forward_serial(gx, W_hh, b_hh, h0, lengths, sorted_desc, bool(reverse), bool(reset_after),
+                           *gates, bool(store), tape, tiled_max, 0, B)
+        return tape if store else None
+    common = (gx, W_hh, b_hh, h0, lengths, sorted_desc, bool(reverse))
+    with parallel_slot(True) as par:
         if par and route == "columns":
             gru_forward_cols(*common, *gates, threads)
         elif par and route == "rows":
@@ -505,10 +515,13 @@ def gru_direction_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gat
         else:
             fn = gru_forward_parallel if par else gru_forward_serial
             fn(*common, bool(reset_after), *gates, bool(store), tape, tiled_max, 0, B)
-    return h_n, (tape if store else None)
+    return tape if store else None
 
 
 _WORKSPACE = threading.local()
+#: smallest workspace (values) kept per thread: 128 KB of float32, glibc's threshold for mapping fresh
+#: pages (smaller arrays come from its heap)
+WORKSPACE_MIN_VALUES = 1 << 15
 
 
 def workspace(name, shape, dtype):
@@ -518,10 +531,13 @@ def workspace(name, shape, dtype):
 
     Large arrays come from fresh pages on every allocation (glibc maps them anew; NumPy asks for huge
     pages), and the first write to each page faults: at T = 128, B = 64, H = 256 the backward kernel
-    took 50 ms on fresh arrays against 40 on reused ones."""
-    store = _WORKSPACE.__dict__
+    took 50 ms on fresh arrays against 40 on reused ones. Below ``WORKSPACE_MIN_VALUES`` values, where
+    glibc reuses its heap, a fresh array is cheaper to get than the kept one's view."""
     size = math.prod(shape)
-    key = (name, np.dtype(dtype))
+    if size < WORKSPACE_MIN_VALUES:
+        return np.empty(shape, dtype)
+    store = _WORKSPACE.__dict__
+    key = (name, dtype if isinstance(dtype, np.dtype) else np.dtype(dtype))
     buf = store.get(key)
     if buf is None or buf.size < size:
         buf = np.empty(max(size, 1), dtype)
