@@ -301,17 +301,20 @@ def test_forward_on_and_off_panels_matches_reference(reset_after, dtype, T, B, H
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("bias", [True, False])
-def test_input_projection_on_panels_one_thread(dtype, bias):
-    """One thread, 128+ rows and at most 256 inputs: the projection runs on packed panels of W_ih
+@pytest.mark.parametrize("B", [4, 1])
+def test_input_projection_on_panels_one_thread(dtype, bias, B):
+    """One thread, 33+ rows and at most 128 inputs: the projection runs on packed panels of W_ih
     (a layer of 37 inputs, then one of 2·H); the whole model agrees with the reference."""
     from numgru.kernels import dispatch
+    assert dispatch.projection_panels(33, 128, 1) and not dispatch.projection_panels(32, 128, 1)
+    assert not dispatch.projection_panels(1000, 129, 1)
     before = numba.get_num_threads()
     numba.set_num_threads(1)
     try:
-        assert dispatch.projection_panels(40 * 4, 37, 1)
+        assert dispatch.projection_panels(40 * B, 37, 1)
         rng = np.random.default_rng(7)
         g = ng.GRU(37, 20, num_layers=2, bidirectional=True, bias=bias, dtype=dtype, seed=3)
-        x = rng.standard_normal((40, 4, 37)).astype(dtype)
+        x = rng.standard_normal((40, B, 37)).astype(dtype)
         y, h = g(x)
         ry, rh = ref_gru(x, g.state_dict(), 2, 20, bidirectional=True)
         np.testing.assert_allclose(y, ry, **TOL[dtype])
@@ -338,15 +341,17 @@ def test_input_projection_on_numba_threads(two_threads, N, I):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("N, I", [(2, 5), (3, 37), (16, 64), (17, 64), (32, 130), (33, 16)])
+@pytest.mark.parametrize("N, I", [(2, 5), (3, 37), (16, 64), (17, 64), (32, 130), (33, 16), (64, 130),
+                                  (65, 256), (40, 300)])
 def test_input_projection_few_rows(dtype, N, I):
-    """Few rows (short sequences, small batches) take the dot-product block instead of BLAS, up to 32
-    rows on one thread and 16 otherwise or in training; every route agrees with NumPy."""
+    """Few rows (short sequences, small batches) take the dot-product block instead of BLAS, on one
+    thread up to 32 rows (64 for 129–256 inputs), otherwise or in training up to 16; every route
+    agrees with NumPy."""
     from numgru.kernels import dispatch
-    assert dispatch.projection_dot(N, 1, False) == (2 <= N <= 32)
+    assert dispatch.projection_dot(N, I, 1, False) == (2 <= N <= (64 if 128 < I <= 256 else 32))
     for threads in (1, 2, 8):  # training's bound is the same for every thread count
-        assert dispatch.projection_dot(N, threads, True) == (2 <= N <= 16)
-    assert dispatch.projection_dot(N, 2, False) == (2 <= N <= 16)
+        assert dispatch.projection_dot(N, I, threads, True) == (2 <= N <= 16)
+    assert dispatch.projection_dot(N, I, 2, False) == (2 <= N <= 16)
     rng = np.random.default_rng(N * 100 + I)
     x2d = rng.standard_normal((N, I)).astype(dtype)
     W = rng.standard_normal((3 * 24, I)).astype(dtype)

@@ -58,13 +58,15 @@ STEP_COLS_MIN_H = 192
 STEP_COLS_MAX_ROWS = 16
 STEP_COLS_B1_BYTES = 1 << 21
 STEP_COLS_BF16_SERIAL_BYTES = 1 << 20
-PROJ_PANELS_MIN_ROWS = 128
+PROJ_PANELS_MIN_ROWS = 33
 PROJ_PANELS_MAX_INPUTS = 128
 PROJ_PANELS_MIN_ROWS_PARALLEL = 256
 PROJ_PANELS_MAX_INPUTS_PARALLEL = 512
 PROJ_PANELS_MIN_ROWS_PARALLEL_WIDE = 512
 PROJ_DOT_MAX_ROWS = 16
 PROJ_DOT_MAX_ROWS_ONE_THREAD = 32
+PROJ_DOT_MID_INPUTS = (128, 256)
+PROJ_DOT_MAX_ROWS_MID_INPUTS = 64
 
 
 def blas_vectors_wider():
@@ -426,24 +428,31 @@ def input_projection(x2d, W_ih, b_ih, numba_threads=False, valid=None, training=
     # panels only where BLAS would run on one thread
     panels = threads == 1 and not training and projection_panels(N, I, 1)
     input_projection_kernel(x2d, W_ih, bias, b_ih is not None, gx, panels,
-                            not panels and projection_dot(N, threads, training))
+                            not panels and projection_dot(N, I, threads, training))
     return gx
 
 
-def projection_dot(N, threads, training):
-    """Whether the input projection of N rows (outside Numba's threads) runs by the dot-product block
-    on W_ih as it lies (:func:`~numgru.kernels.dotblock.dot_rows`) instead of BLAS, which packs W_ih on
-    every call: for 2 to ``PROJ_DOT_MAX_ROWS`` rows, or to ``PROJ_DOT_MAX_ROWS_ONE_THREAD`` when BLAS
-    has one thread. Training takes the bound that holds for every thread count, so its sums, and its
-    gradients, do not depend on it. Measured on the 2-vCPU Intel machine (float32, I = H, 3H outputs,
+def projection_dot(N, I, threads, training):
+    """Whether the input projection of N rows with I inputs (outside Numba's threads) runs by the
+    dot-product block on W_ih as it lies (:func:`~numgru.kernels.dotblock.dot_rows`) instead of BLAS,
+    which packs W_ih on every call: for 2 to ``PROJ_DOT_MAX_ROWS`` rows, or when BLAS has one thread to
+    ``PROJ_DOT_MAX_ROWS_ONE_THREAD``, and to ``PROJ_DOT_MAX_ROWS_MID_INPUTS`` for I in
+    ``PROJ_DOT_MID_INPUTS`` (exclusive, inclusive). Training takes the bound that holds for every
+    thread count, so its sums, and its gradients, do not depend on it. Measured on the 2-vCPU Intel
+    machine (float32, I = H, 3H outputs,
     kernel alone, µs, BLAS against the block), one thread: H = 256, N = 2 / 8 / 16 / 32 / 64 45.8 /
     51.3 / 65.3 / 104 / 178 against 7.1 / 21.1 / 41.2 / 82.0 / 158; H = 64, N = 2–32 1.16–1.81×, N = 96
     0.69×; H = 1024, N = 8 / 16 / 32 / 48 1.90× / 1.58× / 1.11× / 0.94×; two threads (BLAS threads the
     larger products): H = 256, N = 2 / 8 / 16 / 32 6.45× / 1.47× / 1.01× / 0.83×; H = 1024, N = 8 / 16 /
     32 1.26× / 1.03× / 0.66×. One row stays a GEMV: the block ran level at H = 64 / 512 / 1024 and
-    1.35–1.46× at H = 128 / 256 with W_ih alone in L2, not tried in whole forwards."""
-    top = PROJ_DOT_MAX_ROWS_ONE_THREAD if threads == 1 and not training else PROJ_DOT_MAX_ROWS
-    return 2 <= N <= top
+    1.35–1.46× at H = 128 / 256 with W_ih alone in L2, not tried in whole forwards. Re-measured in a
+    later session, one thread, against BLAS: H = 256, N = 48 / 64 / 96 / 128 1.32× / 1.15× / 0.97× /
+    1.02×; H = 128, N = 48 / 64 1.25× / 1.31× (but the panels are level there, and take I ≤ 128 from
+    33 rows: :func:`projection_panels`)."""
+    if threads > 1 or training:
+        return 2 <= N <= PROJ_DOT_MAX_ROWS
+    lo, hi = PROJ_DOT_MID_INPUTS
+    return 2 <= N <= (PROJ_DOT_MAX_ROWS_MID_INPUTS if lo < I <= hi else PROJ_DOT_MAX_ROWS_ONE_THREAD)
 
 
 def projection_panels(N, I, threads):
@@ -454,8 +463,11 @@ def projection_panels(N, I, threads):
 
     - one thread, against OpenBLAS's GEMM (kernel alone, paired): I = 64 1.20–1.23×, I = 128 1.11×,
       I = 256 1.00× (N = 2048–8192) but 0.97× at N = 128–512, I = 512 0.88×, I = 1024 0.74×: panels
-      for N ≥ ``PROJ_PANELS_MIN_ROWS`` and I ≤ ``PROJ_PANELS_MAX_INPUTS``. With several BLAS threads
-      the serial kernel keeps BLAS.
+      for N ≥ ``PROJ_PANELS_MIN_ROWS`` and I ≤ ``PROJ_PANELS_MAX_INPUTS``. Fewer rows, packing
+      included (µs, panels against BLAS and the dot-product block): I = 64, N = 33 / 64 / 128 9.9 /
+      14.5 / 25.6 against 14.5 / 22.7 / 29.6 and 10.1 / 18.0 / 36.4; I = 128, N = 48 / 64 / 96 43.2 /
+      50.1 / 70.2 against 54.9 / 69.2 / 74.7 and 43.9 / 52.9 / 80.8 (up to 32 rows the block is
+      ahead: :func:`projection_dot`). With several BLAS threads the serial kernel keeps BLAS.
     - two Numba threads, against Numba's tiled matmul (whole forward, T = 128, paired): B = 16, H = 256
       1.40×; B = 64, H = 64 / 128 1.65× / 1.50×; B = 4 / 8, H = 256 / 512 1.19× / 1.13×; B = 16,
       H = 512 1.01×; but B = 4 / 1, H = 1024 0.98× / 0.82× (12 MB of W_ih packed for 128–512 rows):
