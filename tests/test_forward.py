@@ -308,6 +308,11 @@ def test_input_projection_on_panels_one_thread(dtype, bias, B):
     from numgru.kernels import dispatch
     assert dispatch.projection_panels(33, 128, 1) and not dispatch.projection_panels(32, 128, 1)
     assert not dispatch.projection_panels(1000, 129, 1)
+    # with BLAS on several threads, only the few rows where one thread's panels beat it
+    for N, I, want in [(128, 64, True), (129, 64, False), (64, 128, True), (65, 128, False),
+                       (32, 64, False), (100, 129, False)]:
+        assert dispatch.serial_projection_panels(N, I, 2) == want
+        assert dispatch.serial_projection_panels(N, I, 1) == dispatch.projection_panels(N, I, 1)
     before = numba.get_num_threads()
     numba.set_num_threads(1)
     try:
@@ -344,14 +349,14 @@ def test_input_projection_on_numba_threads(two_threads, N, I):
 @pytest.mark.parametrize("N, I", [(2, 5), (3, 37), (16, 64), (17, 64), (32, 130), (33, 16), (64, 130),
                                   (65, 256), (40, 300)])
 def test_input_projection_few_rows(dtype, N, I):
-    """Few rows (short sequences, small batches) take the dot-product block instead of BLAS, on one
-    thread up to 32 rows (64 for 129–256 inputs), otherwise or in training up to 16; every route
-    agrees with NumPy."""
+    """Few rows (short sequences, small batches) take the dot-product block instead of BLAS: on one
+    thread up to 32 rows (64 for 129–256 inputs), on more up to 32 rows for at most 128 inputs and
+    16 otherwise, in training up to 16; every route agrees with NumPy."""
     from numgru.kernels import dispatch
     assert dispatch.projection_dot(N, I, 1, False) == (2 <= N <= (64 if 128 < I <= 256 else 32))
     for threads in (1, 2, 8):  # training's bound is the same for every thread count
         assert dispatch.projection_dot(N, I, threads, True) == (2 <= N <= 16)
-    assert dispatch.projection_dot(N, I, 2, False) == (2 <= N <= 16)
+    assert dispatch.projection_dot(N, I, 2, False) == (2 <= N <= (32 if I <= 128 else 16))
     rng = np.random.default_rng(N * 100 + I)
     x2d = rng.standard_normal((N, I)).astype(dtype)
     W = rng.standard_normal((3 * 24, I)).astype(dtype)

@@ -67,6 +67,8 @@ PROJ_DOT_MAX_ROWS = 16
 PROJ_DOT_MAX_ROWS_ONE_THREAD = 32
 PROJ_DOT_MID_INPUTS = (128, 256)
 PROJ_DOT_MAX_ROWS_MID_INPUTS = 64
+PROJ_DOT_MAX_ROWS_NARROW = 32
+PROJ_PANELS_BLAS_THREADS = ((64, 128), (128, 64))
 
 
 def blas_vectors_wider():
@@ -400,7 +402,8 @@ def input_projection(x2d, W_ih, b_ih, numba_threads=False, valid=None, training=
     """gx = x2d @ W_ih.T + b_ih, one GEMM over all rows.  x2d (N, I), W_ih (3H, I) → (N, 3H).
 
     With ``numba_threads`` (a route from :func:`forward_route`) the product runs on Numba's threads,
-    otherwise in BLAS or, on one thread, on packed panels (:func:`projection_panels`). With ``valid``
+    otherwise on one thread on packed panels (:func:`serial_projection_panels`) or by the dot-product
+    block (:func:`projection_dot`), or in BLAS. With ``valid``
     (a (N,) bool mask from :func:`valid_steps`) only the valid rows are gathered and multiplied; the
     other rows of gx are zero (the kernels never read them). With ``training`` the serial kernel always
     takes BLAS, whose sums do not depend on its thread count, so that gradients come out the same with
@@ -425,8 +428,7 @@ def input_projection(x2d, W_ih, b_ih, numba_threads=False, valid=None, training=
                 input_projection_parallel(x2d, W_ih, bias, b_ih is not None, gx,
                                           projection_panels(N, I, threads), threads)
                 return gx
-    # panels only where BLAS would run on one thread
-    panels = threads == 1 and not training and projection_panels(N, I, 1)
+    panels = not training and serial_projection_panels(N, I, threads)
     input_projection_kernel(x2d, W_ih, bias, b_ih is not None, gx, panels,
                             not panels and projection_dot(N, I, threads, training))
     return gx
@@ -449,10 +451,32 @@ def projection_dot(N, I, threads, training):
     later session, one thread, against BLAS: H = 256, N = 48 / 64 / 96 / 128 1.32× / 1.15× / 0.97× /
     1.02×; H = 128, N = 48 / 64 1.25× / 1.31× (but the panels are level there, and take I ≤ 128 from
     33 rows: :func:`projection_panels`)."""
-    if threads > 1 or training:
+    if training:
         return 2 <= N <= PROJ_DOT_MAX_ROWS
+    if threads > 1:
+        # the block on one thread still beat BLAS on two for I ≤ 128 (µs, I = 64 / 128, N = 17: 6.4 /
+        # 18.5 against 9.6 / 22.4; N = 32: 9.1 / 27.5 against 14.0 / 30.4)
+        return 2 <= N <= (PROJ_DOT_MAX_ROWS_NARROW if I <= PROJ_PANELS_MAX_INPUTS else PROJ_DOT_MAX_ROWS)
     lo, hi = PROJ_DOT_MID_INPUTS
     return 2 <= N <= (PROJ_DOT_MAX_ROWS_MID_INPUTS if lo < I <= hi else PROJ_DOT_MAX_ROWS_ONE_THREAD)
+
+
+def serial_projection_panels(N, I, threads):
+    """Whether the serial kernel (:func:`~numgru.kernels.forward.input_projection_kernel`) multiplies N
+    rows by W_ih (I inputs) on packed panels, on one thread, rather than in BLAS on ``threads``: as
+    :func:`projection_panels` says for one thread; with BLAS on several threads only for the few rows
+    where one thread's panels still beat it, ``PROJ_PANELS_BLAS_THREADS`` ((most inputs, most rows)
+    pairs). Measured on the 2-vCPU Intel machine (float32, 3I outputs, µs, panels against BLAS on two
+    threads, packing included): I = 64, N = 64 / 128 / 256 14.7 / 25.0 / 45.3 against 23.4 / 36.7 /
+    46.0; I = 128, N = 64 / 128 47.7 / 87.9 against 54.3 / 81.7."""
+    if not projection_panels(N, I, 1):
+        return False
+    if threads == 1:
+        return True
+    for max_inputs, max_rows in PROJ_PANELS_BLAS_THREADS:
+        if I <= max_inputs:
+            return N <= max_rows
+    return False
 
 
 def projection_panels(N, I, threads):
@@ -467,7 +491,7 @@ def projection_panels(N, I, threads):
       included (µs, panels against BLAS and the dot-product block): I = 64, N = 33 / 64 / 128 9.9 /
       14.5 / 25.6 against 14.5 / 22.7 / 29.6 and 10.1 / 18.0 / 36.4; I = 128, N = 48 / 64 / 96 43.2 /
       50.1 / 70.2 against 54.9 / 69.2 / 74.7 and 43.9 / 52.9 / 80.8 (up to 32 rows the block is
-      ahead: :func:`projection_dot`). With several BLAS threads the serial kernel keeps BLAS.
+      ahead: :func:`projection_dot`). With several BLAS threads, see :func:`serial_projection_panels`.
     - two Numba threads, against Numba's tiled matmul (whole forward, T = 128, paired): B = 16, H = 256
       1.40×; B = 64, H = 64 / 128 1.65× / 1.50×; B = 4 / 8, H = 256 / 512 1.19× / 1.13×; B = 16,
       H = 512 1.01×; but B = 4 / 1, H = 1024 0.98× / 0.82× (12 MB of W_ih packed for 128–512 rows):
