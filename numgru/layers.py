@@ -686,6 +686,10 @@ class GRUTape:
     perm: np.ndarray | None = None
 
 
+_EMPTY2 = {np.dtype(np.float32): np.empty((0, 0), np.float32),
+           np.dtype(np.float64): np.empty((0, 0), np.float64)}
+
+
 class GRUCell(_Params):
     r"""One GRU step (PyTorch's ``nn.GRUCell``): ``h1 = cell(x, h)``.
 
@@ -778,16 +782,21 @@ class GRUCell(_Params):
                     type(h) is np.ndarray and h.dtype == g.dtype and h.shape == (x.shape[0], H)))):
             # fast path: one fused kernel call, workspace allocated per call (thread-safe)
             B = x.shape[0]
-            x = np.ascontiguousarray(x)
-            h = np.zeros((B, H), g.dtype) if h is None else np.ascontiguousarray(h)
+            if not x.flags.c_contiguous:
+                x = np.ascontiguousarray(x)
+            if h is None:
+                h = np.zeros((B, H), g.dtype)
+            elif not h.flags.c_contiguous:
+                h = np.ascontiguousarray(h)
             out = np.empty((B, H), g.dtype)
-            gi, gh = np.empty((B, 3 * H), g.dtype), np.empty((B, 3 * H), g.dtype)
             args, columns, tiled_max = self._step_args(B)
             if columns:
+                gi, gh = np.empty((B, 3 * H), g.dtype), np.empty((B, 3 * H), g.dtype)
                 run_step(x, h, args[:5], args[5:], out, gi, gh,
                          step_columns_workspace(B, H, columns, g.dtype), tiled_max)
-            else:
-                gru_step(x, h, *args, out, gi, gh, tiled_max)
+            else:  # (the kernel allocates its workspace)
+                no_work = _EMPTY2[g.dtype]
+                gru_step(x, h, *args, out, no_work, no_work, tiled_max)
             return out
         x3, h0, unbatched = self._prepare(x, h)
         B = x3.shape[1]

@@ -92,7 +92,9 @@ def gru_step(x, h, W_ih, W_hh, b_ih, b_hh, panels, reset_after, gate_kind, alpha
     the weights may be bfloat16 (``uint16``, see :mod:`numgru.kernels.bf16`). ``panels``: three arrays
     of the weights' dtype, from :func:`step_panels` (the products then run on them), or three empty
     (0, 0, 0) arrays (the products by :func:`step_matmul`);
-    h_out (B, H) out (must not alias h); gi (B, 3H), gh (B, 3H) workspace, the caller must not read them.
+    h_out (B, H) out (must not alias h); gi (B, 3H), gh (B, 3H) workspace, the caller must not read them
+    (or two arrays of fewer rows, (0, 0) say: the kernel then allocates its own, cheaper than NumPy
+    does from Python for a one-off call).
     Scalars as in :func:`numgru.kernels.forward._gru_forward`; ``tiled_max`` as in
     :func:`~numgru.kernels.forward.recurrent_matmul` (the caller passes
     :func:`~numgru.kernels.dispatch.serial_tiled_max` of the thread count), read only when B > 1.
@@ -101,6 +103,9 @@ def gru_step(x, h, W_ih, W_hh, b_ih, b_hh, panels, reset_after, gate_kind, alpha
     B = x.shape[0]
     H = h.shape[1]
     H2 = 2 * H
+    if gi.shape[0] < B:
+        gi = np.empty((B, 3 * H), x.dtype)
+        gh = np.empty((B, 3 * H), x.dtype)
     # one row: register-blocked Numba loops for small weights (measured at H = I = 128: 4.3 µs for
     # both products against 5.5 µs in BLAS), the dot-product block up to STEP_DOT_MAX_VALUES each
     small = W_ih.size + W_hh.size <= 1 << 17
