@@ -437,18 +437,19 @@ def input_projection(x2d, W_ih, b_ih, numba_threads=False, valid=None, training=
 def projection_dot(N, I, threads, training):
     """Whether the input projection of N rows with I inputs (outside Numba's threads) runs by the
     dot-product block on W_ih as it lies (:func:`~numgru.kernels.dotblock.dot_rows`) instead of BLAS,
-    which packs W_ih on every call: for 2 to ``PROJ_DOT_MAX_ROWS`` rows, or when BLAS has one thread to
-    ``PROJ_DOT_MAX_ROWS_ONE_THREAD``, and to ``PROJ_DOT_MAX_ROWS_MID_INPUTS`` for I in
-    ``PROJ_DOT_MID_INPUTS`` (exclusive, inclusive). Training takes the bound that holds for every
-    thread count, so its sums, and its gradients, do not depend on it. Measured on the 2-vCPU Intel
-    machine (float32, I = H, 3H outputs,
+    which packs W_ih on every call: for 2 to ``PROJ_DOT_MAX_ROWS`` rows; outside training to
+    ``PROJ_DOT_MAX_ROWS_NARROW`` for I ≤ ``PROJ_PANELS_MAX_INPUTS`` with BLAS on several threads, and
+    with BLAS on one thread to ``PROJ_DOT_MAX_ROWS_ONE_THREAD``, or ``PROJ_DOT_MAX_ROWS_MID_INPUTS``
+    for I in ``PROJ_DOT_MID_INPUTS`` (exclusive, inclusive). Training takes the bound that holds for
+    every thread count, so its sums, and its gradients, do not depend on it. Measured on the 2-vCPU
+    Intel machine (float32, I = H, 3H outputs,
     kernel alone, µs, BLAS against the block), one thread: H = 256, N = 2 / 8 / 16 / 32 / 64 45.8 /
     51.3 / 65.3 / 104 / 178 against 7.1 / 21.1 / 41.2 / 82.0 / 158; H = 64, N = 2–32 1.16–1.81×, N = 96
     0.69×; H = 1024, N = 8 / 16 / 32 / 48 1.90× / 1.58× / 1.11× / 0.94×; two threads (BLAS threads the
     larger products): H = 256, N = 2 / 8 / 16 / 32 6.45× / 1.47× / 1.01× / 0.83×; H = 1024, N = 8 / 16 /
     32 1.26× / 1.03× / 0.66×. One row stays a GEMV: the block ran level at H = 64 / 512 / 1024 and
-    1.35–1.46× at H = 128 / 256 with W_ih alone in L2, not tried in whole forwards. Re-measured in a
-    later session, one thread, against BLAS: H = 256, N = 48 / 64 / 96 / 128 1.32× / 1.15× / 0.97× /
+    1.35–1.46× at H = 128 / 256 with W_ih alone in L2, not tried in whole forwards. Measured again a
+    few sessions later, one thread, against BLAS: H = 256, N = 48 / 64 / 96 / 128 1.32× / 1.15× / 0.97× /
     1.02×; H = 128, N = 48 / 64 1.25× / 1.31× (but the panels are level there, and take I ≤ 128 from
     33 rows: :func:`projection_panels`)."""
     if training:
