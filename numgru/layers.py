@@ -17,7 +17,7 @@ from ._validation import (as_lengths, as_real_array, check_bool, check_dtype, ch
                           check_int, untorch)
 from .kernels.activations import GATE_HARD_SIGMOID, GATE_SIGMOID
 from .kernels.dispatch import (aligned, batch_order, forward_route, gate_scalars, gru_direction_backward,
-                               gru_direction_forward, input_projection, no_step_panels,
+                               empty_array, gru_direction_forward, input_projection, no_step_panels,
                                run_step, serial_tiled_max, step_columns, step_columns_workspace,
                                thread_count, valid_steps, workspace)
 from .kernels.backward import matmul_into
@@ -440,7 +440,7 @@ class GRU(_Params):
         route = forward_route(B, H, self.reset_after, False, T, 2 if bf16 else self.dtype.itemsize)
         x, h0, lengths, perm = _sort_by_length(x, h0, lengths, route)
         y, h_n, _ = self._run(x, h0, lengths, store=False, padded=padded, route=route)
-        return _unsort(y, h_n, perm)
+        return _unsort(perm, y, h_n)
 
     def _run(self, x, h0, lengths, store, dropout_rng=None, padded=True, route=None):
         """All layers over (T, B, I) rows already in :func:`_sort_by_length`'s order. ``padded``:
@@ -492,7 +492,7 @@ class GRU(_Params):
                                    padded=padded)
         tape = GRUTape(model=self, layers=layers, h0=h0, lengths=lengths, unbatched=unbatched,
                        T=x.shape[0], B=x.shape[1], perm=perm)
-        y, h_n = _unsort(y, h_n, perm)
+        y, h_n = _unsort(perm, y, h_n)
         y_out, hn_out = self._finish(y, h_n, unbatched)
         return y_out, hn_out, tape
 
@@ -593,10 +593,10 @@ class GRU(_Params):
                 dy_layer = None
         ordered = {name: grads[name] for name, _ in self._param_items()}
         dx = dy_layer
-        dh0 = _unsort_rows(dh0, tape.perm)
         if dx is None:
+            (dh0,) = _unsort(tape.perm, dh0)
             return None, (dh0[:, 0, :] if tape.unbatched else dh0), ordered
-        dx = _unsort_rows(dx, tape.perm)
+        dx, dh0 = _unsort(tape.perm, dx, dh0)
         if tape.unbatched:
             return dx[:, 0, :], dh0[:, 0, :], ordered
         if self.batch_first:
@@ -640,18 +640,13 @@ def _sort_by_length(x, h0, lengths, route=None):
             np.ascontiguousarray(lengths[perm]), perm)
 
 
-def _unsort(a, b, perm):
-    """Undo :func:`_sort_by_length` on two (·, B, ·) arrays."""
-    return _unsort_rows(a, perm), _unsort_rows(b, perm)
-
-
-def _unsort_rows(a, perm):
-    """Undo :func:`_sort_by_length` on one (·, B, ·) array."""
+def _unsort(perm, *arrays):
+    """Undo :func:`_sort_by_length` on (·, B, ·) arrays; returns them as a tuple."""
     if perm is None:
-        return a
+        return arrays
     inv = np.empty_like(perm)
     inv[perm] = np.arange(perm.size)
-    return np.ascontiguousarray(a[:, inv])
+    return tuple(np.ascontiguousarray(a[:, inv]) for a in arrays)
 
 
 def _matmul(a, b):
@@ -684,10 +679,6 @@ class GRUTape:
     T: int
     B: int
     perm: np.ndarray | None = None
-
-
-_EMPTY2 = {np.dtype(np.float32): np.empty((0, 0), np.float32),
-           np.dtype(np.float64): np.empty((0, 0), np.float64)}
 
 
 class GRUCell(_Params):
@@ -795,7 +786,7 @@ class GRUCell(_Params):
                 run_step(x, h, args[:5], args[5:], out, gi, gh,
                          step_columns_workspace(B, H, columns, g.dtype), tiled_max)
             else:  # (the kernel allocates its workspace)
-                no_work = _EMPTY2[g.dtype]
+                no_work = empty_array(g.dtype, 2)
                 gru_step(x, h, *args, out, no_work, no_work, tiled_max)
             return out
         x3, h0, unbatched = self._prepare(x, h)

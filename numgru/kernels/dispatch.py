@@ -123,8 +123,6 @@ def thread_count():
 
 WIDE_BLAS = blas_vectors_wider()
 _PARALLEL_LOCK = threading.Lock()
-_EMPTY3 = {np.dtype(np.float32): np.zeros((0, 0, 0), np.float32),
-           np.dtype(np.float64): np.zeros((0, 0, 0), np.float64)}
 
 
 class parallel_slot:
@@ -382,10 +380,17 @@ def run_step(x, h, weights, scalars, h_out, gi, gh, acc, tiled_max):
     gru_step(x, h, *weights, *scalars, h_out, gi, gh, tiled_max)
 
 
+@functools.lru_cache(maxsize=16)
+def empty_array(dtype, ndim):
+    """A shared array of ``dtype`` with ``ndim`` axes of length 0, the kernels' "none" for an array
+    argument (an absent tape, no panels, a workspace left to the kernel); nothing can be written to it."""
+    return np.empty((0,) * ndim, dtype)
+
+
 @functools.lru_cache(maxsize=8)
 def no_step_panels(dtype):
     """Three empty (0, 0, 0) arrays of ``dtype``: :func:`~numgru.kernels.step.gru_step` without panels."""
-    empty = np.empty((0, 0, 0), dtype)
+    empty = empty_array(dtype, 3)
     return empty, empty, empty
 
 
@@ -520,7 +525,7 @@ def gru_direction_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gat
     T, B, H3 = gx.shape
     H = H3 // 3
     dtype = gx.dtype
-    tape = np.empty((T, B, (5 if clip is not None else 4) * H), dtype) if store else _EMPTY3[dtype]
+    tape = np.empty((T, B, (5 if clip is not None else 4) * H), dtype) if store else empty_array(dtype, 3)
     if B == 0 or T == 0:
         h_n[...] = h0
         return tape if store else None

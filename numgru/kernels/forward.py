@@ -2,8 +2,8 @@
 
 The input projection ``gx = x @ W_ih.T + b_ih`` is hoisted out of the time loop by the caller (one GEMM
 over all T·B rows, :func:`input_projection_kernel`: BLAS, packed panels of W_ih on one thread for
-I ≤ 128, or for up to 16–32 rows the dot-product block; :func:`input_projection_parallel` on Numba's
-threads). Per time step the kernel makes one recurrent
+I ≤ 128, or for a few dozen rows the dot-product block, as :mod:`~numgru.kernels.dispatch` chooses;
+:func:`input_projection_parallel` on Numba's threads). Per time step the kernel makes one recurrent
 matmul (two for reset_after=False, which needs r before the n block) on the rows still active at that
 step, then runs the gate arithmetic in short fused loops over the step's pre-activations. Workspace is
 allocated once, before the time loop.
@@ -375,8 +375,9 @@ def wants_panels(M, K, B, T, tiled_max, bf16):
     float values (the panels are a second copy of the weights for the call; beyond H = 1024 nothing
     was measured). bfloat16 weights (``bf16``) are packed from :data:`PANEL_MIN_T` steps.
 
-    Packing is a transposing pass over the weights (72 µs for W_hh at H = 256), which a step's gain
-    on panels repays only over many rows × steps: float weights are packed for B ≥ 2 from
+    Packing is a transposing pass over the weights (72 µs for W_hh at H = 256 when these figures
+    were taken, 41 µs since :func:`~numgru.kernels.panel.pack_panels` stopped zeroing first), which a
+    step's gain on panels repays only over many rows × steps: float weights are packed for B ≥ 2 from
     :data:`PANEL_MIN_ROW_STEPS` rows × steps, and for one row from :data:`PANEL_ONE_ROW_MIN_T` steps
     while K ≤ :data:`PANEL_ONE_ROW_MAX_K`, from :data:`PANEL_ONE_ROW_LONG_T` beyond (one row reads W
     from L2 at almost the same rate either way). Measured on the 2-vCPU Intel machine (one thread,
