@@ -232,6 +232,7 @@ class GRU(_Params):
 
     _bf16 = None  # quantized models: (W_ih, W_hh) lists of bfloat16 (uint16) copies
     _bf16_panels = None  # ... and their step panels per layer and direction, packed on first use
+    _packed = None  # frozen models: step_panels of the float weights per layer and direction
 
     # ------------------------------------------------------------------ configuration
     @property
@@ -242,6 +243,11 @@ class GRU(_Params):
     def quantized(self):
         """``"bfloat16"`` for a model made by :meth:`quantize`, else None."""
         return None if self._bf16 is None else "bfloat16"
+
+    @property
+    def frozen(self):
+        """True for a model made by :meth:`freeze` (its weights packed once, read-only)."""
+        return self._packed is not None
 
     def get_config(self):
         """The constructor arguments as a JSON-friendly dict."""
@@ -261,6 +267,8 @@ class GRU(_Params):
                         if k not in ("input_size", "hidden_size"))
         if self._bf16 is not None:
             extra += ", quantized='bfloat16'"
+        if self._packed is not None:
+            extra += ", frozen=True"
         return f"GRU({self.input_size}, {self.hidden_size}{extra})"
 
     def _suffix(self, layer, direction):
@@ -303,8 +311,9 @@ class GRU(_Params):
         """``(W_ih, W_hh, b_ih, b_hh, panels)`` of layer k as the step kernels
         (:mod:`numgru.kernels.step`) read them for B rows (``threads``, ``columns`` from
         :meth:`_step_plan`): a quantized model's bfloat16 copies where :func:`use_bf16` says so, zeros
-        for b_ih without bias, and the bfloat16 copies' packed panels for the serial step (packed once
-        per model: its weights never change) or none."""
+        for b_ih without bias, and for the serial step the packed panels of the weights it reads where
+        they never change (a quantized model's bfloat16 copies, packed on first use; a frozen model's
+        weights), else none."""
         W_ih, W_hh, b_ih, b_hh = self._weights(k)
         panels = no_step_panels(self.dtype)
         if self._bf16 is not None and use_bf16(self, B, W_ih.nbytes + W_hh.nbytes,
@@ -315,6 +324,8 @@ class GRU(_Params):
                     self._bf16_panels = [step_panels(*(w[i] for w in self._bf16), self.reset_after)
                                          for i in range(len(self._bf16[0]))]
                 panels = self._bf16_panels[k]
+        elif self._packed is not None and not columns:
+            panels = self._packed[k]
         return W_ih, W_hh, self._zero_bias if b_ih is None else b_ih, b_hh, panels
 
     def _recurrent_weights(self, i, B, route):
@@ -351,6 +362,7 @@ class GRU(_Params):
             raise ValueError(f"weights: bfloat16 storage needs a float32 model, this one is "
                              f"{self.dtype.name}")
         q = copy.copy(self)
+        q._packed = None
         bf_ih = [_read_only(aligned(to_bfloat16(W))) for W in self._W_ih]
         bf_hh = [_read_only(aligned(to_bfloat16(W))) for W in self._W_hh]
         q._bf16 = (bf_ih, bf_hh)
@@ -360,12 +372,74 @@ class GRU(_Params):
         q._b_ih = [_read_only(aligned(b)) for b in self._b_ih]
         q._b_hh = [_read_only(aligned(b)) for b in self._b_hh]
         q._zero_bias = _read_only(self._zero_bias.copy())
+        if self._packed is not None:
+            q._pack()
         return q
+
+    def freeze(self):
+        """An inference copy of this model with its weight matrices packed once for the kernels.
+
+        Every forward of a plain model packs the weights it multiplies by (a transposing pass over
+        them) where the steps repay it, and a stream step or a short sequence reads them unpacked, since
+        an optimizer or ``load_state_dict`` may change them in place between calls. A frozen copy packs
+        them when it is made and keeps the packed copy, as an ONNX Runtime session or
+        ``torch.jit.freeze`` does: its input projection and steps then run on the packed weights at
+        every length and batch where those are the faster product. That pays most where the packing
+        or an unpacked product was a large share of a call: small batches and short sequences at
+        H ≤ 256, and stream steps. Results equal the model's within rounding (the sums run in
+        another order, as between the model's own routes).
+
+        The copy is for inference (``forward``, ``stream``, :class:`~numgru.BatchingEngine`): its
+        parameters are read-only and ``forward_train``, ``backward`` and ``load_state_dict`` raise.
+        The original model is unchanged; ``state_dict()``, ``to_torch()``, ONNX export and ``ng.save``
+        give its weights as usual (the loaded model is not frozen). It holds a second copy of the
+        weight matrices. :meth:`quantize` of a frozen model is frozen too.
+
+        Example: ``fast = gru.freeze(); y, h_n = fast(x)``.
+        """
+        if self._packed is not None:
+            return copy.copy(self)
+        q = copy.copy(self)
+        q._W_ih = [_read_only(aligned(W.copy())) for W in self._W_ih]
+        q._W_hh = [_read_only(aligned(W.copy())) for W in self._W_hh]
+        q._b_ih = [_read_only(aligned(b.copy())) for b in self._b_ih]
+        q._b_hh = [_read_only(aligned(b.copy())) for b in self._b_hh]
+        q._zero_bias = _read_only(self._zero_bias.copy())
+        q._pack()
+        return q
+
+    def _pack(self):
+        """Pack the float weights of every layer and direction (:meth:`freeze`)."""
+        self._packed = [step_panels(W_ih, W_hh, self.reset_after)
+                        for W_ih, W_hh in zip(self._W_ih, self._W_hh)]
+
+    def __copy__(self):
+        q = object.__new__(type(self))
+        q.__dict__.update(self.__dict__)
+        return q
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        if state.pop("_packed", None) is not None:
+            state["_frozen"] = True  # packed again on load, where the panels' alignment is kept
+        return state
+
+    def __setstate__(self, state):
+        frozen = state.pop("_frozen", False)
+        self.__dict__.update(state)
+        if frozen:
+            for arrays in (self._W_ih, self._W_hh, self._b_ih, self._b_hh):
+                arrays[:] = [_read_only(aligned(a.copy())) for a in arrays]
+            self._zero_bias = _read_only(self._zero_bias.copy())
+            self._pack()
 
     def _check_trainable(self):
         if self._bf16 is not None:
             raise ValueError("model: a quantized (bfloat16) model is for inference only; train the float32 "
                              "model and quantize it again")
+        if self._packed is not None:
+            raise ValueError("model: a frozen model is for inference only; train the model it was "
+                             "frozen from and freeze it again")
 
     def load_state_dict(self, state_dict, strict=True):
         self._check_trainable()
@@ -464,14 +538,21 @@ class GRU(_Params):
                 i = layer * D + d
                 W_ih, _, b_ih, b_hh = self._weights(i)
                 W_hh = self._recurrent_weights(i, B, route)
+                # a frozen model's panels (of the float weights: not where W_hh is a bfloat16 copy)
+                Wp_ih = Wp_hh = None
+                if self._packed is not None:
+                    Wp_ih = self._packed[i][0]
+                    if W_hh is self._W_hh[i]:
+                        Wp_hh = self._packed[i][1:]
                 # gx is used up by this direction's recurrence: scratch reused between calls (padded
                 # batches gather their valid rows into an array of their own)
                 out = workspace("gx", (T * B, 3 * H), self.dtype) if valid is None else None
                 gx = input_projection(x2d, W_ih, b_ih, route in ("rows", "columns"), valid, training=store,
-                                      out=out).reshape(T, B, 3 * H)
+                                      out=out, packed=Wp_ih).reshape(T, B, 3 * H)
                 tape = gru_direction_forward(gx, W_hh, b_hh, h0[i], lengths, d == 1 or self.go_backwards,
                                              self.reset_after, self._gate_kind, self.alpha, self.beta,
-                                             self.clip, y, d * H, h_n[i], store=store, route=route)
+                                             self.clip, y, d * H, h_n[i], store=store, route=route,
+                                             packed=Wp_hh)
                 gate_tapes.append(tape)
             if store:
                 layers.append(_LayerTape(inp, y, gate_tapes, mask))
@@ -718,6 +799,7 @@ class GRUCell(_Params):
 
     def __repr__(self):
         q = ", quantized='bfloat16'" if self.quantized else ""
+        q += ", frozen=True" if self.frozen else ""
         return f"GRUCell({self.input_size}, {self.hidden_size}, reset_after={self.reset_after}{q})"
 
     @property
@@ -729,6 +811,19 @@ class GRUCell(_Params):
         """An inference copy with bfloat16 weights; see :meth:`GRU.quantize`."""
         q = copy.copy(self)
         q._gru = self._gru.quantize(weights)
+        q._plans = {}
+        return q
+
+    @property
+    def frozen(self):
+        """True for a cell made by :meth:`freeze`."""
+        return self._gru.frozen
+
+    def freeze(self):
+        """An inference copy with its weight matrices packed once for the step kernel; see
+        :meth:`GRU.freeze`. Example: ``fast = cell.freeze(); h1 = fast(x, h)``."""
+        q = copy.copy(self)
+        q._gru = self._gru.freeze()
         q._plans = {}
         return q
 

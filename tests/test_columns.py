@@ -157,7 +157,8 @@ for B, H, nc in [(1, 200, 3), (4, 200, 3), (5, 96, 2), (2, 48, 4)]:
     y1, h1 = np.full((T, B, H), np.nan, np.float32), np.empty((B, H), np.float32)
     y2, h2 = np.full((T, B, H), np.nan, np.float32), np.empty((B, H), np.float32)
     gru_forward_cols(gx, W, b, h0, lengths, True, False, *gs, y1, 0, h1, nc)
-    gru_forward_serial(gx, W, b, h0, lengths, True, False, True, *gs, y2, 0, h2, False,
+    none = np.empty((0, 0, 0), np.float32)
+    gru_forward_serial(gx, W, (none, none), b, h0, lengths, True, False, True, *gs, y2, 0, h2, False,
                        np.empty((0, 0, 0), np.float32), 16, 0, B)
     np.testing.assert_allclose(y1, y2, atol=2e-6, rtol=0)
     np.testing.assert_allclose(h1, h2, atol=2e-6, rtol=0)

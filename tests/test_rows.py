@@ -261,7 +261,7 @@ def test_rows_route_with_busy_slot_runs_chunks_serially(two_threads, spy, monkey
     serial = dispatch.gru_forward_serial
 
     def recording(*a):
-        seen.append((a[5], a[-2], a[-1]))  # sorted_desc, b0, b1
+        seen.append((a[6], a[-2], a[-1]))  # sorted_desc, b0, b1
         return serial(*a)
 
     monkeypatch.setattr(dispatch, "gru_forward_serial", recording)

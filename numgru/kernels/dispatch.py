@@ -69,6 +69,10 @@ PROJ_DOT_MID_INPUTS = (128, 256)
 PROJ_DOT_MAX_ROWS_MID_INPUTS = 64
 PROJ_DOT_MAX_ROWS_NARROW = 32
 PROJ_PANELS_BLAS_THREADS = ((64, 128), (128, 64))
+PACKED_PROJ_MAX_INPUTS = 256
+PACKED_PROJ_MAX_INPUTS_WIDE = 512
+PACKED_PROJ_MAX_ROWS_WIDE = 128
+PACKED_PROJ_MAX_ROWS_BLAS_THREADS = 128
 
 
 def blas_vectors_wider():
@@ -403,7 +407,8 @@ def gate_scalars(dtype, gate_kind, alpha, beta, clip):
             dtype.type(clip if use_clip else np.inf))
 
 
-def input_projection(x2d, W_ih, b_ih, numba_threads=False, valid=None, training=False, out=None):
+def input_projection(x2d, W_ih, b_ih, numba_threads=False, valid=None, training=False, out=None,
+                     packed=None):
     """gx = x2d @ W_ih.T + b_ih, one GEMM over all rows.  x2d (N, I), W_ih (3H, I) → (N, 3H).
 
     With ``numba_threads`` (a route from :func:`forward_route`) the product runs on Numba's threads,
@@ -413,11 +418,15 @@ def input_projection(x2d, W_ih, b_ih, numba_threads=False, valid=None, training=
     other rows of gx are zero (the kernels never read them). With ``training`` the serial kernel always
     takes BLAS, whose sums do not depend on its thread count, so that gradients come out the same with
     any number of threads. ``out``: a C-contiguous (N, 3H) array to write gx into (without ``valid``).
+    ``packed``: W_ih's panels packed once by the caller (a frozen model's,
+    :func:`~numgru.kernels.panel.pack_panels`), or None; they are read where
+    :func:`packed_projection` says so, and by Numba's threads wherever those take panels.
     """
     N = x2d.shape[0]
     if valid is not None:
         gx = np.zeros((N, W_ih.shape[0]), W_ih.dtype)
-        gx[valid] = input_projection(x2d[valid], W_ih, b_ih, numba_threads, training=training)
+        gx[valid] = input_projection(x2d[valid], W_ih, b_ih, numba_threads, training=training,
+                                     packed=packed)
         return gx
     gx = np.empty((N, W_ih.shape[0]), W_ih.dtype) if out is None else out
     if N == 0:
@@ -427,16 +436,37 @@ def input_projection(x2d, W_ih, b_ih, numba_threads=False, valid=None, training=
     bias = W_ih[0] if b_ih is None else b_ih
     I = x2d.shape[1]
     threads = thread_count()
+    Wp = empty_array(W_ih.dtype, 3) if packed is None else packed
     if numba_threads:
         with parallel_slot(True) as par:
             if par:
-                input_projection_parallel(x2d, W_ih, bias, b_ih is not None, gx,
+                input_projection_parallel(x2d, W_ih, Wp, bias, b_ih is not None, gx,
                                           projection_panels(N, I, threads), threads)
                 return gx
-    panels = not training and serial_projection_panels(N, I, threads)
-    input_projection_kernel(x2d, W_ih, bias, b_ih is not None, gx, panels,
+    if packed is not None and not training and packed_projection(N, I, threads):
+        panels = True
+    else:
+        panels = not training and serial_projection_panels(N, I, threads)
+    input_projection_kernel(x2d, W_ih, Wp, bias, b_ih is not None, gx, panels,
                             not panels and projection_dot(N, I, threads, training))
     return gx
+
+
+def packed_projection(N, I, threads):
+    """Whether the serial input projection of N rows with I inputs runs on W_ih's panels when they are
+    already packed (a frozen model's, :meth:`numgru.GRU.freeze`), rather than as
+    :func:`serial_projection_panels` and :func:`projection_dot` choose with packing to pay for: with
+    one thread for I ≤ ``PACKED_PROJ_MAX_INPUTS`` and, for I ≤ ``PACKED_PROJ_MAX_INPUTS_WIDE``, up to
+    ``PACKED_PROJ_MAX_ROWS_WIDE`` rows (whole forwards, T = 128, B = 1, H = 1024: 0.98× with them); with several BLAS threads up to ``PACKED_PROJ_MAX_ROWS_BLAS_THREADS``
+    rows for I ≤ ``PACKED_PROJ_MAX_INPUTS``. Measured on the 2-vCPU Intel machine (one thread, float32,
+    3I outputs, kernel alone, µs, the panels against the route taken without them): I = 64, N = 1 /
+    8 / 32 / 128 / 512 0.75 / 1.73 / 5.44 / 19.3 / 83.4 against 2.52 / 4.86 / 13.6 / 25.3 / 82.0; I =
+    128, N = 1 / 32 / 128 / 512 1.73 / 18.5 / 72.6 / 293 against 4.66 / 33.0 / 85.6 / 308; I = 256,
+    N = 1 / 32 / 128 / 512 5.42 / 58.4 / 280 / 1130 against 9.71 / 85.6 / 351 / 1214; I = 512, N = 8
+    / 32 / 128 / 512 126 / 365 / 1469 / 5850 against 160 / 509 / 1524 / 5225."""
+    if threads > 1:
+        return I <= PACKED_PROJ_MAX_INPUTS and N <= PACKED_PROJ_MAX_ROWS_BLAS_THREADS
+    return I <= PACKED_PROJ_MAX_INPUTS or I <= PACKED_PROJ_MAX_INPUTS_WIDE and N <= PACKED_PROJ_MAX_ROWS_WIDE
 
 
 def projection_dot(N, I, threads, training):
@@ -515,12 +545,15 @@ def projection_panels(N, I, threads):
 
 
 def gru_direction_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gate_kind, alpha, beta,
-                          clip, y, col0, h_n, store=False, route=None):
+                          clip, y, col0, h_n, store=False, route=None, packed=None):
     """Run one direction of one layer. Shapes as in :func:`numgru.kernels.forward._gru_forward`;
     h_n (B, H) C-contiguous receives the final state.
 
     ``clip`` is None or a positive float; ``route`` as from :func:`forward_route` (trusted: "columns"
-    only for inference with reset_after). Returns the tape, None unless ``store``.
+    only for inference with reset_after). ``packed``: W_hh's panels packed once by the caller (a
+    frozen model's: the last two of :func:`~numgru.kernels.step.step_panels`), or None; the serial
+    kernel and the rows route read them, the columns route packs its own blocks. Returns the tape,
+    None unless ``store``.
     """
     T, B, H3 = gx.shape
     H = H3 // 3
@@ -533,16 +566,19 @@ def gru_direction_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gat
     sorted_desc = is_sorted_desc(lengths)
     tiled_max = serial_tiled_max(threads)
     gates = (*gate_scalars(dtype, gate_kind, alpha, beta, clip), y, int(col0), h_n)
+    if packed is None:
+        empty = empty_array(W_hh.dtype, 3)
+        packed = (empty, empty)
     if route is None and (B < PARALLEL_MIN_ROWS or threads == 1):
         # the serial kernel, without the parallel slot (a small call's Python time shows: T = 1,
         # B = 1, H = 8 forward 12.1 µs)
-        gru_forward_serial(gx, W_hh, b_hh, h0, lengths, sorted_desc, bool(reverse), bool(reset_after),
-                           *gates, bool(store), tape, tiled_max, 0, B)
+        gru_forward_serial(gx, W_hh, packed, b_hh, h0, lengths, sorted_desc, bool(reverse),
+                           bool(reset_after), *gates, bool(store), tape, tiled_max, 0, B)
         return tape if store else None
-    common = (gx, W_hh, b_hh, h0, lengths, sorted_desc, bool(reverse))
+    common = (gx, W_hh, packed, b_hh, h0, lengths, sorted_desc, bool(reverse))
     with parallel_slot(True) as par:
         if par and route == "columns":
-            gru_forward_cols(*common, *gates, threads)
+            gru_forward_cols(gx, W_hh, b_hh, h0, lengths, sorted_desc, bool(reverse), *gates, threads)
         elif par and route == "rows":
             gru_forward_rows(*common, bool(reset_after), *gates, bool(store), tape, threads)
         elif route == "rows" and not sorted_desc:
@@ -551,7 +587,7 @@ def gru_direction_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gat
             cs, nc = row_chunks.py_func(B, threads)
             for c in range(nc):
                 b0, b1 = c * cs, min(B, (c + 1) * cs)
-                gru_forward_serial(gx, W_hh, b_hh, h0, lengths, is_sorted_desc(lengths[b0:b1]),
+                gru_forward_serial(gx, W_hh, packed, b_hh, h0, lengths, is_sorted_desc(lengths[b0:b1]),
                                    bool(reverse), bool(reset_after), *gates, bool(store), tape, tiled_max,
                                    b0, b1)
         else:

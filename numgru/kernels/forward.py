@@ -437,14 +437,18 @@ def step_product(Wm, Wp, h, out, buf, n, tiled_max):
         recurrent_matmul(Wm, h, out, buf, n, tiled_max)
 
 
-def _gru_forward(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, reset_after, gate_kind, alpha,
-                 beta, use_clip, clip, y, col0, h_n, store, tape, tiled_max, b0, b1):
+def _gru_forward(gx, W_hh, packed, b_hh, h0, lengths, sorted_desc, reverse, reset_after, gate_kind,
+                 alpha, beta, use_clip, clip, y, col0, h_n, store, tape, tiled_max, b0, b1):
     """Run one GRU layer, one direction, over a whole sequence, for batch rows b0 … b1−1.
 
     Arrays (C-contiguous, one float dtype; T steps, B ≥ 1 rows, H hidden units, D·H output columns):
 
     gx        (T, B, 3H)  in.  Input projection x_t @ W_ih.T + b_ih, gate order r, z, n.
     W_hh      (3H, H)     in.  Recurrent weights (PyTorch layout). May be read-only.
+    packed    two arrays  in.  W_hh packed once by the caller, as :func:`~numgru.kernels.step.step_panels`
+                               gives it (reset_after: W_hh's panels and an empty array; else the panels
+                               of its r, z rows and of its n rows), or two empty (0, 0, 0) arrays: the
+                               kernel then packs W_hh itself where :func:`wants_panels` says so.
     b_hh      (3H,)       in.  Recurrent bias (zeros when the layer has no bias).
     h0        (B, H)      in.  Initial state.
     lengths   (B,) int64  in.  Valid steps per row, 0 ≤ lengths[b] ≤ T (checked by the caller).
@@ -465,8 +469,9 @@ def _gru_forward(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, reset_after,
     W_hn (r ⊙ h) + b_hn (False); gate_kind/alpha/beta select the gate activation; use_clip/clip apply
     ONNX's clip; tiled_max as in :func:`recurrent_matmul`.
 
-    With T ≥ :data:`PANEL_MIN_T`, W_hh (its r, z and n blocks for reset_after=False) is packed into
-    panels once per call for the steps' products (:func:`use_panels`), bfloat16 weights as bfloat16.
+    Without ``packed``, W_hh (its r, z and n blocks for reset_after=False) is packed into panels once
+    per call for the steps' products (:func:`use_panels`) where :func:`wants_panels` says the steps
+    repay it, bfloat16 weights as bfloat16.
     Aliasing: no output may alias an input.
     """
     wide_vectors()
@@ -491,11 +496,18 @@ def _gru_forward(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, reset_after,
     W_n = W_hh[H2:]
     # packed panels (:mod:`~numgru.kernels.panel`; bfloat16 weights packed as bfloat16) when some
     # step's product takes them
-    pw = wants_panels(3 * H, H, B, T, tiled_max, is_bfloat16(W_hh))
-    wdt = W_hh.dtype
-    Wp = pack_panels(W_hh) if pw and reset_after else np.empty((0, 0, 0), wdt)
-    Wp_rz = pack_panels(W_rz) if pw and not reset_after else np.empty((0, 0, 0), wdt)
-    Wp_n = pack_panels(W_n) if pw and not reset_after else np.empty((0, 0, 0), wdt)
+    Wp_a, Wp_b = packed
+    given = Wp_a.shape[0] > 0
+    pw = not given and wants_panels(3 * H, H, B, T, tiled_max, is_bfloat16(W_hh))
+    empty = np.empty((0, 0, 0), W_hh.dtype)
+    if given:
+        Wp = Wp_a if reset_after else empty
+        Wp_rz = empty if reset_after else Wp_a
+        Wp_n = empty if reset_after else Wp_b
+    else:
+        Wp = pack_panels(W_hh) if pw and reset_after else empty
+        Wp_rz = pack_panels(W_rz) if pw and not reset_after else empty
+        Wp_n = pack_panels(W_n) if pw and not reset_after else empty
     copy_rows(h0[b0:b1], h_a)
     lens = lengths[b0:b1]
     for s in range(T):
@@ -591,8 +603,8 @@ def row_chunks(B, n_threads):
     return cs, (B + cs - 1) // cs
 
 
-def _gru_forward_rows(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, reset_after, gate_kind, alpha,
-                      beta, use_clip, clip, y, col0, h_n, store, tape, n_threads):
+def _gru_forward_rows(gx, W_hh, packed, b_hh, h0, lengths, sorted_desc, reverse, reset_after, gate_kind,
+                      alpha, beta, use_clip, clip, y, col0, h_n, store, tape, n_threads):
     """:func:`_gru_forward` with the batch split into row chunks, one whole sequence per thread.
 
     Same arrays and results as :func:`_gru_forward` over all rows. Rows of a GRU never interact, so
@@ -601,7 +613,8 @@ def _gru_forward_rows(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, reset_a
     own core's cache. The chunks' matmuls are Numba's (``tiled_max`` −1: the packed panels or the
     register-blocked kernels), so BLAS's threaded GEMM is never entered from several threads at once.
     A chunk whose lengths are non-increasing skips its finished rows' matmul work even when the whole
-    batch is not sorted (see :func:`~numgru.kernels.dispatch.rows_order`).
+    batch is not sorted (see :func:`~numgru.kernels.dispatch.rows_order`). ``packed`` as there: the
+    chunks share it (else each packs W_hh for itself).
     """
     wide_vectors()
     B = gx.shape[1]
@@ -616,8 +629,8 @@ def _gru_forward_rows(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, reset_a
             for b in range(b0 + 1, b1):
                 if lengths[b] > lengths[b - 1]:
                     chunk_sorted = False
-        gru_forward_serial(gx, W_hh, b_hh, h0, lengths, chunk_sorted, reverse, reset_after, gate_kind,
-                           alpha, beta, use_clip, clip, y, col0, h_n, store, tape, -1, b0, b1)
+        gru_forward_serial(gx, W_hh, packed, b_hh, h0, lengths, chunk_sorted, reverse, reset_after,
+                           gate_kind, alpha, beta, use_clip, clip, y, col0, h_n, store, tape, -1, b0, b1)
 
 
 @inline
@@ -767,12 +780,13 @@ def _cols_block(c, cs, t, n_act, gx, W_hh, Wp, b_hh, hc, hn, a, lengths, gate_ki
 
 
 @kernel
-def input_projection_kernel(x2d, W_ih, b_ih, use_bias, out, panels, dot):
+def input_projection_kernel(x2d, W_ih, Wp, b_ih, use_bias, out, panels, dot):
     """out = x2d @ W_ih.T (+ b_ih): one GEMM over all T·B rows.
 
     x2d (N, I), W_ih (3H, I), b_ih (3H,) in; out (N, 3H) out. With ``panels`` (the caller's choice,
     :func:`~numgru.kernels.dispatch.projection_panels`) on W_ih packed into panels
-    (:func:`~numgru.kernels.panel.panel_rows`, one thread); with ``dot`` (few rows,
+    (:func:`~numgru.kernels.panel.panel_rows`, one thread): ``Wp`` when the caller has packed them
+    (:func:`~numgru.kernels.panel.pack_panels`), else packed here (``Wp`` (0, 0, 0)); with ``dot`` (few rows,
     :func:`~numgru.kernels.dispatch.projection_dot`) by the dot-product block on W_ih as it lies
     (:func:`~numgru.kernels.dotblock.dot_rows`); else in the same BLAS as the per-step recurrent calls
     (the one Numba links), so only one BLAS thread pool is ever busy: two OpenBLAS copies (NumPy's and
@@ -782,7 +796,7 @@ def input_projection_kernel(x2d, W_ih, b_ih, use_bias, out, panels, dot):
     N = x2d.shape[0]
     M = W_ih.shape[0]
     if panels:
-        panel_rows(x2d, pack_panels(W_ih), b_ih, use_bias, out, 0, N)
+        panel_rows(x2d, Wp if Wp.shape[0] > 0 else pack_panels(W_ih), b_ih, use_bias, out, 0, N)
         return
     if dot:
         dot_rows(x2d, W_ih, out, N)
@@ -826,7 +840,7 @@ def project_block(x2d, W_ih, b_ih, use_bias, out, r0, r1, c0, c1):
 
 
 @parallel_kernel(name="input_projection_parallel")
-def input_projection_parallel(x2d, W_ih, b_ih, use_bias, out, panels, n_threads):
+def input_projection_parallel(x2d, W_ih, Wp, b_ih, use_bias, out, panels, n_threads):
     """:func:`input_projection_kernel` on Numba's threads instead of BLAS's.
 
     Used together with :func:`_gru_forward_cols` so that only one thread pool is ever awake: OpenBLAS's
@@ -834,7 +848,8 @@ def input_projection_parallel(x2d, W_ih, b_ih, use_bias, out, panels, n_threads)
     for a core runs several times slower. With ``panels`` (the caller's choice,
     :func:`~numgru.kernels.dispatch.projection_panels`) W_ih is packed into panels once and blocks of
     up to 128 rows run in parallel (:func:`~numgru.kernels.panel.panel_rows`), at least four blocks per
-    thread (of ``n_threads``) where the rows allow. Else blocks of 128 rows times tiles of 128 rows of
+    thread (of ``n_threads``) where the rows allow (``Wp``: the panels when the caller has packed them,
+    as in :func:`input_projection_kernel`). Else blocks of 128 rows times tiles of 128 rows of
     W_ih (L2-sized for I ≤ 1024) run in parallel (:func:`project_block`; with :func:`small_rows_matmul`
     there they had run at 75–95 % of OpenBLAS's sgemm rate, N = 128–8192, I = 256 and 1024).
     """
@@ -842,7 +857,8 @@ def input_projection_parallel(x2d, W_ih, b_ih, use_bias, out, panels, n_threads)
     N = x2d.shape[0]
     M = W_ih.shape[0]
     if panels:
-        Wp = pack_panels(W_ih)
+        if Wp.shape[0] == 0:
+            Wp = pack_panels(W_ih)
         rows = min(128, max(8, (N // (4 * n_threads) + 7) // 8 * 8))
         for blk in prange((N + rows - 1) // rows):
             wide_vectors()
