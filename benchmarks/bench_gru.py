@@ -6,13 +6,16 @@ import numgru as ng
 from .common import data, grid, pin, require_torch, timer
 
 BACKENDS = ["numgru", "torch"]
+#: the forward also times a frozen copy (GRU.freeze: weights packed once, as ONNX Runtime's session does)
+FORWARD_BACKENDS = ["numgru", "numgru_frozen", "torch"]
 
 
 class Forward:
-    """One-layer forward, I = H, float32; time per call (throughput = B / time)."""
-    params = grid(([16, 64, 256, 1024], [1, 16, 64], [64, 256, 1024], BACKENDS, [1, "all"]),
-                  ([64, 256], [1, 64], [64, 256], BACKENDS, [1, "all"]),
-                  ([64], [16], [256], BACKENDS, [1]))
+    """One-layer forward, I = H, float32; time per call (throughput = B / time). ``numgru_frozen``:
+    the model's ``freeze()`` copy."""
+    params = grid(([16, 64, 256, 1024], [1, 16, 64], [64, 256, 1024], FORWARD_BACKENDS, [1, "all"]),
+                  ([64, 256], [1, 64], [64, 256], FORWARD_BACKENDS, [1, "all"]),
+                  ([64], [16], [256], FORWARD_BACKENDS, [1]))
     param_names = ["seq_len", "batch", "hidden_size", "backend", "threads"]
     timer = timer
 
@@ -20,6 +23,8 @@ class Forward:
         self.undo = pin(threads)
         self.gru = ng.GRU(H, H, seed=0)
         self.x = data(T, B, H)
+        if backend == "numgru_frozen":
+            self.gru = self.gru.freeze()
         if backend == "torch":
             torch = require_torch()
             self.m = self.gru.to_torch()
@@ -31,7 +36,7 @@ class Forward:
         getattr(self, "undo", lambda: None)()
 
     def time_forward(self, T, B, H, backend, threads):
-        if backend == "numgru":
+        if backend in ("numgru", "numgru_frozen"):
             self.gru(self.x)
         else:
             with self.inference():
@@ -70,9 +75,10 @@ class TrainStep:
 
 
 class StepLatency:
-    """One recurrent step from Python: numgru stream (float32 and a ``quantize("bfloat16")`` copy) /
-    GRUCell against torch.nn.GRUCell, for B rows, threads pinned for both."""
-    STEP = ["numgru_stream", "numgru_stream_bf16", "numgru_cell", "torch"]
+    """One recurrent step from Python: numgru stream (float32, a ``freeze()`` copy and a
+    ``quantize("bfloat16")`` copy) / GRUCell against torch.nn.GRUCell, for B rows, threads pinned for
+    both."""
+    STEP = ["numgru_stream", "numgru_stream_frozen", "numgru_stream_bf16", "numgru_cell", "torch"]
     params = grid(([128, 256], [1, 8], STEP, [1, "all"]),
                   ([128, 256], [1, 8], STEP, [1, "all"]),
                   ([256], [1], STEP, [1]))
@@ -85,6 +91,8 @@ class StepLatency:
         self.h = data(B, H, seed=1)
         if backend == "numgru_stream":
             self.s = ng.GRU(H, H, seed=0).stream(B)
+        elif backend == "numgru_stream_frozen":
+            self.s = ng.GRU(H, H, seed=0).freeze().stream(B)
         elif backend == "numgru_stream_bf16":
             self.s = ng.GRU(H, H, seed=0).quantize("bfloat16").stream(B)
         elif backend == "numgru_cell":
@@ -100,7 +108,7 @@ class StepLatency:
         getattr(self, "undo", lambda: None)()
 
     def time_step(self, H, B, backend, threads):
-        if backend in ("numgru_stream", "numgru_stream_bf16"):
+        if backend in ("numgru_stream", "numgru_stream_frozen", "numgru_stream_bf16"):
             self.s.step(self.x)
         elif backend == "numgru_cell":
             self.c(self.x, self.h)

@@ -10,10 +10,13 @@ def main(path, points=POINTS):
     peers = data["peers"]
     rows = {(r["threads"], r["T"], r["B"], r["H"]): r for r in data["rows"]}
     threads = sorted({r["threads"] for r in data["rows"]})
+    frozen = any("numgru_frozen_ms" in r for r in data["rows"])  # numgru bench --frozen
     head = "| threads | T | B | H | numgru ms | GFLOP/s | " + " | ".join(
         f"{p} ms | × {p}" for p in peers) + " |"
+    if frozen:
+        head += " frozen ms | " + " | ".join(f"frozen × {p}" for p in peers) + " |"
     print(head)
-    print("|" + "---|" * (6 + 2 * len(peers)))
+    print("|" + "---|" * (6 + 2 * len(peers) + (1 + len(peers) if frozen else 0)))
     for th in threads:
         for (T, B, H) in points:
             r = rows.get((th, T, B, H))
@@ -23,6 +26,10 @@ def main(path, points=POINTS):
             for p in peers:
                 cells += ([f"{r[p + '_ms']:.3g}", f"{r['speedup_vs_' + p]:.2f}"] if p + "_ms" in r
                           else ["n/a", "-"])
+            if frozen:
+                cells.append(f"{r['numgru_frozen_ms']:.3g}")
+                cells += [f"{r['frozen_speedup_vs_' + p]:.2f}" if f"frozen_speedup_vs_{p}" in r else "-"
+                          for p in peers]
             print("| " + " | ".join(cells) + " |")
     print(f"\nCPU: {data['cpu']} ({data['cpu_count']} vCPUs); BLAS: {'; '.join(data['blas'])}; "
           f"env: {data['env'] or 'OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE unset'}")

@@ -183,10 +183,12 @@ def _take_turns(runs, timer):
     return {name: float(np.median(v)) for name, v in per_round.items()}
 
 
-def run_point(T, B, H, threads, peers, tmpdir, repeat=None, budget=0.4, bf16=False):
+def run_point(T, B, H, threads, peers, tmpdir, repeat=None, budget=0.4, bf16=False, frozen=False):
     """Time numgru and each peer at one (T, B, H) point; I = H, one layer, float32. With ``bf16``
     also numgru's quantized copy (:meth:`numgru.GRU.quantize`), reported as ``numgru_bf16_*`` with its
-    largest difference from the float32 model's output."""
+    largest difference from the float32 model's output; with ``frozen`` its frozen copy
+    (:meth:`numgru.GRU.freeze`, weights packed once, as a peer's session packs them), reported as
+    ``numgru_frozen_*`` and ``frozen_speedup_vs_<peer>``."""
     import numgru as ng
     rng = np.random.default_rng(0)
     gru = ng.GRU(H, H, seed=0)
@@ -199,6 +201,10 @@ def run_point(T, B, H, threads, peers, tmpdir, repeat=None, budget=0.4, bf16=Fal
         quantized = gru.quantize("bfloat16")
         row["numgru_bf16_max_abs_diff"] = float(np.abs(quantized(x)[0] - ref).max())
         runs["numgru_bf16"] = lambda: quantized(x)
+    if frozen:
+        fz = gru.freeze()
+        row["numgru_frozen_max_abs_diff"] = float(np.abs(fz(x)[0] - ref).max())
+        runs["numgru_frozen"] = lambda: fz(x)
     for name in peers:
         fn = _checked(row, name,
                       lambda: PEERS[name](gru, x, threads, *((tmpdir,) if name != "torch" else ())),
@@ -214,13 +220,18 @@ def run_point(T, B, H, threads, peers, tmpdir, repeat=None, budget=0.4, bf16=Fal
     if bf16:
         tq = med["numgru_bf16"]
         row["numgru_bf16_ms"] = tq * 1e3
+    if frozen:
+        tf = med["numgru_frozen"]
+        row["numgru_frozen_ms"] = tf * 1e3
     for name in runs:
-        if name not in ("numgru", "numgru_bf16"):
+        if name not in ("numgru", "numgru_bf16", "numgru_frozen"):
             tp = med[name]
             row[f"{name}_ms"] = tp * 1e3
             row[f"speedup_vs_{name}"] = tp / t
             if bf16:
                 row[f"bf16_speedup_vs_{name}"] = tp / tq
+            if frozen:
+                row[f"frozen_speedup_vs_{name}"] = tp / tf
     return row
 
 
@@ -247,12 +258,13 @@ def time_step(fn, calls=300, blocks=15, block_s=0.005):
     return float(np.median(per_block))
 
 
-def run_step_point(B, H, threads, peers, tmpdir, bf16=False, calls=300, blocks=15):
+def run_step_point(B, H, threads, peers, tmpdir, bf16=False, calls=300, blocks=15, frozen=False):
     """One recurrent step of B rows from Python (I = H, float32): numgru's ``gru.stream(B).step(x)`` and
     ``GRUCell(x, h)`` against torch.nn.GRUCell (inference_mode) and ONNX Runtime running the model's
     GRU node on one time step (its state input left at zero), each checked against numgru's step
-    first. With ``bf16`` also the stream of the quantized copy. Times in µs; ``step_speedup_vs_<peer>``
-    is the peer's time over the stream's."""
+    first. With ``bf16`` also the stream of the quantized copy; with ``frozen`` the stream and the
+    cell of the frozen copies (``stream_frozen``, ``cell_frozen``). Times in µs;
+    ``step_speedup_vs_<peer>`` is the peer's time over the stream's."""
     import numgru as ng
     rng = np.random.default_rng(0)
     gru = ng.GRU(H, H, seed=0)
@@ -267,6 +279,10 @@ def run_step_point(B, H, threads, peers, tmpdir, bf16=False, calls=300, blocks=1
     if bf16:
         qstream = gru.quantize("bfloat16").stream(B)
         runs["stream_bf16"] = lambda: qstream.step(x)
+    if frozen:
+        fstream, fcell = gru.freeze().stream(B), cell.freeze()
+        runs["stream_frozen"] = lambda: fstream.step(x)
+        runs["cell_frozen"] = lambda: fcell(x, h)
     for name in peers:
         if name in STEP_PEERS:
             fn = _checked(row, name, lambda: _step_peer(name, gru, cell, x, h, threads, tmpdir), ref,
@@ -300,7 +316,9 @@ def _step_peer(name, gru, cell, x, h, threads, tmpdir):
 def format_step_table(rows, peers):
     peers = [p for p in peers if p in STEP_PEERS]
     bf16 = any("stream_bf16_us" in r for r in rows)
+    frozen = any("stream_frozen_us" in r for r in rows)
     head = ["thr", "B", "H", "stream us", "GRUCell us"] + (["bf16 stream us"] if bf16 else [])
+    head += ["frozen stream us", "frozen GRUCell us"] if frozen else []
     for p in peers:
         head += [f"{p} us", f"x{p}"]
     lines = [head]
@@ -308,6 +326,8 @@ def format_step_table(rows, peers):
         line = [str(r["threads"]), str(r["B"]), str(r["H"]), f"{r['stream_us']:.1f}", f"{r['cell_us']:.1f}"]
         if bf16:
             line.append(f"{r['stream_bf16_us']:.1f}")
+        if frozen:
+            line += [f"{r['stream_frozen_us']:.1f}", f"{r['cell_frozen_us']:.1f}"]
         for p in peers:
             if f"{p}_us" in r:
                 line += [f"{r[p + '_us']:.1f}", f"{r['step_speedup_vs_' + p]:.2f}"]
@@ -320,9 +340,12 @@ def format_step_table(rows, peers):
 
 def format_table(rows, peers):
     bf16 = any("numgru_bf16_ms" in r for r in rows)
+    frozen = any("numgru_frozen_ms" in r for r in rows)
     head = ["thr", "T", "B", "H", "numgru ms", "seq/s", "GFLOP/s"]
     for p in peers:
         head += [f"{p} ms", f"x{p}"]
+    if frozen:
+        head += ["frozen ms"] + [f"frozen x{p}" for p in peers]
     if bf16:
         head += ["bf16 ms", "bf16 err"] + [f"bf16 x{p}" for p in peers]
     lines = [head]
@@ -334,6 +357,10 @@ def format_table(rows, peers):
                 line += [f"{r[p + '_ms']:.3f}", f"{r['speedup_vs_' + p]:.2f}"]
             else:
                 line += ["n/a", "-"]
+        if frozen:
+            line += [f"{r['numgru_frozen_ms']:.3f}"]
+            line += [f"{r['frozen_speedup_vs_' + p]:.2f}" if f"frozen_speedup_vs_{p}" in r else "-"
+                     for p in peers]
         if bf16:
             line += [f"{r['numgru_bf16_ms']:.3f}", f"{r['numgru_bf16_max_abs_diff']:.1e}"]
             line += [f"{r['bf16_speedup_vs_' + p]:.2f}" if f"bf16_speedup_vs_{p}" in r else "-"
@@ -403,7 +430,7 @@ def main(args):
                     for B in grid["batch"]:
                         for H in grid["hidden"]:
                             row = run_point(T, B, H, n, peers, tmpdir, args.repeat, budget,
-                                            bf16=args.bf16)
+                                            bf16=args.bf16, frozen=args.frozen)
                             rows.append(row)
                             for p in peers:
                                 if f"{p}_error" in row:
@@ -414,7 +441,8 @@ def main(args):
                 with pinned_threads(n):
                     for B in [b for b in grid["batch"] if b <= 16]:
                         for H in grid["hidden"]:
-                            row = run_step_point(B, H, n, peers, tmpdir, bf16=args.bf16)
+                            row = run_step_point(B, H, n, peers, tmpdir, bf16=args.bf16,
+                                                 frozen=args.frozen)
                             step_rows.append(row)
                             for p in STEP_PEERS:
                                 if f"{p}_error" in row:

@@ -103,6 +103,9 @@ def main(argv=None):
     p.add_argument("--repeat", type=int, default=None)
     p.add_argument("--bf16", action="store_true",
                    help="also time the model quantized to bfloat16 weights (GRU.quantize)")
+    p.add_argument("--frozen", action="store_true",
+                   help="also time the frozen copy (GRU.freeze: weights packed once, as a peer's session "
+                        "packs them)")
     p.add_argument("--steps", action="store_true",
                    help="also time one step from Python (stream.step, GRUCell) against torch.nn.GRUCell "
                         "and ONNX Runtime, for the grid's batches up to 16 and hidden sizes")

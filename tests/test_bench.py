@@ -34,6 +34,18 @@ def test_point_with_bf16_times_the_quantized_copy(tmp_path):
     assert "bf16 ms" in bench.format_table([row], peers).splitlines()[0]
 
 
+def test_point_with_frozen_times_the_frozen_copy(tmp_path):
+    peers = bench.available_peers(["onnxruntime"])
+    row = bench.run_point(5, 2, 8, 1, peers, str(tmp_path), repeat=2, budget=0.01, frozen=True)
+    assert row["numgru_frozen_ms"] > 0 and row["numgru_frozen_max_abs_diff"] < 1e-5
+    for p in peers:
+        assert row[f"frozen_speedup_vs_{p}"] == pytest.approx(row[f"{p}_ms"] / row["numgru_frozen_ms"])
+    assert "frozen ms" in bench.format_table([row], peers).splitlines()[0]
+    step = bench.run_step_point(2, 8, 1, [], str(tmp_path), calls=3, blocks=2, frozen=True)
+    assert step["stream_frozen_us"] > 0 and step["cell_frozen_us"] > 0
+    assert "frozen stream us" in bench.format_step_table([step], [])
+
+
 def test_unknown_peer_is_named():
     with pytest.raises(ValueError, match="--peers"):
         bench.available_peers(["tensorflow"])
