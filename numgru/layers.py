@@ -22,6 +22,7 @@ from .kernels.dispatch import (aligned, batch_order, forward_route, gate_scalars
                                thread_count, valid_steps, workspace)
 from .kernels.backward import matmul_into
 from .kernels.bf16 import from_bfloat16, to_bfloat16
+from .kernels.forward import use_panels
 from .kernels.step import gru_step, step_panels
 
 __all__ = ["GRU", "GRUCell", "Linear", "GATE_PRESETS"]
@@ -313,7 +314,9 @@ class GRU(_Params):
         :meth:`_step_plan`): a quantized model's bfloat16 copies where :func:`use_bf16` says so, zeros
         for b_ih without bias, and for the serial step the packed panels of the weights it reads where
         they never change (a quantized model's bfloat16 copies, packed on first use; a frozen model's
-        weights), else none."""
+        weights, each matrix where :func:`~numgru.kernels.forward.use_panels` takes panels for B rows:
+        a one-row step at H = 1024 on one thread's panels ran 1.9× slower than BLAS's GEMV on two),
+        else none."""
         W_ih, W_hh, b_ih, b_hh = self._weights(k)
         panels = no_step_panels(self.dtype)
         if self._bf16 is not None and use_bf16(self, B, W_ih.nbytes + W_hh.nbytes,
@@ -325,7 +328,12 @@ class GRU(_Params):
                                          for i in range(len(self._bf16[0]))]
                 panels = self._bf16_panels[k]
         elif self._packed is not None and not columns:
-            panels = self._packed[k]
+            Wp_ih, Wp_a, Wp_b = self._packed[k]
+            tiled_max = serial_tiled_max(threads)
+            M, none = 3 * self.hidden_size, panels[0]
+            panels = (Wp_ih if use_panels.py_func(M, W_ih.shape[1], B, tiled_max, False) else none,
+                      *((Wp_a, Wp_b) if use_panels.py_func(M, W_hh.shape[1], B, tiled_max, False)
+                        else (none, none)))
         return W_ih, W_hh, self._zero_bias if b_ih is None else b_ih, b_hh, panels
 
     def _recurrent_weights(self, i, B, route):

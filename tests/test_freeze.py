@@ -103,6 +103,16 @@ def test_frozen_stream_matches_forward(rng, reset_after, B):
     np.testing.assert_allclose(steps, g(x)[0], **TOL[np.float32])
 
 
+def test_frozen_step_reads_panels_where_the_product_takes_them():
+    # one row of W_hh beyond L2 stays with BLAS's GEMV (which may use every thread): no panels there
+    big = ng.GRU(8, 1024, seed=0).freeze()
+    W_ih_p, W_hh_p, _ = big._step_weights(0, 1, 2, False)[4]
+    assert W_ih_p.shape[0] > 0 and W_hh_p.shape[0] == 0
+    small = ng.GRU(8, 64, seed=0).freeze()
+    assert all(p.shape[0] > 0 for p in small._step_weights(0, 1, 1, False)[4][:2])
+    assert all(p.shape[0] == 0 for p in small._step_weights(0, 4, 2, True)[4])  # the split step
+
+
 @pytest.mark.parametrize("reset_after", [True, False])
 def test_frozen_cell_matches_cell(rng, reset_after):
     c = ng.GRUCell(6, 20, seed=0, reset_after=reset_after)
