@@ -111,6 +111,9 @@ def test_frozen_step_reads_panels_where_the_product_takes_them():
     small = ng.GRU(8, 64, seed=0).freeze()
     assert all(p.shape[0] > 0 for p in small._step_weights(0, 1, 1, False)[4][:2])
     assert all(p.shape[0] == 0 for p in small._step_weights(0, 4, 2, True)[4])  # the split step
+    # ... and a few rows of it, read from L3 either way, ran faster unpacked (from 8 rows on panels)
+    assert big._step_weights(0, 4, 1, False)[4][1].shape[0] == 0
+    assert big._step_weights(0, 8, 1, False)[4][1].shape[0] > 0
 
 
 @pytest.mark.parametrize("reset_after", [True, False])

@@ -457,8 +457,9 @@ def packed_projection(N, I, threads):
     already packed (a frozen model's, :meth:`numgru.GRU.freeze`), rather than as
     :func:`serial_projection_panels` and :func:`projection_dot` choose with packing to pay for: with
     one thread for I ≤ ``PACKED_PROJ_MAX_INPUTS`` and, for I ≤ ``PACKED_PROJ_MAX_INPUTS_WIDE``, up to
-    ``PACKED_PROJ_MAX_ROWS_WIDE`` rows (whole forwards, T = 128, B = 1, H = 1024: 0.98× with them); with several BLAS threads up to ``PACKED_PROJ_MAX_ROWS_BLAS_THREADS``
-    rows for I ≤ ``PACKED_PROJ_MAX_INPUTS``. Measured on the 2-vCPU Intel machine (one thread, float32,
+    ``PACKED_PROJ_MAX_ROWS_WIDE`` rows (at I = 1024 a whole forward of T = 128, B = 1 ran 0.98× with
+    them); with several BLAS threads up to ``PACKED_PROJ_MAX_ROWS_BLAS_THREADS`` rows for
+    I ≤ ``PACKED_PROJ_MAX_INPUTS``. Measured on the 2-vCPU Intel machine (one thread, float32,
     3I outputs, kernel alone, µs, the panels against the route taken without them): I = 64, N = 1 /
     8 / 32 / 128 / 512 0.75 / 1.73 / 5.44 / 19.3 / 83.4 against 2.52 / 4.86 / 13.6 / 25.3 / 82.0; I =
     128, N = 1 / 32 / 128 / 512 1.73 / 18.5 / 72.6 / 293 against 4.66 / 33.0 / 85.6 / 308; I = 256,
@@ -466,7 +467,8 @@ def packed_projection(N, I, threads):
     / 32 / 128 / 512 126 / 365 / 1469 / 5850 against 160 / 509 / 1524 / 5225."""
     if threads > 1:
         return I <= PACKED_PROJ_MAX_INPUTS and N <= PACKED_PROJ_MAX_ROWS_BLAS_THREADS
-    return I <= PACKED_PROJ_MAX_INPUTS or I <= PACKED_PROJ_MAX_INPUTS_WIDE and N <= PACKED_PROJ_MAX_ROWS_WIDE
+    return I <= PACKED_PROJ_MAX_INPUTS or (I <= PACKED_PROJ_MAX_INPUTS_WIDE
+                                           and N <= PACKED_PROJ_MAX_ROWS_WIDE)
 
 
 def projection_dot(N, I, threads, training):
