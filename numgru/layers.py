@@ -422,16 +422,17 @@ class GRU(_Params):
 
         Example: ``fast = gru.freeze(); y, h_n = fast(x)``.
         """
-        if self._packed is not None:
-            return copy.copy(self)
         q = copy.copy(self)
-        q._W_ih = [_read_only(aligned(W.copy())) for W in self._W_ih]
-        q._W_hh = [_read_only(aligned(W.copy())) for W in self._W_hh]
-        q._b_ih = [_read_only(aligned(b.copy())) for b in self._b_ih]
-        q._b_hh = [_read_only(aligned(b.copy())) for b in self._b_hh]
-        q._zero_bias = _read_only(self._zero_bias.copy())
-        q._pack()
+        if self._packed is None:
+            q._freeze_in_place()
         return q
+
+    def _freeze_in_place(self):
+        """Give this object read-only copies of its parameters and pack them (:meth:`freeze`)."""
+        for name in ("_W_ih", "_W_hh", "_b_ih", "_b_hh"):
+            setattr(self, name, [_read_only(aligned(a)) for a in getattr(self, name)])
+        self._zero_bias = _read_only(aligned(self._zero_bias))
+        self._pack()
 
     def _pack(self):
         """Pack the float weights of every layer and direction (:meth:`freeze`)."""
@@ -439,6 +440,7 @@ class GRU(_Params):
                         for W_ih, W_hh in zip(self._W_ih, self._W_hh)]
 
     def __copy__(self):
+        # a shallow copy shares the panels (pickling and deepcopy go through __getstate__ and pack anew)
         q = object.__new__(type(self))
         q.__dict__.update(self.__dict__)
         return q
@@ -453,10 +455,7 @@ class GRU(_Params):
         frozen = state.pop("_frozen", False)
         self.__dict__.update(state)
         if frozen:
-            for arrays in (self._W_ih, self._W_hh, self._b_ih, self._b_hh):
-                arrays[:] = [_read_only(aligned(a.copy())) for a in arrays]
-            self._zero_bias = _read_only(self._zero_bias.copy())
-            self._pack()
+            self._freeze_in_place()
 
     def _check_trainable(self):
         if self._bf16 is not None:

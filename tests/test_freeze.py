@@ -153,12 +153,13 @@ def test_freeze_leaves_the_original_alone(rng):
     assert np.abs(f(x)[0] - g(x)[0]).max() > 1e-3  # the copy kept its own weights
 
 
-def test_frozen_model_is_inference_only(rng):
-    f = ng.GRU(4, 8, seed=0).freeze()
+@pytest.mark.parametrize("make, word", [(ng.GRU.freeze, "frozen"), (ng.GRU.quantize, "quantized")])
+def test_inference_copies_refuse_training(rng, make, word):
+    f = make(ng.GRU(4, 8, seed=0))
     x = rng.standard_normal((3, 2, 4)).astype(np.float32)
-    with pytest.raises(ValueError, match="frozen"):
+    with pytest.raises(ValueError, match=f"{word}.*inference only"):
         f.forward_train(x)
-    with pytest.raises(ValueError, match="frozen"):
+    with pytest.raises(ValueError, match=f"{word}.*inference only"):
         f.load_state_dict(f.state_dict())
     for name, p in f.named_parameters():
         assert not p.flags.writeable, name
