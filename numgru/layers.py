@@ -340,10 +340,7 @@ class GRU(_Params):
                                                threads > 1 and not columns):
             W_ih, W_hh = self._bf16[0][k], self._bf16[1][k]
             if not columns:
-                if self._bf16_panels is None:
-                    self._bf16_panels = [step_panels(*(w[i] for w in self._bf16), self.reset_after)
-                                         for i in range(len(self._bf16[0]))]
-                panels = self._bf16_panels[k]
+                panels = self._bf16_step_panels(k)
         elif self._packed is not None and not columns:
             Wp_ih, Wp_a, Wp_b = self._packed[k]
             tiled_max = serial_tiled_max(threads)
@@ -352,6 +349,14 @@ class GRU(_Params):
                       *((Wp_a, Wp_b) if _frozen_step_panels(M, W_hh.shape[1], B, tiled_max)
                         else (none, none)))
         return W_ih, W_hh, self._zero_bias if b_ih is None else b_ih, b_hh, panels
+
+    def _bf16_step_panels(self, k):
+        """A quantized model's :func:`~numgru.kernels.step.step_panels` of layer and direction k's
+        bfloat16 copies (all packed on first use: the copies never change)."""
+        if self._bf16_panels is None:
+            self._bf16_panels = [step_panels(*(w[i] for w in self._bf16), self.reset_after)
+                                 for i in range(len(self._bf16[0]))]
+        return self._bf16_panels[k]
 
     def _recurrent_weights(self, i, B, route):
         """W_hh as the recurrence reads it for B rows on ``route`` (:func:`forward_route`): a quantized
@@ -562,12 +567,15 @@ class GRU(_Params):
                 i = layer * D + d
                 W_ih, _, b_ih, b_hh = self._weights(i)
                 W_hh = self._recurrent_weights(i, B, route)
-                # a frozen model's panels (of the float weights: not where W_hh is a bfloat16 copy)
+                # weights packed once: a frozen model's (of the float weights), a quantized model's
+                # bfloat16 W_hh's (where the recurrence reads that copy)
                 Wp_ih = Wp_hh = None
                 if self._packed is not None:
                     Wp_ih = self._packed[i][0]
                     if W_hh is self._W_hh[i]:
                         Wp_hh = self._packed[i][1:]
+                if W_hh is not self._W_hh[i]:
+                    Wp_hh = self._bf16_step_panels(i)[1:]
                 # gx is used up by this direction's recurrence: scratch reused between calls (padded
                 # batches gather their valid rows into an array of their own)
                 out = workspace("gx", (T * B, 3 * H), self.dtype) if valid is None else None

@@ -90,6 +90,22 @@ def test_large_hidden_takes_bfloat16_and_stays_close(rng, monkeypatch):
     np.testing.assert_allclose(q(x)[0], r(x)[0], **F32)
 
 
+def test_quantized_forward_reads_the_panels_packed_once(rng, monkeypatch):
+    g, q, r = _pair(H=20)
+    seen = []
+    serial = dispatch.gru_forward_serial
+
+    def spy(*args):
+        seen.append(args[2][0])  # the panels passed in (packed), (0, 0, 0) when none
+        return serial(*args)
+    monkeypatch.setattr(dispatch, "gru_forward_serial", spy)
+    x = rng.standard_normal((2, 1, 6)).astype(np.float32)  # 2 steps: too few to pack per call
+    np.testing.assert_allclose(q(x)[0], r(x)[0], **F32)
+    q(x)
+    assert seen[0].dtype == np.uint16 and seen[0].shape[0] > 0
+    assert seen[2] is seen[0]  # packed once per model, not per call (seen[1]: the float32 model)
+
+
 def test_bf16_rule(monkeypatch):
     monkeypatch.undo()
     g = ng.GRU(4, 8)
