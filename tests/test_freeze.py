@@ -75,8 +75,8 @@ def test_packed_projection_rule():
     assert dispatch.packed_projection(1, 64, 1) and dispatch.packed_projection(8192, 256, 1)
     assert dispatch.packed_projection(128, 512, 1) and not dispatch.packed_projection(129, 512, 1)
     assert not dispatch.packed_projection(8, 1024, 1)
-    assert dispatch.packed_projection(128, 256, 2) and not dispatch.packed_projection(129, 256, 2)
-    assert not dispatch.packed_projection(8, 512, 2)
+    assert dispatch.packed_projection(64, 256, 2) and not dispatch.packed_projection(65, 256, 2)
+    assert dispatch.packed_projection(256, 64, 2) and not dispatch.packed_projection(8, 512, 2)
 
 
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs two Numba threads")

@@ -72,7 +72,7 @@ PROJ_PANELS_BLAS_THREADS = ((64, 128), (128, 64))
 PACKED_PROJ_MAX_INPUTS = 256
 PACKED_PROJ_MAX_INPUTS_WIDE = 512
 PACKED_PROJ_MAX_ROWS_WIDE = 128
-PACKED_PROJ_MAX_ROWS_BLAS_THREADS = 128
+PACKED_PROJ_MAX_VALUES_BLAS_THREADS = 16384
 
 
 def blas_vectors_wider():
@@ -458,15 +458,18 @@ def packed_projection(N, I, threads):
     :func:`serial_projection_panels` and :func:`projection_dot` choose with packing to pay for: with
     one thread for I ≤ ``PACKED_PROJ_MAX_INPUTS`` and, for I ≤ ``PACKED_PROJ_MAX_INPUTS_WIDE``, up to
     ``PACKED_PROJ_MAX_ROWS_WIDE`` rows (at I = 1024 a whole forward of T = 128, B = 1 ran 0.98× with
-    them); with several BLAS threads up to ``PACKED_PROJ_MAX_ROWS_BLAS_THREADS`` rows for
-    I ≤ ``PACKED_PROJ_MAX_INPUTS``. Measured on the 2-vCPU Intel machine (one thread, float32,
+    them); with several BLAS threads, which BLAS then uses, for I ≤ ``PACKED_PROJ_MAX_INPUTS`` up to
+    ``PACKED_PROJ_MAX_VALUES_BLAS_THREADS`` values of x (N·I). Measured on the 2-vCPU Intel machine (one thread, float32,
     3I outputs, kernel alone, µs, the panels against the route taken without them): I = 64, N = 1 /
     8 / 32 / 128 / 512 0.75 / 1.73 / 5.44 / 19.3 / 83.4 against 2.52 / 4.86 / 13.6 / 25.3 / 82.0; I =
     128, N = 1 / 32 / 128 / 512 1.73 / 18.5 / 72.6 / 293 against 4.66 / 33.0 / 85.6 / 308; I = 256,
     N = 1 / 32 / 128 / 512 5.42 / 58.4 / 280 / 1130 against 9.71 / 85.6 / 351 / 1214; I = 512, N = 8
-    / 32 / 128 / 512 126 / 365 / 1469 / 5850 against 160 / 509 / 1524 / 5225."""
+    / 32 / 128 / 512 126 / 365 / 1469 / 5850 against 160 / 509 / 1524 / 5225. Two threads, panels
+    against the route without them (whole :func:`input_projection`): I = 64, N = 16 / 256 / 512 1.65× /
+    1.08× / 0.90×; I = 128, N = 16 / 128 / 256 1.34× / 1.04× / 0.91×; I = 256, N = 16 / 64 / 128
+    1.28× / 0.99× / 0.80×; I = 512, N = 8 / 32 1.31× / 0.84×."""
     if threads > 1:
-        return I <= PACKED_PROJ_MAX_INPUTS and N <= PACKED_PROJ_MAX_ROWS_BLAS_THREADS
+        return I <= PACKED_PROJ_MAX_INPUTS and N * I <= PACKED_PROJ_MAX_VALUES_BLAS_THREADS
     return I <= PACKED_PROJ_MAX_INPUTS or (I <= PACKED_PROJ_MAX_INPUTS_WIDE
                                            and N <= PACKED_PROJ_MAX_ROWS_WIDE)
 
