@@ -69,6 +69,9 @@ def _model(blob, key):
         m = _MODELS.get(key)
         if m is None:
             m = from_bytes(blob, what="model bytes")
+            if isinstance(m, GRU):
+                # the worker's own copy only ever runs forwards: pack its weights once (GRU.freeze)
+                m = m.freeze()
             _MODELS.clear()  # one model per worker at a time keeps memory bounded
             _MODELS[key] = m
     return m
@@ -110,7 +113,9 @@ def predict(model, x, *, method=None, client=None):
         "predict_proba" or "decision_function".
     client : a ``distributed.Client``; default: the active one, else the embedded LocalCluster.
 
-    Returns a dask array (arrays) or a dask bag (bags); call ``.compute()``.
+    Returns a dask array (arrays) or a dask bag (bags); call ``.compute()``. Each worker loads the
+    model once and, for a GRU, runs a frozen copy of it (:meth:`numgru.GRU.freeze`: its weights packed
+    once), since it only ever runs forwards there.
     """
     dask, da, db = _dask()
     from .interop.persistence import _kinds

@@ -74,3 +74,12 @@ def test_embedded_default_cluster_when_no_client_is_given():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().endswith("ok")
+
+
+def test_worker_copy_is_frozen():
+    from numgru.interop.persistence import to_bytes
+    g = ng.GRU(4, 8, seed=0)
+    m = ng.dask._model(to_bytes(g), "test-worker-copy")
+    assert m.frozen and not g.frozen
+    x = np.random.default_rng(1).standard_normal((5, 2, 4)).astype(np.float32)
+    np.testing.assert_allclose(m(x)[0], g(x)[0], atol=1e-6)
