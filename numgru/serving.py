@@ -45,6 +45,9 @@ class BatchingEngine:
     Parameters
     ----------
     model : numgru.GRU
+        Read live on every call, so weights updated in place take effect; when they will not change
+        while the engine runs, pass ``model.freeze()`` (:meth:`numgru.GRU.freeze`), whose weights are
+        packed once rather than on each batch's call.
     max_batch_size : int
         Most sequences in one kernel call.
     max_delay_ms : float
