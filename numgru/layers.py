@@ -851,6 +851,11 @@ class GRUCell(_Params):
         """True for a cell made by :meth:`freeze`."""
         return self._gru.frozen
 
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_plans"] = {}  # built again on first use, from the arrays the loaded layer holds
+        return state
+
     def freeze(self):
         """An inference copy with its weight matrices packed once for the step kernel; see
         :meth:`GRU.freeze`. Example: ``fast = cell.freeze(); h1 = fast(x, h)``."""

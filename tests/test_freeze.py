@@ -127,6 +127,12 @@ def test_frozen_cell_matches_cell(rng, reset_after):
     np.testing.assert_allclose(f(x[0]), c(x[0]), **TOL[np.float32])  # the general path
     with pytest.raises(ValueError, match="frozen"):
         f.forward_train(x, h)
+    g = pickle.loads(pickle.dumps(f))  # a used cell: its kept step arguments are not carried over
+    assert g.frozen and g._plans == {}
+    np.testing.assert_allclose(g(x, h), c(x, h), **TOL[np.float32])
+    assert g._plans and all(a is b for a, b in zip(g._plans[next(iter(g._plans))][0][4],
+                                                    g._gru._step_weights(0, 3, numba.get_num_threads(),
+                                                                         False)[4]))
 
 
 def test_frozen_model_in_batching_engine(rng):
