@@ -18,11 +18,10 @@ from ._validation import (as_lengths, as_real_array, check_bool, check_dtype, ch
 from .kernels.activations import GATE_HARD_SIGMOID, GATE_SIGMOID
 from .kernels.dispatch import (aligned, batch_order, forward_route, gate_scalars, gru_direction_backward,
                                empty_array, gru_direction_forward, input_projection, no_step_panels,
-                               run_step, serial_tiled_max, step_columns, step_columns_workspace,
+                               packed_step, run_step, serial_tiled_max, step_columns, step_columns_workspace,
                                thread_count, valid_steps, workspace)
 from .kernels.backward import matmul_into
 from .kernels.bf16 import from_bfloat16, to_bfloat16
-from .kernels.forward import use_panels
 from .kernels.step import gru_step, step_panels
 
 __all__ = ["GRU", "GRUCell", "Linear", "GATE_PRESETS"]
@@ -58,25 +57,6 @@ def use_bf16(model, B, nbytes, blas_threads):
     if model._bf16 is None or B > BF16_MAX_ROWS or nbytes <= BF16_MIN_BYTES:
         return False
     return not blas_threads or nbytes <= BF16_MAX_BYTES_BLAS_THREADS
-
-
-#: a frozen model's step multiplies weights of more than ``FROZEN_STEP_WIDE_K`` columns (from L3) on
-#: their panels only from ``FROZEN_STEP_WIDE_MIN_ROWS`` rows (see :func:`_frozen_step_panels`)
-FROZEN_STEP_WIDE_K = 512
-FROZEN_STEP_WIDE_MIN_ROWS = 8
-
-
-def _frozen_step_panels(M, K, B, tiled_max):
-    """Whether a frozen model's step of B rows multiplies weights (M, K) on their packed panels: where
-    the forward's rule (:func:`~numgru.kernels.forward.use_panels`) takes panels, and for weights wider
-    than ``FROZEN_STEP_WIDE_K`` from ``FROZEN_STEP_WIDE_MIN_ROWS`` rows. Measured on the 2-vCPU Intel
-    machine, frozen ``stream.step`` against the model's (paired): one thread, H = 1024, B = 2 / 4 / 8 /
-    16 0.97× / 0.91× / 1.08× / 1.15× on panels; H = 256, B = 1 / 4 / 16 1.24× / 1.22× / 1.27×; H = 512,
-    B = 4 0.99×; two threads, B = 1, H = 1024, one thread's panels against BLAS's GEMV on both 0.53×
-    (which use_panels already declines)."""
-    if not use_panels.py_func(M, K, B, tiled_max, False):
-        return False
-    return K <= FROZEN_STEP_WIDE_K or B >= FROZEN_STEP_WIDE_MIN_ROWS
 
 
 def _read_only(a):
@@ -333,7 +313,7 @@ class GRU(_Params):
         :meth:`_step_plan`): a quantized model's bfloat16 copies where :func:`use_bf16` says so, zeros
         for b_ih without bias, and for the serial step the packed panels of the weights it reads where
         they never change (a quantized model's bfloat16 copies, packed on first use; a frozen model's
-        weights, each matrix where :func:`_frozen_step_panels` says), else none."""
+        weights, each matrix where :func:`~numgru.kernels.dispatch.packed_step` says), else none."""
         W_ih, W_hh, b_ih, b_hh = self._weights(k)
         panels = no_step_panels(self.dtype)
         if self._bf16 is not None and use_bf16(self, B, W_ih.nbytes + W_hh.nbytes,
@@ -345,8 +325,8 @@ class GRU(_Params):
             Wp_ih, Wp_a, Wp_b = self._packed[k]
             tiled_max = serial_tiled_max(threads)
             M, none = 3 * self.hidden_size, panels[0]
-            panels = (Wp_ih if _frozen_step_panels(M, W_ih.shape[1], B, tiled_max) else none,
-                      *((Wp_a, Wp_b) if _frozen_step_panels(M, W_hh.shape[1], B, tiled_max)
+            panels = (Wp_ih if packed_step(M, W_ih.shape[1], B, tiled_max) else none,
+                      *((Wp_a, Wp_b) if packed_step(M, W_hh.shape[1], B, tiled_max)
                         else (none, none)))
         return W_ih, W_hh, self._zero_bias if b_ih is None else b_ih, b_hh, panels
 

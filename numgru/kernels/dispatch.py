@@ -40,7 +40,8 @@ import numpy as np
 
 from .backward import gru_backward_serial
 from .forward import (gru_forward_cols, gru_forward_parallel, gru_forward_rows,
-                      gru_forward_serial, input_projection_kernel, input_projection_parallel, row_chunks)
+                      gru_forward_serial, input_projection_kernel, input_projection_parallel, row_chunks,
+                      use_panels)
 from .step import gru_step, gru_step_cols
 
 PARALLEL_MIN_ROWS = 64
@@ -73,6 +74,8 @@ PACKED_PROJ_MAX_INPUTS = 256
 PACKED_PROJ_MAX_INPUTS_WIDE = 512
 PACKED_PROJ_MAX_ROWS_WIDE = 128
 PACKED_PROJ_MAX_VALUES_BLAS_THREADS = 16384
+PACKED_STEP_WIDE_K = 512
+PACKED_STEP_WIDE_MIN_ROWS = 8
 
 
 def blas_vectors_wider():
@@ -472,6 +475,20 @@ def packed_projection(N, I, threads):
         return I <= PACKED_PROJ_MAX_INPUTS and N * I <= PACKED_PROJ_MAX_VALUES_BLAS_THREADS
     return I <= PACKED_PROJ_MAX_INPUTS or (I <= PACKED_PROJ_MAX_INPUTS_WIDE
                                            and N <= PACKED_PROJ_MAX_ROWS_WIDE)
+
+
+def packed_step(M, K, B, tiled_max):
+    """Whether a step of B rows (:func:`~numgru.kernels.step.gru_step`) multiplies weights (M, K) on
+    their panels when they are already packed (a frozen model's, :meth:`numgru.GRU.freeze`): where the
+    forward's rule (:func:`~numgru.kernels.forward.use_panels`) takes panels, and for weights wider
+    than ``PACKED_STEP_WIDE_K`` (read from L3) from ``PACKED_STEP_WIDE_MIN_ROWS`` rows. Measured on the
+    2-vCPU Intel machine, frozen ``stream.step`` against the model's (paired): one thread, H = 1024,
+    B = 2 / 4 / 8 / 16 0.97× / 0.91× / 1.08× / 1.15× on panels; H = 256, B = 1 / 4 / 16 1.24× / 1.22× /
+    1.27×; H = 512, B = 4 0.99×; two threads, B = 1, H = 1024, one thread's panels against BLAS's GEMV
+    on both 0.53× (which use_panels already declines)."""
+    if not use_panels.py_func(M, K, B, tiled_max, False):
+        return False
+    return K <= PACKED_STEP_WIDE_K or B >= PACKED_STEP_WIDE_MIN_ROWS
 
 
 def projection_dot(N, I, threads, training):
