@@ -446,13 +446,21 @@ def input_projection(x2d, W_ih, b_ih, numba_threads=False, valid=None, training=
                 input_projection_parallel(x2d, W_ih, Wp, bias, b_ih is not None, gx,
                                           projection_panels(N, I, threads), threads)
                 return gx
-    if packed is not None and not training and packed_projection(N, I, threads):
-        panels = True
-    else:
-        panels = not training and serial_projection_panels(N, I, threads)
-    input_projection_kernel(x2d, W_ih, Wp, bias, b_ih is not None, gx, panels,
-                            not panels and projection_dot(N, I, threads, training))
+    input_projection_kernel(x2d, W_ih, Wp, bias, b_ih is not None, gx,
+                            *serial_projection_choice(N, I, threads, packed is not None, training))
     return gx
+
+
+def serial_projection_choice(N, I, threads, packed, training):
+    """``(panels, dot)`` for the serial input projection of N rows with I inputs
+    (:func:`~numgru.kernels.forward.input_projection_kernel`; ``packed``: the caller has W_ih's panels):
+    the panels where :func:`packed_projection` says for packed ones, else where
+    :func:`serial_projection_panels` says; otherwise the dot-product block where
+    :func:`projection_dot` says, else BLAS. Training always takes BLAS or the block."""
+    if packed and not training and packed_projection(N, I, threads):
+        return True, False
+    panels = not training and serial_projection_panels(N, I, threads)
+    return panels, not panels and projection_dot(N, I, threads, training)
 
 
 def packed_projection(N, I, threads):
@@ -591,7 +599,7 @@ def gru_direction_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gat
     if packed is None:
         empty = empty_array(W_hh.dtype, 3)
         packed = (empty, empty)
-    if route is None and (B < PARALLEL_MIN_ROWS or threads == 1):
+    if serial_forward(B, threads, route):
         # the serial kernel, without the parallel slot (a small call's Python time shows: T = 1,
         # B = 1, H = 8 forward 12.1 µs)
         gru_forward_serial(gx, W_hh, packed, b_hh, h0, lengths, sorted_desc, bool(reverse),
@@ -616,6 +624,49 @@ def gru_direction_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gat
             fn = gru_forward_parallel if par else gru_forward_serial
             fn(*common, bool(reset_after), *gates, bool(store), tape, tiled_max, 0, B)
     return tape if store else None
+
+
+def serial_forward(B, threads, route):
+    """Whether a layer's inference forward of B rows on ``route`` (from :func:`forward_route`) runs
+    on the serial kernels (:func:`gru_direction_forward`'s first branch, and the projection outside
+    Numba's threads), so that :func:`serial_direction_plan` applies."""
+    return route is None and (B < PARALLEL_MIN_ROWS or threads == 1)
+
+
+def serial_direction_plan(W_ih, b_ih, W_hh, b_hh, packed_ih, packed_hh, T, B, threads, reverse,
+                          reset_after, gate_kind, alpha, beta, clip):
+    """The kernel arguments of one direction's inference forward over T ≥ 1 steps of B ≥ 1 rows that
+    all run T steps, on the serial kernels (where :func:`serial_forward` holds), for
+    :func:`run_serial_direction`: the choices :func:`input_projection` and
+    :func:`gru_direction_forward` make on every call, made once. Weights as those two take them
+    (``packed_ih``, ``packed_hh``: W_ih's panels and the pair of W_hh's, or None); the arrays are
+    kept, not copied, so a plan stays current while they are changed in place."""
+    dtype = W_ih.dtype  # gx's (W_hh may be a quantized model's bfloat16 copy)
+    empty = empty_array(dtype, 3)
+    panels, dot = serial_projection_choice(T * B, W_ih.shape[1], threads, packed_ih is not None, False)
+    projection = (W_ih, empty if packed_ih is None else packed_ih,
+                  W_ih[0] if b_ih is None else b_ih, b_ih is not None)
+    if packed_hh is None:
+        none = empty_array(W_hh.dtype, 3)
+        packed_hh = (none, none)
+    lengths = np.full(B, T, np.int64)
+    lengths.setflags(write=False)
+    recurrence = ((W_hh, tuple(packed_hh), b_hh),
+                  (lengths, True, bool(reverse), bool(reset_after),
+                   *gate_scalars(dtype, gate_kind, alpha, beta, clip)),
+                  (False, empty, serial_tiled_max(threads), 0, B))
+    return projection, (panels, dot), recurrence
+
+
+def run_serial_direction(plan, x2d, gx, h0, y, col0, h_n):
+    """One direction of one layer by a plan from :func:`serial_direction_plan`: x2d (T·B, I) and gx
+    (T·B, 3H) scratch, C-contiguous; h0 (B, H) and h_n (B, H) C-contiguous; y (T, B, D·H), whose
+    columns col0 … col0+H−1 receive h_t."""
+    projection, flags, (weights, scalars, rest) = plan
+    input_projection_kernel(x2d, *projection, gx, *flags)
+    T = y.shape[0]
+    gru_forward_serial(gx.reshape(T, gx.shape[0] // T, gx.shape[1]), *weights, h0, *scalars, y, col0,
+                       h_n, *rest)
 
 
 _WORKSPACE = threading.local()
