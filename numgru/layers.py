@@ -18,7 +18,8 @@ from ._validation import (as_lengths, as_real_array, check_bool, check_dtype, ch
 from .kernels.activations import GATE_HARD_SIGMOID, GATE_SIGMOID
 from .kernels.dispatch import (aligned, batch_order, forward_route, gate_scalars, gru_direction_backward,
                                empty_array, gru_direction_forward, input_projection, no_step_panels,
-                               packed_step, run_step, serial_tiled_max, step_columns, step_columns_workspace,
+                               packed_step, run_serial_direction, run_step, serial_direction_plan,
+                               serial_forward, serial_tiled_max, step_columns, step_columns_workspace,
                                thread_count, valid_steps, workspace)
 from .kernels.backward import matmul_into
 from .kernels.bf16 import from_bfloat16, to_bfloat16
@@ -48,6 +49,8 @@ GATE_PRESETS = {
 BF16_MAX_ROWS = 16
 BF16_MIN_BYTES = 1 << 19
 BF16_MAX_BYTES_BLAS_THREADS = 1 << 21
+#: forward plans kept per model (one per (T, B, thread count) seen; all dropped when full)
+PLANS_KEPT = 64
 
 
 def use_bf16(model, B, nbytes, blas_threads):
@@ -233,6 +236,7 @@ class GRU(_Params):
     _bf16 = None  # quantized models: (W_ih, W_hh) lists of bfloat16 (uint16) copies
     _bf16_panels = None  # ... and their step panels per layer and direction, packed on first use
     _packed = None  # frozen models: step_panels of the float weights per layer and direction
+    _plans = None  # (T, B, threads) -> _forward_plan's kernel arguments (made on first use, per object)
 
     # ------------------------------------------------------------------ configuration
     @property
@@ -347,6 +351,22 @@ class GRU(_Params):
             return self._bf16[1][i]
         return self._W_hh[i]
 
+    def _direction_weights(self, i, B, route):
+        """``(W_ih, b_ih, W_hh, b_hh, Wp_ih, Wp_hh)`` of layer and direction i as the forward of B rows
+        on ``route`` reads them: b_ih None without bias, W_hh from :meth:`_recurrent_weights`, and the
+        weights packed once (a frozen model's panels of W_ih and the pair of W_hh's, a quantized
+        model's of its bfloat16 W_hh where the recurrence reads that copy), else None."""
+        W_ih, _, b_ih, b_hh = self._weights(i)
+        W_hh = self._recurrent_weights(i, B, route)
+        Wp_ih = Wp_hh = None
+        if self._packed is not None:
+            Wp_ih = self._packed[i][0]
+            if W_hh is self._W_hh[i]:
+                Wp_hh = self._packed[i][1:]
+        if W_hh is not self._W_hh[i]:
+            Wp_hh = self._bf16_step_panels(i)[1:]
+        return W_ih, b_ih, W_hh, b_hh, Wp_ih, Wp_hh
+
     def quantize(self, weights="bfloat16"):
         """An inference copy of this model with its weight matrices stored as bfloat16.
 
@@ -417,6 +437,7 @@ class GRU(_Params):
         for name in ("_W_ih", "_W_hh", "_b_ih", "_b_hh"):
             setattr(self, name, [_read_only(aligned(a)) for a in getattr(self, name)])
         self._zero_bias = _read_only(aligned(self._zero_bias))
+        self._plans = None
         self._pack()
 
     def _pack(self):
@@ -428,10 +449,12 @@ class GRU(_Params):
         # a shallow copy shares the panels (pickling and deepcopy go through __getstate__ and pack anew)
         q = object.__new__(type(self))
         q.__dict__.update(self.__dict__)
+        q._plans = None  # (they hold this object's arrays, which a copy may replace)
         return q
 
     def __getstate__(self):
         state = self.__dict__.copy()
+        state.pop("_plans", None)
         if state.pop("_packed", None) is not None:
             state["_frozen"] = True  # packed again on load, where the panels' alignment is kept
         return state
@@ -508,10 +531,75 @@ class GRU(_Params):
 
     def forward(self, x, h0=None, lengths=None):
         """Inference over whole sequences. Returns ``(y, h_n)``; see the class docstring for shapes."""
+        if lengths is None and type(x) is np.ndarray and x.ndim == 3 and x.dtype == self.dtype:
+            out = self._forward_planned(x, h0)
+            if out is not None:
+                return out
         padded = lengths is not None
         x, h0, lengths, unbatched = self._prepare(x, h0, lengths)
         y, h_n = self._infer(x, h0, lengths, padded)
         return self._finish(y, h_n, unbatched)
+
+    def _forward_planned(self, x, h0):
+        """:meth:`forward` of a batched array x of this model's dtype, every row running all T steps,
+        by the plan :meth:`_forward_plan` made for (T, B, thread count): the same kernels with the same
+        arguments as the general path, less its per-call choices, which at B = 1 and a few steps were
+        a large share of a call. None where no plan applies (the general path then runs)."""
+        if self.batch_first:
+            B, T, I = x.shape
+        else:
+            T, B, I = x.shape
+        LD, H, dtype = self.num_layers * self.num_directions, self.hidden_size, self.dtype
+        if I != self.input_size or T == 0 or B == 0 or not (h0 is None or (
+                type(h0) is np.ndarray and h0.dtype == dtype and h0.shape == (LD, B, H))):
+            return None
+        threads = thread_count()
+        plans = self._plans
+        if plans is None:
+            plans = self._plans = {}
+        plan = plans.get((T, B, threads))
+        if plan is None:
+            if len(plans) >= PLANS_KEPT:
+                plans.clear()
+            plan = plans[(T, B, threads)] = self._forward_plan(T, B, threads)
+        if not plan:
+            return None
+        if self.batch_first:
+            x = x.transpose(1, 0, 2)
+        if not x.flags.c_contiguous:
+            x = np.ascontiguousarray(x)
+        # h0 copied as the general path does (owned and writeable: one kernel signature)
+        h0 = np.zeros((LD, B, H), dtype) if h0 is None else np.array(h0, order="C", copy=True)
+        h_n = np.empty((LD, B, H), dtype)
+        D = self.num_directions
+        inp = x
+        for layer in range(self.num_layers):
+            y = np.empty((T, B, D * H), dtype)
+            x2d = inp.reshape(T * B, inp.shape[2])
+            for d in range(D):
+                i = layer * D + d
+                run_serial_direction(plan[i], x2d, workspace("gx", (T * B, 3 * H), dtype), h0[i], y,
+                                     d * H, h_n[i])
+            inp = y
+        return self._finish(inp, h_n, False)
+
+    def _forward_plan(self, T, B, threads):
+        """Per layer and direction, :func:`~numgru.kernels.dispatch.serial_direction_plan` for an
+        inference forward of B rows of T steps on ``threads`` Numba threads, where the forward takes
+        the serial kernels (:func:`~numgru.kernels.dispatch.serial_forward`), else False."""
+        H = self.hidden_size
+        bf16 = self._bf16 is not None and use_bf16(self, B, 12 * H * H, False)
+        route = forward_route(B, H, self.reset_after, False, T, 2 if bf16 else self.dtype.itemsize)
+        if not serial_forward(B, threads, route):
+            return False
+        plan = []
+        for i in range(self.num_layers * self.num_directions):
+            W_ih, b_ih, W_hh, b_hh, Wp_ih, Wp_hh = self._direction_weights(i, B, route)
+            plan.append(serial_direction_plan(
+                W_ih, b_ih, W_hh, b_hh, Wp_ih, Wp_hh, T, B, threads,
+                i % self.num_directions == 1 or self.go_backwards, self.reset_after, self._gate_kind,
+                self.alpha, self.beta, self.clip))
+        return tuple(plan)
 
     def _infer(self, x, h0, lengths, padded):
         """Inference on checked arrays: x (T, B, I) C-contiguous, h0 (L·D, B, H), lengths (B,) int64
@@ -545,17 +633,7 @@ class GRU(_Params):
             gate_tapes = []
             for d in range(D):
                 i = layer * D + d
-                W_ih, _, b_ih, b_hh = self._weights(i)
-                W_hh = self._recurrent_weights(i, B, route)
-                # weights packed once: a frozen model's (of the float weights), a quantized model's
-                # bfloat16 W_hh's (where the recurrence reads that copy)
-                Wp_ih = Wp_hh = None
-                if self._packed is not None:
-                    Wp_ih = self._packed[i][0]
-                    if W_hh is self._W_hh[i]:
-                        Wp_hh = self._packed[i][1:]
-                if W_hh is not self._W_hh[i]:
-                    Wp_hh = self._bf16_step_panels(i)[1:]
+                W_ih, b_ih, W_hh, b_hh, Wp_ih, Wp_hh = self._direction_weights(i, B, route)
                 # gx is used up by this direction's recurrence: scratch reused between calls (padded
                 # batches gather their valid rows into an array of their own)
                 out = workspace("gx", (T * B, 3 * H), self.dtype) if valid is None else None
@@ -818,6 +896,22 @@ class GRUCell(_Params):
     def quantized(self):
         """``"bfloat16"`` for a cell made by :meth:`quantize`, else None."""
         return self._gru.quantized
+
+    def _direction_weights(self, i, B, route):
+        """``(W_ih, b_ih, W_hh, b_hh, Wp_ih, Wp_hh)`` of layer and direction i as the forward of B rows
+        on ``route`` reads them: b_ih None without bias, W_hh from :meth:`_recurrent_weights`, and the
+        weights packed once (a frozen model's panels of W_ih and the pair of W_hh's, a quantized
+        model's of its bfloat16 W_hh where the recurrence reads that copy), else None."""
+        W_ih, _, b_ih, b_hh = self._weights(i)
+        W_hh = self._recurrent_weights(i, B, route)
+        Wp_ih = Wp_hh = None
+        if self._packed is not None:
+            Wp_ih = self._packed[i][0]
+            if W_hh is self._W_hh[i]:
+                Wp_hh = self._packed[i][1:]
+        if W_hh is not self._W_hh[i]:
+            Wp_hh = self._bf16_step_panels(i)[1:]
+        return W_ih, b_ih, W_hh, b_hh, Wp_ih, Wp_hh
 
     def quantize(self, weights="bfloat16"):
         """An inference copy with bfloat16 weights; see :meth:`GRU.quantize`."""

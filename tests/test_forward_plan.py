@@ -1,0 +1,162 @@
+"""GRU.forward's planned path: a call whose rows all run every step, on the serial kernels, takes
+the kernel arguments the model made for its (T, B, thread count) once, instead of choosing them on
+every call.
+
+It must give exactly what the general path gives (the same kernels with the same arguments), follow
+weights changed in place, never serve one object's arrays to a copy, and decline every input the
+general path would convert or reject.
+"""
+import copy
+import pickle
+
+import numba
+import numpy as np
+import pytest
+
+import numgru as ng
+from conftest import TOL
+from numgru import layers
+from reference import gru as ref_gru
+
+
+@pytest.fixture
+def one_thread():
+    """One Numba thread (restored after): every batch below 64 rows then takes the serial kernels."""
+    before = numba.get_num_threads()
+    numba.set_num_threads(1)
+    yield
+    numba.set_num_threads(before)
+
+
+def _general_calls(monkeypatch):
+    """Count the calls that reach the general path's recurrence (the planned path does not)."""
+    calls = []
+    fn = layers.gru_direction_forward
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return fn(*args, **kwargs)
+    monkeypatch.setattr(layers, "gru_direction_forward", spy)
+    return calls
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("reset_after", [True, False])
+@pytest.mark.parametrize("layout", ["uni", "bi", "backwards", "batch_first"])
+@pytest.mark.parametrize("T, B", [(1, 1), (13, 3)])
+def test_planned_forward_is_the_general_path(rng, one_thread, monkeypatch, dtype, reset_after, layout, T, B):
+    g = ng.GRU(5, 9, 2, bidirectional=layout == "bi", go_backwards=layout == "backwards",
+               batch_first=layout == "batch_first", reset_after=reset_after, dtype=dtype, seed=3)
+    D = 2 if layout == "bi" else 1
+    x = rng.standard_normal((B, T, 5) if layout == "batch_first" else (T, B, 5)).astype(dtype)
+    h0 = rng.standard_normal((2 * D, B, 9)).astype(dtype)
+    calls = _general_calls(monkeypatch)
+    y, h_n = g(x, h0)
+    assert not calls  # the plan ran
+    y_gen, h_gen = g(x, h0, lengths=np.full(B, T))  # lengths given: the general path
+    assert calls
+    np.testing.assert_array_equal(y, y_gen)
+    np.testing.assert_array_equal(h_n, h_gen)
+    xt = x.transpose(1, 0, 2) if layout == "batch_first" else x
+    if layout == "backwards":
+        xt = xt[::-1]
+    y_ref, h_ref = ref_gru(xt, g.state_dict(), 2, 9, bidirectional=layout == "bi", h0=h0,
+                           reset_after=reset_after)
+    if layout == "backwards":
+        y_ref = y_ref[::-1]
+    if layout == "batch_first":
+        y_ref = y_ref.transpose(1, 0, 2)
+    np.testing.assert_allclose(y, y_ref, **TOL[dtype])
+    np.testing.assert_allclose(h_n, h_ref, **TOL[dtype])
+
+
+@pytest.mark.parametrize("make", [lambda g: g, lambda g: g.freeze(), lambda g: g.quantize()],
+                         ids=["plain", "frozen", "quantized"])
+@pytest.mark.parametrize("T, B, H", [(1, 1, 64), (40, 1, 256), (6, 4, 256)])
+def test_planned_forward_of_inference_copies(rng, one_thread, monkeypatch, make, T, B, H):
+    m = make(ng.GRU(H, H, seed=0, gate_activation="hard_sigmoid", clip=3.0))
+    x = rng.standard_normal((T, B, H)).astype(np.float32)
+    calls = _general_calls(monkeypatch)
+    y, h_n = m(x)
+    assert not calls
+    y_gen, h_gen = m(x, lengths=np.full(B, T))
+    np.testing.assert_array_equal(y, y_gen)
+    np.testing.assert_array_equal(h_n, h_gen)
+
+
+def test_plan_follows_weights_changed_in_place(rng):
+    g = ng.GRU(4, 8, seed=0)
+    x = rng.standard_normal((7, 2, 4)).astype(np.float32)
+    g(x)  # plan made
+    other = ng.GRU(4, 8, seed=1)
+    g.load_state_dict(other.state_dict())
+    np.testing.assert_array_equal(g(x)[0], other(x)[0])
+    y, h_n, tape = g.forward_train(x)
+    _, _, grads = g.backward(tape, np.ones_like(y))
+    ng.optim.SGD(g.named_parameters(), lr=0.5).step(grads)
+    other.load_state_dict(g.state_dict())
+    assert not np.array_equal(g(x)[0], ng.GRU(4, 8, seed=1)(x)[0])  # the step changed the weights
+    np.testing.assert_array_equal(g(x)[0], other(x)[0])
+
+
+def test_copies_do_not_share_plans(rng):
+    g = ng.GRU(6, 16, seed=0)
+    x = rng.standard_normal((9, 2, 6)).astype(np.float32)
+    y0 = g(x)[0]
+    copies = [g.freeze(), g.quantize(), pickle.loads(pickle.dumps(g)), copy.deepcopy(g)]
+    before = [c(x)[0] for c in copies]
+    g.load_state_dict(ng.GRU(6, 16, seed=1).state_dict())
+    assert not np.array_equal(g(x)[0], y0)
+    for c, y in zip(copies, before):
+        np.testing.assert_array_equal(c(x)[0], y)
+    np.testing.assert_allclose(copies[0](x)[0], y0, **TOL[np.float32])
+
+
+def test_plans_per_thread_count_and_route(rng, two_threads, monkeypatch):
+    g = ng.GRU(8, 32, seed=0)
+    calls = _general_calls(monkeypatch)
+    for B in (1, 3, 80):  # 80 rows on two threads: the rows route, which the plan leaves alone
+        x = rng.standard_normal((11, B, 8)).astype(np.float32)
+        for threads in (2, 1):
+            numba.set_num_threads(threads)
+            del calls[:]
+            y, h_n = g(x)
+            assert bool(calls) == (B == 80 and threads == 2)
+            y_ref, h_ref = ref_gru(x, g.state_dict(), 1, 32)
+            np.testing.assert_allclose(y, y_ref, **TOL[np.float32])
+            np.testing.assert_allclose(h_n, h_ref, **TOL[np.float32])
+        numba.set_num_threads(2)
+
+
+def test_plans_kept_are_bounded(rng):
+    g = ng.GRU(3, 4, seed=0)
+    for T in range(1, layers.PLANS_KEPT + 10):
+        g(rng.standard_normal((T, 1, 3)).astype(np.float32))
+    assert 0 < len(g._plans) <= layers.PLANS_KEPT
+
+
+def test_inputs_the_plan_declines(rng):
+    g = ng.GRU(5, 6, 1, seed=0)
+    x = rng.standard_normal((4, 3, 5)).astype(np.float32)
+    y, h_n = g(x)
+    h0 = np.zeros((1, 3, 6))
+    for other in (x.astype(np.float64), x.astype(">f4"), x.tolist(), np.asfortranarray(x),
+                  np.ascontiguousarray(x[::-1])[::-1]):
+        np.testing.assert_allclose(g(other)[0], y, **TOL[np.float32])
+    ro = x.copy()
+    ro.setflags(write=False)
+    np.testing.assert_array_equal(g(ro)[0], y)
+    np.testing.assert_array_equal(g(x, h0)[0], y)  # float64 h0 cast, as the general path does
+    np.testing.assert_array_equal(g(x, h0.astype(np.float32)[:, :, ::-1].copy()[:, :, ::-1])[0], y)
+    h_ro = h0.astype(np.float32)
+    h_ro.setflags(write=False)
+    np.testing.assert_array_equal(g(x, h_ro)[0], y)
+    with pytest.raises(ValueError, match="x:"):
+        g(rng.standard_normal((4, 3, 4)).astype(np.float32))
+    with pytest.raises(ValueError, match="h0:"):
+        g(x, np.zeros((1, 2, 6), np.float32))
+    with pytest.raises(ValueError, match="h0:"):
+        g(x, np.zeros((2, 3, 6), np.float32))
+    for shape in ((0, 3, 5), (4, 0, 5)):
+        y0, h0_out = g(np.zeros(shape, np.float32))
+        assert y0.shape == shape[:2] + (6,) and h0_out.shape == (1, shape[1], 6)
