@@ -531,7 +531,7 @@ class GRU(_Params):
 
     def forward(self, x, h0=None, lengths=None):
         """Inference over whole sequences. Returns ``(y, h_n)``; see the class docstring for shapes."""
-        if lengths is None and type(x) is np.ndarray and x.ndim == 3 and x.dtype == self.dtype:
+        if lengths is None and type(x) is np.ndarray and x.dtype == self.dtype and x.ndim in (2, 3):
             out = self._forward_planned(x, h0)
             if out is not None:
                 return out
@@ -541,17 +541,21 @@ class GRU(_Params):
         return self._finish(y, h_n, unbatched)
 
     def _forward_planned(self, x, h0):
-        """:meth:`forward` of a batched array x of this model's dtype, every row running all T steps,
-        by the plan :meth:`_forward_plan` made for (T, B, thread count): the same kernels with the same
-        arguments as the general path, less its per-call choices, which at B = 1 and a few steps were
-        a large share of a call. None where no plan applies (the general path then runs)."""
-        if self.batch_first:
+        """:meth:`forward` of an array x (2-D or 3-D) of this model's dtype, every row running all T
+        steps, by the plan :meth:`_forward_plan` made for (T, B, thread count): the same kernels with
+        the same arguments as the general path, less its per-call choices, which at B = 1 and a few
+        steps were a large share of a call. None where no plan applies (the general path then runs)."""
+        unbatched = x.ndim == 2
+        if unbatched:
+            (T, I), B = x.shape, 1
+        elif self.batch_first:
             B, T, I = x.shape
         else:
             T, B, I = x.shape
         LD, H, dtype = self.num_layers * self.num_directions, self.hidden_size, self.dtype
         if I != self.input_size or T == 0 or B == 0 or not (h0 is None or (
-                type(h0) is np.ndarray and h0.dtype == dtype and h0.shape == (LD, B, H))):
+                type(h0) is np.ndarray and h0.dtype == dtype
+                and h0.shape == ((LD, H) if unbatched else (LD, B, H)))):
             return None
         threads = thread_count()
         plans = self._plans
@@ -564,12 +568,15 @@ class GRU(_Params):
             plan = plans[(T, B, threads)] = self._forward_plan(T, B, threads)
         if not plan:
             return None
-        if self.batch_first:
+        if unbatched:
+            x = x[:, None, :]
+        elif self.batch_first:
             x = x.transpose(1, 0, 2)
         if not x.flags.c_contiguous:
             x = np.ascontiguousarray(x)
         # h0 copied as the general path does (owned and writeable: one kernel signature)
-        h0 = np.zeros((LD, B, H), dtype) if h0 is None else np.array(h0, order="C", copy=True)
+        h0 = (np.zeros((LD, B, H), dtype) if h0 is None
+              else np.array(h0, order="C", copy=True).reshape(LD, B, H))
         h_n = np.empty((LD, B, H), dtype)
         D = self.num_directions
         inp = x
@@ -581,7 +588,7 @@ class GRU(_Params):
                 run_serial_direction(plan[i], x2d, workspace("gx", (T * B, 3 * H), dtype), h0[i], y,
                                      d * H, h_n[i])
             inp = y
-        return self._finish(inp, h_n, False)
+        return self._finish(inp, h_n, unbatched)
 
     def _forward_plan(self, T, B, threads):
         """Per layer and direction, :func:`~numgru.kernels.dispatch.serial_direction_plan` for an

@@ -84,6 +84,25 @@ def test_planned_forward_of_inference_copies(rng, one_thread, monkeypatch, make,
     np.testing.assert_array_equal(h_n, h_gen)
 
 
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_planned_forward_of_one_unbatched_sequence(rng, one_thread, monkeypatch, batch_first):
+    g = ng.GRU(5, 9, 2, bidirectional=True, batch_first=batch_first, seed=3)
+    x = rng.standard_normal((11, 5)).astype(np.float32)
+    h0 = rng.standard_normal((4, 9)).astype(np.float32)
+    calls = _general_calls(monkeypatch)
+    y, h_n = g(x, h0)
+    assert not calls and y.shape == (11, 18) and h_n.shape == (4, 9)
+    y_gen, h_gen = g(x, h0, lengths=11)
+    assert calls
+    np.testing.assert_array_equal(y, y_gen)
+    np.testing.assert_array_equal(h_n, h_gen)
+    y_ref, h_ref = ref_gru(x[:, None], g.state_dict(), 2, 9, bidirectional=True, h0=h0[:, None])
+    np.testing.assert_allclose(y, y_ref[:, 0], **TOL[np.float32])
+    np.testing.assert_allclose(h_n, h_ref[:, 0], **TOL[np.float32])
+    with pytest.raises(ValueError, match="h0:"):
+        g(x, h0[:, None])
+
+
 def test_plan_follows_weights_changed_in_place(rng):
     g = ng.GRU(4, 8, seed=0)
     x = rng.standard_normal((7, 2, 4)).astype(np.float32)
