@@ -187,11 +187,11 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, revers
         n_act = active_rows(lengths, t, sorted_desc)
         if reset_after:
             if n_act > 0:
-                step_product(W_T, Wp_T, dgh[t], tmp, buf, n_act, tiled_max)
+                step_product(W_T, Wp_T, dgh[t], tmp, buf, n_act, tiled_max, s % 2 == 1)
         else:
             # d(r ⊙ h_prev) = dn_pre @ W_hn, then the r gate, then the r, z blocks' matmul
             if n_act > 0:
-                step_product(W_n_T, Wp_n, dan, drh, buf, n_act, tiled_max)
+                step_product(W_n_T, Wp_n, dan, drh, buf, n_act, tiled_max, s % 2 == 1)
             for b in range(B):
                 darzb = darz[b]
                 if t >= lengths[b]:
@@ -217,7 +217,7 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, revers
                 for j in range(H):
                     darzb[H + j] = dgxb[H + j]
             if n_act > 0:
-                step_product(W_rz_T, Wp_rz, darz, tmp, buf, n_act, tiled_max)
+                step_product(W_rz_T, Wp_rz, darz, tmp, buf, n_act, tiled_max, s % 2 == 1)
         for b in range(B):
             dhb = dh[b]
             dhpb = dhp[b]

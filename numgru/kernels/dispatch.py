@@ -41,7 +41,7 @@ import numpy as np
 from .backward import gru_backward_serial
 from .forward import (gru_forward_cols, gru_forward_parallel, gru_forward_rows,
                       gru_forward_serial, input_projection_kernel, input_projection_parallel, row_chunks,
-                      use_panels)
+                      TILED_MAX_ONE_THREAD, use_panels)
 from .step import gru_step, gru_step_cols
 
 PARALLEL_MIN_ROWS = 64
@@ -326,7 +326,7 @@ def serial_tiled_max(threads):
     """``tiled_max`` for the serial kernels (:func:`~numgru.kernels.forward.recurrent_matmul`): with one
     thread up to 16 rows take the tiled Numba matmul; with several BLAS may thread the step, so
     from 5 rows on it gets the GEMM."""
-    return 16 if threads == 1 else 4
+    return TILED_MAX_ONE_THREAD if threads == 1 else 4
 
 
 def step_columns(B, H, reset_after, threads, itemsize=4):

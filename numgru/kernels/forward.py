@@ -20,7 +20,9 @@ unpacked weights (:mod:`~numgru.kernels.dotblock`; bfloat16 weights: :func:`smal
 once W leaves L2), for B = 1 while W_hh fits L2 :func:`small_rows_matmul`; a BLAS GEMV at B = 1 for
 H > 256; a BLAS GEMM in the orientation BLAS runs fastest beyond (:func:`rows_matmul_T`). (The panels
 replaced a route through OpenBLAS's small-matrix kernels, ``h @ W_hh.T`` on a transposed copy of W_hh,
-which they beat at every shape it took.) ``parallel=True``
+which they beat at every shape it took.) Weights beyond L2 are read block by block, in reverse order
+every other step, so that each step starts on what the step before left in L2
+(:func:`step_product`). ``parallel=True``
 spreads the gate loops over rows. With several threads, inference at small and middle batches instead
 runs :func:`_gru_forward_rows` (the batch split into row chunks, each a whole sequence on one thread)
 or :func:`_gru_forward_cols` (each step split over hidden units); see :mod:`numgru.kernels.dispatch`.
@@ -423,18 +425,70 @@ def block_panels(W_hh, cs, nc):
     return Wp
 
 
+#: most bytes of weights a step's product reads in one sweep (:func:`step_product`); beyond, it runs
+#: over blocks of ``ZIGZAG_ROWS`` rows, in reverse order every other step
+ZIGZAG_MIN_BYTES = 3 << 19
+ZIGZAG_ROWS = 128
+#: most rows of a step's product that sweeps its blocks so (more rows: arithmetic-bound)
+ZIGZAG_MAX_ROWS = 16
+#: ``tiled_max`` of the serial kernels on one thread (:func:`~numgru.kernels.dispatch.serial_tiled_max`)
+TILED_MAX_ONE_THREAD = 16
+
+
+@inline
+def zigzag_rows(M, nbytes, n, one_thread):
+    """Rows (output columns) per block of :func:`step_product`'s sweep over weights (M, K) that take
+    ``nbytes`` as it reads them, for n rows of h: ``ZIGZAG_ROWS`` when they are more than
+    ``ZIGZAG_MIN_BYTES`` (a step reads them from beyond L2), n ≤ ``ZIGZAG_MAX_ROWS`` and the
+    product runs on this thread alone (``one_thread``; a threaded BLAS call per block would pay its
+    start-up every block), else M."""
+    if nbytes > ZIGZAG_MIN_BYTES and n <= ZIGZAG_MAX_ROWS and one_thread:
+        return ZIGZAG_ROWS
+    return M
+
+
 @device
-def step_product(Wm, Wp, h, out, buf, n, tiled_max):
+def step_product(Wm, Wp, h, out, buf, n, tiled_max, backwards):
     """out[:n] = h[:n] @ Wm.T for one step: by the packed panels Wp (of Wm; (0, 0, 0) when the caller
     has none) where :func:`use_panels` says so, else by :func:`recurrent_matmul`.
+
+    Weights beyond L2 go in blocks of rows (:func:`zigzag_rows`), last block first when
+    ``backwards``: a time loop passes it on every other step, so each step starts on the blocks the
+    step before read last, which are still in L2 (about 2 MB of them here), and reads only the rest
+    from L3. A GEMV by blocks, one thread, against one sweep (`.probe/zigzag.py`, µs a step,
+    2-vCPU Intel machine, 2 MB L2): H = 448 / 512 / 768 / 1024 / 2048 34.6 / 56.4 / 195 / 386 / 1707
+    against 46.0 / 96.8 / 242 / 432 / 1734; H = 320 (1.2 MB) 12.3 against 11.6. Each output value is
+    the same sum either way.
 
     Compiled once per signature and called, not inlined: the kernels call it at three places each, and
     inlining the matmul routes three times cost compile time."""
     wide_vectors()
-    if Wp.shape[0] > 0 and use_panels(Wm.shape[0], Wm.shape[1], n, tiled_max, is_bfloat16(Wp)):
-        panel_matmul(h, Wp, out, n)
+    M = Wm.shape[0]
+    panels = Wp.shape[0] > 0 and use_panels(M, Wm.shape[1], n, tiled_max, is_bfloat16(Wp))
+    w = Wp.shape[2]
+    if panels:
+        rows = zigzag_rows(M, Wp.size * Wp.itemsize, n, True)
+        rows = min(M, (rows + w - 1) // w * w)  # whole panels per block
     else:
-        recurrent_matmul(Wm, h, out, buf, n, tiled_max)
+        rows = zigzag_rows(M, Wm.size * Wm.itemsize, n,
+                           tiled_max < 0 or tiled_max >= TILED_MAX_ONE_THREAD or 2 <= n <= tiled_max)
+    nb = (M + rows - 1) // rows
+    flat = np.empty(n * rows if nb > 1 else 0, out.dtype)
+    for k in range(nb):  # (one call site of each route, for compile time)
+        c = nb - 1 - k if backwards else k
+        r0 = c * rows
+        r1 = min(M, r0 + rows)
+        part = out if nb == 1 else flat[:n * (r1 - r0)].reshape((n, r1 - r0))
+        if panels:
+            panel_matmul(h, Wp[r0 // w:(r1 + w - 1) // w], part, n)
+        else:
+            recurrent_matmul(Wm[r0:r1], h, part, buf, n, tiled_max)
+        if nb > 1:
+            for b in range(n):
+                ob = out[b]
+                pb = part[b]
+                for j in range(r1 - r0):
+                    ob[r0 + j] = pb[j]
 
 
 def _gru_forward(gx, W_hh, packed, b_hh, h0, lengths, sorted_desc, reverse, reset_after, gate_kind,
@@ -515,7 +569,7 @@ def _gru_forward(gx, W_hh, packed, b_hh, h0, lengths, sorted_desc, reverse, rese
         n_act = active_rows(lens, t, sorted_desc)
         if reset_after:
             if n_act > 0:
-                step_product(W_hh, Wp, hc, acc, buf, n_act, tiled_max)
+                step_product(W_hh, Wp, hc, acc, buf, n_act, tiled_max, s % 2 == 1)
             for i in prange(B):  # i: row of the workspace, b: row of the arrays passed in
                 wide_vectors()
                 b = b0 + i
@@ -542,7 +596,7 @@ def _gru_forward(gx, W_hh, packed, b_hh, h0, lengths, sorted_desc, reverse, rese
                     y[t, b, col0 + j] = hn[i, j]
         else:
             if n_act > 0:
-                step_product(W_rz, Wp_rz, hc, acc_rz, buf, n_act, tiled_max)
+                step_product(W_rz, Wp_rz, hc, acc_rz, buf, n_act, tiled_max, s % 2 == 1)
             for i in prange(n_act):
                 wide_vectors()
                 gxb = gx[t, b0 + i]
@@ -558,7 +612,7 @@ def _gru_forward(gx, W_hh, packed, b_hh, h0, lengths, sorted_desc, reverse, rese
                 for j in range(H):
                     rhb[j] = wb[j] * hcb[j]
             if n_act > 0:
-                step_product(W_n, Wp_n, rh, acc_n, buf, n_act, tiled_max)
+                step_product(W_n, Wp_n, rh, acc_n, buf, n_act, tiled_max, s % 2 == 1)
             for i in prange(B):
                 wide_vectors()
                 b = b0 + i
