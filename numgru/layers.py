@@ -881,6 +881,7 @@ class GRUCell(_Params):
                         dtype=dtype, seed=seed)
         self._len1 = np.ones(1, np.int64)
         self._plans = {}  # (B, threads) -> the fast path's kernel arguments; see _step_args
+        self._backwards = False  # the direction the last step swept the weights (gru_step)
 
     input_size = property(lambda self: self._gru.input_size)
     hidden_size = property(lambda self: self._gru.hidden_size)
@@ -994,13 +995,16 @@ class GRUCell(_Params):
                 h = np.ascontiguousarray(h)
             out = np.empty((B, H), g.dtype)
             args, columns, tiled_max = self._step_args(B)
+            # successive steps sweep the weights in opposite directions (gru_step's ``backwards``;
+            # two threads racing on the flag only change which way a step reads them)
+            backwards = self._backwards = not self._backwards
             if columns:
                 gi, gh = np.empty((B, 3 * H), g.dtype), np.empty((B, 3 * H), g.dtype)
                 run_step(x, h, args[:5], args[5:], out, gi, gh,
-                         step_columns_workspace(B, H, columns, g.dtype), tiled_max)
+                         step_columns_workspace(B, H, columns, g.dtype), tiled_max, backwards)
             else:  # (the kernel allocates its workspace)
                 no_work = empty_array(g.dtype, 2)
-                gru_step(x, h, *args, out, no_work, no_work, tiled_max)
+                gru_step(x, h, *args, out, no_work, no_work, tiled_max, backwards)
             return out
         x3, h0, unbatched = self._prepare(x, h)
         B = x3.shape[1]

@@ -414,18 +414,20 @@ class Stepper:
         gi, gh = np.empty((B, 3 * H), dt), np.empty((B, 3 * H), dt)
         self._bufs = (np.zeros((L, B, H), dt), np.zeros((L, B, H), dt))
         self._cur = 0
+        # odd steps sweep the weights the other way (gru_step's ``backwards``), starting on what the
+        # step before read last
         if columns:
             acc = step_columns_workspace(B, H, threads, dt)
             self._step = run_step
-            args = lambda k, h, out: (h[k], layers[k], scalars, out[k], gi, gh, acc, tiled_max)
+            args = lambda k, h, out, p: (h[k], layers[k], scalars, out[k], gi, gh, acc, tiled_max, p == 1)
         else:
             self._step = gru_step
-            args = lambda k, h, out: (h[k], *layers[k], *scalars, out[k], gi, gh, tiled_max)
+            args = lambda k, h, out, p: (h[k], *layers[k], *scalars, out[k], gi, gh, tiled_max, p == 1)
         # per parity: (arguments of layer 0 after its input, [arguments of each later layer], top output)
         self._plans = []
         for p in (0, 1):
             h, out = self._bufs[p], self._bufs[1 - p]
-            self._plans.append((args(0, h, out), [(out[k - 1], *args(k, h, out)) for k in range(1, L)],
+            self._plans.append((args(0, h, out, p), [(out[k - 1], *args(k, h, out, p)) for k in range(1, L)],
                                 out[-1]))
 
     @property

@@ -151,6 +151,27 @@ def test_stream_steps_read_the_state_last_set():
         np.testing.assert_allclose(st.step(x[n]), g(x[n:n + 1], h_ref)[0][0], atol=1e-12)
 
 
+@pytest.mark.parametrize("reset_after, frozen", [(True, False), (False, False), (True, True)])
+def test_steps_with_weights_beyond_l2_equal_the_forward(reset_after, frozen):
+    """H = 300 in float64 (W_ih and W_hh 2.2 MB each): successive steps of a stream and of a cell
+    sweep the weights' blocks in opposite directions (and W_hh's before W_ih's every other step);
+    every step still equals the forward's."""
+    g = ng.GRU(300, 300, seed=2, reset_after=reset_after, dtype=np.float64)
+    m = g.freeze() if frozen else g
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((5, 2, 300))
+    y_ref, h_ref = g(x)
+    st = m.stream(batch_size=2)
+    np.testing.assert_allclose(np.stack([st.step(x[t]) for t in range(5)]), y_ref, atol=1e-12)
+    cell = ng.GRUCell(300, 300, reset_after=reset_after, dtype=np.float64)
+    cell.load_state_dict({k[:-len("_l0")]: v for k, v in g.state_dict().items()})
+    cell = cell.freeze() if frozen else cell
+    h = np.zeros((1, 300))
+    for t in range(5):
+        h = cell(x[t, :1], h)
+        np.testing.assert_allclose(h[0], y_ref[t, 0], atol=1e-12)
+
+
 def test_engine_streams_join_and_leave_between_steps(model):
     rng = np.random.default_rng(1)
     xs = [rng.standard_normal((int(rng.integers(5, 30)), 6)).astype(np.float32) for _ in range(6)]

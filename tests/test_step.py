@@ -25,7 +25,7 @@ def _ref(x, h, p, reset_after=True, gate="sigmoid", clip=None, suffix="_l0"):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("reset_after", [True, False])
-@pytest.mark.parametrize("I, H", [(600, 24), (7, 530), (37, 200), (300, 150)])
+@pytest.mark.parametrize("I, H", [(600, 24), (7, 530), (37, 200), (300, 150), (450, 300)])
 def test_serial_step_every_matmul_route(dtype, reset_after, I, H):
     """Several rows take the forward's recurrent_matmul routes: the register-blocked matmul (≤ 512
     columns), tiles (rows ≤ tiled_max, or tiled_max = −1), BLAS beyond (W_ih, then W_hh, past 512
@@ -37,22 +37,25 @@ def test_serial_step_every_matmul_route(dtype, reset_after, I, H):
     for B, tiled_max in [(1, 16), (2, 16), (5, 16), (5, 4), (5, -1), (20, 16)]:
         x = rng.standard_normal((B, I)).astype(dtype)
         h = rng.standard_normal((B, H)).astype(dtype)
-        out = np.full((B, H), np.nan, dtype)
-        gru_step(x, h, p["weight_ih_l0"], p["weight_hh_l0"], p["bias_ih_l0"], p["bias_hh_l0"],
-                 dispatch.no_step_panels(np.dtype(dtype)), *scalars, out, np.empty((B, 3 * H), dtype),
-                 np.empty((B, 3 * H), dtype), tiled_max)
-        np.testing.assert_allclose(out, _ref(x, h, p, reset_after), **TOL[dtype],
-                                   err_msg=f"B={B} tiled_max={tiled_max}")
+        for backwards in (False, True):
+            out = np.full((B, H), np.nan, dtype)
+            gru_step(x, h, p["weight_ih_l0"], p["weight_hh_l0"], p["bias_ih_l0"], p["bias_hh_l0"],
+                     dispatch.no_step_panels(np.dtype(dtype)), *scalars, out, np.empty((B, 3 * H), dtype),
+                     np.empty((B, 3 * H), dtype), tiled_max, backwards)
+            np.testing.assert_allclose(out, _ref(x, h, p, reset_after), **TOL[dtype],
+                                       err_msg=f"B={B} tiled_max={tiled_max} backwards={backwards}")
 
 
 @pytest.mark.parametrize("weights", ["float32", "float64", "bfloat16"])
 @pytest.mark.parametrize("reset_after", [True, False])
-def test_serial_step_on_panels(weights, reset_after):
+@pytest.mark.parametrize("I, H", [(37, 53), (450, 300)])
+def test_serial_step_on_panels(weights, reset_after, I, H):
     """With step_panels the products run on packed panels (W_hh whole, or its r, z and n rows for
-    reset_after=False): same result as the reference cell, bfloat16 weights widened exactly."""
+    reset_after=False): same result as the reference cell, bfloat16 weights widened exactly. 37, 53:
+    neither a multiple of the panel width, nor 2H; 450, 300: panels past ZIGZAG_MIN_BYTES, read in
+    blocks either way round."""
     rng = np.random.default_rng(6)
     dtype = np.float64 if weights == "float64" else np.float32
-    I, H = 37, 53  # neither a multiple of the panel width, nor 2H
     p = {k: v.astype(dtype) for k, v in random_params(I, H, 1, seed=6).items()}
     W_ih, W_hh = p["weight_ih_l0"], p["weight_hh_l0"]
     if weights == "bfloat16":
@@ -64,10 +67,11 @@ def test_serial_step_on_panels(weights, reset_after):
     for B in (1, 3, 17):
         x = rng.standard_normal((B, I)).astype(dtype)
         h = rng.standard_normal((B, H)).astype(dtype)
-        out = np.full((B, H), np.nan, dtype)
-        gru_step(x, h, W_ih, W_hh, p["bias_ih_l0"], p["bias_hh_l0"], panels, *scalars, out,
-                 np.empty((B, 3 * H), dtype), np.empty((B, 3 * H), dtype), 16)
-        np.testing.assert_allclose(out, _ref(x, h, p, reset_after), **TOL[dtype], err_msg=f"B={B}")
+        for backwards in (False, True):
+            out = np.full((B, H), np.nan, dtype)
+            gru_step(x, h, W_ih, W_hh, p["bias_ih_l0"], p["bias_hh_l0"], panels, *scalars, out,
+                     np.empty((B, 3 * H), dtype), np.empty((B, 3 * H), dtype), 16, backwards)
+            np.testing.assert_allclose(out, _ref(x, h, p, reset_after), **TOL[dtype], err_msg=f"B={B}")
 
 
 @pytest.mark.parametrize("B", [1, 3])

@@ -368,7 +368,7 @@ def step_columns_workspace(B, H, threads, dtype):
     return np.empty((-(-H // cs), 3, B, cs), dtype)
 
 
-def run_step(x, h, weights, scalars, h_out, gi, gh, acc, tiled_max):
+def run_step(x, h, weights, scalars, h_out, gi, gh, acc, tiled_max, backwards=False):
     """One step of every row: h_out = GRU(x, h). ``weights`` (W_ih, W_hh, b_ih, b_hh, panels) and
     ``scalars`` (reset_after, gate_kind, alpha, beta, use_clip, clip) as
     :func:`~numgru.kernels.step.gru_step` takes them (``panels``: :func:`~numgru.kernels.step.step_panels`
@@ -376,15 +376,16 @@ def run_step(x, h, weights, scalars, h_out, gi, gh, acc, tiled_max):
     :func:`step_columns` says so) the step is split over hidden units
     (:func:`~numgru.kernels.step.gru_step_cols`, which reads the weights unpacked) if the parallel
     slot is free; otherwise, or with ``acc`` None, the serial step runs (gi, gh its workspace;
-    ``tiled_max`` as in :func:`~numgru.kernels.forward.recurrent_matmul`). The slot's lock is taken
-    directly: the caller has read the thread count already."""
+    ``tiled_max`` as in :func:`~numgru.kernels.forward.recurrent_matmul`; ``backwards`` as
+    :func:`~numgru.kernels.step.gru_step` takes it). The slot's lock is taken directly: the caller has
+    read the thread count already."""
     if acc is not None and _PARALLEL_LOCK.acquire(blocking=False):
         try:
             gru_step_cols(x, h, *weights[:4], *scalars[1:], h_out, gi, acc)
         finally:
             _PARALLEL_LOCK.release()
         return
-    gru_step(x, h, *weights, *scalars, h_out, gi, gh, tiled_max)
+    gru_step(x, h, *weights, *scalars, h_out, gi, gh, tiled_max, backwards)
 
 
 @functools.lru_cache(maxsize=16)

@@ -447,48 +447,68 @@ def zigzag_rows(M, nbytes, n, one_thread):
     return M
 
 
+@inline
+def block_rows(Wm, Wp, panels, n, tiled_max):
+    """Rows of Wm per block of a step's product (:func:`step_product`; ``panels``: the product runs
+    on Wp, Wm's packed panels): :func:`zigzag_rows` of the bytes read, in whole panels."""
+    M = Wm.shape[0]
+    if panels:
+        w = Wp.shape[2]
+        return min(M, (zigzag_rows(M, Wp.size * Wp.itemsize, n, True) + w - 1) // w * w)
+    return zigzag_rows(M, Wm.size * Wm.itemsize, n,
+                       tiled_max < 0 or tiled_max >= TILED_MAX_ONE_THREAD or 2 <= n <= tiled_max)
+
+
+@inline
+def block_bounds(k, nb, rows, M, backwards):
+    """Rows [r0, r1) of the k-th of nb blocks of ``rows`` rows (of M) in a sweep, last first when
+    ``backwards``."""
+    c = nb - 1 - k if backwards else k
+    r0 = c * rows
+    return r0, min(M, r0 + rows)
+
+
+@inline
+def put_block(out, part, n, r0, r1):
+    """out[:n, r0:r1] = part (n, r1 − r0)."""
+    for b in range(n):
+        ob = out[b]
+        pb = part[b]
+        for j in range(r1 - r0):
+            ob[r0 + j] = pb[j]
+
+
 @device
 def step_product(Wm, Wp, h, out, buf, n, tiled_max, backwards):
     """out[:n] = h[:n] @ Wm.T for one step: by the packed panels Wp (of Wm; (0, 0, 0) when the caller
     has none) where :func:`use_panels` says so, else by :func:`recurrent_matmul`.
 
-    Weights beyond L2 go in blocks of rows (:func:`zigzag_rows`), last block first when
+    Weights beyond L2 go in blocks of rows (:func:`block_rows`), last block first when
     ``backwards``: a time loop passes it on every other step, so each step starts on the blocks the
     step before read last, which are still in L2 (about 2 MB of them here), and reads only the rest
-    from L3. A GEMV by blocks, one thread, against one sweep (`.probe/zigzag.py`, µs a step,
-    2-vCPU Intel machine, 2 MB L2): H = 448 / 512 / 768 / 1024 / 2048 34.6 / 56.4 / 195 / 386 / 1707
-    against 46.0 / 96.8 / 242 / 432 / 1734; H = 320 (1.2 MB) 12.3 against 11.6. Each output value is
-    the same sum either way.
+    from L3. A GEMV by blocks, one thread, against one sweep (µs a step, 2-vCPU Intel machine,
+    2 MB L2): H = 448 / 512 / 768 / 1024 / 2048 34.6 / 56.4 / 195 / 386 / 1707 against 46.0 / 96.8 /
+    242 / 432 / 1734; H = 320 (1.2 MB) 12.3 against 11.6. Each output value is the same sum either
+    way.
 
     Compiled once per signature and called, not inlined: the kernels call it at three places each, and
     inlining the matmul routes three times cost compile time."""
     wide_vectors()
     M = Wm.shape[0]
     panels = Wp.shape[0] > 0 and use_panels(M, Wm.shape[1], n, tiled_max, is_bfloat16(Wp))
-    w = Wp.shape[2]
-    if panels:
-        rows = zigzag_rows(M, Wp.size * Wp.itemsize, n, True)
-        rows = min(M, (rows + w - 1) // w * w)  # whole panels per block
-    else:
-        rows = zigzag_rows(M, Wm.size * Wm.itemsize, n,
-                           tiled_max < 0 or tiled_max >= TILED_MAX_ONE_THREAD or 2 <= n <= tiled_max)
+    rows = block_rows(Wm, Wp, panels, n, tiled_max)
     nb = (M + rows - 1) // rows
     flat = np.empty(n * rows if nb > 1 else 0, out.dtype)
+    w = Wp.shape[2]
     for k in range(nb):  # (one call site of each route, for compile time)
-        c = nb - 1 - k if backwards else k
-        r0 = c * rows
-        r1 = min(M, r0 + rows)
+        r0, r1 = block_bounds(k, nb, rows, M, backwards)
         part = out if nb == 1 else flat[:n * (r1 - r0)].reshape((n, r1 - r0))
         if panels:
             panel_matmul(h, Wp[r0 // w:(r1 + w - 1) // w], part, n)
         else:
             recurrent_matmul(Wm[r0:r1], h, part, buf, n, tiled_max)
         if nb > 1:
-            for b in range(n):
-                ob = out[b]
-                pb = part[b]
-                for j in range(r1 - r0):
-                    ob[r0 + j] = pb[j]
+            put_block(out, part, n, r0, r1)
 
 
 def _gru_forward(gx, W_hh, packed, b_hh, h0, lengths, sorted_desc, reverse, reset_after, gate_kind,

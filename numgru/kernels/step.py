@@ -13,7 +13,8 @@ from ._jit import FASTMATH, inline, kernel, parallel_kernel, wide_vectors
 from .activations import clip_pre, gate, one_like, tanh_fast
 from .bf16 import is_bfloat16_array, wget
 from .dotblock import dot_rows
-from .forward import _chunk_after, recurrent_matmul, small_rows_matmul, tiled_matmul
+from .forward import (_chunk_after, block_bounds, block_rows, put_block, recurrent_matmul,
+                      small_rows_matmul, tiled_matmul)
 from .panel import pack_panels, panel_matmul
 
 
@@ -25,14 +26,15 @@ from .panel import pack_panels, panel_matmul
 STEP_DOT_MAX_VALUES = 3 * 256 * 256
 
 
-def step_matmul(W, Wp, x, out, buf, n, small, tiled_max):
+def step_matmul(W, Wp, x, out, buf, n, small, tiled_max, backwards):
     """out[:n] = x[:n] @ W.T. With packed panels ``Wp`` of W (from :func:`step_panels`; an empty
     (0, 0, 0) array otherwise) the panel product. Else one row: the register-blocked matmul when
     ``small``, the dot-product block (:func:`~numgru.kernels.dotblock.dot_rows`) up to
     :data:`STEP_DOT_MAX_VALUES` weights, else BLAS; several rows:
     :func:`~numgru.kernels.forward.recurrent_matmul`, as the forward's steps (``buf``: at least M·n
     values; ``tiled_max`` as there). bfloat16 weights (``uint16``) without panels, which BLAS cannot
-    read, take the Numba matmul, in tiles."""
+    read, take the Numba matmul, in tiles. Weights beyond L2 in blocks of rows, last first when
+    ``backwards``, as :func:`~numgru.kernels.forward.step_product` runs them."""
     if Wp.shape[0] > 0:
         panel_matmul.py_func(x, Wp, out, n)
     elif n == 1 and small:
@@ -46,21 +48,48 @@ def step_matmul(W, Wp, x, out, buf, n, small, tiled_max):
 
 
 @overload(step_matmul, jit_options={"fastmath": set(FASTMATH)})
-def _ol_step_matmul(W, Wp, x, out, buf, n, small, tiled_max):
-    if is_bfloat16_array(W):
-        def impl_bf16(W, Wp, x, out, buf, n, small, tiled_max):
-            if Wp.shape[0] > 0:
-                panel_matmul(x, Wp, out, n)
+def _ol_step_matmul(W, Wp, x, out, buf, n, small, tiled_max, backwards):
+    def impl(W, Wp, x, out, buf, n, small, tiled_max, backwards):
+        M = W.shape[0]
+        panels = Wp.shape[0] > 0
+        rows = block_rows(W, Wp, panels, n, tiled_max)
+        nb = (M + rows - 1) // rows
+        flat = np.empty(n * rows if nb > 1 else 0, out.dtype)
+        w = Wp.shape[2]
+        dot = W.shape[0] * W.shape[1] <= STEP_DOT_MAX_VALUES  # (the whole matrix's route)
+        for k in range(nb):
+            r0, r1 = block_bounds(k, nb, rows, M, backwards)
+            part = out if nb == 1 else flat[:n * (r1 - r0)].reshape((n, r1 - r0))
+            if panels:
+                panel_matmul(x, Wp[r0 // w:(r1 + w - 1) // w], part, n)
             else:
-                tiled_matmul(W, x, out, n)
-        return impl_bf16
+                _unpacked_product(W[r0:r1], x, part, buf, n, small, dot, tiled_max)
+            if nb > 1:
+                put_block(out, part, n, r0, r1)
+    return impl
 
-    def impl(W, Wp, x, out, buf, n, small, tiled_max):
-        if Wp.shape[0] > 0:
-            panel_matmul(x, Wp, out, n)
-        elif n == 1 and small:
+
+def _unpacked_product(W, x, out, buf, n, small, dot, tiled_max):
+    """:func:`step_matmul` without panels (``dot``: the whole matrix takes the dot-product block)."""
+    if n == 1 and small:
+        small_rows_matmul.py_func(W, x, out, n)
+    elif n == 1 and dot:
+        dot_rows.py_func(x, W, out, 1)
+    elif n == 1:
+        np.dot(x, W.T, out)
+    else:
+        recurrent_matmul.py_func(W, x, out, buf, n, tiled_max)
+
+
+@overload(_unpacked_product, jit_options={"fastmath": set(FASTMATH)})
+def _ol_unpacked_product(W, x, out, buf, n, small, dot, tiled_max):
+    if is_bfloat16_array(W):  # BLAS cannot read bfloat16: the Numba matmul, in tiles
+        return lambda W, x, out, buf, n, small, dot, tiled_max: tiled_matmul(W, x, out, n)
+
+    def impl(W, x, out, buf, n, small, dot, tiled_max):
+        if n == 1 and small:
             small_rows_matmul(W, x, out, n)
-        elif n == 1 and W.shape[0] * W.shape[1] <= STEP_DOT_MAX_VALUES:
+        elif n == 1 and dot:
             dot_rows(x, W, out, 1)
         elif n == 1:
             np.dot(x, W.T, out)
@@ -85,7 +114,7 @@ def step_panels(W_ih, W_hh, reset_after):
 
 @kernel
 def gru_step(x, h, W_ih, W_hh, b_ih, b_hh, panels, reset_after, gate_kind, alpha, beta, use_clip, clip,
-             h_out, gi, gh, tiled_max):
+             h_out, gi, gh, tiled_max, backwards):
     """h_out = GRU(x, h) for one step.
 
     x (B, I), h (B, H) in; W_ih (3H, I), W_hh (3H, H), b_ih (3H,), b_hh (3H,) in (zeros without bias);
@@ -98,6 +127,10 @@ def gru_step(x, h, W_ih, W_hh, b_ih, b_hh, panels, reset_after, gate_kind, alpha
     Scalars as in :func:`numgru.kernels.forward._gru_forward`; ``tiled_max`` as in
     :func:`~numgru.kernels.forward.recurrent_matmul` (the caller passes
     :func:`~numgru.kernels.dispatch.serial_tiled_max` of the thread count), read only when B > 1.
+    ``backwards``: run the products' blocks of weights beyond L2 last first, and with reset_after
+    W_hh's before W_ih's; a caller stepping a sequence passes it every other step, so that each
+    step starts on the weights the step before read last, still in L2
+    (:func:`~numgru.kernels.forward.step_product`).
     """
     wide_vectors()
     B = x.shape[0]
@@ -111,9 +144,12 @@ def gru_step(x, h, W_ih, W_hh, b_ih, b_hh, panels, reset_after, gate_kind, alpha
     small = W_ih.size + W_hh.size <= 1 << 17
     buf = np.empty(W_ih.shape[0] * B, x.dtype) if B > 1 else gi[0, :0]  # (rows_matmul_T reads it)
     Wp_ih, Wp_a, Wp_b = panels
-    step_matmul(W_ih, Wp_ih, x, gi, buf, B, small, tiled_max)
     if reset_after:
-        step_matmul(W_hh, Wp_a, h, gh, buf, B, small, tiled_max)
+        for q in range(2):  # the two products are independent: W_ih's first, or W_hh's backwards
+            if (q == 0) != backwards:
+                step_matmul(W_ih, Wp_ih, x, gi, buf, B, small, tiled_max, backwards)
+            else:
+                step_matmul(W_hh, Wp_a, h, gh, buf, B, small, tiled_max, backwards)
         for b in range(B):
             gib = gi[b]
             ghb = gh[b]
@@ -128,10 +164,11 @@ def gru_step(x, h, W_ih, W_hh, b_ih, b_hh, panels, reset_after, gate_kind, alpha
                 ob[j] = n + z * (hb[j] - n)
         return
     # reset_after=False needs r before W_hn (r ⊙ h): the r, z products, then the n ones on r ⊙ h
+    step_matmul(W_ih, Wp_ih, x, gi, buf, B, small, tiled_max, backwards)
     a_rz = np.empty((B, H2), x.dtype)
     rh = np.empty((B, H), x.dtype)
     a_n = np.empty((B, H), x.dtype)
-    _reset_before_products(W_hh[:H2], Wp_a, h, a_rz, buf, B, small, tiled_max)
+    _reset_before_products(W_hh[:H2], Wp_a, h, a_rz, buf, B, small, tiled_max, backwards)
     for b in range(B):
         gib = gi[b]
         ab = a_rz[b]
@@ -143,7 +180,7 @@ def gru_step(x, h, W_ih, W_hh, b_ih, b_hh, panels, reset_after, gate_kind, alpha
             ghb[H + j] = gate(clip_pre(gib[H + j] + b_ih[H + j] + ab[H + j] + b_hh[H + j], use_clip, clip),
                               gate_kind, alpha, beta)
             rhb[j] = r * hb[j]
-    _reset_before_products(W_hh[H2:], Wp_b, rh, a_n, buf, B, small, tiled_max)
+    _reset_before_products(W_hh[H2:], Wp_b, rh, a_n, buf, B, small, tiled_max, backwards)
     for b in range(B):
         gib = gi[b]
         ghb = gh[b]
@@ -156,13 +193,13 @@ def gru_step(x, h, W_ih, W_hh, b_ih, b_hh, panels, reset_after, gate_kind, alpha
 
 
 @inline
-def _reset_before_products(W, Wp, x, out, buf, n, small, tiled_max):
+def _reset_before_products(W, Wp, x, out, buf, n, small, tiled_max, backwards):
     """out[:n] = x[:n] @ W.T for the reset_after=False step: on packed panels Wp, or several rows by
     :func:`step_matmul` (one dot product per row and unit had taken 1 thread, B = 4 / 16, H = 256: 76 /
     298 µs a step), one row by dot products over W's rows, which reassoc vectorises (the matmul path
     read slower at H = 1024)."""
     if Wp.shape[0] > 0 or n > 1:
-        step_matmul(W, Wp, x, out, buf, n, small, tiled_max)
+        step_matmul(W, Wp, x, out, buf, n, small, tiled_max, backwards)
         return
     x0 = x[0]
     o = out[0]
