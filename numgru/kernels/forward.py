@@ -817,7 +817,7 @@ def _cols_worker(w, nc, cs, sync, gx, W_hh, Wp, b_hh, h_a, h_b, acc, lengths, so
                 if not atomic_cas(sync, 8 * c, s - 1, s):
                     continue
                 _cols_block(c, cs, t, n_act, gx, W_hh, Wp, b_hh, hc, hn, acc[c], lengths, gate_kind, alpha,
-                            beta, use_clip, clip, y, col0, H, B)
+                            beta, use_clip, clip, y, col0, H, B, s % 2 == 1)
                 atomic_add(sync, done, 1)
             while atomic_load(sync, done) < (s + 1) * nc:
                 spin_pause()
@@ -825,16 +825,24 @@ def _cols_worker(w, nc, cs, sync, gx, W_hh, Wp, b_hh, h_a, h_b, acc, lengths, so
 
 @inline
 def _cols_block(c, cs, t, n_act, gx, W_hh, Wp, b_hh, hc, hn, a, lengths, gate_kind, alpha, beta, use_clip,
-                clip, y, col0, H, B):
-    """Block c of step t in :func:`_gru_forward_cols`: its units' three products, then their gates."""
+                clip, y, col0, H, B, backwards):
+    """Block c of step t in :func:`_gru_forward_cols`: its units' three products, then their gates.
+    Without panels the block's rows of W_hh go tile by tile, last first when ``backwards`` (every
+    other step), so that a block beyond its core's L2 starts on the tiles read last
+    (:func:`step_product`)."""
     j0 = c * cs
     m = min(cs, H - j0)
     if n_act > 0:
         if Wp.shape[0] > 0:
             panel_matmul(hc, Wp[c], a, n_act)
         else:
-            for g in range(3):  # this block's rows of W_hr, W_hz, W_hn
-                tiled_matmul(W_hh[g * H + j0:g * H + j0 + m], hc, a[:, g * cs:g * cs + m], n_act)
+            nt = (m + TILE - 1) // TILE
+            for k in range(3 * nt):  # this block's rows of W_hr, W_hz, W_hn, in tiles
+                g, q = divmod(3 * nt - 1 - k if backwards else k, nt)
+                q0 = q * TILE
+                q1 = min(m, q0 + TILE)
+                r0 = g * H + j0
+                small_rows_matmul(W_hh[r0 + q0:r0 + q1], hc, a[:, g * cs + q0:g * cs + q1], n_act)
     for b in range(B):
         hnb = hn[b]
         hcb = hc[b]
