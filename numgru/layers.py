@@ -905,22 +905,6 @@ class GRUCell(_Params):
         """``"bfloat16"`` for a cell made by :meth:`quantize`, else None."""
         return self._gru.quantized
 
-    def _direction_weights(self, i, B, route):
-        """``(W_ih, b_ih, W_hh, b_hh, Wp_ih, Wp_hh)`` of layer and direction i as the forward of B rows
-        on ``route`` reads them: b_ih None without bias, W_hh from :meth:`_recurrent_weights`, and the
-        weights packed once (a frozen model's panels of W_ih and the pair of W_hh's, a quantized
-        model's of its bfloat16 W_hh where the recurrence reads that copy), else None."""
-        W_ih, _, b_ih, b_hh = self._weights(i)
-        W_hh = self._recurrent_weights(i, B, route)
-        Wp_ih = Wp_hh = None
-        if self._packed is not None:
-            Wp_ih = self._packed[i][0]
-            if W_hh is self._W_hh[i]:
-                Wp_hh = self._packed[i][1:]
-        if W_hh is not self._W_hh[i]:
-            Wp_hh = self._bf16_step_panels(i)[1:]
-        return W_ih, b_ih, W_hh, b_hh, Wp_ih, Wp_hh
-
     def quantize(self, weights="bfloat16"):
         """An inference copy with bfloat16 weights; see :meth:`GRU.quantize`."""
         q = copy.copy(self)

@@ -15,6 +15,17 @@ def rng():
 
 
 @pytest.fixture
+def one_thread():
+    """One Numba thread for the test (restored after): every batch below 64 rows then takes the
+    serial kernels."""
+    import numba
+    before = numba.get_num_threads()
+    numba.set_num_threads(1)
+    yield
+    numba.set_num_threads(before)
+
+
+@pytest.fixture
 def two_threads():
     """Two Numba threads for the test (restored after), so the multi-threaded routes run."""
     import numba

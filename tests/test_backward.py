@@ -4,7 +4,6 @@ import os
 import subprocess
 import sys
 
-import numba
 import numpy as np
 import pytest
 
@@ -97,7 +96,7 @@ def test_gradients_on_panels_match_torch(use_len, dtype):
     for k in grads:
         np.testing.assert_allclose(grads[k], tgrads[k], err_msg=k, **tol)
 
-def test_gradients_with_weights_beyond_l2_match_torch():
+def test_gradients_with_weights_beyond_l2_match_torch(one_thread):
     """H = 448: the backward's products by W_hh.T (2.4 MB) run block by block, the blocks reversed
     every other step (:func:`~numgru.kernels.forward.step_product`)."""
     rng = np.random.default_rng(12)
@@ -108,16 +107,11 @@ def test_gradients_with_weights_beyond_l2_match_torch():
     x = rng.standard_normal((T, B, I)).astype(np.float32)
     h0 = rng.standard_normal((1, B, H)).astype(np.float32)
     lengths = np.array([5, 2])
-    before = numba.get_num_threads()
-    numba.set_num_threads(1)
-    try:
-        y, h_n, tape = g.forward_train(x, h0, lengths)
-        dy = rng.standard_normal(y.shape).astype(np.float32)
-        dy[2:, 1] = 0
-        dh = rng.standard_normal(h_n.shape).astype(np.float32)
-        dx, dh0, grads = g.backward(tape, dy, dh)
-    finally:
-        numba.set_num_threads(before)
+    y, h_n, tape = g.forward_train(x, h0, lengths)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dy[2:, 1] = 0
+    dh = rng.standard_normal(h_n.shape).astype(np.float32)
+    dx, dh0, grads = g.backward(tape, dy, dh)
     tdx, tdh0, tgrads = _torch_grads(tg, x, h0, lengths, dy, dh, False)
     tol = dict(atol=1e-4, rtol=1e-4)
     np.testing.assert_allclose(dx, tdx, **tol)
@@ -126,7 +120,7 @@ def test_gradients_with_weights_beyond_l2_match_torch():
         np.testing.assert_allclose(grads[k], tgrads[k], err_msg=k, **tol)
 
 
-def test_gradients_with_weights_beyond_l2_reset_before():
+def test_gradients_with_weights_beyond_l2_reset_before(one_thread):
     """reset_after=False (torch has no such GRU) at H = 300 in float64 (W_hh.T's blocks 2.2 MB, by
     blocks as above): the gradient along a random direction of every parameter, x and h0 against a
     central difference."""
@@ -139,23 +133,17 @@ def test_gradients_with_weights_beyond_l2_reset_before():
     dy = rng.standard_normal((T, B, H))
     dy[3:, 1] = 0
     dh = rng.standard_normal((1, B, H))
-    before = numba.get_num_threads()
-    numba.set_num_threads(1)
-    try:
-        y, h_n, tape = g.forward_train(x, h0, lengths)
-        dx, dh0, grads = g.backward(tape, dy, dh)
-        params = g.state_dict()
-        v = {k: rng.standard_normal(p.shape) for k, p in params.items()}
-        vx, vh = rng.standard_normal(x.shape), rng.standard_normal(h0.shape)
-        eps = 1e-6
+    y, h_n, tape = g.forward_train(x, h0, lengths)
+    dx, dh0, grads = g.backward(tape, dy, dh)
+    params = g.state_dict()
+    v = {k: rng.standard_normal(p.shape) for k, p in params.items()}
+    vx, vh = rng.standard_normal(x.shape), rng.standard_normal(h0.shape)
+    eps = 1e-6
 
-        def loss_at(sign):
-            g.load_state_dict({k: params[k] + sign * eps * v[k] for k in params})
-            return _loss(g, x + sign * eps * vx, h0 + sign * eps * vh, lengths, dy, dh)
-        numeric = (loss_at(1) - loss_at(-1)) / (2 * eps)
-        g.load_state_dict(params)
-    finally:
-        numba.set_num_threads(before)
+    def loss_at(sign):
+        g.load_state_dict({k: params[k] + sign * eps * v[k] for k in params})
+        return _loss(g, x + sign * eps * vx, h0 + sign * eps * vh, lengths, dy, dh)
+    numeric = (loss_at(1) - loss_at(-1)) / (2 * eps)
     analytic = (sum(float((grads[k] * v[k]).sum()) for k in v) + float((dx * vx).sum())
                 + float((dh0 * vh).sum()))
     assert abs(numeric - analytic) <= 1e-6 * max(1.0, abs(analytic)), (numeric, analytic)

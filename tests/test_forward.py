@@ -284,7 +284,7 @@ def _check_route(B, H, reset_after):
     (9, 1, 448, True, np.float32), (9, 1, 448, False, np.float32),  # GEMV by blocks
     (40, 4, 448, True, np.float32), (40, 3, 448, False, np.float32),  # panels by blocks
     (7, 2, 300, True, np.float64), (7, 20, 300, True, np.float64)])  # blocks; 20 rows: one sweep
-def test_products_beyond_l2_in_blocks(T, B, H, reset_after, dtype):
+def test_products_beyond_l2_in_blocks(one_thread, T, B, H, reset_after, dtype):
     """Weights past ZIGZAG_MIN_BYTES are multiplied block by block, the blocks in reverse order every
     other step (:func:`~numgru.kernels.forward.step_product`): panels and GEMV, an odd step count,
     a last block shorter than the rest, rows finishing early; all agree with the reference."""
@@ -294,22 +294,17 @@ def test_products_beyond_l2_in_blocks(T, B, H, reset_after, dtype):
     assert zigzag_rows.py_func(3 * H, nbytes, B, True) == (ZIGZAG_ROWS if B <= ZIGZAG_MAX_ROWS else 3 * H)
     assert zigzag_rows.py_func(3 * H, nbytes, B, False) == 3 * H
     assert zigzag_rows.py_func(3 * H, ZIGZAG_MIN_BYTES, B, True) == 3 * H
-    before = numba.get_num_threads()
-    numba.set_num_threads(1)
-    try:
-        rng = np.random.default_rng(T * B + H)
-        g = ng.GRU(5, H, reset_after=reset_after, dtype=dtype, seed=4)
-        x = rng.standard_normal((T, B, 5)).astype(dtype)
-        lengths = rng.integers(1, T + 1, B)
-        lengths[0] = T
-        for kw in ({}, dict(lengths=lengths)):
-            for model in (g, g.freeze()):
-                y, h = model(x, **kw)
-                ry, rh = ref_gru(x, g.state_dict(), 1, H, reset_after=reset_after, **kw)
-                np.testing.assert_allclose(y, ry, **TOL[dtype])
-                np.testing.assert_allclose(h, rh, **TOL[dtype])
-    finally:
-        numba.set_num_threads(before)
+    rng = np.random.default_rng(T * B + H)
+    g = ng.GRU(5, H, reset_after=reset_after, dtype=dtype, seed=4)
+    x = rng.standard_normal((T, B, 5)).astype(dtype)
+    lengths = rng.integers(1, T + 1, B)
+    lengths[0] = T
+    for kw in ({}, dict(lengths=lengths)):
+        for model in (g, g.freeze()):
+            y, h = model(x, **kw)
+            ry, rh = ref_gru(x, g.state_dict(), 1, H, reset_after=reset_after, **kw)
+            np.testing.assert_allclose(y, ry, **TOL[dtype])
+            np.testing.assert_allclose(h, rh, **TOL[dtype])
 
 
 @pytest.mark.parametrize("reset_after", [True, False])

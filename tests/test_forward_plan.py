@@ -19,15 +19,6 @@ from numgru import layers
 from reference import gru as ref_gru
 
 
-@pytest.fixture
-def one_thread():
-    """One Numba thread (restored after): every batch below 64 rows then takes the serial kernels."""
-    before = numba.get_num_threads()
-    numba.set_num_threads(1)
-    yield
-    numba.set_num_threads(before)
-
-
 def _general_calls(monkeypatch):
     """Count the calls that reach the general path's recurrence (the planned path does not)."""
     calls = []

@@ -152,7 +152,7 @@ def test_stream_steps_read_the_state_last_set():
 
 
 @pytest.mark.parametrize("reset_after, frozen", [(True, False), (False, False), (True, True)])
-def test_steps_with_weights_beyond_l2_equal_the_forward(reset_after, frozen):
+def test_steps_with_weights_beyond_l2_equal_the_forward(one_thread, reset_after, frozen):
     """H = 300 in float64 (W_ih and W_hh 2.2 MB each): successive steps of a stream and of a cell
     sweep the weights' blocks in opposite directions (and W_hh's before W_ih's every other step);
     every step still equals the forward's."""

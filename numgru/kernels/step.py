@@ -37,14 +37,9 @@ def step_matmul(W, Wp, x, out, buf, n, small, tiled_max, backwards):
     ``backwards``, as :func:`~numgru.kernels.forward.step_product` runs them."""
     if Wp.shape[0] > 0:
         panel_matmul.py_func(x, Wp, out, n)
-    elif n == 1 and small:
-        small_rows_matmul.py_func(W, x, out, n)
-    elif n == 1 and W.shape[0] * W.shape[1] <= STEP_DOT_MAX_VALUES:
-        dot_rows.py_func(x, W, out, 1)
-    elif n == 1:
-        np.dot(x, W.T, out)
     else:
-        recurrent_matmul.py_func(W, x, out, buf, n, tiled_max)
+        _unpacked_product(W, x, out, buf, n, small, W.shape[0] * W.shape[1] <= STEP_DOT_MAX_VALUES,
+                          tiled_max)
 
 
 @overload(step_matmul, jit_options={"fastmath": set(FASTMATH)})
