@@ -494,21 +494,33 @@ def step_product(Wm, Wp, h, out, buf, n, tiled_max, backwards):
     Compiled once per signature and called, not inlined: the kernels call it at three places each, and
     inlining the matmul routes three times cost compile time."""
     wide_vectors()
+    panels = Wp.shape[0] > 0 and use_panels(Wm.shape[0], Wm.shape[1], n, tiled_max, is_bfloat16(Wp))
+    if block_rows(Wm, Wp, panels, n, tiled_max) < Wm.shape[0]:
+        _product_blocks(Wm, Wp, h, out, buf, n, tiled_max, backwards, panels)
+    elif panels:  # one sweep, on the arrays as they are (views cost a small step's time)
+        panel_matmul(h, Wp, out, n)
+    else:
+        recurrent_matmul(Wm, h, out, buf, n, tiled_max)
+
+
+@device
+def _product_blocks(Wm, Wp, h, out, buf, n, tiled_max, backwards, panels):
+    """:func:`step_product` for weights beyond L2: over blocks of rows (:func:`block_rows`), last
+    first when ``backwards``."""
+    wide_vectors()
     M = Wm.shape[0]
-    panels = Wp.shape[0] > 0 and use_panels(M, Wm.shape[1], n, tiled_max, is_bfloat16(Wp))
     rows = block_rows(Wm, Wp, panels, n, tiled_max)
     nb = (M + rows - 1) // rows
-    flat = np.empty(n * rows if nb > 1 else 0, out.dtype)
+    flat = np.empty(n * rows, out.dtype)
     w = Wp.shape[2]
-    for k in range(nb):  # (one call site of each route, for compile time)
+    for k in range(nb):
         r0, r1 = block_bounds(k, nb, rows, M, backwards)
-        part = out if nb == 1 else flat[:n * (r1 - r0)].reshape((n, r1 - r0))
+        part = flat[:n * (r1 - r0)].reshape((n, r1 - r0))
         if panels:
             panel_matmul(h, Wp[r0 // w:(r1 + w - 1) // w], part, n)
         else:
             recurrent_matmul(Wm[r0:r1], h, part, buf, n, tiled_max)
-        if nb > 1:
-            put_block(out, part, n, r0, r1)
+        put_block(out, part, n, r0, r1)
 
 
 def _gru_forward(gx, W_hh, packed, b_hh, h0, lengths, sorted_desc, reverse, reset_after, gate_kind,

@@ -9,7 +9,7 @@ import numpy as np
 from numba import prange
 from numba.extending import overload
 
-from ._jit import FASTMATH, inline, kernel, parallel_kernel, wide_vectors
+from ._jit import FASTMATH, device, inline, kernel, parallel_kernel, wide_vectors
 from .activations import clip_pre, gate, one_like, tanh_fast
 from .bf16 import is_bfloat16_array, wget
 from .dotblock import dot_rows
@@ -24,6 +24,11 @@ from .panel import pack_panels, panel_matmul
 #: rate); H = 320 / 384 / 512 0.98× / 0.98× / 1.00× (from L3 either way); below, at H ≤ 128,
 #: ``small_rows_matmul`` stays (the block 0.91–1.01×)
 STEP_DOT_MAX_VALUES = 3 * 256 * 256
+#: fewest bytes of weights (W_ih's and W_hh's, as read) for which a reset_after step run ``backwards``
+#: takes W_hh's product before W_ih's (:func:`gru_step`): paired ``stream.step``, one thread, B = 1,
+#: against one order on every step: float32 H = 256 (1.5 MB) 1.06× (GRUCell 1.21×); bfloat16 panels
+#: at H = 256 (0.75 MB, well inside L2) 0.975×
+STEP_SWAP_MIN_BYTES = 1 << 20
 
 
 def step_matmul(W, Wp, x, out, buf, n, small, tiled_max, backwards):
@@ -44,24 +49,55 @@ def step_matmul(W, Wp, x, out, buf, n, small, tiled_max, backwards):
 
 @overload(step_matmul, jit_options={"fastmath": set(FASTMATH)})
 def _ol_step_matmul(W, Wp, x, out, buf, n, small, tiled_max, backwards):
-    def impl(W, Wp, x, out, buf, n, small, tiled_max, backwards):
-        M = W.shape[0]
-        panels = Wp.shape[0] > 0
-        rows = block_rows(W, Wp, panels, n, tiled_max)
-        nb = (M + rows - 1) // rows
-        flat = np.empty(n * rows if nb > 1 else 0, out.dtype)
-        w = Wp.shape[2]
-        dot = W.shape[0] * W.shape[1] <= STEP_DOT_MAX_VALUES  # (the whole matrix's route)
-        for k in range(nb):
-            r0, r1 = block_bounds(k, nb, rows, M, backwards)
-            part = out if nb == 1 else flat[:n * (r1 - r0)].reshape((n, r1 - r0))
-            if panels:
-                panel_matmul(x, Wp[r0 // w:(r1 + w - 1) // w], part, n)
+    # one sweep takes the routes inline, on the arrays as they are (a small step's time showed the
+    # views and the call of the blocked path: 0.2 µs of 4 at H = 64); weights beyond L2 go by blocks
+    if is_bfloat16_array(W):
+        def impl_bf16(W, Wp, x, out, buf, n, small, tiled_max, backwards):
+            if block_rows(W, Wp, Wp.shape[0] > 0, n, tiled_max) < W.shape[0]:
+                _step_blocks(W, Wp, x, out, buf, n, small, tiled_max, backwards)
+            elif Wp.shape[0] > 0:
+                panel_matmul(x, Wp, out, n)
             else:
-                _unpacked_product(W[r0:r1], x, part, buf, n, small, dot, tiled_max)
-            if nb > 1:
-                put_block(out, part, n, r0, r1)
+                tiled_matmul(W, x, out, n)
+        return impl_bf16
+
+    def impl(W, Wp, x, out, buf, n, small, tiled_max, backwards):
+        if block_rows(W, Wp, Wp.shape[0] > 0, n, tiled_max) < W.shape[0]:
+            _step_blocks(W, Wp, x, out, buf, n, small, tiled_max, backwards)
+        elif Wp.shape[0] > 0:
+            panel_matmul(x, Wp, out, n)
+        elif n == 1 and small:
+            small_rows_matmul(W, x, out, n)
+        elif n == 1 and W.shape[0] * W.shape[1] <= STEP_DOT_MAX_VALUES:
+            dot_rows(x, W, out, 1)
+        elif n == 1:
+            np.dot(x, W.T, out)
+        else:
+            # several rows: BLAS's x @ W.T ran 1.6-6x slower than the forward's routes (one thread,
+            # per product: B = 4 / 16, H = 256: 74 / 117 µs against 20 / 72 µs in tiles)
+            recurrent_matmul(W, x, out, buf, n, tiled_max)
     return impl
+
+
+@device
+def _step_blocks(W, Wp, x, out, buf, n, small, tiled_max, backwards):
+    """:func:`step_matmul` for weights beyond L2: over blocks of rows
+    (:func:`~numgru.kernels.forward.block_rows`), last first when ``backwards``."""
+    M = W.shape[0]
+    panels = Wp.shape[0] > 0
+    rows = block_rows(W, Wp, panels, n, tiled_max)
+    nb = (M + rows - 1) // rows
+    flat = np.empty(n * rows, out.dtype)
+    w = Wp.shape[2]
+    dot = W.shape[0] * W.shape[1] <= STEP_DOT_MAX_VALUES  # (the whole matrix's route)
+    for k in range(nb):
+        r0, r1 = block_bounds(k, nb, rows, M, backwards)
+        part = flat[:n * (r1 - r0)].reshape((n, r1 - r0))
+        if panels:
+            panel_matmul(x, Wp[r0 // w:(r1 + w - 1) // w], part, n)
+        else:
+            _unpacked_product(W[r0:r1], x, part, buf, n, small, dot, tiled_max)
+        put_block(out, part, n, r0, r1)
 
 
 def _unpacked_product(W, x, out, buf, n, small, dot, tiled_max):
@@ -140,8 +176,13 @@ def gru_step(x, h, W_ih, W_hh, b_ih, b_hh, panels, reset_after, gate_kind, alpha
     buf = np.empty(W_ih.shape[0] * B, x.dtype) if B > 1 else gi[0, :0]  # (rows_matmul_T reads it)
     Wp_ih, Wp_a, Wp_b = panels
     if reset_after:
-        for q in range(2):  # the two products are independent: W_ih's first, or W_hh's backwards
-            if (q == 0) != backwards:
+        # the two products are independent: W_ih's first, or W_hh's when backwards and together they
+        # take more than STEP_SWAP_MIN_BYTES
+        read = (Wp_ih.size * Wp_ih.itemsize if Wp_ih.shape[0] > 0 else W_ih.size * W_ih.itemsize) + \
+            (Wp_a.size * Wp_a.itemsize if Wp_a.shape[0] > 0 else W_hh.size * W_hh.itemsize)
+        swap = backwards and read > STEP_SWAP_MIN_BYTES
+        for q in range(2):
+            if (q == 0) != swap:
                 step_matmul(W_ih, Wp_ih, x, gi, buf, B, small, tiled_max, backwards)
             else:
                 step_matmul(W_hh, Wp_a, h, gh, buf, B, small, tiled_max, backwards)
