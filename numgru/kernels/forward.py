@@ -496,7 +496,7 @@ def step_product(Wm, Wp, h, out, buf, n, tiled_max, backwards):
     wide_vectors()
     panels = Wp.shape[0] > 0 and use_panels(Wm.shape[0], Wm.shape[1], n, tiled_max, is_bfloat16(Wp))
     if block_rows(Wm, Wp, panels, n, tiled_max) < Wm.shape[0]:
-        _product_blocks(Wm, Wp, h, out, buf, n, tiled_max, backwards, panels)
+        product_blocks(Wm, Wp, h, out, buf, n, tiled_max, backwards, panels)
     elif panels:  # one sweep, on the arrays as they are (views cost a small step's time)
         panel_matmul(h, Wp, out, n)
     else:
@@ -504,7 +504,7 @@ def step_product(Wm, Wp, h, out, buf, n, tiled_max, backwards):
 
 
 @device
-def _product_blocks(Wm, Wp, h, out, buf, n, tiled_max, backwards, panels):
+def product_blocks(Wm, Wp, h, out, buf, n, tiled_max, backwards, panels):
     """:func:`step_product` for weights beyond L2: over blocks of rows (:func:`block_rows`), last
     first when ``backwards``."""
     wide_vectors()

@@ -9,12 +9,12 @@ import numpy as np
 from numba import prange
 from numba.extending import overload
 
-from ._jit import FASTMATH, device, inline, kernel, parallel_kernel, wide_vectors
+from ._jit import FASTMATH, inline, kernel, parallel_kernel, wide_vectors
 from .activations import clip_pre, gate, one_like, tanh_fast
 from .bf16 import is_bfloat16_array, wget
 from .dotblock import dot_rows
-from .forward import (_chunk_after, block_bounds, block_rows, put_block, recurrent_matmul,
-                      small_rows_matmul, tiled_matmul)
+from .forward import (_chunk_after, block_rows, product_blocks, recurrent_matmul, small_rows_matmul,
+                      tiled_matmul)
 from .panel import pack_panels, panel_matmul
 
 
@@ -42,19 +42,25 @@ def step_matmul(W, Wp, x, out, buf, n, small, tiled_max, backwards):
     ``backwards``, as :func:`~numgru.kernels.forward.step_product` runs them."""
     if Wp.shape[0] > 0:
         panel_matmul.py_func(x, Wp, out, n)
+    elif n == 1 and small:
+        small_rows_matmul.py_func(W, x, out, n)
+    elif n == 1 and W.shape[0] * W.shape[1] <= STEP_DOT_MAX_VALUES:
+        dot_rows.py_func(x, W, out, 1)
+    elif n == 1:
+        np.dot(x, W.T, out)
     else:
-        _unpacked_product(W, x, out, buf, n, small, W.shape[0] * W.shape[1] <= STEP_DOT_MAX_VALUES,
-                          tiled_max)
+        recurrent_matmul.py_func(W, x, out, buf, n, tiled_max)
 
 
 @overload(step_matmul, jit_options={"fastmath": set(FASTMATH)})
 def _ol_step_matmul(W, Wp, x, out, buf, n, small, tiled_max, backwards):
     # one sweep takes the routes inline, on the arrays as they are (a small step's time showed the
-    # views and the call of the blocked path: 0.2 µs of 4 at H = 64); weights beyond L2 go by blocks
+    # views and the call of the blocked path: 0.2 µs of 4 at H = 64); weights beyond L2 go by blocks,
+    # as the forward's steps (past 1.5 MB the one-row routes are a GEMV either way)
     if is_bfloat16_array(W):
         def impl_bf16(W, Wp, x, out, buf, n, small, tiled_max, backwards):
             if block_rows(W, Wp, Wp.shape[0] > 0, n, tiled_max) < W.shape[0]:
-                _step_blocks(W, Wp, x, out, buf, n, small, tiled_max, backwards)
+                product_blocks(W, Wp, x, out, buf, n, tiled_max, backwards, Wp.shape[0] > 0)
             elif Wp.shape[0] > 0:
                 panel_matmul(x, Wp, out, n)
             else:
@@ -63,64 +69,12 @@ def _ol_step_matmul(W, Wp, x, out, buf, n, small, tiled_max, backwards):
 
     def impl(W, Wp, x, out, buf, n, small, tiled_max, backwards):
         if block_rows(W, Wp, Wp.shape[0] > 0, n, tiled_max) < W.shape[0]:
-            _step_blocks(W, Wp, x, out, buf, n, small, tiled_max, backwards)
+            product_blocks(W, Wp, x, out, buf, n, tiled_max, backwards, Wp.shape[0] > 0)
         elif Wp.shape[0] > 0:
             panel_matmul(x, Wp, out, n)
         elif n == 1 and small:
             small_rows_matmul(W, x, out, n)
         elif n == 1 and W.shape[0] * W.shape[1] <= STEP_DOT_MAX_VALUES:
-            dot_rows(x, W, out, 1)
-        elif n == 1:
-            np.dot(x, W.T, out)
-        else:
-            # several rows: BLAS's x @ W.T ran 1.6-6x slower than the forward's routes (one thread,
-            # per product: B = 4 / 16, H = 256: 74 / 117 µs against 20 / 72 µs in tiles)
-            recurrent_matmul(W, x, out, buf, n, tiled_max)
-    return impl
-
-
-@device
-def _step_blocks(W, Wp, x, out, buf, n, small, tiled_max, backwards):
-    """:func:`step_matmul` for weights beyond L2: over blocks of rows
-    (:func:`~numgru.kernels.forward.block_rows`), last first when ``backwards``."""
-    M = W.shape[0]
-    panels = Wp.shape[0] > 0
-    rows = block_rows(W, Wp, panels, n, tiled_max)
-    nb = (M + rows - 1) // rows
-    flat = np.empty(n * rows, out.dtype)
-    w = Wp.shape[2]
-    dot = W.shape[0] * W.shape[1] <= STEP_DOT_MAX_VALUES  # (the whole matrix's route)
-    for k in range(nb):
-        r0, r1 = block_bounds(k, nb, rows, M, backwards)
-        part = flat[:n * (r1 - r0)].reshape((n, r1 - r0))
-        if panels:
-            panel_matmul(x, Wp[r0 // w:(r1 + w - 1) // w], part, n)
-        else:
-            _unpacked_product(W[r0:r1], x, part, buf, n, small, dot, tiled_max)
-        put_block(out, part, n, r0, r1)
-
-
-def _unpacked_product(W, x, out, buf, n, small, dot, tiled_max):
-    """:func:`step_matmul` without panels (``dot``: the whole matrix takes the dot-product block)."""
-    if n == 1 and small:
-        small_rows_matmul.py_func(W, x, out, n)
-    elif n == 1 and dot:
-        dot_rows.py_func(x, W, out, 1)
-    elif n == 1:
-        np.dot(x, W.T, out)
-    else:
-        recurrent_matmul.py_func(W, x, out, buf, n, tiled_max)
-
-
-@overload(_unpacked_product, jit_options={"fastmath": set(FASTMATH)})
-def _ol_unpacked_product(W, x, out, buf, n, small, dot, tiled_max):
-    if is_bfloat16_array(W):  # BLAS cannot read bfloat16: the Numba matmul, in tiles
-        return lambda W, x, out, buf, n, small, dot, tiled_max: tiled_matmul(W, x, out, n)
-
-    def impl(W, x, out, buf, n, small, dot, tiled_max):
-        if n == 1 and small:
-            small_rows_matmul(W, x, out, n)
-        elif n == 1 and dot:
             dot_rows(x, W, out, 1)
         elif n == 1:
             np.dot(x, W.T, out)
