@@ -110,6 +110,37 @@ def rows_after_fast(gx, t, acc, b_hh, hc, hn, y, col0, b0, i0, i1):
             y[t, b, col0 + j] = hn[i, j]
 
 
+@device
+def rows_before_rz(gx, t, acc_rz, b_hh, hc, rh, work, b0, i0, i1):
+    """reset_after=False, inference with sigmoid gates and no clip, the first half of step t for state
+    rows i0 … i1−1: z to work[i, H:2H] and r ⊙ h to rh (the n block's product takes it). Called,
+    not inlined, as :func:`rows_after_fast`."""
+    wide_vectors()
+    H = hc.shape[1]
+    for i in range(i0, i1):
+        b = b0 + i
+        for j in range(H):
+            work[i, H + j] = sigmoid_fast(gx[t, b, H + j] + acc_rz[i, H + j] + b_hh[H + j])
+        for j in range(H):
+            rh[i, j] = sigmoid_fast(gx[t, b, j] + acc_rz[i, j] + b_hh[j]) * hc[i, j]
+
+
+@device
+def rows_before_n(gx, t, acc_n, b_hh, hc, hn, work, y, col0, b0, i0, i1):
+    """The second half of :func:`rows_before_rz`'s step: n from acc_n (W_hn (r ⊙ h)) and the new
+    state, to hn and y[t, b0 + i, col0:col0 + H]."""
+    wide_vectors()
+    H = hc.shape[1]
+    H2 = 2 * H
+    for i in range(i0, i1):
+        b = b0 + i
+        for j in range(H):
+            n = tanh_fast(gx[t, b, H2 + j] + acc_n[i, j] + b_hh[H2 + j])
+            hn[i, j] = n + work[i, H + j] * (hc[i, j] - n)
+        for j in range(H):
+            y[t, b, col0 + j] = hn[i, j]
+
+
 @inline
 def _clip_flags(gxb, ab, b_hh, wb, fb, clip, H, reset_after):
     """ONNX clip flags of one row (training with clip only): 1·r + 2·z + 4·n clipped."""
@@ -616,9 +647,10 @@ def _gru_forward(gx, W_hh, packed, b_hh, h0, lengths, sorted_desc, reverse, rese
         Wp_n = pack_panels(W_n) if pw and not reset_after else empty
     copy_rows(h0[b0:b1], h_a)
     lens = lengths[b0:b1]
-    # inference with sigmoid gates, no clip, rows sorted: the gates by rows_after_fast, in blocks of
-    # GATE_BLOCK_ROWS rows (spread over threads by prange), and rows past the active prefix copied
-    fast = reset_after and not store and gate_kind == 0 and not use_clip and sorted_desc
+    # inference with sigmoid gates, no clip, rows sorted: the gates by rows_after_fast (reset_after)
+    # or rows_before_rz and rows_before_n, in blocks of GATE_BLOCK_ROWS rows (spread over threads by
+    # prange), and rows past the active prefix copied
+    fast = not store and gate_kind == 0 and not use_clip and sorted_desc
     for s in range(T):
         t, hc, hn = step_states(s, T, reverse, h_a, h_b)
         n_act = active_rows(lens, t, sorted_desc)
@@ -659,6 +691,24 @@ def _gru_forward(gx, W_hh, packed, b_hh, h0, lengths, sorted_desc, reverse, rese
                                beta, use_clip, clip, H)
                 for j in range(H):
                     y[t, b, col0 + j] = hn[i, j]
+        elif fast:
+            nb = (n_act + GATE_BLOCK_ROWS - 1) // GATE_BLOCK_ROWS
+            if n_act > 0:
+                step_product(W_rz, Wp_rz, hc, acc_rz, buf, n_act, tiled_max, s % 2 == 1)
+            for c in prange(nb):
+                wide_vectors()
+                rows_before_rz(gx, t, acc_rz, b_hh, hc, rh, work, b0, c * GATE_BLOCK_ROWS,
+                               min(n_act, (c + 1) * GATE_BLOCK_ROWS))
+            if n_act > 0:
+                step_product(W_n, Wp_n, rh, acc_n, buf, n_act, tiled_max, s % 2 == 1)
+            for c in prange(nb):
+                wide_vectors()
+                rows_before_n(gx, t, acc_n, b_hh, hc, hn, work, y, col0, b0, c * GATE_BLOCK_ROWS,
+                              min(n_act, (c + 1) * GATE_BLOCK_ROWS))
+            for i in range(n_act, B):
+                for j in range(H):
+                    hn[i, j] = hc[i, j]
+                    y[t, b0 + i, col0 + j] = 0.0
         else:
             if n_act > 0:
                 step_product(W_rz, Wp_rz, hc, acc_rz, buf, n_act, tiled_max, s % 2 == 1)
