@@ -9,8 +9,8 @@ import numpy as np
 from numba import prange
 from numba.extending import overload
 
-from ._jit import FASTMATH, inline, kernel, parallel_kernel, wide_vectors
-from .activations import clip_pre, gate, one_like, tanh_fast
+from ._jit import FASTMATH, device, inline, kernel, parallel_kernel, wide_vectors
+from .activations import clip_pre, gate, one_like, sigmoid_fast, tanh_fast
 from .bf16 import is_bfloat16_array, wget
 from .dotblock import dot_rows
 from .forward import (_chunk_after, block_rows, product_blocks, recurrent_matmul, small_rows_matmul,
@@ -97,6 +97,22 @@ def step_panels(W_ih, W_hh, reset_after):
     return pack_panels(W_ih), pack_panels(W_hh[:2 * H]), pack_panels(W_hh[2 * H:])
 
 
+@device
+def step_gates_after(gi, gh, b_ih, b_hh, h, h_out, B):
+    """The gates of a reset_after step with sigmoid gates and no clip: gi (B, 3H) = x W_ih.T and gh
+    (B, 3H) = h W_hh.T, without biases; h_out (B, H) receives the new state. Called, not inlined,
+    as the forward's :func:`~numgru.kernels.forward.rows_after_fast`."""
+    wide_vectors()
+    H = h.shape[1]
+    H2 = 2 * H
+    for b in range(B):
+        for j in range(H):
+            r = sigmoid_fast(gi[b, j] + b_ih[j] + gh[b, j] + b_hh[j])
+            z = sigmoid_fast(gi[b, H + j] + b_ih[H + j] + gh[b, H + j] + b_hh[H + j])
+            n = tanh_fast(gi[b, H2 + j] + b_ih[H2 + j] + r * (gh[b, H2 + j] + b_hh[H2 + j]))
+            h_out[b, j] = n + z * (h[b, j] - n)
+
+
 @kernel
 def gru_step(x, h, W_ih, W_hh, b_ih, b_hh, panels, reset_after, gate_kind, alpha, beta, use_clip, clip,
              h_out, gi, gh, tiled_max, backwards):
@@ -140,6 +156,9 @@ def gru_step(x, h, W_ih, W_hh, b_ih, b_hh, panels, reset_after, gate_kind, alpha
                 step_matmul(W_ih, Wp_ih, x, gi, buf, B, small, tiled_max, backwards)
             else:
                 step_matmul(W_hh, Wp_a, h, gh, buf, B, small, tiled_max, backwards)
+        if gate_kind == 0 and not use_clip:
+            step_gates_after(gi, gh, b_ih, b_hh, h, h_out, B)
+            return
         for b in range(B):
             gib = gi[b]
             ghb = gh[b]
