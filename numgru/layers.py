@@ -537,14 +537,16 @@ class GRU(_Params):
                 return out
         padded = lengths is not None
         x, h0, lengths, unbatched = self._prepare(x, h0, lengths)
-        y, h_n = self._infer(x, h0, lengths, padded)
+        out = None if padded else self._run_planned(x, h0)
+        y, h_n = self._infer(x, h0, lengths, padded) if out is None else out
         return self._finish(y, h_n, unbatched)
 
     def _forward_planned(self, x, h0):
         """:meth:`forward` of an array x (2-D or 3-D) of this model's dtype, every row running all T
-        steps, by the plan :meth:`_forward_plan` made for (T, B, thread count): the same kernels with
-        the same arguments as the general path, less its per-call choices, which at B = 1 and a few
-        steps were a large share of a call. None where no plan applies (the general path then runs)."""
+        steps, by the plan :meth:`_forward_plan` made for (T, B, thread count), which the general path
+        also runs once it has checked and converted its arguments (:meth:`_run_planned`): that path's
+        checks and route choices were a large share of a call at B = 1 and a few steps. None where no
+        plan applies (the general path then runs)."""
         unbatched = x.ndim == 2
         if unbatched:
             (T, I), B = x.shape, 1
@@ -557,15 +559,7 @@ class GRU(_Params):
                 type(h0) is np.ndarray and h0.dtype == dtype
                 and h0.shape == ((LD, H) if unbatched else (LD, B, H)))):
             return None
-        threads = thread_count()
-        plans = self._plans
-        if plans is None:
-            plans = self._plans = {}
-        plan = plans.get((T, B, threads))
-        if plan is None:
-            if len(plans) >= PLANS_KEPT:
-                plans.clear()
-            plan = plans[(T, B, threads)] = self._forward_plan(T, B, threads)
+        plan = self._plan_for(T, B)
         if not plan:
             return None
         if unbatched:
@@ -577,6 +571,35 @@ class GRU(_Params):
         # h0 copied as the general path does (owned and writeable: one kernel signature)
         h0 = (np.zeros((LD, B, H), dtype) if h0 is None
               else np.array(h0, order="C", copy=True).reshape(LD, B, H))
+        return self._finish(*self._run_plan(plan, x, h0), unbatched)
+
+    def _run_planned(self, x, h0):
+        """The general path's inference over x (T, B, I) C-contiguous and h0 (L·D, B, H), both of the
+        model's dtype, every row running all T steps, by the plan for (T, B, thread count) as
+        :meth:`_forward_planned` runs it: ``(y, h_n)``, or None where no plan applies."""
+        T, B, _ = x.shape
+        if T == 0 or B == 0:
+            return None
+        plan = self._plan_for(T, B)
+        return self._run_plan(plan, x, h0) if plan else None
+
+    def _plan_for(self, T, B):
+        """The plan for (T, B, thread count) (:meth:`_forward_plan`), made on first use and kept."""
+        threads = thread_count()
+        plans = self._plans
+        if plans is None:
+            plans = self._plans = {}
+        plan = plans.get((T, B, threads))
+        if plan is None:
+            if len(plans) >= PLANS_KEPT:
+                plans.clear()
+            plan = plans[(T, B, threads)] = self._forward_plan(T, B, threads)
+        return plan
+
+    def _run_plan(self, plan, x, h0):
+        """All layers by ``plan`` over x (T, B, I) C-contiguous and h0 (L·D, B, H) owned: (y, h_n)."""
+        T, B, _ = x.shape
+        LD, H, dtype = self.num_layers * self.num_directions, self.hidden_size, self.dtype
         h_n = np.empty((LD, B, H), dtype)
         D = self.num_directions
         inp = x
@@ -588,7 +611,7 @@ class GRU(_Params):
                 run_serial_direction(plan[i], x2d, workspace("gx", (T * B, 3 * H), dtype), h0[i], y,
                                      d * H, h_n[i])
             inp = y
-        return self._finish(inp, h_n, unbatched)
+        return inp, h_n
 
     def _forward_plan(self, T, B, threads):
         """Per layer and direction, :func:`~numgru.kernels.dispatch.serial_direction_plan` for an

@@ -4,7 +4,8 @@ every call.
 
 It must give exactly what the general path gives (the same kernels with the same arguments), follow
 weights changed in place, never serve one object's arrays to a copy, and decline every input the
-general path would convert or reject.
+general path would convert or reject. Where gx would leave L2, the plan projects the input a chunk of
+steps at a time, just before those steps: the same results as one projection first.
 """
 import copy
 import pickle
@@ -16,6 +17,7 @@ import pytest
 import numgru as ng
 from conftest import TOL
 from numgru import layers
+from numgru.kernels import dispatch
 from reference import gru as ref_gru
 
 
@@ -170,3 +172,83 @@ def test_inputs_the_plan_declines(rng):
     for shape in ((0, 3, 5), (4, 0, 5)):
         y0, h0_out = g(np.zeros(shape, np.float32))
         assert y0.shape == shape[:2] + (6,) and h0_out.shape == (1, shape[1], 6)
+
+
+def _chunked_calls(monkeypatch):
+    calls = []
+    fn = dispatch.gru_forward_chunked
+
+    def spy(*args):
+        calls.append(args[-1])  # steps per chunk
+        return fn(*args)
+    monkeypatch.setattr(dispatch, "gru_forward_chunked", spy)
+    return calls
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("reset_after", [True, False])
+@pytest.mark.parametrize("layout", ["uni", "bi", "backwards"])
+def test_projection_interleaved_with_the_steps(rng, one_thread, monkeypatch, dtype, reset_after, layout):
+    # gx of 150 steps × 20 rows × 144 values passes INTERLEAVE_MIN_BYTES: projected a chunk of steps
+    # at a time (the last chunk shorter), each direction from its own first step
+    T, B, I, H = 150, 20, 40, 48
+    kw = dict(bidirectional=layout == "bi", go_backwards=layout == "backwards", reset_after=reset_after,
+              dtype=dtype)
+    g = ng.GRU(I, H, 2, seed=3, **kw)
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    h0 = rng.standard_normal((2 * (2 if layout == "bi" else 1), B, H)).astype(dtype)
+    steps = dispatch.interleave_steps(T, B, 3 * H, I, np.dtype(dtype).itemsize)
+    assert 1 < steps < T and T % steps
+    calls = _chunked_calls(monkeypatch)
+    y, h_n = g(x, h0)
+    assert calls and calls[0] == steps
+    xt = x[::-1] if layout == "backwards" else x
+    y_ref, h_ref = ref_gru(xt, g.state_dict(), 2, H, bidirectional=layout == "bi", h0=h0,
+                           reset_after=reset_after)
+    if layout == "backwards":
+        y_ref = y_ref[::-1]
+    np.testing.assert_allclose(y, y_ref, **TOL[dtype])
+    np.testing.assert_allclose(h_n, h_ref, **TOL[dtype])
+    # the same forward with the whole projection first
+    monkeypatch.setattr(dispatch, "INTERLEAVE_MIN_BYTES", 1 << 40)
+    del calls[:]
+    whole = ng.GRU(I, H, 2, seed=3, **kw)
+    y_whole, h_whole = whole(x, h0)
+    assert not calls
+    np.testing.assert_allclose(y, y_whole, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(h_n, h_whole, rtol=1e-6, atol=1e-6)
+
+
+def test_projection_interleaved_one_step_at_a_time(rng, one_thread, monkeypatch):
+    monkeypatch.setattr(dispatch, "INTERLEAVE_MIN_BYTES", 0)
+    monkeypatch.setattr(dispatch, "INTERLEAVE_CHUNK_BYTES", 1)
+    g = ng.GRU(7, 16, bidirectional=True, seed=0)
+    calls = _chunked_calls(monkeypatch)
+    for T, B in ((9, 5), (2, 1)):
+        x = rng.standard_normal((T, B, 7)).astype(np.float32)
+        y, h_n = g(x)
+        assert calls and set(calls) == {1}
+        y_ref, h_ref = ref_gru(x, g.state_dict(), 1, 16, bidirectional=True)
+        np.testing.assert_allclose(y, y_ref, **TOL[np.float32])
+        np.testing.assert_allclose(h_n, h_ref, **TOL[np.float32])
+        del calls[:]
+    # frozen weights (W_ih's and W_hh's panels given) and the general path's converted input;
+    # bfloat16 recurrent weights
+    x = rng.standard_normal((9, 5, 7))
+    np.testing.assert_allclose(g.freeze()(x)[0], g(x.astype(np.float32))[0], rtol=1e-6, atol=1e-6)
+    assert calls
+    del calls[:]
+    q = g.quantize()
+    y_q = q(x)[0]
+    assert calls
+    monkeypatch.setattr(dispatch, "INTERLEAVE_MIN_BYTES", 1 << 40)
+    np.testing.assert_allclose(y_q, g.quantize()(x)[0], rtol=1e-6, atol=1e-6)
+
+
+def test_interleave_steps_rule():
+    f4 = 4
+    assert dispatch.interleave_steps(128, 64, 192, 64, f4) == dispatch.INTERLEAVE_CHUNK_BYTES // (64 * 192 * f4)
+    assert dispatch.interleave_steps(16, 16, 192, 64, f4) == 0  # gx small enough for L2
+    assert dispatch.interleave_steps(128, 64, 768, 256, f4) == 0  # W_ih read again per chunk: too big
+    assert dispatch.interleave_steps(3, 170, 192, 64, f4) == 0  # one chunk would be the whole
+    assert dispatch.interleave_steps(512, 1024, 192, 64, f4) == 1

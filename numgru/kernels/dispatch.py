@@ -39,7 +39,7 @@ import numba
 import numpy as np
 
 from .backward import gru_backward_serial
-from .forward import (gru_forward_cols, gru_forward_parallel, gru_forward_rows,
+from .forward import (gru_forward_chunked, gru_forward_cols, gru_forward_parallel, gru_forward_rows,
                       gru_forward_serial, input_projection_kernel, input_projection_parallel, row_chunks,
                       TILED_MAX_ONE_THREAD, use_panels)
 from .step import gru_step, gru_step_cols
@@ -76,6 +76,9 @@ PACKED_PROJ_MAX_ROWS_WIDE = 128
 PACKED_PROJ_MAX_VALUES_BLAS_THREADS = 16384
 PACKED_STEP_WIDE_K = 512
 PACKED_STEP_WIDE_MIN_ROWS = 8
+INTERLEAVE_MIN_BYTES = 1 << 20
+INTERLEAVE_CHUNK_BYTES = 3 << 17
+INTERLEAVE_MAX_WEIGHT_BYTES = 1 << 19
 
 
 def blas_vectors_wider():
@@ -644,7 +647,9 @@ def serial_direction_plan(W_ih, b_ih, W_hh, b_hh, packed_ih, packed_hh, T, B, th
     kept, not copied, so a plan stays current while they are changed in place."""
     dtype = W_ih.dtype  # gx's (W_hh may be a quantized model's bfloat16 copy)
     empty = empty_array(dtype, 3)
-    panels, dot = serial_projection_choice(T * B, W_ih.shape[1], threads, packed_ih is not None, False)
+    steps = interleave_steps(T, B, W_ih.shape[0], W_ih.shape[1], dtype.itemsize)
+    panels, dot = serial_projection_choice((steps or T) * B, W_ih.shape[1], threads,
+                                           packed_ih is not None, False)
     projection = (W_ih, empty if packed_ih is None else packed_ih,
                   W_ih[0] if b_ih is None else b_ih, b_ih is not None)
     if packed_hh is None:
@@ -656,16 +661,35 @@ def serial_direction_plan(W_ih, b_ih, W_hh, b_hh, packed_ih, packed_hh, T, B, th
                   (lengths, True, bool(reverse), bool(reset_after),
                    *gate_scalars(dtype, gate_kind, alpha, beta, clip)),
                   (False, empty, serial_tiled_max(threads), 0, B))
-    return projection, (panels, dot), recurrence
+    return projection, (panels, dot), recurrence, steps
+
+
+def interleave_steps(T, B, M, I, itemsize):
+    """Steps of input projection that a serial inference forward of T steps over B rows (W_ih (M, I),
+    M = 3H) computes at a time, just before the steps that read them
+    (:func:`~numgru.kernels.forward.gru_forward_chunked`), or 0 to project all T·B rows first: chunks
+    of about ``INTERLEAVE_CHUNK_BYTES`` of gx where all of it would take more than
+    ``INTERLEAVE_MIN_BYTES`` and W_ih, which each chunk reads again, at most
+    ``INTERLEAVE_MAX_WEIGHT_BYTES``."""
+    row = M * itemsize
+    if T * B * row <= INTERLEAVE_MIN_BYTES or M * I * itemsize > INTERLEAVE_MAX_WEIGHT_BYTES:
+        return 0
+    steps = max(1, INTERLEAVE_CHUNK_BYTES // (B * row))
+    return steps if steps < T else 0
 
 
 def run_serial_direction(plan, x2d, gx, h0, y, col0, h_n):
     """One direction of one layer by a plan from :func:`serial_direction_plan`: x2d (T·B, I) and gx
     (T·B, 3H) scratch, C-contiguous; h0 (B, H) and h_n (B, H) C-contiguous; y (T, B, D·H), whose
     columns col0 … col0+H−1 receive h_t."""
-    projection, flags, (weights, scalars, rest) = plan
-    input_projection_kernel(x2d, *projection, gx, *flags)
+    projection, flags, (weights, scalars, rest), steps = plan
     T = y.shape[0]
+    if steps:
+        lengths, _, reverse, reset_after, *gates = scalars
+        gru_forward_chunked(x2d, *projection, *flags, gx, *weights, h0, lengths, reverse, reset_after,
+                            *gates, y, col0, h_n, rest[2], steps)
+        return
+    input_projection_kernel(x2d, *projection, gx, *flags)
     gru_forward_serial(gx.reshape(T, gx.shape[0] // T, gx.shape[1]), *weights, h0, *scalars, y, col0,
                        h_n, *rest)
 

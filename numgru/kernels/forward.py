@@ -574,6 +574,20 @@ def product_blocks(Wm, Wp, h, out, buf, n, tiled_max, backwards, panels):
         put_block(out, part, n, r0, r1)
 
 
+@inline
+def own_panels(W_hh, reset_after, B, T, tiled_max):
+    """W_hh packed for a forward of T steps over B rows that was given no panels, as the ``packed``
+    pair of :func:`_gru_forward` takes it, where :func:`wants_panels` says the steps repay packing;
+    else two empty arrays."""
+    empty = np.empty((0, 0, 0), W_hh.dtype)
+    H = W_hh.shape[1]
+    if not wants_panels(3 * H, H, B, T, tiled_max, is_bfloat16(W_hh)):
+        return empty, empty
+    if reset_after:
+        return pack_panels(W_hh), empty
+    return pack_panels(W_hh[:2 * H]), pack_panels(W_hh[2 * H:])
+
+
 def _gru_forward(gx, W_hh, packed, b_hh, h0, lengths, sorted_desc, reverse, reset_after, gate_kind,
                  alpha, beta, use_clip, clip, y, col0, h_n, store, tape, tiled_max, b0, b1):
     """Run one GRU layer, one direction, over a whole sequence, for batch rows b0 … b1−1.
@@ -634,17 +648,12 @@ def _gru_forward(gx, W_hh, packed, b_hh, h0, lengths, sorted_desc, reverse, rese
     # packed panels (:mod:`~numgru.kernels.panel`; bfloat16 weights packed as bfloat16) when some
     # step's product takes them
     Wp_a, Wp_b = packed
-    given = Wp_a.shape[0] > 0
-    pw = not given and wants_panels(3 * H, H, B, T, tiled_max, is_bfloat16(W_hh))
+    if Wp_a.shape[0] == 0:
+        Wp_a, Wp_b = own_panels(W_hh, reset_after, B, T, tiled_max)
     empty = np.empty((0, 0, 0), W_hh.dtype)
-    if given:
-        Wp = Wp_a if reset_after else empty
-        Wp_rz = empty if reset_after else Wp_a
-        Wp_n = empty if reset_after else Wp_b
-    else:
-        Wp = pack_panels(W_hh) if pw and reset_after else empty
-        Wp_rz = pack_panels(W_rz) if pw and not reset_after else empty
-        Wp_n = pack_panels(W_n) if pw and not reset_after else empty
+    Wp = Wp_a if reset_after else empty
+    Wp_rz = empty if reset_after else Wp_a
+    Wp_n = empty if reset_after else Wp_b
     copy_rows(h0[b0:b1], h_a)
     lens = lengths[b0:b1]
     # inference with sigmoid gates, no clip, rows sorted: the gates by rows_after_fast (reset_after)
@@ -999,6 +1008,45 @@ def input_projection_kernel(x2d, W_ih, Wp, b_ih, use_bias, out, panels, dot):
             row = out[i]
             for j in range(M):
                 row[j] += b_ih[j]
+
+
+@kernel
+def gru_forward_chunked(x2d, W_ih, Wp_ih, b_ih, use_bias, proj_panels, proj_dot, gx, W_hh, packed, b_hh,
+                        h0, lengths, reverse, reset_after, gate_kind, alpha, beta, use_clip, clip, y,
+                        col0, h_n, tiled_max, steps):
+    """An inference forward of one direction whose rows all run every step, the input projection
+    taken ``steps`` steps at a time just before the recurrence needs them, so that gx stays in L2.
+
+    x2d (T·B, I) in; gx (≥ steps·B, 3H) scratch; lengths (B,) all T; the projection's arguments as
+    :func:`input_projection_kernel` takes them (``proj_panels``, ``proj_dot``: its choice for
+    ``steps``·B rows), the recurrence's as :func:`_gru_forward` (rows b0 = 0 … B, sorted, no tape).
+    W_ih's and W_hh's panels are packed once here where the kernels would pack them on every call.
+    One projection of all T·B rows, written out before the first step, leaves L2 when it passes a
+    few MB and the steps then read it back from L3 (one thread, T = 128, B = 64, H = 64: 6 MB)."""
+    wide_vectors()
+    T = y.shape[0]
+    B = h0.shape[0]
+    H = h0.shape[1]
+    Wp_a, Wp_b = packed
+    if Wp_a.shape[0] == 0:
+        Wp_a, Wp_b = own_panels(W_hh, reset_after, B, T, tiled_max)
+    if proj_panels and Wp_ih.shape[0] == 0:
+        Wp_ih = pack_panels(W_ih)
+    tape = np.empty((0, 0, 0), gx.dtype)
+    state = np.empty((B, H), gx.dtype)
+    copy_rows(h0, state)
+    nc = (T + steps - 1) // steps
+    for k in range(nc):
+        c = nc - 1 - k if reverse else k
+        t0 = c * steps
+        t1 = min(T, t0 + steps)
+        g = gx[:(t1 - t0) * B]
+        input_projection_kernel(x2d[t0 * B:t1 * B], W_ih, Wp_ih, b_ih, use_bias, g, proj_panels,
+                                proj_dot)
+        gru_forward_serial(g.reshape((t1 - t0, B, 3 * H)), W_hh, (Wp_a, Wp_b), b_hh, state, lengths,
+                           True, reverse, reset_after, gate_kind, alpha, beta, use_clip, clip,
+                           y[t0:t1], col0, h_n, False, tape, tiled_max, 0, B)
+        copy_rows(h_n, state)
 
 
 @inline
