@@ -3,7 +3,8 @@
 The input projection ``gx = x @ W_ih.T + b_ih`` is hoisted out of the time loop by the caller (one GEMM
 over all T·B rows, :func:`input_projection_kernel`: BLAS, packed panels of W_ih on one thread for
 I ≤ 128, or for a few dozen rows the dot-product block, as :mod:`~numgru.kernels.dispatch` chooses;
-:func:`input_projection_parallel` on Numba's threads). Per time step the kernel makes one recurrent
+:func:`input_projection_parallel` on Numba's threads; or, where all of gx would leave L2, a chunk of
+steps at a time just before those steps, :func:`gru_forward_chunked`). Per time step the kernel makes one recurrent
 matmul (two for reset_after=False, which needs r before the n block) on the rows still active at that
 step, then runs the gate arithmetic in short fused loops over the step's pre-activations. Workspace is
 allocated once, before the time loop.
