@@ -113,6 +113,33 @@ def step_gates_after(gi, gh, b_ih, b_hh, h, h_out, B):
             h_out[b, j] = n + z * (h[b, j] - n)
 
 
+@device
+def step_gates_rz(gi, a_rz, b_ih, b_hh, h, gh, rh, B):
+    """The first gates of a reset_after=False step with sigmoid gates and no clip: z to gh[:, H:2H]
+    and r ⊙ h to rh, from gi (B, 3H) = x W_ih.T and a_rz (B, 2H) = h W_hh[:2H].T, without biases.
+    Called, not inlined, as :func:`step_gates_after`."""
+    wide_vectors()
+    H = h.shape[1]
+    for b in range(B):
+        for j in range(H):
+            gh[b, H + j] = sigmoid_fast(gi[b, H + j] + b_ih[H + j] + a_rz[b, H + j] + b_hh[H + j])
+        for j in range(H):
+            rh[b, j] = sigmoid_fast(gi[b, j] + b_ih[j] + a_rz[b, j] + b_hh[j]) * h[b, j]
+
+
+@device
+def step_gates_n(gi, a_n, b_ih, b_hh, h, gh, h_out, B):
+    """The rest of :func:`step_gates_rz`'s step: n from a_n (B, H) = (r ⊙ h) W_hh[2H:].T and the new
+    state to h_out."""
+    wide_vectors()
+    H = h.shape[1]
+    H2 = 2 * H
+    for b in range(B):
+        for j in range(H):
+            n = tanh_fast(gi[b, H2 + j] + b_ih[H2 + j] + a_n[b, j] + b_hh[H2 + j])
+            h_out[b, j] = n + gh[b, H + j] * (h[b, j] - n)
+
+
 @kernel
 def gru_step(x, h, W_ih, W_hh, b_ih, b_hh, panels, reset_after, gate_kind, alpha, beta, use_clip, clip,
              h_out, gi, gh, tiled_max, backwards):
@@ -178,6 +205,11 @@ def gru_step(x, h, W_ih, W_hh, b_ih, b_hh, panels, reset_after, gate_kind, alpha
     rh = np.empty((B, H), x.dtype)
     a_n = np.empty((B, H), x.dtype)
     _reset_before_products(W_hh[:H2], Wp_a, h, a_rz, buf, B, small, tiled_max, backwards)
+    if gate_kind == 0 and not use_clip:
+        step_gates_rz(gi, a_rz, b_ih, b_hh, h, gh, rh, B)
+        _reset_before_products(W_hh[H2:], Wp_b, rh, a_n, buf, B, small, tiled_max, backwards)
+        step_gates_n(gi, a_n, b_ih, b_hh, h, gh, h_out, B)
+        return
     for b in range(B):
         gib = gi[b]
         ab = a_rz[b]
