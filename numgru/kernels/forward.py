@@ -91,7 +91,8 @@ def _row_after_fast(gx, t, b, acc, i, b_hh, hc, hn, H):
         hn[i, j] = n + z * (hc[i, j] - n)
 
 
-#: rows per call of :func:`rows_after_fast` (the parallel kernel spreads the blocks over its threads)
+#: rows per call of :func:`rows_after_fast`, :func:`rows_before_rz` and :func:`rows_before_n` (the
+#: parallel kernel spreads the blocks over its threads)
 GATE_BLOCK_ROWS = 8
 
 
