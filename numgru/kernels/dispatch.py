@@ -657,11 +657,15 @@ def serial_direction_plan(W_ih, b_ih, W_hh, b_hh, packed_ih, packed_hh, T, B, th
         packed_hh = (none, none)
     lengths = np.full(B, T, np.int64)
     lengths.setflags(write=False)
-    recurrence = ((W_hh, tuple(packed_hh), b_hh),
-                  (lengths, True, bool(reverse), bool(reset_after),
-                   *gate_scalars(dtype, gate_kind, alpha, beta, clip)),
-                  (False, empty, serial_tiled_max(threads), 0, B))
-    return projection, (panels, dot), recurrence, steps
+    weights = (W_hh, tuple(packed_hh), b_hh)
+    gates = gate_scalars(dtype, gate_kind, alpha, beta, clip)
+    tiled_max = serial_tiled_max(threads)
+    if steps:  # gru_forward_chunked's arguments, in the groups run_serial_direction passes them
+        return None, None, None, ((*projection, panels, dot), weights,
+                                  (lengths, bool(reverse), bool(reset_after), *gates), (tiled_max, steps))
+    recurrence = (weights, (lengths, True, bool(reverse), bool(reset_after), *gates),
+                  (False, empty, tiled_max, 0, B))
+    return projection, (panels, dot), recurrence, None
 
 
 def interleave_steps(T, B, M, I, itemsize):
@@ -682,14 +686,14 @@ def run_serial_direction(plan, x2d, gx, h0, y, col0, h_n):
     """One direction of one layer by a plan from :func:`serial_direction_plan`: x2d (T·B, I) and gx
     (T·B, 3H) scratch, C-contiguous; h0 (B, H) and h_n (B, H) C-contiguous; y (T, B, D·H), whose
     columns col0 … col0+H−1 receive h_t."""
-    projection, flags, (weights, scalars, rest), steps = plan
-    T = y.shape[0]
-    if steps:
-        lengths, _, reverse, reset_after, *gates = scalars
-        gru_forward_chunked(x2d, *projection, *flags, gx, *weights, h0, lengths, reverse, reset_after,
-                            *gates, y, col0, h_n, rest[2], steps)
+    projection, flags, recurrence, chunked = plan
+    if chunked is not None:
+        projection, weights, scalars, rest = chunked
+        gru_forward_chunked(x2d, *projection, gx, *weights, h0, *scalars, y, col0, h_n, *rest)
         return
+    weights, scalars, rest = recurrence
     input_projection_kernel(x2d, *projection, gx, *flags)
+    T = y.shape[0]
     gru_forward_serial(gx.reshape(T, gx.shape[0] // T, gx.shape[1]), *weights, h0, *scalars, y, col0,
                        h_n, *rest)
 

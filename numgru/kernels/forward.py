@@ -112,6 +112,17 @@ def rows_after_fast(gx, t, acc, b_hh, hc, hn, y, col0, b0, i0, i1):
             y[t, b, col0 + j] = hn[i, j]
 
 
+@inline
+def rows_past_length(hc, hn, y, t, col0, b0, n_act):
+    """State rows n_act … of a step whose rows are sorted by length, all past theirs: the state kept,
+    y[t, b0 + i, col0:col0 + H] zero."""
+    H = hc.shape[1]
+    for i in range(n_act, hc.shape[0]):
+        for j in range(H):
+            hn[i, j] = hc[i, j]
+            y[t, b0 + i, col0 + j] = 0.0
+
+
 @device
 def rows_before_rz(gx, t, acc_rz, b_hh, hc, rh, work, b0, i0, i1):
     """reset_after=False, inference with sigmoid gates and no clip, the first half of step t for state
@@ -673,10 +684,7 @@ def _gru_forward(gx, W_hh, packed, b_hh, h0, lengths, sorted_desc, reverse, rese
                     wide_vectors()
                     rows_after_fast(gx, t, acc, b_hh, hc, hn, y, col0, b0, c * GATE_BLOCK_ROWS,
                                     min(n_act, (c + 1) * GATE_BLOCK_ROWS))
-                for i in range(n_act, B):
-                    for j in range(H):
-                        hn[i, j] = hc[i, j]
-                        y[t, b0 + i, col0 + j] = 0.0
+                rows_past_length(hc, hn, y, t, col0, b0, n_act)
                 continue
             for i in prange(B):  # i: row of the workspace, b: row of the arrays passed in
                 wide_vectors()
@@ -716,10 +724,7 @@ def _gru_forward(gx, W_hh, packed, b_hh, h0, lengths, sorted_desc, reverse, rese
                 wide_vectors()
                 rows_before_n(gx, t, acc_n, b_hh, hc, hn, work, y, col0, b0, c * GATE_BLOCK_ROWS,
                               min(n_act, (c + 1) * GATE_BLOCK_ROWS))
-            for i in range(n_act, B):
-                for j in range(H):
-                    hn[i, j] = hc[i, j]
-                    y[t, b0 + i, col0 + j] = 0.0
+            rows_past_length(hc, hn, y, t, col0, b0, n_act)
         else:
             if n_act > 0:
                 step_product(W_rz, Wp_rz, hc, acc_rz, buf, n_act, tiled_max, s % 2 == 1)
