@@ -1,0 +1,447 @@
+"""Float32 matrix products on Intel AMX tiles, to float32 accuracy: the input projection's GEMM.
+
+Intel's Advanced Matrix Extensions (Sapphire Rapids and later Xeons) multiply bfloat16 tiles into
+float32 tiles: one ``TDPBF16PS`` takes a 16 × 32 tile of A and a 32 × 16 tile of B into a 16 × 16
+tile of sums, 8192 multiply-adds, where AVX-512 does 32 a cycle. bfloat16 keeps 8 significant bits,
+so each float32 value v is split into three bfloat16 pieces, v = v₁ + v₂ + v₃ + e with
+|v₂| ≤ 2⁻⁹|v|, |v₃| ≤ 2⁻¹⁸|v| and |e| ≤ 2⁻²⁷|v| (each piece the nearest bfloat16 to what the pieces
+before it left; the differences are exact in float32). A product a·w then keeps the six terms of
+order 2⁻¹⁸ and above, a₁w₁ + a₁w₂ + a₂w₁ + a₁w₃ + a₂w₂ + a₃w₁; what it drops is below float32's
+rounding (2⁻²⁴), so the sums agree with a float32 GEMM's to float32 rounding (``tests/test_amx.py``
+measures it against float64; at 64 × 768 × 256 the largest error read 2.2e-6 against OpenBLAS's
+sgemm's 4.5e-6). Six products at AMX's rate still run about 1.7× one core's float32 FMA peak
+(64 × 768 × 256, one thread: 78 µs, 324 GFLOP/s as float32, against 136 µs at OpenBLAS's best).
+
+The tiles need the kernel's permission (``arch_prctl(ARCH_REQ_XCOMP_PERM)``, asked once per process
+by :func:`amx_ready`) and code that only a CPU with AMX can run: the kernels here are compiled on
+their first call, which the dispatch makes only where :func:`amx_ready` is true. ``NUMGRU_AMX=0``
+turns the route off.
+
+Layout: weights W (N, K) are packed once per call (:func:`pack_amx`) into three pieces of bfloat16
+in AMX's pair layout, each piece (Np / 16, Kp / 2, 16, 2) with N and K padded with zeros to
+multiples of 32 (Np, Kp); rows of x are split the same way a block at a time, into a scratch the
+tiles read.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from ._jit import inline, kernel, wide_vectors
+from .forward import input_projection_kernel, rows_after_fast
+from .panel import aligned_zeros, pack_panels
+
+#: largest magnitude split into pieces; larger values, Inf and NaN leave the product to float32
+#: (bfloat16 rounding of values near float32's largest would overflow)
+SPLIT_LIMIT = np.float32(3.0e38)
+#: rows of x split per block: the block's pieces (6·Kp bytes a row) stay in L2 while all of W's
+#: pieces pass over them
+BLOCK_BYTES = 1 << 19
+
+_ARCH_REQ_XCOMP_PERM = 0x1023
+_ARCH_GET_XCOMP_PERM = 0x1022
+_XFEATURE_XTILEDATA = 18
+_SYS_ARCH_PRCTL = 158  # x86-64
+_READY = None
+
+
+def amx_ready():
+    """Whether this process may run the AMX kernels: an x86-64 Linux CPU with AMX-TILE and AMX-BF16
+    (as LLVM sees it, which decides what the kernels compile to), the kernel's permission to use the
+    tile registers (asked for once), and ``NUMGRU_AMX`` not ``0``."""
+    global _READY
+    if _READY is None:
+        _READY = _ask_for_tiles()
+    return _READY
+
+
+def _ask_for_tiles():
+    if os.environ.get("NUMGRU_AMX", "1") == "0":
+        return False
+    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
+        return False
+    try:
+        from llvmlite import binding
+        features = binding.get_host_cpu_features()
+        if not (features.get("amx-tile") and features.get("amx-bf16")):
+            return False
+        libc = ctypes.CDLL(None, use_errno=True)
+        syscall = libc.syscall
+        syscall.restype = ctypes.c_long
+        if syscall(_SYS_ARCH_PRCTL, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA) != 0:
+            return False
+        mask = ctypes.c_uint64(0)
+        if syscall(_SYS_ARCH_PRCTL, _ARCH_GET_XCOMP_PERM, ctypes.byref(mask)) != 0:
+            return False
+        return bool(mask.value & (1 << _XFEATURE_XTILEDATA))
+    except (OSError, AttributeError, KeyError):
+        return False
+
+
+# ---------------------------------------------------------------------------- the tile instructions
+_I8 = ir.IntType(8)
+_I64 = ir.IntType(64)
+_PTR = ir.IntType(8).as_pointer()
+
+
+def _call(builder, name, argtypes, args):
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), argtypes), name)
+    builder.call(fn, args)
+
+
+def _tile(t):
+    return ir.Constant(_I8, t.literal_value)
+
+
+@intrinsic
+def tile_config(typingctx, cfg):
+    """``LDTILECFG``: configure the tiles from cfg, 64 bytes (uint8)."""
+    def codegen(context, builder, sig, args):
+        a = context.make_array(sig.args[0])(context, builder, args[0])
+        _call(builder, "llvm.x86.ldtilecfg", [_PTR], [builder.bitcast(a.data, _PTR)])
+        return context.get_dummy_value()
+    return types.none(cfg), codegen
+
+
+@intrinsic
+def tile_release(typingctx):
+    """``TILERELEASE``: return the tiles to their initial state (the OS then saves no tile data)."""
+    def codegen(context, builder, sig, args):
+        _call(builder, "llvm.x86.tilerelease", [], [])
+        return context.get_dummy_value()
+    return types.none(), codegen
+
+
+@intrinsic
+def tile_zero(typingctx, t):
+    """``TILEZERO`` tile t (a literal)."""
+    if not isinstance(t, types.IntegerLiteral):
+        return None
+
+    def codegen(context, builder, sig, args):
+        _call(builder, "llvm.x86.tilezero", [_I8], [_tile(sig.args[0])])
+        return context.get_dummy_value()
+    return types.none(t), codegen
+
+
+def _tile_memory(name):
+    def template(typingctx, t, arr, offset, stride):
+        if not isinstance(t, types.IntegerLiteral) or not isinstance(arr, types.Array):
+            return None
+
+        def codegen(context, builder, sig, args):
+            a = context.make_array(sig.args[1])(context, builder, args[1])
+            ptr = builder.bitcast(builder.gep(a.data, [args[2]]), _PTR)
+            _call(builder, name, [_I8, _PTR, _I64], [_tile(sig.args[0]), ptr, args[3]])
+            return context.get_dummy_value()
+        return types.none(t, arr, types.intp, types.intp), codegen
+    return template
+
+
+tile_load = intrinsic(_tile_memory("llvm.x86.tileloadd64"))
+tile_load.__doc__ = """``TILELOADD`` tile t (a literal) from arr's element ``offset`` on, rows ``stride`` bytes
+apart (unchecked: the caller keeps every row inside arr)."""
+tile_store = intrinsic(_tile_memory("llvm.x86.tilestored64"))
+tile_store.__doc__ = """``TILESTORED`` tile t to arr from element ``offset`` on, rows ``stride`` bytes apart
+(unchecked, as :func:`tile_load`)."""
+
+
+@intrinsic
+def tile_dot(typingctx, c, a, b):
+    """``TDPBF16PS``: tile c (float32) += tile a (bfloat16 rows) · tile b (bfloat16 pairs); literals."""
+    if not all(isinstance(v, types.IntegerLiteral) for v in (c, a, b)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        _call(builder, "llvm.x86.tdpbf16ps", [_I8, _I8, _I8], [_tile(s) for s in sig.args])
+        return context.get_dummy_value()
+    return types.none(c, a, b), codegen
+
+
+# ---------------------------------------------------------------------------- splitting and packing
+@inline
+def padded(n):
+    """n rounded up to a multiple of 32."""
+    return (n + 31) // 32 * 32
+
+
+@intrinsic
+def bf16_nearest(typingctx, v):
+    """The bfloat16 value nearest float32 v (ties to even), as float32 (v finite, |v| ≤
+    SPLIT_LIMIT): integer arithmetic on v's bits, which LLVM vectorises."""
+    if v != types.float32:
+        return None
+
+    def codegen(context, builder, sig, args):
+        i32 = ir.IntType(32)
+        u = builder.bitcast(args[0], i32)
+        odd = builder.and_(builder.lshr(u, ir.Constant(i32, 16)), ir.Constant(i32, 1))
+        u = builder.add(builder.add(u, ir.Constant(i32, 0x7FFF)), odd)
+        u = builder.and_(u, ir.Constant(i32, 0xFFFF0000))
+        return builder.bitcast(u, ir.FloatType())
+    return types.float32(v), codegen
+
+
+@intrinsic
+def bf16_bits(typingctx, v):
+    """The upper 16 bits of float32 v: its bfloat16 code where v is a bfloat16 value."""
+    if v != types.float32:
+        return None
+
+    def codegen(context, builder, sig, args):
+        u = builder.bitcast(args[0], ir.IntType(32))
+        return builder.trunc(builder.lshr(u, ir.Constant(ir.IntType(32), 16)), ir.IntType(16))
+    return types.uint16(v), codegen
+
+
+@inline
+def _split_into(src, n, p0, p1, p2):
+    """Split src[:n] (float32) into three bfloat16 pieces p0[:n], p1[:n], p2[:n] (uint16 codes).
+    (Plain indices, no offsets: an index i + k is checked for wraparound and the loop no longer
+    vectorises.)"""
+    for k in range(n):
+        v = src[k]
+        h0 = bf16_nearest(v)
+        v = v - h0
+        h1 = bf16_nearest(v)
+        v = v - h1
+        h2 = bf16_nearest(v)
+        p0[k] = bf16_bits(h0)
+        p1[k] = bf16_bits(h1)
+        p2[k] = bf16_bits(h2)
+
+
+_LIMIT_BITS = np.uint32(np.array([SPLIT_LIMIT], np.float32).view(np.uint32)[0])
+
+
+@inline
+def _finite_below_limit(vu, n):
+    """Whether every value of vu[:n] (float32 bits, uint32) is finite with |v| ≤ SPLIT_LIMIT: one
+    integer maximum (Inf's and NaN's magnitude bits lie above every finite value's)."""
+    big = np.uint32(0)
+    for k in range(n):
+        a = vu[k] & np.uint32(0x7FFFFFFF)
+        if a > big:
+            big = a
+    return big <= _LIMIT_BITS
+
+
+@kernel
+def pack_amx(W):
+    """W (N, K) float32 → its three bfloat16 pieces in AMX's pair layout, one flat uint16 array of
+    3·Np·Kp values (Np, Kp: N, K rounded up to multiples of 32), 64-byte aligned: piece p's value of
+    W[n, k] at p·Np·Kp + ((n // 16)·Kp + k − k % 2)·16 + (n % 16)·2 + k % 2; the padding is zero.
+    An empty array where W holds a value :func:`_finite_below_limit` refuses."""
+    wide_vectors()
+    N, K = W.shape
+    Np = padded(N)
+    Kp = padded(K)
+    out = aligned_zeros(3 * Np * Kp, np.uint16)
+    pieces = np.zeros((3, Np, Kp), np.uint16)
+    for n in range(N):
+        if not _finite_below_limit(W[n].view(np.uint32), K):
+            return out[:0]
+        _split_into(W[n], K, pieces[0, n], pieces[1, n], pieces[2, n])
+    # pairs (k, k + 1) of a row are one uint32 (k's code in the low half): transpose blocks of 16
+    # rows by pairs
+    pairs = pieces.reshape(3 * Np * Kp).view(np.uint32).reshape(3, Np, Kp // 2)
+    dst = out.view(np.uint32).reshape(3, Np // 16, Kp // 2, 16)
+    for p in range(3):
+        for nb in range(Np // 16):
+            src = pairs[p, nb * 16:nb * 16 + 16]
+            blk = dst[p, nb]
+            for k2 in range(Kp // 2):
+                row = blk[k2]
+                for c in range(16):
+                    row[c] = src[c, k2]
+    return out
+
+
+# ---------------------------------------------------------------------------- the product
+@inline
+def _six(A, Wv, a0, ma, w0, nb, k0, Kp, Np):
+    """The six bfloat16 products of one 32 × 32 block of sums over k0 … k0+31 into tiles 0–3: A's
+    pieces at a0 + p·ma (rows Kp apart), W's at w0 + p·Np·Kp (column blocks nb values apart)."""
+    row = Kp * 2
+    step = Np * Kp
+    for q in range(6):
+        pa = 0 if q < 3 else (1 if q < 5 else 2)
+        pb = q if q < 3 else (4 - q if q < 5 else 0)  # 0 1 2 1 0 0
+        if q == 0 or q == 3 or q == 5:
+            tile_load(4, A, a0 + pa * ma + k0, row)
+            tile_load(5, A, a0 + pa * ma + 16 * Kp + k0, row)
+        b = w0 + pb * step + k0 * 16
+        tile_load(6, Wv, b, 64)
+        tile_load(7, Wv, b + nb, 64)
+        tile_dot(0, 4, 6)
+        tile_dot(1, 4, 7)
+        tile_dot(2, 5, 6)
+        tile_dot(3, 5, 7)
+
+
+@kernel
+def amx_projection(x, Wv, N, bias, use_bias, out):
+    """out = x @ W.T (+ bias) on AMX tiles, from ``Wv = pack_amx(W)`` for W (N, K) float32.
+
+    x (R, K), out (R, N) C-contiguous float32, bias (N,) float32. Returns False, with out partly
+    written, where a row of x holds a value that :func:`_finite_below_limit` refuses: the caller
+    then computes the product in float32. The caller checks that the CPU runs AMX
+    (:func:`amx_ready`) and that Wv is W's packing (nonempty)."""
+    wide_vectors()
+    R, K = x.shape
+    Np = padded(N)
+    Kp = padded(K)
+    if Wv.shape[0] != 3 * Np * Kp or out.shape[0] != R or out.shape[1] != N or (use_bias and bias.shape[0] < N):
+        raise ValueError("amx_projection: shapes do not match")
+    MB = max(32, min(256, BLOCK_BYTES // (6 * Kp) // 32 * 32))
+    A = aligned_zeros(3 * MB * Kp, np.uint16)
+    A3 = A.reshape(3, MB, Kp)
+    biasp = aligned_zeros(Np, np.float32)
+    if use_bias:
+        for j in range(N):
+            biasp[j] = bias[j]
+    edge = aligned_zeros(32 * 32, np.float32)
+    cfg = aligned_zeros(64, np.uint8)
+    cfg[0] = 1  # palette 1: 8 tiles of 16 rows × 64 bytes
+    for t in range(8):
+        cfg[16 + 2 * t] = 64
+        cfg[48 + t] = 16
+    tile_config(cfg)
+    ok = True
+    for r0 in range(0, R, MB):
+        rows = min(MB, R - r0)
+        for i in range(rows):
+            xr = x[r0 + i]
+            if not _finite_below_limit(xr.view(np.uint32), K):
+                ok = False
+                break
+            _split_into(xr, K, A3[0, i], A3[1, i], A3[2, i])
+        if not ok:
+            break
+        for i in range(rows, padded(rows)):
+            A3[:, i, :] = 0
+        for n0 in range(0, Np, 32):
+            w0 = (n0 // 16) * Kp * 16
+            for m0 in range(0, rows, 32):
+                tile_load(0, biasp, n0, 0)
+                tile_load(1, biasp, n0 + 16, 0)
+                tile_load(2, biasp, n0, 0)
+                tile_load(3, biasp, n0 + 16, 0)
+                for k0 in range(0, Kp, 32):
+                    _six(A, Wv, m0 * Kp, MB * Kp, w0, Kp * 16, k0, Kp, Np)
+                if m0 + 32 <= rows and n0 + 32 <= N:
+                    o = (r0 + m0) * N + n0
+                    tile_store(0, out, o, N * 4)
+                    tile_store(1, out, o + 16, N * 4)
+                    tile_store(2, out, o + 16 * N, N * 4)
+                    tile_store(3, out, o + 16 * N + 16, N * 4)
+                else:
+                    tile_store(0, edge, 0, 128)
+                    tile_store(1, edge, 16, 128)
+                    tile_store(2, edge, 512, 128)
+                    tile_store(3, edge, 528, 128)
+                    for i in range(min(32, rows - m0)):
+                        orow = out[r0 + m0 + i]
+                        for j in range(min(32, N - n0)):
+                            orow[n0 + j] = edge[i * 32 + j]
+    tile_release()
+    return ok
+
+
+# ---------------------------------------------------------------------------- the recurrence
+@kernel
+def gru_forward_amx(x2d, W_ih, Wp_ih, b_ih, use_bias, proj_panels, proj_dot, gx, Whv, b_hh, h0, reverse,
+                    y, col0, h_n, steps):
+    """One direction of a reset_after GRU layer's inference forward with sigmoid gates and no clip,
+    every row running all T steps, each step's W_hh product on AMX tiles (to float32 accuracy).
+
+    Whv = :func:`pack_amx` (W_hh) for W_hh (3H, H); b_hh (3H,); h0 (B, H) in; y (T, B, D·H) out,
+    columns col0 … col0+H−1 receive h_t; h_n (B, H) out. ``steps`` 0: gx (T·B, 3H) holds the input
+    projection x_t W_ih.T + b_ih of every step. Else gx (≥ steps·B, 3H) is scratch and the projection
+    of x2d (T·B, I) runs here ``steps`` steps at a time, just before the steps that read it, by
+    :func:`~numgru.kernels.forward.input_projection_kernel` with the arguments it takes (as
+    :func:`~numgru.kernels.forward.gru_forward_chunked`). All float32 and C-contiguous.
+
+    Each step splits the state into its three pieces, multiplies them into a (B, 3H) block of sums
+    (padded to multiples of 32) and runs the forward's gate loop on it
+    (:func:`~numgru.kernels.forward.rows_after_fast`). The tiles are configured per chunk of steps and
+    released before anything else runs. Returns False, with y and h_n partly written, where a state
+    holds a value :func:`_finite_below_limit` refuses (NaN from the input, say): the caller then runs
+    the float32 kernels. The caller checks that the CPU runs AMX (:func:`amx_ready`) and that Whv is
+    nonempty."""
+    wide_vectors()
+    T = y.shape[0]
+    B, H = h0.shape
+    G = 3 * H
+    Np = padded(G)
+    Kp = padded(H)
+    Mp = padded(B)
+    if Whv.shape[0] != 3 * Np * Kp or h_n.shape[0] != B or h_n.shape[1] != H or y.shape[1] != B or \
+            col0 + H > y.shape[2] or b_hh.shape[0] != G or gx.shape[1] != G or \
+            gx.shape[0] < (T if steps == 0 else min(steps, T)) * B or \
+            (steps > 0 and (x2d.shape[0] != T * B or W_ih.shape[0] != G)):
+        raise ValueError("gru_forward_amx: shapes do not match")
+    if proj_panels and steps > 0 and Wp_ih.shape[0] == 0:
+        Wp_ih = pack_panels(W_ih)
+    A = aligned_zeros(3 * Mp * Kp, np.uint16)
+    A3 = A.reshape(3, Mp, Kp)
+    acc = aligned_zeros(Mp * Np, np.float32).reshape(Mp, Np)
+    h_a = h0.copy()
+    h_b = np.empty_like(h0)
+    cfg = aligned_zeros(64, np.uint8)
+    cfg[0] = 1
+    for i in range(8):
+        cfg[16 + 2 * i] = 64
+        cfg[48 + i] = 16
+    chunk = T if steps == 0 else steps
+    nc = (T + chunk - 1) // chunk
+    s = 0
+    for k in range(nc):
+        c = nc - 1 - k if reverse else k
+        t0 = c * chunk
+        t1 = min(T, t0 + chunk)
+        n = t1 - t0
+        if steps > 0:
+            g = gx[:n * B]
+            input_projection_kernel(x2d[t0 * B:t1 * B], W_ih, Wp_ih, b_ih, use_bias, g, proj_panels,
+                                    proj_dot)
+        else:
+            g = gx[t0 * B:t1 * B]
+        g3 = g.reshape((n, B, G))
+        yc = y[t0:t1]
+        tile_config(cfg)
+        for q in range(n):
+            t = n - 1 - q if reverse else q
+            hc = h_a if s % 2 == 0 else h_b
+            hn = h_b if s % 2 == 0 else h_a
+            for i in range(B):
+                if not _finite_below_limit(hc[i].view(np.uint32), H):
+                    tile_release()
+                    return False
+                _split_into(hc[i], H, A3[0, i], A3[1, i], A3[2, i])
+            for n0 in range(0, Np, 32):
+                w0 = (n0 // 16) * Kp * 16
+                for m0 in range(0, Mp, 32):
+                    tile_zero(0)
+                    tile_zero(1)
+                    tile_zero(2)
+                    tile_zero(3)
+                    for k0 in range(0, Kp, 32):
+                        _six(A, Whv, m0 * Kp, Mp * Kp, w0, Kp * 16, k0, Kp, Np)
+                    o = m0 * Np + n0
+                    tile_store(0, acc, o, Np * 4)
+                    tile_store(1, acc, o + 16, Np * 4)
+                    tile_store(2, acc, o + 16 * Np, Np * 4)
+                    tile_store(3, acc, o + 16 * Np + 16, Np * 4)
+            rows_after_fast(g3, t, acc, b_hh, hc, hn, yc, col0, 0, 0, B)
+            s += 1
+        tile_release()
+    h_n[:] = h_a if s % 2 == 0 else h_b
+    return True
