@@ -1,0 +1,225 @@
+"""Products on AMX tiles (numgru.kernels.amx): float32 values split into three bfloat16 pieces, six
+tile products, sums to float32 accuracy.
+
+The pieces must add up to the value and be the nearest bfloat16 of what the pieces before them
+left; the products must come within float32 rounding of float64 sums (a split that kept fewer
+terms, three products, lands 36–64 times float32's rounding off them where the test allows 8);
+values the split cannot take
+(NaN, ±Inf, beyond 3e38) must leave the work to the float32 kernels; and forwards routed to the
+tiles must match the NumPy reference and the float32 route. The kernels run only where the CPU and
+the OS allow tiles (``amx.amx_ready``); the rules that route to them are checked everywhere.
+"""
+import numba
+import numpy as np
+import pytest
+
+import numgru as ng
+from conftest import TOL
+from numgru.kernels import amx, dispatch
+from reference import gru as ref_gru
+
+needs_amx = pytest.mark.skipif(not amx.amx_ready(), reason="no AMX tiles on this CPU or OS")
+
+
+def _nearest_bf16(v):
+    """float32 v → the nearest bfloat16 (ties to even) as float32, in NumPy."""
+    u = np.asarray(v, np.float32).view(np.uint32).astype(np.uint64)
+    u = (u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000
+    return u.astype(np.uint32).view(np.float32)
+
+
+def _unpack(Wv, N, K):
+    """pack_amx's layout back to three (N, K) float32 pieces, and the padding."""
+    Np, Kp = amx.padded.py_func(N), amx.padded.py_func(K)
+    p = Wv.reshape(3, Np // 16, Kp // 2, 16, 2).transpose(0, 1, 3, 2, 4).reshape(3, Np, Kp)
+    pieces = (p.astype(np.uint32) << 16).view(np.float32)
+    return pieces[:, :N, :K], pieces[:, N:, :], pieces[:, :, K:]
+
+
+def _sum_bound(x, W, b):
+    """float32's rounding, 2⁻²⁴, times the sums of magnitudes |x| @ |W|.T + |b|, in float64."""
+    return 2.0 ** -24 * (np.abs(x).astype(np.float64) @ np.abs(W).T.astype(np.float64) + np.abs(b))
+
+
+@needs_amx
+@pytest.mark.parametrize("N, K", [(3, 1), (48, 32), (100, 70)])
+def test_pieces_add_up_to_each_weight(rng, N, K):
+    W = (rng.standard_normal((N, K)) * np.exp(rng.uniform(-20, 20, (N, K)))).astype(np.float32)
+    W[0, 0] = 0.0
+    W[-1, -1] = np.float32(3.0e38)
+    Wv = amx.pack_amx(W)
+    assert Wv.dtype == np.uint16 and Wv.ctypes.data % 64 == 0
+    pieces, pad_rows, pad_cols = _unpack(Wv, N, K)
+    assert not pad_rows.any() and not pad_cols.any()
+    left = W.copy()
+    for p in range(3):  # each piece the nearest bfloat16 of what the ones before it left
+        np.testing.assert_array_equal(pieces[p], _nearest_bf16(left))
+        left = left - pieces[p]
+    total = pieces.astype(np.float64).sum(axis=0)
+    assert np.all(np.abs(total - W) <= 2.0 ** -26 * np.abs(W))
+
+
+@needs_amx
+def test_packing_refuses_values_it_cannot_split(rng):
+    W = rng.standard_normal((40, 33)).astype(np.float32)
+    for bad in (np.nan, np.inf, -np.inf, np.float32(3.2e38)):
+        Wb = W.copy()
+        Wb[17, 5] = bad
+        assert amx.pack_amx(Wb).shape == (0,)
+
+
+@needs_amx
+@pytest.mark.parametrize("R, N, K, bias", [(1, 3, 1, True), (33, 300, 70, True), (64, 96, 128, False),
+                                           (300, 768, 256, True)])
+def test_projection_within_float32_rounding(rng, R, N, K, bias):
+    x = rng.standard_normal((R, K)).astype(np.float32)
+    W = (rng.standard_normal((N, K)) / np.sqrt(K)).astype(np.float32)
+    b = rng.standard_normal(N).astype(np.float32)
+    out = np.full((R, N), np.nan, np.float32)
+    assert amx.amx_projection(x, amx.pack_amx(W), N, b, bias, out)
+    ref = x.astype(np.float64) @ W.T.astype(np.float64) + (b if bias else 0)
+    bound = _sum_bound(x, W, b if bias else np.zeros(N))
+    err = np.abs(out - ref)
+    assert np.all(err <= 8 * bound), (err / bound).max()
+    # the bound is tight enough to tell: float32's own GEMM meets it, three products would not
+    assert np.all(np.abs(x @ W.T + (b if bias else 0) - ref) <= 8 * bound)
+
+
+@needs_amx
+def test_projection_leaves_refused_rows_to_float32(rng, monkeypatch):
+    # NaN, ±Inf and values past the split's limit: the kernel says so, the dispatch recomputes in
+    # float32 and NaN / Inf propagate as there
+    monkeypatch.setattr(dispatch, "AMX_MIN_ROWS", 1)
+    monkeypatch.setattr(dispatch, "AMX_MIN_INPUTS", 1)
+    monkeypatch.setattr(dispatch, "thread_count", lambda: 1)
+    W = rng.standard_normal((30, 20)).astype(np.float32)
+    b = rng.standard_normal(30).astype(np.float32)
+    for bad in (np.nan, np.inf, np.float32(3.1e38)):
+        x = rng.standard_normal((40, 20)).astype(np.float32)
+        x[35, 3] = bad
+        assert not amx.amx_projection(x, amx.pack_amx(W), 30, b, True, np.empty((40, 30), np.float32))
+        got = dispatch.input_projection(x, W, b)
+        with np.errstate(invalid="ignore", over="ignore"):
+            want = (x.astype(np.float64) @ W.T.astype(np.float64) + b).astype(np.float32)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, equal_nan=True)
+        assert np.array_equal(np.isfinite(got), np.isfinite(want))
+
+
+@needs_amx
+def test_projection_checks_its_shapes(rng):
+    x = rng.standard_normal((4, 8)).astype(np.float32)
+    Wv = amx.pack_amx(rng.standard_normal((6, 8)).astype(np.float32))
+    with pytest.raises(ValueError, match="shapes"):
+        amx.amx_projection(x, Wv[:-1], 6, np.zeros(6, np.float32), True, np.empty((4, 6), np.float32))
+    with pytest.raises(ValueError, match="shapes"):
+        amx.amx_projection(x, Wv, 6, np.zeros(5, np.float32), True, np.empty((4, 6), np.float32))
+
+
+def _tile_calls(monkeypatch):
+    """Count the AMX forwards and projections the dispatch runs."""
+    calls = {"steps": 0, "projection": 0}
+    steps, proj = dispatch.gru_forward_amx, dispatch.amx_projection
+
+    def spy_steps(*args):
+        calls["steps"] += 1
+        return steps(*args)
+
+    def spy_proj(*args):
+        calls["projection"] += 1
+        return proj(*args)
+    monkeypatch.setattr(dispatch, "gru_forward_amx", spy_steps)
+    monkeypatch.setattr(dispatch, "amx_projection", spy_proj)
+    return calls
+
+
+@needs_amx
+@pytest.mark.parametrize("layout", ["uni", "bi", "backwards"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_forward_on_tiles_matches_reference(rng, one_thread, monkeypatch, layout, bias):
+    # T·B = 640 rows, B = 32, I = 130: the projection and the steps on tiles; two layers
+    T, B, I, H = 20, 32, 130, 48
+    g = ng.GRU(I, H, 2, bias=bias, bidirectional=layout == "bi", go_backwards=layout == "backwards",
+               seed=4)
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    D = 2 if layout == "bi" else 1
+    h0 = rng.standard_normal((2 * D, B, H)).astype(np.float32)
+    calls = _tile_calls(monkeypatch)
+    y, h_n = g(x, h0)
+    assert calls["steps"] == 2 * D and calls["projection"] >= D  # (layer 2's inputs: D·H = 48 or 96)
+    xt = x[::-1] if layout == "backwards" else x
+    y_ref, h_ref = ref_gru(xt, g.state_dict(), 2, H, bidirectional=layout == "bi", h0=h0)
+    if layout == "backwards":
+        y_ref = y_ref[::-1]
+    np.testing.assert_allclose(y, y_ref, **TOL[np.float32])
+    np.testing.assert_allclose(h_n, h_ref, **TOL[np.float32])
+    # the float32 kernels agree to rounding
+    monkeypatch.setattr(dispatch, "amx_ready", lambda: False)
+    y32, h32 = ng.GRU(I, H, 2, bias=bias, bidirectional=layout == "bi",
+                      go_backwards=layout == "backwards", seed=4)(x, h0)
+    np.testing.assert_allclose(y, y32, rtol=0, atol=2e-6)
+    np.testing.assert_allclose(h_n, h32, rtol=0, atol=2e-6)
+
+
+@needs_amx
+def test_forward_on_tiles_with_the_projection_interleaved(rng, one_thread, monkeypatch):
+    # steps of projection a chunk at a time inside the AMX kernel (the last chunk shorter), frozen
+    # weights too
+    monkeypatch.setattr(dispatch, "INTERLEAVE_MIN_BYTES", 0)
+    monkeypatch.setattr(dispatch, "INTERLEAVE_CHUNK_BYTES", 3 * 32 * 3 * 40 * 4)
+    T, B, I, H = 17, 32, 24, 40
+    g = ng.GRU(I, H, bidirectional=True, seed=1)
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    assert dispatch.interleave_steps(T, B, 3 * H, I, 4) == 3
+    calls = _tile_calls(monkeypatch)
+    y, h_n = g(x)
+    assert calls["steps"] == 2
+    y_ref, h_ref = ref_gru(x, g.state_dict(), 1, H, bidirectional=True)
+    np.testing.assert_allclose(y, y_ref, **TOL[np.float32])
+    np.testing.assert_allclose(h_n, h_ref, **TOL[np.float32])
+    np.testing.assert_allclose(g.freeze()(x)[0], y, rtol=0, atol=1e-6)
+    assert calls["steps"] == 4
+
+
+@needs_amx
+def test_forward_on_tiles_leaves_nan_to_float32(rng, one_thread, monkeypatch):
+    # a NaN in the input reaches the state: the tiles decline and the float32 kernels give the
+    # result, NaN only where it belongs
+    T, B, I, H = 16, 32, 128, 32
+    g = ng.GRU(I, H, seed=2)
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    x[5, 3, 7] = np.nan
+    calls = _tile_calls(monkeypatch)
+    y, h_n = g(x)
+    assert calls["steps"] == 1
+    assert np.isnan(y[5:, 3]).all() and not np.isnan(np.delete(y, 3, axis=1)).any()
+    assert not np.isnan(y[:5]).any()
+    y_ref, _ = ref_gru(np.delete(x, 3, axis=1), g.state_dict(), 1, H)
+    np.testing.assert_allclose(np.delete(y, 3, axis=1), y_ref, **TOL[np.float32])
+
+
+def test_tile_rules(monkeypatch):
+    monkeypatch.setattr(dispatch, "amx_ready", lambda: True)
+    f4, f8 = np.dtype(np.float32), np.dtype(np.float64)
+    assert dispatch.amx_projection_wanted(512, 128, 1, f4, False)
+    assert not dispatch.amx_projection_wanted(511, 128, 1, f4, False)
+    assert not dispatch.amx_projection_wanted(512, 64, 1, f4, False)  # too few inputs to repay
+    assert not dispatch.amx_projection_wanted(4096, 256, 1, f8, False)
+    assert not dispatch.amx_projection_wanted(4096, 256, 1, f4, True)  # training: BLAS
+    assert not dispatch.amx_projection_wanted(4096, 256, 2, f4, False)
+    assert dispatch.amx_recurrence_wanted(16, 32, 32, 1, f4, True, 0, False)
+    assert not dispatch.amx_recurrence_wanted(16, 16, 256, 1, f4, True, 0, False)  # half a tile
+    assert not dispatch.amx_recurrence_wanted(8, 32, 256, 1, f4, True, 0, False)  # 256 rows in all
+    assert not dispatch.amx_recurrence_wanted(128, 64, 256, 1, f8, True, 0, False)
+    assert not dispatch.amx_recurrence_wanted(128, 64, 256, 1, np.dtype(np.uint16), True, 0, False)
+    assert not dispatch.amx_recurrence_wanted(128, 64, 256, 1, f4, False, 0, False)
+    assert not dispatch.amx_recurrence_wanted(128, 64, 256, 1, f4, True, 1, False)
+    assert not dispatch.amx_recurrence_wanted(128, 64, 256, 1, f4, True, 0, True)
+    assert not dispatch.amx_recurrence_wanted(128, 64, 256, 2, f4, True, 0, False)
+    monkeypatch.setattr(dispatch, "amx_ready", lambda: False)
+    assert not dispatch.amx_projection_wanted(4096, 256, 1, f4, False)
+    assert not dispatch.amx_recurrence_wanted(128, 64, 256, 1, f4, True, 0, False)
+
+
+def test_environment_turns_tiles_off(monkeypatch):
+    monkeypatch.setenv("NUMGRU_AMX", "0")
+    assert amx._ask_for_tiles() is False
