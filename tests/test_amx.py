@@ -136,8 +136,8 @@ def _tile_calls(monkeypatch):
 @pytest.mark.parametrize("layout", ["uni", "bi", "backwards"])
 @pytest.mark.parametrize("bias", [True, False])
 def test_forward_on_tiles_matches_reference(rng, one_thread, monkeypatch, layout, bias):
-    # T·B = 640 rows, B = 32, I = 130: the projection and the steps on tiles; two layers
-    T, B, I, H = 20, 32, 130, 48
+    # T·B = 1024 rows, B = 32, I = 130: the projection and the steps on tiles; two layers
+    T, B, I, H = 32, 32, 130, 48
     g = ng.GRU(I, H, 2, bias=bias, bidirectional=layout == "bi", go_backwards=layout == "backwards",
                seed=4)
     x = rng.standard_normal((T, B, I)).astype(np.float32)
@@ -166,7 +166,7 @@ def test_forward_on_tiles_with_the_projection_interleaved(rng, one_thread, monke
     # weights too
     monkeypatch.setattr(dispatch, "INTERLEAVE_MIN_BYTES", 0)
     monkeypatch.setattr(dispatch, "INTERLEAVE_CHUNK_BYTES", 3 * 32 * 3 * 40 * 4)
-    T, B, I, H = 17, 32, 24, 40
+    T, B, I, H = 35, 32, 24, 40
     g = ng.GRU(I, H, bidirectional=True, seed=1)
     x = rng.standard_normal((T, B, I)).astype(np.float32)
     assert dispatch.interleave_steps(T, B, 3 * H, I, 4) == 3
@@ -181,10 +181,27 @@ def test_forward_on_tiles_with_the_projection_interleaved(rng, one_thread, monke
 
 
 @needs_amx
+@pytest.mark.parametrize("B", [14, 16])
+def test_forward_on_tiles_sixteen_rows(rng, one_thread, monkeypatch, B):
+    # one tile of 16 rows (the rows past B zero), each piece's sums apart; H = 100 pads W_hh's
+    # pieces to 320 × 128
+    T, I, H = 32, 20, 100
+    g = ng.GRU(I, H, bidirectional=True, seed=5)
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    h0 = rng.standard_normal((2, B, H)).astype(np.float32)
+    calls = _tile_calls(monkeypatch)
+    y, h_n = g(x, h0)
+    assert calls["steps"] == 2
+    y_ref, h_ref = ref_gru(x, g.state_dict(), 1, H, bidirectional=True, h0=h0)
+    np.testing.assert_allclose(y, y_ref, **TOL[np.float32])
+    np.testing.assert_allclose(h_n, h_ref, **TOL[np.float32])
+
+
+@needs_amx
 def test_forward_on_tiles_leaves_nan_to_float32(rng, one_thread, monkeypatch):
     # a NaN in the input reaches the state: the tiles decline and the float32 kernels give the
     # result, NaN only where it belongs
-    T, B, I, H = 16, 32, 128, 32
+    T, B, I, H = 32, 32, 128, 32
     g = ng.GRU(I, H, seed=2)
     x = rng.standard_normal((T, B, I)).astype(np.float32)
     x[5, 3, 7] = np.nan
@@ -206,9 +223,13 @@ def test_tile_rules(monkeypatch):
     assert not dispatch.amx_projection_wanted(4096, 256, 1, f8, False)
     assert not dispatch.amx_projection_wanted(4096, 256, 1, f4, True)  # training: BLAS
     assert not dispatch.amx_projection_wanted(4096, 256, 2, f4, False)
-    assert dispatch.amx_recurrence_wanted(16, 32, 32, 1, f4, True, 0, False)
-    assert not dispatch.amx_recurrence_wanted(16, 16, 256, 1, f4, True, 0, False)  # half a tile
-    assert not dispatch.amx_recurrence_wanted(8, 32, 256, 1, f4, True, 0, False)  # 256 rows in all
+    assert dispatch.amx_recurrence_wanted(32, 24, 32, 1, f4, True, 0, False)
+    assert dispatch.amx_recurrence_wanted(128, 16, 256, 1, f4, True, 0, False)  # one tile of 16 rows
+    assert not dispatch.amx_recurrence_wanted(128, 16, 512, 1, f4, True, 0, False)  # pieces past L2
+    assert not dispatch.amx_recurrence_wanted(128, 16, 64, 1, f4, True, 0, False)
+    assert not dispatch.amx_recurrence_wanted(128, 8, 256, 1, f4, True, 0, False)
+    assert not dispatch.amx_recurrence_wanted(128, 20, 256, 1, f4, True, 0, False)
+    assert not dispatch.amx_recurrence_wanted(31, 64, 256, 1, f4, True, 0, False)  # packing unpaid
     assert not dispatch.amx_recurrence_wanted(128, 64, 256, 1, f8, True, 0, False)
     assert not dispatch.amx_recurrence_wanted(128, 64, 256, 1, np.dtype(np.uint16), True, 0, False)
     assert not dispatch.amx_recurrence_wanted(128, 64, 256, 1, f4, False, 0, False)

@@ -356,6 +356,40 @@ def amx_projection(x, Wv, N, bias, use_bias, out):
 
 
 # ---------------------------------------------------------------------------- the recurrence
+@inline
+def _sixteen_rows_product(A, Wv, acc3, Kp, Np):
+    """acc3[p] (16, Np) = piece p of A's 16 rows (rows Kp apart, pieces 16·Kp apart) times W's
+    pieces as the six products pair them (a₁ by w₁, w₂, w₃; a₂ by w₁, w₂; a₃ by w₁), for a batch of
+    up to 16 rows: each of W's tiles is loaded once and feeds every product it takes part in (the
+    pairing of :func:`_six` loads w₁'s tiles three times, and at 16 rows the step then waited on
+    L2). Tiles 0–2 sum, 3–5 hold a₁, a₂, a₃, 6–7 W's pieces."""
+    row = Kp * 2
+    step = Np * Kp
+    ma = 16 * Kp
+    for n0 in range(0, Np, 16):
+        w0 = (n0 // 16) * Kp * 16
+        tile_zero(0)
+        tile_zero(1)
+        tile_zero(2)
+        for k0 in range(0, Kp, 32):
+            tile_load(3, A, k0, row)
+            tile_load(4, A, ma + k0, row)
+            tile_load(5, A, 2 * ma + k0, row)
+            b = w0 + k0 * 16
+            tile_load(6, Wv, b, 64)
+            tile_dot(0, 3, 6)
+            tile_dot(1, 4, 6)
+            tile_dot(2, 5, 6)
+            tile_load(7, Wv, b + step, 64)
+            tile_dot(0, 3, 7)
+            tile_dot(1, 4, 7)
+            tile_load(6, Wv, b + 2 * step, 64)
+            tile_dot(0, 3, 6)
+        tile_store(0, acc3, n0, Np * 4)
+        tile_store(1, acc3, 16 * Np + n0, Np * 4)
+        tile_store(2, acc3, 32 * Np + n0, Np * 4)
+
+
 @kernel
 def gru_forward_amx(x2d, W_ih, Wp_ih, b_ih, use_bias, proj_panels, proj_dot, gx, Whv, b_hh, h0, reverse,
                     y, col0, h_n, steps):
@@ -382,7 +416,7 @@ def gru_forward_amx(x2d, W_ih, Wp_ih, b_ih, use_bias, proj_panels, proj_dot, gx,
     G = 3 * H
     Np = padded(G)
     Kp = padded(H)
-    Mp = padded(B)
+    Mp = 16 if B <= 16 else padded(B)
     if Whv.shape[0] != 3 * Np * Kp or h_n.shape[0] != B or h_n.shape[1] != H or y.shape[1] != B or \
             col0 + H > y.shape[2] or b_hh.shape[0] != G or gx.shape[1] != G or \
             gx.shape[0] < (T if steps == 0 else min(steps, T)) * B or \
@@ -393,6 +427,7 @@ def gru_forward_amx(x2d, W_ih, Wp_ih, b_ih, use_bias, proj_panels, proj_dot, gx,
     A = aligned_zeros(3 * Mp * Kp, np.uint16)
     A3 = A.reshape(3, Mp, Kp)
     acc = aligned_zeros(Mp * Np, np.float32).reshape(Mp, Np)
+    acc3 = aligned_zeros((3 * 16 * Np) if Mp == 16 else 0, np.float32).reshape(-1, 16, Np)
     h_a = h0.copy()
     h_b = np.empty_like(h0)
     cfg = aligned_zeros(64, np.uint8)
@@ -426,20 +461,30 @@ def gru_forward_amx(x2d, W_ih, Wp_ih, b_ih, use_bias, proj_panels, proj_dot, gx,
                     tile_release()
                     return False
                 _split_into(hc[i], H, A3[0, i], A3[1, i], A3[2, i])
-            for n0 in range(0, Np, 32):
-                w0 = (n0 // 16) * Kp * 16
-                for m0 in range(0, Mp, 32):
-                    tile_zero(0)
-                    tile_zero(1)
-                    tile_zero(2)
-                    tile_zero(3)
-                    for k0 in range(0, Kp, 32):
-                        _six(A, Whv, m0 * Kp, Mp * Kp, w0, Kp * 16, k0, Kp, Np)
-                    o = m0 * Np + n0
-                    tile_store(0, acc, o, Np * 4)
-                    tile_store(1, acc, o + 16, Np * 4)
-                    tile_store(2, acc, o + 16 * Np, Np * 4)
-                    tile_store(3, acc, o + 16 * Np + 16, Np * 4)
+            if Mp == 16:
+                _sixteen_rows_product(A, Whv, acc3, Kp, Np)
+                for i in range(B):  # the pieces' sums, largest first
+                    arow = acc[i]
+                    p0 = acc3[0, i]
+                    p1 = acc3[1, i]
+                    p2 = acc3[2, i]
+                    for j in range(G):
+                        arow[j] = p0[j] + (p1[j] + p2[j])
+            else:
+                for n0 in range(0, Np, 32):
+                    w0 = (n0 // 16) * Kp * 16
+                    for m0 in range(0, Mp, 32):
+                        tile_zero(0)
+                        tile_zero(1)
+                        tile_zero(2)
+                        tile_zero(3)
+                        for k0 in range(0, Kp, 32):
+                            _six(A, Whv, m0 * Kp, Mp * Kp, w0, Kp * 16, k0, Kp, Np)
+                        o = m0 * Np + n0
+                        tile_store(0, acc, o, Np * 4)
+                        tile_store(1, acc, o + 16, Np * 4)
+                        tile_store(2, acc, o + 16 * Np, Np * 4)
+                        tile_store(3, acc, o + 16 * Np + 16, Np * 4)
             rows_after_fast(g3, t, acc, b_hh, hc, hn, yc, col0, 0, 0, B)
             s += 1
         tile_release()

@@ -82,8 +82,11 @@ INTERLEAVE_CHUNK_BYTES = 3 << 17
 INTERLEAVE_MAX_WEIGHT_BYTES = 1 << 19
 AMX_MIN_ROWS = 512
 AMX_MIN_INPUTS = 128
-AMX_STEP_MIN_ROWS = 32
+AMX_STEP_MIN_ROWS = 24
 AMX_STEP_MIN_HIDDEN = 32
+AMX_STEP_MIN_STEPS = 32
+AMX_STEP_FEW_ROWS = (14, 16)
+AMX_STEP_FEW_ROWS_HIDDEN = (96, 288)
 
 
 def blas_vectors_wider():
@@ -490,15 +493,24 @@ def amx_project(x2d, W_ih, bias, use_bias, out):
 def amx_recurrence_wanted(T, B, H, threads, dtype, reset_after, gate_kind, use_clip):
     """Whether a serial inference forward of T steps over B rows (all running every step) multiplies
     each step's state by W_hh on AMX tiles (:func:`~numgru.kernels.amx.gru_forward_amx`), packing
-    W_hh on every call: float32 weights, reset_after with sigmoid gates and no clip, one thread, from
-    ``AMX_STEP_MIN_ROWS`` rows, ``AMX_STEP_MIN_HIDDEN`` units and ``AMX_MIN_ROWS`` rows over all
-    steps, where the CPU has AMX. Measured on the 2-vCPU Intel machine (Emerald Rapids), one thread,
-    the recurrence alone against the float32 kernel, packing included, T = 128: H = 256, B = 32 / 48
-    / 64 1.30× / 1.10× / 1.27×; H = 128, B = 32 / 64 1.26× / 1.27×; H = 64, B = 64 1.24×; T = 32,
-    B = 64, H = 1024 2.13×; but B = 16, H = 256 0.85× (half of each 32-row tile product wasted)."""
-    return (dtype == np.float32 and reset_after and gate_kind == 0 and not use_clip and threads == 1
-            and B >= AMX_STEP_MIN_ROWS and H >= AMX_STEP_MIN_HIDDEN and T * B >= AMX_MIN_ROWS
-            and amx_ready())
+    W_hh on every call: float32 weights, reset_after with sigmoid gates and no clip, one thread, at
+    least ``AMX_STEP_MIN_STEPS`` steps, where the CPU has AMX; from ``AMX_STEP_MIN_ROWS`` rows (tile
+    products of 32 rows) for H ≥ ``AMX_STEP_MIN_HIDDEN``, and for ``AMX_STEP_FEW_ROWS`` rows (one
+    tile of 16) where W_hh's pieces, 18·H² bytes, stay in L2 and the tiles' fixed cost is repaid
+    (H in ``AMX_STEP_FEW_ROWS_HIDDEN``). Measured on the 2-vCPU Intel machine (Emerald Rapids), one
+    thread, the recurrence alone against the float32 kernel, packing included: T = 128, H = 256, B =
+    16 / 32 / 48 / 64 1.26× / 1.30× / 1.10× / 1.27×; B = 8 / 4 0.78× / 0.52× (a tile of 16 rows
+    costs the same at any B); H = 128, B = 16 / 32 / 64 1.18× / 1.26× / 1.27×; H = 64, B = 16 / 64
+    1.00× / 1.24×; H = 48, B = 16 0.81×; T = 64, H = 256, B = 20 / 24 1.02× / 1.11×; H = 1024, B = 16 /
+    24 / 32 0.90× / 1.63× / 1.91×; B = 16, H = 384 / 512 0.80× / 0.74× (W_hh's pieces from L3)."""
+    if not (dtype == np.float32 and reset_after and gate_kind == 0 and not use_clip and threads == 1
+            and T >= AMX_STEP_MIN_STEPS and H >= AMX_STEP_MIN_HIDDEN):
+        return False
+    lo, hi = AMX_STEP_FEW_ROWS
+    h_lo, h_hi = AMX_STEP_FEW_ROWS_HIDDEN
+    if not (B >= AMX_STEP_MIN_ROWS or (lo <= B <= hi and h_lo <= H <= h_hi)):
+        return False
+    return amx_ready()
 
 
 def serial_projection_choice(N, I, threads, packed, training):
