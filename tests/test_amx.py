@@ -116,19 +116,21 @@ def test_projection_checks_its_shapes(rng):
 
 
 def _tile_calls(monkeypatch):
-    """Count the AMX forwards and projections the dispatch runs."""
-    calls = {"steps": 0, "projection": 0}
-    steps, proj = dispatch.gru_forward_amx, dispatch.amx_projection
+    """Count the AMX forwards and projections the dispatch runs (one thread and several)."""
+    calls = {}
 
-    def spy_steps(*args):
-        calls["steps"] += 1
-        return steps(*args)
+    def spy(name, key):
+        fn = getattr(dispatch, name)
 
-    def spy_proj(*args):
-        calls["projection"] += 1
-        return proj(*args)
-    monkeypatch.setattr(dispatch, "gru_forward_amx", spy_steps)
-    monkeypatch.setattr(dispatch, "amx_projection", spy_proj)
+        def counted(*args):
+            calls[key] += 1
+            return fn(*args)
+        calls[key] = 0
+        monkeypatch.setattr(dispatch, name, counted)
+    spy("gru_forward_amx", "steps")
+    spy("amx_projection", "projection")
+    spy("gru_forward_amx_rows", "rows")
+    spy("amx_projection_parallel", "projection_parallel")
     return calls
 
 
@@ -198,6 +200,29 @@ def test_forward_on_tiles_sixteen_rows(rng, one_thread, monkeypatch, B):
 
 
 @needs_amx
+@pytest.mark.parametrize("B", [64, 70])
+def test_forward_on_tiles_two_threads(rng, two_threads, monkeypatch, B):
+    # ranges of rows on each thread's tiles (70 rows: 48 and 22), the projection's rows split too
+    T, I, H = 32, 130, 48
+    g = ng.GRU(I, H, bidirectional=True, seed=6)
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    h0 = rng.standard_normal((2, B, H)).astype(np.float32)
+    calls = _tile_calls(monkeypatch)
+    y, h_n = g(x, h0)
+    assert calls["rows"] == 2 and calls["projection_parallel"] == 2
+    y_ref, h_ref = ref_gru(x, g.state_dict(), 1, H, bidirectional=True, h0=h0)
+    np.testing.assert_allclose(y, y_ref, **TOL[np.float32])
+    np.testing.assert_allclose(h_n, h_ref, **TOL[np.float32])
+    # a NaN: that call's tiles decline, the float32 routes give the rest exactly as before
+    x[4, 9, 0] = np.nan
+    y, _ = g(x, h0)
+    assert np.isnan(y[:, 9]).any() and not np.isnan(np.delete(y, 9, axis=1)).any()
+    y_ref, _ = ref_gru(np.delete(x, 9, axis=1), g.state_dict(), 1, H, bidirectional=True,
+                       h0=np.delete(h0, 9, axis=1))
+    np.testing.assert_allclose(np.delete(y, 9, axis=1), y_ref, **TOL[np.float32])
+
+
+@needs_amx
 def test_forward_on_tiles_leaves_nan_to_float32(rng, one_thread, monkeypatch):
     # a NaN in the input reaches the state: the tiles decline and the float32 kernels give the
     # result, NaN only where it belongs
@@ -222,7 +247,13 @@ def test_tile_rules(monkeypatch):
     assert not dispatch.amx_projection_wanted(512, 64, 1, f4, False)  # too few inputs to repay
     assert not dispatch.amx_projection_wanted(4096, 256, 1, f8, False)
     assert not dispatch.amx_projection_wanted(4096, 256, 1, f4, True)  # training: BLAS
-    assert not dispatch.amx_projection_wanted(4096, 256, 2, f4, False)
+    assert dispatch.amx_projection_wanted(1024, 256, 2, f4, False)  # two ranges of 512 rows
+    assert not dispatch.amx_projection_wanted(1023, 256, 2, f4, False)
+    assert dispatch.amx_rows_chunks(32, 64, 256, 2, f4, True, 0, False) == 2
+    assert dispatch.amx_rows_chunks(32, 63, 256, 2, f4, True, 0, False) == 0  # 31 rows a range
+    assert dispatch.amx_rows_chunks(32, 64, 256, 1, f4, True, 0, False) == 0
+    assert dispatch.amx_rows_chunks(32, 128, 256, 4, f4, True, 0, False) == 4
+    assert dispatch.amx_rows_chunks(32, 128, 256, 2, f4, False, 0, False) == 0
     assert dispatch.amx_recurrence_wanted(32, 24, 32, 1, f4, True, 0, False)
     assert dispatch.amx_recurrence_wanted(128, 16, 256, 1, f4, True, 0, False)  # one tile of 16 rows
     assert not dispatch.amx_recurrence_wanted(128, 16, 512, 1, f4, True, 0, False)  # pieces past L2

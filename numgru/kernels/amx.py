@@ -30,11 +30,11 @@ import platform
 
 import numpy as np
 from llvmlite import ir
-from numba import types
+from numba import prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ._jit import inline, kernel, wide_vectors
+from ._jit import inline, kernel, parallel_kernel, wide_vectors
 from .forward import input_projection_kernel, rows_after_fast
 from .panel import aligned_zeros, pack_panels
 
@@ -286,39 +286,36 @@ def _six(A, Wv, a0, ma, w0, nb, k0, Kp, Np):
         tile_dot(3, 5, 7)
 
 
-@kernel
-def amx_projection(x, Wv, N, bias, use_bias, out):
-    """out = x @ W.T (+ bias) on AMX tiles, from ``Wv = pack_amx(W)`` for W (N, K) float32.
-
-    x (R, K), out (R, N) C-contiguous float32, bias (N,) float32. Returns False, with out partly
-    written, where a row of x holds a value that :func:`_finite_below_limit` refuses: the caller
-    then computes the product in float32. The caller checks that the CPU runs AMX
-    (:func:`amx_ready`) and that Wv is W's packing (nonempty)."""
-    wide_vectors()
-    R, K = x.shape
-    Np = padded(N)
-    Kp = padded(K)
-    if Wv.shape[0] != 3 * Np * Kp or out.shape[0] != R or out.shape[1] != N or (use_bias and bias.shape[0] < N):
-        raise ValueError("amx_projection: shapes do not match")
-    MB = max(32, min(256, BLOCK_BYTES // (6 * Kp) // 32 * 32))
-    A = aligned_zeros(3 * MB * Kp, np.uint16)
-    A3 = A.reshape(3, MB, Kp)
-    biasp = aligned_zeros(Np, np.float32)
-    if use_bias:
-        for j in range(N):
-            biasp[j] = bias[j]
-    edge = aligned_zeros(32 * 32, np.float32)
+@inline
+def _tile_config():
+    """The tile configuration every kernel here loads (palette 1, 8 tiles of 16 rows × 64 bytes),
+    64 bytes, 64-byte aligned."""
     cfg = aligned_zeros(64, np.uint8)
-    cfg[0] = 1  # palette 1: 8 tiles of 16 rows × 64 bytes
+    cfg[0] = 1
     for t in range(8):
         cfg[16 + 2 * t] = 64
         cfg[48 + t] = 16
-    tile_config(cfg)
+    return cfg
+
+
+@inline
+def _project_rows(x, Wv, N, biasp, out, r0, r1):
+    """out[r0:r1] = x[r0:r1] @ W.T + biasp[:N] on tiles (:func:`amx_projection`'s work on a range of
+    rows, with its own scratch and tile configuration, so that threads may take ranges side by
+    side); False where a row holds a value the split refuses."""
+    K = x.shape[1]
+    Np = padded(N)
+    Kp = padded(K)
+    MB = max(32, min(256, BLOCK_BYTES // (6 * Kp) // 32 * 32))
+    A = aligned_zeros(3 * MB * Kp, np.uint16)
+    A3 = A.reshape(3, MB, Kp)
+    edge = aligned_zeros(32 * 32, np.float32)
+    tile_config(_tile_config())
     ok = True
-    for r0 in range(0, R, MB):
-        rows = min(MB, R - r0)
+    for q0 in range(r0, r1, MB):
+        rows = min(MB, r1 - q0)
         for i in range(rows):
-            xr = x[r0 + i]
+            xr = x[q0 + i]
             if not _finite_below_limit(xr.view(np.uint32), K):
                 ok = False
                 break
@@ -337,7 +334,7 @@ def amx_projection(x, Wv, N, bias, use_bias, out):
                 for k0 in range(0, Kp, 32):
                     _six(A, Wv, m0 * Kp, MB * Kp, w0, Kp * 16, k0, Kp, Np)
                 if m0 + 32 <= rows and n0 + 32 <= N:
-                    o = (r0 + m0) * N + n0
+                    o = (q0 + m0) * N + n0
                     tile_store(0, out, o, N * 4)
                     tile_store(1, out, o + 16, N * 4)
                     tile_store(2, out, o + 16 * N, N * 4)
@@ -348,14 +345,56 @@ def amx_projection(x, Wv, N, bias, use_bias, out):
                     tile_store(2, edge, 512, 128)
                     tile_store(3, edge, 528, 128)
                     for i in range(min(32, rows - m0)):
-                        orow = out[r0 + m0 + i]
+                        orow = out[q0 + m0 + i]
                         for j in range(min(32, N - n0)):
                             orow[n0 + j] = edge[i * 32 + j]
     tile_release()
     return ok
 
 
-# ---------------------------------------------------------------------------- the recurrence
+@inline
+def _projection_args(x, Wv, N, bias, use_bias, out):
+    """Check :func:`amx_projection`'s shapes; the bias padded to whole tiles (zeros without)."""
+    R, K = x.shape
+    if Wv.shape[0] != 3 * padded(N) * padded(K) or out.shape[0] != R or out.shape[1] != N or \
+            (use_bias and bias.shape[0] < N):
+        raise ValueError("amx_projection: shapes do not match")
+    biasp = aligned_zeros(padded(N), np.float32)
+    if use_bias:
+        for j in range(N):
+            biasp[j] = bias[j]
+    return biasp
+
+
+@kernel
+def amx_projection(x, Wv, N, bias, use_bias, out):
+    """out = x @ W.T (+ bias) on AMX tiles, from ``Wv = pack_amx(W)`` for W (N, K) float32.
+
+    x (R, K), out (R, N) C-contiguous float32, bias (N,) float32. Returns False, with out partly
+    written, where a row of x holds a value that :func:`_finite_below_limit` refuses: the caller
+    then computes the product in float32. The caller checks that the CPU runs AMX
+    (:func:`amx_ready`) and that Wv is W's packing (nonempty)."""
+    wide_vectors()
+    biasp = _projection_args(x, Wv, N, bias, use_bias, out)
+    return _project_rows(x, Wv, N, biasp, out, 0, x.shape[0])
+
+
+@parallel_kernel(name="amx_projection_parallel")
+def amx_projection_parallel(x, Wv, N, bias, use_bias, out, n_threads):
+    """:func:`amx_projection` on Numba's threads: ``n_threads`` ranges of rows (multiples of 32 but
+    the last), each on its own core's tiles."""
+    wide_vectors()
+    biasp = _projection_args(x, Wv, N, bias, use_bias, out)
+    R = x.shape[0]
+    per = max(32, (R + 32 * n_threads - 1) // (32 * n_threads) * 32)
+    nc = (R + per - 1) // per
+    ok = np.ones(nc, np.bool_)
+    for c in prange(nc):
+        wide_vectors()
+        ok[c] = _project_rows(x, Wv, N, biasp, out, c * per, min(R, (c + 1) * per))
+    return ok.all()
+
+
 @inline
 def _sixteen_rows_product(A, Wv, acc3, Kp, Np):
     """acc3[p] (16, Np) = piece p of A's 16 rows (rows Kp apart, pieces 16·Kp apart) times W's
@@ -390,6 +429,69 @@ def _sixteen_rows_product(A, Wv, acc3, Kp, Np):
         tile_store(2, acc3, 32 * Np + n0, Np * 4)
 
 
+@inline
+def _amx_steps(g3, t_first, n, reverse, Whv, b_hh, h_a, h_b, s, y, col0, b0, A, A3, acc, acc3):
+    """Steps t_first … t_first+n−1 of g3 (in reverse order when ``reverse``) for the state rows h_a /
+    h_b (nb rows, taking turns from global step s on), which are rows b0 … b0+nb−1 of g3 and y (y's
+    steps as g3's). Scratch A (pieces of the state), acc (sums), acc3 (each piece's sums, for 16-row
+    tiles) as :func:`gru_forward_amx` makes them. Returns the next global step, or −1 where a state
+    held a value the split refuses."""
+    nb, H = h_a.shape
+    G = 3 * H
+    Kp = A3.shape[2]
+    Mp = A3.shape[1]
+    Np = acc.shape[1]
+    tile_config(_tile_config())
+    for q in range(n):
+        t = t_first + (n - 1 - q if reverse else q)
+        hc = h_a if s % 2 == 0 else h_b
+        hn = h_b if s % 2 == 0 else h_a
+        for i in range(nb):
+            if not _finite_below_limit(hc[i].view(np.uint32), H):
+                tile_release()
+                return -1
+            _split_into(hc[i], H, A3[0, i], A3[1, i], A3[2, i])
+        if Mp == 16:
+            _sixteen_rows_product(A, Whv, acc3, Kp, Np)
+            for i in range(nb):  # the pieces' sums, largest first
+                arow = acc[i]
+                p0 = acc3[0, i]
+                p1 = acc3[1, i]
+                p2 = acc3[2, i]
+                for j in range(G):
+                    arow[j] = p0[j] + (p1[j] + p2[j])
+        else:
+            for n0 in range(0, Np, 32):
+                w0 = (n0 // 16) * Kp * 16
+                for m0 in range(0, Mp, 32):
+                    tile_zero(0)
+                    tile_zero(1)
+                    tile_zero(2)
+                    tile_zero(3)
+                    for k0 in range(0, Kp, 32):
+                        _six(A, Whv, m0 * Kp, Mp * Kp, w0, Kp * 16, k0, Kp, Np)
+                    o = m0 * Np + n0
+                    tile_store(0, acc, o, Np * 4)
+                    tile_store(1, acc, o + 16, Np * 4)
+                    tile_store(2, acc, o + 16 * Np, Np * 4)
+                    tile_store(3, acc, o + 16 * Np + 16, Np * 4)
+        rows_after_fast(g3, t, acc, b_hh, hc, hn, y, col0, b0, 0, nb)
+        s += 1
+    tile_release()
+    return s
+
+
+@inline
+def _amx_scratch(nb, H):
+    """:func:`_amx_steps`' scratch for nb state rows of H units: (A, A3, acc, acc3)."""
+    Np = padded(3 * H)
+    Kp = padded(H)
+    Mp = 16 if nb <= 16 else padded(nb)
+    A = aligned_zeros(3 * Mp * Kp, np.uint16)
+    acc3 = aligned_zeros((3 * 16 * Np) if Mp == 16 else 0, np.float32).reshape(-1, 16, Np)
+    return A, A.reshape(3, Mp, Kp), aligned_zeros(Mp * Np, np.float32).reshape(Mp, Np), acc3
+
+
 @kernel
 def gru_forward_amx(x2d, W_ih, Wp_ih, b_ih, use_bias, proj_panels, proj_dot, gx, Whv, b_hh, h0, reverse,
                     y, col0, h_n, steps):
@@ -404,7 +506,7 @@ def gru_forward_amx(x2d, W_ih, Wp_ih, b_ih, use_bias, proj_panels, proj_dot, gx,
     :func:`~numgru.kernels.forward.gru_forward_chunked`). All float32 and C-contiguous.
 
     Each step splits the state into its three pieces, multiplies them into a (B, 3H) block of sums
-    (padded to multiples of 32) and runs the forward's gate loop on it
+    (padded to 16 rows, or to a multiple of 32, and 32 columns) and runs the forward's gate loop on it
     (:func:`~numgru.kernels.forward.rows_after_fast`). The tiles are configured per chunk of steps and
     released before anything else runs. Returns False, with y and h_n partly written, where a state
     holds a value :func:`_finite_below_limit` refuses (NaN from the input, say): the caller then runs
@@ -414,27 +516,16 @@ def gru_forward_amx(x2d, W_ih, Wp_ih, b_ih, use_bias, proj_panels, proj_dot, gx,
     T = y.shape[0]
     B, H = h0.shape
     G = 3 * H
-    Np = padded(G)
-    Kp = padded(H)
-    Mp = 16 if B <= 16 else padded(B)
-    if Whv.shape[0] != 3 * Np * Kp or h_n.shape[0] != B or h_n.shape[1] != H or y.shape[1] != B or \
-            col0 + H > y.shape[2] or b_hh.shape[0] != G or gx.shape[1] != G or \
+    if Whv.shape[0] != 3 * padded(G) * padded(H) or h_n.shape[0] != B or h_n.shape[1] != H or \
+            y.shape[1] != B or col0 + H > y.shape[2] or b_hh.shape[0] != G or gx.shape[1] != G or \
             gx.shape[0] < (T if steps == 0 else min(steps, T)) * B or \
             (steps > 0 and (x2d.shape[0] != T * B or W_ih.shape[0] != G)):
         raise ValueError("gru_forward_amx: shapes do not match")
     if proj_panels and steps > 0 and Wp_ih.shape[0] == 0:
         Wp_ih = pack_panels(W_ih)
-    A = aligned_zeros(3 * Mp * Kp, np.uint16)
-    A3 = A.reshape(3, Mp, Kp)
-    acc = aligned_zeros(Mp * Np, np.float32).reshape(Mp, Np)
-    acc3 = aligned_zeros((3 * 16 * Np) if Mp == 16 else 0, np.float32).reshape(-1, 16, Np)
+    A, A3, acc, acc3 = _amx_scratch(B, H)
     h_a = h0.copy()
     h_b = np.empty_like(h0)
-    cfg = aligned_zeros(64, np.uint8)
-    cfg[0] = 1
-    for i in range(8):
-        cfg[16 + 2 * i] = 64
-        cfg[48 + i] = 16
     chunk = T if steps == 0 else steps
     nc = (T + chunk - 1) // chunk
     s = 0
@@ -447,46 +538,45 @@ def gru_forward_amx(x2d, W_ih, Wp_ih, b_ih, use_bias, proj_panels, proj_dot, gx,
             g = gx[:n * B]
             input_projection_kernel(x2d[t0 * B:t1 * B], W_ih, Wp_ih, b_ih, use_bias, g, proj_panels,
                                     proj_dot)
+            s = _amx_steps(g.reshape((n, B, G)), 0, n, reverse, Whv, b_hh, h_a, h_b, s, y[t0:t1], col0,
+                           0, A, A3, acc, acc3)
         else:
-            g = gx[t0 * B:t1 * B]
-        g3 = g.reshape((n, B, G))
-        yc = y[t0:t1]
-        tile_config(cfg)
-        for q in range(n):
-            t = n - 1 - q if reverse else q
-            hc = h_a if s % 2 == 0 else h_b
-            hn = h_b if s % 2 == 0 else h_a
-            for i in range(B):
-                if not _finite_below_limit(hc[i].view(np.uint32), H):
-                    tile_release()
-                    return False
-                _split_into(hc[i], H, A3[0, i], A3[1, i], A3[2, i])
-            if Mp == 16:
-                _sixteen_rows_product(A, Whv, acc3, Kp, Np)
-                for i in range(B):  # the pieces' sums, largest first
-                    arow = acc[i]
-                    p0 = acc3[0, i]
-                    p1 = acc3[1, i]
-                    p2 = acc3[2, i]
-                    for j in range(G):
-                        arow[j] = p0[j] + (p1[j] + p2[j])
-            else:
-                for n0 in range(0, Np, 32):
-                    w0 = (n0 // 16) * Kp * 16
-                    for m0 in range(0, Mp, 32):
-                        tile_zero(0)
-                        tile_zero(1)
-                        tile_zero(2)
-                        tile_zero(3)
-                        for k0 in range(0, Kp, 32):
-                            _six(A, Whv, m0 * Kp, Mp * Kp, w0, Kp * 16, k0, Kp, Np)
-                        o = m0 * Np + n0
-                        tile_store(0, acc, o, Np * 4)
-                        tile_store(1, acc, o + 16, Np * 4)
-                        tile_store(2, acc, o + 16 * Np, Np * 4)
-                        tile_store(3, acc, o + 16 * Np + 16, Np * 4)
-            rows_after_fast(g3, t, acc, b_hh, hc, hn, yc, col0, 0, 0, B)
-            s += 1
-        tile_release()
+            s = _amx_steps(gx[:T * B].reshape((T, B, G)), t0, n, reverse, Whv, b_hh, h_a, h_b, s, y,
+                           col0, 0, A, A3, acc, acc3)
+        if s < 0:
+            return False
     h_n[:] = h_a if s % 2 == 0 else h_b
     return True
+
+
+@parallel_kernel(name="gru_forward_amx_rows")
+def gru_forward_amx_rows(gx, Whv, b_hh, h0, reverse, y, col0, h_n, n_chunks):
+    """:func:`gru_forward_amx` with ``steps`` 0 on Numba's threads: the B rows in ``n_chunks`` ranges
+    (multiples of 16 but the last), each running the whole sequence on its own core's tiles (rows of a
+    GRU never interact, as on the rows route). gx (T·B, 3H) holds the projection. Returns False
+    where any range met a value the split refuses."""
+    wide_vectors()
+    T = y.shape[0]
+    B, H = h0.shape
+    G = 3 * H
+    if Whv.shape[0] != 3 * padded(G) * padded(H) or h_n.shape[0] != B or h_n.shape[1] != H or \
+            y.shape[1] != B or col0 + H > y.shape[2] or b_hh.shape[0] != G or gx.shape[1] != G or \
+            gx.shape[0] < T * B:
+        raise ValueError("gru_forward_amx_rows: shapes do not match")
+    per = (B + 16 * n_chunks - 1) // (16 * n_chunks) * 16
+    nc = (B + per - 1) // per
+    g3 = gx[:T * B].reshape((T, B, G))
+    ok = np.ones(nc, np.bool_)
+    for c in prange(nc):
+        wide_vectors()
+        b0 = c * per
+        b1 = min(B, b0 + per)
+        A, A3, acc, acc3 = _amx_scratch(b1 - b0, H)
+        h_a = h0[b0:b1].copy()
+        h_b = np.empty_like(h_a)
+        s = _amx_steps(g3, 0, T, reverse, Whv, b_hh, h_a, h_b, 0, y, col0, b0, A, A3, acc, acc3)
+        if s < 0:
+            ok[c] = False
+        else:
+            h_n[b0:b1] = h_a if s % 2 == 0 else h_b
+    return ok.all()

@@ -38,7 +38,8 @@ import threading
 import numba
 import numpy as np
 
-from .amx import amx_projection, amx_ready, gru_forward_amx, pack_amx
+from .amx import (amx_projection, amx_projection_parallel, amx_ready, gru_forward_amx,
+                  gru_forward_amx_rows, pack_amx)
 from .backward import gru_backward_serial
 from .forward import (gru_forward_chunked, gru_forward_cols, gru_forward_parallel, gru_forward_rows,
                       gru_forward_serial, input_projection_kernel, input_projection_parallel, row_chunks,
@@ -87,6 +88,7 @@ AMX_STEP_MIN_HIDDEN = 32
 AMX_STEP_MIN_STEPS = 32
 AMX_STEP_FEW_ROWS = (14, 16)
 AMX_STEP_FEW_ROWS_HIDDEN = (96, 288)
+AMX_ROWS_PER_THREAD = 32
 
 
 def blas_vectors_wider():
@@ -452,7 +454,7 @@ def input_projection(x2d, W_ih, b_ih, numba_threads=False, valid=None, training=
     I = x2d.shape[1]
     threads = thread_count()
     if amx_projection_wanted(N, I, threads, W_ih.dtype, training) and \
-            amx_project(x2d, W_ih, bias, b_ih is not None, gx):
+            amx_project(x2d, W_ih, bias, b_ih is not None, gx, threads):
         return gx
     Wp = empty_array(W_ih.dtype, 3) if packed is None else packed
     if numba_threads:
@@ -469,25 +471,47 @@ def input_projection(x2d, W_ih, b_ih, numba_threads=False, valid=None, training=
 def amx_projection_wanted(N, I, threads, dtype, training):
     """Whether the input projection of N rows with I inputs runs on AMX tiles
     (:mod:`~numgru.kernels.amx`, to float32 accuracy), packing W_ih there on every call: float32
-    inference on one thread, from ``AMX_MIN_ROWS`` rows and ``AMX_MIN_INPUTS`` inputs, where the CPU
-    has AMX (:func:`~numgru.kernels.amx.amx_ready`). Measured on the 2-vCPU Intel machine (Emerald
-    Rapids), one thread, 3I outputs, against the float32 route (panels or OpenBLAS), the packing
-    included: I = 256, N = 512 / 1024 / 8192 1.20× / 1.32× / 1.43×; I = 1024, N = 512 / 2048 1.11× /
-    1.36×; I = 128, N = 8192 1.39×; but I = 64, N = 8192 0.97× (two blocks of 32 inputs a tile
-    product, too few to repay splitting x)."""
-    return (dtype == np.float32 and not training and threads == 1 and N >= AMX_MIN_ROWS
+    inference from ``AMX_MIN_ROWS`` rows per thread and ``AMX_MIN_INPUTS`` inputs, where the CPU
+    has AMX (:func:`~numgru.kernels.amx.amx_ready`); several threads take ranges of rows
+    (:func:`amx_project`). Measured on the 2-vCPU Intel machine (Emerald Rapids), one thread, 3I
+    outputs, against the float32 route (panels or OpenBLAS), the packing included: I = 256, N = 512
+    / 1024 / 8192 1.20× / 1.32× / 1.43×; I = 1024, N = 512 / 2048 1.11× / 1.36×; I = 128, N = 8192
+    1.39×; but I = 64, N = 8192 0.97× (two blocks of 32 inputs a tile product, too few to repay
+    splitting x). Two threads, N = 8192, I = 256 / 64: 5.9 / 0.50 ms against the float32 route's
+    10.7 / 0.67 (Numba's threads on panels)."""
+    return (dtype == np.float32 and not training and N >= AMX_MIN_ROWS * threads
             and I >= AMX_MIN_INPUTS and amx_ready())
 
 
-def amx_project(x2d, W_ih, bias, use_bias, out):
-    """out = x2d @ W_ih.T (+ bias) on AMX tiles, W_ih packed here (:func:`~numgru.kernels.amx.pack_amx`).
-    x2d (N, I) and out (N, M) C-contiguous float32. False, with out partly written, where x2d or W_ih
-    holds a value the tiles cannot take to float32 accuracy (NaN, ±Inf, beyond 3e38): the caller
-    then takes its float32 route, which writes all of out."""
+def amx_project(x2d, W_ih, bias, use_bias, out, threads=1):
+    """out = x2d @ W_ih.T (+ bias) on AMX tiles, W_ih packed here (:func:`~numgru.kernels.amx.pack_amx`),
+    on Numba's threads where ``threads`` > 1 and the parallel slot is free. x2d (N, I) and out (N, M)
+    C-contiguous float32. False, with out partly written, where x2d or W_ih holds a value the tiles
+    cannot take to float32 accuracy (NaN, ±Inf, beyond 3e38): the caller then takes its float32
+    route, which writes all of out."""
     Wv = pack_amx(W_ih)
     if Wv.shape[0] == 0:
         return False
+    if threads > 1:
+        with parallel_slot(True) as par:
+            if par:
+                return amx_projection_parallel(x2d, Wv, W_ih.shape[0], bias, use_bias, out, threads)
     return amx_projection(x2d, Wv, W_ih.shape[0], bias, use_bias, out)
+
+
+def amx_rows_chunks(T, B, H, threads, dtype, reset_after, gate_kind, use_clip):
+    """How many ranges of rows an inference forward on several threads splits its batch into, each
+    running every step on its own core's AMX tiles (:func:`~numgru.kernels.amx.gru_forward_amx_rows`),
+    or 0 for the other routes: where :func:`amx_recurrence_wanted` holds but for the thread count,
+    with at least ``AMX_ROWS_PER_THREAD`` rows per range and two ranges. Two threads, T = 128, B = 64,
+    the recurrence alone: H = 64 / 256 / 1024 0.82 / 10.1 / 103 ms against one thread's tiles' 1.58 /
+    16.3 / 182 (the float32 routes on two threads: whole forwards 1.8 / 23 / 407 ms in the
+    benchmark)."""
+    chunks = min(threads, B // AMX_ROWS_PER_THREAD)
+    if threads < 2 or chunks < 2 or \
+            not amx_recurrence_wanted(T, B, H, 1, dtype, reset_after, gate_kind, use_clip):
+        return 0
+    return chunks
 
 
 def amx_recurrence_wanted(T, B, H, threads, dtype, reset_after, gate_kind, use_clip):
@@ -661,6 +685,9 @@ def gru_direction_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gat
     if packed is None:
         empty = empty_array(W_hh.dtype, 3)
         packed = (empty, empty)
+    if not store and threads > 1 and _amx_rows_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after,
+                                                       gate_kind, clip, y, col0, h_n, threads):
+        return None
     if serial_forward(B, threads, route):
         # the serial kernel, without the parallel slot (a small call's Python time shows: T = 1,
         # B = 1, H = 8 forward 12.1 µs)
@@ -688,6 +715,25 @@ def gru_direction_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gat
     return tape if store else None
 
 
+def _amx_rows_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gate_kind, clip, y, col0, h_n,
+                      threads):
+    """:func:`gru_direction_forward` by ranges of rows on AMX tiles where :func:`amx_rows_chunks` says
+    so, every row running all T steps and the parallel slot free; False otherwise (and where the
+    tiles refused a value), the other routes then run."""
+    T, B, G = gx.shape
+    chunks = amx_rows_chunks(T, B, G // 3, threads, W_hh.dtype, reset_after, gate_kind, clip is not None)
+    if not chunks or lengths.min() < T or gx.dtype != np.float32:
+        return False
+    Whv = pack_amx(W_hh)
+    if Whv.shape[0] == 0:
+        return False
+    with parallel_slot(True) as par:
+        if par:
+            return gru_forward_amx_rows(gx.reshape(T * B, G), Whv, b_hh, h0, bool(reverse), y, int(col0),
+                                        h_n, chunks)
+    return False
+
+
 def serial_forward(B, threads, route):
     """Whether a layer's inference forward of B rows on ``route`` (from :func:`forward_route`) runs
     on the serial kernels (:func:`gru_direction_forward`'s first branch, and the projection outside
@@ -706,7 +752,8 @@ def serial_direction_plan(W_ih, b_ih, W_hh, b_hh, packed_ih, packed_hh, T, B, th
     dtype = W_ih.dtype  # gx's (W_hh may be a quantized model's bfloat16 copy)
     empty = empty_array(dtype, 3)
     steps = interleave_steps(T, B, W_ih.shape[0], W_ih.shape[1], dtype.itemsize)
-    amx = not steps and amx_projection_wanted(T * B, W_ih.shape[1], threads, dtype, False)
+    amx = threads if not steps and amx_projection_wanted(T * B, W_ih.shape[1], threads, dtype,
+                                                         False) else 0
     panels, dot = serial_projection_choice((steps or T) * B, W_ih.shape[1], threads,
                                            packed_ih is not None, False)
     projection = (W_ih, empty if packed_ih is None else packed_ih,
@@ -761,7 +808,7 @@ def run_serial_direction(plan, x2d, gx, h0, y, col0, h_n):
     weights, scalars, rest = recurrence
     panels, dot, amx = flags
     W_ih, Wp, bias, use_bias = projection
-    if not (amx and amx_project(x2d, W_ih, bias, use_bias, gx)):
+    if not (amx and amx_project(x2d, W_ih, bias, use_bias, gx, amx)):
         input_projection_kernel(x2d, W_ih, Wp, bias, use_bias, gx, panels, dot)
     T = y.shape[0]
     gru_forward_serial(gx.reshape(T, gx.shape[0] // T, gx.shape[1]), *weights, h0, *scalars, y, col0,
