@@ -32,7 +32,8 @@ def main(path, points=POINTS):
                           for p in peers]
             print("| " + " | ".join(cells) + " |")
     print(f"\nCPU: {data['cpu']} ({data['cpu_count']} vCPUs); BLAS: {'; '.join(data['blas'])}; "
-          f"env: {data['env'] or 'OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE unset'}")
+          f"env: {data['env'] or 'OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE unset'}"
+          + (f"; AMX: {data['amx']}" if "amx" in data else ""))
 
 
 if __name__ == "__main__":

@@ -60,6 +60,14 @@ def pinned_threads(n):
             torch.set_num_threads(old_torch)
 
 
+def amx_state():
+    """Whether numgru's float32 products may run on AMX tiles here (:mod:`numgru.kernels.amx`)."""
+    from .kernels.amx import amx_ready
+    if os.environ.get("NUMGRU_AMX", "1") == "0":
+        return "off (NUMGRU_AMX=0)"
+    return "on (float32 products on AMX tiles where they pay)" if amx_ready() else "not available"
+
+
 def blas_info():
     try:
         import scipy.linalg.cython_blas  # noqa: F401
@@ -418,6 +426,8 @@ def main(args):
         print(f"BLAS   {line}")
     env = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if k in os.environ}
     print(f"env    {env or 'OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE unset'}")
+    amx = amx_state()
+    print(f"AMX    {amx}")
     print(f"peers  {', '.join(peers) or 'none installed (pip install numgru[bench])'}")
     t0 = time.perf_counter()
     ng.GRU(4, 4, seed=0)(np.zeros((2, 1, 4), np.float32))
@@ -453,7 +463,8 @@ def main(args):
         print("\none step from Python (µs; B rows, I = H; xpeer = peer time / stream time):")
         print(format_step_table(step_rows, peers))
     result = {"numgru": ng.__version__, "cpu": _cpu_name(), "cpu_count": os.cpu_count(),
-              "python": platform.python_version(), "blas": blas_info(), "env": env, "peers": peers,
+              "python": platform.python_version(), "blas": blas_info(), "env": env, "amx": amx,
+              "peers": peers,
               "rows": rows, "steps": step_rows}
     if args.json:
         with open(args.json, "w") as f:

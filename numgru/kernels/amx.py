@@ -549,7 +549,7 @@ def gru_forward_amx(x2d, W_ih, Wp_ih, b_ih, use_bias, proj_panels, proj_dot, gx,
     return True
 
 
-@parallel_kernel(name="gru_forward_amx_rows")
+@parallel_kernel(name="gru_forward_amx_rows_parallel")
 def gru_forward_amx_rows(gx, Whv, b_hh, h0, reverse, y, col0, h_n, n_chunks):
     """:func:`gru_forward_amx` with ``steps`` 0 on Numba's threads: the B rows in ``n_chunks`` ranges
     (multiples of 16 but the last), each running the whole sequence on its own core's tiles (rows of a
