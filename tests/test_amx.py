@@ -203,7 +203,7 @@ def test_forward_on_tiles_sixteen_rows(rng, one_thread, monkeypatch, B):
 @pytest.mark.parametrize("B", [64, 70])
 def test_forward_on_tiles_two_threads(rng, two_threads, monkeypatch, B):
     # ranges of rows on each thread's tiles (70 rows: 48 and 22), the projection's rows split too
-    T, I, H = 32, 130, 48
+    T, I, H = 32, 130, 128
     g = ng.GRU(I, H, bidirectional=True, seed=6)
     x = rng.standard_normal((T, B, I)).astype(np.float32)
     h0 = rng.standard_normal((2, B, H)).astype(np.float32)
@@ -254,6 +254,7 @@ def test_tile_rules(monkeypatch):
     assert dispatch.amx_rows_chunks(32, 64, 256, 1, f4, True, 0, False) == 0
     assert dispatch.amx_rows_chunks(32, 128, 256, 4, f4, True, 0, False) == 4
     assert dispatch.amx_rows_chunks(32, 128, 256, 2, f4, False, 0, False) == 0
+    assert dispatch.amx_rows_chunks(32, 128, 64, 2, f4, True, 0, False) == 0  # the rows route as fast
     assert dispatch.amx_recurrence_wanted(32, 24, 32, 1, f4, True, 0, False)
     assert dispatch.amx_recurrence_wanted(128, 16, 256, 1, f4, True, 0, False)  # one tile of 16 rows
     assert not dispatch.amx_recurrence_wanted(128, 16, 512, 1, f4, True, 0, False)  # pieces past L2

@@ -89,6 +89,7 @@ AMX_STEP_MIN_STEPS = 32
 AMX_STEP_FEW_ROWS = (14, 16)
 AMX_STEP_FEW_ROWS_HIDDEN = (96, 288)
 AMX_ROWS_PER_THREAD = 32
+AMX_ROWS_MIN_HIDDEN = 128
 
 
 def blas_vectors_wider():
@@ -503,12 +504,13 @@ def amx_rows_chunks(T, B, H, threads, dtype, reset_after, gate_kind, use_clip):
     """How many ranges of rows an inference forward on several threads splits its batch into, each
     running every step on its own core's AMX tiles (:func:`~numgru.kernels.amx.gru_forward_amx_rows`),
     or 0 for the other routes: where :func:`amx_recurrence_wanted` holds but for the thread count,
-    with at least ``AMX_ROWS_PER_THREAD`` rows per range and two ranges. Two threads, T = 128, B = 64,
-    the recurrence alone: H = 64 / 256 / 1024 0.82 / 10.1 / 103 ms against one thread's tiles' 1.58 /
-    16.3 / 182 (the float32 routes on two threads: whole forwards 1.8 / 23 / 407 ms in the
-    benchmark)."""
+    with at least ``AMX_ROWS_PER_THREAD`` rows per range, two ranges and ``AMX_ROWS_MIN_HIDDEN``
+    units. Two threads, T = 128, B = 64, the recurrence alone: H = 64 / 256 / 1024 0.82 / 10.1 / 103 ms
+    against one thread's tiles' 1.58 / 16.3 / 182; whole forwards against the float32 routes on two
+    threads: H = 256 1.25×, H = 128 1.12× (T = 32), but H = 64 0.97–1.04× (the rows route on packed
+    panels runs as fast; 0.60× in one benchmark run, with the peers' pools on the other core)."""
     chunks = min(threads, B // AMX_ROWS_PER_THREAD)
-    if threads < 2 or chunks < 2 or \
+    if threads < 2 or chunks < 2 or H < AMX_ROWS_MIN_HIDDEN or \
             not amx_recurrence_wanted(T, B, H, 1, dtype, reset_after, gate_kind, use_clip):
         return 0
     return chunks
