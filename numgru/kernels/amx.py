@@ -1,4 +1,4 @@
-"""Float32 matrix products on Intel AMX tiles, to float32 accuracy: the input projection's GEMM.
+"""Float32 products on Intel AMX tiles, to float32 accuracy: the input projection and the recurrence.
 
 Intel's Advanced Matrix Extensions (Sapphire Rapids and later Xeons) multiply bfloat16 tiles into
 float32 tiles: one ``TDPBF16PS`` takes a 16 × 32 tile of A and a 32 × 16 tile of B into a 16 × 16
@@ -492,6 +492,17 @@ def _amx_scratch(nb, H):
     return A, A.reshape(3, Mp, Kp), aligned_zeros(Mp * Np, np.float32).reshape(Mp, Np), acc3
 
 
+@inline
+def _steps_shapes_ok(gx, Whv, b_hh, h0, y, col0, h_n, gx_rows):
+    """The shapes the AMX recurrences read (raw pointers past this check): Whv W_hh's packing for
+    h0's H, h_n like h0, y's rows and columns, b_hh and gx of 3H columns, gx at least gx_rows rows."""
+    B, H = h0.shape
+    G = 3 * H
+    return (Whv.shape[0] == 3 * padded(G) * padded(H) and h_n.shape[0] == B and h_n.shape[1] == H
+            and y.shape[1] == B and 0 <= col0 and col0 + H <= y.shape[2] and b_hh.shape[0] == G
+            and gx.shape[1] == G and gx.shape[0] >= gx_rows)
+
+
 @kernel
 def gru_forward_amx(x2d, W_ih, Wp_ih, b_ih, use_bias, proj_panels, proj_dot, gx, Whv, b_hh, h0, reverse,
                     y, col0, h_n, steps):
@@ -516,10 +527,8 @@ def gru_forward_amx(x2d, W_ih, Wp_ih, b_ih, use_bias, proj_panels, proj_dot, gx,
     T = y.shape[0]
     B, H = h0.shape
     G = 3 * H
-    if Whv.shape[0] != 3 * padded(G) * padded(H) or h_n.shape[0] != B or h_n.shape[1] != H or \
-            y.shape[1] != B or col0 + H > y.shape[2] or b_hh.shape[0] != G or gx.shape[1] != G or \
-            gx.shape[0] < (T if steps == 0 else min(steps, T)) * B or \
-            (steps > 0 and (x2d.shape[0] != T * B or W_ih.shape[0] != G)):
+    if not _steps_shapes_ok(gx, Whv, b_hh, h0, y, col0, h_n, (T if steps == 0 else min(steps, T)) * B) \
+            or (steps > 0 and (x2d.shape[0] != T * B or W_ih.shape[0] != G)):
         raise ValueError("gru_forward_amx: shapes do not match")
     if proj_panels and steps > 0 and Wp_ih.shape[0] == 0:
         Wp_ih = pack_panels(W_ih)
@@ -559,9 +568,7 @@ def gru_forward_amx_rows(gx, Whv, b_hh, h0, reverse, y, col0, h_n, n_chunks):
     T = y.shape[0]
     B, H = h0.shape
     G = 3 * H
-    if Whv.shape[0] != 3 * padded(G) * padded(H) or h_n.shape[0] != B or h_n.shape[1] != H or \
-            y.shape[1] != B or col0 + H > y.shape[2] or b_hh.shape[0] != G or gx.shape[1] != G or \
-            gx.shape[0] < T * B:
+    if not _steps_shapes_ok(gx, Whv, b_hh, h0, y, col0, h_n, T * B):
         raise ValueError("gru_forward_amx_rows: shapes do not match")
     per = (B + 16 * n_chunks - 1) // (16 * n_chunks) * 16
     nc = (B + per - 1) // per
