@@ -724,16 +724,14 @@ def _amx_rows_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gate_ki
     tiles refused a value), the other routes then run."""
     T, B, G = gx.shape
     chunks = amx_rows_chunks(T, B, G // 3, threads, W_hh.dtype, reset_after, gate_kind, clip is not None)
-    if not chunks or lengths.min() < T or gx.dtype != np.float32:
-        return False
-    Whv = pack_amx(W_hh)
-    if Whv.shape[0] == 0:
+    if not chunks or lengths.min() < T:
         return False
     with parallel_slot(True) as par:
-        if par:
-            return gru_forward_amx_rows(gx.reshape(T * B, G), Whv, b_hh, h0, bool(reverse), y, int(col0),
-                                        h_n, chunks)
-    return False
+        if not par:
+            return False
+        Whv = pack_amx(W_hh)  # (only once the slot is had: a caller without it packs nothing)
+        return Whv.shape[0] > 0 and gru_forward_amx_rows(gx.reshape(T * B, G), Whv, b_hh, h0, bool(reverse),
+                                                         y, int(col0), h_n, chunks)
 
 
 def serial_forward(B, threads, route):
@@ -809,9 +807,7 @@ def run_serial_direction(plan, x2d, gx, h0, y, col0, h_n):
         return
     weights, scalars, rest = recurrence
     panels, dot, amx = flags
-    W_ih, Wp, bias, use_bias = projection
-    if not (amx and amx_project(x2d, W_ih, bias, use_bias, gx, amx)):
-        input_projection_kernel(x2d, W_ih, Wp, bias, use_bias, gx, panels, dot)
+    _planned_projection(x2d, (*projection, panels, dot), amx, gx)
     T = y.shape[0]
     gru_forward_serial(gx.reshape(T, gx.shape[0] // T, gx.shape[1]), *weights, h0, *scalars, y, col0,
                        h_n, *rest)
@@ -827,10 +823,17 @@ def _run_amx_direction(amx_steps, x2d, gx, h0, y, col0, h_n):
     if Whv.shape[0] == 0:
         return False
     if not steps:
-        W_ih, Wp, bias, use_bias, panels, dot = projection
-        if not (amx_projection and amx_project(x2d, W_ih, bias, use_bias, gx)):
-            input_projection_kernel(x2d, W_ih, Wp, bias, use_bias, gx, panels, dot)
+        _planned_projection(x2d, projection, amx_projection, gx)
     return gru_forward_amx(x2d, *projection, gx, Whv, b_hh, h0, reverse, y, col0, h_n, steps)
+
+
+def _planned_projection(x2d, projection, amx, gx):
+    """gx = the whole input projection of a plan: ``projection`` (W_ih, Wp, bias, use_bias, panels,
+    dot) as :func:`~numgru.kernels.forward.input_projection_kernel` takes it, on AMX tiles first
+    where ``amx`` (the thread count to take them with, 0 for none) and they take x2d."""
+    W_ih, Wp, bias, use_bias, panels, dot = projection
+    if not (amx and amx_project(x2d, W_ih, bias, use_bias, gx, amx)):
+        input_projection_kernel(x2d, W_ih, Wp, bias, use_bias, gx, panels, dot)
 
 
 _WORKSPACE = threading.local()
