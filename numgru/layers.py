@@ -20,7 +20,7 @@ from .kernels.dispatch import (aligned, batch_order, forward_route, gate_scalars
                                empty_array, gru_direction_forward, input_projection, no_step_panels,
                                packed_step, run_serial_direction, run_step, serial_direction_plan,
                                serial_forward, serial_tiled_max, step_columns, step_columns_workspace,
-                               thread_count, valid_steps, workspace)
+                               thread_count, valid_steps, weight_gradient, workspace)
 from .kernels.backward import matmul_into
 from .kernels.bf16 import from_bfloat16, to_bfloat16
 from .kernels.step import gru_step, step_panels
@@ -769,9 +769,9 @@ class GRU(_Params):
                 dW_ih = np.empty(W_ih.shape, self.dtype)
                 dW_hh = np.empty((3 * H, H), self.dtype)
                 if T * B:
-                    matmul_into(dgx2.T, x2d, dW_ih, False)
+                    weight_gradient(dgx2, x2d, dW_ih)
                     if self.reset_after:
-                        matmul_into(dgh2.T, hp2, dW_hh, False)
+                        weight_gradient(dgh2, hp2, dW_hh)
                     else:
                         dW_hh[: 2 * H] = _matmul(dgh2[:, : 2 * H].T, hp2)
                         dW_hh[2 * H:] = _matmul(dgh2[:, 2 * H:].T, rhprev.reshape(T * B, H))

@@ -131,6 +131,9 @@ def _tile_calls(monkeypatch):
     spy("amx_projection", "projection")
     spy("gru_forward_amx_rows", "rows")
     spy("amx_projection_parallel", "projection_parallel")
+    spy("gru_backward_amx", "backward")
+    spy("amx_gradient", "gradient")
+    spy("amx_gradient_parallel", "gradient_parallel")
     return calls
 
 
@@ -246,7 +249,9 @@ def test_tile_rules(monkeypatch):
     assert not dispatch.amx_projection_wanted(511, 128, 1, f4, False)
     assert not dispatch.amx_projection_wanted(512, 64, 1, f4, False)  # too few inputs to repay
     assert not dispatch.amx_projection_wanted(4096, 256, 1, f8, False)
-    assert not dispatch.amx_projection_wanted(4096, 256, 1, f4, True)  # training: BLAS
+    assert dispatch.amx_projection_wanted(4096, 256, 1, f4, True)
+    assert dispatch.amx_projection_wanted(512, 256, 2, f4, True)  # training: whatever the threads
+    assert not dispatch.amx_projection_wanted(511, 256, 1, f4, True)
     assert dispatch.amx_projection_wanted(1024, 256, 2, f4, False)  # two ranges of 512 rows
     assert not dispatch.amx_projection_wanted(1023, 256, 2, f4, False)
     assert dispatch.amx_rows_chunks(32, 64, 256, 2, f4, True, 0, False) == 2
@@ -268,11 +273,162 @@ def test_tile_rules(monkeypatch):
     assert not dispatch.amx_recurrence_wanted(128, 64, 256, 1, f4, True, 1, False)
     assert not dispatch.amx_recurrence_wanted(128, 64, 256, 1, f4, True, 0, True)
     assert not dispatch.amx_recurrence_wanted(128, 64, 256, 2, f4, True, 0, False)
+    assert dispatch.amx_gradient_wanted(512, 768, 256, f4)
+    assert dispatch.amx_gradient_wanted(8192, 384, 128, f4)
+    assert not dispatch.amx_gradient_wanted(511, 768, 256, f4)
+    assert not dispatch.amx_gradient_wanted(8192, 192, 64, f4)  # too small to repay the split
+    assert not dispatch.amx_gradient_wanted(8192, 3072, 1024, f4)  # the sums past L2
+    assert not dispatch.amx_gradient_wanted(8192, 768, 256, f8)
     monkeypatch.setattr(dispatch, "amx_ready", lambda: False)
     assert not dispatch.amx_projection_wanted(4096, 256, 1, f4, False)
+    assert not dispatch.amx_gradient_wanted(8192, 768, 256, f4)
     assert not dispatch.amx_recurrence_wanted(128, 64, 256, 1, f4, True, 0, False)
 
 
 def test_environment_turns_tiles_off(monkeypatch):
     monkeypatch.setenv("NUMGRU_AMX", "0")
     assert amx._ask_for_tiles() is False
+
+
+@needs_amx
+@pytest.mark.parametrize("N, M, I", [(1, 1, 1), (37, 70, 45), (600, 100, 130), (1101, 384, 128)])
+def test_weight_gradient_within_float32_rounding(rng, N, M, I):
+    # D.T @ X over N rows, a block of rows at a time (1101: five blocks of 256 and an odd row)
+    D = rng.standard_normal((N, M)).astype(np.float32)
+    X = rng.standard_normal((N, I)).astype(np.float32)
+    out = np.full((M, I), np.nan, np.float32)
+    assert amx.amx_gradient(D, X, out)
+    ref = D.T.astype(np.float64) @ X.astype(np.float64)
+    bound = 2.0 ** -24 * (np.abs(D).T.astype(np.float64) @ np.abs(X).astype(np.float64))
+    err = np.abs(out - ref)
+    assert np.all(err <= 8 * bound), (err / bound).max()
+    # on two threads (ranges of columns) every sum runs as on one
+    par = np.full((M, I), np.nan, np.float32)
+    assert amx.amx_gradient_parallel(D, X, par, 2)
+    np.testing.assert_array_equal(par, out)
+
+
+@needs_amx
+def test_weight_gradient_leaves_refused_values_to_float32(rng, monkeypatch):
+    monkeypatch.setattr(dispatch, "AMX_GRADIENT_MIN_ROWS", 1)
+    monkeypatch.setattr(dispatch, "AMX_GRADIENT_SIZES", (1, 1 << 30))
+    for bad, where in ((np.nan, "D"), (np.inf, "X"), (-np.inf, "D"), (np.float32(3.1e38), "X")):
+        D = rng.standard_normal((50, 20)).astype(np.float32)
+        X = rng.standard_normal((50, 9)).astype(np.float32)
+        (D if where == "D" else X)[41, 3] = bad
+        out = np.full((20, 9), 7.0, np.float32)
+        assert not amx.amx_gradient(D, X, out) and (out == 7.0).all()
+        assert not amx.amx_gradient_parallel(D, X, out, 2) and (out == 7.0).all()
+        got = dispatch.weight_gradient(D, X, out)
+        with np.errstate(invalid="ignore", over="ignore"):
+            want = (D.T.astype(np.float64) @ X.astype(np.float64)).astype(np.float32)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, equal_nan=True)
+        assert np.array_equal(np.isfinite(got), np.isfinite(want))
+    with pytest.raises(ValueError, match="shapes"):
+        amx.amx_gradient(D, X[:-1], np.empty((20, 9), np.float32))
+    with pytest.raises(ValueError, match="shapes"):
+        amx.amx_gradient(D, X, np.empty((20, 8), np.float32))
+
+
+def _gradient_error(grads, ref):
+    """Each gradient's largest difference to ref's, over ref's largest magnitude."""
+    return {k: np.abs(grads[k] - ref[k]).max() / np.abs(ref[k]).max() for k in ref}
+
+
+@needs_amx
+def test_training_on_tiles_matches_float64(rng, one_thread, monkeypatch):
+    # T·B = 768 rows, I = H = 128, two bidirectional layers: the projections, the forward's steps
+    # (the tape), the backward's steps and the weight gradients on tiles
+    T, B, I, H = 32, 24, 128, 128
+    g = ng.GRU(I, H, 2, bidirectional=True, seed=7)
+    g64 = ng.GRU(I, H, 2, bidirectional=True, dtype=np.float64)
+    g64.load_state_dict({k: v.astype(np.float64) for k, v in g.state_dict().items()})
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    h0 = rng.standard_normal((4, B, H)).astype(np.float32)
+    dy = rng.standard_normal((T, B, 2 * H)).astype(np.float32)
+    dh_n = rng.standard_normal((4, B, H)).astype(np.float32)
+    calls = _tile_calls(monkeypatch)
+    y, h_n, tape = g.forward_train(x, h0)
+    dx, dh0, grads = g.backward(tape, dy, dh_n)
+    assert calls["steps"] == 4 and calls["projection"] == 4
+    assert calls["backward"] == 4 and calls["gradient"] == 8
+    y64, h64, tape64 = g64.forward_train(x.astype(np.float64), h0.astype(np.float64))
+    dx64, dh064, grads64 = g64.backward(tape64, dy.astype(np.float64), dh_n.astype(np.float64))
+    np.testing.assert_allclose(y, y64, **TOL[np.float32])
+    np.testing.assert_allclose(h_n, h64, **TOL[np.float32])
+    np.testing.assert_allclose(dx, dx64, rtol=0, atol=2e-5 * np.abs(dx64).max())
+    np.testing.assert_allclose(dh0, dh064, rtol=0, atol=2e-5 * np.abs(dh064).max())
+    on_tiles = _gradient_error(grads, grads64)
+    assert max(on_tiles.values()) < 1e-5, on_tiles
+    # as close as the float32 kernels come
+    monkeypatch.setattr(dispatch, "amx_ready", lambda: False)
+    y32, _, tape32 = g.forward_train(x, h0)
+    grads32 = g.backward(tape32, dy, dh_n)[2]
+    assert calls["steps"] == 4 and calls["backward"] == 4 and calls["gradient"] == 8
+    in_float32 = _gradient_error(grads32, grads64)
+    for k in grads:
+        assert on_tiles[k] <= 4 * in_float32[k] + 1e-7, (k, on_tiles[k], in_float32[k])
+
+
+@needs_amx
+def test_training_on_tiles_leaves_nan_to_float32(rng, one_thread, monkeypatch):
+    # a NaN in the input: the forward's tiles decline (the float32 kernels write the tape), the
+    # backward's and the weight gradients' tiles decline where the gradients hold NaN
+    T, B, I, H = 32, 24, 128, 128
+    g = ng.GRU(I, H, seed=8)
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    x[3, 5, 2] = np.nan
+    y, _, tape = g.forward_train(x)
+    dx, _, grads = g.backward(tape, np.ones_like(y))
+    monkeypatch.setattr(dispatch, "amx_ready", lambda: False)
+    y32, _, tape32 = g.forward_train(x)
+    dx32, _, grads32 = g.backward(tape32, np.ones_like(y32))
+    assert np.array_equal(np.isnan(y), np.isnan(y32)) and np.isnan(y[3:, 5]).all()
+    assert np.array_equal(np.isnan(dx), np.isnan(dx32))
+    for k in grads:
+        assert np.array_equal(np.isnan(grads[k]), np.isnan(grads32[k])), k
+
+
+_TILE_THREADS_PROBE = r"""
+import sys, numba, numpy as np, numgru as ng
+from numgru.kernels import dispatch
+numba.set_num_threads(int(sys.argv[1]))
+calls = {}
+for name in ("gru_forward_amx", "gru_forward_amx_rows", "gru_backward_amx", "amx_gradient",
+             "amx_gradient_parallel", "amx_projection", "amx_projection_parallel"):
+    def counted(*args, _f=getattr(dispatch, name), _n=name):
+        calls[_n] = calls.get(_n, 0) + 1
+        return _f(*args)
+    setattr(dispatch, name, counted)
+g = ng.GRU(128, 128, bidirectional=True, seed=0)
+rng = np.random.default_rng(0)
+x = rng.standard_normal((32, 70, 128)).astype(np.float32)
+y, h, tape = g.forward_train(x)
+dx, dh0, grads = g.backward(tape, np.ones_like(y), np.ones_like(h))
+np.savez(sys.argv[2], dx=dx, dh0=dh0, y=y, h=h, **grads)
+print(sorted(calls.items()))
+"""
+
+
+@needs_amx
+def test_training_on_tiles_identical_with_1_and_2_threads(tmp_path):
+    # B = 70: two threads run the forward's steps in ranges of 64 and 6 rows, the projection and the
+    # weight gradients in ranges too; every sum is the same as on one thread
+    import ast
+    import os
+    import subprocess
+    import sys
+    outs, routes = [], []
+    for n in (1, 2):
+        path = tmp_path / f"g{n}.npz"
+        done = subprocess.run([sys.executable, "-c", _TILE_THREADS_PROBE, str(n), str(path)], check=True,
+                              timeout=600, capture_output=True, text=True,
+                              env=dict(os.environ, OPENBLAS_NUM_THREADS=str(n)))
+        outs.append(np.load(path))
+        routes.append(dict(ast.literal_eval(done.stdout.strip().splitlines()[-1])))
+    assert routes[0].get("gru_forward_amx") == 2 and routes[0].get("amx_gradient") == 4
+    assert routes[1].get("gru_forward_amx_rows") == 2 and routes[1].get("amx_gradient_parallel") == 4
+    assert routes[1].get("amx_projection_parallel") == 2
+    assert routes[0].get("gru_backward_amx") == routes[1].get("gru_backward_amx") == 2
+    for k in outs[0].files:
+        np.testing.assert_array_equal(outs[0][k], outs[1][k], err_msg=k)

@@ -35,7 +35,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ._jit import inline, kernel, parallel_kernel, wide_vectors
-from .forward import input_projection_kernel, rows_after_fast
+from .forward import input_projection_kernel, rows_after_fast, rows_after_store
 from .panel import aligned_zeros, pack_panels
 
 #: largest magnitude split into pieces; larger values, Inf and NaN leave the product to float32
@@ -44,6 +44,9 @@ SPLIT_LIMIT = np.float32(3.0e38)
 #: rows of x split per block: the block's pieces (6·Kp bytes a row) stay in L2 while all of W's
 #: pieces pass over them
 BLOCK_BYTES = 1 << 19
+#: rows of the gate gradients summed per block in :func:`amx_gradient`: both operands' pieces (and
+#: X's before they are turned) stay in L2
+GRADIENT_BLOCK_BYTES = 1 << 20
 
 _ARCH_REQ_XCOMP_PERM = 0x1023
 _ARCH_GET_XCOMP_PERM = 0x1022
@@ -430,63 +433,78 @@ def _sixteen_rows_product(A, Wv, acc3, Kp, Np):
 
 
 @inline
-def _amx_steps(g3, t_first, n, reverse, Whv, b_hh, h_a, h_b, s, y, col0, b0, A, A3, acc, acc3):
-    """Steps t_first … t_first+n−1 of g3 (in reverse order when ``reverse``) for the state rows h_a /
-    h_b (nb rows, taking turns from global step s on), which are rows b0 … b0+nb−1 of g3 and y (y's
-    steps as g3's). Scratch A (pieces of the state), acc (sums), acc3 (each piece's sums, for 16-row
-    tiles) as :func:`gru_forward_amx` makes them. Returns the next global step, or −1 where a state
-    held a value the split refuses."""
-    nb, H = h_a.shape
-    G = 3 * H
+def _tile_rows_product(src, nb, Wv, A, A3, acc, acc3):
+    """acc[:nb, :N] = src[:nb] @ W.T on the tiles (configured by the caller) for W (N, K) packed in
+    Wv, src (≥ nb, K) float32, through the scratch :func:`_amx_scratch` makes (one 16-row tile,
+    or blocks of 32 rows). False where a row holds a value :func:`_finite_below_limit` refuses."""
+    K = src.shape[1]
     Kp = A3.shape[2]
     Mp = A3.shape[1]
     Np = acc.shape[1]
+    for i in range(nb):
+        if not _finite_below_limit(src[i].view(np.uint32), K):
+            return False
+        _split_into(src[i], K, A3[0, i], A3[1, i], A3[2, i])
+    if Mp == 16:
+        _sixteen_rows_product(A, Wv, acc3, Kp, Np)
+        for i in range(nb):  # the pieces' sums, largest first
+            arow = acc[i]
+            p0 = acc3[0, i]
+            p1 = acc3[1, i]
+            p2 = acc3[2, i]
+            for j in range(Np):
+                arow[j] = p0[j] + (p1[j] + p2[j])
+        return True
+    for n0 in range(0, Np, 32):
+        w0 = (n0 // 16) * Kp * 16
+        for m0 in range(0, Mp, 32):
+            tile_zero(0)
+            tile_zero(1)
+            tile_zero(2)
+            tile_zero(3)
+            for k0 in range(0, Kp, 32):
+                _six(A, Wv, m0 * Kp, Mp * Kp, w0, Kp * 16, k0, Kp, Np)
+            o = m0 * Np + n0
+            tile_store(0, acc, o, Np * 4)
+            tile_store(1, acc, o + 16, Np * 4)
+            tile_store(2, acc, o + 16 * Np, Np * 4)
+            tile_store(3, acc, o + 16 * Np + 16, Np * 4)
+    return True
+
+
+@inline
+def _amx_steps(g3, t_first, n, reverse, Whv, b_hh, h_a, h_b, s, y, col0, b0, A, A3, acc, acc3, tape):
+    """Steps t_first … t_first+n−1 of g3 (in reverse order when ``reverse``) for the state rows h_a /
+    h_b (nb rows, taking turns from global step s on), which are rows b0 … b0+nb−1 of g3 and y (y's
+    steps as g3's). Scratch A (pieces of the state), acc (sums), acc3 (each piece's sums, for 16-row
+    tiles) as :func:`gru_forward_amx` makes them. A nonempty ``tape`` (indexed as y) receives each
+    row's r, z, n and W_hn h + b_hn (training). Returns the next global step, or −1 where a state
+    held a value the split refuses."""
+    nb = h_a.shape[0]
     tile_config(_tile_config())
     for q in range(n):
         t = t_first + (n - 1 - q if reverse else q)
         hc = h_a if s % 2 == 0 else h_b
         hn = h_b if s % 2 == 0 else h_a
-        for i in range(nb):
-            if not _finite_below_limit(hc[i].view(np.uint32), H):
-                tile_release()
-                return -1
-            _split_into(hc[i], H, A3[0, i], A3[1, i], A3[2, i])
-        if Mp == 16:
-            _sixteen_rows_product(A, Whv, acc3, Kp, Np)
-            for i in range(nb):  # the pieces' sums, largest first
-                arow = acc[i]
-                p0 = acc3[0, i]
-                p1 = acc3[1, i]
-                p2 = acc3[2, i]
-                for j in range(G):
-                    arow[j] = p0[j] + (p1[j] + p2[j])
+        if not _tile_rows_product(hc, nb, Whv, A, A3, acc, acc3):
+            tile_release()
+            return -1
+        if tape.shape[0] > 0:
+            rows_after_store(g3, t, acc, b_hh, hc, hn, y, col0, b0, 0, nb, tape)
         else:
-            for n0 in range(0, Np, 32):
-                w0 = (n0 // 16) * Kp * 16
-                for m0 in range(0, Mp, 32):
-                    tile_zero(0)
-                    tile_zero(1)
-                    tile_zero(2)
-                    tile_zero(3)
-                    for k0 in range(0, Kp, 32):
-                        _six(A, Whv, m0 * Kp, Mp * Kp, w0, Kp * 16, k0, Kp, Np)
-                    o = m0 * Np + n0
-                    tile_store(0, acc, o, Np * 4)
-                    tile_store(1, acc, o + 16, Np * 4)
-                    tile_store(2, acc, o + 16 * Np, Np * 4)
-                    tile_store(3, acc, o + 16 * Np + 16, Np * 4)
-        rows_after_fast(g3, t, acc, b_hh, hc, hn, y, col0, b0, 0, nb)
+            rows_after_fast(g3, t, acc, b_hh, hc, hn, y, col0, b0, 0, nb)
         s += 1
     tile_release()
     return s
 
 
 @inline
-def _amx_scratch(nb, H):
-    """:func:`_amx_steps`' scratch for nb state rows of H units: (A, A3, acc, acc3)."""
-    Np = padded(3 * H)
-    Kp = padded(H)
-    Mp = 16 if nb <= 16 else padded(nb)
+def _amx_scratch(nb, K, N, few):
+    """:func:`_tile_rows_product`'s scratch for nb rows of K values by W (N, K): (A, A3, acc, acc3);
+    ``few``: one 16-row tile (nb ≤ 16), else blocks of 32 rows."""
+    Np = padded(N)
+    Kp = padded(K)
+    Mp = 16 if few else padded(nb)
     A = aligned_zeros(3 * Mp * Kp, np.uint16)
     acc3 = aligned_zeros((3 * 16 * Np) if Mp == 16 else 0, np.float32).reshape(-1, 16, Np)
     return A, A.reshape(3, Mp, Kp), aligned_zeros(Mp * Np, np.float32).reshape(Mp, Np), acc3
@@ -503,9 +521,16 @@ def _steps_shapes_ok(gx, Whv, b_hh, h0, y, col0, h_n, gx_rows):
             and gx.shape[1] == G and gx.shape[0] >= gx_rows)
 
 
+@inline
+def _tape_ok(tape, y, H):
+    """An empty tape, or one of y's steps and rows with 4H columns."""
+    return tape.shape[0] == 0 or (tape.shape[0] == y.shape[0] and tape.shape[1] == y.shape[1]
+                                  and tape.shape[2] == 4 * H)
+
+
 @kernel
 def gru_forward_amx(x2d, W_ih, Wp_ih, b_ih, use_bias, proj_panels, proj_dot, gx, Whv, b_hh, h0, reverse,
-                    y, col0, h_n, steps):
+                    y, col0, h_n, steps, tape):
     """One direction of a reset_after GRU layer's inference forward with sigmoid gates and no clip,
     every row running all T steps, each step's W_hh product on AMX tiles (to float32 accuracy).
 
@@ -514,7 +539,9 @@ def gru_forward_amx(x2d, W_ih, Wp_ih, b_ih, use_bias, proj_panels, proj_dot, gx,
     projection x_t W_ih.T + b_ih of every step. Else gx (≥ steps·B, 3H) is scratch and the projection
     of x2d (T·B, I) runs here ``steps`` steps at a time, just before the steps that read it, by
     :func:`~numgru.kernels.forward.input_projection_kernel` with the arguments it takes (as
-    :func:`~numgru.kernels.forward.gru_forward_chunked`). All float32 and C-contiguous.
+    :func:`~numgru.kernels.forward.gru_forward_chunked`). tape (T, B, 4H) out for training (r, z, n,
+    W_hn h + b_hn of every step, as the float32 kernels store them), else (0, 0, 0). All float32 and
+    C-contiguous.
 
     Each step splits the state into its three pieces, multiplies them into a (B, 3H) block of sums
     (padded to 16 rows, or to a multiple of 32, and 32 columns) and runs the forward's gate loop on it
@@ -528,11 +555,11 @@ def gru_forward_amx(x2d, W_ih, Wp_ih, b_ih, use_bias, proj_panels, proj_dot, gx,
     B, H = h0.shape
     G = 3 * H
     if not _steps_shapes_ok(gx, Whv, b_hh, h0, y, col0, h_n, (T if steps == 0 else min(steps, T)) * B) \
-            or (steps > 0 and (x2d.shape[0] != T * B or W_ih.shape[0] != G)):
+            or (steps > 0 and (x2d.shape[0] != T * B or W_ih.shape[0] != G)) or not _tape_ok(tape, y, H):
         raise ValueError("gru_forward_amx: shapes do not match")
     if proj_panels and steps > 0 and Wp_ih.shape[0] == 0:
         Wp_ih = pack_panels(W_ih)
-    A, A3, acc, acc3 = _amx_scratch(B, H)
+    A, A3, acc, acc3 = _amx_scratch(B, H, G, B <= 16)
     h_a = h0.copy()
     h_b = np.empty_like(h0)
     chunk = T if steps == 0 else steps
@@ -548,10 +575,10 @@ def gru_forward_amx(x2d, W_ih, Wp_ih, b_ih, use_bias, proj_panels, proj_dot, gx,
             input_projection_kernel(x2d[t0 * B:t1 * B], W_ih, Wp_ih, b_ih, use_bias, g, proj_panels,
                                     proj_dot)
             s = _amx_steps(g.reshape((n, B, G)), 0, n, reverse, Whv, b_hh, h_a, h_b, s, y[t0:t1], col0,
-                           0, A, A3, acc, acc3)
+                           0, A, A3, acc, acc3, tape[t0:t1] if tape.shape[0] > 0 else tape)
         else:
             s = _amx_steps(gx[:T * B].reshape((T, B, G)), t0, n, reverse, Whv, b_hh, h_a, h_b, s, y,
-                           col0, 0, A, A3, acc, acc3)
+                           col0, 0, A, A3, acc, acc3, tape)
         if s < 0:
             return False
     h_n[:] = h_a if s % 2 == 0 else h_b
@@ -559,18 +586,21 @@ def gru_forward_amx(x2d, W_ih, Wp_ih, b_ih, use_bias, proj_panels, proj_dot, gx,
 
 
 @parallel_kernel(name="gru_forward_amx_rows_parallel")
-def gru_forward_amx_rows(gx, Whv, b_hh, h0, reverse, y, col0, h_n, n_chunks):
+def gru_forward_amx_rows(gx, Whv, b_hh, h0, reverse, y, col0, h_n, n_chunks, tape):
     """:func:`gru_forward_amx` with ``steps`` 0 on Numba's threads: the B rows in ``n_chunks`` ranges
-    (multiples of 16 but the last), each running the whole sequence on its own core's tiles (rows of a
-    GRU never interact, as on the rows route). gx (T·B, 3H) holds the projection. Returns False
-    where any range met a value the split refuses."""
+    (multiples of 16 but the last; of 32 with a tape, so that every range takes the tiles' 32-row
+    products and each row's sums are those of one thread's), each running the whole sequence on its
+    own core's tiles (rows of a GRU never interact, as on the rows route). gx (T·B, 3H) holds the
+    projection; tape as in :func:`gru_forward_amx`. Returns False where any range met a value the
+    split refuses."""
     wide_vectors()
     T = y.shape[0]
     B, H = h0.shape
     G = 3 * H
-    if not _steps_shapes_ok(gx, Whv, b_hh, h0, y, col0, h_n, T * B):
+    if not _steps_shapes_ok(gx, Whv, b_hh, h0, y, col0, h_n, T * B) or not _tape_ok(tape, y, H):
         raise ValueError("gru_forward_amx_rows: shapes do not match")
-    per = (B + 16 * n_chunks - 1) // (16 * n_chunks) * 16
+    unit = 32 if tape.shape[0] > 0 else 16
+    per = (B + unit * n_chunks - 1) // (unit * n_chunks) * unit
     nc = (B + per - 1) // per
     g3 = gx[:T * B].reshape((T, B, G))
     ok = np.ones(nc, np.bool_)
@@ -578,12 +608,234 @@ def gru_forward_amx_rows(gx, Whv, b_hh, h0, reverse, y, col0, h_n, n_chunks):
         wide_vectors()
         b0 = c * per
         b1 = min(B, b0 + per)
-        A, A3, acc, acc3 = _amx_scratch(b1 - b0, H)
+        # (with a tape, 16-row tiles only where the whole batch takes them, as on one thread)
+        A, A3, acc, acc3 = _amx_scratch(b1 - b0, H, G, b1 - b0 <= 16 and (unit == 16 or B <= 16))
         h_a = h0[b0:b1].copy()
         h_b = np.empty_like(h_a)
-        s = _amx_steps(g3, 0, T, reverse, Whv, b_hh, h_a, h_b, 0, y, col0, b0, A, A3, acc, acc3)
+        s = _amx_steps(g3, 0, T, reverse, Whv, b_hh, h_a, h_b, 0, y, col0, b0, A, A3, acc, acc3, tape)
         if s < 0:
             ok[c] = False
         else:
             h_n[b0:b1] = h_a if s % 2 == 0 else h_b
     return ok.all()
+
+
+# ---------------------------------------------------------------------------- weight gradients
+@intrinsic
+def bf16_pair(typingctx, lo, hi):
+    """Two bfloat16 values (float32 whose low 16 bits are zero) as one uint32 of AMX's pair layout:
+    lo's code in the low half, hi's in the high half."""
+    if lo != types.float32 or hi != types.float32:
+        return None
+
+    def codegen(context, builder, sig, args):
+        i32 = ir.IntType(32)
+        a = builder.lshr(builder.bitcast(args[0], i32), ir.Constant(i32, 16))
+        b = builder.and_(builder.bitcast(args[1], i32), ir.Constant(i32, 0xFFFF0000))
+        return builder.or_(a, b)
+    return types.uint32(lo, hi), codegen
+
+
+@intrinsic
+def transpose16(typingctx, src, s0, s_row, dst, d0, d_row):
+    """Transpose a 16 × 16 block of 32-bit values: dst[d0 + i·d_row + k] = src[s0 + k·s_row + i]
+    (rows in elements; unchecked, as :func:`tile_load`). Sixteen vectors and four rounds of
+    shuffles, each swapping one bit of the row index with the same bit of the column index."""
+    if not (isinstance(src, types.Array) and isinstance(dst, types.Array)
+            and src.dtype.bitwidth == 32 and dst.dtype.bitwidth == 32):
+        return None
+
+    def codegen(context, builder, sig, args):
+        i32 = ir.IntType(32)
+        vec = ir.VectorType(i32, 16)
+        s = context.make_array(sig.args[0])(context, builder, args[0])
+        d = context.make_array(sig.args[3])(context, builder, args[3])
+
+        def row_ptr(a, off, stride, k):
+            idx = builder.add(off, builder.mul(stride, ir.Constant(off.type, k)))
+            return builder.bitcast(builder.gep(a.data, [idx]), vec.as_pointer())
+
+        rows = [builder.load(row_ptr(s, args[1], args[2], k), align=4) for k in range(16)]
+        for b in (8, 4, 2, 1):
+            lo = ir.Constant(vec, [j if j & b == 0 else 16 + j - b for j in range(16)])
+            hi = ir.Constant(vec, [j + b if j & b == 0 else 16 + j for j in range(16)])
+            out = list(rows)
+            for r in range(16):
+                if r & b == 0:
+                    out[r] = builder.shuffle_vector(rows[r], rows[r + b], lo)
+                    out[r + b] = builder.shuffle_vector(rows[r], rows[r + b], hi)
+            rows = out
+        for i in range(16):
+            builder.store(rows[i], row_ptr(d, args[4], args[5], i), align=4)
+        return context.get_dummy_value()
+    return types.none(src, types.intp, types.intp, dst, types.intp, types.intp), codegen
+
+
+@inline
+def _split_pairs(r0, r1, n, q0, q1, q2):
+    """Rows r0 and r1 (float32, n values) split into three bfloat16 pieces, each piece's two rows
+    interleaved in pairs: q_p[j] holds piece p of r0[j] (low half) and of r1[j] (high half)."""
+    for j in range(n):
+        u = r0[j]
+        v = r1[j]
+        u0 = bf16_nearest(u)
+        v0 = bf16_nearest(v)
+        u = u - u0
+        v = v - v0
+        u1 = bf16_nearest(u)
+        v1 = bf16_nearest(v)
+        u = u - u1
+        v = v - v1
+        q0[j] = bf16_pair(u0, v0)
+        q1[j] = bf16_pair(u1, v1)
+        q2[j] = bf16_pair(bf16_nearest(u), bf16_nearest(v))
+
+
+@inline
+def _gradient_columns(X, D, C, c0, c1, KB):
+    """C[:, c0:c1] = (X.T @ D)[:, c0:c1] on tiles for X (N, I), D (N, M) float32, C (Ip, Mp) float32
+    (I, M padded to multiples of 32; c0, c1 multiples of 32), summing over N a block of KB rows (a
+    multiple of 32) at a time: each block's rows split into pieces, in pairs of rows, X's then
+    turned so that its columns are the tiles' rows. False where a value is refused."""
+    N, I = X.shape
+    M = D.shape[1]
+    Ip, Mp = C.shape
+    W = c1 - c0
+    Mc = min(c1, M) - c0
+    KH = KB // 2
+    A = aligned_zeros(3 * Ip * KH, np.uint32)
+    A3 = A.reshape(3, Ip, KH)
+    Vf = aligned_zeros(3 * KH * Ip, np.uint32)
+    V = Vf.reshape(3, KH, Ip)
+    Bv = aligned_zeros(3 * KH * W, np.uint32)
+    B3 = Bv.reshape(3, KH, W)
+    zx = np.zeros(I, np.float32)
+    zd = np.zeros(Mc, np.float32)
+    Cf = C.reshape(Ip * Mp)
+    arow = KH * 4
+    brow = W * 4
+    crow = Mp * 4
+    piece_a = Ip * KH
+    piece_b = KH * W
+    tile_config(_tile_config())
+    for k0 in range(0, N, KB):
+        kn = min(KB, N - k0)
+        kh = padded(kn) // 2
+        for k in range(kh):
+            r = k0 + 2 * k
+            if r >= N:
+                V[:, k, :] = 0
+                B3[:, k, :] = 0
+                continue
+            x0 = X[r]
+            d0 = D[r, c0:c0 + Mc]
+            x1 = X[r + 1] if r + 1 < N else zx
+            d1 = D[r + 1, c0:c0 + Mc] if r + 1 < N else zd
+            if not (_finite_below_limit(x0.view(np.uint32), I) and _finite_below_limit(x1.view(np.uint32), I)
+                    and _finite_below_limit(d0.view(np.uint32), Mc)
+                    and _finite_below_limit(d1.view(np.uint32), Mc)):
+                tile_release()
+                return False
+            _split_pairs(x0, x1, I, V[0, k], V[1, k], V[2, k])
+            _split_pairs(d0, d1, Mc, B3[0, k], B3[1, k], B3[2, k])
+        for p in range(3):
+            for i0 in range(0, Ip, 16):
+                for kk in range(0, kh, 16):
+                    transpose16(Vf, (p * KH + kk) * Ip + i0, Ip, A, (p * Ip + i0) * KH + kk, KH)
+        for i0 in range(0, Ip, 32):
+            for m0 in range(0, W, 32):
+                o = i0 * Mp + c0 + m0
+                if k0 == 0:
+                    tile_zero(0)
+                    tile_zero(1)
+                    tile_zero(2)
+                    tile_zero(3)
+                else:
+                    tile_load(0, Cf, o, crow)
+                    tile_load(1, Cf, o + 16, crow)
+                    tile_load(2, Cf, o + 16 * Mp, crow)
+                    tile_load(3, Cf, o + 16 * Mp + 16, crow)
+                for kk in range(0, kh, 16):
+                    for q in range(6):
+                        pa = 0 if q < 3 else (1 if q < 5 else 2)
+                        pb = q if q < 3 else (4 - q if q < 5 else 0)
+                        if q == 0 or q == 3 or q == 5:
+                            a0 = pa * piece_a + i0 * KH + kk
+                            tile_load(4, A, a0, arow)
+                            tile_load(5, A, a0 + 16 * KH, arow)
+                        b0 = pb * piece_b + kk * W + m0
+                        tile_load(6, Bv, b0, brow)
+                        tile_load(7, Bv, b0 + 16, brow)
+                        tile_dot(0, 4, 6)
+                        tile_dot(1, 4, 7)
+                        tile_dot(2, 5, 6)
+                        tile_dot(3, 5, 7)
+                tile_store(0, Cf, o, crow)
+                tile_store(1, Cf, o + 16, crow)
+                tile_store(2, Cf, o + 16 * Mp, crow)
+                tile_store(3, Cf, o + 16 * Mp + 16, crow)
+    tile_release()
+    return True
+
+
+@kernel
+def amx_gradient(D, X, out):
+    """out = D.T @ X on AMX tiles (to float32 accuracy): a weight gradient, the gate gradients D
+    (N, M) by the layer's inputs X (N, I) over all N = T·B rows, out (M, I); all float32 and
+    C-contiguous. Returns False, out untouched, where D or X holds a value the split refuses (the
+    caller then takes float32's GEMM)."""
+    wide_vectors()
+    N, M = D.shape
+    C, KB = _gradient_scratch(D, X, out)
+    if N > 0 and not _gradient_columns(X, D, C, 0, C.shape[1], KB):
+        return False
+    _turn_into(C, out, 0, M)
+    return True
+
+
+@parallel_kernel(name="amx_gradient_parallel")
+def amx_gradient_parallel(D, X, out, n_threads):
+    """:func:`amx_gradient` on Numba's threads: ``n_threads`` ranges of out's rows (multiples of 32),
+    each thread splitting its own columns of D and all of X. Each sum runs in the same order as on
+    one thread, so the result does not depend on the thread count."""
+    wide_vectors()
+    C, KB = _gradient_scratch(D, X, out)
+    Mp = C.shape[1]
+    per = max(32, (Mp // 32 + n_threads - 1) // n_threads * 32)
+    nc = (Mp + per - 1) // per
+    ok = np.ones(nc, np.bool_)
+    if D.shape[0] > 0:
+        for c in prange(nc):
+            wide_vectors()
+            ok[c] = _gradient_columns(X, D, C, c * per, min(Mp, (c + 1) * per), KB)
+    if not ok.all():
+        return False
+    M = out.shape[0]
+    for c in prange(nc):
+        wide_vectors()
+        _turn_into(C, out, min(M, c * per), min(M, (c + 1) * per))
+    return True
+
+
+@inline
+def _gradient_scratch(D, X, out):
+    """Check :func:`amx_gradient`'s shapes; its sums C (I, M padded to 32, zero) and the rows of D
+    and X it splits a block at a time."""
+    N, M = D.shape
+    I = X.shape[1]
+    if X.shape[0] != N or out.shape[0] != M or out.shape[1] != I:
+        raise ValueError("amx_gradient: shapes do not match")
+    Ip = padded(I)
+    Mp = padded(M)
+    KB = max(32, min(1024, GRADIENT_BLOCK_BYTES // (6 * (2 * Ip + Mp)) // 32 * 32))
+    return aligned_zeros(Ip * Mp, np.float32).reshape(Ip, Mp), KB
+
+
+@inline
+def _turn_into(C, out, m0, m1):
+    """out[m0:m1] = C[:I, m0:m1].T."""
+    I = out.shape[1]
+    for m in range(m0, m1):
+        orow = out[m]
+        for i in range(I):
+            orow[i] = C[i, m]

@@ -20,12 +20,13 @@ import numpy as np
 from ._jit import kernel, wide_vectors
 from .activations import gate_grad, kind_is_sigmoid, one_like
 from .forward import active_rows, step_product, wants_panels
+from .amx import _amx_scratch, _tile_config, _tile_rows_product, tile_config, tile_release
 from .panel import pack_panels
 
 
 def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, reverse, reset_after,
                   gate_kind, alpha, beta, use_clip, clip, dgx, dgh, hprev, rhprev, dh0, db_ih, db_hh,
-                  tiled_max):
+                  tiled_max, Wv_T):
     """Backward pass of one GRU layer, one direction, in the reverse of the forward's step order.
 
     Arrays (C-contiguous, one float dtype):
@@ -52,7 +53,11 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, revers
                               T = 128, B = 64, H = 256).
 
     Scalars as in the forward kernel; ``reverse`` says which direction the forward ran; ``tiled_max``
-    as in :func:`~numgru.kernels.forward.recurrent_matmul`. Per step and row the gate gradients run
+    as in :func:`~numgru.kernels.forward.recurrent_matmul`. ``Wv_T``: None, or (reset_after, float32)
+    W_T's pieces for AMX tiles (:func:`~numgru.kernels.amx.pack_amx`), which then take each step's
+    product to float32 accuracy (:func:`gru_backward_amx`, compiled only where the CPU runs AMX; in
+    :func:`gru_backward_serial` the branch is pruned); a gradient the tiles refuse (NaN, ±Inf)
+    sends that step and the rest to the float32 product. Per step and row the gate gradients run
     in short loops that each touch few arrays, so LLVM vectorises them.
     """
     wide_vectors()
@@ -81,12 +86,17 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, revers
     # packed panels (:mod:`~numgru.kernels.panel`) of the matrices each step multiplies by, where some
     # step's product takes them; else the forward's other matmul routes
     empty = np.empty((0, 0, 0), dt)
-    Wp_T = pack_panels(W_T) if reset_after and wants_panels(H, 3 * H, B, T, tiled_max, False) else empty
+    Wp_T = pack_panels(W_T) if reset_after and Wv_T is None and wants_panels(H, 3 * H, B, T, tiled_max, False) \
+        else empty
     Wp_n = pack_panels(W_n_T) if not reset_after and wants_panels(H, H, B, T, tiled_max, False) else empty
     Wp_rz = pack_panels(W_rz_T) if not reset_after and wants_panels(H, H2, B, T, tiled_max, False) else empty
     for b in range(B):
         for j in range(H):
             dh[b, j] = dh_n[b, j]
+    A, A3, acc, acc3 = _amx_scratch(B, 3 * H, H, B <= 16) if Wv_T is not None else _amx_scratch(0, 0, 0, False)
+    on_tiles = Wv_T is not None
+    if Wv_T is not None:
+        tile_config(_tile_config())
     for s in range(T):
         t = s if reverse else T - 1 - s
         for b in range(B):
@@ -186,7 +196,18 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, revers
                     rhb[j] = tb[j] * hpb[j]
         n_act = active_rows(lengths, t, sorted_desc)
         if reset_after:
-            if n_act > 0:
+            if Wv_T is not None:
+                if on_tiles and n_act > 0:
+                    if _tile_rows_product(dgh[t], n_act, Wv_T, A, A3, acc, acc3):
+                        for b in range(n_act):
+                            ab = acc[b]
+                            tmpb = tmp[b]
+                            for j in range(H):
+                                tmpb[j] = ab[j]
+                    else:
+                        tile_release()
+                        on_tiles = False
+            if n_act > 0 and not on_tiles:
                 step_product(W_T, Wp_T, dgh[t], tmp, buf, n_act, tiled_max, s % 2 == 1)
         else:
             # d(r ⊙ h_prev) = dn_pre @ W_hn, then the r gate, then the r, z blocks' matmul
@@ -234,6 +255,9 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, revers
                 for j in range(3 * H):
                     db_ih[j] += dgxb[j]
                     db_hh[j] += dghb[j]
+    if Wv_T is not None:
+        if on_tiles:
+            tile_release()
     for b in range(B):
         for j in range(H):
             dh0[b, j] = dh[b, j]
@@ -258,3 +282,4 @@ def matmul_into(a, b, out, accumulate):
 
 
 gru_backward_serial = kernel(_gru_backward, name="gru_backward_serial")
+gru_backward_amx = kernel(_gru_backward, name="gru_backward_amx")

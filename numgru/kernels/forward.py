@@ -112,6 +112,21 @@ def rows_after_fast(gx, t, acc, b_hh, hc, hn, y, col0, b0, i0, i1):
             y[t, b, col0 + j] = hn[i, j]
 
 
+@device
+def rows_after_store(gx, t, acc, b_hh, hc, hn, y, col0, b0, i0, i1, tape):
+    """:func:`rows_after_fast` for training: sigmoid gates, no clip, reset_after, each row's r, z, n
+    and W_hn h + b_hn written to tape[t, b0 + i] (:func:`_row_after`'s loops)."""
+    wide_vectors()
+    H = hc.shape[1]
+    one = hc.dtype.type(1.0)
+    zero = hc.dtype.type(0.0)
+    for i in range(i0, i1):
+        b = b0 + i
+        _row_after(gx[t, b], acc[i], b_hh, hc[i], hn[i], tape[t, b], 0, one, zero, False, zero, H)
+        for j in range(H):
+            y[t, b, col0 + j] = hn[i, j]
+
+
 @inline
 def rows_past_length(hc, hn, y, t, col0, b0, n_act):
     """State rows n_act … of a step whose rows are sorted by length, all past theirs: the state kept,
