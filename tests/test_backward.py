@@ -344,6 +344,24 @@ def test_backward_scratch_reused_between_calls(reset_after):
         np.testing.assert_array_equal(first[2][k], again[2][k], err_msg=k)
 
 
+def test_recycled_buffer_handed_again_only_when_nothing_views_it():
+    # a training tape's buffer comes back once every array on it is gone, not before
+    from numgru.kernels.dispatch import WORKSPACE_MIN_VALUES as N, recycled
+    a = recycled("test", (4, N), np.float32)
+    where = a.ctypes.data
+    b = recycled("test", (4, N), np.float32)
+    assert not np.shares_memory(a, b)  # a is alive
+    part = a[1:]
+    del a
+    c = recycled("test", (2, N), np.float32)
+    assert not np.shares_memory(c, part)  # a view of a's buffer is alive
+    del part
+    d = recycled("test", (3, N), np.float32)  # smaller: fits the free buffer
+    assert d.ctypes.data == where and d.shape == (3, N)
+    assert recycled("test", (3, 7), np.float32).base is None  # small arrays: fresh
+    assert recycled("test", (4, N), np.float64).ctypes.data != where  # per dtype
+
+
 def test_workspace_is_per_thread_and_grows():
     import threading
 
