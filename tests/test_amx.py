@@ -132,6 +132,7 @@ def _tile_calls(monkeypatch):
     spy("gru_forward_amx_rows", "rows")
     spy("amx_projection_parallel", "projection_parallel")
     spy("gru_backward_amx", "backward")
+    spy("gru_backward_amx_rows", "backward_rows")
     spy("amx_gradient", "gradient")
     spy("amx_gradient_parallel", "gradient_parallel")
     return calls
@@ -394,8 +395,8 @@ import sys, numba, numpy as np, numgru as ng
 from numgru.kernels import dispatch
 numba.set_num_threads(int(sys.argv[1]))
 calls = {}
-for name in ("gru_forward_amx", "gru_forward_amx_rows", "gru_backward_amx", "amx_gradient",
-             "amx_gradient_parallel", "amx_projection", "amx_projection_parallel"):
+for name in ("gru_forward_amx", "gru_forward_amx_rows", "gru_backward_amx", "gru_backward_amx_rows",
+             "amx_gradient", "amx_gradient_parallel", "amx_projection", "amx_projection_parallel"):
     def counted(*args, _f=getattr(dispatch, name), _n=name):
         calls[_n] = calls.get(_n, 0) + 1
         return _f(*args)
@@ -412,8 +413,8 @@ print(sorted(calls.items()))
 
 @needs_amx
 def test_training_on_tiles_identical_with_1_and_2_threads(tmp_path):
-    # B = 70: two threads run the forward's steps in ranges of 64 and 6 rows, the projection and the
-    # weight gradients in ranges too; every sum is the same as on one thread
+    # B = 70: two threads run the forward's and the backward's steps in ranges of 64 and 6 rows, the
+    # projection and the weight gradients in ranges too; every sum is the same as on one thread
     import ast
     import os
     import subprocess
@@ -429,6 +430,6 @@ def test_training_on_tiles_identical_with_1_and_2_threads(tmp_path):
     assert routes[0].get("gru_forward_amx") == 2 and routes[0].get("amx_gradient") == 4
     assert routes[1].get("gru_forward_amx_rows") == 2 and routes[1].get("amx_gradient_parallel") == 4
     assert routes[1].get("amx_projection_parallel") == 2
-    assert routes[0].get("gru_backward_amx") == routes[1].get("gru_backward_amx") == 2
+    assert routes[0].get("gru_backward_amx") == routes[1].get("gru_backward_amx_rows") == 2
     for k in outs[0].files:
         np.testing.assert_array_equal(outs[0][k], outs[1][k], err_msg=k)

@@ -17,7 +17,9 @@ OpenBLAS's idle workers were spinning on.
 """
 import numpy as np
 
-from ._jit import kernel, wide_vectors
+from numba import prange
+
+from ._jit import kernel, parallel_kernel, wide_vectors
 from .activations import gate_grad, kind_is_sigmoid, one_like
 from .forward import active_rows, step_product, wants_panels
 from .amx import _amx_scratch, _tile_config, _tile_rows_product, tile_config, tile_release
@@ -26,7 +28,7 @@ from .panel import pack_panels
 
 def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, reverse, reset_after,
                   gate_kind, alpha, beta, use_clip, clip, dgx, dgh, hprev, rhprev, dh0, db_ih, db_hh,
-                  tiled_max, Wv_T):
+                  tiled_max, Wv_T, b0, b1):
     """Backward pass of one GRU layer, one direction, in the reverse of the forward's step order.
 
     Arrays (C-contiguous, one float dtype):
@@ -46,14 +48,18 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, revers
     hprev    (T, B, H)   out. h_{t−1} per valid step (zeros past a row's length): the input of dW_hh.
     rhprev   (T, B, H)   out. r ⊙ h_{t−1} (reset_after=False; pass (0, 0, 0) otherwise): input of dW_hn.
     dh0      (B, H)      out. dLoss/dh0.
-    db_ih    (3H,) float64  out. Σ over valid steps of dgx, i.e. dLoss/db_ih; must arrive zeroed.
-    db_hh    (3H,) float64  out. Σ over valid steps of dgh, i.e. dLoss/db_hh; must arrive zeroed.
-                              Summed in float64 step by step (NumPy's float32 pairwise sum over the
-                              T·B rows afterwards was a second pass over both arrays: 6.4 ms at
-                              T = 128, B = 64, H = 256).
+    db_ih    (B, 3H) float64  out. Each row's Σ over its valid steps of dgx (summed over rows, in
+                              order, by the caller: dLoss/db_ih); must arrive zeroed.
+    db_hh    (B, 3H) float64  out. Likewise of dgh (dLoss/db_hh). Summed in float64 step by step
+                              (NumPy's float32 pairwise sum over the T·B rows afterwards was a
+                              second pass over both arrays: 6.4 ms at T = 128, B = 64, H = 256), a
+                              sum per row so that ranges of rows may run on several threads with
+                              the same result.
 
     Scalars as in the forward kernel; ``reverse`` says which direction the forward ran; ``tiled_max``
-    as in :func:`~numgru.kernels.forward.recurrent_matmul`. ``Wv_T``: None, or (reset_after, float32)
+    as in :func:`~numgru.kernels.forward.recurrent_matmul`. Only rows b0 … b1−1 are read and written
+    (the kernel's scratch and steps' products are theirs), so that disjoint ranges may run at the
+    same time (:func:`gru_backward_amx_rows`). ``Wv_T``: None, or (reset_after, float32)
     W_T's pieces for AMX tiles (:func:`~numgru.kernels.amx.pack_amx`), which then take each step's
     product to float32 accuracy (:func:`gru_backward_amx`, compiled only where the CPU runs AMX; in
     :func:`gru_backward_serial` the branch is pruned); a gradient the tiles refuse (NaN, ±Inf)
@@ -62,8 +68,9 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, revers
     """
     wide_vectors()
     T = tape.shape[0]
-    B = h0.shape[0]
+    B = b1 - b0
     H = h0.shape[1]
+    lens = lengths[b0:b1]
     H2 = 2 * H
     dt = tape.dtype
     dh = np.empty((B, H), dt)
@@ -92,36 +99,38 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, revers
     Wp_rz = pack_panels(W_rz_T) if not reset_after and wants_panels(H, H2, B, T, tiled_max, False) else empty
     for b in range(B):
         for j in range(H):
-            dh[b, j] = dh_n[b, j]
-    A, A3, acc, acc3 = _amx_scratch(B, 3 * H, H, B <= 16) if Wv_T is not None else _amx_scratch(0, 0, 0, False)
+            dh[b, j] = dh_n[b0 + b, j]
+    # (one 16-row tile only where the whole batch takes one, so a range's rows sum as on one thread)
+    A, A3, acc, acc3 = _amx_scratch(B, 3 * H, H, h0.shape[0] <= 16) if Wv_T is not None \
+        else _amx_scratch(0, 0, 0, False)
     on_tiles = Wv_T is not None
     if Wv_T is not None:
         tile_config(_tile_config())
     for s in range(T):
         t = s if reverse else T - 1 - s
         for b in range(B):
-            L = lengths[b]
+            L = lens[b]
             dhb = dh[b]
             dhpb = dhp[b]
             if t >= L:  # past the row's length: no gradient for this step
                 for j in range(H):
                     dhpb[j] = dhb[j]
-                dgxb = dgx[t, b]
-                dghb = dgh[t, b]
+                dgxb = dgx[t, b0 + b]
+                dghb = dgh[t, b0 + b]
                 for j in range(3 * H):
                     dgxb[j] = 0.0
                     dghb[j] = 0.0
-                hpb = hprev[t, b]
+                hpb = hprev[t, b0 + b]
                 for j in range(H):
                     hpb[j] = 0.0
                 if not reset_after:
                     danb = dan[b]
-                    rhb = rhprev[t, b]
+                    rhb = rhprev[t, b0 + b]
                     for j in range(H):
                         danb[j] = 0.0
                         rhb[j] = 0.0
                 continue
-            hpb = hprev[t, b]
+            hpb = hprev[t, b0 + b]
             if reverse:
                 has_prev = t + 1 < L
                 tp = t + 1
@@ -129,19 +138,19 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, revers
                 has_prev = t >= 1
                 tp = t - 1
             if has_prev:
-                src = y[tp, b, col0:col0 + H]  # slices, as the forward reads y (B = 16, H = 64: 1.03×)
+                src = y[tp, b0 + b, col0:col0 + H]  # slices, as the forward reads y (B = 16, H = 64: 1.03×)
                 for j in range(H):
                     hpb[j] = src[j]
             else:
-                src = h0[b]
+                src = h0[b0 + b]
                 for j in range(H):
                     hpb[j] = src[j]
-            tb = tape[t, b]
-            dyb = dy[t, b, col0:col0 + H]
+            tb = tape[t, b0 + b]
+            dyb = dy[t, b0 + b, col0:col0 + H]
             gb = g_all[b]
             for j in range(H):
                 gb[j] = dhb[j] + dyb[j]
-            dgxb = dgx[t, b]
+            dgxb = dgx[t, b0 + b]
             one = one_like(gb[0])
             if kind_is_sigmoid(gate_kind) and not use_clip:
                 for j in range(H):
@@ -178,7 +187,7 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, revers
                         darz[b, j] = k_r
             for j in range(H):
                 dhpb[j] = gb[j] * tb[H + j]
-            dghb = dgh[t, b]
+            dghb = dgh[t, b0 + b]
             if reset_after:
                 for j in range(H2):
                     dghb[j] = dgxb[j]
@@ -191,14 +200,14 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, revers
                 danb = dan[b]
                 for j in range(H):
                     danb[j] = dgxb[H2 + j]
-                rhb = rhprev[t, b]
+                rhb = rhprev[t, b0 + b]
                 for j in range(H):
                     rhb[j] = tb[j] * hpb[j]
-        n_act = active_rows(lengths, t, sorted_desc)
+        n_act = active_rows(lens, t, sorted_desc)
         if reset_after:
             if Wv_T is not None:
                 if on_tiles and n_act > 0:
-                    if _tile_rows_product(dgh[t], n_act, Wv_T, A, A3, acc, acc3):
+                    if _tile_rows_product(dgh[t, b0:b1], n_act, Wv_T, A, A3, acc, acc3):
                         for b in range(n_act):
                             ab = acc[b]
                             tmpb = tmp[b]
@@ -208,22 +217,22 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, revers
                         tile_release()
                         on_tiles = False
             if n_act > 0 and not on_tiles:
-                step_product(W_T, Wp_T, dgh[t], tmp, buf, n_act, tiled_max, s % 2 == 1)
+                step_product(W_T, Wp_T, dgh[t, b0:b1], tmp, buf, n_act, tiled_max, s % 2 == 1)
         else:
             # d(r ⊙ h_prev) = dn_pre @ W_hn, then the r gate, then the r, z blocks' matmul
             if n_act > 0:
                 step_product(W_n_T, Wp_n, dan, drh, buf, n_act, tiled_max, s % 2 == 1)
             for b in range(B):
                 darzb = darz[b]
-                if t >= lengths[b]:
+                if t >= lens[b]:
                     for j in range(H2):
                         darzb[j] = 0.0
                     continue
-                tb = tape[t, b]
-                hpb = hprev[t, b]
+                tb = tape[t, b0 + b]
+                hpb = hprev[t, b0 + b]
                 drhb = drh[b]
-                dgxb = dgx[t, b]
-                dghb = dgh[t, b]
+                dgxb = dgx[t, b0 + b]
+                dghb = dgh[t, b0 + b]
                 dhpb = dhp[b]
                 one = one_like(tb[0])
                 simple = kind_is_sigmoid(gate_kind) and not use_clip
@@ -249,18 +258,20 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, revers
             else:
                 for j in range(H):
                     dhb[j] = dhpb[j]
-            if t < lengths[b]:  # the bias gradients, while the step's rows are in cache
-                dgxb = dgx[t, b]
-                dghb = dgh[t, b]
+            if t < lens[b]:  # the bias gradients, while the step's rows are in cache
+                dgxb = dgx[t, b0 + b]
+                dghb = dgh[t, b0 + b]
+                dbi = db_ih[b0 + b]
+                dbh = db_hh[b0 + b]
                 for j in range(3 * H):
-                    db_ih[j] += dgxb[j]
-                    db_hh[j] += dghb[j]
+                    dbi[j] += dgxb[j]
+                    dbh[j] += dghb[j]
     if Wv_T is not None:
         if on_tiles:
             tile_release()
     for b in range(B):
         for j in range(H):
-            dh0[b, j] = dh[b, j]
+            dh0[b0 + b, j] = dh[b, j]
 
 
 @kernel
@@ -283,3 +294,22 @@ def matmul_into(a, b, out, accumulate):
 
 gru_backward_serial = kernel(_gru_backward, name="gru_backward_serial")
 gru_backward_amx = kernel(_gru_backward, name="gru_backward_amx")
+
+
+@parallel_kernel(name="gru_backward_amx_rows_parallel")
+def gru_backward_amx_rows(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, reverse, reset_after,
+                          gate_kind, alpha, beta, use_clip, clip, dgx, dgh, hprev, rhprev, dh0, db_ih,
+                          db_hh, tiled_max, Wv_T, n_chunks):
+    """:func:`gru_backward_amx` on Numba's threads: the B rows in ``n_chunks`` ranges (multiples of 32
+    but the last), each running every step on its own core's tiles (a row's gradients through time
+    never meet another row's but in the weight and bias sums, which the caller makes). Each row's
+    arithmetic is that of one thread's run."""
+    wide_vectors()
+    B = h0.shape[0]
+    per = (B + 32 * n_chunks - 1) // (32 * n_chunks) * 32
+    nc = (B + per - 1) // per
+    for c in prange(nc):
+        wide_vectors()
+        gru_backward_amx(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, reverse, reset_after,
+                         gate_kind, alpha, beta, use_clip, clip, dgx, dgh, hprev, rhprev, dh0, db_ih,
+                         db_hh, tiled_max, Wv_T, c * per, min(B, (c + 1) * per))

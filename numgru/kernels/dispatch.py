@@ -41,7 +41,7 @@ import numpy as np
 
 from .amx import (amx_gradient, amx_gradient_parallel, amx_projection, amx_projection_parallel, amx_ready,
                   gru_forward_amx, gru_forward_amx_rows, pack_amx)
-from .backward import gru_backward_amx, gru_backward_serial, matmul_into
+from .backward import gru_backward_amx, gru_backward_amx_rows, gru_backward_serial, matmul_into
 from .forward import (gru_forward_chunked, gru_forward_cols, gru_forward_parallel, gru_forward_rows,
                       gru_forward_serial, input_projection_kernel, input_projection_parallel, row_chunks,
                       TILED_MAX_ONE_THREAD, use_panels)
@@ -945,8 +945,8 @@ def gru_direction_backward(dy, col0, dh_n, tape, y, h0, W_hh, lengths, reverse, 
     dgh = workspace("dgh", (T, B, 3 * H), dtype)
     hprev = workspace("hprev", (T, B, H), dtype)
     rhprev = workspace("rhprev", (T, B, H) if not reset_after else (0, 0, 0), dtype)
-    db_ih = np.zeros(3 * H, np.float64)
-    db_hh = np.zeros(3 * H, np.float64)
+    db_ih = np.zeros((B, 3 * H), np.float64)  # each row's sums (the kernels' order whatever the threads)
+    db_hh = np.zeros((B, 3 * H), np.float64)
     if B == 0 or T == 0:
         dh0 = dh_n.copy()
     else:
@@ -957,11 +957,19 @@ def gru_direction_backward(dy, col0, dh_n, tape, y, h0, W_hh, lengths, reverse, 
                 rhprev, dh0, db_ih, db_hh, serial_tiled_max(thread_count()))
         Wv_T = pack_amx(W_T) if amx_recurrence_wanted(T, B, H, 1, dtype, reset_after, gate_kind,
                                                       clip is not None) else None
-        if Wv_T is not None and Wv_T.shape[0] > 0:
-            gru_backward_amx(*args, Wv_T)
+        if Wv_T is None or Wv_T.shape[0] == 0:
+            gru_backward_serial(*args, None, 0, B)
         else:
-            gru_backward_serial(*args, None)
-    return dgx, dgh, hprev, (None if reset_after else rhprev), dh0, db_ih.astype(dtype), db_hh.astype(dtype)
+            # on tiles whatever the thread count (the gradients stay the same); ranges of rows on
+            # several threads as the training forward takes them
+            chunks = min(thread_count(), B // AMX_ROWS_PER_THREAD)
+            with parallel_slot(chunks >= 2) as par:
+                if par:
+                    gru_backward_amx_rows(*args, Wv_T, chunks)
+                else:
+                    gru_backward_amx(*args, Wv_T, 0, B)
+    return (dgx, dgh, hprev, (None if reset_after else rhprev), dh0, db_ih.sum(axis=0).astype(dtype),
+            db_hh.sum(axis=0).astype(dtype))
 
 
 def weight_gradient(D, X, out):
