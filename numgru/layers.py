@@ -16,8 +16,8 @@ import numpy as np
 from ._validation import (as_lengths, as_real_array, check_bool, check_dtype, check_float,
                           check_int, untorch)
 from .kernels.activations import GATE_HARD_SIGMOID, GATE_SIGMOID
-from .kernels.dispatch import (aligned, batch_order, forward_route, gate_scalars, gru_direction_backward,
-                               empty_array, gru_direction_forward, input_projection, no_step_panels,
+from .kernels.dispatch import (FrozenPieces, aligned, batch_order, empty_array, forward_route, gate_scalars,
+                               gru_direction_backward, gru_direction_forward, input_projection, no_step_panels,
                                packed_step, run_serial_direction, run_step, serial_direction_plan,
                                serial_forward, serial_tiled_max, step_columns, step_columns_workspace,
                                thread_count, valid_steps, weight_gradient, workspace)
@@ -237,6 +237,7 @@ class GRU(_Params):
     _bf16_panels = None  # ... and their step panels per layer and direction, packed on first use
     _packed = None  # frozen models: step_panels of the float weights per layer and direction
     _plans = None  # (T, B, threads) -> _forward_plan's kernel arguments (made on first use, per object)
+    _amx_pieces = None  # a frozen model's FrozenPieces
 
     # ------------------------------------------------------------------ configuration
     @property
@@ -438,6 +439,7 @@ class GRU(_Params):
             setattr(self, name, [_read_only(aligned(a)) for a in getattr(self, name)])
         self._zero_bias = _read_only(aligned(self._zero_bias))
         self._plans = None
+        self._amx_pieces = FrozenPieces()  # AMX packings of the read-only matrices, made on first use
         self._pack()
 
     def _pack(self):
@@ -455,6 +457,7 @@ class GRU(_Params):
     def __getstate__(self):
         state = self.__dict__.copy()
         state.pop("_plans", None)
+        state.pop("_amx_pieces", None)
         if state.pop("_packed", None) is not None:
             state["_frozen"] = True  # packed again on load, where the panels' alignment is kept
         return state
@@ -628,7 +631,7 @@ class GRU(_Params):
             plan.append(serial_direction_plan(
                 W_ih, b_ih, W_hh, b_hh, Wp_ih, Wp_hh, T, B, threads,
                 i % self.num_directions == 1 or self.go_backwards, self.reset_after, self._gate_kind,
-                self.alpha, self.beta, self.clip))
+                self.alpha, self.beta, self.clip, self._amx_pieces))
         return tuple(plan)
 
     def _infer(self, x, h0, lengths, padded):

@@ -433,3 +433,46 @@ def test_training_on_tiles_identical_with_1_and_2_threads(tmp_path):
     assert routes[0].get("gru_backward_amx") == routes[1].get("gru_backward_amx_rows") == 2
     for k in outs[0].files:
         np.testing.assert_array_equal(outs[0][k], outs[1][k], err_msg=k)
+
+
+@needs_amx
+@pytest.mark.parametrize("N, K", [(3, 1), (48, 32), (100, 70)])
+def test_packing_into_scratch_matches(rng, N, K):
+    # a caller's scratch (the plain model's per-call packings) holds what pack_amx gives, old
+    # contents and padding overwritten
+    W = rng.standard_normal((N, K)).astype(np.float32)
+    want = amx.pack_amx(W)
+    got = dispatch.amx_pieces("test", W)
+    assert got.ctypes.data % 64 == 0
+    np.testing.assert_array_equal(got, want)
+    got[:] = 0xFFFF
+    np.testing.assert_array_equal(dispatch.amx_pieces("test", W), want)
+    W[N // 2, K // 2] = np.nan
+    assert dispatch.amx_pieces("test", W).shape == (0,)
+    with pytest.raises(ValueError, match="shapes"):
+        amx.pack_amx_into(W, np.empty(want.size - 1, np.uint16))
+
+
+@needs_amx
+def test_frozen_copy_packs_for_the_tiles_once(rng, one_thread, monkeypatch):
+    # the frozen copy's read-only matrices are packed on first use and kept; the plain model packs
+    # on every call (an optimizer may have changed them)
+    T, B, I, H = 32, 32, 130, 48
+    g = ng.GRU(I, H, bidirectional=True, seed=3)
+    frozen = g.freeze()
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    packed = {"n": 0}
+    real = dispatch.pack_amx
+
+    def counted(W):
+        packed["n"] += 1
+        return real(W)
+    monkeypatch.setattr(dispatch, "pack_amx", counted)
+    calls = _tile_calls(monkeypatch)
+    y, h_n = g(x)
+    for _ in range(3):
+        yf, hf = frozen(x)
+    assert calls["steps"] == 2 * 4 and calls["projection"] == 2 * 4
+    assert packed["n"] == 4  # W_ih and W_hh of two directions, once
+    np.testing.assert_array_equal(yf, y)
+    np.testing.assert_array_equal(hf, h_n)

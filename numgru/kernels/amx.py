@@ -36,7 +36,7 @@ from numba.extending import intrinsic
 
 from ._jit import inline, kernel, parallel_kernel, wide_vectors
 from .forward import input_projection_kernel, rows_after_fast, rows_after_store
-from .panel import aligned_zeros, pack_panels
+from .panel import aligned_empty, aligned_zeros, pack_panels
 
 #: largest magnitude split into pieces; larger values, Inf and NaN leave the product to float32
 #: (bfloat16 rounding of values near float32's largest would overflow)
@@ -236,6 +236,36 @@ def _finite_below_limit(vu, n):
     return big <= _LIMIT_BITS
 
 
+@inline
+def _pack_into(W, out):
+    """W's three pieces into ``out`` in the pair layout :func:`pack_amx` describes, 16 rows at a
+    time: their pieces split into a zero-padded scratch, then turned by pairs into place
+    (:func:`transpose16`). False where W holds a value :func:`_finite_below_limit` refuses."""
+    N, K = W.shape
+    Np = padded(N)
+    Kp = padded(K)
+    KH = Kp // 2
+    if out.shape[0] != 3 * Np * Kp:
+        raise ValueError("pack_amx: shapes do not match")
+    rows = aligned_zeros(3 * 16 * Kp, np.uint16)
+    r3 = rows.reshape(3, 16, Kp)
+    r32 = rows.view(np.uint32)
+    o32 = out.view(np.uint32)
+    for nb in range(Np // 16):
+        for c in range(16):
+            n = nb * 16 + c
+            if n < N:
+                if not _finite_below_limit(W[n].view(np.uint32), K):
+                    return False
+                _split_into(W[n], K, r3[0, c], r3[1, c], r3[2, c])  # (columns K … Kp−1 stay zero)
+            else:
+                r3[:, c, :] = 0
+        for p in range(3):
+            for k2 in range(0, KH, 16):
+                transpose16(r32, p * 16 * KH + k2, KH, o32, ((p * (Np // 16) + nb) * KH + k2) * 16, 16)
+    return True
+
+
 @kernel
 def pack_amx(W):
     """W (N, K) float32 → its three bfloat16 pieces in AMX's pair layout, one flat uint16 array of
@@ -243,28 +273,16 @@ def pack_amx(W):
     W[n, k] at p·Np·Kp + ((n // 16)·Kp + k − k % 2)·16 + (n % 16)·2 + k % 2; the padding is zero.
     An empty array where W holds a value :func:`_finite_below_limit` refuses."""
     wide_vectors()
-    N, K = W.shape
-    Np = padded(N)
-    Kp = padded(K)
-    out = aligned_zeros(3 * Np * Kp, np.uint16)
-    pieces = np.zeros((3, Np, Kp), np.uint16)
-    for n in range(N):
-        if not _finite_below_limit(W[n].view(np.uint32), K):
-            return out[:0]
-        _split_into(W[n], K, pieces[0, n], pieces[1, n], pieces[2, n])
-    # pairs (k, k + 1) of a row are one uint32 (k's code in the low half): transpose blocks of 16
-    # rows by pairs
-    pairs = pieces.reshape(3 * Np * Kp).view(np.uint32).reshape(3, Np, Kp // 2)
-    dst = out.view(np.uint32).reshape(3, Np // 16, Kp // 2, 16)
-    for p in range(3):
-        for nb in range(Np // 16):
-            src = pairs[p, nb * 16:nb * 16 + 16]
-            blk = dst[p, nb]
-            for k2 in range(Kp // 2):
-                row = blk[k2]
-                for c in range(16):
-                    row[c] = src[c, k2]
-    return out
+    out = aligned_empty(3 * padded(W.shape[0]) * padded(W.shape[1]), np.uint16)
+    return out if _pack_into(W, out) else out[:0]
+
+
+@kernel
+def pack_amx_into(W, out):
+    """:func:`pack_amx` into ``out`` (3·Np·Kp uint16, 64-byte aligned: a caller's scratch);
+    False where W holds a value the split refuses."""
+    wide_vectors()
+    return _pack_into(W, out)
 
 
 # ---------------------------------------------------------------------------- the product

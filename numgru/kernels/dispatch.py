@@ -40,7 +40,7 @@ import numba
 import numpy as np
 
 from .amx import (amx_gradient, amx_gradient_parallel, amx_projection, amx_projection_parallel, amx_ready,
-                  gru_forward_amx, gru_forward_amx_rows, pack_amx)
+                  gru_forward_amx, gru_forward_amx_rows, pack_amx, pack_amx_into)
 from .backward import gru_backward_amx, gru_backward_amx_rows, gru_backward_serial, matmul_into
 from .forward import (gru_forward_chunked, gru_forward_cols, gru_forward_parallel, gru_forward_rows,
                       gru_forward_serial, input_projection_kernel, input_projection_parallel, row_chunks,
@@ -489,13 +489,14 @@ def amx_projection_wanted(N, I, threads, dtype, training):
             and I >= AMX_MIN_INPUTS and amx_ready())
 
 
-def amx_project(x2d, W_ih, bias, use_bias, out, threads=1):
-    """out = x2d @ W_ih.T (+ bias) on AMX tiles, W_ih packed here (:func:`~numgru.kernels.amx.pack_amx`),
-    on Numba's threads where ``threads`` > 1 and the parallel slot is free. x2d (N, I) and out (N, M)
-    C-contiguous float32. False, with out partly written, where x2d or W_ih holds a value the tiles
-    cannot take to float32 accuracy (NaN, ±Inf, beyond 3e38): the caller then takes its float32
-    route, which writes all of out."""
-    Wv = pack_amx(W_ih)
+def amx_project(x2d, W_ih, bias, use_bias, out, threads=1, Wv=None):
+    """out = x2d @ W_ih.T (+ bias) on AMX tiles, W_ih packed here (:func:`~numgru.kernels.amx.pack_amx`)
+    unless ``Wv`` is its packing already, on Numba's threads where ``threads`` > 1 and the parallel
+    slot is free. x2d (N, I) and out (N, M) C-contiguous float32. False, with out partly written,
+    where x2d or W_ih holds a value the tiles cannot take to float32 accuracy (NaN, ±Inf, beyond
+    3e38): the caller then takes its float32 route, which writes all of out."""
+    if Wv is None:
+        Wv = amx_pieces("amx_ih", W_ih)
     if Wv.shape[0] == 0:
         return False
     if threads > 1:
@@ -737,7 +738,7 @@ def _amx_rows_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gate_ki
     with parallel_slot(True) as par:
         if not par:
             return False
-        Whv = pack_amx(W_hh)  # (only once the slot is had: a caller without it packs nothing)
+        Whv = amx_pieces("amx_hh", W_hh)  # (only once the slot is had: a caller without it packs nothing)
         return Whv.shape[0] > 0 and gru_forward_amx_rows(gx.reshape(T * B, G), Whv, b_hh, h0, bool(reverse),
                                                          y, int(col0), h_n, chunks, empty_array(gx.dtype, 3))
 
@@ -754,7 +755,7 @@ def _amx_training_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gat
     if not amx_recurrence_wanted(T, B, G // 3, 1, W_hh.dtype, reset_after, gate_kind, clip is not None) \
             or lengths.min() < T:
         return False
-    Whv = pack_amx(W_hh)
+    Whv = amx_pieces("amx_hh", W_hh)
     if Whv.shape[0] == 0:
         return False
     gx2 = gx.reshape(T * B, G)
@@ -775,19 +776,39 @@ def serial_forward(B, threads, route):
     return route is None and (B < PARALLEL_MIN_ROWS or threads == 1)
 
 
+class FrozenPieces:
+    """The AMX packings (:func:`~numgru.kernels.amx.pack_amx`) of a frozen model's read-only weight
+    matrices, each made on first use and kept with the matrix it came from (a matrix is known by
+    identity; the entry holds it, so the identity stays its own)."""
+
+    __slots__ = ("_kept",)
+
+    def __init__(self):
+        self._kept = {}
+
+    def of(self, W):
+        """W's packing (empty where W holds a value the tiles cannot take)."""
+        entry = self._kept.get(id(W))
+        if entry is None or entry[0] is not W:
+            entry = self._kept[id(W)] = (W, pack_amx(W))
+        return entry[1]
+
+
 def serial_direction_plan(W_ih, b_ih, W_hh, b_hh, packed_ih, packed_hh, T, B, threads, reverse,
-                          reset_after, gate_kind, alpha, beta, clip):
+                          reset_after, gate_kind, alpha, beta, clip, pieces=None):
     """The kernel arguments of one direction's inference forward over T ≥ 1 steps of B ≥ 1 rows that
     all run T steps, on the serial kernels (where :func:`serial_forward` holds), for
     :func:`run_serial_direction`: the choices :func:`input_projection` and
     :func:`gru_direction_forward` make on every call, made once. Weights as those two take them
     (``packed_ih``, ``packed_hh``: W_ih's panels and the pair of W_hh's, or None); the arrays are
-    kept, not copied, so a plan stays current while they are changed in place."""
+    kept, not copied, so a plan stays current while they are changed in place. ``pieces``: a frozen
+    model's :class:`FrozenPieces`, whose AMX packings the plan then keeps (else each call packs)."""
     dtype = W_ih.dtype  # gx's (W_hh may be a quantized model's bfloat16 copy)
     empty = empty_array(dtype, 3)
     steps = interleave_steps(T, B, W_ih.shape[0], W_ih.shape[1], dtype.itemsize)
     amx = threads if not steps and amx_projection_wanted(T * B, W_ih.shape[1], threads, dtype,
                                                          False) else 0
+    Wv_ih = pieces.of(W_ih) if amx and pieces is not None else None
     panels, dot = serial_projection_choice((steps or T) * B, W_ih.shape[1], threads,
                                            packed_ih is not None, False)
     projection = (W_ih, empty if packed_ih is None else packed_ih,
@@ -797,7 +818,8 @@ def serial_direction_plan(W_ih, b_ih, W_hh, b_hh, packed_ih, packed_hh, T, B, th
     if amx_recurrence_wanted(T, B, W_hh.shape[1], threads, W_hh.dtype, reset_after, gate_kind,
                              gates[3]):
         # the AMX kernel's own arguments; the plan below stays the fallback
-        amx_steps = (W_hh, b_hh, bool(reverse), (*projection, panels, dot), steps, amx)
+        amx_steps = (W_hh, b_hh, bool(reverse), (*projection, panels, dot), steps, amx, Wv_ih,
+                     None if pieces is None else pieces.of(W_hh))
     if packed_hh is None:
         none = empty_array(W_hh.dtype, 3)
         packed_hh = (none, none)
@@ -811,7 +833,7 @@ def serial_direction_plan(W_ih, b_ih, W_hh, b_hh, packed_ih, packed_hh, T, B, th
             amx_steps
     recurrence = (weights, (lengths, True, bool(reverse), bool(reset_after), *gates),
                   (False, empty, tiled_max, 0, B))
-    return projection, (panels, dot, amx), recurrence, None, amx_steps
+    return projection, (panels, dot, amx, Wv_ih), recurrence, None, amx_steps
 
 
 def interleave_steps(T, B, M, I, itemsize):
@@ -840,8 +862,8 @@ def run_serial_direction(plan, x2d, gx, h0, y, col0, h_n):
         gru_forward_chunked(x2d, *projection, gx, *weights, h0, *scalars, y, col0, h_n, *rest)
         return
     weights, scalars, rest = recurrence
-    panels, dot, amx = flags
-    _planned_projection(x2d, (*projection, panels, dot), amx, gx)
+    panels, dot, amx, Wv_ih = flags
+    _planned_projection(x2d, (*projection, panels, dot), amx, gx, Wv_ih)
     T = y.shape[0]
     gru_forward_serial(gx.reshape(T, gx.shape[0] // T, gx.shape[1]), *weights, h0, *scalars, y, col0,
                        h_n, *rest)
@@ -852,22 +874,24 @@ def _run_amx_direction(amx_steps, x2d, gx, h0, y, col0, h_n):
     the projection first (on AMX where the plan says so) or interleaved with the steps as the plan's
     ``steps`` says. False where the tiles could not take the weights or a state to float32 accuracy
     (NaN or ±Inf, say): the caller then runs the float32 plan, which writes everything anew."""
-    W_hh, b_hh, reverse, projection, steps, amx_projection = amx_steps
-    Whv = pack_amx(W_hh)
+    W_hh, b_hh, reverse, projection, steps, amx_projection, Wv_ih, Whv = amx_steps
+    if Whv is None:
+        Whv = amx_pieces("amx_hh", W_hh)
     if Whv.shape[0] == 0:
         return False
     if not steps:
-        _planned_projection(x2d, projection, amx_projection, gx)
+        _planned_projection(x2d, projection, amx_projection, gx, Wv_ih)
     return gru_forward_amx(x2d, *projection, gx, Whv, b_hh, h0, reverse, y, col0, h_n, steps,
                            empty_array(gx.dtype, 3))
 
 
-def _planned_projection(x2d, projection, amx, gx):
+def _planned_projection(x2d, projection, amx, gx, Wv_ih=None):
     """gx = the whole input projection of a plan: ``projection`` (W_ih, Wp, bias, use_bias, panels,
     dot) as :func:`~numgru.kernels.forward.input_projection_kernel` takes it, on AMX tiles first
-    where ``amx`` (the thread count to take them with, 0 for none) and they take x2d."""
+    where ``amx`` (the thread count to take them with, 0 for none) and they take x2d (``Wv_ih``:
+    W_ih's AMX packing kept by a frozen model, or None)."""
     W_ih, Wp, bias, use_bias, panels, dot = projection
-    if not (amx and amx_project(x2d, W_ih, bias, use_bias, gx, amx)):
+    if not (amx and amx_project(x2d, W_ih, bias, use_bias, gx, amx, Wv_ih)):
         input_projection_kernel(x2d, W_ih, Wp, bias, use_bias, gx, panels, dot)
 
 
@@ -896,6 +920,19 @@ def workspace(name, shape, dtype):
         buf = np.empty(max(size, 1), dtype)
         store[key] = buf
     return buf[:size].reshape(shape)
+
+
+def amx_pieces(name, W):
+    """W's AMX packing (:func:`~numgru.kernels.amx.pack_amx_into`) in this thread's scratch ``name``
+    (:func:`workspace`, 64-byte aligned), valid until the thread's next call asking for that name;
+    empty where W holds a value the tiles cannot take. Packing into fresh arrays on every call
+    faulted their pages in anew (one thread, T = 32, B = 64, H = 1024: W_ih's and W_hh's packings,
+    18 MB each, were 28 ms of a 118 ms forward)."""
+    size = 3 * ((W.shape[0] + 31) // 32 * 32) * ((W.shape[1] + 31) // 32 * 32)
+    buf = workspace(name, (size + 32,), np.uint16)
+    off = (-buf.ctypes.data % 64) // 2
+    out = buf[off:off + size]
+    return out if pack_amx_into(W, out) else out[:0]
 
 
 _RECYCLED = threading.local()
@@ -955,7 +992,7 @@ def gru_direction_backward(dy, col0, dh_n, tape, y, h0, W_hh, lengths, reverse, 
         args = (dy, int(col0), dh_n, tape, y, h0, W_T, lengths, is_sorted_desc(lengths), bool(reverse),
                 bool(reset_after), *gate_scalars(dtype, gate_kind, alpha, beta, clip), dgx, dgh, hprev,
                 rhprev, dh0, db_ih, db_hh, serial_tiled_max(thread_count()))
-        Wv_T = pack_amx(W_T) if amx_recurrence_wanted(T, B, H, 1, dtype, reset_after, gate_kind,
+        Wv_T = amx_pieces("amx_hh_T", W_T) if amx_recurrence_wanted(T, B, H, 1, dtype, reset_after, gate_kind,
                                                       clip is not None) else None
         if Wv_T is None or Wv_T.shape[0] == 0:
             gru_backward_serial(*args, None, 0, B)
