@@ -26,6 +26,11 @@ from .amx import _amx_scratch, _tile_config, _tile_rows_product, tile_config, ti
 from .panel import pack_panels
 
 
+#: rows whose bias gradients share an accumulator (the ranges of :func:`gru_backward_amx_rows` are
+#: multiples of it)
+BIAS_ROWS = 32
+
+
 def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, reverse, reset_after,
                   gate_kind, alpha, beta, use_clip, clip, dgx, dgh, hprev, rhprev, dh0, db_ih, db_hh,
                   tiled_max, Wv_T, b0, b1):
@@ -48,13 +53,16 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, revers
     hprev    (T, B, H)   out. h_{t−1} per valid step (zeros past a row's length): the input of dW_hh.
     rhprev   (T, B, H)   out. r ⊙ h_{t−1} (reset_after=False; pass (0, 0, 0) otherwise): input of dW_hn.
     dh0      (B, H)      out. dLoss/dh0.
-    db_ih    (B, 3H) float64  out. Each row's Σ over its valid steps of dgx (summed over rows, in
-                              order, by the caller: dLoss/db_ih); must arrive zeroed.
-    db_hh    (B, 3H) float64  out. Likewise of dgh (dLoss/db_hh). Summed in float64 step by step
-                              (NumPy's float32 pairwise sum over the T·B rows afterwards was a
-                              second pass over both arrays: 6.4 ms at T = 128, B = 64, H = 256), a
-                              sum per row so that ranges of rows may run on several threads with
-                              the same result.
+    db_ih    (⌈B / BIAS_ROWS⌉, 3H) float64  out. Per group of ``BIAS_ROWS`` rows, the Σ over their
+                              valid steps of dgx (each step's group summed in the arrays' dtype,
+                              then added in float64; the groups summed in order by the caller:
+                              dLoss/db_ih); must arrive zeroed.
+    db_hh    (⌈B / BIAS_ROWS⌉, 3H) float64  out. Likewise of dgh (dLoss/db_hh). Summed in float64
+                              step by step (NumPy's float32 pairwise sum over the T·B rows
+                              afterwards was a second pass over both arrays: 6.4 ms at T = 128,
+                              B = 64, H = 256), by groups of rows so that ranges of whole groups may
+                              run on several threads with the same result (a sum per row streamed
+                              its accumulators through L2: 5.8 ms of the step there).
 
     Scalars as in the forward kernel; ``reverse`` says which direction the forward ran; ``tiled_max``
     as in :func:`~numgru.kernels.forward.recurrent_matmul`. Only rows b0 … b1−1 are read and written
@@ -80,6 +88,8 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, revers
     drh = np.empty((B, H), dt)
     darz = np.zeros((B, H2), dt)
     g_all = np.empty((B, H), dt)
+    bsum_i = np.zeros(3 * H, dt)
+    bsum_h = np.zeros(3 * H, dt)
     buf = np.empty(3 * H * B, dt)
     # reset_after=False multiplies by the r, z and the n columns of W_T separately: C-contiguous copies
     Hs = 0 if reset_after else H
@@ -261,11 +271,19 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, revers
             if t < lens[b]:  # the bias gradients, while the step's rows are in cache
                 dgxb = dgx[t, b0 + b]
                 dghb = dgh[t, b0 + b]
-                dbi = db_ih[b0 + b]
-                dbh = db_hh[b0 + b]
                 for j in range(3 * H):
-                    dbi[j] += dgxb[j]
-                    dbh[j] += dghb[j]
+                    bsum_i[j] += dgxb[j]
+                for j in range(3 * H):
+                    bsum_h[j] += dghb[j]
+            if (b0 + b + 1) % BIAS_ROWS == 0 or b == B - 1:  # a group's rows of this step, into float64
+                dbi = db_ih[(b0 + b) // BIAS_ROWS]
+                dbh = db_hh[(b0 + b) // BIAS_ROWS]
+                for j in range(3 * H):
+                    dbi[j] += bsum_i[j]
+                    bsum_i[j] = 0.0
+                for j in range(3 * H):
+                    dbh[j] += bsum_h[j]
+                    bsum_h[j] = 0.0
     if Wv_T is not None:
         if on_tiles:
             tile_release()
@@ -300,13 +318,13 @@ gru_backward_amx = kernel(_gru_backward, name="gru_backward_amx")
 def gru_backward_amx_rows(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, reverse, reset_after,
                           gate_kind, alpha, beta, use_clip, clip, dgx, dgh, hprev, rhprev, dh0, db_ih,
                           db_hh, tiled_max, Wv_T, n_chunks):
-    """:func:`gru_backward_amx` on Numba's threads: the B rows in ``n_chunks`` ranges (multiples of 32
-    but the last), each running every step on its own core's tiles (a row's gradients through time
+    """:func:`gru_backward_amx` on Numba's threads: the B rows in ``n_chunks`` ranges (multiples of
+    ``BIAS_ROWS``, 32, but the last), each running every step on its own core's tiles (a row's gradients through time
     never meet another row's but in the weight and bias sums, which the caller makes). Each row's
     arithmetic is that of one thread's run."""
     wide_vectors()
     B = h0.shape[0]
-    per = (B + 32 * n_chunks - 1) // (32 * n_chunks) * 32
+    per = (B + BIAS_ROWS * n_chunks - 1) // (BIAS_ROWS * n_chunks) * BIAS_ROWS
     nc = (B + per - 1) // per
     for c in prange(nc):
         wide_vectors()

@@ -41,7 +41,7 @@ import numpy as np
 
 from .amx import (amx_gradient, amx_gradient_parallel, amx_projection, amx_projection_parallel, amx_ready,
                   gru_forward_amx, gru_forward_amx_rows, pack_amx, pack_amx_into)
-from .backward import gru_backward_amx, gru_backward_amx_rows, gru_backward_serial, matmul_into
+from .backward import BIAS_ROWS, gru_backward_amx, gru_backward_amx_rows, gru_backward_serial, matmul_into
 from .forward import (gru_forward_chunked, gru_forward_cols, gru_forward_parallel, gru_forward_rows,
                       gru_forward_serial, input_projection_kernel, input_projection_parallel, row_chunks,
                       TILED_MAX_ONE_THREAD, use_panels)
@@ -982,8 +982,9 @@ def gru_direction_backward(dy, col0, dh_n, tape, y, h0, W_hh, lengths, reverse, 
     dgh = workspace("dgh", (T, B, 3 * H), dtype)
     hprev = workspace("hprev", (T, B, H), dtype)
     rhprev = workspace("rhprev", (T, B, H) if not reset_after else (0, 0, 0), dtype)
-    db_ih = np.zeros((B, 3 * H), np.float64)  # each row's sums (the kernels' order whatever the threads)
-    db_hh = np.zeros((B, 3 * H), np.float64)
+    groups = (B + BIAS_ROWS - 1) // BIAS_ROWS  # sums per group of rows, in the same order on any threads
+    db_ih = np.zeros((groups, 3 * H), np.float64)
+    db_hh = np.zeros((groups, 3 * H), np.float64)
     if B == 0 or T == 0:
         dh0 = dh_n.copy()
     else:
