@@ -16,11 +16,12 @@ import numpy as np
 from ._validation import (as_lengths, as_real_array, check_bool, check_dtype, check_float,
                           check_int, untorch)
 from .kernels.activations import GATE_HARD_SIGMOID, GATE_SIGMOID
-from .kernels.dispatch import (FrozenPieces, aligned, batch_order, empty_array, forward_route, gate_scalars,
-                               gru_direction_backward, gru_direction_forward, input_projection, no_step_panels,
-                               packed_step, run_serial_direction, run_step, serial_direction_plan,
-                               serial_forward, serial_tiled_max, step_columns, step_columns_workspace,
-                               thread_count, valid_steps, weight_gradient, workspace)
+from .kernels.dispatch import (FrozenPieces, aligned, batch_order, empty_array, forward_route,
+                               gate_scalars, gru_direction_backward, gru_direction_forward,
+                               input_gradient, input_projection, no_step_panels, packed_step,
+                               run_serial_direction, run_step, serial_direction_plan, serial_forward,
+                               serial_tiled_max, step_columns, step_columns_workspace, thread_count,
+                               valid_steps, weight_gradient, workspace)
 from .kernels.backward import matmul_into
 from .kernels.bf16 import from_bfloat16, to_bfloat16
 from .kernels.step import gru_step, step_panels
@@ -779,7 +780,7 @@ class GRU(_Params):
                         dW_hh[: 2 * H] = _matmul(dgh2[:, : 2 * H].T, hp2)
                         dW_hh[2 * H:] = _matmul(dgh2[:, 2 * H:].T, rhprev.reshape(T * B, H))
                     if want_dx:
-                        matmul_into(dgx2, W_ih, dx2d, d > 0)
+                        input_gradient(dgx2, W_ih, dx2d, d > 0)
                 else:
                     dW_ih[...] = 0
                     dW_hh[...] = 0

@@ -1028,6 +1028,25 @@ def weight_gradient(D, X, out):
     return out
 
 
+def input_gradient(dG, W_ih, out, accumulate):
+    """out = dG @ W_ih (out += with ``accumulate``): the gradient flowing into a layer's input, the
+    gate gradients dG (N, 3H) by W_ih (3H, I); out (N, I) C-contiguous. On AMX tiles as the
+    projection takes them (W_ih's transpose packed, :func:`amx_projection_wanted` for training, so
+    whatever the thread count), else in BLAS."""
+    N, M = dG.shape
+    threads = thread_count()
+    if amx_projection_wanted(N, M, threads, dG.dtype, True):
+        dG = np.ascontiguousarray(dG)
+        Wv = amx_pieces("amx_ih_T", np.ascontiguousarray(W_ih.T))
+        target = workspace("dx", out.shape, out.dtype) if accumulate else out
+        if Wv.shape[0] and amx_project(dG, W_ih.T, W_ih[0], False, target, threads, Wv):
+            if accumulate:
+                out += target
+            return out
+    matmul_into(dG, W_ih, out, accumulate)
+    return out
+
+
 def amx_gradient_wanted(N, M, I, dtype):
     """Whether :func:`weight_gradient` of N rows, M gate columns and I inputs runs on AMX tiles
     (:func:`~numgru.kernels.amx.amx_gradient`, to float32 accuracy): float32, where the CPU has AMX,
