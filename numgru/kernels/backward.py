@@ -103,8 +103,8 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, revers
     # packed panels (:mod:`~numgru.kernels.panel`) of the matrices each step multiplies by, where some
     # step's product takes them; else the forward's other matmul routes
     empty = np.empty((0, 0, 0), dt)
-    Wp_T = pack_panels(W_T) if reset_after and Wv_T is None and wants_panels(H, 3 * H, B, T, tiled_max, False) \
-        else empty
+    on_panels = reset_after and Wv_T is None and wants_panels(H, 3 * H, B, T, tiled_max, False)
+    Wp_T = pack_panels(W_T) if on_panels else empty
     Wp_n = pack_panels(W_n_T) if not reset_after and wants_panels(H, H, B, T, tiled_max, False) else empty
     Wp_rz = pack_panels(W_rz_T) if not reset_after and wants_panels(H, H2, B, T, tiled_max, False) else empty
     for b in range(B):
@@ -319,9 +319,9 @@ def gru_backward_amx_rows(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc
                           gate_kind, alpha, beta, use_clip, clip, dgx, dgh, hprev, rhprev, dh0, db_ih,
                           db_hh, tiled_max, Wv_T, n_chunks):
     """:func:`gru_backward_amx` on Numba's threads: the B rows in ``n_chunks`` ranges (multiples of
-    ``BIAS_ROWS``, 32, but the last), each running every step on its own core's tiles (a row's gradients through time
-    never meet another row's but in the weight and bias sums, which the caller makes). Each row's
-    arithmetic is that of one thread's run."""
+    ``BIAS_ROWS``, 32, but the last), each running every step on its own core's tiles (a row's
+    gradients through time never meet another row's but in the weight and bias sums, which the
+    caller makes). Each row's arithmetic, and each group's bias sums, are those of one thread's run."""
     wide_vectors()
     B = h0.shape[0]
     per = (B + BIAS_ROWS * n_chunks - 1) // (BIAS_ROWS * n_chunks) * BIAS_ROWS

@@ -682,7 +682,8 @@ def gru_direction_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gat
     T, B, H3 = gx.shape
     H = H3 // 3
     dtype = gx.dtype
-    tape = recycled("tape", (T, B, (5 if clip is not None else 4) * H), dtype) if store else empty_array(dtype, 3)
+    tape = (recycled("tape", (T, B, (5 if clip is not None else 4) * H), dtype) if store
+            else empty_array(dtype, 3))
     if B == 0 or T == 0:
         h_n[...] = h0
         return tape if store else None
@@ -763,10 +764,11 @@ def _amx_training_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gat
     if chunks >= 2:
         with parallel_slot(True) as par:
             if par:
-                return gru_forward_amx_rows(gx2, Whv, b_hh, h0, bool(reverse), y, int(col0), h_n, chunks, tape)
+                return gru_forward_amx_rows(gx2, Whv, b_hh, h0, bool(reverse), y, int(col0), h_n, chunks,
+                                            tape)
     # the serial kernel with its projection left out (steps 0: gx holds it)
-    return gru_forward_amx(gx2, gx2, empty_array(gx.dtype, 3), b_hh, False, False, False, gx2, Whv, b_hh, h0,
-                           bool(reverse), y, int(col0), h_n, 0, tape)
+    return gru_forward_amx(gx2, gx2, empty_array(gx.dtype, 3), b_hh, False, False, False, gx2, Whv, b_hh,
+                           h0, bool(reverse), y, int(col0), h_n, 0, tape)
 
 
 def serial_forward(B, threads, route):
@@ -982,7 +984,7 @@ def gru_direction_backward(dy, col0, dh_n, tape, y, h0, W_hh, lengths, reverse, 
     dgh = workspace("dgh", (T, B, 3 * H), dtype)
     hprev = workspace("hprev", (T, B, H), dtype)
     rhprev = workspace("rhprev", (T, B, H) if not reset_after else (0, 0, 0), dtype)
-    groups = (B + BIAS_ROWS - 1) // BIAS_ROWS  # sums per group of rows, in the same order on any threads
+    groups = (B + BIAS_ROWS - 1) // BIAS_ROWS  # bias sums per group of rows, the same on any threads
     db_ih = np.zeros((groups, 3 * H), np.float64)
     db_hh = np.zeros((groups, 3 * H), np.float64)
     if B == 0 or T == 0:
@@ -993,8 +995,8 @@ def gru_direction_backward(dy, col0, dh_n, tape, y, h0, W_hh, lengths, reverse, 
         args = (dy, int(col0), dh_n, tape, y, h0, W_T, lengths, is_sorted_desc(lengths), bool(reverse),
                 bool(reset_after), *gate_scalars(dtype, gate_kind, alpha, beta, clip), dgx, dgh, hprev,
                 rhprev, dh0, db_ih, db_hh, serial_tiled_max(thread_count()))
-        Wv_T = amx_pieces("amx_hh_T", W_T) if amx_recurrence_wanted(T, B, H, 1, dtype, reset_after, gate_kind,
-                                                      clip is not None) else None
+        tiles = amx_recurrence_wanted(T, B, H, 1, dtype, reset_after, gate_kind, clip is not None)
+        Wv_T = amx_pieces("amx_hh_T", W_T) if tiles else None
         if Wv_T is None or Wv_T.shape[0] == 0:
             gru_backward_serial(*args, None, 0, B)
         else:
@@ -1014,8 +1016,8 @@ def weight_gradient(D, X, out):
     """out = D.T @ X: a weight gradient, the gate gradients D (N, M) by the layer's inputs X (N, I)
     summed over all N = T·B rows; out (M, I) C-contiguous. On AMX tiles where
     :func:`amx_gradient_wanted` says so (on Numba's threads where there are several and the parallel
-    slot is free), else in BLAS (:func:`~numgru.kernels.backward.matmul_into`). Either way each sum runs in
-    an order that does not depend on the thread count."""
+    slot is free), else in BLAS (:func:`~numgru.kernels.backward.matmul_into`). Either way each sum
+    runs in an order that does not depend on the thread count."""
     N, M = D.shape
     threads = thread_count()
     if amx_gradient_wanted(N, M, X.shape[1], D.dtype):
@@ -1051,8 +1053,8 @@ def amx_gradient_wanted(N, M, I, dtype):
     """Whether :func:`weight_gradient` of N rows, M gate columns and I inputs runs on AMX tiles
     (:func:`~numgru.kernels.amx.amx_gradient`, to float32 accuracy): float32, where the CPU has AMX,
     from ``AMX_GRADIENT_MIN_ROWS`` rows, M·I within ``AMX_GRADIENT_SIZES`` (the sums, I × M
-    float32, are read and written once per block of rows, so from L2 below the upper bound). Measured on
-    the 2-vCPU Intel machine (Emerald Rapids), one thread, against OpenBLAS's sgemm, the splitting
+    float32, are read and written once per block of rows, so from L2 below the upper bound). Measured
+    on the 2-vCPU Intel machine (Emerald Rapids), one thread, against OpenBLAS's sgemm, the splitting
     included: N = 8192, (M, I) = (768, 256) 13.6 against 22.4 ms (1.65×), (384, 128) 1.22×, (768, 64)
     1.23×, (1536, 512) 1.49×, but (192, 64) 0.94× and (3072, 1024) 0.96×; (768, 256) at N = 512 /
     1024 / 2048 1.14× / 1.30× / 1.40×. Two threads, N = 8192, (768, 256): 7.6 against 11.8 ms. The
