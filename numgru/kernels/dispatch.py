@@ -937,6 +937,14 @@ def amx_pieces(name, W):
     return out if pack_amx_into(W, out) else out[:0]
 
 
+def _references(pool, k):
+    """sys.getrefcount of pool[k] (counting the list's reference and the call's own)."""
+    return sys.getrefcount(pool[k])
+
+
+#: what :func:`_references` reads for a list's element that nothing else refers to, measured here
+#: rather than assumed (interpreters differ in the temporary references they count)
+_UNREFERENCED = _references([object()], 0)
 _RECYCLED = threading.local()
 #: buffers :func:`recycled` keeps per thread and name (a forward_train of two bidirectional layers
 #: hands out four tapes, and the previous step's four may still be held)
@@ -957,8 +965,7 @@ def recycled(name, shape, dtype):
     dtype = dtype if isinstance(dtype, np.dtype) else np.dtype(dtype)
     pool = _RECYCLED.__dict__.setdefault((name, dtype), [])
     for k in range(len(pool)):
-        # referred to by the list, by the call's argument and by nothing else
-        if pool[k].size >= size and sys.getrefcount(pool[k]) == 2:
+        if pool[k].size >= size and _references(pool, k) == _UNREFERENCED:
             return pool[k][:size].reshape(shape)
     buf = np.empty(size, dtype)
     pool.append(buf)
