@@ -418,7 +418,8 @@ class GRU(_Params):
         ``torch.jit.freeze`` does: its input projection and steps then run on the packed weights at
         every length and batch where those are the faster product. That pays most where the packing
         or an unpacked product was a large share of a call: small batches and short sequences at
-        H ≤ 256, and stream steps. Results equal the model's within rounding (the sums run in
+        H ≤ 256, and stream steps; on CPUs with AMX tiles it also keeps the tiles' packing of each
+        matrix, made on first use. Results equal the model's within rounding (the sums run in
         another order, as between the model's own routes).
 
         The copy is for inference (``forward``, ``stream``, :class:`~numgru.BatchingEngine`): its

@@ -1,4 +1,5 @@
-"""Float32 products on Intel AMX tiles, to float32 accuracy: the input projection and the recurrence.
+"""Float32 products on Intel AMX tiles, to float32 accuracy: the input projection, the recurrence
+(inference and training's tape-recording forward), the backward's steps and the weight gradients.
 
 Intel's Advanced Matrix Extensions (Sapphire Rapids and later Xeons) multiply bfloat16 tiles into
 float32 tiles: one ``TDPBF16PS`` takes a 16 × 32 tile of A and a 32 × 16 tile of B into a 16 × 16
@@ -17,10 +18,12 @@ by :func:`amx_ready`) and code that only a CPU with AMX can run: the kernels her
 their first call, which the dispatch makes only where :func:`amx_ready` is true. ``NUMGRU_AMX=0``
 turns the route off.
 
-Layout: weights W (N, K) are packed once per call (:func:`pack_amx`) into three pieces of bfloat16
-in AMX's pair layout, each piece (Np / 16, Kp / 2, 16, 2) with N and K padded with zeros to
-multiples of 32 (Np, Kp); rows of x are split the same way a block at a time, into a scratch the
-tiles read.
+Layout: weights W (N, K) are packed (:func:`pack_amx`, :func:`pack_amx_into`) into three pieces of
+bfloat16 in AMX's pair layout, each piece (Np / 16, Kp / 2, 16, 2) with N and K padded with zeros to
+multiples of 32 (Np, Kp): once per call into a per-thread scratch for a plain model, whose weights an
+optimizer may change, once per matrix for a frozen one. Rows of x are split the same way a block at a
+time, into a scratch the tiles read. A weight gradient (:func:`amx_gradient`) sums over rows, so both
+of its operands are split two rows at a time into pairs, and one of them turned (:func:`transpose16`).
 """
 from __future__ import annotations
 
