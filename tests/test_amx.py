@@ -186,37 +186,36 @@ def test_forward_on_tiles_with_the_projection_interleaved(rng, one_thread, monke
     assert calls["steps"] == 4
 
 
+def _bidirectional_forward(rng, monkeypatch, T, B, I, H, seed):
+    """A bidirectional layer's forward with h0, the tile routes counted and the result checked
+    against the NumPy reference: (g, x, h0, calls)."""
+    g = ng.GRU(I, H, bidirectional=True, seed=seed)
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    h0 = rng.standard_normal((2, B, H)).astype(np.float32)
+    calls = _tile_calls(monkeypatch)
+    y, h_n = g(x, h0)
+    y_ref, h_ref = ref_gru(x, g.state_dict(), 1, H, bidirectional=True, h0=h0)
+    np.testing.assert_allclose(y, y_ref, **TOL[np.float32])
+    np.testing.assert_allclose(h_n, h_ref, **TOL[np.float32])
+    return g, x, h0, calls
+
+
 @needs_amx
 @pytest.mark.parametrize("B", [14, 16])
 def test_forward_on_tiles_sixteen_rows(rng, one_thread, monkeypatch, B):
     # one tile of 16 rows (the rows past B zero), each piece's sums apart; H = 100 pads W_hh's
     # pieces to 320 × 128
-    T, I, H = 32, 20, 100
-    g = ng.GRU(I, H, bidirectional=True, seed=5)
-    x = rng.standard_normal((T, B, I)).astype(np.float32)
-    h0 = rng.standard_normal((2, B, H)).astype(np.float32)
-    calls = _tile_calls(monkeypatch)
-    y, h_n = g(x, h0)
+    calls = _bidirectional_forward(rng, monkeypatch, 32, B, 20, 100, seed=5)[-1]
     assert calls["steps"] == 2
-    y_ref, h_ref = ref_gru(x, g.state_dict(), 1, H, bidirectional=True, h0=h0)
-    np.testing.assert_allclose(y, y_ref, **TOL[np.float32])
-    np.testing.assert_allclose(h_n, h_ref, **TOL[np.float32])
 
 
 @needs_amx
 @pytest.mark.parametrize("B", [64, 70])
 def test_forward_on_tiles_two_threads(rng, two_threads, monkeypatch, B):
     # ranges of rows on each thread's tiles (70 rows: 48 and 22), the projection's rows split too
-    T, I, H = 32, 130, 128
-    g = ng.GRU(I, H, bidirectional=True, seed=6)
-    x = rng.standard_normal((T, B, I)).astype(np.float32)
-    h0 = rng.standard_normal((2, B, H)).astype(np.float32)
-    calls = _tile_calls(monkeypatch)
-    y, h_n = g(x, h0)
+    H = 128
+    g, x, h0, calls = _bidirectional_forward(rng, monkeypatch, 32, B, 130, H, seed=6)
     assert calls["rows"] == 2 and calls["projection_parallel"] == 2
-    y_ref, h_ref = ref_gru(x, g.state_dict(), 1, H, bidirectional=True, h0=h0)
-    np.testing.assert_allclose(y, y_ref, **TOL[np.float32])
-    np.testing.assert_allclose(h_n, h_ref, **TOL[np.float32])
     # a NaN: that call's tiles decline, the float32 routes give the rest exactly as before
     x[4, 9, 0] = np.nan
     y, _ = g(x, h0)

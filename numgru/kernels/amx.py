@@ -290,20 +290,21 @@ def pack_amx_into(W, out):
 
 # ---------------------------------------------------------------------------- the product
 @inline
-def _six(A, Wv, a0, ma, w0, nb, k0, Kp, Np):
-    """The six bfloat16 products of one 32 × 32 block of sums over k0 … k0+31 into tiles 0–3: A's
-    pieces at a0 + p·ma (rows Kp apart), W's at w0 + p·Np·Kp (column blocks nb values apart)."""
-    row = Kp * 2
-    step = Np * Kp
+def _six(A, a0, a_piece, a_down, a_row, Bm, b0, b_piece, b_right, b_row):
+    """The six bfloat16 products of one 32 × 32 block of sums over 32 values of the summed index
+    into tiles 0–3 (a₁ by w₁, w₂, w₃; a₂ by w₁, w₂; a₃ by w₁). A's tiles (rows of the sums): piece p
+    at a0 + p·a_piece, its second 16 rows a_down further, rows a_row bytes apart; Bm's (pairs of the
+    summed index, columns of the sums): piece p at b0 + p·b_piece, its second 16 columns b_right
+    further, rows b_row bytes apart (offsets in the arrays' elements)."""
     for q in range(6):
         pa = 0 if q < 3 else (1 if q < 5 else 2)
         pb = q if q < 3 else (4 - q if q < 5 else 0)  # 0 1 2 1 0 0
         if q == 0 or q == 3 or q == 5:
-            tile_load(4, A, a0 + pa * ma + k0, row)
-            tile_load(5, A, a0 + pa * ma + 16 * Kp + k0, row)
-        b = w0 + pb * step + k0 * 16
-        tile_load(6, Wv, b, 64)
-        tile_load(7, Wv, b + nb, 64)
+            tile_load(4, A, a0 + pa * a_piece, a_row)
+            tile_load(5, A, a0 + pa * a_piece + a_down, a_row)
+        b = b0 + pb * b_piece
+        tile_load(6, Bm, b, b_row)
+        tile_load(7, Bm, b + b_right, b_row)
         tile_dot(0, 4, 6)
         tile_dot(1, 4, 7)
         tile_dot(2, 5, 6)
@@ -356,7 +357,7 @@ def _project_rows(x, Wv, N, biasp, out, r0, r1):
                 tile_load(2, biasp, n0, 0)
                 tile_load(3, biasp, n0 + 16, 0)
                 for k0 in range(0, Kp, 32):
-                    _six(A, Wv, m0 * Kp, MB * Kp, w0, Kp * 16, k0, Kp, Np)
+                    _six(A, m0 * Kp + k0, MB * Kp, 16 * Kp, 2 * Kp, Wv, w0 + 16 * k0, Np * Kp, 16 * Kp, 64)
                 if m0 + 32 <= rows and n0 + 32 <= N:
                     o = (q0 + m0) * N + n0
                     tile_store(0, out, o, N * 4)
@@ -484,7 +485,7 @@ def _tile_rows_product(src, nb, Wv, A, A3, acc, acc3):
             tile_zero(2)
             tile_zero(3)
             for k0 in range(0, Kp, 32):
-                _six(A, Wv, m0 * Kp, Mp * Kp, w0, Kp * 16, k0, Kp, Np)
+                _six(A, m0 * Kp + k0, Mp * Kp, 16 * Kp, 2 * Kp, Wv, w0 + 16 * k0, Np * Kp, 16 * Kp, 64)
             o = m0 * Np + n0
             tile_store(0, acc, o, Np * 4)
             tile_store(1, acc, o + 16, Np * 4)
@@ -777,20 +778,7 @@ def _gradient_columns(X, D, C, c0, c1, KB):
                     tile_load(2, Cf, o + 16 * Mp, crow)
                     tile_load(3, Cf, o + 16 * Mp + 16, crow)
                 for kk in range(0, kh, 16):
-                    for q in range(6):
-                        pa = 0 if q < 3 else (1 if q < 5 else 2)
-                        pb = q if q < 3 else (4 - q if q < 5 else 0)
-                        if q == 0 or q == 3 or q == 5:
-                            a0 = pa * piece_a + i0 * KH + kk
-                            tile_load(4, A, a0, arow)
-                            tile_load(5, A, a0 + 16 * KH, arow)
-                        b0 = pb * piece_b + kk * W + m0
-                        tile_load(6, Bv, b0, brow)
-                        tile_load(7, Bv, b0 + 16, brow)
-                        tile_dot(0, 4, 6)
-                        tile_dot(1, 4, 7)
-                        tile_dot(2, 5, 6)
-                        tile_dot(3, 5, 7)
+                    _six(A, i0 * KH + kk, piece_a, 16 * KH, arow, Bv, kk * W + m0, piece_b, 16, brow)
                 tile_store(0, Cf, o, crow)
                 tile_store(1, Cf, o + 16, crow)
                 tile_store(2, Cf, o + 16 * Mp, crow)

@@ -40,7 +40,7 @@ import numba
 import numpy as np
 
 from .amx import (amx_gradient, amx_gradient_parallel, amx_projection, amx_projection_parallel, amx_ready,
-                  gru_forward_amx, gru_forward_amx_rows, pack_amx, pack_amx_into)
+                  gru_forward_amx, gru_forward_amx_rows, pack_amx, pack_amx_into, padded)
 from .backward import BIAS_ROWS, gru_backward_amx, gru_backward_amx_rows, gru_backward_serial, matmul_into
 from .forward import (gru_forward_chunked, gru_forward_cols, gru_forward_parallel, gru_forward_rows,
                       gru_forward_serial, input_projection_kernel, input_projection_parallel, row_chunks,
@@ -515,11 +515,17 @@ def amx_rows_chunks(T, B, H, threads, dtype, reset_after, gate_kind, use_clip):
     against one thread's tiles' 1.58 / 16.3 / 182; whole forwards against the float32 routes on two
     threads: H = 256 1.25×, H = 128 1.12× (T = 32), but H = 64 0.97–1.04× (the rows route on packed
     panels runs as fast; 0.60× in one benchmark run, with the peers' pools on the other core)."""
-    chunks = min(threads, B // AMX_ROWS_PER_THREAD)
-    if threads < 2 or chunks < 2 or H < AMX_ROWS_MIN_HIDDEN or \
+    chunks = amx_row_ranges(B, threads)
+    if chunks < 2 or H < AMX_ROWS_MIN_HIDDEN or \
             not amx_recurrence_wanted(T, B, H, 1, dtype, reset_after, gate_kind, use_clip):
         return 0
     return chunks
+
+
+def amx_row_ranges(B, threads):
+    """How many ranges of rows a recurrence on AMX tiles splits B rows into on ``threads`` threads:
+    one per thread, at least ``AMX_ROWS_PER_THREAD`` rows each (1: one thread runs them all)."""
+    return max(1, min(threads, B // AMX_ROWS_PER_THREAD))
 
 
 def amx_recurrence_wanted(T, B, H, threads, dtype, reset_after, gate_kind, use_clip):
@@ -760,7 +766,7 @@ def _amx_training_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gat
     if Whv.shape[0] == 0:
         return False
     gx2 = gx.reshape(T * B, G)
-    chunks = min(threads, B // AMX_ROWS_PER_THREAD)
+    chunks = amx_row_ranges(B, threads)
     if chunks >= 2:
         with parallel_slot(True) as par:
             if par:
@@ -930,7 +936,7 @@ def amx_pieces(name, W):
     empty where W holds a value the tiles cannot take. Packing into fresh arrays on every call
     faulted their pages in anew (one thread, T = 32, B = 64, H = 1024: W_ih's and W_hh's packings,
     18 MB each, were 28 ms of a 118 ms forward)."""
-    size = 3 * ((W.shape[0] + 31) // 32 * 32) * ((W.shape[1] + 31) // 32 * 32)
+    size = 3 * padded.py_func(W.shape[0]) * padded.py_func(W.shape[1])
     buf = workspace(name, (size + 32,), np.uint16)
     off = (-buf.ctypes.data % 64) // 2
     out = buf[off:off + size]
@@ -1009,7 +1015,7 @@ def gru_direction_backward(dy, col0, dh_n, tape, y, h0, W_hh, lengths, reverse, 
         else:
             # on tiles whatever the thread count (the gradients stay the same); ranges of rows on
             # several threads as the training forward takes them
-            chunks = min(thread_count(), B // AMX_ROWS_PER_THREAD)
+            chunks = amx_row_ranges(B, thread_count())
             with parallel_slot(chunks >= 2) as par:
                 if par:
                     gru_backward_amx_rows(*args, Wv_T, chunks)
