@@ -16,7 +16,8 @@ import numpy as np
 from ._validation import (as_lengths, as_real_array, check_bool, check_dtype, check_float,
                           check_int, untorch)
 from .kernels.activations import GATE_HARD_SIGMOID, GATE_SIGMOID
-from .kernels.dispatch import (FrozenPieces, aligned, batch_order, empty_array, forward_route,
+from .kernels.dispatch import (FrozenPieces, aligned, amx_recurrence_wanted, batch_order, empty_array,
+                               forward_route,
                                gate_scalars, gru_direction_backward, gru_direction_forward,
                                input_gradient, input_projection, no_step_panels, packed_step,
                                run_serial_direction, run_step, serial_direction_plan, serial_forward,
@@ -344,22 +345,28 @@ class GRU(_Params):
                                  for i in range(len(self._bf16[0]))]
         return self._bf16_panels[k]
 
-    def _recurrent_weights(self, i, B, route):
+    def _recurrent_weights(self, i, B, route, T=0):
         """W_hh as the recurrence reads it for B rows on ``route`` (:func:`forward_route`): a quantized
-        model's bfloat16 copy where :func:`use_bf16` says so, else the float32 array (which for a
-        quantized model holds the same bfloat16 values, so the results agree either way)."""
-        if self._bf16 is not None and use_bf16(self, B, self._W_hh[i].nbytes,
-                                               route is None and thread_count() > 1):
+        model's bfloat16 copy where :func:`use_bf16` says so, unless the T steps multiply by it on AMX
+        tiles (:func:`~numgru.kernels.dispatch.amx_recurrence_wanted` for bfloat16 values; T = 0: not
+        known), else the float32 array (which for a quantized model holds the same bfloat16 values, so
+        the results agree either way)."""
+        threads = thread_count()
+        if self._bf16 is not None and use_bf16(self, B, self._W_hh[i].nbytes, route is None and threads > 1):
+            if T and route is None and amx_recurrence_wanted(
+                    T, B, self.hidden_size, threads, self.dtype, self.reset_after, self._gate_kind,
+                    self.clip is not None, bf16_values=True):
+                return self._W_hh[i]  # its packing for the tiles is one piece, the bfloat16 values
             return self._bf16[1][i]
         return self._W_hh[i]
 
-    def _direction_weights(self, i, B, route):
+    def _direction_weights(self, i, B, route, T=0):
         """``(W_ih, b_ih, W_hh, b_hh, Wp_ih, Wp_hh)`` of layer and direction i as the forward of B rows
         on ``route`` reads them: b_ih None without bias, W_hh from :meth:`_recurrent_weights`, and the
         weights packed once (a frozen model's panels of W_ih and the pair of W_hh's, a quantized
         model's of its bfloat16 W_hh where the recurrence reads that copy), else None."""
         W_ih, _, b_ih, b_hh = self._weights(i)
-        W_hh = self._recurrent_weights(i, B, route)
+        W_hh = self._recurrent_weights(i, B, route, T)
         Wp_ih = Wp_hh = None
         if self._packed is not None:
             Wp_ih = self._packed[i][0]
@@ -386,6 +393,11 @@ class GRU(_Params):
         stores the rounded float32 weights; the loaded model is a float32 one (quantize it again).
         The first calls compile the kernels' bfloat16 variants (once; they are cached on disk).
 
+        On CPUs with AMX tiles the rounded weights need one bfloat16 piece each where a float32 weight
+        needs three, so the copy's tile products take three products a block instead of six and read
+        a third of the bytes: its input projection, and its recurrence from 8 rows at H ≥ 256, run
+        there (the copy keeps each matrix's packing, made on first use).
+
         Example: ``fast = gru.quantize("bfloat16"); y, h_n = fast(x)``.
         """
         if weights != "bfloat16":
@@ -399,6 +411,7 @@ class GRU(_Params):
         bf_hh = [_read_only(aligned(to_bfloat16(W))) for W in self._W_hh]
         q._bf16 = (bf_ih, bf_hh)
         q._bf16_panels = None  # (packed from these copies on first use)
+        q._amx_pieces = FrozenPieces()  # the tiles' one-piece packings of the read-only weights
         q._W_ih = [_read_only(aligned(from_bfloat16(b))) for b in bf_ih]
         q._W_hh = [_read_only(aligned(from_bfloat16(b))) for b in bf_hh]
         q._b_ih = [_read_only(aligned(b)) for b in self._b_ih]
@@ -469,6 +482,8 @@ class GRU(_Params):
         self.__dict__.update(state)
         if frozen:
             self._freeze_in_place()
+        elif self._bf16 is not None:
+            self._amx_pieces = FrozenPieces()
 
     def _check_trainable(self):
         if self._bf16 is not None:
@@ -629,11 +644,11 @@ class GRU(_Params):
             return False
         plan = []
         for i in range(self.num_layers * self.num_directions):
-            W_ih, b_ih, W_hh, b_hh, Wp_ih, Wp_hh = self._direction_weights(i, B, route)
+            W_ih, b_ih, W_hh, b_hh, Wp_ih, Wp_hh = self._direction_weights(i, B, route, T)
             plan.append(serial_direction_plan(
                 W_ih, b_ih, W_hh, b_hh, Wp_ih, Wp_hh, T, B, threads,
                 i % self.num_directions == 1 or self.go_backwards, self.reset_after, self._gate_kind,
-                self.alpha, self.beta, self.clip, self._amx_pieces))
+                self.alpha, self.beta, self.clip, self._amx_pieces, self._bf16 is not None))
         return tuple(plan)
 
     def _infer(self, x, h0, lengths, padded):

@@ -60,6 +60,24 @@ def test_pieces_add_up_to_each_weight(rng, N, K):
 
 
 @needs_amx
+@pytest.mark.parametrize("N, K", [(3, 1), (100, 70)])
+def test_bfloat16_values_pack_as_one_piece(rng, N, K):
+    # a quantized model's weights: their second and third pieces are zero, so the packing is the
+    # first alone (a third of the bytes); one value off bfloat16 brings all three back
+    W = _nearest_bf16(rng.standard_normal((N, K)).astype(np.float32))
+    Np, Kp = amx.padded.py_func(N), amx.padded.py_func(K)
+    Wv = amx.pack_amx(W)
+    assert Wv.shape == (Np * Kp,) and Wv.ctypes.data % 64 == 0
+    piece = Wv.reshape(Np // 16, Kp // 2, 16, 2).transpose(0, 2, 1, 3).reshape(Np, Kp)
+    np.testing.assert_array_equal((piece[:N, :K].astype(np.uint32) << 16).view(np.float32), W)
+    assert not piece[N:].any() and not piece[:, K:].any()
+    np.testing.assert_array_equal(dispatch.amx_pieces("test", W), Wv)
+    W[N // 2, K // 2] += np.float32(2.0 ** -20) * max(1.0, abs(W[N // 2, K // 2]))
+    assert amx.pack_amx(W).shape == (3 * Np * Kp,)
+    assert dispatch.amx_pieces("test", W).shape == (3 * Np * Kp,)
+
+
+@needs_amx
 def test_packing_refuses_values_it_cannot_split(rng):
     W = rng.standard_normal((40, 33)).astype(np.float32)
     for bad in (np.nan, np.inf, -np.inf, np.float32(3.2e38)):
@@ -71,9 +89,13 @@ def test_packing_refuses_values_it_cannot_split(rng):
 @needs_amx
 @pytest.mark.parametrize("R, N, K, bias", [(1, 3, 1, True), (33, 300, 70, True), (64, 96, 128, False),
                                            (300, 768, 256, True)])
-def test_projection_within_float32_rounding(rng, R, N, K, bias):
+@pytest.mark.parametrize("bf16_weights", [False, True])
+def test_projection_within_float32_rounding(rng, R, N, K, bias, bf16_weights):
+    # (bfloat16 weights: one piece, three products, the same bound)
     x = rng.standard_normal((R, K)).astype(np.float32)
     W = (rng.standard_normal((N, K)) / np.sqrt(K)).astype(np.float32)
+    if bf16_weights:
+        W = _nearest_bf16(W)
     b = rng.standard_normal(N).astype(np.float32)
     out = np.full((R, N), np.nan, np.float32)
     assert amx.amx_projection(x, amx.pack_amx(W), N, b, bias, out)
@@ -210,6 +232,29 @@ def test_forward_on_tiles_sixteen_rows(rng, one_thread, monkeypatch, B):
 
 
 @needs_amx
+@pytest.mark.parametrize("B", [8, 32])
+def test_quantized_forward_on_tiles(rng, one_thread, monkeypatch, B):
+    # a quantized model's W_hh packs as one piece: from 8 rows (one tile of 16) it runs on the
+    # tiles, to float32 accuracy for the rounded weights; the copy keeps its packings
+    T, I, H = 32, 20, 256
+    q = ng.GRU(I, H, bidirectional=True, seed=8).quantize("bfloat16")
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    h0 = rng.standard_normal((2, B, H)).astype(np.float32)
+    packed = []
+    real = dispatch.pack_amx
+    monkeypatch.setattr(dispatch, "pack_amx", lambda W: packed.append(W.shape) or real(W))
+    calls = _tile_calls(monkeypatch)
+    y, h_n = q(x, h0)
+    np.testing.assert_array_equal(q(x, h0)[0], y)
+    assert calls["steps"] == 4 and packed == [(3 * H, H)] * 2
+    y_ref, h_ref = ref_gru(x, q.state_dict(), 1, H, bidirectional=True, h0=h0)
+    np.testing.assert_allclose(y, y_ref, **TOL[np.float32])
+    np.testing.assert_allclose(h_n, h_ref, **TOL[np.float32])
+    np.testing.assert_allclose(q.freeze()(x, h0)[0], y, rtol=0, atol=1e-6)
+    assert calls["steps"] == 6
+
+
+@needs_amx
 @pytest.mark.parametrize("B", [64, 70])
 def test_forward_on_tiles_two_threads(rng, two_threads, monkeypatch, B):
     # ranges of rows on each thread's tiles (70 rows: 48 and 22), the projection's rows split too
@@ -273,6 +318,12 @@ def test_tile_rules(monkeypatch):
     assert not dispatch.amx_recurrence_wanted(128, 64, 256, 1, f4, True, 1, False)
     assert not dispatch.amx_recurrence_wanted(128, 64, 256, 1, f4, True, 0, True)
     assert not dispatch.amx_recurrence_wanted(128, 64, 256, 2, f4, True, 0, False)
+    # bfloat16 values (one piece): a tile of 16 rows from 8 rows, at any H from 256
+    assert dispatch.amx_recurrence_wanted(128, 8, 1024, 1, f4, True, 0, False, bf16_values=True)
+    assert dispatch.amx_recurrence_wanted(128, 16, 256, 1, f4, True, 0, False, bf16_values=True)
+    assert not dispatch.amx_recurrence_wanted(128, 7, 1024, 1, f4, True, 0, False, bf16_values=True)
+    assert not dispatch.amx_recurrence_wanted(128, 8, 128, 1, f4, True, 0, False, bf16_values=True)
+    assert not dispatch.amx_recurrence_wanted(128, 8, 256, 2, f4, True, 0, False, bf16_values=True)
     assert dispatch.amx_gradient_wanted(512, 768, 256, f4)
     assert dispatch.amx_gradient_wanted(8192, 384, 128, f4)
     assert not dispatch.amx_gradient_wanted(511, 768, 256, f4)
@@ -336,12 +387,15 @@ def _gradient_error(grads, ref):
 
 
 @needs_amx
-def test_training_on_tiles_matches_float64(rng, one_thread, monkeypatch):
+@pytest.mark.parametrize("bf16_weights", [False, True])
+def test_training_on_tiles_matches_float64(rng, one_thread, monkeypatch, bf16_weights):
     # T·B = 768 rows, I = H = 128, two bidirectional layers: the projections, the forward's steps
     # (the tape), the backward's steps, the weight gradients and dx (the second direction's added)
-    # on tiles
+    # on tiles; weights holding bfloat16 values pack as one piece (W_ih, W_hh and their transposes)
     T, B, I, H = 32, 24, 128, 128
     g = ng.GRU(I, H, 2, bidirectional=True, seed=7)
+    if bf16_weights:
+        g.load_state_dict({k: _nearest_bf16(v) for k, v in g.state_dict().items()})
     g64 = ng.GRU(I, H, 2, bidirectional=True, dtype=np.float64)
     g64.load_state_dict({k: v.astype(np.float64) for k, v in g.state_dict().items()})
     x = rng.standard_normal((T, B, I)).astype(np.float32)

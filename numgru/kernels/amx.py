@@ -21,8 +21,10 @@ turns the route off.
 Layout: weights W (N, K) are packed (:func:`pack_amx`, :func:`pack_amx_into`) into three pieces of
 bfloat16 in AMX's pair layout, each piece (Np / 16, Kp / 2, 16, 2) with N and K padded with zeros to
 multiples of 32 (Np, Kp): once per call into a per-thread scratch for a plain model, whose weights an
-optimizer may change, once per matrix for a frozen one. Rows of x are split the same way a block at a
-time, into a scratch the tiles read. A weight gradient (:func:`amx_gradient`) sums over rows, so both
+optimizer may change, once per matrix for a frozen one. A matrix holding only bfloat16 values (a
+quantized model's) has zero second and third pieces: it packs as its first piece alone, and the kernels
+(which tell the two packings apart by their length) take three products a block, a₁, a₂, a₃ by w₁.
+Rows of x are split the same way a block at a time, into a scratch the tiles read. A weight gradient (:func:`amx_gradient`) sums over rows, so both
 of its operands are split two rows at a time into pairs, and one of them turned (:func:`transpose16`).
 """
 from __future__ import annotations
@@ -240,16 +242,31 @@ def _finite_below_limit(vu, n):
 
 
 @inline
+def _bf16_valued(W):
+    """Whether every value of W (float32, C-contiguous) is a bfloat16 value (its low 16 bits zero):
+    then its second and third pieces are zero and one piece holds it exactly."""
+    low = np.uint32(0)
+    for row in range(W.shape[0]):
+        wu = W[row].view(np.uint32)
+        for k in range(W.shape[1]):
+            low |= wu[k]
+    return (low & np.uint32(0xFFFF)) == 0
+
+
+@inline
 def _pack_into(W, out):
-    """W's three pieces into ``out`` in the pair layout :func:`pack_amx` describes, 16 rows at a
-    time: their pieces split into a zero-padded scratch, then turned by pairs into place
-    (:func:`transpose16`). False where W holds a value :func:`_finite_below_limit` refuses."""
+    """W's pieces into ``out`` in the pair layout :func:`pack_amx` describes, 16 rows at a time:
+    their pieces split into a zero-padded scratch, then turned by pairs into place
+    (:func:`transpose16`). Returns how many pieces it wrote: 3, or 1 where W holds only bfloat16
+    values (a quantized model's weights: their other pieces are zero), or 0 where W holds a value
+    :func:`_finite_below_limit` refuses."""
     N, K = W.shape
     Np = padded(N)
     Kp = padded(K)
     KH = Kp // 2
     if out.shape[0] != 3 * Np * Kp:
         raise ValueError("pack_amx: shapes do not match")
+    pieces = 1 if _bf16_valued(W) else 3
     rows = aligned_zeros(3 * 16 * Kp, np.uint16)
     r3 = rows.reshape(3, 16, Kp)
     r32 = rows.view(np.uint32)
@@ -259,14 +276,14 @@ def _pack_into(W, out):
             n = nb * 16 + c
             if n < N:
                 if not _finite_below_limit(W[n].view(np.uint32), K):
-                    return False
+                    return 0
                 _split_into(W[n], K, r3[0, c], r3[1, c], r3[2, c])  # (columns K … Kp−1 stay zero)
             else:
                 r3[:, c, :] = 0
-        for p in range(3):
+        for p in range(pieces):
             for k2 in range(0, KH, 16):
                 transpose16(r32, p * 16 * KH + k2, KH, o32, ((p * (Np // 16) + nb) * KH + k2) * 16, 16)
-    return True
+    return pieces
 
 
 @kernel
@@ -274,28 +291,52 @@ def pack_amx(W):
     """W (N, K) float32 → its three bfloat16 pieces in AMX's pair layout, one flat uint16 array of
     3·Np·Kp values (Np, Kp: N, K rounded up to multiples of 32), 64-byte aligned: piece p's value of
     W[n, k] at p·Np·Kp + ((n // 16)·Kp + k − k % 2)·16 + (n % 16)·2 + k % 2; the padding is zero.
-    An empty array where W holds a value :func:`_finite_below_limit` refuses."""
+    Where W holds only bfloat16 values (a quantized model's), its first piece alone (Np·Kp values):
+    the kernels then take three products a block instead of six and read a third of the bytes. An
+    empty array where W holds a value :func:`_finite_below_limit` refuses."""
     wide_vectors()
-    out = aligned_empty(3 * padded(W.shape[0]) * padded(W.shape[1]), np.uint16)
-    return out if _pack_into(W, out) else out[:0]
+    size = padded(W.shape[0]) * padded(W.shape[1])
+    out = aligned_empty(3 * size, np.uint16)
+    return out[:_pack_into(W, out) * size]
 
 
 @kernel
 def pack_amx_into(W, out):
-    """:func:`pack_amx` into ``out`` (3·Np·Kp uint16, 64-byte aligned: a caller's scratch);
-    False where W holds a value the split refuses."""
+    """:func:`pack_amx` into ``out`` (3·Np·Kp uint16, 64-byte aligned: a caller's scratch); returns
+    how many pieces it wrote (its first that many · Np·Kp values are the packing): 3, 1 for
+    bfloat16 values, 0 where W holds a value the split refuses."""
     wide_vectors()
     return _pack_into(W, out)
 
 
+@inline
+def _pieces_of(Wv, Np, Kp):
+    """How many pieces a packing of an (Np, Kp) padded matrix holds: 3, 1 (bfloat16 values) or 0
+    (neither: a wrong array)."""
+    n = Wv.shape[0]
+    return 3 if n == 3 * Np * Kp else (1 if n == Np * Kp else 0)
+
+
 # ---------------------------------------------------------------------------- the product
 @inline
-def _six(A, a0, a_piece, a_down, a_row, Bm, b0, b_piece, b_right, b_row):
+def _six(A, a0, a_piece, a_down, a_row, Bm, b0, b_piece, b_right, b_row, one):
     """The six bfloat16 products of one 32 × 32 block of sums over 32 values of the summed index
     into tiles 0–3 (a₁ by w₁, w₂, w₃; a₂ by w₁, w₂; a₃ by w₁). A's tiles (rows of the sums): piece p
     at a0 + p·a_piece, its second 16 rows a_down further, rows a_row bytes apart; Bm's (pairs of the
     summed index, columns of the sums): piece p at b0 + p·b_piece, its second 16 columns b_right
-    further, rows b_row bytes apart (offsets in the arrays' elements)."""
+    further, rows b_row bytes apart (offsets in the arrays' elements). ``one``: Bm holds one piece
+    (bfloat16 values, w₂ = w₃ = 0): three products, a₁, a₂, a₃ by w₁, whose tiles load once."""
+    if one:
+        tile_load(6, Bm, b0, b_row)
+        tile_load(7, Bm, b0 + b_right, b_row)
+        for pa in range(3):
+            tile_load(4, A, a0 + pa * a_piece, a_row)
+            tile_load(5, A, a0 + pa * a_piece + a_down, a_row)
+            tile_dot(0, 4, 6)
+            tile_dot(1, 4, 7)
+            tile_dot(2, 5, 6)
+            tile_dot(3, 5, 7)
+        return
     for q in range(6):
         pa = 0 if q < 3 else (1 if q < 5 else 2)
         pb = q if q < 3 else (4 - q if q < 5 else 0)  # 0 1 2 1 0 0
@@ -335,6 +376,7 @@ def _project_rows(x, Wv, N, biasp, out, r0, r1):
     A = aligned_zeros(3 * MB * Kp, np.uint16)
     A3 = A.reshape(3, MB, Kp)
     edge = aligned_zeros(32 * 32, np.float32)
+    one = _pieces_of(Wv, Np, Kp) == 1
     tile_config(_tile_config())
     ok = True
     for q0 in range(r0, r1, MB):
@@ -357,7 +399,8 @@ def _project_rows(x, Wv, N, biasp, out, r0, r1):
                 tile_load(2, biasp, n0, 0)
                 tile_load(3, biasp, n0 + 16, 0)
                 for k0 in range(0, Kp, 32):
-                    _six(A, m0 * Kp + k0, MB * Kp, 16 * Kp, 2 * Kp, Wv, w0 + 16 * k0, Np * Kp, 16 * Kp, 64)
+                    _six(A, m0 * Kp + k0, MB * Kp, 16 * Kp, 2 * Kp, Wv, w0 + 16 * k0, Np * Kp, 16 * Kp, 64,
+                         one)
                 if m0 + 32 <= rows and n0 + 32 <= N:
                     o = (q0 + m0) * N + n0
                     tile_store(0, out, o, N * 4)
@@ -381,7 +424,7 @@ def _project_rows(x, Wv, N, biasp, out, r0, r1):
 def _projection_args(x, Wv, N, bias, use_bias, out):
     """Check :func:`amx_projection`'s shapes; the bias padded to whole tiles (zeros without)."""
     R, K = x.shape
-    if Wv.shape[0] != 3 * padded(N) * padded(K) or out.shape[0] != R or out.shape[1] != N or \
+    if _pieces_of(Wv, padded(N), padded(K)) == 0 or out.shape[0] != R or out.shape[1] != N or \
             (use_bias and bias.shape[0] < N):
         raise ValueError("amx_projection: shapes do not match")
     biasp = aligned_zeros(padded(N), np.float32)
@@ -421,12 +464,13 @@ def amx_projection_parallel(x, Wv, N, bias, use_bias, out, n_threads):
 
 
 @inline
-def _sixteen_rows_product(A, Wv, acc3, Kp, Np):
+def _sixteen_rows_product(A, Wv, acc3, Kp, Np, one):
     """acc3[p] (16, Np) = piece p of A's 16 rows (rows Kp apart, pieces 16·Kp apart) times W's
     pieces as the six products pair them (a₁ by w₁, w₂, w₃; a₂ by w₁, w₂; a₃ by w₁), for a batch of
     up to 16 rows: each of W's tiles is loaded once and feeds every product it takes part in (the
     pairing of :func:`_six` loads w₁'s tiles three times, and at 16 rows the step then waited on
-    L2). Tiles 0–2 sum, 3–5 hold a₁, a₂, a₃, 6–7 W's pieces."""
+    L2). Tiles 0–2 sum, 3–5 hold a₁, a₂, a₃, 6–7 W's pieces. ``one``: Wv holds one piece (bfloat16
+    values): three products, a₁, a₂, a₃ by w₁."""
     row = Kp * 2
     step = Np * Kp
     ma = 16 * Kp
@@ -444,6 +488,8 @@ def _sixteen_rows_product(A, Wv, acc3, Kp, Np):
             tile_dot(0, 3, 6)
             tile_dot(1, 4, 6)
             tile_dot(2, 5, 6)
+            if one:
+                continue
             tile_load(7, Wv, b + step, 64)
             tile_dot(0, 3, 7)
             tile_dot(1, 4, 7)
@@ -463,12 +509,13 @@ def _tile_rows_product(src, nb, Wv, A, A3, acc, acc3):
     Kp = A3.shape[2]
     Mp = A3.shape[1]
     Np = acc.shape[1]
+    one = _pieces_of(Wv, Np, Kp) == 1
     for i in range(nb):
         if not _finite_below_limit(src[i].view(np.uint32), K):
             return False
         _split_into(src[i], K, A3[0, i], A3[1, i], A3[2, i])
     if Mp == 16:
-        _sixteen_rows_product(A, Wv, acc3, Kp, Np)
+        _sixteen_rows_product(A, Wv, acc3, Kp, Np, one)
         for i in range(nb):  # the pieces' sums, largest first
             arow = acc[i]
             p0 = acc3[0, i]
@@ -485,7 +532,7 @@ def _tile_rows_product(src, nb, Wv, A, A3, acc, acc3):
             tile_zero(2)
             tile_zero(3)
             for k0 in range(0, Kp, 32):
-                _six(A, m0 * Kp + k0, Mp * Kp, 16 * Kp, 2 * Kp, Wv, w0 + 16 * k0, Np * Kp, 16 * Kp, 64)
+                _six(A, m0 * Kp + k0, Mp * Kp, 16 * Kp, 2 * Kp, Wv, w0 + 16 * k0, Np * Kp, 16 * Kp, 64, one)
             o = m0 * Np + n0
             tile_store(0, acc, o, Np * 4)
             tile_store(1, acc, o + 16, Np * 4)
@@ -538,7 +585,7 @@ def _steps_shapes_ok(gx, Whv, b_hh, h0, y, col0, h_n, gx_rows):
     h0's H, h_n like h0, y's rows and columns, b_hh and gx of 3H columns, gx at least gx_rows rows."""
     B, H = h0.shape
     G = 3 * H
-    return (Whv.shape[0] == 3 * padded(G) * padded(H) and h_n.shape[0] == B and h_n.shape[1] == H
+    return (_pieces_of(Whv, padded(G), padded(H)) > 0 and h_n.shape[0] == B and h_n.shape[1] == H
             and y.shape[1] == B and 0 <= col0 and col0 + H <= y.shape[2] and b_hh.shape[0] == G
             and gx.shape[1] == G and gx.shape[0] >= gx_rows)
 
@@ -778,7 +825,7 @@ def _gradient_columns(X, D, C, c0, c1, KB):
                     tile_load(2, Cf, o + 16 * Mp, crow)
                     tile_load(3, Cf, o + 16 * Mp + 16, crow)
                 for kk in range(0, kh, 16):
-                    _six(A, i0 * KH + kk, piece_a, 16 * KH, arow, Bv, kk * W + m0, piece_b, 16, brow)
+                    _six(A, i0 * KH + kk, piece_a, 16 * KH, arow, Bv, kk * W + m0, piece_b, 16, brow, False)
                 tile_store(0, Cf, o, crow)
                 tile_store(1, Cf, o + 16, crow)
                 tile_store(2, Cf, o + 16 * Mp, crow)

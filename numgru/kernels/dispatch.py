@@ -89,6 +89,8 @@ AMX_STEP_MIN_HIDDEN = 32
 AMX_STEP_MIN_STEPS = 32
 AMX_STEP_FEW_ROWS = (14, 16)
 AMX_STEP_FEW_ROWS_HIDDEN = (96, 288)
+AMX_STEP_FEW_ROWS_BF16 = (8, 16)
+AMX_STEP_FEW_ROWS_BF16_MIN_HIDDEN = 256
 AMX_ROWS_PER_THREAD = 32
 AMX_ROWS_MIN_HIDDEN = 128
 AMX_GRADIENT_MIN_ROWS = 512
@@ -528,7 +530,7 @@ def amx_row_ranges(B, threads):
     return max(1, min(threads, B // AMX_ROWS_PER_THREAD))
 
 
-def amx_recurrence_wanted(T, B, H, threads, dtype, reset_after, gate_kind, use_clip):
+def amx_recurrence_wanted(T, B, H, threads, dtype, reset_after, gate_kind, use_clip, bf16_values=False):
     """Whether a serial inference forward of T steps over B rows (all running every step) multiplies
     each step's state by W_hh on AMX tiles (:func:`~numgru.kernels.amx.gru_forward_amx`), packing
     W_hh on every call: float32 weights, reset_after with sigmoid gates and no clip, one thread, at
@@ -540,12 +542,20 @@ def amx_recurrence_wanted(T, B, H, threads, dtype, reset_after, gate_kind, use_c
     16 / 32 / 48 / 64 1.26× / 1.30× / 1.10× / 1.27×; B = 8 / 4 0.78× / 0.52× (a tile of 16 rows
     costs the same at any B); H = 128, B = 16 / 32 / 64 1.18× / 1.26× / 1.27×; H = 64, B = 16 / 64
     1.00× / 1.24×; H = 48, B = 16 0.81×; T = 64, H = 256, B = 20 / 24 1.02× / 1.11×; H = 1024, B = 16 /
-    24 / 32 0.90× / 1.63× / 1.91×; B = 16, H = 384 / 512 0.80× / 0.74× (W_hh's pieces from L3)."""
+    24 / 32 0.90× / 1.63× / 1.91×; B = 16, H = 384 / 512 0.80× / 0.74× (W_hh's pieces from L3).
+
+    ``bf16_values``: W_hh holds only bfloat16 values (a quantized model's), so its packing is one
+    piece, three products a block and a third of the bytes: then a single tile of up to 16 rows pays
+    from ``AMX_STEP_FEW_ROWS_BF16`` rows at H ≥ ``AMX_STEP_FEW_ROWS_BF16_MIN_HIDDEN`` at any size
+    (against the quantized model's bfloat16 kernels, which widen the weights on the vector units;
+    one thread, T = 128, frozen copies: H = 256, B = 4 / 8 / 16 0.96× / 1.31× / 1.55×; H = 512 0.81×
+    / 1.12× / 1.57×; H = 1024 0.66× / 0.87× / 1.34×; H = 128, B = 8 1.06×; B = 1 0.46–0.65×, the
+    tiles' loads from L3 slower than the vector units')."""
     if not (dtype == np.float32 and reset_after and gate_kind == 0 and not use_clip and threads == 1
             and T >= AMX_STEP_MIN_STEPS and H >= AMX_STEP_MIN_HIDDEN):
         return False
-    lo, hi = AMX_STEP_FEW_ROWS
-    h_lo, h_hi = AMX_STEP_FEW_ROWS_HIDDEN
+    lo, hi = AMX_STEP_FEW_ROWS_BF16 if bf16_values else AMX_STEP_FEW_ROWS
+    h_lo, h_hi = (AMX_STEP_FEW_ROWS_BF16_MIN_HIDDEN, H) if bf16_values else AMX_STEP_FEW_ROWS_HIDDEN
     if not (B >= AMX_STEP_MIN_ROWS or (lo <= B <= hi and h_lo <= H <= h_hi)):
         return False
     return amx_ready()
@@ -803,14 +813,16 @@ class FrozenPieces:
 
 
 def serial_direction_plan(W_ih, b_ih, W_hh, b_hh, packed_ih, packed_hh, T, B, threads, reverse,
-                          reset_after, gate_kind, alpha, beta, clip, pieces=None):
+                          reset_after, gate_kind, alpha, beta, clip, pieces=None, bf16_values=False):
     """The kernel arguments of one direction's inference forward over T ≥ 1 steps of B ≥ 1 rows that
     all run T steps, on the serial kernels (where :func:`serial_forward` holds), for
     :func:`run_serial_direction`: the choices :func:`input_projection` and
     :func:`gru_direction_forward` make on every call, made once. Weights as those two take them
     (``packed_ih``, ``packed_hh``: W_ih's panels and the pair of W_hh's, or None); the arrays are
     kept, not copied, so a plan stays current while they are changed in place. ``pieces``: a frozen
-    model's :class:`FrozenPieces`, whose AMX packings the plan then keeps (else each call packs)."""
+    model's :class:`FrozenPieces`, whose AMX packings the plan then keeps (else each call packs);
+    ``bf16_values``: the weights hold only bfloat16 values (a quantized model's), for
+    :func:`amx_recurrence_wanted`."""
     dtype = W_ih.dtype  # gx's (W_hh may be a quantized model's bfloat16 copy)
     empty = empty_array(dtype, 3)
     steps = interleave_steps(T, B, W_ih.shape[0], W_ih.shape[1], dtype.itemsize)
@@ -824,7 +836,7 @@ def serial_direction_plan(W_ih, b_ih, W_hh, b_hh, packed_ih, packed_hh, T, B, th
     gates = gate_scalars(dtype, gate_kind, alpha, beta, clip)
     amx_steps = None
     if amx_recurrence_wanted(T, B, W_hh.shape[1], threads, W_hh.dtype, reset_after, gate_kind,
-                             gates[3]):
+                             gates[3], bf16_values):
         # the AMX kernel's own arguments; the plan below stays the fallback
         amx_steps = (W_hh, b_hh, bool(reverse), (*projection, panels, dot), steps, amx, Wv_ih,
                      None if pieces is None else pieces.of(W_hh))
@@ -936,11 +948,11 @@ def amx_pieces(name, W):
     empty where W holds a value the tiles cannot take. Packing into fresh arrays on every call
     faulted their pages in anew (one thread, T = 32, B = 64, H = 1024: W_ih's and W_hh's packings,
     18 MB each, were 28 ms of a 118 ms forward)."""
-    size = 3 * padded.py_func(W.shape[0]) * padded.py_func(W.shape[1])
-    buf = workspace(name, (size + 32,), np.uint16)
+    size = padded.py_func(W.shape[0]) * padded.py_func(W.shape[1])
+    buf = workspace(name, (3 * size + 32,), np.uint16)
     off = (-buf.ctypes.data % 64) // 2
-    out = buf[off:off + size]
-    return out if pack_amx_into(W, out) else out[:0]
+    out = buf[off:off + 3 * size]
+    return out[:pack_amx_into(W, out) * size]
 
 
 def _references(pool, k):
