@@ -688,11 +688,11 @@ class GRU(_Params):
                 # batches gather their valid rows into an array of their own)
                 out = workspace("gx", (T * B, 3 * H), self.dtype) if valid is None else None
                 gx = input_projection(x2d, W_ih, b_ih, route in ("rows", "columns"), valid, training=store,
-                                      out=out, packed=Wp_ih).reshape(T, B, 3 * H)
+                                      out=out, packed=Wp_ih, pieces=self._amx_pieces).reshape(T, B, 3 * H)
                 tape = gru_direction_forward(gx, W_hh, b_hh, h0[i], lengths, d == 1 or self.go_backwards,
                                              self.reset_after, self._gate_kind, self.alpha, self.beta,
                                              self.clip, y, d * H, h_n[i], store=store, route=route,
-                                             packed=Wp_hh)
+                                             packed=Wp_hh, pieces=self._amx_pieces)
                 gate_tapes.append(tape)
             if store:
                 layers.append(_LayerTape(inp, y, gate_tapes, mask))

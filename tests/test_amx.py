@@ -530,3 +530,21 @@ def test_frozen_copy_packs_for_the_tiles_once(rng, one_thread, monkeypatch):
     assert packed["n"] == 4  # W_ih and W_hh of two directions, once
     np.testing.assert_array_equal(yf, y)
     np.testing.assert_array_equal(hf, h_n)
+
+
+@needs_amx
+def test_frozen_copy_keeps_its_packings_on_two_threads(rng, two_threads, monkeypatch):
+    # the ranges of rows and of the projection on each thread's tiles read the kept packings too
+    T, B, I, H = 32, 64, 130, 128
+    frozen = ng.GRU(I, H, seed=9).freeze()
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    packed = []
+    real = dispatch.pack_amx
+    monkeypatch.setattr(dispatch, "pack_amx", lambda W: packed.append(W.shape) or real(W))
+    calls = _tile_calls(monkeypatch)
+    ys = [frozen(x)[0] for _ in range(3)]
+    assert calls["rows"] == 3 and calls["projection_parallel"] == 3
+    assert sorted(packed) == [(3 * H, H), (3 * H, I)]
+    y_ref, _ = ref_gru(x, frozen.state_dict(), 1, H)
+    np.testing.assert_allclose(ys[0], y_ref, **TOL[np.float32])
+    np.testing.assert_array_equal(ys[2], ys[0])

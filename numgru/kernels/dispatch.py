@@ -431,7 +431,7 @@ def gate_scalars(dtype, gate_kind, alpha, beta, clip):
 
 
 def input_projection(x2d, W_ih, b_ih, numba_threads=False, valid=None, training=False, out=None,
-                     packed=None):
+                     packed=None, pieces=None):
     """gx = x2d @ W_ih.T + b_ih, one GEMM over all rows.  x2d (N, I), W_ih (3H, I) → (N, 3H).
 
     With ``numba_threads`` (a route from :func:`forward_route`) the product runs on Numba's threads,
@@ -444,12 +444,14 @@ def input_projection(x2d, W_ih, b_ih, numba_threads=False, valid=None, training=
     ``packed``: W_ih's panels packed once by the caller (a frozen model's,
     :func:`~numgru.kernels.panel.pack_panels`), or None; they are read where
     :func:`packed_projection` says so, and by Numba's threads wherever those take panels.
+    ``pieces``: the caller's :class:`FrozenPieces` (a frozen or quantized model's), which keep W_ih's
+    AMX packing, or None (packed on each call that takes the tiles).
     """
     N = x2d.shape[0]
     if valid is not None:
         gx = np.zeros((N, W_ih.shape[0]), W_ih.dtype)
         gx[valid] = input_projection(x2d[valid], W_ih, b_ih, numba_threads, training=training,
-                                     packed=packed)
+                                     packed=packed, pieces=pieces)
         return gx
     gx = np.empty((N, W_ih.shape[0]), W_ih.dtype) if out is None else out
     if N == 0:
@@ -460,7 +462,8 @@ def input_projection(x2d, W_ih, b_ih, numba_threads=False, valid=None, training=
     I = x2d.shape[1]
     threads = thread_count()
     if amx_projection_wanted(N, I, threads, W_ih.dtype, training) and \
-            amx_project(x2d, W_ih, bias, b_ih is not None, gx, threads):
+            amx_project(x2d, W_ih, bias, b_ih is not None, gx, threads,
+                        None if pieces is None else pieces.of(W_ih)):
         return gx
     Wp = empty_array(W_ih.dtype, 3) if packed is None else packed
     if numba_threads:
@@ -685,15 +688,16 @@ def projection_panels(N, I, threads):
 
 
 def gru_direction_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gate_kind, alpha, beta,
-                          clip, y, col0, h_n, store=False, route=None, packed=None):
+                          clip, y, col0, h_n, store=False, route=None, packed=None, pieces=None):
     """Run one direction of one layer. Shapes as in :func:`numgru.kernels.forward._gru_forward`;
     h_n (B, H) C-contiguous receives the final state.
 
     ``clip`` is None or a positive float; ``route`` as from :func:`forward_route` (trusted: "columns"
     only for inference with reset_after). ``packed``: W_hh's panels packed once by the caller (a
     frozen model's: the last two of :func:`~numgru.kernels.step.step_panels`), or None; the serial
-    kernel and the rows route read them, the columns route packs its own blocks. Returns the tape,
-    None unless ``store``.
+    kernel and the rows route read them, the columns route packs its own blocks. ``pieces``: the
+    caller's :class:`FrozenPieces` (a frozen or quantized model's), which keep W_hh's AMX packing for
+    the ranges of rows on tiles, or None. Returns the tape, None unless ``store``.
     """
     T, B, H3 = gx.shape
     H = H3 // 3
@@ -711,7 +715,7 @@ def gru_direction_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gat
         empty = empty_array(W_hh.dtype, 3)
         packed = (empty, empty)
     if not store and threads > 1 and _amx_rows_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after,
-                                                       gate_kind, clip, y, col0, h_n, threads):
+                                                       gate_kind, clip, y, col0, h_n, threads, pieces):
         return None
     if store and _amx_training_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gate_kind, clip,
                                        y, col0, h_n, tape, threads):
@@ -744,7 +748,7 @@ def gru_direction_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gat
 
 
 def _amx_rows_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gate_kind, clip, y, col0, h_n,
-                      threads):
+                      threads, pieces=None):
     """:func:`gru_direction_forward` by ranges of rows on AMX tiles where :func:`amx_rows_chunks` says
     so, every row running all T steps and the parallel slot free; False otherwise (and where the
     tiles refused a value), the other routes then run."""
@@ -755,7 +759,8 @@ def _amx_rows_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gate_ki
     with parallel_slot(True) as par:
         if not par:
             return False
-        Whv = amx_pieces("amx_hh", W_hh)  # (only once the slot is had: a caller without it packs nothing)
+        # (only once the slot is had: a caller without it packs nothing)
+        Whv = amx_pieces("amx_hh", W_hh) if pieces is None else pieces.of(W_hh)
         return Whv.shape[0] > 0 and gru_forward_amx_rows(gx.reshape(T * B, G), Whv, b_hh, h0, bool(reverse),
                                                          y, int(col0), h_n, chunks, empty_array(gx.dtype, 3))
 
