@@ -242,35 +242,25 @@ def _finite_below_limit(vu, n):
 
 
 @inline
-def _bf16_valued(W):
-    """Whether every value of W (float32, C-contiguous) is a bfloat16 value (its low 16 bits zero):
-    then its second and third pieces are zero and one piece holds it exactly."""
-    low = np.uint32(0)
-    for row in range(W.shape[0]):
-        wu = W[row].view(np.uint32)
-        for k in range(W.shape[1]):
-            low |= wu[k]
-    return (low & np.uint32(0xFFFF)) == 0
-
-
-@inline
 def _pack_into(W, out):
     """W's pieces into ``out`` in the pair layout :func:`pack_amx` describes, 16 rows at a time:
     their pieces split into a zero-padded scratch, then turned by pairs into place
     (:func:`transpose16`). Returns how many pieces it wrote: 3, or 1 where W holds only bfloat16
-    values (a quantized model's weights: their other pieces are zero), or 0 where W holds a value
-    :func:`_finite_below_limit` refuses."""
+    values (a quantized model's weights: their second and third pieces are zero, and the first
+    piece's place is the same either way), or 0 where W holds a value :func:`_finite_below_limit`
+    refuses."""
     N, K = W.shape
     Np = padded(N)
     Kp = padded(K)
     KH = Kp // 2
     if out.shape[0] != 3 * Np * Kp:
         raise ValueError("pack_amx: shapes do not match")
-    pieces = 1 if _bf16_valued(W) else 3
     rows = aligned_zeros(3 * 16 * Kp, np.uint16)
     r3 = rows.reshape(3, 16, Kp)
     r32 = rows.view(np.uint32)
     o32 = out.view(np.uint32)
+    second = r32[8 * Kp:16 * Kp]  # piece 2 of the 16 rows (zero with piece 3 where v is bfloat16)
+    beyond = np.uint32(0)
     for nb in range(Np // 16):
         for c in range(16):
             n = nb * 16 + c
@@ -280,10 +270,12 @@ def _pack_into(W, out):
                 _split_into(W[n], K, r3[0, c], r3[1, c], r3[2, c])  # (columns K … Kp−1 stay zero)
             else:
                 r3[:, c, :] = 0
-        for p in range(pieces):
+        for k in range(8 * Kp):
+            beyond |= second[k]
+        for p in range(3):
             for k2 in range(0, KH, 16):
                 transpose16(r32, p * 16 * KH + k2, KH, o32, ((p * (Np // 16) + nb) * KH + k2) * 16, 16)
-    return pieces
+    return 3 if beyond != 0 else 1
 
 
 @kernel
