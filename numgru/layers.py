@@ -17,8 +17,7 @@ from ._validation import (as_lengths, as_real_array, check_bool, check_dtype, ch
                           check_int, untorch)
 from .kernels.activations import GATE_HARD_SIGMOID, GATE_SIGMOID
 from .kernels.dispatch import (FrozenPieces, aligned, amx_recurrence_wanted, batch_order, empty_array,
-                               forward_route,
-                               gate_scalars, gru_direction_backward, gru_direction_forward,
+                               forward_route, gate_scalars, gru_direction_backward, gru_direction_forward,
                                input_gradient, input_projection, no_step_panels, packed_step,
                                run_serial_direction, run_step, serial_direction_plan, serial_forward,
                                serial_tiled_max, step_columns, step_columns_workspace, thread_count,

@@ -21,11 +21,12 @@ turns the route off.
 Layout: weights W (N, K) are packed (:func:`pack_amx`, :func:`pack_amx_into`) into three pieces of
 bfloat16 in AMX's pair layout, each piece (Np / 16, Kp / 2, 16, 2) with N and K padded with zeros to
 multiples of 32 (Np, Kp): once per call into a per-thread scratch for a plain model, whose weights an
-optimizer may change, once per matrix for a frozen one. A matrix holding only bfloat16 values (a
-quantized model's) has zero second and third pieces: it packs as its first piece alone, and the kernels
-(which tell the two packings apart by their length) take three products a block, a₁, a₂, a₃ by w₁.
-Rows of x are split the same way a block at a time, into a scratch the tiles read. A weight gradient (:func:`amx_gradient`) sums over rows, so both
-of its operands are split two rows at a time into pairs, and one of them turned (:func:`transpose16`).
+optimizer may change, once per matrix for a frozen or quantized one. A matrix holding only bfloat16
+values (a quantized model's) has zero second and third pieces: it packs as its first piece alone, and
+the kernels (which tell the two packings apart by their length) take three products a block, a₁, a₂,
+a₃ by w₁. Rows of x are split the same way a block at a time, into a scratch the tiles read. A weight
+gradient (:func:`amx_gradient`) sums over rows, so both of its operands are split two rows at a time
+into pairs, and one of them turned (:func:`transpose16`).
 """
 from __future__ import annotations
 

@@ -548,12 +548,12 @@ def amx_recurrence_wanted(T, B, H, threads, dtype, reset_after, gate_kind, use_c
     24 / 32 0.90× / 1.63× / 1.91×; B = 16, H = 384 / 512 0.80× / 0.74× (W_hh's pieces from L3).
 
     ``bf16_values``: W_hh holds only bfloat16 values (a quantized model's), so its packing is one
-    piece, three products a block and a third of the bytes: then a single tile of up to 16 rows pays
-    from ``AMX_STEP_FEW_ROWS_BF16`` rows at H ≥ ``AMX_STEP_FEW_ROWS_BF16_MIN_HIDDEN`` at any size
-    (against the quantized model's bfloat16 kernels, which widen the weights on the vector units;
-    one thread, T = 128, frozen copies: H = 256, B = 4 / 8 / 16 0.96× / 1.31× / 1.55×; H = 512 0.81×
-    / 1.12× / 1.57×; H = 1024 0.66× / 0.87× / 1.34×; H = 128, B = 8 1.06×; B = 1 0.46–0.65×, the
-    tiles' loads from L3 slower than the vector units')."""
+    piece, three products a block and a third of the bytes: then one tile of 16 rows pays from
+    ``AMX_STEP_FEW_ROWS_BF16`` rows for every H from ``AMX_STEP_FEW_ROWS_BF16_MIN_HIDDEN``, W_hh's
+    piece in L2 or not (against the quantized model's bfloat16 kernels, which widen the weights on
+    the vector units; one thread, T = 128, quantized and frozen: H = 256, B = 4 / 8 / 16 0.96× / 1.31×
+    / 1.55×; H = 512 0.81× / 1.12× / 1.57×; H = 1024 0.66× / 0.87× / 1.34×; H = 128, B = 8 1.06×;
+    B = 1 0.46–0.65×, the tiles' loads from L3 slower than the vector units')."""
     if not (dtype == np.float32 and reset_after and gate_kind == 0 and not use_clip and threads == 1
             and T >= AMX_STEP_MIN_STEPS and H >= AMX_STEP_MIN_HIDDEN):
         return False
