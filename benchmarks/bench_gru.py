@@ -7,12 +7,14 @@ from .common import data, grid, pin, require_torch, timer
 
 BACKENDS = ["numgru", "torch"]
 #: the forward also times a frozen copy (GRU.freeze: weights packed once, as ONNX Runtime's session does)
-FORWARD_BACKENDS = ["numgru", "numgru_frozen", "torch"]
+#: and a quantized one (GRU.quantize("bfloat16"): bfloat16 weights, float32 arithmetic)
+FORWARD_BACKENDS = ["numgru", "numgru_frozen", "numgru_bf16", "torch"]
+NUMGRU_FORWARDS = ("numgru", "numgru_frozen", "numgru_bf16")
 
 
 class Forward:
     """One-layer forward, I = H, float32; time per call (throughput = B / time). ``numgru_frozen``:
-    the model's ``freeze()`` copy."""
+    the model's ``freeze()`` copy; ``numgru_bf16``: its ``quantize("bfloat16")`` copy."""
     params = grid(([16, 64, 256, 1024], [1, 16, 64], [64, 256, 1024], FORWARD_BACKENDS, [1, "all"]),
                   ([64, 256], [1, 64], [64, 256], FORWARD_BACKENDS, [1, "all"]),
                   ([64], [16], [256], FORWARD_BACKENDS, [1]))
@@ -25,6 +27,8 @@ class Forward:
         self.x = data(T, B, H)
         if backend == "numgru_frozen":
             self.gru = self.gru.freeze()
+        elif backend == "numgru_bf16":
+            self.gru = self.gru.quantize("bfloat16")
         if backend == "torch":
             torch = require_torch()
             self.m = self.gru.to_torch()
@@ -36,7 +40,7 @@ class Forward:
         getattr(self, "undo", lambda: None)()
 
     def time_forward(self, T, B, H, backend, threads):
-        if backend in ("numgru", "numgru_frozen"):
+        if backend in NUMGRU_FORWARDS:
             self.gru(self.x)
         else:
             with self.inference():
@@ -118,7 +122,8 @@ class StepLatency:
 
 
 class Speedup:
-    """numgru and torch timed in the same process; the value is torch time / numgru time."""
+    """numgru and torch timed in the same process; the value is torch time / numgru time (the float32
+    model, and its ``quantize("bfloat16")`` copy)."""
     params = grid(([(128, 1, 256), (128, 16, 256), (128, 64, 256), (128, 1, 1024), (128, 64, 1024)],),
                   ([(128, 1, 256), (128, 16, 256), (128, 64, 256), (128, 1, 1024)],),
                   ([(32, 16, 64)],))
@@ -128,25 +133,36 @@ class Speedup:
         require_torch()
 
     def track_speedup_vs_torch(self, point):
-        import torch
-
-        from numgru.bench import time_it
-        T, B, H = point
-        undo = pin(1)
-        try:
-            gru = ng.GRU(H, H, seed=0)
-            m = gru.to_torch()
-            x = data(T, B, H)
-            tx = torch.from_numpy(x)
-
-            def run_torch():
-                with torch.inference_mode():
-                    m(tx)
-            return time_it(run_torch, budget=0.3) / time_it(lambda: gru(x), budget=0.3)
-        finally:
-            undo()
+        return _torch_over_numgru(point, lambda gru: gru)
 
     track_speedup_vs_torch.unit = "ratio"
+
+    def track_bf16_speedup_vs_torch(self, point):
+        return _torch_over_numgru(point, lambda gru: gru.quantize("bfloat16"))
+
+    track_bf16_speedup_vs_torch.unit = "ratio"
+
+
+def _torch_over_numgru(point, copy):
+    """torch.nn.GRU's time over ``copy(gru)``'s for a one-layer forward at (T, B, H), one thread."""
+    import torch
+
+    from numgru.bench import time_it
+    T, B, H = point
+    undo = pin(1)
+    try:
+        gru = ng.GRU(H, H, seed=0)
+        m = gru.to_torch()
+        model = copy(gru)
+        x = data(T, B, H)
+        tx = torch.from_numpy(x)
+
+        def run_torch():
+            with torch.inference_mode():
+                m(tx)
+        return time_it(run_torch, budget=0.3) / time_it(lambda: model(x), budget=0.3)
+    finally:
+        undo()
 
 
 class FirstCall:
