@@ -255,6 +255,28 @@ def test_quantized_forward_on_tiles(rng, one_thread, monkeypatch, B):
 
 
 @needs_amx
+def test_quantized_forward_on_tiles_leaves_nan_to_float32(rng, one_thread, monkeypatch):
+    # a NaN and an Inf in the input: the one-piece tiles decline, and the result is the float32
+    # model's on the rounded weights, NaN where it has NaN
+    T, B, I, H = 32, 16, 20, 256
+    q = ng.GRU(I, H, seed=10).quantize("bfloat16")
+    r = ng.GRU(I, H)
+    r.load_state_dict(q.state_dict())
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    x[5, 3, 7] = np.nan
+    x[9, 11, 2] = np.inf
+    calls = _tile_calls(monkeypatch)
+    y, h_n = q(x)
+    assert calls["steps"] == 1
+    monkeypatch.setattr(dispatch, "amx_ready", lambda: False)
+    y_r, h_r = r(x)
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(y_r))
+    assert np.isnan(y[:, 3]).any() and not np.isnan(np.delete(y, [3, 11], axis=1)).any()
+    np.testing.assert_allclose(np.nan_to_num(y), np.nan_to_num(y_r), **TOL[np.float32])
+    np.testing.assert_allclose(np.nan_to_num(h_n), np.nan_to_num(h_r), **TOL[np.float32])
+
+
+@needs_amx
 @pytest.mark.parametrize("B", [64, 70])
 def test_forward_on_tiles_two_threads(rng, two_threads, monkeypatch, B):
     # ranges of rows on each thread's tiles (70 rows: 48 and 22), the projection's rows split too
