@@ -238,7 +238,7 @@ class GRU(_Params):
     _bf16_panels = None  # ... and their step panels per layer and direction, packed on first use
     _packed = None  # frozen models: step_panels of the float weights per layer and direction
     _plans = None  # (T, B, threads) -> _forward_plan's kernel arguments (made on first use, per object)
-    _amx_pieces = None  # a frozen model's FrozenPieces
+    _amx_pieces = None  # a frozen or quantized model's FrozenPieces
 
     # ------------------------------------------------------------------ configuration
     @property
@@ -350,8 +350,10 @@ class GRU(_Params):
         tiles (:func:`~numgru.kernels.dispatch.amx_recurrence_wanted` for bfloat16 values; T = 0: not
         known), else the float32 array (which for a quantized model holds the same bfloat16 values, so
         the results agree either way)."""
+        if self._bf16 is None:
+            return self._W_hh[i]
         threads = thread_count()
-        if self._bf16 is not None and use_bf16(self, B, self._W_hh[i].nbytes, route is None and threads > 1):
+        if use_bf16(self, B, self._W_hh[i].nbytes, route is None and threads > 1):
             if T and route is None and amx_recurrence_wanted(
                     T, B, self.hidden_size, threads, self.dtype, self.reset_after, self._gate_kind,
                     self.clip is not None, bf16_values=True):

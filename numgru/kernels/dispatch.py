@@ -463,7 +463,7 @@ def input_projection(x2d, W_ih, b_ih, numba_threads=False, valid=None, training=
     threads = thread_count()
     if amx_projection_wanted(N, I, threads, W_ih.dtype, training) and \
             amx_project(x2d, W_ih, bias, b_ih is not None, gx, threads,
-                        None if pieces is None else pieces.of(W_ih)):
+                        tile_packing(W_ih, "amx_ih", pieces)):
         return gx
     Wp = empty_array(W_ih.dtype, 3) if packed is None else packed
     if numba_threads:
@@ -760,7 +760,7 @@ def _amx_rows_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gate_ki
         if not par:
             return False
         # (only once the slot is had: a caller without it packs nothing)
-        Whv = amx_pieces("amx_hh", W_hh) if pieces is None else pieces.of(W_hh)
+        Whv = tile_packing(W_hh, "amx_hh", pieces)
         return Whv.shape[0] > 0 and gru_forward_amx_rows(gx.reshape(T * B, G), Whv, b_hh, h0, bool(reverse),
                                                          y, int(col0), h_n, chunks, empty_array(gx.dtype, 3))
 
@@ -958,6 +958,12 @@ def amx_pieces(name, W):
     off = (-buf.ctypes.data % 64) // 2
     out = buf[off:off + 3 * size]
     return out[:pack_amx_into(W, out) * size]
+
+
+def tile_packing(W, name, pieces=None):
+    """W's AMX packing: the one ``pieces`` (a frozen or quantized model's :class:`FrozenPieces`)
+    keeps, else one made now in this thread's scratch ``name`` (:func:`amx_pieces`)."""
+    return amx_pieces(name, W) if pieces is None else pieces.of(W)
 
 
 def _references(pool, k):
