@@ -181,65 +181,141 @@ def padded(n):
     return (n + 31) // 32 * 32
 
 
+class _BFloat(ir.types.Type):
+    """LLVM's ``bfloat``, which llvmlite's IR builder does not name."""
+
+    def _to_string(self):
+        return "bfloat"
+
+    def __eq__(self, other):
+        return isinstance(other, _BFloat)
+
+    def __hash__(self):
+        return hash("bfloat")
+
+
+def _native_rounding():
+    """Whether to round to bfloat16 by LLVM's ``fptrunc`` to ``bfloat`` (AVX512-BF16's
+    ``VCVTNEPS2BF16`` on every CPU with AMX: a third of the integer sequence's instructions), which
+    LLVM 18 and later lower; else an integer sequence on the bits (add 0x7FFF and the lowest kept
+    bit, keep the upper half)."""
+    from llvmlite import binding
+    return binding.llvm_version_info >= (18,)
+
+
+_V16 = 16
+_VF = ir.VectorType(ir.FloatType(), _V16)
+_VI = ir.VectorType(ir.IntType(32), _V16)
+
+
+def _splat(value):
+    return ir.Constant(_VI, [value] * _V16)
+
+
+def _round16(builder, v):
+    """The bfloat16 codes nearest the 16 floats of v (ties to even), as <16 x i32> with the code in
+    the low half, and their values as <16 x float>."""
+    if _native_rounding():
+        h = builder.fptrunc(v, ir.VectorType(_BFloat(), _V16))
+        code = builder.zext(builder.bitcast(h, ir.VectorType(ir.IntType(16), _V16)), _VI)
+    else:
+        u = builder.bitcast(v, _VI)
+        odd = builder.and_(builder.lshr(u, _splat(16)), _splat(1))
+        code = builder.lshr(builder.add(builder.add(u, _splat(0x7FFF)), odd), _splat(16))
+    return code, builder.bitcast(builder.shl(code, _splat(16)), _VF)
+
+
+def _load16(context, builder, aty, arr, j, n):
+    """arr[j : j + 16] as <16 x float>, lanes at and past n zero (a masked load: nothing past n is
+    read)."""
+    a = context.make_array(aty)(context, builder, arr)
+    lane = ir.Constant(ir.VectorType(ir.IntType(64), _V16), list(range(_V16)))
+    limit = builder.sub(n, j)
+    splat = builder.insert_element(ir.Constant(ir.VectorType(ir.IntType(64), _V16), None), limit,
+                                   ir.Constant(ir.IntType(32), 0))
+    splat = builder.shuffle_vector(splat, splat, ir.Constant(_VI, [0] * _V16))
+    mask = builder.icmp_signed("<", lane, splat)
+    fnty = ir.FunctionType(_VF, [_PTR, ir.IntType(32), mask.type, _VF])
+    fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.masked.load.v16f32.p0")
+    ptr = builder.bitcast(builder.gep(a.data, [j]), _PTR)
+    return builder.call(fn, [ptr, ir.Constant(ir.IntType(32), 4), mask, ir.Constant(_VF, None)])
+
+
+def _in_range16(builder, v):
+    """Whether every lane of v (<16 x float>) is finite with magnitude at most SPLIT_LIMIT, as an
+    i1 (one compare of the magnitude bits: Inf's and NaN's lie above every finite value's)."""
+    bits = builder.and_(builder.bitcast(v, _VI), _splat(0x7FFFFFFF))
+    over = builder.icmp_unsigned(">", bits, _splat(int(_LIMIT_BITS)))
+    return builder.icmp_unsigned("==", builder.bitcast(over, ir.IntType(_V16)), ir.Constant(ir.IntType(_V16), 0))
+
+
+def _store16(context, builder, aty, arr, j, value):
+    a = context.make_array(aty)(context, builder, arr)
+    builder.store(value, builder.bitcast(builder.gep(a.data, [j]), value.type.as_pointer()), align=2)
+
+
 @intrinsic
-def bf16_nearest(typingctx, v):
-    """The bfloat16 value nearest float32 v (ties to even), as float32 (v finite, |v| ≤
-    SPLIT_LIMIT): integer arithmetic on v's bits, which LLVM vectorises."""
-    if v != types.float32:
+def split16(typingctx, src, j, n, p0, p1, p2):
+    """src[j : j + 16] (float32, the values at and past n read as zero) into its three bfloat16
+    pieces p0, p1, p2[j : j + 16] (uint16 codes; the caller keeps j + 16 inside them). Returns
+    whether those values are all finite with magnitude at most SPLIT_LIMIT (the pieces of one that
+    is not mean nothing)."""
+    if not (isinstance(src, types.Array) and src.dtype == types.float32
+            and all(isinstance(p, types.Array) and p.dtype == types.uint16 for p in (p0, p1, p2))):
         return None
 
     def codegen(context, builder, sig, args):
-        i32 = ir.IntType(32)
-        u = builder.bitcast(args[0], i32)
-        odd = builder.and_(builder.lshr(u, ir.Constant(i32, 16)), ir.Constant(i32, 1))
-        u = builder.add(builder.add(u, ir.Constant(i32, 0x7FFF)), odd)
-        u = builder.and_(u, ir.Constant(i32, 0xFFFF0000))
-        return builder.bitcast(u, ir.FloatType())
-    return types.float32(v), codegen
+        v = _load16(context, builder, sig.args[0], args[0], args[1], args[2])
+        ok = _in_range16(builder, v)
+        for k in range(3):
+            code, value = _round16(builder, v)
+            _store16(context, builder, sig.args[3 + k], args[3 + k], args[1],
+                     builder.trunc(code, ir.VectorType(ir.IntType(16), _V16)))
+            if k < 2:
+                v = builder.fsub(v, value)
+        return ok
+    return types.boolean(src, types.intp, types.intp, p0, p1, p2), codegen
 
 
 @intrinsic
-def bf16_bits(typingctx, v):
-    """The upper 16 bits of float32 v: its bfloat16 code where v is a bfloat16 value."""
-    if v != types.float32:
+def split_pairs16(typingctx, r0, r1, j, n, q0, q1, q2):
+    """r0 and r1[j : j + 16] (float32, the values at and past n read as zero) into three bfloat16
+    pieces in pairs: q_p[j + i] (uint32) holds piece p of r0[j + i] in its low half and of
+    r1[j + i] in its high half (the caller keeps j + 16 inside q0, q1, q2). Returns whether those
+    values are all finite with magnitude at most SPLIT_LIMIT, as :func:`split16`."""
+    if not (all(isinstance(r, types.Array) and r.dtype == types.float32 for r in (r0, r1))
+            and all(isinstance(q, types.Array) and q.dtype == types.uint32 for q in (q0, q1, q2))):
         return None
 
     def codegen(context, builder, sig, args):
-        u = builder.bitcast(args[0], ir.IntType(32))
-        return builder.trunc(builder.lshr(u, ir.Constant(ir.IntType(32), 16)), ir.IntType(16))
-    return types.uint16(v), codegen
+        u = _load16(context, builder, sig.args[0], args[0], args[2], args[3])
+        v = _load16(context, builder, sig.args[1], args[1], args[2], args[3])
+        ok = builder.and_(_in_range16(builder, u), _in_range16(builder, v))
+        for k in range(3):
+            cu, fu = _round16(builder, u)
+            cv, fv = _round16(builder, v)
+            _store16(context, builder, sig.args[4 + k], args[4 + k], args[2],
+                     builder.or_(cu, builder.shl(cv, _splat(16))))
+            if k < 2:
+                u = builder.fsub(u, fu)
+                v = builder.fsub(v, fv)
+        return ok
+    return types.boolean(r0, r1, types.intp, types.intp, q0, q1, q2), codegen
 
 
 @inline
 def _split_into(src, n, p0, p1, p2):
-    """Split src[:n] (float32) into three bfloat16 pieces p0[:n], p1[:n], p2[:n] (uint16 codes).
-    (Plain indices, no offsets: an index i + k is checked for wraparound and the loop no longer
-    vectorises.)"""
-    for k in range(n):
-        v = src[k]
-        h0 = bf16_nearest(v)
-        v = v - h0
-        h1 = bf16_nearest(v)
-        v = v - h1
-        h2 = bf16_nearest(v)
-        p0[k] = bf16_bits(h0)
-        p1[k] = bf16_bits(h1)
-        p2[k] = bf16_bits(h2)
+    """Split src[:n] (float32) into three bfloat16 pieces p0, p1, p2[:n] (uint16 codes), 16 values
+    at a time (:func:`split16`; the pieces up to the next multiple of 16 past n are zero). Returns
+    whether src[:n] is all finite with magnitude at most SPLIT_LIMIT (else its pieces mean nothing:
+    the product is float32's)."""
+    ok = True
+    for j in range(0, n, _V16):
+        ok &= split16(src, j, n, p0, p1, p2)
+    return ok
 
 
 _LIMIT_BITS = np.uint32(np.array([SPLIT_LIMIT], np.float32).view(np.uint32)[0])
-
-
-@inline
-def _finite_below_limit(vu, n):
-    """Whether every value of vu[:n] (float32 bits, uint32) is finite with |v| ≤ SPLIT_LIMIT: one
-    integer maximum (Inf's and NaN's magnitude bits lie above every finite value's)."""
-    big = np.uint32(0)
-    for k in range(n):
-        a = vu[k] & np.uint32(0x7FFFFFFF)
-        if a > big:
-            big = a
-    return big <= _LIMIT_BITS
 
 
 @inline
@@ -248,7 +324,7 @@ def _pack_into(W, out):
     their pieces split into a zero-padded scratch, then turned by pairs into place
     (:func:`transpose16`). Returns how many pieces it wrote: 3, or 1 where W holds only bfloat16
     values (a quantized model's weights: their second and third pieces are zero, and the first
-    piece's place is the same either way), or 0 where W holds a value :func:`_finite_below_limit`
+    piece's place is the same either way), or 0 where W holds a value :func:`_split_into`
     refuses."""
     N, K = W.shape
     Np = padded(N)
@@ -266,9 +342,8 @@ def _pack_into(W, out):
         for c in range(16):
             n = nb * 16 + c
             if n < N:
-                if not _finite_below_limit(W[n].view(np.uint32), K):
+                if not _split_into(W[n], K, r3[0, c], r3[1, c], r3[2, c]):  # (columns K … Kp−1 zero)
                     return 0
-                _split_into(W[n], K, r3[0, c], r3[1, c], r3[2, c])  # (columns K … Kp−1 stay zero)
             else:
                 r3[:, c, :] = 0
         for k in range(8 * Kp):
@@ -286,7 +361,7 @@ def pack_amx(W):
     W[n, k] at p·Np·Kp + ((n // 16)·Kp + k − k % 2)·16 + (n % 16)·2 + k % 2; the padding is zero.
     Where W holds only bfloat16 values (a quantized model's), its first piece alone (Np·Kp values):
     the kernels then take three products a block instead of six and read a third of the bytes. An
-    empty array where W holds a value :func:`_finite_below_limit` refuses."""
+    empty array where W holds a value :func:`_split_into` refuses."""
     wide_vectors()
     size = padded(W.shape[0]) * padded(W.shape[1])
     out = aligned_empty(3 * size, np.uint16)
@@ -376,10 +451,9 @@ def _project_rows(x, Wv, N, biasp, out, r0, r1):
         rows = min(MB, r1 - q0)
         for i in range(rows):
             xr = x[q0 + i]
-            if not _finite_below_limit(xr.view(np.uint32), K):
+            if not _split_into(xr, K, A3[0, i], A3[1, i], A3[2, i]):
                 ok = False
                 break
-            _split_into(xr, K, A3[0, i], A3[1, i], A3[2, i])
         if not ok:
             break
         for i in range(rows, padded(rows)):
@@ -432,7 +506,7 @@ def amx_projection(x, Wv, N, bias, use_bias, out):
     """out = x @ W.T (+ bias) on AMX tiles, from ``Wv = pack_amx(W)`` for W (N, K) float32.
 
     x (R, K), out (R, N) C-contiguous float32, bias (N,) float32. Returns False, with out partly
-    written, where a row of x holds a value that :func:`_finite_below_limit` refuses: the caller
+    written, where a row of x holds a value that :func:`_split_into` refuses: the caller
     then computes the product in float32. The caller checks that the CPU runs AMX
     (:func:`amx_ready`) and that Wv is W's packing (nonempty)."""
     wide_vectors()
@@ -497,16 +571,15 @@ def _sixteen_rows_product(A, Wv, acc3, Kp, Np, one):
 def _tile_rows_product(src, nb, Wv, A, A3, acc, acc3):
     """acc[:nb, :N] = src[:nb] @ W.T on the tiles (configured by the caller) for W (N, K) packed in
     Wv, src (≥ nb, K) float32, through the scratch :func:`_amx_scratch` makes (one 16-row tile,
-    or blocks of 32 rows). False where a row holds a value :func:`_finite_below_limit` refuses."""
+    or blocks of 32 rows). False where a row holds a value :func:`_split_into` refuses."""
     K = src.shape[1]
     Kp = A3.shape[2]
     Mp = A3.shape[1]
     Np = acc.shape[1]
     one = _pieces_of(Wv, Np, Kp) == 1
     for i in range(nb):
-        if not _finite_below_limit(src[i].view(np.uint32), K):
+        if not _split_into(src[i], K, A3[0, i], A3[1, i], A3[2, i]):
             return False
-        _split_into(src[i], K, A3[0, i], A3[1, i], A3[2, i])
     if Mp == 16:
         _sixteen_rows_product(A, Wv, acc3, Kp, Np, one)
         for i in range(nb):  # the pieces' sums, largest first
@@ -609,7 +682,7 @@ def gru_forward_amx(x2d, W_ih, Wp_ih, b_ih, use_bias, proj_panels, proj_dot, gx,
     (padded to 16 rows, or to a multiple of 32, and 32 columns) and runs the forward's gate loop on it
     (:func:`~numgru.kernels.forward.rows_after_fast`). The tiles are configured per chunk of steps and
     released before anything else runs. Returns False, with y and h_n partly written, where a state
-    holds a value :func:`_finite_below_limit` refuses (NaN from the input, say): the caller then runs
+    holds a value :func:`_split_into` refuses (NaN from the input, say): the caller then runs
     the float32 kernels. The caller checks that the CPU runs AMX (:func:`amx_ready`) and that Whv is
     nonempty."""
     wide_vectors()
@@ -684,21 +757,6 @@ def gru_forward_amx_rows(gx, Whv, b_hh, h0, reverse, y, col0, h_n, n_chunks, tap
 
 # ---------------------------------------------------------------------------- weight gradients
 @intrinsic
-def bf16_pair(typingctx, lo, hi):
-    """Two bfloat16 values (float32 whose low 16 bits are zero) as one uint32 of AMX's pair layout:
-    lo's code in the low half, hi's in the high half."""
-    if lo != types.float32 or hi != types.float32:
-        return None
-
-    def codegen(context, builder, sig, args):
-        i32 = ir.IntType(32)
-        a = builder.lshr(builder.bitcast(args[0], i32), ir.Constant(i32, 16))
-        b = builder.and_(builder.bitcast(args[1], i32), ir.Constant(i32, 0xFFFF0000))
-        return builder.or_(a, b)
-    return types.uint32(lo, hi), codegen
-
-
-@intrinsic
 def transpose16(typingctx, src, s0, s_row, dst, d0, d_row):
     """Transpose a 16 × 16 block of 32-bit values: dst[d0 + i·d_row + k] = src[s0 + k·s_row + i]
     (rows in elements; unchecked, as :func:`tile_load`). Sixteen vectors and four rounds of
@@ -736,21 +794,13 @@ def transpose16(typingctx, src, s0, s_row, dst, d0, d_row):
 @inline
 def _split_pairs(r0, r1, n, q0, q1, q2):
     """Rows r0 and r1 (float32, n values) split into three bfloat16 pieces, each piece's two rows
-    interleaved in pairs: q_p[j] holds piece p of r0[j] (low half) and of r1[j] (high half)."""
-    for j in range(n):
-        u = r0[j]
-        v = r1[j]
-        u0 = bf16_nearest(u)
-        v0 = bf16_nearest(v)
-        u = u - u0
-        v = v - v0
-        u1 = bf16_nearest(u)
-        v1 = bf16_nearest(v)
-        u = u - u1
-        v = v - v1
-        q0[j] = bf16_pair(u0, v0)
-        q1[j] = bf16_pair(u1, v1)
-        q2[j] = bf16_pair(bf16_nearest(u), bf16_nearest(v))
+    interleaved in pairs: q_p[j] holds piece p of r0[j] (low half) and of r1[j] (high half), 16
+    values at a time (:func:`split_pairs16`; zero up to the next multiple of 16 past n). Returns
+    whether both rows are all finite with magnitude at most SPLIT_LIMIT, as :func:`_split_into`."""
+    ok = True
+    for j in range(0, n, _V16):
+        ok &= split_pairs16(r0, r1, j, n, q0, q1, q2)
+    return ok
 
 
 @inline
@@ -793,13 +843,10 @@ def _gradient_columns(X, D, C, c0, c1, KB):
             d0 = D[r, c0:c0 + Mc]
             x1 = X[r + 1] if r + 1 < N else zx
             d1 = D[r + 1, c0:c0 + Mc] if r + 1 < N else zd
-            if not (_finite_below_limit(x0.view(np.uint32), I) and _finite_below_limit(x1.view(np.uint32), I)
-                    and _finite_below_limit(d0.view(np.uint32), Mc)
-                    and _finite_below_limit(d1.view(np.uint32), Mc)):
+            if not (_split_pairs(x0, x1, I, V[0, k], V[1, k], V[2, k])
+                    and _split_pairs(d0, d1, Mc, B3[0, k], B3[1, k], B3[2, k])):
                 tile_release()
                 return False
-            _split_pairs(x0, x1, I, V[0, k], V[1, k], V[2, k])
-            _split_pairs(d0, d1, Mc, B3[0, k], B3[1, k], B3[2, k])
         for p in range(3):
             for i0 in range(0, Ip, 16):
                 for kk in range(0, kh, 16):
