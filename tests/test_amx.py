@@ -78,12 +78,32 @@ def test_bfloat16_values_pack_as_one_piece(rng, N, K):
 
 
 @needs_amx
-def test_packing_refuses_values_it_cannot_split(rng):
+@pytest.mark.parametrize("where", [(17, 5), (17, 32), (39, 16), (0, 31)])
+def test_packing_refuses_values_it_cannot_split(rng, where):
+    # rows split 16 values at a time, the last block of 33 holding one: a refused value anywhere in
+    # a row, the partial block's included
     W = rng.standard_normal((40, 33)).astype(np.float32)
     for bad in (np.nan, np.inf, -np.inf, np.float32(3.2e38)):
         Wb = W.copy()
-        Wb[17, 5] = bad
+        Wb[where] = bad
         assert amx.pack_amx(Wb).shape == (0,)
+
+
+@needs_amx
+def test_subnormal_values_count_as_zero(rng):
+    # the tiles (and AVX512-BF16's rounding) read subnormal bfloat16 as zero: a product loses at
+    # most 2⁻¹²⁶ times the other factor per term, nothing more
+    x = rng.standard_normal((33, 40)).astype(np.float32)
+    W = rng.standard_normal((20, 40)).astype(np.float32)
+    W[3, :8] = np.float32(2.0 ** -130)
+    W[5, 8:16] = np.float32(-1.5 * 2.0 ** -127)
+    x[7, 20:] = np.float32(2.0 ** -135)
+    out = np.empty((33, 20), np.float32)
+    assert amx.amx_projection(x, amx.pack_amx(W), 20, np.zeros(20, np.float32), False, out)
+    want = x.astype(np.float64) @ W.T.astype(np.float64)
+    loss = 2.0 ** -126 * (np.abs(x).astype(np.float64) @ (np.abs(W) < 2.0 ** -126).T
+                          + (np.abs(x) < 2.0 ** -126) @ np.abs(W).T.astype(np.float64))
+    assert np.all(np.abs(out - want) <= 8 * _sum_bound(x, W, 0.0) + loss)
 
 
 @needs_amx
@@ -388,7 +408,10 @@ def test_weight_gradient_leaves_refused_values_to_float32(rng, monkeypatch):
     for bad, where in ((np.nan, "D"), (np.inf, "X"), (-np.inf, "D"), (np.float32(3.1e38), "X")):
         D = rng.standard_normal((50, 20)).astype(np.float32)
         X = rng.standard_normal((50, 9)).astype(np.float32)
-        (D if where == "D" else X)[41, 3] = bad
+        if where == "D":  # the last row (a pair's second) and the 16-value blocks' partial one
+            D[49, 17] = bad
+        else:
+            X[41, 3] = bad
         out = np.full((20, 9), 7.0, np.float32)
         assert not amx.amx_gradient(D, X, out) and (out == 7.0).all()
         assert not amx.amx_gradient_parallel(D, X, out, 2) and (out == 7.0).all()

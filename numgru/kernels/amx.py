@@ -12,6 +12,9 @@ rounding (2⁻²⁴), so the sums agree with a float32 GEMM's to float32 roundin
 measures it against float64; at 64 × 768 × 256 the largest error read 2.2e-6 against OpenBLAS's
 sgemm's 4.5e-6). Six products at AMX's rate still run about 1.7× one core's float32 FMA peak
 (64 × 768 × 256, one thread: 78 µs, 324 GFLOP/s as float32, against 136 µs at OpenBLAS's best).
+The split rounds 16 values an instruction (AVX512-BF16's ``VCVTNEPS2BF16``); it and the tiles read
+subnormal values (below 2⁻¹²⁶) as zero, so a term with a subnormal factor is lost: less than 2⁻¹²⁶
+times the other factor.
 
 The tiles need the kernel's permission (``arch_prctl(ARCH_REQ_XCOMP_PERM)``, asked once per process
 by :func:`amx_ready`) and code that only a CPU with AMX can run: the kernels here are compiled on
