@@ -779,23 +779,22 @@ class GRU(_Params):
             for d in range(D):
                 i = layer * D + d
                 W_ih, W_hh, b_ih, b_hh = self._weights(i)
-                dgx, dgh, hprev, rhprev, dh0_i, db_ih, db_hh = gru_direction_backward(
+                dgx, dghn, hprev, rhprev, dh0_i, db_ih, db_hh = gru_direction_backward(
                     dy_layer, d * H, dh_n[i], lt.gates[d], lt.y, tape.h0[i], W_hh, tape.lengths,
                     d == 1 or self.go_backwards, self.reset_after, self._gate_kind, self.alpha, self.beta, self.clip)
                 dh0[i] = dh0_i
                 dgx2 = dgx.reshape(T * B, 3 * H)
-                dgh2 = dgh.reshape(T * B, 3 * H)
                 hp2 = hprev.reshape(T * B, H)
                 sfx = self._suffix(layer, d)
                 dW_ih = np.empty(W_ih.shape, self.dtype)
                 dW_hh = np.empty((3 * H, H), self.dtype)
                 if T * B:
                     weight_gradient(dgx2, x2d, dW_ih)
-                    if self.reset_after:
-                        weight_gradient(dgh2, hp2, dW_hh)
-                    else:
-                        dW_hh[: 2 * H] = _matmul(dgh2[:, : 2 * H].T, hp2)
-                        dW_hh[2 * H:] = _matmul(dgh2[:, 2 * H:].T, rhprev.reshape(T * B, H))
+                    if self.reset_after:  # dgh: dgx's r and z blocks, its own n block
+                        weight_gradient(dgx2, hp2, dW_hh, dghn.reshape(T * B, H))
+                    else:  # dgh is dgx; the n block multiplies r ⊙ h_{t−1}
+                        dW_hh[: 2 * H] = _matmul(dgx2[:, : 2 * H].T, hp2)
+                        dW_hh[2 * H:] = _matmul(dgx2[:, 2 * H:].T, rhprev.reshape(T * B, H))
                     if want_dx:
                         input_gradient(dgx2, W_ih, dx2d, d > 0)
                 else:

@@ -384,46 +384,65 @@ def test_environment_turns_tiles_off(monkeypatch):
 
 
 @needs_amx
-@pytest.mark.parametrize("N, M, I", [(1, 1, 1), (37, 70, 45), (600, 100, 130), (1101, 384, 128)])
-def test_weight_gradient_within_float32_rounding(rng, N, M, I):
-    # D.T @ X over N rows, a block of rows at a time (1101: five blocks of 256 and an odd row)
-    D = rng.standard_normal((N, M)).astype(np.float32)
+@pytest.mark.parametrize("N, M, I, M2", [(1, 1, 1, 0), (37, 70, 45, 0), (600, 100, 130, 0),
+                                         (1101, 384, 128, 0), (37, 70, 45, 23), (1101, 384, 128, 128),
+                                         (64, 40, 16, 40)])
+def test_weight_gradient_within_float32_rounding(rng, N, M, I, M2):
+    # G.T @ X over N rows, a block of rows at a time (1101: five blocks of 256 and an odd row); G is
+    # D's first M − M2 columns and then D2 (reset_after's dW_hh): D's other columns are not read
+    G = rng.standard_normal((N, M)).astype(np.float32)
     X = rng.standard_normal((N, I)).astype(np.float32)
+    D = G.copy()
+    D[:, M - M2:] = np.nan
+    D2 = np.ascontiguousarray(G[:, M - M2:])
     out = np.full((M, I), np.nan, np.float32)
-    assert amx.amx_gradient(D, X, out)
-    ref = D.T.astype(np.float64) @ X.astype(np.float64)
-    bound = 2.0 ** -24 * (np.abs(D).T.astype(np.float64) @ np.abs(X).astype(np.float64))
+    assert amx.amx_gradient(D, D2, X, out)
+    ref = G.T.astype(np.float64) @ X.astype(np.float64)
+    bound = 2.0 ** -24 * (np.abs(G).T.astype(np.float64) @ np.abs(X).astype(np.float64))
     err = np.abs(out - ref)
     assert np.all(err <= 8 * bound), (err / bound).max()
     # on two threads (ranges of columns) every sum runs as on one
     par = np.full((M, I), np.nan, np.float32)
-    assert amx.amx_gradient_parallel(D, X, par, 2)
+    assert amx.amx_gradient_parallel(D, D2, X, par, 2)
     np.testing.assert_array_equal(par, out)
+    # the BLAS route takes the same columns
+    np.testing.assert_allclose(dispatch.weight_gradient(D, X, np.empty((M, I), np.float32), D2)
+                               if M2 else dispatch.weight_gradient(G, X, np.empty((M, I), np.float32)),
+                               ref, rtol=1e-4, atol=1e-4)
 
 
 @needs_amx
 def test_weight_gradient_leaves_refused_values_to_float32(rng, monkeypatch):
     monkeypatch.setattr(dispatch, "AMX_GRADIENT_MIN_ROWS", 1)
     monkeypatch.setattr(dispatch, "AMX_GRADIENT_SIZES", (1, 1 << 30))
-    for bad, where in ((np.nan, "D"), (np.inf, "X"), (-np.inf, "D"), (np.float32(3.1e38), "X")):
+    none = np.empty((50, 0), np.float32)
+    for bad, where in ((np.nan, "D"), (np.inf, "X"), (-np.inf, "D"), (np.float32(3.1e38), "X"), (np.nan, "D2")):
         D = rng.standard_normal((50, 20)).astype(np.float32)
         X = rng.standard_normal((50, 9)).astype(np.float32)
+        D2 = rng.standard_normal((50, 7)).astype(np.float32) if where == "D2" else none
         if where == "D":  # the last row (a pair's second) and the 16-value blocks' partial one
             D[49, 17] = bad
+        elif where == "D2":
+            D2[30, 6] = bad
         else:
             X[41, 3] = bad
         out = np.full((20, 9), 7.0, np.float32)
-        assert not amx.amx_gradient(D, X, out) and (out == 7.0).all()
-        assert not amx.amx_gradient_parallel(D, X, out, 2) and (out == 7.0).all()
-        got = dispatch.weight_gradient(D, X, out)
+        assert not amx.amx_gradient(D, D2, X, out) and (out == 7.0).all()
+        assert not amx.amx_gradient_parallel(D, D2, X, out, 2) and (out == 7.0).all()
+        got = dispatch.weight_gradient(D, X, out, D2 if D2.shape[1] else None)
+        G = np.concatenate([D[:, :20 - D2.shape[1]], D2], axis=1)
         with np.errstate(invalid="ignore", over="ignore"):
-            want = (D.T.astype(np.float64) @ X.astype(np.float64)).astype(np.float32)
+            want = (G.T.astype(np.float64) @ X.astype(np.float64)).astype(np.float32)
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, equal_nan=True)
         assert np.array_equal(np.isfinite(got), np.isfinite(want))
     with pytest.raises(ValueError, match="shapes"):
-        amx.amx_gradient(D, X[:-1], np.empty((20, 9), np.float32))
+        amx.amx_gradient(D, none, X[:-1], np.empty((20, 9), np.float32))
     with pytest.raises(ValueError, match="shapes"):
-        amx.amx_gradient(D, X, np.empty((20, 8), np.float32))
+        amx.amx_gradient(D, none, X, np.empty((20, 8), np.float32))
+    with pytest.raises(ValueError, match="shapes"):
+        amx.amx_gradient(D, none[:-1], X, np.empty((20, 9), np.float32))
+    with pytest.raises(ValueError, match="shapes"):
+        amx.amx_gradient(D[:, :10].copy(), np.empty((50, 5), np.float32), X, np.empty((20, 9), np.float32))
 
 
 def _gradient_error(grads, ref):

@@ -32,7 +32,7 @@ BIAS_ROWS = 32
 
 
 def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, reverse, reset_after,
-                  gate_kind, alpha, beta, use_clip, clip, dgx, dgh, hprev, rhprev, dh0, db_ih, db_hh,
+                  gate_kind, alpha, beta, use_clip, clip, dgx, dghn, hprev, rhprev, dh0, db_ih, db_hh,
                   tiled_max, Wv_T, b0, b1):
     """Backward pass of one GRU layer, one direction, in the reverse of the forward's step order.
 
@@ -48,8 +48,12 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, revers
     lengths  (B,) int64  in.  As in the forward; ``sorted_desc`` likewise limits each step's GEMMs to
                               the active prefix of rows.
     dgx      (T, B, 3H)  out. dLoss/d(x W_ih.T + b_ih) per step (zeros past a row's length).
-    dgh      (T, B, 3H)  out. dLoss/d(W_hh h + b_hh) per step (reset_after=False: its n block is
-                              dLoss/d(W_hn (r ⊙ h) + b_hn)); zeros past a row's length.
+    dghn     (T, B, H)   out. reset_after: dLoss/d(W_hn h + b_hn) per step, the n block of
+                              dgh = dLoss/d(W_hh h + b_hh), whose r and z blocks are dgx's (zeros
+                              past a row's length); pass (0, 0, 0) otherwise, where dgh is dgx
+                              (its n block dLoss/d(W_hn (r ⊙ h) + b_hn)). Each step's whole dgh
+                              rows live in a scratch of B rows: writing them all out for the
+                              weight gradient cost 2.5–3 ms of 24 (T = 128, B = 64, H = 256).
     hprev    (T, B, H)   out. h_{t−1} per valid step (zeros past a row's length): the input of dW_hh.
     rhprev   (T, B, H)   out. r ⊙ h_{t−1} (reset_after=False; pass (0, 0, 0) otherwise): input of dW_hn.
     dh0      (B, H)      out. dLoss/dh0.
@@ -57,7 +61,9 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, revers
                               valid steps of dgx (each step's group summed in the arrays' dtype,
                               then added in float64; the groups summed in order by the caller:
                               dLoss/db_ih); must arrive zeroed.
-    db_hh    (⌈B / BIAS_ROWS⌉, 3H) float64  out. Likewise of dgh (dLoss/db_hh). Summed in float64
+    db_hh    (⌈B / BIAS_ROWS⌉, H) float64  out. Likewise of dghn (reset_after; dLoss/db_hh's n
+                              block: its r and z blocks, and with reset_after=False all of it, are
+                              db_ih's, summed in the same order). Summed in float64
                               step by step (NumPy's float32 pairwise sum over the T·B rows
                               afterwards was a second pass over both arrays: 6.4 ms at T = 128,
                               B = 64, H = 256), by groups of rows so that ranges of whole groups may
@@ -87,9 +93,10 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, revers
     dan = np.zeros((B, H), dt)
     drh = np.empty((B, H), dt)
     darz = np.zeros((B, H2), dt)
+    dgs = np.zeros((B if reset_after else 0, 3 * H), dt)  # this step's dgh rows (reset_after)
     g_all = np.empty((B, H), dt)
     bsum_i = np.zeros(3 * H, dt)
-    bsum_h = np.zeros(3 * H, dt)
+    bsum_h = np.zeros(H, dt)
     buf = np.empty(3 * H * B, dt)
     # reset_after=False multiplies by the r, z and the n columns of W_T separately: C-contiguous copies
     Hs = 0 if reset_after else H
@@ -126,10 +133,15 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, revers
                 for j in range(H):
                     dhpb[j] = dhb[j]
                 dgxb = dgx[t, b0 + b]
-                dghb = dgh[t, b0 + b]
                 for j in range(3 * H):
                     dgxb[j] = 0.0
-                    dghb[j] = 0.0
+                if reset_after:
+                    dgsb = dgs[b]
+                    dgnb = dghn[t, b0 + b]
+                    for j in range(3 * H):
+                        dgsb[j] = 0.0
+                    for j in range(H):
+                        dgnb[j] = 0.0
                 hpb = hprev[t, b0 + b]
                 for j in range(H):
                     hpb[j] = 0.0
@@ -197,16 +209,16 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, revers
                         darz[b, j] = k_r
             for j in range(H):
                 dhpb[j] = gb[j] * tb[H + j]
-            dghb = dgh[t, b0 + b]
             if reset_after:
+                dgsb = dgs[b]
+                dgnb = dghn[t, b0 + b]
                 for j in range(H2):
-                    dghb[j] = dgxb[j]
+                    dgsb[j] = dgxb[j]
                 for j in range(H):
-                    dghb[H2 + j] = dgxb[H2 + j] * tb[j]
+                    dgnb[j] = dgxb[H2 + j] * tb[j]
+                for j in range(H):
+                    dgsb[H2 + j] = dgnb[j]
             else:
-                for j in range(H):
-                    dghb[H + j] = dgxb[H + j]
-                    dghb[H2 + j] = dgxb[H2 + j]
                 danb = dan[b]
                 for j in range(H):
                     danb[j] = dgxb[H2 + j]
@@ -217,7 +229,7 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, revers
         if reset_after:
             if Wv_T is not None:
                 if on_tiles and n_act > 0:
-                    if _tile_rows_product(dgh[t, b0:b1], n_act, Wv_T, A, A3, acc, acc3):
+                    if _tile_rows_product(dgs, n_act, Wv_T, A, A3, acc, acc3):
                         for b in range(n_act):
                             ab = acc[b]
                             tmpb = tmp[b]
@@ -227,7 +239,7 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, revers
                         tile_release()
                         on_tiles = False
             if n_act > 0 and not on_tiles:
-                step_product(W_T, Wp_T, dgh[t, b0:b1], tmp, buf, n_act, tiled_max, s % 2 == 1)
+                step_product(W_T, Wp_T, dgs, tmp, buf, n_act, tiled_max, s % 2 == 1)
         else:
             # d(r ⊙ h_prev) = dn_pre @ W_hn, then the r gate, then the r, z blocks' matmul
             if n_act > 0:
@@ -242,7 +254,6 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, revers
                 hpb = hprev[t, b0 + b]
                 drhb = drh[b]
                 dgxb = dgx[t, b0 + b]
-                dghb = dgh[t, b0 + b]
                 dhpb = dhp[b]
                 one = one_like(tb[0])
                 simple = kind_is_sigmoid(gate_kind) and not use_clip
@@ -252,7 +263,6 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, revers
                     dhpb[j] += drhb[j] * r
                     da_r = drhb[j] * hpb[j] * gate_grad(r, gate_kind, alpha) * k_r
                     dgxb[j] = da_r
-                    dghb[j] = da_r
                     darzb[j] = da_r
                 for j in range(H):
                     darzb[H + j] = dgxb[H + j]
@@ -270,18 +280,19 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, revers
                     dhb[j] = dhpb[j]
             if t < lens[b]:  # the bias gradients, while the step's rows are in cache
                 dgxb = dgx[t, b0 + b]
-                dghb = dgh[t, b0 + b]
                 for j in range(3 * H):
                     bsum_i[j] += dgxb[j]
-                for j in range(3 * H):
-                    bsum_h[j] += dghb[j]
+                if reset_after:
+                    dgnb = dghn[t, b0 + b]
+                    for j in range(H):
+                        bsum_h[j] += dgnb[j]
             if (b0 + b + 1) % BIAS_ROWS == 0 or b == B - 1:  # a group's rows of this step, into float64
                 dbi = db_ih[(b0 + b) // BIAS_ROWS]
                 dbh = db_hh[(b0 + b) // BIAS_ROWS]
                 for j in range(3 * H):
                     dbi[j] += bsum_i[j]
                     bsum_i[j] = 0.0
-                for j in range(3 * H):
+                for j in range(H):
                     dbh[j] += bsum_h[j]
                     bsum_h[j] = 0.0
     if Wv_T is not None:
@@ -316,7 +327,7 @@ gru_backward_amx = kernel(_gru_backward, name="gru_backward_amx")
 
 @parallel_kernel(name="gru_backward_amx_rows_parallel")
 def gru_backward_amx_rows(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, reverse, reset_after,
-                          gate_kind, alpha, beta, use_clip, clip, dgx, dgh, hprev, rhprev, dh0, db_ih,
+                          gate_kind, alpha, beta, use_clip, clip, dgx, dghn, hprev, rhprev, dh0, db_ih,
                           db_hh, tiled_max, Wv_T, n_chunks):
     """:func:`gru_backward_amx` on Numba's threads: the B rows in ``n_chunks`` ranges (multiples of
     ``BIAS_ROWS``, 32, but the last), each running every step on its own core's tiles (a row's
@@ -329,5 +340,5 @@ def gru_backward_amx_rows(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc
     for c in prange(nc):
         wide_vectors()
         gru_backward_amx(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, reverse, reset_after,
-                         gate_kind, alpha, beta, use_clip, clip, dgx, dgh, hprev, rhprev, dh0, db_ih,
+                         gate_kind, alpha, beta, use_clip, clip, dgx, dghn, hprev, rhprev, dh0, db_ih,
                          db_hh, tiled_max, Wv_T, c * per, min(B, (c + 1) * per))

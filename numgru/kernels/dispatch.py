@@ -1007,8 +1007,9 @@ def gru_direction_backward(dy, col0, dh_n, tape, y, h0, W_hh, lengths, reverse, 
                            alpha, beta, clip):
     """Backward of one direction of one layer (the serial kernel; BLAS may thread its matmuls).
 
-    Returns ``(dgx, dgh, hprev, rhprev, dh0, db_ih, db_hh)`` with shapes (T, B, 3H), (T, B, 3H),
-    (T, B, H), (T, B, H) (None when reset_after), (B, H), (3H,), (3H,). See
+    Returns ``(dgx, dghn, hprev, rhprev, dh0, db_ih, db_hh)`` with shapes (T, B, 3H), (T, B, H)
+    (reset_after: dgh's n block, dgh's r and z blocks being dgx's; None otherwise, where dgh is
+    dgx), (T, B, H), (T, B, H) (None when reset_after), (B, H), (3H,), (3H,). See
     :func:`numgru.kernels.backward._gru_backward`. The first four are this thread's :func:`workspace`:
     valid until its next call.
     """
@@ -1017,19 +1018,19 @@ def gru_direction_backward(dy, col0, dh_n, tape, y, h0, W_hh, lengths, reverse, 
     dtype = tape.dtype
     # scratch reused between calls (the kernel writes every element, zeros past a row's length)
     dgx = workspace("dgx", (T, B, 3 * H), dtype)
-    dgh = workspace("dgh", (T, B, 3 * H), dtype)
+    dghn = workspace("dghn", (T, B, H) if reset_after else (0, 0, 0), dtype)
     hprev = workspace("hprev", (T, B, H), dtype)
     rhprev = workspace("rhprev", (T, B, H) if not reset_after else (0, 0, 0), dtype)
     groups = (B + BIAS_ROWS - 1) // BIAS_ROWS  # bias sums per group of rows, the same on any threads
     db_ih = np.zeros((groups, 3 * H), np.float64)
-    db_hh = np.zeros((groups, 3 * H), np.float64)
+    db_hh = np.zeros((groups, H), np.float64)  # (the n block: reset_after's dghn)
     if B == 0 or T == 0:
         dh0 = dh_n.copy()
     else:
         dh0 = np.empty((B, H), dtype)
         W_T = np.ascontiguousarray(W_hh.T)
         args = (dy, int(col0), dh_n, tape, y, h0, W_T, lengths, is_sorted_desc(lengths), bool(reverse),
-                bool(reset_after), *gate_scalars(dtype, gate_kind, alpha, beta, clip), dgx, dgh, hprev,
+                bool(reset_after), *gate_scalars(dtype, gate_kind, alpha, beta, clip), dgx, dghn, hprev,
                 rhprev, dh0, db_ih, db_hh, serial_tiled_max(thread_count()))
         tiles = amx_recurrence_wanted(T, B, H, 1, dtype, reset_after, gate_kind, clip is not None)
         Wv_T = amx_pieces("amx_hh_T", W_T) if tiles else None
@@ -1044,25 +1045,41 @@ def gru_direction_backward(dy, col0, dh_n, tape, y, h0, W_hh, lengths, reverse, 
                     gru_backward_amx_rows(*args, Wv_T, chunks)
                 else:
                     gru_backward_amx(*args, Wv_T, 0, B)
-    return (dgx, dgh, hprev, (None if reset_after else rhprev), dh0, db_ih.sum(axis=0).astype(dtype),
-            db_hh.sum(axis=0).astype(dtype))
+    db_ih = db_ih.sum(axis=0).astype(dtype)
+    db_hh_all = db_ih.copy()  # r and z (reset_after=False: all three) as db_ih's, summed alike
+    if reset_after:
+        db_hh_all[2 * H:] = db_hh.sum(axis=0).astype(dtype)
+    return (dgx, (dghn if reset_after else None), hprev, (None if reset_after else rhprev), dh0, db_ih,
+            db_hh_all)
 
 
-def weight_gradient(D, X, out):
-    """out = D.T @ X: a weight gradient, the gate gradients D (N, M) by the layer's inputs X (N, I)
-    summed over all N = T·B rows; out (M, I) C-contiguous. On AMX tiles where
-    :func:`amx_gradient_wanted` says so (on Numba's threads where there are several and the parallel
-    slot is free), else in BLAS (:func:`~numgru.kernels.backward.matmul_into`). Either way each sum
-    runs in an order that does not depend on the thread count."""
-    N, M = D.shape
+def weight_gradient(D, X, out, D2=None):
+    """out = G.T @ X: a weight gradient, the gate gradients G (N, M) by the layer's inputs X (N, I)
+    summed over all N = T·B rows; out (M, I) C-contiguous. G is D, or with ``D2`` (N, M2) D's first
+    M − M2 columns followed by D2's (reset_after's dW_hh: the r and z blocks of dgx, the n block of
+    its own). On AMX tiles where :func:`amx_gradient_wanted` says so (on Numba's threads where
+    there are several and the parallel slot is free), else in BLAS
+    (:func:`~numgru.kernels.backward.matmul_into`). Either way each sum runs in an order that does
+    not depend on the thread count."""
+    N = D.shape[0]
+    M = out.shape[0]
+    if D2 is None:
+        D2 = np.empty((N, 0), D.dtype)
+    m1 = M - D2.shape[1]
     threads = thread_count()
     if amx_gradient_wanted(N, M, X.shape[1], D.dtype):
         D = np.ascontiguousarray(D)
+        D2 = np.ascontiguousarray(D2)
         X = np.ascontiguousarray(X)
         with parallel_slot(threads > 1) as par:
-            if amx_gradient_parallel(D, X, out, threads) if par else amx_gradient(D, X, out):
+            if amx_gradient_parallel(D, D2, X, out, threads) if par else amx_gradient(D, D2, X, out):
                 return out
-    matmul_into(D.T, X, out, False)
+    first = D if D.shape[1] == m1 else D[:, :m1]
+    if not (first.flags.c_contiguous or first.flags.f_contiguous):
+        first = np.ascontiguousarray(first)
+    matmul_into(first.T, X, out[:m1], False)
+    if m1 < M:
+        matmul_into(D2.T, X, out[m1:], False)
     return out
 
 
