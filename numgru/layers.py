@@ -779,7 +779,7 @@ class GRU(_Params):
             for d in range(D):
                 i = layer * D + d
                 W_ih, W_hh, b_ih, b_hh = self._weights(i)
-                dgx, dghn, hprev, rhprev, dh0_i, db_ih, db_hh = gru_direction_backward(
+                dgx, dgh, hprev, rhprev, dh0_i, db_ih, db_hh = gru_direction_backward(
                     dy_layer, d * H, dh_n[i], lt.gates[d], lt.y, tape.h0[i], W_hh, tape.lengths,
                     d == 1 or self.go_backwards, self.reset_after, self._gate_kind, self.alpha, self.beta, self.clip)
                 dh0[i] = dh0_i
@@ -790,8 +790,10 @@ class GRU(_Params):
                 dW_hh = np.empty((3 * H, H), self.dtype)
                 if T * B:
                     weight_gradient(dgx2, x2d, dW_ih)
-                    if self.reset_after:  # dgh: dgx's r and z blocks, its own n block
-                        weight_gradient(dgx2, hp2, dW_hh, dghn.reshape(T * B, H))
+                    if self.reset_after and dgh.shape[2] == H:  # dgh's n block: r and z are dgx's
+                        weight_gradient(dgx2, hp2, dW_hh, dgh.reshape(T * B, H))
+                    elif self.reset_after:
+                        weight_gradient(dgh.reshape(T * B, 3 * H), hp2, dW_hh)
                     else:  # dgh is dgx; the n block multiplies r ⊙ h_{t−1}
                         dW_hh[: 2 * H] = _matmul(dgx2[:, : 2 * H].T, hp2)
                         dW_hh[2 * H:] = _matmul(dgx2[:, 2 * H:].T, rhprev.reshape(T * B, H))

@@ -32,7 +32,7 @@ BIAS_ROWS = 32
 
 
 def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, reverse, reset_after,
-                  gate_kind, alpha, beta, use_clip, clip, dgx, dghn, hprev, rhprev, dh0, db_ih, db_hh,
+                  gate_kind, alpha, beta, use_clip, clip, dgx, dgh, hprev, rhprev, dh0, db_ih, db_hh,
                   tiled_max, Wv_T, b0, b1):
     """Backward pass of one GRU layer, one direction, in the reverse of the forward's step order.
 
@@ -48,12 +48,13 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, revers
     lengths  (B,) int64  in.  As in the forward; ``sorted_desc`` likewise limits each step's GEMMs to
                               the active prefix of rows.
     dgx      (T, B, 3H)  out. dLoss/d(x W_ih.T + b_ih) per step (zeros past a row's length).
-    dghn     (T, B, H)   out. reset_after: dLoss/d(W_hn h + b_hn) per step, the n block of
-                              dgh = dLoss/d(W_hh h + b_hh), whose r and z blocks are dgx's (zeros
-                              past a row's length); pass (0, 0, 0) otherwise, where dgh is dgx
-                              (its n block dLoss/d(W_hn (r ⊙ h) + b_hn)). Each step's whole dgh
-                              rows live in a scratch of B rows: writing them all out for the
-                              weight gradient cost 2.5–3 ms of 24 (T = 128, B = 64, H = 256).
+    dgh      (T, B, 3H)  out. reset_after: dLoss/d(W_hh h + b_hh) per step (zeros past a row's
+                              length); or (T, B, H), its n block alone, dLoss/d(W_hn h + b_hn):
+                              its r and z blocks are dgx's, and a weight gradient on tiles takes
+                              them from there (writing them out again cost 2.5–3 ms of 24 at
+                              T = 128, B = 64, H = 256), the steps' products reading a scratch of
+                              B rows. Pass (0, 0, 0) where not reset_after: dgh is dgx (its n
+                              block dLoss/d(W_hn (r ⊙ h) + b_hn)).
     hprev    (T, B, H)   out. h_{t−1} per valid step (zeros past a row's length): the input of dW_hh.
     rhprev   (T, B, H)   out. r ⊙ h_{t−1} (reset_after=False; pass (0, 0, 0) otherwise): input of dW_hn.
     dh0      (B, H)      out. dLoss/dh0.
@@ -61,7 +62,7 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, revers
                               valid steps of dgx (each step's group summed in the arrays' dtype,
                               then added in float64; the groups summed in order by the caller:
                               dLoss/db_ih); must arrive zeroed.
-    db_hh    (⌈B / BIAS_ROWS⌉, H) float64  out. Likewise of dghn (reset_after; dLoss/db_hh's n
+    db_hh    (⌈B / BIAS_ROWS⌉, H) float64  out. Likewise of dgh's n block (reset_after; dLoss/db_hh's n
                               block: its r and z blocks, and with reset_after=False all of it, are
                               db_ih's, summed in the same order). Summed in float64
                               step by step (NumPy's float32 pairwise sum over the T·B rows
@@ -93,7 +94,9 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, revers
     dan = np.zeros((B, H), dt)
     drh = np.empty((B, H), dt)
     darz = np.zeros((B, H2), dt)
-    dgs = np.zeros((B if reset_after else 0, 3 * H), dt)  # this step's dgh rows (reset_after)
+    full = dgh.shape[2] == 3 * H
+    n0 = dgh.shape[2] - H  # where dgh's n block starts
+    dgs = np.zeros((B if reset_after and not full else 0, 3 * H), dt)  # the step's dgh rows
     g_all = np.empty((B, H), dt)
     bsum_i = np.zeros(3 * H, dt)
     bsum_h = np.zeros(H, dt)
@@ -136,12 +139,13 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, revers
                 for j in range(3 * H):
                     dgxb[j] = 0.0
                 if reset_after:
-                    dgsb = dgs[b]
-                    dgnb = dghn[t, b0 + b]
-                    for j in range(3 * H):
-                        dgsb[j] = 0.0
-                    for j in range(H):
-                        dgnb[j] = 0.0
+                    dghb = dgh[t, b0 + b]
+                    for j in range(dgh.shape[2]):
+                        dghb[j] = 0.0
+                    if not full:
+                        dgsb = dgs[b]
+                        for j in range(3 * H):
+                            dgsb[j] = 0.0
                 hpb = hprev[t, b0 + b]
                 for j in range(H):
                     hpb[j] = 0.0
@@ -210,14 +214,18 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, revers
             for j in range(H):
                 dhpb[j] = gb[j] * tb[H + j]
             if reset_after:
-                dgsb = dgs[b]
-                dgnb = dghn[t, b0 + b]
-                for j in range(H2):
-                    dgsb[j] = dgxb[j]
+                dghb = dgh[t, b0 + b]
                 for j in range(H):
-                    dgnb[j] = dgxb[H2 + j] * tb[j]
-                for j in range(H):
-                    dgsb[H2 + j] = dgnb[j]
+                    dghb[n0 + j] = dgxb[H2 + j] * tb[j]
+                if full:
+                    for j in range(H2):
+                        dghb[j] = dgxb[j]
+                else:
+                    dgsb = dgs[b]
+                    for j in range(H2):
+                        dgsb[j] = dgxb[j]
+                    for j in range(H):
+                        dgsb[H2 + j] = dghb[j]
             else:
                 danb = dan[b]
                 for j in range(H):
@@ -229,7 +237,7 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, revers
         if reset_after:
             if Wv_T is not None:
                 if on_tiles and n_act > 0:
-                    if _tile_rows_product(dgs, n_act, Wv_T, A, A3, acc, acc3):
+                    if _tile_rows_product(dgh[t, b0:b1] if full else dgs, n_act, Wv_T, A, A3, acc, acc3):
                         for b in range(n_act):
                             ab = acc[b]
                             tmpb = tmp[b]
@@ -239,7 +247,7 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, revers
                         tile_release()
                         on_tiles = False
             if n_act > 0 and not on_tiles:
-                step_product(W_T, Wp_T, dgs, tmp, buf, n_act, tiled_max, s % 2 == 1)
+                step_product(W_T, Wp_T, dgh[t, b0:b1] if full else dgs, tmp, buf, n_act, tiled_max, s % 2 == 1)
         else:
             # d(r ⊙ h_prev) = dn_pre @ W_hn, then the r gate, then the r, z blocks' matmul
             if n_act > 0:
@@ -283,9 +291,9 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, revers
                 for j in range(3 * H):
                     bsum_i[j] += dgxb[j]
                 if reset_after:
-                    dgnb = dghn[t, b0 + b]
+                    dghb = dgh[t, b0 + b]
                     for j in range(H):
-                        bsum_h[j] += dgnb[j]
+                        bsum_h[j] += dghb[n0 + j]
             if (b0 + b + 1) % BIAS_ROWS == 0 or b == B - 1:  # a group's rows of this step, into float64
                 dbi = db_ih[(b0 + b) // BIAS_ROWS]
                 dbh = db_hh[(b0 + b) // BIAS_ROWS]
@@ -327,7 +335,7 @@ gru_backward_amx = kernel(_gru_backward, name="gru_backward_amx")
 
 @parallel_kernel(name="gru_backward_amx_rows_parallel")
 def gru_backward_amx_rows(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, reverse, reset_after,
-                          gate_kind, alpha, beta, use_clip, clip, dgx, dghn, hprev, rhprev, dh0, db_ih,
+                          gate_kind, alpha, beta, use_clip, clip, dgx, dgh, hprev, rhprev, dh0, db_ih,
                           db_hh, tiled_max, Wv_T, n_chunks):
     """:func:`gru_backward_amx` on Numba's threads: the B rows in ``n_chunks`` ranges (multiples of
     ``BIAS_ROWS``, 32, but the last), each running every step on its own core's tiles (a row's
@@ -340,5 +348,5 @@ def gru_backward_amx_rows(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc
     for c in prange(nc):
         wide_vectors()
         gru_backward_amx(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, reverse, reset_after,
-                         gate_kind, alpha, beta, use_clip, clip, dgx, dghn, hprev, rhprev, dh0, db_ih,
+                         gate_kind, alpha, beta, use_clip, clip, dgx, dgh, hprev, rhprev, dh0, db_ih,
                          db_hh, tiled_max, Wv_T, c * per, min(B, (c + 1) * per))

@@ -1007,9 +1007,10 @@ def gru_direction_backward(dy, col0, dh_n, tape, y, h0, W_hh, lengths, reverse, 
                            alpha, beta, clip):
     """Backward of one direction of one layer (the serial kernel; BLAS may thread its matmuls).
 
-    Returns ``(dgx, dghn, hprev, rhprev, dh0, db_ih, db_hh)`` with shapes (T, B, 3H), (T, B, H)
-    (reset_after: dgh's n block, dgh's r and z blocks being dgx's; None otherwise, where dgh is
-    dgx), (T, B, H), (T, B, H) (None when reset_after), (B, H), (3H,), (3H,). See
+    Returns ``(dgx, dgh, hprev, rhprev, dh0, db_ih, db_hh)`` with shapes (T, B, 3H); (T, B, 3H), or
+    (T, B, H) where dW_hh runs on tiles (:func:`amx_gradient_wanted`): dgh's n block alone, its r
+    and z blocks being dgx's (:func:`weight_gradient` takes both), or None where not reset_after
+    (dgh is dgx); (T, B, H), (T, B, H) (None when reset_after), (B, H), (3H,), (3H,). See
     :func:`numgru.kernels.backward._gru_backward`. The first four are this thread's :func:`workspace`:
     valid until its next call.
     """
@@ -1018,19 +1019,21 @@ def gru_direction_backward(dy, col0, dh_n, tape, y, h0, W_hh, lengths, reverse, 
     dtype = tape.dtype
     # scratch reused between calls (the kernel writes every element, zeros past a row's length)
     dgx = workspace("dgx", (T, B, 3 * H), dtype)
-    dghn = workspace("dghn", (T, B, H) if reset_after else (0, 0, 0), dtype)
+    # dgh's r and z blocks are dgx's: stored again only for a GEMM in BLAS (a strided one would copy)
+    n_only = reset_after and amx_gradient_wanted(T * B, 3 * H, H, dtype)
+    dgh = workspace("dgh", (T, B, (H if n_only else 3 * H) if reset_after else 0), dtype)
     hprev = workspace("hprev", (T, B, H), dtype)
     rhprev = workspace("rhprev", (T, B, H) if not reset_after else (0, 0, 0), dtype)
     groups = (B + BIAS_ROWS - 1) // BIAS_ROWS  # bias sums per group of rows, the same on any threads
     db_ih = np.zeros((groups, 3 * H), np.float64)
-    db_hh = np.zeros((groups, H), np.float64)  # (the n block: reset_after's dghn)
+    db_hh = np.zeros((groups, H), np.float64)  # (dgh's n block; its r and z sums are db_ih's)
     if B == 0 or T == 0:
         dh0 = dh_n.copy()
     else:
         dh0 = np.empty((B, H), dtype)
         W_T = np.ascontiguousarray(W_hh.T)
         args = (dy, int(col0), dh_n, tape, y, h0, W_T, lengths, is_sorted_desc(lengths), bool(reverse),
-                bool(reset_after), *gate_scalars(dtype, gate_kind, alpha, beta, clip), dgx, dghn, hprev,
+                bool(reset_after), *gate_scalars(dtype, gate_kind, alpha, beta, clip), dgx, dgh, hprev,
                 rhprev, dh0, db_ih, db_hh, serial_tiled_max(thread_count()))
         tiles = amx_recurrence_wanted(T, B, H, 1, dtype, reset_after, gate_kind, clip is not None)
         Wv_T = amx_pieces("amx_hh_T", W_T) if tiles else None
@@ -1049,7 +1052,7 @@ def gru_direction_backward(dy, col0, dh_n, tape, y, h0, W_hh, lengths, reverse, 
     db_hh_all = db_ih.copy()  # r and z (reset_after=False: all three) as db_ih's, summed alike
     if reset_after:
         db_hh_all[2 * H:] = db_hh.sum(axis=0).astype(dtype)
-    return (dgx, (dghn if reset_after else None), hprev, (None if reset_after else rhprev), dh0, db_ih,
+    return (dgx, (dgh if reset_after else None), hprev, (None if reset_after else rhprev), dh0, db_ih,
             db_hh_all)
 
 
