@@ -90,6 +90,34 @@ def test_packing_refuses_values_it_cannot_split(rng, where):
 
 
 @needs_amx
+def test_both_roundings_split_alike(rng, monkeypatch):
+    # AVX512-BF16's conversion where LLVM lowers it for this CPU, else an integer sequence on the
+    # bits: the same pieces for every normal value, the partial 16-value block's included
+    def split(native):
+        monkeypatch.setattr(amx, "_native_rounding", lambda: native)
+
+        @numba.njit(cache=False)
+        def run(v, p):
+            return amx._split_into(v, v.shape[0], p[0], p[1], p[2])
+        return run
+
+    v = (rng.standard_normal(37) * np.exp(rng.uniform(-30, 30, 37))).astype(np.float32)
+    v[:4] = [0.0, -0.0, 1.0 + 2.0 ** -8, np.float32(3.0e38)]
+    pieces = []
+    for native in (True, False):
+        p = np.full((3, 48), 7, np.uint16)
+        assert split(native)(v, p)
+        pieces.append(p)
+    np.testing.assert_array_equal(pieces[0], pieces[1])
+    assert not pieces[0][:, 37:].any()  # the block past n written zero
+    got = (pieces[0][:, :37].astype(np.uint32) << 16).view(np.float32).astype(np.float64).sum(0)
+    assert np.all(np.abs(got - v) <= 2.0 ** -26 * np.abs(v))
+    bad = v.copy()
+    bad[36] = np.nan  # the partial block
+    assert not split(False)(bad, np.zeros((3, 48), np.uint16))
+
+
+@needs_amx
 def test_subnormal_values_count_as_zero(rng):
     # the tiles (and AVX512-BF16's rounding) read subnormal bfloat16 as zero: a product loses at
     # most 2⁻¹²⁶ times the other factor per term, nothing more

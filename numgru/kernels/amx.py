@@ -34,6 +34,7 @@ into pairs, and one of them turned (:func:`transpose16`).
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import platform
 
@@ -197,13 +198,19 @@ class _BFloat(ir.types.Type):
         return hash("bfloat")
 
 
+@functools.lru_cache(maxsize=None)
 def _native_rounding():
-    """Whether to round to bfloat16 by LLVM's ``fptrunc`` to ``bfloat`` (AVX512-BF16's
-    ``VCVTNEPS2BF16`` on every CPU with AMX: a third of the integer sequence's instructions), which
-    LLVM 18 and later lower; else an integer sequence on the bits (add 0x7FFF and the lowest kept
-    bit, keep the upper half)."""
+    """Whether to round to bfloat16 by LLVM's ``fptrunc`` to ``bfloat``: AVX512-BF16's
+    ``VCVTNEPS2BF16`` (every CPU with AMX has it; a third of the integer sequence's instructions),
+    which LLVM 18 and later lower, where Numba compiles for this CPU (with ``NUMBA_CPU_NAME`` or
+    ``NUMBA_CPU_FEATURES`` set, LLVM might call a runtime function instead, which Numba does not
+    link); else an integer sequence on the bits (add 0x7FFF and the lowest kept bit, keep the upper
+    half), which gives the same pieces but for subnormal values."""
     from llvmlite import binding
-    return binding.llvm_version_info >= (18,)
+    from numba.core import config
+    if binding.llvm_version_info < (18,) or config.CPU_NAME or config.CPU_FEATURES:
+        return False
+    return bool(binding.get_host_cpu_features().get("avx512bf16"))
 
 
 _V16 = 16
