@@ -235,6 +235,26 @@ def _round16(builder, v):
     return code, builder.bitcast(builder.shl(code, _splat(16)), _VF)
 
 
+def _overloaded(name, pointee):
+    """The name of LLVM intrinsic ``name`` overloaded on a pointer to ``pointee`` (an ir type): with
+    opaque pointers (LLVM 17 on, which still reads llvmlite's typed spelling as ``ptr``) ".p0", before
+    them ".p0" and the pointee's mangling."""
+    from llvmlite import binding
+    if binding.llvm_version_info >= _OPAQUE_FROM:
+        return name + ".p0"
+    if isinstance(pointee, ir.VectorType):
+        return f"{name}.p0v{pointee.count}{_scalar_mangling(pointee.element)}"
+    return f"{name}.p0{_scalar_mangling(pointee)}"
+
+
+def _scalar_mangling(t):
+    return ("f32" if isinstance(t, ir.FloatType) else f"i{t.width}")
+
+
+#: the first LLVM whose intrinsics take opaque pointers from llvmlite's IR
+_OPAQUE_FROM = (17,)
+
+
 def _mask16(builder, j, n):
     """<16 x i1>: lane i is j + i < n."""
     lane = ir.Constant(ir.VectorType(ir.IntType(64), _V16), list(range(_V16)))
@@ -247,9 +267,9 @@ def _mask16(builder, j, n):
 def _load16(context, builder, aty, arr, j, mask):
     """arr[j : j + 16] as <16 x float>, the lanes off in ``mask`` zero and not read."""
     a = context.make_array(aty)(context, builder, arr)
-    fnty = ir.FunctionType(_VF, [_PTR, ir.IntType(32), mask.type, _VF])
-    fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.masked.load.v16f32.p0")
-    ptr = builder.bitcast(builder.gep(a.data, [j]), _PTR)
+    fnty = ir.FunctionType(_VF, [_VF.as_pointer(), ir.IntType(32), mask.type, _VF])
+    fn = cgutils.get_or_insert_function(builder.module, fnty, _overloaded("llvm.masked.load.v16f32", _VF))
+    ptr = builder.bitcast(builder.gep(a.data, [j]), _VF.as_pointer())
     return builder.call(fn, [ptr, ir.Constant(ir.IntType(32), 4), mask, ir.Constant(_VF, None)])
 
 
@@ -267,10 +287,11 @@ def _store16(context, builder, aty, arr, j, value, mask=None):
     if mask is None:
         builder.store(value, builder.bitcast(builder.gep(a.data, [j]), value.type.as_pointer()), align=2)
         return
-    fnty = ir.FunctionType(ir.VoidType(), [value.type, _PTR, ir.IntType(32), mask.type])
-    fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.masked.store.v16i32.p0")
-    builder.call(fn, [value, builder.bitcast(builder.gep(a.data, [j]), _PTR), ir.Constant(ir.IntType(32), 4),
-                      mask])
+    ptr = builder.bitcast(builder.gep(a.data, [j]), value.type.as_pointer())
+    fnty = ir.FunctionType(ir.VoidType(), [value.type, ptr.type, ir.IntType(32), mask.type])
+    fn = cgutils.get_or_insert_function(builder.module, fnty,
+                                        _overloaded("llvm.masked.store.v16i32", value.type))
+    builder.call(fn, [value, ptr, ir.Constant(ir.IntType(32), 4), mask])
 
 
 @intrinsic
@@ -825,7 +846,7 @@ def prefetch(typingctx, arr, i):
         a = context.make_array(sig.args[0])(context, builder, args[0])
         i32 = ir.IntType(32)
         fnty = ir.FunctionType(ir.VoidType(), [_PTR, i32, i32, i32])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+        fn = cgutils.get_or_insert_function(builder.module, fnty, _overloaded("llvm.prefetch", _I8))
         builder.call(fn, [builder.bitcast(builder.gep(a.data, [args[1]]), _PTR), ir.Constant(i32, 0),
                           ir.Constant(i32, 3), ir.Constant(i32, 1)])
         return context.get_dummy_value()
