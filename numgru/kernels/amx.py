@@ -240,19 +240,12 @@ def _overloaded(name, pointee):
     opaque pointers (LLVM 17 on, which still reads llvmlite's typed spelling as ``ptr``) ".p0", before
     them ".p0" and the pointee's mangling."""
     from llvmlite import binding
-    if binding.llvm_version_info >= _OPAQUE_FROM:
+    if binding.llvm_version_info >= (17,):
         return name + ".p0"
-    if isinstance(pointee, ir.VectorType):
-        return f"{name}.p0v{pointee.count}{_scalar_mangling(pointee.element)}"
-    return f"{name}.p0{_scalar_mangling(pointee)}"
-
-
-def _scalar_mangling(t):
-    return ("f32" if isinstance(t, ir.FloatType) else f"i{t.width}")
-
-
-#: the first LLVM whose intrinsics take opaque pointers from llvmlite's IR
-_OPAQUE_FROM = (17,)
+    vector = isinstance(pointee, ir.VectorType)
+    scalar = pointee.element if vector else pointee
+    return (f"{name}.p0" + (f"v{pointee.count}" if vector else "")
+            + ("f32" if isinstance(scalar, ir.FloatType) else f"i{scalar.width}"))
 
 
 def _mask16(builder, j, n):

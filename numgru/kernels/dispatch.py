@@ -1077,10 +1077,7 @@ def weight_gradient(D, X, out, D2=None):
         with parallel_slot(threads > 1) as par:
             if amx_gradient_parallel(D, D2, X, out, threads) if par else amx_gradient(D, D2, X, out):
                 return out
-    first = D if D.shape[1] == m1 else D[:, :m1]
-    if not (first.flags.c_contiguous or first.flags.f_contiguous):
-        first = np.ascontiguousarray(first)
-    matmul_into(first.T, X, out[:m1], False)
+    matmul_into(np.ascontiguousarray(D[:, :m1]).T, X, out[:m1], False)  # (a copy only for a D2)
     if m1 < M:
         matmul_into(D2.T, X, out[m1:], False)
     return out
