@@ -2,18 +2,21 @@
 
 Public API (DESIGN §3): layers ``GRU``, ``GRUCell``, ``Linear``; ``losses`` and ``optim``; estimators
 ``GRUClassifier`` / ``GRURegressor`` (need scikit-learn); ``save`` / ``load`` (safetensors);
-``onnx.export`` / ``onnx.load``; ``BatchingEngine`` and ``GRU.stream``; ``dask.predict``.
+``onnx.export`` / ``onnx.load``; ``BatchingEngine`` and ``GRU.stream``; ``dask.predict``;
+``set_float32_matmul_precision`` / ``get_float32_matmul_precision`` (as PyTorch's).
 Optional dependencies are imported inside the functions that need them.
 """
 from . import onnx
 from .interop.persistence import load, save
+from .kernels.dispatch import get_float32_matmul_precision, set_float32_matmul_precision
 from .layers import GRU, GRUCell, Linear
 from .serving import BatchingEngine, GRUStream
 from .training import losses, optim
 
 __version__ = "0.1.0"
 __all__ = ["GRU", "GRUCell", "Linear", "losses", "optim", "GRUClassifier", "GRURegressor", "save",
-           "load", "onnx", "BatchingEngine", "GRUStream", "dask", "__version__"]
+           "load", "onnx", "BatchingEngine", "GRUStream", "dask", "set_float32_matmul_precision",
+           "get_float32_matmul_precision", "__version__"]
 
 _LAZY = {"GRUClassifier": ("numgru.training.estimators", "GRUClassifier"),
          "GRURegressor": ("numgru.training.estimators", "GRURegressor")}

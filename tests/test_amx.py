@@ -127,7 +127,7 @@ def test_subnormal_values_count_as_zero(rng):
     W[5, 8:16] = np.float32(-1.5 * 2.0 ** -127)
     x[7, 20:] = np.float32(2.0 ** -135)
     out = np.empty((33, 20), np.float32)
-    assert amx.amx_projection(x, amx.pack_amx(W), 20, np.zeros(20, np.float32), False, out)
+    assert amx.amx_projection(x, amx.pack_amx(W), 20, np.zeros(20, np.float32), False, out, 3)
     want = x.astype(np.float64) @ W.T.astype(np.float64)
     loss = 2.0 ** -126 * (np.abs(x).astype(np.float64) @ (np.abs(W) < 2.0 ** -126).T
                           + (np.abs(x) < 2.0 ** -126) @ np.abs(W).T.astype(np.float64))
@@ -146,7 +146,7 @@ def test_projection_within_float32_rounding(rng, R, N, K, bias, bf16_weights):
         W = _nearest_bf16(W)
     b = rng.standard_normal(N).astype(np.float32)
     out = np.full((R, N), np.nan, np.float32)
-    assert amx.amx_projection(x, amx.pack_amx(W), N, b, bias, out)
+    assert amx.amx_projection(x, amx.pack_amx(W), N, b, bias, out, 3)
     ref = x.astype(np.float64) @ W.T.astype(np.float64) + (b if bias else 0)
     bound = _sum_bound(x, W, b if bias else np.zeros(N))
     err = np.abs(out - ref)
@@ -167,7 +167,7 @@ def test_projection_leaves_refused_rows_to_float32(rng, monkeypatch):
     for bad in (np.nan, np.inf, np.float32(3.1e38)):
         x = rng.standard_normal((40, 20)).astype(np.float32)
         x[35, 3] = bad
-        assert not amx.amx_projection(x, amx.pack_amx(W), 30, b, True, np.empty((40, 30), np.float32))
+        assert not amx.amx_projection(x, amx.pack_amx(W), 30, b, True, np.empty((40, 30), np.float32), 3)
         got = dispatch.input_projection(x, W, b)
         with np.errstate(invalid="ignore", over="ignore"):
             want = (x.astype(np.float64) @ W.T.astype(np.float64) + b).astype(np.float32)
@@ -180,9 +180,9 @@ def test_projection_checks_its_shapes(rng):
     x = rng.standard_normal((4, 8)).astype(np.float32)
     Wv = amx.pack_amx(rng.standard_normal((6, 8)).astype(np.float32))
     with pytest.raises(ValueError, match="shapes"):
-        amx.amx_projection(x, Wv[:-1], 6, np.zeros(6, np.float32), True, np.empty((4, 6), np.float32))
+        amx.amx_projection(x, Wv[:-1], 6, np.zeros(6, np.float32), True, np.empty((4, 6), np.float32), 3)
     with pytest.raises(ValueError, match="shapes"):
-        amx.amx_projection(x, Wv, 6, np.zeros(5, np.float32), True, np.empty((4, 6), np.float32))
+        amx.amx_projection(x, Wv, 6, np.zeros(5, np.float32), True, np.empty((4, 6), np.float32), 3)
 
 
 def _tile_calls(monkeypatch):
@@ -424,14 +424,14 @@ def test_weight_gradient_within_float32_rounding(rng, N, M, I, M2):
     D[:, M - M2:] = np.nan
     D2 = np.ascontiguousarray(G[:, M - M2:])
     out = np.full((M, I), np.nan, np.float32)
-    assert amx.amx_gradient(D, D2, X, out)
+    assert amx.amx_gradient(D, D2, X, out, 3)
     ref = G.T.astype(np.float64) @ X.astype(np.float64)
     bound = 2.0 ** -24 * (np.abs(G).T.astype(np.float64) @ np.abs(X).astype(np.float64))
     err = np.abs(out - ref)
     assert np.all(err <= 8 * bound), (err / bound).max()
     # on two threads (ranges of columns) every sum runs as on one
     par = np.full((M, I), np.nan, np.float32)
-    assert amx.amx_gradient_parallel(D, D2, X, par, 2)
+    assert amx.amx_gradient_parallel(D, D2, X, par, 2, 3)
     np.testing.assert_array_equal(par, out)
     # the BLAS route takes the same columns
     np.testing.assert_allclose(dispatch.weight_gradient(D, X, np.empty((M, I), np.float32), D2)
@@ -455,8 +455,8 @@ def test_weight_gradient_leaves_refused_values_to_float32(rng, monkeypatch):
         else:
             X[41, 3] = bad
         out = np.full((20, 9), 7.0, np.float32)
-        assert not amx.amx_gradient(D, D2, X, out) and (out == 7.0).all()
-        assert not amx.amx_gradient_parallel(D, D2, X, out, 2) and (out == 7.0).all()
+        assert not amx.amx_gradient(D, D2, X, out, 3) and (out == 7.0).all()
+        assert not amx.amx_gradient_parallel(D, D2, X, out, 2, 3) and (out == 7.0).all()
         got = dispatch.weight_gradient(D, X, out, D2 if D2.shape[1] else None)
         G = np.concatenate([D[:, :20 - D2.shape[1]], D2], axis=1)
         with np.errstate(invalid="ignore", over="ignore"):
@@ -464,13 +464,14 @@ def test_weight_gradient_leaves_refused_values_to_float32(rng, monkeypatch):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, equal_nan=True)
         assert np.array_equal(np.isfinite(got), np.isfinite(want))
     with pytest.raises(ValueError, match="shapes"):
-        amx.amx_gradient(D, none, X[:-1], np.empty((20, 9), np.float32))
+        amx.amx_gradient(D, none, X[:-1], np.empty((20, 9), np.float32), 3)
     with pytest.raises(ValueError, match="shapes"):
-        amx.amx_gradient(D, none, X, np.empty((20, 8), np.float32))
+        amx.amx_gradient(D, none, X, np.empty((20, 8), np.float32), 3)
     with pytest.raises(ValueError, match="shapes"):
-        amx.amx_gradient(D, none[:-1], X, np.empty((20, 9), np.float32))
+        amx.amx_gradient(D, none[:-1], X, np.empty((20, 9), np.float32), 3)
     with pytest.raises(ValueError, match="shapes"):
-        amx.amx_gradient(D[:, :10].copy(), np.empty((50, 5), np.float32), X, np.empty((20, 9), np.float32))
+        amx.amx_gradient(D[:, :10].copy(), np.empty((50, 5), np.float32), X, np.empty((20, 9), np.float32),
+                         3)
 
 
 def _gradient_error(grads, ref):

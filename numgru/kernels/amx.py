@@ -16,6 +16,12 @@ The split rounds 16 values an instruction (AVX512-BF16's ``VCVTNEPS2BF16``); it 
 subnormal values (below 2⁻¹²⁶) as zero, so a term with a subnormal factor is lost: less than 2⁻¹²⁶
 times the other factor.
 
+Every kernel takes the products' ``order`` last (but a thread count or a range): 3, the six above;
+2, the terms of order 2⁻⁹ and above, a₁w₁ + a₁w₂ + a₂w₁ (each value then counts as two pieces, 16
+significant bits: a term's relative error at most about 3·2⁻¹⁸); 1, a₁w₁ alone (8 significant bits,
+about 2⁻⁸). Lower orders take fewer tile products for the same splits: the precision a user grants
+with :func:`numgru.set_float32_matmul_precision` ("highest", "high", "medium").
+
 The tiles need the kernel's permission (``arch_prctl(ARCH_REQ_XCOMP_PERM)``, asked once per process
 by :func:`amx_ready`) and code that only a CPU with AMX can run: the kernels here are compiled on
 their first call, which the dispatch makes only where :func:`amx_ready` is true. ``NUMGRU_AMX=0``
@@ -425,17 +431,19 @@ def _pieces_of(Wv, Np, Kp):
 
 # ---------------------------------------------------------------------------- the product
 @inline
-def _six(A, a0, a_piece, a_down, a_row, Bm, b0, b_piece, b_right, b_row, one):
-    """The six bfloat16 products of one 32 × 32 block of sums over 32 values of the summed index
-    into tiles 0–3 (a₁ by w₁, w₂, w₃; a₂ by w₁, w₂; a₃ by w₁). A's tiles (rows of the sums): piece p
-    at a0 + p·a_piece, its second 16 rows a_down further, rows a_row bytes apart; Bm's (pairs of the
-    summed index, columns of the sums): piece p at b0 + p·b_piece, its second 16 columns b_right
-    further, rows b_row bytes apart (offsets in the arrays' elements). ``one``: Bm holds one piece
-    (bfloat16 values, w₂ = w₃ = 0): three products, a₁, a₂, a₃ by w₁, whose tiles load once."""
+def _six(A, a0, a_piece, a_down, a_row, Bm, b0, b_piece, b_right, b_row, one, order):
+    """The bfloat16 products of one 32 × 32 block of sums over 32 values of the summed index into
+    tiles 0–3: aᵢ by wⱼ for every i + j < ``order`` (3: the six, a₁ by w₁, w₂, w₃, a₂ by w₂, w₁, a₃
+    by w₁, to float32 accuracy; 2: a₁w₁, a₁w₂, a₂w₁; 1: a₁w₁; see :data:`ORDERS`). A's tiles (rows
+    of the sums): piece p at a0 + p·a_piece, its second 16 rows a_down further, rows a_row bytes
+    apart; Bm's (pairs of the summed index, columns of the sums): piece p at b0 + p·b_piece, its
+    second 16 columns b_right further, rows b_row bytes apart (offsets in the arrays' elements).
+    ``one``: Bm holds one piece (bfloat16 values, w₂ = w₃ = 0): a₁ … a_order by w₁, whose tiles
+    load once."""
     if one:
         tile_load(6, Bm, b0, b_row)
         tile_load(7, Bm, b0 + b_right, b_row)
-        for pa in range(3):
+        for pa in range(order):
             tile_load(4, A, a0 + pa * a_piece, a_row)
             tile_load(5, A, a0 + pa * a_piece + a_down, a_row)
             tile_dot(0, 4, 6)
@@ -443,12 +451,16 @@ def _six(A, a0, a_piece, a_down, a_row, Bm, b0, b_piece, b_right, b_row, one):
             tile_dot(2, 5, 6)
             tile_dot(3, 5, 7)
         return
+    loaded = -1
     for q in range(6):
         pa = 0 if q < 3 else (1 if q < 5 else 2)
         pb = q if q < 3 else (4 - q if q < 5 else 0)  # 0 1 2 1 0 0
-        if q == 0 or q == 3 or q == 5:
+        if pa + pb >= order:
+            continue
+        if pa != loaded:
             tile_load(4, A, a0 + pa * a_piece, a_row)
             tile_load(5, A, a0 + pa * a_piece + a_down, a_row)
+            loaded = pa
         b = b0 + pb * b_piece
         tile_load(6, Bm, b, b_row)
         tile_load(7, Bm, b + b_right, b_row)
@@ -471,7 +483,7 @@ def _tile_config():
 
 
 @inline
-def _project_rows(x, Wv, N, biasp, out, r0, r1):
+def _project_rows(x, Wv, N, biasp, out, r0, r1, order):
     """out[r0:r1] = x[r0:r1] @ W.T + biasp[:N] on tiles (:func:`amx_projection`'s work on a range of
     rows, with its own scratch and tile configuration, so that threads may take ranges side by
     side); False where a row holds a value the split refuses."""
@@ -505,7 +517,7 @@ def _project_rows(x, Wv, N, biasp, out, r0, r1):
                 tile_load(3, biasp, n0 + 16, 0)
                 for k0 in range(0, Kp, 32):
                     _six(A, m0 * Kp + k0, MB * Kp, 16 * Kp, 2 * Kp, Wv, w0 + 16 * k0, Np * Kp, 16 * Kp, 64,
-                         one)
+                         one, order)
                 if m0 + 32 <= rows and n0 + 32 <= N:
                     o = (q0 + m0) * N + n0
                     tile_store(0, out, o, N * 4)
@@ -540,8 +552,9 @@ def _projection_args(x, Wv, N, bias, use_bias, out):
 
 
 @kernel
-def amx_projection(x, Wv, N, bias, use_bias, out):
-    """out = x @ W.T (+ bias) on AMX tiles, from ``Wv = pack_amx(W)`` for W (N, K) float32.
+def amx_projection(x, Wv, N, bias, use_bias, out, order):
+    """out = x @ W.T (+ bias) on AMX tiles, from ``Wv = pack_amx(W)`` for W (N, K) float32, the
+    products of pieces of ``order`` (module docstring; 3: to float32 accuracy).
 
     x (R, K), out (R, N) C-contiguous float32, bias (N,) float32. Returns False, with out partly
     written, where a row of x holds a value that :func:`_split_into` refuses: the caller
@@ -549,11 +562,11 @@ def amx_projection(x, Wv, N, bias, use_bias, out):
     (:func:`amx_ready`) and that Wv is W's packing (nonempty)."""
     wide_vectors()
     biasp = _projection_args(x, Wv, N, bias, use_bias, out)
-    return _project_rows(x, Wv, N, biasp, out, 0, x.shape[0])
+    return _project_rows(x, Wv, N, biasp, out, 0, x.shape[0], order)
 
 
 @parallel_kernel(name="amx_projection_parallel")
-def amx_projection_parallel(x, Wv, N, bias, use_bias, out, n_threads):
+def amx_projection_parallel(x, Wv, N, bias, use_bias, out, n_threads, order):
     """:func:`amx_projection` on Numba's threads: ``n_threads`` ranges of rows (multiples of 32 but
     the last), each on its own core's tiles."""
     wide_vectors()
@@ -564,18 +577,18 @@ def amx_projection_parallel(x, Wv, N, bias, use_bias, out, n_threads):
     ok = np.ones(nc, np.bool_)
     for c in prange(nc):
         wide_vectors()
-        ok[c] = _project_rows(x, Wv, N, biasp, out, c * per, min(R, (c + 1) * per))
+        ok[c] = _project_rows(x, Wv, N, biasp, out, c * per, min(R, (c + 1) * per), order)
     return ok.all()
 
 
 @inline
-def _sixteen_rows_product(A, Wv, acc3, Kp, Np, one):
+def _sixteen_rows_product(A, Wv, acc3, Kp, Np, one, order):
     """acc3[p] (16, Np) = piece p of A's 16 rows (rows Kp apart, pieces 16·Kp apart) times W's
-    pieces as the six products pair them (a₁ by w₁, w₂, w₃; a₂ by w₁, w₂; a₃ by w₁), for a batch of
-    up to 16 rows: each of W's tiles is loaded once and feeds every product it takes part in (the
-    pairing of :func:`_six` loads w₁'s tiles three times, and at 16 rows the step then waited on
-    L2). Tiles 0–2 sum, 3–5 hold a₁, a₂, a₃, 6–7 W's pieces. ``one``: Wv holds one piece (bfloat16
-    values): three products, a₁, a₂, a₃ by w₁."""
+    pieces as :func:`_six` pairs them for ``order`` (3: a₁ by w₁, w₂, w₃; a₂ by w₁, w₂; a₃ by w₁),
+    for a batch of up to 16 rows: each of W's tiles is loaded once and feeds every product it takes
+    part in (the pairing of :func:`_six` loads w₁'s tiles three times, and at 16 rows the step then
+    waited on L2). Tiles 0–2 sum, 3–5 hold a₁, a₂, a₃, 6–7 W's pieces; the sums of pieces the order
+    leaves out are zero. ``one``: Wv holds one piece (bfloat16 values): a₁ … a_order by w₁."""
     row = Kp * 2
     step = Np * Kp
     ma = 16 * Kp
@@ -586,17 +599,23 @@ def _sixteen_rows_product(A, Wv, acc3, Kp, Np, one):
         tile_zero(2)
         for k0 in range(0, Kp, 32):
             tile_load(3, A, k0, row)
-            tile_load(4, A, ma + k0, row)
-            tile_load(5, A, 2 * ma + k0, row)
+            if order > 1:
+                tile_load(4, A, ma + k0, row)
+            if order > 2:
+                tile_load(5, A, 2 * ma + k0, row)
             b = w0 + k0 * 16
             tile_load(6, Wv, b, 64)
             tile_dot(0, 3, 6)
-            tile_dot(1, 4, 6)
-            tile_dot(2, 5, 6)
-            if one:
+            if order > 1:
+                tile_dot(1, 4, 6)
+            if order > 2:
+                tile_dot(2, 5, 6)
+            if one or order == 1:
                 continue
             tile_load(7, Wv, b + step, 64)
             tile_dot(0, 3, 7)
+            if order == 2:
+                continue
             tile_dot(1, 4, 7)
             tile_load(6, Wv, b + 2 * step, 64)
             tile_dot(0, 3, 6)
@@ -606,7 +625,7 @@ def _sixteen_rows_product(A, Wv, acc3, Kp, Np, one):
 
 
 @inline
-def _tile_rows_product(src, nb, Wv, A, A3, acc, acc3):
+def _tile_rows_product(src, nb, Wv, A, A3, acc, acc3, order):
     """acc[:nb, :N] = src[:nb] @ W.T on the tiles (configured by the caller) for W (N, K) packed in
     Wv, src (≥ nb, K) float32, through the scratch :func:`_amx_scratch` makes (one 16-row tile,
     or blocks of 32 rows). False where a row holds a value :func:`_split_into` refuses."""
@@ -619,7 +638,7 @@ def _tile_rows_product(src, nb, Wv, A, A3, acc, acc3):
         if not _split_into(src[i], K, A3[0, i], A3[1, i], A3[2, i]):
             return False
     if Mp == 16:
-        _sixteen_rows_product(A, Wv, acc3, Kp, Np, one)
+        _sixteen_rows_product(A, Wv, acc3, Kp, Np, one, order)
         for i in range(nb):  # the pieces' sums, largest first
             arow = acc[i]
             p0 = acc3[0, i]
@@ -636,7 +655,8 @@ def _tile_rows_product(src, nb, Wv, A, A3, acc, acc3):
             tile_zero(2)
             tile_zero(3)
             for k0 in range(0, Kp, 32):
-                _six(A, m0 * Kp + k0, Mp * Kp, 16 * Kp, 2 * Kp, Wv, w0 + 16 * k0, Np * Kp, 16 * Kp, 64, one)
+                _six(A, m0 * Kp + k0, Mp * Kp, 16 * Kp, 2 * Kp, Wv, w0 + 16 * k0, Np * Kp, 16 * Kp, 64, one,
+                     order)
             o = m0 * Np + n0
             tile_store(0, acc, o, Np * 4)
             tile_store(1, acc, o + 16, Np * 4)
@@ -646,7 +666,8 @@ def _tile_rows_product(src, nb, Wv, A, A3, acc, acc3):
 
 
 @inline
-def _amx_steps(g3, t_first, n, reverse, Whv, b_hh, h_a, h_b, s, y, col0, b0, A, A3, acc, acc3, tape):
+def _amx_steps(g3, t_first, n, reverse, Whv, b_hh, h_a, h_b, s, y, col0, b0, A, A3, acc, acc3, tape,
+               order):
     """Steps t_first … t_first+n−1 of g3 (in reverse order when ``reverse``) for the state rows h_a /
     h_b (nb rows, taking turns from global step s on), which are rows b0 … b0+nb−1 of g3 and y (y's
     steps as g3's). Scratch A (pieces of the state), acc (sums), acc3 (each piece's sums, for 16-row
@@ -659,7 +680,7 @@ def _amx_steps(g3, t_first, n, reverse, Whv, b_hh, h_a, h_b, s, y, col0, b0, A, 
         t = t_first + (n - 1 - q if reverse else q)
         hc = h_a if s % 2 == 0 else h_b
         hn = h_b if s % 2 == 0 else h_a
-        if not _tile_rows_product(hc, nb, Whv, A, A3, acc, acc3):
+        if not _tile_rows_product(hc, nb, Whv, A, A3, acc, acc3, order):
             tile_release()
             return -1
         if tape.shape[0] > 0:
@@ -703,7 +724,7 @@ def _tape_ok(tape, y, H):
 
 @kernel
 def gru_forward_amx(x2d, W_ih, Wp_ih, b_ih, use_bias, proj_panels, proj_dot, gx, Whv, b_hh, h0, reverse,
-                    y, col0, h_n, steps, tape):
+                    y, col0, h_n, steps, tape, order):
     """One direction of a reset_after GRU layer's inference forward with sigmoid gates and no clip,
     every row running all T steps, each step's W_hh product on AMX tiles (to float32 accuracy).
 
@@ -714,7 +735,7 @@ def gru_forward_amx(x2d, W_ih, Wp_ih, b_ih, use_bias, proj_panels, proj_dot, gx,
     :func:`~numgru.kernels.forward.input_projection_kernel` with the arguments it takes (as
     :func:`~numgru.kernels.forward.gru_forward_chunked`). tape (T, B, 4H) out for training (r, z, n,
     W_hn h + b_hn of every step, as the float32 kernels store them), else (0, 0, 0). All float32 and
-    C-contiguous.
+    C-contiguous. ``order``: the products' (module docstring; 3: to float32 accuracy).
 
     Each step splits the state into its three pieces, multiplies them into a (B, 3H) block of sums
     (padded to 16 rows, or to a multiple of 32, and 32 columns) and runs the forward's gate loop on it
@@ -748,10 +769,10 @@ def gru_forward_amx(x2d, W_ih, Wp_ih, b_ih, use_bias, proj_panels, proj_dot, gx,
             input_projection_kernel(x2d[t0 * B:t1 * B], W_ih, Wp_ih, b_ih, use_bias, g, proj_panels,
                                     proj_dot)
             s = _amx_steps(g.reshape((n, B, G)), 0, n, reverse, Whv, b_hh, h_a, h_b, s, y[t0:t1], col0,
-                           0, A, A3, acc, acc3, tape[t0:t1] if tape.shape[0] > 0 else tape)
+                           0, A, A3, acc, acc3, tape[t0:t1] if tape.shape[0] > 0 else tape, order)
         else:
             s = _amx_steps(gx[:T * B].reshape((T, B, G)), t0, n, reverse, Whv, b_hh, h_a, h_b, s, y,
-                           col0, 0, A, A3, acc, acc3, tape)
+                           col0, 0, A, A3, acc, acc3, tape, order)
         if s < 0:
             return False
     h_n[:] = h_a if s % 2 == 0 else h_b
@@ -759,7 +780,7 @@ def gru_forward_amx(x2d, W_ih, Wp_ih, b_ih, use_bias, proj_panels, proj_dot, gx,
 
 
 @parallel_kernel(name="gru_forward_amx_rows_parallel")
-def gru_forward_amx_rows(gx, Whv, b_hh, h0, reverse, y, col0, h_n, n_chunks, tape):
+def gru_forward_amx_rows(gx, Whv, b_hh, h0, reverse, y, col0, h_n, n_chunks, tape, order):
     """:func:`gru_forward_amx` with ``steps`` 0 on Numba's threads: the B rows in ``n_chunks`` ranges
     (multiples of 16 but the last; of 32 with a tape, so that every range takes the tiles' 32-row
     products and each row's sums are those of one thread's), each running the whole sequence on its
@@ -785,7 +806,8 @@ def gru_forward_amx_rows(gx, Whv, b_hh, h0, reverse, y, col0, h_n, n_chunks, tap
         A, A3, acc, acc3 = _amx_scratch(b1 - b0, H, G, b1 - b0 <= 16 and (unit == 16 or B <= 16))
         h_a = h0[b0:b1].copy()
         h_b = np.empty_like(h_a)
-        s = _amx_steps(g3, 0, T, reverse, Whv, b_hh, h_a, h_b, 0, y, col0, b0, A, A3, acc, acc3, tape)
+        s = _amx_steps(g3, 0, T, reverse, Whv, b_hh, h_a, h_b, 0, y, col0, b0, A, A3, acc, acc3, tape,
+                       order)
         if s < 0:
             ok[c] = False
         else:
@@ -860,7 +882,7 @@ def _split_pairs(r0, r1, j0, j1, q0, q1, q2, d0):
 
 
 @inline
-def _gradient_columns(X, D, D2, M, C, c0, c1, KB):
+def _gradient_columns(X, D, D2, M, C, c0, c1, KB, order):
     """C[:, c0:c1] = (X.T @ G)[:, c0:c1] on tiles for X (N, I) and the gate gradients G (N, M): D's
     first M − M2 columns, then D2's M2 (D (N, ≥ M − M2), D2 (N, M2) float32; C (Ip, Mp) float32,
     I and M padded to multiples of 32; c0, c1 multiples of 32), summing over N a block of KB rows (a
@@ -914,7 +936,7 @@ def _gradient_columns(X, D, D2, M, C, c0, c1, KB):
                                      max(c0, m1) - c0)):
                 tile_release()
                 return False
-        for p in range(3):
+        for p in range(order):  # (the pieces the products read)
             for i0 in range(0, Ip, 16):
                 for kk in range(0, kh, 16):
                     transpose16(Vf, (p * KH + kk) * Ip + i0, Ip, A, (p * Ip + i0) * KH + kk, KH)
@@ -932,7 +954,8 @@ def _gradient_columns(X, D, D2, M, C, c0, c1, KB):
                     tile_load(2, Cf, o + 16 * Mp, crow)
                     tile_load(3, Cf, o + 16 * Mp + 16, crow)
                 for kk in range(0, kh, 16):
-                    _six(A, i0 * KH + kk, piece_a, 16 * KH, arow, Bv, kk * W + m0, piece_b, 16, brow, False)
+                    _six(A, i0 * KH + kk, piece_a, 16 * KH, arow, Bv, kk * W + m0, piece_b, 16, brow, False,
+                         order)
                 tile_store(0, Cf, o, crow)
                 tile_store(1, Cf, o + 16, crow)
                 tile_store(2, Cf, o + 16 * Mp, crow)
@@ -942,25 +965,26 @@ def _gradient_columns(X, D, D2, M, C, c0, c1, KB):
 
 
 @kernel
-def amx_gradient(D, D2, X, out):
+def amx_gradient(D, D2, X, out, order):
     """out = G.T @ X on AMX tiles (to float32 accuracy): a weight gradient, the gate gradients G
     (N, M) by the layer's inputs X (N, I) over all N = T·B rows, out (M, I). G is D's first
     M − M2 columns followed by D2 (N, M2) (D2 (N, 0): G is D; reset_after's dW_hh takes the n
     block from its own array without a copy of the r and z blocks); all float32 and C-contiguous.
+    ``order``: the products' (module docstring; 3: to float32 accuracy).
     Returns False, out untouched, where G or X holds a value the split refuses (the caller then
     takes float32's GEMM)."""
     wide_vectors()
     N = D.shape[0]
     M = out.shape[0]
     C, KB = _gradient_scratch(D, D2, X, out)
-    if N > 0 and not _gradient_columns(X, D, D2, M, C, 0, C.shape[1], KB):
+    if N > 0 and not _gradient_columns(X, D, D2, M, C, 0, C.shape[1], KB, order):
         return False
     _turn_into(C, out, 0, M)
     return True
 
 
 @parallel_kernel(name="amx_gradient_parallel")
-def amx_gradient_parallel(D, D2, X, out, n_threads):
+def amx_gradient_parallel(D, D2, X, out, n_threads, order):
     """:func:`amx_gradient` on Numba's threads: ``n_threads`` ranges of out's rows (multiples of 32),
     each thread splitting its own columns of D and all of X. Each sum runs in the same order as on
     one thread, so the result does not depend on the thread count."""
@@ -974,7 +998,7 @@ def amx_gradient_parallel(D, D2, X, out, n_threads):
     if D.shape[0] > 0:
         for c in prange(nc):
             wide_vectors()
-            ok[c] = _gradient_columns(X, D, D2, M, C, c * per, min(Mp, (c + 1) * per), KB)
+            ok[c] = _gradient_columns(X, D, D2, M, C, c * per, min(Mp, (c + 1) * per), KB, order)
     if not ok.all():
         return False
     for c in prange(nc):

@@ -33,7 +33,7 @@ BIAS_ROWS = 32
 
 def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, reverse, reset_after,
                   gate_kind, alpha, beta, use_clip, clip, dgx, dgh, hprev, rhprev, dh0, db_ih, db_hh,
-                  tiled_max, Wv_T, b0, b1):
+                  tiled_max, Wv_T, order, b0, b1):
     """Backward pass of one GRU layer, one direction, in the reverse of the forward's step order.
 
     Arrays (C-contiguous, one float dtype):
@@ -76,7 +76,8 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, revers
     (the kernel's scratch and steps' products are theirs), so that disjoint ranges may run at the
     same time (:func:`gru_backward_amx_rows`). ``Wv_T``: None, or (reset_after, float32)
     W_T's pieces for AMX tiles (:func:`~numgru.kernels.amx.pack_amx`), which then take each step's
-    product to float32 accuracy (:func:`gru_backward_amx`, compiled only where the CPU runs AMX; in
+    product with the pieces' ``order`` (:mod:`~numgru.kernels.amx`; 3: to float32 accuracy)
+    (:func:`gru_backward_amx`, compiled only where the CPU runs AMX; in
     :func:`gru_backward_serial` the branch is pruned); a gradient the tiles refuse (NaN, ±Inf)
     sends that step and the rest to the float32 product. Per step and row the gate gradients run
     in short loops that each touch few arrays, so LLVM vectorises them.
@@ -237,7 +238,8 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, revers
         if reset_after:
             if Wv_T is not None:
                 if on_tiles and n_act > 0:
-                    if _tile_rows_product(dgh[t, b0:b1] if full else dgs, n_act, Wv_T, A, A3, acc, acc3):
+                    if _tile_rows_product(dgh[t, b0:b1] if full else dgs, n_act, Wv_T, A, A3, acc, acc3,
+                                          order):
                         for b in range(n_act):
                             ab = acc[b]
                             tmpb = tmp[b]
@@ -336,7 +338,7 @@ gru_backward_amx = kernel(_gru_backward, name="gru_backward_amx")
 @parallel_kernel(name="gru_backward_amx_rows_parallel")
 def gru_backward_amx_rows(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, reverse, reset_after,
                           gate_kind, alpha, beta, use_clip, clip, dgx, dgh, hprev, rhprev, dh0, db_ih,
-                          db_hh, tiled_max, Wv_T, n_chunks):
+                          db_hh, tiled_max, Wv_T, order, n_chunks):
     """:func:`gru_backward_amx` on Numba's threads: the B rows in ``n_chunks`` ranges (multiples of
     ``BIAS_ROWS``, 32, but the last), each running every step on its own core's tiles (a row's
     gradients through time never meet another row's but in the weight and bias sums, which the
@@ -349,4 +351,4 @@ def gru_backward_amx_rows(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc
         wide_vectors()
         gru_backward_amx(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, reverse, reset_after,
                          gate_kind, alpha, beta, use_clip, clip, dgx, dgh, hprev, rhprev, dh0, db_ih,
-                         db_hh, tiled_max, Wv_T, c * per, min(B, (c + 1) * per))
+                         db_hh, tiled_max, Wv_T, order, c * per, min(B, (c + 1) * per))

@@ -150,6 +150,48 @@ def thread_count():
 WIDE_BLAS = blas_vectors_wider()
 _PARALLEL_LOCK = threading.Lock()
 
+#: the products a float32 product on AMX tiles keeps at each precision, as the pieces' ``order``
+#: (:mod:`~numgru.kernels.amx`): products aᵢ·wⱼ of bfloat16 pieces with i + j < order
+MATMUL_ORDERS = {"highest": 3, "high": 2, "medium": 1}
+_matmul_precision = "highest"
+
+
+def set_float32_matmul_precision(precision):
+    """Set how float32 matrix products may be computed where they run on AMX tiles, as PyTorch's
+    ``torch.set_float32_matmul_precision``; process-wide, read by every later call.
+
+    - ``"highest"`` (the default): to float32 accuracy. Each float32 value is split into three
+      bfloat16 pieces and six products of pieces are kept (:mod:`numgru.kernels.amx`).
+    - ``"high"``: each value as the sum of two bfloat16 pieces (16 significant bits), three products
+      (a₁w₁ + a₁w₂ + a₂w₁): each term of a sum carries a relative error of at most about 3·2⁻¹⁸
+      (1.1e-5), and the products take half the tiles' time.
+    - ``"medium"``: one bfloat16 piece each (8 significant bits), one product: relative error per
+      term up to about 2⁻⁸ (3.9e-3), a sixth of the time.
+
+    It is a permission, not a demand: it changes only the products that run on AMX tiles (CPUs with
+    AMX, float32, shapes where the tiles pay: the input projection, the recurrence of inference and
+    training, the backward's steps, the weight and input gradients); everything else, float64
+    models and CPUs without AMX included, stays float32. A quantized model's bfloat16 weights are
+    one piece already: "high" and "medium" drop its activations' second and third pieces. Outputs
+    and gradients under "high" or "medium" no longer agree with PyTorch's float32 to 1e-5."""
+    global _matmul_precision
+    if not isinstance(precision, str):
+        raise TypeError(f"precision: expected a str ('highest', 'high' or 'medium'), got "
+                        f"{type(precision).__name__}")
+    if precision not in MATMUL_ORDERS:
+        raise ValueError(f"precision: expected 'highest', 'high' or 'medium', got {precision!r}")
+    _matmul_precision = precision
+
+
+def get_float32_matmul_precision():
+    """The precision :func:`set_float32_matmul_precision` set: "highest", "high" or "medium"."""
+    return _matmul_precision
+
+
+def matmul_order():
+    """The pieces' order the AMX kernels take now (3, 2 or 1; :data:`MATMUL_ORDERS`)."""
+    return MATMUL_ORDERS[_matmul_precision]
+
 
 class parallel_slot:
     """``with parallel_slot(wanted) as par``: par is True when the caller may run a parallel kernel now,
@@ -507,8 +549,9 @@ def amx_project(x2d, W_ih, bias, use_bias, out, threads=1, Wv=None):
     if threads > 1:
         with parallel_slot(True) as par:
             if par:
-                return amx_projection_parallel(x2d, Wv, W_ih.shape[0], bias, use_bias, out, threads)
-    return amx_projection(x2d, Wv, W_ih.shape[0], bias, use_bias, out)
+                return amx_projection_parallel(x2d, Wv, W_ih.shape[0], bias, use_bias, out, threads,
+                                               matmul_order())
+    return amx_projection(x2d, Wv, W_ih.shape[0], bias, use_bias, out, matmul_order())
 
 
 def amx_rows_chunks(T, B, H, threads, dtype, reset_after, gate_kind, use_clip):
@@ -762,7 +805,8 @@ def _amx_rows_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gate_ki
         # (only once the slot is had: a caller without it packs nothing)
         Whv = tile_packing(W_hh, "amx_hh", pieces)
         return Whv.shape[0] > 0 and gru_forward_amx_rows(gx.reshape(T * B, G), Whv, b_hh, h0, bool(reverse),
-                                                         y, int(col0), h_n, chunks, empty_array(gx.dtype, 3))
+                                                         y, int(col0), h_n, chunks, empty_array(gx.dtype, 3),
+                                                         matmul_order())
 
 
 def _amx_training_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gate_kind, clip, y, col0,
@@ -786,10 +830,10 @@ def _amx_training_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gat
         with parallel_slot(True) as par:
             if par:
                 return gru_forward_amx_rows(gx2, Whv, b_hh, h0, bool(reverse), y, int(col0), h_n, chunks,
-                                            tape)
+                                            tape, matmul_order())
     # the serial kernel with its projection left out (steps 0: gx holds it)
     return gru_forward_amx(gx2, gx2, empty_array(gx.dtype, 3), b_hh, False, False, False, gx2, Whv, b_hh,
-                           h0, bool(reverse), y, int(col0), h_n, 0, tape)
+                           h0, bool(reverse), y, int(col0), h_n, 0, tape, matmul_order())
 
 
 def serial_forward(B, threads, route):
@@ -907,7 +951,7 @@ def _run_amx_direction(amx_steps, x2d, gx, h0, y, col0, h_n):
     if not steps:
         _planned_projection(x2d, projection, amx_projection, gx, Wv_ih)
     return gru_forward_amx(x2d, *projection, gx, Whv, b_hh, h0, reverse, y, col0, h_n, steps,
-                           empty_array(gx.dtype, 3))
+                           empty_array(gx.dtype, 3), matmul_order())
 
 
 def _planned_projection(x2d, projection, amx, gx, Wv_ih=None):
@@ -1038,16 +1082,16 @@ def gru_direction_backward(dy, col0, dh_n, tape, y, h0, W_hh, lengths, reverse, 
         tiles = amx_recurrence_wanted(T, B, H, 1, dtype, reset_after, gate_kind, clip is not None)
         Wv_T = amx_pieces("amx_hh_T", W_T) if tiles else None
         if Wv_T is None or Wv_T.shape[0] == 0:
-            gru_backward_serial(*args, None, 0, B)
+            gru_backward_serial(*args, None, 3, 0, B)
         else:
             # on tiles whatever the thread count (the gradients stay the same); ranges of rows on
             # several threads as the training forward takes them
             chunks = amx_row_ranges(B, thread_count())
             with parallel_slot(chunks >= 2) as par:
                 if par:
-                    gru_backward_amx_rows(*args, Wv_T, chunks)
+                    gru_backward_amx_rows(*args, Wv_T, matmul_order(), chunks)
                 else:
-                    gru_backward_amx(*args, Wv_T, 0, B)
+                    gru_backward_amx(*args, Wv_T, matmul_order(), 0, B)
     db_ih = db_ih.sum(axis=0).astype(dtype)
     db_hh_all = db_ih.copy()  # r and z (reset_after=False: all three) as db_ih's, summed alike
     if reset_after:
@@ -1075,7 +1119,9 @@ def weight_gradient(D, X, out, D2=None):
         D2 = np.ascontiguousarray(D2)
         X = np.ascontiguousarray(X)
         with parallel_slot(threads > 1) as par:
-            if amx_gradient_parallel(D, D2, X, out, threads) if par else amx_gradient(D, D2, X, out):
+            order = matmul_order()
+            if amx_gradient_parallel(D, D2, X, out, threads, order) if par else \
+                    amx_gradient(D, D2, X, out, order):
                 return out
     matmul_into(np.ascontiguousarray(D[:, :m1]).T, X, out[:m1], False)  # (a copy only for a D2)
     if m1 < M:
