@@ -191,12 +191,30 @@ def _take_turns(runs, timer):
     return {name: float(np.median(v)) for name, v in per_round.items()}
 
 
-def run_point(T, B, H, threads, peers, tmpdir, repeat=None, budget=0.4, bf16=False, frozen=False):
+def at_precision(precision, fn):
+    """``fn`` as a callable run under :func:`numgru.set_float32_matmul_precision` (``precision``),
+    the setting before it restored after each call."""
+    import numgru as ng
+
+    def run():
+        before = ng.get_float32_matmul_precision()
+        ng.set_float32_matmul_precision(precision)
+        try:
+            return fn()
+        finally:
+            ng.set_float32_matmul_precision(before)
+    return run
+
+
+def run_point(T, B, H, threads, peers, tmpdir, repeat=None, budget=0.4, bf16=False, frozen=False,
+              precisions=()):
     """Time numgru and each peer at one (T, B, H) point; I = H, one layer, float32. With ``bf16``
     also numgru's quantized copy (:meth:`numgru.GRU.quantize`), reported as ``numgru_bf16_*`` with its
     largest difference from the float32 model's output; with ``frozen`` its frozen copy
     (:meth:`numgru.GRU.freeze`, weights packed once, as a peer's session packs them), reported as
-    ``numgru_frozen_*`` and ``frozen_speedup_vs_<peer>``."""
+    ``numgru_frozen_*`` and ``frozen_speedup_vs_<peer>``; for each of ``precisions`` ("high",
+    "medium") the model under :func:`numgru.set_float32_matmul_precision`, as ``numgru_<p>_*`` and
+    ``<p>_speedup_vs_<peer>`` (the peers stay at their defaults)."""
     import numgru as ng
     rng = np.random.default_rng(0)
     gru = ng.GRU(H, H, seed=0)
@@ -213,6 +231,10 @@ def run_point(T, B, H, threads, peers, tmpdir, repeat=None, budget=0.4, bf16=Fal
         fz = gru.freeze()
         row["numgru_frozen_max_abs_diff"] = float(np.abs(fz(x)[0] - ref).max())
         runs["numgru_frozen"] = lambda: fz(x)
+    for prec in precisions:
+        run = at_precision(prec, lambda: gru(x))
+        row[f"numgru_{prec}_max_abs_diff"] = float(np.abs(run()[0] - ref).max())
+        runs[f"numgru_{prec}"] = run
     for name in peers:
         fn = _checked(row, name,
                       lambda: PEERS[name](gru, x, threads, *((tmpdir,) if name != "torch" else ())),
@@ -231,8 +253,10 @@ def run_point(T, B, H, threads, peers, tmpdir, repeat=None, budget=0.4, bf16=Fal
     if frozen:
         tf = med["numgru_frozen"]
         row["numgru_frozen_ms"] = tf * 1e3
+    for prec in precisions:
+        row[f"numgru_{prec}_ms"] = med[f"numgru_{prec}"] * 1e3
     for name in runs:
-        if name not in ("numgru", "numgru_bf16", "numgru_frozen"):
+        if not name.startswith("numgru"):
             tp = med[name]
             row[f"{name}_ms"] = tp * 1e3
             row[f"speedup_vs_{name}"] = tp / t
@@ -240,6 +264,8 @@ def run_point(T, B, H, threads, peers, tmpdir, repeat=None, budget=0.4, bf16=Fal
                 row[f"bf16_speedup_vs_{name}"] = tp / tq
             if frozen:
                 row[f"frozen_speedup_vs_{name}"] = tp / tf
+            for prec in precisions:
+                row[f"{prec}_speedup_vs_{name}"] = tp / med[f"numgru_{prec}"]
     return row
 
 
@@ -349,6 +375,7 @@ def format_step_table(rows, peers):
 def format_table(rows, peers):
     bf16 = any("numgru_bf16_ms" in r for r in rows)
     frozen = any("numgru_frozen_ms" in r for r in rows)
+    precisions = [p for p in ("high", "medium") if any(f"numgru_{p}_ms" in r for r in rows)]
     head = ["thr", "T", "B", "H", "numgru ms", "seq/s", "GFLOP/s"]
     for p in peers:
         head += [f"{p} ms", f"x{p}"]
@@ -356,6 +383,8 @@ def format_table(rows, peers):
         head += ["frozen ms"] + [f"frozen x{p}" for p in peers]
     if bf16:
         head += ["bf16 ms", "bf16 err"] + [f"bf16 x{p}" for p in peers]
+    for q in precisions:
+        head += [f"{q} ms", f"{q} err"] + [f"{q} x{p}" for p in peers]
     lines = [head]
     for r in rows:
         line = [str(r["threads"]), str(r["T"]), str(r["B"]), str(r["H"]), f"{r['numgru_ms']:.3f}",
@@ -372,6 +401,10 @@ def format_table(rows, peers):
         if bf16:
             line += [f"{r['numgru_bf16_ms']:.3f}", f"{r['numgru_bf16_max_abs_diff']:.1e}"]
             line += [f"{r['bf16_speedup_vs_' + p]:.2f}" if f"bf16_speedup_vs_{p}" in r else "-"
+                     for p in peers]
+        for q in precisions:
+            line += [f"{r[f'numgru_{q}_ms']:.3f}", f"{r[f'numgru_{q}_max_abs_diff']:.1e}"]
+            line += [f"{r[f'{q}_speedup_vs_{p}']:.2f}" if f"{q}_speedup_vs_{p}" in r else "-"
                      for p in peers]
         lines.append(line)
     widths = [max(len(row[i]) for row in lines) for i in range(len(head))]
@@ -419,6 +452,10 @@ def main(args):
         if _ints(val):
             grid[key] = _ints(val)
     threads = _ints(args.threads) or [1]
+    precisions = [p for p in (getattr(args, "precision", None) or "").split(",") if p]
+    for p in precisions:
+        if p not in ("high", "medium"):
+            raise ValueError(f"--precision: expected 'high' and/or 'medium', got {p!r}")
     peers = available_peers([p for p in args.peers.split(",") if p])
     budget = 0.15 if args.quick else 0.5
     print(f"numgru {ng.__version__} | numba {numba.__version__} | CPU {_cpu_name()} ({os.cpu_count()} cores)")
@@ -440,7 +477,7 @@ def main(args):
                     for B in grid["batch"]:
                         for H in grid["hidden"]:
                             row = run_point(T, B, H, n, peers, tmpdir, args.repeat, budget,
-                                            bf16=args.bf16, frozen=args.frozen)
+                                            bf16=args.bf16, frozen=args.frozen, precisions=precisions)
                             rows.append(row)
                             for p in peers:
                                 if f"{p}_error" in row:

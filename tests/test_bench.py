@@ -46,6 +46,26 @@ def test_point_with_frozen_times_the_frozen_copy(tmp_path):
     assert "frozen stream us" in bench.format_step_table([step], [])
 
 
+def test_point_with_precisions_times_each_and_restores_the_setting(tmp_path):
+    import numgru as ng
+    peers = bench.available_peers(["onnxruntime"])
+    row = bench.run_point(5, 2, 8, 1, peers, str(tmp_path), repeat=2, budget=0.01,
+                          precisions=("high", "medium"))
+    assert ng.get_float32_matmul_precision() == "highest"
+    for q in ("high", "medium"):
+        assert row[f"numgru_{q}_ms"] > 0 and 0 <= row[f"numgru_{q}_max_abs_diff"] < 1e-2
+        for p in peers:
+            assert row[f"{q}_speedup_vs_{p}"] == pytest.approx(row[f"{p}_ms"] / row[f"numgru_{q}_ms"])
+    head = bench.format_table([row], peers).splitlines()[0]
+    assert "high ms" in head and "medium err" in head
+
+
+def test_main_names_a_bad_precision():
+    from numgru.cli import main
+    with pytest.raises(ValueError, match="--precision"):
+        main(["bench", "--precision", "low", "--peers", "", "--plot", "", "--json", ""])
+
+
 def test_unknown_peer_is_named():
     with pytest.raises(ValueError, match="--peers"):
         bench.available_peers(["tensorflow"])
