@@ -39,6 +39,7 @@ def info_dict():
             os.path.dirname(numgru.__file__), "kernels", "__pycache__"),
         "cpu": _cpu_name(),
         "cpu_count": os.cpu_count(),
+        "float32_matmul_precision": numgru.get_float32_matmul_precision(),
         "blas": [],
         "env": {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE",
                                             "OMP_NUM_THREADS", "NUMBA_NUM_THREADS") if k in os.environ},
