@@ -434,7 +434,7 @@ def _pieces_of(Wv, Np, Kp):
 def _six(A, a0, a_piece, a_down, a_row, Bm, b0, b_piece, b_right, b_row, one, order):
     """The bfloat16 products of one 32 × 32 block of sums over 32 values of the summed index into
     tiles 0–3: aᵢ by wⱼ for every i + j < ``order`` (3: the six, a₁ by w₁, w₂, w₃, a₂ by w₂, w₁, a₃
-    by w₁, to float32 accuracy; 2: a₁w₁, a₁w₂, a₂w₁; 1: a₁w₁; see :data:`ORDERS`). A's tiles (rows
+    by w₁, to float32 accuracy; 2: a₁w₁, a₁w₂, a₂w₁; 1: a₁w₁; the module docstring). A's tiles (rows
     of the sums): piece p at a0 + p·a_piece, its second 16 rows a_down further, rows a_row bytes
     apart; Bm's (pairs of the summed index, columns of the sums): piece p at b0 + p·b_piece, its
     second 16 columns b_right further, rows b_row bytes apart (offsets in the arrays' elements).
