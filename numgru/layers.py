@@ -18,7 +18,7 @@ from ._validation import (as_lengths, as_real_array, check_bool, check_dtype, ch
 from .kernels.activations import GATE_HARD_SIGMOID, GATE_SIGMOID
 from .kernels.dispatch import (FrozenPieces, aligned, amx_recurrence_wanted, batch_order, empty_array,
                                forward_route, gate_scalars, gru_direction_backward, gru_direction_forward,
-                               input_gradient, input_projection, no_step_panels, packed_step,
+                               input_gradient, input_projection, matmul_order, no_step_panels, packed_step,
                                run_serial_direction, run_step, serial_direction_plan, serial_forward,
                                serial_tiled_max, step_columns, step_columns_workspace, thread_count,
                                valid_steps, weight_gradient, workspace)
@@ -237,7 +237,8 @@ class GRU(_Params):
     _bf16 = None  # quantized models: (W_ih, W_hh) lists of bfloat16 (uint16) copies
     _bf16_panels = None  # ... and their step panels per layer and direction, packed on first use
     _packed = None  # frozen models: step_panels of the float weights per layer and direction
-    _plans = None  # (T, B, threads) -> _forward_plan's kernel arguments (made on first use, per object)
+    # (T, B, threads, products' order) -> _forward_plan's kernel arguments (made on first use, per object)
+    _plans = None
     _amx_pieces = None  # a frozen or quantized model's FrozenPieces
 
     # ------------------------------------------------------------------ configuration
@@ -605,16 +606,18 @@ class GRU(_Params):
         return self._run_plan(plan, x, h0) if plan else None
 
     def _plan_for(self, T, B):
-        """The plan for (T, B, thread count) (:meth:`_forward_plan`), made on first use and kept."""
+        """The plan for (T, B, thread count, precision) (:meth:`_forward_plan`), made on first use and
+        kept (the precision set by ``set_float32_matmul_precision`` moves the tiles' rules)."""
         threads = thread_count()
         plans = self._plans
         if plans is None:
             plans = self._plans = {}
-        plan = plans.get((T, B, threads))
+        key = (T, B, threads, matmul_order())
+        plan = plans.get(key)
         if plan is None:
             if len(plans) >= PLANS_KEPT:
                 plans.clear()
-            plan = plans[(T, B, threads)] = self._forward_plan(T, B, threads)
+            plan = plans[key] = self._forward_plan(T, B, threads)
         return plan
 
     def _run_plan(self, plan, x, h0):

@@ -183,3 +183,39 @@ def test_training_on_tiles_at_lower_precision(rng, one_thread, monkeypatch, prec
     assert np.abs(dx - dx64).max() < rel * np.abs(dx64).max()
     for k, v in grads.items():
         assert np.abs(v - grads64[k]).max() < rel * np.abs(grads64[k]).max(), k
+
+
+def test_lower_orders_take_the_tiles_at_smaller_batches(monkeypatch):
+    # the recurrence's rule reads the setting: fewer products pay from fewer rows
+    monkeypatch.setattr(dispatch, "amx_ready", lambda: True)
+
+    def wanted(B, H):
+        return dispatch.amx_recurrence_wanted(128, B, H, 1, np.float32, True, 0, False)
+    assert not wanted(8, 256) and not wanted(4, 1024) and not wanted(1, 512)
+    ng.set_float32_matmul_precision("high")
+    assert wanted(8, 256) and not wanted(4, 256) and wanted(12, 512) and not wanted(8, 512)
+    assert not wanted(4, 64) and wanted(24, 64)  # (the default's rule still holds)
+    ng.set_float32_matmul_precision("medium")
+    assert wanted(1, 512) and wanted(1, 1024) and wanted(4, 256) and not wanted(2, 256)
+    assert wanted(8, 128) and not wanted(4, 128) and wanted(16, 64) and not wanted(8, 64)
+    assert not dispatch.amx_recurrence_wanted(128, 4, 256, 1, np.float64, True, 0, False)
+
+
+@needs_amx
+def test_plans_follow_the_setting(rng, one_thread, monkeypatch):
+    # a model's kept plan for (T, B) is per precision: four rows at H = 256 take the tiles under
+    # "medium" only, and the float32 plan is back under "highest"
+    T, B, H = 40, 4, 256
+    g = ng.GRU(32, H, seed=4)
+    x = rng.standard_normal((T, B, 32)).astype(np.float32)
+    calls = _tiles_counted(monkeypatch, ["gru_forward_amx"])
+    y = g(x)[0]
+    assert calls["gru_forward_amx"] == 0
+    ng.set_float32_matmul_precision("medium")
+    y_medium = g(x)[0]
+    assert calls["gru_forward_amx"] == 1
+    y_ref = ref_gru(x, g.state_dict(), 1, H)[0]
+    np.testing.assert_allclose(y_medium, y_ref, rtol=0, atol=FORWARD_ATOL["medium"])
+    ng.set_float32_matmul_precision("highest")
+    np.testing.assert_array_equal(g(x)[0], y)
+    assert calls["gru_forward_amx"] == 1

@@ -91,6 +91,7 @@ AMX_STEP_FEW_ROWS = (14, 16)
 AMX_STEP_FEW_ROWS_HIDDEN = (96, 288)
 AMX_STEP_FEW_ROWS_BF16 = (8, 16)
 AMX_STEP_FEW_ROWS_BF16_MIN_HIDDEN = 256
+AMX_STEP_ROWS_BY_ORDER = {2: ((128, 8), (289, 12)), 1: ((64, 16), (128, 8), (256, 4), (512, 1))}
 AMX_ROWS_PER_THREAD = 32
 AMX_ROWS_MIN_HIDDEN = 128
 AMX_GRADIENT_MIN_ROWS = 512
@@ -596,15 +597,38 @@ def amx_recurrence_wanted(T, B, H, threads, dtype, reset_after, gate_kind, use_c
     piece in L2 or not (against the quantized model's bfloat16 kernels, which widen the weights on
     the vector units; one thread, T = 128, quantized and frozen: H = 256, B = 4 / 8 / 16 0.96× / 1.31×
     / 1.55×; H = 512 0.81× / 1.12× / 1.57×; H = 1024 0.66× / 0.87× / 1.34×; H = 128, B = 8 1.06×;
-    B = 1 0.46–0.65×, the tiles' loads from L3 slower than the vector units')."""
+    B = 1 0.46–0.65×, the tiles' loads from L3 slower than the vector units').
+
+    At a lower precision (:func:`set_float32_matmul_precision`) also from the rows
+    :func:`_rows_at_order` gives (the rule then reads the setting; plans are kept per setting)."""
     if not (dtype == np.float32 and reset_after and gate_kind == 0 and not use_clip and threads == 1
             and T >= AMX_STEP_MIN_STEPS and H >= AMX_STEP_MIN_HIDDEN):
         return False
     lo, hi = AMX_STEP_FEW_ROWS_BF16 if bf16_values else AMX_STEP_FEW_ROWS
     h_lo, h_hi = (AMX_STEP_FEW_ROWS_BF16_MIN_HIDDEN, H) if bf16_values else AMX_STEP_FEW_ROWS_HIDDEN
-    if not (B >= AMX_STEP_MIN_ROWS or (lo <= B <= hi and h_lo <= H <= h_hi)):
+    if not (B >= AMX_STEP_MIN_ROWS or (lo <= B <= hi and h_lo <= H <= h_hi)
+            or B >= _rows_at_order(H, matmul_order())):
         return False
     return amx_ready()
+
+
+def _rows_at_order(H, order):
+    """The fewest rows from which the recurrence's product at a lower ``order`` (three or one
+    bfloat16 products a float32 one, :func:`set_float32_matmul_precision`) runs on tiles at hidden
+    size H, by ``AMX_STEP_ROWS_BY_ORDER`` ((least H, rows) pairs, the last that H reaches), or a
+    number no batch reaches. Fewer products make the tiles pay at smaller batches, and at order 1
+    W_hh's first piece alone is read, 6·H² bytes against float32's 12·H². Measured on the 2-vCPU
+    Intel machine (Emerald Rapids), one thread, T = 128, the whole forward on tiles against the
+    float32 kernels: "high", H = 256, B = 2 / 4 / 8 / 12 0.75× / 0.89× / 1.19× / 1.37×; H = 512,
+    B = 8 / 12 / 16 0.84× / 1.05× / 1.21×; H = 1024, B = 4 / 8 / 12 / 16 0.86× / 1.04× / 1.41× /
+    1.27×; H = 128, B = 4 / 8 0.75× / 1.03×. "medium", H = 1024, B = 1 / 2 / 4 / 16 1.29× / 1.29× /
+    1.39× / 1.84×; H = 512, B = 1 / 4 1.78× / 1.82×; H = 256, B = 1 / 2 / 4 / 8 0.90× / 0.98× /
+    1.26× / 1.70×; H = 128, B = 4 / 8 0.96× / 1.14×; H = 64, B = 8 / 16 0.94× / 1.10×."""
+    need = 1 << 62
+    for h_min, rows in AMX_STEP_ROWS_BY_ORDER.get(order, ()):
+        if H >= h_min:
+            need = rows
+    return need
 
 
 def serial_projection_choice(N, I, threads, packed, training):
