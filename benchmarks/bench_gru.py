@@ -7,14 +7,25 @@ from .common import data, grid, pin, require_torch, timer
 
 BACKENDS = ["numgru", "torch"]
 #: the forward also times a frozen copy (GRU.freeze: weights packed once, as ONNX Runtime's session does)
-#: and a quantized one (GRU.quantize("bfloat16"): bfloat16 weights, float32 arithmetic)
-FORWARD_BACKENDS = ["numgru", "numgru_frozen", "numgru_bf16", "torch"]
-NUMGRU_FORWARDS = ("numgru", "numgru_frozen", "numgru_bf16")
+#: and a quantized one (GRU.quantize("bfloat16"): bfloat16 weights, float32 arithmetic), and forward and
+#: training the model under ng.set_float32_matmul_precision("high" / "medium") (fewer bfloat16
+#: products on AMX tiles; torch stays at its default)
+FORWARD_BACKENDS = ["numgru", "numgru_frozen", "numgru_bf16", "numgru_high", "numgru_medium", "torch"]
+TRAIN_BACKENDS = ["numgru", "numgru_high", "numgru_medium", "torch"]
+PRECISIONS = {"numgru_high": "high", "numgru_medium": "medium"}
+
+
+def _set_precision(backend):
+    """Set the precision ``backend`` runs at; returns the call that restores the one before."""
+    before = ng.get_float32_matmul_precision()
+    ng.set_float32_matmul_precision(PRECISIONS.get(backend, "highest"))
+    return lambda: ng.set_float32_matmul_precision(before)
 
 
 class Forward:
     """One-layer forward, I = H, float32; time per call (throughput = B / time). ``numgru_frozen``:
-    the model's ``freeze()`` copy; ``numgru_bf16``: its ``quantize("bfloat16")`` copy."""
+    the model's ``freeze()`` copy; ``numgru_bf16``: its ``quantize("bfloat16")`` copy;
+    ``numgru_high`` / ``numgru_medium``: the model at that float32 matmul precision."""
     params = grid(([16, 64, 256, 1024], [1, 16, 64], [64, 256, 1024], FORWARD_BACKENDS, [1, "all"]),
                   ([64, 256], [1, 64], [64, 256], FORWARD_BACKENDS, [1, "all"]),
                   ([64], [16], [256], FORWARD_BACKENDS, [1]))
@@ -23,6 +34,7 @@ class Forward:
 
     def setup(self, T, B, H, backend, threads):
         self.undo = pin(threads)
+        self.restore = _set_precision(backend)
         self.gru = ng.GRU(H, H, seed=0)
         self.x = data(T, B, H)
         if backend == "numgru_frozen":
@@ -38,9 +50,10 @@ class Forward:
 
     def teardown(self, *args):
         getattr(self, "undo", lambda: None)()
+        getattr(self, "restore", lambda: None)()
 
     def time_forward(self, T, B, H, backend, threads):
-        if backend in NUMGRU_FORWARDS:
+        if backend != "torch":
             self.gru(self.x)
         else:
             with self.inference():
@@ -49,15 +62,17 @@ class Forward:
 
 class TrainStep:
     """forward_train + backward (loss = y.sum()), float32, one layer. The input is data: torch's tensor
-    does not require grad, so neither library computes dLoss/dx (numgru: ``input_grad=False``)."""
-    params = grid(([32, 128], [16, 64], [64, 256], BACKENDS),
-                  ([32, 128], [64], [64, 256], BACKENDS),
-                  ([32], [16], [64], BACKENDS))
+    does not require grad, so neither library computes dLoss/dx (numgru: ``input_grad=False``).
+    ``numgru_high`` / ``numgru_medium``: numgru at that float32 matmul precision."""
+    params = grid(([32, 128], [16, 64], [64, 256], TRAIN_BACKENDS),
+                  ([32, 128], [64], [64, 256], TRAIN_BACKENDS),
+                  ([32], [16], [64], TRAIN_BACKENDS))
     param_names = ["seq_len", "batch", "hidden_size", "backend"]
     timer = timer
 
     def setup(self, T, B, H, backend):
         self.undo = pin(1)
+        self.restore = _set_precision(backend)
         self.gru = ng.GRU(H, H, seed=0)
         self.x = data(T, B, H)
         if backend == "torch":
@@ -68,9 +83,10 @@ class TrainStep:
 
     def teardown(self, *args):
         getattr(self, "undo", lambda: None)()
+        getattr(self, "restore", lambda: None)()
 
     def time_train_step(self, T, B, H, backend):
-        if backend == "numgru":
+        if backend != "torch":
             y, h, tape = self.gru.forward_train(self.x)
             self.gru.backward(tape, np.ones_like(y), input_grad=False)
         else:
