@@ -21,7 +21,7 @@ from .kernels.dispatch import (FrozenPieces, aligned, amx_recurrence_wanted, bat
                                input_gradient, input_projection, matmul_order, no_step_panels, packed_step,
                                run_serial_direction, run_step, serial_direction_plan, serial_forward,
                                serial_tiled_max, step_columns, step_columns_workspace, thread_count,
-                               valid_steps, weight_gradient, workspace)
+                               valid_steps, weight_gradient, weight_gradient_pair, workspace)
 from .kernels.backward import matmul_into
 from .kernels.bf16 import from_bfloat16, to_bfloat16
 from .kernels.step import gru_step, step_panels
@@ -792,12 +792,13 @@ class GRU(_Params):
                 dW_ih = np.empty(W_ih.shape, self.dtype)
                 dW_hh = np.empty((3 * H, H), self.dtype)
                 if T * B:
-                    weight_gradient(dgx2, x2d, dW_ih)
-                    if self.reset_after and dgh.shape[2] == H:  # dgh's n block: r and z are dgx's
-                        weight_gradient(dgx2, hp2, dW_hh, dgh.reshape(T * B, H))
-                    elif self.reset_after:
-                        weight_gradient(dgh.reshape(T * B, 3 * H), hp2, dW_hh)
+                    if self.reset_after:  # (on two threads side by side where both take the tiles)
+                        weight_gradient_pair(
+                            (dgx2, x2d, dW_ih, None),
+                            (dgx2, hp2, dW_hh, dgh.reshape(T * B, H)) if dgh.shape[2] == H  # dgh's n
+                            else (dgh.reshape(T * B, 3 * H), hp2, dW_hh, None))  # block; r, z: dgx's
                     else:  # dgh is dgx; the n block multiplies r ⊙ h_{t−1}
+                        weight_gradient(dgx2, x2d, dW_ih)
                         dW_hh[: 2 * H] = _matmul(dgx2[:, : 2 * H].T, hp2)
                         dW_hh[2 * H:] = _matmul(dgx2[:, 2 * H:].T, rhprev.reshape(T * B, H))
                     if want_dx:

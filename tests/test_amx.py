@@ -474,6 +474,46 @@ def test_weight_gradient_leaves_refused_values_to_float32(rng, monkeypatch):
                          3)
 
 
+@needs_amx
+def test_gradient_pair_equals_two_gradients(rng, two_threads, monkeypatch):
+    # a layer's dW_ih and dW_hh side by side on two threads, each as one thread sums it; a refused
+    # value sends only its own gradient to the other routes
+    N, M, I, H = 600, 96, 40, 32
+    D = rng.standard_normal((N, M)).astype(np.float32)
+    X = rng.standard_normal((N, I)).astype(np.float32)
+    hp = rng.standard_normal((N, H)).astype(np.float32)
+    dn = rng.standard_normal((N, H)).astype(np.float32)
+    none = np.empty((N, 0), np.float32)
+    want = [np.empty((M, I), np.float32), np.empty((M, H), np.float32)]
+    assert amx.amx_gradient(D, none, X, want[0], 3) and amx.amx_gradient(D, dn, hp, want[1], 3)
+    got = [np.full_like(w, np.nan) for w in want]
+    assert amx.amx_gradient_pair(D, none, X, got[0], D, dn, hp, got[1], 3).all()
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+    bad = dn.copy()
+    bad[7, 3] = np.nan
+    got = [np.full_like(w, 7.0) for w in want]
+    assert list(amx.amx_gradient_pair(D, none, X, got[0], D, bad, hp, got[1], 3)) == [True, False]
+    np.testing.assert_array_equal(got[0], want[0])
+    assert (got[1] == 7.0).all()
+    # the dispatch: the pair on two threads, the refused gradient through BLAS (NaN where G has it)
+    monkeypatch.setattr(dispatch, "AMX_GRADIENT_MIN_ROWS", 1)
+    monkeypatch.setattr(dispatch, "AMX_GRADIENT_SIZES", (1, 1 << 30))
+    calls = _tile_calls(monkeypatch)
+    pair = []
+    real = dispatch.amx_gradient_pair
+    monkeypatch.setattr(dispatch, "amx_gradient_pair", lambda *a: pair.append(1) or real(*a))
+    out = [np.empty_like(w) for w in want]
+    dispatch.weight_gradient_pair((D, X, out[0], None), (D, hp, out[1], bad))
+    assert pair == [1] and calls["gradient_parallel"] == 1  # (the refused one tried its tiles again)
+    np.testing.assert_array_equal(out[0], want[0])
+    assert np.isnan(out[1][M - H + 3]).all() and np.isfinite(np.delete(out[1], M - H + 3, axis=0)).all()
+    dispatch.weight_gradient_pair((D, X, out[0], None), (D, hp, out[1], dn))
+    assert pair == [1, 1]
+    for g, w in zip(out, want):
+        np.testing.assert_array_equal(g, w)
+
+
 def _gradient_error(grads, ref):
     """Each gradient's largest difference to ref's, over ref's largest magnitude."""
     return {k: np.abs(grads[k] - ref[k]).max() / np.abs(ref[k]).max() for k in ref}
@@ -543,7 +583,8 @@ from numgru.kernels import dispatch
 numba.set_num_threads(int(sys.argv[1]))
 calls = {}
 for name in ("gru_forward_amx", "gru_forward_amx_rows", "gru_backward_amx", "gru_backward_amx_rows",
-             "amx_gradient", "amx_gradient_parallel", "amx_projection", "amx_projection_parallel"):
+             "amx_gradient", "amx_gradient_parallel", "amx_gradient_pair", "amx_projection",
+             "amx_projection_parallel"):
     def counted(*args, _f=getattr(dispatch, name), _n=name):
         calls[_n] = calls.get(_n, 0) + 1
         return _f(*args)
@@ -561,7 +602,8 @@ print(sorted(calls.items()))
 @needs_amx
 def test_training_on_tiles_identical_with_1_and_2_threads(tmp_path):
     # B = 70: two threads run the forward's and the backward's steps in ranges of 64 and 6 rows, the
-    # projection and the weight gradients in ranges too; every sum is the same as on one thread
+    # projection in ranges too, and each direction's two weight gradients side by side; every sum is
+    # the same as on one thread
     import ast
     import os
     import subprocess
@@ -575,7 +617,7 @@ def test_training_on_tiles_identical_with_1_and_2_threads(tmp_path):
         outs.append(np.load(path))
         routes.append(dict(ast.literal_eval(done.stdout.strip().splitlines()[-1])))
     assert routes[0].get("gru_forward_amx") == 2 and routes[0].get("amx_gradient") == 4
-    assert routes[1].get("gru_forward_amx_rows") == 2 and routes[1].get("amx_gradient_parallel") == 4
+    assert routes[1].get("gru_forward_amx_rows") == 2 and routes[1].get("amx_gradient_pair") == 2
     assert routes[1].get("amx_projection_parallel") == 4  # the forward's two and dx's two
     assert routes[0].get("gru_backward_amx") == routes[1].get("gru_backward_amx_rows") == 2
     for k in outs[0].files:
