@@ -398,7 +398,9 @@ def test_tile_rules(monkeypatch):
     assert dispatch.amx_gradient_wanted(8192, 384, 128, f4)
     assert not dispatch.amx_gradient_wanted(511, 768, 256, f4)
     assert not dispatch.amx_gradient_wanted(8192, 192, 64, f4)  # too small to repay the split
-    assert not dispatch.amx_gradient_wanted(8192, 3072, 1024, f4)  # the sums past L2
+    assert not dispatch.amx_gradient_wanted(2048, 3072, 1024, f4)  # the sums past L2, too few rows
+    assert dispatch.amx_gradient_wanted(4096, 3072, 1024, f4)  # ... enough rows to repay them
+    assert not dispatch.amx_gradient_wanted(8192, 6144, 2048, f4)
     assert not dispatch.amx_gradient_wanted(8192, 768, 256, f8)
     monkeypatch.setattr(dispatch, "amx_ready", lambda: False)
     assert not dispatch.amx_projection_wanted(4096, 256, 1, f4, False)

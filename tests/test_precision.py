@@ -201,6 +201,21 @@ def test_lower_orders_take_the_tiles_at_smaller_batches(monkeypatch):
     assert not dispatch.amx_recurrence_wanted(128, 4, 256, 1, np.float64, True, 0, False)
 
 
+def test_gradient_rule_reads_the_setting(monkeypatch):
+    # fewer products repay larger sums over fewer rows, and ("medium") smaller gradients
+    monkeypatch.setattr(dispatch, "amx_ready", lambda: True)
+    wanted = dispatch.amx_gradient_wanted
+    f4 = np.float32
+    assert not wanted(2048, 3072, 1024, f4) and not wanted(8192, 6144, 2048, f4)
+    assert not wanted(8192, 192, 64, f4) and not wanted(511, 768, 256, f4)
+    ng.set_float32_matmul_precision("high")
+    assert wanted(2048, 3072, 1024, f4) and wanted(8192, 6144, 2048, f4)
+    assert not wanted(4096, 6144, 2048, f4) and not wanted(8192, 192, 64, f4)
+    ng.set_float32_matmul_precision("medium")
+    assert wanted(8192, 6144, 2048, f4) and wanted(8192, 192, 64, f4) and not wanted(511, 192, 64, f4)
+    assert not wanted(8192, 768, 256, np.float64)
+
+
 @needs_amx
 def test_plans_follow_the_setting(rng, one_thread, monkeypatch):
     # a model's kept plan for (T, B) is per precision: four rows at H = 256 take the tiles under

@@ -97,6 +97,8 @@ AMX_ROWS_PER_THREAD = 32
 AMX_ROWS_MIN_HIDDEN = 128
 AMX_GRADIENT_MIN_ROWS = 512
 AMX_GRADIENT_SIZES = (1 << 15, 1 << 21)
+AMX_GRADIENT_LARGE = {3: ((4096, 1 << 22),), 2: ((2048, 1 << 22), (8192, 1 << 24))}
+AMX_GRADIENT_MIN_SIZE_MEDIUM = 1 << 13
 
 
 def blas_vectors_wider():
@@ -1210,9 +1212,22 @@ def amx_gradient_wanted(N, M, I, dtype):
     float32, are read and written once per block of rows, so from L2 below the upper bound). Measured
     on the 2-vCPU Intel machine (Emerald Rapids), one thread, against OpenBLAS's sgemm, the splitting
     included: N = 8192, (M, I) = (768, 256) 13.6 against 22.4 ms (1.65×), (384, 128) 1.22×, (768, 64)
-    1.23×, (1536, 512) 1.49×, but (192, 64) 0.94× and (3072, 1024) 0.96×; (768, 256) at N = 512 /
-    1024 / 2048 1.14× / 1.30× / 1.40×. Two threads, N = 8192, (768, 256): 7.6 against 11.8 ms. The
-    rule does not read the thread count, so that gradients are the same with any number of threads."""
+    1.23×, (1536, 512) 1.49×, but (192, 64) 0.94×; (768, 256) at N = 512 / 1024 / 2048 1.14× / 1.30×
+    / 1.40×. Two threads, N = 8192, (768, 256): 7.6 against 11.8 ms. Larger sums, read and written
+    from L3 once per block of rows, pay over more rows (``AMX_GRADIENT_LARGE``: (rows, largest M·I)
+    per order): (3072, 1024) at N = 2048 / 4096 / 8192 1.02× / 1.20× / 1.26–1.30× (0.96× at N = 8192
+    before the split took 16 values an instruction), (6144, 2048) at N = 8192 1.04×. At a lower
+    precision (:func:`set_float32_matmul_precision`, fewer products): "high" (3072, 1024) at N = 2048
+    / 8192 1.15× / 1.49×, (6144, 2048) at N = 2048 / 8192 0.96× / 1.41× ("medium" alike); "medium"
+    also from M·I = ``AMX_GRADIENT_MIN_SIZE_MEDIUM`` ((192, 64) at N = 8192 1.35–1.39×, "high"
+    0.96–1.17×). The rule does not read the thread count, so that gradients are the same with any
+    number of threads."""
     lo, hi = AMX_GRADIENT_SIZES
+    order = matmul_order()
+    if order == 1:
+        lo = AMX_GRADIENT_MIN_SIZE_MEDIUM
+    for rows, size in AMX_GRADIENT_LARGE[3 if order == 3 else 2]:
+        if N >= rows:
+            hi = max(hi, size)
     return dtype == np.float32 and N >= AMX_GRADIENT_MIN_ROWS and lo <= M * I <= hi and amx_ready()
 
