@@ -201,6 +201,19 @@ def test_lower_orders_take_the_tiles_at_smaller_batches(monkeypatch):
     assert not dispatch.amx_recurrence_wanted(128, 4, 256, 1, np.float64, True, 0, False)
 
 
+def test_projection_rule_reads_the_setting(monkeypatch):
+    monkeypatch.setattr(dispatch, "amx_ready", lambda: True)
+
+    def wanted(N, I, threads=1, training=False):
+        return dispatch.amx_projection_wanted(N, I, threads, np.float32, training)
+    assert not wanted(128, 256) and not wanted(256, 64)
+    ng.set_float32_matmul_precision("high")
+    assert wanted(128, 256) and wanted(128, 64) and not wanted(127, 64) and not wanted(64, 256)
+    assert wanted(256, 256, 2) and not wanted(255, 256, 2) and wanted(128, 256, 2, True)
+    ng.set_float32_matmul_precision("medium")
+    assert wanted(64, 256) and not wanted(64, 64) and wanted(128, 64) and not wanted(32, 1024)
+
+
 def test_gradient_rule_reads_the_setting(monkeypatch):
     # fewer products repay larger sums over fewer rows, and ("medium") smaller gradients
     monkeypatch.setattr(dispatch, "amx_ready", lambda: True)

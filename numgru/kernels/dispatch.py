@@ -83,8 +83,11 @@ PACKED_STEP_WIDE_MIN_ROWS = 8
 INTERLEAVE_MIN_BYTES = 1 << 20
 INTERLEAVE_CHUNK_BYTES = 3 << 17
 INTERLEAVE_MAX_WEIGHT_BYTES = 1 << 19
-AMX_MIN_ROWS = 512
+AMX_MIN_ROWS = 256
 AMX_MIN_INPUTS = 128
+AMX_MIN_ROWS_NARROW = 512
+AMX_MIN_INPUTS_NARROW = 64
+AMX_MIN_ROWS_BY_ORDER = {2: (128, 128), 1: (64, 128)}
 AMX_STEP_MIN_ROWS = 24
 AMX_STEP_MIN_HIDDEN = 32
 AMX_STEP_MIN_STEPS = 32
@@ -526,18 +529,26 @@ def input_projection(x2d, W_ih, b_ih, numba_threads=False, valid=None, training=
 def amx_projection_wanted(N, I, threads, dtype, training):
     """Whether the input projection of N rows with I inputs runs on AMX tiles
     (:mod:`~numgru.kernels.amx`, to float32 accuracy), packing W_ih there on every call: float32
-    inference from ``AMX_MIN_ROWS`` rows per thread and ``AMX_MIN_INPUTS`` inputs, where the CPU
-    has AMX (:func:`~numgru.kernels.amx.amx_ready`); several threads take ranges of rows
+    inference from ``AMX_MIN_ROWS`` rows per thread with ``AMX_MIN_INPUTS`` inputs or more, from
+    ``AMX_MIN_ROWS_NARROW`` with ``AMX_MIN_INPUTS_NARROW``, where the CPU has AMX
+    (:func:`~numgru.kernels.amx.amx_ready`); several threads take ranges of rows
     (:func:`amx_project`). Measured on the 2-vCPU Intel machine (Emerald Rapids), one thread, 3I
-    outputs, against the float32 route (panels or OpenBLAS), the packing included: I = 256, N = 512
-    / 1024 / 8192 1.20× / 1.32× / 1.43×; I = 1024, N = 512 / 2048 1.11× / 1.36×; I = 128, N = 8192
-    1.39×; but I = 64, N = 8192 0.97× (two blocks of 32 inputs a tile product, too few to repay
-    splitting x). Two threads, N = 8192, I = 256 / 64: 5.9 / 0.50 ms against the float32 route's
-    10.7 / 0.67 (Numba's threads on panels). Training (forward_train) asks for ``AMX_MIN_ROWS`` rows
+    outputs, against the float32 route (panels or OpenBLAS), the packing included, since the split
+    takes 16 values an instruction: I = 256, N = 128 / 256 1.11× / 1.35×; I = 1024, N = 64 / 128 /
+    256 0.90× / 1.12× / 1.27×; I = 128, N = 128 / 256 1.11× / 1.27×; I = 64, N = 256 / 512 / 2048 /
+    8192 0.96× / 1.18× / 1.26× / 1.31× (before it, I = 64 read 0.97× at N = 8192). Two threads,
+    N = 8192, I = 256 / 64: 5.9 / 0.50 ms against the float32 route's 10.7 / 0.67 (Numba's threads on
+    panels). At a lower precision (:func:`set_float32_matmul_precision`) from the rows
+    ``AMX_MIN_ROWS_BY_ORDER`` gives (with the wide, with the narrow inputs): "high" I = 64 / 256 /
+    1024, N = 128 1.20× / 1.40× / 1.43×, I = 256, N = 64 0.94×; "medium" I = 256, N = 64 1.29×,
+    N = 32 0.72×, I = 64, N = 128 1.28×. Training (forward_train) asks for the rows of one thread
     whatever the thread count, so that its sums, and the gradients, are the same with any number of
     threads (each row's sum on tiles is the same on any thread)."""
-    return (dtype == np.float32 and N >= AMX_MIN_ROWS * (1 if training else threads)
-            and I >= AMX_MIN_INPUTS and amx_ready())
+    rows, narrow = AMX_MIN_ROWS_BY_ORDER.get(matmul_order(), (AMX_MIN_ROWS, AMX_MIN_ROWS_NARROW))
+    per = 1 if training else threads
+    return (dtype == np.float32 and ((I >= AMX_MIN_INPUTS and N >= rows * per)
+                                     or (I >= AMX_MIN_INPUTS_NARROW and N >= narrow * per))
+            and amx_ready())
 
 
 def amx_project(x2d, W_ih, bias, use_bias, out, threads=1, Wv=None):
