@@ -2,6 +2,7 @@
 import numpy as np
 
 import numgru as ng
+import numgru.bench as nb  # (not "from ... import": asv would collect what it imports)
 
 from .common import data, grid, pin, require_torch, timer
 
@@ -17,9 +18,7 @@ PRECISIONS = {"numgru_high": "high", "numgru_medium": "medium"}
 
 def _set_precision(backend):
     """Set the precision ``backend`` runs at; returns the call that restores the one before."""
-    before = ng.get_float32_matmul_precision()
-    ng.set_float32_matmul_precision(PRECISIONS.get(backend, "highest"))
-    return lambda: ng.set_float32_matmul_precision(before)
+    return nb.set_precision(PRECISIONS.get(backend, "highest"))
 
 
 class Forward:

@@ -191,18 +191,24 @@ def _take_turns(runs, timer):
     return {name: float(np.median(v)) for name, v in per_round.items()}
 
 
-def at_precision(precision, fn):
-    """``fn`` as a callable run under :func:`numgru.set_float32_matmul_precision` (``precision``),
-    the setting before it restored after each call."""
+def set_precision(precision):
+    """:func:`numgru.set_float32_matmul_precision` (``precision``); returns the call that restores
+    the setting before it."""
     import numgru as ng
+    before = ng.get_float32_matmul_precision()
+    ng.set_float32_matmul_precision(precision)
+    return lambda: ng.set_float32_matmul_precision(before)
 
+
+def at_precision(precision, fn):
+    """``fn`` as a callable run under ``precision`` (:func:`set_precision`), the setting before it
+    restored after each call."""
     def run():
-        before = ng.get_float32_matmul_precision()
-        ng.set_float32_matmul_precision(precision)
+        restore = set_precision(precision)
         try:
             return fn()
         finally:
-            ng.set_float32_matmul_precision(before)
+            restore()
     return run
 
 

@@ -793,10 +793,11 @@ class GRU(_Params):
                 dW_hh = np.empty((3 * H, H), self.dtype)
                 if T * B:
                     if self.reset_after:  # (on two threads side by side where both take the tiles)
-                        weight_gradient_pair(
-                            (dgx2, x2d, dW_ih, None),
-                            (dgx2, hp2, dW_hh, dgh.reshape(T * B, H)) if dgh.shape[2] == H  # dgh's n
-                            else (dgh.reshape(T * B, 3 * H), hp2, dW_hh, None))  # block; r, z: dgx's
+                        if dgh.shape[2] == H:  # dgh's n block alone: r and z are dgx's
+                            hh = (dgx2, hp2, dW_hh, dgh.reshape(T * B, H))
+                        else:
+                            hh = (dgh.reshape(T * B, 3 * H), hp2, dW_hh, None)
+                        weight_gradient_pair((dgx2, x2d, dW_ih, None), hh)
                     else:  # dgh is dgx; the n block multiplies r ⊙ h_{t−1}
                         weight_gradient(dgx2, x2d, dW_ih)
                         dW_hh[: 2 * H] = _matmul(dgx2[:, : 2 * H].T, hp2)

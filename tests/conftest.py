@@ -9,6 +9,20 @@ sys.path.insert(0, os.path.dirname(__file__))
 TOL = {np.float32: dict(atol=1e-5, rtol=0), np.float64: dict(atol=1e-10, rtol=0)}
 
 
+def count_calls(monkeypatch, module, names):
+    """Replace functions of ``module`` by wrappers that count their calls; returns {key: calls so
+    far}. ``names`` maps each function's name to its key, or lists names that are their own keys."""
+    if not isinstance(names, dict):
+        names = {n: n for n in names}
+    calls = dict.fromkeys(names.values(), 0)
+    for name, key in names.items():
+        def counted(*args, _fn=getattr(module, name), _key=key):
+            calls[_key] += 1
+            return _fn(*args)
+        monkeypatch.setattr(module, name, counted)
+    return calls
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import numgru as ng
-from conftest import TOL
+from conftest import TOL, count_calls
 from numgru.kernels import amx, dispatch
 from reference import gru as ref_gru
 
@@ -187,25 +187,11 @@ def test_projection_checks_its_shapes(rng):
 
 def _tile_calls(monkeypatch):
     """Count the AMX forwards and projections the dispatch runs (one thread and several)."""
-    calls = {}
-
-    def spy(name, key):
-        fn = getattr(dispatch, name)
-
-        def counted(*args):
-            calls[key] += 1
-            return fn(*args)
-        calls[key] = 0
-        monkeypatch.setattr(dispatch, name, counted)
-    spy("gru_forward_amx", "steps")
-    spy("amx_projection", "projection")
-    spy("gru_forward_amx_rows", "rows")
-    spy("amx_projection_parallel", "projection_parallel")
-    spy("gru_backward_amx", "backward")
-    spy("gru_backward_amx_rows", "backward_rows")
-    spy("amx_gradient", "gradient")
-    spy("amx_gradient_parallel", "gradient_parallel")
-    return calls
+    return count_calls(monkeypatch, dispatch, {
+        "gru_forward_amx": "steps", "amx_projection": "projection", "gru_forward_amx_rows": "rows",
+        "amx_projection_parallel": "projection_parallel", "gru_backward_amx": "backward",
+        "gru_backward_amx_rows": "backward_rows", "amx_gradient": "gradient",
+        "amx_gradient_parallel": "gradient_parallel"})
 
 
 @needs_amx
@@ -504,16 +490,15 @@ def test_gradient_pair_equals_two_gradients(rng, two_threads, monkeypatch):
     monkeypatch.setattr(dispatch, "AMX_GRADIENT_MIN_ROWS", 1)
     monkeypatch.setattr(dispatch, "AMX_GRADIENT_SIZES", (1, 1 << 30))
     calls = _tile_calls(monkeypatch)
-    pair = []
-    real = dispatch.amx_gradient_pair
-    monkeypatch.setattr(dispatch, "amx_gradient_pair", lambda *a: pair.append(1) or real(*a))
+    pair = count_calls(monkeypatch, dispatch, ["amx_gradient_pair"])
     out = [np.empty_like(w) for w in want]
     dispatch.weight_gradient_pair((D, X, out[0], None), (D, hp, out[1], bad))
-    assert pair == [1] and calls["gradient_parallel"] == 1  # (the refused one tried its tiles again)
+    assert pair["amx_gradient_pair"] == 1 and calls["gradient_parallel"] == 1  # (the refused one tried
+    # its tiles again)
     np.testing.assert_array_equal(out[0], want[0])
     assert np.isnan(out[1][M - H + 3]).all() and np.isfinite(np.delete(out[1], M - H + 3, axis=0)).all()
     dispatch.weight_gradient_pair((D, X, out[0], None), (D, hp, out[1], dn))
-    assert pair == [1, 1]
+    assert pair["amx_gradient_pair"] == 2
     for g, w in zip(out, want):
         np.testing.assert_array_equal(g, w)
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import numgru as ng
+from conftest import count_calls
 from numgru.kernels import amx, dispatch
 from reference import gru as ref_gru
 
@@ -123,18 +124,6 @@ def test_weight_gradient_takes_the_products_of_its_order(rng, order):
 FORWARD_ATOL = {"high": 1e-5, "medium": 5e-3}
 
 
-def _tiles_counted(monkeypatch, names):
-    calls = dict.fromkeys(names, 0)
-    for name in names:
-        fn = getattr(dispatch, name)
-
-        def counted(*args, _fn=fn, _name=name):
-            calls[_name] += 1
-            return _fn(*args)
-        monkeypatch.setattr(dispatch, name, counted)
-    return calls
-
-
 @needs_amx
 @pytest.mark.parametrize("precision", ["high", "medium"])
 @pytest.mark.parametrize("B, H, quantized", [(16, 128, False), (32, 128, False), (16, 256, True)])
@@ -147,7 +136,7 @@ def test_forward_on_tiles_at_lower_precision(rng, one_thread, monkeypatch, preci
     x = rng.standard_normal((T, B, I)).astype(np.float32)
     h0 = rng.standard_normal((2, B, H)).astype(np.float32)
     y_ref, h_ref = ref_gru(x, g.state_dict(), 1, H, bidirectional=True, h0=h0)
-    calls = _tiles_counted(monkeypatch, ["gru_forward_amx"])
+    calls = count_calls(monkeypatch, dispatch, ["gru_forward_amx"])
     y_highest = g(x, h0)[0]
     ng.set_float32_matmul_precision(precision)
     y, h_n = g(x, h0)
@@ -236,7 +225,7 @@ def test_plans_follow_the_setting(rng, one_thread, monkeypatch):
     T, B, H = 40, 4, 256
     g = ng.GRU(32, H, seed=4)
     x = rng.standard_normal((T, B, 32)).astype(np.float32)
-    calls = _tiles_counted(monkeypatch, ["gru_forward_amx"])
+    calls = count_calls(monkeypatch, dispatch, ["gru_forward_amx"])
     y = g(x)[0]
     assert calls["gru_forward_amx"] == 0
     ng.set_float32_matmul_precision("medium")

@@ -100,7 +100,8 @@ AMX_ROWS_PER_THREAD = 32
 AMX_ROWS_MIN_HIDDEN = 128
 AMX_GRADIENT_MIN_ROWS = 512
 AMX_GRADIENT_SIZES = (1 << 15, 1 << 21)
-AMX_GRADIENT_LARGE = {3: ((4096, 1 << 22),), 2: ((2048, 1 << 22), (8192, 1 << 24))}
+AMX_GRADIENT_LARGE = {3: ((4096, 1 << 22),), 2: ((2048, 1 << 22), (8192, 1 << 24)),
+                      1: ((2048, 1 << 22), (8192, 1 << 24))}
 AMX_GRADIENT_MIN_SIZE_MEDIUM = 1 << 13
 
 
@@ -1237,7 +1238,7 @@ def amx_gradient_wanted(N, M, I, dtype):
     order = matmul_order()
     if order == 1:
         lo = AMX_GRADIENT_MIN_SIZE_MEDIUM
-    for rows, size in AMX_GRADIENT_LARGE[3 if order == 3 else 2]:
+    for rows, size in AMX_GRADIENT_LARGE[order]:
         if N >= rows:
             hi = max(hi, size)
     return dtype == np.float32 and N >= AMX_GRADIENT_MIN_ROWS and lo <= M * I <= hi and amx_ready()
