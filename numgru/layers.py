@@ -413,7 +413,7 @@ class GRU(_Params):
         bf_hh = [_read_only(aligned(to_bfloat16(W))) for W in self._W_hh]
         q._bf16 = (bf_ih, bf_hh)
         q._bf16_panels = None  # (packed from these copies on first use)
-        q._amx_pieces = FrozenPieces()  # the tiles' one-piece packings of the read-only weights
+        q._amx_pieces = FrozenPieces(True)  # the tiles' one-piece packings of the read-only weights
         q._W_ih = [_read_only(aligned(from_bfloat16(b))) for b in bf_ih]
         q._W_hh = [_read_only(aligned(from_bfloat16(b))) for b in bf_hh]
         q._b_ih = [_read_only(aligned(b)) for b in self._b_ih]
@@ -456,7 +456,8 @@ class GRU(_Params):
             setattr(self, name, [_read_only(aligned(a)) for a in getattr(self, name)])
         self._zero_bias = _read_only(aligned(self._zero_bias))
         self._plans = None
-        self._amx_pieces = FrozenPieces()  # AMX packings of the read-only matrices, made on first use
+        # AMX packings of the read-only matrices, made on first use
+        self._amx_pieces = FrozenPieces(self._bf16 is not None)
         self._pack()
 
     def _pack(self):
@@ -485,7 +486,7 @@ class GRU(_Params):
         if frozen:
             self._freeze_in_place()
         elif self._bf16 is not None:
-            self._amx_pieces = FrozenPieces()
+            self._amx_pieces = FrozenPieces(True)
 
     def _check_trainable(self):
         if self._bf16 is not None:

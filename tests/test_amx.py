@@ -365,10 +365,14 @@ def test_tile_rules(monkeypatch):
     assert dispatch.amx_rows_chunks(32, 128, 64, 2, f4, True, 0, False) == 0  # the rows route as fast
     assert dispatch.amx_recurrence_wanted(32, 24, 32, 1, f4, True, 0, False)
     assert dispatch.amx_recurrence_wanted(128, 16, 256, 1, f4, True, 0, False)  # one tile of 16 rows
-    assert not dispatch.amx_recurrence_wanted(128, 16, 512, 1, f4, True, 0, False)  # pieces past L2
     assert not dispatch.amx_recurrence_wanted(128, 16, 64, 1, f4, True, 0, False)
-    assert not dispatch.amx_recurrence_wanted(128, 8, 256, 1, f4, True, 0, False)
-    assert not dispatch.amx_recurrence_wanted(128, 20, 256, 1, f4, True, 0, False)
+    # W_hh's integer digits from H = 128: fewer rows as H grows
+    for H, rows in ((128, 12), (256, 10), (384, 8), (512, 8), (1024, 6), (4096, 6)):
+        assert dispatch.amx_recurrence_wanted(128, rows, H, 1, f4, True, 0, False), H
+        assert not dispatch.amx_recurrence_wanted(128, rows - 1, H, 1, f4, True, 0, False), H
+        assert dispatch.digits_wanted(H, 3) and not dispatch.digits_wanted(H, 2)
+    assert not dispatch.digits_wanted(127, 3) and not dispatch.digits_wanted(dispatch.DIGIT_MAX_K + 1, 3)
+    assert not dispatch.amx_recurrence_wanted(128, 12, 96, 1, f4, True, 0, False)
     assert not dispatch.amx_recurrence_wanted(31, 64, 256, 1, f4, True, 0, False)  # packing unpaid
     assert not dispatch.amx_recurrence_wanted(128, 64, 256, 1, f8, True, 0, False)
     assert not dispatch.amx_recurrence_wanted(128, 64, 256, 1, np.dtype(np.uint16), True, 0, False)
@@ -663,12 +667,15 @@ def test_frozen_copy_keeps_its_packings_on_two_threads(rng, two_threads, monkeyp
     frozen = ng.GRU(I, H, seed=9).freeze()
     x = rng.standard_normal((T, B, I)).astype(np.float32)
     packed = []
-    real = dispatch.pack_amx
+    real, real_digits = dispatch.pack_amx, dispatch.pack_digits
     monkeypatch.setattr(dispatch, "pack_amx", lambda W: packed.append(W.shape) or real(W))
+    monkeypatch.setattr(dispatch, "pack_digits", lambda W: packed.append(("digits", *W.shape))
+                        or real_digits(W))
     calls = _tile_calls(monkeypatch)
     ys = [frozen(x)[0] for _ in range(3)]
     assert calls["rows"] == 3 and calls["projection_parallel"] == 3
-    assert sorted(packed) == [(3 * H, H), (3 * H, I)]
+    # W_ih's bfloat16 pieces, W_hh's integer digits (H = 128), each once
+    assert sorted(packed, key=str) == [("digits", 3 * H, H), (3 * H, I)]
     y_ref, _ = ref_gru(x, frozen.state_dict(), 1, H)
     np.testing.assert_allclose(ys[0], y_ref, **TOL[np.float32])
     np.testing.assert_array_equal(ys[2], ys[0])

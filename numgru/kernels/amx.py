@@ -22,6 +22,22 @@ significant bits: a term's relative error at most about 3·2⁻¹⁸); 1, a₁w�
 about 2⁻⁸). Lower orders take fewer tile products for the same splits: the precision a user grants
 with :func:`numgru.set_float32_matmul_precision` ("highest", "high", "medium").
 
+The recurrence's products (W_hh by the state, W_hhᵀ by the gate gradients) may read integer digits
+instead (:func:`pack_digits`, where the dispatch's ``digits_wanted`` holds): AMX-INT8's ``TDPBSSD``
+multiplies int8 tiles into int32 sums, 16384 multiply-adds an instruction in the time a bfloat16
+one takes for 8192. Each row of W and each state row is scaled to 24-bit integers (W's largest
+magnitude to ``DIGIT_SCALE``, 2²³ − 2¹⁶; a state row's by the power of two that brings its largest
+into (``DIGIT_SCALE``/2, ``DIGIT_SCALE``]) held as three balanced base-256 int8 digits; the tiles sum
+the six digit products of weight 2⁻¹⁶ and above exactly, in three int32 tiles by weight, and each
+sum of the three becomes float32 by one rounding. The rounding of each value to its integer (at
+most 2⁻²⁴ of its row's largest magnitude, 2⁻²³ for a state) and the products left out (below about
+2⁻²³ of the largest terms) are errors relative to each row's largest value, not to each value: a
+small value beside a large one keeps fewer bits. That suits a GRU's state (bounded by 1) and the
+backward's gate gradients (a row's sums), not the input projection (features of any scale) or the
+weight gradients (sums over every step), which keep the pieces. A row's sums never depend on the
+rows beside it, and a state's power-of-two scale multiplies exactly, so the result is the same bits
+in any batch, block of rows or thread.
+
 The tiles need the kernel's permission (``arch_prctl(ARCH_REQ_XCOMP_PERM)``, asked once per process
 by :func:`amx_ready`) and code that only a CPU with AMX can run: the kernels here are compiled on
 their first call, which the dispatch makes only where :func:`amx_ready` is true. ``NUMGRU_AMX=0``
@@ -180,6 +196,19 @@ def tile_dot(typingctx, c, a, b):
 
     def codegen(context, builder, sig, args):
         _call(builder, "llvm.x86.tdpbf16ps", [_I8, _I8, _I8], [_tile(s) for s in sig.args])
+        return context.get_dummy_value()
+    return types.none(c, a, b), codegen
+
+
+@intrinsic
+def tile_dot_int8(typingctx, c, a, b):
+    """``TDPBSSD``: tile c (int32) += tile a (int8 rows of 64) · tile b (int8 quads); literals. Sums of
+    integers, exact while they stay inside int32."""
+    if not all(isinstance(v, types.IntegerLiteral) for v in (c, a, b)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        _call(builder, "llvm.x86.tdpbssd", [_I8, _I8, _I8], [_tile(s) for s in sig.args])
         return context.get_dummy_value()
     return types.none(c, a, b), codegen
 
@@ -423,10 +452,319 @@ def pack_amx_into(W, out):
 
 @inline
 def _pieces_of(Wv, Np, Kp):
-    """How many pieces a packing of an (Np, Kp) padded matrix holds: 3, 1 (bfloat16 values) or 0
-    (neither: a wrong array)."""
+    """How many pieces a packing of an (Np, Kp) padded matrix holds: 3, 1 (bfloat16 values),
+    ``DIGITS`` (integer digits, :func:`pack_digits`) or 0 (none of these: a wrong array)."""
     n = Wv.shape[0]
-    return 3 if n == 3 * Np * Kp else (1 if n == Np * Kp else 0)
+    if n == 3 * Np * Kp:
+        return 3
+    if n == Np * Kp:
+        return 1
+    return DIGITS if n == digits_size(Np, Kp) else 0
+
+
+# ---------------------------------------------------------------------------- integer digits
+#: the packing kind :func:`_pieces_of` reports for a matrix's integer digits (:func:`pack_digits`)
+DIGITS = 8
+#: the integer a row's largest magnitude is scaled to, 2²³ − 2¹⁶: its leading digit then stays
+#: within int8 (127·2¹⁶ plus the rounding of the lower digits' 2¹⁵)
+DIGIT_SCALE = np.float32(2.0 ** 23 - 2.0 ** 16)
+#: rows whose largest magnitude is nonzero and outside [2⁻⁶⁰, 2⁶⁰] are refused: every scale, sum and
+#: product then stays well inside float32's range
+DIGIT_LO = np.float32(2.0 ** -60)
+DIGIT_HI = np.float32(2.0 ** 60)
+#: W's digits (bytes) from which rows take 32 at a time (:func:`_thirty_two_rows_digits`): beyond
+#: L2, W's tiles come from L3 and loading each once for 32 rows repays the rows' reloads (one thread,
+#: T = 128, whole forwards: H = 1024, B = 64 / 32 415–420 / 215 ms against 444–450 / 225–241 by 16
+#: rows; H = 512, B = 64 the same; H = 256, B = 64 31.1–31.3 against 29.6–29.8)
+DIGIT_WIDE_BYTES = 1 << 21
+#: the longest row the digits take: each of the three sums of digit products, at most 3·2¹⁴ a term,
+#: stays inside int32
+DIGIT_MAX_K = 32768
+
+
+@inline
+def padded64(n):
+    """n rounded up to a multiple of 64 (an int8 tile's row)."""
+    return (n + 63) // 64 * 64
+
+
+@inline
+def digits_size(Np, Kp):
+    """The length (uint16 values) of :func:`pack_digits`'s packing of an (Np, Kp) padded matrix: three
+    int8 digits of Np · Kq values (Kq: Kp rounded up to 64) and Np float32 scales."""
+    return (3 * Np * padded64(Kp) + 4 * Np) // 2
+
+
+@intrinsic
+def _bits_of(typingctx, v):
+    """A float32's bits as int32 (a bitcast, which vectorises where ``view`` of a scalar cannot)."""
+    if v != types.float32:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+    return types.int32(v), codegen
+
+
+@intrinsic
+def _float_of(typingctx, v):
+    """The float32 whose bits are v's low 32."""
+    if not isinstance(v, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        x = args[0]
+        if v.bitwidth != 32:
+            x = builder.trunc(x, ir.IntType(32)) if v.bitwidth > 32 else builder.zext(x, ir.IntType(32))
+        return builder.bitcast(x, ir.FloatType())
+    return types.float32(v), codegen
+
+
+@intrinsic
+def digits16(typingctx, src, j, n, c, d0, d1, d2):
+    """src[j : j + 16] (float32, the values at and past n read as zero) times c, rounded to the
+    nearest integers (ties away from zero; each |src·c| below 2²³), into their balanced base-256
+    digits d0, d1, d2[j : j + 16] (int8: the integer is d0·2¹⁶ + d1·2⁸ + d2, d1 and d2 in
+    [−128, 127]; the caller keeps j + 16 inside them). In 16-lane vectors of 32 bits: the loop Numba wrote
+    from the same arithmetic ran in 64-bit lanes (a state of 16 rows by 256, its largest magnitudes
+    found too, 2.6 µs against 2.1)."""
+    if not (_row_of(src, types.float32) and c == types.float32
+            and all(_row_of(d, types.int8) for d in (d0, d1, d2))):
+        return None
+
+    def codegen(context, builder, sig, args):
+        v = _load16(context, builder, sig.args[0], args[0], args[1], _mask16(builder, args[1], args[2]))
+        cv = builder.insert_element(ir.Constant(_VF, None), args[3], ir.Constant(ir.IntType(32), 0))
+        y = builder.fmul(v, builder.shuffle_vector(cv, cv, ir.Constant(_VI, [0] * _V16)))
+        half = builder.or_(builder.and_(builder.bitcast(y, _VI), _splat(-0x80000000)), _splat(0x3F000000))
+        n = builder.fptosi(builder.fadd(y, builder.bitcast(half, _VF)), _VI)
+        low = builder.sub(builder.and_(builder.add(n, _splat(128)), _splat(255)), _splat(128))
+        n = builder.ashr(builder.sub(n, low), _splat(8))
+        mid = builder.sub(builder.and_(builder.add(n, _splat(128)), _splat(255)), _splat(128))
+        top = builder.ashr(builder.sub(n, mid), _splat(8))
+        i8x16 = ir.VectorType(ir.IntType(8), _V16)
+        for k, digit in enumerate((top, mid, low)):
+            _store16(context, builder, sig.args[4 + k], args[4 + k], args[1], builder.trunc(digit, i8x16))
+        return context.get_dummy_value()
+    return types.none(src, types.intp, types.intp, c, d0, d1, d2), codegen
+
+
+@inline
+def _digits_into(src, K, d0, d1, d2, fine):
+    """src[:K] (float32) as integers n of a common scale in three signed int8 digits d0, d1, d2[:K],
+    n = d0·2¹⁶ + d1·2⁸ + d2 (balanced base 256: d0 in [−127, 127], d1 and d2 in [−128, 127];
+    :func:`digits16`), each value rounded to the nearest integer. ``fine``: the largest magnitude m
+    scaled to ``DIGIT_SCALE`` (an error of at most m·2⁻²⁴ a value; a weight row's), else by the
+    largest power of two that keeps it at most ``DIGIT_SCALE`` (m·2⁻²³; a state row's, whose scale
+    then multiplies exactly, in any order). Returns the scale s with src ≈ s·2⁻⁸·n (the 2⁻⁸ taken
+    out of each side of a product of digits, whose sums :func:`_combine_digits` puts together), 0
+    for a row of zeros, or −1 where a value is not finite or m is nonzero and outside
+    [``DIGIT_LO``, ``DIGIT_HI``] (the digits then mean nothing)."""
+    top = np.int32(0)  # the largest magnitude's bits (NaN's and Inf's lie above every finite one's)
+    for k in range(K):
+        top = max(top, _bits_of(src[k]) & np.int32(0x7FFFFFFF))
+    m = _float_of(top)
+    if top >= np.int32(0x7F800000) or m > DIGIT_HI or (m < DIGIT_LO and m != 0):
+        return np.float32(-1.0)
+    if m == 0:
+        c = np.float32(0.0)
+    elif fine:
+        c = DIGIT_SCALE / m
+    else:  # the largest power of two that scales m to at most DIGIT_SCALE: its products are exact
+        c = _float_of(_bits_of(DIGIT_SCALE / m) & np.int32(0x7F800000))
+    for j in range(0, K, _V16):
+        digits16(src, j, K, c, d0, d1, d2)
+    if m == 0:
+        return np.float32(0.0)
+    return m / DIGIT_SCALE * np.float32(256.0) if fine else np.float32(256.0) / c
+
+
+@inline
+def _pack_digits_into(W, out):
+    """W's digits (:func:`_digits_into`, a row of W a scale) into ``out`` as :func:`pack_digits`
+    lays them out; returns 1, or 0 where a row is refused."""
+    N, K = W.shape
+    Np = padded(N)
+    Kq = padded64(K)
+    if out.shape[0] != digits_size(Np, padded(K)) or K > DIGIT_MAX_K:
+        raise ValueError("pack_digits: shapes do not match")
+    KQ = Kq // 4
+    o32 = out[:3 * Np * Kq // 2].view(np.uint32)
+    scales = out[3 * Np * Kq // 2:].view(np.float32)
+    scales[:] = 0
+    rows = aligned_zeros(3 * 16 * Kq // 2, np.uint16)  # 16 rows' digits (zero past K)
+    r8 = rows.view(np.int8).reshape(3, 16, Kq)
+    r32 = rows.view(np.uint32)
+    for nb in range(Np // 16):
+        for c in range(16):
+            n = nb * 16 + c
+            if n < N:
+                s = _digits_into(W[n], K, r8[0, c], r8[1, c], r8[2, c], True)
+                if s < 0:
+                    return 0
+                scales[n] = s
+            else:
+                r8[:, c, :] = 0
+        for p in range(3):  # quads of digits (4 values of k) turned into place, 16 × 16 at a time
+            for k4 in range(0, KQ, 16):
+                transpose16(r32, p * 16 * KQ + k4, KQ, o32, ((p * (Np // 16) + nb) * KQ + k4) * 16, 16)
+    return 1
+
+
+def pack_digits(W):
+    """W (N, K) float32, C-contiguous → its integer digits for the recurrence's products (one flat
+    uint16 array, 64-byte aligned, of ``digits_size`` values; empty where a row is refused): each row
+    of W scaled to 24-bit integers in three signed int8 digits (:func:`_digits_into`), digit p of
+    W[n, k] at byte p·Np·Kq + ((n // 16)·Kq + k − k % 4)·16 + (n % 16)·4 + k % 4 (AMX's int8 quads;
+    Np: N rounded up to 32, Kq: K to 64, the padding zero), then the rows' scales as Np float32.
+    Made by :func:`pack_digits_into`, the one compiled copy of the rounding, so that every packing of
+    W holds the same digits."""
+    size = digits_size.py_func(padded.py_func(W.shape[0]), padded.py_func(W.shape[1]))
+    buf = np.empty(size + 32, np.uint16)
+    out = buf[(-buf.ctypes.data % 64) // 2:][:size]
+    return out[:pack_digits_into(W, out) * size]
+
+
+@kernel
+def pack_digits_into(W, out):
+    """:func:`pack_digits` into ``out`` (``digits_size`` uint16, 64-byte aligned: a caller's
+    scratch); returns 1, or 0 where a row of W is refused."""
+    wide_vectors()
+    return _pack_digits_into(W, out)
+
+
+@inline
+def _sixteen_rows_digits(A8, Wq, S, Kq, Np):
+    """S[p] (16, Np) int32 = the sums of digit products of weight 2⁻⁸ᵖ: p = 0 d₀e₀, 1 d₀e₁ + d₁e₀,
+    2 d₀e₂ + d₁e₁ + d₂e₀, for the digits d of 16 rows of A8 (digit p at p·16·Kq, rows Kq bytes apart)
+    and e of W's (:func:`pack_digits`), 64 values of the summed index a tile product. The products
+    of lower weight (below 2⁻²⁴ of the leading ones) are left out. Tiles 0–2 sum, 3–5 hold the
+    rows' digits, 6–7 W's."""
+    step = Np * Kq
+    md = 16 * Kq
+    for n0 in range(0, Np, 16):
+        w0 = (n0 // 16) * Kq * 16
+        tile_zero(0)
+        tile_zero(1)
+        tile_zero(2)
+        for k0 in range(0, Kq, 64):
+            tile_load(3, A8, k0, Kq)
+            tile_load(4, A8, md + k0, Kq)
+            tile_load(5, A8, 2 * md + k0, Kq)
+            b = w0 + k0 * 16
+            tile_load(6, Wq, b, 64)
+            tile_dot_int8(0, 3, 6)
+            tile_dot_int8(1, 4, 6)
+            tile_dot_int8(2, 5, 6)
+            tile_load(7, Wq, b + step, 64)
+            tile_dot_int8(1, 3, 7)
+            tile_dot_int8(2, 4, 7)
+            tile_load(6, Wq, b + 2 * step, 64)
+            tile_dot_int8(2, 3, 6)
+        tile_store(0, S, n0, Np * 4)
+        tile_store(1, S, 16 * Np + n0, Np * 4)
+        tile_store(2, S, 32 * Np + n0, Np * 4)
+
+
+@inline
+def _thirty_two_rows_digits(A8, Wq, S, Kq, Np):
+    """:func:`_sixteen_rows_digits` for 32 rows (A8's digit p at p·32·Kq), into S (6, 16, Np): S[3g + p]
+    the sums of weight 2⁻⁸ᵖ of rows 16g … 16g + 15. Each of W's tiles is loaded once for both groups of
+    16 rows (from L3 at large H, where it bounds the step); tiles 0–5 sum, 6 holds the rows' digits, 7
+    W's."""
+    step = Np * Kq
+    md = 32 * Kq
+    half = 16 * Kq
+    for n0 in range(0, Np, 16):
+        w0 = (n0 // 16) * Kq * 16
+        tile_zero(0)
+        tile_zero(1)
+        tile_zero(2)
+        tile_zero(3)
+        tile_zero(4)
+        tile_zero(5)
+        for k0 in range(0, Kq, 64):
+            b = w0 + k0 * 16
+            tile_load(7, Wq, b, 64)
+            tile_load(6, A8, k0, Kq)
+            tile_dot_int8(0, 6, 7)
+            tile_load(6, A8, half + k0, Kq)
+            tile_dot_int8(3, 6, 7)
+            tile_load(6, A8, md + k0, Kq)
+            tile_dot_int8(1, 6, 7)
+            tile_load(6, A8, md + half + k0, Kq)
+            tile_dot_int8(4, 6, 7)
+            tile_load(6, A8, 2 * md + k0, Kq)
+            tile_dot_int8(2, 6, 7)
+            tile_load(6, A8, 2 * md + half + k0, Kq)
+            tile_dot_int8(5, 6, 7)
+            tile_load(7, Wq, b + step, 64)
+            tile_load(6, A8, k0, Kq)
+            tile_dot_int8(1, 6, 7)
+            tile_load(6, A8, half + k0, Kq)
+            tile_dot_int8(4, 6, 7)
+            tile_load(6, A8, md + k0, Kq)
+            tile_dot_int8(2, 6, 7)
+            tile_load(6, A8, md + half + k0, Kq)
+            tile_dot_int8(5, 6, 7)
+            tile_load(7, Wq, b + 2 * step, 64)
+            tile_load(6, A8, k0, Kq)
+            tile_dot_int8(2, 6, 7)
+            tile_load(6, A8, half + k0, Kq)
+            tile_dot_int8(5, 6, 7)
+        tile_store(0, S, n0, Np * 4)
+        tile_store(1, S, 16 * Np + n0, Np * 4)
+        tile_store(2, S, 32 * Np + n0, Np * 4)
+        tile_store(3, S, 48 * Np + n0, Np * 4)
+        tile_store(4, S, 64 * Np + n0, Np * 4)
+        tile_store(5, S, 80 * Np + n0, Np * 4)
+
+
+@inline
+def _digit_rows_product(src, nb, Wv, A, acc, acc3):
+    """acc[:nb, :Np] = src[:nb] @ W.T from W's digits (Wv = :func:`pack_digits` (W)), 16 rows at a
+    time: each row's digits (:func:`_digits_into`) into A's bytes, their products' sums into acc3's
+    (as int32), then put together (:func:`_combine_digits`). False where a row is refused."""
+    K = src.shape[1]
+    Np = acc.shape[1]
+    Kq = padded64(K)
+    A8 = A.view(np.int8)
+    Wq = Wv.view(np.int8)
+    sw = Wv[3 * Np * Kq // 2:].view(np.float32)
+    Sf = acc3.reshape(acc3.size).view(np.int32)
+    wide = (nb > 16 and 3 * Np * Kq > DIGIT_WIDE_BYTES and Sf.shape[0] >= 6 * 16 * Np
+            and A8.shape[0] >= 3 * 32 * Kq)
+    G = 32 if wide else 16
+    S = Sf[:2 * 3 * 16 * Np].reshape(6, 16, Np) if wide else Sf[:3 * 16 * Np].reshape(3, 16, Np)
+    D = A8[:3 * G * Kq].reshape(3, G, Kq)
+    sa = np.empty(32, np.float32)
+    for g0 in range(0, nb, G):
+        rows = min(G, nb - g0)
+        for i in range(rows):
+            s = _digits_into(src[g0 + i], K, D[0, i], D[1, i], D[2, i], False)
+            if s < 0:
+                return False
+            sa[i] = s
+        if wide:
+            _thirty_two_rows_digits(A8, Wq, Sf, Kq, Np)
+        else:
+            _sixteen_rows_digits(A8, Wq, Sf, Kq, Np)
+        for i in range(rows):
+            g = 3 * (i // 16)
+            r = i % 16
+            _combine_digits(S[g, r], S[g + 1, r], S[g + 2, r], sw, sa[i], acc[g0 + i])
+    return True
+
+
+@inline
+def _combine_digits(s0, s1, s2, sw, sa, out):
+    """out[j] = (s0[j]·2¹⁶ + s1[j]·2⁸ + s2[j]) · sw[j] · sa: a row's sums of digit products
+    (:func:`_sixteen_rows_digits`) as the float32 product, by the weights' scales sw and the row's sa
+    (a power of two). The sum is exact in int64 and rounds once to float32, and the scales multiply
+    exactly (but for underflow), so no order the compiler picks changes the bits."""
+    for j in range(out.shape[0]):
+        v = (np.int64(s0[j]) << 16) + (np.int64(s1[j]) << 8) + np.int64(s2[j])
+        out[j] = np.float32(v) * sw[j] * sa
 
 
 # ---------------------------------------------------------------------------- the product
@@ -541,7 +879,7 @@ def _project_rows(x, Wv, N, biasp, out, r0, r1, order):
 def _projection_args(x, Wv, N, bias, use_bias, out):
     """Check :func:`amx_projection`'s shapes; the bias padded to whole tiles (zeros without)."""
     R, K = x.shape
-    if _pieces_of(Wv, padded(N), padded(K)) == 0 or out.shape[0] != R or out.shape[1] != N or \
+    if _pieces_of(Wv, padded(N), padded(K)) in (0, DIGITS) or out.shape[0] != R or out.shape[1] != N or \
             (use_bias and bias.shape[0] < N):
         raise ValueError("amx_projection: shapes do not match")
     biasp = aligned_zeros(padded(N), np.float32)
@@ -633,7 +971,10 @@ def _tile_rows_product(src, nb, Wv, A, A3, acc, acc3, order):
     Kp = A3.shape[2]
     Mp = A3.shape[1]
     Np = acc.shape[1]
-    one = _pieces_of(Wv, Np, Kp) == 1
+    kind = _pieces_of(Wv, Np, Kp)
+    if kind == DIGITS:
+        return _digit_rows_product(src, nb, Wv, A, acc, acc3)
+    one = kind == 1
     for i in range(nb):
         if not _split_into(src[i], K, A3[0, i], A3[1, i], A3[2, i]):
             return False
@@ -695,12 +1036,13 @@ def _amx_steps(g3, t_first, n, reverse, Whv, b_hh, h_a, h_b, s, y, col0, b0, A, 
 @inline
 def _amx_scratch(nb, K, N, few):
     """:func:`_tile_rows_product`'s scratch for nb rows of K values by W (N, K): (A, A3, acc, acc3);
-    ``few``: one 16-row tile (nb ≤ 16), else blocks of 32 rows."""
+    ``few``: one 16-row tile (nb ≤ 16), else blocks of 32 rows. acc3 holds each piece's sums of a
+    16-row tile (3 × 16 rows), or the digits' int32 sums (as 3 or 6 × 16 rows of float32, viewed)."""
     Np = padded(N)
     Kp = padded(K)
     Mp = 16 if few else padded(nb)
     A = aligned_zeros(3 * Mp * Kp, np.uint16)
-    acc3 = aligned_zeros((3 * 16 * Np) if Mp == 16 else 0, np.float32).reshape(-1, 16, Np)
+    acc3 = aligned_zeros((3 if Mp == 16 else 6) * 16 * Np, np.float32).reshape(-1, 16, Np)
     return A, A.reshape(3, Mp, Kp), aligned_zeros(Mp * Np, np.float32).reshape(Mp, Np), acc3
 
 

@@ -40,8 +40,8 @@ import numba
 import numpy as np
 
 from .amx import (amx_gradient, amx_gradient_pair, amx_gradient_parallel, amx_projection,
-                  amx_projection_parallel, amx_ready, gru_forward_amx, gru_forward_amx_rows, pack_amx,
-                  pack_amx_into, padded)
+                  amx_projection_parallel, amx_ready, DIGIT_MAX_K, digits_size, gru_forward_amx,
+                  gru_forward_amx_rows, pack_amx, pack_amx_into, pack_digits, pack_digits_into, padded)
 from .backward import BIAS_ROWS, gru_backward_amx, gru_backward_amx_rows, gru_backward_serial, matmul_into
 from .forward import (gru_forward_chunked, gru_forward_cols, gru_forward_parallel, gru_forward_rows,
                       gru_forward_serial, input_projection_kernel, input_projection_parallel, row_chunks,
@@ -96,6 +96,8 @@ AMX_STEP_FEW_ROWS_HIDDEN = (96, 288)
 AMX_STEP_FEW_ROWS_BF16 = (8, 16)
 AMX_STEP_FEW_ROWS_BF16_MIN_HIDDEN = 256
 AMX_STEP_ROWS_BY_ORDER = {2: ((128, 8), (289, 12)), 1: ((64, 16), (128, 8), (256, 4), (512, 1))}
+AMX_DIGITS_MIN_HIDDEN = 128
+AMX_DIGIT_ROWS = ((128, 12), (256, 10), (384, 8), (1024, 6))
 AMX_ROWS_PER_THREAD = 32
 AMX_ROWS_MIN_HIDDEN = 128
 AMX_GRADIENT_MIN_ROWS = 512
@@ -621,10 +623,41 @@ def amx_recurrence_wanted(T, B, H, threads, dtype, reset_after, gate_kind, use_c
         return False
     lo, hi = AMX_STEP_FEW_ROWS_BF16 if bf16_values else AMX_STEP_FEW_ROWS
     h_lo, h_hi = (AMX_STEP_FEW_ROWS_BF16_MIN_HIDDEN, H) if bf16_values else AMX_STEP_FEW_ROWS_HIDDEN
+    order = matmul_order()
     if not (B >= AMX_STEP_MIN_ROWS or (lo <= B <= hi and h_lo <= H <= h_hi)
-            or B >= _rows_at_order(H, matmul_order())):
+            or B >= _rows_at_order(H, order) or (not bf16_values and B >= _rows_on_digits(H, order))):
         return False
     return amx_ready()
+
+
+def digits_wanted(H, order):
+    """Whether the recurrence's products on tiles take W_hh's integer digits
+    (:func:`~numgru.kernels.amx.pack_digits`) rather than its bfloat16 pieces, at hidden size H and
+    products' ``order``: at the default precision from ``AMX_DIGITS_MIN_HIDDEN`` units (below it the
+    digits' per-row work, splitting each state and putting three sums together, outweighs the
+    halved tile products: one thread, T = 128, the whole forward against the pieces' at B = 64,
+    H = 64 4.43–4.46 ms against 3.33–3.40, H = 32 2.15 against 1.19)."""
+    return order == 3 and AMX_DIGITS_MIN_HIDDEN <= H <= DIGIT_MAX_K
+
+
+def _rows_on_digits(H, order):
+    """The fewest rows from which the recurrence runs on W_hh's integer digits at hidden size H, by
+    ``AMX_DIGIT_ROWS`` ((least H, rows) pairs, the last that H reaches), or a number no batch reaches
+    where :func:`digits_wanted` does not hold. Six int8 tile products a block, each twice a bfloat16
+    product's work for the same time, and W_hh read at 3 bytes a weight (the pieces' 6, float32's
+    4): the tiles pay from fewer rows than on the pieces. Measured on the 2-vCPU Intel machine
+    (Emerald Rapids), one thread, T = 128, whole forwards on the digits against the float32 kernels
+    (the pieces' in brackets): H = 128, B = 8 / 12 / 16 / 32 0.91× / 1.04× / 1.09× / 1.12× (1.04× /
+    1.10× at 16 / 32); H = 192, B = 16 1.26× (1.13×); H = 256, B = 4 / 8 / 10 / 12 / 16 / 32 0.79× /
+    1.00× / 1.19× / 1.23× / 1.34× / 1.37× (0.99× at 10); H = 384, B = 8 1.32× (0.65×); H = 512,
+    B = 4 / 6 / 8 / 16 0.89× / 1.01× / 1.09× / 1.43×; H = 1024, B = 2 / 4 / 6 / 8 / 16 / 32 0.97× /
+    0.99× / 1.14× / 1.16× / 1.41× / 1.30× (1.03× at 16)."""
+    need = 1 << 62
+    if digits_wanted(H, order):
+        for h_min, rows in AMX_DIGIT_ROWS:
+            if H >= h_min:
+                need = rows
+    return need
 
 
 def _rows_at_order(H, order):
@@ -842,7 +875,7 @@ def _amx_rows_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gate_ki
         if not par:
             return False
         # (only once the slot is had: a caller without it packs nothing)
-        Whv = tile_packing(W_hh, "amx_hh", pieces)
+        Whv = recurrence_packing(W_hh, pieces)
         return Whv.shape[0] > 0 and gru_forward_amx_rows(gx.reshape(T * B, G), Whv, b_hh, h0, bool(reverse),
                                                          y, int(col0), h_n, chunks, empty_array(gx.dtype, 3),
                                                          matmul_order())
@@ -860,7 +893,7 @@ def _amx_training_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gat
     if not amx_recurrence_wanted(T, B, G // 3, 1, W_hh.dtype, reset_after, gate_kind, clip is not None) \
             or lengths.min() < T:
         return False
-    Whv = amx_pieces("amx_hh", W_hh)
+    Whv = recurrence_packing(W_hh)
     if Whv.shape[0] == 0:
         return False
     gx2 = gx.reshape(T * B, G)
@@ -883,20 +916,29 @@ def serial_forward(B, threads, route):
 
 
 class FrozenPieces:
-    """The AMX packings (:func:`~numgru.kernels.amx.pack_amx`) of a frozen model's read-only weight
-    matrices, each made on first use and kept with the matrix it came from (a matrix is known by
+    """The AMX packings (:func:`~numgru.kernels.amx.pack_amx`, :func:`~numgru.kernels.amx.pack_digits`)
+    of a frozen model's read-only weight matrices, each made on first use and kept with the matrix it came from (a matrix is known by
     identity; the entry holds it, so the identity stays its own)."""
 
-    __slots__ = ("_kept",)
+    __slots__ = ("_kept", "bfloat16")
 
-    def __init__(self):
+    def __init__(self, bfloat16=False):
         self._kept = {}
+        self.bfloat16 = bfloat16  # the matrices hold only bfloat16 values (a quantized model's)
 
     def of(self, W):
         """W's packing (empty where W holds a value the tiles cannot take)."""
-        entry = self._kept.get(id(W))
+        return self._kept_for(W, pack_amx)
+
+    def digits_of(self, W):
+        """W's integer digits (:func:`~numgru.kernels.amx.pack_digits`; empty where a row is refused)."""
+        return self._kept_for(W, pack_digits)
+
+    def _kept_for(self, W, pack):
+        key = (id(W), pack.__name__)
+        entry = self._kept.get(key)
         if entry is None or entry[0] is not W:
-            entry = self._kept[id(W)] = (W, pack_amx(W))
+            entry = self._kept[key] = (W, pack(W))
         return entry[1]
 
 
@@ -927,7 +969,7 @@ def serial_direction_plan(W_ih, b_ih, W_hh, b_hh, packed_ih, packed_hh, T, B, th
                              gates[3], bf16_values):
         # the AMX kernel's own arguments; the plan below stays the fallback
         amx_steps = (W_hh, b_hh, bool(reverse), (*projection, panels, dot), steps, amx, Wv_ih,
-                     None if pieces is None else pieces.of(W_hh))
+                     None if pieces is None else recurrence_packing(W_hh, pieces, bf16_values))
     if packed_hh is None:
         none = empty_array(W_hh.dtype, 3)
         packed_hh = (none, none)
@@ -984,7 +1026,7 @@ def _run_amx_direction(amx_steps, x2d, gx, h0, y, col0, h_n):
     (NaN or ±Inf, say): the caller then runs the float32 plan, which writes everything anew."""
     W_hh, b_hh, reverse, projection, steps, amx_projection, Wv_ih, Whv = amx_steps
     if Whv is None:
-        Whv = amx_pieces("amx_hh", W_hh)
+        Whv = recurrence_packing(W_hh)
     if Whv.shape[0] == 0:
         return False
     if not steps:
@@ -1041,6 +1083,30 @@ def amx_pieces(name, W):
     off = (-buf.ctypes.data % 64) // 2
     out = buf[off:off + 3 * size]
     return out[:pack_amx_into(W, out) * size]
+
+
+def amx_digits(name, W):
+    """W's integer digits (:func:`~numgru.kernels.amx.pack_digits_into`) in this thread's scratch
+    ``name`` (as :func:`amx_pieces`); empty where a row of W is refused."""
+    size = digits_size.py_func(padded.py_func(W.shape[0]), padded.py_func(W.shape[1]))
+    buf = workspace(name, (size + 32,), np.uint16)
+    off = (-buf.ctypes.data % 64) // 2
+    out = buf[off:off + size]
+    return out[:pack_digits_into(W, out) * size]
+
+
+def recurrence_packing(W_hh, pieces=None, bf16_values=False):
+    """W_hh's packing for the recurrence's products on AMX tiles: its integer digits
+    (:func:`~numgru.kernels.amx.pack_digits`) where :func:`digits_wanted` holds, else, or where a
+    row of W_hh is refused, its bfloat16 pieces; a quantized model's (``bf16_values``, or
+    ``pieces.bfloat16``: one piece, three products) always its pieces. Kept by ``pieces`` (a frozen or quantized model's
+    :class:`FrozenPieces`) where given, else made now in this thread's scratch."""
+    one_piece = bf16_values or (pieces is not None and pieces.bfloat16)
+    if not one_piece and digits_wanted(W_hh.shape[1], matmul_order()):
+        Wd = amx_digits("amx_hh_digits", W_hh) if pieces is None else pieces.digits_of(W_hh)
+        if Wd.shape[0] > 0:
+            return Wd
+    return tile_packing(W_hh, "amx_hh", pieces)
 
 
 def tile_packing(W, name, pieces=None):
@@ -1119,7 +1185,7 @@ def gru_direction_backward(dy, col0, dh_n, tape, y, h0, W_hh, lengths, reverse, 
                 bool(reset_after), *gate_scalars(dtype, gate_kind, alpha, beta, clip), dgx, dgh, hprev,
                 rhprev, dh0, db_ih, db_hh, serial_tiled_max(thread_count()))
         tiles = amx_recurrence_wanted(T, B, H, 1, dtype, reset_after, gate_kind, clip is not None)
-        Wv_T = amx_pieces("amx_hh_T", W_T) if tiles else None
+        Wv_T = _backward_packing(W_T) if tiles else None
         if Wv_T is None or Wv_T.shape[0] == 0:
             gru_backward_serial(*args, None, 3, 0, B)
         else:
@@ -1137,6 +1203,17 @@ def gru_direction_backward(dy, col0, dh_n, tape, y, h0, W_hh, lengths, reverse, 
         db_hh_all[2 * H:] = db_hh.sum(axis=0).astype(dtype)
     return (dgx, (dgh if reset_after else None), hprev, (None if reset_after else rhprev), dh0, db_ih,
             db_hh_all)
+
+
+def _backward_packing(W_T):
+    """W_hh.T's packing for the backward's products of the gate gradients on tiles: its integer
+    digits where :func:`digits_wanted` holds (as the forward's W_hh, :func:`recurrence_packing`),
+    else, or where a row is refused, its bfloat16 pieces."""
+    if digits_wanted(W_T.shape[0], matmul_order()):
+        Wd = amx_digits("amx_hh_T_digits", W_T)
+        if Wd.shape[0] > 0:
+            return Wd
+    return amx_pieces("amx_hh_T", W_T)
 
 
 def weight_gradient(D, X, out, D2=None):
