@@ -191,7 +191,8 @@ def _tile_calls(monkeypatch):
         "gru_forward_amx": "steps", "amx_projection": "projection", "gru_forward_amx_rows": "rows",
         "amx_projection_parallel": "projection_parallel", "gru_backward_amx": "backward",
         "gru_backward_amx_rows": "backward_rows", "amx_gradient": "gradient",
-        "amx_gradient_parallel": "gradient_parallel"})
+        "amx_gradient_parallel": "gradient_parallel", "amx_digit_projection": "digit_projection",
+        "amx_digit_projection_parallel": "digit_projection_parallel"})
 
 
 @needs_amx
@@ -531,7 +532,9 @@ def test_training_on_tiles_matches_float64(rng, one_thread, monkeypatch, bf16_we
     calls = _tile_calls(monkeypatch)
     y, h_n, tape = g.forward_train(x, h0)
     dx, dh0, grads = g.backward(tape, dy, dh_n)
-    assert calls["steps"] == 4 and calls["projection"] == 4 + 4  # the forward's and dx's
+    # the forward's and dx's: on W's integer digits where 256 values or more are summed (the second
+    # layer's forward, 2H inputs; every dx, 3H gate gradients), the first layer's on its pieces
+    assert calls["steps"] == 4 and calls["projection"] == 2 and calls["digit_projection"] == 2 + 4
     assert calls["backward"] == 4 and calls["gradient"] == 8
     y64, h64, tape64 = g64.forward_train(x.astype(np.float64), h0.astype(np.float64))
     dx64, dh064, grads64 = g64.backward(tape64, dy.astype(np.float64), dh_n.astype(np.float64))
@@ -577,7 +580,7 @@ numba.set_num_threads(int(sys.argv[1]))
 calls = {}
 for name in ("gru_forward_amx", "gru_forward_amx_rows", "gru_backward_amx", "gru_backward_amx_rows",
              "amx_gradient", "amx_gradient_parallel", "amx_gradient_pair", "amx_projection",
-             "amx_projection_parallel"):
+             "amx_projection_parallel", "amx_digit_projection", "amx_digit_projection_parallel"):
     def counted(*args, _f=getattr(dispatch, name), _n=name):
         calls[_n] = calls.get(_n, 0) + 1
         return _f(*args)
@@ -611,7 +614,8 @@ def test_training_on_tiles_identical_with_1_and_2_threads(tmp_path):
         routes.append(dict(ast.literal_eval(done.stdout.strip().splitlines()[-1])))
     assert routes[0].get("gru_forward_amx") == 2 and routes[0].get("amx_gradient") == 4
     assert routes[1].get("gru_forward_amx_rows") == 2 and routes[1].get("amx_gradient_pair") == 2
-    assert routes[1].get("amx_projection_parallel") == 4  # the forward's two and dx's two
+    # the forward's two and dx's two (on W's integer digits where there are 2H = 256 inputs)
+    assert routes[1].get("amx_projection_parallel", 0) + routes[1].get("amx_digit_projection_parallel", 0) == 4
     assert routes[0].get("gru_backward_amx") == routes[1].get("gru_backward_amx_rows") == 2
     for k in outs[0].files:
         np.testing.assert_array_equal(outs[0][k], outs[1][k], err_msg=k)
@@ -669,8 +673,8 @@ def test_frozen_copy_keeps_its_packings_on_two_threads(rng, two_threads, monkeyp
     packed = []
     real, real_digits = dispatch.pack_amx, dispatch.pack_digits
     monkeypatch.setattr(dispatch, "pack_amx", lambda W: packed.append(W.shape) or real(W))
-    monkeypatch.setattr(dispatch, "pack_digits", lambda W: packed.append(("digits", *W.shape))
-                        or real_digits(W))
+    monkeypatch.setattr(dispatch, "pack_digits", lambda W, *args: packed.append(("digits", *W.shape))
+                        or real_digits(W, *args))
     calls = _tile_calls(monkeypatch)
     ys = [frozen(x)[0] for _ in range(3)]
     assert calls["rows"] == 3 and calls["projection_parallel"] == 3

@@ -76,7 +76,7 @@ def _state_digits(x):
     d = np.zeros((3, R, amx.padded64(amx.padded(K))), np.int8)
     s = np.empty(R, np.float32)
     for i in range(R):
-        s[i] = amx._digits_into(x[i], K, d[0, i], d[1, i], d[2, i], False)
+        s[i] = amx._digits_into(x[i], K, d[0, i], d[1, i], d[2, i], False, np.float32(0.0))
     return d, s
 
 
@@ -165,7 +165,8 @@ def test_forwards_on_digits_match_the_reference(rng, one_thread, monkeypatch, B,
     h0 = (0.5 * rng.standard_normal((1, B, H))).astype(np.float32)
     packed = []
     real = dispatch.pack_digits_into
-    monkeypatch.setattr(dispatch, "pack_digits_into", lambda W, out: packed.append(W.shape) or real(W, out))
+    monkeypatch.setattr(dispatch, "pack_digits_into",
+                        lambda W, out, spread: packed.append(W.shape) or real(W, out, spread))
     calls = count_calls(monkeypatch, dispatch, ["gru_forward_amx"])
     y, h_n = g(x, h0)
     assert calls["gru_forward_amx"] == 1 and packed == [(3 * H, H)]
@@ -220,3 +221,65 @@ def test_lower_precisions_keep_the_pieces(rng, one_thread):
         ng.set_float32_matmul_precision("highest")
     q = ng.GRU(256, 256, seed=0).quantize("bfloat16")
     assert dispatch.recurrence_packing(q._W_hh[0], q._amx_pieces).shape == (768 * 256,)
+
+
+@needs_amx
+@pytest.mark.parametrize("R", [1, 33, 300])
+def test_digit_projection_to_float32_accuracy(rng, R):
+    I, M = 256, 100
+    x = rng.standard_normal((R, I)).astype(np.float32)
+    W = (rng.standard_normal((M, I)) * 0.05).astype(np.float32)
+    b = rng.standard_normal(M).astype(np.float32)
+    spread = np.float32(dispatch.AMX_DIGITS_SPREAD)
+    Wd = amx.pack_digits(W, spread)
+    out = np.empty((R, M), np.float32)
+    assert amx.amx_digit_projection(x, Wd, M, b, True, out, spread)
+    ref = x.astype(np.float64) @ W.T.astype(np.float64) + b
+    f32_err = np.abs((x @ W.T + b) - ref).max()
+    assert np.abs(out - ref).max() <= 4 * max(f32_err, 2.0 ** -24 * np.abs(ref).max())
+    par = np.empty_like(out)
+    assert amx.amx_digit_projection_parallel(x, Wd, M, b, True, par, spread, 2)
+    np.testing.assert_array_equal(par, out)  # each row's bits whatever the ranges
+    with pytest.raises(ValueError):
+        amx.amx_digit_projection(x, amx.pack_amx(W), M, b, True, out, spread)  # not digits
+    with pytest.raises(ValueError):
+        amx.amx_projection(x, Wd, M, b, True, out, 3)  # digits are not pieces
+
+
+@needs_amx
+def test_inputs_of_mixed_scales_keep_the_pieces(rng, one_thread, monkeypatch):
+    # unnormalised features (one column in the thousands): the digits refuse the rows (their largest
+    # magnitude is far above their mean) and the projection runs on the bfloat16 pieces, to float32
+    # accuracy; normalised inputs take the digits
+    T, B, I, H = 16, 32, 256, 64
+    g = ng.GRU(I, H, seed=5)
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    calls = count_calls(monkeypatch, dispatch, {"amx_digit_projection": "digits", "amx_projection": "pieces"})
+    y = g(x)[0]
+    assert calls == {"digits": 1, "pieces": 0}
+    x[..., 7] *= np.float32(2026.0)
+    y = g(x)[0]
+    assert calls == {"digits": 2, "pieces": 1}
+    np.testing.assert_allclose(y, ref_gru(x, g.state_dict(), 1, H)[0], **TOL[np.float32])
+    spread = np.float32(dispatch.AMX_DIGITS_SPREAD)
+    Wd = amx.pack_digits(g.state_dict()["weight_ih_l0"], spread)
+    out = np.empty((T * B, 3 * H), np.float32)
+    assert not amx.amx_digit_projection(x.reshape(T * B, I), Wd, 3 * H, out[0], False, out, spread)
+    W = np.ones((4, 300), np.float32)
+    W[2, 0] = 100.0  # a weight row of mixed scales is refused at packing
+    assert amx.pack_digits(W, spread).shape == (0,) and amx.pack_digits(W).shape[0] > 0
+
+
+@needs_amx
+def test_frozen_copy_keeps_the_input_digits(rng, one_thread, monkeypatch):
+    T, B, I, H = 16, 32, 256, 64
+    g = ng.GRU(I, H, seed=6)
+    frozen = g.freeze()
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    packed = []
+    real = dispatch.pack_digits
+    monkeypatch.setattr(dispatch, "pack_digits", lambda W, *args: packed.append(W.shape) or real(W, *args))
+    ys = [frozen(x)[0] for _ in range(3)]
+    assert packed == [(3 * H, I)]
+    np.testing.assert_array_equal(ys[2], ys[0])
+    np.testing.assert_array_equal(ys[0], g(x)[0])

@@ -550,10 +550,12 @@ def digits16(typingctx, src, j, n, c, d0, d1, d2):
 
 
 @inline
-def _digits_into(src, K, d0, d1, d2, fine):
+def _digits_into(src, K, d0, d1, d2, fine, spread):
     """src[:K] (float32) as integers n of a common scale in three signed int8 digits d0, d1, d2[:K],
     n = d0·2¹⁶ + d1·2⁸ + d2 (balanced base 256: d0 in [−127, 127], d1 and d2 in [−128, 127];
-    :func:`digits16`), each value rounded to the nearest integer. ``fine``: the largest magnitude m
+    :func:`digits16`), each value rounded to the nearest integer. ``spread`` (0: none): refuse a row
+    whose largest magnitude is more than ``spread`` times its mean magnitude (an input row of mixed
+    scales, whose small values the digits would keep to fewer bits than float32 does). ``fine``: the largest magnitude m
     scaled to ``DIGIT_SCALE`` (an error of at most m·2⁻²⁴ a value; a weight row's), else by the
     largest power of two that keeps it at most ``DIGIT_SCALE`` (m·2⁻²³; a state row's, whose scale
     then multiplies exactly, in any order). Returns the scale s with src ≈ s·2⁻⁸·n (the 2⁻⁸ taken
@@ -566,6 +568,12 @@ def _digits_into(src, K, d0, d1, d2, fine):
     m = _float_of(top)
     if top >= np.int32(0x7F800000) or m > DIGIT_HI or (m < DIGIT_LO and m != 0):
         return np.float32(-1.0)
+    if spread > 0 and m != 0:
+        total = np.float32(0.0)
+        for k in range(K):
+            total += abs(src[k])
+        if m * np.float32(K) > spread * total:
+            return np.float32(-1.0)
     if m == 0:
         c = np.float32(0.0)
     elif fine:
@@ -580,7 +588,7 @@ def _digits_into(src, K, d0, d1, d2, fine):
 
 
 @inline
-def _pack_digits_into(W, out):
+def _pack_digits_into(W, out, spread):
     """W's digits (:func:`_digits_into`, a row of W a scale) into ``out`` as :func:`pack_digits`
     lays them out; returns 1, or 0 where a row is refused."""
     N, K = W.shape
@@ -599,7 +607,7 @@ def _pack_digits_into(W, out):
         for c in range(16):
             n = nb * 16 + c
             if n < N:
-                s = _digits_into(W[n], K, r8[0, c], r8[1, c], r8[2, c], True)
+                s = _digits_into(W[n], K, r8[0, c], r8[1, c], r8[2, c], True, spread)
                 if s < 0:
                     return 0
                 scales[n] = s
@@ -611,26 +619,27 @@ def _pack_digits_into(W, out):
     return 1
 
 
-def pack_digits(W):
+def pack_digits(W, spread=0.0):
     """W (N, K) float32, C-contiguous → its integer digits for the recurrence's products (one flat
     uint16 array, 64-byte aligned, of ``digits_size`` values; empty where a row is refused): each row
     of W scaled to 24-bit integers in three signed int8 digits (:func:`_digits_into`), digit p of
     W[n, k] at byte p·Np·Kq + ((n // 16)·Kq + k − k % 4)·16 + (n % 16)·4 + k % 4 (AMX's int8 quads;
     Np: N rounded up to 32, Kq: K to 64, the padding zero), then the rows' scales as Np float32.
-    Made by :func:`pack_digits_into`, the one compiled copy of the rounding, so that every packing of
-    W holds the same digits."""
+    ``spread``: refuse rows of mixed scales (:func:`_digits_into`; 0, none). Made by
+    :func:`pack_digits_into`, the one compiled copy of the rounding, so that every packing of W
+    holds the same digits."""
     size = digits_size.py_func(padded.py_func(W.shape[0]), padded.py_func(W.shape[1]))
     buf = np.empty(size + 32, np.uint16)
     out = buf[(-buf.ctypes.data % 64) // 2:][:size]
-    return out[:pack_digits_into(W, out) * size]
+    return out[:pack_digits_into(W, out, np.float32(spread)) * size]
 
 
 @kernel
-def pack_digits_into(W, out):
+def pack_digits_into(W, out, spread):
     """:func:`pack_digits` into ``out`` (``digits_size`` uint16, 64-byte aligned: a caller's
-    scratch); returns 1, or 0 where a row of W is refused."""
+    scratch); returns 1, or 0 where a row of W is refused (``spread``: as :func:`_digits_into`'s)."""
     wide_vectors()
-    return _pack_digits_into(W, out)
+    return _pack_digits_into(W, out, spread)
 
 
 @inline
@@ -721,18 +730,17 @@ def _thirty_two_rows_digits(A8, Wq, S, Kq, Np):
 
 
 @inline
-def _digit_rows_product(src, nb, Wv, A, acc, acc3):
+def _digit_rows_product(src, nb, Wv, A, acc, acc3, Np, wide_bytes, spread):
     """acc[:nb, :Np] = src[:nb] @ W.T from W's digits (Wv = :func:`pack_digits` (W)), 16 rows at a
     time: each row's digits (:func:`_digits_into`) into A's bytes, their products' sums into acc3's
     (as int32), then put together (:func:`_combine_digits`). False where a row is refused."""
     K = src.shape[1]
-    Np = acc.shape[1]
     Kq = padded64(K)
     A8 = A.view(np.int8)
     Wq = Wv.view(np.int8)
     sw = Wv[3 * Np * Kq // 2:].view(np.float32)
     Sf = acc3.reshape(acc3.size).view(np.int32)
-    wide = (nb > 16 and 3 * Np * Kq > DIGIT_WIDE_BYTES and Sf.shape[0] >= 6 * 16 * Np
+    wide = (nb > 16 and 3 * Np * Kq > wide_bytes and Sf.shape[0] >= 6 * 16 * Np
             and A8.shape[0] >= 3 * 32 * Kq)
     G = 32 if wide else 16
     S = Sf[:2 * 3 * 16 * Np].reshape(6, 16, Np) if wide else Sf[:3 * 16 * Np].reshape(3, 16, Np)
@@ -741,7 +749,7 @@ def _digit_rows_product(src, nb, Wv, A, acc, acc3):
     for g0 in range(0, nb, G):
         rows = min(G, nb - g0)
         for i in range(rows):
-            s = _digits_into(src[g0 + i], K, D[0, i], D[1, i], D[2, i], False)
+            s = _digits_into(src[g0 + i], K, D[0, i], D[1, i], D[2, i], False, spread)
             if s < 0:
                 return False
             sa[i] = s
@@ -920,6 +928,70 @@ def amx_projection_parallel(x, Wv, N, bias, use_bias, out, n_threads, order):
 
 
 @inline
+def _project_digit_rows(x, Wd, N, biasp, out, r0, r1, spread):
+    """out[r0:r1] = x[r0:r1] @ W.T + biasp[:N] from W's digits (:func:`amx_digit_projection`'s work
+    on a range of rows, with its own scratch and tile configuration); False where a row is refused."""
+    K = x.shape[1]
+    Np = padded(N)
+    A, A3, acc, acc3 = _amx_scratch(32, K, N, False)
+    tile_config(_tile_config())
+    ok = True
+    for q0 in range(r0, r1, 32):
+        nb = min(32, r1 - q0)
+        if not _digit_rows_product(x[q0:q0 + nb], nb, Wd, A, out[q0:q0 + nb], acc3, Np, 0, spread):
+            ok = False
+            break
+        for i in range(nb):
+            orow = out[q0 + i]
+            for j in range(N):
+                orow[j] += biasp[j]
+    tile_release()
+    return ok
+
+
+@inline
+def _digit_projection_args(x, Wd, N, bias, use_bias, out):
+    """Check :func:`amx_digit_projection`'s shapes; the bias padded to whole tiles (zeros without)."""
+    R, K = x.shape
+    if _pieces_of(Wd, padded(N), padded(K)) != DIGITS or out.shape[0] != R or out.shape[1] != N or \
+            (use_bias and bias.shape[0] < N):
+        raise ValueError("amx_digit_projection: shapes do not match")
+    biasp = aligned_zeros(padded(N), np.float32)
+    if use_bias:
+        for j in range(N):
+            biasp[j] = bias[j]
+    return biasp
+
+
+@kernel
+def amx_digit_projection(x, Wd, N, bias, use_bias, out, spread):
+    """out = x @ W.T (+ bias) on AMX's int8 tiles from ``Wd = pack_digits(W, spread)`` for W (N, K)
+    float32: each row of x split into integer digits as a state is (module docstring), 32 rows at a
+    time. x (R, K), out (R, N) C-contiguous float32, bias (N,) float32. Returns False, with out partly
+    written, where a row of x is refused (NaN, ±Inf, a largest magnitude outside [2⁻⁶⁰, 2⁶⁰], or more
+    than ``spread`` times the row's mean magnitude): the caller then takes another route."""
+    wide_vectors()
+    biasp = _digit_projection_args(x, Wd, N, bias, use_bias, out)
+    return _project_digit_rows(x, Wd, N, biasp, out, 0, x.shape[0], spread)
+
+
+@parallel_kernel(name="amx_digit_projection_parallel")
+def amx_digit_projection_parallel(x, Wd, N, bias, use_bias, out, spread, n_threads):
+    """:func:`amx_digit_projection` on Numba's threads: ``n_threads`` ranges of rows (multiples of
+    32 but the last), each on its own core's tiles (each row's result is the same bits on any)."""
+    wide_vectors()
+    biasp = _digit_projection_args(x, Wd, N, bias, use_bias, out)
+    R = x.shape[0]
+    per = max(32, (R + 32 * n_threads - 1) // (32 * n_threads) * 32)
+    nc = (R + per - 1) // per
+    ok = np.ones(nc, np.bool_)
+    for c in prange(nc):
+        wide_vectors()
+        ok[c] = _project_digit_rows(x, Wd, N, biasp, out, c * per, min(R, (c + 1) * per), spread)
+    return ok.all()
+
+
+@inline
 def _sixteen_rows_product(A, Wv, acc3, Kp, Np, one, order):
     """acc3[p] (16, Np) = piece p of A's 16 rows (rows Kp apart, pieces 16·Kp apart) times W's
     pieces as :func:`_six` pairs them for ``order`` (3: a₁ by w₁, w₂, w₃; a₂ by w₁, w₂; a₃ by w₁),
@@ -973,7 +1045,7 @@ def _tile_rows_product(src, nb, Wv, A, A3, acc, acc3, order):
     Np = acc.shape[1]
     kind = _pieces_of(Wv, Np, Kp)
     if kind == DIGITS:
-        return _digit_rows_product(src, nb, Wv, A, acc, acc3)
+        return _digit_rows_product(src, nb, Wv, A, acc, acc3, Np, DIGIT_WIDE_BYTES, np.float32(0.0))
     one = kind == 1
     for i in range(nb):
         if not _split_into(src[i], K, A3[0, i], A3[1, i], A3[2, i]):
