@@ -597,10 +597,9 @@ def amx_project_digits(x2d, W, bias, use_bias, out, threads=1, pieces=None, name
     a row whose largest magnitude passes ``spread`` (default ``AMX_DIGITS_SPREAD``; 0 for none)
     times its mean (features of mixed scales, whose small values the digits would keep to fewer bits
     than float32; gate gradients, whose error is judged against the largest, take none, as in the
-    backward's steps). W packed into this
-    thread's scratch ``name``, or kept by ``pieces`` (a frozen model's :class:`FrozenPieces`; a
-    quantized model's bfloat16 weights keep their pieces). False where not taken, out then partly
-    written: the caller takes the pieces or the float32 route."""
+    backward's steps). W packed into this thread's scratch ``name``, or kept by ``pieces`` (a frozen
+    model's :class:`FrozenPieces`; a quantized model's bfloat16 weights keep their pieces). False
+    where not taken, out then partly written: the caller takes the pieces or the float32 route."""
     M, I = W.shape
     if not amx_digit_projection_wanted(M, I) or (pieces is not None and pieces.bfloat16):
         return False
@@ -659,8 +658,10 @@ def amx_recurrence_wanted(T, B, H, threads, dtype, reset_after, gate_kind, use_c
     / 1.55×; H = 512 0.81× / 1.12× / 1.57×; H = 1024 0.66× / 0.87× / 1.34×; H = 128, B = 8 1.06×;
     B = 1 0.46–0.65×, the tiles' loads from L3 slower than the vector units').
 
-    At a lower precision (:func:`set_float32_matmul_precision`) also from the rows
-    :func:`_rows_at_order` gives (the rule then reads the setting; plans are kept per setting)."""
+    At the default precision from H = 128 also from the rows :func:`_rows_on_digits` gives (W_hh's
+    integer digits, :func:`digits_wanted`); at a lower precision (:func:`set_float32_matmul_precision`)
+    from the rows :func:`_rows_at_order` gives (the rule then reads the setting; plans are kept per
+    setting)."""
     if not (dtype == np.float32 and reset_after and gate_kind == 0 and not use_clip and threads == 1
             and T >= AMX_STEP_MIN_STEPS and H >= AMX_STEP_MIN_HIDDEN):
         return False
