@@ -884,10 +884,12 @@ def _project_rows(x, Wv, N, biasp, out, r0, r1, order):
 
 
 @inline
-def _projection_args(x, Wv, N, bias, use_bias, out):
-    """Check :func:`amx_projection`'s shapes; the bias padded to whole tiles (zeros without)."""
+def _projection_args(x, Wv, N, bias, use_bias, out, digits):
+    """Check :func:`amx_projection`'s shapes (:func:`amx_digit_projection`'s with ``digits``: Wv
+    then holds W's digits, else its pieces); the bias padded to whole tiles (zeros without)."""
     R, K = x.shape
-    if _pieces_of(Wv, padded(N), padded(K)) in (0, DIGITS) or out.shape[0] != R or out.shape[1] != N or \
+    kind = _pieces_of(Wv, padded(N), padded(K))
+    if kind == 0 or (kind == DIGITS) != digits or out.shape[0] != R or out.shape[1] != N or \
             (use_bias and bias.shape[0] < N):
         raise ValueError("amx_projection: shapes do not match")
     biasp = aligned_zeros(padded(N), np.float32)
@@ -907,7 +909,7 @@ def amx_projection(x, Wv, N, bias, use_bias, out, order):
     then computes the product in float32. The caller checks that the CPU runs AMX
     (:func:`amx_ready`) and that Wv is W's packing (nonempty)."""
     wide_vectors()
-    biasp = _projection_args(x, Wv, N, bias, use_bias, out)
+    biasp = _projection_args(x, Wv, N, bias, use_bias, out, False)
     return _project_rows(x, Wv, N, biasp, out, 0, x.shape[0], order)
 
 
@@ -916,7 +918,7 @@ def amx_projection_parallel(x, Wv, N, bias, use_bias, out, n_threads, order):
     """:func:`amx_projection` on Numba's threads: ``n_threads`` ranges of rows (multiples of 32 but
     the last), each on its own core's tiles."""
     wide_vectors()
-    biasp = _projection_args(x, Wv, N, bias, use_bias, out)
+    biasp = _projection_args(x, Wv, N, bias, use_bias, out, False)
     R = x.shape[0]
     per = max(32, (R + 32 * n_threads - 1) // (32 * n_threads) * 32)
     nc = (R + per - 1) // per
@@ -949,20 +951,6 @@ def _project_digit_rows(x, Wd, N, biasp, out, r0, r1, spread):
     return ok
 
 
-@inline
-def _digit_projection_args(x, Wd, N, bias, use_bias, out):
-    """Check :func:`amx_digit_projection`'s shapes; the bias padded to whole tiles (zeros without)."""
-    R, K = x.shape
-    if _pieces_of(Wd, padded(N), padded(K)) != DIGITS or out.shape[0] != R or out.shape[1] != N or \
-            (use_bias and bias.shape[0] < N):
-        raise ValueError("amx_digit_projection: shapes do not match")
-    biasp = aligned_zeros(padded(N), np.float32)
-    if use_bias:
-        for j in range(N):
-            biasp[j] = bias[j]
-    return biasp
-
-
 @kernel
 def amx_digit_projection(x, Wd, N, bias, use_bias, out, spread):
     """out = x @ W.T (+ bias) on AMX's int8 tiles from ``Wd = pack_digits(W, spread)`` for W (N, K)
@@ -971,7 +959,7 @@ def amx_digit_projection(x, Wd, N, bias, use_bias, out, spread):
     written, where a row of x is refused (NaN, ±Inf, a largest magnitude outside [2⁻⁶⁰, 2⁶⁰], or more
     than ``spread`` times the row's mean magnitude): the caller then takes another route."""
     wide_vectors()
-    biasp = _digit_projection_args(x, Wd, N, bias, use_bias, out)
+    biasp = _projection_args(x, Wd, N, bias, use_bias, out, True)
     return _project_digit_rows(x, Wd, N, biasp, out, 0, x.shape[0], spread)
 
 
@@ -980,7 +968,7 @@ def amx_digit_projection_parallel(x, Wd, N, bias, use_bias, out, spread, n_threa
     """:func:`amx_digit_projection` on Numba's threads: ``n_threads`` ranges of rows (multiples of
     32 but the last), each on its own core's tiles (each row's result is the same bits on any)."""
     wide_vectors()
-    biasp = _digit_projection_args(x, Wd, N, bias, use_bias, out)
+    biasp = _projection_args(x, Wd, N, bias, use_bias, out, True)
     R = x.shape[0]
     per = max(32, (R + 32 * n_threads - 1) // (32 * n_threads) * 32)
     nc = (R + per - 1) // per
