@@ -553,12 +553,12 @@ def digits16(typingctx, src, j, n, c, d0, d1, d2):
 def _digits_into(src, K, d0, d1, d2, fine, spread):
     """src[:K] (float32) as integers n of a common scale in three signed int8 digits d0, d1, d2[:K],
     n = d0·2¹⁶ + d1·2⁸ + d2 (balanced base 256: d0 in [−127, 127], d1 and d2 in [−128, 127];
-    :func:`digits16`), each value rounded to the nearest integer. ``spread`` (0: none): refuse a row
-    whose largest magnitude is more than ``spread`` times its mean magnitude (an input row of mixed
-    scales, whose small values the digits would keep to fewer bits than float32 does). ``fine``: the largest magnitude m
+    :func:`digits16`), each value rounded to the nearest integer. ``fine``: the largest magnitude m
     scaled to ``DIGIT_SCALE`` (an error of at most m·2⁻²⁴ a value; a weight row's), else by the
     largest power of two that keeps it at most ``DIGIT_SCALE`` (m·2⁻²³; a state row's, whose scale
-    then multiplies exactly, in any order). Returns the scale s with src ≈ s·2⁻⁸·n (the 2⁻⁸ taken
+    then multiplies exactly, in any order). ``spread`` (0: none): refuse a row whose largest
+    magnitude is more than ``spread`` times its mean magnitude (an input row of mixed scales, whose
+    small values the digits would keep to fewer bits than float32 does). Returns the scale s with src ≈ s·2⁻⁸·n (the 2⁻⁸ taken
     out of each side of a product of digits, whose sums :func:`_combine_digits` puts together), 0
     for a row of zeros, or −1 where a value is not finite or m is nonzero and outside
     [``DIGIT_LO``, ``DIGIT_HI``] (the digits then mean nothing)."""
@@ -935,7 +935,7 @@ def _project_digit_rows(x, Wd, N, biasp, out, r0, r1, spread):
     on a range of rows, with its own scratch and tile configuration); False where a row is refused."""
     K = x.shape[1]
     Np = padded(N)
-    A, A3, acc, acc3 = _amx_scratch(32, K, N, False)
+    A, _, _, acc3 = _amx_scratch(32, K, N, False)  # (the sums go straight into out's rows)
     tile_config(_tile_config())
     ok = True
     for q0 in range(r0, r1, 32):

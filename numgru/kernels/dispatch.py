@@ -696,12 +696,7 @@ def _rows_on_digits(H, order):
     1.00× / 1.19× / 1.23× / 1.34× / 1.37× (0.99× at 10); H = 384, B = 8 1.32× (0.65×); H = 512,
     B = 4 / 6 / 8 / 16 0.89× / 1.01× / 1.09× / 1.43×; H = 1024, B = 2 / 4 / 6 / 8 / 16 / 32 0.97× /
     0.99× / 1.14× / 1.16× / 1.41× / 1.30× (1.03× at 16)."""
-    need = 1 << 62
-    if digits_wanted(H, order):
-        for h_min, rows in AMX_DIGIT_ROWS:
-            if H >= h_min:
-                need = rows
-    return need
+    return _rows_for(AMX_DIGIT_ROWS if digits_wanted(H, order) else (), H)
 
 
 def _rows_at_order(H, order):
@@ -716,8 +711,14 @@ def _rows_at_order(H, order):
     1.27×; H = 128, B = 4 / 8 0.75× / 1.03×. "medium", H = 1024, B = 1 / 2 / 4 / 16 1.29× / 1.29× /
     1.39× / 1.84×; H = 512, B = 1 / 4 1.78× / 1.82×; H = 256, B = 1 / 2 / 4 / 8 0.90× / 0.98× /
     1.26× / 1.70×; H = 128, B = 4 / 8 0.96× / 1.14×; H = 64, B = 8 / 16 0.94× / 1.10×."""
+    return _rows_for(AMX_STEP_ROWS_BY_ORDER.get(order, ()), H)
+
+
+def _rows_for(table, H):
+    """The rows of the last (least H, rows) pair of ``table`` that H reaches, or a number no batch
+    reaches."""
     need = 1 << 62
-    for h_min, rows in AMX_STEP_ROWS_BY_ORDER.get(order, ()):
+    for h_min, rows in table:
         if H >= h_min:
             need = rows
     return need
@@ -961,8 +962,8 @@ def serial_forward(B, threads, route):
 
 class FrozenPieces:
     """The AMX packings (:func:`~numgru.kernels.amx.pack_amx`, :func:`~numgru.kernels.amx.pack_digits`)
-    of a frozen model's read-only weight matrices, each made on first use and kept with the matrix it came from (a matrix is known by
-    identity; the entry holds it, so the identity stays its own)."""
+    of a frozen model's read-only weight matrices, each made on first use and kept with the matrix it
+    came from (a matrix is known by identity; the entry holds it, so the identity stays its own)."""
 
     __slots__ = ("_kept", "bfloat16")
 
@@ -1126,9 +1127,7 @@ def amx_pieces(name, W):
     faulted their pages in anew (one thread, T = 32, B = 64, H = 1024: W_ih's and W_hh's packings,
     18 MB each, were 28 ms of a 118 ms forward)."""
     size = padded.py_func(W.shape[0]) * padded.py_func(W.shape[1])
-    buf = workspace(name, (3 * size + 32,), np.uint16)
-    off = (-buf.ctypes.data % 64) // 2
-    out = buf[off:off + 3 * size]
+    out = _aligned_scratch(name, 3 * size)
     return out[:pack_amx_into(W, out) * size]
 
 
@@ -1137,24 +1136,30 @@ def amx_digits(name, W, spread=0.0):
     ``name`` (as :func:`amx_pieces`); empty where a row of W is refused (``spread``: rows of mixed
     scales too)."""
     size = digits_size.py_func(padded.py_func(W.shape[0]), padded.py_func(W.shape[1]))
-    buf = workspace(name, (size + 32,), np.uint16)
-    off = (-buf.ctypes.data % 64) // 2
-    out = buf[off:off + size]
+    out = _aligned_scratch(name, size)
     return out[:pack_digits_into(W, out, np.float32(spread)) * size]
 
 
-def recurrence_packing(W_hh, pieces=None, bf16_values=False):
-    """W_hh's packing for the recurrence's products on AMX tiles: its integer digits
-    (:func:`~numgru.kernels.amx.pack_digits`) where :func:`digits_wanted` holds, else, or where a
-    row of W_hh is refused, its bfloat16 pieces; a quantized model's (``bf16_values``, or
-    ``pieces.bfloat16``: one piece, three products) always its pieces. Kept by ``pieces`` (a frozen or quantized model's
-    :class:`FrozenPieces`) where given, else made now in this thread's scratch."""
+def _aligned_scratch(name, size):
+    """``size`` uint16 of this thread's :func:`workspace` ``name``, starting on a 64-byte boundary."""
+    buf = workspace(name, (size + 32,), np.uint16)
+    off = (-buf.ctypes.data % 64) // 2
+    return buf[off:off + size]
+
+
+def recurrence_packing(W, pieces=None, bf16_values=False, name="amx_hh"):
+    """W_hh's (or, ``name`` "amx_hh_T", the backward's W_hh.T's) packing for the recurrence's
+    products on AMX tiles: its integer digits (:func:`~numgru.kernels.amx.pack_digits`) where
+    :func:`digits_wanted` holds for H (W's shorter side), else, or where a row of W is refused, its
+    bfloat16 pieces; a quantized model's (``bf16_values``, or ``pieces.bfloat16``: one piece, three
+    products) always its pieces. Kept by ``pieces`` (a frozen or quantized model's
+    :class:`FrozenPieces`) where given, else made now in this thread's scratch ``name``."""
     one_piece = bf16_values or (pieces is not None and pieces.bfloat16)
-    if not one_piece and digits_wanted(W_hh.shape[1], matmul_order()):
-        Wd = amx_digits("amx_hh_digits", W_hh) if pieces is None else pieces.digits_of(W_hh)
+    if not one_piece and digits_wanted(min(W.shape), matmul_order()):
+        Wd = amx_digits(name + "_digits", W) if pieces is None else pieces.digits_of(W)
         if Wd.shape[0] > 0:
             return Wd
-    return tile_packing(W_hh, "amx_hh", pieces)
+    return tile_packing(W, name, pieces)
 
 
 def tile_packing(W, name, pieces=None):
@@ -1233,7 +1238,7 @@ def gru_direction_backward(dy, col0, dh_n, tape, y, h0, W_hh, lengths, reverse, 
                 bool(reset_after), *gate_scalars(dtype, gate_kind, alpha, beta, clip), dgx, dgh, hprev,
                 rhprev, dh0, db_ih, db_hh, serial_tiled_max(thread_count()))
         tiles = amx_recurrence_wanted(T, B, H, 1, dtype, reset_after, gate_kind, clip is not None)
-        Wv_T = _backward_packing(W_T) if tiles else None
+        Wv_T = recurrence_packing(W_T, name="amx_hh_T") if tiles else None
         if Wv_T is None or Wv_T.shape[0] == 0:
             gru_backward_serial(*args, None, 3, 0, B)
         else:
@@ -1251,17 +1256,6 @@ def gru_direction_backward(dy, col0, dh_n, tape, y, h0, W_hh, lengths, reverse, 
         db_hh_all[2 * H:] = db_hh.sum(axis=0).astype(dtype)
     return (dgx, (dgh if reset_after else None), hprev, (None if reset_after else rhprev), dh0, db_ih,
             db_hh_all)
-
-
-def _backward_packing(W_T):
-    """W_hh.T's packing for the backward's products of the gate gradients on tiles: its integer
-    digits where :func:`digits_wanted` holds (as the forward's W_hh, :func:`recurrence_packing`),
-    else, or where a row is refused, its bfloat16 pieces."""
-    if digits_wanted(W_T.shape[0], matmul_order()):
-        Wd = amx_digits("amx_hh_T_digits", W_T)
-        if Wd.shape[0] > 0:
-            return Wd
-    return amx_pieces("amx_hh_T", W_T)
 
 
 def weight_gradient(D, X, out, D2=None):
