@@ -389,11 +389,16 @@ def test_tile_rules(monkeypatch):
     assert not dispatch.amx_recurrence_wanted(128, 8, 256, 2, f4, True, 0, False, bf16_values=True)
     assert dispatch.amx_gradient_wanted(512, 768, 256, f4)
     assert dispatch.amx_gradient_wanted(8192, 384, 128, f4)
-    assert not dispatch.amx_gradient_wanted(511, 768, 256, f4)
-    assert not dispatch.amx_gradient_wanted(8192, 192, 64, f4)  # too small to repay the split
-    assert not dispatch.amx_gradient_wanted(2048, 3072, 1024, f4)  # the sums past L2, too few rows
-    assert dispatch.amx_gradient_wanted(4096, 3072, 1024, f4)  # ... enough rows to repay them
-    assert not dispatch.amx_gradient_wanted(8192, 6144, 2048, f4)
+    # where OpenBLAS would spread the GEMM over its threads the tiles take it too, faster or not
+    # (its idle workers spin on the cores Numba's threads then wait for)
+    assert dispatch.amx_gradient_wanted(511, 768, 256, f4)
+    assert dispatch.amx_gradient_wanted(8192, 192, 64, f4)
+    assert dispatch.amx_gradient_wanted(2048, 3072, 1024, f4)
+    assert dispatch.amx_gradient_wanted(8192, 6144, 2048, f4)
+    assert dispatch.amx_gradient_wanted(4096, 3072, 1024, f4)
+    assert dispatch.amx_gradient_wanted(4096, 96, 32, f4)
+    assert not dispatch.amx_gradient_wanted(512, 24, 8, f4)  # one thread in OpenBLAS, and faster there
+    assert not dispatch.amx_gradient_wanted(256, 32, 32, f4)
     assert not dispatch.amx_gradient_wanted(8192, 768, 256, f8)
     monkeypatch.setattr(dispatch, "amx_ready", lambda: False)
     assert not dispatch.amx_projection_wanted(4096, 256, 1, f4, False)
@@ -436,8 +441,7 @@ def test_weight_gradient_within_float32_rounding(rng, N, M, I, M2):
 
 @needs_amx
 def test_weight_gradient_leaves_refused_values_to_float32(rng, monkeypatch):
-    monkeypatch.setattr(dispatch, "AMX_GRADIENT_MIN_ROWS", 1)
-    monkeypatch.setattr(dispatch, "AMX_GRADIENT_SIZES", (1, 1 << 30))
+    monkeypatch.setattr(dispatch, "BLAS_THREADED_MNK", 0)
     none = np.empty((50, 0), np.float32)
     for bad, where in ((np.nan, "D"), (np.inf, "X"), (-np.inf, "D"), (np.float32(3.1e38), "X"), (np.nan, "D2")):
         D = rng.standard_normal((50, 20)).astype(np.float32)
@@ -492,8 +496,7 @@ def test_gradient_pair_equals_two_gradients(rng, two_threads, monkeypatch):
     np.testing.assert_array_equal(got[0], want[0])
     assert (got[1] == 7.0).all()
     # the dispatch: the pair on two threads, the refused gradient through BLAS (NaN where G has it)
-    monkeypatch.setattr(dispatch, "AMX_GRADIENT_MIN_ROWS", 1)
-    monkeypatch.setattr(dispatch, "AMX_GRADIENT_SIZES", (1, 1 << 30))
+    monkeypatch.setattr(dispatch, "BLAS_THREADED_MNK", 0)
     calls = _tile_calls(monkeypatch)
     pair = count_calls(monkeypatch, dispatch, ["amx_gradient_pair"])
     out = [np.empty_like(w) for w in want]

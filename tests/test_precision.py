@@ -203,19 +203,15 @@ def test_projection_rule_reads_the_setting(monkeypatch):
     assert wanted(64, 256) and not wanted(64, 64) and wanted(128, 64) and not wanted(32, 1024)
 
 
-def test_gradient_rule_reads_the_setting(monkeypatch):
-    # fewer products repay larger sums over fewer rows, and ("medium") smaller gradients
+def test_gradient_rule_is_the_same_at_every_precision(monkeypatch):
+    # where OpenBLAS would thread the GEMM the tiles take it, whatever the precision (and the threads)
     monkeypatch.setattr(dispatch, "amx_ready", lambda: True)
     wanted = dispatch.amx_gradient_wanted
     f4 = np.float32
-    assert not wanted(2048, 3072, 1024, f4) and not wanted(8192, 6144, 2048, f4)
-    assert not wanted(8192, 192, 64, f4) and not wanted(511, 768, 256, f4)
-    ng.set_float32_matmul_precision("high")
-    assert wanted(2048, 3072, 1024, f4) and wanted(8192, 6144, 2048, f4)
-    assert not wanted(4096, 6144, 2048, f4) and not wanted(8192, 192, 64, f4)
-    ng.set_float32_matmul_precision("medium")
-    assert wanted(8192, 6144, 2048, f4) and wanted(8192, 192, 64, f4) and not wanted(511, 192, 64, f4)
-    assert not wanted(8192, 768, 256, np.float64)
+    for precision in ("highest", "high", "medium"):
+        ng.set_float32_matmul_precision(precision)
+        assert wanted(2048, 3072, 1024, f4) and wanted(8192, 192, 64, f4) and wanted(511, 768, 256, f4)
+        assert not wanted(512, 24, 8, f4) and not wanted(8192, 768, 256, np.float64)
 
 
 @needs_amx

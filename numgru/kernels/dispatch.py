@@ -103,11 +103,9 @@ AMX_DIGITS_MIN_INPUTS = 256
 AMX_DIGITS_SPREAD = 16.0
 AMX_ROWS_PER_THREAD = 32
 AMX_ROWS_MIN_HIDDEN = 128
-AMX_GRADIENT_MIN_ROWS = 512
-AMX_GRADIENT_SIZES = (1 << 15, 1 << 21)
-AMX_GRADIENT_LARGE = {3: ((4096, 1 << 22),), 2: ((2048, 1 << 22), (8192, 1 << 24)),
-                      1: ((2048, 1 << 22), (8192, 1 << 24))}
-AMX_GRADIENT_MIN_SIZE_MEDIUM = 1 << 13
+#: the product M·N·K above which OpenBLAS spreads a GEMM over its threads (its
+#: GEMM_MULTITHREAD_THRESHOLD, 4, times SMP_THRESHOLD_MIN, 65536)
+BLAS_THREADED_MNK = 4 * 65536
 
 
 def blas_vectors_wider():
@@ -403,6 +401,17 @@ def serial_tiled_max(threads):
     return TILED_MAX_ONE_THREAD if threads == 1 else 4
 
 
+def training_tiled_max():
+    """``tiled_max`` for training's serial kernels (the tape-writing forward and the backward): on a CPU
+    with AMX the one-thread value whatever the thread count, so that no step's product goes to
+    OpenBLAS's threads there. The projections, weight gradients and tiled recurrences run on Numba's
+    threads on such a CPU, and OpenBLAS's idle workers, spinning for a while after each call, held
+    the cores those parallel regions waited for: T = 128, B = 8, H = 256 (the steps off the tiles,
+    the backward's W_hhᵀ of 768 columns taken by a threaded GEMM from 5 rows) read 37.3 ms a
+    training step on two threads against 15.7 on one."""
+    return serial_tiled_max(1 if amx_ready() else thread_count())
+
+
 def step_columns(B, H, reset_after, threads, itemsize=4):
     """Whether one step of B rows (GRUCell, streams) runs split over blocks of hidden units on Numba's
     threads (:func:`~numgru.kernels.step.gru_step_cols`) instead of the serial step kernel, for weights
@@ -516,7 +525,7 @@ def input_projection(x2d, W_ih, b_ih, numba_threads=False, valid=None, training=
     bias = W_ih[0] if b_ih is None else b_ih
     I = x2d.shape[1]
     threads = thread_count()
-    if amx_projection_wanted(N, I, threads, W_ih.dtype, training) and (
+    if amx_projection_wanted(N, I, threads, W_ih.dtype, training, W_ih.shape[0]) and (
             amx_project_digits(x2d, W_ih, bias, b_ih is not None, gx, threads, pieces)
             or amx_project(x2d, W_ih, bias, b_ih is not None, gx, threads,
                            tile_packing(W_ih, "amx_ih", pieces))):
@@ -533,7 +542,7 @@ def input_projection(x2d, W_ih, b_ih, numba_threads=False, valid=None, training=
     return gx
 
 
-def amx_projection_wanted(N, I, threads, dtype, training):
+def amx_projection_wanted(N, I, threads, dtype, training, M=0):
     """Whether the input projection of N rows with I inputs runs on AMX tiles
     (:mod:`~numgru.kernels.amx`, to float32 accuracy), packing W_ih there on every call: float32
     inference from ``AMX_MIN_ROWS`` rows per thread with ``AMX_MIN_INPUTS`` inputs or more, from
@@ -550,11 +559,19 @@ def amx_projection_wanted(N, I, threads, dtype, training):
     1024, N = 128 1.20× / 1.40× / 1.43×, I = 256, N = 64 0.94×; "medium" I = 256, N = 64 1.29×,
     N = 32 0.72×, I = 64, N = 128 1.28×. Training (forward_train) asks for the rows of one thread
     whatever the thread count, so that its sums, and the gradients, are the same with any number of
-    threads (each row's sum on tiles is the same on any thread)."""
+    threads (each row's sum on tiles is the same on any thread). Training also takes the tiles for
+    any product of M outputs that OpenBLAS would spread over its threads (N·I·M above
+    ``BLAS_THREADED_MNK``, narrow inputs included): OpenBLAS's idle workers spin for a while after
+    each call, and the tiles' parallel regions that follow wait on the cores they hold (I = 16,
+    H = 256, T = 128, B = 64, two threads: the step 94.8 ms against one thread's 75.2, its tiled
+    recurrences and weight gradients each slower than on one thread). On one thread the tiles run
+    level with OpenBLAS there: N = 8192, 768 outputs, I = 8 / 16 / 32 0.88× / 0.95× / 2.52×; I = 4,
+    N = 2048, 192 outputs 0.77×."""
     rows, narrow = AMX_MIN_ROWS_BY_ORDER.get(matmul_order(), (AMX_MIN_ROWS, AMX_MIN_ROWS_NARROW))
     per = 1 if training else threads
     return (dtype == np.float32 and ((I >= AMX_MIN_INPUTS and N >= rows * per)
-                                     or (I >= AMX_MIN_INPUTS_NARROW and N >= narrow * per))
+                                     or (I >= AMX_MIN_INPUTS_NARROW and N >= narrow * per)
+                                     or (training and N * I * M > BLAS_THREADED_MNK))
             and amx_ready())
 
 
@@ -869,7 +886,7 @@ def gru_direction_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gat
         return tape if store else None
     threads = thread_count()
     sorted_desc = is_sorted_desc(lengths)
-    tiled_max = serial_tiled_max(threads)
+    tiled_max = training_tiled_max() if store else serial_tiled_max(threads)
     gates = (*gate_scalars(dtype, gate_kind, alpha, beta, clip), y, int(col0), h_n)
     if packed is None:
         empty = empty_array(W_hh.dtype, 3)
@@ -1236,7 +1253,7 @@ def gru_direction_backward(dy, col0, dh_n, tape, y, h0, W_hh, lengths, reverse, 
         W_T = np.ascontiguousarray(W_hh.T)
         args = (dy, int(col0), dh_n, tape, y, h0, W_T, lengths, is_sorted_desc(lengths), bool(reverse),
                 bool(reset_after), *gate_scalars(dtype, gate_kind, alpha, beta, clip), dgx, dgh, hprev,
-                rhprev, dh0, db_ih, db_hh, serial_tiled_max(thread_count()))
+                rhprev, dh0, db_ih, db_hh, training_tiled_max())
         tiles = amx_recurrence_wanted(T, B, H, 1, dtype, reset_after, gate_kind, clip is not None)
         Wv_T = recurrence_packing(W_T, name="amx_hh_T") if tiles else None
         if Wv_T is None or Wv_T.shape[0] == 0:
@@ -1324,7 +1341,7 @@ def input_gradient(dG, W_ih, out, accumulate):
     whatever the thread count), else in BLAS."""
     N, M = dG.shape
     threads = thread_count()
-    if amx_projection_wanted(N, M, threads, dG.dtype, True):
+    if amx_projection_wanted(N, M, threads, dG.dtype, True, W_ih.shape[1]):
         dG = np.ascontiguousarray(dG)
         W_T = np.ascontiguousarray(W_ih.T)
         target = workspace("dx", out.shape, out.dtype) if accumulate else out
@@ -1341,26 +1358,19 @@ def input_gradient(dG, W_ih, out, accumulate):
 def amx_gradient_wanted(N, M, I, dtype):
     """Whether :func:`weight_gradient` of N rows, M gate columns and I inputs runs on AMX tiles
     (:func:`~numgru.kernels.amx.amx_gradient`, to float32 accuracy): float32, where the CPU has AMX,
-    from ``AMX_GRADIENT_MIN_ROWS`` rows, M·I within ``AMX_GRADIENT_SIZES`` (the sums, I × M
-    float32, are read and written once per block of rows, so from L2 below the upper bound). Measured
-    on the 2-vCPU Intel machine (Emerald Rapids), one thread, against OpenBLAS's sgemm, the splitting
-    included: N = 8192, (M, I) = (768, 256) 13.6 against 22.4 ms (1.65×), (384, 128) 1.22×, (768, 64)
-    1.23×, (1536, 512) 1.49×, but (192, 64) 0.94×; (768, 256) at N = 512 / 1024 / 2048 1.14× / 1.30×
-    / 1.40×. Two threads, N = 8192, (768, 256): 7.6 against 11.8 ms. Larger sums, read and written
-    from L3 once per block of rows, pay over more rows (``AMX_GRADIENT_LARGE``: (rows, largest M·I)
-    per order): (3072, 1024) at N = 2048 / 4096 / 8192 1.02× / 1.20× / 1.26–1.30× (0.96× at N = 8192
-    before the split took 16 values an instruction), (6144, 2048) at N = 8192 1.04×. At a lower
-    precision (:func:`set_float32_matmul_precision`, fewer products): "high" (3072, 1024) at N = 2048
-    / 8192 1.15× / 1.49×, (6144, 2048) at N = 2048 / 8192 0.96× / 1.41× ("medium" alike); "medium"
-    also from M·I = ``AMX_GRADIENT_MIN_SIZE_MEDIUM`` ((192, 64) at N = 8192 1.35–1.39×, "high"
-    0.96–1.17×). The rule does not read the thread count, so that gradients are the same with any
-    number of threads."""
-    lo, hi = AMX_GRADIENT_SIZES
-    order = matmul_order()
-    if order == 1:
-        lo = AMX_GRADIENT_MIN_SIZE_MEDIUM
-    for rows, size in AMX_GRADIENT_LARGE[order]:
-        if N >= rows:
-            hi = max(hi, size)
-    return dtype == np.float32 and N >= AMX_GRADIENT_MIN_ROWS and lo <= M * I <= hi and amx_ready()
+    wherever OpenBLAS would spread the GEMM over its threads (N·M·I above ``BLAS_THREADED_MNK``).
+    The rest of a training step runs on Numba's threads there, and OpenBLAS's idle workers, spinning
+    for a while after each call, held the cores its parallel regions then waited for: two threads,
+    T = 32, B = 16, H = 64, the step read 8.0–8.4 ms (0.58× torch) with its (192, 64) gradients in
+    OpenBLAS, the next projection on tiles waiting 3.8 ms for 512 rows, against 1.0 ms with them on
+    tiles (T = 128, B = 64, H = 64: 27.8 against 6.8 ms; one thread 14.0). The tiles are faster
+    for the sizes training spends its time on and slower for small ones, which this costs on one
+    thread (OpenBLAS's sgemm against the tiles, the splitting included, one thread): N = 8192,
+    (M, I) = (768, 256) 13.6 against 22.4 ms (1.65×), (384, 128) 1.22×, (1536, 512) 1.49×,
+    (3072, 1024) 1.26–1.30× (N = 2048 1.02×), (6144, 2048) 1.04×, but (192, 64) 2.06 against 2.38 ms
+    and (96, 32) at N = 4096 0.33 against 0.74; (768, 256) at N = 512 1.14×, (192, 64) at N = 512
+    110 against 161 µs. Below the bound OpenBLAS runs on one thread, and faster (N = 512, (48, 16)
+    8.5 against 75 µs). The rule reads neither the thread count nor the precision, so that gradients
+    are the same with any number of threads."""
+    return dtype == np.float32 and N * M * I > BLAS_THREADED_MNK and amx_ready()
 
