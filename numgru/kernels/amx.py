@@ -295,10 +295,15 @@ def _mask16(builder, j, n):
 def _load16(context, builder, aty, arr, j, mask):
     """arr[j : j + 16] as <16 x float>, the lanes off in ``mask`` zero and not read."""
     a = context.make_array(aty)(context, builder, arr)
+    return _masked_load16(builder, builder.gep(a.data, [j]), mask)
+
+
+def _masked_load16(builder, ptr, mask):
+    """The 16 floats from ptr on as <16 x float>, the lanes off in ``mask`` zero and not read."""
     fnty = ir.FunctionType(_VF, [_VF.as_pointer(), ir.IntType(32), mask.type, _VF])
     fn = cgutils.get_or_insert_function(builder.module, fnty, _overloaded("llvm.masked.load.v16f32", _VF))
-    ptr = builder.bitcast(builder.gep(a.data, [j]), _VF.as_pointer())
-    return builder.call(fn, [ptr, ir.Constant(ir.IntType(32), 4), mask, ir.Constant(_VF, None)])
+    return builder.call(fn, [builder.bitcast(ptr, _VF.as_pointer()), ir.Constant(ir.IntType(32), 4), mask,
+                             ir.Constant(_VF, None)])
 
 
 def _in_range16(builder, v):
@@ -315,7 +320,11 @@ def _store16(context, builder, aty, arr, j, value, mask=None):
     if mask is None:
         builder.store(value, builder.bitcast(builder.gep(a.data, [j]), value.type.as_pointer()), align=2)
         return
-    ptr = builder.bitcast(builder.gep(a.data, [j]), value.type.as_pointer())
+    _masked_store16(builder, value, builder.bitcast(builder.gep(a.data, [j]), value.type.as_pointer()), mask)
+
+
+def _masked_store16(builder, value, ptr, mask):
+    """The 16 lanes of value (<16 x i32>) to ptr on, only those on in ``mask``."""
     fnty = ir.FunctionType(ir.VoidType(), [value.type, ptr.type, ir.IntType(32), mask.type])
     fn = cgutils.get_or_insert_function(builder.module, fnty,
                                         _overloaded("llvm.masked.store.v16i32", value.type))
@@ -345,30 +354,51 @@ def split16(typingctx, src, j, n, p0, p1, p2):
 
 
 @intrinsic
-def split_pairs16(typingctx, r0, r1, j, n, q0, q1, q2, d):
-    """r0 and r1[j : j + 16] (float32; only the values before n are read) into three bfloat16
-    pieces in pairs: q_p[d + i] (uint32) holds piece p of r0[j + i] in its low half and of
-    r1[j + i] in its high half, for j + i < n (the rest of q_p is left as it is). Returns whether
-    those values are all finite with magnitude at most SPLIT_LIMIT, as :func:`split16`."""
-    if not (_row_of(r0, types.float32) and _row_of(r1, types.float32)
-            and all(_row_of(q, types.uint32) for q in (q0, q1, q2))):
+def split_pairs16(typingctx, src, r, two, j, n, dst, k, d):
+    """src[r, j : j + 16] and, with ``two``, src[r + 1, j : j + 16] (else zeros) (float32 (·, ·)
+    C-contiguous; only the columns before n are read) into three bfloat16 pieces in pairs:
+    dst[p, k, d + l] (uint32 (3, ·, ·) C-contiguous) holds piece p of row r's column j + l in its low
+    half and of row r + 1's in its high half, for j + l < n (the rest of dst is left as it is).
+    Returns whether those values are all finite with magnitude at most SPLIT_LIMIT, as
+    :func:`split16`. Indexes where the rows lie: views of them took and dropped reference counts,
+    atomically, a dozen a pair of rows (unchecked, as :func:`tile_load`)."""
+    if not (_array_of(src, types.float32, 2) and _array_of(dst, types.uint32, 3)):
         return None
 
     def codegen(context, builder, sig, args):
-        mask = _mask16(builder, args[2], args[3])
-        u = _load16(context, builder, sig.args[0], args[0], args[2], mask)
-        v = _load16(context, builder, sig.args[1], args[1], args[2], mask)
+        _, r, two, j, n, _, k, d = args
+        intp = r.type
+        s = context.make_array(sig.args[0])(context, builder, args[0])
+        width = builder.extract_value(s.shape, 1)
+        mask = _mask16(builder, j, n)
+        none = ir.Constant(mask.type, None)
+        row = builder.add(builder.mul(r, width), j)
+        u = _masked_load16(builder, builder.gep(s.data, [row]), mask)
+        v = _masked_load16(builder, builder.gep(s.data, [builder.add(row, width)]),
+                           builder.select(two, mask, none))
         ok = builder.and_(_in_range16(builder, u), _in_range16(builder, v))
-        for k in range(3):
+        o = context.make_array(sig.args[5])(context, builder, args[5])
+        rows = builder.extract_value(o.shape, 1)
+        cols = builder.extract_value(o.shape, 2)
+        at = builder.add(builder.mul(k, cols), d)
+        fnty = ir.FunctionType(ir.VoidType(), [_VI.as_pointer(), ir.IntType(32), mask.type])
+        for p in range(3):
             cu, fu = _round16(builder, u)
             cv, fv = _round16(builder, v)
-            _store16(context, builder, sig.args[4 + k], args[4 + k], args[7],
-                     builder.or_(cu, builder.shl(cv, _splat(16))), mask)
-            if k < 2:
+            ptr = builder.gep(o.data, [builder.add(builder.mul(ir.Constant(intp, p), builder.mul(rows, cols)), at)])
+            _masked_store16(builder, builder.or_(cu, builder.shl(cv, _splat(16))),
+                            builder.bitcast(ptr, _VI.as_pointer()), mask)
+            if p < 2:
                 u = builder.fsub(u, fu)
                 v = builder.fsub(v, fv)
         return ok
-    return types.boolean(r0, r1, types.intp, types.intp, q0, q1, q2, types.intp), codegen
+    return types.boolean(src, types.intp, types.boolean, types.intp, types.intp, dst, types.intp,
+                         types.intp), codegen
+
+
+def _array_of(a, dtype, ndim):
+    """Whether a is a C-contiguous array of dtype with ndim axes."""
+    return isinstance(a, types.Array) and a.ndim == ndim and a.layout == "C" and a.dtype == dtype
 
 
 def _row_of(a, dtype):
@@ -1255,7 +1285,7 @@ def transpose16(typingctx, src, s0, s_row, dst, d0, d_row):
 
 @intrinsic
 def prefetch(typingctx, arr, i):
-    """Ask for the cache line of arr's element i (``PREFETCHT0``; a hint: never faults)."""
+    """Ask for the cache line of arr's element i in memory order (``PREFETCHT0``; a hint: never faults)."""
     if not isinstance(arr, types.Array):
         return None
 
@@ -1271,15 +1301,15 @@ def prefetch(typingctx, arr, i):
 
 
 @inline
-def _split_pairs(r0, r1, j0, j1, q0, q1, q2, d0):
-    """Rows r0 and r1 (float32), values j0 … j1−1, split into three bfloat16 pieces, each piece's two
-    rows interleaved in pairs: q_p[d0 + j − j0] holds piece p of r0[j] (low half) and of r1[j]
-    (high half), 16 values at a time (:func:`split_pairs16`; nothing else of q_p is written).
-    Returns whether those values are all finite with magnitude at most SPLIT_LIMIT, as
-    :func:`_split_into`."""
+def _split_pairs(src, r, two, j0, j1, dst, k, d0):
+    """Rows r and r + 1 of src (float32; with ``two`` False, row r and zeros), columns j0 … j1−1,
+    split into three bfloat16 pieces, each piece's two rows interleaved in pairs: dst[p, k, d0 + j −
+    j0] holds piece p of src[r, j] (low half) and of src[r + 1, j] (high half), 16 values at a time
+    (:func:`split_pairs16`; nothing else of dst is written). Returns whether those values are all
+    finite with magnitude at most SPLIT_LIMIT, as :func:`_split_into`."""
     ok = True
     for j in range(j0, j1, _V16):
-        ok &= split_pairs16(r0, r1, j, j1, q0, q1, q2, d0 + j - j0)
+        ok &= split_pairs16(src, r, two, j, j1, dst, k, d0 + j - j0)
     return ok
 
 
@@ -1301,10 +1331,8 @@ def _gradient_columns(X, D, D2, M, C, c0, c1, KB, order):
     V = Vf.reshape(3, KH, Ip)
     Bv = aligned_zeros(3 * KH * W, np.uint32)
     B3 = Bv.reshape(3, KH, W)
-    zx = np.zeros(I, np.float32)
-    zd = np.zeros(D.shape[1], np.float32)
-    zd2 = np.zeros(D2.shape[1], np.float32)
     Cf = C.reshape(Ip * Mp)
+    nd = D.shape[1]
     arow = KH * 4
     brow = W * 4
     crow = Mp * 4
@@ -1321,21 +1349,13 @@ def _gradient_columns(X, D, D2, M, C, c0, c1, KB, order):
                 B3[:, k, :] = 0
                 continue
             if r + 3 < N:  # the next pair's columns of D: where the split reads rows in part
-                n0 = D[r + 2]  # (dW_hh's r and z blocks of dgx, or a thread's range), the
-                n1 = D[r + 3]  # hardware's prefetchers lose them (N = 8192, 768 × 256, dW_hh:
-                for j in range(c0, min(c1, m1), 16):  # 17.2 ms against 14.0; whole rows 13.6 → 12.6)
-                    prefetch(n0, j)
-                    prefetch(n1, j)
-            x1 = X[r + 1] if r + 1 < N else zx
-            d1 = D[r + 1] if r + 1 < N else zd
-            e1 = D2[r + 1] if r + 1 < N else zd2
-            q0 = B3[0, k]
-            q1 = B3[1, k]
-            q2 = B3[2, k]
-            if not (_split_pairs(X[r], x1, 0, I, V[0, k], V[1, k], V[2, k], 0)
-                    and _split_pairs(D[r], d1, c0, min(c1, m1), q0, q1, q2, 0)
-                    and _split_pairs(D2[r], e1, max(c0, m1) - m1, min(c1, M) - m1, q0, q1, q2,
-                                     max(c0, m1) - c0)):
+                for j in range(c0, min(c1, m1), 16):  # (dW_hh's r and z blocks of dgx, or a thread's
+                    prefetch(D, (r + 2) * nd + j)  # range), the hardware's prefetchers lose them
+                    prefetch(D, (r + 3) * nd + j)  # (N = 8192, 768 × 256, dW_hh: 17.2 ms against
+            two = r + 1 < N  # 14.0; whole rows 13.6 → 12.6)
+            if not (_split_pairs(X, r, two, 0, I, V, k, 0)
+                    and _split_pairs(D, r, two, c0, min(c1, m1), B3, k, 0)
+                    and _split_pairs(D2, r, two, max(c0, m1) - m1, min(c1, M) - m1, B3, k, max(c0, m1) - c0)):
                 tile_release()
                 return False
         for p in range(order):  # (the pieces the products read)
