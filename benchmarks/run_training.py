@@ -4,6 +4,9 @@ One step = forward_train + backward + Adam step (loss y.sum()) for numgru, and f
 torch.optim.Adam for torch.nn.GRU, timed side by side in one process with threads pinned for both. The
 input is data (torch's tensor does not require grad), so neither computes dLoss/dx.
 
+``--shapes 128x64x256,32x16x64`` (the default) gives the points as T x B x H, or T x B x I x H for I
+inputs other than H.
+
 ``--precision highest,high,medium`` times each precision, set for both libraries alike
 (``ng.set_float32_matmul_precision`` and ``torch.set_float32_matmul_precision``): numgru then keeps
 fewer bfloat16 products on AMX tiles; torch on the CPU takes bfloat16 matmuls at "medium" and
@@ -24,23 +27,30 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--threads", default="1,2")
     p.add_argument("--precision", default="highest", help="comma-separated: highest, high, medium")
+    p.add_argument("--shapes", default="128x64x256,32x16x64", help="comma-separated TxBxH or TxBxIxH")
     args = p.parse_args()
+    shapes = []
+    for item in args.shapes.split(","):
+        v = [int(t) for t in item.split("x")]
+        if len(v) not in (3, 4) or min(v) < 1:
+            p.error(f"--shapes: expected TxBxH or TxBxIxH with positive sizes, got {item!r}")
+        shapes.append((v[0], v[1], v[2], v[-1]))
     import torch
-    print("precision  thr    T    B    H  numgru ms  torch ms  speedup")
+    print("precision  thr    T    B    I    H  numgru ms  torch ms  speedup")
     for prec in args.precision.split(","):
         ng.set_float32_matmul_precision(prec)
         torch.set_float32_matmul_precision(prec)
         for n in [int(t) for t in args.threads.split(",")]:
-            run(prec, n, torch)
+            run(prec, n, torch, shapes)
 
 
-def run(prec, n, torch):
+def run(prec, n, torch, shapes):
     """Time both libraries' step at this precision and thread count, and print the rows."""
     with nb.pinned_threads(n):
-        for T, B, H in [(128, 64, 256), (32, 16, 64)]:
-            g = ng.GRU(H, H, seed=0)
+        for T, B, I, H in shapes:
+            g = ng.GRU(I, H, seed=0)
             m = g.to_torch()
-            x = np.random.default_rng(0).standard_normal((T, B, H)).astype(np.float32)
+            x = np.random.default_rng(0).standard_normal((T, B, I)).astype(np.float32)
             tx = torch.from_numpy(x)
             opt = ng.optim.Adam(g.named_parameters(), lr=1e-3)
             topt = torch.optim.Adam(m.parameters(), lr=1e-3)
@@ -55,7 +65,7 @@ def run(prec, n, torch):
                 m(tx)[0].sum().backward()
                 topt.step()
             a, b = nb.time_it(ours, budget=1.0), nb.time_it(theirs, budget=1.0)
-            print(f"{prec:>9s} {n:4d} {T:4d} {B:4d} {H:4d} {a * 1e3:10.2f} {b * 1e3:9.2f} {b / a:8.2f}")
+            print(f"{prec:>9s} {n:4d} {T:4d} {B:4d} {I:4d} {H:4d} {a * 1e3:10.2f} {b * 1e3:9.2f} {b / a:8.2f}")
 
 
 if __name__ == "__main__":

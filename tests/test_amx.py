@@ -98,7 +98,7 @@ def test_both_roundings_split_alike(rng, monkeypatch):
 
         @numba.njit(cache=False)
         def run(v, p):
-            return amx._split_into(v, v.shape[0], p[0], p[1], p[2])
+            return amx._split_into(v.reshape(1, v.shape[0]), 0, v.shape[0], p.reshape(3, 1, p.shape[1]), 0)
         return run
 
     v = (rng.standard_normal(37) * np.exp(rng.uniform(-30, 30, 37))).astype(np.float32)

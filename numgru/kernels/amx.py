@@ -332,25 +332,36 @@ def _masked_store16(builder, value, ptr, mask):
 
 
 @intrinsic
-def split16(typingctx, src, j, n, p0, p1, p2):
-    """src[j : j + 16] (float32, the values at and past n read as zero) into its three bfloat16
-    pieces p0, p1, p2[j : j + 16] (uint16 codes; the caller keeps j + 16 inside them). Returns
-    whether those values are all finite with magnitude at most SPLIT_LIMIT (the pieces of one that
-    is not mean nothing)."""
-    if not (_row_of(src, types.float32) and all(_row_of(p, types.uint16) for p in (p0, p1, p2))):
+def split16(typingctx, src, r, j, n, dst, i):
+    """src[r, j : j + 16] (float32 (·, ·) C-contiguous, the values at and past column n read as
+    zero) into its three bfloat16 pieces dst[p, i, j : j + 16] (uint16 (3, ·, ·) C-contiguous codes;
+    the caller keeps j + 16 inside them). Returns whether those values are all finite with magnitude
+    at most SPLIT_LIMIT (the pieces of one that is not mean nothing). Indexes where the rows lie, as
+    :func:`split_pairs16`."""
+    if not (_array_of(src, types.float32, 2) and _array_of(dst, types.uint16, 3)):
         return None
 
     def codegen(context, builder, sig, args):
-        v = _load16(context, builder, sig.args[0], args[0], args[1], _mask16(builder, args[1], args[2]))
+        _, r, j, n, _, i = args
+        intp = r.type
+        s = context.make_array(sig.args[0])(context, builder, args[0])
+        width = builder.extract_value(s.shape, 1)
+        v = _masked_load16(builder, builder.gep(s.data, [builder.add(builder.mul(r, width), j)]),
+                           _mask16(builder, j, n))
         ok = _in_range16(builder, v)
+        o = context.make_array(sig.args[4])(context, builder, args[4])
+        rows = builder.extract_value(o.shape, 1)
+        cols = builder.extract_value(o.shape, 2)
+        at = builder.add(builder.mul(i, cols), j)
+        i16 = ir.VectorType(ir.IntType(16), _V16)
         for k in range(3):
             code, value = _round16(builder, v)
-            _store16(context, builder, sig.args[3 + k], args[3 + k], args[1],
-                     builder.trunc(code, ir.VectorType(ir.IntType(16), _V16)))
+            ptr = builder.gep(o.data, [builder.add(builder.mul(ir.Constant(intp, k), builder.mul(rows, cols)), at)])
+            builder.store(builder.trunc(code, i16), builder.bitcast(ptr, i16.as_pointer()), align=2)
             if k < 2:
                 v = builder.fsub(v, value)
         return ok
-    return types.boolean(src, types.intp, types.intp, p0, p1, p2), codegen
+    return types.boolean(src, types.intp, types.intp, types.intp, dst, types.intp), codegen
 
 
 @intrinsic
@@ -407,14 +418,14 @@ def _row_of(a, dtype):
 
 
 @inline
-def _split_into(src, n, p0, p1, p2):
-    """Split src[:n] (float32) into three bfloat16 pieces p0, p1, p2[:n] (uint16 codes), 16 values
+def _split_into(src, r, n, dst, i):
+    """Split src[r, :n] (float32) into three bfloat16 pieces dst[p, i, :n] (uint16 codes), 16 values
     at a time (:func:`split16`; the pieces up to the next multiple of 16 past n are zero). Returns
-    whether src[:n] is all finite with magnitude at most SPLIT_LIMIT (else its pieces mean nothing:
-    the product is float32's)."""
+    whether src[r, :n] is all finite with magnitude at most SPLIT_LIMIT (else its pieces mean
+    nothing: the product is float32's)."""
     ok = True
     for j in range(0, n, _V16):
-        ok &= split16(src, j, n, p0, p1, p2)
+        ok &= split16(src, r, j, n, dst, i)
     return ok
 
 
@@ -445,7 +456,7 @@ def _pack_into(W, out):
         for c in range(16):
             n = nb * 16 + c
             if n < N:
-                if not _split_into(W[n], K, r3[0, c], r3[1, c], r3[2, c]):  # (columns K … Kp−1 zero)
+                if not _split_into(W, n, K, r3, c):  # (columns K … Kp−1 zero)
                     return 0
             else:
                 r3[:, c, :] = 0
@@ -876,8 +887,7 @@ def _project_rows(x, Wv, N, biasp, out, r0, r1, order):
     for q0 in range(r0, r1, MB):
         rows = min(MB, r1 - q0)
         for i in range(rows):
-            xr = x[q0 + i]
-            if not _split_into(xr, K, A3[0, i], A3[1, i], A3[2, i]):
+            if not _split_into(x, q0 + i, K, A3, i):
                 ok = False
                 break
         if not ok:
@@ -1066,17 +1076,13 @@ def _tile_rows_product(src, nb, Wv, A, A3, acc, acc3, order):
         return _digit_rows_product(src, nb, Wv, A, acc, acc3, Np, DIGIT_WIDE_BYTES, np.float32(0.0))
     one = kind == 1
     for i in range(nb):
-        if not _split_into(src[i], K, A3[0, i], A3[1, i], A3[2, i]):
+        if not _split_into(src, i, K, A3, i):
             return False
     if Mp == 16:
         _sixteen_rows_product(A, Wv, acc3, Kp, Np, one, order)
-        for i in range(nb):  # the pieces' sums, largest first
-            arow = acc[i]
-            p0 = acc3[0, i]
-            p1 = acc3[1, i]
-            p2 = acc3[2, i]
+        for i in range(nb):  # the pieces' sums, largest first (indexed where they lie)
             for j in range(Np):
-                arow[j] = p0[j] + (p1[j] + p2[j])
+                acc[i, j] = acc3[0, i, j] + (acc3[1, i, j] + acc3[2, i, j])
         return True
     for n0 in range(0, Np, 32):
         w0 = (n0 // 16) * Kp * 16
