@@ -1363,14 +1363,13 @@ def amx_gradient_wanted(N, M, I, dtype):
     for a while after each call, held the cores its parallel regions then waited for: two threads,
     T = 32, B = 16, H = 64, the step read 8.0–8.4 ms (0.58× torch) with its (192, 64) gradients in
     OpenBLAS, the next projection on tiles waiting 3.8 ms for 512 rows, against 1.0 ms with them on
-    tiles (T = 128, B = 64, H = 64: 27.8 against 6.8 ms; one thread 14.0). The tiles are faster
-    for the sizes training spends its time on and slower for small ones, which this costs on one
-    thread (OpenBLAS's sgemm against the tiles, the splitting included, one thread): N = 8192,
-    (M, I) = (768, 256) 13.6 against 22.4 ms (1.65×), (384, 128) 1.22×, (1536, 512) 1.49×,
-    (3072, 1024) 1.26–1.30× (N = 2048 1.02×), (6144, 2048) 1.04×, but (192, 64) 2.06 against 2.38 ms
-    and (96, 32) at N = 4096 0.33 against 0.74; (768, 256) at N = 512 1.14×, (192, 64) at N = 512
-    110 against 161 µs. Below the bound OpenBLAS runs on one thread, and faster (N = 512, (48, 16)
-    8.5 against 75 µs). The rule reads neither the thread count nor the precision, so that gradients
-    are the same with any number of threads."""
+    tiles (T = 128, B = 64, H = 64: 27.8 against 6.8 ms; one thread 14.0). On one thread the tiles
+    run ahead of OpenBLAS's sgemm for the sizes training spends its time on and about level for the
+    small ones (the splitting included): N = 8192, (M, I) = (768, 256) 13.6 against 22.4 ms (1.65×),
+    (384, 128) 1.22×, (1536, 512) 1.49×, (3072, 1024) 1.26–1.30× (N = 2048 1.02×), (6144, 2048)
+    1.04×, (192, 64) 1.64 against 2.12 ms; (96, 32) at N = 4096 0.32 against 0.34 ms; N = 512,
+    (768, 256) 1.14×, (192, 64) 128 against 120 µs. Below the bound OpenBLAS runs on one thread,
+    and faster (N = 512, (48, 16) 8.2 against 38 µs). The rule reads neither the thread count nor
+    the precision, so that gradients are the same with any number of threads."""
     return dtype == np.float32 and N * M * I > BLAS_THREADED_MNK and amx_ready()
 
