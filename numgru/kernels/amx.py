@@ -953,6 +953,14 @@ def amx_projection(x, Wv, N, bias, use_bias, out, order):
     return _project_rows(x, Wv, N, biasp, out, 0, x.shape[0], order)
 
 
+@inline
+def _row_ranges(R, n_threads):
+    """The parallel projections' ranges of R rows for ``n_threads``: (rows a range, a multiple of 32
+    but the last's; how many ranges)."""
+    per = max(32, (R + 32 * n_threads - 1) // (32 * n_threads) * 32)
+    return per, (R + per - 1) // per
+
+
 @parallel_kernel(name="amx_projection_parallel")
 def amx_projection_parallel(x, Wv, N, bias, use_bias, out, n_threads, order):
     """:func:`amx_projection` on Numba's threads: ``n_threads`` ranges of rows (multiples of 32 but
@@ -960,8 +968,7 @@ def amx_projection_parallel(x, Wv, N, bias, use_bias, out, n_threads, order):
     wide_vectors()
     biasp = _projection_args(x, Wv, N, bias, use_bias, out, False)
     R = x.shape[0]
-    per = max(32, (R + 32 * n_threads - 1) // (32 * n_threads) * 32)
-    nc = (R + per - 1) // per
+    per, nc = _row_ranges(R, n_threads)
     ok = np.ones(nc, np.bool_)
     for c in prange(nc):
         wide_vectors()
@@ -983,10 +990,9 @@ def _project_digit_rows(x, Wd, N, biasp, out, r0, r1, spread):
         if not _digit_rows_product(x[q0:q0 + nb], nb, Wd, A, out[q0:q0 + nb], acc3, Np, 0, spread):
             ok = False
             break
-        for i in range(nb):
-            orow = out[q0 + i]
+        for i in range(nb):  # (indexed where the rows lie, as the splits)
             for j in range(N):
-                orow[j] += biasp[j]
+                out[q0 + i, j] += biasp[j]
     tile_release()
     return ok
 
@@ -1010,8 +1016,7 @@ def amx_digit_projection_parallel(x, Wd, N, bias, use_bias, out, spread, n_threa
     wide_vectors()
     biasp = _projection_args(x, Wd, N, bias, use_bias, out, True)
     R = x.shape[0]
-    per = max(32, (R + 32 * n_threads - 1) // (32 * n_threads) * 32)
-    nc = (R + per - 1) // per
+    per, nc = _row_ranges(R, n_threads)
     ok = np.ones(nc, np.bool_)
     for c in prange(nc):
         wide_vectors()
