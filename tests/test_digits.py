@@ -112,7 +112,8 @@ def _digits_product(src, nb, Wd, N):
 
 @needs_amx
 @pytest.mark.parametrize("nb, K, N", [(1, 64, 48), (16, 256, 768), (13, 100, 300), (40, 128, 384),
-                                      (37, 512, 1536)])  # the last: W's digits past L2, 32 rows a pass
+                                      (37, 512, 1536),  # W's digits past L2, 32 rows a pass
+                                      (20, 768, 256)])  # the backward's at H = 256: K in chunks
 def test_digit_products_to_float32_accuracy(rng, nb, K, N):
     W = (rng.standard_normal((N, K)) * 0.1).astype(np.float32)
     x = np.tanh(rng.standard_normal((nb, K)) * 2).astype(np.float32)
@@ -129,6 +130,28 @@ def test_digit_products_to_float32_accuracy(rng, nb, K, N):
     # in practice as close as float32's own product: rounding errors of random sign
     f32 = x @ W.T
     assert np.abs(acc - ref).max() <= 4 * max(np.abs(f32 - ref).max(), 2.0 ** -24 * np.abs(ref).max())
+
+
+@needs_amx
+@pytest.mark.parametrize("nb, K, N", [(20, 768, 256), (16, 1000, 96), (5, 300, 40)])
+def test_digit_sums_are_exact(rng, nb, K, N):
+    # whether the summed index runs in chunks or not (the first two), each product is the one
+    # rounding of the digits' exact sums (the three of weights 2⁻⁸ᵖ, in int64) times both scales
+    assert amx._digit_chunk.py_func(amx.padded64.py_func(768), 256) < 768  # (the chunks are taken)
+    W = (rng.standard_normal((N, K)) * 0.1).astype(np.float32)
+    x = np.tanh(rng.standard_normal((nb, K)) * 2).astype(np.float32)
+    Wd = amx.pack_digits(W)
+    ok, acc = _digits_product(x, nb, Wd, N)
+    assert ok
+    e, sw, _ = _unpack_digits(Wd, N, K)
+    d, sa = _state_digits(x)
+    d = d[:, :, :K].astype(np.int64)
+    s0 = d[0] @ e[0].T
+    s1 = d[0] @ e[1].T + d[1] @ e[0].T
+    s2 = d[0] @ e[2].T + d[1] @ e[1].T + d[2] @ e[0].T
+    n = ((s0 << 16) + (s1 << 8) + s2).astype(np.float32)
+    want = n * sw[:N][None, :] * sa[:, None]
+    np.testing.assert_array_equal(acc, want)
 
 
 @needs_amx
