@@ -284,12 +284,15 @@ def _overloaded(name, pointee):
 
 
 def _mask16(builder, j, n):
-    """<16 x i1>: lane i is j + i < n."""
-    lane = ir.Constant(ir.VectorType(ir.IntType(64), _V16), list(range(_V16)))
-    limit = builder.insert_element(ir.Constant(lane.type, None), builder.sub(n, j),
-                                   ir.Constant(ir.IntType(32), 0))
-    limit = builder.shuffle_vector(limit, limit, ir.Constant(_VI, [0] * _V16))
-    return builder.icmp_signed("<", lane, limit)
+    """<16 x i1>: lane i is j + i < n. From a 16-bit integer, (1 << clamp(n − j, 0, 16)) − 1 (a shift and
+    one move into a mask register; lanes compared in 64 bits took four vector instructions, a sixth of
+    :func:`digits16`'s)."""
+    i64 = ir.IntType(64)
+    left = builder.sub(n, j)
+    left = builder.select(builder.icmp_signed("<", left, ir.Constant(i64, 0)), ir.Constant(i64, 0), left)
+    left = builder.select(builder.icmp_signed(">", left, ir.Constant(i64, _V16)), ir.Constant(i64, _V16), left)
+    ones = builder.sub(builder.shl(ir.Constant(i64, 1), left), ir.Constant(i64, 1))
+    return builder.bitcast(builder.trunc(ones, ir.IntType(_V16)), ir.VectorType(ir.IntType(1), _V16))
 
 
 def _load16(context, builder, aty, arr, j, mask):
@@ -553,6 +556,20 @@ def _bits_of(typingctx, v):
 
 
 @intrinsic
+def _magnitude_bits(typingctx, v):
+    """A float32's bits without the sign, as int32 (Inf's and NaN's lie above every finite value's).
+    In 32 bits: the same masking written in Python took Numba's int64 (a row's largest magnitude
+    then ran in four 64-bit lanes a vector, 3.7× the time of sixteen 32-bit ones)."""
+    if v != types.float32:
+        return None
+
+    def codegen(context, builder, sig, args):
+        i32 = ir.IntType(32)
+        return builder.and_(builder.bitcast(args[0], i32), ir.Constant(i32, 0x7FFFFFFF))
+    return types.int32(v), codegen
+
+
+@intrinsic
 def _float_of(typingctx, v):
     """The float32 whose bits are v's low 32."""
     if not isinstance(v, types.Integer):
@@ -584,13 +601,16 @@ def digits16(typingctx, src, j, n, c, d0, d1, d2):
         y = builder.fmul(v, builder.shuffle_vector(cv, cv, ir.Constant(_VI, [0] * _V16)))
         half = builder.or_(builder.and_(builder.bitcast(y, _VI), _splat(-0x80000000)), _splat(0x3F000000))
         n = builder.fptosi(builder.fadd(y, builder.bitcast(half, _VF)), _VI)
-        low = builder.sub(builder.and_(builder.add(n, _splat(128)), _splat(255)), _splat(128))
-        n = builder.ashr(builder.sub(n, low), _splat(8))
-        mid = builder.sub(builder.and_(builder.add(n, _splat(128)), _splat(255)), _splat(128))
-        top = builder.ashr(builder.sub(n, mid), _splat(8))
-        i8x16 = ir.VectorType(ir.IntType(8), _V16)
-        for k, digit in enumerate((top, mid, low)):
-            _store16(context, builder, sig.args[4 + k], args[4 + k], args[1], builder.trunc(digit, i8x16))
+        # n + 0x808080's bytes, each less 128 (its top bit flipped), are the balanced digits low, mid,
+        # top: one byte shuffle puts each into place (the digits' own arithmetic, sign-extending
+        # shifts and three narrowing stores, took twice the instructions)
+        i8 = ir.IntType(8)
+        b = builder.bitcast(builder.xor(builder.add(n, _splat(0x808080)), _splat(0x808080)),
+                            ir.VectorType(i8, 4 * _V16))
+        for k in range(3):  # top, mid, low: bytes 2, 1, 0 of each lane
+            lanes = ir.Constant(_VI, [4 * i + 2 - k for i in range(_V16)])
+            _store16(context, builder, sig.args[4 + k], args[4 + k], args[1],
+                     builder.shuffle_vector(b, ir.Constant(b.type, None), lanes))
         return context.get_dummy_value()
     return types.none(src, types.intp, types.intp, c, d0, d1, d2), codegen
 
@@ -610,7 +630,7 @@ def _digits_into(src, K, d0, d1, d2, fine, spread):
     [``DIGIT_LO``, ``DIGIT_HI``] (the digits then mean nothing)."""
     top = np.int32(0)  # the largest magnitude's bits (NaN's and Inf's lie above every finite one's)
     for k in range(K):
-        top = max(top, _bits_of(src[k]) & np.int32(0x7FFFFFFF))
+        top = max(top, _magnitude_bits(src[k]))
     m = _float_of(top)
     if top >= np.int32(0x7F800000) or m > DIGIT_HI or (m < DIGIT_LO and m != 0):
         return np.float32(-1.0)
