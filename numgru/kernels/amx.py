@@ -709,6 +709,13 @@ def pack_digits_into(W, out, spread):
 
 
 @inline
+def piece_row_stride(Kp):
+    """Values (uint16) between the rows of a split's pieces for rows of Kp values (a multiple of 32):
+    Kp, or Kp + 32 where a row is a multiple of 8 cache lines (:func:`digit_row_stride`)."""
+    return Kp + 32 if (Kp // 32) % 8 == 0 else Kp
+
+
+@inline
 def digit_row_stride(Kq):
     """Bytes between the rows' digits for a row of Kq digits (a multiple of 64): Kq, or Kq + 64 where
     Kq / 64 is a multiple of 8, so that a tile's 16 rows fall in 16 sets of L1 rather than 8 or
@@ -936,8 +943,9 @@ def _project_rows(x, Wv, N, biasp, out, r0, r1, order):
     Np = padded(N)
     Kp = padded(K)
     MB = max(32, min(256, BLOCK_BYTES // (6 * Kp) // 32 * 32))
-    A = aligned_zeros(3 * MB * Kp, np.uint16)
-    A3 = A.reshape(3, MB, Kp)
+    Ks = piece_row_stride(Kp)
+    A = aligned_zeros(3 * MB * Ks, np.uint16)
+    A3 = A.reshape(3, MB, Ks)
     edge = aligned_zeros(32 * 32, np.float32)
     one = _pieces_of(Wv, Np, Kp) == 1
     tile_config(_tile_config())
@@ -960,7 +968,7 @@ def _project_rows(x, Wv, N, biasp, out, r0, r1, order):
                 tile_load(2, biasp, n0, 0)
                 tile_load(3, biasp, n0 + 16, 0)
                 for k0 in range(0, Kp, 32):
-                    _six(A, m0 * Kp + k0, MB * Kp, 16 * Kp, 2 * Kp, Wv, w0 + 16 * k0, Np * Kp, 16 * Kp, 64,
+                    _six(A, m0 * Ks + k0, MB * Ks, 16 * Ks, 2 * Ks, Wv, w0 + 16 * k0, Np * Kp, 16 * Kp, 64,
                          one, order)
                 if m0 + 32 <= rows and n0 + 32 <= N:
                     o = (q0 + m0) * N + n0
@@ -1083,16 +1091,16 @@ def amx_digit_projection_parallel(x, Wd, N, bias, use_bias, out, spread, n_threa
 
 
 @inline
-def _sixteen_rows_product(A, Wv, acc3, Kp, Np, one, order):
-    """acc3[p] (16, Np) = piece p of A's 16 rows (rows Kp apart, pieces 16·Kp apart) times W's
+def _sixteen_rows_product(A, Wv, acc3, Kp, Np, one, order, Ks):
+    """acc3[p] (16, Np) = piece p of A's 16 rows (rows Ks apart, pieces 16·Ks apart) times W's
     pieces as :func:`_six` pairs them for ``order`` (3: a₁ by w₁, w₂, w₃; a₂ by w₁, w₂; a₃ by w₁),
     for a batch of up to 16 rows: each of W's tiles is loaded once and feeds every product it takes
     part in (the pairing of :func:`_six` loads w₁'s tiles three times, and at 16 rows the step then
     waited on L2). Tiles 0–2 sum, 3–5 hold a₁, a₂, a₃, 6–7 W's pieces; the sums of pieces the order
     leaves out are zero. ``one``: Wv holds one piece (bfloat16 values): a₁ … a_order by w₁."""
-    row = Kp * 2
+    row = Ks * 2
     step = Np * Kp
-    ma = 16 * Kp
+    ma = 16 * Ks
     for n0 in range(0, Np, 16):
         w0 = (n0 // 16) * Kp * 16
         tile_zero(0)
@@ -1131,7 +1139,8 @@ def _tile_rows_product(src, nb, Wv, A, A3, acc, acc3, order):
     Wv, src (≥ nb, K) float32, through the scratch :func:`_amx_scratch` makes (one 16-row tile,
     or blocks of 32 rows). False where a row holds a value :func:`_split_into` refuses."""
     K = src.shape[1]
-    Kp = A3.shape[2]
+    Kp = padded(K)
+    Ks = A3.shape[2]  # (the pieces' rows apart: :func:`piece_row_stride`)
     Mp = A3.shape[1]
     Np = acc.shape[1]
     kind = _pieces_of(Wv, Np, Kp)
@@ -1142,7 +1151,7 @@ def _tile_rows_product(src, nb, Wv, A, A3, acc, acc3, order):
         if not _split_into(src, i, K, A3, i):
             return False
     if Mp == 16:
-        _sixteen_rows_product(A, Wv, acc3, Kp, Np, one, order)
+        _sixteen_rows_product(A, Wv, acc3, Kp, Np, one, order, Ks)
         for i in range(nb):  # the pieces' sums, largest first (indexed where they lie)
             for j in range(Np):
                 acc[i, j] = acc3[0, i, j] + (acc3[1, i, j] + acc3[2, i, j])
@@ -1155,7 +1164,7 @@ def _tile_rows_product(src, nb, Wv, A, A3, acc, acc3, order):
             tile_zero(2)
             tile_zero(3)
             for k0 in range(0, Kp, 32):
-                _six(A, m0 * Kp + k0, Mp * Kp, 16 * Kp, 2 * Kp, Wv, w0 + 16 * k0, Np * Kp, 16 * Kp, 64, one,
+                _six(A, m0 * Ks + k0, Mp * Ks, 16 * Ks, 2 * Ks, Wv, w0 + 16 * k0, Np * Kp, 16 * Kp, 64, one,
                      order)
             o = m0 * Np + n0
             tile_store(0, acc, o, Np * 4)
@@ -1198,11 +1207,11 @@ def _amx_scratch(nb, K, N, few):
     ``few``: one 16-row tile (nb ≤ 16), else blocks of 32 rows. acc3 holds each piece's sums of a
     16-row tile (3 × 16 rows), or the digits' int32 sums (as 3 or 6 × 16 rows of float32, viewed)."""
     Np = padded(N)
-    Kp = padded(K)
+    Ks = piece_row_stride(padded(K))
     Mp = 16 if few else padded(nb)
-    A = aligned_zeros(3 * Mp * Kp, np.uint16)
+    A = aligned_zeros(3 * Mp * Ks, np.uint16)
     acc3 = aligned_zeros((3 if Mp == 16 else 6) * 16 * Np, np.float32).reshape(-1, 16, Np)
-    return A, A.reshape(3, Mp, Kp), aligned_zeros(Mp * Np, np.float32).reshape(Mp, Np), acc3
+    return A, A.reshape(3, Mp, Ks), aligned_zeros(Mp * Np, np.float32).reshape(Mp, Np), acc3
 
 
 @inline
