@@ -710,19 +710,14 @@ def pack_digits_into(W, out, spread):
 
 
 @inline
-def piece_row_stride(Kp):
-    """Values (uint16) between the rows of a split's pieces for rows of Kp values (a multiple of 32):
-    Kp, or Kp + 32 where a row is a multiple of 8 cache lines (:func:`digit_row_stride`)."""
-    return Kp + 32 if (Kp // 32) % 8 == 0 else Kp
-
-
-@inline
-def digit_row_stride(Kq):
-    """Bytes between the rows' digits for a row of Kq digits (a multiple of 64): Kq, or Kq + 64 where
-    Kq / 64 is a multiple of 8, so that a tile's 16 rows fall in 16 sets of L1 rather than 8 or
-    fewer (Kq = 1024: every fourth row in one set; the product of 64 rows by 1024 into 3072 sums, a
-    step of the forward at H = 1024, took 1.47 ms against 1.19 with the rows 1088 bytes apart)."""
-    return Kq + 64 if (Kq // 64) % 8 == 0 else Kq
+def spread_rows(row_bytes):
+    """Bytes between the rows of a tile operand's scratch whose rows hold ``row_bytes`` (a multiple of
+    64): row_bytes, or one cache line more where a row is a multiple of 8 lines, so that a tile's 16
+    rows fall in 16 sets of L1 rather than 8 or fewer, where W's tiles streaming past evict them
+    (1024 digits a row: every fourth row in one set; the product of 64 rows by 1024 into 3072 sums,
+    a step of the forward at H = 1024, took 1.47 ms against 1.19 with the rows 1088 bytes apart).
+    The rows' digits, the split's bfloat16 pieces and the weight gradient's pieces of G take it."""
+    return row_bytes + 64 if (row_bytes // 64) % 8 == 0 else row_bytes
 
 
 @inline
@@ -740,8 +735,8 @@ def _digit_chunk(Kq, Np):
 def _sixteen_rows_digits(A8, Wq, S, Kq, Np, Ks):
     """S[p] (16, Np) int32 = the sums of digit products of weight 2⁻⁸ᵖ: p = 0 d₀e₀, 1 d₀e₁ + d₁e₀,
     2 d₀e₂ + d₁e₁ + d₂e₀, for the digits d of 16 rows of A8 (digit p at p·16·Ks, rows Ks bytes apart:
-    :func:`digit_row_stride`) and e of W's (:func:`pack_digits`), 64 values of the summed index a tile product. The products
-    of lower weight (below 2⁻²⁴ of the leading ones) are left out. Tiles 0–2 sum, 3–5 hold the
+    :func:`spread_rows`) and e of W's (:func:`pack_digits`), 64 values of the summed index a tile
+    product. The products of lower weight (below 2⁻²⁴ of the leading ones) are left out. Tiles 0–2 sum, 3–5 hold the
     rows' digits, 6–7 W's. The summed index runs in chunks (:func:`_digit_chunk`), every column of
     tiles of a chunk before the next, the sums stored and loaded back between them, so that the
     rows' digits of a chunk stay in L1 while W's stream past (the backward's product at H = 256,
@@ -846,7 +841,7 @@ def _digit_rows_product(src, nb, Wv, A, acc, acc3, Np, wide_bytes, spread):
     Wq = Wv.view(np.int8)
     sw = Wv[3 * Np * Kq // 2:].view(np.float32)
     Sf = acc3.reshape(acc3.size).view(np.int32)
-    Ks = digit_row_stride(Kq)
+    Ks = spread_rows(Kq)
     wide = (nb > 16 and 3 * Np * Kq > wide_bytes and Sf.shape[0] >= 6 * 16 * Np
             and A8.shape[0] >= 3 * 32 * Ks)
     G = 32 if wide else 16
@@ -944,7 +939,7 @@ def _project_rows(x, Wv, N, biasp, out, r0, r1, order):
     Np = padded(N)
     Kp = padded(K)
     MB = max(32, min(256, BLOCK_BYTES // (6 * Kp) // 32 * 32))
-    Ks = piece_row_stride(Kp)
+    Ks = spread_rows(2 * Kp) // 2
     A = aligned_zeros(3 * MB * Ks, np.uint16)
     A3 = A.reshape(3, MB, Ks)
     edge = aligned_zeros(32 * 32, np.float32)
@@ -1141,7 +1136,7 @@ def _tile_rows_product(src, nb, Wv, A, A3, acc, acc3, order):
     or blocks of 32 rows). False where a row holds a value :func:`_split_into` refuses."""
     K = src.shape[1]
     Kp = padded(K)
-    Ks = A3.shape[2]  # (the pieces' rows apart: :func:`piece_row_stride`)
+    Ks = A3.shape[2]  # (the pieces' rows apart: :func:`spread_rows`)
     Mp = A3.shape[1]
     Np = acc.shape[1]
     kind = _pieces_of(Wv, Np, Kp)
@@ -1208,7 +1203,7 @@ def _amx_scratch(nb, K, N, few):
     ``few``: one 16-row tile (nb ≤ 16), else blocks of 32 rows. acc3 holds each piece's sums of a
     16-row tile (3 × 16 rows), or the digits' int32 sums (as 3 or 6 × 16 rows of float32, viewed)."""
     Np = padded(N)
-    Ks = piece_row_stride(padded(K))
+    Ks = spread_rows(2 * padded(K)) // 2
     Mp = 16 if few else padded(nb)
     A = aligned_zeros(3 * Mp * Ks, np.uint16)
     acc3 = aligned_zeros((3 if Mp == 16 else 6) * 16 * Np, np.float32).reshape(-1, 16, Np)
@@ -1408,10 +1403,9 @@ def _gradient_columns(X, D, D2, M, C, c0, c1, KB, order):
     A3 = A.reshape(3, Ip, KH)
     Vf = aligned_zeros(3 * KH * Ip, np.uint32)
     V = Vf.reshape(3, KH, Ip)
-    # G's pieces' rows an odd number of cache lines apart (W a multiple of 32: 16 more where W / 16 is
-    # even), so that a tile's 16 rows fall in 16 sets of L1, not 4 (W = 768: 3072 bytes apart, every
-    # fourth row in one set; the gradient at N = 8192, 768 × 256 read 15.8–16.1 ms against 15.2–15.5)
-    WB = W + 16 if (W // 16) % 2 == 0 else W
+    # G's pieces' rows spread over L1's sets (:func:`spread_rows`; W = 768, 3072 bytes a row, put every
+    # fourth row in one set: the gradient at N = 8192, 768 × 256 read 15.8–16.1 ms against 15.2–15.5)
+    WB = spread_rows(4 * W) // 4
     Bv = aligned_zeros(3 * KH * WB, np.uint32)
     B3 = Bv.reshape(3, KH, WB)
     Cf = C.reshape(Ip * Mp)
