@@ -13,8 +13,10 @@ pre-activations of every gate) without comparisons that would turn NaN into a bo
 float32 uses a rational approximation of tanh (the form Eigen uses for ``ptanh``: odd polynomial of
 degree 13 over even polynomial of degree 6 on [−7.9, 7.9], then ±1), and σ(x) = ½ + ½·tanh(x/2). Both
 are plain arithmetic, so LLVM vectorises the fused gate loop, where a libm call per element would not
-be; the error stays below 2e-7 absolute (``tests/test_activations.py``). float64 keeps libm's ``exp`` and
-``tanh`` for 1e-10 parity with PyTorch. All forms are finite for |x| up to 1e30 and pass NaN through.
+be; the error against float64 stays below 3e-7 absolute for tanh and 2e-7 for σ, and 3e-7 relative
+for tanh near 0 (``tests/test_activations.py``), with no branch for small |x| (p carries the factor
+x; the branch cost a compare and a blend an activation, 0.6 of 5.2 µs a step in the inference gate
+loop at B = 64, H = 64). float64 keeps libm's ``exp`` and ``tanh`` for 1e-10 parity with PyTorch. All forms are finite for |x| up to 1e30 and pass NaN through.
 """
 import math
 
@@ -75,9 +77,7 @@ def _ol_tanh_fast(x):
             q = q * x2 + _F32(1.18534705686654e-04)
             q = q * x2 + _F32(2.26843463243900e-03)
             q = q * x2 + _F32(4.89352518554385e-03)
-            res = p / q
-            if abs(x) < _F32(0.0004):
-                res = x
+            res = p / q  # near 0 as well: p = v·(…), so p / q keeps x's relative accuracy there
             if x > c:
                 res = _F32(1.0)
             elif x < -c:
