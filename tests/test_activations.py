@@ -8,19 +8,19 @@ from numgru.kernels.activations import sigmoid_fast, tanh_fast
 
 
 @numba.njit(cache=False)
+def _activate(xs, sigmoid):
+    out = np.empty_like(xs)
+    for i in range(xs.size):
+        out[i] = sigmoid_fast(xs[i]) if sigmoid else tanh_fast(xs[i])
+    return out
+
+
 def _tanh32(xs):
-    out = np.empty_like(xs)
-    for i in range(xs.size):
-        out[i] = tanh_fast(xs[i])
-    return out
+    return _activate(xs, False)
 
 
-@numba.njit(cache=False)
 def _sigmoid32(xs):
-    out = np.empty_like(xs)
-    for i in range(xs.size):
-        out[i] = sigmoid_fast(xs[i])
-    return out
+    return _activate(xs, True)
 
 
 def _grid():
