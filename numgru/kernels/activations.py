@@ -14,9 +14,11 @@ float32 uses a rational approximation of tanh (the form Eigen uses for ``ptanh``
 degree 13 over even polynomial of degree 6 on [−7.9, 7.9], then ±1), and σ(x) = ½ + ½·tanh(x/2). Both
 are plain arithmetic, so LLVM vectorises the fused gate loop, where a libm call per element would not
 be; the error against float64 stays below 3e-7 absolute for tanh and 2e-7 for σ, and 3e-7 relative
-for tanh near 0 (``tests/test_activations.py``), with no branch for small |x| (p carries the factor
-x; the branch cost a compare and a blend an activation, 0.6 of 5.2 µs a step in the inference gate
-loop at B = 64, H = 64). float64 keeps libm's ``exp`` and ``tanh`` for 1e-10 parity with PyTorch. All forms are finite for |x| up to 1e30 and pass NaN through.
+for tanh near 0 down to |x| = 1e-36, below which p leaves the normal range
+(``tests/test_activations.py``), with no branch for small |x| (p carries the factor x; the branch cost
+a compare and a blend an activation, 0.6 of 5.2 µs a step in the inference gate loop at B = 64,
+H = 64). float64 keeps libm's ``exp`` and ``tanh`` for 1e-10 parity with PyTorch. All forms are
+finite for |x| up to 1e30 and pass NaN through.
 """
 import math
 

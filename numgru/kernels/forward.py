@@ -103,10 +103,11 @@ GATE_BLOCK_ROWS = 8
 
 @device
 def rows_after_fast(gx, t, acc, b_hh, hc, hn, y, col0, b0, i0, i1):
-    """:func:`_row_after_fast` for state rows i0 … i1−1 of step t (rows b0 + i of gx and y). Compiled on its own and called, not inlined: the same loops
-    inlined into the kernel's time loop, among its other branches, ran slower (one thread, T = 128,
-    µs a step, inlined against called: B = 64, H = 64 16.9 against 13.5; B = 16, H = 64 4.4 against
-    3.6; B = 1, H = 64 0.57 against 0.52; H = 256 level)."""
+    """:func:`_row_after_fast` for state rows i0 … i1−1 of step t (rows b0 + i of gx and y). Compiled
+    on its own and called, not inlined: the same loops inlined into the kernel's time loop, among its
+    other branches, ran slower (one thread, T = 128, µs a step, inlined against called: B = 64, H = 64
+    16.9 against 13.5; B = 16, H = 64 4.4 against 3.6; B = 1, H = 64 0.57 against 0.52; H = 256
+    level)."""
     wide_vectors()
     H = hc.shape[1]
     for i in range(i0, i1):
