@@ -1016,48 +1016,52 @@ class GRUCell(_Params):
 
     def forward(self, x, h=None):
         """One step. Returns h1 with h's shape."""
-        g, H = self._gru, self.hidden_size
-        if (type(x) is np.ndarray and x.dtype == g.dtype and x.ndim == 2 and x.shape[0] > 0
-                and x.shape[1] == self.input_size and (h is None or (
-                    type(h) is np.ndarray and h.dtype == g.dtype and h.shape == (x.shape[0], H)))):
-            # fast path: one fused kernel call, workspace allocated per call (thread-safe)
-            B = x.shape[0]
-            if not x.flags.c_contiguous:
-                x = np.ascontiguousarray(x)
-            if h is None:
-                h = np.zeros((B, H), g.dtype)
-            elif not h.flags.c_contiguous:
-                h = np.ascontiguousarray(h)
-            out = np.empty((B, H), g.dtype)
-            args, columns, tiled_max = self._step_args(B)
-            # successive steps sweep the weights in opposite directions (gru_step's ``backwards``;
-            # two threads racing on the flag only change which way a step reads them)
-            backwards = self._backwards = not self._backwards
-            if columns:
-                gi, gh = np.empty((B, 3 * H), g.dtype), np.empty((B, 3 * H), g.dtype)
-                run_step(x, h, args[:5], args[5:], out, gi, gh,
-                         step_columns_workspace(B, H, columns, g.dtype), tiled_max, backwards)
-            else:  # (the kernel allocates its workspace)
-                no_work = empty_array(g.dtype, 2)
-                gru_step(x, h, *args, out, no_work, no_work, tiled_max, backwards)
-            return out
+        g = self._gru
+        dtype = g.dtype
+        if type(x) is np.ndarray and x.ndim == 2 and x.dtype == dtype:
+            B, I = x.shape
+            H = g.hidden_size
+            if B > 0 and I == g.input_size and (h is None or (
+                    type(h) is np.ndarray and h.dtype == dtype and h.shape == (B, H))):
+                # fast path: one fused kernel call, workspace allocated per call (thread-safe). Its
+                # Python is part of a step's time twice over at H = 256, where the weights fill most
+                # of L2: attributes read once, the kernels' arguments kept per batch size.
+                if not x.flags.c_contiguous:
+                    x = np.ascontiguousarray(x)
+                if h is None:
+                    h = np.zeros((B, H), dtype)
+                elif not h.flags.c_contiguous:
+                    h = np.ascontiguousarray(h)
+                out = np.empty((B, H), dtype)
+                args, columns, tiled_max, no_work = self._step_args(B)
+                # successive steps sweep the weights in opposite directions (gru_step's
+                # ``backwards``; two threads racing on the flag only change which way a step reads)
+                backwards = self._backwards = not self._backwards
+                if columns:
+                    gi, gh = np.empty((B, 3 * H), dtype), np.empty((B, 3 * H), dtype)
+                    run_step(x, h, args[:5], args[5:], out, gi, gh,
+                             step_columns_workspace(B, H, columns, dtype), tiled_max, backwards)
+                else:  # (no_work: the kernel allocates its workspace)
+                    gru_step(x, h, *args, out, no_work, no_work, tiled_max, backwards)
+                return out
         x3, h0, unbatched = self._prepare(x, h)
         B = x3.shape[1]
         _, h_n, _ = self._gru._run(x3, h0, np.ones(B, np.int64), store=False)
         return h_n[0, 0] if unbatched else h_n[0]
 
     def _step_args(self, B):
-        """``(args, columns, tiled_max)`` of a step of B rows for the current thread count, kept per
-        (B, threads): args the weights and scalars as :func:`~numgru.kernels.step.gru_step` takes them
-        (the weight arrays are updated in place, so they stay current), columns the thread count where
-        the step is split over hidden units (else 0)."""
+        """``(args, columns, tiled_max, no_work)`` of a step of B rows for the current thread count,
+        kept per (B, threads): args the weights and scalars as :func:`~numgru.kernels.step.gru_step`
+        takes them (the weight arrays are updated in place, so they stay current), columns the thread
+        count where the step is split over hidden units (else 0), no_work the empty workspace that
+        lets the kernel allocate its own."""
         threads = thread_count()
         plan = self._plans.get((B, threads))
         if plan is None:
             g = self._gru
             _, columns = g._step_plan(B)
             plan = ((*g._step_weights(0, B, threads, columns), *g._kernel_scalars()),
-                    threads if columns else 0, serial_tiled_max(threads))
+                    threads if columns else 0, serial_tiled_max(threads), empty_array(g.dtype, 2))
             self._plans[(B, threads)] = plan
         return plan
 
