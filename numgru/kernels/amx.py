@@ -625,10 +625,10 @@ def _digits_into(src, K, d0, d1, d2, fine, spread):
     largest power of two that keeps it at most ``DIGIT_SCALE`` (m·2⁻²³; a state row's, whose scale
     then multiplies exactly, in any order). ``spread`` (0: none): refuse a row whose largest
     magnitude is more than ``spread`` times its mean magnitude (an input row of mixed scales, whose
-    small values the digits would keep to fewer bits than float32 does). Returns the scale s with src ≈ s·2⁻⁸·n (the 2⁻⁸ taken
-    out of each side of a product of digits, whose sums :func:`_combine_digits` puts together), 0
-    for a row of zeros, or −1 where a value is not finite or m is nonzero and outside
-    [``DIGIT_LO``, ``DIGIT_HI``] (the digits then mean nothing)."""
+    small values the digits would keep to fewer bits than float32 does). Returns the scale s with
+    src ≈ s·2⁻⁸·n (the 2⁻⁸ taken out of each side of a product of digits, whose sums
+    :func:`_combine_digits` puts together), 0 for a row of zeros, or −1 where a value is not finite or
+    m is nonzero and outside [``DIGIT_LO``, ``DIGIT_HI``] (the digits then mean nothing)."""
     top = np.int32(0)  # the largest magnitude's bits (NaN's and Inf's lie above every finite one's)
     for k in range(K):
         top = max(top, _magnitude_bits(src[k]))
@@ -710,14 +710,15 @@ def pack_digits_into(W, out, spread):
 
 
 @inline
-def spread_rows(row_bytes):
-    """Bytes between the rows of a tile operand's scratch whose rows hold ``row_bytes`` (a multiple of
-    64): row_bytes, or one cache line more where a row is a multiple of 8 lines, so that a tile's 16
-    rows fall in 16 sets of L1 rather than 8 or fewer, where W's tiles streaming past evict them
-    (1024 digits a row: every fourth row in one set; the product of 64 rows by 1024 into 3072 sums,
-    a step of the forward at H = 1024, took 1.47 ms against 1.19 with the rows 1088 bytes apart).
-    The rows' digits, the split's bfloat16 pieces and the weight gradient's pieces of G take it."""
-    return row_bytes + 64 if (row_bytes // 64) % 8 == 0 else row_bytes
+def spread_rows(n, itemsize):
+    """Values between the rows of a tile operand's scratch whose rows hold n values of ``itemsize``
+    bytes (n·itemsize a multiple of 64): n, or one cache line more where a row is a multiple of 8
+    lines, so that a tile's 16 rows fall in 16 sets of L1 rather than 8 or fewer, where W's tiles
+    streaming past evict them (1024 digits a row: every fourth row in one set; the product of 64 rows
+    by 1024 into 3072 sums, a step of the forward at H = 1024, took 1.47 ms against 1.19 with the rows
+    1088 bytes apart). The rows' digits, the split's bfloat16 pieces and the weight gradient's pieces
+    of G take it."""
+    return n + 64 // itemsize if (n * itemsize // 64) % 8 == 0 else n
 
 
 @inline
@@ -734,10 +735,10 @@ def _digit_chunk(Kq, Np):
 @inline
 def _sixteen_rows_digits(A8, Wq, S, Kq, Np, Ks):
     """S[p] (16, Np) int32 = the sums of digit products of weight 2⁻⁸ᵖ: p = 0 d₀e₀, 1 d₀e₁ + d₁e₀,
-    2 d₀e₂ + d₁e₁ + d₂e₀, for the digits d of 16 rows of A8 (digit p at p·16·Ks, rows Ks bytes apart:
-    :func:`spread_rows`) and e of W's (:func:`pack_digits`), 64 values of the summed index a tile
-    product. The products of lower weight (below 2⁻²⁴ of the leading ones) are left out. Tiles 0–2 sum, 3–5 hold the
-    rows' digits, 6–7 W's. The summed index runs in chunks (:func:`_digit_chunk`), every column of
+    2 d₀e₂ + d₁e₁ + d₂e₀, for the digits d of 16 rows of A8 (digit p at p·16·Ks, rows Ks bytes
+    apart: :func:`spread_rows`) and e of W's (:func:`pack_digits`), 64 values of the summed index a
+    tile product. The products of lower weight (below 2⁻²⁴ of the leading ones) are left out. Tiles
+    0–2 sum, 3–5 hold the rows' digits, 6–7 W's. The summed index runs in chunks (:func:`_digit_chunk`), every column of
     tiles of a chunk before the next, the sums stored and loaded back between them, so that the
     rows' digits of a chunk stay in L1 while W's stream past (the backward's product at H = 256,
     16 rows by 768 summed values into 256 sums, read the rows' 36 KB of digits again for every
@@ -841,7 +842,7 @@ def _digit_rows_product(src, nb, Wv, A, acc, acc3, Np, wide_bytes, spread):
     Wq = Wv.view(np.int8)
     sw = Wv[3 * Np * Kq // 2:].view(np.float32)
     Sf = acc3.reshape(acc3.size).view(np.int32)
-    Ks = spread_rows(Kq)
+    Ks = spread_rows(Kq, 1)
     wide = (nb > 16 and 3 * Np * Kq > wide_bytes and Sf.shape[0] >= 6 * 16 * Np
             and A8.shape[0] >= 3 * 32 * Ks)
     G = 32 if wide else 16
@@ -939,7 +940,7 @@ def _project_rows(x, Wv, N, biasp, out, r0, r1, order):
     Np = padded(N)
     Kp = padded(K)
     MB = max(32, min(256, BLOCK_BYTES // (6 * Kp) // 32 * 32))
-    Ks = spread_rows(2 * Kp) // 2
+    Ks = spread_rows(Kp, 2)
     A = aligned_zeros(3 * MB * Ks, np.uint16)
     A3 = A.reshape(3, MB, Ks)
     edge = aligned_zeros(32 * 32, np.float32)
@@ -1203,7 +1204,7 @@ def _amx_scratch(nb, K, N, few):
     ``few``: one 16-row tile (nb ≤ 16), else blocks of 32 rows. acc3 holds each piece's sums of a
     16-row tile (3 × 16 rows), or the digits' int32 sums (as 3 or 6 × 16 rows of float32, viewed)."""
     Np = padded(N)
-    Ks = spread_rows(2 * padded(K)) // 2
+    Ks = spread_rows(padded(K), 2)
     Mp = 16 if few else padded(nb)
     A = aligned_zeros(3 * Mp * Ks, np.uint16)
     acc3 = aligned_zeros((3 if Mp == 16 else 6) * 16 * Np, np.float32).reshape(-1, 16, Np)
@@ -1405,7 +1406,7 @@ def _gradient_columns(X, D, D2, M, C, c0, c1, KB, order):
     V = Vf.reshape(3, KH, Ip)
     # G's pieces' rows spread over L1's sets (:func:`spread_rows`; W = 768, 3072 bytes a row, put every
     # fourth row in one set: the gradient at N = 8192, 768 × 256 read 15.8–16.1 ms against 15.2–15.5)
-    WB = spread_rows(4 * W) // 4
+    WB = spread_rows(W, 4)
     Bv = aligned_zeros(3 * KH * WB, np.uint32)
     B3 = Bv.reshape(3, KH, WB)
     Cf = C.reshape(Ip * Mp)
