@@ -86,16 +86,28 @@ def test_panel_rows_rejects_bad_ranges():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_pack_panels_layout(dtype):
-    W = np.arange(70 * 5, dtype=dtype).reshape(70, 5)
+@pytest.mark.parametrize("M, K", [(70, 5), (97, 37), (192, 64), (48, 16)])
+def test_pack_panels_layout(dtype, M, K):
+    # whole 16 × 16 tiles (transposed in registers for float32), k and columns past them
+    W = np.arange(M * K, dtype=dtype).reshape(M, K)
     Wp = _pack(W)
     nc = _width(dtype(0))
-    assert Wp.shape == (-(-70 // nc), 5, nc)
+    assert Wp.shape == (-(-M // nc), K, nc)
     assert Wp.ctypes.data % 64 == 0 and Wp.flags.c_contiguous
     for p in range(Wp.shape[0]):
         for c in range(nc):
             j = p * nc + c
-            np.testing.assert_array_equal(Wp[p, :, c], W[j] if j < 70 else 0)
+            np.testing.assert_array_equal(Wp[p, :, c], W[j] if j < M else 0)
+
+
+def test_pack_panels_of_row_slices_and_read_only_weights():
+    W = np.random.default_rng(0).standard_normal((96, 48)).astype(np.float32)
+    expect = np.zeros((2, 48, 48), np.float32)
+    expect[0] = W[:48].T
+    expect[1, :, :16] = W[48:64].T
+    np.testing.assert_array_equal(_pack(W[:64]), expect)
+    W.flags.writeable = False
+    np.testing.assert_array_equal(_pack(W)[1], W[48:].T)
 
 
 @pytest.mark.parametrize("M, K", [(768, 256), (97, 301), (5, 3), (64, 1)])
