@@ -330,14 +330,17 @@ def test_forward_on_and_off_panels_matches_reference(reset_after, dtype, T, B, H
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("B", [4, 1])
 def test_input_projection_on_panels_one_thread(dtype, bias, B):
-    """One thread, 33+ rows and at most 128 inputs: the projection runs on packed panels of W_ih
-    (a layer of 37 inputs, then one of 2·H); the whole model agrees with the reference."""
+    """One thread, from 16 / 32 / 128 rows for at most 64 / 128 / 256 inputs: the projection runs on
+    packed panels of W_ih (a layer of 37 inputs, then one of 2·H); the whole model agrees with the
+    reference."""
     from numgru.kernels import dispatch
-    assert dispatch.projection_panels(33, 128, 1) and not dispatch.projection_panels(32, 128, 1)
-    assert not dispatch.projection_panels(1000, 129, 1)
+    for rows, inputs in [(16, 64), (32, 128), (128, 256)]:
+        assert dispatch.projection_panels(rows, inputs, 1)
+        assert not dispatch.projection_panels(rows - 1, inputs, 1)
+    assert not dispatch.projection_panels(1000, 257, 1)
     # with BLAS on several threads, only the few rows where one thread's panels beat it
     for N, I, want in [(128, 64, True), (129, 64, False), (64, 128, True), (65, 128, False),
-                       (32, 64, False), (100, 129, False)]:
+                       (16, 64, True), (15, 64, False), (100, 129, False)]:
         assert dispatch.serial_projection_panels(N, I, 2) == want
         assert dispatch.serial_projection_panels(N, I, 1) == dispatch.projection_panels(N, I, 1)
     before = numba.get_num_threads()

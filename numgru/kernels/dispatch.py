@@ -64,7 +64,7 @@ STEP_COLS_MIN_H = 192
 STEP_COLS_MAX_ROWS = 16
 STEP_COLS_B1_BYTES = 1 << 21
 STEP_COLS_BF16_SERIAL_BYTES = 1 << 20
-PROJ_PANELS_MIN_ROWS = 33
+PROJ_PANELS_MIN_ROWS = ((64, 16), (128, 32), (256, 128))
 PROJ_PANELS_MAX_INPUTS = 128
 PROJ_PANELS_MIN_ROWS_PARALLEL = 256
 PROJ_PANELS_MAX_INPUTS_PARALLEL = 512
@@ -842,12 +842,17 @@ def projection_panels(N, I, threads):
     alternative. Measured on the 2-vCPU Intel machine (float32, H = I):
 
     - one thread, against OpenBLAS's GEMM (kernel alone, paired): I = 64 1.20–1.23×, I = 128 1.11×,
-      I = 256 1.00× (N = 2048–8192) but 0.97× at N = 128–512, I = 512 0.88×, I = 1024 0.74×: panels
-      for N ≥ ``PROJ_PANELS_MIN_ROWS`` and I ≤ ``PROJ_PANELS_MAX_INPUTS``. Fewer rows, packing
-      included (µs, panels against BLAS and the dot-product block): I = 64, N = 33 / 64 / 128 9.9 /
-      14.5 / 25.6 against 14.5 / 22.7 / 29.6 and 10.1 / 18.0 / 36.4; I = 128, N = 48 / 64 / 96 43.2 /
-      50.1 / 70.2 against 54.9 / 69.2 / 74.7 and 43.9 / 52.9 / 80.8 (up to 32 rows the block is
-      ahead: :func:`projection_dot`). With several BLAS threads, see :func:`serial_projection_panels`.
+      I = 256 1.00× (N = 2048–8192) but 0.97× at N = 128–512, I = 512 0.88×, I = 1024 0.74×. Fewer
+      rows, packing included, since the panels are transposed in registers (kernel alone, µs, two
+      runs, panels against the dot-product block and BLAS): I = 64, N = 8 / 16 / 32 / 64 3.6 / 5.1 /
+      7.7–7.9 / 12.8–13.4 against 3.9 / 6.5–6.6 / 12.3 / 22.7–23.9 and 5.6 / 7.1 / 13.5 / 23.4–24.1;
+      I = 128, N = 16 / 32 / 64 / 128 16.8–17.1 / 26.4–26.6 / 46.3 / 86.0 against 15.1–15.2 /
+      28.6–29.3 / 56.6–58.0 / 116 and 23.0–23.5 / 40.1 / 72.0–72.3 / 106; I = 256, N = 32 / 64 / 128
+      / 512 108–109 / 183–190 / 347 / 1327 against 105–106 / 205–216 / 429 / 1768 and 134–136 /
+      233–234 / 380 / 1378: panels from the rows that ``PROJ_PANELS_MIN_ROWS`` gives per (most
+      inputs, fewest rows), for I = 256 from 128 (whole forwards at B = 1, H = 256, T = 64 ran
+      0.97–1.00× with them from 64); fewer rows take :func:`projection_dot`, wider inputs BLAS. With several
+      BLAS threads, see :func:`serial_projection_panels`.
     - two Numba threads, against Numba's tiled matmul (whole forward, T = 128, paired): B = 16, H = 256
       1.40×; B = 64, H = 64 / 128 1.65× / 1.50×; B = 4 / 8, H = 256 / 512 1.19× / 1.13×; B = 16,
       H = 512 1.01×; but B = 4 / 1, H = 1024 0.98× / 0.82× (12 MB of W_ih packed for 128–512 rows):
@@ -859,7 +864,10 @@ def projection_panels(N, I, threads):
       1.10× / 1.11×, B = 8, H = 1024 1.19× (it had taken 2048 rows to repay packing 12 MB).
     """
     if threads == 1:
-        return N >= PROJ_PANELS_MIN_ROWS and I <= PROJ_PANELS_MAX_INPUTS
+        for max_inputs, min_rows in PROJ_PANELS_MIN_ROWS:
+            if I <= max_inputs:
+                return N >= min_rows
+        return False
     return N >= PROJ_PANELS_MIN_ROWS_PARALLEL and (I <= PROJ_PANELS_MAX_INPUTS_PARALLEL
                                                    or N >= PROJ_PANELS_MIN_ROWS_PARALLEL_WIDE)
 

@@ -417,9 +417,8 @@ def _ol_blas_matmul_T(Wm, h, out, buf, n):
 COLS_B1_PANEL_BYTES = 1 << 21
 PANEL_MIN_T = 4  # steps that repay packing W_hh into panels (one pass over it)
 PANEL_MIN_ROW_STEPS = 128  # float weights: rows × steps that repay it (see wants_panels)
-PANEL_ONE_ROW_MIN_T = 32  # float weights, one row: steps that repay it, for K ≤ PANEL_ONE_ROW_MAX_K
-PANEL_ONE_ROW_MAX_K = 128
-PANEL_ONE_ROW_LONG_T = 512  # ... and for larger K (up to use_panels's 256)
+#: float weights, one row: the steps that repay it, (most K, fewest steps) (use_panels takes K ≤ 256)
+PANEL_ONE_ROW_MIN_T = ((64, 16), (128, 128), (256, 256))
 PANEL_MAX_VALUES = 1 << 22  # largest weight matrix packed (16 MB in float32: H = 1024 is 3·2²⁰ values)
 
 
@@ -459,24 +458,33 @@ def wants_panels(M, K, B, T, tiled_max, bf16):
     was measured). bfloat16 weights (``bf16``) are packed from :data:`PANEL_MIN_T` steps.
 
     Packing is a transposing pass over the weights (72 µs for W_hh at H = 256 when these figures
-    were taken, 41 µs since :func:`~numgru.kernels.panel.pack_panels` stopped zeroing first), which a
-    step's gain on panels repays only over many rows × steps: float weights are packed for B ≥ 2 from
-    :data:`PANEL_MIN_ROW_STEPS` rows × steps, and for one row from :data:`PANEL_ONE_ROW_MIN_T` steps
-    while K ≤ :data:`PANEL_ONE_ROW_MAX_K`, from :data:`PANEL_ONE_ROW_LONG_T` beyond (one row reads W
-    from L2 at almost the same rate either way). Measured on the 2-vCPU Intel machine (one thread,
-    float32, paired whole forwards), without panels against with them, which had been taken from
-    T = 4: B = 1, H = 256 T = 4 / 8 / 16 / 32 / 128 / 256 / 512 / 1024 2.21× / 1.73× / 1.43× / 1.26×
-    / 1.04× / 1.01× / 0.98× / 0.95× (H = 192: T = 256 / 512 1.01× / 0.95×); B = 1, H = 64 T = 4 /
-    16 / 32 / 128 1.24× / 1.08× / 1.01× / 0.93×; B = 4, H = 256 T = 4 / 8 / 16 / 32 / 128 1.65× /
-    1.34× / 1.08× / 1.03× / 0.95×; B = 16, H = 256 T = 4 / 8 / 16 / 32 1.15× / 1.02× / 0.96× /
-    0.93×."""
+    were taken, 41 µs since :func:`~numgru.kernels.panel.pack_panels` stopped zeroing first, 21–24 µs
+    in float32 since it transposes in registers), which a step's gain on panels repays only over many
+    rows × steps: float weights are packed for B ≥ 2 from :data:`PANEL_MIN_ROW_STEPS` rows × steps,
+    and for one row from the steps :data:`PANEL_ONE_ROW_MIN_T` gives for K (one row reads W from L2 at
+    almost the same rate either way).
+    Measured on the 2-vCPU Intel machine (one thread, float32, paired whole forwards), without panels
+    against with them, which had been taken from T = 4: B = 4, H = 256 T = 4 / 8 / 16 / 32 / 128
+    1.65× / 1.34× / 1.08× / 1.03× / 0.95×; B = 16, H = 256 T = 4 / 8 / 16 / 32 1.15× / 1.02× / 0.96× /
+    0.93×. One row, with the registers' transpose, two runs (µs, without panels against with them):
+    H = 64 T = 8 / 16 / 32 / 64 / 128 16.2–16.3 / 25.5–26.4 / 42.9–44.0 / 71.5–71.8 / 127–132 against
+    16.8–17.2 / 24.3–24.5 / 39.1–40.2 / 57.9–63.5 / 112–114; H = 128 T = 32 / 64 / 128 / 256 / 512
+    104–107 / 186–193 / 342–364 / 645–651 / 1243–1287 against 107–108 / 188 / 339–353 / 586–592 /
+    1128–1155; H = 256 T = 32 / 64 / 128 / 256 / 512 351–369 / 686–704 / 1336–1386 / 2279–2346 /
+    4449–4702 against 389–391 / 723 / 1359–1360 / 2029–2117 / 3967–4056. Whole forwards against the
+    rule before (panels from T = 32 for K ≤ 128), two runs: H = 128 T = 64 1.02–1.04× faster without
+    them, T = 128 0.97–0.98×."""
     if bf16:
         return T >= PANEL_MIN_T
     if M * K > PANEL_MAX_VALUES:
         return False
     if B == 1:
-        return use_panels(M, K, 1, tiled_max, False) and (
-            T >= PANEL_ONE_ROW_MIN_T and K <= PANEL_ONE_ROW_MAX_K or T >= PANEL_ONE_ROW_LONG_T)
+        if not use_panels(M, K, 1, tiled_max, False):
+            return False
+        for max_k, min_t in PANEL_ONE_ROW_MIN_T:
+            if K <= max_k:
+                return T >= min_t
+        return False
     return T >= PANEL_MIN_T and T * B >= PANEL_MIN_ROW_STEPS and (
         use_panels(M, K, B, tiled_max, False) or use_panels(M, K, 1, tiled_max, False)
         or use_panels(M, K, min(B, 16), tiled_max, False))
