@@ -93,10 +93,16 @@ class TrainStep:
             self.m(self.tx)[0].sum().backward()
 
 
+#: consecutive steps per timed call of :class:`StepLatency`. asv's runner times one call per sample
+#: after running setup anew (asv#966), and a single µs step right after a fresh setup read 40–50 %
+#: above a stream's steady state (B = 1, H = 256, one thread: 27.7–28.2 µs against 17.6–18.5)
+STEPS = 64
+
+
 class StepLatency:
-    """One recurrent step from Python: numgru stream (float32, a ``freeze()`` copy and a
-    ``quantize("bfloat16")`` copy) / GRUCell against torch.nn.GRUCell, for B rows, threads pinned for
-    both."""
+    """``STEPS`` consecutive recurrent steps of one sequence from Python (a step: the time / STEPS):
+    numgru stream (float32, a ``freeze()`` copy and a ``quantize("bfloat16")`` copy) / GRUCell
+    against torch.nn.GRUCell, for B rows, threads pinned for both; the cells feed their state back."""
     STEP = ["numgru_stream", "numgru_stream_frozen", "numgru_stream_bf16", "numgru_cell", "torch"]
     params = grid(([128, 256], [1, 8], STEP, [1, "all"]),
                   ([128, 256], [1, 8], STEP, [1, "all"]),
@@ -121,19 +127,25 @@ class StepLatency:
             self.c = torch.nn.GRUCell(H, H)
             self.tx, self.th = torch.from_numpy(self.x), torch.from_numpy(self.h)
             self.inference = torch.inference_mode
-        self.time_step(H, B, backend, threads)
+        self.time_steps(H, B, backend, threads)
 
     def teardown(self, *args):
         getattr(self, "undo", lambda: None)()
 
-    def time_step(self, H, B, backend, threads):
+    def time_steps(self, H, B, backend, threads):
         if backend in ("numgru_stream", "numgru_stream_frozen", "numgru_stream_bf16"):
-            self.s.step(self.x)
+            step, x = self.s.step, self.x
+            for _ in range(STEPS):
+                step(x)
         elif backend == "numgru_cell":
-            self.c(self.x, self.h)
+            cell, x, h = self.c, self.x, self.h
+            for _ in range(STEPS):
+                h = cell(x, h)
         else:
+            cell, x, h = self.c, self.tx, self.th
             with self.inference():
-                self.c(self.tx, self.th)
+                for _ in range(STEPS):
+                    h = cell(x, h)
 
 
 class Speedup:
