@@ -51,7 +51,7 @@ values (a quantized model's) has zero second and third pieces: it packs as its f
 the kernels (which tell the two packings apart by their length) take three products a block, a₁, a₂,
 a₃ by w₁. Rows of x are split the same way a block at a time, into a scratch the tiles read. A weight
 gradient (:func:`amx_gradient`) sums over rows, so both of its operands are split two rows at a time
-into pairs, and one of them turned (:func:`transpose16`).
+into pairs, and one of them turned (:func:`~numgru.kernels.panel.transpose16`).
 """
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ from numba.extending import intrinsic
 
 from ._jit import inline, kernel, parallel_kernel, wide_vectors
 from .forward import input_projection_kernel, rows_after_fast, rows_after_store
-from .panel import aligned_empty, aligned_zeros, pack_panels
+from .panel import aligned_empty, aligned_zeros, pack_panels, transpose16
 
 #: largest magnitude split into pieces; larger values, Inf and NaN leave the product to float32
 #: (bfloat16 rounding of values near float32's largest would overflow)
@@ -1323,41 +1323,6 @@ def gru_forward_amx_rows(gx, Whv, b_hh, h0, reverse, y, col0, h_n, n_chunks, tap
 
 
 # ---------------------------------------------------------------------------- weight gradients
-@intrinsic
-def transpose16(typingctx, src, s0, s_row, dst, d0, d_row):
-    """Transpose a 16 × 16 block of 32-bit values: dst[d0 + i·d_row + k] = src[s0 + k·s_row + i]
-    (rows in elements; unchecked, as :func:`tile_load`). Sixteen vectors and four rounds of
-    shuffles, each swapping one bit of the row index with the same bit of the column index."""
-    if not (isinstance(src, types.Array) and isinstance(dst, types.Array)
-            and src.dtype.bitwidth == 32 and dst.dtype.bitwidth == 32):
-        return None
-
-    def codegen(context, builder, sig, args):
-        i32 = ir.IntType(32)
-        vec = ir.VectorType(i32, 16)
-        s = context.make_array(sig.args[0])(context, builder, args[0])
-        d = context.make_array(sig.args[3])(context, builder, args[3])
-
-        def row_ptr(a, off, stride, k):
-            idx = builder.add(off, builder.mul(stride, ir.Constant(off.type, k)))
-            return builder.bitcast(builder.gep(a.data, [idx]), vec.as_pointer())
-
-        rows = [builder.load(row_ptr(s, args[1], args[2], k), align=4) for k in range(16)]
-        for b in (8, 4, 2, 1):
-            lo = ir.Constant(vec, [j if j & b == 0 else 16 + j - b for j in range(16)])
-            hi = ir.Constant(vec, [j + b if j & b == 0 else 16 + j for j in range(16)])
-            out = list(rows)
-            for r in range(16):
-                if r & b == 0:
-                    out[r] = builder.shuffle_vector(rows[r], rows[r + b], lo)
-                    out[r + b] = builder.shuffle_vector(rows[r], rows[r + b], hi)
-            rows = out
-        for i in range(16):
-            builder.store(rows[i], row_ptr(d, args[4], args[5], i), align=4)
-        return context.get_dummy_value()
-    return types.none(src, types.intp, types.intp, dst, types.intp, types.intp), codegen
-
-
 @intrinsic
 def prefetch(typingctx, arr, i):
     """Ask for the cache line of arr's element i in memory order (``PREFETCHT0``; a hint: never faults)."""

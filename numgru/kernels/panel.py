@@ -148,7 +148,7 @@ def fill_panel(panel, W, j0, m):
     layout: in tiles of 16 columns by 16 k, whose reads and writes stay in L1 (a column at a time
     wrote a line per k: the panels of W_hh at H = 256 / 1024 took 112 µs / 6.0 ms against 72 µs /
     2.4 ms in blocks, one thread; a forward at B = 1 packs once per call). float32 tiles are
-    transposed in vector registers (:func:`_transpose_tile`): W_hh's panels at H = 64 / 256 in
+    transposed in vector registers (:func:`transpose16`): W_hh's panels at H = 64 / 256 in
     1.9 / 21 µs against 3.4 / 44 element by element (one thread; float64 measured level, and keeps
     the element loops)."""
     for c in range(m):
@@ -160,55 +160,39 @@ TILE = 16
 
 
 @intrinsic
-def _transpose_tile(typingctx, dst, d0, src, s0):
-    """dst.flat[d0 + kk·ldd + cc] = src.flat[s0 + cc·lds + kk] for kk, cc < :data:`TILE` (ldd, lds:
-    the row strides of the 2-D C-contiguous float arrays dst and src, one dtype; the caller keeps every
-    index inside them). In blocks of L × L (L lanes a vector): L row loads, log2(L) rounds of two-vector
-    shuffles, each swapping the off-diagonal halves of every 2b × 2b block (b = L/2 … 1), L stores."""
-    if not (_c_arrays(dst, src) and dst.ndim == 2 and src.ndim == 2
-            and isinstance(d0, types.Integer) and isinstance(s0, types.Integer)):
+def transpose16(typingctx, src, s0, s_row, dst, d0, d_row):
+    """Transpose a 16 × 16 block of 32-bit values: dst[d0 + i·d_row + k] = src[s0 + k·s_row + i]
+    (rows in elements; unchecked: the callers keep every index inside the arrays). Sixteen vectors
+    and four rounds of shuffles, each swapping one bit of the row index with the same bit of the
+    column index. The AMX kernels turn their operands' pairs with it too."""
+    if not (isinstance(src, types.Array) and isinstance(dst, types.Array)
+            and src.dtype.bitwidth == 32 and dst.dtype.bitwidth == 32):
         return None
-    sig = types.void(dst, types.intp, src, types.intp)
 
     def codegen(context, builder, sig, args):
-        fty = context.get_value_type(sig.args[0].dtype)
-        size = context.get_abi_sizeof(fty)
-        L = min(_shape_for(context, size)[0], TILE)
-        vptr_t = ir.VectorType(fty, L).as_pointer()
-        intp = cgutils.intp_t
         i32 = ir.IntType(32)
-        D = context.make_array(sig.args[0])(context, builder, args[0])
-        S = context.make_array(sig.args[2])(context, builder, args[2])
-        nbytes = ir.Constant(intp, size)
-        ldd = builder.sdiv(cgutils.unpack_tuple(builder, D.strides, 2)[0], nbytes)
-        lds = builder.sdiv(cgutils.unpack_tuple(builder, S.strides, 2)[0], nbytes)
-        d_ptr = builder.gep(D.data, [args[1]])
-        s_ptr = builder.gep(S.data, [args[3]])
+        vec = ir.VectorType(i32, 16)
+        s = context.make_array(sig.args[0])(context, builder, args[0])
+        d = context.make_array(sig.args[3])(context, builder, args[3])
 
-        def at(ptr, row, ld, col):
-            offset = builder.add(builder.mul(ir.Constant(intp, row), ld), ir.Constant(intp, col))
-            return builder.bitcast(builder.gep(ptr, [offset]), vptr_t)
+        def row_ptr(a, off, stride, k):
+            idx = builder.add(off, builder.mul(stride, ir.Constant(off.type, k)))
+            return builder.bitcast(builder.gep(a.data, [idx]), vec.as_pointer())
 
-        rounds = []
-        b = L // 2
-        while b:  # (b, lanes of the upper row of a pair, lanes of the lower row)
-            rounds.append((b, ir.Constant(ir.VectorType(i32, L), [c if c & b == 0 else L + c - b for c in range(L)]),
-                           ir.Constant(ir.VectorType(i32, L), [c + b if c & b == 0 else L + c for c in range(L)])))
-            b //= 2
-        for c0 in range(0, TILE, L):
-            for k0 in range(0, TILE, L):
-                v = [builder.load(at(s_ptr, c0 + r, lds, k0), align=size) for r in range(L)]
-                for b, upper, lower in rounds:
-                    w = list(v)
-                    for r in range(L):
-                        if r & b == 0:
-                            w[r] = builder.shuffle_vector(v[r], v[r + b], upper)
-                            w[r + b] = builder.shuffle_vector(v[r], v[r + b], lower)
-                    v = w
-                for r in range(L):
-                    builder.store(v[r], at(d_ptr, k0 + r, ldd, c0), align=size)
+        rows = [builder.load(row_ptr(s, args[1], args[2], k), align=4) for k in range(16)]
+        for b in (8, 4, 2, 1):
+            lo = ir.Constant(vec, [j if j & b == 0 else 16 + j - b for j in range(16)])
+            hi = ir.Constant(vec, [j + b if j & b == 0 else 16 + j for j in range(16)])
+            out = list(rows)
+            for r in range(16):
+                if r & b == 0:
+                    out[r] = builder.shuffle_vector(rows[r], rows[r + b], lo)
+                    out[r + b] = builder.shuffle_vector(rows[r], rows[r + b], hi)
+            rows = out
+        for i in range(16):
+            builder.store(rows[i], row_ptr(d, args[4], args[5], i), align=4)
         return context.get_dummy_value()
-    return sig, codegen
+    return types.none(src, types.intp, types.intp, dst, types.intp, types.intp), codegen
 
 
 def _tile_filler(panel, W):
@@ -217,7 +201,9 @@ def _tile_filler(panel, W):
     C-contiguous), else element by element through ``_writer``'s ``put``."""
     if panel.dtype == types.float32 and _c_arrays(panel, W):
         def fill(panel, pairs, W, j0, c0, k0):
-            _transpose_tile(panel, k0 * panel.shape[1] + c0, W, (j0 + c0) * W.shape[1] + k0)
+            K = W.shape[1]
+            NC = panel.shape[1]
+            transpose16(W, (j0 + c0) * K + k0, K, panel, k0 * NC + c0, NC)
         return inline(fill)
     put = _writer(panel)[1]
 
