@@ -851,8 +851,8 @@ def projection_panels(N, I, threads):
       / 512 108–109 / 183–190 / 347 / 1327 against 105–106 / 205–216 / 429 / 1768 and 134–136 /
       233–234 / 380 / 1378: panels from the rows that ``PROJ_PANELS_MIN_ROWS`` gives per (most
       inputs, fewest rows), for I = 256 from 128 (whole forwards at B = 1, H = 256, T = 64 ran
-      0.97–1.00× with them from 64); fewer rows take :func:`projection_dot`, wider inputs BLAS. With several
-      BLAS threads, see :func:`serial_projection_panels`.
+      0.97–1.00× with them from 64); fewer rows take :func:`projection_dot`, wider inputs BLAS.
+      With several BLAS threads, see :func:`serial_projection_panels`.
     - two Numba threads, against Numba's tiled matmul (whole forward, T = 128, paired): B = 16, H = 256
       1.40×; B = 64, H = 64 / 128 1.65× / 1.50×; B = 4 / 8, H = 256 / 512 1.19× / 1.13×; B = 16,
       H = 512 1.01×; but B = 4 / 1, H = 1024 0.98× / 0.82× (12 MB of W_ih packed for 128–512 rows):

@@ -606,9 +606,9 @@ def sweep_rows(Wm, Wp, n, tiled_max):
 def loop_product(Wm, Wp, h, out, buf, n, tiled_max, backwards, sweep):
     """:func:`step_product` in a time loop that took ``sweep`` = :func:`sweep_rows` (Wm, Wp, B,
     tiled_max) before its first step: steps of that many rows go straight to
-    :func:`~numgru.kernels.panel.panel_matmul`. The choice step_product makes on every call cost a
-    step at B = 1 as much as its gates' activations: one thread, the time loop alone, B = 1, H = 64
-    447 against 538 ns a step, H = 256 5.41–5.51 against 5.64–5.70 µs; whole forwards, four runs
+    :func:`~numgru.kernels.panel.panel_matmul`. The choice step_product makes on every call cost
+    90 ns of a step at B = 1, H = 64 (its gates take ~140): one thread, the time loop alone, 447
+    against 538 ns a step, H = 256 5.41–5.51 against 5.64–5.70 µs; whole forwards, four runs
     taking turns: T = 128, H = 64 / 128 99–109 / 318–330 against 102–113 / 331–343 µs, T = 32 and
     H = 256 level."""
     if n == sweep:

@@ -149,8 +149,8 @@ def fill_panel(panel, W, j0, m):
     wrote a line per k: the panels of W_hh at H = 256 / 1024 took 112 µs / 6.0 ms against 72 µs /
     2.4 ms in blocks, one thread; a forward at B = 1 packs once per call). float32 tiles are
     transposed in vector registers (:func:`transpose16`): W_hh's panels at H = 64 / 256 in
-    1.9 / 21 µs against 3.4 / 44 element by element (one thread; float64 measured level, and keeps
-    the element loops)."""
+    1.9 / 21–24 µs against 3.4 / 44 element by element (one thread; float64 measured level, and
+    keeps the element loops)."""
     for c in range(m):
         put_row(panel, c, W[j0 + c])
 
