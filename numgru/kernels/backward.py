@@ -19,16 +19,26 @@ import numpy as np
 
 from numba import prange
 
-from ._jit import kernel, parallel_kernel, wide_vectors
+from ._jit import inline, kernel, parallel_kernel, wide_vectors
 from .activations import gate_grad, kind_is_sigmoid, one_like
 from .forward import active_rows, step_product, wants_panels
-from .amx import _amx_scratch, _tile_config, _tile_rows_product, tile_config, tile_release
+from .amx import _amx_scratch, _tile_config, _tile_rows_product, prefetch, tile_config, tile_release
 from .panel import pack_panels
 
 
 #: rows whose bias gradients share an accumulator (the ranges of :func:`gru_backward_amx_rows` are
 #: multiples of it)
 BIAS_ROWS = 32
+#: rows ahead whose lines a step's row loop asks for (:func:`prefetch_row`)
+PREFETCH_ROWS = 2
+
+
+@inline
+def prefetch_row(a, t, b, c0, n):
+    """Ask for the cache lines of a[t, b, c0:c0 + n] (a (T, B, ·) C-contiguous; a hint)."""
+    o = (t * a.shape[1] + b) * a.shape[2] + c0
+    for q in range(0, n, 64 // a.itemsize):
+        prefetch(a, o + q)
 
 
 def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, reverse, reset_after,
@@ -131,6 +141,15 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, revers
         t = s if reverse else T - 1 - s
         for b in range(B):
             L = lens[b]
+            # the lines of the row PREFETCH_ROWS ahead: tape and dy come from memory (written long
+            # before), dgx and hprev go to it, and the hardware's prefetchers ran behind (T = 128,
+            # B = 64, H = 256, the kernel alone: 18.0–20.1 against 18.3–22.0 ms)
+            if b + PREFETCH_ROWS < B:
+                bp = b0 + b + PREFETCH_ROWS
+                prefetch_row(tape, t, bp, 0, tape.shape[2])
+                prefetch_row(dy, t, bp, col0, H)
+                prefetch_row(dgx, t, bp, 0, 3 * H)
+                prefetch_row(hprev, t, bp, 0, H)
             dhb = dh[b]
             dhpb = dhp[b]
             if t >= L:  # past the row's length: no gradient for this step
