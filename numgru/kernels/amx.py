@@ -734,16 +734,15 @@ def _digit_chunk(Kq, Np):
 
 @inline
 def _sixteen_rows_digits(A8, Wq, S, Kq, Np, Ks):
-    """S[p] (16, Np) int32 = the sums of digit products of weight 2⁻⁸ᵖ: p = 0 d₀e₀, 1 d₀e₁ + d₁e₀,
-    2 d₀e₂ + d₁e₁ + d₂e₀, for the digits d of 16 rows of A8 (digit p at p·16·Ks, rows Ks bytes
-    apart: :func:`spread_rows`) and e of W's (:func:`pack_digits`), 64 values of the summed index a
-    tile product. The products of lower weight (below 2⁻²⁴ of the leading ones) are left out. Tiles
-    0–2 sum, 3–5 hold the rows' digits, 6–7 W's. The summed index runs in chunks (:func:`_digit_chunk`), every column of
-    tiles of a chunk before the next, the sums stored and loaded back between them, so that the
-    rows' digits of a chunk stay in L1 while W's stream past (the backward's product at H = 256,
-    16 rows by 768 summed values into 256 sums, read the rows' 36 KB of digits again for every
-    column of W's tiles: 64 rows 70–73 µs against 87–89 by chunks of 384; integer sums, so the bits
-    are the same)."""
+    """S[p] (16, Np) int32 = the sums of digit products of weight 2⁻⁸ᵖ: p = 0 d₀e₀, 1 d₀e₁ + d₁e₀, 2 d₀e₂ +
+    d₁e₁ + d₂e₀, for the digits d of 16 rows of A8 (digit p at p·16·Ks, rows Ks bytes apart:
+    :func:`spread_rows`) and e of W's (:func:`pack_digits`), 64 values of the summed index a tile
+    product. The products of lower weight (below 2⁻²⁴ of the leading ones) are left out. Tiles 0–2 sum,
+    3–5 hold the rows' digits, 6–7 W's. The summed index runs in chunks (:func:`_digit_chunk`), every
+    column of tiles of a chunk before the next, the sums stored and loaded back between them, so that
+    the rows' digits of a chunk stay in L1 while W's stream past (the backward's product at H = 256, 16
+    rows by 768 summed values into 256 sums, read the rows' 36 KB of digits again for every column of
+    W's tiles: 64 rows 70–73 µs against 87–89 by chunks of 384; integer sums, so the bits are the same)."""
     step = Np * Kq
     md = 16 * Ks
     C = _digit_chunk(Kq, Np)

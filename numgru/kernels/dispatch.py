@@ -65,7 +65,6 @@ STEP_COLS_MAX_ROWS = 16
 STEP_COLS_B1_BYTES = 1 << 21
 STEP_COLS_BF16_SERIAL_BYTES = 1 << 20
 PROJ_PANELS_MIN_ROWS = ((64, 16), (128, 32), (256, 128))
-PROJ_PANELS_MAX_INPUTS = 128
 PROJ_PANELS_MIN_ROWS_PARALLEL = 256
 PROJ_PANELS_MAX_INPUTS_PARALLEL = 512
 PROJ_PANELS_MIN_ROWS_PARALLEL_WIDE = 512
@@ -74,6 +73,7 @@ PROJ_DOT_MAX_ROWS_ONE_THREAD = 32
 PROJ_DOT_MID_INPUTS = (128, 256)
 PROJ_DOT_MAX_ROWS_MID_INPUTS = 64
 PROJ_DOT_MAX_ROWS_NARROW = 32
+PROJ_DOT_NARROW_INPUTS = 128
 PROJ_PANELS_BLAS_THREADS = ((64, 128), (128, 64))
 PACKED_PROJ_MAX_INPUTS = 256
 PACKED_PROJ_MAX_INPUTS_WIDE = 512
@@ -793,7 +793,7 @@ def projection_dot(N, I, threads, training):
     """Whether the input projection of N rows with I inputs (outside Numba's threads) runs by the
     dot-product block on W_ih as it lies (:func:`~numgru.kernels.dotblock.dot_rows`) instead of BLAS,
     which packs W_ih on every call: for 2 to ``PROJ_DOT_MAX_ROWS`` rows; outside training to
-    ``PROJ_DOT_MAX_ROWS_NARROW`` for I ≤ ``PROJ_PANELS_MAX_INPUTS`` with BLAS on several threads, and
+    ``PROJ_DOT_MAX_ROWS_NARROW`` for I ≤ ``PROJ_DOT_NARROW_INPUTS`` with BLAS on several threads, and
     with BLAS on one thread to ``PROJ_DOT_MAX_ROWS_ONE_THREAD``, or ``PROJ_DOT_MAX_ROWS_MID_INPUTS``
     for I in ``PROJ_DOT_MID_INPUTS`` (exclusive, inclusive). Training takes the bound that holds for
     every thread count, so its sums, and its gradients, do not depend on it. Measured on the 2-vCPU
@@ -812,7 +812,7 @@ def projection_dot(N, I, threads, training):
     if threads > 1:
         # the block on one thread still beat BLAS on two for I ≤ 128 (µs, I = 64 / 128, N = 17: 6.4 /
         # 18.5 against 9.6 / 22.4; N = 32: 9.1 / 27.5 against 14.0 / 30.4)
-        return 2 <= N <= (PROJ_DOT_MAX_ROWS_NARROW if I <= PROJ_PANELS_MAX_INPUTS else PROJ_DOT_MAX_ROWS)
+        return 2 <= N <= (PROJ_DOT_MAX_ROWS_NARROW if I <= PROJ_DOT_NARROW_INPUTS else PROJ_DOT_MAX_ROWS)
     lo, hi = PROJ_DOT_MID_INPUTS
     return 2 <= N <= (PROJ_DOT_MAX_ROWS_MID_INPUTS if lo < I <= hi else PROJ_DOT_MAX_ROWS_ONE_THREAD)
 

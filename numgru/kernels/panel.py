@@ -195,17 +195,16 @@ def transpose16(typingctx, src, s0, s_row, dst, d0, d_row):
     return types.none(src, types.intp, types.intp, dst, types.intp, types.intp), codegen
 
 
-def _tile_filler(panel, W):
+def _tile_filler(panel, W, put):
     """``fill(panel, pairs, W, j0, c0, k0)``: one full tile of :func:`fill_panel` (columns c0 …
     c0+15 by k0 … k0+15), inlined into it: transposed in registers for float32 (the panel and W
-    C-contiguous), else element by element through ``_writer``'s ``put``."""
+    C-contiguous), else element by element through ``put`` (``_writer``'s)."""
     if panel.dtype == types.float32 and _c_arrays(panel, W):
         def fill(panel, pairs, W, j0, c0, k0):
             K = W.shape[1]
             NC = panel.shape[1]
             transpose16(W, (j0 + c0) * K + k0, K, panel, k0 * NC + c0, NC)
         return inline(fill)
-    put = _writer(panel)[1]
 
     def fill(panel, pairs, W, j0, c0, k0):
         for kk in range(TILE):
@@ -217,7 +216,7 @@ def _tile_filler(panel, W):
 @overload(fill_panel, jit_options={"fastmath": set(FASTMATH)})
 def _ol_fill_panel(panel, W, j0, m):
     view, put = _writer(panel)
-    fill = _tile_filler(panel, W)
+    fill = _tile_filler(panel, W, put)
 
     def impl(panel, W, j0, m):
         K = W.shape[1]
