@@ -4,7 +4,7 @@ import numpy as np
 import numgru as ng
 import numgru.bench as nb  # (not "from ... import": asv would collect what it imports)
 
-from .common import data, grid, pin, require_torch, timer
+from .common import data, grid, pin, require_torch, timer, warm_up
 
 BACKENDS = ["numgru", "torch"]
 #: the forward also times a frozen copy (GRU.freeze: weights packed once, as ONNX Runtime's session does)
@@ -45,7 +45,7 @@ class Forward:
             self.m = self.gru.to_torch()
             self.tx = torch.from_numpy(self.x)
             self.inference = torch.inference_mode
-        self.time_forward(T, B, H, backend, threads)  # JIT warm-up
+        warm_up(lambda: self.time_forward(T, B, H, backend, threads))
 
     def teardown(self, *args):
         getattr(self, "undo", lambda: None)()
@@ -78,7 +78,7 @@ class TrainStep:
             torch = require_torch()
             self.m = self.gru.to_torch()
             self.tx = torch.from_numpy(self.x)
-        self.time_train_step(T, B, H, backend)
+        warm_up(lambda: self.time_train_step(T, B, H, backend))
 
     def teardown(self, *args):
         getattr(self, "undo", lambda: None)()
@@ -127,7 +127,7 @@ class StepLatency:
             self.c = torch.nn.GRUCell(H, H)
             self.tx, self.th = torch.from_numpy(self.x), torch.from_numpy(self.h)
             self.inference = torch.inference_mode
-        self.time_steps(H, B, backend, threads)
+        warm_up(lambda: self.time_steps(H, B, backend, threads))
 
     def teardown(self, *args):
         getattr(self, "undo", lambda: None)()
