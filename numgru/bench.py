@@ -25,8 +25,24 @@ FULL = dict(seq_len=[32, 128, 512], batch=[1, 16, 64], hidden=[64, 256, 1024])
 TOL = 1e-4
 
 
-def _ints(s):
-    return [int(v) for v in s.split(",")] if s else None
+def _ints(s, option):
+    """The comma-separated positive ints of ``option``'s value ``s`` (None for an empty value)."""
+    if not s:
+        return None
+    try:
+        values = [int(v) for v in s.split(",")]
+    except ValueError:
+        raise ValueError(f"{option}: expected comma-separated integers, got {s!r}") from None
+    if min(values) < 1:
+        raise ValueError(f"{option}: expected integers >= 1, got {s!r}")
+    return values
+
+
+def _check_output(path, option):
+    """Fail before the runs, not after them, when ``path``'s folder does not exist."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if path and not os.path.isdir(folder):
+        raise ValueError(f"{option}: folder {folder!r} does not exist")
 
 
 @contextlib.contextmanager
@@ -454,10 +470,18 @@ def main(args):
     import numgru as ng
     from .cli import _cpu_name
     grid = dict(QUICK if args.quick else FULL)
-    for key, val in (("seq_len", args.seq_len), ("batch", args.batch), ("hidden", args.hidden)):
-        if _ints(val):
-            grid[key] = _ints(val)
-    threads = _ints(args.threads) or [1]
+    for key, option in (("seq_len", "--seq-len"), ("batch", "--batch"), ("hidden", "--hidden")):
+        values = _ints(getattr(args, key), option)
+        if values:
+            grid[key] = values
+    threads = _ints(args.threads, "--threads") or [1]
+    if max(threads) > numba.config.NUMBA_NUM_THREADS:  # numgru could not run them (nor label them)
+        raise ValueError(f"--threads: at most {numba.config.NUMBA_NUM_THREADS} (Numba's thread count, "
+                         f"NUMBA_NUM_THREADS), got {args.threads!r}")
+    if args.repeat is not None and args.repeat < 1:
+        raise ValueError(f"--repeat: expected an integer >= 1, got {args.repeat}")
+    _check_output(args.json, "--json")
+    _check_output(args.plot, "--plot")
     precisions = [p for p in (getattr(args, "precision", None) or "").split(",") if p]
     for p in precisions:
         if p not in ("high", "medium"):

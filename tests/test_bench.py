@@ -66,6 +66,25 @@ def test_main_names_a_bad_precision():
         main(["bench", "--precision", "low", "--peers", "", "--plot", "", "--json", ""])
 
 
+@pytest.mark.parametrize("option, value, message", [
+    ("--seq-len", "0", "--seq-len: expected integers >= 1"),  # (ONNX Runtime aborts on T = 0)
+    ("--batch", "-2", "--batch: expected integers >= 1"),
+    ("--hidden", "64,x", "--hidden: expected comma-separated integers"),
+    ("--threads", "0", "--threads: expected integers >= 1"),
+    ("--threads", "100000", "--threads: at most"),
+    ("--repeat", "0", "--repeat: expected an integer >= 1"),
+    ("--json", "/no/such/folder/b.json", "--json: folder"),
+    ("--plot", "/no/such/folder/b.png", "--plot: folder"),
+])
+def test_main_names_a_bad_option_before_running(option, value, message, capsys):
+    from numgru.cli import main
+    args = {"--seq-len": "3", "--batch": "1", "--hidden": "4", "--peers": "", "--json": "", "--plot": ""}
+    args[option] = value
+    with pytest.raises(ValueError, match=message):
+        main(["bench"] + [a for kv in args.items() for a in kv])
+    assert "first call" not in capsys.readouterr().out  # nothing ran
+
+
 def test_unknown_peer_is_named():
     with pytest.raises(ValueError, match="--peers"):
         bench.available_peers(["tensorflow"])
