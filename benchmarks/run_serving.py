@@ -63,6 +63,8 @@ def main():
     p.add_argument("--requests", type=int, default=400)
     p.add_argument("--json", default=None)
     args = p.parse_args()
+    if args.requests < 1:
+        p.error(f"--requests: expected an integer >= 1, got {args.requests}")
     rng = np.random.default_rng(0)
     gru = ng.GRU(64, 256, seed=0)
     seqs = [rng.standard_normal((int(rng.integers(20, 201)), 64)).astype(np.float32)

@@ -16,6 +16,7 @@ import argparse
 import os
 import sys
 
+import numba
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
@@ -31,16 +32,26 @@ def main():
     args = p.parse_args()
     shapes = []
     for item in args.shapes.split(","):
-        v = [int(t) for t in item.split("x")]
-        if len(v) not in (3, 4) or min(v) < 1:
+        v = [int(t) for t in item.split("x") if t.isdigit()]
+        if len(v) != len(item.split("x")) or len(v) not in (3, 4) or min(v) < 1:
             p.error(f"--shapes: expected TxBxH or TxBxIxH with positive sizes, got {item!r}")
         shapes.append((v[0], v[1], v[2], v[-1]))
+    try:
+        threads = [int(t) for t in args.threads.split(",")]
+    except ValueError:
+        p.error(f"--threads: expected comma-separated integers, got {args.threads!r}")
+    most = numba.config.NUMBA_NUM_THREADS
+    if not 1 <= min(threads) <= max(threads) <= most:
+        p.error(f"--threads: expected counts from 1 to {most} (NUMBA_NUM_THREADS), got {args.threads!r}")
+    precisions = args.precision.split(",")
+    if not set(precisions) <= set(ng.kernels.dispatch.MATMUL_ORDERS):
+        p.error(f"--precision: expected highest, high and/or medium, got {args.precision!r}")
     import torch
     print("precision  thr    T    B    I    H  numgru ms  torch ms  speedup")
-    for prec in args.precision.split(","):
+    for prec in precisions:
         ng.set_float32_matmul_precision(prec)
         torch.set_float32_matmul_precision(prec)
-        for n in [int(t) for t in args.threads.split(",")]:
+        for n in threads:
             run(prec, n, torch, shapes)
 
 
