@@ -349,6 +349,13 @@ def test_tile_rules(monkeypatch):
     f4, f8 = np.dtype(np.float32), np.dtype(np.float64)
     assert dispatch.amx_projection_wanted(256, 128, 1, f4, False)
     assert not dispatch.amx_projection_wanted(255, 128, 1, f4, False)
+    assert dispatch.amx_projection_wanted(80, 256, 1, f4, False)  # from fewer rows for 192 < I ≤ 512
+    assert not dispatch.amx_projection_wanted(79, 256, 1, f4, False)
+    assert not dispatch.amx_projection_wanted(255, 256, 1, f4, True)  # (not in training)
+    assert dispatch.amx_projection_wanted(64, 512, 1, f4, False)
+    assert not dispatch.amx_projection_wanted(127, 512, 2, f4, False)  # per thread
+    assert not dispatch.amx_projection_wanted(255, 192, 1, f4, False)
+    assert not dispatch.amx_projection_wanted(255, 1024, 1, f4, False)
     assert dispatch.amx_projection_wanted(512, 64, 1, f4, False)  # narrow inputs: more rows
     assert not dispatch.amx_projection_wanted(511, 64, 1, f4, False)
     assert not dispatch.amx_projection_wanted(8192, 63, 1, f4, False)  # too few inputs to repay
@@ -356,8 +363,8 @@ def test_tile_rules(monkeypatch):
     assert dispatch.amx_projection_wanted(4096, 256, 1, f4, True)
     assert dispatch.amx_projection_wanted(256, 256, 2, f4, True)  # training: whatever the threads
     assert not dispatch.amx_projection_wanted(255, 256, 1, f4, True)
-    assert dispatch.amx_projection_wanted(512, 256, 2, f4, False)  # two ranges of 256 rows
-    assert not dispatch.amx_projection_wanted(511, 256, 2, f4, False)
+    assert dispatch.amx_projection_wanted(512, 128, 2, f4, False)  # two ranges of 256 rows
+    assert not dispatch.amx_projection_wanted(511, 128, 2, f4, False)
     assert dispatch.amx_rows_chunks(32, 64, 256, 2, f4, True, 0, False) == 2
     assert dispatch.amx_rows_chunks(32, 63, 256, 2, f4, True, 0, False) == 0  # 31 rows a range
     assert dispatch.amx_rows_chunks(32, 64, 256, 1, f4, True, 0, False) == 0

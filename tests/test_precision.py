@@ -195,7 +195,7 @@ def test_projection_rule_reads_the_setting(monkeypatch):
 
     def wanted(N, I, threads=1, training=False):
         return dispatch.amx_projection_wanted(N, I, threads, np.float32, training)
-    assert not wanted(128, 256) and not wanted(256, 64)
+    assert not wanted(128, 128) and not wanted(64, 256) and not wanted(256, 64)
     ng.set_float32_matmul_precision("high")
     assert wanted(128, 256) and wanted(128, 64) and not wanted(127, 64) and not wanted(64, 256)
     assert wanted(256, 256, 2) and not wanted(255, 256, 2) and wanted(128, 256, 2, True)

@@ -89,6 +89,10 @@ AMX_MIN_INPUTS = 128
 AMX_MIN_ROWS_NARROW = 512
 AMX_MIN_INPUTS_NARROW = 64
 AMX_MIN_ROWS_BY_ORDER = {2: (128, 128), 1: (64, 128)}
+#: float32 inference at the default precision, inputs above AMX_MID_MIN_INPUTS: the rows per thread
+#: from which the projection takes the tiles, (most I, fewest rows) (see amx_projection_wanted)
+AMX_MID_MIN_INPUTS = 192
+AMX_MIN_ROWS_MID = ((256, 80), (512, 64))
 AMX_STEP_MIN_ROWS = 24
 AMX_STEP_MIN_HIDDEN = 32
 AMX_STEP_MIN_STEPS = 32
@@ -566,8 +570,26 @@ def amx_projection_wanted(N, I, threads, dtype, training, M=0):
     H = 256, T = 128, B = 64, two threads: the step 94.8 ms against one thread's 75.2, its tiled
     recurrences and weight gradients each slower than on one thread). On one thread the tiles run
     level with OpenBLAS there: N = 8192, 768 outputs, I = 8 / 16 / 32 0.88× / 0.95× / 2.52×; I = 4,
-    N = 2048, 192 outputs 0.77×."""
-    rows, narrow = AMX_MIN_ROWS_BY_ORDER.get(matmul_order(), (AMX_MIN_ROWS, AMX_MIN_ROWS_NARROW))
+    N = 2048, 192 outputs 0.77×.
+
+    Inference at the default precision with I above ``AMX_MID_MIN_INPUTS`` and at most 512 takes
+    them from fewer rows, ``AMX_MIN_ROWS_MID``: with the integer digits
+    (:func:`amx_project_digits`, I = 256) and the bfloat16 pieces (I = 384, 512) the kernel alone ran
+    I = 256, N = 128 245 against 314 µs on panels; I = 512, N = 128 1.13 against 1.51 ms; I = 1024,
+    N = 128 4.37 against 5.41 ms. Whole forwards at B = 1, one thread, four runs taking turns, the
+    medians' ratio against the tiles from 256 rows: I = H = 256, T = 64 / 80 / 96 / 112 / 128 / 192
+    0.96× / 1.05× / 1.05× / 1.07× / 1.07–1.11× / 1.08×; I = H = 384, T = 64 / 96 / 128 1.04× /
+    1.08× / 1.06×; I = H = 512, T = 64 / 96 / 128 / 160 1.04× / 1.03× / 1.01–1.04× / 1.02×; I = 512,
+    H = 128, T = 64 / 96 / 128 1.07× / 1.12× / 1.26×; but I = H = 192 1.00×, I = 192, H = 64
+    0.92×, I = H = 128 0.99×, I = H = 768 1.00× and I = H = 1024 0.98× (T = 128; the pieces of a
+    12 MB W_ih then share L3 with the W_hh each step streams). Training keeps the rows above."""
+    order = matmul_order()
+    rows, narrow = AMX_MIN_ROWS_BY_ORDER.get(order, (AMX_MIN_ROWS, AMX_MIN_ROWS_NARROW))
+    if order == 3 and not training and I > AMX_MID_MIN_INPUTS:
+        for max_i, min_rows in AMX_MIN_ROWS_MID:
+            if I <= max_i:
+                rows = min_rows
+                break
     per = 1 if training else threads
     return (dtype == np.float32 and ((I >= AMX_MIN_INPUTS and N >= rows * per)
                                      or (I >= AMX_MIN_INPUTS_NARROW and N >= narrow * per)
