@@ -356,6 +356,17 @@ def test_tile_rules(monkeypatch):
     assert not dispatch.amx_projection_wanted(127, 512, 2, f4, False)  # per thread
     assert not dispatch.amx_projection_wanted(255, 192, 1, f4, False)
     assert not dispatch.amx_projection_wanted(255, 1024, 1, f4, False)
+    frozen, quantized = dispatch.FrozenPieces(), dispatch.FrozenPieces(bfloat16=True)
+    # kept packings (a frozen or quantized model's) pay from fewer rows, on one thread
+    assert dispatch.amx_projection_wanted(16, 256, 1, f4, False, pieces=frozen)
+    assert not dispatch.amx_projection_wanted(15, 256, 1, f4, False, pieces=frozen)
+    assert dispatch.amx_projection_wanted(32, 1024, 1, f4, False, pieces=frozen)
+    assert not dispatch.amx_projection_wanted(31, 1024, 1, f4, False, pieces=frozen)
+    assert not dispatch.amx_projection_wanted(255, 128, 1, f4, False, pieces=frozen)
+    assert not dispatch.amx_projection_wanted(79, 256, 2, f4, False, pieces=frozen)
+    assert dispatch.amx_projection_wanted(32, 64, 1, f4, False, pieces=quantized)
+    assert not dispatch.amx_projection_wanted(31, 64, 1, f4, False, pieces=quantized)
+    assert not dispatch.amx_projection_wanted(255, 256, 1, f4, True, pieces=quantized)
     assert dispatch.amx_projection_wanted(512, 64, 1, f4, False)  # narrow inputs: more rows
     assert not dispatch.amx_projection_wanted(511, 64, 1, f4, False)
     assert not dispatch.amx_projection_wanted(8192, 63, 1, f4, False)  # too few inputs to repay

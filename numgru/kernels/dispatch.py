@@ -93,6 +93,11 @@ AMX_MIN_ROWS_BY_ORDER = {2: (128, 128), 1: (64, 128)}
 #: from which the projection takes the tiles, (most I, fewest rows) (see amx_projection_wanted)
 AMX_MID_MIN_INPUTS = 192
 AMX_MIN_ROWS_MID = ((256, 80), (512, 64))
+#: likewise on one thread with a frozen model's packings kept (none made on the call)
+AMX_MIN_ROWS_FROZEN = ((256, 16), (1 << 30, 32))
+#: one thread, a quantized model's kept bfloat16 weights (one piece), any precision: rows from which
+#: the projection takes the tiles, for every I from AMX_MIN_INPUTS_NARROW
+AMX_MIN_ROWS_QUANTIZED = 32
 AMX_STEP_MIN_ROWS = 24
 AMX_STEP_MIN_HIDDEN = 32
 AMX_STEP_MIN_STEPS = 32
@@ -529,7 +534,7 @@ def input_projection(x2d, W_ih, b_ih, numba_threads=False, valid=None, training=
     bias = W_ih[0] if b_ih is None else b_ih
     I = x2d.shape[1]
     threads = thread_count()
-    if amx_projection_wanted(N, I, threads, W_ih.dtype, training, W_ih.shape[0]) and (
+    if amx_projection_wanted(N, I, threads, W_ih.dtype, training, W_ih.shape[0], pieces) and (
             amx_project_digits(x2d, W_ih, bias, b_ih is not None, gx, threads, pieces)
             or amx_project(x2d, W_ih, bias, b_ih is not None, gx, threads,
                            tile_packing(W_ih, "amx_ih", pieces))):
@@ -546,7 +551,7 @@ def input_projection(x2d, W_ih, b_ih, numba_threads=False, valid=None, training=
     return gx
 
 
-def amx_projection_wanted(N, I, threads, dtype, training, M=0):
+def amx_projection_wanted(N, I, threads, dtype, training, M=0, pieces=None):
     """Whether the input projection of N rows with I inputs runs on AMX tiles
     (:mod:`~numgru.kernels.amx`, to float32 accuracy), packing W_ih there on every call: float32
     inference from ``AMX_MIN_ROWS`` rows per thread with ``AMX_MIN_INPUTS`` inputs or more, from
@@ -582,11 +587,27 @@ def amx_projection_wanted(N, I, threads, dtype, training, M=0):
     1.08× / 1.06×; I = H = 512, T = 64 / 96 / 128 / 160 1.04× / 1.03× / 1.01–1.04× / 1.02×; I = 512,
     H = 128, T = 64 / 96 / 128 1.07× / 1.12× / 1.26×; but I = H = 192 1.00×, I = 192, H = 64
     0.92×, I = H = 128 0.99×, I = H = 768 1.00× and I = H = 1024 0.98× (T = 128; the pieces of a
-    12 MB W_ih then share L3 with the W_hh each step streams). Training keeps the rows above."""
+    12 MB W_ih then share L3 with the W_hh each step streams). Training keeps the rows above.
+
+    ``pieces``: the caller's :class:`FrozenPieces` (a frozen or quantized model's), which keep W_ih's
+    packing, so that the tiles pay from fewer rows still on one thread: a frozen model's from
+    ``AMX_MIN_ROWS_FROZEN``, a quantized model's from ``AMX_MIN_ROWS_QUANTIZED`` (a product per piece
+    of x only). Whole forwards at B = 1 against the rules above (one thread, four runs taking turns,
+    the medians' ratio): frozen, I = H = 256, T = 8 / 16 / 32 / 48 / 64 0.85× / 1.04× / 1.16× /
+    1.24× / 1.18×; I = H = 512, T = 16 / 32 0.97× / 1.02–1.07×; I = 512, H = 128, T = 32 1.22×;
+    I = H = 768, T = 64 / 128 1.08× / 1.04×; I = H = 1024, T = 16 / 32 / 64 / 128 0.98× / 1.07× /
+    1.08× / 1.05× (its pieces made once, they no longer crowd L3 on every call); but I = H = 64 /
+    128 / 192 0.96× / 0.99× / 0.90× at T = 32. Quantized, from 16 rows against those rules:
+    I = H = 64, T = 16 / 32 / 128 0.87× / 1.05× / 1.10×; I = H = 128, T = 16 / 32 / 128 1.03× /
+    1.17× / 1.21×; I = H = 256, T = 16 / 32 1.01× / 1.19×; I = H = 1024, T = 16 / 32 / 128 1.19× /
+    1.25× / 1.17×; B = 16, T = 16, I = H = 64 1.15×."""
     order = matmul_order()
     rows, narrow = AMX_MIN_ROWS_BY_ORDER.get(order, (AMX_MIN_ROWS, AMX_MIN_ROWS_NARROW))
-    if order == 3 and not training and I > AMX_MID_MIN_INPUTS:
-        for max_i, min_rows in AMX_MIN_ROWS_MID:
+    kept = pieces is not None and threads == 1 and not training
+    if kept and pieces.bfloat16:
+        rows = narrow = min(rows, AMX_MIN_ROWS_QUANTIZED)
+    elif order == 3 and not training and I > AMX_MID_MIN_INPUTS:
+        for max_i, min_rows in AMX_MIN_ROWS_FROZEN if kept else AMX_MIN_ROWS_MID:
             if I <= max_i:
                 rows = min_rows
                 break
@@ -1050,7 +1071,7 @@ def serial_direction_plan(W_ih, b_ih, W_hh, b_hh, packed_ih, packed_hh, T, B, th
     empty = empty_array(dtype, 3)
     steps = interleave_steps(T, B, W_ih.shape[0], W_ih.shape[1], dtype.itemsize)
     amx = threads if not steps and amx_projection_wanted(T * B, W_ih.shape[1], threads, dtype,
-                                                         False) else 0
+                                                         False, pieces=pieces) else 0
     Wv_ih = pieces.of(W_ih) if amx and pieces is not None else None
     panels, dot = serial_projection_choice((steps or T) * B, W_ih.shape[1], threads,
                                            packed_ih is not None, False)
