@@ -309,13 +309,15 @@ def test_products_beyond_l2_in_blocks(one_thread, T, B, H, reset_after, dtype):
 
 @pytest.mark.parametrize("reset_after", [True, False])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("T,B,H", [(40, 4, 24), (40, 1, 24), (6, 4, 24), (3, 50, 24)])
+@pytest.mark.parametrize("T,B,H", [(40, 4, 24), (40, 1, 24), (8, 4, 24), (7, 4, 24), (3, 50, 24),
+                                   (8, 4, 160), (32, 4, 160)])
 def test_forward_on_and_off_panels_matches_reference(reset_after, dtype, T, B, H):
-    """Rows × steps enough to pack W_hh into panels (40 × 4, and one row of 40 steps at H ≤ 128;
-    :func:`~numgru.kernels.forward.wants_panels`) and too few (6 × 4, 3 × 50), with lengths."""
+    """Rows × steps enough to pack W_hh into panels (40 × 4 and 8 × 4 at H ≤ 128, 32 × 4 beyond, one
+    row of 40 steps at H ≤ 64; :func:`~numgru.kernels.forward.wants_panels`) and too few (7 × 4,
+    3 × 50, 8 × 4 at H = 160), with lengths."""
     from numgru.kernels.forward import wants_panels
     packs = wants_panels.py_func(3 * H, H, B, T, 16, False)
-    assert packs == (T >= 4 and T * B >= 128 or B == 1 and T >= 32)
+    assert packs == (T >= 4 and T * B >= (32 if H <= 128 else 128) or B == 1 and T >= 16)
     rng = np.random.default_rng(T * B)
     g = ng.GRU(7, H, reset_after=reset_after, dtype=dtype, seed=2)
     x = rng.standard_normal((T, B, 7)).astype(dtype)

@@ -417,6 +417,9 @@ def _ol_blas_matmul_T(Wm, h, out, buf, n):
 COLS_B1_PANEL_BYTES = 1 << 21
 PANEL_MIN_T = 4  # steps that repay packing W_hh into panels (one pass over it)
 PANEL_MIN_ROW_STEPS = 128  # float weights: rows × steps that repay it (see wants_panels)
+#: float weights with K ≤ PANEL_NARROW_K: the rows × steps that repay it (see wants_panels)
+PANEL_NARROW_K = 128
+PANEL_MIN_ROW_STEPS_NARROW = 32
 #: float weights, one row: the steps that repay it, (most K, fewest steps) (use_panels takes K ≤ 256)
 PANEL_ONE_ROW_MIN_T = ((64, 16), (128, 128), (256, 256))
 PANEL_MAX_VALUES = 1 << 22  # largest weight matrix packed (16 MB in float32: H = 1024 is 3·2²⁰ values)
@@ -460,7 +463,8 @@ def wants_panels(M, K, B, T, tiled_max, bf16):
     Packing is a transposing pass over the weights (72 µs for W_hh at H = 256 when these figures
     were taken, 41 µs since :func:`~numgru.kernels.panel.pack_panels` stopped zeroing first, 21–24 µs
     in float32 since it transposes in registers), which a step's gain on panels repays only over many
-    rows × steps: float weights are packed for B ≥ 2 from :data:`PANEL_MIN_ROW_STEPS` rows × steps,
+    rows × steps: float weights are packed for B ≥ 2 from :data:`PANEL_MIN_ROW_STEPS` rows × steps
+    (:data:`PANEL_MIN_ROW_STEPS_NARROW` for K ≤ :data:`PANEL_NARROW_K`),
     and for one row from the steps :data:`PANEL_ONE_ROW_MIN_T` gives for K (one row reads W from L2 at
     almost the same rate either way).
     Measured on the 2-vCPU Intel machine (one thread, float32, paired whole forwards), without panels
@@ -473,7 +477,12 @@ def wants_panels(M, K, B, T, tiled_max, bf16):
     1128–1155; H = 256 T = 32 / 64 / 128 / 256 / 512 351–369 / 686–704 / 1336–1386 / 2279–2346 /
     4449–4702 against 389–391 / 723 / 1359–1360 / 2029–2117 / 3967–4056. Whole forwards against the
     rule before (panels from T = 32 for K ≤ 128), two runs: H = 128 T = 64 1.02–1.04× faster without
-    them, T = 128 0.97–0.98×."""
+    them, T = 128 0.97–0.98×. Several rows, with the registers' transpose (three runs, µs, panels
+    from 32 rows × steps against from 128): H = 64, (T, B) = (16, 4) 38–42 against 50–51; (8, 4)
+    24–25 against 29–31; (4, 8) 23–24 against 26–29; (16, 2) 27 against 29–33; H = 128, (16, 4)
+    103–119 against 119–129; (8, 8) 104–110 against 114–119; (32, 2) 119–122 against 131–151; (48, 2)
+    176–183 against 192–205; but H = 256 (K = 256), (16, 4) 450–467 against 419–446; (32, 2) 493–523
+    against 452–471."""
     if bf16:
         return T >= PANEL_MIN_T
     if M * K > PANEL_MAX_VALUES:
@@ -485,7 +494,8 @@ def wants_panels(M, K, B, T, tiled_max, bf16):
             if K <= max_k:
                 return T >= min_t
         return False
-    return T >= PANEL_MIN_T and T * B >= PANEL_MIN_ROW_STEPS and (
+    row_steps = PANEL_MIN_ROW_STEPS_NARROW if K <= PANEL_NARROW_K else PANEL_MIN_ROW_STEPS
+    return T >= PANEL_MIN_T and T * B >= row_steps and (
         use_panels(M, K, B, tiled_max, False) or use_panels(M, K, 1, tiled_max, False)
         or use_panels(M, K, min(B, 16), tiled_max, False))
 
