@@ -591,8 +591,8 @@ def amx_projection_wanted(N, I, threads, dtype, training, M=0, pieces=None):
 
     ``pieces``: the caller's :class:`FrozenPieces` (a frozen or quantized model's), which keep W_ih's
     packing, so that the tiles pay from fewer rows still on one thread: a frozen model's from
-    ``AMX_MIN_ROWS_FROZEN``, a quantized model's from ``AMX_MIN_ROWS_QUANTIZED`` (a product per piece
-    of x only). Whole forwards at B = 1 against the rules above (one thread, four runs taking turns,
+    ``AMX_MIN_ROWS_FROZEN``, a quantized model's from ``AMX_MIN_ROWS_QUANTIZED`` (W_ih is one piece,
+    so a product per piece of x). Whole forwards at B = 1 against the rules above (one thread, four runs taking turns,
     the medians' ratio): frozen, I = H = 256, T = 8 / 16 / 32 / 48 / 64 0.85× / 1.04× / 1.16× /
     1.24× / 1.18×; I = H = 512, T = 16 / 32 0.97× / 1.02–1.07×; I = 512, H = 128, T = 32 1.22×;
     I = H = 768, T = 64 / 128 1.08× / 1.04×; I = H = 1024, T = 16 / 32 / 64 / 128 0.98× / 1.07× /
@@ -600,7 +600,7 @@ def amx_projection_wanted(N, I, threads, dtype, training, M=0, pieces=None):
     128 / 192 0.96× / 0.99× / 0.90× at T = 32. Quantized, from 16 rows against those rules:
     I = H = 64, T = 16 / 32 / 128 0.87× / 1.05× / 1.10×; I = H = 128, T = 16 / 32 / 128 1.03× /
     1.17× / 1.21×; I = H = 256, T = 16 / 32 1.01× / 1.19×; I = H = 1024, T = 16 / 32 / 128 1.19× /
-    1.25× / 1.17×; B = 16, T = 16, I = H = 64 1.15×."""
+    1.25× / 1.17×; B = 16, T = 16, I = H = 64 1.15× (hence 32 rows: at 16, I = 64 lost)."""
     order = matmul_order()
     rows, narrow = AMX_MIN_ROWS_BY_ORDER.get(order, (AMX_MIN_ROWS, AMX_MIN_ROWS_NARROW))
     kept = pieces is not None and threads == 1 and not training
