@@ -46,7 +46,7 @@ def warm_up(call, calls=4, seconds=0.05):
     """Call ``call()`` once (the JIT compile), then again until ``calls`` calls or ``seconds`` have passed.
 
     asv's runner re-runs setup before every timed call (asv#966), so each sample times one call right
-    after setup. One warm-up call left that call 15-50 % above the steady state for forwards of tens of
+    after setup. One warm-up call left that call 15–50 % above the steady state for forwards of tens of
     µs (T = 16, B = 1, H = 64); three more bring it within a few per cent. The time bound keeps setup
     cheap where one call takes seconds.
     """

@@ -349,11 +349,11 @@ def test_tile_rules(monkeypatch):
     f4, f8 = np.dtype(np.float32), np.dtype(np.float64)
     assert dispatch.amx_projection_wanted(256, 128, 1, f4, False)
     assert not dispatch.amx_projection_wanted(255, 128, 1, f4, False)
-    assert dispatch.amx_projection_wanted(80, 256, 1, f4, False)  # from fewer rows for 192 < I ≤ 512
+    assert dispatch.amx_projection_wanted(80, 256, 1, f4, False)  # one thread: fewer rows, 192 < I ≤ 512
+    assert not dispatch.amx_projection_wanted(511, 256, 2, f4, False)  # (not several threads)
     assert not dispatch.amx_projection_wanted(79, 256, 1, f4, False)
     assert not dispatch.amx_projection_wanted(255, 256, 1, f4, True)  # (not in training)
     assert dispatch.amx_projection_wanted(64, 512, 1, f4, False)
-    assert not dispatch.amx_projection_wanted(127, 512, 2, f4, False)  # per thread
     assert not dispatch.amx_projection_wanted(255, 192, 1, f4, False)
     assert not dispatch.amx_projection_wanted(255, 1024, 1, f4, False)
     frozen, quantized = dispatch.FrozenPieces(), dispatch.FrozenPieces(bfloat16=True)

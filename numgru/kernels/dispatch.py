@@ -89,7 +89,7 @@ AMX_MIN_INPUTS = 128
 AMX_MIN_ROWS_NARROW = 512
 AMX_MIN_INPUTS_NARROW = 64
 AMX_MIN_ROWS_BY_ORDER = {2: (128, 128), 1: (64, 128)}
-#: float32 inference at the default precision, inputs above AMX_MID_MIN_INPUTS: the rows per thread
+#: float32 inference on one thread at the default precision, inputs above AMX_MID_MIN_INPUTS: the rows
 #: from which the projection takes the tiles, (most I, fewest rows) (see amx_projection_wanted)
 AMX_MID_MIN_INPUTS = 192
 AMX_MIN_ROWS_MID = ((256, 80), (512, 64))
@@ -577,8 +577,8 @@ def amx_projection_wanted(N, I, threads, dtype, training, M=0, pieces=None):
     level with OpenBLAS there: N = 8192, 768 outputs, I = 8 / 16 / 32 0.88× / 0.95× / 2.52×; I = 4,
     N = 2048, 192 outputs 0.77×.
 
-    Inference at the default precision with I above ``AMX_MID_MIN_INPUTS`` and at most 512 takes
-    them from fewer rows, ``AMX_MIN_ROWS_MID``: with the integer digits
+    Inference on one thread at the default precision with I above ``AMX_MID_MIN_INPUTS`` and at most
+    512 takes them from fewer rows, ``AMX_MIN_ROWS_MID`` (several threads were not measured with it): with the integer digits
     (:func:`amx_project_digits`, I = 256) and the bfloat16 pieces (I = 384, 512) the kernel alone ran
     I = 256, N = 128 245 against 314 µs on panels; I = 512, N = 128 1.13 against 1.51 ms; I = 1024,
     N = 128 4.37 against 5.41 ms. Whole forwards at B = 1, one thread, four runs taking turns, the
@@ -606,7 +606,7 @@ def amx_projection_wanted(N, I, threads, dtype, training, M=0, pieces=None):
     kept = pieces is not None and threads == 1 and not training
     if kept and pieces.bfloat16:
         rows = narrow = min(rows, AMX_MIN_ROWS_QUANTIZED)
-    elif order == 3 and not training and I > AMX_MID_MIN_INPUTS:
+    elif order == 3 and not training and threads == 1 and I > AMX_MID_MIN_INPUTS:
         for max_i, min_rows in AMX_MIN_ROWS_FROZEN if kept else AMX_MIN_ROWS_MID:
             if I <= max_i:
                 rows = min_rows
