@@ -366,6 +366,8 @@ def test_tile_rules(monkeypatch):
     assert not dispatch.amx_projection_wanted(79, 256, 2, f4, False, pieces=frozen)
     assert dispatch.amx_projection_wanted(32, 64, 1, f4, False, pieces=quantized)
     assert not dispatch.amx_projection_wanted(31, 64, 1, f4, False, pieces=quantized)
+    assert dispatch.amx_projection_wanted(64, 256, 2, f4, False, pieces=quantized)  # 32 rows a thread
+    assert not dispatch.amx_projection_wanted(63, 256, 2, f4, False, pieces=quantized)
     assert not dispatch.amx_projection_wanted(255, 256, 1, f4, True, pieces=quantized)
     assert dispatch.amx_projection_wanted(512, 64, 1, f4, False)  # narrow inputs: more rows
     assert not dispatch.amx_projection_wanted(511, 64, 1, f4, False)

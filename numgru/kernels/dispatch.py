@@ -95,7 +95,7 @@ AMX_MID_MIN_INPUTS = 192
 AMX_MIN_ROWS_MID = ((256, 80), (512, 64))
 #: likewise on one thread with a frozen model's packings kept (none made on the call)
 AMX_MIN_ROWS_FROZEN = ((256, 16), (1 << 30, 32))
-#: one thread, a quantized model's kept bfloat16 weights (one piece), any precision: rows from which
+#: a quantized model's kept bfloat16 weights (one piece), any precision: rows per thread from which
 #: the projection takes the tiles, for every I from AMX_MIN_INPUTS_NARROW
 AMX_MIN_ROWS_QUANTIZED = 32
 AMX_STEP_MIN_ROWS = 24
@@ -590,9 +590,9 @@ def amx_projection_wanted(N, I, threads, dtype, training, M=0, pieces=None):
     12 MB W_ih then share L3 with the W_hh each step streams). Training keeps the rows above.
 
     ``pieces``: the caller's :class:`FrozenPieces` (a frozen or quantized model's), which keep W_ih's
-    packing, so that the tiles pay from fewer rows still on one thread: a frozen model's from
-    ``AMX_MIN_ROWS_FROZEN``, a quantized model's from ``AMX_MIN_ROWS_QUANTIZED`` (W_ih is one piece,
-    so a product per piece of x). Whole forwards at B = 1 against the rules above (one thread, four runs taking turns,
+    packing, so that the tiles pay from fewer rows still: a frozen model's from
+    ``AMX_MIN_ROWS_FROZEN`` on one thread, a quantized model's from ``AMX_MIN_ROWS_QUANTIZED`` per
+    thread (W_ih is one piece, so a product per piece of x). Whole forwards at B = 1 against the rules above (one thread, four runs taking turns,
     the medians' ratio): frozen, I = H = 256, T = 8 / 16 / 32 / 48 / 64 0.85× / 1.04× / 1.16× /
     1.24× / 1.18×; I = H = 512, T = 16 / 32 0.97× / 1.02–1.07×; I = 512, H = 128, T = 32 1.22×;
     I = H = 768, T = 64 / 128 1.08× / 1.04×; I = H = 1024, T = 16 / 32 / 64 / 128 0.98× / 1.07× /
@@ -600,11 +600,16 @@ def amx_projection_wanted(N, I, threads, dtype, training, M=0, pieces=None):
     128 / 192 0.96× / 0.99× / 0.90× at T = 32. Quantized, from 16 rows against those rules:
     I = H = 64, T = 16 / 32 / 128 0.87× / 1.05× / 1.10×; I = H = 128, T = 16 / 32 / 128 1.03× /
     1.17× / 1.21×; I = H = 256, T = 16 / 32 1.01× / 1.19×; I = H = 1024, T = 16 / 32 / 128 1.19× /
-    1.25× / 1.17×; B = 16, T = 16, I = H = 64 1.15× (hence 32 rows: at 16, I = 64 lost)."""
+    1.25× / 1.17×; B = 16, T = 16, I = H = 64 1.15× (hence 32 rows: at 16, I = 64 lost). Quantized
+    on two threads (32 rows each), five runs in two orders, ms: T = 128, B = 1, I = H = 128 / 256 /
+    1024 0.25–0.26 / 0.70–0.74 / 10.6–11.5 against 0.30–0.32 / 0.85–1.04 / 13.2–14.0; T = 64,
+    I = H = 512 1.25–1.36 against 1.59–1.71; T = 16, B = 4, I = H = 256 0.34–0.37 against
+    0.41–0.42. A frozen model's rule drew or lost on two threads (T = 64, I = H = 512 1.86–1.90
+    against 1.77–1.87 ms) and stays on one."""
     order = matmul_order()
     rows, narrow = AMX_MIN_ROWS_BY_ORDER.get(order, (AMX_MIN_ROWS, AMX_MIN_ROWS_NARROW))
-    kept = pieces is not None and threads == 1 and not training
-    if kept and pieces.bfloat16:
+    kept = pieces is not None and not training and (threads == 1 or pieces.bfloat16)
+    if kept and pieces.bfloat16:  # (rows per thread: several threads take ranges of rows)
         rows = narrow = min(rows, AMX_MIN_ROWS_QUANTIZED)
     elif order == 3 and not training and threads == 1 and I > AMX_MID_MIN_INPUTS:
         for max_i, min_rows in AMX_MIN_ROWS_FROZEN if kept else AMX_MIN_ROWS_MID:
