@@ -578,34 +578,35 @@ def amx_projection_wanted(N, I, threads, dtype, training, M=0, pieces=None):
     N = 2048, 192 outputs 0.77×.
 
     Inference on one thread at the default precision with I above ``AMX_MID_MIN_INPUTS`` and at most
-    512 takes them from fewer rows, ``AMX_MIN_ROWS_MID`` (several threads were not measured with it): with the integer digits
-    (:func:`amx_project_digits`, I = 256) and the bfloat16 pieces (I = 384, 512) the kernel alone ran
-    I = 256, N = 128 245 against 314 µs on panels; I = 512, N = 128 1.13 against 1.51 ms; I = 1024,
-    N = 128 4.37 against 5.41 ms. Whole forwards at B = 1, one thread, four runs taking turns, the
-    medians' ratio against the tiles from 256 rows: I = H = 256, T = 64 / 80 / 96 / 112 / 128 / 192
-    0.96× / 1.05× / 1.05× / 1.07× / 1.07–1.11× / 1.08×; I = H = 384, T = 64 / 96 / 128 1.04× /
-    1.08× / 1.06×; I = H = 512, T = 64 / 96 / 128 / 160 1.04× / 1.03× / 1.01–1.04× / 1.02×; I = 512,
-    H = 128, T = 64 / 96 / 128 1.07× / 1.12× / 1.26×; but I = H = 192 1.00×, I = 192, H = 64
-    0.92×, I = H = 128 0.99×, I = H = 768 1.00× and I = H = 1024 0.98× (T = 128; the pieces of a
-    12 MB W_ih then share L3 with the W_hh each step streams). Training keeps the rows above.
+    512 takes them from fewer rows, ``AMX_MIN_ROWS_MID`` (several threads were not measured with
+    it): with the integer digits (:func:`amx_project_digits`, I = 256) and the bfloat16 pieces
+    (I = 384, 512) the kernel alone ran I = 256, N = 128 245 against 314 µs on panels; I = 512,
+    N = 128 1.13 against 1.51 ms; I = 1024, N = 128 4.37 against 5.41 ms. Whole forwards at B = 1,
+    one thread, four runs taking turns, the medians' ratio against the tiles from 256 rows:
+    I = H = 256, T = 64 / 80 / 96 / 112 / 128 / 192 0.96× / 1.05× / 1.05× / 1.07× / 1.07–1.11× /
+    1.08×; I = H = 384, T = 64 / 96 / 128 1.04× / 1.08× / 1.06×; I = H = 512, T = 64 / 96 / 128 /
+    160 1.04× / 1.03× / 1.01–1.04× / 1.02×; I = 512, H = 128, T = 64 / 96 / 128 1.07× / 1.12× /
+    1.26×; but I = H = 192 1.00×, I = 192, H = 64 0.92×, I = H = 128 0.99×, I = H = 768 1.00× and
+    I = H = 1024 0.98× (T = 128; the pieces of a 12 MB W_ih then share L3 with the W_hh each step
+    streams). Training keeps the rows above.
 
-    ``pieces``: the caller's :class:`FrozenPieces` (a frozen or quantized model's), which keep W_ih's
-    packing, so that the tiles pay from fewer rows still: a frozen model's from
+    ``pieces``: the caller's :class:`FrozenPieces` (a frozen or quantized model's), which keep
+    W_ih's packing, so that the tiles pay from fewer rows still: a frozen model's from
     ``AMX_MIN_ROWS_FROZEN`` on one thread, a quantized model's from ``AMX_MIN_ROWS_QUANTIZED`` per
-    thread (W_ih is one piece, so a product per piece of x). Whole forwards at B = 1 against the rules above (one thread, four runs taking turns,
-    the medians' ratio): frozen, I = H = 256, T = 8 / 16 / 32 / 48 / 64 0.85× / 1.04× / 1.16× /
-    1.24× / 1.18×; I = H = 512, T = 16 / 32 0.97× / 1.02–1.07×; I = 512, H = 128, T = 32 1.22×;
-    I = H = 768, T = 64 / 128 1.08× / 1.04×; I = H = 1024, T = 16 / 32 / 64 / 128 0.98× / 1.07× /
-    1.08× / 1.05× (its pieces made once, they no longer crowd L3 on every call); but I = H = 64 /
-    128 / 192 0.96× / 0.99× / 0.90× at T = 32. Quantized, from 16 rows against those rules:
-    I = H = 64, T = 16 / 32 / 128 0.87× / 1.05× / 1.10×; I = H = 128, T = 16 / 32 / 128 1.03× /
-    1.17× / 1.21×; I = H = 256, T = 16 / 32 1.01× / 1.19×; I = H = 1024, T = 16 / 32 / 128 1.19× /
-    1.25× / 1.17×; B = 16, T = 16, I = H = 64 1.15× (hence 32 rows: at 16, I = 64 lost). Quantized
-    on two threads (32 rows each), five runs in two orders, ms: T = 128, B = 1, I = H = 128 / 256 /
-    1024 0.25–0.26 / 0.70–0.74 / 10.6–11.5 against 0.30–0.32 / 0.85–1.04 / 13.2–14.0; T = 64,
-    I = H = 512 1.25–1.36 against 1.59–1.71; T = 16, B = 4, I = H = 256 0.34–0.37 against
-    0.41–0.42. A frozen model's rule drew or lost on two threads (T = 64, I = H = 512 1.86–1.90
-    against 1.77–1.87 ms) and stays on one."""
+    thread (W_ih is one piece, so a product per piece of x). Whole forwards at B = 1 against the
+    rules above (one thread, four runs taking turns, the medians' ratio): frozen, I = H = 256,
+    T = 8 / 16 / 32 / 48 / 64 0.85× / 1.04× / 1.16× / 1.24× / 1.18×; I = H = 512, T = 16 / 32
+    0.97× / 1.02–1.07×; I = 512, H = 128, T = 32 1.22×; I = H = 768, T = 64 / 128 1.08× / 1.04×;
+    I = H = 1024, T = 16 / 32 / 64 / 128 0.98× / 1.07× / 1.08× / 1.05× (its pieces made once, they
+    no longer crowd L3 on every call); but I = H = 64 / 128 / 192 0.96× / 0.99× / 0.90× at T = 32.
+    Quantized, from 16 rows against those rules: I = H = 64, T = 16 / 32 / 128 0.87× / 1.05× /
+    1.10×; I = H = 128, T = 16 / 32 / 128 1.03× / 1.17× / 1.21×; I = H = 256, T = 16 / 32 1.01× /
+    1.19×; I = H = 1024, T = 16 / 32 / 128 1.19× / 1.25× / 1.17×; B = 16, T = 16, I = H = 64 1.15×
+    (hence 32 rows: at 16, I = 64 lost). Quantized on two threads (32 rows each), five runs in two
+    orders, ms: T = 128, B = 1, I = H = 128 / 256 / 1024 0.25–0.26 / 0.70–0.74 / 10.6–11.5 against
+    0.30–0.32 / 0.85–1.04 / 13.2–14.0; T = 64, I = H = 512 1.25–1.36 against 1.59–1.71; T = 16,
+    B = 4, I = H = 256 0.34–0.37 against 0.41–0.42. A frozen model's rule drew or lost on two
+    threads (T = 64, I = H = 512 1.86–1.90 against 1.77–1.87 ms) and stays on one."""
     order = matmul_order()
     rows, narrow = AMX_MIN_ROWS_BY_ORDER.get(order, (AMX_MIN_ROWS, AMX_MIN_ROWS_NARROW))
     kept = pieces is not None and not training and (threads == 1 or pieces.bfloat16)
