@@ -16,7 +16,6 @@ import argparse
 import os
 import sys
 
-import numba
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
@@ -37,12 +36,11 @@ def main():
             p.error(f"--shapes: expected TxBxH or TxBxIxH with positive sizes, got {item!r}")
         shapes.append((v[0], v[1], v[2], v[-1]))
     try:
-        threads = [int(t) for t in args.threads.split(",")]
-    except ValueError:
-        p.error(f"--threads: expected comma-separated integers, got {args.threads!r}")
-    most = numba.config.NUMBA_NUM_THREADS
-    if not 1 <= min(threads) <= max(threads) <= most:
-        p.error(f"--threads: expected counts from 1 to {most} (NUMBA_NUM_THREADS), got {args.threads!r}")
+        threads = nb.thread_counts(args.threads)
+    except ValueError as exc:
+        p.error(str(exc))
+    if not threads:
+        p.error("--threads: expected comma-separated thread counts")
     precisions = args.precision.split(",")
     if not set(precisions) <= set(ng.kernels.dispatch.MATMUL_ORDERS):
         p.error(f"--precision: expected highest, high and/or medium, got {args.precision!r}")

@@ -38,6 +38,17 @@ def _ints(s, option):
     return values
 
 
+def thread_counts(s, option="--threads"):
+    """The comma-separated thread counts ``s`` as ints, each from 1 to Numba's thread count
+    (NUMBA_NUM_THREADS: numgru could neither run more nor label them); None for an empty value."""
+    import numba
+    counts = _ints(s, option)
+    if counts and max(counts) > numba.config.NUMBA_NUM_THREADS:
+        raise ValueError(f"{option}: at most {numba.config.NUMBA_NUM_THREADS} (Numba's thread count, "
+                         f"NUMBA_NUM_THREADS), got {s!r}")
+    return counts
+
+
 def _check_output(path, option):
     """Fail before the runs, not after them, when ``path``'s folder does not exist."""
     folder = os.path.dirname(os.path.abspath(path))
@@ -474,10 +485,7 @@ def main(args):
         values = _ints(getattr(args, key), option)
         if values:
             grid[key] = values
-    threads = _ints(args.threads, "--threads") or [1]
-    if max(threads) > numba.config.NUMBA_NUM_THREADS:  # numgru could not run them (nor label them)
-        raise ValueError(f"--threads: at most {numba.config.NUMBA_NUM_THREADS} (Numba's thread count, "
-                         f"NUMBA_NUM_THREADS), got {args.threads!r}")
+    threads = thread_counts(args.threads) or [1]
     if args.repeat is not None and args.repeat < 1:
         raise ValueError(f"--repeat: expected an integer >= 1, got {args.repeat}")
     _check_output(args.json, "--json")
