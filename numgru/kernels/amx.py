@@ -68,7 +68,7 @@ from numba.extending import intrinsic
 
 from ._jit import inline, kernel, parallel_kernel, wide_vectors
 from .forward import input_projection_kernel, rows_after_fast, rows_after_store
-from .panel import aligned_empty, aligned_zeros, pack_panels, transpose16
+from .panel import _overloaded, aligned_empty, aligned_zeros, pack_panels, prefetch, transpose16
 
 #: largest magnitude split into pieces; larger values, Inf and NaN leave the product to float32
 #: (bfloat16 rounding of values near float32's largest would overflow)
@@ -268,19 +268,6 @@ def _round16(builder, v):
         odd = builder.and_(builder.lshr(u, _splat(16)), _splat(1))
         code = builder.lshr(builder.add(builder.add(u, _splat(0x7FFF)), odd), _splat(16))
     return code, builder.bitcast(builder.shl(code, _splat(16)), _VF)
-
-
-def _overloaded(name, pointee):
-    """The name of LLVM intrinsic ``name`` overloaded on a pointer to ``pointee`` (an ir type): with
-    opaque pointers (LLVM 17 on, which still reads llvmlite's typed spelling as ``ptr``) ".p0", before
-    them ".p0" and the pointee's mangling."""
-    from llvmlite import binding
-    if binding.llvm_version_info >= (17,):
-        return name + ".p0"
-    vector = isinstance(pointee, ir.VectorType)
-    scalar = pointee.element if vector else pointee
-    return (f"{name}.p0" + (f"v{pointee.count}" if vector else "")
-            + ("f32" if isinstance(scalar, ir.FloatType) else f"i{scalar.width}"))
 
 
 def _mask16(builder, j, n):
@@ -1322,23 +1309,6 @@ def gru_forward_amx_rows(gx, Whv, b_hh, h0, reverse, y, col0, h_n, n_chunks, tap
 
 
 # ---------------------------------------------------------------------------- weight gradients
-@intrinsic
-def prefetch(typingctx, arr, i):
-    """Ask for the cache line of arr's element i in memory order (``PREFETCHT0``; a hint: never faults)."""
-    if not isinstance(arr, types.Array):
-        return None
-
-    def codegen(context, builder, sig, args):
-        a = context.make_array(sig.args[0])(context, builder, args[0])
-        i32 = ir.IntType(32)
-        fnty = ir.FunctionType(ir.VoidType(), [_PTR, i32, i32, i32])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, _overloaded("llvm.prefetch", _I8))
-        builder.call(fn, [builder.bitcast(builder.gep(a.data, [args[1]]), _PTR), ir.Constant(i32, 0),
-                          ir.Constant(i32, 3), ir.Constant(i32, 1)])
-        return context.get_dummy_value()
-    return types.none(arr, types.intp), codegen
-
-
 @inline
 def _split_pairs(src, r, two, j0, j1, dst, k, d0):
     """Rows r and r + 1 of src (float32; with ``two`` False, row r and zeros), columns j0 … j1−1,

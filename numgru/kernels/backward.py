@@ -22,8 +22,8 @@ from numba import prange
 from ._jit import inline, kernel, parallel_kernel, wide_vectors
 from .activations import gate_grad, kind_is_sigmoid, one_like
 from .forward import active_rows, step_product, wants_panels
-from .amx import _amx_scratch, _tile_config, _tile_rows_product, prefetch, tile_config, tile_release
-from .panel import pack_panels
+from .amx import _amx_scratch, _tile_config, _tile_rows_product, tile_config, tile_release
+from .panel import pack_panels, prefetch
 
 
 #: rows whose bias gradients share an accumulator (the ranges of :func:`gru_backward_amx_rows` are

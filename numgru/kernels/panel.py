@@ -195,6 +195,36 @@ def transpose16(typingctx, src, s0, s_row, dst, d0, d_row):
     return types.none(src, types.intp, types.intp, dst, types.intp, types.intp), codegen
 
 
+def _overloaded(name, pointee):
+    """The name of LLVM intrinsic ``name`` overloaded on a pointer to ``pointee`` (an ir type): with
+    opaque pointers (LLVM 17 on, which still reads llvmlite's typed spelling as ``ptr``) ".p0", before
+    them ".p0" and the pointee's mangling."""
+    if ll.llvm_version_info >= (17,):
+        return name + ".p0"
+    vector = isinstance(pointee, ir.VectorType)
+    scalar = pointee.element if vector else pointee
+    return (f"{name}.p0" + (f"v{pointee.count}" if vector else "")
+            + ("f32" if isinstance(scalar, ir.FloatType) else f"i{scalar.width}"))
+
+
+@intrinsic
+def prefetch(typingctx, arr, i):
+    """Ask for the cache line of arr's element i in memory order (``PREFETCHT0``; a hint: never faults)."""
+    if not isinstance(arr, types.Array):
+        return None
+
+    def codegen(context, builder, sig, args):
+        a = context.make_array(sig.args[0])(context, builder, args[0])
+        i8 = ir.IntType(8)
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [i8.as_pointer(), i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, _overloaded("llvm.prefetch", i8))
+        builder.call(fn, [builder.bitcast(builder.gep(a.data, [args[1]]), i8.as_pointer()),
+                          ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+    return types.none(arr, types.intp), codegen
+
+
 def _tile_filler(panel, W, put):
     """``fill(panel, pairs, W, j0, c0, k0)``: one full tile of :func:`fill_panel` (columns c0 …
     c0+15 by k0 … k0+15), inlined into it: transposed in registers for float32 (the panel and W
@@ -323,10 +353,10 @@ def _emit_gemm(context, builder, fty, a_ptr, lda, b_ptr, P, o_ptr, ldo, n, M, K,
     mask_t = ir.VectorType(ir.IntType(1), L)
     mstore = cgutils.get_or_insert_function(
         builder.module, ir.FunctionType(ir.VoidType(), [vty, vptr_t, i32, mask_t]),
-        "llvm.masked.store.v%d%s.p0" % (L, suffix))
+        _overloaded("llvm.masked.store.v%d%s" % (L, suffix), vty))
     mload = cgutils.get_or_insert_function(
         builder.module, ir.FunctionType(vty, [vptr_t, i32, mask_t, vty]),
-        "llvm.masked.load.v%d%s.p0" % (L, suffix))
+        _overloaded("llvm.masked.load.v%d%s" % (L, suffix), vty))
     zero = ir.Constant(vty, None)
     vint = ir.VectorType(intp, L)
     lane_ids = ir.Constant(vint, list(range(L)))
