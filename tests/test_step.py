@@ -30,7 +30,8 @@ def test_serial_step_every_matmul_route(dtype, reset_after, I, H):
     """Several rows take the forward's recurrent_matmul routes: the register-blocked matmul (≤ 512
     columns), tiles (rows ≤ tiled_max, or tiled_max = −1), BLAS beyond (W_ih, then W_hh, past 512
     columns); one row the dot-product block for a matrix up to STEP_DOT_MAX_VALUES (both matrices
-    in the last two shapes, W_ih only in the first two), its GEMV beyond."""
+    in the last two shapes, W_ih only in the first two), its GEMV beyond; W_hh at H = 530 (beyond
+    L2) by blocks for one and two rows, in one sweep for five (STEP_BLOCK_MAX_ROWS)."""
     rng = np.random.default_rng(3)
     p = {k: v.astype(dtype) for k, v in random_params(I, H, 1, seed=3).items()}
     scalars = (reset_after, *gate_scalars(np.dtype(dtype), 0, 0.2, 0.5, None))

@@ -29,6 +29,16 @@ STEP_DOT_MAX_VALUES = 3 * 256 * 256
 #: against one order on every step: float32 H = 256 (1.5 MB) 1.06× (GRUCell 1.21×); bfloat16 panels
 #: at H = 256 (0.75 MB, well inside L2) 0.975×
 STEP_SWAP_MIN_BYTES = 1 << 20
+#: most rows of a step whose products over unpacked float weights beyond L2 run by blocks, as the
+#: forward's steps do (:func:`~numgru.kernels.forward.block_rows`); more rows take one sweep. A step
+#: reads W_ih and W_hh, so the blocks the step before left in L2 are a smaller share of what it reads
+#: than in a time loop over W_hh alone, and at 8 or 16 rows the blocks cost more than that saves:
+#: paired ``stream.step``, one thread, one sweep against blocks, µs, four runs in two orders: B = 8,
+#: H = 1024 1099–1107 against 1167–1200; B = 16, H = 1024 1761–1806 against 1825–1988; B = 16, H = 768
+#: 964–985 against 1054–1122; B = 16, H = 512 426–437 against 455–469; reset_after=False B = 16,
+#: H = 1024 1743–1782 against 1913–1938; B = 4, H = 1024 level (890–905). Packed panels (a frozen
+#: or quantized model's) keep the forward's rule: at 8 and 16 rows they ran level either way.
+STEP_BLOCK_MAX_ROWS = 4
 
 
 def step_matmul(W, Wp, x, out, buf, n, small, tiled_max, backwards):
@@ -39,7 +49,8 @@ def step_matmul(W, Wp, x, out, buf, n, small, tiled_max, backwards):
     :func:`~numgru.kernels.forward.recurrent_matmul`, as the forward's steps (``buf``: at least M·n
     values; ``tiled_max`` as there). bfloat16 weights (``uint16``) without panels, which BLAS cannot
     read, take the Numba matmul, in tiles. Weights beyond L2 in blocks of rows, last first when
-    ``backwards``, as :func:`~numgru.kernels.forward.step_product` runs them."""
+    ``backwards``, as :func:`~numgru.kernels.forward.step_product` runs them (on unpacked float
+    weights only up to :data:`STEP_BLOCK_MAX_ROWS` rows)."""
     if Wp.shape[0] > 0:
         panel_matmul.py_func(x, Wp, out, n)
     elif n == 1 and small:
@@ -68,7 +79,8 @@ def _ol_step_matmul(W, Wp, x, out, buf, n, small, tiled_max, backwards):
         return impl_bf16
 
     def impl(W, Wp, x, out, buf, n, small, tiled_max, backwards):
-        if block_rows(W, Wp, Wp.shape[0] > 0, n, tiled_max) < W.shape[0]:
+        if (Wp.shape[0] > 0 or n <= STEP_BLOCK_MAX_ROWS) and \
+                block_rows(W, Wp, Wp.shape[0] > 0, n, tiled_max) < W.shape[0]:
             product_blocks(W, Wp, x, out, buf, n, tiled_max, backwards, Wp.shape[0] > 0)
         elif Wp.shape[0] > 0:
             panel_matmul(x, Wp, out, n)
