@@ -36,8 +36,10 @@ K = 256, n = 2 / 4 / 8 / 16 / 32 67–96 / 80–118 / 102–123 / 121–137 / 10
 small_rows_matmul routes in one process, alternating): 1 thread, H = 256, B = 2 / 4 / 16 / 32 1.47× /
 1.31× / 1.58× / 1.30× (reset_after=False: B = 4 / 16 1.35× / 1.60×); H = 64, B = 16 1.41×; H = 1024,
 B = 4 / 16 1.10× / 1.39×; a forward of T = 2 steps at B = 16, H = 64 / 256 1.12× / 1.15×. The step split
-over two threads (:func:`~numgru.kernels.step.gru_step_cols`) keeps the tiled matmul: this block in its
-slices of W ran B = 1 / 16, H = 256 at 0.85× / 0.92×.
+over two threads (:func:`~numgru.kernels.step.gru_step_cols`) takes it too for several rows, in each
+block's slices of W (B = 16, H = 256 / 1024 1.28× / 1.2× over the tiled matmul there); one row keeps the
+tiled matmul. A software prefetch of the next chunk's rows of W, for W read from L3, ran no faster
+(K = 1024, n = 8 / 16: 89–95 / 122–125 GFLOP/s against 95–97 / 130–132 without).
 """
 from llvmlite import ir
 from numba import types
