@@ -1,8 +1,13 @@
 """The dot-product block on unpacked weights (numgru.kernels.dotblock) against NumPy: row counts
 around its blocks of 2 and 4 rows and its groups, columns that end inside a block (masked stores),
 inner sizes around a vector, a line and a k-chunk, weights and rows that start anywhere in a 64-byte
-line, slices of larger arrays, both float dtypes. Its use in steps is checked against
+line, slices of larger arrays, both float dtypes; the same compiled for AVX2. Its use in steps is checked against
 tests/reference.py by tests/test_step.py and the layer tests."""
+import os
+import subprocess
+import sys
+
+import llvmlite.binding as ll
 import numba
 import numpy as np
 import pytest
@@ -72,6 +77,26 @@ def test_dot_rows_any_alignment(dtype, K):
     big = rng.standard_normal((60, K + 5)).astype(dtype)
     _check(big[3:9, 2:K + 2], big[10:59, 1:K + 1], 6, dtype)  # rows with gaps between them
     _check(x0, W0[7:40], 4, dtype)  # a block of W's rows
+
+
+#: an AVX2 machine without AVX-512 (Haswell's features), for Numba's code generation
+AVX2_FEATURES = ("+64bit,+avx,+avx2,+fma,+sse,+sse2,+sse3,+ssse3,+sse4.1,+sse4.2,+popcnt,+f16c,+bmi,+bmi2,"
+                 "+lzcnt,+movbe,+cx16,+xsave,+cmov,+fxsr,+mmx")
+
+
+@pytest.mark.skipif(not ll.get_host_cpu_features().get("avx2", False) or "NUMBA_CPU_FEATURES" in os.environ,
+                    reason="needs a CPU with AVX2 (and runs the tests above compiled for it)")
+def test_dot_rows_compiled_for_avx2(tmp_path):
+    """The tests above with the block compiled for an AVX2 target (8 float32 lanes, 32-byte vectors),
+    in a fresh process with its own Numba cache: its first masked step once ran up to a 64-byte line,
+    more values than one step of 8 lanes holds, and skipped the rest on such machines."""
+    env = dict(os.environ, NUMBA_CPU_NAME="haswell", NUMBA_CPU_FEATURES=AVX2_FEATURES, NUMGRU_AMX="0",
+               NUMBA_CACHE_DIR=str(tmp_path))
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k",
+                          "matches_numpy or any_alignment"], env=env, capture_output=True, text=True,
+                         timeout=600, cwd=os.path.dirname(__file__))
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    assert " passed" in run.stdout and "skipped" not in run.stdout
 
 
 def test_aligned_like_lines_rows_up_with_w():

@@ -121,8 +121,10 @@ def _emit_dot(context, builder, fty, x_ptr, ldx, w_ptr, ldw, o_ptr, ldo, n, M, K
     last_col = builder.sub(M, const(1))
     # the first kh values of k run as one masked step, so that the vector loads of W's rows start on
     # 64-byte lines where all its rows lie alike (row stride a multiple of 64 bytes): NumPy aligns
-    # arrays to 16 bytes, and loads that straddle two lines ran the block at 55-65 % of its speed
-    line = const(64)
+    # arrays to 16 bytes, and loads that straddle two lines ran the block at 55-65 % of its speed.
+    # Narrower vectors (AVX2: 32 bytes) align to their own width, which keeps kh below L: the head is
+    # one step of L lanes
+    line = const(min(64, L * size))
     mis = builder.srem(builder.ptrtoint(w_ptr, intp), line)
     kh = builder.sdiv(builder.srem(builder.sub(line, mis), line), const(size))
     alike = builder.icmp_signed("==", builder.srem(builder.mul(ldw, const(size)), line), const(0))
@@ -246,7 +248,10 @@ def _dot_block(typingctx, x, W, out, n):
 def dot_rows(x, W, out, n):
     """out[:n, :M] = x[:n] @ W.T for W (M, K), x (≥ n, K), out (≥ n, ≥ M), one float dtype, each with
     contiguous rows (C-contiguous, or a slice of rows or columns of such an array). Nothing else of out
-    is written. The shapes are checked here: the block reads raw pointers."""
+    is written. The shapes are checked here: the block reads raw pointers. Where W's rows all start
+    alike, the sums' grouping follows where they start within a line (the first masked step runs up
+    to it): the same W placed elsewhere may round differently in the last bits, so callers that
+    want the same bits on every call keep W where it is (the model's weights) or on a line."""
     M = W.shape[0]
     K = W.shape[1]
     if n < 0 or n > x.shape[0] or n > out.shape[0] or x.shape[1] != K or out.shape[1] < M:
