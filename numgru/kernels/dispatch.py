@@ -1307,7 +1307,10 @@ def gru_direction_backward(dy, col0, dh_n, tape, y, h0, W_hh, lengths, reverse, 
         dh0 = dh_n.copy()
     else:
         dh0 = np.empty((B, H), dtype)
-        W_T = np.ascontiguousarray(W_hh.T)
+        # on a 64-byte line, as the model's own weights are (:func:`aligned`): the dot-product block
+        # sums from where W's rows meet a line (:mod:`~numgru.kernels.dotblock`), so a copy placed
+        # anywhere in a line made the gradients differ in their last bits from one call to the next
+        W_T = aligned(W_hh.T)
         args = (dy, int(col0), dh_n, tape, y, h0, W_T, lengths, is_sorted_desc(lengths), bool(reverse),
                 bool(reset_after), *gate_scalars(dtype, gate_kind, alpha, beta, clip), dgx, dgh, hprev,
                 rhprev, dh0, db_ih, db_hh, training_tiled_max())
