@@ -1,8 +1,8 @@
 """The dot-product block on unpacked weights (numgru.kernels.dotblock) against NumPy: row counts
 around its blocks of 2 and 4 rows and its groups, columns that end inside a block (masked stores),
 inner sizes around a vector, a line and a k-chunk, weights and rows that start anywhere in a 64-byte
-line, slices of larger arrays, both float dtypes; the same compiled for AVX2. Its use in steps is checked against
-tests/reference.py by tests/test_step.py and the layer tests."""
+line, slices of larger arrays, both float dtypes; the same compiled for AVX2. Its use in steps is
+checked against tests/reference.py by tests/test_step.py and the layer tests."""
 import os
 import subprocess
 import sys
