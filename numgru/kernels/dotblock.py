@@ -47,7 +47,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ._jit import device
-from .panel import _float_type, _shape_for, _splat, aligned_zeros
+from .panel import _float_type, _overloaded, _shape_for, _splat, aligned_zeros
 
 #: rows of x per group: W is read once per group, a k-chunk of the group's rows stays in L1
 GROUP_ROWS = 16
@@ -97,7 +97,7 @@ def _emit_dot(context, builder, fty, x_ptr, ldx, w_ptr, ldw, o_ptr, ldo, n, M, K
         return cgutils.get_or_insert_function(builder.module, ir.FunctionType(ret, args), name)
 
     fma = fn("llvm.fma.v%d%s" % (L, suffix), vty, [vty, vty, vty])
-    mload = fn("llvm.masked.load.v%d%s.p0" % (L, suffix), vty, [vty.as_pointer(), i32, mask_t, vty])
+    mload = fn(_overloaded("llvm.masked.load.v%d%s" % (L, suffix), vty), vty, [vty.as_pointer(), i32, mask_t, vty])
     zero = ir.Constant(vty, None)
     accs = [cgutils.alloca_once(builder, vty) for _ in range(L)]  # promoted to registers
 
@@ -137,8 +137,9 @@ def _emit_dot(context, builder, fty, x_ptr, ldx, w_ptr, ldw, o_ptr, ldo, n, M, K
         NR = L // MR
         oty = ir.VectorType(fty, NR)
         omask_t = ir.VectorType(ir.IntType(1), NR)
-        omload = fn("llvm.masked.load.v%d%s.p0" % (NR, suffix), oty, [oty.as_pointer(), i32, omask_t, oty])
-        omstore = fn("llvm.masked.store.v%d%s.p0" % (NR, suffix), ir.VoidType(),
+        omload = fn(_overloaded("llvm.masked.load.v%d%s" % (NR, suffix), oty), oty,
+                    [oty.as_pointer(), i32, omask_t, oty])
+        omstore = fn(_overloaded("llvm.masked.store.v%d%s" % (NR, suffix), oty), ir.VoidType(),
                      [oty, oty.as_pointer(), i32, omask_t])
         ozero = ir.Constant(oty, None)
         with cgutils.for_range_slice(builder, const(0), n, const(G), intp) as (g0, _):
