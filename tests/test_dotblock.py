@@ -1,8 +1,8 @@
 """The dot-product block on unpacked weights (numgru.kernels.dotblock) against NumPy: row counts
 around its blocks of 2 and 4 rows and its groups, columns that end inside a block (masked stores),
 inner sizes around a vector, a line and a k-chunk, weights and rows that start anywhere in a 64-byte
-line, slices of larger arrays, both float dtypes; the same compiled for AVX2. Its use in steps is
-checked against tests/reference.py by tests/test_step.py and the layer tests."""
+line, slices of larger arrays, both float dtypes, bfloat16 weights; the same compiled for AVX2. Its
+use in steps is checked against tests/reference.py by tests/test_step.py and the layer tests."""
 import os
 import subprocess
 import sys
@@ -12,6 +12,7 @@ import numba
 import numpy as np
 import pytest
 
+from numgru.kernels.bf16 import from_bfloat16, to_bfloat16
 from numgru.kernels.dotblock import GROUP_ROWS, aligned_like, dot_rows
 
 
@@ -77,6 +78,29 @@ def test_dot_rows_any_alignment(dtype, K):
     big = rng.standard_normal((60, K + 5)).astype(dtype)
     _check(big[3:9, 2:K + 2], big[10:59, 1:K + 1], 6, dtype)  # rows with gaps between them
     _check(x0, W0[7:40], 4, dtype)  # a block of W's rows
+
+
+@pytest.mark.parametrize("M, K", [(768, 256), (97, 301), (5, 3), (48, 1030), (64, 1)])
+def test_dot_rows_bfloat16_any_alignment(M, K):
+    """bfloat16 weights (uint16 codes) by float32 rows: the float32 product of the widened weights,
+    W's rows starting anywhere in a line (32 bytes of them make the first masked step's target)."""
+    rng = np.random.default_rng(M + K)
+    Wq0 = to_bfloat16(rng.standard_normal((M, K)).astype(np.float32))
+    for sw in range(0, 32, 5):
+        buf = np.zeros(M * K + 64, np.uint16)
+        off = (-(buf.ctypes.data // 2)) % 32 + sw
+        Wq = buf[off:off + M * K].reshape(M, K)
+        Wq[...] = Wq0
+        for n in (1, 2, 5, GROUP_ROWS, GROUP_ROWS + 1):
+            x = rng.standard_normal((n + 1, K)).astype(np.float32)
+            rows = x.shape[0]
+            big = np.full(rows * (M + 3) + 64, 7.0, np.float32)
+            out = big[:rows * (M + 3)].reshape(rows, M + 3)[:, :M]
+            _dot(x, Wq, out, n)
+            want = x[:n].astype(np.float64) @ from_bfloat16(Wq).T.astype(np.float64)
+            np.testing.assert_allclose(out[:n], want, rtol=1e-5, atol=1e-5 * np.sqrt(K))
+            assert (out[n:] == 7.0).all() and (big[rows * (M + 3):] == 7.0).all()
+            assert (big[:rows * (M + 3)].reshape(rows, M + 3)[:, M:] == 7.0).all()
 
 
 #: an AVX2 machine without AVX-512 (Haswell's features), for Numba's code generation

@@ -178,6 +178,21 @@ def test_quantized_columns_step(two_threads, cols_spy):
 
 
 @two_threads_only
+@pytest.mark.parametrize("B", [2, 5, 16])
+def test_quantized_columns_step_of_several_rows(two_threads, cols_spy, B):
+    """Several rows of a quantized cell's columns step go through the dot-product block on the
+    bfloat16 weights: equal to the float32 cell holding the same (rounded) values."""
+    rng = np.random.default_rng(B)
+    c, _ = _cell(333, 320, np.float32)
+    q = c.quantize("bfloat16")
+    r = ng.GRUCell(333, 320)
+    r.load_state_dict(q.state_dict())
+    x, h = rng.standard_normal((B, 333)).astype(np.float32), rng.standard_normal((B, 320)).astype(np.float32)
+    np.testing.assert_allclose(q(x, h), r(x, h), atol=1e-5)
+    assert cols_spy == [B, B]  # (the float32 cell splits too)
+
+
+@two_threads_only
 def test_quantized_step_within_l2_runs_serially_on_panels(two_threads, cols_spy):
     """Below 1 MB of bfloat16 weights the serial step runs on the model's packed panels, even with two
     threads, and equals the float32 cell holding the rounded values."""

@@ -40,6 +40,11 @@ over two threads (:func:`~numgru.kernels.step.gru_step_cols`) takes it too for s
 block's slices of W (B = 16, H = 256 / 1024 1.28× / 1.2× over the tiled matmul there); one row keeps the
 tiled matmul. A software prefetch of the next chunk's rows of W, for W read from L3, ran no faster
 (K = 1024, n = 8 / 16: 89–95 / 122–125 GFLOP/s against 95–97 / 130–132 without).
+
+bfloat16 weights (``uint16`` codes, :mod:`~numgru.kernels.bf16`) by float32 rows: each vector of W is
+loaded as 16-bit codes and widened in registers (a code is a float32's upper half), so the sums are
+the float32 block's on the widened weights, over half the bytes. The first masked step then aligns
+W's loads to their own 32 bytes, and x is not copied to line up with W.
 """
 from llvmlite import ir
 from numba import types
@@ -78,10 +83,11 @@ def _tree_sum(builder, vs, L):
     return vs[0]
 
 
-def _emit_dot(context, builder, fty, x_ptr, ldx, w_ptr, ldw, o_ptr, ldo, n, M, K):
+def _emit_dot(context, builder, fty, x_ptr, ldx, w_ptr, ldw, o_ptr, ldo, n, M, K, bf16=False):
     """Emit out[i, j] = Σ_k x[i, k] · W[j, k] for i < n, j < M (sizes and row strides in elements, intp
     values; x[i, k] at x_ptr[i·ldx + k], W[j, k] at w_ptr[j·ldw + k], out[i, j] at o_ptr[i·ldo + j]);
-    n, M, K ≥ 1."""
+    n, M, K ≥ 1. ``bf16``: W holds bfloat16 values (``w_ptr`` an i16 pointer, fty float32), each vector
+    of them widened to float32 in registers after its load."""
     intp = cgutils.intp_t
     i32 = ir.IntType(32)
     size = context.get_abi_sizeof(fty)
@@ -100,6 +106,27 @@ def _emit_dot(context, builder, fty, x_ptr, ldx, w_ptr, ldw, o_ptr, ldo, n, M, K
     mload = fn(_overloaded("llvm.masked.load.v%d%s" % (L, suffix), vty), vty, [vty.as_pointer(), i32, mask_t, vty])
     zero = ir.Constant(vty, None)
     accs = [cgutils.alloca_once(builder, vty) for _ in range(L)]  # promoted to registers
+    wsize = 2 if bf16 else size  # bytes of one of W's values
+    i16v = ir.VectorType(ir.IntType(16), L)
+    i32v = ir.VectorType(i32, L)
+    wmload = fn(_overloaded("llvm.masked.load.v%di16" % L, i16v), i16v,
+                [i16v.as_pointer(), i32, mask_t, i16v]) if bf16 else mload
+
+    def widen(v):
+        """float32 lanes from a vector of bfloat16 codes (their bits are a float32's upper half)."""
+        return builder.bitcast(builder.shl(builder.zext(v, i32v), ir.Constant(i32v, [16] * L)), vty)
+
+    def wload(p):
+        """The vector of W's values at p (in W's elements)."""
+        if bf16:
+            return widen(builder.load(builder.bitcast(p, i16v.as_pointer()), align=2))
+        return builder.load(vptr(p), align=size)
+
+    def wmasked(p, mask):
+        if bf16:
+            return widen(builder.call(wmload, [builder.bitcast(p, i16v.as_pointer()), ir.Constant(i32, 2),
+                                               mask, ir.Constant(i16v, None)]))
+        return builder.call(mload, [vptr(p), ir.Constant(i32, size), mask, zero])
 
     def lane_mask(limit, n_lanes):
         """Lanes t < limit (an intp value) of an n_lanes vector."""
@@ -124,10 +151,10 @@ def _emit_dot(context, builder, fty, x_ptr, ldx, w_ptr, ldw, o_ptr, ldo, n, M, K
     # arrays to 16 bytes, and loads that straddle two lines ran the block at 55-65 % of its speed.
     # Narrower vectors (AVX2: 32 bytes) align to their own width, which keeps kh below L: the head is
     # one step of L lanes
-    line = const(min(64, L * size))
+    line = const(min(64, L * wsize))
     mis = builder.srem(builder.ptrtoint(w_ptr, intp), line)
-    kh = builder.sdiv(builder.srem(builder.sub(line, mis), line), const(size))
-    alike = builder.icmp_signed("==", builder.srem(builder.mul(ldw, const(size)), line), const(0))
+    kh = builder.sdiv(builder.srem(builder.sub(line, mis), line), const(wsize))
+    alike = builder.icmp_signed("==", builder.srem(builder.mul(ldw, const(wsize)), line), const(0))
     kh = builder.select(builder.and_(alike, builder.icmp_signed("<", kh, K)), kh, const(0))
     head = builder.icmp_signed(">", kh, const(0))
     hmask = lane_mask(kh, L)
@@ -172,14 +199,13 @@ def _emit_dot(context, builder, fty, x_ptr, ldx, w_ptr, ldw, o_ptr, ldo, n, M, K
                         def masked(k, mask):
                             return ([builder.call(mload, [vptr(builder.gep(p, [k])), ir.Constant(i32, size), mask,
                                                           zero]) for p in xrows],
-                                    [builder.call(mload, [vptr(builder.gep(p, [k])), ir.Constant(i32, size), mask,
-                                                          zero]) for p in wrows])
+                                    [wmasked(builder.gep(p, [k]), mask) for p in wrows])
 
                         with cgutils.if_unlikely(builder, first_head):  # k < kh, up to W's first line
                             fmas(*masked(const(0), hmask))
                         with cgutils.for_range_slice(builder, k0, kfull, const(L), intp) as (k, _):
                             xs = [builder.load(vptr(builder.gep(p, [k])), align=size) for p in xrows]
-                            ws = [builder.load(vptr(builder.gep(p, [k])), align=size) for p in wrows]
+                            ws = [wload(builder.gep(p, [k])) for p in wrows]
                             fmas(xs, ws)
                         with cgutils.if_unlikely(builder, tail):  # k past K: masked loads (zeros)
                             fmas(*masked(kfull, kmask))
@@ -215,15 +241,19 @@ def _emit_dot(context, builder, fty, x_ptr, ldx, w_ptr, ldw, o_ptr, ldo, n, M, K
             nest(mr_big)
 
 
-def _operand(a):
-    return isinstance(a, types.Array) and a.ndim == 2 and a.layout in "CA" and _float_type(a.dtype)
+def _operand(a, bf16=False):
+    return isinstance(a, types.Array) and a.ndim == 2 and a.layout in "CA" and \
+        (_float_type(a.dtype) or bf16 and a.dtype == types.uint16)
 
 
 @intrinsic
 def _dot_block(typingctx, x, W, out, n):
     """out[:n, :M] = x[:n] @ W.T for M = W.shape[0] (see :func:`dot_rows`, which checks the shapes
     and that rows are contiguous)."""
-    if not (_operand(x) and _operand(W) and _operand(out)) or len({x.dtype, W.dtype, out.dtype}) != 1:
+    bf16 = isinstance(W, types.Array) and W.dtype == types.uint16  # bfloat16 weights, float32 rows
+    if not (_operand(x) and _operand(W, bf16) and _operand(out)):
+        return None
+    if not (x.dtype == out.dtype == types.float32 if bf16 else x.dtype == W.dtype == out.dtype):
         return None
     if not isinstance(n, types.Integer):
         return None
@@ -236,11 +266,12 @@ def _dot_block(typingctx, x, W, out, n):
         O = context.make_array(sig.args[2])(context, builder, args[2])
         size = ir.Constant(cgutils.intp_t, context.get_abi_sizeof(fty))
 
-        def ld(a):
-            return builder.sdiv(cgutils.unpack_tuple(builder, a.strides, 2)[0], size)
+        def ld(a, item=size):
+            return builder.sdiv(cgutils.unpack_tuple(builder, a.strides, 2)[0], item)
         M = cgutils.unpack_tuple(builder, Wa.shape, 2)[0]
         K = cgutils.unpack_tuple(builder, X.shape, 2)[1]
-        _emit_dot(context, builder, fty, X.data, ld(X), Wa.data, ld(Wa), O.data, ld(O), args[3], M, K)
+        ldw = ld(Wa, ir.Constant(cgutils.intp_t, 2)) if bf16 else ld(Wa)
+        _emit_dot(context, builder, fty, X.data, ld(X), Wa.data, ldw, O.data, ld(O), args[3], M, K, bf16)
         return context.get_dummy_value()
     return sig, codegen
 
@@ -276,8 +307,8 @@ def dot_rows(x, W, out, n):
 @device
 def lines_up(x, W):
     """Whether x's rows start where W's do within a 64-byte line (or W's rows do not all start alike,
-    or x's rows are not as long as W's)."""
-    return W.strides[0] % 64 != 0 or x.shape[1] != W.shape[1] or \
+    or x's rows are not as long as W's, or W's values are narrower than x's: bfloat16 weights)."""
+    return W.strides[0] % 64 != 0 or x.shape[1] != W.shape[1] or W.itemsize != x.itemsize or \
         x.ctypes.data % 64 == W.ctypes.data % 64 and x.strides[0] % 64 == 0
 
 

@@ -13,8 +13,8 @@ from ._jit import FASTMATH, device, inline, kernel, parallel_kernel, wide_vector
 from .activations import clip_pre, gate, one_like, sigmoid_fast, tanh_fast
 from .bf16 import is_bfloat16_array, wget
 from .dotblock import dot_rows
-from .forward import (_chunk_after, block_rows, product_blocks, recurrent_matmul, rows_product,
-                      small_rows_matmul, tiled_matmul)
+from .forward import (_chunk_after, block_rows, product_blocks, recurrent_matmul, small_rows_matmul,
+                      tiled_matmul)
 from .panel import pack_panels, panel_matmul
 
 
@@ -276,13 +276,14 @@ def gru_step_cols(x, h, W_ih, W_hh, b_ih, b_hh, gate_kind, alpha, beta, use_clip
     own three pre-activations, so the blocks never wait on each other, and each thread keeps re-reading
     the same slice of the weights, which stays in its core's cache from step to step (the forward's
     columns route, :func:`~numgru.kernels.forward._gru_forward_cols`, splits its steps the same way).
-    A block's products take the forward's routes for rows against a slice of W
-    (:func:`~numgru.kernels.forward.rows_product`): several rows of float weights the dot-product
-    block, one row or bfloat16 weights the tiled matmul. The dot-product block against the tiled
-    matmul for several rows (2-vCPU Intel machine, two threads, ``stream.step``, two runs each, µs):
-    B = 2 / 16, H = 256 12.2–12.5 / 49.8–51.4 against 14.9–15.2 / 64.1–65.6; B = 16, H = 512
-    234–237 against 293–295; B = 2 / 16, H = 1024 474–476 / 888–922 against 555–560 / 1068–1116;
-    B = 4 at H = 512 and 1024 level.
+    A block multiplies several rows by its slices of W in the dot-product block
+    (:func:`~numgru.kernels.dotblock.dot_rows`, float or bfloat16 weights), one row in the tiled
+    matmul. The dot-product block against the tiled matmul for several rows (2-vCPU Intel machine,
+    two threads, ``stream.step``, two runs each, µs): float32 B = 2 / 16, H = 256 12.2–12.5 /
+    49.8–51.4 against 14.9–15.2 / 64.1–65.6; B = 16, H = 512 234–237 against 293–295; B = 2 / 16,
+    H = 1024 474–476 / 888–922 against 555–560 / 1068–1116; B = 4 at H = 512 and 1024 level; a
+    quantized model's bfloat16 weights B = 2 / 4 / 16, H = 512 45–47 / 63–64 / 216 against 78–80 /
+    91–92 / 325–328; H = 1024 262–270 / 302–305 / 895–921 against 406–413 / 394–400 / 1279–1298.
     """
     wide_vectors()
     B = x.shape[0]
@@ -296,8 +297,12 @@ def gru_step_cols(x, h, W_ih, W_hh, b_ih, b_hh, gate_kind, alpha, beta, use_clip
         a = acc[c]
         for g in range(3):  # this block's rows of W_r, W_z, W_n
             r0 = g * H + j0
-            rows_product(W_ih[r0:r0 + m], x, gi[:, r0:r0 + m], B, True)
-            rows_product(W_hh[r0:r0 + m], h, a[g, :, :m], B, True)
+            if B > 1:
+                dot_rows(x, W_ih[r0:r0 + m], gi[:, r0:r0 + m], B)
+                dot_rows(h, W_hh[r0:r0 + m], a[g, :, :m], B)
+            else:
+                tiled_matmul(W_ih[r0:r0 + m], x, gi[:, r0:r0 + m], B)
+                tiled_matmul(W_hh[r0:r0 + m], h, a[g, :, :m], B)
         for b in range(B):
             gib = gi[b]
             for g in range(3):
