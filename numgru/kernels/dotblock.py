@@ -110,7 +110,7 @@ def _emit_dot(context, builder, fty, x_ptr, ldx, w_ptr, ldw, o_ptr, ldo, n, M, K
     i16v = ir.VectorType(ir.IntType(16), L)
     i32v = ir.VectorType(i32, L)
     wmload = fn(_overloaded("llvm.masked.load.v%di16" % L, i16v), i16v,
-                [i16v.as_pointer(), i32, mask_t, i16v]) if bf16 else mload
+                [i16v.as_pointer(), i32, mask_t, i16v]) if bf16 else None
 
     def widen(v):
         """float32 lanes from a vector of bfloat16 codes (their bits are a float32's upper half)."""
@@ -264,14 +264,14 @@ def _dot_block(typingctx, x, W, out, n):
         X = context.make_array(sig.args[0])(context, builder, args[0])
         Wa = context.make_array(sig.args[1])(context, builder, args[1])
         O = context.make_array(sig.args[2])(context, builder, args[2])
-        size = ir.Constant(cgutils.intp_t, context.get_abi_sizeof(fty))
 
-        def ld(a, item=size):
+        def ld(a, dtype):  # the row stride in elements
+            item = ir.Constant(cgutils.intp_t, context.get_abi_sizeof(context.get_value_type(dtype)))
             return builder.sdiv(cgutils.unpack_tuple(builder, a.strides, 2)[0], item)
         M = cgutils.unpack_tuple(builder, Wa.shape, 2)[0]
         K = cgutils.unpack_tuple(builder, X.shape, 2)[1]
-        ldw = ld(Wa, ir.Constant(cgutils.intp_t, 2)) if bf16 else ld(Wa)
-        _emit_dot(context, builder, fty, X.data, ld(X), Wa.data, ldw, O.data, ld(O), args[3], M, K, bf16)
+        _emit_dot(context, builder, fty, X.data, ld(X, sig.args[0].dtype), Wa.data, ld(Wa, sig.args[1].dtype),
+                  O.data, ld(O, sig.args[2].dtype), args[3], M, K, bf16)
         return context.get_dummy_value()
     return sig, codegen
 
