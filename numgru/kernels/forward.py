@@ -421,7 +421,7 @@ PANEL_MIN_ROW_STEPS = 128  # float weights: rows × steps that repay it (see wan
 PANEL_NARROW_K = 128
 PANEL_MIN_ROW_STEPS_NARROW = 32
 #: float weights, one row: the steps that repay it, (most K, fewest steps) (use_panels takes K ≤ 256)
-PANEL_ONE_ROW_MIN_T = ((64, 16), (128, 128), (256, 256))
+PANEL_ONE_ROW_MIN_T = ((64, 16), (128, 32), (192, 96), (256, 128))
 PANEL_MAX_VALUES = 1 << 22  # largest weight matrix packed (16 MB in float32: H = 1024 is 3·2²⁰ values)
 
 
@@ -482,7 +482,14 @@ def wants_panels(M, K, B, T, tiled_max, bf16):
     24–25 against 29–31; (4, 8) 23–24 against 26–29; (16, 2) 27 against 29–33; H = 128, (16, 4)
     103–119 against 119–129; (8, 8) 104–110 against 114–119; (32, 2) 119–122 against 131–151; (48, 2)
     176–183 against 192–205; but H = 256 (K = 256), (16, 4) 450–467 against 419–446; (32, 2) 493–523
-    against 452–471."""
+    against 452–471. One row again, since the one-row product without panels is the dot-product
+    block (µs, the time loop alone, its own packing included, paired in one process, unpacked against
+    packed): float32 H = 128 T = 32 / 48 / 64 / 96 55.9–58.9 / 81.9–82.4 / 109.6–114.8 / 160.0–161.3
+    against 54.5–55.3 / 77.4–78.5 / 99.9–101.8 / 145.4–145.8; H = 192 T = 96 / 128 332.7–344.9 /
+    438.3–439.0 against 305.6–306.5 / 401.0–403.4 (T = 32 / 64 105.0–105.4 / 207.2–207.5 against
+    109.3–109.6 / 205.8–206.0); H = 256 T = 128 706.3–751.2 against 691.9–708.5 (T = 64 / 96 level);
+    float64 H = 128 T = 64 / 96 1.03–1.09×, H = 192 T = 96 / 128 1.02–1.07×, H = 256 T = 128
+    1.01–1.03×, H = 128 T = 32 level."""
     if bf16:
         return T >= PANEL_MIN_T
     if M * K > PANEL_MAX_VALUES:
