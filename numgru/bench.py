@@ -176,8 +176,25 @@ def _peer_openvino(gru, x, threads, tmpdir):
 PEERS = {"torch": _peer_torch, "onnxruntime": _peer_ort, "openvino": _peer_openvino}
 
 
+def threading_layer():
+    """The threading layer Numba's threads run on (launching them if no call has), as
+    ``numba.threading_layer()`` names it."""
+    import numba
+    numba.get_num_threads()  # launches Numba's threads (once per process) on the layer it picks now
+    return numba.threading_layer()
+
+
 def available_peers(names):
+    """The peers of ``names`` that import, in order (an unknown name raises ValueError).
+
+    Numba's threads are launched first: Numba takes its threading layer when it first launches them,
+    and OpenVINO's import brings its oneTBB into the process, which Numba then takes before OpenMP.
+    numgru's threads would then be timed on a layer users without OpenVINO do not get, beside
+    OpenVINO's own TBB pool: on the 2-vCPU Intel machine, two threads, B = 1, H = 256, T = 32 / 128,
+    0.335–0.352 / 1.16–1.31 ms a forward with OpenVINO among the peers against 0.206 / 0.72–0.74
+    without it."""
     import importlib
+    threading_layer()
     out = []
     for name in names:
         mod = {"torch": "torch", "onnxruntime": "onnxruntime", "openvino": "openvino"}.get(name)
@@ -496,7 +513,9 @@ def main(args):
             raise ValueError(f"--precision: expected 'high' and/or 'medium', got {p!r}")
     peers = available_peers([p for p in args.peers.split(",") if p])
     budget = 0.15 if args.quick else 0.5
-    print(f"numgru {ng.__version__} | numba {numba.__version__} | CPU {_cpu_name()} ({os.cpu_count()} cores)")
+    layer = threading_layer()
+    print(f"numgru {ng.__version__} | numba {numba.__version__} ({layer} threads) | CPU {_cpu_name()} "
+          f"({os.cpu_count()} cores)")
     for line in blas_info():
         print(f"BLAS   {line}")
     env = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if k in os.environ}
@@ -538,7 +557,8 @@ def main(args):
         print("\none step from Python (µs; B rows, I = H; xpeer = peer time / stream time):")
         print(format_step_table(step_rows, peers))
     result = {"numgru": ng.__version__, "cpu": _cpu_name(), "cpu_count": os.cpu_count(),
-              "python": platform.python_version(), "blas": blas_info(), "env": env, "amx": amx,
+              "python": platform.python_version(), "numba_threading_layer": layer, "blas": blas_info(),
+              "env": env, "amx": amx,
               "peers": peers,
               "rows": rows, "steps": step_rows}
     if args.json:
