@@ -12,6 +12,7 @@ writes JSON and, with matplotlib, a PNG of the speedup against torch over seq_le
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -184,17 +185,48 @@ def threading_layer():
     return numba.threading_layer()
 
 
-def available_peers(names):
-    """The peers of ``names`` that import, in order (an unknown name raises ValueError).
+def keep_threading_layer():
+    """Have Numba launch its threads, when it does, on the layer it takes in a fresh process (asked of
+    one), whatever the peers load into this one; unless they run already or ``NUMBA_THREADING_LAYER``
+    names one. Numba takes its layer when it first launches its threads, and OpenVINO's import
+    brings its oneTBB into the process, which Numba then takes before OpenMP: numgru would be timed
+    on a layer users without OpenVINO do not get, beside OpenVINO's own TBB pool (on the 2-vCPU
+    Intel machine, two threads, B = 1, H = 256, T = 32 / 128: 0.335–0.352 / 1.16–1.31 ms a forward
+    with OpenVINO among the peers against 0.206 / 0.72–0.74 without it). Launching Numba's threads
+    before importing the peers instead ran torch's two-thread forwards up to 50× slower (its OpenMP
+    pool beside Numba's: T = 128, B = 64, H = 64 285 ms against 5.9)."""
+    import numba
+    if os.environ.get("NUMBA_THREADING_LAYER"):
+        return
+    try:
+        numba.threading_layer()
+        return  # launched already: the layer is taken
+    except ValueError:
+        pass
+    layer = _fresh_threading_layer()
+    if layer is not None:
+        numba.config.THREADING_LAYER = layer
 
-    Numba's threads are launched first: Numba takes its threading layer when it first launches them,
-    and OpenVINO's import brings its oneTBB into the process, which Numba then takes before OpenMP.
-    numgru's threads would then be timed on a layer users without OpenVINO do not get, beside
-    OpenVINO's own TBB pool: on the 2-vCPU Intel machine, two threads, B = 1, H = 256, T = 32 / 128,
-    0.335–0.352 / 1.16–1.31 ms a forward with OpenVINO among the peers against 0.206 / 0.72–0.74
-    without it."""
+
+@functools.lru_cache(maxsize=None)
+def _fresh_threading_layer():
+    """The layer Numba takes in a fresh Python process, or None where that could not be learnt."""
+    import subprocess
+    import sys
+    code = "import numba; numba.get_num_threads(); print(numba.threading_layer())"
+    try:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    layer = out.stdout.strip()
+    return layer if out.returncode == 0 and layer in ("omp", "tbb", "workqueue") else None
+
+
+def available_peers(names):
+    """The peers of ``names`` that import, in order (an unknown name raises ValueError), Numba's
+    threading layer kept first (:func:`keep_threading_layer`)."""
     import importlib
-    threading_layer()
+    keep_threading_layer()
     out = []
     for name in names:
         mod = {"torch": "torch", "onnxruntime": "onnxruntime", "openvino": "openvino"}.get(name)

@@ -134,31 +134,20 @@ def test_main_with_steps_writes_them(tmp_path, capsys):
     assert "one step from Python" in capsys.readouterr().out
 
 
-def test_numba_threads_start_before_any_peer_is_imported():
+def test_peers_leave_numba_the_layer_it_takes_alone():
     """Numba takes its threading layer when it first launches its threads, and OpenVINO's import
-    brings oneTBB, which Numba would then take: the bench launches them before importing a peer, so
-    numgru is timed on the layer it runs on without the peers. In a fresh process, since this one's
-    threads may have started already."""
+    brings oneTBB, which Numba would then take: after ``available_peers`` Numba launches on the layer
+    it takes in a process without the peers, so numgru is timed on the layer its users get. In
+    fresh processes, since this one's threads may have started already."""
     import subprocess
     import sys
-    code = (
-        "import importlib, numba\n"
-        "from numgru import bench\n"
-        "real = importlib.import_module\n"
-        "seen = []\n"
-        "def spy(name, *args):\n"
-        "    try:\n"
-        "        seen.append(numba.threading_layer())\n"
-        "    except ValueError:\n"
-        "        seen.append('not launched')\n"
-        "    return real(name, *args)\n"
-        "importlib.import_module = spy\n"
-        "bench.available_peers(['openvino', 'torch'])\n"
-        "print(seen[0], numba.threading_layer())\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    before, after = out.stdout.split()
-    alone = subprocess.run([sys.executable, "-c", "import numba; numba.get_num_threads(); "
-                            "print(numba.threading_layer())"], capture_output=True, text=True, timeout=120)
-    assert alone.returncode == 0, alone.stderr
-    assert before == after == alone.stdout.strip()
+
+    def run(code):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.strip()
+    alone = run("import numba; numba.get_num_threads(); print(numba.threading_layer())")
+    with_peers = run("import numba; from numgru import bench; "
+                     "bench.available_peers(['openvino', 'torch', 'onnxruntime']); "
+                     "numba.get_num_threads(); print(numba.threading_layer())")
+    assert with_peers == alone
