@@ -59,7 +59,16 @@ def _check_output(path, option):
 
 @contextlib.contextmanager
 def pinned_threads(n):
-    """Pin Numba, BLAS (threadpoolctl) and torch to ``n`` threads; restore on exit."""
+    """Pin Numba, BLAS (threadpoolctl) and torch to ``n`` threads; restore on exit.
+
+    torch is imported first, before Numba's threads may start: torch's CPU build and Numba's OpenMP
+    layer share the system's GNU OpenMP, and with Numba's threads launched before torch's import
+    torch's two-thread forwards ran 40× slower (T = 128, B = 64, H = 64: 253 against 5.9 ms; one
+    thread level), which had inflated the asv suite's two-thread ratios."""
+    try:
+        import torch
+    except ImportError:
+        torch = None
     import numba
     old_numba = numba.get_num_threads()
     numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
@@ -71,12 +80,9 @@ def pinned_threads(n):
     except ImportError:
         pass
     old_torch = None
-    try:
-        import torch
+    if torch is not None:
         old_torch = torch.get_num_threads()
         torch.set_num_threads(n)
-    except ImportError:
-        pass
     try:
         yield
     finally:
@@ -84,7 +90,6 @@ def pinned_threads(n):
         if limiter is not None:
             limiter.restore_original_limits()
         if old_torch is not None:
-            import torch
             torch.set_num_threads(old_torch)
 
 

@@ -151,3 +151,28 @@ def test_peers_leave_numba_the_layer_it_takes_alone():
                      "bench.available_peers(['openvino', 'torch', 'onnxruntime']); "
                      "numba.get_num_threads(); print(numba.threading_layer())")
     assert with_peers == alone
+
+
+def test_pinned_threads_imports_torch_before_numba_launches():
+    """torch's CPU build and Numba's OpenMP layer share GNU OpenMP; with Numba's threads launched
+    before torch's import, torch's multi-threaded forwards ran tens of times slower. In a fresh
+    process, since this one's threads may have started already."""
+    pytest.importorskip("torch")
+    import subprocess
+    import sys
+    code = (
+        "import sys\n"
+        "import numba.np.ufunc.parallel as parallel\n"
+        "from numgru import bench\n"
+        "real = parallel._launch_threads\n"
+        "seen = []\n"
+        "def spy():\n"
+        "    seen.append('torch' in sys.modules)\n"
+        "    return real()\n"
+        "parallel._launch_threads = spy\n"
+        "with bench.pinned_threads(2):\n"
+        "    pass\n"
+        "print(seen[0])\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "True"
