@@ -65,21 +65,23 @@ def main():
     args = p.parse_args()
     if args.requests < 1:
         p.error(f"--requests: expected an integer >= 1, got {args.requests}")
+    try:  # before numgru's first call starts Numba's threads (see numgru.bench.pinned_threads)
+        import torch
+    except ImportError:
+        torch = None
     rng = np.random.default_rng(0)
     gru = ng.GRU(64, 256, seed=0)
     seqs = [rng.standard_normal((int(rng.integers(20, 201)), 64)).astype(np.float32)
             for _ in range(args.requests)]
     gru(seqs[0])
     out = {"engine": {}, "direct": {}, "torch": {}}
-    try:
-        import torch
+    torch_call = None
+    if torch is not None:
         tg = gru.to_torch().eval()
 
         def torch_call(x):
             with torch.inference_mode():
                 tg(torch.from_numpy(x))
-    except ImportError:
-        torch_call = None
     for n in (1, 4, 16):
         with ng.BatchingEngine(gru, max_batch_size=64, max_delay_ms=2.0) as eng:
             eng.submit(seqs[0]).result()
