@@ -178,3 +178,22 @@ def test_model_weights_start_on_cache_lines():
     a = np.arange(12.0).reshape(3, 4)[:, 1:]
     b = aligned(a)
     assert b.ctypes.data % 64 == 0 and b.flags.c_contiguous and np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.uint16])
+@pytest.mark.parametrize("H, cs, nc", [(64, 32, 2), (100, 64, 2), (256, 128, 2), (47, 16, 3), (33, 48, 1)])
+def test_block_panels_are_each_blocks_rows_packed(dtype, H, cs, nc):
+    """The column route's panels (forward.block_panels): block c as pack_panels of its rows g·H +
+    c·cs + u (gate g, unit u < cs), zero rows past H, whichever dtype (bfloat16's k pairs for odd H
+    too)."""
+    from numgru.kernels.forward import block_panels
+    rng = np.random.default_rng(H)
+    W = rng.standard_normal((3 * H, H)).astype(np.float32)
+    W = to_bfloat16(W) if dtype == np.uint16 else W.astype(dtype)
+    Wp = block_panels(W, cs, nc)
+    for c in range(nc):
+        rows = np.zeros((3 * cs, H), W.dtype)
+        for g in range(3):
+            m = max(0, min(cs, H - c * cs))
+            rows[g * cs:g * cs + m] = W[g * H + c * cs:g * H + c * cs + m]
+        np.testing.assert_array_equal(Wp[c], _pack(rows))

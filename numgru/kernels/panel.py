@@ -143,16 +143,16 @@ def _ol_put_row(panel, c, w):
     return impl
 
 
-def fill_panel(panel, W, j0, m):
-    """Columns 0 … m−1 of one panel (Kp, NC) = rows j0 … j0+m−1 of W (M, K), in :func:`pack_panels`'s
-    layout: in tiles of 16 columns by 16 k, whose reads and writes stay in L1 (a column at a time
+def fill_panel(panel, W, j0, m, c_off):
+    """Columns c_off … c_off+m−1 of one panel (Kp, NC) = rows j0 … j0+m−1 of W (M, K), in
+    :func:`pack_panels`'s layout: in tiles of 16 columns by 16 k, whose reads and writes stay in L1 (a column at a time
     wrote a line per k: the panels of W_hh at H = 256 / 1024 took 112 µs / 6.0 ms against 72 µs /
     2.4 ms in blocks, one thread; a forward at B = 1 packs once per call). float32 tiles are
     transposed in vector registers (:func:`transpose16`): W_hh's panels at H = 64 / 256 in
     1.9 / 21–24 µs against 3.4 / 44 element by element (one thread; float64 measured level, and
     keeps the element loops)."""
     for c in range(m):
-        put_row(panel, c, W[j0 + c])
+        put_row(panel, c_off + c, W[j0 + c])
 
 
 #: rows and columns of one tile of :func:`fill_panel`
@@ -226,41 +226,42 @@ def prefetch(typingctx, arr, i):
 
 
 def _tile_filler(panel, W, put):
-    """``fill(panel, pairs, W, j0, c0, k0)``: one full tile of :func:`fill_panel` (columns c0 …
-    c0+15 by k0 … k0+15), inlined into it: transposed in registers for float32 (the panel and W
-    C-contiguous), else element by element through ``put`` (``_writer``'s)."""
+    """``fill(panel, pairs, W, j0, c0, k0, c_off)``: one full tile of :func:`fill_panel` (rows
+    j0+c0 … j0+c0+15 of W by k0 … k0+15, into columns c_off+c0 …), inlined into it: transposed in
+    registers for float32 (the panel and W C-contiguous), else element by element through ``put``
+    (``_writer``'s)."""
     if panel.dtype == types.float32 and _c_arrays(panel, W):
-        def fill(panel, pairs, W, j0, c0, k0):
+        def fill(panel, pairs, W, j0, c0, k0, c_off):
             K = W.shape[1]
             NC = panel.shape[1]
-            transpose16(W, (j0 + c0) * K + k0, K, panel, k0 * NC + c0, NC)
+            transpose16(W, (j0 + c0) * K + k0, K, panel, k0 * NC + c_off + c0, NC)
         return inline(fill)
 
-    def fill(panel, pairs, W, j0, c0, k0):
+    def fill(panel, pairs, W, j0, c0, k0, c_off):
         for kk in range(TILE):
             for cc in range(TILE):
-                put(panel, pairs, k0 + kk, c0 + cc, W[j0 + c0 + cc, k0 + kk])
+                put(panel, pairs, k0 + kk, c_off + c0 + cc, W[j0 + c0 + cc, k0 + kk])
     return inline(fill)
 
 
 @overload(fill_panel, jit_options={"fastmath": set(FASTMATH)})
-def _ol_fill_panel(panel, W, j0, m):
+def _ol_fill_panel(panel, W, j0, m, c_off):
     view, put = _writer(panel)
     fill = _tile_filler(panel, W, put)
 
-    def impl(panel, W, j0, m):
+    def impl(panel, W, j0, m, c_off):
         K = W.shape[1]
         K16 = K - K % TILE
         m16 = m - m % TILE
         pairs = view(panel)  # bfloat16: (Kp / 2, NC, 2), the k pairs
         for c0 in range(0, m16, TILE):
             for k0 in range(0, K16, TILE):
-                fill(panel, pairs, W, j0, c0, k0)
+                fill(panel, pairs, W, j0, c0, k0, c_off)
             for k in range(K16, K):
                 for cc in range(TILE):
-                    put(panel, pairs, k, c0 + cc, W[j0 + c0 + cc, k])
+                    put(panel, pairs, k, c_off + c0 + cc, W[j0 + c0 + cc, k])
         for c in range(m16, m):
-            put_row(panel, c, W[j0 + c])
+            put_row(panel, c_off + c, W[j0 + c])
     return impl
 
 
@@ -309,7 +310,7 @@ def pack_panels(W):
             Wp[p, Kp - 2:] = 0
     for p in range(P):
         j0 = p * nc
-        fill_panel(Wp[p], W, j0, min(M, j0 + nc) - j0)
+        fill_panel(Wp[p], W, j0, min(M, j0 + nc) - j0, 0)
     return Wp
 
 
