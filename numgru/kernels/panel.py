@@ -145,9 +145,10 @@ def _ol_put_row(panel, c, w):
 
 def fill_panel(panel, W, j0, m, c_off):
     """Columns c_off … c_off+m−1 of one panel (Kp, NC) = rows j0 … j0+m−1 of W (M, K), in
-    :func:`pack_panels`'s layout: in tiles of 16 columns by 16 k, whose reads and writes stay in L1 (a column at a time
-    wrote a line per k: the panels of W_hh at H = 256 / 1024 took 112 µs / 6.0 ms against 72 µs /
-    2.4 ms in blocks, one thread; a forward at B = 1 packs once per call). float32 tiles are
+    :func:`pack_panels`'s layout: in tiles of 16 columns by 16 k, whose reads and writes stay in L1
+    (a column at a time wrote a line per k: the panels of W_hh at H = 256 / 1024 took 112 µs /
+    6.0 ms against 72 µs / 2.4 ms in blocks, one thread; a forward at B = 1 packs once per call).
+    The column route fills each block's gate rows at their own columns (``c_off``). float32 tiles are
     transposed in vector registers (:func:`transpose16`): W_hh's panels at H = 64 / 256 in
     1.9 / 21–24 µs against 3.4 / 44 element by element (one thread; float64 measured level, and
     keeps the element loops)."""
