@@ -90,6 +90,30 @@ def test_packing_refuses_values_it_cannot_split(rng, where):
 
 
 @needs_amx
+@pytest.mark.parametrize("N, K", [(3, 1), (100, 70), (200, 33)])
+@pytest.mark.parametrize("threads", [1, 2, 3, 20])
+def test_packing_on_threads_equals_one_thread(rng, N, K, threads):
+    """pack_amx_into_parallel splits W's blocks of 16 rows over the threads: the same bytes and the
+    same count of pieces (3; 1 for bfloat16 values, though only some ranges see a value off them; 0
+    for a refused value in any range)."""
+    size = 3 * amx.padded.py_func(N) * amx.padded.py_func(K)
+    W = rng.standard_normal((N, K)).astype(np.float32)
+    Wb = _nearest_bf16(W)
+    Wb1 = Wb.copy()
+    Wb1[-1, -1] = np.float32(1.0 + 2.0 ** -20)  # off bfloat16 in the last block only
+    Wn = W.copy()
+    Wn[-1, 0] = np.nan
+    for M in (W, Wb, Wb1, Wn):
+        one, par = np.full(size, 7, np.uint16), np.full(size, 7, np.uint16)
+        n1 = amx.pack_amx_into(M, one)
+        assert amx.pack_amx_into_parallel(M, par, threads) == n1
+        if n1:
+            np.testing.assert_array_equal(par[:n1 * size // 3], one[:n1 * size // 3])
+    assert amx.pack_amx_into(Wb1, np.empty(size, np.uint16)) == 3
+    assert amx.pack_amx_into(Wn, np.empty(size, np.uint16)) == 0
+
+
+@needs_amx
 def test_both_roundings_split_alike(rng, monkeypatch):
     # AVX512-BF16's conversion where LLVM lowers it for this CPU, else an integer sequence on the
     # bits: the same pieces for every normal value, the partial 16-value block's included

@@ -431,19 +431,31 @@ def _pack_into(W, out):
     values (a quantized model's weights: their second and third pieces are zero, and the first
     piece's place is the same either way), or 0 where W holds a value :func:`_split_into`
     refuses."""
+    _check_packing(W, out)
+    return _pack_blocks_into(W, out, 0, padded(W.shape[0]) // 16)
+
+
+@inline
+def _check_packing(W, out):
+    if out.shape[0] != 3 * padded(W.shape[0]) * padded(W.shape[1]):
+        raise ValueError("pack_amx: shapes do not match")
+
+
+@inline
+def _pack_blocks_into(W, out, nb0, nb1):
+    """:func:`_pack_into`'s work on W's blocks of 16 rows nb0 … nb1 − 1 (its own scratch): 3, 1 where
+    their values are all bfloat16, 0 where one is refused."""
     N, K = W.shape
     Np = padded(N)
     Kp = padded(K)
     KH = Kp // 2
-    if out.shape[0] != 3 * Np * Kp:
-        raise ValueError("pack_amx: shapes do not match")
     rows = aligned_zeros(3 * 16 * Kp, np.uint16)
     r3 = rows.reshape(3, 16, Kp)
     r32 = rows.view(np.uint32)
     o32 = out.view(np.uint32)
     second = r32[8 * Kp:16 * Kp]  # piece 2 of the 16 rows (zero with piece 3 where v is bfloat16)
     beyond = np.uint32(0)
-    for nb in range(Np // 16):
+    for nb in range(nb0, nb1):
         for c in range(16):
             n = nb * 16 + c
             if n < N:
@@ -480,6 +492,27 @@ def pack_amx_into(W, out):
     bfloat16 values, 0 where W holds a value the split refuses."""
     wide_vectors()
     return _pack_into(W, out)
+
+
+@parallel_kernel(name="pack_amx_into_parallel")
+def pack_amx_into_parallel(W, out, n_threads):
+    """:func:`pack_amx_into` on Numba's threads, ``n_threads`` ranges of W's blocks of 16 rows: the
+    same packing and return value. A plain model packs W_ih on every call: at 3072 × 1024 one
+    thread took 1.6 ms of a 25 ms two-thread forward (T = 32, B = 16, H = 1024)."""
+    wide_vectors()
+    _check_packing(W, out)
+    nb = padded(W.shape[0]) // 16
+    per = (nb + n_threads - 1) // max(n_threads, 1)
+    nc = (nb + per - 1) // per if per > 0 else 0
+    got = np.zeros(nc, np.int64)
+    for c in prange(nc):
+        wide_vectors()
+        got[c] = _pack_blocks_into(W, out, c * per, min(nb, (c + 1) * per))
+    if nc == 0:
+        return 1
+    if got.min() == 0:
+        return 0
+    return 3 if got.max() == 3 else 1
 
 
 @inline

@@ -42,7 +42,7 @@ import numpy as np
 from .amx import (amx_gradient, amx_gradient_pair, amx_gradient_parallel, amx_projection,
                   amx_projection_parallel, amx_digit_projection, amx_digit_projection_parallel, amx_ready,
                   DIGIT_MAX_K, DIGIT_WIDE_BYTES, digits_size, gru_forward_amx, gru_forward_amx_rows,
-                  pack_amx, pack_amx_into, pack_digits, pack_digits_into, padded)
+                  pack_amx, pack_amx_into, pack_amx_into_parallel, pack_digits, pack_digits_into, padded)
 from .backward import BIAS_ROWS, gru_backward_amx, gru_backward_amx_rows, gru_backward_serial, matmul_into
 from .forward import (gru_forward_chunked, gru_forward_cols, gru_forward_parallel, gru_forward_rows,
                       gru_forward_serial, input_projection_kernel, input_projection_parallel, row_chunks,
@@ -112,6 +112,8 @@ AMX_DIGITS_MIN_INPUTS = 256
 AMX_DIGITS_SPREAD = 16.0
 AMX_ROWS_PER_THREAD = 32
 AMX_ROWS_MIN_HIDDEN = 128
+#: fewest values of W whose AMX packing is spread over the threads (:func:`amx_pieces`)
+PARALLEL_PACK_MIN_VALUES = 1 << 17
 #: the product M·N·K above which OpenBLAS spreads a GEMM over its threads (its
 #: GEMM_MULTITHREAD_THRESHOLD, 4, times SMP_THRESHOLD_MIN, 65536)
 BLAS_THREADED_MNK = 4 * 65536
@@ -537,7 +539,7 @@ def input_projection(x2d, W_ih, b_ih, numba_threads=False, valid=None, training=
     if amx_projection_wanted(N, I, threads, W_ih.dtype, training, W_ih.shape[0], pieces) and (
             amx_project_digits(x2d, W_ih, bias, b_ih is not None, gx, threads, pieces)
             or amx_project(x2d, W_ih, bias, b_ih is not None, gx, threads,
-                           tile_packing(W_ih, "amx_ih", pieces))):
+                           tile_packing(W_ih, "amx_ih", pieces, threads))):
         return gx
     Wp = empty_array(W_ih.dtype, 3) if packed is None else packed
     if numba_threads:
@@ -631,7 +633,7 @@ def amx_project(x2d, W_ih, bias, use_bias, out, threads=1, Wv=None):
     where x2d or W_ih holds a value the tiles cannot take to float32 accuracy (NaN, ±Inf, beyond
     3e38): the caller then takes its float32 route, which writes all of out."""
     if Wv is None:
-        Wv = amx_pieces("amx_ih", W_ih)
+        Wv = amx_pieces("amx_ih", W_ih, threads)
     if Wv.shape[0] == 0:
         return False
     if threads > 1:
@@ -1194,14 +1196,19 @@ def workspace(name, shape, dtype):
     return buf[:size].reshape(shape)
 
 
-def amx_pieces(name, W):
+def amx_pieces(name, W, threads=1):
     """W's AMX packing (:func:`~numgru.kernels.amx.pack_amx_into`) in this thread's scratch ``name``
     (:func:`workspace`, 64-byte aligned), valid until the thread's next call asking for that name;
     empty where W holds a value the tiles cannot take. Packing into fresh arrays on every call
     faulted their pages in anew (one thread, T = 32, B = 64, H = 1024: W_ih's and W_hh's packings,
-    18 MB each, were 28 ms of a 118 ms forward)."""
+    18 MB each, were 28 ms of a 118 ms forward). On ``threads`` Numba threads where the parallel
+    slot is free and W holds at least ``PARALLEL_PACK_MIN_VALUES`` values."""
     size = padded.py_func(W.shape[0]) * padded.py_func(W.shape[1])
     out = _aligned_scratch(name, 3 * size)
+    if threads > 1 and W.size >= PARALLEL_PACK_MIN_VALUES:
+        with parallel_slot(True) as par:
+            if par:
+                return out[:pack_amx_into_parallel(W, out, threads) * size]
     return out[:pack_amx_into(W, out) * size]
 
 
@@ -1236,10 +1243,10 @@ def recurrence_packing(W, pieces=None, bf16_values=False, name="amx_hh"):
     return tile_packing(W, name, pieces)
 
 
-def tile_packing(W, name, pieces=None):
+def tile_packing(W, name, pieces=None, threads=1):
     """W's AMX packing: the one ``pieces`` (a frozen or quantized model's :class:`FrozenPieces`)
-    keeps, else one made now in this thread's scratch ``name`` (:func:`amx_pieces`)."""
-    return amx_pieces(name, W) if pieces is None else pieces.of(W)
+    keeps, else one made now in this thread's scratch ``name`` (:func:`amx_pieces`, on ``threads``)."""
+    return amx_pieces(name, W, threads) if pieces is None else pieces.of(W)
 
 
 def _references(pool, k):
