@@ -1,5 +1,7 @@
 """numgru bench: every installed peer is checked against numgru before it is timed, rows are complete."""
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -139,9 +141,6 @@ def test_peers_leave_numba_the_layer_it_takes_alone():
     brings oneTBB, which Numba would then take: after ``available_peers`` Numba launches on the layer
     it takes in a process without the peers, so numgru is timed on the layer its users get. In
     fresh processes, since this one's threads may have started already."""
-    import subprocess
-    import sys
-
     def run(code):
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stderr
@@ -158,8 +157,6 @@ def test_pinned_threads_imports_torch_before_numba_launches():
     before torch's import, torch's multi-threaded forwards ran tens of times slower. In a fresh
     process, since this one's threads may have started already."""
     pytest.importorskip("torch")
-    import subprocess
-    import sys
     code = (
         "import sys\n"
         "import numba.np.ufunc.parallel as parallel\n"

@@ -502,17 +502,14 @@ def pack_amx_into_parallel(W, out, n_threads):
     wide_vectors()
     _check_packing(W, out)
     nb = padded(W.shape[0]) // 16
-    per = (nb + n_threads - 1) // max(n_threads, 1)
-    nc = (nb + per - 1) // per if per > 0 else 0
-    got = np.zeros(nc, np.int64)
+    n = max(n_threads, 1)
+    per = max(1, (nb + n - 1) // n)
+    nc = (nb + per - 1) // per
+    got = np.ones(max(nc, 1), np.int64)  # no blocks (an empty W): one piece, as _pack_into says
     for c in prange(nc):
         wide_vectors()
         got[c] = _pack_blocks_into(W, out, c * per, min(nb, (c + 1) * per))
-    if nc == 0:
-        return 1
-    if got.min() == 0:
-        return 0
-    return 3 if got.max() == 3 else 1
+    return 0 if got.min() == 0 else got.max()
 
 
 @inline
