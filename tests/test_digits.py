@@ -58,6 +58,33 @@ def test_digits_add_up_to_each_weight(rng, N, K):
     assert np.all(np.abs(np.abs(n[1:]).max(axis=1) - int(amx.DIGIT_SCALE)) <= 1)
 
 
+@pytest.mark.parametrize("N, K", [(3, 1), (100, 70), (200, 33), (40, 256)])
+@pytest.mark.parametrize("threads", [1, 2, 3, 20])
+def test_digit_packing_on_threads_equals_one_thread(rng, N, K, threads):
+    """pack_digits_into_parallel splits W's blocks of 16 rows over the threads: the same bytes (digits,
+    padding and scales, every one written) and the same answer (0 for a refused row in any range: a NaN in the last
+    block, a row of mixed scales under ``spread``)."""
+    size = amx.digits_size.py_func(amx.padded.py_func(N), amx.padded.py_func(K))
+    W = (rng.standard_normal((N, K)) * np.exp(rng.uniform(-5, 5, (N, 1)))).astype(np.float32)
+    W[N // 2] = 0.0
+    Wn = W.copy()
+    Wn[-1, -1] = np.nan
+    Wm = W.copy()
+    Wm[-1] = 1e-3
+    Wm[-1, 0] = 1e3
+    for M in (W, Wn, Wm):
+        for spread in (0.0, 64.0):
+            # (different fills: a byte neither packing writes would differ)
+            one, par = np.full(size, 7, np.uint16), np.full(size, 9, np.uint16)
+            n1 = amx.pack_digits_into(M, one, np.float32(spread))
+            assert amx.pack_digits_into_parallel(M, par, np.float32(spread), threads) == n1
+            if n1:
+                np.testing.assert_array_equal(par, one)
+    assert amx.pack_digits_into(Wn, np.empty(size, np.uint16), np.float32(0.0)) == 0
+    assert amx.pack_digits_into(Wm, np.empty(size, np.uint16), np.float32(0.0)) == 1
+    assert amx.pack_digits_into(Wm, np.empty(size, np.uint16), np.float32(64.0)) == (K < 64)
+
+
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf, 2.0 ** 61, 2.0 ** -61])
 def test_refused_rows_leave_the_packing_empty(bad):
     W = np.ones((5, 20), np.float32)

@@ -42,7 +42,8 @@ import numpy as np
 from .amx import (amx_gradient, amx_gradient_pair, amx_gradient_parallel, amx_projection,
                   amx_projection_parallel, amx_digit_projection, amx_digit_projection_parallel, amx_ready,
                   DIGIT_MAX_K, DIGIT_WIDE_BYTES, digits_size, gru_forward_amx, gru_forward_amx_rows,
-                  pack_amx, pack_amx_into, pack_amx_into_parallel, pack_digits, pack_digits_into, padded)
+                  pack_amx, pack_amx_into, pack_amx_into_parallel, pack_digits, pack_digits_into,
+                  pack_digits_into_parallel, padded)
 from .backward import BIAS_ROWS, gru_backward_amx, gru_backward_amx_rows, gru_backward_serial, matmul_into
 from .forward import (gru_forward_chunked, gru_forward_cols, gru_forward_parallel, gru_forward_rows,
                       gru_forward_serial, input_projection_kernel, input_projection_parallel, row_chunks,
@@ -672,7 +673,7 @@ def amx_project_digits(x2d, W, bias, use_bias, out, threads=1, pieces=None, name
     if not amx_digit_projection_wanted(M, I) or (pieces is not None and pieces.bfloat16):
         return False
     spread = np.float32(AMX_DIGITS_SPREAD if spread is None else spread)
-    Wd = amx_digits(name, W, spread) if pieces is None else pieces.digits_of(W, spread)
+    Wd = amx_digits(name, W, spread, threads) if pieces is None else pieces.digits_of(W, spread)
     if Wd.shape[0] == 0:
         return False
     if threads > 1:
@@ -996,7 +997,7 @@ def _amx_rows_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gate_ki
         if not par:
             return False
         # (only once the slot is had: a caller without it packs nothing)
-        Whv = recurrence_packing(W_hh, pieces)
+        Whv = recurrence_packing(W_hh, pieces, threads=threads, held=True)
         return Whv.shape[0] > 0 and gru_forward_amx_rows(gx.reshape(T * B, G), Whv, b_hh, h0, bool(reverse),
                                                          y, int(col0), h_n, chunks, empty_array(gx.dtype, 3),
                                                          matmul_order())
@@ -1014,7 +1015,7 @@ def _amx_training_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gat
     if not amx_recurrence_wanted(T, B, G // 3, 1, W_hh.dtype, reset_after, gate_kind, clip is not None) \
             or lengths.min() < T:
         return False
-    Whv = recurrence_packing(W_hh)
+    Whv = recurrence_packing(W_hh, threads=threads)
     if Whv.shape[0] == 0:
         return False
     gx2 = gx.reshape(T * B, G)
@@ -1196,29 +1197,53 @@ def workspace(name, shape, dtype):
     return buf[:size].reshape(shape)
 
 
-def amx_pieces(name, W, threads=1):
+def amx_pieces(name, W, threads=1, held=False):
     """W's AMX packing (:func:`~numgru.kernels.amx.pack_amx_into`) in this thread's scratch ``name``
     (:func:`workspace`, 64-byte aligned), valid until the thread's next call asking for that name;
     empty where W holds a value the tiles cannot take. Packing into fresh arrays on every call
     faulted their pages in anew (one thread, T = 32, B = 64, H = 1024: W_ih's and W_hh's packings,
-    18 MB each, were 28 ms of a 118 ms forward). On ``threads`` Numba threads where the parallel
-    slot is free and W holds at least ``PARALLEL_PACK_MIN_VALUES`` values."""
+    18 MB each, were 28 ms of a 118 ms forward). On ``threads`` Numba threads as
+    :func:`packing_slot` says (``held``: the caller holds the parallel slot)."""
     size = padded.py_func(W.shape[0]) * padded.py_func(W.shape[1])
     out = _aligned_scratch(name, 3 * size)
-    if threads > 1 and W.size >= PARALLEL_PACK_MIN_VALUES:
-        with parallel_slot(True) as par:
-            if par:
-                return out[:pack_amx_into_parallel(W, out, threads) * size]
+    with packing_slot(threads, W, held) as par:
+        if par:
+            return out[:pack_amx_into_parallel(W, out, threads) * size]
     return out[:pack_amx_into(W, out) * size]
 
 
-def amx_digits(name, W, spread=0.0):
+def amx_digits(name, W, spread=0.0, threads=1, held=False):
     """W's integer digits (:func:`~numgru.kernels.amx.pack_digits_into`) in this thread's scratch
-    ``name`` (as :func:`amx_pieces`); empty where a row of W is refused (``spread``: rows of mixed
-    scales too)."""
+    ``name`` (as :func:`amx_pieces`, on threads alike); empty where a row of W is refused
+    (``spread``: rows of mixed scales too). 768 × 256 (W_ih or W_hh at H = 256, packed on every
+    plain model's call that multiplies on the digits): 43 µs on one thread, 25 on two."""
     size = digits_size.py_func(padded.py_func(W.shape[0]), padded.py_func(W.shape[1]))
     out = _aligned_scratch(name, size)
-    return out[:pack_digits_into(W, out, np.float32(spread)) * size]
+    spread = np.float32(spread)
+    with packing_slot(threads, W, held) as par:
+        if par:
+            return out[:pack_digits_into_parallel(W, out, spread, threads) * size]
+    return out[:pack_digits_into(W, out, spread) * size]
+
+
+class _Held:
+    """A parallel slot its caller already holds (:func:`packing_slot`)."""
+
+    __slots__ = ()
+
+    def __enter__(self):
+        return True
+
+    def __exit__(self, *exc):
+        return None
+
+
+def packing_slot(threads, W, held=False):
+    """``with packing_slot(threads, W, held) as par``: whether a packing of W runs on ``threads``
+    Numba threads: more than one, W at least ``PARALLEL_PACK_MIN_VALUES`` values, and the parallel
+    slot free (:class:`parallel_slot`) or already the caller's (``held``)."""
+    wanted = threads > 1 and W.size >= PARALLEL_PACK_MIN_VALUES
+    return _Held() if wanted and held else parallel_slot(wanted)
 
 
 def _aligned_scratch(name, size):
@@ -1228,25 +1253,27 @@ def _aligned_scratch(name, size):
     return buf[off:off + size]
 
 
-def recurrence_packing(W, pieces=None, bf16_values=False, name="amx_hh"):
+def recurrence_packing(W, pieces=None, bf16_values=False, name="amx_hh", threads=1, held=False):
     """W_hh's (or, ``name`` "amx_hh_T", the backward's W_hh.T's) packing for the recurrence's
     products on AMX tiles: its integer digits (:func:`~numgru.kernels.amx.pack_digits`) where
     :func:`digits_wanted` holds for H (W's shorter side), else, or where a row of W is refused, its
     bfloat16 pieces; a quantized model's (``bf16_values``, or ``pieces.bfloat16``: one piece, three
     products) always its pieces. Kept by ``pieces`` (a frozen or quantized model's
-    :class:`FrozenPieces`) where given, else made now in this thread's scratch ``name``."""
+    :class:`FrozenPieces`) where given, else made now in this thread's scratch ``name`` (on
+    ``threads``, ``held`` as :func:`packing_slot` takes them)."""
     one_piece = bf16_values or (pieces is not None and pieces.bfloat16)
     if not one_piece and digits_wanted(min(W.shape), matmul_order()):
-        Wd = amx_digits(name + "_digits", W) if pieces is None else pieces.digits_of(W)
+        Wd = (amx_digits(name + "_digits", W, 0.0, threads, held) if pieces is None
+              else pieces.digits_of(W))
         if Wd.shape[0] > 0:
             return Wd
-    return tile_packing(W, name, pieces)
+    return tile_packing(W, name, pieces, threads, held)
 
 
-def tile_packing(W, name, pieces=None, threads=1):
+def tile_packing(W, name, pieces=None, threads=1, held=False):
     """W's AMX packing: the one ``pieces`` (a frozen or quantized model's :class:`FrozenPieces`)
     keeps, else one made now in this thread's scratch ``name`` (:func:`amx_pieces`, on ``threads``)."""
-    return amx_pieces(name, W, threads) if pieces is None else pieces.of(W)
+    return amx_pieces(name, W, threads, held) if pieces is None else pieces.of(W)
 
 
 def _references(pool, k):
@@ -1322,7 +1349,7 @@ def gru_direction_backward(dy, col0, dh_n, tape, y, h0, W_hh, lengths, reverse, 
                 bool(reset_after), *gate_scalars(dtype, gate_kind, alpha, beta, clip), dgx, dgh, hprev,
                 rhprev, dh0, db_ih, db_hh, training_tiled_max())
         tiles = amx_recurrence_wanted(T, B, H, 1, dtype, reset_after, gate_kind, clip is not None)
-        Wv_T = recurrence_packing(W_T, name="amx_hh_T") if tiles else None
+        Wv_T = recurrence_packing(W_T, name="amx_hh_T", threads=thread_count()) if tiles else None
         if Wv_T is None or Wv_T.shape[0] == 0:
             gru_backward_serial(*args, None, 3, 0, B)
         else:
@@ -1414,7 +1441,8 @@ def input_gradient(dG, W_ih, out, accumulate):
         target = workspace("dx", out.shape, out.dtype) if accumulate else out
         if amx_project_digits(dG, W_T, W_ih[0], False, target, threads, name="amx_ih_T_digits",
                               spread=0.0) or \
-                amx_project(dG, W_T, W_ih[0], False, target, threads, amx_pieces("amx_ih_T", W_T)):
+                amx_project(dG, W_T, W_ih[0], False, target, threads,
+                            amx_pieces("amx_ih_T", W_T, threads)):
             if accumulate:
                 out += target
             return out
