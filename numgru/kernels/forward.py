@@ -514,34 +514,50 @@ def block_panels(W_hh, cs, nc):
     holding rows g·H + c·cs + u (gate g, unit u < cs) as its panel row g·cs + u (zeros past H), so
     that ``panel_matmul`` gives the block's W_hr, W_hz, W_hn products side by side in one (B, 3·cs)
     array. Float or bfloat16 (``uint16``) weights, packed in their own dtype and layout
-    (:func:`~numgru.kernels.panel.pack_panels`; Hp = :func:`~numgru.kernels.panel.packed_depth`)."""
-    H = W_hh.shape[1]
+    (:func:`~numgru.kernels.panel.pack_panels`; Hp = :func:`~numgru.kernels.panel.packed_depth`).
+    :func:`block_panels_empty` then :func:`pack_block` for every block."""
+    Wp = block_panels_empty(W_hh, cs, nc)
+    for c in range(nc):
+        pack_block(Wp, W_hh, c, cs)
+    return Wp
+
+
+@device
+def block_panels_empty(W_hh, cs, nc):
+    """:func:`block_panels`' array, not yet written (64-byte aligned)."""
     width = panel_width(W_hh.dtype.type(0))
     P = (3 * cs + width - 1) // width
-    Hp = packed_depth(H, W_hh)
-    # not zeroed first (the fills write every value but those zeroed here), and each gate's run of
-    # rows within a panel filled by fill_panel's tiles: a column at a time (a line written per k)
-    # took 4.4 ms at H = 1024 (two blocks), one thread
-    Wp = aligned_empty(nc * P * Hp * width, W_hh.dtype).reshape((nc, P, Hp, width))
+    Hp = packed_depth(W_hh.shape[1], W_hh)
+    return aligned_empty(nc * P * Hp * width, W_hh.dtype).reshape((nc, P, Hp, width))
+
+
+@device
+def pack_block(Wp, W_hh, c, cs):
+    """Block c of :func:`block_panels` into Wp[c]: every value written (not zeroed first: the fills
+    write all but those zeroed here, and each gate's run of rows within a panel is filled by
+    fill_panel's tiles, where a column at a time, a line written per k, took 4.4 ms at H = 1024, two
+    blocks, one thread)."""
+    H = W_hh.shape[1]
+    width = Wp.shape[3]
+    P = Wp.shape[1]
+    Hp = Wp.shape[2]
     zero = np.zeros(H, W_hh.dtype)
-    for c in range(nc):
-        j0 = c * cs
-        m = min(cs, H - j0)
-        if Hp > H:  # bfloat16's k pad (H odd): the last k pair of every column, before the fills
-            Wp[c, :, Hp - 2:] = 0
-        for q in range(3 * cs, P * width):  # past the last gate's rows
+    j0 = c * cs
+    m = min(cs, H - j0)
+    if Hp > H:  # bfloat16's k pad (H odd): the last k pair of every column, before the fills
+        Wp[c, :, Hp - 2:] = 0
+    for q in range(3 * cs, P * width):  # past the last gate's rows
+        put_row(Wp[c, q // width], q % width, zero)
+    for g in range(3):
+        for u in range(m, cs):  # units past H (the last block)
+            q = g * cs + u
             put_row(Wp[c, q // width], q % width, zero)
-        for g in range(3):
-            for u in range(m, cs):  # units past H (the last block)
-                q = g * cs + u
-                put_row(Wp[c, q // width], q % width, zero)
-            u = 0
-            while u < m:  # the gate's rows, a run per panel
-                q = g * cs + u
-                n = min(m - u, width - q % width)
-                fill_panel(Wp[c, q // width], W_hh, g * H + j0 + u, n, q % width)
-                u += n
-    return Wp
+        u = 0
+        while u < m:  # the gate's rows, a run per panel
+            q = g * cs + u
+            n = min(m - u, width - q % width)
+            fill_panel(Wp[c, q // width], W_hh, g * H + j0 + u, n, q % width)
+            u += n
 
 
 #: most bytes of weights a step's product reads in one sweep (:func:`step_product`); beyond, it runs
@@ -932,7 +948,8 @@ def _gru_forward_cols(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, gate_ki
 
     Same arrays and results as :func:`_gru_forward` (reset_after=True, no tape). Each time step is split
     into ``n_chunks`` blocks of units (16-unit multiples): a block computes W_hr, W_hz and W_hn times h
-    for its units on its own rows of W_hh — packed into panels once per call (:func:`block_panels`)
+    for its units on its own rows of W_hh — packed into panels once per call (:func:`block_panels`,
+    each block by the worker that first takes it)
     from 2 rows and :data:`PANEL_MIN_ROW_STEPS` rows × steps (bfloat16 weights: from 2 rows, or one
     row while a block's rows fit :data:`COLS_B1_PANEL_BYTES`), else by :func:`tiled_matmul` — then
     those units' gates and new state. Packing is a pass over W_hh that one row never repaid and short
@@ -970,7 +987,9 @@ def _gru_forward_cols(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, gate_ki
         packed = B >= 2 or 3 * cs * H * W_hh.itemsize <= COLS_B1_PANEL_BYTES
     else:
         packed = B >= 2 and T * B >= PANEL_MIN_ROW_STEPS
-    Wp = block_panels(W_hh, cs, nc) if packed else np.empty((0, 0, 0, 0), W_hh.dtype)
+    # (each block packed by the worker that takes it for the first step: its core's cache keeps it,
+    # and the packing is split over the threads)
+    Wp = block_panels_empty(W_hh, cs, nc) if packed else np.empty((0, 0, 0, 0), W_hh.dtype)
     copy_rows(h0, h_a)
     # one 64-byte line each: block c's last claimed step, whether worker c has started, steps' blocks done
     sync = np.zeros(8 * (2 * nc + 1), np.int64)
@@ -1006,6 +1025,8 @@ def _cols_worker(w, nc, cs, sync, gx, W_hh, Wp, b_hh, h_a, h_b, acc, lengths, so
                     continue  # its worker runs: leave the block to it, for its cache
                 if not atomic_cas(sync, 8 * c, s - 1, s):
                     continue
+                if s == 0 and Wp.shape[0] > 0:  # (every block of step 0 is done before step 1 starts)
+                    pack_block(Wp, W_hh, c, cs)
                 _cols_block(c, cs, t, n_act, gx, W_hh, Wp, b_hh, hc, hn, acc[c], lengths, gate_kind, alpha,
                             beta, use_clip, clip, y, col0, H, B, s % 2 == 1)
                 atomic_add(sync, done, 1)
