@@ -799,9 +799,9 @@ def pack_digits(W, spread=0.0):
     W[n, k] at byte p·Np·Kq + ((n // 16)·Kq + k − k % 4)·16 + (n % 16)·4 + k % 4 (AMX's int8 quads;
     Np: N rounded up to 32, Kq: K to 64, the padding zero), then the rows' scales as Np float32.
     ``spread``: refuse rows of mixed scales (:func:`_digit_scale`; 0, none). Made by
-    :func:`pack_digits_into` or :func:`pack_digits_into_parallel`, which hold the same bytes (the
-    rounding is :func:`digit_quads16`'s, its float operations exact ones, and the scales come from
-    the same few operations on m)."""
+    :func:`pack_digits_into` or :func:`pack_digits_into_parallel`, which write the same bytes (both
+    round by :func:`digit_quads16`'s one sequence of instructions and take the scales from the same
+    few operations on m; ``test_digit_packing_on_threads_equals_one_thread``)."""
     size = digits_size.py_func(padded.py_func(W.shape[0]), padded.py_func(W.shape[1]))
     buf = np.empty(size + 32, np.uint16)
     out = buf[(-buf.ctypes.data % 64) // 2:][:size]
