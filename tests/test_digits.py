@@ -44,6 +44,7 @@ def test_digits_add_up_to_each_weight(rng, N, K):
     W[0] = 0.0  # a row of zeros: scale 0
     Wd = amx.pack_digits(W)
     assert Wd.dtype == np.uint16 and Wd.ctypes.data % 64 == 0
+    np.testing.assert_array_equal(amx.pack_digits(np.asfortranarray(W)), Wd)  # any layout
     assert Wd.shape == (amx.digits_size.py_func(amx.padded.py_func(N), amx.padded.py_func(K)),)
     d, scales, (pad_rows, pad_cols, pad_scales) = _unpack_digits(Wd, N, K)
     assert not pad_rows.any() and not pad_cols.any() and not pad_scales.any()
@@ -333,3 +334,21 @@ def test_frozen_copy_keeps_the_input_digits(rng, one_thread, monkeypatch):
     assert packed == [(3 * H, I)]
     np.testing.assert_array_equal(ys[2], ys[0])
     np.testing.assert_array_equal(ys[0], g(x)[0])
+
+
+@needs_amx
+@pytest.mark.parametrize("I, H, digits", [(1024, 256, True), (512, 512, False), (256, 1024, False)])
+def test_long_inputs_take_the_digits_beyond_l2(rng, one_thread, monkeypatch, I, H, digits):
+    # W_ih's digits beyond L2 (3·3H·I bytes over 2 MB at all three): from 1024 inputs the projection
+    # still takes them (each weight read fewer times than the pieces' twice the bytes), to float32
+    # accuracy; shorter rows keep the pieces
+    T, B = 8, 32
+    g = ng.GRU(I, H, seed=7)
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    assert 3 * 3 * H * I > amx.DIGIT_WIDE_BYTES
+    calls = count_calls(monkeypatch, dispatch, {"amx_digit_projection": "digits", "amx_projection": "pieces"})
+    y, h_n = g(x)
+    assert calls == ({"digits": 1, "pieces": 0} if digits else {"digits": 0, "pieces": 1})
+    y_ref, h_ref = ref_gru(x, g.state_dict(), 1, H)
+    np.testing.assert_allclose(y, y_ref, **TOL[np.float32])
+    np.testing.assert_allclose(h_n, h_ref, **TOL[np.float32])

@@ -110,6 +110,8 @@ AMX_STEP_ROWS_BY_ORDER = {2: ((128, 8), (289, 12)), 1: ((64, 16), (128, 8), (256
 AMX_DIGITS_MIN_HIDDEN = 128
 AMX_DIGIT_ROWS = ((128, 12), (256, 10), (384, 8), (1024, 6))
 AMX_DIGITS_MIN_INPUTS = 256
+#: inputs from which the projection takes W's digits wherever they lie (amx_digit_projection_wanted)
+AMX_DIGITS_WIDE_MIN_INPUTS = 1024
 AMX_DIGITS_SPREAD = 16.0
 AMX_ROWS_PER_THREAD = 32
 AMX_ROWS_MIN_HIDDEN = 128
@@ -649,13 +651,20 @@ def amx_digit_projection_wanted(M, I):
     """Whether a projection on tiles (:func:`amx_projection_wanted`) of I inputs to M outputs tries
     W's integer digits first (:func:`amx_project_digits`): at the default precision, from
     ``AMX_DIGITS_MIN_INPUTS`` inputs, W's digits within L2 (3·M·I bytes at most
-    ``DIGIT_WIDE_BYTES``). Measured on the 2-vCPU Intel machine (Emerald Rapids), one thread, against
-    the bfloat16 pieces, packing included: I = 256, M = 768, N = 8192 / 2048 / 256 rows 1.41× /
-    1.24× / 1.11×; I = 128, M = 384, N = 8192 / 512 1.00× / 0.64× (each row's split and three sums
-    cost as much as the products they halve); I = 1024, M = 3072, N = 8192 1.08× (W's digits read
-    from L3 again for every 32 rows)."""
+    ``DIGIT_WIDE_BYTES``) or ``AMX_DIGITS_WIDE_MIN_INPUTS`` inputs or more. Measured on the 2-vCPU
+    Intel machine (Emerald Rapids), one thread, against the bfloat16 pieces, packing included: I =
+    256, M = 768, N = 8192 / 2048 / 256 rows 1.41× / 1.24× / 1.11×; I = 128, M = 384, N = 8192 / 512
+    1.00× / 0.64× (each row's split and three sums cost as much as the products they halve). Beyond
+    L2 W's digits are read from L3 again for every 32 rows, but so are the pieces, at twice the
+    bytes; once W's digits were packed at half the cost (:func:`~numgru.kernels.amx.digit_quads16`),
+    whole forwards, paired in one process, digits against pieces: I = H = 1024, T = 32 / 128 / 512,
+    B = 16 1.12× / 1.06× / 1.04×, T = 32 / 128, B = 64 1.07× / 1.05× (two threads 1.04–1.06×; frozen
+    copies 1.02–1.05×); I = 1024, H = 256 1.20–1.22×; I = 2048, H = 512 1.31–1.35×; training steps
+    (dx, 3H summed values, too) I = H = 1024 1.05–1.07×, I = H = 512 1.04×; but I = H = 512 forwards
+    0.94–1.04×, I = 256, H = 1024 0.95–1.00×, I = H = 768 1.00–1.04× (so from 1024)."""
     return (matmul_order() == 3 and AMX_DIGITS_MIN_INPUTS <= I <= DIGIT_MAX_K
-            and 3 * padded.py_func(M) * padded.py_func(I) <= DIGIT_WIDE_BYTES)
+            and (3 * padded.py_func(M) * padded.py_func(I) <= DIGIT_WIDE_BYTES
+                 or I >= AMX_DIGITS_WIDE_MIN_INPUTS))
 
 
 def amx_project_digits(x2d, W, bias, use_bias, out, threads=1, pieces=None, name="amx_ih_digits",
@@ -1217,6 +1226,7 @@ def amx_digits(name, W, spread=0.0, threads=1, held=False):
     ``name`` (as :func:`amx_pieces`, on threads alike); empty where a row of W is refused
     (``spread``: rows of mixed scales too). 768 × 256 (W_ih or W_hh at H = 256, packed on every
     plain model's call that multiplies on the digits): 43 µs on one thread, 25 on two."""
+    W = np.ascontiguousarray(W)  # (the packing reads W's rows as C-contiguous)
     size = digits_size.py_func(padded.py_func(W.shape[0]), padded.py_func(W.shape[1]))
     out = _aligned_scratch(name, size)
     spread = np.float32(spread)
