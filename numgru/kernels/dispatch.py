@@ -1359,13 +1359,14 @@ def gru_direction_backward(dy, col0, dh_n, tape, y, h0, W_hh, lengths, reverse, 
                 bool(reset_after), *gate_scalars(dtype, gate_kind, alpha, beta, clip), dgx, dgh, hprev,
                 rhprev, dh0, db_ih, db_hh, training_tiled_max())
         tiles = amx_recurrence_wanted(T, B, H, 1, dtype, reset_after, gate_kind, clip is not None)
-        Wv_T = recurrence_packing(W_T, name="amx_hh_T", threads=thread_count()) if tiles else None
+        threads = thread_count()
+        Wv_T = recurrence_packing(W_T, name="amx_hh_T", threads=threads) if tiles else None
         if Wv_T is None or Wv_T.shape[0] == 0:
             gru_backward_serial(*args, None, 3, 0, B)
         else:
             # on tiles whatever the thread count (the gradients stay the same); ranges of rows on
             # several threads as the training forward takes them
-            chunks = amx_row_ranges(B, thread_count())
+            chunks = amx_row_ranges(B, threads)
             with parallel_slot(chunks >= 2) as par:
                 if par:
                     gru_backward_amx_rows(*args, Wv_T, matmul_order(), chunks)
