@@ -183,14 +183,16 @@ def test_model_weights_start_on_cache_lines():
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.uint16])
 @pytest.mark.parametrize("H, cs, nc", [(64, 32, 2), (100, 64, 2), (256, 128, 2), (47, 16, 3), (33, 48, 1)])
 def test_block_panels_are_each_blocks_rows_packed(dtype, H, cs, nc):
-    """The column route's panels (forward.block_panels): block c as pack_panels of its rows g·H +
-    c·cs + u (gate g, unit u < cs), zero rows past H, whichever dtype (bfloat16's k pairs for odd H
-    too)."""
-    from numgru.kernels.forward import block_panels
+    """The column route's panels (forward.block_panels_empty, each block by pack_block): block c as
+    pack_panels of its rows g·H + c·cs + u (gate g, unit u < cs), zero rows past H, whichever dtype
+    (bfloat16's k pairs for odd H too)."""
+    from numgru.kernels.forward import block_panels_empty, pack_block
     rng = np.random.default_rng(H)
     W = rng.standard_normal((3 * H, H)).astype(np.float32)
     W = to_bfloat16(W) if dtype == np.uint16 else W.astype(dtype)
-    Wp = block_panels(W, cs, nc)
+    Wp = block_panels_empty(W, cs, nc)
+    for c in range(nc):
+        pack_block(Wp, W, c, cs)
     for c in range(nc):
         rows = np.zeros((3 * cs, H), W.dtype)
         for g in range(3):

@@ -494,6 +494,16 @@ def pack_amx_into(W, out):
     return _pack_into(W, out)
 
 
+@inline
+def _block_ranges(N, n_threads):
+    """``(nb, per, nc)`` for a packing of N rows on ``n_threads`` threads: nb blocks of 16 rows (N
+    padded), ``per`` blocks a range, nc ranges (range c: blocks c·per … min(nb, (c + 1)·per) − 1)."""
+    nb = padded(N) // 16
+    n = max(n_threads, 1)
+    per = max(1, (nb + n - 1) // n)
+    return nb, per, (nb + per - 1) // per
+
+
 @parallel_kernel(name="pack_amx_into_parallel")
 def pack_amx_into_parallel(W, out, n_threads):
     """:func:`pack_amx_into` on Numba's threads, ``n_threads`` ranges of W's blocks of 16 rows: the
@@ -501,10 +511,7 @@ def pack_amx_into_parallel(W, out, n_threads):
     thread took 1.6 ms of a 25 ms two-thread forward (T = 32, B = 16, H = 1024)."""
     wide_vectors()
     _check_packing(W, out)
-    nb = padded(W.shape[0]) // 16
-    n = max(n_threads, 1)
-    per = max(1, (nb + n - 1) // n)
-    nc = (nb + per - 1) // per
+    nb, per, nc = _block_ranges(W.shape[0], n_threads)
     got = np.ones(max(nc, 1), np.int64)  # no blocks (an empty W): one piece, as _pack_into says
     for c in prange(nc):
         wide_vectors()
@@ -824,10 +831,7 @@ def pack_digits_into_parallel(W, out, spread, n_threads):
     same packing and return value (as :func:`pack_amx_into_parallel` for the pieces)."""
     wide_vectors()
     _check_digits_packing(W, out)
-    nb = padded(W.shape[0]) // 16
-    n = max(n_threads, 1)
-    per = max(1, (nb + n - 1) // n)
-    nc = (nb + per - 1) // per
+    nb, per, nc = _block_ranges(W.shape[0], n_threads)
     got = np.ones(max(nc, 1), np.int64)
     for c in prange(nc):
         wide_vectors()

@@ -509,22 +509,13 @@ def wants_panels(M, K, B, T, tiled_max, bf16):
 
 
 @device
-def block_panels(W_hh, cs, nc):
-    """Packed panels of each block's rows of W_hh for :func:`_gru_forward_cols`: (nc, P, Hp, NC), block c
-    holding rows g·H + c·cs + u (gate g, unit u < cs) as its panel row g·cs + u (zeros past H), so
-    that ``panel_matmul`` gives the block's W_hr, W_hz, W_hn products side by side in one (B, 3·cs)
-    array. Float or bfloat16 (``uint16``) weights, packed in their own dtype and layout
-    (:func:`~numgru.kernels.panel.pack_panels`; Hp = :func:`~numgru.kernels.panel.packed_depth`).
-    :func:`block_panels_empty` then :func:`pack_block` for every block."""
-    Wp = block_panels_empty(W_hh, cs, nc)
-    for c in range(nc):
-        pack_block(Wp, W_hh, c, cs)
-    return Wp
-
-
-@device
 def block_panels_empty(W_hh, cs, nc):
-    """:func:`block_panels`' array, not yet written (64-byte aligned)."""
+    """The column route's panels of W_hh (:func:`_gru_forward_cols`), not yet written: (nc, P, Hp,
+    NC), 64-byte aligned; :func:`pack_block` fills block c with rows g·H + c·cs + u (gate g, unit u <
+    cs) as its panel row g·cs + u (zeros past H), so that ``panel_matmul`` gives the block's W_hr,
+    W_hz, W_hn products side by side in one (B, 3·cs) array. Float or bfloat16 (``uint16``) weights,
+    packed in their own dtype and layout (:func:`~numgru.kernels.panel.pack_panels`; Hp =
+    :func:`~numgru.kernels.panel.packed_depth`)."""
     width = panel_width(W_hh.dtype.type(0))
     P = (3 * cs + width - 1) // width
     Hp = packed_depth(W_hh.shape[1], W_hh)
@@ -533,7 +524,7 @@ def block_panels_empty(W_hh, cs, nc):
 
 @device
 def pack_block(Wp, W_hh, c, cs):
-    """Block c of :func:`block_panels` into Wp[c]: every value written (not zeroed first: the fills
+    """Block c of :func:`block_panels_empty`'s panels into Wp[c]: every value written (not zeroed first: the fills
     write all but those zeroed here, and each gate's run of rows within a panel is filled by
     fill_panel's tiles, where a column at a time, a line written per k, took 4.4 ms at H = 1024, two
     blocks, one thread)."""
@@ -948,8 +939,8 @@ def _gru_forward_cols(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, gate_ki
 
     Same arrays and results as :func:`_gru_forward` (reset_after=True, no tape). Each time step is split
     into ``n_chunks`` blocks of units (16-unit multiples): a block computes W_hr, W_hz and W_hn times h
-    for its units on its own rows of W_hh — packed into panels once per call (:func:`block_panels`,
-    each block by the worker that first takes it)
+    for its units on its own rows of W_hh — packed into panels once per call
+    (:func:`block_panels_empty`, each block by the worker that first takes it, :func:`pack_block`)
     from 2 rows and :data:`PANEL_MIN_ROW_STEPS` rows × steps (bfloat16 weights: from 2 rows, or one
     row while a block's rows fit :data:`COLS_B1_PANEL_BYTES`), else by :func:`tiled_matmul` — then
     those units' gates and new state. Packing is a pass over W_hh that one row never repaid and short
