@@ -309,6 +309,41 @@ def test_products_beyond_l2_in_blocks(one_thread, T, B, H, reset_after, dtype):
 
 @pytest.mark.parametrize("reset_after", [True, False])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_many_rows_beyond_k512_on_panels_where_zen(one_thread, reset_after, dtype):
+    """17+ rows by W_hh past K = 512 take the panels on one thread on Zen 4
+    (:data:`~numgru.kernels.forward.PANELS_PAST_L2_MANY_ROWS`), BLAS elsewhere and whenever BLAS may
+    thread the product; either way the forward agrees with the reference, with rows finishing early
+    (their steps then take fewer rows, down to the one-row product)."""
+    from numgru.kernels.forward import PANELS_PAST_L2_MANY_ROWS, TILED_MAX_ONE_THREAD, use_panels
+    T, B, H = 8, 20, 520
+    assert use_panels.py_func(3 * H, H, B, TILED_MAX_ONE_THREAD, False) == PANELS_PAST_L2_MANY_ROWS
+    assert not use_panels.py_func(3 * H, H, B, 4, False)
+    assert use_panels.py_func(3 * H, H, B, 4, False) == use_panels.py_func(3 * H, H, 64, 4, False)
+    rng = np.random.default_rng(B + H)
+    g = ng.GRU(6, H, reset_after=reset_after, dtype=dtype, seed=5)
+    x = rng.standard_normal((T, B, 6)).astype(dtype)
+    lengths = rng.integers(1, T + 1, B)
+    lengths[:2] = T
+    for kw in ({}, dict(lengths=lengths)):
+        y, h = g(x, **kw)
+        ry, rh = ref_gru(x, g.state_dict(), 1, H, reset_after=reset_after, **kw)
+        np.testing.assert_allclose(y, ry, **TOL[dtype])
+        np.testing.assert_allclose(h, rh, **TOL[dtype])
+
+
+@pytest.mark.parametrize("name, features, want", [
+    ("znver4", "+avx2,+avx512f,+fma", True), ("znver5", "+avx2,+avx512f,+fma", True),
+    ("znver3", "+avx2,-avx512f,+fma", False), ("sapphirerapids", "+avx2,+avx512f,+fma", False),
+])
+def test_avx512_zen_reads_the_cpu(monkeypatch, name, features, want):
+    from numgru.kernels import _jit
+    monkeypatch.setattr(_jit.numba.config, "CPU_NAME", name)
+    monkeypatch.setattr(_jit.numba.config, "CPU_FEATURES", features)
+    assert _jit.avx512_zen() is want
+
+
+@pytest.mark.parametrize("reset_after", [True, False])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("T,B,H", [(40, 4, 24), (40, 1, 24), (8, 4, 24), (7, 4, 24), (3, 50, 24),
                                    (8, 4, 160), (32, 4, 160)])
 def test_forward_on_and_off_panels_matches_reference(reset_after, dtype, T, B, H):

@@ -35,6 +35,29 @@ FASTMATH: frozenset = frozenset({"nsz", "arcp", "contract", "reassoc"})
 WIDE_ATTRIBUTE = '"prefer-vector-width"="512"'
 BASE_FLAGS: dict = {"cache": CACHE, "nogil": True, "fastmath": set(FASTMATH), "error_model": "numpy"}
 
+def target_cpu():
+    """(name, features) of the CPU Numba compiles for: ``NUMBA_CPU_NAME`` and ``NUMBA_CPU_FEATURES``
+    where set, else the host's as LLVM reads them (features as "+avx2,-avx512f,…"); ("", "") where
+    LLVM cannot read this host."""
+    import llvmlite.binding as ll
+    try:
+        name = numba.config.CPU_NAME
+        if not name or name == "host":
+            name = ll.get_host_cpu_name()
+        features = numba.config.CPU_FEATURES or ll.get_host_cpu_features().flatten()
+    except RuntimeError:
+        return "", ""
+    return name, features
+
+
+def avx512_zen():
+    """True on AMD's Zen cores with AVX-512 (Zen 4 and later), where LLVM's 512-bit code and OpenBLAS's
+    run at the same width and the packed-panel kernels beat OpenBLAS at shapes where Intel's cores
+    keep BLAS (:func:`~numgru.kernels.forward.use_panels`)."""
+    name, features = target_cpu()
+    return "+avx512f" in features.split(",") and name.startswith("znver")
+
+
 #: name -> compiled dispatcher, for every entry-point kernel
 REGISTRY: dict = {}
 

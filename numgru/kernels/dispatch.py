@@ -39,6 +39,7 @@ import threading
 import numba
 import numpy as np
 
+from ._jit import target_cpu
 from .amx import (amx_gradient, amx_gradient_pair, amx_gradient_parallel, amx_projection,
                   amx_projection_parallel, amx_digit_projection, amx_digit_projection_parallel, amx_ready,
                   DIGIT_MAX_K, DIGIT_WIDE_BYTES, digits_size, gru_forward_amx, gru_forward_amx_rows,
@@ -129,15 +130,9 @@ def blas_vectors_wider():
     there only at smaller shares of the work (see :func:`forward_route`): on 2 Intel vCPUs with
     512-bit kernels, rows against BLAS-threaded steps (T = 128, best of 30 calls in turns): B = 64,
     H = 128 / 256 20.5–21.4 against 15.4–18.6 / 48.5 against 43.1 ms; B = 16, H = 1024 196 against
-    172 ms; B = 16 / 32 at H = 256 / 128 drew. AMD's Zen 4/5 get 512-bit code from LLVM either way."""
-    import llvmlite.binding as ll
-    try:
-        name = numba.config.CPU_NAME
-        if not name or name == "host":
-            name = ll.get_host_cpu_name()
-        features = numba.config.CPU_FEATURES or ll.get_host_cpu_features().flatten()
-    except RuntimeError:  # LLVM cannot read this host's features: assume no AVX-512
-        return False
+    172 ms; B = 16 / 32 at H = 256 / 128 drew. AMD's Zen 4/5 get 512-bit code from LLVM either way
+    (:func:`~numgru.kernels._jit.avx512_zen`)."""
+    name, features = target_cpu()
     return "+avx512f" in features.split(",") and not name.startswith("znver")
 
 

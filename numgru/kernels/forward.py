@@ -12,7 +12,8 @@ allocated once, before the time loop.
 For sequences of 4+ steps with float weights the kernel packs W_hh once per call into panels of W_hh.T
 (:mod:`~numgru.kernels.panel`) and runs each step's product there, a register-blocked outer-product
 kernel written in LLVM's vector IR, wherever :func:`use_panels` says it wins: one row while W_hh fits
-L2, 2–16 rows at any size, more rows up to H = 512 (the backward's products at any H). Paired A/B
+L2, 2–16 rows at any size, more rows up to H = 512 (the backward's products at any H; on Zen 4, one
+thread, at any H). Paired A/B
 against the routes below (T = 128, one thread, float32, 2-vCPU Intel): B = 16, H = 256 1.30–1.48×;
 B = 64, H = 256 1.19–1.20×; B = 16, H = 1024 1.15–1.29×; B = 8, H = 512 1.34×; B = 1, H = 256 1.31×; B = 2–8
 at H = 128–256 1.13–1.20×; H = 64 level. Otherwise the product goes by :func:`recurrent_matmul`, by
@@ -35,7 +36,7 @@ import numpy as np
 from numba import prange
 from numba.extending import overload
 
-from ._jit import FASTMATH, device, inline, kernel, parallel_kernel, wide_vectors
+from ._jit import FASTMATH, avx512_zen, device, inline, kernel, parallel_kernel, wide_vectors
 from .activations import clip_pre, clipped, gate, one_like, sigmoid_fast, tanh_fast
 from .bf16 import is_bfloat16, is_bfloat16_array, wget
 from .dotblock import dot_rows
@@ -443,6 +444,13 @@ def use_panels(M, K, n, tiled_max, bf16):
     ``tiled_max`` as in :func:`recurrent_matmul`: past K = 512, where BLAS may thread a product
     (several threads, ``tiled_max`` 1–15), it keeps the rows it took before. Otherwise the choice does
     not depend on the thread count, so training's sums come out the same with any number of threads.
+
+    On AMD's Zen 4 (:data:`PANELS_PAST_L2_MANY_ROWS`) the panels also take 17+ rows beyond K = 512 on
+    one thread (``tiled_max`` ``TILED_MAX_ONE_THREAD``): OpenBLAS's SkylakeX kernel, which it runs
+    there, fell behind them (2-vCPU AMD EPYC, one thread, GFLOP/s, panels against BLAS, M = 3K:
+    K = 768, 17 / 32 / 64 / 128 / 256 rows 109 / 110 / 102 / 102 / 109 against 64 / 78 / 88 / 95 /
+    101; K = 1024 100 / 100 / 101 / 101 / 104 against 43 / 62 / 77 / 90 / 96; K = 2048, 64 rows 96
+    against 78; the backward's M = K / 3 at K = 3072 alike, 1.03–2.24×).
     """
     if bf16:
         return True
@@ -450,7 +458,7 @@ def use_panels(M, K, n, tiled_max, bf16):
         return K <= 256
     if n <= 16:
         return K <= 512 or tiled_max < 0 or n <= tiled_max
-    return K <= 512 or M <= 1024
+    return K <= 512 or M <= 1024 or (PANELS_PAST_L2_MANY_ROWS and tiled_max == TILED_MAX_ONE_THREAD)
 
 
 @inline
@@ -557,6 +565,8 @@ ZIGZAG_MIN_BYTES = 3 << 19
 ZIGZAG_ROWS = 128
 #: most rows of a step's product that sweeps its blocks so (more rows: arithmetic-bound)
 ZIGZAG_MAX_ROWS = 16
+#: whether 17+ rows beyond K = 512 take the panels on one thread (:func:`use_panels`): on Zen 4
+PANELS_PAST_L2_MANY_ROWS = avx512_zen()
 #: ``tiled_max`` of the serial kernels on one thread (:func:`~numgru.kernels.dispatch.serial_tiled_max`)
 TILED_MAX_ONE_THREAD = 16
 
