@@ -1,0 +1,225 @@
+"""One state row by W_hh's integer digits on AVX512-VNNI: the one-row recurrence beyond L2.
+
+At B = 1 a step multiplies one state row by all of W_hh, two flops a weight, so once W_hh lies beyond
+L2 (12·H² bytes in float32) the step waits on L3. W_hh's integer digits (:func:`~numgru.kernels.amx.
+pack_digits`: each row scaled to 24-bit integers held as three int8 digits, 9·H² bytes) carry the
+same float32 product in three quarters of the bytes, and ``VPDPBUSD`` (AVX512-VNNI: Intel since Ice
+Lake, AMD since Zen 4) multiplies 64 unsigned by 64 signed bytes into 16 int32 sums of four products
+an instruction. The digits' AMX layout (16 rows × 4 values of the summed index, 64 bytes a quad) is
+that instruction's operand as it lies: one load of W's quad, the state's four digits broadcast.
+
+A step: the state row into its digits (:func:`~numgru.kernels.amx._digits_into`, a power-of-two
+scale), the six digit products of weight 2⁻¹⁶ and above summed by weight into three int32 sums a
+row of W (:func:`_sums`), those put together into float32 (:func:`~numgru.kernels.amx._combine_digits`),
+then the forward's gate loop. ``VPDPBUSD`` takes its first operand unsigned, so a state digit e
+(balanced, in [−128, 127]) goes in as e + 128: Σ (e + 128)·d = Σ e·d + 128·Σ d, and each digit
+plane's row sums Σ d (:func:`digit_row_sums`, made once per packing by the same instructions) are
+taken back out. The instruction's int32 sums wrap rather than saturate, and the true sums fit int32
+(:data:`~numgru.kernels.amx.DIGIT_MAX_K`), so the difference is exact: every sum is the AMX tiles'
+to the bit, and the step's products those of the AMX digits route. Accuracy: the module docstring
+of :mod:`~numgru.kernels.amx` (errors relative to each row's largest value, float32's order).
+
+Where the CPU has no VNNI (or ``NUMGRU_VNNI=0``) :func:`vnni_ready` is false and the dispatch never
+calls these kernels, whose code only such a CPU runs.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from ._jit import inline, kernel, target_cpu, wide_vectors
+from .amx import _combine_digits, _digits_into, digits_size, padded, padded64
+from .forward import rows_after_fast
+
+_READY = None
+
+
+def vnni_ready():
+    """Whether the CPU Numba compiles for has AVX512-VNNI (and AVX512-BW) and ``NUMGRU_VNNI`` is not
+    ``0``: the kernels here then compile and run."""
+    global _READY
+    if _READY is None:
+        _, features = target_cpu()
+        have = set(features.split(","))
+        _READY = (os.environ.get("NUMGRU_VNNI", "1") != "0"
+                  and {"+avx512f", "+avx512bw", "+avx512vnni"} <= have)
+    return _READY
+
+
+def _sums_intrinsic(group):
+    """An intrinsic summing ``group`` blocks of 16 rows of W at a time (:func:`_sums`)."""
+
+    @intrinsic
+    def sums(typingctx, Wq, plane, Kq, u, S, Np, nb0, nb1):
+        if not (isinstance(Wq, types.Array) and Wq.dtype == types.int8 and Wq.layout == "C"
+                and isinstance(u, types.Array) and u.dtype == types.uint32 and u.layout == "C"
+                and isinstance(S, types.Array) and S.dtype == types.int32 and S.layout == "C"):
+            return None
+
+        def codegen(context, builder, sig, args):
+            i8, i32, i64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
+            v64 = ir.VectorType(i8, 64)
+            v16 = ir.VectorType(i32, 16)
+            dpbusd = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(v16, [v16, v64, v64]), "llvm.x86.avx512.vpdpbusd.512")
+            w = context.make_array(sig.args[0])(context, builder, args[0])
+            ua = context.make_array(sig.args[3])(context, builder, args[3])
+            sa = context.make_array(sig.args[4])(context, builder, args[4])
+            plane_, Kq_, Np_, nb0, nb1 = args[1], args[2], args[5], args[6], args[7]
+
+            def const(v):
+                return ir.Constant(i64, v)
+
+            KQ = builder.udiv(Kq_, const(4))
+            block_bytes = builder.mul(Kq_, const(16))
+            accs = [[cgutils.alloca_once(builder, v16) for _ in range(3)] for _ in range(group)]
+            zero = ir.Constant(v16, None)
+
+            def broadcast(p, q):  # the state's four digits p of quad q, in every lane
+                x = builder.load(builder.gep(ua.data, [builder.add(builder.mul(const(p), KQ), q)]))
+                v = builder.insert_element(ir.Constant(v16, ir.Undefined), x, ir.Constant(i32, 0))
+                return builder.bitcast(
+                    builder.shuffle_vector(v, ir.Constant(v16, ir.Undefined), ir.Constant(v16, None)), v64)
+
+            with cgutils.for_range_slice(builder, nb0, nb1, const(group), i64) as (nb, _):
+                for b in range(group):
+                    for a in accs[b]:
+                        builder.store(zero, a)
+                bases = [builder.mul(builder.add(nb, const(b)), block_bytes) for b in range(group)]
+                with cgutils.for_range(builder, KQ, intp=i64) as loop:
+                    q = loop.index
+                    u0, u1, u2 = broadcast(0, q), broadcast(1, q), broadcast(2, q)
+                    q64 = builder.mul(q, const(64))
+                    for b in range(group):
+                        d = []
+                        for p in range(3):
+                            at = builder.add(builder.add(bases[b], q64), builder.mul(plane_, const(p)))
+                            d.append(builder.load(builder.bitcast(builder.gep(w.data, [at]), v64.as_pointer()),
+                                                  align=1))
+                        a0, a1, a2 = (builder.load(a) for a in accs[b])
+                        a0 = builder.call(dpbusd, [a0, u0, d[0]])
+                        a1 = builder.call(dpbusd, [builder.call(dpbusd, [a1, u1, d[0]]), u0, d[1]])
+                        a2 = builder.call(dpbusd, [builder.call(dpbusd, [builder.call(
+                            dpbusd, [a2, u2, d[0]]), u1, d[1]]), u0, d[2]])
+                        for a, v in zip(accs[b], (a0, a1, a2)):
+                            builder.store(v, a)
+                for b in range(group):
+                    col = builder.mul(builder.add(nb, const(b)), const(16))
+                    for p in range(3):
+                        at = builder.add(builder.mul(const(p), Np_), col)
+                        builder.store(builder.load(accs[b][p]),
+                                      builder.bitcast(builder.gep(sa.data, [at]), v16.as_pointer()), align=4)
+            return context.get_dummy_value()
+        return types.none(Wq, types.intp, types.intp, u, S, types.intp, types.intp, types.intp), codegen
+    return sums
+
+
+_sums4 = _sums_intrinsic(4)
+_sums1 = _sums_intrinsic(1)
+
+
+@inline
+def _sums(Wq, Np, Kq, u, S):
+    """S (3·Np int32) = for every row n of W (digit planes Wq, :func:`~numgru.kernels.amx.pack_digits`'s
+    bytes), S[p·Np + n] = the sums of weight 2⁻⁸ᵖ of the products of W's digits d by u's (u: three
+    planes of Kq / 4 uint32, each four unsigned digits of the summed index): p = 0 d₀u₀, 1 d₀u₁ + d₁u₀,
+    2 d₀u₂ + d₁u₁ + d₂u₀, modulo 2³². Four blocks of 16 rows at a time (twelve sums in registers, so
+    that the chain of three into the last sum does not wait on itself), the rest one block at a time.
+    The caller keeps every operand its size."""
+    nb = Np // 16
+    n4 = nb // 4 * 4
+    _sums4(Wq, Np * Kq, Kq, u, S, Np, 0, n4)
+    _sums1(Wq, Np * Kq, Kq, u, S, Np, n4, nb)
+
+
+@inline
+def _check_packing(Wv, R, N, K):
+    Np = padded(N)
+    if Wv.shape[0] != digits_size(Np, padded(K)) or R.shape[0] != 3 * Np:
+        raise ValueError("vnni: shapes do not match")
+
+
+@kernel
+def digit_row_sums(Wv, N, K, R):
+    """R (3·Np int32, Np = N rounded up to 32) = the row sums of each digit plane of Wv =
+    :func:`~numgru.kernels.amx.pack_digits` (W) for W (N, K): R[p·Np + n] = Σ_k digit p of W[n, k]
+    (:func:`_sums` with the state's first digits all 1 and the others 0)."""
+    wide_vectors()
+    _check_packing(Wv, R, N, K)
+    Kq = padded64(padded(K))
+    u = np.zeros(3 * (Kq // 4), np.uint32)
+    u[:Kq // 4] = 0x01010101
+    _sums(Wv.view(np.int8), padded(N), Kq, u, R)
+
+
+@inline
+def _row_product(h, Wv, R, N, D, u, S, out):
+    """out[:N] = W @ h for one state row h (K,) from W's digits Wv and their row sums R
+    (:func:`digit_row_sums`), by scratch D (3, Kq) int8, u (3·Kq / 4) uint32, S (3·Np) int32. False
+    where the state holds a value its digits refuse (NaN, ±Inf, or a largest magnitude outside the
+    digits' range)."""
+    K = h.shape[0]
+    Np = padded(N)
+    Kq = D.shape[1]
+    sa = _digits_into(h, K, D[0], D[1], D[2], False, np.float32(0.0))
+    if sa < 0:
+        return False
+    ub = u.view(np.uint8)
+    for p in range(3):
+        for k in range(Kq):
+            ub[p * Kq + k] = np.uint8(D[p, k]) ^ np.uint8(128)  # e + 128
+    _sums(Wv.view(np.int8), Np, Kq, u, S)
+    # the sums less 128·Σ d of the planes each takes, wrapped to int32 (the true sums fit it)
+    for j in range(N):
+        r0 = np.int64(R[j])
+        r1 = r0 + np.int64(R[Np + j])
+        r2 = r1 + np.int64(R[2 * Np + j])
+        S[j] = np.int32(np.int64(S[j]) - (r0 << 7))
+        S[Np + j] = np.int32(np.int64(S[Np + j]) - (r1 << 7))
+        S[2 * Np + j] = np.int32(np.int64(S[2 * Np + j]) - (r2 << 7))
+    sw = Wv[3 * Np * Kq // 2:].view(np.float32)
+    _combine_digits(S[:N], S[Np:Np + N], S[2 * Np:2 * Np + N], sw, sa, out)
+    return True
+
+
+@kernel
+def gru_forward_vnni(gx, Wv, R, b_hh, h0, reverse, y, col0, h_n):
+    """One direction of a reset_after GRU layer's inference forward over one row, sigmoid gates and no
+    clip, each step's W_hh product on W_hh's integer digits by AVX512-VNNI (module docstring).
+
+    gx (T, 1, 3H) the input projection of every step; Wv = :func:`~numgru.kernels.amx.pack_digits`
+    (W_hh) for W_hh (3H, H) and R = :func:`digit_row_sums` of it; b_hh (3H,); h0 (1, H) in; y (T, 1,
+    D·H) out, columns col0 … col0+H−1 receive h_t; h_n (1, H) out; ``reverse`` runs t = T−1 … 0. All
+    float32, C-contiguous. Returns False, with y and h_n partly written, where a state holds a value
+    the digits refuse (NaN from the input, say): the caller then runs the float32 kernels. The caller
+    checks :func:`vnni_ready`."""
+    wide_vectors()
+    T = y.shape[0]
+    B, H = h0.shape
+    G = 3 * H
+    if (B != 1 or gx.shape[0] != T or gx.shape[1] != 1 or gx.shape[2] != G or b_hh.shape[0] != G
+            or h_n.shape[0] != 1 or h_n.shape[1] != H or y.shape[1] != 1 or col0 < 0
+            or col0 + H > y.shape[2]):
+        raise ValueError("gru_forward_vnni: shapes do not match")
+    _check_packing(Wv, R, G, H)
+    Kq = padded64(padded(H))
+    D = np.zeros((3, Kq), np.int8)
+    u = np.zeros(3 * Kq // 4, np.uint32)
+    S = np.empty(3 * padded(G), np.int32)
+    acc = np.empty((1, G), np.float32)
+    h_a = h0.copy()
+    h_b = np.empty_like(h0)
+    for s in range(T):
+        t = T - 1 - s if reverse else s
+        hc = h_a if s % 2 == 0 else h_b
+        hn = h_b if s % 2 == 0 else h_a
+        if not _row_product(hc[0], Wv, R, G, D, u, S, acc[0]):
+            return False
+        rows_after_fast(gx, t, acc, b_hh, hc, hn, y, col0, 0, 0, 1)
+    h_n[:] = h_a if T % 2 == 0 else h_b
+    return True

@@ -1,0 +1,225 @@
+"""The one-row recurrence on W_hh's integer digits by AVX512-VNNI (numgru.kernels.vnni): the row sums
+of the digit planes, the exact int32 sums where the instruction's sums wrap, the forward kernel
+against the numpy reference (padding of both sides of W, reverse, a column offset, odd and even step
+counts), the layer's route (plain, bidirectional, no bias, frozen), its fall-back to float32 where
+the digits refuse a state or a weight, and the dispatch's rule. Skipped where the CPU has no VNNI."""
+import numba
+import numpy as np
+import pytest
+
+import numgru as ng
+from numgru.kernels import dispatch, vnni
+from numgru.kernels.amx import DIGIT_SCALE, _digits_into, pack_digits, padded, padded64
+
+from reference import gru as ref_gru
+
+needs_vnni = pytest.mark.skipif(not vnni.vnni_ready(), reason="no AVX512-VNNI on this CPU")
+
+
+def _planes(Wv, N, K):
+    """W's digits (3, N, K) int64 decoded from pack_digits' layout, and the rows' scales."""
+    Np, Kq = padded(N), padded64(K)
+    b = Wv[:3 * Np * Kq // 2].view(np.int8).reshape(3, Np // 16, Kq // 4, 16, 4)
+    d = b.transpose(0, 1, 3, 2, 4).reshape(3, Np, Kq)[:, :N, :K].astype(np.int64)
+    return d, Wv[3 * Np * Kq // 2:].view(np.float32)[:N]
+
+
+@numba.njit(cache=False)
+def _state_digits(h, D):
+    return _digits_into(h, h.shape[0], D[0], D[1], D[2], False, np.float32(0.0))
+
+
+@numba.njit(cache=False)
+def _product(h, Wv, R, N, out):
+    Kq = padded64(padded(h.shape[0]))
+    D = np.zeros((3, Kq), np.int8)
+    u = np.zeros(3 * Kq // 4, np.uint32)
+    S = np.empty(3 * padded(N), np.int32)
+    return vnni._row_product(h, Wv, R, N, D, u, S, out)
+
+
+@needs_vnni
+@pytest.mark.parametrize("N, K", [(48, 16), (120, 40), (300, 100), (768, 256)])
+def test_row_sums_are_the_digit_planes_sums(N, K):
+    W = np.random.default_rng(N).standard_normal((N, K)).astype(np.float32)
+    Wv = pack_digits(W)
+    R = np.full(3 * padded(N), -7, np.int32)
+    vnni.digit_row_sums(Wv, N, K, R)
+    d, _ = _planes(Wv, N, K)
+    Np = padded(N)
+    for p in range(3):
+        np.testing.assert_array_equal(R[p * Np:p * Np + N], d[p].sum(axis=1))
+        assert not R[p * Np + N:(p + 1) * Np].any()  # the padding rows' digits are zero
+    with pytest.raises(ValueError, match="shapes"):
+        vnni.digit_row_sums(Wv, N, K, R[:-1])
+    with pytest.raises(ValueError, match="shapes"):
+        vnni.digit_row_sums(Wv, N + 32, K, np.zeros(3 * padded(N + 32), np.int32))
+
+
+def _exact(Wv, N, K, h):
+    """The product as the digits define it: the six sums in int64 from the decoded digits, each
+    rounded once to float32 (amx._combine_digits), and the largest sum the instruction wrapped."""
+    d, sw = _planes(Wv, N, K)
+    e = np.zeros((3, padded64(padded(K))), np.int8)
+    sa = _state_digits(h, e)
+    e = e[:, :K].astype(np.int64)
+    s0 = d[0] @ e[0]
+    s1 = d[0] @ e[1] + d[1] @ e[0]
+    s2 = d[0] @ e[2] + d[1] @ e[1] + d[2] @ e[0]
+    v = (s0 << 16) + (s1 << 8) + s2
+    wrapped = d[0] @ (e[2] + 128) + d[1] @ (e[1] + 128) + d[2] @ (e[0] + 128)
+    return v.astype(np.float32) * sw * np.float32(sa), np.abs(wrapped).max(), (s0, s1, s2)
+
+
+@needs_vnni
+def test_sums_exact_where_the_instruction_wraps():
+    """Rows of 32768 values (DIGIT_MAX_K) whose digits are all large and of one sign, by a state of the
+    same kind: the last sum with the state's offset digits passes 2³¹ (the instruction wraps it), the
+    true sums fit int32, and the product equals the digits' exact one to the bit."""
+    N, K = 16, 32768
+    W = np.full((N, K), np.float32(8290175.0 / float(DIGIT_SCALE)), np.float32)
+    W[:, 0] = 1.0
+    W[1::2] *= -1
+    h = np.full(K, np.float32(8290175.0 / 2.0 ** 23), np.float32)
+    h[0] = np.float32(0.99)
+    Wv = pack_digits(W)
+    R = np.empty(3 * padded(N), np.int32)
+    vnni.digit_row_sums(Wv, N, K, R)
+    out = np.empty(N, np.float32)
+    assert _product(h, Wv, R, N, out)
+    want, wrapped, sums = _exact(Wv, N, K, h)
+    assert wrapped > 2 ** 31 and all(np.abs(s).max() < 2 ** 31 for s in sums)
+    np.testing.assert_array_equal(out, want)
+    np.testing.assert_allclose(out, W.astype(np.float64) @ h.astype(np.float64), rtol=1e-6)
+
+
+@needs_vnni
+@pytest.mark.parametrize("N, K", [(120, 40), (300, 100), (1536, 512)])
+def test_product_is_the_digits_exact_product(N, K):
+    rng = np.random.default_rng(K)
+    W = (rng.standard_normal((N, K)) / np.sqrt(K)).astype(np.float32)
+    h = np.tanh(rng.standard_normal(K)).astype(np.float32)
+    Wv = pack_digits(W)
+    R = np.empty(3 * padded(N), np.int32)
+    vnni.digit_row_sums(Wv, N, K, R)
+    out = np.empty(N, np.float32)
+    assert _product(h, Wv, R, N, out)
+    np.testing.assert_array_equal(out, _exact(Wv, N, K, h)[0])
+    np.testing.assert_allclose(out, W.astype(np.float64) @ h.astype(np.float64), atol=2e-6)
+    h[3] = np.nan
+    assert not _product(h, Wv, R, N, out)
+    h[3] = np.inf
+    assert not _product(h, Wv, R, N, out)
+
+
+def _direction(H, T, reverse, col0, D):
+    rng = np.random.default_rng(H + T)
+    G = 3 * H
+    W = (rng.uniform(-1, 1, (G, H)) / np.sqrt(H)).astype(np.float32)
+    b = rng.uniform(-0.3, 0.3, G).astype(np.float32)
+    gx = rng.standard_normal((T, 1, G)).astype(np.float32)
+    h0 = np.tanh(rng.standard_normal((1, H))).astype(np.float32)
+    return W, b, gx, h0
+
+
+def _numpy_direction(W, b, gx, h0, reverse):
+    """The reset_after recurrence in float64 from its equations."""
+    H = h0.shape[1]
+    h = h0[0].astype(np.float64)
+    ys = np.empty((gx.shape[0], H))
+    order = range(gx.shape[0] - 1, -1, -1) if reverse else range(gx.shape[0])
+    for t in order:
+        a = W.astype(np.float64) @ h + b
+        g = gx[t, 0].astype(np.float64)
+        r = 1 / (1 + np.exp(-(g[:H] + a[:H])))
+        z = 1 / (1 + np.exp(-(g[H:2 * H] + a[H:2 * H])))
+        n = np.tanh(g[2 * H:] + r * a[2 * H:])
+        h = n + z * (h - n)
+        ys[t] = h
+    return ys, h
+
+
+@needs_vnni
+@pytest.mark.parametrize("H, T, reverse, col0, D", [(40, 5, False, 0, 1), (40, 6, True, 40, 2),
+                                                     (100, 7, False, 100, 2), (512, 4, True, 0, 1)])
+def test_forward_kernel_matches_numpy(H, T, reverse, col0, D):
+    W, b, gx, h0 = _direction(H, T, reverse, col0, D)
+    Wv = pack_digits(W)
+    R = np.empty(3 * padded(3 * H), np.int32)
+    vnni.digit_row_sums(Wv, 3 * H, H, R)
+    y = np.full((T, 1, D * H), 5.0, np.float32)
+    h_n = np.empty((1, H), np.float32)
+    assert vnni.gru_forward_vnni(gx, Wv, R, b, h0, reverse, y, col0, h_n)
+    ys, hn = _numpy_direction(W, b, gx, h0, reverse)
+    np.testing.assert_allclose(y[:, 0, col0:col0 + H], ys, atol=2e-6)
+    np.testing.assert_allclose(h_n[0], hn, atol=2e-6)
+    assert (np.delete(y, np.s_[col0:col0 + H], axis=2) == 5.0).all()  # the other direction's columns
+    with pytest.raises(ValueError, match="shapes"):
+        vnni.gru_forward_vnni(gx, Wv, R, b, h0, reverse, y, D * H - H + 1, h_n)
+    with pytest.raises(ValueError, match="shapes"):
+        vnni.gru_forward_vnni(gx[:, :, 1:], Wv, R, b, h0, reverse, y, col0, h_n)
+    with pytest.raises(ValueError, match="shapes"):
+        vnni.gru_forward_vnni(gx, Wv[:-2], R, b, h0, reverse, y, col0, h_n)
+
+
+def _taken(model):
+    return [p[5] is not None for p in model._plans[next(iter(model._plans))]]
+
+
+@needs_vnni
+@pytest.mark.parametrize("bidirectional, bias", [(False, True), (True, False)])
+def test_layer_takes_the_route_and_matches_the_reference(one_thread, bidirectional, bias):
+    H, T = 512, 64
+    g = ng.GRU(9, H, num_layers=2, bidirectional=bidirectional, bias=bias, seed=3)
+    x = np.random.default_rng(1).standard_normal((T, 1, 9)).astype(np.float32)
+    h0 = np.random.default_rng(2).uniform(-1, 1, (2 * g.num_directions, 1, H)).astype(np.float32)
+    ry, rh = ref_gru(x, g.state_dict(), 2, H, bidirectional=bidirectional, h0=h0)
+    for model in (g, g.freeze()):
+        y, h = model(x, h0)
+        assert all(_taken(model))
+        np.testing.assert_allclose(y, ry, atol=1e-5)
+        np.testing.assert_allclose(h, rh, atol=1e-5)
+
+
+@needs_vnni
+def test_layer_falls_back_where_the_digits_refuse(one_thread, monkeypatch):
+    """A NaN in the input (the state turns NaN: the float32 kernels rerun the step and propagate it),
+    and a weight the digits cannot scale (Inf: W_hh's packing is empty), give what the float32 route
+    gives."""
+    H, T = 512, 64
+    g = ng.GRU(5, H, seed=4)
+    x = np.random.default_rng(5).standard_normal((T, 1, 5)).astype(np.float32)
+    x[20, 0, 2] = np.nan
+    y, h = g(x)
+    assert all(_taken(g))
+    monkeypatch.setattr(dispatch, "VNNI_ONE_ROW_MIN_HIDDEN", 1 << 20)
+    g2 = ng.GRU(5, H, seed=4)
+    y2, h2 = g2(x)
+    assert not any(_taken(g2))
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(y2))
+    assert np.isnan(y[20:]).all() and not np.isnan(y[:20]).any()
+    np.testing.assert_allclose(y[:20], y2[:20], atol=1e-5)
+    monkeypatch.undo()
+    W = g.state_dict()["weight_hh_l0"]
+    W[7, 3] = np.inf
+    g.load_state_dict({**g.state_dict(), "weight_hh_l0": W})
+    g2.load_state_dict(g.state_dict())
+    x[20, 0, 2] = 0.5
+    ya, ha = g(x)
+    monkeypatch.setattr(dispatch, "VNNI_ONE_ROW_MIN_HIDDEN", 1 << 20)
+    yb, hb = g2(x)
+    np.testing.assert_array_equal(ya, yb)
+    np.testing.assert_array_equal(ha, hb)
+
+
+def test_the_rule():
+    want = vnni.vnni_ready()
+    ok = dict(threads=1, dtype=np.float32, reset_after=True, gate_kind=0, use_clip=False)
+    rule = dispatch.vnni_recurrence_wanted
+    assert rule(T=64, B=1, H=512, **ok) is want
+    assert not rule(T=63, B=1, H=512, **ok)
+    assert not rule(T=64, B=1, H=511, **ok)
+    assert not rule(T=64, B=2, H=512, **ok)
+    for change in (dict(threads=2), dict(dtype=np.float64), dict(reset_after=False), dict(gate_kind=1),
+                   dict(use_clip=True)):
+        assert not rule(T=64, B=1, H=512, **{**ok, **change})
