@@ -112,7 +112,7 @@ def test_product_is_the_digits_exact_product(N, K):
     assert not _product(h, Wv, R, N, out)
 
 
-def _direction(H, T, reverse, col0, D):
+def _direction(H, T):
     rng = np.random.default_rng(H + T)
     G = 3 * H
     W = (rng.uniform(-1, 1, (G, H)) / np.sqrt(H)).astype(np.float32)
@@ -143,7 +143,7 @@ def _numpy_direction(W, b, gx, h0, reverse):
 @pytest.mark.parametrize("H, T, reverse, col0, D", [(40, 5, False, 0, 1), (40, 6, True, 40, 2),
                                                      (100, 7, False, 100, 2), (512, 4, True, 0, 1)])
 def test_forward_kernel_matches_numpy(H, T, reverse, col0, D):
-    W, b, gx, h0 = _direction(H, T, reverse, col0, D)
+    W, b, gx, h0 = _direction(H, T)
     Wv = pack_digits(W)
     R = np.empty(3 * padded(3 * H), np.int32)
     vnni.digit_row_sums(Wv, 3 * H, H, R)

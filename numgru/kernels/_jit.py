@@ -35,6 +35,7 @@ FASTMATH: frozenset = frozenset({"nsz", "arcp", "contract", "reassoc"})
 WIDE_ATTRIBUTE = '"prefer-vector-width"="512"'
 BASE_FLAGS: dict = {"cache": CACHE, "nogil": True, "fastmath": set(FASTMATH), "error_model": "numpy"}
 
+
 def target_cpu():
     """(name, features) of the CPU Numba compiles for: ``NUMBA_CPU_NAME`` and ``NUMBA_CPU_FEATURES``
     where set, else the host's as LLVM reads them (features as "+avx2,-avx512f,…"); ("", "") where

@@ -13,8 +13,7 @@ For sequences of 4+ steps with float weights the kernel packs W_hh once per call
 (:mod:`~numgru.kernels.panel`) and runs each step's product there, a register-blocked outer-product
 kernel written in LLVM's vector IR, wherever :func:`use_panels` says it wins: one row while W_hh fits
 L2, 2–16 rows at any size, more rows up to H = 512 (the backward's products at any H; on Zen 4, one
-thread, at any H). Paired A/B
-against the routes below (T = 128, one thread, float32, 2-vCPU Intel): B = 16, H = 256 1.30–1.48×;
+thread, at any H). Paired A/B against the routes below (T = 128, one thread, float32, 2-vCPU Intel): B = 16, H = 256 1.30–1.48×;
 B = 64, H = 256 1.19–1.20×; B = 16, H = 1024 1.15–1.29×; B = 8, H = 512 1.34×; B = 1, H = 256 1.31×; B = 2–8
 at H = 128–256 1.13–1.20×; H = 64 level. Otherwise the product goes by :func:`recurrent_matmul`, by
 shape: for B = 2–32 up to H = 512 (and up to ``tiled_max`` rows beyond) the dot-product block on the
@@ -450,7 +449,7 @@ def use_panels(M, K, n, tiled_max, bf16):
     there, fell behind them (2-vCPU AMD EPYC, one thread, GFLOP/s, panels against BLAS, M = 3K:
     K = 768, 17 / 32 / 64 / 128 / 256 rows 109 / 110 / 102 / 102 / 109 against 64 / 78 / 88 / 95 /
     101; K = 1024 100 / 100 / 101 / 101 / 104 against 43 / 62 / 77 / 90 / 96; K = 2048, 64 rows 96
-    against 78; the backward's M = K / 3 at K = 3072 alike, 1.03–2.24×).
+    against 78, 256 rows 93 against 98, beyond what the panels take: :data:`PANEL_MAX_VALUES`).
     """
     if bf16:
         return True
