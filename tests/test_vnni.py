@@ -35,7 +35,7 @@ def _product(h, Wv, R, N, out):
     D = np.zeros((3, Kq), np.int8)
     u = np.zeros(3 * Kq // 4, np.uint32)
     S = np.empty(3 * padded(N), np.int32)
-    return vnni._row_product(h, Wv, R, N, D, u, S, out)
+    return vnni._row_product(h, Wv, vnni._offsets(R, N), N, D, u, S, out)
 
 
 @needs_vnni

@@ -33,7 +33,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ._jit import inline, kernel, target_cpu, wide_vectors
-from .amx import _combine_digits, _digits_into, digits_size, padded, padded64
+from .amx import DIGITS, _combine_digits, _digits_into, _pieces_of, padded, padded64
 from .forward import rows_after_fast
 
 _READY = None
@@ -139,8 +139,8 @@ def _sums(Wq, Np, Kq, u, S):
 
 @inline
 def _check_packing(Wv, R, N, K):
-    Np = padded(N)
-    if Wv.shape[0] != digits_size(Np, padded(K)) or R.shape[0] != 3 * Np:
+    """Wv W's digits (:func:`~numgru.kernels.amx.pack_digits`) for W (N, K), R 3·Np values."""
+    if _pieces_of(Wv, padded(N), padded(K)) != DIGITS or R.shape[0] != 3 * padded(N):
         raise ValueError("vnni: shapes do not match")
 
 
@@ -151,16 +151,31 @@ def digit_row_sums(Wv, N, K, R):
     (:func:`_sums` with the state's first digits all 1 and the others 0)."""
     wide_vectors()
     _check_packing(Wv, R, N, K)
-    Kq = padded64(padded(K))
+    Kq = padded64(K)
     u = np.zeros(3 * (Kq // 4), np.uint32)
     u[:Kq // 4] = 0x01010101
     _sums(Wv.view(np.int8), padded(N), Kq, u, R)
 
 
 @inline
-def _row_product(h, Wv, R, N, D, u, S, out):
-    """out[:N] = W @ h for one state row h (K,) from W's digits Wv and their row sums R
-    (:func:`digit_row_sums`), by scratch D (3, Kq) int8, u (3·Kq / 4) uint32, S (3·Np) int32. False
+def _offsets(R, N):
+    """(3, N) int64: what the state's offset of 128 adds to each of :func:`_sums`' three sums of a row
+    of W, 128 times the row sums R (:func:`digit_row_sums`) of the digit planes each sum takes:
+    d₀; d₀ and d₁; all three."""
+    Np = R.shape[0] // 3
+    C = np.empty((3, N), np.int64)
+    for j in range(N):
+        r = np.int64(0)
+        for p in range(3):
+            r += np.int64(R[p * Np + j])
+            C[p, j] = r << 7
+    return C
+
+
+@inline
+def _row_product(h, Wv, C, N, D, u, S, out):
+    """out[:N] = W @ h for one state row h (K,) from W's digits Wv and the offsets C of their row
+    sums (:func:`_offsets`), by scratch D (3, Kq) int8, u (3·Kq / 4) uint32, S (3·Np) int32. False
     where the state holds a value its digits refuse (NaN, ±Inf, or a largest magnitude outside the
     digits' range)."""
     K = h.shape[0]
@@ -174,14 +189,10 @@ def _row_product(h, Wv, R, N, D, u, S, out):
         for k in range(Kq):
             ub[p * Kq + k] = np.uint8(D[p, k]) ^ np.uint8(128)  # e + 128
     _sums(Wv.view(np.int8), Np, Kq, u, S)
-    # the sums less 128·Σ d of the planes each takes, wrapped to int32 (the true sums fit it)
-    for j in range(N):
-        r0 = np.int64(R[j])
-        r1 = r0 + np.int64(R[Np + j])
-        r2 = r1 + np.int64(R[2 * Np + j])
-        S[j] = np.int32(np.int64(S[j]) - (r0 << 7))
-        S[Np + j] = np.int32(np.int64(S[Np + j]) - (r1 << 7))
-        S[2 * Np + j] = np.int32(np.int64(S[2 * Np + j]) - (r2 << 7))
+    # the sums less the offsets, wrapped to int32 (the true sums fit it)
+    for p in range(3):
+        for j in range(N):
+            S[p * Np + j] = np.int32(np.int64(S[p * Np + j]) - C[p, j])
     sw = Wv[3 * Np * Kq // 2:].view(np.float32)
     _combine_digits(S[:N], S[Np:Np + N], S[2 * Np:2 * Np + N], sw, sa, out)
     return True
@@ -207,7 +218,8 @@ def gru_forward_vnni(gx, Wv, R, b_hh, h0, reverse, y, col0, h_n):
             or col0 + H > y.shape[2]):
         raise ValueError("gru_forward_vnni: shapes do not match")
     _check_packing(Wv, R, G, H)
-    Kq = padded64(padded(H))
+    C = _offsets(R, G)
+    Kq = padded64(H)
     D = np.zeros((3, Kq), np.int8)
     u = np.zeros(3 * Kq // 4, np.uint32)
     S = np.empty(3 * padded(G), np.int32)
@@ -218,7 +230,7 @@ def gru_forward_vnni(gx, Wv, R, b_hh, h0, reverse, y, col0, h_n):
         t = T - 1 - s if reverse else s
         hc = h_a if s % 2 == 0 else h_b
         hn = h_b if s % 2 == 0 else h_a
-        if not _row_product(hc[0], Wv, R, G, D, u, S, acc[0]):
+        if not _row_product(hc[0], Wv, C, G, D, u, S, acc[0]):
             return False
         rows_after_fast(gx, t, acc, b_hh, hc, hn, y, col0, 0, 0, 1)
     h_n[:] = h_a if T % 2 == 0 else h_b
