@@ -127,10 +127,15 @@ def test_rows_equal_single_thread_route(spy, rng):
     (10, 16, True, True, None),          # training keeps BLAS
     (6, 64, True, False, None),          # 3 rows per thread: too few
     (256, 128, True, False, "rows"),     # 128 rows × 128 per thread, W_hh in L2
-    (256, 256, True, False, None),       # 128 rows × 256 per thread: BLAS's threaded GEMM
+    (256, 256, True, False, "rows"),     # 128 rows × 256 per thread: 64+ rows never BLAS-threaded
+    (48, 1024, True, False, None),       # past the columns' window, under 64 rows: gates serial
     (16, 1024, True, False, "rows"),     # W_hh beyond L2, 8 rows per thread
     (32, 512, True, False, "columns"),   # W_hh beyond L2, 16 rows per thread: columns on panels
-    (64, 512, True, False, None),        # B·H = 32768: past the columns' window
+    (64, 512, True, False, "rows"),      # B·H = 32768, past the columns' window: rows
+    (64, 640, True, False, "columns"),   # W_hh beyond 3·512² values: columns
+    (128, 1024, True, False, "columns"),
+    (64, 1024, False, False, "rows"),    # reset_before has no columns
+    (64, 1024, True, True, None),        # training keeps BLAS
     (4, 256, True, False, "columns"),
     (2, 256, True, False, "columns"),    # B ≥ 2 with H ≥ 256, below B·H = 1024
     (4, 128, True, False, None),         # B·H = 512 at H = 128: too little work per step
@@ -143,6 +148,40 @@ def test_rows_equal_single_thread_route(spy, rng):
 def test_forward_route_rules(two_threads, monkeypatch, B, H, reset_after, store, want):
     monkeypatch.setattr(dispatch, "WIDE_BLAS", False)
     assert dispatch.forward_route(B, H, reset_after, store) == want
+
+
+@pytest.mark.parametrize("threads, B, H, itemsize, want", [
+    (16, 64, 512, 4, "columns"),         # 16 threads each streaming 3 MB of W_hh a step: too many
+    (16, 64, 256, 4, "rows"),
+    (16, 64, 512, 2, None),              # bfloat16 steps are not BLAS's
+])
+def test_many_rows_leave_blas_threaded_steps(monkeypatch, threads, B, H, itemsize, want):
+    monkeypatch.setattr(dispatch, "WIDE_BLAS", False)
+    monkeypatch.setattr(dispatch, "thread_count", lambda: threads)
+    assert dispatch.forward_route(B, H, True, False, itemsize=itemsize) == want
+
+
+@pytest.mark.parametrize("H, reset_after", [(520, True), (520, False), (160, True)])
+def test_many_rows_routes_equal_one_thread(monkeypatch, rng, H, reset_after):
+    # 64+ rows past the old windows (W_hh beyond 3·512² values: columns; reset_before: rows; 128 rows
+    # × 160 per thread: rows), padded rows included, against the serial kernel on one thread
+    monkeypatch.setattr(dispatch, "WIDE_BLAS", False)
+    B = 256 if H == 160 else 64
+    g, _ = _model(6, H, 1, False, np.float32, reset_after=reset_after)
+    x = rng.standard_normal((3, B, 6)).astype(np.float32)
+    lengths = _lengths(rng, B, 3)
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(2)
+        assert dispatch.forward_route(B, H, reset_after, False, 3) == (
+            "columns" if reset_after and H == 520 else "rows")
+        y2, h2 = g(x, lengths=lengths)
+        numba.set_num_threads(1)
+        y1, h1 = g(x, lengths=lengths)
+    finally:
+        numba.set_num_threads(before)
+    np.testing.assert_allclose(y2, y1, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(h2, h1, atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("H, itemsize, want", [

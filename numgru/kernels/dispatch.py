@@ -341,6 +341,21 @@ def forward_route(B, H, reset_after, store, T=None, itemsize=4):
     columns' window: B = 64 / 128, H = 512 1.29× / 1.26×; B = 128, H = 384 1.38× (BLAS-threaded
     steps); not within it (B = 32, H = 512 0.92× against columns) nor for larger W_hh (B = 64, H = 768
     / 1024 0.94× / 0.91×; B = 16, H = 1024 0.90× against columns; B = 32, H = 1024 1.12×).
+
+    Elsewhere (AMD, Intel without AVX-512) float weights with B ≥ ``PARALLEL_MIN_ROWS`` always take
+    rows or columns: BLAS-threaded steps there run the gates in ``prange`` between the products, so
+    Numba's OpenMP workers spin while OpenBLAS's run and the reverse. On the 2-vCPU AMD EPYC (Zen 4;
+    2 threads, T = 128 unless named, min of two rounds of three, ms), BLAS-threaded steps against
+    rows / columns: B = 64, H = 512 287–304 against 140 / 147; B = 128 / 256, H = 512 463 / 886
+    against 271 / 541 (rows); B = 256 / 512, H = 256 285 / 526 against 143 / 270 (rows); B = 1024,
+    H = 64 150 against 56 (rows); B = 64, H = 640 / 768 1166 / 1188 against 193 / 294 (columns,
+    rows alike); B = 64 / 128, H = 1024 1360–1588 / 2564 against 658–744 / 1115 (columns; rows
+    739–862 / 1237); B = 64, H = 2048 3557 against 2357 (columns; rows 2706); T = 32, B = 256,
+    H = 1024 869 against 531 (columns). reset_before has no columns: B = 64, H = 768 / 1024 2276 /
+    2376 against 290 / 624 (rows). With the gates serial those steps ran B = 64, H = 1024 in 632
+    (level with columns) but B = 64, H = 768 in 331 and B = 256, H = 256 in 217, behind both routes.
+    Below 64 rows the gates run serially and the routes drew (B = 32, H = 768 / 1024 188–192 /
+    392–436; B = 16, H = 1024 216–262).
     """
     threads = thread_count()
     if threads < 2 or store or B == 0 or T == 0:  # nothing to split (an empty batch or sequence)
@@ -357,6 +372,12 @@ def forward_route(B, H, reset_after, store, T=None, itemsize=4):
         if (WIDE_BLAS and itemsize >= 4 and weights <= ROWS_MAX_WEIGHTS_WIDE_BLAS
                 and per_thread * H <= max_state and B * H > COLS_STATE[1]):
             return "rows"
+        if not WIDE_BLAS and itemsize >= 4 and B >= PARALLEL_MIN_ROWS:
+            # no BLAS-threaded steps: their gates in prange leave two pools spinning on the cores
+            if not reset_after or (weights <= ROWS_MAX_WEIGHTS_WIDE_BLAS
+                                   and threads * weights <= ROWS_MAX_STREAMED):
+                return "rows"
+            return "columns"
     lo, hi = COLS_STATE
     if reset_after and H >= 128 and (lo <= B * H or B >= 2 and H >= 256) and B * H <= hi:
         return "columns"
