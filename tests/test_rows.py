@@ -213,10 +213,12 @@ def test_columns_at_one_row_by_bytes(two_threads, monkeypatch, H, itemsize, want
     (2, 32, 512, "columns"),             # W_hh 3 MB, within the columns' window
     (2, 64, 64, "rows"),                 # 32 rows × 64
     (2, 256, 64, "rows"),                # 128 rows × 64
+    (16, 64, 512, None),                 # 16 threads each streaming 3 MB of W_hh a step: too many
+    (16, 256, 256, "rows"),              # 16 × 768 KB
 ])
 def test_forward_route_rules_where_blas_is_wider(monkeypatch, threads, B, H, want):
     monkeypatch.setattr(dispatch, "WIDE_BLAS", True)
-    monkeypatch.setattr(dispatch.numba, "get_num_threads", lambda: threads)
+    monkeypatch.setattr(dispatch, "thread_count", lambda: threads)
     assert dispatch.forward_route(B, H, True, False) == want
 
 

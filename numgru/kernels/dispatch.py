@@ -340,7 +340,11 @@ def forward_route(B, H, reset_after, store, T=None, itemsize=4):
     at most ``ROWS_MAX_WEIGHTS_WIDE_BLAS`` values (H ≤ 512, float weights) also takes rows past the
     columns' window: B = 64 / 128, H = 512 1.29× / 1.26×; B = 128, H = 384 1.38× (BLAS-threaded
     steps); not within it (B = 32, H = 512 0.92× against columns) nor for larger W_hh (B = 64, H = 768
-    / 1024 0.94× / 0.91×; B = 16, H = 1024 0.90× against columns; B = 32, H = 1024 1.12×).
+    / 1024 0.94× / 0.91×; B = 16, H = 1024 0.90× against columns; B = 32, H = 1024 1.12×); nor where
+    all threads together would stream more than ``ROWS_MAX_STREAMED`` weights a step: on a 16-core
+    Intel Xeon (Emerald Rapids, AMX; 16 threads, T = 128, min of two rounds of three) B = 64,
+    H = 512 ran 69.6 ms on rows against 42.7 on BLAS-threaded steps (columns 41.7), where B = 256,
+    H = 256 (3.1 M weights streamed) kept rows ahead, 19.1 against 23.0 (columns 22.6).
 
     Elsewhere (AMD, Intel without AVX-512) float weights with B ≥ ``PARALLEL_MIN_ROWS`` always take
     rows or columns: BLAS-threaded steps there run the gates in ``prange`` between the products, so
@@ -370,7 +374,8 @@ def forward_route(B, H, reset_after, store, T=None, itemsize=4):
                 and threads * weights <= ROWS_MAX_STREAMED):
             return "rows"
         if (WIDE_BLAS and itemsize >= 4 and weights <= ROWS_MAX_WEIGHTS_WIDE_BLAS
-                and per_thread * H <= max_state and B * H > COLS_STATE[1]):
+                and per_thread * H <= max_state and B * H > COLS_STATE[1]
+                and threads * weights <= ROWS_MAX_STREAMED):
             return "rows"
         if not WIDE_BLAS and itemsize >= 4 and B >= PARALLEL_MIN_ROWS:
             # no BLAS-threaded steps: their gates in prange leave two pools spinning on the cores
