@@ -645,7 +645,7 @@ class GRU(_Params):
         H = self.hidden_size
         bf16 = self._bf16 is not None and use_bf16(self, B, 12 * H * H, False)
         route = forward_route(B, H, self.reset_after, False, T, 2 if bf16 else self.dtype.itemsize)
-        if not serial_forward(B, threads, route):
+        if not serial_forward(route):
             return False
         plan = []
         for i in range(self.num_layers * self.num_directions):

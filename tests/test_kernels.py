@@ -25,7 +25,7 @@ def _all_kernels():
 
 def test_every_kernel_uses_the_owned_flags():
     kernels = _all_kernels()
-    assert {"gru_forward_serial", "gru_forward_parallel", "gru_forward_rows_parallel",
+    assert {"gru_forward_serial", "gru_forward_rows_parallel",
             "gru_forward_cols_parallel", "gru_backward_serial"} <= set(kernels)
     for name, disp in kernels.items():
         opts = disp.targetoptions
@@ -36,6 +36,8 @@ def test_every_kernel_uses_the_owned_flags():
         assert not {"nnan", "ninf", "fast"} & set(opts["fastmath"]), name
         assert opts.get("error_model") == "numpy", name
         assert bool(opts.get("parallel", False)) == name.endswith("_parallel"), name
+        # a parallel build caches under a name of its own (numba#6845: not keyed by the flags)
+        assert disp.py_func.__qualname__.endswith("_parallel") == name.endswith("_parallel"), name
 
 
 def _calls_wide_vectors_first(body):
@@ -161,3 +163,16 @@ def test_thread_count_takes_the_lock_free_reader(monkeypatch):
     want = numba.get_num_threads()
     monkeypatch.setattr(dispatch.numba, "get_num_threads", lambda: pytest.fail("took the locked path"))
     assert dispatch.thread_count() == want
+
+
+def test_parallel_build_caches_apart_from_the_serial_one():
+    # Numba keys cache files by qualified name and line, not by flags (numba#6845): without a copy of
+    # its own a parallel build would load the serial build's machine code, or the reverse
+    def add_one(x):
+        return x + 1
+
+    serial = numba.njit(cache=True)(add_one)
+    copy = _jit.own_cache_copy(add_one, "parallel")
+    parallel = numba.njit(cache=True, parallel=True)(copy)
+    assert serial._cache._cache_file._index_name != parallel._cache._cache_file._index_name
+    assert copy.__name__ == "add_one" and copy.__code__ is add_one.__code__ and copy(1) == 2

@@ -7,7 +7,11 @@ so that a test can audit the flags of all of them.
 Flags
 -----
 cache
-    On unless the environment variable ``NUMGRU_CACHE`` is ``0``.
+    On unless the environment variable ``NUMGRU_CACHE`` is ``0``. Numba names a function's cache files
+    by its qualified name and first line, not by its flags (numba#6845), so a serial and a parallel
+    build of one function would load each other's machine code from the cache: whichever compiled
+    first in the process that filled it. :func:`parallel_kernel` therefore compiles a copy of the
+    function whose qualified name ends in ``_parallel``.
 nogil
     Always: threads run kernels side by side.
 fastmath
@@ -25,6 +29,7 @@ vector width
 from __future__ import annotations
 
 import os
+import types as types_module
 
 import numba
 from numba import types
@@ -74,11 +79,24 @@ def kernel(func=None, *, name=None):
     return wrap(func) if func is not None else wrap
 
 
+def own_cache_copy(f, suffix):
+    """``f`` as a new function object whose qualified name ends in ``_{suffix}``, so that Numba keeps
+    its cache files apart from ``f``'s own (same code, globals, defaults and closure)."""
+    g = types_module.FunctionType(f.__code__, f.__globals__, f.__name__, f.__defaults__, f.__closure__)
+    g.__qualname__ = f"{f.__qualname__}_{suffix}"
+    g.__doc__ = f.__doc__
+    g.__kwdefaults__ = f.__kwdefaults__
+    g.__dict__.update(f.__dict__)
+    return g
+
+
 def parallel_kernel(func=None, *, name=None):
-    """Compile ``func`` with ``parallel=True`` (prange), GIL-free and cached, and register it."""
+    """Compile ``func`` with ``parallel=True`` (prange), GIL-free and cached, and register it. The
+    dispatcher compiles :func:`own_cache_copy` of ``func``, so a serial :func:`kernel` of the same
+    function never loads its parallel machine code, nor it the serial one."""
 
     def wrap(f):
-        disp = numba.njit(parallel=True, **BASE_FLAGS)(f)
+        disp = numba.njit(parallel=True, **BASE_FLAGS)(own_cache_copy(f, "parallel"))
         REGISTRY[name or (f.__name__ + "_parallel")] = disp
         return disp
 

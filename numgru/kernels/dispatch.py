@@ -12,8 +12,10 @@ Numba thread, :func:`forward_route` picks by sequence length, batch and hidden s
   whole sequence: one parallel region per call, none per step;
 * "columns" (inference, small batches): every step is one parallel region over blocks of hidden units,
   each thread multiplying its own slice of W_hh (which stays in its core's cache);
-* otherwise the serial gate loops with BLAS threading each step's GEMM, and for B ≥
-  ``PARALLEL_MIN_ROWS`` (forward only) the gate loop spread over rows with ``prange``.
+* otherwise the serial kernel, BLAS threading each step's GEMM where the step takes BLAS. Its gate
+  loops once ran in ``prange`` for B ≥ 64 between those GEMMs (a parallel build of the same kernel);
+  on the 2-vCPU Zen 4 that ran T = 128, B = 64, H = 1024 in 1360–1588 ms on two threads against 632
+  with the loops serial, the two pools spinning against each other as in the backward below.
 
 A step of GRUCell or a stream (:func:`run_step`) runs the serial step kernel, or with several threads
 the step split over hidden units (:func:`step_columns`).
@@ -46,12 +48,14 @@ from .amx import (amx_gradient, amx_gradient_pair, amx_gradient_parallel, amx_pr
                   pack_amx, pack_amx_into, pack_amx_into_parallel, pack_digits, pack_digits_into,
                   pack_digits_into_parallel, padded)
 from .backward import BIAS_ROWS, gru_backward_amx, gru_backward_amx_rows, gru_backward_serial, matmul_into
-from .forward import (gru_forward_chunked, gru_forward_cols, gru_forward_parallel, gru_forward_rows,
+from .forward import (gru_forward_chunked, gru_forward_cols, gru_forward_rows,
                       gru_forward_serial, input_projection_kernel, input_projection_parallel, row_chunks,
                       TILED_MAX_ONE_THREAD, use_panels)
 from .step import gru_step, gru_step_cols
 from .vnni import digit_row_sums, gru_forward_vnni, vnni_ready
 
+#: rows from which a multi-threaded forward never takes BLAS-threaded steps where BLAS is not wider
+#: (:func:`forward_route`)
 PARALLEL_MIN_ROWS = 64
 ROWS_MIN = 4
 ROWS_MAX_WEIGHTS = 1 << 18
@@ -302,9 +306,9 @@ def forward_route(B, H, reset_after, store, T=None, itemsize=4):
         kernel the narrower window (4096, for the tiled matmul they had) left them: B = 8 / 16,
         H = 1024 1.69× / 1.43×; B = 16, H = 512 1.37×.
     None
-        BLAS-threaded steps (with the gate loops over rows in ``prange`` for B ≥
-        ``PARALLEL_MIN_ROWS``) or the serial kernel. (A "pipeline" route, the projection of the next
-        chunk of time steps on one thread beside the recurrence on another, once won at B·H ≤ 256
+        The serial kernel (BLAS threading the steps' GEMMs where they take BLAS). (A "pipeline"
+        route, the projection of the next chunk of time steps on one thread beside the recurrence
+        on another, once won at B·H ≤ 256
         (B = 1, H = 256 1.22–1.28× on 2 AMD vCPUs); with the steps and the projection on packed panels
         the serial kernel beat it on the 2-vCPU Intel machine: T = 128, B = 1, H = 256 1.39×; T = 512,
         B = 1 / 2, H = 256 / 128 1.08× / 1.32×, B = 4, H = 64 1.04×, B = 1, H = 128 0.92×. It went.)
@@ -1014,7 +1018,7 @@ def gru_direction_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gat
     if store and _amx_training_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gate_kind, clip,
                                        y, col0, h_n, tape, threads):
         return tape
-    if serial_forward(B, threads, route):
+    if serial_forward(route):
         # the serial kernel, without the parallel slot (a small call's Python time shows: T = 1,
         # B = 1, H = 8 forward 12.1 µs)
         gru_forward_serial(gx, W_hh, packed, b_hh, h0, lengths, sorted_desc, bool(reverse),
@@ -1035,9 +1039,8 @@ def gru_direction_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gat
                 gru_forward_serial(gx, W_hh, packed, b_hh, h0, lengths, is_sorted_desc(lengths[b0:b1]),
                                    bool(reverse), bool(reset_after), *gates, bool(store), tape, tiled_max,
                                    b0, b1)
-        else:
-            fn = gru_forward_parallel if par else gru_forward_serial
-            fn(*common, bool(reset_after), *gates, bool(store), tape, tiled_max, 0, B)
+        else:  # a named route whose parallel slot another thread holds
+            gru_forward_serial(*common, bool(reset_after), *gates, bool(store), tape, tiled_max, 0, B)
     return tape if store else None
 
 
@@ -1087,11 +1090,12 @@ def _amx_training_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gat
                            h0, bool(reverse), y, int(col0), h_n, 0, tape, matmul_order())
 
 
-def serial_forward(B, threads, route):
+def serial_forward(route):
     """Whether a layer's inference forward of B rows on ``route`` (from :func:`forward_route`) runs
     on the serial kernels (:func:`gru_direction_forward`'s first branch, and the projection outside
-    Numba's threads), so that :func:`serial_direction_plan` applies."""
-    return route is None and (B < PARALLEL_MIN_ROWS or threads == 1)
+    Numba's threads), so that :func:`serial_direction_plan` applies: every forward off the named
+    routes."""
+    return route is None
 
 
 class FrozenPieces:

@@ -23,13 +23,12 @@ H > 256; a BLAS GEMM in the orientation BLAS runs fastest beyond (:func:`rows_ma
 replaced a route through OpenBLAS's small-matrix kernels, ``h @ W_hh.T`` on a transposed copy of W_hh,
 which they beat at every shape it took.) Weights beyond L2 are read block by block, in reverse order
 every other step, so that each step starts on what the step before left in L2
-(:func:`step_product`). ``parallel=True``
-spreads the gate loops over rows. With several threads, inference at small and middle batches instead
-runs :func:`_gru_forward_rows` (the batch split into row chunks, each a whole sequence on one thread)
-or :func:`_gru_forward_cols` (each step split over hidden units); see :mod:`numgru.kernels.dispatch`.
-
-Serial and parallel variants are compiled from the same body (``prange`` is ``range`` when
-``parallel=False``).
+(:func:`step_product`). :func:`_gru_forward` is built serial only (a parallel build spread its
+gate loops over rows between BLAS-threaded steps, and lost to the serial one: see
+:mod:`numgru.kernels.dispatch`). With several threads, inference instead runs
+:func:`_gru_forward_rows` (the batch split into row chunks, each a whole sequence on one thread) or
+:func:`_gru_forward_cols` (each step split over hidden units) where
+:func:`~numgru.kernels.dispatch.forward_route` says.
 """
 import numpy as np
 from numba import prange
@@ -766,8 +765,8 @@ def _gru_forward(gx, W_hh, packed, b_hh, h0, lengths, sorted_desc, reverse, rese
     copy_rows(h0[b0:b1], h_a)
     lens = lengths[b0:b1]
     # inference with sigmoid gates, no clip, rows sorted: the gates by rows_after_fast (reset_after)
-    # or rows_before_rz and rows_before_n, in blocks of GATE_BLOCK_ROWS rows (spread over threads by
-    # prange), and rows past the active prefix copied
+    # or rows_before_rz and rows_before_n, in blocks of GATE_BLOCK_ROWS rows, and rows past the
+    # active prefix copied
     fast = not store and gate_kind == 0 and not use_clip and sorted_desc
     sweep = sweep_rows(W_hh, Wp, B, tiled_max)
     sweep_rz = sweep_rows(W_rz, Wp_rz, B, tiled_max)
@@ -778,13 +777,13 @@ def _gru_forward(gx, W_hh, packed, b_hh, h0, lengths, sorted_desc, reverse, rese
         if reset_after:
             loop_product(W_hh, Wp, hc, acc, buf, n_act, tiled_max, s % 2 == 1, sweep)
             if fast:
-                for c in prange((n_act + GATE_BLOCK_ROWS - 1) // GATE_BLOCK_ROWS):
+                for c in range((n_act + GATE_BLOCK_ROWS - 1) // GATE_BLOCK_ROWS):
                     wide_vectors()
                     rows_after_fast(gx, t, acc, b_hh, hc, hn, y, col0, b0, c * GATE_BLOCK_ROWS,
                                     min(n_act, (c + 1) * GATE_BLOCK_ROWS))
                 rows_past_length(hc, hn, y, t, col0, b0, n_act)
                 continue
-            for i in prange(B):  # i: row of the workspace, b: row of the arrays passed in
+            for i in range(B):  # i: row of the workspace, b: row of the arrays passed in
                 wide_vectors()
                 b = b0 + i
                 if t >= lens[i]:
@@ -812,19 +811,19 @@ def _gru_forward(gx, W_hh, packed, b_hh, h0, lengths, sorted_desc, reverse, rese
         elif fast:
             nb = (n_act + GATE_BLOCK_ROWS - 1) // GATE_BLOCK_ROWS
             loop_product(W_rz, Wp_rz, hc, acc_rz, buf, n_act, tiled_max, s % 2 == 1, sweep_rz)
-            for c in prange(nb):
+            for c in range(nb):
                 wide_vectors()
                 rows_before_rz(gx, t, acc_rz, b_hh, hc, rh, work, b0, c * GATE_BLOCK_ROWS,
                                min(n_act, (c + 1) * GATE_BLOCK_ROWS))
             loop_product(W_n, Wp_n, rh, acc_n, buf, n_act, tiled_max, s % 2 == 1, sweep_n)
-            for c in prange(nb):
+            for c in range(nb):
                 wide_vectors()
                 rows_before_n(gx, t, acc_n, b_hh, hc, hn, work, y, col0, b0, c * GATE_BLOCK_ROWS,
                               min(n_act, (c + 1) * GATE_BLOCK_ROWS))
             rows_past_length(hc, hn, y, t, col0, b0, n_act)
         else:
             loop_product(W_rz, Wp_rz, hc, acc_rz, buf, n_act, tiled_max, s % 2 == 1, sweep_rz)
-            for i in prange(n_act):
+            for i in range(n_act):
                 wide_vectors()
                 gxb = gx[t, b0 + i]
                 ab = acc_rz[i]
@@ -839,7 +838,7 @@ def _gru_forward(gx, W_hh, packed, b_hh, h0, lengths, sorted_desc, reverse, rese
                 for j in range(H):
                     rhb[j] = wb[j] * hcb[j]
             loop_product(W_n, Wp_n, rh, acc_n, buf, n_act, tiled_max, s % 2 == 1, sweep_n)
-            for i in prange(B):
+            for i in range(B):
                 wide_vectors()
                 b = b0 + i
                 hnb = hn[i]
@@ -1207,6 +1206,5 @@ def input_projection_parallel(x2d, W_ih, Wp, b_ih, use_bias, out, panels, n_thre
 
 
 gru_forward_serial = kernel(_gru_forward, name="gru_forward_serial")
-gru_forward_parallel = parallel_kernel(_gru_forward, name="gru_forward_parallel")
 gru_forward_rows = parallel_kernel(_gru_forward_rows, name="gru_forward_rows_parallel")
 gru_forward_cols = parallel_kernel(_gru_forward_cols, name="gru_forward_cols_parallel")
