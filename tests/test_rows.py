@@ -127,8 +127,8 @@ def test_rows_equal_single_thread_route(spy, rng):
     (10, 16, True, True, None),          # training keeps BLAS
     (6, 64, True, False, None),          # 3 rows per thread: too few
     (256, 128, True, False, "rows"),     # 128 rows × 128 per thread, W_hh in L2
-    (256, 256, True, False, "rows"),     # 128 rows × 256 per thread: 64+ rows never BLAS-threaded
-    (48, 1024, True, False, None),       # past the columns' window, under 64 rows: gates serial
+    (256, 256, True, False, "rows"),     # 128 rows × 256 per thread: 64+ rows on Numba's threads
+    (48, 1024, True, False, None),       # past the columns' window, under 64 rows: serial kernel
     (16, 1024, True, False, "rows"),     # W_hh beyond L2, 8 rows per thread
     (32, 512, True, False, "columns"),   # W_hh beyond L2, 16 rows per thread: columns on panels
     (64, 512, True, False, "rows"),      # B·H = 32768, past the columns' window: rows

@@ -350,20 +350,16 @@ def forward_route(B, H, reset_after, store, T=None, itemsize=4):
     H = 512 ran 69.6 ms on rows against 42.7 on BLAS-threaded steps (columns 41.7), where B = 256,
     H = 256 (3.1 M weights streamed) kept rows ahead, 19.1 against 23.0 (columns 22.6).
 
-    Elsewhere (AMD, Intel without AVX-512) float weights with B ≥ ``PARALLEL_MIN_ROWS`` always take
-    rows or columns: BLAS-threaded steps there run the gates in ``prange`` between the products, so
-    Numba's OpenMP workers spin while OpenBLAS's run and the reverse. On the 2-vCPU AMD EPYC (Zen 4;
-    2 threads, T = 128 unless named, min of two rounds of three, ms), BLAS-threaded steps against
-    rows / columns: B = 64, H = 512 287–304 against 140 / 147; B = 128 / 256, H = 512 463 / 886
-    against 271 / 541 (rows); B = 256 / 512, H = 256 285 / 526 against 143 / 270 (rows); B = 1024,
-    H = 64 150 against 56 (rows); B = 64, H = 640 / 768 1166 / 1188 against 193 / 294 (columns,
-    rows alike); B = 64 / 128, H = 1024 1360–1588 / 2564 against 658–744 / 1115 (columns; rows
-    739–862 / 1237); B = 64, H = 2048 3557 against 2357 (columns; rows 2706); T = 32, B = 256,
-    H = 1024 869 against 531 (columns). reset_before has no columns: B = 64, H = 768 / 1024 2276 /
-    2376 against 290 / 624 (rows). With the gates serial those steps ran B = 64, H = 1024 in 632
-    (level with columns) but B = 64, H = 768 in 331 and B = 256, H = 256 in 217, behind both routes.
-    Below 64 rows the gates run serially and the routes drew (B = 32, H = 768 / 1024 188–192 /
-    392–436; B = 16, H = 1024 216–262).
+    Elsewhere (AMD, Intel without AVX-512) float weights with B ≥ ``PARALLEL_MIN_ROWS`` take rows
+    (H ≤ 512 within ``ROWS_MAX_STREAMED``, or reset_before) or columns. On the 2-vCPU AMD EPYC (Zen 4;
+    2 threads, T = 128, min of two rounds of three, ms) they first met BLAS-threaded steps with the
+    gates in ``prange`` (the serial kernel's parallel twin, gone since; see :mod:`numgru.kernels._jit`
+    on the cache), Numba's OpenMP workers and OpenBLAS's spinning against each other: B = 64,
+    H = 512 / 768 / 1024 287–304 / 1188 / 1360–1588 against 140 / 294 / 658–744; B = 256, H = 256
+    285 against 143; reset_before B = 64, H = 1024 2376 against 624 (rows). Against the serial
+    kernel as it runs now: B = 64, H = 1024 629 against 596 (rows) / 600 (columns); H = 768 338
+    against 365 / 329; H = 512 198 against 196 / 195; B = 128, H = 1024 1307 against 1244 / 1229;
+    B = 256, H = 256 212 against 218 / 214: level to 1.06×, the threads kept on Numba's side.
     """
     threads = thread_count()
     if threads < 2 or store or B == 0 or T == 0:  # nothing to split (an empty batch or sequence)
@@ -382,7 +378,7 @@ def forward_route(B, H, reset_after, store, T=None, itemsize=4):
                 and threads * weights <= ROWS_MAX_STREAMED):
             return "rows"
         if not WIDE_BLAS and itemsize >= 4 and B >= PARALLEL_MIN_ROWS:
-            # no BLAS-threaded steps: their gates in prange leave two pools spinning on the cores
+            # Numba's threads for the whole call rather than OpenBLAS's for each step's product
             if not reset_after or (weights <= ROWS_MAX_WEIGHTS_WIDE_BLAS
                                    and threads * weights <= ROWS_MAX_STREAMED):
                 return "rows"

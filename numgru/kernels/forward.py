@@ -15,10 +15,11 @@ kernel written in LLVM's vector IR, wherever :func:`use_panels` says it wins: on
 L2, 2–16 rows at any size, more rows up to H = 512 (the backward's products at any H; on Zen 4, one
 thread, at any H). Paired A/B against the routes below (T = 128, one thread, float32, 2-vCPU Intel):
 B = 16, H = 256 1.30–1.48×; B = 64, H = 256 1.19–1.20×; B = 16, H = 1024 1.15–1.29×; B = 8, H = 512
-1.34×; B = 1, H = 256 1.31×; B = 2–8 at H = 128–256 1.13–1.20×; H = 64 level. Otherwise the product goes by :func:`recurrent_matmul`, by
-shape: for B = 2–32 up to H = 512 (and up to ``tiled_max`` rows beyond) the dot-product block on the
-unpacked weights (:mod:`~numgru.kernels.dotblock`; bfloat16 weights: :func:`small_rows_matmul`, in tiles
-once W leaves L2), for B = 1 while W_hh fits L2 :func:`small_rows_matmul`; a BLAS GEMV at B = 1 for
+1.34×; B = 1, H = 256 1.31×; B = 2–8 at H = 128–256 1.13–1.20×; H = 64 level. Otherwise the
+product goes by :func:`recurrent_matmul`, by shape: for B = 2–32 up to H = 512 (and up to
+``tiled_max`` rows beyond) the dot-product block on the unpacked weights
+(:mod:`~numgru.kernels.dotblock`; bfloat16 weights: :func:`small_rows_matmul`, in tiles once W leaves
+L2), for B = 1 while W_hh fits L2 :func:`small_rows_matmul`; a BLAS GEMV at B = 1 for
 H > 256; a BLAS GEMM in the orientation BLAS runs fastest beyond (:func:`rows_matmul_T`). (The panels
 replaced a route through OpenBLAS's small-matrix kernels, ``h @ W_hh.T`` on a transposed copy of W_hh,
 which they beat at every shape it took.) Weights beyond L2 are read block by block, in reverse order
