@@ -548,7 +548,8 @@ def main(args):
     for p in precisions:
         if p not in ("high", "medium"):
             raise ValueError(f"--precision: expected 'high' and/or 'medium', got {p!r}")
-    peers = available_peers([p for p in args.peers.split(",") if p])
+    asked = [p for p in args.peers.split(",") if p and p != "none"]
+    peers = available_peers(asked)
     budget = 0.15 if args.quick else 0.5
     layer = threading_layer()
     print(f"numgru {ng.__version__} | numba {numba.__version__} ({layer} threads) | CPU {_cpu_name()} "
@@ -559,7 +560,7 @@ def main(args):
     print(f"env    {env or 'OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE unset'}")
     amx = amx_state()
     print(f"AMX    {amx}")
-    print(f"peers  {', '.join(peers) or 'none installed (pip install numgru[bench])'}")
+    print(f"peers  {', '.join(peers) or ('none installed (pip install numgru[bench])' if asked else 'none')}")
     t0 = time.perf_counter()
     ng.GRU(4, 4, seed=0)(np.zeros((2, 1, 4), np.float32))
     print(f"first call (compile or cache load): {time.perf_counter() - t0:.2f} s")

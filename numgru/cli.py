@@ -100,7 +100,9 @@ def main(argv=None):
     p.add_argument("--seq-len", default=None, help="comma-separated T values")
     p.add_argument("--batch", default=None, help="comma-separated B values")
     p.add_argument("--hidden", default=None, help="comma-separated H values")
-    p.add_argument("--peers", default="torch,onnxruntime,openvino")
+    p.add_argument("--peers", default="torch,onnxruntime,openvino",
+                   help="comma-separated peers to time beside numgru (torch, onnxruntime, openvino), "
+                        "or 'none' for numgru alone")
     p.add_argument("--repeat", type=int, default=None)
     p.add_argument("--bf16", action="store_true",
                    help="also time the model quantized to bfloat16 weights (GRU.quantize)")

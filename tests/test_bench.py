@@ -87,6 +87,16 @@ def test_main_names_a_bad_option_before_running(option, value, message, capsys):
     assert "first call" not in capsys.readouterr().out  # nothing ran
 
 
+def test_peers_none_times_numgru_alone(tmp_path, capsys):
+    from numgru.cli import main
+    out = tmp_path / "b.json"
+    assert main(["bench", "--seq-len", "3", "--batch", "1", "--hidden", "4", "--peers", "none",
+                 "--repeat", "1", "--json", str(out), "--plot", ""]) == 0
+    result = json.loads(out.read_text())
+    assert result["peers"] == [] and result["rows"][0]["numgru_ms"] > 0
+    assert "peers  none\n" in capsys.readouterr().out
+
+
 def test_unknown_peer_is_named():
     with pytest.raises(ValueError, match="--peers"):
         bench.available_peers(["tensorflow"])
