@@ -368,19 +368,18 @@ def forward_route(B, H, reset_after, store, T=None, itemsize=4):
     weights = 3 * H * H
     if per_thread >= ROWS_MIN:
         max_state = ROWS_MAX_STATE_WIDE_BLAS if WIDE_BLAS else ROWS_MAX_STATE
+        streamed = threads * weights <= ROWS_MAX_STREAMED  # every thread reads all of W_hh a step
         if weights <= ROWS_MAX_WEIGHTS and per_thread * H <= max_state:
             return "rows"
         if (not WIDE_BLAS and weights > ROWS_MAX_WEIGHTS and per_thread <= ROWS_MAX_STREAM_ROWS
-                and threads * weights <= ROWS_MAX_STREAMED):
+                and streamed):
             return "rows"
         if (WIDE_BLAS and itemsize >= 4 and weights <= ROWS_MAX_WEIGHTS_WIDE_BLAS
-                and per_thread * H <= max_state and B * H > COLS_STATE[1]
-                and threads * weights <= ROWS_MAX_STREAMED):
+                and per_thread * H <= max_state and B * H > COLS_STATE[1] and streamed):
             return "rows"
         if not WIDE_BLAS and itemsize >= 4 and B >= PARALLEL_MIN_ROWS:
             # Numba's threads for the whole call rather than OpenBLAS's for each step's product
-            if not reset_after or (weights <= ROWS_MAX_WEIGHTS_WIDE_BLAS
-                                   and threads * weights <= ROWS_MAX_STREAMED):
+            if not reset_after or (weights <= ROWS_MAX_WEIGHTS_WIDE_BLAS and streamed):
                 return "rows"
             return "columns"
     lo, hi = COLS_STATE

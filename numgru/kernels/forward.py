@@ -779,13 +779,11 @@ def _gru_forward(gx, W_hh, packed, b_hh, h0, lengths, sorted_desc, reverse, rese
             loop_product(W_hh, Wp, hc, acc, buf, n_act, tiled_max, s % 2 == 1, sweep)
             if fast:
                 for c in range((n_act + GATE_BLOCK_ROWS - 1) // GATE_BLOCK_ROWS):
-                    wide_vectors()
                     rows_after_fast(gx, t, acc, b_hh, hc, hn, y, col0, b0, c * GATE_BLOCK_ROWS,
                                     min(n_act, (c + 1) * GATE_BLOCK_ROWS))
                 rows_past_length(hc, hn, y, t, col0, b0, n_act)
                 continue
             for i in range(B):  # i: row of the workspace, b: row of the arrays passed in
-                wide_vectors()
                 b = b0 + i
                 if t >= lens[i]:
                     for j in range(H):
@@ -813,19 +811,16 @@ def _gru_forward(gx, W_hh, packed, b_hh, h0, lengths, sorted_desc, reverse, rese
             nb = (n_act + GATE_BLOCK_ROWS - 1) // GATE_BLOCK_ROWS
             loop_product(W_rz, Wp_rz, hc, acc_rz, buf, n_act, tiled_max, s % 2 == 1, sweep_rz)
             for c in range(nb):
-                wide_vectors()
                 rows_before_rz(gx, t, acc_rz, b_hh, hc, rh, work, b0, c * GATE_BLOCK_ROWS,
                                min(n_act, (c + 1) * GATE_BLOCK_ROWS))
             loop_product(W_n, Wp_n, rh, acc_n, buf, n_act, tiled_max, s % 2 == 1, sweep_n)
             for c in range(nb):
-                wide_vectors()
                 rows_before_n(gx, t, acc_n, b_hh, hc, hn, work, y, col0, b0, c * GATE_BLOCK_ROWS,
                               min(n_act, (c + 1) * GATE_BLOCK_ROWS))
             rows_past_length(hc, hn, y, t, col0, b0, n_act)
         else:
             loop_product(W_rz, Wp_rz, hc, acc_rz, buf, n_act, tiled_max, s % 2 == 1, sweep_rz)
             for i in range(n_act):
-                wide_vectors()
                 gxb = gx[t, b0 + i]
                 ab = acc_rz[i]
                 wb = work[i]
@@ -840,7 +835,6 @@ def _gru_forward(gx, W_hh, packed, b_hh, h0, lengths, sorted_desc, reverse, rese
                     rhb[j] = wb[j] * hcb[j]
             loop_product(W_n, Wp_n, rh, acc_n, buf, n_act, tiled_max, s % 2 == 1, sweep_n)
             for i in range(B):
-                wide_vectors()
                 b = b0 + i
                 hnb = hn[i]
                 yb = y[t, b]
