@@ -22,7 +22,6 @@ from .kernels.dispatch import (FrozenPieces, aligned, amx_recurrence_wanted, bat
                                run_serial_direction, run_step, serial_direction_plan, serial_forward,
                                serial_tiled_max, step_columns, step_columns_workspace, thread_count,
                                valid_steps, weight_gradient, weight_gradient_pair, workspace)
-from .kernels.backward import matmul_into
 from .kernels.bf16 import from_bfloat16, to_bfloat16
 from .kernels.step import gru_step, step_panels
 
@@ -801,8 +800,8 @@ class GRU(_Params):
                         weight_gradient_pair((dgx2, x2d, dW_ih, None), hh)
                     else:  # dgh is dgx; the n block multiplies r ⊙ h_{t−1}
                         weight_gradient(dgx2, x2d, dW_ih)
-                        dW_hh[: 2 * H] = _matmul(dgx2[:, : 2 * H].T, hp2)
-                        dW_hh[2 * H:] = _matmul(dgx2[:, 2 * H:].T, rhprev.reshape(T * B, H))
+                        weight_gradient(dgx2, hp2, dW_hh[: 2 * H])
+                        weight_gradient(dgx2, rhprev.reshape(T * B, H), dW_hh[2 * H:], c0=2 * H)
                     if want_dx:
                         input_gradient(dgx2, W_ih, dx2d, d > 0)
                 else:
@@ -876,17 +875,6 @@ def _unsort(perm, *arrays):
     inv = np.empty_like(perm)
     inv[perm] = np.arange(perm.size)
     return tuple(np.ascontiguousarray(a[:, inv]) for a in arrays)
-
-
-def _matmul(a, b):
-    """a @ b through :func:`matmul_into` (operands made C- or F-contiguous)."""
-    if not (a.flags.c_contiguous or a.flags.f_contiguous):
-        a = np.ascontiguousarray(a)
-    if not (b.flags.c_contiguous or b.flags.f_contiguous):
-        b = np.ascontiguousarray(b)
-    out = np.empty((a.shape[0], b.shape[1]), np.result_type(a, b))
-    matmul_into(a, b, out, False)
-    return out
 
 
 @dataclass

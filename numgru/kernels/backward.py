@@ -23,7 +23,7 @@ from ._jit import inline, kernel, parallel_kernel, wide_vectors
 from .activations import gate_grad, kind_is_sigmoid, one_like
 from .forward import active_rows, step_product, wants_panels
 from .amx import _amx_scratch, _tile_config, _tile_rows_product, tile_config, tile_release
-from .panel import pack_panels, prefetch
+from .panel import TN_SLAB, gemm_tn, pack_panels, prefetch
 
 
 #: rows whose bias gradients share an accumulator (the ranges of :func:`gru_backward_amx_rows` are
@@ -348,6 +348,43 @@ def matmul_into(a, b, out, accumulate):
                 out[i, j] += tmp[i, j]
     else:
         np.dot(a, b, out)
+
+
+@inline
+def _check_gradient(D, c0, m1, D2, X, out):
+    N = X.shape[0]
+    if D.shape[0] != N or D2.shape[0] != N or c0 < 0 or m1 < 0 or c0 + m1 > D.shape[1] or \
+            out.shape[0] != m1 + D2.shape[1] or out.shape[1] != X.shape[1]:
+        raise ValueError("weight_gradient_panels: shapes do not match")
+
+
+@inline
+def _gradient_slab(D, c0, m1, D2, X, out, oT, r0, r1):
+    """Rows r0 … r1−1 of out.T (X's columns) of :func:`weight_gradient_panels`, through ``oT``."""
+    m2 = D2.shape[1]
+    gemm_tn(X, D, c0, m1, oT, 0, r0, r1)
+    gemm_tn(X, D2, 0, m2, oT, m1, r0, r1)
+    for j in range(m1 + m2):
+        for r in range(r0, r1):
+            out[j, r] = oT[r - r0, j]
+
+
+@kernel
+def weight_gradient_panels(D, c0, m1, D2, X, out, r0, r1):
+    """out[:, r0:r1] = [D[:, c0:c0 + m1] | D2].T @ X[:, r0:r1]: (columns of) a weight gradient, the
+    gate gradients (N, ·) and (N, M2) by the layer's inputs X (N, I) summed over the N rows, on the
+    panel block (:func:`~numgru.kernels.panel.gemm_tn`) with the operands where they lie; out
+    (m1 + M2, I). All C-contiguous, one float dtype. Each sum's order depends on N alone (chunks of
+    k), so ranges of columns may run on several threads with the results of one call."""
+    wide_vectors()
+    _check_gradient(D, c0, m1, D2, X, out)
+    if r0 < 0 or r1 < r0 or r1 > X.shape[1]:
+        raise ValueError("weight_gradient_panels: columns out of range")
+    M = out.shape[0]
+    for s0 in range(r0, r1, TN_SLAB):
+        s1 = min(r1, s0 + TN_SLAB)
+        oT = np.empty((s1 - s0, M), X.dtype)
+        _gradient_slab(D, c0, m1, D2, X, out, oT, s0, s1)
 
 
 gru_backward_serial = kernel(_gru_backward, name="gru_backward_serial")

@@ -37,6 +37,7 @@ import functools
 import math
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
@@ -47,9 +48,11 @@ from .amx import (amx_gradient, amx_gradient_pair, amx_gradient_parallel, amx_pr
                   DIGIT_MAX_K, DIGIT_WIDE_BYTES, digits_size, gru_forward_amx, gru_forward_amx_rows,
                   pack_amx, pack_amx_into, pack_amx_into_parallel, pack_digits, pack_digits_into,
                   pack_digits_into_parallel, padded)
-from .backward import BIAS_ROWS, gru_backward_amx, gru_backward_amx_rows, gru_backward_serial, matmul_into
+from .backward import (BIAS_ROWS, gru_backward_amx, gru_backward_amx_rows, gru_backward_serial, matmul_into,
+                       weight_gradient_panels)
 from .forward import (gru_forward_chunked, gru_forward_cols, gru_forward_rows,
-                      gru_forward_serial, input_projection_kernel, input_projection_parallel, row_chunks,
+                      gru_forward_serial, input_projection_kernel, input_projection_parallel, packed_panels,
+                      row_chunks,
                       TILED_MAX_ONE_THREAD, use_panels)
 from .step import gru_step, gru_step_cols
 from .vnni import digit_row_sums, gru_forward_vnni, vnni_ready
@@ -130,6 +133,12 @@ PARALLEL_PACK_MIN_VALUES = 1 << 17
 #: the product M·N·K above which OpenBLAS spreads a GEMM over its threads (its
 #: GEMM_MULTITHREAD_THRESHOLD, 4, times SMP_THRESHOLD_MIN, 65536)
 BLAS_THREADED_MNK = 4 * 65536
+#: fewest multiply-adds of :func:`panel_gradients` that go to its worker threads (below, one thread:
+#: a hand-off costs tens of µs)
+PANEL_GRADIENT_POOL_MIN = 1 << 24
+#: :func:`training_panels`: fewest rows, most inner values (K)
+TRAINING_PANELS_MIN_ROWS = 64
+TRAINING_PANELS_MAX_K = 768
 
 
 def blas_vectors_wider():
@@ -447,8 +456,11 @@ def training_tiled_max():
     threads on such a CPU, and OpenBLAS's idle workers, spinning for a while after each call, held
     the cores those parallel regions waited for: T = 128, B = 8, H = 256 (the steps off the tiles,
     the backward's W_hhᵀ of 768 columns taken by a threaded GEMM from 5 rows) read 37.3 ms a
-    training step on two threads against 15.7 on one."""
-    return serial_tiled_max(1 if amx_ready() else thread_count())
+    training step on two threads against 15.7 on one. Likewise where the weight gradients and
+    projections run on panels side by side (:func:`panels_gradient_wanted`, :func:`side_by_side`):
+    two threads, T = 128, B = 16, H = 256 (the backward's W_hhᵀ of 768 columns by 16 rows in a
+    threaded GEMM), the weight gradients took 16–19 ms each side by side against 8 alone."""
+    return serial_tiled_max(1 if amx_ready() or panels_gradient_wanted(np.float32) else thread_count())
 
 
 def step_columns(B, H, reset_after, threads, itemsize=4):
@@ -569,6 +581,9 @@ def input_projection(x2d, W_ih, b_ih, numba_threads=False, valid=None, training=
             or amx_project(x2d, W_ih, bias, b_ih is not None, gx, threads,
                            tile_packing(W_ih, "amx_ih", pieces, threads))):
         return gx
+    if training and not numba_threads and training_panels(N, I, W_ih.shape[0], W_ih.dtype) and \
+            x2d.dtype == W_ih.dtype == bias.dtype:
+        return pool_projection(x2d, W_ih, bias, b_ih is not None, gx)
     Wp = empty_array(W_ih.dtype, 3) if packed is None else packed
     if numba_threads:
         with parallel_slot(True) as par:
@@ -1450,21 +1465,22 @@ def gru_direction_backward(dy, col0, dh_n, tape, y, h0, W_hh, lengths, reverse, 
             db_hh_all)
 
 
-def weight_gradient(D, X, out, D2=None):
+def weight_gradient(D, X, out, D2=None, c0=0):
     """out = G.T @ X: a weight gradient, the gate gradients G (N, M) by the layer's inputs X (N, I)
     summed over all N = T·B rows; out (M, I) C-contiguous. G is D, or with ``D2`` (N, M2) D's first
     M − M2 columns followed by D2's (reset_after's dW_hh: the r and z blocks of dgx, the n block of
-    its own). On AMX tiles where :func:`amx_gradient_wanted` says so (on Numba's threads where
-    there are several and the parallel slot is free), else in BLAS
-    (:func:`~numgru.kernels.backward.matmul_into`). Either way each sum runs in an order that does
-    not depend on the thread count."""
+    its own); ``c0``: D's columns from c0 on instead (reset_before's dW_hn, dgx's n block). On AMX
+    tiles where :func:`amx_gradient_wanted` says so, else on the panel block where
+    :func:`panels_gradient_wanted` says so (either on Numba's threads where there are several and
+    the parallel slot is free), else in BLAS (:func:`~numgru.kernels.backward.matmul_into`). Either
+    way each sum runs in an order that does not depend on the thread count."""
     N = D.shape[0]
     M = out.shape[0]
     if D2 is None:
         D2 = np.empty((N, 0), D.dtype)
     m1 = M - D2.shape[1]
     threads = thread_count()
-    if amx_gradient_wanted(N, M, X.shape[1], D.dtype):
+    if c0 == 0 and amx_gradient_wanted(N, M, X.shape[1], D.dtype):
         D = np.ascontiguousarray(D)
         D2 = np.ascontiguousarray(D2)
         X = np.ascontiguousarray(X)
@@ -1473,6 +1489,10 @@ def weight_gradient(D, X, out, D2=None):
             if amx_gradient_parallel(D, D2, X, out, threads, order) if par else \
                     amx_gradient(D, D2, X, out, order):
                 return out
+    if panels_gradient_wanted(D.dtype, D2.dtype, X.dtype, out.dtype):
+        panel_gradients([(D, c0, m1, D2, X, out)])
+        return out
+    D = D[:, c0:c0 + m1]
     matmul_into(np.ascontiguousarray(D[:, :m1]).T, X, out[:m1], False)  # (a copy only for a D2)
     if m1 < M:
         matmul_into(D2.T, X, out[m1:], False)
@@ -1504,9 +1524,111 @@ def weight_gradient_pair(a, b):
                     a = None
                 elif ok[1]:
                     b = None
+    if a is not None and b is not None and not amx_ready() and all(
+            panels_gradient_wanted(D.dtype, X.dtype, out.dtype, *(() if D2 is None else (D2.dtype,)))
+            for D, X, out, D2 in (a, b)):
+        jobs = []
+        for D, X, out, D2 in (a, b):
+            D2 = np.empty((D.shape[0], 0), D.dtype) if D2 is None else D2
+            jobs.append((D, 0, out.shape[0] - D2.shape[1], D2, X, out))
+        panel_gradients(jobs)
+        return
     for job in (a, b):
         if job is not None:
             weight_gradient(job[0], job[1], job[2], job[3])
+
+
+def panel_gradients(jobs):
+    """Weight gradients on the panel block: each job (D, c0, m1, D2, X, out) as
+    :func:`~numgru.kernels.backward.weight_gradient_panels` takes it. With several threads
+    (:func:`thread_count`) and work enough (``PANEL_GRADIENT_POOL_MIN`` multiply-adds in all) the
+    jobs, or ranges of their columns where there are fewer jobs than threads, run side by side on
+    this thread and plain worker threads (:func:`_gradient_pool`), not in a parallel region: OpenBLAS
+    keeps its workers spinning for a while after each threaded call (the projection, the input
+    gradient), and Numba's OpenMP workers after each region; a region here and the next threaded
+    BLAS call each waited for the cores the other pool held (two threads, T = 32, B = 16, H = 64:
+    the training step 8.0 ms against 1.2). A worker here sleeps on a queue when idle. Each column's
+    sums are those of one call on one thread, whatever the split."""
+    jobs = [(np.ascontiguousarray(D), int(c0), int(m1), np.ascontiguousarray(D2), np.ascontiguousarray(X), out)
+            for D, c0, m1, D2, X, out in jobs]
+    threads = thread_count()
+    work = sum(X.shape[0] * out.shape[0] * X.shape[1] for _, _, _, _, X, out in jobs)
+    if threads == 1 or work < PANEL_GRADIENT_POOL_MIN:
+        for job in jobs:
+            weight_gradient_panels(*job, 0, job[4].shape[1])
+        return
+    per_job = max(1, -(-threads // len(jobs)))
+    tasks = []
+    for job in jobs:
+        I = job[4].shape[1]
+        step = -(-I // (8 * per_job)) * 8
+        tasks += [(*job, r0, min(I, r0 + step)) for r0 in range(0, I, step)]
+    side_by_side(weight_gradient_panels, tasks, threads)
+
+
+def side_by_side(fn, tasks, threads):
+    """fn(*args) for each ``args`` in ``tasks``: the first on this thread, the rest on the
+    :func:`_gradient_pool`'s ``threads`` − 1 workers, which sleep on a queue when idle (unlike
+    OpenBLAS's workers and Numba's OpenMP ones, which spin for a while after each call). Returns once
+    all have run; the first error is raised."""
+    pool = _gradient_pool(threads - 1)
+    futures = [pool.submit(fn, *args) for args in tasks[1:]]
+    try:
+        fn(*tasks[0])
+    finally:
+        for f in futures:
+            f.result()
+
+
+def training_panels(N, K, M, dtype):
+    """Whether a training product of N rows by weights (M, K), the input projection (K = I,
+    M = 3H) or the input gradient (K = 3H, M = I), runs on packed panels (:func:`pool_projection`,
+    rows side by side on several threads) rather than in BLAS: where :func:`panels_gradient_wanted`
+    takes the weight gradients, from ``TRAINING_PANELS_MIN_ROWS`` rows (fewer: the dot-product block
+    or BLAS, :func:`projection_dot`) for K ≤ ``TRAINING_PANELS_MAX_K``. The rule reads neither the
+    thread count nor the precision, so the sums are the same with any number of threads. Then, with
+    the weight gradients, nothing in a training step of H ≤ 512 wakes OpenBLAS's threads, whose
+    spinning after each call (~0.1 s) took half a core from the products here: two threads,
+    T = 128, B = 16, H = 256, the weight gradients side by side 16–19 ms each against 8 alone.
+    Zen 4, one thread, N = 8192 (ms, panels against OpenBLAS's sgemm, the packing included):
+    K = 256, M = 768 30.9 against 33.7; K = 64, M = 192 2.11 against 2.31; K = 768, M = 256 34.6
+    against 33.8; K = 512, M = 1536 (N = 2048) 29.9 against 31.1; but K = 1024 0.87×."""
+    return (panels_gradient_wanted(dtype) and N >= TRAINING_PANELS_MIN_ROWS and K <= TRAINING_PANELS_MAX_K
+            and M > 0)
+
+
+def pool_projection(x2d, W, bias, use_bias, out):
+    """out = x2d @ W.T (+ bias) on W's panels, packed once here, rows in ranges side by side
+    (:func:`side_by_side`) where there are several threads and work enough. x2d (N, K), W (M, K),
+    out (N, M) C-contiguous. Each row's sums are the same on any range (:func:`panel_rows`)."""
+    N = x2d.shape[0]
+    Wp = packed_panels(W)
+    threads = thread_count()
+    if threads == 1 or N * W.shape[0] * W.shape[1] < PANEL_GRADIENT_POOL_MIN:
+        input_projection_kernel(x2d, W, Wp, bias, use_bias, out, True, False)
+        return out
+    step = -(-N // (threads * 32)) * 32
+    tasks = [(x2d[r0:r0 + step], W, Wp, bias, use_bias, out[r0:r0 + step], True, False)
+             for r0 in range(0, N, step)]
+    side_by_side(input_projection_kernel, tasks, threads)
+    return out
+
+
+_POOL = [None, 0]
+_POOL_LOCK = threading.Lock()
+
+
+def _gradient_pool(workers):
+    """A thread pool of at least ``workers`` threads for :func:`panel_gradients`, made on first use
+    (and again, larger, when more threads are asked for)."""
+    with _POOL_LOCK:
+        if _POOL[1] < workers:
+            old = _POOL[0]
+            _POOL[0] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="numgru-gradient")
+            _POOL[1] = workers
+            if old is not None:
+                old.shutdown(wait=False)
+        return _POOL[0]
 
 
 def input_gradient(dG, W_ih, out, accumulate):
@@ -1527,8 +1649,31 @@ def input_gradient(dG, W_ih, out, accumulate):
             if accumulate:
                 out += target
             return out
+    if training_panels(N, M, W_ih.shape[1], dG.dtype) and dG.dtype == W_ih.dtype == out.dtype:
+        target = workspace("dx", out.shape, out.dtype) if accumulate else out
+        pool_projection(np.ascontiguousarray(dG), np.ascontiguousarray(W_ih.T), W_ih[0], False, target)
+        if accumulate:
+            out += target
+        return out
     matmul_into(dG, W_ih, out, accumulate)
     return out
+
+
+def panels_gradient_wanted(*dtypes):
+    """Whether :func:`weight_gradient` runs on the panel block with the operands where they lie
+    (:func:`~numgru.kernels.backward.weight_gradient_panels`; X's columns split over Numba's threads
+    where there are several): one float dtype, where BLAS's vectors are no wider than Numba's (not
+    :data:`WIDE_BLAS`: on Intel's AVX-512 OpenBLAS's sgemm was left, not measured against it).
+
+    Zen 4 (one thread, N, M, I, ms, against OpenBLAS's sgemm on the transposed gate gradients):
+    8192, 768, 256 35.2 against 39.5; (512 + 256), 256 34.1 against 41.2; 2048, 192, 64 0.44
+    against 0.61; 8192, 384, 128 8.0 against 11.2; 4096, 768, 256 15.7 against 19.1; level at
+    2048, 1536, 512 (32.6 / 33.7), 8192, 3072, 1024 (516 / 506) and 512, 48, 16. Two threads:
+    8192, 768, 256 16.0 against 20.1; 2048, 192, 64 0.23 against 0.33; 8192, 384, 128 4.9 against
+    10.3; 8192, 3072, 1024 262 / 259; 2048, 1536, 512 20.2 against 17.7. The sums run in chunks of
+    k, each from zero (N = 8192, 768 × 256: largest error 1.5e-4 against sgemm's 1.8e-4 on values
+    near 90)."""
+    return not WIDE_BLAS and dtypes[0] in (np.float32, np.float64) and all(d == dtypes[0] for d in dtypes)
 
 
 def amx_gradient_wanted(N, M, I, dtype):

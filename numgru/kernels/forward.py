@@ -1112,6 +1112,14 @@ def input_projection_kernel(x2d, W_ih, Wp, b_ih, use_bias, out, panels, dot):
 
 
 @kernel
+def packed_panels(W):
+    """:func:`~numgru.kernels.panel.pack_panels` of W (M, K) as a kernel of its own: panels packed
+    once for calls that then share them (:func:`~numgru.kernels.dispatch.pool_projection`)."""
+    wide_vectors()
+    return pack_panels(W)
+
+
+@kernel
 def gru_forward_chunked(x2d, W_ih, Wp_ih, b_ih, use_bias, proj_panels, proj_dot, gx, W_hh, packed, b_hh,
                         h0, lengths, reverse, reset_after, gate_kind, alpha, beta, use_clip, clip, y,
                         col0, h_n, tiled_max, steps):

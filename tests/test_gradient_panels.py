@@ -1,0 +1,126 @@
+"""Weight gradients on the panel block with the operands where they lie
+(numgru.kernels.panel.gemm_tn, numgru.kernels.backward.weight_gradient_panels) against NumPy in
+float64: strips that end inside a vector (masked loads), column offsets, a second block of gate
+gradients, sums longer than one k-chunk, ranges of columns that must reproduce the whole call bit for
+bit, and the dispatcher's routes (one thread, worker threads side by side) giving equal results."""
+import numba
+import numpy as np
+import pytest
+
+from numgru.kernels import dispatch
+from numgru.kernels.backward import weight_gradient_panels
+from numgru.kernels.panel import gemm_tn
+
+
+@numba.njit(cache=False)
+def _tn(x, d, c0, m, out, o0, r0, r1):
+    gemm_tn(x, d, c0, m, out, o0, r0, r1)
+
+
+def _ref(D, X):
+    return D.astype(np.float64).T @ X.astype(np.float64)
+
+
+def _tol(dtype, N):
+    return (2e-5 if dtype == np.float32 else 1e-12) * max(1.0, np.sqrt(N))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("N, Md, I", [(1, 1, 1), (7, 5, 3), (300, 50, 17), (513, 97, 64), (1000, 48, 9)])
+def test_gemm_tn_matches_numpy(dtype, N, Md, I):
+    rng = np.random.default_rng(N + Md + I)
+    x = rng.standard_normal((N, I)).astype(dtype)
+    d = rng.standard_normal((N, Md)).astype(dtype)
+    for c0, m in ((0, Md), (Md // 3, Md - Md // 3), (Md - 1, 1)):
+        for r0, r1 in ((0, I), (I // 2, I)):
+            out = np.full((r1 - r0 + 2, m + 5), 7.0, dtype)
+            _tn(x, d, c0, m, out, 3, r0, r1)
+            want = _ref(d[:, c0:c0 + m], x[:, r0:r1]).T
+            np.testing.assert_allclose(out[:r1 - r0, 3:3 + m], want, rtol=0, atol=_tol(dtype, N))
+            # nothing outside the block is written
+            assert (out[r1 - r0:] == 7).all() and (out[:, :3] == 7).all() and (out[:, 3 + m:] == 7).all()
+
+
+def test_gemm_tn_of_no_rows_writes_zeros():
+    out = np.full((4, 6), 3.0, np.float32)
+    _tn(np.empty((0, 4), np.float32), np.empty((0, 6), np.float32), 0, 6, out, 0, 0, 4)
+    assert (out == 0).all()
+
+
+def test_gemm_tn_rejects_bounds():
+    x = np.ones((5, 4), np.float32)
+    d = np.ones((5, 6), np.float32)
+    out = np.zeros((4, 6), np.float32)
+    for args in ((x, d, 1, 6, out, 0, 0, 4), (x, d, 0, 6, out, 1, 0, 4), (x, d, 0, 6, out, 0, 0, 5),
+                 (x, d, 0, 6, np.zeros((3, 6), np.float32), 0, 0, 4), (x, d[:4].copy(), 0, 6, out, 0, 0, 4),
+                 (x, d, -1, 2, out, 0, 0, 4), (x, d, 0, 6, out, 0, 3, 2)):
+        with pytest.raises(ValueError, match="gemm_tn"):
+            _tn(*args)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("N, H, I", [(64, 16, 16), (1030, 40, 300), (4097, 64, 24)])
+def test_weight_gradient_panels_matches_numpy(dtype, N, H, I):
+    """reset_after's dW_hh: dgx's r and z blocks then dgh's n block; the column ranges of one call
+    equal the whole call bit for bit."""
+    rng = np.random.default_rng(N + H)
+    D = rng.standard_normal((N, 3 * H)).astype(dtype)
+    D2 = rng.standard_normal((N, H)).astype(dtype)
+    X = rng.standard_normal((N, I)).astype(dtype)
+    out = np.empty((3 * H, I), dtype)
+    weight_gradient_panels(D, 0, 2 * H, D2, X, out, 0, I)
+    want = _ref(np.concatenate([D[:, :2 * H], D2], axis=1), X)
+    np.testing.assert_allclose(out, want, rtol=0, atol=_tol(dtype, N))
+    parts = np.full_like(out, np.nan)
+    for r0 in range(0, I, 8):
+        weight_gradient_panels(D, 0, 2 * H, D2, X, parts, r0, min(I, r0 + 8))
+    np.testing.assert_array_equal(parts, out)
+    # the n block by itself, from a column offset (reset_before's dW_hn)
+    n_block = np.empty((H, I), dtype)
+    weight_gradient_panels(D, 2 * H, H, np.empty((N, 0), dtype), X, n_block, 0, I)
+    np.testing.assert_allclose(n_block, _ref(D[:, 2 * H:], X), rtol=0, atol=_tol(dtype, N))
+
+
+def test_weight_gradient_panels_rejects_shapes():
+    D = np.ones((8, 6), np.float32)
+    X = np.ones((8, 4), np.float32)
+    none = np.empty((8, 0), np.float32)
+    with pytest.raises(ValueError, match="shapes"):
+        weight_gradient_panels(D, 0, 6, none, X, np.empty((5, 4), np.float32), 0, 4)
+    with pytest.raises(ValueError, match="shapes"):
+        weight_gradient_panels(D, 2, 6, none, X, np.empty((6, 4), np.float32), 0, 4)
+    with pytest.raises(ValueError, match="shapes"):
+        weight_gradient_panels(D, 0, 6, np.empty((7, 0), np.float32), X, np.empty((6, 4), np.float32), 0, 4)
+    with pytest.raises(ValueError, match="columns"):
+        weight_gradient_panels(D, 0, 6, none, X, np.empty((6, 4), np.float32), 0, 5)
+
+
+@pytest.mark.skipif(not dispatch.panels_gradient_wanted(np.float32), reason="BLAS takes the gradients here")
+def test_side_by_side_routes_equal_one_thread(monkeypatch):
+    """The dispatcher's gradients and projections give the same values with one thread and with
+    worker threads side by side (work past the pool's bound)."""
+    rng = np.random.default_rng(5)
+    N, H, I = 2048, 64, 48
+    D = rng.standard_normal((N, 3 * H)).astype(np.float32)
+    D2 = rng.standard_normal((N, H)).astype(np.float32)
+    X = rng.standard_normal((N, I)).astype(np.float32)
+    Hp = rng.standard_normal((N, H)).astype(np.float32)
+    W = rng.standard_normal((3 * H, I)).astype(np.float32)
+    b = rng.standard_normal(3 * H).astype(np.float32)
+    results = []
+    for threads in (1, 3):
+        monkeypatch.setattr(dispatch, "thread_count", lambda t=threads: t)
+        monkeypatch.setattr(dispatch, "PANEL_GRADIENT_POOL_MIN", 1)
+        a = np.empty((3 * H, I), np.float32)
+        c = np.empty((3 * H, H), np.float32)
+        dispatch.weight_gradient_pair((D, X, a, None), (D, Hp, c, D2))
+        gx = dispatch.pool_projection(X, W, b, True, np.empty((N, 3 * H), np.float32))
+        dx = dispatch.input_gradient(D, W, np.empty((N, I), np.float32), False)
+        results.append((a, c, gx, dx))
+    for one, many in zip(*results):
+        np.testing.assert_array_equal(one, many)
+    a, c, gx, dx = results[0]
+    np.testing.assert_allclose(a, _ref(D, X), atol=1e-3)
+    np.testing.assert_allclose(c, _ref(np.concatenate([D[:, :2 * H], D2], 1), Hp), atol=1e-3)
+    np.testing.assert_allclose(gx, X.astype(np.float64) @ W.T.astype(np.float64) + b, atol=1e-4)
+    np.testing.assert_allclose(dx, D.astype(np.float64) @ W.astype(np.float64), atol=1e-4)
