@@ -1506,7 +1506,9 @@ def weight_gradient_pair(a, b):
     each gradient's sums are then those of one thread, as on every other route, so the results do
     not depend on the thread count. On two threads (T = 128, B = 64, H = 256) the pair took
     16.7–17.0 ms against 19.1–19.4 for the two gradients each split over both threads, which split
-    all of X twice. Otherwise one after the other."""
+    all of X twice. Where the CPU has no AMX and both take the panel block
+    (:func:`panels_gradient_wanted`), together by :func:`panel_gradients` (one thread each where
+    there are two). Otherwise one after the other."""
     (Da, Xa, outa, D2a), (Db, Xb, outb, D2b) = a, b
     N = Da.shape[0]
     if thread_count() == 2 and Db.shape[0] == N and \
