@@ -26,6 +26,11 @@ FULL = dict(seq_len=[32, 128, 512], batch=[1, 16, 64], hidden=[64, 256, 1024])
 TOL = 1e-4
 
 
+class BadOption(ValueError):
+    """A ``numgru bench`` option out of range or malformed, its message naming the option; the
+    ``numgru`` command reports it as argparse reports its own (:func:`numgru.cli.console`)."""
+
+
 def _ints(s, option):
     """The comma-separated positive ints of ``option``'s value ``s`` (None for an empty value)."""
     if not s:
@@ -33,9 +38,9 @@ def _ints(s, option):
     try:
         values = [int(v) for v in s.split(",")]
     except ValueError:
-        raise ValueError(f"{option}: expected comma-separated integers, got {s!r}") from None
+        raise BadOption(f"{option}: expected comma-separated integers, got {s!r}") from None
     if min(values) < 1:
-        raise ValueError(f"{option}: expected integers >= 1, got {s!r}")
+        raise BadOption(f"{option}: expected integers >= 1, got {s!r}")
     return values
 
 
@@ -45,7 +50,7 @@ def thread_counts(s, option="--threads"):
     import numba
     counts = _ints(s, option)
     if counts and max(counts) > numba.config.NUMBA_NUM_THREADS:
-        raise ValueError(f"{option}: at most {numba.config.NUMBA_NUM_THREADS} (Numba's thread count, "
+        raise BadOption(f"{option}: at most {numba.config.NUMBA_NUM_THREADS} (Numba's thread count, "
                          f"NUMBA_NUM_THREADS), got {s!r}")
     return counts
 
@@ -54,7 +59,7 @@ def _check_output(path, option):
     """Fail before the runs, not after them, when ``path``'s folder does not exist."""
     folder = os.path.dirname(os.path.abspath(path))
     if path and not os.path.isdir(folder):
-        raise ValueError(f"{option}: folder {folder!r} does not exist")
+        raise BadOption(f"{option}: folder {folder!r} does not exist")
 
 
 @contextlib.contextmanager
@@ -236,7 +241,7 @@ def available_peers(names):
     for name in names:
         mod = {"torch": "torch", "onnxruntime": "onnxruntime", "openvino": "openvino"}.get(name)
         if mod is None:
-            raise ValueError(f"--peers: unknown peer {name!r} (expected torch, onnxruntime, openvino)")
+            raise BadOption(f"--peers: unknown peer {name!r} (expected torch, onnxruntime, openvino)")
         try:
             importlib.import_module(mod)
             out.append(name)
@@ -541,13 +546,13 @@ def main(args):
             grid[key] = values
     threads = thread_counts(args.threads) or [1]
     if args.repeat is not None and args.repeat < 1:
-        raise ValueError(f"--repeat: expected an integer >= 1, got {args.repeat}")
+        raise BadOption(f"--repeat: expected an integer >= 1, got {args.repeat}")
     _check_output(args.json, "--json")
     _check_output(args.plot, "--plot")
     precisions = [p for p in (getattr(args, "precision", None) or "").split(",") if p]
     for p in precisions:
         if p not in ("high", "medium"):
-            raise ValueError(f"--precision: expected 'high' and/or 'medium', got {p!r}")
+            raise BadOption(f"--precision: expected 'high' and/or 'medium', got {p!r}")
     asked = [p for p in args.peers.split(",") if p and p != "none"]
     peers = available_peers(asked)
     budget = 0.15 if args.quick else 0.5

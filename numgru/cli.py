@@ -127,5 +127,17 @@ def main(argv=None):
     return args.func(args)
 
 
+def console(argv=None):
+    """The ``numgru`` command: :func:`main`, with a bad ``bench`` option reported as argparse reports
+    its own (usage, ``numgru: error: <message>``, exit status 2) rather than as a traceback. Called
+    from Python, :func:`main` raises the ValueError instead."""
+    from numgru.bench import BadOption
+    try:
+        return main(argv)
+    except BadOption as exc:
+        print(f"usage: numgru bench [options] (numgru bench --help)\nnumgru: error: {exc}", file=sys.stderr)
+        return 2
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    sys.exit(console())

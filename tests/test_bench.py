@@ -87,6 +87,19 @@ def test_main_names_a_bad_option_before_running(option, value, message, capsys):
     assert "first call" not in capsys.readouterr().out  # nothing ran
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["bench", "--threads", "0"], "--threads: expected integers >= 1"),
+    (["bench", "--peers", "foo", "--seq-len", "2", "--batch", "1", "--hidden", "4"], "--peers: unknown peer 'foo'"),
+])
+def test_console_reports_a_bad_option_as_argparse_does(argv, message, capsys):
+    """The ``numgru`` command (``console``): exit status 2 and one error line naming the option, no
+    traceback; ``main`` itself still raises (the cases above)."""
+    from numgru.cli import console
+    assert console(argv) == 2
+    err = capsys.readouterr().err
+    assert f"numgru: error: {message}" in err and "Traceback" not in err
+
+
 def test_peers_none_times_numgru_alone(tmp_path, capsys):
     from numgru.cli import main
     out = tmp_path / "b.json"
