@@ -329,12 +329,30 @@ dx, dh0, grads = g.backward(tape, np.ones_like(y), np.ones_like(h))
 np.savez(sys.argv[2], dx=dx, dh0=dh0, y=y, **grads)
 """
 
+# every row all T steps and work enough for the split paths where the CPU takes them (training's
+# rows in ranges side by side, the gradients and projections on worker threads: dispatch's
+# training_row_ranges, panel_gradients, pool_projection); 80 rows: ranges of 32 and 48
+_THREADS_PROBE_FULL = r"""
+import sys, numba, numpy as np, numgru as ng
+numba.set_num_threads(int(sys.argv[1]))
+rng = np.random.default_rng(1)
+x = rng.standard_normal((16, 80, 24)).astype(np.float32)
+out = {}
+for reset_after in (True, False):
+    g = ng.GRU(24, 64, 2, bidirectional=True, seed=0, reset_after=reset_after)
+    y, h, tape = g.forward_train(x)
+    dx, dh0, grads = g.backward(tape, np.cos(y), np.ones_like(h))
+    out.update({f"{reset_after}_{k}": v for k, v in dict(dx=dx, dh0=dh0, y=y, **grads).items()})
+np.savez(sys.argv[2], **out)
+"""
 
-def test_gradients_identical_with_1_and_2_threads(tmp_path):
+
+@pytest.mark.parametrize("probe", [_THREADS_PROBE, _THREADS_PROBE_FULL], ids=["lengths", "full"])
+def test_gradients_identical_with_1_and_2_threads(tmp_path, probe):
     outs = []
     for n in (1, 2):
         path = tmp_path / f"g{n}.npz"
-        subprocess.run([sys.executable, "-c", _THREADS_PROBE, str(n), str(path)], check=True,
+        subprocess.run([sys.executable, "-c", probe, str(n), str(path)], check=True,
                        timeout=600, env=dict(os.environ, OPENBLAS_NUM_THREADS=str(n)))
         outs.append(np.load(path))
     for k in outs[0].files:

@@ -10,10 +10,13 @@ d(r ⊙ h) = dn_pre @ W_hn first), by the forward's routes
 forward_train + backward against the routes without panels (T = 128, one thread, float32):
 B = 16 / 32 / 64, H = 256 1.19× / 1.16× / 1.06×; B = 8, H = 128 1.04×; H = 64 level.
 
-There is one variant, serial: with several threads BLAS threads the per-step matmuls. A variant that
-spread the gate loops over rows with ``prange`` between BLAS-threaded matmuls ran 5–10× slower on
-2 vCPUs (T = 128, B = 64, H = 256: 1125 ms against 108), its parallel regions waiting for cores that
-OpenBLAS's idle workers were spinning on.
+There is one variant, serial. With several threads it runs on ranges of rows side by side on plain
+worker threads where :func:`~numgru.kernels.dispatch.training_row_ranges` allows (every row's sums
+those of one call; Zen 4, two threads, T = 128, B = 64, H = 256: 48 → 26 ms), on AMX tiles by
+ranges in a parallel region, else as one call whose wide per-step matmuls BLAS may thread. A variant
+that spread the gate loops over rows with ``prange`` between BLAS-threaded matmuls ran 5–10× slower
+on 2 vCPUs (T = 128, B = 64, H = 256: 1125 ms against 108), its parallel regions waiting for cores
+that OpenBLAS's idle workers were spinning on.
 """
 import numpy as np
 

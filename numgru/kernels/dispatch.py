@@ -52,7 +52,7 @@ from .backward import (BIAS_ROWS, gru_backward_amx, gru_backward_amx_rows, gru_b
                        weight_gradient_panels)
 from .forward import (gru_forward_chunked, gru_forward_cols, gru_forward_rows,
                       gru_forward_serial, input_projection_kernel, input_projection_parallel, packed_panels,
-                      row_chunks,
+                      row_chunks, PANEL_MIN_T,
                       TILED_MAX_ONE_THREAD, use_panels)
 from .step import gru_step, gru_step_cols
 from .vnni import digit_row_sums, gru_forward_vnni, vnni_ready
@@ -139,6 +139,8 @@ PANEL_GRADIENT_POOL_MIN = 1 << 24
 #: :func:`training_panels`: fewest rows, most inner values (K)
 TRAINING_PANELS_MIN_ROWS = 64
 TRAINING_PANELS_MAX_K = 768
+#: :func:`training_row_ranges`: largest H whose training recurrences split their rows
+TRAINING_ROWS_MAX_HIDDEN = 512
 
 
 def blas_vectors_wider():
@@ -1030,9 +1032,14 @@ def gru_direction_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gat
         return tape
     if serial_forward(route):
         # the serial kernel, without the parallel slot (a small call's Python time shows: T = 1,
-        # B = 1, H = 8 forward 12.1 µs)
-        gru_forward_serial(gx, W_hh, packed, b_hh, h0, lengths, sorted_desc, bool(reverse),
-                           bool(reset_after), *gates, bool(store), tape, tiled_max, 0, B)
+        # B = 1, H = 8 forward 12.1 µs); training's rows in ranges side by side where they may be
+        args = (gx, W_hh, packed, b_hh, h0, lengths, sorted_desc, bool(reverse), bool(reset_after), *gates,
+                bool(store), tape, tiled_max)
+        ranges = training_row_ranges(T, B, W_hh.shape[1], lengths, dtype) if store else None
+        if ranges:
+            side_by_side(gru_forward_serial, [(*args, b0, b1) for b0, b1 in ranges], len(ranges))
+        else:
+            gru_forward_serial(*args, 0, B)
         return tape if store else None
     common = (gx, W_hh, packed, b_hh, h0, lengths, sorted_desc, bool(reverse))
     with parallel_slot(True) as par:
@@ -1447,7 +1454,11 @@ def gru_direction_backward(dy, col0, dh_n, tape, y, h0, W_hh, lengths, reverse, 
         threads = thread_count()
         Wv_T = recurrence_packing(W_T, name="amx_hh_T", threads=threads) if tiles else None
         if Wv_T is None or Wv_T.shape[0] == 0:
-            gru_backward_serial(*args, None, 3, 0, B)
+            ranges = training_row_ranges(T, B, H, lengths, dtype)
+            if ranges:
+                side_by_side(gru_backward_serial, [(*args, None, 3, b0, b1) for b0, b1 in ranges], len(ranges))
+            else:
+                gru_backward_serial(*args, None, 3, 0, B)
         else:
             # on tiles whatever the thread count (the gradients stay the same); ranges of rows on
             # several threads as the training forward takes them
@@ -1580,6 +1591,31 @@ def side_by_side(fn, tasks, threads):
     finally:
         for f in futures:
             f.result()
+
+
+def training_row_ranges(T, B, H, lengths, dtype):
+    """Ranges (b0, b1) of rows in which training's serial forward and backward kernels run side by
+    side on several threads (:func:`side_by_side`), or None for one call over all B rows: where
+    training's products take the panels (:func:`panels_gradient_wanted`; no AMX, whose tiles split
+    rows their own way), with two threads or more, H ≤ ``TRAINING_ROWS_MAX_HIDDEN``, every row
+    running all T ≥ ``PANEL_MIN_T`` steps and work enough (``PANEL_GRADIENT_POOL_MIN``). One range a
+    thread of a multiple of ``BIAS_ROWS`` rows (32; at least one such group each), so each row's sums
+    are those of one call over all rows: a step's product takes the panels for every row count there
+    (:func:`~numgru.kernels.forward.use_panels`, K ≤ 512 forward and M ≤ 1024 backward, one
+    thread's ``tiled_max``), in blocks of 8 rows counted from each range's first row, and the bias
+    sums run by the same groups of 32. Zen 4, two threads, T = 128, B = 64, H = 256: the forward
+    with its tape 37 → 19 ms, the backward kernel 48 → 26."""
+    threads = thread_count()
+    if threads < 2 or B < 2 * BIAS_ROWS or H > TRAINING_ROWS_MAX_HIDDEN or T < PANEL_MIN_T or \
+            amx_ready() or not panels_gradient_wanted(dtype) or 6 * T * B * H * H < PANEL_GRADIENT_POOL_MIN \
+            or lengths.min() < T:
+        return None
+    groups = -(-B // BIAS_ROWS)
+    n = min(threads, B // BIAS_ROWS)
+    # the groups dealt evenly, the larger shares last (the last group may be partial)
+    shares = [groups // n + (k >= n - groups % n) for k in range(n)]
+    ends = np.minimum(np.cumsum(shares) * BIAS_ROWS, B)
+    return [(int(b0), int(b1)) for b0, b1 in zip([0, *ends[:-1]], ends)]
 
 
 def training_panels(N, K, M, dtype):
