@@ -124,3 +124,42 @@ def test_side_by_side_routes_equal_one_thread(monkeypatch):
     np.testing.assert_allclose(c, _ref(np.concatenate([D[:, :2 * H], D2], 1), Hp), atol=1e-3)
     np.testing.assert_allclose(gx, X.astype(np.float64) @ W.T.astype(np.float64) + b, atol=1e-4)
     np.testing.assert_allclose(dx, D.astype(np.float64) @ W.astype(np.float64), atol=1e-4)
+
+
+_FORK_PROBE = r"""
+import multiprocessing as mp, sys
+import numpy as np
+from numgru.kernels import dispatch
+
+
+def gradients(threads):
+    dispatch.thread_count = lambda: threads
+    dispatch.PANEL_GRADIENT_POOL_MIN = 1
+    rng = np.random.default_rng(0)
+    D = rng.standard_normal((256, 48)).astype(np.float32)
+    X = rng.standard_normal((256, 32)).astype(np.float32)
+    out = np.empty((48, 32), np.float32)
+    dispatch.panel_gradients([(D, 0, 48, np.empty((256, 0), np.float32), X, out)])
+    return out
+
+
+if __name__ == "__main__":
+    first = gradients(2)  # the pool's threads start here
+    with mp.get_context("fork").Pool(1) as p:
+        again = p.apply_async(gradients, (2,)).get(timeout=120)
+    assert np.array_equal(first, again)
+    print("ok")
+"""
+
+
+@pytest.mark.skipif(not dispatch.panels_gradient_wanted(np.float32) or not hasattr(__import__("os"), "fork"),
+                    reason="the worker threads serve only the panels' routes; fork needs POSIX")
+def test_worker_threads_after_fork(tmp_path):
+    """A child forked after the worker threads started gets threads of its own (it would otherwise
+    wait forever for tasks no thread takes)."""
+    import subprocess
+    import sys
+    script = tmp_path / "fork_probe.py"
+    script.write_text(_FORK_PROBE)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr

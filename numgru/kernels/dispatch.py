@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -1652,18 +1653,20 @@ def pool_projection(x2d, W, bias, use_bias, out):
     return out
 
 
-_POOL = [None, 0]
+_POOL = [None, 0, 0]  # the executor, its workers, the process that made it
 _POOL_LOCK = threading.Lock()
 
 
 def _gradient_pool(workers):
-    """A thread pool of at least ``workers`` threads for :func:`panel_gradients`, made on first use
-    (and again, larger, when more threads are asked for)."""
+    """A thread pool of at least ``workers`` threads for :func:`side_by_side`, made on first use, and
+    again when more threads are asked for or in a child process forked after it was made (the child
+    inherits the pool's bookkeeping but none of its threads: its tasks would never run)."""
     with _POOL_LOCK:
-        if _POOL[1] < workers:
-            old = _POOL[0]
-            _POOL[0] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="numgru-gradient")
-            _POOL[1] = workers
+        pid = os.getpid()
+        if _POOL[1] < workers or _POOL[2] != pid:
+            old = _POOL[0] if _POOL[2] == pid else None
+            _POOL[:] = [ThreadPoolExecutor(max_workers=workers, thread_name_prefix="numgru-gradient"),
+                        workers, pid]
             if old is not None:
                 old.shutdown(wait=False)
         return _POOL[0]
