@@ -331,18 +331,19 @@ np.savez(sys.argv[2], dx=dx, dh0=dh0, y=y, **grads)
 
 # every row all T steps and work enough for the split paths where the CPU takes them (training's
 # rows in ranges side by side, the gradients and projections on worker threads: dispatch's
-# training_row_ranges, panel_gradients, pool_projection); 80 rows: ranges of 32 and 48
+# training_row_ranges, panel_gradients, pool_projection): 80 rows in ranges of 40, 20 rows of 8 and 12
 _THREADS_PROBE_FULL = r"""
 import sys, numba, numpy as np, numgru as ng
 numba.set_num_threads(int(sys.argv[1]))
 rng = np.random.default_rng(1)
-x = rng.standard_normal((16, 80, 24)).astype(np.float32)
 out = {}
-for reset_after in (True, False):
-    g = ng.GRU(24, 64, 2, bidirectional=True, seed=0, reset_after=reset_after)
-    y, h, tape = g.forward_train(x)
-    dx, dh0, grads = g.backward(tape, np.cos(y), np.ones_like(h))
-    out.update({f"{reset_after}_{k}": v for k, v in dict(dx=dx, dh0=dh0, y=y, **grads).items()})
+for B, H in ((80, 64), (20, 96)):
+    x = rng.standard_normal((16, B, 24)).astype(np.float32)
+    for reset_after in (True, False):
+        g = ng.GRU(24, H, 2, bidirectional=True, seed=0, reset_after=reset_after)
+        y, h, tape = g.forward_train(x)
+        dx, dh0, grads = g.backward(tape, np.cos(y), np.ones_like(h))
+        out.update({f"{B}_{reset_after}_{k}": v for k, v in dict(dx=dx, dh0=dh0, y=y, **grads).items()})
 np.savez(sys.argv[2], **out)
 """
 

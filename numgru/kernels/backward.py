@@ -29,9 +29,12 @@ from .amx import _amx_scratch, _tile_config, _tile_rows_product, tile_config, ti
 from .panel import TN_SLAB, gemm_tn, pack_panels, prefetch
 
 
-#: rows whose bias gradients share an accumulator (the ranges of :func:`gru_backward_amx_rows` are
-#: multiples of it)
-BIAS_ROWS = 32
+#: rows whose bias gradients share an accumulator (the ranges of rows that run side by side are
+#: multiples of it): 8, so that 16 rows split over two threads (32 read level on one thread)
+BIAS_ROWS = 8
+#: rows of each range of :func:`gru_backward_amx_rows` but the last: whole 32-row blocks of the tiles,
+#: as the training forward's ranges on tiles take them, and a multiple of ``BIAS_ROWS``
+AMX_RANGE_ROWS = 32
 #: rows ahead whose lines a step's row loop asks for (:func:`prefetch_row`)
 PREFETCH_ROWS = 2
 
@@ -399,12 +402,12 @@ def gru_backward_amx_rows(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc
                           gate_kind, alpha, beta, use_clip, clip, dgx, dgh, hprev, rhprev, dh0, db_ih,
                           db_hh, tiled_max, Wv_T, order, n_chunks):
     """:func:`gru_backward_amx` on Numba's threads: the B rows in ``n_chunks`` ranges (multiples of
-    ``BIAS_ROWS``, 32, but the last), each running every step on its own core's tiles (a row's
+    ``AMX_RANGE_ROWS``, 32, but the last), each running every step on its own core's tiles (a row's
     gradients through time never meet another row's but in the weight and bias sums, which the
     caller makes). Each row's arithmetic, and each group's bias sums, are those of one thread's run."""
     wide_vectors()
     B = h0.shape[0]
-    per = (B + BIAS_ROWS * n_chunks - 1) // (BIAS_ROWS * n_chunks) * BIAS_ROWS
+    per = (B + AMX_RANGE_ROWS * n_chunks - 1) // (AMX_RANGE_ROWS * n_chunks) * AMX_RANGE_ROWS
     nc = (B + per - 1) // per
     for c in prange(nc):
         wide_vectors()

@@ -1600,12 +1600,13 @@ def training_row_ranges(T, B, H, lengths, dtype):
     training's products take the panels (:func:`panels_gradient_wanted`; no AMX, whose tiles split
     rows their own way), with two threads or more, H ≤ ``TRAINING_ROWS_MAX_HIDDEN``, every row
     running all T ≥ ``PANEL_MIN_T`` steps and work enough (``PANEL_GRADIENT_POOL_MIN``). One range a
-    thread of a multiple of ``BIAS_ROWS`` rows (32; at least one such group each), so each row's sums
-    are those of one call over all rows: a step's product takes the panels for every row count there
-    (:func:`~numgru.kernels.forward.use_panels`, K ≤ 512 forward and M ≤ 1024 backward, one
+    thread of whole groups of ``BIAS_ROWS`` rows (8; the last group may be partial), so each row's
+    sums are those of one call over all rows: a step's product takes the panels for every row count
+    there (:func:`~numgru.kernels.forward.use_panels`, K ≤ 512 forward and M ≤ 1024 backward, one
     thread's ``tiled_max``), in blocks of 8 rows counted from each range's first row, and the bias
-    sums run by the same groups of 32. Zen 4, two threads, T = 128, B = 64, H = 256: the forward
-    with its tape 37 → 19 ms, the backward kernel 48 → 26."""
+    sums run by the same groups. Zen 4, two threads, T = 128: B = 64, H = 256, the forward with its
+    tape 37 → 19 ms, the backward kernel 48 → 26; the step at B = 16, H = 256 (ranges of 8 rows,
+    bias groups of 8 rather than 32, level on one thread) 38–41 → 29–32 ms."""
     threads = thread_count()
     if threads < 2 or B < 2 * BIAS_ROWS or H > TRAINING_ROWS_MAX_HIDDEN or T < PANEL_MIN_T or \
             amx_ready() or not panels_gradient_wanted(dtype) or 6 * T * B * H * H < PANEL_GRADIENT_POOL_MIN \
