@@ -89,7 +89,8 @@ def test_main_names_a_bad_option_before_running(option, value, message, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["bench", "--threads", "0"], "--threads: expected integers >= 1"),
-    (["bench", "--peers", "foo", "--seq-len", "2", "--batch", "1", "--hidden", "4"], "--peers: unknown peer 'foo'"),
+    (["bench", "--peers", "foo", "--seq-len", "2", "--batch", "1", "--hidden", "4"],
+     "--peers: unknown peer 'foo'"),
 ])
 def test_console_reports_a_bad_option_as_argparse_does(argv, message, capsys):
     """The ``numgru`` command (``console``): exit status 2 and one error line naming the option, no

@@ -134,8 +134,8 @@ PARALLEL_PACK_MIN_VALUES = 1 << 17
 #: the product M·N·K above which OpenBLAS spreads a GEMM over its threads (its
 #: GEMM_MULTITHREAD_THRESHOLD, 4, times SMP_THRESHOLD_MIN, 65536)
 BLAS_THREADED_MNK = 4 * 65536
-#: fewest multiply-adds of :func:`panel_gradients` that go to its worker threads (below, one thread:
-#: a hand-off costs tens of µs)
+#: fewest multiply-adds (about) of a call that :func:`side_by_side` spreads over worker threads
+#: (below, one thread: a hand-off costs tens of µs)
 PANEL_GRADIENT_POOL_MIN = 1 << 24
 #: :func:`training_panels`: fewest rows, most inner values (K)
 TRAINING_PANELS_MIN_ROWS = 64
@@ -1457,7 +1457,8 @@ def gru_direction_backward(dy, col0, dh_n, tape, y, h0, W_hh, lengths, reverse, 
         if Wv_T is None or Wv_T.shape[0] == 0:
             ranges = training_row_ranges(T, B, H, lengths, dtype)
             if ranges:
-                side_by_side(gru_backward_serial, [(*args, None, 3, b0, b1) for b0, b1 in ranges], len(ranges))
+                side_by_side(gru_backward_serial, [(*args, None, 3, b0, b1) for b0, b1 in ranges],
+                             len(ranges))
             else:
                 gru_backward_serial(*args, None, 3, 0, B)
         else:
@@ -1482,10 +1483,11 @@ def weight_gradient(D, X, out, D2=None, c0=0):
     summed over all N = T·B rows; out (M, I) C-contiguous. G is D, or with ``D2`` (N, M2) D's first
     M − M2 columns followed by D2's (reset_after's dW_hh: the r and z blocks of dgx, the n block of
     its own); ``c0``: D's columns from c0 on instead (reset_before's dW_hn, dgx's n block). On AMX
-    tiles where :func:`amx_gradient_wanted` says so, else on the panel block where
-    :func:`panels_gradient_wanted` says so (either on Numba's threads where there are several and
-    the parallel slot is free), else in BLAS (:func:`~numgru.kernels.backward.matmul_into`). Either
-    way each sum runs in an order that does not depend on the thread count."""
+    tiles where :func:`amx_gradient_wanted` says so (on Numba's threads where there are several and
+    the parallel slot is free), else on the panel block where :func:`panels_gradient_wanted` says so
+    (:func:`panel_gradients`: on worker threads side by side where there are several), else in BLAS
+    (:func:`~numgru.kernels.backward.matmul_into`). Either way each sum runs in an order that does
+    not depend on the thread count."""
     N = D.shape[0]
     M = out.shape[0]
     if D2 is None:
@@ -1563,8 +1565,8 @@ def panel_gradients(jobs):
     BLAS call each waited for the cores the other pool held (two threads, T = 32, B = 16, H = 64:
     the training step 8.0 ms against 1.2). A worker here sleeps on a queue when idle. Each column's
     sums are those of one call on one thread, whatever the split."""
-    jobs = [(np.ascontiguousarray(D), int(c0), int(m1), np.ascontiguousarray(D2), np.ascontiguousarray(X), out)
-            for D, c0, m1, D2, X, out in jobs]
+    jobs = [(np.ascontiguousarray(D), int(c0), int(m1), np.ascontiguousarray(D2), np.ascontiguousarray(X),
+             out) for D, c0, m1, D2, X, out in jobs]
     threads = thread_count()
     work = sum(X.shape[0] * out.shape[0] * X.shape[1] for _, _, _, _, X, out in jobs)
     if threads == 1 or work < PANEL_GRADIENT_POOL_MIN:
@@ -1703,18 +1705,18 @@ def input_gradient(dG, W_ih, out, accumulate):
 
 def panels_gradient_wanted(*dtypes):
     """Whether :func:`weight_gradient` runs on the panel block with the operands where they lie
-    (:func:`~numgru.kernels.backward.weight_gradient_panels`; X's columns split over Numba's threads
-    where there are several): one float dtype, where BLAS's vectors are no wider than Numba's (not
+    (:func:`~numgru.kernels.backward.weight_gradient_panels`; :func:`panel_gradients` on several
+    threads): one float dtype, where BLAS's vectors are no wider than Numba's (not
     :data:`WIDE_BLAS`: on Intel's AVX-512 OpenBLAS's sgemm was left, not measured against it).
 
-    Zen 4 (one thread, N, M, I, ms, against OpenBLAS's sgemm on the transposed gate gradients):
-    8192, 768, 256 35.2 against 39.5; (512 + 256), 256 34.1 against 41.2; 2048, 192, 64 0.44
-    against 0.61; 8192, 384, 128 8.0 against 11.2; 4096, 768, 256 15.7 against 19.1; level at
-    2048, 1536, 512 (32.6 / 33.7), 8192, 3072, 1024 (516 / 506) and 512, 48, 16. Two threads:
-    8192, 768, 256 16.0 against 20.1; 2048, 192, 64 0.23 against 0.33; 8192, 384, 128 4.9 against
-    10.3; 8192, 3072, 1024 262 / 259; 2048, 1536, 512 20.2 against 17.7. The sums run in chunks of
-    k, each from zero (N = 8192, 768 × 256: largest error 1.5e-4 against sgemm's 1.8e-4 on values
-    near 90)."""
+    Zen 4 (one thread, N, M, I, ms, against OpenBLAS's sgemm on the transposed gate gradients): 8192,
+    768, 256 35.2 against 39.5; (512 + 256), 256 34.1 against 41.2; 2048, 192, 64 0.44 against 0.61;
+    8192, 384, 128 8.0 against 11.2; 4096, 768, 256 15.7 against 19.1; level at 2048, 1536, 512 (32.6 /
+    33.7), 8192, 3072, 1024 (516 / 506) and 512, 48, 16. Two threads (X's columns split over both in a
+    Numba parallel region, since replaced by :func:`side_by_side`; alone, not inside a training step):
+    8192, 768, 256 16.0 against 20.1; 2048, 192, 64 0.23 against 0.33; 8192, 384, 128 4.9 against 10.3;
+    8192, 3072, 1024 262 / 259; 2048, 1536, 512 20.2 against 17.7. The sums run in chunks of k, each
+    from zero (N = 8192, 768 × 256: largest error 1.5e-4 against sgemm's 1.8e-4 on values near 90)."""
     return not WIDE_BLAS and dtypes[0] in (np.float32, np.float64) and all(d == dtypes[0] for d in dtypes)
 
 

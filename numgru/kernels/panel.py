@@ -39,12 +39,12 @@ float32 panels of the widened weights bit for bit. One row, K = 64 / 256: 0.43 /
 8.0 µs for float32 panels; K = 512 / 1024 (float32 beyond L2): 37 / 286 µs against 111 / 545.
 
 A weight gradient, dW = G.T @ X summed over all T·B rows, runs on the same block with nothing packed
-(:func:`gemm_tn`): its rows are X's columns (each value broadcast from X's row k), its panels
-NC-wide strips of G's columns as they lie (one vector load per strip row, G's rows apart; the last
-strip's loads masked, so nothing past G is read), and each k-chunk's sum starts from zero and is added to out, so the error
-grows with the chunks' count rather than with T·B. Zen 4, one thread, T·B = 8192, 768 × 256: 91–102
-GFLOP/s against 76–82 for OpenBLAS's sgemm on the transposed operand (packing G instead first cost
-17 ms of copying).
+(:func:`gemm_tn`): its rows are X's columns (each value broadcast from X's row k), its panels NC-wide
+strips of G's columns as they lie (one vector load per strip row, G's rows apart; the last strip's loads
+masked, so nothing past G is read), and each k-chunk's sum starts from zero and is added to out, so the
+error grows with the chunks' count rather than with T·B. Zen 4, one thread, T·B = 8192, 768 × 256:
+91–102 GFLOP/s against 76–82 for OpenBLAS's sgemm on the transposed operand (packing G instead first
+cost 17 ms of copying).
 """
 import llvmlite.binding as ll
 import numpy as np
@@ -422,7 +422,8 @@ def _emit_gemm(context, builder, fty, a_ptr, lda, b_ptr, P, o_ptr, ldo, n, M, K,
                         for r in range(mr):
                             for v in range(NV):
                                 a = accs[0][r][v]
-                                builder.store(builder.fadd(builder.load(a), builder.load(optrs[r][v], align=size)), a)
+                                o = builder.load(optrs[r][v], align=size)
+                                builder.store(builder.fadd(builder.load(a), o), a)
                     with part:
                         for v in range(NV):
                             mask = vec_mask(builder.add(j0, const(v * L)))
@@ -434,7 +435,8 @@ def _emit_gemm(context, builder, fty, a_ptr, lda, b_ptr, P, o_ptr, ldo, n, M, K,
         # packed: out's values start the sums, a running sum over k; unpacked (sums over the long k of
         # a weight gradient): each chunk's sum from zero, then added to out — the error grows with the
         # chunks' count rather than with K (K = 8192: mean error 2.9e-5 against 1.0e-4)
-        with cgutils.if_unlikely(builder, builder.not_(builder.or_(first, ir.Constant(ir.IntType(1), unpacked)))):
+        from_out = builder.not_(builder.or_(first, ir.Constant(ir.IntType(1), unpacked)))
+        with cgutils.if_unlikely(builder, from_out):
             with builder.if_else(full, likely=True) as (whole, part):
                 with whole:
                     for r in range(mr):
