@@ -1490,9 +1490,8 @@ def weight_gradient(D, X, out, D2=None, c0=0):
     not depend on the thread count."""
     N = D.shape[0]
     M = out.shape[0]
-    if D2 is None:
-        D2 = np.empty((N, 0), D.dtype)
-    m1 = M - D2.shape[1]
+    job = _gradient_job(D, X, out, D2, c0)
+    D2, m1 = job[3], job[2]
     threads = thread_count()
     if c0 == 0 and amx_gradient_wanted(N, M, X.shape[1], D.dtype):
         D = np.ascontiguousarray(D)
@@ -1504,10 +1503,9 @@ def weight_gradient(D, X, out, D2=None, c0=0):
                     amx_gradient(D, D2, X, out, order):
                 return out
     if panels_gradient_wanted(D.dtype, D2.dtype, X.dtype, out.dtype):
-        panel_gradients([(D, c0, m1, D2, X, out)])
+        panel_gradients([job])
         return out
-    D = D[:, c0:c0 + m1]
-    matmul_into(np.ascontiguousarray(D[:, :m1]).T, X, out[:m1], False)  # (a copy only for a D2)
+    matmul_into(np.ascontiguousarray(D[:, c0:c0 + m1]).T, X, out[:m1], False)  # (a copy only for a D2)
     if m1 < M:
         matmul_into(D2.T, X, out[m1:], False)
     return out
@@ -1540,18 +1538,22 @@ def weight_gradient_pair(a, b):
                     a = None
                 elif ok[1]:
                     b = None
-    if a is not None and b is not None and not amx_ready() and all(
-            panels_gradient_wanted(D.dtype, X.dtype, out.dtype, *(() if D2 is None else (D2.dtype,)))
-            for D, X, out, D2 in (a, b)):
-        jobs = []
-        for D, X, out, D2 in (a, b):
-            D2 = np.empty((D.shape[0], 0), D.dtype) if D2 is None else D2
-            jobs.append((D, 0, out.shape[0] - D2.shape[1], D2, X, out))
-        panel_gradients(jobs)
-        return
+    if a is not None and b is not None and not amx_ready():
+        jobs = [_gradient_job(*job) for job in (a, b)]
+        if all(panels_gradient_wanted(D.dtype, D2.dtype, X.dtype, out.dtype) for D, _, _, D2, X, out in jobs):
+            panel_gradients(jobs)
+            return
     for job in (a, b):
         if job is not None:
             weight_gradient(job[0], job[1], job[2], job[3])
+
+
+def _gradient_job(D, X, out, D2=None, c0=0):
+    """:func:`weight_gradient`'s arguments as :func:`panel_gradients` takes a job:
+    (D, c0, m1, D2, X, out), D2 (N, 0) where None and m1 the gradient's rows that come from D."""
+    if D2 is None:
+        D2 = np.empty((D.shape[0], 0), D.dtype)
+    return D, c0, out.shape[0] - D2.shape[1], D2, X, out
 
 
 def panel_gradients(jobs):

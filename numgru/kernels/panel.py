@@ -331,7 +331,7 @@ def _splat(builder, x, ty):
 
 
 def _emit_gemm(context, builder, fty, a_ptr, lda, b_ptr, P, o_ptr, ldo, n, M, K, Kp, mc, accumulate, bf16,
-               ak=None, ldw=None, kc=None):
+               ak=None, ldw=None):
     """Emit out[i, j] (+)= Σ_k A[i, k] · W[j, k] for i < n, j < M, with every size and stride in elements
     (intp values):
 
@@ -414,40 +414,29 @@ def _emit_gemm(context, builder, fty, a_ptr, lda, b_ptr, P, o_ptr, ldo, n, M, K,
                 for v in range(NV):
                     builder.store(zero, accs[s][r][v])
 
-        def add_out():
-            """accs[0] += what out holds (unless ``first``)."""
+        def take_out(add):
+            """accs[0] = what out holds (``add``: accs[0] += it), unless ``first``."""
             with cgutils.if_unlikely(builder, builder.not_(first)):
                 with builder.if_else(full, likely=True) as (whole, part):
                     with whole:
                         for r in range(mr):
                             for v in range(NV):
-                                a = accs[0][r][v]
                                 o = builder.load(optrs[r][v], align=size)
-                                builder.store(builder.fadd(builder.load(a), o), a)
+                                a = accs[0][r][v]
+                                builder.store(builder.fadd(builder.load(a), o) if add else o, a)
                     with part:
                         for v in range(NV):
                             mask = vec_mask(builder.add(j0, const(v * L)))
                             for r in range(mr):
-                                a = accs[0][r][v]
                                 o = builder.call(mload, [optrs[r][v], ir.Constant(i32, size), mask, zero])
-                                builder.store(builder.fadd(builder.load(a), o), a)
+                                a = accs[0][r][v]
+                                builder.store(builder.fadd(builder.load(a), o) if add else o, a)
 
         # packed: out's values start the sums, a running sum over k; unpacked (sums over the long k of
         # a weight gradient): each chunk's sum from zero, then added to out — the error grows with the
         # chunks' count rather than with K (K = 8192: mean error 2.9e-5 against 1.0e-4)
-        from_out = builder.not_(builder.or_(first, ir.Constant(ir.IntType(1), unpacked)))
-        with cgutils.if_unlikely(builder, from_out):
-            with builder.if_else(full, likely=True) as (whole, part):
-                with whole:
-                    for r in range(mr):
-                        for v in range(NV):
-                            builder.store(builder.load(optrs[r][v], align=size), accs[0][r][v])
-                with part:
-                    for v in range(NV):
-                        mask = vec_mask(builder.add(j0, const(v * L)))
-                        for r in range(mr):
-                            builder.store(builder.call(mload, [optrs[r][v], ir.Constant(i32, size),
-                                                               mask, zero]), accs[0][r][v])
+        if not unpacked:
+            take_out(False)
         arows = [builder.mul(builder.add(i0, const(r)), lda) for r in range(mr)]
 
         def fmas(k, s, ws):
@@ -502,7 +491,7 @@ def _emit_gemm(context, builder, fty, a_ptr, lda, b_ptr, P, o_ptr, ldo, n, M, K,
         else:
             kloop(None)
         if unpacked:
-            add_out()
+            take_out(True)
         vals = [[builder.load(accs[0][r][v]) for v in range(NV)] for r in range(mr)]
         if sets == 2:
             vals = [[builder.fadd(vals[r][v], builder.load(accs[1][r][v])) for v in range(NV)]
@@ -521,7 +510,7 @@ def _emit_gemm(context, builder, fty, a_ptr, lda, b_ptr, P, o_ptr, ldo, n, M, K,
     # k in chunks of KC, so that each panel's chunk (KC × NC values, ~24 KB) stays in L1 while the row
     # blocks of a slab pass over it; out is written by the first chunk (unless ``accumulate``) and added
     # to by the others
-    KC = kc or max(16, (24576 // (NC * size)) // 2 * 2)
+    KC = max(16, (24576 // (NC * size)) // 2 * 2)
     panel_len = const(NC) if unpacked else builder.mul(Kp, const(NC))
     with cgutils.for_range_slice(builder, const(0), n, mc, intp) as (s0, _):
         s1 = builder.select(builder.icmp_signed("<", builder.add(s0, mc), n), builder.add(s0, mc), n)
@@ -648,6 +637,12 @@ def panel_rows(x, Wp, bias, use_bias, out, r0, r1):
 
 
 
+#: rows of out.T per slab in :func:`gemm_tn` (x's columns): a slab's k chunk of x stays in L2 while
+#: the strips of d pass over it (N = 8192, M = 768, I = 256, one thread: 99 GFLOP/s for 256 and for
+#: chunks of 64 k, 83 for slabs of 128)
+TN_SLAB = 256
+
+
 @intrinsic
 def _block_gemm_tn(typingctx, x, d, c0, m, out, o0, r0, r1):
     """out.flat[o0 + (r − r0)·ldo + j] = Σ_k x[k, r] · d[k, c0 + j] for r0 ≤ r < r1, j < m: the
@@ -674,12 +669,6 @@ def _block_gemm_tn(typingctx, x, d, c0, m, out, o0, r0, r1):
                    ir.Constant(cgutils.intp_t, TN_SLAB), ir.Constant(ir.IntType(1), 0), False, ak=I, ldw=ldd)
         return context.get_dummy_value()
     return sig, codegen
-
-
-#: rows of out.T per slab in :func:`gemm_tn` (x's columns): a slab's k chunk of x stays in L2 while
-#: the strips of d pass over it (N = 8192, M = 768, I = 256, one thread: 99 GFLOP/s for 256 and for
-#: chunks of 64 k, 83 for slabs of 128)
-TN_SLAB = 256
 
 
 @device
