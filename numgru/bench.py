@@ -120,14 +120,23 @@ SETTLE_S = 0.3
 ROUNDS = 3
 
 
-def time_it(fn, budget=0.4, min_repeat=3, max_repeat=50, repeat=None):
-    """Median wall time (s) of ``fn()`` after a pause and one warm-up call.
+def pause_for(threads):
+    """The pause (s) before timing a backend pinned to ``threads``: ``SETTLE_S`` where pools run
+    (see :func:`time_it`), none on one thread, where every backend is pinned to the calling thread
+    and no pool has workers to spin (``--quick``, one thread: 8–9 s against 37–38 s, the ratios
+    alike within the machine's noise)."""
+    return SETTLE_S if threads > 1 else 0.0
+
+
+def time_it(fn, budget=0.4, min_repeat=3, max_repeat=50, repeat=None, pause=None):
+    """Median wall time (s) of ``fn()`` after a pause (``pause`` s, default ``SETTLE_S``) and one
+    warm-up call.
 
     The pause lets the worker threads of whatever ran before (OpenBLAS, OpenVINO and ONNX Runtime pools
     spin for a while after each call) go idle, so that no backend is timed against another's spinning
     threads: on 2 vCPUs that made the next backend's per-step parallel regions up to 2× slower.
     """
-    time.sleep(SETTLE_S)
+    time.sleep(SETTLE_S if pause is None else pause)
     fn()
     t0 = time.perf_counter()
     fn()
@@ -334,7 +343,8 @@ def run_point(T, B, H, threads, peers, tmpdir, repeat=None, budget=0.4, bf16=Fal
         if fn is not None:
             runs[name] = fn
     med = _take_turns(runs, lambda fn: time_it(fn, budget=budget / ROUNDS, min_repeat=1,
-                                               max_repeat=50 // ROUNDS, repeat=repeat))
+                                               max_repeat=50 // ROUNDS, repeat=repeat,
+                                               pause=pause_for(threads)))
     t = med["numgru"]
     row["numgru_ms"] = t * 1e3
     row["numgru_seq_per_s"] = B / t
@@ -364,11 +374,11 @@ def run_point(T, B, H, threads, peers, tmpdir, repeat=None, budget=0.4, bf16=Fal
 STEP_PEERS = ("torch", "onnxruntime")
 
 
-def time_step(fn, calls=300, blocks=15, block_s=0.005):
-    """Median time (s) of one call of a µs-scale ``fn``: after a pause and a warm-up block, the median
-    over ``blocks`` blocks of at most ``calls`` calls each (fewer for slow calls: about ``block_s`` a
-    block, at least 3 calls)."""
-    time.sleep(SETTLE_S)
+def time_step(fn, calls=300, blocks=15, block_s=0.005, pause=None):
+    """Median time (s) of one call of a µs-scale ``fn``: after a pause (as :func:`time_it`'s) and a
+    warm-up block, the median over ``blocks`` blocks of at most ``calls`` calls each (fewer for slow
+    calls: about ``block_s`` a block, at least 3 calls)."""
+    time.sleep(SETTLE_S if pause is None else pause)
     fn()
     t0 = time.perf_counter()
     fn()
@@ -415,7 +425,7 @@ def run_step_point(B, H, threads, peers, tmpdir, bf16=False, calls=300, blocks=1
                           "step")
             if fn is not None:
                 runs[name] = fn
-    med = _take_turns(runs, lambda fn: time_step(fn, calls, blocks))
+    med = _take_turns(runs, lambda fn: time_step(fn, calls, blocks, pause=pause_for(threads)))
     for name in runs:
         row[f"{name}_us"] = med[name] * 1e6
     for name in runs:
@@ -555,7 +565,7 @@ def main(args):
             raise BadOption(f"--precision: expected 'high' and/or 'medium', got {p!r}")
     asked = [p for p in args.peers.split(",") if p and p != "none"]
     peers = available_peers(asked)
-    budget = 0.15 if args.quick else 0.5
+    budget = 0.3 if args.quick else 0.5
     layer = threading_layer()
     print(f"numgru {ng.__version__} | numba {numba.__version__} ({layer} threads) | CPU {_cpu_name()} "
           f"({os.cpu_count()} cores)")
@@ -573,6 +583,7 @@ def main(args):
     with tempfile.TemporaryDirectory() as tmpdir:
         for n in threads:
             with pinned_threads(n):
+                time.sleep(SETTLE_S)  # (the pools of the thread count before, which one thread skips)
                 for T in grid["seq_len"]:
                     for B in grid["batch"]:
                         for H in grid["hidden"]:
@@ -586,6 +597,7 @@ def main(args):
         if args.steps:
             for n in threads:
                 with pinned_threads(n):
+                    time.sleep(SETTLE_S)
                     for B in [b for b in grid["batch"] if b <= 16]:
                         for H in grid["hidden"]:
                             row = run_step_point(B, H, n, peers, tmpdir, bf16=args.bf16,

@@ -95,7 +95,7 @@ def main(argv=None):
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_info)
     p = sub.add_parser("bench", help="compare numgru with installed peers (torch, onnxruntime, openvino)")
-    p.add_argument("--quick", action="store_true", help="a small grid, about 30 s")
+    p.add_argument("--quick", action="store_true", help="a small grid, about 10 s on one thread")
     p.add_argument("--threads", default="1", help="comma-separated thread counts, e.g. 1,2")
     p.add_argument("--seq-len", default=None, help="comma-separated T values")
     p.add_argument("--batch", default=None, help="comma-separated B values")

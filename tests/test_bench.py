@@ -122,6 +122,18 @@ def test_a_peer_that_disagrees_is_reported_not_timed(tmp_path, monkeypatch):
     assert "differs" in row["torch_error"] and "torch_ms" not in row
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_backends_pause_only_where_pools_may_spin(threads, tmp_path, monkeypatch):
+    # the pause before each backend's timing lets other pools' workers go idle: none run on one thread
+    monkeypatch.setattr(bench, "SETTLE_S", 0.25)
+    pauses = []
+    monkeypatch.setattr(bench.time, "sleep", pauses.append)
+    bench.run_point(3, 1, 4, threads, [], str(tmp_path), repeat=1, budget=0.01)
+    bench.run_step_point(1, 4, threads, [], str(tmp_path), calls=2, blocks=1)
+    assert len(pauses) == bench.ROUNDS + 2 * bench.ROUNDS  # numgru; its stream and its cell
+    assert set(pauses) == {0.25 if threads > 1 else 0.0}
+
+
 def test_main_writes_json(tmp_path, capsys):
     from numgru.cli import main
     out = tmp_path / "b.json"
