@@ -371,10 +371,15 @@ def test_input_projection_on_panels_one_thread(dtype, bias, B):
     packed panels of W_ih (a layer of 37 inputs, then one of 2·H); the whole model agrees with the
     reference."""
     from numgru.kernels import dispatch
-    for rows, inputs in [(16, 64), (32, 128), (128, 256)]:
+    if dispatch.ZEN_PROJECTION:  # Zen 4/5: by its own table, from 16 / 24 / 48 / 129 rows
+        least = [(16, 64), (24, 128), (48, 256), (129, 768)]
+        assert not dispatch.projection_panels(10000, 769, 1)
+    else:
+        least = [(16, 64), (32, 128), (128, 256)]
+        assert not dispatch.projection_panels(1000, 257, 1)
+    for rows, inputs in least:
         assert dispatch.projection_panels(rows, inputs, 1)
         assert not dispatch.projection_panels(rows - 1, inputs, 1)
-    assert not dispatch.projection_panels(1000, 257, 1)
     # with BLAS on several threads, only the few rows where one thread's panels beat it
     for N, I, want in [(128, 64, True), (129, 64, False), (64, 128, True), (65, 128, False),
                        (16, 64, True), (15, 64, False), (100, 129, False)]:
@@ -414,16 +419,23 @@ def test_input_projection_on_numba_threads(two_threads, N, I):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("N, I", [(2, 5), (3, 37), (16, 64), (17, 64), (32, 130), (33, 16), (64, 130),
-                                  (65, 256), (40, 300)])
-def test_input_projection_few_rows(dtype, N, I):
+                                  (65, 256), (40, 300), (100, 600), (140, 300)])
+def test_input_projection_few_rows(dtype, N, I, one_thread):
     """Few rows (short sequences, small batches) take the dot-product block instead of BLAS: on one
-    thread up to 32 rows (64 for 129–256 inputs), on more up to 32 rows for at most 128 inputs and
+    thread up to 32 rows (64 for 129–256 inputs; on Zen 4/5 up to 15 / 23 / 47 / 128 / 32 rows for
+    at most 64 / 128 / 256 / 768 / more inputs), on more up to 32 rows for at most 128 inputs and
     16 otherwise, in training up to 16; every route agrees with NumPy."""
     from numgru.kernels import dispatch
-    assert dispatch.projection_dot(N, I, 1, False) == (2 <= N <= (64 if 128 < I <= 256 else 32))
+    if dispatch.ZEN_PROJECTION:
+        most = next(rows for inputs, rows in [(64, 15), (128, 23), (256, 47), (768, 128), (1 << 62, 32)]
+                    if I <= inputs)
+    else:
+        most = 64 if 128 < I <= 256 else 32
+    assert dispatch.projection_dot(N, I, 1, False) == (2 <= N <= most)
     for threads in (1, 2, 8):  # training's bound is the same for every thread count
         assert dispatch.projection_dot(N, I, threads, True) == (2 <= N <= 16)
     assert dispatch.projection_dot(N, I, 2, False) == (2 <= N <= (32 if I <= 128 else 16))
+    # (on one thread: the serial kernel takes the one-thread routes above)
     rng = np.random.default_rng(N * 100 + I)
     x2d = rng.standard_normal((N, I)).astype(dtype)
     W = rng.standard_normal((3 * 24, I)).astype(dtype)

@@ -43,7 +43,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numba
 import numpy as np
 
-from ._jit import target_cpu
+from ._jit import avx512_zen, target_cpu
 from .amx import (amx_gradient, amx_gradient_pair, amx_gradient_parallel, amx_projection,
                   amx_projection_parallel, amx_digit_projection, amx_digit_projection_parallel, amx_ready,
                   DIGIT_MAX_K, DIGIT_WIDE_BYTES, digits_size, gru_forward_amx, gru_forward_amx_rows,
@@ -86,6 +86,10 @@ PROJ_DOT_MAX_ROWS_MID_INPUTS = 64
 PROJ_DOT_MAX_ROWS_NARROW = 32
 PROJ_DOT_NARROW_INPUTS = 128
 PROJ_PANELS_BLAS_THREADS = ((64, 128), (128, 64))
+#: the serial projection on one thread on Zen 4/5 (:data:`ZEN_PROJECTION`), by the most inputs I of
+#: each entry: (most I, most rows for the dot-product block, fewest rows for the panels or None);
+#: the rows between go to BLAS (see :func:`projection_panels`)
+PROJ_ONE_THREAD_ZEN = ((64, 15, 16), (128, 23, 24), (256, 47, 48), (768, 128, 129), (1 << 62, 32, None))
 PACKED_PROJ_MAX_INPUTS = 256
 PACKED_PROJ_MAX_INPUTS_WIDE = 512
 PACKED_PROJ_MAX_ROWS_WIDE = 128
@@ -189,6 +193,8 @@ def thread_count():
 
 
 WIDE_BLAS = blas_vectors_wider()
+#: whether the serial projection's routes on one thread follow ``PROJ_ONE_THREAD_ZEN`` (AMD Zen 4/5)
+ZEN_PROJECTION = avx512_zen()
 _PARALLEL_LOCK = threading.Lock()
 
 #: the products a float32 product on AMX tiles keeps at each precision, as the pieces' ``order``
@@ -939,6 +945,8 @@ def projection_dot(N, I, threads, training):
         # the block on one thread still beat BLAS on two for I ≤ 128 (µs, I = 64 / 128, N = 17: 6.4 /
         # 18.5 against 9.6 / 22.4; N = 32: 9.1 / 27.5 against 14.0 / 30.4)
         return 2 <= N <= (PROJ_DOT_MAX_ROWS_NARROW if I <= PROJ_DOT_NARROW_INPUTS else PROJ_DOT_MAX_ROWS)
+    if ZEN_PROJECTION:  # (see projection_panels)
+        return 2 <= N <= _zen_projection(I)[1]
     lo, hi = PROJ_DOT_MID_INPUTS
     return 2 <= N <= (PROJ_DOT_MAX_ROWS_MID_INPUTS if lo < I <= hi else PROJ_DOT_MAX_ROWS_ONE_THREAD)
 
@@ -951,14 +959,30 @@ def serial_projection_panels(N, I, threads):
     pairs). Measured on the 2-vCPU Intel machine (float32, 3I outputs, µs, panels against BLAS on two
     threads, packing included): I = 64, N = 64 / 128 / 256 14.7 / 25.0 / 45.3 against 23.4 / 36.7 /
     46.0; I = 128, N = 64 / 128 47.7 / 87.9 against 54.3 / 81.7."""
-    if not projection_panels(N, I, 1):
-        return False
     if threads == 1:
-        return True
+        return projection_panels(N, I, 1)
+    if not _panels_one_thread(N, I):
+        return False
     for max_inputs, max_rows in PROJ_PANELS_BLAS_THREADS:
         if I <= max_inputs:
             return N <= max_rows
     return False
+
+
+def _panels_one_thread(N, I):
+    """:func:`projection_panels` on one thread by ``PROJ_PANELS_MIN_ROWS`` (measured on Intel)."""
+    for max_inputs, min_rows in PROJ_PANELS_MIN_ROWS:
+        if I <= max_inputs:
+            return N >= min_rows
+    return False
+
+
+def _zen_projection(I):
+    """The row of ``PROJ_ONE_THREAD_ZEN`` for I inputs."""
+    for row in PROJ_ONE_THREAD_ZEN:
+        if I <= row[0]:
+            return row
+    return PROJ_ONE_THREAD_ZEN[-1]
 
 
 def projection_panels(N, I, threads):
@@ -988,12 +1012,23 @@ def projection_panels(N, I, threads):
       N = 256 / 512 / 2048 1.20× / 1.34–1.47× / 1.40×, N = 128 0.93×; I = H = 768: N = 256 / 512 /
       1024 0.90× / 1.80× / 1.37×; whole forward, paired against 545ae11: B = 4, H = 768 / 1024
       1.10× / 1.11×, B = 8, H = 1024 1.19× (it had taken 2048 rows to repay packing 12 MB).
+
+    On Zen 4 one thread follows ``PROJ_ONE_THREAD_ZEN`` (:func:`_zen_projection`), measured on the
+    2-vCPU AMD EPYC (kernel alone, packing included, 3I outputs, µs, panels / dot-product block /
+    BLAS): I = 64, N = 16 / 32 / 96 5.7 / 6.0 / 8.2, 9.5 / 12.7 / 14.5, 24.1 / 36.3 / 28.6; I = 128,
+    N = 16 / 24 / 64 19.2 / 18.4 / 24.1, 26.1 / 27.4 / 37.5, 61.4 / 70.9 / 83.5; I = 256, N = 32 / 48 /
+    96 / 256 132 / 127 / 154, 188 / 190 / 222, 358 / 379 / 405, 916 / – / 990 (1.07–1.17× BLAS from 16
+    rows); I = 512, N = 32 / 96 / 128 / 512 543 / 480 / 585, 1489 / 1441 / 1594, 1948 / 1950 / 2070,
+    7488–7711 / 8055–8149 / 7739–8046; I = 768, N = 128 / 256 4641 / 4250–4335 / 4700, 8680 / 8740 /
+    8750; I = 1024, N = 128 / 192 / 512 / 2048 9150–9260 / 8730–9130 / 9910–9940, 12500 / 13500 / 13500,
+    32200–32400 / 32600 / 32300–32800, 132000–141000 / – / 124000–127000 (the panels' depth, K = 1024,
+    no longer in L1).
     """
     if threads == 1:
-        for max_inputs, min_rows in PROJ_PANELS_MIN_ROWS:
-            if I <= max_inputs:
-                return N >= min_rows
-        return False
+        if ZEN_PROJECTION:
+            least = _zen_projection(I)[2]
+            return least is not None and N >= least
+        return _panels_one_thread(N, I)
     return N >= PROJ_PANELS_MIN_ROWS_PARALLEL and (I <= PROJ_PANELS_MAX_INPUTS_PARALLEL
                                                    or N >= PROJ_PANELS_MIN_ROWS_PARALLEL_WIDE)
 
