@@ -62,6 +62,37 @@ def _check_output(path, option):
         raise BadOption(f"{option}: folder {folder!r} does not exist")
 
 
+def point_bytes(T, B, H):
+    """About the memory (bytes) one point of the grid takes at its peak (I = H): the input, drawn in
+    float64 and kept in float32, the projection and the outputs of numgru and of each peer (float32),
+    and the weights (float64 while drawn, float32 in numgru and in each peer's copy)."""
+    rows = T * B
+    return 8 * rows * H + 4 * rows * H * (1 + 3 + 4) + 8 * 6 * H * H * 4
+
+
+def physical_memory():
+    """This machine's physical memory in bytes, or None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _check_memory(grid):
+    """Fail before the runs, naming the options, when the grid's largest point (:func:`point_bytes`)
+    would take more than half of this machine's memory (rather than a MemoryError, or the OS's
+    out-of-memory killer, part way through)."""
+    total = physical_memory()
+    if not total:
+        return
+    T, B, H = max(grid["seq_len"]), max(grid["batch"]), max(grid["hidden"])
+    need = point_bytes(T, B, H)
+    if need > total // 2:
+        raise BadOption(f"--seq-len/--batch/--hidden: the point T={T}, B={B}, H={H} needs about "
+                        f"{need / 2**30:.3g} GiB, more than half of this machine's "
+                        f"{total / 2**30:.3g} GiB")
+
+
 @contextlib.contextmanager
 def pinned_threads(n):
     """Pin Numba, BLAS (threadpoolctl) and torch to ``n`` threads; restore on exit.
@@ -554,6 +585,7 @@ def main(args):
         values = _ints(getattr(args, key), option)
         if values:
             grid[key] = values
+    _check_memory(grid)
     threads = thread_counts(args.threads) or [1]
     if args.repeat is not None and args.repeat < 1:
         raise BadOption(f"--repeat: expected an integer >= 1, got {args.repeat}")
