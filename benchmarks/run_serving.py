@@ -65,6 +65,9 @@ def main():
     args = p.parse_args()
     if args.requests < 1:
         p.error(f"--requests: expected an integer >= 1, got {args.requests}")
+    folder = os.path.dirname(os.path.abspath(args.json)) if args.json else None
+    if folder and not os.path.isdir(folder):  # (checked before the runs, not after them)
+        p.error(f"--json: folder {folder!r} does not exist")
     try:  # before numgru's first call starts Numba's threads (see numgru.bench.pinned_threads)
         import torch
     except ImportError:
