@@ -615,7 +615,7 @@ def main(args):
     with tempfile.TemporaryDirectory() as tmpdir:
         for n in threads:
             with pinned_threads(n):
-                time.sleep(SETTLE_S)  # (the pools of the thread count before, which one thread skips)
+                time.sleep(SETTLE_S)  # (once, for the pools of the thread count before)
                 for T in grid["seq_len"]:
                     for B in grid["batch"]:
                         for H in grid["hidden"]:

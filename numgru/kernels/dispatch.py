@@ -1022,7 +1022,13 @@ def projection_panels(N, I, threads):
     7488–7711 / 8055–8149 / 7739–8046; I = 768, N = 128 / 256 4641 / 4250–4335 / 4700, 8680 / 8740 /
     8750; I = 1024, N = 128 / 192 / 512 / 2048 9150–9260 / 8730–9130 / 9910–9940, 12500 / 13500 / 13500,
     32200–32400 / 32600 / 32300–32800, 132000–141000 / – / 124000–127000 (the panels' depth, K = 1024,
-    no longer in L1).
+    no longer in L1). Whole forwards, one thread, against the Intel rules (ms, medians, three rounds
+    taking turns): T = 32, B = 4, H = 512 4.41–4.52 against 4.76–4.81; T = 48, B = 2, H = 256
+    0.84–0.85 against 0.89–0.94; T = 128, B = 1, H = 384 / 512 4.02–4.12 / 7.08–7.54 against
+    4.15–4.29 / 7.18–7.96; H = 640 / 768 and B = 4, H = 512 at 256 / 512 rows level. At I = 1024
+    the block to 128 rows and the panels to 256 gained nothing in whole forwards (B = 1, T = 128 /
+    192 / 256: 29.3–32.5 / 43.8–49.3 / 56.5–61.2 against 30.8–31.0 / 42.9–44.6 / 56.0–62.2), so
+    wider inputs keep the block to 32 rows and BLAS beyond.
     """
     if threads == 1:
         if ZEN_PROJECTION:
