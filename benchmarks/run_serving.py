@@ -18,6 +18,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import numgru as ng  # noqa: E402
+import numgru.bench as nb  # noqa: E402
 
 
 def closed_loop(call, seqs, n_clients):
@@ -65,9 +66,10 @@ def main():
     args = p.parse_args()
     if args.requests < 1:
         p.error(f"--requests: expected an integer >= 1, got {args.requests}")
-    folder = os.path.dirname(os.path.abspath(args.json)) if args.json else None
-    if folder and not os.path.isdir(folder):  # (checked before the runs, not after them)
-        p.error(f"--json: folder {folder!r} does not exist")
+    try:
+        nb.check_output(args.json, "--json")
+    except ValueError as exc:
+        p.error(str(exc))
     try:  # before numgru's first call starts Numba's threads (see numgru.bench.pinned_threads)
         import torch
     except ImportError:

@@ -35,14 +35,14 @@ def main():
         if len(v) != len(item.split("x")) or len(v) not in (3, 4) or min(v) < 1:
             p.error(f"--shapes: expected TxBxH or TxBxIxH with positive sizes, got {item!r}")
         shapes.append((v[0], v[1], v[2], v[-1]))
-    total = nb.physical_memory()
     for T, B, I, H in shapes:
         # about: the input (float64 while drawn), and per library the projection, the tape, the
         # gate gradients and the outputs (float32), and the weights with their gradients and moments
         need = 8 * T * B * I + 2 * 4 * T * B * (I + 16 * H) + 2 * 4 * 6 * H * (I + H) * 4
-        if total and need > total // 2:
-            p.error(f"--shapes: {T}x{B}x{I}x{H} needs about {need / 2**30:.3g} GiB, more than half of "
-                    f"this machine's {total / 2**30:.3g} GiB")
+        try:
+            nb.check_fits(need, f"--shapes: {T}x{B}x{I}x{H}")
+        except ValueError as exc:
+            p.error(str(exc))
     try:
         threads = nb.thread_counts(args.threads)
     except ValueError as exc:

@@ -55,10 +55,13 @@ def thread_counts(s, option="--threads"):
     return counts
 
 
-def _check_output(path, option):
-    """Fail before the runs, not after them, when ``path``'s folder does not exist."""
+def check_output(path, option):
+    """Fail before the runs, not after them, when ``path``'s folder does not exist (no path, no
+    check)."""
+    if not path:
+        return
     folder = os.path.dirname(os.path.abspath(path))
-    if path and not os.path.isdir(folder):
+    if not os.path.isdir(folder):
         raise BadOption(f"{option}: folder {folder!r} does not exist")
 
 
@@ -78,19 +81,20 @@ def physical_memory():
         return None
 
 
-def _check_memory(grid):
-    """Fail before the runs, naming the options, when the grid's largest point (:func:`point_bytes`)
-    would take more than half of this machine's memory (rather than a MemoryError, or the OS's
-    out-of-memory killer, part way through)."""
+def check_fits(need, what):
+    """Fail before the runs (rather than with a MemoryError, or the OS's out-of-memory killer, part
+    way through) when ``what`` (the options and the point, for the message) needs ``need`` bytes,
+    more than half of this machine's memory; no check where the OS does not say how much it has."""
     total = physical_memory()
-    if not total:
-        return
-    T, B, H = max(grid["seq_len"]), max(grid["batch"]), max(grid["hidden"])
-    need = point_bytes(T, B, H)
-    if need > total // 2:
-        raise BadOption(f"--seq-len/--batch/--hidden: the point T={T}, B={B}, H={H} needs about "
-                        f"{need / 2**30:.3g} GiB, more than half of this machine's "
+    if total and need > total // 2:
+        raise BadOption(f"{what} needs about {need / 2**30:.3g} GiB, more than half of this machine's "
                         f"{total / 2**30:.3g} GiB")
+
+
+def _check_memory(grid):
+    """:func:`check_fits` for the grid's largest point (:func:`point_bytes`)."""
+    T, B, H = max(grid["seq_len"]), max(grid["batch"]), max(grid["hidden"])
+    check_fits(point_bytes(T, B, H), f"--seq-len/--batch/--hidden: the point T={T}, B={B}, H={H}")
 
 
 @contextlib.contextmanager
@@ -589,8 +593,8 @@ def main(args):
     threads = thread_counts(args.threads) or [1]
     if args.repeat is not None and args.repeat < 1:
         raise BadOption(f"--repeat: expected an integer >= 1, got {args.repeat}")
-    _check_output(args.json, "--json")
-    _check_output(args.plot, "--plot")
+    check_output(args.json, "--json")
+    check_output(args.plot, "--plot")
     precisions = [p for p in (getattr(args, "precision", None) or "").split(",") if p]
     for p in precisions:
         if p not in ("high", "medium"):

@@ -87,9 +87,9 @@ PROJ_DOT_MAX_ROWS_NARROW = 32
 PROJ_DOT_NARROW_INPUTS = 128
 PROJ_PANELS_BLAS_THREADS = ((64, 128), (128, 64))
 #: the serial projection on one thread on Zen 4/5 (:data:`ZEN_PROJECTION`), by the most inputs I of
-#: each entry: (most I, most rows for the dot-product block, fewest rows for the panels or None);
-#: the rows between go to BLAS (see :func:`projection_panels`)
-PROJ_ONE_THREAD_ZEN = ((64, 15, 16), (128, 23, 24), (256, 47, 48), (768, 128, 129), (1 << 62, 32, None))
+#: each entry: (most I, most rows for the dot-product block, whether the packed panels take the rows
+#: beyond, else BLAS) (see :func:`projection_panels`)
+PROJ_ONE_THREAD_ZEN = ((64, 15, True), (128, 23, True), (256, 47, True), (768, 128, True), (1 << 62, 32, False))
 PACKED_PROJ_MAX_INPUTS = 256
 PACKED_PROJ_MAX_INPUTS_WIDE = 512
 PACKED_PROJ_MAX_ROWS_WIDE = 128
@@ -958,7 +958,9 @@ def serial_projection_panels(N, I, threads):
     where one thread's panels still beat it, ``PROJ_PANELS_BLAS_THREADS`` ((most inputs, most rows)
     pairs). Measured on the 2-vCPU Intel machine (float32, 3I outputs, µs, panels against BLAS on two
     threads, packing included): I = 64, N = 64 / 128 / 256 14.7 / 25.0 / 45.3 against 23.4 / 36.7 /
-    46.0; I = 128, N = 64 / 128 47.7 / 87.9 against 54.3 / 81.7."""
+    46.0; I = 128, N = 64 / 128 47.7 / 87.9 against 54.3 / 81.7. (Zen 4's own one-thread table,
+    ``PROJ_ONE_THREAD_ZEN``, was not measured against BLAS on several threads: there the rule above
+    holds on every CPU.)"""
     if threads == 1:
         return projection_panels(N, I, 1)
     if not _panels_one_thread(N, I):
@@ -978,11 +980,8 @@ def _panels_one_thread(N, I):
 
 
 def _zen_projection(I):
-    """The row of ``PROJ_ONE_THREAD_ZEN`` for I inputs."""
-    for row in PROJ_ONE_THREAD_ZEN:
-        if I <= row[0]:
-            return row
-    return PROJ_ONE_THREAD_ZEN[-1]
+    """The entry of ``PROJ_ONE_THREAD_ZEN`` for I inputs."""
+    return next(entry for entry in PROJ_ONE_THREAD_ZEN if I <= entry[0])
 
 
 def projection_panels(N, I, threads):
@@ -1032,8 +1031,8 @@ def projection_panels(N, I, threads):
     """
     if threads == 1:
         if ZEN_PROJECTION:
-            least = _zen_projection(I)[2]
-            return least is not None and N >= least
+            _, dot_rows_most, panels_beyond = _zen_projection(I)
+            return panels_beyond and N > dot_rows_most
         return _panels_one_thread(N, I)
     return N >= PROJ_PANELS_MIN_ROWS_PARALLEL and (I <= PROJ_PANELS_MAX_INPUTS_PARALLEL
                                                    or N >= PROJ_PANELS_MIN_ROWS_PARALLEL_WIDE)
