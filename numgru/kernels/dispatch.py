@@ -89,7 +89,8 @@ PROJ_PANELS_BLAS_THREADS = ((64, 128), (128, 64))
 #: the serial projection on one thread on Zen 4/5 (:data:`ZEN_PROJECTION`), by the most inputs I of
 #: each entry: (most I, most rows for the dot-product block, whether the packed panels take the rows
 #: beyond, else BLAS) (see :func:`projection_panels`)
-PROJ_ONE_THREAD_ZEN = ((64, 15, True), (128, 23, True), (256, 47, True), (768, 128, True), (1 << 62, 32, False))
+PROJ_ONE_THREAD_ZEN = ((64, 15, True), (128, 23, True), (256, 47, True), (768, 128, True),
+                       (1 << 62, 32, False))
 PACKED_PROJ_MAX_INPUTS = 256
 PACKED_PROJ_MAX_INPUTS_WIDE = 512
 PACKED_PROJ_MAX_ROWS_WIDE = 128
