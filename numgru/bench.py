@@ -134,11 +134,16 @@ def pinned_threads(n):
 
 
 def amx_state():
-    """Whether numgru's float32 products may run on AMX tiles here (:mod:`numgru.kernels.amx`)."""
+    """Whether numgru's float32 products may run on AMX tiles here (:mod:`numgru.kernels.amx`), and
+    where not, whether "medium" precision takes AVX512-BF16's products (:mod:`numgru.kernels.dpbf16`)."""
     from .kernels.amx import amx_ready
     if os.environ.get("NUMGRU_AMX", "1") == "0":
         return "off (NUMGRU_AMX=0)"
-    return "on (float32 products on AMX tiles where they pay)" if amx_ready() else "not available"
+    if amx_ready():
+        return "on (float32 products on AMX tiles where they pay)"
+    from .kernels.dpbf16 import dpbf16_ready
+    return ("not available (\"medium\" precision: AVX512-BF16's bfloat16 products)" if dpbf16_ready()
+            else "not available")
 
 
 def blas_info():

@@ -111,7 +111,8 @@ def main(argv=None):
                         "packs them)")
     p.add_argument("--precision", default=None,
                    help="also time numgru under set_float32_matmul_precision: 'high', 'medium' or "
-                        "'high,medium' (fewer bfloat16 products on AMX tiles; peers stay float32)")
+                        "'high,medium' (fewer bfloat16 products on AMX tiles; 'medium' also on "
+                        "AVX512-BF16 without AMX; peers stay float32)")
     p.add_argument("--steps", action="store_true",
                    help="also time one step from Python (stream.step, GRUCell) against torch.nn.GRUCell "
                         "and ONNX Runtime, for the grid's batches up to 16 and hidden sizes")

@@ -66,11 +66,13 @@ def test_setting_and_its_errors():
 
 
 def test_routes_off_the_tiles_do_not_change(rng, one_thread, monkeypatch):
-    # float64 models, and float32 ones where the CPU has no tiles, compute as before, bit for bit
+    # float64 models, and float32 ones where the CPU has no tiles and no AVX512-BF16
+    # (tests/test_dpbf16.py), compute as before, bit for bit
     T, B, I, H = 40, 32, 130, 96
     x = rng.standard_normal((T, B, I))
     g64 = ng.GRU(I, H, bidirectional=True, dtype=np.float64, seed=2)
     monkeypatch.setattr(dispatch, "amx_ready", lambda: False)
+    monkeypatch.setattr(dispatch, "dpbf16_ready", lambda: False)
     g32 = ng.GRU(I, H, bidirectional=True, seed=2)
     before = [m(x)[0] for m in (g64, g32)]
     _, _, tape = g32.forward_train(x)

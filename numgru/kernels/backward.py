@@ -26,6 +26,7 @@ from ._jit import inline, kernel, parallel_kernel, wide_vectors
 from .activations import gate_grad, kind_is_sigmoid, one_like
 from .forward import active_rows, step_product, wants_panels
 from .amx import _amx_scratch, _tile_config, _tile_rows_product, tile_config, tile_release
+from .dpbf16 import CHUNK_ROWS, product_rows
 from .panel import TN_SLAB, gemm_tn, pack_panels, prefetch
 
 
@@ -49,7 +50,7 @@ def prefetch_row(a, t, b, c0, n):
 
 def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, reverse, reset_after,
                   gate_kind, alpha, beta, use_clip, clip, dgx, dgh, hprev, rhprev, dh0, db_ih, db_hh,
-                  tiled_max, Wv_T, order, b0, b1):
+                  tiled_max, Wv_T, Wd, order, b0, b1):
     """Backward pass of one GRU layer, one direction, in the reverse of the forward's step order.
 
     Arrays (C-contiguous, one float dtype):
@@ -95,8 +96,12 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, revers
     product with the pieces' ``order`` (:mod:`~numgru.kernels.amx`; 3: to float32 accuracy)
     (:func:`gru_backward_amx`, compiled only where the CPU runs AMX; in
     :func:`gru_backward_serial` the branch is pruned); a gradient the tiles refuse (NaN, ±Inf)
-    sends that step and the rest to the float32 product. Per step and row the gate gradients run
-    in short loops that each touch few arrays, so LLVM vectorises them.
+    sends that step and the rest to the float32 product. ``Wd``: None, or (reset_after, float32,
+    "medium" precision) W_T's bfloat16 panels (:func:`~numgru.kernels.dpbf16.pack_pairs`), which then
+    take each step's product by AVX512-BF16's bfloat16 products (:func:`gru_backward_dpbf16`; pruned
+    elsewhere), a gradient they refuse sending that step and the rest to the float32 product. Per
+    step and row the gate gradients run in short loops that each touch few arrays, so LLVM
+    vectorises them.
     """
     wide_vectors()
     T = tape.shape[0]
@@ -143,6 +148,9 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, revers
     on_tiles = Wv_T is not None
     if Wv_T is not None:
         tile_config(_tile_config())
+    on_dp = Wd is not None
+    Ad = np.empty((CHUNK_ROWS if Wd is not None else 0, 2 * ((3 * H + 1) // 2)), np.uint16)
+    zeros_h = np.zeros(H if Wd is not None else 0, dt)
     for s in range(T):
         t = s if reverse else T - 1 - s
         for b in range(B):
@@ -273,7 +281,11 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, revers
                     else:
                         tile_release()
                         on_tiles = False
-            if n_act > 0 and not on_tiles:
+            if Wd is not None:
+                if on_dp and n_act > 0 and not product_rows(dgh[t, b0:b1] if full else dgs, n_act, Wd, H,
+                                                            zeros_h, tmp, Ad):
+                    on_dp = False
+            if n_act > 0 and not on_tiles and not on_dp:
                 step_product(W_T, Wp_T, dgh[t, b0:b1] if full else dgs, tmp, buf, n_act, tiled_max, s % 2 == 1)
         else:
             # d(r ⊙ h_prev) = dn_pre @ W_hn, then the r gate, then the r, z blocks' matmul
@@ -395,6 +407,7 @@ def weight_gradient_panels(D, c0, m1, D2, X, out, r0, r1):
 
 gru_backward_serial = kernel(_gru_backward, name="gru_backward_serial")
 gru_backward_amx = kernel(_gru_backward, name="gru_backward_amx")
+gru_backward_dpbf16 = kernel(_gru_backward, name="gru_backward_dpbf16")
 
 
 @parallel_kernel(name="gru_backward_amx_rows_parallel")
@@ -413,4 +426,4 @@ def gru_backward_amx_rows(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc
         wide_vectors()
         gru_backward_amx(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, reverse, reset_after,
                          gate_kind, alpha, beta, use_clip, clip, dgx, dgh, hprev, rhprev, dh0, db_ih,
-                         db_hh, tiled_max, Wv_T, order, c * per, min(B, (c + 1) * per))
+                         db_hh, tiled_max, Wv_T, None, order, c * per, min(B, (c + 1) * per))
