@@ -131,6 +131,9 @@ def test_rule(monkeypatch):
         assert not wanted(8192, 256, 768, f4)
         monkeypatch.setattr(dispatch, "amx_ready", lambda: False)
         ng.set_float32_matmul_precision("highest")
+    ng.set_float32_matmul_precision("medium")
+    wanted = dispatch.dpbf16_projection_wanted  # inference's rows a thread (W's packing is serial)
+    assert wanted(256, 256, 768, f4, threads=2) and not wanted(255, 256, 768, f4, threads=2)
 
 
 @needs_dpbf16

@@ -604,7 +604,8 @@ def input_projection(x2d, W_ih, b_ih, numba_threads=False, valid=None, training=
             or amx_project(x2d, W_ih, bias, b_ih is not None, gx, threads,
                            tile_packing(W_ih, "amx_ih", pieces, threads))):
         return gx
-    if dpbf16_projection_wanted(N, I, W_ih.shape[0], x2d.dtype, W_ih.dtype, bias.dtype) and \
+    if dpbf16_projection_wanted(N, I, W_ih.shape[0], x2d.dtype, W_ih.dtype, bias.dtype,
+                                threads=1 if training else threads) and \
             dpbf16_project(x2d, W_ih, bias, b_ih is not None, gx, threads):
         return gx
     if training and not numba_threads and training_panels(N, I, W_ih.shape[0], W_ih.dtype) and \
@@ -695,18 +696,21 @@ def amx_projection_wanted(N, I, threads, dtype, training, M=0, pieces=None):
             and amx_ready())
 
 
-def dpbf16_projection_wanted(N, K, M, *dtypes):
+def dpbf16_projection_wanted(N, K, M, *dtypes, threads=1):
     """Whether a float32 product of N rows, K summed and M outputs (the input projection, or dx's
     dG · W_ih) takes AVX512-BF16's bfloat16 products (:mod:`~numgru.kernels.dpbf16`): at "medium"
     precision only (:func:`set_float32_matmul_precision`), on CPUs with AVX512-BF16 and no AMX
     (:func:`~numgru.kernels.dpbf16.dpbf16_ready`), every operand float32, from ``DPBF16_MIN_ROWS``
-    rows with at least ``DPBF16_MIN_ROW_WORK`` multiply-adds a row. The same rule on any thread
-    count (each row's sums are one thread's, so training's gradients do not depend on it).
+    rows a thread (``threads``: those the rows are split over; training asks for one whatever the
+    count, each row's sums being one thread's, so its gradients do not depend on it) with at least
+    ``DPBF16_MIN_ROW_WORK`` multiply-adds a row.
 
     Measured on Zen 4, one thread (the packing of W included): N = 8192, K = 256, M = 768 16.1 ms
-    (200 GFLOP/s) against OpenBLAS's 31.3; W's packing takes 0.15 ms there, about what 80 rows'
-    products save."""
-    return (matmul_order() == 1 and N >= DPBF16_MIN_ROWS and K * M >= DPBF16_MIN_ROW_WORK
+    (200 GFLOP/s) against OpenBLAS's 31.3. W's packing, on one thread, takes about what 40 rows'
+    products save (0.06 ms at K = 256, M = 768; 1.6 ms at K = 1024, M = 3072): on two threads, B = 1,
+    T = 128, I = H = 1024, the forward took 18.4 ms with the projection on them against 16.0 on
+    Numba's threads in float32."""
+    return (matmul_order() == 1 and N >= DPBF16_MIN_ROWS * threads and K * M >= DPBF16_MIN_ROW_WORK
             and all(d == np.float32 for d in dtypes) and not amx_ready() and dpbf16_ready())
 
 
@@ -1295,7 +1299,8 @@ def serial_direction_plan(W_ih, b_ih, W_hh, b_hh, packed_ih, packed_hh, T, B, th
                                                          False, pieces=pieces) else 0
     Wv_ih = pieces.of(W_ih) if amx and pieces is not None else None
     dp = threads if not steps and not amx and dpbf16_projection_wanted(
-        T * B, W_ih.shape[1], W_ih.shape[0], dtype, dtype if b_ih is None else b_ih.dtype) else 0
+        T * B, W_ih.shape[1], W_ih.shape[0], dtype, dtype if b_ih is None else b_ih.dtype,
+        threads=threads) else 0
     panels, dot = serial_projection_choice((steps or T) * B, W_ih.shape[1], threads,
                                            packed_ih is not None, False)
     projection = (W_ih, empty if packed_ih is None else packed_ih,
