@@ -56,8 +56,8 @@ from .forward import (gru_forward_chunked, gru_forward_cols, gru_forward_rows,
                       row_chunks, PANEL_MIN_T,
                       TILED_MAX_ONE_THREAD, use_panels)
 from .step import gru_step, gru_step_cols
-from .dpbf16 import (TILE_PANELS, dpbf16_gradient, dpbf16_projection, dpbf16_projection_parallel,
-                     dpbf16_ready, gru_forward_dpbf16, pack_pairs)
+from .dpbf16 import (CHUNK_ROWS, TILE_PANELS, dpbf16_gradient, dpbf16_projection, dpbf16_ready,
+                     gru_forward_dpbf16, pack_pairs)
 from .vnni import digit_row_sums, gru_forward_vnni, vnni_ready
 
 #: rows from which a multi-threaded forward never takes BLAS-threaded steps where BLAS is not wider
@@ -138,8 +138,10 @@ VNNI_ONE_ROW_MIN_STEPS = 64
 #: product, fewest multiply-adds a row (below, packing W costs more than the bfloat16 products save)
 DPBF16_MIN_ROWS = 128
 DPBF16_MIN_ROW_WORK = 4096
-#: and the fewest steps of a recurrence on them (dpbf16_recurrence_wanted)
+#: and the fewest steps of a recurrence on them (dpbf16_recurrence_wanted); the fewest rows a range
+#: of several threads' inference takes (_dpbf16_forward)
 DPBF16_MIN_STEPS = 8
+DPBF16_RANGE_ROWS = 4
 AMX_ROWS_PER_THREAD = 32
 AMX_ROWS_MIN_HIDDEN = 128
 #: fewest values of W whose AMX packing is spread over the threads (:func:`amx_pieces`)
@@ -717,7 +719,9 @@ def dpbf16_projection_wanted(N, K, M, *dtypes, threads=1):
 def dpbf16_project(x2d, W, bias, use_bias, out, threads=1, name="dp_ih"):
     """out = x2d @ W.T (+ bias) by bfloat16 products
     (:func:`~numgru.kernels.dpbf16.dpbf16_projection`), W packed into this thread's scratch ``name``,
-    on Numba's threads where ``threads`` > 1 and the parallel slot is free. x2d (N, K), W (M, K), out
+    in ranges of whole chunks of rows side by side where ``threads`` > 1 (:func:`side_by_side`, not
+    a parallel region: Numba's OpenMP workers spin for a while after one, and the recurrence's ranges
+    that follow on the same threads ran up to 6 ms slower at T = 128, B = 64, H = 256). x2d (N, K), W (M, K), out
     (N, M) C-contiguous float32. False, with out partly written, where x2d or W holds a magnitude
     beyond 3e38, Inf or NaN: the caller then takes its float32 route, which writes all of out."""
     M = W.shape[0]
@@ -725,11 +729,16 @@ def dpbf16_project(x2d, W, bias, use_bias, out, threads=1, name="dp_ih"):
     if not pack_pairs(np.ascontiguousarray(W), Wp):
         return False
     init = bias if use_bias else np.zeros(M, np.float32)
-    if threads > 1:
-        with parallel_slot(True) as par:
-            if par:
-                return dpbf16_projection_parallel(x2d, Wp, M, init, 0, out, threads)
-    return dpbf16_projection(x2d, Wp, M, init, 0, out)
+    N = x2d.shape[0]
+    chunks = -(-N // CHUNK_ROWS)
+    if threads < 2 or chunks < 2:
+        return dpbf16_projection(x2d, Wp, M, init, 0, out)
+    n = min(threads, chunks)
+    cuts = [min(N, chunks * i // n * CHUNK_ROWS) for i in range(n + 1)]
+    done = []
+    side_by_side(lambda a, b: done.append(dpbf16_projection(x2d[a:b], Wp, M, init, 0, out[a:b])),
+                 list(zip(cuts[:-1], cuts[1:])), n)
+    return all(done)
 
 
 def amx_project(x2d, W_ih, bias, use_bias, out, threads=1, Wv=None):
@@ -1135,9 +1144,9 @@ def gru_direction_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gat
     if store and _amx_training_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gate_kind, clip,
                                        y, col0, h_n, tape, threads):
         return tape
-    if store and _dpbf16_training_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gate_kind, clip,
-                                          y, col0, h_n, tape):
-        return tape
+    if (store or threads > 1) and _dpbf16_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after,
+                                                  gate_kind, clip, y, col0, h_n, tape, store, threads):
+        return tape if store else None
     if serial_forward(route):
         # the serial kernel, without the parallel slot (a small call's Python time shows: T = 1,
         # B = 1, H = 8 forward 12.1 µs); training's rows in ranges side by side where they may be
@@ -1188,23 +1197,38 @@ def _amx_rows_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gate_ki
                                                          matmul_order())
 
 
-def _dpbf16_training_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gate_kind, clip, y, col0,
-                             h_n, tape):
-    """:func:`gru_direction_forward` for training (the tape written) by AVX512-BF16's bfloat16
-    products where :func:`dpbf16_recurrence_wanted` holds for one thread and every row runs all T
-    steps, whatever the thread count; in :func:`training_row_ranges`' ranges side by side where it
-    gives some (each row's sums are the same in any range). False otherwise (and where a value
-    could not be carried): the float32 kernels then run, writing everything anew."""
+def _dpbf16_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gate_kind, clip, y, col0, h_n,
+                    tape, store, threads):
+    """:func:`gru_direction_forward` by AVX512-BF16's bfloat16 products where
+    :func:`dpbf16_recurrence_wanted` holds for one thread and every row runs all T steps: training
+    (``store``, the tape written) whatever the thread count, in :func:`training_row_ranges`' ranges
+    side by side where it gives some; inference on several threads from ``DPBF16_RANGE_ROWS`` rows
+    a range, one range a thread side by side (a row's sums are the same in any range; one thread's
+    inference takes :func:`serial_direction_plan`'s route). False otherwise (and where a value could
+    not be carried): the float32 kernels then run, writing everything anew.
+
+    Zen 4, two threads, T = 128, I = H, two runs of ``numgru bench --precision medium``, ms, against
+    one thread at "medium" and against the float32 routes on two threads: B = 16, H = 1024 73–96
+    against 126–132 and 189–208; B = 64, H = 1024 250–277 against 497–586 and 611–680; B = 64,
+    H = 256 21.3–22.9 against 37.5–40.1 and 35.8–36.4; B = 16, H = 256 5.8–6.6 against 9.7–10.1
+    and 10.3–10.5; B = 8, H = 256 4.4–4.9 against 4.7–5.8 and 5.4."""
     T, B, G = gx.shape
     H = G // 3
     if not dpbf16_recurrence_wanted(T, B, H, 1, W_hh.dtype, reset_after, gate_kind, clip is not None) \
             or gx.dtype != np.float32 or lengths.min() < T:
         return False
+    if store:
+        ranges = training_row_ranges(T, B, H, lengths, gx.dtype)
+    else:
+        n = min(threads, B // DPBF16_RANGE_ROWS)
+        if n < 2:
+            return False
+        ranges = [(B * i // n, B * (i + 1) // n) for i in range(n)]
     Wp = pairs_scratch("dp_hh", G, H)
     if not pack_pairs(np.ascontiguousarray(W_hh), Wp):
         return False
-    args = (gx, Wp, b_hh, h0, bool(reverse), y, int(col0), h_n, True, tape)
-    ranges = training_row_ranges(T, B, H, lengths, gx.dtype)
+    args = (gx, Wp, b_hh, h0, bool(reverse), y, int(col0), h_n, bool(store),
+            tape if store else empty_array(gx.dtype, 3))
     if not ranges:
         return gru_forward_dpbf16(*args, 0, B)
     done = []

@@ -26,11 +26,11 @@ import os
 
 import numpy as np
 from llvmlite import ir
-from numba import prange, types
+from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ._jit import inline, kernel, parallel_kernel, target_cpu, wide_vectors
+from ._jit import inline, kernel, target_cpu, wide_vectors
 from .amx import SPLIT_LIMIT, _BFloat, _bits_of, _mask16, _masked_load16, _masked_store16
 from .forward import rows_after_fast, rows_after_store
 
@@ -196,7 +196,7 @@ def pack_pairs(W, out):
 def _project_rows(x, Wp, N, init, si_m, out, r0, r1, A):
     """out[r0:r1] = init (+) x[r0:r1]'s codes by Wp's panels, a chunk of rows at a time through the
     scratch A (CHUNK_ROWS, 2·⌈K/2⌉). False at the first chunk holding a value beyond the limit.
-    Unchecked (no exit, so that a ``prange`` body may inline it): :func:`_check_rows` first."""
+    Unchecked: the callers check first (:func:`_check_rows`)."""
     KQ = Wp.shape[1]
     P = Wp.shape[0]
     full = P // TILE_PANELS * TILE_PANELS
@@ -246,24 +246,6 @@ def dpbf16_projection(x, Wp, N, init, si_m, out):
     _check_rows(x, Wp, N, init, si_m, out, x.shape[0], None)
     A = np.empty((CHUNK_ROWS, 2 * Wp.shape[1]), np.uint16)
     return _project_rows(x, Wp, N, init, si_m, out, 0, x.shape[0], A)
-
-
-@parallel_kernel(name="dpbf16_projection_parallel")
-def dpbf16_projection_parallel(x, Wp, N, init, si_m, out, threads):
-    """:func:`dpbf16_projection` on ``threads`` of Numba's threads, each a range of rows (whole
-    chunks): each row's sums are those of one thread."""
-    wide_vectors()
-    _check_rows(x, Wp, N, init, si_m, out, x.shape[0], None)
-    M = x.shape[0]
-    chunks = (M + CHUNK_ROWS - 1) // CHUNK_ROWS
-    ok = np.ones(threads, np.bool_)
-    for t in prange(threads):
-        wide_vectors()
-        A = np.empty((CHUNK_ROWS, 2 * Wp.shape[1]), np.uint16)
-        r0 = min(M, chunks * t // threads * CHUNK_ROWS)
-        r1 = min(M, chunks * (t + 1) // threads * CHUNK_ROWS)
-        ok[t] = _project_rows(x, Wp, N, init, si_m, out, r0, r1, A)
-    return ok.all()
 
 
 #: rows of the gate gradients (the sum's index) a weight gradient's chunk packs: both operands'
