@@ -50,3 +50,12 @@ def two_threads():
 
 # Keras runs on the torch backend in the tests (set before any import of keras)
 os.environ.setdefault("KERAS_BACKEND", "torch")
+
+
+@pytest.fixture
+def restore_precision():
+    """The float32 matmul precision the test found, set again after it (tests that change it)."""
+    import numgru as ng
+    before = ng.get_float32_matmul_precision()
+    yield
+    ng.set_float32_matmul_precision(before)

@@ -22,11 +22,7 @@ needs_dpbf16 = pytest.mark.skipif(not dpbf16.dpbf16_ready() or dispatch.amx_read
                                   reason="no AVX512-BF16 on this CPU, or AMX takes its place")
 
 
-@pytest.fixture(autouse=True)
-def restore_precision():
-    before = ng.get_float32_matmul_precision()
-    yield
-    ng.set_float32_matmul_precision(before)
+pytestmark = pytest.mark.usefixtures("restore_precision")
 
 
 def _bf16(v):

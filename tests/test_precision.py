@@ -21,11 +21,7 @@ needs_amx = pytest.mark.skipif(not amx.amx_ready(), reason="no AMX tiles on this
 KEPT = {3: [(0, 0), (0, 1), (0, 2), (1, 1), (1, 0), (2, 0)], 2: [(0, 0), (0, 1), (1, 0)], 1: [(0, 0)]}
 
 
-@pytest.fixture(autouse=True)
-def restore_precision():
-    before = ng.get_float32_matmul_precision()
-    yield
-    ng.set_float32_matmul_precision(before)
+pytestmark = pytest.mark.usefixtures("restore_precision")
 
 
 def _pieces(v):
