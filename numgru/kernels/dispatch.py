@@ -232,9 +232,9 @@ def set_float32_matmul_precision(precision):
     AVX512-BF16 and no AMX (AMD's Zen 4 and 5, Intel's Cooper Lake), the float32 products that
     AVX512-BF16's ``VDPBF16PS`` takes as one bfloat16 product a term (:mod:`numgru.kernels.dpbf16`:
     the input projection, dx and the weight gradients from ``DPBF16_MIN_ROWS`` rows, and the
-    recurrence of a one-thread inference forward, of training's forward and of the backward, reset_after
-    with sigmoid gates and no clip); everything else, float64 models and CPUs with neither included,
-    stays float32. A quantized model's bfloat16 weights are one piece already: "high" and "medium"
+    recurrences of inference, of training's forward and of the backward, reset_after with sigmoid
+    gates and no clip); everything else, float64 models and CPUs with neither included, stays
+    float32. A quantized model's bfloat16 weights are one piece already: "high" and "medium"
     drop its activations' second and third pieces. Outputs and gradients under "high" or "medium" no
     longer agree with PyTorch's float32 to 1e-5."""
     global _matmul_precision
@@ -721,9 +721,10 @@ def dpbf16_project(x2d, W, bias, use_bias, out, threads=1, name="dp_ih"):
     (:func:`~numgru.kernels.dpbf16.dpbf16_projection`), W packed into this thread's scratch ``name``,
     in ranges of whole chunks of rows side by side where ``threads`` > 1 (:func:`side_by_side`, not
     a parallel region: Numba's OpenMP workers spin for a while after one, and the recurrence's ranges
-    that follow on the same threads ran up to 6 ms slower at T = 128, B = 64, H = 256). x2d (N, K), W (M, K), out
-    (N, M) C-contiguous float32. False, with out partly written, where x2d or W holds a magnitude
-    beyond 3e38, Inf or NaN: the caller then takes its float32 route, which writes all of out."""
+    that follow on the same cores ran slower: two threads, T = 128, B = 64, H = 256, the forward
+    24.8–26.0 against 22.4 ms). x2d (N, K), W (M, K), out (N, M) C-contiguous float32. False, with
+    out partly written, where x2d or W holds a magnitude beyond 3e38, Inf or NaN: the caller then
+    takes its float32 route, which writes all of out."""
     M = W.shape[0]
     Wp = pairs_scratch(name, *W.shape)
     if not pack_pairs(np.ascontiguousarray(W), Wp):
@@ -887,11 +888,16 @@ def vnni_recurrence_wanted(T, B, H, threads, dtype, reset_after, gate_kind, use_
 
 
 def dpbf16_recurrence_wanted(T, B, H, threads, dtype, reset_after, gate_kind, use_clip):
-    """Whether a serial inference forward of T steps over B rows multiplies each step's state by
-    W_hh by AVX512-BF16's bfloat16 products (:func:`~numgru.kernels.dpbf16.gru_forward_dpbf16`,
+    """Whether a recurrence of T steps over B rows on ``threads`` (one: a serial inference forward,
+    training's forward and the backward, which ask for one whatever the count, and several
+    threads' inference by ranges of rows, :func:`_dpbf16_forward`) multiplies each step's state, or
+    gate gradients, by W_hh by AVX512-BF16's bfloat16 products
+    (:func:`~numgru.kernels.dpbf16.gru_forward_dpbf16`, :func:`~numgru.kernels.dpbf16.product_rows`;
     W_hh packed on every call): at "medium" precision on CPUs with AVX512-BF16 and no AMX (as
     :func:`dpbf16_projection_wanted`), float32 weights, reset_after with sigmoid gates and no clip,
-    one thread, from ``DPBF16_MIN_STEPS`` steps."""
+    from ``DPBF16_MIN_STEPS`` steps. One thread, T = 128, I = H, whole forwards against "highest"
+    (``numgru bench --precision medium``): B = 1, H = 64 / 256 / 1024 1.38× / 1.72× / 1.71×; B = 16
+    1.41× / 1.69× / 2.26×; B = 64 1.25× / 1.67× / 2.10×."""
     return (dtype == np.float32 and reset_after and gate_kind == 0 and not use_clip and threads == 1
             and T >= DPBF16_MIN_STEPS and matmul_order() == 1 and not amx_ready() and dpbf16_ready())
 
@@ -1335,9 +1341,9 @@ def serial_direction_plan(W_ih, b_ih, W_hh, b_hh, packed_ih, packed_hh, T, B, th
         # the AMX kernel's own arguments; the plan below stays the fallback
         amx_steps = (W_hh, b_hh, bool(reverse), (*projection, panels, dot), steps, amx, Wv_ih,
                      None if pieces is None else recurrence_packing(W_hh, pieces, bf16_values), pieces)
-    vnni_steps = dp_steps
-    if amx_steps is None and not steps and not dp_steps and vnni_recurrence_wanted(T, B, W_hh.shape[1], threads, W_hh.dtype,
-                                                                  reset_after, gate_kind, gates[3]):
+    vnni_steps = None
+    if amx_steps is None and not steps and not dp_steps and vnni_recurrence_wanted(
+            T, B, W_hh.shape[1], threads, W_hh.dtype, reset_after, gate_kind, gates[3]):
         vnni_steps = (W_hh, b_hh, bool(reverse), pieces)
     if packed_hh is None:
         none = empty_array(W_hh.dtype, 3)
@@ -1349,10 +1355,11 @@ def serial_direction_plan(W_ih, b_ih, W_hh, b_hh, packed_ih, packed_hh, T, B, th
     if steps:  # gru_forward_chunked's arguments, in the groups run_serial_direction passes them
         return None, None, None, ((*projection, panels, dot), weights,
                                   (lengths, bool(reverse), bool(reset_after), *gates), (tiled_max, steps)), \
-            amx_steps, None
+            amx_steps, None, None
     recurrence = (weights, (lengths, True, bool(reverse), bool(reset_after), *gates),
                   (False, empty, tiled_max, 0, B))
-    return projection, (panels, dot, amx, Wv_ih, pieces, dp), recurrence, None, amx_steps, vnni_steps
+    return (projection, (panels, dot, amx, Wv_ih, pieces, dp), recurrence, None, amx_steps, vnni_steps,
+            dp_steps)
 
 
 def interleave_steps(T, B, M, I, itemsize):
@@ -1373,7 +1380,7 @@ def run_serial_direction(plan, x2d, gx, h0, y, col0, h_n):
     """One direction of one layer by a plan from :func:`serial_direction_plan`: x2d (T·B, I) and gx
     (T·B, 3H) scratch, C-contiguous; h0 (B, H) and h_n (B, H) C-contiguous; y (T, B, D·H), whose
     columns col0 … col0+H−1 receive h_t."""
-    projection, flags, recurrence, chunked, amx_steps, vnni_steps = plan
+    projection, flags, recurrence, chunked, amx_steps, vnni_steps, dp_steps = plan
     if amx_steps is not None and _run_amx_direction(amx_steps, x2d, gx, h0, y, col0, h_n):
         return
     if chunked is not None:
@@ -1384,11 +1391,11 @@ def run_serial_direction(plan, x2d, gx, h0, y, col0, h_n):
     panels, dot, amx, Wv_ih, pieces, dp = flags
     _planned_projection(x2d, (*projection, panels, dot), amx, gx, Wv_ih, pieces, dp)
     T = y.shape[0]
-    if vnni_steps is not None and len(vnni_steps) == 3 and _run_dpbf16_direction(
-            vnni_steps, gx.reshape(T, gx.shape[0] // T, gx.shape[1]), h0, y, col0, h_n):
+    if dp_steps is not None and _run_dpbf16_direction(dp_steps, gx.reshape(T, gx.shape[0] // T, gx.shape[1]),
+                                                      h0, y, col0, h_n):
         return
-    if vnni_steps is not None and len(vnni_steps) == 4 and _run_vnni_direction(
-            vnni_steps, gx.reshape(T, 1, gx.shape[1]), h0, y, col0, h_n):
+    if vnni_steps is not None and _run_vnni_direction(vnni_steps, gx.reshape(T, 1, gx.shape[1]), h0, y,
+                                                      col0, h_n):
         return
     gru_forward_serial(gx.reshape(T, gx.shape[0] // T, gx.shape[1]), *weights, h0, *scalars, y, col0,
                        h_n, *rest)
@@ -1650,12 +1657,12 @@ def gru_direction_backward(dy, col0, dh_n, tape, y, h0, W_hh, lengths, reverse, 
             if not pack_pairs(W_T, Wd):
                 Wd = None
         if Wv_T is None or Wv_T.shape[0] == 0:
-            kernel, order = (gru_backward_serial, 3) if Wd is None else (gru_backward_dpbf16, 1)
+            backward, order = (gru_backward_serial, 3) if Wd is None else (gru_backward_dpbf16, 1)
             ranges = training_row_ranges(T, B, H, lengths, dtype)
             if ranges:
-                side_by_side(kernel, [(*args, None, Wd, order, b0, b1) for b0, b1 in ranges], len(ranges))
+                side_by_side(backward, [(*args, None, Wd, order, b0, b1) for b0, b1 in ranges], len(ranges))
             else:
-                kernel(*args, None, Wd, order, 0, B)
+                backward(*args, None, Wd, order, 0, B)
         else:
             # on tiles whatever the thread count (the gradients stay the same); ranges of rows on
             # several threads as the training forward takes them

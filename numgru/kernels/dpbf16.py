@@ -16,6 +16,11 @@ the output itself to accumulate) and storing masked where N is not a multiple of
 over k in the same order whatever the block, chunk or thread, so a row's result does not depend on
 the thread count (training's rule).
 
+The same tile serves the weight gradients (:func:`dpbf16_gradient`: both operands packed a chunk of
+rows at a time as pairs of consecutive rows, the sums over rows) and the recurrences
+(:func:`gru_forward_dpbf16`, and the backward's step product :func:`product_rows`): each step's
+state, or gate gradients, rounded to bfloat16 codes and multiplied by W_hh's panels.
+
 Rounding to bfloat16 is to nearest, ties to even; the instruction reads subnormal bfloat16 values as
 zero. Values beyond ``SPLIT_LIMIT``, Inf and NaN would round to or produce non-float32 results, so
 the kernels report them (False) and the caller takes its float32 route, as for the tiles.
@@ -277,16 +282,6 @@ def _pairs_into(S, c0, n, r0, r1, dst, d0):
     return bad == 0
 
 
-@inline
-def _odd_lines(n):
-    """n 32-bit words rounded up to whole 64-byte lines, an odd number of them: the rows of a pair
-    chunk, whose tiles read a line a row at each step, then fall in every set of L1 (at 1 KB or
-    3 KB apart, 256 or 768 words, they fell in 4 of its 64 sets, and the tiles ran at 140 GFLOP/s
-    against 190 on odd lines)."""
-    lines = (n + 15) // 16
-    return (lines + 1 - lines % 2) * 16
-
-
 @kernel
 def dpbf16_gradient(D, c0, m1, D2, X, out, p0, p1):
     """out[:, 16·p0 : 16·p1] = [D[:, c0:c0+m1] | D2]ᵀ · X over the N rows, at one bfloat16 product a
@@ -308,10 +303,10 @@ def dpbf16_gradient(D, c0, m1, D2, X, out, p0, p1):
         return True
     for m in range(M):
         out[m, i0:i1] = np.float32(0)
-    Gp = np.empty((GRADIENT_CHUNK_ROWS // 2, _odd_lines(M)), np.uint32)
-    Xp = np.zeros((GRADIENT_CHUNK_ROWS // 2, _odd_lines(i1 - i0)), np.uint32)
-    sg, width = Gp.shape[1], Xp.shape[1]
     P = (i1 - i0 + 15) // 16
+    Gp = np.empty((GRADIENT_CHUNK_ROWS // 2, M), np.uint32)
+    Xp = np.zeros((GRADIENT_CHUNK_ROWS // 2, 16 * P), np.uint32)  # (whole panels: a tile reads 16)
+    sg, width = M, 16 * P
     full = P // TILE_PANELS * TILE_PANELS
     most = M // TILE_ROWS * TILE_ROWS
     for n0 in range(0, N, GRADIENT_CHUNK_ROWS):
