@@ -708,10 +708,11 @@ def dpbf16_projection_wanted(N, K, M, *dtypes, threads=1):
     ``DPBF16_MIN_ROW_WORK`` multiply-adds a row.
 
     Measured on Zen 4, one thread (the packing of W included): N = 8192, K = 256, M = 768 16.1 ms
-    (200 GFLOP/s) against OpenBLAS's 31.3. W's packing, on one thread, takes about what 40 rows'
-    products save (0.06 ms at K = 256, M = 768; 1.6 ms at K = 1024, M = 3072): on two threads, B = 1,
-    T = 128, I = H = 1024, the forward took 18.4 ms with the projection on them against 16.0 on
-    Numba's threads in float32."""
+    (200 GFLOP/s) against OpenBLAS's 31.3. W's packing runs on one thread (0.022 ms at K = 256,
+    M = 768; 0.6–1.0 ms at K = 1024, M = 3072): on two threads, B = 1, T = 128, I = H = 1024, the
+    forward with the projection's 128 rows on them read 14.1–14.2 ms against 14.3–14.8 in float32
+    (18.4 against 16.0 before the packing was turned in registers), level at H = 256, hence 128 rows
+    a thread."""
     return (matmul_order() == 1 and N >= DPBF16_MIN_ROWS * threads and K * M >= DPBF16_MIN_ROW_WORK
             and all(d == np.float32 for d in dtypes) and not amx_ready() and dpbf16_ready())
 
@@ -1796,8 +1797,9 @@ def dpbf16_gradient_wanted(N, M, I, *dtypes):
     """Whether a weight gradient of M by I summed over N rows takes AVX512-BF16's bfloat16 products
     (:func:`~numgru.kernels.dpbf16.dpbf16_gradient`): as :func:`dpbf16_projection_wanted`, from
     ``DPBF16_MIN_ROWS`` rows and ``DPBF16_MIN_ROW_WORK`` multiply-adds a row. Zen 4, one thread,
-    N = 8192, M = 768, I = 256: 22.7–23.9 ms against OpenBLAS's 33.1–34.0 (the pairs' packing, a
-    conversion of every operand, takes about 4 of them; the products alone run at 218 GFLOP/s)."""
+    N = 8192, M = 768, I = 256: 17.1–17.3 ms (187 GFLOP/s) against OpenBLAS's 32.9–33.2 (the products
+    alone run at 218 GFLOP/s; the pairs' rounding 16 values an instruction, :func:`~numgru.kernels.
+    dpbf16.pairs16`, where a rounding on the bits took 22.7–23.9 ms in all)."""
     return dpbf16_projection_wanted(N, M, I, *dtypes)
 
 

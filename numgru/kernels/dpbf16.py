@@ -36,7 +36,9 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ._jit import inline, kernel, target_cpu, wide_vectors
-from .amx import SPLIT_LIMIT, _BFloat, _bits_of, _mask16, _masked_load16, _masked_store16
+from .amx import (SPLIT_LIMIT, _BFloat, _bits_of, _in_range16, _mask16, _masked_load16, _masked_store16,
+                  _round16)
+from .panel import _overloaded, transpose16
 from .forward import rows_after_fast, rows_after_store
 
 #: rows of the micro-tile and 16-output panels it keeps: 4 × 4 = 16 sums of 16 in registers
@@ -120,11 +122,71 @@ def dp_tile(typingctx, A, a0, sa_m, sa_q, B, b0, sb_j, sb_q, KQ, C, c0, sc_m, in
             row = builder.add(c0_, builder.mul(const(r), scm))
             for j in range(panels):
                 at = builder.add(row, const(16 * j))
-                _masked_store16(builder, builder.load(accs[r][j]), builder.gep(c, [at]), masks[j])
+                _masked_store16(builder, builder.bitcast(builder.load(accs[r][j]), vi),
+                                builder.bitcast(builder.gep(c, [at]), vi.as_pointer()), masks[j])
         return context.get_dummy_value()
     return types.none(A, types.intp, types.intp, types.intp, B, types.intp, types.intp, types.intp,
                       types.intp, C, types.intp, types.intp, init, types.intp, types.intp, types.intp,
                       R, CB), codegen
+
+
+def _row_pointer(context, builder, aty, arr, j, pointee):
+    """A pointer to element j of the 1-D array ``arr`` (type ``aty``), as ``pointee``*."""
+    a = context.make_array(aty)(context, builder, arr)
+    return builder.bitcast(builder.gep(a.data, [j]), pointee.as_pointer())
+
+
+_VF16 = ir.VectorType(ir.FloatType(), 16)
+
+
+@intrinsic
+def codes16(typingctx, src, j, n, dst, jd):
+    """dst[jd + l] = the bfloat16 code of src[j + l] for the lanes l < min(n, 16) (one rounding of
+    16 values, ``VCVTNEPS2BF16`` where LLVM lowers it; the lanes past n neither read nor written).
+    Returns whether those values are all finite with magnitude at most SPLIT_LIMIT. src float32 and
+    dst uint16, 1-D with unit stride (unchecked, as every offset)."""
+    if not (isinstance(src, types.Array) and src.ndim == 1 and src.dtype == types.float32
+            and isinstance(dst, types.Array) and dst.ndim == 1 and dst.dtype == types.uint16):
+        return None
+
+    def codegen(context, builder, sig, args):
+        mask = _mask16(builder, ir.Constant(ir.IntType(64), 0), args[2])
+        v = _masked_load16(builder, _row_pointer(context, builder, sig.args[0], args[0], args[1], _VF16),
+                           mask)
+        code, _ = _round16(builder, v)
+        vh = ir.VectorType(ir.IntType(16), 16)
+        half = builder.trunc(code, vh)
+        ptr = _row_pointer(context, builder, sig.args[3], args[3], args[4], vh)
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [vh, ptr.type, ir.IntType(32), mask.type]),
+            _overloaded("llvm.masked.store.v16i16", vh))
+        builder.call(fn, [half, ptr, ir.Constant(ir.IntType(32), 2), mask])
+        return _in_range16(builder, v)
+    return types.boolean(src, types.intp, types.intp, dst, types.intp), codegen
+
+
+@intrinsic
+def pairs16(typingctx, a, ja, b, jb, n, dst, jd):
+    """dst[jd + l] = code(a[ja + l]) | code(b[jb + l]) << 16 for the lanes l < min(n, 16): bfloat16
+    pairs of two rows, as :func:`codes16` rounds them. Returns whether those values are all finite
+    with magnitude at most SPLIT_LIMIT. a, b float32 and dst uint32, 1-D with unit stride."""
+    if not (all(isinstance(t, types.Array) and t.ndim == 1 for t in (a, b, dst))
+            and a.dtype == b.dtype == types.float32 and dst.dtype == types.uint32):
+        return None
+
+    def codegen(context, builder, sig, args):
+        mask = _mask16(builder, ir.Constant(ir.IntType(64), 0), args[4])
+        pa = _row_pointer(context, builder, sig.args[0], args[0], args[1], _VF16)
+        pb = _row_pointer(context, builder, sig.args[2], args[2], args[3], _VF16)
+        va, vb = _masked_load16(builder, pa, mask), _masked_load16(builder, pb, mask)
+        ca, _ = _round16(builder, va)
+        cb, _ = _round16(builder, vb)
+        vi = ir.VectorType(ir.IntType(32), 16)
+        words = builder.or_(ca, builder.shl(cb, ir.Constant(vi, [16] * 16)))
+        _masked_store16(builder, words, _row_pointer(context, builder, sig.args[5], args[5], args[6], vi),
+                        mask)
+        return builder.and_(_in_range16(builder, va), _in_range16(builder, vb))
+    return types.boolean(a, types.intp, b, types.intp, types.intp, dst, types.intp), codegen
 
 
 @inline
@@ -144,45 +206,59 @@ def codes_into(x, r0, r1, dst):
     """Rows r0..r1 of x (float32, (M, K)) as bfloat16 codes into dst's first rows ((·, 2·⌈K/2⌉),
     the odd K's last code zero). False where a magnitude is beyond LIMIT_BITS (Inf and NaN too)."""
     K = x.shape[1]
-    bad = np.uint32(0)
+    ok = True
     for r in range(r1 - r0):
         src = x[r0 + r]
         out = dst[r]
-        for k in range(K):
-            u = _bits(src[k])
-            bad |= np.uint32((u & np.uint32(0x7FFFFFFF)) > LIMIT_BITS)
-            out[k] = _code(u)
+        if x.strides[1] == 4:
+            for k in range(0, K, 16):
+                ok &= codes16(src, k, K - k, out, k)
+        else:
+            for k in range(K):
+                u = _bits(src[k])
+                ok &= (u & np.uint32(0x7FFFFFFF)) <= LIMIT_BITS
+                out[k] = _code(u)
         if K % 2:
             out[K] = np.uint16(0)
-    return bad == 0
+    return ok
 
 
 @inline
 def _pack_rows_into(W, n0, n1, out):
     """Rows n0..n1 (whole panels of 16 but the last) of W (float32, (N, K)) into ``out``'s panels
-    (⌈N/16⌉, ⌈K/2⌉, 16, 2); a short last panel's and an odd K's places zero. Each pair of a row
-    goes in as one 32-bit word (Zen 4, W 3072 × 1024 / 768 × 256: 1.6 / 0.06 ms, where two 16-bit
-    stores a pair and a branch for an odd K took 2.4 / 0.15). False as :func:`codes_into`."""
+    (⌈N/16⌉, ⌈K/2⌉, 16, 2); a short last panel's and an odd K's places zero. A panel's 16 rows are
+    rounded 16 values at a time (:func:`codes16`) into rows of codes, whose pairs are turned 16 × 16
+    at a time in registers (:func:`~numgru.kernels.panel.transpose16`) into the panel's lines (Zen 4,
+    W 3072 × 1024 / 768 × 256: 0.6–0.9 / 0.022 ms, where rounding the bits a pair at a time and storing
+    each pair's word took 1.6 / 0.06 ms). False as :func:`codes_into`."""
     N, K = W.shape
     KQ = out.shape[1]
     words = out.view(np.uint32)
-    K2 = K // 2
-    top = np.uint32(0)
-    for n in range(n0, n1):
-        p, lane = n // 16, n % 16
-        src = W[n]
-        for q in range(K2):
-            u, v = _bits(src[2 * q]), _bits(src[2 * q + 1])
-            top = max(top, max(u & np.uint32(0x7FFFFFFF), v & np.uint32(0x7FFFFFFF)))
-            words[p, q, lane, 0] = np.uint32(_code(u)) | (np.uint32(_code(v)) << np.uint32(16))
-        if K % 2:
-            u = _bits(src[K - 1])
-            top = max(top, u & np.uint32(0x7FFFFFFF))
-            words[p, KQ - 1, lane, 0] = np.uint32(_code(u))
-    for n in range(max(n1, N), min((n1 + 15) // 16 * 16, out.shape[0] * 16)):
-        for q in range(KQ):
-            words[n // 16, q, n % 16, 0] = np.uint32(0)
-    return top <= LIMIT_BITS
+    rows = np.zeros((16, 2 * KQ), np.uint16)
+    pairs = rows.view(np.uint32)
+    ld = pairs.shape[1]
+    flat_pairs = pairs.reshape(16 * ld)
+    flat_words = words.reshape(words.size)
+    ok = True
+    for p in range(n0 // 16, (n1 + 15) // 16):
+        for lane in range(16):
+            n = 16 * p + lane
+            if n < n0 or n >= n1:
+                pairs[lane, :] = np.uint32(0)
+            elif W.strides[1] == 4:
+                for k in range(0, K, 16):
+                    ok &= codes16(W[n], k, K - k, rows[lane], k)
+            else:
+                for k in range(K):
+                    u = _bits(W[n, k])
+                    ok &= (u & np.uint32(0x7FFFFFFF)) <= LIMIT_BITS
+                    rows[lane, k] = _code(u)
+        for q in range(0, KQ - KQ % 16, 16):  # 16 × 16 words turned in registers
+            transpose16(flat_pairs, q, ld, flat_words, (p * KQ + q) * 16, 16)
+        for q in range(KQ - KQ % 16, KQ):
+            for lane in range(16):
+                words[p, q, lane, 0] = pairs[lane, q]
+    return ok
 
 
 @kernel
@@ -269,11 +345,9 @@ def _pairs_into(S, c0, n, r0, r1, dst, d0):
         out = dst[q]
         if r0 + 2 * q + 1 < r1:
             b = S[r0 + 2 * q + 1]
-            for m in range(n):
-                u, v = _bits(a[c0 + m]), _bits(b[c0 + m])
-                bad |= np.uint32((u & np.uint32(0x7FFFFFFF)) > LIMIT_BITS) | \
-                    np.uint32((v & np.uint32(0x7FFFFFFF)) > LIMIT_BITS)
-                out[d0 + m] = np.uint32(_code(u)) | (np.uint32(_code(v)) << np.uint32(16))
+            for m in range(0, n, 16):
+                if not pairs16(a, c0 + m, b, c0 + m, n - m, out, d0 + m):
+                    bad = np.uint32(1)
         else:
             for m in range(n):
                 u = _bits(a[c0 + m])
@@ -298,6 +372,9 @@ def dpbf16_gradient(D, c0, m1, D2, X, out, p0, p1):
             c0 + m1 > D.shape[1] or M != m1 + m2 or out.shape[1] != I or p0 < 0 or p1 < p0 or \
             16 * p0 > I:
         raise ValueError("dpbf16_gradient: shapes do not match")
+    if N > 0 and ((m1 > 0 and D.strides[1] != 4) or (m2 > 0 and D2.strides[1] != 4)
+                  or (I > 0 and X.strides[1] != 4)):  # (rows are read 16 values a load)
+        raise ValueError("dpbf16_gradient: rows must be contiguous")
     i0, i1 = 16 * p0, min(16 * p1, I)
     if i1 <= i0:
         return True
