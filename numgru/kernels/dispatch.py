@@ -56,8 +56,9 @@ from .forward import (gru_forward_chunked, gru_forward_cols, gru_forward_rows,
                       row_chunks, PANEL_MIN_T,
                       TILED_MAX_ONE_THREAD, use_panels)
 from .step import gru_step, gru_step_cols
-from .dpbf16 import (CHUNK_ROWS, TILE_PANELS, dpbf16_gradient, dpbf16_projection, dpbf16_ready,
-                     gru_forward_dpbf16, pack_pairs)
+from .dpbf16 import (CHUNK_ROWS, TILE_PANELS, dpbf16_gradient, dpbf16_projection,
+                     dpbf16_projection_parallel, dpbf16_ready, gru_forward_dpbf16, gru_forward_dpbf16_ranges,
+                     pack_pairs)
 from .vnni import digit_row_sums, gru_forward_vnni, vnni_ready
 
 #: rows from which a multi-threaded forward never takes BLAS-threaded steps where BLAS is not wider
@@ -608,7 +609,7 @@ def input_projection(x2d, W_ih, b_ih, numba_threads=False, valid=None, training=
         return gx
     if dpbf16_projection_wanted(N, I, W_ih.shape[0], x2d.dtype, W_ih.dtype, bias.dtype,
                                 threads=1 if training else threads) and \
-            dpbf16_project(x2d, W_ih, bias, b_ih is not None, gx, threads):
+            dpbf16_project(x2d, W_ih, bias, b_ih is not None, gx, threads, pool=training):
         return gx
     if training and not numba_threads and training_panels(N, I, W_ih.shape[0], W_ih.dtype) and \
             x2d.dtype == W_ih.dtype == bias.dtype:
@@ -717,15 +718,18 @@ def dpbf16_projection_wanted(N, K, M, *dtypes, threads=1):
             and all(d == np.float32 for d in dtypes) and not amx_ready() and dpbf16_ready())
 
 
-def dpbf16_project(x2d, W, bias, use_bias, out, threads=1, name="dp_ih"):
+def dpbf16_project(x2d, W, bias, use_bias, out, threads=1, name="dp_ih", pool=False):
     """out = x2d @ W.T (+ bias) by bfloat16 products
-    (:func:`~numgru.kernels.dpbf16.dpbf16_projection`), W packed into this thread's scratch ``name``,
-    in ranges of whole chunks of rows side by side where ``threads`` > 1 (:func:`side_by_side`, not
-    a parallel region: Numba's OpenMP workers spin for a while after one, and the recurrence's ranges
-    that follow on the same cores ran slower: two threads, T = 128, B = 64, H = 256, the forward
-    24.8–26.0 against 22.4 ms). x2d (N, K), W (M, K), out (N, M) C-contiguous float32. False, with
-    out partly written, where x2d or W holds a magnitude beyond 3e38, Inf or NaN: the caller then
-    takes its float32 route, which writes all of out."""
+    (:func:`~numgru.kernels.dpbf16.dpbf16_projection`), W packed into this thread's scratch ``name``;
+    where ``threads`` > 1, in ranges of whole chunks of rows on Numba's threads (the parallel slot
+    free; inference, whose recurrences run there too) or, with ``pool``, side by side on
+    :func:`side_by_side`'s sleeping threads (training, whose recurrences and gradients run there:
+    Numba's OpenMP workers spin for a while after a region, and the pool's ranges that follow on the
+    same cores ran slower, two threads, T = 128, B = 64, H = 256, 24.8–26.0 against 22.4 ms; and
+    the other way round, the projection on the pool before the rows route on Numba's threads, B = 16,
+    H = 128, 3.7 against 2.8). x2d (N, K), W (M, K), out (N, M) C-contiguous float32. False, with out
+    partly written, where x2d or W holds a magnitude beyond 3e38, Inf or NaN: the caller then takes
+    its float32 route, which writes all of out."""
     M = W.shape[0]
     Wp = pairs_scratch(name, *W.shape)
     if not pack_pairs(np.ascontiguousarray(W), Wp):
@@ -734,6 +738,11 @@ def dpbf16_project(x2d, W, bias, use_bias, out, threads=1, name="dp_ih"):
     N = x2d.shape[0]
     chunks = -(-N // CHUNK_ROWS)
     if threads < 2 or chunks < 2:
+        return dpbf16_projection(x2d, Wp, M, init, 0, out)
+    if not pool:
+        with parallel_slot(True) as par:
+            if par:
+                return dpbf16_projection_parallel(x2d, Wp, M, init, 0, out, min(threads, chunks))
         return dpbf16_projection(x2d, Wp, M, init, 0, out)
     n = min(threads, chunks)
     cuts = [min(N, chunks * i // n * CHUNK_ROWS) for i in range(n + 1)]
@@ -1209,16 +1218,19 @@ def _dpbf16_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gate_kind
     """:func:`gru_direction_forward` by AVX512-BF16's bfloat16 products where
     :func:`dpbf16_recurrence_wanted` holds for one thread and every row runs all T steps: training
     (``store``, the tape written) whatever the thread count, in :func:`training_row_ranges`' ranges
-    side by side where it gives some; inference on several threads from ``DPBF16_RANGE_ROWS`` rows
-    a range, one range a thread side by side (a row's sums are the same in any range; one thread's
-    inference takes :func:`serial_direction_plan`'s route). False otherwise (and where a value could
-    not be carried): the float32 kernels then run, writing everything anew.
+    side by side where it gives some (on the pool's threads, as training's other kernels); inference
+    on several threads from ``DPBF16_RANGE_ROWS`` rows a range, one range a thread on Numba's threads
+    (:func:`~numgru.kernels.dpbf16.gru_forward_dpbf16_ranges`, the parallel slot free; there as the
+    projection before it). A row's sums are the same in any range; one thread's inference takes
+    :func:`serial_direction_plan`'s route. False otherwise (and where a value could not be carried):
+    the float32 kernels then run, writing everything anew.
 
-    Zen 4, two threads, T = 128, I = H, two runs of ``numgru bench --precision medium``, ms, against
-    one thread at "medium" and against the float32 routes on two threads: B = 16, H = 1024 73–96
-    against 126–132 and 189–208; B = 64, H = 1024 250–277 against 497–586 and 611–680; B = 64,
-    H = 256 21.3–22.9 against 37.5–40.1 and 35.8–36.4; B = 16, H = 256 5.8–6.6 against 9.7–10.1
-    and 10.3–10.5; B = 8, H = 256 4.4–4.9 against 4.7–5.8 and 5.4."""
+    Zen 4, two threads, T = 128, I = H, ``numgru bench --precision medium``, ms against the float32
+    routes on both threads: B = 8, H = 64 / 128 0.38–0.44 / 0.93–0.95 against 0.48–0.52 / 1.32–1.36;
+    B = 16, H = 64 / 128 / 256 0.59–0.69 / 1.45–1.74 / 5.5–6.6 against 0.89 / 2.43–2.68 / 9.5–10.3;
+    B = 64, H = 64 / 256 2.1–3.1 / 21.5–21.9 against 3.4–3.6 / 36.3–36.4. The same ranges on the
+    pool's threads lost below about 2¹⁹ multiply-adds a range and step (B = 16, H = 128 3.35 against
+    2.7–2.8, the pool's hand-offs and Numba's spinning workers sharing the two cores)."""
     T, B, G = gx.shape
     H = G // 3
     if not dpbf16_recurrence_wanted(T, B, H, 1, W_hh.dtype, reset_after, gate_kind, clip is not None) \
@@ -1234,8 +1246,11 @@ def _dpbf16_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gate_kind
     Wp = pairs_scratch("dp_hh", G, H)
     if not pack_pairs(np.ascontiguousarray(W_hh), Wp):
         return False
-    args = (gx, Wp, b_hh, h0, bool(reverse), y, int(col0), h_n, bool(store),
-            tape if store else empty_array(gx.dtype, 3))
+    if not store:
+        with parallel_slot(True) as par:
+            return par and gru_forward_dpbf16_ranges(gx, Wp, b_hh, h0, bool(reverse), y, int(col0), h_n,
+                                                     len(ranges))
+    args = (gx, Wp, b_hh, h0, bool(reverse), y, int(col0), h_n, True, tape)
     if not ranges:
         return gru_forward_dpbf16(*args, 0, B)
     done = []
@@ -1940,7 +1955,8 @@ def input_gradient(dG, W_ih, out, accumulate):
             return out
     if dpbf16_projection_wanted(N, M, W_ih.shape[1], dG.dtype, W_ih.dtype, out.dtype):
         target = workspace("dx", out.shape, out.dtype) if accumulate else out
-        if dpbf16_project(np.ascontiguousarray(dG), W_ih.T, None, False, target, threads, name="dp_ih_T"):
+        if dpbf16_project(np.ascontiguousarray(dG), W_ih.T, None, False, target, threads, name="dp_ih_T",
+                          pool=True):
             if accumulate:
                 out += target
             return out

@@ -31,11 +31,11 @@ import os
 
 import numpy as np
 from llvmlite import ir
-from numba import types
+from numba import prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ._jit import inline, kernel, target_cpu, wide_vectors
+from ._jit import inline, kernel, parallel_kernel, target_cpu, wide_vectors
 from .amx import (SPLIT_LIMIT, _BFloat, _bits_of, _in_range16, _mask16, _masked_load16, _masked_store16,
                   _round16)
 from .panel import _overloaded, transpose16
@@ -329,6 +329,24 @@ def dpbf16_projection(x, Wp, N, init, si_m, out):
     return _project_rows(x, Wp, N, init, si_m, out, 0, x.shape[0], A)
 
 
+@parallel_kernel(name="dpbf16_projection_parallel")
+def dpbf16_projection_parallel(x, Wp, N, init, si_m, out, threads):
+    """:func:`dpbf16_projection` on ``threads`` of Numba's threads, each a range of whole chunks of
+    rows: each row's sums are those of one thread's run."""
+    wide_vectors()
+    _check_rows(x, Wp, N, init, si_m, out, x.shape[0], None)
+    M = x.shape[0]
+    chunks = (M + CHUNK_ROWS - 1) // CHUNK_ROWS
+    ok = np.ones(threads, np.bool_)
+    for t in prange(threads):
+        wide_vectors()
+        A = np.empty((CHUNK_ROWS, 2 * Wp.shape[1]), np.uint16)
+        r0 = min(M, chunks * t // threads * CHUNK_ROWS)
+        r1 = min(M, chunks * (t + 1) // threads * CHUNK_ROWS)
+        ok[t] = _project_rows(x, Wp, N, init, si_m, out, r0, r1, A)
+    return ok.all()
+
+
 #: rows of the gate gradients (the sum's index) a weight gradient's chunk packs: both operands'
 #: pairs (256 rows of 768 and of 256 columns: 384 + 128 KB) stay in L2 while every tile reads them
 GRADIENT_CHUNK_ROWS = 256
@@ -451,6 +469,21 @@ def gru_forward_dpbf16(gx, Wp, b_hh, h0, reverse, y, col0, h_n, store, tape, b0,
             rows_after_fast(gx, t, acc, b_hh, hc, hn, y, col0, b0, 0, nb)
     h_n[b0:b1] = h_a if T % 2 == 0 else h_b
     return True
+
+
+@parallel_kernel(name="gru_forward_dpbf16_ranges_parallel")
+def gru_forward_dpbf16_ranges(gx, Wp, b_hh, h0, reverse, y, col0, h_n, n):
+    """:func:`gru_forward_dpbf16` for inference as ``n`` ranges of rows on Numba's threads, one a
+    thread (each row's sums are those of one call over all rows). False where a range was refused."""
+    wide_vectors()
+    B = h0.shape[0]
+    ok = np.ones(n, np.bool_)
+    none = np.empty((0, 0, 0), np.float32)
+    for i in prange(n):
+        wide_vectors()
+        ok[i] = gru_forward_dpbf16(gx, Wp, b_hh, h0, reverse, y, col0, h_n, False, none, B * i // n,
+                                   B * (i + 1) // n)
+    return ok.all()
 
 
 @inline
