@@ -731,8 +731,8 @@ def dpbf16_project(x2d, W, bias, use_bias, out, threads=1, name="dp_ih", pool=Fa
     partly written, where x2d or W holds a magnitude beyond 3e38, Inf or NaN: the caller then takes
     its float32 route, which writes all of out."""
     M = W.shape[0]
-    Wp = pairs_scratch(name, *W.shape)
-    if not pack_pairs(np.ascontiguousarray(W), Wp):
+    Wp = packed_pairs(name, W)
+    if Wp is None:
         return False
     init = bias if use_bias else np.zeros(M, np.float32)
     N = x2d.shape[0]
@@ -746,10 +746,8 @@ def dpbf16_project(x2d, W, bias, use_bias, out, threads=1, name="dp_ih", pool=Fa
         return dpbf16_projection(x2d, Wp, M, init, 0, out)
     n = min(threads, chunks)
     cuts = [min(N, chunks * i // n * CHUNK_ROWS) for i in range(n + 1)]
-    done = []
-    side_by_side(lambda a, b: done.append(dpbf16_projection(x2d[a:b], Wp, M, init, 0, out[a:b])),
-                 list(zip(cuts[:-1], cuts[1:])), n)
-    return all(done)
+    return all(side_by_side(lambda a, b: dpbf16_projection(x2d[a:b], Wp, M, init, 0, out[a:b]),
+                            list(zip(cuts[:-1], cuts[1:])), n))
 
 
 def amx_project(x2d, W_ih, bias, use_bias, out, threads=1, Wv=None):
@@ -1243,20 +1241,18 @@ def _dpbf16_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gate_kind
         if n < 2:
             return False
         ranges = [(B * i // n, B * (i + 1) // n) for i in range(n)]
-    Wp = pairs_scratch("dp_hh", G, H)
-    if not pack_pairs(np.ascontiguousarray(W_hh), Wp):
-        return False
     if not store:
-        with parallel_slot(True) as par:
-            return par and gru_forward_dpbf16_ranges(gx, Wp, b_hh, h0, bool(reverse), y, int(col0), h_n,
-                                                     len(ranges))
+        with parallel_slot(True) as par:  # (W_hh packed only once the slot is had)
+            Wp = packed_pairs("dp_hh", W_hh) if par else None
+            return Wp is not None and gru_forward_dpbf16_ranges(gx, Wp, b_hh, h0, bool(reverse), y,
+                                                                int(col0), h_n, len(ranges))
+    Wp = packed_pairs("dp_hh", W_hh)
+    if Wp is None:
+        return False
     args = (gx, Wp, b_hh, h0, bool(reverse), y, int(col0), h_n, True, tape)
     if not ranges:
         return gru_forward_dpbf16(*args, 0, B)
-    done = []
-    side_by_side(lambda *a: done.append(gru_forward_dpbf16(*a)), [(*args, b0, b1) for b0, b1 in ranges],
-                 len(ranges))
-    return all(done)
+    return all(side_by_side(gru_forward_dpbf16, [(*args, b0, b1) for b0, b1 in ranges], len(ranges)))
 
 
 def _amx_training_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gate_kind, clip, y, col0,
@@ -1439,9 +1435,9 @@ def _run_dpbf16_direction(dp_steps, g3, h0, y, col0, h_n):
     W_hh or a state holds a value bfloat16 cannot carry (NaN or ±Inf, say): the caller then runs the
     float32 kernels, which write everything anew."""
     W_hh, b_hh, reverse = dp_steps
-    Wp = pairs_scratch("dp_hh", *W_hh.shape)
-    return pack_pairs(np.ascontiguousarray(W_hh), Wp) and gru_forward_dpbf16(
-        g3, Wp, b_hh, h0, reverse, y, col0, h_n, False, empty_array(g3.dtype, 3), 0, h0.shape[0])
+    Wp = packed_pairs("dp_hh", W_hh)
+    return Wp is not None and gru_forward_dpbf16(g3, Wp, b_hh, h0, reverse, y, col0, h_n, False,
+                                                 empty_array(g3.dtype, 3), 0, h0.shape[0])
 
 
 def _run_vnni_direction(vnni_steps, g3, h0, y, col0, h_n):
@@ -1554,11 +1550,14 @@ def packing_slot(threads, W, held=False):
     return _Held() if wanted and held else parallel_slot(wanted)
 
 
-def pairs_scratch(name, N, K):
-    """This thread's :func:`workspace` ``name`` for the bfloat16 panels of W (N, K)
-    (:func:`~numgru.kernels.dpbf16.pack_pairs`), (⌈N/16⌉, ⌈K/2⌉, 16, 2) uint16 on a 64-byte line."""
+def packed_pairs(name, W):
+    """W (N, K) float32's bfloat16 panels (:func:`~numgru.kernels.dpbf16.pack_pairs`, (⌈N/16⌉,
+    ⌈K/2⌉, 16, 2) uint16 on a 64-byte line) in this thread's :func:`workspace` ``name``, valid until
+    its next call asking for that name; None where W holds a value bfloat16 cannot carry."""
+    N, K = W.shape
     P, KQ = (N + 15) // 16, (K + 1) // 2
-    return _aligned_scratch(name, P * KQ * 32).reshape(P, KQ, 16, 2)
+    Wp = _aligned_scratch(name, P * KQ * 32).reshape(P, KQ, 16, 2)
+    return Wp if pack_pairs(np.ascontiguousarray(W), Wp) else None
 
 
 def _aligned_scratch(name, size):
@@ -1669,9 +1668,7 @@ def gru_direction_backward(dy, col0, dh_n, tape, y, h0, W_hh, lengths, reverse, 
         Wd = None
         if not tiles and dtype == np.float32 and dpbf16_recurrence_wanted(T, B, H, 1, dtype, reset_after,
                                                                           gate_kind, clip is not None):
-            Wd = pairs_scratch("dp_hh_T", H, 3 * H)
-            if not pack_pairs(W_T, Wd):
-                Wd = None
+            Wd = packed_pairs("dp_hh_T", W_T)
         if Wv_T is None or Wv_T.shape[0] == 0:
             backward, order = (gru_backward_serial, 3) if Wd is None else (gru_backward_dpbf16, 1)
             ranges = training_row_ranges(T, B, H, lengths, dtype)
@@ -1836,23 +1833,21 @@ def dpbf16_gradients(jobs):
         P = (job[4].shape[1] + 15) // 16
         step = -(-P // (TILE_PANELS * per_job)) * TILE_PANELS
         tasks += [(*job, p0, min(P, p0 + step)) for p0 in range(0, P, step)]
-    done = []
-    side_by_side(lambda *task: done.append(dpbf16_gradient(*task)), tasks, threads)
-    return all(done)
+    return all(side_by_side(dpbf16_gradient, tasks, threads))
 
 
 def side_by_side(fn, tasks, threads):
     """fn(*args) for each ``args`` in ``tasks``: the first on this thread, the rest on the
     :func:`_gradient_pool`'s ``threads`` − 1 workers, which sleep on a queue when idle (unlike
     OpenBLAS's workers and Numba's OpenMP ones, which spin for a while after each call). Returns once
-    all have run; the first error is raised."""
+    all have run: their results, in the tasks' order; the first error is raised."""
     pool = _gradient_pool(threads - 1)
     futures = [pool.submit(fn, *args) for args in tasks[1:]]
     try:
-        fn(*tasks[0])
+        first = fn(*tasks[0])
     finally:
-        for f in futures:
-            f.result()
+        rest = [f.result() for f in futures]
+    return [first, *rest]
 
 
 def training_row_ranges(T, B, H, lengths, dtype):
@@ -1940,34 +1935,35 @@ def input_gradient(dG, W_ih, out, accumulate):
     projection takes them (W_ih's transpose packed, :func:`amx_projection_wanted` for training, so
     whatever the thread count), at "medium" precision without AMX by AVX512-BF16's bfloat16 products
     (:func:`dpbf16_projection_wanted`), else on the panels (:func:`training_panels`) or in BLAS."""
-    N, M = dG.shape
-    threads = thread_count()
-    if amx_projection_wanted(N, M, threads, dG.dtype, True, W_ih.shape[1]):
-        dG = np.ascontiguousarray(dG)
-        W_T = np.ascontiguousarray(W_ih.T)
-        target = workspace("dx", out.shape, out.dtype) if accumulate else out
-        if amx_project_digits(dG, W_T, W_ih[0], False, target, threads, name="amx_ih_T_digits",
-                              spread=0.0) or \
-                amx_project(dG, W_T, W_ih[0], False, target, threads,
-                            amx_pieces("amx_ih_T", W_T, threads)):
-            if accumulate:
-                out += target
-            return out
-    if dpbf16_projection_wanted(N, M, W_ih.shape[1], dG.dtype, W_ih.dtype, out.dtype):
-        target = workspace("dx", out.shape, out.dtype) if accumulate else out
-        if dpbf16_project(np.ascontiguousarray(dG), W_ih.T, None, False, target, threads, name="dp_ih_T",
-                          pool=True):
-            if accumulate:
-                out += target
-            return out
-    if training_panels(N, M, W_ih.shape[1], dG.dtype) and dG.dtype == W_ih.dtype == out.dtype:
-        target = workspace("dx", out.shape, out.dtype) if accumulate else out
-        pool_projection(np.ascontiguousarray(dG), np.ascontiguousarray(W_ih.T), W_ih[0], False, target)
+    target = workspace("dx", out.shape, out.dtype) if accumulate else out
+    if _input_gradient_routed(dG, W_ih, target):
         if accumulate:
             out += target
         return out
     matmul_into(dG, W_ih, out, accumulate)
     return out
+
+
+def _input_gradient_routed(dG, W_ih, target):
+    """target = dG @ W_ih on the first of :func:`input_gradient`'s routes before BLAS that wants it
+    and takes the values: True, or False where none did (target then partly written or not)."""
+    N, M = dG.shape
+    threads = thread_count()
+    if amx_projection_wanted(N, M, threads, dG.dtype, True, W_ih.shape[1]):
+        dG = np.ascontiguousarray(dG)
+        W_T = np.ascontiguousarray(W_ih.T)
+        if amx_project_digits(dG, W_T, W_ih[0], False, target, threads, name="amx_ih_T_digits",
+                              spread=0.0) or \
+                amx_project(dG, W_T, W_ih[0], False, target, threads, amx_pieces("amx_ih_T", W_T, threads)):
+            return True
+    if dpbf16_projection_wanted(N, M, W_ih.shape[1], dG.dtype, W_ih.dtype, target.dtype) and \
+            dpbf16_project(np.ascontiguousarray(dG), W_ih.T, None, False, target, threads, name="dp_ih_T",
+                           pool=True):
+        return True
+    if training_panels(N, M, W_ih.shape[1], dG.dtype) and dG.dtype == W_ih.dtype == target.dtype:
+        pool_projection(np.ascontiguousarray(dG), np.ascontiguousarray(W_ih.T), W_ih[0], False, target)
+        return True
+    return False
 
 
 def panels_gradient_wanted(*dtypes):

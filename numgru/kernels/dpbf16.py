@@ -196,6 +196,12 @@ def _bits(v):
 
 
 @inline
+def _in_range(u):
+    """Whether the float32 whose bits are u is finite with magnitude at most SPLIT_LIMIT."""
+    return (u & np.uint32(0x7FFFFFFF)) <= LIMIT_BITS
+
+
+@inline
 def _code(u):
     """The bfloat16 code nearest the float32 whose bits are u (ties to even; |u| ≤ LIMIT_BITS)."""
     return np.uint16((u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16))
@@ -216,7 +222,7 @@ def codes_into(x, r0, r1, dst):
         else:
             for k in range(K):
                 u = _bits(src[k])
-                ok &= (u & np.uint32(0x7FFFFFFF)) <= LIMIT_BITS
+                ok &= _in_range(u)
                 out[k] = _code(u)
         if K % 2:
             out[K] = np.uint16(0)
@@ -251,7 +257,7 @@ def _pack_rows_into(W, n0, n1, out):
             else:
                 for k in range(K):
                     u = _bits(W[n, k])
-                    ok &= (u & np.uint32(0x7FFFFFFF)) <= LIMIT_BITS
+                    ok &= _in_range(u)
                     rows[lane, k] = _code(u)
         for q in range(0, KQ - KQ % 16, 16):  # 16 × 16 words turned in registers
             transpose16(flat_pairs, q, ld, flat_words, (p * KQ + q) * 16, 16)
@@ -357,21 +363,20 @@ def _pairs_into(S, c0, n, r0, r1, dst, d0):
     """Columns c0 … c0+n−1 of S's rows r0 … r1−1 (float32) as bfloat16 pairs of consecutive rows:
     dst[q, d0 + m] (uint32) holds rows r0 + 2q and r0 + 2q + 1 of column c0 + m, the first in its low
     half (an odd count's last pair with a zero). False as :func:`codes_into`."""
-    bad = np.uint32(0)
+    ok = True
     for q in range((r1 - r0 + 1) // 2):
         a = S[r0 + 2 * q]
         out = dst[q]
         if r0 + 2 * q + 1 < r1:
             b = S[r0 + 2 * q + 1]
             for m in range(0, n, 16):
-                if not pairs16(a, c0 + m, b, c0 + m, n - m, out, d0 + m):
-                    bad = np.uint32(1)
+                ok &= pairs16(a, c0 + m, b, c0 + m, n - m, out, d0 + m)
         else:
             for m in range(n):
                 u = _bits(a[c0 + m])
-                bad |= np.uint32((u & np.uint32(0x7FFFFFFF)) > LIMIT_BITS)
+                ok &= _in_range(u)
                 out[d0 + m] = np.uint32(_code(u))
-    return bad == 0
+    return ok
 
 
 @kernel
