@@ -5,6 +5,7 @@ Every message names the argument, what was expected and what was given (STYLE §
 from __future__ import annotations
 
 import numbers
+import os
 
 import numpy as np
 
@@ -20,6 +21,24 @@ def check_int(name, value, *, minimum=None, allow_none=False):
     if minimum is not None and value < minimum:
         raise ValueError(f"{name}: expected an int >= {minimum}, got {value}")
     return value
+
+
+def check_path(name, path):
+    """``path`` (str, bytes or os.PathLike) as a str, or a TypeError naming the argument."""
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        raise TypeError(f"{name}: expected a str or os.PathLike, got {type(path).__name__}")
+    return os.fsdecode(os.fspath(path))
+
+
+def check_writable_path(name, path):
+    """``path`` as a str where a file can be written: not a folder, in a folder that exists."""
+    path = check_path(name, path)
+    if os.path.isdir(path):
+        raise ValueError(f"{name}: {path!r} is a directory; give a file name")
+    folder = os.path.dirname(path) or "."
+    if not os.path.isdir(folder):
+        raise ValueError(f"{name}: no such directory {folder!r}")
+    return path
 
 
 def check_float(name, value, *, low=None, high=None, low_open=False, high_open=False,

@@ -214,7 +214,7 @@ class GRU(_Params):
         self._gate_kind, self.alpha, self.beta = _resolve_gate(gate_activation, alpha, beta)
         self.clip = check_float("clip", clip, low=0.0, low_open=True, allow_none=True)
         self.dtype = check_dtype("dtype", dtype)
-        self.seed = check_int("seed", seed, allow_none=True)
+        self.seed = check_int("seed", seed, minimum=0, allow_none=True)
         self.training_seed = None
         D = self.num_directions
         H = self.hidden_size
@@ -1105,7 +1105,7 @@ class Linear(_Params):
         self.out_features = check_int("out_features", out_features, minimum=1)
         self.bias = check_bool("bias", bias)
         self.dtype = check_dtype("dtype", dtype)
-        self.seed = check_int("seed", seed, allow_none=True)
+        self.seed = check_int("seed", seed, minimum=0, allow_none=True)
         rng = np.random.default_rng(self.seed)
         k = 1.0 / math.sqrt(self.in_features)
         self.weight = rng.uniform(-k, k, (self.out_features, self.in_features)).astype(self.dtype)

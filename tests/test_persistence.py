@@ -97,3 +97,17 @@ def test_random_truncated_and_mismatched_files(tmp_path):
 def test_save_rejects_unknown_objects(tmp_path):
     with pytest.raises(TypeError, match="obj"):
         ng.save({"a": 1}, tmp_path / "x")
+
+
+def test_save_and_export_refuse_paths_they_cannot_write(tmp_path):
+    g = ng.GRU(3, 4, seed=0)
+    for write in (ng.save, ng.onnx.export):
+        with pytest.raises(ValueError, match="path: .* is a directory"):
+            write(g, tmp_path)
+        with pytest.raises(ValueError, match="path: no such directory"):
+            write(g, tmp_path / "missing" / "m.bin")
+        with pytest.raises(TypeError, match="path: expected a str or os.PathLike"):
+            write(g, None)
+    with pytest.raises(TypeError, match="path"):
+        ng.load(3)
+    assert list(tmp_path.iterdir()) == []  # nothing half-written is left behind

@@ -61,6 +61,8 @@ def test_optimizer_updates_model_in_place_and_validates():
         ng.optim.Adam(g.named_parameters(), lr=-1)
     with pytest.raises(ValueError, match="params"):
         ng.optim.Adam([], lr=1e-3)
+    with pytest.raises(TypeError, match="params: expected a mapping or an iterable"):
+        ng.optim.SGD(3, lr=0.1)
 
 
 def test_clip_grad_norm_matches_torch():

@@ -31,6 +31,7 @@ def gru():
     (dict(dtype=np.int32), TypeError, "dtype"),
     (dict(dtype="float16"), TypeError, "dtype"),
     (dict(seed=1.5), TypeError, "seed"),
+    (dict(seed=-1), ValueError, "seed"),
 ])
 def test_constructor_arguments(kwargs, exc, match):
     args = dict(input_size=3, hidden_size=4)

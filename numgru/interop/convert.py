@@ -7,6 +7,7 @@ import re
 
 import numpy as np
 
+from .._validation import check_path
 from ..layers import GRU, GRUCell
 from .persistence import save
 
@@ -126,7 +127,7 @@ def _from_keras(path):
 
 def load_any(path, fmt=None):
     """Read a GRU model from ONNX, a torch state_dict (weights_only) or Keras; returns a numgru object."""
-    path = os.fspath(path)
+    path = check_path("src", path)
     if not os.path.isfile(path):
         raise ValueError(f"src: no such file {path!r}")
     fmt = _detect(path, fmt)

@@ -9,6 +9,7 @@ import os
 
 import numpy as np
 
+from .._validation import check_path, check_writable_path
 from ..layers import GRU
 from . import layout
 
@@ -34,6 +35,7 @@ def export(model, path, *, opset=14, with_lengths=False, with_initial_h=False):
     """
     if not isinstance(model, GRU):
         raise TypeError(f"model: expected a numgru.GRU, got {type(model).__name__}")
+    path = check_writable_path("path", path)
     onnx, helper, numpy_helper = _onnx()
     TP = onnx.TensorProto
     L, D, H, I = model.num_layers, model.num_directions, model.hidden_size, model.input_size
@@ -103,8 +105,8 @@ def export(model, path, *, opset=14, with_lengths=False, with_initial_h=False):
     # refuse files whose IR version is newer than theirs (onnxruntime 1.30 refused onnx 1.23's)
     proto.ir_version = helper.find_min_ir_version_for(opsets)
     onnx.checker.check_model(proto)
-    onnx.save(proto, os.fspath(path))
-    return os.fspath(path)
+    onnx.save(proto, path)
+    return path
 
 
 # -------------------------------------------------------------------------------------------- load
@@ -462,7 +464,7 @@ def load(path):
     attributes raise ValueError naming the node. Only the protobuf is parsed: no code runs.
     """
     onnx, _, _ = _onnx()
-    path = os.fspath(path)
+    path = check_path("path", path)
     if not os.path.isfile(path):
         raise ValueError(f"path: no such file {path!r}")
     try:

@@ -19,6 +19,8 @@ import struct
 
 import numpy as np
 
+from .._validation import check_path, check_writable_path
+
 FORMAT = "numgru"
 FORMAT_VERSION = "1"
 _MAX_HEADER = 100 * 1024 * 1024
@@ -61,12 +63,17 @@ def to_bytes(obj):
 
 def save(obj, path):
     """Write a GRU, GRUCell, Linear or fitted estimator to ``path`` (safetensors). Returns the path."""
+    path = check_writable_path("path", path)
     data = to_bytes(obj)
-    path = os.fspath(path)
     tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
     return path
 
 
@@ -129,7 +136,7 @@ def from_bytes(data, what="data"):
 
 def load(path):
     """Read an object written by :func:`save`. Never unpickles; bad files raise ValueError."""
-    path = os.fspath(path)
+    path = check_path("path", path)
     if not os.path.isfile(path):
         raise ValueError(f"path: no such file {path!r}")
     with open(path, "rb") as f:

@@ -29,7 +29,11 @@ class Optimizer:
     """Base class: holds live parameters by name, validates gradients, counts steps."""
 
     def __init__(self, params, lr):
-        items = list(params.items()) if hasattr(params, "items") else list(params)
+        try:
+            items = list(params.items()) if hasattr(params, "items") else list(params)
+        except TypeError:
+            raise TypeError(f"params: expected a mapping or an iterable of (name, array) pairs, e.g. "
+                            f"model.named_parameters(), got {type(params).__name__}") from None
         if not items:
             raise ValueError("params: expected at least one (name, array) pair, got none")
         self.params = {}
