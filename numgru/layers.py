@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,6 +61,11 @@ def use_bf16(model, B, nbytes, blas_threads):
     if model._bf16 is None or B > BF16_MAX_ROWS or nbytes <= BF16_MIN_BYTES:
         return False
     return not blas_threads or nbytes <= BF16_MAX_BYTES_BLAS_THREADS
+
+
+def _plain_int(v):
+    """Whether ``v`` is an int of at least 1 (not a bool): a size a config may hold."""
+    return isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_)) and v >= 1
 
 
 def _read_only(a):
@@ -232,6 +238,19 @@ class GRU(_Params):
                     self._b_hh.append(aligned(rng.uniform(-k, k, 3 * H).astype(self.dtype)))
         self._zero_bias = np.zeros(3 * H, self.dtype)
         self._dropout_rng = np.random.default_rng(None if self.seed is None else self.seed + 1)
+
+    @staticmethod
+    def _config_count(config):
+        """How many parameter values a GRU built from ``config`` (:meth:`get_config`'s dict) holds,
+        counted without building it; None where a size is not an int (the constructor refuses it).
+        Lets a loader refuse a file whose config asks for far more than its tensors hold."""
+        I, H, L = (config.get(k, d) for k, d in (("input_size", None), ("hidden_size", None),
+                                                   ("num_layers", 1)))
+        if not all(_plain_int(v) for v in (I, H, L)):
+            return None
+        D = 2 if config.get("bidirectional") is True else 1
+        per_direction = lambda I_k: 3 * H * (I_k + H) + (6 * H if config.get("bias", True) else 0)
+        return D * per_direction(I) + (L - 1) * D * per_direction(D * H)
 
     _bf16 = None  # quantized models: (W_ih, W_hh) lists of bfloat16 (uint16) copies
     _bf16_panels = None  # ... and their step panels per layer and direction, packed on first use
@@ -922,6 +941,12 @@ class GRUCell(_Params):
         self._plans = {}  # (B, threads) -> the fast path's kernel arguments; see _step_args
         self._backwards = False  # the direction the last step swept the weights (gru_step)
 
+    @staticmethod
+    def _config_count(config):
+        """:meth:`GRU._config_count` of one layer and direction."""
+        return GRU._config_count({k: v for k, v in config.items()
+                                  if k in ("input_size", "hidden_size", "bias")})
+
     input_size = property(lambda self: self._gru.input_size)
     hidden_size = property(lambda self: self._gru.hidden_size)
     bias = property(lambda self: self._gru.bias)
@@ -1110,6 +1135,14 @@ class Linear(_Params):
         k = 1.0 / math.sqrt(self.in_features)
         self.weight = rng.uniform(-k, k, (self.out_features, self.in_features)).astype(self.dtype)
         self.b = rng.uniform(-k, k, self.out_features).astype(self.dtype) if self.bias else None
+
+    @staticmethod
+    def _config_count(config):
+        """How many parameter values a Linear built from ``config`` holds (None: sizes not ints)."""
+        n, m = config.get("in_features"), config.get("out_features")
+        if not (_plain_int(n) and _plain_int(m)):
+            return None
+        return m * n + (m if config.get("bias", True) else 0)
 
     def get_config(self):
         return dict(in_features=self.in_features, out_features=self.out_features, bias=self.bias,

@@ -122,3 +122,26 @@ def test_save_load_fitted_estimators(tmp_path, digits):
     reg = ng.GRURegressor(hidden_size=4, epochs=1, random_state=0).fit(Xtr[:50], ytr[:50] * 0.1)
     ng.save(reg, tmp_path / "reg.safetensors")
     np.testing.assert_array_equal(ng.load(tmp_path / "reg.safetensors").predict(Xte), reg.predict(Xte))
+
+
+def test_fitted_estimator_files_that_do_not_fit_together_are_refused(tmp_path, digits):
+    import json
+    import struct
+    Xtr, _, ytr, _ = digits
+    clf = ng.GRUClassifier(hidden_size=4, epochs=1, random_state=0).fit(Xtr[:50], ytr[:50])
+    data = open(ng.save(clf, tmp_path / "clf.safetensors"), "rb").read()
+    n = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8:8 + n])
+    for change, match in [(lambda f: f.update(n_features_in_=7), "n_features_in_"),
+                          (lambda f: f.update(classes_=[0, 1]), "classes_: expected 10 labels"),
+                          (lambda f: f.update(classes_dtype="O"), "classes_dtype"),
+                          (lambda f: f.update(loss_curve_="abc"), "loss_curve_"),
+                          (lambda f: f["head"].update(out_features=10**9), "parameter values"),
+                          (lambda f: f.pop("gru"), "does not match its config")]:
+        cfg = json.loads(header["__metadata__"]["config"])
+        change(cfg["fitted"])
+        bad = {**header, "__metadata__": {**header["__metadata__"], "config": json.dumps(cfg)}}
+        hb = json.dumps(bad).encode()
+        (tmp_path / "bad").write_bytes(struct.pack("<Q", len(hb)) + hb + data[8 + n:])
+        with pytest.raises(ValueError, match=match):
+            ng.load(tmp_path / "bad")

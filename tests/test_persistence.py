@@ -87,6 +87,13 @@ def test_random_truncated_and_mismatched_files(tmp_path):
     p.write_bytes(struct.pack("<Q", len(hb)) + hb + data[8 + n:])
     with pytest.raises(ValueError, match="does not match its config"):
         ng.load(p)
+    # a few bytes of config asking for gigabytes are refused before anything is allocated
+    for key, value in (("hidden_size", 2**40), ("num_layers", 10**6), ("input_size", 10**9)):
+        header["__metadata__"]["config"] = json.dumps({**cfg, "hidden_size": 4, key: value})
+        hb = json.dumps(header).encode()
+        p.write_bytes(struct.pack("<Q", len(hb)) + hb + data[8 + n:])
+        with pytest.raises(ValueError, match="config describes .* parameter values, the tensors"):
+            ng.load(p)
     header["__metadata__"]["kind"] = "os.system"
     hb = json.dumps(header).encode()
     p.write_bytes(struct.pack("<Q", len(hb)) + hb + data[8 + n:])

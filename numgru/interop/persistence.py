@@ -124,14 +124,36 @@ def from_bytes(data, what="data"):
     except (SafetensorError, ValueError, struct.error) as exc:
         raise ValueError(f"{what}: corrupted safetensors data ({exc})") from exc
     cls = kinds[kind]
+    _check_counts(cls, config, tensors, what)
     try:
         if hasattr(cls, "_from_safetensors"):
             return cls._from_safetensors(config, tensors)
         obj = cls(**config)
         obj.load_state_dict(tensors)
         return obj
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{what}: the stored {kind} does not match its config: {exc}") from exc
+    except (TypeError, ValueError, KeyError) as exc:
+        raise ValueError(f"{what}: the stored {kind} does not match its config: {exc!s}") from exc
+
+
+def _check_counts(cls, config, tensors, what):
+    """Refuse a config that describes more (or fewer) parameter values than the file's tensors hold,
+    before anything is built from it: a few bytes of JSON could otherwise ask for gigabytes."""
+    from ..layers import GRU, Linear
+    if hasattr(cls, "_from_safetensors"):  # an estimator: a GRU and a Linear head, by prefix
+        fitted = config.get("fitted")
+        parts = ([("gru.", GRU, fitted.get("gru")), ("head.", Linear, fitted.get("head"))]
+                 if isinstance(fitted, dict) else [])
+    else:
+        parts = [("", cls, config)]
+    for prefix, part, cfg in parts:
+        if not isinstance(cfg, dict):
+            continue  # the constructor's own checks name what is wrong
+        expected = part._config_count(cfg)
+        held = sum(int(t.size) for k, t in tensors.items() if k.startswith(prefix))
+        if expected is not None and expected != held:
+            raise ValueError(f"{what}: the stored {part.__name__} does not match its config: the "
+                             f"config describes {expected} parameter values, the tensors"
+                             f"{' ' + prefix + '*' if prefix else ''} hold {held}")
 
 
 def load(path):

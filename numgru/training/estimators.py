@@ -15,6 +15,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.exceptions import NotFittedError
 
+from .._validation import check_int
 from ..layers import GRU, Linear
 from . import losses
 from . import optim as _optim
@@ -247,14 +248,24 @@ class _GRUEstimator(BaseEstimator):
         est.head_ = Linear(**fitted["head"])
         est.gru_.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("gru.")})
         est.head_.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("head.")})
-        est.n_features_in_ = fitted["n_features_in_"]
-        est.n_iter_ = fitted["n_iter_"]
-        est.loss_curve_ = fitted["loss_curve_"]
+        gru, head = est.gru_, est.head_
+        if not gru.batch_first or head.in_features != gru.num_directions * gru.hidden_size:
+            raise ValueError("the GRU and its head do not fit together (as fit builds them: "
+                             "batch_first, head.in_features = num_directions * hidden_size)")
+        est.n_features_in_ = check_int("n_features_in_", fitted["n_features_in_"], minimum=1)
+        if est.n_features_in_ != gru.input_size:
+            raise ValueError(f"n_features_in_: {est.n_features_in_} but the GRU takes "
+                             f"{gru.input_size} features")
+        est.n_iter_ = check_int("n_iter_", fitted["n_iter_"], minimum=0)
+        curve = fitted["loss_curve_"]
+        if not (isinstance(curve, list) and all(isinstance(v, (int, float)) for v in curve)):
+            raise ValueError("loss_curve_: expected a list of numbers")
+        est.loss_curve_ = [float(v) for v in curve]
         est._set_fitted_meta(fitted)
         return est
 
     def _set_fitted_meta(self, fitted):
-        pass
+        """Restore (and check against ``head_``) what :meth:`_fitted_meta` stored."""
 
 
 class GRUClassifier(ClassifierMixin, _GRUEstimator):
@@ -311,7 +322,13 @@ class GRUClassifier(ClassifierMixin, _GRUEstimator):
         return {"classes_": self.classes_.tolist(), "classes_dtype": self.classes_.dtype.str}
 
     def _set_fitted_meta(self, fitted):
-        self.classes_ = np.array(fitted["classes_"], dtype=np.dtype(fitted["classes_dtype"]))
+        dtype = np.dtype(fitted["classes_dtype"])
+        if dtype.kind not in "biufUS":
+            raise ValueError(f"classes_dtype: expected a bool, number or string dtype, got {dtype}")
+        self.classes_ = np.array(fitted["classes_"], dtype=dtype)
+        if self.classes_.ndim != 1 or self.classes_.size != self.head_.out_features:
+            raise ValueError(f"classes_: expected {self.head_.out_features} labels (the head's "
+                             f"outputs), got shape {self.classes_.shape}")
 
 
 class GRURegressor(RegressorMixin, _GRUEstimator):
@@ -346,5 +363,9 @@ class GRURegressor(RegressorMixin, _GRUEstimator):
         return {"y_ndim": self._y_ndim, "n_outputs_": self.n_outputs_}
 
     def _set_fitted_meta(self, fitted):
-        self._y_ndim = fitted["y_ndim"]
-        self.n_outputs_ = fitted["n_outputs_"]
+        self._y_ndim = check_int("y_ndim", fitted["y_ndim"], minimum=1)
+        self.n_outputs_ = check_int("n_outputs_", fitted["n_outputs_"], minimum=1)
+        if self._y_ndim > 2 or self.n_outputs_ != self.head_.out_features or (
+                self._y_ndim == 1 and self.n_outputs_ != 1):
+            raise ValueError(f"y_ndim, n_outputs_: {self._y_ndim}, {self.n_outputs_} do not fit a "
+                             f"head of {self.head_.out_features} outputs")
