@@ -121,6 +121,27 @@ def test_unsupported_operator_and_activation_named(tmp_path):
         ng.onnx.load(tmp_path / "junk.onnx")
 
 
+def test_hostile_attributes_and_shapes_named(tmp_path):
+    from onnx import TensorProto, helper, numpy_helper
+    with pytest.raises(ValueError, match="'g'.*'layout' must be an int"):
+        ng.onnx.load(_gru_node_model(tmp_path / "l.onnx", dict(layout="x")))
+    # a ConstantOfShape asking for 40 GB is refused before numpy allocates it
+    big = helper.make_node("ConstantOfShape", ["shp"], ["Z"], name="big",
+                           value=helper.make_tensor("v", TensorProto.FLOAT, [1], [0.0]))
+    graph = helper.make_graph(
+        [big, helper.make_node("GRU", ["X", "W", "R", "", "", "Z"], ["Y"], name="g", hidden_size=3)],
+        "t", [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["T", "B", 2])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.array([10**5, 10**5], np.int64), "shp"),
+         numpy_helper.from_array(np.zeros((1, 9, 2), np.float32), "W"),
+         numpy_helper.from_array(np.zeros((1, 9, 3), np.float32), "R")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)]),
+              str(tmp_path / "big.onnx"))
+    model = ng.onnx.load(tmp_path / "big.onnx")
+    with pytest.raises(ValueError, match="'big'.*more than"):
+        model(np.zeros((4, 2, 2), np.float32))
+
+
 def test_import_torch_onnx_export(tmp_path):
     torch = pytest.importorskip("torch")
     torch.manual_seed(0)

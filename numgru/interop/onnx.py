@@ -5,6 +5,7 @@ graph with numgru's kernels for GRU nodes and NumPy for the glue that exporters 
 """
 from __future__ import annotations
 
+import math
 import os
 
 import numpy as np
@@ -119,6 +120,29 @@ def _attrs(node):
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
+#: the most elements a shape-making operator (ConstantOfShape, Expand) may ask for: a GRU graph's
+#: states are (L·D, B, H); a hostile file could otherwise ask for more memory than the machine has
+MAX_MADE_ELEMENTS = 2**28
+
+
+def _made_shape(values):
+    """The shape ``values`` asks an operator to make, refused past :data:`MAX_MADE_ELEMENTS` (the
+    caller names the node)."""
+    shape = tuple(int(v) for v in np.asarray(values).reshape(-1))
+    if any(d < 0 for d in shape) or math.prod(shape) > MAX_MADE_ELEMENTS:
+        raise ValueError(f"shape {shape} is negative or holds more than {MAX_MADE_ELEMENTS} elements")
+    return shape
+
+
+def _int_attr(node, a, key, default):
+    """Attribute ``key`` of ``node`` as an int, or a ValueError naming both."""
+    try:
+        return int(a.get(key, default))
+    except (TypeError, ValueError):
+        raise ValueError(f"node {node.name or node.op_type!r}: attribute {key!r} must be an int, got "
+                         f"{a[key]!r}") from None
+
+
 def _s(v):
     return v.decode() if isinstance(v, bytes) else v
 
@@ -181,11 +205,11 @@ class _GRUNode:
         self.clip = None if clip is None else float(clip)
         if self.clip is not None and not self.clip > 0:
             raise ValueError(f"node {self.name!r}: clip must be > 0, got {clip}")
-        self.layout = int(a.get("layout", 0))
+        self.layout = _int_attr(node, a, "layout", 0)
         if self.layout not in (0, 1):
             raise ValueError(f"node {self.name!r}: layout must be 0 or 1, got {self.layout}")
-        self.reset_after = bool(a.get("linear_before_reset", 0))
-        self.hidden_size = int(a["hidden_size"]) if "hidden_size" in a else None
+        self.reset_after = bool(_int_attr(node, a, "linear_before_reset", 0))
+        self.hidden_size = _int_attr(node, a, "hidden_size", 0) if "hidden_size" in a else None
         self.attrs = dict(gate=self.gate, alpha=self.alpha, beta=self.beta, clip=self.clip,
                           reset_after=self.reset_after, direction=direction)
         self.gru = None
@@ -357,9 +381,10 @@ class OnnxGRUGraph:
         if op == "ConstantOfShape":
             from onnx import numpy_helper
             val = numpy_helper.to_array(a["value"]) if "value" in a else np.zeros(1, np.float32)
-            return [np.full(tuple(int(s) for s in ins[0]), val.reshape(-1)[0], val.dtype)]
+            return [np.full(_made_shape(ins[0]), val.reshape(-1)[0], val.dtype)]
         if op == "Expand":
-            return [ins[0] * np.ones(tuple(int(s) for s in ins[1]), ins[0].dtype)]
+            shape = np.broadcast_shapes(ins[0].shape, _made_shape(ins[1]))
+            return [np.broadcast_to(ins[0], _made_shape(shape)).copy()]
         if op == "Cast":
             from onnx import helper
             return [ins[0].astype(helper.tensor_dtype_to_np_dtype(a["to"]))]
