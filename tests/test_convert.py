@@ -80,3 +80,21 @@ def test_bad_sources(tmp_path, capsys):
     assert main(["convert", str(tmp_path / "x.txt"), str(tmp_path / "o")]) == 2
     assert main(["convert", str(tmp_path / "nope.onnx"), str(tmp_path / "o")]) == 2
     assert "no such file" in capsys.readouterr().out
+
+
+def test_sizes_are_read_from_shapes_that_fit(tmp_path, capsys):
+    from numgru.interop.convert import model_from_state_dict
+    from numgru.interop.keras import gru_from_keras_weights
+    # an empty (0, 10**6) array would otherwise ask for a GRU of hidden_size 10**6
+    with pytest.raises(ValueError, match=r"weight_hh_l0.*\(3\*H, H\)"):
+        model_from_state_dict({"weight_ih_l0": np.zeros((0, 3)), "weight_hh_l0": np.zeros((0, 10**6))})
+    with pytest.raises(ValueError, match="weight_ih / weight_hh missing"):
+        model_from_state_dict({"weight_ih": np.zeros((12, 3)), "bias_ih": np.zeros(12)})
+    with pytest.raises(ValueError, match="recurrent kernel of shape"):
+        gru_from_keras_weights([np.zeros((3, 0)), np.zeros((10**6, 0))])
+    with pytest.raises(ValueError, match="2-D kernels"):
+        gru_from_keras_weights([np.zeros((3, 12)), np.zeros(())])
+    torch.save({"weight_ih_l0": torch.zeros(12, 3), "weight_hh_l0": torch.zeros(12, 4)},
+               tmp_path / "g.pt")
+    assert main(["convert", str(tmp_path / "g.pt"), str(tmp_path)]) == 2
+    assert "is a directory" in capsys.readouterr().out

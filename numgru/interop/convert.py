@@ -28,6 +28,18 @@ def _detect(path, fmt):
     return table[ext]
 
 
+def _checked_sizes(W_ih, W_hh, suffix):
+    """(H, I) read from the first layer's weights, checked before a model of that size is built:
+    W_hh (3H, H), W_ih (3H, I), H and I at least 1 (an empty array could name any size)."""
+    if W_hh.ndim != 2 or W_hh.shape[1] < 1 or W_hh.shape[0] != 3 * W_hh.shape[1]:
+        raise ValueError(f"state_dict['weight_hh{suffix}']: expected shape (3*H, H), got {W_hh.shape}")
+    H = W_hh.shape[1]
+    if W_ih.ndim != 2 or W_ih.shape[0] != 3 * H or W_ih.shape[1] < 1:
+        raise ValueError(f"state_dict['weight_ih{suffix}']: expected shape ({3 * H}, input_size), got "
+                         f"{W_ih.shape}")
+    return H, W_ih.shape[1]
+
+
 def model_from_state_dict(sd):
     """A GRU or GRUCell from a torch-style state_dict (keys may share a module prefix)."""
     prefixes = {m.group(1) for k in sd for m in [_GRU_KEY.match(k)] if m}
@@ -43,18 +55,21 @@ def model_from_state_dict(sd):
         W0 = own.get("weight_ih_l0")
         if W0 is None or "weight_hh_l0" not in own:
             raise ValueError("state_dict: weight_ih_l0 / weight_hh_l0 missing")
-        H = own["weight_hh_l0"].shape[1]
+        H, I = _checked_sizes(own["weight_ih_l0"], own["weight_hh_l0"], "_l0")
         bidir = any(k.endswith("_reverse") for k in own)
         dtype = np.float64 if W0.dtype == np.float64 else np.float32
-        gru = GRU(W0.shape[1], H, len(layers), bias="bias_ih_l0" in own, bidirectional=bidir, dtype=dtype)
+        gru = GRU(I, H, len(layers), bias="bias_ih_l0" in own, bidirectional=bidir, dtype=dtype)
         gru.load_state_dict(own)
         return gru
     cell_prefixes = {m.group(1) for k in sd for m in [_CELL_KEY.match(k)] if m}
     if len(cell_prefixes) == 1:
         p = cell_prefixes.pop()
         own = {k[len(p):]: np.asarray(v) for k, v in sd.items() if k.startswith(p) and _CELL_KEY.match(k)}
+        if "weight_ih" not in own or "weight_hh" not in own:
+            raise ValueError("state_dict: weight_ih / weight_hh missing")
         W = own["weight_ih"]
-        cell = GRUCell(W.shape[1], own["weight_hh"].shape[1], bias="bias_ih" in own,
+        H, I = _checked_sizes(W, own["weight_hh"], "")
+        cell = GRUCell(I, H, bias="bias_ih" in own,
                        dtype=np.float64 if W.dtype == np.float64 else np.float32)
         cell.load_state_dict(own)
         return cell
@@ -161,6 +176,10 @@ def convert(src, dst, fmt=None):
         print(f"numgru convert: {exc}")
         return 2
     print(f"found  {describe(obj)}")
-    save(obj, dst)
+    try:
+        save(obj, dst)
+    except (ValueError, TypeError) as exc:
+        print(f"numgru convert: dst: {exc}")
+        return 2
     print(f"wrote  {dst}")
     return 0

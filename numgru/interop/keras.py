@@ -71,6 +71,13 @@ def _build(cls, specs, weight_lists, input_size, dtype):
                              "identical layers only")
     L = len(specs)
     D = 2 if first["bidirectional"] else 1
+    H = first["hidden_size"]
+    kernel, recurrent = (np.asarray(a) for a in weight_lists[0][0][:2])
+    # checked before a model of that size is built: an empty array could name any size
+    if recurrent.shape != (H, 3 * H) or H < 1:
+        raise ValueError(f"weights: expected a recurrent kernel of shape (H, 3*H), got {recurrent.shape}")
+    if kernel.shape != (input_size, 3 * H) or input_size < 1:
+        raise ValueError(f"weights: expected a kernel of shape (input_size, {3 * H}), got {kernel.shape}")
     gru = cls(input_size, first["hidden_size"], L, bias=first["bias"], batch_first=True,
               bidirectional=first["bidirectional"], reset_after=first["reset_after"],
               gate_activation=first["gate_activation"], go_backwards=first["go_backwards"],
@@ -143,6 +150,8 @@ def gru_from_keras_weights(weights, *, reset_after=True, recurrent_activation="h
         n = len(w) // D
         if n not in (2, 3) or len(w) != n * D:
             raise ValueError(f"weights[{k}]: expected {2 * D} or {3 * D} arrays, got {len(w)}")
+        if any(a.ndim != 2 for d in range(D) for a in w[d * n:d * n + 2]):
+            raise ValueError(f"weights[{k}]: expected 2-D kernels, got shapes {[a.shape for a in w]}")
         per_layer.append([w[d * n:(d + 1) * n] for d in range(D)])
         specs.append(dict(hidden_size=int(w[1].shape[0]), reset_after=bool(reset_after),
                           gate_activation=gates[recurrent_activation], bias=n == 3,
