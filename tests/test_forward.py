@@ -252,6 +252,19 @@ def test_to_torch_roundtrip():
         ng.GRU(3, 5, reset_after=False).to_torch()
 
 
+def test_from_torch_reads_parametrized_weights():
+    """A weight under a parametrization (weight_norm here) is read as the module's forward reads
+    it; its state_dict holds only the parametrization's pieces."""
+    from torch.nn.utils.parametrizations import weight_norm
+    tg = weight_norm(torch.nn.GRU(3, 5, 2), name="weight_hh_l1")
+    x = np.random.default_rng(0).standard_normal((4, 2, 3)).astype(np.float32)
+    with torch.no_grad():
+        ty, th = tg(torch.from_numpy(x))
+    y, h = ng.GRU.from_torch(tg)(x)
+    np.testing.assert_allclose(y, ty.numpy(), atol=1e-5)
+    np.testing.assert_allclose(h, th.numpy(), atol=1e-5)
+
+
 @pytest.mark.parametrize("B,H,reset_after", [(3, 520, True), (3, 520, False), (9, 530, True),
                                              (6, 40, True), (6, 41, False), (17, 24, True),
                                              (20, 8, False), (1, 30, True), (1, 300, True)])

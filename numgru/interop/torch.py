@@ -20,10 +20,17 @@ def _np_dtype(module, dtype):
     return np.float32
 
 
-def _numpy_state(module):
+def _numpy_state(module, names):
+    """The module's parameters ``names`` as NumPy arrays, read as its forward reads them (by
+    attribute: a parametrized weight, e.g. weight_norm's, is computed; its state_dict holds only
+    the parametrization's pieces)."""
     import torch
     out = {}
-    for k, v in module.state_dict().items():
+    for k in names:
+        with torch.no_grad():
+            v = getattr(module, k, None)
+        if not isinstance(v, torch.Tensor):
+            raise ValueError(f"module: has no tensor {k!r} (got {type(v).__name__})")
         v = v.detach().cpu()
         if v.dtype not in (torch.float32, torch.float64):  # float16 / bfloat16 have no NumPy twin
             v = v.float()
@@ -40,7 +47,7 @@ def gru_from_torch(cls, module, dtype=None):
     gru = cls(module.input_size, module.hidden_size, module.num_layers, bias=module.bias,
               batch_first=module.batch_first, dropout=float(module.dropout),
               bidirectional=module.bidirectional, dtype=_np_dtype(module, dtype))
-    gru.load_state_dict(_numpy_state(module))
+    gru.load_state_dict(_numpy_state(module, [n for n, _ in gru.named_parameters()]))
     return gru
 
 
@@ -49,7 +56,7 @@ def cell_from_torch(cls, cell, dtype=None):
     if not isinstance(cell, torch.nn.GRUCell):
         raise TypeError(f"cell: expected a torch.nn.GRUCell, got {type(cell).__name__}")
     out = cls(cell.input_size, cell.hidden_size, bias=cell.bias, dtype=_np_dtype(cell, dtype))
-    out.load_state_dict(_numpy_state(cell))
+    out.load_state_dict(_numpy_state(cell, [n for n, _ in out.named_parameters()]))
     return out
 
 
