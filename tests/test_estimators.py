@@ -145,3 +145,38 @@ def test_fitted_estimator_files_that_do_not_fit_together_are_refused(tmp_path, d
         (tmp_path / "bad").write_bytes(struct.pack("<Q", len(hb)) + hb + data[8 + n:])
         with pytest.raises(ValueError, match=match):
             ng.load(tmp_path / "bad")
+
+
+def test_scikit_learn_input_conventions():
+    """What scikit-learn's own estimators refuse or accept, the same way."""
+    scipy_sparse = pytest.importorskip("scipy.sparse")
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((20, 5, 3)).astype(np.float32)
+    y = np.arange(20) % 2
+    clf = ng.GRUClassifier(hidden_size=4, epochs=1, random_state=0)
+    reg = ng.GRURegressor(hidden_size=4, epochs=1, random_state=0)
+    for bad in (np.nan, np.inf):
+        Xb = X.copy()
+        Xb[3, 2, 1] = bad
+        for est in (clf, reg):
+            with pytest.raises(ValueError, match="X: contains NaN or infinity"):
+                est.fit(Xb, y)
+        with pytest.raises(ValueError, match="X: contains NaN or infinity"):
+            ng.GRUClassifier(hidden_size=4, epochs=1).fit(X, y).predict(Xb)
+    with pytest.raises(ValueError, match="y: contains NaN"):
+        reg.fit(X, np.where(y, np.nan, 1.0))
+    for est in (clf, reg):
+        with pytest.raises(ValueError, match="requires y to be passed"):
+            est.fit(X, None)
+        with pytest.raises(TypeError, match="X: sparse input is not supported"):
+            est.fit(scipy_sparse.csr_matrix(X.reshape(20, -1)), y)
+        with pytest.raises(ValueError, match="every sequence is empty"):
+            est.fit([np.zeros((0, 3))] * 20, y)
+    with pytest.raises(ValueError, match="Unknown label type"):
+        clf.fit(X, np.linspace(0, 1, 20))
+    with pytest.raises(TypeError, match="y: labels of mixed types"):
+        clf.fit(X, np.array(["a", 1] * 10, dtype=object))
+    # an object array of numbers is numbers, as scikit-learn reads it
+    a = ng.GRUClassifier(hidden_size=4, epochs=1, random_state=0).fit(X.astype(object), y)
+    b = ng.GRUClassifier(hidden_size=4, epochs=1, random_state=0).fit(X, y)
+    np.testing.assert_array_equal(a.predict_proba(X), b.predict_proba(X))

@@ -26,7 +26,18 @@ _OPTIMIZERS = {"adam": _optim.Adam, "adamw": _optim.AdamW, "sgd": _optim.SGD, "r
 
 
 def as_sequences(X, dtype, n_features=None):
-    """Validate X and return (padded (N, T, I) array, lengths (N,) int64)."""
+    """Validate X and return (padded (N, T, I) array, lengths (N,) int64).
+
+    NaN and infinity are refused (as scikit-learn's estimators refuse them): a model fitted on them
+    holds NaN weights, and its predictions would be garbage without a word."""
+    if hasattr(X, "tocsr") or type(X).__module__.startswith("scipy.sparse"):
+        raise TypeError(f"X: sparse input is not supported ({type(X).__name__}); pass a dense "
+                        "(N, T, I) array or a list of (T_i, I) arrays")
+    if isinstance(X, np.ndarray) and X.dtype == object and X.ndim == 3:
+        try:  # an object array of numbers, as scikit-learn accepts
+            X = X.astype(np.float64)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"X: expected real numbers, got an object array that is not ({exc})") from None
     if isinstance(X, np.ndarray) and X.dtype != object:
         if X.ndim != 3:
             raise ValueError(f"X: expected an (N, T, I) array or a list of (T_i, I) arrays, got a "
@@ -60,7 +71,27 @@ def as_sequences(X, dtype, n_features=None):
         raise ValueError("X: expected at least one sequence, got none")
     if n_features is not None and arr.shape[2] != n_features:
         raise ValueError(f"X: expected {n_features} features per step (as in fit), got {arr.shape[2]}")
+    if not np.isfinite(arr).all():
+        raise ValueError("X: contains NaN or infinity")
     return arr, lengths
+
+
+def _check_y(y, n):
+    """y as an array of n rows, or a ValueError naming it (scikit-learn's message for None)."""
+    if y is None:
+        raise ValueError("y: this estimator requires y to be passed, but the target y is None")
+    if hasattr(y, "tocsr") or type(y).__module__.startswith("scipy.sparse"):
+        raise TypeError(f"y: sparse targets are not supported ({type(y).__name__})")
+    y = np.asarray(y)
+    if y.ndim == 0 or y.shape[0] != n:
+        raise ValueError(f"y: expected shape ({n}, ...) (a target per sequence), got {y.shape}")
+    return y
+
+
+def _check_nonempty(lengths):
+    """fit needs some sequence with a step: on empty sequences alone the GRU learns nothing."""
+    if not lengths.any():
+        raise ValueError("X: every sequence is empty (0 steps); fit needs at least one step")
 
 
 def _seed(random_state):
@@ -290,10 +321,16 @@ class GRUClassifier(ClassifierMixin, _GRUEstimator):
     def fit(self, X, y):
         """Fit on X ((N, T, I) or a list of (T_i, I)) and labels y (N,)."""
         arr, lengths = as_sequences(X, np.dtype(self.dtype))
-        y = np.asarray(y)
-        if y.ndim != 1 or y.shape[0] != arr.shape[0]:
+        _check_nonempty(lengths)
+        y = _check_y(y, arr.shape[0])
+        if y.ndim != 1:
             raise ValueError(f"y: expected shape ({arr.shape[0]},), got {y.shape}")
-        self.classes_, enc = np.unique(y, return_inverse=True)
+        from sklearn.utils.multiclass import check_classification_targets
+        try:
+            check_classification_targets(y)  # "Unknown label type: continuous" for real values
+            self.classes_, enc = np.unique(y, return_inverse=True)
+        except TypeError as exc:
+            raise TypeError(f"y: labels of mixed types cannot be ordered ({exc})") from None
         if self.classes_.size < 2:
             raise ValueError(f"y: expected at least 2 classes, got {self.classes_.size}")
         self.n_features_in_ = arr.shape[2]
@@ -340,11 +377,14 @@ class GRURegressor(RegressorMixin, _GRUEstimator):
     def fit(self, X, y):
         """Fit on X ((N, T, I) or a list of (T_i, I)) and targets y (N,) or (N, k)."""
         arr, lengths = as_sequences(X, np.dtype(self.dtype))
-        y = np.asarray(y)
+        _check_nonempty(lengths)
+        y = _check_y(y, arr.shape[0])
         if y.dtype.kind not in "iuf":
             raise TypeError(f"y: expected real targets, got dtype {y.dtype}")
         if y.ndim not in (1, 2) or y.shape[0] != arr.shape[0]:
             raise ValueError(f"y: expected shape ({arr.shape[0]},) or ({arr.shape[0]}, k), got {y.shape}")
+        if not np.isfinite(y).all():
+            raise ValueError("y: contains NaN or infinity")
         self.n_features_in_ = arr.shape[2]
         self._y_ndim = y.ndim
         y2 = y.reshape(y.shape[0], -1).astype(np.dtype(self.dtype))
