@@ -56,6 +56,15 @@ def target_cpu():
     return name, features
 
 
+def cpu_ready(switch, needed):
+    """Whether the environment variable ``switch`` is not ``0`` and the CPU Numba compiles for
+    (:func:`target_cpu`) has every LLVM feature in ``needed`` (e.g. ``("+avx512f", "+avx512bf16")``):
+    the test each family of instruction-set kernels runs once before it is dispatched to."""
+    if os.environ.get(switch, "1") == "0":
+        return False
+    return set(needed) <= set(target_cpu()[1].split(","))
+
+
 def avx512_zen():
     """True on AMD's Zen cores with AVX-512 (Zen 4 and later), where LLVM's 512-bit code and OpenBLAS's
     run at the same width and the packed-panel kernels beat OpenBLAS at shapes where Intel's cores

@@ -27,7 +27,6 @@ the kernels report them (False) and the caller takes its float32 route, as for t
 """
 from __future__ import annotations
 
-import os
 
 import numpy as np
 from llvmlite import ir
@@ -35,7 +34,7 @@ from numba import prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ._jit import inline, kernel, parallel_kernel, target_cpu, wide_vectors
+from ._jit import cpu_ready, inline, kernel, parallel_kernel, wide_vectors
 from .amx import (SPLIT_LIMIT, _BFloat, _bits_of, _in_range16, _mask16, _masked_load16, _masked_store16,
                   _round16)
 from .panel import _overloaded, transpose16
@@ -57,10 +56,7 @@ def dpbf16_ready():
     ``0``: :func:`dp_tile`'s code then runs there."""
     global _READY
     if _READY is None:
-        _, features = target_cpu()
-        have = set(features.split(","))
-        _READY = (os.environ.get("NUMGRU_DPBF16", "1") != "0"
-                  and {"+avx512f", "+avx512bf16"} <= have)
+        _READY = cpu_ready("NUMGRU_DPBF16", ("+avx512f", "+avx512bf16"))
     return _READY
 
 

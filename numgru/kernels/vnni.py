@@ -24,7 +24,6 @@ calls these kernels, whose code only such a CPU runs.
 """
 from __future__ import annotations
 
-import os
 
 import numpy as np
 from llvmlite import ir
@@ -32,7 +31,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ._jit import inline, kernel, target_cpu, wide_vectors
+from ._jit import cpu_ready, inline, kernel, wide_vectors
 from .amx import DIGITS, _combine_digits, _digits_into, _pieces_of, padded, padded64
 from .forward import rows_after_fast
 
@@ -44,10 +43,7 @@ def vnni_ready():
     ``0``: the kernels here then compile and run."""
     global _READY
     if _READY is None:
-        _, features = target_cpu()
-        have = set(features.split(","))
-        _READY = (os.environ.get("NUMGRU_VNNI", "1") != "0"
-                  and {"+avx512f", "+avx512bw", "+avx512vnni"} <= have)
+        _READY = cpu_ready("NUMGRU_VNNI", ("+avx512f", "+avx512bw", "+avx512vnni"))
     return _READY
 
 
