@@ -56,10 +56,12 @@ def thread_counts(s, option="--threads"):
 
 
 def check_output(path, option):
-    """Fail before the runs, not after them, when ``path``'s folder does not exist (no path, no
-    check)."""
+    """Fail before the runs, not after them, when ``path`` is a folder or its folder does not exist
+    (no path, no check)."""
     if not path:
         return
+    if os.path.isdir(path):
+        raise BadOption(f"{option}: {path!r} is a folder; give a file name")
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise BadOption(f"{option}: folder {folder!r} does not exist")

@@ -77,6 +77,7 @@ def test_main_names_a_bad_precision():
     ("--repeat", "0", "--repeat: expected an integer >= 1"),
     ("--json", "/no/such/folder/b.json", "--json: folder"),
     ("--plot", "/no/such/folder/b.png", "--plot: folder"),
+    ("--json", ".", "--json: '.' is a folder"),
     ("--hidden", "10000000", "--seq-len/--batch/--hidden: the point T=3, B=1, H=10000000 needs about"),
 ])
 def test_main_names_a_bad_option_before_running(option, value, message, capsys):
