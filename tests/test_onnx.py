@@ -140,6 +140,10 @@ def test_hostile_attributes_and_shapes_named(tmp_path):
     model = ng.onnx.load(tmp_path / "big.onnx")
     with pytest.raises(ValueError, match="'big'.*more than"):
         model(np.zeros((4, 2, 2), np.float32))
+    ng.onnx.export(ng.GRU(2, 3, seed=0), tmp_path / "l.onnx", with_lengths=True)
+    model = ng.onnx.load(tmp_path / "l.onnx")
+    with pytest.raises(ValueError, match="sequence_lens: expected integers"):
+        model(np.zeros((4, 2, 2), np.float32), np.array([np.nan, 2.0]))
 
 
 def test_import_torch_onnx_export(tmp_path):

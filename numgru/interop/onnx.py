@@ -344,6 +344,8 @@ class OnnxGRUGraph:
             ins = ins + [None] * (6 - len(ins))
             seq = ins[4]
             if seq is not None:
+                if seq.dtype.kind not in "iu":  # (ONNX declares int32; a float one would be cast blindly)
+                    raise TypeError(f"sequence_lens: expected integers, got dtype {seq.dtype}")
                 seq = seq.astype(np.int64)
             return gn.run(ins[0], ins[1], ins[2], ins[3], seq, ins[5])
         if op in ("Identity", "Constant"):
