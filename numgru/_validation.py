@@ -74,9 +74,16 @@ def check_dtype(name, dtype):
 
 
 def untorch(value):
-    """A torch tensor's data as NumPy (without importing torch); anything else unchanged."""
+    """A torch tensor's data as NumPy (without importing torch); anything else unchanged. A float
+    dtype NumPy lacks (bfloat16, the float8 types) is widened to float32, as ``tensor.float()``."""
     if hasattr(value, "detach") and hasattr(value, "cpu") and hasattr(value, "numpy"):
-        return value.detach().cpu().numpy()
+        t = value.detach().cpu()
+        try:
+            return t.numpy()
+        except TypeError:
+            if getattr(t, "is_floating_point", lambda: False)():
+                return t.float().numpy()
+            raise
     return value
 
 

@@ -252,6 +252,16 @@ def test_to_torch_roundtrip():
         ng.GRU(3, 5, reset_after=False).to_torch()
 
 
+def test_torch_tensors_of_dtypes_numpy_lacks_are_widened():
+    """bfloat16 tensors (a bfloat16 model's weights, or its inputs) are read as float32, as
+    ``tensor.float()`` gives them."""
+    g = ng.GRU(3, 4, seed=0)
+    x = torch.randn(5, 2, 3).bfloat16()
+    np.testing.assert_array_equal(g(x)[0], g(x.float().numpy())[0])
+    g.load_state_dict({k: torch.from_numpy(v).bfloat16() for k, v in g.state_dict().items()})
+    assert g.state_dict()["weight_ih_l0"].dtype == np.float32
+
+
 def test_from_torch_reads_parametrized_weights():
     """A weight under a parametrization (weight_norm here) is read as the module's forward reads
     it; its state_dict holds only the parametrization's pieces."""
