@@ -96,3 +96,5 @@ def test_unsupported_keras_layers():
         lyr = keras.layers.Dense(3)
         lyr(np.zeros((1, 2), np.float32))
         ng.GRU.from_keras(lyr)
+    with pytest.raises(ValueError, match="not built"):
+        ng.GRU.from_keras(keras.layers.GRU(3))

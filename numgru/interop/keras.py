@@ -44,7 +44,9 @@ def _layer_spec(layer, gates):
             raise ValueError(f"layer: the two directions differ ({spec_f} vs {spec_b})")
         return dict(spec_f, bidirectional=True), w_f + w_b
     if cls != "GRU":
-        raise TypeError(f"layer: expected a keras GRU, Bidirectional(GRU) or Sequential of them, got {cls}")
+        hint = " (numgru takes no masks: pass the lengths to the forward instead)" if cls == "Masking" else ""
+        raise TypeError(f"layer: expected a keras GRU, Bidirectional(GRU) or Sequential of them, got "
+                        f"{cls}{hint}")
     cfg = layer.get_config()
     if _act_name(cfg.get("activation", "tanh")) != "tanh":
         raise ValueError(f"layer {layer.name!r}: activation {cfg['activation']!r} is not supported "
@@ -56,7 +58,11 @@ def _layer_spec(layer, gates):
     spec = dict(hidden_size=int(cfg["units"]), reset_after=bool(cfg.get("reset_after", True)),
                 gate_activation=gates[ra], bias=bool(cfg.get("use_bias", True)),
                 go_backwards=bool(cfg.get("go_backwards", False)), bidirectional=False)
-    return spec, [layer.get_weights()]
+    weights = layer.get_weights()
+    if len(weights) < 2:
+        raise ValueError(f"layer {layer.name!r}: not built, it holds no weights yet (build it or call "
+                         "it on data first)")
+    return spec, [weights]
 
 
 def _dtype_of(weights):
