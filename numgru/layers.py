@@ -249,8 +249,9 @@ class GRU(_Params):
         if not all(_plain_int(v) for v in (I, H, L)):
             return None
         D = 2 if config.get("bidirectional") is True else 1
-        per_direction = lambda I_k: 3 * H * (I_k + H) + (6 * H if config.get("bias", True) else 0)
-        return D * per_direction(I) + (L - 1) * D * per_direction(D * H)
+        biases = 6 * H if config.get("bias", True) else 0
+        # a direction holds W_ih (3H, I_k), W_hh (3H, H) and the biases; layers past the first take D·H
+        return D * (3 * H * (I + H) + biases) + (L - 1) * D * (3 * H * (D * H + H) + biases)
 
     _bf16 = None  # quantized models: (W_ih, W_hh) lists of bfloat16 (uint16) copies
     _bf16_panels = None  # ... and their step panels per layer and direction, packed on first use
