@@ -262,3 +262,47 @@ def test_cell_keeps_its_step_current():
     r.load_state_dict(q.state_dict())
     np.testing.assert_allclose(q(xf, hf), r(xf, hf), atol=1e-5)
     assert np.abs(q(xf, hf) - y).max() > 1e-5  # (the copy's weights are rounded)
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+def test_steps_by_compiled_entry_take_any_input(frozen):
+    """Streams and cells call the step kernel's compiled entry once a step has found it, for inputs
+    of the type it was found for; inputs that are read-only or off their alignment (another Numba
+    type) take the dispatcher. The same machine code runs either way: steps on such inputs equal
+    steps on plain copies bit for bit, and both the sequence's forward within rounding."""
+    before = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        rng = np.random.default_rng(7)
+        xs = rng.standard_normal((12, 1, 5)).astype(np.float32)
+        raw = np.zeros(24 * 4 + 1, np.uint8)  # room for the largest input, one byte in
+
+        def odd_kinds(t, a):
+            """a, or a read-only copy, or a copy one byte off its alignment, by step."""
+            if t % 3 == 1:
+                a = a.copy()
+                a.setflags(write=False)
+            elif t % 3 == 2:
+                odd = raw[1:1 + a.nbytes].view(np.float32).reshape(a.shape)
+                odd[...] = a
+                assert not odd.flags.aligned
+                a = odd
+            return a
+
+        g = ng.GRU(5, 24, 2, seed=0)
+        g = g.freeze() if frozen else g
+        y_ref, _ = g(xs)
+        plain, mixed = g.stream(), g.stream()
+        ys = [plain.step(xt.copy()) for xt in xs]
+        np.testing.assert_array_equal(np.stack([mixed.step(odd_kinds(t, xt)) for t, xt in enumerate(xs)]),
+                                      np.stack(ys))
+        np.testing.assert_allclose(np.stack(ys), y_ref, **TOL[np.float32])
+        cell = ng.GRUCell(5, 24, seed=1)
+        cell = cell.freeze() if frozen else cell
+        h1 = h2 = np.zeros((1, 24), np.float32)
+        for t, xt in enumerate(xs):
+            h1 = cell(xt.copy(), h1)
+            h2 = cell(odd_kinds(t, xt), odd_kinds(t + 1, h2))
+            np.testing.assert_array_equal(h2, h1)
+    finally:
+        numba.set_num_threads(before)

@@ -56,6 +56,20 @@ def target_cpu():
     return name, features
 
 
+def compiled_entry(dispatcher, args):
+    """The machine code ``dispatcher`` has compiled for exactly the Numba types of ``args``, as a
+    callable that skips the dispatcher's type resolution (about 0.8 µs of a step kernel's call with
+    its 17 arguments: a stream's step at H = 16 / 64 / 256 takes 2.6 / 3.6 / 23 µs), or None where
+    it has not compiled them (or this Numba keeps its overloads elsewhere). The entry point unboxes
+    its arguments without checking their types: a caller passes it arguments of exactly these types
+    (dtype, dimensions, layout, alignment, writeability) on every call, and the dispatcher
+    otherwise."""
+    try:
+        return dispatcher.overloads[tuple(numba.typeof(a) for a in args)].entry_point
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return None
+
+
 def cpu_ready(switch, needed):
     """Whether the environment variable ``switch`` is not ``0`` and the CPU Numba compiles for
     (:func:`target_cpu`) has every LLVM feature in ``needed`` (e.g. ``("+avx512f", "+avx512bf16")``):
