@@ -446,11 +446,13 @@ class Stepper:
         entries = self._entries[self._cur]
         # the entries take x of the type they were found for: C-contiguous (the caller's), aligned
         # and writeable, as any array NumPy makes
-        plain = x.flags.aligned and x.flags.writeable
+        flags = x.flags
+        plain = flags.aligned and flags.writeable
         if entries and plain:
             entries[0](x, *first)
-            for entry, args in zip(entries[1:], rest):
-                entry(*args)
+            if rest:
+                for entry, args in zip(entries[1:], rest):
+                    entry(*args)
         else:
             step = self._step
             step(x, *first)
