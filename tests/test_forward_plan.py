@@ -252,3 +252,30 @@ def test_interleave_steps_rule():
     assert dispatch.interleave_steps(128, 64, 768, 256, f4) == 0  # W_ih read again per chunk: too big
     assert dispatch.interleave_steps(3, 170, 192, 64, f4) == 0  # one chunk would be the whole
     assert dispatch.interleave_steps(512, 1024, 192, 64, f4) == 1
+
+
+@pytest.mark.parametrize("T, B, H", [(1, 1, 16), (6, 3, 40), (32, 64, 64)])  # (the last interleaved)
+def test_planned_calls_take_inputs_of_every_kind(rng, one_thread, T, B, H):
+    """A plan's kernels are called by their compiled entries, found per kind of input: read-only,
+    misaligned and plain inputs, in any order, each give what a fresh model gives a plain copy, bit
+    for bit (an entry given an input of another Numba type would read it as that type)."""
+    g = ng.GRU(H, H, 2, seed=0)
+    xs = rng.standard_normal((6, T, B, H)).astype(np.float32)
+    raw = np.zeros(xs[0].nbytes + 1, np.uint8)
+
+    def kind(i, x):
+        if i % 3 == 1:
+            x = x.copy()
+            x.setflags(write=False)
+        elif i % 3 == 2:
+            odd = raw[1:].view(np.float32).reshape(x.shape)
+            odd[...] = x
+            assert not odd.flags.aligned
+            x = odd
+        return x
+
+    for i in (0, 1, 2, 2, 1, 0, 1, 2, 0):
+        y, h = g(kind(i, xs[i % 6]))
+        y_ref, h_ref = ng.GRU(H, H, 2, seed=0)(xs[i % 6].copy())
+        np.testing.assert_array_equal(y, y_ref)
+        np.testing.assert_array_equal(h, h_ref)

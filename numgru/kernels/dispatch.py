@@ -43,7 +43,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numba
 import numpy as np
 
-from ._jit import avx512_zen, target_cpu
+from ._jit import avx512_zen, compiled_entry, target_cpu
 from .amx import (amx_gradient, amx_gradient_pair, amx_gradient_parallel, amx_projection,
                   amx_projection_parallel, amx_digit_projection, amx_digit_projection_parallel, amx_ready,
                   DIGIT_MAX_K, DIGIT_WIDE_BYTES, digits_size, gru_forward_amx, gru_forward_amx_rows,
@@ -1367,11 +1367,11 @@ def serial_direction_plan(W_ih, b_ih, W_hh, b_hh, packed_ih, packed_hh, T, B, th
     if steps:  # gru_forward_chunked's arguments, in the groups run_serial_direction passes them
         return None, None, None, ((*projection, panels, dot), weights,
                                   (lengths, bool(reverse), bool(reset_after), *gates), (tiled_max, steps)), \
-            amx_steps, None, None
+            amx_steps, None, None, {}
     recurrence = (weights, (lengths, True, bool(reverse), bool(reset_after), *gates),
                   (False, empty, tiled_max, 0, B))
     return (projection, (panels, dot, amx, Wv_ih, pieces, dp), recurrence, None, amx_steps, vnni_steps,
-            dp_steps)
+            dp_steps, {})
 
 
 def interleave_steps(T, B, M, I, itemsize):
@@ -1390,18 +1390,26 @@ def interleave_steps(T, B, M, I, itemsize):
 
 def run_serial_direction(plan, x2d, gx, h0, y, col0, h_n):
     """One direction of one layer by a plan from :func:`serial_direction_plan`: x2d (T·B, I) and gx
-    (T·B, 3H) scratch, C-contiguous; h0 (B, H) and h_n (B, H) C-contiguous; y (T, B, D·H), whose
-    columns col0 … col0+H−1 receive h_t."""
-    projection, flags, recurrence, chunked, amx_steps, vnni_steps, dp_steps = plan
+    (T·B, 3H) scratch, C-contiguous; h0 (B, H) and h_n (B, H) C-contiguous, y (T, B, D·H), whose
+    columns col0 … col0+H−1 receive h_t, gx, h0, y and h_n aligned and writeable (the caller's own
+    arrays). The plan's kernels are called by their compiled entries (:func:`planned_call`)."""
+    projection, flags, recurrence, chunked, amx_steps, vnni_steps, dp_steps, entries = plan
     if amx_steps is not None and _run_amx_direction(amx_steps, x2d, gx, h0, y, col0, h_n):
         return
+    xf = x2d.flags
+    kind = (xf.aligned, xf.writeable)  # x2d alone may be the caller's input as it came: its Numba type
     if chunked is not None:
         projection, weights, scalars, rest = chunked
-        gru_forward_chunked(x2d, *projection, gx, *weights, h0, *scalars, y, col0, h_n, *rest)
+        planned_call(entries, ("chunked", kind), gru_forward_chunked, x2d, *projection, gx, *weights, h0,
+                     *scalars, y, col0, h_n, *rest)
         return
     weights, scalars, rest = recurrence
     panels, dot, amx, Wv_ih, pieces, dp = flags
-    _planned_projection(x2d, (*projection, panels, dot), amx, gx, Wv_ih, pieces, dp)
+    if amx or dp:
+        _planned_projection(x2d, (*projection, panels, dot), amx, gx, Wv_ih, pieces, dp)
+    else:
+        planned_call(entries, ("projection", kind), input_projection_kernel, x2d, *projection, gx,
+                     panels, dot)
     T = y.shape[0]
     if dp_steps is not None and _run_dpbf16_direction(dp_steps, gx.reshape(T, gx.shape[0] // T, gx.shape[1]),
                                                       h0, y, col0, h_n):
@@ -1409,8 +1417,24 @@ def run_serial_direction(plan, x2d, gx, h0, y, col0, h_n):
     if vnni_steps is not None and _run_vnni_direction(vnni_steps, gx.reshape(T, 1, gx.shape[1]), h0, y,
                                                       col0, h_n):
         return
-    gru_forward_serial(gx.reshape(T, gx.shape[0] // T, gx.shape[1]), *weights, h0, *scalars, y, col0,
-                       h_n, *rest)
+    planned_call(entries, "recurrence", gru_forward_serial, gx.reshape(T, gx.shape[0] // T, gx.shape[1]),
+                 *weights, h0, *scalars, y, col0, h_n, *rest)
+
+
+def planned_call(entries, key, kernel, *args):
+    """``kernel(*args)`` for a plan's call site ``key``, by the kernel's compiled entry once the
+    dispatcher has run it there (:func:`~numgru.kernels._jit.compiled_entry`: resolving the types of
+    a kernel's 20-odd arguments cost about 1 µs a call, a forward of T = 1, B = 1, H = 64 making two).
+    ``entries`` (the plan's dict) keeps each site's entry, or False where none was found; a site's key
+    tells apart every argument type its calls can have (an entry given arguments of another type would
+    read them as that type: code compiled for aligned arrays, say, given a misaligned one)."""
+    entry = entries.get(key)
+    if entry:
+        return entry(*args)
+    out = kernel(*args)
+    if entry is None:
+        entries[key] = compiled_entry(kernel, args) or False
+    return out
 
 
 def _run_amx_direction(amx_steps, x2d, gx, h0, y, col0, h_n):
