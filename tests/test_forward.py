@@ -330,6 +330,25 @@ def test_products_beyond_l2_in_blocks(one_thread, T, B, H, reset_after, dtype):
             np.testing.assert_allclose(h, rh, **TOL[dtype])
 
 
+@pytest.mark.parametrize("n", [1, 3])
+@pytest.mark.parametrize("backwards", [False, True])
+def test_unpacked_products_by_blocks(one_thread, n, backwards):
+    """The blocks of unpacked weights (:func:`~numgru.kernels.forward.product_blocks`), which the steps
+    take only where :data:`~numgru.kernels.forward.ZIGZAG_UNPACKED` (not on Zen 4), give x @ W.T on
+    every machine: a last block shorter than the rest, either order."""
+    from numgru.kernels.forward import ZIGZAG_ROWS, product_blocks
+    rng = np.random.default_rng(n)
+    W = rng.standard_normal((3 * 150, 200)).astype(np.float32)  # 450 rows: 3 blocks and 66
+    x = rng.standard_normal((n, 200)).astype(np.float32)
+    out = np.full((n, 450), np.nan, np.float32)
+    assert 450 % ZIGZAG_ROWS != 0
+    blocks = numba.njit(lambda W, x, out, n, b: product_blocks(W, np.empty((0, 0, 0), np.float32), x, out,
+                                                                np.empty(450 * n, np.float32), n, 16, b,
+                                                                False))
+    blocks(W, x, out, n, backwards)
+    np.testing.assert_allclose(out, x.astype(np.float64) @ W.T.astype(np.float64), rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("reset_after", [True, False])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_many_rows_beyond_k512_on_panels_where_zen(one_thread, reset_after, dtype):

@@ -566,6 +566,13 @@ ZIGZAG_ROWS = 128
 ZIGZAG_MAX_ROWS = 16
 #: whether 17+ rows beyond K = 512 take the panels on one thread (:func:`use_panels`): on Zen 4
 PANELS_PAST_L2_MANY_ROWS = avx512_zen()
+#: whether weights read as they lie (not packed) go by blocks beyond ``ZIGZAG_MIN_BYTES``: not on
+#: Zen 4, whose 1 MB L2 kept too little of a step's weights for the next one, while each block of one
+#: row was a BLAS call of its own (one thread, one product a step, µs, by blocks against one sweep:
+#: n = 1, H = 512 / 1024 44.6 / 178 against 21.7 / 84.7; n = 2 / 4 / 16, H = 1024 197 / 275 / 1054
+#: against 184 / 253 / 990; H = 384 level). Packed panels keep the blocks there (H = 1024, n = 1 / 4 /
+#: 16 153 / 234 / 945 against 181 / 244 / 970)
+ZIGZAG_UNPACKED = not avx512_zen()
 #: ``tiled_max`` of the serial kernels on one thread (:func:`~numgru.kernels.dispatch.serial_tiled_max`)
 TILED_MAX_ONE_THREAD = 16
 
@@ -585,11 +592,14 @@ def zigzag_rows(M, nbytes, n, one_thread):
 @inline
 def block_rows(Wm, Wp, panels, n, tiled_max):
     """Rows of Wm per block of a step's product (:func:`step_product`; ``panels``: the product runs
-    on Wp, Wm's packed panels): :func:`zigzag_rows` of the bytes read, in whole panels."""
+    on Wp, Wm's packed panels): :func:`zigzag_rows` of the bytes read, in whole panels (unpacked
+    weights: only where :data:`ZIGZAG_UNPACKED`)."""
     M = Wm.shape[0]
     if panels:
         w = Wp.shape[2]
         return min(M, (zigzag_rows(M, Wp.size * Wp.itemsize, n, True) + w - 1) // w * w)
+    if not ZIGZAG_UNPACKED:
+        return M
     return zigzag_rows(M, Wm.size * Wm.itemsize, n,
                        tiled_max < 0 or tiled_max >= TILED_MAX_ONE_THREAD or 2 <= n <= tiled_max)
 
