@@ -23,7 +23,7 @@ from .kernels.dispatch import (FrozenPieces, aligned, amx_recurrence_wanted, bat
                                run_serial_direction, run_step, serial_direction_plan, serial_forward,
                                serial_tiled_max, step_columns, step_columns_workspace, thread_count,
                                valid_steps, weight_gradient, weight_gradient_pair, workspace)
-from .kernels._jit import compiled_entry
+from .kernels._jit import planned_call
 from .kernels.bf16 import from_bfloat16, to_bfloat16
 from .kernels.step import gru_step, step_panels
 
@@ -1048,7 +1048,7 @@ class GRUCell(_Params):
                 elif not h.flags.c_contiguous:
                     h = np.ascontiguousarray(h)
                 out = np.empty((B, H), dtype)
-                args, columns, tiled_max, no_work, entry = self._step_args(B)
+                args, columns, tiled_max, no_work, entries = self._step_args(B)
                 # successive steps sweep the weights in opposite directions (gru_step's
                 # ``backwards``; two threads racing on the flag only change which way a step reads)
                 backwards = self._backwards = not self._backwards
@@ -1057,16 +1057,12 @@ class GRUCell(_Params):
                     run_step(x, h, args[:5], args[5:], out, gi, gh,
                              step_columns_workspace(B, H, columns, dtype), tiled_max, backwards)
                     return out
-                # (no_work: the kernel allocates its workspace.) The compiled entry takes x and h of
-                # the type it was found for: C-contiguous (made so above), aligned and writeable
-                plain = x.flags.aligned and x.flags.writeable and h.flags.aligned and h.flags.writeable
-                if entry[0] and plain:
-                    entry[0](x, h, *args, out, no_work, no_work, tiled_max, backwards)
-                    return out
-                gru_step(x, h, *args, out, no_work, no_work, tiled_max, backwards)
-                if entry[0] is None and plain:
-                    entry[0] = compiled_entry(gru_step, (x, h, *args, out, no_work, no_work, tiled_max,
-                                                         backwards)) or False
+                # (no_work: the kernel allocates its workspace.) x and h are C-contiguous (made so
+                # above): their alignment and writeability tell their Numba types apart
+                xf, hf = x.flags, h.flags
+                kind = (xf.aligned, xf.writeable, hf.aligned, hf.writeable)
+                planned_call(entries, kind, gru_step, x, h, *args, out, no_work, no_work, tiled_max,
+                             backwards)
                 return out
         x3, h0, unbatched = self._prepare(x, h)
         B = x3.shape[1]
@@ -1074,20 +1070,19 @@ class GRUCell(_Params):
         return h_n[0, 0] if unbatched else h_n[0]
 
     def _step_args(self, B):
-        """``(args, columns, tiled_max, no_work, entry)`` of a step of B rows for the current thread
+        """``(args, columns, tiled_max, no_work, entries)`` of a step of B rows for the current thread
         count, kept per (B, threads): args the weights and scalars as
         :func:`~numgru.kernels.step.gru_step` takes them (the weight arrays are updated in place, so
         they stay current), columns the thread count where the step is split over hidden units (else
-        0), no_work the empty workspace that lets the kernel allocate its own, entry a one-item list:
-        the kernel's compiled entry for these arguments (:func:`~numgru.kernels._jit.compiled_entry`),
-        None until a step has found it, False where there is none."""
+        0), no_work the empty workspace that lets the kernel allocate its own, entries the kernel's
+        compiled entries per kind of input (:func:`~numgru.kernels._jit.planned_call`)."""
         threads = thread_count()
         plan = self._plans.get((B, threads))
         if plan is None:
             g = self._gru
             _, columns = g._step_plan(B)
             plan = ((*g._step_weights(0, B, threads, columns), *g._kernel_scalars()),
-                    threads if columns else 0, serial_tiled_max(threads), empty_array(g.dtype, 2), [None])
+                    threads if columns else 0, serial_tiled_max(threads), empty_array(g.dtype, 2), {})
             self._plans[(B, threads)] = plan
         return plan
 

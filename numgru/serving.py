@@ -19,7 +19,7 @@ from concurrent.futures import Future
 import numpy as np
 
 from ._validation import as_real_array, check_float, check_int
-from .kernels._jit import compiled_entry
+from .kernels._jit import planned_call
 from .kernels.dispatch import run_step, serial_tiled_max, step_columns_workspace
 from .kernels.step import gru_step
 from .layers import GRU
@@ -430,9 +430,8 @@ class Stepper:
             h, out = self._bufs[p], self._bufs[1 - p]
             self._plans.append((args(0, h, out, p), [(out[k - 1], *args(k, h, out, p)) for k in range(1, L)],
                                 out[-1]))
-        # per parity: the kernel's compiled entry for each layer's arguments (:func:`compiled_entry`),
-        # found after the first step through the dispatcher; None until then, False where not found
-        self._entries = [None, None] if self._step is gru_step else [False, False]
+        # the kernel's compiled entries per (parity, layer, kind of input) (:func:`planned_call`)
+        self._entries = {}
 
     @property
     def state(self):
@@ -442,26 +441,15 @@ class Stepper:
     def __call__(self, x):
         """x (B, I) contiguous of the model's dtype; steps every layer and returns a copy of the top
         layer's new state."""
-        first, rest, top = self._plans[self._cur]
-        entries = self._entries[self._cur]
-        # the entries take x of the type they were found for: C-contiguous (the caller's), aligned
-        # and writeable, as any array NumPy makes
+        cur = self._cur
+        first, rest, top = self._plans[cur]
+        step, entries = self._step, self._entries
+        # x is C-contiguous (the caller's): its alignment and writeability tell its Numba types apart
         flags = x.flags
-        plain = flags.aligned and flags.writeable
-        if entries and plain:
-            entries[0](x, *first)
-            if rest:
-                for entry, args in zip(entries[1:], rest):
-                    entry(*args)
-        else:
-            step = self._step
-            step(x, *first)
-            for args in rest:
-                step(*args)
-            if entries is None and plain:
-                found = [compiled_entry(step, (x, *first))] + [compiled_entry(step, a) for a in rest]
-                self._entries[self._cur] = all(found) and found
-        self._cur ^= 1
+        planned_call(entries, (cur, flags.aligned, flags.writeable), step, x, *first)
+        for k, args in enumerate(rest):
+            planned_call(entries, (cur, k), step, *args)
+        self._cur = cur ^ 1
         return top.copy()
 
 

@@ -70,6 +70,25 @@ def compiled_entry(dispatcher, args):
         return None
 
 
+def planned_call(entries, key, kernel, *args):
+    """``kernel(*args)`` for a call site ``key`` (a forward plan's, a stream's, a cell's), by the
+    kernel's compiled entry once the dispatcher has run it there (:func:`compiled_entry`: resolving
+    the types of a kernel's 17–25 arguments cost 0.3–1 µs a call).
+    ``entries`` (the caller's dict; None: the dispatcher always) keeps each site's entry, or False where
+    none was found; a site's key tells apart every argument type its calls can have (an entry given
+    arguments of another type would read them as that type: code compiled for aligned arrays, say,
+    given a misaligned one)."""
+    if entries is None:
+        return kernel(*args)
+    entry = entries.get(key)
+    if entry:
+        return entry(*args)
+    out = kernel(*args)
+    if entry is None:
+        entries[key] = compiled_entry(kernel, args) or False
+    return out
+
+
 def cpu_ready(switch, needed):
     """Whether the environment variable ``switch`` is not ``0`` and the CPU Numba compiles for
     (:func:`target_cpu`) has every LLVM feature in ``needed`` (e.g. ``("+avx512f", "+avx512bf16")``):

@@ -43,7 +43,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numba
 import numpy as np
 
-from ._jit import avx512_zen, compiled_entry, target_cpu
+from ._jit import avx512_zen, planned_call, target_cpu
 from .amx import (amx_gradient, amx_gradient_pair, amx_gradient_parallel, amx_projection,
                   amx_projection_parallel, amx_digit_projection, amx_digit_projection_parallel, amx_ready,
                   DIGIT_MAX_K, DIGIT_WIDE_BYTES, digits_size, gru_forward_amx, gru_forward_amx_rows,
@@ -1405,11 +1405,7 @@ def run_serial_direction(plan, x2d, gx, h0, y, col0, h_n):
         return
     weights, scalars, rest = recurrence
     panels, dot, amx, Wv_ih, pieces, dp = flags
-    if amx or dp:
-        _planned_projection(x2d, (*projection, panels, dot), amx, gx, Wv_ih, pieces, dp)
-    else:
-        planned_call(entries, ("projection", kind), input_projection_kernel, x2d, *projection, gx,
-                     panels, dot)
+    _planned_projection(x2d, (*projection, panels, dot), amx, gx, Wv_ih, pieces, dp, entries, kind)
     T = y.shape[0]
     if dp_steps is not None and _run_dpbf16_direction(dp_steps, gx.reshape(T, gx.shape[0] // T, gx.shape[1]),
                                                       h0, y, col0, h_n):
@@ -1419,22 +1415,6 @@ def run_serial_direction(plan, x2d, gx, h0, y, col0, h_n):
         return
     planned_call(entries, "recurrence", gru_forward_serial, gx.reshape(T, gx.shape[0] // T, gx.shape[1]),
                  *weights, h0, *scalars, y, col0, h_n, *rest)
-
-
-def planned_call(entries, key, kernel, *args):
-    """``kernel(*args)`` for a plan's call site ``key``, by the kernel's compiled entry once the
-    dispatcher has run it there (:func:`~numgru.kernels._jit.compiled_entry`: resolving the types of
-    a kernel's 20-odd arguments cost about 1 µs a call, a forward of T = 1, B = 1, H = 64 making two).
-    ``entries`` (the plan's dict) keeps each site's entry, or False where none was found; a site's key
-    tells apart every argument type its calls can have (an entry given arguments of another type would
-    read them as that type: code compiled for aligned arrays, say, given a misaligned one)."""
-    entry = entries.get(key)
-    if entry:
-        return entry(*args)
-    out = kernel(*args)
-    if entry is None:
-        entries[key] = compiled_entry(kernel, args) or False
-    return out
 
 
 def _run_amx_direction(amx_steps, x2d, gx, h0, y, col0, h_n):
@@ -1480,21 +1460,23 @@ def _run_vnni_direction(vnni_steps, g3, h0, y, col0, h_n):
     return gru_forward_vnni(g3, Wv, R, b_hh, h0, reverse, y, col0, h_n)
 
 
-def _planned_projection(x2d, projection, amx, gx, Wv_ih=None, pieces=None, dp=0):
+def _planned_projection(x2d, projection, amx, gx, Wv_ih=None, pieces=None, dp=0, entries=None, kind=None):
     """gx = the whole input projection of a plan: ``projection`` (W_ih, Wp, bias, use_bias, panels,
     dot) as :func:`~numgru.kernels.forward.input_projection_kernel` takes it, on AMX tiles first
     where ``amx`` (the thread count to take them with, 0 for none) and they take x2d: W_ih's digits
     (:func:`amx_project_digits`), else its pieces (``Wv_ih``: W_ih's AMX packing kept by a frozen
     model, or None; ``pieces``: the frozen model's :class:`FrozenPieces`, which keep the digits); by
     AVX512-BF16's bfloat16 products where ``dp`` (the thread count, :func:`dpbf16_projection_wanted`)
-    and they take x2d."""
+    and they take x2d. ``entries``: a plan's, for :func:`~numgru.kernels._jit.planned_call` of the
+    float32 kernel, ``kind`` x2d's kind of array there (else the dispatcher runs it)."""
     W_ih, Wp, bias, use_bias, panels, dot = projection
     if amx and (amx_project_digits(x2d, W_ih, bias, use_bias, gx, amx, pieces)
                 or amx_project(x2d, W_ih, bias, use_bias, gx, amx, Wv_ih)):
         return
     if dp and x2d.dtype == np.float32 and dpbf16_project(x2d, W_ih, bias, use_bias, gx, dp):
         return
-    input_projection_kernel(x2d, W_ih, Wp, bias, use_bias, gx, panels, dot)
+    planned_call(entries, ("projection", kind), input_projection_kernel, x2d, W_ih, Wp, bias, use_bias,
+                 gx, panels, dot)
 
 
 _WORKSPACE = threading.local()

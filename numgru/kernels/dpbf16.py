@@ -204,22 +204,30 @@ def _code(u):
 
 
 @inline
+def _row_codes(src, K, dst):
+    """dst[:K] = the bfloat16 codes of src[:K] (float32, 1-D), 16 an instruction where src has unit
+    stride. False as :func:`codes_into`."""
+    ok = True
+    if src.strides[0] == 4:
+        for k in range(0, K, 16):
+            ok &= codes16(src, k, K - k, dst, k)
+    else:
+        for k in range(K):
+            u = _bits(src[k])
+            ok &= _in_range(u)
+            dst[k] = _code(u)
+    return ok
+
+
+@inline
 def codes_into(x, r0, r1, dst):
     """Rows r0..r1 of x (float32, (M, K)) as bfloat16 codes into dst's first rows ((·, 2·⌈K/2⌉),
     the odd K's last code zero). False where a magnitude is beyond LIMIT_BITS (Inf and NaN too)."""
     K = x.shape[1]
     ok = True
     for r in range(r1 - r0):
-        src = x[r0 + r]
         out = dst[r]
-        if x.strides[1] == 4:
-            for k in range(0, K, 16):
-                ok &= codes16(src, k, K - k, out, k)
-        else:
-            for k in range(K):
-                u = _bits(src[k])
-                ok &= _in_range(u)
-                out[k] = _code(u)
+        ok &= _row_codes(x[r0 + r], K, out)
         if K % 2:
             out[K] = np.uint16(0)
     return ok
@@ -247,14 +255,8 @@ def _pack_rows_into(W, n0, n1, out):
             n = 16 * p + lane
             if n < n0 or n >= n1:
                 pairs[lane, :] = np.uint32(0)
-            elif W.strides[1] == 4:
-                for k in range(0, K, 16):
-                    ok &= codes16(W[n], k, K - k, rows[lane], k)
             else:
-                for k in range(K):
-                    u = _bits(W[n, k])
-                    ok &= _in_range(u)
-                    rows[lane, k] = _code(u)
+                ok &= _row_codes(W[n], K, rows[lane])
         for q in range(0, KQ - KQ % 16, 16):  # 16 × 16 words turned in registers
             transpose16(flat_pairs, q, ld, flat_words, (p * KQ + q) * 16, 16)
         for q in range(KQ - KQ % 16, KQ):
