@@ -567,11 +567,12 @@ ZIGZAG_MAX_ROWS = 16
 #: whether 17+ rows beyond K = 512 take the panels on one thread (:func:`use_panels`): on Zen 4
 PANELS_PAST_L2_MANY_ROWS = avx512_zen()
 #: whether weights read as they lie (not packed) go by blocks beyond ``ZIGZAG_MIN_BYTES``: not on
-#: Zen 4, whose 1 MB L2 kept too little of a step's weights for the next one, while each block of one
-#: row was a BLAS call of its own (one thread, one product a step, µs, by blocks against one sweep:
-#: n = 1, H = 512 / 1024 44.6 / 178 against 21.7 / 84.7; n = 2 / 4 / 16, H = 1024 197 / 275 / 1054
-#: against 184 / 253 / 990; H = 384 level). Packed panels keep the blocks there (H = 1024, n = 1 / 4 /
-#: 16 153 / 234 / 945 against 181 / 244 / 970)
+#: Zen 4, whose 1 MB L2 keeps too little of a step's weights for the next one: one thread, BLAS
+#: pinned to one, one product a step, µs, by blocks against one sweep: n = 1, H = 512 / 1024 42.5 /
+#: 172 against 42.3 / 168; n = 2 / 4, H = 1024 197 / 254 against 185 / 253; H = 384 level; with
+#: only Numba's threads pinned, one sweep lets BLAS thread the one-row product (H = 1024: 82.5
+#: against 199 on two BLAS threads). Packed panels keep the blocks there (H = 1024, n = 1 / 4 / 16
+#: 153 / 234 / 945 against 181 / 244 / 970)
 ZIGZAG_UNPACKED = not avx512_zen()
 #: ``tiled_max`` of the serial kernels on one thread (:func:`~numgru.kernels.dispatch.serial_tiled_max`)
 TILED_MAX_ONE_THREAD = 16
