@@ -176,3 +176,21 @@ def test_parallel_build_caches_apart_from_the_serial_one():
     parallel = numba.njit(cache=True, parallel=True)(copy)
     assert serial._cache._cache_file._index_name != parallel._cache._cache_file._index_name
     assert copy.__name__ == "add_one" and copy.__code__ is add_one.__code__ and copy(1) == 2
+
+
+def test_target_features_follow_numbas(monkeypatch):
+    """Under ``NUMBA_CPU_NAME=generic`` Numba sets the features empty and builds generic code: the
+    instruction-set kernels must then not be dispatched to (their AVX-512 intrinsics aborted LLVM),
+    so the features read are Numba's, not the host's."""
+    monkeypatch.setattr(numba.config, "CPU_NAME", "generic")
+    monkeypatch.setattr(numba.config, "CPU_FEATURES", "")
+    assert _jit.target_cpu() == ("generic", "")
+    assert not _jit.cpu_ready("NUMGRU_TEST_SWITCH", ("+avx512f",))
+    assert not _jit.avx512_zen()
+    monkeypatch.setattr(numba.config, "CPU_FEATURES", "+avx2,+fma")
+    assert _jit.cpu_ready("NUMGRU_TEST_SWITCH", ("+avx2",))
+    assert not _jit.cpu_ready("NUMGRU_TEST_SWITCH", ("+avx2", "+avx512f"))
+    monkeypatch.setattr(numba.config, "CPU_NAME", None)
+    monkeypatch.setattr(numba.config, "CPU_FEATURES", None)
+    name, features = _jit.target_cpu()
+    assert name == "" or features  # the host's, where LLVM reads them

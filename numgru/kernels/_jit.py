@@ -43,14 +43,19 @@ BASE_FLAGS: dict = {"cache": CACHE, "nogil": True, "fastmath": set(FASTMATH), "e
 
 def target_cpu():
     """(name, features) of the CPU Numba compiles for: ``NUMBA_CPU_NAME`` and ``NUMBA_CPU_FEATURES``
-    where set, else the host's as LLVM reads them (features as "+avx2,-avx512f,…"); ("", "") where
-    LLVM cannot read this host."""
+    where set, else the host's as LLVM reads them (features as "+avx2,-avx512f,…"), as Numba's JIT
+    takes them: features set empty (Numba's default under ``NUMBA_CPU_NAME=generic``, for caches
+    that move between machines) are none, not the host's, so no kernel of an instruction set the
+    code is not built for is dispatched to (their intrinsics aborted LLVM there); ("", "") where LLVM
+    cannot read this host."""
     import llvmlite.binding as ll
     try:
         name = numba.config.CPU_NAME
         if not name or name == "host":
             name = ll.get_host_cpu_name()
-        features = numba.config.CPU_FEATURES or ll.get_host_cpu_features().flatten()
+        features = numba.config.CPU_FEATURES
+        if features is None:
+            features = ll.get_host_cpu_features().flatten()
     except RuntimeError:
         return "", ""
     return name, features
