@@ -60,6 +60,7 @@ from .dpbf16 import (CHUNK_ROWS, TILE_PANELS, dpbf16_gradient, dpbf16_projection
                      dpbf16_projection_parallel, dpbf16_ready, gru_forward_dpbf16, gru_forward_dpbf16_ranges,
                      pack_pairs)
 from .vnni import digit_row_sums, gru_forward_vnni, vnni_ready
+from .fused import fused_ready, gru_forward_fused
 
 #: rows from which a multi-threaded forward never takes BLAS-threaded steps where BLAS is not wider
 #: (:func:`forward_route`)
@@ -135,6 +136,11 @@ AMX_DIGITS_SPREAD = 16.0
 #: hidden size and the fewest steps
 VNNI_ONE_ROW_MIN_HIDDEN = 512
 VNNI_ONE_ROW_MIN_STEPS = 64
+#: the one-row forward with its input projection fused into the steps (fused_recurrence_wanted): the
+#: hidden sizes it takes, and the fewest steps by hidden size ((most H, fewest steps) pairs)
+FUSED_MIN_HIDDEN = 64
+FUSED_MAX_HIDDEN = 768
+FUSED_MIN_STEPS = ((128, 16), (768, 64))
 #: "medium" precision on AVX512-BF16 without AMX (dpbf16_projection_wanted): fewest rows of a
 #: product, fewest multiply-adds a row (below, packing W costs more than the bfloat16 products save)
 DPBF16_MIN_ROWS = 128
@@ -895,6 +901,27 @@ def vnni_recurrence_wanted(T, B, H, threads, dtype, reset_after, gate_kind, use_
             and vnni_ready())
 
 
+def fused_recurrence_wanted(T, B, H, threads, dtype, reset_after, gate_kind, use_clip):
+    """Whether a serial inference forward of T steps over B rows runs its input projection inside
+    the steps (:func:`~numgru.kernels.fused.gru_forward_fused`, W_ih and W_hh packed on every call
+    unless the model keeps them): one row, one thread, float32 weights, reset_after with sigmoid
+    gates and no clip, ``FUSED_MIN_HIDDEN`` ≤ H ≤ ``FUSED_MAX_HIDDEN``, and at least
+    ``FUSED_MIN_STEPS`` steps for H. Measured on Zen 4 (one thread, BLAS pinned to one, I = H, whole
+    forwards, packing included, against the routes before it: the panels up to H = 384, W_hh's VNNI
+    digits beyond), by T = 8 / 16 / 32 / 64 / 128 / 512: H = 64 1.43× / 1.36× / 1.25× / 1.19× /
+    1.17× / 1.14×; H = 128 0.95× / 1.05× / 1.20× / 1.22× / 1.20× / 1.22×; H = 256 0.77× / 0.93× /
+    0.97× / 1.11× / 1.09× / 1.12×; H = 384 0.79× / 0.97× / 1.12× / 1.18× / 1.21× / 1.28×; H = 512
+    0.71× / 0.89× / 1.06× / 1.15× / 1.20× / 1.24×; H = 768 0.58× / 0.78× / 1.01× / 1.03× / 1.12× /
+    1.14× (short sequences do not repay the packing). H = 32 0.93× at T = 512 (the panels' per-step
+    overhead); H = 1024 0.9× (W_hh from L3: the panels' one-row product reads it slower than the
+    digits). AVX-512 targets only (:func:`~numgru.kernels.fused.fused_ready`). Not measured on
+    Intel, where the same code runs (the overlap of an L2- or L3-bound product with an
+    arithmetic-bound one does not depend on the vendor)."""
+    return (dtype == np.float32 and reset_after and gate_kind == 0 and not use_clip and threads == 1
+            and B == 1 and FUSED_MIN_HIDDEN <= H <= FUSED_MAX_HIDDEN
+            and T >= min(steps for h_max, steps in FUSED_MIN_STEPS if H <= h_max) and fused_ready())
+
+
 def dpbf16_recurrence_wanted(T, B, H, threads, dtype, reset_after, gate_kind, use_clip):
     """Whether a recurrence of T steps over B rows on ``threads`` (one: a serial inference forward,
     training's forward and the backward, which ask for one whatever the count, and several
@@ -1328,7 +1355,9 @@ def serial_direction_plan(W_ih, b_ih, W_hh, b_hh, packed_ih, packed_hh, T, B, th
     kept, not copied, so a plan stays current while they are changed in place. ``pieces``: a frozen
     model's :class:`FrozenPieces`, whose AMX packings the plan then keeps (else each call packs);
     ``bf16_values``: the weights hold only bfloat16 values (a quantized model's), for
-    :func:`amx_recurrence_wanted`."""
+    :func:`amx_recurrence_wanted`. Where :func:`fused_recurrence_wanted` holds (one row, one
+    thread), the plan's last item is :func:`~numgru.kernels.fused.gru_forward_fused`'s arguments,
+    which run the projection and the recurrence together in place of the others."""
     dtype = W_ih.dtype  # gx's (W_hh may be a quantized model's bfloat16 copy)
     empty = empty_array(dtype, 3)
     gates = gate_scalars(dtype, gate_kind, alpha, beta, clip)
@@ -1353,8 +1382,14 @@ def serial_direction_plan(W_ih, b_ih, W_hh, b_hh, packed_ih, packed_hh, T, B, th
         # the AMX kernel's own arguments; the plan below stays the fallback
         amx_steps = (W_hh, b_hh, bool(reverse), (*projection, panels, dot), steps, amx, Wv_ih,
                      None if pieces is None else recurrence_packing(W_hh, pieces, bf16_values), pieces)
+    fused_steps = None
+    if amx_steps is None and not dp_steps and W_hh.dtype == dtype and fused_recurrence_wanted(
+            T, B, W_hh.shape[1], threads, dtype, reset_after, gate_kind, gates[3]):
+        fused_steps = (W_ih, empty if packed_ih is None else packed_ih,
+                       np.zeros(W_ih.shape[0], dtype) if b_ih is None else b_ih, W_hh,
+                       empty if packed_hh is None else packed_hh[0], b_hh, bool(reverse))
     vnni_steps = None
-    if amx_steps is None and not steps and not dp_steps and vnni_recurrence_wanted(
+    if amx_steps is None and not steps and not dp_steps and not fused_steps and vnni_recurrence_wanted(
             T, B, W_hh.shape[1], threads, W_hh.dtype, reset_after, gate_kind, gates[3]):
         vnni_steps = (W_hh, b_hh, bool(reverse), pieces)
     if packed_hh is None:
@@ -1367,11 +1402,11 @@ def serial_direction_plan(W_ih, b_ih, W_hh, b_hh, packed_ih, packed_hh, T, B, th
     if steps:  # gru_forward_chunked's arguments, in the groups run_serial_direction passes them
         return None, None, None, ((*projection, panels, dot), weights,
                                   (lengths, bool(reverse), bool(reset_after), *gates), (tiled_max, steps)), \
-            amx_steps, None, None, {}
+            amx_steps, None, None, {}, fused_steps
     recurrence = (weights, (lengths, True, bool(reverse), bool(reset_after), *gates),
                   (False, empty, tiled_max, 0, B))
     return (projection, (panels, dot, amx, Wv_ih, pieces, dp), recurrence, None, amx_steps, vnni_steps,
-            dp_steps, {})
+            dp_steps, {}, fused_steps)
 
 
 def interleave_steps(T, B, M, I, itemsize):
@@ -1393,11 +1428,16 @@ def run_serial_direction(plan, x2d, gx, h0, y, col0, h_n):
     (T·B, 3H) scratch, C-contiguous; h0 (B, H) and h_n (B, H) C-contiguous, y (T, B, D·H), whose
     columns col0 … col0+H−1 receive h_t, gx, h0, y and h_n aligned and writeable (the caller's own
     arrays). The plan's kernels are called by their compiled entries (:func:`planned_call`)."""
-    projection, flags, recurrence, chunked, amx_steps, vnni_steps, dp_steps, entries = plan
+    projection, flags, recurrence, chunked, amx_steps, vnni_steps, dp_steps, entries, fused_steps = plan
     if amx_steps is not None and _run_amx_direction(amx_steps, x2d, gx, h0, y, col0, h_n):
         return
     xf = x2d.flags
     kind = (xf.aligned, xf.writeable)  # x2d alone may be the caller's input as it came: its Numba type
+    if fused_steps is not None:
+        W_ih, Wp_ih, b_ih, W_hh, Wp_hh, b_hh, reverse = fused_steps
+        planned_call(entries, ("fused", kind), gru_forward_fused, x2d, W_ih, Wp_ih, b_ih, W_hh, Wp_hh, b_hh, h0,
+                     reverse, y, col0, h_n)
+        return
     if chunked is not None:
         projection, weights, scalars, rest = chunked
         planned_call(entries, ("chunked", kind), gru_forward_chunked, x2d, *projection, gx, *weights, h0,

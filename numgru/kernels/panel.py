@@ -330,6 +330,26 @@ def _splat(builder, x, ty):
     return builder.shuffle_vector(v, ir.Constant(ty, ir.Undefined), ir.Constant(ir.VectorType(i32, ty.count), None))
 
 
+def _vector_calls(builder, fty, L):
+    """``(vty, fma, mload, mstore)`` for vectors of L values of the float type ``fty``: the vector type
+    and LLVM's fused multiply-add, masked load (pointer, alignment, mask, pass-through) and masked
+    store (value, pointer, alignment, mask) declared in the builder's module."""
+    vty = ir.VectorType(fty, L)
+    vptr_t = vty.as_pointer()
+    i32 = ir.IntType(32)
+    mask_t = ir.VectorType(ir.IntType(1), L)
+    suffix = "f32" if isinstance(fty, ir.FloatType) else "f64"
+    fma = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(vty, [vty, vty, vty]), "llvm.fma.v%d%s" % (L, suffix))
+    mload = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(vty, [vptr_t, i32, mask_t, vty]),
+        _overloaded("llvm.masked.load.v%d%s" % (L, suffix), vty))
+    mstore = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(ir.VoidType(), [vty, vptr_t, i32, mask_t]),
+        _overloaded("llvm.masked.store.v%d%s" % (L, suffix), vty))
+    return vty, fma, mload, mstore
+
+
 def _emit_gemm(context, builder, fty, a_ptr, lda, b_ptr, P, o_ptr, ldo, n, M, K, Kp, mc, accumulate, bf16,
                ak=None, ldw=None):
     """Emit out[i, j] (+)= Σ_k A[i, k] · W[j, k] for i < n, j < M, with every size and stride in elements
@@ -360,23 +380,13 @@ def _emit_gemm(context, builder, fty, a_ptr, lda, b_ptr, P, o_ptr, ldo, n, M, K,
         P = builder.sdiv(builder.add(M, ir.Constant(intp, NC - 1)), ir.Constant(intp, NC))
     else:
         ak, ldw = ir.Constant(intp, 1), ir.Constant(intp, NC)
-    vty = ir.VectorType(fty, L)
+    vty, fma, mload, mstore = _vector_calls(builder, fty, L)
     vptr_t = vty.as_pointer()
     i32 = ir.IntType(32)
-    suffix = "f32" if size == 4 else "f64"
 
     def const(v):
         return ir.Constant(intp, v)
 
-    fma = cgutils.get_or_insert_function(
-        builder.module, ir.FunctionType(vty, [vty, vty, vty]), "llvm.fma.v%d%s" % (L, suffix))
-    mask_t = ir.VectorType(ir.IntType(1), L)
-    mstore = cgutils.get_or_insert_function(
-        builder.module, ir.FunctionType(ir.VoidType(), [vty, vptr_t, i32, mask_t]),
-        _overloaded("llvm.masked.store.v%d%s" % (L, suffix), vty))
-    mload = cgutils.get_or_insert_function(
-        builder.module, ir.FunctionType(vty, [vptr_t, i32, mask_t, vty]),
-        _overloaded("llvm.masked.load.v%d%s" % (L, suffix), vty))
     zero = ir.Constant(vty, None)
     vint = ir.VectorType(intp, L)
     lane_ids = ir.Constant(vint, list(range(L)))

@@ -1,0 +1,145 @@
+"""The one-row forward with its input projection fused into the steps (numgru.kernels.fused): the
+kernel against the numpy reference (hidden sizes off the panel width, inputs narrower and wider than
+H, fewer steps than a block and steps off a block's multiple, reverse, a column offset, panels given
+or packed inside), the block product against its two plain products, bad shapes refused, the layer's
+route (plain, bidirectional, stacked, no bias, frozen) and the dispatch's rule. Skipped where the
+target has no AVX-512 (the route is not dispatched to there)."""
+import numba
+import numpy as np
+import pytest
+
+import numgru as ng
+from numgru.kernels import dispatch, fused
+from numgru.kernels.panel import pack_panels
+
+from reference import gru as ref_gru
+
+needs_fused = pytest.mark.skipif(not fused.fused_ready(), reason="no AVX-512 on the target")
+
+
+def _weights(I, H, seed, bias=True):
+    rng = np.random.default_rng(seed)
+    k = 1 / np.sqrt(H)
+    W_ih = rng.uniform(-k, k, (3 * H, I)).astype(np.float32)
+    W_hh = rng.uniform(-k, k, (3 * H, H)).astype(np.float32)
+    b_ih = rng.uniform(-k, k, 3 * H).astype(np.float32) if bias else np.zeros(3 * H, np.float32)
+    b_hh = rng.uniform(-k, k, 3 * H).astype(np.float32) if bias else np.zeros(3 * H, np.float32)
+    return W_ih, W_hh, b_ih, b_hh
+
+
+def _params(W_ih, W_hh, b_ih, b_hh):
+    return {"weight_ih_l0": W_ih.astype(np.float64), "weight_hh_l0": W_hh.astype(np.float64),
+            "bias_ih_l0": b_ih.astype(np.float64), "bias_hh_l0": b_hh.astype(np.float64)}
+
+
+@needs_fused
+@pytest.mark.parametrize("I, H, T", [(64, 64, 100), (37, 100, 29), (200, 33, 9), (256, 256, 64), (5, 48, 3),
+                                     (300, 70, 16), (64, 64, 1)])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_kernel_matches_the_reference(I, H, T, reverse):
+    W_ih, W_hh, b_ih, b_hh = _weights(I, H, I + H)
+    rng = np.random.default_rng(T)
+    x = rng.standard_normal((T, 1, I)).astype(np.float32)
+    h0 = rng.uniform(-1, 1, (1, 1, H)).astype(np.float32)
+    ry, rh = ref_gru(x[::-1] if reverse else x, _params(W_ih, W_hh, b_ih, b_hh), 1, H, h0=h0)
+    if reverse:
+        ry = ry[::-1]
+    empty = np.empty((0, 0, 0), np.float32)
+    outs = []
+    for Wp_ih, Wp_hh in ((empty, empty), (pack_panels(W_ih), pack_panels(W_hh))):
+        y = np.full((T, 1, 2 * H + 3), 7.0, np.float32)
+        h_n = np.empty((1, H), np.float32)
+        fused.gru_forward_fused(x.reshape(T, I), W_ih, Wp_ih, b_ih, W_hh, Wp_hh, b_hh, h0[0], reverse, y, H, h_n)
+        np.testing.assert_allclose(y[:, :, H:2 * H], ry, atol=2e-6)
+        np.testing.assert_allclose(h_n, rh[0], atol=2e-6)
+        assert (y[:, :, :H] == 7).all() and (y[:, :, 2 * H:] == 7).all()  # other columns untouched
+        outs.append((y, h_n))
+    np.testing.assert_array_equal(outs[0][0], outs[1][0])  # panels packed inside or given: same bits
+
+
+@needs_fused
+@pytest.mark.parametrize("I, H, k0, k1", [(64, 64, 0, 64), (40, 100, 5, 17), (256, 32, 32, 64), (24, 200, 3, 3)])
+def test_block_product_is_both_products(I, H, k0, k1):
+    W_ih, W_hh, _, _ = _weights(I, H, 3)
+    rng = np.random.default_rng(4)
+    R = _rows()
+    h = rng.standard_normal((1, H)).astype(np.float32)
+    xb = rng.standard_normal((R, I)).astype(np.float32)
+    g0 = rng.standard_normal((R, 3 * H)).astype(np.float32)
+    gxn = g0.copy()
+    rec = np.empty((1, 3 * H), np.float32)
+    _step(h, pack_panels(W_hh), rec, xb, pack_panels(W_ih), gxn, k0, k1)
+    h64, x64 = h.astype(np.float64), xb.astype(np.float64)
+    np.testing.assert_allclose(rec, h64 @ W_hh.T.astype(np.float64), rtol=1e-5, atol=1e-5)
+    want = g0 + x64[:, k0:k1] @ W_ih[:, k0:k1].T.astype(np.float64)
+    np.testing.assert_allclose(gxn, want, rtol=1e-5, atol=1e-5)
+
+
+@numba.njit(cache=False)
+def _rows():
+    return fused.block_rows_fused(np.float32(0))
+
+
+@numba.njit(cache=False)
+def _step(h, Wp_hh, rec, xb, Wp_ih, gxn, k0, k1):
+    fused.fused_step(h, Wp_hh, rec, xb, Wp_ih, gxn, k0, k1)
+
+
+@needs_fused
+def test_bad_shapes_refused():
+    I, H, T = 16, 32, 20
+    W_ih, W_hh, b_ih, b_hh = _weights(I, H, 5)
+    x = np.zeros((T, I), np.float32)
+    h0 = np.zeros((1, H), np.float32)
+    e = np.empty((0, 0, 0), np.float32)
+    good = dict(x2d=x, W_ih=W_ih, Wp_ih=e, b_ih=b_ih, W_hh=W_hh, Wp_hh=e, b_hh=b_hh, h0=h0, reverse=False,
+                y=np.zeros((T, 1, H), np.float32), col0=0, h_n=np.zeros((1, H), np.float32))
+    for change in (dict(W_ih=W_ih[:, 1:]), dict(W_hh=W_hh[:-1]), dict(b_ih=b_ih[1:]),
+                   dict(y=np.zeros((T - 1, 1, H), np.float32)), dict(col0=1), dict(h0=np.zeros((2, H), np.float32)),
+                   dict(h_n=np.zeros((1, H + 1), np.float32))):
+        with pytest.raises(ValueError, match="shapes"):
+            fused.gru_forward_fused(**{**good, **change})
+    R = _rows()
+    Wp_ih, Wp_hh = pack_panels(W_ih), pack_panels(W_hh)
+    args = [h0, Wp_hh, np.zeros((1, 3 * H), np.float32), np.zeros((R, I), np.float32), Wp_ih,
+            np.zeros((R, 3 * H), np.float32), 0, I]
+    for i, bad in ((3, np.zeros((R - 1, I), np.float32)), (5, np.zeros((R, 3 * H - 1), np.float32)),
+                   (1, Wp_ih), (6, -1), (7, I + 1)):
+        with pytest.raises(ValueError, match="shapes"):
+            _step(*[bad if j == i else a for j, a in enumerate(args)])
+
+
+def _taken(model):
+    return [p[8] is not None for p in model._plans[next(iter(model._plans))]]
+
+
+@needs_fused
+@pytest.mark.parametrize("layers, bidirectional, bias", [(1, False, True), (2, True, False), (2, False, True)])
+def test_layer_takes_the_route_and_matches_the_reference(one_thread, layers, bidirectional, bias):
+    H, T, I = 80, 70, 24
+    g = ng.GRU(I, H, num_layers=layers, bidirectional=bidirectional, bias=bias, seed=3)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((T, 1, I)).astype(np.float32)
+    h0 = rng.uniform(-1, 1, (layers * g.num_directions, 1, H)).astype(np.float32)
+    ry, rh = ref_gru(x, g.state_dict(), layers, H, bidirectional=bidirectional, h0=h0)
+    for model in (g, g.freeze()):
+        y, h = model(x, h0)
+        assert all(_taken(model))
+        np.testing.assert_allclose(y, ry, atol=1e-5)
+        np.testing.assert_allclose(h, rh, atol=1e-5)
+
+
+def test_the_rule():
+    want = fused.fused_ready()
+    ok = dict(threads=1, dtype=np.float32, reset_after=True, gate_kind=0, use_clip=False)
+    rule = dispatch.fused_recurrence_wanted
+    assert rule(T=64, B=1, H=768, **ok) is want
+    assert rule(T=16, B=1, H=64, **ok) is want
+    assert not rule(T=63, B=1, H=768, **ok)
+    assert not rule(T=15, B=1, H=128, **ok)
+    assert not rule(T=64, B=1, H=769, **ok)
+    assert not rule(T=64, B=1, H=63, **ok)
+    assert not rule(T=64, B=2, H=256, **ok)
+    for change in (dict(threads=2), dict(dtype=np.float64), dict(reset_after=False), dict(gate_kind=1),
+                   dict(use_clip=True)):
+        assert not rule(T=128, B=1, H=256, **{**ok, **change})
