@@ -45,7 +45,7 @@ _READY = None
 def fused_ready():
     """Whether the CPU Numba compiles for has AVX-512 (32 vector registers: the block's NV + R·NV
     sums, W_ih's row and a broadcast value fit) and ``NUMGRU_FUSED`` is not ``0``. On AVX2's 16
-    registers (8 × 6 rows, 2 vectors a panel: 14 sums) the fused forwards ran 0.75–0.80× the serial
+    registers (6 rows × 2 vectors a panel and the state's 2: 14 sums) the fused forwards ran 0.75–0.80× the serial
     plans' (Zen 4 running AVX2 code, ``NUMBA_CPU_NAME=haswell``, one thread, T = 128, B = 1, H = 64 /
     128 / 256 / 512 / 768)."""
     global _READY
@@ -54,8 +54,10 @@ def fused_ready():
     return _READY
 
 
-#: k of the recurrent product per k of the projection within a panel: the block's R input rows
-#: against one row of W_hh make R·NV and NV multiply-adds, so G = R balances a step whose I equals H
+#: k of the recurrent product per k of the projection within a panel: one k of the projection is
+#: R·NV multiply-adds (R input rows against a panel row of W_ih), one k of the recurrent product NV
+#: (the state against a panel row of W_hh), and a step takes I/R of the former against H of the
+#: latter, so G = R pairs them all off where I equals H
 RECURRENT_PER_PROJECTED = 8
 
 
