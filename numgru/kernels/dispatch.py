@@ -913,13 +913,15 @@ def fused_recurrence_wanted(T, B, H, threads, dtype, reset_after, gate_kind, use
     0.97× / 1.11× / 1.09× / 1.12×; H = 384 0.79× / 0.97× / 1.12× / 1.18× / 1.21× / 1.28×; H = 512
     0.71× / 0.89× / 1.06× / 1.15× / 1.20× / 1.24×; H = 768 0.58× / 0.78× / 1.01× / 1.03× / 1.12× /
     1.14× (short sequences do not repay the packing). H = 32 0.93× at T = 512 (the panels' per-step
-    overhead); H = 1024 0.9× (W_hh from L3: the panels' one-row product reads it slower than the
-    digits). AVX-512 targets only (:func:`~numgru.kernels.fused.fused_ready`). Not measured on
+    overhead); H = 1024 0.90–0.96× (W_hh from L3: the panels' one-row product reads it slower than
+    the digits; a software prefetch of W_hh's panel rows 2–8 KB ahead slowed every H, 1.05–1.18×
+    longer at H = 256–1024). AVX-512 targets only (:func:`~numgru.kernels.fused.fused_ready`). Not measured on
     Intel, where the same code runs (the overlap of an L2- or L3-bound product with an
     arithmetic-bound one does not depend on the vendor)."""
     return (dtype == np.float32 and reset_after and gate_kind == 0 and not use_clip and threads == 1
             and B == 1 and FUSED_MIN_HIDDEN <= H <= FUSED_MAX_HIDDEN
-            and T >= min(steps for h_max, steps in FUSED_MIN_STEPS if H <= h_max) and fused_ready())
+            and T >= min((s for h_max, s in FUSED_MIN_STEPS if H <= h_max), default=1 << 62)
+            and fused_ready())
 
 
 def dpbf16_recurrence_wanted(T, B, H, threads, dtype, reset_after, gate_kind, use_clip):
