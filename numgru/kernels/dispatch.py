@@ -1385,8 +1385,10 @@ def serial_direction_plan(W_ih, b_ih, W_hh, b_hh, packed_ih, packed_hh, T, B, th
         amx_steps = (W_hh, b_hh, bool(reverse), (*projection, panels, dot), steps, amx, Wv_ih,
                      None if pieces is None else recurrence_packing(W_hh, pieces, bf16_values), pieces)
     fused_steps = None
-    if amx_steps is None and not dp_steps and W_hh.dtype == dtype and fused_recurrence_wanted(
-            T, B, W_hh.shape[1], threads, dtype, reset_after, gate_kind, gates[3]):
+    # the fused forward takes the float32 projection's place: not where the tiles or bfloat16
+    # products would run it (nor their recurrences)
+    if amx_steps is None and not dp_steps and not amx and not dp and W_hh.dtype == dtype and \
+            fused_recurrence_wanted(T, B, W_hh.shape[1], threads, dtype, reset_after, gate_kind, gates[3]):
         fused_steps = (W_ih, empty if packed_ih is None else packed_ih,
                        np.zeros(W_ih.shape[0], dtype) if b_ih is None else b_ih, W_hh,
                        empty if packed_hh is None else packed_hh[0], b_hh, bool(reverse))
