@@ -1,7 +1,8 @@
 """The dot-product block on unpacked weights (numgru.kernels.dotblock) against NumPy: row counts
 around its blocks of 2 and 4 rows and its groups, columns that end inside a block (masked stores),
 inner sizes around a vector, a line and a k-chunk, weights and rows that start anywhere in a 64-byte
-line, slices of larger arrays, both float dtypes, bfloat16 weights; the same compiled for AVX2. Its
+line, slices of larger arrays, both float dtypes, bfloat16 weights, W's blocks of rows swept last
+first (the same bits); the same compiled for AVX2. Its
 use in steps is checked against tests/reference.py by tests/test_step.py and the layer tests."""
 import os
 import subprocess
@@ -17,8 +18,8 @@ from numgru.kernels.dotblock import GROUP_ROWS, aligned_like, dot_rows
 
 
 @numba.njit(cache=False)
-def _dot(x, W, out, n):
-    dot_rows(x, W, out, n)
+def _dot(x, W, out, n, rev=False):
+    dot_rows(x, W, out, n, rev)
 
 
 @numba.njit(cache=False)
@@ -47,6 +48,12 @@ def _check(x, W, n, dtype):
     tol = 1e-5 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(out[:n], want, rtol=tol, atol=tol * np.sqrt(max(K, 1)))
     assert (out[n:] == 7.0).all()
+    assert (buf[:rows * (M + 3)].reshape(rows, M + 3)[:, M:] == 7.0).all() and (buf[rows * (M + 3):] == 7.0).all()
+    # the blocks of W's rows last first (a step's alternate sweep): each sum is the same
+    forward = out[:n].copy()
+    out[:n] = np.nan
+    _dot(x, W, out, n, True)
+    np.testing.assert_array_equal(out[:n], forward)
     assert (buf[:rows * (M + 3)].reshape(rows, M + 3)[:, M:] == 7.0).all() and (buf[rows * (M + 3):] == 7.0).all()
 
 
@@ -99,6 +106,9 @@ def test_dot_rows_bfloat16_any_alignment(M, K):
             _dot(x, Wq, out, n)
             want = x[:n].astype(np.float64) @ from_bfloat16(Wq).T.astype(np.float64)
             np.testing.assert_allclose(out[:n], want, rtol=1e-5, atol=1e-5 * np.sqrt(K))
+            forward = out[:n].copy()
+            _dot(x, Wq, out, n, True)
+            np.testing.assert_array_equal(out[:n], forward)
             assert (out[n:] == 7.0).all() and (big[rows * (M + 3):] == 7.0).all()
             assert (big[:rows * (M + 3)].reshape(rows, M + 3)[:, M:] == 7.0).all()
 

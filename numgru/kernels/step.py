@@ -50,13 +50,13 @@ def step_matmul(W, Wp, x, out, buf, n, small, tiled_max, backwards):
     values; ``tiled_max`` as there). bfloat16 weights (``uint16``) without panels, which BLAS cannot
     read, take the Numba matmul, in tiles. Weights beyond L2 in blocks of rows, last first when
     ``backwards``, as :func:`~numgru.kernels.forward.step_product` runs them (on unpacked float
-    weights only up to :data:`STEP_BLOCK_MAX_ROWS` rows)."""
+    weights only up to :data:`STEP_BLOCK_MAX_ROWS` rows); the dot-product block's rows too."""
     if Wp.shape[0] > 0:
         panel_matmul.py_func(x, Wp, out, n)
     elif n == 1 and small:
         small_rows_matmul.py_func(W, x, out, n)
     elif n == 1 and W.shape[0] * W.shape[1] <= STEP_DOT_MAX_VALUES:
-        dot_rows.py_func(x, W, out, 1)
+        dot_rows.py_func(x, W, out, 1, backwards)
     elif n == 1:
         np.dot(x, W.T, out)
     else:
@@ -87,7 +87,7 @@ def _ol_step_matmul(W, Wp, x, out, buf, n, small, tiled_max, backwards):
         elif n == 1 and small:
             small_rows_matmul(W, x, out, n)
         elif n == 1 and W.shape[0] * W.shape[1] <= STEP_DOT_MAX_VALUES:
-            dot_rows(x, W, out, 1)
+            dot_rows(x, W, out, 1, backwards)
         elif n == 1:
             np.dot(x, W.T, out)
         else:
