@@ -23,7 +23,7 @@ from .kernels.dispatch import (FrozenPieces, aligned, amx_recurrence_wanted, bat
                                run_serial_direction, run_step, serial_direction_plan, serial_forward,
                                serial_tiled_max, step_columns, step_columns_workspace, thread_count,
                                valid_steps, weight_gradient, weight_gradient_pair, workspace)
-from .kernels._jit import planned_call
+from .kernels._jit import ARRAY_KIND, C_CONTIGUOUS, planned_call
 from .kernels.bf16 import from_bfloat16, to_bfloat16
 from .kernels.step import gru_step, step_panels
 
@@ -1041,12 +1041,16 @@ class GRUCell(_Params):
                 # fast path: one fused kernel call, workspace allocated per call (thread-safe). Its
                 # Python is part of a step's time twice over at H = 256, where the weights fill most
                 # of L2: attributes read once, the kernels' arguments kept per batch size.
-                if not x.flags.c_contiguous:
+                xk = x.flags.num
+                if not xk & C_CONTIGUOUS:
                     x = np.ascontiguousarray(x)
+                    xk = x.flags.num
                 if h is None:
                     h = np.zeros((B, H), dtype)
-                elif not h.flags.c_contiguous:
+                hk = h.flags.num
+                if not hk & C_CONTIGUOUS:
                     h = np.ascontiguousarray(h)
+                    hk = h.flags.num
                 out = np.empty((B, H), dtype)
                 args, columns, tiled_max, no_work, entries = self._step_args(B)
                 # successive steps sweep the weights in opposite directions (gru_step's
@@ -1059,10 +1063,13 @@ class GRUCell(_Params):
                     return out
                 # (no_work: the kernel allocates its workspace.) x and h are C-contiguous (made so
                 # above): their alignment and writeability tell their Numba types apart
-                xf, hf = x.flags, h.flags
-                kind = (xf.aligned, xf.writeable, hf.aligned, hf.writeable)
-                planned_call(entries, kind, gru_step, x, h, *args, out, no_work, no_work, tiled_max,
-                             backwards)
+                kind = (xk & ARRAY_KIND) | (hk & ARRAY_KIND) << 16
+                entry = entries.get(kind)
+                if entry:
+                    entry(x, h, *args, out, no_work, no_work, tiled_max, backwards)
+                else:
+                    planned_call(entries, kind, gru_step, x, h, *args, out, no_work, no_work, tiled_max,
+                                 backwards)
                 return out
         x3, h0, unbatched = self._prepare(x, h)
         B = x3.shape[1]

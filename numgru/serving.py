@@ -19,8 +19,8 @@ from concurrent.futures import Future
 import numpy as np
 
 from ._validation import as_real_array, check_float, check_int
-from .kernels._jit import planned_call
-from .kernels.dispatch import run_step, serial_tiled_max, step_columns_workspace
+from .kernels._jit import ARRAY_KIND, compiled_entry
+from .kernels.dispatch import aligned, run_step, serial_tiled_max, step_columns_workspace
 from .kernels.step import gru_step
 from .layers import GRU
 
@@ -361,14 +361,13 @@ class GRUStream:
 
     def step(self, x):
         """One step ((B, I), or (I,) when B = 1) or a chunk of steps (3-D); returns the outputs."""
-        if type(x) is np.ndarray and x.dtype == self._dtype and (
-                x.shape == self._step_shape or x.shape == self._vec_shape):
-            # fast path: one step, one kernel call per layer, nothing allocated but the result
-            if not x.flags.c_contiguous:
-                x = np.ascontiguousarray(x)
-            if x.ndim == 2:
+        if type(x) is np.ndarray and x.dtype is self._dtype:
+            # fast path: one step, one kernel call per layer, nothing allocated but the result (the
+            # stepper makes x contiguous); builtin dtypes are singletons, others take the checks below
+            if x.shape == self._step_shape:
                 return self._stepper(x)
-            return self._stepper(x.reshape(self._step_shape))[0]
+            if x.shape == self._vec_shape:
+                return self._stepper(x[None])[0]
         m = self.model
         B, I = self.batch_size, m.input_size
         x = as_real_array("x", x)
@@ -413,7 +412,9 @@ class Stepper:
         self.layers = layers = [m._step_weights(k, B, threads, columns) for k in range(L)]
         scalars = m._kernel_scalars()
         gi, gh = np.empty((B, 3 * H), dt), np.empty((B, 3 * H), dt)
-        self._bufs = (np.zeros((L, B, H), dt), np.zeros((L, B, H), dt))
+        # on 64-byte lines, as the weights: the one-row products read each state row as it lies
+        # rather than copy it to line up with the weights' rows (dot_rows), 0.3 µs a step at H = 256
+        self._bufs = tuple(aligned(np.zeros((L, B, H), dt)) for _ in range(2))
         self._cur = 0
         # odd steps sweep the weights the other way (gru_step's ``backwards``), starting on what the
         # step before read last
@@ -430,8 +431,8 @@ class Stepper:
             h, out = self._bufs[p], self._bufs[1 - p]
             self._plans.append((args(0, h, out, p), [(out[k - 1], *args(k, h, out, p)) for k in range(1, L)],
                                 out[-1]))
-        # the kernel's compiled entries per (parity, layer, kind of input) (:func:`planned_call`)
-        self._entries = {}
+        # the compiled calls of a step per parity and kind of input x (:meth:`_first_call`)
+        self._calls = {}
 
     @property
     def state(self):
@@ -439,16 +440,39 @@ class Stepper:
         return self._bufs[self._cur]
 
     def __call__(self, x):
-        """x (B, I) contiguous of the model's dtype; steps every layer and returns a copy of the top
-        layer's new state."""
+        """x (B, I) of the model's dtype; steps every layer and returns a copy of the top layer's new
+        state."""
+        cur = self._cur
+        calls = self._calls.get(x.flags.num & ARRAY_KIND | cur << 16)
+        if calls is None:  # a kind of input not seen yet, or x not C-contiguous (never a key)
+            x = np.ascontiguousarray(x)
+            calls = self._calls.get(x.flags.num & ARRAY_KIND | cur << 16)
+            if calls is None:
+                return self._first_call(x)
+        entry, first, rest, top = calls
+        entry(x, *first)
+        if rest:
+            for entry, args in rest:
+                entry(*args)
+        self._cur = cur ^ 1
+        return top.copy()
+
+    def _first_call(self, x):
+        """:meth:`__call__` for a C-contiguous input of a kind not seen at this parity: run the step
+        through the kernel's dispatcher and keep its calls for the kind, ``(entry, first, rest, top)``:
+        ``entry(x, *first)`` steps layer 0 and each ``(entry, args)`` of rest a later layer, by the
+        kernel's compiled entries (resolving the types of its 18 arguments took 0.8 µs a call;
+        :func:`~numgru.kernels._jit.compiled_entry`), or by the kernel itself where there is none
+        (the columns route's Python); top is the top layer's new state."""
         cur = self._cur
         first, rest, top = self._plans[cur]
-        step, entries = self._step, self._entries
-        # x is C-contiguous (the caller's): its alignment and writeability tell its Numba types apart
-        flags = x.flags
-        planned_call(entries, (cur, flags.aligned, flags.writeable), step, x, *first)
-        for k, args in enumerate(rest):
-            planned_call(entries, (cur, k), step, *args)
+        step = self._step
+        step(x, *first)
+        for args in rest:
+            step(*args)
+        self._calls[x.flags.num & ARRAY_KIND | cur << 16] = (
+            compiled_entry(step, (x, *first)) or step, first,
+            [(compiled_entry(step, args) or step, args) for args in rest], top)
         self._cur = cur ^ 1
         return top.copy()
 

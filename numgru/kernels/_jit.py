@@ -75,6 +75,13 @@ def compiled_entry(dispatcher, args):
         return None
 
 
+#: bits of ``ndarray.flags.num``: C-contiguous; and the bits that, with it, tell apart the Numba types
+#: of arrays of one dtype and number of axes (C-contiguous, aligned, writeable), a call site's key for
+#: :func:`planned_call` read in one attribute access
+C_CONTIGUOUS = 0x1
+ARRAY_KIND = C_CONTIGUOUS | 0x100 | 0x400
+
+
 def planned_call(entries, key, kernel, *args):
     """``kernel(*args)`` for a call site ``key`` (a forward plan's, a stream's, a cell's), by the
     kernel's compiled entry once the dispatcher has run it there (:func:`compiled_entry`: resolving
