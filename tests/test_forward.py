@@ -280,7 +280,7 @@ def test_from_torch_reads_parametrized_weights():
                                              (20, 8, False), (1, 30, True), (1, 300, True)])
 def test_every_recurrent_matmul_route(B, H, reset_after):
     """One thread: B = 1 takes the register-blocked kernel up to H = 256 and beyond it the dot-product
-    block (``ONE_ROW_DOT_PAST_L2``: Zen 4; its blocks of rows last first every other step) or a GEMV,
+    block (``one_row_dot``: Zen 4; its blocks of rows last first every other step) or a GEMV,
     B = 2–16 the register-blocked kernel (remainder rows, odd H; in tiles for H > 512), larger
     batches a BLAS GEMM: all agree with the reference."""
     before = numba.get_num_threads()

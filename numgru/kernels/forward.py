@@ -574,14 +574,26 @@ PANELS_PAST_L2_MANY_ROWS = avx512_zen()
 #: against 199 on two BLAS threads). Packed panels keep the blocks there (H = 1024, n = 1 / 4 / 16
 #: 153 / 234 / 945 against 181 / 244 / 970)
 ZIGZAG_UNPACKED = not avx512_zen()
-#: whether one row by float weights beyond L2 (K > 256) read as they lie goes by the dot-product block
-#: (:func:`~numgru.kernels.dotblock.dot_rows`, its blocks of rows last first every other step) rather
-#: than BLAS's GEMV: on Zen 4, one thread, BLAS pinned to one, one product of W (3K, K) a step, µs,
-#: the block against GEMV: K = 512 / 768 / 1024 35–36 / 81–84 / 183–204 against 43–44 / 87–102 /
-#: 182–269. Not measured on Intel's cores, which keep the GEMV
+#: whether one row by float weights beyond L2 read as they lie may go by the dot-product block rather
+#: than BLAS's GEMV (:func:`one_row_dot`): on Zen 4 (not measured on Intel's cores, which keep the GEMV)
 ONE_ROW_DOT_PAST_L2 = avx512_zen()
 #: ``tiled_max`` of the serial kernels on one thread (:func:`~numgru.kernels.dispatch.serial_tiled_max`)
 TILED_MAX_ONE_THREAD = 16
+
+
+@inline
+def one_row_dot(K, tiled_max):
+    """Whether one row by float weights (M, K) beyond L2 (K > 256), read as they lie, goes by the
+    dot-product block (:func:`~numgru.kernels.dotblock.dot_rows`, its blocks of rows last first every
+    other step) rather than BLAS's GEMV, where :data:`ONE_ROW_DOT_PAST_L2` and BLAS would run on one
+    thread (``tiled_max`` as in :func:`recurrent_matmul`: the one-thread value, or −1): a GEMV on two
+    threads reads W through two cores' caches (``stream.step`` B = 1 on two threads, H = 512 43–52
+    against 79 µs by the block on one). Zen 4, one thread, BLAS pinned to one, one product of
+    W (3K, K) a step, µs, the block against the GEMV: K = 512 / 768 / 1024 35–36 / 81–84 / 183–204
+    against 43–44 / 87–102 / 182–269. So from K = 257 a one-row product's sums, and a training
+    step's where one row runs, differ in the last bits between one thread and several (beyond
+    K = 512 they did before, :func:`recurrent_matmul`)."""
+    return ONE_ROW_DOT_PAST_L2 and K > 256 and (tiled_max < 0 or tiled_max >= TILED_MAX_ONE_THREAD)
 
 
 @inline
@@ -651,7 +663,7 @@ def step_product(Wm, Wp, h, out, buf, n, tiled_max, backwards):
         product_blocks(Wm, Wp, h, out, buf, n, tiled_max, backwards, panels)
     elif panels:  # one sweep, on the arrays as they are (views cost a small step's time)
         panel_matmul(h, Wp, out, n)
-    elif n == 1 and ONE_ROW_DOT_PAST_L2 and Wm.shape[1] > 256 and not is_bfloat16(Wm):
+    elif n == 1 and one_row_dot(Wm.shape[1], tiled_max) and not is_bfloat16(Wm):
         dot_rows(h, Wm, out, 1, backwards)
     else:
         recurrent_matmul(Wm, h, out, buf, n, tiled_max)

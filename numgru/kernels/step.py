@@ -13,7 +13,7 @@ from ._jit import FASTMATH, device, inline, kernel, parallel_kernel, wide_vector
 from .activations import clip_pre, gate, one_like, sigmoid_fast, tanh_fast
 from .bf16 import is_bfloat16_array, wget
 from .dotblock import dot_rows
-from .forward import (ONE_ROW_DOT_PAST_L2, _chunk_after, block_rows, product_blocks, recurrent_matmul,
+from .forward import (_chunk_after, block_rows, one_row_dot, product_blocks, recurrent_matmul,
                       small_rows_matmul, tiled_matmul)
 from .panel import pack_panels, panel_matmul
 
@@ -23,9 +23,9 @@ from .panel import pack_panels, panel_matmul
 #: H = I = 160 / 192 / 256 1.22× / 1.22–1.30× / 1.11–1.33× (W_ih and W_hh in L2, read at the block's
 #: rate); H = 320 / 384 / 512 0.98× / 0.98× / 1.00× (from L3 either way); below, at H ≤ 128,
 #: ``small_rows_matmul`` stays (the block 0.91–1.01×)
-#: (on Zen 4, with BLAS pinned to one thread, the block takes every size,
-#: :data:`~numgru.kernels.forward.ONE_ROW_DOT_PAST_L2`: ``stream.step`` B = 1, H = 768 / 1024
-#: 198–202 / 577–652 µs against 209–223 / 955–1085 by BLAS)
+#: (on Zen 4 the block takes larger weights too, :func:`~numgru.kernels.forward.one_row_dot`:
+#: ``stream.step`` one thread, B = 1, H = 768 / 1024 198–202 / 577–652 µs against 209–223 / 955–1085
+#: by BLAS pinned to one thread)
 STEP_DOT_MAX_VALUES = 3 * 256 * 256
 #: fewest bytes of weights (W_ih's and W_hh's, as read) for which a reset_after step run ``backwards``
 #: takes W_hh's product before W_ih's (:func:`gru_step`): paired ``stream.step``, one thread, B = 1,
@@ -48,8 +48,8 @@ def step_matmul(W, Wp, x, out, buf, n, small, tiled_max, backwards):
     """out[:n] = x[:n] @ W.T. With packed panels ``Wp`` of W (from :func:`step_panels`; an empty
     (0, 0, 0) array otherwise) the panel product. Else one row: the register-blocked matmul when
     ``small``, the dot-product block (:func:`~numgru.kernels.dotblock.dot_rows`) up to
-    :data:`STEP_DOT_MAX_VALUES` weights (at any size where
-    :data:`~numgru.kernels.forward.ONE_ROW_DOT_PAST_L2`), else BLAS; several rows:
+    :data:`STEP_DOT_MAX_VALUES` weights (beyond, where :func:`~numgru.kernels.forward.one_row_dot`),
+    else BLAS; several rows:
     :func:`~numgru.kernels.forward.recurrent_matmul`, as the forward's steps (``buf``: at least M·n
     values; ``tiled_max`` as there). bfloat16 weights (``uint16``) without panels, which BLAS cannot
     read, take the Numba matmul, in tiles. Weights beyond L2 in blocks of rows, last first when
@@ -59,7 +59,8 @@ def step_matmul(W, Wp, x, out, buf, n, small, tiled_max, backwards):
         panel_matmul.py_func(x, Wp, out, n)
     elif n == 1 and small:
         small_rows_matmul.py_func(W, x, out, n)
-    elif n == 1 and (W.shape[0] * W.shape[1] <= STEP_DOT_MAX_VALUES or ONE_ROW_DOT_PAST_L2):
+    elif n == 1 and (W.shape[0] * W.shape[1] <= STEP_DOT_MAX_VALUES or
+                     one_row_dot.py_func(W.shape[1], tiled_max)):
         dot_rows.py_func(x, W, out, 1, backwards)
     elif n == 1:
         np.dot(x, W.T, out)
@@ -90,7 +91,7 @@ def _ol_step_matmul(W, Wp, x, out, buf, n, small, tiled_max, backwards):
             panel_matmul(x, Wp, out, n)
         elif n == 1 and small:
             small_rows_matmul(W, x, out, n)
-        elif n == 1 and (W.shape[0] * W.shape[1] <= STEP_DOT_MAX_VALUES or ONE_ROW_DOT_PAST_L2):
+        elif n == 1 and (W.shape[0] * W.shape[1] <= STEP_DOT_MAX_VALUES or one_row_dot(W.shape[1], tiled_max)):
             dot_rows(x, W, out, 1, backwards)
         elif n == 1:
             np.dot(x, W.T, out)
