@@ -465,12 +465,12 @@ def test_input_projection_on_numba_threads(two_threads, N, I):
                                   (65, 256), (40, 300), (100, 600), (140, 300)])
 def test_input_projection_few_rows(dtype, N, I, one_thread):
     """Few rows (short sequences, small batches) take the dot-product block instead of BLAS: on one
-    thread up to 32 rows (64 for 129–256 inputs; on Zen 4/5 up to 15 / 23 / 47 / 128 / 32 rows for
+    thread up to 32 rows (64 for 129–256 inputs; on Zen 4/5 up to 15 / 23 / 47 / 128 / 128 rows for
     at most 64 / 128 / 256 / 768 / more inputs), on more up to 32 rows for at most 128 inputs and
     16 otherwise, in training up to 16; every route agrees with NumPy."""
     from numgru.kernels import dispatch
     if dispatch.ZEN_PROJECTION:
-        most = next(rows for inputs, rows in [(64, 15), (128, 23), (256, 47), (768, 128), (1 << 62, 32)]
+        most = next(rows for inputs, rows in [(64, 15), (128, 23), (256, 47), (768, 128), (1 << 62, 128)]
                     if I <= inputs)
     else:
         most = 64 if 128 < I <= 256 else 32

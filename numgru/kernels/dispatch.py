@@ -94,7 +94,7 @@ PROJ_PANELS_BLAS_THREADS = ((64, 128), (128, 64))
 #: each entry: (most I, most rows for the dot-product block, whether the packed panels take the rows
 #: beyond, else BLAS) (see :func:`projection_panels`)
 PROJ_ONE_THREAD_ZEN = ((64, 15, True), (128, 23, True), (256, 47, True), (768, 128, True),
-                       (1 << 62, 32, False))
+                       (1 << 62, 128, False))
 PACKED_PROJ_MAX_INPUTS = 256
 PACKED_PROJ_MAX_INPUTS_WIDE = 512
 PACKED_PROJ_MAX_ROWS_WIDE = 128
@@ -1140,10 +1140,14 @@ def projection_panels(N, I, threads):
     no longer in L1). Whole forwards, one thread, against the Intel rules (ms, medians, three rounds
     taking turns): T = 32, B = 4, H = 512 4.41–4.52 against 4.76–4.81; T = 48, B = 2, H = 256
     0.84–0.85 against 0.89–0.94; T = 128, B = 1, H = 384 / 512 4.02–4.12 / 7.08–7.54 against
-    4.15–4.29 / 7.18–7.96; H = 640 / 768 and B = 4, H = 512 at 256 / 512 rows level. At I = 1024
-    the block to 128 rows and the panels to 256 gained nothing in whole forwards (B = 1, T = 128 /
-    192 / 256: 29.3–32.5 / 43.8–49.3 / 56.5–61.2 against 30.8–31.0 / 42.9–44.6 / 56.0–62.2), so
-    wider inputs keep the block to 32 rows and BLAS beyond.
+    4.15–4.29 / 7.18–7.96; H = 640 / 768 and B = 4, H = 512 at 256 / 512 rows level. Wider inputs
+    take the block to 128 rows and BLAS beyond (an earlier comparison in whole forwards read the two
+    level); measured again with BLAS pinned to one thread, the kernel alone at I = 1024, N = 48 /
+    64 / 128 / 256 / 512, ms, block against BLAS: 3.04 / 4.03 / 8.07–9.69 / 16.1–16.6 / 31.8 against
+    3.36 / 4.44 / 9.82–10.12 / 17.2–17.5 / 32.2 (panels 8.65–8.79 at 128 rows); I = 2048, N = 32 /
+    64 / 128 / 256 9.5 / 18.9 / 37.4 / 75.4 against 12.3 / 20.0 / 40.2 / 70.1. Whole forwards, B = 1,
+    H = 1024, three rounds taking turns, against 32 rows: T = 64 / 96 / 128 14.9–15.9 / 22.0–22.6 /
+    28.4–29.8 against 15.7–16.0 / 22.9–23.6 / 29.5–30.2; I = 2048 level.
     """
     if threads == 1:
         if ZEN_PROJECTION:
