@@ -291,6 +291,20 @@ def test_every_recurrent_matmul_route(B, H, reset_after):
         numba.set_num_threads(before)
 
 
+def test_one_row_dot_rule(monkeypatch):
+    """One row beyond L2 takes the dot-product block where ONE_ROW_DOT_PAST_L2 (Zen 4) and BLAS would
+    run on one thread (tiled_max of one thread, or −1: the caller on Numba's threads); within L2, on
+    several BLAS threads and elsewhere the GEMV."""
+    from numgru.kernels import forward
+    rule = forward.one_row_dot.py_func
+    one = forward.TILED_MAX_ONE_THREAD
+    monkeypatch.setattr(forward, "ONE_ROW_DOT_PAST_L2", True)
+    assert rule(257, one) and rule(1024, one) and rule(4096, -1)
+    assert not rule(256, one) and not rule(512, 4) and not rule(1024, 4)
+    monkeypatch.setattr(forward, "ONE_ROW_DOT_PAST_L2", False)
+    assert not rule(1024, one) and not rule(512, -1)
+
+
 def _check_route(B, H, reset_after):
     rng = np.random.default_rng(B * 1000 + H)
     g = ng.GRU(5, H, reset_after=reset_after, dtype=np.float64, seed=1)
