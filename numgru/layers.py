@@ -1064,12 +1064,8 @@ class GRUCell(_Params):
                 # (no_work: the kernel allocates its workspace.) x and h are C-contiguous (made so
                 # above): their alignment and writeability tell their Numba types apart
                 kind = (xk & ARRAY_KIND) | (hk & ARRAY_KIND) << 16
-                entry = entries.get(kind)
-                if entry:
-                    entry(x, h, *args, out, no_work, no_work, tiled_max, backwards)
-                else:
-                    planned_call(entries, kind, gru_step, x, h, *args, out, no_work, no_work, tiled_max,
-                                 backwards)
+                planned_call(entries, kind, gru_step, x, h, *args, out, no_work, no_work, tiled_max,
+                             backwards)
                 return out
         x3, h0, unbatched = self._prepare(x, h)
         B = x3.shape[1]

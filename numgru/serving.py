@@ -443,12 +443,14 @@ class Stepper:
         """x (B, I) of the model's dtype; steps every layer and returns a copy of the top layer's new
         state."""
         cur = self._cur
-        calls = self._calls.get(x.flags.num & ARRAY_KIND | cur << 16)
+        key = x.flags.num & ARRAY_KIND | cur << 16
+        calls = self._calls.get(key)
         if calls is None:  # a kind of input not seen yet, or x not C-contiguous (never a key)
             x = np.ascontiguousarray(x)
-            calls = self._calls.get(x.flags.num & ARRAY_KIND | cur << 16)
+            key = x.flags.num & ARRAY_KIND | cur << 16
+            calls = self._calls.get(key)
             if calls is None:
-                return self._first_call(x)
+                return self._first_call(x, key)
         entry, first, rest, top = calls
         entry(x, *first)
         if rest:
@@ -457,8 +459,8 @@ class Stepper:
         self._cur = cur ^ 1
         return top.copy()
 
-    def _first_call(self, x):
-        """:meth:`__call__` for a C-contiguous input of a kind not seen at this parity: run the step
+    def _first_call(self, x, key):
+        """:meth:`__call__` for a C-contiguous input of a kind not seen at this parity (``key``): run the step
         through the kernel's dispatcher and keep its calls for the kind, ``(entry, first, rest, top)``:
         ``entry(x, *first)`` steps layer 0 and each ``(entry, args)`` of rest a later layer, by the
         kernel's compiled entries (resolving the types of its 18 arguments took 0.8 µs a call;
@@ -470,7 +472,7 @@ class Stepper:
         step(x, *first)
         for args in rest:
             step(*args)
-        self._calls[x.flags.num & ARRAY_KIND | cur << 16] = (
+        self._calls[key] = (
             compiled_entry(step, (x, *first)) or step, first,
             [(compiled_entry(step, args) or step, args) for args in rest], top)
         self._cur = cur ^ 1

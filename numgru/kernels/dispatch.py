@@ -43,7 +43,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numba
 import numpy as np
 
-from ._jit import avx512_zen, planned_call, target_cpu
+from ._jit import ARRAY_KIND, avx512_zen, planned_call, target_cpu
 from .amx import (amx_gradient, amx_gradient_pair, amx_gradient_parallel, amx_projection,
                   amx_projection_parallel, amx_digit_projection, amx_digit_projection_parallel, amx_ready,
                   DIGIT_MAX_K, DIGIT_WIDE_BYTES, digits_size, gru_forward_amx, gru_forward_amx_rows,
@@ -1439,8 +1439,7 @@ def run_serial_direction(plan, x2d, gx, h0, y, col0, h_n):
     projection, flags, recurrence, chunked, amx_steps, vnni_steps, dp_steps, entries, fused_steps = plan
     if amx_steps is not None and _run_amx_direction(amx_steps, x2d, gx, h0, y, col0, h_n):
         return
-    xf = x2d.flags
-    kind = (xf.aligned, xf.writeable)  # x2d alone may be the caller's input as it came: its Numba type
+    kind = x2d.flags.num & ARRAY_KIND  # x2d alone may be the caller's input as it came: its Numba type
     if fused_steps is not None:
         W_ih, Wp_ih, b_ih, W_hh, Wp_hh, b_hh, reverse = fused_steps
         planned_call(entries, ("fused", kind), gru_forward_fused, x2d, W_ih, Wp_ih, b_ih, W_hh, Wp_hh, b_hh, h0,

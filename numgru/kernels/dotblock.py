@@ -87,12 +87,12 @@ def _tree_sum(builder, vs, L):
     return vs[0]
 
 
-def _emit_dot(context, builder, fty, x_ptr, ldx, w_ptr, ldw, o_ptr, ldo, n, M, K, bf16=False, rev=None):
+def _emit_dot(context, builder, fty, x_ptr, ldx, w_ptr, ldw, o_ptr, ldo, n, M, K, bf16, rev):
     """Emit out[i, j] = Σ_k x[i, k] · W[j, k] for i < n, j < M (sizes and row strides in elements, intp
     values; x[i, k] at x_ptr[i·ldx + k], W[j, k] at w_ptr[j·ldw + k], out[i, j] at o_ptr[i·ldo + j]);
     n, M, K ≥ 1. ``bf16``: W holds bfloat16 values (``w_ptr`` an i16 pointer, fty float32), each vector
-    of them widened to float32 in registers after its load. ``rev`` (an i1 value, or None: false):
-    W's blocks of rows last first."""
+    of them widened to float32 in registers after its load. ``rev`` (an i1 value): W's blocks of rows
+    last first."""
     intp = cgutils.intp_t
     i32 = ir.IntType(32)
     size = context.get_abi_sizeof(fty)
@@ -177,11 +177,9 @@ def _emit_dot(context, builder, fty, x_ptr, ldx, w_ptr, ldw, o_ptr, ldo, n, M, K
         with cgutils.for_range_slice(builder, const(0), n, const(G), intp) as (g0, _):
             g1 = smin(builder.add(g0, const(G)), n)
             with cgutils.for_range_slice(builder, const(0), M, const(NR), intp) as (j0f, _):
-                if rev is None:
-                    j0 = j0f
-                else:  # blocks of W's rows last first: the last block starts at NR·⌊(M − 1) / NR⌋
-                    last_block = builder.mul(builder.sdiv(last_col, const(NR)), const(NR))
-                    j0 = builder.select(rev, builder.sub(last_block, j0f), j0f)
+                # blocks of W's rows last first when rev: the last block starts at NR·⌊(M − 1) / NR⌋
+                last_block = builder.mul(builder.sdiv(last_col, const(NR)), const(NR))
+                j0 = builder.select(rev, builder.sub(last_block, j0f), j0f)
                 wrows = [builder.gep(w_ptr, [builder.mul(smin(builder.add(j0, const(c)), last_col), ldw)])
                          for c in range(NR)]
                 cols_left = builder.sub(M, j0)
