@@ -303,15 +303,18 @@ class GRU(_Params):
 
     def _param_items(self):
         D = self.num_directions
+        # an inference copy's parameters (:meth:`freeze`, :meth:`quantize`) as read-only views
+        live = (lambda a: a) if self._packed is None and self._bf16 is None else \
+            (lambda a: _read_only(a.view()))
         for layer in range(self.num_layers):
             for d in range(D):
                 i = layer * D + d
                 sfx = self._suffix(layer, d)
-                yield f"weight_ih{sfx}", self._W_ih[i]
-                yield f"weight_hh{sfx}", self._W_hh[i]
+                yield f"weight_ih{sfx}", live(self._W_ih[i])
+                yield f"weight_hh{sfx}", live(self._W_hh[i])
                 if self.bias:
-                    yield f"bias_ih{sfx}", self._b_ih[i]
-                    yield f"bias_hh{sfx}", self._b_hh[i]
+                    yield f"bias_ih{sfx}", live(self._b_ih[i])
+                    yield f"bias_hh{sfx}", live(self._b_hh[i])
 
     def _kernel_scalars(self):
         """(reset_after, gate_kind, alpha, beta, use_clip, clip) typed as the kernels take them."""
@@ -429,16 +432,18 @@ class GRU(_Params):
                              f"{self.dtype.name}")
         q = copy.copy(self)
         q._packed = None
-        bf_ih = [_read_only(aligned(to_bfloat16(W))) for W in self._W_ih]
-        bf_hh = [_read_only(aligned(to_bfloat16(W))) for W in self._W_hh]
+        # the copies stay writeable inside (the kernels then take one signature for a plain model's
+        # arrays and an inference copy's); :meth:`named_parameters` hands out read-only views
+        bf_ih = [aligned(to_bfloat16(W)) for W in self._W_ih]
+        bf_hh = [aligned(to_bfloat16(W)) for W in self._W_hh]
         q._bf16 = (bf_ih, bf_hh)
         q._bf16_panels = None  # (packed from these copies on first use)
         q._amx_pieces = FrozenPieces(True)  # the tiles' one-piece packings of the read-only weights
-        q._W_ih = [_read_only(aligned(from_bfloat16(b))) for b in bf_ih]
-        q._W_hh = [_read_only(aligned(from_bfloat16(b))) for b in bf_hh]
-        q._b_ih = [_read_only(aligned(b)) for b in self._b_ih]
-        q._b_hh = [_read_only(aligned(b)) for b in self._b_hh]
-        q._zero_bias = _read_only(self._zero_bias.copy())
+        q._W_ih = [aligned(from_bfloat16(b)) for b in bf_ih]
+        q._W_hh = [aligned(from_bfloat16(b)) for b in bf_hh]
+        q._b_ih = [aligned(b) for b in self._b_ih]
+        q._b_hh = [aligned(b) for b in self._b_hh]
+        q._zero_bias = self._zero_bias.copy()
         if self._packed is not None:
             q._pack()
         return q
@@ -471,10 +476,13 @@ class GRU(_Params):
         return q
 
     def _freeze_in_place(self):
-        """Give this object read-only copies of its parameters and pack them (:meth:`freeze`)."""
+        """Give this object its own copies of its parameters and pack them (:meth:`freeze`). The
+        copies stay writeable inside, so that the kernels take the plain model's signatures (a
+        read-only array is a type of its own to Numba: each kernel compiled again, 18 s cold for the
+        serial forward); :meth:`named_parameters` hands out read-only views of them."""
         for name in ("_W_ih", "_W_hh", "_b_ih", "_b_hh"):
-            setattr(self, name, [_read_only(aligned(a)) for a in getattr(self, name)])
-        self._zero_bias = _read_only(aligned(self._zero_bias))
+            setattr(self, name, [aligned(a) for a in getattr(self, name)])
+        self._zero_bias = aligned(self._zero_bias)
         self._plans = None
         # AMX packings of the read-only matrices, made on first use
         self._amx_pieces = FrozenPieces(self._bf16 is not None)

@@ -194,3 +194,49 @@ def test_target_features_follow_numbas(monkeypatch):
     monkeypatch.setattr(numba.config, "CPU_FEATURES", None)
     name, features = _jit.target_cpu()
     assert name == "" or features  # the host's, where LLVM reads them
+
+
+def test_routes_and_inference_copies_reach_the_kernels_with_one_signature(monkeypatch):
+    """A signature of the serial forward compiles for about 18 s cold (a step kernel's for several):
+    the planned and general paths, training, the rows and chunked routes (which call the serial
+    kernel from inside Numba) and frozen or quantized copies must all reach it with the layers'
+    argument types. A constant passed in a nested call is typed as a literal, and a read-only array
+    (a plan's lengths, a frozen copy's weights) is a type of its own: each had compiled the kernel
+    again, 14 of the 15 signatures the test suite compiled."""
+    from numgru.kernels import dispatch, forward, step
+
+    rng = np.random.default_rng(0)
+    g = ng.GRU(5, 16, seed=0)
+    x = rng.standard_normal((6, 10, 5)).astype(np.float32)
+    ran = []
+    rows = dispatch.gru_forward_rows
+    monkeypatch.setattr(dispatch, "gru_forward_rows", lambda *a: ran.append("rows") or rows(*a))
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        g(x)
+        g(x, lengths=np.arange(1, 11) % 7)
+        g.forward_train(x)
+        g.freeze()(x)
+        g.quantize()(x)
+        cell = ng.GRUCell(5, 16, seed=0)
+        cell(x[0])
+        cell.freeze()(x[0])
+        cell.quantize()(x[0])
+        with monkeypatch.context() as m:  # the chunked route, one step at a time
+            m.setattr(dispatch, "INTERLEAVE_MIN_BYTES", 0)
+            m.setattr(dispatch, "INTERLEAVE_CHUNK_BYTES", 1)
+            ng.GRU(5, 16, seed=1)(x)
+        if numba.config.NUMBA_NUM_THREADS >= 2:
+            numba.set_num_threads(2)
+            g(x, lengths=np.arange(1, 11) % 7)
+            assert ran
+    finally:
+        numba.set_num_threads(before)
+    for name, kernel in _all_kernels().items():
+        for sig in kernel.signatures:
+            assert not any(isinstance(t, numba.types.Literal) for t in sig), (name, sig)
+    for sig in forward.gru_forward_serial.signatures:
+        assert not any(isinstance(t, numba.types.Array) and not t.mutable for t in sig), sig
+    for sig in step.gru_step.signatures:  # x and h are the caller's, read-only ones taken as they are
+        assert not any(isinstance(t, numba.types.Array) and not t.mutable for t in sig[2:]), sig

@@ -1403,8 +1403,7 @@ def serial_direction_plan(W_ih, b_ih, W_hh, b_hh, packed_ih, packed_hh, T, B, th
     if packed_hh is None:
         none = empty_array(W_hh.dtype, 3)
         packed_hh = (none, none)
-    lengths = np.full(B, T, np.int64)
-    lengths.setflags(write=False)
+    lengths = np.full(B, T, np.int64)  # writeable, as the layers' own: one signature for both
     weights = (W_hh, tuple(packed_hh), b_hh)
     tiled_max = serial_tiled_max(threads)
     if steps:  # gru_forward_chunked's arguments, in the groups run_serial_direction passes them
