@@ -273,7 +273,7 @@ class GRU(_Params):
 
     @property
     def frozen(self):
-        """True for a model made by :meth:`freeze` (its weights packed once, read-only)."""
+        """True for a model made by :meth:`freeze` (its weights packed once, read-only to its users)."""
         return self._packed is not None
 
     def get_config(self):
@@ -303,9 +303,11 @@ class GRU(_Params):
 
     def _param_items(self):
         D = self.num_directions
-        # an inference copy's parameters (:meth:`freeze`, :meth:`quantize`) as read-only views
-        live = (lambda a: a) if self._packed is None and self._bf16 is None else \
-            (lambda a: _read_only(a.view()))
+        inference_copy = self._packed is not None or self._bf16 is not None
+
+        def live(a):  # an inference copy's (:meth:`freeze`, :meth:`quantize`) as read-only views
+            return _read_only(a.view()) if inference_copy else a
+
         for layer in range(self.num_layers):
             for d in range(D):
                 i = layer * D + d
@@ -438,7 +440,7 @@ class GRU(_Params):
         bf_hh = [aligned(to_bfloat16(W)) for W in self._W_hh]
         q._bf16 = (bf_ih, bf_hh)
         q._bf16_panels = None  # (packed from these copies on first use)
-        q._amx_pieces = FrozenPieces(True)  # the tiles' one-piece packings of the read-only weights
+        q._amx_pieces = FrozenPieces(True)  # the tiles' one-piece packings of the unchanging weights
         q._W_ih = [aligned(from_bfloat16(b)) for b in bf_ih]
         q._W_hh = [aligned(from_bfloat16(b)) for b in bf_hh]
         q._b_ih = [aligned(b) for b in self._b_ih]
@@ -484,7 +486,7 @@ class GRU(_Params):
             setattr(self, name, [aligned(a) for a in getattr(self, name)])
         self._zero_bias = aligned(self._zero_bias)
         self._plans = None
-        # AMX packings of the read-only matrices, made on first use
+        # AMX packings of the matrices (which never change now), made on first use
         self._amx_pieces = FrozenPieces(self._bf16 is not None)
         self._pack()
 

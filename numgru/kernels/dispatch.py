@@ -1325,8 +1325,9 @@ def serial_forward(route):
 
 class FrozenPieces:
     """The AMX packings (:func:`~numgru.kernels.amx.pack_amx`, :func:`~numgru.kernels.amx.pack_digits`)
-    of a frozen model's read-only weight matrices, each made on first use and kept with the matrix it
-    came from (a matrix is known by identity; the entry holds it, so the identity stays its own)."""
+    of a frozen model's weight matrices (which never change: its users get read-only views), each made
+    on first use and kept with the matrix it came from (a matrix is known by identity; the entry holds
+    it, so the identity stays its own)."""
 
     __slots__ = ("_kept", "bfloat16")
 
