@@ -434,8 +434,7 @@ class GRU(_Params):
                              f"{self.dtype.name}")
         q = copy.copy(self)
         q._packed = None
-        # the copies stay writeable inside (the kernels then take one signature for a plain model's
-        # arrays and an inference copy's); :meth:`named_parameters` hands out read-only views
+        # writeable inside, as :meth:`_freeze_in_place` keeps them
         bf_ih = [aligned(to_bfloat16(W)) for W in self._W_ih]
         bf_hh = [aligned(to_bfloat16(W)) for W in self._W_hh]
         q._bf16 = (bf_ih, bf_hh)
@@ -478,10 +477,9 @@ class GRU(_Params):
         return q
 
     def _freeze_in_place(self):
-        """Give this object its own copies of its parameters and pack them (:meth:`freeze`). The
-        copies stay writeable inside, so that the kernels take the plain model's signatures (a
-        read-only array is a type of its own to Numba: each kernel compiled again, 18 s cold for the
-        serial forward); :meth:`named_parameters` hands out read-only views of them."""
+        """Give this object its own copies of its parameters and pack them (:meth:`freeze`): writeable
+        inside, so the kernels take the plain model's signatures (:func:`~numgru.kernels._jit.kernel`);
+        :meth:`named_parameters` hands out read-only views of them."""
         for name in ("_W_ih", "_W_hh", "_b_ih", "_b_hh"):
             setattr(self, name, [aligned(a) for a in getattr(self, name)])
         self._zero_bias = aligned(self._zero_bias)

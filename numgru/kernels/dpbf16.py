@@ -484,8 +484,7 @@ def gru_forward_dpbf16_ranges(gx, Wp, b_hh, h0, reverse, y, col0, h_n, n):
     none = np.empty((0, 0, 0), np.float32)
     for i in prange(n):
         wide_vectors()
-        # np.bool_(False): typed as the direct calls type ``store`` (a constant's literal type would
-        # compile the kernel again)
+        # np.bool_(False), not a constant's literal type (:func:`~numgru.kernels._jit.kernel`)
         ok[i] = gru_forward_dpbf16(gx, Wp, b_hh, h0, reverse, y, col0, h_n, np.bool_(False), none,
                                    B * i // n, B * (i + 1) // n)
     return ok.all()

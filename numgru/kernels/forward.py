@@ -934,8 +934,7 @@ def _gru_forward_rows(gx, W_hh, packed, b_hh, h0, lengths, sorted_desc, reverse,
             for b in range(b0 + 1, b1):
                 if lengths[b] > lengths[b - 1]:
                     chunk_sorted = False
-        # np.int64(-1), not -1: a constant reaches the callee typed as Literal[int](-1), a signature
-        # of its own that compiles the whole serial kernel again (18 s cold)
+        # np.int64(-1), not a constant's literal type (:func:`~numgru.kernels._jit.kernel`)
         gru_forward_serial(gx, W_hh, packed, b_hh, h0, lengths, chunk_sorted, reverse, reset_after,
                            gate_kind, alpha, beta, use_clip, clip, y, col0, h_n, store, tape, np.int64(-1),
                            b0, b1)
@@ -1186,8 +1185,7 @@ def gru_forward_chunked(x2d, W_ih, Wp_ih, b_ih, use_bias, proj_panels, proj_dot,
         g = gx[:(t1 - t0) * B]
         input_projection_kernel(x2d[t0 * B:t1 * B], W_ih, Wp_ih, b_ih, use_bias, g, proj_panels,
                                 proj_dot)
-        # the constants as np.bool_ / np.int64, typed as the layers' calls type them (as constants
-        # they would be literal types: a signature of their own, the serial kernel compiled again)
+        # np.bool_ / np.int64, not constants' literal types (:func:`~numgru.kernels._jit.kernel`)
         gru_forward_serial(g.reshape((t1 - t0, B, 3 * H)), W_hh, (Wp_a, Wp_b), b_hh, state, lengths,
                            np.bool_(True), reverse, reset_after, gate_kind, alpha, beta, use_clip, clip,
                            y[t0:t1], col0, h_n, np.bool_(False), tape, tiled_max, np.int64(0), B)
