@@ -352,6 +352,31 @@ def tiled_matmul(Wm, h, out, n):
         small_rows_matmul(Wm[q0:q1], h, out[:, q0:q1], n)
 
 
+@device
+def small_rows_product(Wm, h, out, n):
+    """:func:`small_rows_matmul` compiled once per signature and called, from the helpers that are
+    called functions themselves (:func:`rows_product`; for bfloat16 weights :func:`blas_matmul_T` and
+    the step's product), where its copy already ran as a called function's code: the call adds one
+    jump per product. Each inlined copy is typed and optimised in every helper that holds it, and
+    again in every kernel that links that helper (Numba links a called function's module into its
+    caller's and optimises it there once more): a GRUCell's first call after a training run, cold,
+    one thread, compiled in 8.1–8.3 s against 9.8–10.1 (three runs each; the quantized forward and
+    steps' speed level). Inside a kernel's own code it stays inlined: the one-row product of
+    :func:`recurrent_matmul` called ran the forward at B = 1, H = 256, T = 16 2–5 % slower (steps of
+    13 µs; six runs each, alternating), and the loops that run it on each tile of a step
+    (:func:`tiled_matmul`, the columns routes) or a small step's one product (:mod:`~numgru.kernels.step`,
+    under 1 µs at H = 16) would pay a call's cost on each."""
+    wide_vectors()
+    small_rows_matmul(Wm, h, out, n)
+
+
+@device
+def tiled_product(Wm, h, out, n):
+    """:func:`tiled_matmul` compiled once per signature and called (see :func:`small_rows_product`)."""
+    wide_vectors()
+    tiled_matmul(Wm, h, out, n)
+
+
 @inline
 def recurrent_matmul(Wm, h, out, buf, n, tiled_max):
     """out[:n] = h[:n] @ Wm.T, by the fastest measured route for the shape (Wm C-contiguous): Numba's
@@ -394,9 +419,9 @@ def _ol_rows_product(Wm, h, out, n, tiled):
         if not bf16 and n > 1:
             dot_rows(h, Wm, out, n)
         elif tiled:
-            tiled_matmul(Wm, h, out, n)
+            tiled_product(Wm, h, out, n)
         else:
-            small_rows_matmul(Wm, h, out, n)
+            small_rows_product(Wm, h, out, n)
     return impl
 
 
@@ -409,7 +434,7 @@ def blas_matmul_T(Wm, h, out, buf, n):
 @overload(blas_matmul_T, jit_options={"fastmath": set(FASTMATH)})
 def _ol_blas_matmul_T(Wm, h, out, buf, n):
     if is_bfloat16_array(Wm):
-        return lambda Wm, h, out, buf, n: tiled_matmul(Wm, h, out, n)
+        return lambda Wm, h, out, buf, n: tiled_product(Wm, h, out, n)
     return lambda Wm, h, out, buf, n: rows_matmul_T(Wm, h, out, buf, n)
 
 

@@ -14,7 +14,7 @@ from .activations import clip_pre, gate, one_like, sigmoid_fast, tanh_fast
 from .bf16 import is_bfloat16_array, wget
 from .dotblock import dot_rows
 from .forward import (_chunk_after, block_rows, one_row_dot, product_blocks, recurrent_matmul,
-                      small_rows_matmul, tiled_matmul)
+                      small_rows_matmul, tiled_matmul, tiled_product)
 from .panel import pack_panels, panel_matmul
 
 
@@ -80,7 +80,7 @@ def _ol_step_matmul(W, Wp, x, out, buf, n, small, tiled_max, backwards):
             elif Wp.shape[0] > 0:
                 panel_matmul(x, Wp, out, n)
             else:
-                tiled_matmul(W, x, out, n)
+                tiled_product(W, x, out, n)
         return impl_bf16
 
     def impl(W, Wp, x, out, buf, n, small, tiled_max, backwards):
