@@ -129,6 +129,22 @@ def test_layer_takes_the_route_and_matches_the_reference(one_thread, layers, bid
         np.testing.assert_allclose(h, rh, atol=1e-5)
 
 
+@needs_fused
+@pytest.mark.parametrize("H, T", [(64, 1), (80, 5), (200, 16), (256, 24)])
+def test_frozen_copy_takes_the_route_from_fewer_steps(one_thread, H, T):
+    # its panels are packed once: the fused forward from one step up to H = 128, from 16 beyond,
+    # where the plain model, which packs on every call, keeps the other routes
+    g = ng.GRU(H // 2, H, num_layers=2, seed=5)
+    x = np.random.default_rng(2).standard_normal((T, 1, H // 2)).astype(np.float32)
+    ry, rh = ref_gru(x, g.state_dict(), 2, H)
+    f = g.freeze()
+    for model, fused_taken in ((g, False), (f, True)):
+        y, h = model(x)
+        assert _taken(model) == [fused_taken] * 2
+        np.testing.assert_allclose(y, ry, atol=1e-5)
+        np.testing.assert_allclose(h, rh, atol=1e-5)
+
+
 def test_the_rule():
     want = fused.fused_ready()
     ok = dict(threads=1, dtype=np.float32, reset_after=True, gate_kind=0, use_clip=False)
@@ -143,3 +159,10 @@ def test_the_rule():
     for change in (dict(threads=2), dict(dtype=np.float64), dict(reset_after=False), dict(gate_kind=1),
                    dict(use_clip=True)):
         assert not rule(T=128, B=1, H=256, **{**ok, **change})
+        assert not rule(T=128, B=1, H=256, packed=True, **{**ok, **change})
+    # weights packed once (a frozen model's): from one step up to H = 128, from 16 up to H = 768
+    assert rule(T=1, B=1, H=128, packed=True, **ok) is want
+    assert rule(T=16, B=1, H=768, packed=True, **ok) is want
+    assert not rule(T=15, B=1, H=129, packed=True, **ok)
+    assert not rule(T=64, B=1, H=769, packed=True, **ok)
+    assert not rule(T=64, B=2, H=256, packed=True, **ok)

@@ -141,6 +141,8 @@ VNNI_ONE_ROW_MIN_STEPS = 64
 FUSED_MIN_HIDDEN = 64
 FUSED_MAX_HIDDEN = 768
 FUSED_MIN_STEPS = ((128, 16), (768, 64))
+#: the same where W_ih and W_hh come packed once (a frozen model's): no packing for the steps to repay
+FUSED_MIN_STEPS_PACKED = ((128, 1), (768, 16))
 #: "medium" precision on AVX512-BF16 without AMX (dpbf16_projection_wanted): fewest rows of a
 #: product, fewest multiply-adds a row (below, packing W costs more than the bfloat16 products save)
 DPBF16_MIN_ROWS = 128
@@ -901,12 +903,12 @@ def vnni_recurrence_wanted(T, B, H, threads, dtype, reset_after, gate_kind, use_
             and vnni_ready())
 
 
-def fused_recurrence_wanted(T, B, H, threads, dtype, reset_after, gate_kind, use_clip):
+def fused_recurrence_wanted(T, B, H, threads, dtype, reset_after, gate_kind, use_clip, packed=False):
     """Whether a serial inference forward of T steps over B rows runs its input projection inside
     the steps (:func:`~numgru.kernels.fused.gru_forward_fused`, W_ih and W_hh packed on every call
-    unless the model keeps them): one row, one thread, float32 weights, reset_after with sigmoid
-    gates and no clip, ``FUSED_MIN_HIDDEN`` ≤ H ≤ ``FUSED_MAX_HIDDEN``, and at least
-    ``FUSED_MIN_STEPS`` steps for H. Measured on Zen 4 (one thread, BLAS pinned to one, I = H, whole
+    unless the model keeps them: ``packed``): one row, one thread, float32 weights, reset_after with
+    sigmoid gates and no clip, ``FUSED_MIN_HIDDEN`` ≤ H ≤ ``FUSED_MAX_HIDDEN``, and at least
+    ``FUSED_MIN_STEPS`` steps for H (``FUSED_MIN_STEPS_PACKED`` with ``packed``). Measured on Zen 4 (one thread, BLAS pinned to one, I = H, whole
     forwards, packing included, against the routes before it: the panels up to H = 384, W_hh's VNNI
     digits beyond), by T = 8 / 16 / 32 / 64 / 128 / 512: H = 64 1.43× / 1.36× / 1.25× / 1.19× /
     1.17× / 1.14×; H = 128 0.95× / 1.05× / 1.20× / 1.22× / 1.20× / 1.22×; H = 256 0.77× / 0.93× /
@@ -917,10 +919,20 @@ def fused_recurrence_wanted(T, B, H, threads, dtype, reset_after, gate_kind, use
     the digits; a software prefetch of W_hh's panel rows 2–8 KB ahead slowed every H, 1.05–1.18×
     longer at H = 256–1024). AVX-512 targets only (:func:`~numgru.kernels.fused.fused_ready`). Not measured on
     Intel, where the same code runs (the overlap of an L2- or L3-bound product with an
-    arithmetic-bound one does not depend on the vendor)."""
+    arithmetic-bound one does not depend on the vendor).
+
+    A frozen model's packed weights (``packed``) leave the steps nothing to repay, and the fused
+    forward, one kernel on the panels, then wins from fewer steps: the frozen copy, the same
+    conditions, one process taking turns with a copy on the routes before (default over fused, 21
+    rounds each, two runs): H = 64 T = 1–12 1.07–1.26×; H = 96 / 128 T = 1–12 1.03–1.16× (once
+    0.97 at T = 10); H = 192 / 256 T ≤ 8 1.04–1.13× but T = 10 0.95–0.97× (a first block of 8 steps
+    and a second of 2), T = 12 1.01–1.05×, T = 16–48 1.04–1.15×; H = 320–768 T ≤ 12 0.96–1.02×
+    (H = 768 noisy, 0.98–1.31×), T = 16–48 1.02–1.13×. Hence from one step up to H = 128 and from 16
+    beyond."""
+    table = FUSED_MIN_STEPS_PACKED if packed else FUSED_MIN_STEPS
     return (dtype == np.float32 and reset_after and gate_kind == 0 and not use_clip and threads == 1
             and B == 1 and FUSED_MIN_HIDDEN <= H <= FUSED_MAX_HIDDEN
-            and T >= min((s for h_max, s in FUSED_MIN_STEPS if H <= h_max), default=1 << 62)
+            and T >= min((s for h_max, s in table if H <= h_max), default=1 << 62)
             and fused_ready())
 
 
@@ -1393,7 +1405,8 @@ def serial_direction_plan(W_ih, b_ih, W_hh, b_hh, packed_ih, packed_hh, T, B, th
     # the fused forward takes the float32 projection's place: not where the tiles or bfloat16
     # products would run it (nor their recurrences)
     if amx_steps is None and not dp_steps and not amx and not dp and W_hh.dtype == dtype and \
-            fused_recurrence_wanted(T, B, W_hh.shape[1], threads, dtype, reset_after, gate_kind, gates[3]):
+            fused_recurrence_wanted(T, B, W_hh.shape[1], threads, dtype, reset_after, gate_kind, gates[3],
+                                    packed_ih is not None and packed_hh is not None):
         fused_steps = (W_ih, empty if packed_ih is None else packed_ih,
                        np.zeros(W_ih.shape[0], dtype) if b_ih is None else b_ih, W_hh,
                        empty if packed_hh is None else packed_hh[0], b_hh, bool(reverse))
