@@ -183,6 +183,21 @@ def test_layer_takes_the_route_and_matches_the_reference(one_thread, bidirection
 
 
 @needs_vnni
+def test_frozen_copy_takes_the_route_from_two_steps(one_thread):
+    # it keeps W_hh's digits, so beyond the fused forward's hidden sizes the route runs from two
+    # steps, where the plain model, which packs them on every call, keeps the float32 routes
+    H, T = 800, 5
+    g = ng.GRU(16, H, num_layers=2, seed=6)
+    x = np.random.default_rng(3).standard_normal((T, 1, 16)).astype(np.float32)
+    ry, rh = ref_gru(x, g.state_dict(), 2, H)
+    for model, taken in ((g, False), (g.freeze(), True)):
+        y, h = model(x)
+        assert _taken(model) == [taken] * 2
+        np.testing.assert_allclose(y, ry, atol=1e-5)
+        np.testing.assert_allclose(h, rh, atol=1e-5)
+
+
+@needs_vnni
 def test_layer_falls_back_where_the_digits_refuse(one_thread, monkeypatch):
     """A NaN in the input (the state turns NaN: the float32 kernels rerun the step and propagate it),
     and a weight the digits cannot scale (Inf: W_hh's packing is empty), give what the float32 route
@@ -226,3 +241,10 @@ def test_the_rule():
     for change in (dict(threads=2), dict(dtype=np.float64), dict(reset_after=False), dict(gate_kind=1),
                    dict(use_clip=True)):
         assert not rule(T=64, B=1, H=512, **{**ok, **change})
+        assert not rule(T=64, B=1, H=1024, kept=True, **{**ok, **change})
+    # digits kept (a frozen model's): also from two steps, beyond the fused forward's hidden sizes
+    assert rule(T=2, B=1, H=769, kept=True, **ok) is want
+    assert rule(T=64, B=1, H=512, kept=True, **ok) is want
+    assert not rule(T=1, B=1, H=1024, kept=True, **ok)
+    assert not rule(T=15, B=1, H=768, kept=True, **ok)
+    assert not rule(T=64, B=2, H=1024, kept=True, **ok)

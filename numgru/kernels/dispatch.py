@@ -136,6 +136,9 @@ AMX_DIGITS_SPREAD = 16.0
 #: hidden size and the fewest steps
 VNNI_ONE_ROW_MIN_HIDDEN = 512
 VNNI_ONE_ROW_MIN_STEPS = 64
+#: the same where the model keeps W_hh's digits (a frozen model's): no packing for the steps to repay
+VNNI_KEPT_MIN_HIDDEN = 769
+VNNI_KEPT_MIN_STEPS = 2
 #: the one-row forward with its input projection fused into the steps (fused_recurrence_wanted): the
 #: hidden sizes it takes, and the fewest steps by hidden size ((most H, fewest steps) pairs)
 FUSED_MIN_HIDDEN = 64
@@ -881,12 +884,14 @@ def amx_recurrence_wanted(T, B, H, threads, dtype, reset_after, gate_kind, use_c
     return amx_ready()
 
 
-def vnni_recurrence_wanted(T, B, H, threads, dtype, reset_after, gate_kind, use_clip):
+def vnni_recurrence_wanted(T, B, H, threads, dtype, reset_after, gate_kind, use_clip, kept=False):
     """Whether a serial inference forward of T steps over B rows multiplies each step's state by
     W_hh's integer digits on AVX512-VNNI (:func:`~numgru.kernels.vnni.gru_forward_vnni`), packing
-    them on every call: one row, float32 weights, reset_after with sigmoid gates and no clip, one
-    thread, at least ``VNNI_ONE_ROW_MIN_STEPS`` steps and ``VNNI_ONE_ROW_MIN_HIDDEN`` units (W_hh
-    beyond L2, where its bytes bound the step), where the CPU has VNNI. Measured on the 2-vCPU AMD
+    them on every call unless the model keeps them (``kept``): one row, float32 weights, reset_after
+    with sigmoid gates and no clip, one thread, at least ``VNNI_ONE_ROW_MIN_STEPS`` steps and
+    ``VNNI_ONE_ROW_MIN_HIDDEN`` units (W_hh beyond L2, where its bytes bound the step; with ``kept``
+    also from ``VNNI_KEPT_MIN_STEPS`` steps at ``VNNI_KEPT_MIN_HIDDEN`` units, below), where the CPU
+    has VNNI. Measured on the 2-vCPU AMD
     EPYC (Zen 4, 1 MB L2 a core), one thread, the product of one row alone, digits (the row's split
     and the combine included) against the float32 panels: H = 64 / 256 0.82× / 0.74× (W_hh in L2:
     Zen 4 runs a 512-bit ``VPDPBUSD`` every other cycle, and six of them a 16 × 4 block cost more than
@@ -897,10 +902,19 @@ def vnni_recurrence_wanted(T, B, H, threads, dtype, reset_after, gate_kind, use_
     at H = 512 (the packing, 0.18 ms at H = 512 and 1.1 ms at H = 1024, and the row sums, 0.03 /
     0.13 ms, not repaid). Not measured on Intel, where the same route runs (no AMX route takes one
     row): there a step's 12·H² float32 bytes come from L3 at ~30 GB/s and a 512-bit ``VPDPBUSD``
-    issues every cycle, so the digits' 9·H² bytes should bound the step."""
+    issues every cycle, so the digits' 9·H² bytes should bound the step.
+
+    A frozen model keeps the digits (``kept``), and then the route pays from two steps where the
+    fused forward does not take over (H > ``FUSED_MAX_HIDDEN``): the frozen copy, one process taking
+    turns with a copy on the routes before (default over digits, 15 rounds each): H = 1024 T = 2 /
+    4 / 8 / 16 / 32 / 48 1.24× / 1.02–1.09× / 1.06–1.15× / 1.08× / 1.15–1.18× / 1.10×, H = 896 T = 2–32
+    1.17–1.20×, one step level (1.00–1.05×); but H = 512 / 768 T = 2–12 0.82–0.99× (H = 640
+    0.91–1.13×), where from 16 steps the fused forward runs."""
+    size = T >= VNNI_ONE_ROW_MIN_STEPS and H >= VNNI_ONE_ROW_MIN_HIDDEN
+    if kept:
+        size = size or (T >= VNNI_KEPT_MIN_STEPS and H >= VNNI_KEPT_MIN_HIDDEN)
     return (dtype == np.float32 and reset_after and gate_kind == 0 and not use_clip and threads == 1
-            and B == 1 and T >= VNNI_ONE_ROW_MIN_STEPS and VNNI_ONE_ROW_MIN_HIDDEN <= H <= DIGIT_MAX_K
-            and vnni_ready())
+            and B == 1 and size and H <= DIGIT_MAX_K and vnni_ready())
 
 
 def fused_recurrence_wanted(T, B, H, threads, dtype, reset_after, gate_kind, use_clip, packed=False):
@@ -1412,7 +1426,7 @@ def serial_direction_plan(W_ih, b_ih, W_hh, b_hh, packed_ih, packed_hh, T, B, th
                        empty if packed_hh is None else packed_hh[0], b_hh, bool(reverse))
     vnni_steps = None
     if amx_steps is None and not steps and not dp_steps and not fused_steps and vnni_recurrence_wanted(
-            T, B, W_hh.shape[1], threads, W_hh.dtype, reset_after, gate_kind, gates[3]):
+            T, B, W_hh.shape[1], threads, W_hh.dtype, reset_after, gate_kind, gates[3], pieces is not None):
         vnni_steps = (W_hh, b_hh, bool(reverse), pieces)
     if packed_hh is None:
         none = empty_array(W_hh.dtype, 3)
