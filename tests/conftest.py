@@ -23,6 +23,17 @@ def count_calls(monkeypatch, module, names):
     return calls
 
 
+def check_frozen_route(model, x, ry, rh, taken):
+    """Run ``model`` and its frozen copy on x: both within float32's 1e-5 of the reference (ry, rh),
+    and the route that ``taken(m)`` reports per layer (True where it ran) off for the model, on for
+    the copy, which keeps its weights packed and so takes the route from fewer steps."""
+    for m, on in ((model, False), (model.freeze(), True)):
+        y, h = m(x)
+        assert taken(m) == [on] * len(taken(m))
+        np.testing.assert_allclose(y, ry, atol=1e-5)
+        np.testing.assert_allclose(h, rh, atol=1e-5)
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)

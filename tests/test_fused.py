@@ -12,6 +12,7 @@ import numgru as ng
 from numgru.kernels import dispatch, fused
 from numgru.kernels.panel import pack_panels
 
+from conftest import check_frozen_route
 from reference import gru as ref_gru
 
 needs_fused = pytest.mark.skipif(not fused.fused_ready(), reason="no AVX-512 on the target")
@@ -136,13 +137,7 @@ def test_frozen_copy_takes_the_route_from_fewer_steps(one_thread, H, T):
     # where the plain model, which packs on every call, keeps the other routes
     g = ng.GRU(H // 2, H, num_layers=2, seed=5)
     x = np.random.default_rng(2).standard_normal((T, 1, H // 2)).astype(np.float32)
-    ry, rh = ref_gru(x, g.state_dict(), 2, H)
-    f = g.freeze()
-    for model, fused_taken in ((g, False), (f, True)):
-        y, h = model(x)
-        assert _taken(model) == [fused_taken] * 2
-        np.testing.assert_allclose(y, ry, atol=1e-5)
-        np.testing.assert_allclose(h, rh, atol=1e-5)
+    check_frozen_route(g, x, *ref_gru(x, g.state_dict(), 2, H), _taken)
 
 
 def test_the_rule():

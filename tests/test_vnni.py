@@ -11,6 +11,7 @@ import numgru as ng
 from numgru.kernels import dispatch, vnni
 from numgru.kernels.amx import DIGIT_SCALE, _digits_into, pack_digits, padded, padded64
 
+from conftest import check_frozen_route
 from reference import gru as ref_gru
 
 needs_vnni = pytest.mark.skipif(not vnni.vnni_ready(), reason="no AVX512-VNNI on this CPU")
@@ -189,12 +190,7 @@ def test_frozen_copy_takes_the_route_from_two_steps(one_thread):
     H, T = 800, 5
     g = ng.GRU(16, H, num_layers=2, seed=6)
     x = np.random.default_rng(3).standard_normal((T, 1, 16)).astype(np.float32)
-    ry, rh = ref_gru(x, g.state_dict(), 2, H)
-    for model, taken in ((g, False), (g.freeze(), True)):
-        y, h = model(x)
-        assert _taken(model) == [taken] * 2
-        np.testing.assert_allclose(y, ry, atol=1e-5)
-        np.testing.assert_allclose(h, rh, atol=1e-5)
+    check_frozen_route(g, x, *ref_gru(x, g.state_dict(), 2, H), _taken)
 
 
 @needs_vnni
