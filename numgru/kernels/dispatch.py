@@ -907,9 +907,9 @@ def vnni_recurrence_wanted(T, B, H, threads, dtype, reset_after, gate_kind, use_
     A frozen model keeps the digits (``kept``), and then the route pays from two steps where the
     fused forward does not take over (H > ``FUSED_MAX_HIDDEN``): the frozen copy, one process taking
     turns with a copy on the routes before (default over digits, 15 rounds each): H = 1024 T = 2 /
-    4 / 8 / 16 / 32 / 48 1.24× / 1.02–1.09× / 1.06–1.15× / 1.08× / 1.15–1.18× / 1.10×, H = 896 T = 2–32
-    1.17–1.20×, one step level (1.00–1.05×); but H = 512 / 768 T = 2–12 0.82–0.99× (H = 640
-    0.91–1.13×), where from 16 steps the fused forward runs."""
+    4 / 8 / 16 / 32 / 48 1.24× / 1.02–1.09× / 1.06–1.15× / 1.08× / 1.15–1.18× / 1.10×, H = 896
+    T = 2–32 1.17–1.20×, one step level (1.00–1.05×); but H = 512 / 768 T = 2–12 0.82–0.99×
+    (H = 640 0.91–1.13×), where from 16 steps the fused forward runs."""
     size = T >= VNNI_ONE_ROW_MIN_STEPS and H >= VNNI_ONE_ROW_MIN_HIDDEN
     if kept:
         size = size or (T >= VNNI_KEPT_MIN_STEPS and H >= VNNI_KEPT_MIN_HIDDEN)
@@ -922,8 +922,8 @@ def fused_recurrence_wanted(T, B, H, threads, dtype, reset_after, gate_kind, use
     the steps (:func:`~numgru.kernels.fused.gru_forward_fused`, W_ih and W_hh packed on every call
     unless the model keeps them: ``packed``): one row, one thread, float32 weights, reset_after with
     sigmoid gates and no clip, ``FUSED_MIN_HIDDEN`` ≤ H ≤ ``FUSED_MAX_HIDDEN``, and at least
-    ``FUSED_MIN_STEPS`` steps for H (``FUSED_MIN_STEPS_PACKED`` with ``packed``). Measured on Zen 4 (one thread, BLAS pinned to one, I = H, whole
-    forwards, packing included, against the routes before it: the panels up to H = 384, W_hh's VNNI
+    ``FUSED_MIN_STEPS`` steps for H (``FUSED_MIN_STEPS_PACKED`` with ``packed``). Measured on Zen 4
+    (one thread, BLAS pinned to one, I = H, whole forwards, packing included, against the routes before it: the panels up to H = 384, W_hh's VNNI
     digits beyond), by T = 8 / 16 / 32 / 64 / 128 / 512: H = 64 1.43× / 1.36× / 1.25× / 1.19× /
     1.17× / 1.14×; H = 128 0.95× / 1.05× / 1.20× / 1.22× / 1.20× / 1.22×; H = 256 0.77× / 0.93× /
     0.97× / 1.11× / 1.09× / 1.12×; H = 384 0.79× / 0.97× / 1.12× / 1.18× / 1.21× / 1.28×; H = 512
