@@ -891,17 +891,16 @@ def vnni_recurrence_wanted(T, B, H, threads, dtype, reset_after, gate_kind, use_
     with sigmoid gates and no clip, one thread, at least ``VNNI_ONE_ROW_MIN_STEPS`` steps and
     ``VNNI_ONE_ROW_MIN_HIDDEN`` units (W_hh beyond L2, where its bytes bound the step; with ``kept``
     also from ``VNNI_KEPT_MIN_STEPS`` steps at ``VNNI_KEPT_MIN_HIDDEN`` units, below), where the CPU
-    has VNNI. Measured on the 2-vCPU AMD
-    EPYC (Zen 4, 1 MB L2 a core), one thread, the product of one row alone, digits (the row's split
-    and the combine included) against the float32 panels: H = 64 / 256 0.82× / 0.74× (W_hh in L2:
-    Zen 4 runs a 512-bit ``VPDPBUSD`` every other cycle, and six of them a 16 × 4 block cost more than
-    float32's four FMAs), H = 512 / 1024 1.09× / 1.26×; whole forwards (``NUMGRU_VNNI`` 0 against 1 in
-    alternating processes, two rounds, packing included): H = 1024, T = 64 / 128 / 512 1.11–1.19× /
-    1.07–1.18× / 1.10–1.23×; H = 640, T = 256 1.24–1.36×; H = 768, T = 64 / 128 1.00–1.13× /
-    1.01–1.07×; H = 512, T = 128 / 512 1.02–1.11× / 1.09×; but T = 32 level at H = 1024 and 0.85–0.94×
-    at H = 512 (the packing, 0.18 ms at H = 512 and 1.1 ms at H = 1024, and the row sums, 0.03 /
-    0.13 ms, not repaid). Not measured on Intel, where the same route runs (no AMX route takes one
-    row): there a step's 12·H² float32 bytes come from L3 at ~30 GB/s and a 512-bit ``VPDPBUSD``
+    has VNNI. Measured on the 2-vCPU AMD EPYC (Zen 4, 1 MB L2 a core), one thread, the product of one
+    row alone, digits (the row's split and the combine included) against the float32 panels: H = 64 /
+    256 0.82× / 0.74× (W_hh in L2: Zen 4 runs a 512-bit ``VPDPBUSD`` every other cycle, and six of them
+    a 16 × 4 block cost more than float32's four FMAs), H = 512 / 1024 1.09× / 1.26×; whole forwards
+    (``NUMGRU_VNNI`` 0 against 1 in alternating processes, two rounds, packing included): H = 1024, T =
+    64 / 128 / 512 1.11–1.19× / 1.07–1.18× / 1.10–1.23×; H = 640, T = 256 1.24–1.36×; H = 768, T = 64 /
+    128 1.00–1.13× / 1.01–1.07×; H = 512, T = 128 / 512 1.02–1.11× / 1.09×; but T = 32 level at H = 1024
+    and 0.85–0.94× at H = 512 (the packing, 0.18 ms at H = 512 and 1.1 ms at H = 1024, and the row sums,
+    0.03 / 0.13 ms, not repaid). Not measured on Intel, where the same route runs (no AMX route takes
+    one row): there a step's 12·H² float32 bytes come from L3 at ~30 GB/s and a 512-bit ``VPDPBUSD``
     issues every cycle, so the digits' 9·H² bytes should bound the step.
 
     A frozen model keeps the digits (``kept``), and then the route pays from two steps where the
@@ -923,17 +922,17 @@ def fused_recurrence_wanted(T, B, H, threads, dtype, reset_after, gate_kind, use
     unless the model keeps them: ``packed``): one row, one thread, float32 weights, reset_after with
     sigmoid gates and no clip, ``FUSED_MIN_HIDDEN`` ≤ H ≤ ``FUSED_MAX_HIDDEN``, and at least
     ``FUSED_MIN_STEPS`` steps for H (``FUSED_MIN_STEPS_PACKED`` with ``packed``). Measured on Zen 4
-    (one thread, BLAS pinned to one, I = H, whole forwards, packing included, against the routes before it: the panels up to H = 384, W_hh's VNNI
-    digits beyond), by T = 8 / 16 / 32 / 64 / 128 / 512: H = 64 1.43× / 1.36× / 1.25× / 1.19× /
-    1.17× / 1.14×; H = 128 0.95× / 1.05× / 1.20× / 1.22× / 1.20× / 1.22×; H = 256 0.77× / 0.93× /
-    0.97× / 1.11× / 1.09× / 1.12×; H = 384 0.79× / 0.97× / 1.12× / 1.18× / 1.21× / 1.28×; H = 512
-    0.71× / 0.89× / 1.06× / 1.15× / 1.20× / 1.24×; H = 768 0.58× / 0.78× / 1.01× / 1.03× / 1.12× /
-    1.14× (short sequences do not repay the packing). H = 32 0.93× at T = 512 (the panels' per-step
-    overhead); H = 1024 0.90–0.96× (W_hh from L3: the panels' one-row product reads it slower than
-    the digits; a software prefetch of W_hh's panel rows 2–8 KB ahead slowed every H, 1.05–1.18×
-    longer at H = 256–1024). AVX-512 targets only (:func:`~numgru.kernels.fused.fused_ready`). Not measured on
-    Intel, where the same code runs (the overlap of an L2- or L3-bound product with an
-    arithmetic-bound one does not depend on the vendor).
+    (one thread, BLAS pinned to one, I = H, whole forwards, packing included, against the routes before
+    it: the panels up to H = 384, W_hh's VNNI digits beyond), by T = 8 / 16 / 32 / 64 / 128 / 512: H =
+    64 1.43× / 1.36× / 1.25× / 1.19× / 1.17× / 1.14×; H = 128 0.95× / 1.05× / 1.20× / 1.22× / 1.20× /
+    1.22×; H = 256 0.77× / 0.93× / 0.97× / 1.11× / 1.09× / 1.12×; H = 384 0.79× / 0.97× / 1.12× / 1.18×
+    / 1.21× / 1.28×; H = 512 0.71× / 0.89× / 1.06× / 1.15× / 1.20× / 1.24×; H = 768 0.58× / 0.78× /
+    1.01× / 1.03× / 1.12× / 1.14× (short sequences do not repay the packing). H = 32 0.93× at T = 512
+    (the panels' per-step overhead); H = 1024 0.90–0.96× (W_hh from L3: the panels' one-row product
+    reads it slower than the digits; a software prefetch of W_hh's panel rows 2–8 KB ahead slowed every
+    H, 1.05–1.18× longer at H = 256–1024). AVX-512 targets only
+    (:func:`~numgru.kernels.fused.fused_ready`). Not measured on Intel, where the same code runs (the
+    overlap of an L2- or L3-bound product with an arithmetic-bound one does not depend on the vendor).
 
     A frozen model's packed weights (``packed``) leave the steps nothing to repay, and the fused
     forward, one kernel on the panels, then wins from fewer steps: the frozen copy, the same
