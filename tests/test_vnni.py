@@ -205,7 +205,7 @@ def test_layer_falls_back_where_the_digits_refuse(one_thread, monkeypatch):
     x[20, 0, 2] = np.nan
     y, h = g(x)
     assert all(_taken(g))
-    monkeypatch.setattr(dispatch, "VNNI_ONE_ROW_MIN_HIDDEN", 1 << 20)
+    monkeypatch.setattr(dispatch, "VNNI_MIN_STEPS", ())
     g2 = ng.GRU(5, H, seed=4)
     y2, h2 = g2(x)
     assert not any(_taken(g2))
@@ -220,7 +220,7 @@ def test_layer_falls_back_where_the_digits_refuse(one_thread, monkeypatch):
     g2.load_state_dict(g.state_dict())
     x[20, 0, 2] = 0.5
     ya, ha = g(x)
-    monkeypatch.setattr(dispatch, "VNNI_ONE_ROW_MIN_HIDDEN", 1 << 20)
+    monkeypatch.setattr(dispatch, "VNNI_MIN_STEPS", ())
     yb, hb = g2(x)
     np.testing.assert_array_equal(ya, yb)
     np.testing.assert_array_equal(ha, hb)
@@ -232,8 +232,12 @@ def test_the_rule():
     rule = dispatch.vnni_recurrence_wanted
     assert rule(T=64, B=1, H=512, **ok) is want
     assert not rule(T=63, B=1, H=512, **ok)
+    assert not rule(T=63, B=1, H=768, **ok)
     assert not rule(T=64, B=1, H=511, **ok)
     assert not rule(T=64, B=2, H=512, **ok)
+    # beyond the fused forward's hidden sizes from 32 steps
+    assert rule(T=32, B=1, H=769, **ok) is want
+    assert not rule(T=31, B=1, H=1024, **ok)
     for change in (dict(threads=2), dict(dtype=np.float64), dict(reset_after=False), dict(gate_kind=1),
                    dict(use_clip=True)):
         assert not rule(T=64, B=1, H=512, **{**ok, **change})

@@ -132,13 +132,11 @@ AMX_DIGITS_MIN_INPUTS = 256
 #: inputs from which the projection takes W's digits wherever they lie (amx_digit_projection_wanted)
 AMX_DIGITS_WIDE_MIN_INPUTS = 1024
 AMX_DIGITS_SPREAD = 16.0
-#: the one-row recurrence on W_hh's integer digits by AVX512-VNNI (vnni_recurrence_wanted): the least
-#: hidden size and the fewest steps
-VNNI_ONE_ROW_MIN_HIDDEN = 512
-VNNI_ONE_ROW_MIN_STEPS = 64
+#: the one-row recurrence on W_hh's integer digits by AVX512-VNNI (vnni_recurrence_wanted): the fewest
+#: steps by hidden size ((least H, fewest steps) pairs; below the first H, never)
+VNNI_MIN_STEPS = ((512, 64), (769, 32))
 #: the same where the model keeps W_hh's digits (a frozen model's): no packing for the steps to repay
-VNNI_KEPT_MIN_HIDDEN = 769
-VNNI_KEPT_MIN_STEPS = 2
+VNNI_MIN_STEPS_KEPT = ((512, 64), (769, 2))
 #: the one-row forward with its input projection fused into the steps (fused_recurrence_wanted): the
 #: hidden sizes it takes, and the fewest steps by hidden size ((most H, fewest steps) pairs)
 FUSED_MIN_HIDDEN = 64
@@ -888,18 +886,23 @@ def vnni_recurrence_wanted(T, B, H, threads, dtype, reset_after, gate_kind, use_
     """Whether a serial inference forward of T steps over B rows multiplies each step's state by
     W_hh's integer digits on AVX512-VNNI (:func:`~numgru.kernels.vnni.gru_forward_vnni`), packing
     them on every call unless the model keeps them (``kept``): one row, float32 weights, reset_after
-    with sigmoid gates and no clip, one thread, at least ``VNNI_ONE_ROW_MIN_STEPS`` steps and
-    ``VNNI_ONE_ROW_MIN_HIDDEN`` units (W_hh beyond L2, where its bytes bound the step; with ``kept``
-    also from ``VNNI_KEPT_MIN_STEPS`` steps at ``VNNI_KEPT_MIN_HIDDEN`` units, below), where the CPU
-    has VNNI. Measured on the 2-vCPU AMD EPYC (Zen 4, 1 MB L2 a core), one thread, the product of one
-    row alone, digits (the row's split and the combine included) against the float32 panels: H = 64 /
-    256 0.82× / 0.74× (W_hh in L2: Zen 4 runs a 512-bit ``VPDPBUSD`` every other cycle, and six of them
-    a 16 × 4 block cost more than float32's four FMAs), H = 512 / 1024 1.09× / 1.26×; whole forwards
-    (``NUMGRU_VNNI`` 0 against 1 in alternating processes, two rounds, packing included): H = 1024, T =
-    64 / 128 / 512 1.11–1.19× / 1.07–1.18× / 1.10–1.23×; H = 640, T = 256 1.24–1.36×; H = 768, T = 64 /
-    128 1.00–1.13× / 1.01–1.07×; H = 512, T = 128 / 512 1.02–1.11× / 1.09×; but T = 32 level at H = 1024
-    and 0.85–0.94× at H = 512 (the packing, 0.18 ms at H = 512 and 1.1 ms at H = 1024, and the row sums,
-    0.03 / 0.13 ms, not repaid). Not measured on Intel, where the same route runs (no AMX route takes
+    with sigmoid gates and no clip, one thread, at least the steps ``VNNI_MIN_STEPS`` gives for H
+    (``VNNI_MIN_STEPS_KEPT`` with ``kept``; none below 512 units, where W_hh lies in L2), where the
+    CPU has VNNI. Measured on the 2-vCPU AMD EPYC (Zen 4, 1 MB L2 a core), one thread, the product of
+    one row alone, digits (the row's split and the combine included) against the float32 panels:
+    H = 64 / 256 0.82× / 0.74× (W_hh in L2: Zen 4 runs a 512-bit ``VPDPBUSD`` every other cycle, and
+    six of them a 16 × 4 block cost more than float32's four FMAs), H = 512 / 1024 1.09× / 1.26×;
+    whole forwards (``NUMGRU_VNNI`` 0 against 1 in alternating processes, two rounds, packing
+    included): H = 1024, T = 64 / 128 / 512 1.11–1.19× / 1.07–1.18× / 1.10–1.23×; H = 640, T = 256
+    1.24–1.36×; H = 768, T = 64 / 128 1.00–1.13× / 1.01–1.07×; H = 512, T = 128 / 512 1.02–1.11× /
+    1.09×; but T = 32 level at H = 1024 and 0.85–0.94× at H = 512 (the packing, 0.18 ms at H = 512
+    and 1.1 ms at H = 1024, and the row sums, 0.03 / 0.13 ms, not repaid). Those figures were taken
+    while the digit sums of power-of-two H ran at half speed (:data:`~numgru.kernels.vnni.
+    SUMS_PAIRS_KQ`); since, one process taking turns with the routes before (nine rounds, ratio
+    theirs over the digits'): H = 1024, T = 16 / 24 / 32 / 48 0.93–1.13× / 0.96–1.05× / 1.05–1.20× /
+    1.10–1.17×; H = 896, T = 32 / 48 1.00–1.35× / 1.00–1.10×; at H = 512 / 768, T = 32 / 48, where
+    the fused forward takes over from 64 steps, 0.85–1.04× / 0.92–1.41×: so from 32 steps beyond
+    ``FUSED_MAX_HIDDEN`` units. Not measured on Intel, where the same route runs (no AMX route takes
     one row): there a step's 12·H² float32 bytes come from L3 at ~30 GB/s and a 512-bit ``VPDPBUSD``
     issues every cycle, so the digits' 9·H² bytes should bound the step.
 
@@ -908,12 +911,13 @@ def vnni_recurrence_wanted(T, B, H, threads, dtype, reset_after, gate_kind, use_
     turns with a copy on the routes before (default over digits, 15 rounds each): H = 1024 T = 2 /
     4 / 8 / 16 / 32 / 48 1.24× / 1.02–1.09× / 1.06–1.15× / 1.08× / 1.15–1.18× / 1.10×, H = 896
     T = 2–32 1.17–1.20×, one step level (1.00–1.05×); but H = 512 / 768 T = 2–12 0.82–0.99×
-    (H = 640 0.91–1.13×), where from 16 steps the fused forward runs."""
-    size = T >= VNNI_ONE_ROW_MIN_STEPS and H >= VNNI_ONE_ROW_MIN_HIDDEN
-    if kept:
-        size = size or (T >= VNNI_KEPT_MIN_STEPS and H >= VNNI_KEPT_MIN_HIDDEN)
+    (H = 640 0.91–1.13×), where from 16 steps the fused forward runs; with the faster sums still
+    H = 512 T = 2 / 8 / 16 / 64 0.87–0.89× / 0.90–1.12× / 0.91–1.03× / 0.91–0.96×, H = 768 0.74–1.07×
+    / 0.92–1.39× / 0.95–1.09× / 0.82–1.17× (nine rounds)."""
+    table = VNNI_MIN_STEPS_KEPT if kept else VNNI_MIN_STEPS
     return (dtype == np.float32 and reset_after and gate_kind == 0 and not use_clip and threads == 1
-            and B == 1 and size and H <= DIGIT_MAX_K and vnni_ready())
+            and B == 1 and T >= min((s for h_min, s in table if H >= h_min), default=1 << 62)
+            and H <= DIGIT_MAX_K and vnni_ready())
 
 
 def fused_recurrence_wanted(T, B, H, threads, dtype, reset_after, gate_kind, use_clip, packed=False):

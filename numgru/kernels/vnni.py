@@ -116,7 +116,18 @@ def _sums_intrinsic(group):
 
 
 _sums4 = _sums_intrinsic(4)
+_sums2 = _sums_intrinsic(2)
 _sums1 = _sums_intrinsic(1)
+
+#: summed indices (padded) of a multiple of which :func:`_sums` takes two blocks of 16 rows at a
+#: time rather than four: a block's quads then lie 16·Kq bytes apart, a multiple of 4 KB, and so do
+#: the digit planes (Np·Kq bytes), so the twelve streams of four blocks' three planes all fall in one
+#: set of L1 (48 KB, 12 ways) and evict each other. One thread, Zen 4, the sums of a step's product
+#: alone (W_hh's 9·H² bytes, in a Numba loop), two blocks against four, µs: H = 256 / 512 / 768 /
+#: 1024 / 1280 / 1536 6.0 / 29.1 / 66.3 / 118 / 195 / 358 against 13.3 / 49.3 / 111 / 205 / 318 /
+#: 523; where Kq is not such a multiple four blocks stay ahead, H = 384 / 640 / 896 / 960 / 1152
+#: 17.4 / 42.4 / 85.4 / 98.1 / 147 against 17.3 / 45.1 / 90.8 / 105 / 153
+SUMS_PAIRS_KQ = 256
 
 
 @inline
@@ -125,9 +136,13 @@ def _sums(Wq, Np, Kq, u, S):
     bytes), S[p·Np + n] = the sums of weight 2⁻⁸ᵖ of the products of W's digits d by u's (u: three
     planes of Kq / 4 uint32, each four unsigned digits of the summed index): p = 0 d₀u₀, 1 d₀u₁ + d₁u₀,
     2 d₀u₂ + d₁u₁ + d₂u₀, modulo 2³². Four blocks of 16 rows at a time (twelve sums in registers, so
-    that the chain of three into the last sum does not wait on itself), the rest one block at a time.
+    that the chain of three into the last sum does not wait on itself), the rest one block at a time;
+    two at a time where Kq is a multiple of :data:`SUMS_PAIRS_KQ` (Np, a multiple of 32, leaves none).
     The caller keeps every operand its size."""
     nb = Np // 16
+    if Kq % SUMS_PAIRS_KQ == 0:
+        _sums2(Wq, Np * Kq, Kq, u, S, Np, 0, nb)
+        return
     n4 = nb // 4 * 4
     _sums4(Wq, Np * Kq, Kq, u, S, Np, 0, n4)
     _sums1(Wq, Np * Kq, Kq, u, S, Np, n4, nb)
