@@ -22,12 +22,18 @@ from .kernels.dispatch import (FrozenPieces, aligned, amx_recurrence_wanted, bat
                                input_gradient, input_projection, matmul_order, no_step_panels, packed_step,
                                run_serial_direction, run_step, serial_direction_plan, serial_forward,
                                serial_tiled_max, step_columns, step_columns_workspace, thread_count,
-                               valid_steps, weight_gradient, weight_gradient_pair, workspace)
+                               valid_steps, vnni_step_inputs, vnni_step_wanted, weight_gradient,
+                               weight_gradient_pair, workspace, AMX_DIGITS_SPREAD)
 from .kernels._jit import ARRAY_KIND, C_CONTIGUOUS, planned_call
 from .kernels.bf16 import from_bfloat16, to_bfloat16
 from .kernels.step import gru_step, step_panels
+from .kernels.vnni import gru_step_vnni
 
 __all__ = ["GRU", "GRUCell", "Linear", "GATE_PRESETS"]
+
+#: the empty scratch that lets :func:`~numgru.kernels.vnni.gru_step_vnni` allocate its own (a cell's
+#: steps may run on several threads at once)
+_NO_DIGIT_WORK = np.zeros(0, np.int32)
 
 #: gate_activation name -> (kind, alpha, beta); alpha/beta None means "take the arguments or defaults"
 GATE_PRESETS = {
@@ -361,6 +367,31 @@ class GRU(_Params):
                       *((Wp_a, Wp_b) if packed_step(M, W_hh.shape[1], B, tiled_max)
                         else (none, none)))
         return W_ih, W_hh, self._zero_bias if b_ih is None else b_ih, b_hh, panels
+
+    def _step_digits(self, k, B, columns):
+        """:func:`~numgru.kernels.vnni.gru_step_vnni`'s arguments after x and h and before h_out,
+        ``(W_ih, W_hh, Vi, Vh, C, b_ih, b_hh, spread)``, for layer and direction k's step of B rows
+        where a frozen float model's step takes its weights' integer digits
+        (:func:`~numgru.kernels.dispatch.vnni_step_wanted`; the digits and their offsets kept with the
+        model, Vi empty where W_ih's product stays float32), else None (also where the digits refuse
+        a row of W_hh)."""
+        if self._packed is None or self._bf16 is not None or not vnni_step_wanted(
+                B, self.hidden_size, columns, self.dtype, self.reset_after, self._gate_kind,
+                self.clip is not None):
+            return None
+        W_ih, W_hh, b_ih, b_hh = self._weights(k)
+        pieces = self._amx_pieces
+        hh = pieces.step_digits_of(W_hh)
+        if hh is None:
+            return None
+        ih = pieces.step_digits_of(W_ih) if vnni_step_inputs(W_ih.shape[1]) else None
+        Vi = np.empty(0, np.uint16) if ih is None else ih[0]
+        C = np.zeros((2, *hh[1].shape), np.int64)
+        if ih is not None:
+            C[0] = ih[1]
+        C[1] = hh[1]
+        return (W_ih, W_hh, Vi, hh[0], C, self._zero_bias if b_ih is None else b_ih, b_hh,
+                np.float32(AMX_DIGITS_SPREAD))
 
     def _bf16_step_panels(self, k):
         """A quantized model's :func:`~numgru.kernels.step.step_panels` of layer and direction k's
@@ -1060,10 +1091,15 @@ class GRUCell(_Params):
                     h = np.ascontiguousarray(h)
                     hk = h.flags.num
                 out = np.empty((B, H), dtype)
-                args, columns, tiled_max, no_work, entries = self._step_args(B)
+                args, columns, tiled_max, no_work, entries, digits = self._step_args(B)
                 # successive steps sweep the weights in opposite directions (gru_step's
                 # ``backwards``; two threads racing on the flag only change which way a step reads)
                 backwards = self._backwards = not self._backwards
+                if digits is not None:
+                    kind = (xk & ARRAY_KIND) | (hk & ARRAY_KIND) << 16 | 1 << 32
+                    planned_call(entries, kind, gru_step_vnni, x, h, *digits, out, no_work,
+                                 no_work, _NO_DIGIT_WORK, backwards)
+                    return out
                 if columns:
                     gi, gh = np.empty((B, 3 * H), dtype), np.empty((B, 3 * H), dtype)
                     run_step(x, h, args[:5], args[5:], out, gi, gh,
@@ -1081,19 +1117,22 @@ class GRUCell(_Params):
         return h_n[0, 0] if unbatched else h_n[0]
 
     def _step_args(self, B):
-        """``(args, columns, tiled_max, no_work, entries)`` of a step of B rows for the current thread
-        count, kept per (B, threads): args the weights and scalars as
+        """``(args, columns, tiled_max, no_work, entries, digits)`` of a step of B rows for the current
+        thread count, kept per (B, threads): args the weights and scalars as
         :func:`~numgru.kernels.step.gru_step` takes them (the weight arrays are updated in place, so
         they stay current), columns the thread count where the step is split over hidden units (else
-        0), no_work the empty workspace that lets the kernel allocate its own, entries the kernel's
-        compiled entries per kind of input (:func:`~numgru.kernels._jit.planned_call`)."""
+        0), no_work the empty workspace that lets the kernel allocate its own, entries the kernels'
+        compiled entries per kind of input (:func:`~numgru.kernels._jit.planned_call`), digits a frozen
+        model's arguments for :func:`~numgru.kernels.vnni.gru_step_vnni` where its step takes them
+        (:meth:`GRU._step_digits`), else None."""
         threads = thread_count()
         plan = self._plans.get((B, threads))
         if plan is None:
             g = self._gru
             _, columns = g._step_plan(B)
             plan = ((*g._step_weights(0, B, threads, columns), *g._kernel_scalars()),
-                    threads if columns else 0, serial_tiled_max(threads), empty_array(g.dtype, 2), {})
+                    threads if columns else 0, serial_tiled_max(threads), empty_array(g.dtype, 2), {},
+                    g._step_digits(0, B, columns))
             self._plans[(B, threads)] = plan
         return plan
 

@@ -22,6 +22,7 @@ from ._validation import as_real_array, check_float, check_int
 from .kernels._jit import ARRAY_KIND, compiled_entry
 from .kernels.dispatch import aligned, run_step, serial_tiled_max, step_columns_workspace
 from .kernels.step import gru_step
+from .kernels.vnni import gru_step_vnni, step_work_size
 from .layers import GRU
 
 __all__ = ["BatchingEngine", "GRUStream", "EngineOverloaded"]
@@ -396,7 +397,9 @@ class GRUStream:
 class Stepper:
     """A stream's state and one step per layer (:func:`numgru.kernels.step.gru_step` serially, or
     :func:`numgru.kernels.dispatch.run_step` where :func:`~numgru.kernels.dispatch.step_columns` splits
-    the step over hidden units, decided like the bfloat16 weights for the thread count at creation).
+    the step over hidden units, decided like the bfloat16 weights for the thread count at creation; a
+    frozen model's one-row steps on its weights' VNNI digits, :func:`numgru.kernels.vnni.gru_step_vnni`,
+    where :func:`~numgru.kernels.dispatch.vnni_step_wanted` says).
 
     Two (L, B, H) state buffers take turns: a step reads one and writes the other. So every kernel
     argument but the first layer's input is fixed at creation, and a step copies nothing but the
@@ -418,7 +421,14 @@ class Stepper:
         self._cur = 0
         # odd steps sweep the weights the other way (gru_step's ``backwards``), starting on what the
         # step before read last
-        if columns:
+        # a frozen model's one-row step on its weights' VNNI digits, where every layer takes them
+        digits = [m._step_digits(k, B, columns) for k in range(L)]
+        if all(d is not None for d in digits):
+            work = np.zeros(max(step_work_size.py_func(m.input_size if k == 0 else H, H) for k in range(L)),
+                            np.int32)
+            self._step = gru_step_vnni
+            args = lambda k, h, out, p: (h[k], *digits[k], out[k], gi, gh, work, p == 1)
+        elif columns:
             acc = step_columns_workspace(B, H, threads, dt)
             self._step = run_step
             args = lambda k, h, out, p: (h[k], layers[k], scalars, out[k], gi, gh, acc, tiled_max, p == 1)

@@ -12,6 +12,7 @@ from numgru.kernels import dispatch, vnni
 from numgru.kernels.amx import DIGIT_SCALE, _digits_into, pack_digits, padded, padded64
 
 from conftest import check_frozen_route
+from reference import cell as ref_cell
 from reference import gru as ref_gru
 
 needs_vnni = pytest.mark.skipif(not vnni.vnni_ready(), reason="no AVX512-VNNI on this CPU")
@@ -36,7 +37,7 @@ def _product(h, Wv, R, N, out):
     D = np.zeros((3, Kq), np.int8)
     u = np.zeros(3 * Kq // 4, np.uint32)
     S = np.empty(3 * padded(N), np.int32)
-    return vnni._row_product(h, Wv, vnni._offsets(R, N), N, D, u, S, out)
+    return vnni._row_product(h, Wv, vnni._offsets(R, N), N, D, u, S, out, np.float32(0.0))
 
 
 @needs_vnni
@@ -95,7 +96,7 @@ def test_sums_exact_where_the_instruction_wraps():
 
 
 @needs_vnni
-@pytest.mark.parametrize("N, K", [(120, 40), (300, 100), (1536, 512)])
+@pytest.mark.parametrize("N, K", [(96, 40), (120, 40), (300, 100), (1056, 256), (1536, 512)])
 def test_product_is_the_digits_exact_product(N, K):
     rng = np.random.default_rng(K)
     W = (rng.standard_normal((N, K)) / np.sqrt(K)).astype(np.float32)
@@ -226,6 +227,89 @@ def test_layer_falls_back_where_the_digits_refuse(one_thread, monkeypatch):
     np.testing.assert_array_equal(ha, hb)
 
 
+def _step_operands(I, H, inputs, seed):
+    rng = np.random.default_rng(seed)
+    W_ih = (rng.uniform(-1, 1, (3 * H, I)) / np.sqrt(I)).astype(np.float32)
+    W_hh = (rng.uniform(-1, 1, (3 * H, H)) / np.sqrt(H)).astype(np.float32)
+    b_ih, b_hh = (rng.uniform(-0.3, 0.3, 3 * H).astype(np.float32) for _ in range(2))
+    Vi = pack_digits(W_ih) if inputs else np.empty(0, np.uint16)
+    Vh = pack_digits(W_hh)
+    C = np.zeros((2, 3, 3 * H), np.int64)
+    if inputs:
+        C[0] = vnni.digit_offsets(Vi, 3 * H, I)
+    C[1] = vnni.digit_offsets(Vh, 3 * H, H)
+    x = rng.standard_normal((1, I)).astype(np.float32)
+    h = np.tanh(rng.standard_normal((1, H))).astype(np.float32)
+    return x, h, W_ih, W_hh, Vi, Vh, C, b_ih, b_hh
+
+
+@needs_vnni
+@pytest.mark.parametrize("I, H, inputs", [(200, 192, True), (40, 256, False), (300, 200, True)])
+def test_step_kernel_matches_numpy(I, H, inputs):
+    """The one-row step on the weights' digits (W_ih's in float32 where none are given), both orders
+    of its products, with the caller's scratch and with its own; a NaN input gives NaN, and an input
+    row of mixed scales, which the digits refuse, takes W_ih's product in float32."""
+    x, h, W_ih, W_hh, Vi, Vh, C, b_ih, b_hh = _step_operands(I, H, inputs, I + H)
+    spread = np.float32(16.0)
+
+    def step(x, backwards=False, work=None, gi=None):
+        out = np.full((1, H), 7.0, np.float32)
+        gi = np.empty((1, 3 * H), np.float32) if gi is None else gi
+        work = np.zeros(vnni.step_work_size.py_func(I, H), np.int32) if work is None else work
+        vnni.gru_step_vnni(x, h, W_ih, W_hh, Vi, Vh, C, b_ih, b_hh, spread, out, gi, gi.copy(), work,
+                           backwards)
+        return out
+
+    def want(x):
+        return ref_cell(x.astype(np.float64), h.astype(np.float64), W_ih.astype(np.float64),
+                        W_hh.astype(np.float64), b_ih, b_hh)
+
+    out = step(x)
+    np.testing.assert_allclose(out, want(x), atol=2e-6)
+    np.testing.assert_array_equal(step(x, backwards=True), out)
+    np.testing.assert_array_equal(step(x, work=np.zeros(0, np.int32), gi=np.empty((0, 0), np.float32)), out)
+    mixed = np.full((1, I), 1e-3, np.float32)
+    mixed[0, 0] = 5.0
+    np.testing.assert_allclose(step(mixed), want(mixed), atol=2e-6)
+    x[0, 3] = np.nan
+    assert np.isnan(step(x)).all()
+    with pytest.raises(ValueError, match="shapes"):
+        step(x, work=np.zeros(5, np.int32))
+    with pytest.raises(ValueError, match="digits"):
+        vnni.gru_step_vnni(x, h, W_ih, W_hh, Vi, Vh[:-2], C, b_ih, b_hh, spread, np.empty((1, H), np.float32),
+                           np.empty((0, 0), np.float32), np.empty((0, 0), np.float32), np.zeros(0, np.int32),
+                           False)
+
+
+@needs_vnni
+@pytest.mark.parametrize("I", [16, 200])
+def test_frozen_stream_and_cell_step_on_the_digits(one_thread, I):
+    """A frozen model's one-row stream (two layers) and a frozen cell step on the weights' digits
+    (W_ih's too from VNNI_STEP_MIN_INPUTS inputs), every step within float32's 1e-5 of the reference;
+    the plain model's keep the float32 step."""
+    H, T = 256, 6
+    g = ng.GRU(I, H, num_layers=2, seed=7)
+    x = np.random.default_rng(4).standard_normal((T, 1, I)).astype(np.float32)
+    ry, rh = ref_gru(x, g.state_dict(), 2, H)
+    for m, on in ((g, False), (g.freeze(), True)):
+        st = m.stream()
+        assert (st._stepper._step is vnni.gru_step_vnni) == on
+        np.testing.assert_allclose(np.stack([st.step(x[t, 0]) for t in range(T)]), ry[:, 0], atol=1e-5)
+        np.testing.assert_allclose(st.state, rh, atol=1e-5)
+    cell = ng.GRUCell(I, H)
+    cell.load_state_dict({k[:-len("_l0")]: v for k, v in g.state_dict().items() if k.endswith("_l0")})
+    params = {k: v.astype(np.float64) for k, v in cell.state_dict().items()}
+    for c, on in ((cell, False), (cell.freeze(), True)):
+        h = np.zeros((1, H), np.float32)
+        want = np.zeros((1, H))
+        for t in range(T):
+            h = c(x[t], h)
+            want = ref_cell(x[t].astype(np.float64), want, params["weight_ih"], params["weight_hh"],
+                            params["bias_ih"], params["bias_hh"])
+            np.testing.assert_allclose(h, want, atol=1e-5)
+        assert (c._step_args(1)[5] is not None) == on
+
+
 def test_the_rule():
     want = vnni.vnni_ready()
     ok = dict(threads=1, dtype=np.float32, reset_after=True, gate_kind=0, use_clip=False)
@@ -248,3 +332,14 @@ def test_the_rule():
     assert not rule(T=1, B=1, H=1024, kept=True, **ok)
     assert not rule(T=15, B=1, H=768, kept=True, **ok)
     assert not rule(T=64, B=2, H=1024, kept=True, **ok)
+
+    # a frozen model's one-row step
+    step = dispatch.vnni_step_wanted
+    sok = dict(columns=False, dtype=np.float32, reset_after=True, gate_kind=0, use_clip=False)
+    assert step(B=1, H=192, **sok) is want
+    assert not step(B=1, H=191, **sok)
+    assert not step(B=2, H=256, **sok)
+    for change in (dict(columns=True), dict(dtype=np.float64), dict(reset_after=False), dict(gate_kind=1),
+                   dict(use_clip=True)):
+        assert not step(B=1, H=256, **{**sok, **change})
+    assert dispatch.vnni_step_inputs(192) and not dispatch.vnni_step_inputs(191)

@@ -59,7 +59,7 @@ from .step import gru_step, gru_step_cols
 from .dpbf16 import (CHUNK_ROWS, TILE_PANELS, dpbf16_gradient, dpbf16_projection,
                      dpbf16_projection_parallel, dpbf16_ready, gru_forward_dpbf16, gru_forward_dpbf16_ranges,
                      pack_pairs)
-from .vnni import digit_row_sums, gru_forward_vnni, vnni_ready
+from .vnni import digit_offsets, digit_row_sums, gru_forward_vnni, vnni_ready
 from .fused import fused_ready, gru_forward_fused
 
 #: rows from which a multi-threaded forward never takes BLAS-threaded steps where BLAS is not wider
@@ -137,6 +137,10 @@ AMX_DIGITS_SPREAD = 16.0
 VNNI_MIN_STEPS = ((512, 64), (769, 32))
 #: the same where the model keeps W_hh's digits (a frozen model's): no packing for the steps to repay
 VNNI_MIN_STEPS_KEPT = ((512, 64), (769, 2))
+#: a frozen model's one-row step on its weights' VNNI digits (vnni_step_wanted): the least hidden size,
+#: and the least inputs for which W_ih's product takes its digits too (else float32)
+VNNI_STEP_MIN_HIDDEN = 192
+VNNI_STEP_MIN_INPUTS = 192
 #: the one-row forward with its input projection fused into the steps (fused_recurrence_wanted): the
 #: hidden sizes it takes, and the fewest steps by hidden size ((most H, fewest steps) pairs)
 FUSED_MIN_HIDDEN = 64
@@ -920,6 +924,29 @@ def vnni_recurrence_wanted(T, B, H, threads, dtype, reset_after, gate_kind, use_
             and H <= DIGIT_MAX_K and vnni_ready())
 
 
+def vnni_step_wanted(B, H, columns, dtype, reset_after, gate_kind, use_clip):
+    """Whether a frozen model's step of B rows (a stream's, a cell's) runs on its weights' integer
+    digits by AVX512-VNNI (:func:`~numgru.kernels.vnni.gru_step_vnni`, the digits made once with the
+    model): one row, float32, reset_after with sigmoid gates and no clip, serial (not ``columns``,
+    :func:`step_columns`), from ``VNNI_STEP_MIN_HIDDEN`` units, where the CPU has VNNI; W_ih's
+    product from ``VNNI_STEP_MIN_INPUTS`` inputs (:func:`vnni_step_inputs`). A step reads W_ih and
+    W_hh, 24·H² bytes at I = H, past L2 from H ≈ 200; their digits read three quarters of that. Zen 4,
+    one thread, the step kernel from Python by its compiled entry, odd steps ``backwards``, against
+    :func:`~numgru.kernels.step.gru_step` on the same frozen weights, µs: I = H = 192 / 256 / 512 /
+    1024 9.9 / 16.6 / 63.7 / 327–372 against 11.0 / 19.3–19.5 / 76–78 / 503–523; but H = 64 / 128 /
+    160 2.9 / 5.7 / 8.9 against 2.0 / 4.7 / 7.7 (in L2, where the row's digits and the sums' combine
+    cost more than the bytes save); H = 256 with W_ih's product in float32, I = 16 / 64 / 128 9.7 /
+    11.6 / 13.9, with its digits 11.4 / 11.6 / 13.9, I = 192 16.3 against 14.7."""
+    return (B == 1 and not columns and dtype == np.float32 and reset_after and gate_kind == 0
+            and not use_clip and H >= VNNI_STEP_MIN_HIDDEN and H <= DIGIT_MAX_K and vnni_ready())
+
+
+def vnni_step_inputs(I):
+    """Whether :func:`vnni_step_wanted`'s step multiplies x by W_ih's digits (I inputs), else in
+    float32."""
+    return VNNI_STEP_MIN_INPUTS <= I <= DIGIT_MAX_K
+
+
 def fused_recurrence_wanted(T, B, H, threads, dtype, reset_after, gate_kind, use_clip, packed=False):
     """Whether a serial inference forward of T steps over B rows runs its input projection inside
     the steps (:func:`~numgru.kernels.fused.gru_forward_fused`, W_ih and W_hh packed on every call
@@ -1366,18 +1393,27 @@ class FrozenPieces:
 
     def of(self, W):
         """W's packing (empty where W holds a value the tiles cannot take)."""
-        return self._kept_for(W, pack_amx)
+        return self._kept_for(W, "amx", lambda: pack_amx(W))
 
     def digits_of(self, W, spread=0.0):
         """W's integer digits (:func:`~numgru.kernels.amx.pack_digits`; empty where a row is refused,
         with ``spread`` rows of mixed scales too)."""
-        return self._kept_for(W, pack_digits, spread)
+        return self._kept_for(W, ("digits", spread), lambda: pack_digits(W, spread))
 
-    def _kept_for(self, W, pack, *args):
-        key = (id(W), pack.__name__, *args)
+    def step_digits_of(self, W):
+        """``(digits, offsets)``: W's :meth:`digits_of` and their
+        :func:`~numgru.kernels.vnni.digit_offsets`, as the VNNI step reads them; None where a row is
+        refused."""
+        def make():
+            V = self.digits_of(W)
+            return (V, digit_offsets(V, *W.shape)) if V.shape[0] else None
+        return self._kept_for(W, "step digits", make)
+
+    def _kept_for(self, W, name, make):
+        key = (id(W), name)
         entry = self._kept.get(key)
         if entry is None or entry[0] is not W:
-            entry = self._kept[key] = (W, pack(W, *args))
+            entry = self._kept[key] = (W, make())
         return entry[1]
 
 

@@ -33,7 +33,9 @@ from numba.extending import intrinsic
 
 from ._jit import cpu_ready, inline, kernel, wide_vectors
 from .amx import DIGITS, _combine_digits, _digits_into, _pieces_of, padded, padded64
+from .dotblock import dot_rows
 from .forward import rows_after_fast
+from .step import step_gates_after
 
 _READY = None
 
@@ -161,11 +163,28 @@ def digit_row_sums(Wv, N, K, R):
     :func:`~numgru.kernels.amx.pack_digits` (W) for W (N, K): R[p·Np + n] = Σ_k digit p of W[n, k]
     (:func:`_sums` with the state's first digits all 1 and the others 0)."""
     wide_vectors()
+    _row_sums_into(Wv, N, K, R)
+
+
+@inline
+def _row_sums_into(Wv, N, K, R):
+    """:func:`digit_row_sums`' body."""
     _check_packing(Wv, R, N, K)
     Kq = padded64(K)
     u = np.zeros(3 * (Kq // 4), np.uint32)
     u[:Kq // 4] = 0x01010101
     _sums(Wv.view(np.int8), padded(N), Kq, u, R)
+
+
+@kernel
+def digit_offsets(Wv, N, K):
+    """(3, N) int64: what a row's offset of 128 adds to each of the three sums of every row of W (N, K)
+    (:func:`_offsets` of :func:`digit_row_sums` of W's digits Wv), for a caller that keeps W's digits
+    and multiplies by them step after step (:func:`gru_step_vnni`)."""
+    wide_vectors()
+    R = np.empty(3 * padded(N), np.int32)
+    _row_sums_into(Wv, N, K, R)
+    return _offsets(R, N)
 
 
 @inline
@@ -184,15 +203,16 @@ def _offsets(R, N):
 
 
 @inline
-def _row_product(h, Wv, C, N, D, u, S, out):
+def _row_product(h, Wv, C, N, D, u, S, out, spread):
     """out[:N] = W @ h for one state row h (K,) from W's digits Wv and the offsets C of their row
     sums (:func:`_offsets`), by scratch D (3, Kq) int8, u (3·Kq / 4) uint32, S (3·Np) int32. False
     where the state holds a value its digits refuse (NaN, ±Inf, or a largest magnitude outside the
-    digits' range)."""
+    digits' range; with ``spread`` > 0 a row of mixed scales too, :func:`~numgru.kernels.amx.
+    _digit_scale`)."""
     K = h.shape[0]
     Np = padded(N)
     Kq = D.shape[1]
-    sa = _digits_into(h, K, D[0], D[1], D[2], False, np.float32(0.0))
+    sa = _digits_into(h, K, D[0], D[1], D[2], False, spread)
     if sa < 0:
         return False
     ub = u.view(np.uint8)
@@ -241,8 +261,80 @@ def gru_forward_vnni(gx, Wv, R, b_hh, h0, reverse, y, col0, h_n):
         t = T - 1 - s if reverse else s
         hc = h_a if s % 2 == 0 else h_b
         hn = h_b if s % 2 == 0 else h_a
-        if not _row_product(hc[0], Wv, C, G, D, u, S, acc[0]):
+        if not _row_product(hc[0], Wv, C, G, D, u, S, acc[0], np.float32(0.0)):
             return False
         rows_after_fast(gx, t, acc, b_hh, hc, hn, y, col0, 0, 0, 1)
     h_n[:] = h_a if T % 2 == 0 else h_b
     return True
+
+
+@inline
+def step_work_size(I, H):
+    """The int32 values of :func:`gru_step_vnni`'s scratch for I inputs and H units: each product's
+    row digits (3·Kq int8) and their offset bytes (3·Kq), Kq = I or H rounded up to 64, and the sums
+    (3·Np int32, Np = 3H rounded up to 32)."""
+    return 3 * (padded64(I) + padded64(H)) // 2 + 3 * padded(3 * H)
+
+
+@inline
+def _step_product(v, W, Wv, C, N, D, u, S, out, spread):
+    """out[0, :N] = v[0] @ W.T: by W's digits Wv where there are some (not empty) and the row's
+    digits are not refused, else in float32 (:func:`~numgru.kernels.dotblock.dot_rows`)."""
+    if Wv.shape[0] == 0 or not _row_product(v[0], Wv, C, N, D, u, S, out[0], spread):
+        dot_rows(v, W, out, 1)
+
+
+@kernel
+def gru_step_vnni(x, h, W_ih, W_hh, Vi, Vh, C, b_ih, b_hh, spread, h_out, gi, gh, work, backwards):
+    """h_out = GRU(x, h) for one row, reset_after with sigmoid gates and no clip, float32: the step of
+    :func:`~numgru.kernels.step.gru_step` with its two products on W_ih's and W_hh's integer digits
+    by AVX512-VNNI (the products of :func:`gru_forward_vnni`'s steps, 9·H² bytes a matrix where
+    float32 reads 12·H²).
+
+    x (1, I), h (1, H) in; W_ih (3H, I), W_hh (3H, H); Vi, Vh their digits
+    (:func:`~numgru.kernels.amx.pack_digits`; an empty array: that product in float32); C (2, 3, 3H)
+    int64 their :func:`digit_offsets` (Vi's first; either unread where its digits are empty);
+    b_ih, b_hh (3H,); ``spread``: x's digits refuse a row of mixed scales past it
+    (:func:`~numgru.kernels.amx._digit_scale`; 0: none); h_out (1, H) out (must not alias h);
+    gi, gh (1, 3H) workspace and ``work`` (:func:`step_work_size` int32) scratch, the caller must not
+    read them (or gi of no rows and an empty work: the kernel allocates its own, as ``gru_step``). A row the digits
+    refuse (NaN, ±Inf, beyond their range) takes its product in float32, so NaN propagates as on
+    the float32 step. ``backwards``: W_hh's product before W_ih's (the caller passes it every other
+    step, so that a step starts on the weights the step before read last, still in L2: a stream
+    step at H = I = 256 1.5 µs shorter than in one order). The caller
+    checks :func:`vnni_ready`."""
+    wide_vectors()
+    I = x.shape[1]
+    H = h.shape[1]
+    G = 3 * H
+    Kqi = padded64(I)
+    Kqh = padded64(H)
+    if gi.shape[0] < 1:
+        gi = np.empty((1, G), np.float32)
+        gh = np.empty((1, G), np.float32)
+    if work.shape[0] == 0:
+        work = np.zeros(step_work_size(I, H), np.int32)
+    if (x.shape[0] != 1 or h.shape[0] != 1 or W_ih.shape[0] != G or W_ih.shape[1] != I
+            or W_hh.shape[0] != G or W_hh.shape[1] != H or b_ih.shape[0] != G or b_hh.shape[0] != G
+            or h_out.shape[0] != 1 or h_out.shape[1] != H or gi.shape[1] != G
+            or gh.shape[0] < 1 or gh.shape[1] != G or C.shape[0] != 2 or C.shape[1] != 3
+            or C.shape[2] != G or work.shape[0] < step_work_size(I, H)):
+        raise ValueError("gru_step_vnni: shapes do not match")
+    if (Vi.shape[0] > 0 and _pieces_of(Vi, padded(G), padded(I)) != DIGITS
+            or Vh.shape[0] > 0 and _pieces_of(Vh, padded(G), padded(H)) != DIGITS):
+        raise ValueError("gru_step_vnni: the digits do not match the weights")
+    Di = work[:3 * Kqi // 4].view(np.int8).reshape((3, Kqi))
+    a = 3 * Kqi // 4
+    ui = work[a:a + 3 * Kqi // 4].view(np.uint32)
+    a += 3 * Kqi // 4
+    Dh = work[a:a + 3 * Kqh // 4].view(np.int8).reshape((3, Kqh))
+    a += 3 * Kqh // 4
+    uh = work[a:a + 3 * Kqh // 4].view(np.uint32)
+    a += 3 * Kqh // 4
+    S = work[a:a + 3 * padded(G)]
+    for q in range(2):
+        if (q == 0) != backwards:
+            _step_product(x, W_ih, Vi, C[0], G, Di, ui, S, gi, spread)
+        else:
+            _step_product(h, W_hh, Vh, C[1], G, Dh, uh, S, gh, np.float32(0.0))
+    step_gates_after(gi, gh, b_ih, b_hh, h, h_out, 1)
