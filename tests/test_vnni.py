@@ -235,9 +235,11 @@ def _step_operands(I, H, inputs, seed):
     Vi = pack_digits(W_ih) if inputs else np.empty(0, np.uint16)
     Vh = pack_digits(W_hh)
     C = np.zeros((2, 3, 3 * H), np.int64)
-    if inputs:
-        C[0] = vnni.digit_offsets(Vi, 3 * H, I)
-    C[1] = vnni.digit_offsets(Vh, 3 * H, H)
+    for i, (V, K) in enumerate(((Vi, I), (Vh, H))):
+        if V.shape[0]:
+            R = np.empty(3 * padded(3 * H), np.int32)
+            vnni.digit_row_sums(V, 3 * H, K, R)
+            C[i] = vnni.digit_offsets(R, 3 * H)
     x = rng.standard_normal((1, I)).astype(np.float32)
     h = np.tanh(rng.standard_normal((1, H))).astype(np.float32)
     return x, h, W_ih, W_hh, Vi, Vh, C, b_ih, b_hh
@@ -343,3 +345,19 @@ def test_the_rule():
                    dict(use_clip=True)):
         assert not step(B=1, H=256, **{**sok, **change})
     assert dispatch.vnni_step_inputs(192) and not dispatch.vnni_step_inputs(191)
+
+
+@needs_vnni
+def test_frozen_copy_keeps_the_row_sums(one_thread):
+    """The frozen copy's digits of W_hh and their row sums are made on its first call and kept."""
+    f = ng.GRU(16, 800, seed=6).freeze()
+    x = np.random.default_rng(3).standard_normal((5, 1, 16)).astype(np.float32)
+    y1, _ = f(x)
+    W = f._W_hh[0]
+    Wv, R = f._amx_pieces.row_sums_of(W)
+    y2, _ = f(x)
+    assert f._amx_pieces.row_sums_of(W)[1] is R
+    np.testing.assert_array_equal(y1, y2)
+    want = np.empty_like(R)
+    vnni.digit_row_sums(Wv, *W.shape, want)
+    np.testing.assert_array_equal(R, want)

@@ -163,12 +163,6 @@ def digit_row_sums(Wv, N, K, R):
     :func:`~numgru.kernels.amx.pack_digits` (W) for W (N, K): R[p·Np + n] = Σ_k digit p of W[n, k]
     (:func:`_sums` with the state's first digits all 1 and the others 0)."""
     wide_vectors()
-    _row_sums_into(Wv, N, K, R)
-
-
-@inline
-def _row_sums_into(Wv, N, K, R):
-    """:func:`digit_row_sums`' body."""
     _check_packing(Wv, R, N, K)
     Kq = padded64(K)
     u = np.zeros(3 * (Kq // 4), np.uint32)
@@ -177,13 +171,12 @@ def _row_sums_into(Wv, N, K, R):
 
 
 @kernel
-def digit_offsets(Wv, N, K):
-    """(3, N) int64: what a row's offset of 128 adds to each of the three sums of every row of W (N, K)
-    (:func:`_offsets` of :func:`digit_row_sums` of W's digits Wv), for a caller that keeps W's digits
+def digit_offsets(R, N):
+    """(3, N) int64: what a row's offset of 128 adds to each of the three sums of every row of W
+    (N rows; :func:`_offsets` of W's :func:`digit_row_sums` R), for a caller that keeps W's digits
     and multiplies by them step after step (:func:`gru_step_vnni`)."""
-    wide_vectors()
-    R = np.empty(3 * padded(N), np.int32)
-    _row_sums_into(Wv, N, K, R)
+    if R.shape[0] != 3 * padded(N):
+        raise ValueError("vnni: shapes do not match")
     return _offsets(R, N)
 
 
