@@ -136,7 +136,7 @@ AMX_DIGITS_SPREAD = 16.0
 #: steps by hidden size ((least H, fewest steps) pairs; below the first H, never)
 VNNI_MIN_STEPS = ((512, 64), (769, 32))
 #: the same where the model keeps W_hh's digits (a frozen model's): no packing for the steps to repay
-VNNI_MIN_STEPS_KEPT = ((512, 64), (769, 2))
+VNNI_MIN_STEPS_KEPT = ((512, 64), (769, 1))
 #: a frozen model's one-row step on its weights' VNNI digits (vnni_step_wanted): the least hidden size,
 #: and the least inputs for which W_ih's product takes its digits too (else float32)
 VNNI_STEP_MIN_HIDDEN = 192
@@ -910,8 +910,10 @@ def vnni_recurrence_wanted(T, B, H, threads, dtype, reset_after, gate_kind, use_
     one row): there a step's 12·H² float32 bytes come from L3 at ~30 GB/s and a 512-bit ``VPDPBUSD``
     issues every cycle, so the digits' 9·H² bytes should bound the step.
 
-    A frozen model keeps the digits (``kept``), and then the route pays from two steps where the
-    fused forward does not take over (H > ``FUSED_MAX_HIDDEN``): the frozen copy, one process taking
+    A frozen model keeps the digits (``kept``; since, their row sums too), and then the route pays
+    from one step where the fused forward does not take over (H > ``FUSED_MAX_HIDDEN``; one step
+    with the row sums kept, H = 800 / 1024 / 1536 1.15–1.30× / 1.07–1.47× / 0.97–1.30×, 15 rounds;
+    two steps before, when each call remade them): the frozen copy, one process taking
     turns with a copy on the routes before (default over digits, 15 rounds each): H = 1024 T = 2 /
     4 / 8 / 16 / 32 / 48 1.24× / 1.02–1.09× / 1.06–1.15× / 1.08× / 1.15–1.18× / 1.10×, H = 896
     T = 2–32 1.17–1.20×, one step level (1.00–1.05×); but H = 512 / 768 T = 2–12 0.82–0.99×
