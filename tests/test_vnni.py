@@ -345,6 +345,18 @@ def test_the_rule():
                    dict(use_clip=True)):
         assert not step(B=1, H=256, **{**sok, **change})
     assert dispatch.vnni_step_inputs(192) and not dispatch.vnni_step_inputs(191)
+    # one row's steps split over units on several threads
+    cols = dispatch.vnni_columns_wanted
+    cok = dict(dtype=np.float32, reset_after=True, gate_kind=0, use_clip=False)
+    assert cols(T=128, B=1, H=1024, threads=2, **cok) is want
+    assert cols(T=1, B=1, H=512, threads=2, kept=True, **cok) is want
+    assert not cols(T=127, B=1, H=1024, threads=2, **cok)
+    assert not cols(T=128, B=1, H=1024, threads=1, **cok)
+    assert not cols(T=128, B=1, H=1000, threads=2, **cok)  # (not a multiple of 16)
+    assert not cols(T=128, B=1, H=496, threads=2, **cok)
+    assert not cols(T=128, B=2, H=1024, threads=2, **cok)
+    for change in (dict(dtype=np.float64), dict(reset_after=False), dict(gate_kind=1), dict(use_clip=True)):
+        assert not cols(T=128, B=1, H=1024, threads=2, **{**cok, **change})
 
 
 @needs_vnni
@@ -361,3 +373,57 @@ def test_frozen_copy_keeps_the_row_sums(one_thread):
     want = np.empty_like(R)
     vnni.digit_row_sums(Wv, *W.shape, want)
     np.testing.assert_array_equal(R, want)
+
+
+@needs_vnni
+@pytest.mark.parametrize("H, T, reverse, col0, D, chunks", [(64, 5, False, 0, 1, 2), (96, 6, True, 96, 2, 2),
+                                                            (160, 7, False, 0, 2, 3)])
+def test_columns_kernel_equals_the_serial_one(two_threads, H, T, reverse, col0, D, chunks):
+    """The digits' columns route (blocks of units on the threads) gives the serial digits kernel's
+    bits; a state the digits refuse returns False."""
+    W, b, gx, h0 = _direction(H, T)
+    Wv = pack_digits(W)
+    R = np.empty(3 * padded(3 * H), np.int32)
+    vnni.digit_row_sums(Wv, 3 * H, H, R)
+    C = vnni.digit_offsets(R, 3 * H)
+    want_y = np.full((T, 1, D * H), 5.0, np.float32)
+    want_h = np.empty((1, H), np.float32)
+    assert vnni.gru_forward_vnni(gx, Wv, R, b, h0, reverse, want_y, col0, want_h)
+    y = np.full((T, 1, D * H), 5.0, np.float32)
+    h_n = np.empty((1, H), np.float32)
+    assert vnni.gru_forward_vnni_cols(gx, Wv, C, b, h0, reverse, y, col0, h_n, chunks)
+    np.testing.assert_array_equal(y, want_y)
+    np.testing.assert_array_equal(h_n, want_h)
+    gx[2, 0, 5] = np.nan
+    assert not vnni.gru_forward_vnni_cols(gx, Wv, C, b, h0, reverse, y, col0, h_n, chunks)
+    with pytest.raises(ValueError, match="shapes"):
+        vnni.gru_forward_vnni_cols(gx, Wv, C[:, 1:], b, h0, reverse, y, col0, h_n, chunks)
+
+
+@needs_vnni
+def test_layer_takes_the_columns_route_on_two_threads(two_threads, monkeypatch):
+    """One row on two threads where the forward splits steps over units (H = 1024 on Zen 4): the
+    frozen copy's steps on its kept digits from one step, the plain model's packing them from
+    VNNI_COLUMNS_MIN_STEPS; both within float32's 1e-5 of the reference."""
+    calls = []
+    kernel = dispatch.gru_forward_vnni_cols
+    monkeypatch.setattr(dispatch, "gru_forward_vnni_cols", lambda *a: calls.append(1) or kernel(*a))
+    H = 1024
+    if dispatch.forward_route(1, H, True, False, T=8) != "columns":
+        pytest.skip("the forward does not split one row's steps over units here")
+    monkeypatch.setattr(dispatch, "VNNI_COLUMNS_MIN_STEPS", 8)
+    g = ng.GRU(12, H, seed=9)
+    x = np.random.default_rng(6).standard_normal((8, 1, 12)).astype(np.float32)
+    ry, rh = ref_gru(x, g.state_dict(), 1, H)
+    for model, T, taken in ((g, 8, 1), (g, 7, 0), (g.freeze(), 1, 1)):
+        calls.clear()
+        y, h = model(x[:T])
+        assert len(calls) == taken
+        np.testing.assert_allclose(y, ry[:T], atol=1e-5)
+        if T == 8:
+            np.testing.assert_allclose(h, rh, atol=1e-5)
+    x[3, 0, 2] = np.nan  # the digits refuse the state from step 4: the float32 route runs instead
+    calls.clear()
+    y, _ = g.freeze()(x)
+    assert calls and np.isnan(y[3:]).all() and not np.isnan(y[:3]).any()
+    np.testing.assert_allclose(y[:3], ry[:3], atol=1e-5)

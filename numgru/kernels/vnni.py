@@ -31,10 +31,13 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ._jit import cpu_ready, inline, kernel, wide_vectors
+from numba import prange
+
+from ._jit import cpu_ready, device, inline, kernel, parallel_kernel, wide_vectors
 from .amx import DIGITS, _combine_digits, _digits_into, _pieces_of, padded, padded64
 from .dotblock import dot_rows
-from .forward import rows_after_fast
+from .forward import _chunk_after, rows_after_fast
+from .sync import atomic_add, atomic_cas, atomic_load, spin_pause
 from .step import step_gates_after
 
 _READY = None
@@ -331,3 +334,129 @@ def gru_step_vnni(x, h, W_ih, W_hh, Vi, Vh, C, b_ih, b_hh, spread, h_out, gi, gh
         else:
             _step_product(h, W_hh, Vh, C[1], G, Dh, uh, S, gh, np.float32(0.0))
     step_gates_after(gi, gh, b_ih, b_hh, h, h_out, 1)
+
+
+@parallel_kernel(name="gru_forward_vnni_cols")
+def gru_forward_vnni_cols(gx, Wv, C, b_hh, h0, reverse, y, col0, h_n, n_chunks):
+    """:func:`gru_forward_vnni` on Numba's threads, each step split over ``n_chunks`` blocks of hidden
+    units as the float32 columns route (:func:`~numgru.kernels.forward._gru_forward_cols`, whose
+    workers and their meeting between steps this follows): block c multiplies the state row by its
+    units' rows of W_hh's digits (their r, z and n rows), then runs those units' gates, so each
+    thread keeps reading its own share of the digits. H a multiple of 16 (a block of 16 rows of the
+    digits then never holds two gates' rows). C (3, 3H) int64: the digits' :func:`digit_offsets`.
+    Returns False, with y and h_n partly written, where a state holds a value the digits refuse: the
+    caller then runs the float32 kernels."""
+    wide_vectors()
+    T = y.shape[0]
+    B, H = h0.shape
+    G = 3 * H
+    if (B != 1 or H % 16 != 0 or gx.shape[0] != T or gx.shape[1] != 1 or gx.shape[2] != G
+            or b_hh.shape[0] != G or h_n.shape[0] != 1 or h_n.shape[1] != H or y.shape[1] != 1
+            or col0 < 0 or col0 + H > y.shape[2] or C.shape[0] != 3 or C.shape[1] != G
+            or _pieces_of(Wv, padded(G), padded(H)) != DIGITS):
+        raise ValueError("gru_forward_vnni_cols: shapes do not match")
+    cs = (H + n_chunks - 1) // n_chunks
+    cs = ((cs + 15) // 16) * 16
+    nc = (H + cs - 1) // cs
+    Kq = padded64(H)
+    Np = padded(G)
+    h_a = h0.copy()
+    h_b = np.empty_like(h0)
+    # per block: the row's digits, their offset bytes, the sums (written at the block's rows only),
+    # and the block's three products side by side
+    D = np.zeros((nc, 3, Kq), np.int8)
+    u = np.zeros((nc, 3 * Kq // 4), np.uint32)
+    S = np.empty((nc, 3 * Np), np.int32)
+    acc = np.empty((nc, 1, 3 * cs), np.float32)
+    # one 64-byte line each: block c's last claimed step, whether worker c has started, the blocks
+    # done over all steps, and whether a state was refused
+    sync = np.zeros(8 * (2 * nc + 2), np.int64)
+    for c in range(nc):
+        sync[8 * c] = -1
+    for w in prange(nc):
+        wide_vectors()
+        _vnni_cols_worker(w, nc, cs, sync, gx, Wv, C, b_hh, h_a, h_b, D, u, S, acc, reverse, y, col0)
+    if atomic_load(sync, 16 * nc + 8) != 0:  # (a plain read here saw the zero stored above)
+        return False
+    h_n[:] = h_a if T % 2 == 0 else h_b
+    return True
+
+
+@device
+def _vnni_cols_worker(w, nc, cs, sync, gx, Wv, C, b_hh, h_a, h_b, D, u, S, acc, reverse, y, col0):
+    """Worker w of :func:`gru_forward_vnni_cols`: its own block of every step, and any block whose
+    worker has not started (``sync`` as :func:`~numgru.kernels.forward._cols_worker`'s, one line more:
+    a refused state, after which every worker stops at the end of the step)."""
+    wide_vectors()
+    T = gx.shape[0]
+    done = 16 * nc
+    refused = done + 8
+    atomic_add(sync, 8 * (nc + w), 1)
+    for s in range(T):
+        if atomic_load(sync, done) < (s + 1) * nc:
+            t = T - 1 - s if reverse else s
+            hc = h_a if s % 2 == 0 else h_b
+            hn = h_b if s % 2 == 0 else h_a
+            for k in range(nc):
+                c = w + k if w + k < nc else w + k - nc
+                if k > 0 and atomic_load(sync, 8 * (nc + c)) != 0:
+                    continue
+                if not atomic_cas(sync, 8 * c, s - 1, s):
+                    continue
+                if not _vnni_cols_block(c, cs, t, gx, Wv, C, b_hh, hc, hn, D[c], u[c], S[c], acc[c], y, col0):
+                    atomic_add(sync, refused, 1)
+                atomic_add(sync, done, 1)
+            while atomic_load(sync, done) < (s + 1) * nc:
+                spin_pause()
+        if atomic_load(sync, refused) != 0:
+            return
+
+
+@inline
+def _vnni_cols_block(c, cs, t, gx, Wv, C, b_hh, hc, hn, D, u, S, a, y, col0):
+    """Block c of step t in :func:`gru_forward_vnni_cols`: the state row's digits, its units' three
+    products from their rows of W_hh's digits, then their gates. False where the state is refused."""
+    H = hc.shape[1]
+    G = 3 * H
+    Np = padded(G)
+    Kq = padded64(H)
+    j0 = c * cs
+    m = min(cs, H - j0)
+    sa = _digits_into(hc[0], H, D[0], D[1], D[2], False, np.float32(0.0))
+    if sa < 0:
+        return False
+    ub = u.view(np.uint8)
+    for p in range(3):
+        for k in range(Kq):
+            ub[p * Kq + k] = np.uint8(D[p, k]) ^ np.uint8(128)
+    Wq = Wv.view(np.int8)
+    sw = Wv[3 * Np * Kq // 2:].view(np.float32)
+    a0 = a[0]
+    for g in range(3):
+        r0 = g * H + j0
+        _block_sums(Wq, Np, Kq, u, S, r0 // 16, (r0 + m) // 16)
+        for p in range(3):
+            for j in range(r0, r0 + m):
+                S[p * Np + j] = np.int32(np.int64(S[p * Np + j]) - C[p, j])
+        _combine_digits(S[r0:r0 + m], S[Np + r0:Np + r0 + m], S[2 * Np + r0:2 * Np + r0 + m],
+                        sw[r0:r0 + m], sa, a0[g * cs:g * cs + m])
+    _chunk_after(gx[t, 0], a0[:cs], a0[cs:2 * cs], a0[2 * cs:], b_hh, hc[0], hn[0], j0, m, H, 0,
+                 np.float32(0.0), np.float32(0.0), False, np.float32(0.0))
+    ys = y[t, 0, col0 + j0:col0 + j0 + m]
+    hs = hn[0, j0:j0 + m]
+    for j in range(m):
+        ys[j] = hs[j]
+    return True
+
+
+@inline
+def _block_sums(Wq, Np, Kq, u, S, nb0, nb1):
+    """:func:`_sums` for W's blocks of 16 rows nb0 … nb1 − 1 only."""
+    if Kq % SUMS_PAIRS_KQ == 0:
+        n2 = nb0 + (nb1 - nb0) // 2 * 2
+        _sums2(Wq, Np * Kq, Kq, u, S, Np, nb0, n2)
+        _sums1(Wq, Np * Kq, Kq, u, S, Np, n2, nb1)
+        return
+    n4 = nb0 + (nb1 - nb0) // 4 * 4
+    _sums4(Wq, Np * Kq, Kq, u, S, Np, nb0, n4)
+    _sums1(Wq, Np * Kq, Kq, u, S, Np, n4, nb1)
