@@ -23,7 +23,8 @@ from .kernels.dispatch import (FrozenPieces, aligned, amx_recurrence_wanted, bat
                                run_serial_direction, run_step, serial_direction_plan, serial_forward,
                                serial_tiled_max, step_columns, step_columns_workspace, thread_count,
                                valid_steps, vnni_step_inputs, vnni_step_wanted, weight_gradient,
-                               weight_gradient_pair, workspace, AMX_DIGITS_SPREAD)
+                               weight_gradient_pair, workspace, AMX_DIGITS_SPREAD, run_step_digits,
+                               step_digits_columns_work)
 from .kernels._jit import ARRAY_KIND, C_CONTIGUOUS, planned_call
 from .kernels.bf16 import from_bfloat16, to_bfloat16
 from .kernels.step import gru_step, step_panels
@@ -368,16 +369,19 @@ class GRU(_Params):
                         else (none, none)))
         return W_ih, W_hh, self._zero_bias if b_ih is None else b_ih, b_hh, panels
 
-    def _step_digits(self, k, B, columns):
+    def _step_digits(self, k, B, threads, columns):
         """:func:`~numgru.kernels.vnni.gru_step_vnni`'s arguments after x and h and before h_out,
         ``(W_ih, W_hh, Vi, Vh, C, b_ih, b_hh, spread)``, for layer and direction k's step of B rows
         where a frozen float model's step takes its weights' integer digits
-        (:func:`~numgru.kernels.dispatch.vnni_step_wanted`; the digits and their offsets kept with the
-        model, Vi empty where W_ih's product stays float32), else None (also where the digits refuse
-        a row of W_hh)."""
-        if self._packed is None or self._bf16 is not None or not vnni_step_wanted(
-                B, self.hidden_size, columns, self.dtype, self.reset_after, self._gate_kind,
-                self.clip is not None):
+        (:func:`~numgru.kernels.dispatch.vnni_step_wanted` for ``threads`` and ``columns``, from
+        :meth:`_step_plan`; the digits and their offsets kept with the model, Vi empty where W_ih's
+        product stays float32), with whether the step is split over hidden units
+        (:func:`~numgru.kernels.dispatch.run_step_digits`): ``(split, args)``; else None (also where
+        the digits refuse a row of W_hh)."""
+        how = None if self._packed is None or self._bf16 is not None else vnni_step_wanted(
+            B, self.hidden_size, threads, columns, self.dtype, self.reset_after, self._gate_kind,
+            self.clip is not None)
+        if how is None:
             return None
         W_ih, W_hh, b_ih, b_hh = self._weights(k)
         pieces = self._amx_pieces
@@ -390,8 +394,8 @@ class GRU(_Params):
         if ih is not None:
             C[0] = ih[1]
         C[1] = hh[1]
-        return (W_ih, W_hh, Vi, hh[0], C, self._zero_bias if b_ih is None else b_ih, b_hh,
-                np.float32(AMX_DIGITS_SPREAD))
+        return how == "split", (W_ih, W_hh, Vi, hh[0], C, self._zero_bias if b_ih is None else b_ih, b_hh,
+                                np.float32(AMX_DIGITS_SPREAD))
 
     def _bf16_step_panels(self, k):
         """A quantized model's :func:`~numgru.kernels.step.step_panels` of layer and direction k's
@@ -1096,6 +1100,13 @@ class GRUCell(_Params):
                 # ``backwards``; two threads racing on the flag only change which way a step reads)
                 backwards = self._backwards = not self._backwards
                 if digits is not None:
+                    split, digits = digits
+                    if split:
+                        gi, gh = np.empty((1, 3 * H), dtype), np.empty((1, 3 * H), dtype)
+                        run_step_digits(x, h, digits, out, gi, gh, _NO_DIGIT_WORK,
+                                        step_digits_columns_work(g.input_size, H, thread_count()),
+                                        backwards)
+                        return out
                     kind = (xk & ARRAY_KIND) | (hk & ARRAY_KIND) << 16 | 1 << 32
                     planned_call(entries, kind, gru_step_vnni, x, h, *digits, out, no_work,
                                  no_work, _NO_DIGIT_WORK, backwards)
@@ -1132,7 +1143,7 @@ class GRUCell(_Params):
             _, columns = g._step_plan(B)
             plan = ((*g._step_weights(0, B, threads, columns), *g._kernel_scalars()),
                     threads if columns else 0, serial_tiled_max(threads), empty_array(g.dtype, 2), {},
-                    g._step_digits(0, B, columns))
+                    g._step_digits(0, B, threads, columns))
             self._plans[(B, threads)] = plan
         return plan
 

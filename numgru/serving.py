@@ -20,7 +20,8 @@ import numpy as np
 
 from ._validation import as_real_array, check_float, check_int
 from .kernels._jit import ARRAY_KIND, compiled_entry
-from .kernels.dispatch import aligned, run_step, serial_tiled_max, step_columns_workspace
+from .kernels.dispatch import (aligned, run_step, run_step_digits, serial_tiled_max, step_columns_workspace,
+                               step_digits_columns_work)
 from .kernels.step import gru_step
 from .kernels.vnni import gru_step_vnni, step_work_size
 from .layers import GRU
@@ -422,12 +423,18 @@ class Stepper:
         # odd steps sweep the weights the other way (gru_step's ``backwards``), starting on what the
         # step before read last
         # a frozen model's one-row step on its weights' VNNI digits, where every layer takes them
-        digits = [m._step_digits(k, B, columns) for k in range(L)]
+        digits = [m._step_digits(k, B, threads, columns) for k in range(L)]
         if all(d is not None for d in digits):
-            work = np.zeros(max(step_work_size.py_func(m.input_size if k == 0 else H, H) for k in range(L)),
-                            np.int32)
-            self._step = gru_step_vnni
-            args = lambda k, h, out, p: (h[k], *digits[k], out[k], gi, gh, work, p == 1)
+            split = digits[0][0]
+            digits = [d[1] for d in digits]
+            work = np.zeros(step_work_size.py_func(max(m.input_size, H), H), np.int32)
+            if split:  # over hidden units where the parallel slot is free
+                cols_work = step_digits_columns_work(max(m.input_size, H), H, threads)
+                self._step = run_step_digits
+                args = lambda k, h, out, p: (h[k], digits[k], out[k], gi, gh, work, cols_work, p == 1)
+            else:
+                self._step = gru_step_vnni
+                args = lambda k, h, out, p: (h[k], *digits[k], out[k], gi, gh, work, p == 1)
         elif columns:
             acc = step_columns_workspace(B, H, threads, dt)
             self._step = run_step

@@ -301,6 +301,12 @@ def test_frozen_stream_and_cell_step_on_the_digits(one_thread, I):
     cell = ng.GRUCell(I, H)
     cell.load_state_dict({k[:-len("_l0")]: v for k, v in g.state_dict().items() if k.endswith("_l0")})
     params = {k: v.astype(np.float64) for k, v in cell.state_dict().items()}
+    _check_cell_steps(cell, x, params, T, H)
+
+
+def _check_cell_steps(cell, x, params, T, H):
+    """The plain cell off the digits, its frozen copy on them, every step within 1e-5 of the
+    reference."""
     for c, on in ((cell, False), (cell.freeze(), True)):
         h = np.zeros((1, H), np.float32)
         want = np.zeros((1, H))
@@ -310,6 +316,30 @@ def test_frozen_stream_and_cell_step_on_the_digits(one_thread, I):
                             params["bias_ih"], params["bias_hh"])
             np.testing.assert_allclose(h, want, atol=1e-5)
         assert (c._step_args(1)[5] is not None) == on
+
+
+@needs_vnni
+@pytest.mark.parametrize("I", [16, 200])
+def test_frozen_steps_split_over_units_on_two_threads(two_threads, I):
+    """On two threads a frozen model's one-row stream (two layers) and cell split the digits' step
+    over blocks of units, every step within float32's 1e-5 of the reference; the same step with
+    the parallel slot taken runs serially and gives the same bits."""
+    H, T = 512, 5
+    g = ng.GRU(I, H, num_layers=2, seed=8)
+    x = np.random.default_rng(5).standard_normal((T, 1, I)).astype(np.float32)
+    ry, rh = ref_gru(x, g.state_dict(), 2, H)
+    st = g.freeze().stream()
+    assert st._stepper._step is dispatch.run_step_digits
+    ys = np.stack([st.step(x[t, 0]) for t in range(T)])
+    np.testing.assert_allclose(ys, ry[:, 0], atol=1e-5)
+    np.testing.assert_allclose(st.state, rh, atol=1e-5)
+    st2 = g.freeze().stream()
+    with dispatch._PARALLEL_LOCK:
+        serial = np.stack([st2.step(x[t, 0]) for t in range(T)])
+    np.testing.assert_array_equal(serial, ys)
+    cell = ng.GRUCell(I, H)
+    cell.load_state_dict({k[:-len("_l0")]: v for k, v in g.state_dict().items() if k.endswith("_l0")})
+    _check_cell_steps(cell, x, {k: v.astype(np.float64) for k, v in cell.state_dict().items()}, T, H)
 
 
 def test_the_rule():
@@ -335,15 +365,19 @@ def test_the_rule():
     assert not rule(T=15, B=1, H=768, kept=True, **ok)
     assert not rule(T=64, B=2, H=1024, kept=True, **ok)
 
-    # a frozen model's one-row step
+    # a frozen model's one-row step: serial, or split over units on several threads
     step = dispatch.vnni_step_wanted
-    sok = dict(columns=False, dtype=np.float32, reset_after=True, gate_kind=0, use_clip=False)
-    assert step(B=1, H=192, **sok) is want
-    assert not step(B=1, H=191, **sok)
-    assert not step(B=2, H=256, **sok)
-    for change in (dict(columns=True), dict(dtype=np.float64), dict(reset_after=False), dict(gate_kind=1),
-                   dict(use_clip=True)):
-        assert not step(B=1, H=256, **{**sok, **change})
+    sok = dict(threads=1, columns=False, dtype=np.float32, reset_after=True, gate_kind=0, use_clip=False)
+    serial, split = ("serial", "split") if want else (None, None)
+    assert step(B=1, H=192, **sok) == serial
+    assert step(B=1, H=191, **sok) is None
+    assert step(B=2, H=256, **sok) is None
+    assert step(B=1, H=256, **{**sok, "threads": 2, "columns": True}) is None  # (the float32 split)
+    assert step(B=1, H=512, **{**sok, "threads": 2}) == split
+    assert step(B=1, H=520, **{**sok, "threads": 2}) == serial  # (not a multiple of 16)
+    for change in (dict(dtype=np.float64), dict(reset_after=False), dict(gate_kind=1), dict(use_clip=True)):
+        assert step(B=1, H=256, **{**sok, **change}) is None
+        assert step(B=1, H=1024, **{**sok, "threads": 2, **change}) is None
     assert dispatch.vnni_step_inputs(192) and not dispatch.vnni_step_inputs(191)
     # one row's steps split over units on several threads
     cols = dispatch.vnni_columns_wanted

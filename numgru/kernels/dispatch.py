@@ -59,7 +59,8 @@ from .step import gru_step, gru_step_cols
 from .dpbf16 import (CHUNK_ROWS, TILE_PANELS, dpbf16_gradient, dpbf16_projection,
                      dpbf16_projection_parallel, dpbf16_ready, gru_forward_dpbf16, gru_forward_dpbf16_ranges,
                      pack_pairs)
-from .vnni import digit_offsets, digit_row_sums, gru_forward_vnni, gru_forward_vnni_cols, vnni_ready
+from .vnni import (digit_offsets, digit_row_sums, gru_forward_vnni, gru_forward_vnni_cols, gru_step_vnni,
+                   gru_step_vnni_cols, step_work_size, vnni_ready)
 from .fused import fused_ready, gru_forward_fused
 
 #: rows from which a multi-threaded forward never takes BLAS-threaded steps where BLAS is not wider
@@ -141,6 +142,8 @@ VNNI_MIN_STEPS_KEPT = ((512, 64), (769, 1))
 #: and the least inputs for which W_ih's product takes its digits too (else float32)
 VNNI_STEP_MIN_HIDDEN = 192
 VNNI_STEP_MIN_INPUTS = 192
+#: the least hidden size for which a step split over hidden units takes the digits
+VNNI_STEP_COLUMNS_MIN_HIDDEN = 512
 #: the one-row columns route on W_hh's VNNI digits (vnni_columns_wanted): the least hidden size, the
 #: fewest steps, and the fewest where the model keeps the digits
 VNNI_COLUMNS_MIN_HIDDEN = 512
@@ -566,6 +569,29 @@ def run_step(x, h, weights, scalars, h_out, gi, gh, acc, tiled_max, backwards=Fa
     gru_step(x, h, *weights, *scalars, h_out, gi, gh, tiled_max, backwards)
 
 
+def run_step_digits(x, h, digits, h_out, gi, gh, work, cols_work, backwards=False):
+    """A frozen model's one-row step on its weights' VNNI digits (:func:`vnni_step_wanted`;
+    ``digits``: :func:`~numgru.kernels.vnni.gru_step_vnni`'s arguments after x and h and before
+    h_out): split over blocks of hidden units (:func:`~numgru.kernels.vnni.gru_step_vnni_cols`) with
+    ``cols_work`` (:func:`step_digits_columns_work`) where the parallel slot is free, else serially
+    (``work``, ``backwards`` as :func:`~numgru.kernels.vnni.gru_step_vnni` takes them)."""
+    if cols_work is not None and _PARALLEL_LOCK.acquire(blocking=False):
+        try:
+            gru_step_vnni_cols(x, h, *digits, h_out, gi, gh, cols_work)
+        finally:
+            _PARALLEL_LOCK.release()
+        return
+    gru_step_vnni(x, h, *digits, h_out, gi, gh, work, backwards)
+
+
+def step_digits_columns_work(I, H, threads):
+    """:func:`~numgru.kernels.vnni.gru_step_vnni_cols`' scratch for ``threads`` threads: one row of
+    :func:`~numgru.kernels.vnni.step_work_size` int32 a block, as many blocks of a multiple of 16
+    units as cover H."""
+    cs = -(-(-(-H // threads)) // 16) * 16
+    return np.zeros((-(-H // cs), step_work_size.py_func(I, H)), np.int32)
+
+
 @functools.lru_cache(maxsize=16)
 def empty_array(dtype, ndim):
     """A shared array of ``dtype`` with ``ndim`` axes of length 0, the kernels' "none" for an array
@@ -950,12 +976,17 @@ def vnni_columns_wanted(T, B, H, threads, dtype, reset_after, gate_kind, use_cli
             and T >= (VNNI_COLUMNS_MIN_STEPS_KEPT if kept else VNNI_COLUMNS_MIN_STEPS) and vnni_ready())
 
 
-def vnni_step_wanted(B, H, columns, dtype, reset_after, gate_kind, use_clip):
-    """Whether a frozen model's step of B rows (a stream's, a cell's) runs on its weights' integer
-    digits by AVX512-VNNI (:func:`~numgru.kernels.vnni.gru_step_vnni`, the digits made once with the
-    model): one row, float32, reset_after with sigmoid gates and no clip, serial (not ``columns``,
-    :func:`step_columns`), from ``VNNI_STEP_MIN_HIDDEN`` units, where the CPU has VNNI; W_ih's
-    product from ``VNNI_STEP_MIN_INPUTS`` inputs (:func:`vnni_step_inputs`). A step reads W_ih and
+def vnni_step_wanted(B, H, threads, columns, dtype, reset_after, gate_kind, use_clip):
+    """How a frozen model's step of B rows (a stream's, a cell's) on ``threads`` threads runs on its
+    weights' integer digits by AVX512-VNNI (the digits made once with the model), or None: one row,
+    float32, reset_after with sigmoid gates and no clip, where the CPU has VNNI; W_ih's product from
+    ``VNNI_STEP_MIN_INPUTS`` inputs (:func:`vnni_step_inputs`). "split": on several threads, H a
+    multiple of 16 from ``VNNI_STEP_COLUMNS_MIN_HIDDEN`` units, split over blocks of hidden units
+    (:func:`run_step_digits`); "serial": from ``VNNI_STEP_MIN_HIDDEN`` units where the float32 step
+    is not split (``columns``, :func:`step_columns`), :func:`~numgru.kernels.vnni.gru_step_vnni`.
+    Zen 4, two threads, the kernels alone, µs, the digits' split against the float32 split: H = 256 /
+    512 / 1024 12.7 / 43.8 / 142 against 13.0 / 48.8 / 183, and against one thread's digits (where
+    the float32 step is serial from H = 512) 18.0 / 63.4 / 278. A step reads W_ih and
     W_hh, 24·H² bytes at I = H, past L2 from H ≈ 200; their digits read three quarters of that. Zen 4,
     one thread, the step kernel from Python by its compiled entry, odd steps ``backwards``, against
     :func:`~numgru.kernels.step.gru_step` on the same frozen weights, µs: I = H = 192 / 256 / 512 /
@@ -963,8 +994,12 @@ def vnni_step_wanted(B, H, columns, dtype, reset_after, gate_kind, use_clip):
     160 2.9 / 5.7 / 8.9 against 2.0 / 4.7 / 7.7 (in L2, where the row's digits and the sums' combine
     cost more than the bytes save); H = 256 with W_ih's product in float32, I = 16 / 64 / 128 9.7 /
     11.6 / 13.9, with its digits 11.4 / 11.6 / 13.9, I = 192 16.3 against 14.7."""
-    return (B == 1 and not columns and dtype == np.float32 and reset_after and gate_kind == 0
-            and not use_clip and H >= VNNI_STEP_MIN_HIDDEN and H <= DIGIT_MAX_K and vnni_ready())
+    if not (B == 1 and dtype == np.float32 and reset_after and gate_kind == 0 and not use_clip
+            and H <= DIGIT_MAX_K and vnni_ready()):
+        return None
+    if threads > 1 and H % 16 == 0 and H >= VNNI_STEP_COLUMNS_MIN_HIDDEN:
+        return "split"
+    return "serial" if not columns and H >= VNNI_STEP_MIN_HIDDEN else None
 
 
 def vnni_step_inputs(I):

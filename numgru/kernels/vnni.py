@@ -460,3 +460,89 @@ def _block_sums(Wq, Np, Kq, u, S, nb0, nb1):
     n4 = nb0 + (nb1 - nb0) // 4 * 4
     _sums4(Wq, Np * Kq, Kq, u, S, Np, nb0, n4)
     _sums1(Wq, Np * Kq, Kq, u, S, Np, n4, nb1)
+
+
+@parallel_kernel(name="gru_step_vnni_cols")
+def gru_step_vnni_cols(x, h, W_ih, W_hh, Vi, Vh, C, b_ih, b_hh, spread, h_out, gi, gh, work):
+    """:func:`gru_step_vnni` split over blocks of hidden units on Numba's threads, as
+    :func:`~numgru.kernels.step.gru_step_cols` splits the float32 step: block c multiplies x and h by
+    its units' rows of W_ih's and W_hh's digits (each block makes the rows' digits itself), then runs
+    those units' gates. Same arguments as :func:`gru_step_vnni` (H a multiple of 16, no
+    ``backwards``) but ``work``: (nc, :func:`step_work_size`) int32, one row of scratch a block, for
+    nc blocks of cs units (cs a multiple of 16, nc·cs ≥ H, the fewest such blocks). A block whose row
+    the digits refuse takes its products in float32."""
+    wide_vectors()
+    I = x.shape[1]
+    H = h.shape[1]
+    G = 3 * H
+    nc = work.shape[0]
+    cs = ((H + nc - 1) // nc + 15) // 16 * 16
+    if (x.shape[0] != 1 or h.shape[0] != 1 or H % 16 != 0 or W_ih.shape[0] != G or W_ih.shape[1] != I
+            or W_hh.shape[0] != G or W_hh.shape[1] != H or b_ih.shape[0] != G or b_hh.shape[0] != G
+            or h_out.shape[0] != 1 or h_out.shape[1] != H or gi.shape[0] < 1 or gi.shape[1] != G
+            or gh.shape[0] < 1 or gh.shape[1] != G or C.shape[0] != 2 or C.shape[1] != 3
+            or C.shape[2] != G or work.shape[1] < step_work_size(I, H) or (nc - 1) * cs >= H):
+        raise ValueError("gru_step_vnni_cols: shapes do not match")
+    if (Vi.shape[0] > 0 and _pieces_of(Vi, padded(G), padded(I)) != DIGITS
+            or Vh.shape[0] > 0 and _pieces_of(Vh, padded(G), padded(H)) != DIGITS):
+        raise ValueError("gru_step_vnni_cols: the digits do not match the weights")
+    for c in prange(nc):
+        wide_vectors()
+        j0 = c * cs
+        m = min(cs, H - j0)
+        Kqi = padded64(I)
+        Kqh = padded64(H)
+        wc = work[c]
+        Di = wc[:3 * Kqi // 4].view(np.int8).reshape((3, Kqi))
+        a = 3 * Kqi // 4
+        ui = wc[a:a + 3 * Kqi // 4].view(np.uint32)
+        a += 3 * Kqi // 4
+        Dh = wc[a:a + 3 * Kqh // 4].view(np.int8).reshape((3, Kqh))
+        a += 3 * Kqh // 4
+        uh = wc[a:a + 3 * Kqh // 4].view(np.uint32)
+        a += 3 * Kqh // 4
+        S = wc[a:a + 3 * padded(G)]
+        _block_product(x, W_ih, Vi, C[0], Di, ui, S, gi, spread, j0, m, H)
+        _block_product(h, W_hh, Vh, C[1], Dh, uh, S, gh, np.float32(0.0), j0, m, H)
+        g0 = gi[0]
+        for g in range(3):
+            gs = g0[g * H + j0:g * H + j0 + m]
+            bs = b_ih[g * H + j0:g * H + j0 + m]
+            for jj in range(m):
+                gs[jj] += bs[jj]
+        a0 = gh[0]
+        _chunk_after(g0, a0[j0:j0 + m], a0[H + j0:H + j0 + m], a0[2 * H + j0:2 * H + j0 + m], b_hh, h[0],
+                     h_out[0], j0, m, H, 0, np.float32(0.0), np.float32(0.0), False, np.float32(0.0))
+
+
+@inline
+def _block_product(v, W, Wv, C, D, u, S, out, spread, j0, m, H):
+    """out[0, g·H + j0 … + m] = v[0] @ W[g·H + j0 … + m].T for the three gates g: by W's digits Wv
+    (offsets C) where there are some and v's row is not refused, else in float32."""
+    N = W.shape[0]
+    Np = padded(N)
+    K = v.shape[1]
+    Kq = D.shape[1]
+    sa = np.float32(-1.0)
+    if Wv.shape[0] > 0:
+        sa = _digits_into(v[0], K, D[0], D[1], D[2], False, spread)
+    if sa < 0:
+        for g in range(3):
+            r0 = g * H + j0
+            dot_rows(v, W[r0:r0 + m], out[:, r0:r0 + m], 1)
+        return
+    ub = u.view(np.uint8)
+    for p in range(3):
+        for k in range(Kq):
+            ub[p * Kq + k] = np.uint8(D[p, k]) ^ np.uint8(128)
+    Wq = Wv.view(np.int8)
+    sw = Wv[3 * Np * Kq // 2:].view(np.float32)
+    o = out[0]
+    for g in range(3):
+        r0 = g * H + j0
+        _block_sums(Wq, Np, Kq, u, S, r0 // 16, (r0 + m) // 16)
+        for p in range(3):
+            for j in range(r0, r0 + m):
+                S[p * Np + j] = np.int32(np.int64(S[p * Np + j]) - C[p, j])
+        _combine_digits(S[r0:r0 + m], S[Np + r0:Np + r0 + m], S[2 * Np + r0:2 * Np + r0 + m],
+                        sw[r0:r0 + m], sa, o[r0:r0 + m])
