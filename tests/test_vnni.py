@@ -414,7 +414,8 @@ def test_frozen_copy_keeps_the_row_sums(one_thread):
                                                             (160, 7, False, 0, 2, 3)])
 def test_columns_kernel_equals_the_serial_one(two_threads, H, T, reverse, col0, D, chunks):
     """The digits' columns route (blocks of units on the threads) gives the serial digits kernel's
-    bits; a state the digits refuse returns False."""
+    bits; a state the digits refuse (NaN from the input) takes the step in float32, so NaN spreads
+    as on the float32 route."""
     W, b, gx, h0 = _direction(H, T)
     Wv = pack_digits(W)
     R = np.empty(3 * padded(3 * H), np.int32)
@@ -425,13 +426,19 @@ def test_columns_kernel_equals_the_serial_one(two_threads, H, T, reverse, col0, 
     assert vnni.gru_forward_vnni(gx, Wv, R, b, h0, reverse, want_y, col0, want_h)
     y = np.full((T, 1, D * H), 5.0, np.float32)
     h_n = np.empty((1, H), np.float32)
-    assert vnni.gru_forward_vnni_cols(gx, Wv, C, b, h0, reverse, y, col0, h_n, chunks)
+    vnni.gru_forward_vnni_cols(gx, W, Wv, C, b, h0, reverse, y, col0, h_n, chunks)
     np.testing.assert_array_equal(y, want_y)
     np.testing.assert_array_equal(h_n, want_h)
-    gx[2, 0, 5] = np.nan
-    assert not vnni.gru_forward_vnni_cols(gx, Wv, C, b, h0, reverse, y, col0, h_n, chunks)
+    t = T - 3 if reverse else 2
+    gx[t, 0, 5] = np.nan  # unit 5's state at step 2, then every unit's
+    vnni.gru_forward_vnni_cols(gx, W, Wv, C, b, h0, reverse, y, col0, h_n, chunks)
+    ys = y[::-1] if reverse else y
+    got = np.isnan(ys[:, 0, col0:col0 + H]).sum(axis=1)
+    np.testing.assert_array_equal(got, [0, 0, 1] + [H] * (T - 3))
+    assert np.isnan(h_n).all()
+    np.testing.assert_array_equal(ys[:2], (want_y[::-1] if reverse else want_y)[:2])
     with pytest.raises(ValueError, match="shapes"):
-        vnni.gru_forward_vnni_cols(gx, Wv, C[:, 1:], b, h0, reverse, y, col0, h_n, chunks)
+        vnni.gru_forward_vnni_cols(gx, W, Wv, C[:, 1:], b, h0, reverse, y, col0, h_n, chunks)
 
 
 @needs_vnni
@@ -456,7 +463,7 @@ def test_layer_takes_the_columns_route_on_two_threads(two_threads, monkeypatch):
         np.testing.assert_allclose(y, ry[:T], atol=1e-5)
         if T == 8:
             np.testing.assert_allclose(h, rh, atol=1e-5)
-    x[3, 0, 2] = np.nan  # the digits refuse the state from step 4: the float32 route runs instead
+    x[3, 0, 2] = np.nan  # the digits refuse the state from step 4: its products in float32
     calls.clear()
     y, _ = g.freeze()(x)
     assert calls and np.isnan(y[3:]).all() and not np.isnan(y[:3]).any()

@@ -1640,8 +1640,8 @@ def _run_vnni_columns(gx, W_hh, b_hh, h0, reverse, y, col0, h_n, threads, pieces
     """:func:`gru_direction_forward`'s columns route on W_hh's integer digits
     (:func:`vnni_columns_wanted`; the caller holds the parallel slot): the digits packed here on the
     threads (or kept by a frozen model's ``pieces``) with their row sums' offsets. False where the
-    digits could not take W_hh or a state: the caller then runs the float32 columns route, which
-    writes everything anew."""
+    digits could not take W_hh (a weight they refuse): the caller then runs the float32 columns
+    route."""
     G, H = W_hh.shape
     if pieces is not None:
         kept = pieces.step_digits_of(W_hh)
@@ -1655,7 +1655,8 @@ def _run_vnni_columns(gx, W_hh, b_hh, h0, reverse, y, col0, h_n, threads, pieces
         R = workspace("vnni_row_sums", (3 * padded.py_func(G),), np.int32)
         digit_row_sums(Wv, G, H, R)
         C = digit_offsets(R, G)
-    return gru_forward_vnni_cols(gx, Wv, C, b_hh, h0, bool(reverse), y, int(col0), h_n, threads)
+    gru_forward_vnni_cols(gx, W_hh, Wv, C, b_hh, h0, bool(reverse), y, int(col0), h_n, threads)
+    return True
 
 
 def _run_vnni_direction(vnni_steps, g3, h0, y, col0, h_n):

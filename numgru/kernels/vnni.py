@@ -136,21 +136,23 @@ SUMS_PAIRS_KQ = 256
 
 
 @inline
-def _sums(Wq, Np, Kq, u, S):
-    """S (3·Np int32) = for every row n of W (digit planes Wq, :func:`~numgru.kernels.amx.pack_digits`'s
-    bytes), S[p·Np + n] = the sums of weight 2⁻⁸ᵖ of the products of W's digits d by u's (u: three
-    planes of Kq / 4 uint32, each four unsigned digits of the summed index): p = 0 d₀u₀, 1 d₀u₁ + d₁u₀,
-    2 d₀u₂ + d₁u₁ + d₂u₀, modulo 2³². Four blocks of 16 rows at a time (twelve sums in registers, so
-    that the chain of three into the last sum does not wait on itself), the rest one block at a time;
-    two at a time where Kq is a multiple of :data:`SUMS_PAIRS_KQ` (Np, a multiple of 32, leaves none).
-    The caller keeps every operand its size."""
-    nb = Np // 16
+def _sums(Wq, Np, Kq, u, S, nb0, nb1):
+    """For every row n of W's blocks of 16 rows nb0 … nb1 − 1 (digit planes Wq,
+    :func:`~numgru.kernels.amx.pack_digits`' bytes), S[p·Np + n] (S: 3·Np int32) = the sums of weight
+    2⁻⁸ᵖ of the products of W's digits d by u's (u: three planes of Kq / 4 uint32, each four unsigned
+    digits of the summed index): p = 0 d₀u₀, 1 d₀u₁ + d₁u₀, 2 d₀u₂ + d₁u₁ + d₂u₀, modulo 2³². Four
+    blocks at a time (twelve sums in registers, so that the chain of three into the last sum does
+    not wait on itself), the rest one block at a time; two at a time where Kq is a multiple of
+    :data:`SUMS_PAIRS_KQ`. The caller keeps every operand its size."""
+    P = Np * Kq
     if Kq % SUMS_PAIRS_KQ == 0:
-        _sums2(Wq, Np * Kq, Kq, u, S, Np, 0, nb)
+        n2 = nb0 + (nb1 - nb0) // 2 * 2
+        _sums2(Wq, P, Kq, u, S, Np, nb0, n2)
+        _sums1(Wq, P, Kq, u, S, Np, n2, nb1)
         return
-    n4 = nb // 4 * 4
-    _sums4(Wq, Np * Kq, Kq, u, S, Np, 0, n4)
-    _sums1(Wq, Np * Kq, Kq, u, S, Np, n4, nb)
+    n4 = nb0 + (nb1 - nb0) // 4 * 4
+    _sums4(Wq, P, Kq, u, S, Np, nb0, n4)
+    _sums1(Wq, P, Kq, u, S, Np, n4, nb1)
 
 
 @inline
@@ -170,7 +172,7 @@ def digit_row_sums(Wv, N, K, R):
     Kq = padded64(K)
     u = np.zeros(3 * (Kq // 4), np.uint32)
     u[:Kq // 4] = 0x01010101
-    _sums(Wv.view(np.int8), padded(N), Kq, u, R)
+    _sums(Wv.view(np.int8), padded(N), Kq, u, R, 0, padded(N) // 16)
 
 
 @kernel
@@ -199,29 +201,46 @@ def _offsets(R, N):
 
 
 @inline
+def _row_digits(v, K, D, u, spread):
+    """The row v[:K]'s digits into D (3, Kq) int8 and their offset bytes (e + 128, the unsigned
+    operand of ``VPDPBUSD``) into u (3·Kq / 4 uint32); returns the row's scale, < 0 where the row
+    holds a value its digits refuse (NaN, ±Inf, or a largest magnitude outside the digits' range;
+    with ``spread`` > 0 a row of mixed scales too, :func:`~numgru.kernels.amx._digit_scale`)."""
+    sa = _digits_into(v, K, D[0], D[1], D[2], False, spread)
+    if sa >= 0:
+        Kq = D.shape[1]
+        ub = u.view(np.uint8)
+        for p in range(3):
+            for k in range(Kq):
+                ub[p * Kq + k] = np.uint8(D[p, k]) ^ np.uint8(128)
+    return sa
+
+
+@inline
+def _rows_product(Wv, C, N, Kq, u, S, sa, r0, r1, out):
+    """out[:r1 − r0] = rows r0 … r1 − 1 of W (N rows; r0 a multiple of 16, r1 too or N) times the row
+    whose offset bytes u and scale sa :func:`_row_digits` made, from W's digits Wv and the offsets C
+    of their row sums (:func:`_offsets`), by scratch S (3·Np int32): the sums of W's blocks of 16
+    rows that hold them, less the offsets (wrapped to int32: the true sums fit it), put together in
+    float32 (:func:`~numgru.kernels.amx._combine_digits`)."""
+    Np = padded(N)
+    _sums(Wv.view(np.int8), Np, Kq, u, S, r0 // 16, (r1 + 15) // 16)
+    for p in range(3):
+        for j in range(r0, r1):
+            S[p * Np + j] = np.int32(np.int64(S[p * Np + j]) - C[p, j])
+    sw = Wv[3 * Np * Kq // 2:].view(np.float32)
+    _combine_digits(S[r0:r1], S[Np + r0:Np + r1], S[2 * Np + r0:2 * Np + r1], sw[r0:r1], sa, out)
+
+
+@inline
 def _row_product(h, Wv, C, N, D, u, S, out, spread):
     """out[:N] = W @ h for one state row h (K,) from W's digits Wv and the offsets C of their row
     sums (:func:`_offsets`), by scratch D (3, Kq) int8, u (3·Kq / 4) uint32, S (3·Np) int32. False
-    where the state holds a value its digits refuse (NaN, ±Inf, or a largest magnitude outside the
-    digits' range; with ``spread`` > 0 a row of mixed scales too, :func:`~numgru.kernels.amx.
-    _digit_scale`)."""
-    K = h.shape[0]
-    Np = padded(N)
-    Kq = D.shape[1]
-    sa = _digits_into(h, K, D[0], D[1], D[2], False, spread)
+    where the row's digits are refused (:func:`_row_digits`, ``spread`` its)."""
+    sa = _row_digits(h, h.shape[0], D, u, spread)
     if sa < 0:
         return False
-    ub = u.view(np.uint8)
-    for p in range(3):
-        for k in range(Kq):
-            ub[p * Kq + k] = np.uint8(D[p, k]) ^ np.uint8(128)  # e + 128
-    _sums(Wv.view(np.int8), Np, Kq, u, S)
-    # the sums less the offsets, wrapped to int32 (the true sums fit it)
-    for p in range(3):
-        for j in range(N):
-            S[p * Np + j] = np.int32(np.int64(S[p * Np + j]) - C[p, j])
-    sw = Wv[3 * Np * Kq // 2:].view(np.float32)
-    _combine_digits(S[:N], S[Np:Np + N], S[2 * Np:2 * Np + N], sw, sa, out)
+    _rows_product(Wv, C, N, D.shape[1], u, S, sa, 0, N, out)
     return True
 
 
@@ -337,60 +356,55 @@ def gru_step_vnni(x, h, W_ih, W_hh, Vi, Vh, C, b_ih, b_hh, spread, h_out, gi, gh
 
 
 @parallel_kernel(name="gru_forward_vnni_cols")
-def gru_forward_vnni_cols(gx, Wv, C, b_hh, h0, reverse, y, col0, h_n, n_chunks):
+def gru_forward_vnni_cols(gx, W_hh, Wv, C, b_hh, h0, reverse, y, col0, h_n, n_chunks):
     """:func:`gru_forward_vnni` on Numba's threads, each step split over ``n_chunks`` blocks of hidden
     units as the float32 columns route (:func:`~numgru.kernels.forward._gru_forward_cols`, whose
     workers and their meeting between steps this follows): block c multiplies the state row by its
-    units' rows of W_hh's digits (their r, z and n rows), then runs those units' gates, so each
-    thread keeps reading its own share of the digits. H a multiple of 16 (a block of 16 rows of the
-    digits then never holds two gates' rows). C (3, 3H) int64: the digits' :func:`digit_offsets`.
-    Returns False, with y and h_n partly written, where a state holds a value the digits refuse: the
-    caller then runs the float32 kernels."""
+    units' rows of W_hh's digits (their r, z and n rows, :func:`_block_product`), then runs those
+    units' gates, so each thread keeps reading its own share of the digits. W_hh (3H, H) float32,
+    H a multiple of 16 (a block of 16 rows of the digits then never holds two gates' rows); C (3, 3H)
+    int64 the digits' :func:`digit_offsets`. A state the digits refuse (NaN from the input, say)
+    takes that step's products in float32 (NaN propagates as on the float32 route)."""
     wide_vectors()
     T = y.shape[0]
     B, H = h0.shape
     G = 3 * H
     if (B != 1 or H % 16 != 0 or gx.shape[0] != T or gx.shape[1] != 1 or gx.shape[2] != G
-            or b_hh.shape[0] != G or h_n.shape[0] != 1 or h_n.shape[1] != H or y.shape[1] != 1
-            or col0 < 0 or col0 + H > y.shape[2] or C.shape[0] != 3 or C.shape[1] != G
-            or _pieces_of(Wv, padded(G), padded(H)) != DIGITS):
+            or W_hh.shape[0] != G or W_hh.shape[1] != H or b_hh.shape[0] != G or h_n.shape[0] != 1
+            or h_n.shape[1] != H or y.shape[1] != 1 or col0 < 0 or col0 + H > y.shape[2]
+            or C.shape[0] != 3 or C.shape[1] != G or _pieces_of(Wv, padded(G), padded(H)) != DIGITS):
         raise ValueError("gru_forward_vnni_cols: shapes do not match")
     cs = (H + n_chunks - 1) // n_chunks
     cs = ((cs + 15) // 16) * 16
     nc = (H + cs - 1) // cs
     Kq = padded64(H)
-    Np = padded(G)
     h_a = h0.copy()
     h_b = np.empty_like(h0)
-    # per block: the row's digits, their offset bytes, the sums (written at the block's rows only),
-    # and the block's three products side by side
+    # per block: the row's digits, their offset bytes, the sums (written at the block's rows only);
+    # the blocks' products side by side in one row, each at its units' rows
     D = np.zeros((nc, 3, Kq), np.int8)
     u = np.zeros((nc, 3 * Kq // 4), np.uint32)
-    S = np.empty((nc, 3 * Np), np.int32)
-    acc = np.empty((nc, 1, 3 * cs), np.float32)
+    S = np.empty((nc, 3 * padded(G)), np.int32)
+    acc = np.empty((1, G), np.float32)
     # one 64-byte line each: block c's last claimed step, whether worker c has started, the blocks
-    # done over all steps, and whether a state was refused
-    sync = np.zeros(8 * (2 * nc + 2), np.int64)
+    # done over all steps
+    sync = np.zeros(8 * (2 * nc + 1), np.int64)
     for c in range(nc):
         sync[8 * c] = -1
     for w in prange(nc):
         wide_vectors()
-        _vnni_cols_worker(w, nc, cs, sync, gx, Wv, C, b_hh, h_a, h_b, D, u, S, acc, reverse, y, col0)
-    if atomic_load(sync, 16 * nc + 8) != 0:  # (a plain read here saw the zero stored above)
-        return False
+        _vnni_cols_worker(w, nc, cs, sync, gx, W_hh, Wv, C, b_hh, h_a, h_b, D, u, S, acc, reverse, y, col0)
     h_n[:] = h_a if T % 2 == 0 else h_b
-    return True
 
 
 @device
-def _vnni_cols_worker(w, nc, cs, sync, gx, Wv, C, b_hh, h_a, h_b, D, u, S, acc, reverse, y, col0):
+def _vnni_cols_worker(w, nc, cs, sync, gx, W_hh, Wv, C, b_hh, h_a, h_b, D, u, S, acc, reverse, y, col0):
     """Worker w of :func:`gru_forward_vnni_cols`: its own block of every step, and any block whose
-    worker has not started (``sync`` as :func:`~numgru.kernels.forward._cols_worker`'s, one line more:
-    a refused state, after which every worker stops at the end of the step)."""
+    worker has not started (``sync`` as :func:`~numgru.kernels.forward._cols_worker`'s)."""
     wide_vectors()
     T = gx.shape[0]
+    H = h_a.shape[1]
     done = 16 * nc
-    refused = done + 8
     atomic_add(sync, 8 * (nc + w), 1)
     for s in range(T):
         if atomic_load(sync, done) < (s + 1) * nc:
@@ -403,63 +417,20 @@ def _vnni_cols_worker(w, nc, cs, sync, gx, Wv, C, b_hh, h_a, h_b, D, u, S, acc, 
                     continue
                 if not atomic_cas(sync, 8 * c, s - 1, s):
                     continue
-                if not _vnni_cols_block(c, cs, t, gx, Wv, C, b_hh, hc, hn, D[c], u[c], S[c], acc[c], y, col0):
-                    atomic_add(sync, refused, 1)
+                j0 = c * cs
+                m = min(cs, H - j0)
+                _block_product(hc, W_hh, Wv, C, D[c], u[c], S[c], acc, np.float32(0.0), j0, m, H)
+                a = acc[0]
+                _chunk_after(gx[t, 0], a[j0:j0 + m], a[H + j0:H + j0 + m], a[2 * H + j0:2 * H + j0 + m],
+                             b_hh, hc[0], hn[0], j0, m, H, 0, np.float32(0.0), np.float32(0.0), False,
+                             np.float32(0.0))
+                ys = y[t, 0, col0 + j0:col0 + j0 + m]
+                hs = hn[0, j0:j0 + m]
+                for j in range(m):
+                    ys[j] = hs[j]
                 atomic_add(sync, done, 1)
             while atomic_load(sync, done) < (s + 1) * nc:
                 spin_pause()
-        if atomic_load(sync, refused) != 0:
-            return
-
-
-@inline
-def _vnni_cols_block(c, cs, t, gx, Wv, C, b_hh, hc, hn, D, u, S, a, y, col0):
-    """Block c of step t in :func:`gru_forward_vnni_cols`: the state row's digits, its units' three
-    products from their rows of W_hh's digits, then their gates. False where the state is refused."""
-    H = hc.shape[1]
-    G = 3 * H
-    Np = padded(G)
-    Kq = padded64(H)
-    j0 = c * cs
-    m = min(cs, H - j0)
-    sa = _digits_into(hc[0], H, D[0], D[1], D[2], False, np.float32(0.0))
-    if sa < 0:
-        return False
-    ub = u.view(np.uint8)
-    for p in range(3):
-        for k in range(Kq):
-            ub[p * Kq + k] = np.uint8(D[p, k]) ^ np.uint8(128)
-    Wq = Wv.view(np.int8)
-    sw = Wv[3 * Np * Kq // 2:].view(np.float32)
-    a0 = a[0]
-    for g in range(3):
-        r0 = g * H + j0
-        _block_sums(Wq, Np, Kq, u, S, r0 // 16, (r0 + m) // 16)
-        for p in range(3):
-            for j in range(r0, r0 + m):
-                S[p * Np + j] = np.int32(np.int64(S[p * Np + j]) - C[p, j])
-        _combine_digits(S[r0:r0 + m], S[Np + r0:Np + r0 + m], S[2 * Np + r0:2 * Np + r0 + m],
-                        sw[r0:r0 + m], sa, a0[g * cs:g * cs + m])
-    _chunk_after(gx[t, 0], a0[:cs], a0[cs:2 * cs], a0[2 * cs:], b_hh, hc[0], hn[0], j0, m, H, 0,
-                 np.float32(0.0), np.float32(0.0), False, np.float32(0.0))
-    ys = y[t, 0, col0 + j0:col0 + j0 + m]
-    hs = hn[0, j0:j0 + m]
-    for j in range(m):
-        ys[j] = hs[j]
-    return True
-
-
-@inline
-def _block_sums(Wq, Np, Kq, u, S, nb0, nb1):
-    """:func:`_sums` for W's blocks of 16 rows nb0 … nb1 − 1 only."""
-    if Kq % SUMS_PAIRS_KQ == 0:
-        n2 = nb0 + (nb1 - nb0) // 2 * 2
-        _sums2(Wq, Np * Kq, Kq, u, S, Np, nb0, n2)
-        _sums1(Wq, Np * Kq, Kq, u, S, Np, n2, nb1)
-        return
-    n4 = nb0 + (nb1 - nb0) // 4 * 4
-    _sums4(Wq, Np * Kq, Kq, u, S, Np, nb0, n4)
-    _sums1(Wq, Np * Kq, Kq, u, S, Np, n4, nb1)
 
 
 @parallel_kernel(name="gru_step_vnni_cols")
@@ -517,32 +488,14 @@ def gru_step_vnni_cols(x, h, W_ih, W_hh, Vi, Vh, C, b_ih, b_hh, spread, h_out, g
 
 @inline
 def _block_product(v, W, Wv, C, D, u, S, out, spread, j0, m, H):
-    """out[0, g·H + j0 … + m] = v[0] @ W[g·H + j0 … + m].T for the three gates g: by W's digits Wv
-    (offsets C) where there are some and v's row is not refused, else in float32."""
-    N = W.shape[0]
-    Np = padded(N)
-    K = v.shape[1]
-    Kq = D.shape[1]
-    sa = np.float32(-1.0)
-    if Wv.shape[0] > 0:
-        sa = _digits_into(v[0], K, D[0], D[1], D[2], False, spread)
-    if sa < 0:
-        for g in range(3):
-            r0 = g * H + j0
-            dot_rows(v, W[r0:r0 + m], out[:, r0:r0 + m], 1)
-        return
-    ub = u.view(np.uint8)
-    for p in range(3):
-        for k in range(Kq):
-            ub[p * Kq + k] = np.uint8(D[p, k]) ^ np.uint8(128)
-    Wq = Wv.view(np.int8)
-    sw = Wv[3 * Np * Kq // 2:].view(np.float32)
-    o = out[0]
+    """out[0, g·H + j0 … + m] = v[0] @ W[g·H + j0 … + m].T for the three gates g (W (3H, K), H a
+    multiple of 16): by W's digits Wv (offsets C; scratch D, u, S as :func:`_row_product`'s) where
+    there are some and v's row is not refused (:func:`_row_digits`, ``spread`` its), else in
+    float32."""
+    sa = _row_digits(v[0], v.shape[1], D, u, spread) if Wv.shape[0] > 0 else np.float32(-1.0)
     for g in range(3):
         r0 = g * H + j0
-        _block_sums(Wq, Np, Kq, u, S, r0 // 16, (r0 + m) // 16)
-        for p in range(3):
-            for j in range(r0, r0 + m):
-                S[p * Np + j] = np.int32(np.int64(S[p * Np + j]) - C[p, j])
-        _combine_digits(S[r0:r0 + m], S[Np + r0:Np + r0 + m], S[2 * Np + r0:2 * Np + r0 + m],
-                        sw[r0:r0 + m], sa, o[r0:r0 + m])
+        if sa < 0:
+            dot_rows(v, W[r0:r0 + m], out[:, r0:r0 + m], 1)
+        else:
+            _rows_product(Wv, C, 3 * H, D.shape[1], u, S, sa, r0, r0 + m, out[0, r0:r0 + m])
