@@ -292,6 +292,24 @@ def step_work_size(I, H):
 
 
 @inline
+def _step_scratch(work, I, H):
+    """``(Di, ui, Dh, uh, S)``: views of ``work`` (:func:`step_work_size` int32) as the two rows'
+    digits and offset bytes (x's, Kq = I rounded up to 64, and h's) and the sums, as
+    :func:`_row_product` takes them."""
+    Kqi = padded64(I)
+    Kqh = padded64(H)
+    Di = work[:3 * Kqi // 4].view(np.int8).reshape((3, Kqi))
+    a = 3 * Kqi // 4
+    ui = work[a:a + 3 * Kqi // 4].view(np.uint32)
+    a += 3 * Kqi // 4
+    Dh = work[a:a + 3 * Kqh // 4].view(np.int8).reshape((3, Kqh))
+    a += 3 * Kqh // 4
+    uh = work[a:a + 3 * Kqh // 4].view(np.uint32)
+    a += 3 * Kqh // 4
+    return Di, ui, Dh, uh, work[a:a + 3 * padded(3 * H)]
+
+
+@inline
 def _step_product(v, W, Wv, C, N, D, u, S, out, spread):
     """out[0, :N] = v[0] @ W.T: by W's digits Wv where there are some (not empty) and the row's
     digits are not refused, else in float32 (:func:`~numgru.kernels.dotblock.dot_rows`)."""
@@ -311,19 +329,17 @@ def gru_step_vnni(x, h, W_ih, W_hh, Vi, Vh, C, b_ih, b_hh, spread, h_out, gi, gh
     int64 their :func:`digit_offsets` (Vi's first; either unread where its digits are empty);
     b_ih, b_hh (3H,); ``spread``: x's digits refuse a row of mixed scales past it
     (:func:`~numgru.kernels.amx._digit_scale`; 0: none); h_out (1, H) out (must not alias h);
-    gi, gh (1, 3H) workspace and ``work`` (:func:`step_work_size` int32) scratch, the caller must not
-    read them (or gi of no rows and an empty work: the kernel allocates its own, as ``gru_step``). A row the digits
-    refuse (NaN, ±Inf, beyond their range) takes its product in float32, so NaN propagates as on
-    the float32 step. ``backwards``: W_hh's product before W_ih's (the caller passes it every other
-    step, so that a step starts on the weights the step before read last, still in L2: a stream
-    step at H = I = 256 1.5 µs shorter than in one order). The caller
-    checks :func:`vnni_ready`."""
+    gi, gh (1, 3H) workspace and ``work`` (:func:`step_work_size` int32) scratch, the caller must
+    not read them (or gi of no rows and an empty work: the kernel allocates its own, as
+    ``gru_step``). A row the digits refuse (NaN, ±Inf, beyond their range) takes its product in
+    float32, so NaN propagates as on the float32 step. ``backwards``: W_hh's product before W_ih's
+    (the caller passes it every other step, so that a step starts on the weights the step before
+    read last, still in L2: a stream step at H = I = 256 1.5 µs shorter than in one order). The
+    caller checks :func:`vnni_ready`."""
     wide_vectors()
     I = x.shape[1]
     H = h.shape[1]
     G = 3 * H
-    Kqi = padded64(I)
-    Kqh = padded64(H)
     if gi.shape[0] < 1:
         gi = np.empty((1, G), np.float32)
         gh = np.empty((1, G), np.float32)
@@ -338,15 +354,7 @@ def gru_step_vnni(x, h, W_ih, W_hh, Vi, Vh, C, b_ih, b_hh, spread, h_out, gi, gh
     if (Vi.shape[0] > 0 and _pieces_of(Vi, padded(G), padded(I)) != DIGITS
             or Vh.shape[0] > 0 and _pieces_of(Vh, padded(G), padded(H)) != DIGITS):
         raise ValueError("gru_step_vnni: the digits do not match the weights")
-    Di = work[:3 * Kqi // 4].view(np.int8).reshape((3, Kqi))
-    a = 3 * Kqi // 4
-    ui = work[a:a + 3 * Kqi // 4].view(np.uint32)
-    a += 3 * Kqi // 4
-    Dh = work[a:a + 3 * Kqh // 4].view(np.int8).reshape((3, Kqh))
-    a += 3 * Kqh // 4
-    uh = work[a:a + 3 * Kqh // 4].view(np.uint32)
-    a += 3 * Kqh // 4
-    S = work[a:a + 3 * padded(G)]
+    Di, ui, Dh, uh, S = _step_scratch(work, I, H)
     for q in range(2):
         if (q == 0) != backwards:
             _step_product(x, W_ih, Vi, C[0], G, Di, ui, S, gi, spread)
@@ -461,18 +469,7 @@ def gru_step_vnni_cols(x, h, W_ih, W_hh, Vi, Vh, C, b_ih, b_hh, spread, h_out, g
         wide_vectors()
         j0 = c * cs
         m = min(cs, H - j0)
-        Kqi = padded64(I)
-        Kqh = padded64(H)
-        wc = work[c]
-        Di = wc[:3 * Kqi // 4].view(np.int8).reshape((3, Kqi))
-        a = 3 * Kqi // 4
-        ui = wc[a:a + 3 * Kqi // 4].view(np.uint32)
-        a += 3 * Kqi // 4
-        Dh = wc[a:a + 3 * Kqh // 4].view(np.int8).reshape((3, Kqh))
-        a += 3 * Kqh // 4
-        uh = wc[a:a + 3 * Kqh // 4].view(np.uint32)
-        a += 3 * Kqh // 4
-        S = wc[a:a + 3 * padded(G)]
+        Di, ui, Dh, uh, S = _step_scratch(work[c], I, H)
         _block_product(x, W_ih, Vi, C[0], Di, ui, S, gi, spread, j0, m, H)
         _block_product(h, W_hh, Vh, C[1], Dh, uh, S, gh, np.float32(0.0), j0, m, H)
         g0 = gi[0]
