@@ -180,6 +180,7 @@ def digit_offsets(R, N):
     """(3, N) int64: what a row's offset of 128 adds to each of the three sums of every row of W
     (N rows; :func:`_offsets` of W's :func:`digit_row_sums` R), for a caller that keeps W's digits
     and multiplies by them step after step (:func:`gru_step_vnni`)."""
+    wide_vectors()
     if R.shape[0] != 3 * padded(N):
         raise ValueError("vnni: shapes do not match")
     return _offsets(R, N)
@@ -363,7 +364,7 @@ def gru_step_vnni(x, h, W_ih, W_hh, Vi, Vh, C, b_ih, b_hh, spread, h_out, gi, gh
     step_gates_after(gi, gh, b_ih, b_hh, h, h_out, 1)
 
 
-@parallel_kernel(name="gru_forward_vnni_cols")
+@parallel_kernel
 def gru_forward_vnni_cols(gx, W_hh, Wv, C, b_hh, h0, reverse, y, col0, h_n, n_chunks):
     """:func:`gru_forward_vnni` on Numba's threads, each step split over ``n_chunks`` blocks of hidden
     units as the float32 columns route (:func:`~numgru.kernels.forward._gru_forward_cols`, whose
@@ -441,7 +442,7 @@ def _vnni_cols_worker(w, nc, cs, sync, gx, W_hh, Wv, C, b_hh, h_a, h_b, D, u, S,
                 spin_pause()
 
 
-@parallel_kernel(name="gru_step_vnni_cols")
+@parallel_kernel
 def gru_step_vnni_cols(x, h, W_ih, W_hh, Vi, Vh, C, b_ih, b_hh, spread, h_out, gi, gh, work):
     """:func:`gru_step_vnni` split over blocks of hidden units on Numba's threads, as
     :func:`~numgru.kernels.step.gru_step_cols` splits the float32 step: block c multiplies x and h by
