@@ -17,14 +17,14 @@ import numpy as np
 from ._validation import (as_lengths, as_real_array, check_bool, check_dtype, check_float,
                           check_int, untorch)
 from .kernels.activations import GATE_HARD_SIGMOID, GATE_SIGMOID
-from .kernels.dispatch import (FrozenPieces, aligned, amx_recurrence_wanted, batch_order, empty_array,
-                               forward_route, gate_scalars, gru_direction_backward, gru_direction_forward,
-                               input_gradient, input_projection, matmul_order, no_step_panels, packed_step,
-                               run_serial_direction, run_step, serial_direction_plan, serial_forward,
-                               serial_tiled_max, step_columns, step_columns_workspace, thread_count,
-                               valid_steps, vnni_step_inputs, vnni_step_wanted, weight_gradient,
-                               weight_gradient_pair, workspace, AMX_DIGITS_SPREAD, run_step_digits,
-                               step_digits_columns_work)
+from .kernels.dispatch import (AMX_DIGITS_SPREAD, FrozenPieces, aligned, amx_recurrence_wanted, batch_order,
+                               empty_array, forward_route, gate_scalars, gru_direction_backward,
+                               gru_direction_forward, input_gradient, input_projection, matmul_order,
+                               no_step_panels, packed_step, run_serial_direction, run_step, run_step_digits,
+                               serial_direction_plan, serial_forward, serial_tiled_max, step_columns,
+                               step_columns_workspace, step_digits_columns_work, thread_count, valid_steps,
+                               vnni_step_inputs, vnni_step_wanted, weight_gradient, weight_gradient_pair,
+                               workspace)
 from .kernels._jit import ARRAY_KIND, C_CONTIGUOUS, planned_call
 from .kernels.bf16 import from_bfloat16, to_bfloat16
 from .kernels.step import gru_step, step_panels
