@@ -310,7 +310,7 @@ def _step_scratch(work, I, H):
     return Di, ui, Dh, uh, work[a:a + 3 * padded(3 * H)]
 
 
-@inline
+@device
 def _step_product(v, W, Wv, C, N, D, u, S, out, spread):
     """out[0, :N] = v[0] @ W.T: by W's digits Wv where there are some (not empty) and the row's
     digits are not refused, else in float32 (:func:`~numgru.kernels.dotblock.dot_rows`)."""
