@@ -484,7 +484,7 @@ def gru_step_vnni_cols(x, h, W_ih, W_hh, Vi, Vh, C, b_ih, b_hh, spread, h_out, g
                      h_out[0], j0, m, H, 0, np.float32(0.0), np.float32(0.0), False, np.float32(0.0))
 
 
-@inline
+@device
 def _block_product(v, W, Wv, C, D, u, S, out, spread, j0, m, H):
     """out[0, g·H + j0 … + m] = v[0] @ W[g·H + j0 … + m].T for the three gates g (W (3H, K), H a
     multiple of 16): by W's digits Wv (offsets C; scratch D, u, S as :func:`_row_product`'s) where
