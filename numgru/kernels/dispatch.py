@@ -542,11 +542,18 @@ def step_columns(B, H, reset_after, threads, itemsize=4):
     return B > 1 or 6 * H * H * itemsize <= STEP_COLS_B1_BYTES * threads
 
 
-def step_columns_workspace(B, H, threads, dtype):
-    """The ``acc`` workspace of :func:`~numgru.kernels.step.gru_step_cols`: (nc, 3, B, cs), one block of
-    cs units per thread, cs a multiple of 16 (nc·cs ≥ H)."""
+def _column_blocks(H, threads):
+    """``(nc, cs)``: a step split over hidden units in nc blocks of cs units, one a thread, cs a
+    multiple of 16 (nc·cs ≥ H)."""
     cs = ((-(-H // threads) + 15) // 16) * 16
-    return np.empty((-(-H // cs), 3, B, cs), dtype)
+    return -(-H // cs), cs
+
+
+def step_columns_workspace(B, H, threads, dtype):
+    """The ``acc`` workspace of :func:`~numgru.kernels.step.gru_step_cols`: (nc, 3, B, cs) for
+    :func:`_column_blocks`' nc blocks of cs units."""
+    nc, cs = _column_blocks(H, threads)
+    return np.empty((nc, 3, B, cs), dtype)
 
 
 def run_step(x, h, weights, scalars, h_out, gi, gh, acc, tiled_max, backwards=False):
@@ -586,10 +593,8 @@ def run_step_digits(x, h, digits, h_out, gi, gh, work, cols_work, backwards=Fals
 
 def step_digits_columns_work(I, H, threads):
     """:func:`~numgru.kernels.vnni.gru_step_vnni_cols`' scratch for ``threads`` threads: one row of
-    :func:`~numgru.kernels.vnni.step_work_size` int32 a block, as many blocks of a multiple of 16
-    units as cover H."""
-    cs = -(-(-(-H // threads)) // 16) * 16
-    return np.zeros((-(-H // cs), step_work_size.py_func(I, H)), np.int32)
+    :func:`~numgru.kernels.vnni.step_work_size` int32 for each of :func:`_column_blocks`' blocks."""
+    return np.zeros((_column_blocks(H, threads)[0], step_work_size.py_func(I, H)), np.int32)
 
 
 @functools.lru_cache(maxsize=16)
