@@ -139,7 +139,7 @@ def test_rows_equal_single_thread_route(spy, rng):
     (4, 256, True, False, "columns"),
     (2, 256, True, False, "columns"),    # B ≥ 2 with H ≥ 256, below B·H = 1024
     (4, 128, True, False, None),         # B·H = 512 at H = 128: too little work per step
-    (1, 512, True, False, None),         # W_hh beyond L2, one thread's share not in its L2
+    (1, 512, True, False, "columns"),    # W_hh beyond L2: still ahead of BLAS-threaded steps
     (1, 256, True, False, "columns"),    # one row, 768 KB of W_hh: half in each core's L2
     (1, 192, True, False, None),         # one row, 432 KB of W_hh: serial
     (4, 256, False, False, None),        # columns: reset_after only
@@ -186,7 +186,7 @@ def test_many_rows_routes_equal_one_thread(monkeypatch, rng, H, reset_after):
 
 @pytest.mark.parametrize("H, itemsize, want", [
     (384, 4, "columns"),                 # 1.7 MB of W_hh: beyond one L2, 0.85 MB per thread
-    (512, 4, None),                      # 3 MB: 1.5 MB per thread
+    (512, 4, "columns"),                 # 3 MB: 1.5 MB per thread, float32 still ahead
     (256, 4, "columns"),                 # 768 KB: halves on two cores run faster
     (192, 4, None),                      # 432 KB: serial
     (256, 2, None),                      # bfloat16, 384 KB: serial
@@ -199,6 +199,20 @@ def test_columns_at_one_row_by_bytes(two_threads, monkeypatch, H, itemsize, want
     monkeypatch.setattr(dispatch, "WIDE_BLAS", False)
     assert dispatch.forward_route(1, H, True, False, itemsize=itemsize) == want
     assert dispatch.forward_route(1, H, False, False, itemsize=itemsize) is None  # reset_after only
+
+
+@pytest.mark.parametrize("H, T, wide, want, want_bf16", [
+    (512, 2, False, "columns", "columns"),  # beyond the L2s: float32 columns from two steps
+    (896, 128, False, "columns", None),     # (bfloat16 keeps its window: 4.8 MB)
+    (512, 1, False, None, "columns"),       # one step: the serial kernel
+    (256, 1, False, "columns", None),       # (within the L2s the rule has no step count)
+    (512, 128, True, None, "columns"),      # BLAS's vectors wider: its GEMV, as measured there
+    (384, 128, True, "columns", "columns"),
+])
+def test_columns_at_one_row_beyond_the_l2s(two_threads, monkeypatch, H, T, wide, want, want_bf16):
+    monkeypatch.setattr(dispatch, "WIDE_BLAS", wide)
+    assert dispatch.forward_route(1, H, True, False, T) == want
+    assert dispatch.forward_route(1, H, True, False, T, itemsize=2) == want_bf16
 
 
 @pytest.mark.parametrize("threads, B, H, want", [

@@ -383,7 +383,9 @@ def test_the_rule():
     cols = dispatch.vnni_columns_wanted
     cok = dict(dtype=np.float32, reset_after=True, gate_kind=0, use_clip=False)
     assert cols(T=128, B=1, H=1024, threads=2, **cok) is want
-    assert cols(T=1, B=1, H=512, threads=2, kept=True, **cok) is want
+    assert cols(T=1, B=1, H=768, threads=2, kept=True, **cok) is want
+    assert not cols(T=1, B=1, H=752, threads=2, kept=True, **cok)  # (the float32 route kept up)
+    assert not cols(T=512, B=1, H=1008, threads=2, **cok)  # (packed each call: from 1024)
     assert not cols(T=127, B=1, H=1024, threads=2, **cok)
     assert not cols(T=128, B=1, H=1024, threads=1, **cok)
     assert not cols(T=128, B=1, H=1000, threads=2, **cok)  # (not a multiple of 16)

@@ -75,6 +75,7 @@ ROWS_MAX_STREAM_ROWS = 8
 ROWS_MAX_STREAMED = 1 << 23
 COLS_STATE = (1024, 16384)
 COLS_B1_BYTES = (1 << 19, 1 << 20)
+COLS_B1_BEYOND_L2_MIN_STEPS = 2
 PACK_BELOW = 0.9
 STEP_COLS_MIN_H = 192
 STEP_COLS_MAX_ROWS = 16
@@ -146,7 +147,8 @@ VNNI_STEP_MIN_INPUTS = 192
 VNNI_STEP_COLUMNS_MIN_HIDDEN = 512
 #: the one-row columns route on W_hh's VNNI digits (vnni_columns_wanted): the least hidden size, the
 #: fewest steps, and the fewest where the model keeps the digits
-VNNI_COLUMNS_MIN_HIDDEN = 512
+VNNI_COLUMNS_MIN_HIDDEN = 1024
+VNNI_COLUMNS_MIN_HIDDEN_KEPT = 768
 VNNI_COLUMNS_MIN_STEPS = 128
 VNNI_COLUMNS_MIN_STEPS_KEPT = 1
 #: the one-row forward with its input projection fused into the steps (fused_recurrence_wanted): the
@@ -344,7 +346,14 @@ def forward_route(B, H, reset_after, store, T=None, itemsize=4):
         units. reset_after=True, H ≥ 128 and lo ≤ B·H ≤ hi for ``COLS_STATE`` = (lo, hi), or
         B ≥ 2 with H ≥ 256 and B·H ≤ hi, or B = 1 when W_hh takes more than lo bytes but at most hi
         bytes per thread for ``COLS_B1_BYTES`` = (lo, hi): each thread's slice then stays in its core's
-        L2. Measured on 2 threads (T = 128, reset_after): float32 H = 384 (1.7 MB) 3.64 against
+        L2; beyond hi too for float32 W_hh from ``COLS_B1_BEYOND_L2_MIN_STEPS`` steps where BLAS's
+        vectors are no wider than Numba's (not :data:`WIDE_BLAS`). On the 2-vCPU AMD EPYC (Zen 4, two
+        threads, T = 128 / 32, frozen, one route per process, three rounds alternating, ms) against
+        BLAS-threaded steps: H = 512 3.56–4.26 / 0.85–0.90 against 3.84–4.52 / 1.00–1.26; H = 768
+        8.03–8.44 / 2.06–2.16 against 8.48–9.92 / 2.53–2.59; H = 896 11.2–11.9 / 3.02–3.05 against
+        12.5–13.3 / 3.44–3.97 (W_hh's digits, where :func:`vnni_columns_wanted`, 3.38–4.19 / 0.85–0.87,
+        7.59–7.96 / 1.87–2.05, 10.2–10.3 / 2.51–2.64); one step lost (H = 512 0.075–0.082 against
+        0.057–0.062), two drew (0.095–0.103 against 0.098–0.101). Measured on 2 threads (T = 128, reset_after): float32 H = 384 (1.7 MB) 3.64 against
         5.07 ms for BLAS-threaded steps; bfloat16 H = 384 / 512 2.90 / 4.50 against 3.79 / 5.11 ms on
         one thread's bfloat16 steps; at 3 MB and more per thread (float32 H = 512, bfloat16 H = 768)
         it drew (within 3 %). Since its workers meet between steps inside one parallel region (a
@@ -442,8 +451,11 @@ def forward_route(B, H, reset_after, store, T=None, itemsize=4):
     if reset_after and H >= 128 and (lo <= B * H or B >= 2 and H >= 256) and B * H <= hi:
         return "columns"
     b1_lo, b1_hi = COLS_B1_BYTES
-    if reset_after and B == 1 and b1_lo < weights * itemsize <= threads * b1_hi:
-        return "columns"
+    if reset_after and B == 1 and b1_lo < weights * itemsize:
+        if weights * itemsize <= threads * b1_hi:
+            return "columns"
+        if not WIDE_BLAS and itemsize >= 4 and (T is None or T >= COLS_B1_BEYOND_L2_MIN_STEPS):
+            return "columns"  # float32 beyond the L2s, where BLAS's GEMV is no wider than Numba's
     return None
 
 
@@ -967,17 +979,22 @@ def vnni_columns_wanted(T, B, H, threads, dtype, reset_after, gate_kind, use_cli
     ``threads`` threads (:func:`forward_route`) multiplies each step's state by W_hh's integer digits
     (:func:`~numgru.kernels.vnni.gru_forward_vnni_cols`, each thread its units' rows; packed on every
     call unless the model keeps them, ``kept``): one row, float32, reset_after with sigmoid gates and
-    no clip, H a multiple of 16 from ``VNNI_COLUMNS_MIN_HIDDEN`` (W_hh beyond the threads' L2s), at
-    least ``VNNI_COLUMNS_MIN_STEPS`` steps (``VNNI_COLUMNS_MIN_STEPS_KEPT`` with ``kept``), where the
-    CPU has VNNI. Zen 4, two threads, B = 1, the recurrence alone (µs a step, the digits' against
+    no clip, H a multiple of 16 from ``VNNI_COLUMNS_MIN_HIDDEN`` (``VNNI_COLUMNS_MIN_HIDDEN_KEPT`` with
+    ``kept``; W_hh beyond the threads' L2s), at least ``VNNI_COLUMNS_MIN_STEPS`` steps
+    (``VNNI_COLUMNS_MIN_STEPS_KEPT`` with ``kept``), where the CPU has VNNI. Zen 4, two threads, B = 1, the recurrence alone (µs a step, the digits' against
     the float32 columns route's, 11 rounds): H = 512 / 768 / 1024 18 / 43 / 68 against 21 / 52 / 91
     (1.09–1.26× / 1.08–1.41× / 1.25–1.36×); whole forwards, one process taking turns with the
     float32 route: frozen H = 1024, T = 8 / 32 / 128 0.95–1.32× / 0.99–1.45× / 1.09–1.24×, H = 2048,
     T = 32 1.38–1.69×; plain (the digits packed on the threads each call) H = 1024, T = 64 / 128 /
-    512 0.94–1.19× / 0.94–1.11× / 1.04–1.24×. On Zen 4 the columns route takes one row from H = 1024
-    (:func:`forward_route`); below, two threads run the serial kernel."""
+    512 0.94–1.19× / 0.94–1.11× / 1.04–1.24×. Below H = 1024, where the columns route takes one row
+    on Zen 4 too (:func:`forward_route`), the float32 route kept up (two runs of nine
+    rounds, ratios of the float32 route's time to the digits'): frozen H = 512, T = 8 / 32 0.92–0.94 /
+    0.93–0.95; H = 768, T = 32 / 128 1.03–1.04 / 1.03–1.06; H = 896, T = 32 1.06–1.08; plain (packed
+    each call) H = 512 / 768 / 896, T = 128 0.80–0.95 / 0.89–1.03 / 0.92–1.07, T = 512 H = 512 / 768
+    0.94–0.97 / 1.01–1.02."""
+    least = VNNI_COLUMNS_MIN_HIDDEN_KEPT if kept else VNNI_COLUMNS_MIN_HIDDEN
     return (B == 1 and threads > 1 and dtype == np.float32 and reset_after and gate_kind == 0
-            and not use_clip and H % 16 == 0 and VNNI_COLUMNS_MIN_HIDDEN <= H <= DIGIT_MAX_K
+            and not use_clip and H % 16 == 0 and least <= H <= DIGIT_MAX_K
             and T >= (VNNI_COLUMNS_MIN_STEPS_KEPT if kept else VNNI_COLUMNS_MIN_STEPS) and vnni_ready())
 
 
