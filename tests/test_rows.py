@@ -184,6 +184,32 @@ def test_many_rows_routes_equal_one_thread(monkeypatch, rng, H, reset_after):
     np.testing.assert_allclose(h2, h1, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("reset_after, padded", [(True, False), (False, True)])
+def test_rows_share_one_packing_of_a_large_w_hh(monkeypatch, spy, rng, reset_after, padded):
+    # W_hh past ROWS_SHARED_PANELS_BYTES (3·448² float32, 2.4 MB) is packed once for both chunks of
+    # 8 rows, 16 steps: against the reference, and against one thread (each step on its own panels)
+    monkeypatch.setattr(dispatch, "WIDE_BLAS", False)
+    T, B, H = 16, 16, 448
+    g, p = _model(8, H, 1, False, np.float32, reset_after=reset_after)
+    x = rng.standard_normal((T, B, 8)).astype(np.float32)
+    lengths = _lengths(rng, B, T) if padded else np.full(B, T)
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(2)
+        assert dispatch.forward_route(B, H, reset_after, False, T) == "rows"
+        y2, h2 = g(x, lengths=lengths)
+        assert spy["fwd"] == 1
+        numba.set_num_threads(1)
+        y1, h1 = g(x, lengths=lengths)
+    finally:
+        numba.set_num_threads(before)
+    ry, rh = ref_gru(x, p, 1, H, lengths=lengths, reset_after=reset_after)
+    np.testing.assert_allclose(y2, ry, **TOL[np.float32])
+    np.testing.assert_allclose(h2, rh, **TOL[np.float32])
+    np.testing.assert_allclose(y2, y1, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(h2, h1, atol=1e-6, rtol=0)
+
+
 @pytest.mark.parametrize("H, itemsize, want", [
     (384, 4, "columns"),                 # 1.7 MB of W_hh: beyond one L2, 0.85 MB per thread
     (512, 4, "columns"),                 # 3 MB: 1.5 MB per thread, float32 still ahead

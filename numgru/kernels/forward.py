@@ -448,6 +448,8 @@ PANEL_NARROW_K = 128
 PANEL_MIN_ROW_STEPS_NARROW = 32
 #: float weights, one row: the steps that repay it, (most K, fewest steps) (use_panels takes K ≤ 256)
 PANEL_ONE_ROW_MIN_T = ((64, 16), (128, 32), (192, 96), (256, 128))
+#: W_hh bytes beyond which the rows route packs its panels once for all chunks (:func:`_gru_forward_rows`)
+ROWS_SHARED_PANELS_BYTES = 1 << 21
 PANEL_MAX_VALUES = 1 << 22  # largest weight matrix packed (16 MB in float32: H = 1024 is 3·2²⁰ values)
 
 
@@ -944,11 +946,22 @@ def _gru_forward_rows(gx, W_hh, packed, b_hh, h0, lengths, sorted_desc, reverse,
     register-blocked kernels), so BLAS's threaded GEMM is never entered from several threads at once.
     A chunk whose lengths are non-increasing skips its finished rows' matmul work even when the whole
     batch is not sorted (see :func:`~numgru.kernels.dispatch.rows_order`). ``packed`` as there: the
-    chunks share it (else each packs W_hh for itself).
+    chunks share it; without it each chunk packs W_hh for itself where its rows and the steps repay
+    it (:func:`wants_panels`), in its own core's cache, unless W_hh holds more than
+    :data:`ROWS_SHARED_PANELS_BYTES`: then it is packed here once for all chunks, whose copies had
+    crowded each other out of L3. 2-vCPU AMD EPYC (Zen 4), two threads, the plain model, against
+    a copy per chunk, alternating processes, five rounds, ms: B = 16, H = 1024, T = 32 / 128
+    34.8–37.6 / 129–133 against 37.6–41.0 / 139–149; T = 64, B = 8, H = 1024 34.4–36.0 against
+    38.8–45.0; T = 32, B = 16, H = 768 18.8–19.8 against 19.3–20.2, H = 512 level; but H = 256
+    2.19–2.24 against 2.13–2.16 (768 KB: each core packs its copy into its own L2 at the same time).
     """
     wide_vectors()
     B = gx.shape[1]
     cs, nc = row_chunks(B, n_threads)
+    Wp_a, Wp_b = packed
+    if Wp_a.shape[0] == 0 and nc > 1 and W_hh.size * W_hh.itemsize > ROWS_SHARED_PANELS_BYTES:
+        Wp_a, Wp_b = own_panels(W_hh, reset_after, cs, gx.shape[0], np.int64(-1))
+    shared = (Wp_a, Wp_b)
     for c in prange(nc):
         wide_vectors()
         b0 = c * cs
@@ -960,7 +973,7 @@ def _gru_forward_rows(gx, W_hh, packed, b_hh, h0, lengths, sorted_desc, reverse,
                 if lengths[b] > lengths[b - 1]:
                     chunk_sorted = False
         # np.int64(-1), not a constant's literal type (:func:`~numgru.kernels._jit.kernel`)
-        gru_forward_serial(gx, W_hh, packed, b_hh, h0, lengths, chunk_sorted, reverse, reset_after,
+        gru_forward_serial(gx, W_hh, shared, b_hh, h0, lengths, chunk_sorted, reverse, reset_after,
                            gate_kind, alpha, beta, use_clip, clip, y, col0, h_n, store, tape, np.int64(-1),
                            b0, b1)
 
