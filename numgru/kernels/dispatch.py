@@ -1030,12 +1030,20 @@ def vnni_step_inputs(I):
     return VNNI_STEP_MIN_INPUTS <= I <= DIGIT_MAX_K
 
 
-def fused_recurrence_wanted(T, B, H, threads, dtype, reset_after, gate_kind, use_clip, packed=False):
+def fused_recurrence_wanted(T, B, H, dtype, reset_after, gate_kind, use_clip, packed=False):
     """Whether a serial inference forward of T steps over B rows runs its input projection inside
     the steps (:func:`~numgru.kernels.fused.gru_forward_fused`, W_ih and W_hh packed on every call
-    unless the model keeps them: ``packed``): one row, one thread, float32 weights, reset_after with
+    unless the model keeps them: ``packed``): one row, float32 weights, reset_after with
     sigmoid gates and no clip, ``FUSED_MIN_HIDDEN`` ≤ H ≤ ``FUSED_MAX_HIDDEN``, and at least
-    ``FUSED_MIN_STEPS`` steps for H (``FUSED_MIN_STEPS_PACKED`` with ``packed``). Measured on Zen 4
+    ``FUSED_MIN_STEPS`` steps for H (``FUSED_MIN_STEPS_PACKED`` with ``packed``). On any number of
+    threads: where several threads' forward leaves one row to the serial kernels
+    (:func:`forward_route`; on Zen 4 up to H = 192, and single steps), the fused kernel on one of
+    them beat the serial kernels with BLAS threading their products (two threads, one process
+    taking turns, 11 rounds, µs, fused against serial): plain H = 64, T = 32 / 128 / 512 35 / 113 /
+    428 against 41 / 129 / 447; H = 128, T = 32 / 128 101 / 345 against 126 / 382; H = 192, T = 128
+    745 against 774; frozen H = 64, T = 32 33 against 39, H = 128 / 192, T = 128 334 / 720 against
+    401 / 769; with BLAS on one thread, plain H = 64, T = 16 21 against 25, H = 192, T = 64 392
+    against 472, but H = 128, T = 16 60 against 58. Measured on Zen 4
     (one thread, BLAS pinned to one, I = H, whole forwards, packing included, against the routes before
     it: the panels up to H = 384, W_hh's VNNI digits beyond), by T = 8 / 16 / 32 / 64 / 128 / 512: H =
     64 1.43× / 1.36× / 1.25× / 1.19× / 1.17× / 1.14×; H = 128 0.95× / 1.05× / 1.20× / 1.22× / 1.20× /
@@ -1057,7 +1065,7 @@ def fused_recurrence_wanted(T, B, H, threads, dtype, reset_after, gate_kind, use
     (H = 768 noisy, 0.98–1.31×), T = 16–48 1.02–1.13×. Hence from one step up to H = 128 and from 16
     beyond."""
     table = FUSED_MIN_STEPS_PACKED if packed else FUSED_MIN_STEPS
-    return (dtype == np.float32 and reset_after and gate_kind == 0 and not use_clip and threads == 1
+    return (dtype == np.float32 and reset_after and gate_kind == 0 and not use_clip
             and B == 1 and FUSED_MIN_HIDDEN <= H <= FUSED_MAX_HIDDEN
             and T >= min((s for h_max, s in table if H <= h_max), default=1 << 62)
             and fused_ready())
@@ -1528,8 +1536,8 @@ def serial_direction_plan(W_ih, b_ih, W_hh, b_hh, packed_ih, packed_hh, T, B, th
     kept, not copied, so a plan stays current while they are changed in place. ``pieces``: a frozen
     model's :class:`FrozenPieces`, whose AMX packings the plan then keeps (else each call packs);
     ``bf16_values``: the weights hold only bfloat16 values (a quantized model's), for
-    :func:`amx_recurrence_wanted`. Where :func:`fused_recurrence_wanted` holds (one row, one
-    thread), the plan's last item is :func:`~numgru.kernels.fused.gru_forward_fused`'s arguments,
+    :func:`amx_recurrence_wanted`. Where :func:`fused_recurrence_wanted` holds (one row), the
+    plan's last item is :func:`~numgru.kernels.fused.gru_forward_fused`'s arguments,
     which run the projection and the recurrence together in place of the others."""
     dtype = W_ih.dtype  # gx's (W_hh may be a quantized model's bfloat16 copy)
     empty = empty_array(dtype, 3)
@@ -1559,7 +1567,7 @@ def serial_direction_plan(W_ih, b_ih, W_hh, b_hh, packed_ih, packed_hh, T, B, th
     # the fused forward takes the float32 projection's place: not where the tiles or bfloat16
     # products would run it (nor their recurrences)
     if amx_steps is None and not dp_steps and not amx and not dp and W_hh.dtype == dtype and \
-            fused_recurrence_wanted(T, B, W_hh.shape[1], threads, dtype, reset_after, gate_kind, gates[3],
+            fused_recurrence_wanted(T, B, W_hh.shape[1], dtype, reset_after, gate_kind, gates[3],
                                     packed_ih is not None and packed_hh is not None):
         fused_steps = (W_ih, empty if packed_ih is None else packed_ih,
                        np.zeros(W_ih.shape[0], dtype) if b_ih is None else b_ih, W_hh,
