@@ -21,7 +21,8 @@ from .kernels.dispatch import (AMX_DIGITS_SPREAD, FrozenPieces, aligned, amx_rec
                                empty_array, forward_route, gate_scalars, gru_direction_backward,
                                gru_direction_forward, input_gradient, input_projection, matmul_order,
                                no_step_panels, packed_step, run_serial_direction, run_step, run_step_digits,
-                               serial_direction_plan, serial_forward, serial_tiled_max, step_columns,
+                               serial_direction_plan, serial_forward, serial_projection_threads,
+                               serial_tiled_max, step_columns,
                                step_columns_workspace, step_digits_columns_work, thread_count, valid_steps,
                                vnni_step_inputs, vnni_step_wanted, weight_gradient, weight_gradient_pair,
                                workspace)
@@ -740,6 +741,7 @@ class GRU(_Params):
         layers = []
         inp = x
         valid = valid_steps(lengths, T) if padded else None  # padded steps need no projection
+        threads = thread_count()
         for layer in range(self.num_layers):
             mask = None
             if layer > 0 and dropout_rng is not None and self.dropout > 0.0:
@@ -755,7 +757,8 @@ class GRU(_Params):
                 # gx is used up by this direction's recurrence: scratch reused between calls (padded
                 # batches gather their valid rows into an array of their own)
                 out = workspace("gx", (T * B, 3 * H), self.dtype) if valid is None else None
-                gx = input_projection(x2d, W_ih, b_ih, route in ("rows", "columns"), valid, training=store,
+                numba_threads = route in ("rows", "columns") or serial_projection_threads(B, threads, store)
+                gx = input_projection(x2d, W_ih, b_ih, numba_threads, valid, training=store,
                                       out=out, packed=Wp_ih, pieces=self._amx_pieces).reshape(T, B, 3 * H)
                 tape = gru_direction_forward(gx, W_hh, b_hh, h0[i], lengths, d == 1 or self.go_backwards,
                                              self.reset_after, self._gate_kind, self.alpha, self.beta,

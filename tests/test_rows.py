@@ -210,6 +210,36 @@ def test_rows_share_one_packing_of_a_large_w_hh(monkeypatch, spy, rng, reset_aft
     np.testing.assert_allclose(h2, h1, atol=1e-6, rtol=0)
 
 
+def test_serial_projection_threads_rule():
+    rule = dispatch.serial_projection_threads
+    assert rule(4, 2, False) == 2 and rule(1, 3, False) == 3
+    assert rule(5, 2, False) == 0          # five rows' steps take BLAS's GEMM: its threads anyway
+    assert rule(4, 1, False) == 0          # one thread: the serial kernel's own choice
+    assert rule(4, 2, True) == 0           # training keeps the serial kernel's sums
+
+
+@pytest.mark.parametrize("reset_after, padded, writeable", [(True, False, True), (False, True, True),
+                                                            (True, False, False)])
+def test_serial_route_projects_on_numba_threads(two_threads, spy, rng, reset_after, padded, writeable):
+    # a few rows off the named routes run the serial kernels, whose steps stay off BLAS: their input
+    # projection runs on Numba's threads too (one pool a call), except for an input array of another
+    # kind (read-only here), which keeps the serial kernel rather than compile the parallel one again
+    T, B, H = 6, 4, 48
+    assert dispatch.forward_route(B, H, reset_after, False, T) is None
+    g, p = _model(5, H, 2, True, np.float32, reset_after=reset_after)
+    x = rng.standard_normal((T, B, 5)).astype(np.float32)
+    x.setflags(write=writeable)
+    lengths = _lengths(rng, B, T) if padded else None
+    y, h = g(x, lengths=lengths)
+    assert spy["fwd"] == 0
+    # two layers, two directions; a read-only x only in the first layer (the second reads the
+    # first's output, the model's own array)
+    assert spy["proj"] == (4 if writeable else 2)
+    ry, rh = ref_gru(x, p, 2, H, bidirectional=True, lengths=lengths, reset_after=reset_after)
+    np.testing.assert_allclose(y, ry, **TOL[np.float32])
+    np.testing.assert_allclose(h, rh, **TOL[np.float32])
+
+
 @pytest.mark.parametrize("H, itemsize, want", [
     (384, 4, "columns"),                 # 1.7 MB of W_hh: beyond one L2, 0.85 MB per thread
     (512, 4, "columns"),                 # 3 MB: 1.5 MB per thread, float32 still ahead

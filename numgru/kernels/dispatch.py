@@ -66,6 +66,7 @@ from .fused import fused_ready, gru_forward_fused
 #: rows from which a multi-threaded forward never takes BLAS-threaded steps where BLAS is not wider
 #: (:func:`forward_route`)
 PARALLEL_MIN_ROWS = 64
+SERIAL_PROJECTION_NUMBA = True
 ROWS_MIN = 4
 ROWS_MAX_WEIGHTS = 1 << 18
 ROWS_MAX_STATE = 16384
@@ -1467,6 +1468,19 @@ def _amx_training_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gat
                            h0, bool(reverse), y, int(col0), h_n, 0, tape, matmul_order())
 
 
+def serial_projection_threads(B, threads, store):
+    """Numba's threads for the input projection of a serial inference forward of B rows on
+    ``threads`` threads (the serial route, :func:`serial_forward`), or 0 for the serial kernel's own
+    choice (panels, the dot-product block or BLAS): from two threads where the steps' products
+    never reach BLAS (B at most :func:`serial_tiled_max`'s rows), so that such a call wakes Numba's
+    pool alone. Where its projection had taken OpenBLAS's threads, their spinning after the call
+    stalled the next call's Numba parallel region and Numba's workers the next BLAS call: two
+    threads, T = 32, H = 192, B = 4 (serial) and 8 (rows) taking turns, ms a call: 3.7–4.3 each,
+    against 0.6 and 0.7 alone; after B = 4, B = 8 read 16 ms a call for about 0.1 s."""
+    return threads if SERIAL_PROJECTION_NUMBA and threads > 1 and not store and \
+        B <= serial_tiled_max(threads) else 0
+
+
 def serial_forward(route):
     """Whether a layer's inference forward of B rows on ``route`` (from :func:`forward_route`) runs
     on the serial kernels (:func:`gru_direction_forward`'s first branch, and the projection outside
@@ -1555,6 +1569,9 @@ def serial_direction_plan(W_ih, b_ih, W_hh, b_hh, packed_ih, packed_hh, T, B, th
         threads=threads) else 0
     panels, dot = serial_projection_choice((steps or T) * B, W_ih.shape[1], threads,
                                            packed_ih is not None, False)
+    par = 0 if steps or amx or dp else serial_projection_threads(B, threads, False)
+    if par:  # Numba's threads and their choice of panels
+        par = (par, projection_panels(T * B, W_ih.shape[1], par))
     projection = (W_ih, empty if packed_ih is None else packed_ih,
                   W_ih[0] if b_ih is None else b_ih, b_ih is not None)
     amx_steps = None
@@ -1588,8 +1605,8 @@ def serial_direction_plan(W_ih, b_ih, W_hh, b_hh, packed_ih, packed_hh, T, B, th
             amx_steps, None, None, {}, fused_steps
     recurrence = (weights, (lengths, True, bool(reverse), bool(reset_after), *gates),
                   (False, empty, tiled_max, 0, B))
-    return (projection, (panels, dot, amx, Wv_ih, pieces, dp), recurrence, None, amx_steps, vnni_steps,
-            dp_steps, {}, fused_steps)
+    return (projection, (panels, dot, amx, Wv_ih, pieces, dp, par), recurrence, None, amx_steps,
+            vnni_steps, dp_steps, {}, fused_steps)
 
 
 def interleave_steps(T, B, M, I, itemsize):
@@ -1626,8 +1643,9 @@ def run_serial_direction(plan, x2d, gx, h0, y, col0, h_n):
                      *scalars, y, col0, h_n, *rest)
         return
     weights, scalars, rest = recurrence
-    panels, dot, amx, Wv_ih, pieces, dp = flags
-    _planned_projection(x2d, (*projection, panels, dot), amx, gx, Wv_ih, pieces, dp, entries, kind)
+    panels, dot, amx, Wv_ih, pieces, dp, par = flags
+    _planned_projection(x2d, (*projection, panels, dot), amx, gx, Wv_ih, pieces, dp, entries, kind,
+                        par if kind == ARRAY_KIND else 0)
     T = y.shape[0]
     if dp_steps is not None and _run_dpbf16_direction(dp_steps, gx.reshape(T, gx.shape[0] // T, gx.shape[1]),
                                                       h0, y, col0, h_n):
@@ -1708,14 +1726,17 @@ def _run_vnni_direction(vnni_steps, g3, h0, y, col0, h_n):
     return gru_forward_vnni(g3, Wv, R, b_hh, h0, reverse, y, col0, h_n)
 
 
-def _planned_projection(x2d, projection, amx, gx, Wv_ih=None, pieces=None, dp=0, entries=None, kind=None):
+def _planned_projection(x2d, projection, amx, gx, Wv_ih=None, pieces=None, dp=0, entries=None, kind=None,
+                        par=0):
     """gx = the whole input projection of a plan: ``projection`` (W_ih, Wp, bias, use_bias, panels,
     dot) as :func:`~numgru.kernels.forward.input_projection_kernel` takes it, on AMX tiles first
     where ``amx`` (the thread count to take them with, 0 for none) and they take x2d: W_ih's digits
     (:func:`amx_project_digits`), else its pieces (``Wv_ih``: W_ih's AMX packing kept by a frozen
     model, or None; ``pieces``: the frozen model's :class:`FrozenPieces`, which keep the digits); by
     AVX512-BF16's bfloat16 products where ``dp`` (the thread count, :func:`dpbf16_projection_wanted`)
-    and they take x2d. ``entries``: a plan's, for :func:`~numgru.kernels._jit.planned_call` of the
+    and they take x2d; on Numba's threads where ``par`` ((thread count, panels) from
+    :func:`serial_projection_threads` and :func:`projection_panels`; 0 for none) and the parallel slot
+    is free. ``entries``: a plan's, for :func:`~numgru.kernels._jit.planned_call` of the
     float32 kernel, ``kind`` x2d's kind of array there (else the dispatcher runs it)."""
     W_ih, Wp, bias, use_bias, panels, dot = projection
     if amx and (amx_project_digits(x2d, W_ih, bias, use_bias, gx, amx, pieces)
@@ -1723,6 +1744,11 @@ def _planned_projection(x2d, projection, amx, gx, Wv_ih=None, pieces=None, dp=0,
         return
     if dp and x2d.dtype == np.float32 and dpbf16_project(x2d, W_ih, bias, use_bias, gx, dp):
         return
+    if par:
+        with parallel_slot(True) as free:
+            if free:
+                input_projection_parallel(x2d, W_ih, Wp, bias, use_bias, gx, par[1], par[0])
+                return
     planned_call(entries, ("projection", kind), input_projection_kernel, x2d, W_ih, Wp, bias, use_bias,
                  gx, panels, dot)
 
