@@ -19,10 +19,9 @@ from ._validation import (as_lengths, as_real_array, check_bool, check_dtype, ch
 from .kernels.activations import GATE_HARD_SIGMOID, GATE_SIGMOID
 from .kernels.dispatch import (AMX_DIGITS_SPREAD, FrozenPieces, aligned, amx_recurrence_wanted, batch_order,
                                empty_array, forward_route, gate_scalars, gru_direction_backward,
-                               gru_direction_forward, input_gradient, input_projection, matmul_order,
-                               no_step_panels, packed_step, run_serial_direction, run_step, run_step_digits,
-                               serial_direction_plan, serial_forward, serial_projection_threads,
-                               serial_tiled_max, step_columns,
+                               gru_direction_forward, inference_tiled_max, input_gradient, input_projection,
+                               keeps_off_blas, matmul_order, no_step_panels, packed_step, run_serial_direction,
+                               run_step, run_step_digits, serial_direction_plan, serial_forward, step_columns,
                                step_columns_workspace, step_digits_columns_work, thread_count, valid_steps,
                                vnni_step_inputs, vnni_step_wanted, weight_gradient, weight_gradient_pair,
                                workspace)
@@ -363,7 +362,7 @@ class GRU(_Params):
                 panels = self._bf16_step_panels(k)
         elif self._packed is not None and not columns:
             Wp_ih, Wp_a, Wp_b = self._packed[k]
-            tiled_max = serial_tiled_max(threads)
+            tiled_max = inference_tiled_max(threads)
             M, none = 3 * self.hidden_size, panels[0]
             panels = (Wp_ih if packed_step(M, W_ih.shape[1], B, tiled_max) else none,
                       *((Wp_a, Wp_b) if packed_step(M, W_hh.shape[1], B, tiled_max)
@@ -729,19 +728,20 @@ class GRU(_Params):
         bf16 = self._bf16 is not None and use_bf16(self, B, 12 * H * H, False)
         route = forward_route(B, H, self.reset_after, False, T, 2 if bf16 else self.dtype.itemsize)
         x, h0, lengths, perm = _sort_by_length(x, h0, lengths, route)
-        y, h_n, _ = self._run(x, h0, lengths, store=False, padded=padded, route=route)
+        y, h_n, _ = self._run(x, h0, lengths, store=False, padded=padded, route=route,
+                              off_blas=route is None and keeps_off_blas(B, thread_count(), False))
         return _unsort(perm, y, h_n)
 
-    def _run(self, x, h0, lengths, store, dropout_rng=None, padded=True, route=None):
+    def _run(self, x, h0, lengths, store, dropout_rng=None, padded=True, route=None, off_blas=False):
         """All layers over (T, B, I) rows already in :func:`_sort_by_length`'s order. ``padded``:
-        lengths may be below T; ``route``: from :func:`forward_route` (None for training)."""
+        lengths may be below T; ``route``: from :func:`forward_route` (None for training);
+        ``off_blas``: the serial kernels' projection off BLAS's threads (:func:`keeps_off_blas`)."""
         T, B, _ = x.shape
         D, H = self.num_directions, self.hidden_size
         h_n = np.empty((self.num_layers * D, B, H), self.dtype)
         layers = []
         inp = x
         valid = valid_steps(lengths, T) if padded else None  # padded steps need no projection
-        threads = thread_count()
         for layer in range(self.num_layers):
             mask = None
             if layer > 0 and dropout_rng is not None and self.dropout > 0.0:
@@ -757,9 +757,9 @@ class GRU(_Params):
                 # gx is used up by this direction's recurrence: scratch reused between calls (padded
                 # batches gather their valid rows into an array of their own)
                 out = workspace("gx", (T * B, 3 * H), self.dtype) if valid is None else None
-                numba_threads = route in ("rows", "columns") or serial_projection_threads(B, threads, store)
-                gx = input_projection(x2d, W_ih, b_ih, numba_threads, valid, training=store,
-                                      out=out, packed=Wp_ih, pieces=self._amx_pieces).reshape(T, B, 3 * H)
+                gx = input_projection(x2d, W_ih, b_ih, route in ("rows", "columns"), valid, training=store,
+                                      out=out, packed=Wp_ih, pieces=self._amx_pieces,
+                                      off_blas=off_blas).reshape(T, B, 3 * H)
                 tape = gru_direction_forward(gx, W_hh, b_hh, h0[i], lengths, d == 1 or self.go_backwards,
                                              self.reset_after, self._gate_kind, self.alpha, self.beta,
                                              self.clip, y, d * H, h_n[i], store=store, route=route,
@@ -1145,7 +1145,7 @@ class GRUCell(_Params):
             g = self._gru
             _, columns = g._step_plan(B)
             plan = ((*g._step_weights(0, B, threads, columns), *g._kernel_scalars()),
-                    threads if columns else 0, serial_tiled_max(threads), empty_array(g.dtype, 2), {},
+                    threads if columns else 0, inference_tiled_max(threads), empty_array(g.dtype, 2), {},
                     g._step_digits(0, B, threads, columns))
             self._plans[(B, threads)] = plan
         return plan

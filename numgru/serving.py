@@ -20,7 +20,7 @@ import numpy as np
 
 from ._validation import as_real_array, check_float, check_int
 from .kernels._jit import ARRAY_KIND, compiled_entry
-from .kernels.dispatch import (aligned, run_step, run_step_digits, serial_tiled_max, step_columns_workspace,
+from .kernels.dispatch import (aligned, inference_tiled_max, run_step, run_step_digits, step_columns_workspace,
                                step_digits_columns_work)
 from .kernels.step import gru_step
 from .kernels.vnni import gru_step_vnni, step_work_size
@@ -411,7 +411,7 @@ class Stepper:
         H, B, L = m.hidden_size, batch_size, m.num_layers
         dt = m.dtype
         threads, columns = m._step_plan(B)
-        tiled_max = serial_tiled_max(threads)
+        tiled_max = inference_tiled_max(threads)
         # per layer (W_ih, W_hh, b_ih, b_hh, panels) as the kernels read them
         self.layers = layers = [m._step_weights(k, B, threads, columns) for k in range(L)]
         scalars = m._kernel_scalars()

@@ -42,7 +42,8 @@ def test_frozen_forward_matches_reference(rng, monkeypatch, dtype, reset_after, 
     plain = [g(*args)[0] for args, _ in cases]
     packed, panels = [], []
     _spy(monkeypatch, "gru_forward_serial", packed, lambda a: a[2][0].shape[0])
-    _spy(monkeypatch, "input_projection_kernel", panels, lambda a: (a[2].shape[0], a[6]))
+    for name in ("input_projection_kernel", "input_projection_parallel"):  # (same leading arguments)
+        _spy(monkeypatch, name, panels, lambda a: (a[2].shape[0], a[6]))
     for (args, kw), y_plain in zip(cases, plain):
         y, h_n = f(*args)
         y_ref, h_ref = ref_gru(x, g.state_dict(), 2, 20, bidirectional=bi, reset_after=reset_after,

@@ -210,32 +210,40 @@ def test_rows_share_one_packing_of_a_large_w_hh(monkeypatch, spy, rng, reset_aft
     np.testing.assert_allclose(h2, h1, atol=1e-6, rtol=0)
 
 
-def test_serial_projection_threads_rule():
-    rule = dispatch.serial_projection_threads
-    assert rule(4, 2, False) == 2 and rule(1, 3, False) == 3
-    assert rule(5, 2, False) == 0          # five rows' steps take BLAS's GEMM: its threads anyway
-    assert rule(4, 1, False) == 0          # one thread: the serial kernel's own choice
-    assert rule(4, 2, True) == 0           # training keeps the serial kernel's sums
+def test_inference_keeps_off_blas_threads_rules(monkeypatch):
+    rule, tiled = dispatch.keeps_off_blas, dispatch.inference_tiled_max
+    monkeypatch.setattr(dispatch, "WIDE_BLAS", False)
+    assert tiled(2) == tiled(1) == dispatch.serial_tiled_max(1)  # up to 16 rows on Numba's kernels
+    assert rule(16, 2, False) and rule(1, 3, False)
+    assert not rule(17, 2, False)          # 17 rows' steps take BLAS's GEMM: its threads anyway
+    assert not rule(4, 1, False)           # one thread: the serial kernel's own choice
+    assert not rule(4, 2, True)            # training keeps the serial kernel's sums
+    monkeypatch.setattr(dispatch, "WIDE_BLAS", True)  # BLAS wider than Numba: its GEMM from 5 rows
+    assert tiled(2) == dispatch.serial_tiled_max(2) < tiled(1)
+    assert rule(4, 2, False) and not rule(5, 2, False)
 
 
-@pytest.mark.parametrize("reset_after, padded, writeable", [(True, False, True), (False, True, True),
-                                                            (True, False, False)])
-def test_serial_route_projects_on_numba_threads(two_threads, spy, rng, reset_after, padded, writeable):
-    # a few rows off the named routes run the serial kernels, whose steps stay off BLAS: their input
-    # projection runs on Numba's threads too (one pool a call), except for an input array of another
-    # kind (read-only here), which keeps the serial kernel rather than compile the parallel one again
-    T, B, H = 6, 4, 48
+@pytest.mark.parametrize("I, reset_after, padded, writeable", [
+    (300, True, False, True), (300, False, True, True), (300, True, False, False), (64, True, False, True)])
+def test_serial_route_keeps_its_projection_off_blas(two_threads, spy, rng, I, reset_after, padded, writeable):
+    # a few rows off the named routes run the serial kernels, whose steps stay off BLAS: where their
+    # input projection would call BLAS it runs on Numba's threads instead (one pool a call); one
+    # thread's panels or dot-product block stay; so does an input array of another kind (read-only
+    # here), which keeps the serial kernel rather than compile the parallel one again
+    T, B, H = 8, 4, 48
     assert dispatch.forward_route(B, H, reset_after, False, T) is None
-    g, p = _model(5, H, 2, True, np.float32, reset_after=reset_after)
-    x = rng.standard_normal((T, B, 5)).astype(np.float32)
+    g, p = _model(I, H, 1, False, np.float32, reset_after=reset_after)
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
     x.setflags(write=writeable)
-    lengths = _lengths(rng, B, T) if padded else None
+    lengths = np.array([T, 0, T - 1, T]) if padded else None  # unsorted, an empty row
+    N = T * B if lengths is None else int(lengths.sum())
+    blas = not any(dispatch.serial_projection_choice(N, I, 2, False, False))
+    if I == 300 and not blas:
+        pytest.skip("the serial kernel keeps this projection off BLAS here")
     y, h = g(x, lengths=lengths)
     assert spy["fwd"] == 0
-    # two layers, two directions; a read-only x only in the first layer (the second reads the
-    # first's output, the model's own array)
-    assert spy["proj"] == (4 if writeable else 2)
-    ry, rh = ref_gru(x, p, 2, H, bidirectional=True, lengths=lengths, reset_after=reset_after)
+    assert spy["proj"] == (1 if blas and writeable else 0)
+    ry, rh = ref_gru(x, p, 1, H, lengths=lengths, reset_after=reset_after)
     np.testing.assert_allclose(y, ry, **TOL[np.float32])
     np.testing.assert_allclose(h, rh, **TOL[np.float32])
 

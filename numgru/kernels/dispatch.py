@@ -66,7 +66,7 @@ from .fused import fused_ready, gru_forward_fused
 #: rows from which a multi-threaded forward never takes BLAS-threaded steps where BLAS is not wider
 #: (:func:`forward_route`)
 PARALLEL_MIN_ROWS = 64
-SERIAL_PROJECTION_NUMBA = True
+OFF_BLAS_PANELS_MIN_ROWS = 64
 ROWS_MIN = 4
 ROWS_MAX_WEIGHTS = 1 << 18
 ROWS_MAX_STATE = 16384
@@ -509,6 +509,18 @@ def serial_tiled_max(threads):
     return TILED_MAX_ONE_THREAD if threads == 1 else 4
 
 
+def inference_tiled_max(threads):
+    """``tiled_max`` for inference's serial kernels and steps on ``threads`` threads: where BLAS's
+    vectors are no wider than Numba's (not :data:`WIDE_BLAS`) the one-thread value whatever the
+    count, so that calls of up to 16 rows keep off OpenBLAS's threads, whose spinning after a call
+    stalled the next call's Numba parallel region (and Numba's workers the next BLAS call); else
+    :func:`serial_tiled_max`. Two threads, T = 32, calls of 1–8 (H = 192) or 1–16 rows (H = 64)
+    in random order, as a batching server makes them, ms a call (median in the mix / alone): the
+    5- and 6-row calls, whose steps had taken BLAS's GEMM, 2.33 / 0.61 at H = 192, 3.55 / 0.10 and
+    2.49 / 0.12 at H = 64."""
+    return serial_tiled_max(threads) if WIDE_BLAS else TILED_MAX_ONE_THREAD
+
+
 def training_tiled_max():
     """``tiled_max`` for training's serial kernels (the tape-writing forward and the backward): on a CPU
     with AMX the one-thread value whatever the thread count, so that no step's product goes to
@@ -634,11 +646,14 @@ def gate_scalars(dtype, gate_kind, alpha, beta, clip):
 
 
 def input_projection(x2d, W_ih, b_ih, numba_threads=False, valid=None, training=False, out=None,
-                     packed=None, pieces=None):
+                     packed=None, pieces=None, off_blas=False):
     """gx = x2d @ W_ih.T + b_ih, one GEMM over all rows.  x2d (N, I), W_ih (3H, I) → (N, 3H).
 
-    With ``numba_threads`` (a route from :func:`forward_route`) the product runs on Numba's threads,
-    otherwise on one thread on packed panels (:func:`serial_projection_panels`) or by the dot-product
+    With ``numba_threads`` (a route from :func:`forward_route`) the product runs on Numba's threads
+    (on W_ih's panels where :func:`projection_panels` says, and where ``packed`` ones are given and
+    :func:`packed_projection` says: a frozen copy's, two threads, µs, panels against the tiled
+    matmul: T = 8, B = 8, H = 64 / 128 / 256 51.7 / 102 / 285 against 58.3 / 122 / 299; padded,
+    B = 4, H = 64 / 128 50.0 / 89.2 against 54.7 / 98.2; B = 16 level), otherwise on one thread on packed panels (:func:`serial_projection_panels`) or by the dot-product
     block (:func:`projection_dot`), or in BLAS. With ``valid``
     (a (N,) bool mask from :func:`valid_steps`) only the valid rows are gathered and multiplied; the
     other rows of gx are zero (the kernels never read them). With ``training`` the serial kernel always
@@ -648,13 +663,14 @@ def input_projection(x2d, W_ih, b_ih, numba_threads=False, valid=None, training=
     :func:`~numgru.kernels.panel.pack_panels`), or None; they are read where
     :func:`packed_projection` says so, and by Numba's threads wherever those take panels.
     ``pieces``: the caller's :class:`FrozenPieces` (a frozen or quantized model's), which keep W_ih's
-    AMX packing, or None (packed on each call that takes the tiles).
+    AMX packing, or None (packed on each call that takes the tiles). ``off_blas``
+    (:func:`keeps_off_blas`): where the serial kernel would call BLAS, Numba's threads instead.
     """
     N = x2d.shape[0]
     if valid is not None:
         gx = np.zeros((N, W_ih.shape[0]), W_ih.dtype)
         gx[valid] = input_projection(x2d[valid], W_ih, b_ih, numba_threads, training=training,
-                                     packed=packed, pieces=pieces)
+                                     packed=packed, pieces=pieces, off_blas=off_blas)
         return gx
     gx = np.empty((N, W_ih.shape[0]), W_ih.dtype) if out is None else out
     if N == 0:
@@ -677,14 +693,16 @@ def input_projection(x2d, W_ih, b_ih, numba_threads=False, valid=None, training=
             x2d.dtype == W_ih.dtype == bias.dtype:
         return pool_projection(x2d, W_ih, bias, b_ih is not None, gx)
     Wp = empty_array(W_ih.dtype, 3) if packed is None else packed
-    if numba_threads:
+    choice = serial_projection_choice(N, I, threads, packed is not None, training)
+    off_blas = off_blas and not any(choice)
+    if numba_threads or off_blas:
         with parallel_slot(True) as par:
             if par:
-                input_projection_parallel(x2d, W_ih, Wp, bias, b_ih is not None, gx,
-                                          projection_panels(N, I, threads), threads)
+                panels = (projection_panels(N, I, threads) or (off_blas and N >= OFF_BLAS_PANELS_MIN_ROWS)
+                          or (packed is not None and packed_projection(N, I, threads)))
+                input_projection_parallel(x2d, W_ih, Wp, bias, b_ih is not None, gx, panels, threads)
                 return gx
-    input_projection_kernel(x2d, W_ih, Wp, bias, b_ih is not None, gx,
-                            *serial_projection_choice(N, I, threads, packed is not None, training))
+    input_projection_kernel(x2d, W_ih, Wp, bias, b_ih is not None, gx, *choice)
     return gx
 
 
@@ -1328,7 +1346,7 @@ def gru_direction_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gat
         return tape if store else None
     threads = thread_count()
     sorted_desc = is_sorted_desc(lengths)
-    tiled_max = training_tiled_max() if store else serial_tiled_max(threads)
+    tiled_max = training_tiled_max() if store else inference_tiled_max(threads)
     gates = (*gate_scalars(dtype, gate_kind, alpha, beta, clip), y, int(col0), h_n)
     if packed is None:
         empty = empty_array(W_hh.dtype, 3)
@@ -1468,17 +1486,20 @@ def _amx_training_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gat
                            h0, bool(reverse), y, int(col0), h_n, 0, tape, matmul_order())
 
 
-def serial_projection_threads(B, threads, store):
-    """Numba's threads for the input projection of a serial inference forward of B rows on
-    ``threads`` threads (the serial route, :func:`serial_forward`), or 0 for the serial kernel's own
-    choice (panels, the dot-product block or BLAS): from two threads where the steps' products
-    never reach BLAS (B at most :func:`serial_tiled_max`'s rows), so that such a call wakes Numba's
-    pool alone. Where its projection had taken OpenBLAS's threads, their spinning after the call
-    stalled the next call's Numba parallel region and Numba's workers the next BLAS call: two
-    threads, T = 32, H = 192, B = 4 (serial) and 8 (rows) taking turns, ms a call: 3.7–4.3 each,
-    against 0.6 and 0.7 alone; after B = 4, B = 8 read 16 ms a call for about 0.1 s."""
-    return threads if SERIAL_PROJECTION_NUMBA and threads > 1 and not store and \
-        B <= serial_tiled_max(threads) else 0
+def keeps_off_blas(B, threads, store):
+    """Whether a serial inference forward of B rows on ``threads`` threads (the serial route,
+    :func:`serial_forward`) keeps off OpenBLAS's threads: from two threads where its steps' products
+    never reach BLAS (B at most :func:`inference_tiled_max`'s rows); its input projection then runs
+    on Numba's threads where the serial kernel would have called BLAS (the kernel's panels and
+    dot-product block, one thread's, stay). OpenBLAS's workers spin for a while after a call, and
+    Numba's after a parallel region, so calls that take turns between the pools stall each other:
+    two threads, T = 32, H = 192, B = 4 (serial, its projection in BLAS) and 8 (rows route) taking
+    turns read 3.7–4.3 ms a call each against 0.6 and 0.7 alone, and after B = 4 calls B = 8 read
+    16 ms a call for about 0.1 s. Numba's threads take W_ih's panels there from
+    ``OFF_BLAS_PANELS_MIN_ROWS`` rows (two threads, whole forwards, µs, panels against the tiled
+    matmul: T = 32, B = 4, H = 96 / 128 / 192 156 / 249 / 508 against 183 / 257 / 525; T = 64,
+    B = 2, H = 128 255 against 266; but T = 16, B = 2, H = 192, 32 rows, 188 against 153)."""
+    return threads > 1 and not store and B <= inference_tiled_max(threads)
 
 
 def serial_forward(route):
@@ -1569,9 +1590,10 @@ def serial_direction_plan(W_ih, b_ih, W_hh, b_hh, packed_ih, packed_hh, T, B, th
         threads=threads) else 0
     panels, dot = serial_projection_choice((steps or T) * B, W_ih.shape[1], threads,
                                            packed_ih is not None, False)
-    par = 0 if steps or amx or dp else serial_projection_threads(B, threads, False)
-    if par:  # Numba's threads and their choice of panels
-        par = (par, projection_panels(T * B, W_ih.shape[1], par))
+    par = 0  # Numba's threads for the projection the serial kernel would take to BLAS
+    if not (steps or amx or dp or panels or dot) and keeps_off_blas(B, threads, False):
+        par = (threads, T * B >= OFF_BLAS_PANELS_MIN_ROWS
+               or projection_panels(T * B, W_ih.shape[1], threads))
     projection = (W_ih, empty if packed_ih is None else packed_ih,
                   W_ih[0] if b_ih is None else b_ih, b_ih is not None)
     amx_steps = None
@@ -1598,7 +1620,7 @@ def serial_direction_plan(W_ih, b_ih, W_hh, b_hh, packed_ih, packed_hh, T, B, th
         packed_hh = (none, none)
     lengths = np.full(B, T, np.int64)  # writeable, as the layers' own: one signature for both
     weights = (W_hh, tuple(packed_hh), b_hh)
-    tiled_max = serial_tiled_max(threads)
+    tiled_max = inference_tiled_max(threads)
     if steps:  # gru_forward_chunked's arguments, in the groups run_serial_direction passes them
         return None, None, None, ((*projection, panels, dot), weights,
                                   (lengths, bool(reverse), bool(reset_after), *gates), (tiled_max, steps)), \
@@ -1734,9 +1756,8 @@ def _planned_projection(x2d, projection, amx, gx, Wv_ih=None, pieces=None, dp=0,
     (:func:`amx_project_digits`), else its pieces (``Wv_ih``: W_ih's AMX packing kept by a frozen
     model, or None; ``pieces``: the frozen model's :class:`FrozenPieces`, which keep the digits); by
     AVX512-BF16's bfloat16 products where ``dp`` (the thread count, :func:`dpbf16_projection_wanted`)
-    and they take x2d; on Numba's threads where ``par`` ((thread count, panels) from
-    :func:`serial_projection_threads` and :func:`projection_panels`; 0 for none) and the parallel slot
-    is free. ``entries``: a plan's, for :func:`~numgru.kernels._jit.planned_call` of the
+    and they take x2d; on Numba's threads where ``par`` ((thread count, panels), for
+    :func:`keeps_off_blas`; 0 for none) and the parallel slot is free. ``entries``: a plan's, for :func:`~numgru.kernels._jit.planned_call` of the
     float32 kernel, ``kind`` x2d's kind of array there (else the dispatcher runs it)."""
     W_ih, Wp, bias, use_bias, panels, dot = projection
     if amx and (amx_project_digits(x2d, W_ih, bias, use_bias, gx, amx, pieces)
