@@ -362,7 +362,7 @@ class GRU(_Params):
                 panels = self._bf16_step_panels(k)
         elif self._packed is not None and not columns:
             Wp_ih, Wp_a, Wp_b = self._packed[k]
-            tiled_max = inference_tiled_max(threads)
+            tiled_max = inference_tiled_max(threads, B)
             M, none = 3 * self.hidden_size, panels[0]
             panels = (Wp_ih if packed_step(M, W_ih.shape[1], B, tiled_max) else none,
                       *((Wp_a, Wp_b) if packed_step(M, W_hh.shape[1], B, tiled_max)
@@ -1145,7 +1145,7 @@ class GRUCell(_Params):
             g = self._gru
             _, columns = g._step_plan(B)
             plan = ((*g._step_weights(0, B, threads, columns), *g._kernel_scalars()),
-                    threads if columns else 0, inference_tiled_max(threads), empty_array(g.dtype, 2), {},
+                    threads if columns else 0, inference_tiled_max(threads, B), empty_array(g.dtype, 2), {},
                     g._step_digits(0, B, threads, columns))
             self._plans[(B, threads)] = plan
         return plan

@@ -411,7 +411,7 @@ class Stepper:
         H, B, L = m.hidden_size, batch_size, m.num_layers
         dt = m.dtype
         threads, columns = m._step_plan(B)
-        tiled_max = inference_tiled_max(threads)
+        tiled_max = inference_tiled_max(threads, B)
         # per layer (W_ih, W_hh, b_ih, b_hh, panels) as the kernels read them
         self.layers = layers = [m._step_weights(k, B, threads, columns) for k in range(L)]
         scalars = m._kernel_scalars()

@@ -213,13 +213,14 @@ def test_rows_share_one_packing_of_a_large_w_hh(monkeypatch, spy, rng, reset_aft
 def test_inference_keeps_off_blas_threads_rules(monkeypatch):
     rule, tiled = dispatch.keeps_off_blas, dispatch.inference_tiled_max
     monkeypatch.setattr(dispatch, "WIDE_BLAS", False)
-    assert tiled(2) == tiled(1) == dispatch.serial_tiled_max(1)  # up to 16 rows on Numba's kernels
+    assert tiled(2, 16) == tiled(1, 16) == dispatch.serial_tiled_max(1)  # up to 16 rows on Numba's
+    assert tiled(2, 1) == dispatch.serial_tiled_max(2)  # one row beyond L2: BLAS's GEMV on two threads
     assert rule(16, 2, False) and rule(1, 3, False)
     assert not rule(17, 2, False)          # 17 rows' steps take BLAS's GEMM: its threads anyway
     assert not rule(4, 1, False)           # one thread: the serial kernel's own choice
     assert not rule(4, 2, True)            # training keeps the serial kernel's sums
     monkeypatch.setattr(dispatch, "WIDE_BLAS", True)  # BLAS wider than Numba: its GEMM from 5 rows
-    assert tiled(2) == dispatch.serial_tiled_max(2) < tiled(1)
+    assert tiled(2, 4) == dispatch.serial_tiled_max(2) < tiled(1, 4)
     assert rule(4, 2, False) and not rule(5, 2, False)
 
 

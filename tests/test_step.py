@@ -93,16 +93,25 @@ def test_serial_step_reset_before_gate_options(B):
     (1, 256, True, 2, 4, True), (16, 192, True, 4, 4, True), (1, 191, True, 2, 4, False),
     (17, 256, True, 2, 4, False), (1, 256, False, 2, 4, False), (1, 256, True, 1, 4, False),
     (0, 256, True, 2, 4, False),
-    # one row: float32 / float64 weights only up to 2 MB per thread
-    (1, 416, True, 2, 4, True), (1, 420, True, 2, 4, False),
-    (1, 1024, True, 16, 4, True), (2, 1024, True, 2, 4, True), (1, 295, True, 2, 8, True),
-    (1, 296, True, 2, 8, False),
+    (1, 1024, True, 16, 4, True), (2, 1024, True, 2, 4, True),
     # bfloat16 weights: the serial step on panels while they fit 1 MB, any row count
     (1, 295, True, 2, 2, False), (16, 295, True, 2, 2, False), (1, 296, True, 2, 2, True),
     (4, 1024, True, 2, 2, True), (17, 1024, True, 2, 2, False),
 ])
-def test_step_columns_rule(B, H, reset_after, threads, itemsize, want):
+@pytest.mark.parametrize("wide", [False, True])
+def test_step_columns_rule(monkeypatch, wide, B, H, reset_after, threads, itemsize, want):
+    monkeypatch.setattr(dispatch, "WIDE_BLAS", wide)
     assert dispatch.step_columns(B, H, reset_after, threads, itemsize) is want
+
+
+@pytest.mark.parametrize("H, itemsize, wide, want", [
+    # one row of float32 / float64 weights where BLAS is wider than Numba: up to 2 MB per thread
+    (416, 4, True, True), (420, 4, True, False), (295, 8, True, True), (296, 8, True, False),
+    (420, 4, False, True), (1024, 4, False, True), (296, 8, False, True),  # elsewhere at any size
+])
+def test_step_columns_one_row_rule(monkeypatch, H, itemsize, wide, want):
+    monkeypatch.setattr(dispatch, "WIDE_BLAS", wide)
+    assert dispatch.step_columns(1, H, True, 2, itemsize) is want
 
 
 @pytest.fixture

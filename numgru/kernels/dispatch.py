@@ -509,16 +509,17 @@ def serial_tiled_max(threads):
     return TILED_MAX_ONE_THREAD if threads == 1 else 4
 
 
-def inference_tiled_max(threads):
-    """``tiled_max`` for inference's serial kernels and steps on ``threads`` threads: where BLAS's
-    vectors are no wider than Numba's (not :data:`WIDE_BLAS`) the one-thread value whatever the
-    count, so that calls of up to 16 rows keep off OpenBLAS's threads, whose spinning after a call
-    stalled the next call's Numba parallel region (and Numba's workers the next BLAS call); else
-    :func:`serial_tiled_max`. Two threads, T = 32, calls of 1–8 (H = 192) or 1–16 rows (H = 64)
-    in random order, as a batching server makes them, ms a call (median in the mix / alone): the
-    5- and 6-row calls, whose steps had taken BLAS's GEMM, 2.33 / 0.61 at H = 192, 3.55 / 0.10 and
-    2.49 / 0.12 at H = 64."""
-    return serial_tiled_max(threads) if WIDE_BLAS else TILED_MAX_ONE_THREAD
+def inference_tiled_max(threads, B):
+    """``tiled_max`` for inference's serial kernels and steps of B rows on ``threads`` threads: where
+    BLAS's vectors are no wider than Numba's (not :data:`WIDE_BLAS`) and B > 1 the one-thread value
+    whatever the count, so that calls of up to 16 rows keep off OpenBLAS's threads, whose spinning
+    after a call stalled the next call's Numba parallel region (and Numba's workers the next BLAS
+    call); else :func:`serial_tiled_max` (one row beyond L2 keeps BLAS's GEMV on several threads,
+    :func:`~numgru.kernels.forward.one_row_dot`). Two threads, T = 32, calls of 1–8 (H = 192) or
+    1–16 rows (H = 64) in random order, as a batching server makes them, ms a call (median in the
+    mix / alone): the 5- and 6-row calls, whose steps had taken BLAS's GEMM, 2.33 / 0.61 at
+    H = 192, 3.55 / 0.10 and 2.49 / 0.12 at H = 64."""
+    return serial_tiled_max(threads) if WIDE_BLAS or B == 1 else TILED_MAX_ONE_THREAD
 
 
 def training_tiled_max():
@@ -539,9 +540,15 @@ def step_columns(B, H, reset_after, threads, itemsize=4):
     """Whether one step of B rows (GRUCell, streams) runs split over blocks of hidden units on Numba's
     threads (:func:`~numgru.kernels.step.gru_step_cols`) instead of the serial step kernel, for weights
     stored with ``itemsize`` bytes per value (2: bfloat16). With two threads or more, reset_after=True,
-    H ≥ ``STEP_COLS_MIN_H`` and B ≤ ``STEP_COLS_MAX_ROWS``; at B = 1 with float weights also only for at
-    most ``STEP_COLS_B1_BYTES`` of weights per thread (6·H²·itemsize bytes in all, taking I = H):
-    beyond, BLAS's threaded GEMV streams them as fast.
+    H ≥ ``STEP_COLS_MIN_H`` and B ≤ ``STEP_COLS_MAX_ROWS``; at B = 1 with float weights, where BLAS's
+    vectors are wider than Numba's (:data:`WIDE_BLAS`), also only for at most ``STEP_COLS_B1_BYTES``
+    of weights per thread (6·H²·itemsize bytes in all, taking I = H): beyond, BLAS's threaded GEMV
+    streamed them as fast. Elsewhere one row splits at any H, which keeps it off BLAS's threads:
+    the plain model's ``stream.step`` on two threads (Zen 4, alternating processes, three runs, µs,
+    split against 202c067's GEMV): alone H = 512 / 768 / 1024 47–57 / 102–115 / 184–356 against
+    44–58 / 94–126 / 214–454; taking turns with a forward on the rows route (T = 16, B = 8)
+    76–117 / 291–317 / 623–677 against 867–1674 / 672–2602 / 933–2074, the forwards 2.2–2.8 /
+    5.3–6.3 / 10.2–11.4 ms against 6.3–12.5 / 13.9–15.5 / 22.9–28.0.
 
     Each thread reads its own slice of W_ih and W_hh, which stays in its core's cache from step to
     step. Measured on 2 vCPUs (AMD; kernel calls, best of 25 rounds, the serial and split kernels in
@@ -564,7 +571,7 @@ def step_columns(B, H, reset_after, threads, itemsize=4):
         return False
     if itemsize == 2:
         return 6 * H * H * itemsize > STEP_COLS_BF16_SERIAL_BYTES
-    return B > 1 or 6 * H * H * itemsize <= STEP_COLS_B1_BYTES * threads
+    return B > 1 or not WIDE_BLAS or 6 * H * H * itemsize <= STEP_COLS_B1_BYTES * threads
 
 
 def _column_blocks(H, threads):
@@ -1346,7 +1353,7 @@ def gru_direction_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gat
         return tape if store else None
     threads = thread_count()
     sorted_desc = is_sorted_desc(lengths)
-    tiled_max = training_tiled_max() if store else inference_tiled_max(threads)
+    tiled_max = training_tiled_max() if store else inference_tiled_max(threads, B)
     gates = (*gate_scalars(dtype, gate_kind, alpha, beta, clip), y, int(col0), h_n)
     if packed is None:
         empty = empty_array(W_hh.dtype, 3)
@@ -1499,7 +1506,7 @@ def keeps_off_blas(B, threads, store):
     ``OFF_BLAS_PANELS_MIN_ROWS`` rows (two threads, whole forwards, µs, panels against the tiled
     matmul: T = 32, B = 4, H = 96 / 128 / 192 156 / 249 / 508 against 183 / 257 / 525; T = 64,
     B = 2, H = 128 255 against 266; but T = 16, B = 2, H = 192, 32 rows, 188 against 153)."""
-    return threads > 1 and not store and B <= inference_tiled_max(threads)
+    return threads > 1 and not store and B <= inference_tiled_max(threads, B)
 
 
 def serial_forward(route):
@@ -1620,7 +1627,7 @@ def serial_direction_plan(W_ih, b_ih, W_hh, b_hh, packed_ih, packed_hh, T, B, th
         packed_hh = (none, none)
     lengths = np.full(B, T, np.int64)  # writeable, as the layers' own: one signature for both
     weights = (W_hh, tuple(packed_hh), b_hh)
-    tiled_max = inference_tiled_max(threads)
+    tiled_max = inference_tiled_max(threads, B)
     if steps:  # gru_forward_chunked's arguments, in the groups run_serial_direction passes them
         return None, None, None, ((*projection, panels, dot), weights,
                                   (lengths, bool(reverse), bool(reset_after), *gates), (tiled_max, steps)), \
