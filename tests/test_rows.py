@@ -128,7 +128,10 @@ def test_rows_equal_single_thread_route(spy, rng):
     (6, 64, True, False, None),          # 3 rows per thread: too few
     (256, 128, True, False, "rows"),     # 128 rows × 128 per thread, W_hh in L2
     (256, 256, True, False, "rows"),     # 128 rows × 256 per thread: 64+ rows on Numba's threads
-    (48, 1024, True, False, None),       # past the columns' window, under 64 rows: serial kernel
+    (48, 1024, True, False, "columns"),  # past the columns' window, under 64 rows: W_hh past 3·512²
+    (40, 1024, False, False, "rows"),    # reset_before has no columns
+    (48, 512, True, False, "rows"),      # past the window, W_hh within 3·512²
+    (20, 512, True, False, "columns"),   # within the window
     (16, 1024, True, False, "rows"),     # W_hh beyond L2, 8 rows per thread
     (32, 512, True, False, "columns"),   # W_hh beyond L2, 16 rows per thread: columns on panels
     (64, 512, True, False, "rows"),      # B·H = 32768, past the columns' window: rows
