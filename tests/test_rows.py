@@ -133,6 +133,9 @@ def test_rows_equal_single_thread_route(spy, rng):
     (48, 512, True, False, "rows"),      # past the window, W_hh within 3·512²
     (20, 512, True, False, "columns"),   # within the window
     (16, 1024, True, False, "rows"),     # W_hh beyond L2, 8 rows per thread
+    (12, 512, True, False, "columns"),   # the rows' chunks of 8 and 4 uneven: columns
+    (12, 512, False, False, "rows"),     # (reset_before has no columns)
+    (12, 128, True, False, "rows"),      # (below H = 256 rows kept up)
     (32, 512, True, False, "columns"),   # W_hh beyond L2, 16 rows per thread: columns on panels
     (64, 512, True, False, "rows"),      # B·H = 32768, past the columns' window: rows
     (64, 640, True, False, "columns"),   # W_hh beyond 3·512² values: columns

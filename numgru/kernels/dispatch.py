@@ -74,6 +74,7 @@ ROWS_MAX_STATE_WIDE_BLAS = 65536
 ROWS_MAX_WEIGHTS_WIDE_BLAS = 3 * 512 * 512
 ROWS_MAX_STREAM_ROWS = 8
 ROWS_MAX_STREAMED = 1 << 23
+ROWS_UNEVEN = 1.15
 COLS_STATE = (1024, 16384)
 COLS_B1_BYTES = (1 << 19, 1 << 20)
 COLS_B1_BEYOND_L2_MIN_STEPS = 2
@@ -416,6 +417,16 @@ def forward_route(B, H, reset_after, store, T=None, itemsize=4):
     H = 512 ran 69.6 ms on rows against 42.7 on BLAS-threaded steps (columns 41.7), where B = 256,
     H = 256 (3.1 M weights streamed) kept rows ahead, 19.1 against 23.0 (columns 22.6).
 
+    Where BLAS is no wider than Numba, float rows whose chunks (multiples of 4 rows, :func:`row_chunks`)
+    would leave the largest more than ``ROWS_UNEVEN`` times its even share take columns within their
+    window from H = 256 (2-vCPU AMD EPYC, two threads, T = 16, one route per process, two rounds, ms,
+    columns against rows): B = 10 (chunks of 8 and 2), H = 256 / 512 0.91–0.97 / 3.4–4.4 against
+    1.15–1.20 / 4.6–4.8; B = 12, H = 256 / 384 / 512 / 768 / 1024 0.99 / 2.08–2.09 / 3.59–3.60 /
+    8.3–8.5 / 15.0–15.3 against 1.12–1.14 / 2.46–2.56 / 4.49–4.59 / 9.98–10.3 / 17.6; B = 20, H = 256
+    / 512 / 1024 1.39 / 5.2–6.4 / 24.3–26.1 against 1.51–1.57 / 6.3–6.6 / 26.6–28.6; even chunks
+    level (B = 8, H = 512 2.15–2.21 against 2.10–2.21; B = 28, H = 256, T = 64 7.4–8.0 against
+    7.9–8.0), and at H = 128 level (B = 12 / 20).
+
     Elsewhere (AMD, Intel without AVX-512) float weights with B ≥ ``PARALLEL_MIN_ROWS``, or past the
     columns' window (B·H beyond hi), take rows (H ≤ 512 within ``ROWS_MAX_STREAMED``, or
     reset_before) or columns. Past the window below 64 rows they had run BLAS-threaded steps (2-vCPU
@@ -440,6 +451,10 @@ def forward_route(B, H, reset_after, store, T=None, itemsize=4):
         return None
     per_thread = -(-B // threads)
     weights = 3 * H * H
+    lo, hi = COLS_STATE
+    if (per_thread >= ROWS_MIN and reset_after and H >= 256 and B * H <= hi and not WIDE_BLAS
+            and itemsize >= 4 and row_chunks.py_func(B, threads)[0] * threads > ROWS_UNEVEN * B):
+        return "columns"  # the rows route's chunks (multiples of 4 rows) would be uneven
     if per_thread >= ROWS_MIN:
         max_state = ROWS_MAX_STATE_WIDE_BLAS if WIDE_BLAS else ROWS_MAX_STATE
         streamed = threads * weights <= ROWS_MAX_STREAMED  # every thread reads all of W_hh a step
@@ -456,7 +471,6 @@ def forward_route(B, H, reset_after, store, T=None, itemsize=4):
             if not reset_after or (weights <= ROWS_MAX_WEIGHTS_WIDE_BLAS and streamed):
                 return "rows"
             return "columns"
-    lo, hi = COLS_STATE
     if reset_after and H >= 128 and (lo <= B * H or B >= 2 and H >= 256) and B * H <= hi:
         return "columns"
     b1_lo, b1_hi = COLS_B1_BYTES
