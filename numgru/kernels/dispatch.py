@@ -344,34 +344,34 @@ def forward_route(B, H, reset_after, store, T=None, itemsize=4):
         state is capped at ``ROWS_MAX_STATE_WIDE_BLAS`` and W_hh must fit L2, or hold at most
         ``ROWS_MAX_WEIGHTS_WIDE_BLAS`` float values when B·H is past the columns' window.
     "columns"
-        :func:`~numgru.kernels.forward._gru_forward_cols`: each step split over blocks of hidden
-        units. reset_after=True, H ≥ 128 and lo ≤ B·H ≤ hi for ``COLS_STATE`` = (lo, hi), or
-        B ≥ 2 with H ≥ 256 and B·H ≤ hi, or B = 1 when W_hh takes more than lo bytes but at most hi
-        bytes per thread for ``COLS_B1_BYTES`` = (lo, hi): each thread's slice then stays in its core's
-        L2; beyond hi too for float32 W_hh from ``COLS_B1_BEYOND_L2_MIN_STEPS`` steps where BLAS's
-        vectors are no wider than Numba's (not :data:`WIDE_BLAS`). On the 2-vCPU AMD EPYC (Zen 4, two
-        threads, T = 128 / 32, frozen, one route per process, three rounds alternating, ms) against
-        BLAS-threaded steps: H = 512 3.56–4.26 / 0.85–0.90 against 3.84–4.52 / 1.00–1.26; H = 768
-        8.03–8.44 / 2.06–2.16 against 8.48–9.92 / 2.53–2.59; H = 896 11.2–11.9 / 3.02–3.05 against
-        12.5–13.3 / 3.44–3.97 (W_hh's digits, where :func:`vnni_columns_wanted`, 3.38–4.19 / 0.85–0.87,
-        7.59–7.96 / 1.87–2.05, 10.2–10.3 / 2.51–2.64); one step lost (H = 512 0.075–0.082 against
-        0.057–0.062), two drew (0.095–0.103 against 0.098–0.101). Measured on 2 threads (T = 128, reset_after): float32 H = 384 (1.7 MB) 3.64 against
-        5.07 ms for BLAS-threaded steps; bfloat16 H = 384 / 512 2.90 / 4.50 against 3.79 / 5.11 ms on
-        one thread's bfloat16 steps; at 3 MB and more per thread (float32 H = 512, bfloat16 H = 768)
-        it drew (within 3 %). Since its workers meet between steps inside one parallel region (a
-        region per step had cost more than a small step's product) and a block's gates vectorise, on
-        the 2-vCPU Intel machine (2 threads, T = 128, same process, alternating) against the region
-        per step: B = 2 / 4, H = 256 1.33× / 1.48×; B = 4, H = 512 1.34×; B = 16, H = 512 1.05×;
-        H = 1024 1.02×; and against the serial kernel at B = 1: H = 256 1.05–1.13× (lo went from 768
-        to 512 KB), H = 192 0.89×, H = 128 0.74×. Each block's rows of W_hh are packed into panels
-        (from 2 rows and 128 rows × steps; see ``forward._gru_forward_cols``), which raised hi from
-        4096 to 16384: on the 2-vCPU Intel machine (float32, T = 128,
-        same process, alternating), columns against the routes taken before: B = 8 / 16, H = 1024
-        1.43× / 1.13–1.16×; B = 16 / 32, H = 512 1.40× / 1.34×; B = 64, H = 256 1.27×; B = 128,
-        H = 128 1.24×; but B = 64, H = 512 1.06× and 0.78–0.83× at B·H = 32768 and beyond (B = 32 /
-        64, H = 1024; B = 128, H = 256). bfloat16 weights on their own panels, against the serial
-        kernel the narrower window (4096, for the tiled matmul they had) left them: B = 8 / 16,
-        H = 1024 1.69× / 1.43×; B = 16, H = 512 1.37×.
+        :func:`~numgru.kernels.forward._gru_forward_cols`: each step split over blocks of hidden units.
+        reset_after=True, H ≥ 128 and lo ≤ B·H ≤ hi for ``COLS_STATE`` = (lo, hi), or B ≥ 2 with H ≥ 256
+        and B·H ≤ hi, or B = 1 when W_hh takes more than lo bytes but at most hi bytes per thread for
+        ``COLS_B1_BYTES`` = (lo, hi): each thread's slice then stays in its core's L2; beyond hi too for
+        float32 W_hh from ``COLS_B1_BEYOND_L2_MIN_STEPS`` steps where BLAS's vectors are no wider than
+        Numba's (not :data:`WIDE_BLAS`). On the 2-vCPU AMD EPYC (Zen 4, two threads, T = 128 / 32,
+        frozen, one route per process, three rounds alternating, ms) against BLAS-threaded steps:
+        H = 512 3.56–4.26 / 0.85–0.90 against 3.84–4.52 / 1.00–1.26; H = 768 8.03–8.44 / 2.06–2.16
+        against 8.48–9.92 / 2.53–2.59; H = 896 11.2–11.9 / 3.02–3.05 against 12.5–13.3 / 3.44–3.97
+        (W_hh's digits, where :func:`vnni_columns_wanted`, 3.38–4.19 / 0.85–0.87, 7.59–7.96 / 1.87–2.05,
+        10.2–10.3 / 2.51–2.64); one step lost (H = 512 0.075–0.082 against 0.057–0.062), two drew
+        (0.095–0.103 against 0.098–0.101). Measured on 2 threads (T = 128, reset_after): float32 H = 384
+        (1.7 MB) 3.64 against 5.07 ms for BLAS-threaded steps; bfloat16 H = 384 / 512 2.90 / 4.50
+        against 3.79 / 5.11 ms on one thread's bfloat16 steps; at 3 MB and more per thread (float32
+        H = 512, bfloat16 H = 768) it drew (within 3 %). Since its workers meet between steps inside one
+        parallel region (a region per step had cost more than a small step's product) and a block's
+        gates vectorise, on the 2-vCPU Intel machine (2 threads, T = 128, same process, alternating)
+        against the region per step: B = 2 / 4, H = 256 1.33× / 1.48×; B = 4, H = 512 1.34×; B = 16,
+        H = 512 1.05×; H = 1024 1.02×; and against the serial kernel at B = 1: H = 256 1.05–1.13× (lo
+        went from 768 to 512 KB), H = 192 0.89×, H = 128 0.74×. Each block's rows of W_hh are packed
+        into panels (from 2 rows and 128 rows × steps; see ``forward._gru_forward_cols``), which raised
+        hi from 4096 to 16384: on the 2-vCPU Intel machine (float32, T = 128, same process,
+        alternating), columns against the routes taken before: B = 8 / 16, H = 1024 1.43× / 1.13–1.16×;
+        B = 16 / 32, H = 512 1.40× / 1.34×; B = 64, H = 256 1.27×; B = 128, H = 128 1.24×; but B = 64,
+        H = 512 1.06× and 0.78–0.83× at B·H = 32768 and beyond (B = 32 / 64, H = 1024; B = 128,
+        H = 256). bfloat16 weights on their own panels, against the serial kernel the narrower window
+        (4096, for the tiled matmul they had) left them: B = 8 / 16, H = 1024 1.69× / 1.43×; B = 16,
+        H = 512 1.37×.
     None
         The serial kernel (BLAS threading the steps' GEMMs where they take BLAS). (A "pipeline"
         route, the projection of the next chunk of time steps on one thread beside the recurrence
@@ -435,16 +435,16 @@ def forward_route(B, H, reset_after, store, T=None, itemsize=4):
     172–173 / 166–177 against 253–254; T = 64, B = 48, H = 768 109–116 / 105–109 against 164–166;
     T = 16, B = 24, H = 1024 26.2–26.5 / 26.3–28.7 against 41.1–41.6; T = 1 / 4, B = 48, H = 1024
     4.0–4.1 / 15.8–15.9 (rows) against 4.5–4.9 / 20.8–21.0; reset_before T = 16, B = 40, H = 1024
-    43.8–46.5 against 64.5–65.7 (rows); B = 8, H = 2048 61–64 against 63–69 (within the
-    window, B = 20, H = 512, columns stay ahead of rows: 5.31–5.36 against 6.26–6.61). On the 2-vCPU AMD EPYC (Zen 4;
-    2 threads, T = 128, min of two rounds of three, ms) they first met BLAS-threaded steps with the
-    gates in ``prange`` (the serial kernel's parallel twin, gone since; see :mod:`numgru.kernels._jit`
-    on the cache), Numba's OpenMP workers and OpenBLAS's spinning against each other: B = 64,
-    H = 512 / 768 / 1024 287–304 / 1188 / 1360–1588 against 140 / 294 / 658–744; B = 256, H = 256
-    285 against 143; reset_before B = 64, H = 1024 2376 against 624 (rows). Against the serial
-    kernel as it runs now: B = 64, H = 1024 629 against 596 (rows) / 600 (columns); H = 768 338
-    against 365 / 329; H = 512 198 against 196 / 195; B = 128, H = 1024 1307 against 1244 / 1229;
-    B = 256, H = 256 212 against 218 / 214: level to 1.06×, the threads kept on Numba's side.
+    43.8–46.5 against 64.5–65.7 (rows); B = 8, H = 2048 61–64 against 63–69 (within the window, B = 20,
+    H = 512, columns stay ahead of rows: 5.31–5.36 against 6.26–6.61). On the 2-vCPU AMD EPYC (Zen 4; 2
+    threads, T = 128, min of two rounds of three, ms) they first met BLAS-threaded steps with the gates
+    in ``prange`` (the serial kernel's parallel twin, gone since; see :mod:`numgru.kernels._jit` on the
+    cache), Numba's OpenMP workers and OpenBLAS's spinning against each other: B = 64,
+    H = 512 / 768 / 1024 287–304 / 1188 / 1360–1588 against 140 / 294 / 658–744; B = 256, H = 256 285
+    against 143; reset_before B = 64, H = 1024 2376 against 624 (rows). Against the serial kernel as it
+    runs now: B = 64, H = 1024 629 against 596 (rows) / 600 (columns); H = 768 338 against 365 / 329;
+    H = 512 198 against 196 / 195; B = 128, H = 1024 1307 against 1244 / 1229; B = 256, H = 256 212
+    against 218 / 214: level to 1.06×, the threads kept on Numba's side.
     """
     threads = thread_count()
     if threads < 2 or store or B == 0 or T == 0:  # nothing to split (an empty batch or sequence)
@@ -678,22 +678,22 @@ def input_projection(x2d, W_ih, b_ih, numba_threads=False, valid=None, training=
                      packed=None, pieces=None, off_blas=False):
     """gx = x2d @ W_ih.T + b_ih, one GEMM over all rows.  x2d (N, I), W_ih (3H, I) → (N, 3H).
 
-    With ``numba_threads`` (a route from :func:`forward_route`) the product runs on Numba's threads
-    (on W_ih's panels where :func:`projection_panels` says, and where ``packed`` ones are given and
-    :func:`packed_projection` says: a frozen copy's, two threads, µs, panels against the tiled
-    matmul: T = 8, B = 8, H = 64 / 128 / 256 51.7 / 102 / 285 against 58.3 / 122 / 299; padded,
-    B = 4, H = 64 / 128 50.0 / 89.2 against 54.7 / 98.2; B = 16 level), otherwise on one thread on packed panels (:func:`serial_projection_panels`) or by the dot-product
-    block (:func:`projection_dot`), or in BLAS. With ``valid``
-    (a (N,) bool mask from :func:`valid_steps`) only the valid rows are gathered and multiplied; the
-    other rows of gx are zero (the kernels never read them). With ``training`` the serial kernel always
-    takes BLAS, whose sums do not depend on its thread count, so that gradients come out the same with
-    any number of threads. ``out``: a C-contiguous (N, 3H) array to write gx into (without ``valid``).
-    ``packed``: W_ih's panels packed once by the caller (a frozen model's,
-    :func:`~numgru.kernels.panel.pack_panels`), or None; they are read where
-    :func:`packed_projection` says so, and by Numba's threads wherever those take panels.
-    ``pieces``: the caller's :class:`FrozenPieces` (a frozen or quantized model's), which keep W_ih's
-    AMX packing, or None (packed on each call that takes the tiles). ``off_blas``
-    (:func:`keeps_off_blas`): where the serial kernel would call BLAS, Numba's threads instead.
+    With ``numba_threads`` (a route from :func:`forward_route`) the product runs on Numba's threads (on
+    W_ih's panels where :func:`projection_panels` says, and where ``packed`` ones are given and
+    :func:`packed_projection` says: a frozen copy's, two threads, µs, panels against the tiled matmul:
+    T = 8, B = 8, H = 64 / 128 / 256 51.7 / 102 / 285 against 58.3 / 122 / 299; padded, B = 4,
+    H = 64 / 128 50.0 / 89.2 against 54.7 / 98.2; B = 16 level), otherwise on one thread on packed
+    panels (:func:`serial_projection_panels`) or by the dot-product block (:func:`projection_dot`), or
+    in BLAS. With ``valid`` (a (N,) bool mask from :func:`valid_steps`) only the valid rows are gathered
+    and multiplied; the other rows of gx are zero (the kernels never read them). With ``training`` the
+    serial kernel always takes BLAS, whose sums do not depend on its thread count, so that gradients
+    come out the same with any number of threads. ``out``: a C-contiguous (N, 3H) array to write gx into
+    (without ``valid``). ``packed``: W_ih's panels packed once by the caller (a frozen model's,
+    :func:`~numgru.kernels.panel.pack_panels`), or None; they are read where :func:`packed_projection`
+    says so, and by Numba's threads wherever those take panels. ``pieces``: the caller's
+    :class:`FrozenPieces` (a frozen or quantized model's), which keep W_ih's AMX packing, or None
+    (packed on each call that takes the tiles). ``off_blas`` (:func:`keeps_off_blas`): where the serial
+    kernel would call BLAS, Numba's threads instead.
     """
     N = x2d.shape[0]
     if valid is not None:
@@ -1026,20 +1026,20 @@ def vnni_columns_wanted(T, B, H, threads, dtype, reset_after, gate_kind, use_cli
     """Whether an inference forward of T steps over B rows that takes the columns route on
     ``threads`` threads (:func:`forward_route`) multiplies each step's state by W_hh's integer digits
     (:func:`~numgru.kernels.vnni.gru_forward_vnni_cols`, each thread its units' rows; packed on every
-    call unless the model keeps them, ``kept``): one row, float32, reset_after with sigmoid gates and
-    no clip, H a multiple of 16 from ``VNNI_COLUMNS_MIN_HIDDEN`` (``VNNI_COLUMNS_MIN_HIDDEN_KEPT`` with
+    call unless the model keeps them, ``kept``): one row, float32, reset_after with sigmoid gates and no
+    clip, H a multiple of 16 from ``VNNI_COLUMNS_MIN_HIDDEN`` (``VNNI_COLUMNS_MIN_HIDDEN_KEPT`` with
     ``kept``; W_hh beyond the threads' L2s), at least ``VNNI_COLUMNS_MIN_STEPS`` steps
-    (``VNNI_COLUMNS_MIN_STEPS_KEPT`` with ``kept``), where the CPU has VNNI. Zen 4, two threads, B = 1, the recurrence alone (µs a step, the digits' against
-    the float32 columns route's, 11 rounds): H = 512 / 768 / 1024 18 / 43 / 68 against 21 / 52 / 91
-    (1.09–1.26× / 1.08–1.41× / 1.25–1.36×); whole forwards, one process taking turns with the
-    float32 route: frozen H = 1024, T = 8 / 32 / 128 0.95–1.32× / 0.99–1.45× / 1.09–1.24×, H = 2048,
-    T = 32 1.38–1.69×; plain (the digits packed on the threads each call) H = 1024, T = 64 / 128 /
-    512 0.94–1.19× / 0.94–1.11× / 1.04–1.24×. Below H = 1024, where the columns route takes one row
-    on Zen 4 too (:func:`forward_route`), the float32 route kept up (two runs of nine
-    rounds, ratios of the float32 route's time to the digits'): frozen H = 512, T = 8 / 32 0.92–0.94 /
-    0.93–0.95; H = 768, T = 32 / 128 1.03–1.04 / 1.03–1.06; H = 896, T = 32 1.06–1.08; plain (packed
-    each call) H = 512 / 768 / 896, T = 128 0.80–0.95 / 0.89–1.03 / 0.92–1.07, T = 512 H = 512 / 768
-    0.94–0.97 / 1.01–1.02."""
+    (``VNNI_COLUMNS_MIN_STEPS_KEPT`` with ``kept``), where the CPU has VNNI. Zen 4, two threads, B = 1,
+    the recurrence alone (µs a step, the digits' against the float32 columns route's, 11 rounds):
+    H = 512 / 768 / 1024 18 / 43 / 68 against 21 / 52 / 91 (1.09–1.26× / 1.08–1.41× / 1.25–1.36×); whole
+    forwards, one process taking turns with the float32 route: frozen H = 1024, T = 8 / 32 / 128
+    0.95–1.32× / 0.99–1.45× / 1.09–1.24×, H = 2048, T = 32 1.38–1.69×; plain (the digits packed on the
+    threads each call) H = 1024, T = 64 / 128 / 512 0.94–1.19× / 0.94–1.11× / 1.04–1.24×. Below
+    H = 1024, where the columns route takes one row on Zen 4 too (:func:`forward_route`), the float32
+    route kept up (two runs of nine rounds, ratios of the float32 route's time to the digits'): frozen
+    H = 512, T = 8 / 32 0.92–0.94 / 0.93–0.95; H = 768, T = 32 / 128 1.03–1.04 / 1.03–1.06; H = 896,
+    T = 32 1.06–1.08; plain (packed each call) H = 512 / 768 / 896, T = 128
+    0.80–0.95 / 0.89–1.03 / 0.92–1.07, T = 512 H = 512 / 768 0.94–0.97 / 1.01–1.02."""
     least = VNNI_COLUMNS_MIN_HIDDEN_KEPT if kept else VNNI_COLUMNS_MIN_HIDDEN
     return (B == 1 and threads > 1 and dtype == np.float32 and reset_after and gate_kind == 0
             and not use_clip and H % 16 == 0 and least <= H <= DIGIT_MAX_K
@@ -1518,16 +1518,17 @@ def _amx_training_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gat
 def keeps_off_blas(B, threads, store):
     """Whether a serial inference forward of B rows on ``threads`` threads (the serial route,
     :func:`serial_forward`) keeps off OpenBLAS's threads: from two threads where its steps' products
-    never reach BLAS (B at most :func:`inference_tiled_max`'s rows); its input projection then runs
-    on Numba's threads where the serial kernel would have called BLAS (the kernel's panels and
+    never reach BLAS's GEMM (B at most :func:`inference_tiled_max`'s rows; one row beyond L2 keeps its
+    GEMV on several threads, :func:`~numgru.kernels.forward.one_row_dot`); its input projection then
+    runs on Numba's threads where the serial kernel would have called BLAS (the kernel's panels and
     dot-product block, one thread's, stay). OpenBLAS's workers spin for a while after a call, and
-    Numba's after a parallel region, so calls that take turns between the pools stall each other:
-    two threads, T = 32, H = 192, B = 4 (serial, its projection in BLAS) and 8 (rows route) taking
-    turns read 3.7–4.3 ms a call each against 0.6 and 0.7 alone, and after B = 4 calls B = 8 read
-    16 ms a call for about 0.1 s. Numba's threads take W_ih's panels there from
-    ``OFF_BLAS_PANELS_MIN_ROWS`` rows (two threads, whole forwards, µs, panels against the tiled
-    matmul: T = 32, B = 4, H = 96 / 128 / 192 156 / 249 / 508 against 183 / 257 / 525; T = 64,
-    B = 2, H = 128 255 against 266; but T = 16, B = 2, H = 192, 32 rows, 188 against 153)."""
+    Numba's after a parallel region, so calls that take turns between the pools stall each other: two
+    threads, T = 32, H = 192, B = 4 (serial, its projection in BLAS) and 8 (rows route) taking turns
+    read 3.7–4.3 ms a call each against 0.6 and 0.7 alone, and after B = 4 calls B = 8 read 16 ms a call
+    for about 0.1 s. Numba's threads take W_ih's panels there from ``OFF_BLAS_PANELS_MIN_ROWS`` rows
+    (two threads, whole forwards, µs, panels against the tiled matmul: T = 32, B = 4, H = 96 / 128 / 192
+    156 / 249 / 508 against 183 / 257 / 525; T = 64, B = 2, H = 128 255 against 266; but T = 16, B = 2,
+    H = 192, 32 rows, 188 against 153)."""
     return threads > 1 and not store and B <= inference_tiled_max(threads, B)
 
 
@@ -1780,14 +1781,15 @@ def _run_vnni_direction(vnni_steps, g3, h0, y, col0, h_n):
 def _planned_projection(x2d, projection, amx, gx, Wv_ih=None, pieces=None, dp=0, entries=None, kind=None,
                         par=0):
     """gx = the whole input projection of a plan: ``projection`` (W_ih, Wp, bias, use_bias, panels,
-    dot) as :func:`~numgru.kernels.forward.input_projection_kernel` takes it, on AMX tiles first
-    where ``amx`` (the thread count to take them with, 0 for none) and they take x2d: W_ih's digits
-    (:func:`amx_project_digits`), else its pieces (``Wv_ih``: W_ih's AMX packing kept by a frozen
-    model, or None; ``pieces``: the frozen model's :class:`FrozenPieces`, which keep the digits); by
+    dot) as :func:`~numgru.kernels.forward.input_projection_kernel` takes it, on AMX tiles first where
+    ``amx`` (the thread count to take them with, 0 for none) and they take x2d: W_ih's digits
+    (:func:`amx_project_digits`), else its pieces (``Wv_ih``: W_ih's AMX packing kept by a frozen model,
+    or None; ``pieces``: the frozen model's :class:`FrozenPieces`, which keep the digits); by
     AVX512-BF16's bfloat16 products where ``dp`` (the thread count, :func:`dpbf16_projection_wanted`)
     and they take x2d; on Numba's threads where ``par`` ((thread count, panels), for
-    :func:`keeps_off_blas`; 0 for none) and the parallel slot is free. ``entries``: a plan's, for :func:`~numgru.kernels._jit.planned_call` of the
-    float32 kernel, ``kind`` x2d's kind of array there (else the dispatcher runs it)."""
+    :func:`keeps_off_blas`; 0 for none) and the parallel slot is free. ``entries``: a plan's, for
+    :func:`~numgru.kernels._jit.planned_call` of the float32 kernel, ``kind`` x2d's kind of array there
+    (else the dispatcher runs it)."""
     W_ih, Wp, bias, use_bias, panels, dot = projection
     if amx and (amx_project_digits(x2d, W_ih, bias, use_bias, gx, amx, pieces)
                 or amx_project(x2d, W_ih, bias, use_bias, gx, amx, Wv_ih)):
