@@ -130,6 +130,7 @@ def test_rows_equal_single_thread_route(spy, rng):
     (256, 256, True, False, "rows"),     # 128 rows × 256 per thread: 64+ rows on Numba's threads
     (48, 1024, True, False, "columns"),  # past the columns' window, under 64 rows: W_hh past 3·512²
     (40, 1024, False, False, "rows"),    # reset_before has no columns
+    (24, 512, False, False, "rows"),     # reset_before within the window: rows, not BLAS's threads
     (48, 512, True, False, "rows"),      # past the window, W_hh within 3·512²
     (20, 512, True, False, "columns"),   # within the window
     (16, 1024, True, False, "rows"),     # W_hh beyond L2, 8 rows per thread

@@ -428,23 +428,27 @@ def forward_route(B, H, reset_after, store, T=None, itemsize=4):
     7.9–8.0), and at H = 128 level (B = 12 / 20).
 
     Elsewhere (AMD, Intel without AVX-512) float weights with B ≥ ``PARALLEL_MIN_ROWS``, or past the
-    columns' window (B·H beyond hi), take rows (H ≤ 512 within ``ROWS_MAX_STREAMED``, or
-    reset_before) or columns. Past the window below 64 rows they had run BLAS-threaded steps (2-vCPU
-    AMD EPYC, two threads, one route per process, two rounds, ms, rows / columns against them):
-    T = 16, B = 48, H = 512 12.4–13.3 / 13.0–13.6 against 18.4–19.4; T = 64, B = 40, H = 1024
-    172–173 / 166–177 against 253–254; T = 64, B = 48, H = 768 109–116 / 105–109 against 164–166;
-    T = 16, B = 24, H = 1024 26.2–26.5 / 26.3–28.7 against 41.1–41.6; T = 1 / 4, B = 48, H = 1024
-    4.0–4.1 / 15.8–15.9 (rows) against 4.5–4.9 / 20.8–21.0; reset_before T = 16, B = 40, H = 1024
-    43.8–46.5 against 64.5–65.7 (rows); B = 8, H = 2048 61–64 against 63–69 (within the window, B = 20,
-    H = 512, columns stay ahead of rows: 5.31–5.36 against 6.26–6.61). On the 2-vCPU AMD EPYC (Zen 4; 2
-    threads, T = 128, min of two rounds of three, ms) they first met BLAS-threaded steps with the gates
-    in ``prange`` (the serial kernel's parallel twin, gone since; see :mod:`numgru.kernels._jit` on the
-    cache), Numba's OpenMP workers and OpenBLAS's spinning against each other: B = 64,
-    H = 512 / 768 / 1024 287–304 / 1188 / 1360–1588 against 140 / 294 / 658–744; B = 256, H = 256 285
-    against 143; reset_before B = 64, H = 1024 2376 against 624 (rows). Against the serial kernel as it
-    runs now: B = 64, H = 1024 629 against 596 (rows) / 600 (columns); H = 768 338 against 365 / 329;
-    H = 512 198 against 196 / 195; B = 128, H = 1024 1307 against 1244 / 1229; B = 256, H = 256 212
-    against 218 / 214: level to 1.06×, the threads kept on Numba's side.
+    columns' window (B·H beyond hi), or reset_before (which has no columns route), take rows (H ≤ 512
+    within ``ROWS_MAX_STREAMED``, or reset_before) or columns. Past the window below 64 rows they had
+    run BLAS-threaded steps (2-vCPU AMD EPYC, two threads, one route per process, two rounds, ms,
+    rows / columns against them): T = 16, B = 48, H = 512 12.4–13.3 / 13.0–13.6 against 18.4–19.4;
+    T = 64, B = 40, H = 1024 172–173 / 166–177 against 253–254; T = 64, B = 48, H = 768
+    109–116 / 105–109 against 164–166; T = 16, B = 24, H = 1024 26.2–26.5 / 26.3–28.7 against 41.1–41.6;
+    T = 1 / 4, B = 48, H = 1024 4.0–4.1 / 15.8–15.9 (rows) against 4.5–4.9 / 20.8–21.0; reset_before
+    T = 16, B = 40, H = 1024 43.8–46.5 against 64.5–65.7 (rows); B = 8, H = 2048 61–64 against 63–69
+    (within the window, B = 20, H = 512, columns stay ahead of rows: 5.31–5.36 against 6.26–6.61);
+    reset_before within the window, rows against BLAS-threaded steps (T = 16 unless said): B = 24,
+    H = 384 / 512 3.65–3.76 / 6.81–7.19 against 5.27–5.45 / 9.54–9.59; T = 64, B = 32, H = 512 33.5–34.2
+    against 50.0–51.4; B = 20, H = 768 15.4–15.5 against 17.4–17.7; B = 17, H = 1024 (chunks of 12 and
+    5) level. On the 2-vCPU AMD EPYC (Zen 4; 2 threads, T = 128, min of two rounds of three, ms) they
+    first met BLAS-threaded steps with the gates in ``prange`` (the serial kernel's parallel twin, gone
+    since; see :mod:`numgru.kernels._jit` on the cache), Numba's OpenMP workers and OpenBLAS's spinning
+    against each other: B = 64, H = 512 / 768 / 1024 287–304 / 1188 / 1360–1588 against
+    140 / 294 / 658–744; B = 256, H = 256 285 against 143; reset_before B = 64, H = 1024 2376 against
+    624 (rows). Against the serial kernel as it runs now: B = 64, H = 1024 629 against 596 (rows) / 600
+    (columns); H = 768 338 against 365 / 329; H = 512 198 against 196 / 195; B = 128, H = 1024 1307
+    against 1244 / 1229; B = 256, H = 256 212 against 218 / 214: level to 1.06×, the threads kept on
+    Numba's side.
     """
     threads = thread_count()
     if threads < 2 or store or B == 0 or T == 0:  # nothing to split (an empty batch or sequence)
@@ -466,7 +470,7 @@ def forward_route(B, H, reset_after, store, T=None, itemsize=4):
         if (WIDE_BLAS and itemsize >= 4 and weights <= ROWS_MAX_WEIGHTS_WIDE_BLAS
                 and per_thread * H <= max_state and B * H > COLS_STATE[1] and streamed):
             return "rows"
-        if not WIDE_BLAS and itemsize >= 4 and (B >= PARALLEL_MIN_ROWS or B * H > COLS_STATE[1]):
+        if not WIDE_BLAS and itemsize >= 4 and (B >= PARALLEL_MIN_ROWS or B * H > hi or not reset_after):
             # Numba's threads for the whole call rather than OpenBLAS's for each step's product
             if not reset_after or (weights <= ROWS_MAX_WEIGHTS_WIDE_BLAS and streamed):
                 return "rows"
