@@ -91,7 +91,7 @@ def test_serial_step_reset_before_gate_options(B):
 
 @pytest.mark.parametrize("B, H, reset_after, threads, itemsize, want", [
     (1, 256, True, 2, 4, True), (16, 192, True, 4, 4, True), (1, 191, True, 2, 4, False),
-    (17, 256, True, 2, 4, False), (1, 256, False, 2, 4, False), (1, 256, True, 1, 4, False),
+    (1, 256, False, 2, 4, False), (1, 256, True, 1, 4, False),
     (0, 256, True, 2, 4, False),
     (1, 1024, True, 16, 4, True), (2, 1024, True, 2, 4, True),
     # bfloat16 weights: the serial step on panels while they fit 1 MB, any row count
@@ -112,6 +112,17 @@ def test_step_columns_rule(monkeypatch, wide, B, H, reset_after, threads, itemsi
 def test_step_columns_one_row_rule(monkeypatch, H, itemsize, wide, want):
     monkeypatch.setattr(dispatch, "WIDE_BLAS", wide)
     assert dispatch.step_columns(1, H, True, 2, itemsize) is want
+
+
+@pytest.mark.parametrize("B, H, itemsize, wide, want", [
+    # more than 16 rows: BLAS's threaded GEMM where BLAS is wider, else split from H = 64
+    (17, 256, 4, True, False), (17, 256, 4, False, True), (256, 64, 4, False, True),
+    (64, 63, 4, False, False), (16, 128, 4, False, False), (17, 1024, 2, False, False),
+])
+def test_step_columns_many_rows_rule(monkeypatch, B, H, itemsize, wide, want):
+    monkeypatch.setattr(dispatch, "WIDE_BLAS", wide)
+    assert dispatch.step_columns(B, H, True, 2, itemsize) is want
+    assert not dispatch.step_columns(B, H, False, 2, itemsize)  # reset_after only
 
 
 @pytest.fixture
@@ -146,6 +157,20 @@ def test_columns_step_matches_reference(two_threads, cols_spy, dtype, B):
     np.testing.assert_allclose(c(x, h), _ref(x, h, p), **TOL[dtype])
     np.testing.assert_allclose(c(x), _ref(x, np.zeros_like(h), p), **TOL[dtype])
     assert cols_spy == [B, B]
+
+
+@two_threads_only
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("B, H", [(40, 64), (17, 200)])
+def test_columns_step_of_many_rows(two_threads, cols_spy, monkeypatch, dtype, B, H):
+    """More than 16 rows split over units where BLAS is no wider than Numba (from H = 64)."""
+    monkeypatch.setattr(dispatch, "WIDE_BLAS", False)
+    rng = np.random.default_rng(B)
+    c, p = _cell(9, H, dtype)
+    x = rng.standard_normal((B, 9)).astype(dtype)
+    h = rng.standard_normal((B, H)).astype(dtype)
+    np.testing.assert_allclose(c(x, h), _ref(x, h, p), **TOL[dtype])
+    assert cols_spy == [B]
 
 
 @two_threads_only

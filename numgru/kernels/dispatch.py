@@ -81,6 +81,7 @@ COLS_B1_BEYOND_L2_MIN_STEPS = 2
 PACK_BELOW = 0.9
 STEP_COLS_MIN_H = 192
 STEP_COLS_MAX_ROWS = 16
+STEP_COLS_MIN_H_MANY_ROWS = 64
 STEP_COLS_B1_BYTES = 1 << 21
 STEP_COLS_BF16_SERIAL_BYTES = 1 << 20
 PROJ_PANELS_MIN_ROWS = ((64, 16), (128, 32), (256, 128))
@@ -569,7 +570,16 @@ def step_columns(B, H, reset_after, threads, itemsize=4):
     H ≥ ``STEP_COLS_MIN_H`` and B ≤ ``STEP_COLS_MAX_ROWS``; at B = 1 with float weights, where BLAS's
     vectors are wider than Numba's (:data:`WIDE_BLAS`), also only for at most ``STEP_COLS_B1_BYTES``
     of weights per thread (6·H²·itemsize bytes in all, taking I = H): beyond, BLAS's threaded GEMV
-    streamed them as fast. Elsewhere one row splits at any H, which keeps it off BLAS's threads:
+    streamed them as fast. Where BLAS is no wider, float steps of more than ``STEP_COLS_MAX_ROWS``
+    rows split too from ``STEP_COLS_MIN_H_MANY_ROWS`` units, where BLAS's threaded GEMM had taken them
+    (plain ``stream.step``, two threads, two runs, µs, split against the GEMM, alone | after a
+    rows-route forward): H = 256, B = 24 / 64 / 128 / 256 131–135 / 284–339 / 529–734 / 1053–1339 |
+    134–135 / 301–337 / 535–643 / 1062–1112 against 186 / 371–469 / 715–718 / 1443–1456 | 190–192 /
+    3683–3768 / 921–4128 / 4862–4926; H = 512 / 1024, B = 32 571–577 / 2535–2640 | 607–662 /
+    2639–2715 against 994–1059 / 3278–3469 | 1052–1118 / 4847–5999; H = 64, B = 64 / 256 36–40 /
+    127–138 | 37–41 / 127–141 against 50–82 / 202–409 | 2003–3910 / 4114–4183; H = 128, B = 32 / 64
+    46–55 / 82–85 | 50–60 / 86–103 against 69 / 124–126 | 73–75 / 2660–3958.
+    Elsewhere one row splits at any H, which keeps it off BLAS's threads:
     the plain model's ``stream.step`` on two threads (Zen 4, alternating processes, three runs, µs,
     split against 202c067's GEMV): alone H = 512 / 768 / 1024 47–57 / 102–115 / 184–356 against
     44–58 / 94–126 / 214–454; taking turns with a forward on the rows route (T = 16, B = 8)
@@ -593,7 +603,11 @@ def step_columns(B, H, reset_after, threads, itemsize=4):
     H = 256, B = 1 / 4 / 16 1.49× / 1.25× / 1.31×; beyond, H = 512 / 768, B = 4 0.38× / 0.54×, and
     at B = 1 split and serial stay within the noise of the shared cores, 0.5–1.2×).
     """
-    if not (threads > 1 and reset_after and H >= STEP_COLS_MIN_H and 1 <= B <= STEP_COLS_MAX_ROWS):
+    if not (threads > 1 and reset_after and B >= 1):
+        return False
+    if itemsize >= 4 and not WIDE_BLAS and B > STEP_COLS_MAX_ROWS:
+        return H >= STEP_COLS_MIN_H_MANY_ROWS
+    if not (H >= STEP_COLS_MIN_H and B <= STEP_COLS_MAX_ROWS):
         return False
     if itemsize == 2:
         return 6 * H * H * itemsize > STEP_COLS_BF16_SERIAL_BYTES
