@@ -51,7 +51,7 @@ from .amx import (amx_gradient, amx_gradient_pair, amx_gradient_parallel, amx_pr
                   pack_digits_into_parallel, padded)
 from .backward import (BIAS_ROWS, gru_backward_amx, gru_backward_amx_rows, gru_backward_dpbf16,
                        gru_backward_serial, matmul_into, weight_gradient_panels)
-from .forward import (gru_forward_chunked, gru_forward_cols, gru_forward_rows,
+from .forward import (column_blocks, gru_forward_chunked, gru_forward_cols, gru_forward_rows,
                       gru_forward_serial, input_projection_kernel, input_projection_parallel, packed_panels,
                       row_chunks, PANEL_MIN_T,
                       TILED_MAX_ONE_THREAD, use_panels)
@@ -614,17 +614,10 @@ def step_columns(B, H, reset_after, threads, itemsize=4):
     return B > 1 or not WIDE_BLAS or 6 * H * H * itemsize <= STEP_COLS_B1_BYTES * threads
 
 
-def _column_blocks(H, threads):
-    """``(nc, cs)``: a step split over hidden units in nc blocks of cs units, one a thread, cs a
-    multiple of 16 (nc·cs ≥ H)."""
-    cs = ((-(-H // threads) + 15) // 16) * 16
-    return -(-H // cs), cs
-
-
 def step_columns_workspace(B, H, threads, dtype):
     """The ``acc`` workspace of :func:`~numgru.kernels.step.gru_step_cols`: (nc, 3, B, cs) for
-    :func:`_column_blocks`' nc blocks of cs units."""
-    nc, cs = _column_blocks(H, threads)
+    :func:`~numgru.kernels.forward.column_blocks`' nc blocks of cs units, one a thread."""
+    nc, cs = column_blocks.py_func(H, threads)
     return np.empty((nc, 3, B, cs), dtype)
 
 
@@ -665,8 +658,9 @@ def run_step_digits(x, h, digits, h_out, gi, gh, work, cols_work, backwards=Fals
 
 def step_digits_columns_work(I, H, threads):
     """:func:`~numgru.kernels.vnni.gru_step_vnni_cols`' scratch for ``threads`` threads: one row of
-    :func:`~numgru.kernels.vnni.step_work_size` int32 for each of :func:`_column_blocks`' blocks."""
-    return np.zeros((_column_blocks(H, threads)[0], step_work_size.py_func(I, H)), np.int32)
+    :func:`~numgru.kernels.vnni.step_work_size` int32 for each of
+    :func:`~numgru.kernels.forward.column_blocks`' blocks, one a thread."""
+    return np.zeros((column_blocks.py_func(H, threads)[0], step_work_size.py_func(I, H)), np.int32)
 
 
 @functools.lru_cache(maxsize=16)
@@ -740,8 +734,9 @@ def input_projection(x2d, W_ih, b_ih, numba_threads=False, valid=None, training=
             x2d.dtype == W_ih.dtype == bias.dtype:
         return pool_projection(x2d, W_ih, bias, b_ih is not None, gx)
     Wp = empty_array(W_ih.dtype, 3) if packed is None else packed
-    choice = serial_projection_choice(N, I, threads, packed is not None, training)
-    off_blas = off_blas and not any(choice)
+    # the serial kernel's choice (panels, dot): asked for on the routes' threads only if they are busy
+    choice = None if numba_threads else serial_projection_choice(N, I, threads, packed is not None, training)
+    off_blas = off_blas and choice is not None and not any(choice)
     if numba_threads or off_blas:
         with parallel_slot(True) as par:
             if par:
@@ -749,6 +744,8 @@ def input_projection(x2d, W_ih, b_ih, numba_threads=False, valid=None, training=
                           or (packed is not None and packed_projection(N, I, threads)))
                 input_projection_parallel(x2d, W_ih, Wp, bias, b_ih is not None, gx, panels, threads)
                 return gx
+    if choice is None:
+        choice = serial_projection_choice(N, I, threads, packed is not None, training)
     input_projection_kernel(x2d, W_ih, Wp, bias, b_ih is not None, gx, *choice)
     return gx
 
@@ -1767,11 +1764,10 @@ def _run_vnni_columns(gx, W_hh, b_hh, h0, reverse, y, col0, h_n, threads, pieces
             return False
         Wv, C = kept
     else:
-        Wv = amx_digits("vnni_hh", W_hh, threads=threads, held=True)
-        if Wv.shape[0] == 0:
+        packed = _digits_with_row_sums(W_hh, threads, held=True)
+        if packed is None:
             return False
-        R = workspace("vnni_row_sums", (3 * padded.py_func(G),), np.int32)
-        digit_row_sums(Wv, G, H, R)
+        Wv, R = packed
         C = digit_offsets(R, G)
     gru_forward_vnni_cols(gx, W_hh, Wv, C, b_hh, h0, bool(reverse), y, int(col0), h_n, threads)
     return True
@@ -1784,16 +1780,21 @@ def _run_vnni_direction(vnni_steps, g3, h0, y, col0, h_n):
     W_hh or a state (NaN or ±Inf, say): the caller then runs the float32 kernels, which write
     everything anew."""
     W_hh, b_hh, reverse, pieces = vnni_steps
-    if pieces is not None:
-        kept = pieces.row_sums_of(W_hh)
-        return kept is not None and gru_forward_vnni(g3, *kept, b_hh, h0, reverse, y, col0, h_n)
-    Wv = amx_digits("vnni_hh", W_hh)
+    kept = _digits_with_row_sums(W_hh) if pieces is None else pieces.row_sums_of(W_hh)
+    return kept is not None and gru_forward_vnni(g3, *kept, b_hh, h0, reverse, y, col0, h_n)
+
+
+def _digits_with_row_sums(W_hh, threads=1, held=False):
+    """``(digits, row sums)`` of W_hh made for this call in this thread's scratch (:func:`amx_digits`,
+    ``threads`` and ``held`` as there; :func:`~numgru.kernels.vnni.digit_row_sums`), as a frozen
+    model's :meth:`FrozenPieces.row_sums_of` keeps them; None where a row is refused."""
+    Wv = amx_digits("vnni_hh", W_hh, threads=threads, held=held)
     if Wv.shape[0] == 0:
-        return False
+        return None
     G, H = W_hh.shape
     R = workspace("vnni_row_sums", (3 * padded.py_func(G),), np.int32)
     digit_row_sums(Wv, G, H, R)
-    return gru_forward_vnni(g3, Wv, R, b_hh, h0, reverse, y, col0, h_n)
+    return Wv, R
 
 
 def _planned_projection(x2d, projection, amx, gx, Wv_ih=None, pieces=None, dp=0, entries=None, kind=None,

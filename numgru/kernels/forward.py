@@ -927,6 +927,15 @@ def _gru_forward(gx, W_hh, packed, b_hh, h0, lengths, sorted_desc, reverse, rese
 
 
 @inline
+def column_blocks(H, n):
+    """``(nc, cs)``: H hidden units split into at most n blocks of cs units, cs a multiple of 16,
+    nc·cs ≥ H, the fewest such blocks: the blocks of the routes that split a step over hidden units,
+    one a worker."""
+    cs = ((H + n - 1) // n + 15) // 16 * 16
+    return (H + cs - 1) // cs, cs
+
+
+@inline
 def row_chunks(B, n_threads):
     """(chunk size, chunk count) splitting B rows for :func:`_gru_forward_rows`: at most one chunk
     per thread, sizes a multiple of 4 (the register block of :func:`small_rows_matmul`) where B allows."""
@@ -1039,9 +1048,7 @@ def _gru_forward_cols(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, gate_ki
     B = gx.shape[1]
     H = h0.shape[1]
     dt = gx.dtype
-    cs = (H + n_chunks - 1) // n_chunks
-    cs = ((cs + 15) // 16) * 16
-    nc = (H + cs - 1) // cs
+    nc, cs = column_blocks(H, n_chunks)
     h_a = np.empty((B, H), dt)
     h_b = np.empty((B, H), dt)
     # per block and row: W_hr h, W_hz h, W_hn h for the block's units, side by side (cs values each)

@@ -27,16 +27,14 @@ from __future__ import annotations
 
 import numpy as np
 from llvmlite import ir
-from numba import types
+from numba import prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
-
-from numba import prange
 
 from ._jit import cpu_ready, device, inline, kernel, parallel_kernel, wide_vectors
 from .amx import DIGITS, _combine_digits, _digits_into, _pieces_of, padded, padded64
 from .dotblock import dot_rows
-from .forward import _chunk_after, rows_after_fast
+from .forward import _chunk_after, column_blocks, rows_after_fast
 from .sync import atomic_add, atomic_cas, atomic_load, spin_pause
 from .step import step_gates_after
 
@@ -318,6 +316,30 @@ def _step_product(v, W, Wv, C, N, D, u, S, out, spread):
         dot_rows(v, W, out, 1)
 
 
+@inline
+def _step_shapes(x, h, W_ih, W_hh, C, b_ih, b_hh, h_out, gi, gh):
+    """Whether a one-row step's arrays agree (x (1, I), h (1, H), the weights, biases and offsets C
+    (2, 3, 3H) for them, h_out (1, H), gi's and gh's rows of 3H with gh holding one), as
+    :func:`gru_step_vnni` and :func:`gru_step_vnni_cols` take them."""
+    I = x.shape[1]
+    H = h.shape[1]
+    G = 3 * H
+    return not (x.shape[0] != 1 or h.shape[0] != 1 or W_ih.shape[0] != G or W_ih.shape[1] != I
+                or W_hh.shape[0] != G or W_hh.shape[1] != H or b_ih.shape[0] != G or b_hh.shape[0] != G
+                or h_out.shape[0] != 1 or h_out.shape[1] != H or gi.shape[1] != G
+                or gh.shape[0] < 1 or gh.shape[1] != G or C.shape[0] != 2 or C.shape[1] != 3
+                or C.shape[2] != G)
+
+
+@inline
+def _step_digits_match(Vi, Vh, I, H):
+    """Whether W_ih's and W_hh's digits (either empty: that product in float32) are
+    :func:`~numgru.kernels.amx.pack_digits`' of (3H, I) and (3H, H) weights."""
+    G = padded(3 * H)
+    return not (Vi.shape[0] > 0 and _pieces_of(Vi, G, padded(I)) != DIGITS
+                or Vh.shape[0] > 0 and _pieces_of(Vh, G, padded(H)) != DIGITS)
+
+
 @kernel
 def gru_step_vnni(x, h, W_ih, W_hh, Vi, Vh, C, b_ih, b_hh, spread, h_out, gi, gh, work, backwards):
     """h_out = GRU(x, h) for one row, reset_after with sigmoid gates and no clip, float32: the step of
@@ -346,14 +368,10 @@ def gru_step_vnni(x, h, W_ih, W_hh, Vi, Vh, C, b_ih, b_hh, spread, h_out, gi, gh
         gh = np.empty((1, G), np.float32)
     if work.shape[0] == 0:
         work = np.zeros(step_work_size(I, H), np.int32)
-    if (x.shape[0] != 1 or h.shape[0] != 1 or W_ih.shape[0] != G or W_ih.shape[1] != I
-            or W_hh.shape[0] != G or W_hh.shape[1] != H or b_ih.shape[0] != G or b_hh.shape[0] != G
-            or h_out.shape[0] != 1 or h_out.shape[1] != H or gi.shape[1] != G
-            or gh.shape[0] < 1 or gh.shape[1] != G or C.shape[0] != 2 or C.shape[1] != 3
-            or C.shape[2] != G or work.shape[0] < step_work_size(I, H)):
+    if (not _step_shapes(x, h, W_ih, W_hh, C, b_ih, b_hh, h_out, gi, gh)
+            or work.shape[0] < step_work_size(I, H)):
         raise ValueError("gru_step_vnni: shapes do not match")
-    if (Vi.shape[0] > 0 and _pieces_of(Vi, padded(G), padded(I)) != DIGITS
-            or Vh.shape[0] > 0 and _pieces_of(Vh, padded(G), padded(H)) != DIGITS):
+    if not _step_digits_match(Vi, Vh, I, H):
         raise ValueError("gru_step_vnni: the digits do not match the weights")
     Di, ui, Dh, uh, S = _step_scratch(work, I, H)
     for q in range(2):
@@ -383,9 +401,7 @@ def gru_forward_vnni_cols(gx, W_hh, Wv, C, b_hh, h0, reverse, y, col0, h_n, n_ch
             or h_n.shape[1] != H or y.shape[1] != 1 or col0 < 0 or col0 + H > y.shape[2]
             or C.shape[0] != 3 or C.shape[1] != G or _pieces_of(Wv, padded(G), padded(H)) != DIGITS):
         raise ValueError("gru_forward_vnni_cols: shapes do not match")
-    cs = (H + n_chunks - 1) // n_chunks
-    cs = ((cs + 15) // 16) * 16
-    nc = (H + cs - 1) // cs
+    nc, cs = column_blocks(H, n_chunks)
     Kq = padded64(H)
     h_a = h0.copy()
     h_b = np.empty_like(h0)
@@ -454,17 +470,12 @@ def gru_step_vnni_cols(x, h, W_ih, W_hh, Vi, Vh, C, b_ih, b_hh, spread, h_out, g
     wide_vectors()
     I = x.shape[1]
     H = h.shape[1]
-    G = 3 * H
     nc = work.shape[0]
-    cs = ((H + nc - 1) // nc + 15) // 16 * 16
-    if (x.shape[0] != 1 or h.shape[0] != 1 or H % 16 != 0 or W_ih.shape[0] != G or W_ih.shape[1] != I
-            or W_hh.shape[0] != G or W_hh.shape[1] != H or b_ih.shape[0] != G or b_hh.shape[0] != G
-            or h_out.shape[0] != 1 or h_out.shape[1] != H or gi.shape[0] < 1 or gi.shape[1] != G
-            or gh.shape[0] < 1 or gh.shape[1] != G or C.shape[0] != 2 or C.shape[1] != 3
-            or C.shape[2] != G or work.shape[1] < step_work_size(I, H) or (nc - 1) * cs >= H):
+    cs = column_blocks(H, nc)[1]
+    if (not _step_shapes(x, h, W_ih, W_hh, C, b_ih, b_hh, h_out, gi, gh) or gi.shape[0] < 1 or H % 16 != 0
+            or work.shape[1] < step_work_size(I, H) or (nc - 1) * cs >= H):
         raise ValueError("gru_step_vnni_cols: shapes do not match")
-    if (Vi.shape[0] > 0 and _pieces_of(Vi, padded(G), padded(I)) != DIGITS
-            or Vh.shape[0] > 0 and _pieces_of(Vh, padded(G), padded(H)) != DIGITS):
+    if not _step_digits_match(Vi, Vh, I, H):
         raise ValueError("gru_step_vnni_cols: the digits do not match the weights")
     for c in prange(nc):
         wide_vectors()
