@@ -342,6 +342,19 @@ def test_frozen_steps_split_over_units_on_two_threads(two_threads, I):
     _check_cell_steps(cell, x, {k: v.astype(np.float64) for k, v in cell.state_dict().items()}, T, H)
 
 
+@needs_vnni
+def test_split_step_refuses_bad_scratch():
+    """The split step's scratch must hold a row for at least one block, each row step_work_size."""
+    H = 512
+    f = ng.GRU(16, H, seed=2).freeze()
+    split, digits = f._step_digits(0, 1, 2, False)
+    x, h = np.ones((1, 16), np.float32), np.zeros((1, H), np.float32)
+    gi, gh, out = np.empty((1, 3 * H), np.float32), np.empty((1, 3 * H), np.float32), np.empty((1, H), np.float32)
+    for work in (np.zeros((0, vnni.step_work_size.py_func(16, H)), np.int32), np.zeros((2, 5), np.int32)):
+        with pytest.raises(ValueError, match="shapes"):
+            vnni.gru_step_vnni_cols(x, h, *digits, out, gi, gh, work)
+
+
 def test_the_rule():
     want = vnni.vnni_ready()
     ok = dict(threads=1, dtype=np.float32, reset_after=True, gate_kind=0, use_clip=False)

@@ -471,8 +471,8 @@ def gru_step_vnni_cols(x, h, W_ih, W_hh, Vi, Vh, C, b_ih, b_hh, spread, h_out, g
     I = x.shape[1]
     H = h.shape[1]
     nc = work.shape[0]
-    cs = column_blocks(H, nc)[1]
-    if (not _step_shapes(x, h, W_ih, W_hh, C, b_ih, b_hh, h_out, gi, gh) or gi.shape[0] < 1 or H % 16 != 0
+    cs = column_blocks(H, max(nc, 1))[1]
+    if (nc < 1 or not _step_shapes(x, h, W_ih, W_hh, C, b_ih, b_hh, h_out, gi, gh) or gi.shape[0] < 1 or H % 16 != 0
             or work.shape[1] < step_work_size(I, H) or (nc - 1) * cs >= H):
         raise ValueError("gru_step_vnni_cols: shapes do not match")
     if not _step_digits_match(Vi, Vh, I, H):
