@@ -707,7 +707,8 @@ class GRU(_Params):
         the serial kernels (:func:`~numgru.kernels.dispatch.serial_forward`), else False."""
         H = self.hidden_size
         bf16 = self._bf16 is not None and use_bf16(self, B, 12 * H * H, False)
-        route = forward_route(B, H, self.reset_after, False, T, 2 if bf16 else self.dtype.itemsize)
+        route = forward_route(B, H, self.reset_after, False, T, 2 if bf16 else self.dtype.itemsize,
+                              self._packed is not None)
         if not serial_forward(route):
             return False
         plan = []
@@ -726,7 +727,8 @@ class GRU(_Params):
         T, B, _ = x.shape
         H = self.hidden_size
         bf16 = self._bf16 is not None and use_bf16(self, B, 12 * H * H, False)
-        route = forward_route(B, H, self.reset_after, False, T, 2 if bf16 else self.dtype.itemsize)
+        route = forward_route(B, H, self.reset_after, False, T, 2 if bf16 else self.dtype.itemsize,
+                              self._packed is not None)
         x, h0, lengths, perm = _sort_by_length(x, h0, lengths, route)
         y, h_n, _ = self._run(x, h0, lengths, store=False, padded=padded, route=route,
                               off_blas=route is None and keeps_off_blas(B, thread_count(), False))

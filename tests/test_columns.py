@@ -75,6 +75,24 @@ def test_columns_match_reference(two_threads, spy, rng, T, shape, bi, dtype, wit
     assert spy["proj"] == L * (2 if bi else 1)
 
 
+@pytest.mark.parametrize("B, frozen", [(1, False), (3, False), (2, True)])
+def test_few_rows_below_the_window_match_reference(two_threads, spy, monkeypatch, rng, B, frozen):
+    # where BLAS is no wider, 1–5 rows from 160 units take columns (a frozen copy from 64 steps):
+    # H = 168 splits into unit blocks of 96 and 72
+    monkeypatch.setattr(dispatch, "WIDE_BLAS", False)
+    T, I, H = 64, 24, 168
+    g, p = _model(I, H, 1, False, np.float32)
+    model = g.freeze() if frozen else g
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    lengths = np.full(B, T)
+    lengths[0] = T - 5  # unsorted, one row shorter
+    y, h_n = model(x, None, lengths)
+    y_ref, h_ref = ref_gru(x, p, 1, H, False, lengths=lengths)
+    np.testing.assert_allclose(y, y_ref, **TOL[np.float32])
+    np.testing.assert_allclose(h_n, h_ref, **TOL[np.float32])
+    assert spy["cols"] == 1
+
+
 @pytest.mark.parametrize("gate, clip", [("hard_sigmoid", None), ("sigmoid", 0.5),
                                         ("hard_sigmoid_keras3", 2.0)])
 def test_columns_gate_options(two_threads, spy, rng, gate, clip):

@@ -337,11 +337,38 @@ def test_one_thread_takes_no_threaded_route():
         numba.set_num_threads(before)
 
 
+@pytest.mark.parametrize("wide", [True, False])
 @pytest.mark.parametrize("T, B, H", [(128, 1, 192), (2048, 1, 64), (1024, 2, 128), (512, 4, 64)])
-def test_smallest_batches_run_serial(two_threads, T, B, H):
+def test_smallest_batches_run_serial(two_threads, monkeypatch, wide, T, B, H):
     # B·H ≤ 256 and W_hh within 512 KB: the serial kernel (a route that projected the next chunk of
-    # steps on another thread lost to it once the steps ran on packed panels)
-    assert dispatch.forward_route(B, H, True, False, T=T) is None
+    # steps on another thread lost to it once the steps ran on packed panels), but from 160 units
+    # where BLAS is no wider, columns
+    monkeypatch.setattr(dispatch, "WIDE_BLAS", wide)
+    want = "columns" if H >= 160 and not wide else None
+    assert dispatch.forward_route(B, H, True, False, T=T) == want
+
+
+@pytest.mark.parametrize("threads, T, B, H, kept, itemsize, reset_after, want", [
+    (2, 32, 1, 160, False, 4, True, "columns"),   # the fewest units and steps
+    (2, 32, 5, 192, False, 4, True, "columns"),   # B·H = 960, below the window
+    (2, 32, 3, 224, False, 4, True, "columns"),
+    (2, 31, 1, 192, False, 4, True, None),        # too few steps to repay the columns' packing
+    (2, 32, 1, 192, True, 4, True, None),         # a frozen copy's kept panels: from 64 steps
+    (2, 64, 1, 192, True, 4, True, "columns"),
+    (2, 128, 4, 128, False, 4, True, None),       # H = 128: level or lost
+    (2, 128, 2, 192, False, 8, True, None),       # float64: not measured
+    (2, 128, 2, 192, False, 2, True, None),       # bfloat16 weights: their own window
+    (2, 128, 2, 192, False, 4, False, None),      # reset_before: no columns route
+    (4, 128, 2, 192, False, 4, True, None),       # more threads: not measured
+    (2, None, 2, 192, False, 4, True, None),      # steps unknown
+])
+def test_few_rows_take_columns_where_blas_is_no_wider(monkeypatch, threads, T, B, H, kept, itemsize,
+                                                       reset_after, want):
+    monkeypatch.setattr(dispatch, "WIDE_BLAS", False)
+    monkeypatch.setattr(dispatch, "thread_count", lambda: threads)
+    assert dispatch.forward_route(B, H, reset_after, False, T, itemsize, kept) == want
+    monkeypatch.setattr(dispatch, "WIDE_BLAS", True)  # not measured there: the serial kernels
+    assert dispatch.forward_route(B, H, reset_after, False, T, itemsize, kept) is None
 
 
 @pytest.mark.parametrize("B, threads", [(10, 2), (64, 2), (17, 4), (33, 3), (5, 16)])

@@ -78,6 +78,10 @@ ROWS_UNEVEN = 1.15
 COLS_STATE = (1024, 16384)
 COLS_B1_BYTES = (1 << 19, 1 << 20)
 COLS_B1_BEYOND_L2_MIN_STEPS = 2
+COLS_FEW_ROWS_MIN_HIDDEN = 160
+COLS_FEW_ROWS_MIN_STEPS = 32
+COLS_FEW_ROWS_MIN_STEPS_KEPT = 64
+COLS_FEW_ROWS_MAX_THREADS = 2
 PACK_BELOW = 0.9
 STEP_COLS_MIN_H = 192
 STEP_COLS_MAX_ROWS = 16
@@ -325,10 +329,11 @@ def is_sorted_desc(lengths):
     return bool(lengths.shape[0] < 2 or np.all(lengths[:-1] >= lengths[1:]))
 
 
-def forward_route(B, H, reset_after, store, T=None, itemsize=4):
+def forward_route(B, H, reset_after, store, T=None, itemsize=4, kept=False):
     """Which multi-threaded forward runs a layer (T steps, batch B, hidden size H, W_hh stored with
-    ``itemsize`` bytes per value: 4 for float32, 2 for bfloat16): "rows", "columns" or None
-    (T None: unknown; T = 0, like B = 0, gives None).
+    ``itemsize`` bytes per value: 4 for float32, 2 for bfloat16; ``kept``: the model keeps its weights
+    packed, a frozen copy's): "rows", "columns" or None (T None: unknown; T = 0, like B = 0, gives
+    None).
 
     With one Numba thread, and for training (``store``), the answer is None. Otherwise, for
     ``threads`` Numba threads:
@@ -372,7 +377,18 @@ def forward_route(B, H, reset_after, store, T=None, itemsize=4):
         H = 512 1.06× and 0.78–0.83× at B·H = 32768 and beyond (B = 32 / 64, H = 1024; B = 128,
         H = 256). bfloat16 weights on their own panels, against the serial kernel the narrower window
         (4096, for the tiled matmul they had) left them: B = 8 / 16, H = 1024 1.69× / 1.43×; B = 16,
-        H = 512 1.37×.
+        H = 512 1.37×. Where BLAS's vectors are no wider than Numba's, float32 rows too few for the
+        rows route below the window (B·H under lo, or W_hh of one row within lo bytes) take columns
+        from ``COLS_FEW_ROWS_MIN_HIDDEN`` units and ``COLS_FEW_ROWS_MIN_STEPS`` steps
+        (``COLS_FEW_ROWS_MIN_STEPS_KEPT`` for a frozen copy, whose serial kernels read its kept
+        panels), on up to ``COLS_FEW_ROWS_MAX_THREADS`` threads (not measured on more): there the
+        serial kernels keep one thread's products (:func:`inference_tiled_max`) and the second core
+        idles. On the 2-vCPU AMD EPYC (Zen 4, two threads, one process taking turns, medians of five
+        rounds, default/columns): plain T = 32, B = 1–5, H = 160 / 192 / 224 (B ≥ 2) 1.08–1.38× /
+        1.16–1.30× / 1.12–1.35×; T = 128, H = 160 / 192 1.04–1.43× / 1.20–1.42×; T = 16 0.87–1.66×
+        (B = 2 lost); H = 128 0.73–1.14×, H = 96 0.66–1.03× (hence the bound); frozen T = 128,
+        H = 160 / 192 / 224 1.23–1.49× / 1.25–1.46× / 1.32–1.40×; T = 64 0.98–1.38×; T = 32
+        0.89–1.32×, T = 16 0.62–1.30×.
     None
         The serial kernel (BLAS threading the steps' GEMMs where they take BLAS). (A "pipeline"
         route, the projection of the next chunk of time steps on one thread beside the recurrence
@@ -479,6 +495,10 @@ def forward_route(B, H, reset_after, store, T=None, itemsize=4):
     if reset_after and H >= 128 and (lo <= B * H or B >= 2 and H >= 256) and B * H <= hi:
         return "columns"
     b1_lo, b1_hi = COLS_B1_BYTES
+    if (not WIDE_BLAS and itemsize == 4 and reset_after and H >= COLS_FEW_ROWS_MIN_HIDDEN and B * H <= hi
+            and threads <= COLS_FEW_ROWS_MAX_THREADS and T is not None
+            and T >= (COLS_FEW_ROWS_MIN_STEPS_KEPT if kept else COLS_FEW_ROWS_MIN_STEPS)):
+        return "columns"  # rows too few for the rows route: the second core's share of each step
     if reset_after and B == 1 and b1_lo < weights * itemsize:
         if weights * itemsize <= threads * b1_hi:
             return "columns"
