@@ -344,7 +344,7 @@ class GRU(_Params):
         itemsize = self.dtype.itemsize
         if self._bf16 is not None and use_bf16(self, B, 24 * H * H, False):
             itemsize = 2
-        return threads, step_columns(B, H, self.reset_after, threads, itemsize)
+        return threads, step_columns(B, H, self.reset_after, threads, itemsize, self._packed is not None)
 
     def _step_weights(self, k, B, threads, columns):
         """``(W_ih, W_hh, b_ih, b_hh, panels)`` of layer k as the step kernels

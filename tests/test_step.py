@@ -117,12 +117,29 @@ def test_step_columns_one_row_rule(monkeypatch, H, itemsize, wide, want):
 @pytest.mark.parametrize("B, H, itemsize, wide, want", [
     # more than 16 rows: BLAS's threaded GEMM where BLAS is wider, else split from H = 64
     (17, 256, 4, True, False), (17, 256, 4, False, True), (256, 64, 4, False, True),
-    (64, 63, 4, False, False), (16, 128, 4, False, False), (17, 1024, 2, False, False),
+    (64, 63, 4, False, False), (16, 128, 4, True, False), (17, 1024, 2, False, False),
 ])
 def test_step_columns_many_rows_rule(monkeypatch, B, H, itemsize, wide, want):
     monkeypatch.setattr(dispatch, "WIDE_BLAS", wide)
     assert dispatch.step_columns(B, H, True, 2, itemsize) is want
     assert not dispatch.step_columns(B, H, False, 2, itemsize)  # reset_after only
+
+
+@pytest.mark.parametrize("B, H, kept, threads, itemsize, wide, want", [
+    # below H = 192, up to 16 rows: split on two threads from B·H² = 65536 (98304 for a frozen copy)
+    (16, 64, False, 2, 4, False, True), (8, 64, False, 2, 4, False, False),
+    (4, 128, False, 2, 4, False, True), (2, 128, False, 2, 4, False, False),
+    (4, 128, True, 2, 4, False, False), (8, 128, True, 2, 4, False, True),
+    (4, 160, True, 2, 4, False, True), (1, 191, False, 2, 4, False, False),
+    (16, 128, False, 2, 4, True, False),   # BLAS wider: not measured there
+    (16, 128, False, 4, 4, False, False),  # more threads: not measured
+    (16, 128, False, 2, 8, False, False),  # float64: not measured
+    (16, 128, False, 2, 2, False, False),  # bfloat16: the serial step on its panels
+])
+def test_step_columns_few_units_rule(monkeypatch, B, H, kept, threads, itemsize, wide, want):
+    monkeypatch.setattr(dispatch, "WIDE_BLAS", wide)
+    assert dispatch.step_columns(B, H, True, threads, itemsize, kept) is want
+    assert not dispatch.step_columns(B, H, False, threads, itemsize, kept)  # reset_after only
 
 
 @pytest.fixture
@@ -170,6 +187,21 @@ def test_columns_step_of_many_rows(two_threads, cols_spy, monkeypatch, dtype, B,
     x = rng.standard_normal((B, 9)).astype(dtype)
     h = rng.standard_normal((B, H)).astype(dtype)
     np.testing.assert_allclose(c(x, h), _ref(x, h, p), **TOL[dtype])
+    assert cols_spy == [B]
+
+
+@two_threads_only
+@pytest.mark.parametrize("B, H, frozen", [(16, 72, False), (8, 120, True)])
+def test_columns_step_of_few_units(two_threads, cols_spy, monkeypatch, B, H, frozen):
+    """Below 192 units, float32 steps of enough rows split where BLAS is no wider (H = 72 and 120:
+    blocks of 48 + 24 and 64 + 56 units), a frozen copy's too."""
+    monkeypatch.setattr(dispatch, "WIDE_BLAS", False)
+    rng = np.random.default_rng(B)
+    c, p = _cell(9, H, np.float32)
+    cell = c.freeze() if frozen else c
+    x = rng.standard_normal((B, 9)).astype(np.float32)
+    h = rng.standard_normal((B, H)).astype(np.float32)
+    np.testing.assert_allclose(cell(x, h), _ref(x, h, p), **TOL[np.float32])
     assert cols_spy == [B]
 
 

@@ -86,6 +86,8 @@ PACK_BELOW = 0.9
 STEP_COLS_MIN_H = 192
 STEP_COLS_MAX_ROWS = 16
 STEP_COLS_MIN_H_MANY_ROWS = 64
+STEP_COLS_MIN_WORK = 1 << 16
+STEP_COLS_MIN_WORK_KEPT = 96 << 10
 STEP_COLS_B1_BYTES = 1 << 21
 STEP_COLS_BF16_SERIAL_BYTES = 1 << 20
 PROJ_PANELS_MIN_ROWS = ((64, 16), (128, 32), (256, 128))
@@ -583,10 +585,11 @@ def training_tiled_max():
     return serial_tiled_max(1 if amx_ready() or panels_gradient_wanted(np.float32) else thread_count())
 
 
-def step_columns(B, H, reset_after, threads, itemsize=4):
+def step_columns(B, H, reset_after, threads, itemsize=4, kept=False):
     """Whether one step of B rows (GRUCell, streams) runs split over blocks of hidden units on Numba's
     threads (:func:`~numgru.kernels.step.gru_step_cols`) instead of the serial step kernel, for weights
-    stored with ``itemsize`` bytes per value (2: bfloat16). With two threads or more, reset_after=True,
+    stored with ``itemsize`` bytes per value (2: bfloat16; ``kept``: a frozen copy's, whose serial step
+    reads its kept panels). With two threads or more, reset_after=True,
     H ≥ ``STEP_COLS_MIN_H`` and B ≤ ``STEP_COLS_MAX_ROWS``; at B = 1 with float weights, where BLAS's
     vectors are wider than Numba's (:data:`WIDE_BLAS`), also only for at most ``STEP_COLS_B1_BYTES``
     of weights per thread (6·H²·itemsize bytes in all, taking I = H): beyond, BLAS's threaded GEMV
@@ -598,7 +601,17 @@ def step_columns(B, H, reset_after, threads, itemsize=4):
     3683–3768 / 921–4128 / 4862–4926; H = 512 / 1024, B = 32 571–577 / 2535–2640 | 607–662 /
     2639–2715 against 994–1059 / 3278–3469 | 1052–1118 / 4847–5999; H = 64, B = 64 / 256 36–40 /
     127–138 | 37–41 / 127–141 against 50–82 / 202–409 | 2003–3910 / 4114–4183; H = 128, B = 32 / 64
-    46–55 / 82–85 | 50–60 / 86–103 against 69 / 124–126 | 73–75 / 2660–3958.
+    46–55 / 82–85 | 50–60 / 86–103 against 69 / 124–126 | 73–75 / 2660–3958. Below
+    ``STEP_COLS_MIN_H`` float32 steps of up to ``STEP_COLS_MAX_ROWS`` rows split there on two threads
+    (not measured on more) from B·H² ≥ ``STEP_COLS_MIN_WORK`` (``STEP_COLS_MIN_WORK_KEPT`` for a frozen
+    copy): ``stream.step``, two threads, one process taking turns, two runs, µs, serial against split:
+    plain H = 64, B = 16 13.3 / 11.5; H = 96, B = 8 / 16 12.9–13.0 / 11.6–11.8, 23.0–23.1 / 18.2–18.9;
+    H = 128, B = 4 / 8 / 16 11.2–11.3 / 10.5–10.8, 19.3–19.4 / 15.3–15.4, 36.2–36.3 / 24.3–26.1; H = 160,
+    B = 4 / 8 / 16 15.6–15.8 / 12.2–12.8, 28.4–28.5 / 18.9–19.7, 53.2–53.6 / 33.6–34.4; but H = 64,
+    B = 4 / 8 5.3 / 7.1, 8.2 / 8.9, H = 96, B = 4 7.9–8.1 / 8.6–8.7, H = 128, B = 2 6.8 / 7.5; frozen
+    (its panels) H = 128, B = 8 / 16 17.4 / 14.5, 32.6 / 24.8; H = 160, B = 4 14.5 / 12.0; H = 96,
+    B = 16 19.8 / 17.6; but H = 128, B = 4 10.0 / 10.3, H = 96, B = 8 11.1 / 11.6, H = 64, B = 16
+    10.8 / 12.5.
     Elsewhere one row splits at any H, which keeps it off BLAS's threads:
     the plain model's ``stream.step`` on two threads (Zen 4, alternating processes, three runs, µs,
     split against 202c067's GEMV): alone H = 512 / 768 / 1024 47–57 / 102–115 / 184–356 against
@@ -627,6 +640,9 @@ def step_columns(B, H, reset_after, threads, itemsize=4):
         return False
     if itemsize >= 4 and not WIDE_BLAS and B > STEP_COLS_MAX_ROWS:
         return H >= STEP_COLS_MIN_H_MANY_ROWS
+    if (itemsize == 4 and not WIDE_BLAS and threads == 2 and H < STEP_COLS_MIN_H and B <= STEP_COLS_MAX_ROWS
+            and B * H * H >= (STEP_COLS_MIN_WORK_KEPT if kept else STEP_COLS_MIN_WORK)):
+        return True
     if not (H >= STEP_COLS_MIN_H and B <= STEP_COLS_MAX_ROWS):
         return False
     if itemsize == 2:
