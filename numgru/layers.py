@@ -731,7 +731,7 @@ class GRU(_Params):
                               self._packed is not None)
         x, h0, lengths, perm = _sort_by_length(x, h0, lengths, route)
         y, h_n, _ = self._run(x, h0, lengths, store=False, padded=padded, route=route,
-                              off_blas=route is None and keeps_off_blas(B, thread_count(), False))
+                              off_blas=route is None and keeps_off_blas(B, H, thread_count(), False))
         return _unsort(perm, y, h_n)
 
     def _run(self, x, h0, lengths, store, dropout_rng=None, padded=True, route=None, off_blas=False):

@@ -93,6 +93,53 @@ def test_few_rows_below_the_window_match_reference(two_threads, spy, monkeypatch
     assert spy["cols"] == 1
 
 
+BEFORE_CASES = [(7, (1, 272), False, np.float32, False), (7, (3, 400), True, np.float64, True),
+                (40, (4, 272), False, np.float32, True), (40, (3, 400), True, np.float32, False),
+                (40, (1, 256), False, np.float64, True), (40, (12, 256), False, np.float32, True)]
+
+
+@pytest.mark.parametrize("T, shape, bi, dtype, with_lengths", BEFORE_CASES)
+def test_reset_before_columns_match_reference(two_threads, monkeypatch, rng, T, shape, bi, dtype, with_lengths):
+    """reset_before's two-half steps (forward._gru_forward_cols_before): one row on W_hh's tiles as
+    it lies, 2+ rows over 40 steps on the blocks' panels; H = 272 / 400 split 144 + 128 / 208 + 192;
+    12 rows (chunks of 8 and 4 for the rows route) take columns too."""
+    monkeypatch.setattr(dispatch, "WIDE_BLAS", False)
+    calls = []
+    before = dispatch.gru_forward_cols_before
+    monkeypatch.setattr(dispatch, "gru_forward_cols_before", lambda *a: (calls.append(1), before(*a))[1])
+    B, H = shape
+    I, L = 5, 2
+    p = random_params(I, H, L, bi, seed=3)
+    g = ng.GRU(I, H, L, bidirectional=bi, dtype=dtype, reset_after=False)
+    g.load_state_dict(p)
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    h0 = rng.standard_normal((L * (2 if bi else 1), B, H)).astype(dtype)
+    lengths = None
+    if with_lengths:
+        lengths = rng.integers(0, T + 1, B)
+        lengths[0], lengths[-1] = 0, T  # unsorted, with an empty and a full row
+    y, h_n = g(x, h0, lengths)
+    y_ref, h_ref = ref_gru(x, p, L, H, bi, h0=h0, lengths=lengths, reset_after=False)
+    np.testing.assert_allclose(y, y_ref, **TOL[dtype])
+    np.testing.assert_allclose(h_n, h_ref, **TOL[dtype])
+    assert len(calls) == L * (2 if bi else 1)
+
+
+@pytest.mark.parametrize("gate, clip", [("hard_sigmoid", 0.6), ("sigmoid", 0.5)])
+def test_reset_before_columns_gate_options(two_threads, monkeypatch, rng, gate, clip):
+    monkeypatch.setattr(dispatch, "WIDE_BLAS", False)
+    T, B, I, H = 6, 2, 3, 288
+    p = random_params(I, H, 1, False, seed=4)
+    g = ng.GRU(I, H, dtype=np.float64, reset_after=False, gate_activation=gate, clip=clip)
+    g.load_state_dict(p)
+    assert dispatch.forward_route(B, H, False, False, T, 8) == "columns"
+    x = 3 * rng.standard_normal((T, B, I))
+    y, h_n = g(x)
+    y_ref, _ = ref_gru(x, p, 1, H, reset_after=False, gate=gate.replace("_sigmoid", ""), alpha=g.alpha,
+                       beta=g.beta, clip=clip)
+    np.testing.assert_allclose(y, y_ref, **TOL[np.float64])
+
+
 @pytest.mark.parametrize("gate, clip", [("hard_sigmoid", None), ("sigmoid", 0.5),
                                         ("hard_sigmoid_keras3", 2.0)])
 def test_columns_gate_options(two_threads, spy, rng, gate, clip):
@@ -123,12 +170,23 @@ def test_columns_equal_single_thread_route(spy, rng):
     np.testing.assert_allclose(h2, h1, atol=1e-6, rtol=0)
 
 
-def test_training_and_reset_before_keep_the_blas_route(two_threads, spy, rng):
+def test_training_keeps_the_blas_route(two_threads, spy, rng):
     x = rng.standard_normal((5, 4, 4)).astype(np.float32)
     g, _ = _model(4, 256, 1, False, np.float32)
     g.forward_train(x)
-    ng.GRU(4, 256, reset_after=False, seed=0)(x)
+    ng.GRU(4, 256, reset_after=False, seed=0).forward_train(x)
     assert spy["cols"] == 0 and spy["proj"] == 0
+
+
+@pytest.mark.parametrize("wide, want", [(False, 1), (True, 0)])
+def test_reset_before_takes_its_own_columns_kernel(two_threads, spy, monkeypatch, rng, wide, want):
+    # where BLAS is no wider, reset_before's few rows split each step's two halves over units
+    monkeypatch.setattr(dispatch, "WIDE_BLAS", wide)
+    calls = []
+    before = dispatch.gru_forward_cols_before
+    monkeypatch.setattr(dispatch, "gru_forward_cols_before", lambda *a: (calls.append(1), before(*a))[1])
+    ng.GRU(4, 256, reset_after=False, seed=0)(rng.standard_normal((5, 4, 4)).astype(np.float32))
+    assert len(calls) == want and spy["cols"] == 0
 
 
 @pytest.mark.parametrize("N, I, M, bias", [(1, 3, 390, True), (30, 5, 96, True), (64, 7, 33, False),

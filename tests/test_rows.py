@@ -129,19 +129,19 @@ def test_rows_equal_single_thread_route(spy, rng):
     (256, 128, True, False, "rows"),     # 128 rows × 128 per thread, W_hh in L2
     (256, 256, True, False, "rows"),     # 128 rows × 256 per thread: 64+ rows on Numba's threads
     (48, 1024, True, False, "columns"),  # past the columns' window, under 64 rows: W_hh past 3·512²
-    (40, 1024, False, False, "rows"),    # reset_before has no columns
+    (40, 1024, False, False, "rows"),    # reset_before past the window: rows
     (24, 512, False, False, "rows"),     # reset_before within the window: rows, not BLAS's threads
     (48, 512, True, False, "rows"),      # past the window, W_hh within 3·512²
     (20, 512, True, False, "columns"),   # within the window
     (16, 1024, True, False, "rows"),     # W_hh beyond L2, 8 rows per thread
     (12, 512, True, False, "columns"),   # the rows' chunks of 8 and 4 uneven: columns
-    (12, 512, False, False, "rows"),     # (reset_before has no columns)
+    (12, 512, False, False, "columns"),  # (reset_before too, on its two-half kernel)
     (12, 128, True, False, "rows"),      # (below H = 256 rows kept up)
     (32, 512, True, False, "columns"),   # W_hh beyond L2, 16 rows per thread: columns on panels
     (64, 512, True, False, "rows"),      # B·H = 32768, past the columns' window: rows
     (64, 640, True, False, "columns"),   # W_hh beyond 3·512² values: columns
     (128, 1024, True, False, "columns"),
-    (64, 1024, False, False, "rows"),    # reset_before has no columns
+    (64, 1024, False, False, "rows"),    # reset_before past the window: rows
     (64, 1024, True, True, None),        # training keeps BLAS
     (4, 256, True, False, "columns"),
     (2, 256, True, False, "columns"),    # B ≥ 2 with H ≥ 256, below B·H = 1024
@@ -149,7 +149,12 @@ def test_rows_equal_single_thread_route(spy, rng):
     (1, 512, True, False, "columns"),    # W_hh beyond L2: still ahead of BLAS-threaded steps
     (1, 256, True, False, "columns"),    # one row, 768 KB of W_hh: half in each core's L2
     (1, 192, True, False, None),         # one row, 432 KB of W_hh: serial
-    (4, 256, False, False, None),        # columns: reset_after only
+    (4, 256, False, False, "columns"),   # reset_before's few rows: columns in two halves
+    (1, 512, False, False, "columns"),
+    (1, 2048, False, False, "columns"),  # one row past the window
+    (1, 192, False, False, None),        # below H = 256 reset_before stays serial
+    (4, 128, False, False, None),
+    (8, 512, False, False, "rows"),      # even chunks: rows
     (4, 256, True, True, None),          # columns: inference only
 ])
 def test_forward_route_rules(two_threads, monkeypatch, B, H, reset_after, store, want):
@@ -222,13 +227,14 @@ def test_inference_keeps_off_blas_threads_rules(monkeypatch):
     monkeypatch.setattr(dispatch, "WIDE_BLAS", False)
     assert tiled(2, 16) == tiled(1, 16) == dispatch.serial_tiled_max(1)  # up to 16 rows on Numba's
     assert tiled(2, 1) == dispatch.serial_tiled_max(2)  # one row beyond L2: BLAS's GEMV on two threads
-    assert rule(16, 2, False) and rule(1, 3, False)
-    assert not rule(17, 2, False)          # 17 rows' steps take BLAS's GEMM: its threads anyway
-    assert not rule(4, 1, False)           # one thread: the serial kernel's own choice
-    assert not rule(4, 2, True)            # training keeps the serial kernel's sums
+    assert rule(16, 64, 2, False) and rule(1, 256, 3, False) and rule(2, 512, 2, False)
+    assert not rule(1, 257, 2, False)      # one row beyond L2: its GEMV on BLAS's threads, all in BLAS
+    assert not rule(17, 64, 2, False)      # 17 rows' steps take BLAS's GEMM: its threads anyway
+    assert not rule(4, 64, 1, False)       # one thread: the serial kernel's own choice
+    assert not rule(4, 64, 2, True)        # training keeps the serial kernel's sums
     monkeypatch.setattr(dispatch, "WIDE_BLAS", True)  # BLAS wider than Numba: its GEMM from 5 rows
     assert tiled(2, 4) == dispatch.serial_tiled_max(2) < tiled(1, 4)
-    assert rule(4, 2, False) and not rule(5, 2, False)
+    assert rule(4, 64, 2, False) and not rule(5, 64, 2, False)
 
 
 @pytest.mark.parametrize("I, reset_after, padded, writeable", [
@@ -270,7 +276,11 @@ def test_serial_route_keeps_its_projection_off_blas(two_threads, spy, rng, I, re
 def test_columns_at_one_row_by_bytes(two_threads, monkeypatch, H, itemsize, want):
     monkeypatch.setattr(dispatch, "WIDE_BLAS", False)
     assert dispatch.forward_route(1, H, True, False, itemsize=itemsize) == want
-    assert dispatch.forward_route(1, H, False, False, itemsize=itemsize) is None  # reset_after only
+    # reset_before: float weights from H = 256 on its two-half kernel, at any size
+    assert dispatch.forward_route(1, H, False, False, itemsize=itemsize) == (
+        "columns" if itemsize == 4 and H >= 256 else None)
+    monkeypatch.setattr(dispatch, "WIDE_BLAS", True)  # not measured there
+    assert dispatch.forward_route(1, H, False, False, itemsize=itemsize) is None
 
 
 @pytest.mark.parametrize("H, T, wide, want, want_bf16", [

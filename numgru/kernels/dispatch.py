@@ -51,8 +51,9 @@ from .amx import (amx_gradient, amx_gradient_pair, amx_gradient_parallel, amx_pr
                   pack_digits_into_parallel, padded)
 from .backward import (BIAS_ROWS, gru_backward_amx, gru_backward_amx_rows, gru_backward_dpbf16,
                        gru_backward_serial, matmul_into, weight_gradient_panels)
-from .forward import (column_blocks, gru_forward_chunked, gru_forward_cols, gru_forward_rows,
-                      gru_forward_serial, input_projection_kernel, input_projection_parallel, packed_panels,
+from .forward import (column_blocks, gru_forward_chunked, gru_forward_cols, gru_forward_cols_before,
+                      gru_forward_rows, gru_forward_serial, input_projection_kernel, input_projection_parallel,
+                      packed_panels,
                       row_chunks, PANEL_MIN_T,
                       TILED_MAX_ONE_THREAD, use_panels)
 from .step import gru_step, gru_step_cols
@@ -82,6 +83,7 @@ COLS_FEW_ROWS_MIN_HIDDEN = 160
 COLS_FEW_ROWS_MIN_STEPS = 32
 COLS_FEW_ROWS_MIN_STEPS_KEPT = 64
 COLS_FEW_ROWS_MAX_THREADS = 2
+COLS_BEFORE_MIN_HIDDEN = 256
 PACK_BELOW = 0.9
 STEP_COLS_MIN_H = 192
 STEP_COLS_MAX_ROWS = 16
@@ -390,7 +392,25 @@ def forward_route(B, H, reset_after, store, T=None, itemsize=4, kept=False):
         1.16–1.30× / 1.12–1.35×; T = 128, H = 160 / 192 1.04–1.43× / 1.20–1.42×; T = 16 0.87–1.66×
         (B = 2 lost); H = 128 0.73–1.14×, H = 96 0.66–1.03× (hence the bound); frozen T = 128,
         H = 160 / 192 / 224 1.23–1.49× / 1.25–1.46× / 1.32–1.40×; T = 64 0.98–1.38×; T = 32
-        0.89–1.32×, T = 16 0.62–1.30×.
+        0.89–1.32×, T = 16 0.62–1.30×. A plain model's A/B against cc72881 (alternating processes,
+        three runs, ms): T = 32, B = 1, H = 160 0.120–0.123 against 0.152–0.164; B = 4, H = 224
+        0.490–0.498 against 0.673–0.681; T = 128, B = 5, H = 192 1.66–1.69 against 2.47–2.53; frozen
+        T = 128, B = 4, H = 192 1.25–1.30 against 1.93–2.58.
+
+        reset_after=False (float weights, where BLAS's vectors are no wider) takes
+        :func:`~numgru.kernels.forward._gru_forward_cols_before`, whose steps run in two halves (r ⊙ h
+        over every unit before W_hn's product): rows too few for the rows route from
+        ``COLS_BEFORE_MIN_HIDDEN`` units, B·H within hi or one row at any size, from
+        ``COLS_B1_BEYOND_L2_MIN_STEPS`` steps; and uneven row chunks as reset_after's. It had no
+        columns route, and its serial kernels left the second core idle, or for one row beyond L2
+        ran BLAS's threaded GEMV after Numba's threads had projected, each such call waiting about
+        8 ms for the scheduler. Two threads, against cc72881, alternating processes, three runs, ms:
+        T = 32, B = 1, H = 256 / 512 0.249–0.259 / 0.918–0.984 against 0.348–0.416 / 8.00–8.03;
+        T = 128, B = 1, H = 256 / 1024 0.898–0.929 / 15.5–18.5 against 1.54–1.93 / 30.3–32.5; T = 8,
+        B = 1, H = 512 0.254–0.272 against 0.351–0.402; T = 32, B = 2, H = 256 0.425–0.454 against
+        0.526–0.849; B = 4, H = 512 2.35–2.45 against 3.55–5.16; B = 12, H = 512 6.79–6.96 against
+        7.93–10.5 (rows); frozen T = 32, B = 4, H = 1024 10.0–10.4 against 13.5–13.9. Below 256 units
+        it lost at T = 32 (H = 64–128, B = 1–4: 0.56–0.87×) and was mixed at H = 192 (0.89–1.25×).
     None
         The serial kernel (BLAS threading the steps' GEMMs where they take BLAS). (A "pipeline"
         route, the projection of the next chunk of time steps on one thread beside the recurrence
@@ -438,7 +458,9 @@ def forward_route(B, H, reset_after, store, T=None, itemsize=4, kept=False):
 
     Where BLAS is no wider than Numba, float rows whose chunks (multiples of 4 rows, :func:`row_chunks`)
     would leave the largest more than ``ROWS_UNEVEN`` times its even share take columns within their
-    window from H = 256 (2-vCPU AMD EPYC, two threads, T = 16, one route per process, two rounds, ms,
+    window from H = 256, with either reset variant (reset_before, T = 32, B = 12, H = 256 / 512 /
+    1024, columns against rows, one process taking turns: 1.09× / 1.18× / 1.17×; B = 8 and 16
+    0.90–1.04×) (2-vCPU AMD EPYC, two threads, T = 16, one route per process, two rounds, ms,
     columns against rows): B = 10 (chunks of 8 and 2), H = 256 / 512 0.91–0.97 / 3.4–4.4 against
     1.15–1.20 / 4.6–4.8; B = 12, H = 256 / 384 / 512 / 768 / 1024 0.99 / 2.08–2.09 / 3.59–3.60 /
     8.3–8.5 / 15.0–15.3 against 1.12–1.14 / 2.46–2.56 / 4.49–4.59 / 9.98–10.3 / 17.6; B = 20, H = 256
@@ -475,7 +497,7 @@ def forward_route(B, H, reset_after, store, T=None, itemsize=4, kept=False):
     per_thread = -(-B // threads)
     weights = 3 * H * H
     lo, hi = COLS_STATE
-    if (per_thread >= ROWS_MIN and reset_after and H >= 256 and B * H <= hi and not WIDE_BLAS
+    if (per_thread >= ROWS_MIN and H >= 256 and B * H <= hi and not WIDE_BLAS
             and itemsize >= 4 and row_chunks.py_func(B, threads)[0] * threads > ROWS_UNEVEN * B):
         return "columns"  # the rows route's chunks (multiples of 4 rows) would be uneven
     if per_thread >= ROWS_MIN:
@@ -496,6 +518,9 @@ def forward_route(B, H, reset_after, store, T=None, itemsize=4, kept=False):
             return "columns"
     if reset_after and H >= 128 and (lo <= B * H or B >= 2 and H >= 256) and B * H <= hi:
         return "columns"
+    if (not reset_after and not WIDE_BLAS and itemsize >= 4 and H >= COLS_BEFORE_MIN_HIDDEN
+            and (B * H <= hi or B == 1) and (T is None or T >= COLS_B1_BEYOND_L2_MIN_STEPS)):
+        return "columns"  # too few rows for the rows route: each step's two halves split over units
     b1_lo, b1_hi = COLS_B1_BYTES
     if (not WIDE_BLAS and itemsize == 4 and reset_after and H >= COLS_FEW_ROWS_MIN_HIDDEN and B * H <= hi
             and threads <= COLS_FEW_ROWS_MAX_THREADS and T is not None
@@ -601,23 +626,24 @@ def step_columns(B, H, reset_after, threads, itemsize=4, kept=False):
     3683–3768 / 921–4128 / 4862–4926; H = 512 / 1024, B = 32 571–577 / 2535–2640 | 607–662 /
     2639–2715 against 994–1059 / 3278–3469 | 1052–1118 / 4847–5999; H = 64, B = 64 / 256 36–40 /
     127–138 | 37–41 / 127–141 against 50–82 / 202–409 | 2003–3910 / 4114–4183; H = 128, B = 32 / 64
-    46–55 / 82–85 | 50–60 / 86–103 against 69 / 124–126 | 73–75 / 2660–3958. Below
-    ``STEP_COLS_MIN_H`` float32 steps of up to ``STEP_COLS_MAX_ROWS`` rows split there on two threads
-    (not measured on more) from B·H² ≥ ``STEP_COLS_MIN_WORK`` (``STEP_COLS_MIN_WORK_KEPT`` for a frozen
-    copy): ``stream.step``, two threads, one process taking turns, two runs, µs, serial against split:
-    plain H = 64, B = 16 13.3 / 11.5; H = 96, B = 8 / 16 12.9–13.0 / 11.6–11.8, 23.0–23.1 / 18.2–18.9;
-    H = 128, B = 4 / 8 / 16 11.2–11.3 / 10.5–10.8, 19.3–19.4 / 15.3–15.4, 36.2–36.3 / 24.3–26.1; H = 160,
-    B = 4 / 8 / 16 15.6–15.8 / 12.2–12.8, 28.4–28.5 / 18.9–19.7, 53.2–53.6 / 33.6–34.4; but H = 64,
-    B = 4 / 8 5.3 / 7.1, 8.2 / 8.9, H = 96, B = 4 7.9–8.1 / 8.6–8.7, H = 128, B = 2 6.8 / 7.5; frozen
-    (its panels) H = 128, B = 8 / 16 17.4 / 14.5, 32.6 / 24.8; H = 160, B = 4 14.5 / 12.0; H = 96,
-    B = 16 19.8 / 17.6; but H = 128, B = 4 10.0 / 10.3, H = 96, B = 8 11.1 / 11.6, H = 64, B = 16
-    10.8 / 12.5.
+    46–55 / 82–85 | 50–60 / 86–103 against 69 / 124–126 | 73–75 / 2660–3958.
     Elsewhere one row splits at any H, which keeps it off BLAS's threads:
     the plain model's ``stream.step`` on two threads (Zen 4, alternating processes, three runs, µs,
     split against 202c067's GEMV): alone H = 512 / 768 / 1024 47–57 / 102–115 / 184–356 against
     44–58 / 94–126 / 214–454; taking turns with a forward on the rows route (T = 16, B = 8)
     76–117 / 291–317 / 623–677 against 867–1674 / 672–2602 / 933–2074, the forwards 2.2–2.8 /
     5.3–6.3 / 10.2–11.4 ms against 6.3–12.5 / 13.9–15.5 / 22.9–28.0.
+
+    Below ``STEP_COLS_MIN_H`` float32 steps of up to ``STEP_COLS_MAX_ROWS`` rows split there on two
+    threads (not measured on more) from B·H² ≥ ``STEP_COLS_MIN_WORK`` (``STEP_COLS_MIN_WORK_KEPT`` for
+    a frozen copy): ``stream.step``, two threads, one process taking turns, two runs, µs, serial
+    against split: plain H = 64, B = 16 13.3 / 11.5; H = 96, B = 8 / 16 12.9–13.0 / 11.6–11.8,
+    23.0–23.1 / 18.2–18.9; H = 128, B = 4 / 8 / 16 11.2–11.3 / 10.5–10.8, 19.3–19.4 / 15.3–15.4,
+    36.2–36.3 / 24.3–26.1; H = 160, B = 4 / 8 / 16 15.6–15.8 / 12.2–12.8, 28.4–28.5 / 18.9–19.7,
+    53.2–53.6 / 33.6–34.4; but H = 64, B = 4 / 8 5.3 / 7.1, 8.2 / 8.9, H = 96, B = 4
+    7.9–8.1 / 8.6–8.7, H = 128, B = 2 6.8 / 7.5; frozen (its panels) H = 128, B = 8 / 16 17.4 / 14.5,
+    32.6 / 24.8; H = 160, B = 4 14.5 / 12.0; H = 96, B = 16 19.8 / 17.6; but H = 128, B = 4
+    10.0 / 10.3, H = 96, B = 8 11.1 / 11.6, H = 64, B = 16 10.8 / 12.5.
 
     Each thread reads its own slice of W_ih and W_hh, which stays in its core's cache from step to
     step. Measured on 2 vCPUs (AMD; kernel calls, best of 25 rounds, the serial and split kernels in
@@ -627,7 +653,7 @@ def step_columns(B, H, reset_after, threads, itemsize=4, kept=False):
       through GRUCell and streams) and H = 1024 0.6–1.25×, hence the bytes bound;
     * B = 2 / 4 / 8 / 16 at H = 256: 1.35–1.5× / 1.2–1.7× / 1.4–1.55× / 1.3×; B = 2 / 4 at H = 1024:
       2.4–3.2× / 2.3×; B = 16 at H = 512: 1.55–1.75×;
-    * below H = 192 the parallel region costs more than it saves (H = 128, B = 1: 6.3 against
+    * below H = 192 one row's parallel region costs more than it saves (H = 128, B = 1: 6.3 against
       6.6–8.7 µs).
 
     bfloat16 weights (a quantized model's) split only beyond ``STEP_COLS_BF16_SERIAL_BYTES``: the
@@ -1410,8 +1436,9 @@ def gru_direction_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gat
     h_n (B, H) C-contiguous receives the final state.
 
     ``clip`` is None or a positive float; ``route`` as from :func:`forward_route` (trusted: "columns"
-    only for inference with reset_after). ``packed``: W_hh's panels packed once by the caller (a
-    frozen model's: the last two of :func:`~numgru.kernels.step.step_panels`), or None; the serial
+    only for inference, with float weights where reset_after=False). ``packed``: W_hh's panels
+    packed once by the caller (a frozen model's: the last two of
+    :func:`~numgru.kernels.step.step_panels`), or None; the serial
     kernel and the rows route read them, the columns route packs its own blocks. ``pieces``: the
     caller's :class:`FrozenPieces` (a frozen or quantized model's), which keep W_hh's AMX packing for
     the ranges of rows on tiles, or None. Returns the tape, None unless ``store``.
@@ -1457,8 +1484,14 @@ def gru_direction_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gat
     with parallel_slot(True) as par:
         if par and route == "columns":
             # one row on W_hh's VNNI digits where they pay, else (or where they refuse) float32
-            if not (digits and _run_vnni_columns(gx, W_hh, b_hh, h0, reverse, y, col0, h_n, threads,
-                                                 pieces)):
+            if not reset_after and W_hh.dtype != np.uint16:
+                # its steps in two halves (r ⊙ h over all units before W_hn's product)
+                gru_forward_cols_before(gx, W_hh, b_hh, h0, lengths, sorted_desc, bool(reverse), *gates,
+                                        threads)
+            elif not reset_after:  # (bfloat16 weights: no such kernel; forward_route gives none)
+                gru_forward_serial(*common, False, *gates, False, tape, tiled_max, 0, B)
+            elif not (digits and _run_vnni_columns(gx, W_hh, b_hh, h0, reverse, y, col0, h_n, threads,
+                                                   pieces)):
                 gru_forward_cols(gx, W_hh, b_hh, h0, lengths, sorted_desc, bool(reverse), *gates, threads)
         elif par and route == "rows":
             gru_forward_rows(*common, bool(reset_after), *gates, bool(store), tape, threads)
@@ -1566,11 +1599,15 @@ def _amx_training_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gat
                            h0, bool(reverse), y, int(col0), h_n, 0, tape, matmul_order())
 
 
-def keeps_off_blas(B, threads, store):
-    """Whether a serial inference forward of B rows on ``threads`` threads (the serial route,
-    :func:`serial_forward`) keeps off OpenBLAS's threads: from two threads where its steps' products
-    never reach BLAS's GEMM (B at most :func:`inference_tiled_max`'s rows; one row beyond L2 keeps its
-    GEMV on several threads, :func:`~numgru.kernels.forward.one_row_dot`); its input projection then
+def keeps_off_blas(B, H, threads, store):
+    """Whether a serial inference forward of B rows with H hidden units on ``threads`` threads (the
+    serial route, :func:`serial_forward`) keeps off OpenBLAS's threads: from two threads where its
+    steps' products never reach BLAS (B at most :func:`inference_tiled_max`'s rows, and not one row
+    beyond L2, H > 256, which keeps its GEMV on several threads,
+    :func:`~numgru.kernels.forward.one_row_dot`: with its projection on Numba's threads, each such
+    call waited for the scheduler to move Numba's spinning worker off the core OpenBLAS's GEMV wanted,
+    T = 1, B = 1, H = 512 / 768 8.0 ms against 0.053 / 0.122 with both in BLAS, two threads, either
+    reset variant); its input projection then
     runs on Numba's threads where the serial kernel would have called BLAS (the kernel's panels and
     dot-product block, one thread's, stay). OpenBLAS's workers spin for a while after a call, and
     Numba's after a parallel region, so calls that take turns between the pools stall each other: two
@@ -1580,7 +1617,7 @@ def keeps_off_blas(B, threads, store):
     (two threads, whole forwards, µs, panels against the tiled matmul: T = 32, B = 4, H = 96 / 128 / 192
     156 / 249 / 508 against 183 / 257 / 525; T = 64, B = 2, H = 128 255 against 266; but T = 16, B = 2,
     H = 192, 32 rows, 188 against 153)."""
-    return threads > 1 and not store and B <= inference_tiled_max(threads, B)
+    return threads > 1 and not store and B <= inference_tiled_max(threads, B) and (B > 1 or H <= 256)
 
 
 def serial_forward(route):
@@ -1672,7 +1709,7 @@ def serial_direction_plan(W_ih, b_ih, W_hh, b_hh, packed_ih, packed_hh, T, B, th
     panels, dot = serial_projection_choice((steps or T) * B, W_ih.shape[1], threads,
                                            packed_ih is not None, False)
     par = 0  # Numba's threads for the projection the serial kernel would take to BLAS
-    if not (steps or amx or dp or panels or dot) and keeps_off_blas(B, threads, False):
+    if not (steps or amx or dp or panels or dot) and keeps_off_blas(B, W_hh.shape[1], threads, False):
         par = (threads, T * B >= OFF_BLAS_PANELS_MIN_ROWS
                or projection_panels(T * B, W_ih.shape[1], threads))
     projection = (W_ih, empty if packed_ih is None else packed_ih,

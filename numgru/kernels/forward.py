@@ -28,8 +28,8 @@ every other step, so that each step starts on what the step before left in L2
 gate loops over rows between BLAS-threaded steps, and lost to the serial one: see
 :mod:`numgru.kernels.dispatch`). With several threads, inference instead runs
 :func:`_gru_forward_rows` (the batch split into row chunks, each a whole sequence on one thread) or
-:func:`_gru_forward_cols` (each step split over hidden units) where
-:func:`~numgru.kernels.dispatch.forward_route` says.
+:func:`_gru_forward_cols` (each step split over hidden units; reset_after=False in two halves a step,
+:func:`_gru_forward_cols_before`) where :func:`~numgru.kernels.dispatch.forward_route` says.
 """
 import numpy as np
 from numba import prange
@@ -543,15 +543,16 @@ def wants_panels(M, K, B, T, tiled_max, bf16):
 
 
 @device
-def block_panels_empty(W_hh, cs, nc):
+def block_panels_empty(W_hh, cs, nc, ng=3):
     """The column route's panels of W_hh (:func:`_gru_forward_cols`), not yet written: (nc, P, Hp,
     NC), 64-byte aligned; :func:`pack_block` fills block c with rows g·H + c·cs + u (gate g, unit u <
     cs) as its panel row g·cs + u (zeros past H), so that ``panel_matmul`` gives the block's W_hr,
     W_hz, W_hn products side by side in one (B, 3·cs) array. Float or bfloat16 (``uint16``) weights,
     packed in their own dtype and layout (:func:`~numgru.kernels.panel.pack_panels`; Hp =
-    :func:`~numgru.kernels.panel.packed_depth`)."""
+    :func:`~numgru.kernels.panel.packed_depth`). ``ng``: panels for that many gates' rows of a block
+    (:func:`pack_block_gates`)."""
     width = panel_width(W_hh.dtype.type(0))
-    P = (3 * cs + width - 1) // width
+    P = (ng * cs + width - 1) // width
     Hp = packed_depth(W_hh.shape[1], W_hh)
     return aligned_empty(nc * P * Hp * width, W_hh.dtype).reshape((nc, P, Hp, width))
 
@@ -562,6 +563,13 @@ def pack_block(Wp, W_hh, c, cs):
     write all but those zeroed here, and each gate's run of rows within a panel is filled by
     fill_panel's tiles, where a column at a time, a line written per k, took 4.4 ms at H = 1024, two
     blocks, one thread)."""
+    pack_block_gates(Wp, W_hh, c, cs, 0, 3)
+
+
+@device
+def pack_block_gates(Wp, W_hh, c, cs, g0, ng):
+    """:func:`pack_block` of the ng gates from gate g0 (their rows g·H + c·cs + u as panel rows
+    (g − g0)·cs + u), into panels of :func:`block_panels_empty` (W_hh, cs, nc, ng)."""
     H = W_hh.shape[1]
     width = Wp.shape[3]
     P = Wp.shape[1]
@@ -571,15 +579,16 @@ def pack_block(Wp, W_hh, c, cs):
     m = min(cs, H - j0)
     if Hp > H:  # bfloat16's k pad (H odd): the last k pair of every column, before the fills
         Wp[c, :, Hp - 2:] = 0
-    for q in range(3 * cs, P * width):  # past the last gate's rows
+    for q in range(ng * cs, P * width):  # past the last gate's rows
         put_row(Wp[c, q // width], q % width, zero)
-    for g in range(3):
+    for gg in range(ng):
+        g = g0 + gg
         for u in range(m, cs):  # units past H (the last block)
-            q = g * cs + u
+            q = gg * cs + u
             put_row(Wp[c, q // width], q % width, zero)
         u = 0
         while u < m:  # the gate's rows, a run per panel
-            q = g * cs + u
+            q = gg * cs + u
             n = min(m - u, width - q % width)
             fill_panel(Wp[c, q // width], W_hh, g * H + j0 + u, n, q % width)
             u += n
@@ -1144,6 +1153,165 @@ def _cols_block(c, cs, t, n_act, gx, W_hh, Wp, b_hh, hc, hn, a, lengths, gate_ki
             ys[j] = hs[j]
 
 
+def _gru_forward_cols_before(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, gate_kind, alpha, beta,
+                             use_clip, clip, y, col0, h_n, n_chunks):
+    """:func:`_gru_forward_cols` for reset_after=False: the same arrays and results as
+    :func:`_gru_forward` (reset_after=False, no tape), each step split into ``n_chunks`` blocks of
+    units in two halves. n needs W_hn (r ⊙ h) over all units, so a step's blocks first compute
+    their units' W_hr h and W_hz h, then r, z and r ⊙ h; and once every block has written its units
+    of r ⊙ h, each computes W_hn (r ⊙ h) for its units, then n and the new state. The workers meet
+    after each half (:func:`_cols_before_worker`, the reset_after route's counter over half steps),
+    twice a step. A block's rows of W_hr, W_hz and of W_hn go on panels of their own (packed by the
+    worker that first takes the half) from 2 rows and :data:`PANEL_MIN_ROW_STEPS` rows × steps, as
+    :func:`_gru_forward_cols`'s; float weights only."""
+    wide_vectors()
+    T = gx.shape[0]
+    B = gx.shape[1]
+    H = h0.shape[1]
+    dt = gx.dtype
+    nc, cs = column_blocks(H, n_chunks)
+    h_a = np.empty((B, H), dt)
+    h_b = np.empty((B, H), dt)
+    rh = np.zeros((B, H), dt)  # r ⊙ h of the step (rows past their length keep a finite value)
+    # per block and row: W_hr h and W_hz h side by side (z in place of the latter once computed), and
+    # W_hn (r ⊙ h), for the block's units
+    acc_rz = np.empty((nc, B, 2 * cs), dt)
+    acc_n = np.empty((nc, B, cs), dt)
+    if B >= 2 and T * B >= PANEL_MIN_ROW_STEPS:
+        Wp_rz = block_panels_empty(W_hh, cs, nc, 2)
+        Wp_n = block_panels_empty(W_hh, cs, nc, 1)
+    else:
+        Wp_rz = np.empty((0, 0, 0, 0), W_hh.dtype)
+        Wp_n = np.empty((0, 0, 0, 0), W_hh.dtype)
+    copy_rows(h0, h_a)
+    sync = np.zeros(8 * (2 * nc + 1), np.int64)
+    for c in range(nc):
+        sync[8 * c] = -1
+    for w in prange(nc):
+        wide_vectors()
+        _cols_before_worker(w, nc, cs, sync, gx, W_hh, Wp_rz, Wp_n, b_hh, h_a, h_b, rh, acc_rz, acc_n,
+                            lengths, sorted_desc, reverse, gate_kind, alpha, beta, use_clip, clip, y, col0)
+    copy_rows(h_a if T % 2 == 0 else h_b, h_n)
+
+
+@device
+def _cols_before_worker(w, nc, cs, sync, gx, W_hh, Wp_rz, Wp_n, b_hh, h_a, h_b, rh, acc_rz, acc_n, lengths,
+                        sorted_desc, reverse, gate_kind, alpha, beta, use_clip, clip, y, col0):
+    """Worker w of :func:`_gru_forward_cols_before`: :func:`_cols_worker` over 2T half steps (half q:
+    step q // 2, first or second half by q % 2), ``sync`` the same counters counting halves."""
+    wide_vectors()
+    T = gx.shape[0]
+    B = gx.shape[1]
+    H = h_a.shape[1]
+    done = 16 * nc
+    atomic_add(sync, 8 * (nc + w), 1)
+    for q in range(2 * T):
+        if atomic_load(sync, done) < (q + 1) * nc:  # else the others ran this half before w started
+            s = q // 2
+            t, hc, hn = step_states(s, T, reverse, h_a, h_b)
+            n_act = active_rows(lengths, t, sorted_desc)
+            for k in range(nc):
+                c = w + k if w + k < nc else w + k - nc
+                if k > 0 and atomic_load(sync, 8 * (nc + c)) != 0:
+                    continue  # its worker runs: leave the block to it, for its cache
+                if not atomic_cas(sync, 8 * c, q - 1, q):
+                    continue
+                j0 = c * cs
+                m = min(cs, H - j0)
+                if q % 2 == 0:
+                    if q == 0 and Wp_rz.shape[0] > 0:
+                        pack_block_gates(Wp_rz, W_hh, c, cs, 0, 2)
+                    _cols_before_rz(c, cs, j0, m, t, n_act, gx, W_hh, Wp_rz, b_hh, hc, rh, acc_rz[c],
+                                    lengths, gate_kind, alpha, beta, use_clip, clip, H, B, s % 2 == 1)
+                else:
+                    if q == 1 and Wp_n.shape[0] > 0:
+                        pack_block_gates(Wp_n, W_hh, c, cs, 2, 1)
+                    _cols_before_n(c, cs, j0, m, t, n_act, gx, W_hh, Wp_n, b_hh, hc, hn, rh, acc_rz[c],
+                                   acc_n[c], lengths, use_clip, clip, y, col0, H, B, s % 2 == 1)
+                atomic_add(sync, done, 1)
+            while atomic_load(sync, done) < (q + 1) * nc:
+                spin_pause()
+
+
+@inline
+def _block_gate_product(W_hh, h, a, g0, ng, j0, m, cs, n_act, backwards):
+    """a[:n_act, (g − g0)·cs + u] = W_hh[g·H + j0 + u] · h for the ng gates from g0 and units u < m, by
+    :func:`small_rows_matmul` in tiles (last first when ``backwards``)."""
+    H = W_hh.shape[1]
+    nt = (m + TILE - 1) // TILE
+    for k in range(ng * nt):
+        gg, qq = divmod(ng * nt - 1 - k if backwards else k, nt)
+        q0 = qq * TILE
+        q1 = min(m, q0 + TILE)
+        r0 = (g0 + gg) * H + j0
+        small_rows_matmul(W_hh[r0 + q0:r0 + q1], h, a[:, gg * cs + q0:gg * cs + q1], n_act)
+
+
+@inline
+def _cols_before_rz(c, cs, j0, m, t, n_act, gx, W_hh, Wp_rz, b_hh, hc, rh, a, lengths, gate_kind, alpha,
+                    beta, use_clip, clip, H, B, backwards):
+    """First half of block c of step t (:func:`_gru_forward_cols_before`): its units' W_hr h and W_hz h,
+    then z (into a's second half, in place) and r ⊙ h (into rh) for every row still running."""
+    if n_act > 0:
+        if Wp_rz.shape[0] > 0:
+            panel_matmul(hc, Wp_rz[c], a, n_act)
+        else:
+            _block_gate_product(W_hh, hc, a, 0, 2, j0, m, cs, n_act, backwards)
+    for b in range(B):
+        if t >= lengths[b]:
+            continue
+        gxb = gx[t, b]
+        ab = a[b]
+        ar = ab[:m]
+        az = ab[cs:cs + m]
+        g_r = gxb[j0:j0 + m]  # slices, so the loops' indices start at 0 (see _chunk_after)
+        g_z = gxb[H + j0:H + j0 + m]
+        b_r = b_hh[j0:j0 + m]
+        b_z = b_hh[H + j0:H + j0 + m]
+        hcs = hc[b, j0:j0 + m]
+        rhs = rh[b, j0:j0 + m]
+        if gate_kind == 0 and not use_clip:
+            for j in range(m):
+                az[j] = sigmoid_fast(g_z[j] + az[j] + b_z[j])
+                rhs[j] = sigmoid_fast(g_r[j] + ar[j] + b_r[j]) * hcs[j]
+        else:
+            for j in range(m):
+                az[j] = gate(clip_pre(g_z[j] + az[j] + b_z[j], use_clip, clip), gate_kind, alpha, beta)
+                rhs[j] = gate(clip_pre(g_r[j] + ar[j] + b_r[j], use_clip, clip), gate_kind, alpha,
+                              beta) * hcs[j]
+
+
+@inline
+def _cols_before_n(c, cs, j0, m, t, n_act, gx, W_hh, Wp_n, b_hh, hc, hn, rh, a_rz, a, lengths, use_clip, clip,
+                   y, col0, H, B, backwards):
+    """Second half of block c of step t: its units' W_hn (r ⊙ h), then n and the new state (rows past
+    their length keep theirs, with zeros in y)."""
+    if n_act > 0:
+        if Wp_n.shape[0] > 0:
+            panel_matmul(rh, Wp_n[c], a, n_act)
+        else:
+            _block_gate_product(W_hh, rh, a, 2, 1, j0, m, cs, n_act, backwards)
+    H2 = 2 * H
+    for b in range(B):
+        ys = y[t, b, col0 + j0:col0 + j0 + m]
+        hs = hn[b, j0:j0 + m]
+        hcs = hc[b, j0:j0 + m]
+        if t >= lengths[b]:
+            for j in range(m):
+                hs[j] = hcs[j]
+                ys[j] = 0.0
+            continue
+        an = a[b, :m]
+        zs = a_rz[b, cs:cs + m]
+        g_n = gx[t, b, H2 + j0:H2 + j0 + m]
+        b_n = b_hh[H2 + j0:H2 + j0 + m]
+        for j in range(m):
+            n = tanh_fast(clip_pre(g_n[j] + (an[j] + b_n[j]), use_clip, clip))
+            v = n + zs[j] * (hcs[j] - n)
+            hs[j] = v
+            ys[j] = v
+
+
 @kernel
 def input_projection_kernel(x2d, W_ih, Wp, b_ih, use_bias, out, panels, dot):
     """out = x2d @ W_ih.T (+ b_ih): one GEMM over all T·B rows.
@@ -1290,3 +1458,4 @@ def input_projection_parallel(x2d, W_ih, Wp, b_ih, use_bias, out, panels, n_thre
 gru_forward_serial = kernel(_gru_forward, name="gru_forward_serial")
 gru_forward_rows = parallel_kernel(_gru_forward_rows, name="gru_forward_rows_parallel")
 gru_forward_cols = parallel_kernel(_gru_forward_cols, name="gru_forward_cols_parallel")
+gru_forward_cols_before = parallel_kernel(_gru_forward_cols_before, name="gru_forward_cols_before_parallel")
