@@ -51,9 +51,12 @@ def one_thread():
 
 
 @pytest.fixture
-def two_threads():
-    """Two Numba threads for the test (restored after), so the multi-threaded routes run."""
+def two_threads(monkeypatch):
+    """Two Numba threads for the test (restored after), so the multi-threaded routes run, also for the
+    small shapes the tests use (which the routes' bound on work would leave to the serial kernels)."""
     import numba
+    from numgru.kernels import dispatch
+    monkeypatch.setattr(dispatch, "NAMED_ROUTE_MIN_WORK", 0)
     before = numba.get_num_threads()
     numba.set_num_threads(2)
     yield

@@ -229,12 +229,13 @@ def test_inference_keeps_off_blas_threads_rules(monkeypatch):
     assert tiled(2, 1) == dispatch.serial_tiled_max(2)  # one row beyond L2: BLAS's GEMV on two threads
     assert rule(16, 64, 2, False) and rule(1, 256, 3, False) and rule(2, 512, 2, False)
     assert not rule(1, 257, 2, False)      # one row beyond L2: its GEMV on BLAS's threads, all in BLAS
-    assert not rule(17, 64, 2, False)      # 17 rows' steps take BLAS's GEMM: its threads anyway
+    assert not rule(17, 128, 2, False)     # 17 rows' steps take BLAS's GEMM: its threads anyway
+    assert rule(17, 64, 2, False) and rule(64, 32, 2, False)  # GEMMs too small for BLAS to thread
     assert not rule(4, 64, 1, False)       # one thread: the serial kernel's own choice
     assert not rule(4, 64, 2, True)        # training keeps the serial kernel's sums
     monkeypatch.setattr(dispatch, "WIDE_BLAS", True)  # BLAS wider than Numba: its GEMM from 5 rows
     assert tiled(2, 4) == dispatch.serial_tiled_max(2) < tiled(1, 4)
-    assert rule(4, 64, 2, False) and not rule(5, 64, 2, False)
+    assert rule(4, 256, 2, False) and not rule(5, 256, 2, False) and rule(5, 64, 2, False)
 
 
 @pytest.mark.parametrize("I, reset_after, padded, writeable", [
@@ -258,6 +259,22 @@ def test_serial_route_keeps_its_projection_off_blas(two_threads, spy, rng, I, re
     assert spy["fwd"] == 0
     assert spy["proj"] == (1 if blas and writeable else 0)
     ry, rh = ref_gru(x, p, 1, H, lengths=lengths, reset_after=reset_after)
+    np.testing.assert_allclose(y, ry, **TOL[np.float32])
+    np.testing.assert_allclose(h, rh, **TOL[np.float32])
+
+
+def test_small_projection_off_blas_takes_the_dot_block(two_threads, spy, rng):
+    # 20 rows of 150 inputs by 144 outputs (432000 multiply-adds): the serial kernel would call BLAS
+    # with two threads; a parallel region costs more than the product, so this thread's dot block
+    T, B, I, H = 5, 4, 150, 48
+    assert not any(dispatch.serial_projection_choice(T * B, I, 2, False, False))
+    assert dispatch.off_blas_dot(T * B, I, 3 * H) and not dispatch.off_blas_dot(T * B, 2 * I, 3 * H)
+    assert dispatch.off_blas_dot(1, 128, 384) and not dispatch.off_blas_dot(1, 129, 387)  # one row
+    g, p = _model(I, H, 1, False, np.float32)
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    y, h = g(x)
+    assert spy["fwd"] == 0 and spy["proj"] == 0
+    ry, rh = ref_gru(x, p, 1, H)
     np.testing.assert_allclose(y, ry, **TOL[np.float32])
     np.testing.assert_allclose(h, rh, **TOL[np.float32])
 
@@ -345,6 +362,21 @@ def test_one_thread_takes_no_threaded_route():
         assert dispatch.forward_route(16, 64, True, False) is None
     finally:
         numba.set_num_threads(before)
+
+
+@pytest.mark.parametrize("wide, T, B, H, want", [
+    (False, 16, 16, 32, None),        # T·B·H² = 2¹⁸: two parallel regions cost more than they save
+    (False, 2, 2, 256, None),
+    (False, 32, 16, 32, "rows"),      # 2¹⁹
+    (False, 8, 2, 256, "columns"),
+    (False, 1, 64, 64, "rows"),       # 64 rows: the serial kernel's steps would take BLAS's threads
+    (False, None, 2, 256, "columns"),  # steps unknown
+    (True, 16, 16, 32, "rows"),       # BLAS wider: not measured there
+])
+def test_named_routes_need_enough_work(two_threads, monkeypatch, wide, T, B, H, want):
+    monkeypatch.setattr(dispatch, "NAMED_ROUTE_MIN_WORK", 1 << 19)  # (two_threads sets it to 0)
+    monkeypatch.setattr(dispatch, "WIDE_BLAS", wide)
+    assert dispatch.forward_route(B, H, True, False, T) == want
 
 
 @pytest.mark.parametrize("wide", [True, False])

@@ -68,6 +68,8 @@ from .fused import fused_ready, gru_forward_fused
 #: (:func:`forward_route`)
 PARALLEL_MIN_ROWS = 64
 OFF_BLAS_PANELS_MIN_ROWS = 64
+OFF_BLAS_DOT_MAX_WORK = 1 << 19
+OFF_BLAS_DOT_ONE_ROW_MAX_INPUTS = 128
 ROWS_MIN = 4
 ROWS_MAX_WEIGHTS = 1 << 18
 ROWS_MAX_STATE = 16384
@@ -84,6 +86,7 @@ COLS_FEW_ROWS_MIN_STEPS = 32
 COLS_FEW_ROWS_MIN_STEPS_KEPT = 64
 COLS_FEW_ROWS_MAX_THREADS = 2
 COLS_BEFORE_MIN_HIDDEN = 256
+NAMED_ROUTE_MIN_WORK = 1 << 19
 PACK_BELOW = 0.9
 STEP_COLS_MIN_H = 192
 STEP_COLS_MAX_ROWS = 16
@@ -412,7 +415,16 @@ def forward_route(B, H, reset_after, store, T=None, itemsize=4, kept=False):
         7.93–10.5 (rows); frozen T = 32, B = 4, H = 1024 10.0–10.4 against 13.5–13.9. Below 256 units
         it lost at T = 32 (H = 64–128, B = 1–4: 0.56–0.87×) and was mixed at H = 192 (0.89–1.25×).
     None
-        The serial kernel (BLAS threading the steps' GEMMs where they take BLAS). (A "pipeline"
+        The serial kernel (BLAS threading the steps' GEMMs where they take BLAS). Where BLAS is no
+        wider than Numba, also for calls of T·B·H² under ``NAMED_ROUTE_MIN_WORK`` whose serial kernels
+        keep off BLAS's threads (:func:`keeps_off_blas`): a named route's two parallel regions (the
+        projection's and the steps') cost about 20 µs a call more (two threads, one process taking
+        turns, µs, named against serial: T·B·H² = 2¹⁸: T = 16, B = 16, H = 32 62.8 / 60.1; T = 4,
+        B = 16, H = 64 60.0 / 47.7; T = 1, B = 16, H = 128 75.5 / 55.8; T = 1, B = 4, H = 256 85.6 /
+        64.0; T = 2, B = 2, H = 256 60.3 / 47.3; reset_before 0.70–0.80×; at 2¹⁹ 0.72–1.17×, at 2²⁰
+        0.95–1.30×: T = 16, B = 16, H = 64 122.8 / 147.1; T = 4, B = 1, H = 512 145.7 / 159.6).
+        Calls of more rows keep their named route, which keeps them off BLAS's threads (T = 1,
+        B = 64, H = 64: 63.2 against 56.1 serial). (A "pipeline"
         route, the projection of the next chunk of time steps on one thread beside the recurrence
         on another, once won at B·H ≤ 256
         (B = 1, H = 256 1.22–1.28× on 2 AMD vCPUs); with the steps and the projection on packed panels
@@ -494,6 +506,9 @@ def forward_route(B, H, reset_after, store, T=None, itemsize=4, kept=False):
     threads = thread_count()
     if threads < 2 or store or B == 0 or T == 0:  # nothing to split (an empty batch or sequence)
         return None
+    if (not WIDE_BLAS and T is not None and T * B * H * H < NAMED_ROUTE_MIN_WORK
+            and keeps_off_blas(B, H, threads, False)):
+        return None  # too little work to repay two parallel regions
     per_thread = -(-B // threads)
     weights = 3 * H * H
     lo, hi = COLS_STATE
@@ -799,6 +814,8 @@ def input_projection(x2d, W_ih, b_ih, numba_threads=False, valid=None, training=
     # the serial kernel's choice (panels, dot): asked for on the routes' threads only if they are busy
     choice = None if numba_threads else serial_projection_choice(N, I, threads, packed is not None, training)
     off_blas = off_blas and choice is not None and not any(choice)
+    if off_blas and off_blas_dot(N, I, W_ih.shape[0]):
+        choice, off_blas = (False, True), False
     if numba_threads or off_blas:
         with parallel_slot(True) as par:
             if par:
@@ -1599,6 +1616,17 @@ def _amx_training_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gat
                            h0, bool(reverse), y, int(col0), h_n, 0, tape, matmul_order())
 
 
+def off_blas_dot(N, I, M):
+    """Whether a projection of N rows with I inputs and M outputs that :func:`keeps_off_blas` takes off
+    BLAS's threads runs on this thread by the dot-product block rather than in a parallel region on
+    Numba's: below ``OFF_BLAS_DOT_MAX_WORK`` multiply-adds (N·I·M), one row only for I up to
+    ``OFF_BLAS_DOT_ONE_ROW_MAX_INPUTS``. Two threads, the kernel alone, µs, block against Numba's
+    threads: I = 64, N = 1 / 8 / 32 1.43 / 3.47 / 13.5 against 2.64 / 4.68 / 14.7; I = 128, N = 2 / 8
+    4.38 / 11.3 against 6.34 / 12.0; I = 256, N = 2 9.77 against 13.4; but I = 128, N = 16 (786432)
+    19.9 against 18.4, I = 256, N = 4 15.8 against 11.6, and one row at I = 256 9.45 against 6.37."""
+    return N * I * M < OFF_BLAS_DOT_MAX_WORK and (N > 1 or I <= OFF_BLAS_DOT_ONE_ROW_MAX_INPUTS)
+
+
 def keeps_off_blas(B, H, threads, store):
     """Whether a serial inference forward of B rows with H hidden units on ``threads`` threads (the
     serial route, :func:`serial_forward`) keeps off OpenBLAS's threads: from two threads where its
@@ -1607,7 +1635,8 @@ def keeps_off_blas(B, H, threads, store):
     :func:`~numgru.kernels.forward.one_row_dot`: with its projection on Numba's threads, each such
     call waited for the scheduler to move Numba's spinning worker off the core OpenBLAS's GEMV wanted,
     T = 1, B = 1, H = 512 / 768 8.0 ms against 0.053 / 0.122 with both in BLAS, two threads, either
-    reset variant); its input projection then
+    reset variant), or more rows whose steps' GEMMs OpenBLAS runs on the calling thread (3H·H·B
+    multiply-adds at most ``BLAS_THREADED_MNK``); its input projection then
     runs on Numba's threads where the serial kernel would have called BLAS (the kernel's panels and
     dot-product block, one thread's, stay). OpenBLAS's workers spin for a while after a call, and
     Numba's after a parallel region, so calls that take turns between the pools stall each other: two
@@ -1616,8 +1645,13 @@ def keeps_off_blas(B, H, threads, store):
     for about 0.1 s. Numba's threads take W_ih's panels there from ``OFF_BLAS_PANELS_MIN_ROWS`` rows
     (two threads, whole forwards, µs, panels against the tiled matmul: T = 32, B = 4, H = 96 / 128 / 192
     156 / 249 / 508 against 183 / 257 / 525; T = 64, B = 2, H = 128 255 against 266; but T = 16, B = 2,
-    H = 192, 32 rows, 188 against 153)."""
-    return threads > 1 and not store and B <= inference_tiled_max(threads, B) and (B > 1 or H <= 256)
+    H = 192, 32 rows, 188 against 153); products too small to repay a parallel region stay on this
+    thread, by the dot-product block (:func:`off_blas_dot`)."""
+    if threads < 2 or store:
+        return False
+    if B > 1 and 3 * H * H * B <= BLAS_THREADED_MNK:  # a step's GEMM too small for OpenBLAS to thread
+        return True
+    return B <= inference_tiled_max(threads, B) and (B > 1 or H <= 256)
 
 
 def serial_forward(route):
@@ -1710,8 +1744,11 @@ def serial_direction_plan(W_ih, b_ih, W_hh, b_hh, packed_ih, packed_hh, T, B, th
                                            packed_ih is not None, False)
     par = 0  # Numba's threads for the projection the serial kernel would take to BLAS
     if not (steps or amx or dp or panels or dot) and keeps_off_blas(B, W_hh.shape[1], threads, False):
-        par = (threads, T * B >= OFF_BLAS_PANELS_MIN_ROWS
-               or projection_panels(T * B, W_ih.shape[1], threads))
+        if off_blas_dot(T * B, W_ih.shape[1], W_ih.shape[0]):
+            dot = True
+        else:
+            par = (threads, T * B >= OFF_BLAS_PANELS_MIN_ROWS
+                   or projection_panels(T * B, W_ih.shape[1], threads))
     projection = (W_ih, empty if packed_ih is None else packed_ih,
                   W_ih[0] if b_ih is None else b_ih, b_ih is not None)
     amx_steps = None
