@@ -1025,6 +1025,20 @@ def _chunk_after(gxb, ar, az, an, b_hh, hcb, hnb, j0, m, H, kind, alpha, beta, u
         hn[j] = n + z * (hc[j] - n)
 
 
+@inline
+def _block_gate_product(W_hh, h, a, g0, ng, j0, m, cs, n_act, backwards):
+    """a[:n_act, (g − g0)·cs + u] = W_hh[g·H + j0 + u] · h for the ng gates from g0 and units u < m, by
+    :func:`small_rows_matmul` in tiles (last first when ``backwards``)."""
+    H = W_hh.shape[1]
+    nt = (m + TILE - 1) // TILE
+    for k in range(ng * nt):
+        gg, qq = divmod(ng * nt - 1 - k if backwards else k, nt)
+        q0 = qq * TILE
+        q1 = min(m, q0 + TILE)
+        r0 = (g0 + gg) * H + j0
+        small_rows_matmul(W_hh[r0 + q0:r0 + q1], h, a[:, gg * cs + q0:gg * cs + q1], n_act)
+
+
 def _gru_forward_cols(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, gate_kind, alpha, beta,
                       use_clip, clip, y, col0, h_n, n_chunks):
     """:func:`_gru_forward` for inference with reset_after=True, parallel over blocks of hidden units.
@@ -1127,14 +1141,8 @@ def _cols_block(c, cs, t, n_act, gx, W_hh, Wp, b_hh, hc, hn, a, lengths, gate_ki
     if n_act > 0:
         if Wp.shape[0] > 0:
             panel_matmul(hc, Wp[c], a, n_act)
-        else:
-            nt = (m + TILE - 1) // TILE
-            for k in range(3 * nt):  # this block's rows of W_hr, W_hz, W_hn, in tiles
-                g, q = divmod(3 * nt - 1 - k if backwards else k, nt)
-                q0 = q * TILE
-                q1 = min(m, q0 + TILE)
-                r0 = g * H + j0
-                small_rows_matmul(W_hh[r0 + q0:r0 + q1], hc, a[:, g * cs + q0:g * cs + q1], n_act)
+        else:  # this block's rows of W_hr, W_hz, W_hn, in tiles
+            _block_gate_product(W_hh, hc, a, 0, 3, j0, m, cs, n_act, backwards)
     for b in range(B):
         hnb = hn[b]
         hcb = hc[b]
@@ -1231,20 +1239,6 @@ def _cols_before_worker(w, nc, cs, sync, gx, W_hh, Wp_rz, Wp_n, b_hh, h_a, h_b, 
                 atomic_add(sync, done, 1)
             while atomic_load(sync, done) < (q + 1) * nc:
                 spin_pause()
-
-
-@inline
-def _block_gate_product(W_hh, h, a, g0, ng, j0, m, cs, n_act, backwards):
-    """a[:n_act, (g − g0)·cs + u] = W_hh[g·H + j0 + u] · h for the ng gates from g0 and units u < m, by
-    :func:`small_rows_matmul` in tiles (last first when ``backwards``)."""
-    H = W_hh.shape[1]
-    nt = (m + TILE - 1) // TILE
-    for k in range(ng * nt):
-        gg, qq = divmod(ng * nt - 1 - k if backwards else k, nt)
-        q0 = qq * TILE
-        q1 = min(m, q0 + TILE)
-        r0 = (g0 + gg) * H + j0
-        small_rows_matmul(W_hh[r0 + q0:r0 + q1], h, a[:, gg * cs + q0:gg * cs + q1], n_act)
 
 
 @inline
