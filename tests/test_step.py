@@ -91,7 +91,7 @@ def test_serial_step_reset_before_gate_options(B):
 
 @pytest.mark.parametrize("B, H, reset_after, threads, itemsize, want", [
     (1, 256, True, 2, 4, True), (16, 192, True, 4, 4, True), (1, 191, True, 2, 4, False),
-    (1, 256, False, 2, 4, False), (1, 256, True, 1, 4, False),
+    (1, 256, True, 1, 4, False), (1, 256, False, 1, 4, False),
     (0, 256, True, 2, 4, False),
     (1, 1024, True, 16, 4, True), (2, 1024, True, 2, 4, True),
     # bfloat16 weights: the serial step on panels while they fit 1 MB, any row count
@@ -122,7 +122,21 @@ def test_step_columns_one_row_rule(monkeypatch, H, itemsize, wide, want):
 def test_step_columns_many_rows_rule(monkeypatch, B, H, itemsize, wide, want):
     monkeypatch.setattr(dispatch, "WIDE_BLAS", wide)
     assert dispatch.step_columns(B, H, True, 2, itemsize) is want
-    assert not dispatch.step_columns(B, H, False, 2, itemsize)  # reset_after only
+    assert dispatch.step_columns(B, H, False, 2, itemsize) is (want and B > 16)  # reset_before alike
+
+
+@pytest.mark.parametrize("B, H, itemsize, wide, want", [
+    # reset_before: two regions a step, where BLAS is no wider, float weights
+    (1, 256, 4, False, True), (16, 256, 4, False, True), (4, 192, 4, False, True),
+    (2, 192, 4, False, False), (16, 128, 4, False, False), (1, 1024, 8, False, True),
+    (64, 64, 4, False, True), (64, 63, 4, False, False),
+    (4, 512, 4, True, False),    # BLAS wider: not measured there
+    (4, 512, 2, False, False),   # bfloat16 weights
+])
+def test_step_columns_reset_before_rule(monkeypatch, B, H, itemsize, wide, want):
+    monkeypatch.setattr(dispatch, "WIDE_BLAS", wide)
+    assert dispatch.step_columns(B, H, False, 2, itemsize) is want
+    assert not dispatch.step_columns(B, H, False, 1, itemsize)  # one thread
 
 
 @pytest.mark.parametrize("B, H, kept, threads, itemsize, wide, want", [
@@ -139,7 +153,6 @@ def test_step_columns_many_rows_rule(monkeypatch, B, H, itemsize, wide, want):
 def test_step_columns_few_units_rule(monkeypatch, B, H, kept, threads, itemsize, wide, want):
     monkeypatch.setattr(dispatch, "WIDE_BLAS", wide)
     assert dispatch.step_columns(B, H, True, threads, itemsize, kept) is want
-    assert not dispatch.step_columns(B, H, False, threads, itemsize, kept)  # reset_after only
 
 
 @pytest.fixture
@@ -203,6 +216,54 @@ def test_columns_step_of_few_units(two_threads, cols_spy, monkeypatch, B, H, fro
     h = rng.standard_normal((B, H)).astype(np.float32)
     np.testing.assert_allclose(cell(x, h), _ref(x, h, p), **TOL[np.float32])
     assert cols_spy == [B]
+
+
+@pytest.fixture
+def before_spy(monkeypatch):
+    calls = []
+    original = dispatch.gru_step_cols_before
+
+    def run(*a):
+        calls.append(a[0].shape[0])
+        return original(*a)
+
+    monkeypatch.setattr(dispatch, "gru_step_cols_before", run)
+    return calls
+
+
+@two_threads_only
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("B, H", [(1, 264), (3, 264), (20, 72)])
+def test_reset_before_columns_step_matches_reference(two_threads, before_spy, monkeypatch, dtype, B, H):
+    """reset_before's split step (two regions: r ⊙ h over every unit, then W_hn's product): H = 264
+    in blocks of 144 and 120 units, one row by the tiled matmul, several by the dot-product block."""
+    monkeypatch.setattr(dispatch, "WIDE_BLAS", False)
+    rng = np.random.default_rng(B)
+    p = {k[:-len("_l0")]: v for k, v in random_params(9, H, 1, seed=2).items()}
+    c = ng.GRUCell(9, H, dtype=dtype, reset_after=False)
+    c.load_state_dict(p)
+    p = {k + "_l0": v for k, v in p.items()}
+    x = rng.standard_normal((B, 9)).astype(dtype)
+    h = rng.standard_normal((B, H)).astype(dtype)
+    np.testing.assert_allclose(c(x, h), _ref(x, h, p, reset_after=False), **TOL[dtype])
+    assert before_spy == [B]
+
+
+@two_threads_only
+def test_reset_before_columns_stream_and_gate_options(two_threads, before_spy, monkeypatch):
+    """A two-layer reset_before stream with a hard-sigmoid gate and clip equals the whole-sequence
+    forward, step by step."""
+    monkeypatch.setattr(dispatch, "WIDE_BLAS", False)
+    rng = np.random.default_rng(3)
+    g = ng.GRU(7, 256, 2, reset_after=False, gate_activation="hard_sigmoid", clip=0.9, dtype=np.float64,
+               seed=0)
+    x = rng.standard_normal((5, 4, 7))
+    s = g.stream(4)
+    ys = np.stack([s.step(x[t]) for t in range(5)])
+    y, h_n = g(x)
+    np.testing.assert_allclose(ys, y, **TOL[np.float64])
+    np.testing.assert_allclose(s.state, h_n, **TOL[np.float64])
+    assert before_spy == [4] * 10
 
 
 @two_threads_only

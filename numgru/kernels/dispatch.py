@@ -56,7 +56,7 @@ from .forward import (column_blocks, gru_forward_chunked, gru_forward_cols, gru_
                       packed_panels,
                       row_chunks, PANEL_MIN_T,
                       TILED_MAX_ONE_THREAD, use_panels)
-from .step import gru_step, gru_step_cols
+from .step import gru_step, gru_step_cols, gru_step_cols_before
 from .dpbf16 import (CHUNK_ROWS, TILE_PANELS, dpbf16_gradient, dpbf16_projection,
                      dpbf16_projection_parallel, dpbf16_ready, gru_forward_dpbf16, gru_forward_dpbf16_ranges,
                      pack_pairs)
@@ -93,6 +93,8 @@ STEP_COLS_MAX_ROWS = 16
 STEP_COLS_MIN_H_MANY_ROWS = 64
 STEP_COLS_MIN_WORK = 1 << 16
 STEP_COLS_MIN_WORK_KEPT = 96 << 10
+STEP_COLS_BEFORE_MIN_H = 256
+STEP_COLS_BEFORE_MIN_ROWS = 4
 STEP_COLS_B1_BYTES = 1 << 21
 STEP_COLS_BF16_SERIAL_BYTES = 1 << 20
 PROJ_PANELS_MIN_ROWS = ((64, 16), (128, 32), (256, 128))
@@ -660,6 +662,18 @@ def step_columns(B, H, reset_after, threads, itemsize=4, kept=False):
     32.6 / 24.8; H = 160, B = 4 14.5 / 12.0; H = 96, B = 16 19.8 / 17.6; but H = 128, B = 4
     10.0 / 10.3, H = 96, B = 8 11.1 / 11.6, H = 64, B = 16 10.8 / 12.5.
 
+    reset_after=False splits (:func:`~numgru.kernels.step.gru_step_cols_before`, two parallel
+    regions a step, r ⊙ h over every unit before W_hn's product) where BLAS is no wider, for float
+    weights: up to ``STEP_COLS_MAX_ROWS`` rows from ``STEP_COLS_BEFORE_MIN_H`` units, or from
+    ``STEP_COLS_MIN_H`` with ``STEP_COLS_BEFORE_MIN_ROWS`` rows; more rows from
+    ``STEP_COLS_MIN_H_MANY_ROWS``. ``stream.step``, two threads, one process taking turns, µs, serial
+    against split: H = 256, B = 1 / 2 / 4 / 16 21.6 / 17.5, 25.6 / 19.7, 36.6 / 34.2, 125.9 / 78.0;
+    H = 512 59.6 / 51.6, 86.1 / 59.9, 130.2 / 76.6, 488.1 / 272.3; H = 1024 439.9 / 334.3, 825.7 /
+    419.2, 1341.8 / 597.7, 3026.3 / 1481.9; H = 192, B = 4 / 16 22.4 / 19.3, 74.5 / 51.3 (B = 1 / 2
+    13.1 / 13.4, 14.5 / 14.0); H = 128, B = 1–4 0.67–0.84×; more rows, H = 64 / 128 / 256, B = 64
+    53.5 / 41.2, 131.6 / 94.9, 378.4 / 289.0; a frozen copy H = 256 / 512, B = 1 / 4 / 16
+    1.38× / 1.34× / 1.61×, 1.13× / 1.70× / 1.87×.
+
     Each thread reads its own slice of W_ih and W_hh, which stays in its core's cache from step to
     step. Measured on 2 vCPUs (AMD; kernel calls, best of 25 rounds, the serial and split kernels in
     turns of separate processes, two or three runs), split against serial, float32:
@@ -677,8 +691,14 @@ def step_columns(B, H, reset_after, threads, itemsize=4, kept=False):
     H = 256, B = 1 / 4 / 16 1.49× / 1.25× / 1.31×; beyond, H = 512 / 768, B = 4 0.38× / 0.54×, and
     at B = 1 split and serial stay within the noise of the shared cores, 0.5–1.2×).
     """
-    if not (threads > 1 and reset_after and B >= 1):
+    if not (threads > 1 and B >= 1):
         return False
+    if not reset_after:  # two regions a step (:func:`~numgru.kernels.step.gru_step_cols_before`)
+        if WIDE_BLAS or itemsize < 4:
+            return False
+        if B > STEP_COLS_MAX_ROWS:
+            return H >= STEP_COLS_MIN_H_MANY_ROWS
+        return H >= STEP_COLS_BEFORE_MIN_H or (H >= STEP_COLS_MIN_H and B >= STEP_COLS_BEFORE_MIN_ROWS)
     if itemsize >= 4 and not WIDE_BLAS and B > STEP_COLS_MAX_ROWS:
         return H >= STEP_COLS_MIN_H_MANY_ROWS
     if (itemsize == 4 and not WIDE_BLAS and threads == 2 and H < STEP_COLS_MIN_H and B <= STEP_COLS_MAX_ROWS
@@ -711,7 +731,10 @@ def run_step(x, h, weights, scalars, h_out, gi, gh, acc, tiled_max, backwards=Fa
     read the thread count already."""
     if acc is not None and _PARALLEL_LOCK.acquire(blocking=False):
         try:
-            gru_step_cols(x, h, *weights[:4], *scalars[1:], h_out, gi, acc)
+            if scalars[0]:
+                gru_step_cols(x, h, *weights[:4], *scalars[1:], h_out, gi, acc)
+            else:  # reset_before: two regions, r ⊙ h over every unit before W_hn's product
+                gru_step_cols_before(x, h, *weights[:4], *scalars[1:], h_out, gi, acc)
         finally:
             _PARALLEL_LOCK.release()
         return

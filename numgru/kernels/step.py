@@ -319,3 +319,76 @@ def gru_step_cols(x, h, W_ih, W_hh, b_ih, b_hh, gate_kind, alpha, beta, use_clip
             ob = h_out[b]
             _chunk_after(gib, a[0, b], a[1, b], a[2, b], b_hh, h[b], ob, j0, m, H, gate_kind, alpha, beta,
                          use_clip, clip)
+
+
+@parallel_kernel
+def gru_step_cols_before(x, h, W_ih, W_hh, b_ih, b_hh, gate_kind, alpha, beta, use_clip, clip, h_out, gi,
+                         acc):
+    """:func:`gru_step` with reset_after=False, split over blocks of hidden units on Numba's threads in
+    two parallel regions: n needs W_hn (r ⊙ h) over all units, so first each block projects x on its
+    units' rows of W_ih, multiplies h by its rows of W_hr and W_hz and writes its units of z and
+    r ⊙ h; then each multiplies r ⊙ h by its rows of W_hn and writes its units' new state. Same
+    arguments and workspace as :func:`gru_step_cols` (acc's three gate slots hold W_hr h, then z in
+    place of W_hz h, and W_hn (r ⊙ h)); float or bfloat16 weights."""
+    wide_vectors()
+    B = x.shape[0]
+    H = h.shape[1]
+    H2 = 2 * H
+    nc = acc.shape[0]
+    cs = acc.shape[3]
+    rh = np.empty((B, H), h.dtype)
+    for c in prange(nc):
+        wide_vectors()
+        j0 = c * cs
+        m = min(cs, H - j0)
+        a = acc[c]
+        for g in range(3):  # this block's rows of W_ir, W_iz, W_in; of W_hr and W_hz
+            r0 = g * H + j0
+            if B > 1:
+                dot_rows(x, W_ih[r0:r0 + m], gi[:, r0:r0 + m], B)
+                if g < 2:
+                    dot_rows(h, W_hh[r0:r0 + m], a[g, :, :m], B)
+            else:
+                tiled_matmul(W_ih[r0:r0 + m], x, gi[:, r0:r0 + m], B)
+                if g < 2:
+                    tiled_matmul(W_hh[r0:r0 + m], h, a[g, :, :m], B)
+        for b in range(B):
+            gib = gi[b]
+            for g in range(3):
+                r0 = g * H + j0
+                gs = gib[r0:r0 + m]  # slices: an index r0 + jj is checked for wraparound, not vectorised
+                bs = b_ih[r0:r0 + m]
+                for jj in range(m):
+                    gs[jj] += bs[jj]
+            g_r = gib[j0:j0 + m]
+            g_z = gib[H + j0:H + j0 + m]
+            b_r = b_hh[j0:j0 + m]
+            b_z = b_hh[H + j0:H + j0 + m]
+            ar = a[0, b, :m]
+            az = a[1, b, :m]
+            hs = h[b, j0:j0 + m]
+            rhs = rh[b, j0:j0 + m]
+            for jj in range(m):
+                az[jj] = gate(clip_pre(g_z[jj] + az[jj] + b_z[jj], use_clip, clip), gate_kind, alpha, beta)
+                rhs[jj] = gate(clip_pre(g_r[jj] + ar[jj] + b_r[jj], use_clip, clip), gate_kind, alpha,
+                               beta) * hs[jj]
+    for c in prange(nc):
+        wide_vectors()
+        j0 = c * cs
+        m = min(cs, H - j0)
+        a = acc[c]
+        r0 = H2 + j0
+        if B > 1:
+            dot_rows(rh, W_hh[r0:r0 + m], a[2, :, :m], B)
+        else:
+            tiled_matmul(W_hh[r0:r0 + m], rh, a[2, :, :m], B)
+        for b in range(B):
+            g_n = gi[b, r0:r0 + m]
+            b_n = b_hh[r0:r0 + m]
+            an = a[2, b, :m]
+            zs = a[1, b, :m]
+            hs = h[b, j0:j0 + m]
+            ob = h_out[b, j0:j0 + m]
+            for jj in range(m):
+                n = tanh_fast(clip_pre(g_n[jj] + (an[jj] + b_n[jj]), use_clip, clip))
+                ob[jj] = n + zs[jj] * (hs[jj] - n)
