@@ -270,6 +270,34 @@ def _reset_before_products(W, Wp, x, out, buf, n, small, tiled_max, backwards):
         o[j] = s
 
 
+@inline
+def _block_products(x, h, W_ih, W_hh, gi, a, j0, m, H, B, n_hh):
+    """A split step's products for the block of units j0 … j0+m−1: gi[:, g·H + j0 + u] = x · W_ih's row
+    for the three gates, a[g, :, u] = h · W_hh's row for the first ``n_hh`` gates; several rows by the
+    dot-product block, one by the tiled matmul."""
+    for g in range(3):
+        r0 = g * H + j0
+        if B > 1:
+            dot_rows(x, W_ih[r0:r0 + m], gi[:, r0:r0 + m], B)
+            if g < n_hh:
+                dot_rows(h, W_hh[r0:r0 + m], a[g, :, :m], B)
+        else:
+            tiled_matmul(W_ih[r0:r0 + m], x, gi[:, r0:r0 + m], B)
+            if g < n_hh:
+                tiled_matmul(W_hh[r0:r0 + m], h, a[g, :, :m], B)
+
+
+@inline
+def _add_block_bias(gib, b_ih, j0, m, H):
+    """b_ih added to one row's three gates of the block's units in gib (3H)."""
+    for g in range(3):
+        r0 = g * H + j0
+        gs = gib[r0:r0 + m]  # slices: an index r0 + jj is checked for wraparound, not vectorised
+        bs = b_ih[r0:r0 + m]
+        for jj in range(m):
+            gs[jj] += bs[jj]
+
+
 @parallel_kernel
 def gru_step_cols(x, h, W_ih, W_hh, b_ih, b_hh, gate_kind, alpha, beta, use_clip, clip, h_out, gi, acc):
     """:func:`gru_step` with reset_after=True, split over blocks of hidden units on Numba's threads.
@@ -300,22 +328,10 @@ def gru_step_cols(x, h, W_ih, W_hh, b_ih, b_hh, gate_kind, alpha, beta, use_clip
         j0 = c * cs
         m = min(cs, H - j0)
         a = acc[c]
-        for g in range(3):  # this block's rows of W_r, W_z, W_n
-            r0 = g * H + j0
-            if B > 1:
-                dot_rows(x, W_ih[r0:r0 + m], gi[:, r0:r0 + m], B)
-                dot_rows(h, W_hh[r0:r0 + m], a[g, :, :m], B)
-            else:
-                tiled_matmul(W_ih[r0:r0 + m], x, gi[:, r0:r0 + m], B)
-                tiled_matmul(W_hh[r0:r0 + m], h, a[g, :, :m], B)
+        _block_products(x, h, W_ih, W_hh, gi, a, j0, m, H, B, 3)  # this block's rows of W_r, W_z, W_n
         for b in range(B):
             gib = gi[b]
-            for g in range(3):
-                r0 = g * H + j0
-                gs = gib[r0:r0 + m]  # slices: an index r0 + jj is checked for wraparound, not vectorised
-                bs = b_ih[r0:r0 + m]
-                for jj in range(m):
-                    gs[jj] += bs[jj]
+            _add_block_bias(gib, b_ih, j0, m, H)
             ob = h_out[b]
             _chunk_after(gib, a[0, b], a[1, b], a[2, b], b_hh, h[b], ob, j0, m, H, gate_kind, alpha, beta,
                          use_clip, clip)
@@ -342,24 +358,10 @@ def gru_step_cols_before(x, h, W_ih, W_hh, b_ih, b_hh, gate_kind, alpha, beta, u
         j0 = c * cs
         m = min(cs, H - j0)
         a = acc[c]
-        for g in range(3):  # this block's rows of W_ir, W_iz, W_in; of W_hr and W_hz
-            r0 = g * H + j0
-            if B > 1:
-                dot_rows(x, W_ih[r0:r0 + m], gi[:, r0:r0 + m], B)
-                if g < 2:
-                    dot_rows(h, W_hh[r0:r0 + m], a[g, :, :m], B)
-            else:
-                tiled_matmul(W_ih[r0:r0 + m], x, gi[:, r0:r0 + m], B)
-                if g < 2:
-                    tiled_matmul(W_hh[r0:r0 + m], h, a[g, :, :m], B)
+        _block_products(x, h, W_ih, W_hh, gi, a, j0, m, H, B, 2)  # W_ir, W_iz, W_in; W_hr and W_hz
         for b in range(B):
             gib = gi[b]
-            for g in range(3):
-                r0 = g * H + j0
-                gs = gib[r0:r0 + m]  # slices: an index r0 + jj is checked for wraparound, not vectorised
-                bs = b_ih[r0:r0 + m]
-                for jj in range(m):
-                    gs[jj] += bs[jj]
+            _add_block_bias(gib, b_ih, j0, m, H)
             g_r = gib[j0:j0 + m]
             g_z = gib[H + j0:H + j0 + m]
             b_r = b_hh[j0:j0 + m]
