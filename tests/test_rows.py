@@ -229,7 +229,8 @@ def test_inference_keeps_off_blas_threads_rules(monkeypatch):
     assert tiled(2, 1) == dispatch.serial_tiled_max(2)  # one row beyond L2: BLAS's GEMV on two threads
     assert rule(16, 64, 2, False) and rule(1, 256, 3, False) and rule(2, 512, 2, False)
     assert not rule(1, 257, 2, False)      # one row beyond L2: its GEMV on BLAS's threads, all in BLAS
-    assert not rule(17, 128, 2, False)     # 17 rows' steps take BLAS's GEMM: its threads anyway
+    assert not rule(17, 640, 2, False)     # 17 rows' steps take BLAS's GEMM: its threads anyway
+    assert rule(32, 512, 2, False) and not rule(33, 512, 2, False)  # Numba's kernels up to 32 rows
     assert rule(17, 64, 2, False) and rule(64, 32, 2, False)  # GEMMs too small for BLAS to thread
     assert not rule(4, 64, 1, False)       # one thread: the serial kernel's own choice
     assert not rule(4, 64, 2, True)        # training keeps the serial kernel's sums

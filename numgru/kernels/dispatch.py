@@ -53,7 +53,7 @@ from .backward import (BIAS_ROWS, gru_backward_amx, gru_backward_amx_rows, gru_b
                        gru_backward_serial, matmul_into, weight_gradient_panels)
 from .forward import (column_blocks, gru_forward_chunked, gru_forward_cols, gru_forward_cols_before,
                       gru_forward_rows, gru_forward_serial, input_projection_kernel, input_projection_parallel,
-                      packed_panels,
+                      packed_panels, NUMBA_ROWS_MAX, NUMBA_ROWS_MAX_K,
                       row_chunks, PANEL_MIN_T,
                       TILED_MAX_ONE_THREAD, use_panels)
 from .step import gru_step, gru_step_cols, gru_step_cols_before
@@ -1659,7 +1659,9 @@ def keeps_off_blas(B, H, threads, store):
     call waited for the scheduler to move Numba's spinning worker off the core OpenBLAS's GEMV wanted,
     T = 1, B = 1, H = 512 / 768 8.0 ms against 0.053 / 0.122 with both in BLAS, two threads, either
     reset variant), or more rows whose steps' GEMMs OpenBLAS runs on the calling thread (3H·H·B
-    multiply-adds at most ``BLAS_THREADED_MNK``); its input projection then
+    multiply-adds at most ``BLAS_THREADED_MNK``) or, where BLAS is no wider, that Numba's kernels take
+    whatever the thread count (up to ``forward.NUMBA_ROWS_MAX`` rows at H ≤ ``forward.NUMBA_ROWS_MAX_K``,
+    :func:`~numgru.kernels.forward.recurrent_matmul`); its input projection then
     runs on Numba's threads where the serial kernel would have called BLAS (the kernel's panels and
     dot-product block, one thread's, stay). OpenBLAS's workers spin for a while after a call, and
     Numba's after a parallel region, so calls that take turns between the pools stall each other: two
@@ -1674,6 +1676,8 @@ def keeps_off_blas(B, H, threads, store):
         return False
     if B > 1 and 3 * H * H * B <= BLAS_THREADED_MNK:  # a step's GEMM too small for OpenBLAS to thread
         return True
+    if not WIDE_BLAS and 1 < B <= NUMBA_ROWS_MAX and H <= NUMBA_ROWS_MAX_K:
+        return True  # its steps' products in Numba's kernels whatever tiled_max
     return B <= inference_tiled_max(threads, B) and (B > 1 or H <= 256)
 
 

@@ -377,6 +377,12 @@ def tiled_product(Wm, h, out, n):
     tiled_matmul(Wm, h, out, n)
 
 
+#: rows and inner values up to which :func:`recurrent_matmul` keeps a product in Numba's kernels
+#: whatever ``tiled_max`` says (read by :func:`~numgru.kernels.dispatch.keeps_off_blas`)
+NUMBA_ROWS_MAX = 32
+NUMBA_ROWS_MAX_K = 512
+
+
 @inline
 def recurrent_matmul(Wm, h, out, buf, n, tiled_max):
     """out[:n] = h[:n] @ Wm.T, by the fastest measured route for the shape (Wm C-contiguous): Numba's
@@ -390,7 +396,7 @@ def recurrent_matmul(Wm, h, out, buf, n, tiled_max):
     if n == 1 and K <= 256:
         # n = 1 with W_hh in L2 (H ≤ 256): 1.2–1.25× over BLAS's GEMV at H = 64 and 256
         small_rows_matmul(Wm, h, out, n)
-    elif 2 <= n <= 32 and K <= 512:
+    elif 2 <= n <= NUMBA_ROWS_MAX and K <= NUMBA_ROWS_MAX_K:
         rows_product(Wm, h, out, n, False)
     elif tiled_max < 0 or 2 <= n <= tiled_max:  # W beyond L2: read once, all rows against each part
         rows_product(Wm, h, out, n, True)
