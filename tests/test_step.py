@@ -157,14 +157,19 @@ def test_step_columns_few_units_rule(monkeypatch, B, H, kept, threads, itemsize,
 
 @pytest.fixture
 def cols_spy(monkeypatch):
+    return _rows_spy(monkeypatch, "gru_step_cols")
+
+
+def _rows_spy(monkeypatch, name):
+    """The row counts of the calls to dispatch's ``name``, which still runs."""
     calls = []
-    original = dispatch.gru_step_cols
+    original = getattr(dispatch, name)
 
     def run(*a):
         calls.append(a[0].shape[0])
         return original(*a)
 
-    monkeypatch.setattr(dispatch, "gru_step_cols", run)
+    monkeypatch.setattr(dispatch, name, run)
     return calls
 
 
@@ -220,15 +225,7 @@ def test_columns_step_of_few_units(two_threads, cols_spy, monkeypatch, B, H, fro
 
 @pytest.fixture
 def before_spy(monkeypatch):
-    calls = []
-    original = dispatch.gru_step_cols_before
-
-    def run(*a):
-        calls.append(a[0].shape[0])
-        return original(*a)
-
-    monkeypatch.setattr(dispatch, "gru_step_cols_before", run)
-    return calls
+    return _rows_spy(monkeypatch, "gru_step_cols_before")
 
 
 @two_threads_only

@@ -41,7 +41,7 @@ from .bf16 import is_bfloat16, is_bfloat16_array, wget
 from .dotblock import dot_rows
 from .panel import (aligned_empty, fill_panel, pack_panels, packed_depth, panel_matmul, panel_rows, panel_width,
                     put_row)
-from .sync import atomic_add, atomic_cas, atomic_load, spin_pause
+from .sync import block_done, claim_block, round_pending, rounds_sync, wait_round, worker_started
 
 
 @inline
@@ -1092,10 +1092,7 @@ def _gru_forward_cols(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, gate_ki
     # and the packing is split over the threads)
     Wp = block_panels_empty(W_hh, cs, nc) if packed else np.empty((0, 0, 0, 0), W_hh.dtype)
     copy_rows(h0, h_a)
-    # one 64-byte line each: block c's last claimed step, whether worker c has started, steps' blocks done
-    sync = np.zeros(8 * (2 * nc + 1), np.int64)
-    for c in range(nc):
-        sync[8 * c] = -1
+    sync = rounds_sync(nc)  # a round a step
     for w in prange(nc):
         wide_vectors()
         _cols_worker(w, nc, cs, sync, gx, W_hh, Wp, b_hh, h_a, h_b, acc, lengths, sorted_desc, reverse,
@@ -1107,32 +1104,26 @@ def _gru_forward_cols(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, gate_ki
 def _cols_worker(w, nc, cs, sync, gx, W_hh, Wp, b_hh, h_a, h_b, acc, lengths, sorted_desc, reverse,
                  gate_kind, alpha, beta, use_clip, clip, y, col0):
     """Worker w of :func:`_gru_forward_cols`: its own block of every step, and any block whose worker
-    has not started. ``sync`` holds, a line apart, ``claimed[c]`` (the last step block c was taken for:
-    a worker takes block c of step s by moving it from s − 1 to s, so each block runs once per step),
-    ``started[c]`` and the count of blocks done over all steps (step s is complete at (s + 1)·nc)."""
+    has not started (``sync``: :func:`~numgru.kernels.sync.rounds_sync`'s, a round a step)."""
     wide_vectors()
     T = gx.shape[0]
     B = gx.shape[1]
     H = h_a.shape[1]
-    done = 16 * nc
-    atomic_add(sync, 8 * (nc + w), 1)
+    worker_started(sync, nc, w)
     for s in range(T):
-        if atomic_load(sync, done) < (s + 1) * nc:  # else the others ran this step before w started
+        if round_pending(sync, nc, s):
             t, hc, hn = step_states(s, T, reverse, h_a, h_b)
             n_act = active_rows(lengths, t, sorted_desc)
             for k in range(nc):
-                c = w + k if w + k < nc else w + k - nc
-                if k > 0 and atomic_load(sync, 8 * (nc + c)) != 0:
-                    continue  # its worker runs: leave the block to it, for its cache
-                if not atomic_cas(sync, 8 * c, s - 1, s):
+                c = claim_block(sync, nc, w, k, s)
+                if c < 0:
                     continue
                 if s == 0 and Wp.shape[0] > 0:  # (every block of step 0 is done before step 1 starts)
                     pack_block(Wp, W_hh, c, cs)
                 _cols_block(c, cs, t, n_act, gx, W_hh, Wp, b_hh, hc, hn, acc[c], lengths, gate_kind, alpha,
                             beta, use_clip, clip, y, col0, H, B, s % 2 == 1)
-                atomic_add(sync, done, 1)
-            while atomic_load(sync, done) < (s + 1) * nc:
-                spin_pause()
+                block_done(sync, nc)
+            wait_round(sync, nc, s)
 
 
 @inline
@@ -1198,9 +1189,7 @@ def _gru_forward_cols_before(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, 
         Wp_rz = np.empty((0, 0, 0, 0), W_hh.dtype)
         Wp_n = np.empty((0, 0, 0, 0), W_hh.dtype)
     copy_rows(h0, h_a)
-    sync = np.zeros(8 * (2 * nc + 1), np.int64)
-    for c in range(nc):
-        sync[8 * c] = -1
+    sync = rounds_sync(nc)  # two rounds a step
     for w in prange(nc):
         wide_vectors()
         _cols_before_worker(w, nc, cs, sync, gx, W_hh, Wp_rz, Wp_n, b_hh, h_a, h_b, rh, acc_rz, acc_n,
@@ -1217,18 +1206,15 @@ def _cols_before_worker(w, nc, cs, sync, gx, W_hh, Wp_rz, Wp_n, b_hh, h_a, h_b, 
     T = gx.shape[0]
     B = gx.shape[1]
     H = h_a.shape[1]
-    done = 16 * nc
-    atomic_add(sync, 8 * (nc + w), 1)
+    worker_started(sync, nc, w)
     for q in range(2 * T):
-        if atomic_load(sync, done) < (q + 1) * nc:  # else the others ran this half before w started
+        if round_pending(sync, nc, q):
             s = q // 2
             t, hc, hn = step_states(s, T, reverse, h_a, h_b)
             n_act = active_rows(lengths, t, sorted_desc)
             for k in range(nc):
-                c = w + k if w + k < nc else w + k - nc
-                if k > 0 and atomic_load(sync, 8 * (nc + c)) != 0:
-                    continue  # its worker runs: leave the block to it, for its cache
-                if not atomic_cas(sync, 8 * c, q - 1, q):
+                c = claim_block(sync, nc, w, k, q)
+                if c < 0:
                     continue
                 j0 = c * cs
                 m = min(cs, H - j0)
@@ -1242,9 +1228,8 @@ def _cols_before_worker(w, nc, cs, sync, gx, W_hh, Wp_rz, Wp_n, b_hh, h_a, h_b, 
                         pack_block_gates(Wp_n, W_hh, c, cs, 2, 1)
                     _cols_before_n(c, cs, j0, m, t, n_act, gx, W_hh, Wp_n, b_hh, hc, hn, rh, acc_rz[c],
                                    acc_n[c], lengths, use_clip, clip, y, col0, H, B, s % 2 == 1)
-                atomic_add(sync, done, 1)
-            while atomic_load(sync, done) < (q + 1) * nc:
-                spin_pause()
+                block_done(sync, nc)
+            wait_round(sync, nc, q)
 
 
 @inline

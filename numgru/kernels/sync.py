@@ -5,12 +5,20 @@ region per step.
 Sequentially consistent, so a thread that reads a counter another thread has raised also sees every
 value that thread wrote before raising it. Each takes an array and an element index; the callers
 check the index (the operations read raw pointers).
+
+On them, the rounds of the kernels whose nc workers split each step into nc blocks
+(:func:`rounds_sync`, :func:`worker_started`, :func:`round_pending`, :func:`claim_block`,
+:func:`block_done`, :func:`wait_round`): worker w runs its own block of every round and any block
+whose worker has not started, so no worker waits on one that is not running.
 """
 import llvmlite.binding as ll
+import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
+
+from ._jit import inline
 
 
 def _int64_array(a):
@@ -76,3 +84,52 @@ def spin_pause(typingctx):
             builder.call(fn, [])
         return context.get_dummy_value()
     return types.none(), codegen
+
+
+@inline
+def rounds_sync(nc):
+    """The counters of nc workers' rounds, a 64-byte line each: ``claimed[c]`` (the last round block c
+    was taken for, −1 before the first: a worker takes block c of round q by moving it from q − 1 to q,
+    so each block runs once a round), ``started[c]`` and the count of blocks done over all rounds
+    (round q is complete at (q + 1)·nc)."""
+    sync = np.zeros(8 * (2 * nc + 1), np.int64)
+    for c in range(nc):
+        sync[8 * c] = -1
+    return sync
+
+
+@inline
+def worker_started(sync, nc, w):
+    """Worker w is running (its blocks are left to it, for its core's cache)."""
+    atomic_add(sync, 8 * (nc + w), 1)
+
+
+@inline
+def round_pending(sync, nc, q):
+    """Whether round q has blocks not yet done (else the others ran it before this worker started)."""
+    return atomic_load(sync, 16 * nc) < (q + 1) * nc
+
+
+@inline
+def claim_block(sync, nc, w, k, q):
+    """The k-th block from worker w's own, claimed for round q: its index, or −1 where another worker
+    took it or, past w's own, its own worker runs."""
+    c = w + k if w + k < nc else w + k - nc
+    if k > 0 and atomic_load(sync, 8 * (nc + c)) != 0:
+        return -1
+    if not atomic_cas(sync, 8 * c, q - 1, q):
+        return -1
+    return c
+
+
+@inline
+def block_done(sync, nc):
+    """One more block of the current round done."""
+    atomic_add(sync, 16 * nc, 1)
+
+
+@inline
+def wait_round(sync, nc, q):
+    """Spin until every block of round q is done."""
+    while atomic_load(sync, 16 * nc) < (q + 1) * nc:
+        spin_pause()

@@ -35,7 +35,7 @@ from ._jit import cpu_ready, device, inline, kernel, parallel_kernel, wide_vecto
 from .amx import DIGITS, _combine_digits, _digits_into, _pieces_of, padded, padded64
 from .dotblock import dot_rows
 from .forward import _chunk_after, column_blocks, rows_after_fast
-from .sync import atomic_add, atomic_cas, atomic_load, spin_pause
+from .sync import block_done, claim_block, round_pending, rounds_sync, wait_round, worker_started
 from .step import step_gates_after
 
 _READY = None
@@ -411,11 +411,7 @@ def gru_forward_vnni_cols(gx, W_hh, Wv, C, b_hh, h0, reverse, y, col0, h_n, n_ch
     u = np.zeros((nc, 3 * Kq // 4), np.uint32)
     S = np.empty((nc, 3 * padded(G)), np.int32)
     acc = np.empty((1, G), np.float32)
-    # one 64-byte line each: block c's last claimed step, whether worker c has started, the blocks
-    # done over all steps
-    sync = np.zeros(8 * (2 * nc + 1), np.int64)
-    for c in range(nc):
-        sync[8 * c] = -1
+    sync = rounds_sync(nc)  # a round a step
     for w in prange(nc):
         wide_vectors()
         _vnni_cols_worker(w, nc, cs, sync, gx, W_hh, Wv, C, b_hh, h_a, h_b, D, u, S, acc, reverse, y, col0)
@@ -425,22 +421,19 @@ def gru_forward_vnni_cols(gx, W_hh, Wv, C, b_hh, h0, reverse, y, col0, h_n, n_ch
 @device
 def _vnni_cols_worker(w, nc, cs, sync, gx, W_hh, Wv, C, b_hh, h_a, h_b, D, u, S, acc, reverse, y, col0):
     """Worker w of :func:`gru_forward_vnni_cols`: its own block of every step, and any block whose
-    worker has not started (``sync`` as :func:`~numgru.kernels.forward._cols_worker`'s)."""
+    worker has not started (``sync``: :func:`~numgru.kernels.sync.rounds_sync`'s, a round a step)."""
     wide_vectors()
     T = gx.shape[0]
     H = h_a.shape[1]
-    done = 16 * nc
-    atomic_add(sync, 8 * (nc + w), 1)
+    worker_started(sync, nc, w)
     for s in range(T):
-        if atomic_load(sync, done) < (s + 1) * nc:
+        if round_pending(sync, nc, s):
             t = T - 1 - s if reverse else s
             hc = h_a if s % 2 == 0 else h_b
             hn = h_b if s % 2 == 0 else h_a
             for k in range(nc):
-                c = w + k if w + k < nc else w + k - nc
-                if k > 0 and atomic_load(sync, 8 * (nc + c)) != 0:
-                    continue
-                if not atomic_cas(sync, 8 * c, s - 1, s):
+                c = claim_block(sync, nc, w, k, s)
+                if c < 0:
                     continue
                 j0 = c * cs
                 m = min(cs, H - j0)
@@ -453,9 +446,8 @@ def _vnni_cols_worker(w, nc, cs, sync, gx, W_hh, Wv, C, b_hh, h_a, h_b, D, u, S,
                 hs = hn[0, j0:j0 + m]
                 for j in range(m):
                     ys[j] = hs[j]
-                atomic_add(sync, done, 1)
-            while atomic_load(sync, done) < (s + 1) * nc:
-                spin_pause()
+                block_done(sync, nc)
+            wait_round(sync, nc, s)
 
 
 @parallel_kernel
