@@ -168,12 +168,97 @@ def test_the_rule():
     assert not rule(T=64, B=1, H=769, **ok)
     assert not rule(T=64, B=1, H=63, **ok)
     assert not rule(T=64, B=2, H=256, **ok)
-    for change in (dict(dtype=np.float64), dict(reset_after=False), dict(gate_kind=1), dict(use_clip=True)):
-        assert not rule(T=128, B=1, H=256, **{**ok, **change})
-        assert not rule(T=128, B=1, H=256, packed=True, **{**ok, **change})
+    for change in (dict(dtype=np.float64), dict(gate_kind=1), dict(use_clip=True)):
+        for reset_after in (True, False):
+            bad = {**ok, **change, "reset_after": reset_after}
+            assert not rule(T=128, B=1, H=256, **bad)
+            assert not rule(T=128, B=1, H=256, packed=True, **bad)
     # weights packed once (a frozen model's): from one step up to H = 128, from 16 up to H = 768
     assert rule(T=1, B=1, H=128, packed=True, **ok) is want
     assert rule(T=16, B=1, H=768, packed=True, **ok) is want
     assert not rule(T=15, B=1, H=129, packed=True, **ok)
     assert not rule(T=64, B=1, H=769, packed=True, **ok)
     assert not rule(T=64, B=2, H=256, packed=True, **ok)
+
+
+def test_the_rule_without_reset_after():
+    # from 96 units (64 never gained), from 32 steps up to H = 128 and 64 beyond; packed from 32
+    want = fused.fused_ready()
+    ok = dict(dtype=np.float32, reset_after=False, gate_kind=0, use_clip=False)
+    rule = dispatch.fused_recurrence_wanted
+    assert rule(T=32, B=1, H=96, **ok) is want
+    assert rule(T=64, B=1, H=768, **ok) is want
+    assert not rule(T=31, B=1, H=128, **ok)
+    assert not rule(T=63, B=1, H=129, **ok)
+    assert not rule(T=128, B=1, H=95, **ok)
+    assert not rule(T=128, B=1, H=769, **ok)
+    assert not rule(T=128, B=2, H=256, **ok)
+    assert rule(T=32, B=1, H=768, packed=True, **ok) is want
+    assert rule(T=32, B=1, H=96, packed=True, **ok) is want
+    assert not rule(T=31, B=1, H=128, packed=True, **ok)
+    assert not rule(T=128, B=1, H=64, packed=True, **ok)
+
+
+def _before(x2d, W_ih, Wp_ih, b_ih, W_hh, Wp_rz, Wp_n, b_hh, h0, reverse, y, col0, h_n):
+    fused.gru_forward_fused_before(x2d, W_ih, Wp_ih, b_ih, W_hh, Wp_rz, Wp_n, b_hh, h0, reverse, y, col0, h_n)
+
+
+@needs_fused
+@pytest.mark.parametrize("I, H, T", [(64, 96, 100), (37, 100, 29), (200, 33, 9), (256, 256, 64), (5, 48, 3),
+                                     (300, 72, 16), (64, 64, 1)])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_kernel_without_reset_after_matches_the_reference(I, H, T, reverse):
+    W_ih, W_hh, b_ih, b_hh = _weights(I, H, I + H + 1)
+    rng = np.random.default_rng(T + 1)
+    x = rng.standard_normal((T, 1, I)).astype(np.float32)
+    h0 = rng.uniform(-1, 1, (1, 1, H)).astype(np.float32)
+    ry, rh = ref_gru(x[::-1] if reverse else x, _params(W_ih, W_hh, b_ih, b_hh), 1, H, h0=h0, reset_after=False)
+    if reverse:
+        ry = ry[::-1]
+    empty = np.empty((0, 0, 0), np.float32)
+    outs = []
+    # panels packed inside, or given: W_ih's whole (a frozen model's; split where 2H columns make
+    # whole panels, H = 48 / 72 / 96 here, else packed again in two) and W_hh's two parts
+    for given in (False, True):
+        panels = (pack_panels(W_ih), pack_panels(W_hh[:2 * H]), pack_panels(W_hh[2 * H:])) if given \
+            else (empty, empty, empty)
+        y = np.full((T, 1, 2 * H + 3), 7.0, np.float32)
+        h_n = np.empty((1, H), np.float32)
+        _before(x.reshape(T, I), W_ih, panels[0], b_ih, W_hh, *panels[1:], b_hh, h0[0], reverse, y, H, h_n)
+        np.testing.assert_allclose(y[:, :, H:2 * H], ry, atol=2e-6)
+        np.testing.assert_allclose(h_n, rh[0], atol=2e-6)
+        assert (y[:, :, :H] == 7).all() and (y[:, :, 2 * H:] == 7).all()  # other columns untouched
+        outs.append((y, h_n))
+    np.testing.assert_array_equal(outs[0][0], outs[1][0])
+
+
+@needs_fused
+def test_kernel_without_reset_after_refuses_bad_shapes():
+    I, H, T = 16, 32, 20
+    W_ih, W_hh, b_ih, b_hh = _weights(I, H, 6)
+    e = np.empty((0, 0, 0), np.float32)
+    good = dict(x2d=np.zeros((T, I), np.float32), W_ih=W_ih, Wp_ih=e, b_ih=b_ih, W_hh=W_hh, Wp_rz=e, Wp_n=e,
+                b_hh=b_hh, h0=np.zeros((1, H), np.float32), reverse=False, y=np.zeros((T, 1, H), np.float32),
+                col0=0, h_n=np.zeros((1, H), np.float32))
+    for change in (dict(W_ih=W_ih[:, 1:]), dict(W_hh=W_hh[:-1]), dict(b_hh=b_hh[1:]),
+                   dict(y=np.zeros((T - 1, 1, H), np.float32)), dict(col0=1), dict(h0=np.zeros((2, H), np.float32)),
+                   dict(h_n=np.zeros((1, H + 1), np.float32)), dict(Wp_n=pack_panels(W_hh)),
+                   dict(Wp_ih=pack_panels(W_ih[:, 1:]))):
+        with pytest.raises(ValueError, match="shapes"):
+            _before(**{**good, **change})
+
+
+@needs_fused
+@pytest.mark.parametrize("layers, bidirectional, bias", [(1, False, True), (2, True, False), (2, False, True)])
+def test_layer_without_reset_after_takes_the_route(one_thread, layers, bidirectional, bias):
+    H, T, I = 100, 70, 24
+    g = ng.GRU(I, H, num_layers=layers, bidirectional=bidirectional, bias=bias, reset_after=False, seed=4)
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((T, 1, I)).astype(np.float32)
+    h0 = rng.uniform(-1, 1, (layers * g.num_directions, 1, H)).astype(np.float32)
+    ry, rh = ref_gru(x, g.state_dict(), layers, H, bidirectional=bidirectional, h0=h0, reset_after=False)
+    for model in (g, g.freeze()):
+        y, h = model(x, h0)
+        assert all(_taken(model))
+        np.testing.assert_allclose(y, ry, atol=1e-5)
+        np.testing.assert_allclose(h, rh, atol=1e-5)

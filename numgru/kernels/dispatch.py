@@ -62,7 +62,7 @@ from .dpbf16 import (CHUNK_ROWS, TILE_PANELS, dpbf16_gradient, dpbf16_projection
                      pack_pairs)
 from .vnni import (digit_offsets, digit_row_sums, gru_forward_vnni, gru_forward_vnni_cols, gru_step_vnni,
                    gru_step_vnni_cols, step_work_size, vnni_ready)
-from .fused import fused_ready, gru_forward_fused
+from .fused import fused_ready, gru_forward_fused, gru_forward_fused_before
 
 #: rows from which a multi-threaded forward never takes BLAS-threaded steps where BLAS is not wider
 #: (:func:`forward_route`)
@@ -174,6 +174,11 @@ FUSED_MAX_HIDDEN = 768
 FUSED_MIN_STEPS = ((128, 16), (768, 64))
 #: the same where W_ih and W_hh come packed once (a frozen model's): no packing for the steps to repay
 FUSED_MIN_STEPS_PACKED = ((128, 1), (768, 16))
+#: the same for reset_after=False, whose steps' two products each carry a share of the projection:
+#: the fewest hidden units, and the fewest steps (plain, packed) by hidden size
+FUSED_BEFORE_MIN_HIDDEN = 96
+FUSED_BEFORE_MIN_STEPS = ((128, 32), (768, 64))
+FUSED_BEFORE_MIN_STEPS_PACKED = ((768, 32),)
 #: "medium" precision on AVX512-BF16 without AMX (dpbf16_projection_wanted): fewest rows of a
 #: product, fewest multiply-adds a row (below, packing W costs more than the bfloat16 products save)
 DPBF16_MIN_ROWS = 128
@@ -1198,8 +1203,8 @@ def vnni_step_inputs(I):
 def fused_recurrence_wanted(T, B, H, dtype, reset_after, gate_kind, use_clip, packed=False):
     """Whether a serial inference forward of T steps over B rows runs its input projection inside
     the steps (:func:`~numgru.kernels.fused.gru_forward_fused`, W_ih and W_hh packed on every call
-    unless the model keeps them: ``packed``): one row, float32 weights, reset_after with
-    sigmoid gates and no clip, ``FUSED_MIN_HIDDEN`` ≤ H ≤ ``FUSED_MAX_HIDDEN``, and at least
+    unless the model keeps them: ``packed``): one row, float32 weights, sigmoid gates and no clip,
+    with reset_after ``FUSED_MIN_HIDDEN`` ≤ H ≤ ``FUSED_MAX_HIDDEN`` (without, below), and at least
     ``FUSED_MIN_STEPS`` steps for H (``FUSED_MIN_STEPS_PACKED`` with ``packed``). On any number of
     threads: where several threads' forward leaves one row to the serial kernels
     (:func:`forward_route`; on Zen 4 up to H = 192, and single steps), the fused kernel on one of
@@ -1228,10 +1233,29 @@ def fused_recurrence_wanted(T, B, H, dtype, reset_after, gate_kind, use_clip, pa
     0.97 at T = 10); H = 192 / 256 T ≤ 8 1.04–1.13× but T = 10 0.95–0.97× (a first block of 8 steps
     and a second of 2), T = 12 1.01–1.05×, T = 16–48 1.04–1.15×; H = 320–768 T ≤ 12 0.96–1.02×
     (H = 768 noisy, 0.98–1.31×), T = 16–48 1.02–1.13×. Hence from one step up to H = 128 and from 16
-    beyond."""
-    table = FUSED_MIN_STEPS_PACKED if packed else FUSED_MIN_STEPS
-    return (dtype == np.float32 and reset_after and gate_kind == 0 and not use_clip
-            and B == 1 and FUSED_MIN_HIDDEN <= H <= FUSED_MAX_HIDDEN
+    beyond.
+
+    reset_after=False (:func:`~numgru.kernels.fused.gru_forward_fused_before`, which ONNX's default
+    ``linear_before_reset=0`` gives) from ``FUSED_BEFORE_MIN_HIDDEN`` units, from the steps
+    ``FUSED_BEFORE_MIN_STEPS`` (``FUSED_BEFORE_MIN_STEPS_PACKED``) gives. Zen 4, one thread, whole
+    forwards, one process taking turns with the routes before (seven rounds, ratios of their time to
+    the fused forward's): plain H = 96, T = 64 / 128 1.09–1.16× / 1.08–1.11×; H = 128, T = 16 / 32 / 64 /
+    128 0.67–0.95× / 1.02–1.05× / 1.07–1.10× / 1.08–1.10×; H = 256, T = 32 / 64 / 128 0.87–0.91× /
+    0.95–1.02× / 1.09–1.22×; H = 512, T = 32 / 64 0.94–1.09× / 1.05–1.20×; H = 768, T = 32 / 64 / 128
+    0.86–0.98× / 1.00–1.36× / 1.04–1.25×; but H = 64, T = 16–128 0.92–1.02× (the kernel alone, H = 1024,
+    T = 128 0.91×). Frozen: H = 128, T = 1 / 8 / 12 / 32 / 64 / 128 0.71–0.74× / 0.89–1.02× /
+    0.82–0.91× / 1.02–1.05× / 1.07–1.09× / 1.11–1.12×; H = 256, T = 4 / 16 / 32 / 64 0.76–0.82× /
+    0.95–0.98× / 1.01–1.04× / 1.04–1.06×; H = 512, T = 16 / 32 / 64 0.90–1.02× / 0.98–1.12× / 1.08–1.17×;
+    H = 768, T = 16 / 32 / 64 1.11–1.25× / 1.17–1.26× / 1.20–1.37×. Two threads, where one row stays
+    serial below ``COLS_BEFORE_MIN_HIDDEN`` (:func:`forward_route`): plain H = 96 / 128 / 192, T = 128
+    0.84–1.11× / 1.02–1.13× / 0.90–1.43× (medians 1.09 / 1.09 / 1.08)."""
+    if reset_after:
+        table = FUSED_MIN_STEPS_PACKED if packed else FUSED_MIN_STEPS
+    else:
+        table = FUSED_BEFORE_MIN_STEPS_PACKED if packed else FUSED_BEFORE_MIN_STEPS
+    least = FUSED_MIN_HIDDEN if reset_after else FUSED_BEFORE_MIN_HIDDEN
+    return (dtype == np.float32 and gate_kind == 0 and not use_clip
+            and B == 1 and least <= H <= FUSED_MAX_HIDDEN
             and T >= min((s for h_max, s in table if H <= h_max), default=1 << 62)
             and fused_ready())
 
@@ -1790,9 +1814,9 @@ def serial_direction_plan(W_ih, b_ih, W_hh, b_hh, packed_ih, packed_hh, T, B, th
     if amx_steps is None and not dp_steps and not amx and not dp and W_hh.dtype == dtype and \
             fused_recurrence_wanted(T, B, W_hh.shape[1], dtype, reset_after, gate_kind, gates[3],
                                     packed_ih is not None and packed_hh is not None):
-        fused_steps = (W_ih, empty if packed_ih is None else packed_ih,
+        fused_steps = (bool(reset_after), W_ih, empty if packed_ih is None else packed_ih,
                        np.zeros(W_ih.shape[0], dtype) if b_ih is None else b_ih, W_hh,
-                       empty if packed_hh is None else packed_hh[0], b_hh, bool(reverse))
+                       *((empty, empty) if packed_hh is None else packed_hh), b_hh, bool(reverse))
     vnni_steps = None
     if amx_steps is None and not steps and not dp_steps and not fused_steps and vnni_recurrence_wanted(
             T, B, W_hh.shape[1], threads, W_hh.dtype, reset_after, gate_kind, gates[3], pieces is not None):
@@ -1837,9 +1861,13 @@ def run_serial_direction(plan, x2d, gx, h0, y, col0, h_n):
         return
     kind = x2d.flags.num & ARRAY_KIND  # x2d alone may be the caller's input as it came: its Numba type
     if fused_steps is not None:
-        W_ih, Wp_ih, b_ih, W_hh, Wp_hh, b_hh, reverse = fused_steps
-        planned_call(entries, ("fused", kind), gru_forward_fused, x2d, W_ih, Wp_ih, b_ih, W_hh, Wp_hh, b_hh, h0,
-                     reverse, y, col0, h_n)
+        reset_after, W_ih, Wp_ih, b_ih, W_hh, Wp_a, Wp_b, b_hh, reverse = fused_steps
+        if reset_after:
+            planned_call(entries, ("fused", kind), gru_forward_fused, x2d, W_ih, Wp_ih, b_ih, W_hh, Wp_a, b_hh,
+                         h0, reverse, y, col0, h_n)
+        else:
+            planned_call(entries, ("fused", kind), gru_forward_fused_before, x2d, W_ih, Wp_ih, b_ih, W_hh, Wp_a,
+                         Wp_b, b_hh, h0, reverse, y, col0, h_n)
         return
     if chunked is not None:
         projection, weights, scalars, rest = chunked

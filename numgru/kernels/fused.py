@@ -26,6 +26,12 @@ digits from H = 512) in alternating processes, three rounds: H = 64 / 128 / 256 
 meet (W_hh's 768 KB from L2 at about 32 bytes a cycle; both products' FMAs at one 512-bit FMA a
 cycle), so the overlap gains least there. The rule and the shapes where it loses:
 :func:`numgru.kernels.dispatch.fused_recurrence_wanted`.
+
+reset_after=False (:func:`gru_forward_fused_before`) has two products a step, W_hr,z h and then
+W_hn (r ⊙ h), each waiting on its own share of W_hh: the next block's projection is split the same
+way, its r and z columns riding with the first product and its n columns with the second, each share
+one R-th of k a step as above. Zen 4, one thread, T = 128, against the serial plans' routes: H = 96 /
+128 / 256 / 512 / 768 1.08–1.11× / 1.08–1.10× / 1.09–1.22× / 1.05–1.20× (T = 64) / 1.04–1.25×.
 """
 from __future__ import annotations
 
@@ -36,6 +42,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ._jit import cpu_ready, device, kernel, wide_vectors
+from .activations import sigmoid_fast, tanh_fast
 from .panel import _shape_for, _splat, _vector_calls, pack_panels, panel_matmul, panel_rows, panel_width
 from .step import step_gates_after
 
@@ -277,4 +284,107 @@ def gru_forward_fused(x2d, W_ih, Wp_ih, b_ih, W_hh, Wp_hh, b_hh, h0, reverse, y,
                 yt[col0 + j] = hb0[j]
             ha, hb = hb, ha
         cur, nxt = nxt, cur
+    h_n[0] = ha[0]
+
+
+@kernel
+def gru_forward_fused_before(x2d, W_ih, Wp_ih, b_ih, W_hh, Wp_rz, Wp_n, b_hh, h0, reverse, y, col0, h_n):
+    """:func:`gru_forward_fused` for reset_after=False (sigmoid gates, no clip): a step's two products,
+    W_hr,z h and then W_hn (r ⊙ h), each carry a share of the next block's projection, the r and z
+    columns' with the first and the n columns' with the second, so both wait on the cache with the
+    projection's arithmetic beside them (module docstring).
+
+    x2d (T, I) C-contiguous; W_ih (3H, I), W_hh (3H, H), b_ih, b_hh (3H,) (zeros without bias); Wp_ih
+    W_ih's packed panels (:func:`~numgru.kernels.panel.pack_panels`, whole, as a frozen model keeps
+    them: taken where 2H columns make whole panels, else W_ih's two parts are packed here) or an empty
+    (0, 0, 0) array; Wp_rz and Wp_n the panels of W_hh[:2H] and W_hh[2H:]
+    (:func:`~numgru.kernels.step.step_panels`), or empty arrays to pack them here; h0 (1, H); y
+    (T, 1, D·H), whose columns col0 … col0+H−1 receive h_t; h_n (1, H) the last state. One float
+    dtype throughout. ``reverse``: time runs from T − 1 down."""
+    wide_vectors()
+    T, I = x2d.shape
+    H = h0.shape[1]
+    H2 = 2 * H
+    M = 3 * H
+    if W_ih.shape[0] != M or W_ih.shape[1] != I or W_hh.shape[0] != M or W_hh.shape[1] != H or \
+            b_ih.shape[0] != M or b_hh.shape[0] != M or h0.shape[0] != 1 or h_n.shape[0] != 1 or \
+            h_n.shape[1] != H or y.shape[0] != T or y.shape[1] != 1 or \
+            not 0 <= col0 <= y.shape[2] - H:
+        raise ValueError("gru_forward_fused_before: shapes do not match")
+    nc = panel_width(x2d.dtype.type(0))
+    for Wp, rows, K in ((Wp_ih, M, I), (Wp_rz, H2, H), (Wp_n, H, H)):
+        if Wp.shape[0] > 0 and (Wp.shape[0] != (rows + nc - 1) // nc or Wp.shape[1] != K or Wp.shape[2] != nc):
+            raise ValueError("gru_forward_fused_before: shapes do not match (panels)")
+    if T == 0:
+        h_n[0] = h0[0]
+        return
+    if Wp_ih.shape[0] > 0 and H2 % nc == 0:
+        Wi_rz = Wp_ih[:H2 // nc]
+        Wi_n = Wp_ih[H2 // nc:]
+    else:
+        Wi_rz = pack_panels(W_ih[:H2])
+        Wi_n = pack_panels(W_ih[H2:])
+    Wh_rz = pack_panels(W_hh[:H2]) if Wp_rz.shape[0] == 0 else Wp_rz
+    Wh_n = pack_panels(W_hh[H2:]) if Wp_n.shape[0] == 0 else Wp_n
+    R = block_rows_fused(x2d.dtype.type(0))
+    # the projection of a block's R steps, its r, z columns and its n columns apart (each product's
+    # share writes one of them), this block's and the next's
+    cur_rz = np.zeros((R, H2), x2d.dtype)
+    cur_n = np.zeros((R, H), x2d.dtype)
+    nxt_rz = np.zeros((R, H2), x2d.dtype)
+    nxt_n = np.zeros((R, H), x2d.dtype)
+    xb = np.empty((R, I), x2d.dtype)
+    rec_rz = np.empty((1, H2), x2d.dtype)
+    rec_n = np.empty((1, H), x2d.dtype)
+    rh = np.empty((1, H), x2d.dtype)
+    z = np.empty(H, x2d.dtype)
+    ha = h0.copy()
+    hb = np.empty((1, H), x2d.dtype)
+    bi_r, bi_z, bi_n = b_ih[:H], b_ih[H:H2], b_ih[H2:]
+    bh_r, bh_z, bh_n = b_hh[:H], b_hh[H:H2], b_hh[H2:]
+    _rows_of_steps(x2d, xb, 0, T, reverse)
+    panel_rows(xb, Wi_rz, b_ih, False, cur_rz, 0, min(R, T))
+    panel_rows(xb, Wi_n, b_ih, False, cur_n, 0, min(R, T))
+    blocks = (T + R - 1) // R
+    for blk in range(blocks):
+        s0 = blk * R
+        more = blk + 1 < blocks  # then this block has all R steps, one share of the next's projection each
+        if more:
+            _rows_of_steps(x2d, xb, s0 + R, T, reverse)
+            nxt_rz[:] = 0
+            nxt_n[:] = 0
+        for s in range(min(R, T - s0)):
+            k0 = s * I // R
+            k1 = (s + 1) * I // R
+            if more:
+                fused_step(ha, Wh_rz, rec_rz, xb, Wi_rz, nxt_rz, k0, k1)
+            else:
+                panel_matmul(ha, Wh_rz, rec_rz, 1)
+            h = ha[0]
+            g_r = cur_rz[s, :H]
+            g_z = cur_rz[s, H:]
+            a_r = rec_rz[0, :H]
+            a_z = rec_rz[0, H:]
+            rh0 = rh[0]
+            for j in range(H):
+                z[j] = sigmoid_fast(g_z[j] + bi_z[j] + a_z[j] + bh_z[j])
+            for j in range(H):
+                rh0[j] = sigmoid_fast(g_r[j] + bi_r[j] + a_r[j] + bh_r[j]) * h[j]
+            if more:
+                fused_step(rh, Wh_n, rec_n, xb, Wi_n, nxt_n, k0, k1)
+            else:
+                panel_matmul(rh, Wh_n, rec_n, 1)
+            g_n = cur_n[s]
+            a_n = rec_n[0]
+            hb0 = hb[0]
+            for j in range(H):
+                n = tanh_fast(g_n[j] + bi_n[j] + a_n[j] + bh_n[j])
+                hb0[j] = n + z[j] * (h[j] - n)
+            t = T - 1 - (s0 + s) if reverse else s0 + s
+            yt = y[t, 0]
+            for j in range(H):
+                yt[col0 + j] = hb0[j]
+            ha, hb = hb, ha
+        cur_rz, nxt_rz = nxt_rz, cur_rz
+        cur_n, nxt_n = nxt_n, cur_n
     h_n[0] = ha[0]
