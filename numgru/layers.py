@@ -365,7 +365,7 @@ class GRU(_Params):
             tiled_max = inference_tiled_max(threads, B)
             M, none = 3 * self.hidden_size, panels[0]
             panels = (Wp_ih if packed_step(M, W_ih.shape[1], B, tiled_max) else none,
-                      *((Wp_a, Wp_b) if packed_step(M, W_hh.shape[1], B, tiled_max)
+                      *((Wp_a, Wp_b) if packed_step(M, W_hh.shape[1], B, tiled_max, not self.reset_after)
                         else (none, none)))
         return W_ih, W_hh, self._zero_bias if b_ih is None else b_ih, b_hh, panels
 

@@ -117,6 +117,26 @@ def test_frozen_step_reads_panels_where_the_product_takes_them():
     assert big._step_weights(0, 8, 1, False)[4][1].shape[0] > 0
 
 
+def test_frozen_one_row_step_without_reset_after_keeps_w_hh_unpacked_on_zen4(rng, monkeypatch):
+    # reset_after=False multiplies W_hh's r, z rows and then its n rows: one row of them ran slower on
+    # their panels on Zen 4 (dispatch.PACKED_STEP_SPLIT_ONE_ROW); W_ih's panels and more rows stay
+    for split_ok in (True, False):
+        monkeypatch.setattr(dispatch, "PACKED_STEP_SPLIT_ONE_ROW", split_ok)
+        g = ng.GRU(24, 40, reset_after=False, seed=1)
+        f = g.freeze()
+        W_ih_p, W_rz_p, W_n_p = f._step_weights(0, 1, 1, False)[4]
+        assert W_ih_p.shape[0] > 0 and (W_rz_p.shape[0] > 0) is split_ok and (W_n_p.shape[0] > 0) is split_ok
+        assert all(p.shape[0] > 0 for p in f._step_weights(0, 4, 1, False)[4])
+        assert all(p.shape[0] > 0 for p in ng.GRU(24, 40, seed=1).freeze()._step_weights(0, 1, 1, False)[4][:2])
+        x = rng.standard_normal((6, 1, 24)).astype(np.float32)
+        s = f.stream()
+        steps = np.stack([s.step(x[t]) for t in range(6)])
+        np.testing.assert_allclose(steps, g(x)[0], **TOL[np.float32])
+        c = ng.GRUCell(24, 40, reset_after=False, seed=2)
+        h = rng.standard_normal((1, 40)).astype(np.float32)
+        np.testing.assert_allclose(c.freeze()(x[0], h), c(x[0], h), **TOL[np.float32])
+
+
 @pytest.mark.parametrize("reset_after", [True, False])
 def test_frozen_cell_matches_cell(rng, reset_after):
     c = ng.GRUCell(6, 20, seed=0, reset_after=reset_after)

@@ -119,6 +119,9 @@ PACKED_PROJ_MAX_ROWS_WIDE = 128
 PACKED_PROJ_MAX_VALUES_BLAS_THREADS = 16384
 PACKED_STEP_WIDE_K = 512
 PACKED_STEP_WIDE_MIN_ROWS = 8
+#: whether one row's reset_after=False step takes W_hh's two parts on their panels (packed_step): not
+#: on Zen 4
+PACKED_STEP_SPLIT_ONE_ROW = not avx512_zen()
 INTERLEAVE_MIN_BYTES = 1 << 20
 INTERLEAVE_CHUNK_BYTES = 3 << 17
 INTERLEAVE_MAX_WEIGHT_BYTES = 1 << 19
@@ -1362,7 +1365,7 @@ def packed_projection(N, I, threads):
                                            and N <= PACKED_PROJ_MAX_ROWS_WIDE)
 
 
-def packed_step(M, K, B, tiled_max):
+def packed_step(M, K, B, tiled_max, split=False):
     """Whether a step of B rows (:func:`~numgru.kernels.step.gru_step`) multiplies weights (M, K) on
     their panels when they are already packed (a frozen model's, :meth:`numgru.GRU.freeze`): where the
     forward's rule (:func:`~numgru.kernels.forward.use_panels`) takes panels, and for weights wider
@@ -1370,8 +1373,18 @@ def packed_step(M, K, B, tiled_max):
     2-vCPU Intel machine, frozen ``stream.step`` against the model's (paired): one thread, H = 1024,
     B = 2 / 4 / 8 / 16 0.97× / 0.91× / 1.08× / 1.15× on panels; H = 256, B = 1 / 4 / 16 1.24× / 1.22× /
     1.27×; H = 512, B = 4 0.99×; two threads, B = 1, H = 1024, one thread's panels against BLAS's GEMV
-    on both 0.53× (which use_panels already declines)."""
+    on both 0.53× (which use_panels already declines).
+
+    ``split``: the weights are reset_after=False's W_hh, whose step multiplies its r, z rows and then
+    its n rows; one row of them keeps off the panels where ``PACKED_STEP_SPLIT_ONE_ROW`` is false
+    (Zen 4: frozen ``stream.step``, one thread, seven rounds taking turns in one process, µs, W_hh's
+    panels and W_ih's / W_ih's alone / neither: H = 256 23.5 / 21.5 / 21.9, H = 192 13.1 / 12.7 / 13.0;
+    with reset_after, whose steps there run on VNNI digits where the gates allow, hard-sigmoid gates
+    at H = 256 21.5 with all panels against 21.8 without; four rows, H = 256, 34.8 on panels against
+    37.5)."""
     if not use_panels.py_func(M, K, B, tiled_max, False):
+        return False
+    if split and B == 1 and not PACKED_STEP_SPLIT_ONE_ROW:
         return False
     return K <= PACKED_STEP_WIDE_K or B >= PACKED_STEP_WIDE_MIN_ROWS
 
