@@ -164,8 +164,78 @@ def test_forward_kernel_matches_numpy(H, T, reverse, col0, D):
         vnni.gru_forward_vnni(gx, Wv[:-2], R, b, h0, reverse, y, col0, h_n)
 
 
+def _numpy_direction_before(W, b, gx, h0, reverse):
+    """The reset_after=False recurrence in float64 from its equations."""
+    H = h0.shape[1]
+    W = W.astype(np.float64)
+    h = h0[0].astype(np.float64)
+    ys = np.empty((gx.shape[0], H))
+    order = range(gx.shape[0] - 1, -1, -1) if reverse else range(gx.shape[0])
+    for t in order:
+        g = gx[t, 0].astype(np.float64)
+        a = W[:2 * H] @ h + b[:2 * H]
+        r = 1 / (1 + np.exp(-(g[:H] + a[:H])))
+        z = 1 / (1 + np.exp(-(g[H:2 * H] + a[H:])))
+        n = np.tanh(g[2 * H:] + W[2 * H:] @ (r * h) + b[2 * H:])
+        h = n + z * (h - n)
+        ys[t] = h
+    return ys, h
+
+
+@needs_vnni
+@pytest.mark.parametrize("H, T, reverse, col0, D", [(40, 5, False, 0, 1), (40, 6, True, 40, 2),
+                                                     (104, 7, False, 104, 2), (512, 4, True, 0, 1)])
+def test_forward_kernel_without_reset_after_matches_numpy(H, T, reverse, col0, D):
+    W, b, gx, h0 = _direction(H, T)
+    Wv = pack_digits(W)
+    R = np.empty(3 * padded(3 * H), np.int32)
+    vnni.digit_row_sums(Wv, 3 * H, H, R)
+    y = np.full((T, 1, D * H), 5.0, np.float32)
+    h_n = np.empty((1, H), np.float32)
+    assert vnni.gru_forward_vnni_before(gx, Wv, R, b, h0, reverse, y, col0, h_n)
+    ys, hn = _numpy_direction_before(W, b, gx, h0, reverse)
+    np.testing.assert_allclose(y[:, 0, col0:col0 + H], ys, atol=2e-6)
+    np.testing.assert_allclose(h_n[0], hn, atol=2e-6)
+    assert (np.delete(y, np.s_[col0:col0 + H], axis=2) == 5.0).all()
+    with pytest.raises(ValueError, match="shapes"):
+        vnni.gru_forward_vnni_before(gx, Wv, R, b, h0, reverse, y, D * H - H + 1, h_n)
+    with pytest.raises(ValueError, match="shapes"):
+        vnni.gru_forward_vnni_before(gx[:, :, 1:], Wv, R, b, h0, reverse, y, col0, h_n)
+    W4, b4, gx4, h4 = _direction(44, T)  # (not a multiple of 8: the n rows would start mid-block)
+    Wv4 = pack_digits(W4)
+    R4 = np.empty(3 * padded(3 * 44), np.int32)
+    vnni.digit_row_sums(Wv4, 3 * 44, 44, R4)
+    with pytest.raises(ValueError, match="shapes"):
+        vnni.gru_forward_vnni_before(gx4, Wv4, R4, b4, h4, reverse, np.zeros((T, 1, 44), np.float32), 0,
+                                     np.zeros((1, 44), np.float32))
+
+
 def _taken(model):
     return [p[5] is not None for p in model._plans[next(iter(model._plans))]]
+
+
+@needs_vnni
+def test_layer_without_reset_after_takes_the_route(one_thread, monkeypatch):
+    monkeypatch.setattr(dispatch, "FUSED_MAX_HIDDEN", 0)
+    H, T = 512, 64
+    g = ng.GRU(9, H, num_layers=2, bidirectional=True, reset_after=False, seed=7)
+    x = np.random.default_rng(4).standard_normal((T, 1, 9)).astype(np.float32)
+    h0 = np.random.default_rng(5).uniform(-1, 1, (4, 1, H)).astype(np.float32)
+    ry, rh = ref_gru(x, g.state_dict(), 2, H, bidirectional=True, h0=h0, reset_after=False)
+    for model in (g, g.freeze()):
+        y, h = model(x, h0)
+        assert all(_taken(model))
+        np.testing.assert_allclose(y, ry, atol=1e-5)
+        np.testing.assert_allclose(h, rh, atol=1e-5)
+    x[9, 0, 1] = np.nan  # a state the digits refuse: the float32 kernels take the call
+    y, _ = g(x, h0)
+    assert all(_taken(g))
+    monkeypatch.setattr(dispatch, "VNNI_MIN_STEPS", ())
+    g2 = ng.GRU(9, H, num_layers=2, bidirectional=True, reset_after=False, seed=7)
+    y2, _ = g2(x, h0)
+    assert not any(_taken(g2))
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(y2))
+    np.testing.assert_allclose(y[~np.isnan(y)], y2[~np.isnan(y2)], atol=1e-5)
 
 
 @needs_vnni
@@ -367,10 +437,16 @@ def test_the_rule():
     # beyond the fused forward's hidden sizes from 32 steps
     assert rule(T=32, B=1, H=769, **ok) is want
     assert not rule(T=31, B=1, H=1024, **ok)
-    for change in (dict(threads=2), dict(dtype=np.float64), dict(reset_after=False), dict(gate_kind=1),
-                   dict(use_clip=True)):
+    for change in (dict(threads=2), dict(dtype=np.float64), dict(gate_kind=1), dict(use_clip=True)):
         assert not rule(T=64, B=1, H=512, **{**ok, **change})
         assert not rule(T=64, B=1, H=1024, kept=True, **{**ok, **change})
+    # reset_after=False on the same tables, H a multiple of 8
+    before = {**ok, "reset_after": False}
+    assert rule(T=32, B=1, H=1024, **before) is want
+    assert rule(T=1, B=1, H=776, kept=True, **before) is want
+    assert not rule(T=31, B=1, H=1024, **before)
+    assert not rule(T=64, B=1, H=1020, **before)
+    assert not rule(T=64, B=1, H=1020, kept=True, **before)
     # digits kept (a frozen model's): from one step beyond the fused forward's hidden sizes
     assert rule(T=1, B=1, H=769, kept=True, **ok) is want
     assert rule(T=64, B=1, H=512, kept=True, **ok) is want

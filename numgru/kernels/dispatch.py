@@ -60,8 +60,8 @@ from .step import gru_step, gru_step_cols, gru_step_cols_before
 from .dpbf16 import (CHUNK_ROWS, TILE_PANELS, dpbf16_gradient, dpbf16_projection,
                      dpbf16_projection_parallel, dpbf16_ready, gru_forward_dpbf16, gru_forward_dpbf16_ranges,
                      pack_pairs)
-from .vnni import (digit_offsets, digit_row_sums, gru_forward_vnni, gru_forward_vnni_cols, gru_step_vnni,
-                   gru_step_vnni_cols, step_work_size, vnni_ready)
+from .vnni import (digit_offsets, digit_row_sums, gru_forward_vnni, gru_forward_vnni_before, gru_forward_vnni_cols,
+                   gru_step_vnni, gru_step_vnni_cols, step_work_size, vnni_ready)
 from .fused import fused_ready, gru_forward_fused, gru_forward_fused_before
 
 #: rows from which a multi-threaded forward never takes BLAS-threaded steps where BLAS is not wider
@@ -1141,10 +1141,18 @@ def vnni_recurrence_wanted(T, B, H, threads, dtype, reset_after, gate_kind, use_
     T = 2–32 1.17–1.20×, one step level (1.00–1.05×); but H = 512 / 768 T = 2–12 0.82–0.99×
     (H = 640 0.91–1.13×), where from 16 steps the fused forward runs; with the faster sums still
     H = 512 T = 2 / 8 / 16 / 64 0.87–0.89× / 0.90–1.12× / 0.91–1.03× / 0.91–0.96×, H = 768 0.74–1.07×
-    / 0.92–1.39× / 0.95–1.09× / 0.82–1.17× (nine rounds)."""
+    / 0.92–1.39× / 0.95–1.09× / 0.82–1.17× (nine rounds).
+
+    reset_after=False (:func:`~numgru.kernels.vnni.gru_forward_vnni_before`: two digit products a
+    step, the second by r ⊙ h's digits) with H a multiple of 8, on the same tables: Zen 4, one
+    thread, whole forwards, one process taking turns with the float32 routes (five rounds, ratios of
+    their time to the digits'): plain H = 1024, T = 8 / 16 / 32 / 128 0.73–0.84× / 0.88–0.91× /
+    1.13–1.17× / 1.23–1.28×; H = 896, T = 32 0.98–1.02×; H = 800, T = 64 1.05–1.09×; frozen H = 1024,
+    T = 1 / 4 / 16 / 32 / 128 1.30–1.41× / 1.20–1.34× / 1.23–1.32× / 1.26–1.32× / 1.31–1.32×; H = 800,
+    T = 4 / 32 1.09–1.24× / 1.13–1.17×."""
     table = VNNI_MIN_STEPS_KEPT if kept else VNNI_MIN_STEPS
-    return (dtype == np.float32 and reset_after and gate_kind == 0 and not use_clip and threads == 1
-            and B == 1 and T >= min((s for h_min, s in table if H >= h_min), default=1 << 62)
+    return (dtype == np.float32 and (reset_after or H % 8 == 0) and gate_kind == 0 and not use_clip
+            and threads == 1 and B == 1 and T >= min((s for h_min, s in table if H >= h_min), default=1 << 62)
             and H <= DIGIT_MAX_K and vnni_ready())
 
 
@@ -1836,7 +1844,7 @@ def serial_direction_plan(W_ih, b_ih, W_hh, b_hh, packed_ih, packed_hh, T, B, th
     vnni_steps = None
     if amx_steps is None and not steps and not dp_steps and not fused_steps and vnni_recurrence_wanted(
             T, B, W_hh.shape[1], threads, W_hh.dtype, reset_after, gate_kind, gates[3], pieces is not None):
-        vnni_steps = (W_hh, b_hh, bool(reverse), pieces)
+        vnni_steps = (W_hh, b_hh, bool(reverse), bool(reset_after), pieces)
     if packed_hh is None:
         none = empty_array(W_hh.dtype, 3)
         packed_hh = (none, none)
@@ -1960,9 +1968,12 @@ def _run_vnni_direction(vnni_steps, g3, h0, y, col0, h_n):
     by a frozen model's ``pieces``) and their row sums made. False where the digits could not take
     W_hh or a state (NaN or ±Inf, say): the caller then runs the float32 kernels, which write
     everything anew."""
-    W_hh, b_hh, reverse, pieces = vnni_steps
+    W_hh, b_hh, reverse, reset_after, pieces = vnni_steps
     kept = _digits_with_row_sums(W_hh) if pieces is None else pieces.row_sums_of(W_hh)
-    return kept is not None and gru_forward_vnni(g3, *kept, b_hh, h0, reverse, y, col0, h_n)
+    if kept is None:
+        return False
+    kernel = gru_forward_vnni if reset_after else gru_forward_vnni_before
+    return kernel(g3, *kept, b_hh, h0, reverse, y, col0, h_n)
 
 
 def _digits_with_row_sums(W_hh, threads=1, held=False):

@@ -19,6 +19,10 @@ taken back out. The instruction's int32 sums wrap rather than saturate, and the 
 to the bit, and the step's products those of the AMX digits route. Accuracy: the module docstring
 of :mod:`~numgru.kernels.amx` (errors relative to each row's largest value, float32's order).
 
+reset_after=False (:func:`gru_forward_vnni_before`) takes two digit products a step: W_hh's r and z
+rows by the state's digits, then its n rows by the digits of r ⊙ h, made after the first half of the
+gates.
+
 Where the CPU has no VNNI (or ``NUMGRU_VNNI=0``) :func:`vnni_ready` is false and the dispatch never
 calls these kernels, whose code only such a CPU runs.
 """
@@ -34,7 +38,7 @@ from numba.extending import intrinsic
 from ._jit import cpu_ready, device, inline, kernel, parallel_kernel, wide_vectors
 from .amx import DIGITS, _combine_digits, _digits_into, _pieces_of, padded, padded64
 from .dotblock import dot_rows
-from .forward import _chunk_after, column_blocks, rows_after_fast
+from .forward import _chunk_after, column_blocks, rows_after_fast, rows_before_n, rows_before_rz
 from .sync import block_done, claim_block, round_pending, rounds_sync, wait_round, worker_started
 from .step import step_gates_after
 
@@ -278,6 +282,54 @@ def gru_forward_vnni(gx, Wv, R, b_hh, h0, reverse, y, col0, h_n):
         if not _row_product(hc[0], Wv, C, G, D, u, S, acc[0], np.float32(0.0)):
             return False
         rows_after_fast(gx, t, acc, b_hh, hc, hn, y, col0, 0, 0, 1)
+    h_n[:] = h_a if T % 2 == 0 else h_b
+    return True
+
+
+@kernel
+def gru_forward_vnni_before(gx, Wv, R, b_hh, h0, reverse, y, col0, h_n):
+    """:func:`gru_forward_vnni` for reset_after=False (sigmoid gates, no clip): each step two digit
+    products, W_hh's r and z rows by the state's digits, then its n rows by the digits of r ⊙ h, each
+    followed by its half of the forward's gate loops (:func:`~numgru.kernels.forward.rows_before_rz`,
+    :func:`~numgru.kernels.forward.rows_before_n`). The same arrays; H a multiple of 8, so that the n
+    rows start on a block of 16 rows of the digits. Returns False where a state, or a row r ⊙ h,
+    holds a value the digits refuse: the caller then runs the float32 kernels."""
+    wide_vectors()
+    T = y.shape[0]
+    B, H = h0.shape
+    G = 3 * H
+    H2 = 2 * H
+    if (B != 1 or gx.shape[0] != T or gx.shape[1] != 1 or gx.shape[2] != G or b_hh.shape[0] != G
+            or h_n.shape[0] != 1 or h_n.shape[1] != H or y.shape[1] != 1 or col0 < 0
+            or col0 + H > y.shape[2] or H % 8 != 0):
+        raise ValueError("gru_forward_vnni_before: shapes do not match")
+    _check_packing(Wv, R, G, H)
+    C = _offsets(R, G)
+    Kq = padded64(H)
+    D = np.zeros((3, Kq), np.int8)
+    u = np.zeros(3 * Kq // 4, np.uint32)
+    S = np.empty(3 * padded(G), np.int32)
+    acc_rz = np.empty((1, H2), np.float32)
+    acc_n = np.empty((1, H), np.float32)
+    work = np.empty((1, H2), np.float32)  # (z in its second half)
+    rh = np.empty((1, H), np.float32)
+    h_a = h0.copy()
+    h_b = np.empty_like(h0)
+    zero = np.float32(0.0)
+    for s in range(T):
+        t = T - 1 - s if reverse else s
+        hc = h_a if s % 2 == 0 else h_b
+        hn = h_b if s % 2 == 0 else h_a
+        sa = _row_digits(hc[0], H, D, u, zero)
+        if sa < 0:
+            return False
+        _rows_product(Wv, C, G, Kq, u, S, sa, 0, H2, acc_rz[0])
+        rows_before_rz(gx, t, acc_rz, b_hh, hc, rh, work, 0, 0, 1)
+        sa = _row_digits(rh[0], H, D, u, zero)
+        if sa < 0:
+            return False
+        _rows_product(Wv, C, G, Kq, u, S, sa, H2, G, acc_n[0])
+        rows_before_n(gx, t, acc_n, b_hh, hc, hn, work, y, col0, 0, 0, 1)
     h_n[:] = h_a if T % 2 == 0 else h_b
     return True
 
