@@ -182,18 +182,19 @@ def test_the_rule():
 
 
 def test_the_rule_without_reset_after():
-    # from 96 units (64 never gained), from 32 steps up to H = 128, 128 up to 256, 64 beyond; packed
-    # from 32
+    # from 96 units (64 never gained), from 32 steps up to H = 128, 128 up to 256, 48 up to 512, 64
+    # beyond; packed from 32
     want = fused.fused_ready()
     ok = dict(dtype=np.float32, reset_after=False, gate_kind=0, use_clip=False)
     rule = dispatch.fused_recurrence_wanted
     assert rule(T=32, B=1, H=96, **ok) is want
     assert rule(T=128, B=1, H=256, **ok) is want
-    assert rule(T=64, B=1, H=257, **ok) is want
+    assert rule(T=48, B=1, H=257, **ok) is want
     assert rule(T=64, B=1, H=768, **ok) is want
     assert not rule(T=31, B=1, H=128, **ok)
     assert not rule(T=127, B=1, H=129, **ok)
-    assert not rule(T=63, B=1, H=257, **ok)
+    assert not rule(T=47, B=1, H=512, **ok)
+    assert not rule(T=63, B=1, H=513, **ok)
     assert not rule(T=128, B=1, H=95, **ok)
     assert not rule(T=128, B=1, H=769, **ok)
     assert not rule(T=128, B=2, H=256, **ok)

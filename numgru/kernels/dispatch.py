@@ -181,7 +181,7 @@ FUSED_MIN_STEPS_PACKED = ((128, 1), (768, 16))
 #: the same for reset_after=False, whose steps' two products each carry a share of the projection:
 #: the fewest hidden units, and the fewest steps (plain, packed) by hidden size
 FUSED_BEFORE_MIN_HIDDEN = 96
-FUSED_BEFORE_MIN_STEPS = ((128, 32), (256, 128), (768, 64))
+FUSED_BEFORE_MIN_STEPS = ((128, 32), (256, 128), (512, 48), (768, 64))
 FUSED_BEFORE_MIN_STEPS_PACKED = ((768, 32),)
 #: "medium" precision on AVX512-BF16 without AMX (dpbf16_projection_wanted): fewest rows of a
 #: product, fewest multiply-adds a row (below, packing W costs more than the bfloat16 products save)
@@ -1251,7 +1251,8 @@ def fused_recurrence_wanted(T, B, H, dtype, reset_after, gate_kind, use_clip, pa
     ``linear_before_reset=0`` gives) from ``FUSED_BEFORE_MIN_HIDDEN`` units, from the steps
     ``FUSED_BEFORE_MIN_STEPS`` (``FUSED_BEFORE_MIN_STEPS_PACKED``) gives (plain H = 256, T = 64, in
     alternating processes against the routes before: 0.799–0.820 against 0.771–0.794 ms, so from 128
-    steps there). Zen 4, one thread, whole
+    steps there; H = 384 / 512, T = 32 1.03–1.08× / 0.98–1.03×, T = 48, H = 512 1.02–1.06×, H = 640,
+    T = 32 0.93–0.96×, nine rounds: so from 48 up to 512 units). Zen 4, one thread, whole
     forwards, one process taking turns with the routes before (seven rounds, ratios of their time to
     the fused forward's): plain H = 96, T = 64 / 128 1.09–1.16× / 1.08–1.11×; H = 128, T = 16 / 32 / 64 /
     128 0.67–0.95× / 1.02–1.05× / 1.07–1.10× / 1.08–1.10×; H = 256, T = 32 / 64 / 128 0.87–0.91× /
