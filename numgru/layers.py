@@ -28,7 +28,7 @@ from .kernels.dispatch import (AMX_DIGITS_SPREAD, FrozenPieces, aligned, amx_rec
 from .kernels._jit import ARRAY_KIND, C_CONTIGUOUS, planned_call
 from .kernels.bf16 import from_bfloat16, to_bfloat16
 from .kernels.step import gru_step, step_panels
-from .kernels.vnni import gru_step_vnni
+from .kernels.vnni import gru_step_vnni, gru_step_vnni_before
 
 __all__ = ["GRU", "GRUCell", "Linear", "GATE_PRESETS"]
 
@@ -1113,8 +1113,8 @@ class GRUCell(_Params):
                                         backwards)
                         return out
                     kind = (xk & ARRAY_KIND) | (hk & ARRAY_KIND) << 16 | 1 << 32
-                    planned_call(entries, kind, gru_step_vnni, x, h, *digits, out, no_work,
-                                 no_work, _NO_DIGIT_WORK, backwards)
+                    planned_call(entries, kind, gru_step_vnni if g.reset_after else gru_step_vnni_before, x, h,
+                                 *digits, out, no_work, no_work, _NO_DIGIT_WORK, backwards)
                     return out
                 if columns:
                     gi, gh = np.empty((B, 3 * H), dtype), np.empty((B, 3 * H), dtype)

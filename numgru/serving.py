@@ -23,7 +23,7 @@ from .kernels._jit import ARRAY_KIND, compiled_entry
 from .kernels.dispatch import (aligned, inference_tiled_max, run_step, run_step_digits, step_columns_workspace,
                                step_digits_columns_work)
 from .kernels.step import gru_step
-from .kernels.vnni import gru_step_vnni, step_work_size
+from .kernels.vnni import gru_step_vnni, gru_step_vnni_before, step_work_size
 from .layers import GRU
 
 __all__ = ["BatchingEngine", "GRUStream", "EngineOverloaded"]
@@ -433,7 +433,7 @@ class Stepper:
                 self._step = run_step_digits
                 args = lambda k, h, out, p: (h[k], digits[k], out[k], gi, gh, work, cols_work, p == 1)
             else:
-                self._step = gru_step_vnni
+                self._step = gru_step_vnni if m.reset_after else gru_step_vnni_before
                 args = lambda k, h, out, p: (h[k], *digits[k], out[k], gi, gh, work, p == 1)
         elif columns:
             acc = step_columns_workspace(B, H, threads, dt)

@@ -354,6 +354,59 @@ def test_step_kernel_matches_numpy(I, H, inputs):
 
 
 @needs_vnni
+@pytest.mark.parametrize("I, H, inputs", [(200, 192, True), (40, 256, False), (300, 200, True)])
+def test_step_kernel_without_reset_after_matches_numpy(I, H, inputs):
+    """reset_after=False's step on the digits (W_hh's n rows by r ⊙ h's digits), both orders, its
+    own scratch or the caller's; NaN propagates; H off a multiple of 8 is refused."""
+    x, h, W_ih, W_hh, Vi, Vh, C, b_ih, b_hh = _step_operands(I, H, inputs, I + H + 1)
+
+    def step(x, backwards=False, work=None, gi=None):
+        out = np.full((1, H), 7.0, np.float32)
+        gi = np.empty((1, 3 * H), np.float32) if gi is None else gi
+        work = np.zeros(vnni.step_work_size.py_func(I, H), np.int32) if work is None else work
+        vnni.gru_step_vnni_before(x, h, W_ih, W_hh, Vi, Vh, C, b_ih, b_hh, np.float32(16.0), out, gi,
+                                  gi.copy(), work, backwards)
+        return out
+
+    want = ref_cell(x.astype(np.float64), h.astype(np.float64), W_ih.astype(np.float64),
+                    W_hh.astype(np.float64), b_ih, b_hh, reset_after=False)
+    out = step(x)
+    np.testing.assert_allclose(out, want, atol=2e-6)
+    np.testing.assert_array_equal(step(x, backwards=True), out)
+    np.testing.assert_array_equal(step(x, work=np.zeros(0, np.int32), gi=np.empty((0, 0), np.float32)), out)
+    x[0, 3] = np.nan
+    assert np.isnan(step(x)).all()
+    odd = _step_operands(I, 44, inputs, 3)
+    with pytest.raises(ValueError, match="shapes"):
+        vnni.gru_step_vnni_before(*odd, np.float32(0.0), np.empty((1, 44), np.float32), np.empty((0, 0), np.float32),
+                                  np.empty((0, 0), np.float32), np.zeros(0, np.int32), False)
+
+
+@needs_vnni
+def test_frozen_steps_without_reset_after_on_the_digits(one_thread):
+    """From VNNI_STEP_BEFORE_MIN_HIDDEN units a frozen reset_after=False stream (two layers) and
+    cell step on the digits, within float32's 1e-5 of the reference; below, the float32 step."""
+    for H, on in ((dispatch.VNNI_STEP_BEFORE_MIN_HIDDEN, True), (256, False)):
+        T = 5
+        g = ng.GRU(24, H, num_layers=2, reset_after=False, seed=8)
+        x = np.random.default_rng(6).standard_normal((T, 1, 24)).astype(np.float32)
+        ry, rh = ref_gru(x, g.state_dict(), 2, H, reset_after=False)
+        st = g.freeze().stream()
+        assert (st._stepper._step is vnni.gru_step_vnni_before) == on
+        np.testing.assert_allclose(np.stack([st.step(x[t, 0]) for t in range(T)]), ry[:, 0], atol=1e-5)
+        np.testing.assert_allclose(st.state, rh, atol=1e-5)
+        cell = ng.GRUCell(24, H, reset_after=False, seed=9)
+        f = cell.freeze()
+        h = np.zeros((1, H), np.float32)
+        for t in range(T):
+            want = cell(x[t], h)
+            got = f(x[t], h)
+            np.testing.assert_allclose(got, want, atol=1e-5)
+            h = got
+        assert (f._step_args(1)[5] is not None) == on
+
+
+@needs_vnni
 @pytest.mark.parametrize("I", [16, 200])
 def test_frozen_stream_and_cell_step_on_the_digits(one_thread, I):
     """A frozen model's one-row stream (two layers) and a frozen cell step on the weights' digits
@@ -464,9 +517,16 @@ def test_the_rule():
     assert step(B=1, H=256, **{**sok, "threads": 2, "columns": True}) is None  # (the float32 split)
     assert step(B=1, H=512, **{**sok, "threads": 2}) == split
     assert step(B=1, H=520, **{**sok, "threads": 2}) == serial  # (not a multiple of 16)
-    for change in (dict(dtype=np.float64), dict(reset_after=False), dict(gate_kind=1), dict(use_clip=True)):
+    for change in (dict(dtype=np.float64), dict(gate_kind=1), dict(use_clip=True)):
         assert step(B=1, H=256, **{**sok, **change}) is None
         assert step(B=1, H=1024, **{**sok, "threads": 2, **change}) is None
+    # reset_after=False: serial only, H a multiple of 8 from VNNI_STEP_BEFORE_MIN_HIDDEN
+    before = {**sok, "reset_after": False}
+    assert step(B=1, H=320, **before) == serial
+    assert step(B=1, H=1024, **{**before, "threads": 2}) == serial
+    assert step(B=1, H=1024, **{**before, "threads": 2, "columns": True}) is None
+    assert step(B=1, H=256, **before) is None
+    assert step(B=1, H=324, **before) is None
     assert dispatch.vnni_step_inputs(192) and not dispatch.vnni_step_inputs(191)
     # one row's steps split over units on several threads
     cols = dispatch.vnni_columns_wanted

@@ -162,6 +162,9 @@ VNNI_MIN_STEPS_KEPT = ((512, 64), (769, 1))
 #: and the least inputs for which W_ih's product takes its digits too (else float32)
 VNNI_STEP_MIN_HIDDEN = 192
 VNNI_STEP_MIN_INPUTS = 192
+#: the least hidden size with reset_after=False, whose second product takes r ⊙ h's digits, made
+#: within the step
+VNNI_STEP_BEFORE_MIN_HIDDEN = 320
 #: the least hidden size for which a step split over hidden units takes the digits
 VNNI_STEP_COLUMNS_MIN_HIDDEN = 512
 #: the one-row columns route on W_hh's VNNI digits (vnni_columns_wanted): the least hidden size, the
@@ -1197,13 +1200,22 @@ def vnni_step_wanted(B, H, threads, columns, dtype, reset_after, gate_kind, use_
     1024 9.9 / 16.6 / 63.7 / 327–372 against 11.0 / 19.3–19.5 / 76–78 / 503–523; but H = 64 / 128 /
     160 2.9 / 5.7 / 8.9 against 2.0 / 4.7 / 7.7 (in L2, where the row's digits and the sums' combine
     cost more than the bytes save); H = 256 with W_ih's product in float32, I = 16 / 64 / 128 9.7 /
-    11.6 / 13.9, with its digits 11.4 / 11.6 / 13.9, I = 192 16.3 against 14.7."""
-    if not (B == 1 and dtype == np.float32 and reset_after and gate_kind == 0 and not use_clip
-            and H <= DIGIT_MAX_K and vnni_ready()):
+    11.6 / 13.9, with its digits 11.4 / 11.6 / 13.9, I = 192 16.3 against 14.7.
+
+    reset_after=False (:func:`~numgru.kernels.vnni.gru_step_vnni_before`: W_hh's n rows by the digits
+    of r ⊙ h) with H a multiple of 8 from ``VNNI_STEP_BEFORE_MIN_HIDDEN`` units, serial only (where the
+    float32 step is split over units, that split runs): Zen 4, one thread, frozen ``stream.step``, one
+    process taking turns with the float32 step (seven rounds, ratios of its time to the digits'):
+    H = 192 / 256 / 320 / 384 / 512 0.91–0.94× / 1.00–1.05× / 1.01–1.06× / 1.04× / 1.06–1.07×; against
+    the session before, alternating processes, µs: H = 512 / 1024 70.7–71.8 / 319–364 against
+    76.5–77.3 / 527–529 (GRUCell 72.8–73.5 / 302–339 against 82.6–83.2 / 505–515)."""
+    if not (B == 1 and dtype == np.float32 and (reset_after or H % 8 == 0) and gate_kind == 0
+            and not use_clip and H <= DIGIT_MAX_K and vnni_ready()):
         return None
-    if threads > 1 and H % 16 == 0 and H >= VNNI_STEP_COLUMNS_MIN_HIDDEN:
+    if reset_after and threads > 1 and H % 16 == 0 and H >= VNNI_STEP_COLUMNS_MIN_HIDDEN:
         return "split"
-    return "serial" if not columns and H >= VNNI_STEP_MIN_HIDDEN else None
+    return "serial" if not columns and H >= (VNNI_STEP_MIN_HIDDEN if reset_after else VNNI_STEP_BEFORE_MIN_HIDDEN) \
+        else None
 
 
 def vnni_step_inputs(I):

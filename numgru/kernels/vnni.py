@@ -40,7 +40,7 @@ from .amx import DIGITS, _combine_digits, _digits_into, _pieces_of, padded, padd
 from .dotblock import dot_rows
 from .forward import _chunk_after, column_blocks, rows_after_fast, rows_before_n, rows_before_rz
 from .sync import block_done, claim_block, round_pending, rounds_sync, wait_round, worker_started
-from .step import step_gates_after
+from .step import step_gates_after, step_gates_n, step_gates_rz
 
 _READY = None
 
@@ -432,6 +432,55 @@ def gru_step_vnni(x, h, W_ih, W_hh, Vi, Vh, C, b_ih, b_hh, spread, h_out, gi, gh
         else:
             _step_product(h, W_hh, Vh, C[1], G, Dh, uh, S, gh, np.float32(0.0))
     step_gates_after(gi, gh, b_ih, b_hh, h, h_out, 1)
+
+
+@inline
+def _step_rows_product(v, W, Wv, C, N, D, u, S, out, r0, r1):
+    """out[0, :r1 − r0] = v[0] @ W[r0:r1].T: by W's digits Wv (N rows, r0 a multiple of 16) where
+    there are some and v's digits are not refused, else in float32."""
+    if Wv.shape[0] > 0:
+        sa = _row_digits(v[0], v.shape[1], D, u, np.float32(0.0))
+        if sa >= 0:
+            _rows_product(Wv, C, N, D.shape[1], u, S, sa, r0, r1, out[0])
+            return
+    dot_rows(v, W[r0:r1], out, 1)
+
+
+@kernel
+def gru_step_vnni_before(x, h, W_ih, W_hh, Vi, Vh, C, b_ih, b_hh, spread, h_out, gi, gh, work, backwards):
+    """:func:`gru_step_vnni` for reset_after=False: x's product, then W_hh's r and z rows by h's
+    digits, the first half of the gates (z and r ⊙ h, :func:`~numgru.kernels.step.step_gates_rz`),
+    W_hh's n rows by the digits of r ⊙ h, and the rest (:func:`~numgru.kernels.step.step_gates_n`).
+    The same arguments; H a multiple of 8 (the n rows start on a block of 16 rows of the digits).
+    ``backwards``: W_hh's r, z rows before x's product."""
+    wide_vectors()
+    I = x.shape[1]
+    H = h.shape[1]
+    G = 3 * H
+    H2 = 2 * H
+    if gi.shape[0] < 1:
+        gi = np.empty((1, G), np.float32)
+        gh = np.empty((1, G), np.float32)
+    if work.shape[0] == 0:
+        work = np.zeros(step_work_size(I, H), np.int32)
+    if (not _step_shapes(x, h, W_ih, W_hh, C, b_ih, b_hh, h_out, gi, gh)
+            or work.shape[0] < step_work_size(I, H) or H % 8 != 0):
+        raise ValueError("gru_step_vnni_before: shapes do not match")
+    if not _step_digits_match(Vi, Vh, I, H):
+        raise ValueError("gru_step_vnni_before: the digits do not match the weights")
+    Di, ui, Dh, uh, S = _step_scratch(work, I, H)
+    a_rz = gh[:, :H2]
+    a_n = gh[:, H2:]
+    rh = np.empty((1, H), np.float32)
+    if not backwards:
+        _step_product(x, W_ih, Vi, C[0], G, Di, ui, S, gi, spread)
+    _step_rows_product(h, W_hh, Vh, C[1], G, Dh, uh, S, a_rz, 0, H2)
+    if backwards:
+        _step_product(x, W_ih, Vi, C[0], G, Di, ui, S, gi, spread)
+    # z to gh[:, H:2H] (a_rz's z half, each value read before it is written there) and r ⊙ h to rh
+    step_gates_rz(gi, a_rz, b_ih, b_hh, h, gh, rh, 1)
+    _step_rows_product(rh, W_hh, Vh, C[1], G, Dh, uh, S, a_n, H2, G)
+    step_gates_n(gi, a_n, b_ih, b_hh, h, gh, h_out, 1)
 
 
 @parallel_kernel
