@@ -540,8 +540,15 @@ def test_the_rule():
     assert not cols(T=128, B=1, H=1000, threads=2, **cok)  # (not a multiple of 16)
     assert not cols(T=128, B=1, H=496, threads=2, **cok)
     assert not cols(T=128, B=2, H=1024, threads=2, **cok)
-    for change in (dict(dtype=np.float64), dict(reset_after=False), dict(gate_kind=1), dict(use_clip=True)):
+    for change in (dict(dtype=np.float64), dict(gate_kind=1), dict(use_clip=True)):
         assert not cols(T=128, B=1, H=1024, threads=2, **{**cok, **change})
+    # reset_after=False: the plain model from 256 steps, a frozen one from 1024 units
+    bok = {**cok, "reset_after": False}
+    assert cols(T=256, B=1, H=1024, threads=2, **bok) is want
+    assert not cols(T=255, B=1, H=1024, threads=2, **bok)
+    assert cols(T=1, B=1, H=1024, threads=2, kept=True, **bok) is want
+    assert not cols(T=128, B=1, H=1008, threads=2, kept=True, **bok)
+    assert not cols(T=256, B=1, H=1000, threads=2, **bok)
 
 
 @needs_vnni
@@ -619,3 +626,59 @@ def test_layer_takes_the_columns_route_on_two_threads(two_threads, monkeypatch):
     y, _ = g.freeze()(x)
     assert calls and np.isnan(y[3:]).all() and not np.isnan(y[:3]).any()
     np.testing.assert_allclose(y[:3], ry[:3], atol=1e-5)
+
+
+@needs_vnni
+@pytest.mark.parametrize("H, T, reverse, col0, D, chunks", [(64, 5, False, 0, 1, 2), (96, 6, True, 96, 2, 2),
+                                                            (160, 7, False, 0, 2, 3)])
+def test_columns_kernel_without_reset_after_equals_the_serial_one(two_threads, H, T, reverse, col0, D, chunks):
+    """reset_after=False's digits on the columns route (two halves a step) give the serial digits
+    kernel's bits; a state the digits refuse takes that half in float32, so NaN spreads as there."""
+    W, b, gx, h0 = _direction(H, T)
+    Wv = pack_digits(W)
+    R = np.empty(3 * padded(3 * H), np.int32)
+    vnni.digit_row_sums(Wv, 3 * H, H, R)
+    C = vnni.digit_offsets(R, 3 * H)
+    want_y = np.full((T, 1, D * H), 5.0, np.float32)
+    want_h = np.empty((1, H), np.float32)
+    assert vnni.gru_forward_vnni_before(gx, Wv, R, b, h0, reverse, want_y, col0, want_h)
+    ys_ref, hn_ref = _numpy_direction_before(W, b, gx, h0, reverse)
+    np.testing.assert_allclose(want_y[:, 0, col0:col0 + H], ys_ref, atol=2e-6)
+    y = np.full((T, 1, D * H), 5.0, np.float32)
+    h_n = np.empty((1, H), np.float32)
+    vnni.gru_forward_vnni_cols_before(gx, W, Wv, C, b, h0, reverse, y, col0, h_n, chunks)
+    np.testing.assert_array_equal(y, want_y)
+    np.testing.assert_array_equal(h_n, want_h)
+    t = T - 3 if reverse else 2
+    gx[t, 0, H + 5] = np.nan  # unit 5's z at step 2, then every unit's state
+    vnni.gru_forward_vnni_cols_before(gx, W, Wv, C, b, h0, reverse, y, col0, h_n, chunks)
+    ys = y[::-1] if reverse else y
+    got = np.isnan(ys[:, 0, col0:col0 + H]).sum(axis=1)
+    np.testing.assert_array_equal(got, [0, 0, 1] + [H] * (T - 3))
+    assert np.isnan(h_n).all()
+    with pytest.raises(ValueError, match="shapes"):
+        vnni.gru_forward_vnni_cols_before(gx, W, Wv, C[:, 1:], b, h0, reverse, y, col0, h_n, chunks)
+    with pytest.raises(ValueError, match="shapes"):
+        vnni.gru_forward_vnni_cols_before(gx[:, :, :-16], W[:-48, :-16], Wv, C, b, h0, reverse, y, col0, h_n,
+                                          chunks)
+
+
+@needs_vnni
+def test_layer_without_reset_after_takes_the_columns_route_on_two_threads(two_threads, monkeypatch):
+    calls = []
+    kernel = dispatch.gru_forward_vnni_cols_before
+    monkeypatch.setattr(dispatch, "gru_forward_vnni_cols_before", lambda *a: calls.append(1) or kernel(*a))
+    H = 1024
+    if dispatch.forward_route(1, H, False, False, T=8) != "columns":
+        pytest.skip("the forward does not split one row's steps over units here")
+    monkeypatch.setattr(dispatch, "VNNI_COLUMNS_BEFORE_MIN_STEPS", 8)
+    g = ng.GRU(12, H, reset_after=False, seed=10)
+    x = np.random.default_rng(7).standard_normal((8, 1, 12)).astype(np.float32)
+    ry, rh = ref_gru(x, g.state_dict(), 1, H, reset_after=False)
+    for model, T, taken in ((g, 8, 1), (g, 7, 0), (g.freeze(), 2, 1)):
+        calls.clear()
+        y, h = model(x[:T])
+        assert len(calls) == taken
+        np.testing.assert_allclose(y, ry[:T], atol=1e-5)
+        if T == 8:
+            np.testing.assert_allclose(h, rh, atol=1e-5)

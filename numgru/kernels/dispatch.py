@@ -61,7 +61,7 @@ from .dpbf16 import (CHUNK_ROWS, TILE_PANELS, dpbf16_gradient, dpbf16_projection
                      dpbf16_projection_parallel, dpbf16_ready, gru_forward_dpbf16, gru_forward_dpbf16_ranges,
                      pack_pairs)
 from .vnni import (digit_offsets, digit_row_sums, gru_forward_vnni, gru_forward_vnni_before, gru_forward_vnni_cols,
-                   gru_step_vnni, gru_step_vnni_cols, step_work_size, vnni_ready)
+                   gru_forward_vnni_cols_before, gru_step_vnni, gru_step_vnni_cols, step_work_size, vnni_ready)
 from .fused import fused_ready, gru_forward_fused, gru_forward_fused_before
 
 #: rows from which a multi-threaded forward never takes BLAS-threaded steps where BLAS is not wider
@@ -173,6 +173,10 @@ VNNI_COLUMNS_MIN_HIDDEN = 1024
 VNNI_COLUMNS_MIN_HIDDEN_KEPT = 768
 VNNI_COLUMNS_MIN_STEPS = 128
 VNNI_COLUMNS_MIN_STEPS_KEPT = 1
+#: ... with reset_after=False: the fewest steps where each call packs the digits, and the least hidden
+#: size where the model keeps them
+VNNI_COLUMNS_BEFORE_MIN_STEPS = 256
+VNNI_COLUMNS_BEFORE_MIN_HIDDEN_KEPT = 1024
 #: the one-row forward with its input projection fused into the steps (fused_recurrence_wanted): the
 #: hidden sizes it takes, and the fewest steps by hidden size ((most H, fewest steps) pairs, the first
 #: that holds H)
@@ -1176,11 +1180,23 @@ def vnni_columns_wanted(T, B, H, threads, dtype, reset_after, gate_kind, use_cli
     route kept up (two runs of nine rounds, ratios of the float32 route's time to the digits'): frozen
     H = 512, T = 8 / 32 0.92–0.94 / 0.93–0.95; H = 768, T = 32 / 128 1.03–1.04 / 1.03–1.06; H = 896,
     T = 32 1.06–1.08; plain (packed each call) H = 512 / 768 / 896, T = 128
-    0.80–0.95 / 0.89–1.03 / 0.92–1.07, T = 512 H = 512 / 768 0.94–0.97 / 1.01–1.02."""
-    least = VNNI_COLUMNS_MIN_HIDDEN_KEPT if kept else VNNI_COLUMNS_MIN_HIDDEN
-    return (B == 1 and threads > 1 and dtype == np.float32 and reset_after and gate_kind == 0
-            and not use_clip and H % 16 == 0 and least <= H <= DIGIT_MAX_K
-            and T >= (VNNI_COLUMNS_MIN_STEPS_KEPT if kept else VNNI_COLUMNS_MIN_STEPS) and vnni_ready())
+    0.80–0.95 / 0.89–1.03 / 0.92–1.07, T = 512 H = 512 / 768 0.94–0.97 / 1.01–1.02.
+
+    reset_after=False (:func:`~numgru.kernels.vnni.gru_forward_vnni_cols_before`, two halves a step,
+    the second on the digits of r ⊙ h that every block makes) from ``VNNI_COLUMNS_BEFORE_MIN_STEPS``
+    steps, or, where the model keeps the digits, from ``VNNI_COLUMNS_BEFORE_MIN_HIDDEN_KEPT`` units:
+    two threads, one process taking turns with the float32 route (five rounds, its time over the
+    digits'): plain H = 1024, T = 128 / 256 / 512 0.96–1.10× (two runs) / 0.99–1.16× / 1.07–1.11×;
+    frozen H = 1024, T = 1 / 4 / 8 / 32 / 128 0.83–1.67× (median 0.97) / 1.16–1.33× / 1.07–1.53× /
+    1.08–1.20× / 1.08–1.15×, H = 768, T = 32 / 128 0.99–1.39× (median 1.05) / 0.97–2.01× (median 0.99)."""
+    if reset_after:
+        least = VNNI_COLUMNS_MIN_HIDDEN_KEPT if kept else VNNI_COLUMNS_MIN_HIDDEN
+        fewest = VNNI_COLUMNS_MIN_STEPS_KEPT if kept else VNNI_COLUMNS_MIN_STEPS
+    else:
+        least = VNNI_COLUMNS_BEFORE_MIN_HIDDEN_KEPT if kept else VNNI_COLUMNS_MIN_HIDDEN
+        fewest = VNNI_COLUMNS_MIN_STEPS_KEPT if kept else VNNI_COLUMNS_BEFORE_MIN_STEPS
+    return (B == 1 and threads > 1 and dtype == np.float32 and gate_kind == 0
+            and not use_clip and H % 16 == 0 and least <= H <= DIGIT_MAX_K and T >= fewest and vnni_ready())
 
 
 def vnni_step_wanted(B, H, threads, columns, dtype, reset_after, gate_kind, use_clip):
@@ -1587,8 +1603,10 @@ def gru_direction_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gat
             # one row on W_hh's VNNI digits where they pay, else (or where they refuse) float32
             if not reset_after and W_hh.dtype != np.uint16:
                 # its steps in two halves (r ⊙ h over all units before W_hn's product)
-                gru_forward_cols_before(gx, W_hh, b_hh, h0, lengths, sorted_desc, bool(reverse), *gates,
-                                        threads)
+                if not (digits and _run_vnni_columns(gx, W_hh, b_hh, h0, reverse, y, col0, h_n, threads, pieces,
+                                                     False)):
+                    gru_forward_cols_before(gx, W_hh, b_hh, h0, lengths, sorted_desc, bool(reverse), *gates,
+                                            threads)
             elif not reset_after:  # (bfloat16 weights: no such kernel; forward_route gives none)
                 gru_forward_serial(*common, False, *gates, False, tape, tiled_max, 0, B)
             elif not (digits and _run_vnni_columns(gx, W_hh, b_hh, h0, reverse, y, col0, h_n, threads,
@@ -1953,12 +1971,12 @@ def _run_dpbf16_direction(dp_steps, g3, h0, y, col0, h_n):
                                                  empty_array(g3.dtype, 3), 0, h0.shape[0])
 
 
-def _run_vnni_columns(gx, W_hh, b_hh, h0, reverse, y, col0, h_n, threads, pieces):
+def _run_vnni_columns(gx, W_hh, b_hh, h0, reverse, y, col0, h_n, threads, pieces, reset_after=True):
     """:func:`gru_direction_forward`'s columns route on W_hh's integer digits
     (:func:`vnni_columns_wanted`; the caller holds the parallel slot): the digits packed here on the
     threads (or kept by a frozen model's ``pieces``) with their row sums' offsets. False where the
     digits could not take W_hh (a weight they refuse): the caller then runs the float32 columns
-    route."""
+    route. ``reset_after``: False for :func:`~numgru.kernels.vnni.gru_forward_vnni_cols_before`."""
     G, H = W_hh.shape
     if pieces is not None:
         kept = pieces.step_digits_of(W_hh)
@@ -1971,7 +1989,8 @@ def _run_vnni_columns(gx, W_hh, b_hh, h0, reverse, y, col0, h_n, threads, pieces
             return False
         Wv, R = packed
         C = digit_offsets(R, G)
-    gru_forward_vnni_cols(gx, W_hh, Wv, C, b_hh, h0, bool(reverse), y, int(col0), h_n, threads)
+    kernel = gru_forward_vnni_cols if reset_after else gru_forward_vnni_cols_before
+    kernel(gx, W_hh, Wv, C, b_hh, h0, bool(reverse), y, int(col0), h_n, threads)
     return True
 
 

@@ -36,6 +36,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ._jit import cpu_ready, device, inline, kernel, parallel_kernel, wide_vectors
+from .activations import sigmoid_fast, tanh_fast
 from .amx import DIGITS, _combine_digits, _digits_into, _pieces_of, padded, padded64
 from .dotblock import dot_rows
 from .forward import _chunk_after, column_blocks, rows_after_fast, rows_before_n, rows_before_rz
@@ -538,7 +539,7 @@ def _vnni_cols_worker(w, nc, cs, sync, gx, W_hh, Wv, C, b_hh, h_a, h_b, D, u, S,
                     continue
                 j0 = c * cs
                 m = min(cs, H - j0)
-                _block_product(hc, W_hh, Wv, C, D[c], u[c], S[c], acc, np.float32(0.0), j0, m, H)
+                _block_product(hc, W_hh, Wv, C, D[c], u[c], S[c], acc, np.float32(0.0), j0, m, H, 0, 3)
                 a = acc[0]
                 _chunk_after(gx[t, 0], a[j0:j0 + m], a[H + j0:H + j0 + m], a[2 * H + j0:2 * H + j0 + m],
                              b_hh, hc[0], hn[0], j0, m, H, 0, np.float32(0.0), np.float32(0.0), False,
@@ -549,6 +550,94 @@ def _vnni_cols_worker(w, nc, cs, sync, gx, W_hh, Wv, C, b_hh, h_a, h_b, D, u, S,
                     ys[j] = hs[j]
                 block_done(sync, nc)
             wait_round(sync, nc, s)
+
+
+@parallel_kernel
+def gru_forward_vnni_cols_before(gx, W_hh, Wv, C, b_hh, h0, reverse, y, col0, h_n, n_chunks):
+    """:func:`gru_forward_vnni_cols` for reset_after=False, each step in two halves as the float32
+    route's (:func:`~numgru.kernels.forward._gru_forward_cols_before`): block c multiplies the state's
+    digits by its units' r and z rows, then writes z and r ⊙ h for its units; once every block has
+    written its share, each makes the digits of the whole r ⊙ h row, multiplies them by its units' n
+    rows, then writes n and the new state. The same arguments and conditions (H a multiple of 16). A
+    row the digits refuse takes that half's products in float32."""
+    wide_vectors()
+    T = y.shape[0]
+    B, H = h0.shape
+    G = 3 * H
+    if (B != 1 or H % 16 != 0 or gx.shape[0] != T or gx.shape[1] != 1 or gx.shape[2] != G
+            or W_hh.shape[0] != G or W_hh.shape[1] != H or b_hh.shape[0] != G or h_n.shape[0] != 1
+            or h_n.shape[1] != H or y.shape[1] != 1 or col0 < 0 or col0 + H > y.shape[2]
+            or C.shape[0] != 3 or C.shape[1] != G or _pieces_of(Wv, padded(G), padded(H)) != DIGITS):
+        raise ValueError("gru_forward_vnni_cols_before: shapes do not match")
+    nc, cs = column_blocks(H, n_chunks)
+    Kq = padded64(H)
+    h_a = h0.copy()
+    h_b = np.empty_like(h0)
+    rh = np.zeros((1, H), np.float32)
+    D = np.zeros((nc, 3, Kq), np.int8)
+    u = np.zeros((nc, 3 * Kq // 4), np.uint32)
+    S = np.empty((nc, 3 * padded(G)), np.int32)
+    acc = np.empty((1, G), np.float32)  # W_hr h, z (in place of W_hz h), W_hn (r ⊙ h)
+    sync = rounds_sync(nc)  # two rounds a step
+    for w in prange(nc):
+        wide_vectors()
+        _vnni_cols_before_worker(w, nc, cs, sync, gx, W_hh, Wv, C, b_hh, h_a, h_b, rh, D, u, S, acc, reverse,
+                                 y, col0)
+    h_n[:] = h_a if T % 2 == 0 else h_b
+
+
+@device
+def _vnni_cols_before_worker(w, nc, cs, sync, gx, W_hh, Wv, C, b_hh, h_a, h_b, rh, D, u, S, acc, reverse, y,
+                             col0):
+    """Worker w of :func:`gru_forward_vnni_cols_before`: its own block of every half step (half q: step
+    q // 2, first or second half by q % 2), and any block whose worker has not started."""
+    wide_vectors()
+    T = gx.shape[0]
+    H = h_a.shape[1]
+    H2 = 2 * H
+    zero = np.float32(0.0)
+    worker_started(sync, nc, w)
+    for q in range(2 * T):
+        if round_pending(sync, nc, q):
+            s = q // 2
+            t = T - 1 - s if reverse else s
+            hc = h_a if s % 2 == 0 else h_b
+            hn = h_b if s % 2 == 0 else h_a
+            g = gx[t, 0]
+            a = acc[0]
+            for k in range(nc):
+                c = claim_block(sync, nc, w, k, q)
+                if c < 0:
+                    continue
+                j0 = c * cs
+                m = min(cs, H - j0)
+                hcs = hc[0, j0:j0 + m]  # slices, so the loops' indices start at 0 (see _chunk_after)
+                az = a[H + j0:H + j0 + m]
+                if q % 2 == 0:
+                    _block_product(hc, W_hh, Wv, C, D[c], u[c], S[c], acc, zero, j0, m, H, 0, 2)
+                    ar = a[j0:j0 + m]
+                    g_r = g[j0:j0 + m]
+                    g_z = g[H + j0:H + j0 + m]
+                    b_r = b_hh[j0:j0 + m]
+                    b_z = b_hh[H + j0:H + j0 + m]
+                    rhs = rh[0, j0:j0 + m]
+                    for j in range(m):
+                        az[j] = sigmoid_fast(g_z[j] + az[j] + b_z[j])
+                        rhs[j] = sigmoid_fast(g_r[j] + ar[j] + b_r[j]) * hcs[j]
+                else:
+                    _block_product(rh, W_hh, Wv, C, D[c], u[c], S[c], acc, zero, j0, m, H, 2, 3)
+                    an = a[H2 + j0:H2 + j0 + m]
+                    g_n = g[H2 + j0:H2 + j0 + m]
+                    b_n = b_hh[H2 + j0:H2 + j0 + m]
+                    hs = hn[0, j0:j0 + m]
+                    ys = y[t, 0, col0 + j0:col0 + j0 + m]
+                    for j in range(m):
+                        n = tanh_fast(g_n[j] + an[j] + b_n[j])
+                        v = n + az[j] * (hcs[j] - n)
+                        hs[j] = v
+                        ys[j] = v
+                block_done(sync, nc)
+            wait_round(sync, nc, q)
 
 
 @parallel_kernel
@@ -575,8 +664,8 @@ def gru_step_vnni_cols(x, h, W_ih, W_hh, Vi, Vh, C, b_ih, b_hh, spread, h_out, g
         j0 = c * cs
         m = min(cs, H - j0)
         Di, ui, Dh, uh, S = _step_scratch(work[c], I, H)
-        _block_product(x, W_ih, Vi, C[0], Di, ui, S, gi, spread, j0, m, H)
-        _block_product(h, W_hh, Vh, C[1], Dh, uh, S, gh, np.float32(0.0), j0, m, H)
+        _block_product(x, W_ih, Vi, C[0], Di, ui, S, gi, spread, j0, m, H, 0, 3)
+        _block_product(h, W_hh, Vh, C[1], Dh, uh, S, gh, np.float32(0.0), j0, m, H, 0, 3)
         g0 = gi[0]
         for g in range(3):
             gs = g0[g * H + j0:g * H + j0 + m]
@@ -589,13 +678,13 @@ def gru_step_vnni_cols(x, h, W_ih, W_hh, Vi, Vh, C, b_ih, b_hh, spread, h_out, g
 
 
 @device
-def _block_product(v, W, Wv, C, D, u, S, out, spread, j0, m, H):
-    """out[0, g·H + j0 … + m] = v[0] @ W[g·H + j0 … + m].T for the three gates g (W (3H, K), H a
+def _block_product(v, W, Wv, C, D, u, S, out, spread, j0, m, H, g0, g1):
+    """out[0, g·H + j0 … + m] = v[0] @ W[g·H + j0 … + m].T for the gates g0 ≤ g < g1 (W (3H, K), H a
     multiple of 16): by W's digits Wv (offsets C; scratch D, u, S as :func:`_row_product`'s) where
     there are some and v's row is not refused (:func:`_row_digits`, ``spread`` its), else in
     float32."""
     sa = _row_digits(v[0], v.shape[1], D, u, spread) if Wv.shape[0] > 0 else np.float32(-1.0)
-    for g in range(3):
+    for g in range(g0, g1):
         r0 = g * H + j0
         if sa < 0:
             dot_rows(v, W[r0:r0 + m], out[:, r0:r0 + m], 1)
