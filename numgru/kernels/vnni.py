@@ -248,6 +248,26 @@ def _row_product(h, Wv, C, N, D, u, S, out, spread):
     return True
 
 
+@inline
+def _one_row_shapes(gx, b_hh, h0, y, col0, h_n):
+    """Whether a one-row forward's arrays agree: h0 and h_n (1, H), gx (T, 1, 3H) for y (T, 1, ·),
+    b_hh (3H,), and columns col0 … col0+H−1 within y's."""
+    T = y.shape[0]
+    B, H = h0.shape
+    G = 3 * H
+    return not (B != 1 or gx.shape[0] != T or gx.shape[1] != 1 or gx.shape[2] != G or b_hh.shape[0] != G
+                or h_n.shape[0] != 1 or h_n.shape[1] != H or y.shape[1] != 1 or col0 < 0
+                or col0 + H > y.shape[2])
+
+
+@inline
+def _digit_scratch(n, Kq, G):
+    """``(D, u, S)`` for n rows' products by G rows of digits: their digits (n, 3, Kq) int8, offset
+    bytes (n, 3·Kq / 4) uint32 and sums (n, 3·Np) int32 (:func:`_row_product`'s scratch, a row each)."""
+    return (np.zeros((n, 3, Kq), np.int8), np.zeros((n, 3 * Kq // 4), np.uint32),
+            np.empty((n, 3 * padded(G)), np.int32))
+
+
 @kernel
 def gru_forward_vnni(gx, Wv, R, b_hh, h0, reverse, y, col0, h_n):
     """One direction of a reset_after GRU layer's inference forward over one row, sigmoid gates and no
@@ -263,16 +283,13 @@ def gru_forward_vnni(gx, Wv, R, b_hh, h0, reverse, y, col0, h_n):
     T = y.shape[0]
     B, H = h0.shape
     G = 3 * H
-    if (B != 1 or gx.shape[0] != T or gx.shape[1] != 1 or gx.shape[2] != G or b_hh.shape[0] != G
-            or h_n.shape[0] != 1 or h_n.shape[1] != H or y.shape[1] != 1 or col0 < 0
-            or col0 + H > y.shape[2]):
+    if not _one_row_shapes(gx, b_hh, h0, y, col0, h_n):
         raise ValueError("gru_forward_vnni: shapes do not match")
     _check_packing(Wv, R, G, H)
     C = _offsets(R, G)
     Kq = padded64(H)
-    D = np.zeros((3, Kq), np.int8)
-    u = np.zeros(3 * Kq // 4, np.uint32)
-    S = np.empty(3 * padded(G), np.int32)
+    rows = _digit_scratch(1, Kq, G)
+    D, u, S = rows[0][0], rows[1][0], rows[2][0]
     acc = np.empty((1, G), np.float32)
     h_a = h0.copy()
     h_b = np.empty_like(h0)
@@ -300,16 +317,13 @@ def gru_forward_vnni_before(gx, Wv, R, b_hh, h0, reverse, y, col0, h_n):
     B, H = h0.shape
     G = 3 * H
     H2 = 2 * H
-    if (B != 1 or gx.shape[0] != T or gx.shape[1] != 1 or gx.shape[2] != G or b_hh.shape[0] != G
-            or h_n.shape[0] != 1 or h_n.shape[1] != H or y.shape[1] != 1 or col0 < 0
-            or col0 + H > y.shape[2] or H % 8 != 0):
+    if not _one_row_shapes(gx, b_hh, h0, y, col0, h_n) or H % 8 != 0:
         raise ValueError("gru_forward_vnni_before: shapes do not match")
     _check_packing(Wv, R, G, H)
     C = _offsets(R, G)
     Kq = padded64(H)
-    D = np.zeros((3, Kq), np.int8)
-    u = np.zeros(3 * Kq // 4, np.uint32)
-    S = np.empty(3 * padded(G), np.int32)
+    rows = _digit_scratch(1, Kq, G)
+    D, u, S = rows[0][0], rows[1][0], rows[2][0]
     acc_rz = np.empty((1, H2), np.float32)
     acc_n = np.empty((1, H), np.float32)
     work = np.empty((1, H2), np.float32)  # (z in its second half)
@@ -498,10 +512,9 @@ def gru_forward_vnni_cols(gx, W_hh, Wv, C, b_hh, h0, reverse, y, col0, h_n, n_ch
     T = y.shape[0]
     B, H = h0.shape
     G = 3 * H
-    if (B != 1 or H % 16 != 0 or gx.shape[0] != T or gx.shape[1] != 1 or gx.shape[2] != G
-            or W_hh.shape[0] != G or W_hh.shape[1] != H or b_hh.shape[0] != G or h_n.shape[0] != 1
-            or h_n.shape[1] != H or y.shape[1] != 1 or col0 < 0 or col0 + H > y.shape[2]
-            or C.shape[0] != 3 or C.shape[1] != G or _pieces_of(Wv, padded(G), padded(H)) != DIGITS):
+    if not (_one_row_shapes(gx, b_hh, h0, y, col0, h_n) and H % 16 == 0 and W_hh.shape[0] == G and
+            W_hh.shape[1] == H and C.shape[0] == 3 and C.shape[1] == G and
+            _pieces_of(Wv, padded(G), padded(H)) == DIGITS):
         raise ValueError("gru_forward_vnni_cols: shapes do not match")
     nc, cs = column_blocks(H, n_chunks)
     Kq = padded64(H)
@@ -509,9 +522,7 @@ def gru_forward_vnni_cols(gx, W_hh, Wv, C, b_hh, h0, reverse, y, col0, h_n, n_ch
     h_b = np.empty_like(h0)
     # per block: the row's digits, their offset bytes, the sums (written at the block's rows only);
     # the blocks' products side by side in one row, each at its units' rows
-    D = np.zeros((nc, 3, Kq), np.int8)
-    u = np.zeros((nc, 3 * Kq // 4), np.uint32)
-    S = np.empty((nc, 3 * padded(G)), np.int32)
+    D, u, S = _digit_scratch(nc, Kq, G)
     acc = np.empty((1, G), np.float32)
     sync = rounds_sync(nc)  # a round a step
     for w in prange(nc):
@@ -564,19 +575,16 @@ def gru_forward_vnni_cols_before(gx, W_hh, Wv, C, b_hh, h0, reverse, y, col0, h_
     T = y.shape[0]
     B, H = h0.shape
     G = 3 * H
-    if (B != 1 or H % 16 != 0 or gx.shape[0] != T or gx.shape[1] != 1 or gx.shape[2] != G
-            or W_hh.shape[0] != G or W_hh.shape[1] != H or b_hh.shape[0] != G or h_n.shape[0] != 1
-            or h_n.shape[1] != H or y.shape[1] != 1 or col0 < 0 or col0 + H > y.shape[2]
-            or C.shape[0] != 3 or C.shape[1] != G or _pieces_of(Wv, padded(G), padded(H)) != DIGITS):
+    if not (_one_row_shapes(gx, b_hh, h0, y, col0, h_n) and H % 16 == 0 and W_hh.shape[0] == G and
+            W_hh.shape[1] == H and C.shape[0] == 3 and C.shape[1] == G and
+            _pieces_of(Wv, padded(G), padded(H)) == DIGITS):
         raise ValueError("gru_forward_vnni_cols_before: shapes do not match")
     nc, cs = column_blocks(H, n_chunks)
     Kq = padded64(H)
     h_a = h0.copy()
     h_b = np.empty_like(h0)
     rh = np.zeros((1, H), np.float32)
-    D = np.zeros((nc, 3, Kq), np.int8)
-    u = np.zeros((nc, 3 * Kq // 4), np.uint32)
-    S = np.empty((nc, 3 * padded(G)), np.int32)
+    D, u, S = _digit_scratch(nc, Kq, G)
     acc = np.empty((1, G), np.float32)  # W_hr h, z (in place of W_hz h), W_hn (r ⊙ h)
     sync = rounds_sync(nc)  # two rounds a step
     for w in prange(nc):
