@@ -1110,7 +1110,7 @@ class GRUCell(_Params):
                         gi, gh = np.empty((1, 3 * H), dtype), np.empty((1, 3 * H), dtype)
                         run_step_digits(x, h, digits, out, gi, gh, _NO_DIGIT_WORK,
                                         step_digits_columns_work(g.input_size, H, thread_count()),
-                                        backwards)
+                                        backwards, g.reset_after)
                         return out
                     kind = (xk & ARRAY_KIND) | (hk & ARRAY_KIND) << 16 | 1 << 32
                     planned_call(entries, kind, gru_step_vnni if g.reset_after else gru_step_vnni_before, x, h,

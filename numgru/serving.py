@@ -431,7 +431,8 @@ class Stepper:
             if split:  # over hidden units where the parallel slot is free
                 cols_work = step_digits_columns_work(max(m.input_size, H), H, threads)
                 self._step = run_step_digits
-                args = lambda k, h, out, p: (h[k], digits[k], out[k], gi, gh, work, cols_work, p == 1)
+                args = lambda k, h, out, p: (h[k], digits[k], out[k], gi, gh, work, cols_work, p == 1,
+                                             m.reset_after)
             else:
                 self._step = gru_step_vnni if m.reset_after else gru_step_vnni_before
                 args = lambda k, h, out, p: (h[k], *digits[k], out[k], gi, gh, work, p == 1)

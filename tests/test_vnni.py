@@ -520,11 +520,12 @@ def test_the_rule():
     for change in (dict(dtype=np.float64), dict(gate_kind=1), dict(use_clip=True)):
         assert step(B=1, H=256, **{**sok, **change}) is None
         assert step(B=1, H=1024, **{**sok, "threads": 2, **change}) is None
-    # reset_after=False: serial only, H a multiple of 8 from VNNI_STEP_BEFORE_MIN_HIDDEN
+    # reset_after=False: H a multiple of 8 from VNNI_STEP_BEFORE_MIN_HIDDEN, split as reset_after's
     before = {**sok, "reset_after": False}
     assert step(B=1, H=320, **before) == serial
-    assert step(B=1, H=1024, **{**before, "threads": 2}) == serial
-    assert step(B=1, H=1024, **{**before, "threads": 2, "columns": True}) is None
+    assert step(B=1, H=1024, **{**before, "threads": 2}) == split
+    assert step(B=1, H=1024, **{**before, "threads": 2, "columns": True}) == split
+    assert step(B=1, H=520, **{**before, "threads": 2}) == serial  # (not a multiple of 16)
     assert step(B=1, H=256, **before) is None
     assert step(B=1, H=324, **before) is None
     assert dispatch.vnni_step_inputs(192) and not dispatch.vnni_step_inputs(191)
@@ -682,3 +683,37 @@ def test_layer_without_reset_after_takes_the_columns_route_on_two_threads(two_th
         np.testing.assert_allclose(y, ry[:T], atol=1e-5)
         if T == 8:
             np.testing.assert_allclose(h, rh, atol=1e-5)
+
+
+@needs_vnni
+@pytest.mark.parametrize("I", [16, 200])
+def test_frozen_steps_without_reset_after_split_over_units_on_two_threads(two_threads, I):
+    """reset_after=False's digit step split over blocks of units (two parallel regions): a frozen
+    two-layer stream within float32's 1e-5 of the reference, the serial digit step's bits where the
+    parallel slot is taken, and a frozen cell as its float32 twin."""
+    H, T = 512, 5
+    g = ng.GRU(I, H, num_layers=2, reset_after=False, seed=11)
+    x = np.random.default_rng(8).standard_normal((T, 1, I)).astype(np.float32)
+    ry, rh = ref_gru(x, g.state_dict(), 2, H, reset_after=False)
+    calls = []
+    kernel = dispatch.gru_step_vnni_cols_before
+    st = g.freeze().stream()
+    assert st._stepper._step is dispatch.run_step_digits
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(dispatch, "gru_step_vnni_cols_before", lambda *a: calls.append(1) or kernel(*a))
+        ys = np.stack([st.step(x[t, 0]) for t in range(T)])
+    assert len(calls) == 2 * T
+    np.testing.assert_allclose(ys, ry[:, 0], atol=1e-5)
+    np.testing.assert_allclose(st.state, rh, atol=1e-5)
+    st2 = g.freeze().stream()
+    with dispatch._PARALLEL_LOCK:
+        serial = np.stack([st2.step(x[t, 0]) for t in range(T)])
+    np.testing.assert_array_equal(serial, ys)
+    cell = ng.GRUCell(I, H, reset_after=False, seed=12)
+    f = cell.freeze()
+    assert f._step_args(1)[5][0]  # split
+    h = np.zeros((1, H), np.float32)
+    for t in range(T):
+        got = f(x[t], h)
+        np.testing.assert_allclose(got, cell(x[t], h), atol=1e-5)
+        h = got

@@ -61,7 +61,8 @@ from .dpbf16 import (CHUNK_ROWS, TILE_PANELS, dpbf16_gradient, dpbf16_projection
                      dpbf16_projection_parallel, dpbf16_ready, gru_forward_dpbf16, gru_forward_dpbf16_ranges,
                      pack_pairs)
 from .vnni import (digit_offsets, digit_row_sums, gru_forward_vnni, gru_forward_vnni_before, gru_forward_vnni_cols,
-                   gru_forward_vnni_cols_before, gru_step_vnni, gru_step_vnni_cols, step_work_size, vnni_ready)
+                   gru_forward_vnni_cols_before, gru_step_vnni, gru_step_vnni_before, gru_step_vnni_cols,
+                   gru_step_vnni_cols_before, step_work_size, vnni_ready)
 from .fused import fused_ready, gru_forward_fused, gru_forward_fused_before
 
 #: rows from which a multi-threaded forward never takes BLAS-threaded steps where BLAS is not wider
@@ -757,19 +758,21 @@ def run_step(x, h, weights, scalars, h_out, gi, gh, acc, tiled_max, backwards=Fa
     gru_step(x, h, *weights, *scalars, h_out, gi, gh, tiled_max, backwards)
 
 
-def run_step_digits(x, h, digits, h_out, gi, gh, work, cols_work, backwards=False):
+def run_step_digits(x, h, digits, h_out, gi, gh, work, cols_work, backwards=False, reset_after=True):
     """A frozen model's one-row step on its weights' VNNI digits (:func:`vnni_step_wanted`;
     ``digits``: :func:`~numgru.kernels.vnni.gru_step_vnni`'s arguments after x and h and before
-    h_out): split over blocks of hidden units (:func:`~numgru.kernels.vnni.gru_step_vnni_cols`) with
+    h_out): split over blocks of hidden units (:func:`~numgru.kernels.vnni.gru_step_vnni_cols`, or
+    :func:`~numgru.kernels.vnni.gru_step_vnni_cols_before` without ``reset_after``) with
     ``cols_work`` (:func:`step_digits_columns_work`) where the parallel slot is free, else serially
     (``work``, ``backwards`` as :func:`~numgru.kernels.vnni.gru_step_vnni` takes them)."""
     if cols_work is not None and _PARALLEL_LOCK.acquire(blocking=False):
         try:
-            gru_step_vnni_cols(x, h, *digits, h_out, gi, gh, cols_work)
+            (gru_step_vnni_cols if reset_after else gru_step_vnni_cols_before)(x, h, *digits, h_out, gi, gh,
+                                                                               cols_work)
         finally:
             _PARALLEL_LOCK.release()
         return
-    gru_step_vnni(x, h, *digits, h_out, gi, gh, work, backwards)
+    (gru_step_vnni if reset_after else gru_step_vnni_before)(x, h, *digits, h_out, gi, gh, work, backwards)
 
 
 def step_digits_columns_work(I, H, threads):
@@ -1219,8 +1222,11 @@ def vnni_step_wanted(B, H, threads, columns, dtype, reset_after, gate_kind, use_
     11.6 / 13.9, with its digits 11.4 / 11.6 / 13.9, I = 192 16.3 against 14.7.
 
     reset_after=False (:func:`~numgru.kernels.vnni.gru_step_vnni_before`: W_hh's n rows by the digits
-    of r ⊙ h) with H a multiple of 8 from ``VNNI_STEP_BEFORE_MIN_HIDDEN`` units, serial only (where the
-    float32 step is split over units, that split runs): Zen 4, one thread, frozen ``stream.step``, one
+    of r ⊙ h) with H a multiple of 8 from ``VNNI_STEP_BEFORE_MIN_HIDDEN`` units where the float32 step
+    is not split, or split as reset_after's (:func:`~numgru.kernels.vnni.gru_step_vnni_cols_before`,
+    two parallel regions; two threads, frozen ``stream.step`` taking turns with the float32 split,
+    seven rounds, H = 512 / 768 / 1024 1.10–1.16× / 1.16–1.32× / 2.00–2.57× with the second vCPU
+    busy): Zen 4, one thread, frozen ``stream.step``, one
     process taking turns with the float32 step (seven rounds, ratios of its time to the digits'):
     H = 192 / 256 / 320 / 384 / 512 0.91–0.94× / 1.00–1.05× / 1.01–1.06× / 1.04× / 1.06–1.07×; against
     the session before, alternating processes, µs: H = 512 / 1024 70.7–71.8 / 319–364 against
@@ -1228,7 +1234,7 @@ def vnni_step_wanted(B, H, threads, columns, dtype, reset_after, gate_kind, use_
     if not (B == 1 and dtype == np.float32 and (reset_after or H % 8 == 0) and gate_kind == 0
             and not use_clip and H <= DIGIT_MAX_K and vnni_ready()):
         return None
-    if reset_after and threads > 1 and H % 16 == 0 and H >= VNNI_STEP_COLUMNS_MIN_HIDDEN:
+    if threads > 1 and H % 16 == 0 and H >= VNNI_STEP_COLUMNS_MIN_HIDDEN:
         return "split"
     return "serial" if not columns and H >= (VNNI_STEP_MIN_HIDDEN if reset_after else VNNI_STEP_BEFORE_MIN_HIDDEN) \
         else None

@@ -685,6 +685,69 @@ def gru_step_vnni_cols(x, h, W_ih, W_hh, Vi, Vh, C, b_ih, b_hh, spread, h_out, g
                      h_out[0], j0, m, H, 0, np.float32(0.0), np.float32(0.0), False, np.float32(0.0))
 
 
+@parallel_kernel
+def gru_step_vnni_cols_before(x, h, W_ih, W_hh, Vi, Vh, C, b_ih, b_hh, spread, h_out, gi, gh, work):
+    """:func:`gru_step_vnni_cols` for reset_after=False, in two parallel regions as
+    :func:`~numgru.kernels.step.gru_step_cols_before` splits the float32 step: first each block
+    multiplies x by its units' rows of W_ih's digits and h by their r and z rows of W_hh's, and writes
+    its units of z (in gh, in place of W_hz h) and r ⊙ h; then each makes the digits of the whole
+    r ⊙ h row, multiplies them by its units' n rows and writes their new state. Same arguments."""
+    wide_vectors()
+    I = x.shape[1]
+    H = h.shape[1]
+    H2 = 2 * H
+    nc = work.shape[0]
+    cs = column_blocks(H, max(nc, 1))[1]
+    if (nc < 1 or not _step_shapes(x, h, W_ih, W_hh, C, b_ih, b_hh, h_out, gi, gh) or gi.shape[0] < 1 or H % 16 != 0
+            or work.shape[1] < step_work_size(I, H) or (nc - 1) * cs >= H):
+        raise ValueError("gru_step_vnni_cols_before: shapes do not match")
+    if not _step_digits_match(Vi, Vh, I, H):
+        raise ValueError("gru_step_vnni_cols_before: the digits do not match the weights")
+    rh = np.empty((1, H), np.float32)
+    zero = np.float32(0.0)
+    for c in prange(nc):
+        wide_vectors()
+        j0 = c * cs
+        m = min(cs, H - j0)
+        Di, ui, Dh, uh, S = _step_scratch(work[c], I, H)
+        _block_product(x, W_ih, Vi, C[0], Di, ui, S, gi, spread, j0, m, H, 0, 3)
+        _block_product(h, W_hh, Vh, C[1], Dh, uh, S, gh, zero, j0, m, H, 0, 2)
+        g0 = gi[0]
+        for g in range(3):
+            gs = g0[g * H + j0:g * H + j0 + m]
+            bs = b_ih[g * H + j0:g * H + j0 + m]
+            for jj in range(m):
+                gs[jj] += bs[jj]
+        a0 = gh[0]
+        ar = a0[j0:j0 + m]
+        az = a0[H + j0:H + j0 + m]
+        g_r = g0[j0:j0 + m]
+        g_z = g0[H + j0:H + j0 + m]
+        b_r = b_hh[j0:j0 + m]
+        b_z = b_hh[H + j0:H + j0 + m]
+        hs = h[0, j0:j0 + m]
+        rhs = rh[0, j0:j0 + m]
+        for jj in range(m):
+            az[jj] = sigmoid_fast(g_z[jj] + az[jj] + b_z[jj])
+            rhs[jj] = sigmoid_fast(g_r[jj] + ar[jj] + b_r[jj]) * hs[jj]
+    for c in prange(nc):
+        wide_vectors()
+        j0 = c * cs
+        m = min(cs, H - j0)
+        Di, ui, Dh, uh, S = _step_scratch(work[c], I, H)
+        _block_product(rh, W_hh, Vh, C[1], Dh, uh, S, gh, zero, j0, m, H, 2, 3)
+        a0 = gh[0]
+        an = a0[H2 + j0:H2 + j0 + m]
+        zs = a0[H + j0:H + j0 + m]
+        g_n = gi[0, H2 + j0:H2 + j0 + m]
+        b_n = b_hh[H2 + j0:H2 + j0 + m]
+        hs = h[0, j0:j0 + m]
+        ob = h_out[0, j0:j0 + m]
+        for jj in range(m):
+            n = tanh_fast(g_n[jj] + an[jj] + b_n[jj])
+            ob[jj] = n + zs[jj] * (hs[jj] - n)
+
+
 @device
 def _block_product(v, W, Wv, C, D, u, S, out, spread, j0, m, H, g0, g1):
     """out[0, g·H + j0 … + m] = v[0] @ W[g·H + j0 … + m].T for the gates g0 ≤ g < g1 (W (3H, K), H a
