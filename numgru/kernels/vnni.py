@@ -41,7 +41,7 @@ from .amx import DIGITS, _combine_digits, _digits_into, _pieces_of, padded, padd
 from .dotblock import dot_rows
 from .forward import _chunk_after, column_blocks, rows_after_fast, rows_before_n, rows_before_rz
 from .sync import block_done, claim_block, round_pending, rounds_sync, wait_round, worker_started
-from .step import step_gates_after, step_gates_n, step_gates_rz
+from .step import _add_block_bias, step_gates_after, step_gates_n, step_gates_rz
 
 _READY = None
 
@@ -648,6 +648,20 @@ def _vnni_cols_before_worker(w, nc, cs, sync, gx, W_hh, Wv, C, b_hh, h_a, h_b, r
             wait_round(sync, nc, q)
 
 
+@inline
+def _split_step_fault(x, h, W_ih, W_hh, Vi, Vh, C, b_ih, b_hh, h_out, gi, gh, work, cs):
+    """What the split digit steps refuse: 1 for shapes (:func:`gru_step_vnni_cols`' conditions on H,
+    the blocks of cs units and their scratch rows), 2 for digits that do not match the weights, else
+    0."""
+    I = x.shape[1]
+    H = h.shape[1]
+    nc = work.shape[0]
+    if (nc < 1 or not _step_shapes(x, h, W_ih, W_hh, C, b_ih, b_hh, h_out, gi, gh) or gi.shape[0] < 1 or H % 16 != 0
+            or work.shape[1] < step_work_size(I, H) or (nc - 1) * cs >= H):
+        return 1
+    return 0 if _step_digits_match(Vi, Vh, I, H) else 2
+
+
 @parallel_kernel
 def gru_step_vnni_cols(x, h, W_ih, W_hh, Vi, Vh, C, b_ih, b_hh, spread, h_out, gi, gh, work):
     """:func:`gru_step_vnni` split over blocks of hidden units on Numba's threads, as
@@ -662,10 +676,10 @@ def gru_step_vnni_cols(x, h, W_ih, W_hh, Vi, Vh, C, b_ih, b_hh, spread, h_out, g
     H = h.shape[1]
     nc = work.shape[0]
     cs = column_blocks(H, max(nc, 1))[1]
-    if (nc < 1 or not _step_shapes(x, h, W_ih, W_hh, C, b_ih, b_hh, h_out, gi, gh) or gi.shape[0] < 1 or H % 16 != 0
-            or work.shape[1] < step_work_size(I, H) or (nc - 1) * cs >= H):
+    fault = _split_step_fault(x, h, W_ih, W_hh, Vi, Vh, C, b_ih, b_hh, h_out, gi, gh, work, cs)
+    if fault == 1:
         raise ValueError("gru_step_vnni_cols: shapes do not match")
-    if not _step_digits_match(Vi, Vh, I, H):
+    if fault == 2:
         raise ValueError("gru_step_vnni_cols: the digits do not match the weights")
     for c in prange(nc):
         wide_vectors()
@@ -675,11 +689,7 @@ def gru_step_vnni_cols(x, h, W_ih, W_hh, Vi, Vh, C, b_ih, b_hh, spread, h_out, g
         _block_product(x, W_ih, Vi, C[0], Di, ui, S, gi, spread, j0, m, H, 0, 3)
         _block_product(h, W_hh, Vh, C[1], Dh, uh, S, gh, np.float32(0.0), j0, m, H, 0, 3)
         g0 = gi[0]
-        for g in range(3):
-            gs = g0[g * H + j0:g * H + j0 + m]
-            bs = b_ih[g * H + j0:g * H + j0 + m]
-            for jj in range(m):
-                gs[jj] += bs[jj]
+        _add_block_bias(g0, b_ih, j0, m, H)
         a0 = gh[0]
         _chunk_after(g0, a0[j0:j0 + m], a0[H + j0:H + j0 + m], a0[2 * H + j0:2 * H + j0 + m], b_hh, h[0],
                      h_out[0], j0, m, H, 0, np.float32(0.0), np.float32(0.0), False, np.float32(0.0))
@@ -698,10 +708,10 @@ def gru_step_vnni_cols_before(x, h, W_ih, W_hh, Vi, Vh, C, b_ih, b_hh, spread, h
     H2 = 2 * H
     nc = work.shape[0]
     cs = column_blocks(H, max(nc, 1))[1]
-    if (nc < 1 or not _step_shapes(x, h, W_ih, W_hh, C, b_ih, b_hh, h_out, gi, gh) or gi.shape[0] < 1 or H % 16 != 0
-            or work.shape[1] < step_work_size(I, H) or (nc - 1) * cs >= H):
+    fault = _split_step_fault(x, h, W_ih, W_hh, Vi, Vh, C, b_ih, b_hh, h_out, gi, gh, work, cs)
+    if fault == 1:
         raise ValueError("gru_step_vnni_cols_before: shapes do not match")
-    if not _step_digits_match(Vi, Vh, I, H):
+    if fault == 2:
         raise ValueError("gru_step_vnni_cols_before: the digits do not match the weights")
     rh = np.empty((1, H), np.float32)
     zero = np.float32(0.0)
@@ -713,11 +723,7 @@ def gru_step_vnni_cols_before(x, h, W_ih, W_hh, Vi, Vh, C, b_ih, b_hh, spread, h
         _block_product(x, W_ih, Vi, C[0], Di, ui, S, gi, spread, j0, m, H, 0, 3)
         _block_product(h, W_hh, Vh, C[1], Dh, uh, S, gh, zero, j0, m, H, 0, 2)
         g0 = gi[0]
-        for g in range(3):
-            gs = g0[g * H + j0:g * H + j0 + m]
-            bs = b_ih[g * H + j0:g * H + j0 + m]
-            for jj in range(m):
-                gs[jj] += bs[jj]
+        _add_block_bias(g0, b_ih, j0, m, H)
         a0 = gh[0]
         ar = a0[j0:j0 + m]
         az = a0[H + j0:H + j0 + m]
