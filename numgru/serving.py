@@ -399,8 +399,10 @@ class Stepper:
     """A stream's state and one step per layer (:func:`numgru.kernels.step.gru_step` serially, or
     :func:`numgru.kernels.dispatch.run_step` where :func:`~numgru.kernels.dispatch.step_columns` splits
     the step over hidden units, decided like the bfloat16 weights for the thread count at creation; a
-    frozen model's one-row steps on its weights' VNNI digits, :func:`numgru.kernels.vnni.gru_step_vnni`,
-    where :func:`~numgru.kernels.dispatch.vnni_step_wanted` says).
+    frozen model's one-row steps on its weights' VNNI digits, :func:`numgru.kernels.vnni.gru_step_vnni`
+    (:func:`~numgru.kernels.vnni.gru_step_vnni_before` with reset_after=False), or split over units by
+    :func:`~numgru.kernels.dispatch.run_step_digits`, where :func:`~numgru.kernels.dispatch.vnni_step_wanted`
+    says).
 
     Two (L, B, H) state buffers take turns: a step reads one and writes the other. So every kernel
     argument but the first layer's input is fixed at creation, and a step copies nothing but the
