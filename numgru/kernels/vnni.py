@@ -261,6 +261,17 @@ def _one_row_shapes(gx, b_hh, h0, y, col0, h_n):
 
 
 @inline
+def _columns_shapes(gx, W_hh, Wv, C, b_hh, h0, y, col0, h_n):
+    """:func:`_one_row_shapes`, and what the columns kernels also need: H a multiple of 16, W_hh
+    (3H, H) with its digits Wv and their offsets C (3, 3H)."""
+    H = h0.shape[1]
+    G = 3 * H
+    return (_one_row_shapes(gx, b_hh, h0, y, col0, h_n) and H % 16 == 0 and W_hh.shape[0] == G and
+            W_hh.shape[1] == H and C.shape[0] == 3 and C.shape[1] == G and
+            _pieces_of(Wv, padded(G), padded(H)) == DIGITS)
+
+
+@inline
 def _digit_scratch(n, Kq, G):
     """``(D, u, S)`` for n rows' products by G rows of digits: their digits (n, 3, Kq) int8, offset
     bytes (n, 3·Kq / 4) uint32 and sums (n, 3·Np) int32 (:func:`_row_product`'s scratch, a row each)."""
@@ -510,11 +521,9 @@ def gru_forward_vnni_cols(gx, W_hh, Wv, C, b_hh, h0, reverse, y, col0, h_n, n_ch
     takes that step's products in float32 (NaN propagates as on the float32 route)."""
     wide_vectors()
     T = y.shape[0]
-    B, H = h0.shape
+    H = h0.shape[1]
     G = 3 * H
-    if not (_one_row_shapes(gx, b_hh, h0, y, col0, h_n) and H % 16 == 0 and W_hh.shape[0] == G and
-            W_hh.shape[1] == H and C.shape[0] == 3 and C.shape[1] == G and
-            _pieces_of(Wv, padded(G), padded(H)) == DIGITS):
+    if not _columns_shapes(gx, W_hh, Wv, C, b_hh, h0, y, col0, h_n):
         raise ValueError("gru_forward_vnni_cols: shapes do not match")
     nc, cs = column_blocks(H, n_chunks)
     Kq = padded64(H)
@@ -573,11 +582,9 @@ def gru_forward_vnni_cols_before(gx, W_hh, Wv, C, b_hh, h0, reverse, y, col0, h_
     row the digits refuse takes that half's products in float32."""
     wide_vectors()
     T = y.shape[0]
-    B, H = h0.shape
+    H = h0.shape[1]
     G = 3 * H
-    if not (_one_row_shapes(gx, b_hh, h0, y, col0, h_n) and H % 16 == 0 and W_hh.shape[0] == G and
-            W_hh.shape[1] == H and C.shape[0] == 3 and C.shape[1] == G and
-            _pieces_of(Wv, padded(G), padded(H)) == DIGITS):
+    if not _columns_shapes(gx, W_hh, Wv, C, b_hh, h0, y, col0, h_n):
         raise ValueError("gru_forward_vnni_cols_before: shapes do not match")
     nc, cs = column_blocks(H, n_chunks)
     Kq = padded64(H)
