@@ -178,6 +178,74 @@ def test_parallel_build_caches_apart_from_the_serial_one():
     assert copy.__name__ == "add_one" and copy.__code__ is add_one.__code__ and copy(1) == 2
 
 
+@numba.njit(cache=False)
+def _scaled_add(out, pair, scale, r0, r1):
+    a, b = pair
+    for i in range(r0, r1):
+        out[i] = a[i] * scale + b[i]
+
+
+@numba.njit(cache=False)
+def _refuse(out, r0):
+    if r0 < 0:
+        raise ValueError("r0 is negative")
+    out[r0] = 1.0
+
+
+@numba.njit(cache=False)
+def _by_address(address, out, pair, scale, n):
+    for c in range(n):
+        _jit.call_native(address, (out, pair, scale, np.int64(3 * c), np.int64(3 * c + 3)))
+
+
+@numba.njit(cache=False, parallel=True)
+def _by_address_parallel(address, out, pair, scale, n):
+    for c in numba.prange(n):
+        _jit.call_native(address, (out, pair, scale, np.int64(3 * c), np.int64(3 * c + 3)))
+
+
+@numba.njit(cache=False)
+def _refuse_by_address(address, out, r0):
+    _jit.call_native(address, (out, r0))
+
+
+@pytest.mark.parametrize("caller", [_by_address, _by_address_parallel])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_kernel_calls_another_by_address(caller, dtype):
+    """call_native runs the callee's own machine code (native_address) on the caller's arrays, in a
+    prange body too, without linking the callee into the caller."""
+    a = np.arange(12, dtype=dtype)
+    b = np.full(12, 0.5, dtype)
+    out = np.zeros(12, dtype)
+    args = (out, (a, b), 2.0, 0, 0)
+    address = _jit.native_address(_scaled_add, args)
+    assert _jit.native_address(_scaled_add, args) == address  # kept per argument types
+    assert tuple(numba.typeof(v) for v in args) in _scaled_add.signatures
+    caller(address, out, (a, b), 2.0, 4)
+    np.testing.assert_array_equal(out, a * 2 + 0.5)
+    other = np.float64 if dtype is np.float32 else np.float32
+    wider = (out.astype(other), (a.astype(other), b.astype(other)), 2.0, 0, 0)
+    assert _jit.native_address(_scaled_add, wider) != address
+
+
+def test_a_kernel_called_by_address_passes_its_errors_on():
+    out = np.zeros(4)
+    address = _jit.native_address(_refuse, (out, 0))
+    _refuse_by_address(address, out, 2)
+    assert out[2] == 1.0
+    with pytest.raises(ValueError, match="r0 is negative"):
+        _refuse_by_address(address, out, -1)
+
+
+def test_only_a_kernel_returning_nothing_is_called_by_address():
+    @numba.njit(cache=False)
+    def total(a):
+        return a.sum()
+
+    with pytest.raises(TypeError, match="not None"):
+        _jit.native_address(total, (np.zeros(3),))
+
+
 def test_target_features_follow_numbas(monkeypatch):
     """Under ``NUMBA_CPU_NAME=generic`` Numba sets the features empty and builds generic code: the
     instruction-set kernels must then not be dispatched to (their AVX-512 intrinsics aborted LLVM),

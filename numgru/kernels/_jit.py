@@ -33,6 +33,8 @@ import types as types_module
 
 import numba
 from numba import types
+from numba._dispatcher import compute_fingerprint
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 CACHE: bool = os.environ.get("NUMGRU_CACHE", "1") != "0"
@@ -173,6 +175,64 @@ def device(func):
     :func:`inline`): for helpers that several kernels or call sites share, whose inlined copies would
     each be typed and optimised again."""
     return numba.njit(nogil=True, fastmath=set(FASTMATH), error_model="numpy")(func)
+
+
+#: (dispatcher, fingerprint of the arguments) -> native address, for :func:`native_address`
+_NATIVE: dict = {}
+
+
+def native_address(dispatcher, args):
+    """The address of the machine code ``dispatcher`` runs for exactly the Numba types of ``args``
+    (compiled, or loaded from the cache, where it has not been), in Numba's own calling convention:
+    what :func:`call_native` calls from inside another kernel.
+
+    A kernel that calls a kernel by name links the callee's code into its own and has LLVM optimise
+    and emit it all again: the rows route's parallel wrapper of the serial forward took 36 s to
+    compile cold on 2 vCPUs, the serial forward's own 20 s of it and 16 s more for its second pass
+    (2 s by address). The callee must return None, and the caller must hand :func:`call_native`
+    arguments of exactly these types. Kept per dispatcher and Numba's fingerprint of the values
+    (0.4 µs for 22 arguments), which leaves out whether an array is aligned: as for
+    :func:`planned_call`, the arrays are the caller's own (numpy's allocations and their slices)."""
+    key = (dispatcher, compute_fingerprint(args))
+    address = _NATIVE.get(key)
+    if address is None:
+        sig = tuple(numba.typeof(a) for a in args)
+        dispatcher.compile(sig)
+        compiled = dispatcher.overloads[sig]
+        if compiled.signature.return_type != types.none:
+            raise TypeError(f"{dispatcher.py_func.__name__} returns {compiled.signature.return_type}, "
+                            "not None")
+        address = _NATIVE[key] = compiled.library.get_pointer_to_function(compiled.fndesc.llvm_func_name)
+    return address
+
+
+@intrinsic
+def call_native(typingctx, address, args):
+    """Call the kernel whose machine code lies at ``address`` (:func:`native_address`, int64) with the
+    tuple ``args``, in Numba's calling convention, as a call by name would, without linking the
+    callee's code into the caller's (an error it returns is passed on). The types of ``args`` must be
+    those the address was taken for: nothing here can check them."""
+    if not isinstance(address, types.Integer) or not isinstance(args, types.BaseTuple):
+        return None
+    argtypes = list(args)
+
+    def codegen(context, builder, signature, llargs):
+        conv = context.call_conv
+        fnty = conv.get_function_type(types.none, argtypes)
+        callee = builder.inttoptr(llargs[0], fnty.as_pointer())
+        retty = conv.get_return_type(types.none).pointee
+        ret = cgutils.alloca_once(builder, retty)
+        builder.store(cgutils.get_null_value(retty), ret)
+        excinfo = cgutils.alloca_once(builder, fnty.args[1].pointee, name="excinfo")
+        values = cgutils.unpack_tuple(builder, llargs[1], len(argtypes))
+        packed = list(conv._get_arg_packer(argtypes).as_arguments(builder, values))
+        code = builder.call(callee, [ret, excinfo] + packed)
+        status = conv._get_return_status(builder, code, builder.load(excinfo))
+        with cgutils.if_unlikely(builder, status.is_error):
+            conv.return_status_propagate(builder, status)
+        return context.get_dummy_value()
+
+    return types.none(address, args), codegen
 
 
 @intrinsic

@@ -43,7 +43,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numba
 import numpy as np
 
-from ._jit import ARRAY_KIND, avx512_zen, planned_call, target_cpu
+from ._jit import ARRAY_KIND, avx512_zen, native_address, planned_call, target_cpu
 from .amx import (amx_gradient, amx_gradient_pair, amx_gradient_parallel, amx_projection,
                   amx_projection_parallel, amx_digit_projection, amx_digit_projection_parallel, amx_ready,
                   DIGIT_MAX_K, DIGIT_WIDE_BYTES, digits_size, gru_forward_amx, gru_forward_amx_rows,
@@ -1619,7 +1619,9 @@ def gru_direction_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gat
                                                    pieces)):
                 gru_forward_cols(gx, W_hh, b_hh, h0, lengths, sorted_desc, bool(reverse), *gates, threads)
         elif par and route == "rows":
-            gru_forward_rows(*common, bool(reset_after), *gates, bool(store), tape, threads)
+            args = (*common, bool(reset_after), *gates, bool(store), tape)
+            serial = native_address(gru_forward_serial, (*args, -1, 0, B))
+            gru_forward_rows(*args, threads, serial)
         elif route == "rows" and not sorted_desc:
             # another thread holds the slot and the rows were dealt for the rows route (not sorted as
             # a whole): run the serial kernel chunk by chunk, so each chunk still skips its finished rows

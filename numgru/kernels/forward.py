@@ -35,7 +35,7 @@ import numpy as np
 from numba import prange
 from numba.extending import overload
 
-from ._jit import FASTMATH, avx512_zen, device, inline, kernel, parallel_kernel, wide_vectors
+from ._jit import FASTMATH, avx512_zen, call_native, device, inline, kernel, parallel_kernel, wide_vectors
 from .activations import clip_pre, clipped, gate, one_like, sigmoid_fast, tanh_fast
 from .bf16 import is_bfloat16, is_bfloat16_array, wget
 from .dotblock import dot_rows
@@ -960,7 +960,7 @@ def row_chunks(B, n_threads):
 
 
 def _gru_forward_rows(gx, W_hh, packed, b_hh, h0, lengths, sorted_desc, reverse, reset_after, gate_kind,
-                      alpha, beta, use_clip, clip, y, col0, h_n, store, tape, n_threads):
+                      alpha, beta, use_clip, clip, y, col0, h_n, store, tape, n_threads, serial):
     """:func:`_gru_forward` with the batch split into row chunks, one whole sequence per thread.
 
     Same arrays and results as :func:`_gru_forward` over all rows. Rows of a GRU never interact, so
@@ -978,6 +978,11 @@ def _gru_forward_rows(gx, W_hh, packed, b_hh, h0, lengths, sorted_desc, reverse,
     34.8–37.6 / 129–133 against 37.6–41.0 / 139–149; T = 64, B = 8, H = 1024 34.4–36.0 against
     38.8–45.0; T = 32, B = 16, H = 768 18.8–19.8 against 19.3–20.2, H = 512 level; but H = 256
     2.19–2.24 against 2.13–2.16 (768 KB: each core packs its copy into its own L2 at the same time).
+    ``serial``: the serial kernel's address (:func:`~numgru.kernels._jit.native_address`) for the
+    arguments each chunk hands it (these with ``shared`` for ``packed``, a bool for ``sorted_desc``,
+    int64 ``tiled_max`` = −1, b0 and b1), called by it rather than by name, so that this kernel's
+    compile does not optimise and emit the serial kernel's code once more (cold, two threads, 38 s
+    against 21 s).
     """
     wide_vectors()
     B = gx.shape[1]
@@ -996,10 +1001,9 @@ def _gru_forward_rows(gx, W_hh, packed, b_hh, h0, lengths, sorted_desc, reverse,
             for b in range(b0 + 1, b1):
                 if lengths[b] > lengths[b - 1]:
                     chunk_sorted = False
-        # np.int64(-1), not a constant's literal type (:func:`~numgru.kernels._jit.kernel`)
-        gru_forward_serial(gx, W_hh, shared, b_hh, h0, lengths, chunk_sorted, reverse, reset_after,
-                           gate_kind, alpha, beta, use_clip, clip, y, col0, h_n, store, tape, np.int64(-1),
-                           b0, b1)
+        call_native(serial, (gx, W_hh, shared, b_hh, h0, lengths, chunk_sorted, reverse, reset_after,
+                             gate_kind, alpha, beta, use_clip, clip, y, col0, h_n, store, tape, np.int64(-1),
+                             np.int64(b0), np.int64(b1)))
 
 
 @inline
