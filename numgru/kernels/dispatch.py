@@ -1934,8 +1934,15 @@ def run_serial_direction(plan, x2d, gx, h0, y, col0, h_n):
         return
     if chunked is not None:
         projection, weights, scalars, rest = chunked
+        # the kernels it calls by address, for the types it hands them (its slices of x2d, gx, y keep
+        # their types; its state and tape are new arrays)
+        dtype, B = gx.dtype, h0.shape[0]
+        project = native_address(input_projection_kernel, (x2d, *projection[:4], gx, *projection[4:]))
+        serial = native_address(gru_forward_serial, (gx[:B].reshape(1, B, gx.shape[1]), *weights,
+                                                     empty_array(dtype, 2), scalars[0], True, *scalars[1:], y,
+                                                     col0, h_n, False, empty_array(dtype, 3), rest[0], 0, B))
         planned_call(entries, ("chunked", kind), gru_forward_chunked, x2d, *projection, gx, *weights, h0,
-                     *scalars, y, col0, h_n, *rest)
+                     *scalars, y, col0, h_n, *rest, project, serial)
         return
     weights, scalars, rest = recurrence
     panels, dot, amx, Wv_ih, pieces, dp, par = flags

@@ -1357,7 +1357,7 @@ def packed_panels(W):
 @kernel
 def gru_forward_chunked(x2d, W_ih, Wp_ih, b_ih, use_bias, proj_panels, proj_dot, gx, W_hh, packed, b_hh,
                         h0, lengths, reverse, reset_after, gate_kind, alpha, beta, use_clip, clip, y,
-                        col0, h_n, tiled_max, steps):
+                        col0, h_n, tiled_max, steps, project, serial):
     """An inference forward of one direction whose rows all run every step, the input projection
     taken ``steps`` steps at a time just before the recurrence needs them, so that gx stays in L2.
 
@@ -1366,7 +1366,11 @@ def gru_forward_chunked(x2d, W_ih, Wp_ih, b_ih, use_bias, proj_panels, proj_dot,
     ``steps``·B rows), the recurrence's as :func:`_gru_forward` (rows b0 = 0 … B, sorted, no tape).
     W_ih's and W_hh's panels are packed once here where the kernels would pack them on every call.
     One projection of all T·B rows, written out before the first step, leaves L2 when it passes a
-    few MB and the steps then read it back from L3 (one thread, T = 128, B = 64, H = 64: 6 MB)."""
+    few MB and the steps then read it back from L3 (one thread, T = 128, B = 64, H = 64: 6 MB).
+    ``project`` and ``serial``: :func:`input_projection_kernel`'s and the serial forward's addresses
+    (:func:`~numgru.kernels._jit.native_address`) for the arguments given them here, which this
+    kernel calls by, rather than by name: linked in, their code was optimised and emitted once more
+    in this kernel's compile (5 s of 28 s cold, one thread, H = 128)."""
     wide_vectors()
     T = y.shape[0]
     B = h0.shape[0]
@@ -1385,12 +1389,10 @@ def gru_forward_chunked(x2d, W_ih, Wp_ih, b_ih, use_bias, proj_panels, proj_dot,
         t0 = c * steps
         t1 = min(T, t0 + steps)
         g = gx[:(t1 - t0) * B]
-        input_projection_kernel(x2d[t0 * B:t1 * B], W_ih, Wp_ih, b_ih, use_bias, g, proj_panels,
-                                proj_dot)
-        # np.bool_ / np.int64, not constants' literal types (:func:`~numgru.kernels._jit.kernel`)
-        gru_forward_serial(g.reshape((t1 - t0, B, 3 * H)), W_hh, (Wp_a, Wp_b), b_hh, state, lengths,
-                           np.bool_(True), reverse, reset_after, gate_kind, alpha, beta, use_clip, clip,
-                           y[t0:t1], col0, h_n, np.bool_(False), tape, tiled_max, np.int64(0), B)
+        call_native(project, (x2d[t0 * B:t1 * B], W_ih, Wp_ih, b_ih, use_bias, g, proj_panels, proj_dot))
+        call_native(serial, (g.reshape((t1 - t0, B, 3 * H)), W_hh, (Wp_a, Wp_b), b_hh, state, lengths,
+                             np.bool_(True), reverse, reset_after, gate_kind, alpha, beta, use_clip, clip,
+                             y[t0:t1], col0, h_n, np.bool_(False), tape, tiled_max, np.int64(0), np.int64(B)))
         copy_rows(h_n, state)
 
 
