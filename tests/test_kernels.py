@@ -195,18 +195,18 @@ def _refuse(out, r0):
 @numba.njit(cache=False)
 def _by_address(address, out, pair, scale, n):
     for c in range(n):
-        _jit.call_native(address, (out, pair, scale, np.int64(3 * c), np.int64(3 * c + 3)))
+        _jit.call_native(address, (out, pair, scale, np.int64(3 * c), np.int64(3 * c + 3)), None)
 
 
 @numba.njit(cache=False, parallel=True)
 def _by_address_parallel(address, out, pair, scale, n):
     for c in numba.prange(n):
-        _jit.call_native(address, (out, pair, scale, np.int64(3 * c), np.int64(3 * c + 3)))
+        _jit.call_native(address, (out, pair, scale, np.int64(3 * c), np.int64(3 * c + 3)), None)
 
 
 @numba.njit(cache=False)
 def _refuse_by_address(address, out, r0):
-    _jit.call_native(address, (out, r0))
+    _jit.call_native(address, (out, r0), None)
 
 
 @pytest.mark.parametrize("caller", [_by_address, _by_address_parallel])
@@ -237,13 +237,30 @@ def test_a_kernel_called_by_address_passes_its_errors_on():
         _refuse_by_address(address, out, -1)
 
 
-def test_only_a_kernel_returning_nothing_is_called_by_address():
-    @numba.njit(cache=False)
-    def total(a):
-        return a.sum()
+@numba.njit(cache=False)
+def _positive(a, i):
+    return a[i] > 0
 
-    with pytest.raises(TypeError, match="not None"):
-        _jit.native_address(total, (np.zeros(3),))
+
+@numba.njit(cache=False, parallel=True)
+def _all_positive_by_address(address, a):
+    ok = np.ones(a.shape[0], np.bool_)
+    for i in numba.prange(a.shape[0]):
+        ok[i] = _jit.call_native(address, (a, np.int64(i)), np.bool_(True))
+    return ok.all()
+
+
+def test_a_kernel_called_by_address_gives_what_it_returns():
+    a = np.array([1.0, 2.0, 3.0])
+    address = _jit.native_address(_positive, (a, 0), np.bool_(True))
+    assert _all_positive_by_address(address, a)
+    a[1] = -2.0
+    assert not _all_positive_by_address(address, a)
+    # the result's type is checked against the callee's
+    with pytest.raises(TypeError, match="returns bool, not none"):
+        _jit.native_address(_positive, (a, 0))
+    with pytest.raises(TypeError, match="returns none, not bool"):
+        _jit.native_address(_refuse, (a, 0), np.bool_(True))
 
 
 def test_target_features_follow_numbas(monkeypatch):

@@ -181,46 +181,49 @@ def device(func):
 _NATIVE: dict = {}
 
 
-def native_address(dispatcher, args):
+def native_address(dispatcher, args, returns=None):
     """The address of the machine code ``dispatcher`` runs for exactly the Numba types of ``args``
     (compiled, or loaded from the cache, where it has not been), in Numba's own calling convention:
-    what :func:`call_native` calls from inside another kernel.
+    what :func:`call_native` calls from inside another kernel. ``returns``: None, or a value of the
+    type the callee returns (``np.bool_(True)``), checked against what it does return.
 
     A kernel that calls a kernel by name links the callee's code into its own and has LLVM optimise
     and emit it all again: the rows route's parallel wrapper of the serial forward took 36 s to
     compile cold on 2 vCPUs, the serial forward's own 20 s of it and 16 s more for its second pass
-    (2 s by address). The callee must return None, and the caller must hand :func:`call_native`
-    arguments of exactly these types. Kept per dispatcher and Numba's fingerprint of the values
-    (0.4 µs for 22 arguments), which leaves out whether an array is aligned: as for
-    :func:`planned_call`, the arrays are the caller's own (numpy's allocations and their slices)."""
-    key = (dispatcher, compute_fingerprint(args))
+    (2 s by address). The caller must hand :func:`call_native` arguments of exactly these types.
+    Kept per dispatcher and Numba's fingerprint of the values (0.4 µs for 22 arguments), which
+    leaves out whether an array is aligned: as for :func:`planned_call`, the arrays are the caller's
+    own (numpy's allocations and their slices)."""
+    key = (dispatcher, compute_fingerprint((returns, args)))
     address = _NATIVE.get(key)
     if address is None:
         sig = tuple(numba.typeof(a) for a in args)
         dispatcher.compile(sig)
         compiled = dispatcher.overloads[sig]
-        if compiled.signature.return_type != types.none:
+        if compiled.signature.return_type != numba.typeof(returns):
             raise TypeError(f"{dispatcher.py_func.__name__} returns {compiled.signature.return_type}, "
-                            "not None")
+                            f"not {numba.typeof(returns)}")
         address = _NATIVE[key] = compiled.library.get_pointer_to_function(compiled.fndesc.llvm_func_name)
     return address
 
 
 @intrinsic
-def call_native(typingctx, address, args):
+def call_native(typingctx, address, args, returns):
     """Call the kernel whose machine code lies at ``address`` (:func:`native_address`, int64) with the
     tuple ``args``, in Numba's calling convention, as a call by name would, without linking the
-    callee's code into the caller's (an error it returns is passed on). The types of ``args`` must be
-    those the address was taken for: nothing here can check them."""
+    callee's code into the caller's (an error it returns is passed on); ``returns`` None, or a value
+    of the type it returns, which the call then gives. The types of ``args`` must be those the
+    address was taken for: nothing here can check them."""
     if not isinstance(address, types.Integer) or not isinstance(args, types.BaseTuple):
         return None
     argtypes = list(args)
+    restype = types.unliteral(returns)
 
     def codegen(context, builder, signature, llargs):
         conv = context.call_conv
-        fnty = conv.get_function_type(types.none, argtypes)
+        fnty = conv.get_function_type(restype, argtypes)
         callee = builder.inttoptr(llargs[0], fnty.as_pointer())
-        retty = conv.get_return_type(types.none).pointee
+        retty = conv.get_return_type(restype).pointee
         ret = cgutils.alloca_once(builder, retty)
         builder.store(cgutils.get_null_value(retty), ret)
         excinfo = cgutils.alloca_once(builder, fnty.args[1].pointee, name="excinfo")
@@ -230,9 +233,9 @@ def call_native(typingctx, address, args):
         status = conv._get_return_status(builder, code, builder.load(excinfo))
         with cgutils.if_unlikely(builder, status.is_error):
             conv.return_status_propagate(builder, status)
-        return context.get_dummy_value()
+        return context.get_returned_value(builder, restype, builder.load(ret))
 
-    return types.none(address, args), codegen
+    return restype(address, args, returns), codegen
 
 
 @intrinsic

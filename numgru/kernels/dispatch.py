@@ -1688,8 +1688,12 @@ def _dpbf16_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gate_kind
     if not store:
         with parallel_slot(True) as par:  # (W_hh packed only once the slot is had)
             Wp = packed_pairs("dp_hh", W_hh) if par else None
-            return Wp is not None and gru_forward_dpbf16_ranges(gx, Wp, b_hh, h0, bool(reverse), y,
-                                                                int(col0), h_n, len(ranges))
+            if Wp is None:
+                return False
+            args = (gx, Wp, b_hh, h0, bool(reverse), y, int(col0), h_n)
+            serial = native_address(gru_forward_dpbf16, (*args, False, empty_array(np.float32, 3), 0, B),
+                                    np.bool_(True))
+            return gru_forward_dpbf16_ranges(*args, len(ranges), serial)
     Wp = packed_pairs("dp_hh", W_hh)
     if Wp is None:
         return False

@@ -34,7 +34,7 @@ from numba import prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ._jit import cpu_ready, inline, kernel, parallel_kernel, wide_vectors
+from ._jit import call_native, cpu_ready, inline, kernel, parallel_kernel, wide_vectors
 from .amx import (SPLIT_LIMIT, _BFloat, _bits_of, _in_range16, _mask16, _masked_load16, _masked_store16,
                   _round16)
 from .panel import _overloaded, transpose16
@@ -475,18 +475,21 @@ def gru_forward_dpbf16(gx, Wp, b_hh, h0, reverse, y, col0, h_n, store, tape, b0,
 
 
 @parallel_kernel(name="gru_forward_dpbf16_ranges_parallel")
-def gru_forward_dpbf16_ranges(gx, Wp, b_hh, h0, reverse, y, col0, h_n, n):
+def gru_forward_dpbf16_ranges(gx, Wp, b_hh, h0, reverse, y, col0, h_n, n, serial):
     """:func:`gru_forward_dpbf16` for inference as ``n`` ranges of rows on Numba's threads, one a
-    thread (each row's sums are those of one call over all rows). False where a range was refused."""
+    thread (each row's sums are those of one call over all rows). False where a range was refused.
+    ``serial``: that kernel's address (:func:`~numgru.kernels._jit.native_address`) for the
+    arguments each range hands it (these, ``store`` a bool, a (0, 0, 0) float32 tape, int64 b0
+    and b1), called by it rather than by name: linked in, its code was optimised and emitted again
+    in this kernel's compile (cold, two threads, 11.3 s against 2 s)."""
     wide_vectors()
     B = h0.shape[0]
     ok = np.ones(n, np.bool_)
     none = np.empty((0, 0, 0), np.float32)
     for i in prange(n):
         wide_vectors()
-        # np.bool_(False), not a constant's literal type (:func:`~numgru.kernels._jit.kernel`)
-        ok[i] = gru_forward_dpbf16(gx, Wp, b_hh, h0, reverse, y, col0, h_n, np.bool_(False), none,
-                                   B * i // n, B * (i + 1) // n)
+        ok[i] = call_native(serial, (gx, Wp, b_hh, h0, reverse, y, col0, h_n, np.bool_(False), none,
+                                     np.int64(B * i // n), np.int64(B * (i + 1) // n)), np.bool_(True))
     return ok.all()
 
 

@@ -1003,7 +1003,7 @@ def _gru_forward_rows(gx, W_hh, packed, b_hh, h0, lengths, sorted_desc, reverse,
                     chunk_sorted = False
         call_native(serial, (gx, W_hh, shared, b_hh, h0, lengths, chunk_sorted, reverse, reset_after,
                              gate_kind, alpha, beta, use_clip, clip, y, col0, h_n, store, tape, np.int64(-1),
-                             np.int64(b0), np.int64(b1)))
+                             np.int64(b0), np.int64(b1)), None)
 
 
 @inline
@@ -1389,10 +1389,11 @@ def gru_forward_chunked(x2d, W_ih, Wp_ih, b_ih, use_bias, proj_panels, proj_dot,
         t0 = c * steps
         t1 = min(T, t0 + steps)
         g = gx[:(t1 - t0) * B]
-        call_native(project, (x2d[t0 * B:t1 * B], W_ih, Wp_ih, b_ih, use_bias, g, proj_panels, proj_dot))
+        call_native(project, (x2d[t0 * B:t1 * B], W_ih, Wp_ih, b_ih, use_bias, g, proj_panels, proj_dot), None)
         call_native(serial, (g.reshape((t1 - t0, B, 3 * H)), W_hh, (Wp_a, Wp_b), b_hh, state, lengths,
                              np.bool_(True), reverse, reset_after, gate_kind, alpha, beta, use_clip, clip,
-                             y[t0:t1], col0, h_n, np.bool_(False), tape, tiled_max, np.int64(0), np.int64(B)))
+                             y[t0:t1], col0, h_n, np.bool_(False), tape, tiled_max, np.int64(0), np.int64(B)),
+                    None)
         copy_rows(h_n, state)
 
 
