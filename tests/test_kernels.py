@@ -324,5 +324,10 @@ def test_routes_and_inference_copies_reach_the_kernels_with_one_signature(monkey
             assert not any(isinstance(t, numba.types.Literal) for t in sig), (name, sig)
     for sig in forward.gru_forward_serial.signatures:
         assert not any(isinstance(t, numba.types.Array) and not t.mutable for t in sig), sig
+    # the rows and chunked routes take the serial kernel's address for the types they hand it
+    # (_jit.native_address): the same signature as every other path's
+    float32 = [sig for sig in forward.gru_forward_serial.signatures
+               if sig[0].dtype == numba.float32 and sig[1].dtype == numba.float32]
+    assert len(float32) == 1, float32
     for sig in step.gru_step.signatures:  # x and h are the caller's, read-only ones taken as they are
         assert not any(isinstance(t, numba.types.Array) and not t.mutable for t in sig[2:]), sig
