@@ -53,7 +53,7 @@ from .backward import (BIAS_ROWS, gru_backward_amx, gru_backward_amx_rows, gru_b
                        gru_backward_serial, matmul_into, weight_gradient_panels)
 from .forward import (column_blocks, gru_forward_chunked, gru_forward_cols, gru_forward_cols_before,
                       gru_forward_rows, gru_forward_serial, input_projection_kernel, input_projection_parallel,
-                      packed_panels, NUMBA_ROWS_MAX, NUMBA_ROWS_MAX_K,
+                      packed_panels, projection_block, NUMBA_ROWS_MAX, NUMBA_ROWS_MAX_K,
                       row_chunks, PANEL_MIN_T,
                       TILED_MAX_ONE_THREAD, use_panels)
 from .step import gru_step, gru_step_cols, gru_step_cols_before
@@ -863,7 +863,8 @@ def input_projection(x2d, W_ih, b_ih, numba_threads=False, valid=None, training=
             if par:
                 panels = (projection_panels(N, I, threads) or (off_blas and N >= OFF_BLAS_PANELS_MIN_ROWS)
                           or (packed is not None and packed_projection(N, I, threads)))
-                input_projection_parallel(x2d, W_ih, Wp, bias, b_ih is not None, gx, panels, threads)
+                args = (x2d, W_ih, Wp, bias, b_ih is not None, gx, bool(panels))
+                input_projection_parallel(*args, threads, native_address(projection_block, (*args, 0, 0, 0, 0)))
                 return gx
     if choice is None:
         choice = serial_projection_choice(N, I, threads, packed is not None, training)
@@ -2061,7 +2062,8 @@ def _planned_projection(x2d, projection, amx, gx, Wv_ih=None, pieces=None, dp=0,
     if par:
         with parallel_slot(True) as free:
             if free:
-                input_projection_parallel(x2d, W_ih, Wp, bias, use_bias, gx, par[1], par[0])
+                args = (x2d, W_ih, Wp, bias, use_bias, gx, bool(par[1]))
+                input_projection_parallel(*args, par[0], native_address(projection_block, (*args, 0, 0, 0, 0)))
                 return
     planned_call(entries, ("projection", kind), input_projection_kernel, x2d, W_ih, Wp, bias, use_bias,
                  gx, panels, dot)

@@ -1412,8 +1412,20 @@ def project_block(x2d, W_ih, b_ih, use_bias, out, r0, r1, c0, c1):
                 orow[j] += b_ih[c0 + j]
 
 
+@kernel
+def projection_block(x2d, W_ih, Wp, b_ih, use_bias, out, panels, r0, r1, c0, c1):
+    """One task of :func:`input_projection_parallel`: with ``panels`` rows r0 … r1−1 of out on W_ih's
+    panels Wp (:func:`~numgru.kernels.panel.panel_rows`), else out[r0:r1, c0:c1]
+    (:func:`project_block`)."""
+    wide_vectors()
+    if panels:
+        panel_rows(x2d, Wp, b_ih, use_bias, out, r0, r1)
+    else:
+        project_block(x2d, W_ih, b_ih, use_bias, out, r0, r1, c0, c1)
+
+
 @parallel_kernel(name="input_projection_parallel")
-def input_projection_parallel(x2d, W_ih, Wp, b_ih, use_bias, out, panels, n_threads):
+def input_projection_parallel(x2d, W_ih, Wp, b_ih, use_bias, out, panels, n_threads, block):
     """:func:`input_projection_kernel` on Numba's threads instead of BLAS's.
 
     Used together with :func:`_gru_forward_cols` so that only one thread pool is ever awake: OpenBLAS's
@@ -1425,6 +1437,10 @@ def input_projection_parallel(x2d, W_ih, Wp, b_ih, use_bias, out, panels, n_thre
     as in :func:`input_projection_kernel`). Else blocks of 128 rows times tiles of 128 rows of
     W_ih (L2-sized for I ≤ 1024) run in parallel (:func:`project_block`; with :func:`small_rows_matmul`
     there they had run at 75–95 % of OpenBLAS's sgemm rate, N = 128–8192, I = 256 and 1024).
+    Each task is :func:`projection_block`, called by its address ``block``
+    (:func:`~numgru.kernels._jit.native_address`, for these arrays, ``panels`` and four int64
+    bounds): a ``prange`` body is compiled as a library of its own that the kernel then links, so
+    the product code a body held by name was optimised and emitted twice more.
     """
     wide_vectors()
     N = x2d.shape[0]
@@ -1436,7 +1452,8 @@ def input_projection_parallel(x2d, W_ih, Wp, b_ih, use_bias, out, panels, n_thre
         for blk in prange((N + rows - 1) // rows):
             wide_vectors()
             r0 = blk * rows
-            panel_rows(x2d, Wp, b_ih, use_bias, out, r0, min(N, r0 + rows))
+            call_native(block, (x2d, W_ih, Wp, b_ih, use_bias, out, panels, np.int64(r0),
+                                np.int64(min(N, r0 + rows)), np.int64(0), np.int64(M)), None)
         return
     nb = (N + 127) // 128
     nt = (M + 127) // 128
@@ -1444,7 +1461,8 @@ def input_projection_parallel(x2d, W_ih, Wp, b_ih, use_bias, out, panels, n_thre
         wide_vectors()
         r0 = (task // nt) * 128
         c0 = (task % nt) * 128
-        project_block(x2d, W_ih, b_ih, use_bias, out, r0, min(N, r0 + 128), c0, min(M, c0 + 128))
+        call_native(block, (x2d, W_ih, Wp, b_ih, use_bias, out, panels, np.int64(r0),
+                            np.int64(min(N, r0 + 128)), np.int64(c0), np.int64(min(M, c0 + 128))), None)
 
 
 gru_forward_serial = kernel(_gru_forward, name="gru_forward_serial")
