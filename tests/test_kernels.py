@@ -63,6 +63,27 @@ def test_every_kernel_and_prange_body_asks_for_wide_vectors():
                 assert _calls_wide_vectors_first(node.body), (name, node.lineno)
 
 
+def test_prange_bodies_hand_called_functions_no_bare_loop_index():
+    # a prange index is int64 where Numba types the loop and uint64 in the body it compiles: handed
+    # bare to a called (not inlined) function it compiled that function twice (the column routes'
+    # workers, 5 s each cold), so the bodies pass np.int64(index)
+    for name, disp in _all_kernels().items():
+        func = ast.parse(textwrap.dedent(inspect.getsource(disp.py_func))).body[0]
+        for loop in ast.walk(func):
+            if not (isinstance(loop, ast.For) and isinstance(loop.iter, ast.Call)
+                    and getattr(loop.iter.func, "id", None) == "prange"):
+                continue
+            index = loop.target.id
+            for node in ast.walk(loop):
+                if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)):
+                    continue
+                callee = disp.py_func.__globals__.get(node.func.id)
+                if not isinstance(callee, CPUDispatcher) or callee.targetoptions.get("inline") == "always":
+                    continue
+                bare = [a for a in node.args if isinstance(a, ast.Name) and a.id == index]
+                assert not bare, (name, node.func.id, node.lineno)
+
+
 def test_wide_vectors_marks_the_compiled_function():
     @numba.njit(cache=False)
     def f(a):

@@ -1099,8 +1099,10 @@ def _gru_forward_cols(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, gate_ki
     sync = rounds_sync(nc)  # a round a step
     for w in prange(nc):
         wide_vectors()
-        _cols_worker(w, nc, cs, sync, gx, W_hh, Wp, b_hh, h_a, h_b, acc, lengths, sorted_desc, reverse,
-                     gate_kind, alpha, beta, use_clip, clip, y, col0)
+        # np.int64(w): a prange index is int64 where Numba types the loop and uint64 in the body it
+        # compiles, which had compiled the worker twice (5 s more, cold)
+        _cols_worker(np.int64(w), nc, cs, sync, gx, W_hh, Wp, b_hh, h_a, h_b, acc, lengths, sorted_desc,
+                     reverse, gate_kind, alpha, beta, use_clip, clip, y, col0)
     copy_rows(h_a if T % 2 == 0 else h_b, h_n)
 
 
@@ -1196,8 +1198,10 @@ def _gru_forward_cols_before(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, 
     sync = rounds_sync(nc)  # two rounds a step
     for w in prange(nc):
         wide_vectors()
-        _cols_before_worker(w, nc, cs, sync, gx, W_hh, Wp_rz, Wp_n, b_hh, h_a, h_b, rh, acc_rz, acc_n,
-                            lengths, sorted_desc, reverse, gate_kind, alpha, beta, use_clip, clip, y, col0)
+        # np.int64(w): as in _gru_forward_cols
+        _cols_before_worker(np.int64(w), nc, cs, sync, gx, W_hh, Wp_rz, Wp_n, b_hh, h_a, h_b, rh, acc_rz,
+                            acc_n, lengths, sorted_desc, reverse, gate_kind, alpha, beta, use_clip, clip, y,
+                            col0)
     copy_rows(h_a if T % 2 == 0 else h_b, h_n)
 
 

@@ -536,7 +536,9 @@ def gru_forward_vnni_cols(gx, W_hh, Wv, C, b_hh, h0, reverse, y, col0, h_n, n_ch
     sync = rounds_sync(nc)  # a round a step
     for w in prange(nc):
         wide_vectors()
-        _vnni_cols_worker(w, nc, cs, sync, gx, W_hh, Wv, C, b_hh, h_a, h_b, D, u, S, acc, reverse, y, col0)
+        # np.int64(w): as in forward._gru_forward_cols
+        _vnni_cols_worker(np.int64(w), nc, cs, sync, gx, W_hh, Wv, C, b_hh, h_a, h_b, D, u, S, acc, reverse, y,
+                          col0)
     h_n[:] = h_a if T % 2 == 0 else h_b
 
 
@@ -596,8 +598,8 @@ def gru_forward_vnni_cols_before(gx, W_hh, Wv, C, b_hh, h0, reverse, y, col0, h_
     sync = rounds_sync(nc)  # two rounds a step
     for w in prange(nc):
         wide_vectors()
-        _vnni_cols_before_worker(w, nc, cs, sync, gx, W_hh, Wv, C, b_hh, h_a, h_b, rh, D, u, S, acc, reverse,
-                                 y, col0)
+        _vnni_cols_before_worker(np.int64(w), nc, cs, sync, gx, W_hh, Wv, C, b_hh, h_a, h_b, rh, D, u, S, acc,
+                                 reverse, y, col0)
     h_n[:] = h_a if T % 2 == 0 else h_b
 
 
