@@ -234,7 +234,7 @@ def _refuse_by_address(address, out, r0):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_a_kernel_calls_another_by_address(caller, dtype):
     """call_native runs the callee's own machine code (native_address) on the caller's arrays, in a
-    prange body too, without linking the callee into the caller."""
+    prange body too."""
     a = np.arange(12, dtype=dtype)
     b = np.full(12, 0.5, dtype)
     out = np.zeros(12, dtype)
