@@ -31,6 +31,8 @@ gate loops over rows between BLAS-threaded steps, and lost to the serial one: se
 :func:`_gru_forward_cols` (each step split over hidden units; reset_after=False in two halves a step,
 :func:`_gru_forward_cols_before`) where :func:`~numgru.kernels.dispatch.forward_route` says.
 """
+import functools
+
 import numpy as np
 from numba import prange
 from numba.extending import overload
@@ -1475,15 +1477,20 @@ _cols_kernel = parallel_kernel(_gru_forward_cols, name="gru_forward_cols_paralle
 _cols_before_kernel = parallel_kernel(_gru_forward_cols_before, name="gru_forward_cols_before_parallel")
 
 
+@functools.lru_cache(maxsize=16)
+def _made_like(dtype, weights, panels, scratch):
+    """Empty arrays of the types a column kernel makes for its worker: the sync counters (int64),
+    ``panels`` 4-axis arrays of the weights' dtype, then one of ``dtype`` for each number of axes in
+    ``scratch`` (its state pair and sums). Kept: made on every call they cost 2 µs."""
+    return (np.empty(0, np.int64), *(np.empty((0, 0, 0, 0), weights),) * panels,
+            *(np.empty((0,) * ndim, dtype) for ndim in scratch))
+
+
 def _worker_address(worker, gx, W_hh, panels, b_hh, scratch, rest):
-    """The address of a column kernel's ``worker`` for the arrays that kernel makes and hands it: the
-    sync counters (int64), ``panels`` empty 4-axis arrays of W_hh's dtype, ``scratch`` the numbers of
-    axes of its state pair and sums (gx's dtype), between the caller's own arguments."""
-    dt = gx.dtype
-    made = tuple(np.empty((0,) * ndim, dt) for ndim in scratch)
-    empty = np.empty((0, 0, 0, 0), W_hh.dtype)
-    return native_address(worker, (0, 0, 0, np.empty(0, np.int64), gx, W_hh, *(empty,) * panels, b_hh,
-                                   *made, *rest))
+    """The address of a column kernel's ``worker`` for the arrays that kernel makes and hands it
+    (:func:`_made_like`), between the caller's own arguments."""
+    sync, *made = _made_like(gx.dtype, W_hh.dtype, panels, scratch)
+    return native_address(worker, (0, 0, 0, sync, gx, W_hh, *made[:panels], b_hh, *made[panels:], *rest))
 
 
 def gru_forward_cols(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, gate_kind, alpha, beta, use_clip,
