@@ -31,14 +31,11 @@ gate loops over rows between BLAS-threaded steps, and lost to the serial one: se
 :func:`_gru_forward_cols` (each step split over hidden units; reset_after=False in two halves a step,
 :func:`_gru_forward_cols_before`) where :func:`~numgru.kernels.dispatch.forward_route` says.
 """
-import functools
-
 import numpy as np
 from numba import prange
 from numba.extending import overload
 
-from ._jit import (FASTMATH, avx512_zen, call_native, device, inline, kernel, native_address, parallel_kernel,
-                   wide_vectors)
+from ._jit import FASTMATH, avx512_zen, call_native, device, inline, kernel, parallel_kernel, wide_vectors
 from .activations import clip_pre, clipped, gate, one_like, sigmoid_fast, tanh_fast
 from .bf16 import is_bfloat16, is_bfloat16_array, wget
 from .dotblock import dot_rows
@@ -1053,7 +1050,7 @@ def _block_gate_product(W_hh, h, a, g0, ng, j0, m, cs, n_act, backwards):
 
 
 def _gru_forward_cols(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, gate_kind, alpha, beta,
-                      use_clip, clip, y, col0, h_n, n_chunks, worker):
+                      use_clip, clip, y, col0, h_n, n_chunks):
     """:func:`_gru_forward` for inference with reset_after=True, parallel over blocks of hidden units.
 
     Same arrays and results as :func:`_gru_forward` (reset_after=True, no tape). Each time step is split
@@ -1077,8 +1074,7 @@ def _gru_forward_cols(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, gate_ki
     has not started yet (fewer threads than workers, or a busy pool) has its blocks taken by the
     running ones, so no worker ever waits on one that is not running. Kernel alone, 2 threads, µs a
     step against the serial kernel: B = 1, H = 256 / 512 5.2 / 25 against 7.7 / 105 (W_hh in two
-    L2s instead of L3); B = 4 / 16, H = 256 8.7 / 27.5 against 12.7 / 48.8. ``worker``: the address
-    of :func:`_cols_worker` for the arrays given it here (:func:`gru_forward_cols` takes it).
+    L2s instead of L3); B = 4 / 16, H = 256 8.7 / 27.5 against 12.7 / 48.8.
     """
     wide_vectors()
     T = gx.shape[0]
@@ -1103,12 +1099,14 @@ def _gru_forward_cols(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, gate_ki
     sync = rounds_sync(nc)  # a round a step
     for w in prange(nc):
         wide_vectors()
-        call_native(worker, (np.int64(w), nc, cs, sync, gx, W_hh, Wp, b_hh, h_a, h_b, acc, lengths,
-                             sorted_desc, reverse, gate_kind, alpha, beta, use_clip, clip, y, col0), None)
+        # np.int64(w): a prange index is int64 where Numba types the loop and uint64 in the body it
+        # compiles, which had compiled the worker twice (5 s more, cold)
+        _cols_worker(np.int64(w), nc, cs, sync, gx, W_hh, Wp, b_hh, h_a, h_b, acc, lengths, sorted_desc,
+                     reverse, gate_kind, alpha, beta, use_clip, clip, y, col0)
     copy_rows(h_a if T % 2 == 0 else h_b, h_n)
 
 
-@kernel
+@device
 def _cols_worker(w, nc, cs, sync, gx, W_hh, Wp, b_hh, h_a, h_b, acc, lengths, sorted_desc, reverse,
                  gate_kind, alpha, beta, use_clip, clip, y, col0):
     """Worker w of :func:`_gru_forward_cols`: its own block of every step, and any block whose worker
@@ -1167,7 +1165,7 @@ def _cols_block(c, cs, t, n_act, gx, W_hh, Wp, b_hh, hc, hn, a, lengths, gate_ki
 
 
 def _gru_forward_cols_before(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, gate_kind, alpha, beta,
-                             use_clip, clip, y, col0, h_n, n_chunks, worker):
+                             use_clip, clip, y, col0, h_n, n_chunks):
     """:func:`_gru_forward_cols` for reset_after=False: the same arrays and results as
     :func:`_gru_forward` (reset_after=False, no tape), each step split into ``n_chunks`` blocks of
     units in two halves. n needs W_hn (r ⊙ h) over all units, so a step's blocks first compute
@@ -1176,8 +1174,7 @@ def _gru_forward_cols_before(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, 
     after each half (:func:`_cols_before_worker`, the reset_after route's counter over half steps),
     twice a step. A block's rows of W_hr, W_hz and of W_hn go on panels of their own (packed by the
     worker that first takes the half) from 2 rows and :data:`PANEL_MIN_ROW_STEPS` rows × steps, as
-    :func:`_gru_forward_cols`'s; float weights only. ``worker``: the address of
-    :func:`_cols_before_worker` for the arrays given it here (:func:`gru_forward_cols_before` takes it)."""
+    :func:`_gru_forward_cols`'s; float weights only."""
     wide_vectors()
     T = gx.shape[0]
     B = gx.shape[1]
@@ -1201,13 +1198,14 @@ def _gru_forward_cols_before(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, 
     sync = rounds_sync(nc)  # two rounds a step
     for w in prange(nc):
         wide_vectors()
-        call_native(worker, (np.int64(w), nc, cs, sync, gx, W_hh, Wp_rz, Wp_n, b_hh, h_a, h_b, rh, acc_rz,
-                             acc_n, lengths, sorted_desc, reverse, gate_kind, alpha, beta, use_clip, clip, y,
-                             col0), None)
+        # np.int64(w): as in _gru_forward_cols
+        _cols_before_worker(np.int64(w), nc, cs, sync, gx, W_hh, Wp_rz, Wp_n, b_hh, h_a, h_b, rh, acc_rz,
+                            acc_n, lengths, sorted_desc, reverse, gate_kind, alpha, beta, use_clip, clip, y,
+                            col0)
     copy_rows(h_a if T % 2 == 0 else h_b, h_n)
 
 
-@kernel
+@device
 def _cols_before_worker(w, nc, cs, sync, gx, W_hh, Wp_rz, Wp_n, b_hh, h_a, h_b, rh, acc_rz, acc_n, lengths,
                         sorted_desc, reverse, gate_kind, alpha, beta, use_clip, clip, y, col0):
     """Worker w of :func:`_gru_forward_cols_before`: :func:`_cols_worker` over 2T half steps (half q:
@@ -1473,43 +1471,5 @@ def input_projection_parallel(x2d, W_ih, Wp, b_ih, use_bias, out, panels, n_thre
 
 gru_forward_serial = kernel(_gru_forward, name="gru_forward_serial")
 gru_forward_rows = parallel_kernel(_gru_forward_rows, name="gru_forward_rows_parallel")
-_cols_kernel = parallel_kernel(_gru_forward_cols, name="gru_forward_cols_parallel")
-_cols_before_kernel = parallel_kernel(_gru_forward_cols_before, name="gru_forward_cols_before_parallel")
-
-
-@functools.lru_cache(maxsize=16)
-def _made_like(dtype, weights, panels, scratch):
-    """Empty arrays of the types a column kernel makes for its worker: the sync counters (int64),
-    ``panels`` 4-axis arrays of the weights' dtype, then one of ``dtype`` for each number of axes in
-    ``scratch`` (its state pair and sums). Kept: made on every call they cost 2 µs."""
-    return (np.empty(0, np.int64), *(np.empty((0, 0, 0, 0), weights),) * panels,
-            *(np.empty((0,) * ndim, dtype) for ndim in scratch))
-
-
-def _worker_address(worker, gx, W_hh, panels, b_hh, scratch, rest):
-    """The address of a column kernel's ``worker`` for the arrays that kernel makes and hands it
-    (:func:`_made_like`), between the caller's own arguments."""
-    sync, *made = _made_like(gx.dtype, W_hh.dtype, panels, scratch)
-    return native_address(worker, (0, 0, 0, sync, gx, W_hh, *made[:panels], b_hh, *made[panels:], *rest))
-
-
-def gru_forward_cols(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, gate_kind, alpha, beta, use_clip,
-                     clip, y, col0, h_n, n_chunks):
-    """:func:`_gru_forward_cols` (its arguments but the last), its workers called by address
-    (:func:`~numgru.kernels._jit.native_address`): linked in by name, a worker was optimised and
-    emitted again in the kernel's compile and once more in its ``prange`` body's (cold, two threads,
-    T = 64, B = 1, H = 512: the kernel 9.9 s with the worker's 4.8, against 1.4 beside its 4.6)."""
-    worker = _worker_address(_cols_worker, gx, W_hh, 1, b_hh, (2, 2, 3),
-                             (lengths, sorted_desc, reverse, gate_kind, alpha, beta, use_clip, clip, y, col0))
-    return _cols_kernel(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, gate_kind, alpha, beta, use_clip,
-                        clip, y, col0, h_n, n_chunks, worker)
-
-
-def gru_forward_cols_before(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, gate_kind, alpha, beta,
-                            use_clip, clip, y, col0, h_n, n_chunks):
-    """:func:`_gru_forward_cols_before` (its arguments but the last), its workers called by address, as
-    :func:`gru_forward_cols`."""
-    worker = _worker_address(_cols_before_worker, gx, W_hh, 2, b_hh, (2, 2, 2, 3, 3),
-                             (lengths, sorted_desc, reverse, gate_kind, alpha, beta, use_clip, clip, y, col0))
-    return _cols_before_kernel(gx, W_hh, b_hh, h0, lengths, sorted_desc, reverse, gate_kind, alpha, beta,
-                               use_clip, clip, y, col0, h_n, n_chunks, worker)
+gru_forward_cols = parallel_kernel(_gru_forward_cols, name="gru_forward_cols_parallel")
+gru_forward_cols_before = parallel_kernel(_gru_forward_cols_before, name="gru_forward_cols_before_parallel")

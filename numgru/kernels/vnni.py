@@ -536,8 +536,7 @@ def gru_forward_vnni_cols(gx, W_hh, Wv, C, b_hh, h0, reverse, y, col0, h_n, n_ch
     sync = rounds_sync(nc)  # a round a step
     for w in prange(nc):
         wide_vectors()
-        # np.int64(w): a prange index is int64 where Numba types the loop and uint64 in the body it
-        # compiles; handed bare, it compiled the worker twice (5 s more, cold)
+        # np.int64(w): as in forward._gru_forward_cols
         _vnni_cols_worker(np.int64(w), nc, cs, sync, gx, W_hh, Wv, C, b_hh, h_a, h_b, D, u, S, acc, reverse, y,
                           col0)
     h_n[:] = h_a if T % 2 == 0 else h_b
