@@ -805,6 +805,15 @@ def gate_scalars(dtype, gate_kind, alpha, beta, clip):
             dtype.type(clip if use_clip else np.inf))
 
 
+def project_on_threads(x2d, W_ih, Wp, bias, use_bias, gx, panels, threads):
+    """gx = x2d @ W_ih.T (+ bias) on ``threads`` of Numba's threads
+    (:func:`~numgru.kernels.forward.input_projection_parallel`, on W_ih's panels Wp where ``panels``),
+    each task :func:`~numgru.kernels.forward.projection_block` called by its address for these
+    arrays. The caller holds the parallel slot."""
+    args = (x2d, W_ih, Wp, bias, bool(use_bias), gx, bool(panels))
+    input_projection_parallel(*args, threads, native_address(projection_block, (*args, 0, 0, 0, 0)))
+
+
 def input_projection(x2d, W_ih, b_ih, numba_threads=False, valid=None, training=False, out=None,
                      packed=None, pieces=None, off_blas=False):
     """gx = x2d @ W_ih.T + b_ih, one GEMM over all rows.  x2d (N, I), W_ih (3H, I) → (N, 3H).
@@ -863,8 +872,7 @@ def input_projection(x2d, W_ih, b_ih, numba_threads=False, valid=None, training=
             if par:
                 panels = (projection_panels(N, I, threads) or (off_blas and N >= OFF_BLAS_PANELS_MIN_ROWS)
                           or (packed is not None and packed_projection(N, I, threads)))
-                args = (x2d, W_ih, Wp, bias, b_ih is not None, gx, bool(panels))
-                input_projection_parallel(*args, threads, native_address(projection_block, (*args, 0, 0, 0, 0)))
+                project_on_threads(x2d, W_ih, Wp, bias, b_ih is not None, gx, panels, threads)
                 return gx
     if choice is None:
         choice = serial_projection_choice(N, I, threads, packed is not None, training)
@@ -2062,8 +2070,7 @@ def _planned_projection(x2d, projection, amx, gx, Wv_ih=None, pieces=None, dp=0,
     if par:
         with parallel_slot(True) as free:
             if free:
-                args = (x2d, W_ih, Wp, bias, use_bias, gx, bool(par[1]))
-                input_projection_parallel(*args, par[0], native_address(projection_block, (*args, 0, 0, 0, 0)))
+                project_on_threads(x2d, W_ih, Wp, bias, use_bias, gx, par[1], par[0])
                 return
     planned_call(entries, ("projection", kind), input_projection_kernel, x2d, W_ih, Wp, bias, use_bias,
                  gx, panels, dot)
