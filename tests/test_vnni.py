@@ -141,29 +141,6 @@ def _numpy_direction(W, b, gx, h0, reverse):
     return ys, h
 
 
-@needs_vnni
-@pytest.mark.parametrize("H, T, reverse, col0, D", [(40, 5, False, 0, 1), (40, 6, True, 40, 2),
-                                                     (100, 7, False, 100, 2), (512, 4, True, 0, 1)])
-def test_forward_kernel_matches_numpy(H, T, reverse, col0, D):
-    W, b, gx, h0 = _direction(H, T)
-    Wv = pack_digits(W)
-    R = np.empty(3 * padded(3 * H), np.int32)
-    vnni.digit_row_sums(Wv, 3 * H, H, R)
-    y = np.full((T, 1, D * H), 5.0, np.float32)
-    h_n = np.empty((1, H), np.float32)
-    assert vnni.gru_forward_vnni(gx, Wv, R, b, h0, reverse, y, col0, h_n)
-    ys, hn = _numpy_direction(W, b, gx, h0, reverse)
-    np.testing.assert_allclose(y[:, 0, col0:col0 + H], ys, atol=2e-6)
-    np.testing.assert_allclose(h_n[0], hn, atol=2e-6)
-    assert (np.delete(y, np.s_[col0:col0 + H], axis=2) == 5.0).all()  # the other direction's columns
-    with pytest.raises(ValueError, match="shapes"):
-        vnni.gru_forward_vnni(gx, Wv, R, b, h0, reverse, y, D * H - H + 1, h_n)
-    with pytest.raises(ValueError, match="shapes"):
-        vnni.gru_forward_vnni(gx[:, :, 1:], Wv, R, b, h0, reverse, y, col0, h_n)
-    with pytest.raises(ValueError, match="shapes"):
-        vnni.gru_forward_vnni(gx, Wv[:-2], R, b, h0, reverse, y, col0, h_n)
-
-
 def _numpy_direction_before(W, b, gx, h0, reverse):
     """The reset_after=False recurrence in float64 from its equations."""
     H = h0.shape[1]
@@ -182,32 +159,41 @@ def _numpy_direction_before(W, b, gx, h0, reverse):
     return ys, h
 
 
+_KERNELS = {True: (vnni.gru_forward_vnni, _numpy_direction),
+            False: (vnni.gru_forward_vnni_before, _numpy_direction_before)}
+
+
 @needs_vnni
-@pytest.mark.parametrize("H, T, reverse, col0, D", [(40, 5, False, 0, 1), (40, 6, True, 40, 2),
-                                                     (104, 7, False, 104, 2), (512, 4, True, 0, 1)])
-def test_forward_kernel_without_reset_after_matches_numpy(H, T, reverse, col0, D):
+@pytest.mark.parametrize("reset_after, H, T, reverse, col0, D", [
+    (ra, *case) for ra, odd in ((True, 100), (False, 104))  # reset_before's H: a multiple of 8
+    for case in ((40, 5, False, 0, 1), (40, 6, True, 40, 2), (odd, 7, False, odd, 2), (512, 4, True, 0, 1))])
+def test_forward_kernel_matches_numpy(reset_after, H, T, reverse, col0, D):
+    kernel, reference = _KERNELS[reset_after]
     W, b, gx, h0 = _direction(H, T)
     Wv = pack_digits(W)
     R = np.empty(3 * padded(3 * H), np.int32)
     vnni.digit_row_sums(Wv, 3 * H, H, R)
     y = np.full((T, 1, D * H), 5.0, np.float32)
     h_n = np.empty((1, H), np.float32)
-    assert vnni.gru_forward_vnni_before(gx, Wv, R, b, h0, reverse, y, col0, h_n)
-    ys, hn = _numpy_direction_before(W, b, gx, h0, reverse)
+    assert kernel(gx, Wv, R, b, h0, reverse, y, col0, h_n)
+    ys, hn = reference(W, b, gx, h0, reverse)
     np.testing.assert_allclose(y[:, 0, col0:col0 + H], ys, atol=2e-6)
     np.testing.assert_allclose(h_n[0], hn, atol=2e-6)
-    assert (np.delete(y, np.s_[col0:col0 + H], axis=2) == 5.0).all()
+    assert (np.delete(y, np.s_[col0:col0 + H], axis=2) == 5.0).all()  # the other direction's columns
     with pytest.raises(ValueError, match="shapes"):
-        vnni.gru_forward_vnni_before(gx, Wv, R, b, h0, reverse, y, D * H - H + 1, h_n)
+        kernel(gx, Wv, R, b, h0, reverse, y, D * H - H + 1, h_n)
     with pytest.raises(ValueError, match="shapes"):
-        vnni.gru_forward_vnni_before(gx[:, :, 1:], Wv, R, b, h0, reverse, y, col0, h_n)
-    W4, b4, gx4, h4 = _direction(44, T)  # (not a multiple of 8: the n rows would start mid-block)
-    Wv4 = pack_digits(W4)
-    R4 = np.empty(3 * padded(3 * 44), np.int32)
-    vnni.digit_row_sums(Wv4, 3 * 44, 44, R4)
+        kernel(gx[:, :, 1:], Wv, R, b, h0, reverse, y, col0, h_n)
     with pytest.raises(ValueError, match="shapes"):
-        vnni.gru_forward_vnni_before(gx4, Wv4, R4, b4, h4, reverse, np.zeros((T, 1, 44), np.float32), 0,
-                                     np.zeros((1, 44), np.float32))
+        kernel(gx, Wv[:-2], R, b, h0, reverse, y, col0, h_n)
+    if not reset_after:  # H not a multiple of 8: reset_before's n rows would start mid-block
+        W4, b4, gx4, h4 = _direction(44, T)
+        Wv4 = pack_digits(W4)
+        R4 = np.empty(3 * padded(3 * 44), np.int32)
+        vnni.digit_row_sums(Wv4, 3 * 44, 44, R4)
+        with pytest.raises(ValueError, match="shapes"):
+            kernel(gx4, Wv4, R4, b4, h4, reverse, np.zeros((T, 1, 44), np.float32), 0,
+                   np.zeros((1, 44), np.float32))
 
 
 def _taken(model):
@@ -569,12 +555,15 @@ def test_frozen_copy_keeps_the_row_sums(one_thread):
 
 
 @needs_vnni
+@pytest.mark.parametrize("reset_after", [True, False])
 @pytest.mark.parametrize("H, T, reverse, col0, D, chunks", [(64, 5, False, 0, 1, 2), (96, 6, True, 96, 2, 2),
                                                             (160, 7, False, 0, 2, 3)])
-def test_columns_kernel_equals_the_serial_one(two_threads, H, T, reverse, col0, D, chunks):
-    """The digits' columns route (blocks of units on the threads) gives the serial digits kernel's
-    bits; a state the digits refuse (NaN from the input) takes the step in float32, so NaN spreads
-    as on the float32 route."""
+def test_columns_kernel_equals_the_serial_one(two_threads, H, T, reverse, col0, D, chunks, reset_after):
+    """The digits' columns route (blocks of units on the threads; reset_after=False in two halves a
+    step) gives the serial digits kernel's bits; a state the digits refuse (NaN from the input) takes
+    the step, or that half, in float32, so NaN spreads as on the float32 route."""
+    serial, reference = _KERNELS[reset_after]
+    columns = vnni.gru_forward_vnni_cols if reset_after else vnni.gru_forward_vnni_cols_before
     W, b, gx, h0 = _direction(H, T)
     Wv = pack_digits(W)
     R = np.empty(3 * padded(3 * H), np.int32)
@@ -582,22 +571,27 @@ def test_columns_kernel_equals_the_serial_one(two_threads, H, T, reverse, col0, 
     C = vnni.digit_offsets(R, 3 * H)
     want_y = np.full((T, 1, D * H), 5.0, np.float32)
     want_h = np.empty((1, H), np.float32)
-    assert vnni.gru_forward_vnni(gx, Wv, R, b, h0, reverse, want_y, col0, want_h)
+    assert serial(gx, Wv, R, b, h0, reverse, want_y, col0, want_h)
+    ys_ref, _ = reference(W, b, gx, h0, reverse)
+    np.testing.assert_allclose(want_y[:, 0, col0:col0 + H], ys_ref, atol=2e-6)
     y = np.full((T, 1, D * H), 5.0, np.float32)
     h_n = np.empty((1, H), np.float32)
-    vnni.gru_forward_vnni_cols(gx, W, Wv, C, b, h0, reverse, y, col0, h_n, chunks)
+    columns(gx, W, Wv, C, b, h0, reverse, y, col0, h_n, chunks)
     np.testing.assert_array_equal(y, want_y)
     np.testing.assert_array_equal(h_n, want_h)
     t = T - 3 if reverse else 2
-    gx[t, 0, 5] = np.nan  # unit 5's state at step 2, then every unit's
-    vnni.gru_forward_vnni_cols(gx, W, Wv, C, b, h0, reverse, y, col0, h_n, chunks)
+    gx[t, 0, (0 if reset_after else H) + 5] = np.nan  # unit 5's r (z) at step 2, then every unit's state
+    columns(gx, W, Wv, C, b, h0, reverse, y, col0, h_n, chunks)
     ys = y[::-1] if reverse else y
     got = np.isnan(ys[:, 0, col0:col0 + H]).sum(axis=1)
     np.testing.assert_array_equal(got, [0, 0, 1] + [H] * (T - 3))
     assert np.isnan(h_n).all()
     np.testing.assert_array_equal(ys[:2], (want_y[::-1] if reverse else want_y)[:2])
     with pytest.raises(ValueError, match="shapes"):
-        vnni.gru_forward_vnni_cols(gx, W, Wv, C[:, 1:], b, h0, reverse, y, col0, h_n, chunks)
+        columns(gx, W, Wv, C[:, 1:], b, h0, reverse, y, col0, h_n, chunks)
+    if not reset_after:
+        with pytest.raises(ValueError, match="shapes"):
+            columns(gx[:, :, :-16], W[:-48, :-16], Wv, C, b, h0, reverse, y, col0, h_n, chunks)
 
 
 @needs_vnni
@@ -627,41 +621,6 @@ def test_layer_takes_the_columns_route_on_two_threads(two_threads, monkeypatch):
     y, _ = g.freeze()(x)
     assert calls and np.isnan(y[3:]).all() and not np.isnan(y[:3]).any()
     np.testing.assert_allclose(y[:3], ry[:3], atol=1e-5)
-
-
-@needs_vnni
-@pytest.mark.parametrize("H, T, reverse, col0, D, chunks", [(64, 5, False, 0, 1, 2), (96, 6, True, 96, 2, 2),
-                                                            (160, 7, False, 0, 2, 3)])
-def test_columns_kernel_without_reset_after_equals_the_serial_one(two_threads, H, T, reverse, col0, D, chunks):
-    """reset_after=False's digits on the columns route (two halves a step) give the serial digits
-    kernel's bits; a state the digits refuse takes that half in float32, so NaN spreads as there."""
-    W, b, gx, h0 = _direction(H, T)
-    Wv = pack_digits(W)
-    R = np.empty(3 * padded(3 * H), np.int32)
-    vnni.digit_row_sums(Wv, 3 * H, H, R)
-    C = vnni.digit_offsets(R, 3 * H)
-    want_y = np.full((T, 1, D * H), 5.0, np.float32)
-    want_h = np.empty((1, H), np.float32)
-    assert vnni.gru_forward_vnni_before(gx, Wv, R, b, h0, reverse, want_y, col0, want_h)
-    ys_ref, hn_ref = _numpy_direction_before(W, b, gx, h0, reverse)
-    np.testing.assert_allclose(want_y[:, 0, col0:col0 + H], ys_ref, atol=2e-6)
-    y = np.full((T, 1, D * H), 5.0, np.float32)
-    h_n = np.empty((1, H), np.float32)
-    vnni.gru_forward_vnni_cols_before(gx, W, Wv, C, b, h0, reverse, y, col0, h_n, chunks)
-    np.testing.assert_array_equal(y, want_y)
-    np.testing.assert_array_equal(h_n, want_h)
-    t = T - 3 if reverse else 2
-    gx[t, 0, H + 5] = np.nan  # unit 5's z at step 2, then every unit's state
-    vnni.gru_forward_vnni_cols_before(gx, W, Wv, C, b, h0, reverse, y, col0, h_n, chunks)
-    ys = y[::-1] if reverse else y
-    got = np.isnan(ys[:, 0, col0:col0 + H]).sum(axis=1)
-    np.testing.assert_array_equal(got, [0, 0, 1] + [H] * (T - 3))
-    assert np.isnan(h_n).all()
-    with pytest.raises(ValueError, match="shapes"):
-        vnni.gru_forward_vnni_cols_before(gx, W, Wv, C[:, 1:], b, h0, reverse, y, col0, h_n, chunks)
-    with pytest.raises(ValueError, match="shapes"):
-        vnni.gru_forward_vnni_cols_before(gx[:, :, :-16], W[:-48, :-16], Wv, C, b, h0, reverse, y, col0, h_n,
-                                          chunks)
 
 
 @needs_vnni
