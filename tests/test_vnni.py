@@ -595,21 +595,25 @@ def test_columns_kernel_equals_the_serial_one(two_threads, H, T, reverse, col0, 
 
 
 @needs_vnni
-def test_layer_takes_the_columns_route_on_two_threads(two_threads, monkeypatch):
+@pytest.mark.parametrize("reset_after, kernel_name, min_steps, seed, frozen_T", [
+    (True, "gru_forward_vnni_cols", "VNNI_COLUMNS_MIN_STEPS", 9, 1),
+    (False, "gru_forward_vnni_cols_before", "VNNI_COLUMNS_BEFORE_MIN_STEPS", 10, 2)])
+def test_layer_takes_the_columns_route_on_two_threads(two_threads, monkeypatch, reset_after, kernel_name,
+                                                     min_steps, seed, frozen_T):
     """One row on two threads where the forward splits steps over units (H = 1024 on Zen 4): the
-    frozen copy's steps on its kept digits from one step, the plain model's packing them from
-    VNNI_COLUMNS_MIN_STEPS; both within float32's 1e-5 of the reference."""
+    frozen copy's steps on its kept digits from its first steps, the plain model's packing them from
+    the route's minimum steps; both within float32's 1e-5 of the reference."""
     calls = []
-    kernel = dispatch.gru_forward_vnni_cols
-    monkeypatch.setattr(dispatch, "gru_forward_vnni_cols", lambda *a: calls.append(1) or kernel(*a))
+    kernel = getattr(dispatch, kernel_name)
+    monkeypatch.setattr(dispatch, kernel_name, lambda *a: calls.append(1) or kernel(*a))
     H = 1024
-    if dispatch.forward_route(1, H, True, False, T=8) != "columns":
+    if dispatch.forward_route(1, H, reset_after, False, T=8) != "columns":
         pytest.skip("the forward does not split one row's steps over units here")
-    monkeypatch.setattr(dispatch, "VNNI_COLUMNS_MIN_STEPS", 8)
-    g = ng.GRU(12, H, seed=9)
-    x = np.random.default_rng(6).standard_normal((8, 1, 12)).astype(np.float32)
-    ry, rh = ref_gru(x, g.state_dict(), 1, H)
-    for model, T, taken in ((g, 8, 1), (g, 7, 0), (g.freeze(), 1, 1)):
+    monkeypatch.setattr(dispatch, min_steps, 8)
+    g = ng.GRU(12, H, reset_after=reset_after, seed=seed)
+    x = np.random.default_rng(seed - 3).standard_normal((8, 1, 12)).astype(np.float32)
+    ry, rh = ref_gru(x, g.state_dict(), 1, H, reset_after=reset_after)
+    for model, T, taken in ((g, 8, 1), (g, 7, 0), (g.freeze(), frozen_T, 1)):
         calls.clear()
         y, h = model(x[:T])
         assert len(calls) == taken
@@ -621,27 +625,6 @@ def test_layer_takes_the_columns_route_on_two_threads(two_threads, monkeypatch):
     y, _ = g.freeze()(x)
     assert calls and np.isnan(y[3:]).all() and not np.isnan(y[:3]).any()
     np.testing.assert_allclose(y[:3], ry[:3], atol=1e-5)
-
-
-@needs_vnni
-def test_layer_without_reset_after_takes_the_columns_route_on_two_threads(two_threads, monkeypatch):
-    calls = []
-    kernel = dispatch.gru_forward_vnni_cols_before
-    monkeypatch.setattr(dispatch, "gru_forward_vnni_cols_before", lambda *a: calls.append(1) or kernel(*a))
-    H = 1024
-    if dispatch.forward_route(1, H, False, False, T=8) != "columns":
-        pytest.skip("the forward does not split one row's steps over units here")
-    monkeypatch.setattr(dispatch, "VNNI_COLUMNS_BEFORE_MIN_STEPS", 8)
-    g = ng.GRU(12, H, reset_after=False, seed=10)
-    x = np.random.default_rng(7).standard_normal((8, 1, 12)).astype(np.float32)
-    ry, rh = ref_gru(x, g.state_dict(), 1, H, reset_after=False)
-    for model, T, taken in ((g, 8, 1), (g, 7, 0), (g.freeze(), 2, 1)):
-        calls.clear()
-        y, h = model(x[:T])
-        assert len(calls) == taken
-        np.testing.assert_allclose(y, ry[:T], atol=1e-5)
-        if T == 8:
-            np.testing.assert_allclose(h, rh, atol=1e-5)
 
 
 @needs_vnni
