@@ -5,6 +5,11 @@ import sys
 POINTS = [(128, 1, 64), (128, 1, 256), (128, 1, 1024), (128, 16, 256), (128, 64, 256), (128, 64, 1024)]
 
 
+def ms(v):
+    """Three significant digits, without an exponent from 1000 ms on (1.03e+03 → 1031)."""
+    return f"{v:.3g}" if v < 999.5 else f"{v:.0f}"
+
+
 def main(path, points=POINTS):
     data = json.load(open(path))
     peers = data["peers"]
@@ -22,12 +27,12 @@ def main(path, points=POINTS):
             r = rows.get((th, T, B, H))
             if r is None:
                 continue
-            cells = [str(th), str(T), str(B), str(H), f"{r['numgru_ms']:.3g}", f"{r['numgru_gflops']:.0f}"]
+            cells = [str(th), str(T), str(B), str(H), ms(r['numgru_ms']), f"{r['numgru_gflops']:.0f}"]
             for p in peers:
-                cells += ([f"{r[p + '_ms']:.3g}", f"{r['speedup_vs_' + p]:.2f}"] if p + "_ms" in r
+                cells += ([ms(r[p + '_ms']), f"{r['speedup_vs_' + p]:.2f}"] if p + "_ms" in r
                           else ["n/a", "-"])
             if frozen:
-                cells.append(f"{r['numgru_frozen_ms']:.3g}")
+                cells.append(ms(r['numgru_frozen_ms']))
                 cells += [f"{r['frozen_speedup_vs_' + p]:.2f}" if f"frozen_speedup_vs_{p}" in r else "-"
                           for p in peers]
             print("| " + " | ".join(cells) + " |")

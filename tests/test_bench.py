@@ -211,3 +211,26 @@ def test_pinned_threads_imports_torch_before_numba_launches():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "True"
+
+
+def test_table_script_prints_the_json_as_markdown(tmp_path, capsys):
+    """benchmarks/table.py (README's "Reproduce"): one row per point and thread count, times of
+    1000 ms and more without an exponent, a peer missing from a row marked n/a."""
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location(
+        "bench_table", Path(__file__).resolve().parent.parent / "benchmarks" / "table.py")
+    table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(table)
+    row = dict(T=128, B=64, H=1024, threads=1, numgru_ms=1031.2, numgru_gflops=100.2, torch_ms=1295.4,
+               speedup_vs_torch=1.256, numgru_frozen_ms=999.7, frozen_speedup_vs_torch=1.296)
+    small = dict(row, B=1, H=64, numgru_ms=0.1184, numgru_frozen_ms=0.114)
+    del small["torch_ms"], small["speedup_vs_torch"], small["frozen_speedup_vs_torch"]
+    path = tmp_path / "b.json"
+    path.write_text(json.dumps(dict(peers=["torch"], rows=[row, small], cpu="x", cpu_count=2, blas=[],
+                                    env="")))
+    table.main(str(path), points=[(128, 1, 64), (128, 64, 1024)])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2] == "| 1 | 128 | 1 | 64 | 0.118 | 100 | n/a | - | 0.114 | - |"
+    assert lines[3] == "| 1 | 128 | 64 | 1024 | 1031 | 100 | 1295 | 1.26 | 1000 | 1.30 |"
+    assert "e+" not in "\n".join(lines)
