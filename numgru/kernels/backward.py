@@ -219,8 +219,8 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, revers
                     n = tb[H2 + j]
                     g = gb[j]
                     da_n = g * (one - z) * (one - n * n)
-                    dgxb[H + j] = g * (hpb[j] - n) * z * (one - z)
-                    dgxb[H2 + j] = da_n
+                    dgxb[np.uint64(H + j)] = g * (hpb[j] - n) * z * (one - z)
+                    dgxb[np.uint64(H2 + j)] = da_n
                     if reset_after:
                         dgxb[j] = da_n * tb[3 * H + j] * r * (one - r)
             else:
@@ -238,8 +238,8 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, revers
                         k_z = one - ((m >> 1) & 1)
                         k_n = one - ((m >> 2) & 1)
                     da_n = g * (one - z) * (one - n * n) * k_n
-                    dgxb[H + j] = g * (hpb[j] - n) * gate_grad(z, gate_kind, alpha) * k_z
-                    dgxb[H2 + j] = da_n
+                    dgxb[np.uint64(H + j)] = g * (hpb[j] - n) * gate_grad(z, gate_kind, alpha) * k_z
+                    dgxb[np.uint64(H2 + j)] = da_n
                     if reset_after:
                         dgxb[j] = da_n * tb[3 * H + j] * gate_grad(r, gate_kind, alpha) * k_r
                     else:
@@ -250,7 +250,7 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, revers
             if reset_after:
                 dghb = dgh[t, b0 + b]
                 for j in range(H):
-                    dghb[n0 + j] = dgxb[H2 + j] * tb[j]
+                    dghb[np.uint64(n0 + j)] = dgxb[H2 + j] * tb[j]
                 if full:
                     for j in range(H2):
                         dghb[j] = dgxb[j]
@@ -259,7 +259,7 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, revers
                     for j in range(H2):
                         dgsb[j] = dgxb[j]
                     for j in range(H):
-                        dgsb[H2 + j] = dghb[j]
+                        dgsb[np.uint64(H2 + j)] = dghb[j]
             else:
                 danb = dan[b]
                 for j in range(H):
@@ -312,7 +312,7 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, revers
                     dgxb[j] = da_r
                     darzb[j] = da_r
                 for j in range(H):
-                    darzb[H + j] = dgxb[H + j]
+                    darzb[np.uint64(H + j)] = dgxb[H + j]
             if n_act > 0:
                 step_product(W_rz_T, Wp_rz, darz, tmp, buf, n_act, tiled_max, s % 2 == 1)
         for b in range(B):

@@ -139,7 +139,7 @@ def step_gates_rz(gi, a_rz, b_ih, b_hh, h, gh, rh, B):
     H = h.shape[1]
     for b in range(B):
         for j in range(H):
-            gh[b, H + j] = sigmoid_fast(gi[b, H + j] + b_ih[H + j] + a_rz[b, H + j] + b_hh[H + j])
+            gh[b, np.uint64(H + j)] = sigmoid_fast(gi[b, H + j] + b_ih[H + j] + a_rz[b, H + j] + b_hh[H + j])
         for j in range(H):
             rh[b, j] = sigmoid_fast(gi[b, j] + b_ih[j] + a_rz[b, j] + b_hh[j]) * h[b, j]
 
