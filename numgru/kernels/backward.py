@@ -22,7 +22,7 @@ import numpy as np
 
 from numba import prange
 
-from ._jit import inline, kernel, parallel_kernel, wide_vectors
+from ._jit import inline, kernel, parallel_kernel, unwrapped, wide_vectors
 from .activations import gate_grad, kind_is_sigmoid, one_like
 from .forward import active_rows, step_product, wants_panels
 from .amx import _amx_scratch, _tile_config, _tile_rows_product, tile_config, tile_release
@@ -219,8 +219,8 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, revers
                     n = tb[H2 + j]
                     g = gb[j]
                     da_n = g * (one - z) * (one - n * n)
-                    dgxb[np.uint64(H + j)] = g * (hpb[j] - n) * z * (one - z)
-                    dgxb[np.uint64(H2 + j)] = da_n
+                    dgxb[unwrapped(H + j)] = g * (hpb[j] - n) * z * (one - z)
+                    dgxb[unwrapped(H2 + j)] = da_n
                     if reset_after:
                         dgxb[j] = da_n * tb[3 * H + j] * r * (one - r)
             else:
@@ -238,8 +238,8 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, revers
                         k_z = one - ((m >> 1) & 1)
                         k_n = one - ((m >> 2) & 1)
                     da_n = g * (one - z) * (one - n * n) * k_n
-                    dgxb[np.uint64(H + j)] = g * (hpb[j] - n) * gate_grad(z, gate_kind, alpha) * k_z
-                    dgxb[np.uint64(H2 + j)] = da_n
+                    dgxb[unwrapped(H + j)] = g * (hpb[j] - n) * gate_grad(z, gate_kind, alpha) * k_z
+                    dgxb[unwrapped(H2 + j)] = da_n
                     if reset_after:
                         dgxb[j] = da_n * tb[3 * H + j] * gate_grad(r, gate_kind, alpha) * k_r
                     else:
@@ -250,7 +250,7 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, revers
             if reset_after:
                 dghb = dgh[t, b0 + b]
                 for j in range(H):
-                    dghb[np.uint64(n0 + j)] = dgxb[H2 + j] * tb[j]
+                    dghb[unwrapped(n0 + j)] = dgxb[H2 + j] * tb[j]
                 if full:
                     for j in range(H2):
                         dghb[j] = dgxb[j]
@@ -259,7 +259,7 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, revers
                     for j in range(H2):
                         dgsb[j] = dgxb[j]
                     for j in range(H):
-                        dgsb[np.uint64(H2 + j)] = dghb[j]
+                        dgsb[unwrapped(H2 + j)] = dghb[j]
             else:
                 danb = dan[b]
                 for j in range(H):
@@ -312,7 +312,7 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, revers
                     dgxb[j] = da_r
                     darzb[j] = da_r
                 for j in range(H):
-                    darzb[np.uint64(H + j)] = dgxb[H + j]
+                    darzb[unwrapped(H + j)] = dgxb[H + j]
             if n_act > 0:
                 step_product(W_rz_T, Wp_rz, darz, tmp, buf, n_act, tiled_max, s % 2 == 1)
         for b in range(B):

@@ -35,7 +35,8 @@ import numpy as np
 from numba import prange
 from numba.extending import overload
 
-from ._jit import FASTMATH, avx512_zen, call_native, device, inline, kernel, parallel_kernel, wide_vectors
+from ._jit import (FASTMATH, avx512_zen, call_native, device, inline, kernel, parallel_kernel, unwrapped,
+                   wide_vectors)
 from .activations import clip_pre, clipped, gate, one_like, sigmoid_fast, tanh_fast
 from .bf16 import is_bfloat16, is_bfloat16_array, wget
 from .dotblock import dot_rows
@@ -88,10 +89,8 @@ def _row_after_fast(gx, t, b, acc, i, b_hh, hc, hn, y, col0, H):
     copying hn's row to y read 22.2–22.7 µs a step against 20.4–20.9 at B = 64, H = 256 (gx in L2;
     level at H = 64, 4.20–4.39 against 4.14–4.27).
 
-    y's column is indexed as ``np.uint64(col0 + j)``: Numba wraps a signed index that may be negative
-    (``i + n`` when ``i < 0``), and with col0 a run-time value LLVM could not drop that select from
-    the vectorised store (one thread, Zen 4, the serial kernel at B = 64, H = 64: 22.2 against 19.7 µs
-    a step; col0 a constant 0 had read 19.2). The kernels' other stores at ``col0 + j`` do the same."""
+    y's column is indexed by :func:`~numgru.kernels._jit.unwrapped` (col0 + j), which Numba does not
+    wrap as a possibly negative index (B = 64, H = 64: 22.2 → 19.7 µs a step)."""
     H2 = 2 * H
     for j in range(H):
         r = sigmoid_fast(gx[t, b, j] + acc[i, j] + b_hh[j])
@@ -99,7 +98,7 @@ def _row_after_fast(gx, t, b, acc, i, b_hh, hc, hn, y, col0, H):
         n = tanh_fast(gx[t, b, H2 + j] + r * (acc[i, H2 + j] + b_hh[H2 + j]))
         v = n + z * (hc[i, j] - n)
         hn[i, j] = v
-        y[t, b, np.uint64(col0 + j)] = v
+        y[t, b, unwrapped(col0 + j)] = v
 
 
 #: rows per call of :func:`rows_after_fast`, :func:`rows_before_rz` and :func:`rows_before_n` (the
@@ -132,7 +131,7 @@ def rows_after_store(gx, t, acc, b_hh, hc, hn, y, col0, b0, i0, i1, tape):
         b = b0 + i
         _row_after(gx[t, b], acc[i], b_hh, hc[i], hn[i], tape[t, b], 0, one, zero, False, zero, H)
         for j in range(H):
-            y[t, b, np.uint64(col0 + j)] = hn[i, j]
+            y[t, b, unwrapped(col0 + j)] = hn[i, j]
 
 
 @inline
@@ -143,7 +142,7 @@ def rows_past_length(hc, hn, y, t, col0, b0, n_act):
     for i in range(n_act, hc.shape[0]):
         for j in range(H):
             hn[i, j] = hc[i, j]
-            y[t, b0 + i, np.uint64(col0 + j)] = 0.0
+            y[t, b0 + i, unwrapped(col0 + j)] = 0.0
 
 
 @device
@@ -156,7 +155,7 @@ def rows_before_rz(gx, t, acc_rz, b_hh, hc, rh, work, b0, i0, i1):
     for i in range(i0, i1):
         b = b0 + i
         for j in range(H):
-            work[i, np.uint64(H + j)] = sigmoid_fast(gx[t, b, H + j] + acc_rz[i, H + j] + b_hh[H + j])
+            work[i, unwrapped(H + j)] = sigmoid_fast(gx[t, b, H + j] + acc_rz[i, H + j] + b_hh[H + j])
         for j in range(H):
             rh[i, j] = sigmoid_fast(gx[t, b, j] + acc_rz[i, j] + b_hh[j]) * hc[i, j]
 
@@ -174,7 +173,7 @@ def rows_before_n(gx, t, acc_n, b_hh, hc, hn, work, y, col0, b0, i0, i1):
             n = tanh_fast(gx[t, b, H2 + j] + acc_n[i, j] + b_hh[H2 + j])
             v = n + work[i, H + j] * (hc[i, j] - n)
             hn[i, j] = v
-            y[t, b, np.uint64(col0 + j)] = v
+            y[t, b, unwrapped(col0 + j)] = v
 
 
 @inline
@@ -866,7 +865,7 @@ def _gru_forward(gx, W_hh, packed, b_hh, h0, lengths, sorted_desc, reverse, rese
                 if t >= lens[i]:
                     for j in range(H):
                         hn[i, j] = hc[i, j]
-                        y[t, b, np.uint64(col0 + j)] = 0.0
+                        y[t, b, unwrapped(col0 + j)] = 0.0
                     continue
                 if store:  # the gates go straight to the tape
                     wb = tape[t, b]
@@ -884,7 +883,7 @@ def _gru_forward(gx, W_hh, packed, b_hh, h0, lengths, sorted_desc, reverse, rese
                     _row_after(gx[t, b], acc[i], b_hh, hc[i], hn[i], work[i], gate_kind, alpha,
                                beta, use_clip, clip, H)
                 for j in range(H):
-                    y[t, b, np.uint64(col0 + j)] = hn[i, j]
+                    y[t, b, unwrapped(col0 + j)] = hn[i, j]
         elif fast:
             nb = (n_act + GATE_BLOCK_ROWS - 1) // GATE_BLOCK_ROWS
             loop_product(W_rz, Wp_rz, hc, acc_rz, buf, n_act, tiled_max, s % 2 == 1, sweep_rz)
@@ -920,7 +919,7 @@ def _gru_forward(gx, W_hh, packed, b_hh, h0, lengths, sorted_desc, reverse, rese
                 if t >= lens[i]:
                     for j in range(H):
                         hnb[j] = hcb[j]
-                        yb[np.uint64(col0 + j)] = 0.0
+                        yb[unwrapped(col0 + j)] = 0.0
                     continue
                 gxb = gx[t, b]
                 ab = acc_n[i]
@@ -933,7 +932,7 @@ def _gru_forward(gx, W_hh, packed, b_hh, h0, lengths, sorted_desc, reverse, rese
                     n = wb[H2 + j]
                     hnb[j] = n + wb[H + j] * (hcb[j] - n)
                 for j in range(H):
-                    yb[np.uint64(col0 + j)] = hnb[j]
+                    yb[unwrapped(col0 + j)] = hnb[j]
                 if store:
                     tb = tape[t, b]
                     for j in range(4 * H):

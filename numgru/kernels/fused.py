@@ -41,7 +41,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ._jit import cpu_ready, device, kernel, wide_vectors
+from ._jit import cpu_ready, device, kernel, unwrapped, wide_vectors
 from .activations import sigmoid_fast, tanh_fast
 from .panel import _shape_for, _splat, _vector_calls, pack_panels, panel_matmul, panel_rows, panel_width
 from .step import step_gates_after
@@ -281,7 +281,7 @@ def gru_forward_fused(x2d, W_ih, Wp_ih, b_ih, W_hh, Wp_hh, b_hh, h0, reverse, y,
             yt = y[t, 0]
             hb0 = hb[0]
             for j in range(H):
-                yt[np.uint64(col0 + j)] = hb0[j]
+                yt[unwrapped(col0 + j)] = hb0[j]
             ha, hb = hb, ha
         cur, nxt = nxt, cur
     h_n[0] = ha[0]
@@ -383,7 +383,7 @@ def gru_forward_fused_before(x2d, W_ih, Wp_ih, b_ih, W_hh, Wp_rz, Wp_n, b_hh, h0
             t = T - 1 - (s0 + s) if reverse else s0 + s
             yt = y[t, 0]
             for j in range(H):
-                yt[np.uint64(col0 + j)] = hb0[j]
+                yt[unwrapped(col0 + j)] = hb0[j]
             ha, hb = hb, ha
         cur_rz, nxt_rz = nxt_rz, cur_rz
         cur_n, nxt_n = nxt_n, cur_n

@@ -9,7 +9,7 @@ import numpy as np
 from numba import prange
 from numba.extending import overload
 
-from ._jit import FASTMATH, device, inline, kernel, parallel_kernel, wide_vectors
+from ._jit import FASTMATH, device, inline, kernel, parallel_kernel, unwrapped, wide_vectors
 from .activations import clip_pre, gate, one_like, sigmoid_fast, tanh_fast
 from .bf16 import is_bfloat16_array, wget
 from .dotblock import dot_rows
@@ -139,7 +139,7 @@ def step_gates_rz(gi, a_rz, b_ih, b_hh, h, gh, rh, B):
     H = h.shape[1]
     for b in range(B):
         for j in range(H):
-            gh[b, np.uint64(H + j)] = sigmoid_fast(gi[b, H + j] + b_ih[H + j] + a_rz[b, H + j] + b_hh[H + j])
+            gh[b, unwrapped(H + j)] = sigmoid_fast(gi[b, H + j] + b_ih[H + j] + a_rz[b, H + j] + b_hh[H + j])
         for j in range(H):
             rh[b, j] = sigmoid_fast(gi[b, j] + b_ih[j] + a_rz[b, j] + b_hh[j]) * h[b, j]
 
