@@ -1,5 +1,6 @@
-"""The float32 activations the kernels inline (:mod:`numgru.kernels.activations`) against float64
-libm: accuracy over the whole range, relative accuracy near 0, exact saturation, NaN and ±Inf."""
+"""The activations the kernels inline (:mod:`numgru.kernels.activations`), float32's and float64's,
+against libm in float64: accuracy over the whole range, relative accuracy near 0, exact saturation,
+NaN and ±Inf."""
 import numba
 import numpy as np
 import pytest
@@ -59,3 +60,39 @@ def test_float32_nan_and_inf(f):
     assert np.isnan(out[0])
     want = [1.0, -1.0] if f is _tanh32 else [1.0, 0.0]
     np.testing.assert_array_equal(out[1:], np.array(want, np.float32))
+
+
+def _grid64():
+    dense = np.linspace(-40.0, 40.0, 800_001)
+    tiny = np.geomspace(1e-300, 1e-2, 20_001)
+    return np.concatenate([dense, tiny, -tiny, [0.0, 19.1, -19.1, 354.0, -354.0, 700.0, -700.0, 745.0, -745.0,
+                                                 1e300, -1e300]])
+
+
+def test_tanh_float64_accuracy():
+    x = _grid64()
+    got = _activate(x, False)
+    want = np.tanh(x)
+    assert (np.abs(got - want) <= 1e-15 * np.abs(want)).all()  # relative, near 0 too
+    assert np.abs(got).max() <= 1.0
+    assert (got[x >= 19.1] == 1.0).all() and (got[x <= -19.1] == -1.0).all()
+    assert np.signbit(_activate(np.array([-0.0]), False)[0])
+
+
+def test_sigmoid_float64_accuracy():
+    x = _grid64()
+    got = _activate(x, True)
+    with np.errstate(over="ignore"):
+        want = 1.0 / (1.0 + np.exp(-x))
+    assert np.abs(got - want).max() <= 3e-16
+    tail = x >= -40.0
+    assert (np.abs(got[tail] - want[tail]) <= 3e-15 * want[tail]).all()
+    assert got.min() >= 0.0 and got.max() <= 1.0
+    assert (got[x >= 37.0] == 1.0).all() and (got[x <= -745.0] == 0.0).all()
+
+
+@pytest.mark.parametrize("sigmoid", [False, True], ids=["tanh", "sigmoid"])
+def test_float64_nan_and_inf(sigmoid):
+    out = _activate(np.array([np.nan, np.inf, -np.inf]), sigmoid)
+    assert np.isnan(out[0])
+    np.testing.assert_array_equal(out[1:], [1.0, 0.0] if sigmoid else [1.0, -1.0])

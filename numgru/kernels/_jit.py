@@ -18,7 +18,7 @@ fastmath
     A restricted set, never ``True``: ``{"nsz", "arcp", "contract", "reassoc"}``. ``True`` would add
     ``nnan`` and ``ninf`` ("no NaN, no Inf"), which breaks NaN propagation (DESIGN §4). ``contract``
     allows FMA, ``reassoc`` lets LLVM vectorise the dot-product reductions; ``afn`` is left out so
-    that ``exp``/``tanh`` keep libm accuracy (float64 parity with torch within 1e-10).
+    that the libm calls left (``sqrt`` in the optimizers) keep their accuracy.
 error_model
     ``"numpy"``: division by zero gives IEEE results instead of raising inside a kernel.
 vector width

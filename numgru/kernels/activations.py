@@ -17,14 +17,20 @@ be; the error against float64 stays below 3e-7 absolute for tanh and 2e-7 for σ
 for tanh near 0 down to |x| = 1e-36, below which p leaves the normal range
 (``tests/test_activations.py``), with no branch for small |x| (p carries the factor x; the branch cost
 a compare and a blend an activation, 0.6 of 5.2 µs a step in the inference gate loop at B = 64,
-H = 64). float64 keeps libm's ``exp`` and ``tanh`` for 1e-10 parity with PyTorch. All forms are
-finite for |x| up to 1e30 and pass NaN through.
+H = 64). float64 builds both from its own exp (:func:`_exp_reduced`: a reduction by ln 2, a Taylor
+polynomial and the power of two written into the exponent bits), also plain arithmetic: tanh within
+5e-16 relative of libm's over the whole range (near 0 too, through expm1), σ within 2.3e-16
+absolute (2e-15 relative for x ≥ −40), each saturating to the exact ±1, 0 and 1 libm gives; libm's
+calls, one an element, had made float64's gate loop 5–6× slower (4.5 against 22–29 ns a state
+value, one thread, Zen 4) and float64 forwards at B ≥ 16 slower than PyTorch's. All forms are finite
+for every finite x and pass NaN through.
 """
 import math
 
 import numpy as np
+from llvmlite import ir
 from numba import types
-from numba.extending import overload
+from numba.extending import intrinsic, overload
 
 from ._jit import FASTMATH, inline
 
@@ -34,13 +40,68 @@ GATE_HARD_SIGMOID = 1
 _F32 = np.float32
 
 
+#: float64 exp's reduction: x = n·ln 2 + r, |r| ≤ ln 2 / 2, with ln 2 in two parts (fdlibm's: the first
+#: has 11 trailing zero bits, so n·``_LN2_HI`` is exact for |n| < 2¹¹)
+_LOG2E = 1.4426950408889634
+_LN2_HI = 6.93147180369123816490e-01
+_LN2_LO = 1.90821492927058770002e-10
+#: float64 tanh's argument is clamped there (tanh is 1 to the last bit from 19.1), σ's exp to
+#: [``_F64_EXP_LO``, ``_F64_EXP_HI``]: exp is 0 below the first and overflows to ∞ above the second
+_F64_TANH_CLAMP = 354.0
+_F64_EXP_LO = -746.0
+_F64_EXP_HI = 710.0
+
+
+@intrinsic
+def _f64_of_bits(typingctx, i):
+    """The float64 whose bits are the int64 i (a bitcast, which vectorises where ``view`` cannot)."""
+    if i != types.int64:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.DoubleType())
+    return types.float64(i), codegen
+
+
+@inline
+def _pow2(n):
+    """2ⁿ for a float64 holding an integer n in [−1022, 1023]."""
+    return _f64_of_bits((np.int64(n) + np.int64(1023)) << np.int64(52))
+
+
+@inline
+def _exp_reduced(x):
+    """``(n, e)`` with exp(x) = 2ⁿ·(1 + e) for float64 x (|x| ≤ 746): n = round(x / ln 2) (a float64)
+    and e = exp(r) − 1, r = x − n·ln 2 (|r| ≤ 0.347), by its Taylor series to r¹³/13! (the first term
+    left out is below 2e-16 of e^r), so that expm1(x) = 2ⁿ·e + (2ⁿ − 1) keeps its relative accuracy
+    near 0. Plain arithmetic, so a loop of them vectorises (libm's exp did not: a call an element,
+    10× the time of tanh and σ here together, 20 against 1.8 ns)."""
+    n = math.floor(x * _LOG2E + 0.5)
+    r = (x - n * _LN2_HI) - n * _LN2_LO
+    q = 1.0 / 6227020800.0
+    q = q * r + 1.0 / 479001600.0
+    q = q * r + 1.0 / 39916800.0
+    q = q * r + 1.0 / 3628800.0
+    q = q * r + 1.0 / 362880.0
+    q = q * r + 1.0 / 40320.0
+    q = q * r + 1.0 / 5040.0
+    q = q * r + 1.0 / 720.0
+    q = q * r + 1.0 / 120.0
+    q = q * r + 1.0 / 24.0
+    q = q * r + 1.0 / 6.0
+    q = q * r + 0.5
+    q = q * r + 1.0
+    return n, r * q
+
 def tanh_fast(x):
-    """tanh; float32 via a vectorisable rational approximation (Python fallback: math.tanh)."""
+    """tanh; float32 via a vectorisable rational approximation, float64 via :func:`_exp_reduced`
+    (Python fallback: math.tanh)."""
     return math.tanh(x)
 
 
 def sigmoid_fast(x):
-    """Logistic sigmoid; float32 via tanh_fast (Python fallback: exact)."""
+    """Logistic sigmoid; float32 via tanh_fast, float64 via :func:`_exp_reduced` (Python fallback:
+    exact)."""
     return 1.0 / (1.0 + math.exp(-x))
 
 
@@ -86,6 +147,18 @@ def _ol_tanh_fast(x):
                 res = _F32(-1.0)
             return res
         return impl
+    if x == types.float64:
+        def impl64(x):
+            # tanh |x| = −u / (2 + u), u = expm1(−2|x|) ∈ (−1, 0]: the quotient keeps u's relative
+            # accuracy near 0, and from |x| = 19.1 it is 1 to the last bit
+            a = abs(x)
+            if a > _F64_TANH_CLAMP:
+                a = _F64_TANH_CLAMP
+            n, e = _exp_reduced(-2.0 * a)
+            s = _pow2(n)
+            u = s * e + (s - 1.0)
+            return math.copysign(-u / (2.0 + u), x)
+        return impl64
     return lambda x: math.tanh(x)
 
 
@@ -95,6 +168,21 @@ def _ol_sigmoid_fast(x):
         def impl(x):
             return _F32(0.5) + _F32(0.5) * tanh_fast(_F32(0.5) * x)
         return impl
+    if x == types.float64:
+        def impl64(x):
+            v = -x
+            if v > _F64_EXP_HI:
+                v = _F64_EXP_HI
+            if v < _F64_EXP_LO:
+                v = _F64_EXP_LO
+            n, e = _exp_reduced(v)
+            n1 = n  # 2ⁿ as 2^n1 · 2^(n − n1), each a normal number: exp underflows and overflows as it should
+            if n1 > 1023.0:
+                n1 = 1023.0
+            if n1 < -1022.0:
+                n1 = -1022.0
+            return 1.0 / (1.0 + (_pow2(n1) * (1.0 + e)) * _pow2(n - n1))
+        return impl64
     return lambda x: 1.0 / (1.0 + math.exp(-x))
 
 
