@@ -126,6 +126,37 @@ def test_side_by_side_routes_equal_one_thread(monkeypatch):
     np.testing.assert_allclose(dx, D.astype(np.float64) @ W.astype(np.float64), atol=1e-4)
 
 
+
+@pytest.mark.skipif(not dispatch.panels_gradient_wanted(np.float32), reason="BLAS takes the gradients here")
+def test_uneven_gradient_pair_is_split_by_work(monkeypatch):
+    """dW_ih of a layer with few inputs beside its dW_hh: the threads share dW_hh's columns (the larger
+    ranges first, so this thread takes one), and the values are one thread's."""
+    rng = np.random.default_rng(6)
+    N, H, I = 512, 64, 3
+    D = rng.standard_normal((N, 3 * H)).astype(np.float32)
+    D2 = rng.standard_normal((N, H)).astype(np.float32)
+    X = rng.standard_normal((N, I)).astype(np.float32)
+    Hp = rng.standard_normal((N, H)).astype(np.float32)
+    seen = []
+    side_by_side = dispatch.side_by_side
+
+    def spy(fn, tasks, threads):
+        seen.append([(t[5].shape, t[6], t[7]) for t in tasks])
+        return side_by_side(fn, tasks, threads)
+    results = []
+    for threads in (1, 2):
+        monkeypatch.setattr(dispatch, "thread_count", lambda t=threads: t)
+        monkeypatch.setattr(dispatch, "PANEL_GRADIENT_POOL_MIN", 1)
+        monkeypatch.setattr(dispatch, "side_by_side", spy)
+        a = np.empty((3 * H, I), np.float32)
+        c = np.empty((3 * H, H), np.float32)
+        dispatch.weight_gradient_pair((D, X, a, None), (D, Hp, c, D2))
+        results.append((a, c))
+    assert seen == [[((3 * H, H), 0, 32), ((3 * H, H), 32, 64), ((3 * H, I), 0, 3)]]
+    for one, two in zip(*results):
+        np.testing.assert_array_equal(one, two)
+
+
 _FORK_PROBE = r"""
 import multiprocessing as mp, sys
 import numpy as np
