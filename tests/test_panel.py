@@ -100,6 +100,20 @@ def test_pack_panels_layout(dtype, M, K):
             np.testing.assert_array_equal(Wp[p, :, c], W[j] if j < M else 0)
 
 
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("K, M", [(70, 5), (97, 37), (192, 64), (16, 48), (768, 512)])
+def test_pack_panels_of_transpose_equals_packing_the_transposed_copy(dtype, K, M):
+    # the input gradient's panels of W_ih.T, dealt out of W_ih's rows into a scratch buffer
+    from numgru.kernels.forward import packed_panels, packed_panels_of_transpose
+    W = np.random.default_rng(1).standard_normal((K, M)).astype(dtype)
+    buf = np.full((M + 48) * K + 16, np.nan, dtype)
+    Wp = packed_panels_of_transpose(W, buf)
+    assert Wp.ctypes.data % 64 == 0 and np.shares_memory(Wp, buf)
+    np.testing.assert_array_equal(Wp, packed_panels(np.ascontiguousarray(W.T)))
+    with pytest.raises(ValueError, match="buf too small"):
+        packed_panels_of_transpose(W, buf[:K])
+
 def test_pack_panels_of_row_slices_and_read_only_weights():
     # (panels 48 columns wide with AVX-512: 64 rows end inside the second; 16 with AVX2)
     W = np.random.default_rng(0).standard_normal((96, 48)).astype(np.float32)

@@ -53,7 +53,7 @@ from .backward import (BIAS_ROWS, gru_backward_amx, gru_backward_amx_rows, gru_b
                        gru_backward_serial, matmul_into, weight_gradient_panels)
 from .forward import (column_blocks, gru_forward_chunked, gru_forward_cols, gru_forward_cols_before,
                       gru_forward_rows, gru_forward_serial, input_projection_kernel, input_projection_parallel,
-                      packed_panels, projection_block, NUMBA_ROWS_MAX, NUMBA_ROWS_MAX_K,
+                      packed_panels, packed_panels_of_transpose, projection_block, NUMBA_ROWS_MAX, NUMBA_ROWS_MAX_K,
                       row_chunks, PANEL_MIN_T,
                       TILED_MAX_ONE_THREAD, use_panels)
 from .step import gru_step, gru_step_cols, gru_step_cols_before
@@ -2501,12 +2501,14 @@ def training_panels(N, K, M, dtype):
             and M > 0)
 
 
-def pool_projection(x2d, W, bias, use_bias, out):
-    """out = x2d @ W.T (+ bias) on W's panels, packed once here, rows in ranges side by side
-    (:func:`side_by_side`) where there are several threads and work enough. x2d (N, K), W (M, K),
-    out (N, M) C-contiguous. Each row's sums are the same on any range (:func:`panel_rows`)."""
+def pool_projection(x2d, W, bias, use_bias, out, Wp=None):
+    """out = x2d @ W.T (+ bias) on W's panels, packed once here (or ``Wp``, W's panels packed by the
+    caller: W is then only passed on, as the kernel's unread operand of M·K values), rows in ranges
+    side by side (:func:`side_by_side`) where there are several threads and work enough. x2d (N, K),
+    W (M, K), out (N, M) C-contiguous. Each row's sums are the same on any range (:func:`panel_rows`)."""
     N = x2d.shape[0]
-    Wp = packed_panels(W)
+    if Wp is None:
+        Wp = packed_panels(W)
     threads = thread_count()
     if threads == 1 or N * W.shape[0] * W.shape[1] < PANEL_GRADIENT_POOL_MIN:
         input_projection_kernel(x2d, W, Wp, bias, use_bias, out, True, False)
@@ -2569,7 +2571,10 @@ def _input_gradient_routed(dG, W_ih, target):
                            pool=True):
         return True
     if training_panels(N, M, W_ih.shape[1], dG.dtype) and dG.dtype == W_ih.dtype == target.dtype:
-        pool_projection(np.ascontiguousarray(dG), np.ascontiguousarray(W_ih.T), W_ih[0], False, target)
+        # W_ih.T's panels straight from W_ih's rows; W_ih itself rides along as the unread operand
+        K, M = W_ih.shape
+        Wp = packed_panels_of_transpose(W_ih, workspace("panels_T", ((M + 48) * K + 16,), W_ih.dtype))
+        pool_projection(np.ascontiguousarray(dG), W_ih, W_ih[0], False, target, Wp)
         return True
     return False
 

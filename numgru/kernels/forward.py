@@ -40,8 +40,8 @@ from ._jit import (FASTMATH, avx512_zen, call_native, device, inline, kernel, pa
 from .activations import clip_pre, clipped, gate, one_like, sigmoid_fast, tanh_fast
 from .bf16 import is_bfloat16, is_bfloat16_array, wget
 from .dotblock import dot_rows
-from .panel import (aligned_empty, fill_panel, pack_panels, packed_depth, panel_matmul, panel_rows, panel_width,
-                    put_row)
+from .panel import (aligned_empty, fill_panel, pack_panels, pack_panels_of_transpose, packed_depth, panel_matmul,
+                    panel_rows, panel_width, put_row)
 from .sync import block_done, claim_block, round_pending, rounds_sync, wait_round, worker_started
 
 
@@ -1366,6 +1366,14 @@ def packed_panels(W):
     once for calls that then share them (:func:`~numgru.kernels.dispatch.pool_projection`)."""
     wide_vectors()
     return pack_panels(W)
+
+
+@kernel
+def packed_panels_of_transpose(W, buf):
+    """:func:`~numgru.kernels.panel.pack_panels_of_transpose` of W (K, M) into ``buf`` as a kernel of
+    its own: the panels of W.T without W.T copied first (:func:`~numgru.kernels.dispatch.input_gradient`)."""
+    wide_vectors()
+    return pack_panels_of_transpose(W, buf)
 
 
 @kernel
