@@ -419,3 +419,18 @@ def test_workspace_is_per_thread_and_grows():
     assert not np.shares_memory(other[0], workspace("test", (4, N), np.float32))
     small = workspace("test", (3, 4), np.float32)  # below N values: a fresh array
     assert small.shape == (3, 4) and not np.shares_memory(small, workspace("test", (3, 4), np.float32))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("M, K", [(768, 256), (37, 19), (16, 16), (1, 5), (48, 33)])
+def test_backward_transpose_of_w_hh(dtype, M, K):
+    """The backward's W_hh.T: whole tiles (in registers for float32) and the edges past them, on a
+    64-byte line in the thread's scratch."""
+    from numgru.kernels import dispatch
+    from numgru.kernels.backward import transpose_into
+    W = np.random.default_rng(2).standard_normal((M, K)).astype(dtype)
+    W_T = dispatch._transposed(W, "test_W_T")
+    np.testing.assert_array_equal(W_T, W.T)
+    assert W_T.flags.c_contiguous and W_T.ctypes.data % 64 == 0
+    with pytest.raises(ValueError, match="shapes"):
+        transpose_into(W, np.empty((K, M + 1), dtype))

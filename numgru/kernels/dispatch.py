@@ -50,7 +50,7 @@ from .amx import (amx_gradient, amx_gradient_pair, amx_gradient_parallel, amx_pr
                   pack_amx, pack_amx_into, pack_amx_into_parallel, pack_digits, pack_digits_into,
                   pack_digits_into_parallel, padded)
 from .backward import (BIAS_ROWS, gru_backward_amx, gru_backward_amx_rows, gru_backward_dpbf16,
-                       gru_backward_serial, matmul_into, weight_gradient_panels)
+                       gru_backward_serial, matmul_into, transpose_into, weight_gradient_panels)
 from .forward import (column_blocks, gru_forward_chunked, gru_forward_cols, gru_forward_cols_before,
                       gru_forward_rows, gru_forward_serial, input_projection_kernel, input_projection_parallel,
                       packed_panels, packed_panels_of_transpose, projection_block, NUMBA_ROWS_MAX, NUMBA_ROWS_MAX_K,
@@ -2261,7 +2261,7 @@ def gru_direction_backward(dy, col0, dh_n, tape, y, h0, W_hh, lengths, reverse, 
         # on a 64-byte line, as the model's own weights are (:func:`aligned`): the dot-product block
         # sums from where W's rows meet a line (:mod:`~numgru.kernels.dotblock`), so a copy placed
         # anywhere in a line made the gradients differ in their last bits from one call to the next
-        W_T = aligned(W_hh.T)
+        W_T = _transposed(W_hh, "backward_W_T")
         args = (dy, int(col0), dh_n, tape, y, h0, W_T, lengths, is_sorted_desc(lengths), bool(reverse),
                 bool(reset_after), *gate_scalars(dtype, gate_kind, alpha, beta, clip), dgx, dgh, hprev,
                 rhprev, dh0, db_ih, db_hh, training_tiled_max())
@@ -2294,6 +2294,20 @@ def gru_direction_backward(dy, col0, dh_n, tape, y, h0, W_hh, lengths, reverse, 
         db_hh_all[2 * H:] = db_hh.sum(axis=0).astype(dtype)
     return (dgx, (dgh if reset_after else None), hprev, (None if reset_after else rhprev), dh0, db_ih,
             db_hh_all)
+
+
+
+def _transposed(W, name):
+    """W.T, C-contiguous on a 64-byte line, in this thread's scratch ``name`` (:func:`workspace`: valid
+    until the thread's next call asking for that name), by :func:`~numgru.kernels.backward.
+    transpose_into`."""
+    M, K = W.shape
+    pad = 64 // W.itemsize
+    buf = workspace(name, (M * K + pad,), W.dtype)
+    off = (-buf.ctypes.data % 64) // W.itemsize
+    out = buf[off:off + M * K].reshape(K, M)
+    transpose_into(np.ascontiguousarray(W), out)
+    return out
 
 
 def weight_gradient(D, X, out, D2=None, c0=0):
