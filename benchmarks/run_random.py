@@ -1,0 +1,100 @@
+"""Random configurations against torch.nn.GRU (a script): ``python benchmarks/run_random.py``.
+
+The grid of ``numgru bench`` and the asv suite covers I = H, one layer, float32, every row running
+every step. This draws shapes off that grid — sequence length, batch, input and hidden size, layers,
+directions, float32 or float64, variable lengths, batch-first input, one or two threads — and times
+numgru's call (``--mode infer``) or training step (``--mode train``: forward_train, backward and an
+Adam step, against torch's forward, autograd and Adam) beside torch's in the same process, threads
+pinned for both. Each line ends with torch's time over numgru's; ``<-- TRAILS`` marks a point where
+numgru is the slower, so that a sweep shows where "faster than PyTorch everywhere" does not hold yet.
+
+``--seed`` picks the draw (the same seed draws the same configurations), ``--count`` how many.
+"""
+import argparse
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+import numgru as ng  # noqa: E402
+import numgru.bench as nb  # noqa: E402
+
+
+def draw(rng):
+    """One configuration: a dict of the sizes and switches."""
+    H = int(rng.choice([8, 16, 32, 64, 100, 128, 200, 256, 384, 512]))
+    B = int(rng.choice([1, 2, 3, 4, 7, 8, 16, 32, 64, 128]))
+    return dict(T=int(rng.choice([1, 2, 5, 10, 32, 100])), B=B, I=int(rng.choice([H, 1, 3, 16, 40, 300])), H=H,
+                L=int(rng.choice([1, 1, 2, 3])), D=int(rng.choice([1, 2])), threads=int(rng.choice([1, 2])),
+                f64=bool(rng.random() < 0.25), lengths=bool(B > 1 and rng.random() < 0.3),
+                batch_first=bool(rng.random() < 0.3))
+
+
+def run_one(c, mode, rng, torch):
+    """(numgru's time, torch's time) in seconds for configuration ``c``."""
+    tdt = torch.float64 if c["f64"] else torch.float32
+    tm = torch.nn.GRU(c["I"], c["H"], num_layers=c["L"], bidirectional=c["D"] == 2,
+                      batch_first=c["batch_first"]).to(tdt)
+    g = ng.GRU.from_torch(tm)
+    T, B = c["T"], c["B"]
+    shape = (B, T, c["I"]) if c["batch_first"] else (T, B, c["I"])
+    x = rng.standard_normal(shape).astype(np.float64 if c["f64"] else np.float32)
+    xt = torch.from_numpy(x)
+    lengths = np.sort(rng.integers(1, T + 1, B))[::-1].copy() if c["lengths"] else None
+    if mode == "infer":
+        def ours():
+            return g(x, lengths=lengths)
+
+        def theirs():
+            with torch.inference_mode():
+                if lengths is None:
+                    return tm(xt)
+                return tm(torch.nn.utils.rnn.pack_padded_sequence(xt, torch.from_numpy(lengths),
+                                                                  batch_first=c["batch_first"]))
+    else:
+        opt = ng.optim.Adam(g.named_parameters(), lr=1e-3)
+        topt = torch.optim.Adam(tm.parameters(), lr=1e-3)
+
+        def ours():
+            y, _, tape = g.forward_train(x)
+            _, _, grads = g.backward(tape, dy=np.ones_like(y), input_grad=False)
+            opt.step(grads)
+
+        def theirs():
+            topt.zero_grad()
+            tm(xt)[0].sum().backward()
+            topt.step()
+    a = nb.time_it(ours, budget=0.3)
+    b = nb.time_it(theirs, budget=0.3)
+    return min(a, nb.time_it(ours, budget=0.3)), b
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--count", type=int, default=40)
+    p.add_argument("--mode", choices=["infer", "train"], default="infer")
+    args = p.parse_args()
+    if args.count < 1:
+        p.error(f"--count: expected a positive count, got {args.count}")
+    import numba
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        p.error("needs two Numba threads (NUMBA_NUM_THREADS)")
+    import torch
+    rng = np.random.default_rng(args.seed)
+    trails = 0
+    for i in range(args.count):
+        c = draw(rng)
+        with nb.pinned_threads(c["threads"]):
+            a, b = run_one(c, args.mode, rng, torch)
+        flag = "  <-- TRAILS" if b < a else ""
+        trails += b < a
+        sizes = " ".join(f"{k}={v}" for k, v in c.items())
+        print(f"{i:3d} {args.mode} {sizes}: numgru {a * 1e3:.3f} ms, torch {b * 1e3:.3f} ms, x{b / a:.2f}{flag}",
+              flush=True)
+    print(f"numgru trails torch at {trails} of {args.count}")
+
+
+if __name__ == "__main__":
+    main()
