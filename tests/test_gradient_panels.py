@@ -95,16 +95,18 @@ def test_weight_gradient_panels_rejects_shapes():
         weight_gradient_panels(D, 0, 6, none, X, np.empty((6, 4), np.float32), 0, 5)
 
 
+def _pair_operands(rng, N, H, I):
+    """A layer's weight-gradient pair's operands over N rows: the gate gradients (N, 3H), dgh's n block
+    (N, H), the inputs (N, I) and the previous states (N, H), float32."""
+    return tuple(rng.standard_normal(shape).astype(np.float32) for shape in ((N, 3 * H), (N, H), (N, I), (N, H)))
+
 @pytest.mark.skipif(not dispatch.panels_gradient_wanted(np.float32), reason="BLAS takes the gradients here")
 def test_side_by_side_routes_equal_one_thread(monkeypatch):
     """The dispatcher's gradients and projections give the same values with one thread and with
     worker threads side by side (work past the pool's bound)."""
     rng = np.random.default_rng(5)
     N, H, I = 2048, 64, 48
-    D = rng.standard_normal((N, 3 * H)).astype(np.float32)
-    D2 = rng.standard_normal((N, H)).astype(np.float32)
-    X = rng.standard_normal((N, I)).astype(np.float32)
-    Hp = rng.standard_normal((N, H)).astype(np.float32)
+    D, D2, X, Hp = _pair_operands(rng, N, H, I)
     W = rng.standard_normal((3 * H, I)).astype(np.float32)
     b = rng.standard_normal(3 * H).astype(np.float32)
     results = []
@@ -131,12 +133,8 @@ def test_side_by_side_routes_equal_one_thread(monkeypatch):
 def test_uneven_gradient_pair_is_split_by_work(monkeypatch):
     """dW_ih of a layer with few inputs beside its dW_hh: the threads share dW_hh's columns (the larger
     ranges first, so this thread takes one), and the values are one thread's."""
-    rng = np.random.default_rng(6)
     N, H, I = 512, 64, 3
-    D = rng.standard_normal((N, 3 * H)).astype(np.float32)
-    D2 = rng.standard_normal((N, H)).astype(np.float32)
-    X = rng.standard_normal((N, I)).astype(np.float32)
-    Hp = rng.standard_normal((N, H)).astype(np.float32)
+    D, D2, X, Hp = _pair_operands(np.random.default_rng(6), N, H, I)
     seen = []
     side_by_side = dispatch.side_by_side
 
