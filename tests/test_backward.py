@@ -69,7 +69,6 @@ def test_gradients_match_torch(layers, bidir, bias, use_len, dtype):
         np.testing.assert_allclose(grads[k], tgrads[k], err_msg=k, **GTOL[dtype])
 
 
-
 @pytest.mark.parametrize("use_len,dtype", [(False, np.float32), (True, np.float64)])
 def test_gradients_on_panels_match_torch(use_len, dtype):
     """Enough rows × steps (here 4 × 40) that the forward and the backward pack W_hh into panels."""

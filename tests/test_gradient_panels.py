@@ -128,7 +128,6 @@ def test_side_by_side_routes_equal_one_thread(monkeypatch):
     np.testing.assert_allclose(dx, D.astype(np.float64) @ W.astype(np.float64), atol=1e-4)
 
 
-
 @pytest.mark.skipif(not dispatch.panels_gradient_wanted(np.float32), reason="BLAS takes the gradients here")
 def test_uneven_gradient_pair_is_split_by_work(monkeypatch):
     """dW_ih of a layer with few inputs beside its dW_hh: the threads share dW_hh's columns (the larger

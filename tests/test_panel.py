@@ -100,7 +100,6 @@ def test_pack_panels_layout(dtype, M, K):
             np.testing.assert_array_equal(Wp[p, :, c], W[j] if j < M else 0)
 
 
-
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("K, M", [(70, 5), (97, 37), (192, 64), (16, 48), (768, 512)])
 def test_pack_panels_of_transpose_equals_packing_the_transposed_copy(dtype, K, M):

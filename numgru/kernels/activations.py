@@ -93,6 +93,7 @@ def _exp_reduced(x):
     q = q * r + 1.0
     return n, r * q
 
+
 def tanh_fast(x):
     """tanh; float32 via a vectorisable rational approximation, float64 via :func:`_exp_reduced`
     (Python fallback: math.tanh)."""

@@ -369,7 +369,6 @@ def matmul_into(a, b, out, accumulate):
         np.dot(a, b, out)
 
 
-
 #: rows and columns of one tile of :func:`transpose_into`
 TRANSPOSE_TILE = 16
 

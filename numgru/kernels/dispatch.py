@@ -2229,7 +2229,6 @@ def recycled(name, shape, dtype):
     return buf.reshape(shape)
 
 
-
 def gru_direction_backward(dy, col0, dh_n, tape, y, h0, W_hh, lengths, reverse, reset_after, gate_kind,
                            alpha, beta, clip):
     """Backward of one direction of one layer (the serial kernel; BLAS may thread its matmuls).
@@ -2294,7 +2293,6 @@ def gru_direction_backward(dy, col0, dh_n, tape, y, h0, W_hh, lengths, reverse, 
         db_hh_all[2 * H:] = db_hh.sum(axis=0).astype(dtype)
     return (dgx, (dgh if reset_after else None), hprev, (None if reset_after else rhprev), dh0, db_ih,
             db_hh_all)
-
 
 
 def _transposed(W, name):

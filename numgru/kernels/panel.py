@@ -669,8 +669,6 @@ def panel_rows(x, Wp, bias, use_bias, out, r0, r1):
         _block_gemm(x, s0 * K, Wp, out, s0 * ldo, s1 - s0, use_bias, SLAB_ROWS)
 
 
-
-
 #: rows of out.T per slab in :func:`gemm_tn` (x's columns): a slab's k chunk of x stays in L2 while
 #: the strips of d pass over it (N = 8192, M = 768, I = 256, one thread: 99 GFLOP/s for 256 and for
 #: chunks of 64 k, 83 for slabs of 128)
