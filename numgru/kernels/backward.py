@@ -389,8 +389,7 @@ def transpose_into(W, out):
         i1 = min(M, i0 + n)
         for k0 in range(0, K, n):
             k1 = min(K, k0 + n)
-            if i1 - i0 == n and k1 - k0 == n:
-                _transpose_tile(W, out, i0, k0)
+            if i1 - i0 == n and k1 - k0 == n and _transpose_tile(W, out, i0, k0):
                 continue
             for k in range(k0, k1):
                 row = out[k]
@@ -400,8 +399,9 @@ def transpose_into(W, out):
 
 def _transpose_tile(W, out, i0, k0):
     """out[k0 + k, i0 + i] = W[i0 + i, k0 + k] for a whole tile of :func:`transpose_into` (i, k <
-    ``TRANSPOSE_TILE``): 32-bit values in vector registers (:func:`~numgru.kernels.panel.transpose16`;
-    1536 × 512 float32 0.64 → 0.15 ms), others element by element."""
+    ``TRANSPOSE_TILE``) of 32-bit values, in vector registers (:func:`~numgru.kernels.panel.transpose16`;
+    1536 × 512 float32 0.64 → 0.15 ms): True; other values are left to the caller's element loop
+    (False)."""
 
 
 @overload(_transpose_tile, jit_options={"fastmath": set(FASTMATH)})
@@ -409,14 +409,9 @@ def _ol_transpose_tile(W, out, i0, k0):
     if W.dtype.bitwidth == 32 and out.dtype.bitwidth == 32:
         def impl(W, out, i0, k0):
             transpose16(W, i0 * W.shape[1] + k0, W.shape[1], out, k0 * out.shape[1] + i0, out.shape[1])
+            return True
         return impl
-
-    def impl(W, out, i0, k0):
-        for k in range(k0, k0 + TRANSPOSE_TILE):
-            row = out[k]
-            for i in range(i0, i0 + TRANSPOSE_TILE):
-                row[i] = W[i, k]
-    return impl
+    return lambda W, out, i0, k0: False
 
 
 @inline

@@ -2163,10 +2163,12 @@ def packed_pairs(name, W):
     return Wp if pack_pairs(np.ascontiguousarray(W), Wp) else None
 
 
-def _aligned_scratch(name, size):
-    """``size`` uint16 of this thread's :func:`workspace` ``name``, starting on a 64-byte boundary."""
-    buf = workspace(name, (size + 32,), np.uint16)
-    off = (-buf.ctypes.data % 64) // 2
+def _aligned_scratch(name, size, dtype=np.uint16):
+    """``size`` values of ``dtype`` of this thread's :func:`workspace` ``name``, starting on a 64-byte
+    boundary."""
+    itemsize = np.dtype(dtype).itemsize
+    buf = workspace(name, (size + 64 // itemsize,), dtype)
+    off = (-buf.ctypes.data % 64) // itemsize
     return buf[off:off + size]
 
 
@@ -2300,10 +2302,7 @@ def _transposed(W, name):
     until the thread's next call asking for that name), by :func:`~numgru.kernels.backward.
     transpose_into`."""
     M, K = W.shape
-    pad = 64 // W.itemsize
-    buf = workspace(name, (M * K + pad,), W.dtype)
-    off = (-buf.ctypes.data % 64) // W.itemsize
-    out = buf[off:off + M * K].reshape(K, M)
+    out = _aligned_scratch(name, M * K, W.dtype).reshape(K, M)
     transpose_into(np.ascontiguousarray(W), out)
     return out
 
@@ -2585,7 +2584,7 @@ def _input_gradient_routed(dG, W_ih, target):
     if training_panels(N, M, W_ih.shape[1], dG.dtype) and dG.dtype == W_ih.dtype == target.dtype:
         # W_ih.T's panels straight from W_ih's rows; W_ih itself rides along as the unread operand
         K, M = W_ih.shape
-        Wp = packed_panels_of_transpose(W_ih, workspace("panels_T", ((M + 48) * K + 16,), W_ih.dtype))
+        Wp = packed_panels_of_transpose(W_ih, _aligned_scratch("panels_T", (M + 48) * K, W_ih.dtype))
         pool_projection(np.ascontiguousarray(dG), W_ih, W_ih[0], False, target, Wp)
         return True
     return False

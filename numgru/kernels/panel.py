@@ -326,7 +326,8 @@ def pack_panels(W):
 @device
 def pack_panels_of_transpose(W, buf):
     """:func:`pack_panels` (W.T) for W (K, M) C-contiguous, float, written into ``buf`` (1-D, W's
-    dtype, at least (M + 48)·K + 16 values: a caller's scratch, whose pages are already mapped, where
+    dtype, at least (M + 48)·K values past its first 64-byte line, panels at most 48 wide: a caller's
+    scratch, whose pages are already mapped, where
     fresh panels faulted theirs in on every call) and returned as its view: panels (P, K, NC) from a
     64-byte line, panels[p, k, c] = W[k, p·NC + c], zeros past column M − 1. Each panel row is a run
     of W's row k, so this copies runs where packing a transposed copy would first have transposed W
@@ -337,7 +338,7 @@ def pack_panels_of_transpose(W, buf):
     nc = panel_width(W.dtype.type(0))
     P = (M + nc - 1) // nc
     off = ((64 - buf.ctypes.data % 64) % 64) // buf.itemsize
-    if buf.shape[0] < off + P * K * nc or nc > 48:
+    if buf.shape[0] < off + P * K * nc:
         raise ValueError("pack_panels_of_transpose: buf too small")
     flat = buf[off:off + P * K * nc]
     for k in range(K):  # W's rows in order, each dealt out to the panels (element loops: a slice
@@ -346,6 +347,7 @@ def pack_panels_of_transpose(W, buf):
         for j in range(M, P * nc):
             flat[unwrapped(((j // nc) * K + k) * nc + j % nc)] = 0
     return flat.reshape((P, K, nc))
+
 
 def _splat(builder, x, ty):
     """A vector of type ``ty`` with x in every lane."""
