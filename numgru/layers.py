@@ -20,13 +20,14 @@ from .kernels.activations import GATE_HARD_SIGMOID, GATE_SIGMOID
 from .kernels.dispatch import (AMX_DIGITS_SPREAD, FrozenPieces, aligned, amx_recurrence_wanted, batch_order,
                                empty_array, forward_route, gate_scalars, gru_direction_backward,
                                gru_direction_forward, inference_tiled_max, input_gradient, input_projection,
-                               keeps_off_blas, matmul_order, no_step_panels, packed_step, run_serial_direction,
-                               run_step, run_step_digits, serial_direction_plan, serial_forward, step_columns,
-                               step_columns_workspace, step_digits_columns_work, thread_count, valid_steps,
-                               vnni_step_inputs, vnni_step_wanted, weight_gradient, weight_gradient_pair,
-                               workspace)
+                               keeps_off_blas, matmul_order, no_step_panels, packed_step, run_first_step,
+                               run_serial_direction, run_step, run_step_digits, serial_direction_plan,
+                               serial_forward, step_columns, step_columns_workspace, step_digits_columns_work,
+                               thread_count, valid_steps, vnni_step_inputs, vnni_step_wanted, weight_gradient,
+                               weight_gradient_pair, workspace)
 from .kernels._jit import ARRAY_KIND, C_CONTIGUOUS, planned_call
 from .kernels.bf16 import from_bfloat16, to_bfloat16
+from .kernels.forward import first_step_gates
 from .kernels.step import gru_step, step_panels
 from .kernels.vnni import gru_step_vnni, gru_step_vnni_before
 
@@ -58,6 +59,14 @@ GATE_PRESETS = {
 BF16_MAX_ROWS = 16
 BF16_MIN_BYTES = 1 << 19
 BF16_MAX_BYTES_BLAS_THREADS = 1 << 21
+#: batch rows from which a one-step forward from the zero state (:meth:`GRU._first_step`) projects
+#: on Numba's threads when there are several
+FIRST_STEP_THREADS_MIN_ROWS = 16
+#: B·H² from which a cell's step without h (the zero state) skips W_hh (:meth:`GRU._from_zero`); below,
+#: the one fused step kernel's shorter call wins (one thread, float32, µs, skipping against the
+#: step with zeros: B = 1, H = 32 / 64 / 128 / 256 5.5 / 6.0 / 7.9 / 15.8 against 3.2 / 4.0 / 6.7 /
+#: 23.4; H = 64, B = 4 / 16 7.6 / 13.2 against 6.4 / 14.3; B = 64, H = 32 14.2 against 22.0)
+CELL_FROM_ZERO_MIN_WORK = 1 << 16
 #: forward plans kept per model (one per (T, B, thread count) seen; all dropped when full)
 PLANS_KEPT = 64
 
@@ -622,7 +631,10 @@ class GRU(_Params):
             if out is not None:
                 return out
         padded = lengths is not None
+        from_zero = h0 is None
         x, h0, lengths, unbatched = self._prepare(x, h0, lengths)
+        if from_zero and x.shape[0] == 1 and x.shape[1] > 0:
+            return self._finish(*self._from_zero(x, lengths if padded else None), unbatched)
         out = None if padded else self._run_planned(x, h0)
         y, h_n = self._infer(x, h0, lengths, padded) if out is None else out
         return self._finish(y, h_n, unbatched)
@@ -654,15 +666,53 @@ class GRU(_Params):
             x = x.transpose(1, 0, 2)
         if not x.flags.c_contiguous:
             x = np.ascontiguousarray(x)
-        # h0 copied as the general path does (owned and writeable: one kernel signature)
-        h0 = (np.zeros((LD, B, H), dtype) if h0 is None
-              else np.array(h0, order="C", copy=True).reshape(LD, B, H))
+        # h0 copied as the general path does (owned and writeable: one kernel signature); none for
+        # one step from the zero state (:meth:`_run_plan`)
+        if h0 is None:
+            h0 = None if T == 1 else np.zeros((LD, B, H), dtype)
+        else:
+            h0 = np.array(h0, order="C", copy=True).reshape(LD, B, H)
         return self._finish(*self._run_plan(plan, x, h0), unbatched)
+
+    def _from_zero(self, x, lengths=None):
+        """Inference over one step from the zero state: x (1, B ≥ 1, I) C-contiguous of the model's
+        dtype; ``lengths`` (B,) of 0 or 1, or None (all 1). By the plan for (1, B, thread count) where
+        one applies (:meth:`_run_planned`), else :meth:`_first_step`. Returns y (1, B, D·H), h_n
+        (L·D, B, H)."""
+        out = None if lengths is not None else self._run_planned(x, None)
+        if out is None:
+            out = self._first_step(x, np.ones(x.shape[1], np.int64) if lengths is None else lengths)
+        return out
+
+    def _first_step(self, x, lengths):
+        """Inference over one step from the zero state (no h0 given): x (1, B, I) C-contiguous, lengths
+        (B,) of 0 or 1. Every layer and direction takes its input projection and the gates of
+        :func:`~numgru.kernels.forward.first_step_gates`, where W_hh h is zero: W_hh is not read, and
+        with I = H that is half a step's products. Returns y (1, B, D·H), h_n (L·D, B, H)."""
+        B = x.shape[1]
+        D, H, dtype = self.num_directions, self.hidden_size, self.dtype
+        h_n = np.empty((self.num_layers * D, B, H), dtype)
+        scalars = self._kernel_scalars()
+        threads = thread_count() > 1 and B >= FIRST_STEP_THREADS_MIN_ROWS
+        inp = x
+        for layer in range(self.num_layers):
+            y = np.empty((1, B, D * H), dtype)
+            x2d = inp.reshape(B, inp.shape[2])
+            for d in range(D):
+                i = layer * D + d
+                W_ih, _, b_ih, b_hh = self._weights(i)
+                gx = input_projection(x2d, W_ih, b_ih, threads, out=workspace("gx", (B, 3 * H), dtype),
+                                      packed=None if self._packed is None else self._packed[i][0],
+                                      pieces=self._amx_pieces)
+                first_step_gates(gx, b_hh, lengths, *scalars, y, d * H, h_n[i])
+            inp = y
+        return inp, h_n
 
     def _run_planned(self, x, h0):
         """The general path's inference over x (T, B, I) C-contiguous and h0 (L·D, B, H), both of the
-        model's dtype, every row running all T steps, by the plan for (T, B, thread count) as
-        :meth:`_forward_planned` runs it: ``(y, h_n)``, or None where no plan applies."""
+        model's dtype (None: one step from the zero state), every row running all T steps, by the plan
+        for (T, B, thread count) as :meth:`_forward_planned` runs it: ``(y, h_n)``, or None where no
+        plan applies."""
         T, B, _ = x.shape
         if T == 0 or B == 0:
             return None
@@ -685,7 +735,9 @@ class GRU(_Params):
         return plan
 
     def _run_plan(self, plan, x, h0):
-        """All layers by ``plan`` over x (T, B, I) C-contiguous and h0 (L·D, B, H) owned: (y, h_n)."""
+        """All layers by ``plan`` over x (T, B, I) C-contiguous and h0 (L·D, B, H) owned: (y, h_n).
+        h0 None: T = 1 from the zero state, each direction by
+        :func:`~numgru.kernels.dispatch.run_first_step` (W_hh not read)."""
         T, B, _ = x.shape
         LD, H, dtype = self.num_layers * self.num_directions, self.hidden_size, self.dtype
         h_n = np.empty((LD, B, H), dtype)
@@ -696,8 +748,11 @@ class GRU(_Params):
             x2d = inp.reshape(T * B, inp.shape[2])
             for d in range(D):
                 i = layer * D + d
-                run_serial_direction(plan[i], x2d, workspace("gx", (T * B, 3 * H), dtype), h0[i], y,
-                                     d * H, h_n[i])
+                gx = workspace("gx", (T * B, 3 * H), dtype)
+                if h0 is None:
+                    run_first_step(plan[i], x2d, gx, y, d * H, h_n[i])
+                else:
+                    run_serial_direction(plan[i], x2d, gx, h0[i], y, d * H, h_n[i])
             inp = y
         return inp, h_n
 
@@ -1094,6 +1149,8 @@ class GRUCell(_Params):
                     x = np.ascontiguousarray(x)
                     xk = x.flags.num
                 if h is None:
+                    if B * H * H >= CELL_FROM_ZERO_MIN_WORK:
+                        return g._from_zero(x[None])[1][0]
                     h = np.zeros((B, H), dtype)
                 hk = h.flags.num
                 if not hk & C_CONTIGUOUS:
@@ -1129,7 +1186,10 @@ class GRUCell(_Params):
                 return out
         x3, h0, unbatched = self._prepare(x, h)
         B = x3.shape[1]
-        _, h_n, _ = self._gru._run(x3, h0, np.ones(B, np.int64), store=False)
+        if h is None and B > 0:
+            h_n = self._gru._from_zero(x3)[1]
+        else:
+            _, h_n, _ = self._gru._run(x3, h0, np.ones(B, np.int64), store=False)
         return h_n[0, 0] if unbatched else h_n[0]
 
     def _step_args(self, B):

@@ -51,11 +51,10 @@ from .amx import (amx_gradient, amx_gradient_pair, amx_gradient_parallel, amx_pr
                   pack_digits_into_parallel, padded)
 from .backward import (BIAS_ROWS, gru_backward_amx, gru_backward_amx_rows, gru_backward_dpbf16,
                        gru_backward_serial, matmul_into, transpose_into, weight_gradient_panels)
-from .forward import (column_blocks, gru_forward_chunked, gru_forward_cols, gru_forward_cols_before,
-                      gru_forward_rows, gru_forward_serial, input_projection_kernel, input_projection_parallel,
-                      packed_panels, packed_panels_of_transpose, projection_block, NUMBA_ROWS_MAX, NUMBA_ROWS_MAX_K,
-                      row_chunks, PANEL_MIN_T,
-                      TILED_MAX_ONE_THREAD, use_panels)
+from .forward import (column_blocks, first_step_gates, gru_forward_chunked, gru_forward_cols,
+                      gru_forward_cols_before, gru_forward_rows, gru_forward_serial, input_projection_kernel,
+                      input_projection_parallel, packed_panels, packed_panels_of_transpose, projection_block,
+                      NUMBA_ROWS_MAX, NUMBA_ROWS_MAX_K, row_chunks, PANEL_MIN_T, TILED_MAX_ONE_THREAD, use_panels)
 from .step import gru_step, gru_step_cols, gru_step_cols_before
 from .dpbf16 import (CHUNK_ROWS, TILE_PANELS, dpbf16_gradient, dpbf16_projection,
                      dpbf16_projection_parallel, dpbf16_ready, gru_forward_dpbf16, gru_forward_dpbf16_ranges,
@@ -1970,6 +1969,22 @@ def run_serial_direction(plan, x2d, gx, h0, y, col0, h_n):
         return
     planned_call(entries, "recurrence", gru_forward_serial, gx.reshape(T, gx.shape[0] // T, gx.shape[1]),
                  *weights, h0, *scalars, y, col0, h_n, *rest)
+
+
+def run_first_step(plan, x2d, gx, y, col0, h_n):
+    """One step of one direction from the zero state (no h0 given) by a plan from
+    :func:`serial_direction_plan` for T = 1: the plan's input projection into gx, then
+    :func:`~numgru.kernels.forward.first_step_gates` (W_hh h is zero, so W_hh is not read). Arrays as
+    :func:`run_serial_direction` takes them."""
+    projection, flags, recurrence, _, _, _, _, entries, _ = plan
+    weights, scalars, _ = recurrence
+    panels, dot, amx, Wv_ih, pieces, dp, par = flags
+    kind = x2d.flags.num & ARRAY_KIND
+    _planned_projection(x2d, (*projection, panels, dot), amx, gx, Wv_ih, pieces, dp, entries, kind,
+                        par if kind == ARRAY_KIND else 0)
+    lengths, _, _, reset_after, *gates = scalars
+    planned_call(entries, "first step", first_step_gates, gx, weights[2], lengths, reset_after, *gates, y, col0,
+                 h_n)
 
 
 def _run_amx_direction(amx_steps, x2d, gx, h0, y, col0, h_n):

@@ -86,6 +86,37 @@ def _row_after(gxb, ab, b_hh, hcb, hnb, wb, kind, alpha, beta, use_clip, clip, H
 _row_after_called = device(_row_after.py_func)
 
 
+@kernel
+def first_step_gates(gx, b_hh, lengths, reset_after, gate_kind, alpha, beta, use_clip, clip, y, col0, h_n):
+    """One step of one direction from the zero state (no h0 given): W_hh h is zero there, so only
+    b_hh reaches the gates and W_hh is not read. gx (B, 3H): the step's input projection with b_ih;
+    b_hh (3H,); lengths (B,), 0 or 1 (a row of length 0 keeps the zero state). Writes h_1 to h_n
+    (B, H) and to y[0, :, col0:col0 + H]: r = g(gx_r + b_hr), z = g(gx_z + b_hz), n = tanh(gx_n +
+    r ⊙ b_hn) (reset_after) or tanh(gx_n + b_hn) (reset_before, where r ⊙ h is zero), h_1 = (1 − z) ⊙ n,
+    with the step kernels' gates (g, ONNX's clip of every pre-activation) and operation order."""
+    wide_vectors()
+    B = gx.shape[0]
+    H = h_n.shape[1]
+    H2 = 2 * H
+    zero = h_n.dtype.type(0.0)
+    for b in range(B):
+        if lengths[b] == 0:
+            for j in range(H):
+                h_n[b, j] = zero
+                y[0, b, unwrapped(col0 + j)] = zero
+            continue
+        for j in range(H):
+            z = gate(clip_pre(gx[b, H + j] + b_hh[H + j], use_clip, clip), gate_kind, alpha, beta)
+            if reset_after:
+                r = gate(clip_pre(gx[b, j] + b_hh[j], use_clip, clip), gate_kind, alpha, beta)
+                n = tanh_fast(clip_pre(gx[b, H2 + j] + r * b_hh[H2 + j], use_clip, clip))
+            else:
+                n = tanh_fast(clip_pre(gx[b, H2 + j] + b_hh[H2 + j], use_clip, clip))
+            v = n + z * (zero - n)
+            h_n[b, j] = v
+            y[0, b, unwrapped(col0 + j)] = v
+
+
 @inline
 def _row_after_fast(gx, t, b, acc, i, b_hh, hc, hn, y, col0, H):
     """:func:`_row_after` for inference with sigmoid gates and no clip, on row b of step t (state row

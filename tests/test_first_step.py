@@ -1,0 +1,133 @@
+"""One step from the zero state (T = 1, no h0; a cell without h): W_hh h is zero there, so the layers
+skip W_hh (GRU._from_zero). Checked against torch, tests/reference.py and the same call given zeros."""
+import itertools
+
+import numpy as np
+import pytest
+
+import numgru as ng
+import numgru.layers as layers
+from numgru.kernels import dispatch
+from conftest import TOL, count_calls
+from reference import gru as ref_gru, random_params
+
+torch = pytest.importorskip("torch")
+
+
+def _first_steps(monkeypatch):
+    """Counts of the two ways a one-step forward from the zero state runs: by a forward plan, or by
+    :meth:`GRU._first_step` (its own projection)."""
+    plan = count_calls(monkeypatch, layers, {"run_first_step": "plan", "run_serial_direction": "steps"})
+    own = count_calls(monkeypatch, layers, {"first_step_gates": "own"})
+    return plan, own
+
+
+@pytest.mark.parametrize("layers_, bidir, bias, batch_first, dtype", list(itertools.product(
+    [1, 3], [False, True], [True, False], [False, True], [np.float32, np.float64])))
+def test_one_step_without_h0_matches_torch_and_reference(monkeypatch, layers_, bidir, bias, batch_first, dtype):
+    rng = np.random.default_rng(layers_ * 8 + bidir * 4 + bias * 2 + batch_first)
+    B, I, H = 5, 7, 24
+    tdtype = torch.float64 if dtype == np.float64 else torch.float32
+    torch.manual_seed(3)
+    tg = torch.nn.GRU(I, H, layers_, bias=bias, batch_first=batch_first, bidirectional=bidir, dtype=tdtype)
+    g = ng.GRU.from_torch(tg)
+    calls = _first_steps(monkeypatch)
+    x = rng.standard_normal((B, 1, I) if batch_first else (1, B, I)).astype(dtype)
+    y, h = g(x)
+    with torch.no_grad():
+        ty, th = tg(torch.from_numpy(x))
+    np.testing.assert_allclose(y, ty.numpy(), **TOL[dtype])
+    np.testing.assert_allclose(h, th.numpy(), **TOL[dtype])
+    ry, rh = ref_gru(x.transpose(1, 0, 2) if batch_first else x, g.state_dict(), layers_, H, bidir)
+    np.testing.assert_allclose(y, ry.transpose(1, 0, 2) if batch_first else ry, **TOL[dtype])
+    np.testing.assert_allclose(h, rh, **TOL[dtype])
+    D = 2 if bidir else 1
+    assert calls[0]["plan"] + calls[1]["own"] == layers_ * D and calls[0]["steps"] == 0
+    # unbatched, and lengths (some 0: those rows keep the zero state and give zeros)
+    yu, hu = g(x[0] if batch_first else x[:, 0])
+    np.testing.assert_allclose(yu, y[0] if batch_first else y[:, 0], **TOL[dtype])
+    np.testing.assert_allclose(hu, h[:, 0], **TOL[dtype])
+    lengths = np.array([1, 0, 1, 0, 1])
+    yl, hl = g(x, lengths=lengths)
+    ry, rh = ref_gru(x.transpose(1, 0, 2) if batch_first else x, g.state_dict(), layers_, H, bidir,
+                     lengths=lengths)
+    np.testing.assert_allclose(yl, ry.transpose(1, 0, 2) if batch_first else ry, **TOL[dtype])
+    np.testing.assert_allclose(hl, rh, **TOL[dtype])
+    assert not yl[(1, 3), 0].any() if batch_first else not yl[0, (1, 3)].any()
+
+
+@pytest.mark.parametrize("reset_after", [True, False])
+@pytest.mark.parametrize("gate", ["sigmoid", "hard_sigmoid_keras2", "hard_sigmoid"])
+@pytest.mark.parametrize("clip", [None, 0.7])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_one_step_without_h0_variants_against_reference(reset_after, gate, clip, dtype):
+    rng = np.random.default_rng(11)
+    B, I, H, L = 4, 3, 6, 2
+    g = ng.GRU(I, H, L, bidirectional=True, reset_after=reset_after, gate_activation=gate, clip=clip, dtype=dtype)
+    params = random_params(I, H, L, bidirectional=True, seed=2)
+    g.load_state_dict(params)
+    x = (2 * rng.standard_normal((1, B, I))).astype(dtype)
+    kind = "sigmoid" if gate == "sigmoid" else "hard"
+    for lengths in (None, np.array([1, 0, 1, 1])):
+        y, h = g(x, lengths=lengths)
+        ry, rh = ref_gru(x, params, L, H, True, None, lengths, reset_after, kind, 0.2, 0.5, clip)
+        np.testing.assert_allclose(y, ry, **TOL[dtype])
+        np.testing.assert_allclose(h, rh, **TOL[dtype])
+
+
+@pytest.mark.parametrize("B, H", [(1, 40), (1, 300), (37, 64)])
+def test_one_step_without_h0_does_not_read_w_hh(B, H):
+    # W_hh h is zero from the zero state: the result is the one given zeros, whatever W_hh holds
+    g = ng.GRU(9, H, 2, seed=4)
+    x = np.random.default_rng(0).standard_normal((1, B, 9)).astype(np.float32)
+    y0, h0 = g(x, np.zeros((2, B, H), np.float32))
+    for W in g._W_hh:
+        W *= 3.0
+    y, h = g(x)
+    np.testing.assert_allclose(y, y0, atol=1e-6)
+    np.testing.assert_allclose(h, h0, atol=1e-6)
+    assert not np.allclose(g(x, np.full((2, B, H), 0.5, np.float32))[0], y0, atol=1e-3)
+
+
+@pytest.mark.parametrize("make", [lambda g: g.freeze(), lambda g: g.quantize()], ids=["frozen", "quantized"])
+@pytest.mark.parametrize("B, H", [(1, 64), (16, 256), (3, 600)])
+def test_one_step_without_h0_of_inference_copies(make, B, H):
+    g = ng.GRU(32, H, 2, bidirectional=True, seed=5)
+    m = make(g)
+    x = np.random.default_rng(1).standard_normal((1, B, 32)).astype(np.float32)
+    for lengths in (None, np.arange(B) % 2):
+        y, h = m(x, lengths=lengths)
+        y0, h0 = m(x, np.zeros((4, B, H), np.float32), lengths=lengths)
+        np.testing.assert_allclose(y, y0, atol=1e-5)
+        np.testing.assert_allclose(h, h0, atol=1e-5)
+
+
+def test_one_step_without_h0_on_two_threads(two_threads, monkeypatch):
+    calls = _first_steps(monkeypatch)
+    for B, H, lengths in [(64, 48, None), (64, 48, np.arange(64) % 2), (20, 130, None)]:
+        g = ng.GRU(17, H, bidirectional=True, seed=6)
+        x = np.random.default_rng(2).standard_normal((1, B, 17)).astype(np.float32)
+        y, h = g(x, lengths=lengths)
+        ry, rh = ref_gru(x, g.state_dict(), 1, H, True, lengths=lengths)
+        np.testing.assert_allclose(y, ry, atol=1e-5)
+        np.testing.assert_allclose(h, rh, atol=1e-5)
+    assert calls[0]["steps"] == 0 and calls[0]["plan"] + calls[1]["own"] == 6
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("reset_after", [True, False])
+@pytest.mark.parametrize("B, I, H", [(1, 8, 16), (1, 256, 256), (64, 5, 40)])
+def test_cell_without_h(dtype, reset_after, B, I, H):
+    # below and above CELL_FROM_ZERO_MIN_WORK: the fused step given zeros, or W_hh skipped
+    c = ng.GRUCell(I, H, reset_after=reset_after, dtype=dtype, seed=7)
+    x = np.random.default_rng(3).standard_normal((B, I)).astype(dtype)
+    params = {k + "_l0": v for k, v in c.state_dict().items()}
+    ry, _ = ref_gru(x[None], params, 1, H, reset_after=reset_after)
+    np.testing.assert_allclose(c(x), ry[0], **TOL[dtype])
+    np.testing.assert_allclose(c(x[0]), ry[0, 0], **TOL[dtype])
+    np.testing.assert_allclose(c(x.tolist()), ry[0], **TOL[dtype])
+    if reset_after:
+        tc = torch.nn.GRUCell(I, H, dtype=torch.float64 if dtype == np.float64 else torch.float32)
+        c = ng.GRUCell.from_torch(tc)
+        with torch.no_grad():
+            np.testing.assert_allclose(c(x), tc(torch.from_numpy(x)).numpy(), **TOL[dtype])
