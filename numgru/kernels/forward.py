@@ -1508,14 +1508,19 @@ def input_projection_parallel(x2d, W_ih, Wp, b_ih, use_bias, out, panels, n_thre
             call_native(block, (x2d, W_ih, Wp, b_ih, use_bias, out, panels, np.int64(r0),
                                 np.int64(min(N, r0 + rows)), np.int64(0), np.int64(M)), None)
         return
+    nt = (M + 127) // 128
     nb = (N + 127) // 128
-    # row blocks of even size: prange deals each thread a range of tasks, and 160 rows in blocks of 128
-    # and 32 had given one thread four fifths of the work (two threads, T = 10, B = 16, rows route,
-    # alternating against 26d8bc2, ms: H = 256 0.98–1.16 → 0.72–0.86, H = 512 3.8–4.3 → 2.9–3.2,
-    # float64 H = 384 5.1–5.9 → 3.5–4.8)
+    # row blocks of even size, enough of them that the threads' shares of the tasks are even: prange
+    # deals each thread a range of tasks, and 160 rows in blocks of 128 and 32 had given one thread
+    # four fifths of the work (two threads, T = 10, B = 16, rows route, alternating against 26d8bc2,
+    # ms: H = 256 0.98–1.16 → 0.72–0.86, H = 512 3.8–4.3 → 2.9–3.2, float64 H = 384 5.1–5.9 →
+    # 3.5–4.8); 128 rows by 48 outputs had been one task on one thread (float64, T = 1, B = 128,
+    # I = 300, H = 16, two bidirectional layers, lengths: 0.38–0.49 → 0.28–0.38 ms)
+    most = (N + 7) // 8
+    while nb < most and (nb * nt < 2 * n_threads or (nb * nt % n_threads != 0 and nb * nt < 8 * n_threads)):
+        nb += 1
     rows = ((N + nb - 1) // nb + 7) // 8 * 8
     nb = (N + rows - 1) // rows
-    nt = (M + 127) // 128
     for task in prange(nb * nt):  # (row block, tile) pairs: enough tasks for every thread at small N
         wide_vectors()
         r0 = (task // nt) * rows
