@@ -625,7 +625,10 @@ class GRU(_Params):
         return self.forward(x, h0, lengths)
 
     def forward(self, x, h0=None, lengths=None):
-        """Inference over whole sequences. Returns ``(y, h_n)``; see the class docstring for shapes."""
+        """Inference over whole sequences. Returns ``(y, h_n)``; see the class docstring for shapes.
+
+        Without h0 a one-step call (T = 1) does not read W_hh, whose product with the zero state is
+        zero (so a NaN or ±Inf there shows from the second step on)."""
         if lengths is None and type(x) is np.ndarray and x.dtype == self.dtype and x.ndim in (2, 3):
             out = self._forward_planned(x, h0)
             if out is not None:
@@ -1186,7 +1189,7 @@ class GRUCell(_Params):
                 return out
         x3, h0, unbatched = self._prepare(x, h)
         B = x3.shape[1]
-        if h is None and B > 0:
+        if h is None and B * self.hidden_size ** 2 >= CELL_FROM_ZERO_MIN_WORK:
             h_n = self._gru._from_zero(x3)[1]
         else:
             _, h_n, _ = self._gru._run(x3, h0, np.ones(B, np.int64), store=False)
