@@ -21,7 +21,7 @@ from .kernels.dispatch import (AMX_DIGITS_SPREAD, FrozenPieces, aligned, amx_rec
                                empty_array, forward_route, gate_scalars, gru_direction_backward,
                                gru_direction_forward, inference_tiled_max, input_gradient, input_projection,
                                keeps_off_blas, matmul_order, no_step_panels, packed_step, run_first_step,
-                               run_serial_direction, run_step, run_step_digits, serial_direction_plan,
+                               run_from_zero, run_serial_direction, run_step, run_step_digits, serial_direction_plan,
                                serial_forward, step_columns, step_columns_workspace, step_digits_columns_work,
                                thread_count, valid_steps, vnni_step_inputs, vnni_step_wanted, weight_gradient,
                                weight_gradient_pair, workspace)
@@ -627,8 +627,9 @@ class GRU(_Params):
     def forward(self, x, h0=None, lengths=None):
         """Inference over whole sequences. Returns ``(y, h_n)``; see the class docstring for shapes.
 
-        Without h0 a one-step call (T = 1) does not read W_hh, whose product with the zero state is
-        zero (so a NaN or ±Inf there shows from the second step on)."""
+        Without h0 the first step skips W_hh, whose product with the zero state is zero (always at
+        T = 1, and where the plan runs the serial kernel beyond), so a NaN or ±Inf in W_hh shows from
+        the second step on."""
         if lengths is None and type(x) is np.ndarray and x.dtype == self.dtype and x.ndim in (2, 3):
             out = self._forward_planned(x, h0)
             if out is not None:
@@ -638,7 +639,7 @@ class GRU(_Params):
         x, h0, lengths, unbatched = self._prepare(x, h0, lengths)
         if from_zero and x.shape[0] == 1 and x.shape[1] > 0:
             return self._finish(*self._from_zero(x, lengths if padded else None), unbatched)
-        out = None if padded else self._run_planned(x, h0)
+        out = None if padded else self._run_planned(x, None if from_zero else h0)
         y, h_n = self._infer(x, h0, lengths, padded) if out is None else out
         return self._finish(y, h_n, unbatched)
 
@@ -669,11 +670,9 @@ class GRU(_Params):
             x = x.transpose(1, 0, 2)
         if not x.flags.c_contiguous:
             x = np.ascontiguousarray(x)
-        # h0 copied as the general path does (owned and writeable: one kernel signature); none for
-        # one step from the zero state (:meth:`_run_plan`)
-        if h0 is None:
-            h0 = None if T == 1 else np.zeros((LD, B, H), dtype)
-        else:
+        # h0 copied as the general path does (owned and writeable: one kernel signature); none from
+        # the zero state (:meth:`_run_plan`)
+        if h0 is not None:
             h0 = np.array(h0, order="C", copy=True).reshape(LD, B, H)
         return self._finish(*self._run_plan(plan, x, h0), unbatched)
 
@@ -713,7 +712,7 @@ class GRU(_Params):
 
     def _run_planned(self, x, h0):
         """The general path's inference over x (T, B, I) C-contiguous and h0 (L·D, B, H), both of the
-        model's dtype (None: one step from the zero state), every row running all T steps, by the plan
+        model's dtype (None: from the zero state), every row running all T steps, by the plan
         for (T, B, thread count) as :meth:`_forward_planned` runs it: ``(y, h_n)``, or None where no
         plan applies."""
         T, B, _ = x.shape
@@ -739,8 +738,10 @@ class GRU(_Params):
 
     def _run_plan(self, plan, x, h0):
         """All layers by ``plan`` over x (T, B, I) C-contiguous and h0 (L·D, B, H) owned: (y, h_n).
-        h0 None: T = 1 from the zero state, each direction by
-        :func:`~numgru.kernels.dispatch.run_first_step` (W_hh not read)."""
+        h0 None: from the zero state, where a direction's first step does not read W_hh
+        (:func:`~numgru.kernels.dispatch.run_first_step` for T = 1,
+        :func:`~numgru.kernels.dispatch.run_from_zero` beyond where the plan's recurrence allows, else
+        the plan from zeros)."""
         T, B, _ = x.shape
         LD, H, dtype = self.num_layers * self.num_directions, self.hidden_size, self.dtype
         h_n = np.empty((LD, B, H), dtype)
@@ -752,10 +753,12 @@ class GRU(_Params):
             for d in range(D):
                 i = layer * D + d
                 gx = workspace("gx", (T * B, 3 * H), dtype)
-                if h0 is None:
-                    run_first_step(plan[i], x2d, gx, y, d * H, h_n[i])
-                else:
+                if h0 is not None:
                     run_serial_direction(plan[i], x2d, gx, h0[i], y, d * H, h_n[i])
+                elif T == 1:
+                    run_first_step(plan[i], x2d, gx, y, d * H, h_n[i])
+                elif not run_from_zero(plan[i], x2d, gx, y, d * H, h_n[i]):
+                    run_serial_direction(plan[i], x2d, gx, np.zeros((B, H), dtype), y, d * H, h_n[i])
             inp = y
         return inp, h_n
 

@@ -131,3 +131,28 @@ def test_cell_without_h(dtype, reset_after, B, I, H):
         c = ng.GRUCell.from_torch(tc)
         with torch.no_grad():
             np.testing.assert_allclose(c(x), tc(torch.from_numpy(x)).numpy(), **TOL[dtype])
+
+
+@pytest.mark.parametrize("T", [2, 6])
+@pytest.mark.parametrize("reset_after", [True, False])
+@pytest.mark.parametrize("bidir", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sequence_without_h0_skips_the_first_product(one_thread, monkeypatch, T, reset_after, bidir, dtype):
+    # a serial plan's recurrence from the zero state: the first step's gates, then the kernel over the
+    # other T − 1 steps from that state (both directions, every layer)
+    ran = []
+    real = layers.run_from_zero
+    monkeypatch.setattr(layers, "run_from_zero", lambda *a: ran.append(real(*a)) or ran[-1])
+    B, I, H, L = 3, 5, 24, 2
+    g = ng.GRU(I, H, L, bidirectional=bidir, reset_after=reset_after, dtype=dtype, seed=8)
+    x = np.random.default_rng(T).standard_normal((T, B, I)).astype(dtype)
+    y, h = g(x)
+    ry, rh = ref_gru(x, g.state_dict(), L, H, bidir, reset_after=reset_after)
+    np.testing.assert_allclose(y, ry, **TOL[dtype])
+    np.testing.assert_allclose(h, rh, **TOL[dtype])
+    assert ran == [True] * (L * (2 if bidir else 1))
+    for m in (g.freeze(), g.quantize()) if dtype == np.float32 else ():
+        y0, h0 = m(x, np.zeros((L * (2 if bidir else 1), B, H), dtype))
+        y1, h1 = m(x)
+        np.testing.assert_allclose(y1, y0, atol=1e-5)
+        np.testing.assert_allclose(h1, h0, atol=1e-5)

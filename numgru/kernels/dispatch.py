@@ -1987,6 +1987,37 @@ def run_first_step(plan, x2d, gx, y, col0, h_n):
                  h_n)
 
 
+def run_from_zero(plan, x2d, gx, y, col0, h_n):
+    """:func:`run_serial_direction` from the zero state (no h0 given) over T ≥ 2 steps, where the
+    plan's recurrence is the serial kernel's (not the fused, chunked, AMX, VNNI or bfloat16 ones):
+    the whole projection, the first step by :func:`~numgru.kernels.forward.first_step_gates` (W_hh
+    h is zero there, so W_hh is not read), then the serial kernel over the other T − 1 steps from
+    that state. False (nothing written) where the plan takes another kernel."""
+    projection, flags, recurrence, chunked, amx_steps, vnni_steps, dp_steps, entries, fused_steps = plan
+    if chunked is not None or amx_steps is not None or vnni_steps is not None or dp_steps is not None \
+            or fused_steps is not None:
+        return False
+    weights, scalars, rest = recurrence
+    panels, dot, amx, Wv_ih, pieces, dp, par = flags
+    kind = x2d.flags.num & ARRAY_KIND
+    _planned_projection(x2d, (*projection, panels, dot), amx, gx, Wv_ih, pieces, dp, entries, kind,
+                        par if kind == ARRAY_KIND else 0)
+    T, B = y.shape[0], h_n.shape[0]
+    g3 = gx.reshape(T, B, gx.shape[1])
+    lengths, sorted_desc, reverse, reset_after, *gates = scalars
+    first = T - 1 if reverse else 0
+    h1 = np.empty_like(h_n)
+    planned_call(entries, "first step", first_step_gates, g3[first], weights[2], lengths, reset_after, *gates,
+                 y[first:first + 1], col0, h1)
+    rest_steps = slice(0, T - 1) if reverse else slice(1, T)
+    # the other steps' lengths: writeable int64, as the plan's (one kernel signature)
+    others = np.empty(B, np.int64)
+    others.fill(T - 1)
+    planned_call(entries, "recurrence", gru_forward_serial, g3[rest_steps], *weights, h1, others, sorted_desc,
+                 reverse, reset_after, *gates, y[rest_steps], col0, h_n, *rest)
+    return True
+
+
 def _run_amx_direction(amx_steps, x2d, gx, h0, y, col0, h_n):
     """:func:`run_serial_direction` on AMX tiles (:func:`amx_recurrence_wanted`): W_hh packed here,
     the projection first (on AMX where the plan says so) or interleaved with the steps as the plan's
