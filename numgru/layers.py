@@ -628,8 +628,8 @@ class GRU(_Params):
         """Inference over whole sequences. Returns ``(y, h_n)``; see the class docstring for shapes.
 
         Without h0 the first step skips W_hh, whose product with the zero state is zero (always at
-        T = 1, and where the plan runs the serial kernel beyond), so a NaN or ±Inf in W_hh shows from
-        the second step on."""
+        T = 1; beyond, where the plan runs the serial kernel or a threaded route takes the call), so a
+        NaN or ±Inf in W_hh shows from the second step on there."""
         if lengths is None and type(x) is np.ndarray and x.dtype == self.dtype and x.ndim in (2, 3):
             out = self._forward_planned(x, h0)
             if out is not None:
@@ -640,7 +640,7 @@ class GRU(_Params):
         if from_zero and x.shape[0] == 1 and x.shape[1] > 0:
             return self._finish(*self._from_zero(x, lengths if padded else None), unbatched)
         out = None if padded else self._run_planned(x, None if from_zero else h0)
-        y, h_n = self._infer(x, h0, lengths, padded) if out is None else out
+        y, h_n = self._infer(x, h0, lengths, padded, from_zero) if out is None else out
         return self._finish(y, h_n, unbatched)
 
     def _forward_planned(self, x, h0):
@@ -781,10 +781,11 @@ class GRU(_Params):
                 self.alpha, self.beta, self.clip, self._amx_pieces, self._bf16 is not None))
         return tuple(plan)
 
-    def _infer(self, x, h0, lengths, padded):
+    def _infer(self, x, h0, lengths, padded, from_zero=False):
         """Inference on checked arrays: x (T, B, I) C-contiguous, h0 (L·D, B, H), lengths (B,) int64
         (``padded``: some may be below T). Picks the route (:func:`forward_route`), orders the rows for
-        it and back. Returns y (T, B, D·H), h_n (L·D, B, H)."""
+        it and back. ``from_zero``: h0 is the zeros put for none given (see :meth:`_run`). Returns
+        y (T, B, D·H), h_n (L·D, B, H)."""
         T, B, _ = x.shape
         H = self.hidden_size
         bf16 = self._bf16 is not None and use_bf16(self, B, 12 * H * H, False)
@@ -792,13 +793,19 @@ class GRU(_Params):
                               self._packed is not None)
         x, h0, lengths, perm = _sort_by_length(x, h0, lengths, route)
         y, h_n, _ = self._run(x, h0, lengths, store=False, padded=padded, route=route,
-                              off_blas=route is None and keeps_off_blas(B, H, thread_count(), False))
+                              off_blas=route is None and keeps_off_blas(B, H, thread_count(), False),
+                              from_zero=from_zero)
         return _unsort(perm, y, h_n)
 
-    def _run(self, x, h0, lengths, store, dropout_rng=None, padded=True, route=None, off_blas=False):
+    def _run(self, x, h0, lengths, store, dropout_rng=None, padded=True, route=None, off_blas=False,
+             from_zero=False):
         """All layers over (T, B, I) rows already in :func:`_sort_by_length`'s order. ``padded``:
         lengths may be below T; ``route``: from :func:`forward_route` (None for training);
-        ``off_blas``: the serial kernels' projection off BLAS's threads (:func:`keeps_off_blas`)."""
+        ``off_blas``: the serial kernels' projection off BLAS's threads (:func:`keeps_off_blas`);
+        ``from_zero``: h0 is all zeros (none was given), so in inference over T ≥ 2 steps each
+        direction takes its first step by :func:`~numgru.kernels.forward.first_step_gates` (W_hh not
+        read) and its recurrence over the other steps from there; the reverse direction only where
+        every row runs all T steps (else its rows start at steps of their own)."""
         T, B, _ = x.shape
         D, H = self.num_directions, self.hidden_size
         h_n = np.empty((self.num_layers * D, B, H), self.dtype)
@@ -823,9 +830,18 @@ class GRU(_Params):
                 gx = input_projection(x2d, W_ih, b_ih, route in ("rows", "columns"), valid, training=store,
                                       out=out, packed=Wp_ih, pieces=self._amx_pieces,
                                       off_blas=off_blas).reshape(T, B, 3 * H)
-                tape = gru_direction_forward(gx, W_hh, b_hh, h0[i], lengths, d == 1 or self.go_backwards,
+                reverse = d == 1 or self.go_backwards
+                h_start, steps, steps_lengths = h0[i], slice(0, T), lengths
+                if from_zero and not store and T > 1 and not (reverse and padded):
+                    first = T - 1 if reverse else 0
+                    h_start = np.empty((B, H), self.dtype)
+                    first_step_gates(gx[first], b_hh, lengths, *self._kernel_scalars(), y[first:first + 1],
+                                     d * H, h_start)
+                    steps = slice(0, T - 1) if reverse else slice(1, T)
+                    steps_lengths = np.maximum(lengths - 1, 0)
+                tape = gru_direction_forward(gx[steps], W_hh, b_hh, h_start, steps_lengths, reverse,
                                              self.reset_after, self._gate_kind, self.alpha, self.beta,
-                                             self.clip, y, d * H, h_n[i], store=store, route=route,
+                                             self.clip, y[steps], d * H, h_n[i], store=store, route=route,
                                              packed=Wp_hh, pieces=self._amx_pieces)
                 gate_tapes.append(tape)
             if store:

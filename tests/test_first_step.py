@@ -156,3 +156,25 @@ def test_sequence_without_h0_skips_the_first_product(one_thread, monkeypatch, T,
         y1, h1 = m(x)
         np.testing.assert_allclose(y1, y0, atol=1e-5)
         np.testing.assert_allclose(h1, h0, atol=1e-5)
+
+
+@pytest.mark.parametrize("B, H", [(64, 40), (2, 520)])  # the rows route, the columns route
+@pytest.mark.parametrize("reset_after", [True, False])
+def test_sequence_without_h0_on_the_threaded_routes(two_threads, monkeypatch, B, H, reset_after):
+    # the routes' recurrence from the first step's state; with lengths only the forward direction starts
+    # there (the reverse one's rows start at steps of their own), rows of length 0 keep the zero state
+    from numgru.kernels.dispatch import forward_route
+    T, L = 4, 2
+    if forward_route(B, H, reset_after, False, T) is None:
+        pytest.skip("no threaded route for this shape here")
+    g = ng.GRU(6, H, L, bidirectional=True, reset_after=reset_after, seed=9)
+    rng = np.random.default_rng(B)
+    x = rng.standard_normal((T, B, 6)).astype(np.float32)
+    calls = count_calls(monkeypatch, layers, ["first_step_gates"])
+    for lengths, firsts in ((None, 2 * L), (rng.integers(0, T + 1, B), L)):
+        calls["first_step_gates"] = 0
+        y, h = g(x, lengths=lengths)
+        ry, rh = ref_gru(x, g.state_dict(), L, H, True, lengths=lengths, reset_after=reset_after)
+        np.testing.assert_allclose(y, ry, atol=1e-5)
+        np.testing.assert_allclose(h, rh, atol=1e-5)
+        assert calls["first_step_gates"] == firsts
