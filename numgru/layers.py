@@ -937,17 +937,23 @@ class GRU(_Params):
                 sfx = self._suffix(layer, d)
                 dW_ih = np.empty(W_ih.shape, self.dtype)
                 dW_hh = np.empty((3 * H, H), self.dtype)
+                # dW_hh sums dG_t ⊗ h_{t−1}: the rows whose h_{t−1} is a zero h0 add nothing
+                hh_rows = self._state_rows(tape, i, d == 1 or self.go_backwards)
                 if T * B:
-                    if self.reset_after:  # (on two threads side by side where both take the tiles)
+                    dgx_h, hp_h = dgx2[hh_rows], hp2[hh_rows]
+                    if hh_rows.stop == hh_rows.start:  # one step from a zero h0
+                        dW_hh[...] = 0
+                        weight_gradient(dgx2, x2d, dW_ih)
+                    elif self.reset_after:  # (on two threads side by side where both take the tiles)
                         if dgh.shape[2] == H:  # dgh's n block alone: r and z are dgx's
-                            hh = (dgx2, hp2, dW_hh, dgh.reshape(T * B, H))
+                            hh = (dgx_h, hp_h, dW_hh, dgh.reshape(T * B, H)[hh_rows])
                         else:
-                            hh = (dgh.reshape(T * B, 3 * H), hp2, dW_hh, None)
+                            hh = (dgh.reshape(T * B, 3 * H)[hh_rows], hp_h, dW_hh, None)
                         weight_gradient_pair((dgx2, x2d, dW_ih, None), hh)
                     else:  # dgh is dgx; the n block multiplies r ⊙ h_{t−1}
                         weight_gradient(dgx2, x2d, dW_ih)
-                        weight_gradient(dgx2, hp2, dW_hh[: 2 * H])
-                        weight_gradient(dgx2, rhprev.reshape(T * B, H), dW_hh[2 * H:], c0=2 * H)
+                        weight_gradient(dgx_h, hp_h, dW_hh[: 2 * H])
+                        weight_gradient(dgx_h, rhprev.reshape(T * B, H)[hh_rows], dW_hh[2 * H:], c0=2 * H)
                     if want_dx:
                         input_gradient(dgx2, W_ih, dx2d, d > 0)
                 else:
@@ -976,6 +982,21 @@ class GRU(_Params):
         if self.batch_first:
             dx = np.ascontiguousarray(dx.transpose(1, 0, 2))
         return dx, dh0, ordered
+
+    @staticmethod
+    def _state_rows(tape, i, reverse):
+        """The rows (of T·B, time-major) of layer and direction i's h_{t−1} that dW_hh must sum over:
+        all but the first step's (the last's in reverse) where the tape's h0 is zero there, since the
+        first step reads h0 in every row (in reverse only when every row runs all T steps); all
+        rows otherwise."""
+        T, B = tape.T, tape.B
+        if T * B == 0 or tape.h0[i].any():
+            return slice(0, T * B)
+        if not reverse:
+            return slice(B, T * B)
+        if T == 1 or (tape.lengths == T).all():
+            return slice(0, (T - 1) * B)
+        return slice(0, T * B)
 
     # ------------------------------------------------------------------ streaming
     def stream(self, batch_size=1):

@@ -178,3 +178,29 @@ def test_sequence_without_h0_on_the_threaded_routes(two_threads, monkeypatch, B,
         np.testing.assert_allclose(y, ry, atol=1e-5)
         np.testing.assert_allclose(h, rh, atol=1e-5)
         assert calls["first_step_gates"] == firsts
+
+
+@pytest.mark.parametrize("T, lengths", [(1, None), (3, None), (3, [3, 1, 0, 2])])
+@pytest.mark.parametrize("reset_after", [True, False])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_backward_from_a_zero_h0_leaves_out_its_rows(monkeypatch, T, lengths, reset_after, dtype):
+    # dW_hh sums dG_t ⊗ h_{t−1}; the first step's h_{t−1} is h0 (the last step's in reverse), so with a
+    # zero h0 those rows are left out (all of them at T = 1): the gradients are the all-rows ones
+    g = ng.GRU(5, 12, 2, bidirectional=True, reset_after=reset_after, dtype=dtype, seed=10)
+    rng = np.random.default_rng(T)
+    x = rng.standard_normal((T, 4, 5)).astype(dtype)
+    dy = rng.standard_normal((T, 4, 24)).astype(dtype)
+    if lengths is not None:
+        lengths = np.array(lengths)
+    y, _, tape = g.forward_train(x, lengths=lengths)
+    dx, dh0, grads = g.backward(tape, dy)
+    monkeypatch.setattr(ng.GRU, "_state_rows", staticmethod(lambda tape, i, reverse: slice(0, tape.T * tape.B)))
+    y, _, tape = g.forward_train(x, lengths=lengths)
+    rdx, rdh0, rgrads = g.backward(tape, dy)
+    tol = TOL[dtype]["atol"]
+    np.testing.assert_allclose(dx, rdx, atol=tol)
+    np.testing.assert_allclose(dh0, rdh0, atol=tol)
+    for k in grads:
+        np.testing.assert_allclose(grads[k], rgrads[k], atol=tol)
+    if T == 1:
+        assert not grads["weight_hh_l0"].any() and not grads["weight_hh_l1_reverse"].any()
