@@ -20,8 +20,8 @@ from .kernels.activations import GATE_HARD_SIGMOID, GATE_SIGMOID
 from .kernels.dispatch import (AMX_DIGITS_SPREAD, FrozenPieces, aligned, amx_recurrence_wanted, batch_order,
                                empty_array, forward_route, gate_scalars, gru_direction_backward,
                                gru_direction_forward, inference_tiled_max, input_gradient, input_projection,
-                               keeps_off_blas, matmul_order, no_step_panels, packed_step, run_first_step,
-                               run_from_zero, run_serial_direction, run_step, run_step_digits, serial_direction_plan,
+                               keeps_off_blas, matmul_order, no_step_panels, packed_step, run_from_zero,
+                               run_serial_direction, run_step, run_step_digits, serial_direction_plan,
                                serial_forward, step_columns, step_columns_workspace, step_digits_columns_work,
                                thread_count, valid_steps, vnni_step_inputs, vnni_step_wanted, weight_gradient,
                                weight_gradient_pair, workspace)
@@ -739,9 +739,8 @@ class GRU(_Params):
     def _run_plan(self, plan, x, h0):
         """All layers by ``plan`` over x (T, B, I) C-contiguous and h0 (L·D, B, H) owned: (y, h_n).
         h0 None: from the zero state, where a direction's first step does not read W_hh
-        (:func:`~numgru.kernels.dispatch.run_first_step` for T = 1,
-        :func:`~numgru.kernels.dispatch.run_from_zero` beyond where the plan's recurrence allows, else
-        the plan from zeros)."""
+        (:func:`~numgru.kernels.dispatch.run_from_zero`, at T = 1 always, beyond where the plan's
+        recurrence allows; else the plan from zeros)."""
         T, B, _ = x.shape
         LD, H, dtype = self.num_layers * self.num_directions, self.hidden_size, self.dtype
         h_n = np.empty((LD, B, H), dtype)
@@ -755,8 +754,6 @@ class GRU(_Params):
                 gx = workspace("gx", (T * B, 3 * H), dtype)
                 if h0 is not None:
                     run_serial_direction(plan[i], x2d, gx, h0[i], y, d * H, h_n[i])
-                elif T == 1:
-                    run_first_step(plan[i], x2d, gx, y, d * H, h_n[i])
                 elif not run_from_zero(plan[i], x2d, gx, y, d * H, h_n[i]):
                     run_serial_direction(plan[i], x2d, gx, np.zeros((B, H), dtype), y, d * H, h_n[i])
             inp = y

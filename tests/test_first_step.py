@@ -17,7 +17,7 @@ torch = pytest.importorskip("torch")
 def _first_steps(monkeypatch):
     """Counts of the two ways a one-step forward from the zero state runs: by a forward plan, or by
     :meth:`GRU._first_step` (its own projection)."""
-    plan = count_calls(monkeypatch, layers, {"run_first_step": "plan", "run_serial_direction": "steps"})
+    plan = count_calls(monkeypatch, layers, {"run_from_zero": "plan", "run_serial_direction": "steps"})
     own = count_calls(monkeypatch, layers, {"first_step_gates": "own"})
     return plan, own
 

@@ -1931,7 +1931,7 @@ def run_serial_direction(plan, x2d, gx, h0, y, col0, h_n):
     (T·B, 3H) scratch, C-contiguous; h0 (B, H) and h_n (B, H) C-contiguous, y (T, B, D·H), whose
     columns col0 … col0+H−1 receive h_t, gx, h0, y and h_n aligned and writeable (the caller's own
     arrays). The plan's kernels are called by their compiled entries (:func:`planned_call`)."""
-    projection, flags, recurrence, chunked, amx_steps, vnni_steps, dp_steps, entries, fused_steps = plan
+    _, _, recurrence, chunked, amx_steps, vnni_steps, dp_steps, entries, fused_steps = plan
     if amx_steps is not None and _run_amx_direction(amx_steps, x2d, gx, h0, y, col0, h_n):
         return
     kind = x2d.flags.num & ARRAY_KIND  # x2d alone may be the caller's input as it came: its Numba type
@@ -1957,9 +1957,7 @@ def run_serial_direction(plan, x2d, gx, h0, y, col0, h_n):
                      *scalars, y, col0, h_n, *rest, project, serial)
         return
     weights, scalars, rest = recurrence
-    panels, dot, amx, Wv_ih, pieces, dp, par = flags
-    _planned_projection(x2d, (*projection, panels, dot), amx, gx, Wv_ih, pieces, dp, entries, kind,
-                        par if kind == ARRAY_KIND else 0)
+    _run_plan_projection(plan, x2d, gx)
     T = y.shape[0]
     if dp_steps is not None and _run_dpbf16_direction(dp_steps, gx.reshape(T, gx.shape[0] // T, gx.shape[1]),
                                                       h0, y, col0, h_n):
@@ -1971,50 +1969,42 @@ def run_serial_direction(plan, x2d, gx, h0, y, col0, h_n):
                  *weights, h0, *scalars, y, col0, h_n, *rest)
 
 
-def run_first_step(plan, x2d, gx, y, col0, h_n):
-    """One step of one direction from the zero state (no h0 given) by a plan from
-    :func:`serial_direction_plan` for T = 1: the plan's input projection into gx, then
-    :func:`~numgru.kernels.forward.first_step_gates` (W_hh h is zero, so W_hh is not read). Arrays as
-    :func:`run_serial_direction` takes them."""
-    projection, flags, recurrence, _, _, _, _, entries, _ = plan
-    weights, scalars, _ = recurrence
+def _run_plan_projection(plan, x2d, gx):
+    """gx = the input projection of a plan from :func:`serial_direction_plan` (not a chunked one), as
+    :func:`run_serial_direction` runs it."""
+    projection, flags, entries = plan[0], plan[1], plan[7]
     panels, dot, amx, Wv_ih, pieces, dp, par = flags
-    kind = x2d.flags.num & ARRAY_KIND
+    kind = x2d.flags.num & ARRAY_KIND  # x2d alone may be the caller's input as it came: its Numba type
     _planned_projection(x2d, (*projection, panels, dot), amx, gx, Wv_ih, pieces, dp, entries, kind,
                         par if kind == ARRAY_KIND else 0)
-    lengths, _, _, reset_after, *gates = scalars
-    planned_call(entries, "first step", first_step_gates, gx, weights[2], lengths, reset_after, *gates, y, col0,
-                 h_n)
 
 
 def run_from_zero(plan, x2d, gx, y, col0, h_n):
-    """:func:`run_serial_direction` from the zero state (no h0 given) over T ≥ 2 steps, where the
-    plan's recurrence is the serial kernel's (not the fused, chunked, AMX, VNNI or bfloat16 ones):
-    the whole projection, the first step by :func:`~numgru.kernels.forward.first_step_gates` (W_hh
-    h is zero there, so W_hh is not read), then the serial kernel over the other T − 1 steps from
-    that state. False (nothing written) where the plan takes another kernel."""
-    projection, flags, recurrence, chunked, amx_steps, vnni_steps, dp_steps, entries, fused_steps = plan
-    if chunked is not None or amx_steps is not None or vnni_steps is not None or dp_steps is not None \
-            or fused_steps is not None:
-        return False
-    weights, scalars, rest = recurrence
-    panels, dot, amx, Wv_ih, pieces, dp, par = flags
-    kind = x2d.flags.num & ARRAY_KIND
-    _planned_projection(x2d, (*projection, panels, dot), amx, gx, Wv_ih, pieces, dp, entries, kind,
-                        par if kind == ARRAY_KIND else 0)
+    """:func:`run_serial_direction` from the zero state (no h0 given): the whole projection, the first
+    step by :func:`~numgru.kernels.forward.first_step_gates` (W_hh h is zero there, so W_hh is not
+    read), then for T ≥ 2 the serial kernel over the other T − 1 steps from that state. T = 1 by any
+    plan; beyond, only where the plan's recurrence is the serial kernel's (not the fused, chunked,
+    AMX, VNNI or bfloat16 ones): False there, nothing written."""
+    _, _, recurrence, chunked, amx_steps, vnni_steps, dp_steps, entries, fused_steps = plan
     T, B = y.shape[0], h_n.shape[0]
+    if T > 1 and (chunked is not None or amx_steps is not None or vnni_steps is not None
+                  or dp_steps is not None or fused_steps is not None):
+        return False
+    _run_plan_projection(plan, x2d, gx)
+    weights, scalars, rest = recurrence
     g3 = gx.reshape(T, B, gx.shape[1])
     lengths, sorted_desc, reverse, reset_after, *gates = scalars
     first = T - 1 if reverse else 0
-    h1 = np.empty_like(h_n)
+    h1 = h_n if T == 1 else np.empty_like(h_n)
     planned_call(entries, "first step", first_step_gates, g3[first], weights[2], lengths, reset_after, *gates,
                  y[first:first + 1], col0, h1)
-    rest_steps = slice(0, T - 1) if reverse else slice(1, T)
-    # the other steps' lengths: writeable int64, as the plan's (one kernel signature)
-    others = np.empty(B, np.int64)
-    others.fill(T - 1)
-    planned_call(entries, "recurrence", gru_forward_serial, g3[rest_steps], *weights, h1, others, sorted_desc,
-                 reverse, reset_after, *gates, y[rest_steps], col0, h_n, *rest)
+    if T > 1:
+        steps = slice(0, T - 1) if reverse else slice(1, T)
+        # the other steps' lengths: writeable int64, as the plan's (one kernel signature)
+        others = np.empty(B, np.int64)
+        others.fill(T - 1)
+        planned_call(entries, "recurrence", gru_forward_serial, g3[steps], *weights, h1, others, sorted_desc,
+                     reverse, reset_after, *gates, y[steps], col0, h_n, *rest)
     return True
 
 
