@@ -13,8 +13,8 @@ from numgru.kernels.panel import gemm_tn
 
 
 @numba.njit(cache=False)
-def _tn(x, d, c0, m, out, o0, r0, r1):
-    gemm_tn(x, d, c0, m, out, o0, r0, r1)
+def _tn(a, b, ca, na, cb, nb, out, oi, oj):
+    gemm_tn(a, b, ca, na, cb, nb, out, oi, oj)
 
 
 def _ref(D, X):
@@ -33,17 +33,21 @@ def test_gemm_tn_matches_numpy(dtype, N, Md, I):
     d = rng.standard_normal((N, Md)).astype(dtype)
     for c0, m in ((0, Md), (Md // 3, Md - Md // 3), (Md - 1, 1)):
         for r0, r1 in ((0, I), (I // 2, I)):
-            out = np.full((r1 - r0 + 2, m + 5), 7.0, dtype)
-            _tn(x, d, c0, m, out, 3, r0, r1)
-            want = _ref(d[:, c0:c0 + m], x[:, r0:r1]).T
-            np.testing.assert_allclose(out[:r1 - r0, 3:3 + m], want, rtol=0, atol=_tol(dtype, N))
-            # nothing outside the block is written
-            assert (out[r1 - r0:] == 7).all() and (out[:, :3] == 7).all() and (out[:, 3 + m:] == 7).all()
+            # x's columns by d's (the transpose of a gradient's block), then d's by x's
+            for a, ca, na, b, cb, nb in ((x, r0, r1 - r0, d, c0, m), (d, c0, m, x, r0, r1 - r0)):
+                out = np.full((na + 4, nb + 5), 7.0, dtype)
+                _tn(a, b, ca, na, cb, nb, out, 2, 3)
+                want = _ref(a[:, ca:ca + na], b[:, cb:cb + nb])
+                np.testing.assert_allclose(out[2:2 + na, 3:3 + nb], want, rtol=0, atol=_tol(dtype, N))
+                # nothing outside the block is written
+                inside = np.zeros(out.shape, bool)
+                inside[2:2 + na, 3:3 + nb] = True
+                assert (out[~inside] == 7).all()
 
 
 def test_gemm_tn_of_no_rows_writes_zeros():
     out = np.full((4, 6), 3.0, np.float32)
-    _tn(np.empty((0, 4), np.float32), np.empty((0, 6), np.float32), 0, 6, out, 0, 0, 4)
+    _tn(np.empty((0, 4), np.float32), np.empty((0, 6), np.float32), 0, 4, 0, 6, out, 0, 0)
     assert (out == 0).all()
 
 
@@ -51,18 +55,20 @@ def test_gemm_tn_rejects_bounds():
     x = np.ones((5, 4), np.float32)
     d = np.ones((5, 6), np.float32)
     out = np.zeros((4, 6), np.float32)
-    for args in ((x, d, 1, 6, out, 0, 0, 4), (x, d, 0, 6, out, 1, 0, 4), (x, d, 0, 6, out, 0, 0, 5),
-                 (x, d, 0, 6, np.zeros((3, 6), np.float32), 0, 0, 4), (x, d[:4].copy(), 0, 6, out, 0, 0, 4),
-                 (x, d, -1, 2, out, 0, 0, 4), (x, d, 0, 6, out, 0, 3, 2)):
+    for args in ((x, d, 1, 4, 0, 6, out, 0, 0), (x, d, 0, 4, 1, 6, out, 0, 0), (x, d, 0, 4, 0, 6, out, 1, 0),
+                 (x, d, 0, 4, 0, 6, out, 0, 1), (x, d, 0, 4, 0, 6, np.zeros((3, 6), np.float32), 0, 0),
+                 (x, d[:4].copy(), 0, 4, 0, 6, out, 0, 0), (x, d, -1, 2, 0, 6, out, 0, 0),
+                 (x, d, 0, -1, 0, 6, out, 0, 0), (x, d, 0, 4, 0, 6, out, -1, 0)):
         with pytest.raises(ValueError, match="gemm_tn"):
             _tn(*args)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("N, H, I", [(64, 16, 16), (1030, 40, 300), (4097, 64, 24)])
+@pytest.mark.parametrize("N, H, I", [(5, 40, 300), (200, 128, 300), (64, 16, 16), (1030, 40, 300), (4097, 64, 24)])
 def test_weight_gradient_panels_matches_numpy(dtype, N, H, I):
-    """reset_after's dW_hh: dgx's r and z blocks then dgh's n block; the column ranges of one call
-    equal the whole call bit for bit."""
+    """reset_after's dW_hh: dgx's r and z blocks then dgh's n block, written directly over few rows
+    (the first two sizes) or through slabs of its transpose; the column ranges of one call equal the
+    whole call bit for bit."""
     rng = np.random.default_rng(N + H)
     D = rng.standard_normal((N, 3 * H)).astype(dtype)
     D2 = rng.standard_normal((N, H)).astype(dtype)

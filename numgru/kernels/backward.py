@@ -422,15 +422,15 @@ def _check_gradient(D, c0, m1, D2, X, out):
         raise ValueError("weight_gradient_panels: shapes do not match")
 
 
-@inline
-def _gradient_slab(D, c0, m1, D2, X, out, oT, r0, r1):
-    """Rows r0 … r1−1 of out.T (X's columns) of :func:`weight_gradient_panels`, through ``oT``."""
-    m2 = D2.shape[1]
-    gemm_tn(X, D, c0, m1, oT, 0, r0, r1)
-    gemm_tn(X, D2, 0, m2, oT, m1, r0, r1)
-    for j in range(m1 + m2):
-        for r in range(r0, r1):
-            out[j, r] = oT[r - r0, j]
+#: rows summed (N) up to which :func:`weight_gradient_panels` writes out directly whatever its size
+GRADIENT_DIRECT_ROWS = 32
+#: ... and past that while out holds at least this many bytes per summed row (its transpose then costs
+#: more than the slab form's better blocks save). Zen 4, one thread, ms, slabs / direct: float32
+#: 1536 × 512, N = 6 / 128 / 1024 / 2048 1.23 / 3.18 / 17.0 / 32.8 against 0.11 / 1.84 / 15.3 / 32.6;
+#: 768 × 256, N = 4 / 64 / 256 / 512 0.17 / 0.37 / 1.05 / 1.95 against 0.02 / 0.25 / 0.99 / 2.00;
+#: 192 × 64, N = 16 / 128 / 2048 0.012 / 0.035 / 0.45 against 0.006 / 0.041 / 0.66; float64
+#: 768 × 256, N = 512 / 1024 4.3 / 8.1 against 3.8 / 8.8
+GRADIENT_DIRECT_BYTES_PER_ROW = 2048
 
 
 @kernel
@@ -438,17 +438,31 @@ def weight_gradient_panels(D, c0, m1, D2, X, out, r0, r1):
     """out[:, r0:r1] = [D[:, c0:c0 + m1] | D2].T @ X[:, r0:r1]: (columns of) a weight gradient, the
     gate gradients (N, ·) and (N, M2) by the layer's inputs X (N, I) summed over the N rows, on the
     panel block (:func:`~numgru.kernels.panel.gemm_tn`) with the operands where they lie; out
-    (m1 + M2, I). All C-contiguous, one float dtype. Each sum's order depends on N alone (chunks of
-    k), so ranges of columns may run on several threads with the results of one call."""
+    (m1 + M2, I). All C-contiguous, one float dtype. Each sum's order depends on N and out's shape
+    alone (chunks of k), so ranges of columns may run on several threads with the results of one call.
+
+    Over few rows (:data:`GRADIENT_DIRECT_ROWS`, or :data:`GRADIENT_DIRECT_BYTES_PER_ROW` of out a
+    row) the block's rows are D's columns and its strips X's, writing out as it lies; else the rows
+    are X's columns, TN_SLAB at a time, the strips D's, and each slab of out.T is transposed into
+    out, a cost that grows with out (M·I) alone, where the products grow with N too."""
     wide_vectors()
     _check_gradient(D, c0, m1, D2, X, out)
     if r0 < 0 or r1 < r0 or r1 > X.shape[1]:
         raise ValueError("weight_gradient_panels: columns out of range")
-    M = out.shape[0]
+    N = X.shape[0]
+    m2 = D2.shape[1]
+    if N <= GRADIENT_DIRECT_ROWS or N * GRADIENT_DIRECT_BYTES_PER_ROW <= out.size * out.itemsize:
+        gemm_tn(D, X, c0, m1, r0, r1 - r0, out, 0, r0)
+        gemm_tn(D2, X, 0, m2, r0, r1 - r0, out, m1, r0)
+        return
     for s0 in range(r0, r1, TN_SLAB):
         s1 = min(r1, s0 + TN_SLAB)
-        oT = np.empty((s1 - s0, M), X.dtype)
-        _gradient_slab(D, c0, m1, D2, X, out, oT, s0, s1)
+        oT = np.empty((s1 - s0, m1 + m2), X.dtype)
+        gemm_tn(X, D, s0, s1 - s0, c0, m1, oT, 0, 0)
+        gemm_tn(X, D2, s0, s1 - s0, 0, m2, oT, 0, m1)
+        for j in range(m1 + m2):
+            for r in range(s0, s1):
+                out[j, r] = oT[r - s0, j]
 
 
 gru_backward_serial = kernel(_gru_backward, name="gru_backward_serial")

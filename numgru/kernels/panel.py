@@ -39,12 +39,15 @@ float32 panels of the widened weights bit for bit. One row, K = 64 / 256: 0.43 /
 8.0 µs for float32 panels; K = 512 / 1024 (float32 beyond L2): 37 / 286 µs against 111 / 545.
 
 A weight gradient, dW = G.T @ X summed over all T·B rows, runs on the same block with nothing packed
-(:func:`gemm_tn`): its rows are X's columns (each value broadcast from X's row k), its panels NC-wide
-strips of G's columns as they lie (one vector load per strip row, G's rows apart; the last strip's loads
-masked, so nothing past G is read), and each k-chunk's sum starts from zero and is added to out, so the
-error grows with the chunks' count rather than with T·B. Zen 4, one thread, T·B = 8192, 768 × 256:
-91–102 GFLOP/s against 76–82 for OpenBLAS's sgemm on the transposed operand (packing G instead first
-cost 17 ms of copying).
+(:func:`gemm_tn`, A.T @ B for two operands with the summed rows first): its rows are one operand's
+columns (each value broadcast from its row k), its panels NC-wide strips of the other's columns as they
+lie (one vector load per strip row; the last strip's loads masked, so nothing past it is read), and
+each k-chunk's sum starts from zero and is added to out, so the error grows with the chunks' count
+rather than with T·B. Over many rows the rows are X's columns and the strips G's, writing dW.T a slab
+at a time: Zen 4, one thread, T·B = 8192, 768 × 256: 91–102 GFLOP/s against 76–82 for OpenBLAS's sgemm
+on the transposed operand (packing G instead first cost 17 ms of copying). Over few rows, where that
+transpose would cost more than the products, the rows are G's columns and the strips X's, writing dW
+as it lies (:func:`~numgru.kernels.backward.weight_gradient_panels`).
 """
 import llvmlite.binding as ll
 import numpy as np
@@ -671,55 +674,56 @@ def panel_rows(x, Wp, bias, use_bias, out, r0, r1):
         _block_gemm(x, s0 * K, Wp, out, s0 * ldo, s1 - s0, use_bias, SLAB_ROWS)
 
 
-#: rows of out.T per slab in :func:`gemm_tn` (x's columns): a slab's k chunk of x stays in L2 while
-#: the strips of d pass over it (N = 8192, M = 768, I = 256, one thread: 99 GFLOP/s for 256 and for
+#: rows of out per slab in :func:`gemm_tn` (a's columns): a slab's k chunk of a stays in L2 while the
+#: strips of b pass over it (N = 8192, M = 768, I = 256, one thread: 99 GFLOP/s for 256 and for
 #: chunks of 64 k, 83 for slabs of 128)
 TN_SLAB = 256
 
 
 @intrinsic
-def _block_gemm_tn(typingctx, x, d, c0, m, out, o0, r0, r1):
-    """out.flat[o0 + (r − r0)·ldo + j] = Σ_k x[k, r] · d[k, c0 + j] for r0 ≤ r < r1, j < m: the
-    operands read where they lie (:func:`_emit_gemm`'s ``ak``/``ldw``), x (N, I) and d (N, ·)
-    C-contiguous, ldo out's row stride (see :func:`gemm_tn`, which checks the bounds)."""
-    if not _c_arrays(x, d, out) or x.ndim != 2 or d.ndim != 2 or out.ndim != 2:
+def _block_gemm_tn(typingctx, a, b, ca, na, cb, nb, out, oi, oj):
+    """out[oi + i, oj + j] = Σ_k a[k, ca + i] · b[k, cb + j] for i < na, j < nb: the operands read
+    where they lie (:func:`_emit_gemm`'s ``ak``/``ldw``), a (N, ·) and b (N, ·) C-contiguous (see
+    :func:`gemm_tn`, which checks the bounds)."""
+    if not _c_arrays(a, b, out) or a.ndim != 2 or b.ndim != 2 or out.ndim != 2:
         return None
-    if not all(isinstance(v, types.Integer) for v in (c0, m, o0, r0, r1)):
+    if not all(isinstance(v, types.Integer) for v in (ca, na, cb, nb, oi, oj)):
         return None
-    sig = types.void(x, d, types.intp, types.intp, out, types.intp, types.intp, types.intp)
+    sig = types.void(a, b, types.intp, types.intp, types.intp, types.intp, out, types.intp, types.intp)
 
     def codegen(context, builder, sig, args):
         fty = context.get_value_type(sig.args[0].dtype)
-        X = context.make_array(sig.args[0])(context, builder, args[0])
-        D = context.make_array(sig.args[1])(context, builder, args[1])
-        O = context.make_array(sig.args[4])(context, builder, args[4])
-        c0, m, _, o0, r0, r1 = args[2:]
-        N, I = cgutils.unpack_tuple(builder, X.shape, 2)
-        ldd = cgutils.unpack_tuple(builder, D.shape, 2)[1]
+        A = context.make_array(sig.args[0])(context, builder, args[0])
+        Bm = context.make_array(sig.args[1])(context, builder, args[1])
+        O = context.make_array(sig.args[6])(context, builder, args[6])
+        ca, na, cb, nb, _, oi, oj = args[2:]
+        N, lda = cgutils.unpack_tuple(builder, A.shape, 2)
+        ldb = cgutils.unpack_tuple(builder, Bm.shape, 2)[1]
         ldo = cgutils.unpack_tuple(builder, O.shape, 2)[1]
         one = ir.Constant(cgutils.intp_t, 1)
-        _emit_gemm(context, builder, fty, builder.gep(X.data, [r0]), one, builder.gep(D.data, [c0]), None,
-                   builder.gep(O.data, [o0]), ldo, builder.sub(r1, r0), m, N, N,
-                   ir.Constant(cgutils.intp_t, TN_SLAB), ir.Constant(ir.IntType(1), 0), False, ak=I, ldw=ldd)
+        o_ptr = builder.gep(O.data, [builder.add(builder.mul(oi, ldo), oj)])
+        _emit_gemm(context, builder, fty, builder.gep(A.data, [ca]), one, builder.gep(Bm.data, [cb]), None,
+                   o_ptr, ldo, na, nb, N, N, ir.Constant(cgutils.intp_t, TN_SLAB), ir.Constant(ir.IntType(1), 0),
+                   False, ak=lda, ldw=ldb)
         return context.get_dummy_value()
     return sig, codegen
 
 
 @device
-def gemm_tn(x, d, c0, m, out, o0, r0, r1):
-    """out[r − r0, o0 + j] = Σ_k x[k, r] · d[k, c0 + j] for rows r0 ≤ r < r1 of x.T and j < m: the
-    transpose of a weight gradient's block, d[:, c0:c0 + m].T @ x[:, r0:r1], with no operand copied.
+def gemm_tn(a, b, ca, na, cb, nb, out, oi, oj):
+    """out[oi:oi + na, oj:oj + nb] = a[:, ca:ca + na].T @ b[:, cb:cb + nb], with no operand copied: a
+    weight gradient's block, the gate gradients' columns by the inputs' (or a block of its transpose).
 
-    x (N, I), d (N, Md), out (≥ r1 − r0, ≥ o0 + m) C-contiguous, one float dtype. The sum over the N
-    rows runs in chunks of k (:func:`_emit_gemm`'s KC), each chunk's from zero then added: the order
-    depends on N only, never on how rows or columns are split."""
-    N = x.shape[0]
-    if d.shape[0] != N or c0 < 0 or m < 0 or c0 + m > d.shape[1] or r0 < 0 or r1 < r0 or \
-            r1 > x.shape[1] or o0 < 0 or r1 - r0 > out.shape[0] or o0 + m > out.shape[1]:
+    a (N, ·), b (N, ·), out C-contiguous, one float dtype. The sum over the N rows runs in chunks of k
+    (:func:`_emit_gemm`'s KC), each chunk's from zero then added: the order depends on N only, never
+    on how rows or columns are split."""
+    N = a.shape[0]
+    if b.shape[0] != N or ca < 0 or na < 0 or ca + na > a.shape[1] or cb < 0 or nb < 0 or \
+            cb + nb > b.shape[1] or oi < 0 or oj < 0 or oi + na > out.shape[0] or oj + nb > out.shape[1]:
         raise ValueError("gemm_tn: shapes do not match")
     if N == 0:
-        for r in range(r1 - r0):
-            out[r, o0:o0 + m] = 0
+        for i in range(oi, oi + na):
+            out[i, oj:oj + nb] = 0
         return
-    if m > 0 and r1 > r0:
-        _block_gemm_tn(x, d, c0, m, out, o0, r0, r1)
+    if na > 0 and nb > 0:
+        _block_gemm_tn(a, b, ca, na, cb, nb, out, oi, oj)
