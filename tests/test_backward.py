@@ -423,8 +423,8 @@ def test_workspace_is_per_thread_and_grows():
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("M, K", [(768, 256), (37, 19), (16, 16), (1, 5), (48, 33)])
 def test_backward_transpose_of_w_hh(dtype, M, K):
-    """The backward's W_hh.T: whole tiles (in registers for float32) and the edges past them, on a
-    64-byte line in the thread's scratch."""
+    """The backward's W_hh.T: whole tiles (in registers for float32 and float64) and the edges past
+    them, on a 64-byte line in the thread's scratch."""
     from numgru.kernels import dispatch
     from numgru.kernels.backward import transpose_into
     W = np.random.default_rng(2).standard_normal((M, K)).astype(dtype)

@@ -171,19 +171,12 @@ def fill_panel(panel, W, j0, m, c_off):
 TILE = 16
 
 
-@intrinsic
-def transpose16(typingctx, src, s0, s_row, dst, d0, d_row):
-    """Transpose a 16 × 16 block of 32-bit values: dst[d0 + i·d_row + k] = src[s0 + k·s_row + i]
-    (rows in elements; unchecked: the callers keep every index inside the arrays). Sixteen vectors
-    and four rounds of shuffles, each swapping one bit of the row index with the same bit of the
-    column index. The AMX kernels turn their operands' pairs with it too."""
-    if not (isinstance(src, types.Array) and isinstance(dst, types.Array)
-            and src.dtype.bitwidth == 32 and dst.dtype.bitwidth == 32):
-        return None
-
+def _transpose_codegen(n, bits):
+    """The codegen of an n × n transpose of ``bits``-wide values in n vectors of n lanes (see
+    :func:`transpose16`): log2(n) rounds of shuffles, each swapping one bit of the row index with the
+    same bit of the column index."""
     def codegen(context, builder, sig, args):
-        i32 = ir.IntType(32)
-        vec = ir.VectorType(i32, 16)
+        vec = ir.VectorType(ir.IntType(bits), n)
         s = context.make_array(sig.args[0])(context, builder, args[0])
         d = context.make_array(sig.args[3])(context, builder, args[3])
 
@@ -191,20 +184,47 @@ def transpose16(typingctx, src, s0, s_row, dst, d0, d_row):
             idx = builder.add(off, builder.mul(stride, ir.Constant(off.type, k)))
             return builder.bitcast(builder.gep(a.data, [idx]), vec.as_pointer())
 
-        rows = [builder.load(row_ptr(s, args[1], args[2], k), align=4) for k in range(16)]
-        for b in (8, 4, 2, 1):
-            lo = ir.Constant(vec, [j if j & b == 0 else 16 + j - b for j in range(16)])
-            hi = ir.Constant(vec, [j + b if j & b == 0 else 16 + j for j in range(16)])
+        rows = [builder.load(row_ptr(s, args[1], args[2], k), align=bits // 8) for k in range(n)]
+        b = n // 2
+        while b:
+            i32 = ir.IntType(32)
+            lo = ir.Constant(ir.VectorType(i32, n), [j if j & b == 0 else n + j - b for j in range(n)])
+            hi = ir.Constant(ir.VectorType(i32, n), [j + b if j & b == 0 else n + j for j in range(n)])
             out = list(rows)
-            for r in range(16):
+            for r in range(n):
                 if r & b == 0:
                     out[r] = builder.shuffle_vector(rows[r], rows[r + b], lo)
                     out[r + b] = builder.shuffle_vector(rows[r], rows[r + b], hi)
             rows = out
-        for i in range(16):
-            builder.store(rows[i], row_ptr(d, args[4], args[5], i), align=4)
+            b //= 2
+        for i in range(n):
+            builder.store(rows[i], row_ptr(d, args[4], args[5], i), align=bits // 8)
         return context.get_dummy_value()
-    return types.none(src, types.intp, types.intp, dst, types.intp, types.intp), codegen
+    return codegen
+
+
+def _transpose_sig(src, dst, bits):
+    if not (isinstance(src, types.Array) and isinstance(dst, types.Array)
+            and src.dtype.bitwidth == bits and dst.dtype.bitwidth == bits):
+        return None
+    return types.none(src, types.intp, types.intp, dst, types.intp, types.intp)
+
+
+@intrinsic
+def transpose16(typingctx, src, s0, s_row, dst, d0, d_row):
+    """Transpose a 16 × 16 block of 32-bit values: dst[d0 + i·d_row + k] = src[s0 + k·s_row + i]
+    (rows in elements; unchecked: the callers keep every index inside the arrays). Sixteen vectors
+    and four rounds of shuffles, each swapping one bit of the row index with the same bit of the
+    column index. The AMX kernels turn their operands' pairs with it too."""
+    sig = _transpose_sig(src, dst, 32)
+    return None if sig is None else (sig, _transpose_codegen(16, 32))
+
+
+@intrinsic
+def transpose8(typingctx, src, s0, s_row, dst, d0, d_row):
+    """:func:`transpose16` for an 8 × 8 block of 64-bit values (float64): eight vectors, three rounds."""
+    sig = _transpose_sig(src, dst, 64)
+    return None if sig is None else (sig, _transpose_codegen(8, 64))
 
 
 def _overloaded(name, pointee):
