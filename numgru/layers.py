@@ -18,16 +18,15 @@ from ._validation import (as_lengths, as_real_array, check_bool, check_dtype, ch
                           check_int, untorch)
 from .kernels.activations import GATE_HARD_SIGMOID, GATE_SIGMOID
 from .kernels.dispatch import (AMX_DIGITS_SPREAD, FrozenPieces, aligned, amx_recurrence_wanted, batch_order,
-                               empty_array, forward_route, gate_scalars, gru_direction_backward,
-                               gru_direction_forward, inference_tiled_max, input_gradient, input_projection,
-                               keeps_off_blas, matmul_order, no_step_panels, packed_step, run_from_zero,
-                               run_serial_direction, run_step, run_step_digits, serial_direction_plan,
-                               serial_forward, step_columns, step_columns_workspace, step_digits_columns_work,
-                               thread_count, valid_steps, vnni_step_inputs, vnni_step_wanted, weight_gradient,
-                               weight_gradient_pair, workspace)
+                               empty_array, forward_route, gate_scalars, gru_direction_backward, gru_direction_forward,
+                               inference_tiled_max, input_gradient, input_projection, keeps_off_blas, matmul_order,
+                               no_step_panels, packed_step, recycled, run_from_zero, run_serial_direction, run_step,
+                               run_step_digits, serial_direction_plan, serial_forward, step_columns,
+                               step_columns_workspace, step_digits_columns_work, thread_count, valid_steps,
+                               vnni_step_inputs, vnni_step_wanted, weight_gradient, weight_gradient_pair, workspace)
 from .kernels._jit import ARRAY_KIND, C_CONTIGUOUS, planned_call
 from .kernels.bf16 import from_bfloat16, to_bfloat16
-from .kernels.forward import first_step_gates
+from .kernels.forward import first_step_gates, first_step_store
 from .kernels.step import gru_step, step_panels
 from .kernels.vnni import gru_step_vnni, gru_step_vnni_before
 
@@ -799,10 +798,12 @@ class GRU(_Params):
         """All layers over (T, B, I) rows already in :func:`_sort_by_length`'s order. ``padded``:
         lengths may be below T; ``route``: from :func:`forward_route` (None for training);
         ``off_blas``: the serial kernels' projection off BLAS's threads (:func:`keeps_off_blas`);
-        ``from_zero``: h0 is all zeros (none was given), so in inference over T ≥ 2 steps each
-        direction takes its first step by :func:`~numgru.kernels.forward.first_step_gates` (W_hh not
-        read) and its recurrence over the other steps from there; the reverse direction only where
-        every row runs all T steps (else its rows start at steps of their own)."""
+        ``from_zero``: h0 is all zeros (none was given), so in inference over T ≥ 2 steps, and in
+        training (``store``) over any, each direction takes its first step by
+        :func:`~numgru.kernels.forward.first_step_gates` (training: :func:`~numgru.kernels.forward.
+        first_step_store`, which writes that step's tape) with W_hh not read, and its recurrence over
+        the other steps from there; the reverse direction only where every row runs all T steps (else
+        its rows start at steps of their own)."""
         T, B, _ = x.shape
         D, H = self.num_directions, self.hidden_size
         h_n = np.empty((self.num_layers * D, B, H), self.dtype)
@@ -829,17 +830,23 @@ class GRU(_Params):
                                       off_blas=off_blas).reshape(T, B, 3 * H)
                 reverse = d == 1 or self.go_backwards
                 h_start, steps, steps_lengths = h0[i], slice(0, T), lengths
-                if from_zero and not store and T > 1 and not (reverse and padded):
+                tape = (recycled("tape", (T, B, (5 if self.clip is not None else 4) * H), self.dtype)
+                        if store else None)
+                if from_zero and (store or T > 1) and not (reverse and padded):
                     first = T - 1 if reverse else 0
                     h_start = np.empty((B, H), self.dtype)
-                    first_step_gates(gx[first], b_hh, lengths, *self._kernel_scalars(), y[first:first + 1],
-                                     d * H, h_start)
+                    if store:
+                        first_step_store(gx[first], b_hh, lengths, *self._kernel_scalars(), y[first:first + 1],
+                                         d * H, h_start, tape[first])
+                    else:
+                        first_step_gates(gx[first], b_hh, lengths, *self._kernel_scalars(),
+                                         y[first:first + 1], d * H, h_start)
                     steps = slice(0, T - 1) if reverse else slice(1, T)
                     steps_lengths = np.maximum(lengths - 1, 0)
-                tape = gru_direction_forward(gx[steps], W_hh, b_hh, h_start, steps_lengths, reverse,
-                                             self.reset_after, self._gate_kind, self.alpha, self.beta,
-                                             self.clip, y[steps], d * H, h_n[i], store=store, route=route,
-                                             packed=Wp_hh, pieces=self._amx_pieces)
+                gru_direction_forward(gx[steps], W_hh, b_hh, h_start, steps_lengths, reverse, self.reset_after,
+                                      self._gate_kind, self.alpha, self.beta, self.clip, y[steps], d * H, h_n[i],
+                                      store=store, route=route, packed=Wp_hh, pieces=self._amx_pieces,
+                                      tape=None if tape is None else tape[steps])
                 gate_tapes.append(tape)
             if store:
                 layers.append(_LayerTape(inp, y, gate_tapes, mask))
@@ -850,14 +857,17 @@ class GRU(_Params):
     def forward_train(self, x, h0=None, lengths=None):
         """Forward pass that keeps what :meth:`backward` needs and applies inter-layer dropout.
 
-        Returns ``(y, h_n, tape)``; y and h_n as in :meth:`forward`.
+        Returns ``(y, h_n, tape)``; y and h_n as in :meth:`forward`. Without h0 each direction's first
+        step skips W_hh (its product with the zero state is zero; the reverse direction's where every
+        row runs all T steps), so a NaN or ±Inf in W_hh shows from the second step on.
         """
         self._check_trainable()
         padded = lengths is not None
+        from_zero = h0 is None
         x, h0, lengths, unbatched = self._prepare(x, h0, lengths)
         x, h0, lengths, perm = _sort_by_length(x, h0, lengths)
         y, h_n, layers = self._run(x, h0, lengths, store=True, dropout_rng=self._dropout_rng,
-                                   padded=padded)
+                                   padded=padded, from_zero=from_zero)
         tape = GRUTape(model=self, layers=layers, h0=h0, lengths=lengths, unbatched=unbatched,
                        T=x.shape[0], B=x.shape[1], perm=perm)
         y, h_n = _unsort(perm, y, h_n)
@@ -1257,7 +1267,7 @@ class GRUCell(_Params):
         self._gru._check_trainable()
         x3, h0, unbatched = self._prepare(x, h)
         B = x3.shape[1]
-        _, h_n, layers = self._gru._run(x3, h0, np.ones(B, np.int64), store=True)
+        _, h_n, layers = self._gru._run(x3, h0, np.ones(B, np.int64), store=True, from_zero=h is None)
         tape = GRUTape(model=self, layers=layers, h0=h0, lengths=np.ones(B, np.int64),
                        unbatched=unbatched, T=1, B=B)
         return (h_n[0, 0] if unbatched else h_n[0]), tape

@@ -204,3 +204,58 @@ def test_backward_from_a_zero_h0_leaves_out_its_rows(monkeypatch, T, lengths, re
         np.testing.assert_allclose(grads[k], rgrads[k], atol=tol)
     if T == 1:
         assert not grads["weight_hh_l0"].any() and not grads["weight_hh_l1_reverse"].any()
+
+
+@pytest.mark.parametrize("T, lengths", [(1, None), (3, None), (3, [3, 1, 0, 2])])
+@pytest.mark.parametrize("reset_after, gate, clip", [(True, "sigmoid", None), (False, "sigmoid", None),
+                                                     (True, "hard_sigmoid", 0.7), (False, "hard_sigmoid_keras2", 0.7)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_training_without_h0_skips_the_first_product(monkeypatch, T, lengths, reset_after, gate, clip, dtype):
+    # forward_train without h0 takes each direction's first step by first_step_store (W_hh not read, the
+    # tape written as the kernel writes it): values, tape and gradients are those of the call given zeros
+    g = ng.GRU(5, 12, 2, bidirectional=True, reset_after=reset_after, gate_activation=gate, clip=clip,
+               dtype=dtype, seed=12)
+    rng = np.random.default_rng(T + 7)
+    x = (2 * rng.standard_normal((T, 4, 5))).astype(dtype)
+    dy = rng.standard_normal((T, 4, 24)).astype(dtype)
+    dh_n = rng.standard_normal((4, 4, 12)).astype(dtype)
+    if lengths is not None:
+        lengths = np.array(lengths)
+    calls = count_calls(monkeypatch, layers, ["first_step_store"])
+    y0, h0, tape0 = g.forward_train(x, np.zeros((4, 4, 12), dtype), lengths=lengths)
+    assert calls["first_step_store"] == 0
+    y, h, tape = g.forward_train(x, lengths=lengths)
+    # both directions of both layers, but the reverse one where rows start at steps of their own
+    assert calls["first_step_store"] == (2 if lengths is not None else 4)
+    tol = TOL[dtype]
+    np.testing.assert_allclose(y, y0, **tol)
+    np.testing.assert_allclose(h, h0, **tol)
+    dx0, dhz0, grads0 = g.backward(tape0, dy, dh_n)
+    dx, dhz, grads = g.backward(tape, dy, dh_n)
+    np.testing.assert_allclose(dx, dx0, **tol)
+    np.testing.assert_allclose(dhz, dhz0, **tol)
+    for k in grads:
+        np.testing.assert_allclose(grads[k], grads0[k], **tol)
+    ry, rh = ref_gru(x, g.state_dict(), 2, 12, True, None, lengths, reset_after,
+                     "sigmoid" if gate == "sigmoid" else "hard", 0.2, 0.5, clip)
+    np.testing.assert_allclose(y, ry, **tol)
+    np.testing.assert_allclose(h, rh, **tol)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cell_training_without_h(monkeypatch, dtype):
+    cell = ng.GRUCell(6, 20, dtype=dtype, seed=13)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((3, 6)).astype(dtype)
+    dh1 = rng.standard_normal((3, 20)).astype(dtype)
+    calls = count_calls(monkeypatch, layers, ["first_step_store"])
+    h1, tape = cell.forward_train(x)
+    assert calls["first_step_store"] == 1
+    h1z, tapez = cell.forward_train(x, np.zeros((3, 20), dtype))
+    np.testing.assert_allclose(h1, h1z, **TOL[dtype])
+    dx, dh, grads = cell.backward(tape, dh1)
+    dxz, dhz, gradsz = cell.backward(tapez, dh1)
+    np.testing.assert_allclose(dx, dxz, **TOL[dtype])
+    np.testing.assert_allclose(dh, dhz, **TOL[dtype])
+    for k in grads:
+        np.testing.assert_allclose(grads[k], gradsz[k], **TOL[dtype])

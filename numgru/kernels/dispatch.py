@@ -1562,7 +1562,7 @@ def projection_panels(N, I, threads):
 
 
 def gru_direction_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gate_kind, alpha, beta,
-                          clip, y, col0, h_n, store=False, route=None, packed=None, pieces=None):
+                          clip, y, col0, h_n, store=False, route=None, packed=None, pieces=None, tape=None):
     """Run one direction of one layer. Shapes as in :func:`numgru.kernels.forward._gru_forward`;
     h_n (B, H) C-contiguous receives the final state.
 
@@ -1572,13 +1572,16 @@ def gru_direction_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gat
     :func:`~numgru.kernels.step.step_panels`), or None; the serial
     kernel and the rows route read them, the columns route packs its own blocks. ``pieces``: the
     caller's :class:`FrozenPieces` (a frozen or quantized model's), which keep W_hh's AMX packing for
-    the ranges of rows on tiles, or None. Returns the tape, None unless ``store``.
+    the ranges of rows on tiles, or None. ``tape``: where to write the tape when ``store`` (T, B, 4H or
+    5H) C-contiguous, a caller's view, else a recycled buffer. Returns the tape, None unless ``store``.
     """
     T, B, H3 = gx.shape
     H = H3 // 3
     dtype = gx.dtype
-    tape = (recycled("tape", (T, B, (5 if clip is not None else 4) * H), dtype) if store
-            else empty_array(dtype, 3))
+    if not store:
+        tape = empty_array(dtype, 3)
+    elif tape is None:
+        tape = recycled("tape", (T, B, (5 if clip is not None else 4) * H), dtype)
     if B == 0 or T == 0:
         h_n[...] = h0
         return tape if store else None

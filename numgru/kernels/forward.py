@@ -117,6 +117,54 @@ def first_step_gates(gx, b_hh, lengths, reset_after, gate_kind, alpha, beta, use
             y[0, b, unwrapped(col0 + j)] = v
 
 
+@kernel
+def first_step_store(gx, b_hh, lengths, reset_after, gate_kind, alpha, beta, use_clip, clip, y, col0, h_n,
+                     tape):
+    """:func:`first_step_gates` for training: the first step from the zero state, its tape written as
+    the step kernel writes it (:func:`_gru_forward`'s ``tape``: r, z, n, W_hn h + b_hn (reset_after)
+    or W_hn (r ⊙ h) + b_hn, here b_hn, and with ``use_clip`` the clip flags) to tape (B, 4H or 5H),
+    by the kernel's own gate loops with W_hh h = 0 (:func:`_row_after` on zeros, reset_after), so the
+    tape and h_1 are those of the kernel's step from h0 = 0 where W_hh is finite. A row of length 0
+    keeps the zero state and leaves its tape row unwritten."""
+    wide_vectors()
+    B = gx.shape[0]
+    H = h_n.shape[1]
+    H2 = 2 * H
+    zero = h_n.dtype.type(0.0)
+    acc = np.zeros(3 * H, h_n.dtype)  # W_hh h of the zero state
+    h0 = np.zeros(H, h_n.dtype)
+    fb = np.empty(H, h_n.dtype)
+    for b in range(B):
+        hb = h_n[b]
+        if lengths[b] == 0:
+            for j in range(H):
+                hb[j] = zero
+                y[0, b, unwrapped(col0 + j)] = zero
+            continue
+        gxb = gx[b]
+        wb = tape[b]
+        if reset_after:
+            _row_after(gxb, acc, b_hh, h0, hb, wb, gate_kind, alpha, beta, use_clip, clip, H)
+        else:
+            for j in range(H):
+                wb[j] = gate(clip_pre(gxb[j] + acc[j] + b_hh[j], use_clip, clip), gate_kind, alpha, beta)
+                wb[H + j] = gate(clip_pre(gxb[H + j] + acc[H + j] + b_hh[H + j], use_clip, clip),
+                                 gate_kind, alpha, beta)
+            for j in range(H):
+                ghn = acc[H2 + j] + b_hh[H2 + j]
+                wb[3 * H + j] = ghn
+                wb[H2 + j] = tanh_fast(clip_pre(gxb[H2 + j] + ghn, use_clip, clip))
+            for j in range(H):
+                n = wb[H2 + j]
+                hb[j] = n + wb[H + j] * (zero - n)
+        if use_clip:
+            _clip_flags(gxb, acc, b_hh, wb, fb, clip, H, reset_after)
+            for j in range(H):
+                wb[4 * H + j] = fb[j]
+        for j in range(H):
+            y[0, b, unwrapped(col0 + j)] = hb[j]
+
+
 @inline
 def _row_after_fast(gx, t, b, acc, i, b_hh, hc, hn, y, col0, H):
     """:func:`_row_after` for inference with sigmoid gates and no clip, on row b of step t (state row
