@@ -136,15 +136,16 @@ def test_side_by_side_routes_equal_one_thread(monkeypatch):
 
 @pytest.mark.skipif(not dispatch.panels_gradient_wanted(np.float32), reason="BLAS takes the gradients here")
 def test_uneven_gradient_pair_is_split_by_work(monkeypatch):
-    """dW_ih of a layer with few inputs beside its dW_hh: the threads share dW_hh's columns (the larger
-    ranges first, so this thread takes one), and the values are one thread's."""
+    """dW_ih of a layer with few inputs beside its dW_hh: the jobs' columns end to end in one run of
+    about equal work a thread, cut at whole strips of 32 columns (dW_ih and half of dW_hh, then the
+    other half), and the values are one thread's."""
     N, H, I = 512, 64, 3
     D, D2, X, Hp = _pair_operands(np.random.default_rng(6), N, H, I)
     seen = []
     side_by_side = dispatch.side_by_side
 
     def spy(fn, tasks, threads):
-        seen.append([(t[5].shape, t[6], t[7]) for t in tasks])
+        seen.append([[(p[5].shape, p[6], p[7]) for p in run] for run, in tasks])
         return side_by_side(fn, tasks, threads)
     results = []
     for threads in (1, 2):
@@ -155,9 +156,49 @@ def test_uneven_gradient_pair_is_split_by_work(monkeypatch):
         c = np.empty((3 * H, H), np.float32)
         dispatch.weight_gradient_pair((D, X, a, None), (D, Hp, c, D2))
         results.append((a, c))
-    assert seen == [[((3 * H, H), 0, 32), ((3 * H, H), 32, 64), ((3 * H, I), 0, 3)]]
+    assert seen == [[[((3 * H, I), 0, 3), ((3 * H, H), 0, 32)], [((3 * H, H), 32, 64)]]]
     for one, two in zip(*results):
         np.testing.assert_array_equal(one, two)
+
+
+def test_side_by_side_with_more_tasks_than_threads():
+    """Each thread takes the next task not begun: every task runs once, the results come back in the
+    tasks' order, and the first error is raised once every thread has stopped."""
+    import threading
+    ran = []
+
+    def task(i):
+        ran.append((i, threading.get_ident()))
+        return i * i
+    assert dispatch.side_by_side(task, [(i,) for i in range(9)], 2) == [i * i for i in range(9)]
+    assert sorted(i for i, _ in ran) == list(range(9))
+
+    def bad(i):
+        if i == 3:
+            raise ValueError("task 3")
+        return i
+    with pytest.raises(ValueError, match="task 3"):
+        dispatch.side_by_side(bad, [(i,) for i in range(6)], 2)
+
+
+def test_column_runs_cover_every_column_once():
+    rng = np.random.default_rng(7)
+    jobs = []
+    for N, M, I in ((64, 48, 3), (64, 192, 300), (64, 96, 40)):
+        jobs.append((None, 0, M, None, rng.standard_normal((N, I)), np.empty((M, I))))
+    for threads in (2, 3, 5, 16):
+        runs = dispatch._column_runs(jobs, threads)
+        assert 1 <= len(runs) <= threads
+        covered = [np.zeros(job[4].shape[1], int) for job in jobs]
+        for run in runs:
+            for piece in run:
+                j = next(k for k, job in enumerate(jobs) if job[5] is piece[5])
+                covered[j][piece[6]:piece[7]] += 1
+                assert piece[6] % 32 == 0
+        assert all((c == 1).all() for c in covered)
+        work = [sum(p[4].shape[0] * p[5].shape[0] * (p[7] - p[6]) for p in run) for run in runs]
+        if threads == 2:  # halves within a strip of the largest job's columns
+            assert abs(work[0] - work[1]) <= 2 * 32 * 64 * 192
 
 
 _FORK_PROBE = r"""
