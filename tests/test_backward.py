@@ -330,13 +330,14 @@ np.savez(sys.argv[2], dx=dx, dh0=dh0, y=y, **grads)
 
 # every row all T steps and work enough for the split paths where the CPU takes them (training's
 # rows in ranges side by side, the gradients and projections on worker threads: dispatch's
-# training_row_ranges, panel_gradients, pool_projection): 80 rows in ranges of 40, 20 rows of 8 and 12
+# training_row_ranges, panel_gradients, pool_projection): 80 rows in ranges of 40, 20 rows of 8 and 12;
+# H = 300: the input gradient's K = 3H = 900 on the panels too, and a gradient pair cut mid-job
 _THREADS_PROBE_FULL = r"""
 import sys, numba, numpy as np, numgru as ng
 numba.set_num_threads(int(sys.argv[1]))
 rng = np.random.default_rng(1)
 out = {}
-for B, H in ((80, 64), (20, 96)):
+for B, H in ((80, 64), (20, 96), (64, 300)):
     x = rng.standard_normal((16, B, 24)).astype(np.float32)
     for reset_after in (True, False):
         g = ng.GRU(24, H, 2, bidirectional=True, seed=0, reset_after=reset_after)
@@ -357,6 +358,25 @@ def test_gradients_identical_with_1_and_2_threads(tmp_path, probe):
         outs.append(np.load(path))
     for k in outs[0].files:
         np.testing.assert_array_equal(outs[0][k], outs[1][k], err_msg=k)
+
+
+def test_wide_input_gradient_keeps_off_blas(monkeypatch):
+    # dx = dG @ W_ih with K = 3H beyond 768 takes the panels where the weight gradients do, so a
+    # training step never wakes OpenBLAS's threads (their spinning held a core through the next
+    # products); the values match BLAS's
+    from numgru.kernels import dispatch
+    if not dispatch.panels_gradient_wanted(np.float32):
+        pytest.skip("BLAS takes the gradients here")
+    rng = np.random.default_rng(8)
+    dG = rng.standard_normal((96, 1536)).astype(np.float32)
+    W = rng.standard_normal((1536, 200)).astype(np.float32)
+    calls = []
+    pool = dispatch.pool_projection
+    monkeypatch.setattr(dispatch, "pool_projection", lambda *a, **k: calls.append(1) or pool(*a, **k))
+    monkeypatch.setattr(dispatch, "matmul_into", lambda *a: pytest.fail("BLAS ran"))
+    out = dispatch.input_gradient(dG, W, np.empty((96, 200), np.float32), False)
+    assert calls
+    np.testing.assert_allclose(out, dG.astype(np.float64) @ W.astype(np.float64), atol=2e-3)
 
 
 @pytest.mark.parametrize("reset_after", [True, False])

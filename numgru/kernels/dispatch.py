@@ -209,9 +209,8 @@ BLAS_THREADED_MNK = 4 * 65536
 #: fewest multiply-adds (about) of a call that :func:`side_by_side` spreads over worker threads
 #: (below, one thread: a hand-off costs tens of µs)
 PANEL_GRADIENT_POOL_MIN = 1 << 24
-#: :func:`training_panels`: fewest rows, most inner values (K)
+#: :func:`training_panels`: fewest rows
 TRAINING_PANELS_MIN_ROWS = 64
-TRAINING_PANELS_MAX_K = 768
 #: :func:`training_row_ranges`: largest H whose training recurrences split their rows
 TRAINING_ROWS_MAX_HIDDEN = 512
 
@@ -2434,8 +2433,8 @@ def _gradient_job(D, X, out, D2=None, c0=0):
 def panel_gradients(jobs):
     """Weight gradients on the panel block: each job (D, c0, m1, D2, X, out) as
     :func:`~numgru.kernels.backward.weight_gradient_panels` takes it. With several threads
-    (:func:`thread_count`) and work enough (``PANEL_GRADIENT_POOL_MIN`` multiply-adds in all) ranges
-    of the jobs' columns, as many a job as its share of the work gives the threads, run side by side
+    (:func:`thread_count`) and work enough (``PANEL_GRADIENT_POOL_MIN`` multiply-adds in all) runs of
+    the jobs' columns, one of about equal work a thread (:func:`_column_runs`), run side by side
     on this thread and plain worker threads (:func:`_gradient_pool`), not in a parallel region: OpenBLAS
     keeps its workers spinning for a while after each threaded call (the projection, the input
     gradient), and Numba's OpenMP workers after each region; a region here and the next threaded
@@ -2454,7 +2453,7 @@ def panel_gradients(jobs):
     # strips of 32 columns), each run one task of the pieces of jobs it spans: a layer's dW_ih of few
     # inputs beside its dW_hh had left the whole dW_hh to one thread (two threads, T = 5, B = 128,
     # I = 3, H = 512: the pair 13.5 ms against 7.4 split), and a dW_ih of I = 2H beside dW_hh, one
-    # task each, two thirds of the work to one (N = 512, H = 512: 17.0 ms against 14.2–14.5); smaller
+    # task each, two thirds of the work to one (N = 512, H = 512: 17.0 ms against 14.2); smaller
     # ranges run slower (one thread, N = 512, 1536 × 512 in ranges of 128 / 64 columns 91 / 71
     # GFLOP/s against 104 whole)
     side_by_side(_gradient_pieces, [(run,) for run in _column_runs(jobs, threads)], threads)
@@ -2599,16 +2598,18 @@ def training_panels(N, K, M, dtype):
     M = 3H) or the input gradient (K = 3H, M = I), runs on packed panels (:func:`pool_projection`,
     rows side by side on several threads) rather than in BLAS: where :func:`panels_gradient_wanted`
     takes the weight gradients, from ``TRAINING_PANELS_MIN_ROWS`` rows (fewer: the dot-product block
-    or BLAS, :func:`projection_dot`) for K ≤ ``TRAINING_PANELS_MAX_K``. The rule reads neither the
-    thread count nor the precision, so the sums are the same with any number of threads. Then, with
-    the weight gradients, nothing in a training step of H ≤ 512 wakes OpenBLAS's threads, whose
-    spinning after each call (~0.1 s) took half a core from the products here: two threads,
-    T = 128, B = 16, H = 256, the weight gradients side by side 16–19 ms each against 8 alone.
-    Zen 4, one thread, N = 8192 (ms, panels against OpenBLAS's sgemm, the packing included):
-    K = 256, M = 768 30.9 against 33.7; K = 64, M = 192 2.11 against 2.31; K = 768, M = 256 34.6
-    against 33.8; K = 512, M = 1536 (N = 2048) 29.9 against 31.1; but K = 1024 0.87×."""
-    return (panels_gradient_wanted(dtype) and N >= TRAINING_PANELS_MIN_ROWS and K <= TRAINING_PANELS_MAX_K
-            and M > 0)
+    or BLAS, :func:`projection_dot`), whatever K. The rule reads neither the thread count nor the
+    precision, so the sums are the same with any number of threads. Then, with the weight gradients,
+    nothing in a training step wakes OpenBLAS's threads, whose spinning after each call (~0.1 s)
+    took half a core from the products here: two threads, T = 128, B = 16, H = 256, the weight
+    gradients side by side 16–19 ms each against 8 alone; T = 32, B = 16, I = 300, H = 512, three
+    layers, the step 134 ms with the input gradients (K = 3H = 1536) in BLAS against 76 on the
+    panels (torch 125). Zen 4, one thread, N = 8192 (ms, panels against OpenBLAS's sgemm, the
+    packing included): K = 256, M = 768 30.9 against 33.7; K = 64, M = 192 2.11 against 2.31; K = 768,
+    M = 256 34.6 against 33.8; K = 512, M = 1536 (N = 2048) 29.9 against 31.1; K = 1024 0.87×, which
+    whole steps on one thread do not show (T = 16, B = 64, I = H = 1024, two layers 726 against 720 ms;
+    T = 32, B = 16, H = 512 level)."""
+    return panels_gradient_wanted(dtype) and N >= TRAINING_PANELS_MIN_ROWS and M > 0
 
 
 def pool_projection(x2d, W, bias, use_bias, out, Wp=None):
