@@ -401,8 +401,8 @@ def _transpose_tile(W, out, i0, k0):
     """out[k0 + k, i0 + i] = W[i0 + i, k0 + k] for a whole tile of :func:`transpose_into` (i, k <
     ``TRANSPOSE_TILE``) in vector registers: 32-bit values by :func:`~numgru.kernels.panel.transpose16`
     (1536 × 512 float32 0.64 → 0.15 ms), 64-bit ones in four blocks of
-    :func:`~numgru.kernels.panel.transpose8` (1536 × 512 float64 1.18–1.19 → 0.48–0.55 ms): True; other values are
-    left to the caller's element loop (False)."""
+    :func:`~numgru.kernels.panel.transpose8` (1536 × 512 float64 1.18–1.19 → 0.48–0.55 ms): True;
+    other values are left to the caller's element loop (False)."""
 
 
 @overload(_transpose_tile, jit_options={"fastmath": set(FASTMATH)})
