@@ -20,10 +20,11 @@ from .kernels.activations import GATE_HARD_SIGMOID, GATE_SIGMOID
 from .kernels.dispatch import (AMX_DIGITS_SPREAD, FrozenPieces, aligned, amx_recurrence_wanted, batch_order,
                                empty_array, forward_route, gate_scalars, gru_direction_backward, gru_direction_forward,
                                inference_tiled_max, input_gradient, input_projection, keeps_off_blas, matmul_order,
-                               no_step_panels, packed_step, recycled, run_from_zero, run_serial_direction, run_step,
+                               no_step_panels, packed_step, run_from_zero, run_serial_direction, run_step,
                                run_step_digits, serial_direction_plan, serial_forward, step_columns,
-                               step_columns_workspace, step_digits_columns_work, thread_count, valid_steps,
-                               vnni_step_inputs, vnni_step_wanted, weight_gradient, weight_gradient_pair, workspace)
+                               step_columns_workspace, step_digits_columns_work, thread_count, training_tape,
+                               valid_steps, vnni_step_inputs, vnni_step_wanted, weight_gradient, weight_gradient_pair,
+                               workspace)
 from .kernels._jit import ARRAY_KIND, C_CONTIGUOUS, planned_call
 from .kernels.bf16 import from_bfloat16, to_bfloat16
 from .kernels.forward import first_step_gates, first_step_store
@@ -830,8 +831,7 @@ class GRU(_Params):
                                       off_blas=off_blas).reshape(T, B, 3 * H)
                 reverse = d == 1 or self.go_backwards
                 h_start, steps, steps_lengths = h0[i], slice(0, T), lengths
-                tape = (recycled("tape", (T, B, (5 if self.clip is not None else 4) * H), self.dtype)
-                        if store else None)
+                tape = training_tape(T, B, H, self.clip, self.dtype) if store else None
                 if from_zero and (store or T > 1) and not (reverse and padded):
                     first = T - 1 if reverse else 0
                     h_start = np.empty((B, H), self.dtype)

@@ -1561,6 +1561,12 @@ def projection_panels(N, I, threads):
                                                    or N >= PROJ_PANELS_MIN_ROWS_PARALLEL_WIDE)
 
 
+def training_tape(T, B, H, clip, dtype):
+    """The training forward's tape for T steps of B rows, (T, B, 4H), or 5H with ONNX's ``clip`` (the
+    kernel's ``tape``, :func:`~numgru.kernels.forward._gru_forward`), on a :func:`recycled` buffer."""
+    return recycled("tape", (T, B, (5 if clip is not None else 4) * H), dtype)
+
+
 def gru_direction_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gate_kind, alpha, beta,
                           clip, y, col0, h_n, store=False, route=None, packed=None, pieces=None, tape=None):
     """Run one direction of one layer. Shapes as in :func:`numgru.kernels.forward._gru_forward`;
@@ -1573,7 +1579,8 @@ def gru_direction_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gat
     kernel and the rows route read them, the columns route packs its own blocks. ``pieces``: the
     caller's :class:`FrozenPieces` (a frozen or quantized model's), which keep W_hh's AMX packing for
     the ranges of rows on tiles, or None. ``tape``: where to write the tape when ``store`` (T, B, 4H or
-    5H) C-contiguous, a caller's view, else a recycled buffer. Returns the tape, None unless ``store``.
+    5H) C-contiguous, a caller's view of :func:`training_tape`'s, else one made here. Returns the
+    tape, None unless ``store``.
     """
     T, B, H3 = gx.shape
     H = H3 // 3
@@ -1581,7 +1588,7 @@ def gru_direction_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gat
     if not store:
         tape = empty_array(dtype, 3)
     elif tape is None:
-        tape = recycled("tape", (T, B, (5 if clip is not None else 4) * H), dtype)
+        tape = training_tape(T, B, H, clip, dtype)
     if B == 0 or T == 0:
         h_n[...] = h0
         return tape if store else None
