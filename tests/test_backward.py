@@ -421,6 +421,31 @@ def test_recycled_buffer_handed_again_only_when_nothing_views_it():
     assert recycled("test", (4, N), np.float64).ctypes.data != where  # per dtype
 
 
+def test_training_outputs_and_gradients_held_survive_later_steps(rng):
+    # y, dx and the weight gradients are recycled buffers (H = 128: 3H·H values, above the bound on
+    # fresh arrays): one the caller still holds is never written again; one let go of comes back
+    g = ng.GRU(40, 128, num_layers=2, seed=0)
+
+    def step():
+        x = rng.standard_normal((8, 32, 40)).astype(np.float32)
+        y, _, tape = g.forward_train(x)
+        dx, _, grads = g.backward(tape, rng.standard_normal(y.shape).astype(np.float32), input_grad=True)
+        return y, dx, grads
+
+    y1, dx1, grads1 = step()
+    kept = (y1.copy(), dx1.copy(), {k: v.copy() for k, v in grads1.items()})
+    where = {v.ctypes.data for v in grads1.values()}
+    y2, dx2, grads2 = step()
+    np.testing.assert_array_equal(y1, kept[0])
+    np.testing.assert_array_equal(dx1, kept[1])
+    for k, v in grads1.items():
+        np.testing.assert_array_equal(v, kept[2][k], err_msg=k)
+        assert not np.shares_memory(v, grads2[k])
+    del y1, dx1, grads1
+    _, _, grads3 = step()
+    assert grads3["weight_hh_l0"].ctypes.data in where
+
+
 def test_workspace_is_per_thread_and_grows():
     import threading
 
