@@ -46,6 +46,50 @@ def test_optimizer_steps_equal_torch(name, ng_kwargs, t_cls, t_kwargs, dtype):
         np.testing.assert_allclose(a, p.detach().numpy(), atol=tol, rtol=tol)
 
 
+@pytest.mark.parametrize("cls,kwargs", [(ng.optim.SGD, dict(lr=0.1, momentum=0.9)),
+                                        (ng.optim.Adam, dict(lr=1e-2, amsgrad=True)),
+                                        (ng.optim.RMSprop, dict(lr=1e-2, centered=True, momentum=0.5))])
+def test_optimizer_on_two_threads_equals_one(cls, kwargs, monkeypatch):
+    # the parameters laid end to end and cut in one run a thread, across and within arrays
+    import numba
+
+    from numgru.training import optim
+    monkeypatch.setattr(optim, "UPDATE_PARALLEL_MIN", 0)
+    rng = np.random.default_rng(0)
+    shapes = [(37, 29), (5,), (0,), (1000,), (3, 333)]
+    start = [rng.standard_normal(s) for s in shapes]
+    grads = [[rng.standard_normal(s) for s in shapes] for _ in range(3)]
+    results = []
+    for threads in (1, 2, 2):
+        params = [a.copy() for a in start]
+        opt = cls([(f"p{k}", a) for k, a in enumerate(params)], **kwargs)
+        before = numba.get_num_threads()
+        numba.set_num_threads(threads)
+        try:
+            for step in grads:
+                opt.step({f"p{k}": g for k, g in enumerate(step)})
+        finally:
+            numba.set_num_threads(before)
+        results.append(params)
+    for one, two in zip(results[0], results[1]):
+        np.testing.assert_array_equal(one, two)
+    assert all(not np.array_equal(a, b) for a, b in zip(start, results[0]) if a.size)
+
+
+def test_optimizer_shares_cover_every_value_once():
+    from numgru.training.optim import _update_shares
+    sizes = (100, 1, 0, 300, 64)
+    for threads in (2, 3, 7):
+        arrays = [np.zeros(n) for n in sizes]
+        shares = _update_shares([(None, (a,), ()) for a in arrays], threads)
+        assert len(shares) <= threads
+        for share in shares:
+            for _, (piece,) in share:
+                piece += 1
+        for a in arrays:
+            np.testing.assert_array_equal(a, np.ones_like(a), err_msg=str(threads))
+
+
 def test_optimizer_updates_model_in_place_and_validates():
     g = ng.GRU(3, 4, seed=0)
     opt = ng.optim.SGD(g.named_parameters(), lr=1.0)

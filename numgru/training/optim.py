@@ -20,9 +20,40 @@ import math
 import numpy as np
 
 from .._validation import as_real_array, check_bool, check_float
+from ..kernels.dispatch import side_by_side, thread_count
 from ..kernels.optim import adam_update, rmsprop_update, sgd_update, sum_of_squares
 
 __all__ = ["SGD", "Adam", "AdamW", "RMSprop", "clip_grad_norm", "Optimizer"]
+
+#: Fewer values in all than this and a step runs on the calling thread alone.
+UPDATE_PARALLEL_MIN = 1 << 16
+
+
+def _run_pieces(pieces):
+    for fn, args in pieces:
+        fn(*args)
+
+
+def _update_shares(updates, threads):
+    """The updates cut into ``threads`` lists of equal work: the parameters laid end to end and cut
+    in runs of equal length (at multiples of 64 values), each run one list of (kernel, args) pieces,
+    the slices of the parameters it covers."""
+    total = sum(arrays[0].size for _, arrays, _ in updates)
+    share = -(-total // (threads * 64)) * 64
+    shares, current, room = [], [], share
+    for fn, arrays, scalars in updates:
+        i, n = 0, arrays[0].size
+        while i < n:
+            j = min(n, i + room)
+            current.append((fn, (*(a[i:j] for a in arrays), *scalars)))
+            room -= j - i
+            i = j
+            if room == 0:
+                shares.append(current)
+                current, room = [], share
+    if current:
+        shares.append(current)
+    return shares
 
 
 class Optimizer:
@@ -75,13 +106,24 @@ class Optimizer:
         return st[key]
 
     def step(self, grads):
-        """Apply one update from ``grads`` (name -> gradient)."""
+        """Apply one update from ``grads`` (name -> gradient).
+
+        Every value's update reads only that value's parameter, gradient and state, so on several
+        threads (``numba.set_num_threads``) the parameters are cut in one run of equal length a thread,
+        updated side by side, with the same results as on one."""
         flat = self._flat_grads(grads)
         self.step_count += 1
-        for name, g in flat.items():
-            self._update(name, self.params[name].reshape(-1), g)
+        updates = [self._update(name, self.params[name].reshape(-1), g) for name, g in flat.items()]
+        threads = thread_count()
+        if threads < 2 or sum(arrays[0].size for _, arrays, _ in updates) < UPDATE_PARALLEL_MIN:
+            for fn, arrays, scalars in updates:
+                fn(*arrays, *scalars)
+            return
+        side_by_side(_run_pieces, [(pieces,) for pieces in _update_shares(updates, threads)], threads)
 
     def _update(self, name, p, g):
+        """The update of one parameter: (kernel, arrays, scalars) for ``kernel(*arrays, *scalars)``,
+        its arrays 1-D of p's length (p first), advancing any per-parameter count."""
         raise NotImplementedError
 
     def zero_state(self):
@@ -105,8 +147,8 @@ class SGD(Optimizer):
     def _update(self, name, p, g):
         first = "momentum_buffer" not in self.state[name]
         buf = self._buf(name, "momentum_buffer")
-        sgd_update(p, g, buf, self.lr, self.momentum, self.dampening, self.weight_decay,
-                   self.nesterov, first)
+        return sgd_update, (p, g, buf), (self.lr, self.momentum, self.dampening, self.weight_decay,
+                                         self.nesterov, first)
 
 
 class Adam(Optimizer):
@@ -130,8 +172,8 @@ class Adam(Optimizer):
         b1, b2 = self.betas
         m, v = self._buf(name, "exp_avg"), self._buf(name, "exp_avg_sq")
         vmax = self._buf(name, "max_exp_avg_sq") if self.amsgrad else v
-        adam_update(p, g, m, v, vmax, self.lr, b1, b2, self.eps, self.weight_decay, self._decoupled,
-                    self.amsgrad, 1.0 - b1 ** st["step"], 1.0 - b2 ** st["step"])
+        return adam_update, (p, g, m, v, vmax), (self.lr, b1, b2, self.eps, self.weight_decay, self._decoupled,
+                                                 self.amsgrad, 1.0 - b1 ** st["step"], 1.0 - b2 ** st["step"])
 
 
 class AdamW(Adam):
@@ -159,8 +201,8 @@ class RMSprop(Optimizer):
         sq = self._buf(name, "square_avg")
         gavg = self._buf(name, "grad_avg") if self.centered else sq
         buf = self._buf(name, "momentum_buffer") if self.momentum > 0 else sq
-        rmsprop_update(p, g, sq, gavg, buf, self.lr, self.alpha, self.eps, self.weight_decay,
-                       self.momentum, self.centered)
+        return rmsprop_update, (p, g, sq, gavg, buf), (self.lr, self.alpha, self.eps, self.weight_decay,
+                                                       self.momentum, self.centered)
 
 
 def clip_grad_norm(grads, max_norm, norm_type=2.0):
