@@ -310,7 +310,8 @@ def rows_matmul_T(Wm, h, out, buf, n):
 
     For n ≥ 2 the product is computed as Wm @ h[:n].T into buf, then transposed into out: OpenBLAS runs
     that orientation far faster when n is small (measured at n = 16: 69 vs 29 GFLOP/s for H = 1024,
-    73 vs 53 for H = 256; equal at n = 64, H = 256), and the blocked transpose costs little.
+    73 vs 53 for H = 256; equal at n = 64, H = 256), and the blocked transpose costs little; from
+    :func:`direct_rows` rows :func:`blas_matmul_T` asks for h @ Wm.T itself.
     """
     M = Wm.shape[0]
     if n == 1:  # a GEMV (measured 10-15 % faster than a one-row GEMM)
@@ -520,17 +521,52 @@ def _ol_rows_product(Wm, h, out, n, tiled):
     return impl
 
 
+#: rows from which :func:`blas_matmul_T` asks BLAS for h @ Wm.T as it stands (:func:`direct_rows`):
+#: float64, and float32 while K ≤ :data:`DIRECT_ROWS_MAX_K_32`
+DIRECT_ROWS_64 = 64
+DIRECT_ROWS_32 = 128
+DIRECT_ROWS_MAX_K_32 = 512
+
+
+@inline
+def direct_rows(K, itemsize):
+    """The rows from which a product h @ Wm.T in BLAS (Wm (M, K), values of ``itemsize`` bytes) is
+    asked for as it stands rather than as (Wm @ h.T).T (:func:`rows_matmul_T`): on the 2-vCPU AMD EPYC
+    (Zen 4, OpenBLAS's SkylakeX kernel, M = 3K, time of the transposed route over the direct one)
+    float64 K = 256 / 512 / 1024, n = 128 1.20 / 1.20 / 1.18 on one thread, 1.25 / 1.12 / 1.18 on two
+    (n = 64 0.95–1.15); float32 K = 256 / 512, n = 128 / 256 1.06–1.27 / 1.15–1.46 (n = 64 / 96
+    0.82–1.20), K = 1024 0.82–0.94 up to n = 128. GRUCell, B = 128, I = H = 512, float64, one thread:
+    9.99–11.03 → 8.98–9.20 ms (torch 8.9–9.4); float32, B = 128 / 256, H = 256: 1.17–1.19 / 2.37–2.52
+    → 1.09–1.25 / 2.11–2.12."""
+    if itemsize == 8:
+        return DIRECT_ROWS_64
+    return DIRECT_ROWS_32 if K <= DIRECT_ROWS_MAX_K_32 else 1 << 62
+
+
 def blas_matmul_T(Wm, h, out, buf, n):
-    """:func:`rows_matmul_T` (BLAS) for float weights; :func:`tiled_matmul` for bfloat16 ones, which
-    BLAS cannot read (resolved at compile time by the overload below)."""
-    rows_matmul_T.py_func(Wm, h, out, buf, n)
+    """out[:n] = h[:n] @ Wm.T in BLAS for float weights, from :func:`direct_rows` rows as it stands
+    (out's rows C-contiguous), else by :func:`rows_matmul_T`; :func:`tiled_matmul` for bfloat16 ones,
+    which BLAS cannot read (resolved at compile time by the overload below)."""
+    if n >= direct_rows.py_func(Wm.shape[1], Wm.itemsize) and out.flags.c_contiguous:
+        np.dot(h[:n], Wm.T, out[:n])
+    else:
+        rows_matmul_T.py_func(Wm, h, out, buf, n)
 
 
 @overload(blas_matmul_T, jit_options={"fastmath": set(FASTMATH)})
 def _ol_blas_matmul_T(Wm, h, out, buf, n):
     if is_bfloat16_array(Wm):
         return lambda Wm, h, out, buf, n: tiled_product(Wm, h, out, n)
-    return lambda Wm, h, out, buf, n: rows_matmul_T(Wm, h, out, buf, n)
+    if out.layout != "C" or Wm.layout != "C":
+        # Numba's np.dot would multiply into a C-contiguous copy of a strided ``out`` and drop it
+        return lambda Wm, h, out, buf, n: rows_matmul_T(Wm, h, out, buf, n)
+
+    def impl(Wm, h, out, buf, n):
+        if n >= direct_rows(Wm.shape[1], Wm.itemsize):
+            np.dot(h[:n], Wm.T, out[:n])
+        else:
+            rows_matmul_T(Wm, h, out, buf, n)
+    return impl
 
 
 #: most bytes of a block's rows of bfloat16 W_hh that the column route packs into panels for one row
