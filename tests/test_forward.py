@@ -492,6 +492,9 @@ def test_input_projection_few_rows(dtype, N, I, one_thread):
     for threads in (1, 2, 8):  # training's bound is the same for every thread count
         assert dispatch.projection_dot(N, I, threads, True) == (2 <= N <= 16)
     assert dispatch.projection_dot(N, I, 2, False) == (2 <= N <= (32 if I <= 128 else 16))
+    if dispatch.ZEN_PROJECTION and I > 256:  # float64's own: the block to 32 rows, BLAS beyond
+        assert dispatch.projection_dot(N, I, 1, False, 8) == (2 <= N <= 32)
+        assert not dispatch.projection_panels(N, I, 1, 8)
     # (on one thread: the serial kernel takes the one-thread routes above)
     rng = np.random.default_rng(N * 100 + I)
     x2d = rng.standard_normal((N, I)).astype(dtype)

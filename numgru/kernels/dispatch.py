@@ -114,6 +114,9 @@ PROJ_PANELS_BLAS_THREADS = ((64, 128), (128, 64))
 #: beyond, else BLAS) (see :func:`projection_panels`)
 PROJ_ONE_THREAD_ZEN = ((64, 15, True), (128, 23, True), (256, 47, True), (768, 128, True),
                        (1 << 62, 128, False))
+#: float64's entry past ``PROJ_ZEN_64_INPUTS`` inputs (fewer: the table above's)
+PROJ_ZEN_64 = (1 << 62, 32, False)
+PROJ_ZEN_64_INPUTS = 256
 PACKED_PROJ_MAX_INPUTS = 256
 PACKED_PROJ_MAX_INPUTS_WIDE = 512
 PACKED_PROJ_MAX_ROWS_WIDE = 128
@@ -862,7 +865,8 @@ def input_projection(x2d, W_ih, b_ih, numba_threads=False, valid=None, training=
         return pool_projection(x2d, W_ih, bias, b_ih is not None, gx)
     Wp = empty_array(W_ih.dtype, 3) if packed is None else packed
     # the serial kernel's choice (panels, dot): asked for on the routes' threads only if they are busy
-    choice = None if numba_threads else serial_projection_choice(N, I, threads, packed is not None, training)
+    choice = None if numba_threads else serial_projection_choice(N, I, threads, packed is not None, training,
+                                                                 W_ih.dtype.itemsize)
     off_blas = off_blas and choice is not None and not any(choice)
     if off_blas and off_blas_dot(N, I, W_ih.shape[0]):
         choice, off_blas = (False, True), False
@@ -874,7 +878,7 @@ def input_projection(x2d, W_ih, b_ih, numba_threads=False, valid=None, training=
                 project_on_threads(x2d, W_ih, Wp, bias, b_ih is not None, gx, panels, threads)
                 return gx
     if choice is None:
-        choice = serial_projection_choice(N, I, threads, packed is not None, training)
+        choice = serial_projection_choice(N, I, threads, packed is not None, training, W_ih.dtype.itemsize)
     input_projection_kernel(x2d, W_ih, Wp, bias, b_ih is not None, gx, *choice)
     return gx
 
@@ -1382,16 +1386,17 @@ def _rows_for(table, H):
     return need
 
 
-def serial_projection_choice(N, I, threads, packed, training):
+def serial_projection_choice(N, I, threads, packed, training, itemsize=4):
     """``(panels, dot)`` for the serial input projection of N rows with I inputs
     (:func:`~numgru.kernels.forward.input_projection_kernel`; ``packed``: the caller has W_ih's panels):
     the panels where :func:`packed_projection` says for packed ones, else where
     :func:`serial_projection_panels` says; otherwise the dot-product block where
-    :func:`projection_dot` says, else BLAS. Training always takes BLAS or the block."""
+    :func:`projection_dot` says, else BLAS. Training always takes BLAS or the block. ``itemsize``: the
+    values' bytes (float64's one-thread rule on Zen 4 is its own, :func:`_zen_projection`)."""
     if packed and not training and packed_projection(N, I, threads):
         return True, False
-    panels = not training and serial_projection_panels(N, I, threads)
-    return panels, not panels and projection_dot(N, I, threads, training)
+    panels = not training and serial_projection_panels(N, I, threads, itemsize)
+    return panels, not panels and projection_dot(N, I, threads, training, itemsize)
 
 
 def packed_projection(N, I, threads):
@@ -1440,7 +1445,7 @@ def packed_step(M, K, B, tiled_max, split=False):
     return K <= PACKED_STEP_WIDE_K or B >= PACKED_STEP_WIDE_MIN_ROWS
 
 
-def projection_dot(N, I, threads, training):
+def projection_dot(N, I, threads, training, itemsize=4):
     """Whether the input projection of N rows with I inputs (outside Numba's threads) runs by the
     dot-product block on W_ih as it lies (:func:`~numgru.kernels.dotblock.dot_rows`) instead of BLAS,
     which packs W_ih on every call: for 2 to ``PROJ_DOT_MAX_ROWS`` rows; outside training to
@@ -1465,12 +1470,12 @@ def projection_dot(N, I, threads, training):
         # 18.5 against 9.6 / 22.4; N = 32: 9.1 / 27.5 against 14.0 / 30.4)
         return 2 <= N <= (PROJ_DOT_MAX_ROWS_NARROW if I <= PROJ_DOT_NARROW_INPUTS else PROJ_DOT_MAX_ROWS)
     if ZEN_PROJECTION:  # (see projection_panels)
-        return 2 <= N <= _zen_projection(I)[1]
+        return 2 <= N <= _zen_projection(I, itemsize)[1]
     lo, hi = PROJ_DOT_MID_INPUTS
     return 2 <= N <= (PROJ_DOT_MAX_ROWS_MID_INPUTS if lo < I <= hi else PROJ_DOT_MAX_ROWS_ONE_THREAD)
 
 
-def serial_projection_panels(N, I, threads):
+def serial_projection_panels(N, I, threads, itemsize=4):
     """Whether the serial kernel (:func:`~numgru.kernels.forward.input_projection_kernel`) multiplies N
     rows by W_ih (I inputs) on packed panels, on one thread, rather than in BLAS on ``threads``: as
     :func:`projection_panels` says for one thread; with BLAS on several threads only for the few rows
@@ -1481,7 +1486,7 @@ def serial_projection_panels(N, I, threads):
     ``PROJ_ONE_THREAD_ZEN``, was not measured against BLAS on several threads: there the rule above
     holds on every CPU.)"""
     if threads == 1:
-        return projection_panels(N, I, 1)
+        return projection_panels(N, I, 1, itemsize)
     if not _panels_one_thread(N, I):
         return False
     for max_inputs, max_rows in PROJ_PANELS_BLAS_THREADS:
@@ -1498,12 +1503,21 @@ def _panels_one_thread(N, I):
     return False
 
 
-def _zen_projection(I):
-    """The entry of ``PROJ_ONE_THREAD_ZEN`` for I inputs."""
+def _zen_projection(I, itemsize=4):
+    """The entry of ``PROJ_ONE_THREAD_ZEN`` for I inputs; float64 (``itemsize`` 8) past
+    ``PROJ_ZEN_64_INPUTS`` inputs ``PROJ_ZEN_64``: the block to 32 rows, BLAS beyond. Measured on the
+    2-vCPU AMD EPYC (float64, one thread, 3I outputs, kernel alone, packing included, time over
+    BLAS's, panels / block): I = 384, N = 24 / 32 / 96 / 128 / 256 1.21 / 1.04 / 1.06 / 1.00 / 1.04,
+    0.86 / 0.93 / 1.17 / 1.18 / 1.22; I = 512, N = 32 / 64 / 128 / 256 / 1024 1.32 / 1.08 / 0.98 /
+    0.99–1.14 / 1.03–1.05, 0.94–1.16 / 1.13 / 1.18–1.21 / 1.18–1.32 / 1.46; I = 768 / 1024, N = 32 /
+    48 / 128 / 256 1.24–1.70 / 1.06–1.60 / 1.20–1.35 / 1.10–1.30, 1.04–1.11 / 1.06–1.10 / 1.31–1.37 /
+    1.47–1.84 (N = 24 0.86–0.87: the block)."""
+    if itemsize == 8 and I > PROJ_ZEN_64_INPUTS:
+        return PROJ_ZEN_64
     return next(entry for entry in PROJ_ONE_THREAD_ZEN if I <= entry[0])
 
 
-def projection_panels(N, I, threads):
+def projection_panels(N, I, threads, itemsize=4):
     """Whether the input projection of N rows with I inputs on ``threads`` Numba threads (1: the serial
     kernel) runs on packed panels of W_ih (:func:`~numgru.kernels.panel.panel_rows`): the packing is one
     pass over W_ih, so past a number of rows, and for inputs few enough that the panels beat the
@@ -1554,7 +1568,7 @@ def projection_panels(N, I, threads):
     """
     if threads == 1:
         if ZEN_PROJECTION:
-            _, dot_rows_most, panels_beyond = _zen_projection(I)
+            _, dot_rows_most, panels_beyond = _zen_projection(I, itemsize)
             return panels_beyond and N > dot_rows_most
         return _panels_one_thread(N, I)
     return N >= PROJ_PANELS_MIN_ROWS_PARALLEL and (I <= PROJ_PANELS_MAX_INPUTS_PARALLEL
@@ -1877,7 +1891,7 @@ def serial_direction_plan(W_ih, b_ih, W_hh, b_hh, packed_ih, packed_hh, T, B, th
         T * B, W_ih.shape[1], W_ih.shape[0], dtype, dtype if b_ih is None else b_ih.dtype,
         threads=threads) else 0
     panels, dot = serial_projection_choice((steps or T) * B, W_ih.shape[1], threads,
-                                           packed_ih is not None, False)
+                                           packed_ih is not None, False, W_ih.dtype.itemsize)
     par = 0  # Numba's threads for the projection the serial kernel would take to BLAS
     if not (steps or amx or dp or panels or dot) and keeps_off_blas(B, W_hh.shape[1], threads, False):
         if off_blas_dot(T * B, W_ih.shape[1], W_ih.shape[0]):
