@@ -54,7 +54,7 @@ def test_optimizer_on_two_threads_equals_one(cls, kwargs, monkeypatch):
     import numba
 
     from numgru.training import optim
-    monkeypatch.setattr(optim, "UPDATE_PARALLEL_MIN", 0)
+    monkeypatch.setattr(optim, "UPDATE_PARALLEL_MIN_BYTES", 0)
     rng = np.random.default_rng(0)
     shapes = [(37, 29), (5,), (0,), (1000,), (3, 333)]
     start = [rng.standard_normal(s) for s in shapes]
