@@ -57,8 +57,9 @@ def test_optimizer_on_two_threads_equals_one(cls, kwargs, monkeypatch):
     monkeypatch.setattr(optim, "UPDATE_PARALLEL_MIN_BYTES", 0)
     rng = np.random.default_rng(0)
     shapes = [(37, 29), (5,), (0,), (1000,), (3, 333)]
-    start = [rng.standard_normal(s) for s in shapes]
-    grads = [[rng.standard_normal(s) for s in shapes] for _ in range(3)]
+    start = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    start[1] = start[1].astype(np.float64)  # (float64 parameters stay on the calling thread)
+    grads = [[rng.standard_normal(s).astype(a.dtype) for s, a in zip(shapes, start)] for _ in range(3)]
     results = []
     for threads in (1, 2, 2):
         params = [a.copy() for a in start]

@@ -25,11 +25,12 @@ from ..kernels.optim import adam_update, rmsprop_update, sgd_update, sum_of_squa
 
 __all__ = ["SGD", "Adam", "AdamW", "RMSprop", "clip_grad_norm", "Optimizer"]
 
-#: Fewer bytes of parameters in all than this and a step runs on the calling thread alone. Zen 4, two
+#: Fewer bytes of float32 parameters in all than this and a step updates them on the calling thread
+#: alone (float64 ones always: their update runs at the memory's rate on one thread). Zen 4, two
 #: threads, Adam's update within whole training steps (medians, ms, one thread against two): float32
 #: 4.4 M values (17.6 MB) 4.1 against 2.3 (float32 values are updated in float64, so one thread
-#: ran at half the memory's rate); float64 2.4 M values (19 MB) 2.6 against 2.7 (at the memory's
-#: rate either way); float32 1.8 M values (7 MB) 1.7–1.9 against 1.9–2.0.
+#: ran at half the memory's rate); float32 1.8 M values (7 MB) 1.7–1.9 against 1.9–2.0; float64
+#: 2.4 M values (19 MB) 2.6–6.3 against 2.7–5.8, no better.
 UPDATE_PARALLEL_MIN_BYTES = 16 << 20
 
 
@@ -113,18 +114,21 @@ class Optimizer:
         """Apply one update from ``grads`` (name -> gradient).
 
         Every value's update reads only that value's parameter, gradient and state, so on several
-        threads (``numba.set_num_threads``), from ``UPDATE_PARALLEL_MIN_BYTES`` of parameters, they
-        are cut in one run of equal length a thread, updated side by side, with the same results as
-        on one."""
+        threads (``numba.set_num_threads``), from ``UPDATE_PARALLEL_MIN_BYTES`` of float32 parameters,
+        those are cut in one run of equal length a thread, updated side by side, with the same results
+        as on one."""
         flat = self._flat_grads(grads)
         self.step_count += 1
         updates = [self._update(name, self.params[name].reshape(-1), g) for name, g in flat.items()]
+        split = [u for u in updates if u[1][0].dtype == np.float32]
         threads = thread_count()
-        if threads < 2 or sum(arrays[0].nbytes for _, arrays, _ in updates) < UPDATE_PARALLEL_MIN_BYTES:
-            for fn, arrays, scalars in updates:
+        if threads < 2 or sum(arrays[0].nbytes for _, arrays, _ in split) < UPDATE_PARALLEL_MIN_BYTES:
+            split = []
+        for fn, arrays, scalars in updates:
+            if not split or arrays[0].dtype != np.float32:
                 fn(*arrays, *scalars)
-            return
-        side_by_side(_run_pieces, [(pieces,) for pieces in _update_shares(updates, threads)], threads)
+        if split:
+            side_by_side(_run_pieces, [(pieces,) for pieces in _update_shares(split, threads)], threads)
 
     def _update(self, name, p, g):
         """The update of one parameter: (kernel, arrays, scalars) for ``kernel(*arrays, *scalars)``,
