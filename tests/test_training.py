@@ -75,6 +75,8 @@ def test_optimizer_on_two_threads_equals_one(cls, kwargs, monkeypatch):
     for one, two in zip(results[0], results[1]):
         np.testing.assert_array_equal(one, two)
     assert all(not np.array_equal(a, b) for a, b in zip(start, results[0]) if a.size)
+    p = start[0].copy()
+    assert not cls([("a", p), ("b", p[:10])], **kwargs)._disjoint  # overlapping: in order, one thread
 
 
 def test_optimizer_shares_cover_every_value_once():

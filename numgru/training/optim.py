@@ -86,6 +86,9 @@ class Optimizer:
                 raise ValueError(f"params: duplicate name {name!r}")
             self.params[name] = p
         self.lr = check_float("lr", lr, low=0.0)
+        # arrays that overlap (a parameter listed twice) are updated in their order, on one thread
+        arrays = list(self.params.values())
+        self._disjoint = not any(np.may_share_memory(a, b) for k, a in enumerate(arrays) for b in arrays[:k])
         self.state = {name: {} for name in self.params}
         self.step_count = 0
 
@@ -122,7 +125,8 @@ class Optimizer:
         updates = [self._update(name, self.params[name].reshape(-1), g) for name, g in flat.items()]
         split = [u for u in updates if u[1][0].dtype == np.float32]
         threads = thread_count()
-        if threads < 2 or sum(arrays[0].nbytes for _, arrays, _ in split) < UPDATE_PARALLEL_MIN_BYTES:
+        if threads < 2 or not self._disjoint or \
+                sum(arrays[0].nbytes for _, arrays, _ in split) < UPDATE_PARALLEL_MIN_BYTES:
             split = []
         for fn, arrays, scalars in updates:
             if not split or arrays[0].dtype != np.float32:
