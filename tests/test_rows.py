@@ -173,23 +173,6 @@ def test_many_rows_leave_blas_threaded_steps(monkeypatch, threads, B, H, itemsiz
     assert dispatch.forward_route(B, H, True, False, itemsize=itemsize) == want
 
 
-def test_float64_few_steps_of_many_rows_take_blas_threads(two_threads, monkeypatch, rng):
-    # float64, T ≤ 2, B ≥ 64, H ≥ 384: the serial kernel (BLAS's threads), not a threaded route
-    monkeypatch.setattr(dispatch, "WIDE_BLAS", False)
-    route = dispatch.forward_route
-    assert route(64, 384, True, False, 2, 8) is None and route(128, 512, False, False, 1, 8) is None
-    assert route(64, 384, True, False, 3, 8) is not None      # more steps: the threaded routes
-    assert route(64, 384, True, False, 2, 4) is not None      # float32 keeps them
-    assert route(64, 256, True, False, 2, 8) is not None and route(32, 512, True, False, 2, 8) is not None
-    g, p = _model(20, 384, 1, False, np.float64)
-    x = rng.standard_normal((2, 64, 20))
-    h0 = rng.standard_normal((1, 64, 384))
-    y, h = g(x, h0)
-    ry, rh = ref_gru(x, p, 1, 384, h0=h0)
-    np.testing.assert_allclose(y, ry, **TOL[np.float64])
-    np.testing.assert_allclose(h, rh, **TOL[np.float64])
-
-
 @pytest.mark.parametrize("H, reset_after", [(520, True), (520, False), (160, True)])
 def test_many_rows_routes_equal_one_thread(monkeypatch, rng, H, reset_after):
     # 64+ rows past the old windows (W_hh beyond 3·512² values: columns; reset_before: rows; 128 rows

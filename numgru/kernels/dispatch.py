@@ -109,18 +109,6 @@ PROJ_DOT_MAX_ROWS_MID_INPUTS = 64
 PROJ_DOT_MAX_ROWS_NARROW = 32
 PROJ_DOT_NARROW_INPUTS = 128
 PROJ_PANELS_BLAS_THREADS = ((64, 128), (128, 64))
-#: float64 forwards of at most this many steps, from F64_BLAS_STEPS_MIN_ROWS rows and
-#: F64_BLAS_STEPS_MIN_HIDDEN units (W_hh beyond L2), run the serial kernel, whose steps and projection
-#: then go to OpenBLAS's threads, rather than a threaded route (:func:`forward_route`; where BLAS's
-#: vectors are no wider than Numba's). 2-vCPU AMD EPYC (Zen 4), two threads, h0 given, I = H, two
-#: rounds, ms, the serial kernel against the rows route: T = 2, B = 128, H = 512 9.7–10.9 against
-#: 11.2–11.3 (torch 9.6–12.1); B = 64, H = 512 5.5 against 5.7–7.2; B = 128, H = 384 5.4–5.6 against
-#: 5.9–6.7; T = 3 mixed (B = 128, H = 512 14.4–15.8 against 15.2–18.6), T = 5 the rows route
-#: 1.4–1.5× ahead. Float32 keeps its routes (T = 2, B = 128, H = 384 / 512, B = 64, H = 1024 level or
-#: behind on the serial kernel).
-F64_BLAS_STEPS_MAX_T = 2
-F64_BLAS_STEPS_MIN_ROWS = 64
-F64_BLAS_STEPS_MIN_HIDDEN = 384
 #: the serial projection on one thread on Zen 4/5 (:data:`ZEN_PROJECTION`), by the most inputs I of
 #: each entry: (most I, most rows for the dot-product block, whether the packed panels take the rows
 #: beyond, else BLAS) (see :func:`projection_panels`)
@@ -542,9 +530,6 @@ def forward_route(B, H, reset_after, store, T=None, itemsize=4, kept=False):
     if (not WIDE_BLAS and T is not None and T * B * H * H < NAMED_ROUTE_MIN_WORK
             and keeps_off_blas(B, H, threads, False)):
         return None  # too little work to repay two parallel regions
-    if (itemsize == 8 and not WIDE_BLAS and T is not None and T <= F64_BLAS_STEPS_MAX_T
-            and B >= F64_BLAS_STEPS_MIN_ROWS and H >= F64_BLAS_STEPS_MIN_HIDDEN):
-        return None  # float64's few steps of many rows: BLAS's threads (see F64_BLAS_STEPS_MAX_T)
     per_thread = -(-B // threads)
     weights = 3 * H * H
     lo, hi = COLS_STATE
