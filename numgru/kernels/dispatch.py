@@ -2489,28 +2489,37 @@ def _gradient_pieces(pieces):
 
 def _column_runs(jobs, threads):
     """``threads`` lists of pieces (job…, r0, r1) covering every column of every job (D, c0, m1, D2, X,
-    out) once: the jobs' columns end to end, a column of a job weighing N·M (its multiply-adds), cut
-    where the work reaches each k/threads of the whole, at a multiple of 32 columns of the job it
-    falls in. Runs left empty by the rounding are dropped."""
-    cost = [job[4].shape[0] * job[5].shape[0] for job in jobs]
-    cols = [job[4].shape[1] for job in jobs]
-    starts = np.concatenate([[0], np.cumsum([c * n for c, n in zip(cost, cols)])])
+    out) once: :func:`equal_runs` of the jobs' columns, a column of a job weighing N·M (its
+    multiply-adds), cut at multiples of 32 columns."""
+    runs = equal_runs([job[4].shape[1] for job in jobs], [job[4].shape[0] * job[5].shape[0] for job in jobs],
+                      threads, 32)
+    return [[(*jobs[j], r0, r1) for j, r0, r1 in run] for run in runs]
+
+
+def equal_runs(sizes, weights, threads, align):
+    """Items of ``sizes`` units (a unit of item j weighing ``weights[j]``) laid end to end and cut into
+    at most ``threads`` runs of about equal weight, each cut where the weight reaches each k/threads
+    of the whole, at the nearest multiple of ``align`` units of the item it falls in: a list of runs,
+    each a list of (item, start, stop) pieces, every unit in exactly one piece; runs left empty by the
+    rounding are dropped. For work whose results do not depend on where it is cut (the weight
+    gradients' columns, the optimizers' values) shared by threads side by side."""
+    starts = np.concatenate([[0], np.cumsum([n * w for n, w in zip(sizes, weights)])])
     total = starts[-1]
     bounds = [(0, 0)]
     for k in range(1, threads):
-        w = total * k / threads
-        j = min(int(np.searchsorted(starts, w, side="right")) - 1, len(jobs) - 1)
-        col = int(round((w - starts[j]) / max(cost[j], 1) / 32)) * 32
-        bounds.append((j, min(max(col, 0), cols[j])))
-    bounds.append((len(jobs) - 1, cols[-1]))
+        target = total * k / threads
+        j = min(int(np.searchsorted(starts, target, side="right")) - 1, len(sizes) - 1)
+        unit = int(round((target - starts[j]) / max(weights[j], 1) / align)) * align
+        bounds.append((j, min(max(unit, 0), sizes[j])))
+    bounds.append((len(sizes) - 1, sizes[-1]))
     runs = []
-    for (j0, c0), (j1, c1) in zip(bounds[:-1], bounds[1:]):
+    for (j0, u0), (j1, u1) in zip(bounds[:-1], bounds[1:]):
         run = []
         for j in range(j0, j1 + 1):
-            r0 = c0 if j == j0 else 0
-            r1 = c1 if j == j1 else cols[j]
+            r0 = u0 if j == j0 else 0
+            r1 = u1 if j == j1 else sizes[j]
             if r1 > r0:
-                run.append((*jobs[j], r0, r1))
+                run.append((j, r0, r1))
         if run:
             runs.append(run)
     return runs

@@ -185,11 +185,11 @@ def _transpose_codegen(n, bits):
             return builder.bitcast(builder.gep(a.data, [idx]), vec.as_pointer())
 
         rows = [builder.load(row_ptr(s, args[1], args[2], k), align=bits // 8) for k in range(n)]
+        mask = ir.VectorType(ir.IntType(32), n)
         b = n // 2
         while b:
-            i32 = ir.IntType(32)
-            lo = ir.Constant(ir.VectorType(i32, n), [j if j & b == 0 else n + j - b for j in range(n)])
-            hi = ir.Constant(ir.VectorType(i32, n), [j + b if j & b == 0 else n + j for j in range(n)])
+            lo = ir.Constant(mask, [j if j & b == 0 else n + j - b for j in range(n)])
+            hi = ir.Constant(mask, [j + b if j & b == 0 else n + j for j in range(n)])
             out = list(rows)
             for r in range(n):
                 if r & b == 0:

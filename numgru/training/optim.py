@@ -20,7 +20,7 @@ import math
 import numpy as np
 
 from .._validation import as_real_array, check_bool, check_float
-from ..kernels.dispatch import side_by_side, thread_count
+from ..kernels.dispatch import equal_runs, side_by_side, thread_count
 from ..kernels.optim import adam_update, rmsprop_update, sgd_update, sum_of_squares
 
 __all__ = ["SGD", "Adam", "AdamW", "RMSprop", "clip_grad_norm", "Optimizer"]
@@ -40,25 +40,12 @@ def _run_pieces(pieces):
 
 
 def _update_shares(updates, threads):
-    """The updates cut into ``threads`` lists of equal work: the parameters laid end to end and cut
-    in runs of equal length (at multiples of 64 values), each run one list of (kernel, args) pieces,
+    """The updates cut into at most ``threads`` lists of equal work (:func:`~numgru.kernels.dispatch.
+    equal_runs` of the parameters' values, at multiples of 64), each a list of (kernel, args) pieces,
     the slices of the parameters it covers."""
-    total = sum(arrays[0].size for _, arrays, _ in updates)
-    share = -(-total // (threads * 64)) * 64
-    shares, current, room = [], [], share
-    for fn, arrays, scalars in updates:
-        i, n = 0, arrays[0].size
-        while i < n:
-            j = min(n, i + room)
-            current.append((fn, (*(a[i:j] for a in arrays), *scalars)))
-            room -= j - i
-            i = j
-            if room == 0:
-                shares.append(current)
-                current, room = [], share
-    if current:
-        shares.append(current)
-    return shares
+    runs = equal_runs([arrays[0].size for _, arrays, _ in updates], [1] * len(updates), threads, 64)
+    return [[(updates[j][0], (*(a[r0:r1] for a in updates[j][1]), *updates[j][2])) for j, r0, r1 in run]
+            for run in runs]
 
 
 class Optimizer:
