@@ -791,11 +791,11 @@ class GRU(_Params):
         x, h0, lengths, perm = _sort_by_length(x, h0, lengths, route)
         y, h_n, _ = self._run(x, h0, lengths, store=False, padded=padded, route=route,
                               off_blas=route is None and keeps_off_blas(B, H, thread_count(), False),
-                              from_zero=from_zero)
+                              from_zero=from_zero, scratch_out=perm is not None)
         return _unsort(perm, y, h_n)
 
     def _run(self, x, h0, lengths, store, dropout_rng=None, padded=True, route=None, off_blas=False,
-             from_zero=False):
+             from_zero=False, scratch_out=False):
         """All layers over (T, B, I) rows already in :func:`_sort_by_length`'s order. ``padded``:
         lengths may be below T; ``route``: from :func:`forward_route` (None for training);
         ``off_blas``: the serial kernels' projection off BLAS's threads (:func:`keeps_off_blas`);
@@ -804,7 +804,8 @@ class GRU(_Params):
         :func:`~numgru.kernels.forward.first_step_gates` (training: :func:`~numgru.kernels.forward.
         first_step_store`, which writes that step's tape) with W_hh not read, and its recurrence over
         the other steps from there; the reverse direction only where every row runs all T steps (else
-        its rows start at steps of their own)."""
+        its rows start at steps of their own). ``scratch_out`` (inference): the caller copies y before
+        this thread's next call, so it may be scratch (:func:`~numgru.kernels.dispatch.workspace`)."""
         T, B, _ = x.shape
         D, H = self.num_directions, self.hidden_size
         h_n = np.empty((self.num_layers * D, B, H), self.dtype)
@@ -818,18 +819,23 @@ class GRU(_Params):
                 mask = (dropout_rng.random(inp.shape) < keep).astype(self.dtype) / self.dtype.type(keep)
                 inp = inp * mask
             # training's outputs stay on the tape: a buffer the last steps' tapes let go of, its pages
-            # already faulted in
-            y = recycled(f"y{layer}", (T, B, D * H), self.dtype) if store else np.empty((T, B, D * H), self.dtype)
+            # already faulted in; inference's are used up by the next layer (or, ``scratch_out``, copied
+            # by the caller): this thread's scratch, two names in turn
+            if store:
+                y = recycled(f"y{layer}", (T, B, D * H), self.dtype)
+            elif layer < self.num_layers - 1 or scratch_out:
+                y = workspace(f"y{layer % 2}", (T, B, D * H), self.dtype)
+            else:
+                y = np.empty((T, B, D * H), self.dtype)
             x2d = inp.reshape(T * B, inp.shape[2])
             gate_tapes = []
             for d in range(D):
                 i = layer * D + d
                 W_ih, b_ih, W_hh, b_hh, Wp_ih, Wp_hh = self._direction_weights(i, B, route)
-                # gx is used up by this direction's recurrence: scratch reused between calls (padded
-                # batches gather their valid rows into an array of their own)
-                out = workspace("gx", (T * B, 3 * H), self.dtype) if valid is None else None
+                # gx is used up by this direction's recurrence: scratch reused between calls
                 gx = input_projection(x2d, W_ih, b_ih, route in ("rows", "columns"), valid, training=store,
-                                      out=out, packed=Wp_ih, pieces=self._amx_pieces,
+                                      out=workspace("gx", (T * B, 3 * H), self.dtype), packed=Wp_ih,
+                                      pieces=self._amx_pieces,
                                       off_blas=off_blas).reshape(T, B, 3 * H)
                 reverse = d == 1 or self.go_backwards
                 h_start, steps, steps_lengths = h0[i], slice(0, T), lengths

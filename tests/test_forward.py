@@ -506,8 +506,9 @@ def test_input_projection_few_rows(dtype, N, I, one_thread):
         np.testing.assert_allclose(dispatch.input_projection(x2d, W, b, training=training), want + b, **tol)
         np.testing.assert_allclose(dispatch.input_projection(x2d, W, None, training=training), want, **tol)
 
-def test_input_projection_skips_padded_rows():
+def test_input_projection_skips_padded_rows(monkeypatch):
     from numgru.kernels import dispatch
+    monkeypatch.setattr(dispatch, "PACK_MIN_SAVED", 0)  # gather however little it saves
     rng = np.random.default_rng(0)
     x2d = rng.standard_normal((12, 3)).astype(np.float32)
     W = rng.standard_normal((6, 3)).astype(np.float32)
@@ -520,6 +521,10 @@ def test_input_projection_skips_padded_rows():
     assert not dispatch.input_projection(x2d, W, b, valid=np.zeros(12, bool)).any()
     full = dispatch.input_projection(x2d, W, b, valid=np.ones(12, bool))  # every row valid
     np.testing.assert_allclose(full, x2d @ W.T + b, rtol=1e-5, atol=1e-6)
+    monkeypatch.setattr(dispatch, "PACK_MIN_SAVED", 1 << 40)  # too little saved: every row projected
+    out = np.full((12, 6), np.nan, np.float32)
+    assert dispatch.input_projection(x2d, W, b, valid=valid, out=out) is out
+    np.testing.assert_allclose(out, x2d @ W.T + b, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("reset_after", [True, False])
@@ -530,6 +535,7 @@ def test_padded_steps_unprojected_give_the_same_results(monkeypatch, reset_after
     g = ng.GRU(I, H, 2, bidirectional=True, reset_after=reset_after, dtype=np.float64, seed=2)
     x = rng.standard_normal((T, B, I))
     lengths = np.array([7, 0, 3, 1, 5])
+    monkeypatch.setattr(dispatch, "PACK_MIN_SAVED", 0)  # the valid steps gathered, however few
     y, h_n, tape = g.forward_train(x, lengths=lengths)
     dy = rng.standard_normal(y.shape)
     dx, _, grads = g.backward(tape, dy)
@@ -542,3 +548,26 @@ def test_padded_steps_unprojected_give_the_same_results(monkeypatch, reset_after
     np.testing.assert_allclose(dx, dx_full, atol=1e-12)
     for k in grads:
         np.testing.assert_allclose(grads[k], grads_full[k], atol=1e-12, err_msg=k)
+
+
+@pytest.mark.parametrize("threads", ["one_thread", "two_threads"])
+def test_padded_outputs_stay_the_callers(monkeypatch, request, threads):
+    """A padded multi-layer call's layers and reordered rows run on this thread's scratch: the arrays
+    it returns are the caller's, not overwritten by the next call (rows in order or reordered)."""
+    from numgru.kernels import dispatch
+    request.getfixturevalue(threads)
+    monkeypatch.setattr(dispatch, "WORKSPACE_MIN_VALUES", 0)  # scratch at any size
+    rng = np.random.default_rng(7)
+    T, B, I, H = 12, 16, 8, 64
+    g = ng.GRU(I, H, 3, bidirectional=True, seed=2)
+    lengths = np.sort(rng.integers(1, T + 1, B))[::-1].copy()
+    lengths[0] = T
+    x1, x2 = (rng.standard_normal((T, B, I)).astype(np.float32) for _ in range(2))
+    y1, h1 = g(x1, lengths=lengths)
+    keep = y1.copy(), h1.copy()
+    y2, _ = g(x2, lengths=lengths[::-1].copy())
+    np.testing.assert_array_equal(y1, keep[0])
+    np.testing.assert_array_equal(h1, keep[1])
+    assert not np.shares_memory(y1, y2)
+    ref, _ = g(x1[:, :1], lengths=lengths[:1])
+    np.testing.assert_allclose(y1[:, :1], ref, atol=1e-5)

@@ -89,6 +89,7 @@ COLS_FEW_ROWS_MAX_THREADS = 2
 COLS_BEFORE_MIN_HIDDEN = 256
 NAMED_ROUTE_MIN_WORK = 1 << 19
 PACK_BELOW = 0.9
+PACK_MIN_SAVED = 1 << 20
 STEP_COLS_MIN_H = 192
 STEP_COLS_MAX_ROWS = 16
 STEP_COLS_MIN_H_MANY_ROWS = 64
@@ -827,10 +828,14 @@ def input_projection(x2d, W_ih, b_ih, numba_threads=False, valid=None, training=
     H = 64 / 128 50.0 / 89.2 against 54.7 / 98.2; B = 16 level), otherwise on one thread on packed
     panels (:func:`serial_projection_panels`) or by the dot-product block (:func:`projection_dot`), or
     in BLAS. With ``valid`` (a (N,) bool mask from :func:`valid_steps`) only the valid rows are gathered
-    and multiplied; the other rows of gx are zero (the kernels never read them). With ``training`` the
+    and multiplied, where that skips ``PACK_MIN_SAVED`` multiply-adds or more (fewer cost less than
+    the gathering: 2-vCPU AMD EPYC, one thread, one process taking turns, µs, gathered against not:
+    T = 5, B = 16, I = 16, H = 64 67 / 55; T = 10, B = 8, I = 32, H = 128 131 / 119; T = 20, B = 16,
+    I = 64, H = 128 434 / 488; T = 32, B = 32, I = H = 256 5.2 / 6.9 ms); the other rows of gx are
+    then zero (the kernels never read them). With ``training`` the
     serial kernel always takes BLAS, whose sums do not depend on its thread count, so that gradients
-    come out the same with any number of threads. ``out``: a C-contiguous (N, 3H) array to write gx into
-    (without ``valid``). ``packed``: W_ih's panels packed once by the caller (a frozen model's,
+    come out the same with any number of threads. ``out``: a C-contiguous (N, 3H) array to write gx
+    into. ``packed``: W_ih's panels packed once by the caller (a frozen model's,
     :func:`~numgru.kernels.panel.pack_panels`), or None; they are read where :func:`packed_projection`
     says so, and by Numba's threads wherever those take panels. ``pieces``: the caller's
     :class:`FrozenPieces` (a frozen or quantized model's), which keep W_ih's AMX packing, or None
@@ -838,10 +843,16 @@ def input_projection(x2d, W_ih, b_ih, numba_threads=False, valid=None, training=
     kernel would call BLAS, Numba's threads instead.
     """
     N = x2d.shape[0]
-    if valid is not None:
-        gx = np.zeros((N, W_ih.shape[0]), W_ih.dtype)
-        gx[valid] = input_projection(x2d[valid], W_ih, b_ih, numba_threads, training=training,
+    n = N if valid is None else int(np.count_nonzero(valid))
+    if valid is not None and (N - n) * x2d.shape[1] * W_ih.shape[0] >= PACK_MIN_SAVED:
+        # the valid rows gathered, projected and put back, all on this thread's scratch: fresh arrays
+        # here (and the zeros' pages) faulted in on every call
+        gx = np.empty((N, W_ih.shape[0]), W_ih.dtype) if out is None else out
+        xs = np.compress(valid, x2d, axis=0, out=workspace("x_valid", (n, x2d.shape[1]), x2d.dtype))
+        gx[valid] = input_projection(xs, W_ih, b_ih, numba_threads, training=training,
+                                     out=workspace("gx_valid", (n, W_ih.shape[0]), W_ih.dtype),
                                      packed=packed, pieces=pieces, off_blas=off_blas)
+        gx[~valid] = 0
         return gx
     gx = np.empty((N, W_ih.shape[0]), W_ih.dtype) if out is None else out
     if N == 0:
