@@ -873,6 +873,10 @@ class GRU(_Params):
         padded = lengths is not None
         from_zero = h0 is None
         x, h0, lengths, unbatched = self._prepare(x, h0, lengths)
+        if padded:
+            # padded steps never enter the outputs, but W_ih's gradient sums over every row of x: a
+            # NaN or ±Inf there (padding of any value is allowed) would reach it as 0 · NaN
+            x = np.where((np.arange(x.shape[0])[:, None] < lengths)[:, :, None], x, x.dtype.type(0))
         x, h0, lengths, perm = _sort_by_length(x, h0, lengths)
         y, h_n, layers = self._run(x, h0, lengths, store=True, dropout_rng=self._dropout_rng,
                                    padded=padded, from_zero=from_zero)

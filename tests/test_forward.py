@@ -551,6 +551,38 @@ def test_padded_steps_unprojected_give_the_same_results(monkeypatch, reset_after
 
 
 @pytest.mark.parametrize("threads", ["one_thread", "two_threads"])
+@pytest.mark.parametrize("gather", [True, False])
+def test_padding_values_never_reach_results_or_gradients(monkeypatch, request, threads, gather):
+    """NaN and ±Inf on padded steps: the same outputs and gradients as zeros there (W_ih's gradient
+    sums over every row of x, where 0 · NaN had made it NaN), gathered or not."""
+    from numgru.kernels import dispatch
+    request.getfixturevalue(threads)
+    monkeypatch.setattr(dispatch, "PACK_MIN_SAVED", 0 if gather else 1 << 40)
+    rng = np.random.default_rng(5)
+    T, B, I, H = 6, 8, 5, 32
+    g = ng.GRU(I, H, 2, bidirectional=True, dtype=np.float64, seed=3)
+    lengths = np.array([6, 2, 0, 5, 1, 6, 3, 4])
+    x = rng.standard_normal((T, B, I))
+    xz, xn = x.copy(), x.copy()
+    for b, n in enumerate(lengths):
+        xz[n:, b] = 0.0
+        xn[n:, b] = [np.nan, np.inf, -np.inf, 1e308, np.nan]
+    dy = rng.standard_normal((T, B, 2 * H))
+    results = []
+    for xs in (xz, xn):
+        y, h_n = g(xs, lengths=lengths)
+        yt, ht, tape = g.forward_train(xs, lengths=lengths)
+        dx, dh0, grads = g.backward(tape, dy)
+        results.append((y, h_n, yt, ht, dx, dh0, grads))
+    (*want, gw), (*got, gg) = results
+    for a, b in zip(want, got):
+        np.testing.assert_allclose(b, a, atol=1e-12)
+    for k in gw:
+        assert np.isfinite(gg[k]).all(), k
+        np.testing.assert_allclose(gg[k], gw[k], atol=1e-12, err_msg=k)
+
+
+@pytest.mark.parametrize("threads", ["one_thread", "two_threads"])
 def test_padded_outputs_stay_the_callers(monkeypatch, request, threads):
     """A padded multi-layer call's layers and reordered rows run on this thread's scratch: the arrays
     it returns are the caller's, not overwritten by the next call (rows in order or reordered)."""
