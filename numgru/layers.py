@@ -634,9 +634,9 @@ class GRU(_Params):
             out = self._forward_planned(x, h0)
             if out is not None:
                 return out
-        padded = lengths is not None
         from_zero = h0 is None
         x, h0, lengths, unbatched = self._prepare(x, h0, lengths)
+        padded = _padded(lengths, x.shape[0])
         if from_zero and x.shape[0] == 1 and x.shape[1] > 0:
             return self._finish(*self._from_zero(x, lengths if padded else None), unbatched)
         out = None if padded else self._run_planned(x, None if from_zero else h0)
@@ -870,9 +870,9 @@ class GRU(_Params):
         row runs all T steps), so a NaN or ±Inf in W_hh shows from the second step on.
         """
         self._check_trainable()
-        padded = lengths is not None
         from_zero = h0 is None
         x, h0, lengths, unbatched = self._prepare(x, h0, lengths)
+        padded = _padded(lengths, x.shape[0])
         if padded:
             # padded steps never enter the outputs, but W_ih's gradient sums over every row of x: a
             # NaN or ±Inf there (padding of any value is allowed) would reach it as 0 · NaN
@@ -1043,6 +1043,12 @@ class GRU(_Params):
         """Build a GRU from a Keras GRU, Bidirectional(GRU) or a Sequential of GRU layers."""
         from .interop.keras import gru_from_keras
         return gru_from_keras(cls, layer, dtype)
+
+
+def _padded(lengths, T):
+    """Whether checked ``lengths`` (B,) leave any row short of T steps: calls whose lengths are all
+    T take the unpadded path (the planned one for inference), the same results at its cost."""
+    return bool(lengths.shape[0] and lengths.min() < T)
 
 
 def _sort_by_length(x, h0, lengths, route=None):

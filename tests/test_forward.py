@@ -582,6 +582,19 @@ def test_padding_values_never_reach_results_or_gradients(monkeypatch, request, t
         np.testing.assert_allclose(gg[k], gw[k], atol=1e-12, err_msg=k)
 
 
+def test_lengths_all_full_match_no_lengths():
+    """lengths all T: the unpadded (planned) path, the same results as without lengths."""
+    rng = np.random.default_rng(6)
+    g = ng.GRU(4, 16, 2, bidirectional=True, seed=1)
+    x = rng.standard_normal((5, 3, 4)).astype(np.float32)
+    y, h_n = g(x)
+    y2, h2 = g(x, lengths=np.full(3, 5))
+    np.testing.assert_array_equal(y2, y)
+    np.testing.assert_array_equal(h2, h_n)
+    yt, ht, _ = g.forward_train(x, lengths=[5, 5, 5])
+    np.testing.assert_allclose(yt, y, atol=1e-6)
+
+
 @pytest.mark.parametrize("threads", ["one_thread", "two_threads"])
 def test_padded_outputs_stay_the_callers(monkeypatch, request, threads):
     """A padded multi-layer call's layers and reordered rows run on this thread's scratch: the arrays

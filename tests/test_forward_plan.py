@@ -33,6 +33,13 @@ def _general_calls(monkeypatch):
     return calls
 
 
+def _general(monkeypatch, model, *args, **kwargs):
+    """model(*args, **kwargs) by the general path: no plan applies for this call."""
+    with monkeypatch.context() as m:
+        m.setattr(model, "_plan_for", lambda T, B: False)
+        return model(*args, **kwargs)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("reset_after", [True, False])
 @pytest.mark.parametrize("layout", ["uni", "bi", "backwards", "batch_first"])
@@ -46,8 +53,12 @@ def test_planned_forward_is_the_general_path(rng, one_thread, monkeypatch, dtype
     calls = _general_calls(monkeypatch)
     y, h_n = g(x, h0)
     assert not calls  # the plan ran
-    y_gen, h_gen = g(x, h0, lengths=np.full(B, T))  # lengths given: the general path
+    y_full, h_full = g(x, h0, lengths=np.full(B, T))  # lengths of T: the plan too
+    assert not calls
+    y_gen, h_gen = _general(monkeypatch, g, x, h0)
     assert calls
+    np.testing.assert_array_equal(y_full, y)
+    np.testing.assert_array_equal(h_full, h_n)
     np.testing.assert_array_equal(y, y_gen)
     np.testing.assert_array_equal(h_n, h_gen)
     xt = x.transpose(1, 0, 2) if layout == "batch_first" else x
@@ -72,7 +83,8 @@ def test_planned_forward_of_inference_copies(rng, one_thread, monkeypatch, make,
     calls = _general_calls(monkeypatch)
     y, h_n = m(x)
     assert not calls
-    y_gen, h_gen = m(x, lengths=np.full(B, T))
+    y_gen, h_gen = _general(monkeypatch, m, x)
+    assert calls or T == 1  # (one step from the zero state: the first-step gates, no recurrence)
     np.testing.assert_array_equal(y, y_gen)
     np.testing.assert_array_equal(h_n, h_gen)
 
@@ -85,7 +97,7 @@ def test_planned_forward_of_one_unbatched_sequence(rng, one_thread, monkeypatch,
     calls = _general_calls(monkeypatch)
     y, h_n = g(x, h0)
     assert not calls and y.shape == (11, 18) and h_n.shape == (4, 9)
-    y_gen, h_gen = g(x, h0, lengths=11)
+    y_gen, h_gen = _general(monkeypatch, g, x, h0)
     assert calls
     np.testing.assert_array_equal(y, y_gen)
     np.testing.assert_array_equal(h_n, h_gen)
