@@ -18,7 +18,8 @@ from ._validation import (as_lengths, as_real_array, check_bool, check_dtype, ch
                           check_int, untorch)
 from .kernels.activations import GATE_HARD_SIGMOID, GATE_SIGMOID
 from .kernels.dispatch import (AMX_DIGITS_SPREAD, FrozenPieces, aligned, amx_recurrence_wanted, batch_order,
-                               empty_array, forward_route, gate_scalars, gru_direction_backward, gru_direction_forward,
+                               empty_array, forward_route, gate_scalars, gather_pays, gathered,
+                               gru_direction_backward, gru_direction_forward,
                                inference_tiled_max, input_gradient, input_projection, keeps_off_blas, matmul_order,
                                no_step_panels, packed_step, recycled, run_from_zero, run_serial_direction, run_step,
                                run_step_digits, serial_direction_plan, serial_forward, step_columns,
@@ -938,6 +939,10 @@ class GRU(_Params):
         grads = {}
         dh0 = np.empty((L * D, B, H), self.dtype)
         dy_layer = dy
+        # padded steps add nothing to the weight and input gradients (their gate gradients are zero):
+        # where skipping them repays it, the products run over the valid steps' rows gathered
+        valid = valid_steps(tape.lengths, T) if _padded(tape.lengths, T) else None
+        n = 0 if valid is None else int(np.count_nonzero(valid))
         for layer in reversed(range(L)):
             lt = tape.layers[layer]
             x2d = lt.x.reshape(T * B, lt.x.shape[2])
@@ -945,6 +950,14 @@ class GRU(_Params):
             if want_dx:
                 # (the first direction's GEMM writes it)
                 dx2d = recycled(f"dx{layer}", (T * B, lt.x.shape[2]), self.dtype)
+            gather = valid is not None and gather_pays(T * B, n, 3 * H, 2 * x2d.shape[1] + H, gradients=True)
+            if gather:
+                x2d = gathered(valid, n, x2d, "x_valid")
+                # the rows of steps [0, t) among the valid ones (a step's valid rows are contiguous)
+                before = np.concatenate(([0], np.cumsum(valid.reshape(T, B).sum(axis=1))))
+                dx_rows = workspace("dx_valid", x2d.shape, self.dtype) if want_dx else None
+            else:
+                dx_rows = dx2d if want_dx else None
             for d in range(D):
                 i = layer * D + d
                 W_ih, W_hh, b_ih, b_hh = self._weights(i)
@@ -954,6 +967,8 @@ class GRU(_Params):
                 dh0[i] = dh0_i
                 dgx2 = dgx.reshape(T * B, 3 * H)
                 hp2 = hprev.reshape(T * B, H)
+                dgh2 = None if dgh is None else dgh.reshape(T * B, dgh.shape[2])
+                rh2 = None if rhprev is None else rhprev.reshape(T * B, H)
                 sfx = self._suffix(layer, d)
                 # gradients on buffers the last steps' gradients let go of (fresh pages faulted in
                 # cost 2-3 ms of a 13 ms step at T = 2, B = 8, H = 512, float64)
@@ -961,23 +976,28 @@ class GRU(_Params):
                 dW_hh = recycled(f"dW_hh{i}", (3 * H, H), self.dtype)
                 # dW_hh sums dG_t ⊗ h_{t−1}: the rows whose h_{t−1} is a zero h0 add nothing
                 hh_rows = self._state_rows(tape, i, d == 1 or self.go_backwards)
+                if gather:
+                    dgx2, hp2 = gathered(valid, n, dgx2, "dgx_valid"), gathered(valid, n, hp2, "hprev_valid")
+                    dgh2 = None if dgh2 is None else gathered(valid, n, dgh2, "dgh_valid")
+                    rh2 = None if rh2 is None else gathered(valid, n, rh2, "rhprev_valid")
+                    hh_rows = slice(before[hh_rows.start // B], before[hh_rows.stop // B])
                 if T * B:
                     dgx_h, hp_h = dgx2[hh_rows], hp2[hh_rows]
                     if hh_rows.stop == hh_rows.start:  # one step from a zero h0
                         dW_hh[...] = 0
                         weight_gradient(dgx2, x2d, dW_ih)
                     elif self.reset_after:  # (on two threads side by side where both take the tiles)
-                        if dgh.shape[2] == H:  # dgh's n block alone: r and z are dgx's
-                            hh = (dgx_h, hp_h, dW_hh, dgh.reshape(T * B, H)[hh_rows])
+                        if dgh2.shape[1] == H:  # dgh's n block alone: r and z are dgx's
+                            hh = (dgx_h, hp_h, dW_hh, dgh2[hh_rows])
                         else:
-                            hh = (dgh.reshape(T * B, 3 * H)[hh_rows], hp_h, dW_hh, None)
+                            hh = (dgh2[hh_rows], hp_h, dW_hh, None)
                         weight_gradient_pair((dgx2, x2d, dW_ih, None), hh)
                     else:  # dgh is dgx; the n block multiplies r ⊙ h_{t−1}
                         weight_gradient(dgx2, x2d, dW_ih)
                         weight_gradient(dgx_h, hp_h, dW_hh[: 2 * H])
-                        weight_gradient(dgx_h, rhprev.reshape(T * B, H)[hh_rows], dW_hh[2 * H:], c0=2 * H)
+                        weight_gradient(dgx_h, rh2[hh_rows], dW_hh[2 * H:], c0=2 * H)
                     if want_dx:
-                        input_gradient(dgx2, W_ih, dx2d, d > 0)
+                        input_gradient(dgx2, W_ih, dx_rows, d > 0)
                 else:
                     dW_ih[...] = 0
                     dW_hh[...] = 0
@@ -987,6 +1007,9 @@ class GRU(_Params):
                     grads[f"bias_ih{sfx}"] = db_ih
                     grads[f"bias_hh{sfx}"] = db_hh
             if want_dx:
+                if gather:  # the valid steps' rows back in place, the padded ones' zero
+                    dx2d[valid] = dx_rows
+                    dx2d[~valid] = 0
                 dx = dx2d.reshape(T, B, lt.x.shape[2])
                 if lt.mask is not None:
                     dx *= lt.mask

@@ -528,20 +528,25 @@ def test_input_projection_skips_padded_rows(monkeypatch):
 
 
 @pytest.mark.parametrize("reset_after", [True, False])
-def test_padded_steps_unprojected_give_the_same_results(monkeypatch, reset_after):
+@pytest.mark.parametrize("with_h0", [False, True])
+def test_padded_steps_unprojected_give_the_same_results(monkeypatch, reset_after, with_h0):
+    """Padded steps left out of the projection and of the weight and input gradients (their rows
+    gathered) against every step multiplied: the same outputs and gradients."""
     from numgru.kernels import dispatch
     rng = np.random.default_rng(1)
     T, B, I, H = 7, 5, 4, 6
     g = ng.GRU(I, H, 2, bidirectional=True, reset_after=reset_after, dtype=np.float64, seed=2)
     x = rng.standard_normal((T, B, I))
+    h0 = rng.standard_normal((4, B, H)) if with_h0 else None
     lengths = np.array([7, 0, 3, 1, 5])
     monkeypatch.setattr(dispatch, "PACK_MIN_SAVED", 0)  # the valid steps gathered, however few
-    y, h_n, tape = g.forward_train(x, lengths=lengths)
+    monkeypatch.setattr(dispatch, "GRADIENT_GATHER_MIN_SAVED", 0)
+    y, h_n, tape = g.forward_train(x, h0, lengths=lengths)
     dy = rng.standard_normal(y.shape)
     dx, _, grads = g.backward(tape, dy)
     monkeypatch.setattr(dispatch, "PACK_BELOW", 0.0)   # project every step, padded ones too
-    y_full, h_full = g(x, lengths=lengths)
-    _, _, tape_full = g.forward_train(x, lengths=lengths)
+    y_full, h_full = g(x, h0, lengths=lengths)
+    _, _, tape_full = g.forward_train(x, h0, lengths=lengths)
     dx_full, _, grads_full = g.backward(tape_full, dy)
     np.testing.assert_allclose(y, y_full, atol=1e-12)
     np.testing.assert_allclose(h_n, h_full, atol=1e-12)
@@ -558,6 +563,7 @@ def test_padding_values_never_reach_results_or_gradients(monkeypatch, request, t
     from numgru.kernels import dispatch
     request.getfixturevalue(threads)
     monkeypatch.setattr(dispatch, "PACK_MIN_SAVED", 0 if gather else 1 << 40)
+    monkeypatch.setattr(dispatch, "GRADIENT_GATHER_MIN_SAVED", 0 if gather else 1 << 40)
     rng = np.random.default_rng(5)
     T, B, I, H = 6, 8, 5, 32
     g = ng.GRU(I, H, 2, bidirectional=True, dtype=np.float64, seed=3)
