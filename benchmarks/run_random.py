@@ -57,13 +57,17 @@ def run_one(c, mode, rng, torch):
         topt = torch.optim.Adam(tm.parameters(), lr=1e-3)
 
         def ours():
-            y, _, tape = g.forward_train(x)
+            y, _, tape = g.forward_train(x, lengths=lengths)
             _, _, grads = g.backward(tape, dy=np.ones_like(y), input_grad=False)
             opt.step(grads)
 
         def theirs():
             topt.zero_grad()
-            tm(xt)[0].sum().backward()
+            if lengths is None:
+                tm(xt)[0].sum().backward()
+            else:  # the sum of the valid steps' outputs, as ours (padded outputs are zero)
+                tm(torch.nn.utils.rnn.pack_padded_sequence(xt, torch.from_numpy(lengths),
+                                                           batch_first=c["batch_first"]))[0].data.sum().backward()
             topt.step()
     a = nb.time_it(ours, budget=0.3)
     b = nb.time_it(theirs, budget=0.3)
