@@ -841,7 +841,7 @@ class GRU(_Params):
                 reverse = d == 1 or self.go_backwards
                 h_start, steps, steps_lengths = h0[i], slice(0, T), lengths
                 tape = training_tape(T, B, H, self.clip, self.dtype) if store else None
-                if from_zero and (store or T > 1) and not (reverse and padded):
+                if from_zero and (store and T > 0 or T > 1) and not (reverse and padded):
                     first = T - 1 if reverse else 0
                     h_start = np.empty((B, H), self.dtype)
                     if store:

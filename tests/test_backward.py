@@ -478,3 +478,21 @@ def test_backward_transpose_of_w_hh(dtype, M, K):
     assert W_T.flags.c_contiguous and W_T.ctypes.data % 64 == 0
     with pytest.raises(ValueError, match="shapes"):
         transpose_into(W, np.empty((K, M + 1), dtype))
+
+
+@pytest.mark.parametrize("with_h0", [False, True])
+def test_empty_sequence_trains_to_zero_gradients(with_h0):
+    """T = 0 (as the forward allows): y empty, h_n = h0, dh0 = dh_n and every weight gradient zero;
+    from the zero state the first step's shortcut had indexed a step that is not there."""
+    g = ng.GRU(4, 8, 2, bidirectional=True, dtype=np.float64, seed=0)
+    x = np.empty((0, 3, 4))
+    h0 = np.random.default_rng(0).standard_normal((4, 3, 8)) if with_h0 else None
+    y, h_n, tape = g.forward_train(x, h0)
+    assert y.shape == (0, 3, 16)
+    np.testing.assert_array_equal(h_n, np.zeros((4, 3, 8)) if h0 is None else h0)
+    dh_n = np.random.default_rng(1).standard_normal(h_n.shape)
+    dx, dh0, grads = g.backward(tape, dh_n=dh_n)
+    assert dx.shape == (0, 3, 4)
+    np.testing.assert_array_equal(dh0, dh_n)
+    for k, v in grads.items():
+        assert v.shape == g.state_dict()[k].shape and not v.any(), k
