@@ -122,18 +122,21 @@ def predict(model, x, *, method=None, client=None):
     if type(model) not in _kinds().values():
         raise TypeError(f"model: expected a numgru GRU or estimator, got {type(model).__name__}")
     is_gru = isinstance(model, GRU)
-    if client is None:
-        default_client()
-    blob = to_bytes(model)
-    key = hashlib.sha1(blob).hexdigest()
+    if not is_gru:
+        from sklearn.utils.validation import check_is_fitted
+        check_is_fitted(model)
+    if not isinstance(x, (db.Bag, da.Array)):
+        raise TypeError(f"x: expected a dask array or bag, got {type(x).__name__}")
+    # (the arguments checked before the embedded cluster's processes start)
     if isinstance(x, db.Bag):
         method = method or ("forward" if is_gru else "predict")
         allowed = ("forward", "y", "h_n") if is_gru else ("predict", "predict_proba", "decision_function")
         if method not in allowed:
             raise ValueError(f"method: expected one of {allowed} for a bag, got {method!r}")
-        return x.map(_one, blob, key, method)
-    if not isinstance(x, da.Array):
-        raise TypeError(f"x: expected a dask array or bag, got {type(x).__name__}")
+        if client is None:
+            default_client()
+        blob = to_bytes(model)
+        return x.map(_one, blob, hashlib.sha1(blob).hexdigest(), method)
     if x.ndim != 3:
         raise ValueError(f"x: expected a 3-D (N, T, I) dask array, got {x.ndim}-D")
     I = model.input_size if is_gru else model.n_features_in_
@@ -141,18 +144,24 @@ def predict(model, x, *, method=None, client=None):
         raise ValueError(f"x: expected {I} features in the last dimension, got {x.shape[2]}")
     if x.dtype.kind not in "iuf":
         raise TypeError(f"x: expected real numbers, got dtype {x.dtype}")
-    x = x.rechunk({1: -1, 2: -1})
-    T = x.shape[1]
     if is_gru:
         method = method or "y"
         if method not in ("y", "h_n"):
             raise ValueError(f"method: expected 'y' or 'h_n' for a GRU on a dask array, got {method!r}")
+    else:
+        method = method or "predict"
+        if method not in ("predict", "predict_proba", "decision_function"):
+            raise ValueError(f"method: expected predict, predict_proba or decision_function, got {method!r}")
+    if client is None:
+        default_client()
+    blob = to_bytes(model)
+    key = hashlib.sha1(blob).hexdigest()
+    x = x.rechunk({1: -1, 2: -1})
+    T = x.shape[1]
+    if is_gru:
         D, H, L = model.num_directions, model.hidden_size, model.num_layers
         tail = ((T,), (D * H,)) if method == "y" else ((L * D,), (H,))
         return x.map_blocks(_block, blob, key, method, dtype=model.dtype, chunks=(x.chunks[0],) + tail)
-    method = method or "predict"
-    if method not in ("predict", "predict_proba", "decision_function"):
-        raise ValueError(f"method: expected predict, predict_proba or decision_function, got {method!r}")
     if method == "predict":
         if hasattr(model, "classes_"):
             return x.map_blocks(_block, blob, key, method, dtype=model.classes_.dtype,

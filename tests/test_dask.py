@@ -83,3 +83,22 @@ def test_worker_copy_is_frozen():
     assert m.frozen and not g.frozen
     x = np.random.default_rng(1).standard_normal((5, 2, 4)).astype(np.float32)
     np.testing.assert_allclose(m(x)[0], g(x)[0], atol=1e-6)
+
+
+def test_bad_arguments_fail_before_any_cluster_starts(monkeypatch):
+    """Wrong x, method or an unfitted estimator: the error, and no embedded cluster started first."""
+    from sklearn.exceptions import NotFittedError
+    started = []
+    monkeypatch.setattr(ng.dask, "default_client", lambda *a, **k: started.append(1))
+    g = ng.GRU(4, 8, seed=0)
+    with pytest.raises(TypeError, match="x: expected a dask array or bag"):
+        ng.dask.predict(g, "x")
+    with pytest.raises(ValueError, match="x: expected 4 features"):
+        ng.dask.predict(g, da.zeros((3, 2, 5), chunks=1))
+    with pytest.raises(ValueError, match="method"):
+        ng.dask.predict(g, da.zeros((3, 2, 4), chunks=1), method="predict")
+    with pytest.raises(ValueError, match="method"):
+        ng.dask.predict(g, db.from_sequence([np.zeros((2, 4))]), method="h")
+    with pytest.raises(NotFittedError):
+        ng.dask.predict(ng.GRURegressor(hidden_size=4), da.zeros((3, 2, 4), chunks=1))
+    assert not started
