@@ -793,7 +793,7 @@ class GRU(_Params):
         y, h_n, _ = self._run(x, h0, lengths, store=False, padded=padded, route=route,
                               off_blas=route is None and keeps_off_blas(B, H, thread_count(), False),
                               from_zero=from_zero, scratch_out=perm is not None)
-        return _unsort(perm, y, h_n)
+        return _unsort(perm, y, h_n, names=("y_out", "h_n_out"))
 
     def _run(self, x, h0, lengths, store, dropout_rng=None, padded=True, route=None, off_blas=False,
              from_zero=False, scratch_out=False):
@@ -883,7 +883,7 @@ class GRU(_Params):
                                    padded=padded, from_zero=from_zero)
         tape = GRUTape(model=self, layers=layers, h0=h0, lengths=lengths, unbatched=unbatched,
                        T=x.shape[0], B=x.shape[1], perm=perm)
-        y, h_n = _unsort(perm, y, h_n)
+        y, h_n = _unsort(perm, y, h_n, names=("y_out", "h_n_out"))
         y_out, hn_out = self._finish(y, h_n, unbatched)
         return y_out, hn_out, tape
 
@@ -1019,9 +1019,9 @@ class GRU(_Params):
         ordered = {name: grads[name] for name, _ in self._param_items()}
         dx = dy_layer
         if dx is None:
-            (dh0,) = _unsort(tape.perm, dh0)
+            (dh0,) = _unsort(tape.perm, dh0, names=("dh0_out",))
             return None, (dh0[:, 0, :] if tape.unbatched else dh0), ordered
-        dx, dh0 = _unsort(tape.perm, dx, dh0)
+        dx, dh0 = _unsort(tape.perm, dx, dh0, names=("dx_out", "dh0_out"))
         if tape.unbatched:
             return dx[:, 0, :], dh0[:, 0, :], ordered
         if self.batch_first:
@@ -1086,13 +1086,22 @@ def _sort_by_length(x, h0, lengths, route=None):
             np.ascontiguousarray(lengths[perm]), perm)
 
 
-def _unsort(perm, *arrays):
-    """Undo :func:`_sort_by_length` on (·, B, ·) arrays; returns them as a tuple."""
+#: buffers kept per name for the arrays :func:`_unsort` hands out (a caller holding the last result
+#: while asking for the next one still finds a free one)
+UNSORTED_KEEP = 2
+
+
+def _unsort(perm, *arrays, names):
+    """Undo :func:`_sort_by_length` on (·, B, ·) arrays; returns them as a tuple, on
+    :func:`~numgru.kernels.dispatch.recycled` buffers of ``names`` (one per array): fresh pages
+    faulted in on every call (T = 100, B = 32, H = 256, bidirectional, padded, two threads: 964
+    faults and 3.9 ms of a 14.9 ms call to put y back in order; 0 and 1.5 on recycled buffers)."""
     if perm is None:
         return arrays
     inv = np.empty_like(perm)
     inv[perm] = np.arange(perm.size)
-    return tuple(np.ascontiguousarray(a[:, inv]) for a in arrays)
+    return tuple(np.take(a, inv, axis=1, out=recycled(name, a.shape, a.dtype, UNSORTED_KEEP))
+                 for a, name in zip(arrays, names))
 
 
 @dataclass

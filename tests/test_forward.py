@@ -613,12 +613,16 @@ def test_padded_outputs_stay_the_callers(monkeypatch, request, threads):
     g = ng.GRU(I, H, 3, bidirectional=True, seed=2)
     lengths = np.sort(rng.integers(1, T + 1, B))[::-1].copy()
     lengths[0] = T
-    x1, x2 = (rng.standard_normal((T, B, I)).astype(np.float32) for _ in range(2))
-    y1, h1 = g(x1, lengths=lengths)
-    keep = y1.copy(), h1.copy()
-    y2, _ = g(x2, lengths=lengths[::-1].copy())
-    np.testing.assert_array_equal(y1, keep[0])
-    np.testing.assert_array_equal(h1, keep[1])
-    assert not np.shares_memory(y1, y2)
+    xs = [rng.standard_normal((T, B, I)).astype(np.float32) for _ in range(4)]
+    outs = [g(x, lengths=lengths if k % 2 else lengths[::-1].copy()) for k, x in enumerate(xs)]
+    for k, (x, (y, h)) in enumerate(zip(xs, outs)):  # each still what its call returned
+        y_again, h_again = g(x, lengths=lengths if k % 2 else lengths[::-1].copy())
+        np.testing.assert_array_equal(y, y_again)
+        np.testing.assert_array_equal(h, h_again)
+        assert not any(np.shares_memory(y, other) for other, _ in outs[:k])
+    y1, x1 = outs[1][0], xs[1]
+    del outs  # buffers let go of may serve again, never one still held
+    y_next, _ = g(xs[0], lengths=lengths)
+    assert not np.shares_memory(y1, y_next)
     ref, _ = g(x1[:, :1], lengths=lengths[:1])
     np.testing.assert_allclose(y1[:, :1], ref, atol=1e-5)
