@@ -328,22 +328,28 @@ dx, dh0, grads = g.backward(tape, np.ones_like(y), np.ones_like(h))
 np.savez(sys.argv[2], dx=dx, dh0=dh0, y=y, **grads)
 """
 
-# every row all T steps and work enough for the split paths where the CPU takes them (training's
-# rows in ranges side by side, the gradients and projections on worker threads: dispatch's
-# training_row_ranges, panel_gradients, pool_projection): 80 rows in ranges of 40, 20 rows of 8 and 12;
-# H = 300: the input gradient's K = 3H = 900 on the panels too, and a gradient pair cut mid-job
+# work enough for the split paths where the CPU takes them (training's rows in ranges side by
+# side, the gradients and projections on worker threads: dispatch's training_row_ranges,
+# panel_gradients, pool_projection): 80 rows in ranges of 40, 20 rows of 8 and 12; H = 300: the input
+# gradient's K = 3H = 900 on the panels too, and a gradient pair cut mid-job; every row all T steps,
+# and padded (ranges cut by the rows' steps, the gradients over the valid steps' rows gathered). 24
+# rows of H = 300: ranges of 8 and 16 rows over the 15 steps after the first, where 8 rows would not
+# have packed W_hh (their sums had differed in the last bits from one thread's)
 _THREADS_PROBE_FULL = r"""
 import sys, numba, numpy as np, numgru as ng
 numba.set_num_threads(int(sys.argv[1]))
 rng = np.random.default_rng(1)
 out = {}
-for B, H in ((80, 64), (20, 96), (64, 300)):
+for B, H in ((80, 64), (20, 96), (64, 300), (24, 300)):
     x = rng.standard_normal((16, B, 24)).astype(np.float32)
+    lengths = rng.integers(0, 17, B)
     for reset_after in (True, False):
         g = ng.GRU(24, H, 2, bidirectional=True, seed=0, reset_after=reset_after)
-        y, h, tape = g.forward_train(x)
-        dx, dh0, grads = g.backward(tape, np.cos(y), np.ones_like(h))
-        out.update({f"{B}_{reset_after}_{k}": v for k, v in dict(dx=dx, dh0=dh0, y=y, **grads).items()})
+        for padded in (False, True):
+            y, h, tape = g.forward_train(x, lengths=lengths if padded else None)
+            dx, dh0, grads = g.backward(tape, np.cos(y), np.ones_like(h))
+            out.update({f"{B}_{reset_after}_{padded}_{k}": v
+                        for k, v in dict(dx=dx, dh0=dh0, y=y, **grads).items()})
 np.savez(sys.argv[2], **out)
 """
 

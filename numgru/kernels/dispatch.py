@@ -55,7 +55,8 @@ from .backward import (BIAS_ROWS, gru_backward_amx, gru_backward_amx_rows, gru_b
 from .forward import (column_blocks, first_step_gates, gru_forward_chunked, gru_forward_cols,
                       gru_forward_cols_before, gru_forward_rows, gru_forward_serial, input_projection_kernel,
                       input_projection_parallel, packed_panels, packed_panels_of_transpose, projection_block,
-                      NUMBA_ROWS_MAX, NUMBA_ROWS_MAX_K, row_chunks, PANEL_MIN_T, TILED_MAX_ONE_THREAD, use_panels)
+                      NUMBA_ROWS_MAX, NUMBA_ROWS_MAX_K, row_chunks, PANEL_MIN_T, TILED_MAX_ONE_THREAD, use_panels,
+                      wants_panels)
 from .step import gru_step, gru_step_cols, gru_step_cols_before
 from .dpbf16 import (CHUNK_ROWS, TILE_PANELS, dpbf16_gradient, dpbf16_projection,
                      dpbf16_projection_parallel, dpbf16_ready, gru_forward_dpbf16, gru_forward_dpbf16_ranges,
@@ -2631,26 +2632,60 @@ def training_row_ranges(T, B, H, lengths, dtype):
     """Ranges (b0, b1) of rows in which training's serial forward and backward kernels run side by
     side on several threads (:func:`side_by_side`), or None for one call over all B rows: where
     training's products take the panels (:func:`panels_gradient_wanted`; no AMX, whose tiles split
-    rows their own way), with two threads or more, H ≤ ``TRAINING_ROWS_MAX_HIDDEN``, every row
-    running all T ≥ ``PANEL_MIN_T`` steps and work enough (``PANEL_GRADIENT_POOL_MIN``). One range a
-    thread of whole groups of ``BIAS_ROWS`` rows (8; the last group may be partial), so each row's
-    sums are those of one call over all rows: a step's product takes the panels for every row count
-    there (:func:`~numgru.kernels.forward.use_panels`, K ≤ 512 forward and M ≤ 1024 backward, one
-    thread's ``tiled_max``), in blocks of 8 rows counted from each range's first row, and the bias
-    sums run by the same groups. Zen 4, two threads, T = 128: B = 64, H = 256, the forward with its
-    tape 37 → 19 ms, the backward kernel 48 → 26; the step at B = 16, H = 256 (ranges of 8 rows,
-    bias groups of 8 rather than 32, level on one thread) 38–41 → 29–32 ms."""
+    rows their own way), with two threads or more, H ≤ ``TRAINING_ROWS_MAX_HIDDEN``, T ≥
+    ``PANEL_MIN_T`` steps and work enough (``PANEL_GRADIENT_POOL_MIN``). One range a thread of whole
+    groups of ``BIAS_ROWS`` rows (8; the last group may be partial), so each row's sums are those of
+    one call over all rows: a step's product takes the panels for every row count there
+    (:func:`~numgru.kernels.forward.use_panels`, K ≤ 512 forward and M ≤ 1024 backward, one thread's
+    ``tiled_max``), in blocks of 8 rows counted from each range's first row, and the bias sums run by
+    the same groups. Zen 4, two threads, T = 128: B = 64, H = 256, the forward with its tape 37 → 19
+    ms, the backward kernel 48 → 26; the step at B = 16, H = 256 (ranges of 8 rows, bias groups of 8
+    rather than 32, level on one thread) 38–41 → 29–32 ms. Rows of all T steps are dealt in equal
+    shares of groups (the larger last); padded ones (longest first, as training sorts them) are cut
+    where their steps reach each equal share of all (:func:`equal_runs`), where they had run on one
+    thread: T = 64, B = 128, I = 32, H = 64, two layers, half the steps padding, the step 23.0 → 19.6
+    ms (one process taking turns). Either way only where each range multiplies as one call over
+    all rows would (:func:`_panels_alike`); padded rows rarely do beyond H = 85 (a step with one row
+    left in a range takes the panels only up to K = 256, and the backward's K is 3H)."""
     threads = thread_count()
     if threads < 2 or B < 2 * BIAS_ROWS or H > TRAINING_ROWS_MAX_HIDDEN or T < PANEL_MIN_T or \
-            amx_ready() or not panels_gradient_wanted(dtype) or 6 * T * B * H * H < PANEL_GRADIENT_POOL_MIN \
-            or lengths.min() < T:
+            amx_ready() or not panels_gradient_wanted(dtype) or \
+            6 * int(lengths.sum()) * H * H < PANEL_GRADIENT_POOL_MIN:
         return None
     groups = -(-B // BIAS_ROWS)
     n = min(threads, B // BIAS_ROWS)
-    # the groups dealt evenly, the larger shares last (the last group may be partial)
-    shares = [groups // n + (k >= n - groups % n) for k in range(n)]
-    ends = np.minimum(np.cumsum(shares) * BIAS_ROWS, B)
-    return [(int(b0), int(b1)) for b0, b1 in zip([0, *ends[:-1]], ends)]
+    if lengths.min() == T:
+        # the groups dealt evenly, the larger shares last (the last group may be partial)
+        shares = [groups // n + (k >= n - groups % n) for k in range(n)]
+        ends = np.minimum(np.cumsum(shares) * BIAS_ROWS, B)
+    else:
+        work = np.add.reduceat(lengths, np.arange(0, B, BIAS_ROWS)).tolist()
+        ends = [min((run[-1][0] + 1) * BIAS_ROWS, B) for run in equal_runs([1] * groups, work, n, 1)]
+    ranges = [(int(b0), int(b1)) for b0, b1 in zip([0, *ends[:-1]], ends)]
+    return ranges if len(ranges) > 1 and _panels_alike(ranges, T, H, lengths) else None
+
+
+def _panels_alike(ranges, T, H, lengths):
+    """Whether the training kernels' steps over ``ranges`` of rows (longest first) multiply as one
+    call over all rows would, so that each row's sums come out the same: every range packs its
+    weights where the whole batch does (:func:`~numgru.kernels.forward.wants_panels`, the forward's
+    W_hh and the backward's W_hhᵀ and its blocks), and each step's rows in a range take the panels
+    (:func:`~numgru.kernels.forward.use_panels`) wherever they are not all of the step's rows. A
+    range of 8 rows over 15 steps (the first taken apart from the zero state) had not packed W_hh
+    where the whole batch of 24 did, and its rows' sums differed in their last bits from one call's
+    (two threads against one: T = 16, B = 24, H = 300)."""
+    tiled_max = training_tiled_max()
+    B = lengths.shape[0]
+    shapes = ((3 * H, H), (H, 3 * H), (H, H), (H, 2 * H))
+    for M, K in shapes:
+        if not all(wants_panels.py_func(M, K, b, T, tiled_max, False) for b in (B, *(b1 - b0 for b0, b1 in ranges))):
+            return False
+    # the rows each step runs (lengths non-increasing), over all and in each range
+    active = np.count_nonzero(lengths[None, :] > np.arange(T)[:, None], axis=1)
+    pairs = {(int(a), int(min(max(a - b0, 0), b1 - b0))) for a in np.unique(active) for b0, b1 in ranges}
+    return all(r in (0, a) or all(use_panels.py_func(M, K, r, tiled_max, False)
+                                  and use_panels.py_func(M, K, a, tiled_max, False) for M, K in shapes)
+               for a, r in pairs)
 
 
 def training_panels(N, K, M, dtype):
