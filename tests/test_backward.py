@@ -281,12 +281,14 @@ def test_backward_without_input_grad(layers, bidir, batch_first, use_len, unbatc
         np.testing.assert_array_equal(grads_b[k], grads[k], err_msg=k)
 
 
-def test_backward_repeats_bit_for_bit():
+@pytest.mark.parametrize("reset_after", [True, False])
+def test_backward_repeats_bit_for_bit(reset_after):
     """The same forward_train and backward twice give the same bits, wherever NumPy places the
     arrays made in between (the backward's copy of W_hh.T sits on a line: the dot-product block's
-    sums follow where W's rows start, and a copy anywhere in a line changed the last bits)."""
+    sums follow where W's rows start, and a copy anywhere in a line changed the last bits; so do
+    reset_before's copies of its r, z and n columns)."""
     rng = np.random.default_rng(5)
-    g = ng.GRU(16, 64, seed=0)
+    g = ng.GRU(16, 64, seed=0, reset_after=reset_after)
     x = rng.standard_normal((5, 3, 16)).astype(np.float32)
     runs = []
     for i in range(5):

@@ -28,7 +28,7 @@ from .activations import gate_grad, kind_is_sigmoid, one_like
 from .forward import active_rows, step_product, wants_panels
 from .amx import _amx_scratch, _tile_config, _tile_rows_product, tile_config, tile_release
 from .dpbf16 import CHUNK_ROWS, product_rows
-from .panel import TN_SLAB, gemm_tn, pack_panels, prefetch, transpose8, transpose16
+from .panel import TN_SLAB, aligned_empty, gemm_tn, pack_panels, prefetch, transpose8, transpose16
 
 
 #: rows whose bias gradients share an accumulator (the ranges of rows that run side by side are
@@ -124,10 +124,12 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, revers
     bsum_i = np.zeros(3 * H, dt)
     bsum_h = np.zeros(H, dt)
     buf = np.empty(3 * H * B, dt)
-    # reset_after=False multiplies by the r, z and the n columns of W_T separately: C-contiguous copies
+    # reset_after=False multiplies by the r, z and the n columns of W_T separately: C-contiguous copies,
+    # on a 64-byte line as W_T is (the dot-product block sums from where W's rows meet a line, so
+    # copies placed anywhere in a line gave sums that differed in their last bits from call to call)
     Hs = 0 if reset_after else H
-    W_rz_T = np.empty((Hs, H2), dt)
-    W_n_T = np.empty((Hs, H), dt)
+    W_rz_T = aligned_empty(Hs * H2, dt).reshape((Hs, H2))
+    W_n_T = aligned_empty(Hs * H, dt).reshape((Hs, H))
     for k in range(Hs):
         for j in range(H2):
             W_rz_T[k, j] = W_T[k, j]
