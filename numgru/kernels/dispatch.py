@@ -854,7 +854,8 @@ def input_projection(x2d, W_ih, b_ih, numba_threads=False, valid=None, training=
     I = 64, H = 128 434 / 488; T = 32, B = 32, I = H = 256 5.2 / 6.9 ms); the other rows of gx are
     then zero (the kernels never read them). With ``training`` the
     serial kernel always takes BLAS, whose sums do not depend on its thread count, so that gradients
-    come out the same with any number of threads. ``out``: a C-contiguous (N, 3H) array to write gx
+    come out the same with any number of threads (but for OpenBLAS's choice of kernel, which follows
+    its thread count: Limits). ``out``: a C-contiguous (N, 3H) array to write gx
     into. ``packed``: W_ih's panels packed once by the caller (a frozen model's,
     :func:`~numgru.kernels.panel.pack_panels`), or None; they are read where :func:`packed_projection`
     says so, and by Numba's threads wherever those take panels. ``pieces``: the caller's
