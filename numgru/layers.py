@@ -1292,7 +1292,7 @@ class GRUCell(_Params):
         if h is None and B * self.hidden_size ** 2 >= CELL_FROM_ZERO_MIN_WORK:
             h_n = self._gru._from_zero(x3)[1]
         else:
-            _, h_n, _ = self._gru._run(x3, h0, np.ones(B, np.int64), store=False)
+            _, h_n, _ = self._gru._run(x3, h0, np.ones(B, np.int64), store=False, scratch_out=True)
         return h_n[0, 0] if unbatched else h_n[0]
 
     def _step_args(self, B):
