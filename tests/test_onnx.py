@@ -54,6 +54,33 @@ def test_export_declares_the_oldest_ir_version_of_its_opset(tmp_path):
     assert m.ir_version == 7
 
 
+@pytest.mark.parametrize("opset", [10, 13, 17])
+def test_export_at_other_opsets_runs_in_onnxruntime(tmp_path, opset):
+    g = ng.GRU(4, 5, 2, bidirectional=True, seed=0)
+    path = ng.onnx.export(g, tmp_path / "m.onnx", opset=opset, with_lengths=True, with_initial_h=True)
+    assert [o.version for o in onnx.load(path).opset_import] == [opset]
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((6, 3, 4)).astype(np.float32)
+    h0 = rng.standard_normal((4, 3, 5)).astype(np.float32)
+    lengths = np.array([6, 2, 4], np.int32)
+    y, h_n = ort.InferenceSession(path).run(None, {"x": x, "lengths": lengths, "h0": h0})
+    want_y, want_h = g(x, h0, lengths=lengths)
+    np.testing.assert_allclose(y, want_y, atol=1e-5)
+    np.testing.assert_allclose(h_n, want_h, atol=1e-5)
+
+
+def test_export_arguments_named(tmp_path):
+    g = ng.GRU(2, 3, seed=0)
+    with pytest.raises(ValueError, match="opset: expected an int >= 10"):
+        ng.onnx.export(g, tmp_path / "m.onnx", opset=9)
+    with pytest.raises(ValueError, match="opset: expected at most"):
+        ng.onnx.export(g, tmp_path / "m.onnx", opset=10_000)
+    with pytest.raises(TypeError, match="opset"):
+        ng.onnx.export(g, tmp_path / "m.onnx", opset=14.0)
+    with pytest.raises(TypeError, match="with_lengths"):
+        ng.onnx.export(g, tmp_path / "m.onnx", with_lengths="yes")
+
+
 def _onnx_cases():
     from onnx.backend.test.case import node
     with warnings.catch_warnings():

@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 
-from .._validation import check_path, check_writable_path
+from .._validation import check_bool, check_int, check_path, check_writable_path
 from ..layers import GRU
 from . import layout
 
@@ -27,6 +27,10 @@ def _onnx():
 
 
 # ------------------------------------------------------------------------------------------ export
+#: the oldest opset whose operators the exported graph's nodes are written for
+MIN_OPSET = 10
+
+
 def export(model, path, *, opset=14, with_lengths=False, with_initial_h=False):
     """Write ``model`` (a :class:`numgru.GRU`) as an ONNX graph with one GRU node per layer.
 
@@ -37,7 +41,14 @@ def export(model, path, *, opset=14, with_lengths=False, with_initial_h=False):
     if not isinstance(model, GRU):
         raise TypeError(f"model: expected a numgru.GRU, got {type(model).__name__}")
     path = check_writable_path("path", path)
+    with_lengths = check_bool("with_lengths", with_lengths)
+    with_initial_h = check_bool("with_initial_h", with_initial_h)
     onnx, helper, numpy_helper = _onnx()
+    # Slice takes its bounds as inputs from opset 10 on; the newest is the installed onnx's
+    opset = check_int("opset", opset, minimum=MIN_OPSET)
+    if opset > onnx.defs.onnx_opset_version():
+        raise ValueError(f"opset: expected at most {onnx.defs.onnx_opset_version()} (the installed onnx's "
+                         f"newest), got {opset}")
     TP = onnx.TensorProto
     L, D, H, I = model.num_layers, model.num_directions, model.hidden_size, model.input_size
     elem = TP.DOUBLE if model.dtype == np.float64 else TP.FLOAT
