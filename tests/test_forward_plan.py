@@ -37,6 +37,7 @@ def _general(monkeypatch, model, *args, **kwargs):
     """model(*args, **kwargs) by the general path: no plan applies for this call."""
     with monkeypatch.context() as m:
         m.setattr(model, "_plan_for", lambda T, B: False)
+        m.setattr(model, "_run_planned_padded", lambda *a: None)
         return model(*args, **kwargs)
 
 
@@ -291,3 +292,44 @@ def test_planned_calls_take_inputs_of_every_kind(rng, one_thread, T, B, H):
         y_ref, h_ref = ng.GRU(H, H, 2, seed=0)(xs[i % 6].copy())
         np.testing.assert_array_equal(y, y_ref)
         np.testing.assert_array_equal(h, h_ref)
+
+
+def _padded_cases():
+    rng = np.random.default_rng(11)
+    cases = []
+    for k in range(24):
+        T, B = int(rng.integers(1, 9)), int(rng.integers(1, 9))
+        cfg = dict(num_layers=int(rng.integers(1, 3)), bidirectional=bool(rng.random() < 0.5),
+                   go_backwards=bool(rng.random() < 0.2), reset_after=bool(rng.random() < 0.7),
+                   batch_first=bool(rng.random() < 0.3), dtype=np.float64 if rng.random() < 0.3 else np.float32)
+        if cfg["bidirectional"]:
+            cfg["go_backwards"] = False
+        if rng.random() < 0.3:
+            cfg.update(gate_activation="hard_sigmoid", clip=2.5)
+        cases.append((k, T, B, cfg, bool(rng.random() < 0.4), bool(rng.random() < 0.3)))
+    return cases
+
+
+@pytest.mark.parametrize("k, T, B, cfg, with_h0, frozen", _padded_cases(), ids=lambda v: "")
+@pytest.mark.parametrize("threads", ["one_thread", "two_threads"])
+def test_padded_plan_is_the_general_path(request, monkeypatch, threads, k, T, B, cfg, with_h0, frozen):
+    """A padded call by the plan (small calls, the plain serial kernels) gives the general path's
+    bits: rows of any length (0 included, unsorted), h0 or none, either direction."""
+    request.getfixturevalue(threads)
+    rng = np.random.default_rng(k)
+    g = ng.GRU(5, 12, seed=k, **cfg)
+    m = g.freeze() if frozen else g
+    x = rng.standard_normal((B, T, 5) if cfg["batch_first"] else (T, B, 5)).astype(g.dtype)
+    LD = g.num_layers * g.num_directions
+    h0 = rng.standard_normal((LD, B, 12)).astype(g.dtype) if with_h0 else None
+    lengths = rng.integers(0, T + 1, B)
+    lengths[rng.integers(0, B)] = max(0, T - 1)  # at least one row short of T
+    calls = []
+    run = m._run_planned_padded
+    monkeypatch.setattr(m, "_run_planned_padded", lambda *a: calls.append(1) or run(*a))
+    y, h_n = m(x, h0, lengths=lengths)
+    if T > 1:
+        assert calls  # (T = 1 from the zero state takes the first-step path)
+    y_gen, h_gen = _general(monkeypatch, m, x, h0, lengths=lengths)
+    np.testing.assert_array_equal(y, y_gen)
+    np.testing.assert_array_equal(h_n, h_gen)

@@ -627,6 +627,14 @@ def gather_pays(N, n, M, K, gradients=False):
     return (N - n) * M * K >= (GRADIENT_GATHER_MIN_SAVED if gradients else PACK_MIN_SAVED)
 
 
+def padded_gathers(lengths, T, M, widths):
+    """Whether :func:`input_projection` would gather a padded batch's valid steps (lengths (B,) of
+    T steps; :func:`valid_steps` and :func:`gather_pays`) for a projection of M outputs from any of
+    the input ``widths``."""
+    N, n = T * lengths.shape[0], int(lengths.sum())
+    return n < PACK_BELOW * N and any(gather_pays(N, n, M, K) for K in widths)
+
+
 def gathered(valid, n, a, name):
     """The n rows of a (N, K) where ``valid`` (N,) bool holds, in order, C-contiguous in this
     thread's :func:`workspace` ``name``."""
@@ -2062,6 +2070,42 @@ def run_from_zero(plan, x2d, gx, y, col0, h_n):
         planned_call(entries, "recurrence", gru_forward_serial, g3[steps], *weights, h1, others, sorted_desc,
                      reverse, reset_after, *gates, y[steps], col0, h_n, *rest)
     return True
+
+
+def plain_plan(plan):
+    """Whether a plan from :func:`serial_direction_plan` runs the plain serial kernels (its projection,
+    then :func:`~numgru.kernels.forward.gru_forward_serial`), the ones :func:`run_padded_direction`
+    runs: not the chunked, fused, AMX, VNNI or bfloat16 recurrences."""
+    _, _, _, chunked, amx_steps, vnni_steps, dp_steps, _, fused_steps = plan
+    return chunked is None and amx_steps is None and vnni_steps is None and dp_steps is None \
+        and fused_steps is None
+
+
+def run_padded_direction(plan, x2d, gx, h0, lengths, others, y, col0, h_n):
+    """:func:`run_serial_direction` over padded rows, by a :func:`plain_plan`: lengths (B,) int64,
+    non-increasing, owned; the rows past their lengths as the general path leaves them (zeros in y,
+    h_n the state at each row's last step). h0 None: from the zero state, the forward direction's
+    first step by :func:`~numgru.kernels.forward.first_step_gates` (W_hh not read) and the others
+    from there, ``others`` (B,) int64 holding max(lengths − 1, 0); the reverse direction's rows
+    start at steps of their own, so it gets zeros as h0 (as the general path)."""
+    weights, scalars, rest = plan[2]
+    _, _, reverse, reset_after, *gates = scalars
+    entries = plan[7]
+    _run_plan_projection(plan, x2d, gx)
+    T, B = y.shape[0], h_n.shape[0]
+    g3 = gx.reshape(T, B, gx.shape[1])
+    if h0 is None and not reverse:
+        h1 = h_n if T == 1 else np.empty_like(h_n)
+        planned_call(entries, "first step", first_step_gates, g3[0], weights[2], lengths, reset_after, *gates,
+                     y[0:1], col0, h1)
+        if T > 1:
+            planned_call(entries, "recurrence", gru_forward_serial, g3[1:], *weights, h1, others, True, reverse,
+                         reset_after, *gates, y[1:], col0, h_n, *rest)
+        return
+    if h0 is None:
+        h0 = np.zeros_like(h_n)
+    planned_call(entries, "recurrence", gru_forward_serial, g3, *weights, h0, lengths, True, reverse, reset_after,
+                 *gates, y, col0, h_n, *rest)
 
 
 def _run_amx_direction(amx_steps, x2d, gx, h0, y, col0, h_n):
