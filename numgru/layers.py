@@ -22,7 +22,7 @@ from .kernels.dispatch import (AMX_DIGITS_SPREAD, FrozenPieces, aligned, amx_rec
                                gru_direction_backward, gru_direction_forward,
                                inference_tiled_max, input_gradient, input_projection, keeps_off_blas, matmul_order,
                                no_step_panels, packed_step, padded_gathers, plain_plan, recycled, run_from_zero,
-                               run_padded_direction, run_serial_direction, run_step,
+                               run_padded_direction, run_serial_direction, run_step, scattered,
                                run_step_digits, serial_direction_plan, serial_forward, step_columns,
                                step_columns_workspace, step_digits_columns_work, thread_count, training_tape,
                                valid_steps, vnni_step_inputs, vnni_step_wanted, weight_gradient, weight_gradient_pair,
@@ -744,21 +744,8 @@ class GRU(_Params):
         if not plan or not all(plain_plan(p) for p in plan):
             return None
         x, h0, lengths, perm = _sort_by_length(x, h0, lengths)
-        others = np.maximum(lengths - 1, 0)  # (writeable int64, as the plan's own lengths)
-        h_n = np.empty((L * D, B, H), self.dtype)
-        inp = x
-        for layer in range(L):
-            shape = (T, B, D * H)
-            # used up by the next layer, or copied back into the caller's row order: scratch
-            y = workspace(f"y{layer % 2}", shape, self.dtype) if layer < L - 1 or perm is not None \
-                else np.empty(shape, self.dtype)
-            x2d = inp.reshape(T * B, inp.shape[2])
-            for d in range(D):
-                i = layer * D + d
-                run_padded_direction(plan[i], x2d, workspace("gx", (T * B, 3 * H), self.dtype),
-                                     None if from_zero else h0[i], lengths, others, y, d * H, h_n[i])
-            inp = y
-        return _unsort(perm, inp, h_n, names=("y_out", "h_n_out"))
+        y, h_n = self._run_plan(plan, x, None if from_zero else h0, lengths, scratch_out=perm is not None)
+        return _unsort(perm, y, h_n, names=("y_out", "h_n_out"))
 
     def _plan_for(self, T, B):
         """The plan for (T, B, thread count, precision) (:meth:`_forward_plan`), made on first use and
@@ -775,23 +762,30 @@ class GRU(_Params):
             plan = plans[key] = self._forward_plan(T, B, threads)
         return plan
 
-    def _run_plan(self, plan, x, h0):
+    def _run_plan(self, plan, x, h0, lengths=None, scratch_out=False):
         """All layers by ``plan`` over x (T, B, I) C-contiguous and h0 (L·D, B, H) owned: (y, h_n).
         h0 None: from the zero state, where a direction's first step does not read W_hh
         (:func:`~numgru.kernels.dispatch.run_from_zero`, at T = 1 always, beyond where the plan's
-        recurrence allows; else the plan from zeros)."""
+        recurrence allows; else the plan from zeros). ``lengths``: padded rows, longest first, by a
+        plan of the plain serial kernels (:func:`~numgru.kernels.dispatch.run_padded_direction`);
+        ``scratch_out`` as :meth:`_run`'s (inner layers' outputs are scratch either way)."""
         T, B, _ = x.shape
-        LD, H, dtype = self.num_layers * self.num_directions, self.hidden_size, self.dtype
-        h_n = np.empty((LD, B, H), dtype)
-        D = self.num_directions
+        L, D, H, dtype = self.num_layers, self.num_directions, self.hidden_size, self.dtype
+        h_n = np.empty((L * D, B, H), dtype)
+        others = None if lengths is None else np.maximum(lengths - 1, 0)  # (writeable int64, as lengths)
         inp = x
-        for layer in range(self.num_layers):
-            y = np.empty((T, B, D * H), dtype)
+        for layer in range(L):
+            shape = (T, B, D * H)
+            # used up by the next layer, or copied by the caller: scratch
+            y = workspace(f"y{layer % 2}", shape, dtype) if layer < L - 1 or scratch_out else np.empty(shape, dtype)
             x2d = inp.reshape(T * B, inp.shape[2])
             for d in range(D):
                 i = layer * D + d
                 gx = workspace("gx", (T * B, 3 * H), dtype)
-                if h0 is not None:
+                if lengths is not None:
+                    run_padded_direction(plan[i], x2d, gx, None if h0 is None else h0[i], lengths, others, y,
+                                         d * H, h_n[i])
+                elif h0 is not None:
                     run_serial_direction(plan[i], x2d, gx, h0[i], y, d * H, h_n[i])
                 elif not run_from_zero(plan[i], x2d, gx, y, d * H, h_n[i]):
                     run_serial_direction(plan[i], x2d, gx, np.zeros((B, H), dtype), y, d * H, h_n[i])
@@ -981,6 +975,8 @@ class GRU(_Params):
         # where skipping them repays it, the products run over the valid steps' rows gathered
         valid = valid_steps(tape.lengths, T) if _padded(tape.lengths, T) else None
         n = 0 if valid is None else int(np.count_nonzero(valid))
+        # the rows of steps [0, t) among the valid ones (a step's valid rows are contiguous)
+        before = None if valid is None else np.concatenate(([0], np.cumsum(valid.reshape(T, B).sum(axis=1))))
         for layer in reversed(range(L)):
             lt = tape.layers[layer]
             x2d = lt.x.reshape(T * B, lt.x.shape[2])
@@ -991,8 +987,6 @@ class GRU(_Params):
             gather = valid is not None and gather_pays(T * B, n, 3 * H, 2 * x2d.shape[1] + H, gradients=True)
             if gather:
                 x2d = gathered(valid, n, x2d, "x_valid")
-                # the rows of steps [0, t) among the valid ones (a step's valid rows are contiguous)
-                before = np.concatenate(([0], np.cumsum(valid.reshape(T, B).sum(axis=1))))
                 dx_rows = workspace("dx_valid", x2d.shape, self.dtype) if want_dx else None
             else:
                 dx_rows = dx2d if want_dx else None
@@ -1045,9 +1039,8 @@ class GRU(_Params):
                     grads[f"bias_ih{sfx}"] = db_ih
                     grads[f"bias_hh{sfx}"] = db_hh
             if want_dx:
-                if gather:  # the valid steps' rows back in place, the padded ones' zero
-                    dx2d[valid] = dx_rows
-                    dx2d[~valid] = 0
+                if gather:
+                    scattered(valid, dx_rows, dx2d)
                 dx = dx2d.reshape(T, B, lt.x.shape[2])
                 if lt.mask is not None:
                     dx *= lt.mask

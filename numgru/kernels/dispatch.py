@@ -607,12 +607,18 @@ def batch_order(lengths, route):
     return np.argsort(-lengths, kind="stable")
 
 
+def mostly_valid(lengths, T):
+    """Whether fewer than 1 − ``PACK_BELOW`` of the T·B steps of rows of ``lengths`` (B,) are padding:
+    too few to repay gathering the valid ones."""
+    return int(lengths.sum()) >= PACK_BELOW * T * lengths.shape[0]
+
+
 def valid_steps(lengths, T):
     """The (t, b) steps with t < lengths[b], as a (T·B,) bool mask in the kernels' (T, B) layout, for
-    :func:`input_projection` to skip the padded ones; None when fewer than 1 − ``PACK_BELOW`` of the
-    steps are padding (gathering them would cost more than it saves)."""
-    valid = (np.arange(T)[:, None] < lengths[None, :]).reshape(-1)
-    return valid if np.count_nonzero(valid) < PACK_BELOW * valid.size else None
+    :func:`input_projection` to skip the padded ones; None where :func:`mostly_valid`."""
+    if mostly_valid(lengths, T):
+        return None
+    return (np.arange(T)[:, None] < lengths[None, :]).reshape(-1)
 
 
 def gather_pays(N, n, M, K, gradients=False):
@@ -632,13 +638,21 @@ def padded_gathers(lengths, T, M, widths):
     T steps; :func:`valid_steps` and :func:`gather_pays`) for a projection of M outputs from any of
     the input ``widths``."""
     N, n = T * lengths.shape[0], int(lengths.sum())
-    return n < PACK_BELOW * N and any(gather_pays(N, n, M, K) for K in widths)
+    return not mostly_valid(lengths, T) and any(gather_pays(N, n, M, K) for K in widths)
 
 
 def gathered(valid, n, a, name):
     """The n rows of a (N, K) where ``valid`` (N,) bool holds, in order, C-contiguous in this
     thread's :func:`workspace` ``name``."""
     return np.compress(valid, a, axis=0, out=workspace(name, (n, a.shape[1]), a.dtype))
+
+
+def scattered(valid, rows, out):
+    """out's rows where ``valid`` (N,) bool holds = ``rows`` (:func:`gathered`'s, in order), the
+    others zero: the products over the valid rows put back."""
+    out[valid] = rows
+    out[~valid] = 0
+    return out
 
 
 def serial_tiled_max(threads):
@@ -878,11 +892,9 @@ def input_projection(x2d, W_ih, b_ih, numba_threads=False, valid=None, training=
         # here (and the zeros' pages) faulted in on every call
         gx = np.empty((N, W_ih.shape[0]), W_ih.dtype) if out is None else out
         xs = gathered(valid, n, x2d, "x_valid")
-        gx[valid] = input_projection(xs, W_ih, b_ih, numba_threads, training=training,
-                                     out=workspace("gx_valid", (n, W_ih.shape[0]), W_ih.dtype),
-                                     packed=packed, pieces=pieces, off_blas=off_blas)
-        gx[~valid] = 0
-        return gx
+        return scattered(valid, input_projection(xs, W_ih, b_ih, numba_threads, training=training,
+                                                 out=workspace("gx_valid", (n, W_ih.shape[0]), W_ih.dtype),
+                                                 packed=packed, pieces=pieces, off_blas=off_blas), gx)
     gx = np.empty((N, W_ih.shape[0]), W_ih.dtype) if out is None else out
     if N == 0:
         return gx
@@ -2049,27 +2061,34 @@ def run_from_zero(plan, x2d, gx, y, col0, h_n):
     read), then for T ≥ 2 the serial kernel over the other T − 1 steps from that state. T = 1 by any
     plan; beyond, only where the plan's recurrence is the serial kernel's (not the fused, chunked,
     AMX, VNNI or bfloat16 ones): False there, nothing written."""
-    _, _, recurrence, chunked, amx_steps, vnni_steps, dp_steps, entries, fused_steps = plan
     T, B = y.shape[0], h_n.shape[0]
-    if T > 1 and (chunked is not None or amx_steps is not None or vnni_steps is not None
-                  or dp_steps is not None or fused_steps is not None):
+    if T > 1 and not plain_plan(plan):
         return False
     _run_plan_projection(plan, x2d, gx)
-    weights, scalars, rest = recurrence
-    g3 = gx.reshape(T, B, gx.shape[1])
-    lengths, sorted_desc, reverse, reset_after, *gates = scalars
+    # the other steps' lengths: writeable int64, as the plan's (one kernel signature)
+    others = np.empty(B, np.int64)
+    others.fill(T - 1)
+    _steps_from_zero(plan, gx.reshape(T, B, gx.shape[1]), plan[2][1][0], others, y, col0, h_n)
+    return True
+
+
+def _steps_from_zero(plan, g3, lengths, others, y, col0, h_n):
+    """A plain plan's recurrence over g3 (T, B, 3H) from the zero state: the first step by
+    :func:`~numgru.kernels.forward.first_step_gates` (W_hh h is zero there, so W_hh is not read; the
+    last step in reverse, where every row runs all T steps), then the other T − 1 steps by the serial
+    kernel from that state, ``others`` (B,) int64 holding max(lengths − 1, 0)."""
+    weights, scalars, rest = plan[2]
+    _, sorted_desc, reverse, reset_after, *gates = scalars
+    entries = plan[7]
+    T = y.shape[0]
     first = T - 1 if reverse else 0
     h1 = h_n if T == 1 else np.empty_like(h_n)
     planned_call(entries, "first step", first_step_gates, g3[first], weights[2], lengths, reset_after, *gates,
                  y[first:first + 1], col0, h1)
     if T > 1:
         steps = slice(0, T - 1) if reverse else slice(1, T)
-        # the other steps' lengths: writeable int64, as the plan's (one kernel signature)
-        others = np.empty(B, np.int64)
-        others.fill(T - 1)
         planned_call(entries, "recurrence", gru_forward_serial, g3[steps], *weights, h1, others, sorted_desc,
                      reverse, reset_after, *gates, y[steps], col0, h_n, *rest)
-    return True
 
 
 def plain_plan(plan):
@@ -2089,23 +2108,17 @@ def run_padded_direction(plan, x2d, gx, h0, lengths, others, y, col0, h_n):
     from there, ``others`` (B,) int64 holding max(lengths − 1, 0); the reverse direction's rows
     start at steps of their own, so it gets zeros as h0 (as the general path)."""
     weights, scalars, rest = plan[2]
-    _, _, reverse, reset_after, *gates = scalars
-    entries = plan[7]
+    _, sorted_desc, reverse, reset_after, *gates = scalars
     _run_plan_projection(plan, x2d, gx)
     T, B = y.shape[0], h_n.shape[0]
     g3 = gx.reshape(T, B, gx.shape[1])
     if h0 is None and not reverse:
-        h1 = h_n if T == 1 else np.empty_like(h_n)
-        planned_call(entries, "first step", first_step_gates, g3[0], weights[2], lengths, reset_after, *gates,
-                     y[0:1], col0, h1)
-        if T > 1:
-            planned_call(entries, "recurrence", gru_forward_serial, g3[1:], *weights, h1, others, True, reverse,
-                         reset_after, *gates, y[1:], col0, h_n, *rest)
+        _steps_from_zero(plan, g3, lengths, others, y, col0, h_n)
         return
     if h0 is None:
         h0 = np.zeros_like(h_n)
-    planned_call(entries, "recurrence", gru_forward_serial, g3, *weights, h0, lengths, True, reverse, reset_after,
-                 *gates, y, col0, h_n, *rest)
+    planned_call(plan[7], "recurrence", gru_forward_serial, g3, *weights, h0, lengths, sorted_desc, reverse,
+                 reset_after, *gates, y, col0, h_n, *rest)
 
 
 def _run_amx_direction(amx_steps, x2d, gx, h0, y, col0, h_n):
