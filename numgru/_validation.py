@@ -64,6 +64,12 @@ def check_bool(name, value):
 
 
 def check_dtype(name, dtype):
+    """float32 or float64 as a NumPy dtype, from anything ``np.dtype`` takes or a torch dtype.
+    None is the default, float32 (as torch's ``dtype=None``; ``np.dtype(None)`` would be float64)."""
+    if dtype is None:
+        return FLOAT_DTYPES[0]
+    if type(dtype).__module__ == "torch" and str(dtype).startswith("torch."):
+        dtype = str(dtype)[len("torch."):]  # torch.float32 -> "float32", without importing torch
     try:
         dt = np.dtype(dtype)
     except TypeError as exc:

@@ -112,6 +112,13 @@ def _resolve_gate(gate_activation, alpha, beta):
     return kind, alpha, beta
 
 
+def _too_large(name, count, dtype):
+    """The ValueError for sizes whose parameters cannot be allocated (numpy's MemoryError)."""
+    gib = count * max(dtype.itemsize, 8) / 2**30  # initial values are drawn in float64
+    return ValueError(f"{name}: the sizes asked for hold {count:,} parameters ({gib:,.1f} GiB to "
+                      f"initialise), more than this machine can allocate")
+
+
 class _Params:
     """Mixin: named parameters with PyTorch names, state_dict round trips."""
 
@@ -204,6 +211,8 @@ class GRU(_Params):
     clip : float, optional
         ONNX's cell clip: gate pre-activations are clipped to [−clip, clip].
     dtype : float32 or float64
+        Anything ``np.dtype`` reads as one of them, or ``torch.float32`` / ``torch.float64``;
+        None is the default float32 (as torch's ``dtype=None``).
     seed : int, optional
         Seed of the U(−1/√H, 1/√H) initialisation (PyTorch's).
 
@@ -246,15 +255,18 @@ class GRU(_Params):
         rng = np.random.default_rng(self.seed)
         k = 1.0 / math.sqrt(H)
         self._W_ih, self._W_hh, self._b_ih, self._b_hh = [], [], [], []
-        for layer in range(self.num_layers):
-            I_k = self.input_size if layer == 0 else D * H
-            for _ in range(D):
-                # on 64-byte lines: load_state_dict and the optimizers write into these arrays in place
-                self._W_ih.append(aligned(rng.uniform(-k, k, (3 * H, I_k)).astype(self.dtype)))
-                self._W_hh.append(aligned(rng.uniform(-k, k, (3 * H, H)).astype(self.dtype)))
-                if self.bias:
-                    self._b_ih.append(aligned(rng.uniform(-k, k, 3 * H).astype(self.dtype)))
-                    self._b_hh.append(aligned(rng.uniform(-k, k, 3 * H).astype(self.dtype)))
+        try:
+            for layer in range(self.num_layers):
+                I_k = self.input_size if layer == 0 else D * H
+                for _ in range(D):
+                    # on 64-byte lines: load_state_dict and the optimizers write into these in place
+                    self._W_ih.append(aligned(rng.uniform(-k, k, (3 * H, I_k)).astype(self.dtype)))
+                    self._W_hh.append(aligned(rng.uniform(-k, k, (3 * H, H)).astype(self.dtype)))
+                    if self.bias:
+                        self._b_ih.append(aligned(rng.uniform(-k, k, 3 * H).astype(self.dtype)))
+                        self._b_hh.append(aligned(rng.uniform(-k, k, 3 * H).astype(self.dtype)))
+        except MemoryError:
+            raise _too_large("input_size, hidden_size", self._config_count(self.get_config()), self.dtype) from None
         self._zero_bias = np.zeros(3 * H, self.dtype)
         self._dropout_rng = np.random.default_rng(None if self.seed is None else self.seed + 1)
 
@@ -1401,7 +1413,10 @@ class Linear(_Params):
         self.seed = check_int("seed", seed, minimum=0, allow_none=True)
         rng = np.random.default_rng(self.seed)
         k = 1.0 / math.sqrt(self.in_features)
-        self.weight = rng.uniform(-k, k, (self.out_features, self.in_features)).astype(self.dtype)
+        try:
+            self.weight = rng.uniform(-k, k, (self.out_features, self.in_features)).astype(self.dtype)
+        except MemoryError:
+            raise _too_large("in_features, out_features", self.in_features * self.out_features, self.dtype) from None
         self.b = rng.uniform(-k, k, self.out_features).astype(self.dtype) if self.bias else None
 
     @staticmethod

@@ -106,6 +106,8 @@ def test_estimator_errors(digits):
         ng.GRUClassifier(optimizer="lbfgs").fit(Xtr[:20], ytr[:20])
     with pytest.raises(ValueError, match="random_state: expected an int >= 0"):
         ng.GRUClassifier(random_state=-1).fit(Xtr[:20], ytr[:20])
+    with pytest.raises(TypeError, match="early_stopping: expected a bool"):
+        ng.GRUClassifier(early_stopping="yes").fit(Xtr[:20], ytr[:20])
     clf = ng.GRUClassifier(hidden_size=4, epochs=1).fit(Xtr[:50], ytr[:50])
     with pytest.raises(ValueError, match="X: expected 8 features"):
         clf.predict(np.zeros((2, 8, 5)))

@@ -32,12 +32,34 @@ def gru():
     (dict(dtype="float16"), TypeError, "dtype"),
     (dict(seed=1.5), TypeError, "seed"),
     (dict(seed=-1), ValueError, "seed"),
+    (dict(hidden_size=10**12), ValueError, "hidden_size: .* more than this machine can allocate"),
+    (dict(input_size=10**13), ValueError, "input_size, hidden_size: .* more than this machine"),
 ])
 def test_constructor_arguments(kwargs, exc, match):
     args = dict(input_size=3, hidden_size=4)
     args.update(kwargs)
     with pytest.raises(exc, match=match):
         ng.GRU(**args)
+
+
+def test_sizes_past_memory_name_them():
+    """numpy's MemoryError for sizes no machine holds becomes a ValueError naming the sizes."""
+    with pytest.raises(ValueError, match="hidden_size"):
+        ng.GRUCell(3, 10**12)
+    with pytest.raises(ValueError, match="in_features, out_features"):
+        ng.Linear(10**7, 10**7)
+
+
+def test_dtype_none_is_the_default_and_torch_dtypes_are_taken():
+    """dtype=None means float32, as torch's dtype=None does (np.dtype(None) is float64)."""
+    assert ng.GRU(3, 4, dtype=None).dtype == np.float32
+    assert ng.GRUCell(3, 4, dtype=None).dtype == np.float32
+    assert ng.Linear(3, 4, dtype=None).dtype == np.float32
+    torch = pytest.importorskip("torch")
+    assert ng.GRU(3, 4, dtype=torch.float64).dtype == np.float64
+    assert ng.GRU(3, 4, dtype=torch.float32).state_dict()["weight_ih_l0"].dtype == np.float32
+    with pytest.raises(TypeError, match="dtype: expected float32 or float64"):
+        ng.GRU(3, 4, dtype=torch.float16)
 
 
 def test_x_rank(gru):

@@ -137,10 +137,11 @@ class _GRUEstimator(BaseEstimator):
 
     # ------------------------------------------------------------------------------- helpers
     def _check_params(self):
-        from .._validation import check_float, check_int
+        from .._validation import check_bool, check_float, check_int
         check_int("epochs", self.epochs, minimum=1)
         check_int("batch_size", self.batch_size, minimum=1)
         check_int("n_iter_no_change", self.n_iter_no_change, minimum=1)
+        check_bool("early_stopping", self.early_stopping)
         check_float("learning_rate", self.learning_rate, low=0.0, low_open=True)
         check_float("validation_fraction", self.validation_fraction, low=0.0, high=1.0, high_open=True)
         check_float("clip_grad_norm", self.clip_grad_norm, low=0.0, low_open=True, allow_none=True)
