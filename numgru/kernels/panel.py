@@ -161,8 +161,10 @@ def fill_panel(panel, W, j0, m, c_off):
     6.0 ms against 72 µs / 2.4 ms in blocks, one thread; a forward at B = 1 packs once per call).
     The column route fills each block's gate rows at their own columns (``c_off``). float32 tiles are
     transposed in vector registers (:func:`transpose16`): W_hh's panels at H = 64 / 256 in
-    1.9 / 21–24 µs against 3.4 / 44 element by element (one thread; float64 measured level, and
-    keeps the element loops)."""
+    1.9 / 21–24 µs against 3.4 / 44 element by element (one thread). float64 tiles as four 8 × 8
+    blocks (:func:`transpose8`; 2-vCPU AMD EPYC, one thread, µs, against element by element:
+    768 × 256 53–57 / 89, 1152 × 384 120–123 / 198–200, 1536 × 512 411–418 / 689–697; 3072 × 1024
+    level at 4.2–4.4 ms, bound by memory)."""
     for c in range(m):
         put_row(panel, c_off + c, W[j0 + c])
 
@@ -267,6 +269,14 @@ def _tile_filler(panel, W, put):
             K = W.shape[1]
             NC = panel.shape[1]
             transpose16(W, (j0 + c0) * K + k0, K, panel, k0 * NC + c_off + c0, NC)
+        return inline(fill)
+    if panel.dtype == types.float64 and _c_arrays(panel, W):
+        def fill(panel, pairs, W, j0, c0, k0, c_off):
+            K = W.shape[1]
+            NC = panel.shape[1]
+            for a in range(0, TILE, 8):
+                for b in range(0, TILE, 8):
+                    transpose8(W, (j0 + c0 + a) * K + k0 + b, K, panel, (k0 + b) * NC + c_off + c0 + a, NC)
         return inline(fill)
 
     def fill(panel, pairs, W, j0, c0, k0, c_off):
