@@ -494,3 +494,33 @@ def test_stream_chunks_take_the_routes(two_threads, spy, rng):
     y, h_n = g(x)
     np.testing.assert_allclose(np.concatenate([y1, y2]), y, **TOL[np.float32])
     np.testing.assert_allclose(s.state, h_n, **TOL[np.float32])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("N, I, M", [(96, 37, 150), (130, 64, 48), (8, 5, 1), (200, 300, 97)])
+def test_threaded_projection_on_panels_the_threads_pack(two_threads, dtype, N, I, M):
+    """forward.input_projection_parallel given no panels packs W's panels on the threads (each a
+    share, the last panel's columns past M zero) and multiplies on them: as x @ W.T + b, and as on
+    panels packed beforehand, bit for bit."""
+    from numgru.kernels._jit import native_address
+    from numgru.kernels.forward import input_projection_parallel, packed_panels, projection_block
+    rng = np.random.default_rng(N + I + M)
+    x, W = rng.standard_normal((N, I)).astype(dtype), rng.standard_normal((M, I)).astype(dtype)
+    b = rng.standard_normal(M).astype(dtype)
+    outs = []
+    for Wp in (dispatch.empty_array(dtype, 3), packed_panels(W)):
+        out = np.full((N, M), np.nan, dtype)
+        args = (x, W, Wp, b, True, out, True)
+        input_projection_parallel(*args, 2, native_address(projection_block, (*args, 0, 0, 0, 0)))
+        outs.append(out)
+    want = x.astype(np.float64) @ W.T.astype(np.float64) + b
+    scale = np.abs(x).astype(np.float64) @ np.abs(W).T.astype(np.float64) + np.abs(b)  # sums' magnitudes
+    assert np.all(np.abs(outs[0] - want) <= 4 * I * np.finfo(dtype).eps * scale)
+    np.testing.assert_array_equal(outs[0], outs[1])
+
+
+def test_float64_projection_takes_panels_from_fewer_rows_on_threads():
+    # (dispatch.PROJ_PANELS_PARALLEL_F64: measured on Zen 4, two threads)
+    assert dispatch.projection_panels(128, 512, 2, 8) and not dispatch.projection_panels(128, 512, 2, 4)
+    assert not dispatch.projection_panels(64, 512, 2, 8)
+    assert not dispatch.projection_panels(128, 1024, 2, 8) and dispatch.projection_panels(256, 1024, 2, 8)

@@ -105,6 +105,8 @@ PROJ_PANELS_MIN_ROWS = ((64, 16), (128, 32), (256, 128))
 PROJ_PANELS_MIN_ROWS_PARALLEL = 256
 PROJ_PANELS_MAX_INPUTS_PARALLEL = 512
 PROJ_PANELS_MIN_ROWS_PARALLEL_WIDE = 512
+#: float64 on several threads: (most inputs I, fewest rows N) for the panels (see projection_panels)
+PROJ_PANELS_PARALLEL_F64 = ((512, 96), (768, 128), (1 << 62, 256))
 PROJ_DOT_MAX_ROWS = 16
 PROJ_DOT_MAX_ROWS_ONE_THREAD = 32
 PROJ_DOT_MID_INPUTS = (128, 256)
@@ -925,7 +927,8 @@ def input_projection(x2d, W_ih, b_ih, numba_threads=False, valid=None, training=
     if numba_threads or off_blas:
         with parallel_slot(True) as par:
             if par:
-                panels = (projection_panels(N, I, threads) or (off_blas and N >= OFF_BLAS_PANELS_MIN_ROWS)
+                panels = (projection_panels(N, I, threads, W_ih.dtype.itemsize)
+                          or (off_blas and N >= OFF_BLAS_PANELS_MIN_ROWS)
                           or (packed is not None and packed_projection(N, I, threads)))
                 project_on_threads(x2d, W_ih, Wp, bias, b_ih is not None, gx, panels, threads)
                 return gx
@@ -1597,6 +1600,15 @@ def projection_panels(N, I, threads, itemsize=4):
       1024 0.90× / 1.80× / 1.37×; whole forward, paired against 545ae11: B = 4, H = 768 / 1024
       1.10× / 1.11×, B = 8, H = 1024 1.19× (it had taken 2048 rows to repay packing 12 MB).
 
+    float64 on several threads follows ``PROJ_PANELS_PARALLEL_F64`` ((most inputs, fewest rows)),
+    measured on the 2-vCPU AMD EPYC (two threads, 3I outputs, the panels packed by both threads,
+    time of the tiled matmul over the panels', medians of three rounds taking turns in one process):
+    I = 64–512 level at N = 64 (0.99–1.21×), 1.05–1.19× at N = 96, 1.14–1.35× at N = 128, 1.21–1.42×
+    at N = 256–512; I = 768 0.89× at N = 64, 1.07–1.29× from 96; I = 1024 0.96–0.99× at N = 96–192,
+    1.07–1.10× from 256; 32 rows 0.74–0.89× at every I. float32 there read level to 0.82× at
+    N = 192–256 beyond I = 256 in the same run (panels ahead only at I ≤ 128) where the rule above
+    takes the panels: not changed on one noisy run without whole forwards to confirm it.
+
     On Zen 4 one thread follows ``PROJ_ONE_THREAD_ZEN`` (:func:`_zen_projection`), measured on the
     2-vCPU AMD EPYC (kernel alone, packing included, 3I outputs, µs, panels / dot-product block /
     BLAS): I = 64, N = 16 / 32 / 96 5.7 / 6.0 / 8.2, 9.5 / 12.7 / 14.5, 24.1 / 36.3 / 28.6; I = 128,
@@ -1623,6 +1635,10 @@ def projection_panels(N, I, threads, itemsize=4):
             _, dot_rows_most, panels_beyond = _zen_projection(I, itemsize)
             return panels_beyond and N > dot_rows_most
         return _panels_one_thread(N, I)
+    if itemsize == 8:
+        for most_inputs, fewest_rows in PROJ_PANELS_PARALLEL_F64:
+            if I <= most_inputs:
+                return N >= fewest_rows
     return N >= PROJ_PANELS_MIN_ROWS_PARALLEL and (I <= PROJ_PANELS_MAX_INPUTS_PARALLEL
                                                    or N >= PROJ_PANELS_MIN_ROWS_PARALLEL_WIDE)
 
@@ -1950,7 +1966,7 @@ def serial_direction_plan(W_ih, b_ih, W_hh, b_hh, packed_ih, packed_hh, T, B, th
             dot = True
         else:
             par = (threads, T * B >= OFF_BLAS_PANELS_MIN_ROWS
-                   or projection_panels(T * B, W_ih.shape[1], threads))
+                   or projection_panels(T * B, W_ih.shape[1], threads, W_ih.dtype.itemsize))
     projection = (W_ih, empty if packed_ih is None else packed_ih,
                   W_ih[0] if b_ih is None else b_ih, b_ih is not None)
     amx_steps = None

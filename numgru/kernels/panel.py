@@ -334,6 +334,17 @@ def pack_panels(W):
     as float32's, with Kp = K rounded up to even and k taken in pairs: seen as (P, Kp / 2, NC, 2),
     panels[p, q, c, s] = W[p·NC + c, 2q + s]. A vector load of 2L values then holds L columns for
     both k of a pair, and gives their two float32 vectors by a shift and a mask (:func:`_emit_gemm`)."""
+    Wp = panels_for(W)
+    for p in range(Wp.shape[0]):
+        fill_panels_of(Wp, W, p)
+    return Wp
+
+
+@device
+def panels_for(W):
+    """:func:`pack_panels`' array for W (M, K) before its fill: uninitialised but the values the fill
+    does not write (the last panel's columns past M, bfloat16's k pad for K odd), which are zero.
+    Each panel p is then filled by :func:`fill_panels_of` (W, p), in any order or side by side."""
     M = W.shape[0]
     K = W.shape[1]
     nc = panel_width(W.dtype.type(0))
@@ -350,10 +361,15 @@ def pack_panels(W):
     if Kp > K:
         for p in range(P):
             Wp[p, Kp - 2:] = 0
-    for p in range(P):
-        j0 = p * nc
-        fill_panel(Wp[p], W, j0, min(M, j0 + nc) - j0, 0)
     return Wp
+
+
+@device
+def fill_panels_of(Wp, W, p):
+    """Panel p of :func:`panels_for` (W)'s array: rows p·NC … of W, transposed."""
+    nc = Wp.shape[2]
+    j0 = p * nc
+    fill_panel(Wp[p], W, j0, min(W.shape[0], j0 + nc) - j0, 0)
 
 
 @device
