@@ -90,6 +90,36 @@ def test_rows_gate_options(two_threads, spy, rng, gate, clip, reset_after):
     assert spy["fwd"] == 1
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("reset_after", [True, False])
+@pytest.mark.parametrize("T, with_lengths", [(1, False), (3, False), (5, True)])
+def test_rows_on_shared_panels(two_threads, spy, rng, monkeypatch, dtype, reset_after, T, with_lengths):
+    """The rows route's chunks on W_hh's panels packed once on the threads (dispatch.rows_share_panels,
+    forced at these sizes and for float32 too) against tests/reference.py."""
+    import numgru.kernels.dispatch as dsp
+    B, I, H = 12, 5, 40
+    g, p = _model(I, H, 1, False, dtype, reset_after)
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    h0 = rng.standard_normal((1, B, H)).astype(dtype)
+    lengths = _lengths(rng, B, T) if with_lengths else None
+    packs = []
+    real = dsp.packed_panels_on_threads
+    monkeypatch.setattr(dsp, "packed_panels_on_threads", lambda W: packs.append(W.shape) or real(W))
+    monkeypatch.setattr(dsp, "rows_share_panels", lambda *a: True)
+    y, h_n = g(x, h0, lengths)
+    assert packs == ([(3 * H, H)] if reset_after else [(2 * H, H), (H, H)])
+    y_ref, h_ref = ref_gru(x, p, 1, H, h0=h0, lengths=lengths, reset_after=reset_after)
+    np.testing.assert_allclose(y, y_ref, **TOL[dtype])
+    np.testing.assert_allclose(h_n, h_ref, **TOL[dtype])
+
+
+def test_rows_share_panels_rule():
+    # float64 from 512 hidden units and 64 rows a chunk (measured on Zen 4, two threads)
+    assert dispatch.rows_share_panels(2, 128, 512, 8, 2)
+    assert not dispatch.rows_share_panels(2, 64, 512, 8, 2) and not dispatch.rows_share_panels(2, 128, 384, 8, 2)
+    assert not dispatch.rows_share_panels(2, 128, 512, 4, 2)
+
+
 def test_training_keeps_off_the_rows_route(two_threads, spy, rng):
     """Training keeps BLAS (its weight-gradient GEMMs wake BLAS's threads); results still match the
     inference route's."""

@@ -54,7 +54,8 @@ from .backward import (BIAS_ROWS, gru_backward_amx, gru_backward_amx_rows, gru_b
                        gru_backward_serial, matmul_into, transpose_into, weight_gradient_panels)
 from .forward import (column_blocks, first_step_gates, gru_forward_chunked, gru_forward_cols,
                       gru_forward_cols_before, gru_forward_rows, gru_forward_serial, input_projection_kernel,
-                      input_projection_parallel, packed_panels, packed_panels_of_transpose, projection_block,
+                      input_projection_parallel, packed_panels, packed_panels_of_transpose, packed_panels_on_threads,
+                      projection_block,
                       NUMBA_ROWS_MAX, NUMBA_ROWS_MAX_K, row_chunks, PANEL_MIN_T, TILED_MAX_ONE_THREAD, use_panels,
                       wants_panels)
 from .step import gru_step, gru_step_cols, gru_step_cols_before
@@ -1719,6 +1720,11 @@ def gru_direction_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gat
                                                    pieces)):
                 gru_forward_cols(gx, W_hh, b_hh, h0, lengths, sorted_desc, bool(reverse), *gates, threads)
         elif par and route == "rows":
+            if packed[0].shape[0] == 0 and rows_share_panels(T, B, H, W_hh.dtype.itemsize, threads):
+                empty = packed[1]
+                packed = ((packed_panels_on_threads(W_hh), empty) if reset_after else
+                          (packed_panels_on_threads(W_hh[:2 * H]), packed_panels_on_threads(W_hh[2 * H:])))
+                common = (gx, W_hh, packed, b_hh, h0, lengths, sorted_desc, bool(reverse))
             args = (*common, bool(reset_after), *gates, bool(store), tape)
             serial = native_address(gru_forward_serial, (*args, -1, 0, B))
             gru_forward_rows(*args, threads, serial)
@@ -1734,6 +1740,26 @@ def gru_direction_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gat
         else:  # a named route whose parallel slot another thread holds
             gru_forward_serial(*common, bool(reset_after), *gates, bool(store), tape, tiled_max, 0, B)
     return tape if store else None
+
+
+#: float64 hidden units and rows a chunk from which the rows route's chunks share W_hh's panels
+ROWS_SHARED_PANELS_MIN_H = 512
+ROWS_SHARED_PANELS_MIN_CHUNK = 64
+
+
+def rows_share_panels(T, B, H, itemsize, threads):
+    """Whether the rows route's chunks multiply on W_hh's panels packed once on every thread
+    (:func:`~numgru.kernels.forward.packed_panels_on_threads`) rather than each on its own terms
+    (unpacked over few steps, or each packing a copy of its own, :func:`~numgru.kernels.forward.own_panels`):
+    float64 from ``ROWS_SHARED_PANELS_MIN_H`` hidden units and ``ROWS_SHARED_PANELS_MIN_CHUNK`` rows
+    a chunk. Measured on the 2-vCPU AMD EPYC (two threads, forwards given h0, I = H, medians of
+    three rounds taking turns in one process, time without over time with): float64 H = 512, B = 128
+    / 256, T = 1–3 1.07–1.12× / 1.14–1.18×, T = 5–16 1.00–1.03×; but B = 64 (32-row chunks), T = 1–3
+    0.72–0.94×, T = 5–8 1.06–1.11×; H = 256 / 384, B = 128, T = 1 0.90–0.91×, beyond level
+    (0.95–1.05×). float32 lost or ran level but at H = 512, B = 64, T = 5–16 (1.04–1.11×): T = 1,
+    B = 16 / 64 / 128, H = 512 0.42× / 0.63× / 0.80×, H = 256 0.73–0.98×."""
+    return itemsize == 8 and H >= ROWS_SHARED_PANELS_MIN_H and \
+        row_chunks.py_func(B, threads)[0] >= ROWS_SHARED_PANELS_MIN_CHUNK
 
 
 def _amx_rows_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gate_kind, clip, y, col0, h_n,

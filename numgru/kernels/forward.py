@@ -1483,6 +1483,19 @@ def packed_panels(W):
     return pack_panels(W)
 
 
+@parallel_kernel(name="packed_panels_parallel")
+def packed_panels_on_threads(W):
+    """:func:`packed_panels` on Numba's threads, each packing a share of the panels (the caller holds
+    the parallel slot): W_hh's panels that the rows route's chunks then share
+    (:func:`~numgru.kernels.dispatch.rows_share_panels`)."""
+    wide_vectors()
+    Wp = panels_for(W)
+    for p in prange(Wp.shape[0]):
+        wide_vectors()
+        fill_panels_of(Wp, W, np.int64(p))
+    return Wp
+
+
 @kernel
 def packed_panels_of_transpose(W, buf):
     """:func:`~numgru.kernels.panel.pack_panels_of_transpose` of W (K, M) into ``buf`` as a kernel of
