@@ -554,3 +554,25 @@ def test_float64_projection_takes_panels_from_fewer_rows_on_threads():
     assert dispatch.projection_panels(128, 512, 2, 8) and not dispatch.projection_panels(128, 512, 2, 4)
     assert not dispatch.projection_panels(64, 512, 2, 8)
     assert not dispatch.projection_panels(128, 1024, 2, 8) and dispatch.projection_panels(256, 1024, 2, 8)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("reset_after", [True, False])
+def test_cell_step_as_a_rows_forward(two_threads, spy, rng, monkeypatch, dtype, reset_after):
+    """A GRUCell step that rows_share_panels gives to the rows route (forced here at a small size)
+    equals the step kernels' within rounding, and tests/reference.py's one step."""
+    import numgru.layers as layers
+    B, I, H = 12, 5, 40
+    cell = ng.GRUCell(I, H, reset_after=reset_after, dtype=dtype, seed=3)
+    x = rng.standard_normal((B, I)).astype(dtype)
+    h = rng.standard_normal((B, H)).astype(dtype)
+    want = cell(x, h)
+    assert spy["fwd"] == 0
+    monkeypatch.setattr(layers, "rows_share_panels", lambda *a: True)
+    cell._plans.clear()
+    got = cell(x, h)
+    assert spy["fwd"] == 1 and got.shape == (B, H)
+    np.testing.assert_allclose(got, want, **TOL[dtype])
+    p = {k + "_l0": v for k, v in cell.state_dict().items()}
+    _, h_ref = ref_gru(x[None], p, 1, H, h0=h[None], reset_after=reset_after)
+    np.testing.assert_allclose(got, h_ref[0], **TOL[dtype])
