@@ -1359,7 +1359,7 @@ class GRUCell(_Params):
             g = self._gru
             _, columns = g._step_plan(B)
             rows = (threads > 1 and g._bf16 is None and g._packed is None
-                    and rows_share_panels(1, B, g.hidden_size, g.dtype.itemsize, threads)
+                    and rows_share_panels(B, g.hidden_size, g.dtype.itemsize, threads)
                     and forward_route(B, g.hidden_size, g.reset_after, False, 1, g.dtype.itemsize, False) == "rows")
             plan = ((*g._step_weights(0, B, threads, columns), *g._kernel_scalars()),
                     threads if columns else 0, inference_tiled_max(threads, B), empty_array(g.dtype, 2), {},

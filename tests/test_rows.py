@@ -115,9 +115,9 @@ def test_rows_on_shared_panels(two_threads, spy, rng, monkeypatch, dtype, reset_
 
 def test_rows_share_panels_rule():
     # float64 from 512 hidden units and 64 rows a chunk (measured on Zen 4, two threads)
-    assert dispatch.rows_share_panels(2, 128, 512, 8, 2)
-    assert not dispatch.rows_share_panels(2, 64, 512, 8, 2) and not dispatch.rows_share_panels(2, 128, 384, 8, 2)
-    assert not dispatch.rows_share_panels(2, 128, 512, 4, 2)
+    assert dispatch.rows_share_panels(128, 512, 8, 2)
+    assert not dispatch.rows_share_panels(64, 512, 8, 2) and not dispatch.rows_share_panels(128, 384, 8, 2)
+    assert not dispatch.rows_share_panels(128, 512, 4, 2)
 
 
 def test_training_keeps_off_the_rows_route(two_threads, spy, rng):

@@ -1720,7 +1720,7 @@ def gru_direction_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gat
                                                    pieces)):
                 gru_forward_cols(gx, W_hh, b_hh, h0, lengths, sorted_desc, bool(reverse), *gates, threads)
         elif par and route == "rows":
-            if packed[0].shape[0] == 0 and rows_share_panels(T, B, H, W_hh.dtype.itemsize, threads):
+            if packed[0].shape[0] == 0 and rows_share_panels(B, H, W_hh.dtype.itemsize, threads):
                 empty = packed[1]
                 packed = ((packed_panels_on_threads(W_hh), empty) if reset_after else
                           (packed_panels_on_threads(W_hh[:2 * H]), packed_panels_on_threads(W_hh[2 * H:])))
@@ -1747,7 +1747,7 @@ ROWS_SHARED_PANELS_MIN_H = 512
 ROWS_SHARED_PANELS_MIN_CHUNK = 64
 
 
-def rows_share_panels(T, B, H, itemsize, threads):
+def rows_share_panels(B, H, itemsize, threads):
     """Whether the rows route's chunks multiply on W_hh's panels packed once on every thread
     (:func:`~numgru.kernels.forward.packed_panels_on_threads`) rather than each on its own terms
     (unpacked over few steps, or each packing a copy of its own, :func:`~numgru.kernels.forward.own_panels`):
