@@ -162,9 +162,10 @@ def fill_panel(panel, W, j0, m, c_off):
     The column route fills each block's gate rows at their own columns (``c_off``). float32 tiles are
     transposed in vector registers (:func:`transpose16`): W_hh's panels at H = 64 / 256 in
     1.9 / 21–24 µs against 3.4 / 44 element by element (one thread). float64 tiles as four 8 × 8
-    blocks (:func:`transpose8`; 2-vCPU AMD EPYC, one thread, µs, against element by element:
-    768 × 256 53–57 / 89, 1152 × 384 120–123 / 198–200, 1536 × 512 411–418 / 689–697; 3072 × 1024
-    level at 4.2–4.4 ms, bound by memory)."""
+    blocks (:func:`transpose8`), and the 8 columns its 24-wide panels leave past the 16-column tiles
+    as 8 × 8 blocks too (2-vCPU AMD EPYC, one thread, µs, against element by element: 768 × 256
+    40–43 / 89, 1152 × 384 86 / 198–200, 1536 × 512 260–262 / 689–697, 2304 × 768 909–1202 /
+    1230 with the tiles alone, 3072 × 1024 2.3–2.8 ms / 4.2–4.4)."""
     for c in range(m):
         put_row(panel, c_off + c, W[j0 + c])
 
@@ -286,10 +287,35 @@ def _tile_filler(panel, W, put):
     return inline(fill)
 
 
+def _octet_filler(panel, W):
+    """``fill8(panel, W, j0, c, m, c_off)``, inlined into :func:`fill_panel`: columns c … m−1 that
+    whole tiles left, in groups of 8 transposed in registers for float64 (its panels are 24 columns
+    wide: a third of each, column by column, had been most of the packing's time); returns the first
+    column it left. Other dtypes: none (returns c)."""
+    if panel.dtype == types.float64 and _c_arrays(panel, W):
+        def fill8(panel, W, j0, c, m, c_off):
+            K = W.shape[1]
+            NC = panel.shape[1]
+            K8 = K - K % 8
+            while c + 8 <= m:
+                for k0 in range(0, K8, 8):
+                    transpose8(W, (j0 + c) * K + k0, K, panel, k0 * NC + c_off + c, NC)
+                for k in range(K8, K):
+                    for cc in range(8):
+                        panel[k, c_off + c + cc] = W[j0 + c + cc, k]
+                c += 8
+            return c
+    else:
+        def fill8(panel, W, j0, c, m, c_off):
+            return c
+    return inline(fill8)
+
+
 @overload(fill_panel, jit_options={"fastmath": set(FASTMATH)})
 def _ol_fill_panel(panel, W, j0, m, c_off):
     view, put = _writer(panel)
     fill = _tile_filler(panel, W, put)
+    fill8 = _octet_filler(panel, W)
 
     def impl(panel, W, j0, m, c_off):
         K = W.shape[1]
@@ -302,7 +328,7 @@ def _ol_fill_panel(panel, W, j0, m, c_off):
             for k in range(K16, K):
                 for cc in range(TILE):
                     put(panel, pairs, k, c_off + c0 + cc, W[j0 + c0 + cc, k])
-        for c in range(m16, m):
+        for c in range(fill8(panel, W, j0, m16, m, c_off), m):
             put_row(panel, c_off + c, W[j0 + c])
     return impl
 
