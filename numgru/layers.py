@@ -359,6 +359,19 @@ class GRU(_Params):
         b_hh = self._b_hh[i] if self.bias else self._zero_bias
         return self._W_ih[i], self._W_hh[i], b_ih, b_hh
 
+    def _one_step_on_rows(self, B, threads):
+        """Whether a step of B rows on ``threads`` Numba threads (GRUCell, streams) runs as a forward of
+        one step, whose rows route's chunks multiply on W_hh's panels packed by every thread
+        (:func:`~numgru.kernels.dispatch.rows_share_panels`: float64 from H = 512 and 128 rows on two
+        threads; a plain model's, frozen and quantized ones keep their packed steps). 2-vCPU AMD
+        EPYC, two threads, ms, as a forward against the step kernels split over units: B = 128 / 256,
+        H = 512 5.07–5.38 / 9.06–9.43 against 5.59–5.73 / 10.2–11.3 (GRUCell), 5.03–5.06 / 9.39–9.49
+        against 5.74–5.80 / 11.5–11.7 (``stream.step``)."""
+        return (threads > 1 and self._bf16 is None and self._packed is None
+                and rows_share_panels(B, self.hidden_size, self.dtype.itemsize, threads)
+                and forward_route(B, self.hidden_size, self.reset_after, False, 1, self.dtype.itemsize,
+                                  False) == "rows")
+
     def _step_plan(self, B):
         """``(threads, columns)`` for one step of B rows: the Numba thread count, and whether the step
         runs split over hidden units (:func:`~numgru.kernels.dispatch.step_columns`; a quantized model
@@ -1349,18 +1362,14 @@ class GRUCell(_Params):
         0), no_work the empty workspace that lets the kernel allocate its own, entries the kernels'
         compiled entries per kind of input (:func:`~numgru.kernels._jit.planned_call`), digits a frozen
         model's arguments for :func:`~numgru.kernels.vnni.gru_step_vnni` where its step takes them
-        (:meth:`GRU._step_digits`), else None, rows whether the step runs as a forward of one step on
-        the rows route with its chunks on shared panels (:func:`~numgru.kernels.dispatch.rows_share_panels`:
-        float64, two threads, B = 128 / 256, H = 512, 5.07–5.38 / 9.06–9.43 ms against 5.59–5.73 /
-        10.2–11.3 split over hidden units)."""
+        (:meth:`GRU._step_digits`), else None, rows whether the step runs as a forward of one step
+        (:meth:`GRU._one_step_on_rows`)."""
         threads = thread_count()
         plan = self._plans.get((B, threads))
         if plan is None:
             g = self._gru
             _, columns = g._step_plan(B)
-            rows = (threads > 1 and g._bf16 is None and g._packed is None
-                    and rows_share_panels(B, g.hidden_size, g.dtype.itemsize, threads)
-                    and forward_route(B, g.hidden_size, g.reset_after, False, 1, g.dtype.itemsize, False) == "rows")
+            rows = g._one_step_on_rows(B, threads)
             plan = ((*g._step_weights(0, B, threads, columns), *g._kernel_scalars()),
                     threads if columns else 0, inference_tiled_max(threads, B), empty_array(g.dtype, 2), {},
                     g._step_digits(0, B, threads, columns), rows)

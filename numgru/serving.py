@@ -20,8 +20,8 @@ import numpy as np
 
 from ._validation import as_real_array, check_float, check_int
 from .kernels._jit import ARRAY_KIND, compiled_entry
-from .kernels.dispatch import (aligned, inference_tiled_max, run_step, run_step_digits, step_columns_workspace,
-                               step_digits_columns_work)
+from .kernels.dispatch import (aligned, inference_tiled_max, rows_share_panels, run_step, run_step_digits,
+                               step_columns_workspace, step_digits_columns_work, thread_count)
 from .kernels.step import gru_step
 from .kernels.vnni import gru_step_vnni, gru_step_vnni_before, step_work_size
 from .layers import GRU
@@ -327,10 +327,22 @@ class GRUStream:
         self.batch_size = B = check_int("batch_size", batch_size, minimum=1)
         self._ones = np.ones(B, np.int64)
         self._stepper = Stepper(model, B)
+        # thread count -> whether a step runs as a forward of one step (GRU._one_step_on_rows); None
+        # where no thread count would (two threads give the largest chunks), so that small steps do
+        # not pay for asking
+        self._rows = {} if rows_share_panels(B, model.hidden_size, model.dtype.itemsize, 2) else None
         # what a step takes without conversion: (B, I), or (I,) when B = 1, of the model's dtype
         self._dtype = model.dtype
         self._step_shape = (B, model.input_size)
         self._vec_shape = (model.input_size,) if B == 1 else None
+
+    def _on_rows(self):
+        """Whether this thread count's steps run as forwards of one step (below, in :meth:`step`)."""
+        threads = thread_count()
+        rows = self._rows.get(threads)
+        if rows is None:
+            rows = self._rows[threads] = self.model._one_step_on_rows(self.batch_size, threads)
+        return rows
 
     @property
     def state(self):
@@ -367,7 +379,7 @@ class GRUStream:
         if type(x) is np.ndarray and x.dtype is self._dtype:
             # fast path: one step, one kernel call per layer, nothing allocated but the result (the
             # stepper makes x contiguous); builtin dtypes are singletons, others take the checks below
-            if x.shape == self._step_shape:
+            if x.shape == self._step_shape and (self._rows is None or not self._on_rows()):
                 return self._stepper(x)
             if x.shape == self._vec_shape:
                 return self._stepper(x[None])[0]

@@ -576,3 +576,28 @@ def test_cell_step_as_a_rows_forward(two_threads, spy, rng, monkeypatch, dtype, 
     p = {k + "_l0": v for k, v in cell.state_dict().items()}
     _, h_ref = ref_gru(x[None], p, 1, H, h0=h[None], reset_after=reset_after)
     np.testing.assert_allclose(got, h_ref[0], **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_stream_step_as_a_rows_forward(two_threads, spy, rng, monkeypatch, dtype):
+    """A stream's step that GRU._one_step_on_rows gives to the rows route (forced here at a small size)
+    carries the state as the step kernels do: two steps of a two-layer model against the stepper's
+    and tests/reference.py's."""
+    import numgru.layers as layers
+    import numgru.serving as serving
+    B, I, H, L = 12, 5, 40, 2
+    g, p = _model(I, H, L, False, dtype)
+    xs = rng.standard_normal((2, B, I)).astype(dtype)
+    plain = g.stream(batch_size=B)
+    want = [plain.step(x) for x in xs]
+    assert spy["fwd"] == 0
+    monkeypatch.setattr(serving, "rows_share_panels", lambda *a: True)
+    monkeypatch.setattr(layers, "rows_share_panels", lambda *a: True)
+    s = g.stream(batch_size=B)
+    got = [s.step(x) for x in xs]
+    assert spy["fwd"] == 2 * L
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, **TOL[dtype])
+    np.testing.assert_allclose(s.state, plain.state, **TOL[dtype])
+    y_ref, _ = ref_gru(xs, p, L, H)
+    np.testing.assert_allclose(got[1], y_ref[1], **TOL[dtype])
