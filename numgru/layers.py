@@ -1317,8 +1317,9 @@ class GRUCell(_Params):
                     h = np.ascontiguousarray(h)
                     hk = h.flags.num
                 args, columns, tiled_max, no_work, entries, digits, rows = self._step_args(B)
-                if rows:  # as a forward of one step, its chunks of rows on shared panels
-                    return g._infer(x[None], h[None], np.ones(B, np.int64), padded=False)[1][0]
+                if rows:  # as a forward of one step, its chunks of rows on shared panels (h0 owned,
+                    # as GRU's checks make it: the kernels' one signature for it)
+                    return g._infer(x[None], np.array(h[None]), np.ones(B, np.int64), padded=False)[1][0]
                 out = np.empty((B, H), dtype)
                 # successive steps sweep the weights in opposite directions (gru_step's
                 # ``backwards``; two threads racing on the flag only change which way a step reads)

@@ -570,6 +570,7 @@ def test_cell_step_as_a_rows_forward(two_threads, spy, rng, monkeypatch, dtype, 
     assert spy["fwd"] == 0
     monkeypatch.setattr(layers, "rows_share_panels", lambda *a: True)
     cell._plans.clear()
+    h.flags.writeable = False  # (a read-only h is copied, as the GRU's own checks copy h0)
     got = cell(x, h)
     assert spy["fwd"] == 1 and got.shape == (B, H)
     np.testing.assert_allclose(got, want, **TOL[dtype])
