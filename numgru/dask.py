@@ -101,6 +101,15 @@ def _one(seq, blob, key, method):
     return getattr(model, method)([seq])[0]
 
 
+def _shipped(model, client):
+    """(the model's safetensors bytes, their SHA-1) for the workers, once the arguments are checked:
+    the embedded LocalCluster started first where no client is given and none is active."""
+    if client is None:
+        default_client()
+    blob = to_bytes(model)
+    return blob, hashlib.sha1(blob).hexdigest()
+
+
 def predict(model, x, *, method=None, client=None):
     """Run ``model`` over a dask array or bag, lazily.
 
@@ -133,10 +142,7 @@ def predict(model, x, *, method=None, client=None):
         allowed = ("forward", "y", "h_n") if is_gru else ("predict", "predict_proba", "decision_function")
         if method not in allowed:
             raise ValueError(f"method: expected one of {allowed} for a bag, got {method!r}")
-        if client is None:
-            default_client()
-        blob = to_bytes(model)
-        return x.map(_one, blob, hashlib.sha1(blob).hexdigest(), method)
+        return x.map(_one, *_shipped(model, client), method)
     if x.ndim != 3:
         raise ValueError(f"x: expected a 3-D (N, T, I) dask array, got {x.ndim}-D")
     I = model.input_size if is_gru else model.n_features_in_
@@ -152,10 +158,7 @@ def predict(model, x, *, method=None, client=None):
         method = method or "predict"
         if method not in ("predict", "predict_proba", "decision_function"):
             raise ValueError(f"method: expected predict, predict_proba or decision_function, got {method!r}")
-    if client is None:
-        default_client()
-    blob = to_bytes(model)
-    key = hashlib.sha1(blob).hexdigest()
+    blob, key = _shipped(model, client)
     x = x.rechunk({1: -1, 2: -1})
     T = x.shape[1]
     if is_gru:

@@ -1721,10 +1721,10 @@ def gru_direction_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gat
                 gru_forward_cols(gx, W_hh, b_hh, h0, lengths, sorted_desc, bool(reverse), *gates, threads)
         elif par and route == "rows":
             if packed[0].shape[0] == 0 and rows_share_panels(B, H, W_hh.dtype.itemsize, threads):
-                empty = packed[1]
-                packed = ((packed_panels_on_threads(W_hh), empty) if reset_after else
+                # (as forward.own_panels packs them: W_hh, or its r, z rows and its n rows)
+                packed = ((packed_panels_on_threads(W_hh), packed[1]) if reset_after else
                           (packed_panels_on_threads(W_hh[:2 * H]), packed_panels_on_threads(W_hh[2 * H:])))
-                common = (gx, W_hh, packed, b_hh, h0, lengths, sorted_desc, bool(reverse))
+                common = (*common[:2], packed, *common[3:])
             args = (*common, bool(reset_after), *gates, bool(store), tape)
             serial = native_address(gru_forward_serial, (*args, -1, 0, B))
             gru_forward_rows(*args, threads, serial)
