@@ -182,3 +182,14 @@ def test_scikit_learn_input_conventions():
     a = ng.GRUClassifier(hidden_size=4, epochs=1, random_state=0).fit(X.astype(object), y)
     b = ng.GRUClassifier(hidden_size=4, epochs=1, random_state=0).fit(X, y)
     np.testing.assert_array_equal(a.predict_proba(X), b.predict_proba(X))
+
+
+def test_tags_declare_three_dimensional_input():
+    """scikit-learn's tags say what X the estimators take: (N, T, I), not a 2-D table."""
+    utils = pytest.importorskip("sklearn.utils")
+    if not hasattr(utils, "get_tags"):
+        pytest.skip("scikit-learn < 1.6 has no estimator tags API")
+    for est in (ng.GRUClassifier(), ng.GRURegressor()):
+        tags = utils.get_tags(est)
+        assert tags.input_tags.three_d_array and not tags.input_tags.two_d_array
+        assert tags.estimator_type == ("classifier" if isinstance(est, ng.GRUClassifier) else "regressor")

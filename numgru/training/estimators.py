@@ -135,6 +135,14 @@ class _GRUEstimator(BaseEstimator):
         self.verbose = verbose
         self.dtype = dtype
 
+    def __sklearn_tags__(self):
+        # X is (N, T, I) or a list of (T_i, I): three-dimensional, not the 2-D table the default declares
+        # (scikit-learn >= 1.6 reads these; older versions do not call this)
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = False
+        tags.input_tags.three_d_array = True
+        return tags
+
     # ------------------------------------------------------------------------------- helpers
     def _check_params(self):
         from .._validation import check_bool, check_float, check_int
