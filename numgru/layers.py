@@ -1294,59 +1294,17 @@ class GRUCell(_Params):
 
     def forward(self, x, h=None):
         """One step. Returns h1 with h's shape."""
-        g = self._gru
-        dtype = g.dtype
-        if type(x) is np.ndarray and x.ndim == 2 and x.dtype == dtype:
-            B, I = x.shape
-            H = g.hidden_size
-            if B > 0 and I == g.input_size and (h is None or (
-                    type(h) is np.ndarray and h.dtype == dtype and h.shape == (B, H))):
-                # fast path: one fused kernel call, workspace allocated per call (thread-safe). Its
-                # Python is part of a step's time twice over at H = 256, where the weights fill most
-                # of L2: attributes read once, the kernels' arguments kept per batch size.
-                xk = x.flags.num
-                if not xk & C_CONTIGUOUS:
-                    x = np.ascontiguousarray(x)
-                    xk = x.flags.num
-                if h is None:
-                    if B * H * H >= CELL_FROM_ZERO_MIN_WORK:
-                        return g._from_zero(x[None])[1][0]
-                    h = np.zeros((B, H), dtype)
-                hk = h.flags.num
-                if not hk & C_CONTIGUOUS:
-                    h = np.ascontiguousarray(h)
-                    hk = h.flags.num
-                args, columns, tiled_max, no_work, entries, digits, rows = self._step_args(B)
-                if rows:  # as a forward of one step, its chunks of rows on shared panels (h0 owned,
-                    # as GRU's checks make it: the kernels' one signature for it)
-                    return g._infer(x[None], np.array(h[None]), np.ones(B, np.int64), padded=False)[1][0]
-                out = np.empty((B, H), dtype)
-                # successive steps sweep the weights in opposite directions (gru_step's
-                # ``backwards``; two threads racing on the flag only change which way a step reads)
-                backwards = self._backwards = not self._backwards
-                if digits is not None:
-                    split, digits = digits
-                    if split:
-                        gi, gh = np.empty((1, 3 * H), dtype), np.empty((1, 3 * H), dtype)
-                        run_step_digits(x, h, digits, out, gi, gh, _NO_DIGIT_WORK,
-                                        step_digits_columns_work(g.input_size, H, thread_count()),
-                                        backwards, g.reset_after)
-                        return out
-                    kind = (xk & ARRAY_KIND) | (hk & ARRAY_KIND) << 16 | 1 << 32
-                    planned_call(entries, kind, gru_step_vnni if g.reset_after else gru_step_vnni_before, x, h,
-                                 *digits, out, no_work, no_work, _NO_DIGIT_WORK, backwards)
+        if type(x) is np.ndarray and x.dtype == self._gru.dtype:
+            if x.ndim == 2:
+                out = self._fast_step(x, h)
+                if out is not None:
                     return out
-                if columns:
-                    gi, gh = np.empty((B, 3 * H), dtype), np.empty((B, 3 * H), dtype)
-                    run_step(x, h, args[:5], args[5:], out, gi, gh,
-                             step_columns_workspace(B, H, columns, dtype), tiled_max, backwards)
-                    return out
-                # (no_work: the kernel allocates its workspace.) x and h are C-contiguous (made so
-                # above): their alignment and writeability tell their Numba types apart
-                kind = (xk & ARRAY_KIND) | (hk & ARRAY_KIND) << 16
-                planned_call(entries, kind, gru_step, x, h, *args, out, no_work, no_work, tiled_max,
-                             backwards)
-                return out
+            elif x.ndim == 1 and (h is None or type(h) is np.ndarray and h.ndim == 1):
+                # unbatched (I,) and (H,), as torch's GRUCell takes them: the same fast path on
+                # one-row views (the general path below had doubled the step at B = 1, H = 256)
+                out = self._fast_step(x[None], None if h is None else h[None])
+                if out is not None:
+                    return out[0]
         x3, h0, unbatched = self._prepare(x, h)
         B = x3.shape[1]
         if h is None and B * self.hidden_size ** 2 >= CELL_FROM_ZERO_MIN_WORK:
@@ -1354,6 +1312,64 @@ class GRUCell(_Params):
         else:
             _, h_n, _ = self._gru._run(x3, h0, np.ones(B, np.int64), store=False, scratch_out=True)
         return h_n[0, 0] if unbatched else h_n[0]
+
+    def _fast_step(self, x, h):
+        """:meth:`forward` of x (B, I) of the model's dtype and h (B, H) or None by the step kernels
+        with no conversion, or None where x or h would need one (or is wrong: the general path says
+        how)."""
+        g = self._gru
+        dtype = g.dtype
+        B, I = x.shape
+        H = g.hidden_size
+        if not (B > 0 and I == g.input_size and (h is None or (
+                type(h) is np.ndarray and h.dtype == dtype and h.shape == (B, H)))):
+            return None
+        # one fused kernel call, workspace allocated per call (thread-safe). Its Python is part of a
+        # step's time twice over at H = 256, where the weights fill most of L2: attributes read
+        # once, the kernels' arguments kept per batch size.
+        xk = x.flags.num
+        if not xk & C_CONTIGUOUS:
+            x = np.ascontiguousarray(x)
+            xk = x.flags.num
+        if h is None:
+            if B * H * H >= CELL_FROM_ZERO_MIN_WORK:
+                return g._from_zero(x[None])[1][0]
+            h = np.zeros((B, H), dtype)
+        hk = h.flags.num
+        if not hk & C_CONTIGUOUS:
+            h = np.ascontiguousarray(h)
+            hk = h.flags.num
+        args, columns, tiled_max, no_work, entries, digits, rows = self._step_args(B)
+        if rows:  # as a forward of one step, its chunks of rows on shared panels (h0 owned,
+            # as GRU's checks make it: the kernels' one signature for it)
+            return g._infer(x[None], np.array(h[None]), np.ones(B, np.int64), padded=False)[1][0]
+        out = np.empty((B, H), dtype)
+        # successive steps sweep the weights in opposite directions (gru_step's
+        # ``backwards``; two threads racing on the flag only change which way a step reads)
+        backwards = self._backwards = not self._backwards
+        if digits is not None:
+            split, digits = digits
+            if split:
+                gi, gh = np.empty((1, 3 * H), dtype), np.empty((1, 3 * H), dtype)
+                run_step_digits(x, h, digits, out, gi, gh, _NO_DIGIT_WORK,
+                                step_digits_columns_work(g.input_size, H, thread_count()),
+                                backwards, g.reset_after)
+                return out
+            kind = (xk & ARRAY_KIND) | (hk & ARRAY_KIND) << 16 | 1 << 32
+            planned_call(entries, kind, gru_step_vnni if g.reset_after else gru_step_vnni_before, x, h,
+                         *digits, out, no_work, no_work, _NO_DIGIT_WORK, backwards)
+            return out
+        if columns:
+            gi, gh = np.empty((B, 3 * H), dtype), np.empty((B, 3 * H), dtype)
+            run_step(x, h, args[:5], args[5:], out, gi, gh,
+                     step_columns_workspace(B, H, columns, dtype), tiled_max, backwards)
+            return out
+        # (no_work: the kernel allocates its workspace.) x and h are C-contiguous (made so
+        # above): their alignment and writeability tell their Numba types apart
+        kind = (xk & ARRAY_KIND) | (hk & ARRAY_KIND) << 16
+        planned_call(entries, kind, gru_step, x, h, *args, out, no_work, no_work, tiled_max,
+                     backwards)
+        return out
 
     def _step_args(self, B):
         """``(args, columns, tiled_max, no_work, entries, digits, rows)`` of a step of B rows for the current

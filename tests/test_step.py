@@ -392,6 +392,36 @@ def test_cell_keeps_its_step_current():
 
 
 @pytest.mark.parametrize("frozen", [False, True])
+@pytest.mark.parametrize("reset_after", [True, False])
+def test_unbatched_cell_step_is_the_one_row_step(frozen, reset_after):
+    """An unbatched step ((I,) and (H,), or (I,) alone) takes the one-row step: the same values as
+    the (1, I) call bit for bit, shaped (H,), and the reference's within rounding; a read-only or
+    strided h and an h of another dtype give the same."""
+    rng = np.random.default_rng(11)
+    p = {k[:-len("_l0")]: v for k, v in random_params(48, 64, 1, seed=4).items()}
+    c = ng.GRUCell(48, 64, reset_after=reset_after)
+    c.load_state_dict(p)
+    p = {k + "_l0": v for k, v in p.items()}
+    if frozen:
+        c = c.freeze()
+    x, h = rng.standard_normal(48).astype(np.float32), rng.standard_normal(64).astype(np.float32)
+    y = c(x, h)
+    assert y.shape == (64,) and y.dtype == np.float32
+    np.testing.assert_array_equal(y, c(x[None], h[None])[0])
+    np.testing.assert_allclose(y, _ref(x[None], h[None], p, reset_after)[0], **TOL[np.float32])
+    np.testing.assert_array_equal(c(x), c(x[None])[0])
+    ro = h.copy()
+    ro.flags.writeable = False
+    np.testing.assert_array_equal(c(x, ro), y)
+    np.testing.assert_array_equal(c(x, np.repeat(h, 2)[::2]), y)
+    np.testing.assert_allclose(c(x, h.astype(np.float64)), y, atol=1e-6)
+    with pytest.raises(ValueError, match="h: expected shape"):
+        c(x, h[None])
+    with pytest.raises(ValueError, match="x: expected input_size"):
+        c(x[:-1], h)
+
+
+@pytest.mark.parametrize("frozen", [False, True])
 def test_steps_by_compiled_entry_take_any_input(frozen):
     """Streams and cells call the step kernel's compiled entry once a step has found it, for inputs
     of the type it was found for; inputs that are read-only or off their alignment (another Numba
