@@ -24,6 +24,18 @@ def _torch_params(arrays):
     ("rmsprop", dict(lr=1e-2), torch.optim.RMSprop, dict(lr=1e-2)),
     ("rmsprop_full", dict(lr=1e-2, momentum=0.5, centered=True, weight_decay=0.01, alpha=0.9),
      torch.optim.RMSprop, dict(lr=1e-2, momentum=0.5, centered=True, weight_decay=0.01, alpha=0.9)),
+    # torch's defaults (SGD's lr among them) and its maximize, which steps up the gradient
+    ("sgd_defaults", {}, torch.optim.SGD, {}),
+    ("adam_defaults", {}, torch.optim.Adam, {}),
+    ("adamw_defaults", {}, torch.optim.AdamW, {}),
+    ("rmsprop_defaults", {}, torch.optim.RMSprop, {}),
+    ("sgd_max", dict(lr=0.1, momentum=0.9, weight_decay=0.01, maximize=True), torch.optim.SGD,
+     dict(lr=0.1, momentum=0.9, weight_decay=0.01, maximize=True)),
+    ("adam_max", dict(lr=1e-2, weight_decay=0.1, amsgrad=True, maximize=True), torch.optim.Adam,
+     dict(lr=1e-2, weight_decay=0.1, amsgrad=True, maximize=True)),
+    ("adamw_max", dict(lr=1e-2, maximize=True), torch.optim.AdamW, dict(lr=1e-2, maximize=True)),
+    ("rmsprop_max", dict(lr=1e-2, momentum=0.5, centered=True, maximize=True), torch.optim.RMSprop,
+     dict(lr=1e-2, momentum=0.5, centered=True, maximize=True)),
 ])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_optimizer_steps_equal_torch(name, ng_kwargs, t_cls, t_kwargs, dtype):
@@ -110,6 +122,14 @@ def test_optimizer_updates_model_in_place_and_validates():
         ng.optim.Adam([], lr=1e-3)
     with pytest.raises(TypeError, match="params: expected a mapping or an iterable"):
         ng.optim.SGD(3, lr=0.1)
+    for cls in (ng.optim.SGD, ng.optim.Adam, ng.optim.AdamW, ng.optim.RMSprop):
+        with pytest.raises(TypeError, match="maximize"):
+            cls(g.named_parameters(), maximize="yes")
+    up = ng.optim.SGD(g.named_parameters(), lr=1.0, maximize=True)
+    grad = np.ones(12, np.float32)
+    up.step({"bias_ih_l0": grad})  # steps up, and leaves the caller's gradient as it was
+    np.testing.assert_allclose(g.state_dict()["bias_ih_l0"], before["bias_ih_l0"], atol=1e-6)
+    np.testing.assert_array_equal(grad, 1)
 
 
 def test_clip_grad_norm_matches_torch():

@@ -51,7 +51,7 @@ def _update_shares(updates, threads):
 class Optimizer:
     """Base class: holds live parameters by name, validates gradients, counts steps."""
 
-    def __init__(self, params, lr):
+    def __init__(self, params, lr, maximize=False):
         try:
             items = list(params.items()) if hasattr(params, "items") else list(params)
         except TypeError:
@@ -73,6 +73,7 @@ class Optimizer:
                 raise ValueError(f"params: duplicate name {name!r}")
             self.params[name] = p
         self.lr = check_float("lr", lr, low=0.0)
+        self.maximize = check_bool("maximize", maximize)
         # arrays that overlap (a parameter listed twice) are updated in their order, on one thread
         arrays = list(self.params.values())
         self._disjoint = not any(np.may_share_memory(a, b) for k, a in enumerate(arrays) for b in arrays[:k])
@@ -108,6 +109,8 @@ class Optimizer:
         those are cut in one run of equal length a thread, updated side by side, with the same results
         as on one."""
         flat = self._flat_grads(grads)
+        if self.maximize:  # ascend: the gradient's negative from the start, as torch's maximize
+            flat = {name: -g for name, g in flat.items()}
         self.step_count += 1
         updates = [self._update(name, self.params[name].reshape(-1), g) for name, g in flat.items()]
         split = [u for u in updates if u[1][0].dtype == np.float32]
@@ -133,10 +136,13 @@ class Optimizer:
 
 
 class SGD(Optimizer):
-    """Stochastic gradient descent with momentum, dampening, Nesterov and L2 weight decay (torch.optim.SGD)."""
+    """Stochastic gradient descent with momentum, dampening, Nesterov and L2 weight decay (torch.optim.SGD,
+    whose defaults it keeps: lr 1e-3). Every optimizer takes ``maximize`` (keyword only) as torch's do:
+    it steps up the gradient."""
 
-    def __init__(self, params, lr=1e-2, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False):
-        super().__init__(params, lr)
+    def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, *,
+                 maximize=False):
+        super().__init__(params, lr, maximize)
         self.momentum = check_float("momentum", momentum, low=0.0)
         self.dampening = check_float("dampening", dampening)
         self.weight_decay = check_float("weight_decay", weight_decay, low=0.0)
@@ -156,8 +162,9 @@ class Adam(Optimizer):
 
     _decoupled = False
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False):
-        super().__init__(params, lr)
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False, *,
+                 maximize=False):
+        super().__init__(params, lr, maximize)
         if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
             raise TypeError(f"betas: expected a pair (beta1, beta2), got {betas!r}")
         self.betas = (check_float("betas[0]", betas[0], low=0.0, high=1.0, high_open=True),
@@ -181,16 +188,17 @@ class AdamW(Adam):
 
     _decoupled = True
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False):
-        super().__init__(params, lr, betas, eps, weight_decay, amsgrad)
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, *,
+                 maximize=False):
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize)
 
 
 class RMSprop(Optimizer):
     """RMSprop (torch.optim.RMSprop) with optional momentum and centering."""
 
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
-                 centered=False):
-        super().__init__(params, lr)
+                 centered=False, *, maximize=False):
+        super().__init__(params, lr, maximize)
         self.alpha = check_float("alpha", alpha, low=0.0, high=1.0)
         self.eps = check_float("eps", eps, low=0.0)
         self.weight_decay = check_float("weight_decay", weight_decay, low=0.0)
