@@ -132,20 +132,24 @@ def test_optimizer_updates_model_in_place_and_validates():
     np.testing.assert_array_equal(grad, 1)
 
 
-def test_clip_grad_norm_matches_torch():
+@pytest.mark.parametrize("norm_type", [2.0, 1.0, 3, 0.5, float("inf"), "inf"])
+def test_clip_grad_norm_matches_torch(norm_type):
     rng = np.random.default_rng(0)
     grads = {"a": rng.standard_normal((3, 4)), "b": rng.standard_normal(7)}
     tparams = _torch_params(list(grads.values()))
     for p, g in zip(tparams, grads.values()):
         p.grad = torch.from_numpy(g.copy())
-    total = ng.optim.clip_grad_norm(grads, 0.5)
-    ttotal = torch.nn.utils.clip_grad_norm_(tparams, 0.5)
+    total = ng.optim.clip_grad_norm(grads, 0.5, norm_type=norm_type)
+    ttotal = torch.nn.utils.clip_grad_norm_(tparams, 0.5, norm_type=float(norm_type))
     assert abs(total - float(ttotal)) < 1e-12
     for p, g in zip(tparams, grads.values()):
         np.testing.assert_allclose(g, p.grad.numpy(), atol=1e-12)
     small = {"a": np.full(3, 1e-3)}
-    ng.optim.clip_grad_norm(small, 10.0)
+    ng.optim.clip_grad_norm(small, 10.0, norm_type=norm_type)
     np.testing.assert_array_equal(small["a"], np.full(3, 1e-3))
+    for bad, err in ((0, ValueError), (-2.0, ValueError), ("two", TypeError), (None, TypeError)):
+        with pytest.raises(err, match="norm_type"):
+            ng.optim.clip_grad_norm(small, 1.0, norm_type=bad)
 
 
 def test_losses_match_torch():

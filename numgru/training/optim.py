@@ -216,21 +216,27 @@ class RMSprop(Optimizer):
 def clip_grad_norm(grads, max_norm, norm_type=2.0):
     """Scale the gradients in ``grads`` (a dict name -> array, modified in place) so that their joint
     norm is at most ``max_norm``; returns the total norm before clipping (torch's clip_grad_norm_).
+    ``norm_type``: p > 0 of the p-norm over all values, or ``inf`` (the largest magnitude).
     """
     if not hasattr(grads, "items"):
         raise TypeError(f"grads: expected a dict name -> array, got {type(grads).__name__}")
     max_norm = check_float("max_norm", max_norm, low=0.0)
-    if norm_type not in (2, 2.0, float("inf"), "inf"):
-        raise ValueError(f"norm_type: expected 2 or inf, got {norm_type!r}")
+    if isinstance(norm_type, str) and norm_type == "inf" or \
+            isinstance(norm_type, float) and norm_type == float("inf"):
+        norm_type = float("inf")
+    else:
+        norm_type = check_float("norm_type", norm_type, low=0.0, low_open=True)
     arrays = []
     for name, g in grads.items():
         if not isinstance(g, np.ndarray) or g.dtype.kind != "f":
             raise TypeError(f"grads[{name!r}]: expected a float numpy array")
         arrays.append(g)
-    if norm_type in ("inf", float("inf")):
+    if norm_type == float("inf"):
         total = max((float(np.abs(g).max()) for g in arrays if g.size), default=0.0)
-    else:
+    elif norm_type == 2.0:
         total = math.sqrt(sum(sum_of_squares(np.ascontiguousarray(g).reshape(-1)) for g in arrays))
+    else:
+        total = float(sum(float(np.sum(np.abs(g, dtype=np.float64) ** norm_type)) for g in arrays)) ** (1.0 / norm_type)
     coef = max_norm / (total + 1e-6)
     if coef < 1.0:
         for g in arrays:
