@@ -161,11 +161,12 @@ def fill_panel(panel, W, j0, m, c_off):
     6.0 ms against 72 µs / 2.4 ms in blocks, one thread; a forward at B = 1 packs once per call).
     The column route fills each block's gate rows at their own columns (``c_off``). float32 tiles are
     transposed in vector registers (:func:`transpose16`): W_hh's panels at H = 64 / 256 in
-    1.9 / 21–24 µs against 3.4 / 44 element by element (one thread). float64 tiles as four 8 × 8
-    blocks (:func:`transpose8`), and the 8 columns its 24-wide panels leave past the 16-column tiles
-    as 8 × 8 blocks too (2-vCPU AMD EPYC, one thread, µs, against element by element: 768 × 256
-    40–43 / 89, 1152 × 384 86 / 198–200, 1536 × 512 260–262 / 689–697, 2304 × 768 909–1202 /
-    1230 with the tiles alone, 3072 × 1024 2.3–2.8 ms / 4.2–4.4)."""
+    1.9 / 21–24 µs against 3.4 / 44 element by element (one thread). float64 in strips of 8
+    columns down all of K, as 8 × 8 blocks (:func:`transpose8`; 2-vCPU AMD EPYC, one thread, µs,
+    three runs, medians: 768 × 256 38.6–40.7, 1152 × 384 83–85, 1536 × 512 176–178, 2304 × 768
+    934–985, 3072 × 1024 2.05–2.43 ms, against 44–45 / 88–90 / 258–270 / 1065–1189 / 2.50–2.97 ms
+    in 16 × 16 tiles of four blocks each, and 89 / 198–200 / 689–697 µs / … / 4.2–4.4 ms element
+    by element)."""
     for c in range(m):
         put_row(panel, c_off + c, W[j0 + c])
 
@@ -271,14 +272,6 @@ def _tile_filler(panel, W, put):
             NC = panel.shape[1]
             transpose16(W, (j0 + c0) * K + k0, K, panel, k0 * NC + c_off + c0, NC)
         return inline(fill)
-    if panel.dtype == types.float64 and _c_arrays(panel, W):
-        def fill(panel, pairs, W, j0, c0, k0, c_off):
-            K = W.shape[1]
-            NC = panel.shape[1]
-            for a in range(0, TILE, 8):
-                for b in range(0, TILE, 8):
-                    transpose8(W, (j0 + c0 + a) * K + k0 + b, K, panel, (k0 + b) * NC + c_off + c0 + a, NC)
-        return inline(fill)
 
     def fill(panel, pairs, W, j0, c0, k0, c_off):
         for kk in range(TILE):
@@ -287,16 +280,16 @@ def _tile_filler(panel, W, put):
     return inline(fill)
 
 
-def _octet_filler(panel, W):
-    """``fill8(panel, W, j0, c, m, c_off)``, inlined into :func:`fill_panel`: columns c … m−1 that
-    whole tiles left, in groups of 8 transposed in registers for float64 (its panels are 24 columns
-    wide: a third of each, column by column, had been most of the packing's time); returns the first
-    column it left. Other dtypes: none (returns c)."""
+@overload(fill_panel, jit_options={"fastmath": set(FASTMATH)})
+def _ol_fill_panel(panel, W, j0, m, c_off):
     if panel.dtype == types.float64 and _c_arrays(panel, W):
-        def fill8(panel, W, j0, c, m, c_off):
+        def octets(panel, W, j0, m, c_off):
+            # strips of 8 columns down all of K, 8 × 8 blocks transposed in registers (a strip's 8
+            # rows of W read side by side); the columns past the last strip one by one
             K = W.shape[1]
             NC = panel.shape[1]
             K8 = K - K % 8
+            c = 0
             while c + 8 <= m:
                 for k0 in range(0, K8, 8):
                     transpose8(W, (j0 + c) * K + k0, K, panel, k0 * NC + c_off + c, NC)
@@ -304,18 +297,11 @@ def _octet_filler(panel, W):
                     for cc in range(8):
                         panel[k, c_off + c + cc] = W[j0 + c + cc, k]
                 c += 8
-            return c
-    else:
-        def fill8(panel, W, j0, c, m, c_off):
-            return c
-    return inline(fill8)
-
-
-@overload(fill_panel, jit_options={"fastmath": set(FASTMATH)})
-def _ol_fill_panel(panel, W, j0, m, c_off):
+            for cc in range(c, m):
+                put_row(panel, c_off + cc, W[j0 + cc])
+        return octets
     view, put = _writer(panel)
     fill = _tile_filler(panel, W, put)
-    fill8 = _octet_filler(panel, W)
 
     def impl(panel, W, j0, m, c_off):
         K = W.shape[1]
@@ -328,7 +314,7 @@ def _ol_fill_panel(panel, W, j0, m, c_off):
             for k in range(K16, K):
                 for cc in range(TILE):
                     put(panel, pairs, k, c_off + c0 + cc, W[j0 + c0 + cc, k])
-        for c in range(fill8(panel, W, j0, m16, m, c_off), m):
+        for c in range(m16, m):
             put_row(panel, c_off + c, W[j0 + c])
     return impl
 
