@@ -16,6 +16,7 @@ Several models: ``[*gru.named_parameters(), *(("head." + n, p) for n, p in head.
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 
@@ -221,8 +222,8 @@ def clip_grad_norm(grads, max_norm, norm_type=2.0):
     if not hasattr(grads, "items"):
         raise TypeError(f"grads: expected a dict name -> array, got {type(grads).__name__}")
     max_norm = check_float("max_norm", max_norm, low=0.0)
-    if isinstance(norm_type, str) and norm_type == "inf" or \
-            isinstance(norm_type, float) and norm_type == float("inf"):
+    if isinstance(norm_type, str) and norm_type == "inf" or isinstance(norm_type, numbers.Real) and \
+            not isinstance(norm_type, (bool, np.bool_)) and norm_type == float("inf"):
         norm_type = float("inf")
     else:
         norm_type = check_float("norm_type", norm_type, low=0.0, low_open=True)
