@@ -336,15 +336,18 @@ np.savez(sys.argv[2], dx=dx, dh0=dh0, y=y, **grads)
 # gradient's K = 3H = 900 on the panels too, and a gradient pair cut mid-job; every row all T steps,
 # and padded (ranges cut by the rows' steps, the gradients over the valid steps' rows gathered). 24
 # rows of H = 300: ranges of 8 and 16 rows over the 15 steps after the first, where 8 rows would not
-# have packed W_hh (their sums had differed in the last bits from one thread's)
+# have packed W_hh (their sums had differed in the last bits from one thread's); 16 rows of H = 256
+# over 15 steps and 32 rows of H = 512 over 5: ranges whose rows × steps alone would not repay the
+# panels the whole batch packs, handed them (the forward's packed once, the backward's by the batch's
+# rule)
 _THREADS_PROBE_FULL = r"""
 import sys, numba, numpy as np, numgru as ng
 numba.set_num_threads(int(sys.argv[1]))
 rng = np.random.default_rng(1)
 out = {}
-for B, H in ((80, 64), (20, 96), (64, 300), (24, 300)):
-    x = rng.standard_normal((16, B, 24)).astype(np.float32)
-    lengths = rng.integers(0, 17, B)
+for T, B, H in ((16, 80, 64), (16, 20, 96), (16, 64, 300), (16, 24, 300), (16, 16, 256), (6, 32, 512)):
+    x = rng.standard_normal((T, B, 24)).astype(np.float32)
+    lengths = rng.integers(0, T + 1, B)
     for reset_after in (True, False):
         g = ng.GRU(24, H, 2, bidirectional=True, seed=0, reset_after=reset_after)
         for padded in (False, True):

@@ -7,6 +7,7 @@ import numba
 import numpy as np
 import pytest
 
+import numgru as ng
 from numgru.kernels import dispatch
 from numgru.kernels.backward import weight_gradient_panels
 from numgru.kernels.panel import gemm_tn
@@ -238,3 +239,40 @@ def test_worker_threads_after_fork(tmp_path):
     script.write_text(_FORK_PROBE)
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr
+
+
+@pytest.mark.skipif(not dispatch.panels_gradient_wanted(np.float32), reason="BLAS takes the gradients here")
+@pytest.mark.parametrize("reset_after", [True, False])
+def test_short_training_ranges_share_the_batchs_panels(monkeypatch, reset_after):
+    """Two ranges of 16 rows over 5 steps (80 rows × steps each) would not repay packing W_hh alone,
+    where the batch's 160 do: the training forward packs the batch's panels once and hands them to
+    both ranges, the backward packs by the batch's rows, and the step's values are one thread's."""
+    T, B, H = 5, 32, 256
+    lengths = np.full(B, T, np.int64)
+    from numgru.kernels.forward import wants_panels
+    tm = dispatch.training_tiled_max()
+    assert wants_panels.py_func(3 * H, H, B, T, tm, False) and not wants_panels.py_func(3 * H, H, 16, T, tm, False)
+    monkeypatch.setattr(dispatch, "thread_count", lambda: 2)
+    assert dispatch.training_row_ranges(T, B, H, lengths, np.dtype(np.float32)) == [(0, 16), (16, 32)]
+    monkeypatch.setattr(dispatch, "PANEL_GRADIENT_POOL_MIN", 1)
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((T + 1, B, 8)).astype(np.float32)
+    seen = []
+    side_by_side = dispatch.side_by_side
+
+    def spy(fn, tasks, threads):
+        seen.append(fn)
+        if fn is dispatch.gru_forward_serial:
+            assert all(t[2][0].shape[0] > 0 for t in tasks)  # the batch's panels, in every range
+        return side_by_side(fn, tasks, threads)
+    results = []
+    for threads in (1, 2):
+        monkeypatch.setattr(dispatch, "thread_count", lambda t=threads: t)
+        monkeypatch.setattr(dispatch, "side_by_side", spy if threads == 2 else side_by_side)
+        g = ng.GRU(8, H, reset_after=reset_after, seed=3)
+        y, h, tape = g.forward_train(x)
+        dx, dh0, grads = g.backward(tape, np.cos(y), np.ones_like(h))
+        results.append((y, h, dx, dh0, *grads.values()))
+    assert dispatch.gru_forward_serial in seen and dispatch.gru_backward_serial in seen
+    for one, two in zip(*results):
+        np.testing.assert_array_equal(one, two)

@@ -137,11 +137,14 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, revers
             W_n_T[k, j] = W_T[k, H2 + j]
     # packed panels (:mod:`~numgru.kernels.panel`) of the matrices each step multiplies by, where some
     # step's product takes them; else the forward's other matmul routes
+    # (by the whole batch's rows, h0's: a range of rows packs where one call over all rows would, so
+    # that its rows sum alike, dispatch.training_row_ranges)
     empty = np.empty((0, 0, 0), dt)
-    on_panels = reset_after and Wv_T is None and wants_panels(H, 3 * H, B, T, tiled_max, False)
+    Ball = h0.shape[0]
+    on_panels = reset_after and Wv_T is None and wants_panels(H, 3 * H, Ball, T, tiled_max, False)
     Wp_T = pack_panels(W_T) if on_panels else empty
-    Wp_n = pack_panels(W_n_T) if not reset_after and wants_panels(H, H, B, T, tiled_max, False) else empty
-    Wp_rz = pack_panels(W_rz_T) if not reset_after and wants_panels(H, H2, B, T, tiled_max, False) else empty
+    Wp_n = pack_panels(W_n_T) if not reset_after and wants_panels(H, H, Ball, T, tiled_max, False) else empty
+    Wp_rz = pack_panels(W_rz_T) if not reset_after and wants_panels(H, H2, Ball, T, tiled_max, False) else empty
     for b in range(B):
         for j in range(H):
             dh[b, j] = dh_n[b0 + b, j]

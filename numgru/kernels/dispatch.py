@@ -54,8 +54,8 @@ from .backward import (BIAS_ROWS, gru_backward_amx, gru_backward_amx_rows, gru_b
                        gru_backward_serial, matmul_into, transpose_into, weight_gradient_panels)
 from .forward import (column_blocks, first_step_gates, gru_forward_chunked, gru_forward_cols,
                       gru_forward_cols_before, gru_forward_rows, gru_forward_serial, input_projection_kernel,
-                      input_projection_parallel, packed_panels, packed_panels_of_transpose, packed_panels_on_threads,
-                      projection_block,
+                      input_projection_parallel, own_panels, packed_panels, packed_panels_of_transpose,
+                      packed_panels_on_threads, projection_block,
                       NUMBA_ROWS_MAX, NUMBA_ROWS_MAX_K, row_chunks, PANEL_MIN_T, TILED_MAX_ONE_THREAD, use_panels,
                       wants_panels)
 from .step import gru_step, gru_step_cols, gru_step_cols_before
@@ -1694,9 +1694,13 @@ def gru_direction_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gat
     if serial_forward(route):
         # the serial kernel, without the parallel slot (a small call's Python time shows: T = 1,
         # B = 1, H = 8 forward 12.1 µs); training's rows in ranges side by side where they may be
+        ranges = training_row_ranges(T, B, W_hh.shape[1], lengths, dtype) if store else None
+        if ranges and packed[0].shape[0] == 0:
+            # the panels the whole batch would pack, packed once and handed to every range (a range's
+            # fewer rows alone might not repay them), so each row sums as in one call over all rows
+            packed = own_panels(W_hh, bool(reset_after), B, T, tiled_max)
         args = (gx, W_hh, packed, b_hh, h0, lengths, sorted_desc, bool(reverse), bool(reset_after), *gates,
                 bool(store), tape, tiled_max)
-        ranges = training_row_ranges(T, B, W_hh.shape[1], lengths, dtype) if store else None
         if ranges:
             side_by_side(gru_forward_serial, [(*args, b0, b1) for b0, b1 in ranges], len(ranges))
         else:
@@ -2767,19 +2771,20 @@ def training_row_ranges(T, B, H, lengths, dtype):
 
 def _panels_alike(ranges, T, H, lengths):
     """Whether the training kernels' steps over ``ranges`` of rows (longest first) multiply as one
-    call over all rows would, so that each row's sums come out the same: every range packs its
-    weights where the whole batch does (:func:`~numgru.kernels.forward.wants_panels`, the forward's
-    W_hh and the backward's W_hhᵀ and its blocks), and each step's rows in a range take the panels
-    (:func:`~numgru.kernels.forward.use_panels`) wherever they are not all of the step's rows. A
-    range of 8 rows over 15 steps (the first taken apart from the zero state) had not packed W_hh
-    where the whole batch of 24 did, and its rows' sums differed in their last bits from one call's
-    (two threads against one: T = 16, B = 24, H = 300)."""
+    call over all rows would, so that each row's sums come out the same: the whole batch packs its
+    weights into panels (:func:`~numgru.kernels.forward.wants_panels`, the forward's W_hh and the
+    backward's W_hhᵀ and its blocks), which every range then multiplies on too (the forward's packed
+    once by :func:`gru_direction_forward`, the backward's by each range by the whole batch's rule),
+    and each step's rows in a range take the panels (:func:`~numgru.kernels.forward.use_panels`)
+    wherever they are not all of the step's rows. A range of 8 rows over 15 steps (the first taken
+    apart from the zero state) that had packed by its own rows had not packed W_hh where the whole
+    batch of 24 did, and its rows' sums differed in their last bits from one call's (two threads
+    against one: T = 16, B = 24, H = 300)."""
     tiled_max = training_tiled_max()
     B = lengths.shape[0]
     shapes = ((3 * H, H), (H, 3 * H), (H, H), (H, 2 * H))
-    for M, K in shapes:
-        if not all(wants_panels.py_func(M, K, b, T, tiled_max, False) for b in (B, *(b1 - b0 for b0, b1 in ranges))):
-            return False
+    if not all(wants_panels.py_func(M, K, B, T, tiled_max, False) for M, K in shapes):
+        return False
     # the rows each step runs (lengths non-increasing), over all and in each range
     active = np.count_nonzero(lengths[None, :] > np.arange(T)[:, None], axis=1)
     pairs = {(int(a), int(min(max(a - b0, 0), b1 - b0))) for a in np.unique(active) for b0, b1 in ranges}
