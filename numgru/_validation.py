@@ -42,13 +42,15 @@ def check_writable_path(name, path):
 
 
 def check_float(name, value, *, low=None, high=None, low_open=False, high_open=False,
-                allow_none=False):
+                allow_none=False, allow_inf=False):
+    """``value`` as a float, or a TypeError/ValueError naming ``name``: a real number (not a bool),
+    finite (``allow_inf``: or +inf), within the bounds given; None passes with ``allow_none``."""
     if value is None and allow_none:
         return None
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name}: expected a real number, got {type(value).__name__} {value!r}")
     value = float(value)
-    if not np.isfinite(value):
+    if not np.isfinite(value) and not (allow_inf and value == float("inf")):
         raise ValueError(f"{name}: expected a finite number, got {value}")
     if low is not None and (value < low or (low_open and value == low)):
         raise ValueError(f"{name}: expected a value {'>' if low_open else '>='} {low}, got {value}")

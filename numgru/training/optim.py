@@ -16,7 +16,6 @@ Several models: ``[*gru.named_parameters(), *(("head." + n, p) for n, p in head.
 from __future__ import annotations
 
 import math
-import numbers
 
 import numpy as np
 
@@ -222,11 +221,9 @@ def clip_grad_norm(grads, max_norm, norm_type=2.0):
     if not hasattr(grads, "items"):
         raise TypeError(f"grads: expected a dict name -> array, got {type(grads).__name__}")
     max_norm = check_float("max_norm", max_norm, low=0.0)
-    if isinstance(norm_type, str) and norm_type == "inf" or isinstance(norm_type, numbers.Real) and \
-            not isinstance(norm_type, (bool, np.bool_)) and norm_type == float("inf"):
+    if isinstance(norm_type, str) and norm_type == "inf":
         norm_type = float("inf")
-    else:
-        norm_type = check_float("norm_type", norm_type, low=0.0, low_open=True)
+    norm_type = check_float("norm_type", norm_type, low=0.0, low_open=True, allow_inf=True)
     arrays = []
     for name, g in grads.items():
         if not isinstance(g, np.ndarray) or g.dtype.kind != "f":
@@ -237,7 +234,7 @@ def clip_grad_norm(grads, max_norm, norm_type=2.0):
     elif norm_type == 2.0:
         total = math.sqrt(sum(sum_of_squares(np.ascontiguousarray(g).reshape(-1)) for g in arrays))
     else:
-        total = float(sum(float(np.sum(np.abs(g, dtype=np.float64) ** norm_type)) for g in arrays)) ** (1.0 / norm_type)
+        total = sum(float(np.sum(np.abs(g, dtype=np.float64) ** norm_type)) for g in arrays) ** (1.0 / norm_type)
     coef = max_norm / (total + 1e-6)
     if coef < 1.0:
         for g in arrays:
