@@ -3,6 +3,8 @@
 float64: strips that end inside a vector (masked loads), column offsets, a second block of gate
 gradients, sums longer than one k-chunk, ranges of columns that must reproduce the whole call bit for
 bit, and the dispatcher's routes (one thread, worker threads side by side) giving equal results."""
+import os
+
 import numba
 import numpy as np
 import pytest
@@ -276,3 +278,20 @@ def test_short_training_ranges_share_the_batchs_panels(monkeypatch, reset_after)
     assert dispatch.gru_forward_serial in seen and dispatch.gru_backward_serial in seen
     for one, two in zip(*results):
         np.testing.assert_array_equal(one, two)
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or dispatch._GETCPU is None
+                    or len(os.sched_getaffinity(0)) < 2, reason="needs Linux and two CPUs")
+def test_pool_worker_runs_off_the_callers_cpu(monkeypatch):
+    """side_by_side's workers keep off the CPU the handing thread is on (the scheduler had woken them
+    there); the caller's own affinity is left alone, and a task on the caller runs where it was."""
+    import threading
+    allowed = frozenset(os.sched_getaffinity(0))
+    for cpu in sorted(allowed)[:2]:
+        monkeypatch.setattr(dispatch, "_cpu_now", lambda c=cpu: c)
+        (t0, a0), (t1, a1) = dispatch.side_by_side(
+            lambda i: (threading.get_ident(), frozenset(os.sched_getaffinity(0))), [(0,), (1,)], 2)
+        assert t0 == threading.get_ident() != t1  # the first task on the caller, the second on a worker
+        assert a0 == allowed and a1 == allowed - {cpu}
+        assert frozenset(os.sched_getaffinity(0)) == allowed
+
