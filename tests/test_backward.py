@@ -339,13 +339,15 @@ np.savez(sys.argv[2], dx=dx, dh0=dh0, y=y, **grads)
 # have packed W_hh (their sums had differed in the last bits from one thread's); 16 rows of H = 256
 # over 15 steps and 32 rows of H = 512 over 5: ranges whose rows × steps alone would not repay the
 # panels the whole batch packs, handed them (the forward's packed once, the backward's by the batch's
-# rule)
+# rule); 128 rows of H = 256 over 1 and 2 steps: training's short steps over many rows on panels
+# (forward.panel_steps), split in ranges, the backward's panels packed by the caller
 _THREADS_PROBE_FULL = r"""
 import sys, numba, numpy as np, numgru as ng
 numba.set_num_threads(int(sys.argv[1]))
 rng = np.random.default_rng(1)
 out = {}
-for T, B, H in ((16, 80, 64), (16, 20, 96), (16, 64, 300), (16, 24, 300), (16, 16, 256), (6, 32, 512)):
+for T, B, H in ((16, 80, 64), (16, 20, 96), (16, 64, 300), (16, 24, 300), (16, 16, 256), (6, 32, 512),
+                (1, 128, 256), (2, 128, 256)):
     x = rng.standard_normal((T, B, 24)).astype(np.float32)
     lengths = rng.integers(0, T + 1, B)
     for reset_after in (True, False):
@@ -353,7 +355,7 @@ for T, B, H in ((16, 80, 64), (16, 20, 96), (16, 64, 300), (16, 24, 300), (16, 1
         for padded in (False, True):
             y, h, tape = g.forward_train(x, lengths=lengths if padded else None)
             dx, dh0, grads = g.backward(tape, np.cos(y), np.ones_like(h))
-            out.update({f"{B}_{reset_after}_{padded}_{k}": v
+            out.update({f"{T}_{B}_{reset_after}_{padded}_{k}": v
                         for k, v in dict(dx=dx, dh0=dh0, y=y, **grads).items()})
 np.savez(sys.argv[2], **out)
 """

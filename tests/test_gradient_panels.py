@@ -280,6 +280,44 @@ def test_short_training_ranges_share_the_batchs_panels(monkeypatch, reset_after)
         np.testing.assert_array_equal(one, two)
 
 
+@pytest.mark.skipif(not dispatch.panels_gradient_wanted(np.float32), reason="BLAS takes the gradients here")
+@pytest.mark.parametrize("T", [1, 2])
+def test_short_steps_over_many_rows_train_on_panels(monkeypatch, T):
+    """Training's steps over 128 rows at T < 4 take W_hh's panels as longer ones do (B·H² from 2²³;
+    inference and smaller products keep their rule), so their rows split into ranges on two threads;
+    the backward gets its panels packed by the caller, and the values are one thread's."""
+    from numgru.kernels.forward import PANEL_MIN_T, panel_steps
+    B, H = 128, 256
+    assert panel_steps.py_func(T, B, H, True) == PANEL_MIN_T
+    assert panel_steps.py_func(T, B, H, False) == T  # inference
+    assert panel_steps.py_func(T, B, 200, True) == T and panel_steps.py_func(T, 64, H, True) == T
+    assert panel_steps.py_func(0, B, H, True) == 0
+    lengths = np.full(B, T, np.int64)
+    monkeypatch.setattr(dispatch, "thread_count", lambda: 2)
+    assert dispatch.training_row_ranges(T, B, H, lengths, np.dtype(np.float32)) == [(0, 64), (64, 128)]
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((T, B, 8)).astype(np.float32)
+    seen = []
+    side_by_side = dispatch.side_by_side
+
+    def spy(fn, tasks, threads):
+        if fn is dispatch.gru_backward_serial:
+            seen.append(all(t[7].shape[0] > 0 for t in tasks))  # W_hhᵀ's panels, packed by the caller
+        return side_by_side(fn, tasks, threads)
+    results = []
+    for threads in (1, 2):
+        monkeypatch.setattr(dispatch, "thread_count", lambda t=threads: t)
+        monkeypatch.setattr(dispatch, "side_by_side", spy if threads == 2 else side_by_side)
+        g = ng.GRU(8, H, seed=5)
+        h0 = rng.standard_normal((1, B, H)).astype(np.float32) if threads == 1 else h0
+        y, h, tape = g.forward_train(x, h0)
+        dx, dh0, grads = g.backward(tape, np.cos(y), np.ones_like(h))
+        results.append((y, h, dx, dh0, *grads.values()))
+    assert seen and all(seen)
+    for one, two in zip(*results):
+        np.testing.assert_array_equal(one, two)
+
+
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or dispatch._GETCPU is None
                     or len(os.sched_getaffinity(0)) < 2, reason="needs Linux and two CPUs")
 def test_pool_worker_runs_off_the_callers_cpu(monkeypatch):

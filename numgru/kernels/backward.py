@@ -25,7 +25,7 @@ from numba.extending import overload
 
 from ._jit import FASTMATH, inline, kernel, parallel_kernel, unwrapped, wide_vectors
 from .activations import gate_grad, kind_is_sigmoid, one_like
-from .forward import active_rows, step_product, wants_panels
+from .forward import active_rows, panel_steps, step_product, wants_panels
 from .amx import _amx_scratch, _tile_config, _tile_rows_product, tile_config, tile_release
 from .dpbf16 import CHUNK_ROWS, product_rows
 from .panel import TN_SLAB, aligned_empty, gemm_tn, pack_panels, prefetch, transpose8, transpose16
@@ -49,7 +49,7 @@ def prefetch_row(a, t, b, c0, n):
         prefetch(a, o + q)
 
 
-def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, reverse, reset_after,
+def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, Wp_given, lengths, sorted_desc, reverse, reset_after,
                   gate_kind, alpha, beta, use_clip, clip, dgx, dgh, hprev, rhprev, dh0, db_ih, db_hh,
                   tiled_max, Wv_T, Wd, order, b0, b1):
     """Backward pass of one GRU layer, one direction, in the reverse of the forward's step order.
@@ -63,6 +63,9 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, revers
     y        (T, B, DH)  in.  The forward output of the layer (gives h_{t−1}).
     h0       (B, H)      in.  The forward's initial state.
     W_T      (H, 3H)     in.  W_hh transposed (a C-contiguous copy), so that d @ W_hh = d @ W_T.T.
+    Wp_given (P, 3H, NC) in.  W_T's panels as :func:`~numgru.kernels.panel.pack_panels` (W_T) gives
+                              them, packed by the caller (reset_after, where the kernel takes panels):
+                              read instead of packing a copy of its own; or (0, 0, 0).
     lengths  (B,) int64  in.  As in the forward; ``sorted_desc`` likewise limits each step's GEMMs to
                               the active prefix of rows.
     dgx      (T, B, 3H)  out. dLoss/d(x W_ih.T + b_ih) per step (zeros past a row's length).
@@ -141,10 +144,11 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, revers
     # that its rows sum alike, dispatch.training_row_ranges)
     empty = np.empty((0, 0, 0), dt)
     Ball = h0.shape[0]
-    on_panels = reset_after and Wv_T is None and wants_panels(H, 3 * H, Ball, T, tiled_max, False)
-    Wp_T = pack_panels(W_T) if on_panels else empty
-    Wp_n = pack_panels(W_n_T) if not reset_after and wants_panels(H, H, Ball, T, tiled_max, False) else empty
-    Wp_rz = pack_panels(W_rz_T) if not reset_after and wants_panels(H, H2, Ball, T, tiled_max, False) else empty
+    Tp = panel_steps(T, Ball, H, True)
+    on_panels = reset_after and Wv_T is None and wants_panels(H, 3 * H, Ball, Tp, tiled_max, False)
+    Wp_T = (Wp_given if Wp_given.shape[0] > 0 else pack_panels(W_T)) if on_panels else empty
+    Wp_n = pack_panels(W_n_T) if not reset_after and wants_panels(H, H, Ball, Tp, tiled_max, False) else empty
+    Wp_rz = pack_panels(W_rz_T) if not reset_after and wants_panels(H, H2, Ball, Tp, tiled_max, False) else empty
     for b in range(B):
         for j in range(H):
             dh[b, j] = dh_n[b0 + b, j]
@@ -485,7 +489,7 @@ gru_backward_dpbf16 = kernel(_gru_backward, name="gru_backward_dpbf16")
 
 
 @parallel_kernel(name="gru_backward_amx_rows_parallel")
-def gru_backward_amx_rows(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, reverse, reset_after,
+def gru_backward_amx_rows(dy, col0, dh_n, tape, y, h0, W_T, Wp_given, lengths, sorted_desc, reverse, reset_after,
                           gate_kind, alpha, beta, use_clip, clip, dgx, dgh, hprev, rhprev, dh0, db_ih,
                           db_hh, tiled_max, Wv_T, order, n_chunks):
     """:func:`gru_backward_amx` on Numba's threads: the B rows in ``n_chunks`` ranges (multiples of
@@ -498,6 +502,6 @@ def gru_backward_amx_rows(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc
     nc = (B + per - 1) // per
     for c in prange(nc):
         wide_vectors()
-        gru_backward_amx(dy, col0, dh_n, tape, y, h0, W_T, lengths, sorted_desc, reverse, reset_after,
+        gru_backward_amx(dy, col0, dh_n, tape, y, h0, W_T, Wp_given, lengths, sorted_desc, reverse, reset_after,
                          gate_kind, alpha, beta, use_clip, clip, dgx, dgh, hprev, rhprev, dh0, db_ih,
                          db_hh, tiled_max, Wv_T, None, order, c * per, min(B, (c + 1) * per))

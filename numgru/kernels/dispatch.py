@@ -54,9 +54,9 @@ from .backward import (BIAS_ROWS, gru_backward_amx, gru_backward_amx_rows, gru_b
                        gru_backward_serial, matmul_into, transpose_into, weight_gradient_panels)
 from .forward import (column_blocks, first_step_gates, gru_forward_chunked, gru_forward_cols,
                       gru_forward_cols_before, gru_forward_rows, gru_forward_serial, input_projection_kernel,
-                      input_projection_parallel, own_panels, packed_panels, packed_panels_of_transpose,
+                      input_projection_parallel, own_panels, packed_panels, panel_steps, packed_panels_of_transpose,
                       packed_panels_on_threads, projection_block,
-                      NUMBA_ROWS_MAX, NUMBA_ROWS_MAX_K, row_chunks, PANEL_MIN_T, TILED_MAX_ONE_THREAD, use_panels,
+                      NUMBA_ROWS_MAX, NUMBA_ROWS_MAX_K, row_chunks, TILED_MAX_ONE_THREAD, use_panels,
                       wants_panels)
 from .step import gru_step, gru_step_cols, gru_step_cols_before
 from .dpbf16 import (CHUNK_ROWS, TILE_PANELS, dpbf16_gradient, dpbf16_projection,
@@ -1698,7 +1698,8 @@ def gru_direction_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gat
         if ranges and packed[0].shape[0] == 0:
             # the panels the whole batch would pack, packed once and handed to every range (a range's
             # fewer rows alone might not repay them), so each row sums as in one call over all rows
-            packed = own_panels(W_hh, bool(reset_after), B, T, tiled_max)
+            Tp = panel_steps.py_func(T, B, W_hh.shape[1], True)
+            packed = own_panels(W_hh, bool(reset_after), B, Tp, tiled_max)
         args = (gx, W_hh, packed, b_hh, h0, lengths, sorted_desc, bool(reverse), bool(reset_after), *gates,
                 bool(store), tape, tiled_max)
         if ranges:
@@ -2458,9 +2459,6 @@ def gru_direction_backward(dy, col0, dh_n, tape, y, h0, W_hh, lengths, reverse, 
         # sums from where W's rows meet a line (:mod:`~numgru.kernels.dotblock`), so a copy placed
         # anywhere in a line made the gradients differ in their last bits from one call to the next
         W_T = _transposed(W_hh, "backward_W_T")
-        args = (dy, int(col0), dh_n, tape, y, h0, W_T, lengths, is_sorted_desc(lengths), bool(reverse),
-                bool(reset_after), *gate_scalars(dtype, gate_kind, alpha, beta, clip), dgx, dgh, hprev,
-                rhprev, dh0, db_ih, db_hh, training_tiled_max())
         tiles = amx_recurrence_wanted(T, B, H, 1, dtype, reset_after, gate_kind, clip is not None)
         threads = thread_count()
         Wv_T = recurrence_packing(W_T, name="amx_hh_T", threads=threads) if tiles else None
@@ -2468,6 +2466,18 @@ def gru_direction_backward(dy, col0, dh_n, tape, y, h0, W_hh, lengths, reverse, 
         if not tiles and dtype == np.float32 and dpbf16_recurrence_wanted(T, B, H, 1, dtype, reset_after,
                                                                           gate_kind, clip is not None):
             Wd = packed_pairs("dp_hh_T", W_T)
+        tiled_max = training_tiled_max()
+        Wp_T = empty_array(dtype, 3)
+        if reset_after and not tiles and wants_panels.py_func(H, 3 * H, B, panel_steps.py_func(T, B, H, True),
+                                                              tiled_max, False):
+            # the panels the kernel would pack (each range a copy of its own), packed once here from
+            # W_hh's rows into this thread's scratch: fresh pages for a copy each call had cost more
+            # than the packing (one thread, T = 1, B = 128, I = H = 200: the training step 2.3 ms
+            # against 1.7 with the product in BLAS)
+            Wp_T = packed_panels_of_transpose(W_hh, _aligned_scratch("backward_panels", (H + 48) * 3 * H, dtype))
+        args = (dy, int(col0), dh_n, tape, y, h0, W_T, Wp_T, lengths, is_sorted_desc(lengths), bool(reverse),
+                bool(reset_after), *gate_scalars(dtype, gate_kind, alpha, beta, clip), dgx, dgh, hprev,
+                rhprev, dh0, db_ih, db_hh, tiled_max)
         if Wv_T is None or Wv_T.shape[0] == 0:
             backward, order = (gru_backward_serial, 3) if Wd is None else (gru_backward_dpbf16, 1)
             ranges = training_row_ranges(T, B, H, lengths, dtype)
@@ -2737,8 +2747,8 @@ def training_row_ranges(T, B, H, lengths, dtype):
     """Ranges (b0, b1) of rows in which training's serial forward and backward kernels run side by
     side on several threads (:func:`side_by_side`), or None for one call over all B rows: where
     training's products take the panels (:func:`panels_gradient_wanted`; no AMX, whose tiles split
-    rows their own way), with two threads or more, H ≤ ``TRAINING_ROWS_MAX_HIDDEN``, T ≥
-    ``PANEL_MIN_T`` steps and work enough (``PANEL_GRADIENT_POOL_MIN``). One range a thread of whole
+    rows their own way), with two threads or more, H ≤ ``TRAINING_ROWS_MAX_HIDDEN`` and work enough
+    (``PANEL_GRADIENT_POOL_MIN``). One range a thread of whole
     groups of ``BIAS_ROWS`` rows (8; the last group may be partial), so each row's sums are those of
     one call over all rows: a step's product takes the panels for every row count there
     (:func:`~numgru.kernels.forward.use_panels`, K ≤ 512 forward and M ≤ 1024 backward, one thread's
@@ -2753,7 +2763,7 @@ def training_row_ranges(T, B, H, lengths, dtype):
     all rows would (:func:`_panels_alike`); padded rows rarely do beyond H = 85 (a step with one row
     left in a range takes the panels only up to K = 256, and the backward's K is 3H)."""
     threads = thread_count()
-    if threads < 2 or B < 2 * BIAS_ROWS or H > TRAINING_ROWS_MAX_HIDDEN or T < PANEL_MIN_T or \
+    if threads < 2 or B < 2 * BIAS_ROWS or H > TRAINING_ROWS_MAX_HIDDEN or \
             amx_ready() or not panels_gradient_wanted(dtype) or \
             6 * int(lengths.sum()) * H * H < PANEL_GRADIENT_POOL_MIN:
         return None
@@ -2773,7 +2783,8 @@ def training_row_ranges(T, B, H, lengths, dtype):
 def _panels_alike(ranges, T, H, lengths):
     """Whether the training kernels' steps over ``ranges`` of rows (longest first) multiply as one
     call over all rows would, so that each row's sums come out the same: the whole batch packs its
-    weights into panels (:func:`~numgru.kernels.forward.wants_panels`, the forward's W_hh and the
+    weights into panels (:func:`~numgru.kernels.forward.wants_panels` over
+    :func:`~numgru.kernels.forward.panel_steps`, the forward's W_hh and the
     backward's W_hhᵀ and its blocks), which every range then multiplies on too (the forward's packed
     once by :func:`gru_direction_forward`, the backward's by each range by the whole batch's rule),
     and each step's rows in a range take the panels (:func:`~numgru.kernels.forward.use_panels`)
@@ -2784,7 +2795,8 @@ def _panels_alike(ranges, T, H, lengths):
     tiled_max = training_tiled_max()
     B = lengths.shape[0]
     shapes = ((3 * H, H), (H, 3 * H), (H, H), (H, 2 * H))
-    if not all(wants_panels.py_func(M, K, B, T, tiled_max, False) for M, K in shapes):
+    Tp = panel_steps.py_func(T, B, H, True)
+    if not all(wants_panels.py_func(M, K, B, Tp, tiled_max, False) for M, K in shapes):
         return False
     # the rows each step runs (lengths non-increasing), over all and in each range
     active = np.count_nonzero(lengths[None, :] > np.arange(T)[:, None], axis=1)
