@@ -113,6 +113,20 @@ def test_pack_panels_of_transpose_equals_packing_the_transposed_copy(dtype, K, M
     with pytest.raises(ValueError, match="buf too small"):
         packed_panels_of_transpose(W, buf[:K])
 
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("M, K", [(5, 70), (37, 97), (64, 192), (48, 16), (768, 512)])
+def test_pack_panels_into_a_buffer_equals_pack_panels(dtype, M, K):
+    # the training projection's panels of W_ih, packed into scratch (last panel's pad zeroed there)
+    from numgru.kernels.forward import packed_panels, packed_panels_into
+    W = np.random.default_rng(2).standard_normal((M, K)).astype(dtype)
+    buf = np.full((M + 48) * K + 16, np.nan, dtype)
+    Wp = packed_panels_into(W, buf)
+    assert Wp.ctypes.data % 64 == 0 and np.shares_memory(Wp, buf)
+    np.testing.assert_array_equal(Wp, packed_panels(W))
+    with pytest.raises(ValueError, match="buf too small"):
+        packed_panels_into(W, buf[:K])
+
 def test_pack_panels_of_row_slices_and_read_only_weights():
     # (panels 48 columns wide with AVX-512: 64 rows end inside the second; 16 with AVX2)
     W = np.random.default_rng(0).standard_normal((96, 48)).astype(np.float32)

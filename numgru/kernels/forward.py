@@ -40,8 +40,8 @@ from ._jit import (FASTMATH, avx512_zen, call_native, device, inline, kernel, pa
 from .activations import clip_pre, clipped, gate, one_like, sigmoid_fast, tanh_fast
 from .bf16 import is_bfloat16, is_bfloat16_array, wget
 from .dotblock import dot_rows
-from .panel import (aligned_empty, fill_panel, fill_panels_of, pack_panels, pack_panels_of_transpose, packed_depth,
-                    panel_matmul, panel_rows, panel_width, panels_for, put_row)
+from .panel import (aligned_empty, fill_panel, fill_panels_of, pack_panels, pack_panels_into, pack_panels_of_transpose,
+                    packed_depth, panel_matmul, panel_rows, panel_width, panels_for, put_row)
 from .sync import block_done, claim_block, round_pending, rounds_sync, wait_round, worker_started
 
 
@@ -1524,6 +1524,14 @@ def packed_panels_of_transpose(W, buf):
     its own: the panels of W.T without W.T copied first (:func:`~numgru.kernels.dispatch.input_gradient`)."""
     wide_vectors()
     return pack_panels_of_transpose(W, buf)
+
+
+@kernel
+def packed_panels_into(W, buf):
+    """:func:`~numgru.kernels.panel.pack_panels_into`: W's panels into ``buf``, a caller's scratch
+    (:func:`~numgru.kernels.dispatch.pool_projection`)."""
+    wide_vectors()
+    return pack_panels_into(W, buf)
 
 
 @kernel

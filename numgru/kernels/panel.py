@@ -410,6 +410,26 @@ def pack_panels_of_transpose(W, buf):
     return flat.reshape((P, K, nc))
 
 
+@device
+def pack_panels_into(W, buf):
+    """:func:`pack_panels` (W) for float W (M, K) C-contiguous, written into ``buf`` (1-D, W's dtype, at
+    least (M + 48)·K values past its first 64-byte line: a caller's scratch, whose pages are already
+    mapped) and returned as its view (P, K, NC) from that line."""
+    M = W.shape[0]
+    K = W.shape[1]
+    nc = panel_width(W.dtype.type(0))
+    P = (M + nc - 1) // nc
+    off = ((64 - buf.ctypes.data % 64) % 64) // buf.itemsize
+    if buf.shape[0] < off + P * K * nc:
+        raise ValueError("pack_panels_into: buf too small")
+    Wp = buf[off:off + P * K * nc].reshape((P, K, nc))
+    if P * nc > M:
+        Wp[P - 1] = 0
+    for p in range(P):
+        fill_panels_of(Wp, W, p)
+    return Wp
+
+
 def _splat(builder, x, ty):
     """A vector of type ``ty`` with x in every lane."""
     i32 = ir.IntType(32)
