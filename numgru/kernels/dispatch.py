@@ -2471,9 +2471,9 @@ def gru_direction_backward(dy, col0, dh_n, tape, y, h0, W_hh, lengths, reverse, 
         if reset_after and not tiles and wants_panels.py_func(H, 3 * H, B, panel_steps.py_func(T, B, H, True),
                                                               tiled_max, False):
             # the panels the kernel would pack (each range a copy of its own), packed once here from
-            # W_hh's rows into this thread's scratch: fresh pages for a copy each call had cost more
-            # than the packing (one thread, T = 1, B = 128, I = H = 200: the training step 2.3 ms
-            # against 1.7 with the product in BLAS)
+            # W_hh's rows into this thread's scratch: the kernel's fresh copy each call faulted its
+            # pages in (one thread, T = 1, B = 128, I = H = 200, before panel_steps' bound: the
+            # training step 2.3 ms, 1.7 with glibc's mmap threshold raised or the product in BLAS)
             Wp_T = packed_panels_of_transpose(W_hh, _aligned_scratch("backward_panels", (H + 48) * 3 * H, dtype))
         args = (dy, int(col0), dh_n, tape, y, h0, W_T, Wp_T, lengths, is_sorted_desc(lengths), bool(reverse),
                 bool(reset_after), *gate_scalars(dtype, gate_kind, alpha, beta, clip), dgx, dgh, hprev,
@@ -2844,7 +2844,7 @@ def pool_projection(x2d, W, bias, use_bias, out, Wp=None):
     N = x2d.shape[0]
     if Wp is None:
         # into this thread's scratch: fresh panels each call faulted their pages in (W_ih 768 × 512,
-        # float32: 0.22 ms a packing inside a training step, 0.05 into scratch)
+        # float32, profiled in a two-thread training step: 0.18 ms a packing, 0.12 into scratch)
         Wp = packed_panels_into(W, _aligned_scratch("panels_W", (W.shape[0] + 48) * W.shape[1], W.dtype))
     threads = thread_count()
     if threads == 1 or N * W.shape[0] * W.shape[1] < PANEL_GRADIENT_POOL_MIN:

@@ -385,6 +385,16 @@ def fill_panels_of(Wp, W, p):
 
 
 @device
+def _buffer_run(buf, n):
+    """n values of ``buf`` (1-D) from its first 64-byte line: where the packings into a caller's scratch
+    write their panels. ValueError ("buf too small") where buf holds fewer."""
+    off = ((64 - buf.ctypes.data % 64) % 64) // buf.itemsize
+    if buf.shape[0] < off + n:
+        raise ValueError("panels: buf too small")
+    return buf[off:off + n]
+
+
+@device
 def pack_panels_of_transpose(W, buf):
     """:func:`pack_panels` (W.T) for W (K, M) C-contiguous, float, written into ``buf`` (1-D, W's
     dtype, at least (M + 48)·K values past its first 64-byte line, panels at most 48 wide: a caller's
@@ -398,10 +408,7 @@ def pack_panels_of_transpose(W, buf):
     M = W.shape[1]
     nc = panel_width(W.dtype.type(0))
     P = (M + nc - 1) // nc
-    off = ((64 - buf.ctypes.data % 64) % 64) // buf.itemsize
-    if buf.shape[0] < off + P * K * nc:
-        raise ValueError("pack_panels_of_transpose: buf too small")
-    flat = buf[off:off + P * K * nc]
+    flat = _buffer_run(buf, P * K * nc)
     for k in range(K):  # W's rows in order, each dealt out to the panels (element loops: a slice
         for j in range(M):  # assignment a run cost more than the run)
             flat[unwrapped(((j // nc) * K + k) * nc + j % nc)] = W[k, j]
@@ -419,10 +426,7 @@ def pack_panels_into(W, buf):
     K = W.shape[1]
     nc = panel_width(W.dtype.type(0))
     P = (M + nc - 1) // nc
-    off = ((64 - buf.ctypes.data % 64) % 64) // buf.itemsize
-    if buf.shape[0] < off + P * K * nc:
-        raise ValueError("pack_panels_into: buf too small")
-    Wp = buf[off:off + P * K * nc].reshape((P, K, nc))
+    Wp = _buffer_run(buf, P * K * nc).reshape((P, K, nc))
     if P * nc > M:
         Wp[P - 1] = 0
     for p in range(P):
