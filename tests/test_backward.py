@@ -339,15 +339,16 @@ np.savez(sys.argv[2], dx=dx, dh0=dh0, y=y, **grads)
 # have packed W_hh (their sums had differed in the last bits from one thread's); 16 rows of H = 256
 # over 15 steps and 32 rows of H = 512 over 5: ranges whose rows × steps alone would not repay the
 # panels the whole batch packs, handed them (the forward's packed once, the backward's by the batch's
-# rule); 128 rows of H = 256 over 1 and 2 steps: training's short steps over many rows on panels
-# (forward.panel_steps), split in ranges, the backward's panels packed by the caller
+# rule); 128 rows of H = 256 over 1 and 2 steps and 64 of H = 96 over 1: training's short steps
+# over many rows on panels (forward.panel_steps), split in ranges, the backward's panels packed by
+# the caller
 _THREADS_PROBE_FULL = r"""
 import sys, numba, numpy as np, numgru as ng
 numba.set_num_threads(int(sys.argv[1]))
 rng = np.random.default_rng(1)
 out = {}
 for T, B, H in ((16, 80, 64), (16, 20, 96), (16, 64, 300), (16, 24, 300), (16, 16, 256), (6, 32, 512),
-                (1, 128, 256), (2, 128, 256)):
+                (1, 128, 256), (2, 128, 256), (1, 64, 96)):
     x = rng.standard_normal((T, B, 24)).astype(np.float32)
     lengths = rng.integers(0, T + 1, B)
     for reset_after in (True, False):

@@ -144,7 +144,7 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, Wp_given, lengths, sorted_de
     # that its rows sum alike, dispatch.training_row_ranges)
     empty = np.empty((0, 0, 0), dt)
     Ball = h0.shape[0]
-    Tp = panel_steps(T, Ball, H, True)
+    Tp = panel_steps(T, Ball, True)
     on_panels = reset_after and Wv_T is None and wants_panels(H, 3 * H, Ball, Tp, tiled_max, False)
     Wp_T = (Wp_given if Wp_given.shape[0] > 0 else pack_panels(W_T)) if on_panels else empty
     Wp_n = pack_panels(W_n_T) if not reset_after and wants_panels(H, H, Ball, Tp, tiled_max, False) else empty

@@ -1698,7 +1698,7 @@ def gru_direction_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gat
         if ranges and packed[0].shape[0] == 0:
             # the panels the whole batch would pack, packed once and handed to every range (a range's
             # fewer rows alone might not repay them), so each row sums as in one call over all rows
-            Tp = panel_steps.py_func(T, B, W_hh.shape[1], True)
+            Tp = panel_steps.py_func(T, B, True)
             packed = own_panels(W_hh, bool(reset_after), B, Tp, tiled_max)
         args = (gx, W_hh, packed, b_hh, h0, lengths, sorted_desc, bool(reverse), bool(reset_after), *gates,
                 bool(store), tape, tiled_max)
@@ -2468,7 +2468,7 @@ def gru_direction_backward(dy, col0, dh_n, tape, y, h0, W_hh, lengths, reverse, 
             Wd = packed_pairs("dp_hh_T", W_T)
         tiled_max = training_tiled_max()
         Wp_T = empty_array(dtype, 3)
-        if reset_after and not tiles and wants_panels.py_func(H, 3 * H, B, panel_steps.py_func(T, B, H, True),
+        if reset_after and not tiles and wants_panels.py_func(H, 3 * H, B, panel_steps.py_func(T, B, True),
                                                               tiled_max, False):
             # the panels the kernel would pack (each range a copy of its own), packed once here from
             # W_hh's rows into this thread's scratch: the kernel's fresh copy each call faulted its
@@ -2806,7 +2806,7 @@ def _panels_alike(ranges, T, H, lengths):
     tiled_max = training_tiled_max()
     B = lengths.shape[0]
     shapes = ((3 * H, H), (H, 3 * H), (H, H), (H, 2 * H))
-    Tp = panel_steps.py_func(T, B, H, True)
+    Tp = panel_steps.py_func(T, B, True)
     if not all(wants_panels.py_func(M, K, B, Tp, tiled_max, False) for M, K in shapes):
         return False
     # the rows each step runs (lengths non-increasing), over all and in each range

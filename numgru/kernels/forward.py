@@ -574,8 +574,8 @@ def _ol_blas_matmul_T(Wm, h, out, buf, n):
 COLS_B1_PANEL_BYTES = 1 << 21
 PANEL_MIN_T = 4  # steps that repay packing W_hh into panels (one pass over it)
 PANEL_MIN_ROW_STEPS = 128  # float weights: rows × steps that repay it (see wants_panels)
-#: :func:`panel_steps`: fewest B·H² of a training step's product that repays packing at T < PANEL_MIN_T
-TRAINING_PANEL_MIN_STEP_WORK = 1 << 23
+#: :func:`panel_steps`: fewest rows from which training's kernels pack W_hh at T < PANEL_MIN_T
+TRAINING_STEP_PANEL_ROWS = 64
 #: float weights with K ≤ PANEL_NARROW_K: the rows × steps that repay it (see wants_panels)
 PANEL_NARROW_K = 128
 PANEL_MIN_ROW_STEPS_NARROW = 32
@@ -676,21 +676,24 @@ def wants_panels(M, K, B, T, tiled_max, bf16):
 
 
 @inline
-def panel_steps(T, B, H, store):
-    """The steps :func:`wants_panels` weighs for a kernel of T steps over B rows of H units: T, but for
+def panel_steps(T, B, store):
+    """The steps :func:`wants_panels` weighs for a kernel of T steps over B rows: T, but for
     training's kernels (``store``: the tape-writing forward, the backward) at least
-    :data:`PANEL_MIN_T` from :data:`PANEL_MIN_ROW_STEPS` rows and ``TRAINING_PANEL_MIN_STEP_WORK``
-    multiply-adds a gate (B·H²), where one step's product repays the packing. Off the panels such a
-    product went to OpenBLAS, whose threads, spinning for a while after the call, took the core from
-    the weight gradients run side by side next (:func:`~numgru.kernels.dispatch.side_by_side`), and
-    training's rows could not be split over threads (:func:`~numgru.kernels.dispatch.
-    training_row_ranges`). Zen 4, T = 1, B = 128, three bidirectional layers, I = 1, H = 256: the
-    training step on two threads 25.5–28.9 → 18.7–19.4 ms, one thread level (23.8–24.2 against
-    24.0–24.9); T = 2, B = 128, I = H = 512, three layers, padded, two threads 51–58 → 42–45. At
-    H = 200 (B·H² below the bound) the panels lost on both thread counts (one layer, one thread 1.8
-    against 1.6–1.7 ms). Inference keeps T: one thread, T = 3, B = 128, H = 512 and T = 2, B = 128,
-    H = 1024 ran 1.1–1.5× slower packed."""
-    if store and 0 < T < PANEL_MIN_T and B >= PANEL_MIN_ROW_STEPS and B * H * H >= TRAINING_PANEL_MIN_STEP_WORK:
+    :data:`PANEL_MIN_T` from ``TRAINING_STEP_PANEL_ROWS`` rows. Off the panels a step's product of
+    more rows than Numba's own routes take went to OpenBLAS, whose threads, spinning for a while after
+    the call, took the core from the weight gradients run side by side next
+    (:func:`~numgru.kernels.dispatch.side_by_side`), and training's rows could not be split over
+    threads (:func:`~numgru.kernels.dispatch.training_row_ranges`). Zen 4, training steps (forward_train,
+    backward, Adam), ms, before → after: T = 1, B = 128, I = 1, H = 256, three bidirectional layers, two
+    threads 25.5–28.9 → 18.7–19.4, one thread 24.0–24.9 → 23.8–24.2; T = 2, B = 128, I = H = 512, three
+    layers, padded, two threads 51–58 → 42–45; T = 1, B = 64, I = 1, H = 512, two bidirectional layers,
+    two threads 39.3–39.6 → 22.8–26.9, one thread level (31.6–33.2 / 32.4); smaller products cost a
+    few per cent on one thread (T = 1, B = 128, I = H = 200 1.63–1.71 → 1.73–1.75; T = 1, B = 64,
+    I = 16, H = 32 0.28 → 0.29) and gained on two (1.86–1.94 against 2.09–2.17; 0.30–0.39 against
+    0.41–0.55). Inference keeps T: one thread, T = 3, B = 128, H = 512 and T = 2, B = 128, H = 1024 ran
+    1.1–1.5× slower packed. A bound on B·H² was tried first: the one case it kept off the panels,
+    H = 200, had lost only while the backward packed a fresh copy each call."""
+    if store and 0 < T < PANEL_MIN_T and B >= TRAINING_STEP_PANEL_ROWS:
         return PANEL_MIN_T
     return T
 
@@ -978,7 +981,7 @@ def _gru_forward(gx, W_hh, packed, b_hh, h0, lengths, sorted_desc, reverse, rese
     # step's product takes them
     Wp_a, Wp_b = packed
     if Wp_a.shape[0] == 0:
-        Wp_a, Wp_b = own_panels(W_hh, reset_after, B, panel_steps(T, B, H, store), tiled_max)
+        Wp_a, Wp_b = own_panels(W_hh, reset_after, B, panel_steps(T, B, store), tiled_max)
     empty = np.empty((0, 0, 0), W_hh.dtype)
     Wp = Wp_a if reset_after else empty
     Wp_rz = empty if reset_after else Wp_a
