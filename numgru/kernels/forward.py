@@ -692,7 +692,8 @@ def panel_steps(T, B, store):
     I = 16, H = 32 0.28 → 0.29) and gained on two (1.86–1.94 against 2.09–2.17; 0.30–0.39 against
     0.41–0.55). Inference keeps T: one thread, T = 3, B = 128, H = 512 and T = 2, B = 128, H = 1024 ran
     1.1–1.5× slower packed. A bound on B·H² was tried first: the one case it kept off the panels,
-    H = 200, had lost only while the backward packed a fresh copy each call."""
+    H = 200, had lost 5–10 % on one thread while the backward packed a fresh copy each call (1.8
+    against 1.6–1.7 ms), 3–6 % since (above)."""
     if store and 0 < T < PANEL_MIN_T and B >= TRAINING_STEP_PANEL_ROWS:
         return PANEL_MIN_T
     return T
