@@ -64,8 +64,9 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, Wp_given, lengths, sorted_de
     h0       (B, H)      in.  The forward's initial state.
     W_T      (H, 3H)     in.  W_hh transposed (a C-contiguous copy), so that d @ W_hh = d @ W_T.T.
     Wp_given (P, 3H, NC) in.  W_T's panels as :func:`~numgru.kernels.panel.pack_panels` (W_T) gives
-                              them, packed by the caller (reset_after, where the kernel takes panels):
-                              read instead of packing a copy of its own; or (0, 0, 0).
+                              them (reset_after, off the tiles), packed by the caller where the steps
+                              take them (:func:`~numgru.kernels.dispatch.gru_direction_backward` decides,
+                              by the whole batch's rows); or (0, 0, 0): the steps' products off them.
     lengths  (B,) int64  in.  As in the forward; ``sorted_desc`` likewise limits each step's GEMMs to
                               the active prefix of rows.
     dgx      (T, B, 3H)  out. dLoss/d(x W_ih.T + b_ih) per step (zeros past a row's length).
@@ -139,14 +140,13 @@ def _gru_backward(dy, col0, dh_n, tape, y, h0, W_T, Wp_given, lengths, sorted_de
         for j in range(H):
             W_n_T[k, j] = W_T[k, H2 + j]
     # packed panels (:mod:`~numgru.kernels.panel`) of the matrices each step multiplies by, where some
-    # step's product takes them; else the forward's other matmul routes
-    # (by the whole batch's rows, h0's: a range of rows packs where one call over all rows would, so
-    # that its rows sum alike, dispatch.training_row_ranges)
+    # step's product takes them; else the forward's other matmul routes. W_T's come from the caller;
+    # reset_after=False's blocks are packed here by the whole batch's rows, h0's (a range of rows packs
+    # where one call over all rows would, so that its rows sum alike, dispatch.training_row_ranges)
     empty = np.empty((0, 0, 0), dt)
     Ball = h0.shape[0]
     Tp = panel_steps(T, Ball, True)
-    on_panels = reset_after and Wv_T is None and wants_panels(H, 3 * H, Ball, Tp, tiled_max, False)
-    Wp_T = (Wp_given if Wp_given.shape[0] > 0 else pack_panels(W_T)) if on_panels else empty
+    Wp_T = Wp_given if reset_after and Wv_T is None else empty
     Wp_n = pack_panels(W_n_T) if not reset_after and wants_panels(H, H, Ball, Tp, tiled_max, False) else empty
     Wp_rz = pack_panels(W_rz_T) if not reset_after and wants_panels(H, H2, Ball, Tp, tiled_max, False) else empty
     for b in range(B):

@@ -2467,18 +2467,20 @@ def gru_direction_backward(dy, col0, dh_n, tape, y, h0, W_hh, lengths, reverse, 
                                                                           gate_kind, clip is not None):
             Wd = packed_pairs("dp_hh_T", W_T)
         tiled_max = training_tiled_max()
+        off_tiles = Wv_T is None or Wv_T.shape[0] == 0
         Wp_T = empty_array(dtype, 3)
-        if reset_after and not tiles and wants_panels.py_func(H, 3 * H, B, panel_steps.py_func(T, B, True),
+        if reset_after and off_tiles and wants_panels.py_func(H, 3 * H, B, panel_steps.py_func(T, B, True),
                                                               tiled_max, False):
-            # the panels the kernel would pack (each range a copy of its own), packed once here from
-            # W_hh's rows into this thread's scratch: the kernel's fresh copy each call faulted its
-            # pages in (one thread, T = 1, B = 128, I = H = 200, before panel_steps' bound: the
-            # training step 2.3 ms, 1.7 with glibc's mmap threshold raised or the product in BLAS)
+            # W_hhᵀ's panels, where the steps take them (decided here alone, by the whole batch's rows:
+            # every range multiplies on them, so its rows sum as one call's), packed once from W_hh's
+            # rows into this thread's scratch: the kernel's own fresh copy each call, a copy a range,
+            # faulted its pages in (one thread, T = 1, B = 128, I = H = 200, before panel_steps' bound:
+            # the training step 2.3 ms, 1.7 with glibc's mmap threshold raised or the product in BLAS)
             Wp_T = packed_panels_of_transpose(W_hh, _aligned_scratch("backward_panels", (H + 48) * 3 * H, dtype))
         args = (dy, int(col0), dh_n, tape, y, h0, W_T, Wp_T, lengths, is_sorted_desc(lengths), bool(reverse),
                 bool(reset_after), *gate_scalars(dtype, gate_kind, alpha, beta, clip), dgx, dgh, hprev,
                 rhprev, dh0, db_ih, db_hh, tiled_max)
-        if Wv_T is None or Wv_T.shape[0] == 0:
+        if off_tiles:
             backward, order = (gru_backward_serial, 3) if Wd is None else (gru_backward_dpbf16, 1)
             ranges = training_row_ranges(T, B, H, lengths, dtype)
             if ranges:
@@ -2796,8 +2798,10 @@ def _panels_alike(ranges, T, H, lengths):
     call over all rows would, so that each row's sums come out the same: the whole batch packs its
     weights into panels (:func:`~numgru.kernels.forward.wants_panels` over
     :func:`~numgru.kernels.forward.panel_steps`, the forward's W_hh and the
-    backward's W_hhᵀ and its blocks), which every range then multiplies on too (the forward's packed
-    once by :func:`gru_direction_forward`, the backward's by each range by the whole batch's rule),
+    backward's W_hhᵀ and its blocks), which every range then multiplies on too (the forward's W_hh
+    and the backward's W_hhᵀ packed once by :func:`gru_direction_forward` and
+    :func:`gru_direction_backward`, the backward's blocks (reset_after=False) by each range by the
+    whole batch's rule),
     and each step's rows in a range take the panels (:func:`~numgru.kernels.forward.use_panels`)
     wherever they are not all of the step's rows. A range of 8 rows over 15 steps (the first taken
     apart from the zero state) that had packed by its own rows had not packed W_hh where the whole
