@@ -897,7 +897,7 @@ class GRU(_Params):
                                       pieces=self._amx_pieces,
                                       off_blas=off_blas).reshape(T, B, 3 * H)
                 reverse = d == 1 or self.go_backwards
-                h_start, steps, steps_lengths = h0[i], slice(0, T), lengths
+                h_start, steps, steps_lengths, first_taken = h0[i], slice(0, T), lengths, False
                 tape = training_tape(T, B, H, self.clip, self.dtype) if store else None
                 if from_zero and (store and T > 0 or T > 1) and not (reverse and padded):
                     first = T - 1 if reverse else 0
@@ -910,10 +910,11 @@ class GRU(_Params):
                                          y[first:first + 1], d * H, h_start)
                     steps = slice(0, T - 1) if reverse else slice(1, T)
                     steps_lengths = np.maximum(lengths - 1, 0)
+                    first_taken = True
                 gru_direction_forward(gx[steps], W_hh, b_hh, h_start, steps_lengths, reverse, self.reset_after,
                                       self._gate_kind, self.alpha, self.beta, self.clip, y[steps], d * H, h_n[i],
                                       store=store, route=route, packed=Wp_hh, pieces=self._amx_pieces,
-                                      tape=None if tape is None else tape[steps])
+                                      tape=None if tape is None else tape[steps], first_taken=first_taken)
                 gate_tapes.append(tape)
             if store:
                 layers.append(_LayerTape(inp, y, gate_tapes, mask))

@@ -259,3 +259,21 @@ def test_cell_training_without_h(monkeypatch, dtype):
     np.testing.assert_allclose(dh, dhz, **TOL[dtype])
     for k in grads:
         np.testing.assert_allclose(grads[k], gradsz[k], **TOL[dtype])
+
+
+@pytest.mark.parametrize("store", [False, True])
+def test_rules_count_the_step_taken_from_zero(monkeypatch, two_threads, store):
+    # the first step from the zero state runs outside the direction's kernels, but the routes'
+    # rules (measured on whole forwards) and the backward's count all T steps: the tiles' forward
+    # and backward are chosen together (T = 32 had left the forward off the tiles, the backward on)
+    seen = []
+    for name in ("amx_recurrence_wanted", "amx_rows_chunks", "dpbf16_recurrence_wanted"):
+        monkeypatch.setattr(dispatch, name, lambda T, *args, _n=name, **kwargs: seen.append((_n, T)) and 0)
+    g = ng.GRU(16, 32, bidirectional=True, seed=0)
+    x = np.random.default_rng(0).standard_normal((32, 4, 16)).astype(np.float32)
+    if store:
+        y, _, tape = g.forward_train(x)
+        g.backward(tape, np.ones_like(y))
+    else:
+        g(x)
+    assert seen and {T for _, T in seen} == {32}

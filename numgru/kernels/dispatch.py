@@ -1651,7 +1651,8 @@ def training_tape(T, B, H, clip, dtype):
 
 
 def gru_direction_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gate_kind, alpha, beta,
-                          clip, y, col0, h_n, store=False, route=None, packed=None, pieces=None, tape=None):
+                          clip, y, col0, h_n, store=False, route=None, packed=None, pieces=None, tape=None,
+                          first_taken=False):
     """Run one direction of one layer. Shapes as in :func:`numgru.kernels.forward._gru_forward`;
     h_n (B, H) C-contiguous receives the final state.
 
@@ -1662,8 +1663,11 @@ def gru_direction_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gat
     kernel and the rows route read them, the columns route packs its own blocks. ``pieces``: the
     caller's :class:`FrozenPieces` (a frozen or quantized model's), which keep W_hh's AMX packing for
     the ranges of rows on tiles, or None. ``tape``: where to write the tape when ``store`` (T, B, 4H or
-    5H) C-contiguous, a caller's view of :func:`training_tape`'s, else one made here. Returns the
-    tape, None unless ``store``.
+    5H) C-contiguous, a caller's view of :func:`training_tape`'s, else one made here.
+    ``first_taken``: the caller took the direction's first step from the zero state itself (W_hh not
+    read), so gx holds the other steps; the routes' rules then count T + 1 steps, the direction's
+    whole (they were measured on whole forwards, and the backward's rule counts the tape's T: the
+    tiles' forward and backward are then chosen together). Returns the tape, None unless ``store``.
     """
     T, B, H3 = gx.shape
     H = H3 // 3
@@ -1676,6 +1680,7 @@ def gru_direction_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gat
         h_n[...] = h0
         return tape if store else None
     threads = thread_count()
+    T_rule = T + bool(first_taken)
     sorted_desc = is_sorted_desc(lengths)
     tiled_max = training_tiled_max() if store else inference_tiled_max(threads, B)
     gates = (*gate_scalars(dtype, gate_kind, alpha, beta, clip), y, int(col0), h_n)
@@ -1683,13 +1688,13 @@ def gru_direction_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gat
         empty = empty_array(W_hh.dtype, 3)
         packed = (empty, empty)
     if not store and threads > 1 and _amx_rows_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after,
-                                                       gate_kind, clip, y, col0, h_n, threads, pieces):
+                                                       gate_kind, clip, y, col0, h_n, threads, pieces, T_rule):
         return None
     if store and _amx_training_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gate_kind, clip,
-                                       y, col0, h_n, tape, threads):
+                                       y, col0, h_n, tape, threads, T_rule):
         return tape
     if (store or threads > 1) and _dpbf16_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after,
-                                                  gate_kind, clip, y, col0, h_n, tape, store, threads):
+                                                  gate_kind, clip, y, col0, h_n, tape, store, threads, T_rule):
         return tape if store else None
     if serial_forward(route):
         # the serial kernel, without the parallel slot (a small call's Python time shows: T = 1,
@@ -1709,7 +1714,7 @@ def gru_direction_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gat
         return tape if store else None
     common = (gx, W_hh, packed, b_hh, h0, lengths, sorted_desc, bool(reverse))
     digits = route == "columns" and lengths.min() == T and vnni_columns_wanted(
-        T, B, H, threads, W_hh.dtype, reset_after, gate_kind, clip is not None, pieces is not None)
+        T_rule, B, H, threads, W_hh.dtype, reset_after, gate_kind, clip is not None, pieces is not None)
     with parallel_slot(True) as par:
         if par and route == "columns":
             # one row on W_hh's VNNI digits where they pay, else (or where they refuse) float32
@@ -1768,12 +1773,13 @@ def rows_share_panels(B, H, itemsize, threads):
 
 
 def _amx_rows_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gate_kind, clip, y, col0, h_n,
-                      threads, pieces=None):
+                      threads, pieces=None, T_rule=None):
     """:func:`gru_direction_forward` by ranges of rows on AMX tiles where :func:`amx_rows_chunks` says
-    so, every row running all T steps and the parallel slot free; False otherwise (and where the
-    tiles refused a value), the other routes then run."""
+    so (for ``T_rule`` steps, the direction's whole; None: gx's T), every row running all T steps and
+    the parallel slot free; False otherwise (and where the tiles refused a value), the other routes
+    then run."""
     T, B, G = gx.shape
-    chunks = amx_rows_chunks(T, B, G // 3, threads, W_hh.dtype, reset_after, gate_kind, clip is not None)
+    chunks = amx_rows_chunks(T_rule or T, B, G // 3, threads, W_hh.dtype, reset_after, gate_kind, clip is not None)
     if not chunks or lengths.min() < T:
         return False
     with parallel_slot(True) as par:
@@ -1787,9 +1793,10 @@ def _amx_rows_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gate_ki
 
 
 def _dpbf16_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gate_kind, clip, y, col0, h_n,
-                    tape, store, threads):
+                    tape, store, threads, T_rule=None):
     """:func:`gru_direction_forward` by AVX512-BF16's bfloat16 products where
-    :func:`dpbf16_recurrence_wanted` holds for one thread and every row runs all T steps: training
+    :func:`dpbf16_recurrence_wanted` holds for one thread (for ``T_rule`` steps, the direction's
+    whole; None: gx's T) and every row runs all T steps: training
     (``store``, the tape written) whatever the thread count, in :func:`training_row_ranges`' ranges
     side by side where it gives some (on the pool's threads, as training's other kernels); inference
     on several threads from ``DPBF16_RANGE_ROWS`` rows a range, one range a thread on Numba's threads
@@ -1806,7 +1813,7 @@ def _dpbf16_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gate_kind
     2.7–2.8, the pool's hand-offs and Numba's spinning workers sharing the two cores)."""
     T, B, G = gx.shape
     H = G // 3
-    if not dpbf16_recurrence_wanted(T, B, H, 1, W_hh.dtype, reset_after, gate_kind, clip is not None) \
+    if not dpbf16_recurrence_wanted(T_rule or T, B, H, 1, W_hh.dtype, reset_after, gate_kind, clip is not None) \
             or gx.dtype != np.float32 or lengths.min() < T:
         return False
     if store:
@@ -1835,15 +1842,16 @@ def _dpbf16_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gate_kind
 
 
 def _amx_training_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gate_kind, clip, y, col0,
-                          h_n, tape, threads):
+                          h_n, tape, threads, T_rule=None):
     """:func:`gru_direction_forward` for training (the tape written) on AMX tiles where
     :func:`amx_recurrence_wanted` holds for one thread and every row runs all T steps: whatever the
     thread count, so that the gradients are the same with any; several threads, with the parallel
     slot free, take ranges of at least ``AMX_ROWS_PER_THREAD`` rows, each row's sums those of one
-    thread's run. False otherwise (and where the tiles refused a value): the float32 kernels then run,
-    writing everything anew."""
+    thread's run. ``T_rule``: the steps the rule counts (:func:`gru_direction_forward`'s; None: gx's
+    T). False otherwise (and where the tiles refused a value): the float32 kernels then run, writing
+    everything anew."""
     T, B, G = gx.shape
-    if not amx_recurrence_wanted(T, B, G // 3, 1, W_hh.dtype, reset_after, gate_kind, clip is not None) \
+    if not amx_recurrence_wanted(T_rule or T, B, G // 3, 1, W_hh.dtype, reset_after, gate_kind, clip is not None) \
             or lengths.min() < T:
         return False
     Whv = recurrence_packing(W_hh, threads=threads)
