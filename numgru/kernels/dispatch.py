@@ -200,6 +200,9 @@ FUSED_MIN_STEPS_PACKED = ((128, 1), (768, 16))
 FUSED_BEFORE_MIN_HIDDEN = 96
 FUSED_BEFORE_MIN_STEPS = ((128, 32), (256, 128), (512, 48), (768, 64))
 FUSED_BEFORE_MIN_STEPS_PACKED = ((768, 32),)
+#: rows below which one row's fused forward keeps its own projection where a frozen model's packings
+#: would take the projection to AMX tiles (:func:`serial_direction_plan`)
+FUSED_OVER_TILES_MAX_ROWS = 32
 #: "medium" precision on AVX512-BF16 without AMX (dpbf16_projection_wanted): fewest rows of a
 #: product, fewest multiply-adds a row (below, packing W costs more than the bfloat16 products save)
 DPBF16_MIN_ROWS = 128
@@ -1991,8 +1994,15 @@ def serial_direction_plan(W_ih, b_ih, W_hh, b_hh, packed_ih, packed_hh, T, B, th
                                 gates[3]) and dtype == np.float32:
         dp_steps = (W_hh, b_hh, bool(reverse))
     steps = 0 if dp_steps else interleave_steps(T, B, W_ih.shape[0], W_ih.shape[1], dtype.itemsize)
-    amx = threads if not steps and amx_projection_wanted(T * B, W_ih.shape[1], threads, dtype,
-                                                         False, pieces=pieces) else 0
+    fused_wanted = W_hh.dtype == dtype and fused_recurrence_wanted(
+        T, B, W_hh.shape[1], dtype, reset_after, gate_kind, gates[3], packed_ih is not None and packed_hh is not None)
+    # a frozen copy's few rows: one row's fused forward rather than the projection on tiles (Intel
+    # with AMX, one thread, I = H, frozen, the tiles' route's time over the fused forward's, five
+    # rounds taking turns: T = 16, H = 200 / 256 1.44× / 1.11×; T = 32 1.27× / 1.01×, H = 384 0.79×;
+    # reset_after=False T = 32, H = 200 / 256 0.99× / 0.80×; from 32 rows the tiles won or ran level
+    # but at H = 200, 1.16–1.27× up to 64 rows)
+    amx = threads if not steps and not (fused_wanted and T * B < FUSED_OVER_TILES_MAX_ROWS) and \
+        amx_projection_wanted(T * B, W_ih.shape[1], threads, dtype, False, pieces=pieces) else 0
     Wv_ih = pieces.of(W_ih) if amx and pieces is not None else None
     dp = threads if not steps and not amx and dpbf16_projection_wanted(
         T * B, W_ih.shape[1], W_ih.shape[0], dtype, dtype if b_ih is None else b_ih.dtype,
@@ -2017,9 +2027,7 @@ def serial_direction_plan(W_ih, b_ih, W_hh, b_hh, packed_ih, packed_hh, T, B, th
     fused_steps = None
     # the fused forward takes the float32 projection's place: not where the tiles or bfloat16
     # products would run it (nor their recurrences)
-    if amx_steps is None and not dp_steps and not amx and not dp and W_hh.dtype == dtype and \
-            fused_recurrence_wanted(T, B, W_hh.shape[1], dtype, reset_after, gate_kind, gates[3],
-                                    packed_ih is not None and packed_hh is not None):
+    if amx_steps is None and not dp_steps and not amx and not dp and fused_wanted:
         fused_steps = (bool(reset_after), W_ih, empty if packed_ih is None else packed_ih,
                        np.zeros(W_ih.shape[0], dtype) if b_ih is None else b_ih, W_hh,
                        *((empty, empty) if packed_hh is None else packed_hh), b_hh, bool(reverse))
