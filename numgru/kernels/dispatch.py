@@ -2545,8 +2545,10 @@ def weight_gradient(D, X, out, D2=None, c0=0):
     job = _gradient_job(D, X, out, D2, c0)
     D2, m1 = job[3], job[2]
     threads = thread_count()
-    if c0 == 0 and amx_gradient_wanted(N, M, X.shape[1], D.dtype):
-        D = np.ascontiguousarray(D)
+    if amx_gradient_wanted(N, M, X.shape[1], D.dtype):
+        # (c0: D's block copied, so that reset_before's dW_hn sums as on one thread too: OpenBLAS's
+        # threaded sgemm summed it otherwise on two threads, in the last bits, on the Intel machine)
+        D = np.ascontiguousarray(D[:, c0:c0 + m1] if c0 else D)
         D2 = np.ascontiguousarray(D2)
         X = np.ascontiguousarray(X)
         with parallel_slot(threads > 1) as par:
@@ -2577,13 +2579,14 @@ def weight_gradient_pair(a, b):
     (:func:`panels_gradient_wanted`), together by :func:`panel_gradients` (one thread each where
     there are two). Otherwise one after the other."""
     (Da, Xa, outa, D2a), (Db, Xb, outb, D2b) = a, b
-    N = Da.shape[0]
-    if thread_count() == 2 and Db.shape[0] == N and \
-            amx_gradient_wanted(N, outa.shape[0], Xa.shape[1], Da.dtype) and \
-            amx_gradient_wanted(N, outb.shape[0], Xb.shape[1], Db.dtype):
-        none = np.empty((N, 0), Da.dtype)
-        args = [np.ascontiguousarray(v) for v in (Da, none if D2a is None else D2a, Xa)] + [outa]
-        args += [np.ascontiguousarray(v) for v in (Db, none if D2b is None else D2b, Xb)] + [outb]
+    # (dW_hh may sum fewer rows than dW_ih: GRU.backward leaves out a zero h0's step)
+    if thread_count() == 2 and \
+            amx_gradient_wanted(Da.shape[0], outa.shape[0], Xa.shape[1], Da.dtype) and \
+            amx_gradient_wanted(Db.shape[0], outb.shape[0], Xb.shape[1], Db.dtype):
+        args = [np.ascontiguousarray(v) for v in (Da, np.empty((Da.shape[0], 0), Da.dtype) if D2a is None
+                                                  else D2a, Xa)] + [outa]
+        args += [np.ascontiguousarray(v) for v in (Db, np.empty((Db.shape[0], 0), Db.dtype) if D2b is None
+                                                   else D2b, Xb)] + [outb]
         with parallel_slot(True) as par:
             if par:
                 ok = amx_gradient_pair(*args, matmul_order())
