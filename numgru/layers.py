@@ -17,7 +17,8 @@ import numpy as np
 from ._validation import (as_lengths, as_real_array, check_bool, check_dtype, check_float,
                           check_int, untorch)
 from .kernels.activations import GATE_HARD_SIGMOID, GATE_SIGMOID
-from .kernels.dispatch import (AMX_DIGITS_SPREAD, FrozenPieces, aligned, amx_recurrence_wanted, batch_order,
+from .kernels.dispatch import (AMX_DIGITS_SPREAD, FrozenPieces, aligned, amx_recurrence_wanted, amx_rows_chunks,
+                               batch_order,
                                empty_array, forward_route, gate_scalars, gather_pays, gathered,
                                gru_direction_backward, gru_direction_forward,
                                inference_tiled_max, input_gradient, input_projection, keeps_off_blas, matmul_order,
@@ -821,12 +822,19 @@ class GRU(_Params):
     def _forward_plan(self, T, B, threads):
         """Per layer and direction, :func:`~numgru.kernels.dispatch.serial_direction_plan` for an
         inference forward of B rows of T steps on ``threads`` Numba threads, where the forward takes
-        the serial kernels (:func:`~numgru.kernels.dispatch.serial_forward`), else False."""
+        the serial kernels (:func:`~numgru.kernels.dispatch.serial_forward`) and not the AMX tiles'
+        ranges of rows (:func:`~numgru.kernels.dispatch.amx_rows_chunks`, which the general path
+        takes), else False."""
         H = self.hidden_size
         bf16 = self._bf16 is not None and use_bf16(self, B, 12 * H * H, False)
         route = forward_route(B, H, self.reset_after, False, T, 2 if bf16 else self.dtype.itemsize,
                               self._packed is not None)
         if not serial_forward(route):
+            return False
+        if threads > 1 and amx_rows_chunks(T, B, H, threads, self.dtype, self.reset_after, self._gate_kind,
+                                           self.clip is not None):
+            # (two threads, T = 128, B = 64, H = 1024 on the Intel machine: 398–424 ms by the plan's
+            # serial kernels, slower than one thread's tiles, against 175–188 on the ranges)
             return False
         plan = []
         for i in range(self.num_layers * self.num_directions):

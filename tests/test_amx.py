@@ -730,3 +730,20 @@ def test_frozen_copy_keeps_its_packings_on_two_threads(rng, two_threads, monkeyp
     y_ref, _ = ref_gru(x, frozen.state_dict(), 1, H)
     np.testing.assert_allclose(ys[0], y_ref, **TOL[np.float32])
     np.testing.assert_array_equal(ys[2], ys[0])
+
+
+@needs_amx
+def test_two_threads_take_the_tiles_ranges_from_768_units(rng, two_threads, monkeypatch):
+    # from H = 768 two threads' forward route is the serial kernels', whose forward plan had run them
+    # without the tiles' ranges of rows (more slowly than one thread on the tiles); with and without h0
+    T, B, I, H = 32, 64, 8, 768
+    g = ng.GRU(I, H, seed=3)
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    h0 = rng.uniform(-1, 1, (1, B, H)).astype(np.float32)
+    calls = _tile_calls(monkeypatch)
+    for h in (None, h0):
+        y, h_n = g(x, h)
+        y_ref, h_ref = ref_gru(x, g.state_dict(), 1, H, h0=h)
+        np.testing.assert_allclose(y, y_ref, **TOL[np.float32])
+        np.testing.assert_allclose(h_n, h_ref, **TOL[np.float32])
+    assert calls["rows"] == 2
