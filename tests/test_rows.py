@@ -402,7 +402,8 @@ def test_one_thread_takes_no_threaded_route():
     (False, 8, 2, 256, "columns"),
     (False, 1, 64, 64, "rows"),       # 64 rows: the serial kernel's steps would take BLAS's threads
     (False, None, 2, 256, "columns"),  # steps unknown
-    (True, 16, 16, 32, "rows"),       # BLAS wider: not measured there
+    (True, 16, 16, 32, None),         # BLAS wider (Intel): the same rule, measured there since
+    (True, 32, 16, 32, "rows"),
 ])
 def test_named_routes_need_enough_work(two_threads, monkeypatch, wide, T, B, H, want):
     monkeypatch.setattr(dispatch, "NAMED_ROUTE_MIN_WORK", 1 << 19)  # (two_threads sets it to 0)

@@ -445,14 +445,21 @@ def forward_route(B, H, reset_after, store, T=None, itemsize=4, kept=False):
         7.93–10.5 (rows); frozen T = 32, B = 4, H = 1024 10.0–10.4 against 13.5–13.9. Below 256 units
         it lost at T = 32 (H = 64–128, B = 1–4: 0.56–0.87×) and was mixed at H = 192 (0.89–1.25×).
     None
-        The serial kernel (BLAS threading the steps' GEMMs where they take BLAS). Where BLAS is no
-        wider than Numba, also for calls of T·B·H² under ``NAMED_ROUTE_MIN_WORK`` whose serial kernels
-        keep off BLAS's threads (:func:`keeps_off_blas`): a named route's two parallel regions (the
-        projection's and the steps') cost about 20 µs a call more (two threads, one process taking
+        The serial kernel (BLAS threading the steps' GEMMs where they take BLAS). Also for calls of
+        T·B·H² under ``NAMED_ROUTE_MIN_WORK`` whose serial kernels keep off BLAS's threads
+        (:func:`keeps_off_blas`): a named route's two parallel regions (the projection's and the
+        steps') cost about 20 µs a call more on the 2-vCPU AMD EPYC (two threads, one process taking
         turns, µs, named against serial: T·B·H² = 2¹⁸: T = 16, B = 16, H = 32 62.8 / 60.1; T = 4,
         B = 16, H = 64 60.0 / 47.7; T = 1, B = 16, H = 128 75.5 / 55.8; T = 1, B = 4, H = 256 85.6 /
         64.0; T = 2, B = 2, H = 256 60.3 / 47.3; reset_before 0.70–0.80×; at 2¹⁹ 0.72–1.17×, at 2²⁰
-        0.95–1.30×: T = 16, B = 16, H = 64 122.8 / 147.1; T = 4, B = 1, H = 512 145.7 / 159.6).
+        0.95–1.30×: T = 16, B = 16, H = 64 122.8 / 147.1; T = 4, B = 1, H = 512 145.7 / 159.6), and
+        more on the 2-vCPU Intel machine, where the rule first did not apply (two threads, alternating
+        processes, µs, serial against named: T = 2, B = 16, H = 32, two layers 50 against 168–173;
+        T = 2, B = 7, I = 16, H = 32, three bidirectional layers, padded 137–139 against 463–478, torch
+        377–384; T = 4, B = 16, H = 64 68–69 against 126–131; T = 2, B = 3, H = 256 101–107 against
+        135–139; T = 7, B = 16, H = 64, padded 108–109 against 236–238; near the bound level: T = 120,
+        B = 4, H = 32 145–147 against 139–141; T = 15, B = 2, H = 128, bidirectional 224–232 against
+        218–229).
         Calls of more rows keep their named route, which keeps them off BLAS's threads (T = 1,
         B = 64, H = 64: 63.2 against 56.1 serial). (A "pipeline"
         route, the projection of the next chunk of time steps on one thread beside the recurrence
@@ -536,7 +543,7 @@ def forward_route(B, H, reset_after, store, T=None, itemsize=4, kept=False):
     threads = thread_count()
     if threads < 2 or store or B == 0 or T == 0:  # nothing to split (an empty batch or sequence)
         return None
-    if (not WIDE_BLAS and T is not None and T * B * H * H < NAMED_ROUTE_MIN_WORK
+    if (T is not None and T * B * H * H < NAMED_ROUTE_MIN_WORK
             and keeps_off_blas(B, H, threads, False)):
         return None  # too little work to repay two parallel regions
     per_thread = -(-B // threads)
