@@ -444,7 +444,15 @@ def test_tile_rules(monkeypatch):
     assert not dispatch.amx_gradient_wanted(512, 24, 8, f4)  # one thread in OpenBLAS, and faster there
     assert not dispatch.amx_gradient_wanted(256, 32, 32, f4)
     assert not dispatch.amx_gradient_wanted(8192, 768, 256, f8)
+    # too few rows to repay the tiles' fixed cost: the panel block (sums alike on any threads)
+    assert dispatch.amx_gradient_wanted(256, 768, 256, f4) and dispatch.amx_gradient_wanted(1024, 1536, 1024, f4)
+    for N, M, I in ((255, 768, 256), (160, 1536, 512), (1023, 1536, 1024), (160, 3072, 1024)):
+        assert not dispatch.amx_gradient_wanted(N, M, I, f4) and dispatch.few_rows_on_panels(N, M, I, f4)
+    assert not dispatch.few_rows_on_panels(256, 768, 256, f4)
+    assert not dispatch.few_rows_on_panels(160, 32, 32, f4)  # one thread in OpenBLAS
+    assert not dispatch.few_rows_on_panels(160, 1536, 512, f8)
     monkeypatch.setattr(dispatch, "amx_ready", lambda: False)
+    assert not dispatch.few_rows_on_panels(160, 1536, 512, f4)
     assert not dispatch.amx_projection_wanted(4096, 256, 1, f4, False)
     assert not dispatch.amx_gradient_wanted(8192, 768, 256, f4)
     assert not dispatch.amx_recurrence_wanted(128, 64, 256, 1, f4, True, 0, False)

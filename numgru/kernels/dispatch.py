@@ -218,6 +218,9 @@ PARALLEL_PACK_MIN_VALUES = 1 << 17
 #: the product M·N·K above which OpenBLAS spreads a GEMM over its threads (its
 #: GEMM_MULTITHREAD_THRESHOLD, 4, times SMP_THRESHOLD_MIN, 65536)
 BLAS_THREADED_MNK = 4 * 65536
+#: the fewest rows (by inputs I: (most I, rows) pairs, the first that holds) from which a weight
+#: gradient runs on AMX tiles (:func:`amx_gradient_wanted`)
+AMX_GRADIENT_MIN_ROWS = ((512, 256), (1 << 30, 1024))
 #: fewest multiply-adds (about) of a call that :func:`side_by_side` spreads over worker threads
 #: (below, one thread: a hand-off costs tens of µs)
 PANEL_GRADIENT_POOL_MIN = 1 << 24
@@ -2543,10 +2546,11 @@ def weight_gradient(D, X, out, D2=None, c0=0):
     M − M2 columns followed by D2's (reset_after's dW_hh: the r and z blocks of dgx, the n block of
     its own); ``c0``: D's columns from c0 on instead (reset_before's dW_hn, dgx's n block). On AMX
     tiles where :func:`amx_gradient_wanted` says so (on Numba's threads where there are several and
-    the parallel slot is free), else on the panel block where :func:`panels_gradient_wanted` says so
-    (:func:`panel_gradients`: on worker threads side by side where there are several), else in BLAS
-    (:func:`~numgru.kernels.backward.matmul_into`). Either way each sum runs in an order that does
-    not depend on the thread count."""
+    the parallel slot is free), else on the panel block where :func:`panels_gradient_wanted` or
+    :func:`few_rows_on_panels` says so (:func:`panel_gradients`: on worker threads side by side
+    where there are several), else in BLAS (:func:`~numgru.kernels.backward.matmul_into`: on one
+    thread there, below ``BLAS_THREADED_MNK``). Either way each sum runs in an order that does not
+    depend on the thread count (but float64 on Intel, where BLAS threads those above it)."""
     N = D.shape[0]
     M = out.shape[0]
     job = _gradient_job(D, X, out, D2, c0)
@@ -2566,7 +2570,8 @@ def weight_gradient(D, X, out, D2=None, c0=0):
     if dpbf16_gradient_wanted(N, M, X.shape[1], D.dtype, D2.dtype, X.dtype, out.dtype) and \
             dpbf16_gradients([job]):
         return out
-    if panels_gradient_wanted(D.dtype, D2.dtype, X.dtype, out.dtype):
+    if panels_gradient_wanted(D.dtype, D2.dtype, X.dtype, out.dtype) or (
+            few_rows_on_panels(N, M, X.shape[1], D.dtype) and D2.dtype == X.dtype == out.dtype == D.dtype):
         panel_gradients([job])
         return out
     matmul_into(np.ascontiguousarray(D[:, c0:c0 + m1]).T, X, out[:m1], False)  # (a copy only for a D2)
@@ -3023,6 +3028,31 @@ def amx_gradient_wanted(N, M, I, dtype):
     1.04×, (192, 64) 1.64 against 2.12 ms; (96, 32) at N = 4096 0.32 against 0.34 ms; N = 512,
     (768, 256) 1.14×, (192, 64) 128 against 120 µs. Below the bound OpenBLAS runs on one thread,
     and faster (N = 512, (48, 16) 8.2 against 38 µs). The rule reads neither the thread count nor
-    the precision, so that gradients are the same with any number of threads."""
-    return dtype == np.float32 and N * M * I > BLAS_THREADED_MNK and amx_ready()
+    the precision, so that gradients are the same with any number of threads.
+
+    From ``AMX_GRADIENT_MIN_ROWS`` rows by I: the tiles' kernel has a fixed cost by M·I (its sums
+    C, I × M, and each block's split) that few rows do not repay. On the 2-vCPU Intel machine
+    (Sapphire Rapids or later, 2 MB of L2 a core), one thread, ms, tiles against the panel block
+    (:func:`few_rows_on_panels`) and OpenBLAS's sgemm on one thread: (M, I) = (1536, 1024) N = 64 /
+    160 / 320 / 640 / 2048 13.7 / 16.3 / 18.9 / 24.2 / 44.7 against 2.0 / 3.8 / 10.5 / 18.6 / 77.9 and
+    1.8 / 3.7 / 7.1 / 13.9 / 50.9; (3072, 1024) N = 160 29.3 against 9.9 and 8.0; (1536, 512) N = 128 /
+    160 / 320 / 640 2.4–2.7 / 2.8–3.0 / 3.8–4.1 / 6.1–6.5 against 1.8–2.1 / 2.1–2.4 / 4.6–5.0 / 9.1–9.9;
+    (1152, 384) N = 128 / 512 1.23–1.28 / 2.64–2.76 against 0.86–1.05 / 3.97–4.16; (768, 256) N = 96 /
+    192 / 256 / 4096 0.48 / 0.63 / 0.77 / 7.9–8.7 against 0.30 / 0.59 / 0.85 / 14.1–14.4 (BLAS 14.0)."""
+    return dtype == np.float32 and N * M * I > BLAS_THREADED_MNK and \
+        N >= _gradient_min_rows(I) and amx_ready()
+
+
+def _gradient_min_rows(I):
+    """The fewest rows a weight gradient with I inputs takes to AMX tiles (``AMX_GRADIENT_MIN_ROWS``)."""
+    return next(rows for i_max, rows in AMX_GRADIENT_MIN_ROWS if I <= i_max)
+
+
+def few_rows_on_panels(N, M, I, dtype):
+    """Whether a float32 weight gradient that :func:`amx_gradient_wanted` leaves off the tiles for
+    too few rows, where the CPU has AMX, runs on the panel block (:func:`panel_gradients`, whose
+    sums do not depend on the thread count, as the tiles'; OpenBLAS's threaded sgemm summed some
+    shapes otherwise on two threads) rather than in BLAS (figures there)."""
+    return dtype == np.float32 and N * M * I > BLAS_THREADED_MNK and N < _gradient_min_rows(I) \
+        and amx_ready()
 
