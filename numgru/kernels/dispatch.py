@@ -2550,7 +2550,8 @@ def weight_gradient(D, X, out, D2=None, c0=0):
     :func:`few_rows_on_panels` says so (:func:`panel_gradients`: on worker threads side by side
     where there are several), else in BLAS (:func:`~numgru.kernels.backward.matmul_into`: on one
     thread there, below ``BLAS_THREADED_MNK``). Either way each sum runs in an order that does not
-    depend on the thread count (but float64 on Intel, where BLAS threads those above it)."""
+    depend on the thread count, except float64 gradients above that bound where BLAS's vectors are
+    wider than Numba's (Intel), which OpenBLAS threads."""
     N = D.shape[0]
     M = out.shape[0]
     job = _gradient_job(D, X, out, D2, c0)
