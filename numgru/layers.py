@@ -26,7 +26,8 @@ from .kernels.dispatch import (AMX_DIGITS_SPREAD, FrozenPieces, aligned, amx_rec
                                run_padded_direction, run_serial_direction, run_step, scattered,
                                run_step_digits, rows_share_panels, serial_direction_plan, serial_forward,
                                step_columns,
-                               step_columns_workspace, step_digits_columns_work, thread_count, training_tape,
+                               step_columns_workspace, step_digits_columns_work, take_batch_rows, thread_count,
+                               training_tape,
                                valid_steps, vnni_step_inputs, vnni_step_wanted, weight_gradient, weight_gradient_pair,
                                workspace)
 from .kernels._jit import ARRAY_KIND, C_CONTIGUOUS, planned_call
@@ -1148,8 +1149,7 @@ def _sort_by_length(x, h0, lengths, route=None):
     perm = batch_order(lengths, route)
     if perm is None:
         return x, h0, lengths, None
-    return (np.ascontiguousarray(x[:, perm]), np.ascontiguousarray(h0[:, perm]),
-            np.ascontiguousarray(lengths[perm]), perm)
+    return take_batch_rows(x, perm), take_batch_rows(h0, perm), np.ascontiguousarray(lengths[perm]), perm
 
 
 #: buffers kept per name for the arrays :func:`_unsort` hands out (a caller holding the last result
@@ -1166,7 +1166,7 @@ def _unsort(perm, *arrays, names):
         return arrays
     inv = np.empty_like(perm)
     inv[perm] = np.arange(perm.size)
-    return tuple(np.take(a, inv, axis=1, out=recycled(name, a.shape, a.dtype, UNSORTED_KEEP))
+    return tuple(take_batch_rows(a, inv, recycled(name, a.shape, a.dtype, UNSORTED_KEEP))
                  for a, name in zip(arrays, names))
 
 
