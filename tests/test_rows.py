@@ -603,3 +603,31 @@ def test_stream_step_as_a_rows_forward(two_threads, spy, rng, monkeypatch, dtype
     np.testing.assert_allclose(s.state, plain.state, **TOL[dtype])
     y_ref, _ = ref_gru(xs, p, L, H)
     np.testing.assert_allclose(got[1], y_ref[1], **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_take_batch_rows_equals_numpys_take(dtype, threads, monkeypatch):
+    # the batch's rows put in another order (layers' sort by length and back): the kernel on one
+    # thread and on two (from any size here), and numpy's take where the kernel does not apply
+    monkeypatch.setattr(dispatch, "TAKE_BATCH_PARALLEL_MIN", 0)
+    rng = np.random.default_rng(3)
+    before = numba.get_num_threads()
+    numba.set_num_threads(threads)
+    try:
+        for T, B, K in ((1, 1, 1), (7, 13, 5), (10, 128, 96)):
+            a = rng.standard_normal((T, B, K)).astype(dtype)
+            perm = rng.permutation(B).astype(np.int64)
+            out = dispatch.take_batch_rows(a, perm)
+            np.testing.assert_array_equal(out, np.take(a, perm, axis=1))
+            inv = np.empty_like(perm)
+            inv[perm] = np.arange(B)
+            back = np.full_like(a, np.nan)
+            assert dispatch.take_batch_rows(out, inv, back) is back
+            np.testing.assert_array_equal(back, a)
+            # a view that is not C-contiguous, and int32 indices: numpy's take
+            view = np.ascontiguousarray(a.transpose(1, 0, 2)).transpose(1, 0, 2)
+            np.testing.assert_array_equal(dispatch.take_batch_rows(view, perm), np.take(a, perm, axis=1))
+            np.testing.assert_array_equal(dispatch.take_batch_rows(a, perm.astype(np.int32)), out)
+    finally:
+        numba.set_num_threads(before)
