@@ -1813,13 +1813,13 @@ def rows_share_panels(B, H, itemsize, threads):
 
 
 def _amx_rows_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gate_kind, clip, y, col0, h_n,
-                      threads, pieces=None, T_rule=None):
+                      threads, pieces, T_rule):
     """:func:`gru_direction_forward` by ranges of rows on AMX tiles where :func:`amx_rows_chunks` says
-    so (for ``T_rule`` steps, the direction's whole; None: gx's T), every row running all T steps and
+    so (for ``T_rule`` steps, the direction's whole), every row running all T steps and
     the parallel slot free; False otherwise (and where the tiles refused a value), the other routes
     then run."""
     T, B, G = gx.shape
-    chunks = amx_rows_chunks(T_rule or T, B, G // 3, threads, W_hh.dtype, reset_after, gate_kind, clip is not None)
+    chunks = amx_rows_chunks(T_rule, B, G // 3, threads, W_hh.dtype, reset_after, gate_kind, clip is not None)
     if not chunks or lengths.min() < T:
         return False
     with parallel_slot(True) as par:
@@ -1833,10 +1833,10 @@ def _amx_rows_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gate_ki
 
 
 def _dpbf16_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gate_kind, clip, y, col0, h_n,
-                    tape, store, threads, T_rule=None):
+                    tape, store, threads, T_rule):
     """:func:`gru_direction_forward` by AVX512-BF16's bfloat16 products where
     :func:`dpbf16_recurrence_wanted` holds for one thread (for ``T_rule`` steps, the direction's
-    whole; None: gx's T) and every row runs all T steps: training
+    whole) and every row runs all T steps: training
     (``store``, the tape written) whatever the thread count, in :func:`training_row_ranges`' ranges
     side by side where it gives some (on the pool's threads, as training's other kernels); inference
     on several threads from ``DPBF16_RANGE_ROWS`` rows a range, one range a thread on Numba's threads
@@ -1853,7 +1853,7 @@ def _dpbf16_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gate_kind
     2.7–2.8, the pool's hand-offs and Numba's spinning workers sharing the two cores)."""
     T, B, G = gx.shape
     H = G // 3
-    if not dpbf16_recurrence_wanted(T_rule or T, B, H, 1, W_hh.dtype, reset_after, gate_kind, clip is not None) \
+    if not dpbf16_recurrence_wanted(T_rule, B, H, 1, W_hh.dtype, reset_after, gate_kind, clip is not None) \
             or gx.dtype != np.float32 or lengths.min() < T:
         return False
     if store:
@@ -1882,16 +1882,16 @@ def _dpbf16_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gate_kind
 
 
 def _amx_training_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gate_kind, clip, y, col0,
-                          h_n, tape, threads, T_rule=None):
+                          h_n, tape, threads, T_rule):
     """:func:`gru_direction_forward` for training (the tape written) on AMX tiles where
     :func:`amx_recurrence_wanted` holds for one thread and every row runs all T steps: whatever the
     thread count, so that the gradients are the same with any; several threads, with the parallel
     slot free, take ranges of at least ``AMX_ROWS_PER_THREAD`` rows, each row's sums those of one
-    thread's run. ``T_rule``: the steps the rule counts (:func:`gru_direction_forward`'s; None: gx's
-    T). False otherwise (and where the tiles refused a value): the float32 kernels then run, writing
+    thread's run. ``T_rule``: the steps the rule counts (:func:`gru_direction_forward`'s). False
+    otherwise (and where the tiles refused a value): the float32 kernels then run, writing
     everything anew."""
     T, B, G = gx.shape
-    if not amx_recurrence_wanted(T_rule or T, B, G // 3, 1, W_hh.dtype, reset_after, gate_kind, clip is not None) \
+    if not amx_recurrence_wanted(T_rule, B, G // 3, 1, W_hh.dtype, reset_after, gate_kind, clip is not None) \
             or lengths.min() < T:
         return False
     Whv = recurrence_packing(W_hh, threads=threads)
@@ -3067,8 +3067,12 @@ def amx_gradient_wanted(N, M, I, dtype):
     160 / 320 / 640 2.4–2.7 / 2.8–3.0 / 3.8–4.1 / 6.1–6.5 against 1.8–2.1 / 2.1–2.4 / 4.6–5.0 / 9.1–9.9;
     (1152, 384) N = 128 / 512 1.23–1.28 / 2.64–2.76 against 0.86–1.05 / 3.97–4.16; (768, 256) N = 96 /
     192 / 256 / 4096 0.48 / 0.63 / 0.77 / 7.9–8.7 against 0.30 / 0.59 / 0.85 / 14.1–14.4 (BLAS 14.0)."""
-    return dtype == np.float32 and N * M * I > BLAS_THREADED_MNK and \
-        N >= _gradient_min_rows(I) and amx_ready()
+    return _tiles_gradient_size(N, M, I, dtype) and N >= _gradient_min_rows(I) and amx_ready()
+
+
+def _tiles_gradient_size(N, M, I, dtype):
+    """The gradients the tiles' rules weigh: float32, where OpenBLAS would thread the GEMM."""
+    return dtype == np.float32 and N * M * I > BLAS_THREADED_MNK
 
 
 def _gradient_min_rows(I):
@@ -3081,6 +3085,5 @@ def few_rows_on_panels(N, M, I, dtype):
     too few rows, where the CPU has AMX, runs on the panel block (:func:`panel_gradients`, whose
     sums do not depend on the thread count, as the tiles'; OpenBLAS's threaded sgemm summed some
     shapes otherwise on two threads) rather than in BLAS (figures there)."""
-    return dtype == np.float32 and N * M * I > BLAS_THREADED_MNK and N < _gradient_min_rows(I) \
-        and amx_ready()
+    return _tiles_gradient_size(N, M, I, dtype) and N < _gradient_min_rows(I) and amx_ready()
 
