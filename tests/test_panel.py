@@ -101,31 +101,21 @@ def test_pack_panels_layout(dtype, M, K):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("K, M", [(70, 5), (97, 37), (192, 64), (16, 48), (768, 512)])
-def test_pack_panels_of_transpose_equals_packing_the_transposed_copy(dtype, K, M):
-    # the input gradient's panels of W_ih.T, dealt out of W_ih's rows into a scratch buffer
-    from numgru.kernels.forward import packed_panels, packed_panels_of_transpose
-    W = np.random.default_rng(1).standard_normal((K, M)).astype(dtype)
+@pytest.mark.parametrize("M, K", [(5, 70), (37, 97), (64, 192), (48, 16), (768, 512), (512, 768)])
+@pytest.mark.parametrize("transposed", [True, False])
+def test_packing_into_a_buffer_equals_pack_panels(dtype, M, K, transposed):
+    # into a scratch buffer: the input gradient's panels of W_ih.T, dealt out of W_ih's rows
+    # (transposed), and the training projection's panels of W_ih (the last panel's pad zeroed there)
+    from numgru.kernels.forward import packed_panels, packed_panels_into, packed_panels_of_transpose
+    W = np.random.default_rng(1).standard_normal((M, K)).astype(dtype)
+    pack, src = (packed_panels_of_transpose, np.ascontiguousarray(W.T)) if transposed else (packed_panels_into, W)
     buf = np.full((M + 48) * K + 16, np.nan, dtype)
-    Wp = packed_panels_of_transpose(W, buf)
-    assert Wp.ctypes.data % 64 == 0 and np.shares_memory(Wp, buf)
-    np.testing.assert_array_equal(Wp, packed_panels(np.ascontiguousarray(W.T)))
-    with pytest.raises(ValueError, match="buf too small"):
-        packed_panels_of_transpose(W, buf[:K])
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("M, K", [(5, 70), (37, 97), (64, 192), (48, 16), (768, 512)])
-def test_pack_panels_into_a_buffer_equals_pack_panels(dtype, M, K):
-    # the training projection's panels of W_ih, packed into scratch (last panel's pad zeroed there)
-    from numgru.kernels.forward import packed_panels, packed_panels_into
-    W = np.random.default_rng(2).standard_normal((M, K)).astype(dtype)
-    buf = np.full((M + 48) * K + 16, np.nan, dtype)
-    Wp = packed_panels_into(W, buf)
+    Wp = pack(src, buf)
     assert Wp.ctypes.data % 64 == 0 and np.shares_memory(Wp, buf)
     np.testing.assert_array_equal(Wp, packed_panels(W))
     with pytest.raises(ValueError, match="buf too small"):
-        packed_panels_into(W, buf[:K])
+        pack(src, buf[:K])
+
 
 def test_pack_panels_of_row_slices_and_read_only_weights():
     # (panels 48 columns wide with AVX-512: 64 rows end inside the second; 16 with AVX2)
