@@ -374,23 +374,69 @@ def test_gradients_identical_with_1_and_2_threads(tmp_path, probe):
         np.testing.assert_array_equal(outs[0][k], outs[1][k], err_msg=k)
 
 
-def test_wide_input_gradient_keeps_off_blas(monkeypatch):
-    # dx = dG @ W_ih with K = 3H beyond 768 takes the panels where the weight gradients do, so a
-    # training step never wakes OpenBLAS's threads (their spinning held a core through the next
-    # products); the values match BLAS's
+@pytest.mark.parametrize("N, route", [(20, "strips_product"), (256, "strips_product"), (257, "pool_projection")])
+def test_wide_input_gradient_keeps_off_blas(monkeypatch, N, route):
+    # dx = dG @ W_ih with K = 3H beyond 768 takes W_ih as it lies (few rows) or its transpose's panels
+    # where the weight gradients take the panels, so a training step never wakes OpenBLAS's threads
+    # (their spinning held a core through the next products); the values match BLAS's
     from numgru.kernels import dispatch
     if not dispatch.panels_gradient_wanted(np.float32):
         pytest.skip("BLAS takes the gradients here")
     rng = np.random.default_rng(8)
-    dG = rng.standard_normal((96, 1536)).astype(np.float32)
+    dG = rng.standard_normal((N, 1536)).astype(np.float32)
     W = rng.standard_normal((1536, 200)).astype(np.float32)
     calls = []
-    pool = dispatch.pool_projection
-    monkeypatch.setattr(dispatch, "pool_projection", lambda *a, **k: calls.append(1) or pool(*a, **k))
+    taken = getattr(dispatch, route)
+    monkeypatch.setattr(dispatch, route, lambda *a, **k: calls.append(1) or taken(*a, **k))
     monkeypatch.setattr(dispatch, "matmul_into", lambda *a: pytest.fail("BLAS ran"))
-    out = dispatch.input_gradient(dG, W, np.empty((96, 200), np.float32), False)
+    out = dispatch.input_gradient(dG, W, np.empty((N, 200), np.float32), False)
     assert calls
     np.testing.assert_allclose(out, dG.astype(np.float64) @ W.astype(np.float64), atol=2e-3)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("N, K, M", [(1, 5, 3), (3, 17, 50), (9, 96, 100), (40, 300, 97), (0, 4, 4), (5, 0, 9)])
+def test_input_gradient_strips_equals_numpy(rng, dtype, N, K, M):
+    """W_ih as it lies (no packing): every shape of rows, strips (48 columns, the last partial) and
+    chunks of k, whole and in ranges of columns, which give the whole call's values bit for bit."""
+    from numgru.kernels.backward import input_gradient_strips
+    dG = rng.standard_normal((N, K)).astype(dtype)
+    W = rng.standard_normal((K, M)).astype(dtype)
+    whole = np.full((N, M), np.nan, dtype)
+    input_gradient_strips(dG, W, whole, 0, M)
+    np.testing.assert_allclose(whole, dG.astype(np.float64) @ W.astype(np.float64),
+                               atol=1e-4 if dtype == np.float32 else 1e-11)
+    parts = np.full((N, M), np.nan, dtype)
+    for c0 in range(0, M, 48):
+        input_gradient_strips(dG, W, parts, c0, min(M, c0 + 48))
+    np.testing.assert_array_equal(parts, whole)
+    with pytest.raises(ValueError, match="shapes"):
+        input_gradient_strips(dG, W, whole, 0, M + 1)
+
+
+def test_strips_product_on_two_threads_equals_one(rng, monkeypatch):
+    """Runs of columns side by side (two threads) give one thread's values bit for bit."""
+    import numba
+    from numgru.kernels import dispatch
+    dG = rng.standard_normal((24, 1536)).astype(np.float32)
+    W = rng.standard_normal((1536, 700)).astype(np.float32)
+    before = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        one = dispatch.strips_product(dG, W, np.empty((24, 700), np.float32))
+    finally:
+        numba.set_num_threads(before)
+    tasks = []
+    side = dispatch.side_by_side
+    monkeypatch.setattr(dispatch, "side_by_side", lambda fn, t, n: tasks.append(t) or side(fn, t, n))
+    monkeypatch.setattr(dispatch, "PANEL_GRADIENT_POOL_MIN", 0)
+    numba.set_num_threads(2)
+    try:
+        two = dispatch.strips_product(dG, W, np.empty((24, 700), np.float32))
+    finally:
+        numba.set_num_threads(before)
+    assert [(t[3], t[4]) for t in tasks[0]] == [(0, 384), (384, 700)]
+    np.testing.assert_array_equal(two, one)
 
 
 @pytest.mark.parametrize("reset_after", [True, False])
@@ -510,3 +556,4 @@ def test_empty_sequence_trains_to_zero_gradients(with_h0):
     np.testing.assert_array_equal(dh0, dh_n)
     for k, v in grads.items():
         assert v.shape == g.state_dict()[k].shape and not v.any(), k
+

@@ -28,7 +28,7 @@ from .activations import gate_grad, kind_is_sigmoid, one_like
 from .forward import active_rows, panel_steps, step_product, wants_panels
 from .amx import _amx_scratch, _tile_config, _tile_rows_product, tile_config, tile_release
 from .dpbf16 import CHUNK_ROWS, product_rows
-from .panel import TN_SLAB, aligned_empty, gemm_tn, pack_panels, prefetch, transpose8, transpose16
+from .panel import TN_SLAB, aligned_empty, gemm_nn, gemm_tn, pack_panels, prefetch, transpose8, transpose16
 
 
 #: rows whose bias gradients share an accumulator (the ranges of rows that run side by side are
@@ -481,6 +481,16 @@ def weight_gradient_panels(D, c0, m1, D2, X, out, r0, r1):
         for j in range(m1 + m2):
             for r in range(s0, s1):
                 out[j, r] = oT[r - s0, j]
+
+
+@kernel
+def input_gradient_strips(dG, W, out, c0, c1):
+    """out[:, c0:c1] = dG @ W[:, c0:c1]: columns of the gradient flowing into a layer's input, the gate
+    gradients dG (N, 3H) by W_ih (3H, I) as it lies (:func:`~numgru.kernels.panel.gemm_nn`), out (N, I);
+    all C-contiguous, one float dtype. Each sum's order depends on 3H alone, so ranges of columns may
+    run on several threads with the results of one call."""
+    wide_vectors()
+    gemm_nn(dG, W, out, c0, c1)
 
 
 gru_backward_serial = kernel(_gru_backward, name="gru_backward_serial")

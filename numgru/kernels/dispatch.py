@@ -51,7 +51,8 @@ from .amx import (amx_gradient, amx_gradient_pair, amx_gradient_parallel, amx_pr
                   pack_amx, pack_amx_into, pack_amx_into_parallel, pack_digits, pack_digits_into,
                   pack_digits_into_parallel, padded)
 from .backward import (BIAS_ROWS, gru_backward_amx, gru_backward_amx_rows, gru_backward_dpbf16,
-                       gru_backward_serial, matmul_into, transpose_into, weight_gradient_panels)
+                       gru_backward_serial, input_gradient_strips, matmul_into, transpose_into,
+                       weight_gradient_panels)
 from .forward import (column_blocks, first_step_gates, gru_forward_chunked, gru_forward_cols,
                       gru_forward_cols_before, gru_forward_rows, gru_forward_serial, input_projection_kernel,
                       input_projection_parallel, own_panels, packed_panels, packed_panels_into,
@@ -224,6 +225,8 @@ AMX_GRADIENT_MIN_ROWS = ((512, 256), (1 << 30, 1024))
 #: fewest multiply-adds (about) of a call that :func:`side_by_side` spreads over worker threads
 #: (below, one thread: a hand-off costs tens of µs)
 PANEL_GRADIENT_POOL_MIN = 1 << 24
+#: :func:`strips_input_gradient`: most rows
+STRIPS_INPUT_GRADIENT_MAX_ROWS = 256
 #: :func:`training_panels`: fewest rows
 TRAINING_PANELS_MIN_ROWS = 64
 #: :func:`training_row_ranges`: largest H whose training recurrences split their rows
@@ -2899,6 +2902,35 @@ def training_panels(N, K, M, dtype):
     return panels_gradient_wanted(dtype) and N >= TRAINING_PANELS_MIN_ROWS and M > 0
 
 
+def strips_input_gradient(N, dtype):
+    """Whether the input gradient of N rows (:func:`input_gradient`) multiplies W_ih as it lies
+    (:func:`strips_product`) rather than on its transpose's panels or in BLAS: where the weight
+    gradients take the panel block (:func:`panels_gradient_wanted`), up to
+    ``STRIPS_INPUT_GRADIENT_MAX_ROWS`` rows, whatever the thread count (the sums do not depend on it).
+    Zen 4, one thread, µs, (3H, I), N: BLAS / panels (packing included) / strips, float32 (768, 256)
+    N = 8 / 32 / 64 111 / 287 / 37, 194 / 287 / 134, 317 / 396 / 262; (1536, 1024) N = 2 / 32 / 64 827 /
+    1034 / 177, 1440 / 1955 / 1090, 2481 / 2693 / 2144; panels against strips N = 256 / 1024 / 4096:
+    (768, 256) 1181 / 1073, 4389 / 4318, 17619 / 17935, (1536, 1024) 9010 / 9116, 34147 / 35657,
+    130992 / 157381; (192, 64) N = 8 BLAS 2 µs, strips 4."""
+    return panels_gradient_wanted(dtype) and N <= STRIPS_INPUT_GRADIENT_MAX_ROWS
+
+
+def strips_product(a, b, out):
+    """out = a @ b by :func:`~numgru.kernels.backward.input_gradient_strips`, b's columns in runs
+    side by side (:func:`side_by_side`, whole strips of 48) where there are several threads and work
+    enough (``PANEL_GRADIENT_POOL_MIN``); each column's sums are those of one call on one thread.
+    a (N, K), b (K, M), out (N, M) C-contiguous, one float dtype."""
+    M = b.shape[1]
+    threads = thread_count()
+    if threads == 1 or a.shape[0] * a.shape[1] * M < PANEL_GRADIENT_POOL_MIN:
+        input_gradient_strips(a, b, out, 0, M)
+        return out
+    step = -(-M // (threads * 48)) * 48
+    side_by_side(input_gradient_strips, [(a, b, out, c0, min(M, c0 + step)) for c0 in range(0, M, step)],
+                 threads)
+    return out
+
+
 def pool_projection(x2d, W, bias, use_bias, out, Wp=None):
     """out = x2d @ W.T (+ bias) on W's panels, packed once here (or ``Wp``, W's panels packed by the
     caller: W is then only passed on, as the kernel's unread operand of M·K values), rows in ranges
@@ -3014,6 +3046,9 @@ def _input_gradient_routed(dG, W_ih, target):
     if dpbf16_projection_wanted(N, M, W_ih.shape[1], dG.dtype, W_ih.dtype, target.dtype) and \
             dpbf16_project(np.ascontiguousarray(dG), W_ih.T, None, False, target, threads, name="dp_ih_T",
                            pool=True):
+        return True
+    if strips_input_gradient(N, dG.dtype) and dG.dtype == W_ih.dtype == target.dtype:
+        strips_product(np.ascontiguousarray(dG), np.ascontiguousarray(W_ih), target)
         return True
     if training_panels(N, M, W_ih.shape[1], dG.dtype) and dG.dtype == W_ih.dtype == target.dtype:
         # W_ih.T's panels straight from W_ih's rows; W_ih itself rides along as the unread operand

@@ -809,3 +809,55 @@ def gemm_tn(a, b, ca, na, cb, nb, out, oi, oj):
         return
     if na > 0 and nb > 0:
         _block_gemm_tn(a, b, ca, na, cb, nb, out, oi, oj)
+
+
+
+@intrinsic
+def _block_gemm_nn(typingctx, a, b, c0, c1, out):
+    """out[i, j] = Σ_k a[i, k] · b[k, j] for every row i of a and c0 ≤ j < c1: the operands read where
+    they lie (:func:`_emit_gemm`'s ``ak``/``ldw``), a (n, K), b (K, M) and out (n, M) C-contiguous (see
+    :func:`gemm_nn`, which checks the bounds)."""
+    if not _c_arrays(a, b, out) or a.ndim != 2 or b.ndim != 2 or out.ndim != 2:
+        return None
+    if not all(isinstance(v, types.Integer) for v in (c0, c1)):
+        return None
+    sig = types.void(a, b, types.intp, types.intp, out)
+
+    def codegen(context, builder, sig, args):
+        fty = context.get_value_type(sig.args[0].dtype)
+        A = context.make_array(sig.args[0])(context, builder, args[0])
+        Bm = context.make_array(sig.args[1])(context, builder, args[1])
+        O = context.make_array(sig.args[4])(context, builder, args[4])
+        c0, c1 = args[2], args[3]
+        n, K = cgutils.unpack_tuple(builder, A.shape, 2)
+        ldb = cgutils.unpack_tuple(builder, Bm.shape, 2)[1]
+        ldo = cgutils.unpack_tuple(builder, O.shape, 2)[1]
+        one = ir.Constant(cgutils.intp_t, 1)
+        _emit_gemm(context, builder, fty, A.data, K, builder.gep(Bm.data, [c0]), None, builder.gep(O.data, [c0]),
+                   ldo, n, builder.sub(c1, c0), K, K, ir.Constant(cgutils.intp_t, TN_SLAB),
+                   ir.Constant(ir.IntType(1), 0), False, ak=one, ldw=ldb)
+        return context.get_dummy_value()
+    return sig, codegen
+
+
+@device
+def gemm_nn(a, b, out, c0, c1):
+    """out[:, c0:c1] = a @ b[:, c0:c1], with no operand copied or packed: the block's rows are a's, its
+    strips b's columns as they lie (one vector load per strip row), as :func:`gemm_tn` reads them; dx
+    = dG @ W_ih, the gate gradients by the weights as they lie, where packing W_ih's transpose cost
+    more than it saved.
+
+    a (n, K), b (K, M), out (n, M) C-contiguous, one float dtype. The sum over K runs in chunks of k,
+    each chunk's from zero then added: the order depends on K only, never on how rows or columns are
+    split."""
+    n = a.shape[0]
+    K = a.shape[1]
+    if b.shape[0] != K or out.shape[0] != n or out.shape[1] != b.shape[1] or c0 < 0 or c1 < c0 or \
+            c1 > b.shape[1]:
+        raise ValueError("gemm_nn: shapes do not match")
+    if K == 0:
+        for i in range(n):
+            out[i, c0:c1] = 0
+        return
+    if n > 0 and c1 > c0:
+        _block_gemm_nn(a, b, c0, c1, out)
