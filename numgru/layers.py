@@ -20,9 +20,9 @@ from .kernels.activations import GATE_HARD_SIGMOID, GATE_SIGMOID
 from .kernels.dispatch import (AMX_DIGITS_SPREAD, FrozenPieces, aligned, amx_recurrence_wanted, amx_rows_chunks,
                                batch_order,
                                empty_array, forward_route, gate_scalars, gather_pays, gathered,
-                               gru_direction_backward, gru_direction_forward,
+                               directions_side_by_side, gru_direction_backward, gru_direction_forward,
                                inference_tiled_max, input_gradient, input_projection, keeps_off_blas, matmul_order,
-                               no_step_panels, packed_step, padded_gathers, plain_plan, recycled, run_from_zero,
+                               no_step_panels, packed_step, padded_gathers, plain_plan, recycled, one_thread_each, run_from_zero,
                                run_padded_direction, run_serial_direction, run_step, scattered,
                                run_step_digits, rows_share_panels, serial_direction_plan, serial_forward,
                                step_columns,
@@ -1026,54 +1026,21 @@ class GRU(_Params):
                 dx_rows = workspace("dx_valid", x2d.shape, self.dtype) if want_dx else None
             else:
                 dx_rows = dx2d if want_dx else None
-            for d in range(D):
-                i = layer * D + d
-                W_ih, W_hh, b_ih, b_hh = self._weights(i)
-                dgx, dgh, hprev, rhprev, dh0_i, db_ih, db_hh = gru_direction_backward(
-                    dy_layer, d * H, dh_n[i], lt.gates[d], lt.y, tape.h0[i], W_hh, tape.lengths,
-                    d == 1 or self.go_backwards, self.reset_after, self._gate_kind, self.alpha, self.beta, self.clip)
+            jobs = [(tape, layer, d, dy_layer, dh_n, x2d, valid, n, before, gather, dx_rows, d > 0)
+                    for d in range(D)]
+            if D == 2 and directions_side_by_side(T * B, H, x2d.shape[1], self.dtype):
+                # each direction on one thread of its own, as one thread runs it (the same sums): the
+                # second's dx into scratch, added after as input_gradient adds it
+                if want_dx:
+                    jobs[1] = jobs[1][:-2] + (workspace("dx_direction", dx_rows.shape, self.dtype), False)
+                results = one_thread_each(self._direction_backward, jobs)
+                if want_dx:
+                    dx_rows += jobs[1][-2]
+            else:
+                results = [self._direction_backward(*job) for job in jobs]
+            for i, dh0_i, named in results:
                 dh0[i] = dh0_i
-                dgx2 = dgx.reshape(T * B, 3 * H)
-                hp2 = hprev.reshape(T * B, H)
-                dgh2 = None if dgh is None else dgh.reshape(T * B, dgh.shape[2])
-                rh2 = None if rhprev is None else rhprev.reshape(T * B, H)
-                sfx = self._suffix(layer, d)
-                # gradients on buffers the last steps' gradients let go of (fresh pages faulted in
-                # cost 2-3 ms of a 13 ms step at T = 2, B = 8, H = 512, float64)
-                dW_ih = recycled(f"dW_ih{i}", W_ih.shape, self.dtype)
-                dW_hh = recycled(f"dW_hh{i}", (3 * H, H), self.dtype)
-                # dW_hh sums dG_t ⊗ h_{t−1}: the rows whose h_{t−1} is a zero h0 add nothing
-                hh_rows = self._state_rows(tape, i, d == 1 or self.go_backwards)
-                if gather:
-                    dgx2, hp2 = gathered(valid, n, dgx2, "dgx_valid"), gathered(valid, n, hp2, "hprev_valid")
-                    dgh2 = None if dgh2 is None else gathered(valid, n, dgh2, "dgh_valid")
-                    rh2 = None if rh2 is None else gathered(valid, n, rh2, "rhprev_valid")
-                    hh_rows = slice(before[hh_rows.start // B], before[hh_rows.stop // B])
-                if T * B:
-                    dgx_h, hp_h = dgx2[hh_rows], hp2[hh_rows]
-                    if hh_rows.stop == hh_rows.start:  # one step from a zero h0
-                        dW_hh[...] = 0
-                        weight_gradient(dgx2, x2d, dW_ih)
-                    elif self.reset_after:  # (on two threads side by side where both take the tiles)
-                        if dgh2.shape[1] == H:  # dgh's n block alone: r and z are dgx's
-                            hh = (dgx_h, hp_h, dW_hh, dgh2[hh_rows])
-                        else:
-                            hh = (dgh2[hh_rows], hp_h, dW_hh, None)
-                        weight_gradient_pair((dgx2, x2d, dW_ih, None), hh)
-                    else:  # dgh is dgx; the n block multiplies r ⊙ h_{t−1}
-                        weight_gradient(dgx2, x2d, dW_ih)
-                        weight_gradient(dgx_h, hp_h, dW_hh[: 2 * H])
-                        weight_gradient(dgx_h, rh2[hh_rows], dW_hh[2 * H:], c0=2 * H)
-                    if want_dx:
-                        input_gradient(dgx2, W_ih, dx_rows, d > 0)
-                else:
-                    dW_ih[...] = 0
-                    dW_hh[...] = 0
-                grads[f"weight_ih{sfx}"] = dW_ih
-                grads[f"weight_hh{sfx}"] = dW_hh
-                if self.bias:
-                    grads[f"bias_ih{sfx}"] = db_ih
-                    grads[f"bias_hh{sfx}"] = db_hh
+                grads.update(named)
             if want_dx:
                 if gather:
                     scattered(valid, dx_rows, dx2d)
@@ -1094,6 +1061,60 @@ class GRU(_Params):
         if self.batch_first:
             dx = np.ascontiguousarray(dx.transpose(1, 0, 2))
         return dx, dh0, ordered
+
+    def _direction_backward(self, tape, layer, d, dy_layer, dh_n, x2d, valid, n, before, gather, dx_rows,
+                            accumulate):
+        """One direction's part of :meth:`backward` for ``layer``: its recurrence's backward, its weight
+        gradients and its share of dx, written into ``dx_rows`` (added with ``accumulate``; None: no
+        dx). Returns (i, dh0 of i, {gradient name: array})."""
+        T, B, D, H = tape.T, tape.B, self.num_directions, self.hidden_size
+        lt = tape.layers[layer]
+        i = layer * D + d
+        W_ih, W_hh, b_ih, b_hh = self._weights(i)
+        dgx, dgh, hprev, rhprev, dh0_i, db_ih, db_hh = gru_direction_backward(
+            dy_layer, d * H, dh_n[i], lt.gates[d], lt.y, tape.h0[i], W_hh, tape.lengths,
+            d == 1 or self.go_backwards, self.reset_after, self._gate_kind, self.alpha, self.beta, self.clip)
+        dgx2 = dgx.reshape(T * B, 3 * H)
+        hp2 = hprev.reshape(T * B, H)
+        dgh2 = None if dgh is None else dgh.reshape(T * B, dgh.shape[2])
+        rh2 = None if rhprev is None else rhprev.reshape(T * B, H)
+        sfx = self._suffix(layer, d)
+        # gradients on buffers the last steps' gradients let go of (fresh pages faulted in
+        # cost 2-3 ms of a 13 ms step at T = 2, B = 8, H = 512, float64)
+        dW_ih = recycled(f"dW_ih{i}", W_ih.shape, self.dtype)
+        dW_hh = recycled(f"dW_hh{i}", (3 * H, H), self.dtype)
+        # dW_hh sums dG_t ⊗ h_{t−1}: the rows whose h_{t−1} is a zero h0 add nothing
+        hh_rows = self._state_rows(tape, i, d == 1 or self.go_backwards)
+        if gather:
+            dgx2, hp2 = gathered(valid, n, dgx2, "dgx_valid"), gathered(valid, n, hp2, "hprev_valid")
+            dgh2 = None if dgh2 is None else gathered(valid, n, dgh2, "dgh_valid")
+            rh2 = None if rh2 is None else gathered(valid, n, rh2, "rhprev_valid")
+            hh_rows = slice(before[hh_rows.start // B], before[hh_rows.stop // B])
+        if T * B:
+            dgx_h, hp_h = dgx2[hh_rows], hp2[hh_rows]
+            if hh_rows.stop == hh_rows.start:  # one step from a zero h0
+                dW_hh[...] = 0
+                weight_gradient(dgx2, x2d, dW_ih)
+            elif self.reset_after:  # (on two threads side by side where both take the tiles)
+                if dgh2.shape[1] == H:  # dgh's n block alone: r and z are dgx's
+                    hh = (dgx_h, hp_h, dW_hh, dgh2[hh_rows])
+                else:
+                    hh = (dgh2[hh_rows], hp_h, dW_hh, None)
+                weight_gradient_pair((dgx2, x2d, dW_ih, None), hh)
+            else:  # dgh is dgx; the n block multiplies r ⊙ h_{t−1}
+                weight_gradient(dgx2, x2d, dW_ih)
+                weight_gradient(dgx_h, hp_h, dW_hh[: 2 * H])
+                weight_gradient(dgx_h, rh2[hh_rows], dW_hh[2 * H:], c0=2 * H)
+            if dx_rows is not None:
+                input_gradient(dgx2, W_ih, dx_rows, accumulate)
+        else:
+            dW_ih[...] = 0
+            dW_hh[...] = 0
+        named = {f"weight_ih{sfx}": dW_ih, f"weight_hh{sfx}": dW_hh}
+        if self.bias:
+            named[f"bias_ih{sfx}"] = db_ih
+            named[f"bias_hh{sfx}"] = db_hh
+        return i, dh0_i, named
 
     @staticmethod
     def _state_rows(tape, i, reverse):

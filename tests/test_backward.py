@@ -557,3 +557,47 @@ def test_empty_sequence_trains_to_zero_gradients(with_h0):
     for k, v in grads.items():
         assert v.shape == g.state_dict()[k].shape and not v.any(), k
 
+
+def test_one_thread_each_holds_every_task_to_one_thread():
+    import numba
+    from numgru.kernels import dispatch
+    before = numba.get_num_threads()
+    numba.set_num_threads(2)
+    try:
+        seen = dispatch.one_thread_each(lambda k: (k, dispatch.thread_count(), numba.get_num_threads()),
+                                        [(0,), (1,)])
+        assert seen == [(0, 1, 1), (1, 1, 1)]
+        assert numba.get_num_threads() == 2  # the caller's count back
+    finally:
+        numba.set_num_threads(before)
+
+
+@pytest.mark.parametrize("reset_after", [True, False])
+@pytest.mark.parametrize("padded", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_directions_side_by_side_equal_one_after_the_other(two_threads, monkeypatch, rng, reset_after, padded,
+                                                           dtype):
+    """A bidirectional layer's two directions, one thread each (two threads, T·B within the bound),
+    give the gradients of the two run one after the other bit for bit: dx's two shares added in the
+    same order, each direction's sums those of one thread."""
+    from numgru.kernels import dispatch
+    if not dispatch.panels_gradient_wanted(dtype):
+        pytest.skip("the directions run one after the other here")
+    g = ng.GRU(24, 160, 2, bidirectional=True, reset_after=reset_after, seed=3, dtype=dtype)
+    x = rng.standard_normal((5, 12, 24)).astype(dtype)
+    lengths = np.array([5, 5, 4, 1, 3, 5, 2, 0, 5, 4, 3, 5]) if padded else None
+    runs, calls = [], []
+    taken = dispatch.one_thread_each
+    monkeypatch.setattr(dispatch, "one_thread_each", lambda *a: calls.append(1) or taken(*a))
+    import numgru.layers as layers
+    monkeypatch.setattr(layers, "one_thread_each", dispatch.one_thread_each)
+    for bound in (0, dispatch.DIRECTIONS_MAX_ROWS):
+        monkeypatch.setattr(dispatch, "DIRECTIONS_MAX_ROWS", bound)
+        y, h, tape = g.forward_train(x, lengths=lengths)
+        runs.append(g.backward(tape, np.cos(y), np.ones_like(h)))
+    assert len(calls) == 2  # (the second run's two layers)
+    (dx0, dh00, g0), (dx1, dh01, g1) = runs
+    np.testing.assert_array_equal(dx1, dx0)
+    np.testing.assert_array_equal(dh01, dh00)
+    for k in g0:
+        np.testing.assert_array_equal(g1[k], g0[k], err_msg=k)

@@ -225,6 +225,8 @@ AMX_GRADIENT_MIN_ROWS = ((512, 256), (1 << 30, 1024))
 #: fewest multiply-adds (about) of a call that :func:`side_by_side` spreads over worker threads
 #: (below, one thread: a hand-off costs tens of µs)
 PANEL_GRADIENT_POOL_MIN = 1 << 24
+#: :func:`directions_side_by_side`: most rows (T·B)
+DIRECTIONS_MAX_ROWS = 1024
 #: :func:`strips_input_gradient`: most rows
 STRIPS_INPUT_GRADIENT_MAX_ROWS = 256
 #: :func:`training_panels`: fewest rows
@@ -2805,6 +2807,44 @@ def side_by_side(fn, tasks, threads):
     if failed:
         raise failed[0]
     return results
+
+
+def one_thread_each(fn, tasks):
+    """fn(*args) for each ``args`` of ``tasks`` side by side (:func:`side_by_side`), one thread a
+    task, each thread held to one Numba thread while it runs its task (:func:`thread_count` then
+    answers 1, so every route inside takes its one-thread form: the same sums as one thread's, and
+    no nested hand-off to the pool). Returns their results in the tasks' order."""
+    return side_by_side(_on_one_thread, [(fn, args) for args in tasks], len(tasks))
+
+
+def _on_one_thread(fn, args):
+    """fn(*args) with this thread's Numba thread count at 1, restored after."""
+    old = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        return fn(*args)
+    finally:
+        numba.set_num_threads(old)
+
+
+def directions_side_by_side(N, H, I, dtype):
+    """Whether a bidirectional layer's backward runs its two directions side by side, one thread each
+    (:func:`one_thread_each`), rather than one after the other on all threads: with exactly two
+    threads, where training's products take the panels (:func:`panels_gradient_wanted`; not measured
+    elsewhere), up to ``DIRECTIONS_MAX_ROWS`` rows N = T·B. Each direction's sums are one thread's,
+    so the gradients are those of any thread count. Over few rows a direction's own work splits
+    badly (a recurrence step's rows, W_hh's transpose and its panels' packing stay on one thread) and
+    every split costs hand-offs; two directions need none until both are done.
+
+    Zen 4, two threads, a whole training step (forward_train, backward, Adam; medians of 4–8 rounds
+    taking turns in one process, ms, one after the other → side by side; I = H, one layer unless
+    said): T = 2, B = 16, I = 1, H = 512, two layers 32.8 → 29.4 (torch 35.0); T = 4, B = 16, H = 512
+    17.9 → 16.9; T = 32, B = 16, H = 512 60.4 → 52.7; T = 5, B = 32, I = 64, H = 256 5.36 → 4.97; T = 8,
+    B = 64, H = 256 19.3 → 16.7; T = 32, B = 16, H = 256 19.5 → 17.5; T = 10, B = 8, H = 128, two layers
+    4.13 → 3.71; T = 16, B = 64, H = 1024 622 → 501. Beyond 1024 rows mixed: T = 128, B = 64, H = 256
+    273 → 236, but T = 64, B = 64, H = 256 120 → 151, T = 32, B = 128, H = 512 345–386 → 383–396, T = 128,
+    B = 16, H = 128 18.9 → 19.9, T = 32, B = 128, H = 128 36.5 → 35.5."""
+    return thread_count() == 2 and panels_gradient_wanted(dtype) and N <= DIRECTIONS_MAX_ROWS
 
 
 def training_row_ranges(T, B, H, lengths, dtype):
