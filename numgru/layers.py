@@ -18,18 +18,15 @@ from ._validation import (as_lengths, as_real_array, check_bool, check_dtype, ch
                           check_int, untorch)
 from .kernels.activations import GATE_HARD_SIGMOID, GATE_SIGMOID
 from .kernels.dispatch import (AMX_DIGITS_SPREAD, FrozenPieces, aligned, amx_recurrence_wanted, amx_rows_chunks,
-                               batch_order,
-                               empty_array, forward_route, gate_scalars, gather_pays, gathered,
-                               directions_side_by_side, gru_direction_backward, gru_direction_forward,
+                               batch_order, directions_apart, directions_side_by_side, empty_array, forward_route,
+                               gate_scalars, gather_pays, gathered, gru_direction_backward, gru_direction_forward,
                                inference_tiled_max, input_gradient, input_projection, keeps_off_blas, matmul_order,
-                               no_step_panels, packed_step, padded_gathers, plain_plan, recycled, one_thread_each, run_from_zero,
-                               run_padded_direction, run_serial_direction, run_step, scattered,
-                               run_step_digits, rows_share_panels, serial_direction_plan, serial_forward,
-                               step_columns,
-                               step_columns_workspace, step_digits_columns_work, take_batch_rows, thread_count,
-                               training_tape,
-                               valid_steps, vnni_step_inputs, vnni_step_wanted, weight_gradient, weight_gradient_pair,
-                               workspace)
+                               no_step_panels, on_one_thread, one_thread_each, packed_step, padded_gathers, plain_plan,
+                               plan_off_blas, recycled, rows_share_panels, run_from_zero, run_padded_direction,
+                               run_serial_direction, run_step, run_step_digits, scattered, serial_direction_plan,
+                               serial_forward, step_columns, step_columns_workspace, step_digits_columns_work,
+                               take_batch_rows, thread_count, training_tape, valid_steps, vnni_step_inputs,
+                               vnni_step_wanted, weight_gradient, weight_gradient_pair, workspace)
 from .kernels._jit import ARRAY_KIND, C_CONTIGUOUS, planned_call
 from .kernels.bf16 import from_bfloat16, to_bfloat16
 from .kernels.forward import first_step_gates, first_step_store
@@ -768,26 +765,34 @@ class GRU(_Params):
         L, D, H = self.num_layers, self.num_directions, self.hidden_size
         if T == 0 or B == 0 or padded_gathers(lengths, T, 3 * H, (I, D * H) if L > 1 else (I,)):
             return None
-        plan = self._plan_for(T, B)
+        plan = self._plan_for(T, B, apart=False)
         if not plan or not all(plain_plan(p) for p in plan):
             return None
         x, h0, lengths, perm = _sort_by_length(x, h0, lengths)
         y, h_n = self._run_plan(plan, x, None if from_zero else h0, lengths, scratch_out=perm is not None)
         return _unsort(perm, y, h_n, names=("y_out", "h_n_out"))
 
-    def _plan_for(self, T, B):
+    def _plan_for(self, T, B, apart=True):
         """The plan for (T, B, thread count, precision) (:meth:`_forward_plan`), made on first use and
         kept (the precision set by ``set_float32_matmul_precision`` moves the tiles' rules)."""
         threads = thread_count()
         plans = self._plans
         if plans is None:
             plans = self._plans = {}
-        key = (T, B, threads, matmul_order())
+        apart = apart and self.num_directions == 2 and threads == 2 and \
+            directions_apart(T, B, self.input_size, self.hidden_size, self.num_layers, self.dtype)
+        key = (T, B, threads, matmul_order(), apart)
         plan = plans.get(key)
         if plan is None:
             if len(plans) >= PLANS_KEPT:
                 plans.clear()
-            plan = plans[key] = self._forward_plan(T, B, threads)
+            plan = None
+            if apart:  # one thread's plan, each direction on a thread of its own (:meth:`_run_plan`)
+                plan = on_one_thread(self._forward_plan, (T, B, 1))
+                plan = _ApartPlan(plan) if plan and all(plan_off_blas(p) for p in plan) else None
+            if plan is None:
+                plan = self._forward_plan(T, B, threads)
+            plans[key] = plan
         return plan
 
     def _run_plan(self, plan, x, h0, lengths=None, scratch_out=False):
@@ -807,16 +812,13 @@ class GRU(_Params):
             # used up by the next layer, or copied by the caller: scratch
             y = workspace(f"y{layer % 2}", shape, dtype) if layer < L - 1 or scratch_out else np.empty(shape, dtype)
             x2d = inp.reshape(T * B, inp.shape[2])
-            for d in range(D):
-                i = layer * D + d
-                gx = workspace("gx", (T * B, 3 * H), dtype)
-                if lengths is not None:
-                    run_padded_direction(plan[i], x2d, gx, None if h0 is None else h0[i], lengths, others, y,
-                                         d * H, h_n[i])
-                elif h0 is not None:
-                    run_serial_direction(plan[i], x2d, gx, h0[i], y, d * H, h_n[i])
-                elif not run_from_zero(plan[i], x2d, gx, y, d * H, h_n[i]):
-                    run_serial_direction(plan[i], x2d, gx, np.zeros((B, H), dtype), y, d * H, h_n[i])
+            jobs = [(plan[layer * D + d], x2d, None if h0 is None else h0[layer * D + d], lengths, others, y, d * H,
+                     h_n[layer * D + d]) for d in range(D)]
+            if isinstance(plan, _ApartPlan):
+                one_thread_each(_run_planned_direction, jobs)
+            else:
+                for job in jobs:
+                    _run_planned_direction(*job)
             inp = y
         return inp, h_n
 
@@ -1154,6 +1156,27 @@ class GRU(_Params):
         """Build a GRU from a Keras GRU, Bidirectional(GRU) or a Sequential of GRU layers."""
         from .interop.keras import gru_from_keras
         return gru_from_keras(cls, layer, dtype)
+
+
+class _ApartPlan(tuple):
+    """A plan (:meth:`GRU._forward_plan`) for one thread whose two directions run side by side, one
+    thread each (:func:`~numgru.kernels.dispatch.directions_apart`)."""
+
+    __slots__ = ()
+
+
+def _run_planned_direction(plan, x2d, h0, lengths, others, y, col0, h_n):
+    """One direction of :meth:`GRU._run_plan` by its ``plan``: x2d (T·B, I) in, y[..., col0:col0 + H]
+    and h_n (B, H) out; h0 (B, H) or None (from the zero state); ``lengths`` and ``others`` (each row's
+    steps and those past its first) for padded rows, else None."""
+    dtype = y.dtype
+    gx = workspace("gx", (x2d.shape[0], 3 * h_n.shape[1]), dtype)
+    if lengths is not None:
+        run_padded_direction(plan, x2d, gx, h0, lengths, others, y, col0, h_n)
+    elif h0 is not None:
+        run_serial_direction(plan, x2d, gx, h0, y, col0, h_n)
+    elif not run_from_zero(plan, x2d, gx, y, col0, h_n):
+        run_serial_direction(plan, x2d, gx, np.zeros(h_n.shape, dtype), y, col0, h_n)
 
 
 def _padded(lengths, T):

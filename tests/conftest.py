@@ -53,10 +53,13 @@ def one_thread():
 @pytest.fixture
 def two_threads(monkeypatch):
     """Two Numba threads for the test (restored after), so the multi-threaded routes run, also for the
-    small shapes the tests use (which the routes' bound on work would leave to the serial kernels)."""
+    small shapes the tests use (which the routes' bound on work would leave to the serial kernels), and
+    each bidirectional layer's directions on both threads (not side by side on one each:
+    dispatch.directions_apart, which tests/test_forward_plan.py tests)."""
     import numba
     from numgru.kernels import dispatch
     monkeypatch.setattr(dispatch, "NAMED_ROUTE_MIN_WORK", 0)
+    monkeypatch.setattr(dispatch, "APART_MIN_WORK", 1 << 62)
     before = numba.get_num_threads()
     numba.set_num_threads(2)
     yield

@@ -216,8 +216,10 @@ def test_values_bfloat16_cannot_carry_take_the_float32_route(rng, one_thread, mo
 @needs_dpbf16
 def test_inference_at_medium_splits_rows_on_two_threads(rng, monkeypatch):
     # two threads run the recurrence as two ranges of rows on Numba's threads, each row's sums those
-    # of one thread's run: the outputs are one thread's, bit for bit
+    # of one thread's run: the outputs are one thread's, bit for bit (the directions on both threads,
+    # not side by side: dispatch.directions_apart)
     import numba
+    monkeypatch.setattr(dispatch, "APART_MIN_WORK", 1 << 62)
     T, B, I, H = 24, 16, 48, 192
     g = ng.GRU(I, H, bidirectional=True, seed=9)
     x = rng.standard_normal((T, B, I)).astype(np.float32)

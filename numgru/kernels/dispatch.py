@@ -225,6 +225,12 @@ AMX_GRADIENT_MIN_ROWS = ((512, 256), (1 << 30, 1024))
 #: fewest multiply-adds (about) of a call that :func:`side_by_side` spreads over worker threads
 #: (below, one thread: a hand-off costs tens of µs)
 PANEL_GRADIENT_POOL_MIN = 1 << 24
+#: :func:`directions_apart`: fewest multiply-adds of a direction's layer
+APART_MIN_WORK = 1 << 24
+#: :func:`directions_apart`: most rows
+APART_MAX_ROWS = 32
+#: :func:`directions_apart`: most hidden units
+APART_MAX_HIDDEN = 512
 #: :func:`directions_side_by_side`: most rows (T·B)
 DIRECTIONS_MAX_ROWS = 1024
 #: :func:`strips_input_gradient`: most rows
@@ -2107,6 +2113,20 @@ def interleave_steps(T, B, M, I, itemsize):
     return steps if steps < T else 0
 
 
+def plan_off_blas(plan):
+    """Whether a plan from :func:`serial_direction_plan` projects without BLAS: fused with the
+    recurrence, on the tiles, by the panels or the dot-product block (chunked or whole), by bfloat16
+    products, or on Numba's threads. (Its recurrence stays off BLAS up to 32 rows of at most 512
+    units: :func:`~numgru.kernels.forward.recurrent_matmul`.)"""
+    _, choice, _, chunked, amx_steps, _, _, _, fused_steps = plan
+    if fused_steps is not None or amx_steps is not None:
+        return True
+    if chunked is not None:
+        return bool(chunked[0][-2] or chunked[0][-1])
+    panels, dot, amx, _, _, dp, par = choice
+    return bool(panels or dot or amx or dp or par)
+
+
 def run_serial_direction(plan, x2d, gx, h0, y, col0, h_n):
     """One direction of one layer by a plan from :func:`serial_direction_plan`: x2d (T·B, I) and gx
     (T·B, 3H) scratch, C-contiguous; h0 (B, H) and h_n (B, H) C-contiguous, y (T, B, D·H), whose
@@ -2814,10 +2834,10 @@ def one_thread_each(fn, tasks):
     task, each thread held to one Numba thread while it runs its task (:func:`thread_count` then
     answers 1, so every route inside takes its one-thread form: the same sums as one thread's, and
     no nested hand-off to the pool). Returns their results in the tasks' order."""
-    return side_by_side(_on_one_thread, [(fn, args) for args in tasks], len(tasks))
+    return side_by_side(on_one_thread, [(fn, args) for args in tasks], len(tasks))
 
 
-def _on_one_thread(fn, args):
+def on_one_thread(fn, args):
     """fn(*args) with this thread's Numba thread count at 1, restored after."""
     old = numba.get_num_threads()
     numba.set_num_threads(1)
@@ -2845,6 +2865,30 @@ def directions_side_by_side(N, H, I, dtype):
     273 → 236, but T = 64, B = 64, H = 256 120 → 151, T = 32, B = 128, H = 512 345–386 → 383–396, T = 128,
     B = 16, H = 128 18.9 → 19.9, T = 32, B = 128, H = 128 36.5 → 35.5."""
     return thread_count() == 2 and panels_gradient_wanted(dtype) and N <= DIRECTIONS_MAX_ROWS
+
+
+def directions_apart(T, B, I, H, L, dtype):
+    """Whether a bidirectional model's inference forward of B rows of T steps (I inputs, H units, L
+    layers) on two threads runs each layer's two directions side by side, one thread each
+    (:func:`one_thread_each`) by one thread's plan, rather than each direction on both threads: where
+    BLAS's vectors are no wider than Numba's (not :data:`WIDE_BLAS`; not measured elsewhere) and a
+    direction's work, T·B·H·(I + H) multiply-adds a layer, is at least ``APART_MIN_WORK``, with H up
+    to ``APART_MAX_HIDDEN`` and B up to ``APART_MAX_ROWS``, where a step's product stays off BLAS
+    (the caller also requires one thread's plan to project off BLAS, :func:`plan_off_blas`): OpenBLAS
+    called from both threads at once, set to two threads, ran each call several times slower (T = 2,
+    B = 64, H = 256, three layers: 27.8 ms side by side against 5.6 on both threads).
+
+    Zen 4, two threads, float32, I = H, one layer unless said, ms, both threads → side by side
+    (medians of four rounds taking turns in one process; two runs where given twice): T = 128, B = 1,
+    H = 256 2.37 → 1.97, 2.34 → 2.14; T = 512, B = 1, H = 256 9.87 → 7.11; T = 128, B = 2, H = 256 3.90
+    → 2.84; T = 64, B = 4, H = 128, two layers 2.36 → 1.90, 2.30 → 2.10; T = 2, B = 16, H = 512, two
+    layers 5.31 → 4.30, 4.28 → 3.78; T = 16, B = 16, H = 256 2.66 → 2.49; T = 32, B = 16, H = 256, two
+    layers 12.5 → 11.5, 13.9 → 11.4; T = 128, B = 16, H = 256 19.6 → 19.1; T = 64, B = 4, H = 512 12.7
+    → 10.1; T = 128, B = 1, H = 448 7.09 → 5.77; T = 128, B = 1, H = 512 8.95 → 9.68, 8.48 → 7.86.
+    Below the work bound the hand-off (75 µs for two empty tasks) loses: T = 32, B = 8, H = 128 1.17 →
+    1.49; beyond H = 512: T = 128, B = 64, H = 1024 1119 → 1317."""
+    return not WIDE_BLAS and H <= APART_MAX_HIDDEN and B <= APART_MAX_ROWS and \
+        T * B * H * (I + H) >= APART_MIN_WORK
 
 
 def training_row_ranges(T, B, H, lengths, dtype):
