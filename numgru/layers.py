@@ -25,8 +25,8 @@ from .kernels.dispatch import (AMX_DIGITS_SPREAD, FrozenPieces, aligned, amx_rec
                                plan_off_blas, recycled, rows_share_panels, run_from_zero, run_padded_direction,
                                run_serial_direction, run_step, run_step_digits, scattered, serial_direction_plan,
                                serial_forward, step_columns, step_columns_workspace, step_digits_columns_work,
-                               take_batch_rows, thread_count, training_tape, valid_steps, vnni_step_inputs,
-                               vnni_step_wanted, weight_gradient, weight_gradient_pair, workspace)
+                               take_batch_rows, thread_count, training_directions_apart, training_tape, valid_steps,
+                               vnni_step_inputs, vnni_step_wanted, weight_gradient, weight_gradient_pair, workspace)
 from .kernels._jit import ARRAY_KIND, C_CONTIGUOUS, planned_call
 from .kernels.bf16 import from_bfloat16, to_bfloat16
 from .kernels.forward import first_step_gates, first_step_store
@@ -898,39 +898,51 @@ class GRU(_Params):
             else:
                 y = np.empty((T, B, D * H), self.dtype)
             x2d = inp.reshape(T * B, inp.shape[2])
-            gate_tapes = []
-            for d in range(D):
-                i = layer * D + d
-                W_ih, b_ih, W_hh, b_hh, Wp_ih, Wp_hh = self._direction_weights(i, B, route)
-                # gx is used up by this direction's recurrence: scratch reused between calls
-                gx = input_projection(x2d, W_ih, b_ih, route in ("rows", "columns"), valid, training=store,
-                                      out=workspace("gx", (T * B, 3 * H), self.dtype), packed=Wp_ih,
-                                      pieces=self._amx_pieces,
-                                      off_blas=off_blas).reshape(T, B, 3 * H)
-                reverse = d == 1 or self.go_backwards
-                h_start, steps, steps_lengths, first_taken = h0[i], slice(0, T), lengths, False
-                tape = training_tape(T, B, H, self.clip, self.dtype) if store else None
-                if from_zero and (store and T > 0 or T > 1) and not (reverse and padded):
-                    first = T - 1 if reverse else 0
-                    h_start = np.empty((B, H), self.dtype)
-                    if store:
-                        first_step_store(gx[first], b_hh, lengths, *self._kernel_scalars(), y[first:first + 1],
-                                         d * H, h_start, tape[first])
-                    else:
-                        first_step_gates(gx[first], b_hh, lengths, *self._kernel_scalars(),
-                                         y[first:first + 1], d * H, h_start)
-                    steps = slice(0, T - 1) if reverse else slice(1, T)
-                    steps_lengths = np.maximum(lengths - 1, 0)
-                    first_taken = True
-                gru_direction_forward(gx[steps], W_hh, b_hh, h_start, steps_lengths, reverse, self.reset_after,
-                                      self._gate_kind, self.alpha, self.beta, self.clip, y[steps], d * H, h_n[i],
-                                      store=store, route=route, packed=Wp_hh, pieces=self._amx_pieces,
-                                      tape=None if tape is None else tape[steps], first_taken=first_taken)
-                gate_tapes.append(tape)
+            jobs = [(layer, d, x2d, y, h0, h_n, lengths, valid, route, off_blas, store, from_zero, padded)
+                    for d in range(D)]
+            if store and D == 2 and training_directions_apart(T, B, x2d.shape[1], H, valid, self.dtype):
+                # each direction on a thread of its own, one Numba thread each (one thread's sums)
+                gate_tapes = one_thread_each(self._direction_forward, jobs)
+            else:
+                gate_tapes = [self._direction_forward(*job) for job in jobs]
             if store:
                 layers.append(_LayerTape(inp, y, gate_tapes, mask))
             inp = y
         return inp, h_n, layers
+
+    def _direction_forward(self, layer, d, x2d, y, h0, h_n, lengths, valid, route, off_blas, store, from_zero,
+                           padded):
+        """One direction of :meth:`_run`'s ``layer``: its input projection and recurrence, writing its
+        columns of y and its h_n; returns its training tape (``store``), else None."""
+        T, B = y.shape[0], y.shape[1]
+        H = self.hidden_size
+        i = layer * self.num_directions + d
+        W_ih, b_ih, W_hh, b_hh, Wp_ih, Wp_hh = self._direction_weights(i, B, route)
+        # gx is used up by this direction's recurrence: scratch reused between calls
+        gx = input_projection(x2d, W_ih, b_ih, route in ("rows", "columns"), valid, training=store,
+                              out=workspace("gx", (T * B, 3 * H), self.dtype), packed=Wp_ih,
+                              pieces=self._amx_pieces,
+                              off_blas=off_blas).reshape(T, B, 3 * H)
+        reverse = d == 1 or self.go_backwards
+        h_start, steps, steps_lengths, first_taken = h0[i], slice(0, T), lengths, False
+        tape = training_tape(T, B, H, self.clip, self.dtype) if store else None
+        if from_zero and (store and T > 0 or T > 1) and not (reverse and padded):
+            first = T - 1 if reverse else 0
+            h_start = np.empty((B, H), self.dtype)
+            if store:
+                first_step_store(gx[first], b_hh, lengths, *self._kernel_scalars(), y[first:first + 1],
+                                 d * H, h_start, tape[first])
+            else:
+                first_step_gates(gx[first], b_hh, lengths, *self._kernel_scalars(),
+                                 y[first:first + 1], d * H, h_start)
+            steps = slice(0, T - 1) if reverse else slice(1, T)
+            steps_lengths = np.maximum(lengths - 1, 0)
+            first_taken = True
+        gru_direction_forward(gx[steps], W_hh, b_hh, h_start, steps_lengths, reverse, self.reset_after,
+                              self._gate_kind, self.alpha, self.beta, self.clip, y[steps], d * H, h_n[i],
+                              store=store, route=route, packed=Wp_hh, pieces=self._amx_pieces,
+                              tape=None if tape is None else tape[steps], first_taken=first_taken)
+        return tape
 
     # ------------------------------------------------------------------ training
     def forward_train(self, x, h0=None, lengths=None):

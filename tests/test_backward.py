@@ -578,14 +578,16 @@ def test_one_thread_each_holds_every_task_to_one_thread():
 def test_directions_side_by_side_equal_one_after_the_other(two_threads, monkeypatch, rng, reset_after, padded,
                                                            dtype):
     """A bidirectional layer's two directions, one thread each (two threads, T·B within the bound),
-    give the gradients of the two run one after the other bit for bit: dx's two shares added in the
-    same order, each direction's sums those of one thread."""
+    in the training forward and the backward, give the outputs and gradients of the two run one after
+    the other bit for bit: dx's two shares added in the same order, each direction's sums those of
+    one thread."""
     from numgru.kernels import dispatch
     if not dispatch.panels_gradient_wanted(dtype):
         pytest.skip("the directions run one after the other here")
     g = ng.GRU(24, 160, 2, bidirectional=True, reset_after=reset_after, seed=3, dtype=dtype)
-    x = rng.standard_normal((5, 12, 24)).astype(dtype)
-    lengths = np.array([5, 5, 4, 1, 3, 5, 2, 0, 5, 4, 3, 5]) if padded else None
+    x = rng.standard_normal((5, 16, 24)).astype(dtype)
+    lengths = np.array([5, 5, 4, 5, 3, 5, 2, 0, 5, 4, 3, 5, 5, 4, 5, 5]) if padded else None  # (65 valid rows)
+    monkeypatch.setattr(dispatch, "TRAINING_APART_MIN_WORK", 0)
     runs, calls = [], []
     taken = dispatch.one_thread_each
     monkeypatch.setattr(dispatch, "one_thread_each", lambda *a: calls.append(1) or taken(*a))
@@ -594,9 +596,11 @@ def test_directions_side_by_side_equal_one_after_the_other(two_threads, monkeypa
     for bound in (0, dispatch.DIRECTIONS_MAX_ROWS):
         monkeypatch.setattr(dispatch, "DIRECTIONS_MAX_ROWS", bound)
         y, h, tape = g.forward_train(x, lengths=lengths)
-        runs.append(g.backward(tape, np.cos(y), np.ones_like(h)))
-    assert len(calls) == 2  # (the second run's two layers)
-    (dx0, dh00, g0), (dx1, dh01, g1) = runs
+        runs.append((y, h, *g.backward(tape, np.cos(y), np.ones_like(h))))
+    assert len(calls) == 4  # (the second run's two layers, forward and backward)
+    (y0, h0, dx0, dh00, g0), (y1, h1, dx1, dh01, g1) = runs
+    np.testing.assert_array_equal(y1, y0)
+    np.testing.assert_array_equal(h1, h0)
     np.testing.assert_array_equal(dx1, dx0)
     np.testing.assert_array_equal(dh01, dh00)
     for k in g0:

@@ -225,6 +225,9 @@ AMX_GRADIENT_MIN_ROWS = ((512, 256), (1 << 30, 1024))
 #: fewest multiply-adds (about) of a call that :func:`side_by_side` spreads over worker threads
 #: (below, one thread: a hand-off costs tens of µs)
 PANEL_GRADIENT_POOL_MIN = 1 << 24
+#: :func:`training_directions_apart`: fewest rows, and fewest multiply-adds of a direction's layer
+TRAINING_APART_MIN_ROWS = 16
+TRAINING_APART_MIN_WORK = 1 << 23
 #: :func:`directions_apart`: fewest multiply-adds of a direction's layer
 APART_MIN_WORK = 1 << 24
 #: :func:`directions_apart`: most rows
@@ -2865,6 +2868,33 @@ def directions_side_by_side(N, H, I, dtype):
     273 → 236, but T = 64, B = 64, H = 256 120 → 151, T = 32, B = 128, H = 512 345–386 → 383–396, T = 128,
     B = 16, H = 128 18.9 → 19.9, T = 32, B = 128, H = 128 36.5 → 35.5."""
     return thread_count() == 2 and panels_gradient_wanted(dtype) and N <= DIRECTIONS_MAX_ROWS
+
+
+def training_directions_apart(T, B, I, H, valid, dtype):
+    """Whether a bidirectional layer's training forward (T steps of B rows, I inputs, H units; ``valid``
+    the padded steps' mask or None) runs its two directions side by side, one thread each: where its
+    backward does (:func:`directions_side_by_side`), with H up to ``APART_MAX_HIDDEN`` (a step's
+    product then stays off BLAS) and the input projection off BLAS too, on the panels
+    (:func:`training_panels`) or by the dot-product block (2 to ``PROJ_DOT_MAX_ROWS`` rows) for the
+    rows it multiplies (:func:`input_projection`): OpenBLAS called from both threads at once ran several
+    times slower (see :func:`directions_apart`). And from ``TRAINING_APART_MIN_ROWS`` rows and
+    ``TRAINING_APART_MIN_WORK`` multiply-adds a direction, T·B·H·(I + H): below, the hand-offs cost more.
+
+    Zen 4, two threads, float32, I = H, one layer unless said, forward_train alone, ms, both threads →
+    side by side (medians of five rounds taking turns in one process): T = 5, B = 32, I = 64, H = 256
+    2.90 → 1.67; T = 32, B = 16, H = 256 7.91 → 5.82; T = 32, B = 16, H = 512 26.3 → 20.4; T = 8, B = 64,
+    H = 256 8.11 → 6.12; T = 4, B = 64, H = 256 4.86 → 3.32; T = 20, B = 16, H = 128 2.67 → 1.79; T = 64,
+    B = 16, H = 128, two layers 11.9 → 9.09; T = 16, B = 64, I = 300, H = 256, padded 10.5 → 7.64. Below
+    the bounds: T = 10, B = 8, H = 128, two layers 1.41–1.50 → 1.57–2.29; T = 32, B = 8, H = 128 1.49 →
+    1.89; T = 16, B = 16, H = 64 0.56 → 0.85."""
+    N = T * B
+    if H > APART_MAX_HIDDEN or B < TRAINING_APART_MIN_ROWS or N * H * (I + H) < TRAINING_APART_MIN_WORK or \
+            not directions_side_by_side(N, H, I, dtype):
+        return False
+    n = N if valid is None else int(np.count_nonzero(valid))
+    if valid is not None and gather_pays(N, n, 3 * H, I):
+        N = n
+    return N == 0 or training_panels(N, I, 3 * H, dtype) or 2 <= N <= PROJ_DOT_MAX_ROWS
 
 
 def directions_apart(T, B, I, H, L, dtype):
