@@ -481,7 +481,8 @@ def test_input_projection_few_rows(dtype, N, I, one_thread):
     """Few rows (short sequences, small batches) take the dot-product block instead of BLAS: on one
     thread up to 32 rows (64 for 129–256 inputs; on Zen 4/5 up to 15 / 23 / 47 / 128 / 128 rows for
     at most 64 / 128 / 256 / 768 / more inputs), on more up to 32 rows for at most 128 inputs and
-    16 otherwise, in training up to 16; every route agrees with NumPy."""
+    16 otherwise, in training up to 16 (float32 up to 63 where BLAS is no wider than Numba, below the
+    panels' 64); every route agrees with NumPy."""
     from numgru.kernels import dispatch
     if dispatch.ZEN_PROJECTION:
         most = next(rows for inputs, rows in [(64, 15), (128, 23), (256, 47), (768, 128), (1 << 62, 128)]
@@ -490,7 +491,8 @@ def test_input_projection_few_rows(dtype, N, I, one_thread):
         most = 64 if 128 < I <= 256 else 32
     assert dispatch.projection_dot(N, I, 1, False) == (2 <= N <= most)
     for threads in (1, 2, 8):  # training's bound is the same for every thread count
-        assert dispatch.projection_dot(N, I, threads, True) == (2 <= N <= 16)
+        assert dispatch.projection_dot(N, I, threads, True, 8) == (2 <= N <= 16)
+        assert dispatch.projection_dot(N, I, threads, True) == (2 <= N <= (16 if dispatch.WIDE_BLAS else 63))
     assert dispatch.projection_dot(N, I, 2, False) == (2 <= N <= (32 if I <= 128 else 16))
     if dispatch.ZEN_PROJECTION and I > 256:  # float64's own: the block to 32 rows, BLAS beyond
         assert dispatch.projection_dot(N, I, 1, False, 8) == (2 <= N <= 32)

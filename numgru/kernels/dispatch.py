@@ -110,6 +110,8 @@ PROJ_PANELS_MIN_ROWS_PARALLEL_WIDE = 512
 #: float64 on several threads: (most inputs I, fewest rows N) for the panels (see projection_panels)
 PROJ_PANELS_PARALLEL_F64 = ((512, 96), (768, 128), (1 << 62, 256))
 PROJ_DOT_MAX_ROWS = 16
+#: :func:`projection_dot`: most rows of a float32 training projection where BLAS is no wider than Numba
+TRAINING_DOT_MAX_ROWS = 63
 PROJ_DOT_MAX_ROWS_ONE_THREAD = 32
 PROJ_DOT_MID_INPUTS = (128, 256)
 PROJ_DOT_MAX_ROWS_MID_INPUTS = 64
@@ -1572,9 +1574,15 @@ def projection_dot(N, I, threads, training, itemsize=4):
     1.35–1.46× at H = 128 / 256 with W_ih alone in L2, not tried in whole forwards. Measured again a
     few sessions later, one thread, against BLAS: H = 256, N = 48 / 64 / 96 / 128 1.32× / 1.15× / 0.97× /
     1.02×; H = 128, N = 48 / 64 1.25× / 1.31× (but the panels are level there, and take I ≤ 128 from
-    33 rows: :func:`projection_panels`)."""
+    33 rows: :func:`projection_panels`). Training's float32 projections up to
+    ``TRAINING_DOT_MAX_ROWS`` where BLAS's vectors are no wider than Numba's (below the panels'
+    :func:`training_panels`): nothing in such a step then calls BLAS, whose threads spin after each call
+    beside the directions side by side (:func:`training_directions_apart`); Zen 4, one thread, µs, BLAS
+    against the block, (3H, I): (1536, 1024) N = 24 / 32 / 48 / 63 1160 / 1887 / 1869 / 2773 against 847 /
+    1704 / 1637 / 2350; (768, 256) 166 / 193 / 272 / 390 against 110 / 154 / 227 / 288; (600, 40) 33 / 48 /
+    70 / 96 against 20 / 25 / 53 / 70 (float64 lost from 32 rows: 1536 × 1024 N = 48 5.3 against 7.1 ms)."""
     if training:
-        return 2 <= N <= PROJ_DOT_MAX_ROWS
+        return 2 <= N <= (TRAINING_DOT_MAX_ROWS if itemsize == 4 and not WIDE_BLAS else PROJ_DOT_MAX_ROWS)
     if threads > 1:
         # the block on one thread still beat BLAS on two for I ≤ 128 (µs, I = 64 / 128, N = 17: 6.4 /
         # 18.5 against 9.6 / 22.4; N = 32: 9.1 / 27.5 against 14.0 / 30.4)
@@ -2875,8 +2883,8 @@ def training_directions_apart(T, B, I, H, valid, dtype):
     the padded steps' mask or None) runs its two directions side by side, one thread each: where its
     backward does (:func:`directions_side_by_side`), with H up to ``APART_MAX_HIDDEN`` (a step's
     product then stays off BLAS) and the input projection off BLAS too, on the panels
-    (:func:`training_panels`) or by the dot-product block (2 to ``PROJ_DOT_MAX_ROWS`` rows) for the
-    rows it multiplies (:func:`input_projection`): OpenBLAS called from both threads at once ran several
+    (:func:`training_panels`) or by the dot-product block (:func:`projection_dot`) for the rows it
+    multiplies (:func:`input_projection`): OpenBLAS called from both threads at once ran several
     times slower (see :func:`directions_apart`). And from ``TRAINING_APART_MIN_ROWS`` rows and
     ``TRAINING_APART_MIN_WORK`` multiply-adds a direction, T·B·H·(I + H): below, the hand-offs cost more.
 
@@ -2894,7 +2902,7 @@ def training_directions_apart(T, B, I, H, valid, dtype):
     n = N if valid is None else int(np.count_nonzero(valid))
     if valid is not None and gather_pays(N, n, 3 * H, I):
         N = n
-    return N == 0 or training_panels(N, I, 3 * H, dtype) or 2 <= N <= PROJ_DOT_MAX_ROWS
+    return N == 0 or training_panels(N, I, 3 * H, dtype) or projection_dot(N, I, 1, True, np.dtype(dtype).itemsize)
 
 
 def directions_apart(T, B, I, H, L, dtype):
