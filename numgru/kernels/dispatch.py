@@ -2908,8 +2908,9 @@ def training_directions_apart(T, B, I, H, valid, dtype):
 def directions_apart(T, B, I, H, L, dtype):
     """Whether a bidirectional model's inference forward of B rows of T steps (I inputs, H units, L
     layers) on two threads runs each layer's two directions side by side, one thread each
-    (:func:`one_thread_each`) by one thread's plan, rather than each direction on both threads: where
-    BLAS's vectors are no wider than Numba's (not :data:`WIDE_BLAS`; not measured elsewhere) and a
+    (:func:`one_thread_each`) by one thread's plan, rather than each direction on both threads: float32
+    (float64 read level: T = 128, B = 1, H = 256 4.30 → 4.54 ms, T = 128, B = 16, H = 128 12.3 → 10.3),
+    where BLAS's vectors are no wider than Numba's (not :data:`WIDE_BLAS`; not measured elsewhere) and a
     direction's work, T·B·H·(I + H) multiply-adds a layer, is at least ``APART_MIN_WORK``, with H up
     to ``APART_MAX_HIDDEN`` and B up to ``APART_MAX_ROWS``, where a step's product stays off BLAS
     (the caller also requires one thread's plan to project off BLAS, :func:`plan_off_blas`): OpenBLAS
@@ -2925,8 +2926,8 @@ def directions_apart(T, B, I, H, L, dtype):
     → 10.1; T = 128, B = 1, H = 448 7.09 → 5.77; T = 128, B = 1, H = 512 8.95 → 9.68, 8.48 → 7.86.
     Below the work bound the hand-off (75 µs for two empty tasks) loses: T = 32, B = 8, H = 128 1.17 →
     1.49; beyond H = 512: T = 128, B = 64, H = 1024 1119 → 1317."""
-    return not WIDE_BLAS and H <= APART_MAX_HIDDEN and B <= APART_MAX_ROWS and \
-        T * B * H * (I + H) >= APART_MIN_WORK
+    return not WIDE_BLAS and np.dtype(dtype) == np.float32 and H <= APART_MAX_HIDDEN and B <= APART_MAX_ROWS \
+        and T * B * H * (I + H) >= APART_MIN_WORK
 
 
 def training_row_ranges(T, B, H, lengths, dtype):
