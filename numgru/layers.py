@@ -774,7 +774,10 @@ class GRU(_Params):
 
     def _plan_for(self, T, B, apart=True):
         """The plan for (T, B, thread count, precision) (:meth:`_forward_plan`), made on first use and
-        kept (the precision set by ``set_float32_matmul_precision`` moves the tiles' rules)."""
+        kept (the precision set by ``set_float32_matmul_precision`` moves the tiles' rules). Where
+        ``apart`` and :func:`~numgru.kernels.dispatch.directions_apart` allow it on two threads, one
+        thread's plan as an :class:`_ApartPlan` (each direction on a thread of its own), if every
+        direction of it projects off BLAS (:func:`~numgru.kernels.dispatch.plan_off_blas`)."""
         threads = thread_count()
         plans = self._plans
         if plans is None:

@@ -2845,6 +2845,8 @@ def one_thread_each(fn, tasks):
     task, each thread held to one Numba thread while it runs its task (:func:`thread_count` then
     answers 1, so every route inside takes its one-thread form: the same sums as one thread's, and
     no nested hand-off to the pool). Returns their results in the tasks' order."""
+    if len(tasks) < 2:
+        return [on_one_thread(fn, args) for args in tasks]
     return side_by_side(on_one_thread, [(fn, args) for args in tasks], len(tasks))
 
 
@@ -2902,14 +2904,16 @@ def training_directions_apart(T, B, I, H, valid, dtype):
     n = N if valid is None else int(np.count_nonzero(valid))
     if valid is not None and gather_pays(N, n, 3 * H, I):
         N = n
-    return N == 0 or training_panels(N, I, 3 * H, dtype) or projection_dot(N, I, 1, True, np.dtype(dtype).itemsize)
+    return N == 0 or training_panels(N, I, 3 * H, dtype) or \
+        projection_dot(N, I, 1, True, np.dtype(dtype).itemsize)
 
 
 def directions_apart(T, B, I, H, L, dtype):
     """Whether a bidirectional model's inference forward of B rows of T steps (I inputs, H units, L
     layers) on two threads runs each layer's two directions side by side, one thread each
     (:func:`one_thread_each`) by one thread's plan, rather than each direction on both threads: float32
-    (float64 read level: T = 128, B = 1, H = 256 4.30 → 4.54 ms, T = 128, B = 16, H = 128 12.3 → 10.3),
+    (float64 measured mixed: T = 128, B = 1, H = 256 4.30 → 4.54 ms, T = 128, B = 16, H = 128 12.3 →
+    10.3; at T = 64, B = 4, H = 512 and T = 32, B = 16, H = 256 its one-thread plans project in BLAS),
     where BLAS's vectors are no wider than Numba's (not :data:`WIDE_BLAS`; not measured elsewhere) and a
     direction's work, T·B·H·(I + H) multiply-adds a layer, is at least ``APART_MIN_WORK``, with H up
     to ``APART_MAX_HIDDEN`` and B up to ``APART_MAX_ROWS``, where a step's product stays off BLAS
@@ -3030,11 +3034,12 @@ def strips_input_gradient(N, dtype):
     (:func:`strips_product`) rather than on its transpose's panels or in BLAS: where the weight
     gradients take the panel block (:func:`panels_gradient_wanted`), up to
     ``STRIPS_INPUT_GRADIENT_MAX_ROWS`` rows, whatever the thread count (the sums do not depend on it).
-    Zen 4, one thread, µs, (3H, I), N: BLAS / panels (packing included) / strips, float32 (768, 256)
-    N = 8 / 32 / 64 111 / 287 / 37, 194 / 287 / 134, 317 / 396 / 262; (1536, 1024) N = 2 / 32 / 64 827 /
-    1034 / 177, 1440 / 1955 / 1090, 2481 / 2693 / 2144; panels against strips N = 256 / 1024 / 4096:
-    (768, 256) 1181 / 1073, 4389 / 4318, 17619 / 17935, (1536, 1024) 9010 / 9116, 34147 / 35657,
-    130992 / 157381; (192, 64) N = 8 BLAS 2 µs, strips 4."""
+    Zen 4, one thread, float32, µs, BLAS / the transpose's panels (packing included) / strips, (3H, I):
+    (768, 256) N = 8 111 / 178 / 37, N = 32 194 / 287 / 134, N = 64 317 / 408 / 269; (1536, 1024) N = 2
+    827 / 1034 / 177, N = 32 1440 / 1955 / 1090, N = 64 2481 / 3158 / 1966; panels / strips at N = 256,
+    1024, 4096: (768, 256) 1181 / 1073, 4389 / 4318, 17619 / 17935; (1536, 1024) 9010 / 9116, 34147 /
+    35657, 130992 / 157381; a few µs either way at (192, 64) (N = 8: BLAS 2, strips 4). float64 much
+    alike (N = 64, (1536, 1024) panels 7450, strips 5197; (1536, 512) N = 128 BLAS 4821, strips 4936)."""
     return panels_gradient_wanted(dtype) and N <= STRIPS_INPUT_GRADIENT_MAX_ROWS
 
 
