@@ -574,8 +574,9 @@ def _ol_blas_matmul_T(Wm, h, out, buf, n):
 COLS_B1_PANEL_BYTES = 1 << 21
 PANEL_MIN_T = 4  # steps that repay packing W_hh into panels (one pass over it)
 PANEL_MIN_ROW_STEPS = 128  # float weights: rows × steps that repay it (see wants_panels)
-#: :func:`panel_steps`: fewest rows from which training's kernels pack W_hh at T < PANEL_MIN_T
-TRAINING_STEP_PANEL_ROWS = 64
+#: :func:`panel_steps`: fewest rows from which training's kernels pack W_hh at T < PANEL_MIN_T (beyond
+#: Numba's rows kernels' 32)
+TRAINING_STEP_PANEL_ROWS = 33
 #: float weights with K ≤ PANEL_NARROW_K: the rows × steps that repay it (see wants_panels)
 PANEL_NARROW_K = 128
 PANEL_MIN_ROW_STEPS_NARROW = 32
@@ -693,7 +694,12 @@ def panel_steps(T, B, store):
     0.41–0.55). Inference keeps T: one thread, T = 3, B = 128, H = 512 and T = 2, B = 128, H = 1024 ran
     1.1–1.5× slower packed. A bound on B·H² was tried first: the one case it kept off the panels,
     H = 200, had lost 5–10 % on one thread while the backward packed a fresh copy each call (1.8
-    against 1.6–1.7 ms), 3–6 % since (above)."""
+    against 1.6–1.7 ms), 3–6 % since (above). From 33 rows (was 64) since a bidirectional layer's
+    directions may run side by side (:func:`~numgru.kernels.dispatch.directions_side_by_side`),
+    where a 33–63-row product in OpenBLAS from both threads at once ran several times slower; whole
+    steps, Zen 4, ms, 64 → 33 (two rounds): T = 3, B = 48, I = 300, H = 384, bidirectional, two threads
+    41–44 → 11.7–13.6, one thread 21.3–23.3 → 20.2–21.2; T = 1, B = 48, H = 512, two layers, level on
+    either (16.1–18.6 / 13.8–20.1 one thread); T = 1, B = 36, H = 128 one thread 0.52–0.58 → 0.60–0.64."""
     if store and 0 < T < PANEL_MIN_T and B >= TRAINING_STEP_PANEL_ROWS:
         return PANEL_MIN_T
     return T
