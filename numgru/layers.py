@@ -1045,7 +1045,7 @@ class GRU(_Params):
                 dx_rows = dx2d if want_dx else None
             jobs = [(tape, layer, d, dy_layer, dh_n, x2d, valid, n, before, gather, dx_rows, d > 0)
                     for d in range(D)]
-            if D == 2 and directions_side_by_side(T * B, H, x2d.shape[1], self.dtype):
+            if D == 2 and directions_side_by_side(T, B, H, x2d.shape[1], self.dtype):
                 # each direction on one thread of its own, as one thread runs it (the same sums): the
                 # second's dx into scratch, added after as input_gradient adds it
                 if want_dx:

@@ -605,3 +605,16 @@ def test_directions_side_by_side_equal_one_after_the_other(two_threads, monkeypa
     np.testing.assert_array_equal(dh01, dh00)
     for k in g0:
         np.testing.assert_array_equal(g1[k], g0[k], err_msg=k)
+
+
+def test_directions_side_by_side_only_where_no_step_calls_blas():
+    """Training's directions run side by side only where every step's product stays off BLAS
+    (OpenBLAS from both threads at once ran several times slower): few rows, or W_hh's panels."""
+    from numgru.kernels import dispatch
+    if not dispatch.panels_gradient_wanted(np.float32) or dispatch.training_tiled_max() != 16:
+        pytest.skip("the directions run one after the other here")
+    assert dispatch.training_steps_off_blas(2, 16, 512)  # (the rows kernels take 16 rows at any K)
+    assert dispatch.training_steps_off_blas(3, 48, 384)  # (panels from 33 rows at T < 4)
+    assert dispatch.training_steps_off_blas(2, 24, 128)  # (32 rows at K = 3H = 384)
+    assert not dispatch.training_steps_off_blas(2, 24, 256)  # (24 rows by K = 768 in BLAS)
+    assert dispatch.training_steps_off_blas(1, 1, 1024) and dispatch.training_steps_off_blas(40, 1, 64)

@@ -58,7 +58,7 @@ from .forward import (column_blocks, first_step_gates, gru_forward_chunked, gru_
                       input_projection_parallel, own_panels, packed_panels, packed_panels_into,
                       packed_panels_of_transpose, packed_panels_on_threads, panel_steps, projection_block,
                       NUMBA_ROWS_MAX, NUMBA_ROWS_MAX_K, row_chunks, take_batch, take_batch_on_threads,
-                      TILED_MAX_ONE_THREAD, use_panels, wants_panels)
+                      one_row_dot, TILED_MAX_ONE_THREAD, use_panels, wants_panels)
 from .step import gru_step, gru_step_cols, gru_step_cols_before
 from .dpbf16 import (CHUNK_ROWS, TILE_PANELS, dpbf16_gradient, dpbf16_projection,
                      dpbf16_projection_parallel, dpbf16_ready, gru_forward_dpbf16, gru_forward_dpbf16_ranges,
@@ -2860,11 +2860,13 @@ def on_one_thread(fn, args):
         numba.set_num_threads(old)
 
 
-def directions_side_by_side(N, H, I, dtype):
+def directions_side_by_side(T, B, H, I, dtype):
     """Whether a bidirectional layer's backward runs its two directions side by side, one thread each
     (:func:`one_thread_each`), rather than one after the other on all threads: with exactly two
     threads, where training's products take the panels (:func:`panels_gradient_wanted`; not measured
-    elsewhere), up to ``DIRECTIONS_MAX_ROWS`` rows N = T·B. Each direction's sums are one thread's,
+    elsewhere), up to ``DIRECTIONS_MAX_ROWS`` rows T·B, where no step's product calls BLAS
+    (:func:`training_steps_off_blas`: OpenBLAS called from both threads at once, set to two threads,
+    ran each call several times slower). Each direction's sums are one thread's,
     so the gradients are those of any thread count. Over few rows a direction's own work splits
     badly (a recurrence step's rows, W_hh's transpose and its panels' packing stay on one thread) and
     every split costs hand-offs; two directions need none until both are done.
@@ -2877,7 +2879,29 @@ def directions_side_by_side(N, H, I, dtype):
     4.13 → 3.71; T = 16, B = 64, H = 1024 622 → 501. Beyond 1024 rows mixed: T = 128, B = 64, H = 256
     273 → 236, but T = 64, B = 64, H = 256 120 → 151, T = 32, B = 128, H = 512 345–386 → 383–396, T = 128,
     B = 16, H = 128 18.9 → 19.9, T = 32, B = 128, H = 128 36.5 → 35.5."""
-    return thread_count() == 2 and panels_gradient_wanted(dtype) and N <= DIRECTIONS_MAX_ROWS
+    return thread_count() == 2 and panels_gradient_wanted(dtype) and T * B <= DIRECTIONS_MAX_ROWS and \
+        training_steps_off_blas(T, B, H)
+
+
+def training_steps_off_blas(T, B, H):
+    """Whether every step's product of training's kernels over T steps of up to B rows (the forward's
+    h by W_hh (3H, H), the backward's dgh by W_hhᵀ (H, 3H)) stays off BLAS with training's
+    ``tiled_max`` (:func:`training_tiled_max`): on W_hh's panels where the kernel packs them
+    (:func:`~numgru.kernels.forward.wants_panels` with :func:`~numgru.kernels.forward.panel_steps`,
+    which every row count then takes), else by Numba's rows kernels, which take up to ``tiled_max``
+    rows, and up to ``NUMBA_ROWS_MAX`` where K ≤ ``NUMBA_ROWS_MAX_K`` (one row: the dot-product block
+    where :func:`~numgru.kernels.forward.one_row_dot` says). Two threads, T = 3, B = 48, I = 300,
+    H = 384, bidirectional: with the backward's 48-row products in OpenBLAS from both directions' threads
+    at once the training step took 41–44 ms against torch's 19 (on panels since: 11.7–13.6)."""
+    if B <= 1:
+        return B == 0 or one_row_dot.py_func(3 * H, training_tiled_max()) or 3 * H <= 256
+    tiled = training_tiled_max()
+    steps = panel_steps.py_func(T, B, True)
+    for M, K in ((3 * H, H), (H, 3 * H)):
+        if not (wants_panels.py_func(M, K, B, steps, tiled, False) or B <= tiled
+                or (B <= NUMBA_ROWS_MAX and K <= NUMBA_ROWS_MAX_K)):
+            return False
+    return True
 
 
 def training_directions_apart(T, B, I, H, valid, dtype):
@@ -2899,7 +2923,7 @@ def training_directions_apart(T, B, I, H, valid, dtype):
     1.89; T = 16, B = 16, H = 64 0.56 → 0.85."""
     N = T * B
     if H > APART_MAX_HIDDEN or B < TRAINING_APART_MIN_ROWS or N * H * (I + H) < TRAINING_APART_MIN_WORK or \
-            not directions_side_by_side(N, H, I, dtype):
+            not directions_side_by_side(T, B, H, I, dtype):
         return False
     n = N if valid is None else int(np.count_nonzero(valid))
     if valid is not None and gather_pays(N, n, 3 * H, I):
