@@ -782,15 +782,16 @@ class GRU(_Params):
         plans = self._plans
         if plans is None:
             plans = self._plans = {}
-        apart = apart and self.num_directions == 2 and threads == 2 and \
-            directions_apart(T, B, self.input_size, self.hidden_size, self.num_layers, self.dtype)
+        apart = apart and self.num_directions == 2  # (one key for both where it cannot apply)
         key = (T, B, threads, matmul_order(), apart)
         plan = plans.get(key)
         if plan is None:
             if len(plans) >= PLANS_KEPT:
                 plans.clear()
             plan = None
-            if apart:  # one thread's plan, each direction on a thread of its own (:meth:`_run_plan`)
+            if apart and threads == 2 and directions_apart(
+                    T, B, self.input_size, self.hidden_size, self.num_layers, self.dtype):
+                # one thread's plan, each direction on a thread of its own (:meth:`_run_plan`)
                 plan = on_one_thread(self._forward_plan, (T, B, 1))
                 plan = _ApartPlan(plan) if plan and all(plan_off_blas(p) for p in plan) else None
             if plan is None:
@@ -1043,16 +1044,16 @@ class GRU(_Params):
                 dx_rows = workspace("dx_valid", x2d.shape, self.dtype) if want_dx else None
             else:
                 dx_rows = dx2d if want_dx else None
-            jobs = [(tape, layer, d, dy_layer, dh_n, x2d, valid, n, before, gather, dx_rows, d > 0)
-                    for d in range(D)]
-            if D == 2 and directions_side_by_side(T, B, H, x2d.shape[1], self.dtype):
-                # each direction on one thread of its own, as one thread runs it (the same sums): the
-                # second's dx into scratch, added after as input_gradient adds it
-                if want_dx:
-                    jobs[1] = jobs[1][:-2] + (workspace("dx_direction", dx_rows.shape, self.dtype), False)
+            apart = D == 2 and directions_side_by_side(T, B, H, x2d.shape[1], self.dtype)
+            # apart, each direction on a thread of its own as one thread runs it (the same sums): the
+            # second's dx into scratch, added after as input_gradient adds it
+            second = workspace("dx_direction", dx_rows.shape, self.dtype) if apart and want_dx else dx_rows
+            jobs = [(tape, layer, d, dy_layer, dh_n, x2d, valid, n, before, gather, (dx_rows, second)[d],
+                     d > 0 and not apart) for d in range(D)]
+            if apart:
                 results = one_thread_each(self._direction_backward, jobs)
                 if want_dx:
-                    dx_rows += jobs[1][-2]
+                    dx_rows += second
             else:
                 results = [self._direction_backward(*job) for job in jobs]
             for i, dh0_i, named in results:

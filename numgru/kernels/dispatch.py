@@ -692,6 +692,16 @@ def gather_pays(N, n, M, K, gradients=False):
     return (N - n) * M * K >= (GRADIENT_GATHER_MIN_SAVED if gradients else PACK_MIN_SAVED)
 
 
+def projected_rows(N, valid, M, K):
+    """(rows, gathered): the rows :func:`input_projection` multiplies for N rows of K inputs into M
+    outputs with ``valid`` (the padded steps' mask, or None), and whether it gathers them (then
+    the valid ones alone, where :func:`gather_pays`)."""
+    if valid is None:
+        return N, False
+    n = int(np.count_nonzero(valid))
+    return (n, True) if gather_pays(N, n, M, K) else (N, False)
+
+
 def padded_gathers(lengths, T, M, widths):
     """Whether :func:`input_projection` would gather a padded batch's valid steps (lengths (B,) of
     T steps; :func:`valid_steps` and :func:`gather_pays`) for a projection of M outputs from any of
@@ -945,8 +955,8 @@ def input_projection(x2d, W_ih, b_ih, numba_threads=False, valid=None, training=
     kernel would call BLAS, Numba's threads instead.
     """
     N = x2d.shape[0]
-    n = N if valid is None else int(np.count_nonzero(valid))
-    if valid is not None and gather_pays(N, n, W_ih.shape[0], x2d.shape[1]):
+    n, gather = projected_rows(N, valid, W_ih.shape[0], x2d.shape[1])
+    if gather:
         # the valid rows gathered, projected and put back, all on this thread's scratch: fresh arrays
         # here (and the zeros' pages) faulted in on every call
         gx = np.empty((N, W_ih.shape[0]), W_ih.dtype) if out is None else out
@@ -2925,9 +2935,7 @@ def training_directions_apart(T, B, I, H, valid, dtype):
     if H > APART_MAX_HIDDEN or B < TRAINING_APART_MIN_ROWS or N * H * (I + H) < TRAINING_APART_MIN_WORK or \
             not directions_side_by_side(T, B, H, I, dtype):
         return False
-    n = N if valid is None else int(np.count_nonzero(valid))
-    if valid is not None and gather_pays(N, n, 3 * H, I):
-        N = n
+    N = projected_rows(N, valid, 3 * H, I)[0]
     return N == 0 or training_panels(N, I, 3 * H, dtype) or \
         projection_dot(N, I, 1, True, np.dtype(dtype).itemsize)
 
