@@ -202,6 +202,30 @@ def test_input_projection_routes(two_threads, rng, N, I, M, bias, columns):
     np.testing.assert_allclose(got, want, atol=1e-10, rtol=0)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("N", [1, 37, 128, forward.COLUMN_SPLIT_MAX_ROWS + 8])
+def test_projection_on_threads_by_panels_equals_one_thread(two_threads, rng, dtype, N):
+    """Wide panels over few rows split by ranges of panels (more rows: by blocks of rows); either way
+    each value is one thread's panels' bit for bit."""
+    from numgru.kernels.panel import WIDE_PANELS_BYTES, panel_width
+    I = 700
+    w = numba.njit(lambda v: panel_width(v))(dtype(0))
+    M = (-(-WIDE_PANELS_BYTES // (I * np.dtype(dtype).itemsize)) // w + 2) * w - 7  # a last panel in part
+    x = rng.standard_normal((N, I)).astype(dtype)
+    W = rng.standard_normal((M, I)).astype(dtype)
+    b = rng.standard_normal(M).astype(dtype)
+    none = np.empty((0, 0, 0), dtype)
+    one = np.empty((N, M), dtype)
+    forward.input_projection_kernel(x, W, none, b, True, one, True, False)
+    np.testing.assert_allclose(one, x.astype(np.float64) @ W.T.astype(np.float64) + b,
+                               rtol=1e-4 if dtype == np.float32 else 1e-12, atol=1e-3 if dtype == np.float32 else 1e-10)
+    two = np.full((N, M), np.nan, dtype)
+    with dispatch.parallel_slot(True) as par:
+        assert par
+        dispatch.project_on_threads(x, W, none, b, True, two, True, 2)
+    np.testing.assert_array_equal(two, one)
+
+
 def test_small_rows_matmul_all_row_counts(rng):
     @numba.njit
     def run(W, h, out, n):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from numgru.kernels.bf16 import from_bfloat16, to_bfloat16
-from numgru.kernels.panel import SLAB_ROWS, pack_panels, panel_matmul, panel_rows, panel_width
+from numgru.kernels.panel import SLAB_ROWS, pack_panels, panel_block, panel_matmul, panel_rows, panel_width
 
 
 @numba.njit(cache=False)
@@ -24,6 +24,11 @@ def _matmul(h, Wp, out, n):
 @numba.njit(cache=False)
 def _rows(x, Wp, bias, use_bias, out, r0, r1):
     panel_rows(x, Wp, bias, use_bias, out, r0, r1)
+
+
+@numba.njit(cache=False)
+def _block(x, Wp, p0, p1, col, bias, use_bias, out, r0, r1):
+    panel_block(x, Wp, p0, p1, col, bias, use_bias, out, r0, r1)
 
 
 @numba.njit(cache=False)
@@ -83,6 +88,56 @@ def test_panel_rows_rejects_bad_ranges():
         _rows(x, Wp, np.zeros(47, np.float32), True, out, 0, 10)  # bias shorter than out's rows
     with pytest.raises(ValueError, match="shapes"):
         _rows(np.ones((10, 9), np.float32), Wp, bias, True, out, 0, 10)  # K differs
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_panel_block_ranges_equal_the_whole_call(dtype, use_bias):
+    # ranges of rows (from multiples of 8) and of panels give the whole call's values bit for bit,
+    # and nothing outside the range is written
+    rng = np.random.default_rng(11)
+    w = _width(dtype(0))
+    K, M = 300, 7 * w - 3
+    P = -(-M // w)
+    N = 3 * SLAB_ROWS + 13
+    x = rng.standard_normal((N, K)).astype(dtype)
+    W = rng.standard_normal((M, K)).astype(dtype)
+    bias = rng.standard_normal(M).astype(dtype)
+    Wp = _pack(W)
+    whole = np.full((N, M), 7.0, dtype)
+    _block(x, Wp, 0, P, 0, bias, use_bias, whole, 0, N)
+    want = x.astype(np.float64) @ W.T.astype(np.float64) + (bias if use_bias else 0)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(whole, want, rtol=tol, atol=tol * np.sqrt(K))
+    rows = np.full((N, M), 7.0, dtype)
+    _rows(x, Wp, bias, use_bias, rows, 0, N)
+    np.testing.assert_array_equal(rows, whole)
+    for r0, r1, p0, p1 in [(0, N, 0, 1), (0, N, P - 1, P), (8, 40, 2, 5), (16, N, 1, P - 1), (0, 8, 0, P),
+                           (5, 5, 0, P), (0, N, 3, 3)]:
+        out = np.full((N, M), 7.0, dtype)
+        _block(x, Wp, p0, p1, p0 * w, bias, use_bias, out, r0, r1)
+        c0, c1 = min(M, p0 * w), min(M, p1 * w)
+        np.testing.assert_array_equal(out[r0:r1, c0:c1], whole[r0:r1, c0:c1])
+        out[r0:r1, c0:c1] = 7.0
+        assert (out == 7.0).all()
+    # panels packed apart from W's rows col … (the last ones, ending inside a panel) write from col on
+    col = (P - 3) * w
+    out = np.full((N, M), 7.0, dtype)
+    _block(x, _pack(W[col:]), 0, 3, col, bias, use_bias, out, 8, N)
+    np.testing.assert_array_equal(out[8:, col:], whole[8:, col:])
+    out[8:, col:] = 7.0
+    assert (out == 7.0).all()
+
+
+def test_panel_block_rejects_bad_panel_ranges():
+    Wp = _pack(np.ones((100, 8), np.float32))
+    P = Wp.shape[0]
+    x = np.ones((10, 8), np.float32)
+    out = np.empty((10, 100), np.float32)
+    bias = np.zeros(100, np.float32)
+    for p0, p1, col in [(-1, 1, 0), (2, 1, 0), (0, P + 1, 0), (0, 1, -1)]:
+        with pytest.raises(ValueError, match="shapes"):
+            _block(x, Wp, p0, p1, col, bias, True, out, 0, 10)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

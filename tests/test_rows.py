@@ -12,6 +12,7 @@ import pytest
 import numgru as ng
 from conftest import TOL
 from numgru.kernels import dispatch
+from numgru.kernels.panel import WIDE_PANELS_BYTES
 from reference import gru as ref_gru, random_params
 
 pytestmark = pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2,
@@ -542,7 +543,8 @@ def test_threaded_projection_on_panels_the_threads_pack(two_threads, dtype, N, I
     for Wp in (dispatch.empty_array(dtype, 3), packed_panels(W)):
         out = np.full((N, M), np.nan, dtype)
         args = (x, W, Wp, b, True, out, True)
-        input_projection_parallel(*args, 2, native_address(projection_block, (*args, 0, 0, 0, 0)))
+        input_projection_parallel(x, W, Wp, dispatch.empty_array(dtype, 1), b, True, out, True, 2,
+                                  native_address(projection_block, (*args, 0, 0, 0, 0, 0)))
         outs.append(out)
     want = x.astype(np.float64) @ W.T.astype(np.float64) + b
     scale = np.abs(x).astype(np.float64) @ np.abs(W).T.astype(np.float64) + np.abs(b)  # sums' magnitudes
@@ -555,6 +557,11 @@ def test_float64_projection_takes_panels_from_fewer_rows_on_threads():
     assert dispatch.projection_panels(128, 512, 2, 8) and not dispatch.projection_panels(128, 512, 2, 4)
     assert not dispatch.projection_panels(64, 512, 2, 8)
     assert not dispatch.projection_panels(128, 1024, 2, 8) and dispatch.projection_panels(256, 1024, 2, 8)
+    # wide ones (split by ranges of panels, each packed by its task) from PROJ_PANELS_PARALLEL_F64_WIDE rows
+    for I, M in [(1024, 3072), (512, 1536), (2048, 300)]:
+        assert M * I * 8 >= WIDE_PANELS_BYTES
+        assert dispatch.projection_panels(32, I, 2, 8, M) and not dispatch.projection_panels(31, I, 2, 8, M)
+    assert not dispatch.projection_panels(64, 384, 2, 8, 1152)  # (3.5 MB: the table's)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -67,6 +67,7 @@ from .vnni import (digit_offsets, digit_row_sums, gru_forward_vnni, gru_forward_
                    gru_forward_vnni_cols_before, gru_step_vnni, gru_step_vnni_before, gru_step_vnni_cols,
                    gru_step_vnni_cols_before, step_work_size, vnni_ready)
 from .fused import fused_ready, gru_forward_fused, gru_forward_fused_before
+from .panel import WIDE_GROUP, WIDE_PANELS_BYTES
 
 #: rows from which a multi-threaded forward never takes BLAS-threaded steps where BLAS is not wider
 #: (:func:`forward_route`)
@@ -109,6 +110,7 @@ PROJ_PANELS_MAX_INPUTS_PARALLEL = 512
 PROJ_PANELS_MIN_ROWS_PARALLEL_WIDE = 512
 #: float64 on several threads: (most inputs I, fewest rows N) for the panels (see projection_panels)
 PROJ_PANELS_PARALLEL_F64 = ((512, 96), (768, 128), (1 << 62, 256))
+PROJ_PANELS_PARALLEL_F64_WIDE = 32
 PROJ_DOT_MAX_ROWS = 16
 #: :func:`projection_dot`: most rows of a float32 training projection where BLAS is no wider than Numba
 TRAINING_DOT_MAX_ROWS = 63
@@ -923,9 +925,17 @@ def project_on_threads(x2d, W_ih, Wp, bias, use_bias, gx, panels, threads):
     """gx = x2d @ W_ih.T (+ bias) on ``threads`` of Numba's threads
     (:func:`~numgru.kernels.forward.input_projection_parallel`, on W_ih's panels Wp where ``panels``),
     each task :func:`~numgru.kernels.forward.projection_block` called by its address for these
-    arrays. The caller holds the parallel slot."""
+    arrays; panels packed here into this thread's scratch (fresh ones faulted their pages in on every
+    call: float64, N = 128, I = 1024, two threads, 1.4 ms of 11.4). The caller holds the parallel
+    slot."""
+    M, I = W_ih.shape
+    # room for all the panels, or for the slots of the tasks that pack their own (four groups a thread)
+    buf = (_aligned_scratch("projection_panels", max(M + 48, (4 * threads * WIDE_GROUP + 1) * 48) * I,
+                            W_ih.dtype)
+           if panels and Wp.shape[0] == 0 else empty_array(W_ih.dtype, 1))
     args = (x2d, W_ih, Wp, bias, bool(use_bias), gx, bool(panels))
-    input_projection_parallel(*args, threads, native_address(projection_block, (*args, 0, 0, 0, 0)))
+    input_projection_parallel(x2d, W_ih, Wp, buf, bias, bool(use_bias), gx, bool(panels), threads,
+                              native_address(projection_block, (*args, 0, 0, 0, 0, 0)))
 
 
 def input_projection(x2d, W_ih, b_ih, numba_threads=False, valid=None, training=False, out=None,
@@ -994,7 +1004,7 @@ def input_projection(x2d, W_ih, b_ih, numba_threads=False, valid=None, training=
     if numba_threads or off_blas:
         with parallel_slot(True) as par:
             if par:
-                panels = (projection_panels(N, I, threads, W_ih.dtype.itemsize)
+                panels = (projection_panels(N, I, threads, W_ih.dtype.itemsize, W_ih.shape[0])
                           or (off_blas and N >= OFF_BLAS_PANELS_MIN_ROWS)
                           or (packed is not None and packed_projection(N, I, threads)))
                 project_on_threads(x2d, W_ih, Wp, bias, b_ih is not None, gx, panels, threads)
@@ -1645,9 +1655,9 @@ def _zen_projection(I, itemsize=4):
     return next(entry for entry in PROJ_ONE_THREAD_ZEN if I <= entry[0])
 
 
-def projection_panels(N, I, threads, itemsize=4):
-    """Whether the input projection of N rows with I inputs on ``threads`` Numba threads (1: the serial
-    kernel) runs on packed panels of W_ih (:func:`~numgru.kernels.panel.panel_rows`): the packing is one
+def projection_panels(N, I, threads, itemsize=4, M=0):
+    """Whether the input projection of N rows with I inputs (M outputs) on ``threads`` Numba threads (1:
+    the serial kernel) runs on packed panels of W_ih (:func:`~numgru.kernels.panel.panel_rows`): the packing is one
     pass over W_ih, so past a number of rows, and for inputs few enough that the panels beat the
     alternative. Measured on the 2-vCPU Intel machine (float32, H = I):
 
@@ -1673,7 +1683,15 @@ def projection_panels(N, I, threads, itemsize=4):
       1024 0.90× / 1.80× / 1.37×; whole forward, paired against 545ae11: B = 4, H = 768 / 1024
       1.10× / 1.11×, B = 8, H = 1024 1.19× (it had taken 2048 rows to repay packing 12 MB).
 
-    float64 on several threads follows ``PROJ_PANELS_PARALLEL_F64`` ((most inputs, fewest rows)),
+    float64 on several threads takes wide panels (W_ih (M, I) of ``WIDE_PANELS_BYTES`` or more, which
+    few rows multiply by ranges of panels, each packed by its task,
+    :func:`~numgru.kernels.forward.input_projection_parallel`) from ``PROJ_PANELS_PARALLEL_F64_WIDE``
+    rows: 2-vCPU AMD EPYC, two threads, 3I outputs, ms, the panels packed in the call against the tiled
+    matmul (BLAS's two threads): I = 1024, N = 16 / 32 / 64 / 128 1.76 / 3.11 / 5.23 / 9.86 against
+    1.86 / 4.00 / 6.98 / 11.1 (2.67 / 3.14 / 5.88 / 9.19); I = 768, N = 32 / 48 / 64 / 128 1.66 / 2.20 /
+    2.95 / 5.16 against 1.87 / 2.66 / 3.90 / 6.02; I = 512, N = 16 / 32 / 64 / 96 0.38 / 0.65 / 1.15 /
+    1.76 against 0.40 / 0.81 / 1.71 / 2.37. Narrower ones follow ``PROJ_PANELS_PARALLEL_F64`` ((most
+    inputs, fewest rows)),
     measured on the 2-vCPU AMD EPYC (two threads, 3I outputs, the panels packed by both threads,
     time of the tiled matmul over the panels', medians of three rounds taking turns in one process):
     I = 64–512 level at N = 64 (0.99–1.21×), 1.05–1.19× at N = 96, 1.14–1.35× at N = 128, 1.21–1.42×
@@ -1709,6 +1727,8 @@ def projection_panels(N, I, threads, itemsize=4):
             return panels_beyond and N > dot_rows_most
         return _panels_one_thread(N, I)
     if itemsize == 8:
+        if M * I * itemsize >= WIDE_PANELS_BYTES:
+            return N >= PROJ_PANELS_PARALLEL_F64_WIDE
         for most_inputs, fewest_rows in PROJ_PANELS_PARALLEL_F64:
             if I <= most_inputs:
                 return N >= fewest_rows
@@ -2084,7 +2104,8 @@ def serial_direction_plan(W_ih, b_ih, W_hh, b_hh, packed_ih, packed_hh, T, B, th
             dot = True
         else:
             par = (threads, T * B >= OFF_BLAS_PANELS_MIN_ROWS
-                   or projection_panels(T * B, W_ih.shape[1], threads, W_ih.dtype.itemsize))
+                   or projection_panels(T * B, W_ih.shape[1], threads, W_ih.dtype.itemsize,
+                                                         W_ih.shape[0]))
     projection = (W_ih, empty if packed_ih is None else packed_ih,
                   W_ih[0] if b_ih is None else b_ih, b_ih is not None)
     amx_steps = None

@@ -41,7 +41,8 @@ from .activations import clip_pre, clipped, gate, one_like, sigmoid_fast, tanh_f
 from .bf16 import is_bfloat16, is_bfloat16_array, wget
 from .dotblock import dot_rows
 from .panel import (aligned_empty, fill_panel, fill_panels_of, pack_panels, pack_panels_into, pack_panels_of_transpose,
-                    packed_depth, panel_matmul, panel_rows, panel_width, panels_for, put_row)
+                    fill_panel_from, packed_depth, panel_block, panel_matmul, panel_rows, panel_slots,
+                    panel_width, panels_for, panels_in, put_row, WIDE_GROUP, WIDE_PANELS_BYTES)
 from .sync import block_done, claim_block, round_pending, rounds_sync, wait_round, worker_started
 
 
@@ -1639,28 +1640,37 @@ def project_block(x2d, W_ih, b_ih, use_bias, out, r0, r1, c0, c1):
 
 
 @kernel
-def projection_block(x2d, W_ih, Wp, b_ih, use_bias, out, panels, r0, r1, c0, c1):
-    """One task of :func:`input_projection_parallel`: with ``panels`` rows r0 … r1−1 of out on W_ih's
-    panels Wp (:func:`~numgru.kernels.panel.panel_rows`), else out[r0:r1, c0:c1]
-    (:func:`project_block`)."""
+def projection_block(x2d, W_ih, Wp, b_ih, use_bias, out, panels, r0, r1, c0, c1, col):
+    """One task of :func:`input_projection_parallel`: with ``panels`` rows r0 … r1−1 of out by the
+    panels c0 … c1−1 of Wp, which hold W_ih's rows from ``col`` on
+    (:func:`~numgru.kernels.panel.panel_block`), else out[r0:r1, c0:c1] (:func:`project_block`)."""
     wide_vectors()
     if panels:
-        panel_rows(x2d, Wp, b_ih, use_bias, out, r0, r1)
+        panel_block(x2d, Wp, c0, c1, col, b_ih, use_bias, out, r0, r1)
     else:
         project_block(x2d, W_ih, b_ih, use_bias, out, r0, r1, c0, c1)
 
 
+#: most rows for which :func:`input_projection_parallel` splits wide panels (``WIDE_PANELS_BYTES``) by
+#: ranges of panels rather than blocks of rows
+COLUMN_SPLIT_MAX_ROWS = 1024
+
+
 @parallel_kernel(name="input_projection_parallel")
-def input_projection_parallel(x2d, W_ih, Wp, b_ih, use_bias, out, panels, n_threads, block):
+def input_projection_parallel(x2d, W_ih, Wp, buf, b_ih, use_bias, out, panels, n_threads, block):
     """:func:`input_projection_kernel` on Numba's threads instead of BLAS's.
 
     Used together with :func:`_gru_forward_cols` so that only one thread pool is ever awake: OpenBLAS's
     workers keep spinning for a while after each call, and a per-step parallel region that has to wait
     for a core runs several times slower. With ``panels`` (the caller's choice,
     :func:`~numgru.kernels.dispatch.projection_panels`) W_ih is packed into panels once and blocks of
-    up to 128 rows run in parallel (:func:`~numgru.kernels.panel.panel_rows`), at least four blocks per
-    thread (of ``n_threads``) where the rows allow (``Wp``: the panels when the caller has packed them,
-    as in :func:`input_projection_kernel`). Else blocks of 128 rows times tiles of 128 rows of
+    up to 128 rows run in parallel (:func:`~numgru.kernels.panel.panel_block`), at least four blocks per
+    thread (of ``n_threads``) where the rows allow; up to ``COLUMN_SPLIT_MAX_ROWS`` rows by panels of
+    ``WIDE_PANELS_BYTES`` or more, ranges of the panels instead, each packed by the task that
+    multiplies by it. ``Wp``: the panels when the caller has packed them (as in
+    :func:`input_projection_kernel`), else (0, 0, 0) and they are packed into ``buf`` (1-D, W_ih's
+    dtype, as :func:`~numgru.kernels.panel.panels_in` takes it: a caller's scratch, whose pages are
+    mapped already; fresh ones where it is empty). Else blocks of 128 rows times tiles of 128 rows of
     W_ih (L2-sized for I ≤ 1024) run in parallel (:func:`project_block`; with :func:`small_rows_matmul`
     there they had run at 75–95 % of OpenBLAS's sgemm rate, N = 128–8192, I = 256 and 1024).
     Each task is :func:`projection_block`, called by its address ``block``
@@ -1672,13 +1682,43 @@ def input_projection_parallel(x2d, W_ih, Wp, b_ih, use_bias, out, panels, n_thre
     N = x2d.shape[0]
     M = W_ih.shape[0]
     if panels:
-        if Wp.shape[0] == 0:
+        fill = Wp.shape[0] == 0
+        NC = panel_width(W_ih.dtype.type(0))
+        P = (M + NC - 1) // NC
+        K = W_ih.shape[1]
+        if N <= COLUMN_SPLIT_MAX_ROWS and P * K * NC * W_ih.itemsize >= WIDE_PANELS_BYTES:
+            # few rows by wide panels: each thread takes all rows by a range of the panels, so that W
+            # streams from memory once, not once per block of rows of each thread; to be packed, a
+            # group of panels at a time into the task's own slots, just before it multiplies by
+            # them: read back from L2, and nothing the size of W written out (2-vCPU AMD EPYC, two
+            # threads, float64, 3I outputs, packing included, ms, two rounds against blocks of rows
+            # on panels packed first: I = 1024, N = 32 / 128 / 256 3.46 / 9.68–10.0 / 17.6–18.0
+            # against 5.89–7.17 / 15.2–16.2 / 22.9–26.1; I = 768, N = 64 2.91–3.30 against 3.45–3.55)
+            per = max(WIDE_GROUP, (P + 4 * n_threads - 1) // (4 * n_threads))
+            tasks = (P + per - 1) // per
+            slots = panel_slots(buf, tasks * WIDE_GROUP, K) if fill else Wp
+            for task in prange(tasks):
+                wide_vectors()
+                p1 = min(P, task * per + per)
+                for g0 in range(task * per, p1, WIDE_GROUP):
+                    g1 = min(p1, g0 + WIDE_GROUP)
+                    if fill:
+                        q0 = task * WIDE_GROUP
+                        for p in range(g0, g1):
+                            fill_panel_from(slots[q0 + p - g0], W_ih, np.int64(p * NC))
+                        q1 = q0 + g1 - g0
+                    else:
+                        q0, q1 = g0, g1
+                    call_native(block, (x2d, W_ih, slots, b_ih, use_bias, out, panels, np.int64(0), np.int64(N),
+                                        np.int64(q0), np.int64(q1), np.int64(g0 * NC)), None)
+            return
+        if fill:
             # each thread packs a share of the panels: one thread packing them all had left the other
             # waiting (2-vCPU AMD EPYC, two threads, 3I outputs, ms, two runs taking turns: float64
             # N = 128, I = 512 2.59–2.63 → 2.22–2.30, N = 64, I = 512 1.59–1.61 → 1.25–1.29; float32
             # N = 128, I = 384 0.70 → 0.60, N = 256, I = 512 2.14 → 1.98; N = 512, I = 1024 level)
-            Wp = panels_for(W_ih)
-            for p in prange(Wp.shape[0]):
+            Wp = panels_in(W_ih, buf) if buf.shape[0] > 0 else panels_for(W_ih)
+            for p in prange(P):
                 wide_vectors()
                 fill_panels_of(Wp, W_ih, np.int64(p))
         rows = min(128, max(8, (N // (4 * n_threads) + 7) // 8 * 8))
@@ -1686,7 +1726,7 @@ def input_projection_parallel(x2d, W_ih, Wp, b_ih, use_bias, out, panels, n_thre
             wide_vectors()
             r0 = blk * rows
             call_native(block, (x2d, W_ih, Wp, b_ih, use_bias, out, panels, np.int64(r0),
-                                np.int64(min(N, r0 + rows)), np.int64(0), np.int64(M)), None)
+                                np.int64(min(N, r0 + rows)), np.int64(0), np.int64(P), np.int64(0)), None)
         return
     nt = (M + 127) // 128
     nb = (N + 127) // 128
@@ -1706,7 +1746,8 @@ def input_projection_parallel(x2d, W_ih, Wp, b_ih, use_bias, out, panels, n_thre
         r0 = (task // nt) * rows
         c0 = (task % nt) * 128
         call_native(block, (x2d, W_ih, Wp, b_ih, use_bias, out, panels, np.int64(r0),
-                            np.int64(min(N, r0 + rows)), np.int64(c0), np.int64(min(M, c0 + 128))), None)
+                            np.int64(min(N, r0 + rows)), np.int64(c0), np.int64(min(M, c0 + 128)),
+                            np.int64(0)), None)
 
 
 gru_forward_serial = kernel(_gru_forward, name="gru_forward_serial")

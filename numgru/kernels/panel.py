@@ -385,6 +385,25 @@ def fill_panels_of(Wp, W, p):
 
 
 @device
+def fill_panel_from(panel, W, j0):
+    """One panel (K, NC) of :func:`pack_panels`' layout = rows j0 … j0+NC−1 of float W (M, K)
+    transposed, zeros past row M − 1 (a panel packed apart, into a caller's slot)."""
+    nc = panel.shape[1]
+    m = min(W.shape[0], j0 + nc) - j0
+    fill_panel(panel, W, j0, m, 0)
+    if m < nc:
+        panel[:, m:] = 0
+
+
+@device
+def panel_slots(buf, n, K):
+    """n panels (n, K, NC) of buf's dtype on ``buf`` (1-D, at least n·K·NC values past its first
+    64-byte line: a caller's scratch), uninitialised: slots that :func:`fill_panel_from` fills."""
+    nc = panel_width(buf.dtype.type(0))
+    return _buffer_run(buf, n * K * nc).reshape((n, K, nc))
+
+
+@device
 def _buffer_run(buf, n):
     """n values of ``buf`` (1-D) from its first 64-byte line: where the packings into a caller's scratch
     write their panels. ValueError ("buf too small") where buf holds fewer."""
@@ -418,10 +437,10 @@ def pack_panels_of_transpose(W, buf):
 
 
 @device
-def pack_panels_into(W, buf):
-    """:func:`pack_panels` (W) for float W (M, K) C-contiguous, written into ``buf`` (1-D, W's dtype, at
-    least (M + 48)·K values past its first 64-byte line: a caller's scratch, whose pages are already
-    mapped) and returned as its view (P, K, NC) from that line."""
+def panels_in(W, buf):
+    """:func:`panels_for` (W)'s array for float W (M, K) on ``buf`` (1-D, W's dtype, at least
+    (M + 48)·K values past its first 64-byte line: a caller's scratch, whose pages are already
+    mapped), as its view (P, K, NC) from that line, before its fill (:func:`fill_panels_of`)."""
     M = W.shape[0]
     K = W.shape[1]
     nc = panel_width(W.dtype.type(0))
@@ -429,7 +448,15 @@ def pack_panels_into(W, buf):
     Wp = _buffer_run(buf, P * K * nc).reshape((P, K, nc))
     if P * nc > M:
         Wp[P - 1] = 0
-    for p in range(P):
+    return Wp
+
+
+@device
+def pack_panels_into(W, buf):
+    """:func:`pack_panels` (W) for float W (M, K) C-contiguous, written into ``buf`` (as
+    :func:`panels_in` takes it) and returned as its view (P, K, NC) from its first 64-byte line."""
+    Wp = panels_in(W, buf)
+    for p in range(Wp.shape[0]):
         fill_panels_of(Wp, W, p)
     return Wp
 
@@ -674,36 +701,37 @@ def _panel_operands(a, Wp, out):
 
 
 @intrinsic
-def _block_gemm(typingctx, a, a0, Wp, out, o0, n, accumulate, mc):
-    """out[r, :M] (+)= A[r] @ W.T for rows r < n, where A's row r starts at a.flat[a0 + r·lda] and out's
-    at out.flat[o0 + r·ldo] (lda, ldo: the row strides of a and out), Wp = pack_panels(W),
-    M = out.shape[1], K = a.shape[1]; ``accumulate`` adds to out; rows in slabs of ``mc``
-    (see :func:`panel_matmul` and :func:`panel_rows`, which check the bounds). Wp may hold bfloat16
-    values (``uint16``) for float32 a and out."""
+def _block_gemm(typingctx, a, a0, Wp, p0, p1, out, o0, m, n, accumulate, mc):
+    """out.flat[o0 + r·ldo + j] (+)= Σ_k A[r, k] · Wp[p0 + j // NC, k, j % NC] for rows r < n and
+    columns j < min(m, (p1 − p0)·NC): panels p0 … p1−1 of Wp = pack_panels(W) (P, Kp, NC), A's row r
+    at a.flat[a0 + r·lda] (lda, ldo: the row strides of a and out), K = a.shape[1]; ``accumulate``
+    adds to out; rows in slabs of ``mc`` (see :func:`panel_matmul` and :func:`panel_block`, which
+    check the bounds). Wp may hold bfloat16 values (``uint16``) for float32 a and out."""
     if not _panel_operands(a, Wp, out) or a.ndim != 2 or Wp.ndim != 3 or out.ndim != 2:
         return None
-    if not all(isinstance(x, types.Integer) for x in (a0, o0, n, mc)):
+    if not all(isinstance(x, types.Integer) for x in (a0, p0, p1, o0, m, n, mc)):
         return None
     if not isinstance(accumulate, types.Boolean):
         return None
-    sig = types.void(a, types.intp, Wp, out, types.intp, types.intp, types.boolean, types.intp)
+    sig = types.void(a, types.intp, Wp, types.intp, types.intp, out, types.intp, types.intp, types.intp,
+                     types.boolean, types.intp)
 
     def codegen(context, builder, sig, args):
         fty = context.get_value_type(sig.args[0].dtype)
         A = context.make_array(sig.args[0])(context, builder, args[0])
         Wa = context.make_array(sig.args[2])(context, builder, args[2])
-        O = context.make_array(sig.args[3])(context, builder, args[3])
-        a0, _, _, o0, n, acc, mc = args[1:]
-        P, Kp, _ = cgutils.unpack_tuple(builder, Wa.shape, 3)
+        O = context.make_array(sig.args[5])(context, builder, args[5])
+        a0, _, p0, p1, _, o0, M, n, acc, mc = args[1:]
+        _, Kp, NC = cgutils.unpack_tuple(builder, Wa.shape, 3)
         K = cgutils.unpack_tuple(builder, A.shape, 2)[1]
-        M = cgutils.unpack_tuple(builder, O.shape, 2)[1]
         size = ir.Constant(cgutils.intp_t, context.get_abi_sizeof(fty))
         lda = builder.sdiv(cgutils.unpack_tuple(builder, A.strides, 2)[0], size)
         ldo = builder.sdiv(cgutils.unpack_tuple(builder, O.strides, 2)[0], size)
         a_ptr = builder.gep(A.data, [a0])
         o_ptr = builder.gep(O.data, [o0])
-        _emit_gemm(context, builder, fty, a_ptr, lda, Wa.data, P, o_ptr, ldo, n, M, K, Kp, mc, acc,
-                   sig.args[2].dtype == types.uint16)
+        b_ptr = builder.gep(Wa.data, [builder.mul(builder.mul(p0, NC), Kp)])
+        _emit_gemm(context, builder, fty, a_ptr, lda, b_ptr, builder.sub(p1, p0), o_ptr, ldo, n, M, K, Kp,
+                   mc, acc, sig.args[2].dtype == types.uint16)
         return context.get_dummy_value()
     return sig, codegen
 
@@ -718,42 +746,66 @@ def panel_matmul(h, Wp, out, n):
     if n > h.shape[0] or n > out.shape[0] or Wp.shape[1] != packed_depth(h.shape[1], Wp) or \
             out.shape[1] > Wp.shape[0] * Wp.shape[2] or Wp.shape[2] != panel_width(h.dtype.type(0)):
         raise ValueError("panel_matmul: shapes do not match")
-    _block_gemm(h, 0, Wp, out, 0, n, False, max(n, 1))
+    _block_gemm(h, 0, Wp, 0, Wp.shape[0], out, 0, out.shape[1], n, False, max(n, 1))
 
 
-#: rows per slab in :func:`panel_rows`: a slab's rows of x stay in L1 while every panel passes over them
+#: rows per slab in :func:`panel_block`: a slab's rows of x stay in L1 while every panel passes over them
 #: (x @ W.T for 8192 × 256 by 768, one thread: 150–154 GFLOP/s for slabs of 8–64 rows, 99–139 for
 #: 128–8192 rows in one pass)
 SLAB_ROWS = 32
+#: weights of at least this many bytes (beyond L2, much of L3) whose product over few rows
+#: :func:`~numgru.kernels.forward.input_projection_parallel` splits by ranges of panels, ``WIDE_GROUP``
+#: panels at a time
+WIDE_PANELS_BYTES = 1 << 22
+WIDE_GROUP = 4
 
 
 @device
 def panel_rows(x, Wp, bias, use_bias, out, r0, r1):
-    """out[r0:r1] = x[r0:r1] @ W.T (+ bias) with Wp = :func:`pack_panels` (W): the input projection.
+    """out[r0:r1] = x[r0:r1] @ W.T (+ bias) with Wp = :func:`pack_panels` (W): the input projection
+    (:func:`panel_block` over all of W's panels)."""
+    panel_block(x, Wp, 0, Wp.shape[0], 0, bias, use_bias, out, r0, r1)
 
-    x (N, K), Wp (P, K, NC), bias (M,), out (N, M) C-contiguous, one float dtype, M ≤ P·NC,
-    0 ≤ r0 ≤ r1 ≤ N. In slabs of :data:`SLAB_ROWS` rows, each slab's bias written first and the product
-    added while the slab is in cache."""
+
+@device
+def panel_block(x, Wp, p0, p1, col, bias, use_bias, out, r0, r1):
+    """out[r0:r1, col:c1] = x[r0:r1] @ W[col:c1].T (+ bias[col:c1]), c1 = min(M, col + (p1 − p0)·NC),
+    where panels p0 … p1−1 of Wp hold W's rows col … c1−1 (:func:`pack_panels` (W) and col = p0·NC; or
+    panels packed apart, as :func:`fill_panel` packs W's rows from col).
+
+    x (N, K), Wp (P, K, NC), bias (M,), out (N, M) C-contiguous, one float dtype, 0 ≤ r0 ≤ r1 ≤ N,
+    0 ≤ p0 ≤ p1 ≤ P, 0 ≤ col. In slabs of :data:`SLAB_ROWS` rows, each slab's bias written first and
+    the product added while the slab is in cache. Each value of out is summed in the block's order (k
+    in its chunks) whatever the panels, so where MR is 8 (AVX-512) ranges of rows starting on
+    multiples of 8, or ranges of panels, on several threads give one call's values. (Slabs of 256
+    rows passed over groups of four panels, so that W would stream from memory once per 256 rows,
+    ran the one-thread float32 projection slower where W fits L3: 2-vCPU AMD EPYC, I = 768, N = 256
+    / 1024 / 8192, 92–98 / 99–100 / 102–103 GFLOP/s against 76–82 / 88–93 / 84–90: x's rows then
+    broadcast from L2, not L1.)"""
     K = x.shape[1]
     M = out.shape[1]
+    NC = Wp.shape[2]
     if r0 < 0 or r1 < r0 or r1 > x.shape[0] or r1 > out.shape[0] or Wp.shape[1] != packed_depth(K, Wp) or \
-            M > Wp.shape[0] * Wp.shape[2] or Wp.shape[2] != panel_width(x.dtype.type(0)) or \
+            NC != panel_width(x.dtype.type(0)) or p0 < 0 or p1 < p0 or p1 > Wp.shape[0] or col < 0 or \
             (use_bias and bias.shape[0] < M):
-        raise ValueError("panel_rows: shapes do not match")
+        raise ValueError("panel_block: shapes do not match")
+    if r1 == r0 or min(M, col + (p1 - p0) * NC) <= col:
+        return
     ldo = out.shape[1]
+    j1 = min(M, col + (p1 - p0) * NC)
     for s0 in range(r0, r1, SLAB_ROWS):
         s1 = min(r1, s0 + SLAB_ROWS)
         if use_bias:
             for i in range(s0, s1):
                 row = out[i]
-                for j in range(M):
+                for j in range(col, j1):
                     row[j] = bias[j]
         if K == 0:
             if not use_bias:
                 for i in range(s0, s1):
-                    out[i, :] = 0
+                    out[i, col:j1] = 0
             continue
-        _block_gemm(x, s0 * K, Wp, out, s0 * ldo, s1 - s0, use_bias, SLAB_ROWS)
+        _block_gemm(x, s0 * K, Wp, p0, p1, out, s0 * ldo + col, M - col, s1 - s0, use_bias, SLAB_ROWS)
 
 
 #: rows of out per slab in :func:`gemm_tn` (a's columns): a slab's k chunk of a stays in L2 while the
