@@ -88,6 +88,8 @@ def test_panel_rows_rejects_bad_ranges():
         _rows(x, Wp, np.zeros(47, np.float32), True, out, 0, 10)  # bias shorter than out's rows
     with pytest.raises(ValueError, match="shapes"):
         _rows(np.ones((10, 9), np.float32), Wp, bias, True, out, 0, 10)  # K differs
+    with pytest.raises(ValueError, match="shapes"):  # out wider than the panels
+        _rows(x, Wp, np.zeros(49, np.float32), True, np.empty((10, 49), np.float32), 0, 10)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -925,9 +925,8 @@ def project_on_threads(x2d, W_ih, Wp, bias, use_bias, gx, panels, threads):
     """gx = x2d @ W_ih.T (+ bias) on ``threads`` of Numba's threads
     (:func:`~numgru.kernels.forward.input_projection_parallel`, on W_ih's panels Wp where ``panels``),
     each task :func:`~numgru.kernels.forward.projection_block` called by its address for these
-    arrays; panels packed here into this thread's scratch (fresh ones faulted their pages in on every
-    call: float64, N = 128, I = 1024, two threads, 1.4 ms of 11.4). The caller holds the parallel
-    slot."""
+    arrays; panels packed in the call go to this thread's scratch, as the other packings do (fresh
+    arrays fault their pages in on every call). The caller holds the parallel slot."""
     M, I = W_ih.shape
     # room for all the panels, or for the slots of the tasks that pack their own (four groups a thread)
     buf = (_aligned_scratch("projection_panels", max(M + 48, (4 * threads * WIDE_GROUP + 1) * 48) * I,

@@ -763,7 +763,9 @@ WIDE_GROUP = 4
 @device
 def panel_rows(x, Wp, bias, use_bias, out, r0, r1):
     """out[r0:r1] = x[r0:r1] @ W.T (+ bias) with Wp = :func:`pack_panels` (W): the input projection
-    (:func:`panel_block` over all of W's panels)."""
+    (:func:`panel_block` over all of W's panels: out's M columns no more than theirs)."""
+    if out.shape[1] > Wp.shape[0] * Wp.shape[2]:
+        raise ValueError("panel_rows: shapes do not match")
     panel_block(x, Wp, 0, Wp.shape[0], 0, bias, use_bias, out, r0, r1)
 
 
