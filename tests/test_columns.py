@@ -226,6 +226,41 @@ def test_projection_on_threads_by_panels_equals_one_thread(two_threads, rng, dty
     np.testing.assert_array_equal(two, one)
 
 
+@pytest.mark.parametrize("gate, clip, with_lengths", [("sigmoid", None, False), ("sigmoid", None, True),
+                                                      ("hard_sigmoid", 0.5, True)])
+def test_one_step_as_a_product_matches_reference(two_threads, rng, monkeypatch, gate, clip, with_lengths):
+    """A float64 call of one step given h0 over wide W_hh (dispatch.one_step_as_product): W_hh h0 by
+    ranges of its panels, then the gates (a row of length 0 keeps h0, its output zero)."""
+    calls = []
+    step = dispatch.step_from_products
+    monkeypatch.setattr(dispatch, "step_from_products", lambda *a: (calls.append(1), step(*a))[1])
+    B, I, H = 40, 7, 600
+    assert 3 * H * H * 8 >= dispatch.ONE_STEP_PRODUCT_MIN_BYTES
+    g, p = _model(I, H, 1, False, np.float64, gate, clip)
+    x = rng.standard_normal((1, B, I))
+    h0 = rng.standard_normal((1, B, H))
+    lengths = None
+    if with_lengths:
+        lengths = rng.integers(0, 2, B)
+        lengths[0], lengths[-1] = 0, 1
+    y, h_n = g(x, h0, lengths)
+    y_ref, h_ref = ref_gru(x, p, 1, H, h0=h0, lengths=lengths, gate=gate, alpha=g.alpha, beta=g.beta,
+                           clip=clip)
+    np.testing.assert_allclose(y, y_ref, **TOL[np.float64])
+    np.testing.assert_allclose(h_n, h_ref, **TOL[np.float64])
+    assert len(calls) == 1
+
+
+def test_one_step_as_a_product_rule():
+    W = np.empty((3 * 1024, 1024))
+    assert dispatch.one_step_as_product(1, 128, W, 2)
+    assert not dispatch.one_step_as_product(2, 128, W, 2)  # one step only
+    assert not dispatch.one_step_as_product(1, 128, W, 1)  # several threads
+    assert not dispatch.one_step_as_product(1, 128, W.astype(np.float32), 2)  # float64 only
+    assert not dispatch.one_step_as_product(1, 16, W, 2)  # rows the threaded projection takes panels for
+    assert not dispatch.one_step_as_product(1, 128, np.empty((3 * 512, 512)), 2)  # 6 MB
+
+
 def test_small_rows_matmul_all_row_counts(rng):
     @numba.njit
     def run(W, h, out, n):

@@ -58,7 +58,8 @@ from .forward import (column_blocks, first_step_gates, gru_forward_chunked, gru_
                       input_projection_parallel, own_panels, packed_panels, packed_panels_into,
                       packed_panels_of_transpose, packed_panels_on_threads, panel_steps, projection_block,
                       NUMBA_ROWS_MAX, NUMBA_ROWS_MAX_K, row_chunks, take_batch, take_batch_on_threads,
-                      one_row_dot, TILED_MAX_ONE_THREAD, use_panels, wants_panels)
+                      one_row_dot, step_from_products, TILED_MAX_ONE_THREAD, use_panels, wants_panels,
+                      COLUMN_SPLIT_MAX_ROWS)
 from .step import gru_step, gru_step_cols, gru_step_cols_before
 from .dpbf16 import (CHUNK_ROWS, TILE_PANELS, dpbf16_gradient, dpbf16_projection,
                      dpbf16_projection_parallel, dpbf16_ready, gru_forward_dpbf16, gru_forward_dpbf16_ranges,
@@ -111,6 +112,8 @@ PROJ_PANELS_MIN_ROWS_PARALLEL_WIDE = 512
 #: float64 on several threads: (most inputs I, fewest rows N) for the panels (see projection_panels)
 PROJ_PANELS_PARALLEL_F64 = ((512, 96), (768, 128), (1 << 62, 256))
 PROJ_PANELS_PARALLEL_F64_WIDE = 32
+#: smallest W_hh of a one-step float64 call taken as a projection of h0 (see one_step_as_product)
+ONE_STEP_PRODUCT_MIN_BYTES = 1 << 23
 PROJ_DOT_MAX_ROWS = 16
 #: :func:`projection_dot`: most rows of a float32 training projection where BLAS is no wider than Numba
 TRAINING_DOT_MAX_ROWS = 63
@@ -1741,6 +1744,24 @@ def training_tape(T, B, H, clip, dtype):
     return recycled("tape", (T, B, (5 if clip is not None else 4) * H), dtype)
 
 
+def one_step_as_product(T, B, W_hh, threads):
+    """Whether an inference call of one step (given h0, reset_after) on the columns route takes W_hh h0
+    + b_hh as a projection of h0's B rows by ranges of W_hh's panels (:func:`project_on_threads`) and
+    then the gates (:func:`~numgru.kernels.forward.step_from_products`), rather than the columns
+    kernel, whose blocks each pack their rows of W_hh and multiply them apart: float64 weights of
+    ``ONE_STEP_PRODUCT_MIN_BYTES`` or more, over the rows where the threaded projection takes panels
+    (:func:`projection_panels`) and splits them by panels (up to ``COLUMN_SPLIT_MAX_ROWS``).
+    Measured on the 2-vCPU AMD EPYC (two threads, whole calls, I = H, medians of six rounds taking
+    turns in one process, the columns kernel's time over this one's): float64 B = 128, H = 1024 / 768 /
+    640 1.09× / 1.09× / 1.10×; B = 32, H = 1024 1.20×; B = 256, H = 1024 1.14×; B = 64, H = 768 1.08×;
+    H = 512 (6 MB) 0.96–1.09×, B = 48, H = 640 1.01×; float32 B = 512, H = 1024 0.90×, B = 1024,
+    H = 768 0.92× (hence float64 only)."""
+    H = W_hh.shape[1]
+    return T == 1 and threads > 1 and W_hh.dtype == np.float64 and B <= COLUMN_SPLIT_MAX_ROWS and \
+        W_hh.size * W_hh.itemsize >= ONE_STEP_PRODUCT_MIN_BYTES and \
+        projection_panels(B, H, threads, W_hh.itemsize, W_hh.shape[0])
+
+
 def gru_direction_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gate_kind, alpha, beta,
                           clip, y, col0, h_n, store=False, route=None, packed=None, pieces=None, tape=None,
                           first_taken=False):
@@ -1817,8 +1838,15 @@ def gru_direction_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gat
                                             threads)
             elif not reset_after:  # (bfloat16 weights: no such kernel; forward_route gives none)
                 gru_forward_serial(*common, False, *gates, False, tape, tiled_max, 0, B)
-            elif not (digits and _run_vnni_columns(gx, W_hh, b_hh, h0, reverse, y, col0, h_n, threads,
-                                                   pieces)):
+            elif digits and _run_vnni_columns(gx, W_hh, b_hh, h0, reverse, y, col0, h_n, threads, pieces):
+                pass
+            elif one_step_as_product(T, B, W_hh, threads):
+                # W_hh h0 + b_hh as a projection of h0's rows (by ranges of W_hh's panels), then the gates
+                gh = workspace("step_product", (B, 3 * H), dtype)
+                project_on_threads(np.ascontiguousarray(h0), W_hh, empty_array(dtype, 3), b_hh, True, gh, True,
+                                   threads)
+                step_from_products(gx[0], gh, h0, lengths, *gates)
+            else:
                 gru_forward_cols(gx, W_hh, b_hh, h0, lengths, sorted_desc, bool(reverse), *gates, threads)
         elif par and route == "rows":
             if packed[0].shape[0] == 0 and rows_share_panels(B, H, W_hh.dtype.itemsize, threads):

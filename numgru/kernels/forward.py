@@ -119,6 +119,33 @@ def first_step_gates(gx, b_hh, lengths, reset_after, gate_kind, alpha, beta, use
 
 
 @kernel
+def step_from_products(gx, gh, h0, lengths, gate_kind, alpha, beta, use_clip, clip, y, col0, h_n):
+    """One step of one direction (reset_after) whose products are made: gx (B, 3H) the step's input
+    projection with b_ih, gh (B, 3H) = h0 @ W_hh.T + b_hh; h0 (B, H); lengths (B,), 0 or 1 (a row of
+    length 0 keeps h0, its output zero). Writes h_1 to h_n (B, H) and to y[0, :, col0:col0 + H]:
+    r = g(gx_r + gh_r), z = g(gx_z + gh_z), n = tanh(gx_n + r ⊙ gh_n), h_1 = n + z ⊙ (h0 − n), with the
+    step kernels' gates (g, ONNX's clip of every pre-activation)."""
+    wide_vectors()
+    B = gx.shape[0]
+    H = h_n.shape[1]
+    H2 = 2 * H
+    zero = h_n.dtype.type(0.0)
+    for b in range(B):
+        if lengths[b] == 0:
+            for j in range(H):
+                h_n[b, j] = h0[b, j]
+                y[0, b, unwrapped(col0 + j)] = zero
+            continue
+        for j in range(H):
+            r = gate(clip_pre(gx[b, j] + gh[b, j], use_clip, clip), gate_kind, alpha, beta)
+            z = gate(clip_pre(gx[b, H + j] + gh[b, H + j], use_clip, clip), gate_kind, alpha, beta)
+            n = tanh_fast(clip_pre(gx[b, H2 + j] + r * gh[b, H2 + j], use_clip, clip))
+            v = n + z * (h0[b, j] - n)
+            h_n[b, j] = v
+            y[0, b, unwrapped(col0 + j)] = v
+
+
+@kernel
 def first_step_store(gx, b_hh, lengths, reset_after, gate_kind, alpha, beta, use_clip, clip, y, col0, h_n,
                      tape):
     """:func:`first_step_gates` for training: the first step from the zero state, its tape written as
