@@ -1843,9 +1843,9 @@ def gru_direction_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gat
             elif one_step_as_product(T, B, W_hh, threads):
                 # W_hh h0 + b_hh as a projection of h0's rows (by ranges of W_hh's panels), then the gates
                 gh = workspace("step_product", (B, 3 * H), dtype)
-                project_on_threads(np.ascontiguousarray(h0), W_hh, empty_array(dtype, 3), b_hh, True, gh, True,
-                                   threads)
-                step_from_products(gx[0], gh, h0, lengths, *gates)
+                h0c = np.ascontiguousarray(h0)  # (one layout for both kernels: one signature each)
+                project_on_threads(h0c, W_hh, empty_array(dtype, 3), b_hh, True, gh, True, threads)
+                step_from_products(gx[0], gh, h0c, lengths, *gates)
             else:
                 gru_forward_cols(gx, W_hh, b_hh, h0, lengths, sorted_desc, bool(reverse), *gates, threads)
         elif par and route == "rows":
