@@ -119,6 +119,31 @@ def test_gradients_with_weights_beyond_l2_match_torch(one_thread):
         np.testing.assert_allclose(grads[k], tgrads[k], err_msg=k, **tol)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gradients_of_few_steps_over_many_rows_match_torch(one_thread, dtype):
+    """T = 2 steps of 24 rows, no panels: the backward's products by W_hh.T (K = 3H = 600) take the
+    dot-product block on Zen 4 (:func:`~numgru.kernels.forward.numba_rows_past_l2`), BLAS elsewhere;
+    rows of both lengths, h0 given."""
+    rng = np.random.default_rng(14)
+    torch.manual_seed(14)
+    T, B, I, H = 2, 24, 7, 200
+    tg = torch.nn.GRU(I, H).to(torch.float64 if dtype == np.float64 else torch.float32)
+    g = ng.GRU.from_torch(tg)
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    h0 = rng.standard_normal((1, B, H)).astype(dtype)
+    lengths = rng.integers(1, T + 1, B)
+    lengths[0] = T
+    y, h_n, tape = g.forward_train(x, h0, lengths)
+    dy = rng.standard_normal(y.shape).astype(dtype) * (np.arange(T)[:, None] < lengths)[:, :, None]
+    dh = rng.standard_normal(h_n.shape).astype(dtype)
+    dx, dh0, grads = g.backward(tape, dy, dh)
+    tdx, tdh0, tgrads = _torch_grads(tg, x, h0, lengths, dy, dh, False)
+    np.testing.assert_allclose(dx, tdx, **GTOL[dtype])
+    np.testing.assert_allclose(dh0, tdh0, **GTOL[dtype])
+    for k in grads:
+        np.testing.assert_allclose(grads[k], tgrads[k], err_msg=k, **GTOL[dtype])
+
+
 def test_gradients_with_weights_beyond_l2_reset_before(one_thread):
     """reset_after=False (torch has no such GRU) at H = 300 in float64 (W_hh.T's blocks 2.2 MB, by
     blocks as above): the gradient along a random direction of every parameter, x and h0 against a
@@ -607,14 +632,18 @@ def test_directions_side_by_side_equal_one_after_the_other(two_threads, monkeypa
         np.testing.assert_array_equal(g1[k], g0[k], err_msg=k)
 
 
-def test_directions_side_by_side_only_where_no_step_calls_blas():
+def test_directions_side_by_side_only_where_no_step_calls_blas(monkeypatch):
     """Training's directions run side by side only where every step's product stays off BLAS
     (OpenBLAS from both threads at once ran several times slower): few rows, or W_hh's panels."""
-    from numgru.kernels import dispatch
+    from numgru.kernels import dispatch, forward
     if not dispatch.panels_gradient_wanted(np.float32) or dispatch.training_tiled_max() != 16:
         pytest.skip("the directions run one after the other here")
     assert dispatch.training_steps_off_blas(2, 16, 512)  # (the rows kernels take 16 rows at any K)
     assert dispatch.training_steps_off_blas(3, 48, 384)  # (panels from 33 rows at T < 4)
     assert dispatch.training_steps_off_blas(2, 24, 128)  # (32 rows at K = 3H = 384)
+    monkeypatch.setattr(forward, "ROWS_DOT_PAST_L2", 0)
     assert not dispatch.training_steps_off_blas(2, 24, 256)  # (24 rows by K = 768 in BLAS)
+    assert not dispatch.training_steps_off_blas(4, 31, 256)  # (no panels below 128 rows × steps)
+    monkeypatch.setattr(forward, "ROWS_DOT_PAST_L2", 32)  # (Zen 4: the dot-product block to 32 rows)
+    assert dispatch.training_steps_off_blas(2, 24, 256) and dispatch.training_steps_off_blas(4, 31, 256)
     assert dispatch.training_steps_off_blas(1, 1, 1024) and dispatch.training_steps_off_blas(40, 1, 64)

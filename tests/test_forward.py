@@ -277,12 +277,14 @@ def test_from_torch_reads_parametrized_weights():
 
 @pytest.mark.parametrize("B,H,reset_after", [(3, 520, True), (3, 520, False), (9, 530, True),
                                              (6, 40, True), (6, 41, False), (17, 24, True),
-                                             (20, 8, False), (1, 30, True), (1, 300, True)])
+                                             (20, 8, False), (1, 30, True), (1, 300, True),
+                                             (24, 520, True), (32, 520, False), (40, 520, True)])
 def test_every_recurrent_matmul_route(B, H, reset_after):
     """One thread: B = 1 takes the register-blocked kernel up to H = 256 and beyond it the dot-product
     block (``one_row_dot``: Zen 4; its blocks of rows last first every other step) or a GEMV,
-    B = 2–16 the register-blocked kernel (remainder rows, odd H; in tiles for H > 512), larger
-    batches a BLAS GEMM: all agree with the reference."""
+    B = 2–16 the register-blocked kernel (remainder rows, odd H; in tiles for H > 512), 17–32 rows
+    beyond H = 512 the dot-product block on Zen 4 (``numba_rows_past_l2``), larger batches a BLAS
+    GEMM: all agree with the reference."""
     before = numba.get_num_threads()
     numba.set_num_threads(1)
     try:
@@ -303,6 +305,19 @@ def test_one_row_dot_rule(monkeypatch):
     assert not rule(256, one) and not rule(512, 4) and not rule(1024, 4)
     monkeypatch.setattr(forward, "ONE_ROW_DOT_PAST_L2", False)
     assert not rule(1024, one) and not rule(512, -1)
+
+
+def test_numba_rows_past_l2_rule(monkeypatch):
+    """Beyond K = 512 Numba's kernels take up to tiled_max rows (all for −1), and where
+    ROWS_DOT_PAST_L2 is set (Zen 4) that many with the one-thread tiled_max; BLAS the rest."""
+    from numgru.kernels import forward
+    rule = forward.numba_rows_past_l2.py_func
+    one = forward.TILED_MAX_ONE_THREAD
+    monkeypatch.setattr(forward, "ROWS_DOT_PAST_L2", 32)
+    assert rule(2, one) and rule(17, one) and rule(32, one) and rule(4096, -1)
+    assert not rule(33, one) and not rule(5, 4) and not rule(17, 4)
+    monkeypatch.setattr(forward, "ROWS_DOT_PAST_L2", 0)
+    assert rule(16, one) and not rule(17, one) and rule(4, 4) and not rule(5, 4)
 
 
 def _check_route(B, H, reset_after):

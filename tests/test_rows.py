@@ -11,7 +11,7 @@ import pytest
 
 import numgru as ng
 from conftest import TOL
-from numgru.kernels import dispatch
+from numgru.kernels import dispatch, forward
 from numgru.kernels.panel import WIDE_PANELS_BYTES
 from reference import gru as ref_gru, random_params
 
@@ -260,7 +260,10 @@ def test_inference_keeps_off_blas_threads_rules(monkeypatch):
     assert tiled(2, 1) == dispatch.serial_tiled_max(2)  # one row beyond L2: BLAS's GEMV on two threads
     assert rule(16, 64, 2, False) and rule(1, 256, 3, False) and rule(2, 512, 2, False)
     assert not rule(1, 257, 2, False)      # one row beyond L2: its GEMV on BLAS's threads, all in BLAS
+    monkeypatch.setattr(forward, "ROWS_DOT_PAST_L2", 0)
     assert not rule(17, 640, 2, False)     # 17 rows' steps take BLAS's GEMM: its threads anyway
+    monkeypatch.setattr(forward, "ROWS_DOT_PAST_L2", 32)  # (Zen 4: the dot-product block to 32 rows)
+    assert rule(17, 640, 2, False) and rule(32, 1024, 2, False) and not rule(33, 640, 2, False)
     assert rule(32, 512, 2, False) and not rule(33, 512, 2, False)  # Numba's kernels up to 32 rows
     assert rule(17, 64, 2, False) and rule(64, 32, 2, False)  # GEMMs too small for BLAS to thread
     assert not rule(4, 64, 1, False)       # one thread: the serial kernel's own choice

@@ -28,8 +28,9 @@ def _ref(x, h, p, reset_after=True, gate="sigmoid", clip=None, suffix="_l0"):
 @pytest.mark.parametrize("I, H", [(600, 24), (7, 530), (37, 200), (300, 150), (450, 300)])
 def test_serial_step_every_matmul_route(dtype, reset_after, I, H):
     """Several rows take the forward's recurrent_matmul routes: the register-blocked matmul (≤ 512
-    columns), tiles (rows ≤ tiled_max, or tiled_max = −1), BLAS beyond (W_ih, then W_hh, past 512
-    columns; in either orientation, forward.rows_matmul_T: 70 and 130 rows); one row the dot-product
+    columns), tiles (rows ≤ tiled_max, or tiled_max = −1; on Zen 4 the dot-product block up to 32
+    rows with one thread's tiled_max, forward.numba_rows_past_l2), BLAS beyond (W_ih, then W_hh, past
+    512 columns; in either orientation, forward.rows_matmul_T: 70 and 130 rows); one row the dot-product
     block for a matrix up to STEP_DOT_MAX_VALUES (both matrices in the last two shapes, W_ih only in
     the first two), its GEMV beyond (on Zen 4, with one thread's tiled_max, the block there too:
     forward.one_row_dot); W_hh at H = 530 (beyond L2) by blocks for one and two rows, in one sweep
@@ -37,7 +38,7 @@ def test_serial_step_every_matmul_route(dtype, reset_after, I, H):
     rng = np.random.default_rng(3)
     p = {k: v.astype(dtype) for k, v in random_params(I, H, 1, seed=3).items()}
     scalars = (reset_after, *gate_scalars(np.dtype(dtype), 0, 0.2, 0.5, None))
-    for B, tiled_max in [(1, 16), (1, 4), (2, 16), (5, 16), (5, 4), (5, -1), (20, 16), (70, 16), (130, 16)]:
+    for B, tiled_max in [(1, 16), (1, 4), (2, 16), (5, 16), (5, 4), (5, -1), (20, 16), (32, 16), (70, 16), (130, 16)]:
         x = rng.standard_normal((B, I)).astype(dtype)
         h = rng.standard_normal((B, H)).astype(dtype)
         for backwards in (False, True):

@@ -57,9 +57,9 @@ from .forward import (column_blocks, first_step_gates, gru_forward_chunked, gru_
                       gru_forward_cols_before, gru_forward_rows, gru_forward_serial, input_projection_kernel,
                       input_projection_parallel, own_panels, packed_panels, packed_panels_into,
                       packed_panels_of_transpose, packed_panels_on_threads, panel_steps, projection_block,
-                      NUMBA_ROWS_MAX, NUMBA_ROWS_MAX_K, row_chunks, take_batch, take_batch_on_threads,
-                      one_row_dot, step_from_products, TILED_MAX_ONE_THREAD, use_panels, wants_panels,
-                      COLUMN_SPLIT_MAX_ROWS)
+                      NUMBA_ROWS_MAX, NUMBA_ROWS_MAX_K, numba_rows_past_l2, row_chunks, take_batch,
+                      take_batch_on_threads, one_row_dot, step_from_products, TILED_MAX_ONE_THREAD, use_panels,
+                      wants_panels, COLUMN_SPLIT_MAX_ROWS)
 from .step import gru_step, gru_step_cols, gru_step_cols_before
 from .dpbf16 import (CHUNK_ROWS, TILE_PANELS, dpbf16_gradient, dpbf16_projection,
                      dpbf16_projection_parallel, dpbf16_ready, gru_forward_dpbf16, gru_forward_dpbf16_ranges,
@@ -2002,7 +2002,8 @@ def off_blas_dot(N, I, M):
 def keeps_off_blas(B, H, threads, store):
     """Whether a serial inference forward of B rows with H hidden units on ``threads`` threads (the
     serial route, :func:`serial_forward`) keeps off OpenBLAS's threads: from two threads where its
-    steps' products never reach BLAS (B at most :func:`inference_tiled_max`'s rows, and not one row
+    steps' products never reach BLAS (rows that Numba's kernels take with :func:`inference_tiled_max`,
+    :func:`~numgru.kernels.forward.numba_rows_past_l2`, and not one row
     beyond L2, H > 256, which keeps its GEMV on several threads,
     :func:`~numgru.kernels.forward.one_row_dot`: with its projection on Numba's threads, each such
     call waited for the scheduler to move Numba's spinning worker off the core OpenBLAS's GEMV wanted,
@@ -2027,7 +2028,9 @@ def keeps_off_blas(B, H, threads, store):
         return True
     if not WIDE_BLAS and 1 < B <= NUMBA_ROWS_MAX and H <= NUMBA_ROWS_MAX_K:
         return True  # its steps' products in Numba's kernels whatever tiled_max
-    return B <= inference_tiled_max(threads, B) and (B > 1 or H <= 256)
+    if B == 1:
+        return H <= 256
+    return numba_rows_past_l2.py_func(B, inference_tiled_max(threads, B))
 
 
 def serial_forward(route):
@@ -2947,8 +2950,9 @@ def training_steps_off_blas(T, B, H):
     ``tiled_max`` (:func:`training_tiled_max`): on W_hh's panels where the kernel packs them
     (:func:`~numgru.kernels.forward.wants_panels` with :func:`~numgru.kernels.forward.panel_steps`,
     which every row count then takes), else by Numba's rows kernels, which take up to ``tiled_max``
-    rows, and up to ``NUMBA_ROWS_MAX`` where K ≤ ``NUMBA_ROWS_MAX_K`` (one row: the dot-product block
-    where :func:`~numgru.kernels.forward.one_row_dot` says). Two threads, T = 3, B = 48, I = 300,
+    rows (more on Zen 4: :func:`~numgru.kernels.forward.numba_rows_past_l2`), and up to
+    ``NUMBA_ROWS_MAX`` where K ≤ ``NUMBA_ROWS_MAX_K`` (one row: the dot-product block where
+    :func:`~numgru.kernels.forward.one_row_dot` says). Two threads, T = 3, B = 48, I = 300,
     H = 384, bidirectional: with the backward's 48-row products in OpenBLAS from both directions' threads
     at once the training step took 41–44 ms against torch's 19 (on panels since: 11.7–13.6)."""
     if B <= 1:
@@ -2956,7 +2960,7 @@ def training_steps_off_blas(T, B, H):
     tiled = training_tiled_max()
     steps = panel_steps.py_func(T, B, True)
     for M, K in ((3 * H, H), (H, 3 * H)):
-        if not (wants_panels.py_func(M, K, B, steps, tiled, False) or B <= tiled
+        if not (wants_panels.py_func(M, K, B, steps, tiled, False) or numba_rows_past_l2.py_func(B, tiled)
                 or (B <= NUMBA_ROWS_MAX and K <= NUMBA_ROWS_MAX_K)):
             return False
     return True

@@ -507,19 +507,29 @@ def recurrent_matmul(Wm, h, out, buf, n, tiled_max):
     kernels (:func:`rows_product`) for up to 32 rows while K ≤ 512, BLAS beyond.
 
     ``tiled_max``: most rows for Numba's kernels past K = 512 (more go to BLAS, which threads itself;
-    the caller passes 4 when BLAS has several threads to use, else 16); −1: never BLAS (for callers
-    already running on several of Numba's threads). The choice depends on the thread count only past
-    K = 512, as :func:`use_panels`'s does."""
+    the caller passes 4 when BLAS has several threads to use, else 16, which on Zen 4 keeps up to
+    :data:`ROWS_DOT_PAST_L2` rows: :func:`numba_rows_past_l2`); −1: never BLAS (for callers already
+    running on several of Numba's threads). The choice depends on the thread count only past K = 512,
+    as :func:`use_panels`'s does."""
     K = Wm.shape[1]
     if n == 1 and K <= 256:
         # n = 1 with W_hh in L2 (H ≤ 256): 1.2–1.25× over BLAS's GEMV at H = 64 and 256
         small_rows_matmul(Wm, h, out, n)
     elif 2 <= n <= NUMBA_ROWS_MAX and K <= NUMBA_ROWS_MAX_K:
         rows_product(Wm, h, out, n, False)
-    elif tiled_max < 0 or 2 <= n <= tiled_max:  # W beyond L2: read once, all rows against each part
+    elif n >= 2 and numba_rows_past_l2(n, tiled_max):  # W beyond L2: read once, all rows against each part
         rows_product(Wm, h, out, n, True)
     else:
         blas_matmul_T(Wm, h, out, buf, n)
+
+
+@inline
+def numba_rows_past_l2(n, tiled_max):
+    """Whether :func:`recurrent_matmul` keeps n ≥ 2 rows by weights beyond ``NUMBA_ROWS_MAX_K`` inputs
+    in Numba's kernels rather than BLAS: ``tiled_max`` −1 (always) or up to ``tiled_max`` rows, and
+    where :data:`ROWS_DOT_PAST_L2` is set up to that many rows when ``tiled_max`` is the one-thread
+    value (:data:`TILED_MAX_ONE_THREAD`)."""
+    return tiled_max < 0 or n <= tiled_max or (tiled_max == TILED_MAX_ONE_THREAD and n <= ROWS_DOT_PAST_L2)
 
 
 def rows_product(Wm, h, out, n, tiled):
@@ -806,6 +816,19 @@ ZIGZAG_UNPACKED = not avx512_zen()
 ONE_ROW_DOT_PAST_L2 = avx512_zen()
 #: ``tiled_max`` of the serial kernels on one thread (:func:`~numgru.kernels.dispatch.serial_tiled_max`)
 TILED_MAX_ONE_THREAD = 16
+#: most rows a product beyond ``NUMBA_ROWS_MAX_K`` inputs keeps in the dot-product block, weights read
+#: as they lie, when ``tiled_max`` is :data:`TILED_MAX_ONE_THREAD` (:func:`numba_rows_past_l2`): 32 on
+#: Zen 4, where OpenBLAS's SkylakeX GEMM packs W for every call and fell behind the block there
+#: (2-vCPU AMD EPYC, one thread, the product alone, ms, the block against BLAS: float32 W (3K, K),
+#: K = 640, n = 17 / 32 / 48 / 64 / 96 0.49–0.65 / 0.84–1.41 / 1.29–1.88 / 1.72–2.74 / 2.86–4.09
+#: against 0.74–0.95 / 1.00–1.51 / 1.48–2.03 / 1.93–2.78 / 2.75–3.04; K = 768, n = 17 / 32 / 64
+#: 0.71–0.81 / 1.43–1.49 / 2.56–4.37 against 0.93–1.11 / 1.44–1.72 / 2.97–4.22; K = 1024, n = 17 /
+#: 32 / 48 2.06–2.33 / 2.64–2.90 / 5.28–6.09 against 2.85–2.95 / 3.42–4.15 / 4.42–6.15; the
+#: backward's W (K / 3, K), K = 1920 / 2304 / 3072, n = 24 0.62–0.67 / 0.87–1.02 / 1.99–2.50 against
+#: 0.96–1.18 / 1.41–1.76 / 3.17–4.80; float64 W (3K, K), K = 768 / 1024, n = 17 / 32 2.72–3.27 /
+#: 5.23–6.06 and 4.69–5.36 / 7.78–7.99 against 4.15–4.79 / 5.25–6.23 and 6.18–7.73 / 9.30–9.42, but
+#: n = 48 level or behind in both); elsewhere 0 (those rows beyond ``tiled_max`` go to BLAS)
+ROWS_DOT_PAST_L2 = 32 if avx512_zen() else 0
 
 
 @inline
