@@ -9,6 +9,8 @@ pinned for both. Each line ends with torch's time over numgru's; ``<-- TRAILS`` 
 numgru is the slower, so that a sweep shows where "faster than PyTorch everywhere" does not hold yet.
 
 ``--seed`` picks the draw (the same seed draws the same configurations), ``--count`` how many.
+``--wide`` draws hidden sizes of 640–1024 instead (the grid's H = 1024 row is one layer of I = H
+and T ≥ 32), fewer steps and batches up to 128, with h0 given half the time.
 """
 import argparse
 import os
@@ -21,14 +23,21 @@ import numgru as ng  # noqa: E402
 import numgru.bench as nb  # noqa: E402
 
 
-def draw(rng):
-    """One configuration: a dict of the sizes and switches."""
+def draw(rng, wide=False):
+    """One configuration: a dict of the sizes and switches (``wide``: H of 640–1024, see ``--wide``)."""
+    if wide:
+        H = int(rng.choice([640, 768, 1024]))
+        B = int(rng.choice([1, 4, 16, 24, 32, 64, 128]))
+        return dict(T=int(rng.choice([1, 2, 3, 5, 10])), B=B, I=int(rng.choice([H, 64, 300])), H=H,
+                    L=int(rng.choice([1, 1, 2])), D=int(rng.choice([1, 2])), threads=int(rng.choice([1, 2])),
+                    f64=bool(rng.random() < 0.3), lengths=bool(B > 1 and rng.random() < 0.2),
+                    batch_first=False, h0=bool(rng.random() < 0.5))
     H = int(rng.choice([8, 16, 32, 64, 100, 128, 200, 256, 384, 512]))
     B = int(rng.choice([1, 2, 3, 4, 7, 8, 16, 32, 64, 128]))
     return dict(T=int(rng.choice([1, 2, 5, 10, 32, 100])), B=B, I=int(rng.choice([H, 1, 3, 16, 40, 300])), H=H,
                 L=int(rng.choice([1, 1, 2, 3])), D=int(rng.choice([1, 2])), threads=int(rng.choice([1, 2])),
                 f64=bool(rng.random() < 0.25), lengths=bool(B > 1 and rng.random() < 0.3),
-                batch_first=bool(rng.random() < 0.3))
+                batch_first=bool(rng.random() < 0.3), h0=False)
 
 
 def run_one(c, mode, rng, torch):
@@ -42,32 +51,34 @@ def run_one(c, mode, rng, torch):
     x = rng.standard_normal(shape).astype(np.float64 if c["f64"] else np.float32)
     xt = torch.from_numpy(x)
     lengths = np.sort(rng.integers(1, T + 1, B))[::-1].copy() if c["lengths"] else None
+    h0 = rng.standard_normal((c["L"] * c["D"], B, c["H"])).astype(x.dtype) if c["h0"] else None
+    h0t = None if h0 is None else torch.from_numpy(h0)
     if mode == "infer":
         def ours():
-            return g(x, lengths=lengths)
+            return g(x, h0, lengths=lengths)
 
         def theirs():
             with torch.inference_mode():
                 if lengths is None:
-                    return tm(xt)
+                    return tm(xt, h0t)
                 return tm(torch.nn.utils.rnn.pack_padded_sequence(xt, torch.from_numpy(lengths),
-                                                                  batch_first=c["batch_first"]))
+                                                                  batch_first=c["batch_first"]), h0t)
     else:
         opt = ng.optim.Adam(g.named_parameters(), lr=1e-3)
         topt = torch.optim.Adam(tm.parameters(), lr=1e-3)
 
         def ours():
-            y, _, tape = g.forward_train(x, lengths=lengths)
+            y, _, tape = g.forward_train(x, h0, lengths=lengths)
             _, _, grads = g.backward(tape, dy=np.ones_like(y), input_grad=False)
             opt.step(grads)
 
         def theirs():
             topt.zero_grad()
             if lengths is None:
-                tm(xt)[0].sum().backward()
+                tm(xt, h0t)[0].sum().backward()
             else:  # the sum of the valid steps' outputs, as ours (padded outputs are zero)
                 tm(torch.nn.utils.rnn.pack_padded_sequence(xt, torch.from_numpy(lengths),
-                                                           batch_first=c["batch_first"]))[0].data.sum().backward()
+                                                           batch_first=c["batch_first"]), h0t)[0].data.sum().backward()
             topt.step()
     a = nb.time_it(ours, budget=0.3)
     b = nb.time_it(theirs, budget=0.3)
@@ -79,6 +90,7 @@ def main():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--count", type=int, default=40)
     p.add_argument("--mode", choices=["infer", "train"], default="infer")
+    p.add_argument("--wide", action="store_true", help="hidden sizes of 640-1024, h0 given half the time")
     args = p.parse_args()
     if args.count < 1:
         p.error(f"--count: expected a positive count, got {args.count}")
@@ -89,7 +101,7 @@ def main():
     rng = np.random.default_rng(args.seed)
     trails = 0
     for i in range(args.count):
-        c = draw(rng)
+        c = draw(rng, args.wide)
         with nb.pinned_threads(c["threads"]):
             a, b = run_one(c, args.mode, rng, torch)
         flag = "  <-- TRAILS" if b < a else ""
