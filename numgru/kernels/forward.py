@@ -525,10 +525,11 @@ def recurrent_matmul(Wm, h, out, buf, n, tiled_max):
 
 @inline
 def numba_rows_past_l2(n, tiled_max):
-    """Whether :func:`recurrent_matmul` keeps n ≥ 2 rows by weights beyond ``NUMBA_ROWS_MAX_K`` inputs
-    in Numba's kernels rather than BLAS: ``tiled_max`` −1 (always) or up to ``tiled_max`` rows, and
-    where :data:`ROWS_DOT_PAST_L2` is set up to that many rows when ``tiled_max`` is the one-thread
-    value (:data:`TILED_MAX_ONE_THREAD`)."""
+    """Whether :func:`recurrent_matmul` keeps n ≥ 2 rows in Numba's kernels rather than BLAS where its
+    first cases do not (weights beyond ``NUMBA_ROWS_MAX_K`` inputs, or more than ``NUMBA_ROWS_MAX``
+    rows): ``tiled_max`` −1 (always) or up to ``tiled_max`` rows, and where :data:`ROWS_DOT_PAST_L2`
+    is set up to that many rows when ``tiled_max`` is the one-thread value
+    (:data:`TILED_MAX_ONE_THREAD`)."""
     return tiled_max < 0 or n <= tiled_max or (tiled_max == TILED_MAX_ONE_THREAD and n <= ROWS_DOT_PAST_L2)
 
 
