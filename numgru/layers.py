@@ -17,16 +17,18 @@ import numpy as np
 from ._validation import (as_lengths, as_real_array, check_bool, check_dtype, check_float,
                           check_int, untorch)
 from .kernels.activations import GATE_HARD_SIGMOID, GATE_SIGMOID
-from .kernels.dispatch import (AMX_DIGITS_SPREAD, FrozenPieces, aligned, amx_recurrence_wanted, amx_rows_chunks,
-                               batch_order, directions_apart, directions_side_by_side, empty_array, forward_route,
-                               gate_scalars, gather_pays, gathered, gru_direction_backward, gru_direction_forward,
-                               inference_tiled_max, input_gradient, input_projection, keeps_off_blas, matmul_order,
-                               no_step_panels, on_one_thread, one_thread_each, packed_step, padded_gathers, plain_plan,
-                               plan_off_blas, recycled, rows_share_panels, run_from_zero, run_padded_direction,
-                               run_serial_direction, run_step, run_step_digits, scattered, serial_direction_plan,
-                               serial_forward, step_columns, step_columns_workspace, step_digits_columns_work,
-                               take_batch_rows, thread_count, training_directions_apart, training_tape, valid_steps,
-                               vnni_step_inputs, vnni_step_wanted, weight_gradient, weight_gradient_pair, workspace)
+from .kernels.dispatch import (AMX_DIGITS_SPREAD, STEP_AS_PRODUCT_MIN_ROWS, FrozenPieces, aligned,
+                               amx_recurrence_wanted, amx_rows_chunks, batch_order, directions_apart,
+                               directions_side_by_side, empty_array, forward_route, gate_scalars, gather_pays,
+                               gathered, gru_direction_backward, gru_direction_forward, inference_tiled_max,
+                               input_gradient, input_projection, keeps_off_blas, matmul_order, no_step_panels,
+                               on_one_thread, one_step_as_product, one_thread_each, packed_step, padded_gathers,
+                               plain_plan, plan_off_blas, recycled, rows_share_panels, run_from_zero,
+                               run_padded_direction, run_serial_direction, run_step, run_step_digits, scattered,
+                               serial_direction_plan, serial_forward, step_columns, step_columns_workspace,
+                               step_digits_columns_work, take_batch_rows, thread_count, training_directions_apart,
+                               training_tape, valid_steps, vnni_step_inputs, vnni_step_wanted, weight_gradient,
+                               weight_gradient_pair, workspace)
 from .kernels._jit import ARRAY_KIND, C_CONTIGUOUS, planned_call
 from .kernels.bf16 import from_bfloat16, to_bfloat16
 from .kernels.forward import first_step_gates, first_step_store
@@ -360,16 +362,40 @@ class GRU(_Params):
 
     def _one_step_on_rows(self, B, threads):
         """Whether a step of B rows on ``threads`` Numba threads (GRUCell, streams) runs as a forward of
-        one step, whose rows route's chunks multiply on W_hh's panels packed by every thread
+        one step (a plain model's; frozen and quantized ones keep their packed steps): where the
+        forward's rows route's chunks multiply on W_hh's panels packed by every thread
         (:func:`~numgru.kernels.dispatch.rows_share_panels`: float64 from H = 512 and 128 rows on two
-        threads; a plain model's, frozen and quantized ones keep their packed steps). 2-vCPU AMD
-        EPYC, two threads, ms, as a forward against the step kernels split over units: B = 128 / 256,
-        H = 512 5.07–5.38 / 9.06–9.43 against 5.59–5.73 / 10.2–11.3 (GRUCell), 5.03–5.06 / 9.39–9.49
-        against 5.74–5.80 / 11.5–11.7 (``stream.step``)."""
-        return (threads > 1 and self._bf16 is None and self._packed is None
-                and rows_share_panels(B, self.hidden_size, self.dtype.itemsize, threads)
-                and forward_route(B, self.hidden_size, self.reset_after, False, 1, self.dtype.itemsize,
-                                  False) == "rows")
+        threads), or where its columns route takes W_hh h0 as a projection by ranges of W_hh's panels
+        (:func:`~numgru.kernels.dispatch.one_step_as_product`: float64 W_hh of 8 MB or more) from
+        ``STEP_AS_PRODUCT_MIN_ROWS`` rows, its input projection by W_ih's where they are wide. 2-vCPU
+        AMD EPYC, two threads, ms, as a forward against the step kernels split over units: B = 128 /
+        256, H = 512 5.07–5.38 / 9.06–9.43 against 5.59–5.73 / 10.2–11.3 (GRUCell), 5.03–5.06 /
+        9.39–9.49 against 5.74–5.80 / 11.5–11.7 (``stream.step``); the columns case, GRUCell, medians of
+        the per-round ratios of six rounds taking turns in one process, (B, I, H): (128, 768, 768) /
+        (128, 1024, 1024) / (128, 300, 640) / (256, 16, 1024) / (512, 768, 768) 1.09× / 1.15× / 1.02× /
+        1.19× / 1.14× (an earlier run 1.05× / 1.15× / 0.90× at the first three); but (64, 300, 640) /
+        (64, 64, 1024) / (64, 300, 768) 0.99× / 1.01× / 1.02× (1.11× / 1.12× / 1.11× in the earlier
+        run) and (32, 300, 640) 0.93×."""
+        if threads < 2 or self._bf16 is not None or self._packed is not None:
+            return False
+        H, itemsize = self.hidden_size, self.dtype.itemsize
+        route = forward_route(B, H, self.reset_after, False, 1, itemsize, False)
+        if route == "rows":
+            return rows_share_panels(B, H, itemsize, threads)
+        return route == "columns" and self._step_as_product(B, threads)
+
+    def _step_as_product(self, B, threads):
+        """Whether a step of B rows would take the columns route's one-step product as a forward
+        (:meth:`_one_step_on_rows`' second case), the route aside."""
+        return self.reset_after and B >= STEP_AS_PRODUCT_MIN_ROWS and \
+            one_step_as_product(1, B, self._W_hh[0], threads)
+
+    def _may_step_as_forward(self, B):
+        """Whether some thread count might run a step of B rows as a forward of one step
+        (:meth:`_one_step_on_rows`; two threads give the largest chunks and the most panels each), so
+        that a stream of small steps need not ask on every step."""
+        return self._bf16 is None and self._packed is None and (
+            rows_share_panels(B, self.hidden_size, self.dtype.itemsize, 2) or self._step_as_product(B, 2))
 
     def _step_plan(self, B):
         """``(threads, columns)`` for one step of B rows: the Numba thread count, and whether the step

@@ -20,7 +20,7 @@ import numpy as np
 
 from ._validation import as_real_array, check_float, check_int
 from .kernels._jit import ARRAY_KIND, compiled_entry
-from .kernels.dispatch import (aligned, inference_tiled_max, rows_share_panels, run_step, run_step_digits,
+from .kernels.dispatch import (aligned, inference_tiled_max, run_step, run_step_digits,
                                step_columns_workspace, step_digits_columns_work, thread_count)
 from .kernels.step import gru_step
 from .kernels.vnni import gru_step_vnni, gru_step_vnni_before, step_work_size
@@ -328,9 +328,9 @@ class GRUStream:
         self._ones = np.ones(B, np.int64)
         self._stepper = Stepper(model, B)
         # thread count -> whether a step runs as a forward of one step (GRU._one_step_on_rows); None
-        # where no thread count would (two threads give the largest chunks), so that small steps do
-        # not pay for asking
-        self._rows = {} if rows_share_panels(B, model.hidden_size, model.dtype.itemsize, 2) else None
+        # where no thread count would (GRU._may_step_as_forward), so that small steps do not pay for
+        # asking
+        self._rows = {} if model._may_step_as_forward(B) else None
         # what a step takes without conversion: (B, I), or (I,) when B = 1, of the model's dtype
         self._dtype = model.dtype
         self._step_shape = (B, model.input_size)

@@ -251,6 +251,42 @@ def test_one_step_as_a_product_matches_reference(two_threads, rng, monkeypatch, 
     assert len(calls) == 1
 
 
+@pytest.mark.parametrize("kind", ["cell", "stream"])
+def test_float64_step_as_a_one_step_product(two_threads, rng, monkeypatch, kind):
+    """A float64 GRUCell or stream step of STEP_AS_PRODUCT_MIN_ROWS rows over wide W_hh on two threads
+    runs as a forward of one step whose W_hh h is a projection by ranges of its panels
+    (GRU._one_step_on_rows, dispatch.one_step_as_product): against tests/reference.py's, the stream's
+    state carried over two steps of a two-layer model; reset_before and fewer rows keep the step
+    kernels."""
+    calls = []
+    step = dispatch.step_from_products
+    monkeypatch.setattr(dispatch, "step_from_products", lambda *a: (calls.append(1), step(*a))[1])
+    B, I, H = dispatch.STEP_AS_PRODUCT_MIN_ROWS, 7, 600
+    assert dispatch.one_step_as_product(1, B, np.empty((3 * H, H)), 2)
+    if kind == "cell":
+        cell = ng.GRUCell(I, H, dtype=np.float64, seed=5)
+        x = rng.standard_normal((B, I))
+        h = rng.standard_normal((B, H))
+        got = cell(x, h)
+        assert len(calls) == 1
+        p = {k + "_l0": v for k, v in cell.state_dict().items()}
+        _, h_ref = ref_gru(x[None], p, 1, H, h0=h[None])
+        np.testing.assert_allclose(got, h_ref[0], **TOL[np.float64])
+        ng.GRUCell(I, H, dtype=np.float64, reset_after=False, seed=5)(x, h)
+        cell(x[:B - 1], h[:B - 1])
+        assert len(calls) == 1
+    else:
+        g, p = _model(I, H, 2, False, np.float64)
+        xs = rng.standard_normal((2, B, I))
+        s = g.stream(batch_size=B)
+        got = [s.step(x) for x in xs]
+        assert len(calls) == 2 * 2  # (each step of each layer: the stream's state starts as zeros given)
+        y_ref, h_ref = ref_gru(xs, p, 2, H)
+        for t in range(2):
+            np.testing.assert_allclose(got[t], y_ref[t], **TOL[np.float64])
+        np.testing.assert_allclose(s.state, h_ref, **TOL[np.float64])
+
+
 def test_one_step_as_a_product_rule():
     W = np.empty((3 * 1024, 1024))
     assert dispatch.one_step_as_product(1, 128, W, 2)

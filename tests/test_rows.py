@@ -596,14 +596,12 @@ def test_stream_step_as_a_rows_forward(two_threads, spy, rng, monkeypatch, dtype
     carries the state as the step kernels do: two steps of a two-layer model against the stepper's
     and tests/reference.py's."""
     import numgru.layers as layers
-    import numgru.serving as serving
     B, I, H, L = 12, 5, 40, 2
     g, p = _model(I, H, L, False, dtype)
     xs = rng.standard_normal((2, B, I)).astype(dtype)
     plain = g.stream(batch_size=B)
     want = [plain.step(x) for x in xs]
     assert spy["fwd"] == 0
-    monkeypatch.setattr(serving, "rows_share_panels", lambda *a: True)
     monkeypatch.setattr(layers, "rows_share_panels", lambda *a: True)
     s = g.stream(batch_size=B)
     got = [s.step(x) for x in xs]
