@@ -3,8 +3,9 @@
 The grid of ``numgru bench`` and the asv suite covers I = H, one layer, float32, every row running
 every step. This draws shapes off that grid — sequence length, batch, input and hidden size, layers,
 directions, float32 or float64, variable lengths, batch-first input, one or two threads — and times
-numgru's call (``--mode infer``) or training step (``--mode train``: forward_train, backward and an
-Adam step, against torch's forward, autograd and Adam) beside torch's in the same process, threads
+numgru's call (``--mode infer``), training step (``--mode train``: forward_train, backward and an
+Adam step, against torch's forward, autograd and Adam) or ``GRUCell`` step given h (``--mode cell``,
+against ``torch.nn.GRUCell``; the draw's B, I, H and dtype, one step) beside torch's in the same process, threads
 pinned for both. Each line ends with torch's time over numgru's; ``<-- TRAILS`` marks a point where
 numgru is the slower, so that a sweep shows where "faster than PyTorch everywhere" does not hold yet.
 
@@ -53,7 +54,20 @@ def run_one(c, mode, rng, torch):
     lengths = np.sort(rng.integers(1, T + 1, B))[::-1].copy() if c["lengths"] else None
     h0 = rng.standard_normal((c["L"] * c["D"], B, c["H"])).astype(x.dtype) if c["h0"] else None
     h0t = None if h0 is None else torch.from_numpy(h0)
-    if mode == "infer":
+    if mode == "cell":
+        tc = torch.nn.GRUCell(c["I"], c["H"]).to(tdt)
+        cell = ng.GRUCell.from_torch(tc)
+        xc = rng.standard_normal((B, c["I"])).astype(x.dtype)
+        hc = rng.standard_normal((B, c["H"])).astype(x.dtype)
+        xct, hct = torch.from_numpy(xc), torch.from_numpy(hc)
+
+        def ours():
+            return cell(xc, hc)
+
+        def theirs():
+            with torch.inference_mode():
+                return tc(xct, hct)
+    elif mode == "infer":
         def ours():
             return g(x, h0, lengths=lengths)
 
@@ -89,7 +103,7 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--count", type=int, default=40)
-    p.add_argument("--mode", choices=["infer", "train"], default="infer")
+    p.add_argument("--mode", choices=["infer", "train", "cell"], default="infer")
     p.add_argument("--wide", action="store_true", help="hidden sizes of 640-1024, h0 given half the time")
     args = p.parse_args()
     if args.count < 1:
@@ -106,7 +120,8 @@ def main():
             a, b = run_one(c, args.mode, rng, torch)
         flag = "  <-- TRAILS" if b < a else ""
         trails += b < a
-        sizes = " ".join(f"{k}={v}" for k, v in c.items())
+        shown = ("B", "I", "H", "threads", "f64") if args.mode == "cell" else c
+        sizes = " ".join(f"{k}={c[k]}" for k in shown)
         print(f"{i:3d} {args.mode} {sizes}: numgru {a * 1e3:.3f} ms, torch {b * 1e3:.3f} ms, x{b / a:.2f}{flag}",
               flush=True)
     print(f"numgru trails torch at {trails} of {args.count}")
