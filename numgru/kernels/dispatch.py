@@ -2136,8 +2136,7 @@ def serial_direction_plan(W_ih, b_ih, W_hh, b_hh, packed_ih, packed_hh, T, B, th
             dot = True
         else:
             par = (threads, T * B >= OFF_BLAS_PANELS_MIN_ROWS
-                   or projection_panels(T * B, W_ih.shape[1], threads, W_ih.dtype.itemsize,
-                                                         W_ih.shape[0]))
+                   or projection_panels(T * B, W_ih.shape[1], threads, W_ih.dtype.itemsize, W_ih.shape[0]))
     projection = (W_ih, empty if packed_ih is None else packed_ih,
                   W_ih[0] if b_ih is None else b_ih, b_ih is not None)
     amx_steps = None
