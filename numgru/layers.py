@@ -373,9 +373,13 @@ class GRU(_Params):
         9.39–9.49 against 5.74–5.80 / 11.5–11.7 (``stream.step``); the columns case, GRUCell, medians of
         the per-round ratios of six rounds taking turns in one process, (B, I, H): (128, 768, 768) /
         (128, 1024, 1024) / (128, 300, 640) / (256, 16, 1024) / (512, 768, 768) 1.09× / 1.15× / 1.02× /
-        1.19× / 1.14× (an earlier run 1.05× / 1.15× / 0.90× at the first three); but (64, 300, 640) /
-        (64, 64, 1024) / (64, 300, 768) 0.99× / 1.01× / 1.02× (1.11× / 1.12× / 1.11× in the earlier
-        run) and (32, 300, 640) 0.93×."""
+        1.19× / 1.14× (an earlier run 1.05× / 1.15× / 0.90× at the first three); from 48 rows, seven
+        rounds against b8659ce (128 rows): (48, 640, 640) / (48, 1024, 1024) / (64, 768, 768) / (64, 64,
+        1024) / (64, 300, 640) / (96, 300, 768) / (100, 300, 600) 1.21× / 1.30× / 1.22× / 1.02× / 1.11× /
+        1.10× / 1.24× (earlier runs at 64 rows 0.99–1.12×; the forward against the split step at 48 /
+        64 rows in two further runs 1.11–1.26× / 1.09–1.20×), ``stream.step`` (48, 640, 640) / (64, 768,
+        768) / (64, 300, 1024) / (96, 300, 768) 1.16× / 1.29× / 1.29× / 1.06×; but 32 rows 0.93–1.14×
+        and 40 rows 1.03×, so fewer keep the split step."""
         if threads < 2 or self._bf16 is not None or self._packed is not None:
             return False
         H, itemsize = self.hidden_size, self.dtype.itemsize

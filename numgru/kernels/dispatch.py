@@ -115,7 +115,7 @@ PROJ_PANELS_PARALLEL_F64_WIDE = 32
 #: smallest W_hh of a one-step float64 call taken as a projection of h0 (see one_step_as_product)
 ONE_STEP_PRODUCT_MIN_BYTES = 1 << 23
 #: fewest rows of a GRUCell or stream step given to such a forward of one step (``GRU._one_step_on_rows``)
-STEP_AS_PRODUCT_MIN_ROWS = 128
+STEP_AS_PRODUCT_MIN_ROWS = 48
 PROJ_DOT_MAX_ROWS = 16
 #: :func:`projection_dot`: most rows of a float32 training projection where BLAS is no wider than Numba
 TRAINING_DOT_MAX_ROWS = 63
