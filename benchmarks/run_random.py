@@ -4,9 +4,10 @@ The grid of ``numgru bench`` and the asv suite covers I = H, one layer, float32,
 every step. This draws shapes off that grid — sequence length, batch, input and hidden size, layers,
 directions, float32 or float64, variable lengths, batch-first input, one or two threads — and times
 numgru's call (``--mode infer``), training step (``--mode train``: forward_train, backward and an
-Adam step, against torch's forward, autograd and Adam) or ``GRUCell`` step given h (``--mode cell``,
-against ``torch.nn.GRUCell``; the draw's B, I, H and dtype, one step) beside torch's in the same process, threads
-pinned for both. Each line ends with torch's time over numgru's; ``<-- TRAILS`` marks a point where
+Adam step, against torch's forward, autograd and Adam), ``GRUCell`` step given h (``--mode cell``,
+against ``torch.nn.GRUCell``; the draw's B, I, H and dtype, one step) or ``stream.step`` (``--mode stream``:
+the draw's model made unidirectional, one step of B rows with the state carried, against ``torch.nn.GRU``
+called on one step with its state carried) beside torch's in the same process, threads pinned for both. Each line ends with torch's time over numgru's; ``<-- TRAILS`` marks a point where
 numgru is the slower, so that a sweep shows where "faster than PyTorch everywhere" does not hold yet.
 
 ``--seed`` picks the draw (the same seed draws the same configurations), ``--count`` how many.
@@ -43,6 +44,8 @@ def draw(rng, wide=False):
 
 def run_one(c, mode, rng, torch):
     """(numgru's time, torch's time) in seconds for configuration ``c``."""
+    if mode == "stream":  # a stream steps a unidirectional model, B rows a step, from the zero state
+        c = dict(c, D=1, batch_first=False, lengths=False, h0=False)
     tdt = torch.float64 if c["f64"] else torch.float32
     tm = torch.nn.GRU(c["I"], c["H"], num_layers=c["L"], bidirectional=c["D"] == 2,
                       batch_first=c["batch_first"]).to(tdt)
@@ -67,6 +70,19 @@ def run_one(c, mode, rng, torch):
         def theirs():
             with torch.inference_mode():
                 return tc(xct, hct)
+    elif mode == "stream":
+        stream = g.stream(batch_size=B)
+        xs = x[0]
+        xst = torch.from_numpy(xs)[None]
+        state = [torch.zeros(c["L"], B, c["H"], dtype=tdt)]
+
+        def ours():
+            return stream.step(xs)
+
+        def theirs():
+            with torch.inference_mode():
+                y, state[0] = tm(xst, state[0])
+            return y
     elif mode == "infer":
         def ours():
             return g(x, h0, lengths=lengths)
@@ -103,7 +119,7 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--count", type=int, default=40)
-    p.add_argument("--mode", choices=["infer", "train", "cell"], default="infer")
+    p.add_argument("--mode", choices=["infer", "train", "cell", "stream"], default="infer")
     p.add_argument("--wide", action="store_true", help="hidden sizes of 640-1024, h0 given half the time")
     args = p.parse_args()
     if args.count < 1:
@@ -120,7 +136,8 @@ def main():
             a, b = run_one(c, args.mode, rng, torch)
         flag = "  <-- TRAILS" if b < a else ""
         trails += b < a
-        shown = ("B", "I", "H", "threads", "f64") if args.mode == "cell" else c
+        shown = (("B", "I", "H", "threads", "f64") if args.mode == "cell" else
+                 ("B", "I", "H", "L", "threads", "f64") if args.mode == "stream" else c)
         sizes = " ".join(f"{k}={c[k]}" for k in shown)
         print(f"{i:3d} {args.mode} {sizes}: numgru {a * 1e3:.3f} ms, torch {b * 1e3:.3f} ms, x{b / a:.2f}{flag}",
               flush=True)
