@@ -613,6 +613,7 @@ def test_directions_side_by_side_equal_one_after_the_other(two_threads, monkeypa
     x = rng.standard_normal((5, 16, 24)).astype(dtype)
     lengths = np.array([5, 5, 4, 5, 3, 5, 2, 0, 5, 4, 3, 5, 5, 4, 5, 5]) if padded else None  # (65 valid rows)
     monkeypatch.setattr(dispatch, "TRAINING_APART_MIN_WORK", 0)
+    monkeypatch.setattr(dispatch, "DIRECTIONS_MIN_WORK", {})
     runs, calls = [], []
     taken = dispatch.one_thread_each
     monkeypatch.setattr(dispatch, "one_thread_each", lambda *a: calls.append(1) or taken(*a))
@@ -630,6 +631,22 @@ def test_directions_side_by_side_equal_one_after_the_other(two_threads, monkeypa
     np.testing.assert_array_equal(dh01, dh00)
     for k in g0:
         np.testing.assert_array_equal(g1[k], g0[k], err_msg=k)
+
+
+def test_directions_side_by_side_float64_few_rows(two_threads, monkeypatch):
+    """float64 directions over up to DIRECTIONS_FEW_ROWS rows run side by side only from
+    DIRECTIONS_MIN_WORK multiply-adds a direction; float32 and more rows as before."""
+    from numgru.kernels import dispatch
+    if not dispatch.panels_gradient_wanted(np.float64) or not dispatch.training_steps_off_blas(2, 16, 384):
+        pytest.skip("the directions run one after the other here")
+    side = dispatch.directions_side_by_side
+    assert not side(2, 16, 200, 200, np.float64)  # 32 rows, 2.6 M multiply-adds
+    assert not side(1, 32, 200, 200, np.float64)
+    assert side(2, 16, 200, 200, np.float32)
+    assert side(2, 17, 200, 200, np.float64)  # 34 rows
+    assert side(2, 16, 384, 768, np.float64)  # 32 rows, 14 M
+    monkeypatch.setattr(dispatch, "DIRECTIONS_MIN_WORK", {})
+    assert side(2, 16, 200, 200, np.float64)
 
 
 def test_directions_side_by_side_only_where_no_step_calls_blas(monkeypatch):
