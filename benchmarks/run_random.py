@@ -5,10 +5,12 @@ every step. This draws shapes off that grid — sequence length, batch, input an
 directions, float32 or float64, variable lengths, batch-first input, one or two threads — and times
 numgru's call (``--mode infer``), training step (``--mode train``: forward_train, backward and an
 Adam step, against torch's forward, autograd and Adam), ``GRUCell`` step given h (``--mode cell``,
-against ``torch.nn.GRUCell``; the draw's B, I, H and dtype, one step) or ``stream.step`` (``--mode stream``:
-the draw's model made unidirectional, one step of B rows with the state carried, against ``torch.nn.GRU``
-called on one step with its state carried) beside torch's in the same process, threads pinned for both. Each line ends with torch's time over numgru's; ``<-- TRAILS`` marks a point where
-numgru is the slower, so that a sweep shows where "faster than PyTorch everywhere" does not hold yet.
+against ``torch.nn.GRUCell``; the draw's B, I, H and dtype, one step) or ``stream.step``
+(``--mode stream``: the draw's model made unidirectional, one step of B rows with the state carried,
+against ``torch.nn.GRU`` called on one step with its state carried) beside torch's in the same
+process, threads pinned for both. Each line ends with torch's time over numgru's; ``<-- TRAILS``
+marks a point where numgru is the slower, so that a sweep shows where "faster than PyTorch
+everywhere" does not hold yet.
 
 ``--seed`` picks the draw (the same seed draws the same configurations), ``--count`` how many.
 ``--wide`` draws hidden sizes of 640–1024 instead (the grid's H = 1024 row is one layer of I = H
