@@ -634,10 +634,11 @@ def test_directions_side_by_side_equal_one_after_the_other(two_threads, monkeypa
 
 
 def test_directions_side_by_side_float64_few_rows(two_threads, monkeypatch):
-    """float64 directions over up to DIRECTIONS_FEW_ROWS rows run side by side only from
-    DIRECTIONS_MIN_WORK multiply-adds a direction; float32 and more rows as before."""
+    """float64 directions over up to DIRECTIONS_FEW_ROWS rows and DIRECTIONS_FEW_ROWS_MAX_HIDDEN units
+    run side by side only from DIRECTIONS_MIN_WORK multiply-adds a direction; float32, more rows and
+    more units as before."""
     from numgru.kernels import dispatch
-    shapes = ((2, 16, 200), (1, 32, 200), (2, 17, 200), (2, 16, 384))
+    shapes = ((2, 16, 200), (1, 32, 200), (2, 17, 200), (2, 16, 384), (2, 16, 256))
     if not dispatch.panels_gradient_wanted(np.float64) or not all(
             dispatch.training_steps_off_blas(*s) for s in shapes):
         pytest.skip("the directions run one after the other here")
@@ -646,7 +647,8 @@ def test_directions_side_by_side_float64_few_rows(two_threads, monkeypatch):
     assert not side(1, 32, 200, 200, np.float64)
     assert side(2, 16, 200, 200, np.float32)
     assert side(2, 17, 200, 200, np.float64)  # 34 rows
-    assert side(2, 16, 384, 768, np.float64)  # 32 rows, 14 M
+    assert side(2, 16, 384, 768, np.float64)  # 32 rows, 384 units (and 14 M)
+    assert side(2, 16, 256, 40, np.float64)  # 32 rows, 2.4 M, but 256 units
     monkeypatch.setattr(dispatch, "DIRECTIONS_MIN_WORK", {})
     assert side(2, 16, 200, 200, np.float64)
 

@@ -245,10 +245,12 @@ APART_MAX_ROWS = 32
 APART_MAX_HIDDEN = 512
 #: :func:`directions_side_by_side`: most rows (T·B)
 DIRECTIONS_MAX_ROWS = 1024
-#: :func:`directions_side_by_side`: over up to ``DIRECTIONS_FEW_ROWS`` rows (T·B), fewest
+#: :func:`directions_side_by_side`: over up to ``DIRECTIONS_FEW_ROWS`` rows (T·B) and
+#: ``DIRECTIONS_FEW_ROWS_MAX_HIDDEN`` units, fewest
 #: multiply-adds of a direction's layer, T·B·H·(I + H), by the weights' item size (float64 only:
 #: float32's whole training steps ran level either way)
 DIRECTIONS_FEW_ROWS = 32
+DIRECTIONS_FEW_ROWS_MAX_HIDDEN = 200
 DIRECTIONS_MIN_WORK = {8: 1 << 22}
 #: :func:`strips_input_gradient`: most rows
 STRIPS_INPUT_GRADIENT_MAX_ROWS = 256
@@ -2947,8 +2949,9 @@ def directions_side_by_side(T, B, H, I, dtype):
     273 → 236, but T = 64, B = 64, H = 256 120 → 151, T = 32, B = 128, H = 512 345–386 → 383–396, T = 128,
     B = 16, H = 128 18.9 → 19.9, T = 32, B = 128, H = 128 36.5 → 35.5.
 
-    float64 over up to ``DIRECTIONS_FEW_ROWS`` rows only from ``DIRECTIONS_MIN_WORK`` multiply-adds a
-    direction, T·B·H·(I + H): below, side by side ran slower on average than one after the other on
+    float64 over up to ``DIRECTIONS_FEW_ROWS`` rows and ``DIRECTIONS_FEW_ROWS_MAX_HIDDEN`` units only
+    from ``DIRECTIONS_MIN_WORK`` multiply-adds a direction, T·B·H·(I + H): below, side by side ran
+    slower on average than one after the other on
     both threads, and unevenly (a direction's task on the pool's worker took 1.5× its median in a
     third of the calls, on a CPU of its own, with no page faults or waits counted: not explained).
     Whole steps (forward_train, backward), float64, T, B, I, H, layers, means of 150 calls alternating
@@ -2957,9 +2960,13 @@ def directions_side_by_side(T, B, H, I, dtype):
     2.00–3.99 → 1.70–2.20; 2, 16, 40, 128, 3 5.92–7.96 → 4.60–5.46; 4, 8, 40, 200, 2 6.96 → 5.67
     (1.14–1.81×, the medians mixed: side by side is often quicker but has a long tail); at 64 and 80
     rows side by side stayed ahead (2, 32, 200, 200, 1 4.20 against 5.27 one after the other; 10, 8,
-    128, 128, 2 6.86 against 8.48), and float32 ran level either way at these sizes (0.96–1.02×)."""
+    128, 128, 2 6.86 against 8.48), and so it did from H = 256, where each direction's own transpose
+    and packing of W_hh weigh more (1, 16, 64, 256, 1 / 4, 4, 64, 256, 1 / 1, 16, 64, 384, 1 / 3, 1,
+    64, 640, 1: 0.92× / 0.83× / 0.71× / 0.73× one after the other); float32 ran level either way at
+    these sizes (0.96–1.02×)."""
     N = T * B
-    least = DIRECTIONS_MIN_WORK.get(np.dtype(dtype).itemsize, 0) if N <= DIRECTIONS_FEW_ROWS else 0
+    few = N <= DIRECTIONS_FEW_ROWS and H <= DIRECTIONS_FEW_ROWS_MAX_HIDDEN
+    least = DIRECTIONS_MIN_WORK.get(np.dtype(dtype).itemsize, 0) if few else 0
     return thread_count() == 2 and panels_gradient_wanted(dtype) and N <= DIRECTIONS_MAX_ROWS and \
         N * H * (I + H) >= least and training_steps_off_blas(T, B, H)
 
