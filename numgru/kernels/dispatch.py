@@ -246,9 +246,9 @@ APART_MAX_HIDDEN = 512
 #: :func:`directions_side_by_side`: most rows (T·B)
 DIRECTIONS_MAX_ROWS = 1024
 #: :func:`directions_side_by_side`: over up to ``DIRECTIONS_FEW_ROWS`` rows (T·B) and
-#: ``DIRECTIONS_FEW_ROWS_MAX_HIDDEN`` units, fewest
-#: multiply-adds of a direction's layer, T·B·H·(I + H), by the weights' item size (float64 only:
-#: float32's whole training steps ran level either way)
+#: ``DIRECTIONS_FEW_ROWS_MAX_HIDDEN`` units, fewest multiply-adds of a direction's layer,
+#: T·B·H·(I + H), by the weights' item size (float64 only: float32's whole training steps ran level
+#: either way)
 DIRECTIONS_FEW_ROWS = 32
 DIRECTIONS_FEW_ROWS_MAX_HIDDEN = 200
 DIRECTIONS_MIN_WORK = {8: 1 << 22}
@@ -2951,9 +2951,9 @@ def directions_side_by_side(T, B, H, I, dtype):
 
     float64 over up to ``DIRECTIONS_FEW_ROWS`` rows and ``DIRECTIONS_FEW_ROWS_MAX_HIDDEN`` units only
     from ``DIRECTIONS_MIN_WORK`` multiply-adds a direction, T·B·H·(I + H): below, side by side ran
-    slower on average than one after the other on
-    both threads, and unevenly (a direction's task on the pool's worker took 1.5× its median in a
-    third of the calls, on a CPU of its own, with no page faults or waits counted: not explained).
+    slower on average than one after the other on both threads, and unevenly (a direction's task on
+    the pool's worker took 1.5× its median in a third of the calls, on a CPU of its own, with no page
+    faults or waits counted: not explained).
     Whole steps (forward_train, backward), float64, T, B, I, H, layers, means of 150 calls alternating
     with a copy of b8659ce's code in one process (the first of each pair swapped every call), ms,
     side by side → one after the other: 2, 16, 200, 200, 1 3.33–4.87 → 2.91–2.98; 8, 4, 40, 200, 1
