@@ -613,7 +613,7 @@ def test_directions_side_by_side_equal_one_after_the_other(two_threads, monkeypa
     x = rng.standard_normal((5, 16, 24)).astype(dtype)
     lengths = np.array([5, 5, 4, 5, 3, 5, 2, 0, 5, 4, 3, 5, 5, 4, 5, 5]) if padded else None  # (65 valid rows)
     monkeypatch.setattr(dispatch, "TRAINING_APART_MIN_WORK", 0)
-    monkeypatch.setattr(dispatch, "DIRECTIONS_MIN_WORK", {})
+    monkeypatch.setattr(dispatch, "DIRECTIONS_MIN_WORK", 0)
     runs, calls = [], []
     taken = dispatch.one_thread_each
     monkeypatch.setattr(dispatch, "one_thread_each", lambda *a: calls.append(1) or taken(*a))
@@ -649,7 +649,7 @@ def test_directions_side_by_side_float64_few_rows(two_threads, monkeypatch):
     assert side(2, 17, 200, 200, np.float64)  # 34 rows
     assert side(2, 16, 384, 768, np.float64)  # 32 rows, 384 units (and 14 M)
     assert side(2, 16, 256, 40, np.float64)  # 32 rows, 2.4 M, but 256 units
-    monkeypatch.setattr(dispatch, "DIRECTIONS_MIN_WORK", {})
+    monkeypatch.setattr(dispatch, "DIRECTIONS_MIN_WORK", 0)
     assert side(2, 16, 200, 200, np.float64)
 
 

@@ -246,12 +246,11 @@ APART_MAX_HIDDEN = 512
 #: :func:`directions_side_by_side`: most rows (T·B)
 DIRECTIONS_MAX_ROWS = 1024
 #: :func:`directions_side_by_side`: over up to ``DIRECTIONS_FEW_ROWS`` rows (T·B) and
-#: ``DIRECTIONS_FEW_ROWS_MAX_HIDDEN`` units, fewest multiply-adds of a direction's layer,
-#: T·B·H·(I + H), by the weights' item size (float64 only: float32's whole training steps ran level
-#: either way)
+#: ``DIRECTIONS_FEW_ROWS_MAX_HIDDEN`` units, fewest multiply-adds of a float64 direction's layer,
+#: T·B·H·(I + H) (float32's whole training steps ran level either way)
 DIRECTIONS_FEW_ROWS = 32
 DIRECTIONS_FEW_ROWS_MAX_HIDDEN = 200
-DIRECTIONS_MIN_WORK = {8: 1 << 22}
+DIRECTIONS_MIN_WORK = 1 << 22
 #: :func:`strips_input_gradient`: most rows
 STRIPS_INPUT_GRADIENT_MAX_ROWS = 256
 #: :func:`training_panels`: fewest rows
@@ -2965,10 +2964,9 @@ def directions_side_by_side(T, B, H, I, dtype):
     64, 640, 1: 0.92× / 0.83× / 0.71× / 0.73× one after the other); float32 ran level either way at
     these sizes (0.96–1.02×)."""
     N = T * B
-    few = N <= DIRECTIONS_FEW_ROWS and H <= DIRECTIONS_FEW_ROWS_MAX_HIDDEN
-    least = DIRECTIONS_MIN_WORK.get(np.dtype(dtype).itemsize, 0) if few else 0
+    few = N <= DIRECTIONS_FEW_ROWS and H <= DIRECTIONS_FEW_ROWS_MAX_HIDDEN and np.dtype(dtype) == np.float64
     return thread_count() == 2 and panels_gradient_wanted(dtype) and N <= DIRECTIONS_MAX_ROWS and \
-        N * H * (I + H) >= least and training_steps_off_blas(T, B, H)
+        not (few and N * H * (I + H) < DIRECTIONS_MIN_WORK) and training_steps_off_blas(T, B, H)
 
 
 def training_steps_off_blas(T, B, H):
