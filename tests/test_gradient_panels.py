@@ -12,6 +12,7 @@ import pytest
 import numgru as ng
 from numgru.kernels import dispatch
 from numgru.kernels.backward import weight_gradient_panels
+from numgru.kernels.forward import PANELS_PAST_L2_MANY_ROWS, TILED_MAX_ONE_THREAD
 from numgru.kernels.panel import gemm_tn
 
 
@@ -313,6 +314,42 @@ def test_short_steps_over_many_rows_train_on_panels(monkeypatch, T):
         dx, dh0, grads = g.backward(tape, np.cos(y), np.ones_like(h))
         results.append((y, h, dx, dh0, *grads.values()))
     assert seen and all(seen)
+    for one, two in zip(*results):
+        np.testing.assert_array_equal(one, two)
+
+
+@pytest.mark.skipif(not (dispatch.panels_gradient_wanted(np.float32) and
+                         dispatch.training_tiled_max() == TILED_MAX_ONE_THREAD and PANELS_PAST_L2_MANY_ROWS),
+                    reason="17+ rows beyond K = 512 take the panels only on Zen 4")
+@pytest.mark.parametrize("reset_after", [True, False])
+def test_wide_training_rows_split_in_ranges(monkeypatch, reset_after):
+    """Beyond H = 512, where 17+ rows take the panels at any K (Zen 4), training's forward and backward
+    kernels split their rows into ranges on two threads up to ``TRAINING_ROWS_MAX_HIDDEN``, and the
+    values are one thread's bit for bit; a row beyond it keeps one call."""
+    T, B, H = 2, 64, 768
+    lengths = np.full(B, T, np.int64)
+    monkeypatch.setattr(dispatch, "thread_count", lambda: 2)
+    assert dispatch.training_row_ranges(T, B, H, lengths, np.dtype(np.float32)) == [(0, 32), (32, 64)]
+    big = dispatch.TRAINING_ROWS_MAX_HIDDEN + 1
+    assert dispatch.training_row_ranges(T, B, big, lengths, np.dtype(np.float32)) is None
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((T, B, 8)).astype(np.float32)
+    h0 = rng.standard_normal((1, B, H)).astype(np.float32)
+    seen = []
+    side_by_side = dispatch.side_by_side
+
+    def spy(fn, tasks, threads):
+        seen.append(fn)
+        return side_by_side(fn, tasks, threads)
+    results = []
+    for threads in (1, 2):
+        monkeypatch.setattr(dispatch, "thread_count", lambda t=threads: t)
+        monkeypatch.setattr(dispatch, "side_by_side", spy if threads == 2 else side_by_side)
+        g = ng.GRU(8, H, reset_after=reset_after, seed=6)
+        y, h, tape = g.forward_train(x, h0)
+        dx, dh0, grads = g.backward(tape, np.cos(y), np.ones_like(h))
+        results.append((y, h, dx, dh0, *grads.values()))
+    assert dispatch.gru_forward_serial in seen and dispatch.gru_backward_serial in seen
     for one, two in zip(*results):
         np.testing.assert_array_equal(one, two)
 

@@ -255,8 +255,9 @@ DIRECTIONS_MIN_WORK = 1 << 22
 STRIPS_INPUT_GRADIENT_MAX_ROWS = 256
 #: :func:`training_panels`: fewest rows
 TRAINING_PANELS_MIN_ROWS = 64
-#: :func:`training_row_ranges`: largest H whose training recurrences split their rows
-TRAINING_ROWS_MAX_HIDDEN = 512
+#: :func:`training_row_ranges`: largest H whose training recurrences split their rows (the largest
+#: measured; the panels hold W_hh up to H = 1182, forward.PANEL_MAX_VALUES)
+TRAINING_ROWS_MAX_HIDDEN = 1024
 
 
 def blas_vectors_wider():
@@ -3061,7 +3062,14 @@ def training_row_ranges(T, B, H, lengths, dtype):
     thread: T = 64, B = 128, I = 32, H = 64, two layers, half the steps padding, the step 23.0 → 19.6
     ms (one process taking turns). Either way only where each range multiplies as one call over
     all rows would (:func:`_panels_alike`); padded rows rarely do beyond H = 85 (a step with one row
-    left in a range takes the panels only up to K = 256, and the backward's K is 3H)."""
+    left in a range takes the panels only up to K = 256, and the backward's K is 3H). Beyond H = 512
+    only Zen 4's rule lets 17+ rows take the panels (:data:`~numgru.kernels.forward.PANELS_PAST_L2_MANY_ROWS`);
+    the bound stood at 512 until measured there (two threads, whole steps given h0, forward_train,
+    backward, float32 unless said, means of 8–20 calls taking turns in one process with the bound at
+    512, bits alike; (T, B, I = H, layers)): (3, 128, 1024, 2) 1.28×, (2, 128, 768, 1) 1.29×, (5, 64,
+    640, 1) 1.29×, (10, 32, 1024, 1) 1.35×, (16, 64, 1024, 1) 1.40×, (1, 256, 1024, 1) 1.18×, (4, 48,
+    640, 1) 1.09×, (3, 40, 1024, 1) 1.17×; float64 (3, 64, 640, 1) 1.29×, (5, 128, 768, 1) 1.34×; 16–32
+    rows over 2–5 steps take no ranges (the batch does not pack W_hh there: :func:`_panels_alike`)."""
     threads = thread_count()
     if threads < 2 or B < 2 * BIAS_ROWS or H > TRAINING_ROWS_MAX_HIDDEN or amx_ready() or \
             not panels_gradient_wanted(dtype) or 6 * int(lengths.sum()) * H * H < PANEL_GRADIENT_POOL_MIN:
