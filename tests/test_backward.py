@@ -653,6 +653,41 @@ def test_directions_side_by_side_float64_few_rows(two_threads, monkeypatch):
     assert side(2, 16, 200, 200, np.float64)
 
 
+def test_training_directions_apart_beyond_512_units(two_threads, monkeypatch, rng):
+    """Training's forward runs a bidirectional layer's directions one thread each up to
+    TRAINING_APART_MAX_HIDDEN units, beyond 512 only from TRAINING_APART_WIDE_MIN_ROWS rows T·B, and
+    its outputs and gradients are those of the directions one after the other bit for bit."""
+    from numgru.kernels import dispatch
+    shapes = ((2, 16, 640), (1, 24, 640), (2, 16, 1024), (1, 24, 512))
+    if not dispatch.panels_gradient_wanted(np.float32) or not all(
+            dispatch.directions_side_by_side(T, B, H, 64, np.float32) for T, B, H in shapes):
+        pytest.skip("the directions run one after the other here")
+    apart = dispatch.training_directions_apart
+    assert apart(2, 16, 64, 640, None, np.float32)  # 32 rows
+    assert apart(2, 16, 64, 1024, None, np.float32)
+    assert not apart(1, 24, 64, 640, None, np.float32)  # 24 rows beyond 512 units
+    assert apart(1, 24, 300, 512, None, np.float32)  # (as before up to 512)
+    monkeypatch.setattr(dispatch, "TRAINING_APART_MAX_HIDDEN", 600)
+    assert not apart(2, 16, 64, 640, None, np.float32)
+    monkeypatch.undo()
+    monkeypatch.setattr(dispatch, "APART_MIN_WORK", 1 << 62)  # (two_threads' setting, undone above)
+    g = ng.GRU(24, 640, bidirectional=True, seed=4)
+    x = rng.standard_normal((2, 16, 24)).astype(np.float32)
+    runs, calls = [], []
+    taken = dispatch.one_thread_each
+    import numgru.layers as layers
+    monkeypatch.setattr(layers, "one_thread_each", lambda *a: calls.append(1) or taken(*a))
+    for bound in (0, dispatch.DIRECTIONS_MAX_ROWS):
+        monkeypatch.setattr(dispatch, "DIRECTIONS_MAX_ROWS", bound)
+        y, h, tape = g.forward_train(x)
+        runs.append((y, h, *g.backward(tape, np.cos(y), np.ones_like(h))))
+    assert len(calls) == 2  # (the second run's forward and backward)
+    for one, two in zip(runs[0][:4], runs[1][:4]):
+        np.testing.assert_array_equal(two, one)
+    for k in runs[0][4]:
+        np.testing.assert_array_equal(runs[1][4][k], runs[0][4][k], err_msg=k)
+
+
 def test_directions_side_by_side_only_where_no_step_calls_blas(monkeypatch):
     """Training's directions run side by side only where every step's product stays off BLAS
     (OpenBLAS from both threads at once ran several times slower): few rows, or W_hh's panels."""

@@ -237,6 +237,9 @@ PANEL_GRADIENT_POOL_MIN = 1 << 24
 #: :func:`training_directions_apart`: fewest rows, and fewest multiply-adds of a direction's layer
 TRAINING_APART_MIN_ROWS = 16
 TRAINING_APART_MIN_WORK = 1 << 23
+#: :func:`training_directions_apart`: most hidden units, and fewest rows T·B beyond ``APART_MAX_HIDDEN``
+TRAINING_APART_MAX_HIDDEN = 1024
+TRAINING_APART_WIDE_MIN_ROWS = 32
 #: :func:`directions_apart`: fewest multiply-adds of a direction's layer
 APART_MIN_WORK = 1 << 24
 #: :func:`directions_apart`: most rows
@@ -2995,8 +2998,8 @@ def training_steps_off_blas(T, B, H):
 def training_directions_apart(T, B, I, H, valid, dtype):
     """Whether a bidirectional layer's training forward (T steps of B rows, I inputs, H units; ``valid``
     the padded steps' mask or None) runs its two directions side by side, one thread each: where its
-    backward does (:func:`directions_side_by_side`), with H up to ``APART_MAX_HIDDEN`` (a step's
-    product then stays off BLAS) and the input projection off BLAS too, on the panels
+    backward does (:func:`directions_side_by_side`, which also sees that no step's product calls
+    BLAS), with H up to ``TRAINING_APART_MAX_HIDDEN`` and the input projection off BLAS too, on the panels
     (:func:`training_panels`) or by the dot-product block (:func:`projection_dot`) for the rows it
     multiplies (:func:`input_projection`): OpenBLAS called from both threads at once ran several
     times slower (see :func:`directions_apart`). And from ``TRAINING_APART_MIN_ROWS`` rows and
@@ -3008,10 +3011,23 @@ def training_directions_apart(T, B, I, H, valid, dtype):
     H = 256 8.11 → 6.12; T = 4, B = 64, H = 256 4.86 → 3.32; T = 20, B = 16, H = 128 2.67 → 1.79; T = 64,
     B = 16, H = 128, two layers 11.9 → 9.09; T = 16, B = 64, I = 300, H = 256, padded 10.5 → 7.64. Below
     the bounds: T = 10, B = 8, H = 128, two layers 1.41–1.50 → 1.57–2.29; T = 32, B = 8, H = 128 1.49 →
-    1.89; T = 16, B = 16, H = 64 0.56 → 0.85."""
+    1.89; T = 16, B = 16, H = 64 0.56 → 0.85.
+
+    Beyond ``APART_MAX_HIDDEN`` (512, where the bound stood) from ``TRAINING_APART_WIDE_MIN_ROWS`` rows
+    T·B. Whole steps (forward_train, backward), two threads, means of 20–30 calls taking turns in one
+    process, both threads → side by side, bits alike, (T, B, I, H, layers): float32 (2, 24, 300, 768,
+    2) 1.20×, (2, 16, 640, 640, 1) 1.27×, (2, 16, 64, 1024, 1) 1.16×, (3, 32, 1024, 1024, 1) 1.16×,
+    (10, 16, 640, 640, 1) 1.09×, (4, 64, 1024, 1024, 1) 1.10×, (1, 32, 64, 1024, 1) 1.05×; float64
+    (3, 32, 640, 640, 1) 1.18×, (2, 64, 768, 768, 1) 1.08×; level where the rows mostly split in
+    ranges already (:func:`training_row_ranges`): (16, 32, 640, 640, 1) 1.03×, (5, 64, 640, 640, 1)
+    1.02×, (3, 128, 64, 640, 1) 0.99×, (1, 64, 64, 1024, 1) 1.07×, padded (5, 32, 640, 640, 1) 1.04×,
+    (10, 64, 64, 768, 1) 1.02×. Fewer rows lost: (1, 16, 64, 1024, 1)
+    0.84–0.86× (its forward 0.37 → 0.50 ms: from the zero state it reads no W_hh), (1, 24, 64, 640, 1)
+    0.95×, though (1, 16, 300, 768, 1) ran 1.09×."""
     N = T * B
-    if H > APART_MAX_HIDDEN or B < TRAINING_APART_MIN_ROWS or N * H * (I + H) < TRAINING_APART_MIN_WORK or \
-            not directions_side_by_side(T, B, H, I, dtype):
+    if H > TRAINING_APART_MAX_HIDDEN or B < TRAINING_APART_MIN_ROWS or \
+            (H > APART_MAX_HIDDEN and N < TRAINING_APART_WIDE_MIN_ROWS) or \
+            N * H * (I + H) < TRAINING_APART_MIN_WORK or not directions_side_by_side(T, B, H, I, dtype):
         return False
     N = projected_rows(N, valid, 3 * H, I)[0]
     return N == 0 or training_panels(N, I, 3 * H, dtype) or \
