@@ -244,6 +244,29 @@ def test_worker_threads_after_fork(tmp_path):
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr
 
 
+def _trained_on_one_and_two_threads(monkeypatch, make, x, h0=None, check=None):
+    """A training step of a model from ``make()`` on x (h0) with one thread, then two: the values of
+    each, ``(y, h_n, dx, dh0, *grads)``, and the functions that side_by_side ran on two threads
+    (``check(fn, tasks)`` sees each call)."""
+    seen = []
+    side_by_side = dispatch.side_by_side
+
+    def spy(fn, tasks, threads):
+        seen.append(fn)
+        if check is not None:
+            check(fn, tasks)
+        return side_by_side(fn, tasks, threads)
+    results = []
+    for threads in (1, 2):
+        monkeypatch.setattr(dispatch, "thread_count", lambda t=threads: t)
+        monkeypatch.setattr(dispatch, "side_by_side", spy if threads == 2 else side_by_side)
+        g = make()
+        y, h, tape = g.forward_train(x, h0)
+        dx, dh0, grads = g.backward(tape, np.cos(y), np.ones_like(h))
+        results.append((y, h, dx, dh0, *grads.values()))
+    return results, seen
+
+
 @pytest.mark.skipif(not dispatch.panels_gradient_wanted(np.float32), reason="BLAS takes the gradients here")
 @pytest.mark.parametrize("reset_after", [True, False])
 def test_short_training_ranges_share_the_batchs_panels(monkeypatch, reset_after):
@@ -260,22 +283,12 @@ def test_short_training_ranges_share_the_batchs_panels(monkeypatch, reset_after)
     monkeypatch.setattr(dispatch, "PANEL_GRADIENT_POOL_MIN", 1)
     rng = np.random.default_rng(9)
     x = rng.standard_normal((T + 1, B, 8)).astype(np.float32)
-    seen = []
-    side_by_side = dispatch.side_by_side
 
-    def spy(fn, tasks, threads):
-        seen.append(fn)
+    def check(fn, tasks):
         if fn is dispatch.gru_forward_serial:
             assert all(t[2][0].shape[0] > 0 for t in tasks)  # the batch's panels, in every range
-        return side_by_side(fn, tasks, threads)
-    results = []
-    for threads in (1, 2):
-        monkeypatch.setattr(dispatch, "thread_count", lambda t=threads: t)
-        monkeypatch.setattr(dispatch, "side_by_side", spy if threads == 2 else side_by_side)
-        g = ng.GRU(8, H, reset_after=reset_after, seed=3)
-        y, h, tape = g.forward_train(x)
-        dx, dh0, grads = g.backward(tape, np.cos(y), np.ones_like(h))
-        results.append((y, h, dx, dh0, *grads.values()))
+    results, seen = _trained_on_one_and_two_threads(
+        monkeypatch, lambda: ng.GRU(8, H, reset_after=reset_after, seed=3), x, check=check)
     assert dispatch.gru_forward_serial in seen and dispatch.gru_backward_serial in seen
     for one, two in zip(*results):
         np.testing.assert_array_equal(one, two)
@@ -335,20 +348,8 @@ def test_wide_training_rows_split_in_ranges(monkeypatch, reset_after):
     rng = np.random.default_rng(11)
     x = rng.standard_normal((T, B, 8)).astype(np.float32)
     h0 = rng.standard_normal((1, B, H)).astype(np.float32)
-    seen = []
-    side_by_side = dispatch.side_by_side
-
-    def spy(fn, tasks, threads):
-        seen.append(fn)
-        return side_by_side(fn, tasks, threads)
-    results = []
-    for threads in (1, 2):
-        monkeypatch.setattr(dispatch, "thread_count", lambda t=threads: t)
-        monkeypatch.setattr(dispatch, "side_by_side", spy if threads == 2 else side_by_side)
-        g = ng.GRU(8, H, reset_after=reset_after, seed=6)
-        y, h, tape = g.forward_train(x, h0)
-        dx, dh0, grads = g.backward(tape, np.cos(y), np.ones_like(h))
-        results.append((y, h, dx, dh0, *grads.values()))
+    results, seen = _trained_on_one_and_two_threads(
+        monkeypatch, lambda: ng.GRU(8, H, reset_after=reset_after, seed=6), x, h0)
     assert dispatch.gru_forward_serial in seen and dispatch.gru_backward_serial in seen
     for one, two in zip(*results):
         np.testing.assert_array_equal(one, two)
