@@ -667,10 +667,10 @@ def test_training_directions_apart_beyond_512_units(two_threads, monkeypatch, rn
     assert apart(2, 16, 64, 1024, None, np.float32)
     assert not apart(1, 24, 64, 640, None, np.float32)  # 24 rows beyond 512 units
     assert apart(1, 24, 300, 512, None, np.float32)  # (as before up to 512)
+    bound = dispatch.TRAINING_APART_MAX_HIDDEN
     monkeypatch.setattr(dispatch, "TRAINING_APART_MAX_HIDDEN", 600)
     assert not apart(2, 16, 64, 640, None, np.float32)
-    monkeypatch.undo()
-    monkeypatch.setattr(dispatch, "APART_MIN_WORK", 1 << 62)  # (two_threads' setting, undone above)
+    monkeypatch.setattr(dispatch, "TRAINING_APART_MAX_HIDDEN", bound)
     g = ng.GRU(24, 640, bidirectional=True, seed=4)
     x = rng.standard_normal((2, 16, 24)).astype(np.float32)
     runs, calls = [], []

@@ -338,7 +338,7 @@ def test_short_steps_over_many_rows_train_on_panels(monkeypatch, T):
 def test_wide_training_rows_split_in_ranges(monkeypatch, reset_after):
     """Beyond H = 512, where 17+ rows take the panels at any K (Zen 4), training's forward and backward
     kernels split their rows into ranges on two threads up to ``TRAINING_ROWS_MAX_HIDDEN``, and the
-    values are one thread's bit for bit; a row beyond it keeps one call."""
+    values are one thread's bit for bit; a wider layer keeps one call."""
     T, B, H = 2, 64, 768
     lengths = np.full(B, T, np.int64)
     monkeypatch.setattr(dispatch, "thread_count", lambda: 2)
