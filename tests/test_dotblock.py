@@ -62,7 +62,7 @@ def _check(x, W, n, dtype):
 def test_dot_rows_matches_numpy(dtype, M, K):
     rng = np.random.default_rng(M * 1000 + K)
     W = rng.standard_normal((M, K)).astype(dtype)
-    for n in (1, 2, 3, 4, 5, 7, 8, 9, GROUP_ROWS, GROUP_ROWS + 1, 2 * GROUP_ROWS + 3, 40):
+    for n in (1, 2, 3, 4, 5, 7, 8, 9, GROUP_ROWS, GROUP_ROWS + 1, 2 * GROUP_ROWS + 3, 40, 96):
         x = rng.standard_normal((n + 2, K)).astype(dtype)
         _check(x, W, n, dtype)
 

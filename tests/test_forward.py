@@ -7,7 +7,7 @@ import pytest
 
 import numgru as ng
 from conftest import TOL
-from reference import gru as ref_gru, random_params
+from reference import cell as ref_cell, gru as ref_gru, random_params
 
 torch = pytest.importorskip("torch")
 
@@ -291,6 +291,45 @@ def test_every_recurrent_matmul_route(B, H, reset_after):
         _check_route(B, H, reset_after)
     finally:
         numba.set_num_threads(before)
+
+
+@pytest.mark.parametrize("B", [33, 64, 96, 97])
+@pytest.mark.parametrize("H, reset_after", [(128, True), (300, False)])
+def test_many_float32_rows_agree(B, H, reset_after):
+    """One thread, float32: 33–96 rows from K = 128 take the dot-product block on Zen 4
+    (``many_rows_dot``), 97 BLAS; the GRUCell step and a forward of two steps given h0 agree with the
+    reference either way."""
+    rng = np.random.default_rng(B + H)
+    before = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        g = ng.GRU(H, H, reset_after=reset_after, seed=2)
+        x = rng.standard_normal((2, B, H)).astype(np.float32)
+        h0 = rng.standard_normal((1, B, H)).astype(np.float32)
+        y, h = g(x, h0)
+        cell = ng.GRUCell(H, H, reset_after=reset_after, seed=2)
+        hc = cell(x[0], h0[0])
+    finally:
+        numba.set_num_threads(before)
+    ry, rh = ref_gru(x, g.state_dict(), 1, H, h0=h0, reset_after=reset_after)
+    np.testing.assert_allclose(y, ry, atol=2e-5)
+    np.testing.assert_allclose(h, rh, atol=2e-5)
+    sd = cell.state_dict()
+    want = ref_cell(x[0].astype(np.float64), h0[0].astype(np.float64), sd["weight_ih"], sd["weight_hh"],
+                    sd["bias_ih"], sd["bias_hh"], reset_after)
+    np.testing.assert_allclose(hc, want, atol=2e-5)
+
+
+def test_many_rows_dot_rule(monkeypatch):
+    """Beyond NUMBA_ROWS_MAX rows, float32 products up to ROWS_DOT_MANY rows (Zen 4) from
+    ROWS_DOT_MANY_MIN_K to NUMBA_ROWS_MAX_K inner values take the dot-product block; elsewhere none."""
+    from numgru.kernels import forward
+    rule = forward.many_rows_dot.py_func
+    monkeypatch.setattr(forward, "ROWS_DOT_MANY", 96)
+    assert rule(33, 128) and rule(96, 512) and rule(64, 256)
+    assert not rule(32, 256) and not rule(97, 256) and not rule(64, 64) and not rule(64, 513)
+    monkeypatch.setattr(forward, "ROWS_DOT_MANY", 0)
+    assert not rule(33, 256) and not rule(64, 128)
 
 
 def test_one_row_dot_rule(monkeypatch):

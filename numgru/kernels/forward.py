@@ -499,12 +499,18 @@ def tiled_product(Wm, h, out, n):
 #: whatever ``tiled_max`` says (read by :func:`~numgru.kernels.dispatch.keeps_off_blas`)
 NUMBA_ROWS_MAX = 32
 NUMBA_ROWS_MAX_K = 512
+#: float32 rows up to which, from ``ROWS_DOT_MANY_MIN_K`` inner values to ``NUMBA_ROWS_MAX_K``, the
+#: dot-product block takes a product on unpacked weights beyond ``NUMBA_ROWS_MAX`` rows: on Zen 4
+#: (:func:`many_rows_dot`), else 0
+ROWS_DOT_MANY = 96 if avx512_zen() else 0
+ROWS_DOT_MANY_MIN_K = 128
 
 
 @inline
 def recurrent_matmul(Wm, h, out, buf, n, tiled_max):
     """out[:n] = h[:n] @ Wm.T, by the fastest measured route for the shape (Wm C-contiguous): Numba's
-    kernels (:func:`rows_product`) for up to 32 rows while K ≤ 512, BLAS beyond.
+    kernels (:func:`rows_product`) for up to 32 rows while K ≤ 512 (float32 on Zen 4 up to
+    :data:`ROWS_DOT_MANY` rows from K = 128: :func:`many_rows_dot`), BLAS beyond.
 
     ``tiled_max``: most rows for Numba's kernels past K = 512 (more go to BLAS, which threads itself;
     the caller passes 4 when BLAS has several threads to use, else 16, which on Zen 4 keeps up to
@@ -517,10 +523,34 @@ def recurrent_matmul(Wm, h, out, buf, n, tiled_max):
         small_rows_matmul(Wm, h, out, n)
     elif 2 <= n <= NUMBA_ROWS_MAX and K <= NUMBA_ROWS_MAX_K:
         rows_product(Wm, h, out, n, False)
+    elif Wm.itemsize == 4 and h.itemsize == 4 and many_rows_dot(n, K):
+        rows_product(Wm, h, out, n, False)
     elif n >= 2 and numba_rows_past_l2(n, tiled_max):  # W beyond L2: read once, all rows against each part
         rows_product(Wm, h, out, n, True)
     else:
         blas_matmul_T(Wm, h, out, buf, n)
+
+
+@inline
+def many_rows_dot(n, K):
+    """Whether :func:`recurrent_matmul` keeps a float32 product of n rows by unpacked weights of K
+    inner values (up to ``NUMBA_ROWS_MAX_K``) in the dot-product block beyond ``NUMBA_ROWS_MAX`` rows:
+    up to :data:`ROWS_DOT_MANY` rows from ``ROWS_DOT_MANY_MIN_K`` (Zen 4), where OpenBLAS's SkylakeX
+    sgemm, which packs both operands on every call, fell behind it. 2-vCPU AMD EPYC, one thread, the
+    product alone, M = 3K, OpenBLAS's time over the block's (three rounds): K = 128, n = 33 / 48 / 64 /
+    96 1.34–3.38 / 1.30–1.32 / 1.09–1.38 / 0.96–1.26; K = 256 1.60–1.79 / 1.26–1.44 / 1.37–1.62 /
+    1.14–1.18; K = 384 1.26–1.59 / 1.27–1.56 / 1.26–1.41 / 1.15–1.31; K = 512 1.25–4.84 / 1.25–3.41 /
+    1.12–1.35 / 1.14–1.25; but K = 16–64 0.32–1.33 (mostly behind), 128+ rows 0.45–2.46 (level or
+    mixed), and float64 (OpenBLAS's dgemm) 0.45–1.24 at every such shape. Whole calls, one thread, one
+    process taking turns with the code before, medians of five rounds: GRUCell (B, I = H) (48, 128) /
+    (64, 200) / (96, 256) / (64, 384) / (48, 512) 1.31× / 1.22× / 1.21× / 1.16× / 1.07×, (64, I = 3,
+    H = 200) 1.16×; ``stream.step`` (48, 128) / (64, 200) / (96, 256) / (64, I = 1, H = 512) 1.31× /
+    1.21× / 1.21× / 1.15×; forwards given h0, (T, B, I, H) (1, 64, 256, 256) 1.10×, (2, 48, 128, 128)
+    1.15×, (3, 64, 300, 384) 1.09×, two layers (2, 96, 256, 256) 1.12×, bidirectional (3, 64, 64, 512)
+    1.15×; controls (64 rows at H = 64, 128 rows) 1.00×. Two threads split such steps over units or
+    rows, and training packs W_hh's panels from 33 rows: both unchanged (1.00×). The choice depends on
+    n and K only, so training's sums stay those of any thread count."""
+    return NUMBA_ROWS_MAX < n <= ROWS_DOT_MANY and ROWS_DOT_MANY_MIN_K <= K <= NUMBA_ROWS_MAX_K
 
 
 @inline
