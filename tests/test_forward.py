@@ -293,12 +293,12 @@ def test_every_recurrent_matmul_route(B, H, reset_after):
         numba.set_num_threads(before)
 
 
-@pytest.mark.parametrize("B", [33, 64, 96, 97])
+@pytest.mark.parametrize("B", [33, 64, 96, 97, 256, 257])
 @pytest.mark.parametrize("H, reset_after", [(128, True), (300, False)])
 def test_many_float32_rows_agree(B, H, reset_after):
-    """One thread, float32: 33–96 rows from K = 128 take the dot-product block on Zen 4
-    (``many_rows_dot``), 97 BLAS; the GRUCell step and a forward of two steps given h0 agree with the
-    reference either way."""
+    """One thread, float32: from K = 128, 33–96 rows take the dot-product block on Zen 4
+    (``many_rows_dot``), 97–256 W's panels packed in the call (``many_rows_packed``), 257 BLAS; the
+    GRUCell step and a forward of two steps given h0 agree with the reference either way."""
     rng = np.random.default_rng(B + H)
     before = numba.get_num_threads()
     numba.set_num_threads(1)
@@ -322,7 +322,8 @@ def test_many_float32_rows_agree(B, H, reset_after):
 
 def test_many_rows_dot_rule(monkeypatch):
     """Beyond NUMBA_ROWS_MAX rows, float32 products up to ROWS_DOT_MANY rows (Zen 4) from
-    ROWS_DOT_MANY_MIN_K to NUMBA_ROWS_MAX_K inner values take the dot-product block; elsewhere none."""
+    ROWS_DOT_MANY_MIN_K to NUMBA_ROWS_MAX_K inner values take the dot-product block, and from there
+    up to ROWS_PACKED_MANY rows W's panels packed in the call; elsewhere neither."""
     from numgru.kernels import forward
     rule = forward.many_rows_dot.py_func
     monkeypatch.setattr(forward, "ROWS_DOT_MANY", 96)
@@ -330,6 +331,14 @@ def test_many_rows_dot_rule(monkeypatch):
     assert not rule(32, 256) and not rule(97, 256) and not rule(64, 64) and not rule(64, 513)
     monkeypatch.setattr(forward, "ROWS_DOT_MANY", 0)
     assert not rule(33, 256) and not rule(64, 128)
+    packed = forward.many_rows_packed.py_func
+    monkeypatch.setattr(forward, "ROWS_DOT_MANY", 96)
+    monkeypatch.setattr(forward, "ROWS_PACKED_MANY", 256)
+    assert packed(97, 128) and packed(256, 512) and not packed(96, 256) and not packed(257, 256)
+    assert not packed(128, 64) and not packed(128, 513)
+    monkeypatch.setattr(forward, "ROWS_DOT_MANY", 0)
+    monkeypatch.setattr(forward, "ROWS_PACKED_MANY", 0)
+    assert not packed(128, 256)
 
 
 def test_one_row_dot_rule(monkeypatch):

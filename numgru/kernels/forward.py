@@ -504,13 +504,17 @@ NUMBA_ROWS_MAX_K = 512
 #: (:func:`many_rows_dot`), else 0
 ROWS_DOT_MANY = 96 if avx512_zen() else 0
 ROWS_DOT_MANY_MIN_K = 128
+#: float32 rows up to which such products take W's panels packed in the call: on Zen 4
+#: (:func:`many_rows_packed`), else 0
+ROWS_PACKED_MANY = 256 if avx512_zen() else 0
 
 
 @inline
 def recurrent_matmul(Wm, h, out, buf, n, tiled_max):
     """out[:n] = h[:n] @ Wm.T, by the fastest measured route for the shape (Wm C-contiguous): Numba's
     kernels (:func:`rows_product`) for up to 32 rows while K ≤ 512 (float32 on Zen 4 up to
-    :data:`ROWS_DOT_MANY` rows from K = 128: :func:`many_rows_dot`), BLAS beyond.
+    :data:`ROWS_DOT_MANY` rows from K = 128, :func:`many_rows_dot`, and up to
+    :data:`ROWS_PACKED_MANY` on W's panels packed in the call, :func:`many_rows_packed`), BLAS beyond.
 
     ``tiled_max``: most rows for Numba's kernels past K = 512 (more go to BLAS, which threads itself;
     the caller passes 4 when BLAS has several threads to use, else 16, which on Zen 4 keeps up to
@@ -527,8 +531,17 @@ def recurrent_matmul(Wm, h, out, buf, n, tiled_max):
         rows_product(Wm, h, out, n, False)
     elif n >= 2 and numba_rows_past_l2(n, tiled_max):  # W beyond L2: read once, all rows against each part
         rows_product(Wm, h, out, n, True)
+    elif Wm.itemsize == 4 and h.itemsize == 4 and many_rows_packed(n, K):
+        packed_in_call(Wm, h, out, n)
     else:
         blas_matmul_T(Wm, h, out, buf, n)
+
+
+@device
+def packed_in_call(Wm, h, out, n):
+    """out[:n] = h[:n] @ Wm.T on Wm's panels packed here (:func:`many_rows_packed`)."""
+    wide_vectors()
+    panel_matmul(h, pack_panels(Wm), out, n)
 
 
 @inline
@@ -551,6 +564,25 @@ def many_rows_dot(n, K):
     rows, and training packs W_hh's panels from 33 rows: both unchanged (1.00×). The choice depends on
     n and K only, so training's sums stay those of any thread count."""
     return NUMBA_ROWS_MAX < n <= ROWS_DOT_MANY and ROWS_DOT_MANY_MIN_K <= K <= NUMBA_ROWS_MAX_K
+
+
+@inline
+def many_rows_packed(n, K):
+    """Whether :func:`recurrent_matmul` takes a float32 product of n rows by unpacked weights of K inner
+    values on their panels packed in the call (:func:`packed_in_call`) rather than OpenBLAS: past
+    :func:`many_rows_dot`'s rows up to :data:`ROWS_PACKED_MANY` (Zen 4), from ``ROWS_DOT_MANY_MIN_K``
+    to ``NUMBA_ROWS_MAX_K``. 2-vCPU AMD EPYC, one thread, M = 3K, the product alone with its packing
+    (fresh panels each call), OpenBLAS's time over it (three rounds): K = 128, n = 97 / 128 / 192 /
+    256 / 512 1.31–1.33 / 1.27 / 1.20–1.21 / 1.18–1.19 / 1.15–1.16; K = 256 1.25–1.27 / 1.14–1.22 /
+    1.12–1.15 / 1.11–1.13 / 1.08–1.14; K = 384 1.23–1.37 / 1.13–1.20 / 1.05–1.40 / 1.06–1.09 /
+    1.03–1.05; K = 512 1.13–1.22 / 1.17–1.20 / 1.05–1.20 / 1.08–1.10 / 0.85–1.00 (hence 256). Against
+    the dot-product block at 33–96 rows it ran level from K = 256 (0.82–1.22), so those keep the block.
+    Whole calls, one thread, one process taking turns with the code before (medians of five rounds):
+    GRUCell (B, I = H) (128, 128) / (128, 256) / (192, 200) / (256, 384) 1.15× / 1.11× / 1.06× / 1.04×,
+    (128, I = 64, H = 512) 1.05×; ``stream.step`` (128, 256) / (256, 128) 1.10× / 1.12×; forwards given
+    h0 (T, B, I = H) (1, 128, 256) / (2, 128, 128) / (3, 256, 256) / (2, 128, 512) 1.06× / 1.07× /
+    1.03× / 1.04×."""
+    return ROWS_DOT_MANY < n <= ROWS_PACKED_MANY and ROWS_DOT_MANY_MIN_K <= K <= NUMBA_ROWS_MAX_K
 
 
 @inline
