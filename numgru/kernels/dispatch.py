@@ -237,8 +237,10 @@ PANEL_GRADIENT_POOL_MIN = 1 << 24
 #: :func:`training_directions_apart`: fewest rows, and fewest multiply-adds of a direction's layer
 TRAINING_APART_MIN_ROWS = 16
 TRAINING_APART_MIN_WORK = 1 << 23
-#: :func:`training_directions_apart`: most hidden units, and fewest rows T·B beyond ``APART_MAX_HIDDEN``
+#: :func:`training_directions_apart`: most hidden units, and fewest rows T·B beyond
+#: ``TRAINING_APART_WIDE_H`` units
 TRAINING_APART_MAX_HIDDEN = 1024
+TRAINING_APART_WIDE_H = 512
 TRAINING_APART_WIDE_MIN_ROWS = 32
 #: :func:`directions_apart`: fewest multiply-adds of a direction's layer
 APART_MIN_WORK = 1 << 24
@@ -3013,7 +3015,7 @@ def training_directions_apart(T, B, I, H, valid, dtype):
     the bounds: T = 10, B = 8, H = 128, two layers 1.41–1.50 → 1.57–2.29; T = 32, B = 8, H = 128 1.49 →
     1.89; T = 16, B = 16, H = 64 0.56 → 0.85.
 
-    Beyond ``APART_MAX_HIDDEN`` (512, where the bound stood) from ``TRAINING_APART_WIDE_MIN_ROWS`` rows
+    Beyond ``TRAINING_APART_WIDE_H`` (512, where the bound stood) from ``TRAINING_APART_WIDE_MIN_ROWS`` rows
     T·B. Whole steps (forward_train, backward), two threads, means of 20–30 calls taking turns in one
     process, both threads → side by side, bits alike, (T, B, I, H, layers): float32 (2, 24, 300, 768,
     2) 1.20×, (2, 16, 640, 640, 1) 1.27×, (2, 16, 64, 1024, 1) 1.16×, (3, 32, 1024, 1024, 1) 1.16×,
@@ -3026,7 +3028,7 @@ def training_directions_apart(T, B, I, H, valid, dtype):
     0.95×, though (1, 16, 300, 768, 1) ran 1.09×."""
     N = T * B
     if H > TRAINING_APART_MAX_HIDDEN or B < TRAINING_APART_MIN_ROWS or \
-            (H > APART_MAX_HIDDEN and N < TRAINING_APART_WIDE_MIN_ROWS) or \
+            (H > TRAINING_APART_WIDE_H and N < TRAINING_APART_WIDE_MIN_ROWS) or \
             N * H * (I + H) < TRAINING_APART_MIN_WORK or not directions_side_by_side(T, B, H, I, dtype):
         return False
     N = projected_rows(N, valid, 3 * H, I)[0]

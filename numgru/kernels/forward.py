@@ -522,16 +522,15 @@ def recurrent_matmul(Wm, h, out, buf, n, tiled_max):
     running on several of Numba's threads). The choice depends on the thread count only past K = 512,
     as :func:`use_panels`'s does."""
     K = Wm.shape[1]
+    f32 = Wm.itemsize == 4 and h.itemsize == 4  # (the many-rows routes: float32 only)
     if n == 1 and K <= 256:
         # n = 1 with W_hh in L2 (H ≤ 256): 1.2–1.25× over BLAS's GEMV at H = 64 and 256
         small_rows_matmul(Wm, h, out, n)
-    elif 2 <= n <= NUMBA_ROWS_MAX and K <= NUMBA_ROWS_MAX_K:
-        rows_product(Wm, h, out, n, False)
-    elif Wm.itemsize == 4 and h.itemsize == 4 and many_rows_dot(n, K):
+    elif (2 <= n <= NUMBA_ROWS_MAX and K <= NUMBA_ROWS_MAX_K) or (f32 and many_rows_dot(n, K)):
         rows_product(Wm, h, out, n, False)
     elif n >= 2 and numba_rows_past_l2(n, tiled_max):  # W beyond L2: read once, all rows against each part
         rows_product(Wm, h, out, n, True)
-    elif Wm.itemsize == 4 and h.itemsize == 4 and many_rows_packed(n, K):
+    elif f32 and many_rows_packed(n, K):
         packed_in_call(Wm, h, out, n)
     else:
         blas_matmul_T(Wm, h, out, buf, n)
