@@ -293,12 +293,14 @@ def test_every_recurrent_matmul_route(B, H, reset_after):
         numba.set_num_threads(before)
 
 
-@pytest.mark.parametrize("B", [33, 64, 96, 97, 256, 257])
-@pytest.mark.parametrize("H, reset_after", [(128, True), (300, False)])
+@pytest.mark.parametrize("B, H, reset_after", [
+    (B, H, reset_after) for B in (33, 64, 96, 97, 256, 257) for H, reset_after in ((128, True), (300, False))] + [
+    (33, 640, True), (65, 640, False), (256, 520, True), (257, 640, False), (65, 1030, True)])
 def test_many_float32_rows_agree(B, H, reset_after):
     """One thread, float32: from K = 128, 33–96 rows take the dot-product block on Zen 4
-    (``many_rows_dot``), 97–256 W's panels packed in the call (``many_rows_packed``), 257 BLAS; the
-    GRUCell step and a forward of two steps given h0 agree with the reference either way."""
+    (``many_rows_dot``), 97–256 W's panels packed in the call (``many_rows_packed``), 257 BLAS; beyond
+    K = 512 the block up to 64 rows, and to 256 while K ≤ 768 (``many_rows_past_l2``); the GRUCell step
+    and a forward of two steps given h0 agree with the reference either way."""
     rng = np.random.default_rng(B + H)
     before = numba.get_num_threads()
     numba.set_num_threads(1)
@@ -366,6 +368,25 @@ def test_numba_rows_past_l2_rule(monkeypatch):
     assert not rule(33, one) and not rule(5, 4) and not rule(17, 4)
     monkeypatch.setattr(forward, "ROWS_DOT_PAST_L2", 0)
     assert rule(16, one) and not rule(17, one) and rule(4, 4) and not rule(5, 4)
+
+
+def test_many_rows_past_l2_rule(monkeypatch):
+    """Beyond K = 512, with the one-thread tiled_max, float32 products keep in the dot-product block up
+    to ROWS_DOT_PAST_L2_MANY rows, and up to ROWS_DOT_PAST_L2_NARROW while K ≤
+    ROWS_DOT_PAST_L2_NARROW_MAX_K (Zen 4); not within K = 512, not with BLAS's tiled_max, nowhere
+    where the bounds are 0."""
+    from numgru.kernels import forward
+    rule = forward.many_rows_past_l2.py_func
+    one = forward.TILED_MAX_ONE_THREAD
+    monkeypatch.setattr(forward, "ROWS_DOT_PAST_L2_MANY", 64)
+    monkeypatch.setattr(forward, "ROWS_DOT_PAST_L2_NARROW", 256)
+    monkeypatch.setattr(forward, "ROWS_DOT_PAST_L2_NARROW_MAX_K", 768)
+    assert rule(33, 513, one) and rule(64, 4096, one) and rule(256, 768, one) and rule(200, 640, one)
+    assert not rule(65, 769, one) and not rule(257, 640, one) and not rule(64, 512, one)
+    assert not rule(40, 640, 4)
+    monkeypatch.setattr(forward, "ROWS_DOT_PAST_L2_MANY", 0)
+    monkeypatch.setattr(forward, "ROWS_DOT_PAST_L2_NARROW", 0)
+    assert not rule(33, 640, one) and not rule(2, 1024, one)
 
 
 def _check_route(B, H, reset_after):

@@ -514,7 +514,8 @@ def recurrent_matmul(Wm, h, out, buf, n, tiled_max):
     """out[:n] = h[:n] @ Wm.T, by the fastest measured route for the shape (Wm C-contiguous): Numba's
     kernels (:func:`rows_product`) for up to 32 rows while K ≤ 512 (float32 on Zen 4 up to
     :data:`ROWS_DOT_MANY` rows from K = 128, :func:`many_rows_dot`, and up to
-    :data:`ROWS_PACKED_MANY` on W's panels packed in the call, :func:`many_rows_packed`), BLAS beyond.
+    :data:`ROWS_PACKED_MANY` on W's panels packed in the call, :func:`many_rows_packed`; beyond K = 512
+    up to 64 or 256 rows, :func:`many_rows_past_l2`), BLAS beyond.
 
     ``tiled_max``: most rows for Numba's kernels past K = 512 (more go to BLAS, which threads itself;
     the caller passes 4 when BLAS has several threads to use, else 16, which on Zen 4 keeps up to
@@ -528,8 +529,8 @@ def recurrent_matmul(Wm, h, out, buf, n, tiled_max):
         small_rows_matmul(Wm, h, out, n)
     elif (2 <= n <= NUMBA_ROWS_MAX and K <= NUMBA_ROWS_MAX_K) or (f32 and many_rows_dot(n, K)):
         rows_product(Wm, h, out, n, False)
-    elif n >= 2 and numba_rows_past_l2(n, tiled_max):  # W beyond L2: read once, all rows against each part
-        rows_product(Wm, h, out, n, True)
+    elif n >= 2 and (numba_rows_past_l2(n, tiled_max) or (f32 and many_rows_past_l2(n, K, tiled_max))):
+        rows_product(Wm, h, out, n, True)  # W beyond L2: read once, all rows against each part
     elif f32 and many_rows_packed(n, K):
         packed_in_call(Wm, h, out, n)
     else:
@@ -582,6 +583,31 @@ def many_rows_packed(n, K):
     h0 (T, B, I = H) (1, 128, 256) / (2, 128, 128) / (3, 256, 256) / (2, 128, 512) 1.06× / 1.07× /
     1.03× / 1.04×."""
     return ROWS_DOT_MANY < n <= ROWS_PACKED_MANY and ROWS_DOT_MANY_MIN_K <= K <= NUMBA_ROWS_MAX_K
+
+
+@inline
+def many_rows_past_l2(n, K, tiled_max):
+    """Whether :func:`recurrent_matmul` keeps a float32 product of n rows beyond ``NUMBA_ROWS_MAX_K``
+    inner values in the dot-product block past :func:`numba_rows_past_l2`'s rows, with the one-thread
+    ``tiled_max``: up to :data:`ROWS_DOT_PAST_L2_MANY` rows, and up to
+    :data:`ROWS_DOT_PAST_L2_NARROW` while K ≤ ``ROWS_DOT_PAST_L2_NARROW_MAX_K`` (Zen 4), where OpenBLAS's
+    GEMM (h @ Wm.T as (Wm @ h.T).T there, :func:`direct_rows`) fell behind it. 2-vCPU AMD EPYC, one
+    thread, the product alone, OpenBLAS's time over the block's (medians of five rounds): M = 3K,
+    K = 640, n = 33 / 48 / 64 / 96 / 128 / 192 / 256 1.19 / 1.16 / 1.14 / 1.13 / 1.08 / 1.11 / 1.13;
+    K = 768 1.19 / 1.17 / 1.21 / 1.08 / 1.11 / 1.14 / 1.11; K = 1024 1.21 / 1.11 / 1.14, but 96 / 128 /
+    192 / 256 rows 0.96 / 0.94 / 0.85 / 0.85; M = 1920, K = 1280 / 2048 (a bidirectional layer's
+    input) 33 rows 1.18 / 1.12, 48–64 0.97–1.10, 96+ 0.79–1.09. Whole calls, one thread, medians of
+    five rounds taking turns with the code before in one process: GRUCell (B, I = H) (40, 640) /
+    (48, 1024) / (96, 768) / (128, 640) / (128, 768) / (192, 640) / (256, 768) 1.22× / 1.06× / 1.06× /
+    1.09× / 1.07× / 1.08× / 1.03×, (64, 768) and (96, 1024) 1.00–1.01×; ``stream.step`` (128, 640) /
+    (64, I = 64, H = 640) 1.04× / 1.06×; forwards given h0, (T, B, I, H) (2, 64, 640, 640) 1.08×,
+    (2, 128, 768, 768) 1.05×, (1, 192, 640, 640) 1.04×, (3, 48, 1024, 1024) 1.02×, (1, 128, 768, 768)
+    0.98–1.00×, two bidirectional layers (1, 64, 64, 640) 1.04×, bidirectional (2, 96, 640, 640) 1.07×;
+    six steps (on W_hh's panels) 1.00×. Two threads split those steps over units or rows: 0.98–1.01×.
+    The choice depends on n and K (and ``tiled_max``, training's fixed) only, so training's sums stay
+    those of any thread count."""
+    return tiled_max == TILED_MAX_ONE_THREAD and NUMBA_ROWS_MAX_K < K and \
+        (n <= ROWS_DOT_PAST_L2_MANY or (n <= ROWS_DOT_PAST_L2_NARROW and K <= ROWS_DOT_PAST_L2_NARROW_MAX_K))
 
 
 @inline
@@ -891,6 +917,10 @@ TILED_MAX_ONE_THREAD = 16
 #: 5.23–6.06 and 4.69–5.36 / 7.78–7.99 against 4.15–4.79 / 5.25–6.23 and 6.18–7.73 / 9.30–9.42, but
 #: n = 48 level or behind in both); elsewhere 0 (those rows beyond ``tiled_max`` go to BLAS)
 ROWS_DOT_PAST_L2 = 32 if avx512_zen() else 0
+#: float32 rows past that up to which such products keep in the block (:func:`many_rows_past_l2`)
+ROWS_DOT_PAST_L2_MANY = 64 if avx512_zen() else 0
+ROWS_DOT_PAST_L2_NARROW = 256 if avx512_zen() else 0
+ROWS_DOT_PAST_L2_NARROW_MAX_K = 768
 
 
 @inline
