@@ -278,13 +278,15 @@ def test_from_torch_reads_parametrized_weights():
 @pytest.mark.parametrize("B,H,reset_after", [(3, 520, True), (3, 520, False), (9, 530, True),
                                              (6, 40, True), (6, 41, False), (17, 24, True),
                                              (20, 8, False), (1, 30, True), (1, 300, True),
-                                             (24, 520, True), (32, 520, False), (40, 520, True)])
+                                             (24, 520, True), (32, 520, False), (40, 520, True),
+                                             (48, 640, False)])
 def test_every_recurrent_matmul_route(B, H, reset_after):
     """One thread: B = 1 takes the register-blocked kernel up to H = 256 and beyond it the dot-product
     block (``one_row_dot``: Zen 4; its blocks of rows last first every other step) or a GEMV,
     B = 2–16 the register-blocked kernel (remainder rows, odd H; in tiles for H > 512), 17–32 rows
     beyond H = 512 the dot-product block on Zen 4 (``numba_rows_past_l2``), larger batches a BLAS
-    GEMM: all agree with the reference."""
+    GEMM (float64 beyond H = 512 asked for as it stands from 33 rows on Zen 4, ``direct_rows``): all
+    agree with the reference."""
     before = numba.get_num_threads()
     numba.set_num_threads(1)
     try:
@@ -368,6 +370,17 @@ def test_numba_rows_past_l2_rule(monkeypatch):
     assert not rule(33, one) and not rule(5, 4) and not rule(17, 4)
     monkeypatch.setattr(forward, "ROWS_DOT_PAST_L2", 0)
     assert rule(16, one) and not rule(17, one) and rule(4, 4) and not rule(5, 4)
+
+
+def test_direct_rows_rule(monkeypatch):
+    """BLAS is asked for h @ W.T as it stands from DIRECT_ROWS_64 float64 rows within K = 512 and from
+    DIRECT_ROWS_64_PAST_L2 beyond; float32 from DIRECT_ROWS_32 rows within DIRECT_ROWS_MAX_K_32, never
+    beyond."""
+    from numgru.kernels import forward
+    rule = forward.direct_rows.py_func
+    monkeypatch.setattr(forward, "DIRECT_ROWS_64_PAST_L2", 33)
+    assert rule(512, 8) == forward.DIRECT_ROWS_64 and rule(513, 8) == 33 and rule(4096, 8) == 33
+    assert rule(512, 4) == forward.DIRECT_ROWS_32 and rule(513, 4) > 1 << 40
 
 
 def test_many_rows_past_l2_rule(monkeypatch):

@@ -650,6 +650,8 @@ def _ol_rows_product(Wm, h, out, n, tiled):
 #: rows from which :func:`blas_matmul_T` asks BLAS for h @ Wm.T as it stands (:func:`direct_rows`):
 #: float64, and float32 while K ≤ :data:`DIRECT_ROWS_MAX_K_32`
 DIRECT_ROWS_64 = 64
+#: float64 past ``NUMBA_ROWS_MAX_K`` inner values: on Zen 4, else as within
+DIRECT_ROWS_64_PAST_L2 = 33 if avx512_zen() else DIRECT_ROWS_64
 DIRECT_ROWS_32 = 128
 DIRECT_ROWS_MAX_K_32 = 512
 
@@ -663,9 +665,18 @@ def direct_rows(K, itemsize):
     (n = 64 0.95–1.15); float32 K = 256 / 512, n = 128 / 256 1.06–1.27 / 1.15–1.46 (n = 64 / 96
     0.82–1.20), K = 1024 0.82–0.94 up to n = 128. GRUCell, B = 128, I = H = 512, float64, one thread:
     9.99–11.03 → 8.98–9.20 ms (torch 8.9–9.4); float32, B = 128 / 256, H = 256: 1.17–1.19 / 2.37–2.52
-    → 1.09–1.25 / 2.11–2.12."""
+    → 1.09–1.25 / 2.11–2.12. float64 beyond K = 512 from 33 rows (:data:`DIRECT_ROWS_64_PAST_L2`;
+    fewer keep the dot-product block there, :func:`numba_rows_past_l2`): one thread, M = 3K, the
+    transposed route's time over the direct one, K = 768 / 1024, n = 40 / 48 / 64 1.31 / 1.19 / 1.25,
+    0.98 / 1.13 / 1.30; two threads 1.34 / 1.35 / 1.23, 1.26 / 1.15 / 1.10 (K = 512 mixed, 0.84–1.11).
+    Whole calls, one thread, medians of five rounds taking turns with the code before in one process:
+    GRUCell (B, I = H) (33, 640) / (40, 768) / (63, 640) / (36, 1024) / (48, 1024) 1.35× / 1.26× /
+    1.31× / 1.20× / 1.14×, (56, I = 300, H = 768) 1.17×; ``stream.step`` (48, 768) 1.28×; forwards
+    given h0, (T, B, I, H) (1, 48, 768, 768) / (2, 40, 640, 640) / (3, 33, 1024, 1024) 1.13× / 1.17× /
+    1.12×, two bidirectional layers (1, 63, 64, 640) 1.12×; two threads (steps split over units)
+    0.99–1.01×."""
     if itemsize == 8:
-        return DIRECT_ROWS_64
+        return DIRECT_ROWS_64 if K <= NUMBA_ROWS_MAX_K else DIRECT_ROWS_64_PAST_L2
     return DIRECT_ROWS_32 if K <= DIRECT_ROWS_MAX_K_32 else 1 << 62
 
 
