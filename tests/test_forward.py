@@ -296,8 +296,9 @@ def test_every_recurrent_matmul_route(B, H, reset_after):
 
 
 @pytest.mark.parametrize("B, H, reset_after", [
-    (B, H, reset_after) for B in (33, 64, 96, 97, 256, 257) for H, reset_after in ((128, True), (300, False))] + [
-    (33, 640, True), (65, 640, False), (256, 520, True), (257, 640, False), (65, 1030, True)])
+    (B, H, reset_after) for B in (33, 64, 96, 97, 256, 257)
+    for H, reset_after in ((128, True), (300, False))
+] + [(33, 640, True), (65, 640, False), (256, 520, True), (257, 640, False), (65, 1030, True)])
 def test_many_float32_rows_agree(B, H, reset_after):
     """One thread, float32: from K = 128, 33–96 rows take the dot-product block on Zen 4
     (``many_rows_dot``), 97–256 W's panels packed in the call (``many_rows_packed``), 257 BLAS; beyond
