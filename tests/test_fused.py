@@ -59,7 +59,8 @@ def test_kernel_matches_the_reference(I, H, T, reverse):
 
 
 @needs_fused
-@pytest.mark.parametrize("I, H, k0, k1", [(64, 64, 0, 64), (40, 100, 5, 17), (256, 32, 32, 64), (24, 200, 3, 3)])
+@pytest.mark.parametrize("I, H, k0, k1", [(64, 64, 0, 64), (40, 100, 5, 17), (256, 32, 32, 64), (24, 200, 3, 3),
+                                          (16, 27, 2, 9), (16, 21, 0, 16)])
 def test_block_product_is_both_products(I, H, k0, k1):
     W_ih, W_hh, _, _ = _weights(I, H, 3)
     rng = np.random.default_rng(4)
@@ -67,9 +68,14 @@ def test_block_product_is_both_products(I, H, k0, k1):
     h = rng.standard_normal((1, H)).astype(np.float32)
     xb = rng.standard_normal((R, I)).astype(np.float32)
     g0 = rng.standard_normal((R, 3 * H)).astype(np.float32)
-    gxn = g0.copy()
-    rec = np.empty((1, 3 * H), np.float32)
+    # rec and gxn are the fronts of larger buffers: a last panel's columns past 3H are never written
+    gbuf = np.full(R * 3 * H + 64, 7.0, np.float32)
+    gxn = gbuf[:R * 3 * H].reshape(R, 3 * H)
+    gxn[:] = g0
+    rbuf = np.full(3 * H + 64, 7.0, np.float32)
+    rec = rbuf[:3 * H].reshape(1, 3 * H)
     _step(h, pack_panels(W_hh), rec, xb, pack_panels(W_ih), gxn, k0, k1)
+    assert (gbuf[R * 3 * H:] == 7).all() and (rbuf[3 * H:] == 7).all()
     h64, x64 = h.astype(np.float64), xb.astype(np.float64)
     np.testing.assert_allclose(rec, h64 @ W_hh.T.astype(np.float64), rtol=1e-5, atol=1e-5)
     want = g0 + x64[:, k0:k1] @ W_ih[:, k0:k1].T.astype(np.float64)

@@ -30,7 +30,8 @@ def _tol(dtype, N):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("N, Md, I", [(1, 1, 1), (7, 5, 3), (300, 50, 17), (513, 97, 64), (1000, 48, 9)])
+@pytest.mark.parametrize("N, Md, I", [(1, 1, 1), (7, 5, 3), (300, 50, 17), (513, 97, 64), (1000, 48, 9),
+                                      (64, 80, 40)])
 def test_gemm_tn_matches_numpy(dtype, N, Md, I):
     rng = np.random.default_rng(N + Md + I)
     x = rng.standard_normal((N, I)).astype(dtype)

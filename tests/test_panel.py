@@ -37,7 +37,8 @@ def _width(x):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("M, K", [(48, 16), (300, 100), (5, 3), (768, 256), (97, 301), (64, 1)])
+@pytest.mark.parametrize("M, K", [(48, 16), (300, 100), (5, 3), (768, 256), (97, 301), (64, 1), (80, 20),
+                                  (90, 7), (112, 40)])
 def test_panel_matmul_matches_numpy(dtype, M, K):
     rng = np.random.default_rng(M * 1000 + K)
     W = rng.standard_normal((M, K)).astype(dtype)
@@ -187,7 +188,7 @@ def test_pack_panels_of_row_slices_and_read_only_weights():
     np.testing.assert_array_equal(_pack(W)[1], W[nc:2 * nc].T)
 
 
-@pytest.mark.parametrize("M, K", [(768, 256), (97, 301), (5, 3), (64, 1)])
+@pytest.mark.parametrize("M, K", [(768, 256), (97, 301), (5, 3), (64, 1), (80, 20), (112, 9)])
 def test_bfloat16_panels_equal_float32_panels_of_the_widened_weights(M, K):
     # the bfloat16 block widens each weight exactly, then runs the float32 block's arithmetic in the
     # same order: every output equals the float32 panels' bit for bit

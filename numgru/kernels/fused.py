@@ -137,65 +137,81 @@ def _fused_panel(typingctx, h, Wh, rec, xb, Wi, gxn, k0, k1):
             wi = builder.gep(Wia.data, [builder.mul(builder.mul(p, I), const(NC))])
             j0 = builder.mul(p, const(NC))
             full = builder.icmp_signed("<=", builder.add(j0, const(NC)), M)
-            gptrs = [[builder.bitcast(builder.gep(GXa.data, [builder.add(builder.add(builder.mul(const(r), M), j0),
-                                                                         const(v * L))]), vptr_t)
-                      for v in range(NV)] for r in range(R)]
-            rptrs = [builder.bitcast(builder.gep(RECa.data, [builder.add(j0, const(v * L))]), vptr_t)
-                     for v in range(NV)]
-            for v in range(NV):
-                builder.store(zero, racc[v])
-            with builder.if_else(full, likely=True) as (whole, part):
-                with whole:
-                    for r in range(R):
-                        for v in range(NV):
-                            builder.store(builder.load(gptrs[r][v], align=size), pacc[r][v])
-                with part:  # the last panel, past column M − 1
-                    for v in range(NV):
-                        mask = vec_mask(builder.add(j0, const(v * L)))
+
+            def panel(nv):
+                """The panel's first nv vectors of columns (nv < NV: a last panel whose columns past
+                M − 1, zeros, fill the rest; see :func:`~numgru.kernels.panel._emit_gemm`)."""
+                gptrs = [[builder.bitcast(builder.gep(GXa.data, [builder.add(builder.add(builder.mul(const(r), M), j0),
+                                                                             const(v * L))]), vptr_t)
+                          for v in range(nv)] for r in range(R)]
+                rptrs = [builder.bitcast(builder.gep(RECa.data, [builder.add(j0, const(v * L))]), vptr_t)
+                         for v in range(nv)]
+                for v in range(nv):
+                    builder.store(zero, racc[v])
+                with builder.if_else(full, likely=True) as (whole, part):
+                    with whole:
                         for r in range(R):
-                            builder.store(builder.call(mload, [gptrs[r][v], ir.Constant(i32, size), mask, zero]),
-                                          pacc[r][v])
+                            for v in range(nv):
+                                builder.store(builder.load(gptrs[r][v], align=size), pacc[r][v])
+                    with part:  # the last panel, past column M − 1
+                        for v in range(nv):
+                            mask = vec_mask(builder.add(j0, const(v * L)))
+                            for r in range(R):
+                                builder.store(builder.call(mload, [gptrs[r][v], ir.Constant(i32, size), mask, zero]),
+                                              pacc[r][v])
 
-            def recurrent(k):
-                row = builder.gep(wh, [builder.mul(k, const(NC))])
-                b = _splat(builder, builder.load(builder.gep(Ha.data, [k])), vty)
-                for v in range(NV):
-                    w = builder.load(builder.bitcast(builder.gep(row, [const(v * L)]), vptr_t), align=size)
-                    builder.store(builder.call(fma, [b, w, builder.load(racc[v])]), racc[v])
+                def recurrent(k):
+                    row = builder.gep(wh, [builder.mul(k, const(NC))])
+                    b = _splat(builder, builder.load(builder.gep(Ha.data, [k])), vty)
+                    for v in range(nv):
+                        w = builder.load(builder.bitcast(builder.gep(row, [const(v * L)]), vptr_t), align=size)
+                        builder.store(builder.call(fma, [b, w, builder.load(racc[v])]), racc[v])
 
-            def projected(k):
-                row = builder.gep(wi, [builder.mul(k, const(NC))])
-                ws = [builder.load(builder.bitcast(builder.gep(row, [const(v * L)]), vptr_t), align=size)
-                      for v in range(NV)]
-                for r in range(R):
-                    b = _splat(builder, builder.load(builder.gep(XBa.data, [builder.add(builder.mul(const(r), I), k)])),
-                               vty)
-                    for v in range(NV):
-                        builder.store(builder.call(fma, [b, ws[v], builder.load(pacc[r][v])]), pacc[r][v])
-
-            with cgutils.for_range(builder, both, intp=intp) as iloop:
-                i = iloop.index
-                for g in range(G):
-                    recurrent(builder.add(builder.mul(i, const(G)), const(g)))
-                projected(builder.add(k0, i))
-            with cgutils.for_range_slice(builder, builder.mul(both, const(G)), K, const(1), intp) as (k, _):
-                recurrent(k)
-            with cgutils.for_range_slice(builder, builder.add(k0, both), k1, const(1), intp) as (k, _):
-                projected(k)
-            with builder.if_else(full, likely=True) as (whole, part):
-                with whole:
-                    for v in range(NV):
-                        builder.store(builder.load(racc[v]), rptrs[v], align=size)
+                def projected(k):
+                    row = builder.gep(wi, [builder.mul(k, const(NC))])
+                    ws = [builder.load(builder.bitcast(builder.gep(row, [const(v * L)]), vptr_t), align=size)
+                          for v in range(nv)]
                     for r in range(R):
-                        for v in range(NV):
-                            builder.store(builder.load(pacc[r][v]), gptrs[r][v], align=size)
-                with part:
-                    for v in range(NV):
-                        mask = vec_mask(builder.add(j0, const(v * L)))
-                        builder.call(mstore, [builder.load(racc[v]), rptrs[v], ir.Constant(i32, size), mask])
+                        b = _splat(builder, builder.load(builder.gep(XBa.data, [builder.add(builder.mul(const(r), I), k)])),
+                                   vty)
+                        for v in range(nv):
+                            builder.store(builder.call(fma, [b, ws[v], builder.load(pacc[r][v])]), pacc[r][v])
+
+                with cgutils.for_range(builder, both, intp=intp) as iloop:
+                    i = iloop.index
+                    for g in range(G):
+                        recurrent(builder.add(builder.mul(i, const(G)), const(g)))
+                    projected(builder.add(k0, i))
+                with cgutils.for_range_slice(builder, builder.mul(both, const(G)), K, const(1), intp) as (k, _):
+                    recurrent(k)
+                with cgutils.for_range_slice(builder, builder.add(k0, both), k1, const(1), intp) as (k, _):
+                    projected(k)
+                with builder.if_else(full, likely=True) as (whole, part):
+                    with whole:
+                        for v in range(nv):
+                            builder.store(builder.load(racc[v]), rptrs[v], align=size)
                         for r in range(R):
-                            builder.call(mstore, [builder.load(pacc[r][v]), gptrs[r][v], ir.Constant(i32, size),
-                                                  mask])
+                            for v in range(nv):
+                                builder.store(builder.load(pacc[r][v]), gptrs[r][v], align=size)
+                    with part:
+                        for v in range(nv):
+                            mask = vec_mask(builder.add(j0, const(v * L)))
+                            builder.call(mstore, [builder.load(racc[v]), rptrs[v], ir.Constant(i32, size), mask])
+                            for r in range(R):
+                                builder.call(mstore, [builder.load(pacc[r][v]), gptrs[r][v], ir.Constant(i32, size),
+                                                      mask])
+
+            left = builder.sub(M, j0)
+            with builder.if_else(builder.icmp_signed(">", left, const((NV - 1) * L)), likely=True) as (wide, narrow):
+                with wide:
+                    panel(NV)
+                with narrow:
+                    for nv in range(1, NV):
+                        fits = builder.icmp_signed("<=", left, const(nv * L))
+                        if nv > 1:
+                            fits = builder.and_(fits, builder.icmp_signed(">", left, const((nv - 1) * L)))
+                        with builder.if_then(fits):
+                            panel(nv)
         return context.get_dummy_value()
     return sig, codegen
 
