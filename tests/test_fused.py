@@ -188,26 +188,30 @@ def test_the_rule():
 
 
 def test_the_rule_without_reset_after():
-    # from 96 units (64 never gained), from 32 steps up to H = 128, 128 up to 256, 48 up to 512, 64
-    # beyond; packed from 32
+    # from 64 units: from 4 steps up to H = 64, 24 up to 128, 128 up to 256, 48 up to 512, 64 beyond;
+    # packed from 4 up to H = 64, from 32 beyond
     want = fused.fused_ready()
     ok = dict(dtype=np.float32, reset_after=False, gate_kind=0, use_clip=False)
     rule = dispatch.fused_recurrence_wanted
-    assert rule(T=32, B=1, H=96, **ok) is want
+    assert rule(T=4, B=1, H=64, **ok) is want
+    assert rule(T=24, B=1, H=128, **ok) is want
     assert rule(T=128, B=1, H=256, **ok) is want
     assert rule(T=48, B=1, H=257, **ok) is want
     assert rule(T=64, B=1, H=768, **ok) is want
-    assert not rule(T=31, B=1, H=128, **ok)
+    assert not rule(T=3, B=1, H=64, **ok)
+    assert not rule(T=23, B=1, H=65, **ok)
     assert not rule(T=127, B=1, H=129, **ok)
     assert not rule(T=47, B=1, H=512, **ok)
     assert not rule(T=63, B=1, H=513, **ok)
-    assert not rule(T=128, B=1, H=95, **ok)
+    assert not rule(T=128, B=1, H=63, **ok)
     assert not rule(T=128, B=1, H=769, **ok)
     assert not rule(T=128, B=2, H=256, **ok)
+    assert rule(T=4, B=1, H=64, packed=True, **ok) is want
     assert rule(T=32, B=1, H=768, packed=True, **ok) is want
     assert rule(T=32, B=1, H=96, packed=True, **ok) is want
-    assert not rule(T=31, B=1, H=128, packed=True, **ok)
-    assert not rule(T=128, B=1, H=64, packed=True, **ok)
+    assert not rule(T=3, B=1, H=64, packed=True, **ok)
+    assert not rule(T=31, B=1, H=65, packed=True, **ok)
+    assert not rule(T=128, B=1, H=63, packed=True, **ok)
 
 
 def _before(x2d, W_ih, Wp_ih, b_ih, W_hh, Wp_rz, Wp_n, b_hh, h0, reverse, y, col0, h_n):

@@ -207,9 +207,9 @@ FUSED_MIN_STEPS = ((128, 16), (768, 64))
 FUSED_MIN_STEPS_PACKED = ((128, 1), (768, 16))
 #: the same for reset_after=False, whose steps' two products each carry a share of the projection:
 #: the fewest hidden units, and the fewest steps (plain, packed) by hidden size
-FUSED_BEFORE_MIN_HIDDEN = 96
-FUSED_BEFORE_MIN_STEPS = ((128, 32), (256, 128), (512, 48), (768, 64))
-FUSED_BEFORE_MIN_STEPS_PACKED = ((768, 32),)
+FUSED_BEFORE_MIN_HIDDEN = 64
+FUSED_BEFORE_MIN_STEPS = ((64, 4), (128, 24), (256, 128), (512, 48), (768, 64))
+FUSED_BEFORE_MIN_STEPS_PACKED = ((64, 4), (768, 32))
 #: rows below which one row's fused forward keeps its own projection where a frozen model's packings
 #: would take the projection to AMX tiles (:func:`serial_direction_plan`)
 FUSED_OVER_TILES_MAX_ROWS = 32
@@ -1457,7 +1457,20 @@ def fused_recurrence_wanted(T, B, H, dtype, reset_after, gate_kind, use_clip, pa
     0.95–0.98× / 1.01–1.04× / 1.04–1.06×; H = 512, T = 16 / 32 / 64 0.90–1.02× / 0.98–1.12× / 1.08–1.17×;
     H = 768, T = 16 / 32 / 64 1.11–1.25× / 1.17–1.26× / 1.20–1.37×. Two threads, where one row stays
     serial below ``COLS_BEFORE_MIN_HIDDEN`` (:func:`forward_route`): plain H = 96 / 128 / 192, T = 128
-    0.84–1.11× / 1.02–1.13× / 0.90–1.43× (medians 1.09 / 1.09 / 1.08)."""
+    0.84–1.11× / 1.02–1.13× / 0.90–1.43× (medians 1.09 / 1.09 / 1.08). Those figures predate the
+    panels' narrow last panel (c6511be: the two products' 2H and H columns end inside a panel at
+    H = 64–512, and the padding had cost as much as real columns); again, nine or eleven rounds, two
+    or three processes where given as a range: plain H = 64, T = 4 / 8 / 16 / 32 / 64 / 128 / 512
+    1.11× / 1.08× / 1.20× / 1.08× / 1.04× / 1.03× / 0.99×; H = 96, T = 12 / 16 / 24 1.07× / 1.17× /
+    1.25×; H = 128, T = 8 / 12 / 16 / 24 / 32 0.86× / 0.98× / 0.94–1.05× / 1.01–1.17× / 1.20×; H = 192,
+    T = 16 / 32 / 48 0.93× / 1.01–1.08× / 1.05×; H = 256, T = 16 / 24 / 32 / 48 / 64 0.85× / 0.99× /
+    0.89–1.15× (the routes before took 407 µs in one process, 505 in another) / 1.17–1.18× /
+    1.05–1.07×, but against a copy of 14509e1's code in one process T = 48 0.94× (T = 128 1.04×);
+    frozen H = 64, T = 4 / 8 / 16 / 32 / 128 1.12× / 1.18× / 1.06× / 1.09× /
+    1.02×, H = 128, T = 8 / 16 0.94× / 1.00×, H = 256, T = 8 / 16 / 24 0.80× / 0.92× / 0.97×, H = 512,
+    T = 16 0.86×; two threads H = 64, T = 4 / 32 / 128 1.08× / 1.11× / 1.03×. Hence from 64 units:
+    from 4 steps at H = 64, 24 to 128 (H = 129–256 still from 128), 48 to 512 (packed, from 4 at
+    H = 64)."""
     if reset_after:
         table = FUSED_MIN_STEPS_PACKED if packed else FUSED_MIN_STEPS
     else:
