@@ -74,8 +74,14 @@ def test_block_product_is_both_products(I, H, k0, k1):
     gxn[:] = g0
     rbuf = np.full(3 * H + 64, 7.0, np.float32)
     rec = rbuf[:3 * H].reshape(1, 3 * H)
-    _step(h, pack_panels(W_hh), rec, xb, pack_panels(W_ih), gxn, k0, k1)
+    _step(h, pack_panels(W_hh), rec, xb, pack_panels(W_ih), gxn, k0, k1, False)
     assert (gbuf[R * 3 * H:] == 7).all() and (rbuf[3 * H:] == 7).all()
+    # the panels last first (every other step of a forward whose weights pass L2): the same values
+    gxn_b = g0.copy()
+    rec_b = np.empty((1, 3 * H), np.float32)
+    _step(h, pack_panels(W_hh), rec_b, xb, pack_panels(W_ih), gxn_b, k0, k1, True)
+    np.testing.assert_array_equal(rec_b, rec)
+    np.testing.assert_array_equal(gxn_b, gxn)
     h64, x64 = h.astype(np.float64), xb.astype(np.float64)
     np.testing.assert_allclose(rec, h64 @ W_hh.T.astype(np.float64), rtol=1e-5, atol=1e-5)
     want = g0 + x64[:, k0:k1] @ W_ih[:, k0:k1].T.astype(np.float64)
@@ -88,8 +94,8 @@ def _rows():
 
 
 @numba.njit(cache=False)
-def _step(h, Wp_hh, rec, xb, Wp_ih, gxn, k0, k1):
-    fused.fused_step(h, Wp_hh, rec, xb, Wp_ih, gxn, k0, k1)
+def _step(h, Wp_hh, rec, xb, Wp_ih, gxn, k0, k1, backwards):
+    fused.fused_step(h, Wp_hh, rec, xb, Wp_ih, gxn, k0, k1, backwards)
 
 
 @needs_fused
@@ -109,7 +115,7 @@ def test_bad_shapes_refused():
     R = _rows()
     Wp_ih, Wp_hh = pack_panels(W_ih), pack_panels(W_hh)
     args = [h0, Wp_hh, np.zeros((1, 3 * H), np.float32), np.zeros((R, I), np.float32), Wp_ih,
-            np.zeros((R, 3 * H), np.float32), 0, I]
+            np.zeros((R, 3 * H), np.float32), 0, I, False]
     for i, bad in ((3, np.zeros((R - 1, I), np.float32)), (5, np.zeros((R, 3 * H - 1), np.float32)),
                    (1, Wp_ih), (6, -1), (7, I + 1)):
         with pytest.raises(ValueError, match="shapes"):

@@ -66,6 +66,15 @@ def fused_ready():
 #: (the state against a panel row of W_hh), and a step takes I/R of the former against H of the
 #: latter, so G = R pairs them all off where I equals H
 RECURRENT_PER_PROJECTED = 8
+#: fewest bytes a step of :func:`gru_forward_fused` reads (W_hh's panels and an R-th of W_ih's) from
+#: which every other step runs its panels last first, so that it starts on the panels the step before
+#: read last, still in L2 (the weights are summed panel by panel, so the order changes no value).
+#: Zen 4, one thread, B = 1, I = H, T = 128, one process taking turns with one order every step,
+#: medians of seven or nine rounds: plain H = 256 / 320 / 384 / 448 / 512 / 768 1.05–1.06× / 1.04× /
+#: 1.03× / 1.02× / 1.00× / 1.00×, T = 512, H = 256 1.06×; frozen H = 256, T = 128 / 32 1.07× / 1.03×;
+#: H = 192 (486 KB) 1.00×. reset_after=False's two products a step gained nothing that way (H = 256
+#: 1.03×, H = 384 / 512 / 768 0.98–0.99×), so :func:`gru_forward_fused_before` keeps one order
+ZIGZAG_MIN_BYTES = 1 << 19
 
 
 @intrinsic
@@ -82,19 +91,20 @@ def block_rows_fused(typingctx, x):
 
 
 @intrinsic
-def _fused_panel(typingctx, h, Wh, rec, xb, Wi, gxn, k0, k1):
+def _fused_panel(typingctx, h, Wh, rec, xb, Wi, gxn, k0, k1, backwards):
     """rec[0, :M] = h[0] @ W_hh.T and gxn[:R, :M] += xb[:R, k0:k1] @ W_ih[:, k0:k1].T, panel by panel,
     the two products' k interleaved (see the module docstring). h (1, K), rec (1, M), xb (R, I),
     gxn (R, M) C-contiguous, one float dtype; Wh (P, K, NC) and Wi (P, I, NC) packed panels
-    (:func:`~numgru.kernels.panel.pack_panels`), P·NC ≥ M; 0 ≤ k0 ≤ k1 ≤ I. Unchecked: see
-    :func:`fused_step`."""
+    (:func:`~numgru.kernels.panel.pack_panels`), P·NC ≥ M; 0 ≤ k0 ≤ k1 ≤ I; ``backwards``: the
+    panels last first. Unchecked: see :func:`fused_step`."""
     arrays = (h, Wh, rec, xb, Wi, gxn)
     if not all(isinstance(a, types.Array) and a.layout == "C" and a.dtype in (types.float32, types.float64)
                for a in arrays) or len({a.dtype for a in arrays}) != 1:
         return None
-    if not (isinstance(k0, types.Integer) and isinstance(k1, types.Integer)):
+    if not (isinstance(k0, types.Integer) and isinstance(k1, types.Integer)) or \
+            not isinstance(backwards, types.Boolean):
         return None
-    sig = types.void(h, Wh, rec, xb, Wi, gxn, types.intp, types.intp)
+    sig = types.void(h, Wh, rec, xb, Wi, gxn, types.intp, types.intp, types.boolean)
 
     def codegen(context, builder, sig, args):
         fty = context.get_value_type(sig.args[0].dtype)
@@ -109,7 +119,7 @@ def _fused_panel(typingctx, h, Wh, rec, xb, Wi, gxn, k0, k1):
             return ir.Constant(intp, v)
         Ha, Wha, RECa, XBa, Wia, GXa = [context.make_array(t)(context, builder, a)
                                         for t, a in zip(sig.args[:6], args[:6])]
-        k0, k1 = args[6], args[7]
+        k0, k1, backwards = args[6], args[7], args[8]
         K = cgutils.unpack_tuple(builder, Ha.shape, 2)[1]
         I = cgutils.unpack_tuple(builder, XBa.shape, 2)[1]
         M = cgutils.unpack_tuple(builder, RECa.shape, 2)[1]
@@ -132,7 +142,7 @@ def _fused_panel(typingctx, h, Wh, rec, xb, Wi, gxn, k0, k1):
         groups = builder.sdiv(K, const(G))
         both = builder.select(builder.icmp_signed("<", kp, groups), kp, groups)  # iterations with both
         with cgutils.for_range(builder, P, intp=intp) as ploop:
-            p = ploop.index
+            p = builder.select(backwards, builder.sub(builder.sub(P, const(1)), ploop.index), ploop.index)
             wh = builder.gep(Wha.data, [builder.mul(builder.mul(p, K), const(NC))])
             wi = builder.gep(Wia.data, [builder.mul(builder.mul(p, I), const(NC))])
             j0 = builder.mul(p, const(NC))
@@ -217,13 +227,13 @@ def _fused_panel(typingctx, h, Wh, rec, xb, Wi, gxn, k0, k1):
 
 
 @device
-def fused_step(h, Wp_hh, rec, xb, Wp_ih, gxn, k0, k1):
+def fused_step(h, Wp_hh, rec, xb, Wp_ih, gxn, k0, k1, backwards=False):
     """rec[0] = h[0] @ W_hh.T and gxn += xb[:, k0:k1] @ W_ih[:, k0:k1].T, the two interleaved.
 
     h (1, H), rec (1, 3H), xb (R, I), gxn (R, 3H) C-contiguous, one float dtype, R =
     :func:`block_rows_fused`; Wp_hh and Wp_ih = :func:`~numgru.kernels.panel.pack_panels` of W_hh
-    (3H, H) and W_ih (3H, I); 0 ≤ k0 ≤ k1 ≤ I. The shapes are checked here: the block reads raw
-    pointers."""
+    (3H, H) and W_ih (3H, I); 0 ≤ k0 ≤ k1 ≤ I. ``backwards``: the panels last first (the same values;
+    :data:`ZIGZAG_MIN_BYTES`). The shapes are checked here: the block reads raw pointers."""
     M = rec.shape[1]
     R = block_rows_fused(h.dtype.type(0))
     nc = panel_width(h.dtype.type(0))
@@ -232,7 +242,7 @@ def fused_step(h, Wp_hh, rec, xb, Wp_ih, gxn, k0, k1):
             Wp_ih.shape[2] != nc or Wp_hh.shape[0] != Wp_ih.shape[0] or M > Wp_hh.shape[0] * nc or \
             not 0 <= k0 <= k1 <= xb.shape[1]:
         raise ValueError("fused_step: shapes do not match")
-    _fused_panel(h, Wp_hh, rec, xb, Wp_ih, gxn, k0, k1)
+    _fused_panel(h, Wp_hh, rec, xb, Wp_ih, gxn, k0, k1, backwards)
 
 
 @device
@@ -272,6 +282,7 @@ def gru_forward_fused(x2d, W_ih, Wp_ih, b_ih, W_hh, Wp_hh, b_hh, h0, reverse, y,
     Wi = pack_panels(W_ih) if Wp_ih.shape[0] == 0 else Wp_ih
     Wh = pack_panels(W_hh) if Wp_hh.shape[0] == 0 else Wp_hh
     R = block_rows_fused(x2d.dtype.type(0))
+    zig = (Wh.size + Wi.size // R) * Wh.itemsize > ZIGZAG_MIN_BYTES
     cur = np.zeros((R, M), x2d.dtype)
     nxt = np.zeros((R, M), x2d.dtype)
     xb = np.empty((R, I), x2d.dtype)
@@ -289,7 +300,7 @@ def gru_forward_fused(x2d, W_ih, Wp_ih, b_ih, W_hh, Wp_hh, b_hh, h0, reverse, y,
             nxt[:] = 0
         for s in range(min(R, T - s0)):
             if more:
-                fused_step(ha, Wh, rec, xb, Wi, nxt, s * I // R, (s + 1) * I // R)
+                fused_step(ha, Wh, rec, xb, Wi, nxt, s * I // R, (s + 1) * I // R, zig and s % 2 == 1)
             else:
                 panel_matmul(ha, Wh, rec, 1)
             step_gates_after(cur[s:s + 1], rec, b_ih, b_hh, ha, hb, 1)
