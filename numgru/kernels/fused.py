@@ -43,7 +43,8 @@ from numba.extending import intrinsic
 
 from ._jit import cpu_ready, device, kernel, unwrapped, wide_vectors
 from .activations import sigmoid_fast, tanh_fast
-from .panel import _shape_for, _splat, _vector_calls, pack_panels, panel_matmul, panel_rows, panel_width
+from .panel import (_shape_for, _splat, _vector_calls, by_vectors_filled, pack_panels, panel_matmul, panel_rows,
+                    panel_width)
 from .step import step_gates_after
 
 _READY = None
@@ -211,17 +212,7 @@ def _fused_panel(typingctx, h, Wh, rec, xb, Wi, gxn, k0, k1, backwards):
                                 builder.call(mstore, [builder.load(pacc[r][v]), gptrs[r][v], ir.Constant(i32, size),
                                                       mask])
 
-            left = builder.sub(M, j0)
-            with builder.if_else(builder.icmp_signed(">", left, const((NV - 1) * L)), likely=True) as (wide, narrow):
-                with wide:
-                    panel(NV)
-                with narrow:
-                    for nv in range(1, NV):
-                        fits = builder.icmp_signed("<=", left, const(nv * L))
-                        if nv > 1:
-                            fits = builder.and_(fits, builder.icmp_signed(">", left, const((nv - 1) * L)))
-                        with builder.if_then(fits):
-                            panel(nv)
+            by_vectors_filled(builder, builder.sub(M, j0), L, NV, panel)
         return context.get_dummy_value()
     return sig, codegen
 

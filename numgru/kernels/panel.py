@@ -697,18 +697,25 @@ def _emit_gemm(context, builder, fty, a_ptr, lda, b_ptr, P, o_ptr, ldo, n, M, K,
                 # those alone: its padding (zeros, or nothing for operands as they lie) had cost as
                 # much as whole vectors (one row, K = 256, M = 256: 3.09 µs against 2.50 for
                 # M = 240, five whole panels)
-                left = builder.sub(M, j0)
-                with builder.if_else(builder.icmp_signed(">", left, const((NV - 1) * L)),
-                                     likely=True) as (wide, narrow):
-                    with wide:
-                        row_blocks(NV)
-                    with narrow:
-                        for nv in range(1, NV):
-                            fits = builder.icmp_signed("<=", left, const(nv * L))
-                            if nv > 1:
-                                fits = builder.and_(fits, builder.icmp_signed(">", left, const((nv - 1) * L)))
-                            with builder.if_then(fits):
-                                row_blocks(nv)
+                by_vectors_filled(builder, builder.sub(M, j0), L, NV, row_blocks)
+
+
+def by_vectors_filled(builder, left, L, NV, emit):
+    """Emit ``emit(nv)`` for the vectors of a panel (NV of L lanes) that ``left`` columns (an intp
+    value) fill: NV where more than NV − 1 vectors' worth remain, else the nv < NV they fill (the
+    last panel of a matrix whose columns end inside it); each nv in a branch of its own."""
+    intp = cgutils.intp_t
+    with builder.if_else(builder.icmp_signed(">", left, ir.Constant(intp, (NV - 1) * L)),
+                         likely=True) as (wide, narrow):
+        with wide:
+            emit(NV)
+        with narrow:
+            for nv in range(1, NV):
+                fits = builder.icmp_signed("<=", left, ir.Constant(intp, nv * L))
+                if nv > 1:
+                    fits = builder.and_(fits, builder.icmp_signed(">", left, ir.Constant(intp, (nv - 1) * L)))
+                with builder.if_then(fits):
+                    emit(nv)
 
 
 def _c_arrays(*arrays):
