@@ -183,8 +183,8 @@ def _fused_panel(typingctx, h, Wh, rec, xb, Wi, gxn, k0, k1, backwards):
                     ws = [builder.load(builder.bitcast(builder.gep(row, [const(v * L)]), vptr_t), align=size)
                           for v in range(nv)]
                     for r in range(R):
-                        b = _splat(builder, builder.load(builder.gep(XBa.data, [builder.add(builder.mul(const(r), I), k)])),
-                                   vty)
+                        xk = builder.gep(XBa.data, [builder.add(builder.mul(const(r), I), k)])
+                        b = _splat(builder, builder.load(xk), vty)
                         for v in range(nv):
                             builder.store(builder.call(fma, [b, ws[v], builder.load(pacc[r][v])]), pacc[r][v])
 

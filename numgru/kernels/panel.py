@@ -23,11 +23,11 @@ L lanes per vector: 512-, 256- or 128-bit registers (16, 8 or 4 float32; half as
 left over past the last full block of MR run in blocks of 4, 2 and 1 rows, the small ones with two
 accumulator sets over even and odd k to hide the FMA latency. Columns past M are never stored (masked
 stores in the last panel), and a last panel whose columns fill fewer than NV of its vectors
-multiplies those alone (its zero padding had cost as much as real columns: Zen 4, one thread, one
-row, K = 256, M = 256 / 240 / 288, µs, 3.09 / 2.50 / 3.67 before, 2.83 / 2.66 / 3.15 after; K = 64,
-M = 64 0.32 → 0.20; 16 rows, M = 256 22.1 → 19.9), summed in the same order. k runs in chunks whose slice of a panel (~24 KB) stays in L1 while every
-row block passes over it. Panels start on 64-byte lines: vector loads that straddle two lines ran the
-one-row product at half speed.
+multiplies those alone, summed in the same order (its zero padding had cost as much as real
+columns: Zen 4, one thread, one row, K = 256, M = 256 / 240 / 288, µs, 3.09 / 2.50 / 3.67 before,
+2.83 / 2.66 / 3.15 after; K = 64, M = 64 0.32 → 0.20; 16 rows, M = 256 22.1 → 19.9). k runs in
+chunks whose slice of a panel (~24 KB) stays in L1 while every row block passes over it. Panels start
+on 64-byte lines: vector loads that straddle two lines ran the one-row product at half speed.
 
 Measured on the 2-vCPU Intel machine (Emerald Rapids, one thread, float32, per product h @ W.T with
 M = 3H, K = H, BLAS pinned to one thread; correctness in tests/test_panel.py): B = 16, H = 256 at
