@@ -57,6 +57,26 @@ def test_panel_matmul_matches_numpy(dtype, M, K):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("M, K", [(80, 20), (90, 7), (112, 40), (5, 300), (64, 64)])
+def test_a_last_panel_sums_as_a_whole_one(dtype, M, K):
+    # a last panel whose columns fill only some of its vectors multiplies those alone: its values
+    # equal, bit for bit, those of the same weights padded with zero rows to whole panels
+    rng = np.random.default_rng(M + K)
+    nc = _width(dtype(0))
+    W = rng.standard_normal((M, K)).astype(dtype)
+    Wz = np.zeros((-(-M // nc) * nc, K), dtype)
+    Wz[:M] = W
+    Wp, Wpz = _pack(W), _pack(Wz)
+    for n in (1, 2, 3, 5, 8, 13):
+        h = rng.standard_normal((n, K)).astype(dtype)
+        out = np.empty((n, M), dtype)
+        outz = np.empty((n, Wz.shape[0]), dtype)
+        _matmul(h, Wp, out, n)
+        _matmul(h, Wpz, outz, n)
+        np.testing.assert_array_equal(out, outz[:, :M])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("M, K", [(768, 256), (97, 33), (48, 1), (5, 300)])
 @pytest.mark.parametrize("use_bias", [True, False])
 def test_panel_rows_matches_numpy(dtype, M, K, use_bias):
