@@ -177,6 +177,9 @@ def test_the_rule():
     assert rule(T=16, B=1, H=64, **ok) is want
     assert not rule(T=63, B=1, H=768, **ok)
     assert not rule(T=15, B=1, H=128, **ok)
+    assert rule(T=32, B=1, H=256, **ok) is want
+    assert not rule(T=31, B=1, H=129, **ok)
+    assert not rule(T=63, B=1, H=257, **ok)
     assert not rule(T=64, B=1, H=769, **ok)
     assert not rule(T=64, B=1, H=63, **ok)
     assert not rule(T=64, B=2, H=256, **ok)

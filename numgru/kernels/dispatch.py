@@ -202,7 +202,7 @@ VNNI_COLUMNS_BEFORE_MIN_HIDDEN_KEPT = 1024
 #: that holds H)
 FUSED_MIN_HIDDEN = 64
 FUSED_MAX_HIDDEN = 768
-FUSED_MIN_STEPS = ((128, 16), (768, 64))
+FUSED_MIN_STEPS = ((128, 16), (256, 32), (768, 64))
 #: the same where W_ih and W_hh come packed once (a frozen model's): no packing for the steps to repay
 FUSED_MIN_STEPS_PACKED = ((128, 1), (768, 16))
 #: the same for reset_after=False, whose steps' two products each carry a share of the projection:
@@ -1440,6 +1440,16 @@ def fused_recurrence_wanted(T, B, H, dtype, reset_after, gate_kind, use_clip, pa
     and a second of 2), T = 12 1.01–1.05×, T = 16–48 1.04–1.15×; H = 320–768 T ≤ 12 0.96–1.02×
     (H = 768 noisy, 0.98–1.31×), T = 16–48 1.02–1.13×. Hence from one step up to H = 128 and from 16
     beyond.
+
+    Since the fused forward's every other step takes W_hh's panels last first
+    (:data:`~numgru.kernels.fused.ZIGZAG_MIN_BYTES`), a plain model's from 32 steps up to H = 256:
+    one process taking turns with the serial plans, nine rounds, H = 160 / 192 / 256, T = 32 1.11× /
+    1.05× / 1.14–1.17×, H = 192, T = 24 1.16×, H = 256, T = 48 1.25–1.30×; but H = 256, T = 16 / 24
+    0.92× / 0.97×, and T = 32 at H = 320 / 384 / 512 / 768 1.04× / 0.99× / 0.90× / 0.79× (so 64 there).
+    Against a copy of 14509e1's code (the serial plans there), one process, seven rounds: T = 40,
+    H = 160 1.14×, T = 48, H = 200 1.09×, T = 32, H = 224 / 256 1.00× / 0.98–1.01× (the serial plans
+    at H = 256 ran 385–390 µs against that copy, 450–490 against a copy of this model made in the same
+    process: their time at H = 256 moves with the instance, as without reset_after above).
 
     reset_after=False (:func:`~numgru.kernels.fused.gru_forward_fused_before`, which ONNX's default
     ``linear_before_reset=0`` gives) from ``FUSED_BEFORE_MIN_HIDDEN`` units, from the steps
