@@ -1442,7 +1442,7 @@ def fused_recurrence_wanted(T, B, H, dtype, reset_after, gate_kind, use_clip, pa
     beyond.
 
     Since the fused forward's every other step takes W_hh's panels last first
-    (:data:`~numgru.kernels.fused.ZIGZAG_MIN_BYTES`), a plain model's from 32 steps up to H = 256:
+    (:data:`~numgru.kernels.fused.FUSED_ZIGZAG_MIN_BYTES`), a plain model's from 32 steps up to H = 256:
     one process taking turns with the serial plans, nine rounds, H = 160 / 192 / 256, T = 32 1.11× /
     1.05× / 1.14–1.17×, H = 192, T = 24 1.16×, H = 256, T = 48 1.25–1.30×; but H = 256, T = 16 / 24
     0.92× / 0.97×, and T = 32 at H = 320 / 384 / 512 / 768 1.04× / 0.99× / 0.90× / 0.79× (so 64 there).

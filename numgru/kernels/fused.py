@@ -75,7 +75,9 @@ RECURRENT_PER_PROJECTED = 8
 #: 1.03× / 1.02× / 1.00× / 1.00×, T = 512, H = 256 1.06×; frozen H = 256, T = 128 / 32 1.07× / 1.03×;
 #: H = 192 (486 KB) 1.00×. reset_after=False's two products a step gained nothing that way (H = 256
 #: 1.03×, H = 384 / 512 / 768 0.98–0.99×), so :func:`gru_forward_fused_before` keeps one order
-ZIGZAG_MIN_BYTES = 1 << 19
+#: (the serial steps' blocks of rows reversed every other step have their own bound,
+#: :data:`~numgru.kernels.forward.ZIGZAG_MIN_BYTES`)
+FUSED_ZIGZAG_MIN_BYTES = 1 << 19
 
 
 @intrinsic
@@ -151,7 +153,8 @@ def _fused_panel(typingctx, h, Wh, rec, xb, Wi, gxn, k0, k1, backwards):
 
             def panel(nv):
                 """The panel's first nv vectors of columns (nv < NV: a last panel whose columns past
-                M − 1, zeros, fill the rest; see :func:`~numgru.kernels.panel._emit_gemm`)."""
+                M − 1, zeros, fill the rest, never whole; see :func:`~numgru.kernels.panel._emit_gemm`)."""
+                full_here = full if nv == NV else ir.Constant(ir.IntType(1), 0)
                 gptrs = [[builder.bitcast(builder.gep(GXa.data, [builder.add(builder.add(builder.mul(const(r), M), j0),
                                                                              const(v * L))]), vptr_t)
                           for v in range(nv)] for r in range(R)]
@@ -159,7 +162,7 @@ def _fused_panel(typingctx, h, Wh, rec, xb, Wi, gxn, k0, k1, backwards):
                          for v in range(nv)]
                 for v in range(nv):
                     builder.store(zero, racc[v])
-                with builder.if_else(full, likely=True) as (whole, part):
+                with builder.if_else(full_here, likely=True) as (whole, part):
                     with whole:
                         for r in range(R):
                             for v in range(nv):
@@ -197,7 +200,7 @@ def _fused_panel(typingctx, h, Wh, rec, xb, Wi, gxn, k0, k1, backwards):
                     recurrent(k)
                 with cgutils.for_range_slice(builder, builder.add(k0, both), k1, const(1), intp) as (k, _):
                     projected(k)
-                with builder.if_else(full, likely=True) as (whole, part):
+                with builder.if_else(full_here, likely=True) as (whole, part):
                     with whole:
                         for v in range(nv):
                             builder.store(builder.load(racc[v]), rptrs[v], align=size)
@@ -224,7 +227,7 @@ def fused_step(h, Wp_hh, rec, xb, Wp_ih, gxn, k0, k1, backwards=False):
     h (1, H), rec (1, 3H), xb (R, I), gxn (R, 3H) C-contiguous, one float dtype, R =
     :func:`block_rows_fused`; Wp_hh and Wp_ih = :func:`~numgru.kernels.panel.pack_panels` of W_hh
     (3H, H) and W_ih (3H, I); 0 ≤ k0 ≤ k1 ≤ I. ``backwards``: the panels last first (the same values;
-    :data:`ZIGZAG_MIN_BYTES`). The shapes are checked here: the block reads raw pointers."""
+    :data:`FUSED_ZIGZAG_MIN_BYTES`). The shapes are checked here: the block reads raw pointers."""
     M = rec.shape[1]
     R = block_rows_fused(h.dtype.type(0))
     nc = panel_width(h.dtype.type(0))
@@ -273,7 +276,7 @@ def gru_forward_fused(x2d, W_ih, Wp_ih, b_ih, W_hh, Wp_hh, b_hh, h0, reverse, y,
     Wi = pack_panels(W_ih) if Wp_ih.shape[0] == 0 else Wp_ih
     Wh = pack_panels(W_hh) if Wp_hh.shape[0] == 0 else Wp_hh
     R = block_rows_fused(x2d.dtype.type(0))
-    zig = (Wh.size + Wi.size // R) * Wh.itemsize > ZIGZAG_MIN_BYTES
+    zig = (Wh.size + Wi.size // R) * Wh.itemsize > FUSED_ZIGZAG_MIN_BYTES
     cur = np.zeros((R, M), x2d.dtype)
     nxt = np.zeros((R, M), x2d.dtype)
     xb = np.empty((R, I), x2d.dtype)

@@ -558,7 +558,9 @@ def _emit_gemm(context, builder, fty, a_ptr, lda, b_ptr, P, o_ptr, ldo, n, M, K,
         vectors, for a last panel whose columns past M − 1 fill the rest (see the panel loop), summed
         as the whole panel's (the accumulator sets by mr and NV), so its values do not change."""
         sets = 2 if mr * NV < 8 else 1
-        full = builder.icmp_signed("<=", builder.add(j0, const(NC)), M)
+        # a narrow panel is never whole: its whole-panel branches are not emitted (LLVM drops them)
+        full = builder.icmp_signed("<=", builder.add(j0, const(NC)), M) if nv == NV else \
+            ir.Constant(ir.IntType(1), 0)
         optrs = [[builder.bitcast(builder.gep(o_ptr, [builder.add(
             builder.add(builder.mul(builder.add(i0, const(r)), ldo), j0), const(v * L))]), vptr_t)
             for v in range(nv)] for r in range(mr)]
