@@ -198,16 +198,15 @@ VNNI_COLUMNS_MIN_STEPS_KEPT = 1
 VNNI_COLUMNS_BEFORE_MIN_STEPS = 256
 VNNI_COLUMNS_BEFORE_MIN_HIDDEN_KEPT = 1024
 #: the one-row forward with its input projection fused into the steps (fused_recurrence_wanted): the
-#: hidden sizes it takes, and the fewest steps by hidden size ((most H, fewest steps) pairs, the first
-#: that holds H)
+#: hidden sizes it takes (either reset variant), and the fewest steps by hidden size ((most H, fewest
+#: steps) pairs, the first that holds H)
 FUSED_MIN_HIDDEN = 64
 FUSED_MAX_HIDDEN = 768
 FUSED_MIN_STEPS = ((128, 16), (256, 32), (768, 64))
 #: the same where W_ih and W_hh come packed once (a frozen model's): no packing for the steps to repay
 FUSED_MIN_STEPS_PACKED = ((128, 1), (768, 16))
 #: the same for reset_after=False, whose steps' two products each carry a share of the projection:
-#: the fewest hidden units, and the fewest steps (plain, packed) by hidden size
-FUSED_BEFORE_MIN_HIDDEN = 64
+#: the fewest steps (plain, packed) by hidden size
 FUSED_BEFORE_MIN_STEPS = ((64, 4), (128, 24), (256, 128), (512, 48), (768, 64))
 FUSED_BEFORE_MIN_STEPS_PACKED = ((64, 4), (768, 32))
 #: rows below which one row's fused forward keeps its own projection where a frozen model's packings
@@ -1410,7 +1409,7 @@ def fused_recurrence_wanted(T, B, H, dtype, reset_after, gate_kind, use_clip, pa
     """Whether a serial inference forward of T steps over B rows runs its input projection inside
     the steps (:func:`~numgru.kernels.fused.gru_forward_fused`, W_ih and W_hh packed on every call
     unless the model keeps them: ``packed``): one row, float32 weights, sigmoid gates and no clip,
-    with reset_after ``FUSED_MIN_HIDDEN`` ≤ H ≤ ``FUSED_MAX_HIDDEN`` (without, below), and at least
+    with ``FUSED_MIN_HIDDEN`` ≤ H ≤ ``FUSED_MAX_HIDDEN``, and at least
     ``FUSED_MIN_STEPS`` steps for H (``FUSED_MIN_STEPS_PACKED`` with ``packed``). On any number of
     threads: where several threads' forward leaves one row to the serial kernels
     (:func:`forward_route`; on Zen 4 up to H = 192, and single steps), the fused kernel on one of
@@ -1452,8 +1451,8 @@ def fused_recurrence_wanted(T, B, H, dtype, reset_after, gate_kind, use_clip, pa
     process: their time at H = 256 moves with the instance, as without reset_after above).
 
     reset_after=False (:func:`~numgru.kernels.fused.gru_forward_fused_before`, which ONNX's default
-    ``linear_before_reset=0`` gives) from ``FUSED_BEFORE_MIN_HIDDEN`` units, from the steps
-    ``FUSED_BEFORE_MIN_STEPS`` (``FUSED_BEFORE_MIN_STEPS_PACKED``) gives (plain H = 256, T = 64, in
+    ``linear_before_reset=0`` gives) from the steps ``FUSED_BEFORE_MIN_STEPS``
+    (``FUSED_BEFORE_MIN_STEPS_PACKED``) gives (plain H = 256, T = 64, in
     alternating processes against the routes before: 0.799–0.820 against 0.771–0.794 ms, so from 128
     steps there; H = 384 / 512, T = 32 1.03–1.08× / 0.98–1.03×, T = 48, H = 512 1.02–1.06×, H = 640,
     T = 32 0.93–0.96×, nine rounds: so from 48 up to 512 units). Zen 4, one thread, whole
@@ -1485,9 +1484,8 @@ def fused_recurrence_wanted(T, B, H, dtype, reset_after, gate_kind, use_clip, pa
         table = FUSED_MIN_STEPS_PACKED if packed else FUSED_MIN_STEPS
     else:
         table = FUSED_BEFORE_MIN_STEPS_PACKED if packed else FUSED_BEFORE_MIN_STEPS
-    least = FUSED_MIN_HIDDEN if reset_after else FUSED_BEFORE_MIN_HIDDEN
     return (dtype == np.float32 and gate_kind == 0 and not use_clip
-            and B == 1 and least <= H <= FUSED_MAX_HIDDEN
+            and B == 1 and FUSED_MIN_HIDDEN <= H <= FUSED_MAX_HIDDEN
             and T >= next((s for h_max, s in table if H <= h_max), 1 << 62)
             and fused_ready())
 
