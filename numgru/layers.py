@@ -24,11 +24,12 @@ from .kernels.dispatch import (AMX_DIGITS_SPREAD, STEP_AS_PRODUCT_MIN_ROWS, Froz
                                input_gradient, input_projection, keeps_off_blas, matmul_order, no_step_panels,
                                on_one_thread, one_step_as_product, one_thread_each, packed_step, padded_gathers,
                                plain_plan, plan_off_blas, recycled, rows_share_panels, run_from_zero,
-                               run_padded_direction, run_serial_direction, run_step, run_step_digits, scattered,
-                               serial_direction_plan, serial_forward, step_columns, step_columns_workspace,
-                               step_digits_columns_work, take_batch_rows, thread_count, training_directions_apart,
-                               training_tape, valid_steps, vnni_step_inputs, vnni_step_wanted, weight_gradient,
-                               weight_gradient_pair, workspace)
+                               run_padded_direction, run_serial_direction, run_stack, run_step, run_step_digits,
+                               scattered, serial_direction_plan, serial_forward, StackPlan, stack_arguments,
+                               step_columns, step_columns_workspace, step_digits_columns_work, take_batch_rows,
+                               thread_count, training_directions_apart, training_tape, valid_steps,
+                               vnni_step_inputs, vnni_step_wanted, weight_gradient, weight_gradient_pair,
+                               workspace)
 from .kernels._jit import ARRAY_KIND, C_CONTIGUOUS, planned_call
 from .kernels.bf16 import from_bfloat16, to_bfloat16
 from .kernels.forward import first_step_gates, first_step_store
@@ -839,6 +840,11 @@ class GRU(_Params):
         T, B, _ = x.shape
         L, D, H, dtype = self.num_layers, self.num_directions, self.hidden_size, self.dtype
         h_n = np.empty((L * D, B, H), dtype)
+        if lengths is None and isinstance(plan, StackPlan):
+            shape = (T, B, D * H)
+            y = workspace(f"y{(L - 1) % 2}", shape, dtype) if scratch_out else np.empty(shape, dtype)
+            run_stack(plan, x, h0, y, h_n)
+            return y, h_n
         others = None if lengths is None else np.maximum(lengths - 1, 0)  # (writeable int64, as lengths)
         inp = x
         for layer in range(L):
@@ -880,7 +886,8 @@ class GRU(_Params):
                 W_ih, b_ih, W_hh, b_hh, Wp_ih, Wp_hh, T, B, threads,
                 i % self.num_directions == 1 or self.go_backwards, self.reset_after, self._gate_kind,
                 self.alpha, self.beta, self.clip, self._amx_pieces, self._bf16 is not None))
-        return tuple(plan)
+        # every direction on the plain serial kernels: all of them in one kernel call
+        return stack_arguments(plan, self.num_directions, self._zero_bias) or tuple(plan)
 
     def _infer(self, x, h0, lengths, padded, from_zero=False):
         """Inference on checked arrays: x (T, B, I) C-contiguous, h0 (L·D, B, H), lengths (B,) int64

@@ -15,11 +15,29 @@ torch = pytest.importorskip("torch")
 
 
 def _first_steps(monkeypatch):
-    """Counts of the two ways a one-step forward from the zero state runs: by a forward plan, or by
-    :meth:`GRU._first_step` (its own projection)."""
+    """Counts of the two ways a one-step forward from the zero state runs: by a forward plan (a
+    direction at a time, or all of them in one call: ``dispatch.run_stack``, counted per direction),
+    or by :meth:`GRU._first_step` (its own projection)."""
     plan = count_calls(monkeypatch, layers, {"run_from_zero": "plan", "run_serial_direction": "steps"})
+    _count_stack(monkeypatch, plan)
     own = count_calls(monkeypatch, layers, {"first_step_gates": "own"})
     return plan, own
+
+
+def _count_stack(monkeypatch, calls, ran=None):
+    """Count the directions that ``dispatch.run_stack`` takes from the zero state (``calls["plan"]``,
+    and True for each in ``ran``) and from a given h0 (``calls["steps"]``)."""
+    real = layers.run_stack
+
+    def counted(plan, x, h0, y, h_n):
+        if h0 is None:
+            calls["plan"] += len(plan)
+            if ran is not None:
+                ran.extend([True] * len(plan))
+        else:
+            calls["steps"] += len(plan)
+        return real(plan, x, h0, y, h_n)
+    monkeypatch.setattr(layers, "run_stack", counted)
 
 
 @pytest.mark.parametrize("layers_, bidir, bias, batch_first, dtype", list(itertools.product(
@@ -143,6 +161,7 @@ def test_sequence_without_h0_skips_the_first_product(one_thread, monkeypatch, T,
     ran = []
     real = layers.run_from_zero
     monkeypatch.setattr(layers, "run_from_zero", lambda *a: ran.append(real(*a)) or ran[-1])
+    _count_stack(monkeypatch, {"plan": 0, "steps": 0}, ran)
     B, I, H, L = 3, 5, 24, 2
     g = ng.GRU(I, H, L, bidirectional=bidir, reset_after=reset_after, dtype=dtype, seed=8)
     x = np.random.default_rng(T).standard_normal((T, B, I)).astype(dtype)

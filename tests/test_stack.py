@@ -1,0 +1,154 @@
+"""The whole forward in one kernel call (numgru/kernels/stack.py): the same values as each direction's
+calls, bit for bit, and the weights as they are at each call."""
+import copy
+import pickle
+
+import numpy as np
+import pytest
+
+import numgru as ng
+from numgru.kernels.dispatch import StackPlan, stack_arguments
+
+from conftest import TOL
+from reference import gru as ref_gru
+
+
+def _plan(model, T, B):
+    return model._plan_for(T, B)
+
+
+def _reference(model, x, h0=None):
+    return ref_gru(x, model.state_dict(), model.num_layers, model.hidden_size,
+                   bidirectional=model.bidirectional, h0=h0, reset_after=model.reset_after)
+
+
+CASES = [
+    # (dtype, I, H, layers, bidirectional, T, B, options)
+    (np.float32, 10, 20, 3, True, 3, 2, {}),
+    (np.float32, 16, 16, 1, False, 1, 1, {}),
+    (np.float32, 7, 33, 2, False, 5, 3, dict(reset_after=False)),
+    (np.float32, 12, 24, 2, True, 4, 1, dict(bias=False)),
+    (np.float32, 5, 18, 1, True, 6, 2, dict(gate_activation="hard_sigmoid", clip=1.5)),
+    (np.float32, 9, 17, 2, False, 3, 4, dict(go_backwards=True)),
+    (np.float64, 10, 20, 2, True, 3, 2, {}),
+    (np.float64, 6, 11, 1, False, 7, 1, dict(reset_after=False, bias=False)),
+]
+
+
+@pytest.mark.parametrize("dtype, I, H, L, bidirectional, T, B, options", CASES)
+def test_one_call_equals_the_directions_calls(one_thread, dtype, I, H, L, bidirectional, T, B, options):
+    g = ng.GRU(I, H, num_layers=L, bidirectional=bidirectional, dtype=dtype, seed=3, **options)
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    h0 = rng.uniform(-1, 1, (L * g.num_directions, B, H)).astype(dtype)
+    plan = _plan(g, T, B)
+    assert isinstance(plan, StackPlan)
+    for state in (None, h0):
+        y, h = g(x) if state is None else g(x, state)
+        # each direction's own calls, by the same plan
+        ry, rh = g._run_plan(tuple(plan), x, None if state is None else state.copy())
+        np.testing.assert_array_equal(y, ry)
+        np.testing.assert_array_equal(h, rh)
+        if not options.get("gate_activation") and not options.get("go_backwards"):
+            fy, fh = _reference(g, x, state)
+            np.testing.assert_allclose(y, fy, **TOL[dtype])
+            np.testing.assert_allclose(h, fh, **TOL[dtype])
+
+
+def test_two_threads(two_threads):
+    g = ng.GRU(8, 24, num_layers=2, bidirectional=True, seed=1)
+    x = np.random.default_rng(2).standard_normal((4, 3, 8)).astype(np.float32)
+    y, h = g(x)
+    ry, rh = _reference(g, x)
+    np.testing.assert_allclose(y, ry, atol=1e-5)
+    np.testing.assert_allclose(h, rh, atol=1e-5)
+
+
+def test_weights_changed_in_place_are_read(one_thread):
+    g = ng.GRU(6, 12, num_layers=2, bidirectional=True, seed=4)
+    x = np.random.default_rng(3).standard_normal((5, 2, 6)).astype(np.float32)
+    g(x)
+    assert isinstance(_plan(g, 5, 2), StackPlan)
+    for name, p in g.named_parameters():  # live arrays, as an optimizer updates them
+        p *= 1.5
+    np.testing.assert_allclose(g(x)[0], _reference(g, x)[0], atol=1e-5)
+    other = ng.GRU(6, 12, num_layers=2, bidirectional=True, seed=9)
+    g.load_state_dict(other.state_dict())
+    np.testing.assert_array_equal(g(x)[0], other(x)[0])
+    # a training step through the optimizer, then inference
+    opt = ng.optim.SGD(g.named_parameters(), lr=0.1)
+    y, _, tape = g.forward_train(x)
+    opt.step(g.backward(tape, np.ones_like(y))[2])
+    np.testing.assert_allclose(g(x)[0], _reference(g, x)[0], atol=1e-5)
+
+
+def test_copies_read_their_own_weights(one_thread):
+    g = ng.GRU(5, 10, num_layers=2, seed=6)
+    x = np.random.default_rng(4).standard_normal((3, 1, 5)).astype(np.float32)
+    before = g(x)[0].copy()
+    copies = [copy.deepcopy(g), pickle.loads(pickle.dumps(g)), g.freeze()]
+    for _, p in g.named_parameters():
+        p[...] = 0
+    np.testing.assert_array_equal(g(x)[0], 0)
+    for c in copies:
+        np.testing.assert_allclose(c(x)[0], before, atol=1e-6)
+
+
+def test_inputs_of_every_kind(one_thread):
+    g = ng.GRU(4, 8, num_layers=2, batch_first=True, seed=2)
+    x = np.random.default_rng(5).standard_normal((3, 6, 4)).astype(np.float32)  # (B, T, I)
+    ry = _reference(g, x.transpose(1, 0, 2))[0].transpose(1, 0, 2)
+    ro = x.copy()
+    ro.flags.writeable = False
+    for inp in (x, ro, np.asfortranarray(x)):
+        np.testing.assert_allclose(g(inp)[0], ry, atol=1e-5)
+    # one sequence without a batch axis
+    np.testing.assert_allclose(g(x[1])[0], ry[1], atol=1e-5)
+    # padded rows keep each direction's calls
+    lengths = np.array([6, 2, 4])
+    y, _ = g(x, lengths=lengths)
+    for b, n in enumerate(lengths):
+        np.testing.assert_allclose(y[b, :n], _reference(g, x[b:b + 1, :n].transpose(1, 0, 2))[0][:, 0],
+                                   atol=1e-5)
+        np.testing.assert_array_equal(y[b, n:], 0)
+
+
+def test_plans_it_does_not_take(one_thread):
+    # a frozen copy's packed panels, or a fused forward: the directions' own calls
+    g = ng.GRU(64, 64, seed=1)
+    f = g.freeze()
+    x = np.random.default_rng(6).standard_normal((2, 1, 64)).astype(np.float32)
+    np.testing.assert_allclose(f(x)[0], g(x)[0], atol=1e-6)
+    assert isinstance(_plan(g, 2, 1), StackPlan)
+    assert not isinstance(_plan(f, 2, 1), StackPlan)
+    long = np.random.default_rng(7).standard_normal((40, 1, 64)).astype(np.float32)
+    if _plan(g, 40, 1)[0][8] is not None:  # the fused forward (AVX-512)
+        assert not isinstance(_plan(g, 40, 1), StackPlan)
+    np.testing.assert_allclose(g(long)[0], _reference(g, long)[0], atol=1e-5)
+
+
+def test_weights_it_cannot_find_by_address_are_refused():
+    g = ng.GRU(8, 8, seed=1)
+    plan = _plan(g, 2, 1)
+    (W_ih, Wp, bias, use_bias), *rest = plan[0]
+    for bad in (W_ih[:, ::2], W_ih.astype(np.float64), W_ih[:-1]):
+        assert stack_arguments((((bad, Wp, bias, use_bias), *rest),), 1, g._zero_bias) is None
+    assert stack_arguments((((W_ih, Wp, bias[:-1], use_bias), *rest),), 1, g._zero_bias) is None
+    assert stack_arguments(plan, 1, g._zero_bias) is not None
+
+
+def test_first_step_from_the_zero_state_does_not_read_W_hh(one_thread):
+    # as each direction's calls: W_hh · 0 is not computed, so a NaN in W_hh shows from the second step
+    g = ng.GRU(4, 6, bidirectional=True, seed=2)
+    for _, p in g.named_parameters():
+        if p.shape == (18, 6):
+            p[...] = np.nan
+    x = np.random.default_rng(8).standard_normal((3, 2, 4)).astype(np.float32)
+    y, h = g(x)
+    assert isinstance(_plan(g, 3, 2), StackPlan)
+    assert np.isfinite(y[0, :, :6]).all() and np.isnan(y[1:, :, :6]).all()
+    assert np.isfinite(y[2, :, 6:]).all() and np.isnan(y[:2, :, 6:]).all()
+    ry, rh = g._run_plan(tuple(_plan(g, 3, 2)), x, None)
+    np.testing.assert_array_equal(y, ry)
+    np.testing.assert_array_equal(h, rh)
+    assert np.isfinite(g(x[:1])[0]).all()
