@@ -887,7 +887,8 @@ class GRU(_Params):
                 i % self.num_directions == 1 or self.go_backwards, self.reset_after, self._gate_kind,
                 self.alpha, self.beta, self.clip, self._amx_pieces, self._bf16 is not None))
         # every direction on the plain serial kernels: all of them in one kernel call
-        return stack_arguments(plan, self.num_directions, self._zero_bias) or tuple(plan)
+        return stack_arguments(plan, T, B, self.num_directions, self._zero_bias, self._kernel_scalars()) \
+            or tuple(plan)
 
     def _infer(self, x, h0, lengths, padded, from_zero=False):
         """Inference on checked arrays: x (T, B, I) C-contiguous, h0 (L·D, B, H), lengths (B,) int64

@@ -113,28 +113,44 @@ def test_inputs_of_every_kind(one_thread):
         np.testing.assert_array_equal(y[b, n:], 0)
 
 
+@pytest.mark.parametrize("reset_after", [True, False])
+def test_fused_directions(one_thread, reset_after):
+    # one row over enough steps takes the fused forward (AVX-512): in the one call too
+    g = ng.GRU(12, 64, num_layers=2, bidirectional=True, reset_after=reset_after, seed=5)
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((40, 1, 12)).astype(np.float32)
+    h0 = rng.uniform(-1, 1, (4, 1, 64)).astype(np.float32)
+    plan = _plan(g, 40, 1)
+    assert isinstance(plan, StackPlan)
+    for state in (None, h0):
+        y, h = g(x) if state is None else g(x, state)
+        ry, rh = g._run_plan(tuple(plan), x, None if state is None else state.copy())
+        np.testing.assert_array_equal(y, ry)
+        np.testing.assert_array_equal(h, rh)
+        fy, fh = _reference(g, x, state)
+        np.testing.assert_allclose(y, fy, atol=1e-5)
+        np.testing.assert_allclose(h, fh, atol=1e-5)
+
+
 def test_plans_it_does_not_take(one_thread):
-    # a frozen copy's packed panels, or a fused forward: the directions' own calls
+    # a frozen copy's packed panels: the directions' own calls
     g = ng.GRU(64, 64, seed=1)
     f = g.freeze()
     x = np.random.default_rng(6).standard_normal((2, 1, 64)).astype(np.float32)
     np.testing.assert_allclose(f(x)[0], g(x)[0], atol=1e-6)
     assert isinstance(_plan(g, 2, 1), StackPlan)
     assert not isinstance(_plan(f, 2, 1), StackPlan)
-    long = np.random.default_rng(7).standard_normal((40, 1, 64)).astype(np.float32)
-    if _plan(g, 40, 1)[0][8] is not None:  # the fused forward (AVX-512)
-        assert not isinstance(_plan(g, 40, 1), StackPlan)
-    np.testing.assert_allclose(g(long)[0], _reference(g, long)[0], atol=1e-5)
 
 
 def test_weights_it_cannot_find_by_address_are_refused():
     g = ng.GRU(8, 8, seed=1)
     plan = _plan(g, 2, 1)
     (W_ih, Wp, bias, use_bias), *rest = plan[0]
+    args = (2, 1, 1, g._zero_bias, g._kernel_scalars())
     for bad in (W_ih[:, ::2], W_ih.astype(np.float64), W_ih[:-1]):
-        assert stack_arguments((((bad, Wp, bias, use_bias), *rest),), 1, g._zero_bias) is None
-    assert stack_arguments((((W_ih, Wp, bias[:-1], use_bias), *rest),), 1, g._zero_bias) is None
-    assert stack_arguments(plan, 1, g._zero_bias) is not None
+        assert stack_arguments((((bad, Wp, bias, use_bias), *rest),), *args) is None
+    assert stack_arguments((((W_ih, Wp, bias[:-1], use_bias), *rest),), *args) is None
+    assert stack_arguments(plan, *args) is not None
 
 
 def test_first_step_from_the_zero_state_does_not_read_W_hh(one_thread):

@@ -2337,54 +2337,66 @@ class StackPlan(tuple):
     :func:`run_stack` runs in one kernel call (:mod:`~numgru.kernels.stack`), with that call's
     arguments (:func:`stack_arguments`): ``addresses``, ``flags``, ``scalars`` (reset_after and the
     gates), ``lengths`` and ``others`` (B,) all T and T − 1, ``directions``, ``inner`` (whether there
-    are inner layers), ``no_state`` (h0's place from the zero state); ``natives`` (the kernels'
-    addresses per kind of x) and ``entries`` (:func:`~numgru.kernels._jit.planned_call`'s), filled on
-    use. Iterated, the directions' plans, which the other paths run one by one (padded rows)."""
+    are inner layers), ``no_state`` (h0's place from the zero state), ``kernels`` (whether some
+    direction runs the plain serial kernels, whether some runs the fused forward); ``natives`` (the
+    kernels' addresses per kind of x) and ``entries`` (:func:`~numgru.kernels._jit.planned_call`'s),
+    filled on use. Iterated, the directions' plans, which the other paths run one by one (padded
+    rows)."""
 
 
-def stack_arguments(plans, directions, zero_bias):
-    """A :class:`StackPlan` of ``plans`` (every direction of every layer, layer by layer, ``directions``
-    a layer) where each runs the plain serial kernels on weights as they lie: a :func:`plain_plan`
-    whose projection is not on tiles, bfloat16 products or Numba's threads, with no packed panels kept
-    (a plain model's; a frozen one's where it keeps none at this shape) and float W_hh of W_ih's
-    dtype; else None. ``zero_bias``: zeros (3H,) of that dtype, b_ih's place without bias.
+def stack_arguments(plans, T, B, directions, zero_bias, scalars):
+    """A :class:`StackPlan` of ``plans`` (every direction of every layer over B rows of T steps, layer
+    by layer, ``directions`` a layer) where each runs, on weights as they lie (no panels kept: a plain
+    model's, or a frozen one's where it keeps none at this shape), either the plain serial kernels (a
+    :func:`plain_plan` whose projection is not on tiles, bfloat16 products or Numba's threads) or the
+    fused forward (:func:`~numgru.kernels.fused.gru_forward_fused`, one row); else None. ``zero_bias``:
+    zeros (3H,) of the weights' dtype, b_ih's place without bias; ``scalars``: (reset_after, *gates) as
+    the kernels take them (:func:`gate_scalars`).
 
     The kernel finds each direction's weights by the addresses read here from the arrays the plans
     keep, so they must stay the plans' (they do: a model that replaces its arrays drops its plans),
     and weights changed in place are read as they are. Measured on Zen 4 (one thread, whole forwards
     ``gru(x)`` from Python, one process, µs, the stack against each direction's calls): (T, B, I, H,
-    layers, directions) (1, 1, 64, 64, 1, 1) 2.9 against 8.5; (8, 1, 64, 64, 1, 1) 10.8 / 18.6;
-    (3, 2, 10, 20, 1, 2) 6.0 / 19.5; (3, 2, 10, 20, 3, 2) 14.9 / 54.4; (10, 1, 32, 32, 2, 2) 21.1 /
-    47.9; (32, 1, 64, 64, 2, 2) 138 / 146; (16, 4, 64, 128, 2, 1) 235 / 258. The same kernels run
-    in the same order: the values are equal bit for bit."""
+    layers, directions) (1, 1, 64, 64, 1, 1) 6.3 against 7.2; (8, 1, 64, 64, 1, 1) 14.4 / 16.8;
+    (3, 2, 10, 20, 3, 2) 19.5 / 52.9; (10, 1, 32, 32, 2, 2) 26.4 / 47.0. The same kernels run in the
+    same order: the values are equal bit for bit."""
     n = len(plans)
     addresses = np.empty((n, 4), np.int64)
-    flags = np.empty((n, 5), np.int64)
-    scalars = lengths = None
+    flags = np.empty((n, 6), np.int64)
+    plain = fused = False
     for i, p in enumerate(plans):
-        if not plain_plan(p):
+        fused_steps = p[8]
+        if fused_steps is not None and p[4] is None:  # (the tiles' recurrence would run first)
+            _, W_ih, Wp_ih, b_ih, W_hh, Wp_a, Wp_b, b_hh, reverse = fused_steps  # (b_ih zeros without bias)
+            panels = dot = use_bias = False
+            tiled_max = 0
+            fused = True
+        elif plain_plan(p):
+            (W_ih, Wp_ih, bias, use_bias), (panels, dot, amx, _, _, dp, par) = p[0], p[1]
+            (W_hh, (Wp_a, Wp_b), b_hh), gates, rest = p[2]
+            if amx or dp or par or rest[0] or rest[3] != 0:
+                return None
+            b_ih = bias if use_bias else zero_bias
+            reverse, tiled_max = gates[2], rest[2]
+            plain = True
+        else:
             return None
-        (W_ih, Wp_ih, bias, use_bias), (panels, dot, amx, _, _, dp, par), (weights, gates, rest) = p[:3]
-        W_hh, (Wp_a, Wp_b), b_hh = weights
+        if Wp_ih.shape[0] or Wp_a.shape[0] or Wp_b.shape[0]:
+            return None
         M = W_hh.shape[0]
-        if amx or dp or par or Wp_ih.shape[0] or Wp_a.shape[0] or Wp_b.shape[0] or W_hh.dtype != W_ih.dtype \
-                or rest[0] or rest[3] != 0:
-            return None
-        b_ih = bias if use_bias else zero_bias
         for a, shape in ((W_ih, (M, W_ih.shape[1])), (b_ih, (M,)), (W_hh, (M, M // 3)), (b_hh, (M,))):
             # (the kernel reads these shapes there: what the plans hold, checked once)
-            if a.dtype != W_ih.dtype or a.shape != shape or not a.flags.c_contiguous:
+            if a.dtype != zero_bias.dtype or a.shape != shape or not a.flags.c_contiguous:
                 return None
         addresses[i] = (W_ih.ctypes.data, b_ih.ctypes.data, W_hh.ctypes.data, b_hh.ctypes.data)
-        lengths, _, reverse, reset_after, *gate_values = gates
-        flags[i] = (bool(panels), bool(dot), bool(use_bias), bool(reverse), rest[2])
-        scalars = (bool(reset_after), *gate_values)
+        flags[i] = (bool(panels), bool(dot), bool(use_bias), bool(reverse), tiled_max, fused_steps is not None)
     stack = StackPlan(plans)
-    stack.addresses, stack.flags, stack.scalars, stack.directions = addresses, flags, scalars, directions
-    stack.lengths = lengths
-    stack.others = np.maximum(lengths - 1, 0)
+    stack.addresses, stack.flags, stack.scalars, stack.directions = addresses, flags, tuple(scalars), directions
+    stack.lengths = np.full(B, T, np.int64)
+    stack.others = np.full(B, T - 1, np.int64)
     stack.inner = n > directions
-    stack.no_state = empty_array(W_ih.dtype, 3)
+    stack.no_state = empty_array(zero_bias.dtype, 3)
+    stack.kernels = (plain, fused)
     stack.natives, stack.entries = {}, {}
     return stack
 
@@ -2409,28 +2421,42 @@ def run_stack(plan, x, h0, y, h_n):
         natives = plan.natives[kind] = _stack_natives(plan, x, gx, ya, h1, h_n)
     planned_call(plan.entries, kind, gru_stack_forward, x, plan.addresses, plan.flags,
                  plan.no_state if h0 is None else h0, h0 is None, ya, yb, y, gx, h_n, h1, plan.lengths, plan.others,
-                 *plan.scalars, plan.directions, *natives)
+                 *plan.scalars, plan.directions, natives)
 
 
 def _stack_natives(plan, x, gx, y, h1, h_n):
-    """The addresses :func:`~numgru.kernels.stack.gru_stack_forward` calls for x's kind of array:
-    the projection's for layer 0's input and for an inner layer's, the first step's and the serial
-    forward's, taken for arguments of the types the stack hands them (:func:`native_address`)."""
+    """The addresses :func:`~numgru.kernels.stack.gru_stack_forward` calls for x's kind of array
+    (``natives``, int64, zero for a kernel no direction runs): the projection's for layer 0's input
+    and for an inner layer's, the first step's, the serial forward's, the fused forward's for layer
+    0's input and an inner layer's, taken for arguments of the types the stack hands them
+    (:func:`native_address`)."""
     T, B, I = x.shape
     dtype = y.dtype
-    W_ih, _, _, _ = plan[0][0]
-    W_hh, _, b_hh = plan[0][2][0]
-    empty = empty_array(dtype, 3)
+    W_ih = plan[0][0][0]
+    W_hh = plan.no_state.reshape(0, 0)  # (a 2-D array of the weights' type)
+    bias = np.zeros(3 * h_n.shape[2], dtype)
+    empty = plan.no_state
     g3 = gx.reshape(T, B, gx.shape[1])
+    x2d, inner = x.reshape(T * B, I), y.reshape(T * B, y.shape[2])
     reset_after, *gates = plan.scalars
-    return (native_address(input_projection_kernel, (x.reshape(T * B, I), W_ih, empty, b_hh, True, gx, True, True)),
-            native_address(input_projection_kernel, (y.reshape(T * B, y.shape[2]), W_ih, empty, b_hh, True, gx,
-                                                     True, True)),
-            native_address(first_step_gates, (g3[0], b_hh, plan.lengths, reset_after, *gates, y[0:1], np.int64(0),
+    plain, fused = plan.kernels
+    natives = np.zeros(6, np.int64)
+    if plain:
+        natives[:4] = (
+            native_address(input_projection_kernel, (x2d, W_ih, empty, bias, True, gx, True, True)),
+            native_address(input_projection_kernel, (inner, W_ih, empty, bias, True, gx, True, True)),
+            native_address(first_step_gates, (g3[0], bias, plan.lengths, reset_after, *gates, y[0:1], np.int64(0),
                                               h1)),
-            native_address(gru_forward_serial, (g3, W_hh, (empty, empty), b_hh, h1, plan.lengths, True, True,
+            native_address(gru_forward_serial, (g3, W_hh, (empty, empty), bias, h1, plan.lengths, True, True,
                                                 reset_after, *gates, y, np.int64(0), h_n[0], False, empty,
                                                 np.int64(1), np.int64(0), np.int64(B))))
+    if fused:
+        kernel, panels = (gru_forward_fused, (empty,)) if reset_after else (gru_forward_fused_before, (empty, empty))
+        natives[4:] = (native_address(kernel, (x2d, W_ih, empty, bias, W_hh, *panels, bias, h1, True, y, np.int64(0),
+                                               h_n[0])),
+                       native_address(kernel, (inner, W_ih, empty, bias, W_hh, *panels, bias, h1, True, y, np.int64(0),
+                                               h_n[0])))
+    return natives
 
 
 def run_padded_direction(plan, x2d, gx, h0, lengths, others, y, col0, h_n):

@@ -1,10 +1,11 @@
 """A whole inference forward, every layer and direction, in one kernel call: for models whose plan
-runs the plain serial kernels in every direction (small ones, where those calls are most of the time).
+runs, in every direction, the plain serial kernels or the one-row fused forward on weights as they lie
+(small ones, where those calls are most of the time).
 
 A plan (:func:`~numgru.kernels.dispatch.serial_direction_plan`) makes each direction's choices once,
-but running it still costs three kernel calls a direction from Python (the input projection, the
-first step from the zero state, the other steps), with the glue between them: about 7 µs a direction
-on Zen 4, against 1–2 µs of arithmetic at H ≤ 64 and a few steps. :func:`gru_stack_forward` takes
+but running it still costs up to three kernel calls a direction from Python (the input projection,
+the first step from the zero state, the other steps), with the glue between them: about 7 µs a
+direction on Zen 4, against 1–2 µs of arithmetic at H ≤ 64 and a few steps. :func:`gru_stack_forward` takes
 the same kernels with the same arguments from inside one compiled call, so its results are those of
 the plan's calls bit for bit; each direction's weights are found by their addresses, which the plan
 reads once from the arrays it keeps (:func:`~numgru.kernels.dispatch.stack_arguments`), so weights
@@ -22,8 +23,11 @@ from ._jit import call_native, kernel, wide_vectors
 #: (3H,), W_hh (3H, H) and b_hh (3H,) start (b_ih zeros without bias)
 W_IH, B_IH, W_HH, B_HH = range(4)
 #: columns of its ``flags``: the projection's panels and dot-product block, whether it adds b_ih, whether
-#: the direction runs backwards in time, the recurrence's ``tiled_max``
-PANELS, DOT, USE_BIAS, REVERSE, TILED_MAX = range(5)
+#: the direction runs backwards in time, the recurrence's ``tiled_max``, whether the direction runs the
+#: fused forward (:func:`~numgru.kernels.fused.gru_forward_fused`) rather than the serial kernels
+PANELS, DOT, USE_BIAS, REVERSE, TILED_MAX, FUSED = range(6)
+#: entries of its ``natives``: the kernels' addresses
+PROJECT_FIRST, PROJECT, FIRST_STEP, SERIAL, FUSED_FIRST, FUSED_INNER = range(6)
 
 
 @intrinsic
@@ -41,22 +45,23 @@ def pointer_at(typingctx, address, like):
 
 @kernel
 def gru_stack_forward(x, addresses, flags, h0, from_zero, ya, yb, y, gx, h_n, h1, lengths, others,
-                      reset_after, gate_kind, alpha, beta, use_clip, clip, D, project_first, project,
-                      first_step, serial):
+                      reset_after, gate_kind, alpha, beta, use_clip, clip, D, natives):
     """All L layers and D directions of an inference forward over rows that all run T steps, each
     direction as :func:`~numgru.kernels.dispatch.run_serial_direction` (h0 given) or
-    :func:`~numgru.kernels.dispatch.run_from_zero` (``from_zero``) runs a plain plan of it.
+    :func:`~numgru.kernels.dispatch.run_from_zero` (``from_zero``) runs its plan: the plain serial
+    kernels, or the fused forward (one row; from a zero state where ``from_zero``).
 
-    x (T, B, I) C-contiguous; ``addresses`` (L·D, 4) int64 and ``flags`` (L·D, 5) int64 per direction,
+    x (T, B, I) C-contiguous; ``addresses`` (L·D, 4) int64 and ``flags`` (L·D, 6) int64 per direction,
     layer by layer (columns :data:`W_IH` … and :data:`PANELS` …); h0 (L·D, B, H) (any array when
     ``from_zero``); ya, yb (T, B, D·H) scratch for the inner layers' outputs (layer k's in ya for k
     even, yb odd; any arrays for one layer); y (T, B, D·H) out, the top layer's; gx (T·B, 3H) and
     h1 (B, H) scratch; h_n (L·D, B, H) out; lengths (B,) all T and others (B,) all T − 1, int64. One
-    float dtype; no output aliases an input. The gate scalars as the kernels take them.
-    ``project_first`` / ``project``: :func:`~numgru.kernels.forward.input_projection_kernel`'s
-    addresses for layer 0's input and for the inner layers' (the same where x is writeable);
-    ``first_step``: :func:`~numgru.kernels.forward.first_step_gates`'; ``serial``: the serial
-    forward's (:func:`~numgru.kernels._jit.native_address`, for the types they are handed here)."""
+    float dtype; no output aliases an input. The gate scalars as the kernels take them. ``natives``
+    (6,) int64: the addresses of the kernels it runs (:data:`PROJECT_FIRST` …), taken for the types
+    they are handed here (:func:`~numgru.kernels._jit.native_address`): the projection
+    (:func:`~numgru.kernels.forward.input_projection_kernel`) and the fused forward each for layer 0's
+    input and for an inner layer's (the same where x is writeable), the first step
+    (:func:`~numgru.kernels.forward.first_step_gates`) and the serial forward."""
     wide_vectors()
     T = x.shape[0]
     B = x.shape[1]
@@ -65,41 +70,60 @@ def gru_stack_forward(x, addresses, flags, h0, from_zero, ya, yb, y, gx, h_n, h1
     L = addresses.shape[0] // D
     empty = np.empty((0, 0, 0), x.dtype)
     g3 = gx.reshape((T, B, M))
+    x2d = x.reshape((T * B, x.shape[2]))
     for layer in range(L):
         out = y if layer == L - 1 else (ya if layer % 2 == 0 else yb)
+        inp = ya if layer % 2 == 1 else yb  # layer k's input for k ≥ 1: layer k − 1's output
+        inner = inp.reshape((T * B, inp.shape[2]))
+        K = x.shape[2] if layer == 0 else inp.shape[2]
         for d in range(D):
             i = layer * D + d
             a = addresses[i]
             reverse = flags[i, REVERSE] != 0
-            tiled_max = flags[i, TILED_MAX]
             col0 = d * H
+            W_ih = numba.carray(pointer_at(a[W_IH], x), (M, K))
             b_ih = numba.carray(pointer_at(a[B_IH], x), (M,))
             W_hh = numba.carray(pointer_at(a[W_HH], x), (M, H))
             b_hh = numba.carray(pointer_at(a[B_HH], x), (M,))
+            if flags[i, FUSED] != 0:
+                if from_zero:
+                    h1[:] = 0
+                start = h1 if from_zero else h0[i]
+                if reset_after and layer == 0:
+                    call_native(natives[FUSED_FIRST], (x2d, W_ih, empty, b_ih, W_hh, empty, b_hh, start, reverse, out,
+                                                       col0, h_n[i]), None)
+                elif reset_after:
+                    call_native(natives[FUSED_INNER], (inner, W_ih, empty, b_ih, W_hh, empty, b_hh, start, reverse,
+                                                       out, col0, h_n[i]), None)
+                elif layer == 0:
+                    call_native(natives[FUSED_FIRST], (x2d, W_ih, empty, b_ih, W_hh, empty, empty, b_hh, start,
+                                                       reverse, out, col0, h_n[i]), None)
+                else:
+                    call_native(natives[FUSED_INNER], (inner, W_ih, empty, b_ih, W_hh, empty, empty, b_hh, start,
+                                                       reverse, out, col0, h_n[i]), None)
+                continue
+            use_bias = flags[i, USE_BIAS] != 0
+            panels = flags[i, PANELS] != 0
+            dot = flags[i, DOT] != 0
             if layer == 0:
-                W_ih = numba.carray(pointer_at(a[W_IH], x), (M, x.shape[2]))
-                call_native(project_first, (x.reshape((T * B, x.shape[2])), W_ih, empty, b_ih,
-                                            flags[i, USE_BIAS] != 0, gx, flags[i, PANELS] != 0,
-                                            flags[i, DOT] != 0), None)
+                call_native(natives[PROJECT_FIRST], (x2d, W_ih, empty, b_ih, use_bias, gx, panels, dot), None)
             else:
-                inp = ya if layer % 2 == 1 else yb
-                W_ih = numba.carray(pointer_at(a[W_IH], x), (M, inp.shape[2]))
-                call_native(project, (inp.reshape((T * B, inp.shape[2])), W_ih, empty, b_ih,
-                                      flags[i, USE_BIAS] != 0, gx, flags[i, PANELS] != 0,
-                                      flags[i, DOT] != 0), None)
+                call_native(natives[PROJECT], (inner, W_ih, empty, b_ih, use_bias, gx, panels, dot), None)
+            tiled_max = flags[i, TILED_MAX]
             if not from_zero:
-                call_native(serial, (g3, W_hh, (empty, empty), b_hh, h0[i], lengths, np.bool_(True), reverse,
-                                     reset_after, gate_kind, alpha, beta, use_clip, clip, out, col0, h_n[i],
-                                     np.bool_(False), empty, tiled_max, np.int64(0), np.int64(B)), None)
+                call_native(natives[SERIAL], (g3, W_hh, (empty, empty), b_hh, h0[i], lengths, np.bool_(True),
+                                              reverse, reset_after, gate_kind, alpha, beta, use_clip, clip, out,
+                                              col0, h_n[i], np.bool_(False), empty, tiled_max, np.int64(0),
+                                              np.int64(B)), None)
                 continue
             # the first step from the zero state, W_hh not read (the last in reverse), then the others
             first = T - 1 if reverse else 0
             h = h_n[i] if T == 1 else h1
-            call_native(first_step, (g3[first], b_hh, lengths, reset_after, gate_kind, alpha, beta, use_clip,
-                                     clip, out[first:first + 1], col0, h), None)
+            call_native(natives[FIRST_STEP], (g3[first], b_hh, lengths, reset_after, gate_kind, alpha, beta,
+                                              use_clip, clip, out[first:first + 1], col0, h), None)
             if T > 1:
                 s0 = 0 if reverse else 1
-                call_native(serial, (g3[s0:s0 + T - 1], W_hh, (empty, empty), b_hh, h1, others, np.bool_(True),
-                                     reverse, reset_after, gate_kind, alpha, beta, use_clip, clip,
-                                     out[s0:s0 + T - 1], col0, h_n[i], np.bool_(False), empty, tiled_max,
-                                     np.int64(0), np.int64(B)), None)
+                call_native(natives[SERIAL], (g3[s0:s0 + T - 1], W_hh, (empty, empty), b_hh, h1, others,
+                                              np.bool_(True), reverse, reset_after, gate_kind, alpha, beta, use_clip,
+                                              clip, out[s0:s0 + T - 1], col0, h_n[i], np.bool_(False), empty,
+                                              tiled_max, np.int64(0), np.int64(B)), None)
