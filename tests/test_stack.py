@@ -8,6 +8,7 @@ import pytest
 
 import numgru as ng
 from numgru.kernels.dispatch import StackPlan, stack_arguments
+from numgru.kernels.fused import fused_ready
 
 from conftest import TOL
 from reference import gru as ref_gru
@@ -35,24 +36,33 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("dtype, I, H, L, bidirectional, T, B, options", CASES)
-def test_one_call_equals_the_directions_calls(one_thread, dtype, I, H, L, bidirectional, T, B, options):
-    g = ng.GRU(I, H, num_layers=L, bidirectional=bidirectional, dtype=dtype, seed=3, **options)
-    rng = np.random.default_rng(7)
-    x = rng.standard_normal((T, B, I)).astype(dtype)
-    h0 = rng.uniform(-1, 1, (L * g.num_directions, B, H)).astype(dtype)
+def _check_one_call(g, T, B, seed, tol=None):
+    """g's forward over (T, B) from the zero state and from a given h0: bit for bit its plan's calls a
+    direction at a time, and within ``tol`` of tests/reference.py (None: not compared). Returns the
+    plan."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((T, B, g.input_size)).astype(g.dtype)
+    h0 = rng.uniform(-1, 1, (g.num_layers * g.num_directions, B, g.hidden_size)).astype(g.dtype)
     plan = _plan(g, T, B)
     assert isinstance(plan, StackPlan)
     for state in (None, h0):
         y, h = g(x) if state is None else g(x, state)
-        # each direction's own calls, by the same plan
         ry, rh = g._run_plan(tuple(plan), x, None if state is None else state.copy())
         np.testing.assert_array_equal(y, ry)
         np.testing.assert_array_equal(h, rh)
-        if not options.get("gate_activation") and not options.get("go_backwards"):
+        if tol is not None:
             fy, fh = _reference(g, x, state)
-            np.testing.assert_allclose(y, fy, **TOL[dtype])
-            np.testing.assert_allclose(h, fh, **TOL[dtype])
+            np.testing.assert_allclose(y, fy, **tol)
+            np.testing.assert_allclose(h, fh, **tol)
+    return plan
+
+
+@pytest.mark.parametrize("dtype, I, H, L, bidirectional, T, B, options", CASES)
+def test_one_call_equals_the_directions_calls(one_thread, dtype, I, H, L, bidirectional, T, B, options):
+    g = ng.GRU(I, H, num_layers=L, bidirectional=bidirectional, dtype=dtype, seed=3, **options)
+    # (the reference has neither hard-sigmoid gates nor go_backwards: tests/test_forward.py checks those)
+    plain = not options.get("gate_activation") and not options.get("go_backwards")
+    assert _check_one_call(g, T, B, 7, TOL[dtype] if plain else None).kernels == (True, False)
 
 
 def test_two_threads(two_threads):
@@ -117,19 +127,9 @@ def test_inputs_of_every_kind(one_thread):
 def test_fused_directions(one_thread, reset_after):
     # one row over enough steps takes the fused forward (AVX-512): in the one call too
     g = ng.GRU(12, 64, num_layers=2, bidirectional=True, reset_after=reset_after, seed=5)
-    rng = np.random.default_rng(9)
-    x = rng.standard_normal((40, 1, 12)).astype(np.float32)
-    h0 = rng.uniform(-1, 1, (4, 1, 64)).astype(np.float32)
-    plan = _plan(g, 40, 1)
-    assert isinstance(plan, StackPlan)
-    for state in (None, h0):
-        y, h = g(x) if state is None else g(x, state)
-        ry, rh = g._run_plan(tuple(plan), x, None if state is None else state.copy())
-        np.testing.assert_array_equal(y, ry)
-        np.testing.assert_array_equal(h, rh)
-        fy, fh = _reference(g, x, state)
-        np.testing.assert_allclose(y, fy, atol=1e-5)
-        np.testing.assert_allclose(h, fh, atol=1e-5)
+    plan = _check_one_call(g, 40, 1, 9, TOL[np.float32])
+    if fused_ready():
+        assert plan.kernels == (False, True)
 
 
 def test_plans_it_does_not_take(one_thread):
