@@ -886,7 +886,7 @@ class GRU(_Params):
                 W_ih, b_ih, W_hh, b_hh, Wp_ih, Wp_hh, T, B, threads,
                 i % self.num_directions == 1 or self.go_backwards, self.reset_after, self._gate_kind,
                 self.alpha, self.beta, self.clip, self._amx_pieces, self._bf16 is not None))
-        # every direction on the plain serial kernels: all of them in one kernel call
+        # every direction on the plain serial kernels or the one-row fused forward: all in one kernel call
         return stack_arguments(plan, T, B, self.num_directions, self._zero_bias, self._kernel_scalars()) \
             or tuple(plan)
 

@@ -2451,11 +2451,10 @@ def _stack_natives(plan, x, gx, y, h1, h_n):
                                                 reset_after, *gates, y, np.int64(0), h_n[0], False, empty,
                                                 np.int64(1), np.int64(0), np.int64(B))))
     if fused:
-        kernel, panels = (gru_forward_fused, (empty,)) if reset_after else (gru_forward_fused_before, (empty, empty))
-        natives[4:] = (native_address(kernel, (x2d, W_ih, empty, bias, W_hh, *panels, bias, h1, True, y, np.int64(0),
-                                               h_n[0])),
-                       native_address(kernel, (inner, W_ih, empty, bias, W_hh, *panels, bias, h1, True, y, np.int64(0),
-                                               h_n[0])))
+        fused_forward, panels = ((gru_forward_fused, (empty,)) if reset_after
+                                 else (gru_forward_fused_before, (empty, empty)))
+        natives[4:] = [native_address(fused_forward, (inp, W_ih, empty, bias, W_hh, *panels, bias, h1, True, y,
+                                                      np.int64(0), h_n[0])) for inp in (x2d, inner)]
     return natives
 
 
