@@ -840,12 +840,12 @@ class GRU(_Params):
         T, B, _ = x.shape
         L, D, H, dtype = self.num_layers, self.num_directions, self.hidden_size, self.dtype
         h_n = np.empty((L * D, B, H), dtype)
-        if lengths is None and isinstance(plan, StackPlan):
+        others = None if lengths is None else np.maximum(lengths - 1, 0)  # (writeable int64, as lengths)
+        if isinstance(plan, StackPlan):  # (padded rows come with a plan of the plain serial kernels)
             shape = (T, B, D * H)
             y = workspace(f"y{(L - 1) % 2}", shape, dtype) if scratch_out else np.empty(shape, dtype)
-            run_stack(plan, x, h0, y, h_n)
+            run_stack(plan, x, h0, y, h_n, lengths, others)
             return y, h_n
-        others = None if lengths is None else np.maximum(lengths - 1, 0)  # (writeable int64, as lengths)
         inp = x
         for layer in range(L):
             shape = (T, B, D * H)

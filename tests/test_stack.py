@@ -114,13 +114,32 @@ def test_inputs_of_every_kind(one_thread):
         np.testing.assert_allclose(g(inp)[0], ry, atol=1e-5)
     # one sequence without a batch axis
     np.testing.assert_allclose(g(x[1])[0], ry[1], atol=1e-5)
-    # padded rows keep each direction's calls
-    lengths = np.array([6, 2, 4])
-    y, _ = g(x, lengths=lengths)
-    for b, n in enumerate(lengths):
-        np.testing.assert_allclose(y[b, :n], _reference(g, x[b:b + 1, :n].transpose(1, 0, 2))[0][:, 0],
-                                   atol=1e-5)
-        np.testing.assert_array_equal(y[b, n:], 0)
+
+
+@pytest.mark.parametrize("dtype, L, bidirectional, reset_after", [
+    (np.float32, 2, True, True), (np.float32, 1, True, False), (np.float64, 3, False, True)])
+def test_padded_rows(one_thread, dtype, L, bidirectional, reset_after):
+    g = ng.GRU(5, 12, num_layers=L, bidirectional=bidirectional, reset_after=reset_after, dtype=dtype, seed=4)
+    T, B = 6, 5
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((T, B, 5)).astype(dtype)
+    h0 = rng.uniform(-1, 1, (L * g.num_directions, B, 12)).astype(dtype)
+    lengths = np.array([6, 5, 3, 1, 0])  # longest first, as the layer sorts them
+    plan = g._plan_for(T, B, apart=False)
+    assert isinstance(plan, StackPlan)
+    for state in (None, h0):
+        y, h = g._run_plan(plan, x, None if state is None else state.copy(), lengths.copy())
+        ry, rh = g._run_plan(tuple(plan), x, None if state is None else state.copy(), lengths.copy())
+        np.testing.assert_array_equal(y, ry)
+        np.testing.assert_array_equal(h, rh)
+    # through the public call, rows in any order
+    order = np.array([3, 0, 4, 2, 1])
+    for state in (None, h0[:, order]):
+        y, h = g(x[:, order], state, lengths=lengths[order])
+        fy, fh = ref_gru(x[:, order], g.state_dict(), L, 12, bidirectional=bidirectional, h0=state,
+                         lengths=lengths[order], reset_after=reset_after)
+        np.testing.assert_allclose(y, fy, **TOL[dtype])
+        np.testing.assert_allclose(h, fh, **TOL[dtype])
 
 
 @pytest.mark.parametrize("reset_after", [True, False])

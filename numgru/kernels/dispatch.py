@@ -2401,11 +2401,13 @@ def stack_arguments(plans, T, B, directions, zero_bias, scalars):
     return stack
 
 
-def run_stack(plan, x, h0, y, h_n):
+def run_stack(plan, x, h0, y, h_n, lengths=None, others=None):
     """Every layer and direction of a :class:`StackPlan` by :func:`~numgru.kernels.stack.
     gru_stack_forward`: x (T, B, I) C-contiguous in the model's dtype, h0 (L·D, B, H) owned or None
     (the zero state), y (T, B, D·H) and h_n (L·D, B, H) out, as the directions' calls one by one
-    (:func:`run_serial_direction`, :func:`run_from_zero`) would write them."""
+    (:func:`run_serial_direction`, :func:`run_from_zero`) would write them; over padded rows
+    (``lengths`` (B,) int64, non-increasing, owned, ``others`` max(lengths − 1, 0); a plan whose
+    directions all run the plain serial kernels) as :func:`run_padded_direction` would."""
     T, B, I = x.shape
     H = h_n.shape[2]
     dtype = y.dtype
@@ -2419,9 +2421,11 @@ def run_stack(plan, x, h0, y, h_n):
     natives = plan.natives.get(kind)
     if natives is None:
         natives = plan.natives[kind] = _stack_natives(plan, x, gx, ya, h1, h_n)
+    padded = lengths is not None
     planned_call(plan.entries, kind, gru_stack_forward, x, plan.addresses, plan.flags,
-                 plan.no_state if h0 is None else h0, h0 is None, ya, yb, y, gx, h_n, h1, plan.lengths, plan.others,
-                 *plan.scalars, plan.directions, natives)
+                 plan.no_state if h0 is None else h0, h0 is None, ya, yb, y, gx, h_n, h1,
+                 lengths if padded else plan.lengths, others if padded else plan.others, padded, *plan.scalars,
+                 plan.directions, natives)
 
 
 def _stack_natives(plan, x, gx, y, h1, h_n):

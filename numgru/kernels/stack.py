@@ -44,19 +44,21 @@ def pointer_at(typingctx, address, like):
 
 
 @kernel
-def gru_stack_forward(x, addresses, flags, h0, from_zero, ya, yb, y, gx, h_n, h1, lengths, others,
+def gru_stack_forward(x, addresses, flags, h0, from_zero, ya, yb, y, gx, h_n, h1, lengths, others, padded,
                       reset_after, gate_kind, alpha, beta, use_clip, clip, D, natives):
-    """All L layers and D directions of an inference forward over rows that all run T steps, each
-    direction as :func:`~numgru.kernels.dispatch.run_serial_direction` (h0 given) or
-    :func:`~numgru.kernels.dispatch.run_from_zero` (``from_zero``) runs its plan: the plain serial
-    kernels, or the fused forward (one row; from a zero state where ``from_zero``).
+    """All L layers and D directions of an inference forward, each direction as
+    :func:`~numgru.kernels.dispatch.run_serial_direction` (h0 given), :func:`~numgru.kernels.dispatch.
+    run_from_zero` (``from_zero``) or, over padded rows (``padded``), :func:`~numgru.kernels.dispatch.
+    run_padded_direction` runs its plan: the plain serial kernels, or the fused forward (one row, every
+    row running all T steps; from a zero state where ``from_zero``).
 
     x (T, B, I) C-contiguous; ``addresses`` (L·D, 4) int64 and ``flags`` (L·D, 6) int64 per direction,
     layer by layer (columns :data:`W_IH` … and :data:`PANELS` …); h0 (L·D, B, H) (any array when
     ``from_zero``); ya, yb (T, B, D·H) scratch for the inner layers' outputs (layer k's in ya for k
     even, yb odd; any arrays for one layer); y (T, B, D·H) out, the top layer's; gx (T·B, 3H) and
-    h1 (B, H) scratch; h_n (L·D, B, H) out; lengths (B,) all T and others (B,) all T − 1, int64. One
-    float dtype; no output aliases an input. The gate scalars as the kernels take them. ``natives``
+    h1 (B, H) scratch; h_n (L·D, B, H) out; lengths (B,) int64, each row's steps (all T unless
+    ``padded``: then non-increasing, 0 … T), others (B,) max(lengths − 1, 0). One float dtype; no
+    output aliases an input. The gate scalars as the kernels take them. ``natives``
     (6,) int64: the addresses of the kernels it runs (:data:`PROJECT_FIRST` …), taken for the types
     they are handed here (:func:`~numgru.kernels._jit.native_address`): the projection
     (:func:`~numgru.kernels.forward.input_projection_kernel`) and the fused forward each for layer 0's
@@ -112,6 +114,14 @@ def gru_stack_forward(x, addresses, flags, h0, from_zero, ya, yb, y, gx, h_n, h1
             tiled_max = flags[i, TILED_MAX]
             if not from_zero:
                 call_native(natives[SERIAL], (g3, W_hh, (empty, empty), b_hh, h0[i], lengths, np.bool_(True),
+                                              reverse, reset_after, gate_kind, alpha, beta, use_clip, clip, out,
+                                              col0, h_n[i], np.bool_(False), empty, tiled_max, np.int64(0),
+                                              np.int64(B)), None)
+                continue
+            if padded and reverse:
+                # each row starts at its own last step: from zeros, W_hh read from the first
+                h1[:] = 0
+                call_native(natives[SERIAL], (g3, W_hh, (empty, empty), b_hh, h1, lengths, np.bool_(True),
                                               reverse, reset_after, gate_kind, alpha, beta, use_clip, clip, out,
                                               col0, h_n[i], np.bool_(False), empty, tiled_max, np.int64(0),
                                               np.int64(B)), None)
