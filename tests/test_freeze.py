@@ -14,6 +14,7 @@ import pytest
 
 import numgru as ng
 from conftest import TOL
+import numgru.layers as layers
 from numgru.kernels import dispatch
 from reference import gru as ref_gru
 
@@ -41,6 +42,9 @@ def test_frozen_forward_matches_reference(rng, monkeypatch, dtype, reset_after, 
     cases = (((x,), {}), ((x, h0, lengths), dict(h0=h0, lengths=lengths)))
     plain = [g(*args)[0] for args, _ in cases]
     packed, panels = [], []
+    # each direction's calls from Python, which the spies see (the one-call forward runs the same
+    # kernels from inside, on the panels its tables carry: checked below)
+    monkeypatch.setattr(layers, "StackPlan", type("NoStack", (), {}))
     _spy(monkeypatch, "gru_forward_serial", packed, lambda a: a[2][0].shape[0])
     for name in ("input_projection_kernel", "input_projection_parallel"):  # (same leading arguments)
         _spy(monkeypatch, name, panels, lambda a: (a[2].shape[0], a[6]))
@@ -54,6 +58,9 @@ def test_frozen_forward_matches_reference(rng, monkeypatch, dtype, reset_after, 
     # the kernels read the frozen model's panels
     assert packed and all(n > 0 for n in packed)
     assert panels and all(n > 0 and used for n, used in panels)
+    stack = f._plan_for(T, B)
+    if isinstance(stack, dispatch.StackPlan):
+        assert (stack.panel_shapes[:, 1, 0] > 0).all()  # every direction's W_hh panels (stack.WP_A)
 
 
 def test_frozen_model_without_bias_and_gate_options(rng):

@@ -151,14 +151,36 @@ def test_fused_directions(one_thread, reset_after):
         assert plan.kernels == (False, True)
 
 
-def test_plans_it_does_not_take(one_thread):
-    # a frozen copy's packed panels: the directions' own calls
-    g = ng.GRU(64, 64, seed=1)
+@pytest.mark.parametrize("reset_after", [True, False])
+@pytest.mark.parametrize("H, T, B", [(64, 1, 1), (64, 5, 1), (48, 3, 4), (256, 20, 1)])
+def test_frozen_copies(one_thread, reset_after, H, T, B):
+    # the panels a frozen copy keeps, on the serial kernels or the fused forward
+    g = ng.GRU(H // 2, H, num_layers=2, bidirectional=True, reset_after=reset_after, seed=6).freeze()
+    plan = _check_one_call(g, T, B, 11, TOL[np.float32])
+    assert plan.panel_shapes[:, :, 0].any()  # (some direction reads panels the copy keeps)
+
+
+def test_one_step_from_zeros_does_not_read_W_hh_on_fused_plans(one_thread):
+    # a frozen copy takes the fused forward from one step; from the zero state one step is the gates'
+    g = ng.GRU(8, 64, bidirectional=True, seed=2)
+    for _, p in g.named_parameters():
+        if p.shape == (192, 64):
+            p[...] = np.nan
     f = g.freeze()
+    x = np.random.default_rng(3).standard_normal((1, 1, 8)).astype(np.float32)
+    assert np.isfinite(f(x)[0]).all()
+    assert np.isnan(f(x, np.zeros((2, 1, 64), np.float32))[0]).all()  # given h0, W_hh is read
+
+
+def test_plans_it_does_not_take(one_thread):
+    # a quantized copy's bfloat16 W_hh: the directions' own calls
+    g = ng.GRU(64, 64, seed=1)
+    q = g.quantize()
     x = np.random.default_rng(6).standard_normal((2, 1, 64)).astype(np.float32)
-    np.testing.assert_allclose(f(x)[0], g(x)[0], atol=1e-6)
+    np.testing.assert_allclose(q(x)[0], g(x)[0], atol=3e-3)
     assert isinstance(_plan(g, 2, 1), StackPlan)
-    assert not isinstance(_plan(f, 2, 1), StackPlan)
+    if any(p[2] is not None and p[2][0][0].dtype == np.uint16 for p in q._plan_for(2, 1)):
+        assert not isinstance(_plan(q, 2, 1), StackPlan)
 
 
 def test_weights_it_cannot_find_by_address_are_refused():

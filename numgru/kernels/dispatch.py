@@ -2335,19 +2335,19 @@ def plain_plan(plan):
 class StackPlan(tuple):
     """A model's plan (its directions' :func:`serial_direction_plan`, layer by layer) that
     :func:`run_stack` runs in one kernel call (:mod:`~numgru.kernels.stack`), with that call's
-    arguments (:func:`stack_arguments`): ``addresses``, ``flags``, ``scalars`` (reset_after and the
-    gates), ``lengths`` and ``others`` (B,) all T and T − 1, ``directions``, ``inner`` (whether there
-    are inner layers), ``no_state`` (h0's place from the zero state), ``kernels`` (whether some
-    direction runs the plain serial kernels, whether some runs the fused forward); ``natives`` (the
-    kernels' addresses per kind of x) and ``entries`` (:func:`~numgru.kernels._jit.planned_call`'s),
-    filled on use. Iterated, the directions' plans, which the other paths run one by one (padded
-    rows)."""
+    arguments (:func:`stack_arguments`): ``addresses``, ``panel_shapes``, ``flags``, ``scalars``
+    (reset_after and the gates), ``lengths`` and ``others`` (B,) all T and T − 1, ``directions``,
+    ``inner`` (whether there are inner layers), ``no_state`` (h0's place from the zero state),
+    ``kernels`` (whether some direction runs the plain serial kernels, whether some runs the fused
+    forward); ``natives`` (the kernels' addresses per kind of x) and ``entries``
+    (:func:`~numgru.kernels._jit.planned_call`'s), filled on use. Iterated, the directions' plans,
+    which the other paths run one by one."""
 
 
 def stack_arguments(plans, T, B, directions, zero_bias, scalars):
     """A :class:`StackPlan` of ``plans`` (every direction of every layer over B rows of T steps, layer
-    by layer, ``directions`` a layer) where each runs, on weights as they lie (no panels kept: a plain
-    model's, or a frozen one's where it keeps none at this shape), either the plain serial kernels (a
+    by layer, ``directions`` a layer) where each runs, on float weights of one dtype and the packed
+    panels its plan keeps if any (a frozen model's), either the plain serial kernels (a
     :func:`plain_plan` whose projection is not on tiles, bfloat16 products or Numba's threads) or the
     fused forward (:func:`~numgru.kernels.fused.gru_forward_fused`, one row); else None. ``zero_bias``:
     zeros (3H,) of the weights' dtype, b_ih's place without bias; ``scalars``: (reset_after, *gates) as
@@ -2361,7 +2361,8 @@ def stack_arguments(plans, T, B, directions, zero_bias, scalars):
     (3, 2, 10, 20, 3, 2) 19.5 / 52.9; (10, 1, 32, 32, 2, 2) 26.4 / 47.0. The same kernels run in the
     same order: the values are equal bit for bit."""
     n = len(plans)
-    addresses = np.empty((n, 4), np.int64)
+    addresses = np.empty((n, 7), np.int64)
+    panel_shapes = np.empty((n, 3, 3), np.int64)
     flags = np.empty((n, 6), np.int64)
     plain = fused = False
     for i, p in enumerate(plans):
@@ -2371,6 +2372,13 @@ def stack_arguments(plans, T, B, directions, zero_bias, scalars):
             panels = dot = use_bias = False
             tiled_max = 0
             fused = True
+            if T == 1:
+                # one step from the zero state takes the plan's projection and the first step's gates, as
+                # run_from_zero does for any plan (W_hh not read)
+                (_, _, _, use_bias), (panels, dot, amx, _, _, dp, par) = p[0], p[1]
+                if amx or dp or par:
+                    return None
+                plain = True
         elif plain_plan(p):
             (W_ih, Wp_ih, bias, use_bias), (panels, dot, amx, _, _, dp, par) = p[0], p[1]
             (W_hh, (Wp_a, Wp_b), b_hh), gates, rest = p[2]
@@ -2381,17 +2389,19 @@ def stack_arguments(plans, T, B, directions, zero_bias, scalars):
             plain = True
         else:
             return None
-        if Wp_ih.shape[0] or Wp_a.shape[0] or Wp_b.shape[0]:
-            return None
         M = W_hh.shape[0]
-        for a, shape in ((W_ih, (M, W_ih.shape[1])), (b_ih, (M,)), (W_hh, (M, M // 3)), (b_hh, (M,))):
+        panels_kept = (Wp_ih, Wp_a, Wp_b)
+        for a, shape in ((W_ih, (M, W_ih.shape[1])), (b_ih, (M,)), (W_hh, (M, M // 3)), (b_hh, (M,)),
+                         *((Wp, Wp.shape if Wp.ndim == 3 else None) for Wp in panels_kept)):
             # (the kernel reads these shapes there: what the plans hold, checked once)
             if a.dtype != zero_bias.dtype or a.shape != shape or not a.flags.c_contiguous:
                 return None
-        addresses[i] = (W_ih.ctypes.data, b_ih.ctypes.data, W_hh.ctypes.data, b_hh.ctypes.data)
+        addresses[i] = [a.ctypes.data if a.size else 0 for a in (W_ih, b_ih, W_hh, b_hh, *panels_kept)]
+        panel_shapes[i] = [Wp.shape if Wp.size else (0, 0, 0) for Wp in panels_kept]
         flags[i] = (bool(panels), bool(dot), bool(use_bias), bool(reverse), tiled_max, fused_steps is not None)
     stack = StackPlan(plans)
-    stack.addresses, stack.flags, stack.scalars, stack.directions = addresses, flags, tuple(scalars), directions
+    stack.addresses, stack.panel_shapes, stack.flags = addresses, panel_shapes, flags
+    stack.scalars, stack.directions = tuple(scalars), directions
     stack.lengths = np.full(B, T, np.int64)
     stack.others = np.full(B, T - 1, np.int64)
     stack.inner = n > directions
@@ -2422,7 +2432,7 @@ def run_stack(plan, x, h0, y, h_n, lengths=None, others=None):
     if natives is None:
         natives = plan.natives[kind] = _stack_natives(plan, x, gx, ya, h1, h_n)
     padded = lengths is not None
-    planned_call(plan.entries, kind, gru_stack_forward, x, plan.addresses, plan.flags,
+    planned_call(plan.entries, kind, gru_stack_forward, x, plan.addresses, plan.panel_shapes, plan.flags,
                  plan.no_state if h0 is None else h0, h0 is None, ya, yb, y, gx, h_n, h1,
                  lengths if padded else plan.lengths, others if padded else plan.others, padded, *plan.scalars,
                  plan.directions, natives)

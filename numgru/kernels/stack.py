@@ -17,11 +17,13 @@ import numpy as np
 from numba import types
 from numba.extending import intrinsic
 
-from ._jit import call_native, kernel, wide_vectors
+from ._jit import call_native, inline, kernel, wide_vectors
 
 #: columns of :func:`gru_stack_forward`'s ``addresses``: where each direction's W_ih (3H, I_layer), b_ih
-#: (3H,), W_hh (3H, H) and b_hh (3H,) start (b_ih zeros without bias)
-W_IH, B_IH, W_HH, B_HH = range(4)
+#: (3H,), W_hh (3H, H) and b_hh (3H,) start (b_ih zeros without bias), and the packed panels its plan
+#: keeps (a frozen model's): W_ih's and W_hh's pair (:func:`~numgru.kernels.step.step_panels`), whose
+#: shapes ``panel_shapes`` gives (0 where there are none)
+W_IH, B_IH, W_HH, B_HH, WP_IH, WP_A, WP_B = range(7)
 #: columns of its ``flags``: the projection's panels and dot-product block, whether it adds b_ih, whether
 #: the direction runs backwards in time, the recurrence's ``tiled_max``, whether the direction runs the
 #: fused forward (:func:`~numgru.kernels.fused.gru_forward_fused`) rather than the serial kernels
@@ -43,17 +45,28 @@ def pointer_at(typingctx, address, like):
     return ptr(address, like), codegen
 
 
+@inline
+def panels_at(address, shape, like, none):
+    """The packed panels (shape[0], shape[1], shape[2]) of like's dtype at ``address``, or ``none`` (an
+    empty (0, 0, 0) array) where shape[0] is 0."""
+    if shape[0] == 0:
+        return none
+    return numba.carray(pointer_at(address, like), (shape[0], shape[1], shape[2]))
+
+
 @kernel
-def gru_stack_forward(x, addresses, flags, h0, from_zero, ya, yb, y, gx, h_n, h1, lengths, others, padded,
-                      reset_after, gate_kind, alpha, beta, use_clip, clip, D, natives):
+def gru_stack_forward(x, addresses, panel_shapes, flags, h0, from_zero, ya, yb, y, gx, h_n, h1, lengths, others,
+                      padded, reset_after, gate_kind, alpha, beta, use_clip, clip, D, natives):
     """All L layers and D directions of an inference forward, each direction as
     :func:`~numgru.kernels.dispatch.run_serial_direction` (h0 given), :func:`~numgru.kernels.dispatch.
     run_from_zero` (``from_zero``) or, over padded rows (``padded``), :func:`~numgru.kernels.dispatch.
     run_padded_direction` runs its plan: the plain serial kernels, or the fused forward (one row, every
-    row running all T steps; from a zero state where ``from_zero``).
+    row running all T steps; from a zero state where ``from_zero``, but for one step from it the
+    projection and the first step's gates, which do not read W_hh).
 
-    x (T, B, I) C-contiguous; ``addresses`` (L·D, 4) int64 and ``flags`` (L·D, 6) int64 per direction,
-    layer by layer (columns :data:`W_IH` … and :data:`PANELS` …); h0 (L·D, B, H) (any array when
+    x (T, B, I) C-contiguous; ``addresses`` (L·D, 7) int64, ``panel_shapes`` (L·D, 3, 3) int64 (the
+    shapes of the panels at :data:`WP_IH`, :data:`WP_A`, :data:`WP_B`) and ``flags`` (L·D, 6) int64 per
+    direction, layer by layer (columns :data:`W_IH` … and :data:`PANELS` …); h0 (L·D, B, H) (any array when
     ``from_zero``); ya, yb (T, B, D·H) scratch for the inner layers' outputs (layer k's in ya for k
     even, yb odd; any arrays for one layer); y (T, B, D·H) out, the top layer's; gx (T·B, 3H) and
     h1 (B, H) scratch; h_n (L·D, B, H) out; lengths (B,) int64, each row's steps (all T unless
@@ -87,33 +100,36 @@ def gru_stack_forward(x, addresses, flags, h0, from_zero, ya, yb, y, gx, h_n, h1
             b_ih = numba.carray(pointer_at(a[B_IH], x), (M,))
             W_hh = numba.carray(pointer_at(a[W_HH], x), (M, H))
             b_hh = numba.carray(pointer_at(a[B_HH], x), (M,))
-            if flags[i, FUSED] != 0:
+            Wp_ih = panels_at(a[WP_IH], panel_shapes[i, 0], x, empty)
+            Wp_a = panels_at(a[WP_A], panel_shapes[i, 1], x, empty)
+            Wp_b = panels_at(a[WP_B], panel_shapes[i, 2], x, empty)
+            if flags[i, FUSED] != 0 and not (from_zero and T == 1):  # (one step from zeros: its gates alone)
                 if from_zero:
                     h1[:] = 0
                 start = h1 if from_zero else h0[i]
                 if reset_after and layer == 0:
-                    call_native(natives[FUSED_FIRST], (x2d, W_ih, empty, b_ih, W_hh, empty, b_hh, start, reverse, out,
+                    call_native(natives[FUSED_FIRST], (x2d, W_ih, Wp_ih, b_ih, W_hh, Wp_a, b_hh, start, reverse, out,
                                                        col0, h_n[i]), None)
                 elif reset_after:
-                    call_native(natives[FUSED_INNER], (inner, W_ih, empty, b_ih, W_hh, empty, b_hh, start, reverse,
+                    call_native(natives[FUSED_INNER], (inner, W_ih, Wp_ih, b_ih, W_hh, Wp_a, b_hh, start, reverse,
                                                        out, col0, h_n[i]), None)
                 elif layer == 0:
-                    call_native(natives[FUSED_FIRST], (x2d, W_ih, empty, b_ih, W_hh, empty, empty, b_hh, start,
+                    call_native(natives[FUSED_FIRST], (x2d, W_ih, Wp_ih, b_ih, W_hh, Wp_a, Wp_b, b_hh, start,
                                                        reverse, out, col0, h_n[i]), None)
                 else:
-                    call_native(natives[FUSED_INNER], (inner, W_ih, empty, b_ih, W_hh, empty, empty, b_hh, start,
+                    call_native(natives[FUSED_INNER], (inner, W_ih, Wp_ih, b_ih, W_hh, Wp_a, Wp_b, b_hh, start,
                                                        reverse, out, col0, h_n[i]), None)
                 continue
             use_bias = flags[i, USE_BIAS] != 0
             panels = flags[i, PANELS] != 0
             dot = flags[i, DOT] != 0
             if layer == 0:
-                call_native(natives[PROJECT_FIRST], (x2d, W_ih, empty, b_ih, use_bias, gx, panels, dot), None)
+                call_native(natives[PROJECT_FIRST], (x2d, W_ih, Wp_ih, b_ih, use_bias, gx, panels, dot), None)
             else:
-                call_native(natives[PROJECT], (inner, W_ih, empty, b_ih, use_bias, gx, panels, dot), None)
+                call_native(natives[PROJECT], (inner, W_ih, Wp_ih, b_ih, use_bias, gx, panels, dot), None)
             tiled_max = flags[i, TILED_MAX]
             if not from_zero:
-                call_native(natives[SERIAL], (g3, W_hh, (empty, empty), b_hh, h0[i], lengths, np.bool_(True),
+                call_native(natives[SERIAL], (g3, W_hh, (Wp_a, Wp_b), b_hh, h0[i], lengths, np.bool_(True),
                                               reverse, reset_after, gate_kind, alpha, beta, use_clip, clip, out,
                                               col0, h_n[i], np.bool_(False), empty, tiled_max, np.int64(0),
                                               np.int64(B)), None)
@@ -121,7 +137,7 @@ def gru_stack_forward(x, addresses, flags, h0, from_zero, ya, yb, y, gx, h_n, h1
             if padded and reverse:
                 # each row starts at its own last step: from zeros, W_hh read from the first
                 h1[:] = 0
-                call_native(natives[SERIAL], (g3, W_hh, (empty, empty), b_hh, h1, lengths, np.bool_(True),
+                call_native(natives[SERIAL], (g3, W_hh, (Wp_a, Wp_b), b_hh, h1, lengths, np.bool_(True),
                                               reverse, reset_after, gate_kind, alpha, beta, use_clip, clip, out,
                                               col0, h_n[i], np.bool_(False), empty, tiled_max, np.int64(0),
                                               np.int64(B)), None)
@@ -133,7 +149,7 @@ def gru_stack_forward(x, addresses, flags, h0, from_zero, ya, yb, y, gx, h_n, h1
                                               use_clip, clip, out[first:first + 1], col0, h), None)
             if T > 1:
                 s0 = 0 if reverse else 1
-                call_native(natives[SERIAL], (g3[s0:s0 + T - 1], W_hh, (empty, empty), b_hh, h1, others,
+                call_native(natives[SERIAL], (g3[s0:s0 + T - 1], W_hh, (Wp_a, Wp_b), b_hh, h1, others,
                                               np.bool_(True), reverse, reset_after, gate_kind, alpha, beta, use_clip,
                                               clip, out[s0:s0 + T - 1], col0, h_n[i], np.bool_(False), empty,
                                               tiled_max, np.int64(0), np.int64(B)), None)
