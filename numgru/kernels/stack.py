@@ -1,16 +1,17 @@
 """A whole inference forward, every layer and direction, in one kernel call: for models whose plan
-runs, in every direction, the plain serial kernels or the one-row fused forward on weights as they lie
-(small ones, where those calls are most of the time).
+runs, in every direction, the plain serial kernels or the one-row fused forward, on float weights and
+any panels a frozen copy keeps (small models, where those calls are most of the time).
 
 A plan (:func:`~numgru.kernels.dispatch.serial_direction_plan`) makes each direction's choices once,
 but running it still costs up to three kernel calls a direction from Python (the input projection,
 the first step from the zero state, the other steps), with the glue between them: about 7 µs a
-direction on Zen 4, against 1–2 µs of arithmetic at H ≤ 64 and a few steps. :func:`gru_stack_forward` takes
-the same kernels with the same arguments from inside one compiled call, so its results are those of
-the plan's calls bit for bit; each direction's weights are found by their addresses, which the plan
-reads once from the arrays it keeps (:func:`~numgru.kernels.dispatch.stack_arguments`), so weights
-changed in place are read as they are, as by the plan's own calls. The kernels it runs are called by
-address (:func:`~numgru.kernels._jit.call_native`), so their code is not compiled again into this one.
+direction on Zen 4, against 1–2 µs of arithmetic at H ≤ 64 and a few steps. :func:`gru_stack_forward`
+takes the same kernels with the same arguments from inside one compiled call, so its results are
+those of the plan's calls bit for bit; each direction's weights and panels are found by their
+addresses, which the plan reads once from the arrays it keeps
+(:func:`~numgru.kernels.dispatch.stack_arguments`), so weights changed in place are read as they
+are, as by the plan's own calls. The kernels it runs are called by address
+(:func:`~numgru.kernels._jit.call_native`), so their code is not compiled again into this one.
 """
 import numba
 import numpy as np
