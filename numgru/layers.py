@@ -841,7 +841,7 @@ class GRU(_Params):
         L, D, H, dtype = self.num_layers, self.num_directions, self.hidden_size, self.dtype
         h_n = np.empty((L * D, B, H), dtype)
         others = None if lengths is None else np.maximum(lengths - 1, 0)  # (writeable int64, as lengths)
-        if isinstance(plan, StackPlan):  # (padded rows come with a plan of the plain serial kernels)
+        if isinstance(plan, StackPlan) and (lengths is None or not plan.kernels[1]):  # (no fused padded rows)
             shape = (T, B, D * H)
             y = workspace(f"y{(L - 1) % 2}", shape, dtype) if scratch_out else np.empty(shape, dtype)
             run_stack(plan, x, h0, y, h_n, lengths, others)

@@ -66,17 +66,17 @@ def gru_stack_forward(x, addresses, panel_shapes, flags, h0, from_zero, ya, yb, 
     projection and the first step's gates, which do not read W_hh).
 
     x (T, B, I) C-contiguous; ``addresses`` (L·D, 7) int64, ``panel_shapes`` (L·D, 3, 3) int64 (the
-    shapes of the panels at :data:`WP_IH`, :data:`WP_A`, :data:`WP_B`) and ``flags`` (L·D, 6) int64 per
-    direction, layer by layer (columns :data:`W_IH` … and :data:`PANELS` …); h0 (L·D, B, H) (any array when
-    ``from_zero``); ya, yb (T, B, D·H) scratch for the inner layers' outputs (layer k's in ya for k
-    even, yb odd; any arrays for one layer); y (T, B, D·H) out, the top layer's; gx (T·B, 3H) and
-    h1 (B, H) scratch; h_n (L·D, B, H) out; lengths (B,) int64, each row's steps (all T unless
-    ``padded``: then non-increasing, 0 … T), others (B,) max(lengths − 1, 0). One float dtype; no
-    output aliases an input. The gate scalars as the kernels take them. ``natives``
-    (6,) int64: the addresses of the kernels it runs (:data:`PROJECT_FIRST` …), taken for the types
-    they are handed here (:func:`~numgru.kernels._jit.native_address`): the projection
-    (:func:`~numgru.kernels.forward.input_projection_kernel`) and the fused forward each for layer 0's
-    input and for an inner layer's (the same where x is writeable), the first step
+    shapes of the panels at :data:`WP_IH`, :data:`WP_A`, :data:`WP_B`) and ``flags`` (L·D, 6) int64
+    per direction, layer by layer (columns :data:`W_IH` … and :data:`PANELS` …); h0 (L·D, B, H) (any
+    array when ``from_zero``); ya, yb (T, B, D·H) scratch for the inner layers' outputs (layer k's in
+    ya for k even, yb odd; any arrays for one layer); y (T, B, D·H) out, the top layer's; gx (T·B, 3H)
+    and h1 (B, H) scratch; h_n (L·D, B, H) out; lengths (B,) int64, each row's steps (all T unless
+    ``padded``, a plan of the serial kernels alone: then non-increasing, 0 … T), others (B,)
+    max(lengths − 1, 0). One float dtype; no output aliases an input. The gate scalars as the kernels
+    take them. ``natives`` (6,) int64: the addresses of the kernels it runs (:data:`PROJECT_FIRST` …),
+    taken for the types they are handed here (:func:`~numgru.kernels._jit.native_address`): the
+    projection (:func:`~numgru.kernels.forward.input_projection_kernel`) and the fused forward each for
+    layer 0's input and for an inner layer's (the same where x is writeable), the first step
     (:func:`~numgru.kernels.forward.first_step_gates`) and the serial forward."""
     wide_vectors()
     T = x.shape[0]
