@@ -2337,11 +2337,10 @@ class StackPlan(tuple):
     :func:`run_stack` runs in one kernel call (:mod:`~numgru.kernels.stack`), with that call's
     arguments (:func:`stack_arguments`): ``addresses``, ``panel_shapes``, ``flags``, ``scalars``
     (reset_after and the gates), ``lengths`` and ``others`` (B,) all T and T − 1, ``directions``,
-    ``inner`` (whether there are inner layers), ``no_state`` (h0's place from the zero state),
-    ``kernels`` (whether some direction runs the plain serial kernels, whether some runs the fused
-    forward); ``natives`` (the kernels' addresses per kind of x) and ``entries``
-    (:func:`~numgru.kernels._jit.planned_call`'s), filled on use. Iterated, the directions' plans,
-    which the other paths run one by one."""
+    ``no_state`` (h0's place from the zero state), ``kernels`` (whether some direction runs the
+    plain serial kernels, whether some runs the fused forward); ``natives`` (the kernels' addresses
+    per kind of x) and ``entries`` (:func:`~numgru.kernels._jit.planned_call`'s), filled on use.
+    Iterated, the directions' plans, which the other paths run one by one."""
 
 
 def stack_arguments(plans, T, B, directions, zero_bias, scalars):
@@ -2366,29 +2365,28 @@ def stack_arguments(plans, T, B, directions, zero_bias, scalars):
     flags = np.empty((n, 6), np.int64)
     plain = fused = False
     for i, p in enumerate(plans):
-        fused_steps = p[8]
-        if fused_steps is not None and p[4] is None:  # (the tiles' recurrence would run first)
-            _, W_ih, Wp_ih, b_ih, W_hh, Wp_a, Wp_b, b_hh, reverse = fused_steps  # (b_ih zeros without bias)
-            panels = dot = use_bias = False
-            tiled_max = 0
-            fused = True
-            if T == 1:
-                # one step from the zero state takes the plan's projection and the first step's gates, as
-                # run_from_zero does for any plan (W_hh not read)
-                (_, _, _, use_bias), (panels, dot, amx, _, _, dp, par) = p[0], p[1]
-                if amx or dp or par:
-                    return None
-                plain = True
-        elif plain_plan(p):
+        runs_fused = p[8] is not None and p[4] is None  # (the tiles' recurrence would run first)
+        if not (runs_fused or plain_plan(p)):
+            return None
+        panels = dot = use_bias = False
+        tiled_max = 0
+        if not runs_fused or T == 1:
+            # the plan's projection: its serial kernels', or on a fused plan one step from the zero
+            # state, which takes the projection and the first step's gates as run_from_zero does for any
+            # plan (W_hh not read)
             (W_ih, Wp_ih, bias, use_bias), (panels, dot, amx, _, _, dp, par) = p[0], p[1]
-            (W_hh, (Wp_a, Wp_b), b_hh), gates, rest = p[2]
-            if amx or dp or par or rest[0] or rest[3] != 0:
+            if amx or dp or par:
                 return None
             b_ih = bias if use_bias else zero_bias
-            reverse, tiled_max = gates[2], rest[2]
             plain = True
+        if runs_fused:
+            _, W_ih, Wp_ih, b_ih, W_hh, Wp_a, Wp_b, b_hh, reverse = p[8]  # (b_ih zeros without bias)
+            fused = True
         else:
-            return None
+            (W_hh, (Wp_a, Wp_b), b_hh), gates, rest = p[2]
+            if rest[0] or rest[3] != 0:
+                return None
+            reverse, tiled_max = gates[2], rest[2]
         M = W_hh.shape[0]
         panels_kept = (Wp_ih, Wp_a, Wp_b)
         for a, shape in ((W_ih, (M, W_ih.shape[1])), (b_ih, (M,)), (W_hh, (M, M // 3)), (b_hh, (M,)),
@@ -2398,13 +2396,12 @@ def stack_arguments(plans, T, B, directions, zero_bias, scalars):
                 return None
         addresses[i] = [a.ctypes.data if a.size else 0 for a in (W_ih, b_ih, W_hh, b_hh, *panels_kept)]
         panel_shapes[i] = [Wp.shape if Wp.size else (0, 0, 0) for Wp in panels_kept]
-        flags[i] = (bool(panels), bool(dot), bool(use_bias), bool(reverse), tiled_max, fused_steps is not None)
+        flags[i] = (bool(panels), bool(dot), bool(use_bias), bool(reverse), tiled_max, runs_fused)
     stack = StackPlan(plans)
     stack.addresses, stack.panel_shapes, stack.flags = addresses, panel_shapes, flags
     stack.scalars, stack.directions = tuple(scalars), directions
     stack.lengths = np.full(B, T, np.int64)
     stack.others = np.full(B, T - 1, np.int64)
-    stack.inner = n > directions
     stack.no_state = empty_array(zero_bias.dtype, 3)
     stack.kernels = (plain, fused)
     stack.natives, stack.entries = {}, {}
@@ -2424,7 +2421,7 @@ def run_stack(plan, x, h0, y, h_n, lengths=None, others=None):
     kind = x.flags.num & ARRAY_KIND
     gx = workspace("gx", (T * B, 3 * H), dtype)
     h1 = np.empty((B, H), dtype)
-    if plan.inner:
+    if len(plan) > plan.directions:  # inner layers
         ya, yb = workspace("y0", y.shape, dtype), workspace("y1", y.shape, dtype)
     else:
         ya = yb = y
