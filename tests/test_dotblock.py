@@ -1,5 +1,5 @@
 """The dot-product block on unpacked weights (numgru.kernels.dotblock) against NumPy: row counts
-around its blocks of 2 and 4 rows and its groups, columns that end inside a block (masked stores),
+around its blocks of 2, 3 and 4 rows and its groups, columns that end inside a block (masked stores),
 inner sizes around a vector, a line and a k-chunk, weights and rows that start anywhere in a 64-byte
 line, slices of larger arrays, both float dtypes, bfloat16 weights, W's blocks of rows swept last
 first (the same bits); the same compiled for AVX2. Its
@@ -62,7 +62,7 @@ def _check(x, W, n, dtype):
 def test_dot_rows_matches_numpy(dtype, M, K):
     rng = np.random.default_rng(M * 1000 + K)
     W = rng.standard_normal((M, K)).astype(dtype)
-    for n in (1, 2, 3, 4, 5, 7, 8, 9, GROUP_ROWS, GROUP_ROWS + 1, 2 * GROUP_ROWS + 3, 40, 96):
+    for n in (1, 2, 3, 4, 5, 6, 7, 8, 9, 13, GROUP_ROWS, GROUP_ROWS + 1, GROUP_ROWS + 5, 2 * GROUP_ROWS + 3, 40, 96):
         x = rng.standard_normal((n + 2, K)).astype(dtype)
         _check(x, W, n, dtype)
 
@@ -98,7 +98,7 @@ def test_dot_rows_bfloat16_any_alignment(M, K):
         off = (-(buf.ctypes.data // 2)) % 32 + sw
         Wq = buf[off:off + M * K].reshape(M, K)
         Wq[...] = Wq0
-        for n in (1, 2, 5, GROUP_ROWS, GROUP_ROWS + 1):
+        for n in (1, 2, 3, 5, 6, GROUP_ROWS, GROUP_ROWS + 1):
             x = rng.standard_normal((n + 1, K)).astype(np.float32)
             rows = x.shape[0]
             big = np.full(rows * (M + 3) + 64, 7.0, np.float32)
