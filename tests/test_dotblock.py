@@ -1,5 +1,5 @@
 """The dot-product block on unpacked weights (numgru.kernels.dotblock) against NumPy: row counts
-around its blocks of 2, 3 and 4 rows and its groups, columns that end inside a block (masked stores),
+around its blocks of 2, 3, 4 and 5 rows and its groups, columns that end inside a block (masked stores),
 inner sizes around a vector, a line and a k-chunk, weights and rows that start anywhere in a 64-byte
 line, slices of larger arrays, both float dtypes, bfloat16 weights, W's blocks of rows swept last
 first (the same bits); the same compiled for AVX2. Its
@@ -62,7 +62,8 @@ def _check(x, W, n, dtype):
 def test_dot_rows_matches_numpy(dtype, M, K):
     rng = np.random.default_rng(M * 1000 + K)
     W = rng.standard_normal((M, K)).astype(dtype)
-    for n in (1, 2, 3, 4, 5, 6, 7, 8, 9, 13, GROUP_ROWS, GROUP_ROWS + 1, GROUP_ROWS + 5, 2 * GROUP_ROWS + 3, 40, 96):
+    for n in (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 13, 15, 25, GROUP_ROWS, GROUP_ROWS + 1, GROUP_ROWS + 5,
+              2 * GROUP_ROWS + 3, 40, 96):
         x = rng.standard_normal((n + 2, K)).astype(dtype)
         _check(x, W, n, dtype)
 

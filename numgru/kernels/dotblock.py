@@ -25,16 +25,17 @@ and NumPy aligns arrays to 16 bytes only: the block first runs a masked step up 
 
 Sizes: blocks of MR = 4 rows by NR = L / 4 (4 + NR loads per L multiply-adds), or MR = 2 by L / 2 for
 one or two rows, which would leave half a block of 4 idle; L accumulators (AVX-512: 16 of 16 float32 or
-8 of 8 float64) fit every target's registers. With 16 lanes, blocks of MR = 3 rows by NR = 5 (15
-accumulators, the tree summing a zero vector in the sixteenth) where blocks of 4 would leave more rows
-past the end of a group: a row past n − 1 is clamped to the last, so its multiply-adds are spent and
-its sums thrown away, and 3 rows in blocks of 4 had cost what 4 do (:func:`_threes_fewer`: 3, 5, 6, 9,
-13 … rows). Same sums, the same bits: each output's vector of partial sums is built as in a block of 4
-and reduced by the same tree. 2-vCPU AMD EPYC (Zen 4), one thread, float32, one process taking turns
-with blocks of 4: M = 2304, K = 768 (W from L3), n = 3 / 5 / 6 / 9 / 13 1.22–1.34× / 1.24× / 1.25× /
-1.30× / 1.18×; M = 768, K = 256, n = 3 / 5 / 6 1.27× / 1.29× / 1.29×; other row counts level (0.97–1.03
-over repeated runs). With 8 lanes (float64, AVX2) blocks of 3 would fill 6 of the 8 accumulators (3 by
-2 rows of W): not tried, blocks of 4 stay.
+8 of 8 float64) fit every target's registers. With 16 lanes, blocks of MR = 3 rows by NR = 5 or of 5 by
+3 (15 accumulators, the tree summing a zero vector in the sixteenth) where blocks of 4 would leave more
+rows past the end of a group (:func:`_block_rows`): a row past n − 1 is clamped to the last, so its
+multiply-adds are spent and its sums thrown away, and 3 rows in blocks of 4 had cost what 4 do, 5 rows
+what 8 do. Same sums, the same bits: each output's vector of partial sums is built as in a block of 4
+and reduced by the same tree. 2-vCPU AMD EPYC (Zen 4), one thread, float32, the product alone in one
+process taking turns with blocks of 4 alone: M = 2304, K = 768 (W from L3), n = 3 / 6 / 9 / 13
+1.22–1.34× / 1.25× / 1.30× / 1.18× (blocks of 3); M = 1920, K = 640, n = 3 / 5 / 6 / 10 1.27× / 1.54× /
+1.31× / 1.21×; M = 768, K = 256, n = 3 / 5 / 10 1.18× / 1.46× / 1.14×; n = 15 / 25 / 29 1.00–1.04×, the
+other row counts level (0.97–1.04 over repeated runs). With 8 lanes (float64, AVX2) blocks of 3 or 5
+would fill 6 or 5 of the 8 accumulators: not tried, blocks of 4 stay.
 
 Measured per product on the 2-vCPU Intel machine (Emerald Rapids, one thread, float32, M = 3K, against
 :func:`~numgru.kernels.forward.small_rows_matmul`, whole or in tiles as the shape took it; GFLOP/s):
@@ -251,38 +252,49 @@ def _emit_dot(context, builder, fty, x_ptr, ldx, w_ptr, ldw, o_ptr, ldo, n, M, K
                                         builder.call(omstore, [val, optr, ir.Constant(i32, size), omask])
 
     # blocks of 4 rows (4 + NR loads per L multiply-adds); 2 for two rows, which would leave half a
-    # block of 4 idle; of 3 (by 5 rows of W, 15 of 16 accumulators) where blocks of 4 would compute
-    # more rows past n − 1 (clamped rows cost their multiply-adds): 3, 5, 6, 9 … rows
+    # block of 4 idle; with 16 lanes of 3 or 5 rows (by 5 or 3 rows of W, 15 of 16 accumulators)
+    # where blocks of 4 would compute more rows past n − 1 (clamped rows cost their multiply-adds)
     mr_big = min(4, L)
     with builder.if_else(builder.icmp_signed("<=", n, const(2))) as (few, many):
         with few:
             nest(min(2, L))
         with many:
             if L == 16:
-                with builder.if_else(_threes_fewer(builder, n, G)) as (threes, fours):
-                    with threes:
-                        nest(3)
+                mr = _block_rows(builder, n, G, (4, 3, 5))
+                with builder.if_else(builder.icmp_signed("==", mr, const(4)), likely=True) as (fours, other):
                     with fours:
-                        nest(mr_big)
-            else:  # (fewer lanes: blocks of 3 would keep too few accumulators busy)
+                        nest(4)
+                    with other:
+                        with builder.if_else(builder.icmp_signed("==", mr, const(3))) as (threes, fives):
+                            with threes:
+                                nest(3)
+                            with fives:
+                                nest(5)
+            else:  # (fewer lanes: blocks of 3 would keep fewer accumulators busy)
                 nest(mr_big)
 
 
-def _threes_fewer(builder, n, G):
-    """Whether blocks of 3 rows leave fewer rows past the end of x's groups of G rows than blocks of 4
-    (the rows clamped to the group's last, computed and not stored): an i1 value."""
+def _block_rows(builder, n, G, choices):
+    """The rows per block, of ``choices`` (ints, the first on a tie), that leave the fewest rows past
+    the end of x's groups of G rows (each block's rows past its group clamped to n − 1, computed and
+    not stored): an intp value."""
     intp = cgutils.intp_t
 
     def const(v):
         return ir.Constant(intp, v)
-
-    def past(rows, mr):  # (−rows) mod mr
-        return builder.srem(builder.sub(const(mr), builder.srem(rows, const(mr))), const(mr))
     full = builder.sdiv(n, const(G))
     rest = builder.srem(n, const(G))
-    threes = builder.add(builder.mul(full, const(-G % 3)), past(rest, 3))
-    fours = builder.add(builder.mul(full, const(-G % 4)), past(rest, 4))
-    return builder.icmp_signed("<", threes, fours)
+    best = past = None
+    for mr in choices:
+        left = builder.srem(builder.sub(const(mr), builder.srem(rest, const(mr))), const(mr))  # (−rest) mod mr
+        waste = builder.add(builder.mul(full, const(-G % mr)), left)
+        if best is None:
+            best, past = const(mr), waste
+        else:
+            fewer = builder.icmp_signed("<", waste, past)
+            best = builder.select(fewer, const(mr), best)
+            past = builder.select(fewer, waste, past)
+    return best
 
 
 def _operand(a, bf16=False):
