@@ -43,7 +43,7 @@ def test_panel_matmul_matches_numpy(dtype, M, K):
     rng = np.random.default_rng(M * 1000 + K)
     W = rng.standard_normal((M, K)).astype(dtype)
     Wp = _pack(W)
-    for n in (1, 2, 3, 5, 6, 7, 8, 9, 13, 17, 64, 300):
+    for n in (1, 2, 3, 5, 6, 7, 8, 9, 11, 13, 17, 19, 64, 300):
         rows = n + 2
         h = rng.standard_normal((rows, K)).astype(dtype)
         # out is the front of a larger buffer: nothing past its last column may be written

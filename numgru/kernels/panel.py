@@ -20,14 +20,19 @@ machine Numba compiles for:
 - 16 (AVX2, SSE): MR = 6 × NV = 2 (12 accumulators);
 
 L lanes per vector: 512-, 256- or 128-bit registers (16, 8 or 4 float32; half as many float64). Rows
-left over past the last full block of MR run in blocks of 4, 2 and 1 rows, the small ones with two
-accumulator sets over even and odd k to hide the FMA latency. Columns past M are never stored (masked
-stores in the last panel), and a last panel whose columns fill fewer than NV of its vectors
-multiplies those alone, summed in the same order (its zero padding had cost as much as real
-columns: Zen 4, one thread, one row, K = 256, M = 256 / 240 / 288, µs, 3.09 / 2.50 / 3.67 before,
-2.83 / 2.66 / 3.15 after; K = 64, M = 64 0.32 → 0.20; 16 rows, M = 256 22.1 → 19.9). k runs in
-chunks whose slice of a panel (~24 KB) stays in L1 while every row block passes over it. Panels start
-on 64-byte lines: vector loads that straddle two lines ran the one-row product at half speed.
+left over past the last full block of MR run in blocks of 4, then 3 or else 2 and 1 rows, the small
+ones with two accumulator sets over even and odd k to hide the FMA latency. (3 rows had run as 2 and
+1, each block passing over the panel's chunk: Zen 4, one thread, float32, the product alone against
+those blocks in one process, M = 3K, K = 768 / 256, n = 3 1.26× / 1.16×, n = 7 / 11 / 19 1.00–1.03×;
+frozen forwards (T, B, I, H) (30, 3, 128, 768) 1.19×, (32, 3, 256, 256) 1.08×, bidirectional
+(24, 3, 512, 512) 1.12×; the 3 rows' last bits change, their sums over even and odd k now one.)
+Columns past M are never stored (masked stores in the last panel), and a last panel whose columns
+fill fewer than NV of its vectors multiplies those alone, summed in the same order (its zero padding
+had cost as much as real columns: Zen 4, one thread, one row, K = 256, M = 256 / 240 / 288, µs,
+3.09 / 2.50 / 3.67 before, 2.83 / 2.66 / 3.15 after; K = 64, M = 64 0.32 → 0.20; 16 rows, M = 256
+22.1 → 19.9). k runs in chunks whose slice of a panel (~24 KB) stays in L1 while every row block
+passes over it. Panels start on 64-byte lines: vector loads that straddle two lines ran the one-row
+product at half speed.
 
 Measured on the 2-vCPU Intel machine (Emerald Rapids, one thread, float32, per product h @ W.T with
 M = 3H, K = H, BLAS pinned to one thread; correctness in tests/test_panel.py): B = 16, H = 256 at
@@ -684,16 +689,29 @@ def _emit_gemm(context, builder, fty, a_ptr, lda, b_ptr, P, o_ptr, ldo, n, M, K,
                 def row_blocks(nv):
                     with cgutils.for_range_slice(builder, s0, s_full, const(MR), intp) as (i0, _):
                         block(wbase, j0, i0, MR, k0, k1, first, nv)
-                    # the rows left over (fewer than MR) in blocks of 4, 2 and 1 rows: few block
-                    # variants to compile, whatever MR is
+                    # the rows left over (fewer than MR) in blocks of 4, then 3 or else 2 and 1 rows:
+                    # few block variants to compile, whatever MR is. A block of 3 rather than 2 and 1
+                    # reads the panel's chunk once: B = 3 had run slower on the panels than the
+                    # dot-product block on W as it lies (:mod:`~numgru.kernels.dotblock`)
                     i0 = s_full
-                    for mr in (4, 2, 1):
-                        if mr >= MR:
-                            continue
-                        take = builder.icmp_signed("!=", builder.and_(rem, const(mr)), const(0))
+                    if MR > 4:
+                        take = builder.icmp_signed("!=", builder.and_(rem, const(4)), const(0))
                         with builder.if_then(take):
-                            block(wbase, j0, i0, mr, k0, k1, first, nv)
-                        i0 = builder.select(take, builder.add(i0, const(mr)), i0)
+                            block(wbase, j0, i0, 4, k0, k1, first, nv)
+                        i0 = builder.select(take, builder.add(i0, const(4)), i0)
+                    low = builder.and_(rem, const(3))
+                    with builder.if_else(builder.icmp_signed("==", low, const(3))) as (three, fewer):
+                        with three:
+                            if MR > 3:
+                                block(wbase, j0, i0, 3, k0, k1, first, nv)
+                        with fewer:
+                            for mr in (2, 1):
+                                if mr >= MR:
+                                    continue
+                                take = builder.icmp_signed("!=", builder.and_(low, const(mr)), const(0))
+                                with builder.if_then(take):
+                                    block(wbase, j0, i0, mr, k0, k1, first, nv)
+                                i0 = builder.select(take, builder.add(i0, const(mr)), i0)
 
                 # a last panel whose columns from j0 fill only nv < NV of its vectors multiplies
                 # those alone: its padding (zeros, or nothing for operands as they lie) had cost as
