@@ -1,12 +1,15 @@
 """The whole forward in one kernel call (numgru/kernels/stack.py): the same values as each direction's
-calls, bit for bit, and the weights as they are at each call."""
+calls, bit for bit, and the weights as they are at each call; and a stream's step of every layer in
+one call (gru_step_layers), the same values as each layer's call."""
 import copy
 import pickle
 
+import numba
 import numpy as np
 import pytest
 
 import numgru as ng
+from numgru import serving
 from numgru.kernels.dispatch import StackPlan, stack_arguments
 from numgru.kernels.fused import fused_ready
 
@@ -209,3 +212,85 @@ def test_first_step_from_the_zero_state_does_not_read_W_hh(one_thread):
     np.testing.assert_array_equal(y, ry)
     np.testing.assert_array_equal(h, rh)
     assert np.isfinite(g(x[:1])[0]).all()
+
+
+STEP_CASES = [
+    # (dtype, I, H, layers, B, options)
+    (np.float32, 5, 24, 2, 1, {}),
+    (np.float32, 7, 33, 3, 3, dict(reset_after=False)),
+    (np.float32, 12, 20, 2, 2, dict(bias=False)),
+    (np.float32, 6, 18, 3, 1, dict(gate_activation="hard_sigmoid", clip=1.5)),
+    (np.float32, 200, 192, 2, 1, {}),  # the one-row dot-product block
+    (np.float64, 10, 16, 2, 5, {}),
+    (np.float64, 4, 9, 4, 1, dict(reset_after=False, bias=False)),
+]
+
+
+@pytest.fixture
+def one_thread():
+    before = numba.get_num_threads()
+    numba.set_num_threads(1)
+    yield
+    numba.set_num_threads(before)
+
+
+@pytest.mark.parametrize("dtype, I, H, layers, B, options", STEP_CASES)
+def test_stream_steps_every_layer_in_one_call(one_thread, monkeypatch, dtype, I, H, layers, B, options):
+    """A stream of several layers on the serial step runs them in one kernel call: its outputs and
+    state equal, bit for bit, those of a stream that calls each layer from Python, step after step
+    (both parities of its state buffers), and the model's forward over the sequence within rounding."""
+    g = ng.GRU(I, H, num_layers=layers, dtype=dtype, seed=3, **options)
+    xs = np.random.default_rng(layers * 10 + B).standard_normal((7, B, I)).astype(dtype)
+    stacked = g.stream(B)
+    assert stacked._stepper._stacked is not None
+    monkeypatch.setattr(serving, "_stackable", lambda layer, dtype: False)
+    apart = g.stream(B)
+    assert apart._stepper._stacked is None
+    ys = []
+    for xt in xs:
+        ys.append(stacked.step(xt))
+        np.testing.assert_array_equal(ys[-1], apart.step(xt))
+        np.testing.assert_array_equal(stacked.state, apart.state)
+    y_ref, h_ref = g(xs)  # (the forward against tests/reference.py, gate options too: test_forward.py)
+    np.testing.assert_allclose(np.stack(ys), y_ref, **TOL[dtype])
+    np.testing.assert_allclose(stacked.state, h_ref, **TOL[dtype])
+    if B == 1:  # unbatched steps (I,) take the same call
+        stacked.reset()
+        apart.reset()
+        for xt in xs[:3]:
+            np.testing.assert_array_equal(stacked.step(xt[0]), apart.step(xt[0]))
+
+
+def test_stream_steps_in_one_call_read_the_weights_as_they_are(one_thread):
+    """The one call finds each layer's weights by address: changes made in place between steps
+    (live arrays of named_parameters, load_state_dict) are read by the next step."""
+    g = ng.GRU(6, 16, num_layers=3, seed=0)
+    s = g.stream(2)
+    assert s._stepper._stacked is not None
+    rng = np.random.default_rng(5)
+    s.step(rng.standard_normal((2, 6)).astype(np.float32))
+    dict(g.named_parameters())["weight_hh_l2"][...] *= -0.5
+    sd = g.state_dict()
+    sd["bias_ih_l1"] = sd["bias_ih_l1"] + 0.25
+    sd["weight_ih_l0"] = sd["weight_ih_l0"][::-1].copy()
+    g.load_state_dict(sd)
+    for _ in range(2):  # both parities
+        state = s.state
+        x = rng.standard_normal((2, 6)).astype(np.float32)
+        y = s.step(x)
+        y_ref, h_ref = _reference(g, x[None], state)
+        np.testing.assert_allclose(y, y_ref[0], **TOL[np.float32])
+        np.testing.assert_allclose(s.state, h_ref, **TOL[np.float32])
+
+
+def test_stream_steps_in_one_call_only_on_plain_layers(one_thread):
+    """Layers with panels (a frozen model's packed steps) or bfloat16 weights keep their calls a layer
+    at a time; one layer keeps its own call."""
+    assert ng.GRU(8, 16, num_layers=1, seed=0).stream(1)._stepper._stacked is None
+    assert ng.GRU(8, 16, num_layers=2, seed=0).stream(1)._stepper._stacked is not None
+    layer = (np.zeros((3, 2), np.float32), np.zeros((3, 1), np.float32), np.zeros(3, np.float32),
+             np.zeros(3, np.float32), (np.zeros((0, 0, 0), np.float32),) * 3)
+    assert serving._stackable(layer, np.float32)
+    assert not serving._stackable(layer, np.float64)
+    assert not serving._stackable((np.zeros((2, 3), np.float32).T, *layer[1:]), np.float32)
+    assert not serving._stackable((*layer[:4], (np.zeros((1, 2, 16), np.float32),) + layer[4][1:]), np.float32)

@@ -154,3 +154,43 @@ def gru_stack_forward(x, addresses, panel_shapes, flags, h0, from_zero, ya, yb, 
                                               np.bool_(True), reverse, reset_after, gate_kind, alpha, beta, use_clip,
                                               clip, out[s0:s0 + T - 1], col0, h_n[i], np.bool_(False), empty,
                                               tiled_max, np.int64(0), np.int64(B)), None)
+
+
+#: entries of :func:`gru_step_layers`' ``natives``: :func:`~numgru.kernels.step.gru_step`'s addresses
+#: for layer 0's input and for an inner layer's (the layer below's new state)
+STEP_FIRST, STEP_INNER = range(2)
+
+
+@kernel
+def gru_step_layers(x, h, out, addresses, reset_after, gate_kind, alpha, beta, use_clip, clip, gi, gh, tiled_max,
+                    backwards, natives):
+    """One step of every layer of a stream (:class:`numgru.serving.Stepper`): layer k as
+    :func:`~numgru.kernels.step.gru_step` (x, or layer k − 1's new state) with h[k] into out[k], the
+    layers' calls from Python one kernel call, their values bit for bit.
+
+    x (B, I) C-contiguous; h (L, B, H) in and out (L, B, H) out, C-contiguous, apart; ``addresses``
+    (L, 4) int64: where each layer's W_ih (3H, I_k), b_ih (3H,), W_hh (3H, H) and b_hh (3H,) start
+    (columns :data:`W_IH`, :data:`B_IH`, :data:`W_HH`, :data:`B_HH`), float weights of x's dtype,
+    C-contiguous, without packed panels; gi, gh (B, 3H) workspace; the gate scalars, ``tiled_max``
+    and ``backwards`` as gru_step takes them; ``natives`` (2,) int64, gru_step's addresses for the
+    types handed here (:data:`STEP_FIRST`, :data:`STEP_INNER`)."""
+    wide_vectors()
+    L = addresses.shape[0]
+    H = h.shape[2]
+    M = 3 * H
+    empty = np.empty((0, 0, 0), x.dtype)
+    panels = (empty, empty, empty)
+    for k in range(L):
+        a = addresses[k]
+        K = x.shape[1] if k == 0 else H
+        W_ih = numba.carray(pointer_at(a[W_IH], x), (M, K))
+        b_ih = numba.carray(pointer_at(a[B_IH], x), (M,))
+        W_hh = numba.carray(pointer_at(a[W_HH], x), (M, H))
+        b_hh = numba.carray(pointer_at(a[B_HH], x), (M,))
+        if k == 0:
+            call_native(natives[STEP_FIRST], (x, h[0], W_ih, W_hh, b_ih, b_hh, panels, reset_after, gate_kind, alpha,
+                                              beta, use_clip, clip, out[0], gi, gh, tiled_max, backwards), None)
+        else:
+            call_native(natives[STEP_INNER], (out[k - 1], h[k], W_ih, W_hh, b_ih, b_hh, panels, reset_after,
+                                              gate_kind, alpha, beta, use_clip, clip, out[k], gi, gh, tiled_max,
+                                              backwards), None)
