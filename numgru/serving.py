@@ -466,11 +466,8 @@ class Stepper:
         # a model of several layers, each on the serial step over float weights without panels: every
         # layer from one kernel call (gru_step_layers), the layers' addresses read here from the arrays
         # this stepper keeps
-        self._stacked = None
-        if self._step is gru_step and L > 1 and all(_stackable(lay, dt) for lay in layers):
-            addresses = np.array([[lay[0].ctypes.data, lay[2].ctypes.data, lay[1].ctypes.data, lay[3].ctypes.data]
-                                  for lay in layers], np.int64)
-            self._stacked = lambda h, out, p: (h, out, addresses, *scalars, gi, gh, tiled_max, p == 1)
+        self._stacked = (scalars, gi, gh, tiled_max) if (
+            self._step is gru_step and L > 1 and all(_stackable(lay, dt) for lay in layers)) else None
         # per parity: (arguments of layer 0 after its input, [arguments of each later layer], top output)
         self._plans = []
         for p in (0, 1):
@@ -484,6 +481,13 @@ class Stepper:
     def state(self):
         """(L, B, H): the rows' state, live (writing into it sets the state)."""
         return self._bufs[self._cur]
+
+    def __getstate__(self):
+        # the compiled calls (machine code, and the layers' addresses for the one-call step) are
+        # this object's: a copy or an unpickled stepper finds its own on its first step
+        state = self.__dict__.copy()
+        state["_calls"] = {}
+        return state
 
     def __call__(self, x):
         """x (B, I) of the model's dtype; steps every layer and returns a copy of the top layer's new
@@ -516,8 +520,12 @@ class Stepper:
         first, rest, top = self._plans[cur]
         step = self._step
         if self._stacked is not None:
-            h, out = self._bufs[cur], self._bufs[1 - cur]
-            first = (*self._stacked(h, out, cur), self._step_natives(x, first, rest[0]))
+            # the layers' addresses read here, from the arrays this stepper holds (a copy's own)
+            scalars, gi, gh, tiled_max = self._stacked
+            addresses = np.array([[W_ih.ctypes.data, b_ih.ctypes.data, W_hh.ctypes.data, b_hh.ctypes.data]
+                                  for W_ih, W_hh, b_ih, b_hh, _ in self.layers], np.int64)
+            first = (self._bufs[cur], self._bufs[1 - cur], addresses, *scalars, gi, gh, tiled_max, cur == 1,
+                     self._step_natives(x, first, rest[0]))
             gru_step_layers(x, *first)
             self._calls[key] = (compiled_entry(gru_step_layers, (x, *first)) or gru_step_layers, first, [], top)
             self._cur = cur ^ 1

@@ -294,3 +294,19 @@ def test_stream_steps_in_one_call_only_on_plain_layers(one_thread):
     assert not serving._stackable(layer, np.float64)
     assert not serving._stackable((np.zeros((2, 3), np.float32).T, *layer[1:]), np.float32)
     assert not serving._stackable((*layer[:4], (np.zeros((1, 2, 16), np.float32),) + layer[4][1:]), np.float32)
+
+
+def test_copied_and_unpickled_streams_step_in_one_call_on_their_own_weights(one_thread):
+    """A copy or an unpickled stream, taken after steps, finds its own one-call step: it steps as the
+    original would, on the weights it holds, whatever happens to the original's."""
+    g = ng.GRU(5, 12, num_layers=3, seed=4)
+    s = g.stream(2)
+    xs = np.random.default_rng(9).standard_normal((4, 2, 5)).astype(np.float32)
+    s.step(xs[0])
+    copies = [copy.deepcopy(s), pickle.loads(pickle.dumps(s))]
+    want = [s.step(xt) for xt in xs[1:]]
+    for _, a in g.named_parameters():
+        a[...] = np.nan
+    del s
+    for c in copies:
+        np.testing.assert_array_equal(np.stack([c.step(xt) for xt in xs[1:]]), np.stack(want))
