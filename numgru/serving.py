@@ -464,8 +464,8 @@ class Stepper:
             self._step = gru_step
             args = lambda k, h, out, p: (h[k], *layers[k], *scalars, out[k], gi, gh, tiled_max, p == 1)
         # a model of several layers, each on the serial step over float weights without panels: every
-        # layer from one kernel call (gru_step_layers), the layers' addresses read here from the arrays
-        # this stepper keeps
+        # layer from one kernel call (gru_step_layers), the layers' addresses read on the first step
+        # (:meth:`_first_call`) from the arrays this stepper keeps
         self._stacked = (scalars, gi, gh, tiled_max) if (
             self._step is gru_step and L > 1 and all(_stackable(lay, dt) for lay in layers)) else None
         # per parity: (arguments of layer 0 after its input, [arguments of each later layer], top output)
@@ -557,8 +557,9 @@ class Stepper:
 
 def _stackable(layer, dtype):
     """Whether a stepper's layer ``(W_ih, W_hh, b_ih, b_hh, panels)`` can run inside
-    :func:`~numgru.kernels.stack.gru_step_layers`: float weights of ``dtype``, C-contiguous, no panels."""
-    return all(a.dtype == dtype and a.flags.c_contiguous for a in layer[:4]) and \
+    :func:`~numgru.kernels.stack.gru_step_layers`: float weights of ``dtype``, C-contiguous and aligned
+    (as the arrays that kernel makes of their addresses are typed), no panels."""
+    return all(a.dtype == dtype and a.flags.c_contiguous and a.flags.aligned for a in layer[:4]) and \
         all(p.shape[0] == 0 for p in layer[4])
 
 

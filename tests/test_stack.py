@@ -284,8 +284,8 @@ def test_stream_steps_in_one_call_read_the_weights_as_they_are(one_thread):
 
 
 def test_stream_steps_in_one_call_only_on_plain_layers(one_thread):
-    """Layers with panels (a frozen model's packed steps) or bfloat16 weights keep their calls a layer
-    at a time; one layer keeps its own call."""
+    """Layers with panels (a frozen model's packed steps), bfloat16 weights or weights not C-contiguous
+    and aligned keep their calls a layer at a time; one layer keeps its own call."""
     assert ng.GRU(8, 16, num_layers=1, seed=0).stream(1)._stepper._stacked is None
     assert ng.GRU(8, 16, num_layers=2, seed=0).stream(1)._stepper._stacked is not None
     layer = (np.zeros((3, 2), np.float32), np.zeros((3, 1), np.float32), np.zeros(3, np.float32),
@@ -293,6 +293,9 @@ def test_stream_steps_in_one_call_only_on_plain_layers(one_thread):
     assert serving._stackable(layer, np.float32)
     assert not serving._stackable(layer, np.float64)
     assert not serving._stackable((np.zeros((2, 3), np.float32).T, *layer[1:]), np.float32)
+    odd = np.zeros(3 * 2 * 4 + 1, np.uint8)[1:].view(np.float32).reshape(3, 2)
+    assert not odd.flags.aligned
+    assert not serving._stackable((odd, *layer[1:]), np.float32)
     assert not serving._stackable((*layer[:4], (np.zeros((1, 2, 16), np.float32),) + layer[4][1:]), np.float32)
 
 
