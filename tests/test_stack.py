@@ -4,7 +4,6 @@ one call (gru_step_layers), the same values as each layer's call."""
 import copy
 import pickle
 
-import numba
 import numpy as np
 import pytest
 
@@ -224,14 +223,6 @@ STEP_CASES = [
     (np.float64, 10, 16, 2, 5, {}),
     (np.float64, 4, 9, 4, 1, dict(reset_after=False, bias=False)),
 ]
-
-
-@pytest.fixture
-def one_thread():
-    before = numba.get_num_threads()
-    numba.set_num_threads(1)
-    yield
-    numba.set_num_threads(before)
 
 
 @pytest.mark.parametrize("dtype, I, H, layers, B, options", STEP_CASES)
