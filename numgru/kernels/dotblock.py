@@ -34,8 +34,12 @@ and reduced by the same tree. 2-vCPU AMD EPYC (Zen 4), one thread, float32, the 
 process taking turns with blocks of 4 alone: M = 2304, K = 768 (W from L3), n = 3 / 6 / 9 / 13
 1.22–1.34× / 1.25× / 1.30× / 1.18× (blocks of 3); M = 1920, K = 640, n = 3 / 5 / 6 / 10 1.27× / 1.54× /
 1.31× / 1.21×; M = 768, K = 256, n = 3 / 5 / 10 1.18× / 1.46× / 1.14×; n = 15 / 25 / 29 1.00–1.04×, the
-other row counts level (0.97–1.04 over repeated runs). With 8 lanes (float64, AVX2) blocks of 3 or 5
-would fill 6 or 5 of the 8 accumulators: not tried, blocks of 4 stay.
+other row counts level (0.97–1.04 over repeated runs). With 8 lanes (float64 on AVX-512, float32 on
+AVX2) blocks of 3 rows by 2 (6 of the 8 accumulators, chains enough for Zen 4's one 512-bit
+multiply-add a cycle; not measured on Intel's two FMA ports, which 6 chains would keep three-quarters
+busy, about what blocks of 4 computing a clamped row do), not of 5 by 1 (6 loads per 5
+multiply-adds): float64, M = 768, K = 256, n = 3 / 5 / 6 / 9 1.17× / 1.24× /
+1.23× / 1.23×; M = 1152, K = 384, n = 3 / 6 / 9 1.19× / 1.27× / 1.22×; other row counts 0.97–1.03×.
 
 Measured per product on the 2-vCPU Intel machine (Emerald Rapids, one thread, float32, M = 3K, against
 :func:`~numgru.kernels.forward.small_rows_matmul`, whole or in tiles as the shape took it; GFLOP/s):
@@ -252,8 +256,9 @@ def _emit_dot(context, builder, fty, x_ptr, ldx, w_ptr, ldw, o_ptr, ldo, n, M, K
                                         builder.call(omstore, [val, optr, ir.Constant(i32, size), omask])
 
     # blocks of 4 rows (4 + NR loads per L multiply-adds); 2 for two rows, which would leave half a
-    # block of 4 idle; with 16 lanes of 3 or 5 rows (by 5 or 3 rows of W, 15 of 16 accumulators)
-    # where blocks of 4 would compute more rows past n − 1 (clamped rows cost their multiply-adds)
+    # block of 4 idle; with 16 lanes of 3 or 5 rows (by 5 or 3 rows of W, 15 of 16 accumulators),
+    # with 8 lanes of 3 (by 2), where blocks of 4 would compute more rows past n − 1 (clamped rows
+    # cost their multiply-adds)
     mr_big = min(4, L)
     with builder.if_else(builder.icmp_signed("<=", n, const(2))) as (few, many):
         with few:
@@ -270,7 +275,14 @@ def _emit_dot(context, builder, fty, x_ptr, ldx, w_ptr, ldw, o_ptr, ldo, n, M, K
                                 nest(3)
                             with fives:
                                 nest(5)
-            else:  # (fewer lanes: blocks of 3 would keep fewer accumulators busy)
+            elif L == 8:
+                mr = _block_rows(builder, n, G, (4, 3))
+                with builder.if_else(builder.icmp_signed("==", mr, const(4)), likely=True) as (fours, threes):
+                    with fours:
+                        nest(4)
+                    with threes:
+                        nest(3)
+            else:
                 nest(mr_big)
 
 
