@@ -21,9 +21,9 @@ from .kernels.dispatch import (AMX_DIGITS_SPREAD, STEP_AS_PRODUCT_MIN_ROWS, Froz
                                amx_recurrence_wanted, amx_rows_chunks, batch_order, directions_apart,
                                directions_side_by_side, empty_array, forward_route, gate_scalars, gather_pays,
                                gathered, gru_direction_backward, gru_direction_forward, inference_tiled_max,
-                               input_gradient, input_projection, keeps_off_blas, matmul_order, no_step_panels,
-                               on_one_thread, one_step_as_product, one_thread_each, packed_step, padded_gathers,
-                               plain_plan, plan_off_blas, recycled, rows_share_panels, run_from_zero,
+                               input_gradient, input_projection, keeps_off_blas, layer_output, matmul_order,
+                               no_step_panels, on_one_thread, one_step_as_product, one_thread_each, packed_step,
+                               padded_gathers, plain_plan, plan_off_blas, recycled, rows_share_panels, run_from_zero,
                                run_padded_direction, run_serial_direction, run_stack, run_step, run_step_digits,
                                scattered, serial_direction_plan, serial_forward, StackPlan, stack_arguments,
                                step_columns, step_columns_workspace, step_digits_columns_work, take_batch_rows,
@@ -842,15 +842,11 @@ class GRU(_Params):
         h_n = np.empty((L * D, B, H), dtype)
         others = None if lengths is None else np.maximum(lengths - 1, 0)  # (writeable int64, as lengths)
         if isinstance(plan, StackPlan) and (lengths is None or not plan.kernels[1]):  # (no fused padded rows)
-            shape = (T, B, D * H)
-            y = workspace(f"y{(L - 1) % 2}", shape, dtype) if scratch_out else np.empty(shape, dtype)
-            run_stack(plan, x, h0, y, h_n, lengths, others)
-            return y, h_n
+            return run_stack(plan, x, h0, h_n, lengths, others, scratch_out), h_n
         inp = x
         for layer in range(L):
-            shape = (T, B, D * H)
             # used up by the next layer, or copied by the caller: scratch
-            y = workspace(f"y{layer % 2}", shape, dtype) if layer < L - 1 or scratch_out else np.empty(shape, dtype)
+            y = layer_output(layer, L, (T, B, D * H), dtype, scratch_out)
             x2d = inp.reshape(T * B, inp.shape[2])
             jobs = [(plan[layer * D + d], x2d, None if h0 is None else h0[layer * D + d], lengths, others, y, d * H,
                      h_n[layer * D + d]) for d in range(D)]
@@ -935,10 +931,8 @@ class GRU(_Params):
             # by the caller): this thread's scratch, two names in turn
             if store:
                 y = recycled(f"y{layer}", (T, B, D * H), self.dtype)
-            elif layer < self.num_layers - 1 or scratch_out:
-                y = workspace(f"y{layer % 2}", (T, B, D * H), self.dtype)
             else:
-                y = np.empty((T, B, D * H), self.dtype)
+                y = layer_output(layer, self.num_layers, (T, B, D * H), self.dtype, scratch_out)
             x2d = inp.reshape(T * B, inp.shape[2])
             jobs = [(layer, d, x2d, y, h0, h_n, lengths, valid, route, off_blas, store, from_zero, padded)
                     for d in range(D)]

@@ -19,9 +19,10 @@ from concurrent.futures import Future
 import numpy as np
 
 from ._validation import as_real_array, check_float, check_int
-from .kernels._jit import ARRAY_KIND, compiled_entry, native_address
+from .kernels._jit import ARRAY_KIND, compiled_entry
 from .kernels.dispatch import (aligned, inference_tiled_max, run_step, run_step_digits,
-                               step_columns_workspace, step_digits_columns_work, thread_count)
+                               step_columns_workspace, step_digits_columns_work, step_layer_stackable,
+                               step_layers_natives, thread_count)
 from .kernels.stack import gru_step_layers
 from .kernels.step import gru_step
 from .kernels.vnni import gru_step_vnni, gru_step_vnni_before, step_work_size
@@ -467,7 +468,7 @@ class Stepper:
         # layer from one kernel call (gru_step_layers), the layers' addresses read on the first step
         # (:meth:`_first_call`) from the arrays this stepper keeps
         self._stacked = (scalars, gi, gh, tiled_max) if (
-            self._step is gru_step and L > 1 and all(_stackable(lay, dt) for lay in layers)) else None
+            self._step is gru_step and L > 1 and all(step_layer_stackable(lay, dt) for lay in layers)) else None
         # per parity: (arguments of layer 0 after its input, [arguments of each later layer], top output)
         self._plans = []
         for p in (0, 1):
@@ -525,7 +526,7 @@ class Stepper:
             addresses = np.array([[W_ih.ctypes.data, b_ih.ctypes.data, W_hh.ctypes.data, b_hh.ctypes.data]
                                   for W_ih, W_hh, b_ih, b_hh, _ in self.layers], np.int64)
             first = (self._bufs[cur], self._bufs[1 - cur], addresses, *scalars, gi, gh, tiled_max, cur == 1,
-                     self._step_natives(x, first, rest[0]))
+                     step_layers_natives(x, first, rest[0]))
             gru_step_layers(x, *first)
             self._calls[key] = (compiled_entry(gru_step_layers, (x, *first)) or gru_step_layers, first, [], top)
             self._cur = cur ^ 1
@@ -538,29 +539,6 @@ class Stepper:
             [(compiled_entry(step, args) or step, args) for args in rest], top)
         self._cur = cur ^ 1
         return top.copy()
-
-    @staticmethod
-    def _step_natives(x, first, inner):
-        """gru_step's addresses for :func:`~numgru.kernels.stack.gru_step_layers` (``natives``): for
-        layer 0's input x (its arguments after x, ``first``) and for an inner layer's (an inner layer's
-        arguments, ``inner``), the weights and panels of the types that kernel hands them (C-contiguous,
-        writeable)."""
-        def as_kernel_hands(args):
-            W_ih, W_hh, b_ih, b_hh, panels = args[2:7]
-            empty = np.empty((0, 0, 0), W_ih.dtype)
-            return (*args[:2], np.empty(W_ih.shape, W_ih.dtype), np.empty(W_hh.shape, W_hh.dtype),
-                    np.empty(b_ih.shape, b_ih.dtype), np.empty(b_hh.shape, b_hh.dtype), (empty, empty, empty),
-                    *args[7:])
-        return np.array([native_address(gru_step, as_kernel_hands((x, *first))),
-                         native_address(gru_step, as_kernel_hands(inner))], np.int64)
-
-
-def _stackable(layer, dtype):
-    """Whether a stepper's layer ``(W_ih, W_hh, b_ih, b_hh, panels)`` can run inside
-    :func:`~numgru.kernels.stack.gru_step_layers`: float weights of ``dtype``, C-contiguous and aligned
-    (as the arrays that kernel makes of their addresses are typed), no panels."""
-    return all(a.dtype == dtype and a.flags.c_contiguous and a.flags.aligned for a in layer[:4]) and \
-        all(p.shape[0] == 0 for p in layer[4])
 
 
 class EngineStream:

@@ -9,7 +9,7 @@ import pytest
 
 import numgru as ng
 from numgru import serving
-from numgru.kernels.dispatch import StackPlan, stack_arguments
+from numgru.kernels.dispatch import StackPlan, stack_arguments, step_layer_stackable
 from numgru.kernels.fused import fused_ready
 
 from conftest import TOL
@@ -234,7 +234,7 @@ def test_stream_steps_every_layer_in_one_call(one_thread, monkeypatch, dtype, I,
     xs = np.random.default_rng(layers * 10 + B).standard_normal((7, B, I)).astype(dtype)
     stacked = g.stream(B)
     assert stacked._stepper._stacked is not None
-    monkeypatch.setattr(serving, "_stackable", lambda layer, dtype: False)
+    monkeypatch.setattr(serving, "step_layer_stackable", lambda layer, dtype: False)
     apart = g.stream(B)
     assert apart._stepper._stacked is None
     ys = []
@@ -281,13 +281,13 @@ def test_stream_steps_in_one_call_only_on_plain_layers(one_thread):
     assert ng.GRU(8, 16, num_layers=2, seed=0).stream(1)._stepper._stacked is not None
     layer = (np.zeros((3, 2), np.float32), np.zeros((3, 1), np.float32), np.zeros(3, np.float32),
              np.zeros(3, np.float32), (np.zeros((0, 0, 0), np.float32),) * 3)
-    assert serving._stackable(layer, np.float32)
-    assert not serving._stackable(layer, np.float64)
-    assert not serving._stackable((np.zeros((2, 3), np.float32).T, *layer[1:]), np.float32)
+    assert step_layer_stackable(layer, np.float32)
+    assert not step_layer_stackable(layer, np.float64)
+    assert not step_layer_stackable((np.zeros((2, 3), np.float32).T, *layer[1:]), np.float32)
     odd = np.zeros(3 * 2 * 4 + 1, np.uint8)[1:].view(np.float32).reshape(3, 2)
     assert not odd.flags.aligned
-    assert not serving._stackable((odd, *layer[1:]), np.float32)
-    assert not serving._stackable((*layer[:4], (np.zeros((1, 2, 16), np.float32),) + layer[4][1:]), np.float32)
+    assert not step_layer_stackable((odd, *layer[1:]), np.float32)
+    assert not step_layer_stackable((*layer[:4], (np.zeros((1, 2, 16), np.float32),) + layer[4][1:]), np.float32)
 
 
 def test_copied_and_unpickled_streams_step_in_one_call_on_their_own_weights(one_thread):

@@ -2408,23 +2408,34 @@ def stack_arguments(plans, T, B, directions, zero_bias, scalars):
     return stack
 
 
-def run_stack(plan, x, h0, y, h_n, lengths=None, others=None):
+def layer_output(layer, layers, shape, dtype, scratch_out):
+    """The array (T, B, D·H) an inference forward's ``layer`` (of ``layers``) writes: this thread's
+    scratch, two names in turn, where the next layer uses it up or the caller copies it
+    (``scratch_out``), else a new array."""
+    if layer < layers - 1 or scratch_out:
+        return workspace(f"y{layer % 2}", shape, dtype)
+    return np.empty(shape, dtype)
+
+
+def run_stack(plan, x, h0, h_n, lengths=None, others=None, scratch_out=False):
     """Every layer and direction of a :class:`StackPlan` by :func:`~numgru.kernels.stack.
     gru_stack_forward`: x (T, B, I) C-contiguous in the model's dtype, h0 (L·D, B, H) owned or None
-    (the zero state), y (T, B, D·H) and h_n (L·D, B, H) out, as the directions' calls one by one
+    (the zero state), h_n (L·D, B, H) out; returns y (T, B, D·H) (:func:`layer_output`'s, the inner
+    layers' outputs in the same scratch), as the directions' calls one by one
     (:func:`run_serial_direction`, :func:`run_from_zero`) would write them; over padded rows
     (``lengths`` (B,) int64, non-increasing, owned, ``others`` max(lengths − 1, 0); a plan whose
     directions all run the plain serial kernels) as :func:`run_padded_direction` would."""
     T, B, I = x.shape
     H = h_n.shape[2]
-    dtype = y.dtype
+    dtype = h_n.dtype
     kind = x.flags.num & ARRAY_KIND
     gx = workspace("gx", (T * B, 3 * H), dtype)
     h1 = np.empty((B, H), dtype)
-    if len(plan) > plan.directions:  # inner layers
-        ya, yb = workspace("y0", y.shape, dtype), workspace("y1", y.shape, dtype)
-    else:
-        ya = yb = y
+    L = len(plan) // plan.directions
+    shape = (T, B, plan.directions * H)
+    y = layer_output(L - 1, L, shape, dtype, scratch_out)
+    ya = layer_output(0, L, shape, dtype, scratch_out) if L > 1 else y  # the inner layers' (even, odd)
+    yb = layer_output(1, L, shape, dtype, scratch_out) if L > 2 else ya
     natives = plan.natives.get(kind)
     if natives is None:
         natives = plan.natives[kind] = _stack_natives(plan, x, gx, ya, h1, h_n)
@@ -2433,6 +2444,7 @@ def run_stack(plan, x, h0, y, h_n, lengths=None, others=None):
                  plan.no_state if h0 is None else h0, h0 is None, ya, yb, y, gx, h_n, h1,
                  lengths if padded else plan.lengths, others if padded else plan.others, padded, *plan.scalars,
                  plan.directions, natives)
+    return y
 
 
 def _stack_natives(plan, x, gx, y, h1, h_n):
@@ -2467,6 +2479,29 @@ def _stack_natives(plan, x, gx, y, h1, h_n):
         natives[4:] = [native_address(fused_forward, (inp, W_ih, empty, bias, W_hh, *panels, bias, h1, True, y,
                                                       np.int64(0), h_n[0])) for inp in (x2d, inner)]
     return natives
+
+
+def step_layer_stackable(layer, dtype):
+    """Whether a stream's layer ``(W_ih, W_hh, b_ih, b_hh, panels)`` (as :class:`numgru.serving.Stepper`
+    holds it) can run inside :func:`~numgru.kernels.stack.gru_step_layers`: float weights of ``dtype``,
+    C-contiguous and aligned (as the arrays that kernel makes of their addresses are typed), no panels."""
+    return all(a.dtype == dtype and a.flags.c_contiguous and a.flags.aligned for a in layer[:4]) and \
+        all(p.shape[0] == 0 for p in layer[4])
+
+
+def step_layers_natives(x, first, inner):
+    """:func:`~numgru.kernels.step.gru_step`'s addresses for :func:`~numgru.kernels.stack.gru_step_layers`
+    (``natives``), as :func:`_stack_natives` takes the forward's: for layer 0's input x (its arguments
+    after x, ``first``) and for an inner layer's (an inner layer's arguments, ``inner``), with weights
+    and panels of the types that kernel hands them (C-contiguous, writeable)."""
+    def as_kernel_hands(args):
+        W_ih, W_hh, b_ih, b_hh, panels = args[2:7]
+        empty = np.empty((0, 0, 0), W_ih.dtype)
+        return (*args[:2], np.empty(W_ih.shape, W_ih.dtype), np.empty(W_hh.shape, W_hh.dtype),
+                np.empty(b_ih.shape, b_ih.dtype), np.empty(b_hh.shape, b_hh.dtype), (empty, empty, empty),
+                *args[7:])
+    return np.array([native_address(gru_step, as_kernel_hands((x, *first))),
+                     native_address(gru_step, as_kernel_hands(inner))], np.int64)
 
 
 def run_padded_direction(plan, x2d, gx, h0, lengths, others, y, col0, h_n):

@@ -259,31 +259,26 @@ def _emit_dot(context, builder, fty, x_ptr, ldx, w_ptr, ldw, o_ptr, ldo, n, M, K
     # block of 4 idle; with 16 lanes of 3 or 5 rows (by 5 or 3 rows of W, 15 of 16 accumulators),
     # with 8 lanes of 3 (by 2), where blocks of 4 would compute more rows past n − 1 (clamped rows
     # cost their multiply-adds)
-    mr_big = min(4, L)
+    choices = {16: (4, 3, 5), 8: (4, 3)}.get(L, (min(4, L),))
+
+    def nests(sizes):
+        """The nest for the block size ``_block_rows`` picked among ``sizes``, each in a branch."""
+        if len(sizes) == 1:
+            nest(sizes[0])
+            return
+        this_one = builder.icmp_signed("==", mr, const(sizes[0]))
+        with builder.if_else(this_one, likely=True if sizes[0] == 4 else None) as (this, rest):
+            with this:
+                nest(sizes[0])
+            with rest:
+                nests(sizes[1:])
+
     with builder.if_else(builder.icmp_signed("<=", n, const(2))) as (few, many):
         with few:
             nest(min(2, L))
         with many:
-            if L == 16:
-                mr = _block_rows(builder, n, G, (4, 3, 5))
-                with builder.if_else(builder.icmp_signed("==", mr, const(4)), likely=True) as (fours, other):
-                    with fours:
-                        nest(4)
-                    with other:
-                        with builder.if_else(builder.icmp_signed("==", mr, const(3))) as (threes, fives):
-                            with threes:
-                                nest(3)
-                            with fives:
-                                nest(5)
-            elif L == 8:
-                mr = _block_rows(builder, n, G, (4, 3))
-                with builder.if_else(builder.icmp_signed("==", mr, const(4)), likely=True) as (fours, threes):
-                    with fours:
-                        nest(4)
-                    with threes:
-                        nest(3)
-            else:
-                nest(mr_big)
+            mr = _block_rows(builder, n, G, choices)
+            nests(choices)
 
 
 def _block_rows(builder, n, G, choices):
