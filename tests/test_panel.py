@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from numgru.kernels.bf16 import from_bfloat16, to_bfloat16
-from numgru.kernels.panel import SLAB_ROWS, pack_panels, panel_block, panel_matmul, panel_rows, panel_width
+from numgru.kernels.panel import (SLAB_ROWS, pack_panels, panel_block, panel_block_rows, panel_matmul, panel_rows,
+                                  panel_width)
 
 
 @numba.njit(cache=False)
@@ -34,6 +35,11 @@ def _block(x, Wp, p0, p1, col, bias, use_bias, out, r0, r1):
 @numba.njit(cache=False)
 def _width(x):
     return panel_width(x)
+
+
+@numba.njit(cache=False)
+def _block_rows(x):
+    return panel_block_rows(x)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -116,7 +122,7 @@ def test_panel_rows_rejects_bad_ranges():
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("use_bias", [True, False])
 def test_panel_block_ranges_equal_the_whole_call(dtype, use_bias):
-    # ranges of rows (from multiples of 8) and of panels give the whole call's values bit for bit,
+    # ranges of rows (from multiples of the block's rows) and of panels give the whole call's values bit for bit,
     # and nothing outside the range is written
     rng = np.random.default_rng(11)
     w = _width(dtype(0))
@@ -135,8 +141,11 @@ def test_panel_block_ranges_equal_the_whole_call(dtype, use_bias):
     rows = np.full((N, M), 7.0, dtype)
     _rows(x, Wp, bias, use_bias, rows, 0, N)
     np.testing.assert_array_equal(rows, whole)
-    for r0, r1, p0, p1 in [(0, N, 0, 1), (0, N, P - 1, P), (8, 40, 2, 5), (16, N, 1, P - 1), (0, 8, 0, P),
+    mr = _block_rows(dtype(0))
+    s = mr if SLAB_ROWS % mr == 0 else SLAB_ROWS  # 8 on AVX-512, else slabs (AVX2: blocks of 6)
+    for r0, r1, p0, p1 in [(0, N, 0, 1), (0, N, P - 1, P), (s, 5 * s, 2, 5), (2 * s, N, 1, P - 1), (0, s, 0, P),
                            (5, 5, 0, P), (0, N, 3, 3)]:
+        r1 = min(r1, N)
         out = np.full((N, M), 7.0, dtype)
         _block(x, Wp, p0, p1, p0 * w, bias, use_bias, out, r0, r1)
         c0, c1 = min(M, p0 * w), min(M, p1 * w)
@@ -146,9 +155,9 @@ def test_panel_block_ranges_equal_the_whole_call(dtype, use_bias):
     # panels packed apart from W's rows col … (the last ones, ending inside a panel) write from col on
     col = (P - 3) * w
     out = np.full((N, M), 7.0, dtype)
-    _block(x, _pack(W[col:]), 0, 3, col, bias, use_bias, out, 8, N)
-    np.testing.assert_array_equal(out[8:, col:], whole[8:, col:])
-    out[8:, col:] = 7.0
+    _block(x, _pack(W[col:]), 0, 3, col, bias, use_bias, out, s, N)
+    np.testing.assert_array_equal(out[s:, col:], whole[s:, col:])
+    out[s:, col:] = 7.0
     assert (out == 7.0).all()
 
 

@@ -107,6 +107,20 @@ def panel_width(typingctx, x):
     return types.intp(x), codegen
 
 
+@intrinsic
+def panel_block_rows(typingctx, x):
+    """MR, the rows of one full register block of the panel product, for the dtype of the scalar ``x``
+    on this target (a constant): 8 with 32 vector registers, 6 with 16. :func:`panel_block` over a
+    range of rows sums each value as over all rows where the range starts and ends (or ends at the last
+    row) on multiples of MR if MR divides :data:`SLAB_ROWS`, else of SLAB_ROWS."""
+    if not (_float_type(x) or x == types.uint16):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return ir.Constant(cgutils.intp_t, _shape_for(context, _wide_size(context, sig.args[0]))[1])
+    return types.intp(x), codegen
+
+
 def packed_depth(K, Wp):
     """Rows of k in panels for an inner dimension K: K for float panels, K rounded up to even for
     bfloat16 ones (``uint16``: stored in pairs of k, see :func:`pack_panels`)."""
@@ -830,11 +844,11 @@ def panel_block(x, Wp, p0, p1, col, bias, use_bias, out, r0, r1):
     0 ≤ p0 ≤ p1 ≤ P, 0 ≤ col. In slabs of :data:`SLAB_ROWS` rows, each slab's bias written first and
     the product added while the slab is in cache. Each value of out is summed in the block's order (k
     in its chunks) whatever the panels, so where MR is 8 (AVX-512) ranges of rows starting on
-    multiples of 8, or ranges of panels, on several threads give one call's values. (Slabs of 256
-    rows passed over groups of four panels, so that W would stream from memory once per 256 rows,
-    ran the one-thread float32 projection slower where W fits L3: 2-vCPU AMD EPYC, I = 768, N = 256
-    / 1024 / 8192, 92–98 / 99–100 / 102–103 GFLOP/s against 76–82 / 88–93 / 84–90: x's rows then
-    broadcast from L2, not L1.)"""
+    multiples of 8 (:func:`panel_block_rows`), or ranges of panels, on several threads give one call's
+    values. (Slabs of 256 rows passed over groups of four panels, so that W would stream from memory
+    once per 256 rows, ran the one-thread float32 projection slower where W fits L3: 2-vCPU AMD EPYC,
+    I = 768, N = 256 / 1024 / 8192, 92–98 / 99–100 / 102–103 GFLOP/s against 76–82 / 88–93 / 84–90:
+    x's rows then broadcast from L2, not L1.)"""
     K = x.shape[1]
     M = out.shape[1]
     NC = Wp.shape[2]
