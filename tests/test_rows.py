@@ -304,12 +304,29 @@ def test_small_projection_off_blas_takes_the_dot_block(two_threads, spy, rng):
     T, B, I, H = 5, 4, 150, 48
     assert not any(dispatch.serial_projection_choice(T * B, I, 2, False, False))
     assert dispatch.off_blas_dot(T * B, I, 3 * H) and not dispatch.off_blas_dot(T * B, 2 * I, 3 * H)
-    assert dispatch.off_blas_dot(1, 128, 384) and not dispatch.off_blas_dot(1, 129, 387)  # one row
+    # one row: weights of up to 3·256² values (one L2's worth of float32), whatever the inputs
+    assert dispatch.off_blas_dot(1, 256, 768) and not dispatch.off_blas_dot(1, 257, 768)
+    assert dispatch.off_blas_dot(1, 1024, 192) and not dispatch.off_blas_dot(1, 384, 768)
     g, p = _model(I, H, 1, False, np.float32)
     x = rng.standard_normal((T, B, I)).astype(np.float32)
     y, h = g(x)
     assert spy["fwd"] == 0 and spy["proj"] == 0
     ry, rh = ref_gru(x, p, 1, H)
+    np.testing.assert_allclose(y, ry, **TOL[np.float32])
+    np.testing.assert_allclose(h, rh, **TOL[np.float32])
+
+
+@pytest.mark.parametrize("I, H", [(192, 192), (256, 64), (320, 192)])
+@pytest.mark.parametrize("with_h0", [False, True])
+def test_one_step_of_one_row_projects_on_this_thread_within_l2(two_threads, spy, rng, I, H, with_h0):
+    # a single step of one row on two threads, W_ih within one L2 (more than 128 inputs): this
+    # thread's dot block, not a parallel region, which cost more than the product
+    g, p = _model(I, H, 1, False, np.float32)
+    x = rng.standard_normal((1, 1, I)).astype(np.float32)
+    h0 = rng.standard_normal((1, 1, H)).astype(np.float32) if with_h0 else None
+    y, h = g(x, h0)
+    assert spy["proj"] == 0 and spy["fwd"] == 0
+    ry, rh = ref_gru(x, p, 1, H, h0=h0)
     np.testing.assert_allclose(y, ry, **TOL[np.float32])
     np.testing.assert_allclose(h, rh, **TOL[np.float32])
 

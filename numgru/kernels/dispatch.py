@@ -76,7 +76,7 @@ from .panel import WIDE_GROUP, WIDE_PANELS_BYTES
 PARALLEL_MIN_ROWS = 64
 OFF_BLAS_PANELS_MIN_ROWS = 64
 OFF_BLAS_DOT_MAX_WORK = 1 << 19
-OFF_BLAS_DOT_ONE_ROW_MAX_INPUTS = 128
+OFF_BLAS_DOT_ONE_ROW_MAX_VALUES = 3 * 256 * 256
 ROWS_MIN = 4
 ROWS_MAX_WEIGHTS = 1 << 18
 ROWS_MAX_STATE = 16384
@@ -2027,12 +2027,22 @@ def _amx_training_forward(gx, W_hh, b_hh, h0, lengths, reverse, reset_after, gat
 def off_blas_dot(N, I, M):
     """Whether a projection of N rows with I inputs and M outputs that :func:`keeps_off_blas` takes off
     BLAS's threads runs on this thread by the dot-product block rather than in a parallel region on
-    Numba's: below ``OFF_BLAS_DOT_MAX_WORK`` multiply-adds (N·I·M), one row only for I up to
-    ``OFF_BLAS_DOT_ONE_ROW_MAX_INPUTS``. Two threads, the kernel alone, µs, block against Numba's
-    threads: I = 64, N = 1 / 8 / 32 1.43 / 3.47 / 13.5 against 2.64 / 4.68 / 14.7; I = 128, N = 2 / 8
-    4.38 / 11.3 against 6.34 / 12.0; I = 256, N = 2 9.77 against 13.4; but I = 128, N = 16 (786432)
-    19.9 against 18.4, I = 256, N = 4 15.8 against 11.6, and one row at I = 256 9.45 against 6.37."""
-    return N * I * M < OFF_BLAS_DOT_MAX_WORK and (N > 1 or I <= OFF_BLAS_DOT_ONE_ROW_MAX_INPUTS)
+    Numba's: below ``OFF_BLAS_DOT_MAX_WORK`` multiply-adds (N·I·M), one row only for weights of up to
+    ``OFF_BLAS_DOT_ONE_ROW_MAX_VALUES`` values (I·M; one L2's worth of float32). Two threads, the kernel
+    alone, µs, block against Numba's threads: I = 64, N = 1 / 8 / 32 1.43 / 3.47 / 13.5 against 2.64 /
+    4.68 / 14.7; I = 128, N = 2 / 8 4.38 / 11.3 against 6.34 / 12.0; I = 256, N = 2 9.77 against 13.4;
+    but I = 128, N = 16 (786432) 19.9 against 18.4, I = 256, N = 4 15.8 against 11.6. One row had
+    taken Numba's threads past I = 128 (the kernel alone, I = 256: 9.45 against 6.37), but a whole
+    step of one row (T = 1, B = 1: a layer's projection, one step) ran slower that way where W_ih
+    fits one L2, the second thread reading its half from L3 and the region's start and end costing
+    more than the half saved (2-vCPU AMD EPYC, two threads, one process taking turns with the rule
+    before, medians of nine rounds, (I, H) µs): from zero (192, 192) 11.8 against 16.0, (320, 192) 15.8
+    against 18.6, (256, 64) 8.2 against 13.5, (1024, 64) 16.9 against 18.5, (256, 256) 17.0 against
+    17.6, two layers of (256, 256) 32.7 against 41.6, bidirectional 30.7 against 33.2; from a given
+    state (192, 192) 20.1 against 24.7, (256, 256) 30.6 against 33.0. Beyond one L2 the threads kept
+    their lead (the block against them: (384, 256) 22.7 against 20.5, (640, 256) 32.3 against 27.2,
+    (1024, 128) 29.7 against 28.2)."""
+    return N * I * M < OFF_BLAS_DOT_MAX_WORK and (N > 1 or I * M <= OFF_BLAS_DOT_ONE_ROW_MAX_VALUES)
 
 
 def keeps_off_blas(B, H, threads, store):
