@@ -352,11 +352,35 @@ def test_columns_at_one_row_by_bytes(two_threads, monkeypatch, H, itemsize, want
     assert dispatch.forward_route(1, H, False, False, itemsize=itemsize) is None
 
 
+@pytest.mark.parametrize("H, T, want", [
+    (320, 3, None), (320, 4, "columns"),      # W_hh within the L2s: T·3H² from 2**20
+    (384, 2, None), (384, 3, "columns"),
+    (448, 1, None), (448, 3, None), (448, 4, "columns"),  # beyond: from 2 steps and 2**21
+    (512, 2, None), (512, 3, "columns"),
+    (640, 2, "columns"),
+])
+def test_short_calls_of_one_row_stay_serial(two_threads, monkeypatch, H, T, want):
+    monkeypatch.setattr(dispatch, "WIDE_BLAS", False)
+    assert dispatch.forward_route(1, H, True, False, T) == want
+
+
+@pytest.mark.parametrize("H, T", [(320, 2), (448, 3)])
+def test_short_one_row_forward_on_two_threads_matches_reference(two_threads, rng, H, T):
+    g, p = _model(H, H, 1, False, np.float32)
+    x = rng.standard_normal((T, 1, H)).astype(np.float32)
+    h0 = rng.standard_normal((1, 1, H)).astype(np.float32)
+    for h in (None, h0):
+        y, h_n = g(x, h)
+        ry, rh = ref_gru(x, p, 1, H, h0=h)
+        np.testing.assert_allclose(y, ry, **TOL[np.float32])
+        np.testing.assert_allclose(h_n, rh, **TOL[np.float32])
+
+
 @pytest.mark.parametrize("H, T, wide, want, want_bf16", [
-    (512, 2, False, "columns", "columns"),  # beyond the L2s: float32 columns from two steps
+    (512, 3, False, "columns", "columns"),  # beyond the L2s: float32 columns from two steps and 2**21
     (896, 128, False, "columns", None),     # (bfloat16 keeps its window: 4.8 MB)
     (512, 1, False, None, "columns"),       # one step: the serial kernel
-    (256, 1, False, "columns", None),       # (within the L2s the rule has no step count)
+    (256, 8, False, "columns", None),       # within the L2s: float32 from 2**20 multiply-adds of W_hh
     (512, 128, True, None, "columns"),      # BLAS's vectors wider: its GEMV, as measured there
     (384, 128, True, "columns", "columns"),
 ])

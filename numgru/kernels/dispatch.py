@@ -88,6 +88,8 @@ ROWS_UNEVEN = 1.15
 COLS_STATE = (1024, 16384)
 COLS_B1_BYTES = (1 << 19, 1 << 20)
 COLS_B1_BEYOND_L2_MIN_STEPS = 2
+COLS_B1_MIN_WORK = 1 << 20
+COLS_B1_BEYOND_L2_MIN_WORK = 1 << 21
 COLS_FEW_ROWS_MIN_HIDDEN = 160
 COLS_FEW_ROWS_MIN_STEPS = 32
 COLS_FEW_ROWS_MIN_STEPS_KEPT = 64
@@ -430,7 +432,20 @@ def forward_route(B, H, reset_after, store, T=None, itemsize=4, kept=False):
         and B·H ≤ hi, or B = 1 when W_hh takes more than lo bytes but at most hi bytes per thread for
         ``COLS_B1_BYTES`` = (lo, hi): each thread's slice then stays in its core's L2; beyond hi too for
         float32 W_hh from ``COLS_B1_BEYOND_L2_MIN_STEPS`` steps where BLAS's vectors are no wider than
-        Numba's (not :data:`WIDE_BLAS`). On the 2-vCPU AMD EPYC (Zen 4, two threads, T = 128 / 32,
+        Numba's (not :data:`WIDE_BLAS`). There, calls of fewer than ``COLS_B1_MIN_WORK`` multiply-adds
+        of W_hh (T·3H², W_hh within the L2s) or ``COLS_B1_BEYOND_L2_MIN_WORK`` (beyond) take the serial
+        kernels: the region's hand-offs and each thread's packing of its slice cost more than the
+        second core saves over so few steps (2-vCPU AMD EPYC, two threads, one process taking turns
+        with the rule before, medians of seven rounds, µs, plain unless said): H = 288, T = 1 / 2 / 4
+        20.1 / 37.3 / 68.1 against 29.2 / 58.6 / 85.2; H = 320, T = 1 / 2 / 3 24.0 / 43.3 / 63.0 against
+        33.0 / 60.0 / 71.3 (T = 4 / 5 / 6 on the serial kernels would have read 0.97× / 0.87× /
+        0.82×); H = 384, T = 1 / 2 32.2 / 56.2 against 41.9 / 71.6 (T = 3 / 4 0.97× / 0.86× serial);
+        H = 448, T = 2 / 3 57.7 / 79.5 against 133.5 / 115.3; H = 512, T = 2 72.3–75.4 against
+        88.8–102.1; frozen H = 384, T = 2 58.4 against 83.2, H = 448, T = 3 80.1 against 103.3; two
+        layers of H = 384, T = 2 108.2 against 152.4, bidirectional 108.3 against 133.0. Not measured
+        where BLAS is wider (Intel) nor for bfloat16 W_hh, which keep the split within the L2s at
+        any T.
+        On the 2-vCPU AMD EPYC (Zen 4, two threads, T = 128 / 32,
         frozen, one route per process, three rounds alternating, ms) against BLAS-threaded steps:
         H = 512 3.56–4.26 / 0.85–0.90 against 3.84–4.52 / 1.00–1.26; H = 768 8.03–8.44 / 2.06–2.16
         against 8.48–9.92 / 2.53–2.59; H = 896 11.2–11.9 / 3.02–3.05 against 12.5–13.3 / 3.44–3.97
@@ -617,9 +632,11 @@ def forward_route(B, H, reset_after, store, T=None, itemsize=4, kept=False):
             and T >= (COLS_FEW_ROWS_MIN_STEPS_KEPT if kept else COLS_FEW_ROWS_MIN_STEPS)):
         return "columns"  # rows too few for the rows route: the second core's share of each step
     if reset_after and B == 1 and b1_lo < weights * itemsize:
-        if weights * itemsize <= threads * b1_hi:
+        if weights * itemsize <= threads * b1_hi and (
+                T is None or WIDE_BLAS or itemsize < 4 or T * weights >= COLS_B1_MIN_WORK):
             return "columns"
-        if not WIDE_BLAS and itemsize >= 4 and (T is None or T >= COLS_B1_BEYOND_L2_MIN_STEPS):
+        if not WIDE_BLAS and itemsize >= 4 and weights * itemsize > threads * b1_hi and (
+                T is None or T >= COLS_B1_BEYOND_L2_MIN_STEPS and T * weights >= COLS_B1_BEYOND_L2_MIN_WORK):
             return "columns"  # float32 beyond the L2s, where BLAS's GEMV is no wider than Numba's
     return None
 
