@@ -59,6 +59,7 @@ def two_threads(monkeypatch):
     import numba
     from numgru.kernels import dispatch
     monkeypatch.setattr(dispatch, "NAMED_ROUTE_MIN_WORK", 0)
+    monkeypatch.setattr(dispatch, "NAMED_ROUTE_MIN_WORK_FEW_ROWS", 0)
     monkeypatch.setattr(dispatch, "APART_MIN_WORK", 1 << 62)
     before = numba.get_num_threads()
     numba.set_num_threads(2)

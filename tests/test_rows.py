@@ -444,7 +444,9 @@ def test_one_thread_takes_no_threaded_route():
     (False, 16, 16, 32, None),        # T·B·H² = 2¹⁸: two parallel regions cost more than they save
     (False, 2, 2, 256, None),
     (False, 32, 16, 32, "rows"),      # 2¹⁹
-    (False, 8, 2, 256, "columns"),
+    (False, 8, 2, 256, "columns"),    # 2²⁰ over fewer rows than the rows route takes
+    (False, 4, 2, 256, None),
+    (False, 2, 4, 256, None),
     (False, 1, 64, 64, "rows"),       # 64 rows: the serial kernel's steps would take BLAS's threads
     (False, None, 2, 256, "columns"),  # steps unknown
     (True, 16, 16, 32, None),         # BLAS wider (Intel): the same rule, measured there since
@@ -452,6 +454,7 @@ def test_one_thread_takes_no_threaded_route():
 ])
 def test_named_routes_need_enough_work(two_threads, monkeypatch, wide, T, B, H, want):
     monkeypatch.setattr(dispatch, "NAMED_ROUTE_MIN_WORK", 1 << 19)  # (two_threads sets it to 0)
+    monkeypatch.setattr(dispatch, "NAMED_ROUTE_MIN_WORK_FEW_ROWS", 1 << 20)
     monkeypatch.setattr(dispatch, "WIDE_BLAS", wide)
     assert dispatch.forward_route(B, H, True, False, T) == want
 

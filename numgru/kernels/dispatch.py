@@ -96,6 +96,7 @@ COLS_FEW_ROWS_MIN_STEPS_KEPT = 64
 COLS_FEW_ROWS_MAX_THREADS = 2
 COLS_BEFORE_MIN_HIDDEN = 256
 NAMED_ROUTE_MIN_WORK = 1 << 19
+NAMED_ROUTE_MIN_WORK_FEW_ROWS = 1 << 20
 PACK_BELOW = 0.9
 PACK_MIN_SAVED = 1 << 20
 GRADIENT_GATHER_MIN_SAVED = 1 << 22
@@ -499,7 +500,8 @@ def forward_route(B, H, reset_after, store, T=None, itemsize=4, kept=False):
         it lost at T = 32 (H = 64–128, B = 1–4: 0.56–0.87×) and was mixed at H = 192 (0.89–1.25×).
     None
         The serial kernel (BLAS threading the steps' GEMMs where they take BLAS). Also for calls of
-        T·B·H² under ``NAMED_ROUTE_MIN_WORK`` whose serial kernels keep off BLAS's threads
+        T·B·H² under ``NAMED_ROUTE_MIN_WORK`` (``NAMED_ROUTE_MIN_WORK_FEW_ROWS`` for 2 rows or more but
+        fewer than the rows route takes, ``ROWS_MIN`` a thread) whose serial kernels keep off BLAS's threads
         (:func:`keeps_off_blas`): a named route's two parallel regions (the projection's and the
         steps') cost about 20 µs a call more on the 2-vCPU AMD EPYC (two threads, one process taking
         turns, µs, named against serial: T·B·H² = 2¹⁸: T = 16, B = 16, H = 32 62.8 / 60.1; T = 4,
@@ -512,7 +514,15 @@ def forward_route(B, H, reset_after, store, T=None, itemsize=4, kept=False):
         377–384; T = 4, B = 16, H = 64 68–69 against 126–131; T = 2, B = 3, H = 256 101–107 against
         135–139; T = 7, B = 16, H = 64, padded 108–109 against 236–238; near the bound level: T = 120,
         B = 4, H = 32 145–147 against 139–141; T = 15, B = 2, H = 128, bidirectional 224–232 against
-        218–229).
+        218–229). Over few rows the columns route still lost at twice the bound (2-vCPU AMD EPYC, two
+        threads, one process taking turns with 2¹⁹ for every batch, medians of seven rounds, µs, serial
+        against columns): T = 4 / 6, B = 2, H = 256 71.7–72.0 / 107.7 against 89.0–90.2 / 134.1; T = 2 /
+        3, B = 4, H = 256 60.6–63.6 / 92.7 against 78.9–93.8 / 116.6; T = 2, B = 6, H = 256 85.9 against
+        100.3; T = 2, B = 2, H = 384 71.6 against 97.1; T = 3, B = 3, H = 320 108.4 against 127.8; T = 1,
+        B = 4, H = 384 49.2 against 58.5; frozen T = 2, B = 4 / T = 4, B = 2, H = 256 59.2 / 75.8
+        against 103.1 / 135.2; T = 7, B = 2, H = 256 level; where the rows route applies 2²⁰ lost
+        (T = 15, B = 16, H = 64 0.91×; T = 12, B = 64, H = 32 0.90×), as at one row (T = 12, H = 256
+        0.79×), which keep 2¹⁹.
         Calls of more rows keep their named route, which keeps them off BLAS's threads (T = 1,
         B = 64, H = 64: 63.2 against 56.1 serial). (A "pipeline"
         route, the projection of the next chunk of time steps on one thread beside the recurrence
@@ -596,7 +606,8 @@ def forward_route(B, H, reset_after, store, T=None, itemsize=4, kept=False):
     threads = thread_count()
     if threads < 2 or store or B == 0 or T == 0:  # nothing to split (an empty batch or sequence)
         return None
-    if (T is not None and T * B * H * H < NAMED_ROUTE_MIN_WORK
+    few_rows = 1 < B < threads * ROWS_MIN  # the rows route's chunks too small: columns or nothing
+    if (T is not None and T * B * H * H < (NAMED_ROUTE_MIN_WORK_FEW_ROWS if few_rows else NAMED_ROUTE_MIN_WORK)
             and keeps_off_blas(B, H, threads, False)):
         return None  # too little work to repay two parallel regions
     per_thread = -(-B // threads)
