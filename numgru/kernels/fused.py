@@ -43,8 +43,8 @@ from numba.extending import intrinsic
 
 from ._jit import cpu_ready, device, kernel, unwrapped, wide_vectors
 from .activations import sigmoid_fast, tanh_fast
-from .panel import (_shape_for, _splat, _vector_calls, by_vectors_filled, pack_panels, panel_matmul, panel_rows,
-                    panel_width)
+from .panel import (_shape_for, _splat, _vector_calls, by_vectors_filled, pack_panels, panel_block_rows,
+                    panel_matmul, panel_rows, panel_width)
 from .step import step_gates_after
 
 _READY = None
@@ -80,17 +80,9 @@ RECURRENT_PER_PROJECTED = 8
 FUSED_ZIGZAG_MIN_BYTES = 1 << 19
 
 
-@intrinsic
-def block_rows_fused(typingctx, x):
-    """R, the input rows each step's projection share runs over, for the dtype of the scalar ``x`` on
-    this target (a constant: the panel block's rows)."""
-    if x not in (types.float32, types.float64):
-        return None
-
-    def codegen(context, builder, sig, args):
-        return ir.Constant(cgutils.intp_t, _shape_for(context, context.get_abi_sizeof(
-            context.get_value_type(sig.args[0])))[1])
-    return types.intp(x), codegen
+#: R, the input rows each step's projection share runs over, for the dtype of a scalar on this target (a
+#: constant): the panel block's rows
+block_rows_fused = panel_block_rows
 
 
 @intrinsic
