@@ -362,16 +362,19 @@ def test_columns_at_one_row_by_bytes(two_threads, monkeypatch, H, itemsize, want
 def test_short_calls_of_one_row_stay_serial(two_threads, monkeypatch, H, T, want):
     monkeypatch.setattr(dispatch, "WIDE_BLAS", False)
     assert dispatch.forward_route(1, H, True, False, T) == want
+    # reset_after=False's two-half columns: the same bounds (from two steps, at 256 units and more)
+    assert dispatch.forward_route(1, H, False, False, T) == (want if T >= 2 else None)
 
 
+@pytest.mark.parametrize("reset_after", [True, False])
 @pytest.mark.parametrize("H, T", [(320, 2), (448, 3)])
-def test_short_one_row_forward_on_two_threads_matches_reference(two_threads, rng, H, T):
-    g, p = _model(H, H, 1, False, np.float32)
+def test_short_one_row_forward_on_two_threads_matches_reference(two_threads, rng, H, T, reset_after):
+    g, p = _model(H, H, 1, False, np.float32, reset_after=reset_after)
     x = rng.standard_normal((T, 1, H)).astype(np.float32)
     h0 = rng.standard_normal((1, 1, H)).astype(np.float32)
     for h in (None, h0):
         y, h_n = g(x, h)
-        ry, rh = ref_gru(x, p, 1, H, h0=h)
+        ry, rh = ref_gru(x, p, 1, H, h0=h, reset_after=reset_after)
         np.testing.assert_allclose(y, ry, **TOL[np.float32])
         np.testing.assert_allclose(h_n, rh, **TOL[np.float32])
 

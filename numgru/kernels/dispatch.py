@@ -488,7 +488,11 @@ def forward_route(B, H, reset_after, store, T=None, itemsize=4, kept=False):
         :func:`~numgru.kernels.forward._gru_forward_cols_before`, whose steps run in two halves (r ⊙ h
         over every unit before W_hn's product): rows too few for the rows route from
         ``COLS_BEFORE_MIN_HIDDEN`` units, B·H within hi or one row at any size, from
-        ``COLS_B1_BEYOND_L2_MIN_STEPS`` steps; and uneven row chunks as reset_after's. It had no
+        ``COLS_B1_BEYOND_L2_MIN_STEPS`` steps (one row also from reset_after's bounds of work,
+        ``COLS_B1_MIN_WORK`` within the L2s and ``COLS_B1_BEYOND_L2_MIN_WORK`` beyond: two threads,
+        one process taking turns with the split, µs, T = 2, H = 320 / 384 / 512 43.5 / 56.5 / 80.0
+        against 65.0 / 73.5 / 183.5; T = 3, H = 320 63.6 against 73.2, H = 448 level); and uneven row
+        chunks as reset_after's. It had no
         columns route, and its serial kernels left the second core idle, or for one row beyond L2
         ran BLAS's threaded GEMV after Numba's threads had projected, each such call waiting about
         8 ms for the scheduler. Two threads, against cc72881, alternating processes, three runs, ms:
@@ -522,7 +526,9 @@ def forward_route(B, H, reset_after, store, T=None, itemsize=4, kept=False):
         B = 4, H = 384 49.2 against 58.5; frozen T = 2, B = 4 / T = 4, B = 2, H = 256 59.2 / 75.8
         against 103.1 / 135.2; T = 7, B = 2, H = 256 level; where the rows route applies 2²⁰ lost
         (T = 15, B = 16, H = 64 0.91×; T = 12, B = 64, H = 32 0.90×), as at one row (T = 12, H = 256
-        0.79×), which keep 2¹⁹.
+        0.79×), which keep 2¹⁹. reset_after=False over few rows gained alike: T = 4, B = 2, H = 256 74.3
+        against 94.5; T = 2, B = 4 63.3 against 82.8; T = 2, B = 2, H = 384 70.8 against 99.6; T = 3,
+        B = 3, H = 320 109.1 against 132.8.
         Calls of more rows keep their named route, which keeps them off BLAS's threads (T = 1,
         B = 64, H = 64: 63.2 against 56.1 serial). (A "pipeline"
         route, the projection of the next chunk of time steps on one thread beside the recurrence
@@ -634,10 +640,12 @@ def forward_route(B, H, reset_after, store, T=None, itemsize=4, kept=False):
             return "columns"
     if reset_after and H >= 128 and (lo <= B * H or B >= 2 and H >= 256) and B * H <= hi:
         return "columns"
-    if (not reset_after and not WIDE_BLAS and itemsize >= 4 and H >= COLS_BEFORE_MIN_HIDDEN
-            and (B * H <= hi or B == 1) and (T is None or T >= COLS_B1_BEYOND_L2_MIN_STEPS)):
-        return "columns"  # too few rows for the rows route: each step's two halves split over units
     b1_lo, b1_hi = COLS_B1_BYTES
+    if (not reset_after and not WIDE_BLAS and itemsize >= 4 and H >= COLS_BEFORE_MIN_HIDDEN
+            and (B * H <= hi or B == 1) and (T is None or T >= COLS_B1_BEYOND_L2_MIN_STEPS and (
+                B > 1 or T * weights >= (COLS_B1_MIN_WORK if weights * itemsize <= threads * b1_hi
+                                         else COLS_B1_BEYOND_L2_MIN_WORK)))):
+        return "columns"  # too few rows for the rows route: each step's two halves split over units
     if (not WIDE_BLAS and itemsize == 4 and reset_after and H >= COLS_FEW_ROWS_MIN_HIDDEN and B * H <= hi
             and threads <= COLS_FEW_ROWS_MAX_THREADS and T is not None
             and T >= (COLS_FEW_ROWS_MIN_STEPS_KEPT if kept else COLS_FEW_ROWS_MIN_STEPS)):
