@@ -640,24 +640,34 @@ def forward_route(B, H, reset_after, store, T=None, itemsize=4, kept=False):
             return "columns"
     if reset_after and H >= 128 and (lo <= B * H or B >= 2 and H >= 256) and B * H <= hi:
         return "columns"
-    b1_lo, b1_hi = COLS_B1_BYTES
     if (not reset_after and not WIDE_BLAS and itemsize >= 4 and H >= COLS_BEFORE_MIN_HIDDEN
             and (B * H <= hi or B == 1) and (T is None or T >= COLS_B1_BEYOND_L2_MIN_STEPS and (
-                B > 1 or T * weights >= (COLS_B1_MIN_WORK if weights * itemsize <= threads * b1_hi
-                                         else COLS_B1_BEYOND_L2_MIN_WORK)))):
+                B > 1 or _one_row_split_pays(T, weights, itemsize, threads)))):
         return "columns"  # too few rows for the rows route: each step's two halves split over units
     if (not WIDE_BLAS and itemsize == 4 and reset_after and H >= COLS_FEW_ROWS_MIN_HIDDEN and B * H <= hi
             and threads <= COLS_FEW_ROWS_MAX_THREADS and T is not None
             and T >= (COLS_FEW_ROWS_MIN_STEPS_KEPT if kept else COLS_FEW_ROWS_MIN_STEPS)):
         return "columns"  # rows too few for the rows route: the second core's share of each step
+    b1_lo, b1_hi = COLS_B1_BYTES
     if reset_after and B == 1 and b1_lo < weights * itemsize:
         if weights * itemsize <= threads * b1_hi and (
-                T is None or WIDE_BLAS or itemsize < 4 or T * weights >= COLS_B1_MIN_WORK):
+                WIDE_BLAS or itemsize < 4 or _one_row_split_pays(T, weights, itemsize, threads)):
             return "columns"
         if not WIDE_BLAS and itemsize >= 4 and weights * itemsize > threads * b1_hi and (
-                T is None or T >= COLS_B1_BEYOND_L2_MIN_STEPS and T * weights >= COLS_B1_BEYOND_L2_MIN_WORK):
+                T is None or T >= COLS_B1_BEYOND_L2_MIN_STEPS and _one_row_split_pays(T, weights, itemsize, threads)):
             return "columns"  # float32 beyond the L2s, where BLAS's GEMV is no wider than Numba's
     return None
+
+
+def _one_row_split_pays(T, weights, itemsize, threads):
+    """Whether T steps of one row repay splitting each step over units (:func:`forward_route`): from
+    ``COLS_B1_MIN_WORK`` multiply-adds of W_hh (T·weights, weights = 3H² of ``itemsize`` bytes) where
+    W_hh fits the threads' L2s (``COLS_B1_BYTES``' hi a thread), from ``COLS_B1_BEYOND_L2_MIN_WORK``
+    beyond; T None (unknown): yes."""
+    if T is None:
+        return True
+    in_l2 = weights * itemsize <= threads * COLS_B1_BYTES[1]
+    return T * weights >= (COLS_B1_MIN_WORK if in_l2 else COLS_B1_BEYOND_L2_MIN_WORK)
 
 
 def rows_order(lengths, threads):
