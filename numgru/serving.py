@@ -22,7 +22,7 @@ from ._validation import as_real_array, check_float, check_int
 from .kernels._jit import ARRAY_KIND, compiled_entry
 from .kernels.dispatch import (aligned, inference_tiled_max, run_step, run_step_digits,
                                step_columns_workspace, step_digits_columns_work, step_layer_stackable,
-                               step_layers_natives, thread_count)
+                               step_layers_addresses, step_layers_natives, thread_count)
 from .kernels.stack import gru_step_layers
 from .kernels.step import gru_step
 from .kernels.vnni import gru_step_vnni, gru_step_vnni_before, step_work_size
@@ -523,10 +523,8 @@ class Stepper:
         if self._stacked is not None:
             # the layers' addresses read here, from the arrays this stepper holds (a copy's own)
             scalars, gi, gh, tiled_max = self._stacked
-            addresses = np.array([[W_ih.ctypes.data, b_ih.ctypes.data, W_hh.ctypes.data, b_hh.ctypes.data]
-                                  for W_ih, W_hh, b_ih, b_hh, _ in self.layers], np.int64)
-            first = (self._bufs[cur], self._bufs[1 - cur], addresses, *scalars, gi, gh, tiled_max, cur == 1,
-                     step_layers_natives(x, first, rest[0]))
+            first = (self._bufs[cur], self._bufs[1 - cur], step_layers_addresses(self.layers), *scalars, gi, gh,
+                     tiled_max, cur == 1, step_layers_natives(x, first, rest[0]))
             gru_step_layers(x, *first)
             self._calls[key] = (compiled_entry(gru_step_layers, (x, *first)) or gru_step_layers, first, [], top)
             self._cur = cur ^ 1

@@ -2450,7 +2450,7 @@ def stack_arguments(plans, T, B, directions, zero_bias, scalars):
             # (the kernel reads these shapes there: what the plans hold, checked once)
             if a.dtype != zero_bias.dtype or a.shape != shape or not a.flags.c_contiguous:
                 return None
-        addresses[i] = [a.ctypes.data if a.size else 0 for a in (W_ih, b_ih, W_hh, b_hh, *panels_kept)]
+        addresses[i] = weight_addresses(W_ih, b_ih, W_hh, b_hh, *panels_kept)
         panel_shapes[i] = [Wp.shape if Wp.size else (0, 0, 0) for Wp in panels_kept]
         flags[i] = (bool(panels), bool(dot), bool(use_bias), bool(reverse), tiled_max, runs_fused)
     stack = StackPlan(plans)
@@ -2535,6 +2535,19 @@ def _stack_natives(plan, x, gx, y, h1, h_n):
         natives[4:] = [native_address(fused_forward, (inp, W_ih, empty, bias, W_hh, *panels, bias, h1, True, y,
                                                       np.int64(0), h_n[0])) for inp in (x2d, inner)]
     return natives
+
+
+def weight_addresses(*arrays):
+    """Where each array's data start, 0 for an empty one: a row of the ``addresses`` that the stack
+    kernels (:mod:`~numgru.kernels.stack`) read weights from, columns :data:`~numgru.kernels.stack.W_IH`,
+    ``B_IH``, ``W_HH``, ``B_HH`` (then the panels kept, for the forward's)."""
+    return [a.ctypes.data if a.size else 0 for a in arrays]
+
+
+def step_layers_addresses(layers):
+    """(L, 4) int64: :func:`weight_addresses` of each stream layer ``(W_ih, W_hh, b_ih, b_hh, panels)``
+    (as :class:`numgru.serving.Stepper` holds them), for :func:`~numgru.kernels.stack.gru_step_layers`."""
+    return np.array([weight_addresses(W_ih, b_ih, W_hh, b_hh) for W_ih, W_hh, b_ih, b_hh, _ in layers], np.int64)
 
 
 def step_layer_stackable(layer, dtype):
