@@ -22,7 +22,7 @@ from ._validation import as_real_array, check_float, check_int
 from .kernels._jit import ARRAY_KIND, compiled_entry
 from .kernels.dispatch import (aligned, inference_tiled_max, run_step, run_step_digits,
                                step_columns_workspace, step_digits_columns_work, step_layer_stackable,
-                               step_layers_addresses, step_layers_natives, thread_count)
+                               step_layers_plan, thread_count)
 from .kernels.stack import gru_step_layers
 from .kernels.step import gru_step
 from .kernels.vnni import gru_step_vnni, gru_step_vnni_before, step_work_size
@@ -421,11 +421,16 @@ class Stepper:
 
     Two (L, B, H) state buffers take turns: a step reads one and writes the other. So every kernel
     argument but the first layer's input is fixed at creation, and a step copies nothing but the
-    output it returns. Several layers on the serial step over float weights without panels run in
-    one kernel call (:func:`~numgru.kernels.stack.gru_step_layers`), the same kernel with the same
-    arguments a layer: one thread, one process against each layer's call from Python, bit for bit,
-    B = 1, (I = H, layers) (32, 2) / (32, 3) / (64, 3) / (128, 2) / (256, 2) 1.27–1.32× / 1.45× /
-    1.23× / 1.08× / 1.00–1.03×; B = 2, I = 16, H = 48, four layers 1.34–1.36×."""
+    output it returns. The layers on the serial step over float weights (and any panels a frozen
+    model's step reads) run in one kernel call (:func:`~numgru.kernels.stack.gru_step_layers`), the
+    same kernel with the same arguments a layer: one thread, one process against each layer's call
+    from Python, bit for bit, B = 1, (I = H, layers) (32, 2) / (32, 3) / (64, 3) / (128, 2) / (256, 2)
+    1.27–1.32× / 1.45× / 1.23× / 1.08× / 1.00–1.03×; B = 2, I = 16, H = 48, four layers 1.34–1.36×.
+    That call takes x, the plan of addresses (:func:`~numgru.kernels.dispatch.step_layers_plan`) and
+    the parity: three arrays and an int to unbox rather than gru_step's eighteen arguments, which
+    made one layer's step pay for the call too: ``stream.step``, one thread, against 272d487's
+    calls a layer, one process taking turns, B = 1, H = I = 8 / 64 / 256 1.23× / 1.13× / 1.03×
+    (1.59 / 2.65 / 20.3 µs); frozen H = 64, one / two layers 1.15× / 1.28×."""
 
     def __init__(self, model, batch_size):
         m = model
@@ -464,11 +469,11 @@ class Stepper:
         else:
             self._step = gru_step
             args = lambda k, h, out, p: (h[k], *layers[k], *scalars, out[k], gi, gh, tiled_max, p == 1)
-        # a model of several layers, each on the serial step over float weights without panels: every
-        # layer from one kernel call (gru_step_layers), the layers' addresses read on the first step
+        # every layer on the serial step over float weights (a frozen model's panels too): all of them
+        # from one kernel call (gru_step_layers), whose plan of addresses is read on the first step
         # (:meth:`_first_call`) from the arrays this stepper keeps
-        self._stacked = (scalars, gi, gh, tiled_max) if (
-            self._step is gru_step and L > 1 and all(step_layer_stackable(lay, dt) for lay in layers)) else None
+        self._stacked = (gi, gh, scalars, tiled_max) if (
+            self._step is gru_step and all(step_layer_stackable(lay, dt) for lay in layers)) else None
         # per parity: (arguments of layer 0 after its input, [arguments of each later layer], top output)
         self._plans = []
         for p in (0, 1):
@@ -521,10 +526,8 @@ class Stepper:
         first, rest, top = self._plans[cur]
         step = self._step
         if self._stacked is not None:
-            # the layers' addresses read here, from the arrays this stepper holds (a copy's own)
-            scalars, gi, gh, tiled_max = self._stacked
-            first = (self._bufs[cur], self._bufs[1 - cur], step_layers_addresses(self.layers), *scalars, gi, gh,
-                     tiled_max, cur == 1, step_layers_natives(x, first, rest[0]))
+            # the plan's addresses read here, from the arrays this stepper holds (a copy's own)
+            first = (*step_layers_plan(x, self.layers, self._bufs, *self._stacked), cur)
             gru_step_layers(x, *first)
             self._calls[key] = (compiled_entry(gru_step_layers, (x, *first)) or gru_step_layers, first, [], top)
             self._cur = cur ^ 1

@@ -60,7 +60,9 @@ from .forward import (column_blocks, first_step_gates, gru_forward_chunked, gru_
                       NUMBA_ROWS_MAX, NUMBA_ROWS_MAX_K, numba_rows_past_l2, row_chunks, take_batch,
                       take_batch_on_threads, one_row_dot, step_from_products, TILED_MAX_ONE_THREAD, use_panels,
                       wants_panels, COLUMN_SPLIT_MAX_ROWS)
-from .stack import gru_stack_forward
+from .stack import (ALPHA, B_HH, B_IH, BETA, CLIP, GATE_KIND, GH, GI, HIDDEN, LAYERS, RESET_AFTER, ROWS,
+                    STATE_A, STATE_B, STEP_FIRST, STEP_INNER, STEP_LAYER, STEP_PANEL_SHAPES, STEP_TILED_MAX,
+                    STEP_WEIGHTS, USE_CLIP, W_HH, W_IH, WP_A, WP_B, WP_IH, gru_stack_forward)
 from .step import gru_step, gru_step_cols, gru_step_cols_before
 from .dpbf16 import (CHUNK_ROWS, TILE_PANELS, dpbf16_gradient, dpbf16_projection,
                      dpbf16_projection_parallel, dpbf16_ready, gru_forward_dpbf16, gru_forward_dpbf16_ranges,
@@ -2544,33 +2546,47 @@ def weight_addresses(*arrays):
     return [a.ctypes.data if a.size else 0 for a in arrays]
 
 
-def step_layers_addresses(layers):
-    """(L, 4) int64: :func:`weight_addresses` of each stream layer ``(W_ih, W_hh, b_ih, b_hh, panels)``
-    (as :class:`numgru.serving.Stepper` holds them), for :func:`~numgru.kernels.stack.gru_step_layers`."""
-    return np.array([weight_addresses(W_ih, b_ih, W_hh, b_hh) for W_ih, W_hh, b_ih, b_hh, _ in layers], np.int64)
-
-
 def step_layer_stackable(layer, dtype):
     """Whether a stream's layer ``(W_ih, W_hh, b_ih, b_hh, panels)`` (as :class:`numgru.serving.Stepper`
-    holds it) can run inside :func:`~numgru.kernels.stack.gru_step_layers`: float weights of ``dtype``,
-    C-contiguous and aligned (as the arrays that kernel makes of their addresses are typed), no panels."""
-    return all(a.dtype == dtype and a.flags.c_contiguous and a.flags.aligned for a in layer[:4]) and \
-        all(p.shape[0] == 0 for p in layer[4])
+    holds it) can run inside :func:`~numgru.kernels.stack.gru_step_layers`: float weights and any
+    panels (3-D) of ``dtype``, C-contiguous and aligned, as the arrays that kernel makes of their
+    addresses are typed."""
+    return all(a.dtype == dtype and a.flags.c_contiguous and a.flags.aligned for a in (*layer[:4], *layer[4])) \
+        and all(p.ndim == 3 for p in layer[4])
 
 
-def step_layers_natives(x, first, inner):
-    """:func:`~numgru.kernels.step.gru_step`'s addresses for :func:`~numgru.kernels.stack.gru_step_layers`
-    (``natives``), as :func:`_stack_natives` takes the forward's: for layer 0's input x (its arguments
-    after x, ``first``) and for an inner layer's (an inner layer's arguments, ``inner``), with weights
-    and panels of the types that kernel hands them (C-contiguous, writeable)."""
-    def as_kernel_hands(args):
-        W_ih, W_hh, b_ih, b_hh, panels = args[2:7]
-        empty = np.empty((0, 0, 0), W_ih.dtype)
-        return (*args[:2], np.empty(W_ih.shape, W_ih.dtype), np.empty(W_hh.shape, W_hh.dtype),
-                np.empty(b_ih.shape, b_ih.dtype), np.empty(b_hh.shape, b_hh.dtype), (empty, empty, empty),
-                *args[7:])
-    return np.array([native_address(gru_step, as_kernel_hands((x, *first))),
-                     native_address(gru_step, as_kernel_hands(inner))], np.int64)
+def step_layers_plan(x, layers, bufs, gi, gh, scalars, tiled_max):
+    """``(plan, values)`` for :func:`~numgru.kernels.stack.gru_step_layers` stepping a stream's layers
+    ``(W_ih, W_hh, b_ih, b_hh, panels)`` (as :class:`numgru.serving.Stepper` holds them, each
+    :func:`step_layer_stackable`) on inputs of x's kind: where its two (L, B, H) state buffers ``bufs``,
+    its workspaces gi and gh (B, 3H) and each layer's weights start, the gate scalars ``(reset_after,
+    gate_kind, alpha, beta, use_clip, clip)`` and ``tiled_max`` as gru_step takes them, and gru_step's
+    addresses for the types that kernel hands it (arrays made of addresses: C-contiguous, aligned,
+    writeable). Read from the arrays as they are, so a copy of the stepper makes its own."""
+    reset_after, gate_kind, alpha, beta, use_clip, clip = scalars
+    L, B, H = bufs[0].shape
+    M = 3 * H
+
+    def e(*shape):  # an array of the type the kernel hands gru_step
+        return np.empty(shape, x.dtype)
+
+    def native(inp, K):
+        return native_address(gru_step, (inp, e(B, H), e(M, K), e(M, H), e(M), e(M), (e(0, 0, 0),) * 3, reset_after,
+                                         gate_kind, alpha, beta, use_clip, clip, e(B, H), e(B, M), e(B, M), tiled_max,
+                                         False))
+    plan = np.zeros(STEP_WEIGHTS + STEP_LAYER * L, np.int64)
+    plan[[STEP_FIRST, STEP_INNER]] = native(x, x.shape[1]), native(e(B, H), H)
+    plan[[STATE_A, STATE_B, GI, GH]] = weight_addresses(*bufs, gi, gh)
+    plan[[STEP_TILED_MAX, RESET_AFTER, GATE_KIND, USE_CLIP, LAYERS, ROWS, HIDDEN]] = \
+        tiled_max, reset_after, gate_kind, use_clip, L, B, H
+    for k, (W_ih, W_hh, b_ih, b_hh, panels) in enumerate(layers):
+        a = STEP_WEIGHTS + STEP_LAYER * k
+        plan[a + np.array([W_IH, B_IH, W_HH, B_HH, WP_IH, WP_A, WP_B])] = weight_addresses(W_ih, b_ih, W_hh, b_hh,
+                                                                                            *panels)
+        plan[a + STEP_PANEL_SHAPES:a + STEP_LAYER] = [n for Wp in panels for n in (Wp.shape if Wp.size else (0,) * 3)]
+    values = np.empty(3, x.dtype)
+    values[[ALPHA, BETA, CLIP]] = alpha, beta, clip
+    return plan, values
 
 
 def run_padded_direction(plan, x2d, gx, h0, lengths, others, y, col0, h_n):

@@ -156,41 +156,64 @@ def gru_stack_forward(x, addresses, panel_shapes, flags, h0, from_zero, ya, yb, 
                                               tiled_max, np.int64(0), np.int64(B)), None)
 
 
-#: entries of :func:`gru_step_layers`' ``natives``: :func:`~numgru.kernels.step.gru_step`'s addresses
-#: for layer 0's input and for an inner layer's (the layer below's new state)
-STEP_FIRST, STEP_INNER = range(2)
+#: fields of :func:`gru_step_layers`' ``plan`` (int64): gru_step's addresses for layer 0's input and for
+#: an inner layer's (the layer below's new state); where the stream's two (L, B, H) state buffers, the
+#: (B, 3H) workspaces gi and gh start; gru_step's ``tiled_max``, ``reset_after``, ``gate_kind``,
+#: ``use_clip``; the layers, rows and hidden units; then each layer's :data:`STEP_LAYER` fields from
+#: STEP_WEIGHTS on: where its weights and panels start (columns :data:`W_IH` … :data:`WP_B`) and the
+#: panels' shapes (three each from :data:`STEP_PANEL_SHAPES`, zeros where there are none)
+(STEP_FIRST, STEP_INNER, STATE_A, STATE_B, GI, GH, STEP_TILED_MAX, RESET_AFTER, GATE_KIND, USE_CLIP, LAYERS,
+ ROWS, HIDDEN, STEP_WEIGHTS) = range(14)
+STEP_PANEL_SHAPES = 7
+STEP_LAYER = STEP_PANEL_SHAPES + 9
+#: entries of its ``values`` (x's dtype): gru_step's ``alpha``, ``beta`` and ``clip``
+ALPHA, BETA, CLIP = range(3)
 
 
 @kernel
-def gru_step_layers(x, h, out, addresses, reset_after, gate_kind, alpha, beta, use_clip, clip, gi, gh, tiled_max,
-                    backwards, natives):
+def gru_step_layers(x, plan, values, cur):
     """One step of every layer of a stream (:class:`numgru.serving.Stepper`): layer k as
-    :func:`~numgru.kernels.step.gru_step` (x, or layer k − 1's new state) with h[k] into out[k], the
-    layers' calls from Python one kernel call, their values bit for bit.
+    :func:`~numgru.kernels.step.gru_step` (x, or layer k − 1's new state) with its state in the
+    buffer ``cur`` (0 or 1) into the other one, the layers' calls from Python one kernel call, their
+    values bit for bit, ``backwards`` when cur is 1.
 
-    x (B, I) C-contiguous; h (L, B, H) in and out (L, B, H) out, C-contiguous, apart; ``addresses``
-    (L, 4) int64: where each layer's W_ih (3H, I_k), b_ih (3H,), W_hh (3H, H) and b_hh (3H,) start
-    (columns :data:`W_IH`, :data:`B_IH`, :data:`W_HH`, :data:`B_HH`), float weights of x's dtype,
-    C-contiguous, without packed panels; gi, gh (B, 3H) workspace; the gate scalars, ``tiled_max``
-    and ``backwards`` as gru_step takes them; ``natives`` (2,) int64, gru_step's addresses for the
-    types handed here (:data:`STEP_FIRST`, :data:`STEP_INNER`)."""
+    x (B, I) C-contiguous; ``plan`` (int64) and ``values`` (x's dtype), fields :data:`STEP_FIRST` …
+    and :data:`ALPHA` …: everything else the steps read, by address (the buffers' and workspaces',
+    C-contiguous, apart; float weights of x's dtype and any panels a frozen model's step reads,
+    C-contiguous), so that a step unboxes three arrays rather than gru_step's eighteen arguments."""
     wide_vectors()
-    L = addresses.shape[0]
-    H = h.shape[2]
+    L = plan[LAYERS]
+    B = plan[ROWS]
+    H = plan[HIDDEN]
     M = 3 * H
-    empty = np.empty((0, 0, 0), x.dtype)
-    panels = (empty, empty, empty)
+    h = numba.carray(pointer_at(plan[STATE_B] if cur else plan[STATE_A], x), (L, B, H))
+    out = numba.carray(pointer_at(plan[STATE_A] if cur else plan[STATE_B], x), (L, B, H))
+    gi = numba.carray(pointer_at(plan[GI], x), (B, M))
+    gh = numba.carray(pointer_at(plan[GH], x), (B, M))
+    reset_after = plan[RESET_AFTER] != 0
+    gate_kind = plan[GATE_KIND]
+    use_clip = plan[USE_CLIP] != 0
+    tiled_max = plan[STEP_TILED_MAX]
+    alpha = values[ALPHA]
+    beta = values[BETA]
+    clip = values[CLIP]
+    backwards = cur != 0
+    none = np.empty((0, 0, 0), x.dtype)
     for k in range(L):
-        a = addresses[k]
+        a = STEP_WEIGHTS + STEP_LAYER * k
         K = x.shape[1] if k == 0 else H
-        W_ih = numba.carray(pointer_at(a[W_IH], x), (M, K))
-        b_ih = numba.carray(pointer_at(a[B_IH], x), (M,))
-        W_hh = numba.carray(pointer_at(a[W_HH], x), (M, H))
-        b_hh = numba.carray(pointer_at(a[B_HH], x), (M,))
+        W_ih = numba.carray(pointer_at(plan[a + W_IH], x), (M, K))
+        b_ih = numba.carray(pointer_at(plan[a + B_IH], x), (M,))
+        W_hh = numba.carray(pointer_at(plan[a + W_HH], x), (M, H))
+        b_hh = numba.carray(pointer_at(plan[a + B_HH], x), (M,))
+        s = a + STEP_PANEL_SHAPES
+        panels = (panels_at(plan[a + WP_IH], plan[s:s + 3], x, none),
+                  panels_at(plan[a + WP_A], plan[s + 3:s + 6], x, none),
+                  panels_at(plan[a + WP_B], plan[s + 6:s + 9], x, none))
         if k == 0:
-            call_native(natives[STEP_FIRST], (x, h[0], W_ih, W_hh, b_ih, b_hh, panels, reset_after, gate_kind, alpha,
-                                              beta, use_clip, clip, out[0], gi, gh, tiled_max, backwards), None)
+            call_native(plan[STEP_FIRST], (x, h[0], W_ih, W_hh, b_ih, b_hh, panels, reset_after, gate_kind, alpha,
+                                           beta, use_clip, clip, out[0], gi, gh, tiled_max, backwards), None)
         else:
-            call_native(natives[STEP_INNER], (out[k - 1], h[k], W_ih, W_hh, b_ih, b_hh, panels, reset_after,
-                                              gate_kind, alpha, beta, use_clip, clip, out[k], gi, gh, tiled_max,
-                                              backwards), None)
+            call_native(plan[STEP_INNER], (out[k - 1], h[k], W_ih, W_hh, b_ih, b_hh, panels, reset_after,
+                                           gate_kind, alpha, beta, use_clip, clip, out[k], gi, gh, tiled_max,
+                                           backwards), None)
