@@ -26,13 +26,15 @@ from .kernels.dispatch import (AMX_DIGITS_SPREAD, STEP_AS_PRODUCT_MIN_ROWS, Froz
                                padded_gathers, plain_plan, plan_off_blas, recycled, rows_share_panels, run_from_zero,
                                run_padded_direction, run_serial_direction, run_stack, run_step, run_step_digits,
                                scattered, serial_direction_plan, serial_forward, StackPlan, stack_arguments,
-                               step_columns, step_columns_workspace, step_digits_columns_work, take_batch_rows,
+                               step_columns, step_columns_workspace, step_digits_columns_work, step_layer_stackable,
+                               step_layers_plan, take_batch_rows,
                                thread_count, training_directions_apart, training_tape, valid_steps,
                                vnni_step_inputs, vnni_step_wanted, weight_gradient, weight_gradient_pair,
                                workspace)
-from .kernels._jit import ARRAY_KIND, C_CONTIGUOUS, planned_call
+from .kernels._jit import ARRAY_KIND, C_CONTIGUOUS, compiled_entry, planned_call
 from .kernels.bf16 import from_bfloat16, to_bfloat16
 from .kernels.forward import first_step_gates, first_step_store
+from .kernels.stack import gru_cell_step
 from .kernels.step import gru_step, step_panels
 from .kernels.vnni import gru_step_vnni, gru_step_vnni_before
 
@@ -1440,7 +1442,7 @@ class GRUCell(_Params):
         if not hk & C_CONTIGUOUS:
             h = np.ascontiguousarray(h)
             hk = h.flags.num
-        args, columns, tiled_max, no_work, entries, digits, rows = self._step_args(B)
+        args, columns, tiled_max, no_work, entries, digits, rows, lean = self._step_args(B)
         if rows:  # as a forward of one step, its chunks of rows on shared panels (h0 owned,
             # as GRU's checks make it: the kernels' one signature for it)
             return g._infer(x[None], np.array(h[None]), np.ones(B, np.int64), padded=False)[1][0]
@@ -1465,15 +1467,26 @@ class GRUCell(_Params):
             run_step(x, h, args[:5], args[5:], out, gi, gh,
                      step_columns_workspace(B, H, columns, dtype), tiled_max, backwards)
             return out
-        # (no_work: the kernel allocates its workspace.) x and h are C-contiguous (made so
-        # above): their alignment and writeability tell their Numba types apart
+        # x and h are C-contiguous (made so above): their alignment and writeability tell their
+        # Numba types apart
         kind = (xk & ARRAY_KIND) | (hk & ARRAY_KIND) << 16
+        if lean:  # gru_cell_step: the weights by a plan of addresses, made for each kind of x and h
+            call = entries.get(kind)
+            if call is None:
+                plan, values = step_layers_plan(x, h, [args[:5]], args[5:], tiled_max)
+                gru_cell_step(x, h, out, plan, values, backwards)
+                entries[kind] = (compiled_entry(gru_cell_step, (x, h, out, plan, values, backwards)) or gru_cell_step,
+                                 plan, values)
+                return out
+            call[0](x, h, out, call[1], call[2], backwards)
+            return out
+        # (no_work: the kernel allocates its workspace)
         planned_call(entries, kind, gru_step, x, h, *args, out, no_work, no_work, tiled_max,
                      backwards)
         return out
 
     def _step_args(self, B):
-        """``(args, columns, tiled_max, no_work, entries, digits, rows)`` of a step of B rows for the current
+        """``(args, columns, tiled_max, no_work, entries, digits, rows, lean)`` of a step of B rows for the current
         thread count, kept per (B, threads): args the weights and scalars as
         :func:`~numgru.kernels.step.gru_step` takes them (the weight arrays are updated in place, so
         they stay current), columns the thread count where the step is split over hidden units (else
@@ -1481,16 +1494,20 @@ class GRUCell(_Params):
         compiled entries per kind of input (:func:`~numgru.kernels._jit.planned_call`), digits a frozen
         model's arguments for :func:`~numgru.kernels.vnni.gru_step_vnni` where its step takes them
         (:meth:`GRU._step_digits`), else None, rows whether the step runs as a forward of one step
-        (:meth:`GRU._one_step_on_rows`)."""
+        (:meth:`GRU._one_step_on_rows`), lean whether the serial step runs as
+        :func:`~numgru.kernels.stack.gru_cell_step` (float weights and panels,
+        :func:`~numgru.kernels.dispatch.step_layer_stackable`; entries then keep ``(entry, plan,
+        values)`` per kind of input)."""
         threads = thread_count()
         plan = self._plans.get((B, threads))
         if plan is None:
             g = self._gru
             _, columns = g._step_plan(B)
             rows = g._one_step_on_rows(B, threads)
-            plan = ((*g._step_weights(0, B, threads, columns), *g._kernel_scalars()),
+            weights = g._step_weights(0, B, threads, columns)
+            plan = ((*weights, *g._kernel_scalars()),
                     threads if columns else 0, inference_tiled_max(threads, B), empty_array(g.dtype, 2), {},
-                    g._step_digits(0, B, threads, columns), rows)
+                    g._step_digits(0, B, threads, columns), rows, step_layer_stackable(weights, g.dtype))
             self._plans[(B, threads)] = plan
         return plan
 

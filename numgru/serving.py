@@ -429,8 +429,9 @@ class Stepper:
     That call takes x, the plan of addresses (:func:`~numgru.kernels.dispatch.step_layers_plan`) and
     the parity: three arrays and an int to unbox rather than gru_step's eighteen arguments, which
     made one layer's step pay for the call too: ``stream.step``, one thread, against 272d487's
-    calls a layer, one process taking turns, B = 1, H = I = 8 / 64 / 256 1.23× / 1.13× / 1.03×
-    (1.59 / 2.65 / 20.3 µs); frozen H = 64, one / two layers 1.15× / 1.28×."""
+    calls a layer, one process taking turns, B = 1, H = I = 8 / 64 / 128 / 256 1.21× / 1.16–1.17× /
+    1.09× / 1.02–1.03× (2.64 against 3.09 µs at H = 64); frozen H = 64, one / two layers 1.19× /
+    1.36×."""
 
     def __init__(self, model, batch_size):
         m = model
@@ -472,7 +473,8 @@ class Stepper:
         # every layer on the serial step over float weights (a frozen model's panels too): all of them
         # from one kernel call (gru_step_layers), whose plan of addresses is read on the first step
         # (:meth:`_first_call`) from the arrays this stepper keeps
-        self._stacked = (gi, gh, scalars, tiled_max) if (
+        self._work = (gi, gh)
+        self._stacked = (scalars, tiled_max) if (
             self._step is gru_step and all(step_layer_stackable(lay, dt) for lay in layers)) else None
         # per parity: (arguments of layer 0 after its input, [arguments of each later layer], top output)
         self._plans = []
@@ -527,7 +529,7 @@ class Stepper:
         step = self._step
         if self._stacked is not None:
             # the plan's addresses read here, from the arrays this stepper holds (a copy's own)
-            first = (*step_layers_plan(x, self.layers, self._bufs, *self._stacked), cur)
+            first = (*step_layers_plan(x, self._bufs[0][0], self.layers, *self._stacked, self._bufs, self._work), cur)
             gru_step_layers(x, *first)
             self._calls[key] = (compiled_entry(gru_step_layers, (x, *first)) or gru_step_layers, first, [], top)
             self._cur = cur ^ 1

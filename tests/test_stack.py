@@ -3,12 +3,13 @@ calls, bit for bit, and the weights as they are at each call; and a stream's ste
 one call (gru_step_layers), the same values as each layer's call."""
 import copy
 import pickle
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
 import numgru as ng
-from numgru import serving
+from numgru import layers, serving
 from numgru.kernels.dispatch import StackPlan, stack_arguments, step_layer_stackable
 from numgru.kernels.fused import fused_ready
 
@@ -331,3 +332,92 @@ def test_copied_and_unpickled_streams_step_in_one_call_on_their_own_weights(one_
             np.testing.assert_allclose(got, np.stack(want), **TOL[np.float32])
         else:
             np.testing.assert_array_equal(got, np.stack(want))
+
+
+CELL_CASES = [
+    # (dtype, I, H, B, frozen, options)
+    (np.float32, 5, 24, 1, False, {}),
+    (np.float32, 7, 33, 3, False, dict(reset_after=False)),
+    (np.float32, 200, 192, 1, False, {}),  # the one-row dot-product block
+    (np.float32, 16, 32, 2, True, dict(reset_after=False)),  # W_hh's two pairs of panels
+    (np.float32, 6, 18, 1, True, dict(gate_activation="hard_sigmoid", clip=1.5)),
+    (np.float64, 10, 16, 5, False, dict(bias=False)),
+    (np.float64, 64, 64, 4, True, {}),
+]
+
+
+def _state_kinds(h):
+    """h as the kinds of arrays a caller may hand a cell: owned, read-only, off its alignment, strided."""
+    ro = h.copy()
+    ro.flags.writeable = False
+    odd = np.zeros(h.size * h.itemsize + 1, np.uint8)[1:].view(h.dtype).reshape(h.shape)
+    odd[...] = h
+    wide = np.zeros((h.shape[0], 2 * h.shape[1]), h.dtype)[:, ::2]
+    wide[...] = h
+    return [h, ro, odd, wide]
+
+
+@pytest.mark.parametrize("dtype, I, H, B, frozen, options", CELL_CASES)
+def test_cell_steps_in_one_lean_call(one_thread, monkeypatch, dtype, I, H, B, frozen, options):
+    """A GRUCell's serial step runs gru_cell_step on a plan of addresses: its outputs equal, bit for
+    bit, gru_step's called with the weights (the path before), call after call (both directions of
+    the sweep), for every kind of state array and for none, and the forward's within rounding."""
+    cell = ng.GRUCell(I, H, dtype=dtype, seed=5, **options)
+    if frozen:
+        cell = cell.freeze()
+    rng = np.random.default_rng(B * 7 + H)
+    xs = rng.standard_normal((4, B, I)).astype(dtype)
+    h = (0.5 * rng.standard_normal((B, H))).astype(dtype)
+    lean = cell(xs[0], h)
+    assert cell._step_args(B)[-1]
+    monkeypatch.setattr(layers, "step_layer_stackable", lambda layer, dtype: False)
+    apart = copy.copy(cell)
+    apart._plans = {}
+    np.testing.assert_array_equal(apart(xs[0], h), lean)
+    assert not apart._step_args(B)[-1]
+    for xt in xs:
+        for hk in _state_kinds(h):
+            np.testing.assert_array_equal(cell(xt, hk), apart(xt, hk))
+        np.testing.assert_array_equal(cell(xt), apart(xt))
+        h = cell(xt, h)
+    # (the forward against tests/reference.py, gate options too: test_forward.py)
+    np.testing.assert_allclose(cell(xs[-1], h), cell._gru(xs[-1:], h[None])[1][0], **TOL[dtype])
+    if B == 1:  # unbatched (I,), (H,)
+        np.testing.assert_array_equal(cell(xs[0, 0], h[0]), apart(xs[0, 0], h[0]))
+
+
+def test_cell_lean_call_reads_weights_as_they_are_and_copies_their_own(one_thread):
+    """The plan holds addresses: weights changed in place are read by the next call; a copy or an
+    unpickled cell makes its own plan and steps on its own weights."""
+    cell = ng.GRUCell(6, 16, seed=0)
+    rng = np.random.default_rng(2)
+    x, h = rng.standard_normal((2, 6)).astype(np.float32), rng.standard_normal((2, 16)).astype(np.float32)
+    cell(x, h)
+    copies = [copy.deepcopy(cell), pickle.loads(pickle.dumps(cell))]
+    want = cell(x, h)
+    dict(cell.named_parameters())["weight_hh"][...] *= -0.5
+    sd = cell.state_dict()
+    sd["bias_ih"] = sd["bias_ih"] + 0.25
+    cell.load_state_dict(sd)
+    _, h_ref = _reference(cell._gru, x[None], h[None])
+    np.testing.assert_allclose(cell(x, h), h_ref[0], **TOL[np.float32])
+    for _, a in cell.named_parameters():
+        a[...] = np.nan
+    for c in copies:  # (a copy's weights lie elsewhere within a line: the last bits may differ)
+        np.testing.assert_allclose(c(x, h), want, **TOL[np.float32])
+
+
+def test_cell_lean_call_from_several_threads(one_thread):
+    """Calls from several Python threads at once (each its own gi, gh) give each caller its own step."""
+    cell = ng.GRUCell(32, 48, seed=1)
+    rng = np.random.default_rng(3)
+    xs = rng.standard_normal((8, 3, 32)).astype(np.float32)
+    hs = rng.standard_normal((8, 3, 48)).astype(np.float32)
+    want = [cell(x, h) for x, h in zip(xs, hs)]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda i: [cell(xs[i], hs[i]) for _ in range(50)][-1], range(8)))
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+    q = ng.GRUCell(256, 256, seed=0).quantize()  # bfloat16 weights keep gru_step's own call
+    q(np.ones((1, 256), np.float32))
+    assert not q._step_args(1)[-1]

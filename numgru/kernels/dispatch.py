@@ -2555,28 +2555,34 @@ def step_layer_stackable(layer, dtype):
         and all(p.ndim == 3 for p in layer[4])
 
 
-def step_layers_plan(x, layers, bufs, gi, gh, scalars, tiled_max):
-    """``(plan, values)`` for :func:`~numgru.kernels.stack.gru_step_layers` stepping a stream's layers
-    ``(W_ih, W_hh, b_ih, b_hh, panels)`` (as :class:`numgru.serving.Stepper` holds them, each
-    :func:`step_layer_stackable`) on inputs of x's kind: where its two (L, B, H) state buffers ``bufs``,
-    its workspaces gi and gh (B, 3H) and each layer's weights start, the gate scalars ``(reset_after,
-    gate_kind, alpha, beta, use_clip, clip)`` and ``tiled_max`` as gru_step takes them, and gru_step's
-    addresses for the types that kernel hands it (arrays made of addresses: C-contiguous, aligned,
-    writeable). Read from the arrays as they are, so a copy of the stepper makes its own."""
+def step_layers_plan(x, h, layers, scalars, tiled_max, state=None, work=None):
+    """``(plan, values)`` for :func:`~numgru.kernels.stack.gru_step_layers` (a stream's step of its
+    layers) or :func:`~numgru.kernels.stack.gru_cell_step` (a cell's, one layer) on inputs of x's kind
+    and states of h's (B, H): where each layer ``(W_ih, W_hh, b_ih, b_hh, panels)`` (each
+    :func:`step_layer_stackable`) keeps its weights and panels, the gate scalars ``(reset_after,
+    gate_kind, alpha, beta, use_clip, clip)`` and ``tiled_max`` as gru_step takes them, gru_step's
+    addresses for the types those kernels hand it (arrays made of addresses or allocated there:
+    C-contiguous, aligned, writeable; layer 0's state as h), and a stream's two (L, B, H) state
+    buffers ``state`` and its workspaces ``work`` (gi, gh (B, 3H)). Addresses are read from the
+    arrays as they are, so a copy of the stream or cell makes its own plan."""
     reset_after, gate_kind, alpha, beta, use_clip, clip = scalars
-    L, B, H = bufs[0].shape
+    B, H = h.shape
     M = 3 * H
 
-    def e(*shape):  # an array of the type the kernel hands gru_step
+    def e(*shape):  # an array of the type the kernels hand gru_step
         return np.empty(shape, x.dtype)
 
-    def native(inp, K):
-        return native_address(gru_step, (inp, e(B, H), e(M, K), e(M, H), e(M), e(M), (e(0, 0, 0),) * 3, reset_after,
+    def native(inp, state_in, K):
+        return native_address(gru_step, (inp, state_in, e(M, K), e(M, H), e(M), e(M), (e(0, 0, 0),) * 3, reset_after,
                                          gate_kind, alpha, beta, use_clip, clip, e(B, H), e(B, M), e(B, M), tiled_max,
                                          False))
+    L = len(layers)
     plan = np.zeros(STEP_WEIGHTS + STEP_LAYER * L, np.int64)
-    plan[[STEP_FIRST, STEP_INNER]] = native(x, x.shape[1]), native(e(B, H), H)
-    plan[[STATE_A, STATE_B, GI, GH]] = weight_addresses(*bufs, gi, gh)
+    plan[STEP_FIRST] = native(x, h, x.shape[1])
+    if L > 1:
+        plan[STEP_INNER] = native(e(B, H), e(B, H), H)
+    if state is not None:
+        plan[[STATE_A, STATE_B, GI, GH]] = weight_addresses(*state, *work)
     plan[[STEP_TILED_MAX, RESET_AFTER, GATE_KIND, USE_CLIP, LAYERS, ROWS, HIDDEN]] = \
         tiled_max, reset_after, gate_kind, use_clip, L, B, H
     for k, (W_ih, W_hh, b_ih, b_hh, panels) in enumerate(layers):

@@ -170,6 +170,22 @@ STEP_LAYER = STEP_PANEL_SHAPES + 9
 ALPHA, BETA, CLIP = range(3)
 
 
+@inline
+def plan_layer(plan, k, like, K, H, none):
+    """Layer k's ``(W_ih, W_hh, b_ih, b_hh, panels)`` as gru_step takes them, from a step plan's fields
+    (:data:`STEP_WEIGHTS` on), arrays of like's dtype: W_ih (3H, K), the panels or ``none``."""
+    M = 3 * H
+    a = STEP_WEIGHTS + STEP_LAYER * k
+    s = a + STEP_PANEL_SHAPES
+    return (numba.carray(pointer_at(plan[a + W_IH], like), (M, K)),
+            numba.carray(pointer_at(plan[a + W_HH], like), (M, H)),
+            numba.carray(pointer_at(plan[a + B_IH], like), (M,)),
+            numba.carray(pointer_at(plan[a + B_HH], like), (M,)),
+            (panels_at(plan[a + WP_IH], plan[s:s + 3], like, none),
+             panels_at(plan[a + WP_A], plan[s + 3:s + 6], like, none),
+             panels_at(plan[a + WP_B], plan[s + 6:s + 9], like, none)))
+
+
 @kernel
 def gru_step_layers(x, plan, values, cur):
     """One step of every layer of a stream (:class:`numgru.serving.Stepper`): layer k as
@@ -178,42 +194,49 @@ def gru_step_layers(x, plan, values, cur):
     values bit for bit, ``backwards`` when cur is 1.
 
     x (B, I) C-contiguous; ``plan`` (int64) and ``values`` (x's dtype), fields :data:`STEP_FIRST` …
-    and :data:`ALPHA` …: everything else the steps read, by address (the buffers' and workspaces',
-    C-contiguous, apart; float weights of x's dtype and any panels a frozen model's step reads,
-    C-contiguous), so that a step unboxes three arrays rather than gru_step's eighteen arguments."""
+    and :data:`ALPHA` … (:func:`~numgru.kernels.dispatch.step_layers_plan`): everything else the
+    steps read, by address (the buffers' and workspaces', C-contiguous, apart; float weights of x's
+    dtype and any panels a frozen model's step reads, C-contiguous), so that a step unboxes three
+    arrays rather than gru_step's eighteen arguments."""
     wide_vectors()
     L = plan[LAYERS]
     B = plan[ROWS]
     H = plan[HIDDEN]
-    M = 3 * H
     h = numba.carray(pointer_at(plan[STATE_B] if cur else plan[STATE_A], x), (L, B, H))
     out = numba.carray(pointer_at(plan[STATE_A] if cur else plan[STATE_B], x), (L, B, H))
-    gi = numba.carray(pointer_at(plan[GI], x), (B, M))
-    gh = numba.carray(pointer_at(plan[GH], x), (B, M))
+    gi = numba.carray(pointer_at(plan[GI], x), (B, 3 * H))
+    gh = numba.carray(pointer_at(plan[GH], x), (B, 3 * H))
     reset_after = plan[RESET_AFTER] != 0
     gate_kind = plan[GATE_KIND]
     use_clip = plan[USE_CLIP] != 0
     tiled_max = plan[STEP_TILED_MAX]
-    alpha = values[ALPHA]
-    beta = values[BETA]
-    clip = values[CLIP]
     backwards = cur != 0
     none = np.empty((0, 0, 0), x.dtype)
     for k in range(L):
-        a = STEP_WEIGHTS + STEP_LAYER * k
-        K = x.shape[1] if k == 0 else H
-        W_ih = numba.carray(pointer_at(plan[a + W_IH], x), (M, K))
-        b_ih = numba.carray(pointer_at(plan[a + B_IH], x), (M,))
-        W_hh = numba.carray(pointer_at(plan[a + W_HH], x), (M, H))
-        b_hh = numba.carray(pointer_at(plan[a + B_HH], x), (M,))
-        s = a + STEP_PANEL_SHAPES
-        panels = (panels_at(plan[a + WP_IH], plan[s:s + 3], x, none),
-                  panels_at(plan[a + WP_A], plan[s + 3:s + 6], x, none),
-                  panels_at(plan[a + WP_B], plan[s + 6:s + 9], x, none))
+        W_ih, W_hh, b_ih, b_hh, panels = plan_layer(plan, k, x, x.shape[1] if k == 0 else H, H, none)
         if k == 0:
-            call_native(plan[STEP_FIRST], (x, h[0], W_ih, W_hh, b_ih, b_hh, panels, reset_after, gate_kind, alpha,
-                                           beta, use_clip, clip, out[0], gi, gh, tiled_max, backwards), None)
+            call_native(plan[STEP_FIRST], (x, h[0], W_ih, W_hh, b_ih, b_hh, panels, reset_after, gate_kind,
+                                           values[ALPHA], values[BETA], use_clip, values[CLIP], out[0], gi, gh,
+                                           tiled_max, backwards), None)
         else:
             call_native(plan[STEP_INNER], (out[k - 1], h[k], W_ih, W_hh, b_ih, b_hh, panels, reset_after,
-                                           gate_kind, alpha, beta, use_clip, clip, out[k], gi, gh, tiled_max,
-                                           backwards), None)
+                                           gate_kind, values[ALPHA], values[BETA], use_clip, values[CLIP], out[k],
+                                           gi, gh, tiled_max, backwards), None)
+
+
+@kernel
+def gru_cell_step(x, h, out, plan, values, backwards):
+    """A GRUCell's step (:meth:`numgru.GRUCell.forward`): :func:`~numgru.kernels.step.gru_step` of x
+    (B, I) and h (B, H) into out (B, H) on the weights, panels and scalars a one-layer step plan holds
+    (:func:`~numgru.kernels.dispatch.step_layers_plan`, no buffers or workspaces: gi and gh are this
+    call's own, so that calls from several threads do not share them), bit for bit the step's; six
+    arguments to unbox rather than eighteen. The caller checks the shapes against the plan's."""
+    wide_vectors()
+    H = plan[HIDDEN]
+    none = np.empty((0, 0, 0), x.dtype)
+    W_ih, W_hh, b_ih, b_hh, panels = plan_layer(plan, 0, x, x.shape[1], H, none)
+    gi = np.empty((x.shape[0], 3 * H), x.dtype)
+    gh = np.empty((x.shape[0], 3 * H), x.dtype)
+    call_native(plan[STEP_FIRST], (x, h, W_ih, W_hh, b_ih, b_hh, panels, plan[RESET_AFTER] != 0, plan[GATE_KIND],
+                                   values[ALPHA], values[BETA], plan[USE_CLIP] != 0, values[CLIP], out, gi, gh,
+                                   plan[STEP_TILED_MAX], backwards), None)
