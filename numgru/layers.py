@@ -1464,8 +1464,8 @@ class GRUCell(_Params):
             return out
         if columns:
             gi, gh = np.empty((B, 3 * H), dtype), np.empty((B, 3 * H), dtype)
-            run_step(x, h, args[:5], args[5:], out, gi, gh,
-                     step_columns_workspace(B, H, columns, dtype), tiled_max, backwards)
+            run_step(x, h, args[:5], args[5:], out, gi, gh, step_columns_workspace(B, H, columns, dtype), tiled_max,
+                     backwards, entries, (xk & ARRAY_KIND) | (hk & ARRAY_KIND) << 16 | 2 << 32)
             return out
         # x and h are C-contiguous (made so above): their alignment and writeability tell their
         # Numba types apart

@@ -482,8 +482,10 @@ class Stepper:
             h, out = self._bufs[p], self._bufs[1 - p]
             self._plans.append((args(0, h, out, p), [(out[k - 1], *args(k, h, out, p)) for k in range(1, L)],
                                 out[-1]))
-        # the compiled calls of a step per parity and kind of input x (:meth:`_first_call`)
+        # the compiled calls of a step per parity and kind of input x (:meth:`_first_call`), and the
+        # split step's compiled entries (run_step's ``entries``)
         self._calls = {}
+        self._split_entries = {}
 
     @property
     def state(self):
@@ -494,7 +496,7 @@ class Stepper:
         # the compiled calls (machine code, and the layers' addresses for the one-call step) are
         # this object's: a copy or an unpickled stepper finds its own on its first step
         state = self.__dict__.copy()
-        state["_calls"] = {}
+        state["_calls"], state["_split_entries"] = {}, {}
         return state
 
     def __call__(self, x):
@@ -534,6 +536,9 @@ class Stepper:
             self._calls[key] = (compiled_entry(gru_step_layers, (x, *first)) or gru_step_layers, first, [], top)
             self._cur = cur ^ 1
             return top.copy()
+        if step is run_step:  # the split kernel's call sites: layer 0's for this kind of x, each inner layer's
+            first = (*first, self._split_entries, key)
+            rest = [(*args, self._split_entries, -k) for k, args in enumerate(rest, 1)]
         step(x, *first)
         for args in rest:
             step(*args)

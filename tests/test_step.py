@@ -464,3 +464,35 @@ def test_steps_by_compiled_entry_take_any_input(frozen):
             np.testing.assert_array_equal(h2, h1)
     finally:
         numba.set_num_threads(before)
+
+
+@two_threads_only
+@pytest.mark.parametrize("reset_after", [True, False])
+def test_split_steps_call_their_compiled_entries(two_threads, monkeypatch, reset_after):
+    """A stream's and a cell's steps split over units call the split kernel by its compiled entry, one
+    call site a kind of input and layer (dispatch.run_step's ``entries``): the same bits as the
+    dispatcher's call, step after step."""
+    monkeypatch.setattr(dispatch, "WIDE_BLAS", False)
+    g = ng.GRU(16, 264, 2, reset_after=reset_after, seed=1)
+    rng = np.random.default_rng(4)
+    xs = rng.standard_normal((4, 1, 16)).astype(np.float32)
+    s = g.stream(1)
+    assert s._stepper._step is dispatch.run_step
+    ys = [s.step(x) for x in xs]
+    sites = s._stepper._split_entries
+    assert len(sites) == 3 and all(callable(e) for e in sites.values())  # layer 0 at either parity, layer 1
+    plain = g.stream(1)
+    plain._stepper._split_entries = None  # the dispatcher on every call
+    for x, y in zip(xs, ys):
+        np.testing.assert_array_equal(plain.step(x), y)
+    c, p = _cell(16, 264, np.float32)
+    cell = ng.GRUCell(16, 264, reset_after=reset_after)
+    cell.load_state_dict(c.state_dict())
+    h = rng.standard_normal((1, 264)).astype(np.float32)
+    first = cell(xs[0], h)
+    np.testing.assert_allclose(first, _ref(xs[0], h, p, reset_after=reset_after), **TOL[np.float32])
+    entries = cell._step_args(1)[4]
+    split = [k for k, e in entries.items() if k >> 32 == 2]
+    assert len(split) == 1 and callable(entries[split[0]])
+    entries[split[0]] = False  # the dispatcher from now on
+    np.testing.assert_array_equal(cell(xs[0], h), first)

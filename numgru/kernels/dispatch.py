@@ -916,7 +916,7 @@ def step_columns_workspace(B, H, threads, dtype):
     return np.empty((nc, 3, B, cs), dtype)
 
 
-def run_step(x, h, weights, scalars, h_out, gi, gh, acc, tiled_max, backwards=False):
+def run_step(x, h, weights, scalars, h_out, gi, gh, acc, tiled_max, backwards=False, entries=None, key=0):
     """One step of every row: h_out = GRU(x, h). ``weights`` (W_ih, W_hh, b_ih, b_hh, panels) and
     ``scalars`` (reset_after, gate_kind, alpha, beta, use_clip, clip) as
     :func:`~numgru.kernels.step.gru_step` takes them (``panels``: :func:`~numgru.kernels.step.step_panels`
@@ -926,13 +926,15 @@ def run_step(x, h, weights, scalars, h_out, gi, gh, acc, tiled_max, backwards=Fa
     slot is free; otherwise, or with ``acc`` None, the serial step runs (gi, gh its workspace;
     ``tiled_max`` as in :func:`~numgru.kernels.forward.recurrent_matmul`; ``backwards`` as
     :func:`~numgru.kernels.step.gru_step` takes it). The slot's lock is taken directly: the caller has
-    read the thread count already."""
+    read the thread count already. ``entries``, ``key``: the split kernel's call site for
+    :func:`~numgru.kernels._jit.planned_call` (a dict the caller keeps, and a key that tells apart
+    the types of x and h it hands here), so that its 14 arguments' types are not resolved on every
+    step (about 0.6 µs of a step)."""
     if acc is not None and _PARALLEL_LOCK.acquire(blocking=False):
         try:
-            if scalars[0]:
-                gru_step_cols(x, h, *weights[:4], *scalars[1:], h_out, gi, acc)
-            else:  # reset_before: two regions, r ⊙ h over every unit before W_hn's product
-                gru_step_cols_before(x, h, *weights[:4], *scalars[1:], h_out, gi, acc)
+            # reset_before: two regions, r ⊙ h over every unit before W_hn's product
+            planned_call(entries, key, gru_step_cols if scalars[0] else gru_step_cols_before, x, h, *weights[:4],
+                         *scalars[1:], h_out, gi, acc)
         finally:
             _PARALLEL_LOCK.release()
         return
