@@ -27,10 +27,9 @@ from .kernels.dispatch import (AMX_DIGITS_SPREAD, STEP_AS_PRODUCT_MIN_ROWS, Froz
                                run_padded_direction, run_serial_direction, run_stack, run_step, run_step_digits,
                                scattered, serial_direction_plan, serial_forward, StackPlan, stack_arguments,
                                step_columns, step_columns_workspace, step_digits_columns_work, step_layer_stackable,
-                               step_layers_plan, take_batch_rows,
-                               thread_count, training_directions_apart, training_tape, valid_steps,
-                               vnni_step_inputs, vnni_step_wanted, weight_gradient, weight_gradient_pair,
-                               workspace)
+                               step_layers_plan, take_batch_rows, thread_count, training_directions_apart,
+                               training_tape, valid_steps, vnni_step_inputs, vnni_step_wanted, weight_gradient,
+                               weight_gradient_pair, workspace)
 from .kernels._jit import ARRAY_KIND, C_CONTIGUOUS, compiled_entry, planned_call
 from .kernels.bf16 import from_bfloat16, to_bfloat16
 from .kernels.forward import first_step_gates, first_step_store

@@ -929,7 +929,7 @@ def run_step(x, h, weights, scalars, h_out, gi, gh, acc, tiled_max, backwards=Fa
     read the thread count already. ``entries``, ``key``: the split kernel's call site for
     :func:`~numgru.kernels._jit.planned_call` (a dict the caller keeps, and a key that tells apart
     the types of x and h it hands here), so that its 14 arguments' types are not resolved on every
-    step (about 0.6 µs of a step)."""
+    step (0.3 µs of a call: H = 64, 3.94 against 4.28 µs on two threads)."""
     if acc is not None and _PARALLEL_LOCK.acquire(blocking=False):
         try:
             # reset_before: two regions, r ⊙ h over every unit before W_hn's product
@@ -2549,10 +2549,10 @@ def weight_addresses(*arrays):
 
 
 def step_layer_stackable(layer, dtype):
-    """Whether a stream's layer ``(W_ih, W_hh, b_ih, b_hh, panels)`` (as :class:`numgru.serving.Stepper`
-    holds it) can run inside :func:`~numgru.kernels.stack.gru_step_layers`: float weights and any
-    panels (3-D) of ``dtype``, C-contiguous and aligned, as the arrays that kernel makes of their
-    addresses are typed."""
+    """Whether a stream's or a cell's layer ``(W_ih, W_hh, b_ih, b_hh, panels)`` (as
+    :class:`numgru.serving.Stepper` holds it) can run inside :func:`~numgru.kernels.stack.gru_step_layers`
+    or :func:`~numgru.kernels.stack.gru_cell_step`: float weights and any panels (3-D) of ``dtype``,
+    C-contiguous and aligned, as the arrays those kernels make of their addresses are typed."""
     return all(a.dtype == dtype and a.flags.c_contiguous and a.flags.aligned for a in (*layer[:4], *layer[4])) \
         and all(p.ndim == 3 for p in layer[4])
 
