@@ -2490,7 +2490,6 @@ def run_stack(plan, x, h0, h_n, lengths=None, others=None, scratch_out=False):
     dtype = h_n.dtype
     kind = x.flags.num & ARRAY_KIND
     gx = workspace("gx", (T * B, 3 * H), dtype)
-    h1 = np.empty((B, H), dtype)
     L = len(plan) // plan.directions
     shape = (T, B, plan.directions * H)
     y = layer_output(L - 1, L, shape, dtype, scratch_out)
@@ -2498,10 +2497,10 @@ def run_stack(plan, x, h0, h_n, lengths=None, others=None, scratch_out=False):
     yb = layer_output(1, L, shape, dtype, scratch_out) if L > 2 else ya
     natives = plan.natives.get(kind)
     if natives is None:
-        natives = plan.natives[kind] = _stack_natives(plan, x, gx, ya, h1, h_n)
+        natives = plan.natives[kind] = _stack_natives(plan, x, gx, ya, np.empty((B, H), dtype), h_n)
     padded = lengths is not None
     planned_call(plan.entries, kind, gru_stack_forward, x, plan.addresses, plan.panel_shapes, plan.flags,
-                 plan.no_state if h0 is None else h0, h0 is None, ya, yb, y, gx, h_n, h1,
+                 plan.no_state if h0 is None else h0, h0 is None, ya, yb, y, gx, h_n,
                  lengths if padded else plan.lengths, others if padded else plan.others, padded, *plan.scalars,
                  plan.directions, natives)
     return y

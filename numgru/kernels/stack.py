@@ -56,8 +56,8 @@ def panels_at(address, shape, like, none):
 
 
 @kernel
-def gru_stack_forward(x, addresses, panel_shapes, flags, h0, from_zero, ya, yb, y, gx, h_n, h1, lengths, others,
-                      padded, reset_after, gate_kind, alpha, beta, use_clip, clip, D, natives):
+def gru_stack_forward(x, addresses, panel_shapes, flags, h0, from_zero, ya, yb, y, gx, h_n, lengths, others, padded,
+                      reset_after, gate_kind, alpha, beta, use_clip, clip, D, natives):
     """All L layers and D directions of an inference forward, each direction as
     :func:`~numgru.kernels.dispatch.run_serial_direction` (h0 given), :func:`~numgru.kernels.dispatch.
     run_from_zero` (``from_zero``) or, over padded rows (``padded``), :func:`~numgru.kernels.dispatch.
@@ -70,7 +70,7 @@ def gru_stack_forward(x, addresses, panel_shapes, flags, h0, from_zero, ya, yb, 
     per direction, layer by layer (columns :data:`W_IH` … and :data:`PANELS` …); h0 (L·D, B, H) (any
     array when ``from_zero``); ya, yb (T, B, D·H) scratch for the inner layers' outputs (layer k's in
     ya for k even, yb odd; any arrays for one layer); y (T, B, D·H) out, the top layer's; gx (T·B, 3H)
-    and h1 (B, H) scratch; h_n (L·D, B, H) out; lengths (B,) int64, each row's steps (all T unless
+    scratch; h_n (L·D, B, H) out; lengths (B,) int64, each row's steps (all T unless
     ``padded``, a plan of the serial kernels alone: then non-increasing, 0 … T), others (B,)
     max(lengths − 1, 0). One float dtype; no output aliases an input. The gate scalars as the kernels
     take them. ``natives`` (6,) int64: the addresses of the kernels it runs (:data:`PROJECT_FIRST` …),
@@ -85,6 +85,7 @@ def gru_stack_forward(x, addresses, panel_shapes, flags, h0, from_zero, ya, yb, 
     M = 3 * H
     L = addresses.shape[0] // D
     empty = np.empty((0, 0, 0), x.dtype)
+    h1 = np.empty((B, H), x.dtype)  # (scratch: a state from zeros, the steps after the first)
     g3 = gx.reshape((T, B, M))
     x2d = x.reshape((T * B, x.shape[2]))
     for layer in range(L):
