@@ -473,8 +473,7 @@ class Stepper:
         # every layer on the serial step over float weights (a frozen model's panels too): all of them
         # from one kernel call (gru_step_layers), whose plan of addresses is read on the first step
         # (:meth:`_first_call`) from the arrays this stepper keeps
-        self._work = (gi, gh)
-        self._stacked = (scalars, tiled_max) if (
+        self._stacked = (scalars, tiled_max, (gi, gh)) if (
             self._step is gru_step and all(step_layer_stackable(lay, dt) for lay in layers)) else None
         # per parity: (arguments of layer 0 after its input, [arguments of each later layer], top output)
         self._plans = []
@@ -531,7 +530,8 @@ class Stepper:
         step = self._step
         if self._stacked is not None:
             # the plan's addresses read here, from the arrays this stepper holds (a copy's own)
-            first = (*step_layers_plan(x, self._bufs[0][0], self.layers, *self._stacked, self._bufs, self._work), cur)
+            scalars, tiled_max, work = self._stacked
+            first = (*step_layers_plan(x, self._bufs[0][0], self.layers, scalars, tiled_max, self._bufs, work), cur)
             gru_step_layers(x, *first)
             self._calls[key] = (compiled_entry(gru_step_layers, (x, *first)) or gru_step_layers, first, [], top)
             self._cur = cur ^ 1

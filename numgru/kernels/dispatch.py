@@ -2455,7 +2455,7 @@ def stack_arguments(plans, T, B, directions, zero_bias, scalars):
             if a.dtype != zero_bias.dtype or a.shape != shape or not a.flags.c_contiguous:
                 return None
         addresses[i] = weight_addresses(W_ih, b_ih, W_hh, b_hh, *panels_kept)
-        panel_shapes[i] = [Wp.shape if Wp.size else (0, 0, 0) for Wp in panels_kept]
+        panel_shapes[i] = kept_shapes(panels_kept)
         flags[i] = (bool(panels), bool(dot), bool(use_bias), bool(reverse), tiled_max, runs_fused)
     stack = StackPlan(plans)
     stack.addresses, stack.panel_shapes, stack.flags = addresses, panel_shapes, flags
@@ -2547,6 +2547,12 @@ def weight_addresses(*arrays):
     return [a.ctypes.data if a.size else 0 for a in arrays]
 
 
+def kept_shapes(panels):
+    """The shapes of packed panels as the stack kernels read them beside their addresses
+    (:func:`weight_addresses`): (0, 0, 0) for an empty one."""
+    return [Wp.shape if Wp.size else (0, 0, 0) for Wp in panels]
+
+
 def step_layer_stackable(layer, dtype):
     """Whether a stream's or a cell's layer ``(W_ih, W_hh, b_ih, b_hh, panels)`` (as
     :class:`numgru.serving.Stepper` holds it) can run inside :func:`~numgru.kernels.stack.gru_step_layers`
@@ -2590,7 +2596,7 @@ def step_layers_plan(x, h, layers, scalars, tiled_max, state=None, work=None):
         a = STEP_WEIGHTS + STEP_LAYER * k
         plan[a + np.array([W_IH, B_IH, W_HH, B_HH, WP_IH, WP_A, WP_B])] = weight_addresses(W_ih, b_ih, W_hh, b_hh,
                                                                                             *panels)
-        plan[a + STEP_PANEL_SHAPES:a + STEP_LAYER] = [n for Wp in panels for n in (Wp.shape if Wp.size else (0,) * 3)]
+        plan[a + STEP_PANEL_SHAPES:a + STEP_LAYER] = np.ravel(kept_shapes(panels))
     values = np.empty(3, x.dtype)
     values[[ALPHA, BETA, CLIP]] = alpha, beta, clip
     return plan, values

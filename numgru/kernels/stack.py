@@ -55,6 +55,20 @@ def panels_at(address, shape, like, none):
     return numba.carray(pointer_at(address, like), (shape[0], shape[1], shape[2]))
 
 
+@inline
+def weights_at(a, s_ih, s_a, s_b, like, K, H, none):
+    """One layer and direction's ``(W_ih, W_hh, b_ih, b_hh, (Wp_ih, Wp_a, Wp_b))`` as gru_step takes
+    them, arrays of like's dtype at the addresses in a (columns :data:`W_IH` … :data:`WP_B`): W_ih
+    (3H, K), the panels of shapes s_ih, s_a, s_b or ``none`` (:func:`panels_at`)."""
+    M = 3 * H
+    return (numba.carray(pointer_at(a[W_IH], like), (M, K)),
+            numba.carray(pointer_at(a[W_HH], like), (M, H)),
+            numba.carray(pointer_at(a[B_IH], like), (M,)),
+            numba.carray(pointer_at(a[B_HH], like), (M,)),
+            (panels_at(a[WP_IH], s_ih, like, none), panels_at(a[WP_A], s_a, like, none),
+             panels_at(a[WP_B], s_b, like, none)))
+
+
 @kernel
 def gru_stack_forward(x, addresses, panel_shapes, flags, h0, from_zero, ya, yb, y, gx, h_n, lengths, others, padded,
                       reset_after, gate_kind, alpha, beta, use_clip, clip, D, natives):
@@ -98,13 +112,8 @@ def gru_stack_forward(x, addresses, panel_shapes, flags, h0, from_zero, ya, yb, 
             a = addresses[i]
             reverse = flags[i, REVERSE] != 0
             col0 = d * H
-            W_ih = numba.carray(pointer_at(a[W_IH], x), (M, K))
-            b_ih = numba.carray(pointer_at(a[B_IH], x), (M,))
-            W_hh = numba.carray(pointer_at(a[W_HH], x), (M, H))
-            b_hh = numba.carray(pointer_at(a[B_HH], x), (M,))
-            Wp_ih = panels_at(a[WP_IH], panel_shapes[i, 0], x, empty)
-            Wp_a = panels_at(a[WP_A], panel_shapes[i, 1], x, empty)
-            Wp_b = panels_at(a[WP_B], panel_shapes[i, 2], x, empty)
+            W_ih, W_hh, b_ih, b_hh, (Wp_ih, Wp_a, Wp_b) = weights_at(
+                a, panel_shapes[i, 0], panel_shapes[i, 1], panel_shapes[i, 2], x, K, H, empty)
             if flags[i, FUSED] != 0 and not (from_zero and T == 1):  # (one step from zeros: its gates alone)
                 if from_zero:
                     h1[:] = 0
@@ -173,18 +182,10 @@ ALPHA, BETA, CLIP = range(3)
 
 @inline
 def plan_layer(plan, k, like, K, H, none):
-    """Layer k's ``(W_ih, W_hh, b_ih, b_hh, panels)`` as gru_step takes them, from a step plan's fields
-    (:data:`STEP_WEIGHTS` on), arrays of like's dtype: W_ih (3H, K), the panels or ``none``."""
-    M = 3 * H
+    """Layer k's :func:`weights_at` from a step plan's fields (:data:`STEP_WEIGHTS` on)."""
     a = STEP_WEIGHTS + STEP_LAYER * k
     s = a + STEP_PANEL_SHAPES
-    return (numba.carray(pointer_at(plan[a + W_IH], like), (M, K)),
-            numba.carray(pointer_at(plan[a + W_HH], like), (M, H)),
-            numba.carray(pointer_at(plan[a + B_IH], like), (M,)),
-            numba.carray(pointer_at(plan[a + B_HH], like), (M,)),
-            (panels_at(plan[a + WP_IH], plan[s:s + 3], like, none),
-             panels_at(plan[a + WP_A], plan[s + 3:s + 6], like, none),
-             panels_at(plan[a + WP_B], plan[s + 6:s + 9], like, none)))
+    return weights_at(plan[a:s], plan[s:s + 3], plan[s + 3:s + 6], plan[s + 6:s + 9], like, K, H, none)
 
 
 @kernel
