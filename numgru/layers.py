@@ -33,7 +33,7 @@ from .kernels.dispatch import (AMX_DIGITS_SPREAD, STEP_AS_PRODUCT_MIN_ROWS, Froz
 from .kernels._jit import ARRAY_KIND, C_CONTIGUOUS, compiled_entry, planned_call
 from .kernels.bf16 import from_bfloat16, to_bfloat16
 from .kernels.forward import first_step_gates, first_step_store
-from .kernels.stack import gru_cell_step
+from .kernels.stack import gru_cell_step, gru_forward_step
 from .kernels.step import gru_step, step_panels
 from .kernels.vnni import gru_step_vnni, gru_step_vnni_before
 
@@ -75,6 +75,13 @@ FIRST_STEP_THREADS_MIN_ROWS = 16
 CELL_FROM_ZERO_MIN_WORK = 1 << 16
 #: forward plans kept per model (one per (T, B, thread count) seen; all dropped when full)
 PLANS_KEPT = 64
+#: the tag of :meth:`GRU._one_step`'s keys among a model's plans
+ONE_STEP = "one step"
+#: most rows a forward of one step from h0 takes as a stream's step (:meth:`GRU._one_step`); from 48
+#: rows at H = 32–96 the plan's forward ran faster (one thread, float32, one process taking turns,
+#: µs, the step against the plan's forward: B = 48 / 64 / 96, H = 64 48.2 / 62.0–67.5 / 94.0 against
+#: 44.6 / 57.5–59.1 / 81.5)
+ONE_STEP_MAX_ROWS = 32
 
 
 def use_bf16(model, B, nbytes, blas_threads):
@@ -291,8 +298,10 @@ class GRU(_Params):
     _bf16 = None  # quantized models: (W_ih, W_hh) lists of bfloat16 (uint16) copies
     _bf16_panels = None  # ... and their step panels per layer and direction, packed on first use
     _packed = None  # frozen models: step_panels of the float weights per layer and direction
-    # (T, B, threads, products' order) -> _forward_plan's kernel arguments (made on first use, per object)
+    # (T, B, threads, products' order) -> _forward_plan's kernel arguments (made on first use, per object);
+    # (ONE_STEP, B, threads) -> the one-step forward's layers, with the kinds of x and h0 -> its call
     _plans = None
+    _backwards = False  # the direction the last one-step forward swept the weights (_one_step)
     _amx_pieces = None  # a frozen or quantized model's FrozenPieces
 
     # ------------------------------------------------------------------ configuration
@@ -688,7 +697,8 @@ class GRU(_Params):
 
         Without h0 the first step skips W_hh, whose product with the zero state is zero (always at
         T = 1; beyond, where the plan runs the serial kernel or a threaded route takes the call), so a
-        NaN or ±Inf in W_hh shows from the second step on there."""
+        NaN or ±Inf in W_hh shows from the second step on there. With h0, one step of one direction
+        runs every layer as a stream steps it (:meth:`_one_step`)."""
         if lengths is None and type(x) is np.ndarray and x.dtype == self.dtype and x.ndim in (2, 3):
             out = self._forward_planned(x, h0)
             if out is not None:
@@ -723,13 +733,17 @@ class GRU(_Params):
                 type(h0) is np.ndarray and h0.dtype == dtype
                 and h0.shape == ((LD, H) if unbatched else (LD, B, H)))):
             return None
-        plan = self._plan_for(T, B)
-        if not plan:
-            return None
         if unbatched:
             x = x[:, None, :]
         elif self.batch_first:
             x = x.transpose(1, 0, 2)
+        if T == 1 and h0 is not None:
+            out = self._one_step(x[0], h0.reshape(LD, B, H))
+            if out is not None:
+                return self._finish(*out, unbatched)
+        plan = self._plan_for(T, B)
+        if not plan:
+            return None
         if not x.flags.c_contiguous:
             x = np.ascontiguousarray(x)
         # h0 copied as the general path does (owned and writeable: one kernel signature); none from
@@ -780,8 +794,73 @@ class GRU(_Params):
         T, B, _ = x.shape
         if T == 0 or B == 0:
             return None
+        if T == 1 and h0 is not None:
+            out = self._one_step(x[0], h0)
+            if out is not None:
+                return out
         plan = self._plan_for(T, B)
         return self._run_plan(plan, x, h0) if plan else None
+
+    def _one_step(self, x, h0):
+        """Inference over one step from h0 as a stream steps every layer (:class:`~numgru.serving.Stepper`):
+        :func:`~numgru.kernels.stack.gru_forward_step`, one kernel call on a plan of addresses made for
+        each kind of x and h0 (:func:`~numgru.kernels.dispatch.step_layers_plan`), each call sweeping
+        the weights the other way from the call before, so that it starts on what that one read last
+        (a loop of one-step calls, as a PyTorch user decodes, had read them the same way every call).
+        x (B, I) and h0 (L, B, H) of the model's dtype, h0 only read; one direction. Returns y
+        (1, B, H) and h_n (L, B, H), or None where :meth:`_one_step_layers` gives no layers (the
+        plan's forward runs there)."""
+        if self.num_directions != 1:
+            return None
+        B = x.shape[0]
+        threads = thread_count()
+        plans = self._plans
+        if plans is None:
+            plans = self._plans = {}
+        layers = plans.get((ONE_STEP, B, threads))
+        if layers is None:
+            if len(plans) >= PLANS_KEPT:
+                plans.clear()
+            layers = plans[(ONE_STEP, B, threads)] = self._one_step_layers(B, threads)
+        if not layers:
+            return None
+        xk = x.flags.num
+        if not xk & C_CONTIGUOUS:
+            x = np.ascontiguousarray(x)
+            xk = x.flags.num
+        hk = h0.flags.num
+        if not hk & C_CONTIGUOUS:
+            h0 = np.ascontiguousarray(h0)
+            hk = h0.flags.num
+        key = (ONE_STEP, B, threads, (xk & ARRAY_KIND) | (hk & ARRAY_KIND) << 16)
+        L, H, dtype = self.num_layers, self.hidden_size, self.dtype
+        y, h_n = np.empty((1, B, H), dtype), np.empty((L, B, H), dtype)
+        backwards = self._backwards = not self._backwards  # (threads racing on it: only the sweep's way)
+        call = plans.get(key)
+        if call is not None:
+            call[0](x, h0, y, h_n, call[1], call[2], backwards)
+            return y, h_n
+        plan, values = step_layers_plan(x, h0[0], layers, self._kernel_scalars(), inference_tiled_max(threads, B))
+        gru_forward_step(x, h0, y, h_n, plan, values, backwards)
+        plans[key] = (compiled_entry(gru_forward_step, (x, h0, y, h_n, plan, values, backwards)) or gru_forward_step,
+                      plan, values)
+        return y, h_n
+
+    def _one_step_layers(self, B, threads):
+        """Each layer's ``(W_ih, W_hh, b_ih, b_hh, panels)`` for :meth:`_one_step` of B rows on
+        ``threads`` Numba threads, or False where it does not run: where a stream's step would not
+        take gru_step serially on every layer (split over hidden units or taken as a forward of rows,
+        on a frozen model's VNNI digits, on bfloat16 weights), and from ``ONE_STEP_MAX_ROWS`` rows on,
+        where the plan's forward of one step ran level or faster."""
+        if B > ONE_STEP_MAX_ROWS:
+            return False
+        _, columns = self._step_plan(B)
+        L = self.num_layers
+        if columns or self._one_step_on_rows(B, threads) or all(
+                self._step_digits(k, B, threads, columns) is not None for k in range(L)):
+            return False
+        layers = [self._step_weights(k, B, threads, columns) for k in range(L)]
+        return layers if all(step_layer_stackable(layer, self.dtype) for layer in layers) else False
 
     def _run_planned_padded(self, x, h0, lengths, from_zero):
         """The general path's inference over padded rows (x (T, B, I) C-contiguous, h0 (L·D, B, H)

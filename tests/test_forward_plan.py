@@ -37,6 +37,7 @@ def _general(monkeypatch, model, *args, **kwargs):
     """model(*args, **kwargs) by the general path: no plan applies for this call."""
     with monkeypatch.context() as m:
         m.setattr(model, "_plan_for", lambda T, B: False)
+        m.setattr(model, "_one_step", lambda x, h0: None)
         m.setattr(model, "_run_planned_padded", lambda *a: None)
         return model(*args, **kwargs)
 
@@ -60,8 +61,12 @@ def test_planned_forward_is_the_general_path(rng, one_thread, monkeypatch, dtype
     assert calls
     np.testing.assert_array_equal(y_full, y)
     np.testing.assert_array_equal(h_full, h_n)
-    np.testing.assert_array_equal(y, y_gen)
-    np.testing.assert_array_equal(h_n, h_gen)
+    if T == 1 and D == 1:  # one step from h0 runs as a stream's step (tests/test_stack.py): within rounding
+        np.testing.assert_allclose(y, y_gen, **TOL[dtype])
+        np.testing.assert_allclose(h_n, h_gen, **TOL[dtype])
+    else:
+        np.testing.assert_array_equal(y, y_gen)
+        np.testing.assert_array_equal(h_n, h_gen)
     xt = x.transpose(1, 0, 2) if layout == "batch_first" else x
     if layout == "backwards":
         xt = xt[::-1]

@@ -10,6 +10,7 @@ import pytest
 
 import numgru as ng
 from numgru import layers, serving
+from numgru.kernels.activations import GATE_HARD_SIGMOID
 from numgru.kernels.dispatch import StackPlan, stack_arguments, step_layer_stackable
 from numgru.kernels.fused import fused_ready
 
@@ -49,7 +50,12 @@ def _check_one_call(g, T, B, seed, tol=None):
     plan = _plan(g, T, B)
     assert isinstance(plan, StackPlan)
     for state in (None, h0):
-        y, h = g(x) if state is None else g(x, state)
+        if state is None:
+            y, h = g(x)
+        elif T == 1 and g.num_directions == 1:  # (the model's call runs a stream's step: test_one_step_*)
+            y, h = g._run_plan(plan, x, state.copy())
+        else:
+            y, h = g(x, state)
         ry, rh = g._run_plan(tuple(plan), x, None if state is None else state.copy())
         np.testing.assert_array_equal(y, ry)
         np.testing.assert_array_equal(h, rh)
@@ -421,3 +427,162 @@ def test_cell_lean_call_from_several_threads(one_thread):
     q = ng.GRUCell(256, 256, seed=0).quantize()  # bfloat16 weights keep gru_step's own call
     q(np.ones((1, 256), np.float32))
     assert not q._step_args(1)[-1]
+
+
+ONE_STEP_CASES = [
+    # (dtype, I, H, layers, B, frozen, options)
+    (np.float32, 8, 16, 1, 1, False, {}),
+    (np.float32, 10, 20, 3, 4, False, dict(reset_after=False)),
+    (np.float32, 200, 192, 1, 1, False, {}),  # the one-row dot-product block
+    (np.float32, 7, 33, 2, 32, False, dict(gate_activation="hard_sigmoid", clip=1.5)),
+    (np.float64, 6, 12, 2, 2, False, dict(bias=False)),
+    (np.float32, 16, 32, 2, 3, True, dict(reset_after=False)),  # a frozen model's panels
+    (np.float64, 64, 64, 1, 4, True, {}),
+]
+
+
+def _reference_with_gates(g, x, h0):
+    """tests/reference.py's forward of g with its gate function and clip."""
+    hard = g._gate_kind == GATE_HARD_SIGMOID
+    return ref_gru(x, g.state_dict(), g.num_layers, g.hidden_size, bidirectional=g.bidirectional, h0=h0,
+                   reset_after=g.reset_after, gate="hard_sigmoid" if hard else "sigmoid",
+                   alpha=g.alpha if hard else 0.2, beta=g.beta if hard else 0.5, clip=g.clip)
+
+
+def _ran_one_step(g, B):
+    """Whether g's forwards of one step of B rows on one thread take gru_forward_step."""
+    return bool(g._plans and g._plans.get((layers.ONE_STEP, B, 1)))
+
+
+@pytest.mark.parametrize("dtype, I, H, L, B, frozen, options", ONE_STEP_CASES)
+def test_one_step_forward_is_a_streams_step(one_thread, dtype, I, H, L, B, frozen, options):
+    """A forward of one step from h0 runs every layer as a stream steps it: y and h_n equal, bit for
+    bit, a stream's step from that state, call after call (the sweep's two ways), whatever form the
+    input takes (unbatched, batch-first, lengths of one, a list), and tests/reference.py within
+    rounding; h0 is left as it was."""
+    g = ng.GRU(I, H, num_layers=L, dtype=dtype, seed=3, **options)
+    if frozen:
+        g = g.freeze()
+    rng = np.random.default_rng(L * 10 + B)
+    xs = rng.standard_normal((3, 1, B, I)).astype(dtype)
+    h = rng.uniform(-1, 1, (L, B, H)).astype(dtype)
+    s = g.stream(B)
+    for x in xs:
+        h_before = h.copy()
+        y, h_n = g(x, h)
+        assert _ran_one_step(g, B)
+        np.testing.assert_array_equal(h, h_before)
+        s._stepper.state[...] = h
+        np.testing.assert_array_equal(y[0], s.step(x[0]))
+        np.testing.assert_array_equal(h_n, s.state)
+        for again in (g(x, h), g(x, h, lengths=np.ones(B, np.int64)), g(x.tolist(), h.tolist())):
+            np.testing.assert_array_equal(again[0], y)
+            np.testing.assert_array_equal(again[1], h_n)
+        y_ref, h_ref = _reference_with_gates(g, x, h)
+        np.testing.assert_allclose(y, y_ref, **TOL[dtype])
+        np.testing.assert_allclose(h_n, h_ref, **TOL[dtype])
+        h = h_n
+    if not frozen:  # batch-first (B, 1, I)
+        first = ng.GRU(I, H, num_layers=L, dtype=dtype, seed=3, batch_first=True, **options)
+        first.load_state_dict(g.state_dict())
+        yb, hb = first(xs[0].transpose(1, 0, 2), h)
+        np.testing.assert_array_equal(yb, g(xs[0], h)[0].transpose(1, 0, 2))
+        np.testing.assert_array_equal(hb, g(xs[0], h)[1])
+    if B == 1:  # unbatched (1, I) and (L, H)
+        yu, hu = g(xs[0, :, 0], h[:, 0])
+        np.testing.assert_array_equal(yu, g(xs[0], h)[0][:, 0])
+        np.testing.assert_array_equal(hu, g(xs[0], h)[1][:, 0])
+
+
+def test_one_step_forward_takes_inputs_of_every_kind(one_thread):
+    """x and h0 owned, read-only, off their alignment, strided or Fortran-ordered give the same values;
+    none is written."""
+    g = ng.GRU(12, 24, num_layers=2, seed=1)
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((1, 3, 12)).astype(np.float32)
+    h = rng.uniform(-1, 1, (2, 3, 24)).astype(np.float32)
+    want = g(x, h)
+
+    def kinds(a):
+        ro = a.copy()
+        ro.flags.writeable = False
+        odd = np.zeros(a.size * a.itemsize + 1, np.uint8)[1:].view(a.dtype).reshape(a.shape)
+        odd[...] = a
+        wide = np.zeros((*a.shape[:-1], 2 * a.shape[-1]), a.dtype)[..., ::2]
+        wide[...] = a
+        return [a, ro, odd, wide, np.asfortranarray(a)]
+
+    for xk in kinds(x):
+        for hk in kinds(h):
+            x_before, h_before = xk.copy(), hk.copy()
+            got = g(xk, hk)
+            np.testing.assert_array_equal(got[0], want[0])
+            np.testing.assert_array_equal(got[1], want[1])
+            np.testing.assert_array_equal(xk, x_before)
+            np.testing.assert_array_equal(hk, h_before)
+    assert _ran_one_step(g, 3)
+
+
+def test_one_step_forward_where_it_does_not_run(one_thread):
+    """Bidirectional models, bfloat16 weights, a frozen model's VNNI digits, more than ONE_STEP_MAX_ROWS
+    rows and steps from the zero state keep the plan's forward, whose values they give."""
+    rng = np.random.default_rng(6)
+    B = layers.ONE_STEP_MAX_ROWS + 1
+    cases = [(ng.GRU(6, 10, bidirectional=True, seed=0), 2), (ng.GRU(6, 10, seed=0), B),
+             (ng.GRU(256, 256, seed=0).quantize(), 1)]
+    for g, rows in cases:
+        x = rng.standard_normal((1, rows, g.input_size)).astype(np.float32)
+        h = rng.uniform(-1, 1, (g.num_layers * g.num_directions, rows, g.hidden_size)).astype(np.float32)
+        y, h_n = g(x, h)
+        assert not _ran_one_step(g, rows)
+        y_ref, h_ref = _reference(g, x, h)
+        tol = dict(atol=2e-2) if g.quantized else TOL[np.float32]  # (bfloat16 weights: test_quantize.py)
+        np.testing.assert_allclose(y, y_ref, **tol)
+        np.testing.assert_allclose(h_n, h_ref, **tol)
+    g = ng.GRU(6, 10, seed=0)
+    g(rng.standard_normal((1, 2, 6)).astype(np.float32))  # from the zero state: W_hh not read
+    assert not _ran_one_step(g, 2)
+    fz = ng.GRU(192, 192, seed=0).freeze()
+    fz(np.ones((1, 1, 192), np.float32), np.zeros((1, 1, 192), np.float32))
+    assert bool(fz._step_digits(0, 1, 1, 0)) == (fz._plans[(layers.ONE_STEP, 1, 1)] is False)
+
+
+def test_one_step_forward_reads_weights_as_they_are_and_copies_their_own(one_thread):
+    """The plan holds addresses: weights changed in place are read by the next call; a copy or an
+    unpickled model makes its own plan and steps on its own weights."""
+    g = ng.GRU(6, 16, num_layers=2, seed=0)
+    rng = np.random.default_rng(2)
+    x, h = rng.standard_normal((1, 2, 6)).astype(np.float32), rng.standard_normal((2, 2, 16)).astype(np.float32)
+    g(x, h)
+    copies = [copy.copy(g), copy.deepcopy(g), pickle.loads(pickle.dumps(g))]
+    want = g(x, h)
+    dict(g.named_parameters())["weight_hh_l1"][...] *= -0.5
+    sd = g.state_dict()
+    sd["bias_ih_l0"] = sd["bias_ih_l0"] + 0.25
+    g.load_state_dict(sd)
+    for _ in range(2):  # both ways of the sweep
+        y, h_n = g(x, h)
+        y_ref, h_ref = _reference(g, x, h)
+        np.testing.assert_allclose(y, y_ref, **TOL[np.float32])
+        np.testing.assert_allclose(h_n, h_ref, **TOL[np.float32])
+    for c in copies[1:]:
+        for _, a in g.named_parameters():
+            a[...] = np.nan
+        got = c(x, h)
+        assert _ran_one_step(c, 2)
+        np.testing.assert_allclose(got[0], want[0], **TOL[np.float32])
+        np.testing.assert_allclose(got[1], want[1], **TOL[np.float32])
+
+
+def test_one_step_forward_from_several_threads(one_thread):
+    """Calls from several Python threads at once (each its own gi, gh) give each caller its step."""
+    g = ng.GRU(32, 48, num_layers=2, seed=1)
+    rng = np.random.default_rng(3)
+    xs = rng.standard_normal((8, 1, 3, 32)).astype(np.float32)
+    hs = rng.standard_normal((8, 2, 3, 48)).astype(np.float32)
+    want = [g(x, h) for x, h in zip(xs, hs)]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda i: [g(xs[i], hs[i]) for _ in range(50)][-1], range(8)))
+    for (y, h_n), (wy, wh) in zip(got, want):
+        np.testing.assert_array_equal(y, wy)
+        np.testing.assert_array_equal(h_n, wh)

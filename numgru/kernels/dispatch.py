@@ -2564,14 +2564,15 @@ def step_layer_stackable(layer, dtype):
 
 def step_layers_plan(x, h, layers, scalars, tiled_max, state=None, work=None):
     """``(plan, values)`` for :func:`~numgru.kernels.stack.gru_step_layers` (a stream's step of its
-    layers) or :func:`~numgru.kernels.stack.gru_cell_step` (a cell's, one layer) on inputs of x's kind
-    and states of h's (B, H): where each layer ``(W_ih, W_hh, b_ih, b_hh, panels)`` (each
+    layers), :func:`~numgru.kernels.stack.gru_cell_step` (a cell's, one layer) or
+    :func:`~numgru.kernels.stack.gru_forward_step` (a forward's one step) on inputs of x's kind and
+    states of h's (B, H): where each layer ``(W_ih, W_hh, b_ih, b_hh, panels)`` (each
     :func:`step_layer_stackable`) keeps its weights and panels, the gate scalars ``(reset_after,
     gate_kind, alpha, beta, use_clip, clip)`` and ``tiled_max`` as gru_step takes them, gru_step's
     addresses for the types those kernels hand it (arrays made of addresses or allocated there:
-    C-contiguous, aligned, writeable; layer 0's state as h), and a stream's two (L, B, H) state
+    C-contiguous, aligned, writeable; every layer's state as h), and a stream's two (L, B, H) state
     buffers ``state`` and its workspaces ``work`` (gi, gh (B, 3H)). Addresses are read from the
-    arrays as they are, so a copy of the stream or cell makes its own plan."""
+    arrays as they are, so a copy of the stream, cell or model makes its own plan."""
     reset_after, gate_kind, alpha, beta, use_clip, clip = scalars
     B, H = h.shape
     M = 3 * H
@@ -2587,7 +2588,7 @@ def step_layers_plan(x, h, layers, scalars, tiled_max, state=None, work=None):
     plan = np.zeros(STEP_WEIGHTS + STEP_LAYER * L, np.int64)
     plan[STEP_FIRST] = native(x, h, x.shape[1])
     if L > 1:
-        plan[STEP_INNER] = native(e(B, H), e(B, H), H)
+        plan[STEP_INNER] = native(e(B, H), h, H)
     if state is not None:
         plan[[STATE_A, STATE_B, GI, GH]] = weight_addresses(*state, *work)
     plan[[STEP_TILED_MAX, RESET_AFTER, GATE_KIND, USE_CLIP, LAYERS, ROWS, HIDDEN]] = \

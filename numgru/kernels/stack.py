@@ -188,6 +188,17 @@ def plan_layer(plan, k, like, K, H, none):
     return weights_at(plan[a:s], plan[s:s + 3], plan[s + 3:s + 6], plan[s + 6:s + 9], like, K, H, none)
 
 
+@inline
+def step_layer(address, plan, values, k, inp, h, out, gi, gh, backwards, none):
+    """Layer k's :func:`~numgru.kernels.step.gru_step` of inp (B, K) and h (B, H) into out (B, H), by
+    ``address`` (the plan's :data:`STEP_FIRST` or :data:`STEP_INNER`, compiled for these arrays' types),
+    on the weights, panels and scalars of a step plan; gi and gh (B, 3H) its workspaces."""
+    W_ih, W_hh, b_ih, b_hh, panels = plan_layer(plan, k, inp, inp.shape[1], plan[HIDDEN], none)
+    call_native(address, (inp, h, W_ih, W_hh, b_ih, b_hh, panels, plan[RESET_AFTER] != 0, plan[GATE_KIND],
+                          values[ALPHA], values[BETA], plan[USE_CLIP] != 0, values[CLIP], out, gi, gh,
+                          plan[STEP_TILED_MAX], backwards), None)
+
+
 @kernel
 def gru_step_layers(x, plan, values, cur):
     """One step of every layer of a stream (:class:`numgru.serving.Stepper`): layer k as
@@ -208,22 +219,11 @@ def gru_step_layers(x, plan, values, cur):
     out = numba.carray(pointer_at(plan[STATE_A] if cur else plan[STATE_B], x), (L, B, H))
     gi = numba.carray(pointer_at(plan[GI], x), (B, 3 * H))
     gh = numba.carray(pointer_at(plan[GH], x), (B, 3 * H))
-    reset_after = plan[RESET_AFTER] != 0
-    gate_kind = plan[GATE_KIND]
-    use_clip = plan[USE_CLIP] != 0
-    tiled_max = plan[STEP_TILED_MAX]
     backwards = cur != 0
     none = np.empty((0, 0, 0), x.dtype)
-    for k in range(L):
-        W_ih, W_hh, b_ih, b_hh, panels = plan_layer(plan, k, x, x.shape[1] if k == 0 else H, H, none)
-        if k == 0:
-            call_native(plan[STEP_FIRST], (x, h[0], W_ih, W_hh, b_ih, b_hh, panels, reset_after, gate_kind,
-                                           values[ALPHA], values[BETA], use_clip, values[CLIP], out[0], gi, gh,
-                                           tiled_max, backwards), None)
-        else:
-            call_native(plan[STEP_INNER], (out[k - 1], h[k], W_ih, W_hh, b_ih, b_hh, panels, reset_after,
-                                           gate_kind, values[ALPHA], values[BETA], use_clip, values[CLIP], out[k],
-                                           gi, gh, tiled_max, backwards), None)
+    step_layer(plan[STEP_FIRST], plan, values, 0, x, h[0], out[0], gi, gh, backwards, none)
+    for k in range(1, L):
+        step_layer(plan[STEP_INNER], plan, values, k, out[k - 1], h[k], out[k], gi, gh, backwards, none)
 
 
 @kernel
@@ -235,10 +235,29 @@ def gru_cell_step(x, h, out, plan, values, backwards):
     arguments to unbox rather than eighteen. The caller checks the shapes against the plan's."""
     wide_vectors()
     H = plan[HIDDEN]
-    none = np.empty((0, 0, 0), x.dtype)
-    W_ih, W_hh, b_ih, b_hh, panels = plan_layer(plan, 0, x, x.shape[1], H, none)
     gi = np.empty((x.shape[0], 3 * H), x.dtype)
     gh = np.empty((x.shape[0], 3 * H), x.dtype)
-    call_native(plan[STEP_FIRST], (x, h, W_ih, W_hh, b_ih, b_hh, panels, plan[RESET_AFTER] != 0, plan[GATE_KIND],
-                                   values[ALPHA], values[BETA], plan[USE_CLIP] != 0, values[CLIP], out, gi, gh,
-                                   plan[STEP_TILED_MAX], backwards), None)
+    step_layer(plan[STEP_FIRST], plan, values, 0, x, h, out, gi, gh, backwards, np.empty((0, 0, 0), x.dtype))
+
+
+@kernel
+def gru_forward_step(x, h0, y, h_n, plan, values, backwards):
+    """An inference forward of one step from a given state (:meth:`numgru.GRU.forward` with T = 1 and
+    h0, one direction), every layer as a stream steps it: layer k's
+    :func:`~numgru.kernels.step.gru_step` of x (B, I), or of layer k − 1's new state, and h0[k]
+    (B, H) into h_n[k], on the weights, panels and scalars of a step plan
+    (:func:`~numgru.kernels.dispatch.step_layers_plan` made for x's and h0's kinds, no buffers or
+    workspaces: gi and gh are this call's own), sweeping the weights last first when ``backwards``;
+    y[0] (B, H) receives the top layer's state. h0 (L, B, H) is only read. The caller checks the
+    shapes against the plan's."""
+    wide_vectors()
+    L = plan[LAYERS]
+    H = plan[HIDDEN]
+    B = x.shape[0]
+    gi = np.empty((B, 3 * H), x.dtype)
+    gh = np.empty((B, 3 * H), x.dtype)
+    none = np.empty((0, 0, 0), x.dtype)
+    step_layer(plan[STEP_FIRST], plan, values, 0, x, h0[0], h_n[0], gi, gh, backwards, none)
+    for k in range(1, L):
+        step_layer(plan[STEP_INNER], plan, values, k, h_n[k - 1], h0[k], h_n[k], gi, gh, backwards, none)
+    y[0] = h_n[L - 1]
