@@ -82,6 +82,12 @@ ONE_STEP = "one step"
 #: µs, the step against the plan's forward: B = 48 / 64 / 96, H = 64 48.2 / 62.0–67.5 / 94.0 against
 #: 44.6 / 57.5–59.1 / 81.5)
 ONE_STEP_MAX_ROWS = 32
+#: fewest hidden units from which a frozen model's one step on two or more threads takes its digits
+#: split over hidden units as its stream does (:meth:`GRU._one_step`); below, the plan's forward (two
+#: threads, B = 1, one process taking turns, µs, the split step against the plan's forward: H = 512
+#: 57.5–66.9 against 52.7–57.0; H = 640 / 768 / 1024 67.9 / 90.0 / 166–167 against 74.8 / 102.0 /
+#: 249–290)
+ONE_STEP_SPLIT_MIN_HIDDEN = 640
 
 
 def use_bf16(model, B, nbytes, blas_threads):
@@ -806,9 +812,10 @@ class GRU(_Params):
         :func:`~numgru.kernels.stack.gru_forward_step`, one kernel call on a plan of addresses made for
         each kind of x and h0 (:func:`~numgru.kernels.dispatch.step_layers_plan`), each call sweeping
         the weights the other way from the call before, so that it starts on what that one read last
-        (a loop of one-step calls, as a PyTorch user decodes, had read them the same way every call).
-        x (B, I) and h0 (L, B, H) of the model's dtype, h0 only read; one direction. Returns y
-        (1, B, H) and h_n (L, B, H), or None where :meth:`_one_step_layers` gives no layers (the
+        (a loop of one-step calls, as a PyTorch user decodes, had read them the same way every call);
+        or a frozen model's step on its weights' VNNI digits a layer at a time, as its stream takes
+        them. x (B, I) and h0 (L, B, H) of the model's dtype, h0 only read; one direction. Returns y
+        (1, B, H) and h_n (L, B, H), or None where :meth:`_one_step_layers` says it does not run (the
         plan's forward runs there)."""
         if self.num_directions != 1:
             return None
@@ -817,12 +824,12 @@ class GRU(_Params):
         plans = self._plans
         if plans is None:
             plans = self._plans = {}
-        layers = plans.get((ONE_STEP, B, threads))
-        if layers is None:
+        how = plans.get((ONE_STEP, B, threads))
+        if how is None:
             if len(plans) >= PLANS_KEPT:
                 plans.clear()
-            layers = plans[(ONE_STEP, B, threads)] = self._one_step_layers(B, threads)
-        if not layers:
+            how = plans[(ONE_STEP, B, threads)] = self._one_step_layers(B, threads)
+        if not how:
             return None
         xk = x.flags.num
         if not xk & C_CONTIGUOUS:
@@ -836,6 +843,11 @@ class GRU(_Params):
         L, H, dtype = self.num_layers, self.hidden_size, self.dtype
         y, h_n = np.empty((1, B, H), dtype), np.empty((L, B, H), dtype)
         backwards = self._backwards = not self._backwards  # (threads racing on it: only the sweep's way)
+        split, layers, entries = how
+        if split is not None:
+            self._digit_steps(split, layers, entries, key[3], x, h0, h_n, threads, backwards)
+            y[0] = h_n[L - 1]
+            return y, h_n
         call = plans.get(key)
         if call is not None:
             call[0](x, h0, y, h_n, call[1], call[2], backwards)
@@ -847,20 +859,47 @@ class GRU(_Params):
         return y, h_n
 
     def _one_step_layers(self, B, threads):
-        """Each layer's ``(W_ih, W_hh, b_ih, b_hh, panels)`` for :meth:`_one_step` of B rows on
-        ``threads`` Numba threads, or False where it does not run: where a stream's step would not
-        take gru_step serially on every layer (split over hidden units or taken as a forward of rows,
-        on a frozen model's VNNI digits, on bfloat16 weights), and from ``ONE_STEP_MAX_ROWS`` rows on,
-        where the plan's forward of one step ran level or faster."""
+        """How :meth:`_one_step` runs B rows on ``threads`` Numba threads, as a stream's step would:
+        ``(None, layers, None)``, each layer's ``(W_ih, W_hh, b_ih, b_hh, panels)`` for
+        :func:`~numgru.kernels.stack.gru_forward_step`, where it takes gru_step serially on every
+        layer; ``(split, digits, entries)`` where it takes every layer on a frozen model's VNNI digits
+        (:meth:`_step_digits`' arguments per layer, split over hidden units or not, and the compiled
+        entries :meth:`_digit_steps` keeps); False where it does not run: steps on float weights split
+        over hidden units or taken as a forward of rows, bfloat16 weights, digits split over hidden
+        units below ``ONE_STEP_SPLIT_MIN_HIDDEN``, and from ``ONE_STEP_MAX_ROWS`` rows on, where the
+        plan's forward of one step ran level or faster."""
         if B > ONE_STEP_MAX_ROWS:
             return False
         _, columns = self._step_plan(B)
         L = self.num_layers
-        if columns or self._one_step_on_rows(B, threads) or all(
-                self._step_digits(k, B, threads, columns) is not None for k in range(L)):
+        digits = [self._step_digits(k, B, threads, columns) for k in range(L)]
+        if all(d is not None for d in digits):
+            split = digits[0][0]
+            if split and self.hidden_size < ONE_STEP_SPLIT_MIN_HIDDEN:
+                return False
+            return split, [d[1] for d in digits], {}
+        if columns or self._one_step_on_rows(B, threads):
             return False
         layers = [self._step_weights(k, B, threads, columns) for k in range(L)]
-        return layers if all(step_layer_stackable(layer, self.dtype) for layer in layers) else False
+        return (None, layers, None) if all(step_layer_stackable(layer, self.dtype) for layer in layers) else False
+
+    def _digit_steps(self, split, digits, entries, kinds, x, h0, h_n, threads, backwards):
+        """:meth:`_one_step` on a frozen model's VNNI digits: layer k's step of x (or layer k − 1's new
+        state) and h0[k] into h_n[k], as a frozen stream steps it (split over hidden units where
+        ``split``, :func:`~numgru.kernels.dispatch.run_step_digits`; else by the kernel's compiled
+        entry per layer and ``kinds`` of x and h0, kept in ``entries``, its workspaces its own)."""
+        H, reset_after = self.hidden_size, self.reset_after
+        inp = x
+        for k, d in enumerate(digits):
+            if split:
+                gi, gh = np.empty((1, 3 * H), self.dtype), np.empty((1, 3 * H), self.dtype)
+                run_step_digits(inp, h0[k], d, h_n[k], gi, gh, _NO_DIGIT_WORK,
+                                step_digits_columns_work(inp.shape[1], H, threads), backwards, reset_after)
+            else:
+                none = empty_array(self.dtype, 2)
+                planned_call(entries, (k, kinds), gru_step_vnni if reset_after else gru_step_vnni_before, inp,
+                             h0[k], *d, h_n[k], none, none, _NO_DIGIT_WORK, backwards)
+            inp = h_n[k]
 
     def _run_planned_padded(self, x, h0, lengths, from_zero):
         """The general path's inference over padded rows (x (T, B, I) C-contiguous, h0 (L·D, B, H)

@@ -13,6 +13,7 @@ from numgru import layers, serving
 from numgru.kernels.activations import GATE_HARD_SIGMOID
 from numgru.kernels.dispatch import StackPlan, stack_arguments, step_layer_stackable
 from numgru.kernels.fused import fused_ready
+from numgru.kernels.vnni import vnni_ready
 
 from conftest import TOL
 from reference import gru as ref_gru
@@ -438,6 +439,8 @@ ONE_STEP_CASES = [
     (np.float64, 6, 12, 2, 2, False, dict(bias=False)),
     (np.float32, 16, 32, 2, 3, True, dict(reset_after=False)),  # a frozen model's panels
     (np.float64, 64, 64, 1, 4, True, {}),
+    (np.float32, 256, 256, 1, 1, True, {}),  # a frozen model's VNNI digits (where the CPU has VNNI)
+    (np.float32, 200, 192, 2, 1, True, dict(reset_after=False)),
 ]
 
 
@@ -524,8 +527,8 @@ def test_one_step_forward_takes_inputs_of_every_kind(one_thread):
 
 
 def test_one_step_forward_where_it_does_not_run(one_thread):
-    """Bidirectional models, bfloat16 weights, a frozen model's VNNI digits, more than ONE_STEP_MAX_ROWS
-    rows and steps from the zero state keep the plan's forward, whose values they give."""
+    """Bidirectional models, bfloat16 weights, more than ONE_STEP_MAX_ROWS rows and steps from the zero
+    state keep the plan's forward, whose values they give."""
     rng = np.random.default_rng(6)
     B = layers.ONE_STEP_MAX_ROWS + 1
     cases = [(ng.GRU(6, 10, bidirectional=True, seed=0), 2), (ng.GRU(6, 10, seed=0), B),
@@ -542,9 +545,27 @@ def test_one_step_forward_where_it_does_not_run(one_thread):
     g = ng.GRU(6, 10, seed=0)
     g(rng.standard_normal((1, 2, 6)).astype(np.float32))  # from the zero state: W_hh not read
     assert not _ran_one_step(g, 2)
-    fz = ng.GRU(192, 192, seed=0).freeze()
-    fz(np.ones((1, 1, 192), np.float32), np.zeros((1, 1, 192), np.float32))
-    assert bool(fz._step_digits(0, 1, 1, 0)) == (fz._plans[(layers.ONE_STEP, 1, 1)] is False)
+
+
+def test_one_step_forward_on_two_threads(two_threads):
+    """On two threads the one step runs as the stream's: a frozen model's digits split over hidden units
+    (where the CPU has VNNI), float weights serially where the stream's step is serial; the same values
+    as the stream's step, bit for bit."""
+    rng = np.random.default_rng(8)
+    for g, B in ((ng.GRU(64, 640, seed=0).freeze(), 1), (ng.GRU(16, 32, num_layers=2, seed=0), 2)):
+        x = rng.standard_normal((1, B, g.input_size)).astype(np.float32)
+        h = rng.uniform(-1, 1, (g.num_layers, B, g.hidden_size)).astype(np.float32)
+        y, h_n = g(x, h)
+        assert bool(g._plans.get((layers.ONE_STEP, B, 2))) == (not g.frozen or vnni_ready())
+        s = g.stream(B)
+        s._stepper.state[...] = h
+        np.testing.assert_array_equal(y[0], s.step(x[0]))
+        np.testing.assert_array_equal(h_n, s.state)
+        y_ref, h_ref = _reference(g, x, h)
+        np.testing.assert_allclose(h_n, h_ref, **TOL[np.float32])
+    g = ng.GRU(64, layers.ONE_STEP_SPLIT_MIN_HIDDEN - 128, seed=0).freeze()  # (the plan's forward below)
+    g(np.ones((1, 1, 64), np.float32), np.zeros((1, 1, g.hidden_size), np.float32))
+    assert not _ran_one_step(g, 1) and g._plans[(layers.ONE_STEP, 1, 2)] is False
 
 
 def test_one_step_forward_reads_weights_as_they_are_and_copies_their_own(one_thread):
