@@ -101,9 +101,12 @@ STEPS = 64
 
 class StepLatency:
     """``STEPS`` consecutive recurrent steps of one sequence from Python (a step: the time / STEPS):
-    numgru stream (float32, a ``freeze()`` copy and a ``quantize("bfloat16")`` copy) / GRUCell
-    against torch.nn.GRUCell, for B rows, threads pinned for both; the cells feed their state back."""
-    STEP = ["numgru_stream", "numgru_stream_frozen", "numgru_stream_bf16", "numgru_cell", "torch"]
+    numgru stream (float32, a ``freeze()`` copy and a ``quantize("bfloat16")`` copy) / GRUCell / a
+    GRU's forward of one step from h (``y, h = gru(x_t, h)``, as a PyTorch user decodes) against
+    torch.nn.GRUCell and torch.nn.GRU's one step, for B rows, threads pinned for both; the cells and
+    forwards feed their state back."""
+    STEP = ["numgru_stream", "numgru_stream_frozen", "numgru_stream_bf16", "numgru_cell", "numgru_forward_step",
+            "torch", "torch_forward_step"]
     params = grid(([128, 256], [1, 8], STEP, [1, "all"]),
                   ([128, 256], [1, 8], STEP, [1, "all"]),
                   ([256], [1], STEP, [1]))
@@ -122,9 +125,16 @@ class StepLatency:
             self.s = ng.GRU(H, H, seed=0).quantize("bfloat16").stream(B)
         elif backend == "numgru_cell":
             self.c = ng.GRUCell(H, H, seed=0)
+        elif backend == "numgru_forward_step":
+            self.c = ng.GRU(H, H, seed=0)
+            self.x, self.h = self.x[None], self.h[None]
         else:
             torch = require_torch()
-            self.c = torch.nn.GRUCell(H, H)
+            if backend == "torch":
+                self.c = torch.nn.GRUCell(H, H)
+            else:
+                self.c = torch.nn.GRU(H, H)
+                self.x, self.h = self.x[None], self.h[None]
             self.tx, self.th = torch.from_numpy(self.x), torch.from_numpy(self.h)
             self.inference = torch.inference_mode
         warm_up(lambda: self.time_steps(H, B, backend, threads))
@@ -141,6 +151,15 @@ class StepLatency:
             cell, x, h = self.c, self.x, self.h
             for _ in range(STEPS):
                 h = cell(x, h)
+        elif backend == "numgru_forward_step":
+            gru, x, h = self.c, self.x, self.h
+            for _ in range(STEPS):
+                _, h = gru(x, h)
+        elif backend == "torch_forward_step":
+            gru, x, h = self.c, self.tx, self.th
+            with self.inference():
+                for _ in range(STEPS):
+                    _, h = gru(x, h)
         else:
             cell, x, h = self.c, self.tx, self.th
             with self.inference():

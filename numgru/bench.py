@@ -437,12 +437,14 @@ def time_step(fn, calls=300, blocks=15, block_s=0.005, pause=None):
 
 
 def run_step_point(B, H, threads, peers, tmpdir, bf16=False, calls=300, blocks=15, frozen=False):
-    """One recurrent step of B rows from Python (I = H, float32): numgru's ``gru.stream(B).step(x)`` and
-    ``GRUCell(x, h)`` against torch.nn.GRUCell (inference_mode) and ONNX Runtime running the model's
-    GRU node on one time step (its state input left at zero), each checked against numgru's step
-    first. With ``bf16`` also the stream of the quantized copy; with ``frozen`` the stream and the
-    cell of the frozen copies (``stream_frozen``, ``cell_frozen``). Times in µs;
-    ``step_speedup_vs_<peer>`` is the peer's time over the stream's."""
+    """One recurrent step of B rows from Python (I = H, float32): numgru's ``gru.stream(B).step(x)``,
+    ``GRUCell(x, h)`` and the GRU's forward of one step from h (``gru(x[None], h[None])``, as a PyTorch
+    user decodes: ``forward``) against torch.nn.GRUCell (inference_mode) and ONNX Runtime running the
+    model's GRU node on one time step (its state input left at zero), each checked against numgru's
+    step first. With ``bf16`` also the stream of the quantized copy; with ``frozen`` the stream, the
+    cell and the forward of the frozen copies (``stream_frozen``, ``cell_frozen``,
+    ``forward_frozen``). Times in µs; ``step_speedup_vs_<peer>`` is the peer's time over the
+    stream's."""
     import numgru as ng
     rng = np.random.default_rng(0)
     gru = ng.GRU(H, H, seed=0)
@@ -453,14 +455,17 @@ def run_step_point(B, H, threads, peers, tmpdir, bf16=False, calls=300, blocks=1
     stream = gru.stream(B)
     ref = cell(x, h)
     row = {"B": B, "H": H, "I": H, "threads": threads}
-    runs = {"stream": lambda: stream.step(x), "cell": lambda: cell(x, h)}
+    x3, h3 = x[None], h[None]
+    runs = {"stream": lambda: stream.step(x), "cell": lambda: cell(x, h), "forward": lambda: gru(x3, h3)}
     if bf16:
         qstream = gru.quantize("bfloat16").stream(B)
         runs["stream_bf16"] = lambda: qstream.step(x)
     if frozen:
-        fstream, fcell = gru.freeze().stream(B), cell.freeze()
+        fgru, fcell = gru.freeze(), cell.freeze()
+        fstream = fgru.stream(B)
         runs["stream_frozen"] = lambda: fstream.step(x)
         runs["cell_frozen"] = lambda: fcell(x, h)
+        runs["forward_frozen"] = lambda: fgru(x3, h3)
     for name in peers:
         if name in STEP_PEERS:
             fn = _checked(row, name, lambda: _step_peer(name, gru, cell, x, h, threads, tmpdir), ref,
@@ -495,17 +500,18 @@ def format_step_table(rows, peers):
     peers = [p for p in peers if p in STEP_PEERS]
     bf16 = any("stream_bf16_us" in r for r in rows)
     frozen = any("stream_frozen_us" in r for r in rows)
-    head = ["thr", "B", "H", "stream us", "GRUCell us"] + (["bf16 stream us"] if bf16 else [])
-    head += ["frozen stream us", "frozen GRUCell us"] if frozen else []
+    head = ["thr", "B", "H", "stream us", "GRUCell us", "GRU(x,h) us"] + (["bf16 stream us"] if bf16 else [])
+    head += ["frozen stream us", "frozen GRUCell us", "frozen GRU(x,h) us"] if frozen else []
     for p in peers:
         head += [f"{p} us", f"x{p}"]
     lines = [head]
     for r in rows:
-        line = [str(r["threads"]), str(r["B"]), str(r["H"]), f"{r['stream_us']:.1f}", f"{r['cell_us']:.1f}"]
+        line = [str(r["threads"]), str(r["B"]), str(r["H"]), f"{r['stream_us']:.1f}", f"{r['cell_us']:.1f}",
+                f"{r['forward_us']:.1f}"]
         if bf16:
             line.append(f"{r['stream_bf16_us']:.1f}")
         if frozen:
-            line += [f"{r['stream_frozen_us']:.1f}", f"{r['cell_frozen_us']:.1f}"]
+            line += [f"{r['stream_frozen_us']:.1f}", f"{r['cell_frozen_us']:.1f}", f"{r['forward_frozen_us']:.1f}"]
         for p in peers:
             if f"{p}_us" in r:
                 line += [f"{r[p + '_us']:.1f}", f"{r['step_speedup_vs_' + p]:.2f}"]

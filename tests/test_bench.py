@@ -44,8 +44,9 @@ def test_point_with_frozen_times_the_frozen_copy(tmp_path):
         assert row[f"frozen_speedup_vs_{p}"] == pytest.approx(row[f"{p}_ms"] / row["numgru_frozen_ms"])
     assert "frozen ms" in bench.format_table([row], peers).splitlines()[0]
     step = bench.run_step_point(2, 8, 1, [], str(tmp_path), calls=3, blocks=2, frozen=True)
-    assert step["stream_frozen_us"] > 0 and step["cell_frozen_us"] > 0
+    assert step["stream_frozen_us"] > 0 and step["cell_frozen_us"] > 0 and step["forward_frozen_us"] > 0
     assert "frozen stream us" in bench.format_step_table([step], [])
+    assert "frozen GRU(x,h) us" in bench.format_step_table([step], [])
 
 
 def test_point_with_precisions_times_each_and_restores_the_setting(tmp_path):
@@ -132,7 +133,7 @@ def test_backends_pause_only_where_pools_may_spin(threads, tmp_path, monkeypatch
     monkeypatch.setattr(bench.time, "sleep", pauses.append)
     bench.run_point(3, 1, 4, threads, [], str(tmp_path), repeat=1, budget=0.01)
     bench.run_step_point(1, 4, threads, [], str(tmp_path), calls=2, blocks=1)
-    assert len(pauses) == bench.ROUNDS + 2 * bench.ROUNDS  # numgru; its stream and its cell
+    assert len(pauses) == bench.ROUNDS + 3 * bench.ROUNDS  # numgru; its stream, its cell and its one-step forward
     assert set(pauses) == {0.25 if threads > 1 else 0.0}
 
 
@@ -149,7 +150,7 @@ def test_main_writes_json(tmp_path, capsys):
 def test_step_point_times_stream_cell_and_checked_peers(tmp_path):
     peers = bench.available_peers(["torch", "onnxruntime", "openvino"])
     row = bench.run_step_point(2, 8, 1, peers, str(tmp_path), bf16=True, calls=3, blocks=2)
-    assert row["stream_us"] > 0 and row["cell_us"] > 0 and row["stream_bf16_us"] > 0
+    assert row["stream_us"] > 0 and row["cell_us"] > 0 and row["forward_us"] > 0 and row["stream_bf16_us"] > 0
     for p in set(peers) & set(bench.STEP_PEERS):
         assert "error" not in " ".join(k for k in row if k.startswith(p)), row
         assert row[f"step_speedup_vs_{p}"] == pytest.approx(row[f"{p}_us"] / row["stream_us"])
