@@ -725,8 +725,9 @@ class GRU(_Params):
         """:meth:`forward` of an array x (2-D or 3-D) of this model's dtype, every row running all T
         steps, by the plan :meth:`_forward_plan` made for (T, B, thread count), which the general path
         also runs once it has checked and converted its arguments (:meth:`_run_planned`): that path's
-        checks and route choices were a large share of a call at B = 1 and a few steps. None where no
-        plan applies (the general path then runs)."""
+        checks and route choices were a large share of a call at B = 1 and a few steps; one step from
+        h0 by :meth:`_one_step` where it runs. None where no plan applies (the general path then
+        runs)."""
         unbatched = x.ndim == 2
         if unbatched:
             (T, I), B = x.shape, 1
@@ -795,8 +796,9 @@ class GRU(_Params):
     def _run_planned(self, x, h0):
         """The general path's inference over x (T, B, I) C-contiguous and h0 (L·D, B, H), both of the
         model's dtype (None: from the zero state), every row running all T steps, by the plan
-        for (T, B, thread count) as :meth:`_forward_planned` runs it: ``(y, h_n)``, or None where no
-        plan applies."""
+        for (T, B, thread count) as :meth:`_forward_planned` runs it (one step from h0 by
+        :meth:`_one_step` where it runs, so that a model gives the same values for an input in any
+        form): ``(y, h_n)``, or None where no plan applies."""
         T, B, _ = x.shape
         if T == 0 or B == 0:
             return None
